@@ -1,0 +1,48 @@
+#pragma once
+// An HF checkpoint: a directory (config.json + model.safetensors or shards listed in
+// model.safetensors.index.json) or a lone .safetensors file (config from its metadata "config"
+// entry or a config.json beside it). All tensors stay zero-copy views into the mappings.
+#include <map>
+#include <memory>
+#include <nlohmann/json_fwd.hpp>
+#include <string>
+#include <vector>
+
+#include "checkpoint/safetensors.h"
+
+namespace es {
+
+class Checkpoint {
+public:
+    static std::shared_ptr<Checkpoint> open(const std::string& path);
+    ~Checkpoint();
+
+    const std::string& path() const { return path_; }
+    // The parsed config.json; throws es::Error when the checkpoint has none.
+    const nlohmann::json& config() const;
+    const std::string& configPath() const { return configPath_; }
+    bool hasConfig() const { return static_cast<bool>(config_); }
+
+    const TensorView* find(const std::string& name) const;
+    const TensorView& get(const std::string& name) const;  // throws naming the tensor
+    const std::map<std::string, const TensorView*>& tensors() const { return all_; }
+    const std::vector<std::shared_ptr<SafetensorsFile>>& files() const { return files_; }
+    uint64_t totalBytes() const;
+
+    // Identifies the checkpoint's content without hashing all of it: SHA-256 over every file's
+    // name, size and header, and the first and last 64 KiB of every tensor. "sha256:<hex>".
+    std::string fingerprint() const;
+
+private:
+    Checkpoint() = default;
+    void loadConfig(const std::string& path);
+    std::string path_;
+    std::string configPath_;
+    std::unique_ptr<nlohmann::json> config_;
+    std::vector<std::shared_ptr<SafetensorsFile>> files_;
+    std::map<std::string, const TensorView*> all_;
+};
+
+std::string sha256Hex(const std::vector<std::pair<const uint8_t*, size_t>>& chunks);
+
+}  // namespace es

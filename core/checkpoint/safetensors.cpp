@@ -1,0 +1,155 @@
+#include "checkpoint/safetensors.h"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <nlohmann/json.hpp>
+
+#include "error.h"
+
+namespace es {
+
+namespace {
+constexpr uint64_t kMaxHeader = 100ull << 20;  // same bound as the reference implementation
+}
+
+const char* dtypeName(DType d) {
+    switch (d) {
+        case DType::F32: return "F32";
+        case DType::F16: return "F16";
+        case DType::BF16: return "BF16";
+    }
+    return "?";
+}
+
+size_t dtypeSize(DType d) { return d == DType::F32 ? 4 : 2; }
+
+int64_t TensorView::numel() const {
+    int64_t n = 1;
+    for (auto s : shape) n *= s;
+    return n;
+}
+
+SafetensorsFile::~SafetensorsFile() {
+    if (base_ && size_) munmap(const_cast<uint8_t*>(base_), size_);
+}
+
+std::shared_ptr<SafetensorsFile> SafetensorsFile::open(const std::string& path) {
+    std::shared_ptr<SafetensorsFile> f(new SafetensorsFile());
+    f->path_ = path;
+    int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) throw Error(std::string("cannot open: ") + std::strerror(errno), path);
+    struct stat st {};
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+        ::close(fd);
+        throw Error("not a regular file", path);
+    }
+    f->size_ = static_cast<uint64_t>(st.st_size);
+    if (f->size_ < 8) {
+        ::close(fd);
+        throw Error("truncated safetensors file: " + std::to_string(f->size_) +
+                        " bytes, shorter than the 8-byte header length", path, "header length");
+    }
+    void* p = mmap(nullptr, f->size_, PROT_READ, MAP_SHARED, fd, 0);
+    ::close(fd);
+    if (p == MAP_FAILED) throw Error(std::string("mmap failed: ") + std::strerror(errno), path);
+    f->base_ = static_cast<const uint8_t*>(p);
+    f->parse();
+    return f;
+}
+
+void SafetensorsFile::parse() {
+    uint64_t n = 0;
+    std::memcpy(&n, base_, 8);  // little-endian u64 (all supported hosts are little-endian)
+    if (n > size_ - 8)
+        throw Error("header length " + std::to_string(n) + " runs past the end of the file (" +
+                        std::to_string(size_) + " bytes); the file is truncated or not safetensors",
+                    path_, "header length", 0);
+    if (n > kMaxHeader)
+        throw Error("header length " + std::to_string(n) + " exceeds the 100 MiB limit", path_, "header length", 0);
+    if (n < 2) throw Error("empty header", path_, "header", 8);
+    header_.assign(reinterpret_cast<const char*>(base_ + 8), n);
+    nlohmann::json j;
+    try {
+        j = nlohmann::json::parse(header_);
+    } catch (const nlohmann::json::exception& e) {
+        throw Error(std::string("header is not valid JSON: ") + e.what(), path_, "header", 8);
+    }
+    if (!j.is_object()) throw Error("header is not a JSON object", path_, "header", 8);
+    const uint64_t dataStart = 8 + n;
+    const uint64_t dataSize = size_ - dataStart;
+    struct Span { uint64_t b, e; const std::string* name; };
+    std::vector<Span> spans;
+    for (auto it = j.begin(); it != j.end(); ++it) {
+        const std::string& name = it.key();
+        if (name == "__metadata__") {
+            if (!it->is_object()) throw Error("__metadata__ is not an object", path_, name);
+            for (auto m = it->begin(); m != it->end(); ++m) {
+                if (!m->is_string()) throw Error("metadata value is not a string", path_, "__metadata__." + m.key());
+                metadata_[m.key()] = m->get<std::string>();
+            }
+            continue;
+        }
+        const auto& t = *it;
+        if (!t.is_object()) throw Error("tensor entry is not an object", path_, name);
+        if (!t.contains("dtype") || !t["dtype"].is_string()) throw Error("missing or invalid 'dtype'", path_, name);
+        if (!t.contains("shape") || !t["shape"].is_array()) throw Error("missing or invalid 'shape'", path_, name);
+        if (!t.contains("data_offsets") || !t["data_offsets"].is_array() || t["data_offsets"].size() != 2)
+            throw Error("missing or invalid 'data_offsets'", path_, name);
+        TensorView v;
+        v.name = name;
+        v.file = path_;
+        const std::string dt = t["dtype"].get<std::string>();
+        if (dt == "F32") v.dtype = DType::F32;
+        else if (dt == "F16") v.dtype = DType::F16;
+        else if (dt == "BF16") v.dtype = DType::BF16;
+        else
+            throw Error("unsupported dtype " + dt + " (supported: F32, F16, BF16)", path_, name);
+        uint64_t numel = 1;
+        for (const auto& s : t["shape"]) {
+            if (!s.is_number_unsigned()) throw Error("shape entries must be non-negative integers", path_, name);
+            uint64_t d = s.get<uint64_t>();
+            if (d != 0 && numel > (UINT64_MAX / 8) / d) throw Error("shape overflows", path_, name);
+            numel *= d;
+            v.shape.push_back(static_cast<int64_t>(d));
+        }
+        const auto& off = t["data_offsets"];
+        if (!off[0].is_number_unsigned() || !off[1].is_number_unsigned())
+            throw Error("data_offsets must be non-negative integers", path_, name);
+        uint64_t b = off[0].get<uint64_t>(), e = off[1].get<uint64_t>();
+        if (b > e) throw Error("data_offsets begin " + std::to_string(b) + " > end " + std::to_string(e), path_, name);
+        if (e > dataSize)
+            throw Error("tensor span [" + std::to_string(b) + ", " + std::to_string(e) + ") lies outside the data (" +
+                            std::to_string(dataSize) + " bytes); the file is truncated or corrupt",
+                        path_, name, static_cast<int64_t>(dataStart + b));
+        v.nbytes = e - b;
+        if (numel * dtypeSize(v.dtype) != v.nbytes)
+            throw Error("shape x dtype size = " + std::to_string(numel * dtypeSize(v.dtype)) +
+                            " bytes but the span holds " + std::to_string(v.nbytes),
+                        path_, name, static_cast<int64_t>(dataStart + b));
+        v.fileOffset = dataStart + b;
+        v.data = base_ + v.fileOffset;
+        auto [pos, inserted] = tensors_.emplace(name, std::move(v));
+        if (!inserted) throw Error("duplicate tensor name", path_, name);
+        spans.push_back({b, e, &pos->first});
+    }
+    std::sort(spans.begin(), spans.end(), [](const Span& a, const Span& b) { return a.b < b.b || (a.b == b.b && a.e < b.e); });
+    uint64_t maxEnd = 0;
+    const std::string* maxName = nullptr;
+    for (const auto& sp : spans) {
+        if (sp.e > sp.b && maxName && sp.b < maxEnd)
+            throw Error("tensor span overlaps the span of '" + *maxName + "'", path_, *sp.name,
+                        static_cast<int64_t>(dataStart + sp.b));
+        if (sp.e > maxEnd) {
+            maxEnd = sp.e;
+            maxName = sp.name;
+        }
+    }
+}
+
+}  // namespace es

@@ -1,0 +1,52 @@
+#pragma once
+// A memory-mapped .safetensors file. The header is validated completely on open (size bounds,
+// JSON, dtypes, shapes against byte spans, spans inside the file, no overlaps); tensors are
+// zero-copy views into the read-only mapping.
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace es {
+
+enum class DType { F32, F16, BF16 };
+const char* dtypeName(DType d);
+size_t dtypeSize(DType d);
+
+struct TensorView {
+    std::string name;
+    DType dtype = DType::F32;
+    std::vector<int64_t> shape;
+    const uint8_t* data = nullptr;  // into the mapping; valid while the file object lives
+    uint64_t nbytes = 0;
+    uint64_t fileOffset = 0;  // absolute offset of the first byte in the file
+    std::string file;
+    int64_t numel() const;
+};
+
+class SafetensorsFile {
+public:
+    static std::shared_ptr<SafetensorsFile> open(const std::string& path);
+    ~SafetensorsFile();
+    SafetensorsFile(const SafetensorsFile&) = delete;
+    SafetensorsFile& operator=(const SafetensorsFile&) = delete;
+
+    const std::string& path() const { return path_; }
+    uint64_t fileSize() const { return size_; }
+    const std::string& headerText() const { return header_; }
+    const std::map<std::string, std::string>& metadata() const { return metadata_; }
+    const std::map<std::string, TensorView>& tensors() const { return tensors_; }
+
+private:
+    SafetensorsFile() = default;
+    void parse();
+    std::string path_;
+    uint64_t size_ = 0;
+    const uint8_t* base_ = nullptr;
+    std::string header_;
+    std::map<std::string, std::string> metadata_;
+    std::map<std::string, TensorView> tensors_;
+};
+
+}  // namespace es

@@ -1,0 +1,56 @@
+#pragma once
+// A model loaded on a device, ready to run prompts and record routing traces. The public
+// interface is torch-free: the implementation (model.cpp) is the only place that sees LibTorch.
+#include <atomic>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "model/spec.h"
+#include "trace/trace.h"
+
+namespace es {
+
+class Checkpoint;
+
+struct LoadOptions {
+    std::string device = "cpu";     // cpu | cuda | cuda:N
+    std::string dtype = "float32";  // float32 | bfloat16 | float16
+    enum class Streaming { Auto, On, Off } streaming = Streaming::Auto;
+};
+
+struct TraceOptions {
+    bool allExperts = false;  // evaluate every expert on every token, record output norms
+    bool saveLogits = false;
+    std::function<void(double fraction, const std::string& what)> progress;
+    const std::atomic<bool>* cancel = nullptr;
+};
+
+// Sets LibTorch's intra-op threads (0: all hardware threads). Call once at startup.
+void initRuntime(int threads = 0);
+int runtimeThreads();
+bool cudaAvailable();
+
+class Model {
+public:
+    static std::unique_ptr<Model> load(std::shared_ptr<Checkpoint> ckpt, const ModelSpec& spec, const LoadOptions& opt);
+    ~Model();
+
+    const ModelSpec& spec() const;
+    const std::string& device() const;
+    const std::string& dtype() const;
+    // True when layers are loaded one at a time during a forward (the model does not fit).
+    bool layerStreamed() const;
+
+    // Runs every prompt through the model and records the MoE layers' routing.
+    // Prompts run one by one (no padding), layer by layer: all prompts pass layer l before layer l+1.
+    RunTrace trace(const std::vector<std::vector<int64_t>>& prompts, const TraceOptions& opt);
+
+private:
+    Model();
+    struct Impl;
+    std::unique_ptr<Impl> d_;
+};
+
+}  // namespace es

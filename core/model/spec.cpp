@@ -1,0 +1,442 @@
+#include "model/spec.h"
+
+#include <algorithm>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <set>
+
+#include "checkpoint/checkpoint.h"
+#include "error.h"
+
+namespace es {
+
+using nlohmann::json;
+
+std::string RouterRule::describe() const {
+    std::string s = scoring == Scoring::Softmax ? "softmax" : "sigmoid";
+    s += topkBeforeSoftmax ? ", top-k on logits then softmax over k" : ", top-k";
+    if (renormalize) s += ", renormalise";
+    if (scale != 1.0) s += ", x" + std::to_string(scale);
+    if (shared == Shared::Ungated) s += ", shared expert";
+    if (shared == Shared::SigmoidGated) s += ", sigmoid-gated shared expert";
+    return s;
+}
+
+std::string ModelSpec::routerName(int l) const { return layerPrefix(l) + moePrefix + ".gate.weight"; }
+std::string ModelSpec::expertName(int l, int e, const std::string& leaf) const {
+    return layerPrefix(l) + moePrefix + ".experts." + std::to_string(e) + "." + leaf + ".weight";
+}
+std::string ModelSpec::packedGateUpName(int l) const { return layerPrefix(l) + moePrefix + ".experts.gate_up_proj"; }
+std::string ModelSpec::packedDownName(int l) const { return layerPrefix(l) + moePrefix + ".experts.down_proj"; }
+std::string ModelSpec::sharedName(int l, const std::string& leaf) const {
+    return layerPrefix(l) + "mlp.shared_expert." + leaf + ".weight";
+}
+std::string ModelSpec::sharedGateName(int l) const { return layerPrefix(l) + "mlp.shared_expert_gate.weight"; }
+std::string ModelSpec::lmHeadName() const { return tieEmbeddings ? "model.embed_tokens.weight" : "lm_head.weight"; }
+
+std::vector<int> ModelSpec::moeLayers() const {
+    std::vector<int> v;
+    for (int l = 0; l < static_cast<int>(layers.size()); ++l)
+        if (layers[l].moe) v.push_back(l);
+    return v;
+}
+
+std::vector<std::string> ModelSpec::supportedModelTypes() {
+    return {"mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "llama", "mistral", "qwen2"};
+}
+
+namespace {
+
+// Typed access to config.json with errors that name the file and the key.
+class Config {
+public:
+    Config(const json& j, std::string file) : j_(j), file_(std::move(file)) {}
+    bool has(const std::string& k) const { return j_.contains(k) && !j_[k].is_null(); }
+    int64_t requiredInt(const std::string& k) const {
+        if (!has(k)) throw Error("missing required key", file_, k);
+        return asInt(k);
+    }
+    int64_t optInt(const std::string& k, int64_t def) const { return has(k) ? asInt(k) : def; }
+    double optDouble(const std::string& k, double def) const {
+        if (!has(k)) return def;
+        if (!j_[k].is_number()) throw Error("expected a number", file_, k);
+        return j_[k].get<double>();
+    }
+    bool optBool(const std::string& k, bool def) const {
+        if (!has(k)) return def;
+        if (!j_[k].is_boolean()) throw Error("expected true or false", file_, k);
+        return j_[k].get<bool>();
+    }
+    std::string optString(const std::string& k, const std::string& def) const {
+        if (!has(k)) return def;
+        if (!j_[k].is_string()) throw Error("expected a string", file_, k);
+        return j_[k].get<std::string>();
+    }
+    std::vector<int64_t> optIntList(const std::string& k) const {
+        std::vector<int64_t> v;
+        if (!has(k)) return v;
+        if (!j_[k].is_array()) throw Error("expected a list of integers", file_, k);
+        for (auto& x : j_[k]) {
+            if (!x.is_number_integer()) throw Error("expected a list of integers", file_, k);
+            v.push_back(x.get<int64_t>());
+        }
+        return v;
+    }
+    std::vector<std::string> optStringList(const std::string& k) const {
+        std::vector<std::string> v;
+        if (!has(k)) return v;
+        if (!j_[k].is_array()) throw Error("expected a list of strings", file_, k);
+        for (auto& x : j_[k]) {
+            if (!x.is_string()) throw Error("expected a list of strings", file_, k);
+            v.push_back(x.get<std::string>());
+        }
+        return v;
+    }
+    const json& raw() const { return j_; }
+    const std::string& file() const { return file_; }
+    [[noreturn]] void fail(const std::string& k, const std::string& msg) const { throw Error(msg, file_, k); }
+
+private:
+    int64_t asInt(const std::string& k) const {
+        if (!j_[k].is_number_integer()) throw Error("expected an integer", file_, k);
+        return j_[k].get<int64_t>();
+    }
+    const json& j_;
+    std::string file_;
+};
+
+void positive(const Config& c, const std::string& k, int64_t v) {
+    if (v <= 0) c.fail(k, "must be positive, got " + std::to_string(v));
+}
+
+double ropeTheta(const Config& c, double def) {
+    if (c.has("rope_parameters")) {
+        const json& rp = c.raw()["rope_parameters"];
+        if (!rp.is_object()) c.fail("rope_parameters", "expected an object");
+        std::string type = rp.value("rope_type", rp.value("type", std::string("default")));
+        if (type != "default")
+            c.fail("rope_parameters.rope_type", "RoPE type '" + type + "' is not supported yet (supported: default)");
+        if (rp.contains("rope_theta")) {
+            if (!rp["rope_theta"].is_number()) c.fail("rope_parameters.rope_theta", "expected a number");
+            return rp["rope_theta"].get<double>();
+        }
+    }
+    if (c.has("rope_scaling")) {
+        const json& rs = c.raw()["rope_scaling"];
+        std::string type = rs.is_object() ? rs.value("rope_type", rs.value("type", std::string("?"))) : "?";
+        if (type != "default")
+            c.fail("rope_scaling", "RoPE scaling '" + type + "' is not supported yet (supported: default)");
+    }
+    return c.optDouble("rope_theta", def);
+}
+
+// Per-family defaults follow transformers' configuration classes for a key that is absent.
+struct FamilyDefaults {
+    double rmsEps;
+    double ropeTheta;
+};
+
+void fillCommon(ModelSpec& s, const Config& c, const FamilyDefaults& d) {
+    s.vocab = c.requiredInt("vocab_size");
+    s.hidden = c.requiredInt("hidden_size");
+    s.numLayers = c.requiredInt("num_hidden_layers");
+    s.attn.heads = c.requiredInt("num_attention_heads");
+    positive(c, "vocab_size", s.vocab);
+    positive(c, "hidden_size", s.hidden);
+    positive(c, "num_hidden_layers", s.numLayers);
+    positive(c, "num_attention_heads", s.attn.heads);
+    s.attn.kvHeads = c.optInt("num_key_value_heads", s.attn.heads);
+    positive(c, "num_key_value_heads", s.attn.kvHeads);
+    if (s.attn.heads % s.attn.kvHeads != 0)
+        c.fail("num_key_value_heads", "num_attention_heads (" + std::to_string(s.attn.heads) +
+                                          ") is not a multiple of num_key_value_heads (" +
+                                          std::to_string(s.attn.kvHeads) + ")");
+    s.attn.headDim = c.optInt("head_dim", 0);
+    if (s.attn.headDim == 0) {
+        if (s.hidden % s.attn.heads != 0) c.fail("hidden_size", "not divisible by num_attention_heads");
+        s.attn.headDim = s.hidden / s.attn.heads;
+    }
+    if (s.attn.headDim % 2 != 0) c.fail("head_dim", "must be even for rotary embeddings");
+    s.rmsEps = c.optDouble("rms_norm_eps", d.rmsEps);
+    s.attn.ropeTheta = ropeTheta(c, d.ropeTheta);
+    s.tieEmbeddings = c.optBool("tie_word_embeddings", false);
+    s.activation = c.optString("hidden_act", "silu");
+    if (s.activation != "silu") c.fail("hidden_act", "activation '" + s.activation + "' is not supported (supported: silu)");
+    s.layers.assign(s.numLayers, LayerSpec{});
+}
+
+void denseLayers(ModelSpec& s, const Config& c) {
+    int64_t f = c.requiredInt("intermediate_size");
+    positive(c, "intermediate_size", f);
+    for (auto& l : s.layers) l.ffnDim = f;
+}
+
+void globalSliding(ModelSpec& s, int64_t window) {
+    for (auto& l : s.layers) l.slidingWindow = window > 0 ? window : 0;
+}
+
+// Qwen2 / Qwen2-MoE: per-layer attention types.
+void qwenLayerTypes(ModelSpec& s, const Config& c, bool moeFormula) {
+    bool use = c.optBool("use_sliding_window", false);
+    int64_t window = use ? c.optInt("sliding_window", 4096) : 0;
+    int64_t maxWindow = c.optInt("max_window_layers", 28);
+    auto types = c.optStringList("layer_types");
+    if (!types.empty() && static_cast<int64_t>(types.size()) != s.numLayers)
+        c.fail("layer_types", "has " + std::to_string(types.size()) + " entries for " + std::to_string(s.numLayers) + " layers");
+    for (int64_t i = 0; i < s.numLayers; ++i) {
+        bool sliding;
+        if (!types.empty()) {
+            if (types[i] != "sliding_attention" && types[i] != "full_attention")
+                c.fail("layer_types", "unknown layer type '" + types[i] + "'");
+            sliding = types[i] == "sliding_attention";
+        } else if (moeFormula) {
+            sliding = ((i + 1) % 2) && i < maxWindow && use;
+        } else {
+            sliding = use && i >= maxWindow;
+        }
+        s.layers[i].slidingWindow = (sliding && window > 0) ? window : 0;
+    }
+}
+
+void sparseLayers(ModelSpec& s, const Config& c) {
+    int64_t step = c.optInt("decoder_sparse_step", 1);
+    positive(c, "decoder_sparse_step", step);
+    auto only = c.optIntList("mlp_only_layers");
+    std::set<int64_t> dense(only.begin(), only.end());
+    int64_t f = c.optInt("intermediate_size", 0);
+    for (int64_t i = 0; i < s.numLayers; ++i) {
+        bool moe = !dense.count(i) && s.numExperts > 0 && (i + 1) % step == 0;
+        s.layers[i].moe = moe;
+        if (!moe) {
+            if (f <= 0) c.fail("intermediate_size", "missing required key (layer " + std::to_string(i) + " is dense)");
+            s.layers[i].ffnDim = f;
+        }
+    }
+}
+
+// The expert count has two names across transformers versions (each config class maps one onto
+// the other: num_experts <-> num_local_experts); accept either, prefer the family's own.
+void moeCounts(ModelSpec& s, const Config& c, const std::string& expertsKey, const std::string& ffnKey) {
+    const std::string alias = expertsKey == "num_experts" ? "num_local_experts" : "num_experts";
+    s.numExperts = c.has(expertsKey) || !c.has(alias) ? c.requiredInt(expertsKey) : c.requiredInt(alias);
+    s.topK = c.requiredInt("num_experts_per_tok");
+    s.expertFfn = c.requiredInt(ffnKey);
+    positive(c, expertsKey, s.numExperts);
+    positive(c, "num_experts_per_tok", s.topK);
+    positive(c, ffnKey, s.expertFfn);
+    if (s.topK > s.numExperts)
+        c.fail("num_experts_per_tok", "top-k " + std::to_string(s.topK) + " exceeds the " + std::to_string(s.numExperts) + " experts");
+}
+
+ModelSpec adapt(const Config& c, const std::string& type) {
+    ModelSpec s;
+    s.modelType = type;
+    if (type == "mixtral") {
+        s.family = "mixtral";
+        fillCommon(s, c, {1e-5, 1e6});
+        moeCounts(s, c, "num_local_experts", "intermediate_size");
+        for (auto& l : s.layers) l.moe = true;
+        globalSliding(s, c.optInt("sliding_window", 0));
+        s.moePrefix = "block_sparse_moe";
+        s.expertGate = "w1"; s.expertUp = "w3"; s.expertDown = "w2";
+        s.router.renormalize = true;
+        s.router.weightsInHiddenDtype = false;
+    } else if (type == "qwen2_moe") {
+        s.family = "qwen2_moe";
+        fillCommon(s, c, {1e-6, 10000.0});
+        moeCounts(s, c, "num_experts", "moe_intermediate_size");
+        sparseLayers(s, c);
+        qwenLayerTypes(s, c, true);
+        s.sharedFfn = c.optInt("shared_expert_intermediate_size", 5632);
+        positive(c, "shared_expert_intermediate_size", s.sharedFfn);
+        s.moePrefix = "mlp";
+        s.expertGate = "gate_proj"; s.expertUp = "up_proj"; s.expertDown = "down_proj";
+        s.router.renormalize = c.optBool("norm_topk_prob", false);
+        s.router.weightsInHiddenDtype = true;
+        s.router.shared = RouterRule::Shared::SigmoidGated;
+        s.attn.qkvBias = c.optBool("qkv_bias", true);
+    } else if (type == "qwen3_moe") {
+        s.family = "qwen3_moe";
+        fillCommon(s, c, {1e-6, 10000.0});
+        moeCounts(s, c, "num_experts", "moe_intermediate_size");
+        sparseLayers(s, c);
+        globalSliding(s, c.optBool("use_sliding_window", false) ? c.optInt("sliding_window", 4096) : 0);
+        s.moePrefix = "mlp";
+        s.expertGate = "gate_proj"; s.expertUp = "up_proj"; s.expertDown = "down_proj";
+        s.router.renormalize = c.optBool("norm_topk_prob", false);
+        s.router.weightsInHiddenDtype = true;
+        s.attn.qkvBias = s.attn.oBias = c.optBool("attention_bias", false);
+        s.attn.qkNorm = AttentionSpec::QKNorm::PerHead;
+    } else if (type == "olmoe") {
+        s.family = "olmoe";
+        fillCommon(s, c, {1e-5, 10000.0});
+        moeCounts(s, c, "num_experts", "intermediate_size");
+        for (auto& l : s.layers) l.moe = true;
+        s.moePrefix = "mlp";
+        s.expertGate = "gate_proj"; s.expertUp = "up_proj"; s.expertDown = "down_proj";
+        s.router.renormalize = c.optBool("norm_topk_prob", false);
+        s.router.weightsInHiddenDtype = true;
+        s.attn.qkvBias = s.attn.oBias = c.optBool("attention_bias", false);
+        s.attn.qkNorm = AttentionSpec::QKNorm::Full;
+        s.attn.clipQkv = c.optDouble("clip_qkv", 0.0);
+        if (c.has("clip_qkv") && s.attn.clipQkv <= 0) c.fail("clip_qkv", "must be positive");
+        if (s.attn.headDim != s.hidden / s.attn.heads)
+            c.fail("head_dim", "OLMoE's k_norm assumes head_dim = hidden_size / num_attention_heads");
+    } else if (type == "llama") {
+        s.family = "llama";
+        fillCommon(s, c, {1e-6, 10000.0});
+        denseLayers(s, c);
+        s.attn.qkvBias = s.attn.oBias = c.optBool("attention_bias", false);
+        if (c.optBool("mlp_bias", false)) c.fail("mlp_bias", "MLP biases are not supported yet");
+    } else if (type == "mistral") {
+        s.family = "mistral";
+        fillCommon(s, c, {1e-6, 10000.0});
+        denseLayers(s, c);
+        globalSliding(s, c.raw().contains("sliding_window") ? c.optInt("sliding_window", 0) : 4096);
+    } else if (type == "qwen2") {
+        s.family = "qwen2";
+        fillCommon(s, c, {1e-6, 10000.0});
+        denseLayers(s, c);
+        qwenLayerTypes(s, c, false);
+        s.attn.qkvBias = true;
+    } else {
+        std::string list;
+        for (auto& t : ModelSpec::supportedModelTypes()) list += (list.empty() ? "" : ", ") + t;
+        c.fail("model_type", "unknown model_type '" + type + "' (supported: " + list + ")");
+    }
+    return s;
+}
+
+// The set of tensors the spec expects, with shapes; checked against the checkpoint.
+struct Expect {
+    std::map<std::string, std::vector<int64_t>> shapes;
+    void add(const std::string& n, std::vector<int64_t> shape) { shapes[n] = std::move(shape); }
+};
+
+Expect expectedTensors(const ModelSpec& s) {
+    Expect x;
+    const int64_t d = s.hidden, hd = s.attn.headDim, q = s.attn.heads * hd, kv = s.attn.kvHeads * hd;
+    x.add("model.embed_tokens.weight", {s.vocab, d});
+    x.add("model.norm.weight", {d});
+    if (!s.tieEmbeddings) x.add("lm_head.weight", {s.vocab, d});
+    for (int l = 0; l < s.numLayers; ++l) {
+        const std::string p = s.layerPrefix(l);
+        x.add(p + "input_layernorm.weight", {d});
+        x.add(p + "post_attention_layernorm.weight", {d});
+        x.add(p + "self_attn.q_proj.weight", {q, d});
+        x.add(p + "self_attn.k_proj.weight", {kv, d});
+        x.add(p + "self_attn.v_proj.weight", {kv, d});
+        x.add(p + "self_attn.o_proj.weight", {d, q});
+        if (s.attn.qkvBias) {
+            x.add(p + "self_attn.q_proj.bias", {q});
+            x.add(p + "self_attn.k_proj.bias", {kv});
+            x.add(p + "self_attn.v_proj.bias", {kv});
+        }
+        if (s.attn.oBias) x.add(p + "self_attn.o_proj.bias", {d});
+        if (s.attn.qkNorm == AttentionSpec::QKNorm::PerHead) {
+            x.add(p + "self_attn.q_norm.weight", {hd});
+            x.add(p + "self_attn.k_norm.weight", {hd});
+        } else if (s.attn.qkNorm == AttentionSpec::QKNorm::Full) {
+            x.add(p + "self_attn.q_norm.weight", {q});
+            x.add(p + "self_attn.k_norm.weight", {kv});
+        }
+        if (!s.layers[l].moe) {
+            const int64_t f = s.layers[l].ffnDim;
+            x.add(p + "mlp.gate_proj.weight", {f, d});
+            x.add(p + "mlp.up_proj.weight", {f, d});
+            x.add(p + "mlp.down_proj.weight", {d, f});
+            continue;
+        }
+        const int64_t E = s.numExperts, F = s.expertFfn;
+        x.add(s.routerName(l), {E, d});
+        if (s.layout == ExpertLayout::PerExpert) {
+            for (int e = 0; e < E; ++e) {
+                x.add(s.expertName(l, e, s.expertGate), {F, d});
+                x.add(s.expertName(l, e, s.expertUp), {F, d});
+                x.add(s.expertName(l, e, s.expertDown), {d, F});
+            }
+        } else {
+            x.add(s.packedGateUpName(l), {E, 2 * F, d});
+            x.add(s.packedDownName(l), {E, d, F});
+        }
+        if (s.hasSharedExpert()) {
+            const int64_t sf = s.sharedFfn;
+            x.add(s.sharedName(l, "gate_proj"), {sf, d});
+            x.add(s.sharedName(l, "up_proj"), {sf, d});
+            x.add(s.sharedName(l, "down_proj"), {d, sf});
+            if (s.router.shared == RouterRule::Shared::SigmoidGated) x.add(s.sharedGateName(l), {1, d});
+        }
+    }
+    return x;
+}
+
+std::string shapeStr(const std::vector<int64_t>& v) {
+    std::string s = "[";
+    for (size_t i = 0; i < v.size(); ++i) s += (i ? ", " : "") + std::to_string(v[i]);
+    return s + "]";
+}
+
+}  // namespace
+
+ModelSpec ModelSpec::fromCheckpoint(const Checkpoint& ckpt) {
+    const json& j = ckpt.config();
+    Config c(j, ckpt.configPath());
+    if (!c.has("model_type")) c.fail("model_type", "missing required key");
+    ModelSpec s = adapt(c, c.optString("model_type", ""));
+
+    // Which expert layout is on disk: v5 in-memory naming packs experts per layer.
+    auto moe = s.moeLayers();
+    if (!moe.empty()) {
+        int l = moe.front();
+        if (!ckpt.find(s.expertName(l, 0, s.expertGate))) {
+            for (std::string prefix : {s.moePrefix, std::string("mlp")}) {
+                ModelSpec t = s;
+                t.moePrefix = prefix;
+                if (ckpt.find(t.packedGateUpName(l))) {
+                    s.moePrefix = prefix;
+                    s.layout = ExpertLayout::Packed;
+                    break;
+                }
+            }
+            if (s.layout == ExpertLayout::PerExpert && s.moePrefix == "block_sparse_moe") {
+                ModelSpec t = s;
+                t.moePrefix = "mlp";
+                if (ckpt.find(t.routerName(l))) s.moePrefix = "mlp";  // renamed per-expert layout
+            }
+        }
+    }
+
+    Expect x = expectedTensors(s);
+    std::set<std::string> dtypes;
+    for (auto& [name, shape] : x.shapes) {
+        const TensorView* t = ckpt.find(name);
+        if (!t) {
+            if (name == "lm_head.weight") {
+                throw Error("missing tensor (config says tie_word_embeddings=false)", ckpt.path(), name);
+            }
+            throw Error("missing tensor expected by the " + s.family + " adapter", ckpt.path(), name);
+        }
+        if (t->shape != shape)
+            throw Error("shape " + shapeStr(t->shape) + " does not match the config's " + shapeStr(shape), t->file, name);
+        dtypes.insert(dtypeName(t->dtype));
+    }
+    for (auto& [name, t] : ckpt.tensors()) {
+        if (x.shapes.count(name)) continue;
+        if (name == "lm_head.weight" && s.tieEmbeddings && t->shape == std::vector<int64_t>{s.vocab, s.hidden}) continue;
+        throw Error("tensor not recognised by the " + s.family + " adapter", t->file, name);
+    }
+    s.dtype = dtypes.size() == 1 ? *dtypes.begin() : "mixed";
+
+    int64_t total = 0;
+    for (auto& [name, shape] : x.shapes) {
+        int64_t n = 1;
+        for (auto d : shape) n *= d;
+        total += n;
+    }
+    int64_t perExpert = 3 * s.expertFfn * s.hidden;
+    s.totalParams = total;
+    s.activeParams = total - static_cast<int64_t>(moe.size()) * (s.numExperts - s.topK) * perExpert;
+    return s;
+}
+
+}  // namespace es

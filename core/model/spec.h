@@ -1,0 +1,79 @@
+#pragma once
+// config.json -> ModelSpec: the architecture as data. One adapter per family fills it in (sizes,
+// router rule, attention options, and the tensor names of every logical role for the on-disk
+// layout found); the forward pass in model.cpp reads only this struct.
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace es {
+
+class Checkpoint;
+
+// How a MoE block turns router logits into expert choices and combine weights.
+struct RouterRule {
+    enum class Scoring { Softmax, Sigmoid };
+    enum class Shared { None, Ungated, SigmoidGated };
+    Scoring scoring = Scoring::Softmax;
+    bool topkBeforeSoftmax = false;  // top-k on logits, softmax over the k (JetMoE, GPT-OSS)
+    bool renormalize = true;         // top-k weights divided by their sum
+    bool weightsInHiddenDtype = false;  // weights cast to the activation dtype before combining
+    double scale = 1.0;              // routed_scaling_factor
+    Shared shared = Shared::None;
+    std::string describe() const;
+};
+
+struct AttentionSpec {
+    enum class QKNorm { None, PerHead, Full };
+    int64_t heads = 0, kvHeads = 0, headDim = 0;
+    bool qkvBias = false, oBias = false;
+    QKNorm qkNorm = QKNorm::None;
+    double clipQkv = 0.0;  // 0: no clamp
+    double ropeTheta = 10000.0;
+};
+
+struct LayerSpec {
+    bool moe = false;
+    int64_t ffnDim = 0;         // dense MLP width (when !moe)
+    int64_t slidingWindow = 0;  // 0: full causal attention
+};
+
+enum class ExpertLayout { PerExpert, Packed };
+
+struct ModelSpec {
+    std::string modelType;   // config.json model_type
+    std::string family;      // adapter name
+    int64_t vocab = 0, hidden = 0, numLayers = 0;
+    int64_t numExperts = 0, topK = 0, expertFfn = 0, sharedFfn = 0;
+    double rmsEps = 1e-6;
+    bool tieEmbeddings = false;
+    std::string activation = "silu";
+    AttentionSpec attn;
+    RouterRule router;
+    std::vector<LayerSpec> layers;
+    ExpertLayout layout = ExpertLayout::PerExpert;
+    std::string dtype;  // storage dtype of the weights ("BF16", "F32", ... or "mixed")
+    int64_t totalParams = 0, activeParams = 0;
+
+    // Tensor names (the adapter's mapping of logical roles).
+    std::string moePrefix;                        // "block_sparse_moe" or "mlp"
+    std::string expertGate, expertUp, expertDown;  // per-expert leaf names: w1/w3/w2 or gate_proj/...
+    std::string layerPrefix(int l) const { return "model.layers." + std::to_string(l) + "."; }
+    std::string routerName(int l) const;
+    std::string expertName(int l, int e, const std::string& leaf) const;  // per-expert layout
+    std::string packedGateUpName(int l) const;
+    std::string packedDownName(int l) const;
+    std::string sharedName(int l, const std::string& leaf) const;  // shared expert MLP
+    std::string sharedGateName(int l) const;
+    std::string lmHeadName() const;
+    bool hasSharedExpert() const { return router.shared != RouterRule::Shared::None; }
+    std::vector<int> moeLayers() const;
+
+    // Reads checkpoint.config(), picks the adapter, checks every tensor: each expected one
+    // exists with the expected shape, and no tensor is left unaccounted for.
+    static ModelSpec fromCheckpoint(const Checkpoint& ckpt);
+    static std::vector<std::string> supportedModelTypes();
+};
+
+}  // namespace es

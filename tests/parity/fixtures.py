@@ -1,0 +1,184 @@
+"""Tiny random checkpoints built with HF transformers' own model classes, and reference traces.
+
+Every parameter is re-initialised so that it matters (N(0, 1/fan_in) matrices, norm weights
+1 + 0.1 N(0,1), non-zero biases, decisive routers), then the model is saved twice: with
+save_pretrained (the per-expert on-disk layout) and as its in-memory state dict (transformers v5
+packs the experts: mlp.experts.gate_up_proj [E, 2F, d], mlp.experts.down_proj [E, d, F]).
+The reference run is HF in float32 on CPU, one prompt at a time.
+"""
+import json
+import math
+import os
+
+import numpy as np
+import torch
+import transformers
+from safetensors.torch import save_file
+
+# name -> (config class name, config kwargs). Each exercises options of its family.
+CONFIGS = {
+    "mixtral_gqa": ("MixtralConfig", dict(num_attention_heads=4, num_key_value_heads=2, num_local_experts=4,
+                                          num_experts_per_tok=2, intermediate_size=96)),
+    "mixtral_sliding_tied": ("MixtralConfig", dict(num_attention_heads=4, num_key_value_heads=1, num_local_experts=6,
+                                                   num_experts_per_tok=3, intermediate_size=48, sliding_window=5,
+                                                   tie_word_embeddings=True, rope_theta=1000.0)),
+    "qwen2_moe_shared": ("Qwen2MoeConfig", dict(num_attention_heads=4, num_key_value_heads=2, num_experts=6,
+                                                num_experts_per_tok=2, moe_intermediate_size=32,
+                                                shared_expert_intermediate_size=80, intermediate_size=72,
+                                                num_hidden_layers=4, mlp_only_layers=[2], norm_topk_prob=False)),
+    "qwen2_moe_step2_norm": ("Qwen2MoeConfig", dict(num_attention_heads=4, num_key_value_heads=4, num_experts=4,
+                                                    num_experts_per_tok=2, moe_intermediate_size=40,
+                                                    shared_expert_intermediate_size=64, intermediate_size=56,
+                                                    num_hidden_layers=3, decoder_sparse_step=2, norm_topk_prob=True,
+                                                    qkv_bias=False)),
+    "qwen3_moe_headdim": ("Qwen3MoeConfig", dict(num_attention_heads=4, num_key_value_heads=2, head_dim=24,
+                                                 num_experts=8, num_experts_per_tok=2, moe_intermediate_size=32,
+                                                 intermediate_size=64, norm_topk_prob=True, num_hidden_layers=3,
+                                                 mlp_only_layers=[1])),
+    "qwen3_moe_nonorm_bias": ("Qwen3MoeConfig", dict(num_attention_heads=4, num_key_value_heads=4, num_experts=4,
+                                                     num_experts_per_tok=1, moe_intermediate_size=48,
+                                                     norm_topk_prob=False, attention_bias=True)),
+    "olmoe_clip": ("OlmoeConfig", dict(num_attention_heads=4, num_key_value_heads=4, num_experts=8,
+                                       num_experts_per_tok=2, intermediate_size=32, clip_qkv=0.8,
+                                       norm_topk_prob=False)),
+    "olmoe_gqa_norm": ("OlmoeConfig", dict(num_attention_heads=4, num_key_value_heads=2, num_experts=4,
+                                           num_experts_per_tok=2, intermediate_size=40, norm_topk_prob=True,
+                                           attention_bias=True, tie_word_embeddings=True)),
+    "llama_bias_tied": ("LlamaConfig", dict(num_attention_heads=4, num_key_value_heads=2, intermediate_size=96,
+                                            attention_bias=True, tie_word_embeddings=True)),
+    "mistral_sliding": ("MistralConfig", dict(num_attention_heads=4, num_key_value_heads=2, intermediate_size=80,
+                                              sliding_window=4)),
+    "qwen2_dense": ("Qwen2Config", dict(num_attention_heads=4, num_key_value_heads=2, intermediate_size=80)),
+}
+
+BASE = dict(vocab_size=97, hidden_size=64, num_hidden_layers=2, max_position_embeddings=256, rms_norm_eps=1e-6)
+
+PROMPTS = [
+    [1, 5, 9, 33, 2, 77, 41, 8, 13, 21, 34, 55, 89],
+    [3, 96, 0, 44, 12, 7, 60],
+    [50, 51, 52, 53, 54, 55, 56, 57, 58, 59, 60, 61, 62, 63, 64, 65, 66, 67],
+]
+
+
+def build_model(name, seed=0):
+    cls_name, kw = CONFIGS[name]
+    cfg_kwargs = dict(BASE)
+    cfg_kwargs.update(kw)
+    config = getattr(transformers, cls_name)(**cfg_kwargs)
+    config._attn_implementation = "sdpa"
+    model = transformers.AutoModelForCausalLM.from_config(config, torch_dtype=torch.float32)
+    model.eval()
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for pname, p in model.named_parameters():
+            leaf = pname.split(".")[-2] if pname.endswith(".weight") or pname.endswith(".bias") else pname
+            if "norm" in pname and p.dim() == 1:
+                p.copy_(1.0 + 0.1 * torch.randn(p.shape, generator=g))
+            elif pname.endswith(".bias"):
+                p.copy_(0.1 * torch.randn(p.shape, generator=g))
+            elif "embed_tokens" in pname or pname.startswith("lm_head"):
+                p.copy_(torch.randn(p.shape, generator=g))
+            elif pname.endswith("gate.weight") and p.shape[0] != 1 and "shared" not in pname:
+                # the router: decisive enough that top-k ties are rare
+                p.copy_(torch.randn(p.shape, generator=g) * (3.0 / math.sqrt(p.shape[-1])))
+            else:
+                p.copy_(torch.randn(p.shape, generator=g) / math.sqrt(p.shape[-1]))
+            del leaf
+    if getattr(config, "tie_word_embeddings", False):
+        model.tie_weights()
+    return model
+
+
+def save_layouts(model, out_dir):
+    """Writes out_dir/per_expert (save_pretrained) and out_dir/packed (in-memory state dict)."""
+    per = os.path.join(out_dir, "per_expert")
+    packed = os.path.join(out_dir, "packed")
+    model.save_pretrained(per)
+    os.makedirs(packed, exist_ok=True)
+    sd = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
+    if getattr(model.config, "tie_word_embeddings", False):
+        sd.pop("lm_head.weight", None)
+    save_file(sd, os.path.join(packed, "model.safetensors"), metadata={"format": "pt"})
+    with open(os.path.join(per, "config.json")) as f:
+        cfg = json.load(f)
+    with open(os.path.join(packed, "config.json"), "w") as f:
+        json.dump(cfg, f, indent=2)
+    return per, packed
+
+
+def _moe_blocks(model):
+    blocks = {}
+    for mname, m in model.named_modules():
+        if type(m).__name__.endswith("SparseMoeBlock"):
+            layer = int(mname.split(".layers.")[1].split(".")[0])
+            blocks[layer] = m
+    return blocks
+
+
+@torch.no_grad()
+def reference(model, prompts=PROMPTS):
+    """HF's own outputs for each prompt, concatenated over prompts like our session."""
+    blocks = _moe_blocks(model)
+    layers = sorted(blocks)
+    rec = {l: {"logits": [], "ids": [], "w": [], "gap": [], "norms": [], "snorms": []} for l in layers}
+    hooks = []
+
+    def router_hook(layer):
+        def fn(mod, inp, out):
+            logits, scores, idx = out
+            probs = torch.softmax(logits.float(), dim=-1)
+            srt = torch.sort(probs, dim=-1, descending=True).values
+            k = idx.shape[-1]
+            gap = (srt[:, k - 1] - srt[:, k]) if srt.shape[-1] > k else torch.full((srt.shape[0],), 1.0)
+            r = rec[layer]
+            r["logits"].append(logits.float().numpy())
+            r["ids"].append(idx.numpy().astype(np.int32))
+            r["w"].append(scores.float().numpy())
+            r["gap"].append(gap.numpy())
+        return fn
+
+    def block_pre_hook(layer):
+        def fn(mod, args):
+            x = args[0].reshape(-1, args[0].shape[-1])
+            T = x.shape[0]
+            E = mod.experts.num_experts
+            norms = []
+            for e in range(E):
+                idx = torch.full((T, 1), e, dtype=torch.long)
+                y = mod.experts(x, idx, torch.ones(T, 1))
+                norms.append(y.float().norm(dim=-1))
+            rec[layer]["norms"].append(torch.stack(norms, 1).numpy())
+            if hasattr(mod, "shared_expert"):
+                rec[layer]["snorms"].append(mod.shared_expert(x).float().norm(dim=-1).numpy())
+        return fn
+
+    for l, b in blocks.items():
+        hooks.append(b.gate.register_forward_hook(router_hook(l)))
+        hooks.append(b.register_forward_pre_hook(block_pre_hook(l)))
+    all_logits = []
+    for p in prompts:
+        out = model(input_ids=torch.tensor([p]), use_cache=False)
+        all_logits.append(out.logits[0].float().numpy())
+    for h in hooks:
+        h.remove()
+    res = {"logits": np.concatenate(all_logits), "moe_layers": np.array(layers, dtype=np.int64),
+           "tokens": np.concatenate([np.array(p, dtype=np.int64) for p in prompts]),
+           "prompt_offsets": np.cumsum([0] + [len(p) for p in prompts]).astype(np.int64)}
+    for l in layers:
+        r = rec[l]
+        res[f"L{l}_router_logits"] = np.concatenate(r["logits"])
+        res[f"L{l}_topk_experts"] = np.concatenate(r["ids"])
+        res[f"L{l}_topk_weights"] = np.concatenate(r["w"])
+        res[f"L{l}_gap"] = np.concatenate(r["gap"])
+        res[f"L{l}_expert_output_norms"] = np.concatenate(r["norms"])
+        if r["snorms"]:
+            res[f"L{l}_shared_output_norms"] = np.concatenate(r["snorms"])
+    return res
+
+
+def make(name, out_dir):
+    model = build_model(name)
+    per, packed = save_layouts(model, out_dir)
+    ref = reference(model)
+    np.savez(os.path.join(out_dir, "reference.npz"), **ref)
+    return per, packed, ref
