@@ -63,7 +63,7 @@ bool readAttrString(hid_t obj, const char* name, std::string& out) {
     H ftype(H5Aget_type(a), H5Tclose);
     if (H5Tget_class(ftype) != H5T_STRING) return false;
     H mtype(H5Tcopy(H5T_C_S1), H5Tclose);
-    H space(H5Aget_space(a), H5Sclose);
+    H5Tset_cset(mtype, H5Tget_cset(ftype));
     if (H5Tis_variable_str(ftype) > 0) {
         H5Tset_size(mtype, H5T_VARIABLE);
         char* p = nullptr;

@@ -66,7 +66,7 @@ def build_model(name, seed=0):
     cfg_kwargs.update(kw)
     config = getattr(transformers, cls_name)(**cfg_kwargs)
     config._attn_implementation = "sdpa"
-    model = transformers.AutoModelForCausalLM.from_config(config, torch_dtype=torch.float32)
+    model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.eval()
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -116,7 +116,7 @@ def _moe_blocks(model):
 
 
 @torch.no_grad()
-def reference(model, prompts=PROMPTS):
+def reference(model, prompts=PROMPTS, device="cpu"):
     """HF's own outputs for each prompt, concatenated over prompts like our session."""
     blocks = _moe_blocks(model)
     layers = sorted(blocks)
@@ -129,12 +129,12 @@ def reference(model, prompts=PROMPTS):
             probs = torch.softmax(logits.float(), dim=-1)
             srt = torch.sort(probs, dim=-1, descending=True).values
             k = idx.shape[-1]
-            gap = (srt[:, k - 1] - srt[:, k]) if srt.shape[-1] > k else torch.full((srt.shape[0],), 1.0)
+            gap = (srt[:, k - 1] - srt[:, k]) if srt.shape[-1] > k else torch.full((srt.shape[0],), 1.0, device=srt.device)
             r = rec[layer]
-            r["logits"].append(logits.float().numpy())
-            r["ids"].append(idx.numpy().astype(np.int32))
-            r["w"].append(scores.float().numpy())
-            r["gap"].append(gap.numpy())
+            r["logits"].append(logits.float().cpu().numpy())
+            r["ids"].append(idx.cpu().numpy().astype(np.int32))
+            r["w"].append(scores.float().cpu().numpy())
+            r["gap"].append(gap.cpu().numpy())
         return fn
 
     def block_pre_hook(layer):
@@ -144,12 +144,12 @@ def reference(model, prompts=PROMPTS):
             E = mod.experts.num_experts
             norms = []
             for e in range(E):
-                idx = torch.full((T, 1), e, dtype=torch.long)
-                y = mod.experts(x, idx, torch.ones(T, 1))
+                idx = torch.full((T, 1), e, dtype=torch.long, device=x.device)
+                y = mod.experts(x, idx, torch.ones(T, 1, device=x.device, dtype=x.dtype))
                 norms.append(y.float().norm(dim=-1))
-            rec[layer]["norms"].append(torch.stack(norms, 1).numpy())
+            rec[layer]["norms"].append(torch.stack(norms, 1).cpu().numpy())
             if hasattr(mod, "shared_expert"):
-                rec[layer]["snorms"].append(mod.shared_expert(x).float().norm(dim=-1).numpy())
+                rec[layer]["snorms"].append(mod.shared_expert(x).float().norm(dim=-1).cpu().numpy())
         return fn
 
     for l, b in blocks.items():
@@ -157,8 +157,8 @@ def reference(model, prompts=PROMPTS):
         hooks.append(b.register_forward_pre_hook(block_pre_hook(l)))
     all_logits = []
     for p in prompts:
-        out = model(input_ids=torch.tensor([p]), use_cache=False)
-        all_logits.append(out.logits[0].float().numpy())
+        out = model(input_ids=torch.tensor([p], device=device), use_cache=False)
+        all_logits.append(out.logits[0].float().cpu().numpy())
     for h in hooks:
         h.remove()
     res = {"logits": np.concatenate(all_logits), "moe_layers": np.array(layers, dtype=np.int64),

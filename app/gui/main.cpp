@@ -1,0 +1,15 @@
+#include <QApplication>
+
+#include "mainwindow.h"
+#include "model/model.h"
+
+int main(int argc, char** argv) {
+    QApplication app(argc, argv);
+    QApplication::setApplicationName("ExpertScope");
+    es::initRuntime(0);
+    es::MainWindow w;
+    const QStringList args = app.arguments();
+    if (args.size() > 1) w.openCheckpoint(args[1]);
+    w.show();
+    return app.exec();
+}

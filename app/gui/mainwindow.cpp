@@ -1,0 +1,98 @@
+#include "mainwindow.h"
+
+#include <QDockWidget>
+#include <QFileDialog>
+#include <QLabel>
+#include <QMenuBar>
+#include <QMessageBox>
+#include <QStackedWidget>
+#include <QTreeWidget>
+
+#include "analysis/similarity.h"
+#include "checkpoint/checkpoint.h"
+#include "error.h"
+#include "heatmapview.h"
+#include "model/spec.h"
+
+namespace es {
+
+MainWindow::MainWindow(QWidget* parent) : QMainWindow(parent) {
+    setWindowTitle("ExpertScope");
+    resize(1200, 800);
+    auto* file = menuBar()->addMenu("&File");
+    file->addAction("&Open checkpoint...", QKeySequence::Open, this, &MainWindow::chooseCheckpoint);
+    file->addSeparator();
+    file->addAction("&Quit", QKeySequence::Quit, this, &QWidget::close);
+
+    tree_ = new QTreeWidget;
+    tree_->setHeaderLabels({"Property", "Value"});
+    auto* dock = new QDockWidget("Model", this);
+    dock->setObjectName("ModelDock");
+    dock->setWidget(tree_);
+    addDockWidget(Qt::LeftDockWidgetArea, dock);
+
+    start_ = new QLabel(
+        "<h2>ExpertScope</h2><p>Look inside Mixture-of-Experts language models.</p>"
+        "<p>File &rarr; Open checkpoint... opens a HuggingFace checkpoint directory or a .safetensors file.</p>");
+    start_->setAlignment(Qt::AlignCenter);
+    heatmap_ = new HeatmapView;
+    central_ = new QStackedWidget;
+    central_->addWidget(start_);
+    central_->addWidget(heatmap_);
+    setCentralWidget(central_);
+}
+
+void MainWindow::chooseCheckpoint() {
+    QString dir = QFileDialog::getExistingDirectory(this, "Open checkpoint directory");
+    if (!dir.isEmpty()) openCheckpoint(dir);
+}
+
+bool MainWindow::openCheckpoint(const QString& path) {
+    try {
+        auto ckpt = Checkpoint::open(path.toStdString());
+        ModelSpec s = ModelSpec::fromCheckpoint(*ckpt);
+        tree_->clear();
+        auto add = [&](const QString& k, const QString& v) { new QTreeWidgetItem(tree_, {k, v}); };
+        add("Path", QString::fromStdString(ckpt->path()));
+        add("Architecture", QString::fromStdString(s.modelType));
+        add("Layers", QString::number(s.numLayers));
+        add("Hidden size", QString::number(s.hidden));
+        add("Experts", QString::number(s.numExperts));
+        add("Top-k", QString::number(s.topK));
+        add("Router", QString::fromStdString(s.router.describe()));
+        add("Parameters", QString("%1 total, %2 active").arg(s.totalParams).arg(s.activeParams));
+        add("Weights dtype", QString::fromStdString(s.dtype));
+        auto* layers = new QTreeWidgetItem(tree_, {"Layer list", ""});
+        for (int l = 0; l < s.numLayers; ++l)
+            new QTreeWidgetItem(layers, {QString("layer %1").arg(l), s.layers[l].moe ? "MoE" : "dense"});
+        tree_->expandAll();
+        tree_->resizeColumnToContents(0);
+
+        // Router rows of the first MoE layer, cosine similarity: a first look at the model.
+        auto moe = s.moeLayers();
+        if (!moe.empty()) {
+            const int E = static_cast<int>(s.numExperts);
+            HeatmapData hd;
+            hd.rows = hd.cols = E;
+            hd.values = routerRowCosine(*ckpt, s, moe.front());
+            for (int e = 0; e < E; ++e) hd.rowLabels << QString::number(e), hd.colLabels << QString::number(e);
+            hd.title = QString("Router-row cosine similarity, layer %1").arg(moe.front());
+            hd.valueLabel = "cosine";
+            heatmap_->setData(hd);
+            central_->setCurrentWidget(heatmap_);
+        } else {
+            central_->setCurrentWidget(start_);
+        }
+        setWindowTitle("ExpertScope - " + QString::fromStdString(ckpt->path()));
+        lastError_.clear();
+        return true;
+    } catch (const std::exception& e) {
+        lastError_ = QString::fromStdString(e.what());
+        auto* box = new QMessageBox(QMessageBox::Critical, "Cannot open checkpoint", lastError_, QMessageBox::Ok, this);
+        box->setAttribute(Qt::WA_DeleteOnClose);
+        box->open();
+        return false;
+    }
+}
+
+}  // namespace es

@@ -1,0 +1,85 @@
+#include "analysis/similarity.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "checkpoint/checkpoint.h"
+#include "error.h"
+#include "model/spec.h"
+
+namespace es {
+
+namespace {
+float halfToFloat(uint16_t h) {
+    const uint32_t sign = static_cast<uint32_t>(h & 0x8000) << 16;
+    uint32_t exp = (h >> 10) & 0x1f, man = h & 0x3ff, bits;
+    if (exp == 0) {
+        if (man == 0) bits = sign;
+        else {  // subnormal
+            exp = 127 - 15 + 1;
+            while (!(man & 0x400)) {
+                man <<= 1;
+                --exp;
+            }
+            man &= 0x3ff;
+            bits = sign | (exp << 23) | (man << 13);
+        }
+    } else if (exp == 31) bits = sign | 0x7f800000 | (man << 13);
+    else bits = sign | ((exp + 127 - 15) << 23) | (man << 13);
+    float f;
+    std::memcpy(&f, &bits, 4);
+    return f;
+}
+}  // namespace
+
+std::vector<double> toDoubles(const TensorView& t) {
+    const size_t n = static_cast<size_t>(t.numel());
+    std::vector<double> out(n);
+    for (size_t i = 0; i < n; ++i) {
+        if (t.dtype == DType::F32) {
+            float f;
+            std::memcpy(&f, t.data + 4 * i, 4);
+            out[i] = f;
+        } else {
+            uint16_t h;
+            std::memcpy(&h, t.data + 2 * i, 2);
+            if (t.dtype == DType::BF16) {
+                uint32_t u = static_cast<uint32_t>(h) << 16;
+                float f;
+                std::memcpy(&f, &u, 4);
+                out[i] = f;
+            } else {
+                out[i] = halfToFloat(h);
+            }
+        }
+    }
+    return out;
+}
+
+std::vector<double> rowCosine(const std::vector<double>& m, int rows, int cols) {
+    std::vector<double> norms(rows), out(static_cast<size_t>(rows) * rows);
+    for (int a = 0; a < rows; ++a) {
+        double s = 0;
+        for (int k = 0; k < cols; ++k) s += m[static_cast<size_t>(a) * cols + k] * m[static_cast<size_t>(a) * cols + k];
+        norms[a] = std::sqrt(s);
+    }
+    for (int a = 0; a < rows; ++a)
+        for (int b = a; b < rows; ++b) {
+            double dot = 0;
+            for (int k = 0; k < cols; ++k) dot += m[static_cast<size_t>(a) * cols + k] * m[static_cast<size_t>(b) * cols + k];
+            double den = norms[a] * norms[b];
+            double c = a == b ? 1.0 : (den > 0 ? std::clamp(dot / den, -1.0, 1.0) : 0.0);
+            out[static_cast<size_t>(a) * rows + b] = out[static_cast<size_t>(b) * rows + a] = c;
+        }
+    return out;
+}
+
+std::vector<double> routerRowCosine(const Checkpoint& ckpt, const ModelSpec& spec, int layer) {
+    if (layer < 0 || layer >= spec.numLayers || !spec.layers[layer].moe)
+        throw Error("layer " + std::to_string(layer) + " is not an MoE layer", ckpt.path(), "layer");
+    const TensorView& r = ckpt.get(spec.routerName(layer));
+    return rowCosine(toDoubles(r), static_cast<int>(r.shape[0]), static_cast<int>(r.shape[1]));
+}
+
+}  // namespace es

@@ -1,0 +1,20 @@
+#pragma once
+// Weight-only similarity helpers (no LibTorch, fp64 accumulation).
+#include <vector>
+
+namespace es {
+
+class Checkpoint;
+struct ModelSpec;
+struct TensorView;
+
+// The tensor's values widened to double (F32, F16 and BF16 read directly from the mapping).
+std::vector<double> toDoubles(const TensorView& t);
+
+// Cosine similarity of the rows of a [R, C] matrix: R x R, row-major, diagonal exactly 1.
+std::vector<double> rowCosine(const std::vector<double>& m, int rows, int cols);
+
+// Router rows ("gate embeddings") of MoE layer `layer`: E x E cosine similarity.
+std::vector<double> routerRowCosine(const Checkpoint& ckpt, const ModelSpec& spec, int layer);
+
+}  // namespace es

@@ -1,0 +1,61 @@
+"""Shared pytest setup for the Python tests run by CTest (tests/parity, tests/app).
+
+Oracles (transformers, h5py, numpy, ...) are required: when CI=true a missing one fails the
+run; elsewhere it skips with a message. Only GPU tests skip where there is no GPU.
+"""
+import importlib
+import os
+import subprocess
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "parity"))
+
+
+def require(module):
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        msg = f"oracle '{module}' is missing from the .venv ({e}); run packaging/setup.sh"
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(msg)
+        pytest.skip(msg)
+
+
+@pytest.fixture(scope="session")
+def cli():
+    path = os.environ.get("EXPERTSCOPE_CLI")
+    if not path or not os.access(path, os.X_OK):
+        pytest.fail("EXPERTSCOPE_CLI must point at the built expertscope-cli (ctest sets it)")
+    return path
+
+
+def run_cli(cli_path, *args, check=True):
+    r = subprocess.run([cli_path, *map(str, args)], capture_output=True, text=True, timeout=600)
+    if check and r.returncode != 0:
+        raise AssertionError(f"expertscope-cli {' '.join(map(str, args))} failed ({r.returncode}):\n{r.stderr}")
+    return r
+
+
+@pytest.fixture(scope="session")
+def fixture_root(tmp_path_factory):
+    return tmp_path_factory.mktemp("fixtures")
+
+
+_built = {}
+
+
+@pytest.fixture(scope="session")
+def build_fixture(fixture_root):
+    """build_fixture(name) -> (per_expert_dir, packed_dir, reference dict); built once per session."""
+    require("transformers")
+    require("safetensors")
+    import fixtures
+
+    def get(name):
+        if name not in _built:
+            _built[name] = fixtures.make(name, str(fixture_root / name))
+        return _built[name]
+
+    return get

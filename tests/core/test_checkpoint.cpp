@@ -1,0 +1,111 @@
+#include <QFile>
+#include <QTemporaryDir>
+#include <QtEndian>
+#include <QtTest>
+#include <cmath>
+#include <filesystem>
+
+#include "analysis/similarity.h"
+#include "checkpoint/checkpoint.h"
+#include "error.h"
+#include "model/spec.h"
+#include "tiny_checkpoint.h"
+
+using namespace es;
+
+class TestCheckpoint : public QObject {
+    Q_OBJECT
+private Q_SLOTS:
+    void opensAndViewsAreZeroCopy() {
+        QTemporaryDir dir;
+        test::TinyMixtral m;
+        m.write(dir.path().toStdString());
+        auto ck = Checkpoint::open(dir.path().toStdString());
+        QCOMPARE(ck->tensors().size(), m.tensors.size());
+        const TensorView& t = ck->get("model.layers.1.block_sparse_moe.experts.3.w2.weight");
+        QCOMPARE(t.dtype, DType::F32);
+        QCOMPARE(t.shape, (std::vector<int64_t>{m.hidden, m.ffn}));
+        // the view points into the file's bytes: read the same span with QFile
+        QFile f(dir.filePath("model.safetensors"));
+        QVERIFY(f.open(QIODevice::ReadOnly));
+        f.seek(static_cast<qint64>(t.fileOffset));
+        QByteArray bytes = f.read(static_cast<qint64>(t.nbytes));
+        QCOMPARE(std::memcmp(bytes.constData(), t.data, t.nbytes), 0);
+        auto vals = toDoubles(t);
+        const auto& expect = m.tensors["model.layers.1.block_sparse_moe.experts.3.w2.weight"].values;
+        for (size_t i = 0; i < vals.size(); ++i) QCOMPARE(vals[i], static_cast<double>(expect[i]));
+        ModelSpec s = ModelSpec::fromCheckpoint(*ck);
+        QCOMPARE(s.moeLayers(), (std::vector<int>{0, 1}));
+        QCOMPARE(QString::fromStdString(s.dtype), QString("mixed"));
+    }
+
+    void halfAndBfloatConversionAgreeWithQt() {
+        // F16 decoding checked against Qt's qfloat16, an implementation we did not write.
+        std::vector<uint16_t> raw;
+        for (uint32_t h = 0; h < 65536; h += 7) raw.push_back(static_cast<uint16_t>(h));
+        TensorView v;
+        v.dtype = DType::F16;
+        v.shape = {static_cast<int64_t>(raw.size())};
+        v.data = reinterpret_cast<const uint8_t*>(raw.data());
+        v.nbytes = raw.size() * 2;
+        auto d = toDoubles(v);
+        for (size_t i = 0; i < raw.size(); ++i) {
+            qfloat16 q;
+            std::memcpy(&q, &raw[i], 2);
+            double e = static_cast<double>(static_cast<float>(q));
+            if (std::isnan(e)) QVERIFY(std::isnan(d[i]));
+            else QCOMPARE(d[i], e);
+        }
+    }
+
+    void rowCosineIsSymmetricWithUnitDiagonal() {
+        std::vector<double> m = {1, 0, 0, 1, 1, 0, -1, 0, 0};
+        auto c = rowCosine(m, 3, 3);
+        QCOMPARE(c[0], 1.0);
+        QCOMPARE(c[1], std::sqrt(0.5));
+        QCOMPARE(c[1], c[3]);
+        QCOMPARE(c[2], -1.0);
+    }
+
+    void fingerprintFollowsContentNotPlace() {
+        QTemporaryDir a, b;
+        test::TinyMixtral m;
+        m.write(a.path().toStdString());
+        m.write(b.path().toStdString());
+        const std::string fa = Checkpoint::open(a.path().toStdString())->fingerprint();
+        QCOMPARE(Checkpoint::open(b.path().toStdString())->fingerprint(), fa);
+        // the embedding is 128 KiB: its first and last 64 KiB are sampled, so a change in the
+        // last value shows; the sample is what keeps the fingerprint cheap on 100 GB checkpoints.
+        auto& emb = m.tensors["model.embed_tokens.weight"].values;
+        emb.back() += 1.0f;
+        test::writeSafetensors(b.filePath("model.safetensors").toStdString(), m.tensors);
+        QVERIFY(Checkpoint::open(b.path().toStdString())->fingerprint() != fa);
+    }
+
+    void errorsNameFileAndField() {
+        QTemporaryDir dir;
+        test::TinyMixtral m;
+        m.write(dir.path().toStdString());
+        m.tensors["model.norm.weight"].dtype = "F32";
+        m.tensors["model.norm.weight"].shape = {m.hidden + 1};
+        m.tensors["model.norm.weight"].values.push_back(0.f);
+        test::writeSafetensors(dir.filePath("model.safetensors").toStdString(), m.tensors);
+        auto ck = Checkpoint::open(dir.path().toStdString());
+        try {
+            ModelSpec::fromCheckpoint(*ck);
+            QFAIL("expected an error");
+        } catch (const Error& e) {
+            QCOMPARE(QString::fromStdString(e.field()), QString("model.norm.weight"));
+            QVERIFY(QString::fromStdString(e.file()).endsWith("model.safetensors"));
+        }
+        try {
+            Checkpoint::open(dir.filePath("nope").toStdString());
+            QFAIL("expected an error");
+        } catch (const Error& e) {
+            QVERIFY(QString::fromStdString(e.file()).endsWith("nope"));
+        }
+    }
+};
+
+QTEST_APPLESS_MAIN(TestCheckpoint)
+#include "test_checkpoint.moc"
