@@ -400,6 +400,7 @@ RunTrace Model::trace(const std::vector<std::vector<int64_t>>& prompts, const Tr
             }
             auto m = d.moe(w, x, opt.allExperts);
             h[p] = h[p] + m.y;
+            if (!opt.record) continue;
             lg.push_back(m.logits.to(torch::kFloat));
             ids.push_back(m.ids.to(torch::kInt));
             wts.push_back(m.weights.to(torch::kFloat));
@@ -409,7 +410,7 @@ RunTrace Model::trace(const std::vector<std::vector<int64_t>>& prompts, const Tr
             }
         }
         if (d.streamed) d.releaseLayer(l);
-        if (!isMoe) continue;
+        if (!isMoe || !opt.record) continue;
         LayerTrace lt;
         lt.layer = l;
         lt.numExperts = E;

@@ -1,0 +1,70 @@
+// Times our forward on one checkpoint: untraced, traced, traced with --all-experts, and
+// layer-streamed. Prints one JSON object (median seconds over the repetitions); run_bench.py
+// runs it beside HF transformers on the same machine and thread count and prints the ratios.
+//   bench_forward CHECKPOINT TOKENS DTYPE REPS THREADS
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "checkpoint/checkpoint.h"
+#include "error.h"
+#include "model/model.h"
+#include "model/spec.h"
+
+using Clock = std::chrono::steady_clock;
+
+int main(int argc, char** argv) {
+    if (argc != 6) {
+        std::fprintf(stderr, "usage: bench_forward CHECKPOINT TOKENS DTYPE REPS THREADS\n");
+        return 2;
+    }
+    try {
+        const std::string path = argv[1], dtype = argv[3];
+        const int tokens = std::atoi(argv[2]), reps = std::atoi(argv[4]), threads = std::atoi(argv[5]);
+        es::initRuntime(threads);
+        auto ckpt = es::Checkpoint::open(path);
+        auto spec = es::ModelSpec::fromCheckpoint(*ckpt);
+        std::mt19937 rng(0);
+        std::vector<std::vector<int64_t>> prompts(1);
+        for (int i = 0; i < tokens; ++i) prompts[0].push_back(static_cast<int64_t>(rng() % spec.vocab));
+
+        auto time = [&](es::Model& m, es::TraceOptions o) {
+            std::vector<double> t;
+            m.trace(prompts, o);  // warm-up
+            for (int r = 0; r < reps; ++r) {
+                auto a = Clock::now();
+                m.trace(prompts, o);
+                t.push_back(std::chrono::duration<double>(Clock::now() - a).count());
+            }
+            std::sort(t.begin(), t.end());
+            return t[t.size() / 2];
+        };
+        es::LoadOptions lo;
+        lo.dtype = dtype;
+        lo.streaming = es::LoadOptions::Streaming::Off;
+        auto t0 = Clock::now();
+        auto resident = es::Model::load(ckpt, spec, lo);
+        double loadS = std::chrono::duration<double>(Clock::now() - t0).count();
+        es::TraceOptions untraced;
+        untraced.record = false;
+        es::TraceOptions traced;
+        es::TraceOptions all;
+        all.allExperts = true;
+        double u = time(*resident, untraced), t = time(*resident, traced), a = time(*resident, all);
+        resident.reset();
+        lo.streaming = es::LoadOptions::Streaming::On;
+        auto streamed = es::Model::load(ckpt, spec, lo);
+        double s = time(*streamed, traced);
+        std::printf("{\"load\": %.4f, \"untraced\": %.4f, \"traced\": %.4f, \"all_experts\": %.4f, \"streamed\": %.4f, "
+                    "\"threads\": %d}\n",
+                    loadS, u, t, a, s, es::runtimeThreads());
+        return 0;
+    } catch (const std::exception& e) {
+        std::fprintf(stderr, "bench_forward: %s\n", e.what());
+        return 1;
+    }
+}

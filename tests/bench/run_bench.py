@@ -1,0 +1,100 @@
+#!/usr/bin/env python3
+"""ExpertScope forward benchmarks (not part of the default test run).
+
+    .venv/bin/python tests/bench/run_bench.py [--build build] [--threads N] [--reps R] [--skip-mixtral]
+
+Builds two checkpoints with HF transformers (saved with save_pretrained):
+  mid:     Mixtral architecture, 8 layers, d=512, F=1792, 8 experts top-2, float32
+  mixtral: real Mixtral-8x7B layer dimensions (d=4096, F=14336, 8 experts, 32q/8kv heads,
+           vocab 32000), 1 layer, bf16, sharded into 1 GB files
+and times, in this one run, on the same machine and thread count, one 512-token prompt:
+  HF transformers: sdpa attention, its default experts implementation, torch.inference_mode
+  ours: untraced, traced, traced with --all-experts, layer-streamed (bench_forward)
+and prints the ratios. Median of --reps runs after a warm-up.
+"""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import torch
+import transformers
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def make(kind, out):
+    if kind == "mid":
+        cfg = transformers.MixtralConfig(vocab_size=8192, hidden_size=512, intermediate_size=1792, num_hidden_layers=8,
+                                         num_attention_heads=8, num_key_value_heads=4, num_local_experts=8,
+                                         num_experts_per_tok=2, max_position_embeddings=4096)
+        dtype = torch.float32
+    else:
+        cfg = transformers.MixtralConfig(vocab_size=32000, hidden_size=4096, intermediate_size=14336,
+                                         num_hidden_layers=1, num_attention_heads=32, num_key_value_heads=8,
+                                         num_local_experts=8, num_experts_per_tok=2, max_position_embeddings=4096)
+        dtype = torch.bfloat16
+    cfg._attn_implementation = "sdpa"
+    torch.manual_seed(0)
+    with torch.device("cpu"):
+        model = transformers.MixtralForCausalLM(cfg).to(dtype)
+    model.eval()
+    model.save_pretrained(out, max_shard_size="1GB")
+    return model, dtype
+
+
+def time_hf(model, tokens, reps):
+    ids = torch.randint(0, model.config.vocab_size, (1, tokens), generator=torch.Generator().manual_seed(0))
+    ts = []
+    with torch.inference_mode():
+        model(input_ids=ids, use_cache=False)
+        for _ in range(reps):
+            a = time.perf_counter()
+            model(input_ids=ids, use_cache=False)
+            ts.append(time.perf_counter() - a)
+    return statistics.median(ts)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--build", default=os.path.join(ROOT, "build"))
+    ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--tokens", type=int, default=512)
+    ap.add_argument("--skip-mixtral", action="store_true")
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    bench = os.path.join(a.build, "bin", "bench_forward")
+    if not os.access(bench, os.X_OK):
+        sys.exit(f"{bench} not found: build first (packaging/setup.sh)")
+    kinds = ["mid"] + ([] if a.skip_mixtral else ["mixtral"])
+    print(f"torch {torch.__version__}, transformers {transformers.__version__}, threads {a.threads}, "
+          f"{a.tokens}-token prompt, median of {a.reps}")
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for kind in kinds:
+            d = os.path.join(tmp, kind)
+            model, dtype = make(kind, d)
+            hf = time_hf(model, a.tokens, a.reps)
+            del model
+            dt = "float32" if dtype == torch.float32 else "bfloat16"
+            r = subprocess.run([bench, d, str(a.tokens), dt, str(a.reps), str(a.threads)], capture_output=True,
+                               text=True, check=True)
+            ours = json.loads(r.stdout)
+            rows.append((kind, dt, hf, ours))
+            print(f"\n[{kind}] dtype {dt}")
+            print(f"  HF transformers (sdpa, inference_mode) {hf:8.3f} s")
+            print(f"  ours untraced                          {ours['untraced']:8.3f} s")
+            print(f"  ours traced                            {ours['traced']:8.3f} s   HF/ours = {hf / ours['traced']:.2f}x")
+            print(f"  ours traced --all-experts              {ours['all_experts']:8.3f} s   cost = {ours['all_experts'] / ours['traced']:.2f}x traced")
+            print(f"  ours layer-streamed (traced)           {ours['streamed']:8.3f} s   = {ours['streamed'] / ours['traced']:.2f}x resident")
+            print(f"  tracing overhead                       {100 * (ours['traced'] / ours['untraced'] - 1):+.1f} %")
+            print(f"  load (resident)                        {ours['load']:8.3f} s")
+
+
+if __name__ == "__main__":
+    main()
