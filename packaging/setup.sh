@@ -11,7 +11,7 @@ PY=${PYTHON:-python3}
 SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO=sudo; fi
 
-DEBS=(build-essential cmake ninja-build ccache pkg-config libhdf5-dev nlohmann-json3-dev)
+DEBS=(build-essential cmake ninja-build ccache pkg-config libhdf5-dev nlohmann-json3-dev libonig-dev libutf8proc-dev)
 if [ "${HEADLESS:-0}" != 1 ]; then
   DEBS+=(qt6-base-dev qt6-svg-dev libqcustomplot-dev libgl1-mesa-dev xvfb)
 fi
@@ -29,10 +29,11 @@ if [ ! -x .venv/bin/python ]; then
   echo "== creating .venv with $PY"
   "$PY" -m venv .venv
 fi
-if ! cmp -s packaging/requirements.txt .venv/.requirements.installed; then
+if ! cat packaging/requirements.txt packaging/requirements-data.txt | cmp -s - .venv/.requirements.installed; then
   echo "== installing pinned Python packages"
   .venv/bin/python -m pip install -q --disable-pip-version-check -r packaging/requirements.txt
-  cp packaging/requirements.txt .venv/.requirements.installed
+  .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps -r packaging/requirements-data.txt
+  cat packaging/requirements.txt packaging/requirements-data.txt > .venv/.requirements.installed
 fi
 
 TORCH_PREFIX=$(.venv/bin/python -c 'import torch; print(torch.utils.cmake_prefix_path)')

@@ -2,6 +2,7 @@
 // is documented in README.md; other tools and the tests depend on it.
 #include <algorithm>
 #include <cstdio>
+#include <fstream>
 #include <iostream>
 #include <map>
 #include <nlohmann/json.hpp>
@@ -14,15 +15,20 @@
 #include "model/model.h"
 #include "model/spec.h"
 #include "session/session.h"
+#include "tokenizer/tokenizer.h"
 
 namespace {
 
 const char* kUsage = R"(usage:
   expertscope-cli info CHECKPOINT [--json]
+  expertscope-cli tokenize (CHECKPOINT | --tokenizer FILE) (--text TEXT | --jsonl FILE) [--no-special] [--json]
   expertscope-cli trace CHECKPOINT (--token-ids 1,2,3 [--token-ids 4,5 ...] | --prompt TEXT ... | --prompts FILE)
                   [--device cpu|cuda[:N]] [--dtype float32|bfloat16|float16] [--all-experts] [--save-logits]
                   [--layer-streaming auto|on|off] [--threads N] [--run NAME] --out SESSION.h5
 
+--prompts FILE: a .jsonl file of {"text": ...} objects, or any other file with one prompt per
+non-empty line. Text prompts are encoded with the checkpoint's tokenizer.json, special tokens
+included (BOS where the tokenizer adds it).
 CHECKPOINT is a HuggingFace checkpoint directory (config.json + model.safetensors or shards with
 model.safetensors.index.json) or a single .safetensors file.
 Exit codes: 0 success, 1 bad input or failure (the message names the file and the field), 2 usage error.
@@ -116,12 +122,108 @@ int cmdInfo(const std::vector<std::string>& args) {
     return 0;
 }
 
+nlohmann::ordered_json encodeJson(const es::Tokenizer& tok, const std::string& text, bool special) {
+    es::Encoding e = tok.encode(text, special, /*truncateAndPad=*/true);
+    nlohmann::ordered_json j;
+    j["ids"] = e.ids;
+    std::vector<std::string> pieces;
+    for (auto id : e.ids) pieces.push_back(tok.displayPiece(id));
+    j["pieces"] = pieces;
+    j["decoded"] = tok.decode(e.ids);
+    return j;
+}
+
+int cmdTokenize(const std::vector<std::string>& args) {
+    std::string ckpt, tokFile, text, jsonl;
+    bool haveText = false, special = true, json = false;
+    auto value = [&](size_t& i) -> const std::string& {
+        if (i + 1 >= args.size()) throw UsageError("tokenize: " + args[i] + " needs a value");
+        return args[++i];
+    };
+    for (size_t i = 0; i < args.size(); ++i) {
+        const std::string& a = args[i];
+        if (a == "--tokenizer") tokFile = value(i);
+        else if (a == "--text") {
+            text = value(i);
+            haveText = true;
+        } else if (a == "--jsonl") jsonl = value(i);
+        else if (a == "--no-special") special = false;
+        else if (a == "--json") json = true;
+        else if (a.rfind("--", 0) == 0) throw UsageError("tokenize: unknown option " + a);
+        else if (ckpt.empty()) ckpt = a;
+        else throw UsageError("tokenize: more than one checkpoint given");
+    }
+    if (ckpt.empty() == tokFile.empty()) throw UsageError("tokenize: give CHECKPOINT or --tokenizer FILE");
+    if (haveText == !jsonl.empty()) throw UsageError("tokenize: give --text TEXT or --jsonl FILE");
+    auto tok = es::Tokenizer::load(tokFile.empty() ? ckpt : tokFile);
+    if (haveText) {
+        auto j = encodeJson(*tok, text, special);
+        if (json) {
+            std::cout << j.dump(-1, ' ', false, nlohmann::json::error_handler_t::strict) << "\n";
+        } else {
+            for (size_t k = 0; k < j["ids"].size(); ++k)
+                std::cout << j["ids"][k].get<int64_t>() << "\t" << j["pieces"][k].get<std::string>() << "\n";
+        }
+        return 0;
+    }
+    std::ifstream in(jsonl, std::ios::binary);
+    if (!in) throw es::Error("cannot open", jsonl);
+    std::string line;
+    int64_t n = 0;
+    while (std::getline(in, line)) {
+        ++n;
+        if (line.empty()) continue;
+        const std::string where = "line " + std::to_string(n);
+        es::validateUtf8(line, where);
+        nlohmann::json obj;
+        try {
+            obj = nlohmann::json::parse(line);
+        } catch (const nlohmann::json::exception& e) {
+            throw es::Error(std::string("not a JSON object: ") + e.what(), jsonl, where);
+        }
+        if (!obj.is_object() || !obj.contains("text") || !obj["text"].is_string())
+            throw es::Error("expected an object with a string \"text\"", jsonl, where + ".text");
+        std::cout << encodeJson(*tok, obj["text"].get<std::string>(), special).dump() << "\n";
+    }
+    return 0;
+}
+
+std::vector<std::string> readPromptFile(const std::string& path) {
+    std::ifstream in(path, std::ios::binary);
+    if (!in) throw es::Error("cannot open", path);
+    const bool jsonl = path.size() > 6 && path.substr(path.size() - 6) == ".jsonl";
+    std::vector<std::string> out;
+    std::string line;
+    int64_t n = 0;
+    while (std::getline(in, line)) {
+        ++n;
+        if (!line.empty() && line.back() == '\r') line.pop_back();
+        if (line.empty()) continue;
+        es::validateUtf8(line, "line " + std::to_string(n));
+        if (!jsonl) {
+            out.push_back(line);
+            continue;
+        }
+        nlohmann::json obj;
+        try {
+            obj = nlohmann::json::parse(line);
+        } catch (const nlohmann::json::exception& e) {
+            throw es::Error(std::string("not a JSON object: ") + e.what(), path, "line " + std::to_string(n));
+        }
+        if (!obj.is_object() || !obj.contains("text") || !obj["text"].is_string())
+            throw es::Error("expected an object with a string \"text\"", path, "line " + std::to_string(n) + ".text");
+        out.push_back(obj["text"].get<std::string>());
+    }
+    if (out.empty()) throw es::Error("no prompts in the file", path);
+    return out;
+}
+
 int cmdTrace(const std::vector<std::string>& args) {
     std::string path, out, run;
     es::LoadOptions lo;
     es::TraceOptions to;
     std::vector<std::vector<int64_t>> prompts;
-    bool textPrompts = false;
+    std::vector<std::string> texts;
     int threads = 0;
     auto value = [&](size_t& i) -> const std::string& {
         if (i + 1 >= args.size()) throw UsageError("trace: " + args[i] + " needs a value");
@@ -130,9 +232,9 @@ int cmdTrace(const std::vector<std::string>& args) {
     for (size_t i = 0; i < args.size(); ++i) {
         const std::string& a = args[i];
         if (a == "--token-ids") prompts.push_back(parseIds(value(i)));
-        else if (a == "--prompt" || a == "--prompts") {
-            value(i);
-            textPrompts = true;
+        else if (a == "--prompt") texts.push_back(value(i));
+        else if (a == "--prompts") {
+            for (auto& t : readPromptFile(value(i))) texts.push_back(t);
         } else if (a == "--device") lo.device = value(i);
         else if (a == "--dtype") lo.dtype = value(i);
         else if (a == "--all-experts") to.allExperts = true;
@@ -157,13 +259,24 @@ int cmdTrace(const std::vector<std::string>& args) {
     }
     if (path.empty()) throw UsageError("trace: CHECKPOINT missing");
     if (out.empty()) throw UsageError("trace: --out SESSION.h5 is required");
-    if (textPrompts)
-        throw es::Error("text prompts need the tokenizer, which is not implemented yet; pass --token-ids", "",
-                        "--prompt");
-    if (prompts.empty()) throw UsageError("trace: give at least one --token-ids list");
+    if (prompts.empty() && texts.empty()) throw UsageError("trace: give --token-ids, --prompt or --prompts");
+    if (!prompts.empty() && !texts.empty()) throw UsageError("trace: --token-ids cannot be mixed with text prompts");
     if (threads > 0) es::initRuntime(threads);
 
     auto ckpt = es::Checkpoint::open(path);
+    std::shared_ptr<es::Tokenizer> tok;
+    if (!texts.empty()) {
+        tok = es::Tokenizer::load(path);
+        for (size_t i = 0; i < texts.size(); ++i) {
+            es::validateUtf8(texts[i], "prompt " + std::to_string(i));
+            prompts.push_back(tok->encode(texts[i], true).ids);
+        }
+    } else {
+        try {
+            tok = es::Tokenizer::load(path);  // pieces for the session when the checkpoint has a tokenizer
+        } catch (const es::Error&) {
+        }
+    }
     es::ModelSpec spec = es::ModelSpec::fromCheckpoint(*ckpt);
     if (spec.moeLayers().empty())
         std::cerr << "note: " << spec.modelType << " is a dense model; the run records no routing\n";
@@ -182,6 +295,16 @@ int cmdTrace(const std::vector<std::string>& args) {
         while (std::find(existing.begin(), existing.end(), run) != existing.end());
     }
     es::RunTrace rt = model->trace(prompts, to);
+    if (tok)
+        for (auto id : rt.tokens) {
+            if (id >= tok->vocabSize()) {  // the model's vocabulary can be larger than the tokenizer's
+                rt.tokenBytes.emplace_back();
+                rt.tokenPieces.emplace_back();
+                continue;
+            }
+            rt.tokenBytes.push_back(tok->tokenBytes(id));
+            rt.tokenPieces.push_back(tok->displayPiece(id));
+        }
     es::SessionModel sm;
     sm.modelType = spec.modelType;
     sm.numLayers = spec.numLayers;
@@ -212,6 +335,7 @@ int main(int argc, char** argv) {
         std::vector<std::string> rest(args.begin() + 1, args.end());
         if (cmd == "info") return cmdInfo(rest);
         if (cmd == "trace") return cmdTrace(rest);
+        if (cmd == "tokenize") return cmdTokenize(rest);
         throw UsageError("unknown command '" + cmd + "'");
     } catch (const UsageError& e) {
         std::cerr << "expertscope-cli: " << e.what() << "\n" << kUsage;

@@ -4,6 +4,7 @@
 #include <dlfcn.h>
 #include <unistd.h>
 
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <thread>
@@ -83,17 +84,37 @@ uint64_t availableHostBytes() {
     return static_cast<uint64_t>(sysconf(_SC_AVPHYS_PAGES)) * static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
 }
 
-// Free memory of a CUDA device through the runtime that a CUDA LibTorch has loaded; no
-// compile-time CUDA dependency.
+// Free memory of a CUDA device, asked of the CUDA runtime that a CUDA LibTorch has already
+// loaded (no compile-time CUDA dependency; a CPU LibTorch never gets here).
 uint64_t availableCudaBytes(int index) {
     using SetDev = int (*)(int);
     using MemInfo = int (*)(size_t*, size_t*);
-    auto setDev = reinterpret_cast<SetDev>(dlsym(RTLD_DEFAULT, "cudaSetDevice"));
-    auto memInfo = reinterpret_cast<MemInfo>(dlsym(RTLD_DEFAULT, "cudaMemGetInfo"));
-    if (!setDev || !memInfo) return UINT64_MAX;  // unknown: assume it fits
+    void* lib = nullptr;
+    for (const char* name : {"libcudart.so.13", "libcudart.so.12", "libcudart.so.11.0", "libcudart.so"})
+        if ((lib = dlopen(name, RTLD_LAZY | RTLD_NOLOAD))) break;
+    void* from = lib ? lib : RTLD_DEFAULT;
+    auto setDev = reinterpret_cast<SetDev>(dlsym(from, "cudaSetDevice"));
+    auto memInfo = reinterpret_cast<MemInfo>(dlsym(from, "cudaMemGetInfo"));
+    uint64_t result = UINT64_MAX;  // unknown: assume it fits
     size_t freeB = 0, totalB = 0;
-    if (setDev(index) != 0 || memInfo(&freeB, &totalB) != 0) return UINT64_MAX;
-    return freeB;
+    if (setDev && memInfo && setDev(index) == 0 && memInfo(&freeB, &totalB) == 0) result = freeB;
+    if (lib) dlclose(lib);
+    return result;
+}
+
+// EXPERTSCOPE_DEVICE_MEMORY overrides the free memory seen on the device (bytes; K/M/G
+// suffixes), to try the automatic layer streaming on a machine with plenty of memory.
+uint64_t deviceMemoryOverride() {
+    const char* v = std::getenv("EXPERTSCOPE_DEVICE_MEMORY");
+    if (!v || !*v) return 0;
+    char* end = nullptr;
+    double x = std::strtod(v, &end);
+    if (end == v || x <= 0) throw Error(std::string("bad value '") + v + "' (bytes, optional K/M/G suffix)", "",
+                                        "EXPERTSCOPE_DEVICE_MEMORY");
+    if (*end == 'K' || *end == 'k') x *= 1024.0;
+    else if (*end == 'M' || *end == 'm') x *= 1024.0 * 1024.0;
+    else if (*end == 'G' || *end == 'g') x *= 1024.0 * 1024.0 * 1024.0;
+    return static_cast<uint64_t>(x);
 }
 
 Tensor rmsNorm(const Tensor& x, const Tensor& w, double eps) {
@@ -254,7 +275,7 @@ struct Model::Impl {
 
     MoeOut moe(const LayerWeights& w, const Tensor& x, bool allExperts) const {
         const RouterRule& r = spec.router;
-        const int64_t T = x.size(0), E = spec.numExperts, K = spec.topK;
+        const int64_t E = spec.numExperts, K = spec.topK;
         MoeOut out;
         out.logits = torch::linear(x, w.router);
         Tensor lf = out.logits.to(torch::kFloat);
@@ -299,7 +320,6 @@ struct Model::Impl {
             if (r.shared == RouterRule::Shared::SigmoidGated) s = torch::sigmoid(torch::linear(x, w.sharedGate)) * s;
             y = y + s;
         }
-        (void)T;
         out.y = y;
         return out;
     }
@@ -330,7 +350,8 @@ std::unique_ptr<Model> Model::load(std::shared_ptr<Checkpoint> ckpt, const Model
         if (d.device.is_cpu() && storageType(t->dtype) == d.dtype) continue;
         need += static_cast<uint64_t>(t->numel()) * elem;
     }
-    uint64_t avail = d.device.is_cpu() ? availableHostBytes() : availableCudaBytes(d.device.index());
+    uint64_t avail = deviceMemoryOverride();
+    if (avail == 0) avail = d.device.is_cpu() ? availableHostBytes() : availableCudaBytes(d.device.index());
     if (opt.streaming == LoadOptions::Streaming::On) d.streamed = true;
     else if (opt.streaming == LoadOptions::Streaming::Off) d.streamed = false;
     else d.streamed = avail != UINT64_MAX && static_cast<double>(need) > 0.85 * static_cast<double>(avail);

@@ -105,6 +105,33 @@ void dataset(hid_t parent, const std::string& name, hid_t fileType, hid_t memTyp
     if (n > 0) check(H5Dwrite(ds, memType, H5S_ALL, H5S_ALL, H5P_DEFAULT, data.data()), file, fullName, "write");
 }
 
+// Variable-length byte strings (vlen uint8): a token's bytes may be half a UTF-8 character.
+void writeBytesList(hid_t parent, const char* name, const std::vector<std::string>& v, const std::string& file,
+                    const std::string& full) {
+    H type(H5Tvlen_create(H5T_NATIVE_UINT8), H5Tclose);
+    hsize_t n = v.size();
+    H space(H5Screate_simple(1, &n, nullptr), H5Sclose);
+    std::vector<hvl_t> data(v.size());
+    for (size_t i = 0; i < v.size(); ++i) data[i] = hvl_t{v[i].size(), const_cast<char*>(v[i].data())};
+    H ds(H5Dcreate2(parent, name, type, space, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT), H5Dclose);
+    if (!ds.ok()) throw Error("cannot create dataset", file, full);
+    check(H5Dwrite(ds, type, H5S_ALL, H5S_ALL, H5P_DEFAULT, data.data()), file, full, "write");
+}
+
+void writeStringList(hid_t parent, const char* name, const std::vector<std::string>& v, const std::string& file,
+                     const std::string& full) {
+    H type(H5Tcopy(H5T_C_S1), H5Tclose);
+    H5Tset_size(type, H5T_VARIABLE);
+    H5Tset_cset(type, H5T_CSET_UTF8);
+    hsize_t n = v.size();
+    H space(H5Screate_simple(1, &n, nullptr), H5Sclose);
+    std::vector<const char*> data(v.size());
+    for (size_t i = 0; i < v.size(); ++i) data[i] = v[i].c_str();
+    H ds(H5Dcreate2(parent, name, type, space, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT), H5Dclose);
+    if (!ds.ok()) throw Error("cannot create dataset", file, full);
+    check(H5Dwrite(ds, type, H5S_ALL, H5S_ALL, H5P_DEFAULT, data.data()), file, full, "write");
+}
+
 H group(hid_t parent, const std::string& name, const std::string& file) {
     hid_t lcpl = H5Pcreate(H5P_LINK_CREATE);
     H5Pset_create_intermediate_group(lcpl, 1);
@@ -141,6 +168,10 @@ void writeRun(hid_t f, const std::string& runName, const RunTrace& t, const std:
     dataset(run, "tokens", H5T_STD_I64LE, H5T_NATIVE_INT64, {T}, t.tokens, file, base + "/tokens");
     dataset(run, "prompt_offsets", H5T_STD_I64LE, H5T_NATIVE_INT64, {static_cast<hsize_t>(t.promptOffsets.size())},
             t.promptOffsets, file, base + "/prompt_offsets");
+    if (!t.tokenBytes.empty()) {
+        writeBytesList(run, "token_bytes", t.tokenBytes, file, base + "/token_bytes");
+        writeStringList(run, "token_pieces", t.tokenPieces, file, base + "/token_pieces");
+    }
     for (const auto& lt : t.layers) {
         const std::string lp = base + "/layers/" + std::to_string(lt.layer);
         H g = group(f, lp, file);

@@ -20,6 +20,8 @@ struct RunTrace {
     std::string device, dtype;
     std::vector<int64_t> tokens;         // [T], all prompts concatenated
     std::vector<int64_t> promptOffsets;  // [P+1]
+    std::vector<std::string> tokenBytes;   // [T] raw bytes of each token (empty without a tokenizer)
+    std::vector<std::string> tokenPieces;  // [T] display strings
     std::vector<LayerTrace> layers;      // MoE layers in order
     int64_t vocab = 0;
     std::vector<float> logits;           // [T, V], with saveLogits

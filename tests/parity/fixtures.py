@@ -51,6 +51,12 @@ CONFIGS = {
     "qwen2_dense": ("Qwen2Config", dict(num_attention_heads=4, num_key_value_heads=2, intermediate_size=80)),
 }
 
+# Checkpoints stored in half precision: the reference runs HF in float32 on the same rounded
+# weights, so our bf16/f16 -> float32 conversion is checked too.
+STORAGE = {"mixtral_bf16_storage": torch.bfloat16, "qwen3_moe_f16_storage": torch.float16}
+CONFIGS["mixtral_bf16_storage"] = CONFIGS["mixtral_gqa"]
+CONFIGS["qwen3_moe_f16_storage"] = CONFIGS["qwen3_moe_headdim"]
+
 BASE = dict(vocab_size=97, hidden_size=64, num_hidden_layers=2, max_position_embeddings=256, rms_norm_eps=1e-6)
 
 PROMPTS = [
@@ -60,10 +66,11 @@ PROMPTS = [
 ]
 
 
-def build_model(name, seed=0):
+def build_model(name, seed=0, **overrides):
     cls_name, kw = CONFIGS[name]
     cfg_kwargs = dict(BASE)
     cfg_kwargs.update(kw)
+    cfg_kwargs.update(overrides)
     config = getattr(transformers, cls_name)(**cfg_kwargs)
     config._attn_implementation = "sdpa"
     model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
@@ -84,15 +91,21 @@ def build_model(name, seed=0):
             else:
                 p.copy_(torch.randn(p.shape, generator=g) / math.sqrt(p.shape[-1]))
             del leaf
+        if name in STORAGE:
+            for p in model.parameters():
+                p.copy_(p.to(STORAGE[name]).to(torch.float32))
     if getattr(config, "tie_word_embeddings", False):
         model.tie_weights()
     return model
 
 
-def save_layouts(model, out_dir):
+def save_layouts(model, out_dir, storage=None):
     """Writes out_dir/per_expert (save_pretrained) and out_dir/packed (in-memory state dict)."""
     per = os.path.join(out_dir, "per_expert")
     packed = os.path.join(out_dir, "packed")
+    if storage is not None:
+        import copy
+        model = copy.deepcopy(model).to(storage)
     model.save_pretrained(per)
     os.makedirs(packed, exist_ok=True)
     sd = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
@@ -178,7 +191,7 @@ def reference(model, prompts=PROMPTS, device="cpu"):
 
 def make(name, out_dir):
     model = build_model(name)
-    per, packed = save_layouts(model, out_dir)
+    per, packed = save_layouts(model, out_dir, STORAGE.get(name))
     ref = reference(model)
     np.savez(os.path.join(out_dir, "reference.npz"), **ref)
     return per, packed, ref

@@ -5,6 +5,8 @@ Tolerances (float32, CPU): top-k ids identical except where HF's gap between the
 norms within 1e-5 relative to the layer's largest norm; logits within 1e-4 relative to the
 largest logit.
 """
+import json
+
 import numpy as np
 import pytest
 
@@ -56,8 +58,12 @@ def compare(run, ref, *, tol_logits=1e-4, tol_w=1e-5, tol_rl=1e-5, tol_norm=1e-5
 def test_parity_cpu_float32(cli, build_fixture, tmp_path, name, layout):
     h5py = require("h5py")
     per, packed, ref = build_fixture(name)
+    ckpt = per if layout == "per_expert" else packed
+    stored = {None: "F32", "torch.bfloat16": "BF16", "torch.float16": "F16"}[
+        str(fixtures.STORAGE[name]) if name in fixtures.STORAGE else None]
+    assert json.loads(run_cli(cli, "info", ckpt, "--json").stdout)["dtype"] == stored
     out = str(tmp_path / "s.h5")
-    trace(cli, per if layout == "per_expert" else packed, out, "--all-experts", "--save-logits", "--run", "r")
+    trace(cli, ckpt, out, "--all-experts", "--save-logits", "--run", "r")
     with h5py.File(out, "r") as f:
         compare(f["runs/r"], ref)
 
@@ -99,3 +105,33 @@ def test_parity_cuda_bfloat16(cli, build_fixture, tmp_path, name):
     trace(cli, per, out, "--all-experts", "--save-logits", "--device", "cuda", "--dtype", "bfloat16", "--run", "r")
     with h5py.File(out, "r") as f:
         compare(f["runs/r"], ref, tol_logits=3e-2, tol_w=2e-2, tol_rl=5e-2, tol_norm=3e-2, gap_eps=1e-2)
+
+
+def test_layer_streaming_chosen_when_model_does_not_fit(cli, build_fixture, tmp_path):
+    """auto streams when the converted weights exceed the device's free memory (simulated with
+    EXPERTSCOPE_DEVICE_MEMORY), and gives the resident forward's traces."""
+    import os
+    import subprocess
+    h5py = require("h5py")
+    per, _, _ = build_fixture("qwen3_moe_headdim")
+    out = str(tmp_path / "s.h5")
+    base = ["trace", per, "--out", out, "--dtype", "bfloat16", "--token-ids", "1,2,3,4,5,6,7,8,9"]
+
+    def go(run, mem):
+        env = dict(os.environ)
+        env.pop("EXPERTSCOPE_DEVICE_MEMORY", None)
+        if mem:
+            env["EXPERTSCOPE_DEVICE_MEMORY"] = mem
+        r = subprocess.run([cli, *base, "--run", run], capture_output=True, text=True, env=env)
+        assert r.returncode == 0, r.stderr
+        return r.stderr
+
+    assert "layer-streamed" in go("small", "64K")
+    assert "layer-streamed" not in go("large", "64G")
+    with h5py.File(out, "r") as f:
+        for l in ("0", "2"):
+            for k in ("router_logits", "topk_experts", "topk_weights"):
+                np.testing.assert_array_equal(f[f"runs/small/layers/{l}/{k}"][:], f[f"runs/large/layers/{l}/{k}"][:])
+    env = dict(os.environ, EXPERTSCOPE_DEVICE_MEMORY="lots")
+    r = subprocess.run([cli, *base, "--run", "bad"], capture_output=True, text=True, env=env)
+    assert r.returncode == 1 and "EXPERTSCOPE_DEVICE_MEMORY" in r.stderr
