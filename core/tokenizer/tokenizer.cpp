@@ -1025,12 +1025,9 @@ struct Tokenizer::Impl {
             if (best->singleWord) {
                 bool okL = true, okR = true;
                 if (b > 0) {
-                    size_t k = b;
-                    while (k > 0 && (static_cast<unsigned char>(s[k - 1]) & 0xC0) == 0x80) --k;
-                    size_t kk = k - (k > 0 ? 1 : 0);
-                    while (kk > 0 && (static_cast<unsigned char>(s[kk]) & 0xC0) == 0x80) --kk;
-                    size_t j = kk;
-                    okL = !isWordChar(uni::next(s, j));
+                    size_t k = b - 1;  // the character just before the match
+                    while (k > 0 && (static_cast<unsigned char>(s[k]) & 0xC0) == 0x80) --k;
+                    okL = !isWordChar(uni::next(s, k));
                 }
                 if (e < s.size()) {
                     size_t j = e;

@@ -28,12 +28,16 @@ BASE = [
     "<s> special tokens in text </s> <unk> [CLS] [SEP] <|endoftext|> <pad>",
     "İstanbul ǅ ΣΑΣ Straße ß ẞ ﬀ",
     "\u200b zero width \u200d joiner \ufeff bom \u00a0 nbsp \u3000 ideographic space",
+    "chat: <|im_start|>user\nhi<|im_end|> <|word|> word<|word|> <mask> x [RS]  y hello world",
     "Mixed: English, Deutsch, русский, 中文, 日本語, العربية, 😀 — all in one line!",
 ]
 
 PIECES = ["  ", "   ", "\t", "\n", "\n\n", " \n ", "!!", "...", "—", "’", "«", "»", "¿", "¡", "(", ")", "[", "]",
           "{", "}", "<", ">", "<s>", "</s>", "[SEP]", "<|endoftext|>", "'s", "'ll", "'VE", "\u0301", "🙂", "👩‍🔬",
-          "0", "7", "42", "2024", "99999999", "3.5", "½", "²", "٣", "٤٥", "〇"]
+          "0", "7", "42", "2024", "99999999", "3.5", "½", "²", "٣", "٤٥", "〇",
+          # added tokens of the test tokenizers (single_word, lstrip, rstrip, normalized ones)
+          "<|word|>", "a<|word|>b", " <|word|> ", "[RS]", "[RS]   x", "<mask>", "  <mask>", " hello world",
+          "Hello World", "<|eot_id|>", "<|im_start|>", "<|im_end|>", "<|begin_of_text|>", "[MASK]", "[CLS]"]
 
 
 def corpus(n=2100, seed=1234):

