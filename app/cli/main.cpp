@@ -22,6 +22,7 @@ namespace {
 const char* kUsage = R"(usage:
   expertscope-cli info CHECKPOINT [--json]
   expertscope-cli tokenize (CHECKPOINT | --tokenizer FILE) (--text TEXT | --jsonl FILE) [--no-special] [--json]
+  expertscope-cli session SESSION.h5 [--json] [--verify]
   expertscope-cli trace CHECKPOINT (--token-ids 1,2,3 [--token-ids 4,5 ...] | --prompt TEXT ... | --prompts FILE)
                   [--device cpu|cuda[:N]] [--dtype float32|bfloat16|float16] [--all-experts] [--save-logits]
                   [--layer-streaming auto|on|off] [--threads N] [--run NAME] --out SESSION.h5
@@ -218,6 +219,75 @@ std::vector<std::string> readPromptFile(const std::string& path) {
     return out;
 }
 
+int cmdSession(const std::vector<std::string>& args) {
+    std::string path;
+    bool json = false, verify = false;
+    for (auto& a : args) {
+        if (a == "--json") json = true;
+        else if (a == "--verify") verify = true;
+        else if (a.rfind("--", 0) == 0) throw UsageError("session: unknown option " + a);
+        else if (path.empty()) path = a;
+        else throw UsageError("session: more than one file given");
+    }
+    if (path.empty()) throw UsageError("session: SESSION.h5 missing");
+    if (verify) {
+        // every byte read and checksummed, in a child process: a damaged file cannot crash us
+        std::string err = es::checkSessionInChild(path);
+        if (!err.empty()) throw es::Error(err);
+    }
+    es::Session s = es::Session::open(path);
+    const es::SessionModel& m = s.model();
+    nlohmann::ordered_json j;
+    j["path"] = s.path();
+    j["format_version"] = es::kSessionFormatVersion;
+    j["model"] = {{"model_type", m.modelType}, {"num_layers", m.numLayers}, {"num_experts", m.numExperts},
+                  {"top_k", m.topK}, {"hidden_size", m.hidden}, {"checkpoint_path", m.checkpointPath},
+                  {"fingerprint", m.fingerprint}};
+    j["runs"] = nlohmann::ordered_json::array();
+    for (auto& name : s.runNames()) {
+        es::RunInfo r = s.runInfo(name);
+        j["runs"].push_back({{"name", r.name}, {"device", r.device}, {"dtype", r.dtype}, {"created", r.created},
+                             {"tokens", r.numTokens}, {"prompts", r.numPrompts}, {"moe_layers", r.moeLayers},
+                             {"expert_output_norms", r.hasExpertNorms}, {"shared_output_norms", r.hasSharedNorms},
+                             {"logits", r.hasLogits}, {"token_text", r.hasTokenText}});
+    }
+    j["results"] = nlohmann::ordered_json::array();
+    static const char* typeNames[] = {"float32", "float64", "int32", "int64"};
+    for (auto& id : s.resultIds()) {
+        const es::Result& r = s.result(id);
+        nlohmann::ordered_json arrays = nlohmann::ordered_json::object();
+        for (auto& [n, a] : r.arrays) arrays[n] = {{"dtype", typeNames[static_cast<int>(a.type)]}, {"shape", a.shape}};
+        j["results"].push_back({{"id", id}, {"kind", r.kind}, {"params", nlohmann::json::parse(r.paramsJson)},
+                                {"created", r.created}, {"arrays", arrays}});
+    }
+    j["views"] = s.viewIds();
+    j["notes"] = nlohmann::ordered_json::array();
+    for (auto& n : s.notes())
+        j["notes"].push_back({{"text", n.text}, {"anchor", nlohmann::json::parse(n.anchorJson)}, {"created", n.created}});
+    if (verify) j["verified"] = true;
+    if (json) {
+        std::cout << j.dump(2) << "\n";
+        return 0;
+    }
+    std::cout << "session      " << s.path() << " (format " << es::kSessionFormatVersion << ")" << (verify ? ", verified" : "")
+              << "\n"
+              << "model        " << m.modelType << ", " << m.numLayers << " layers, " << m.numExperts << " experts, top-"
+              << m.topK << "\n"
+              << "checkpoint   " << m.checkpointPath << "\n"
+              << "fingerprint  " << m.fingerprint << "\n"
+              << "runs         " << s.runNames().size() << "\n";
+    for (auto& r : j["runs"])
+        std::cout << "  " << r["name"].get<std::string>() << ": " << r["tokens"] << " tokens, " << r["prompts"]
+                  << " prompts, " << r["moe_layers"].size() << " MoE layers, " << r["device"].get<std::string>() << " "
+                  << r["dtype"].get<std::string>() << (r["expert_output_norms"].get<bool>() ? ", expert norms" : "")
+                  << (r["logits"].get<bool>() ? ", logits" : "") << "\n";
+    std::cout << "results      " << s.resultIds().size() << "\n";
+    for (auto& r : j["results"]) std::cout << "  " << r["id"].get<std::string>() << " (" << r["kind"].get<std::string>() << ")\n";
+    std::cout << "views        " << s.viewIds().size() << "\n"
+              << "notes        " << s.notes().size() << "\n";
+    return 0;
+}
+
 int cmdTrace(const std::vector<std::string>& args) {
     std::string path, out, run;
     es::LoadOptions lo;
@@ -336,6 +406,7 @@ int main(int argc, char** argv) {
         if (cmd == "info") return cmdInfo(rest);
         if (cmd == "trace") return cmdTrace(rest);
         if (cmd == "tokenize") return cmdTokenize(rest);
+        if (cmd == "session") return cmdSession(rest);
         throw UsageError("unknown command '" + cmd + "'");
     } catch (const UsageError& e) {
         std::cerr << "expertscope-cli: " << e.what() << "\n" << kUsage;

@@ -2,10 +2,21 @@
 
 #include <fcntl.h>
 #include <hdf5.h>
+#include <signal.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <chrono>
+#include <cstdlib>
+#include <cstring>
+#include <ctime>
 #include <filesystem>
+#include <iostream>
+#include <mutex>
+#include <nlohmann/json.hpp>
 #include <random>
+#include <set>
 
 #include "error.h"
 
@@ -15,7 +26,26 @@ namespace es {
 
 namespace {
 
-// Closes an HDF5 handle on scope exit.
+// The HDF5 library is not thread-safe (Debian builds it without the thread-safe option): every
+// call goes through this lock.
+std::recursive_mutex& hdf5Mutex() {
+    static std::recursive_mutex m;
+    return m;
+}
+
+// ---- deterministic fault injection for the crash-safety tests --------------------------------
+// EXPERTSCOPE_FAULT_AFTER_WRITES=n ends the process (exit 86, no cleanup) right after the n-th
+// write of a save; EXPERTSCOPE_COUNT_WRITES=1 prints "session writes: N" after each save.
+int64_t gWrites = 0;
+void wrote() {
+    ++gWrites;
+    static const int64_t faultAt = [] {
+        const char* v = std::getenv("EXPERTSCOPE_FAULT_AFTER_WRITES");
+        return v ? std::atoll(v) : -1LL;
+    }();
+    if (faultAt > 0 && gWrites == faultAt) _exit(86);
+}
+
 class H {
 public:
     H(hid_t id, herr_t (*close)(hid_t)) : id_(id), close_(close) {}
@@ -24,6 +54,7 @@ public:
     }
     H(const H&) = delete;
     H& operator=(const H&) = delete;
+    H(H&& o) noexcept : id_(o.id_), close_(o.close_) { o.id_ = -1; }
     operator hid_t() const { return id_; }
     bool ok() const { return id_ >= 0; }
 
@@ -32,30 +63,116 @@ private:
     herr_t (*close_)(hid_t);
 };
 
-void silenceHdf5() { H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr); }
+void silence() { H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr); }
+
+// A path inside the file as users read it: absolute.
+std::string abs(const std::string& p) { return p.empty() || p[0] != '/' ? "/" + p : p; }
 
 void check(herr_t r, const std::string& file, const std::string& field, const std::string& what) {
     if (r < 0) throw Error("HDF5 " + what + " failed", file, field);
 }
 
-void attrString(hid_t obj, const char* name, const std::string& value, const std::string& file) {
+bool exists(hid_t loc, const std::string& path) {
+    // H5Lexists fails on a missing intermediate group: test each component.
+    std::string cur;
+    size_t pos = 0;
+    while (pos <= path.size()) {
+        size_t next = path.find('/', pos);
+        std::string part = path.substr(pos, next == std::string::npos ? std::string::npos : next - pos);
+        if (!part.empty()) {
+            cur += (cur.empty() ? "" : "/") + part;
+            if (H5Lexists(loc, cur.c_str(), H5P_DEFAULT) <= 0) return false;
+        }
+        if (next == std::string::npos) break;
+        pos = next + 1;
+    }
+    return true;
+}
+
+// ---- writing ---------------------------------------------------------------------------------
+void attrString(hid_t obj, const char* name, const std::string& value, const std::string& file, const std::string& at) {
     H type(H5Tcopy(H5T_C_S1), H5Tclose);
     H5Tset_size(type, H5T_VARIABLE);
     H5Tset_cset(type, H5T_CSET_UTF8);
     H space(H5Screate(H5S_SCALAR), H5Sclose);
     H a(H5Acreate2(obj, name, type, space, H5P_DEFAULT, H5P_DEFAULT), H5Aclose);
-    if (!a.ok()) throw Error("cannot create attribute", file, name);
+    if (!a.ok()) throw Error("cannot create attribute", file, at + "@" + name);
     const char* p = value.c_str();
-    check(H5Awrite(a, type, &p), file, name, "attribute write");
+    check(H5Awrite(a, type, &p), file, at + "@" + name, "attribute write");
+    wrote();
 }
 
-void attrInt(hid_t obj, const char* name, int64_t value, const std::string& file) {
+void attrInt(hid_t obj, const char* name, int64_t value, const std::string& file, const std::string& at) {
     H space(H5Screate(H5S_SCALAR), H5Sclose);
     H a(H5Acreate2(obj, name, H5T_STD_I64LE, space, H5P_DEFAULT, H5P_DEFAULT), H5Aclose);
-    if (!a.ok()) throw Error("cannot create attribute", file, name);
-    check(H5Awrite(a, H5T_NATIVE_INT64, &value), file, name, "attribute write");
+    if (!a.ok()) throw Error("cannot create attribute", file, at + "@" + name);
+    check(H5Awrite(a, H5T_NATIVE_INT64, &value), file, at + "@" + name, "attribute write");
+    wrote();
 }
 
+// Chunked, shuffled, deflated (level 1) and fletcher32-checksummed, so damage reads as an error.
+void dataset(hid_t parent, const std::string& name, hid_t fileType, hid_t memType, const std::vector<hsize_t>& dims,
+             const void* data, const std::string& file, const std::string& full) {
+    hsize_t n = 1;
+    for (auto d : dims) n *= d;
+    H space(H5Screate_simple(static_cast<int>(dims.size()), dims.data(), nullptr), H5Sclose);
+    H dcpl(H5Pcreate(H5P_DATASET_CREATE), H5Pclose);
+    if (n > 0 && !dims.empty()) {
+        std::vector<hsize_t> chunk = dims;
+        hsize_t row = 1;
+        for (size_t i = 1; i < dims.size(); ++i) row *= dims[i];
+        chunk[0] = std::max<hsize_t>(1, std::min<hsize_t>(dims[0], (1u << 18) / std::max<hsize_t>(1, row)));
+        for (size_t i = 1; i < chunk.size(); ++i) chunk[i] = std::max<hsize_t>(1, chunk[i]);
+        H5Pset_chunk(dcpl, static_cast<int>(chunk.size()), chunk.data());
+        H5Pset_shuffle(dcpl);
+        H5Pset_deflate(dcpl, 1);
+        H5Pset_fletcher32(dcpl);
+    }
+    H ds(H5Dcreate2(parent, name.c_str(), fileType, space, H5P_DEFAULT, dcpl, H5P_DEFAULT), H5Dclose);
+    if (!ds.ok()) throw Error("cannot create dataset", file, full);
+    if (n > 0) check(H5Dwrite(ds, memType, H5S_ALL, H5S_ALL, H5P_DEFAULT, data), file, full, "write");
+    wrote();
+}
+
+void bytesList(hid_t parent, const char* name, const std::vector<std::string>& v, const std::string& file,
+               const std::string& full) {
+    H type(H5Tvlen_create(H5T_NATIVE_UINT8), H5Tclose);
+    hsize_t n = v.size();
+    H space(H5Screate_simple(1, &n, nullptr), H5Sclose);
+    std::vector<hvl_t> data(v.size());
+    for (size_t i = 0; i < v.size(); ++i) data[i] = hvl_t{v[i].size(), const_cast<char*>(v[i].data())};
+    H ds(H5Dcreate2(parent, name, type, space, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT), H5Dclose);
+    if (!ds.ok()) throw Error("cannot create dataset", file, full);
+    check(H5Dwrite(ds, type, H5S_ALL, H5S_ALL, H5P_DEFAULT, data.data()), file, full, "write");
+    wrote();
+}
+
+void stringList(hid_t parent, const char* name, const std::vector<std::string>& v, const std::string& file,
+                const std::string& full) {
+    H type(H5Tcopy(H5T_C_S1), H5Tclose);
+    H5Tset_size(type, H5T_VARIABLE);
+    H5Tset_cset(type, H5T_CSET_UTF8);
+    hsize_t n = v.size();
+    H space(H5Screate_simple(1, &n, nullptr), H5Sclose);
+    std::vector<const char*> data(v.size());
+    for (size_t i = 0; i < v.size(); ++i) data[i] = v[i].c_str();
+    H ds(H5Dcreate2(parent, name, type, space, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT), H5Dclose);
+    if (!ds.ok()) throw Error("cannot create dataset", file, full);
+    check(H5Dwrite(ds, type, H5S_ALL, H5S_ALL, H5P_DEFAULT, data.data()), file, full, "write");
+    wrote();
+}
+
+H makeGroup(hid_t parent, const std::string& name, const std::string& file) {
+    H lcpl(H5Pcreate(H5P_LINK_CREATE), H5Pclose);
+    H5Pset_create_intermediate_group(lcpl, 1);
+    hid_t g = exists(parent, name) ? H5Gopen2(parent, name.c_str(), H5P_DEFAULT)
+                                   : H5Gcreate2(parent, name.c_str(), lcpl, H5P_DEFAULT, H5P_DEFAULT);
+    if (g < 0) throw Error("cannot create group", file, name);
+    wrote();
+    return H(g, H5Gclose);
+}
+
+// ---- reading ---------------------------------------------------------------------------------
 bool readAttrString(hid_t obj, const char* name, std::string& out) {
     if (H5Aexists(obj, name) <= 0) return false;
     H a(H5Aopen(obj, name, H5P_DEFAULT), H5Aclose);
@@ -64,6 +181,8 @@ bool readAttrString(hid_t obj, const char* name, std::string& out) {
     if (H5Tget_class(ftype) != H5T_STRING) return false;
     H mtype(H5Tcopy(H5T_C_S1), H5Tclose);
     H5Tset_cset(mtype, H5Tget_cset(ftype));
+    H space(H5Aget_space(a), H5Sclose);
+    if (H5Sget_simple_extent_npoints(space) != 1) return false;
     if (H5Tis_variable_str(ftype) > 0) {
         H5Tset_size(mtype, H5T_VARIABLE);
         char* p = nullptr;
@@ -80,115 +199,565 @@ bool readAttrString(hid_t obj, const char* name, std::string& out) {
     return true;
 }
 
+bool readAttrInt(hid_t obj, const char* name, int64_t& out) {
+    if (H5Aexists(obj, name) <= 0) return false;
+    H a(H5Aopen(obj, name, H5P_DEFAULT), H5Aclose);
+    if (!a.ok()) return false;
+    H ftype(H5Aget_type(a), H5Tclose);
+    if (H5Tget_class(ftype) != H5T_INTEGER) return false;
+    H space(H5Aget_space(a), H5Sclose);
+    if (H5Sget_simple_extent_npoints(space) != 1) return false;
+    return H5Aread(a, H5T_NATIVE_INT64, &out) >= 0;
+}
+
+std::string needString(hid_t obj, const char* name, const std::string& file, const std::string& at) {
+    std::string s;
+    if (!readAttrString(obj, name, s)) throw Error("missing or unreadable string attribute", file, at + "@" + name);
+    return s;
+}
+
+int64_t needInt(hid_t obj, const char* name, const std::string& file, const std::string& at) {
+    int64_t v = 0;
+    if (!readAttrInt(obj, name, v)) throw Error("missing or unreadable integer attribute", file, at + "@" + name);
+    return v;
+}
+
+std::vector<hsize_t> shapeOf(hid_t loc, const std::string& path, const std::string& file) {
+    H ds(H5Dopen2(loc, path.c_str(), H5P_DEFAULT), H5Dclose);
+    if (!ds.ok()) throw Error("missing or unreadable dataset", file, abs(path));
+    H sp(H5Dget_space(ds), H5Sclose);
+    int nd = H5Sget_simple_extent_ndims(sp);
+    if (nd < 0) throw Error("unreadable dataspace", file, abs(path));
+    std::vector<hsize_t> dims(static_cast<size_t>(nd));
+    H5Sget_simple_extent_dims(sp, dims.data(), nullptr);
+    return dims;
+}
+
+std::string dimsStr(const std::vector<hsize_t>& d) {
+    std::string s = "[";
+    for (size_t i = 0; i < d.size(); ++i) s += (i ? ", " : "") + std::to_string(d[i]);
+    return s + "]";
+}
+
+void expectShape(hid_t loc, const std::string& path, const std::vector<hsize_t>& want, H5T_class_t cls, size_t size,
+                 const std::string& file) {
+    auto got = shapeOf(loc, path, file);
+    if (got != want) throw Error("shape " + dimsStr(got) + ", expected " + dimsStr(want), file, abs(path));
+    H ds(H5Dopen2(loc, path.c_str(), H5P_DEFAULT), H5Dclose);
+    H t(H5Dget_type(ds), H5Tclose);
+    if (H5Tget_class(t) != cls || H5Tget_size(t) != size) throw Error("unexpected element type", file, abs(path));
+}
+
 template <class T>
-void dataset(hid_t parent, const std::string& name, hid_t fileType, hid_t memType, const std::vector<hsize_t>& dims,
-             const std::vector<T>& data, const std::string& file, const std::string& fullName) {
-    hsize_t n = 1;
-    for (auto d : dims) n *= d;
-    if (n != data.size())
-        throw Error("internal: dataset size " + std::to_string(data.size()) + " != shape product " + std::to_string(n),
-                    file, fullName);
-    H space(H5Screate_simple(static_cast<int>(dims.size()), dims.data(), nullptr), H5Sclose);
-    H dcpl(H5Pcreate(H5P_DATASET_CREATE), H5Pclose);
-    if (n > 0) {
-        std::vector<hsize_t> chunk = dims;
-        // ~1 MiB chunks along the first axis; gzip level 1 keeps saving fast.
-        hsize_t row = 1;
-        for (size_t i = 1; i < dims.size(); ++i) row *= dims[i];
-        chunk[0] = std::max<hsize_t>(1, std::min<hsize_t>(dims[0], (1u << 18) / std::max<hsize_t>(1, row)));
-        H5Pset_chunk(dcpl, static_cast<int>(chunk.size()), chunk.data());
-        H5Pset_shuffle(dcpl);
-        H5Pset_deflate(dcpl, 1);
-    }
-    H ds(H5Dcreate2(parent, name.c_str(), fileType, space, H5P_DEFAULT, dcpl, H5P_DEFAULT), H5Dclose);
-    if (!ds.ok()) throw Error("cannot create dataset", file, fullName);
-    if (n > 0) check(H5Dwrite(ds, memType, H5S_ALL, H5S_ALL, H5P_DEFAULT, data.data()), file, fullName, "write");
+std::vector<T> readAll(hid_t loc, const std::string& path, hid_t memType, const std::string& file) {
+    H ds(H5Dopen2(loc, path.c_str(), H5P_DEFAULT), H5Dclose);
+    if (!ds.ok()) throw Error("missing or unreadable dataset", file, abs(path));
+    H sp(H5Dget_space(ds), H5Sclose);
+    hssize_t n = H5Sget_simple_extent_npoints(sp);
+    if (n < 0) throw Error("unreadable dataspace", file, abs(path));
+    std::vector<T> v(static_cast<size_t>(n));
+    if (n > 0 && H5Dread(ds, memType, H5S_ALL, H5S_ALL, H5P_DEFAULT, v.data()) < 0)
+        throw Error("cannot read (damaged data: checksum or decompression error)", file, abs(path));
+    return v;
 }
 
-// Variable-length byte strings (vlen uint8): a token's bytes may be half a UTF-8 character.
-void writeBytesList(hid_t parent, const char* name, const std::vector<std::string>& v, const std::string& file,
-                    const std::string& full) {
-    H type(H5Tvlen_create(H5T_NATIVE_UINT8), H5Tclose);
-    hsize_t n = v.size();
-    H space(H5Screate_simple(1, &n, nullptr), H5Sclose);
-    std::vector<hvl_t> data(v.size());
-    for (size_t i = 0; i < v.size(); ++i) data[i] = hvl_t{v[i].size(), const_cast<char*>(v[i].data())};
-    H ds(H5Dcreate2(parent, name, type, space, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT), H5Dclose);
-    if (!ds.ok()) throw Error("cannot create dataset", file, full);
-    check(H5Dwrite(ds, type, H5S_ALL, H5S_ALL, H5P_DEFAULT, data.data()), file, full, "write");
-}
-
-void writeStringList(hid_t parent, const char* name, const std::vector<std::string>& v, const std::string& file,
-                     const std::string& full) {
+std::vector<std::string> readStrings(hid_t loc, const std::string& path, const std::string& file) {
+    H ds(H5Dopen2(loc, path.c_str(), H5P_DEFAULT), H5Dclose);
+    if (!ds.ok()) throw Error("missing or unreadable dataset", file, abs(path));
+    H sp(H5Dget_space(ds), H5Sclose);
+    hssize_t n = H5Sget_simple_extent_npoints(sp);
     H type(H5Tcopy(H5T_C_S1), H5Tclose);
     H5Tset_size(type, H5T_VARIABLE);
     H5Tset_cset(type, H5T_CSET_UTF8);
-    hsize_t n = v.size();
-    H space(H5Screate_simple(1, &n, nullptr), H5Sclose);
-    std::vector<const char*> data(v.size());
-    for (size_t i = 0; i < v.size(); ++i) data[i] = v[i].c_str();
-    H ds(H5Dcreate2(parent, name, type, space, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT), H5Dclose);
-    if (!ds.ok()) throw Error("cannot create dataset", file, full);
-    check(H5Dwrite(ds, type, H5S_ALL, H5S_ALL, H5P_DEFAULT, data.data()), file, full, "write");
+    std::vector<char*> p(static_cast<size_t>(std::max<hssize_t>(n, 0)), nullptr);
+    if (n > 0 && H5Dread(ds, type, H5S_ALL, H5S_ALL, H5P_DEFAULT, p.data()) < 0)
+        throw Error("cannot read (damaged data)", file, abs(path));
+    std::vector<std::string> out;
+    for (auto* s : p) out.emplace_back(s ? s : "");
+    if (n > 0) H5Dvlen_reclaim(type, sp, H5P_DEFAULT, p.data());
+    return out;
 }
 
-H group(hid_t parent, const std::string& name, const std::string& file) {
-    hid_t lcpl = H5Pcreate(H5P_LINK_CREATE);
-    H5Pset_create_intermediate_group(lcpl, 1);
-    hid_t g = H5Lexists(parent, name.c_str(), H5P_DEFAULT) > 0 ? H5Gopen2(parent, name.c_str(), H5P_DEFAULT)
-                                                               : H5Gcreate2(parent, name.c_str(), lcpl, H5P_DEFAULT, H5P_DEFAULT);
-    H5Pclose(lcpl);
-    if (g < 0) throw Error("cannot create group", file, name);
-    return H(g, H5Gclose);
+std::vector<std::string> childNames(hid_t loc, const std::string& path, const std::string& file) {
+    std::vector<std::string> names;
+    if (!exists(loc, path)) return names;
+    H g(H5Gopen2(loc, path.c_str(), H5P_DEFAULT), H5Gclose);
+    if (!g.ok()) throw Error("not a group", file, abs(path));
+    H5G_info_t info;
+    if (H5Gget_info(g, &info) < 0) throw Error("cannot read group", file, abs(path));
+    for (hsize_t i = 0; i < info.nlinks; ++i) {
+        ssize_t n = H5Lget_name_by_idx(g, ".", H5_INDEX_NAME, H5_ITER_INC, i, nullptr, 0, H5P_DEFAULT);
+        if (n < 0) throw Error("cannot read group entry", file, abs(path));
+        std::string s(static_cast<size_t>(n) + 1, '\0');
+        H5Lget_name_by_idx(g, ".", H5_INDEX_NAME, H5_ITER_INC, i, s.data(), s.size(), H5P_DEFAULT);
+        s.resize(static_cast<size_t>(n));
+        names.push_back(s);
+    }
+    return names;
 }
 
-void validRunName(const std::string& run) {
-    if (run.empty() || run.find('/') != std::string::npos || run == "." || run == "..")
-        throw Error("run name must be non-empty and contain no '/'", "", "run");
+void validName(const std::string& what, const std::string& n) {
+    if (n.empty() || n.size() > 200 || n == "." || n == "..")
+        throw Error(what + " name must be 1-200 characters", "", what);
+    for (unsigned char c : n)
+        if (!(std::isalnum(c) || c == '_' || c == '-' || c == '.' || c == ':' || c == '+' || c == '=' || c == '@'))
+            throw Error(what + " name '" + n + "' may hold only letters, digits and _ - . : + = @", "", what);
 }
 
-void writeModel(hid_t f, const SessionModel& m, const std::string& file) {
-    H g = group(f, "model", file);
-    attrString(g, "model_type", m.modelType, file);
-    attrInt(g, "num_layers", m.numLayers, file);
-    attrInt(g, "num_experts", m.numExperts, file);
-    attrInt(g, "top_k", m.topK, file);
-    attrInt(g, "hidden_size", m.hidden, file);
-    attrString(g, "config_json", m.configJson, file);
-    attrString(g, "checkpoint_path", m.checkpointPath, file);
-    attrString(g, "fingerprint", m.fingerprint, file);
+void validJson(const std::string& s, const std::string& file, const std::string& at) {
+    try {
+        auto j = nlohmann::json::parse(s);
+        if (!j.is_object()) throw Error("expected a JSON object", file, at);
+    } catch (const nlohmann::json::exception& e) {
+        throw Error(std::string("not valid JSON: ") + e.what(), file, at);
+    }
 }
 
-void writeRun(hid_t f, const std::string& runName, const RunTrace& t, const std::string& file) {
-    const std::string base = "/runs/" + runName;
-    H run = group(f, base, file);
-    attrString(run, "device", t.device, file);
-    attrString(run, "dtype", t.dtype, file);
+hid_t fileTypeOf(Array::Type t) {
+    switch (t) {
+        case Array::Type::F32: return H5T_IEEE_F32LE;
+        case Array::Type::F64: return H5T_IEEE_F64LE;
+        case Array::Type::I32: return H5T_STD_I32LE;
+        case Array::Type::I64: return H5T_STD_I64LE;
+    }
+    return H5T_IEEE_F64LE;
+}
+hid_t memTypeOf(Array::Type t) {
+    switch (t) {
+        case Array::Type::F32: return H5T_NATIVE_FLOAT;
+        case Array::Type::F64: return H5T_NATIVE_DOUBLE;
+        case Array::Type::I32: return H5T_NATIVE_INT32;
+        case Array::Type::I64: return H5T_NATIVE_INT64;
+    }
+    return H5T_NATIVE_DOUBLE;
+}
+size_t sizeOf(Array::Type t) { return (t == Array::Type::F32 || t == Array::Type::I32) ? 4 : 8; }
+
+template <class T>
+Array makeArray(Array::Type type, std::vector<int64_t> shape, const std::vector<T>& v) {
+    Array a;
+    a.type = type;
+    a.shape = std::move(shape);
+    if (a.numel() != static_cast<int64_t>(v.size())) throw Error("array size does not match its shape", "", "array");
+    a.bytes.resize(v.size() * sizeof(T));
+    if (!v.empty()) std::memcpy(a.bytes.data(), v.data(), a.bytes.size());
+    return a;
+}
+
+// An ExpertScope session file opened for reading; checks format and version.
+H openSessionFile(const std::string& path) {
+    silence();
+    std::error_code ec;
+    if (!fs::exists(path, ec)) throw Error("no such file", path);
+    htri_t isH5 = H5Fis_hdf5(path.c_str());
+    if (isH5 <= 0) throw Error("not an HDF5 file (or truncated, or unreadable)", path, "/");
+    H f(H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT), H5Fclose);
+    if (!f.ok()) throw Error("cannot open the HDF5 file (damaged or truncated)", path, "/");
+    std::string format;
+    if (!readAttrString(f, "format", format) || format != "expertscope-session")
+        throw Error("not an ExpertScope session (attribute format != \"expertscope-session\")", path, "/format");
+    int64_t version = 0;
+    if (!readAttrInt(f, "format_version", version)) throw Error("missing format_version", path, "/format_version");
+    if (version > kSessionFormatVersion)
+        throw Error("made by a newer ExpertScope (format " + std::to_string(version) + "; this build reads up to " +
+                        std::to_string(kSessionFormatVersion) + ")", path, "/format_version");
+    if (version < 1) throw Error("invalid format_version " + std::to_string(version), path, "/format_version");
+    return f;
+}
+
+}  // namespace
+
+std::string isoTimeNow() {
+    std::time_t t = std::time(nullptr);
+    std::tm tm{};
+    gmtime_r(&t, &tm);
+    char buf[32];
+    std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
+    return buf;
+}
+
+int64_t Array::numel() const {
+    int64_t n = 1;
+    for (auto s : shape) n *= s;
+    return n;
+}
+Array Array::f32(std::vector<int64_t> s, const std::vector<float>& v) { return makeArray(Type::F32, std::move(s), v); }
+Array Array::f64(std::vector<int64_t> s, const std::vector<double>& v) { return makeArray(Type::F64, std::move(s), v); }
+Array Array::i32(std::vector<int64_t> s, const std::vector<int32_t>& v) { return makeArray(Type::I32, std::move(s), v); }
+Array Array::i64(std::vector<int64_t> s, const std::vector<int64_t>& v) { return makeArray(Type::I64, std::move(s), v); }
+
+std::vector<double> Array::toDoubles() const {
+    const size_t n = static_cast<size_t>(numel());
+    std::vector<double> out(n);
+    for (size_t i = 0; i < n; ++i) {
+        switch (type) {
+            case Type::F32: { float x; std::memcpy(&x, bytes.data() + 4 * i, 4); out[i] = x; break; }
+            case Type::F64: { double x; std::memcpy(&x, bytes.data() + 8 * i, 8); out[i] = x; break; }
+            case Type::I32: { int32_t x; std::memcpy(&x, bytes.data() + 4 * i, 4); out[i] = x; break; }
+            case Type::I64: { int64_t x; std::memcpy(&x, bytes.data() + 8 * i, 8); out[i] = static_cast<double>(x); break; }
+        }
+    }
+    return out;
+}
+
+struct StoredRun {
+    RunInfo info;
+    std::string file;               // where it lives (empty: in memory)
+    std::shared_ptr<RunTrace> mem;  // added and not yet saved
+};
+
+struct Session::Impl {
+    std::string path;
+    SessionModel model;
+    std::map<std::string, StoredRun> runs;
+    std::map<std::string, Result> results;
+    std::map<std::string, std::string> views;
+    std::vector<Note> notes;
+
+    const StoredRun& run(const std::string& name) const {
+        auto it = runs.find(name);
+        if (it == runs.end()) throw Error("no run named '" + name + "'", path, "/runs/" + name);
+        return it->second;
+    }
+};
+
+Session::Session() : d_(std::make_unique<Impl>()) {}
+Session::~Session() = default;
+Session::Session(Session&&) noexcept = default;
+Session& Session::operator=(Session&&) noexcept = default;
+
+Session Session::create(const SessionModel& model) {
+    Session s;
+    s.d_->model = model;
+    return s;
+}
+
+const std::string& Session::path() const { return d_->path; }
+const SessionModel& Session::model() const { return d_->model; }
+
+namespace {
+
+RunInfo infoFromTrace(const std::string& name, const RunTrace& t) {
+    RunInfo r;
+    r.name = name;
+    r.device = t.device;
+    r.dtype = t.dtype;
+    r.created = isoTimeNow();
+    r.numTokens = t.numTokens();
+    r.numPrompts = static_cast<int64_t>(t.promptOffsets.size()) - 1;
+    for (auto& l : t.layers) r.moeLayers.push_back(l.layer);
+    r.hasExpertNorms = !t.layers.empty() && !t.layers.front().expertOutputNorms.empty();
+    r.hasSharedNorms = !t.layers.empty() && !t.layers.front().sharedOutputNorms.empty();
+    r.hasLogits = !t.logits.empty();
+    r.hasTokenText = !t.tokenBytes.empty();
+    return r;
+}
+
+// Checks one stored run completely (metadata only: names, shapes, element types).
+RunInfo readRunInfo(hid_t f, const std::string& name, const SessionModel& m, const std::string& file) {
+    const std::string base = "runs/" + name;
+    H g(H5Gopen2(f, base.c_str(), H5P_DEFAULT), H5Gclose);
+    if (!g.ok()) throw Error("not a group", file, "/" + base);
+    RunInfo r;
+    r.name = name;
+    r.device = needString(g, "device", file, "/" + base);
+    r.dtype = needString(g, "dtype", file, "/" + base);
+    readAttrString(g, "created", r.created);
+    auto tdims = shapeOf(f, base + "/tokens", file);
+    if (tdims.size() != 1) throw Error("expected a 1-d dataset, got " + dimsStr(tdims), file, "/" + base + "/tokens");
+    const hsize_t T = tdims[0];
+    expectShape(f, base + "/tokens", {T}, H5T_INTEGER, 8, file);
+    auto odims = shapeOf(f, base + "/prompt_offsets", file);
+    if (odims.size() != 1 || odims[0] < 2)
+        throw Error("expected [P+1] with P >= 1, got " + dimsStr(odims), file, "/" + base + "/prompt_offsets");
+    expectShape(f, base + "/prompt_offsets", odims, H5T_INTEGER, 8, file);
+    auto offs = readAll<int64_t>(f, base + "/prompt_offsets", H5T_NATIVE_INT64, file);
+    if (offs.front() != 0 || offs.back() != static_cast<int64_t>(T) || !std::is_sorted(offs.begin(), offs.end()))
+        throw Error("offsets must rise from 0 to the token count " + std::to_string(T), file, "/" + base + "/prompt_offsets");
+    r.numTokens = static_cast<int64_t>(T);
+    r.numPrompts = static_cast<int64_t>(odims[0]) - 1;
+    const hsize_t E = static_cast<hsize_t>(m.numExperts), K = static_cast<hsize_t>(m.topK);
+    for (auto& ln : childNames(f, base + "/layers", file)) {
+        int layer = -1;
+        try {
+            size_t used = 0;
+            layer = std::stoi(ln, &used);
+            if (used != ln.size()) layer = -1;
+        } catch (const std::exception&) {
+        }
+        const std::string lp = base + "/layers/" + ln;
+        if (layer < 0 || layer >= m.numLayers) throw Error("not a layer index of this model", file, "/" + lp);
+        r.moeLayers.push_back(layer);
+        expectShape(f, lp + "/router_logits", {T, E}, H5T_FLOAT, 4, file);
+        expectShape(f, lp + "/topk_experts", {T, K}, H5T_INTEGER, 4, file);
+        expectShape(f, lp + "/topk_weights", {T, K}, H5T_FLOAT, 4, file);
+        bool norms = exists(f, lp + "/expert_output_norms");
+        if (norms) expectShape(f, lp + "/expert_output_norms", {T, E}, H5T_FLOAT, 4, file);
+        bool shared = exists(f, lp + "/shared_output_norms");
+        if (shared) expectShape(f, lp + "/shared_output_norms", {T}, H5T_FLOAT, 4, file);
+        r.hasExpertNorms = r.hasExpertNorms || norms;
+        r.hasSharedNorms = r.hasSharedNorms || shared;
+    }
+    std::sort(r.moeLayers.begin(), r.moeLayers.end());
+    if (exists(f, base + "/logits")) {
+        auto ld = shapeOf(f, base + "/logits", file);
+        if (ld.size() != 2 || ld[0] != T) throw Error("expected [T, V], got " + dimsStr(ld), file, "/" + base + "/logits");
+        r.hasLogits = true;
+    }
+    if (exists(f, base + "/token_bytes")) {
+        auto bd = shapeOf(f, base + "/token_bytes", file);
+        if (bd != std::vector<hsize_t>{T}) throw Error("shape " + dimsStr(bd) + ", expected [" + std::to_string(T) + "]",
+                                                       file, "/" + base + "/token_bytes");
+        auto pd = shapeOf(f, base + "/token_pieces", file);
+        if (pd != std::vector<hsize_t>{T}) throw Error("shape " + dimsStr(pd) + ", expected [" + std::to_string(T) + "]",
+                                                       file, "/" + base + "/token_pieces");
+        r.hasTokenText = true;
+    }
+    return r;
+}
+
+Result readResult(hid_t f, const std::string& id, const std::string& file) {
+    const std::string base = "results/" + id;
+    H g(H5Gopen2(f, base.c_str(), H5P_DEFAULT), H5Gclose);
+    if (!g.ok()) throw Error("not a group", file, "/" + base);
+    Result r;
+    r.kind = needString(g, "kind", file, "/" + base);
+    r.paramsJson = needString(g, "params_json", file, "/" + base);
+    r.provenanceJson = needString(g, "provenance_json", file, "/" + base);
+    r.created = needString(g, "created", file, "/" + base);
+    validJson(r.paramsJson, file, "/" + base + "@params_json");
+    validJson(r.provenanceJson, file, "/" + base + "@provenance_json");
+    for (auto& an : childNames(f, base, file)) {
+        const std::string p = base + "/" + an;
+        H ds(H5Dopen2(f, p.c_str(), H5P_DEFAULT), H5Dclose);
+        if (!ds.ok()) throw Error("expected a dataset", file, "/" + p);
+        H t(H5Dget_type(ds), H5Tclose);
+        Array a;
+        auto cls = H5Tget_class(t);
+        size_t sz = H5Tget_size(t);
+        if (cls == H5T_FLOAT && sz == 4) a.type = Array::Type::F32;
+        else if (cls == H5T_FLOAT && sz == 8) a.type = Array::Type::F64;
+        else if (cls == H5T_INTEGER && sz == 4) a.type = Array::Type::I32;
+        else if (cls == H5T_INTEGER && sz == 8) a.type = Array::Type::I64;
+        else throw Error("unsupported element type", file, "/" + p);
+        for (auto d : shapeOf(f, p, file)) a.shape.push_back(static_cast<int64_t>(d));
+        a.bytes.resize(static_cast<size_t>(a.numel()) * sizeOf(a.type));
+        if (a.numel() > 0 && H5Dread(ds, memTypeOf(a.type), H5S_ALL, H5S_ALL, H5P_DEFAULT, a.bytes.data()) < 0)
+            throw Error("cannot read (damaged data: checksum or decompression error)", file, "/" + p);
+        r.arrays[an] = std::move(a);
+    }
+    return r;
+}
+
+}  // namespace
+
+Session Session::open(const std::string& pathIn) {
+    std::lock_guard lk(hdf5Mutex());
+    const std::string path = fs::absolute(pathIn).string();
+    H f = openSessionFile(path);
+    Session s;
+    Impl& d = *s.d_;
+    d.path = path;
+    if (!exists(f, "model")) throw Error("missing group", path, "/model");
+    {
+        H g(H5Gopen2(f, "model", H5P_DEFAULT), H5Gclose);
+        SessionModel& m = d.model;
+        m.modelType = needString(g, "model_type", path, "/model");
+        m.numLayers = needInt(g, "num_layers", path, "/model");
+        m.numExperts = needInt(g, "num_experts", path, "/model");
+        m.topK = needInt(g, "top_k", path, "/model");
+        m.hidden = needInt(g, "hidden_size", path, "/model");
+        m.configJson = needString(g, "config_json", path, "/model");
+        m.checkpointPath = needString(g, "checkpoint_path", path, "/model");
+        m.fingerprint = needString(g, "fingerprint", path, "/model");
+        if (m.numLayers < 0 || m.numExperts < 0 || m.topK < 0 || m.topK > std::max<int64_t>(m.numExperts, 0))
+            throw Error("inconsistent model sizes", path, "/model");
+    }
+    for (auto& name : childNames(f, "runs", path)) {
+        StoredRun r;
+        r.info = readRunInfo(f, name, d.model, path);
+        r.file = path;
+        d.runs[name] = std::move(r);
+    }
+    for (auto& id : childNames(f, "results", path)) d.results[id] = readResult(f, id, path);
+    for (auto& v : childNames(f, "views", path)) {
+        H g(H5Gopen2(f, ("views/" + v).c_str(), H5P_DEFAULT), H5Gclose);
+        if (!g.ok()) throw Error("not a group", path, "/views/" + v);
+        std::string st = needString(g, "state_json", path, "/views/" + v);
+        validJson(st, path, "/views/" + v + "@state_json");
+        d.views[v] = st;
+    }
+    auto noteNames = childNames(f, "notes", path);
+    std::sort(noteNames.begin(), noteNames.end(), [](const std::string& a, const std::string& b) {
+        return a.size() != b.size() ? a.size() < b.size() : a < b;
+    });
+    for (auto& n : noteNames) {
+        H g(H5Gopen2(f, ("notes/" + n).c_str(), H5P_DEFAULT), H5Gclose);
+        if (!g.ok()) throw Error("not a group", path, "/notes/" + n);
+        Note note;
+        note.text = needString(g, "text", path, "/notes/" + n);
+        note.anchorJson = needString(g, "anchor_json", path, "/notes/" + n);
+        note.created = needString(g, "created", path, "/notes/" + n);
+        validJson(note.anchorJson, path, "/notes/" + n + "@anchor_json");
+        d.notes.push_back(note);
+    }
+    return s;
+}
+
+std::vector<std::string> Session::runNames() const {
+    std::vector<std::string> v;
+    for (auto& [n, r] : d_->runs) v.push_back(n);
+    return v;
+}
+bool Session::hasRun(const std::string& name) const { return d_->runs.count(name) > 0; }
+RunInfo Session::runInfo(const std::string& name) const { return d_->run(name).info; }
+
+void Session::addRun(const std::string& name, RunTrace trace) {
+    validName("run", name);
+    if (d_->runs.count(name)) throw Error("a run named '" + name + "' already exists", d_->path, "/runs/" + name);
+    if (trace.promptOffsets.size() < 2 || trace.promptOffsets.back() != trace.numTokens())
+        throw Error("run has inconsistent prompt offsets", "", "run");
+    StoredRun r;
+    r.info = infoFromTrace(name, trace);
+    r.mem = std::make_shared<RunTrace>(std::move(trace));
+    d_->runs[name] = std::move(r);
+}
+
+std::vector<int64_t> Session::runTokens(const std::string& name) const {
+    const StoredRun& r = d_->run(name);
+    if (r.mem) return r.mem->tokens;
+    std::lock_guard lk(hdf5Mutex());
+    H f = openSessionFile(r.file);
+    return readAll<int64_t>(f, "runs/" + name + "/tokens", H5T_NATIVE_INT64, r.file);
+}
+
+std::vector<int64_t> Session::runPromptOffsets(const std::string& name) const {
+    const StoredRun& r = d_->run(name);
+    if (r.mem) return r.mem->promptOffsets;
+    std::lock_guard lk(hdf5Mutex());
+    H f = openSessionFile(r.file);
+    return readAll<int64_t>(f, "runs/" + name + "/prompt_offsets", H5T_NATIVE_INT64, r.file);
+}
+
+std::vector<std::string> Session::runTokenPieces(const std::string& name) const {
+    const StoredRun& r = d_->run(name);
+    if (r.mem) return r.mem->tokenPieces;
+    if (!r.info.hasTokenText) return {};
+    std::lock_guard lk(hdf5Mutex());
+    H f = openSessionFile(r.file);
+    return readStrings(f, "runs/" + name + "/token_pieces", r.file);
+}
+
+LayerTrace Session::runLayer(const std::string& name, int layer) const {
+    const StoredRun& r = d_->run(name);
+    if (r.mem) {
+        for (auto& l : r.mem->layers)
+            if (l.layer == layer) return l;
+        throw Error("run has no MoE layer " + std::to_string(layer), d_->path, "/runs/" + name + "/layers/" + std::to_string(layer));
+    }
+    if (std::find(r.info.moeLayers.begin(), r.info.moeLayers.end(), layer) == r.info.moeLayers.end())
+        throw Error("run has no MoE layer " + std::to_string(layer), r.file, "/runs/" + name + "/layers/" + std::to_string(layer));
+    std::lock_guard lk(hdf5Mutex());
+    H f = openSessionFile(r.file);
+    const std::string lp = "runs/" + name + "/layers/" + std::to_string(layer);
+    LayerTrace t;
+    t.layer = layer;
+    t.numExperts = d_->model.numExperts;
+    t.topK = d_->model.topK;
+    t.routerLogits = readAll<float>(f, lp + "/router_logits", H5T_NATIVE_FLOAT, r.file);
+    t.topkExperts = readAll<int32_t>(f, lp + "/topk_experts", H5T_NATIVE_INT32, r.file);
+    t.topkWeights = readAll<float>(f, lp + "/topk_weights", H5T_NATIVE_FLOAT, r.file);
+    if (exists(f, lp + "/expert_output_norms"))
+        t.expertOutputNorms = readAll<float>(f, lp + "/expert_output_norms", H5T_NATIVE_FLOAT, r.file);
+    if (exists(f, lp + "/shared_output_norms"))
+        t.sharedOutputNorms = readAll<float>(f, lp + "/shared_output_norms", H5T_NATIVE_FLOAT, r.file);
+    return t;
+}
+
+std::vector<std::string> Session::resultIds() const {
+    std::vector<std::string> v;
+    for (auto& [k, r] : d_->results) v.push_back(k);
+    return v;
+}
+bool Session::hasResult(const std::string& id) const { return d_->results.count(id) > 0; }
+const Result& Session::result(const std::string& id) const {
+    auto it = d_->results.find(id);
+    if (it == d_->results.end()) throw Error("no result '" + id + "'", d_->path, "/results/" + id);
+    return it->second;
+}
+void Session::putResult(const std::string& id, Result r) {
+    validName("result", id);
+    if (r.kind.empty()) throw Error("a result needs a kind", "", "/results/" + id);
+    validJson(r.paramsJson, "", "/results/" + id + "@params_json");
+    validJson(r.provenanceJson, "", "/results/" + id + "@provenance_json");
+    for (auto& [n, a] : r.arrays) {
+        validName("array", n);
+        if (static_cast<int64_t>(a.bytes.size()) != a.numel() * static_cast<int64_t>(sizeOf(a.type)))
+            throw Error("array bytes do not match its shape", "", "/results/" + id + "/" + n);
+    }
+    if (r.created.empty()) r.created = isoTimeNow();
+    d_->results[id] = std::move(r);
+}
+void Session::removeResult(const std::string& id) { d_->results.erase(id); }
+
+std::vector<std::string> Session::viewIds() const {
+    std::vector<std::string> v;
+    for (auto& [k, s] : d_->views) v.push_back(k);
+    return v;
+}
+std::string Session::viewState(const std::string& id) const {
+    auto it = d_->views.find(id);
+    return it == d_->views.end() ? "{}" : it->second;
+}
+void Session::setViewState(const std::string& id, const std::string& json) {
+    validName("view", id);
+    validJson(json, "", "/views/" + id + "@state_json");
+    d_->views[id] = json;
+}
+const std::vector<Note>& Session::notes() const { return d_->notes; }
+void Session::addNote(Note n) {
+    validJson(n.anchorJson, "", "note anchor");
+    if (n.created.empty()) n.created = isoTimeNow();
+    d_->notes.push_back(std::move(n));
+}
+void Session::removeNote(size_t i) {
+    if (i >= d_->notes.size()) throw Error("no note " + std::to_string(i), d_->path, "/notes");
+    d_->notes.erase(d_->notes.begin() + static_cast<long>(i));
+}
+
+namespace {
+
+void writeRunData(hid_t f, const std::string& name, const RunTrace& t, const RunInfo& info, const std::string& file) {
+    const std::string base = "runs/" + name;
+    H run = makeGroup(f, base, file);
+    attrString(run, "device", t.device, file, "/" + base);
+    attrString(run, "dtype", t.dtype, file, "/" + base);
+    attrString(run, "created", info.created, file, "/" + base);
     const hsize_t T = static_cast<hsize_t>(t.tokens.size());
-    dataset(run, "tokens", H5T_STD_I64LE, H5T_NATIVE_INT64, {T}, t.tokens, file, base + "/tokens");
+    dataset(run, "tokens", H5T_STD_I64LE, H5T_NATIVE_INT64, {T}, t.tokens.data(), file, "/" + base + "/tokens");
     dataset(run, "prompt_offsets", H5T_STD_I64LE, H5T_NATIVE_INT64, {static_cast<hsize_t>(t.promptOffsets.size())},
-            t.promptOffsets, file, base + "/prompt_offsets");
+            t.promptOffsets.data(), file, "/" + base + "/prompt_offsets");
     if (!t.tokenBytes.empty()) {
-        writeBytesList(run, "token_bytes", t.tokenBytes, file, base + "/token_bytes");
-        writeStringList(run, "token_pieces", t.tokenPieces, file, base + "/token_pieces");
+        bytesList(run, "token_bytes", t.tokenBytes, file, "/" + base + "/token_bytes");
+        stringList(run, "token_pieces", t.tokenPieces, file, "/" + base + "/token_pieces");
     }
     for (const auto& lt : t.layers) {
         const std::string lp = base + "/layers/" + std::to_string(lt.layer);
-        H g = group(f, lp, file);
+        H g = makeGroup(f, lp, file);
         const hsize_t E = static_cast<hsize_t>(lt.numExperts), K = static_cast<hsize_t>(lt.topK);
-        dataset(g, "router_logits", H5T_IEEE_F32LE, H5T_NATIVE_FLOAT, {T, E}, lt.routerLogits, file, lp + "/router_logits");
-        dataset(g, "topk_experts", H5T_STD_I32LE, H5T_NATIVE_INT32, {T, K}, lt.topkExperts, file, lp + "/topk_experts");
-        dataset(g, "topk_weights", H5T_IEEE_F32LE, H5T_NATIVE_FLOAT, {T, K}, lt.topkWeights, file, lp + "/topk_weights");
+        dataset(g, "router_logits", H5T_IEEE_F32LE, H5T_NATIVE_FLOAT, {T, E}, lt.routerLogits.data(), file, "/" + lp + "/router_logits");
+        dataset(g, "topk_experts", H5T_STD_I32LE, H5T_NATIVE_INT32, {T, K}, lt.topkExperts.data(), file, "/" + lp + "/topk_experts");
+        dataset(g, "topk_weights", H5T_IEEE_F32LE, H5T_NATIVE_FLOAT, {T, K}, lt.topkWeights.data(), file, "/" + lp + "/topk_weights");
         if (!lt.expertOutputNorms.empty())
-            dataset(g, "expert_output_norms", H5T_IEEE_F32LE, H5T_NATIVE_FLOAT, {T, E}, lt.expertOutputNorms, file,
-                    lp + "/expert_output_norms");
+            dataset(g, "expert_output_norms", H5T_IEEE_F32LE, H5T_NATIVE_FLOAT, {T, E}, lt.expertOutputNorms.data(), file,
+                    "/" + lp + "/expert_output_norms");
         if (!lt.sharedOutputNorms.empty())
-            dataset(g, "shared_output_norms", H5T_IEEE_F32LE, H5T_NATIVE_FLOAT, {T}, lt.sharedOutputNorms, file,
-                    lp + "/shared_output_norms");
+            dataset(g, "shared_output_norms", H5T_IEEE_F32LE, H5T_NATIVE_FLOAT, {T}, lt.sharedOutputNorms.data(), file,
+                    "/" + lp + "/shared_output_norms");
     }
     if (!t.logits.empty())
-        dataset(run, "logits", H5T_IEEE_F32LE, H5T_NATIVE_FLOAT, {T, static_cast<hsize_t>(t.vocab)}, t.logits, file,
-                base + "/logits");
+        dataset(run, "logits", H5T_IEEE_F32LE, H5T_NATIVE_FLOAT, {T, static_cast<hsize_t>(t.vocab)}, t.logits.data(), file,
+                "/" + base + "/logits");
 }
 
 void fsyncPath(const std::string& p) {
@@ -199,92 +768,211 @@ void fsyncPath(const std::string& p) {
     }
 }
 
-std::string tempNameFor(const fs::path& target) {
-    std::random_device rd;
-    return (target.parent_path() / ("." + target.filename().string() + ".tmp-" + std::to_string(getpid()) + "-" +
-                                    std::to_string(rd() % 1000000)))
-        .string();
-}
-
-// Checks an existing session before anything is written.
-void checkExisting(const std::string& path, const SessionModel& m, const std::string& runName) {
-    H f(H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT), H5Fclose);
-    if (!f.ok()) throw Error("not an HDF5 file (or unreadable)", path);
-    std::string format;
-    if (!readAttrString(f, "format", format) || format != "expertscope-session")
-        throw Error("not an ExpertScope session (attribute format != \"expertscope-session\")", path, "/format");
-    if (H5Lexists(f, "model", H5P_DEFAULT) > 0) {
-        H g(H5Gopen2(f, "model", H5P_DEFAULT), H5Gclose);
-        std::string fp;
-        if (g.ok() && readAttrString(g, "fingerprint", fp) && fp != m.fingerprint)
-            throw Error("the session belongs to another checkpoint (fingerprint " + fp + ", this checkpoint " +
-                            m.fingerprint + ")", path, "/model/fingerprint");
-    }
-    if (H5Lexists(f, "runs", H5P_DEFAULT) > 0) {
-        H runs(H5Gopen2(f, "runs", H5P_DEFAULT), H5Gclose);
-        if (runs.ok() && H5Lexists(runs, runName.c_str(), H5P_DEFAULT) > 0)
-            throw Error("a run named '" + runName + "' already exists", path, "/runs/" + runName);
+// Temporary files of saves that died (their process no longer exists) are removed.
+void removeStaleTemps(const fs::path& target) {
+    std::error_code ec;
+    const std::string prefix = "." + target.filename().string() + ".tmp-";
+    for (auto& e : fs::directory_iterator(target.parent_path(), ec)) {
+        const std::string n = e.path().filename().string();
+        if (n.rfind(prefix, 0) != 0) continue;
+        long pid = std::atol(n.c_str() + prefix.size());
+        if (pid > 0 && pid != getpid() && kill(static_cast<pid_t>(pid), 0) != 0 && errno == ESRCH) fs::remove(e.path(), ec);
     }
 }
 
 }  // namespace
 
-void appendRun(const std::string& path, const SessionModel& model, const std::string& runName, const RunTrace& trace) {
-    silenceHdf5();
-    validRunName(runName);
-    const fs::path target = fs::absolute(path);
-    std::error_code ec;
-    const bool exists = fs::exists(target, ec);
-    if (exists) checkExisting(target.string(), model, runName);
-    const std::string tmp = tempNameFor(target);
+void Session::save(const std::string& pathIn) {
+    std::lock_guard lk(hdf5Mutex());
+    silence();
+    const fs::path target = fs::absolute(pathIn);
+    const std::string file = target.string();
+    removeStaleTemps(target);
+    std::random_device rd;
+    const std::string tmp = (target.parent_path() / ("." + target.filename().string() + ".tmp-" + std::to_string(getpid()) +
+                                                     "-" + std::to_string(rd() % 1000000)))
+                                .string();
+    gWrites = 0;
     try {
-        if (exists) {
-            fs::copy_file(target, tmp, fs::copy_options::overwrite_existing, ec);
-            if (ec) throw Error("cannot copy the session to a temporary file: " + ec.message(), tmp);
-        }
         {
-            H f(exists ? H5Fopen(tmp.c_str(), H5F_ACC_RDWR, H5P_DEFAULT)
-                       : H5Fcreate(tmp.c_str(), H5F_ACC_EXCL, H5P_DEFAULT, H5P_DEFAULT),
-                H5Fclose);
-            if (!f.ok()) throw Error("cannot create the session file", tmp);
-            if (!exists) {
-                attrString(f, "format", "expertscope-session", tmp);
-                attrInt(f, "format_version", kSessionFormatVersion, tmp);
-                writeModel(f, model, tmp);
-            } else if (H5Lexists(f, "model", H5P_DEFAULT) <= 0) {
-                writeModel(f, model, tmp);
+            H fapl(H5Pcreate(H5P_FILE_ACCESS), H5Pclose);
+            // HDF5 1.10 file format: checksummed object headers and B-trees.
+            H5Pset_libver_bounds(fapl, H5F_LIBVER_V110, H5F_LIBVER_V110);
+            H f(H5Fcreate(tmp.c_str(), H5F_ACC_EXCL, H5P_DEFAULT, fapl), H5Fclose);
+            if (!f.ok()) throw Error("cannot create a temporary file beside the session", tmp);
+            attrString(f, "format", "expertscope-session", tmp, "/");
+            attrInt(f, "format_version", kSessionFormatVersion, tmp, "/");
+            attrString(f, "saved", isoTimeNow(), tmp, "/");
+            {
+                const SessionModel& m = d_->model;
+                H g = makeGroup(f, "model", tmp);
+                attrString(g, "model_type", m.modelType, tmp, "/model");
+                attrInt(g, "num_layers", m.numLayers, tmp, "/model");
+                attrInt(g, "num_experts", m.numExperts, tmp, "/model");
+                attrInt(g, "top_k", m.topK, tmp, "/model");
+                attrInt(g, "hidden_size", m.hidden, tmp, "/model");
+                attrString(g, "config_json", m.configJson, tmp, "/model");
+                attrString(g, "checkpoint_path", m.checkpointPath, tmp, "/model");
+                attrString(g, "fingerprint", m.fingerprint, tmp, "/model");
             }
-            writeRun(f, runName, trace, tmp);
+            makeGroup(f, "runs", tmp);
+            for (auto& [name, r] : d_->runs) {
+                if (r.mem) {
+                    writeRunData(f, name, *r.mem, r.info, tmp);
+                    continue;
+                }
+                // stored run: copy its objects chunk for chunk, without decoding
+                H src = openSessionFile(r.file);
+                const std::string p = "runs/" + name;
+                check(H5Ocopy(src, p.c_str(), f, p.c_str(), H5P_DEFAULT, H5P_DEFAULT), tmp, "/" + p, "copy");
+                wrote();
+            }
+            makeGroup(f, "results", tmp);
+            for (auto& [id, res] : d_->results) {
+                const std::string p = "results/" + id;
+                H g = makeGroup(f, p, tmp);
+                attrString(g, "kind", res.kind, tmp, "/" + p);
+                attrString(g, "params_json", res.paramsJson, tmp, "/" + p);
+                attrString(g, "provenance_json", res.provenanceJson, tmp, "/" + p);
+                attrString(g, "created", res.created, tmp, "/" + p);
+                for (auto& [an, a] : res.arrays) {
+                    std::vector<hsize_t> dims(a.shape.begin(), a.shape.end());
+                    dataset(g, an, fileTypeOf(a.type), memTypeOf(a.type), dims, a.bytes.data(), tmp, "/" + p + "/" + an);
+                }
+            }
+            makeGroup(f, "views", tmp);
+            for (auto& [id, st] : d_->views) {
+                H g = makeGroup(f, "views/" + id, tmp);
+                attrString(g, "state_json", st, tmp, "/views/" + id);
+            }
+            makeGroup(f, "notes", tmp);
+            for (size_t i = 0; i < d_->notes.size(); ++i) {
+                const std::string p = "notes/" + std::to_string(i);
+                H g = makeGroup(f, p, tmp);
+                attrString(g, "text", d_->notes[i].text, tmp, "/" + p);
+                attrString(g, "anchor_json", d_->notes[i].anchorJson, tmp, "/" + p);
+                attrString(g, "created", d_->notes[i].created, tmp, "/" + p);
+            }
             check(H5Fflush(f, H5F_SCOPE_GLOBAL), tmp, "", "flush");
         }
         fsyncPath(tmp);
+        wrote();
+        std::error_code ec;
         fs::rename(tmp, target, ec);
-        if (ec) throw Error("cannot rename the temporary file over the session: " + ec.message(), target.string());
+        if (ec) throw Error("cannot rename the temporary file over the session: " + ec.message(), file);
         fsyncPath(target.parent_path().string());
     } catch (...) {
+        std::error_code ec;
         fs::remove(tmp, ec);
         throw;
     }
+    if (std::getenv("EXPERTSCOPE_COUNT_WRITES")) std::cerr << "session writes: " << gWrites << "\n";
+    // Everything now lives in the new file; in-memory runs are read from there from now on.
+    d_->path = file;
+    for (auto& [name, r] : d_->runs) {
+        r.file = file;
+        r.mem.reset();
+    }
 }
 
-std::vector<std::string> listRuns(const std::string& path) {
-    silenceHdf5();
-    H f(H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT), H5Fclose);
-    if (!f.ok()) throw Error("not an HDF5 file (or unreadable)", path);
-    std::vector<std::string> names;
-    if (H5Lexists(f, "runs", H5P_DEFAULT) <= 0) return names;
-    H g(H5Gopen2(f, "runs", H5P_DEFAULT), H5Gclose);
-    H5G_info_t info;
-    if (H5Gget_info(g, &info) < 0) throw Error("cannot read", path, "/runs");
-    for (hsize_t i = 0; i < info.nlinks; ++i) {
-        ssize_t n = H5Lget_name_by_idx(g, ".", H5_INDEX_NAME, H5_ITER_INC, i, nullptr, 0, H5P_DEFAULT);
-        if (n < 0) continue;
-        std::string s(static_cast<size_t>(n) + 1, '\0');
-        H5Lget_name_by_idx(g, ".", H5_INDEX_NAME, H5_ITER_INC, i, s.data(), s.size(), H5P_DEFAULT);
-        s.resize(static_cast<size_t>(n));
-        names.push_back(s);
+void appendRun(const std::string& path, const SessionModel& model, const std::string& runName, const RunTrace& trace) {
+    validName("run", runName);
+    std::error_code ec;
+    Session s;
+    if (fs::exists(path, ec)) {
+        s = Session::open(path);
+        if (s.model().fingerprint != model.fingerprint)
+            throw Error("the session belongs to another checkpoint (fingerprint " + s.model().fingerprint +
+                            ", this checkpoint " + model.fingerprint + ")", s.path(), "/model/fingerprint");
+        if (s.hasRun(runName)) throw Error("a run named '" + runName + "' already exists", s.path(), "/runs/" + runName);
+    } else {
+        s = Session::create(model);
     }
-    return names;
+    s.addRun(runName, trace);
+    s.save(path);
+}
+
+std::vector<std::string> listRuns(const std::string& path) { return Session::open(path).runNames(); }
+
+namespace {
+herr_t visitRead(hid_t obj, const char* name, const H5O_info_t* info, void* op) {
+    auto* ctx = static_cast<std::pair<std::string, std::string>*>(op);
+    const std::string path = std::string("/") + (std::strcmp(name, ".") == 0 ? "" : name);
+    if (info->type != H5O_TYPE_DATASET) return 0;
+    H ds(H5Dopen2(obj, name, H5P_DEFAULT), H5Dclose);
+    if (!ds.ok()) {
+        ctx->second = path;
+        return -1;
+    }
+    H type(H5Dget_type(ds), H5Tclose);
+    H space(H5Dget_space(ds), H5Sclose);
+    hssize_t n = H5Sget_simple_extent_npoints(space);
+    if (n < 0) {
+        ctx->second = path;
+        return -1;
+    }
+    if (n == 0) return 0;
+    H mem(H5Tget_native_type(type, H5T_DIR_ASCEND), H5Tclose);
+    size_t sz = H5Tget_size(mem);
+    if (sz == 0 || static_cast<double>(sz) * static_cast<double>(n) > 64e9) {
+        ctx->second = path;
+        return -1;
+    }
+    std::vector<uint8_t> buf(sz * static_cast<size_t>(n));
+    if (H5Dread(ds, mem, H5S_ALL, H5S_ALL, H5P_DEFAULT, buf.data()) < 0) {
+        ctx->second = path;
+        return -1;
+    }
+    if (H5Tdetect_class(type, H5T_VLEN) > 0 || H5Tis_variable_str(type) > 0) H5Dvlen_reclaim(mem, space, H5P_DEFAULT, buf.data());
+    return 0;
+}
+}  // namespace
+
+void verifySession(const std::string& path) {
+    std::lock_guard lk(hdf5Mutex());
+    Session s = Session::open(path);  // structure, shapes, attributes
+    H f = openSessionFile(path);
+    std::pair<std::string, std::string> ctx{path, ""};
+    herr_t r = H5Ovisit(f, H5_INDEX_NAME, H5_ITER_INC, visitRead, &ctx);
+    if (r < 0) throw Error("damaged data: checksum, decompression or structure error", path, ctx.second.empty() ? "/" : ctx.second);
+}
+
+std::string checkSessionInChild(const std::string& path) {
+    int fds[2];
+    if (pipe(fds) != 0) return "cannot create a pipe to check the file";
+    pid_t pid = fork();
+    if (pid < 0) {
+        close(fds[0]);
+        close(fds[1]);
+        return "cannot fork to check the file";
+    }
+    if (pid == 0) {
+        close(fds[0]);
+        std::string msg;
+        try {
+            verifySession(path);
+        } catch (const std::exception& e) {
+            msg = e.what();
+        }
+        if (!msg.empty()) {
+            ssize_t w = write(fds[1], msg.data(), msg.size());
+            (void)w;
+        }
+        close(fds[1]);
+        _exit(msg.empty() ? 0 : 1);
+    }
+    close(fds[1]);
+    std::string msg;
+    char buf[4096];
+    for (ssize_t n; (n = read(fds[0], buf, sizeof buf)) > 0;) msg.append(buf, static_cast<size_t>(n));
+    close(fds[0]);
+    int status = 0;
+    waitpid(pid, &status, 0);
+    if (WIFSIGNALED(status))
+        return path + ": the HDF5 library crashed reading this file (signal " + std::to_string(WTERMSIG(status)) +
+               "); the file is damaged";
+    if (WIFEXITED(status) && WEXITSTATUS(status) == 0) return {};
+    return msg.empty() ? path + ": the file could not be checked" : msg;
 }
 
 }  // namespace es

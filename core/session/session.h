@@ -1,8 +1,13 @@
 #pragma once
-// The HDF5 session file: the model reference and the runs with their routing traces.
-// Layout: docs/session-format.md. Saving never modifies the previous file in place: the new
-// content is written to a temporary file beside the target, flushed, then renamed over it.
+// The HDF5 session: everything a user produced (the model reference, runs and their traces,
+// analysis results with their parameters and provenance, per-view state, notes). Layout:
+// docs/session-format.md. Opening needs neither the checkpoint nor LibTorch; run data is read
+// lazily (a view reads only the layer it shows). Saving never modifies the previous file in
+// place: the whole session is written to a temporary file beside the target (runs already on
+// disk are copied chunk for chunk, without decoding), flushed, fsynced, then renamed over it.
 #include <cstdint>
+#include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -18,6 +23,98 @@ struct SessionModel {
     std::string configJson, checkpointPath, fingerprint;
 };
 
+// A named n-d array of a result (row-major).
+struct Array {
+    enum class Type { F32, F64, I32, I64 };
+    Type type = Type::F64;
+    std::vector<int64_t> shape;
+    std::vector<uint8_t> bytes;
+    int64_t numel() const;
+    static Array f32(std::vector<int64_t> shape, const std::vector<float>& v);
+    static Array f64(std::vector<int64_t> shape, const std::vector<double>& v);
+    static Array i32(std::vector<int64_t> shape, const std::vector<int32_t>& v);
+    static Array i64(std::vector<int64_t> shape, const std::vector<int64_t>& v);
+    std::vector<double> toDoubles() const;
+    bool operator==(const Array& o) const { return type == o.type && shape == o.shape && bytes == o.bytes; }
+};
+
+// An analysis result: what it is (kind), how it was computed (params, provenance; JSON
+// objects) and its arrays.
+struct Result {
+    std::string kind;
+    std::string paramsJson = "{}";
+    std::string provenanceJson = "{}";
+    std::string created;  // ISO 8601, UTC
+    std::map<std::string, Array> arrays;
+    bool operator==(const Result& o) const {
+        return kind == o.kind && paramsJson == o.paramsJson && provenanceJson == o.provenanceJson &&
+               created == o.created && arrays == o.arrays;
+    }
+};
+
+struct Note {
+    std::string text;
+    std::string anchorJson = "{}";  // what it is attached to: {"run": ..., "layer": ..., "token": ...}
+    std::string created;
+    bool operator==(const Note& o) const { return text == o.text && anchorJson == o.anchorJson && created == o.created; }
+};
+
+struct RunInfo {
+    std::string name, device, dtype, created;
+    int64_t numTokens = 0, numPrompts = 0;
+    std::vector<int> moeLayers;
+    bool hasExpertNorms = false, hasSharedNorms = false, hasLogits = false, hasTokenText = false;
+};
+
+class Session {
+public:
+    Session();
+    ~Session();
+    Session(Session&&) noexcept;
+    Session& operator=(Session&&) noexcept;
+
+    static Session create(const SessionModel& model);
+    // Opens and checks a session file: the format, the version (a newer one is refused, older
+    // ones are migrated in memory), and that every run has the datasets and shapes it must.
+    // Errors name the file and the path inside it.
+    static Session open(const std::string& path);
+
+    const std::string& path() const;  // empty until saved or when created
+    const SessionModel& model() const;
+
+    // Runs (stored ones are read lazily from the file; added ones live in memory until saved)
+    std::vector<std::string> runNames() const;
+    bool hasRun(const std::string& name) const;
+    RunInfo runInfo(const std::string& name) const;
+    void addRun(const std::string& name, RunTrace trace);  // error if the name exists
+    std::vector<int64_t> runTokens(const std::string& name) const;
+    std::vector<int64_t> runPromptOffsets(const std::string& name) const;
+    LayerTrace runLayer(const std::string& name, int layer) const;  // reads one layer only
+    std::vector<std::string> runTokenPieces(const std::string& name) const;
+
+    // The generic result store
+    std::vector<std::string> resultIds() const;
+    bool hasResult(const std::string& id) const;
+    const Result& result(const std::string& id) const;
+    void putResult(const std::string& id, Result r);  // replaces
+    void removeResult(const std::string& id);
+
+    // Per-view state (a JSON object each) and notes
+    std::vector<std::string> viewIds() const;
+    std::string viewState(const std::string& viewId) const;  // "{}" when none
+    void setViewState(const std::string& viewId, const std::string& json);
+    const std::vector<Note>& notes() const;
+    void addNote(Note n);
+    void removeNote(size_t index);
+
+    // Writes the whole session to `path` atomically (see above). The session then refers to it.
+    void save(const std::string& path);
+
+private:
+    struct Impl;
+    std::unique_ptr<Impl> d_;
+};
+
 // Adds run `runName` to the session at `path`, creating the file if needed. Errors (naming the
 // file and the field) when the file is not a session, belongs to a checkpoint with another
 // fingerprint, or already has a run of that name; the previous file is then left untouched.
@@ -25,5 +122,15 @@ void appendRun(const std::string& path, const SessionModel& model, const std::st
 
 // Names of the runs stored in a session (for tools and tests).
 std::vector<std::string> listRuns(const std::string& path);
+
+// Reads every dataset of the file completely, so that checksum errors (fletcher32 on data,
+// checksummed metadata) surface. Throws es::Error naming the path inside the file.
+void verifySession(const std::string& path);
+
+// Runs verifySession in a child process, so that a malformed file that crashes the HDF5 library
+// cannot take the caller down. Returns an empty string when the file is sound, else the error.
+std::string checkSessionInChild(const std::string& path);
+
+std::string isoTimeNow();
 
 }  // namespace es

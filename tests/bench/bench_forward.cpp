@@ -2,6 +2,7 @@
 // layer-streamed. Prints one JSON object (median seconds over the repetitions); run_bench.py
 // runs it beside HF transformers on the same machine and thread count and prints the ratios.
 //   bench_forward CHECKPOINT TOKENS DTYPE REPS THREADS
+// TOKENS is one prompt length (512) or a comma-separated list of lengths, one prompt each.
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -24,13 +25,20 @@ int main(int argc, char** argv) {
     }
     try {
         const std::string path = argv[1], dtype = argv[3];
-        const int tokens = std::atoi(argv[2]), reps = std::atoi(argv[4]), threads = std::atoi(argv[5]);
+        const int reps = std::atoi(argv[4]), threads = std::atoi(argv[5]);
+        std::vector<int> lengths;
+        for (const char* p = argv[2]; *p;) {
+            lengths.push_back(std::atoi(p));
+            while (*p && *p != ',') ++p;
+            if (*p == ',') ++p;
+        }
         es::initRuntime(threads);
         auto ckpt = es::Checkpoint::open(path);
         auto spec = es::ModelSpec::fromCheckpoint(*ckpt);
         std::mt19937 rng(0);
-        std::vector<std::vector<int64_t>> prompts(1);
-        for (int i = 0; i < tokens; ++i) prompts[0].push_back(static_cast<int64_t>(rng() % spec.vocab));
+        std::vector<std::vector<int64_t>> prompts(lengths.size());
+        for (size_t p = 0; p < lengths.size(); ++p)
+            for (int i = 0; i < lengths[p]; ++i) prompts[p].push_back(static_cast<int64_t>(rng() % spec.vocab));
 
         auto time = [&](es::Model& m, es::TraceOptions o) {
             std::vector<double> t;

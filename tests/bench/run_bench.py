@@ -59,6 +59,29 @@ def time_hf(model, tokens, reps):
     return statistics.median(ts)
 
 
+def time_hf_prompts(model, lengths, reps, batched):
+    g = torch.Generator().manual_seed(0)
+    prompts = [torch.randint(0, model.config.vocab_size, (n,), generator=g) for n in lengths]
+    if batched:  # right padding with an attention mask, the usual way to batch
+        T = max(lengths)
+        ids = torch.zeros(len(lengths), T, dtype=torch.long)
+        mask = torch.zeros(len(lengths), T, dtype=torch.long)
+        for i, p in enumerate(prompts):
+            ids[i, :len(p)] = p
+            mask[i, :len(p)] = 1
+        run = lambda: model(input_ids=ids, attention_mask=mask, use_cache=False)
+    else:
+        run = lambda: [model(input_ids=p[None], use_cache=False) for p in prompts]
+    ts = []
+    with torch.inference_mode():
+        run()
+        for _ in range(reps):
+            a = time.perf_counter()
+            run()
+            ts.append(time.perf_counter() - a)
+    return statistics.median(ts)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--build", default=os.path.join(ROOT, "build"))
@@ -80,6 +103,11 @@ def main():
             d = os.path.join(tmp, kind)
             model, dtype = make(kind, d)
             hf = time_hf(model, a.tokens, a.reps)
+            multi = None
+            if kind == "mid":
+                lengths = [64, 96, 128, 192, 256, 320, 384, 512]
+                multi = (lengths, time_hf_prompts(model, lengths, a.reps, True),
+                         time_hf_prompts(model, lengths, a.reps, False))
             del model
             dt = "float32" if dtype == torch.float32 else "bfloat16"
             r = subprocess.run([bench, d, str(a.tokens), dt, str(a.reps), str(a.threads)], capture_output=True,
@@ -94,6 +122,15 @@ def main():
             print(f"  ours layer-streamed (traced)           {ours['streamed']:8.3f} s   = {ours['streamed'] / ours['traced']:.2f}x resident")
             print(f"  tracing overhead                       {100 * (ours['traced'] / ours['untraced'] - 1):+.1f} %")
             print(f"  load (resident)                        {ours['load']:8.3f} s")
+            if multi:
+                lengths, hf_batched, hf_single = multi
+                r = subprocess.run([bench, d, ",".join(map(str, lengths)), dt, str(a.reps), str(a.threads)],
+                                   capture_output=True, text=True, check=True)
+                o = json.loads(r.stdout)
+                print(f"  {len(lengths)} prompts of {min(lengths)}-{max(lengths)} tokens ({sum(lengths)} in all):")
+                print(f"    HF batched (right padding + mask)    {hf_batched:8.3f} s")
+                print(f"    HF one by one                        {hf_single:8.3f} s")
+                print(f"    ours one by one (traced)             {o['traced']:8.3f} s   HF batched/ours = {hf_batched / o['traced']:.2f}x")
 
 
 if __name__ == "__main__":
