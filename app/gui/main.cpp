@@ -9,7 +9,10 @@ int main(int argc, char** argv) {
     es::initRuntime(0);
     es::MainWindow w;
     const QStringList args = app.arguments();
-    if (args.size() > 1) w.openCheckpoint(args[1]);
+    if (args.size() > 1) {
+        if (args[1].endsWith(".h5") || args[1].endsWith(".hdf5")) w.openSession(args[1]);
+        else w.openCheckpoint(args[1]);
+    }
     w.show();
     return app.exec();
 }

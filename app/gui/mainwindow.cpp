@@ -13,6 +13,7 @@
 #include "error.h"
 #include "heatmapview.h"
 #include "model/spec.h"
+#include "session/session.h"
 
 namespace es {
 
@@ -21,6 +22,7 @@ MainWindow::MainWindow(QWidget* parent) : QMainWindow(parent) {
     resize(1200, 800);
     auto* file = menuBar()->addMenu("&File");
     file->addAction("&Open checkpoint...", QKeySequence::Open, this, &MainWindow::chooseCheckpoint);
+    file->addAction("Open &session...", this, &MainWindow::chooseSession);
     file->addSeparator();
     file->addAction("&Quit", QKeySequence::Quit, this, &QWidget::close);
 
@@ -45,6 +47,59 @@ MainWindow::MainWindow(QWidget* parent) : QMainWindow(parent) {
 void MainWindow::chooseCheckpoint() {
     QString dir = QFileDialog::getExistingDirectory(this, "Open checkpoint directory");
     if (!dir.isEmpty()) openCheckpoint(dir);
+}
+
+void MainWindow::chooseSession() {
+    QString f = QFileDialog::getOpenFileName(this, "Open session", QString(), "ExpertScope sessions (*.h5 *.hdf5);;All files (*)");
+    if (!f.isEmpty()) openSession(f);
+}
+
+void MainWindow::showError(const QString& title, const QString& message) {
+    lastError_ = message;
+    auto* box = new QMessageBox(QMessageBox::Critical, title, message, QMessageBox::Ok, this);
+    box->setAttribute(Qt::WA_DeleteOnClose);
+    box->open();
+}
+
+bool MainWindow::openSession(const QString& path) {
+    const std::string err = checkSessionInChild(path.toStdString());
+    if (!err.empty()) {
+        showError("Cannot open session", QString::fromStdString(err));
+        return false;
+    }
+    try {
+        Session s = Session::open(path.toStdString());
+        const SessionModel& m = s.model();
+        tree_->clear();
+        auto add = [&](QTreeWidgetItem* parent, const QString& k, const QString& v) {
+            return parent ? new QTreeWidgetItem(parent, {k, v}) : new QTreeWidgetItem(tree_, {k, v});
+        };
+        add(nullptr, "Session", QString::fromStdString(s.path()));
+        add(nullptr, "Architecture", QString::fromStdString(m.modelType));
+        add(nullptr, "Layers", QString::number(m.numLayers));
+        add(nullptr, "Experts", QString::number(m.numExperts));
+        add(nullptr, "Top-k", QString::number(m.topK));
+        add(nullptr, "Checkpoint", QString::fromStdString(m.checkpointPath));
+        auto* runs = add(nullptr, "Runs", QString::number(s.runNames().size()));
+        for (auto& n : s.runNames()) {
+            RunInfo r = s.runInfo(n);
+            add(runs, QString::fromStdString(n), QString("%1 tokens, %2 prompts, %3 MoE layers")
+                                                    .arg(r.numTokens).arg(r.numPrompts).arg(r.moeLayers.size()));
+        }
+        auto* results = add(nullptr, "Results", QString::number(s.resultIds().size()));
+        for (auto& id : s.resultIds()) add(results, QString::fromStdString(id), QString::fromStdString(s.result(id).kind));
+        add(nullptr, "Views", QString::number(s.viewIds().size()));
+        add(nullptr, "Notes", QString::number(s.notes().size()));
+        tree_->expandAll();
+        tree_->resizeColumnToContents(0);
+        central_->setCurrentWidget(start_);
+        setWindowTitle("ExpertScope - " + QString::fromStdString(s.path()));
+        lastError_.clear();
+        return true;
+    } catch (const std::exception& e) {
+        showError("Cannot open session", QString::fromStdString(e.what()));
+        return false;
+    }
 }
 
 bool MainWindow::openCheckpoint(const QString& path) {
@@ -87,10 +142,7 @@ bool MainWindow::openCheckpoint(const QString& path) {
         lastError_.clear();
         return true;
     } catch (const std::exception& e) {
-        lastError_ = QString::fromStdString(e.what());
-        auto* box = new QMessageBox(QMessageBox::Critical, "Cannot open checkpoint", lastError_, QMessageBox::Ok, this);
-        box->setAttribute(Qt::WA_DeleteOnClose);
-        box->open();
+        showError("Cannot open checkpoint", QString::fromStdString(e.what()));
         return false;
     }
 }

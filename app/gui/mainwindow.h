@@ -18,12 +18,17 @@ public:
     // Opens a checkpoint directory or .safetensors file. On bad input shows an error dialog that
     // names the file and the field, and returns false; the window stays usable.
     bool openCheckpoint(const QString& path);
+    // Opens a session file. The file is first read completely in a child process, so that a
+    // damaged file that would crash the HDF5 library cannot take the application down; any
+    // problem is shown in a dialog naming the file and the path inside it.
+    bool openSession(const QString& path);
     QString lastError() const { return lastError_; }
     QTreeWidget* modelTree() const { return tree_; }
     HeatmapView* heatmap() const { return heatmap_; }
 
 private Q_SLOTS:
     void chooseCheckpoint();
+    void chooseSession();
 
 private:
     QTreeWidget* tree_;
@@ -31,6 +36,7 @@ private:
     QLabel* start_;
     HeatmapView* heatmap_;
     QString lastError_;
+    void showError(const QString& title, const QString& message);
 };
 
 }  // namespace es

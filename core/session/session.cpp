@@ -18,6 +18,7 @@
 #include <random>
 #include <set>
 
+#include "checkpoint/checkpoint.h"
 #include "error.h"
 
 namespace fs = std::filesystem;
@@ -434,6 +435,32 @@ Session Session::create(const SessionModel& model) {
 
 const std::string& Session::path() const { return d_->path; }
 const SessionModel& Session::model() const { return d_->model; }
+
+std::string Session::locateCheckpoint() const {
+    const SessionModel& m = d_->model;
+    std::error_code ec;
+    if (fs::exists(m.checkpointPath, ec)) {
+        std::string fp;
+        try {
+            fp = Checkpoint::open(m.checkpointPath)->fingerprint();
+        } catch (const Error&) {
+        }
+        if (fp == m.fingerprint) return m.checkpointPath;
+        throw Error("the checkpoint at " + m.checkpointPath + " is not the one this session was made with (fingerprint " +
+                        (fp.empty() ? "unreadable" : fp) + "); point at the original", d_->path, "/model/checkpoint_path");
+    }
+    throw Error("the checkpoint is no longer at " + m.checkpointPath + "; point at its new location", d_->path,
+                "/model/checkpoint_path");
+}
+
+void Session::relinkCheckpoint(const std::string& newPath) {
+    auto ck = Checkpoint::open(newPath);
+    const std::string fp = ck->fingerprint();
+    if (fp != d_->model.fingerprint)
+        throw Error("this checkpoint is not the session's (fingerprint " + fp + ", the session's " + d_->model.fingerprint + ")",
+                    ck->path(), "/model/fingerprint");
+    d_->model.checkpointPath = ck->path();
+}
 
 namespace {
 
@@ -885,6 +912,7 @@ void appendRun(const std::string& path, const SessionModel& model, const std::st
             throw Error("the session belongs to another checkpoint (fingerprint " + s.model().fingerprint +
                             ", this checkpoint " + model.fingerprint + ")", s.path(), "/model/fingerprint");
         if (s.hasRun(runName)) throw Error("a run named '" + runName + "' already exists", s.path(), "/runs/" + runName);
+        if (s.model().checkpointPath != model.checkpointPath) s.relinkCheckpoint(model.checkpointPath);  // moved copy
     } else {
         s = Session::create(model);
     }

@@ -82,6 +82,13 @@ public:
     const std::string& path() const;  // empty until saved or when created
     const SessionModel& model() const;
 
+    // The checkpoint where the session last saw it, when the fingerprint there still matches;
+    // otherwise an error (naming /model/checkpoint_path) asking for its new location.
+    std::string locateCheckpoint() const;
+    // Points the session at a moved copy of its checkpoint; refused unless the fingerprint
+    // of the copy is the session's.
+    void relinkCheckpoint(const std::string& newPath);
+
     // Runs (stored ones are read lazily from the file; added ones live in memory until saved)
     std::vector<std::string> runNames() const;
     bool hasRun(const std::string& name) const;

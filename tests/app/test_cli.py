@@ -353,3 +353,19 @@ def test_usage_errors(cli, mixtral, tmp_path):
     r = run_cli(cli, "trace", mixtral[0], "--out", tmp_path / "s.h5", "--token-ids", "1", "--device", "tpu", check=False)
     assert r.returncode == 1 and "device" in r.stderr
     assert not (tmp_path / "s.h5").exists()
+
+
+def test_moved_checkpoint_is_relinked_by_fingerprint(cli, mixtral, tmp_path):
+    h5py = require("h5py")
+    a = tmp_path / "a"
+    shutil.copytree(mixtral[0], a)
+    out = tmp_path / "s.h5"
+    run_cli(cli, "trace", a, "--out", out, "--token-ids", "1,2,3", "--run", "first")
+    b = tmp_path / "moved"
+    a.rename(b)
+    run_cli(cli, "trace", b, "--out", out, "--token-ids", "4,5", "--run", "second")
+    j = json.loads(run_cli(cli, "session", out, "--json").stdout)
+    assert j["model"]["checkpoint_path"] == str(b)
+    assert [r["name"] for r in j["runs"]] == ["first", "second"]
+    with h5py.File(out, "r") as f:
+        assert list(f["runs/first/tokens"][:]) == [1, 2, 3]

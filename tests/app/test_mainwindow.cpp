@@ -10,6 +10,7 @@
 #include "heatmapview.h"
 #include "mainwindow.h"
 #include "model/spec.h"
+#include "session/session.h"
 
 using namespace es;
 
@@ -54,6 +55,57 @@ private Q_SLOTS:
         QCOMPARE(boxes.size(), 1);
         QVERIFY(boxes[0]->isVisible());
         QVERIFY(boxes[0]->text().contains("hidden_size"));
+    }
+
+    void opensSessionAndSurvivesDamagedOnes() {
+        QTemporaryDir dir;
+        const std::string good = dir.filePath("s.h5").toStdString();
+        SessionModel m;
+        m.modelType = "mixtral";
+        m.numLayers = 2;
+        m.numExperts = 4;
+        m.topK = 2;
+        m.hidden = 8;
+        m.configJson = "{}";
+        m.fingerprint = "sha256:00";
+        RunTrace t;
+        t.device = "cpu";
+        t.dtype = "float32";
+        t.tokens = {1, 2, 3};
+        t.promptOffsets = {0, 3};
+        LayerTrace l;
+        l.layer = 1;
+        l.numExperts = 4;
+        l.topK = 2;
+        l.routerLogits.assign(12, 0.5f);
+        l.topkExperts = {0, 1, 2, 3, 0, 1};
+        l.topkWeights.assign(6, 0.5f);
+        t.layers.push_back(l);
+        Session s = Session::create(m);
+        s.addRun("r0", t);
+        s.save(good);
+
+        MainWindow w;
+        w.show();
+        QVERIFY2(w.openSession(QString::fromStdString(good)), qPrintable(w.lastError()));
+        QCOMPARE(w.modelTree()->findItems("Runs", Qt::MatchExactly).at(0)->child(0)->text(0), QString("r0"));
+
+        // a damaged copy: every byte after the first kilobyte flipped
+        QFile in(QString::fromStdString(good));
+        QVERIFY(in.open(QIODevice::ReadOnly));
+        QByteArray bytes = in.readAll();
+        for (int i = 1024; i < bytes.size(); ++i) bytes[i] = static_cast<char>(~bytes[i]);
+        const QString bad = dir.filePath("bad.h5");
+        QFile out(bad);
+        QVERIFY(out.open(QIODevice::WriteOnly));
+        out.write(bytes);
+        out.close();
+        QVERIFY(!w.openSession(bad));
+        QVERIFY(w.lastError().contains(bad));
+        auto boxes = w.findChildren<QMessageBox*>();
+        QVERIFY(!boxes.isEmpty() && boxes.last()->isVisible());
+        // the window still works after the damaged file
+        QVERIFY(w.openSession(QString::fromStdString(good)));
     }
 };
 
