@@ -249,7 +249,8 @@ int cmdSession(const std::vector<std::string>& args) {
         j["runs"].push_back({{"name", r.name}, {"device", r.device}, {"dtype", r.dtype}, {"created", r.created},
                              {"tokens", r.numTokens}, {"prompts", r.numPrompts}, {"moe_layers", r.moeLayers},
                              {"expert_output_norms", r.hasExpertNorms}, {"shared_output_norms", r.hasSharedNorms},
-                             {"logits", r.hasLogits}, {"token_text", r.hasTokenText}});
+                             {"logits", r.hasLogits}, {"token_text", r.hasTokenText},
+                             {"prompt_texts", r.hasPromptTexts}});
     }
     j["results"] = nlohmann::ordered_json::array();
     static const char* typeNames[] = {"float32", "float64", "int32", "int64"};
@@ -260,6 +261,7 @@ int cmdSession(const std::vector<std::string>& args) {
         j["results"].push_back({{"id", id}, {"kind", r.kind}, {"params", nlohmann::json::parse(r.paramsJson)},
                                 {"created", r.created}, {"arrays", arrays}});
     }
+    j["prompts"] = s.prompts();
     j["views"] = s.viewIds();
     j["notes"] = nlohmann::ordered_json::array();
     for (auto& n : s.notes())
@@ -365,6 +367,7 @@ int cmdTrace(const std::vector<std::string>& args) {
         while (std::find(existing.begin(), existing.end(), run) != existing.end());
     }
     es::RunTrace rt = model->trace(prompts, to);
+    rt.promptTexts = texts;
     if (tok)
         for (auto id : rt.tokens) {
             if (id >= tok->vocabSize()) {  // the model's vocabulary can be larger than the tokenizer's

@@ -414,6 +414,7 @@ struct Session::Impl {
     std::map<std::string, Result> results;
     std::map<std::string, std::string> views;
     std::vector<Note> notes;
+    std::vector<std::string> prompts;
 
     const StoredRun& run(const std::string& name) const {
         auto it = runs.find(name);
@@ -477,6 +478,7 @@ RunInfo infoFromTrace(const std::string& name, const RunTrace& t) {
     r.hasSharedNorms = !t.layers.empty() && !t.layers.front().sharedOutputNorms.empty();
     r.hasLogits = !t.logits.empty();
     r.hasTokenText = !t.tokenBytes.empty();
+    r.hasPromptTexts = !t.promptTexts.empty();
     return r;
 }
 
@@ -539,6 +541,13 @@ RunInfo readRunInfo(hid_t f, const std::string& name, const SessionModel& m, con
         if (pd != std::vector<hsize_t>{T}) throw Error("shape " + dimsStr(pd) + ", expected [" + std::to_string(T) + "]",
                                                        file, "/" + base + "/token_pieces");
         r.hasTokenText = true;
+    }
+    if (exists(f, base + "/prompt_texts")) {
+        auto pd = shapeOf(f, base + "/prompt_texts", file);
+        if (pd != std::vector<hsize_t>{odims[0] - 1})
+            throw Error("shape " + dimsStr(pd) + ", expected [" + std::to_string(odims[0] - 1) + "]", file,
+                        "/" + base + "/prompt_texts");
+        r.hasPromptTexts = true;
     }
     return r;
 }
@@ -606,6 +615,11 @@ Session Session::open(const std::string& pathIn) {
         r.file = path;
         d.runs[name] = std::move(r);
     }
+    if (exists(f, "prompts")) {
+        auto pd = shapeOf(f, "prompts", path);
+        if (pd.size() != 1) throw Error("expected a 1-d list of strings, got " + dimsStr(pd), path, "/prompts");
+        d.prompts = readStrings(f, "prompts", path);
+    }
     for (auto& id : childNames(f, "results", path)) d.results[id] = readResult(f, id, path);
     for (auto& v : childNames(f, "views", path)) {
         H g(H5Gopen2(f, ("views/" + v).c_str(), H5P_DEFAULT), H5Gclose);
@@ -644,6 +658,9 @@ void Session::addRun(const std::string& name, RunTrace trace) {
     if (d_->runs.count(name)) throw Error("a run named '" + name + "' already exists", d_->path, "/runs/" + name);
     if (trace.promptOffsets.size() < 2 || trace.promptOffsets.back() != trace.numTokens())
         throw Error("run has inconsistent prompt offsets", "", "run");
+    if (!trace.promptTexts.empty() && trace.promptTexts.size() != trace.promptOffsets.size() - 1)
+        throw Error("run has " + std::to_string(trace.promptTexts.size()) + " prompt texts for " +
+                        std::to_string(trace.promptOffsets.size() - 1) + " prompts", "", "run");
     StoredRun r;
     r.info = infoFromTrace(name, trace);
     r.mem = std::make_shared<RunTrace>(std::move(trace));
@@ -665,6 +682,18 @@ std::vector<int64_t> Session::runPromptOffsets(const std::string& name) const {
     H f = openSessionFile(r.file);
     return readAll<int64_t>(f, "runs/" + name + "/prompt_offsets", H5T_NATIVE_INT64, r.file);
 }
+
+std::vector<std::string> Session::runPromptTexts(const std::string& name) const {
+    const StoredRun& r = d_->run(name);
+    if (r.mem) return r.mem->promptTexts;
+    if (!r.info.hasPromptTexts) return {};
+    std::lock_guard lk(hdf5Mutex());
+    H f = openSessionFile(r.file);
+    return readStrings(f, "runs/" + name + "/prompt_texts", r.file);
+}
+
+const std::vector<std::string>& Session::prompts() const { return d_->prompts; }
+void Session::setPrompts(std::vector<std::string> p) { d_->prompts = std::move(p); }
 
 std::vector<std::string> Session::runTokenPieces(const std::string& name) const {
     const StoredRun& r = d_->run(name);
@@ -768,6 +797,7 @@ void writeRunData(hid_t f, const std::string& name, const RunTrace& t, const Run
         bytesList(run, "token_bytes", t.tokenBytes, file, "/" + base + "/token_bytes");
         stringList(run, "token_pieces", t.tokenPieces, file, "/" + base + "/token_pieces");
     }
+    if (!t.promptTexts.empty()) stringList(run, "prompt_texts", t.promptTexts, file, "/" + base + "/prompt_texts");
     for (const auto& lt : t.layers) {
         const std::string lp = base + "/layers/" + std::to_string(lt.layer);
         H g = makeGroup(f, lp, file);
@@ -854,6 +884,7 @@ void Session::save(const std::string& pathIn) {
                 check(H5Ocopy(src, p.c_str(), f, p.c_str(), H5P_DEFAULT, H5P_DEFAULT), tmp, "/" + p, "copy");
                 wrote();
             }
+            stringList(f, "prompts", d_->prompts, tmp, "/prompts");
             makeGroup(f, "results", tmp);
             for (auto& [id, res] : d_->results) {
                 const std::string p = "results/" + id;

@@ -63,7 +63,7 @@ struct RunInfo {
     std::string name, device, dtype, created;
     int64_t numTokens = 0, numPrompts = 0;
     std::vector<int> moeLayers;
-    bool hasExpertNorms = false, hasSharedNorms = false, hasLogits = false, hasTokenText = false;
+    bool hasExpertNorms = false, hasSharedNorms = false, hasLogits = false, hasTokenText = false, hasPromptTexts = false;
 };
 
 class Session {
@@ -98,6 +98,11 @@ public:
     std::vector<int64_t> runPromptOffsets(const std::string& name) const;
     LayerTrace runLayer(const std::string& name, int layer) const;  // reads one layer only
     std::vector<std::string> runTokenPieces(const std::string& name) const;
+    std::vector<std::string> runPromptTexts(const std::string& name) const;  // empty for token-id runs
+
+    // The user's prompt list (what the Prompts panel holds, run or not)
+    const std::vector<std::string>& prompts() const;
+    void setPrompts(std::vector<std::string> prompts);
 
     // The generic result store
     std::vector<std::string> resultIds() const;

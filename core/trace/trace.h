@@ -22,6 +22,7 @@ struct RunTrace {
     std::vector<int64_t> promptOffsets;  // [P+1]
     std::vector<std::string> tokenBytes;   // [T] raw bytes of each token (empty without a tokenizer)
     std::vector<std::string> tokenPieces;  // [T] display strings
+    std::vector<std::string> promptTexts;  // [P] the prompts' text, when they were given as text
     std::vector<LayerTrace> layers;      // MoE layers in order
     int64_t vocab = 0;
     std::vector<float> logits;           // [T, V], with saveLogits

@@ -52,6 +52,8 @@ es::RunTrace trace(const Opts& o, unsigned seed, bool full) {
     for (int64_t p = 1; p < o.prompts; ++p) t.promptOffsets.push_back(o.tokens * p / o.prompts);
     t.promptOffsets.push_back(o.tokens);
     if (full)
+        for (int64_t p = 0; p < o.prompts; ++p) t.promptTexts.push_back("prompt " + std::to_string(p) + " — ünïcode");
+    if (full)
         for (int64_t i = 0; i < o.tokens; ++i) {
             std::string b = i % 7 == 3 ? std::string("\xE4", 1) : " tok" + std::to_string(i % 13);
             t.tokenBytes.push_back(b);
@@ -106,6 +108,7 @@ void addExtras(es::Session& s, const Opts& o) {
     s.setViewState("routing-map", R"({"run": "r0", "zoom": [0.0, 10.5]})");
     s.addNote({"Expert 3 fires on code — ☕ über-interesting", R"({"run": "r0", "layer": 1, "token": 5})", ""});
     s.addNote({"second note", "{}", ""});
+    s.setPrompts({"The quick brown fox", "def f(x): return x", "日本語のテキスト"});
 }
 
 }  // namespace

@@ -76,6 +76,12 @@ def shape_ok(spec, shape, sizes):
     for w, s in zip(want, shape):
         if w == "V":
             continue
+        if w == "N":
+            continue
+        if w == "P":
+            if sizes.get("P") != s:
+                return False
+            continue
         if w == "P+1":
             if s < 2:
                 return False
@@ -101,6 +107,7 @@ def walk_against_doc(path):
             m = re.match(r"^/runs/([^/]+)/", p)
             if m and "tokens" in f[f"runs/{m.group(1)}"]:
                 sizes["T"] = f[f"runs/{m.group(1)}/tokens"].shape[0]
+                sizes["P"] = f[f"runs/{m.group(1)}/prompt_offsets"].shape[0] - 1
             match = [r for r in rows if r["kind"] == kind and r["rx"].match(p)]
             assert match, f"{p}: {kind} not described in docs/session-format.md"
             if kind == "dataset":
@@ -194,7 +201,9 @@ def test_session_command(cli, base):
     assert [r["name"] for r in j["runs"]] == ["r0", "second"]
     r0 = j["runs"][0]
     assert r0["tokens"] == 64 and r0["prompts"] == 3 and r0["moe_layers"] == [0, 1, 2, 3]
-    assert r0["expert_output_norms"] and r0["logits"] and r0["token_text"]
+    assert r0["expert_output_norms"] and r0["logits"] and r0["token_text"] and r0["prompt_texts"]
+    assert not j["runs"][1]["prompt_texts"]
+    assert j["prompts"] == ["The quick brown fox", "def f(x): return x", "日本語のテキスト"]
     res = {r["id"]: r for r in j["results"]}
     assert res["S1.layer0.gate"]["kind"] == "S1"
     assert res["S1.layer0.gate"]["arrays"]["similarity"] == {"dtype": "float32", "shape": [8, 8]}

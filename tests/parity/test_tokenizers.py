@@ -208,6 +208,7 @@ def test_trace_text_prompts(cli, tokenizer_path, tmp_path, tok_name):
         np.testing.assert_allclose(r["layers/1/router_logits"][:], ref["L1_router_logits"], atol=1e-5, rtol=0)
         assert np.abs(r["logits"][:] - ref["logits"]).max() <= 1e-4 * np.abs(ref["logits"]).max()
         assert list(f["runs/b/tokens"][:]) == [i for p in ids[1:] for i in p]
+        assert [t.decode() for t in r["prompt_texts"][:]] == texts
 
 
 def test_trace_text_prompt_errors(cli, build_fixture, tmp_path):
