@@ -996,29 +996,50 @@ void verifySession(const std::string& path) {
     if (r < 0) throw Error("damaged data: checksum, decompression or structure error", path, ctx.second.empty() ? "/" : ctx.second);
 }
 
+namespace {
+// The helper program that verifies a file in a fresh process: EXPERTSCOPE_VERIFY_HELPER, else
+// expertscope-verify beside the running executable or in ../bin (the build tree's tests).
+std::string verifyHelper() {
+    if (const char* e = std::getenv("EXPERTSCOPE_VERIFY_HELPER"); e && *e) return e;
+    std::error_code ec;
+    fs::path self = fs::read_symlink("/proc/self/exe", ec);
+    if (ec) return {};
+    for (fs::path cand : {self.parent_path() / "expertscope-verify", self.parent_path().parent_path() / "bin" / "expertscope-verify"})
+        if (access(cand.c_str(), X_OK) == 0) return cand.string();
+    return {};
+}
+}  // namespace
+
 std::string checkSessionInChild(const std::string& path) {
+    // A fresh process (fork + exec of a small helper): nothing of this process's state, threads
+    // or locks is inherited, and a crash of the HDF5 library there is only a failed check here.
+    const std::string helper = verifyHelper();
+    if (helper.empty()) {
+        try {
+            verifySession(path);  // no helper installed: check in this process
+            return {};
+        } catch (const std::exception& e) {
+            return e.what();
+        }
+    }
     int fds[2];
     if (pipe(fds) != 0) return "cannot create a pipe to check the file";
+    std::vector<std::string> args = {helper, path};
+    std::vector<char*> argv;
+    for (auto& x : args) argv.push_back(x.data());
+    argv.push_back(nullptr);
     pid_t pid = fork();
     if (pid < 0) {
         close(fds[0]);
         close(fds[1]);
-        return "cannot fork to check the file";
+        return "cannot start a process to check the file";
     }
-    if (pid == 0) {
+    if (pid == 0) {  // only async-signal-safe calls until exec
+        dup2(fds[1], 2);
         close(fds[0]);
-        std::string msg;
-        try {
-            verifySession(path);
-        } catch (const std::exception& e) {
-            msg = e.what();
-        }
-        if (!msg.empty()) {
-            ssize_t w = write(fds[1], msg.data(), msg.size());
-            (void)w;
-        }
         close(fds[1]);
-        _exit(msg.empty() ? 0 : 1);
+        execv(argv[0], argv.data());
+        _exit(127);
     }
     close(fds[1]);
     std::string msg;
@@ -1026,11 +1047,14 @@ std::string checkSessionInChild(const std::string& path) {
     for (ssize_t n; (n = read(fds[0], buf, sizeof buf)) > 0;) msg.append(buf, static_cast<size_t>(n));
     close(fds[0]);
     int status = 0;
-    waitpid(pid, &status, 0);
+    while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+    }
+    while (!msg.empty() && (msg.back() == '\n' || msg.back() == '\r')) msg.pop_back();
     if (WIFSIGNALED(status))
         return path + ": the HDF5 library crashed reading this file (signal " + std::to_string(WTERMSIG(status)) +
                "); the file is damaged";
     if (WIFEXITED(status) && WEXITSTATUS(status) == 0) return {};
+    if (WIFEXITED(status) && WEXITSTATUS(status) == 127) return "cannot run " + helper;
     return msg.empty() ? path + ": the file could not be checked" : msg;
 }
 

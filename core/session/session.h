@@ -139,8 +139,10 @@ std::vector<std::string> listRuns(const std::string& path);
 // checksummed metadata) surface. Throws es::Error naming the path inside the file.
 void verifySession(const std::string& path);
 
-// Runs verifySession in a child process, so that a malformed file that crashes the HDF5 library
-// cannot take the caller down. Returns an empty string when the file is sound, else the error.
+// Runs verifySession in a separate process (the expertscope-verify helper, found beside the
+// running executable, in ../bin, or through EXPERTSCOPE_VERIFY_HELPER), so that a malformed file
+// that crashes the HDF5 library cannot take the caller down. Without the helper it checks in
+// this process. Returns an empty string when the file is sound, else the error.
 std::string checkSessionInChild(const std::string& path);
 
 std::string isoTimeNow();
