@@ -13,14 +13,18 @@ import pytest
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "parity"))
 
 
+def missing(msg):
+    """A missing oracle fails the run under CI and skips elsewhere."""
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        pytest.fail(msg)
+    pytest.skip(msg)
+
+
 def require(module):
     try:
         return importlib.import_module(module)
     except ImportError as e:
-        msg = f"oracle '{module}' is missing from the .venv ({e}); run packaging/setup.sh"
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-            pytest.fail(msg)
-        pytest.skip(msg)
+        missing(f"oracle '{module}' is missing from the .venv ({e}); run packaging/setup.sh")
 
 
 @pytest.fixture(scope="session")

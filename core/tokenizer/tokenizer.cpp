@@ -22,39 +22,21 @@ using nlohmann::json;
 namespace es {
 
 void validateUtf8(std::string_view s, const std::string& what) {
-    size_t i = 0;
-    const size_t n = s.size();
-    while (i < n) {
-        unsigned char c = static_cast<unsigned char>(s[i]);
-        if (c < 0x80) {
-            ++i;
+    for (size_t i = 0; i < s.size();) {
+        size_t bad = 0, len = uni::utf8At(s, i, bad);
+        if (len) {
+            i += len;
             continue;
         }
-        size_t need;
-        unsigned char lo = 0x80, hi = 0xBF;
-        if (c >= 0xC2 && c <= 0xDF) need = 1;
-        else if (c >= 0xE0 && c <= 0xEF) {
-            need = 2;
-            if (c == 0xE0) lo = 0xA0;
-            if (c == 0xED) hi = 0x9F;
-        } else if (c >= 0xF0 && c <= 0xF4) {
-            need = 3;
-            if (c == 0xF0) lo = 0x90;
-            if (c == 0xF4) hi = 0x8F;
-        } else {
+        unsigned char c = static_cast<unsigned char>(s[i]);
+        if (bad == 1 && !(c >= 0xC2 && c <= 0xF4)) {
             char buf[8];
             std::snprintf(buf, sizeof buf, "0x%02X", c);
             throw Error(std::string("invalid UTF-8: byte ") + buf + " cannot start a character", "", what,
                         static_cast<int64_t>(i));
         }
-        for (size_t k = 1; k <= need; ++k) {
-            if (i + k >= n)
-                throw Error("invalid UTF-8: truncated character", "", what, static_cast<int64_t>(i));
-            unsigned char x = static_cast<unsigned char>(s[i + k]);
-            if (x < (k == 1 ? lo : 0x80) || x > (k == 1 ? hi : 0xBF))
-                throw Error("invalid UTF-8: bad continuation byte", "", what, static_cast<int64_t>(i + k));
-        }
-        i += need + 1;
+        if (i + bad >= s.size()) throw Error("invalid UTF-8: truncated character", "", what, static_cast<int64_t>(i));
+        throw Error("invalid UTF-8: bad continuation byte", "", what, static_cast<int64_t>(i + bad));
     }
 }
 
@@ -74,21 +56,13 @@ std::string displayBytes(std::string_view b) {
         if (c == '\\') { out += "\\\\"; ++i; continue; }
         if (c < 0x20 || c == 0x7F) { esc(c); ++i; continue; }
         if (c < 0x80) { out += static_cast<char>(c); ++i; continue; }
-        size_t n = uni::charLength(c);
-        bool ok = i + n <= b.size() && c >= 0xC2 && c <= 0xF4;
-        if (ok) {
-            try {
-                validateUtf8(b.substr(i, n));
-            } catch (const Error&) {
-                ok = false;
-            }
-        }
-        if (!ok) { esc(c); ++i; continue; }
+        size_t bad = 0, n = uni::utf8At(b, i, bad);
+        if (!n) { esc(c); ++i; continue; }
         size_t j = i;
         char32_t cp = uni::next(b, j);
         if (uni::isOther(cp) && cp != 0x200D) {  // invisible format/control characters (ZWJ kept)
             char buf[16];
-            std::snprintf(buf, sizeof buf, "\\u%04X", static_cast<unsigned>(cp));
+            std::snprintf(buf, sizeof buf, cp > 0xFFFF ? "\\U%08X" : "\\u%04X", static_cast<unsigned>(cp));
             out += buf;
         } else {
             out.append(b.substr(i, n));
@@ -292,22 +266,25 @@ struct PrependNorm : Normalizer {
     std::string prefix;
     std::string apply(std::string s) const override { return s.empty() ? s : prefix + s; }
 };
+// Every match of the pattern replaced by content (Replace normalizer and decoder).
+std::string replaceAll(const Pattern& pattern, const std::string& s, const std::string& content) {
+    auto m = pattern.find(s);
+    if (m.empty()) return s;
+    std::string out;
+    size_t pos = 0;
+    for (auto [b, e] : m) {
+        out.append(s, pos, b - pos);
+        out += content;
+        pos = e;
+    }
+    out.append(s, pos, std::string::npos);
+    return out;
+}
+
 struct ReplaceNorm : Normalizer {
     Pattern pattern;
     std::string content;
-    std::string apply(std::string s) const override {
-        auto m = pattern.find(s);
-        if (m.empty()) return s;
-        std::string out;
-        size_t pos = 0;
-        for (auto [b, e] : m) {
-            out.append(s, pos, b - pos);
-            out += content;
-            pos = e;
-        }
-        out.append(s, pos, std::string::npos);
-        return out;
-    }
+    std::string apply(std::string s) const override { return replaceAll(pattern, s, content); }
 };
 struct BertNorm : Normalizer {
     bool clean, chinese, strip, lower;
@@ -789,19 +766,7 @@ struct ReplaceDec : Decoder {
     Pattern pattern;
     std::string content;
     std::vector<std::string> apply(std::vector<std::string> tokens) const override {
-        for (auto& t : tokens) {
-            auto m = pattern.find(t);
-            if (m.empty()) continue;
-            std::string out;
-            size_t pos = 0;
-            for (auto [b, e] : m) {
-                out.append(t, pos, b - pos);
-                out += content;
-                pos = e;
-            }
-            out.append(t, pos, std::string::npos);
-            t.swap(out);
-        }
+        for (auto& t : tokens) t = replaceAll(pattern, t, content);
         return tokens;
     }
 };
@@ -826,10 +791,10 @@ struct ByteFallbackDec : Decoder {
         auto flush = [&] {
             if (!count) return;
             bool valid = true;
-            try {
-                validateUtf8(pending);
-            } catch (const Error&) {
-                valid = false;
+            for (size_t i = 0; i < pending.size() && valid;) {
+                size_t bad = 0, len = uni::utf8At(pending, i, bad);
+                valid = len > 0;
+                i += len;
             }
             if (valid) out.push_back(pending);
             else

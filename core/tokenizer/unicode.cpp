@@ -141,55 +141,52 @@ std::string toUpper(std::string_view s) {
     return out;
 }
 
+size_t utf8At(std::string_view b, size_t i, size_t& invalid) {
+    const size_t n = b.size();
+    auto byte = [&](size_t k) { return static_cast<unsigned char>(b[k]); };
+    unsigned char c = byte(i);
+    invalid = 0;
+    if (c < 0x80) return 1;
+    size_t need;
+    unsigned char lo = 0x80, hi = 0xBF;
+    if (c >= 0xC2 && c <= 0xDF) need = 1;
+    else if (c >= 0xE0 && c <= 0xEF) {
+        need = 2;
+        if (c == 0xE0) lo = 0xA0;
+        if (c == 0xED) hi = 0x9F;
+    } else if (c >= 0xF0 && c <= 0xF4) {
+        need = 3;
+        if (c == 0xF0) lo = 0x90;
+        if (c == 0xF4) hi = 0x8F;
+    } else {
+        invalid = 1;
+        return 0;
+    }
+    for (size_t k = 1; k <= need; ++k) {
+        if (i + k >= n) {
+            invalid = k;
+            return 0;
+        }
+        unsigned char x = byte(i + k);
+        if (x < (k == 1 ? lo : 0x80) || x > (k == 1 ? hi : 0xBF)) {
+            invalid = k;
+            return 0;
+        }
+    }
+    return need + 1;
+}
+
 std::string fromUtf8Lossy(std::string_view b) {
     std::string out;
     out.reserve(b.size());
-    size_t i = 0;
-    const size_t n = b.size();
-    auto byte = [&](size_t k) { return static_cast<unsigned char>(b[k]); };
-    while (i < n) {
-        unsigned char c = byte(i);
-        if (c < 0x80) {
-            out += static_cast<char>(c);
-            ++i;
-            continue;
-        }
-        size_t need;
-        unsigned char lo = 0x80, hi = 0xBF;
-        if (c >= 0xC2 && c <= 0xDF) need = 1;
-        else if (c >= 0xE0 && c <= 0xEF) {
-            need = 2;
-            if (c == 0xE0) lo = 0xA0;
-            if (c == 0xED) hi = 0x9F;
-        } else if (c >= 0xF0 && c <= 0xF4) {
-            need = 3;
-            if (c == 0xF0) lo = 0x90;
-            if (c == 0xF4) hi = 0x8F;
+    for (size_t i = 0; i < b.size();) {
+        size_t bad = 0, len = utf8At(b, i, bad);
+        if (len) {
+            out.append(b.substr(i, len));
+            i += len;
         } else {
-            out += "\xEF\xBF\xBD";
-            ++i;
-            continue;
-        }
-        size_t k = 1;
-        bool ok = true;
-        for (; k <= need; ++k) {
-            if (i + k >= n) {
-                ok = false;
-                break;
-            }
-            unsigned char x = byte(i + k);
-            unsigned char l = k == 1 ? lo : 0x80, h = k == 1 ? hi : 0xBF;
-            if (x < l || x > h) {
-                ok = false;
-                break;
-            }
-        }
-        if (ok) {
-            out.append(b.substr(i, need + 1));
-            i += need + 1;
-        } else {
-            out += "\xEF\xBF\xBD";  // the maximal subpart [i, i+k) is replaced by one U+FFFD
-            i += k;
+            out += "\xEF\xBF\xBD";  // the maximal invalid subpart becomes one U+FFFD
+            i += bad;
         }
     }
     return out;

@@ -31,6 +31,10 @@ std::string normalize(std::string_view s, Form f);
 std::string toLower(std::string_view s);  // per character, as Rust's char::to_lowercase
 std::string toUpper(std::string_view s);
 
+// The UTF-8 sequence at s[i]: its length when valid (1-4); 0 when not, with `invalid` set to the
+// length of the maximal invalid subpart (what one U+FFFD replaces, per Unicode).
+size_t utf8At(std::string_view s, size_t i, size_t& invalid);
+
 // Rust's String::from_utf8_lossy: each maximal invalid subpart becomes U+FFFD.
 std::string fromUtf8Lossy(std::string_view bytes);
 

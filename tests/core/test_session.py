@@ -243,42 +243,43 @@ def test_fault_injection_sweep(cli, base, tmp_path):
 
 
 def test_sigkill_mid_save(cli, tmp_path):
-    """SIGKILL a save 20 times at random moments while its temporary file exists."""
+    """SIGKILL a save at random moments while its temporary file exists, until 20 kills landed
+    mid-save; the previous session always opens intact and unchanged."""
     big = ["--tokens", "60000", "--layers", "6", "--experts", "16"]
     base = tmp_path / "big.h5"
     make_session(base, *big)
     before = sha(base)
     exe = os.environ["EXPERTSCOPE_MAKE_SESSION"]
-    t0 = time.time()
     work = tmp_path / "work.h5"
     shutil.copy(base, work)
-    make_session("--append", work, "timing", *big)
-    full = time.time() - t0
+    save_s = json.loads(make_session("--append", work, "timing", *big).stdout)["save_s"]
     rng = random.Random(5)
-    kills = 0
-    for i in range(20):
+    kills = attempts = 0
+    while kills < 20:
+        attempts += 1
+        assert attempts <= 60, f"only {kills} kills landed mid-save in {attempts - 1} attempts"
         shutil.copy(base, work)
-        p = subprocess.Popen([exe, "--append", str(work), f"k{i}", *big], stdout=subprocess.DEVNULL,
+        p = subprocess.Popen([exe, "--append", str(work), "k", *big], stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL)
         seen = False
-        deadline = time.time() + 60
+        deadline = time.time() + 120
         while time.time() < deadline and p.poll() is None:
             if any(n.startswith(".work.h5.tmp-") for n in os.listdir(tmp_path)):
                 seen = True
                 break
-            time.sleep(0.001)
+            time.sleep(0.0005)
         if seen:
-            time.sleep(rng.uniform(0, full * 0.3))
-            tmp_still_there = any(n.startswith(".work.h5.tmp-") for n in os.listdir(tmp_path))
-        p.send_signal(signal.SIGKILL)
+            time.sleep(rng.uniform(0, save_s * 0.8))
+            tmp_present = any(n.startswith(".work.h5.tmp-") for n in os.listdir(tmp_path))
+            p.send_signal(signal.SIGKILL)
         p.wait()
-        if seen and tmp_still_there and p.returncode == -signal.SIGKILL:
-            kills += 1
-        assert sha(work) == before or p.returncode == 0, f"kill {i}: the previous session changed"
         if p.returncode == -signal.SIGKILL:
-            assert sha(work) == before
-        run_cli(cli, "session", work, "--verify")
-    assert kills >= 20 - 2, f"only {kills} of 20 kills landed mid-save (temporary file present)"
+            assert sha(work) == before, f"attempt {attempts}: the previous session changed"
+            run_cli(cli, "session", work, "--verify")
+            if tmp_present:
+                kills += 1
+        else:
+            assert p.returncode == 0, f"attempt {attempts}: make_session failed ({p.returncode})"
 
 
 # ---- bad input ---------------------------------------------------------------------------------
