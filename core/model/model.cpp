@@ -130,13 +130,18 @@ Tensor rotateHalf(const Tensor& x) {
     return torch::cat({-x.narrow(-1, h, h), x.narrow(-1, 0, h)}, -1);
 }
 
-Tensor swiglu(const Tensor& x, const Tensor& gate, const Tensor& up, const Tensor& down) {
-    return torch::linear(torch::silu(torch::linear(x, gate)) * torch::linear(x, up), down);
-}
-
+// A SwiGLU FFN. Gate and up are one [2F, d] matrix (one GEMM instead of two, as transformers v5
+// holds experts) whenever loading copies anyway; zero-copy views of the mapping stay apart.
 struct Ffn {
-    Tensor gate, up, down;
+    Tensor gateUp, gate, up, down;
 };
+
+Tensor swiglu(const Tensor& x, const Ffn& f) {
+    if (!f.gateUp.defined()) return torch::linear(torch::silu(torch::linear(x, f.gate)) * torch::linear(x, f.up), f.down);
+    Tensor h = torch::linear(x, f.gateUp);
+    const int64_t F = h.size(-1) / 2;
+    return torch::linear(torch::silu(h.narrow(-1, 0, F)) * h.narrow(-1, F, F), f.down);
+}
 
 struct LayerWeights {
     bool loaded = false;
@@ -176,6 +181,14 @@ struct Model::Impl {
         return t.to(device, dtype);
     }
     Tensor loadOpt(bool present, const std::string& name) const { return present ? load(name) : Tensor(); }
+    // gate and up concatenated when the load copies anyway (another dtype or device)
+    Ffn fused(const std::string& gate, const std::string& up, const std::string& down) const {
+        Tensor g = load(gate), u = load(up);
+        const bool views = device.is_cpu() && storageType(ckpt->get(gate).dtype) == dtype &&
+                           storageType(ckpt->get(up).dtype) == dtype;
+        if (views) return {Tensor(), g, u, load(down)};
+        return {torch::cat({g, u}, 0), Tensor(), Tensor(), load(down)};
+    }
 
     void loadLayer(int l) {
         LayerWeights& w = layers[l];
@@ -196,24 +209,21 @@ struct Model::Impl {
         w.qn = loadOpt(qk, p + "self_attn.q_norm.weight");
         w.kn = loadOpt(qk, p + "self_attn.k_norm.weight");
         if (!s.layers[l].moe) {
-            w.mlp = {load(p + "mlp.gate_proj.weight"), load(p + "mlp.up_proj.weight"), load(p + "mlp.down_proj.weight")};
+            w.mlp = fused(p + "mlp.gate_proj.weight", p + "mlp.up_proj.weight", p + "mlp.down_proj.weight");
         } else {
             w.router = load(s.routerName(l));
             w.experts.clear();
             if (s.layout == ExpertLayout::PerExpert) {
                 for (int e = 0; e < s.numExperts; ++e)
-                    w.experts.push_back({load(s.expertName(l, e, s.expertGate)), load(s.expertName(l, e, s.expertUp)),
-                                         load(s.expertName(l, e, s.expertDown))});
+                    w.experts.push_back(fused(s.expertName(l, e, s.expertGate), s.expertName(l, e, s.expertUp),
+                                              s.expertName(l, e, s.expertDown)));
             } else {
-                Tensor gu = load(s.packedGateUpName(l));
+                Tensor gu = load(s.packedGateUpName(l));  // already [E, 2F, d]: views, no copy
                 Tensor dn = load(s.packedDownName(l));
-                const int64_t F = s.expertFfn;
-                for (int e = 0; e < s.numExperts; ++e)
-                    w.experts.push_back({gu[e].narrow(0, 0, F), gu[e].narrow(0, F, F), dn[e]});
+                for (int e = 0; e < s.numExperts; ++e) w.experts.push_back({gu[e], Tensor(), Tensor(), dn[e]});
             }
             if (s.hasSharedExpert()) {
-                w.shared = {load(s.sharedName(l, "gate_proj")), load(s.sharedName(l, "up_proj")),
-                            load(s.sharedName(l, "down_proj"))};
+                w.shared = fused(s.sharedName(l, "gate_proj"), s.sharedName(l, "up_proj"), s.sharedName(l, "down_proj"));
                 if (s.router.shared == RouterRule::Shared::SigmoidGated) w.sharedGate = load(s.sharedGateName(l));
             }
         }
@@ -249,11 +259,6 @@ struct Model::Impl {
         v = v.transpose(0, 1);
         q = q * cos + rotateHalf(q) * sin;
         k = k * cos + rotateHalf(k) * sin;
-        const int64_t rep = a.heads / a.kvHeads;
-        if (rep > 1) {
-            k = k.repeat_interleave(rep, 0);
-            v = v.repeat_interleave(rep, 0);
-        }
         std::optional<Tensor> mask;
         bool causal = true;
         if (window > 0 && T > window) {
@@ -263,6 +268,13 @@ struct Model::Impl {
             causal = false;
         }
         double scale = 1.0 / std::sqrt(static_cast<double>(a.headDim));
+        // GQA by repeating k and v: the CPU flash kernel has no enable_gqa path (it falls back to
+        // the slower math kernel), so the copy is cheaper
+        const int64_t rep = a.heads / a.kvHeads;
+        if (rep > 1) {
+            k = k.repeat_interleave(rep, 0);
+            v = v.repeat_interleave(rep, 0);
+        }
         Tensor o = at::scaled_dot_product_attention(q.unsqueeze(0), k.unsqueeze(0), v.unsqueeze(0), mask, 0.0, causal,
                                                     scale);
         o = o.squeeze(0).transpose(0, 1).reshape({T, a.heads * a.headDim});
@@ -303,19 +315,19 @@ struct Model::Impl {
         int64_t offset = 0;
         for (int64_t e = 0; e < E; ++e) {
             const Ffn& f = w.experts[e];
-            if (allExperts) norms.push_back(swiglu(x, f.gate, f.up, f.down).to(torch::kFloat).norm(2, -1));
+            if (allExperts) norms.push_back(swiglu(x, f).to(torch::kFloat).norm(2, -1));
             const int64_t n = cnt[e];
             if (n == 0) continue;
             Tensor sel = order.narrow(0, offset, n);
             offset += n;
             Tensor tok = sel.div(K, "floor");
-            Tensor ye = swiglu(x.index_select(0, tok), f.gate, f.up, f.down);
+            Tensor ye = swiglu(x.index_select(0, tok), f);
             ye = (ye * flatW.index_select(0, sel).unsqueeze(-1)).to(x.scalar_type());
             y.index_add_(0, tok, ye);
         }
         if (allExperts) out.norms = torch::stack(norms, 1);
         if (spec.hasSharedExpert()) {
-            Tensor s = swiglu(x, w.shared.gate, w.shared.up, w.shared.down);
+            Tensor s = swiglu(x, w.shared);
             if (allExperts) out.sharedNorms = s.to(torch::kFloat).norm(2, -1);
             if (r.shared == RouterRule::Shared::SigmoidGated) s = torch::sigmoid(torch::linear(x, w.sharedGate)) * s;
             y = y + s;
@@ -416,7 +428,7 @@ RunTrace Model::trace(const std::vector<std::vector<int64_t>>& prompts, const Tr
             h[p] = h[p] + d.attention(w, x, cosv[p], sinv[p], s.layers[l].slidingWindow);
             x = rmsNorm(h[p], w.postNorm, s.rmsEps);
             if (!isMoe) {
-                h[p] = h[p] + swiglu(x, w.mlp.gate, w.mlp.up, w.mlp.down);
+                h[p] = h[p] + swiglu(x, w.mlp);
                 continue;
             }
             auto m = d.moe(w, x, opt.allExperts);
