@@ -40,7 +40,11 @@ TORCH_PREFIX=$(.venv/bin/python -c 'import torch; print(torch.utils.cmake_prefix
 GEN=()
 command -v ninja >/dev/null && GEN=(-G Ninja)
 LAUNCHER=()
-command -v ccache >/dev/null && LAUNCHER=(-DCMAKE_CXX_COMPILER_LAUNCHER=ccache -DCMAKE_C_COMPILER_LAUNCHER=ccache)
+if command -v ccache >/dev/null; then
+  LAUNCHER=(-DCMAKE_CXX_COMPILER_LAUNCHER=ccache -DCMAKE_C_COMPILER_LAUNCHER=ccache)
+  # paths relative to the checkout, so that clones elsewhere (CI) hit the same cache entries
+  export CCACHE_BASEDIR="$ROOT" CCACHE_NOHASHDIR=1
+fi
 HEADLESS_OPT=OFF
 [ "${HEADLESS:-0}" = 1 ] && HEADLESS_OPT=ON
 
