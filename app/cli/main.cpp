@@ -123,6 +123,21 @@ int cmdInfo(const std::vector<std::string>& args) {
     return 0;
 }
 
+// The text of one line of a .jsonl prompt file: a {"text": ...} object, valid UTF-8.
+std::string jsonlText(const std::string& line, const std::string& file, int64_t lineNo) {
+    const std::string where = "line " + std::to_string(lineNo);
+    es::validateUtf8(line, where);
+    nlohmann::json obj;
+    try {
+        obj = nlohmann::json::parse(line);
+    } catch (const nlohmann::json::exception& e) {
+        throw es::Error(std::string("not a JSON object: ") + e.what(), file, where);
+    }
+    if (!obj.is_object() || !obj.contains("text") || !obj["text"].is_string())
+        throw es::Error("expected an object with a string \"text\"", file, where + ".text");
+    return obj["text"].get<std::string>();
+}
+
 nlohmann::ordered_json encodeJson(const es::Tokenizer& tok, const std::string& text, bool special) {
     es::Encoding e = tok.encode(text, special, /*truncateAndPad=*/true);
     nlohmann::ordered_json j;
@@ -174,17 +189,7 @@ int cmdTokenize(const std::vector<std::string>& args) {
     while (std::getline(in, line)) {
         ++n;
         if (line.empty()) continue;
-        const std::string where = "line " + std::to_string(n);
-        es::validateUtf8(line, where);
-        nlohmann::json obj;
-        try {
-            obj = nlohmann::json::parse(line);
-        } catch (const nlohmann::json::exception& e) {
-            throw es::Error(std::string("not a JSON object: ") + e.what(), jsonl, where);
-        }
-        if (!obj.is_object() || !obj.contains("text") || !obj["text"].is_string())
-            throw es::Error("expected an object with a string \"text\"", jsonl, where + ".text");
-        std::cout << encodeJson(*tok, obj["text"].get<std::string>(), special).dump() << "\n";
+        std::cout << encodeJson(*tok, jsonlText(line, jsonl, n), special).dump() << "\n";
     }
     return 0;
 }
@@ -200,20 +205,12 @@ std::vector<std::string> readPromptFile(const std::string& path) {
         ++n;
         if (!line.empty() && line.back() == '\r') line.pop_back();
         if (line.empty()) continue;
-        es::validateUtf8(line, "line " + std::to_string(n));
-        if (!jsonl) {
+        if (jsonl) {
+            out.push_back(jsonlText(line, path, n));
+        } else {
+            es::validateUtf8(line, "line " + std::to_string(n));
             out.push_back(line);
-            continue;
         }
-        nlohmann::json obj;
-        try {
-            obj = nlohmann::json::parse(line);
-        } catch (const nlohmann::json::exception& e) {
-            throw es::Error(std::string("not a JSON object: ") + e.what(), path, "line " + std::to_string(n));
-        }
-        if (!obj.is_object() || !obj.contains("text") || !obj["text"].is_string())
-            throw es::Error("expected an object with a string \"text\"", path, "line " + std::to_string(n) + ".text");
-        out.push_back(obj["text"].get<std::string>());
     }
     if (out.empty()) throw es::Error("no prompts in the file", path);
     return out;

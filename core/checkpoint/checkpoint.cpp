@@ -10,24 +10,13 @@
 #include <sstream>
 
 #include "error.h"
+#include "jsonfile.h"
 
 namespace fs = std::filesystem;
 
 namespace es {
 
 namespace {
-
-nlohmann::json readJsonFile(const std::string& path) {
-    std::ifstream in(path, std::ios::binary);
-    if (!in) throw Error("cannot open", path);
-    std::stringstream ss;
-    ss << in.rdbuf();
-    try {
-        return nlohmann::json::parse(ss.str());
-    } catch (const nlohmann::json::exception& e) {
-        throw Error(std::string("not valid JSON: ") + e.what(), path);
-    }
-}
 
 // Compact SHA-256 (FIPS 180-4).
 class Sha256 {

@@ -14,6 +14,7 @@
 #include <unordered_map>
 
 #include "error.h"
+#include "jsonfile.h"
 #include "tokenizer/unicode.h"
 
 namespace fs = std::filesystem;
@@ -1060,15 +1061,7 @@ std::shared_ptr<Tokenizer> Tokenizer::load(const std::string& pathIn) {
     else if (p.extension() == ".safetensors") p = p.parent_path() / "tokenizer.json";
     const std::string file = p.string();
     if (!fs::exists(p, ec)) throw Error("no tokenizer.json (the tokenizer is needed for text prompts)", file);
-    std::ifstream in(file, std::ios::binary);
-    std::stringstream ss;
-    ss << in.rdbuf();
-    json j;
-    try {
-        j = json::parse(ss.str());
-    } catch (const json::exception& e) {
-        throw Error(std::string("not valid JSON: ") + e.what(), file);
-    }
+    json j = readJsonFile(file);
     std::shared_ptr<Tokenizer> t(new Tokenizer());
     Impl& d = *t->d_;
     d.path = file;
@@ -1215,15 +1208,7 @@ std::shared_ptr<Tokenizer> Tokenizer::load(const std::string& pathIn) {
         // transformers' Llama-style fast tokenizers do.
         fs::path cfg = p.parent_path() / "tokenizer_config.json";
         if (fs::exists(cfg, ec)) {
-            std::ifstream ci(cfg);
-            std::stringstream cs;
-            cs << ci.rdbuf();
-            json c;
-            try {
-                c = json::parse(cs.str());
-            } catch (const json::exception& e) {
-                throw Error(std::string("not valid JSON: ") + e.what(), cfg.string());
-            }
+            json c = readJsonFile(cfg.string());
             auto tokenText = [&](const char* key) -> std::string {
                 if (!c.contains(key) || c[key].is_null()) return {};
                 if (c[key].is_string()) return c[key].get<std::string>();
