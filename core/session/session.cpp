@@ -173,6 +173,37 @@ H makeGroup(hid_t parent, const std::string& name, const std::string& file) {
     return H(g, H5Gclose);
 }
 
+void attrValue(hid_t obj, const std::string& name, const AttrValue& v, const std::string& file, const std::string& at) {
+    const std::string where = at + "@" + name;
+    hsize_t n = v.type == AttrValue::Type::Strings ? v.strings.size()
+                : v.type == AttrValue::Type::F64   ? v.f64.size()
+                                                   : v.ints.size();
+    if (v.scalar && n != 1) throw Error("a scalar attribute needs exactly one value", file, where);
+    H space(v.scalar ? H5Screate(H5S_SCALAR) : H5Screate_simple(1, &n, nullptr), H5Sclose);
+    herr_t r = -1;
+    if (v.type == AttrValue::Type::Strings) {
+        H type(H5Tcopy(H5T_C_S1), H5Tclose);
+        H5Tset_size(type, H5T_VARIABLE);
+        H5Tset_cset(type, H5T_CSET_UTF8);
+        H a(H5Acreate2(obj, name.c_str(), type, space, H5P_DEFAULT, H5P_DEFAULT), H5Aclose);
+        if (!a.ok()) throw Error("cannot create attribute", file, where);
+        std::vector<const char*> p;
+        for (auto& x : v.strings) p.push_back(x.c_str());
+        r = n ? H5Awrite(a, type, p.data()) : 0;
+    } else if (v.type == AttrValue::Type::F64) {
+        H a(H5Acreate2(obj, name.c_str(), H5T_IEEE_F64LE, space, H5P_DEFAULT, H5P_DEFAULT), H5Aclose);
+        if (!a.ok()) throw Error("cannot create attribute", file, where);
+        r = n ? H5Awrite(a, H5T_NATIVE_DOUBLE, v.f64.data()) : 0;
+    } else {
+        const bool i32 = v.type == AttrValue::Type::I32;
+        H a(H5Acreate2(obj, name.c_str(), i32 ? H5T_STD_I32LE : H5T_STD_I64LE, space, H5P_DEFAULT, H5P_DEFAULT), H5Aclose);
+        if (!a.ok()) throw Error("cannot create attribute", file, where);
+        r = n ? H5Awrite(a, H5T_NATIVE_INT64, v.ints.data()) : 0;
+    }
+    check(r, file, where, "attribute write");
+    wrote();
+}
+
 // ---- reading ---------------------------------------------------------------------------------
 bool readAttrString(hid_t obj, const char* name, std::string& out) {
     if (H5Aexists(obj, name) <= 0) return false;
@@ -305,6 +336,27 @@ void validName(const std::string& what, const std::string& n) {
             throw Error(what + " name '" + n + "' may hold only letters, digits and _ - . : + = @", "", what);
 }
 
+// Result ids and array names: validName segments joined by '/'.
+void validPath(const std::string& what, const std::string& n) {
+    if (n.empty() || n.size() > 400) throw Error(what + " name must be 1-400 characters", "", what);
+    size_t pos = 0;
+    while (true) {
+        size_t next = n.find('/', pos);
+        const std::string seg = n.substr(pos, next == std::string::npos ? std::string::npos : next - pos);
+        if (seg.empty()) throw Error(what + " name '" + n + "' has an empty segment", "", what);
+        validName(what, seg);
+        if (next == std::string::npos) break;
+        pos = next + 1;
+    }
+}
+
+// True when one of a and b is a '/'-segment prefix of the other (they would nest in the file).
+bool nests(const std::string& a, const std::string& b) {
+    const std::string& s = a.size() < b.size() ? a : b;
+    const std::string& l = a.size() < b.size() ? b : a;
+    return l.size() > s.size() && l.compare(0, s.size(), s) == 0 && l[s.size()] == '/';
+}
+
 void validJson(const std::string& s, const std::string& file, const std::string& at) {
     try {
         auto j = nlohmann::json::parse(s);
@@ -386,6 +438,42 @@ Array Array::f32(std::vector<int64_t> s, const std::vector<float>& v) { return m
 Array Array::f64(std::vector<int64_t> s, const std::vector<double>& v) { return makeArray(Type::F64, std::move(s), v); }
 Array Array::i32(std::vector<int64_t> s, const std::vector<int32_t>& v) { return makeArray(Type::I32, std::move(s), v); }
 Array Array::i64(std::vector<int64_t> s, const std::vector<int64_t>& v) { return makeArray(Type::I64, std::move(s), v); }
+
+Array Array::f32d(std::vector<int64_t> s, const std::vector<double>& v) {
+    return makeArray(Type::F32, std::move(s), std::vector<float>(v.begin(), v.end()));
+}
+
+AttrValue AttrValue::text(std::vector<std::string> v) {
+    AttrValue a;
+    a.type = Type::Strings;
+    a.strings = std::move(v);
+    return a;
+}
+AttrValue AttrValue::number(double v) {
+    AttrValue a;
+    a.type = Type::F64;
+    a.scalar = true;
+    a.f64 = {v};
+    return a;
+}
+AttrValue AttrValue::numbers(std::vector<double> v) {
+    AttrValue a;
+    a.type = Type::F64;
+    a.f64 = std::move(v);
+    return a;
+}
+AttrValue AttrValue::i32s(const std::vector<int>& v) {
+    AttrValue a;
+    a.type = Type::I32;
+    a.ints.assign(v.begin(), v.end());
+    return a;
+}
+AttrValue AttrValue::i64s(std::vector<int64_t> v) {
+    AttrValue a;
+    a.type = Type::I64;
+    a.ints = std::move(v);
+    return a;
+}
 
 std::vector<double> Array::toDoubles() const {
     const size_t n = static_cast<size_t>(numel());
@@ -552,8 +640,98 @@ RunInfo readRunInfo(hid_t f, const std::string& name, const SessionModel& m, con
     return r;
 }
 
-Result readResult(hid_t f, const std::string& id, const std::string& file) {
-    const std::string base = "results/" + id;
+// The attributes of a result array (strings, floats or integers; scalar or 1-d).
+std::map<std::string, AttrValue> readArrayAttrs(hid_t ds, const std::string& file, const std::string& at) {
+    std::map<std::string, AttrValue> out;
+    H5O_info_t oinfo;
+    if (H5Oget_info2(ds, &oinfo, H5O_INFO_NUM_ATTRS) < 0) throw Error("cannot read attributes", file, at);
+    for (hsize_t i = 0; i < oinfo.num_attrs; ++i) {
+        H a(H5Aopen_by_idx(ds, ".", H5_INDEX_NAME, H5_ITER_INC, i, H5P_DEFAULT, H5P_DEFAULT), H5Aclose);
+        if (!a.ok()) throw Error("unreadable attribute", file, at);
+        ssize_t nl = H5Aget_name(a, 0, nullptr);
+        if (nl < 0) throw Error("unreadable attribute name", file, at);
+        std::string name(static_cast<size_t>(nl) + 1, '\0');
+        H5Aget_name(a, name.size(), name.data());
+        name.resize(static_cast<size_t>(nl));
+        const std::string where = at + "@" + name;
+        H ft(H5Aget_type(a), H5Tclose);
+        H sp(H5Aget_space(a), H5Sclose);
+        const int nd = H5Sget_simple_extent_ndims(sp);
+        const hssize_t n = H5Sget_simple_extent_npoints(sp);
+        if (nd < 0 || nd > 1 || n < 0) throw Error("attribute must be a scalar or a 1-d list", file, where);
+        AttrValue v;
+        v.scalar = nd == 0;
+        const auto cls = H5Tget_class(ft);
+        if (cls == H5T_STRING) {
+            if (H5Tis_variable_str(ft) <= 0) throw Error("expected variable-length strings", file, where);
+            H mt(H5Tcopy(H5T_C_S1), H5Tclose);
+            H5Tset_size(mt, H5T_VARIABLE);
+            H5Tset_cset(mt, H5T_CSET_UTF8);
+            std::vector<char*> p(static_cast<size_t>(n), nullptr);
+            if (n > 0 && H5Aread(a, mt, p.data()) < 0) throw Error("cannot read (damaged attribute)", file, where);
+            v.type = AttrValue::Type::Strings;
+            for (auto* c : p) v.strings.emplace_back(c ? c : "");
+            if (n > 0) H5Dvlen_reclaim(mt, sp, H5P_DEFAULT, p.data());
+        } else if (cls == H5T_FLOAT) {
+            v.type = AttrValue::Type::F64;
+            v.f64.resize(static_cast<size_t>(n));
+            if (n > 0 && H5Aread(a, H5T_NATIVE_DOUBLE, v.f64.data()) < 0)
+                throw Error("cannot read (damaged attribute)", file, where);
+        } else if (cls == H5T_INTEGER) {
+            v.type = H5Tget_size(ft) == 4 ? AttrValue::Type::I32 : AttrValue::Type::I64;
+            v.ints.resize(static_cast<size_t>(n));
+            if (n > 0 && H5Aread(a, H5T_NATIVE_INT64, v.ints.data()) < 0)
+                throw Error("cannot read (damaged attribute)", file, where);
+        } else {
+            throw Error("unsupported attribute type", file, where);
+        }
+        out[name] = std::move(v);
+    }
+    return out;
+}
+
+Array readArray(hid_t f, const std::string& p, const std::string& file) {
+    H ds(H5Dopen2(f, p.c_str(), H5P_DEFAULT), H5Dclose);
+    if (!ds.ok()) throw Error("expected a dataset", file, "/" + p);
+    H t(H5Dget_type(ds), H5Tclose);
+    Array a;
+    auto cls = H5Tget_class(t);
+    size_t sz = H5Tget_size(t);
+    if (cls == H5T_FLOAT && sz == 4) a.type = Array::Type::F32;
+    else if (cls == H5T_FLOAT && sz == 8) a.type = Array::Type::F64;
+    else if (cls == H5T_INTEGER && sz == 4) a.type = Array::Type::I32;
+    else if (cls == H5T_INTEGER && sz == 8) a.type = Array::Type::I64;
+    else throw Error("unsupported element type", file, "/" + p);
+    for (auto d : shapeOf(f, p, file)) a.shape.push_back(static_cast<int64_t>(d));
+    a.bytes.resize(static_cast<size_t>(a.numel()) * sizeOf(a.type));
+    if (a.numel() > 0 && H5Dread(ds, memTypeOf(a.type), H5S_ALL, H5S_ALL, H5P_DEFAULT, a.bytes.data()) < 0)
+        throw Error("cannot read (damaged data: checksum or decompression error)", file, "/" + p);
+    a.attrs = readArrayAttrs(ds, file, "/" + p);
+    return a;
+}
+
+H5O_type_t objectType(hid_t f, const std::string& p, const std::string& file) {
+    H5O_info_t info;
+    if (H5Oget_info_by_name2(f, p.c_str(), &info, H5O_INFO_BASIC, H5P_DEFAULT) < 0)
+        throw Error("unreadable object", file, "/" + p);
+    return info.type;
+}
+
+// Every dataset below `dir` (a result's group), named by its path relative to `base`.
+void readArraysUnder(hid_t f, const std::string& base, const std::string& rel, Result& r, const std::string& file,
+                     int depth) {
+    const std::string dir = rel.empty() ? base : base + "/" + rel;
+    if (depth > 16) throw Error("groups nested too deeply", file, "/" + dir);
+    for (auto& n : childNames(f, dir, file)) {
+        const std::string name = rel.empty() ? n : rel + "/" + n;
+        const auto type = objectType(f, base + "/" + name, file);
+        if (type == H5O_TYPE_GROUP) readArraysUnder(f, base, name, r, file, depth + 1);
+        else if (type == H5O_TYPE_DATASET) r.arrays[name] = readArray(f, base + "/" + name, file);
+        else throw Error("unexpected object", file, "/" + base + "/" + name);
+    }
+}
+
+Result readResult(hid_t f, const std::string& base, const std::string& file) {
     H g(H5Gopen2(f, base.c_str(), H5P_DEFAULT), H5Gclose);
     if (!g.ok()) throw Error("not a group", file, "/" + base);
     Result r;
@@ -563,26 +741,24 @@ Result readResult(hid_t f, const std::string& id, const std::string& file) {
     r.created = needString(g, "created", file, "/" + base);
     validJson(r.paramsJson, file, "/" + base + "@params_json");
     validJson(r.provenanceJson, file, "/" + base + "@provenance_json");
-    for (auto& an : childNames(f, base, file)) {
-        const std::string p = base + "/" + an;
-        H ds(H5Dopen2(f, p.c_str(), H5P_DEFAULT), H5Dclose);
-        if (!ds.ok()) throw Error("expected a dataset", file, "/" + p);
-        H t(H5Dget_type(ds), H5Tclose);
-        Array a;
-        auto cls = H5Tget_class(t);
-        size_t sz = H5Tget_size(t);
-        if (cls == H5T_FLOAT && sz == 4) a.type = Array::Type::F32;
-        else if (cls == H5T_FLOAT && sz == 8) a.type = Array::Type::F64;
-        else if (cls == H5T_INTEGER && sz == 4) a.type = Array::Type::I32;
-        else if (cls == H5T_INTEGER && sz == 8) a.type = Array::Type::I64;
-        else throw Error("unsupported element type", file, "/" + p);
-        for (auto d : shapeOf(f, p, file)) a.shape.push_back(static_cast<int64_t>(d));
-        a.bytes.resize(static_cast<size_t>(a.numel()) * sizeOf(a.type));
-        if (a.numel() > 0 && H5Dread(ds, memTypeOf(a.type), H5S_ALL, H5S_ALL, H5P_DEFAULT, a.bytes.data()) < 0)
-            throw Error("cannot read (damaged data: checksum or decompression error)", file, "/" + p);
-        r.arrays[an] = std::move(a);
-    }
+    readArraysUnder(f, base, "", r, file, 0);
     return r;
+}
+
+// Version 2: results anywhere below /analyses (a group with a `kind` attribute is a result;
+// groups above it only hold the id's segments).
+void readResultsUnder(hid_t f, const std::string& rel, std::map<std::string, Result>& out, const std::string& file,
+                      int depth) {
+    const std::string dir = rel.empty() ? "analyses" : "analyses/" + rel;
+    if (depth > 16) throw Error("groups nested too deeply", file, "/" + dir);
+    for (auto& n : childNames(f, dir, file)) {
+        const std::string id = rel.empty() ? n : rel + "/" + n;
+        const std::string p = "analyses/" + id;
+        if (objectType(f, p, file) != H5O_TYPE_GROUP) throw Error("expected a group", file, "/" + p);
+        H g(H5Gopen2(f, p.c_str(), H5P_DEFAULT), H5Gclose);
+        if (H5Aexists(g, "kind") > 0) out[id] = readResult(f, p, file);
+        else readResultsUnder(f, id, out, file, depth + 1);
+    }
 }
 
 }  // namespace
@@ -620,7 +796,13 @@ Session Session::open(const std::string& pathIn) {
         if (pd.size() != 1) throw Error("expected a 1-d list of strings, got " + dimsStr(pd), path, "/prompts");
         d.prompts = readStrings(f, "prompts", path);
     }
-    for (auto& id : childNames(f, "results", path)) d.results[id] = readResult(f, id, path);
+    int64_t version = 0;
+    readAttrInt(f, "format_version", version);
+    if (version == 1) {  // migration 1 -> 2: the flat /results/ID store becomes /analyses/ID
+        for (auto& id : childNames(f, "results", path)) d.results[id] = readResult(f, "results/" + id, path);
+    } else {
+        readResultsUnder(f, "", d.results, path, 0);
+    }
     for (auto& v : childNames(f, "views", path)) {
         H g(H5Gopen2(f, ("views/" + v).c_str(), H5P_DEFAULT), H5Gclose);
         if (!g.ok()) throw Error("not a group", path, "/views/" + v);
@@ -738,18 +920,31 @@ std::vector<std::string> Session::resultIds() const {
 bool Session::hasResult(const std::string& id) const { return d_->results.count(id) > 0; }
 const Result& Session::result(const std::string& id) const {
     auto it = d_->results.find(id);
-    if (it == d_->results.end()) throw Error("no result '" + id + "'", d_->path, "/results/" + id);
+    if (it == d_->results.end()) throw Error("no result '" + id + "'", d_->path, "/analyses/" + id);
     return it->second;
 }
 void Session::putResult(const std::string& id, Result r) {
-    validName("result", id);
-    if (r.kind.empty()) throw Error("a result needs a kind", "", "/results/" + id);
-    validJson(r.paramsJson, "", "/results/" + id + "@params_json");
-    validJson(r.provenanceJson, "", "/results/" + id + "@provenance_json");
+    validPath("result", id);
+    const std::string at = "/analyses/" + id;
+    if (r.kind.empty()) throw Error("a result needs a kind", "", at);
+    validJson(r.paramsJson, "", at + "@params_json");
+    validJson(r.provenanceJson, "", at + "@provenance_json");
+    for (auto& [other, o] : d_->results)
+        if (nests(other, id)) throw Error("result id '" + id + "' would nest with result '" + other + "'", "", at);
     for (auto& [n, a] : r.arrays) {
-        validName("array", n);
+        validPath("array", n);
         if (static_cast<int64_t>(a.bytes.size()) != a.numel() * static_cast<int64_t>(sizeOf(a.type)))
-            throw Error("array bytes do not match its shape", "", "/results/" + id + "/" + n);
+            throw Error("array bytes do not match its shape", "", at + "/" + n);
+        for (size_t slash = n.find('/'); slash != std::string::npos; slash = n.find('/', slash + 1))
+            if (r.arrays.count(n.substr(0, slash)))
+                throw Error("array '" + n + "' would nest in array '" + n.substr(0, slash) + "'", "", at + "/" + n);
+        for (auto& [an, av] : a.attrs) {
+            validName("attribute", an);
+            const size_t cnt = av.type == AttrValue::Type::Strings ? av.strings.size()
+                               : av.type == AttrValue::Type::F64   ? av.f64.size()
+                                                                   : av.ints.size();
+            if (av.scalar && cnt != 1) throw Error("a scalar attribute needs exactly one value", "", at + "/" + n + "@" + an);
+        }
     }
     if (r.created.empty()) r.created = isoTimeNow();
     d_->results[id] = std::move(r);
@@ -885,9 +1080,9 @@ void Session::save(const std::string& pathIn) {
                 wrote();
             }
             stringList(f, "prompts", d_->prompts, tmp, "/prompts");
-            makeGroup(f, "results", tmp);
+            makeGroup(f, "analyses", tmp);
             for (auto& [id, res] : d_->results) {
-                const std::string p = "results/" + id;
+                const std::string p = "analyses/" + id;
                 H g = makeGroup(f, p, tmp);
                 attrString(g, "kind", res.kind, tmp, "/" + p);
                 attrString(g, "params_json", res.paramsJson, tmp, "/" + p);
@@ -895,7 +1090,16 @@ void Session::save(const std::string& pathIn) {
                 attrString(g, "created", res.created, tmp, "/" + p);
                 for (auto& [an, a] : res.arrays) {
                     std::vector<hsize_t> dims(a.shape.begin(), a.shape.end());
-                    dataset(g, an, fileTypeOf(a.type), memTypeOf(a.type), dims, a.bytes.data(), tmp, "/" + p + "/" + an);
+                    const size_t slash = an.rfind('/');
+                    H parent = slash == std::string::npos ? H(H5Gopen2(g, ".", H5P_DEFAULT), H5Gclose)
+                                                          : makeGroup(g, an.substr(0, slash), tmp);
+                    const std::string leaf = slash == std::string::npos ? an : an.substr(slash + 1);
+                    const std::string full = "/" + p + "/" + an;
+                    dataset(parent, leaf, fileTypeOf(a.type), memTypeOf(a.type), dims, a.bytes.data(), tmp, full);
+                    if (!a.attrs.empty()) {
+                        H ds(H5Dopen2(parent, leaf.c_str(), H5P_DEFAULT), H5Dclose);
+                        for (auto& [atn, av] : a.attrs) attrValue(ds, atn, av, tmp, full);
+                    }
                 }
             }
             makeGroup(f, "views", tmp);

@@ -104,6 +104,23 @@ void addExtras(es::Session& s, const Opts& o) {
     d.paramsJson = R"({"run": "r0"})";
     d.arrays["rank_counts"] = es::Array::i64({o.experts}, std::vector<int64_t>(static_cast<size_t>(o.experts), 5));
     s.putResult("D2.r0", d);
+    // a nested result like the analyses write: an id and array names with segments, attributes
+    es::Result w;
+    w.kind = "S1";
+    std::vector<std::string> labels;
+    for (int64_t e = 0; e < o.experts; ++e) labels.push_back(std::to_string(e));
+    for (const char* m : {"gate", "up", "down"})
+        w.arrays[std::string("layers/0/") + m] = es::Array::f32({o.experts, o.experts}, sim).with("labels", es::AttrValue::text(labels));
+    w.arrays["r2"] = es::Array::f32({1, 3}, {0.5f, 0.25f, 0.125f})
+                         .with("layers", es::AttrValue::i32s({0}))
+                         .with("columns", es::AttrValue::text({"gate", "up", "down"}))
+                         .with("r2_paper_mean", es::AttrValue::numbers({0.5, 0.25, 0.13}))
+                         .with("chance", es::AttrValue::number(0.125))
+                         .with("token_index", es::AttrValue::i64s({0}));
+    s.putResult("weight_similarity", w);
+    es::Result nested = w;
+    nested.kind = "D1";
+    s.putResult("output_similarity/r0", nested);
     s.setViewState("similarity", R"({"layer": 1, "matrix": "up", "colour_scale": "global", "selection": [0, 3]})");
     s.setViewState("routing-map", R"({"run": "r0", "zoom": [0.0, 10.5]})");
     s.addNote({"Expert 3 fires on code — ☕ über-interesting", R"({"run": "r0", "layer": 1, "token": 5})", ""});

@@ -35,7 +35,8 @@ def sha(p):
 
 # ---- the documented layout ---------------------------------------------------------------------
 
-PLACEHOLDERS = {"NAME": r"[^/]+", "L": r"\d+", "ID": r"[^/]+", "ARRAY": r"[^/]+", "VIEW": r"[^/]+", "N": r"\d+"}
+PLACEHOLDERS = {"NAME": r"[^/]+", "L": r"\d+", "ID": r"[^/]+(?:/[^/]+)*", "ARRAY": r"[^/]+(?:/[^/]+)*",
+                "VIEW": r"[^/]+", "N": r"\d+", "MAT": r"(?:gate|up|down)"}
 
 
 def parse_doc():
@@ -45,7 +46,8 @@ def parse_doc():
             continue
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
         path, kind, dtype, shape, required = cells[0].strip("`"), cells[1], cells[2], cells[3], cells[4]
-        rx = "^" + "/".join(PLACEHOLDERS.get(p, re.escape(p)) for p in path.split("/")) + "$"
+        rx = "^" + "/".join(PLACEHOLDERS.get(p, re.escape(p).replace("MAT", PLACEHOLDERS["MAT"]))
+                            for p in path.split("/")) + "$"
         attr = None
         if kind.startswith("attr"):
             attr = kind.split("`")[1]
@@ -86,9 +88,19 @@ def shape_ok(spec, shape, sizes):
             if s < 2:
                 return False
             continue
+        if w not in sizes:  # a size the file does not fix (R, Lmoe, C, Nn, ...): any
+            continue
         if sizes.get(w) != s:
             return False
     return True
+
+
+GENERIC = ("/ID", "/ARRAY")
+
+
+def specificity(row):
+    """Rows with fewer catch-all placeholders describe an object more precisely."""
+    return sum(row["path"].count(g) for g in GENERIC)
 
 
 def walk_against_doc(path):
@@ -108,7 +120,7 @@ def walk_against_doc(path):
             if m and "tokens" in f[f"runs/{m.group(1)}"]:
                 sizes["T"] = f[f"runs/{m.group(1)}/tokens"].shape[0]
                 sizes["P"] = f[f"runs/{m.group(1)}/prompt_offsets"].shape[0] - 1
-            match = [r for r in rows if r["kind"] == kind and r["rx"].match(p)]
+            match = sorted((r for r in rows if r["kind"] == kind and r["rx"].match(p)), key=specificity)
             assert match, f"{p}: {kind} not described in docs/session-format.md"
             if kind == "dataset":
                 r = match[0]
@@ -117,7 +129,8 @@ def walk_against_doc(path):
                 if o.dtype.kind in "fi" and o.size:
                     assert o.fletcher32 and o.compression == "gzip", f"{p}: not checksummed and compressed"
             for a in o.attrs:
-                arows = [r for r in rows if r["kind"] == "attr" and r["attr"] == a and r["rx"].match(p)]
+                arows = sorted((r for r in rows if r["kind"] == "attr" and r["attr"] == a and r["rx"].match(p)),
+                               key=specificity)
                 assert arows, f"{p}@{a}: attribute not described in docs/session-format.md"
                 v = o.attrs.get_id(a)
                 assert dtype_ok(h5py, arows[0]["dtype"], v.dtype), f"{p}@{a}: dtype {v.dtype}"
@@ -132,6 +145,11 @@ def walk_against_doc(path):
                 parent_rx = re.compile("^/$")
             for p, o in objects.items():
                 if not parent_rx.match(p):
+                    continue
+                # below /analyses a group is a result when it has a kind; the groups between
+                # /analyses and a result (the id's segments) and the result's own subgroups are not
+                if r["path"].startswith("/analyses/ID") and r["kind"] == "attr" and not (
+                        isinstance(o, h5py.Group) and "kind" in o.attrs):
                     continue
                 if r["kind"] == "attr":
                     assert r["attr"] in o.attrs, f"{p}: required attribute {r['attr']} missing"
@@ -152,7 +170,8 @@ def base(tmp_path_factory):
 
 def test_documented_layout_synthetic(base):
     objs = walk_against_doc(base)
-    for must in ("/results/S1.layer0.gate/similarity", "/views/similarity", "/notes/1", "/runs/r0/token_bytes",
+    for must in ("/analyses/S1.layer0.gate/similarity", "/analyses/weight_similarity/layers/0/gate",
+                 "/analyses/output_similarity/r0/layers/0/up", "/views/similarity", "/notes/1", "/runs/r0/token_bytes",
                  "/runs/r0/layers/3/shared_output_norms", "/runs/second/layers/0/topk_weights"):
         assert must in objs
 
@@ -197,7 +216,7 @@ def test_round_trip_is_identical(base, tmp_path):
 
 def test_session_command(cli, base):
     j = json.loads(run_cli(cli, "session", base, "--json", "--verify").stdout)
-    assert j["verified"] and j["format_version"] == 1
+    assert j["verified"] and j["format_version"] == 2
     assert [r["name"] for r in j["runs"]] == ["r0", "second"]
     r0 = j["runs"][0]
     assert r0["tokens"] == 64 and r0["prompts"] == 3 and r0["moe_layers"] == [0, 1, 2, 3]
@@ -320,8 +339,13 @@ def test_invalid_sessions(cli, base, tmp_path):
     expect_session_error(cli, edited(base, tmp_path, reshape), "/runs/second/layers/2/topk_experts", "[64, 3]", "[64, 2]")
 
     def bad_json(f):
-        f["results/D2.r0"].attrs["params_json"] = "{not json"
-    expect_session_error(cli, edited(base, tmp_path, bad_json), "/results/D2.r0@params_json")
+        f["analyses/D2.r0"].attrs["params_json"] = "{not json"
+    expect_session_error(cli, edited(base, tmp_path, bad_json), "/analyses/D2.r0@params_json")
+
+    def bad_label(f):
+        del f["analyses/weight_similarity/layers/0/gate"].attrs["labels"]
+        f["analyses/weight_similarity/layers/0/gate"].attrs["labels"] = np.zeros((2, 2))
+    expect_session_error(cli, edited(base, tmp_path, bad_label), "/analyses/weight_similarity/layers/0/gate@labels")
 
     def no_model_attr(f):
         del f["model"].attrs["top_k"]
@@ -371,3 +395,25 @@ def test_fuzzed_files_never_crash_and_damage_is_not_read_as_data(cli, base, tmp_
         else:
             assert str(p) in r.stderr
     assert outcomes[1] >= 10
+
+
+def test_version1_file_migrates(cli, tmp_path):
+    """tests/data/session-v1.h5 was written by the format-1 code (results in /results): it opens,
+    and its next save is a valid format-2 file with the same results under /analyses."""
+    h5py = require("h5py")
+    v1 = os.path.join(ROOT, "tests", "data", "session-v1.h5")
+    before = sha(v1)
+    j = json.loads(run_cli(cli, "session", v1, "--json", "--verify").stdout)
+    assert {r["id"] for r in j["results"]} == {"S1.layer0.gate", "D2.r0"}
+    out = tmp_path / "v2.h5"
+    make_session("--copy", v1, out)
+    assert sha(v1) == before  # opening never writes
+    objs = walk_against_doc(out)
+    assert "/results" not in objs and "/analyses/S1.layer0.gate/similarity" in objs
+    with h5py.File(v1, "r") as a, h5py.File(out, "r") as b:
+        assert int(b.attrs["format_version"]) == 2
+        for name in ("similarity", "values64", "counts", "ids"):
+            x, y = a[f"results/S1.layer0.gate/{name}"], b[f"analyses/S1.layer0.gate/{name}"]
+            assert x.dtype == y.dtype and np.array_equal(x[()], y[()])
+        assert a["results/D2.r0"].attrs["params_json"] == b["analyses/D2.r0"].attrs["params_json"]
+        assert np.array_equal(a["runs/r0/layers/1/router_logits"][()], b["runs/r0/layers/1/router_logits"][()])
