@@ -2,6 +2,7 @@
 // is documented in README.md; other tools and the tests depend on it.
 #include <algorithm>
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <map>
@@ -10,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "analysis/analysis.h"
 #include "checkpoint/checkpoint.h"
 #include "error.h"
 #include "model/model.h"
@@ -26,12 +28,18 @@ const char* kUsage = R"(usage:
   expertscope-cli trace CHECKPOINT (--token-ids 1,2,3 [--token-ids 4,5 ...] | --prompt TEXT ... | --prompts FILE)
                   [--device cpu|cuda[:N]] [--dtype float32|bfloat16|float16] [--all-experts] [--save-logits]
                   [--layer-streaming auto|on|off] [--threads N] [--run NAME] --out SESSION.h5
+  expertscope-cli analyze CHECKPOINT --out SESSION.h5 [--static default|all|none|S1,S2,...]
+                  [--dynamic all|none|D1,D2,D3,D4,load] [--run NAME] [--preset short|routing-map]
+                  [--paragraphs FILE] [--reference DENSE_CHECKPOINT] [--layers 0,3,...]
+                  [--device cpu|cuda[:N]] [--dtype float32|bfloat16|float16] [--first-tokens N]
+                  [--pca-components 2|3] [--threads N]
 
 --prompts FILE: a .jsonl file of {"text": ...} objects, or any other file with one prompt per
 non-empty line. Text prompts are encoded with the checkpoint's tokenizer.json, special tokens
 included (BOS where the tokenizer adds it).
 CHECKPOINT is a HuggingFace checkpoint directory (config.json + model.safetensors or shards with
 model.safetensors.index.json) or a single .safetensors file.
+analyze: docs/analyses.md defines every analysis and where the session keeps it (/analyses/...).
 Exit codes: 0 success, 1 bad input or failure (the message names the file and the field), 2 usage error.
 )";
 
@@ -287,6 +295,44 @@ int cmdSession(const std::vector<std::string>& args) {
     return 0;
 }
 
+es::SessionModel sessionModelOf(const es::Checkpoint& ckpt, const es::ModelSpec& spec) {
+    es::SessionModel sm;
+    sm.modelType = spec.modelType;
+    sm.numLayers = spec.numLayers;
+    sm.numExperts = spec.numExperts;
+    sm.topK = spec.topK;
+    sm.hidden = spec.hidden;
+    sm.configJson = ckpt.config().dump();
+    sm.checkpointPath = ckpt.path();
+    sm.fingerprint = ckpt.fingerprint();
+    return sm;
+}
+
+// Each token's bytes and display piece, for the session (the model's vocabulary can be larger
+// than the tokenizer's: such ids get empty entries).
+void attachTokenText(es::RunTrace& rt, const es::Tokenizer& tok) {
+    for (auto id : rt.tokens) {
+        if (id >= tok.vocabSize()) {
+            rt.tokenBytes.emplace_back();
+            rt.tokenPieces.emplace_back();
+            continue;
+        }
+        rt.tokenBytes.push_back(tok.tokenBytes(id));
+        rt.tokenPieces.push_back(tok.displayPiece(id));
+    }
+}
+
+int parseInt(const std::string& v, const std::string& option) {
+    try {
+        size_t used = 0;
+        int x = std::stoi(v, &used);
+        if (used != v.size()) throw std::invalid_argument(v);
+        return x;
+    } catch (const std::exception&) {
+        throw UsageError(option + " needs an integer, not '" + v + "'");
+    }
+}
+
 int cmdTrace(const std::vector<std::string>& args) {
     std::string path, out, run;
     es::LoadOptions lo;
@@ -365,29 +411,190 @@ int cmdTrace(const std::vector<std::string>& args) {
     }
     es::RunTrace rt = model->trace(prompts, to);
     rt.promptTexts = texts;
-    if (tok)
-        for (auto id : rt.tokens) {
-            if (id >= tok->vocabSize()) {  // the model's vocabulary can be larger than the tokenizer's
-                rt.tokenBytes.emplace_back();
-                rt.tokenPieces.emplace_back();
-                continue;
-            }
-            rt.tokenBytes.push_back(tok->tokenBytes(id));
-            rt.tokenPieces.push_back(tok->displayPiece(id));
-        }
-    es::SessionModel sm;
-    sm.modelType = spec.modelType;
-    sm.numLayers = spec.numLayers;
-    sm.numExperts = spec.numExperts;
-    sm.topK = spec.topK;
-    sm.hidden = spec.hidden;
-    sm.configJson = ckpt->config().dump();
-    sm.checkpointPath = ckpt->path();
-    sm.fingerprint = ckpt->fingerprint();
-    es::appendRun(out, sm, run, rt);
+    if (tok) attachTokenText(rt, *tok);
+    es::appendRun(out, sessionModelOf(*ckpt, spec), run, rt);
     std::cerr << "run '" << run << "': " << prompts.size() << " prompt(s), " << rt.numTokens() << " tokens, "
               << rt.layers.size() << " MoE layers on " << model->device() << " (" << model->dtype()
               << (model->layerStreamed() ? ", layer-streamed" : "") << ") -> " << out << "\n";
+    return 0;
+}
+
+
+// The paper's inputs (analyses-spec.md D0 and D4), verbatim.
+const char* kPresetShort = "As an open source alternative to";
+const char* kPresetRouting =
+    "As an open source alternative to Chat GPT, I do not have personal opinions. However, I can provide objective "
+    "information about Chat GPT's capabilities and limitations based on its architecture and training data. Chat GPT "
+    "is a powerful language model based on the GPT (Generative Pre-trained Transformer";
+
+// Paragraphs of a text file: every stripped line that is not empty and is not a "=" heading.
+std::vector<std::string> readParagraphs(const std::string& path) {
+    std::ifstream in(path, std::ios::binary);
+    if (!in) throw es::Error("cannot open", path);
+    std::vector<std::string> out;
+    std::string line;
+    int64_t n = 0;
+    while (std::getline(in, line)) {
+        ++n;
+        size_t a = line.find_first_not_of(" \t\r"), b = line.find_last_not_of(" \t\r");
+        if (a == std::string::npos) continue;
+        line = line.substr(a, b - a + 1);
+        if (line[0] == '=') continue;
+        es::validateUtf8(line, "line " + std::to_string(n));
+        out.push_back(line);
+    }
+    if (out.empty()) throw es::Error("no paragraphs in the file", path);
+    return out;
+}
+
+std::vector<int> parseLayerList(const std::string& s) {
+    std::vector<int> out;
+    std::stringstream ss(s);
+    std::string item;
+    while (std::getline(ss, item, ',')) out.push_back(parseInt(item, "analyze: --layers"));
+    if (out.empty()) throw UsageError("analyze: --layers needs a comma-separated list of layer indices");
+    return out;
+}
+
+int cmdAnalyze(const std::vector<std::string>& args) {
+    std::string path, out, run, preset, paragraphs, refPath, staticList, dynamicList, device, dtype;
+    std::vector<int> layers;
+    int64_t firstTokens = 16;
+    int pca = 2, threads = 0;
+    bool haveStatic = false, haveDynamic = false;
+    auto value = [&](size_t& i) -> const std::string& {
+        if (i + 1 >= args.size()) throw UsageError("analyze: " + args[i] + " needs a value");
+        return args[++i];
+    };
+    for (size_t i = 0; i < args.size(); ++i) {
+        const std::string& a = args[i];
+        if (a == "--out") out = value(i);
+        else if (a == "--static") {
+            staticList = value(i);
+            haveStatic = true;
+        } else if (a == "--dynamic") {
+            dynamicList = value(i);
+            haveDynamic = true;
+        } else if (a == "--run") run = value(i);
+        else if (a == "--preset") preset = value(i);
+        else if (a == "--paragraphs") paragraphs = value(i);
+        else if (a == "--reference") refPath = value(i);
+        else if (a == "--layers") layers = parseLayerList(value(i));
+        else if (a == "--device") device = value(i);
+        else if (a == "--dtype") dtype = value(i);
+        else if (a == "--first-tokens") firstTokens = parseInt(value(i), "analyze: --first-tokens");
+        else if (a == "--pca-components") pca = parseInt(value(i), "analyze: --pca-components");
+        else if (a == "--threads") threads = parseInt(value(i), "analyze: --threads");
+        else if (a.rfind("--", 0) == 0) throw UsageError("analyze: unknown option " + a);
+        else if (path.empty()) path = a;
+        else throw UsageError("analyze: more than one checkpoint given");
+    }
+    if (path.empty()) throw UsageError("analyze: CHECKPOINT missing");
+    if (out.empty()) throw UsageError("analyze: --out SESSION.h5 is required");
+    if (!preset.empty() && preset != "short" && preset != "routing-map")
+        throw UsageError("analyze: --preset takes short or routing-map");
+    if (!preset.empty() && !paragraphs.empty()) throw UsageError("analyze: give --preset or --paragraphs, not both");
+    if (firstTokens < 0) throw UsageError("analyze: --first-tokens must be >= 0");
+    if (threads > 0) es::initRuntime(threads);
+    if (!haveStatic && !haveDynamic) staticList = "default";
+    const std::set<std::string> statics = es::parseStaticList(staticList);
+    const std::set<std::string> dynamics = es::parseDynamicList(dynamicList);
+    const bool makesRun = !preset.empty() || !paragraphs.empty();
+    if (makesRun && dynamics.empty()) throw UsageError("analyze: --preset/--paragraphs make a run for --dynamic analyses");
+    if (!dynamics.empty() && run.empty() && !makesRun)
+        throw UsageError("analyze: --dynamic needs --run NAME (a run in the session), --preset or --paragraphs");
+
+    // everything is checked and computed before the session file is written, once, atomically
+    auto ckpt = es::Checkpoint::open(path);
+    es::ModelSpec spec = es::ModelSpec::fromCheckpoint(*ckpt);
+    const std::vector<int> analysed = es::analysisLayers(spec, layers, ckpt->path());
+    std::unique_ptr<es::Reference> ref;
+    if (!refPath.empty()) {
+        ref = std::make_unique<es::Reference>();
+        ref->ckpt = es::Checkpoint::open(refPath);
+        ref->spec = std::make_shared<es::ModelSpec>(es::ModelSpec::fromCheckpoint(*ref->ckpt));
+        es::checkReference(spec, *ref, analysed);
+    }
+    const es::SessionModel sm = sessionModelOf(*ckpt, spec);
+    es::Session session;
+    std::error_code ec;
+    if (std::filesystem::exists(out, ec)) {
+        session = es::Session::open(out);
+        if (session.model().fingerprint != sm.fingerprint)
+            throw es::Error("the session belongs to another checkpoint (fingerprint " + session.model().fingerprint +
+                                ", this checkpoint " + sm.fingerprint + ")", session.path(), "/model/fingerprint");
+        if (session.model().checkpointPath != sm.checkpointPath) session.relinkCheckpoint(sm.checkpointPath);
+    } else {
+        session = es::Session::create(sm);
+    }
+
+    std::map<std::string, es::Result> results;
+    if (!statics.empty()) {
+        es::StaticOptions so;
+        so.analyses = statics;
+        so.layers = analysed;
+        so.pcaComponents = pca;
+        so.progress = [](double f, const std::string& what) {
+            std::cerr << "\rstatic analyses: " << static_cast<int>(100 * f) << "% (" << what << ")   " << std::flush;
+        };
+        results = es::staticAnalyses(*ckpt, spec, ref.get(), so);
+        std::cerr << "\n";
+    }
+    int64_t mismatches = 0;
+    if (!dynamics.empty()) {
+        std::vector<std::vector<int64_t>> prompts;
+        std::vector<es::LayerTrace> stored;
+        es::LoadOptions lo;
+        if (makesRun) {
+            if (run.empty()) run = !paragraphs.empty() ? "paragraphs" : preset;
+            if (session.hasRun(run)) throw es::Error("a run named '" + run + "' already exists", session.path(), "/runs/" + run);
+            std::vector<std::string> texts =
+                !paragraphs.empty() ? readParagraphs(paragraphs)
+                                    : std::vector<std::string>{preset == "short" ? kPresetShort : kPresetRouting};
+            auto tok = es::Tokenizer::load(path);
+            for (auto& t : texts) prompts.push_back(tok->encode(t, true).ids);
+            lo.device = device.empty() ? "cpu" : device;
+            lo.dtype = dtype.empty() ? "float32" : dtype;
+            auto model = es::Model::load(ckpt, spec, lo);
+            es::RunTrace rt = model->trace(prompts, {});
+            rt.promptTexts = texts;
+            attachTokenText(rt, *tok);
+            stored = rt.layers;
+            session.addRun(run, std::move(rt));
+        } else {
+            if (!session.hasRun(run))
+                throw es::Error("no run named '" + run + "' in the session", out, "/runs/" + run);
+            const es::RunInfo info = session.runInfo(run);
+            lo.device = device.empty() ? info.device : device;
+            lo.dtype = dtype.empty() ? info.dtype : dtype;
+            const auto tokens = session.runTokens(run);
+            const auto offsets = session.runPromptOffsets(run);
+            for (size_t p = 0; p + 1 < offsets.size(); ++p)
+                prompts.emplace_back(tokens.begin() + offsets[p], tokens.begin() + offsets[p + 1]);
+            for (int l : info.moeLayers) stored.push_back(session.runLayer(run, l));
+        }
+        es::DynamicOptions dopt;
+        dopt.analyses = dynamics;
+        dopt.layers = analysed;
+        dopt.device = lo.device;
+        dopt.dtype = lo.dtype;
+        dopt.firstTokens = firstTokens;
+        dopt.progress = [](double f, const std::string& what) {
+            std::cerr << "\rdynamic analyses: " << static_cast<int>(100 * f) << "% (" << what << ")   " << std::flush;
+        };
+        auto dyn = es::dynamicAnalyses(ckpt, spec, ref.get(), run, prompts, stored, dopt);
+        std::cerr << "\n";
+        const es::Result& check = dyn.at("routing_check/" + run);
+        mismatches = check.arrays.at("mismatches").shape[0];
+        for (auto& [id, r] : dyn) results[id] = std::move(r);
+    }
+    for (auto& [id, r] : results) session.putResult(id, std::move(r));
+    session.save(out);
+    for (auto& [id, r] : results) std::cerr << "  /analyses/" << id << "\n";
+    std::cerr << results.size() << " result(s) -> " << out << "\n";
+    if (mismatches > 0)
+        std::cerr << "warning: the recomputation routed " << mismatches << " (layer, token) pair(s) differently from run '"
+                  << run << "' (listed in /analyses/routing_check/" << run << "/mismatches)\n";
     return 0;
 }
 
@@ -407,6 +614,7 @@ int main(int argc, char** argv) {
         if (cmd == "trace") return cmdTrace(rest);
         if (cmd == "tokenize") return cmdTokenize(rest);
         if (cmd == "session") return cmdSession(rest);
+        if (cmd == "analyze") return cmdAnalyze(rest);
         throw UsageError("unknown command '" + cmd + "'");
     } catch (const UsageError& e) {
         std::cerr << "expertscope-cli: " << e.what() << "\n" << kUsage;

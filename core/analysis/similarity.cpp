@@ -33,6 +33,25 @@ float halfToFloat(uint16_t h) {
 }
 }  // namespace
 
+void toFloats(const uint8_t* src, DType dt, int64_t n, float* dst) {
+    if (dt == DType::F32) {
+        std::memcpy(dst, src, static_cast<size_t>(n) * 4);
+    } else if (dt == DType::BF16) {
+        for (int64_t i = 0; i < n; ++i) {
+            uint16_t h;
+            std::memcpy(&h, src + 2 * i, 2);
+            const uint32_t u = static_cast<uint32_t>(h) << 16;
+            std::memcpy(dst + i, &u, 4);
+        }
+    } else {
+        for (int64_t i = 0; i < n; ++i) {
+            uint16_t h;
+            std::memcpy(&h, src + 2 * i, 2);
+            dst[i] = halfToFloat(h);
+        }
+    }
+}
+
 std::vector<double> toDoubles(const TensorView& t) {
     const size_t n = static_cast<size_t>(t.numel());
     std::vector<double> out(n);

@@ -1,6 +1,9 @@
 #pragma once
 // Weight-only similarity helpers (no LibTorch, fp64 accumulation).
+#include <cstdint>
 #include <vector>
+
+#include "checkpoint/safetensors.h"
 
 namespace es {
 
@@ -10,6 +13,9 @@ struct TensorView;
 
 // The tensor's values widened to double (F32, F16 and BF16 read directly from the mapping).
 std::vector<double> toDoubles(const TensorView& t);
+
+// n elements of dtype `dt` at `src` (any alignment) widened to float.
+void toFloats(const uint8_t* src, DType dt, int64_t n, float* dst);
 
 // Cosine similarity of the rows of a [R, C] matrix: R x R, row-major, diagonal exactly 1.
 std::vector<double> rowCosine(const std::vector<double>& m, int rows, int cols);

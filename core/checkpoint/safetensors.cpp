@@ -35,6 +35,19 @@ int64_t TensorView::numel() const {
     return n;
 }
 
+namespace {
+void advise(const uint8_t* data, uint64_t nbytes, int how) {
+    if (!data || nbytes == 0) return;
+    static const uintptr_t page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
+    const uintptr_t a = reinterpret_cast<uintptr_t>(data) & ~(page - 1);
+    const uintptr_t b = (reinterpret_cast<uintptr_t>(data) + nbytes + page - 1) & ~(page - 1);
+    madvise(reinterpret_cast<void*>(a), b - a, how);  // advice only: failure changes nothing
+}
+}  // namespace
+
+void adviseWillNeed(const uint8_t* data, uint64_t nbytes) { advise(data, nbytes, MADV_WILLNEED); }
+void releasePages(const uint8_t* data, uint64_t nbytes) { advise(data, nbytes, MADV_DONTNEED); }
+
 SafetensorsFile::~SafetensorsFile() {
     if (base_ && size_) munmap(const_cast<uint8_t*>(base_), size_);
 }

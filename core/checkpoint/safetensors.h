@@ -25,6 +25,12 @@ struct TensorView {
     int64_t numel() const;
 };
 
+// Page advice for a byte range inside a mapping (rounded out to whole pages): `willNeed` starts
+// read-ahead; `release` drops the range's pages from this process (they stay in the page cache
+// and fault back in when touched again), so streaming a model keeps the resident set small.
+void adviseWillNeed(const uint8_t* data, uint64_t nbytes);
+void releasePages(const uint8_t* data, uint64_t nbytes);
+
 class SafetensorsFile {
 public:
     static std::shared_ptr<SafetensorsFile> open(const std::string& path);

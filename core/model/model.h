@@ -48,9 +48,12 @@ public:
     // Prompts run one by one (no padding), layer by layer: all prompts pass layer l before layer l+1.
     RunTrace trace(const std::vector<std::vector<int64_t>>& prompts, const TraceOptions& opt);
 
+    // The implementation, for core's own device-side code (analysis/dynamic.cpp); opaque here.
+    struct Impl;
+    Impl& impl() { return *d_; }
+
 private:
     Model();
-    struct Impl;
     std::unique_ptr<Impl> d_;
 };
 

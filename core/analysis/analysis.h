@@ -1,0 +1,92 @@
+#pragma once
+// The analyses of docs/analyses.md: functions from a checkpoint's weights (static) or from a
+// run's tokens (dynamic) to results (plain arrays + parameters), keyed by their result id under
+// /analyses in the session. No LibTorch types here: the implementations (static.cpp,
+// dynamic.cpp) are the only files that see it.
+#include <atomic>
+#include <functional>
+#include <map>
+#include <memory>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "session/session.h"
+
+namespace es {
+
+class Checkpoint;
+struct ModelSpec;
+
+using Progress = std::function<void(double fraction, const std::string& what)>;
+
+// A dense model whose FFN becomes the row "F".
+struct Reference {
+    std::shared_ptr<Checkpoint> ckpt;
+    std::shared_ptr<ModelSpec> spec;
+};
+
+struct StaticOptions {
+    std::set<std::string> analyses;  // S1 .. S7
+    std::vector<int> layers;         // MoE layers to analyse (checked with analysisLayers)
+    int pcaComponents = 2;           // S6, S7: 2 or 3
+    int maxExactNeurons = 4096;      // S3: exact assignment up to this width, auction above
+    Progress progress;
+    const std::atomic<bool>* cancel = nullptr;
+};
+
+struct DynamicOptions {
+    std::set<std::string> analyses;  // D1 D2 D3 D4 load
+    std::vector<int> layers;
+    std::string device = "cpu", dtype = "float32";
+    int64_t firstTokens = 16;  // D1 per-token matrices and D3 activations for the first N tokens
+    Progress progress;
+    const std::atomic<bool>* cancel = nullptr;
+};
+
+// The names accepted by --static / --dynamic; "default" and "all" expanded. Unknown names are
+// an error naming them.
+std::set<std::string> parseStaticList(const std::string& list);
+std::set<std::string> parseDynamicList(const std::string& list);
+
+// The MoE layers to analyse: all of them when `requested` is empty; an index that does not
+// exist or is a dense layer is an error.
+std::vector<int> analysisLayers(const ModelSpec& spec, const std::vector<int>& requested, const std::string& file);
+
+// A reference model must have the MoE model's hidden size and layer count, and a dense FFN at
+// every analysed layer.
+void checkReference(const ModelSpec& spec, const Reference& ref, const std::vector<int>& layers);
+
+// Static analyses (S1-S7 and the weight-based layer diversity), streamed one layer at a time
+// from the memory mapping.
+std::map<std::string, Result> staticAnalyses(const Checkpoint& ckpt, const ModelSpec& spec, const Reference* ref,
+                                             const StaticOptions& opt);
+
+// Dynamic analyses (D1-D4, expert load, output-based layer diversity, the routing check) of a
+// run: recomputes the forward pass on the run's prompts with every expert evaluated. `stored`
+// (one entry per MoE layer of the run, may be empty) is the run's trace to check routing against.
+std::map<std::string, Result> dynamicAnalyses(const std::shared_ptr<Checkpoint>& ckpt, const ModelSpec& spec,
+                                              const Reference* ref, const std::string& runName,
+                                              const std::vector<std::vector<int64_t>>& prompts,
+                                              const std::vector<LayerTrace>& stored, const DynamicOptions& opt);
+
+// 1 - the mean off-diagonal entry of the leading `routed` x `routed` block of a rows x rows
+// similarity matrix.
+double layerDiversity(const std::vector<double>& m, int rows, int routed);
+
+// Ordinary least squares of y on x: r, slope, intercept (NaN where undefined), as
+// scipy.stats.linregress.
+struct LinearFit {
+    double r, slope, intercept;
+};
+LinearFit linearFit(const std::vector<double>& x, const std::vector<double>& y);
+
+// x rounded to `digits` decimals as Python's round() does (the exact binary value, ties to even).
+double roundDecimals(double x, int digits);
+
+// Row labels: "0".."E-1", then "SE" and "F" where present.
+std::vector<std::string> expertLabels(int64_t routed, bool shared, bool reference);
+
+std::string toolVersion();
+
+}  // namespace es

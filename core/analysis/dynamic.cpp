@@ -1,0 +1,398 @@
+// Dynamic analyses (D1-D4, expert load, the routing check): the run's prompts go through the
+// engine's own forward pass (model_impl.h) once more, and at each analysed MoE layer every
+// expert (and the shared expert, and the reference model's FFN from its own forward pass in
+// lockstep) is evaluated on the block's true input. Cosines, norms, ranks and Kendall's tau are
+// reduced on the device; the expert outputs are never copied or stored.
+#include <torch/torch.h>
+
+#include <cmath>
+#include <nlohmann/json.hpp>
+
+#include "analysis/analysis.h"
+#include "error.h"
+#include "model/model_impl.h"
+#include "model/spec.h"
+
+namespace es {
+
+namespace {
+
+constexpr int64_t kTokenChunk = 256;  // tokens reduced at once (bounds the [R, T, d] outputs)
+
+// Everything accumulated for one MoE layer, on the device until the layer is done.
+struct LayerAcc {
+    Tensor cosSum, angSum;  // [R, R] float64
+    int64_t tokens = 0;
+    std::vector<Tensor> perToken;  // [n, R, R] chunks of the first N tokens
+    Tensor rankCounts;             // [E*E] int64
+    double tauSum = 0;
+    int64_t tauCount = 0;
+    std::vector<Tensor> gateExperts, gateShared, gateRef;  // D3 chunks of the first N tokens
+    std::vector<Tensor> mapParts;                          // D4: [T_p, E] float
+    Tensor loadCounts;                                     // [E] int64
+    int64_t adjacentPairs = 0, adjacentShared = 0;
+    std::vector<int64_t> mismatches;  // token indices where the routing differs from the stored trace
+};
+
+std::vector<double> toDoubleVec(const Tensor& t) {
+    Tensor c = t.to(torch::kCPU).to(torch::kDouble).contiguous();
+    return {c.data_ptr<double>(), c.data_ptr<double>() + c.numel()};
+}
+
+// Ranks (0 = smallest) along the last dimension by a stable ascending sort.
+Tensor ranksOf(const Tensor& v) {
+    Tensor order = std::get<1>(v.sort(/*stable=*/true, -1, false));
+    Tensor ranks = torch::empty_like(order);
+    ranks.scatter_(-1, order, torch::arange(v.size(-1), order.options()).expand_as(order).contiguous());
+    return ranks;
+}
+
+// Kendall's tau-b between the rows of a and b ([T, E]), per row; NaN where a row is constant.
+Tensor kendallTauB(const Tensor& a, const Tensor& b) {
+    Tensor sa = (a.unsqueeze(2) - a.unsqueeze(1)).sign();  // [T, E, E]
+    Tensor sb = (b.unsqueeze(2) - b.unsqueeze(1)).sign();
+    const double n0 = static_cast<double>(a.size(1)) * static_cast<double>(a.size(1) - 1);  // ordered pairs
+    Tensor s = (sa * sb).sum({1, 2}).to(torch::kDouble);
+    Tensor tiesA = (sa == 0).sum({1, 2}).to(torch::kDouble) - static_cast<double>(a.size(1));  // minus the diagonal
+    Tensor tiesB = (sb == 0).sum({1, 2}).to(torch::kDouble) - static_cast<double>(a.size(1));
+    return s / torch::sqrt((n0 - tiesA) * (n0 - tiesB));
+}
+
+}  // namespace
+
+std::map<std::string, Result> dynamicAnalyses(const std::shared_ptr<Checkpoint>& ckpt, const ModelSpec& spec,
+                                              const Reference* ref, const std::string& runName,
+                                              const std::vector<std::vector<int64_t>>& prompts,
+                                              const std::vector<LayerTrace>& stored, const DynamicOptions& opt) {
+    const std::vector<int> layers = analysisLayers(spec, opt.layers, ckpt->path());
+    if (ref) {
+        checkReference(spec, *ref, layers);
+        for (auto& p : prompts)
+            for (auto id : p)
+                if (id >= ref->spec->vocab)
+                    throw Error("token id " + std::to_string(id) + " is outside the reference model's vocabulary (" +
+                                    std::to_string(ref->spec->vocab) + ")", ref->ckpt->path(), "vocab_size");
+    }
+    auto want = [&](const char* a) { return opt.analyses.count(a) > 0; };
+    const bool d1 = want("D1"), d2 = want("D2"), d3 = want("D3"), d4 = want("D4"), load = want("load");
+    const bool needOutputs = d1 || d2;
+    if (prompts.empty()) throw Error("the run has no prompts", "", "run");
+
+    LoadOptions lo;
+    lo.device = opt.device;
+    lo.dtype = opt.dtype;
+    auto model = Model::load(ckpt, spec, lo);
+    std::unique_ptr<Model> refModel;
+    if (ref && (d1 || d3)) refModel = Model::load(ref->ckpt, *ref->spec, lo);
+    Model::Impl& M = model->impl();
+    Model::Impl* R = refModel ? &refModel->impl() : nullptr;
+
+    torch::InferenceMode guard;
+    const int64_t E = spec.numExperts, K = spec.topK;
+    const bool hasSE = spec.hasSharedExpert(), hasF = R != nullptr;
+    const int64_t Rn = E + (hasSE ? 1 : 0) + (hasF ? 1 : 0);
+    const std::vector<std::string> labels = expertLabels(E, hasSE, hasF);
+    const int64_t N = std::max<int64_t>(0, opt.firstTokens);
+    const auto dev = M.device;
+    const auto f64 = torch::TensorOptions().dtype(torch::kDouble).device(dev);
+    const auto i64 = torch::TensorOptions().dtype(torch::kLong).device(dev);
+
+    std::vector<int64_t> offsets{0};
+    for (auto& p : prompts) offsets.push_back(offsets.back() + static_cast<int64_t>(p.size()));
+    const int64_t T = offsets.back();
+    std::map<int, const LayerTrace*> storedByLayer;
+    for (auto& lt : stored) storedByLayer[lt.layer] = &lt;
+
+    Model::Impl::State st = M.start(prompts);
+    Model::Impl::State rst;
+    if (R) rst = R->start(prompts);
+    std::map<int, LayerAcc> accs;
+    const int last = layers.back();
+    for (int l = 0; l <= last; ++l) {
+        if (opt.cancel && opt.cancel->load()) throw Error("cancelled", "", "analysis");
+        if (opt.progress) opt.progress(static_cast<double>(l) / (last + 1), "layer " + std::to_string(l));
+        const bool analysed = std::find(layers.begin(), layers.end(), l) != layers.end();
+        // the reference first: its FFN output and gate activation at this layer, per prompt
+        std::vector<Tensor> refOut(prompts.size()), refGate(prompts.size());
+        if (R) {
+            R->loadLayer(l);
+            const LayerWeights& rw = R->layers[l];
+            R->step(l, rst, false, [&](size_t p, const Tensor& x, const MoeOut*) {
+                if (!analysed) return;
+                if (d1) refOut[p] = swiglu(x, rw.mlp);
+                if (d3) {
+                    const int64_t n = std::clamp<int64_t>(N - offsets[p], 0, x.size(0));
+                    if (n > 0) refGate[p] = gateActivation(x.narrow(0, 0, n), rw.mlp).to(torch::kFloat);
+                }
+            });
+            if (R->streamed) R->releaseLayer(l);
+        }
+        M.loadLayer(l);
+        const LayerWeights& w = M.layers[l];
+        LayerAcc* acc = nullptr;
+        if (analysed) {
+            acc = &accs[l];
+            acc->cosSum = torch::zeros({Rn, Rn}, f64);
+            acc->angSum = torch::zeros({Rn, Rn}, f64);
+            acc->rankCounts = torch::zeros({E * E}, i64);
+            acc->loadCounts = torch::zeros({E}, i64);
+        }
+        M.step(l, st, false, [&](size_t p, const Tensor& x, const MoeOut* m) {
+            if (!analysed || !m) return;
+            const int64_t Tp = x.size(0), base = offsets[p];
+            // routing: load, consecutive tokens, the map, the check against the stored trace
+            Tensor ids = m->ids;  // [Tp, K]
+            acc->loadCounts += torch::bincount(ids.reshape(-1), {}, E).to(torch::kLong);
+            if (Tp > 1) {
+                Tensor share = (ids.narrow(0, 1, Tp - 1).unsqueeze(2) == ids.narrow(0, 0, Tp - 1).unsqueeze(1)).any(2).any(1);
+                acc->adjacentPairs += Tp - 1;
+                acc->adjacentShared += share.sum().item<int64_t>();
+            }
+            if (d4) {
+                Tensor map = torch::zeros({Tp, E}, torch::TensorOptions().dtype(torch::kFloat).device(dev));
+                map.scatter_(1, ids, m->weights.to(torch::kFloat));
+                acc->mapParts.push_back(map.to(torch::kCPU));
+            }
+            if (auto it = storedByLayer.find(l); it != storedByLayer.end()) {
+                const LayerTrace& s = *it->second;
+                if (static_cast<int64_t>(s.topkExperts.size()) != T * K)
+                    throw Error("the stored trace of layer " + std::to_string(l) + " does not match the run's tokens", "",
+                                "/runs/" + runName);
+                Tensor want = torch::from_blob(const_cast<int32_t*>(s.topkExperts.data()) + base * K, {Tp, K}, torch::kInt)
+                                  .to(torch::kLong);
+                Tensor got = std::get<0>(ids.to(torch::kCPU).to(torch::kLong).sort(-1));
+                Tensor diff = (std::get<0>(want.sort(-1)) != got).any(1).nonzero().reshape(-1);
+                for (int64_t i = 0; i < diff.numel(); ++i) acc->mismatches.push_back(base + diff[i].item<int64_t>());
+            }
+            // D3: gate activations of the first N tokens
+            const int64_t nFirst = std::clamp<int64_t>(N - base, 0, Tp);
+            if (d3 && nFirst > 0) {
+                Tensor xf = x.narrow(0, 0, nFirst);
+                std::vector<Tensor> ge;
+                for (int64_t e = 0; e < E; ++e) ge.push_back(gateActivation(xf, w.experts[e]).to(torch::kFloat));
+                acc->gateExperts.push_back(torch::stack(ge, 1).to(torch::kCPU));  // [n, E, F]
+                if (hasSE) acc->gateShared.push_back(gateActivation(xf, w.shared).to(torch::kFloat).to(torch::kCPU));
+                if (hasF) acc->gateRef.push_back(refGate[p].to(torch::kCPU));
+            }
+            if (!needOutputs) return;
+            Tensor scores = spec.router.scoring == RouterRule::Scoring::Sigmoid ? m->logits.to(torch::kFloat).sigmoid()
+                                                                                 : m->logits.to(torch::kFloat).softmax(-1);
+            for (int64_t c0 = 0; c0 < Tp; c0 += kTokenChunk) {
+                const int64_t n = std::min(kTokenChunk, Tp - c0);
+                Tensor xc = x.narrow(0, c0, n);
+                std::vector<Tensor> outs;
+                for (int64_t e = 0; e < E; ++e) outs.push_back(swiglu(xc, w.experts[e]).to(torch::kFloat));
+                if (hasSE) outs.push_back(swiglu(xc, w.shared).to(torch::kFloat));
+                if (hasF && d1) outs.push_back(refOut[p].narrow(0, c0, n).to(torch::kFloat));
+                Tensor O = torch::stack(outs, 1);  // [n, R, d]
+                Tensor norms = O.norm(2, -1);      // [n, R]
+                if (d1) {
+                    Tensor U = O / norms.clamp_min(1e-30).unsqueeze(-1);
+                    Tensor Cm = torch::bmm(U, U.transpose(1, 2)).clamp(-1.0, 1.0);  // [n, R, R]
+                    Tensor eye = torch::eye(Rn, Cm.options()).to(torch::kBool);
+                    Cm = Cm.masked_fill(eye, 1.0);
+                    Tensor Cd = Cm.to(torch::kDouble);
+                    acc->cosSum += Cd.sum(0);
+                    acc->angSum += (1.0 - torch::acos(Cd) / M_PI).sum(0);
+                    const int64_t keep = std::clamp<int64_t>(N - (base + c0), 0, n);
+                    if (keep > 0) acc->perToken.push_back(Cm.narrow(0, 0, keep).to(torch::kCPU));
+                }
+                if (d2) {
+                    Tensor nr = norms.narrow(1, 0, E);
+                    Tensor sc = scores.narrow(0, c0, n);
+                    Tensor idx = ranksOf(sc) * E + ranksOf(nr);
+                    acc->rankCounts += torch::bincount(idx.reshape(-1), {}, E * E).to(torch::kLong);
+                    Tensor tau = kendallTauB(nr.to(torch::kDouble), sc.to(torch::kDouble));
+                    Tensor ok = tau.isfinite();
+                    acc->tauSum += tau.masked_select(ok).sum().item<double>();
+                    acc->tauCount += ok.sum().item<int64_t>();
+                }
+                acc->tokens += n;
+            }
+        });
+        if (M.streamed) M.releaseLayer(l);
+    }
+    if (opt.progress) opt.progress(1.0, "done");
+
+    // ---- results ----
+    nlohmann::json provenance = {{"checkpoint", ckpt->path()}, {"fingerprint", ckpt->fingerprint()}, {"run", runName},
+                                 {"device", model->device()}, {"dtype", model->dtype()}, {"tool", toolVersion()}};
+    if (ref) {
+        provenance["reference"] = ref->ckpt->path();
+        provenance["reference_fingerprint"] = ref->ckpt->fingerprint();
+    }
+    int64_t mismatchCount = 0;
+    for (auto& [l, a] : accs) mismatchCount += static_cast<int64_t>(a.mismatches.size());
+    provenance["routing_mismatches"] = mismatchCount;
+    nlohmann::json params = {{"layers", layers}, {"run", runName}, {"first_tokens", N},
+                             {"reference", ref ? nlohmann::json(ref->ckpt->path()) : nlohmann::json()}};
+    const AttrValue layerAttr = AttrValue::i32s(layers);
+    const AttrValue labelAttr = AttrValue::text(labels), routedLabels = AttrValue::text(expertLabels(E, false, false));
+    const int64_t nl = static_cast<int64_t>(layers.size());
+    const int64_t nKeep = std::min(N, T);
+    std::vector<int64_t> tokenIndex(static_cast<size_t>(nKeep));
+    for (int64_t i = 0; i < nKeep; ++i) tokenIndex[i] = i;
+
+    std::map<std::string, Result> out;
+    auto finish = [&](const std::string& id, const char* kind, Result& r, nlohmann::json p) {
+        r.kind = kind;
+        r.paramsJson = p.dump();
+        r.provenanceJson = provenance.dump();
+        r.created = isoTimeNow();
+        out[id] = std::move(r);
+    };
+    const std::string run = "/" + runName;
+    if (d1) {
+        Result r, div;
+        std::vector<double> divCos, divAng;
+        for (int l : layers) {
+            LayerAcc& a = accs[l];
+            const std::string lp = "layers/" + std::to_string(l) + "/";
+            auto cosv = toDoubleVec(a.cosSum / static_cast<double>(std::max<int64_t>(1, a.tokens)));
+            auto angv = toDoubleVec(a.angSum / static_cast<double>(std::max<int64_t>(1, a.tokens)));
+            r.arrays[lp + "cosine"] = Array::f32d({Rn, Rn}, cosv).with("labels", labelAttr);
+            r.arrays[lp + "angular"] = Array::f32d({Rn, Rn}, angv).with("labels", labelAttr);
+            Tensor pt = a.perToken.empty() ? torch::zeros({0, Rn, Rn}) : torch::cat(a.perToken, 0).contiguous();
+            r.arrays[lp + "per_token_cosine"] = Array::f32d({pt.size(0), Rn, Rn}, toDoubleVec(pt))
+                                                    .with("labels", labelAttr)
+                                                    .with("token_index", AttrValue::i64s(tokenIndex));
+            divCos.push_back(layerDiversity(cosv, static_cast<int>(Rn), static_cast<int>(E)));
+            divAng.push_back(layerDiversity(angv, static_cast<int>(Rn), static_cast<int>(E)));
+        }
+        finish("output_similarity" + run, "D1", r, params);
+        div.arrays["cosine"] = Array::f32d({nl}, divCos).with("layers", layerAttr);
+        div.arrays["angular"] = Array::f32d({nl}, divAng).with("layers", layerAttr);
+        finish("layer_diversity/outputs" + run, "diversity", div, params);
+    }
+    if (d2) {
+        Result r;
+        Tensor total = torch::zeros({E, E}, torch::kLong);
+        std::vector<double> top1, diag, tau;
+        double tauAllSum = 0;
+        int64_t tauAllCount = 0, tokensAll = 0;
+        for (int l : layers) {
+            LayerAcc& a = accs[l];
+            Tensor c = a.rankCounts.to(torch::kCPU).reshape({E, E}).contiguous();
+            total += c;
+            std::vector<int64_t> cv(c.data_ptr<int64_t>(), c.data_ptr<int64_t>() + E * E);
+            r.arrays["layers/" + std::to_string(l) + "/rank_counts"] = Array::i64({E, E}, cv);
+            const double tk = static_cast<double>(std::max<int64_t>(1, a.tokens));
+            top1.push_back(static_cast<double>(cv[(E - 1) * E + (E - 1)]) / tk);
+            diag.push_back(c.diagonal().sum().item<double>() / (static_cast<double>(E) * tk));
+            tau.push_back(a.tauCount ? a.tauSum / static_cast<double>(a.tauCount) : std::nan(""));
+            tauAllSum += a.tauSum;
+            tauAllCount += a.tauCount;
+            tokensAll += a.tokens;
+        }
+        total = total.contiguous();
+        std::vector<int64_t> tv(total.data_ptr<int64_t>(), total.data_ptr<int64_t>() + E * E);
+        r.arrays["all/rank_counts"] = Array::i64({E, E}, tv);
+        const double ta = static_cast<double>(std::max<int64_t>(1, tokensAll));
+        r.arrays["top1_is_max_norm"] = Array::f32d({nl}, top1)
+                                           .with("layers", layerAttr)
+                                           .with("chance", AttrValue::number(1.0 / static_cast<double>(E)))
+                                           .with("all_layers", AttrValue::number(static_cast<double>(tv[(E - 1) * E + (E - 1)]) / ta));
+        r.arrays["diagonal_mass"] = Array::f32d({nl}, diag)
+                                        .with("layers", layerAttr)
+                                        .with("chance", AttrValue::number(1.0 / static_cast<double>(E)))
+                                        .with("all_layers", AttrValue::number(total.diagonal().sum().item<double>() /
+                                                                             (static_cast<double>(E) * ta)));
+        r.arrays["kendall_tau"] = Array::f32d({nl}, tau)
+                                      .with("layers", layerAttr)
+                                      .with("chance", AttrValue::number(0.0))
+                                      .with("all_layers", AttrValue::number(tauAllCount ? tauAllSum / static_cast<double>(tauAllCount)
+                                                                                       : std::nan("")));
+        nlohmann::json p = params;
+        p["scores"] = spec.router.scoring == RouterRule::Scoring::Sigmoid ? "sigmoid of the router logits"
+                                                                          : "softmax of the router logits over all experts";
+        finish("norm_score_ranks" + run, "D2", r, p);
+    }
+    if (d3) {
+        Result r;
+        for (int l : layers) {
+            LayerAcc& a = accs[l];
+            const std::string lp = "layers/" + std::to_string(l) + "/";
+            Tensor ge = torch::cat(a.gateExperts, 0).contiguous();
+            r.arrays[lp + "experts"] = Array::f32d({ge.size(0), E, ge.size(2)}, toDoubleVec(ge))
+                                           .with("labels", routedLabels)
+                                           .with("token_index", AttrValue::i64s(tokenIndex));
+            if (hasSE) {
+                Tensor gs = torch::cat(a.gateShared, 0).contiguous();
+                r.arrays[lp + "shared"] = Array::f32d({gs.size(0), gs.size(1)}, toDoubleVec(gs))
+                                              .with("token_index", AttrValue::i64s(tokenIndex));
+            }
+            if (hasF) {
+                Tensor gf = torch::cat(a.gateRef, 0).contiguous();
+                r.arrays[lp + "reference"] = Array::f32d({gf.size(0), gf.size(1)}, toDoubleVec(gf))
+                                                 .with("token_index", AttrValue::i64s(tokenIndex));
+            }
+        }
+        nlohmann::json p = params;
+        p["activation"] = spec.activation;
+        finish("gate_activations" + run, "D3", r, p);
+    }
+    if (d4) {
+        Result r;
+        for (int l : layers) {
+            Tensor map = torch::cat(accs[l].mapParts, 0).t().contiguous();  // [E, T]
+            r.arrays["layers/" + std::to_string(l) + "/weights"] =
+                Array::f32d({E, T}, toDoubleVec(map)).with("labels", routedLabels);
+        }
+        finish("routing_map" + run, "D4", r, params);
+    }
+    if (load) {
+        Result r;
+        std::vector<int64_t> counts;
+        std::vector<double> fractions, entropy, cv, consecutive;
+        for (int l : layers) {
+            LayerAcc& a = accs[l];
+            Tensor c = a.loadCounts.to(torch::kCPU).contiguous();
+            std::vector<int64_t> cl(c.data_ptr<int64_t>(), c.data_ptr<int64_t>() + E);
+            double sum = 0, h = 0, mean = 0, var = 0;
+            for (auto x : cl) sum += static_cast<double>(x);
+            for (auto x : cl) {
+                const double f = sum > 0 ? static_cast<double>(x) / sum : 0.0;
+                fractions.push_back(f);
+                if (f > 0) h -= f * std::log2(f);
+            }
+            mean = sum / static_cast<double>(E);
+            for (auto x : cl) var += (static_cast<double>(x) - mean) * (static_cast<double>(x) - mean);
+            var /= static_cast<double>(E);
+            counts.insert(counts.end(), cl.begin(), cl.end());
+            entropy.push_back(h);
+            cv.push_back(mean > 0 ? std::sqrt(var) / mean : std::nan(""));
+            consecutive.push_back(a.adjacentPairs ? static_cast<double>(a.adjacentShared) / static_cast<double>(a.adjacentPairs)
+                                                  : std::nan(""));
+        }
+        // P(two independent uniform top-k sets share an expert) = 1 - C(E-k, k) / C(E, k)
+        double disjoint = 1.0;
+        for (int64_t i = 0; i < K; ++i) disjoint *= static_cast<double>(E - K - i) / static_cast<double>(E - i);
+        r.arrays["counts"] = Array::i64({nl, E}, counts).with("layers", layerAttr).with("labels", routedLabels);
+        r.arrays["fractions"] = Array::f32d({nl, E}, fractions).with("layers", layerAttr).with("labels", routedLabels);
+        r.arrays["entropy"] = Array::f32d({nl}, entropy)
+                                  .with("layers", layerAttr)
+                                  .with("max", AttrValue::number(std::log2(static_cast<double>(E))));
+        r.arrays["cv"] = Array::f32d({nl}, cv).with("layers", layerAttr);
+        r.arrays["consecutive_share"] = Array::f32d({nl}, consecutive)
+                                            .with("layers", layerAttr)
+                                            .with("chance", AttrValue::number(1.0 - std::max(0.0, disjoint)));
+        finish("expert_load" + run, "load", r, params);
+    }
+    {
+        Result r;
+        std::vector<int64_t> mm;
+        for (auto& [l, a] : accs)
+            for (auto t : a.mismatches) {
+                mm.push_back(l);
+                mm.push_back(t);
+            }
+        r.arrays["mismatches"] = Array::i64({static_cast<int64_t>(mm.size() / 2), 2}, mm)
+                                     .with("columns", AttrValue::text({"layer", "token"}));
+        nlohmann::json p = params;
+        p["compared_with_stored_trace"] = !stored.empty();
+        finish("routing_check" + run, "routing_check", r, p);
+    }
+    return out;
+}
+
+}  // namespace es

@@ -1,0 +1,557 @@
+// Static analyses (S1-S7): weights only, one layer at a time from the memory mapping. Blocks of
+// whole rows are widened to fp32 in a small buffer, block products are accumulated in fp64, and
+// a layer's mapped pages are released when the layer is done.
+#include <ATen/Parallel.h>
+#include <torch/torch.h>
+
+#include <cmath>
+#include <nlohmann/json.hpp>
+
+#include "analysis/analysis.h"
+#include "analysis/lap.h"
+#include "analysis/similarity.h"
+#include "checkpoint/checkpoint.h"
+#include "error.h"
+#include "model/spec.h"
+
+namespace es {
+
+namespace {
+
+using torch::Tensor;
+const char* const kMats[3] = {"gate", "up", "down"};
+
+// One expert matrix: a contiguous [rows, cols] slice of a tensor in the mapping.
+struct Mat {
+    const TensorView* t = nullptr;
+    int64_t offset = 0;  // elements
+    int64_t rows = 0, cols = 0;
+    bool neuronRows = true;  // gate/up: a neuron is a row; down: a column
+    const uint8_t* data() const { return t->data + offset * static_cast<int64_t>(dtypeSize(t->dtype)); }
+    int64_t numel() const { return rows * cols; }
+    int64_t neurons() const { return neuronRows ? rows : cols; }
+    bool sameShape(const Mat& o) const { return rows == o.rows && cols == o.cols; }
+};
+
+// The matrices of one MoE layer: routed experts, the shared expert, the reference FFN.
+struct LayerMats {
+    std::vector<Mat> routed[3];
+    std::vector<Mat> extra[3];  // SE then F, where present
+    std::vector<std::string> extraLabels;
+    std::vector<const TensorView*> tensors;  // everything read, to release afterwards
+
+    void releaseAll() const {
+        for (auto* t : tensors) releasePages(t->data, t->nbytes);
+    }
+};
+
+Mat whole(const TensorView& t, bool neuronRows) { return {&t, 0, t.shape[0], t.shape[1], neuronRows}; }
+
+LayerMats layerMats(const Checkpoint& ck, const ModelSpec& s, const Reference* ref, int l) {
+    LayerMats L;
+    const int64_t E = s.numExperts, F = s.expertFfn, d = s.hidden;
+    auto use = [&](const Checkpoint& c, const std::string& name) -> const TensorView& {
+        const TensorView& t = c.get(name);
+        if (std::find(L.tensors.begin(), L.tensors.end(), &t) == L.tensors.end()) L.tensors.push_back(&t);
+        return t;
+    };
+    if (s.layout == ExpertLayout::PerExpert) {
+        for (int e = 0; e < E; ++e) {
+            L.routed[0].push_back(whole(use(ck, s.expertName(l, e, s.expertGate)), true));
+            L.routed[1].push_back(whole(use(ck, s.expertName(l, e, s.expertUp)), true));
+            L.routed[2].push_back(whole(use(ck, s.expertName(l, e, s.expertDown)), false));
+        }
+    } else {
+        const TensorView& gu = use(ck, s.packedGateUpName(l));
+        const TensorView& dn = use(ck, s.packedDownName(l));
+        for (int64_t e = 0; e < E; ++e) {
+            L.routed[0].push_back({&gu, e * 2 * F * d, F, d, true});
+            L.routed[1].push_back({&gu, e * 2 * F * d + F * d, F, d, true});
+            L.routed[2].push_back({&dn, e * d * F, d, F, false});
+        }
+    }
+    if (s.hasSharedExpert()) {
+        L.extra[0].push_back(whole(use(ck, s.sharedName(l, "gate_proj")), true));
+        L.extra[1].push_back(whole(use(ck, s.sharedName(l, "up_proj")), true));
+        L.extra[2].push_back(whole(use(ck, s.sharedName(l, "down_proj")), false));
+        L.extraLabels.push_back("SE");
+    }
+    if (ref) {
+        const std::string p = ref->spec->layerPrefix(l) + "mlp.";
+        L.extra[0].push_back(whole(use(*ref->ckpt, p + "gate_proj.weight"), true));
+        L.extra[1].push_back(whole(use(*ref->ckpt, p + "up_proj.weight"), true));
+        L.extra[2].push_back(whole(use(*ref->ckpt, p + "down_proj.weight"), false));
+        L.extraLabels.push_back("F");
+    }
+    for (auto* t : L.tensors) adviseWillNeed(t->data, t->nbytes);
+    return L;
+}
+
+// One pass over same-shaped matrices: the Gram matrix of their flattened values (S1), the Gram
+// matrix after standardising every position across the matrices (S6), and each matrix's sum
+// of neuron vectors (S2).
+struct PassResult {
+    std::vector<double> gram, gramZ;   // n x n
+    std::vector<std::vector<double>> neuronSum;  // n x d
+};
+
+PassResult blockPass(const std::vector<Mat>& ms, bool gram, bool standardized) {
+    const int64_t n = static_cast<int64_t>(ms.size());
+    const int64_t rows = ms[0].rows, cols = ms[0].cols;
+    const bool neuronRows = ms[0].neuronRows;
+    const int64_t rb = std::max<int64_t>(1, (int64_t{1} << 15) / cols);  // whole rows, about 32K values
+    const int64_t nBlocks = (rows + rb - 1) / rb;
+    const int threads = std::max(1, at::get_num_threads());
+    const auto f64 = torch::TensorOptions().dtype(torch::kDouble);
+    std::vector<Tensor> G(threads), Gz(threads), colSum(threads);
+    // down: a neuron is a column, so its neuron sum is a row sum; blocks own disjoint rows
+    Tensor rowSum = torch::zeros({n, rows}, f64);
+    at::parallel_for(0, nBlocks, 1, [&](int64_t b0, int64_t b1) {
+        const int tid = at::get_thread_num();
+        if (!G[tid].defined()) {
+            G[tid] = torch::zeros({n, n}, f64);
+            Gz[tid] = torch::zeros({n, n}, f64);
+            colSum[tid] = torch::zeros({n, cols}, f64);
+        }
+        Tensor X = torch::empty({n, rb * cols}, torch::kFloat);
+        for (int64_t b = b0; b < b1; ++b) {
+            const int64_t r0 = b * rb, nr = std::min(rb, rows - r0), cnt = nr * cols;
+            for (int64_t i = 0; i < n; ++i) {
+                const size_t es = dtypeSize(ms[i].t->dtype);
+                toFloats(ms[i].data() + r0 * cols * static_cast<int64_t>(es), ms[i].t->dtype, cnt,
+                         X.data_ptr<float>() + i * rb * cols);
+            }
+            Tensor Xb = X.narrow(1, 0, cnt);
+            if (gram) G[tid] += torch::mm(Xb, Xb.t()).to(torch::kDouble);
+            if (standardized && n > 1) {
+                Tensor Xc = Xb - Xb.mean(0, true);
+                Tensor var = Xc.pow(2).sum(0) / static_cast<double>(n - 1);
+                Tensor constant = (Xb.amax(0) == Xb.amin(0)).logical_or(var <= 0);
+                Tensor inv = torch::where(constant, torch::zeros_like(var), var.rsqrt());
+                Tensor Z = Xc * inv;
+                Gz[tid] += torch::mm(Z, Z.t()).to(torch::kDouble);
+            }
+            Tensor X3 = Xb.reshape({n, nr, cols});
+            if (neuronRows) colSum[tid] += X3.sum(1).to(torch::kDouble);
+            else rowSum.narrow(1, r0, nr).copy_(X3.sum(2).to(torch::kDouble));
+        }
+    });
+    Tensor g = torch::zeros({n, n}, f64), gz = torch::zeros({n, n}, f64), cs = torch::zeros({n, cols}, f64);
+    for (int t = 0; t < threads; ++t)
+        if (G[t].defined()) {
+            g += G[t];
+            gz += Gz[t];
+            cs += colSum[t];
+        }
+    PassResult r;
+    r.gram.assign(g.data_ptr<double>(), g.data_ptr<double>() + n * n);
+    r.gramZ.assign(gz.data_ptr<double>(), gz.data_ptr<double>() + n * n);
+    Tensor sums = neuronRows ? cs : rowSum;
+    for (int64_t i = 0; i < n; ++i) {
+        Tensor row = sums[i].contiguous();
+        r.neuronSum.emplace_back(row.data_ptr<double>(), row.data_ptr<double>() + row.numel());
+    }
+    return r;
+}
+
+std::vector<double> cosineFromGram(const std::vector<double>& g, int n) {
+    std::vector<double> out(static_cast<size_t>(n) * n);
+    for (int a = 0; a < n; ++a)
+        for (int b = 0; b < n; ++b) {
+            const double den = std::sqrt(g[a * n + a] * g[b * n + b]);
+            out[a * n + b] = a == b ? 1.0 : den > 0 ? std::clamp(g[a * n + b] / den, -1.0, 1.0) : 0.0;
+        }
+    return out;
+}
+
+// Fixes the arbitrary sign of a principal component: its entry of largest magnitude is positive.
+void fixSign(Tensor col) {
+    if (col.numel() == 0) return;
+    const int64_t i = col.abs().argmax().item<int64_t>();
+    if (col[i].item<double>() < 0) col.neg_();
+}
+
+struct Pca {
+    std::vector<double> proj;       // rows x C
+    std::vector<double> explained;  // C
+};
+
+// PCA of samples given the Gram matrix of their (standardised) vectors: centred, then the
+// eigendecomposition; projections U * S.
+Pca pcaFromGram(const std::vector<double>& gIn, int n, int C) {
+    Tensor g = torch::from_blob(const_cast<double*>(gIn.data()), {n, n}, torch::kDouble).clone();
+    g = g - g.mean(0, true) - g.mean(1, true) + g.mean();
+    g = (g + g.t()) / 2;
+    auto [evals, evecs] = torch::linalg_eigh(g);
+    const double total = evals.clamp_min(0).sum().item<double>();
+    Tensor proj = torch::zeros({n, C}, torch::kDouble);
+    Pca p;
+    for (int c = 0; c < C; ++c) {
+        const int64_t idx = n - 1 - c;
+        if (idx < 0) {
+            p.explained.push_back(0);
+            continue;
+        }
+        const double lam = std::max(0.0, evals[idx].item<double>());
+        Tensor col = evecs.select(1, idx) * std::sqrt(lam);
+        fixSign(col);
+        proj.select(1, c).copy_(col);
+        p.explained.push_back(total > 0 ? lam / total : 0.0);
+    }
+    proj = proj.contiguous();
+    p.proj.assign(proj.data_ptr<double>(), proj.data_ptr<double>() + n * C);
+    return p;
+}
+
+// A matrix's neurons as rows of a float tensor [neurons, d].
+Tensor neuronMatrix(const Mat& m) {
+    Tensor raw = torch::empty({m.rows, m.cols}, torch::kFloat);
+    toFloats(m.data(), m.t->dtype, m.numel(), raw.data_ptr<float>());
+    return m.neuronRows ? raw : raw.t().contiguous();
+}
+
+// S7: neuron-level PCA of every neuron of the given matrices (standardised columns).
+Pca neuronPca(const std::vector<Mat>& ms, int C, std::vector<int32_t>& owner) {
+    int64_t n = 0;
+    const int64_t d = ms[0].neuronRows ? ms[0].cols : ms[0].rows;
+    owner.clear();
+    for (size_t i = 0; i < ms.size(); ++i) {
+        n += ms[i].neurons();
+        owner.insert(owner.end(), static_cast<size_t>(ms[i].neurons()), static_cast<int32_t>(i));
+    }
+    auto f64 = torch::TensorOptions().dtype(torch::kDouble);
+    Tensor sum = torch::zeros({d}, f64);
+    Tensor mx, mn;
+    for (auto& m : ms) {
+        Tensor X = neuronMatrix(m);
+        sum += X.sum(0).to(torch::kDouble);
+        mx = mx.defined() ? torch::maximum(mx, X.amax(0)) : X.amax(0);
+        mn = mn.defined() ? torch::minimum(mn, X.amin(0)) : X.amin(0);
+    }
+    Tensor mean = (sum / static_cast<double>(n)).to(torch::kFloat);
+    Tensor constant = mx == mn;
+    auto centred = [&](const Mat& m) { return neuronMatrix(m) - mean; };
+    Pca p;
+    if (n <= d) {  // few samples: the dual (Gram) form
+        std::vector<Tensor> parts;
+        for (auto& m : ms) parts.push_back(centred(m));
+        Tensor Z = torch::cat(parts, 0);
+        Tensor var = Z.pow(2).sum(0) / static_cast<double>(std::max<int64_t>(1, n - 1));
+        Tensor inv = torch::where(constant.logical_or(var <= 0), torch::zeros_like(var), var.rsqrt());
+        Z = (Z * inv).to(torch::kDouble);
+        Tensor g = torch::mm(Z, Z.t()).contiguous();
+        return pcaFromGram(std::vector<double>(g.data_ptr<double>(), g.data_ptr<double>() + n * n),
+                           static_cast<int>(n), C);
+    }
+    Tensor S = torch::zeros({d, d}, f64);
+    for (auto& m : ms) {
+        Tensor Xc = centred(m);
+        S += torch::mm(Xc.t(), Xc).to(torch::kDouble);
+    }
+    Tensor var = S.diagonal() / static_cast<double>(n - 1);
+    Tensor inv = torch::where(constant.logical_or(var <= 0), torch::zeros_like(var), var.rsqrt());
+    Tensor M = S * inv.unsqueeze(0) * inv.unsqueeze(1);
+    M = (M + M.t()) / 2;
+    auto [evals, evecs] = torch::linalg_eigh(M);
+    const double total = evals.clamp_min(0).sum().item<double>();
+    const int cc = static_cast<int>(std::min<int64_t>(C, d));
+    Tensor V = torch::zeros({d, C}, f64);
+    for (int c = 0; c < cc; ++c) {
+        V.select(1, c).copy_(evecs.select(1, d - 1 - c));
+        p.explained.push_back(total > 0 ? std::max(0.0, evals[d - 1 - c].item<double>()) / total : 0.0);
+    }
+    for (int c = cc; c < C; ++c) p.explained.push_back(0);
+    std::vector<Tensor> projs;
+    Tensor invF = inv.to(torch::kFloat);
+    for (auto& m : ms) projs.push_back(torch::mm((centred(m) * invF).to(torch::kDouble), V));
+    Tensor proj = torch::cat(projs, 0);
+    for (int c = 0; c < C; ++c) {
+        Tensor col = proj.select(1, c);
+        fixSign(col);
+    }
+    proj = proj.contiguous();
+    p.proj.assign(proj.data_ptr<double>(), proj.data_ptr<double>() + n * C);
+    return p;
+}
+
+// S3 for one layer: every pair of the given experts, each matrix and jointly.
+struct Reorder {
+    std::vector<double> sim[3], tau[3], joint[3], jointTau;
+};
+
+Reorder neuronReordering(const std::vector<Mat> (&ms)[3], int maxExact, bool& allExact,
+                         const std::atomic<bool>* cancel) {
+    const int n = static_cast<int>(ms[0].size());
+    Reorder r;
+    auto eye = [&] {
+        std::vector<double> v(static_cast<size_t>(n) * n, 0.0);
+        for (int i = 0; i < n; ++i) v[i * n + i] = 1.0;
+        return v;
+    };
+    for (int m = 0; m < 3; ++m) r.sim[m] = r.tau[m] = r.joint[m] = eye();
+    r.jointTau = eye();
+    allExact = true;
+    struct Loaded {
+        Tensor raw[3], unit[3];
+        double norm[3];
+    };
+    auto load = [&](int i) {
+        Loaded L;
+        for (int m = 0; m < 3; ++m) {
+            L.raw[m] = neuronMatrix(ms[m][i]);
+            L.norm[m] = L.raw[m].to(torch::kDouble).norm().item<double>();
+            L.unit[m] = L.raw[m] / L.raw[m].norm(2, 1, true).clamp_min(1e-30);
+        }
+        return L;
+    };
+    auto permSim = [](const Loaded& a, const Loaded& b, int m, const std::vector<int32_t>& p) {
+        Tensor idx = torch::from_blob(const_cast<int32_t*>(p.data()), {static_cast<int64_t>(p.size())}, torch::kInt)
+                         .to(torch::kLong);
+        const double dot = (a.raw[m].to(torch::kDouble) * b.raw[m].index_select(0, idx).to(torch::kDouble)).sum().item<double>();
+        const double den = a.norm[m] * b.norm[m];
+        return den > 0 ? dot / den : 0.0;
+    };
+    for (int j = 0; j < n; ++j) {
+        Loaded A = load(j);
+        for (int k = j + 1; k < n; ++k) {
+            if (cancel && cancel->load()) throw Error("cancelled", "", "analysis");
+            Loaded B = load(k);
+            Tensor sum;
+            for (int m = 0; m < 3; ++m) {
+                Tensor C = torch::mm(A.unit[m], B.unit[m].t()).contiguous();
+                bool exact = true;
+                auto p = assignMax(C.data_ptr<float>(), static_cast<int>(C.size(0)), maxExact, &exact);
+                allExact = allExact && exact;
+                r.sim[m][j * n + k] = r.sim[m][k * n + j] = permSim(A, B, m, p);
+                r.tau[m][j * n + k] = r.tau[m][k * n + j] = kendallTauOfPermutation(p);
+                sum = sum.defined() ? sum + C : C;
+            }
+            sum = sum.contiguous();
+            bool exact = true;
+            auto p = assignMax(sum.data_ptr<float>(), static_cast<int>(sum.size(0)), maxExact, &exact);
+            allExact = allExact && exact;
+            for (int m = 0; m < 3; ++m) r.joint[m][j * n + k] = r.joint[m][k * n + j] = permSim(A, B, m, p);
+            r.jointTau[j * n + k] = r.jointTau[k * n + j] = kendallTauOfPermutation(p);
+        }
+    }
+    return r;
+}
+
+Array square(const std::vector<double>& v, const std::vector<std::string>& labels) {
+    const int64_t n = static_cast<int64_t>(labels.size());
+    return Array::f32d({n, n}, v).with("labels", AttrValue::text(labels));
+}
+
+std::vector<double> lowerTriangle(const std::vector<double>& m, int rows, int routed) {
+    std::vector<double> v;
+    for (int a = 1; a < routed; ++a)
+        for (int b = 0; b < a; ++b) v.push_back(m[static_cast<size_t>(a) * rows + b]);
+    return v;
+}
+
+}  // namespace
+
+std::map<std::string, Result> staticAnalyses(const Checkpoint& ckpt, const ModelSpec& spec, const Reference* ref,
+                                             const StaticOptions& opt) {
+    torch::NoGradGuard ng;
+    const std::vector<int> layers = analysisLayers(spec, opt.layers, ckpt.path());
+    if (ref) checkReference(spec, *ref, layers);
+    if (opt.pcaComponents < 2 || opt.pcaComponents > 3)
+        throw Error("PCA takes 2 or 3 components, not " + std::to_string(opt.pcaComponents), "", "--pca-components");
+    auto want = [&](const char* a) { return opt.analyses.count(a) > 0; };
+    const bool s1 = want("S1"), s2 = want("S2") || want("S5"), s3 = want("S3"), s4 = want("S4") || want("S5"),
+               s5 = want("S5"), s6 = want("S6"), s7 = want("S7");
+    const int E = static_cast<int>(spec.numExperts);
+    const int C = opt.pcaComponents;
+
+    nlohmann::json provenance = {{"checkpoint", ckpt.path()}, {"fingerprint", ckpt.fingerprint()}, {"tool", toolVersion()}};
+    if (ref) {
+        provenance["reference"] = ref->ckpt->path();
+        provenance["reference_fingerprint"] = ref->ckpt->fingerprint();
+    }
+    nlohmann::json baseParams = {{"layers", layers}, {"reference", ref ? nlohmann::json(ref->ckpt->path()) : nlohmann::json()}};
+
+    Result r1, r2, r3, r4, r5, r6, r7, div1, div2;
+    nlohmann::json excluded = nlohmann::json::object();
+    nlohmann::json solvers = nlohmann::json::object();
+    std::vector<double> fit[4][3];  // r, r2, slope, intercept per layer and matrix
+    std::vector<double> diversity[2][3];
+    const size_t nLayers = layers.size();
+    for (size_t li = 0; li < nLayers; ++li) {
+        const int l = layers[li];
+        if (opt.cancel && opt.cancel->load()) throw Error("cancelled", "", "analysis");
+        if (opt.progress) opt.progress(static_cast<double>(li) / static_cast<double>(nLayers), "layer " + std::to_string(l));
+        const LayerMats L = layerMats(ckpt, spec, ref, l);
+        const std::string lp = "layers/" + std::to_string(l) + "/";
+
+        // samples with the routed experts' shape (S1, S3, S6) and all samples (S2, S7)
+        std::vector<Mat> same[3], all[3];
+        std::vector<std::string> sameLabels = expertLabels(E, false, false), allLabels = sameLabels;
+        for (int m = 0; m < 3; ++m) {
+            same[m] = L.routed[m];
+            all[m] = L.routed[m];
+        }
+        for (size_t x = 0; x < L.extraLabels.size(); ++x) {
+            bool fits = true;
+            for (int m = 0; m < 3; ++m) fits = fits && L.extra[m][x].sameShape(L.routed[m][0]);
+            for (int m = 0; m < 3; ++m) all[m].push_back(L.extra[m][x]);
+            allLabels.push_back(L.extraLabels[x]);
+            if (fits) {
+                for (int m = 0; m < 3; ++m) same[m].push_back(L.extra[m][x]);
+                sameLabels.push_back(L.extraLabels[x]);
+            } else {
+                const Mat& g = L.extra[0][x];
+                excluded[L.extraLabels[x]] = "its matrices are [" + std::to_string(g.rows) + ", " + std::to_string(g.cols) +
+                                             "], the experts' [" + std::to_string(L.routed[0][0].rows) + ", " +
+                                             std::to_string(L.routed[0][0].cols) + "]";
+            }
+        }
+        const int nSame = static_cast<int>(same[0].size()), nAll = static_cast<int>(all[0].size());
+
+        std::vector<double> s2m[3];
+        for (int m = 0; m < 3; ++m) {
+            std::map<std::string, std::vector<double>> neuronSum;  // by label
+            if (s1 || s2 || s6) {
+                PassResult pr = blockPass(same[m], s1, s6);
+                if (s1) {
+                    auto cs = cosineFromGram(pr.gram, nSame);
+                    r1.arrays[lp + kMats[m]] = square(cs, sameLabels);
+                    diversity[0][m].push_back(layerDiversity(cs, nSame, E));
+                }
+                if (s6) {
+                    Pca p = pcaFromGram(pr.gramZ, nSame, C);
+                    r6.arrays[lp + kMats[m]] = Array::f32d({nSame, C}, p.proj).with("labels", AttrValue::text(sameLabels));
+                    r6.arrays[lp + kMats[m] + "_explained"] = Array::f32d({C}, p.explained);
+                }
+                for (int x = 0; x < nSame; ++x) neuronSum[sameLabels[x]] = std::move(pr.neuronSum[x]);
+            }
+            if (s2) {
+                std::vector<double> flat;  // mean neurons in allLabels' order
+                for (int x = 0; x < nAll; ++x) {
+                    auto it = neuronSum.find(allLabels[x]);
+                    if (it == neuronSum.end()) {  // a shared expert or reference of another shape
+                        Tensor v = neuronMatrix(all[m][x]).sum(0).to(torch::kDouble).contiguous();
+                        it = neuronSum.emplace(allLabels[x], std::vector<double>(v.data_ptr<double>(),
+                                                                                 v.data_ptr<double>() + v.numel())).first;
+                    }
+                    const double count = static_cast<double>(all[m][x].neurons());
+                    for (double z : it->second) flat.push_back(z / count);
+                }
+                const int d = static_cast<int>(flat.size() / static_cast<size_t>(nAll));
+                s2m[m] = rowCosine(flat, nAll, d);
+                r2.arrays[lp + kMats[m]] = square(s2m[m], allLabels);
+                diversity[1][m].push_back(layerDiversity(s2m[m], nAll, E));
+            }
+            if (s7) {
+                std::vector<int32_t> owner;
+                Pca p = neuronPca(all[m], C, owner);
+                const int64_t rows = static_cast<int64_t>(owner.size());
+                r7.arrays[lp + kMats[m]] = Array::f32d({rows, C}, p.proj).with("labels", AttrValue::text(allLabels));
+                r7.arrays[lp + kMats[m] + "_explained"] = Array::f32d({C}, p.explained);
+                r7.arrays[lp + kMats[m] + "_expert"] = Array::i32({rows}, owner);
+            }
+        }
+        std::vector<double> router;
+        if (s4) {
+            router = routerRowCosine(ckpt, spec, l);
+            if (want("S4")) r4.arrays[lp + "router"] = square(router, expertLabels(E, false, false));
+        }
+        if (s5) {
+            const std::vector<double> y = lowerTriangle(router, E, E);
+            std::vector<double> pairs;  // [P, 4]: router, gate, up, down
+            std::vector<double> xs[3];
+            for (int m = 0; m < 3; ++m) xs[m] = lowerTriangle(s2m[m], nAll, E);
+            for (size_t i = 0; i < y.size(); ++i) {
+                pairs.push_back(y[i]);
+                for (int m = 0; m < 3; ++m) pairs.push_back(xs[m][i]);
+            }
+            r5.arrays[lp + "pairs"] = Array::f32d({static_cast<int64_t>(y.size()), 4}, pairs)
+                                          .with("columns", AttrValue::text({"router", "gate", "up", "down"}));
+            for (int m = 0; m < 3; ++m) {
+                LinearFit f = linearFit(xs[m], y);
+                fit[0][m].push_back(f.r);
+                fit[1][m].push_back(f.r * f.r);
+                fit[2][m].push_back(f.slope);
+                fit[3][m].push_back(f.intercept);
+            }
+        }
+        if (s3) {
+            bool exact = true;
+            Reorder ro = neuronReordering(same, opt.maxExactNeurons, exact, opt.cancel);
+            for (int m = 0; m < 3; ++m) {
+                r3.arrays[lp + kMats[m]] = square(ro.sim[m], sameLabels);
+                r3.arrays[lp + kMats[m] + "_tau"] = square(ro.tau[m], sameLabels);
+                r3.arrays[lp + "joint_" + kMats[m]] = square(ro.joint[m], sameLabels);
+            }
+            r3.arrays[lp + "joint_tau"] = square(ro.jointTau, sameLabels);
+            solvers[std::to_string(l)] = exact ? "exact" : "auction";
+        }
+        L.releaseAll();
+    }
+    if (opt.progress) opt.progress(1.0, "done");
+
+    std::map<std::string, Result> out;
+    auto finish = [&](const char* id, const char* kind, Result& r, nlohmann::json params) {
+        r.kind = kind;
+        r.paramsJson = params.dump();
+        r.provenanceJson = provenance.dump();
+        r.created = isoTimeNow();
+        out[id] = std::move(r);
+    };
+    nlohmann::json withExcluded = baseParams;
+    withExcluded["excluded"] = excluded;
+    const AttrValue layerAttr = AttrValue::i32s(layers);
+    const int64_t nl = static_cast<int64_t>(nLayers);
+    if (s1) {
+        finish("weight_similarity", "S1", r1, withExcluded);
+        for (int m = 0; m < 3; ++m) div1.arrays[kMats[m]] = Array::f32d({nl}, diversity[0][m]).with("layers", layerAttr);
+        finish("layer_diversity/weights", "diversity", div1, baseParams);
+    }
+    if (want("S2")) {
+        finish("neuron_mean_similarity", "S2", r2, baseParams);
+        for (int m = 0; m < 3; ++m) div2.arrays[kMats[m]] = Array::f32d({nl}, diversity[1][m]).with("layers", layerAttr);
+        finish("layer_diversity/neuron_mean", "diversity", div2, baseParams);
+    }
+    if (s3) {
+        nlohmann::json p = withExcluded;
+        p["solver"] = solvers;
+        p["max_exact_neurons"] = opt.maxExactNeurons;
+        p["joint_score"] = "sum of the gate, up and down neuron cosine matrices";
+        finish("neuron_reordering", "S3", r3, p);
+    }
+    if (want("S4")) finish("router_similarity", "S4", r4, baseParams);
+    if (s5) {
+        const char* names[4] = {"r", "r2", "slope", "intercept"};
+        const AttrValue columns = AttrValue::text({"gate", "up", "down"});
+        std::vector<double> paperMean(3, 0.0);
+        for (int m = 0; m < 3; ++m) {
+            for (double v : fit[1][m]) paperMean[m] += roundDecimals(v, 2);
+            paperMean[m] /= static_cast<double>(std::max<size_t>(1, nLayers));
+        }
+        for (int k = 0; k < 4; ++k) {
+            std::vector<double> table;
+            for (size_t li = 0; li < nLayers; ++li)
+                for (int m = 0; m < 3; ++m) table.push_back(fit[k][m][li]);
+            Array a = Array::f32d({nl, 3}, table).with("layers", layerAttr).with("columns", columns);
+            if (k == 1) a.with("r2_paper_mean", AttrValue::numbers(paperMean));
+            r5.arrays[names[k]] = std::move(a);
+        }
+        nlohmann::json p = baseParams;
+        p["x"] = "S2 similarity of the routed experts' mean neurons";
+        p["y"] = "S4 router-row similarity";
+        finish("router_weight_regression", "S5", r5, p);
+    }
+    if (s6) {
+        nlohmann::json p = withExcluded;
+        p["components"] = C;
+        finish("matrix_pca", "S6", r6, p);
+    }
+    if (s7) {
+        nlohmann::json p = baseParams;
+        p["components"] = C;
+        finish("neuron_pca", "S7", r7, p);
+    }
+    return out;
+}
+
+}  // namespace es

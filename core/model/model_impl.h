@@ -1,0 +1,270 @@
+#pragma once
+// Internal to core: the forward pass's pieces, shared by model.cpp and the device-side analyses
+// (analysis/dynamic.cpp). Includes LibTorch: never include it from a public header or Qt code.
+#include <torch/torch.h>
+
+#include <cstring>
+#include <functional>
+
+#include "checkpoint/checkpoint.h"
+#include "model/model.h"
+
+namespace es {
+namespace detail {
+
+using torch::Tensor;
+
+inline torch::ScalarType storageType(DType d) {
+    switch (d) {
+        case DType::F32: return torch::kFloat;
+        case DType::F16: return torch::kHalf;
+        case DType::BF16: return torch::kBFloat16;
+    }
+    return torch::kFloat;
+}
+
+// A zero-copy tensor over the mapping (copied only if the data is misaligned).
+inline Tensor viewOf(const TensorView& v) {
+    auto st = storageType(v.dtype);
+    auto opts = torch::TensorOptions().dtype(st).device(torch::kCPU);
+    if (reinterpret_cast<uintptr_t>(v.data) % dtypeSize(v.dtype) != 0) {
+        Tensor t = torch::empty(v.shape, opts);
+        std::memcpy(t.data_ptr(), v.data, v.nbytes);
+        return t;
+    }
+    return torch::from_blob(const_cast<uint8_t*>(v.data), v.shape, opts);
+}
+
+
+inline Tensor rmsNorm(const Tensor& x, const Tensor& w, double eps) {
+    auto dt = x.scalar_type();
+    auto xf = x.to(torch::kFloat);
+    auto var = xf.pow(2).mean(-1, true);
+    xf = xf * torch::rsqrt(var + eps);
+    return w * xf.to(dt);
+}
+
+inline Tensor rotateHalf(const Tensor& x) {
+    auto h = x.size(-1) / 2;
+    return torch::cat({-x.narrow(-1, h, h), x.narrow(-1, 0, h)}, -1);
+}
+
+// A SwiGLU FFN. Gate and up are one [2F, d] matrix (one GEMM instead of two, as transformers v5
+// holds experts) whenever loading copies anyway; zero-copy views of the mapping stay apart.
+struct Ffn {
+    Tensor gateUp, gate, up, down;
+};
+
+inline Tensor swiglu(const Tensor& x, const Ffn& f) {
+    if (!f.gateUp.defined()) return torch::linear(torch::silu(torch::linear(x, f.gate)) * torch::linear(x, f.up), f.down);
+    Tensor h = torch::linear(x, f.gateUp);
+    const int64_t F = h.size(-1) / 2;
+    return torch::linear(torch::silu(h.narrow(-1, 0, F)) * h.narrow(-1, F, F), f.down);
+}
+
+struct LayerWeights {
+    bool loaded = false;
+    Tensor inNorm, postNorm;
+    Tensor q, k, v, o, qb, kb, vb, ob, qn, kn;
+    Ffn mlp;                   // dense layers
+    Tensor router;             // MoE layers
+    std::vector<Ffn> experts;  // views; packed layouts are sliced, never copied on CPU
+    Ffn shared;
+    Tensor sharedGate;
+};
+
+
+// act(x W_gate^T): the gate branch of a SwiGLU FFN (D3).
+inline Tensor gateActivation(const Tensor& x, const Ffn& f) {
+    if (!f.gateUp.defined()) return torch::silu(torch::linear(x, f.gate));
+    return torch::silu(torch::linear(x, f.gateUp.narrow(0, 0, f.gateUp.size(0) / 2)));
+}
+
+struct MoeOut {
+    Tensor y, logits, ids, weights, norms, sharedNorms;
+};
+
+}  // namespace detail
+
+using namespace detail;
+
+struct Model::Impl {
+    std::shared_ptr<Checkpoint> ckpt;
+    ModelSpec spec;
+    torch::Device device{torch::kCPU};
+    torch::ScalarType dtype = torch::kFloat;
+    std::string deviceName, dtypeName;
+    bool streamed = false;
+    Tensor embed, finalNorm, lmHead;
+    std::vector<LayerWeights> layers;
+
+    Tensor load(const std::string& name) const {
+        Tensor t = viewOf(ckpt->get(name));
+        if (device.is_cpu() && t.scalar_type() == dtype) return t;
+        return t.to(device, dtype);
+    }
+    Tensor loadOpt(bool present, const std::string& name) const { return present ? load(name) : Tensor(); }
+    // gate and up concatenated when the load copies anyway (another dtype or device)
+    Ffn fused(const std::string& gate, const std::string& up, const std::string& down) const {
+        Tensor g = load(gate), u = load(up);
+        const bool views = device.is_cpu() && storageType(ckpt->get(gate).dtype) == dtype &&
+                           storageType(ckpt->get(up).dtype) == dtype;
+        if (views) return {Tensor(), g, u, load(down)};
+        return {torch::cat({g, u}, 0), Tensor(), Tensor(), load(down)};
+    }
+
+    void loadLayer(int l) {
+        LayerWeights& w = layers[l];
+        if (w.loaded) return;
+        const ModelSpec& s = spec;
+        const std::string p = s.layerPrefix(l);
+        w.inNorm = load(p + "input_layernorm.weight");
+        w.postNorm = load(p + "post_attention_layernorm.weight");
+        w.q = load(p + "self_attn.q_proj.weight");
+        w.k = load(p + "self_attn.k_proj.weight");
+        w.v = load(p + "self_attn.v_proj.weight");
+        w.o = load(p + "self_attn.o_proj.weight");
+        w.qb = loadOpt(s.attn.qkvBias, p + "self_attn.q_proj.bias");
+        w.kb = loadOpt(s.attn.qkvBias, p + "self_attn.k_proj.bias");
+        w.vb = loadOpt(s.attn.qkvBias, p + "self_attn.v_proj.bias");
+        w.ob = loadOpt(s.attn.oBias, p + "self_attn.o_proj.bias");
+        bool qk = s.attn.qkNorm != AttentionSpec::QKNorm::None;
+        w.qn = loadOpt(qk, p + "self_attn.q_norm.weight");
+        w.kn = loadOpt(qk, p + "self_attn.k_norm.weight");
+        if (!s.layers[l].moe) {
+            w.mlp = fused(p + "mlp.gate_proj.weight", p + "mlp.up_proj.weight", p + "mlp.down_proj.weight");
+        } else {
+            w.router = load(s.routerName(l));
+            w.experts.clear();
+            if (s.layout == ExpertLayout::PerExpert) {
+                for (int e = 0; e < s.numExperts; ++e)
+                    w.experts.push_back(fused(s.expertName(l, e, s.expertGate), s.expertName(l, e, s.expertUp),
+                                              s.expertName(l, e, s.expertDown)));
+            } else {
+                Tensor gu = load(s.packedGateUpName(l));  // already [E, 2F, d]: views, no copy
+                Tensor dn = load(s.packedDownName(l));
+                for (int e = 0; e < s.numExperts; ++e) w.experts.push_back({gu[e], Tensor(), Tensor(), dn[e]});
+            }
+            if (s.hasSharedExpert()) {
+                w.shared = fused(s.sharedName(l, "gate_proj"), s.sharedName(l, "up_proj"), s.sharedName(l, "down_proj"));
+                if (s.router.shared == RouterRule::Shared::SigmoidGated) w.sharedGate = load(s.sharedGateName(l));
+            }
+        }
+        w.loaded = true;
+    }
+
+    void releaseLayer(int l) { layers[l] = LayerWeights{}; }
+
+    Tensor attention(const LayerWeights& w, const Tensor& x, const Tensor& cos, const Tensor& sin, int64_t window) const {
+        const auto& a = spec.attn;
+        const int64_t T = x.size(0);
+        Tensor q = torch::linear(x, w.q, w.qb);
+        Tensor k = torch::linear(x, w.k, w.kb);
+        Tensor v = torch::linear(x, w.v, w.vb);
+        if (a.qkNorm == AttentionSpec::QKNorm::Full) {
+            q = rmsNorm(q, w.qn, spec.rmsEps);
+            k = rmsNorm(k, w.kn, spec.rmsEps);
+        }
+        if (a.clipQkv > 0) {
+            q = q.clamp(-a.clipQkv, a.clipQkv);
+            k = k.clamp(-a.clipQkv, a.clipQkv);
+            v = v.clamp(-a.clipQkv, a.clipQkv);
+        }
+        q = q.view({T, a.heads, a.headDim});
+        k = k.view({T, a.kvHeads, a.headDim});
+        v = v.view({T, a.kvHeads, a.headDim});
+        if (a.qkNorm == AttentionSpec::QKNorm::PerHead) {
+            q = rmsNorm(q, w.qn, spec.rmsEps);
+            k = rmsNorm(k, w.kn, spec.rmsEps);
+        }
+        q = q.transpose(0, 1);  // [H, T, hd]
+        k = k.transpose(0, 1);
+        v = v.transpose(0, 1);
+        q = q * cos + rotateHalf(q) * sin;
+        k = k * cos + rotateHalf(k) * sin;
+        std::optional<Tensor> mask;
+        bool causal = true;
+        if (window > 0 && T > window) {
+            auto i = torch::arange(T, torch::TensorOptions().device(device)).unsqueeze(1);
+            auto j = torch::arange(T, torch::TensorOptions().device(device)).unsqueeze(0);
+            mask = (j <= i).logical_and(j > i - window);
+            causal = false;
+        }
+        double scale = 1.0 / std::sqrt(static_cast<double>(a.headDim));
+        // GQA by repeating k and v: the CPU flash kernel has no enable_gqa path (it falls back to
+        // the slower math kernel), so the copy is cheaper
+        const int64_t rep = a.heads / a.kvHeads;
+        if (rep > 1) {
+            k = k.repeat_interleave(rep, 0);
+            v = v.repeat_interleave(rep, 0);
+        }
+        Tensor o = at::scaled_dot_product_attention(q.unsqueeze(0), k.unsqueeze(0), v.unsqueeze(0), mask, 0.0, causal,
+                                                    scale);
+        o = o.squeeze(0).transpose(0, 1).reshape({T, a.heads * a.headDim});
+        return torch::linear(o, w.o, w.ob);
+    }
+
+    MoeOut moe(const LayerWeights& w, const Tensor& x, bool allExperts) const {
+        const RouterRule& r = spec.router;
+        const int64_t E = spec.numExperts, K = spec.topK;
+        MoeOut out;
+        out.logits = torch::linear(x, w.router);
+        Tensor lf = out.logits.to(torch::kFloat);
+        Tensor wts, ids;
+        if (r.topkBeforeSoftmax) {
+            std::tie(wts, ids) = lf.topk(K, -1);
+            wts = wts.softmax(-1);
+        } else {
+            Tensor scores = r.scoring == RouterRule::Scoring::Softmax ? lf.softmax(-1) : lf.sigmoid();
+            std::tie(wts, ids) = scores.topk(K, -1);
+            if (r.renormalize) wts = wts / wts.sum(-1, true);
+        }
+        if (r.scale != 1.0) wts = wts * r.scale;
+        if (r.weightsInHiddenDtype) wts = wts.to(x.scalar_type());
+        out.ids = ids;
+        out.weights = wts;
+
+        Tensor y = torch::zeros_like(x);
+        Tensor flat = ids.reshape(-1);
+        Tensor order = std::get<1>(flat.sort(/*stable=*/true, 0, false));
+        Tensor counts = torch::bincount(flat, {}, E).to(torch::kCPU);
+        const int64_t* cnt = counts.data_ptr<int64_t>();
+        Tensor flatW = wts.reshape(-1);
+        std::vector<Tensor> norms;
+        int64_t offset = 0;
+        for (int64_t e = 0; e < E; ++e) {
+            const Ffn& f = w.experts[e];
+            if (allExperts) norms.push_back(swiglu(x, f).to(torch::kFloat).norm(2, -1));
+            const int64_t n = cnt[e];
+            if (n == 0) continue;
+            Tensor sel = order.narrow(0, offset, n);
+            offset += n;
+            Tensor tok = sel.div(K, "floor");
+            Tensor ye = swiglu(x.index_select(0, tok), f);
+            ye = (ye * flatW.index_select(0, sel).unsqueeze(-1)).to(x.scalar_type());
+            y.index_add_(0, tok, ye);
+        }
+        if (allExperts) out.norms = torch::stack(norms, 1);
+        if (spec.hasSharedExpert()) {
+            Tensor s = swiglu(x, w.shared);
+            if (allExperts) out.sharedNorms = s.to(torch::kFloat).norm(2, -1);
+            if (r.shared == RouterRule::Shared::SigmoidGated) s = torch::sigmoid(torch::linear(x, w.sharedGate)) * s;
+            y = y + s;
+        }
+        out.y = y;
+        return out;
+    }
+
+    // The residual streams of a set of prompts between layers, and their RoPE tables.
+    struct State {
+        std::vector<Tensor> h, cos, sin;
+    };
+    State start(const std::vector<std::vector<int64_t>>& prompts) const;
+    // Runs layer l (loaded) on every prompt. `tap(p, x, moe)` sees prompt p's FFN input x and, on
+    // MoE layers, the block's routing and output (nullptr on dense layers).
+    using Tap = std::function<void(size_t p, const Tensor& x, const MoeOut* moe)>;
+    void step(int l, State& st, bool allExperts, const Tap& tap);
+};
+
+
+}  // namespace es
