@@ -101,7 +101,7 @@ std::vector<int32_t> assignExact(const float* score, int n) {
             for (int j = 1; j < n; ++j) {
                 const double h = -static_cast<double>(r[j]) - v[j];
                 if (h < u2) {
-                    if (h >= u1) {
+                    if (h > u1 || (h == u1 && (y[j] >= 0 || y[j1] < 0))) {  // a tie goes to a free column
                         u2 = h;
                         j2 = j;
                     } else {
@@ -130,7 +130,8 @@ std::vector<int32_t> assignExact(const float* score, int n) {
     // Shortest augmenting paths: Dijkstra on the reduced costs, one column settled per step. Every
     // pass runs over all n columns contiguously; a settled column is masked by d = +inf and vS = -inf
     // (its reduced cost is then +inf, so it is never relaxed again), its final distance kept aside.
-    // Relaxation and the search for the next minimum are separate loops (faster than one fused loop).
+    // Relaxation and the search for the next minimum are separate loops (faster than one fused loop);
+    // among tied minima a free column wins (degenerate matrices, e.g. equal rows, end at once).
     std::vector<double> dBuf(n), vSBuf(n), readyD(n);
     std::vector<int> predBuf(n), readyCols(n);
     double* const d = dBuf.data();
@@ -144,7 +145,7 @@ std::vector<int32_t> assignExact(const float* score, int n) {
             vS[j] = v[j];
             d[j] = -static_cast<double>(rf[j]) - v[j];
             pred[j] = f;
-            if (d[j] < best) {
+            if (d[j] <= best && (d[j] < best || (y[j] < 0 && y[jMin] >= 0))) {  // ties: prefer a free column
                 best = d[j];
                 jMin = j;
             }
@@ -167,7 +168,7 @@ std::vector<int32_t> assignExact(const float* score, int n) {
             best = kInf;
             jMin = 0;
             for (int j = 0; j < n; ++j)
-                if (d[j] < best) {
+                if (d[j] <= best && (d[j] < best || (y[j] < 0 && y[jMin] >= 0))) {
                     best = d[j];
                     jMin = j;
                 }

@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 
 #include "analysis/analysis.h"
+#include "analysis/gram.h"
 #include "analysis/lap.h"
 #include "analysis/similarity.h"
 #include "checkpoint/checkpoint.h"
@@ -99,6 +100,13 @@ PassResult blockPass(const std::vector<Mat>& ms, bool gram, bool standardized) {
     const int64_t n = static_cast<int64_t>(ms.size());
     const int64_t rows = ms[0].rows, cols = ms[0].cols;
     const bool neuronRows = ms[0].neuronRows;
+    if (n <= kGramKernelMax) {  // few matrices: the fused tile kernel
+        std::vector<GramMatrix> gm;
+        for (auto& m : ms) gm.push_back({m.data(), m.t->dtype});
+        GramResult g = gramPass(gm, rows, cols, neuronRows, gram, standardized, std::max(1, at::get_num_threads()));
+        return {std::move(g.gram), std::move(g.gramZ), std::move(g.neuronSum)};
+    }
+    // many matrices: blocks of rows through a GEMM
     const int64_t rb = std::max<int64_t>(1, (int64_t{1} << 15) / cols);  // whole rows, about 32K values
     const int64_t nBlocks = (rows + rb - 1) / rb;
     const int threads = std::max(1, at::get_num_threads());

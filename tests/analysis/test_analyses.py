@@ -1,0 +1,998 @@
+"""`expertscope-cli analyze` against an independent oracle (docs/analyses.md, docs/session-format.md).
+
+Every analysis is recomputed in float64 by tests/analysis/reference.py with numpy and scipy
+(linregress, kendalltau, linear_sum_assignment, numpy SVD for PCA) from the safetensors weights
+and from HF transformers' own forward pass (float32, CPU, one prompt at a time; the MoE block
+inputs and router outputs are hooked, every expert's raw output is computed in numpy from the
+weights; F is the dense reference's MLP output from its own forward). Our session is read with
+h5py alone. Fixtures (reference.CASES): Mixtral against a Mistral "F" of the experts' shape (F
+joins S1/S3/S6), the same Mixtral without --reference, Qwen2-MoE whose shared expert is wider
+than its routed experts (SE leaves S1/S3/S6) with an F of the experts' shape, and OLMoE with a
+wider F (F leaves S1/S3/S6); Mixtral in both on-disk layouts.
+
+Tolerances. Our code converts the weights to float32 (exact: the fixtures are stored in float32)
+and accumulates products in float64 (docs/analyses.md, "Streaming"); results are stored as
+float32 (relative rounding 6e-8). `python tests/analysis/reference.py` measures the float32
+effects on these fixtures: HF's float32 forward against HF's float64 forward moves per-token
+cosines by <= 3.1e-7, gate activations by <= 5.6e-7 (relative to max(1, |value|)), combine
+weights by <= 9.2e-7, and changes no routing, no rank and no Kendall tau.
+- S1, S2, S4, S3 similarities, S5 pairs, static layer diversity: 1e-5 absolute. A cosine of
+  float32 data with float64 accumulation is good to ~1e-7; 1e-5 also covers float32 block
+  products (relative error <= sqrt(d) * 6e-8).
+- S3 Kendall taus: 1e-6 (exact rationals 1 - 4 inv / (F (F - 1)), spaced >= 4.4e-4 apart, stored in
+  float32). The assignment is compared with scipy's; the smallest optimality margin on these
+  fixtures is 3.3e-5 and rounding the neuron cosines to float32 changes no assignment, so a
+  different permutation is accepted only where scipy's optimum beats the runner-up (Murty) by
+  less than S3_TIE = 1e-4 (F * 1e-6, the float32 error of the objective).
+- S5 r, r^2, slope, intercept: the error of the similarities (1e-5) propagated through the
+  regression (measured by perturbing the pairs), x3, plus float32 storage; and against a
+  regression of the stored pairs, the float32 rounding of those pairs propagated likewise.
+  r2_paper_mean: 1e-6, plus 0.01 / L for each layer whose r^2 lies within that propagated error
+  of a rounding boundary.
+- S6, S7 (PCA): principal components of random weights have close eigenvalues (relative gaps
+  down to 1e-3), so a component itself is ill-conditioned while the PCA is not. Checked: the
+  eigenvalues |p_i|^2 (5e-6 of lambda_1), orthogonality (5e-6), the eigenvector residual
+  |G p_i - lambda_i p_i| / (lambda_1 |p_i|) <= 5e-6 with G = Z Z^T the reference Gram matrix
+  (bounded by the Gram matrix's relative error whatever the gaps), the explained ratios (1e-6),
+  the documented sign rule, and each component up to sign within 1e-5 + 5e-7 / gap relative to
+  its norm where the relative eigengap exceeds 1e-4. An implementation in float32 throughout
+  (reference.pca_float32) stays >= 10x inside every bound (eig 2.6e-7, resid 2.8e-7, deviation x
+  gap 4.7e-8).
+- D1 cosines: 2e-5 absolute (HF-vs-ours differs like float32-vs-float64, 3e-7, by ~60x margin),
+  angular the same scaled by 1/(pi sqrt(1 - c^2)) at the largest off-diagonal |c| (<= 0.5 here).
+- D2 rank counts: exact, except that each adjacent pair of norms or scores within 1e-5 relative
+  of each other (none on these fixtures) may move 4 counts and tau by 4 / (E (E - 1)) / T;
+  top-1, diagonal mass and mean tau then to 1e-6.
+- D3 gate activations: 2e-5 x max(1, |value|). D4 combine weights: 1e-5 against HF (as the parity
+  tests), 1e-6 against our own stored trace; expert load: exact counts, 1e-6 on derived values.
+  Tokens where HF's probability gap between the k-th and (k+1)-th expert is below 1e-6 may route
+  differently (none here: the smallest gap is 4.4e-6, OLMoE).
+"""
+import hashlib
+import json
+import math
+import os
+import re
+import shutil
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import missing, require, run_cli
+import fixtures
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+try:
+    import reference as R
+    _import_error = None
+except ImportError as e:  # scipy or safetensors missing: reported by the fixture
+    R, _import_error = None, e
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+DOC = os.path.join(ROOT, "docs", "session-format.md")
+MATS = ("gate", "up", "down")
+RUN = "r"
+N_FIRST = 5
+OFFSETS = np.cumsum([0] + [len(p) for p in fixtures.PROMPTS]).astype(np.int64)
+
+TOL_SIM = 1e-5
+TOL_TAU = 1e-6
+S3_TIE = 1e-4
+TOL_PCA = 5e-6
+TOL_EXPL = 1e-6
+PCA_MIN_GAP = 1e-4
+TOL_D1 = 2e-5
+TOL_ACT = 2e-5
+TOL_W_HF = 1e-5
+TOL_DERIVED = 1e-6
+GAP_EPS = 1e-6
+
+KINDS = {"weight_similarity": "S1", "neuron_mean_similarity": "S2", "neuron_reordering": "S3",
+         "router_similarity": "S4", "router_weight_regression": "S5", "matrix_pca": "S6", "neuron_pca": "S7",
+         "output_similarity": "D1", "norm_score_ranks": "D2", "gate_activations": "D3", "routing_map": "D4",
+         "expert_load": "load", "layer_diversity": "diversity", "routing_check": "routing_check"}
+
+
+def sha(p):
+    return hashlib.sha256(open(p, "rb").read()).hexdigest()
+
+
+# ---- building the fixtures, the reference and our sessions (once per pytest session) ----------
+
+class World:
+    def __init__(self, cli, root):
+        self.cli, self.root = cli, root
+        self._moe, self._dense, self._exp, self._sess, self._traced, self._fp = {}, {}, {}, {}, {}, {}
+
+    def moe(self, name):
+        if name not in self._moe:
+            model = fixtures.build_model(name)
+            per, packed = fixtures.save_layouts(model, str(self.root / name))
+            self._moe[name] = (model, per, packed)
+        return self._moe[name]
+
+    def dense(self, overrides):
+        key = json.dumps(overrides, sort_keys=True)
+        if key not in self._dense:
+            model = fixtures.build_model(R.DENSE, seed=1, **overrides)
+            per, _ = fixtures.save_layouts(model, str(self.root / f"ffn_ref{len(self._dense)}"))
+            self._dense[key] = (model, per)
+        return self._dense[key]
+
+    def ckpt(self, case, layout="per_expert"):
+        m = self.moe(R.CASES[case][0])
+        return m[1] if layout == "per_expert" else m[2]
+
+    def ref_ckpt(self, case):
+        ov = R.CASES[case][1]
+        return None if ov is None else self.dense(ov)[1]
+
+    def fingerprint(self, ckpt):
+        if ckpt not in self._fp:
+            self._fp[ckpt] = json.loads(run_cli(self.cli, "info", ckpt, "--json").stdout)["fingerprint"]
+        return self._fp[ckpt]
+
+    def expected(self, case):
+        if case not in self._exp:
+            name, ov = R.CASES[case]
+            model, per, _ = self.moe(name)
+            moe = R.MoeWeights(per)
+            dense = dmodel = dcap = None
+            if ov is not None:
+                dmodel, dper = self.dense(ov)
+                dense = R.DenseWeights(dper)
+            exp = R.static_reference(moe, dense, components=3)
+            cap = R.capture_moe(model, fixtures.PROMPTS)
+            if dmodel is not None:
+                dcap = R.capture_dense(dmodel, fixtures.PROMPTS, moe.moe_layers)
+            R.dynamic_reference(moe, cap, OFFSETS, RUN, N_FIRST, dense, dcap, exp=exp)
+            exp.moe, exp.cap, exp.dense = moe, cap, dense
+            self._exp[case] = exp
+        return self._exp[case]
+
+    def trace(self, ckpt, out, run=RUN):
+        args = ["trace", ckpt, "--out", out, "--run", run]
+        for p in fixtures.PROMPTS:
+            args += ["--token-ids", ",".join(map(str, p))]
+        run_cli(self.cli, *args)
+
+    def traced(self, case):
+        """A session holding only the trace of run r."""
+        if case not in self._traced:
+            out = self.root / f"{case}-traced.h5"
+            self.trace(self.ckpt(case), out)
+            self._traced[case] = out
+        return self._traced[case]
+
+    def session(self, case, layout):
+        """trace, then analyze --static all, then analyze --dynamic all, into one session."""
+        key = (case, layout)
+        if key not in self._sess:
+            out = self.root / f"{case}-{layout}.h5"
+            ckpt = self.ckpt(case, layout)
+            ref = self.ref_ckpt(case)
+            refargs = ["--reference", ref] if ref else []
+            self.trace(ckpt, out)
+            run_cli(self.cli, "analyze", ckpt, "--out", out, "--static", "all", *refargs)
+            run_cli(self.cli, "analyze", ckpt, "--out", out, "--dynamic", "all", "--run", RUN,
+                    "--first-tokens", N_FIRST, *refargs)
+            self._sess[key] = out
+        return self._sess[key]
+
+
+@pytest.fixture(scope="session")
+def world(cli, tmp_path_factory):
+    for m in ("h5py", "scipy", "safetensors", "transformers", "torch"):
+        require(m)
+    if R is None:
+        missing(f"tests/analysis/reference.py cannot be imported ({_import_error})")
+    return World(cli, tmp_path_factory.mktemp("analysis"))
+
+
+class Sess:
+    def __init__(self, world, case, layout):
+        self.case, self.layout = case, layout
+        self.exp = world.expected(case)
+        self.path = world.session(case, layout)
+        self.ckpt = world.ckpt(case, layout)
+        self.ref = world.ref_ckpt(case)
+        self.world = world
+        self.E = self.exp.moe.E
+        self.k = self.exp.moe.k
+        self.layers = list(self.exp.moe.moe_layers)
+
+    def open(self):
+        return require("h5py").File(self.path, "r")
+
+
+SESSIONS = [("mixtral", "per_expert"), ("mixtral", "packed"), ("mixtral_noref", "per_expert"),
+            ("qwen2moe", "per_expert"), ("olmoe", "per_expert")]
+
+
+@pytest.fixture(scope="module", params=SESSIONS, ids=[f"{c}-{l}" for c, l in SESSIONS])
+def sess(request, world):
+    return Sess(world, *request.param)
+
+
+# ---- reading ---------------------------------------------------------------------------------
+
+def ds(f, path):
+    full = "analyses/" + path
+    assert full in f, f"/{full} missing from {f.filename}"
+    o = f[full]
+    assert isinstance(o, require("h5py").Dataset), f"/{full} is not a dataset"
+    return o
+
+
+def strings(v):
+    return [x.decode() if isinstance(x, bytes) else str(x) for x in np.atleast_1d(v)]
+
+
+def labels_of(d):
+    assert "labels" in d.attrs, f"{d.name}: no labels attribute"
+    return strings(d.attrs["labels"])
+
+
+def result_group(f, path):
+    """The result (the nearest group below /analyses with a `kind`) holding array `path`."""
+    p = "/analyses/" + path
+    while p.count("/") > 1:
+        if p in f and "kind" in f[p].attrs:
+            return f[p]
+        p = p.rsplit("/", 1)[0]
+    raise AssertionError(f"/analyses/{path}: no enclosing result group with a kind attribute")
+
+
+def int_list(v):
+    return [int(x) for x in np.atleast_1d(v)]
+
+
+def check_close(got, ref, atol, what):
+    got = np.asarray(got, dtype=np.float64)
+    ref = np.asarray(ref, dtype=np.float64)
+    assert got.shape == ref.shape, f"{what}: shape {got.shape}, expected {ref.shape}"
+    if got.size == 0:
+        return
+    err = np.abs(got - ref)
+    excess = err - np.broadcast_to(atol, err.shape)
+    i = np.unravel_index(np.argmax(excess), err.shape)
+    assert np.all(excess <= 0), f"{what}: |ours - reference| = {err[i]:.3g} > " \
+                                f"{float(np.broadcast_to(atol, err.shape)[i]):.3g} at {i} " \
+                                f"(ours {got[i]!r}, reference {ref[i]!r})"
+
+
+def check_matrix(f, exp, path, atol, labelled=True):
+    d = ds(f, path)
+    if labelled:
+        assert labels_of(d) == exp.labels[path], f"{path}: labels {labels_of(d)}, expected {exp.labels[path]}"
+    check_close(d[()], exp.arrays[path], atol, path)
+    return d
+
+
+def check_layers_attr(d, layers):
+    assert "layers" in d.attrs, f"{d.name}: no layers attribute"
+    assert d.attrs["layers"].dtype == np.int32 and int_list(d.attrs["layers"]) == layers, \
+        f"{d.name}@layers = {d.attrs['layers']!r}, expected {layers} (int32)"
+
+
+# ---- static ----------------------------------------------------------------------------------
+
+def test_s1_s2_s4_similarities_and_weight_diversity(sess):
+    exp = sess.exp
+    with sess.open() as f:
+        for l in sess.layers:
+            for m in MATS:
+                check_matrix(f, exp, f"weight_similarity/layers/{l}/{m}", TOL_SIM)
+                check_matrix(f, exp, f"neuron_mean_similarity/layers/{l}/{m}", TOL_SIM)
+            d = check_matrix(f, exp, f"router_similarity/layers/{l}/router", TOL_SIM)
+            assert d.shape == (sess.E, sess.E)
+        for src in ("weights", "neuron_mean"):
+            for m in MATS:
+                d = ds(f, f"layer_diversity/{src}/{m}")
+                check_layers_attr(d, sess.layers)
+                check_close(d[()], exp.arrays[f"layer_diversity/{src}/{m}"], TOL_SIM, d.name)
+
+
+def test_rows_labels_and_exclusion_rule(sess):
+    """S2, S7, D1, D3 keep SE and F; S1, S3, S6 keep them only with the routed experts' shape and
+    list the others under params_json "excluded"; S4 and the routed-only results have E rows."""
+    exp = sess.exp
+    E = sess.E
+    routed = [str(e) for e in range(E)]
+    has_se = exp.moe.layer(sess.layers[0])["shared"] is not None
+    full = routed + (["SE"] if has_se else []) + (["F"] if sess.ref else [])
+    with sess.open() as f:
+        l = sess.layers[0]
+        for path in (f"neuron_mean_similarity/layers/{l}/gate", f"neuron_pca/layers/{l}/up",
+                     f"output_similarity/{RUN}/layers/{l}/cosine"):
+            assert labels_of(ds(f, path)) == full, path
+        for rid in ("weight_similarity", "neuron_reordering", "matrix_pca"):
+            path = f"{rid}/layers/{l}/down"
+            lab = labels_of(ds(f, path))
+            excluded = exp.excluded[rid]
+            assert lab == [x for x in full if x not in excluded], (path, lab, excluded)
+            params = json.loads(result_group(f, path).attrs["params_json"])
+            if excluded:
+                assert "excluded" in params, f"{rid}: params_json {params} does not list {excluded} under 'excluded'"
+                text = json.dumps(params["excluded"])
+                for x in excluded:
+                    assert re.search(rf"\b{x}\b", text), f"{rid}: {x} not under 'excluded' in {params}"
+            else:
+                assert not params.get("excluded"), f"{rid}: nothing should be excluded, params_json {params}"
+        assert labels_of(ds(f, f"router_similarity/layers/{l}/router")) == routed
+        assert labels_of(ds(f, f"routing_map/{RUN}/layers/{l}/weights")) == routed
+        assert labels_of(ds(f, f"gate_activations/{RUN}/layers/{l}/experts")) == routed
+        assert labels_of(ds(f, f"expert_load/{RUN}/counts")) == routed
+        assert ("shared" in f[f"analyses/gate_activations/{RUN}/layers/{l}"]) == has_se
+        assert ("reference" in f[f"analyses/gate_activations/{RUN}/layers/{l}"]) == bool(sess.ref)
+        if has_se:
+            # the case the rule is for: Qwen2-MoE's shared expert is wider than its routed experts
+            assert "SE" in exp.excluded["weight_similarity"]
+
+
+_MARGINS = {}
+
+
+def _s3_margin(exp, key):
+    """How much scipy's optimum beats the runner-up assignment (computed only where needed)."""
+    ident = (id(exp), key)
+    if ident not in _MARGINS:
+        v = exp.s3[key]
+        _MARGINS[ident] = R.lap_margin(v["C"], v["p"])
+    return _MARGINS[ident]
+
+
+def test_s3_neuron_reordering(sess):
+    exp = sess.exp
+    ties = []
+    with sess.open() as f:
+        params = result_group(f, f"neuron_reordering/layers/{sess.layers[0]}/gate").attrs["params_json"]
+        assert "solver" in params, f"neuron_reordering params_json names no solver: {params}"
+        for l in sess.layers:
+            lab = exp.labels[f"neuron_reordering/layers/{l}/gate"]
+            for key in list(MATS) + ["joint"]:
+                sims = {m: f"neuron_reordering/layers/{l}/{m}" if key != "joint" else
+                        f"neuron_reordering/layers/{l}/joint_{m}" for m in (MATS if key == "joint" else (key,))}
+                tau = f"neuron_reordering/layers/{l}/{key}_tau"
+                got = {p: ds(f, p) for p in list(sims.values()) + [tau]}
+                for p, d in got.items():
+                    assert labels_of(d) == lab, p
+                    assert d.shape == (len(lab), len(lab)), p
+                gv = {p: d[()].astype(np.float64) for p, d in got.items()}
+                for p, v in gv.items():
+                    assert np.abs(v - v.T).max() <= 1e-6, f"{p} is not symmetric:\n{v}"
+                    assert np.abs(np.diag(v) - 1).max() <= 1e-6, f"{p}: diagonal is not 1:\n{v}"
+                for j in range(len(lab)):
+                    for k in range(len(lab)):
+                        bad = [p for p in gv if abs(gv[p][j, k] - exp.arrays[p][j, k]) >
+                               (TOL_TAU if p == tau else TOL_SIM)]
+                        if not bad:
+                            continue
+                        a, b = min(j, k), max(j, k)
+                        margin = _s3_margin(exp, (l, key, a, b)) if a != b else np.inf
+                        assert margin < S3_TIE, \
+                            f"layer {l} {key} pair ({lab[j]}, {lab[k]}): {bad} differ from scipy's " \
+                            f"assignment (ours {[gv[p][j, k] for p in bad]}, reference " \
+                            f"{[exp.arrays[p][j, k] for p in bad]}), whose optimum is unique by {margin:.3g}"
+                        ties.append((l, key, lab[j], lab[k]))
+    assert len(ties) <= 4, f"too many near-tied assignments resolved differently: {ties}"
+
+
+def _regress(pairs):
+    from scipy import stats
+    out = np.zeros((4, 3))
+    for mi in range(3):
+        lr = stats.linregress(pairs[:, 1 + mi], pairs[:, 0])
+        out[:, mi] = (lr.rvalue, lr.rvalue ** 2, lr.slope, lr.intercept)
+    return out
+
+
+def _propagated(pairs, delta, n=24, seed=0):
+    """max |change| of (r, r^2, slope, intercept) when every similarity moves by up to delta."""
+    rng = np.random.default_rng(seed)
+    base = _regress(pairs)
+    worst = np.zeros_like(base)
+    for _ in range(n):
+        worst = np.maximum(worst, np.abs(_regress(pairs + rng.uniform(-delta, delta, pairs.shape)) - base))
+    return worst
+
+
+def test_s5_router_weight_regression(sess):
+    exp = sess.exp
+    E = sess.E
+    P = E * (E - 1) // 2
+    Lm = len(sess.layers)
+    names = ("r", "r2", "slope", "intercept")
+    with sess.open() as f:
+        got = {q: ds(f, f"router_weight_regression/{q}") for q in names}
+        for q, d in got.items():
+            assert d.shape == (Lm, 3), (q, d.shape)
+        for q in ("r", "r2"):
+            check_layers_attr(got[q], sess.layers)
+            assert strings(got[q].attrs["columns"]) == list(MATS), got[q].attrs["columns"]
+        for q in ("slope", "intercept"):
+            if "columns" in got[q].attrs:
+                assert strings(got[q].attrs["columns"]) == list(MATS)
+            if "layers" in got[q].attrs:
+                check_layers_attr(got[q], sess.layers)
+        bound = np.zeros((4, Lm, 3))
+        for li, l in enumerate(sess.layers):
+            path = f"router_weight_regression/layers/{l}/pairs"
+            d = ds(f, path)
+            assert d.shape == (P, 4), (path, d.shape)
+            if "columns" in d.attrs:
+                assert strings(d.attrs["columns"]) == ["router", "gate", "up", "down"]
+            ref_pairs = exp.arrays[path]
+            check_close(d[()], ref_pairs, TOL_SIM, path)
+            bound[:, li] = 3 * _propagated(ref_pairs, TOL_SIM)
+            # our r, slope, ... against a regression of our own stored (float32) pairs
+            own = _regress(d[()].astype(np.float64))
+            slack = 3 * _propagated(d[()].astype(np.float64), 1e-7) + 1e-6 * (1 + np.abs(own))
+            for qi, q in enumerate(names):
+                check_close(got[q][li], own[qi], slack[qi].max(), f"{q} against a regression of our stored pairs, layer {l}")
+        for qi, q in enumerate(names):
+            ref = exp.arrays[f"router_weight_regression/{q}"]
+            tol = bound[qi] + 1e-6 * (1 + np.abs(ref))
+            err = np.abs(got[q][()].astype(np.float64) - ref)
+            assert np.all(err <= tol), f"{q}: ours {got[q][()]}, reference {ref}, allowed {tol}"
+        r2 = exp.notes["r2_raw"]
+        slack = bound[1] + 1e-6
+        near = np.abs(np.abs(r2 * 100 - np.floor(r2 * 100)) - 0.5) <= slack * 100
+        allow = 1e-6 + 0.01 * near.sum(axis=0) / Lm
+        assert "r2_paper_mean" in got["r2"].attrs, "router_weight_regression/r2 has no r2_paper_mean"
+        pm = np.asarray(got["r2"].attrs["r2_paper_mean"], dtype=np.float64)
+        assert pm.shape == (3,) and np.all(np.abs(pm - exp.notes["r2_paper_mean"]) <= allow), \
+            (pm, exp.notes["r2_paper_mean"])
+
+
+def _check_pca(exp, f, path, C):
+    d = ds(f, path)
+    e = ds(f, path + "_explained")
+    ref = exp.arrays[path]
+    assert labels_of(d) == exp.labels[path], path
+    assert d.shape == (ref.shape[0], C), f"{path}: shape {d.shape}, expected {(ref.shape[0], C)}"
+    assert e.shape == (C,), f"{path}_explained: shape {e.shape}"
+    pc = exp.pca[path]
+    rep = R.pca_report(d[()], e[()], pc["G"], pc["sv"], ref[:, :C], exp.arrays[path + "_explained"])
+    assert rep["eig"] <= TOL_PCA, f"{path}: |p_i|^2 is not the i-th eigenvalue ({rep})"
+    assert rep["orth"] <= TOL_PCA, f"{path}: components not orthogonal ({rep})"
+    assert rep["resid"] <= TOL_PCA, f"{path}: columns are not principal components ({rep})"
+    assert rep["expl"] <= TOL_EXPL, f"{path}_explained: {e[()]} vs {exp.arrays[path + '_explained'][:C]}"
+    assert not rep["sign"], f"{path}: components {rep['sign']} break the sign rule (largest |entry| positive)"
+    for i, (gap, dev) in enumerate(rep["direct"]):
+        if gap > PCA_MIN_GAP:
+            assert dev <= 1e-5 + 5e-7 / gap, f"{path}: component {i} deviates by {dev:.3g} of its norm " \
+                                             f"(relative eigengap {gap:.3g})"
+
+
+def _components(f, sess):
+    d = ds(f, f"matrix_pca/layers/{sess.layers[0]}/gate")
+    C = d.shape[1]
+    assert C in (2, 3)
+    return C
+
+
+def test_s6_matrix_pca(sess):
+    with sess.open() as f:
+        C = _components(f, sess)
+        for l in sess.layers:
+            for m in MATS:
+                _check_pca(sess.exp, f, f"matrix_pca/layers/{l}/{m}", C)
+
+
+def test_s7_neuron_pca(sess):
+    exp = sess.exp
+    with sess.open() as f:
+        C = _components(f, sess)
+        for l in sess.layers:
+            for m in MATS:
+                path = f"neuron_pca/layers/{l}/{m}"
+                _check_pca(exp, f, path, C)
+                who = ds(f, path + "_expert")
+                assert who.dtype == np.int32
+                np.testing.assert_array_equal(who[()], exp.arrays[path + "_expert"], err_msg=path + "_expert")
+
+
+# ---- dynamic ---------------------------------------------------------------------------------
+
+def test_d1_output_similarity_and_output_diversity(sess):
+    exp = sess.exp
+    with sess.open() as f:
+        for l in sess.layers:
+            base = f"output_similarity/{RUN}/layers/{l}"
+            cmax = exp.notes[f"{base}/max_offdiag_abs_cos"]
+            assert cmax < 0.999
+            check_matrix(f, exp, f"{base}/cosine", TOL_D1)
+            check_matrix(f, exp, f"{base}/angular", TOL_D1 * max(1.0, 1.0 / (math.pi * math.sqrt(1 - cmax ** 2))))
+            d = check_matrix(f, exp, f"{base}/per_token_cosine", TOL_D1)
+            assert d.shape[0] == N_FIRST
+            assert "token_index" in d.attrs and d.attrs["token_index"].dtype == np.int64
+            assert int_list(d.attrs["token_index"]) == list(range(N_FIRST))
+        for q in ("cosine", "angular"):
+            d = ds(f, f"layer_diversity/outputs/{RUN}/{q}")
+            check_layers_attr(d, sess.layers)
+            check_close(d[()], exp.arrays[f"layer_diversity/outputs/{RUN}/{q}"], TOL_D1, d.name)
+
+
+def test_d2_norm_score_ranks(sess):
+    exp = sess.exp
+    E, Lm = sess.E, len(sess.layers)
+    T = int(OFFSETS[-1])
+    nb = f"norm_score_ranks/{RUN}"
+    with sess.open() as f:
+        total_ties = 0
+        for l in sess.layers:
+            path = f"{nb}/layers/{l}/rank_counts"
+            d = ds(f, path)
+            assert d.dtype == np.int64 and d.shape == (E, E)
+            ties = exp.d2_ties[(RUN, l)]
+            total_ties += ties
+            diff = np.abs(d[()] - exp.arrays[path]).sum()
+            assert diff <= 4 * ties, f"{path}: ours\n{d[()]}\nreference\n{exp.arrays[path]}\n({ties} near ties)"
+            assert d[()].sum() == E * T and (d[()].sum(axis=0) == T).all() and (d[()].sum(axis=1) == T).all()
+        d = ds(f, f"{nb}/all/rank_counts")
+        assert np.abs(d[()] - exp.arrays[f"{nb}/all/rank_counts"]).sum() <= 4 * total_ties
+        chance = {"top1_is_max_norm": 1.0 / E, "diagonal_mass": 1.0 / E, "kendall_tau": 0.0}
+        slack = {"top1_is_max_norm": total_ties / T, "diagonal_mass": 2 * total_ties / (E * T),
+                 "kendall_tau": exp.notes[f"{RUN}/kendall_tau_slack"]}
+        for q in chance:
+            d = ds(f, f"{nb}/{q}")
+            assert d.shape == (Lm,)
+            check_layers_attr(d, sess.layers)
+            check_close(d[()], exp.arrays[f"{nb}/{q}"], TOL_DERIVED + slack[q], d.name)
+            assert abs(float(d.attrs["chance"]) - chance[q]) <= 1e-12, (q, d.attrs["chance"])
+            allv = exp.notes[f"{RUN}/d2_all_layers"][q]
+            assert abs(float(d.attrs["all_layers"]) - allv) <= TOL_DERIVED + np.max(slack[q]), \
+                (q, d.attrs["all_layers"], allv)
+
+
+def test_d3_gate_activations(sess):
+    exp = sess.exp
+    with sess.open() as f:
+        for l in sess.layers:
+            base = f"gate_activations/{RUN}/layers/{l}"
+            for name in ("experts", "shared", "reference"):
+                path = f"{base}/{name}"
+                if path not in exp.arrays:
+                    assert f"analyses/{path}" not in f, path
+                    continue
+                d = ds(f, path)
+                ref = exp.arrays[path]
+                check_close(d[()], ref, TOL_ACT * max(1.0, float(np.abs(ref).max())), path)
+                if name == "experts":
+                    assert labels_of(d) == exp.labels[path]
+                    assert int_list(d.attrs["token_index"]) == list(range(N_FIRST))
+                if "token_index" in d.attrs:
+                    assert int_list(d.attrs["token_index"]) == list(range(N_FIRST))
+
+
+def test_d4_routing_map_load_and_routing_check(sess):
+    exp = sess.exp
+    E, k, Lm = sess.E, sess.k, len(sess.layers)
+    T = int(OFFSETS[-1])
+    with sess.open() as f:
+        mm = ds(f, f"routing_check/{RUN}/mismatches")
+        assert mm.dtype == np.int64 and mm.shape == (0, 2), f"the recomputation routed differently: {mm[()]}"
+        own_counts = np.zeros((Lm, E), dtype=np.int64)
+        for li, l in enumerate(sess.layers):
+            path = f"routing_map/{RUN}/layers/{l}/weights"
+            d = ds(f, path)
+            assert labels_of(d) == [str(e) for e in range(E)]
+            W = d[()].astype(np.float64)
+            assert W.shape == (E, T)
+            # against our own stored trace: the combine weights as applied, 0 elsewhere
+            tr = f[f"runs/{RUN}/layers/{l}"]
+            ids, w = tr["topk_experts"][()], tr["topk_weights"][()].astype(np.float64)
+            own = np.zeros((E, T))
+            for j in range(k):
+                own[ids[:, j], np.arange(T)] = w[:, j]
+            check_close(W, own, 1e-6, path + " against runs/r's topk_weights")
+            assert ((W != 0).sum(axis=0) == k).all(), f"{path}: not exactly k non-zero entries per token"
+            own_counts[li] = np.bincount(ids.ravel(), minlength=E)
+            # against HF, where HF's routing is not a near tie
+            ok = exp.cap[l]["gap"] >= GAP_EPS
+            check_close(W[:, ok], exp.arrays[path][:, ok], TOL_W_HF, path + " against HF")
+        lb = f"expert_load/{RUN}"
+        c = ds(f, f"{lb}/counts")
+        assert c.dtype == np.int64
+        check_layers_attr(c, sess.layers)
+        np.testing.assert_array_equal(c[()], own_counts, err_msg="counts against our stored trace")
+        if all((exp.cap[l]["gap"] >= GAP_EPS).all() for l in sess.layers):
+            np.testing.assert_array_equal(c[()], exp.arrays[f"{lb}/counts"], err_msg="counts against HF")
+        for q in ("fractions", "entropy", "cv", "consecutive_share"):
+            check_close(ds(f, f"{lb}/{q}")[()], exp.arrays[f"{lb}/{q}"], TOL_DERIVED, q)
+        e = ds(f, f"{lb}/entropy")
+        check_layers_attr(e, sess.layers)
+        assert abs(float(e.attrs["max"]) - math.log2(E)) <= 1e-12
+        cs = ds(f, f"{lb}/consecutive_share")
+        check_layers_attr(cs, sess.layers)
+        assert abs(float(cs.attrs["chance"]) - exp.notes[f"{RUN}/load_chance"]) <= 1e-12, cs.attrs["chance"]
+        np.testing.assert_allclose(ds(f, f"{lb}/fractions")[()].sum(axis=1), 1.0, atol=1e-6)
+
+
+# ---- the result store as a whole --------------------------------------------------------------
+
+def _analysis_datasets(f):
+    h5py = require("h5py")
+    out = []
+    if "analyses" in f:
+        f["analyses"].visititems(lambda n, o: out.append(n) if isinstance(o, h5py.Dataset) else None)
+    return out
+
+
+def test_every_documented_array_and_no_other(sess):
+    exp = sess.exp
+    with sess.open() as f:
+        got = set(_analysis_datasets(f))
+    want = set(exp.arrays)
+    assert not (want - got), f"missing from the session: {sorted(want - got)}"
+    assert not (got - want), f"not expected (not in docs/analyses.md for this model): {sorted(got - want)}"
+
+
+def test_result_metadata(sess):
+    """kind per result; params_json and provenance_json are JSON objects; provenance names the
+    checkpoint's fingerprint, and the reference's where F is a row."""
+    world = sess.world
+    fp = world.fingerprint(sess.ckpt)
+    rfp = world.fingerprint(sess.ref) if sess.ref else None
+    l = sess.layers[0]
+    uses_ref = [f"neuron_mean_similarity/layers/{l}/gate", f"neuron_pca/layers/{l}/gate",
+                f"output_similarity/{RUN}/layers/{l}/cosine", f"gate_activations/{RUN}/layers/{l}/experts"]
+    with sess.open() as f:
+        seen = {}
+        for path in _analysis_datasets(f):
+            g = result_group(f, path)
+            top = path.split("/")[0]
+            assert top in KINDS, f"/analyses/{path}: unknown result"
+            assert g.attrs["kind"] == KINDS[top], f"{g.name}@kind = {g.attrs['kind']!r}, expected {KINDS[top]!r}"
+            seen[g.name] = g
+        for name, g in seen.items():
+            for a in ("params_json", "provenance_json", "created"):
+                assert a in g.attrs, f"{name}: no {a}"
+            assert isinstance(json.loads(g.attrs["params_json"]), dict)
+            prov = g.attrs["provenance_json"]
+            assert isinstance(json.loads(prov), dict)
+            assert fp in prov, f"{name}: provenance_json does not name the checkpoint fingerprint: {prov}"
+        if rfp:
+            for path in uses_ref:
+                g = result_group(f, path)
+                assert rfp in g.attrs["provenance_json"], f"{g.name}: provenance_json lacks the reference fingerprint"
+        for run_result in ("output_similarity", "norm_score_ranks", "expert_load"):
+            g = result_group(f, f"{run_result}/{RUN}/" + {"output_similarity": f"layers/{l}/cosine",
+                                                            "norm_score_ranks": "kendall_tau",
+                                                            "expert_load": "counts"}[run_result])
+            assert g.name.startswith(f"/analyses/{run_result}/{RUN}"), g.name
+
+
+# ---- the file against docs/session-format.md ---------------------------------------------------
+
+PH = {"NAME": "(?P<NAME>[^/]+)", "L": r"(?P<L>\d+)", "ID": r"[^/]+(?:/[^/]+)*", "ARRAY": r"[^/]+(?:/[^/]+)*",
+      "VIEW": r"[^/]+", "N": r"\d+"}
+MAT_RX = r"(?:gate|up|down)"
+
+
+def _seg_rx(seg):
+    if seg in PH:
+        return PH[seg]
+    parts = re.split(r"(?<![A-Za-z])MAT(?![A-Za-z])", seg)
+    return MAT_RX.join(re.escape(p) for p in parts)
+
+
+def parse_doc():
+    """The table of docs/session-format.md. Unlike tests/core/test_session.py's parser, ID and
+    ARRAY may span several segments and MAT (gate|up|down) may be part of a segment (MAT_tau)."""
+    rows = []
+    for line in open(DOC, encoding="utf-8"):
+        if not line.startswith("| `/"):
+            continue
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        path, kind, dtype, shape, required = cells[0].strip("`"), cells[1], cells[2], cells[3], cells[4]
+        segs = [s for s in path.split("/") if s]
+        rx = "^/" + "/".join(_seg_rx(s) for s in segs) + "$"
+        parent = "/".join(path.split("/")[:-1]) or "/"
+        attr = None
+        if kind.startswith("attr"):
+            attr = kind.split("`")[1]
+            kind = "attr"
+        rows.append(dict(path=path, rx=re.compile(rx), kind=kind, attr=attr, dtype=dtype, shape=shape,
+                         required=required == "yes", specific=not ({"ID", "ARRAY"} & set(segs)), parent=parent))
+    assert len(rows) > 60, "the format table (with the /analyses rows) was not found in docs/session-format.md"
+    return rows
+
+
+def _dtype_ok(h5py, spec, dt):
+    if spec == "string":
+        c = h5py.check_string_dtype(dt)
+        return c is not None and c.encoding == "utf-8"
+    if spec == "vlen uint8":
+        return h5py.check_vlen_dtype(dt) == np.dtype("uint8")
+    return dt.name in [s.strip() for s in spec.replace(" or ", ",").split(",") if s.strip()]
+
+
+def _shape_ok(spec, shape, sizes, attr=False):
+    if spec == "any":
+        return True
+    if spec == "scalar":
+        return shape in ((), (1,))
+    want = [s.strip() for s in spec.strip("[]").split(",")]
+    if len(want) != len(shape):
+        return False
+    for w, s in zip(want, shape):
+        if w.isdigit():
+            ok = s == int(w)
+        elif w == "P+1":
+            ok = s >= 2
+        elif attr:
+            ok = True  # an attribute's length names its own dimension ([R] of labels, [C] of columns)
+        elif w == "C":
+            ok = s in (2, 3)
+        elif w in sizes:
+            ok = s == sizes[w]
+        else:
+            ok = True  # N, Nn, F, Fs, Fr, M, V: any length
+        if not ok:
+            return False
+    return True
+
+
+def walk_against_doc(path):
+    """Every object and attribute matches a documented row (dtype, shape); every required row is
+    present; every array of a documented result matches that result's own row; every dataset
+    below /analyses belongs to exactly one result (a group with the four required attributes),
+    and groups between /analyses and a result, or between a result and its arrays, carry none."""
+    h5py = require("h5py")
+    rows = parse_doc()
+    with h5py.File(path, "r") as f:
+        E = int(f["model"].attrs["num_experts"])
+        k = int(f["model"].attrs["top_k"])
+        objects = {"/": f}
+        f.visititems(lambda n, o: objects.__setitem__("/" + n, o))
+        results = {p for p, o in objects.items() if p.startswith("/analyses/") and isinstance(o, h5py.Group)
+                   and len(o.attrs)}
+        for p in results:
+            for a in ("kind", "params_json", "provenance_json", "created"):
+                assert a in objects[p].attrs, f"{p}: a result without its required attribute {a}"
+        for p, o in objects.items():
+            kind = "dataset" if isinstance(o, h5py.Dataset) else "group"
+            sizes = {"E": E, "k": k}
+            match = [r for r in rows if r["kind"] == kind and r["rx"].match(p)]
+            if p.startswith("/analyses/") and kind == "dataset":
+                owners = [q for q in results if p.startswith(q + "/")]
+                assert len(owners) == 1, f"{p}: belongs to {len(owners)} results ({owners})"
+                specific = [r for r in match if r["specific"]]
+                top = p.split("/")[2]
+                assert specific or top not in KINDS, f"{p}: not an array documented for /analyses/{top}"
+                match = specific or match
+                m = match[0]["rx"].match(p) if match else None
+                name = m.groupdict().get("NAME") if m else None
+                if name and f"runs/{name}/tokens" in f:
+                    sizes["T"] = f[f"runs/{name}/tokens"].shape[0]
+                if "labels" in o.attrs:
+                    sizes["R"] = len(np.atleast_1d(o.attrs["labels"]))
+                if "layers" in o.attrs:
+                    sizes["Lmoe"] = len(np.atleast_1d(o.attrs["layers"]))
+                if "/router_weight_regression/" in p:
+                    sizes["P"] = E * (E - 1) // 2  # the table's P there: regressed pairs, not prompts
+                if match and "R" in match[0]["shape"]:
+                    assert "labels" in o.attrs, f"{p}: shape {match[0]['shape']} but no labels attribute"
+            else:
+                mr = re.match(r"^/runs/([^/]+)/", p)
+                if mr and "tokens" in f[f"runs/{mr.group(1)}"]:
+                    sizes["T"] = f[f"runs/{mr.group(1)}/tokens"].shape[0]
+                    sizes["P"] = f[f"runs/{mr.group(1)}/prompt_offsets"].shape[0] - 1
+            assert match, f"{p}: {kind} not described in docs/session-format.md"
+            if kind == "dataset":
+                r = match[0]
+                assert _dtype_ok(h5py, r["dtype"], o.dtype), f"{p}: dtype {o.dtype}, documented {r['dtype']}"
+                assert _shape_ok(r["shape"], o.shape, sizes), f"{p}: shape {o.shape}, documented {r['shape']} ({sizes})"
+                if o.dtype.kind in "fi" and o.size:
+                    assert o.fletcher32 and o.compression == "gzip", f"{p}: not checksummed and compressed"
+            elif p.startswith("/analyses/") and p not in results:
+                assert not len(o.attrs), f"{p}: a group inside the result store that is no result has attributes"
+            for a in o.attrs:
+                arows = [r for r in rows if r["kind"] == "attr" and r["attr"] == a and r["rx"].match(p)]
+                assert arows, f"{p}@{a}: attribute not described in docs/session-format.md"
+                v = o.attrs.get_id(a)
+                assert _dtype_ok(h5py, arows[0]["dtype"], v.dtype), f"{p}@{a}: dtype {v.dtype}"
+                assert _shape_ok(arows[0]["shape"], v.shape, sizes, attr=True), f"{p}@{a}: shape {v.shape}"
+                if a.endswith("_json"):
+                    assert isinstance(json.loads(o.attrs[a]), dict), f"{p}@{a}: not a JSON object"
+        for r in rows:
+            if not r["required"] or r["path"].startswith("/analyses/"):
+                continue  # result attributes: checked above, on the groups that are results
+            if r["kind"] == "attr":
+                holders = [p for p in objects if r["rx"].match(p)]
+                for p in holders:
+                    assert r["attr"] in objects[p].attrs, f"{p}: required attribute {r['attr']} missing"
+            else:
+                prx = re.compile("^/" + "/".join(_seg_rx(s) for s in r["parent"].split("/") if s) + "$") \
+                    if r["parent"] != "/" else re.compile("^/$")
+                leaf = r["path"].rsplit("/", 1)[1]
+                for p, o in objects.items():
+                    if prx.match(p) and isinstance(o, h5py.Group):
+                        assert leaf in o, f"{p}: required {leaf} missing"
+        return objects
+
+
+def test_session_against_documented_layout(sess):
+    objs = walk_against_doc(sess.path)
+    assert f"/analyses/routing_check/{RUN}/mismatches" in objs
+
+
+# ---- other invocations -----------------------------------------------------------------------
+
+def _float_arrays(f):
+    return {p: f["analyses/" + p][()] for p in _analysis_datasets(f)}
+
+
+def test_packed_layout_gives_the_same_results(world):
+    """The packed layout (transformers v5 in-memory state dict) and save_pretrained's per-expert
+    layout hold the same numbers: the same results, PCA projections aside (their components
+    may rotate within near-degenerate eigenspaces; test_s6/s7 check both against the oracle)."""
+    h5py = require("h5py")
+    for case in ("mixtral",):
+        a = Sess(world, case, "per_expert")
+        b = Sess(world, case, "packed")
+        with h5py.File(a.path, "r") as fa, h5py.File(b.path, "r") as fb:
+            xa, xb = _float_arrays(fa), _float_arrays(fb)
+            assert sorted(xa) == sorted(xb)
+            for p in xa:
+                if re.match(r"(matrix|neuron)_pca/layers/\d+/(gate|up|down)$", p):
+                    continue
+                if xa[p].dtype.kind == "i":
+                    np.testing.assert_array_equal(xa[p], xb[p], err_msg=p)
+                else:
+                    tol = 1e-6 if p.split("/")[0] in ("weight_similarity", "neuron_mean_similarity",
+                                                      "router_similarity", "neuron_reordering") else TOL_D1
+                    check_close(xb[p], xa[p], tol * max(1.0, float(np.abs(xa[p]).max(initial=0))), p)
+
+
+def test_layers_subset(world, tmp_path):
+    """--layers restricts every analysis: per-layer groups and per-layer rows of that layer only."""
+    h5py = require("h5py")
+    case = "mixtral"
+    exp = world.expected(case)
+    out = tmp_path / "s.h5"
+    shutil.copy(world.traced(case), out)
+    ckpt = world.ckpt(case)
+    run_cli(world.cli, "analyze", ckpt, "--out", out, "--static", "S1,S5", "--dynamic", "D2,load", "--run", RUN,
+            "--layers", "1")
+    with h5py.File(out, "r") as f:
+        assert sorted(f["analyses/weight_similarity/layers"].keys()) == ["1"]
+        assert sorted(f[f"analyses/norm_score_ranks/{RUN}/layers"].keys()) == ["1"]
+        for m in MATS:
+            check_close(ds(f, f"weight_similarity/layers/1/{m}")[()],
+                        exp.arrays[f"weight_similarity/layers/1/{m}"][:4, :4], TOL_SIM, m)
+        r = ds(f, "router_weight_regression/r")
+        check_layers_attr(r, [1])
+        check_close(r[()], exp.arrays["router_weight_regression/r"][1:2], 1e-4, "r")
+        c = ds(f, f"expert_load/{RUN}/counts")
+        check_layers_attr(c, [1])
+        np.testing.assert_array_equal(c[()], exp.arrays[f"expert_load/{RUN}/counts"][1:2])
+        kt = ds(f, f"norm_score_ranks/{RUN}/kendall_tau")
+        check_layers_attr(kt, [1])
+        check_close(kt[()], exp.arrays[f"norm_score_ranks/{RUN}/kendall_tau"][1:2], TOL_DERIVED, "kendall_tau")
+        d = ds(f, "layer_diversity/weights/gate")
+        check_layers_attr(d, [1])
+    walk_against_doc(out)
+
+
+def test_default_static_set_and_s5_alone(world, tmp_path):
+    """Without --static and --dynamic: S1, S2, S4, S5, S6 (not S3, S7) into a new session; --static
+    S5 alone computes what it needs."""
+    h5py = require("h5py")
+    case = "olmoe"
+    exp = world.expected(case)
+    ckpt = world.ckpt(case)
+    out = tmp_path / "default.h5"
+    run_cli(world.cli, "analyze", ckpt, "--out", out)
+    with h5py.File(out, "r") as f:
+        tops = {p.split("/")[0] for p in _analysis_datasets(f)}
+        for rid in ("weight_similarity", "neuron_mean_similarity", "router_similarity", "router_weight_regression",
+                    "matrix_pca"):
+            assert rid in tops, f"default static set lacks {rid}"
+        for rid in ("neuron_reordering", "neuron_pca", "output_similarity", "norm_score_ranks"):
+            assert rid not in tops, f"default static set has {rid}"
+        check_close(ds(f, "router_weight_regression/r")[()], exp.arrays["router_weight_regression/r"], 1e-4, "r")
+    walk_against_doc(out)
+    out = tmp_path / "s5.h5"
+    run_cli(world.cli, "analyze", ckpt, "--out", out, "--static", "S5")
+    with h5py.File(out, "r") as f:
+        for q in ("r", "slope", "intercept"):
+            check_close(ds(f, f"router_weight_regression/{q}")[()], exp.arrays[f"router_weight_regression/{q}"],
+                        1e-4 * max(1.0, float(np.abs(exp.arrays[f"router_weight_regression/{q}"]).max())), q)
+        for l in exp.moe.moe_layers:
+            path = f"router_weight_regression/layers/{l}/pairs"
+            check_close(ds(f, path)[()], exp.arrays[path], TOL_SIM, path)
+
+
+def test_three_pca_components(world, tmp_path):
+    h5py = require("h5py")
+    case = "qwen2moe"
+    exp = world.expected(case)
+    out = tmp_path / "s.h5"
+    run_cli(world.cli, "analyze", world.ckpt(case), "--out", out, "--static", "S6,S7", "--pca-components", "3",
+            "--reference", world.ref_ckpt(case))
+    with h5py.File(out, "r") as f:
+        for l in exp.moe.moe_layers:
+            for m in MATS:
+                _check_pca(exp, f, f"matrix_pca/layers/{l}/{m}", 3)
+                _check_pca(exp, f, f"neuron_pca/layers/{l}/{m}", 3)
+
+
+def test_rerun_replaces_results(world, tmp_path):
+    """Running S1 again without --reference replaces weight_similarity (no F row any more) and
+    leaves the other results as they were."""
+    h5py = require("h5py")
+    case = "mixtral"
+    exp = world.expected(case)
+    out = tmp_path / "s.h5"
+    shutil.copy(world.session(case, "per_expert"), out)
+    with h5py.File(out, "r") as f:
+        before = _float_arrays(f)
+    run_cli(world.cli, "analyze", world.ckpt(case), "--out", out, "--static", "S1")
+    with h5py.File(out, "r") as f:
+        after = _float_arrays(f)
+        for m in MATS:
+            d = ds(f, f"weight_similarity/layers/1/{m}")
+            assert labels_of(d) == ["0", "1", "2", "3"]
+            check_close(d[()], exp.arrays[f"weight_similarity/layers/1/{m}"][:4, :4], TOL_SIM, m)
+    for p, v in before.items():
+        if p.split("/")[0] in ("weight_similarity", "layer_diversity"):
+            continue
+        assert p in after, f"{p} was dropped by re-running S1"
+        np.testing.assert_array_equal(after[p], v, err_msg=p)
+
+
+# ---- bad input -------------------------------------------------------------------------------
+
+# (id, session's model, analyze arguments (callables take the World), words the message must hold)
+BAD = [
+    ("layer-99", "mixtral", ["--static", "S1", "--layers", "99"], ["99"]),
+    ("dense-layer", "qwen2moe", ["--static", "S1,S2", "--layers", "2"], ["2", "dense"]),
+    ("static-S9", "mixtral", ["--static", "S1,S9"], ["S9"]),
+    ("dynamic-D7", "mixtral", ["--dynamic", "D1,D7", "--run", RUN], ["D7"]),
+    ("dynamic-without-run", "mixtral", ["--dynamic", "all"], ["run"], 2),  # a usage error
+    ("run-not-in-session", "mixtral", ["--dynamic", "D1", "--run", "nosuchrun"], ["nosuchrun"]),
+    ("reference-hidden-size", "mixtral",
+     ["--static", "S2", "--reference", lambda w: w.dense(dict(hidden_size=32))[1]], ["hidden", "32"]),
+    ("reference-layer-count", "mixtral",
+     ["--static", "S2", "--reference", lambda w: w.dense(dict(num_hidden_layers=3))[1]], ["layer", "3"]),
+    ("reference-not-dense", "mixtral",
+     ["--static", "S2", "--reference", lambda w: w.ckpt("olmoe")], ["dense"]),
+    ("dynamic-reference-hidden-size", "mixtral",
+     ["--dynamic", "D1", "--run", RUN, "--reference", lambda w: w.dense(dict(hidden_size=32))[1]], ["hidden", "32"]),
+]
+
+
+@pytest.mark.parametrize("case", BAD, ids=[b[0] for b in BAD])
+def test_bad_input(world, tmp_path_factory, case):
+    """Exit 1 (2 for a usage error), a message naming the problem (checked with every path removed from it, so a word
+    in a path cannot satisfy it), the session unchanged byte for byte, no file left beside it;
+    and against a session file that does not exist yet, nothing created."""
+    _, model_case, args, needles = case[:4]
+    code = case[4] if len(case) > 4 else 1
+    args = [a(world) if callable(a) else a for a in args]
+    d = tmp_path_factory.mktemp("x")
+    work = d / "s.h5"
+    shutil.copy(world.traced(model_case), work)
+    before = sha(work)
+    ckpt = world.ckpt(model_case)
+    paths = [str(p) for p in [work, ckpt, *args, d, tmp_path_factory.getbasetemp()] if os.sep in str(p)]
+
+    def check(out, words):
+        r = run_cli(world.cli, "analyze", ckpt, "--out", out, *args, check=False)
+        assert r.returncode == code, f"exit {r.returncode}\n{r.stderr}"
+        assert "Traceback" not in r.stderr and "terminate called" not in r.stderr, r.stderr
+        msg = r.stderr
+        for p in sorted(paths, key=len, reverse=True):
+            msg = msg.replace(p, "<path>")
+        for n in words:
+            assert n.lower() in msg.lower(), f"{n!r} not in the message: {r.stderr}"
+
+    check(work, needles)
+    assert sha(work) == before, "the session changed"
+    assert sorted(os.listdir(d)) == ["s.h5"], f"files left beside the session: {os.listdir(d)}"
+    check(d / "new.h5", [])  # which problem is reported first is not specified here
+    assert sorted(os.listdir(d)) == ["s.h5"], f"a failed analyze created {os.listdir(d)}"

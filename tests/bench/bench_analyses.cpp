@@ -1,0 +1,94 @@
+// Benchmark driver for the analyses (run by tests/bench/bench_analyses.py, not by CTest).
+//   bench_analyses static CHECKPOINT [S1,S2,S4]   times the static analyses; samples the resident
+//        set every 5 ms and prints {"seconds", "baseline_anon_mb", "peak_anon_mb", "peak_file_mb"}
+//   bench_analyses dynamic CHECKPOINT PROMPTS LENGTH
+//        times a plain traced forward and D1+D2 on the same random prompts:
+//        {"trace_s", "dynamic_s", "tokens"}
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <random>
+#include <string>
+#include <thread>
+
+#include "analysis/analysis.h"
+#include "checkpoint/checkpoint.h"
+#include "model/model.h"
+#include "model/spec.h"
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+// RssAnon and RssFile from /proc/self/status, in MiB.
+std::pair<double, double> rss() {
+    std::ifstream in("/proc/self/status");
+    std::string key;
+    double anon = 0, file = 0;
+    while (in >> key) {
+        double kb = 0;
+        if (key == "RssAnon:" && in >> kb) anon = kb / 1024.0;
+        else if (key == "RssFile:" && in >> kb) file = kb / 1024.0;
+    }
+    return {anon, file};
+}
+
+double since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    if (argc < 3) {
+        std::fprintf(stderr, "usage: bench_analyses static CKPT [LIST] | dynamic CKPT PROMPTS LENGTH\n");
+        return 2;
+    }
+    const std::string mode = argv[1];
+    es::initRuntime(0);
+    auto ckpt = es::Checkpoint::open(argv[2]);
+    es::ModelSpec spec = es::ModelSpec::fromCheckpoint(*ckpt);
+    if (mode == "static") {
+        es::StaticOptions opt;
+        opt.analyses = es::parseStaticList(argc > 3 ? argv[3] : "S1,S2,S4");
+        const double baseline = rss().first;
+        std::atomic<bool> done{false};
+        double peakAnon = 0, peakFile = 0;
+        std::thread sampler([&] {
+            while (!done.load()) {
+                auto [a, f] = rss();
+                peakAnon = std::max(peakAnon, a);
+                peakFile = std::max(peakFile, f);
+                std::this_thread::sleep_for(std::chrono::milliseconds(5));
+            }
+        });
+        auto t0 = Clock::now();
+        auto res = es::staticAnalyses(*ckpt, spec, nullptr, opt);
+        const double s = since(t0);
+        done = true;
+        sampler.join();
+        std::printf("{\"seconds\": %.4f, \"baseline_anon_mb\": %.1f, \"peak_anon_mb\": %.1f, \"peak_file_mb\": %.1f, "
+                    "\"results\": %zu}\n", s, baseline, peakAnon, peakFile, res.size());
+        return 0;
+    }
+    if (mode == "dynamic" && argc == 5) {
+        const int P = std::stoi(argv[3]), len = std::stoi(argv[4]);
+        std::mt19937 rng(0);
+        std::vector<std::vector<int64_t>> prompts(static_cast<size_t>(P));
+        for (auto& p : prompts)
+            for (int i = 0; i < len; ++i) p.push_back(static_cast<int64_t>(rng() % static_cast<uint32_t>(spec.vocab)));
+        auto model = es::Model::load(ckpt, spec, {});
+        model->trace({prompts[0]}, {});  // warm-up
+        auto t0 = Clock::now();
+        es::RunTrace rt = model->trace(prompts, {});
+        const double traceS = since(t0);
+        es::DynamicOptions opt;
+        opt.analyses = {"D1", "D2"};
+        t0 = Clock::now();
+        auto res = es::dynamicAnalyses(ckpt, spec, nullptr, "bench", prompts, rt.layers, opt);
+        const double dynS = since(t0);
+        std::printf("{\"trace_s\": %.4f, \"dynamic_s\": %.4f, \"tokens\": %d}\n", traceS, dynS, P * len);
+        return 0;
+    }
+    std::fprintf(stderr, "bad arguments\n");
+    return 2;
+}

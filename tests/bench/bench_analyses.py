@@ -1,0 +1,124 @@
+#!/usr/bin/env python3
+"""Analysis benchmarks (not part of the default test run).
+
+    .venv/bin/python tests/bench/bench_analyses.py [--build build] [--layers 1] [--skip-static] [--skip-dynamic]
+
+Static: a bf16 checkpoint with real Mixtral-8x7B layer dimensions (d=4096, F=14336, 8 experts;
+2.8 GB of expert weights per layer; random values written directly with safetensors, sharded
+into 1 GB files). S1 + S2 + S4 are timed against reading the same files once (best of 3
+`cat FILES > /dev/null` with a warm page cache), and the resident set is sampled during the
+analysis: anonymous memory (what the analysis allocates) and file-backed memory (mapped
+checkpoint pages), against one layer's expert bytes.
+
+Dynamic: D1 + D2 with every expert evaluated, on 2048 tokens (4 prompts of 512) of the mid-size
+float32 Mixtral model of run_bench.py, against the engine's plain traced forward on the same
+prompts, in the same process.
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import torch
+from safetensors.torch import save_file
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+
+def make_mixtral_dims(out, layers):
+    d, F, E, V, kv = 4096, 14336, 8, 32000, 1024
+    cfg = dict(model_type="mixtral", architectures=["MixtralForCausalLM"], vocab_size=V, hidden_size=d,
+               intermediate_size=F, num_hidden_layers=layers, num_attention_heads=32, num_key_value_heads=8,
+               num_local_experts=E, num_experts_per_tok=2, max_position_embeddings=4096, rms_norm_eps=1e-5,
+               rope_theta=1e6, tie_word_embeddings=False, torch_dtype="bfloat16")
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "config.json"), "w") as f:
+        json.dump(cfg, f, indent=2)
+    g = torch.Generator().manual_seed(0)
+    shapes = {"model.embed_tokens.weight": (V, d), "lm_head.weight": (V, d), "model.norm.weight": (d,)}
+    for l in range(layers):
+        p = f"model.layers.{l}."
+        shapes.update({p + "input_layernorm.weight": (d,), p + "post_attention_layernorm.weight": (d,),
+                       p + "self_attn.q_proj.weight": (d, d), p + "self_attn.k_proj.weight": (kv, d),
+                       p + "self_attn.v_proj.weight": (kv, d), p + "self_attn.o_proj.weight": (d, d),
+                       p + "block_sparse_moe.gate.weight": (E, d)})
+        for e in range(E):
+            q = p + f"block_sparse_moe.experts.{e}."
+            shapes.update({q + "w1.weight": (F, d), q + "w3.weight": (F, d), q + "w2.weight": (d, F)})
+    shard, size, shards, index = {}, 0, [], {}
+
+    def flush():
+        nonlocal shard, size
+        if shard:
+            name = f"model-{len(shards) + 1:05d}.safetensors"
+            save_file(shard, os.path.join(out, name), metadata={"format": "pt"})
+            shards.append(name)
+            for k in shard:
+                index[k] = name
+            shard, size = {}, 0
+
+    for name, shape in shapes.items():
+        t = (torch.randn(shape, generator=g) * 0.02).to(torch.bfloat16)
+        if size + t.numel() * 2 > (1 << 30):
+            flush()
+        shard[name] = t
+        size += t.numel() * 2
+    flush()
+    with open(os.path.join(out, "model.safetensors.index.json"), "w") as f:
+        json.dump({"metadata": {}, "weight_map": index}, f)
+    return [os.path.join(out, s) for s in shards], E * 3 * F * d * 2
+
+
+def cat_seconds(files):
+    best = None
+    for _ in range(4):  # the first run warms the page cache
+        a = time.perf_counter()
+        subprocess.run("cat " + " ".join(files) + " > /dev/null", shell=True, check=True)
+        t = time.perf_counter() - a
+        best = t if best is None else min(best, t)
+    return best
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--build", default=os.path.join(ROOT, "build"))
+    ap.add_argument("--layers", type=int, default=1)
+    ap.add_argument("--skip-static", action="store_true")
+    ap.add_argument("--skip-dynamic", action="store_true")
+    a = ap.parse_args()
+    exe = os.path.join(a.build, "bin", "bench_analyses")
+    with tempfile.TemporaryDirectory() as tmp:
+        if not a.skip_static:
+            files, layer_bytes = make_mixtral_dims(os.path.join(tmp, "mixtral"), a.layers)
+            total = sum(os.path.getsize(f) for f in files)
+            read_s = cat_seconds(files)
+            runs = [json.loads(subprocess.run([exe, "static", os.path.join(tmp, "mixtral"), "S1,S2,S4"], check=True,
+                                              capture_output=True, text=True).stdout) for _ in range(3)]
+            r = min(runs, key=lambda x: x["seconds"])
+            layer_mb = layer_bytes / 2**20
+            print(f"static S1+S2+S4: {a.layers} layer(s), {total / 2**30:.2f} GiB checkpoint, "
+                  f"{layer_mb:.0f} MiB of experts per layer")
+            print(f"  read once (best of 3 cat): {read_s:.2f} s; analyses (best of 3): {r['seconds']:.2f} s; "
+                  f"ratio {r['seconds'] / read_s:.2f}x (target <= 2x)")
+            print(f"  anonymous: baseline {r['baseline_anon_mb']:.0f} MiB, peak {r['peak_anon_mb']:.0f} MiB "
+                  f"(+{r['peak_anon_mb'] - r['baseline_anon_mb']:.0f} MiB; limit 1.5 x layer + baseline = "
+                  f"{1.5 * layer_mb + r['baseline_anon_mb']:.0f} MiB)")
+            print(f"  file-backed peak: {r['peak_file_mb']:.0f} MiB ({r['peak_file_mb'] / layer_mb:.2f} x one layer)")
+        if not a.skip_dynamic:
+            import run_bench
+            out = os.path.join(tmp, "mid")
+            run_bench.make("mid", out)
+            runs = [json.loads(subprocess.run([exe, "dynamic", out, "4", "512"], check=True, capture_output=True,
+                                              text=True).stdout) for _ in range(3)]
+            r = min(runs, key=lambda x: x["dynamic_s"])
+            t = min(x["trace_s"] for x in runs)
+            print(f"dynamic D1+D2 (all 8 experts on every token), mid model, {r['tokens']} tokens: "
+                  f"traced forward {t:.2f} s, D1+D2 {r['dynamic_s']:.2f} s, ratio {r['dynamic_s'] / t:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
