@@ -11,6 +11,7 @@ import sys
 import pytest
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "parity"))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # sessiondoc (the session-format walker)
 
 
 def missing(msg):

@@ -61,6 +61,7 @@ import pytest
 
 from conftest import missing, require, run_cli
 import fixtures
+from sessiondoc import KINDS, walk_against_doc
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 try:
@@ -69,8 +70,6 @@ try:
 except ImportError as e:  # scipy or safetensors missing: reported by the fixture
     R, _import_error = None, e
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-DOC = os.path.join(ROOT, "docs", "session-format.md")
 MATS = ("gate", "up", "down")
 RUN = "r"
 N_FIRST = 5
@@ -87,11 +86,6 @@ TOL_ACT = 2e-5
 TOL_W_HF = 1e-5
 TOL_DERIVED = 1e-6
 GAP_EPS = 1e-6
-
-KINDS = {"weight_similarity": "S1", "neuron_mean_similarity": "S2", "neuron_reordering": "S3",
-         "router_similarity": "S4", "router_weight_regression": "S5", "matrix_pca": "S6", "neuron_pca": "S7",
-         "output_similarity": "D1", "norm_score_ranks": "D2", "gate_activations": "D3", "routing_map": "D4",
-         "expert_load": "load", "layer_diversity": "diversity", "routing_check": "routing_check"}
 
 
 def sha(p):
@@ -666,154 +660,6 @@ def test_result_metadata(sess):
 
 
 # ---- the file against docs/session-format.md ---------------------------------------------------
-
-PH = {"NAME": "(?P<NAME>[^/]+)", "L": r"(?P<L>\d+)", "ID": r"[^/]+(?:/[^/]+)*", "ARRAY": r"[^/]+(?:/[^/]+)*",
-      "VIEW": r"[^/]+", "N": r"\d+"}
-MAT_RX = r"(?:gate|up|down)"
-
-
-def _seg_rx(seg):
-    if seg in PH:
-        return PH[seg]
-    parts = re.split(r"(?<![A-Za-z])MAT(?![A-Za-z])", seg)
-    return MAT_RX.join(re.escape(p) for p in parts)
-
-
-def parse_doc():
-    """The table of docs/session-format.md. Unlike tests/core/test_session.py's parser, ID and
-    ARRAY may span several segments and MAT (gate|up|down) may be part of a segment (MAT_tau)."""
-    rows = []
-    for line in open(DOC, encoding="utf-8"):
-        if not line.startswith("| `/"):
-            continue
-        cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        path, kind, dtype, shape, required = cells[0].strip("`"), cells[1], cells[2], cells[3], cells[4]
-        segs = [s for s in path.split("/") if s]
-        rx = "^/" + "/".join(_seg_rx(s) for s in segs) + "$"
-        parent = "/".join(path.split("/")[:-1]) or "/"
-        attr = None
-        if kind.startswith("attr"):
-            attr = kind.split("`")[1]
-            kind = "attr"
-        rows.append(dict(path=path, rx=re.compile(rx), kind=kind, attr=attr, dtype=dtype, shape=shape,
-                         required=required == "yes", specific=not ({"ID", "ARRAY"} & set(segs)), parent=parent))
-    assert len(rows) > 60, "the format table (with the /analyses rows) was not found in docs/session-format.md"
-    return rows
-
-
-def _dtype_ok(h5py, spec, dt):
-    if spec == "string":
-        c = h5py.check_string_dtype(dt)
-        return c is not None and c.encoding == "utf-8"
-    if spec == "vlen uint8":
-        return h5py.check_vlen_dtype(dt) == np.dtype("uint8")
-    return dt.name in [s.strip() for s in spec.replace(" or ", ",").split(",") if s.strip()]
-
-
-def _shape_ok(spec, shape, sizes, attr=False):
-    if spec == "any":
-        return True
-    if spec == "scalar":
-        return shape in ((), (1,))
-    want = [s.strip() for s in spec.strip("[]").split(",")]
-    if len(want) != len(shape):
-        return False
-    for w, s in zip(want, shape):
-        if w.isdigit():
-            ok = s == int(w)
-        elif w == "P+1":
-            ok = s >= 2
-        elif attr:
-            ok = True  # an attribute's length names its own dimension ([R] of labels, [C] of columns)
-        elif w == "C":
-            ok = s in (2, 3)
-        elif w in sizes:
-            ok = s == sizes[w]
-        else:
-            ok = True  # N, Nn, F, Fs, Fr, M, V: any length
-        if not ok:
-            return False
-    return True
-
-
-def walk_against_doc(path):
-    """Every object and attribute matches a documented row (dtype, shape); every required row is
-    present; every array of a documented result matches that result's own row; every dataset
-    below /analyses belongs to exactly one result (a group with the four required attributes),
-    and groups between /analyses and a result, or between a result and its arrays, carry none."""
-    h5py = require("h5py")
-    rows = parse_doc()
-    with h5py.File(path, "r") as f:
-        E = int(f["model"].attrs["num_experts"])
-        k = int(f["model"].attrs["top_k"])
-        objects = {"/": f}
-        f.visititems(lambda n, o: objects.__setitem__("/" + n, o))
-        results = {p for p, o in objects.items() if p.startswith("/analyses/") and isinstance(o, h5py.Group)
-                   and len(o.attrs)}
-        for p in results:
-            for a in ("kind", "params_json", "provenance_json", "created"):
-                assert a in objects[p].attrs, f"{p}: a result without its required attribute {a}"
-        for p, o in objects.items():
-            kind = "dataset" if isinstance(o, h5py.Dataset) else "group"
-            sizes = {"E": E, "k": k}
-            match = [r for r in rows if r["kind"] == kind and r["rx"].match(p)]
-            if p.startswith("/analyses/") and kind == "dataset":
-                owners = [q for q in results if p.startswith(q + "/")]
-                assert len(owners) == 1, f"{p}: belongs to {len(owners)} results ({owners})"
-                specific = [r for r in match if r["specific"]]
-                top = p.split("/")[2]
-                assert specific or top not in KINDS, f"{p}: not an array documented for /analyses/{top}"
-                match = specific or match
-                m = match[0]["rx"].match(p) if match else None
-                name = m.groupdict().get("NAME") if m else None
-                if name and f"runs/{name}/tokens" in f:
-                    sizes["T"] = f[f"runs/{name}/tokens"].shape[0]
-                if "labels" in o.attrs:
-                    sizes["R"] = len(np.atleast_1d(o.attrs["labels"]))
-                if "layers" in o.attrs:
-                    sizes["Lmoe"] = len(np.atleast_1d(o.attrs["layers"]))
-                if "/router_weight_regression/" in p:
-                    sizes["P"] = E * (E - 1) // 2  # the table's P there: regressed pairs, not prompts
-                if match and "R" in match[0]["shape"]:
-                    assert "labels" in o.attrs, f"{p}: shape {match[0]['shape']} but no labels attribute"
-            else:
-                mr = re.match(r"^/runs/([^/]+)/", p)
-                if mr and "tokens" in f[f"runs/{mr.group(1)}"]:
-                    sizes["T"] = f[f"runs/{mr.group(1)}/tokens"].shape[0]
-                    sizes["P"] = f[f"runs/{mr.group(1)}/prompt_offsets"].shape[0] - 1
-            assert match, f"{p}: {kind} not described in docs/session-format.md"
-            if kind == "dataset":
-                r = match[0]
-                assert _dtype_ok(h5py, r["dtype"], o.dtype), f"{p}: dtype {o.dtype}, documented {r['dtype']}"
-                assert _shape_ok(r["shape"], o.shape, sizes), f"{p}: shape {o.shape}, documented {r['shape']} ({sizes})"
-                if o.dtype.kind in "fi" and o.size:
-                    assert o.fletcher32 and o.compression == "gzip", f"{p}: not checksummed and compressed"
-            elif p.startswith("/analyses/") and p not in results:
-                assert not len(o.attrs), f"{p}: a group inside the result store that is no result has attributes"
-            for a in o.attrs:
-                arows = [r for r in rows if r["kind"] == "attr" and r["attr"] == a and r["rx"].match(p)]
-                assert arows, f"{p}@{a}: attribute not described in docs/session-format.md"
-                v = o.attrs.get_id(a)
-                assert _dtype_ok(h5py, arows[0]["dtype"], v.dtype), f"{p}@{a}: dtype {v.dtype}"
-                assert _shape_ok(arows[0]["shape"], v.shape, sizes, attr=True), f"{p}@{a}: shape {v.shape}"
-                if a.endswith("_json"):
-                    assert isinstance(json.loads(o.attrs[a]), dict), f"{p}@{a}: not a JSON object"
-        for r in rows:
-            if not r["required"] or r["path"].startswith("/analyses/"):
-                continue  # result attributes: checked above, on the groups that are results
-            if r["kind"] == "attr":
-                holders = [p for p in objects if r["rx"].match(p)]
-                for p in holders:
-                    assert r["attr"] in objects[p].attrs, f"{p}: required attribute {r['attr']} missing"
-            else:
-                prx = re.compile("^/" + "/".join(_seg_rx(s) for s in r["parent"].split("/") if s) + "$") \
-                    if r["parent"] != "/" else re.compile("^/$")
-                leaf = r["path"].rsplit("/", 1)[1]
-                for p, o in objects.items():
-                    if prx.match(p) and isinstance(o, h5py.Group):
-                        assert leaf in o, f"{p}: required {leaf} missing"
-        return objects
-
 
 def test_session_against_documented_layout(sess):
     objs = walk_against_doc(sess.path)
