@@ -218,3 +218,52 @@ def test_trace_text_prompt_errors(cli, build_fixture, tmp_path):
     r = run_cli(cli, "trace", per, "--prompts", bad, "--out", tmp_path / "s.h5", check=False)
     assert r.returncode == 1 and str(bad) in r.stderr and "line 2" in r.stderr
     assert not (tmp_path / "s.h5").exists()
+
+
+def test_analyze_presets_and_paragraphs(cli, tokenizer_path, tmp_path):
+    """analyze --preset and --paragraphs make a run from the paper's inputs (verbatim, BOS
+    included through the checkpoint's tokenizer; one forward per paragraph) in the same save as
+    the analyses, and route it exactly as HF does."""
+    import shutil
+    import numpy as np
+    h5py = require("h5py")
+    import fixtures
+    from tokenizers import Tokenizer
+    tpath = tokenizer_path("sentencepiece_llama_legacy")
+    hf_tok = Tokenizer.from_file(tpath)
+    model = fixtures.build_model("mixtral_gqa", vocab_size=hf_tok.get_vocab_size(with_added_tokens=True))
+    ck = tmp_path / "ckpt"
+    model.save_pretrained(ck)
+    shutil.copy(tpath, ck / "tokenizer.json")
+    out = tmp_path / "s.h5"
+    short = "As an open source alternative to"
+    routing = ("As an open source alternative to Chat GPT, I do not have personal opinions. However, I can provide "
+               "objective information about Chat GPT's capabilities and limitations based on its architecture and "
+               "training data. Chat GPT is a powerful language model based on the GPT (Generative Pre-trained "
+               "Transformer")
+    paragraphs = ["First paragraph, with words.", "Zweiter Absatz: Größe.", "third"]
+    (tmp_path / "p.txt").write_text(" = Title = \n\n  " + paragraphs[0] + "  \n = = Section = = \n" + paragraphs[1] +
+                                    "\n\n\n" + paragraphs[2] + "\n", encoding="utf-8")
+    run_cli(cli, "analyze", ck, "--out", out, "--dynamic", "D4,load", "--preset", "short")
+    run_cli(cli, "analyze", ck, "--out", out, "--dynamic", "D4", "--preset", "routing-map")
+    run_cli(cli, "analyze", ck, "--out", out, "--dynamic", "D4", "--paragraphs", tmp_path / "p.txt", "--run", "wiki")
+    r = run_cli(cli, "analyze", ck, "--out", out, "--dynamic", "D4", "--preset", "short", check=False)
+    assert r.returncode == 1 and "short" in r.stderr  # the run exists already
+    with h5py.File(out, "r") as f:
+        for run, texts in (("short", [short]), ("routing-map", [routing]), ("wiki", paragraphs)):
+            ids = [hf_tok.encode(t).ids for t in texts]
+            assert all(p[0] == hf_tok.token_to_id("<s>") for p in ids)  # BOS-prefixed
+            g = f[f"runs/{run}"]
+            assert [t.decode() for t in g["prompt_texts"][:]] == texts
+            assert list(g["tokens"][:]) == [i for p in ids for i in p]
+            assert list(g["prompt_offsets"][:]) == list(np.cumsum([0] + [len(p) for p in ids]))
+            ref = fixtures.reference(model, prompts=ids)
+            for l in ref["moe_layers"]:
+                w = f[f"analyses/routing_map/{run}/layers/{l}/weights"][:]
+                T = len(g["tokens"])
+                expect = np.zeros((w.shape[0], T), dtype=np.float64)
+                for t in range(T):
+                    expect[ref[f"L{l}_topk_experts"][t], t] = ref[f"L{l}_topk_weights"][t]
+                np.testing.assert_allclose(w, expect, atol=1e-5, rtol=0)
+            assert f[f"analyses/routing_check/{run}/mismatches"].shape == (0, 2)
+        assert "analyses/expert_load/short/counts" in f
