@@ -23,79 +23,144 @@ struct Acc {
     std::vector<std::vector<double>> sums;
 };
 
-// Widens `count` values of one matrix to fp32; bf16 is a shift, written so it vectorises.
-inline void widen(const uint8_t* src, DType dt, int count, float* dst) {
-    if (dt == DType::BF16) {
-        uint16_t h[kTile];
-        std::memcpy(h, src, static_cast<size_t>(count) * 2);
-        for (int i = 0; i < count; ++i) {
-            const uint32_t u = static_cast<uint32_t>(h[i]) << 16;
-            std::memcpy(dst + i, &u, 4);
-        }
-    } else {
-        toFloats(src, dt, count, dst);
+typedef uint16_t u16x8 __attribute__((vector_size(16)));
+typedef uint32_t u32x8 __attribute__((vector_size(32)));
+
+// bf16 -> fp32 is a 16-bit shift: eight values at a time.
+__attribute__((target_clones("arch=x86-64-v3", "default"))) void widenBf16(const uint8_t* src, int count, float* dst) {
+    int i = 0;
+    for (; i + kLanes <= count; i += kLanes) {
+        u16x8 h;
+        std::memcpy(&h, src + 2 * i, sizeof h);
+        const u32x8 w = __builtin_convertvector(h, u32x8) << 16;
+        std::memcpy(dst + i, &w, sizeof w);
+    }
+    for (; i < count; ++i) {
+        uint16_t h;
+        std::memcpy(&h, src + 2 * i, 2);
+        const uint32_t u = static_cast<uint32_t>(h) << 16;
+        std::memcpy(dst + i, &u, 4);
     }
 }
 
+// Widens `count` values of one matrix to fp32.
+inline void widen(const uint8_t* src, DType dt, int count, float* dst) {
+    if (dt == DType::BF16) widenBf16(src, count, dst);
+    else toFloats(src, dt, count, dst);
+}
+
+inline v8 load8(const float* p) {
+    v8 v;
+    std::memcpy(&v, p, sizeof v);
+    return v;
+}
+inline void store8(float* p, v8 v) { std::memcpy(p, &v, sizeof v); }
+
 // Pairwise products of the n rows of a tile ([n][kTile], padded with zeros), into fp32 vector
-// accumulators (one per pair a <= b).
-__attribute__((target_clones("arch=haswell", "default"))) void accumulatePairs(const float* tile, int n, v8* acc) {
-    int p = 0;
-    for (int a = 0; a < n; ++a)
-        for (int b = a; b < n; ++b, ++p) {
-            v8 s = acc[p];
-            for (int i = 0; i < kTile; i += kLanes) {
-                v8 x, y;
-                std::memcpy(&x, tile + a * kTile + i, sizeof x);
-                std::memcpy(&y, tile + b * kTile + i, sizeof y);
-                s += x * y;
+// accumulators, 8 floats each at acc + 8 (a n + b) (valid for a <= b; plain floats, any alignment). Blocks of 4 x 2 rows keep 8 accumulators in
+// registers: 6 loads feed 8 multiply-adds.
+__attribute__((target_clones("arch=x86-64-v3", "default"))) void accumulatePairs(const float* tile, int n, float* acc) {
+    for (int a0 = 0; a0 < n; a0 += 4) {
+        const int na = std::min(4, n - a0);
+        for (int b0 = a0; b0 < n; b0 += 2) {
+            const int nb = std::min(2, n - b0);
+            if (na == 4 && nb == 2) {
+                v8 s[4][2];
+                for (int x = 0; x < 4; ++x)
+                    for (int y = 0; y < 2; ++y) s[x][y] = load8(acc + kLanes * ((a0 + x) * n + b0 + y));
+                for (int i = 0; i < kTile; i += kLanes) {
+                    const v8 p0 = load8(tile + (a0 + 0) * kTile + i), p1 = load8(tile + (a0 + 1) * kTile + i),
+                             p2 = load8(tile + (a0 + 2) * kTile + i), p3 = load8(tile + (a0 + 3) * kTile + i);
+                    const v8 q0 = load8(tile + (b0 + 0) * kTile + i), q1 = load8(tile + (b0 + 1) * kTile + i);
+                    s[0][0] += p0 * q0;
+                    s[0][1] += p0 * q1;
+                    s[1][0] += p1 * q0;
+                    s[1][1] += p1 * q1;
+                    s[2][0] += p2 * q0;
+                    s[2][1] += p2 * q1;
+                    s[3][0] += p3 * q0;
+                    s[3][1] += p3 * q1;
+                }
+                for (int x = 0; x < 4; ++x)
+                    for (int y = 0; y < 2; ++y) store8(acc + kLanes * ((a0 + x) * n + b0 + y), s[x][y]);
+            } else {
+                for (int x = 0; x < na; ++x)
+                    for (int y = 0; y < nb; ++y) {
+                        float* slot = acc + kLanes * ((a0 + x) * n + b0 + y);
+                        v8 t = load8(slot);
+                        for (int i = 0; i < kTile; i += kLanes)
+                            t += load8(tile + (a0 + x) * kTile + i) * load8(tile + (b0 + y) * kTile + i);
+                        store8(slot, t);
+                    }
             }
-            acc[p] = s;
         }
+    }
 }
 
 // Standardises every column of a tile across its n rows (mean, unbiased std; a constant column
-// becomes 0), in place.
-__attribute__((target_clones("arch=haswell", "default"))) void standardize(float* tile, int n) {
-    for (int i = 0; i < kTile; ++i) {
-        float mean = 0, mx = tile[i], mn = tile[i];
+// becomes 0), in place, eight columns at a time.
+__attribute__((target_clones("arch=x86-64-v3", "default"))) void standardize(float* tile, int n) {
+    const float invN = 1.f / static_cast<float>(n), invN1 = 1.f / static_cast<float>(n - 1);
+    for (int i = 0; i < kTile; i += kLanes) {
+        v8 mean = {}, mx = load8(tile + i), mn = mx;
         for (int a = 0; a < n; ++a) {
-            const float v = tile[a * kTile + i];
+            const v8 v = load8(tile + a * kTile + i);
             mean += v;
-            mx = std::max(mx, v);
-            mn = std::min(mn, v);
+            mx = v > mx ? v : mx;
+            mn = v < mn ? v : mn;
         }
-        mean /= static_cast<float>(n);
-        float var = 0;
+        mean *= invN;
+        v8 var = {};
         for (int a = 0; a < n; ++a) {
-            const float c = tile[a * kTile + i] - mean;
+            const v8 c = load8(tile + a * kTile + i) - mean;
             var += c * c;
         }
-        var /= static_cast<float>(n - 1);
-        const float inv = (mx == mn || var <= 0) ? 0.f : 1.f / std::sqrt(var);
-        for (int a = 0; a < n; ++a) tile[a * kTile + i] = (tile[a * kTile + i] - mean) * inv;
+        var *= invN1;
+        v8 inv;
+        for (int l = 0; l < kLanes; ++l) inv[l] = (mx[l] == mn[l] || var[l] <= 0) ? 0.f : 1.f / std::sqrt(var[l]);
+        for (int a = 0; a < n; ++a) store8(tile + a * kTile + i, (load8(tile + a * kTile + i) - mean) * inv);
     }
 }
 
-void flush(v8* acc, int pairs, std::vector<double>& out, int n) {
-    int p = 0;
+void flush(float* acc, std::vector<double>& out, int n) {
     for (int a = 0; a < n; ++a)
-        for (int b = a; b < n; ++b, ++p) {
+        for (int b = a; b < n; ++b) {
+            float* v = acc + kLanes * (a * n + b);
             double s = 0;
-            for (int l = 0; l < kLanes; ++l) s += acc[p][l];
+            for (int l = 0; l < kLanes; ++l) s += v[l];
             out[static_cast<size_t>(a) * n + b] += s;
-            acc[p] = v8{};
+            std::fill(v, v + kLanes, 0.f);
         }
-    (void)pairs;
+}
+
+// Adds a tile row to fp32 column sums, or returns its sum (a row sum), eight lanes at a time.
+__attribute__((target_clones("arch=x86-64-v3", "default"))) void addColumns(const float* t, float* s) {
+    for (int i = 0; i < kTile; i += kLanes) store8(s + i, load8(s + i) + load8(t + i));
+}
+__attribute__((target_clones("arch=x86-64-v3", "default"))) float sumTile(const float* t) {
+    v8 s = {};
+    for (int i = 0; i < kTile; i += kLanes) s += load8(t + i);
+    float r = 0;
+    for (int l = 0; l < kLanes; ++l) r += s[l];
+    return r;
 }
 
 void runRows(const std::vector<GramMatrix>& ms, int64_t r0, int64_t r1, int64_t cols, bool neuronRows, bool gram,
              bool standardized, Acc& acc, std::vector<std::vector<double>>& rowSums) {
     const int n = static_cast<int>(ms.size());
-    const int pairs = n * (n + 1) / 2;
+    const int64_t paddedCols = (cols + kTile - 1) / kTile * kTile;
     std::vector<float> tile(static_cast<size_t>(n) * kTile), ztile(standardized ? tile.size() : 0);
-    std::vector<v8> g(static_cast<size_t>(pairs)), gz(standardized ? g.size() : 0);
-    int pending = 0;
+    std::vector<float> g(static_cast<size_t>(n) * n * kLanes, 0.f), gz(standardized ? g.size() : 0, 0.f);
+    // column sums in fp32 over at most kFlushTiles rows, then fp64
+    std::vector<float> colF(neuronRows ? static_cast<size_t>(n * paddedCols) : 0, 0.f);
+    auto flushColumns = [&] {
+        for (int a = 0; a < n; ++a)
+            for (int64_t c = 0; c < cols; ++c) {
+                acc.sums[a][c] += colF[a * paddedCols + c];
+                colF[a * paddedCols + c] = 0.f;
+            }
+    };
+    int pending = 0, pendingRows = 0;
     for (int64_t r = r0; r < r1; ++r) {
         for (int64_t c0 = 0; c0 < cols; c0 += kTile) {
             const int w = static_cast<int>(std::min<int64_t>(kTile, cols - c0));
@@ -104,14 +169,8 @@ void runRows(const std::vector<GramMatrix>& ms, int64_t r0, int64_t r1, int64_t 
                 const size_t es = dtypeSize(ms[a].dtype);
                 widen(ms[a].data + static_cast<size_t>(r * cols + c0) * es, ms[a].dtype, w, t);
                 if (w < kTile) std::fill(t + w, t + kTile, 0.f);
-                if (neuronRows) {
-                    double* s = acc.sums[a].data() + c0;
-                    for (int i = 0; i < w; ++i) s[i] += t[i];
-                } else {
-                    double s = 0;
-                    for (int i = 0; i < w; ++i) s += t[i];
-                    rowSums[a][r] += s;
-                }
+                if (neuronRows) addColumns(t, colF.data() + a * paddedCols + c0);
+                else rowSums[a][r] += sumTile(t);
             }
             if (gram) accumulatePairs(tile.data(), n, g.data());
             if (standardized) {
@@ -120,14 +179,19 @@ void runRows(const std::vector<GramMatrix>& ms, int64_t r0, int64_t r1, int64_t 
                 accumulatePairs(ztile.data(), n, gz.data());
             }
             if (++pending == kFlushTiles) {
-                if (gram) flush(g.data(), pairs, acc.gram, n);
-                if (standardized) flush(gz.data(), pairs, acc.gramZ, n);
+                if (gram) flush(g.data(), acc.gram, n);
+                if (standardized) flush(gz.data(), acc.gramZ, n);
                 pending = 0;
             }
         }
+        if (neuronRows && ++pendingRows == kFlushTiles) {
+            flushColumns();
+            pendingRows = 0;
+        }
     }
-    if (gram) flush(g.data(), pairs, acc.gram, n);
-    if (standardized) flush(gz.data(), pairs, acc.gramZ, n);
+    if (gram) flush(g.data(), acc.gram, n);
+    if (standardized) flush(gz.data(), acc.gramZ, n);
+    if (neuronRows) flushColumns();
 }
 
 }  // namespace

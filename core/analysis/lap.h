@@ -9,7 +9,9 @@ namespace es {
 // Exact maximum-weight perfect assignment on a dense n x n matrix (row-major, float scores):
 // returns p with p[row] = column, maximising sum_row score[row, p[row]]. Shortest augmenting
 // paths with dual potentials (Jonker-Volgenant family, O(n^3) worst case), computed in double.
-// Same optimum as scipy.optimize.linear_sum_assignment(maximize=True).
+// Same optimum as scipy.optimize.linear_sum_assignment(maximize=True). Where the JV initialisation
+// is poor (a strong rank-one part, degenerate ties), the potentials come from an epsilon-scaling
+// auction first, and the augmenting paths finish exactly from there.
 // Scores must be finite (std::invalid_argument otherwise, and for n < 0 or a null score with n > 0).
 std::vector<int32_t> assignExact(const float* score, int n);
 
