@@ -458,6 +458,8 @@ std::map<std::string, Result> staticAnalyses(const Checkpoint& ckpt, const Model
                 r7.arrays[lp + kMats[m] + "_explained"] = Array::f32d({C}, p.explained);
                 r7.arrays[lp + kMats[m] + "_expert"] = Array::i32({rows}, owner);
             }
+            // done with this matrix type: drop its pages now (S3 maps them again if it runs)
+            for (auto& x : all[m]) releasePages(x.data(), static_cast<uint64_t>(x.numel()) * dtypeSize(x.t->dtype));
         }
         std::vector<double> router;
         if (s4) {

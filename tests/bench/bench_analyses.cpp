@@ -2,8 +2,8 @@
 //   bench_analyses static CHECKPOINT [S1,S2,S4]   times the static analyses; samples the resident
 //        set every 5 ms and prints {"seconds", "baseline_anon_mb", "peak_anon_mb", "peak_file_mb"}
 //   bench_analyses dynamic CHECKPOINT PROMPTS LENGTH
-//        times a plain traced forward and D1+D2 on the same random prompts:
-//        {"trace_s", "dynamic_s", "tokens"}
+//        times a plain traced forward, a traced forward with every expert evaluated (--all-experts)
+//        and D1+D2 on the same random prompts: {"trace_s", "all_experts_s", "dynamic_s", "tokens"}
 #include <atomic>
 #include <chrono>
 #include <cstdio>
@@ -81,12 +81,18 @@ int main(int argc, char** argv) {
         auto t0 = Clock::now();
         es::RunTrace rt = model->trace(prompts, {});
         const double traceS = since(t0);
+        es::TraceOptions all;
+        all.allExperts = true;
+        t0 = Clock::now();
+        model->trace(prompts, all);
+        const double allS = since(t0);
         es::DynamicOptions opt;
         opt.analyses = {"D1", "D2"};
         t0 = Clock::now();
         auto res = es::dynamicAnalyses(ckpt, spec, nullptr, "bench", prompts, rt.layers, opt);
         const double dynS = since(t0);
-        std::printf("{\"trace_s\": %.4f, \"dynamic_s\": %.4f, \"tokens\": %d}\n", traceS, dynS, P * len);
+        std::printf("{\"trace_s\": %.4f, \"all_experts_s\": %.4f, \"dynamic_s\": %.4f, \"tokens\": %d}\n", traceS, allS,
+                    dynS, P * len);
         return 0;
     }
     std::fprintf(stderr, "bad arguments\n");
