@@ -369,3 +369,21 @@ def test_moved_checkpoint_is_relinked_by_fingerprint(cli, mixtral, tmp_path):
     assert [r["name"] for r in j["runs"]] == ["first", "second"]
     with h5py.File(out, "r") as f:
         assert list(f["runs/first/tokens"][:]) == [1, 2, 3]
+
+
+def test_analyze_refuses_what_it_cannot_analyse(cli, build_fixture, mixtral, tmp_path):
+    """A dense checkpoint has no MoE layer; PCA takes 2 or 3 components; a session of another
+    checkpoint is refused; nothing is written in any case."""
+    dense = build_fixture("llama_bias_tied")[0]
+    out = tmp_path / "s.h5"
+    r = run_cli(cli, "analyze", dense, "--out", out, check=False)
+    assert r.returncode == 1 and "dense model" in r.stderr and not out.exists()
+    r = run_cli(cli, "analyze", mixtral[0], "--out", out, "--pca-components", "4", check=False)
+    assert r.returncode == 1 and "--pca-components" in r.stderr and not out.exists()
+    run_cli(cli, "analyze", mixtral[0], "--out", out, "--static", "S4")
+    before = sha(out)
+    other = build_fixture("qwen2_moe_shared")[0]
+    r = run_cli(cli, "analyze", other, "--out", out, "--static", "S4", check=False)
+    assert r.returncode == 1 and "/model/fingerprint" in r.stderr and sha(out) == before
+    r = run_cli(cli, "analyze", mixtral[0], "--out", out, "--layers", "x", check=False)
+    assert r.returncode == 2 and sha(out) == before
