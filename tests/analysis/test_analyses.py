@@ -842,3 +842,26 @@ def test_bad_input(world, tmp_path_factory, case):
     assert sorted(os.listdir(d)) == ["s.h5"], f"files left beside the session: {os.listdir(d)}"
     check(d / "new.h5", [])  # which problem is reported first is not specified here
     assert sorted(os.listdir(d)) == ["s.h5"], f"a failed analyze created {os.listdir(d)}"
+
+
+def test_many_experts_take_the_gemm_path(world, tmp_path):
+    """More than 24 same-shaped matrices (here 26 experts and F) go through the GEMM path of the
+    static pass instead of the tile kernel: the same S1, S2 and S6 as numpy, packed layout."""
+    h5py = require("h5py")
+    model = fixtures.build_model("mixtral_gqa", num_local_experts=26, num_experts_per_tok=3)
+    _, packed = fixtures.save_layouts(model, str(tmp_path / "moe26"))
+    dense = fixtures.build_model("mistral_sliding", seed=1, num_hidden_layers=model.config.num_hidden_layers,
+                                 intermediate_size=model.config.intermediate_size)
+    ref, _ = fixtures.save_layouts(dense, str(tmp_path / "dense"))
+    exp = R.static_reference(R.MoeWeights(packed), R.DenseWeights(ref), s3=False, s7=False)
+    out = tmp_path / "s.h5"
+    run_cli(world.cli, "analyze", packed, "--out", out, "--static", "S1,S2,S6", "--reference", ref)
+    with h5py.File(out, "r") as f:
+        for l in R.MoeWeights(packed).moe_layers:
+            for m in MATS:
+                for rid in ("weight_similarity", "neuron_mean_similarity"):
+                    path = f"{rid}/layers/{l}/{m}"
+                    got = ds(f, path)
+                    assert got.shape == (27, 27) and labels_of(got) == exp.labels[path]
+                    np.testing.assert_allclose(got[()], exp.arrays[path], atol=TOL_SIM, rtol=0, err_msg=path)
+                _check_pca(exp, f, f"matrix_pca/layers/{l}/{m}", 2)
