@@ -1259,7 +1259,13 @@ std::string checkSessionInChild(const std::string& path) {
                "); the file is damaged";
     if (WIFEXITED(status) && WEXITSTATUS(status) == 0) return {};
     if (WIFEXITED(status) && WEXITSTATUS(status) == 127) return "cannot run " + helper;
-    return msg.empty() ? path + ": the file could not be checked" : msg;
+    if (msg.find(path) != std::string::npos) return msg;  // our own error, naming the file and the field
+    // the checker died without an error of ours: a memory error inside the HDF5 library on a
+    // damaged file (reported by a sanitizer build, for one); name the file, keep the gist
+    std::string gist;
+    if (size_t e = msg.find("ERROR: "); e != std::string::npos) gist = msg.substr(e, msg.find('\n', e) - e);
+    else gist = msg.substr(0, msg.find('\n'));
+    return path + ": the HDF5 library failed reading this file; the file is damaged" + (gist.empty() ? "" : " (" + gist + ")");
 }
 
 }  // namespace es
