@@ -27,7 +27,7 @@ typedef uint16_t u16x8 __attribute__((vector_size(16)));
 typedef uint32_t u32x8 __attribute__((vector_size(32)));
 
 // bf16 -> fp32 is a 16-bit shift: eight values at a time.
-__attribute__((target_clones("arch=x86-64-v3", "default"))) void widenBf16(const uint8_t* src, int count, float* dst) {
+inline void widenBf16(const uint8_t* src, int count, float* dst) {
     int i = 0;
     for (; i + kLanes <= count; i += kLanes) {
         u16x8 h;
@@ -59,7 +59,7 @@ inline void store8(float* p, v8 v) { std::memcpy(p, &v, sizeof v); }
 // Pairwise products of the n rows of a tile ([n][kTile], padded with zeros), into fp32 vector
 // accumulators, 8 floats each at acc + 8 (a n + b) (valid for a <= b; plain floats, any alignment). Blocks of 4 x 2 rows keep 8 accumulators in
 // registers: 6 loads feed 8 multiply-adds.
-__attribute__((target_clones("arch=x86-64-v3", "default"))) void accumulatePairs(const float* tile, int n, float* acc) {
+inline void accumulatePairs(const float* tile, int n, float* acc) {
     for (int a0 = 0; a0 < n; a0 += 4) {
         const int na = std::min(4, n - a0);
         for (int b0 = a0; b0 < n; b0 += 2) {
@@ -99,7 +99,7 @@ __attribute__((target_clones("arch=x86-64-v3", "default"))) void accumulatePairs
 
 // Standardises every column of a tile across its n rows (mean, unbiased std; a constant column
 // becomes 0), in place, eight columns at a time.
-__attribute__((target_clones("arch=x86-64-v3", "default"))) void standardize(float* tile, int n) {
+inline void standardize(float* tile, int n) {
     const float invN = 1.f / static_cast<float>(n), invN1 = 1.f / static_cast<float>(n - 1);
     for (int i = 0; i < kTile; i += kLanes) {
         v8 mean = {}, mx = load8(tile + i), mn = mx;
@@ -134,10 +134,10 @@ void flush(float* acc, std::vector<double>& out, int n) {
 }
 
 // Adds a tile row to fp32 column sums, or returns its sum (a row sum), eight lanes at a time.
-__attribute__((target_clones("arch=x86-64-v3", "default"))) void addColumns(const float* t, float* s) {
+inline void addColumns(const float* t, float* s) {
     for (int i = 0; i < kTile; i += kLanes) store8(s + i, load8(s + i) + load8(t + i));
 }
-__attribute__((target_clones("arch=x86-64-v3", "default"))) float sumTile(const float* t) {
+inline float sumTile(const float* t) {
     v8 s = {};
     for (int i = 0; i < kTile; i += kLanes) s += load8(t + i);
     float r = 0;
@@ -145,7 +145,9 @@ __attribute__((target_clones("arch=x86-64-v3", "default"))) float sumTile(const 
     return r;
 }
 
-void runRows(const std::vector<GramMatrix>& ms, int64_t r0, int64_t r1, int64_t cols, bool neuronRows, bool gram,
+// The whole row loop is compiled twice (AVX2 + FMA, and the x86-64 baseline) and chosen at run
+// time, so that the tile helpers above inline into it.
+__attribute__((target_clones("arch=x86-64-v3", "default"))) void runRows(const std::vector<GramMatrix>& ms, int64_t r0, int64_t r1, int64_t cols, bool neuronRows, bool gram,
              bool standardized, Acc& acc, std::vector<std::vector<double>>& rowSums) {
     const int n = static_cast<int>(ms.size());
     const int64_t paddedCols = (cols + kTile - 1) / kTile * kTile;
