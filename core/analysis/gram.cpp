@@ -147,8 +147,9 @@ inline float sumTile(const float* t) {
 
 // The whole row loop is compiled twice (AVX2 + FMA, and the x86-64 baseline) and chosen at run
 // time, so that the tile helpers above inline into it.
-__attribute__((target_clones("arch=x86-64-v3", "default"))) void runRows(const std::vector<GramMatrix>& ms, int64_t r0, int64_t r1, int64_t cols, bool neuronRows, bool gram,
-             bool standardized, Acc& acc, std::vector<std::vector<double>>& rowSums) {
+__attribute__((target_clones("arch=x86-64-v3", "default"))) void runRows(
+    const std::vector<GramMatrix>& ms, int64_t r0, int64_t r1, int64_t cols, bool neuronRows, bool gram,
+    bool standardized, Acc& acc, std::vector<std::vector<double>>& rowSums) {
     const int n = static_cast<int>(ms.size());
     const int64_t paddedCols = (cols + kTile - 1) / kTile * kTile;
     std::vector<float> tile(static_cast<size_t>(n) * kTile), ztile(standardized ? tile.size() : 0);
@@ -211,11 +212,13 @@ GramResult gramPass(const std::vector<GramMatrix>& ms, int64_t rows, int64_t col
         a.gramZ.assign(static_cast<size_t>(n) * n, 0.0);
         a.sums.assign(static_cast<size_t>(n), std::vector<double>(neuronRows ? static_cast<size_t>(cols) : 0, 0.0));
     }
-    std::vector<std::vector<double>> rowSums(static_cast<size_t>(n), std::vector<double>(neuronRows ? 0 : static_cast<size_t>(rows), 0.0));
+    std::vector<std::vector<double>> rowSums(static_cast<size_t>(n),
+                                             std::vector<double>(neuronRows ? 0 : static_cast<size_t>(rows), 0.0));
     std::vector<std::thread> pool;
     for (int t = 0; t < threads; ++t) {
         const int64_t r0 = rows * t / threads, r1 = rows * (t + 1) / threads;
-        pool.emplace_back([&, t, r0, r1] { runRows(ms, r0, r1, cols, neuronRows, gram, standardized, accs[t], rowSums); });
+        pool.emplace_back(
+            [&, t, r0, r1] { runRows(ms, r0, r1, cols, neuronRows, gram, standardized, accs[t], rowSums); });
     }
     for (auto& th : pool) th.join();
     GramResult out;
