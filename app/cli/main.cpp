@@ -2,7 +2,6 @@
 // is documented in README.md; other tools and the tests depend on it.
 #include <algorithm>
 #include <cstdio>
-#include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <map>
@@ -46,6 +45,12 @@ Exit codes: 0 success, 1 bad input or failure (the message names the file and th
 struct UsageError : std::runtime_error {
     using std::runtime_error::runtime_error;
 };
+
+// The value after option args[i] (advancing i), or a usage error naming the command.
+const std::string& optionValue(const std::vector<std::string>& args, size_t& i, const char* cmd) {
+    if (i + 1 >= args.size()) throw UsageError(std::string(cmd) + ": " + args[i] + " needs a value");
+    return args[++i];
+}
 
 std::vector<int64_t> parseIds(const std::string& s) {
     std::vector<int64_t> ids;
@@ -160,10 +165,7 @@ nlohmann::ordered_json encodeJson(const es::Tokenizer& tok, const std::string& t
 int cmdTokenize(const std::vector<std::string>& args) {
     std::string ckpt, tokFile, text, jsonl;
     bool haveText = false, special = true, json = false;
-    auto value = [&](size_t& i) -> const std::string& {
-        if (i + 1 >= args.size()) throw UsageError("tokenize: " + args[i] + " needs a value");
-        return args[++i];
-    };
+    auto value = [&](size_t& i) -> const std::string& { return optionValue(args, i, "tokenize"); };
     for (size_t i = 0; i < args.size(); ++i) {
         const std::string& a = args[i];
         if (a == "--tokenizer") tokFile = value(i);
@@ -340,10 +342,7 @@ int cmdTrace(const std::vector<std::string>& args) {
     std::vector<std::vector<int64_t>> prompts;
     std::vector<std::string> texts;
     int threads = 0;
-    auto value = [&](size_t& i) -> const std::string& {
-        if (i + 1 >= args.size()) throw UsageError("trace: " + args[i] + " needs a value");
-        return args[++i];
-    };
+    auto value = [&](size_t& i) -> const std::string& { return optionValue(args, i, "trace"); };
     for (size_t i = 0; i < args.size(); ++i) {
         const std::string& a = args[i];
         if (a == "--token-ids") prompts.push_back(parseIds(value(i)));
@@ -462,10 +461,7 @@ int cmdAnalyze(const std::vector<std::string>& args) {
     int64_t firstTokens = 16;
     int pca = 2, threads = 0;
     bool haveStatic = false, haveDynamic = false;
-    auto value = [&](size_t& i) -> const std::string& {
-        if (i + 1 >= args.size()) throw UsageError("analyze: " + args[i] + " needs a value");
-        return args[++i];
-    };
+    auto value = [&](size_t& i) -> const std::string& { return optionValue(args, i, "analyze"); };
     for (size_t i = 0; i < args.size(); ++i) {
         const std::string& a = args[i];
         if (a == "--out") out = value(i);
@@ -515,18 +511,7 @@ int cmdAnalyze(const std::vector<std::string>& args) {
         ref->spec = std::make_shared<es::ModelSpec>(es::ModelSpec::fromCheckpoint(*ref->ckpt));
         es::checkReference(spec, *ref, analysed);
     }
-    const es::SessionModel sm = sessionModelOf(*ckpt, spec);
-    es::Session session;
-    std::error_code ec;
-    if (std::filesystem::exists(out, ec)) {
-        session = es::Session::open(out);
-        if (session.model().fingerprint != sm.fingerprint)
-            throw es::Error("the session belongs to another checkpoint (fingerprint " + session.model().fingerprint +
-                                ", this checkpoint " + sm.fingerprint + ")", session.path(), "/model/fingerprint");
-        if (session.model().checkpointPath != sm.checkpointPath) session.relinkCheckpoint(sm.checkpointPath);
-    } else {
-        session = es::Session::create(sm);
-    }
+    es::Session session = es::openSessionFor(out, sessionModelOf(*ckpt, spec));
 
     std::map<std::string, es::Result> results;
     if (!statics.empty()) {

@@ -18,7 +18,6 @@ constexpr int kLanes = 8;
 typedef float v8 __attribute__((vector_size(32)));
 
 struct Acc {
-    int n = 0;
     std::vector<double> gram, gramZ;
     std::vector<std::vector<double>> sums;
 };
@@ -207,7 +206,6 @@ GramResult gramPass(const std::vector<GramMatrix>& ms, int64_t rows, int64_t col
     threads = static_cast<int>(std::clamp<int64_t>(threads, 1, std::max<int64_t>(1, rows)));
     std::vector<Acc> accs(static_cast<size_t>(threads));
     for (auto& a : accs) {
-        a.n = n;
         a.gram.assign(static_cast<size_t>(n) * n, 0.0);
         a.gramZ.assign(static_cast<size_t>(n) * n, 0.0);
         a.sums.assign(static_cast<size_t>(n), std::vector<double>(neuronRows ? static_cast<size_t>(cols) : 0, 0.0));

@@ -1137,21 +1137,21 @@ void Session::save(const std::string& pathIn) {
     }
 }
 
+Session openSessionFor(const std::string& path, const SessionModel& model) {
+    std::error_code ec;
+    if (!fs::exists(path, ec)) return Session::create(model);
+    Session s = Session::open(path);
+    if (s.model().fingerprint != model.fingerprint)
+        throw Error("the session belongs to another checkpoint (fingerprint " + s.model().fingerprint +
+                        ", this checkpoint " + model.fingerprint + ")", s.path(), "/model/fingerprint");
+    if (s.model().checkpointPath != model.checkpointPath) s.relinkCheckpoint(model.checkpointPath);  // moved copy
+    return s;
+}
+
 void appendRun(const std::string& path, const SessionModel& model, const std::string& runName, const RunTrace& trace) {
     validName("run", runName);
-    std::error_code ec;
-    Session s;
-    if (fs::exists(path, ec)) {
-        s = Session::open(path);
-        if (s.model().fingerprint != model.fingerprint)
-            throw Error("the session belongs to another checkpoint (fingerprint " + s.model().fingerprint +
-                            ", this checkpoint " + model.fingerprint + ")", s.path(), "/model/fingerprint");
-        if (s.hasRun(runName)) throw Error("a run named '" + runName + "' already exists", s.path(), "/runs/" + runName);
-        if (s.model().checkpointPath != model.checkpointPath) s.relinkCheckpoint(model.checkpointPath);  // moved copy
-    } else {
-        s = Session::create(model);
-    }
-    s.addRun(runName, trace);
+    Session s = openSessionFor(path, model);
+    s.addRun(runName, trace);  // an existing name is an error naming /runs/NAME
     s.save(path);
 }
 

@@ -156,6 +156,11 @@ private:
     std::unique_ptr<Impl> d_;
 };
 
+// The session at `path` for the checkpoint `model` describes: opened when the file exists
+// (refused, naming /model/fingerprint, when it was made from another checkpoint; re-linked when
+// the checkpoint has moved), else a new session, not yet saved.
+Session openSessionFor(const std::string& path, const SessionModel& model);
+
 // Adds run `runName` to the session at `path`, creating the file if needed. Errors (naming the
 // file and the field) when the file is not a session, belongs to a checkpoint with another
 // fingerprint, or already has a run of that name; the previous file is then left untouched.
