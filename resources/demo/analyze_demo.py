@@ -1,0 +1,309 @@
+#!/usr/bin/env python3
+"""Runs the paper's analyses on the demo pair with expertscope-cli (the dense model as the F row),
+draws the figures from the session with h5py + matplotlib, and rewrites the generated tables of
+resources/demo/README.md (between the <!-- generated:... --> markers):
+
+    .venv/bin/python resources/demo/analyze_demo.py
+
+Needs the build (build/bin/expertscope-cli) and the corpus that train_demo.py unpacked into
+--work (it is fetched again if missing). Held-out documents only: 8 per domain, their first
+1200 characters each, one forward per document.
+"""
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+
+import h5py
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(os.path.dirname(HERE))
+sys.path.insert(0, HERE)
+import train_demo  # noqa: E402
+
+DOCS_PER_DOMAIN, DOC_CHARS = 8, 1200
+
+
+def heldout_prompts(work):
+    root = os.path.join(work, "root")
+    if not os.path.isdir(root):
+        root, _ = train_demo.fetch_packages(work)
+    docs = train_demo.build_corpus(root)
+    out = []
+    for d in train_demo.DOMAINS:
+        held = sorted((k, t) for dd, k, t, h in docs if dd == d and h)[:DOCS_PER_DOMAIN]
+        for k, t in held:
+            text = t[:DOC_CHARS]
+            cut = text.rfind("\n")
+            out.append({"text": text[:cut] if cut > DOC_CHARS // 2 else text, "domain": d, "source": k})
+    return out
+
+
+def run(*cmd):
+    print("+", " ".join(str(c) for c in cmd), flush=True)
+    subprocess.run([str(c) for c in cmd], check=True)
+
+
+def attr_list(ds, name):
+    return [x.decode() if isinstance(x, bytes) else str(x) for x in ds.attrs[name]]
+
+
+def figures(session, metrics, figdir):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    os.makedirs(figdir, exist_ok=True)
+    found = {}
+    with h5py.File(session, "r") as f:
+        A = f["analyses"]
+        L = len(A["layer_diversity/weights/gate"])
+        layers = list(A["layer_diversity/weights/gate"].attrs["layers"])
+
+        # S1 weight similarity (gate) with the dense FFN as the F row: first, middle, last layer
+        show = [layers[0], layers[L // 2], layers[-1]]
+        fig, axes = plt.subplots(1, 3, figsize=(11, 3.4), constrained_layout=True)
+        mats = [A[f"weight_similarity/layers/{l}/gate"] for l in show]
+        vmin = min(float(np.min(m[:])) for m in mats)
+        for ax, l, m in zip(axes, show, mats):
+            im = ax.imshow(m[:], cmap="viridis", vmin=vmin, vmax=1.0)
+            lab = attr_list(m, "labels")
+            ax.set_xticks(range(len(lab)), lab, fontsize=7)
+            ax.set_yticks(range(len(lab)), lab, fontsize=7)
+            ax.set_title(f"layer {l}: cos(W_gate)")
+        fig.colorbar(im, ax=axes, shrink=0.85)
+        fig.savefig(os.path.join(figdir, "demo-weight-similarity.png"), dpi=90)
+        plt.close(fig)
+        found["weight_similarity_F"] = {
+            str(l): {"experts_mean": float(np.mean(m[:8, :8][~np.eye(8, dtype=bool)])),
+                     "to_F_mean": float(np.mean(m[8, :8]))} for l, m in zip(show, mats)}
+
+        # diversity over depth (S1, S2, D1)
+        fig, ax = plt.subplots(figsize=(6.4, 3.6), constrained_layout=True)
+        div = {}
+        for name, path in (("weights gate", "weights/gate"), ("weights up", "weights/up"),
+                           ("weights down", "weights/down"), ("neuron means gate", "neuron_mean/gate"),
+                           ("outputs (cosine)", "outputs/heldout/cosine")):
+            v = A["layer_diversity/" + path][:]
+            div[name] = v.tolist()
+            ax.plot(layers, v, marker="o", label=name)
+        ax.axvline(layers[-1], color="grey", ls=":", lw=1)
+        ax.set_yscale("log")
+        ax.set_xlabel("layer (dotted: the last)")
+        ax.set_ylabel("diversity = 1 - mean similarity")
+        ax.legend(fontsize=7)
+        fig.savefig(os.path.join(figdir, "demo-diversity.png"), dpi=90)
+        plt.close(fig)
+        found["diversity"] = div
+
+        # D1 output similarity per layer
+        fig, axes = plt.subplots(1, L, figsize=(2.1 * L, 2.3), constrained_layout=True)
+        for ax, l in zip(axes, layers):
+            m = A[f"output_similarity/heldout/layers/{l}/cosine"]
+            im = ax.imshow(m[:], cmap="viridis", vmin=-0.2, vmax=1.0)
+            ax.set_title(f"layer {l}", fontsize=8)
+            lab = attr_list(m, "labels")
+            ax.set_xticks(range(len(lab)), lab, fontsize=5)
+            ax.set_yticks(range(len(lab)), lab, fontsize=5)
+        fig.colorbar(im, ax=axes, shrink=0.8)
+        fig.savefig(os.path.join(figdir, "demo-output-similarity.png"), dpi=90)
+        plt.close(fig)
+
+        # D2 norms vs scores
+        g = A["norm_score_ranks/heldout"]
+        top1 = g["top1_is_max_norm"]
+        tau = g["kendall_tau"]
+        counts = g["all/rank_counts"][:]
+        fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.4), constrained_layout=True)
+        a1.plot(layers, top1[:], marker="o", label="P(top-1 expert has the largest norm)")
+        a1.plot(layers, tau[:], marker="s", label="Kendall tau(norm, score)")
+        a1.axhline(float(top1.attrs["chance"]), color="grey", ls="--", lw=1, label="chance (1/E; tau 0)")
+        a1.axhline(0, color="grey", lw=0.5)
+        a1.set_xlabel("layer")
+        a1.legend(fontsize=7)
+        E = counts.shape[0]
+        w = 0.8 / E
+        cmap = plt.get_cmap("viridis")
+        for s in range(E):
+            a2.bar(np.arange(E) + s * w, counts[s], width=w, color=cmap(s / (E - 1)), label=f"score rank {s + 1}")
+        a2.set_xticks(np.arange(E) + 0.4, [str(i + 1) for i in range(E)])
+        a2.set_xlabel("expert output norm rank (1 = smallest), all layers")
+        a2.set_ylabel("count")
+        a2.legend(fontsize=6, ncol=2)
+        fig.savefig(os.path.join(figdir, "demo-norms-vs-scores.png"), dpi=90)
+        plt.close(fig)
+        found["norms"] = {"top1_is_max_norm": top1[:].tolist(), "all_layers": float(top1.attrs["all_layers"]),
+                          "chance": float(top1.attrs["chance"]), "kendall_tau": tau[:].tolist(),
+                          "kendall_all_layers": float(tau.attrs["all_layers"])}
+
+        # S5 router / W_gate similarity regression
+        g = A["router_weight_regression"]
+        r = g["r"][:]
+        cols = attr_list(g["r"], "columns")
+        fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.4), constrained_layout=True)
+        for k, c in enumerate(cols):
+            a1.plot(layers, r[:, k], marker="o", label=f"r(router, {c})")
+        a1.axhline(0, color="grey", lw=0.5)
+        a1.set_xlabel("layer")
+        a1.set_ylabel("Pearson r of pairwise similarities")
+        a1.legend(fontsize=7)
+        best = layers[int(np.argmax(r[:, cols.index("gate")]))]
+        pairs = g[f"layers/{best}/pairs"][:]
+        a2.scatter(pairs[:, 1], pairs[:, 0], s=12)
+        fit = np.polyfit(pairs[:, 1], pairs[:, 0], 1)
+        xs = np.linspace(pairs[:, 1].min(), pairs[:, 1].max(), 10)
+        a2.plot(xs, np.polyval(fit, xs), color="C3")
+        a2.set_xlabel(f"layer {best}: cos of neuron-mean W_gate rows")
+        a2.set_ylabel("cos of router rows")
+        fig.savefig(os.path.join(figdir, "demo-router-vs-gate.png"), dpi=90)
+        plt.close(fig)
+        found["regression"] = {"columns": cols, "r": r.tolist(),
+                               "r2_paper_mean": g["r2"].attrs["r2_paper_mean"].tolist()}
+
+        load = A["expert_load/heldout"]
+        found["load_entropy_bits"] = load["entropy"][:].tolist()
+
+    # domain specialisation (from train_demo's held-out evaluation)
+    js = metrics["js"]
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 3.4), constrained_layout=True,
+                                 gridspec_kw={"width_ratios": [1, 1.4]})
+    x = np.arange(len(js["trained"]["js_bits"]))
+    for name, m in (("trained MoE", js["trained"]), ("right after upcycling", js["upcycled"])):
+        line, = a1.plot(x, m["js_bits"], marker="o", label=f"{name}")
+        a1.plot(x, m["permuted_95th"], ls="--", color=line.get_color(), lw=1, label=f"{name}: permuted, 95th pct")
+    a1.set_xlabel("layer")
+    a1.set_ylabel("JS divergence among domains (bits)")
+    a1.legend(fontsize=7)
+    usage = js["trained"]["usage"]
+    doms = list(usage)
+    last = len(x) - 1
+    grid = np.array([usage[d][last] for d in doms])
+    im = a2.imshow(grid, cmap="magma", aspect="auto")
+    a2.set_yticks(range(len(doms)), doms)
+    a2.set_xticks(range(grid.shape[1]), [str(e) for e in range(grid.shape[1])])
+    a2.set_xlabel(f"expert (layer {last}, trained): share of the domain's top-2 selections")
+    fig.colorbar(im, ax=a2)
+    fig.savefig(os.path.join(figdir, "demo-domain-usage.png"), dpi=90)
+    plt.close(fig)
+    return found
+
+
+def fmt_row(cells):
+    return "| " + " | ".join(cells) + " |"
+
+
+def checkpoint_facts(path):
+    import torch
+    import transformers
+    m = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    total = sum(p.numel() for p in m.parameters())
+    c = m.config
+    inactive = 0
+    if getattr(c, "num_local_experts", 0):
+        inactive = c.num_hidden_layers * (c.num_local_experts - c.num_experts_per_tok) * 3 * c.hidden_size * \
+            c.intermediate_size
+    return total, total - inactive, os.path.getsize(os.path.join(path, "model.safetensors"))
+
+
+def shipped_bytes():
+    paths = [os.path.join(HERE, "dense"), os.path.join(HERE, "moe"), os.path.join(HERE, "prompts.jsonl")]
+    n = 0
+    for p in paths:
+        n += os.path.getsize(p) if os.path.isfile(p) else sum(
+            os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(p) for f in fs)
+    return n
+
+
+def tables(metrics, found):
+    """The generated markdown of README.md."""
+    out = ["### The models and the run", "",
+           fmt_row(["model", "parameters", "active per token", "model.safetensors"]), fmt_row(["---"] * 4)]
+    for name in ("dense", "moe"):
+        total, active, size = checkpoint_facts(os.path.join(HERE, name))
+        out.append(fmt_row([f"`{name}/`", f"{total:,}", f"{active:,}", f"{size / 2**20:.2f} MiB"]))
+    out += ["", f"Everything shipped (both directories and prompts.jsonl): {shipped_bytes() / 2**20:.2f} MiB. "
+            f"Training: {metrics['dense_steps']} dense steps then {metrics['moe_steps']} MoE steps of "
+            f"{metrics['batch']} x {metrics['seq']} tokens, expert noise {metrics['noise']}, seed {metrics['seed']}, "
+            f"{metrics['threads']} threads; the whole script took {metrics['minutes']} min. Training loss over the "
+            f"last 25 steps: dense {metrics['train_loss_last25']['dense']:.3f}, MoE "
+            f"{metrics['train_loss_last25']['moe']:.3f}.", "",
+            "### Corpus", "",
+            fmt_row(["domain", "train documents", "train tokens", "held-out documents", "held-out tokens"]),
+            fmt_row(["---"] * 5)]
+    for d in train_demo.DOMAINS:
+        c = metrics["corpus"][d]
+        out.append(fmt_row([d, str(c["train_docs"]), f"{c['train_tokens']:,}", str(c["held_out_docs"]),
+                            f"{c['held_out_tokens']:,}"]))
+    out += ["", "Package versions used: " + ", ".join(f"{k} {v}" for k, v in metrics["packages"].items()) + ".", "",
+            "### Held-out perplexity", "",
+           fmt_row(["model", "perplexity", "unigram perplexity", "ratio", "en", "de", "fr", "es", "code"]),
+           fmt_row(["---"] * 9)]
+    for name in ("dense", "moe"):
+        h = metrics["heldout"][name]
+        out.append(fmt_row([name, f"{h['perplexity']:.1f}", f"{h['unigram_perplexity']:.1f}",
+                            f"{h['perplexity'] / h['unigram_perplexity']:.3f}"] +
+                           [f"{h['per_domain'][d]['perplexity']:.1f}" for d in train_demo.DOMAINS]))
+    out += ["", f"{metrics['heldout']['dense']['tokens']} predicted held-out tokens; per-domain columns are the "
+            "model's perplexity on that domain's held-out documents.", "",
+            "### Domain specialisation of the routers (held-out documents)", "",
+            fmt_row(["layer", "JS trained (bits)", "permuted mean", "p", "JS after upcycling", "permuted mean", "p"]),
+            fmt_row(["---"] * 7)]
+    js = metrics["js"]
+    for l in range(len(js["trained"]["js_bits"])):
+        t, u = js["trained"], js["upcycled"]
+        out.append(fmt_row([str(l), f"{t['js_bits'][l]:.4f}", f"{t['permuted_mean'][l]:.4f}", f"{t['p_value'][l]:.4f}",
+                            f"{u['js_bits'][l]:.4f}", f"{u['permuted_mean'][l]:.4f}", f"{u['p_value'][l]:.4f}"]))
+    out += ["", f"p-values from {js['trained']['permutations']} permutations of the domain labels among the "
+            "held-out documents (the smallest possible is 1/(1+permutations)).", "",
+            "### The paper's statistics on the demo MoE", "",
+            fmt_row(["layer", "P(top-1 = max norm)", "Kendall tau", "r(router, gate)", "r(router, up)",
+                     "r(router, down)", "diversity: gate weights", "diversity: outputs"]),
+            fmt_row(["---"] * 8)]
+    n, reg, div = found["norms"], found["regression"], found["diversity"]
+    for l in range(len(n["top1_is_max_norm"])):
+        out.append(fmt_row([str(l), f"{n['top1_is_max_norm'][l]:.3f}", f"{n['kendall_tau'][l]:.3f}"] +
+                           [f"{reg['r'][l][k]:.3f}" for k in range(3)] +
+                           [f"{div['weights gate'][l]:.5f}", f"{div['outputs (cosine)'][l]:.4f}"]))
+    out += ["", f"All layers: P(top-1 = max norm) = {n['all_layers']:.3f} (chance {n['chance']:.3f}); "
+            f"Kendall tau = {n['kendall_all_layers']:.3f}; mean r² over layers (rounded per layer, as the paper "
+            f"does): gate {reg['r2_paper_mean'][0]:.2f}, up {reg['r2_paper_mean'][1]:.2f}, "
+            f"down {reg['r2_paper_mean'][2]:.2f}."]
+    return "\n".join(out)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--cli", default=os.path.join(REPO, "build", "bin", "expertscope-cli"))
+    ap.add_argument("--work", default=os.path.join(REPO, "build", "demo-work"))
+    ap.add_argument("--figures", default=os.path.join(REPO, "docs", "demo"))
+    args = ap.parse_args()
+    session = os.path.join(args.work, "demo-analyses.h5")
+    prompts = os.path.join(args.work, "heldout.jsonl")
+    with open(prompts, "w", encoding="utf-8") as f:
+        for p in heldout_prompts(args.work):
+            f.write(json.dumps(p, ensure_ascii=False) + "\n")
+    if os.path.exists(session):
+        os.remove(session)
+    moe, dense = os.path.join(HERE, "moe"), os.path.join(HERE, "dense")
+    run(args.cli, "trace", moe, "--prompts", prompts, "--run", "heldout", "--out", session)
+    run(args.cli, "analyze", moe, "--out", session, "--run", "heldout", "--static", "all", "--dynamic", "all",
+        "--reference", dense)
+    with open(os.path.join(HERE, "metrics.json")) as f:
+        metrics = json.load(f)
+    found = figures(session, metrics, args.figures)
+    with open(os.path.join(args.work, "findings.json"), "w") as f:
+        json.dump(found, f, indent=1)
+    readme = os.path.join(HERE, "README.md")
+    text = open(readme, encoding="utf-8").read()
+    begin, end = "<!-- generated:begin -->", "<!-- generated:end -->"
+    body = begin + "\n" + tables(metrics, found) + "\n" + end
+    new = re.sub(re.escape(begin) + ".*?" + re.escape(end), lambda m: body, text, flags=re.S)
+    with open(readme, "w", encoding="utf-8") as f:
+        f.write(new)
+    print(tables(metrics, found))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
