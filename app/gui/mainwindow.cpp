@@ -10,6 +10,7 @@
 
 #include "analysis/similarity.h"
 #include "checkpoint/checkpoint.h"
+#include "demo.h"
 #include "error.h"
 #include "heatmapview.h"
 #include "model/spec.h"
@@ -23,6 +24,7 @@ MainWindow::MainWindow(QWidget* parent) : QMainWindow(parent) {
     auto* file = menuBar()->addMenu("&File");
     file->addAction("&Open checkpoint...", QKeySequence::Open, this, &MainWindow::chooseCheckpoint);
     file->addAction("Open &session...", this, &MainWindow::chooseSession);
+    file->addAction("Open &demo model", this, &MainWindow::openDemo);
     file->addSeparator();
     file->addAction("&Quit", QKeySequence::Quit, this, &QWidget::close);
 
@@ -100,6 +102,17 @@ bool MainWindow::openSession(const QString& path) {
         showError("Cannot open session", QString::fromStdString(e.what()));
         return false;
     }
+}
+
+bool MainWindow::openDemo() {
+    const std::string dir = demoDirectory();
+    if (dir.empty()) {
+        showError("Demo model not found",
+                  "The demo models (share/expertscope/demo/moe) are not installed beside this program; "
+                  "set EXPERTSCOPE_DEMO_DIR to a directory holding moe/config.json.");
+        return false;
+    }
+    return openCheckpoint(QString::fromStdString(dir + "/moe"));
 }
 
 bool MainWindow::openCheckpoint(const QString& path) {

@@ -22,6 +22,9 @@ public:
     // damaged file that would crash the HDF5 library cannot take the application down; any
     // problem is shown in a dialog naming the file and the path inside it.
     bool openSession(const QString& path);
+    // Opens the demo MoE that ships with the app (es::demoDirectory()); an error dialog when it
+    // is not installed.
+    bool openDemo();
     QString lastError() const { return lastError_; }
     QTreeWidget* modelTree() const { return tree_; }
     HeatmapView* heatmap() const { return heatmap_; }

@@ -7,6 +7,7 @@
 #include "../core/tiny_checkpoint.h"
 #include "analysis/similarity.h"
 #include "checkpoint/checkpoint.h"
+#include "demo.h"
 #include "heatmapview.h"
 #include "mainwindow.h"
 #include "model/spec.h"
@@ -36,6 +37,33 @@ private Q_SLOTS:
         QString out = qEnvironmentVariable("ES_TEST_OUTPUT", QDir::tempPath());
         QDir().mkpath(out);
         QVERIFY(w.grab().save(out + "/mainwindow.png"));
+    }
+
+    // With no argument the app opens the demo MoE that ships in resources/demo (found from the
+    // build tree here; the installed copy is checked by tests/resources/test_demo.py).
+    void opensTheDemoModel() {
+        const QString dir = QString::fromStdString(demoDirectory());
+        QVERIFY2(!dir.isEmpty(), "demoDirectory() found no resources/demo");
+        MainWindow w;
+        w.show();
+        QVERIFY(QTest::qWaitForWindowExposed(&w));
+        QVERIFY2(w.openDemo(), qPrintable(w.lastError()));
+        auto items = w.modelTree()->findItems("Architecture", Qt::MatchExactly);
+        QCOMPARE(items.size(), 1);
+        QCOMPARE(items[0]->text(1), QString("mixtral"));
+        auto ck = Checkpoint::open((dir + "/moe").toStdString());
+        ModelSpec spec = ModelSpec::fromCheckpoint(*ck);
+        QCOMPARE(w.heatmap()->data().rows, static_cast<int>(spec.numExperts));
+        QCOMPARE(w.heatmap()->data().values, routerRowCosine(*ck, spec, 0));
+        QString out = qEnvironmentVariable("ES_TEST_OUTPUT", QDir::tempPath());
+        QDir().mkpath(out);
+        QVERIFY(w.grab().save(out + "/mainwindow-demo.png"));
+
+        // a directory without the demo is not taken for one
+        QTemporaryDir empty;
+        qputenv("EXPERTSCOPE_DEMO_DIR", empty.path().toUtf8());
+        QCOMPARE(QString::fromStdString(demoDirectory()), dir);
+        qunsetenv("EXPERTSCOPE_DEMO_DIR");
     }
 
     void badCheckpointShowsDialogNamingFileAndField() {
