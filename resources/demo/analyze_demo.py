@@ -51,6 +51,27 @@ def attr_list(ds, name):
     return [x.decode() if isinstance(x, bytes) else str(x) for x in ds.attrs[name]]
 
 
+def token_purity(tokens, top1_per_layer, min_count=5, n_perm=200, seed=0):
+    """Per layer: over the token ids seen at least min_count times, the share of their occurrences
+    that go to the id's most frequent top-1 expert; and the same with the experts shuffled among
+    those positions (chance, mean of n_perm shuffles)."""
+    ids, inverse, counts = np.unique(tokens, return_inverse=True, return_counts=True)
+    keep = counts[inverse] >= min_count
+    tok = inverse[keep]
+    rng = np.random.default_rng(seed)
+    out = {"positions": int(keep.sum()), "types": int((counts >= min_count).sum()), "purity": [], "chance": []}
+
+    def purity(t, e):
+        table = np.zeros((len(ids), int(e.max()) + 1), dtype=np.int64)
+        np.add.at(table, (t, e), 1)
+        return table.max(1).sum() / len(t)
+    for top1 in top1_per_layer:
+        e = np.asarray(top1)[keep].astype(np.int64)
+        out["purity"].append(float(purity(tok, e)))
+        out["chance"].append(float(np.mean([purity(tok, rng.permutation(e)) for _ in range(n_perm)])))
+    return out
+
+
 def figures(session, metrics, figdir):
     import matplotlib
     matplotlib.use("Agg")
@@ -81,7 +102,7 @@ def figures(session, metrics, figdir):
                      "to_F_mean": float(np.mean(m[8, :8]))} for l, m in zip(show, mats)}
 
         # diversity over depth (S1, S2, D1)
-        fig, ax = plt.subplots(figsize=(6.4, 3.6), constrained_layout=True)
+        fig, ax = plt.subplots(figsize=(7.6, 3.6), constrained_layout=True)
         div = {}
         for name, path in (("weights gate", "weights/gate"), ("weights up", "weights/up"),
                            ("weights down", "weights/down"), ("neuron means gate", "neuron_mean/gate"),
@@ -93,7 +114,7 @@ def figures(session, metrics, figdir):
         ax.set_yscale("log")
         ax.set_xlabel("layer (dotted: the last)")
         ax.set_ylabel("diversity = 1 - mean similarity")
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
         fig.savefig(os.path.join(figdir, "demo-diversity.png"), dpi=90)
         plt.close(fig)
         found["diversity"] = div
@@ -164,11 +185,17 @@ def figures(session, metrics, figdir):
 
         load = A["expert_load/heldout"]
         found["load_entropy_bits"] = load["entropy"][:].tolist()
+        found["load_fractions"] = load["fractions"][:].tolist()
+
+        # what the routers key on: how well the token id predicts the top-1 expert
+        runs = f["runs/heldout"]
+        found["token_purity"] = token_purity(runs["tokens"][:],
+                                             [runs[f"layers/{l}/topk_experts"][:, 0] for l in layers])
 
     # domain specialisation (from train_demo's held-out evaluation)
     js = metrics["js"]
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 3.4), constrained_layout=True,
-                                 gridspec_kw={"width_ratios": [1, 1.4]})
+    fig, (a1, a2, a3) = plt.subplots(1, 3, figsize=(14, 3.4), constrained_layout=True,
+                                     gridspec_kw={"width_ratios": [1, 1, 1.2]})
     x = np.arange(len(js["trained"]["js_bits"]))
     for name, m in (("trained MoE", js["trained"]), ("right after upcycling", js["upcycled"])):
         line, = a1.plot(x, m["js_bits"], marker="o", label=f"{name}")
@@ -176,16 +203,42 @@ def figures(session, metrics, figdir):
     a1.set_xlabel("layer")
     a1.set_ylabel("JS divergence among domains (bits)")
     a1.legend(fontsize=7)
+    traj = metrics["moe_trajectory"]
+    steps = [t["step"] for t in traj]
+    for layer in range(len(x)):
+        a2.plot(steps, [t["js_bits"][layer] for t in traj], marker=".", lw=1, label=f"layer {layer}")
+    a2.plot(steps, [np.mean(t["permuted_mean"]) for t in traj], color="grey", ls="--", label="permuted (mean)")
+    a2.set_xlabel("MoE training step (0 = right after upcycling)")
+    a2.set_ylabel("JS among domains (bits)")
+    a2.legend(fontsize=6, ncol=2)
     usage = js["trained"]["usage"]
     doms = list(usage)
     last = len(x) - 1
     grid = np.array([usage[d][last] for d in doms])
-    im = a2.imshow(grid, cmap="magma", aspect="auto")
-    a2.set_yticks(range(len(doms)), doms)
-    a2.set_xticks(range(grid.shape[1]), [str(e) for e in range(grid.shape[1])])
-    a2.set_xlabel(f"expert (layer {last}, trained): share of the domain's top-2 selections")
-    fig.colorbar(im, ax=a2)
+    im = a3.imshow(grid, cmap="magma", aspect="auto")
+    a3.set_yticks(range(len(doms)), doms)
+    a3.set_xticks(range(grid.shape[1]), [str(e) for e in range(grid.shape[1])])
+    a3.set_xlabel(f"expert; layer {last} of the trained MoE: share of the domain's top-2 choices")
+    fig.colorbar(im, ax=a3)
     fig.savefig(os.path.join(figdir, "demo-domain-usage.png"), dpi=90)
+    plt.close(fig)
+
+    # training curves: loss (10-step means) and the held-out perplexity probes
+    loss = metrics["loss_every_10_steps"]
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.2), constrained_layout=True)
+    nd = len(loss["dense"])
+    a1.plot(np.arange(nd) * 10, loss["dense"], label="dense")
+    a1.plot(nd * 10 + np.arange(len(loss["moe"])) * 10, loss["moe"],
+            label=f"MoE (upcycled; + {metrics['aux_coef']} x load-balancing loss)")
+    a1.set_xlabel("step")
+    a1.set_ylabel("training loss (nats/token)")
+    a1.legend(fontsize=7)
+    a2.plot(steps, [t["perplexity"] for t in traj], marker="o", label="MoE")
+    a2.axhline(metrics["heldout"]["dense"]["perplexity"], color="C0", ls="--", label="dense (bf16)")
+    a2.set_xlabel("MoE training step")
+    a2.set_ylabel("held-out perplexity")
+    a2.legend(fontsize=7)
+    fig.savefig(os.path.join(figdir, "demo-training.png"), dpi=90)
     plt.close(fig)
     return found
 
@@ -222,10 +275,11 @@ def tables(metrics, found):
            fmt_row(["model", "parameters", "active per token", "model.safetensors"]), fmt_row(["---"] * 4)]
     for name in ("dense", "moe"):
         total, active, size = checkpoint_facts(os.path.join(HERE, name))
-        out.append(fmt_row([f"`{name}/`", f"{total:,}", f"{active:,}", f"{size / 2**20:.2f} MiB"]))
-    out += ["", f"Everything shipped (both directories and prompts.jsonl): {shipped_bytes() / 2**20:.2f} MiB. "
-            f"Training: {metrics['dense_steps']} dense steps then {metrics['moe_steps']} MoE steps of "
-            f"{metrics['batch']} x {metrics['seq']} tokens, expert noise {metrics['noise']}, seed {metrics['seed']}, "
+        out.append(fmt_row([f"`{name}/`", f"{total:,}", f"{active:,}", f"{size / 1e6:.2f} MB"]))
+    out += ["", f"Everything shipped (both directories and prompts.jsonl): {shipped_bytes() / 1e6:.2f} MB "
+            f"(at most 16 MB). Training: {metrics['dense_steps']} dense steps then {metrics['moe_steps']} MoE steps "
+            f"of {metrics['batch']} x {metrics['seq']} tokens, expert noise {metrics['noise']}, load-balancing "
+            f"coefficient {metrics['aux_coef']}, seed {metrics['seed']}, "
             f"{metrics['threads']} threads; the whole script took {metrics['minutes']} min. Training loss over the "
             f"last 25 steps: dense {metrics['train_loss_last25']['dense']:.3f}, MoE "
             f"{metrics['train_loss_last25']['moe']:.3f}.", "",
@@ -259,17 +313,23 @@ def tables(metrics, found):
             "held-out documents (the smallest possible is 1/(1+permutations)).", "",
             "### The paper's statistics on the demo MoE", "",
             fmt_row(["layer", "P(top-1 = max norm)", "Kendall tau", "r(router, gate)", "r(router, up)",
-                     "r(router, down)", "diversity: gate weights", "diversity: outputs"]),
-            fmt_row(["---"] * 8)]
-    n, reg, div = found["norms"], found["regression"], found["diversity"]
+                     "r(router, down)", "diversity: gate weights", "diversity: outputs", "load entropy (bits)",
+                     "token purity (chance)"]),
+            fmt_row(["---"] * 10)]
+    n, reg, div, tp = found["norms"], found["regression"], found["diversity"], found["token_purity"]
     for l in range(len(n["top1_is_max_norm"])):
         out.append(fmt_row([str(l), f"{n['top1_is_max_norm'][l]:.3f}", f"{n['kendall_tau'][l]:.3f}"] +
                            [f"{reg['r'][l][k]:.3f}" for k in range(3)] +
-                           [f"{div['weights gate'][l]:.5f}", f"{div['outputs (cosine)'][l]:.4f}"]))
+                           [f"{div['weights gate'][l]:.5f}", f"{div['outputs (cosine)'][l]:.4f}",
+                            f"{found['load_entropy_bits'][l]:.3f}",
+                            f"{tp['purity'][l]:.3f} ({tp['chance'][l]:.3f})"]))
     out += ["", f"All layers: P(top-1 = max norm) = {n['all_layers']:.3f} (chance {n['chance']:.3f}); "
             f"Kendall tau = {n['kendall_all_layers']:.3f}; mean r² over layers (rounded per layer, as the paper "
             f"does): gate {reg['r2_paper_mean'][0]:.2f}, up {reg['r2_paper_mean'][1]:.2f}, "
-            f"down {reg['r2_paper_mean'][2]:.2f}."]
+            f"down {reg['r2_paper_mean'][2]:.2f}. Load entropy: of the top-2 choices over the 8 experts (3 bits "
+            f"= uniform). Token purity: over the {tp['types']} token ids seen at least 5 times in the held-out run "
+            f"({tp['positions']} positions), the share of their occurrences routed (top-1) to the id's most "
+            "frequent expert; in brackets the same with the experts shuffled among those positions."]
     return "\n".join(out)
 
 

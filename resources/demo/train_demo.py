@@ -178,15 +178,19 @@ def make_blocks(token_docs, seed):
     return blocks[order]
 
 
-def train(model, blocks, start, steps, batch, lr, warmup, label, router_logits=False):
-    """AdamW with linear warmup and cosine decay to lr/10; reads blocks from `start` on, wrapping."""
+def train(model, blocks, start, steps, batch, lr, warmup, label, router_logits=False, every=0, probe=None):
+    """AdamW with linear warmup and cosine decay to lr/10; reads blocks from `start` on, wrapping.
+    probe(step) is called before the first step and every `every` steps (model in eval mode)."""
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
                             lr=lr, betas=(0.9, 0.95))
-    model.train()
     t0, pos, history = time.time(), start, []
     for step in range(steps):
+        if probe is not None and every and step % every == 0:
+            model.eval()
+            probe(step)
+        model.train()
         f = (step + 1) / warmup if step < warmup else 0.1 + 0.45 * (1 + math.cos(math.pi * (step - warmup) /
                                                                                   max(1, steps - warmup)))
         for g in opt.param_groups:
@@ -206,15 +210,17 @@ def train(model, blocks, start, steps, batch, lr, warmup, label, router_logits=F
             log(f"{label} step {step + 1}/{steps} loss {np.mean(history[-25:]):.3f} "
                 f"({el / (step + 1):.2f} s/step, {el / 60:.1f} min)")
     model.eval()
+    if probe is not None and every:
+        probe(steps)
     return pos, history
 
 
-def upcycle(dense, seed, noise):
+def upcycle(dense, seed, noise, aux_coef):
     """Mixtral from a dense Llama: same attention, norms and embeddings; every expert the dense FFN
     plus Gaussian noise of `noise` times each matrix's standard deviation; a fresh router
     (N(0, 0.02), as Mixtral initialises it)."""
     cfg = transformers.MixtralConfig(**{k: v for k, v in DENSE.items()}, num_local_experts=EXPERTS,
-                                     num_experts_per_tok=TOP_K, router_aux_loss_coef=0.01, router_jitter_noise=0.0,
+                                     num_experts_per_tok=TOP_K, router_aux_loss_coef=aux_coef, router_jitter_noise=0.0,
                                      sliding_window=None)
     moe = transformers.MixtralForCausalLM(cfg)
     g = torch.Generator().manual_seed(seed)
@@ -349,11 +355,16 @@ def main():
     ap.add_argument("--work", default=os.path.join(REPO, "build", "demo-work"))
     ap.add_argument("--out", default=HERE)
     ap.add_argument("--dense-steps", type=int, default=1000)
-    ap.add_argument("--moe-steps", type=int, default=1500)
+    ap.add_argument("--moe-steps", type=int, default=1000)
     ap.add_argument("--dense-lr", type=float, default=3e-3)
     ap.add_argument("--moe-lr", type=float, default=2e-3)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--noise", type=float, default=0.01)
+    ap.add_argument("--aux-coef", type=float, default=0.1,
+                    help="the load-balancing loss coefficient (Mixtral-8x7B's config has 0.02; 0.02 and 0.001 "
+                         "left the first layers as unbalanced, see README.md)")
+    ap.add_argument("--probe-every", type=int, default=250,
+                    help="held-out routing statistics every N MoE steps (0: only at the end)")
     ap.add_argument("--permutations", type=int, default=2000)
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
@@ -386,18 +397,35 @@ def main():
     cfg = transformers.LlamaConfig(**DENSE)
     dense = transformers.LlamaForCausalLM(cfg)
     pos, dense_hist = train(dense, blocks, 0, args.dense_steps, args.batch, args.dense_lr, 50, "dense")
-    moe = upcycle(dense, args.seed + 1, args.noise)
+    moe = upcycle(dense, args.seed + 1, args.noise, args.aux_coef)
     moe_init = bf16_rounded(moe)
-    _, moe_hist = train(moe, blocks, pos, args.moe_steps, args.batch, args.moe_lr, 30, "moe", router_logits=True)
+    held_tok = [t for d, t in held]
+    labels = np.array([DOMAINS.index(d) for d, t in held])
+    trajectory = []
+
+    def probe(step):
+        """Held-out perplexity and domain JS (observed, permuted mean) while the MoE trains."""
+        nll, tgts, cnt = evaluate(moe, held_tok, True)
+        obs, null_mean, _, _ = permutation_test(cnt, labels, len(DOMAINS), 200, args.seed)
+        load = cnt.sum(0) / cnt.sum(0).sum(-1, keepdims=True)
+        trajectory.append({"step": step, "perplexity": float(math.exp(nll.sum() / sum(len(t) for t in tgts))),
+                           "js_bits": obs.tolist(), "permuted_mean": null_mean.tolist(),
+                           "load_entropy_bits": entropy_bits(load).tolist()})
+        log(f"probe at MoE step {step}: ppl {trajectory[-1]['perplexity']:.2f}, JS " +
+            " ".join(f"{o:.3f}/{m:.3f}" for o, m in zip(obs, null_mean)) + ", load entropy " +
+            " ".join(f"{h:.2f}" for h in trajectory[-1]["load_entropy_bits"]))
+    _, moe_hist = train(moe, blocks, pos, args.moe_steps, args.batch, args.moe_lr, 30, "moe", router_logits=True,
+                        every=args.probe_every, probe=probe)
 
     save_checkpoint(dense, tok, os.path.join(args.out, "dense"))
     save_checkpoint(moe, tok, os.path.join(args.out, "moe"))
-    held_tok = [t for d, t in held]
-    labels = np.array([DOMAINS.index(d) for d, t in held])
     metrics = {"packages": versions, "corpus": stats, "seq": SEQ, "batch": args.batch,
                "dense_steps": args.dense_steps, "moe_steps": args.moe_steps, "dense_lr": args.dense_lr,
-               "moe_lr": args.moe_lr, "noise": args.noise, "seed": args.seed,
+               "moe_lr": args.moe_lr, "noise": args.noise, "aux_coef": args.aux_coef, "seed": args.seed,
                "threads": args.threads, "experts": EXPERTS, "top_k": TOP_K,
+               "moe_trajectory": trajectory,
+               "loss_every_10_steps": {name: [float(np.mean(h[i:i + 10])) for i in range(0, len(h), 10)]
+                                       for name, h in (("dense", dense_hist), ("moe", moe_hist))},
                "train_loss_last25": {"dense": float(np.mean(dense_hist[-25:])), "moe": float(np.mean(moe_hist[-25:]))}}
     ppl = {}
     for name, path, is_moe in (("dense", "dense", False), ("moe", "moe", True)):
