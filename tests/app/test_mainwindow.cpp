@@ -59,7 +59,15 @@ private Q_SLOTS:
         QDir().mkpath(out);
         QVERIFY(w.grab().save(out + "/mainwindow-demo.png"));
 
-        // a directory without the demo is not taken for one
+        // $EXPERTSCOPE_DEMO_DIR comes first when it holds a demo; a directory without one is not
+        // taken for one
+        QTemporaryDir other;
+        QVERIFY(QDir(other.path()).mkpath("moe"));
+        QFile cfg(other.filePath("moe/config.json"));
+        QVERIFY(cfg.open(QIODevice::WriteOnly));
+        cfg.close();
+        qputenv("EXPERTSCOPE_DEMO_DIR", other.path().toUtf8());
+        QCOMPARE(QString::fromStdString(demoDirectory()), QDir::cleanPath(other.path()));
         QTemporaryDir empty;
         qputenv("EXPERTSCOPE_DEMO_DIR", empty.path().toUtf8());
         QCOMPARE(QString::fromStdString(demoDirectory()), dir);
