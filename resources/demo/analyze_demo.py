@@ -260,15 +260,6 @@ def checkpoint_facts(path):
     return total, total - inactive, os.path.getsize(os.path.join(path, "model.safetensors"))
 
 
-def shipped_bytes():
-    paths = [os.path.join(HERE, "dense"), os.path.join(HERE, "moe"), os.path.join(HERE, "prompts.jsonl")]
-    n = 0
-    for p in paths:
-        n += os.path.getsize(p) if os.path.isfile(p) else sum(
-            os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(p) for f in fs)
-    return n
-
-
 def tables(metrics, found):
     """The generated markdown of README.md."""
     out = ["### The models and the run", "",
@@ -276,7 +267,8 @@ def tables(metrics, found):
     for name in ("dense", "moe"):
         total, active, size = checkpoint_facts(os.path.join(HERE, name))
         out.append(fmt_row([f"`{name}/`", f"{total:,}", f"{active:,}", f"{size / 1e6:.2f} MB"]))
-    out += ["", f"Everything shipped (both directories and prompts.jsonl): {shipped_bytes() / 1e6:.2f} MB "
+    shipped = sum(train_demo.tree_bytes(os.path.join(HERE, p)) for p in train_demo.SHIPPED)
+    out += ["", f"Everything shipped (both directories and prompts.jsonl): {shipped / 1e6:.2f} MB "
             f"(at most 16 MB). Training: {metrics['dense_steps']} dense steps then {metrics['moe_steps']} MoE steps "
             f"of {metrics['batch']} x {metrics['seq']} tokens, expert noise {metrics['noise']}, load-balancing "
             f"coefficient {metrics['aux_coef']}, seed {metrics['seed']}, "

@@ -59,6 +59,14 @@ DENSE = dict(vocab_size=TOKENIZER_VOCAB, hidden_size=128, intermediate_size=256,
              num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=SEQ * 2, rms_norm_eps=1e-5,
              rope_theta=10000.0, tie_word_embeddings=True, bos_token_id=0, eos_token_id=1, pad_token_id=None)
 EXPERTS, TOP_K = 8, 2
+SHIPPED = ["dense", "moe", "prompts.jsonl"]  # what resources/CMakeLists.txt installs
+
+
+def tree_bytes(path):
+    """Bytes of a file, or of every file under a directory."""
+    if os.path.isfile(path):
+        return os.path.getsize(path)
+    return sum(os.path.getsize(os.path.join(r, n)) for r, _, names in os.walk(path) for n in names)
 
 
 def log(*a):
@@ -309,7 +317,8 @@ def permutation_test(counts, labels, n_domains, n_perm, seed):
 def save_checkpoint(model, tok, out):
     if os.path.isdir(out):
         shutil.rmtree(out)
-    m = bf16_rounded(model).to(torch.bfloat16)
+    import copy
+    m = copy.deepcopy(model).to(torch.bfloat16)  # round to nearest, as bf16_rounded does
     m.save_pretrained(out)
     tok.save(os.path.join(out, "tokenizer.json"))
     with open(os.path.join(out, "tokenizer_config.json"), "w") as f:
@@ -382,10 +391,11 @@ def main():
     log("corpus", json.dumps(stats))
 
     tok = train_tokenizer(docs)
-    train_ids = [tok.encode(t).ids for d, k, t, h in docs if not h]
+    train_docs = [(d, tok.encode(t).ids) for d, k, t, h in docs if not h]
     held = [(d, tok.encode(t).ids) for d, k, t, h in docs if h]
+    train_ids = [t for d, t in train_docs]
     for d in DOMAINS:
-        stats[d]["train_tokens"] = sum(len(tok.encode(t).ids) for dd, k, t, h in docs if dd == d and not h)
+        stats[d]["train_tokens"] = sum(len(t) for dd, t in train_docs if dd == d)
         stats[d]["held_out_tokens"] = sum(len(t) for dd, t in held if dd == d)
     blocks = make_blocks(train_ids, args.seed)
     log(f"tokenizer: {tok.get_vocab_size()} tokens; {len(blocks)} training blocks of {SEQ}")

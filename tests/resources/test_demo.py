@@ -6,6 +6,7 @@ import os
 import shutil
 import struct
 import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -13,8 +14,9 @@ import pytest
 from conftest import require, run_cli
 
 DEMO = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "resources", "demo")
+sys.path.insert(0, DEMO)
+import train_demo  # noqa: E402  (the script that made the demo: what ships, the statistics)
 MOE, DENSE = os.path.join(DEMO, "moe"), os.path.join(DEMO, "dense")
-SHIPPED = [MOE, DENSE, os.path.join(DEMO, "prompts.jsonl")]
 
 
 def st_header(path):
@@ -28,16 +30,11 @@ def sample_prompts():
         return [json.loads(line) for line in f if line.strip()]
 
 
-def tree_bytes(path):
-    if os.path.isfile(path):
-        return os.path.getsize(path)
-    return sum(os.path.getsize(os.path.join(r, n)) for r, _, names in os.walk(path) for n in names)
-
-
 def test_artifacts_on_disk():
     """bf16 tensors only, at most 16 MB together, one tokenizer for both models, the MoE an
     upcycled copy of the dense model's shape (same attention, embeddings, expert width = dense FFN)."""
-    assert sum(tree_bytes(p) for p in SHIPPED) <= 16_000_000  # 16 MB, decimal (the stricter reading)
+    shipped = sum(train_demo.tree_bytes(os.path.join(DEMO, p)) for p in train_demo.SHIPPED)
+    assert shipped <= 16_000_000  # 16 MB, decimal (the stricter reading)
     for d in (MOE, DENSE):
         header = st_header(os.path.join(d, "model.safetensors"))
         dtypes = {v["dtype"] for k, v in header.items() if k != "__metadata__"}
@@ -136,8 +133,8 @@ def test_installed_tree(cli, tmp_path):
     subprocess.run(["cmake", "--install", build, "--prefix", str(prefix), "--component", "demo"], check=True,
                    capture_output=True)
     installed = prefix / "share" / "expertscope" / "demo"
-    for p in SHIPPED:
-        assert tree_bytes(installed / os.path.basename(p)) == tree_bytes(p)
+    for p in train_demo.SHIPPED:
+        assert train_demo.tree_bytes(installed / p) == train_demo.tree_bytes(os.path.join(DEMO, p))
     info = json.loads(run_cli(cli, "info", installed / "moe", "--json").stdout)
     assert info["fingerprint"] == json.loads(run_cli(cli, "info", MOE, "--json").stdout)["fingerprint"]
     shutil.rmtree(prefix)
@@ -147,12 +144,9 @@ def test_specialisation_statistic_against_scipy():
     """train_demo.py's JS statistic (equal weights, bits) against scipy: for two domains the square
     of scipy's Jensen-Shannon distance, for five H(mean) - mean H with scipy.stats.entropy; and the
     permutation p-value is small for separated domains and large for exchangeable ones."""
-    import sys
     require("scipy")
     from scipy.spatial.distance import jensenshannon
     from scipy.stats import entropy
-    sys.path.insert(0, DEMO)
-    import train_demo
     rng = np.random.default_rng(0)
     counts = rng.integers(0, 50, size=(40, 3, 8))
     labels = rng.integers(0, 2, size=40)
