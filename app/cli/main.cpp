@@ -17,6 +17,16 @@
 #include "model/spec.h"
 #include "session/session.h"
 #include "tokenizer/tokenizer.h"
+#include "cli.h"
+
+namespace es::cli {
+
+const std::string& optionValue(const std::vector<std::string>& args, size_t& i, const char* cmd) {
+    if (i + 1 >= args.size()) throw UsageError(std::string(cmd) + ": " + args[i] + " needs a value");
+    return args[++i];
+}
+
+}  // namespace es::cli
 
 namespace {
 
@@ -32,25 +42,25 @@ const char* kUsage = R"(usage:
                   [--paragraphs FILE] [--reference DENSE_CHECKPOINT] [--layers 0,3,...]
                   [--device cpu|cuda[:N]] [--dtype float32|bfloat16|float16] [--first-tokens N]
                   [--pca-components 2|3] [--threads N]
+  expertscope-cli export SESSION.h5 --list [--json]
+  expertscope-cli export SESSION.h5 --view NAME [--run NAME] [--layer L] [--matrix gate|up|down|router]
+                  [--measure M] [--prompt P] [--token N] [--scale layer|global] [--all-layers]
+                  [--width W --height H] [--dpi D] --out FILE.(png|jpg|pdf|svg|csv)
 
 --prompts FILE: a .jsonl file of {"text": ...} objects, or any other file with one prompt per
 non-empty line. Text prompts are encoded with the checkpoint's tokenizer.json, special tokens
 included (BOS where the tokenizer adds it).
 CHECKPOINT is a HuggingFace checkpoint directory (config.json + model.safetensors or shards with
 model.safetensors.index.json) or a single .safetensors file.
+export: docs/views.md describes every view and its options; --list names those the session allows.
+--all-layers writes one file per analysed layer (FILE with -layerL before the extension, or with
+{layer} replaced). Images need the GUI build; the headless build exports CSV only.
 analyze: docs/analyses.md defines every analysis and where the session keeps it (/analyses/...).
 Exit codes: 0 success, 1 bad input or failure (the message names the file and the field), 2 usage error.
 )";
 
-struct UsageError : std::runtime_error {
-    using std::runtime_error::runtime_error;
-};
-
-// The value after option args[i] (advancing i), or a usage error naming the command.
-const std::string& optionValue(const std::vector<std::string>& args, size_t& i, const char* cmd) {
-    if (i + 1 >= args.size()) throw UsageError(std::string(cmd) + ": " + args[i] + " needs a value");
-    return args[++i];
-}
+using es::cli::optionValue;
+using es::cli::UsageError;
 
 std::vector<int64_t> parseIds(const std::string& s) {
     std::vector<int64_t> ids;
@@ -600,6 +610,7 @@ int main(int argc, char** argv) {
         if (cmd == "tokenize") return cmdTokenize(rest);
         if (cmd == "session") return cmdSession(rest);
         if (cmd == "analyze") return cmdAnalyze(rest);
+        if (cmd == "export") return es::cli::cmdExport(rest, argc, argv);
         throw UsageError("unknown command '" + cmd + "'");
     } catch (const UsageError& e) {
         std::cerr << "expertscope-cli: " << e.what() << "\n" << kUsage;

@@ -29,6 +29,7 @@ struct LayerAcc {
     int64_t tauCount = 0;
     std::vector<Tensor> gateExperts, gateShared, gateRef;  // D3 chunks of the first N tokens
     std::vector<Tensor> mapParts;                          // D4: [T_p, E] float
+    std::vector<Tensor> normParts, scoreParts;             // D2: [n, E] float, every token
     Tensor loadCounts;                                     // [E] int64
     int64_t adjacentPairs = 0, adjacentShared = 0;
     std::vector<int64_t> mismatches;  // token indices where the routing differs from the stored trace
@@ -201,6 +202,8 @@ std::map<std::string, Result> dynamicAnalyses(const std::shared_ptr<Checkpoint>&
                     Tensor nr = norms.narrow(1, 0, E);
                     Tensor sc = scores.narrow(0, c0, n);
                     Tensor idx = ranksOf(sc) * E + ranksOf(nr);
+                    acc->normParts.push_back(nr.to(torch::kCPU));
+                    acc->scoreParts.push_back(sc.to(torch::kCPU));
                     acc->rankCounts += torch::bincount(idx.reshape(-1), {}, E * E).to(torch::kLong);
                     Tensor tau = kendallTauB(nr.to(torch::kDouble), sc.to(torch::kDouble));
                     Tensor ok = tau.isfinite();
@@ -276,6 +279,11 @@ std::map<std::string, Result> dynamicAnalyses(const std::shared_ptr<Checkpoint>&
             total += c;
             std::vector<int64_t> cv(c.data_ptr<int64_t>(), c.data_ptr<int64_t>() + E * E);
             r.arrays["layers/" + std::to_string(l) + "/rank_counts"] = Array::i64({E, E}, cv);
+            // the points behind the counts: the norms-vs-scores scatter
+            Tensor nm = a.normParts.empty() ? torch::zeros({0, E}) : torch::cat(a.normParts, 0).contiguous();
+            Tensor sc = a.scoreParts.empty() ? torch::zeros({0, E}) : torch::cat(a.scoreParts, 0).contiguous();
+            r.arrays["layers/" + std::to_string(l) + "/norms"] = Array::f32d({nm.size(0), E}, toDoubleVec(nm));
+            r.arrays["layers/" + std::to_string(l) + "/scores"] = Array::f32d({sc.size(0), E}, toDoubleVec(sc));
             const double tk = static_cast<double>(std::max<int64_t>(1, a.tokens));
             top1.push_back(static_cast<double>(cv[(E - 1) * E + (E - 1)]) / tk);
             diag.push_back(c.diagonal().sum().item<double>() / (static_cast<double>(E) * tk));

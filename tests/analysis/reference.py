@@ -515,6 +515,8 @@ def dynamic_reference(moe, cap, offsets, run, first_n, dense=None, dcap=None, la
         C = np.zeros((E, E), dtype=np.int64)
         np.add.at(C, (rp.ravel(), rn.ravel()), 1)
         exp.put(f"norm_score_ranks/{run}/layers/{l}/rank_counts", C)
+        exp.put(f"norm_score_ranks/{run}/layers/{l}/norms", n)
+        exp.put(f"norm_score_ranks/{run}/layers/{l}/scores", p)
         C_all += C
         top1[li] = C[E - 1, E - 1] / T
         diag[li] = np.trace(C) / (E * T)

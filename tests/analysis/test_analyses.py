@@ -525,6 +525,11 @@ def test_d2_norm_score_ranks(sess):
             diff = np.abs(d[()] - exp.arrays[path]).sum()
             assert diff <= 4 * ties, f"{path}: ours\n{d[()]}\nreference\n{exp.arrays[path]}\n({ties} near ties)"
             assert d[()].sum() == E * T and (d[()].sum(axis=0) == T).all() and (d[()].sum(axis=1) == T).all()
+            for q in ("norms", "scores"):  # the points of the norms-vs-scores view
+                d = ds(f, f"{nb}/layers/{l}/{q}")
+                assert d.dtype == np.float32 and d.shape == (T, E)
+                ref = exp.arrays[f"{nb}/layers/{l}/{q}"]
+                check_close(d[()], ref, TOL_D1 * np.maximum(1.0, np.abs(ref)), d.name)
         d = ds(f, f"{nb}/all/rank_counts")
         assert np.abs(d[()] - exp.arrays[f"{nb}/all/rank_counts"]).sum() <= 4 * total_ties
         chance = {"top1_is_max_norm": 1.0 / E, "diagonal_mass": 1.0 / E, "kendall_tau": 0.0}

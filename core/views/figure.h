@@ -1,0 +1,114 @@
+#pragma once
+// What a view shows, as plain data: the views of the GUI and `expertscope-cli export` are built
+// from the session's result store by buildFigure() and drawn by one renderer (widgets/
+// figureview). No Qt and no LibTorch here, so the catalogue, the figures' data and their CSV
+// also work in the headless build. docs/views.md lists every view.
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <string>
+#include <vector>
+
+namespace es {
+
+class Session;
+
+// A matrix drawn cell by cell. Row 0 is at the top (as matplotlib's imshow draws it).
+struct HeatmapPanel {
+    int64_t rows = 0, cols = 0;
+    std::vector<double> values;  // row-major [rows, cols]
+    std::vector<std::string> rowLabels, colLabels;
+    std::string colormap = "viridis";  // viridis | blues | spectral (widgets/colormaps.h)
+    double lo = std::numeric_limits<double>::quiet_NaN(), hi = std::numeric_limits<double>::quiet_NaN();  // NaN: data range
+    std::string valueLabel;
+    std::vector<int64_t> rowSeparators;  // a line above each of these rows
+    bool tokenAxis = false;              // columns are tokens (select a token by clicking a column)
+    double value(int64_t r, int64_t c) const { return values[static_cast<size_t>(r * cols + c)]; }
+};
+
+struct Series {
+    enum class Style { Line, Scatter, Bars };
+    Series() = default;
+    Series(std::string n, Style s, std::vector<double> xs = {}, std::vector<double> ys = {})
+        : name(std::move(n)), style(s), x(std::move(xs)), y(std::move(ys)) {}
+    std::string name;
+    Style style = Style::Line;
+    std::vector<double> x, y;
+    std::vector<std::string> pointLabels;  // drawn beside each point when not empty
+    std::vector<int> group;                // per point: the expert it belongs to (-1 none); colours and selection
+    int groups = 0;                        // number of groups (the colour map is spread over them)
+    int color = -1;                        // palette index; -1: the series' position
+    bool dashed = false, emphasised = false;
+    double barWidth = 0.8;
+};
+
+struct Panel {
+    std::string title, xLabel, yLabel;
+    bool hasHeatmap = false;
+    HeatmapPanel heatmap;
+    std::vector<Series> series;
+    std::vector<std::string> xTicks;  // categorical x axis: tick i at x = i
+    std::vector<double> markX;        // vertical marker lines (e.g. the last layer)
+    struct Level {
+        std::string name;
+        double y;
+    };
+    std::vector<Level> levels;  // horizontal reference lines (chance, uniform)
+};
+
+// Tokens of a prompt, each with the expert that took it (the routing text view).
+struct TokenRun {
+    struct Token {
+        std::string text, tip;
+        int expert = -1;
+        int64_t index = 0;  // position in the run
+    };
+    std::vector<Token> tokens;
+    int experts = 0;
+    std::string legend;
+};
+
+struct Figure {
+    std::string view, title;
+    std::vector<Panel> panels;  // side by side
+    bool isText = false;
+    TokenRun text;
+    // The data behind the figure as a table, exactly as stored (float32 values print with 9
+    // significant digits, so they read back bit for bit).
+    std::vector<std::string> csvHeader;
+    std::vector<std::vector<std::string>> csvRows;
+};
+
+// Which view to build and how (the CLI's options; a view's state in the GUI).
+struct ViewRequest {
+    std::string view;
+    std::string run;      // dynamic views: the run (default: the first with the result)
+    int layer = -1;       // per-layer views: the decoder layer (default: the first analysed)
+    std::string matrix;   // gate | up | down | router, where the view has matrices
+    std::string measure;  // a view's variant (see ViewInfo::measures)
+    int prompt = 0;       // routing views: which prompt of the run
+    int token = 0;        // per-token views: which of the stored first tokens
+    std::string scale = "layer";  // heatmap colour range: layer | global (over all layers)
+};
+
+struct ViewInfo {
+    std::string name, title, analysis, description;
+    bool perLayer = false, perRun = false, perToken = false, perPrompt = false;
+    std::vector<std::string> matrices, measures, runs;
+    std::vector<int> layers;
+};
+
+// The views the session's results allow, in a stable order.
+std::vector<ViewInfo> availableViews(const Session& s);
+// Every view ExpertScope knows (what availableViews chooses from).
+std::vector<std::string> allViewNames();
+// Builds a view's figure. An unknown view, a missing result, layer, run or matrix is an error
+// naming what is missing and what is available.
+Figure buildFigure(const Session& s, const ViewRequest& req);
+// The figure's table as CSV (RFC 4180 quoting).
+std::string figureCsv(const Figure& f);
+// Shortest text that reads back as the same float32 / float64.
+std::string formatFloat(float v);
+std::string formatDouble(double v);
+
+}  // namespace es

@@ -1,0 +1,994 @@
+// The view catalogue: from the session's result store to figures (docs/views.md).
+#include <algorithm>
+#include <charconv>
+#include <functional>
+#include <map>
+#include <set>
+#include <sstream>
+
+#include "error.h"
+#include "session/session.h"
+#include "views/figure.h"
+
+namespace es {
+
+std::string formatFloat(float v) {
+    if (std::isnan(v)) return "nan";
+    char buf[64];
+    auto r = std::to_chars(buf, buf + sizeof buf, v);
+    return std::string(buf, r.ptr);
+}
+
+std::string formatDouble(double v) {
+    if (std::isnan(v)) return "nan";
+    char buf[64];
+    auto r = std::to_chars(buf, buf + sizeof buf, v);
+    return std::string(buf, r.ptr);
+}
+
+namespace {
+
+constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
+
+// One stored array, read as doubles, with the text of each element as stored.
+struct Data {
+    const Array* a = nullptr;
+    std::vector<double> v;
+    std::string text(size_t i) const {
+        switch (a->type) {
+            case Array::Type::F32: return formatFloat(static_cast<float>(v[i]));
+            case Array::Type::F64: return formatDouble(v[i]);
+            default: return std::to_string(static_cast<int64_t>(v[i]));
+        }
+    }
+    std::vector<std::string> labels(const char* attr = "labels") const {
+        auto it = a->attrs.find(attr);
+        return it == a->attrs.end() ? std::vector<std::string>{} : it->second.strings;
+    }
+    std::vector<int> layers() const {
+        auto it = a->attrs.find("layers");
+        std::vector<int> out;
+        if (it != a->attrs.end())
+            for (auto x : it->second.ints) out.push_back(static_cast<int>(x));
+        return out;
+    }
+    double attr(const char* name) const {
+        auto it = a->attrs.find(name);
+        return it == a->attrs.end() || it->second.f64.empty() ? kNaN : it->second.f64[0];
+    }
+    int64_t dim(size_t i) const { return i < a->shape.size() ? a->shape[i] : 1; }
+};
+
+// A number for a title: three significant digits.
+std::string shortNum(double v) {
+    char buf[32];
+    std::snprintf(buf, sizeof buf, "%.3g", v);
+    return buf;
+}
+
+std::string sessionName(const Session& s) { return s.path().empty() ? std::string("(unsaved session)") : s.path(); }
+
+const Result& needResult(const Session& s, const std::string& id, const std::string& view) {
+    if (!s.hasResult(id))
+        throw Error("view '" + view + "' needs the result " + id + ", which this session does not have (run "
+                    "expertscope-cli analyze to compute it)", sessionName(s), "/analyses/" + id);
+    return s.result(id);
+}
+
+Data needArray(const Session& s, const std::string& id, const std::string& name, const std::string& view) {
+    const Result& r = needResult(s, id, view);
+    auto it = r.arrays.find(name);
+    if (it == r.arrays.end())
+        throw Error("view '" + view + "' needs the array " + name + " of result " + id, sessionName(s),
+                    "/analyses/" + id + "/" + name);
+    return Data{&it->second, it->second.toDoubles()};
+}
+
+// Decoder layers that have an array "layers/L/<suffix>" in the result.
+std::vector<int> layersWith(const Result& r, const std::string& suffix) {
+    std::set<int> out;
+    for (auto& [name, a] : r.arrays) {
+        if (name.rfind("layers/", 0) != 0) continue;
+        size_t slash = name.find('/', 7);
+        if (slash == std::string::npos || name.substr(slash + 1) != suffix) continue;
+        try {
+            out.insert(std::stoi(name.substr(7, slash - 7)));
+        } catch (const std::exception&) {
+        }
+    }
+    return {out.begin(), out.end()};
+}
+
+// The runs with a result `prefix/RUN`.
+std::vector<std::string> runsWith(const Session& s, const std::string& prefix) {
+    std::vector<std::string> out;
+    for (auto& id : s.resultIds())
+        if (id.rfind(prefix + "/", 0) == 0 && id.find('/', prefix.size() + 1) == std::string::npos)
+            out.push_back(id.substr(prefix.size() + 1));
+    return out;
+}
+
+std::string joinInts(const std::vector<int>& v) {
+    std::string s;
+    for (size_t i = 0; i < v.size(); ++i) s += (i ? ", " : "") + std::to_string(v[i]);
+    return s;
+}
+
+std::string joinStrings(const std::vector<std::string>& v) {
+    std::string s;
+    for (size_t i = 0; i < v.size(); ++i) s += (i ? ", " : "") + v[i];
+    return s;
+}
+
+int chooseLayer(const Session& s, const ViewRequest& req, const std::vector<int>& layers, const std::string& id) {
+    if (layers.empty()) throw Error("result " + id + " has no layers", sessionName(s), "/analyses/" + id);
+    if (req.layer < 0) return layers.front();
+    if (std::find(layers.begin(), layers.end(), req.layer) == layers.end())
+        throw Error("view '" + req.view + "': layer " + std::to_string(req.layer) + " was not analysed (layers: " +
+                        joinInts(layers) + ")",
+                    sessionName(s), "/analyses/" + id);
+    return req.layer;
+}
+
+std::string chooseRun(const Session& s, const ViewRequest& req, const std::string& prefix) {
+    auto runs = runsWith(s, prefix);
+    if (runs.empty())
+        throw Error("view '" + req.view + "' needs " + prefix + " of a run, which this session does not have (run "
+                    "expertscope-cli analyze --dynamic)", sessionName(s), "/analyses/" + prefix);
+    if (req.run.empty()) return runs.front();
+    if (std::find(runs.begin(), runs.end(), req.run) == runs.end())
+        throw Error("view '" + req.view + "': no " + prefix + " for run '" + req.run + "' (runs: " + joinStrings(runs) + ")",
+                    sessionName(s), "/analyses/" + prefix + "/" + req.run);
+    return req.run;
+}
+
+std::string chooseOf(const ViewRequest& req, const std::string& what, const std::string& given,
+                     const std::vector<std::string>& allowed) {
+    if (given.empty()) return allowed.front();
+    if (std::find(allowed.begin(), allowed.end(), given) == allowed.end())
+        throw Error("view '" + req.view + "': " + what + " '" + given + "' is not one of " + joinStrings(allowed));
+    return given;
+}
+
+const std::vector<std::string> kMatrices = {"gate", "up", "down"};
+
+std::string matrixName(const std::string& m) {
+    if (m == "gate") return "W_gate";
+    if (m == "up") return "W_up";
+    if (m == "down") return "W_down";
+    return m;
+}
+
+// A heatmap of a stored [R, C] array, its CSV beside it.
+void heatmapFrom(Figure& f, Panel& p, const Data& d, std::vector<std::string> rowLabels, std::vector<std::string> colLabels,
+                 const std::string& valueLabel) {
+    HeatmapPanel& h = p.heatmap;
+    p.hasHeatmap = true;
+    h.rows = d.dim(0);
+    h.cols = d.dim(1);
+    h.values = d.v;
+    for (int64_t i = static_cast<int64_t>(rowLabels.size()); i < h.rows; ++i) rowLabels.push_back(std::to_string(i));
+    for (int64_t i = static_cast<int64_t>(colLabels.size()); i < h.cols; ++i) colLabels.push_back(std::to_string(i));
+    h.rowLabels = rowLabels;
+    h.colLabels = colLabels;
+    h.valueLabel = valueLabel;
+    f.csvHeader = {""};
+    f.csvHeader.insert(f.csvHeader.end(), colLabels.begin(), colLabels.end());
+    for (int64_t r = 0; r < h.rows; ++r) {
+        std::vector<std::string> row = {rowLabels[r]};
+        for (int64_t c = 0; c < h.cols; ++c) row.push_back(d.text(static_cast<size_t>(r * h.cols + c)));
+        f.csvRows.push_back(std::move(row));
+    }
+}
+
+// Colour range over all layers of `suffix` in the result (the paper's "full" colour bar).
+void globalRange(const Session& s, const std::string& id, const std::string& suffix, HeatmapPanel& h) {
+    const Result& r = s.result(id);
+    double lo = INFINITY, hi = -INFINITY;
+    for (int l : layersWith(r, suffix))
+        for (double x : r.arrays.at("layers/" + std::to_string(l) + "/" + suffix).toDoubles())
+            if (!std::isnan(x)) lo = std::min(lo, x), hi = std::max(hi, x);
+    if (lo <= hi) h.lo = lo, h.hi = hi;
+}
+
+// ---- the views ----
+
+struct SimilarityKind {
+    const char* view;
+    const char* id;
+    const char* code;
+    const char* title;
+    std::vector<std::string> matrices;
+    std::vector<std::string> measures;
+};
+
+const std::vector<SimilarityKind> kSimilarity = {
+    {"weight-similarity", "weight_similarity", "S1", "Expert weight similarity", kMatrices, {}},
+    {"neuron-mean-similarity", "neuron_mean_similarity", "S2", "Mean-neuron similarity", kMatrices, {}},
+    {"neuron-reordering", "neuron_reordering", "S3", "Similarity after neuron reordering", kMatrices,
+     {"similarity", "tau", "joint", "joint-tau"}},
+    {"router-similarity", "router_similarity", "S4", "Router-row similarity", {"router"}, {}},
+};
+
+std::string similaritySuffix(const SimilarityKind& k, const std::string& matrix, const std::string& measure) {
+    if (measure == "tau") return matrix + "_tau";
+    if (measure == "joint") return "joint_" + matrix;
+    if (measure == "joint-tau") return "joint_tau";
+    return matrix;
+}
+
+Figure similarityFigure(const Session& s, const ViewRequest& req, const SimilarityKind& k) {
+    const std::string matrix = chooseOf(req, "matrix", req.matrix, k.matrices);
+    const std::string measure = k.measures.empty() ? "" : chooseOf(req, "measure", req.measure, k.measures);
+    const std::string suffix = similaritySuffix(k, matrix, measure);
+    const int L = chooseLayer(s, req, layersWith(needResult(s, k.id, req.view), suffix), k.id);
+    Data d = needArray(s, k.id, "layers/" + std::to_string(L) + "/" + suffix, req.view);
+    Figure f;
+    f.view = req.view;
+    const bool tau = measure == "tau" || measure == "joint-tau";
+    f.title = std::string(k.title) + " (" + k.code + "), layer " + std::to_string(L) + ", " +
+              (measure == "joint-tau" ? std::string("joint permutation") : matrixName(matrix)) +
+              (tau ? ", Kendall's tau" : measure == "joint" ? ", joint permutation" : "");
+    Panel p;
+    p.xLabel = p.yLabel = "expert";
+    heatmapFrom(f, p, d, d.labels(), d.labels(), tau ? "Kendall's tau" : "cosine similarity");
+    if (req.scale == "global") globalRange(s, k.id, suffix, p.heatmap);
+    f.panels.push_back(std::move(p));
+    return f;
+}
+
+Figure routerVsWeights(const Session& s, const ViewRequest& req) {
+    const char* id = "router_weight_regression";
+    const std::string matrix = chooseOf(req, "matrix", req.matrix, kMatrices);
+    const int L = chooseLayer(s, req, layersWith(needResult(s, id, req.view), "pairs"), id);
+    Data pairs = needArray(s, id, "layers/" + std::to_string(L) + "/pairs", req.view);
+    Data slope = needArray(s, id, "slope", req.view), intercept = needArray(s, id, "intercept", req.view),
+         r2 = needArray(s, id, "r2", req.view);
+    const auto layers = slope.layers();
+    const auto cols = pairs.labels("columns");
+    const size_t col = static_cast<size_t>(std::find(cols.begin(), cols.end(), matrix) - cols.begin());
+    const size_t li = static_cast<size_t>(std::find(layers.begin(), layers.end(), L) - layers.begin());
+    const size_t mcol = static_cast<size_t>(std::find(kMatrices.begin(), kMatrices.end(), matrix) - kMatrices.begin());
+    if (col >= cols.size() || li >= layers.size()) throw Error("result router_weight_regression is incomplete", sessionName(s), "/analyses/router_weight_regression");
+    Figure f;
+    f.view = req.view;
+    f.title = "Router vs " + matrixName(matrix) + " similarity (S5), layer " + std::to_string(L) + ", r² = " + shortNum(r2.v[li * 3 + mcol]);
+    Panel p;
+    p.xLabel = "mean-neuron similarity of " + matrixName(matrix) + " (expert pair)";
+    p.yLabel = "router-row similarity";
+    Series pts{"expert pairs", Series::Style::Scatter};
+    const int64_t Q = pairs.dim(0), C = pairs.dim(1);
+    f.csvHeader = {"pair", matrix, "router"};
+    double xmin = INFINITY, xmax = -INFINITY;
+    for (int64_t q = 0; q < Q; ++q) {
+        const double x = pairs.v[q * C + col], y = pairs.v[q * C + 0];
+        pts.x.push_back(x);
+        pts.y.push_back(y);
+        xmin = std::min(xmin, x), xmax = std::max(xmax, x);
+        f.csvRows.push_back({std::to_string(q), pairs.text(q * C + col), pairs.text(q * C)});
+    }
+    p.series.push_back(std::move(pts));
+    const double a = slope.v[li * 3 + mcol], b = intercept.v[li * 3 + mcol];
+    if (Q > 0 && std::isfinite(a) && std::isfinite(b))
+        p.series.push_back(Series{"least squares", Series::Style::Line, {xmin, xmax}, {b + a * xmin, b + a * xmax}});
+    f.panels.push_back(std::move(p));
+    return f;
+}
+
+Figure routerWeightR2(const Session& s, const ViewRequest& req) {
+    Data r2 = needArray(s, "router_weight_regression", "r2", req.view);
+    const auto layers = r2.layers();
+    const auto cols = r2.labels("columns");
+    Figure f;
+    f.view = req.view;
+    f.title = "Router vs expert similarity: r² per layer (S5)";
+    Panel p;
+    p.xLabel = "layer";
+    p.yLabel = "r²";
+    f.csvHeader = {"layer"};
+    auto it = r2.a->attrs.find("r2_paper_mean");
+    for (size_t c = 0; c < cols.size(); ++c) {
+        Series sr{matrixName(cols[c]), Series::Style::Line};
+        if (it != r2.a->attrs.end() && c < it->second.f64.size())
+            sr.name += " (paper mean " + shortNum(it->second.f64[c]) + ")";
+        for (size_t i = 0; i < layers.size(); ++i) sr.x.push_back(layers[i]), sr.y.push_back(r2.v[i * cols.size() + c]);
+        p.series.push_back(std::move(sr));
+        f.csvHeader.push_back(cols[c]);
+    }
+    for (size_t i = 0; i < layers.size(); ++i) {
+        std::vector<std::string> row = {std::to_string(layers[i])};
+        for (size_t c = 0; c < cols.size(); ++c) row.push_back(r2.text(i * cols.size() + c));
+        f.csvRows.push_back(std::move(row));
+    }
+    f.panels.push_back(std::move(p));
+    return f;
+}
+
+std::string explainedText(const Data& e, int64_t c) {
+    char buf[64];
+    std::snprintf(buf, sizeof buf, "PC%lld (%.1f%%)", static_cast<long long>(c + 1), 100.0 * e.v[c]);
+    return buf;
+}
+
+Figure pcaFigure(const Session& s, const ViewRequest& req, bool neurons) {
+    const char* id = neurons ? "neuron_pca" : "matrix_pca";
+    const std::string matrix = chooseOf(req, "matrix", req.matrix, kMatrices);
+    const int L = chooseLayer(s, req, layersWith(needResult(s, id, req.view), matrix), id);
+    const std::string base = "layers/" + std::to_string(L) + "/" + matrix;
+    Data d = needArray(s, id, base, req.view), ex = needArray(s, id, base + "_explained", req.view);
+    const auto labels = d.labels();
+    const int64_t N = d.dim(0), C = d.dim(1);
+    Figure f;
+    f.view = req.view;
+    f.title = std::string(neurons ? "Neuron-level PCA (S7)" : "Matrix-level PCA (S6)") + ", layer " + std::to_string(L) +
+              ", " + matrixName(matrix);
+    Panel p;
+    p.xLabel = explainedText(ex, 0);
+    p.yLabel = C > 1 ? explainedText(ex, 1) : "";
+    f.csvHeader = {neurons ? "neuron" : "expert"};
+    if (neurons) f.csvHeader.push_back("expert");
+    for (int64_t c = 0; c < C; ++c) f.csvHeader.push_back("pc" + std::to_string(c + 1));
+    if (neurons) {
+        Data g = needArray(s, id, base + "_expert", req.view);
+        Series pts{"neurons", Series::Style::Scatter};
+        pts.groups = static_cast<int>(labels.size());
+        for (int64_t i = 0; i < N; ++i) {
+            pts.x.push_back(d.v[i * C]);
+            pts.y.push_back(C > 1 ? d.v[i * C + 1] : 0.0);
+            const int e = static_cast<int>(g.v[i]);
+            pts.group.push_back(e);
+            std::vector<std::string> row = {std::to_string(i), e >= 0 && e < static_cast<int>(labels.size()) ? labels[e] : "?"};
+            for (int64_t c = 0; c < C; ++c) row.push_back(d.text(i * C + c));
+            f.csvRows.push_back(std::move(row));
+        }
+        p.series.push_back(std::move(pts));
+    } else {
+        Series experts{"experts", Series::Style::Scatter}, others{"reference", Series::Style::Scatter};
+        for (int64_t i = 0; i < N; ++i) {
+            const std::string lab = i < static_cast<int64_t>(labels.size()) ? labels[i] : std::to_string(i);
+            const bool routed = !lab.empty() && std::isdigit(static_cast<unsigned char>(lab[0]));
+            Series& t = routed ? experts : others;
+            t.x.push_back(d.v[i * C]);
+            t.y.push_back(C > 1 ? d.v[i * C + 1] : 0.0);
+            t.pointLabels.push_back(lab);
+            t.group.push_back(routed ? static_cast<int>(i) : -1);
+            std::vector<std::string> row = {lab};
+            for (int64_t c = 0; c < C; ++c) row.push_back(d.text(i * C + c));
+            f.csvRows.push_back(std::move(row));
+        }
+        p.series.push_back(std::move(experts));
+        if (!others.x.empty()) {
+            others.name = "dense FFN / shared expert";
+            others.color = 3;
+            p.series.push_back(std::move(others));
+        }
+    }
+    f.panels.push_back(std::move(p));
+    return f;
+}
+
+Figure outputSimilarity(const Session& s, const ViewRequest& req) {
+    const std::string run = chooseRun(s, req, "output_similarity");
+    const std::string id = "output_similarity/" + run;
+    const std::string measure = chooseOf(req, "measure", req.measure, {"angular", "cosine", "per-token"});
+    const std::string suffix = measure == "per-token" ? "per_token_cosine" : measure;
+    const int L = chooseLayer(s, req, layersWith(needResult(s, id, req.view), suffix), id);
+    Data d = needArray(s, id, "layers/" + std::to_string(L) + "/" + suffix, req.view);
+    Figure f;
+    f.view = req.view;
+    Panel p;
+    p.xLabel = p.yLabel = "expert";
+    if (measure == "per-token") {
+        const int64_t N = d.dim(0), R = d.dim(1);
+        if (req.token < 0 || req.token >= N)
+            throw Error("view '" + req.view + "': token " + std::to_string(req.token) + " is not among the " +
+                            std::to_string(N) + " stored tokens",
+                        sessionName(s), "/analyses/" + id);
+        Data slice = d;
+        slice.v.assign(d.v.begin() + req.token * R * R, d.v.begin() + (req.token + 1) * R * R);
+        Array shape2 = *d.a;
+        shape2.shape = {R, R};
+        slice.a = &shape2;
+        heatmapFrom(f, p, slice, d.labels(), d.labels(), "cosine similarity");
+        slice.a = nullptr;
+        f.title = "Expert output similarity (D1), run " + run + ", layer " + std::to_string(L) + ", token " +
+                  std::to_string(req.token);
+        auto pieces = s.runTokenPieces(run);
+        if (req.token < static_cast<int64_t>(pieces.size())) f.title += " '" + pieces[req.token] + "'";
+    } else {
+        heatmapFrom(f, p, d, d.labels(), d.labels(), measure == "angular" ? "angular similarity" : "cosine similarity");
+        f.title = "Expert output similarity (D1, token mean), run " + run + ", layer " + std::to_string(L);
+        if (req.scale == "global") globalRange(s, id, suffix, p.heatmap);
+    }
+    f.panels.push_back(std::move(p));
+    return f;
+}
+
+Figure diversity(const Session& s, const ViewRequest& req) {
+    struct Src {
+        std::string id, array, name;
+    };
+    std::vector<Src> srcs;
+    for (auto& m : kMatrices) {
+        srcs.push_back({"layer_diversity/weights", m, "weights " + matrixName(m) + " (S1)"});
+        srcs.push_back({"layer_diversity/neuron_mean", m, "neuron means " + matrixName(m) + " (S2)"});
+    }
+    auto runs = runsWith(s, "layer_diversity/outputs");
+    std::string run;
+    if (!runs.empty()) {
+        run = chooseRun(s, req, "layer_diversity/outputs");
+        srcs.push_back({"layer_diversity/outputs/" + run, "angular", "outputs, angular (D1, run " + run + ")"});
+        srcs.push_back({"layer_diversity/outputs/" + run, "cosine", "outputs, cosine (D1, run " + run + ")"});
+    }
+    Figure f;
+    f.view = req.view;
+    f.title = "Layer diversity: 1 - mean similarity between experts";
+    Panel p;
+    p.xLabel = "layer";
+    p.yLabel = "diversity";
+    std::map<int, std::vector<std::string>> table;
+    f.csvHeader = {"layer"};
+    int col = 0;
+    for (auto& src : srcs) {
+        if (!s.hasResult(src.id) || !s.result(src.id).arrays.count(src.array)) continue;
+        Data d = needArray(s, src.id, src.array, req.view);
+        Series sr{src.name, Series::Style::Line};
+        sr.dashed = src.id.find("neuron_mean") != std::string::npos;
+        sr.color = static_cast<int>(std::find(kMatrices.begin(), kMatrices.end(), src.array) - kMatrices.begin());
+        if (src.id.find("outputs") != std::string::npos) sr.color = src.array == "angular" ? 3 : 4, sr.emphasised = true;
+        auto layers = d.layers();
+        for (size_t i = 0; i < layers.size() && i < d.v.size(); ++i) {
+            sr.x.push_back(layers[i]);
+            sr.y.push_back(d.v[i]);
+            auto& row = table[layers[i]];
+            row.resize(static_cast<size_t>(col + 1));
+            row[static_cast<size_t>(col)] = d.text(i);
+        }
+        p.series.push_back(std::move(sr));
+        f.csvHeader.push_back(src.name);
+        ++col;
+    }
+    if (col == 0)
+        throw Error("view 'diversity' needs layer_diversity results (expertscope-cli analyze --static S1 or S2, "
+                    "or --dynamic D1)", sessionName(s), "/analyses/layer_diversity");
+    for (auto& [l, row] : table) {
+        row.resize(static_cast<size_t>(col));
+        std::vector<std::string> r = {std::to_string(l)};
+        r.insert(r.end(), row.begin(), row.end());
+        f.csvRows.push_back(std::move(r));
+    }
+    const int last = static_cast<int>(s.model().numLayers) - 1;
+    if (table.count(last)) p.markX.push_back(last);
+    f.panels.push_back(std::move(p));
+    return f;
+}
+
+// The run's token labels (display pieces, else ids), and its prompt offsets.
+std::vector<std::string> tokenLabels(const Session& s, const std::string& run) {
+    auto pieces = s.runTokenPieces(run);
+    if (!pieces.empty()) return pieces;
+    auto ids = s.runTokens(run);
+    std::vector<std::string> out;
+    for (auto t : ids) out.push_back(std::to_string(t));
+    return out;
+}
+
+std::pair<int64_t, int64_t> promptRange(const Session& s, const ViewRequest& req, const std::string& run) {
+    if (!s.hasRun(run))
+        throw Error("view '" + req.view + "': the session has no run '" + run + "'", sessionName(s), "/runs/" + run);
+    auto off = s.runPromptOffsets(run);
+    const int64_t P = static_cast<int64_t>(off.size()) - 1;
+    if (req.prompt < 0 || req.prompt >= P)
+        throw Error("view '" + req.view + "': prompt " + std::to_string(req.prompt) + " does not exist (run '" + run +
+                        "' has " + std::to_string(P) + " prompts)",
+                    sessionName(s), "/runs/" + run + "/prompt_offsets");
+    return {off[req.prompt], off[req.prompt + 1]};
+}
+
+Figure normsVsScores(const Session& s, const ViewRequest& req) {
+    const std::string run = chooseRun(s, req, "norm_score_ranks");
+    const std::string id = "norm_score_ranks/" + run;
+    const int L = chooseLayer(s, req, layersWith(needResult(s, id, req.view), "norms"), id);
+    Data n = needArray(s, id, "layers/" + std::to_string(L) + "/norms", req.view);
+    Data sc = needArray(s, id, "layers/" + std::to_string(L) + "/scores", req.view);
+    const int64_t T = n.dim(0), E = n.dim(1);
+    std::vector<char> chosen(static_cast<size_t>(T * E), 0);
+    if (s.hasRun(run)) {
+        LayerTrace lt = s.runLayer(run, L);
+        if (static_cast<int64_t>(lt.topkExperts.size()) == T * lt.topK)
+            for (int64_t t = 0; t < T; ++t)
+                for (int64_t j = 0; j < lt.topK; ++j) {
+                    const int e = lt.topkExperts[t * lt.topK + j];
+                    if (e >= 0 && e < E) chosen[t * E + e] = 1;
+                }
+    }
+    Figure f;
+    f.view = req.view;
+    f.title = "Expert output norm vs router score (D2), run " + run + ", layer " + std::to_string(L);
+    Panel p;
+    p.xLabel = "L2 norm of the expert's output";
+    p.yLabel = n.a->attrs.count("score") ? "router score" : "router probability";
+    Series other{"not chosen", Series::Style::Scatter}, pick{"chosen (top-k)", Series::Style::Scatter};
+    other.groups = pick.groups = static_cast<int>(E);
+    other.color = 7;
+    pick.color = 1;
+    f.csvHeader = {"token", "expert", "norm", "score", "chosen"};
+    f.csvRows.reserve(static_cast<size_t>(T * E));
+    for (int64_t t = 0; t < T; ++t)
+        for (int64_t e = 0; e < E; ++e) {
+            const size_t i = static_cast<size_t>(t * E + e);
+            Series& sr = chosen[i] ? pick : other;
+            sr.x.push_back(n.v[i]);
+            sr.y.push_back(sc.v[i]);
+            sr.group.push_back(static_cast<int>(e));
+            f.csvRows.push_back({std::to_string(t), std::to_string(e), n.text(i), sc.text(i), chosen[i] ? "1" : "0"});
+        }
+    p.series.push_back(std::move(other));
+    p.series.push_back(std::move(pick));
+    f.panels.push_back(std::move(p));
+    return f;
+}
+
+Figure rankCounts(const Session& s, const ViewRequest& req) {
+    const std::string run = chooseRun(s, req, "norm_score_ranks");
+    const std::string id = "norm_score_ranks/" + run;
+    const std::string measure = chooseOf(req, "measure", req.measure, {"layer", "all"});
+    std::string name = "all/rank_counts", where = "all layers";
+    if (measure == "layer") {
+        const int L = chooseLayer(s, req, layersWith(needResult(s, id, req.view), "rank_counts"), id);
+        name = "layers/" + std::to_string(L) + "/rank_counts";
+        where = "layer " + std::to_string(L);
+    }
+    Data d = needArray(s, id, name, req.view);
+    const int64_t E = d.dim(0);
+    Figure f;
+    f.view = req.view;
+    f.title = "Rank of the router score by rank of the output norm (D2), run " + run + ", " + where;
+    std::vector<std::string> ranks;
+    for (int64_t i = 1; i <= E; ++i) ranks.push_back(std::to_string(i));
+    Panel p;
+    if (E > 16) {  // 64 x 64 bars are unreadable: the same counts as a matrix
+        std::vector<std::string> rows;
+        for (int64_t i = 1; i <= E; ++i) rows.push_back("score " + std::to_string(i));
+        heatmapFrom(f, p, d, rows, ranks, "count");
+        p.xLabel = "expert output norm rank (1 = smallest)";
+        p.yLabel = "router score rank (1 = lowest)";
+    } else {
+        p.xLabel = "expert output norm rank (1 = smallest)";
+        p.yLabel = "count of router score ranks";
+        p.xTicks = ranks;
+        const double w = 0.8 / static_cast<double>(E);
+        for (int64_t r = 0; r < E; ++r) {
+            Series b{"score rank " + std::to_string(r + 1), Series::Style::Bars};
+            b.barWidth = w;
+            b.color = static_cast<int>(r);
+            b.groups = static_cast<int>(E);
+            for (int64_t c = 0; c < E; ++c) {
+                b.x.push_back(static_cast<double>(c) - 0.4 + w * (static_cast<double>(r) + 0.5));
+                b.y.push_back(d.v[r * E + c]);
+            }
+            p.series.push_back(std::move(b));
+        }
+        f.csvHeader = {"score rank \\ norm rank"};
+        f.csvHeader.insert(f.csvHeader.end(), ranks.begin(), ranks.end());
+        for (int64_t r = 0; r < E; ++r) {
+            std::vector<std::string> row = {ranks[r]};
+            for (int64_t c = 0; c < E; ++c) row.push_back(d.text(r * E + c));
+            f.csvRows.push_back(std::move(row));
+        }
+    }
+    f.panels.push_back(std::move(p));
+    return f;
+}
+
+Figure top1MaxNorm(const Session& s, const ViewRequest& req) {
+    const std::string run = chooseRun(s, req, "norm_score_ranks");
+    const std::string id = "norm_score_ranks/" + run;
+    Data top1 = needArray(s, id, "top1_is_max_norm", req.view), diag = needArray(s, id, "diagonal_mass", req.view),
+         tau = needArray(s, id, "kendall_tau", req.view);
+    const auto layers = top1.layers();
+    Figure f;
+    f.view = req.view;
+    f.title = "Does the router prefer experts with larger outputs? (D2), run " + run;
+    Panel a, b;
+    a.title = "P(top-1 expert has the largest norm), all layers " + shortNum(top1.attr("all_layers"));
+    a.xLabel = b.xLabel = "layer";
+    a.yLabel = "probability";
+    b.title = "Kendall's tau between norms and scores";
+    b.yLabel = "tau-b (token mean)";
+    Series s1{"top-1 is the max-norm expert", Series::Style::Line}, s2{"exact rank agreement", Series::Style::Line},
+        s3{"Kendall tau", Series::Style::Line};
+    s2.dashed = true;
+    s3.color = 2;
+    for (size_t i = 0; i < layers.size(); ++i) {
+        s1.x.push_back(layers[i]), s1.y.push_back(top1.v[i]);
+        s2.x.push_back(layers[i]), s2.y.push_back(diag.v[i]);
+        s3.x.push_back(layers[i]), s3.y.push_back(tau.v[i]);
+        f.csvRows.push_back({std::to_string(layers[i]), top1.text(i), diag.text(i), tau.text(i)});
+    }
+    a.series = {s1, s2};
+    a.levels.push_back({"chance", top1.attr("chance")});
+    b.series = {s3};
+    b.levels.push_back({"no relation", 0.0});
+    f.csvHeader = {"layer", "top1_is_max_norm", "diagonal_mass", "kendall_tau"};
+    f.panels = {a, b};
+    return f;
+}
+
+Figure routingMap(const Session& s, const ViewRequest& req) {
+    const std::string run = chooseRun(s, req, "routing_map");
+    const std::string id = "routing_map/" + run;
+    const int L = chooseLayer(s, req, layersWith(needResult(s, id, req.view), "weights"), id);
+    Data d = needArray(s, id, "layers/" + std::to_string(L) + "/weights", req.view);
+    auto [b, e] = promptRange(s, req, run);
+    const int64_t E = d.dim(0), T = d.dim(1);
+    if (e > T) throw Error("routing_map has fewer tokens than the run", sessionName(s), "/analyses/" + id);
+    auto labels = tokenLabels(s, run);
+    Figure f;
+    f.view = req.view;
+    f.title = "Combine weights (D4), run " + run + ", layer " + std::to_string(L) + ", prompt " + std::to_string(req.prompt);
+    Panel p;
+    p.xLabel = "token";
+    p.yLabel = "expert";
+    // the prompt's columns of the stored [E, T] matrix
+    Array slice = *d.a;
+    slice.shape = {E, e - b};
+    Data part{&slice, {}};
+    for (int64_t r = 0; r < E; ++r)
+        for (int64_t c = b; c < e; ++c) part.v.push_back(d.v[r * T + c]);
+    std::vector<std::string> cols(labels.begin() + std::min<int64_t>(b, labels.size()),
+                                  labels.begin() + std::min<int64_t>(e, labels.size()));
+    heatmapFrom(f, p, part, d.labels(), cols, "combine weight");
+    p.heatmap.colormap = "blues";
+    p.heatmap.tokenAxis = true;
+    double mx = 1.0;
+    for (double x : part.v) mx = std::max(mx, x);
+    p.heatmap.lo = 0;
+    p.heatmap.hi = mx;
+    f.csvHeader[0] = "expert \\ token";
+    for (int64_t c = b; c < e; ++c) f.csvHeader[static_cast<size_t>(c - b + 1)] = std::to_string(c) + ":" + f.csvHeader[c - b + 1];
+    f.panels.push_back(std::move(p));
+    return f;
+}
+
+Figure routingText(const Session& s, const ViewRequest& req) {
+    std::string run = req.run;
+    if (run.empty()) {
+        auto names = s.runNames();
+        if (names.empty()) throw Error("view 'routing-text' needs a run; this session has none", sessionName(s), "/runs");
+        run = names.front();
+    }
+    auto [b, e] = promptRange(s, req, run);
+    RunInfo info = s.runInfo(run);
+    const int L = chooseLayer(s, req, info.moeLayers, "/runs/" + run);
+    LayerTrace lt = s.runLayer(run, L);
+    auto labels = tokenLabels(s, run);
+    auto ids = s.runTokens(run);
+    Figure f;
+    f.view = req.view;
+    f.isText = true;
+    f.title = "Top-1 expert of every token, run " + run + ", layer " + std::to_string(L) + ", prompt " + std::to_string(req.prompt);
+    f.text.experts = static_cast<int>(lt.numExperts);
+    f.text.legend = "colour = top-1 expert";
+    f.csvHeader = {"token", "piece", "id"};
+    for (int64_t j = 0; j < lt.topK; ++j) f.csvHeader.push_back("expert_" + std::to_string(j + 1));
+    for (int64_t j = 0; j < lt.topK; ++j) f.csvHeader.push_back("weight_" + std::to_string(j + 1));
+    for (int64_t t = b; t < e; ++t) {
+        TokenRun::Token tok;
+        tok.index = t;
+        tok.text = t < static_cast<int64_t>(labels.size()) ? labels[t] : "?";
+        tok.expert = lt.topkExperts[t * lt.topK];
+        tok.tip = "token " + std::to_string(t) + " '" + tok.text + "' (id " + std::to_string(ids[t]) + "): ";
+        std::vector<std::string> row = {std::to_string(t), tok.text, std::to_string(ids[t])};
+        for (int64_t j = 0; j < lt.topK; ++j) {
+            const float w = lt.topkWeights[t * lt.topK + j];
+            tok.tip += (j ? ", " : "") + std::string("expert ") + std::to_string(lt.topkExperts[t * lt.topK + j]) + " (" +
+                       formatFloat(w) + ")";
+            row.push_back(std::to_string(lt.topkExperts[t * lt.topK + j]));
+        }
+        for (int64_t j = 0; j < lt.topK; ++j) row.push_back(formatFloat(lt.topkWeights[t * lt.topK + j]));
+        f.text.tokens.push_back(std::move(tok));
+        f.csvRows.push_back(std::move(row));
+    }
+    return f;
+}
+
+Figure expertLoad(const Session& s, const ViewRequest& req) {
+    const std::string run = chooseRun(s, req, "expert_load");
+    const std::string id = "expert_load/" + run;
+    Data frac = needArray(s, id, "fractions", req.view), counts = needArray(s, id, "counts", req.view),
+         ent = needArray(s, id, "entropy", req.view);
+    const auto layers = frac.layers();
+    const int L = chooseLayer(s, req, layers, id);
+    const size_t li = static_cast<size_t>(std::find(layers.begin(), layers.end(), L) - layers.begin());
+    const int64_t E = frac.dim(1);
+    const auto labels = frac.labels();
+    Figure f;
+    f.view = req.view;
+    f.title = "Expert load, run " + run;
+    Panel bars, all;
+    bars.title = "layer " + std::to_string(L) + ": entropy " + shortNum(ent.v[li]) + " of " + shortNum(ent.attr("max")) + " bits";
+    bars.xLabel = "expert";
+    bars.yLabel = "share of routed tokens";
+    Series b{"share", Series::Style::Bars};
+    b.groups = static_cast<int>(E);
+    for (int64_t e = 0; e < E; ++e) {
+        b.x.push_back(static_cast<double>(e));
+        b.y.push_back(frac.v[li * E + e]);
+        b.group.push_back(static_cast<int>(e));
+        bars.xTicks.push_back(e < static_cast<int64_t>(labels.size()) ? labels[e] : std::to_string(e));
+        f.csvRows.push_back({bars.xTicks.back(), counts.text(li * E + e), frac.text(li * E + e)});
+    }
+    bars.series.push_back(std::move(b));
+    bars.levels.push_back({"uniform", 1.0 / static_cast<double>(E)});
+    f.csvHeader = {"expert", "count", "fraction"};
+    all.title = "all layers";
+    all.xLabel = "expert";
+    all.yLabel = "layer";
+    all.hasHeatmap = true;
+    HeatmapPanel& h = all.heatmap;
+    h.rows = static_cast<int64_t>(layers.size());
+    h.cols = E;
+    h.values = frac.v;
+    for (int l : layers) h.rowLabels.push_back(std::to_string(l));
+    h.colLabels = bars.xTicks;
+    h.valueLabel = "share";
+    h.lo = 0;
+    f.panels = {bars, all};
+    return f;
+}
+
+Figure gateActivations(const Session& s, const ViewRequest& req) {
+    const std::string run = chooseRun(s, req, "gate_activations");
+    const std::string id = "gate_activations/" + run;
+    const int L = chooseLayer(s, req, layersWith(needResult(s, id, req.view), "experts"), id);
+    const std::string lp = "layers/" + std::to_string(L) + "/";
+    Data ex = needArray(s, id, lp + "experts", req.view);
+    const int64_t N = ex.dim(0), E = ex.dim(1), F = ex.dim(2);
+    if (req.token < 0 || req.token >= N)
+        throw Error("view '" + req.view + "': token " + std::to_string(req.token) + " is not among the " +
+                        std::to_string(N) + " stored tokens",
+                    sessionName(s), "/analyses/" + id);
+    const Result& r = s.result(id);
+    struct Extra {
+        std::string label;
+        Data d;
+    };
+    std::vector<Extra> extra;
+    if (r.arrays.count(lp + "shared")) extra.push_back({"SE", needArray(s, id, lp + "shared", req.view)});
+    if (r.arrays.count(lp + "reference")) extra.push_back({"F", needArray(s, id, lp + "reference", req.view)});
+    int64_t W = F;
+    for (auto& x : extra) W = std::max(W, x.d.dim(1));
+    Figure f;
+    f.view = req.view;
+    f.title = "Gate activations act(W_gate x) (D3), run " + run + ", layer " + std::to_string(L) + ", token " +
+              std::to_string(req.token);
+    auto pieces = s.hasRun(run) ? s.runTokenPieces(run) : std::vector<std::string>{};
+    if (req.token < static_cast<int64_t>(pieces.size())) f.title += " '" + pieces[req.token] + "'";
+    Panel p;
+    p.xLabel = "neuron";
+    p.yLabel = "expert";
+    p.hasHeatmap = true;
+    HeatmapPanel& h = p.heatmap;
+    h.rows = E + static_cast<int64_t>(extra.size());
+    h.cols = W;
+    h.values.assign(static_cast<size_t>(h.rows * W), kNaN);
+    h.rowLabels = ex.labels();
+    h.rowLabels.resize(static_cast<size_t>(E));
+    for (int64_t i = 0; i < W; ++i) h.colLabels.push_back(std::to_string(i));
+    f.csvHeader = {""};
+    f.csvHeader.insert(f.csvHeader.end(), h.colLabels.begin(), h.colLabels.end());
+    for (int64_t e = 0; e < E; ++e) {
+        std::vector<std::string> row = {h.rowLabels[e].empty() ? std::to_string(e) : h.rowLabels[e]};
+        h.rowLabels[e] = row[0];
+        for (int64_t c = 0; c < F; ++c) {
+            const size_t i = static_cast<size_t>((req.token * E + e) * F + c);
+            h.values[static_cast<size_t>(e * W + c)] = ex.v[i];
+            row.push_back(ex.text(i));
+        }
+        row.resize(static_cast<size_t>(W + 1));
+        f.csvRows.push_back(std::move(row));
+        if (e > 0) h.rowSeparators.push_back(e);
+    }
+    for (size_t k = 0; k < extra.size(); ++k) {
+        const int64_t rr = E + static_cast<int64_t>(k), Fx = extra[k].d.dim(1);
+        h.rowLabels.push_back(extra[k].label);
+        h.rowSeparators.push_back(rr);
+        std::vector<std::string> row = {extra[k].label};
+        for (int64_t c = 0; c < Fx; ++c) {
+            const size_t i = static_cast<size_t>(req.token * Fx + c);
+            h.values[static_cast<size_t>(rr * W + c)] = extra[k].d.v[i];
+            row.push_back(extra[k].d.text(i));
+        }
+        row.resize(static_cast<size_t>(W + 1));
+        f.csvRows.push_back(std::move(row));
+    }
+    h.valueLabel = "activation";
+    if (req.scale == "global") {  // the paper's full colour bar: global minimum to 1.0
+        double lo = INFINITY;
+        for (double x : ex.v) lo = std::min(lo, x);
+        for (auto& x : extra)
+            for (double v : x.d.v) lo = std::min(lo, v);
+        h.lo = lo;
+        h.hi = 1.0;
+    }
+    f.panels.push_back(std::move(p));
+    return f;
+}
+
+struct ViewDef {
+    std::string name, title, analysis, description;
+    std::function<Figure(const Session&, const ViewRequest&)> build;
+    // what the session needs for the view, and which options it has
+    std::function<bool(const Session&, ViewInfo&)> fill;
+};
+
+bool fillPerLayer(const Session& s, ViewInfo& v, const std::string& id, const std::string& suffix) {
+    if (!s.hasResult(id)) return false;
+    v.layers = layersWith(s.result(id), suffix);
+    v.perLayer = true;
+    return !v.layers.empty();
+}
+
+bool fillRuns(const Session& s, ViewInfo& v, const std::string& prefix, const std::string& suffix) {
+    v.runs = runsWith(s, prefix);
+    v.perRun = true;
+    if (v.runs.empty()) return false;
+    if (!suffix.empty()) {
+        std::set<int> all;
+        for (auto& r : v.runs)
+            for (int l : layersWith(s.result(prefix + "/" + r), suffix)) all.insert(l);
+        v.layers.assign(all.begin(), all.end());
+        v.perLayer = true;
+        return !v.layers.empty();
+    }
+    return true;
+}
+
+const std::vector<ViewDef>& registry() {
+    static const std::vector<ViewDef> defs = [] {
+        std::vector<ViewDef> d;
+        for (const auto& k : kSimilarity) {
+            d.push_back({k.view, k.title, k.code,
+                         std::string(k.title) + " between experts (" + k.code + "), an E x E heatmap per layer",
+                         [&k](const Session& s, const ViewRequest& r) { return similarityFigure(s, r, k); },
+                         [&k](const Session& s, ViewInfo& v) {
+                             v.matrices = k.matrices;
+                             v.measures = k.measures;
+                             return fillPerLayer(s, v, k.id, k.matrices.front());
+                         }});
+        }
+        d.push_back({"router-vs-weights", "Router vs weights", "S5",
+                     "router-row similarity against mean-neuron weight similarity of each expert pair, with the fit",
+                     routerVsWeights, [](const Session& s, ViewInfo& v) {
+                         v.matrices = kMatrices;
+                         return fillPerLayer(s, v, "router_weight_regression", "pairs");
+                     }});
+        d.push_back({"router-weight-r2", "Router vs weights r²", "S5", "r² of the router/weight regression per layer",
+                     routerWeightR2, [](const Session& s, ViewInfo&) { return s.hasResult("router_weight_regression"); }});
+        d.push_back({"matrix-pca", "Matrix PCA", "S6", "experts projected on the first principal components",
+                     [](const Session& s, const ViewRequest& r) { return pcaFigure(s, r, false); },
+                     [](const Session& s, ViewInfo& v) {
+                         v.matrices = kMatrices;
+                         return fillPerLayer(s, v, "matrix_pca", "gate");
+                     }});
+        d.push_back({"neuron-pca", "Neuron PCA", "S7", "every neuron projected on the first principal components, by expert",
+                     [](const Session& s, const ViewRequest& r) { return pcaFigure(s, r, true); },
+                     [](const Session& s, ViewInfo& v) {
+                         v.matrices = kMatrices;
+                         return fillPerLayer(s, v, "neuron_pca", "gate");
+                     }});
+        d.push_back({"diversity", "Diversity", "diversity",
+                     "per-layer diversity of weights, neuron means and outputs; the last layer marked", diversity,
+                     [](const Session& s, ViewInfo& v) {
+                         v.runs = runsWith(s, "layer_diversity/outputs");
+                         for (auto& id : s.resultIds())
+                             if (id.rfind("layer_diversity/", 0) == 0) return true;
+                         return false;
+                     }});
+        d.push_back({"output-similarity", "Output similarity", "D1", "similarity of the experts' outputs per layer",
+                     outputSimilarity, [](const Session& s, ViewInfo& v) {
+                         v.measures = {"angular", "cosine", "per-token"};
+                         v.perToken = true;
+                         return fillRuns(s, v, "output_similarity", "angular");
+                     }});
+        d.push_back({"norms-vs-scores", "Norms vs scores", "D2",
+                     "every token x expert: output norm against router score, chosen experts marked", normsVsScores,
+                     [](const Session& s, ViewInfo& v) { return fillRuns(s, v, "norm_score_ranks", "norms"); }});
+        d.push_back({"rank-counts", "Rank counts", "D2", "router-score rank by output-norm rank counts", rankCounts,
+                     [](const Session& s, ViewInfo& v) {
+                         v.measures = {"layer", "all"};
+                         return fillRuns(s, v, "norm_score_ranks", "rank_counts");
+                     }});
+        d.push_back({"top1-max-norm", "Top-1 vs max norm", "D2",
+                     "per layer: how often the top-1 expert has the largest output, against chance", top1MaxNorm,
+                     [](const Session& s, ViewInfo& v) { return fillRuns(s, v, "norm_score_ranks", ""); }});
+        d.push_back({"routing-map", "Routing map", "D4", "E x T combine weights of one prompt", routingMap,
+                     [](const Session& s, ViewInfo& v) {
+                         v.perPrompt = true;
+                         return fillRuns(s, v, "routing_map", "weights");
+                     }});
+        d.push_back({"routing-text", "Routing text", "trace", "the prompt's tokens coloured by their top-1 expert",
+                     routingText, [](const Session& s, ViewInfo& v) {
+                         v.runs = s.runNames();
+                         v.perRun = v.perLayer = v.perPrompt = true;
+                         std::set<int> all;
+                         for (auto& r : v.runs)
+                             for (int l : s.runInfo(r).moeLayers) all.insert(l);
+                         v.layers.assign(all.begin(), all.end());
+                         return !v.layers.empty();
+                     }});
+        d.push_back({"expert-load", "Expert load", "load", "share of routed tokens per expert, per layer", expertLoad,
+                     [](const Session& s, ViewInfo& v) {
+                         if (!fillRuns(s, v, "expert_load", "")) return false;
+                         v.perLayer = true;
+                         std::set<int> all;
+                         for (auto& r : v.runs) {
+                             auto it = s.result("expert_load/" + r).arrays.find("fractions");
+                             if (it == s.result("expert_load/" + r).arrays.end()) continue;
+                             auto at = it->second.attrs.find("layers");
+                             if (at != it->second.attrs.end())
+                                 for (auto l : at->second.ints) all.insert(static_cast<int>(l));
+                         }
+                         v.layers.assign(all.begin(), all.end());
+                         return true;
+                     }});
+        d.push_back({"gate-activations", "Gate activations", "D3", "experts x neurons activations of one token",
+                     gateActivations, [](const Session& s, ViewInfo& v) {
+                         v.perToken = true;
+                         return fillRuns(s, v, "gate_activations", "experts");
+                     }});
+        return d;
+    }();
+    return defs;
+}
+
+}  // namespace
+
+std::vector<std::string> allViewNames() {
+    std::vector<std::string> out;
+    for (auto& d : registry()) out.push_back(d.name);
+    return out;
+}
+
+std::vector<ViewInfo> availableViews(const Session& s) {
+    std::vector<ViewInfo> out;
+    for (auto& d : registry()) {
+        ViewInfo v;
+        v.name = d.name;
+        v.title = d.title;
+        v.analysis = d.analysis;
+        v.description = d.description;
+        if (d.fill(s, v)) out.push_back(std::move(v));
+    }
+    return out;
+}
+
+Figure buildFigure(const Session& s, const ViewRequest& req) {
+    for (auto& d : registry())
+        if (d.name == req.view) {
+            if (req.scale != "layer" && req.scale != "global")
+                throw Error("colour scale '" + req.scale + "' is not one of layer, global");
+            return d.build(s, req);
+        }
+    throw Error("unknown view '" + req.view + "' (views: " + joinStrings(allViewNames()) + ")");
+}
+
+std::string figureCsv(const Figure& f) {
+    auto field = [](const std::string& x) {
+        if (x.find_first_of(",\"\n\r") == std::string::npos) return x;
+        std::string q = "\"";
+        for (char c : x) q += c == '"' ? std::string("\"\"") : std::string(1, c);
+        return q + "\"";
+    };
+    std::string out;
+    auto line = [&](const std::vector<std::string>& row) {
+        for (size_t i = 0; i < row.size(); ++i) out += (i ? "," : "") + field(row[i]);
+        out += "\r\n";
+    };
+    line(f.csvHeader);
+    for (auto& r : f.csvRows) line(r);
+    return out;
+}
+
+}  // namespace es

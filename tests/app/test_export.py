@@ -1,0 +1,262 @@
+"""expertscope-cli export: every view of a real session (the demo MoE traced and analysed by the
+CLI) in every format; each CSV equals the session's data read with h5py; images are what their
+format says (size, resolution, vector content); bad requests fail with a message naming what
+is missing."""
+import csv
+import io
+import json
+import os
+import xml.etree.ElementTree as ET
+
+import numpy as np
+import pytest
+
+from conftest import require, run_cli
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+DEMO = os.path.join(ROOT, "resources", "demo")
+RUN = "demo"
+FORMATS = ("png", "jpg", "pdf", "svg", "csv")
+ALL_VIEWS = ["weight-similarity", "neuron-mean-similarity", "neuron-reordering", "router-similarity",
+             "router-vs-weights", "router-weight-r2", "matrix-pca", "neuron-pca", "diversity",
+             "output-similarity", "norms-vs-scores", "rank-counts", "top1-max-norm", "routing-map",
+             "routing-text", "expert-load", "gate-activations"]
+
+
+@pytest.fixture(scope="module")
+def session(cli, tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("export") / "demo.h5")
+    run_cli(cli, "trace", os.path.join(DEMO, "moe"), "--prompts", os.path.join(DEMO, "prompts.jsonl"),
+            "--run", RUN, "--out", out)
+    run_cli(cli, "analyze", os.path.join(DEMO, "moe"), "--run", RUN, "--static", "all", "--dynamic", "all",
+            "--reference", os.path.join(DEMO, "dense"), "--out", out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def h5(session):
+    h5py = require("h5py")
+    with h5py.File(session, "r") as f:
+        yield f
+
+
+def read_csv(path):
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.reader(f))
+    return rows[0], rows[1:]
+
+
+def f32(cells):
+    return np.array([np.float32(c) for c in cells], dtype=np.float32)
+
+
+def export(cli, session, out, view, *opts):
+    return run_cli(cli, "export", session, "--view", view, *opts, "--out", out)
+
+
+def test_list_names_every_view_the_session_allows(cli, session, h5, tmp_path):
+    views = json.loads(run_cli(cli, "export", session, "--list", "--json").stdout)
+    assert [v["name"] for v in views] == ALL_VIEWS
+    by = {v["name"]: v for v in views}
+    layers = sorted(int(k) for k in h5["analyses/weight_similarity/layers"].keys())
+    assert by["weight-similarity"]["layers"] == layers and by["weight-similarity"]["matrices"] == ["gate", "up", "down"]
+    assert by["routing-map"]["runs"] == [RUN] and by["routing-map"]["per_prompt"]
+    # a session with static results only offers the static views
+    static = str(tmp_path / "static.h5")
+    run_cli(cli, "analyze", os.path.join(DEMO, "moe"), "--static", "S1,S4", "--dynamic", "none", "--out", static)
+    names = [v["name"] for v in json.loads(run_cli(cli, "export", static, "--list", "--json").stdout)]
+    assert names == ["weight-similarity", "router-similarity", "diversity"]
+    text = run_cli(cli, "export", static, "--list").stdout
+    assert "weight-similarity" in text and "--matrix gate,up,down" in text
+
+
+def test_every_view_in_every_format(cli, session, tmp_path):
+    PIL = require("PIL.Image")
+    for view in ALL_VIEWS:
+        for fmt in FORMATS:
+            out = str(tmp_path / f"{view}.{fmt}")
+            r = export(cli, session, out, view, "--layer", "1", "--width", "800", "--height", "500")
+            assert r.stdout.strip() == out and os.path.getsize(out) > 0, view
+            if fmt in ("png", "jpg"):
+                with PIL.open(out) as im:
+                    assert im.format == ("PNG" if fmt == "png" else "JPEG") and im.size == (800, 500), (view, fmt)
+                    px = np.asarray(im.convert("RGB"))
+                    assert len(np.unique(px.reshape(-1, 3), axis=0)) > 8, f"{view}.{fmt} is blank"
+            elif fmt == "pdf":
+                data = open(out, "rb").read()
+                assert data.startswith(b"%PDF-") and b"/MediaBox" in data, view
+            elif fmt == "svg":
+                root = ET.parse(out).getroot()
+                assert root.tag.endswith("svg"), view
+                tags = {el.tag.split("}")[-1] for el in root.iter()}
+                # axes and text stay vector: QSvgGenerator writes text elements and paths
+                assert "text" in tags and tags & {"path", "polyline", "rect"}, (view, tags)
+
+
+def test_png_size_and_resolution(cli, session, tmp_path):
+    PIL = require("PIL.Image")
+    out = str(tmp_path / "hi.png")
+    export(cli, session, out, "weight-similarity", "--width", "1200", "--height", "900", "--dpi", "192")
+    with PIL.open(out) as im:
+        assert im.size == (1200, 900)
+        dpi = im.info.get("dpi")
+        assert dpi is not None and abs(dpi[0] - 192) < 0.5 and abs(dpi[1] - 192) < 0.5
+
+
+def check_matrix_csv(path, data, labels):
+    header, rows = read_csv(path)
+    assert header[1:] == labels and [r[0] for r in rows] == labels
+    got = np.stack([f32(r[1:]) for r in rows])
+    assert got.dtype == data.dtype and np.array_equal(got, data), path
+
+
+def labels_of(ds):
+    return [x.decode() if isinstance(x, bytes) else str(x) for x in ds.attrs["labels"]]
+
+
+@pytest.mark.parametrize("view,group,suffix", [
+    ("weight-similarity", "weight_similarity", "{m}"),
+    ("neuron-mean-similarity", "neuron_mean_similarity", "{m}"),
+    ("neuron-reordering", "neuron_reordering", "{m}"),
+    ("router-similarity", "router_similarity", "router"),
+])
+def test_similarity_csv_equals_session(cli, session, h5, tmp_path, view, group, suffix):
+    matrices = ["router"] if suffix == "router" else ["gate", "up", "down"]
+    out = str(tmp_path / "x-{layer}.csv")
+    for m in matrices:
+        r = export(cli, session, out, view, "--matrix", m, "--all-layers")
+        files = r.stdout.split()
+        layers = sorted(int(k) for k in h5[f"analyses/{group}/layers"].keys())
+        assert files == [str(tmp_path / f"x-{l}.csv") for l in layers]
+        for l, path in zip(layers, files):
+            ds = h5[f"analyses/{group}/layers/{l}/{suffix.format(m=m)}"]
+            check_matrix_csv(path, ds[()], labels_of(ds))
+
+
+def test_dynamic_csv_equals_session(cli, session, h5, tmp_path):
+    a = h5["analyses"]
+    out = str(tmp_path / "v.csv")
+    L = 3
+    # D1
+    for measure in ("angular", "cosine"):
+        export(cli, session, out, "output-similarity", "--layer", str(L), "--measure", measure)
+        ds = a[f"output_similarity/{RUN}/layers/{L}/{measure}"]
+        check_matrix_csv(out, ds[()], labels_of(ds))
+    export(cli, session, out, "output-similarity", "--layer", str(L), "--measure", "per-token", "--token", "5")
+    ds = a[f"output_similarity/{RUN}/layers/{L}/per_token_cosine"]
+    check_matrix_csv(out, ds[5], labels_of(ds))
+    # D2 scatter: every token x expert, chosen = the stored top-k
+    export(cli, session, out, "norms-vs-scores", "--layer", str(L))
+    header, rows = read_csv(out)
+    assert header == ["token", "expert", "norm", "score", "chosen"]
+    norms, scores = a[f"norm_score_ranks/{RUN}/layers/{L}/norms"][()], a[f"norm_score_ranks/{RUN}/layers/{L}/scores"][()]
+    T, E = norms.shape
+    assert len(rows) == T * E
+    assert np.array_equal(f32([r[2] for r in rows]).reshape(T, E), norms)
+    assert np.array_equal(f32([r[3] for r in rows]).reshape(T, E), scores)
+    chosen = np.zeros((T, E), dtype=bool)
+    topk = h5[f"runs/{RUN}/layers/{L}/topk_experts"][()]
+    np.put_along_axis(chosen, topk.astype(np.int64), True, axis=1)
+    assert np.array_equal(np.array([r[4] == "1" for r in rows]).reshape(T, E), chosen)
+    # D2 rank counts, per layer and all
+    for opts, path in ((("--layer", str(L)), f"layers/{L}/rank_counts"), (("--measure", "all"), "all/rank_counts")):
+        export(cli, session, out, "rank-counts", *opts)
+        header, rows = read_csv(out)
+        got = np.array([[int(c) for c in r[1:]] for r in rows])
+        assert np.array_equal(got, a[f"norm_score_ranks/{RUN}/{path}"][()])
+    export(cli, session, out, "top1-max-norm")
+    header, rows = read_csv(out)
+    assert [int(r[0]) for r in rows] == list(a[f"norm_score_ranks/{RUN}/top1_is_max_norm"].attrs["layers"])
+    for i, q in enumerate(("top1_is_max_norm", "diagonal_mass", "kendall_tau"), start=1):
+        assert np.array_equal(f32([r[i] for r in rows]), a[f"norm_score_ranks/{RUN}/{q}"][()])
+    # D3: the experts' rows, then the reference F
+    export(cli, session, out, "gate-activations", "--layer", str(L), "--token", "2")
+    header, rows = read_csv(out)
+    ex, ref = a[f"gate_activations/{RUN}/layers/{L}/experts"][2], a[f"gate_activations/{RUN}/layers/{L}/reference"][2]
+    assert [r[0] for r in rows] == [str(e) for e in range(ex.shape[0])] + ["F"]
+    assert np.array_equal(np.stack([f32(r[1:]) for r in rows[:-1]]), ex)
+    assert np.array_equal(f32(rows[-1][1:]), ref)
+    # D4: the columns of prompt 1
+    offsets = h5[f"runs/{RUN}/prompt_offsets"][()]
+    pieces = [p.decode() if isinstance(p, bytes) else p for p in h5[f"runs/{RUN}/token_pieces"][()]]
+    export(cli, session, out, "routing-map", "--layer", str(L), "--prompt", "1")
+    header, rows = read_csv(out)
+    b, e = offsets[1], offsets[2]
+    assert header[1:] == [f"{t}:{pieces[t]}" for t in range(b, e)]
+    W = a[f"routing_map/{RUN}/layers/{L}/weights"][()]
+    assert np.array_equal(np.stack([f32(r[1:]) for r in rows]), W[:, b:e])
+    # the routing text: top-k ids and weights of the stored trace
+    export(cli, session, out, "routing-text", "--layer", str(L), "--prompt", "1")
+    header, rows = read_csv(out)
+    k = topk.shape[1]
+    assert header == ["token", "piece", "id"] + [f"expert_{j + 1}" for j in range(k)] + [f"weight_{j + 1}" for j in range(k)]
+    assert [int(r[0]) for r in rows] == list(range(b, e)) and [r[1] for r in rows] == pieces[b:e]
+    assert [int(r[2]) for r in rows] == list(h5[f"runs/{RUN}/tokens"][b:e])
+    assert np.array_equal(np.array([[int(c) for c in r[3:3 + k]] for r in rows]), topk[b:e])
+    assert np.array_equal(np.stack([f32(r[3 + k:]) for r in rows]), h5[f"runs/{RUN}/layers/{L}/topk_weights"][b:e])
+    # load
+    export(cli, session, out, "expert-load", "--layer", str(L))
+    header, rows = read_csv(out)
+    li = list(a[f"expert_load/{RUN}/fractions"].attrs["layers"]).index(L)
+    assert np.array_equal(np.array([int(r[1]) for r in rows]), a[f"expert_load/{RUN}/counts"][li])
+    assert np.array_equal(f32([r[2] for r in rows]), a[f"expert_load/{RUN}/fractions"][li])
+
+
+def test_static_tables_csv_equal_session(cli, session, h5, tmp_path):
+    a = h5["analyses"]
+    out = str(tmp_path / "v.csv")
+    export(cli, session, out, "router-weight-r2")
+    header, rows = read_csv(out)
+    assert header == ["layer", "gate", "up", "down"]
+    assert np.array_equal(np.stack([f32(r[1:]) for r in rows]), a["router_weight_regression/r2"][()])
+    for m, col in (("gate", 1), ("up", 2), ("down", 3)):
+        export(cli, session, out, "router-vs-weights", "--layer", "2", "--matrix", m)
+        header, rows = read_csv(out)
+        pairs = a["router_weight_regression/layers/2/pairs"][()]
+        assert header == ["pair", m, "router"]
+        assert np.array_equal(f32([r[1] for r in rows]), pairs[:, col])
+        assert np.array_equal(f32([r[2] for r in rows]), pairs[:, 0])
+        export(cli, session, out, "matrix-pca", "--layer", "2", "--matrix", m)
+        header, rows = read_csv(out)
+        ds = a[f"matrix_pca/layers/2/{m}"]
+        assert [r[0] for r in rows] == labels_of(ds)
+        assert np.array_equal(np.stack([f32(r[1:]) for r in rows]), ds[()])
+        export(cli, session, out, "neuron-pca", "--layer", "2", "--matrix", m)
+        header, rows = read_csv(out)
+        ds, ex = a[f"neuron_pca/layers/2/{m}"], a[f"neuron_pca/layers/2/{m}_expert"][()]
+        assert [r[1] for r in rows] == [labels_of(ds)[e] for e in ex]
+        assert np.array_equal(np.stack([f32(r[2:]) for r in rows]), ds[()])
+    export(cli, session, out, "diversity")
+    header, rows = read_csv(out)
+    col = header.index("weights W_down (S1)")
+    assert np.array_equal(f32([r[col] for r in rows]), a["layer_diversity/weights/down"][()])
+    col = header.index(f"outputs, angular (D1, run {RUN})")
+    assert np.array_equal(f32([r[col] for r in rows]), a[f"layer_diversity/outputs/{RUN}/angular"][()])
+
+
+def test_bad_requests_name_what_is_missing(cli, session, tmp_path):
+    out = str(tmp_path / "x.png")
+    r = run_cli(cli, "export", session, "--view", "no-such-view", "--out", out, check=False)
+    assert r.returncode == 1 and "unknown view 'no-such-view'" in r.stderr and "weight-similarity" in r.stderr
+    r = run_cli(cli, "export", session, "--view", "weight-similarity", "--layer", "17", "--out", out, check=False)
+    assert r.returncode == 1 and "layer 17 was not analysed" in r.stderr and "/analyses/weight_similarity" in r.stderr
+    r = run_cli(cli, "export", session, "--view", "routing-map", "--run", "nope", "--out", out, check=False)
+    assert r.returncode == 1 and "run 'nope'" in r.stderr
+    r = run_cli(cli, "export", session, "--view", "weight-similarity", "--matrix", "router", "--out", out, check=False)
+    assert r.returncode == 1 and "matrix 'router' is not one of gate, up, down" in r.stderr
+    r = run_cli(cli, "export", session, "--view", "routing-map", "--prompt", "99", "--out", out, check=False)
+    assert r.returncode == 1 and "prompt 99 does not exist" in r.stderr and "prompt_offsets" in r.stderr
+    r = run_cli(cli, "export", session, "--view", "weight-similarity", "--out", str(tmp_path / "x.bmp"), check=False)
+    assert r.returncode == 2 and ".png, .jpg, .pdf, .svg or .csv" in r.stderr
+    r = run_cli(cli, "export", session, "--view", "router-weight-r2", "--all-layers", "--out", out, check=False)
+    assert r.returncode == 2 and "has no layers" in r.stderr
+    # a file that is not a session: the file named, nothing written
+    bogus = tmp_path / "bogus.h5"
+    bogus.write_bytes(b"not an hdf5 file" * 10)
+    r = run_cli(cli, "export", str(bogus), "--view", "weight-similarity", "--out", out, check=False)
+    assert r.returncode == 1 and str(bogus) in r.stderr and not os.path.exists(out)
+    # a session without dynamic results names the command that computes them
+    static = str(tmp_path / "static.h5")
+    run_cli(cli, "analyze", os.path.join(DEMO, "moe"), "--static", "S1", "--dynamic", "none", "--out", static)
+    r = run_cli(cli, "export", static, "--view", "routing-map", "--out", out, check=False)
+    assert r.returncode == 1 and "analyze --dynamic" in r.stderr

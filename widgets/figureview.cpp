@@ -1,0 +1,770 @@
+#include "figureview.h"
+
+#include <QFileInfo>
+#include <QHelpEvent>
+#include <QMouseEvent>
+#include <QPainter>
+#include <QPdfWriter>
+#include <QSaveFile>
+#include <QStackedLayout>
+#include <QSvgGenerator>
+#include <QToolTip>
+#include <algorithm>
+#include <cmath>
+#include <qcustomplot.h>
+
+#include "colormaps.h"
+
+namespace es {
+
+namespace {
+
+QString q(const std::string& s) { return QString::fromStdString(s); }
+
+QString num(double v) {
+    if (std::isnan(v)) return "nan";
+    return QString::number(v, 'g', 6);
+}
+
+std::pair<double, double> dataRange(const HeatmapPanel& h) {
+    double lo = h.lo, hi = h.hi;
+    if (std::isnan(lo) || std::isnan(hi)) {
+        double a = INFINITY, b = -INFINITY;
+        for (double v : h.values)
+            if (!std::isnan(v)) a = std::min(a, v), b = std::max(b, v);
+        if (a > b) a = 0, b = 1;
+        if (std::isnan(lo)) lo = a;
+        if (std::isnan(hi)) hi = b;
+    }
+    return {lo, hi};
+}
+
+QImage heatmapImage(const HeatmapPanel& h, double lo, double hi) {
+    QImage img(static_cast<int>(h.cols), static_cast<int>(h.rows), QImage::Format_ARGB32);
+    const QString cm = q(h.colormap);
+    for (int64_t r = 0; r < h.rows; ++r) {
+        auto* line = reinterpret_cast<QRgb*>(img.scanLine(static_cast<int>(r)));
+        for (int64_t c = 0; c < h.cols; ++c) {
+            QColor col = colormapColor(cm, h.value(r, c), lo, hi);
+            line[c] = col.isValid() ? col.rgba() : qRgba(0, 0, 0, 0);
+        }
+    }
+    return img;
+}
+
+QCPColorGradient gradientOf(const QString& name) {
+    QCPColorGradient g;
+    g.clearColorStops();
+    g.setLevelCount(256);
+    for (int i = 0; i < 256; ++i) g.setColorStopAt(i / 255.0, QColor(colormapEntry(name, i)));
+    g.setColorInterpolation(QCPColorGradient::ciRGB);
+    return g;
+}
+
+QSharedPointer<QCPAxisTickerText> labelTicker(const std::vector<std::string>& labels, int maxTicks) {
+    QSharedPointer<QCPAxisTickerText> t(new QCPAxisTickerText);
+    const int n = static_cast<int>(labels.size());
+    const int step = std::max(1, (n + maxTicks - 1) / maxTicks);
+    for (int i = 0; i < n; i += step) t->addTick(i, q(labels[i]));
+    return t;
+}
+
+bool hasLine(const Panel& p) {
+    for (auto& s : p.series)
+        if (s.style == Series::Style::Line) return true;
+    return false;
+}
+
+QColor seriesColor(const Series& s, size_t index) {
+    return paletteColor(s.color >= 0 ? s.color : static_cast<int>(index));
+}
+
+}  // namespace
+
+// ---- the routing text ----
+
+class TokenTextWidget : public QWidget {
+public:
+    explicit TokenTextWidget(QWidget* parent) : QWidget(parent) { setMouseTracking(true); }
+    const Figure* fig = nullptr;
+    int64_t selected = -1;
+    int selectedExpert = -1;
+    std::vector<std::pair<QRectF, size_t>> boxes;  // last layout, widget coordinates
+
+    // Lays the tokens out in `area` and draws them; returns the height used.
+    void paintTo(QPainter& p, const QRectF& area, bool record) {
+        if (record) boxes.clear();
+        p.fillRect(area, Qt::white);
+        if (!fig) return;
+        QFont title("sans", 11, QFont::Bold), body("monospace", 10);
+        p.setFont(title);
+        p.setPen(Qt::black);
+        QRectF tr(area.left() + 8, area.top() + 6, area.width() - 16, 24);
+        p.drawText(tr, Qt::AlignLeft | Qt::AlignVCenter, q(fig->title));
+        // legend: one swatch per expert
+        p.setFont(body);
+        QFontMetricsF fm(body);
+        double x = area.left() + 8, y = area.top() + 36;
+        const int E = fig->text.experts;
+        p.drawText(QPointF(x, y + fm.ascent()), "top-1 expert:");
+        x += fm.horizontalAdvance("top-1 expert: ") + 4;
+        for (int e = 0; e < E; ++e) {
+            const QString lab = QString::number(e);
+            const double w = fm.horizontalAdvance(lab) + 10;
+            if (x + w > area.right() - 8) x = area.left() + 8, y += fm.height() + 6;
+            QRectF r(x, y, w, fm.height() + 2);
+            p.fillRect(r, expertColor(e, E));
+            if (e == selectedExpert) p.setPen(QPen(Qt::black, 2)), p.drawRect(r);
+            p.setPen(expertColor(e, E).lightnessF() < 0.5 ? Qt::white : Qt::black);
+            p.drawText(r, Qt::AlignCenter, lab);
+            p.setPen(Qt::black);
+            x += w + 3;
+        }
+        y += fm.height() + 14;
+        x = area.left() + 8;
+        const double lineH = fm.height() + 8;
+        for (size_t i = 0; i < fig->text.tokens.size(); ++i) {
+            const auto& t = fig->text.tokens[i];
+            QString s = q(t.text);
+            const bool newline = s.endsWith("\\n");
+            const double w = std::max(6.0, fm.horizontalAdvance(s) + 4);
+            if (x + w > area.right() - 8 && x > area.left() + 8) x = area.left() + 8, y += lineH;
+            QRectF r(x, y, w, fm.height() + 2);
+            const QColor bg = t.expert >= 0 ? expertColor(t.expert, E) : QColor(Qt::lightGray);
+            p.fillRect(r, bg);
+            if (t.index == selected || (selectedExpert >= 0 && t.expert == selectedExpert)) {
+                p.setPen(QPen(Qt::black, t.index == selected ? 2.5 : 1.2));
+                p.drawRect(r.adjusted(-1, -1, 1, 1));
+            }
+            p.setPen(bg.lightnessF() < 0.5 ? Qt::white : Qt::black);
+            p.drawText(r, Qt::AlignCenter, s);
+            if (record) boxes.push_back({r, i});
+            x += w + 2;
+            if (newline) x = area.left() + 8, y += lineH;
+        }
+    }
+
+    QString tipAt(const QPointF& pos) const {
+        for (auto& [r, i] : boxes)
+            if (r.contains(pos)) return q(fig->text.tokens[i].tip);
+        return {};
+    }
+    int64_t tokenAt(const QPointF& pos) const {
+        for (auto& [r, i] : boxes)
+            if (r.contains(pos)) return fig->text.tokens[i].index;
+        return -1;
+    }
+
+protected:
+    void paintEvent(QPaintEvent*) override {
+        QPainter p(this);
+        p.setRenderHint(QPainter::Antialiasing, false);
+        paintTo(p, rect(), true);
+    }
+};
+
+// ---- the view ----
+
+FigureView::FigureView(QWidget* parent) : QWidget(parent) {
+    stack_ = new QStackedLayout(this);
+    stack_->setContentsMargins(0, 0, 0, 0);
+    plot_ = new QCustomPlot(this);
+    plot_->setMouseTracking(true);
+    plot_->setInteractions(QCP::iRangeDrag | QCP::iRangeZoom);
+    plot_->setAutoAddPlottableToLegend(false);
+    text_ = new TokenTextWidget(this);
+    text_->fig = &fig_;
+    stack_->addWidget(plot_);
+    stack_->addWidget(text_);
+    connect(plot_, &QCustomPlot::mousePress, this, [this](QMouseEvent* ev) {
+        if (ev->button() == Qt::LeftButton) clicked(ev->pos());
+    });
+    connect(plot_, &QCustomPlot::beforeReplot, this, [this] {
+        if (densityDirty_) updateDensity();
+    });
+    setMouseTracking(true);
+}
+
+bool FigureView::event(QEvent* e) {
+    if (e->type() == QEvent::ToolTip) {
+        auto* he = static_cast<QHelpEvent*>(e);
+        const QString tip = toolTipAt(he->pos());
+        if (tip.isEmpty()) QToolTip::hideText();
+        else QToolTip::showText(he->globalPos(), tip, this);
+        return true;
+    }
+    if (e->type() == QEvent::MouseButtonPress && fig_.isText) {
+        auto* me = static_cast<QMouseEvent*>(e);
+        clicked(me->pos());
+    }
+    return QWidget::event(e);
+}
+
+void FigureView::setFigure(Figure f) {
+    fig_ = std::move(f);
+    rebuild();
+}
+
+void FigureView::rebuild() {
+    plot_->clearItems();
+    plot_->clearPlottables();
+    for (auto* g : marginGroups_) delete g;
+    marginGroups_.clear();
+    plot_->plotLayout()->clear();
+    rects_.clear();
+    density_.clear();
+    ranges_.clear();
+    if (fig_.isText) {
+        stack_->setCurrentWidget(text_);
+        text_->update();
+        return;
+    }
+    stack_->setCurrentWidget(plot_);
+    auto* title = new QCPTextElement(plot_, q(fig_.title), QFont("sans", 11, QFont::Bold));
+    plot_->plotLayout()->addElement(0, 0, title);
+    auto* grid = new QCPLayoutGrid;
+    plot_->plotLayout()->addElement(1, 0, grid);
+    plot_->plotLayout()->setRowStretchFactor(0, 0.001);
+    int col = 0;
+    for (size_t pi = 0; pi < fig_.panels.size(); ++pi) {
+        const Panel& p = fig_.panels[pi];
+        auto* rect = new QCPAxisRect(plot_);
+        rects_.push_back(rect);
+        auto* panelGrid = new QCPLayoutGrid;
+        grid->addElement(0, col++, panelGrid);
+        int row = 0;
+        if (!p.title.empty()) {
+            panelGrid->addElement(row++, 0, new QCPTextElement(plot_, q(p.title), QFont("sans", 9)));
+            panelGrid->setRowStretchFactor(0, 0.001);
+        }
+        panelGrid->addElement(row, 0, rect);
+        QCPAxis* xa = rect->axis(QCPAxis::atBottom);
+        QCPAxis* ya = rect->axis(QCPAxis::atLeft);
+        xa->setLabel(q(p.xLabel));
+        ya->setLabel(q(p.yLabel));
+        ranges_.push_back({0, 1});
+        if (p.hasHeatmap) {
+            const HeatmapPanel& h = p.heatmap;
+            auto [lo, hi] = dataRange(h);
+            ranges_.back() = {lo, hi};
+            auto* item = new QCPItemPixmap(plot_);
+            item->setClipAxisRect(rect);
+            item->topLeft->setAxes(xa, ya);
+            item->bottomRight->setAxes(xa, ya);
+            item->topLeft->setCoords(-0.5, -0.5);
+            item->bottomRight->setCoords(static_cast<double>(h.cols) - 0.5, static_cast<double>(h.rows) - 0.5);
+            item->setPixmap(QPixmap::fromImage(heatmapImage(h, lo, hi)));
+            item->setScaled(true, Qt::IgnoreAspectRatio, Qt::FastTransformation);
+            item->setPen(Qt::NoPen);
+            ya->setRangeReversed(true);
+            xa->setRange(-0.5, static_cast<double>(h.cols) - 0.5);
+            ya->setRange(-0.5, static_cast<double>(h.rows) - 0.5);
+            const bool tokens = h.tokenAxis;
+            xa->setTicker(labelTicker(h.colLabels, tokens ? 80 : 24));
+            ya->setTicker(labelTicker(h.rowLabels, 24));
+            if (tokens || h.cols > 12) xa->setTickLabelRotation(tokens ? 90 : 0);
+            xa->grid()->setVisible(false);
+            ya->grid()->setVisible(false);
+            for (int64_t r : h.rowSeparators) {
+                auto* line = new QCPItemStraightLine(plot_);
+                line->setClipAxisRect(rect);
+                line->point1->setAxes(xa, ya);
+                line->point2->setAxes(xa, ya);
+                line->point1->setCoords(0, static_cast<double>(r) - 0.5);
+                line->point2->setCoords(1, static_cast<double>(r) - 0.5);
+                line->setPen(QPen(Qt::black, 1));
+            }
+            auto* scale = new QCPColorScale(plot_);
+            scale->setGradient(gradientOf(q(h.colormap)));
+            scale->setDataRange(QCPRange(lo, hi > lo ? hi : lo + 1e-12));
+            scale->axis()->setLabel(q(h.valueLabel));
+            scale->setBarWidth(12);
+            grid->addElement(0, col++, scale);
+            auto* group = new QCPMarginGroup(plot_);
+            marginGroups_.push_back(group);
+            rect->setMarginGroup(QCP::msTop | QCP::msBottom, group);
+            scale->setMarginGroup(QCP::msTop | QCP::msBottom, group);
+            grid->setColumnStretchFactor(col - 1, 0.001);
+        }
+        // series
+        double xmin = INFINITY, xmax = -INFINITY, ymin = INFINITY, ymax = -INFINITY;
+        bool barsOnly = !p.series.empty();
+        size_t points = 0;
+        for (auto& s : p.series) points += s.x.size();
+        const bool dense = points > kDensityPoints;
+        QCPLegend* legend = nullptr;
+        int named = 0;
+        for (auto& s : p.series) named += !s.name.empty();
+        if (!p.hasHeatmap && p.series.size() <= 16 && (named > 1 || (named == 1 && hasLine(p)))) {
+            legend = new QCPLegend;
+            rect->insetLayout()->addElement(legend, Qt::AlignTop | Qt::AlignRight);
+            legend->setLayer("legend");
+            legend->setFont(QFont("sans", 8));
+            legend->setBrush(QColor(255, 255, 255, 210));
+        }
+        for (size_t si = 0; si < p.series.size(); ++si) {
+            const Series& s = p.series[si];
+            for (size_t i = 0; i < s.x.size(); ++i) {
+                if (std::isfinite(s.x[i])) xmin = std::min(xmin, s.x[i]), xmax = std::max(xmax, s.x[i]);
+                if (std::isfinite(s.y[i])) ymin = std::min(ymin, s.y[i]), ymax = std::max(ymax, s.y[i]);
+            }
+            const QColor c = seriesColor(s, si);
+            if (s.style == Series::Style::Bars) {
+                // bars of an expert have its colour; a series of its own has the series colour
+                const bool byGroup = !s.group.empty() && s.color < 0;
+                const QColor sc = s.groups > 0 && s.color >= 0 ? expertColor(s.color, s.groups) : c;
+                for (size_t i = 0; i < (byGroup ? s.x.size() : 1); ++i) {
+                    auto* bars = new QCPBars(xa, ya);
+                    bars->setWidth(s.barWidth);
+                    bars->setPen(Qt::NoPen);
+                    if (byGroup) {
+                        bars->setBrush(expertColor(s.group[i], s.groups));
+                        bars->addData(s.x[i], s.y[i]);
+                    } else {
+                        bars->setBrush(sc);
+                        bars->setData(QVector<double>(s.x.begin(), s.x.end()), QVector<double>(s.y.begin(), s.y.end()), true);
+                        bars->setName(q(s.name));
+                        if (legend) bars->addToLegend(legend);
+                    }
+                }
+                xmin -= s.barWidth, xmax += s.barWidth;
+                continue;
+            }
+            barsOnly = false;
+            if (s.style == Series::Style::Scatter && dense) {
+                auto* item = new QCPItemPixmap(plot_);
+                item->setClipAxisRect(rect);
+                item->topLeft->setAxes(xa, ya);
+                item->bottomRight->setAxes(xa, ya);
+                item->setScaled(true, Qt::IgnoreAspectRatio, Qt::FastTransformation);
+                item->setPen(Qt::NoPen);
+                density_.push_back({static_cast<int>(pi), si, item});
+                // a legend entry: an empty graph carrying the series' colour
+                auto* g = new QCPGraph(xa, ya);
+                g->setLineStyle(QCPGraph::lsNone);
+                g->setScatterStyle(QCPScatterStyle(QCPScatterStyle::ssDisc, c, c, 6));
+                g->setName(q(s.name) + " (density)");
+                if (legend) g->addToLegend(legend);
+                continue;
+            }
+            const bool byGroup = s.style == Series::Style::Scatter && s.groups > 0 && s.color < 0 && !s.group.empty();
+            const int nsub = byGroup ? s.groups : 1;
+            std::vector<QVector<double>> xs(static_cast<size_t>(nsub)), ys(static_cast<size_t>(nsub));
+            for (size_t i = 0; i < s.x.size(); ++i) {
+                const int g = byGroup ? std::clamp(s.group[i], 0, nsub - 1) : 0;
+                xs[g].push_back(s.x[i]);
+                ys[g].push_back(s.y[i]);
+            }
+            for (int g = 0; g < nsub; ++g) {
+                auto* graph = new QCPGraph(xa, ya);
+                const QColor gc = byGroup ? expertColor(g, nsub) : c;
+                if (s.style == Series::Style::Line) {
+                    QPen pen(gc, s.emphasised ? 2.5 : 1.8);
+                    if (s.dashed) pen.setStyle(Qt::DashLine);
+                    graph->setPen(pen);
+                    graph->setScatterStyle(QCPScatterStyle(QCPScatterStyle::ssCircle, gc, Qt::white, 5));
+                } else {
+                    graph->setLineStyle(QCPGraph::lsNone);
+                    const bool few = s.x.size() < 2000;
+                    QColor fill = gc;
+                    if (!few) fill.setAlpha(110);
+                    graph->setScatterStyle(QCPScatterStyle(QCPScatterStyle::ssDisc, fill, fill, few ? 7 : 4));
+                }
+                graph->setData(xs[g], ys[g], s.style == Series::Style::Line);
+                graph->setAdaptiveSampling(true);
+                if (g == 0) {
+                    graph->setName(q(s.name));
+                    if (legend && !byGroup) graph->addToLegend(legend);
+                    else if (legend) graph->removeFromLegend(legend);
+                }
+            }
+            for (size_t i = 0; i < s.pointLabels.size() && i < s.x.size(); ++i) {
+                auto* t = new QCPItemText(plot_);
+                t->setClipAxisRect(rect);
+                t->position->setAxes(xa, ya);
+                t->position->setCoords(s.x[i], s.y[i]);
+                t->setPositionAlignment(Qt::AlignLeft | Qt::AlignBottom);
+                t->setPadding(QMargins(5, 0, 0, 3));
+                t->setText(q(s.pointLabels[i]));
+                t->setFont(QFont("sans", 9));
+            }
+        }
+        if (!p.xTicks.empty()) {
+            xa->setTicker(labelTicker(p.xTicks, 32));
+            xa->grid()->setVisible(false);
+        }
+        for (auto& lv : p.levels) {
+            auto* line = new QCPItemStraightLine(plot_);
+            line->setClipAxisRect(rect);
+            line->point1->setAxes(xa, ya);
+            line->point2->setAxes(xa, ya);
+            line->point1->setCoords(0, lv.y);
+            line->point2->setCoords(1, lv.y);
+            line->setPen(QPen(Qt::darkGray, 1.2, Qt::DashLine));
+            auto* t = new QCPItemText(plot_);
+            t->setClipAxisRect(rect);
+            t->position->setType(QCPItemPosition::ptAxisRectRatio);
+            t->position->setAxisRect(rect);
+            t->position->setTypeY(QCPItemPosition::ptPlotCoords);
+            t->position->setAxes(xa, ya);
+            t->position->setCoords(0.01, lv.y);
+            t->setPositionAlignment(Qt::AlignLeft | Qt::AlignBottom);
+            t->setText(q(lv.name));
+            t->setColor(Qt::darkGray);
+            t->setFont(QFont("sans", 8));
+            ymin = std::min(ymin, lv.y), ymax = std::max(ymax, lv.y);
+        }
+        for (double mx : p.markX) {
+            auto* line = new QCPItemStraightLine(plot_);
+            line->setClipAxisRect(rect);
+            line->point1->setAxes(xa, ya);
+            line->point2->setAxes(xa, ya);
+            line->point1->setCoords(mx, 0);
+            line->point2->setCoords(mx, 1);
+            line->setPen(QPen(QColor(200, 0, 0), 1.2, Qt::DotLine));
+            auto* t = new QCPItemText(plot_);
+            t->setClipAxisRect(rect);
+            t->position->setTypeX(QCPItemPosition::ptPlotCoords);
+            t->position->setTypeY(QCPItemPosition::ptAxisRectRatio);
+            t->position->setAxisRect(rect);
+            t->position->setAxes(xa, ya);
+            t->position->setCoords(mx, 0.98);
+            t->setPositionAlignment(Qt::AlignRight | Qt::AlignBottom);
+            t->setText("last layer");
+            t->setColor(QColor(200, 0, 0));
+            t->setFont(QFont("sans", 8));
+        }
+        if (!p.hasHeatmap && xmin <= xmax) {
+            const double dx = xmax > xmin ? (xmax - xmin) * 0.05 : 0.5, dy = ymax > ymin ? (ymax - ymin) * 0.08 : 0.5;
+            xa->setRange(xmin - dx, xmax + dx);
+            ya->setRange(barsOnly && ymin >= 0 ? 0.0 : ymin - dy, ymax + dy);
+            if (!p.xTicks.empty()) xa->setRange(-0.6, static_cast<double>(p.xTicks.size()) - 0.4);
+            bool allInt = true;
+            for (auto& s : p.series)
+                for (double x : s.x) allInt = allInt && x == std::floor(x);
+            if (allInt && p.xTicks.empty() && xmax - xmin <= 64) {
+                QSharedPointer<QCPAxisTickerFixed> t(new QCPAxisTickerFixed);
+                t->setTickStep(std::max(1.0, std::ceil((xmax - xmin) / 16)));
+                t->setScaleStrategy(QCPAxisTickerFixed::ssNone);
+                xa->setTicker(t);
+            }
+        }
+        if (!density_.empty()) {
+            connect(xa, qOverload<const QCPRange&>(&QCPAxis::rangeChanged), this, [this] { densityDirty_ = true; });
+            connect(ya, qOverload<const QCPRange&>(&QCPAxis::rangeChanged), this, [this] { densityDirty_ = true; });
+        }
+    }
+    densityDirty_ = !density_.empty();
+    drawSelection();
+}
+
+void FigureView::updateDensity() {
+    densityDirty_ = false;
+    for (auto& d : density_) {
+        QCPAxisRect* rect = rects_[static_cast<size_t>(d.panel)];
+        const Series& s = fig_.panels[static_cast<size_t>(d.panel)].series[d.series];
+        QCPAxis* xa = rect->axis(QCPAxis::atBottom);
+        QCPAxis* ya = rect->axis(QCPAxis::atLeft);
+        const int W = std::max(200, rect->width()), H = std::max(150, rect->height());
+        const QCPRange xr = xa->range(), yr = ya->range();
+        std::vector<uint32_t> counts(static_cast<size_t>(W) * H, 0);
+        const double sx = W / xr.size(), sy = H / yr.size();
+        uint32_t mx = 0;
+        for (size_t i = 0; i < s.x.size(); ++i) {
+            const double fx = (s.x[i] - xr.lower) * sx, fy = (yr.upper - s.y[i]) * sy;
+            if (!(fx >= 0 && fx < W && fy >= 0 && fy < H)) continue;
+            uint32_t& c = counts[static_cast<size_t>(fy) * W + static_cast<size_t>(fx)];
+            mx = std::max(mx, ++c);
+        }
+        const QColor base = seriesColor(s, d.series);
+        QImage img(W, H, QImage::Format_ARGB32);
+        const double lm = std::log1p(static_cast<double>(std::max<uint32_t>(mx, 1)));
+        for (int y = 0; y < H; ++y) {
+            auto* line = reinterpret_cast<QRgb*>(img.scanLine(y));
+            for (int x = 0; x < W; ++x) {
+                const uint32_t c = counts[static_cast<size_t>(y) * W + x];
+                line[x] = c ? qRgba(base.red(), base.green(), base.blue(),
+                                    static_cast<int>(60 + 195 * std::log1p(static_cast<double>(c)) / lm))
+                            : qRgba(0, 0, 0, 0);
+            }
+        }
+        d.item->topLeft->setCoords(xr.lower, yr.upper);
+        d.item->bottomRight->setCoords(xr.upper, yr.lower);
+        d.item->setPixmap(QPixmap::fromImage(img));
+    }
+}
+
+void FigureView::drawSelection() {
+    // remove the previous selection marks
+    for (int i = plot_->itemCount() - 1; i >= 0; --i)
+        if (plot_->item(i)->property("selection").toBool()) plot_->removeItem(i);
+    for (int i = plot_->plottableCount() - 1; i >= 0; --i)
+        if (plot_->plottable(i)->property("selection").toBool()) plot_->removePlottable(i);
+    text_->selected = selToken_;
+    text_->selectedExpert = selExpert_;
+    text_->update();
+    if (fig_.isText) return;
+    for (size_t pi = 0; pi < fig_.panels.size() && pi < rects_.size(); ++pi) {
+        const Panel& p = fig_.panels[pi];
+        QCPAxisRect* rect = rects_[pi];
+        QCPAxis* xa = rect->axis(QCPAxis::atBottom);
+        QCPAxis* ya = rect->axis(QCPAxis::atLeft);
+        auto band = [&](double x0, double y0, double x1, double y1) {
+            auto* r = new QCPItemRect(plot_);
+            r->setProperty("selection", true);
+            r->setClipAxisRect(rect);
+            r->topLeft->setAxes(xa, ya);
+            r->bottomRight->setAxes(xa, ya);
+            r->topLeft->setCoords(x0, y0);
+            r->bottomRight->setCoords(x1, y1);
+            r->setPen(QPen(QColor(230, 30, 30), 2));
+            r->setBrush(Qt::NoBrush);
+        };
+        if (p.hasHeatmap) {
+            const HeatmapPanel& h = p.heatmap;
+            const std::string lab = std::to_string(selExpert_);
+            if (selExpert_ >= 0) {
+                for (int64_t r = 0; r < h.rows; ++r)
+                    if (r < static_cast<int64_t>(h.rowLabels.size()) && h.rowLabels[r] == lab)
+                        band(-0.5, r - 0.5, h.cols - 0.5, r + 0.5);
+                if (!h.tokenAxis && h.cols != 1)
+                    for (int64_t c = 0; c < h.cols; ++c)
+                        if (c < static_cast<int64_t>(h.colLabels.size()) && h.colLabels[c] == lab)
+                            band(c - 0.5, -0.5, c + 0.5, h.rows - 0.5);
+            }
+            if (selToken_ >= 0 && h.tokenAxis) {
+                const std::string prefix = std::to_string(selToken_);
+                // token columns are labelled in the CSV header as "index:piece"
+                for (size_t c = 1; c < fig_.csvHeader.size(); ++c)
+                    if (fig_.csvHeader[c].rfind(prefix + ":", 0) == 0)
+                        band(static_cast<double>(c) - 1.5, -0.5, static_cast<double>(c) - 0.5, h.rows - 0.5);
+            }
+        }
+        if (selExpert_ < 0) continue;
+        for (auto& s : p.series) {
+            if (s.group.empty() || s.style == Series::Style::Line) continue;
+            QVector<double> xs, ys;
+            for (size_t i = 0; i < s.x.size() && i < s.group.size() && xs.size() < 200000; ++i)
+                if (s.group[i] == selExpert_) xs.push_back(s.x[i]), ys.push_back(s.y[i]);
+            if (xs.isEmpty()) continue;
+            if (s.style == Series::Style::Bars) {
+                for (int i = 0; i < xs.size(); ++i) band(xs[i] - s.barWidth / 2, ys[i], xs[i] + s.barWidth / 2, 0);
+                continue;
+            }
+            auto* g = new QCPGraph(xa, ya);
+            g->setProperty("selection", true);
+            g->setLineStyle(QCPGraph::lsNone);
+            g->setScatterStyle(QCPScatterStyle(QCPScatterStyle::ssCircle, QPen(QColor(230, 30, 30), 1.5), Qt::NoBrush,
+                                               xs.size() > 2000 ? 4 : 10));
+            g->setData(xs, ys, false);
+            g->removeFromLegend();
+        }
+    }
+    plot_->replot();
+}
+
+void FigureView::setSelectedExpert(int expert) {
+    if (expert == selExpert_) return;
+    selExpert_ = expert;
+    drawSelection();
+}
+
+void FigureView::setSelectedToken(int64_t token) {
+    if (token == selToken_) return;
+    selToken_ = token;
+    drawSelection();
+}
+
+int FigureView::panelAt(const QPoint& pos) const {
+    const QPoint pp = plot_->mapFrom(this, pos);
+    for (size_t i = 0; i < rects_.size(); ++i)
+        if (rects_[i]->rect().contains(pp)) return static_cast<int>(i);
+    return -1;
+}
+
+QPoint FigureView::cellCenter(int panel, int row, int col) const {
+    QCPAxisRect* rect = rects_.at(static_cast<size_t>(panel));
+    const double x = rect->axis(QCPAxis::atBottom)->coordToPixel(col);
+    const double y = rect->axis(QCPAxis::atLeft)->coordToPixel(row);
+    return plot_->mapTo(this, QPoint(static_cast<int>(std::floor(x)), static_cast<int>(std::floor(y))));
+}
+
+std::pair<double, double> FigureView::colorRange(int panel) const { return ranges_.at(static_cast<size_t>(panel)); }
+
+QString FigureView::toolTipAt(const QPoint& pos) const {
+    if (fig_.isText) return text_->tipAt(text_->mapFrom(this, pos));
+    const int pi = panelAt(pos);
+    if (pi < 0) return {};
+    const Panel& p = fig_.panels[static_cast<size_t>(pi)];
+    QCPAxisRect* rect = rects_[static_cast<size_t>(pi)];
+    QCPAxis* xa = rect->axis(QCPAxis::atBottom);
+    QCPAxis* ya = rect->axis(QCPAxis::atLeft);
+    const QPoint pp = plot_->mapFrom(this, pos);
+    if (p.hasHeatmap) {
+        const HeatmapPanel& h = p.heatmap;
+        const int64_t c = std::lround(xa->pixelToCoord(pp.x())), r = std::lround(ya->pixelToCoord(pp.y()));
+        if (r < 0 || r >= h.rows || c < 0 || c >= h.cols) return {};
+        const QString rl = r < static_cast<int64_t>(h.rowLabels.size()) ? q(h.rowLabels[r]) : QString::number(r);
+        const QString cl = c < static_cast<int64_t>(h.colLabels.size()) ? q(h.colLabels[c]) : QString::number(c);
+        // the stored value exactly as the CSV has it
+        const std::string stored = static_cast<size_t>(r) < fig_.csvRows.size() && static_cast<size_t>(c + 1) < fig_.csvRows[r].size()
+                                       ? fig_.csvRows[r][c + 1]
+                                       : formatDouble(h.value(r, c));
+        return QString("%1 %2, %3 %4: %5 (%6)")
+            .arg(q(p.yLabel), rl, q(p.xLabel), cl, q(stored), q(h.valueLabel));
+    }
+    // nearest point within 10 pixels
+    double best = 100.0;
+    QString tip;
+    for (auto& s : p.series) {
+        for (size_t i = 0; i < s.x.size(); ++i) {
+            double px = xa->coordToPixel(s.x[i]), py = ya->coordToPixel(s.y[i]);
+            if (s.style == Series::Style::Bars) {
+                const double x0 = xa->coordToPixel(s.x[i] - s.barWidth / 2), x1 = xa->coordToPixel(s.x[i] + s.barWidth / 2);
+                const double y0 = ya->coordToPixel(0);
+                if (pp.x() >= std::min(x0, x1) && pp.x() <= std::max(x0, x1) && pp.y() >= std::min(py, y0) &&
+                    pp.y() <= std::max(py, y0)) {
+                    const QString where = !p.xTicks.empty()
+                                              ? q(p.xTicks[std::clamp<size_t>(static_cast<size_t>(std::lround(s.x[i])), 0, p.xTicks.size() - 1)])
+                                              : num(s.x[i]);
+                    return QString("%1, %2 %3: %4").arg(q(s.name), q(p.xLabel), where, num(s.y[i]));
+                }
+                continue;
+            }
+            const double d2 = (px - pp.x()) * (px - pp.x()) + (py - pp.y()) * (py - pp.y());
+            if (d2 < best) {
+                best = d2;
+                tip = QString("%1: %2 = %3, %4 = %5").arg(q(s.name), q(p.xLabel), num(s.x[i]), q(p.yLabel), num(s.y[i]));
+                if (i < s.pointLabels.size()) tip = q(s.pointLabels[i]) + " - " + tip;
+                else if (i < s.group.size() && s.group[i] >= 0) tip = QString("expert %1 - ").arg(s.group[i]) + tip;
+            }
+        }
+    }
+    return tip;
+}
+
+void FigureView::clicked(const QPoint& posInPlot) {
+    if (fig_.isText) {
+        const int64_t t = text_->tokenAt(text_->mapFrom(this, posInPlot));
+        if (t >= 0) Q_EMIT tokenClicked(t);
+        return;
+    }
+    const QPoint pos = plot_->mapTo(this, posInPlot);
+    const int pi = panelAt(pos);
+    if (pi < 0) return;
+    const Panel& p = fig_.panels[static_cast<size_t>(pi)];
+    QCPAxisRect* rect = rects_[static_cast<size_t>(pi)];
+    if (p.hasHeatmap) {
+        const HeatmapPanel& h = p.heatmap;
+        const int64_t c = std::lround(rect->axis(QCPAxis::atBottom)->pixelToCoord(posInPlot.x()));
+        const int64_t r = std::lround(rect->axis(QCPAxis::atLeft)->pixelToCoord(posInPlot.y()));
+        if (r < 0 || r >= h.rows || c < 0 || c >= h.cols) return;
+        if (h.tokenAxis && static_cast<size_t>(c + 1) < fig_.csvHeader.size()) {
+            const std::string& head = fig_.csvHeader[static_cast<size_t>(c + 1)];
+            Q_EMIT tokenClicked(std::stoll(head.substr(0, head.find(':'))));
+        }
+        const std::string& lab = h.rowLabels[static_cast<size_t>(r)];
+        if (!lab.empty() && std::isdigit(static_cast<unsigned char>(lab[0]))) Q_EMIT expertClicked(std::stoi(lab));
+        return;
+    }
+    const QString tip = toolTipAt(pos);
+    if (tip.startsWith("expert ")) Q_EMIT expertClicked(tip.section(' ', 1, 1).toInt());
+    else if (!tip.isEmpty() && tip.at(0).isDigit()) Q_EMIT expertClicked(tip.section(' ', 0, 0).toInt());
+}
+
+QImage FigureView::grabImage() {
+    if (fig_.isText) {
+        QImage img(text_->size().expandedTo(QSize(100, 100)), QImage::Format_ARGB32);
+        QPainter p(&img);
+        text_->paintTo(p, QRectF(QPointF(0, 0), QSizeF(img.size())), false);
+        return img;
+    }
+    if (densityDirty_) updateDensity();
+    plot_->replot(QCustomPlot::rpImmediateRefresh);
+    return plot_->toPixmap(plot_->width(), plot_->height(), 1.0).toImage();
+}
+
+bool FigureView::exportTo(const QString& path, int width, int height, double dpi, QString* error) {
+    auto fail = [&](const QString& why) {
+        if (error) *error = path + ": " + why;
+        return false;
+    };
+    const QString ext = QFileInfo(path).suffix().toLower();
+    if (ext == "csv") {
+        QSaveFile f(path);
+        if (!f.open(QIODevice::WriteOnly)) return fail(f.errorString());
+        const std::string csv = figureCsv(fig_);
+        f.write(csv.data(), static_cast<qint64>(csv.size()));
+        return f.commit() ? true : fail(f.errorString());
+    }
+    if (width <= 0) width = std::max(this->width(), 640);
+    if (height <= 0) height = std::max(this->height(), 400);
+    if (dpi <= 0) return fail("the resolution must be positive");
+    const double scale = dpi / 96.0;
+    const int lw = std::max(1, static_cast<int>(std::lround(width / scale)));
+    const int lh = std::max(1, static_cast<int>(std::lround(height / scale)));
+    if (ext != "png" && ext != "jpg" && ext != "jpeg" && ext != "pdf" && ext != "svg")
+        return fail("unknown export format '." + ext + "' (png, jpg, pdf, svg, csv)");
+    // lay the plot out at the export size before the density images are computed
+    const QSize old = plot_->size();
+    if (!fig_.isText) {
+        plot_->resize(lw, lh);
+        plot_->replot(QCustomPlot::rpImmediateRefresh);
+        if (!density_.empty()) updateDensity();
+    }
+    auto paint = [&](QPainter& painter, int w, int h) {
+        if (fig_.isText) {
+            text_->paintTo(painter, QRectF(0, 0, w, h), false);
+        } else {
+            auto& cp = static_cast<QCPPainter&>(painter);
+            plot_->toPainter(&cp, w, h);
+        }
+    };
+    bool ok = false;
+    if (ext == "png" || ext == "jpg" || ext == "jpeg") {
+        QImage img(width, height, ext == "png" ? QImage::Format_ARGB32 : QImage::Format_RGB32);
+        img.fill(Qt::white);
+        img.setDotsPerMeterX(static_cast<int>(std::lround(dpi / 0.0254)));
+        img.setDotsPerMeterY(static_cast<int>(std::lround(dpi / 0.0254)));
+        {
+            QCPPainter painter(&img);
+            painter.scale(scale, scale);
+            paint(painter, lw, lh);
+        }
+        ok = img.save(path, ext == "png" ? "PNG" : "JPG", ext == "png" ? -1 : 92);
+    } else if (ext == "svg") {
+        QSvgGenerator gen;
+        gen.setFileName(path);
+        gen.setSize(QSize(lw, lh));
+        gen.setViewBox(QRect(0, 0, lw, lh));
+        gen.setTitle(q(fig_.title).toHtmlEscaped());  // QSvgGenerator writes it verbatim
+        gen.setDescription(("ExpertScope view " + q(fig_.view)).toHtmlEscaped());
+        QCPPainter painter;
+        if (painter.begin(&gen)) {
+            paint(painter, lw, lh);
+            ok = painter.end();
+        }
+    } else {
+        QPdfWriter pdf(path);
+        pdf.setTitle(q(fig_.title));
+        pdf.setCreator("ExpertScope");
+        pdf.setResolution(96);
+        pdf.setPageSize(QPageSize(QSizeF(lw, lh), QPageSize::Point));
+        pdf.setPageMargins(QMarginsF(0, 0, 0, 0));
+        QCPPainter painter;
+        if (painter.begin(&pdf)) {
+            const QRect page = painter.viewport();
+            painter.scale(page.width() / static_cast<double>(lw), page.height() / static_cast<double>(lh));
+            paint(painter, lw, lh);
+            ok = painter.end();
+        }
+    }
+    if (!fig_.isText) {
+        plot_->resize(old);
+        if (!density_.empty()) densityDirty_ = true;
+        plot_->replot();
+    }
+    return ok ? true : fail("could not be written");
+}
+
+}  // namespace es

@@ -1,0 +1,88 @@
+#pragma once
+// The one renderer of every view: draws an es::Figure (core/views/figure.h) with QCustomPlot:
+// heatmaps cell by cell in matplotlib's colour maps, scatter plots (density-rendered above
+// kDensityPoints points), line and bar charts, reference lines, and the routing text. The GUI
+// shows it; `expertscope-cli export` renders the same widget offscreen.
+#include <QColor>
+#include <QImage>
+#include <QPointer>
+#include <QString>
+#include <QWidget>
+#include <vector>
+
+#include "views/figure.h"
+
+class QCustomPlot;
+class QCPAxisRect;
+class QCPItemPixmap;
+class QCPMarginGroup;
+class QStackedLayout;
+
+namespace es {
+
+class TokenTextWidget;
+
+class FigureView : public QWidget {
+    Q_OBJECT
+public:
+    static constexpr size_t kDensityPoints = 100000;
+
+    explicit FigureView(QWidget* parent = nullptr);
+    void setFigure(Figure f);
+    const Figure& figure() const { return fig_; }
+    QCustomPlot* plot() const { return plot_; }
+
+    // Exports to .png / .jpg / .jpeg (width x height pixels at `dpi`: text and lines scale with
+    // dpi / 96), .pdf / .svg (vector; heatmaps embedded as images) or .csv (the figure's data).
+    // width/height 0: the widget's size. Returns false with the reason in *error.
+    bool exportTo(const QString& path, int width, int height, double dpi = 96, QString* error = nullptr);
+    // Renders the figure into an image of the widget's current size (tests, screenshots).
+    QImage grabImage();
+
+    // Linked selection: -1 clears.
+    void setSelectedExpert(int expert);
+    void setSelectedToken(int64_t token);
+    int selectedExpert() const { return selExpert_; }
+    int64_t selectedToken() const { return selToken_; }
+
+    // What hovering at `pos` (widget coordinates) shows; empty where nothing is.
+    QString toolTipAt(const QPoint& pos) const;
+    // The centre of heatmap cell (row, col) of panel `panel`, in widget coordinates.
+    QPoint cellCenter(int panel, int row, int col) const;
+    // The colour range a heatmap panel is drawn with.
+    std::pair<double, double> colorRange(int panel) const;
+    int panelCount() const { return static_cast<int>(rects_.size()); }
+
+Q_SIGNALS:
+    void expertClicked(int expert);
+    void tokenClicked(qint64 token);
+
+protected:
+    bool event(QEvent* e) override;
+
+private:
+    void rebuild();
+    void drawSelection();
+    void updateDensity();
+    int panelAt(const QPoint& pos) const;
+    void clicked(const QPoint& pos);
+
+    Figure fig_;
+    QStackedLayout* stack_;
+    QCustomPlot* plot_;
+    TokenTextWidget* text_;
+    std::vector<QCPAxisRect*> rects_;
+    std::vector<QCPMarginGroup*> marginGroups_;
+    struct DensityLayer {
+        int panel;
+        size_t series;
+        QCPItemPixmap* item;
+    };
+    std::vector<DensityLayer> density_;
+    std::vector<std::pair<double, double>> ranges_;
+    int selExpert_ = -1;
+    int64_t selToken_ = -1;
+    bool densityDirty_ = false;
+};
+
+}  // namespace es
