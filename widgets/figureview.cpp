@@ -673,6 +673,8 @@ void FigureView::clicked(const QPoint& posInPlot) {
 }
 
 QImage FigureView::grabImage() {
+    // a hidden view has not been laid out: give the plot the view's size first
+    if (stack_->currentWidget()->size() != size()) stack_->setGeometry(rect());
     if (fig_.isText) {
         QImage img(text_->size().expandedTo(QSize(100, 100)), QImage::Format_ARGB32);
         QPainter p(&img);

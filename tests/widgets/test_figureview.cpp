@@ -1,0 +1,232 @@
+// The renderer of every view, on a real session (the demo MoE traced and analysed by
+// expertscope-cli): each heatmap cell's colour, read back from the rendered image at the cell's
+// centre, is the colour map applied to the value stored in the session; tooltips show the
+// stored values; selection marks the expert; a million-point scatter renders.
+#include <QDir>
+#include <QProcess>
+#include <QtTest>
+#include <cmath>
+#include <qcustomplot.h>
+
+#include "colormaps.h"
+#include "figureview.h"
+#include "session/session.h"
+#include "views/figure.h"
+
+using namespace es;
+
+namespace {
+
+QString outDir() {
+    QString d = qEnvironmentVariable("ES_TEST_OUTPUT", QDir::tempPath() + "/expertscope-test-output");
+    QDir().mkpath(d);
+    return d;
+}
+
+bool runCli(const QStringList& args) {
+    QProcess p;
+    p.start(qEnvironmentVariable("EXPERTSCOPE_CLI"), args);
+    if (!p.waitForFinished(600000) || p.exitCode() != 0) {
+        qWarning() << "expertscope-cli" << args << "failed:" << p.readAllStandardError();
+        return false;
+    }
+    return true;
+}
+
+// The stored array of a heatmap view, read through the session API (not through the figure).
+std::vector<double> stored(const Session& s, const std::string& id, const std::string& array) {
+    return s.result(id).arrays.at(array).toDoubles();
+}
+
+}  // namespace
+
+class TestFigureView : public QObject {
+    Q_OBJECT
+    QString session_;
+
+private Q_SLOTS:
+    void initTestCase() {
+        const QString demo = QStringLiteral(EXPERTSCOPE_SOURCE_DIR) + "/resources/demo";
+        session_ = outDir() + "/figureview-demo.h5";
+        QFile::remove(session_);
+        QVERIFY(runCli({"trace", demo + "/moe", "--prompts", demo + "/prompts.jsonl", "--run", "demo", "--out", session_}));
+        QVERIFY(runCli({"analyze", demo + "/moe", "--run", "demo", "--static", "S1,S2,S4,S5,S6", "--dynamic", "all",
+                        "--reference", demo + "/dense", "--out", session_}));
+    }
+
+    // Every cell of every heatmap view, every layer: colour at the centre = colour map(stored value)
+    void heatmapCellsHaveTheColourOfTheStoredValue() {
+        Session s = Session::open(session_.toStdString());
+        struct Case {
+            std::string view, id, array, matrix, measure;
+        };
+        std::vector<Case> cases;
+        for (const char* m : {"gate", "up", "down"}) {
+            cases.push_back({"weight-similarity", "weight_similarity", m, m, ""});
+            cases.push_back({"neuron-mean-similarity", "neuron_mean_similarity", m, m, ""});
+        }
+        cases.push_back({"router-similarity", "router_similarity", "router", "router", ""});
+        cases.push_back({"output-similarity", "output_similarity/demo", "angular", "", "angular"});
+        cases.push_back({"output-similarity", "output_similarity/demo", "cosine", "", "cosine"});
+        FigureView v;
+        v.resize(900, 640);
+        v.show();
+        QVERIFY(QTest::qWaitForWindowExposed(&v));
+        int checked = 0;
+        for (auto& c : cases) {
+            for (int layer = 0; layer < 6; ++layer) {
+                for (const char* scale : {"layer", "global"}) {
+                    ViewRequest req;
+                    req.view = c.view;
+                    req.layer = layer;
+                    req.matrix = c.matrix;
+                    req.measure = c.measure;
+                    req.scale = scale;
+                    v.setFigure(buildFigure(s, req));
+                    const QImage img = v.grabImage();
+                    const auto values = stored(s, c.id, "layers/" + std::to_string(layer) + "/" + c.array);
+                    const auto [lo, hi] = v.colorRange(0);
+                    const int64_t R = v.figure().panels[0].heatmap.rows, C = v.figure().panels[0].heatmap.cols;
+                    QCOMPARE(static_cast<size_t>(R * C), values.size());
+                    if (std::string(scale) == "layer") {
+                        QCOMPARE(lo, *std::min_element(values.begin(), values.end()));
+                        QCOMPARE(hi, *std::max_element(values.begin(), values.end()));
+                    }
+                    for (int r = 0; r < R; ++r)
+                        for (int col = 0; col < C; ++col) {
+                            const QPoint p = v.cellCenter(0, r, col);
+                            const QColor want = colormapColor("viridis", values[r * C + col], lo, hi);
+                            const QColor got = img.pixelColor(p);
+                            if (got.rgb() != want.rgb())
+                                QFAIL(qPrintable(QString("%1 layer %2 cell (%3,%4): pixel %5, colour map %6")
+                                                     .arg(QString::fromStdString(c.view)).arg(layer).arg(r).arg(col)
+                                                     .arg(got.name(), want.name())));
+                            ++checked;
+                        }
+                }
+            }
+        }
+        QVERIFY(checked > 5000);
+    }
+
+    // The routing map uses the Blues map from 0 to 1, columns are the prompt's tokens
+    void routingMapCells() {
+        Session s = Session::open(session_.toStdString());
+        FigureView v;
+        v.resize(1000, 500);
+        ViewRequest req;
+        req.view = "routing-map";
+        req.layer = 2;
+        req.prompt = 3;
+        v.setFigure(buildFigure(s, req));
+        const QImage img = v.grabImage();
+        auto off = s.runPromptOffsets("demo");
+        const auto W = stored(s, "routing_map/demo", "layers/2/weights");
+        const int64_t T = static_cast<int64_t>(s.runTokens("demo").size()), E = 8;
+        for (int64_t e = 0; e < E; ++e)
+            for (int64_t t = off[3]; t < off[4]; ++t) {
+                const QColor want = colormapColor("blues", W[e * T + t], 0.0, 1.0);
+                QCOMPARE(img.pixelColor(v.cellCenter(0, static_cast<int>(e), static_cast<int>(t - off[3]))).rgb(), want.rgb());
+            }
+    }
+
+    // Tooltips show the stored value exactly (the shortest text that reads back as the float32)
+    void tooltipsShowStoredValues() {
+        Session s = Session::open(session_.toStdString());
+        FigureView v;
+        v.resize(900, 640);
+        ViewRequest req;
+        req.view = "weight-similarity";
+        req.layer = 4;
+        req.matrix = "down";
+        v.setFigure(buildFigure(s, req));
+        v.grabImage();
+        const auto values = stored(s, "weight_similarity", "layers/4/down");
+        const auto& labels = s.result("weight_similarity").arrays.at("layers/4/down").attrs.at("labels").strings;
+        const int R = static_cast<int>(labels.size());
+        for (int r = 0; r < R; ++r)
+            for (int c = 0; c < R; ++c) {
+                const QString tip = v.toolTipAt(v.cellCenter(0, r, c));
+                const QString want = QString("expert %1, expert %2: %3 (cosine similarity)")
+                                         .arg(QString::fromStdString(labels[r]), QString::fromStdString(labels[c]))
+                                         .arg(QString::fromStdString(formatFloat(static_cast<float>(values[r * R + c]))));
+                QCOMPARE(tip, want);
+                QCOMPARE(tip.section(": ", 1).section(' ', 0, 0).toFloat(), static_cast<float>(values[r * R + c]));
+            }
+        // the scatter: the point under the cursor
+        req.view = "matrix-pca";
+        req.matrix = "gate";
+        v.setFigure(buildFigure(s, req));
+        v.grabImage();
+        const auto pca = stored(s, "matrix_pca", "layers/4/gate");
+        auto* rect = v.plot()->axisRect(0);
+        const QPoint at(static_cast<int>(rect->axis(QCPAxis::atBottom)->coordToPixel(pca[2 * 3])),
+                        static_cast<int>(rect->axis(QCPAxis::atLeft)->coordToPixel(pca[2 * 3 + 1])));
+        QVERIFY2(v.toolTipAt(v.plot()->mapTo(&v, at)).startsWith("3 - experts: PC1"), qPrintable(v.toolTipAt(at)));
+    }
+
+    // Selecting an expert outlines its row and column in red; clicking a cell selects it
+    void selectionMarksTheExpert() {
+        Session s = Session::open(session_.toStdString());
+        FigureView v;
+        v.resize(900, 640);
+        v.show();
+        QVERIFY(QTest::qWaitForWindowExposed(&v));
+        ViewRequest req;
+        req.view = "router-similarity";
+        req.layer = 1;
+        v.setFigure(buildFigure(s, req));
+        const QImage before = v.grabImage();
+        QSignalSpy spy(&v, &FigureView::expertClicked);
+        QTest::mouseClick(v.plot(), Qt::LeftButton, {}, v.plot()->mapFrom(&v, v.cellCenter(0, 5, 2)));
+        QCOMPARE(spy.count(), 1);
+        QCOMPARE(spy.at(0).at(0).toInt(), 5);
+        v.setSelectedExpert(5);
+        const QImage after = v.grabImage();
+        // the top edge of row 5's band is red, and the image elsewhere is unchanged
+        const QPoint c52 = v.cellCenter(0, 5, 2), c42 = v.cellCenter(0, 4, 2);
+        const int edge = (c52.y() + c42.y()) / 2 + 1;
+        int red = 0;
+        for (int dy = -2; dy <= 2; ++dy)
+            red += after.pixelColor(c52.x(), edge + dy) == QColor(230, 30, 30);
+        QVERIFY(red > 0);
+        QCOMPARE(after.pixelColor(v.cellCenter(0, 1, 1)), before.pixelColor(v.cellCenter(0, 1, 1)));
+        v.setSelectedExpert(-1);
+        QCOMPARE(v.grabImage(), before);
+    }
+
+    // A million points render (as density) and every format exports
+    void millionPointScatter() {
+        Figure f;
+        f.view = "synthetic";
+        f.title = "1M points";
+        Panel p;
+        Series a("a", Series::Style::Scatter);
+        for (int i = 0; i < 1000000; ++i) {
+            a.x.push_back(std::sin(i * 0.001) * (i % 997));
+            a.y.push_back(std::cos(i * 0.0007) * (i % 991));
+        }
+        p.series.push_back(std::move(a));
+        f.panels.push_back(std::move(p));
+        FigureView v;
+        v.resize(800, 600);
+        v.setFigure(f);
+        const QImage img = v.grabImage();
+        int coloured = 0;
+        for (int y = 0; y < img.height(); y += 3)
+            for (int x = 0; x < img.width(); x += 3) coloured += img.pixelColor(x, y).blue() > img.pixelColor(x, y).red() + 20;
+        QVERIFY(coloured > 1000);
+        for (const char* ext : {"png", "svg", "pdf"}) {
+            const QString path = outDir() + "/million." + ext;
+            QString err;
+            QVERIFY2(v.exportTo(path, 800, 600, 96, &err), qPrintable(err));
+            QVERIFY(QFileInfo(path).size() > 1000);
+        }
+        QString err;
+        QVERIFY(!v.exportTo(outDir() + "/x.bmp", 100, 100, 96, &err));
+        QVERIFY(err.contains("unknown export format"));
+    }
+};
+
+QTEST_MAIN(TestFigureView)
+#include "test_figureview.moc"
