@@ -362,7 +362,7 @@ void FigureView::rebuild() {
                     QPen pen(gc, s.emphasised ? 2.5 : 1.8);
                     if (s.dashed) pen.setStyle(Qt::DashLine);
                     graph->setPen(pen);
-                    graph->setScatterStyle(QCPScatterStyle(QCPScatterStyle::ssCircle, gc, Qt::white, 5));
+                    if (s.markers) graph->setScatterStyle(QCPScatterStyle(QCPScatterStyle::ssCircle, gc, Qt::white, 5));
                 } else {
                     graph->setLineStyle(QCPGraph::lsNone);
                     const bool few = s.x.size() < 2000;

@@ -18,6 +18,7 @@
 #include "session/session.h"
 #include "tokenizer/tokenizer.h"
 #include "cli.h"
+#include "workflow.h"
 
 namespace es::cli {
 
@@ -146,21 +147,6 @@ int cmdInfo(const std::vector<std::string>& args) {
     return 0;
 }
 
-// The text of one line of a .jsonl prompt file: a {"text": ...} object, valid UTF-8.
-std::string jsonlText(const std::string& line, const std::string& file, int64_t lineNo) {
-    const std::string where = "line " + std::to_string(lineNo);
-    es::validateUtf8(line, where);
-    nlohmann::json obj;
-    try {
-        obj = nlohmann::json::parse(line);
-    } catch (const nlohmann::json::exception& e) {
-        throw es::Error(std::string("not a JSON object: ") + e.what(), file, where);
-    }
-    if (!obj.is_object() || !obj.contains("text") || !obj["text"].is_string())
-        throw es::Error("expected an object with a string \"text\"", file, where + ".text");
-    return obj["text"].get<std::string>();
-}
-
 nlohmann::ordered_json encodeJson(const es::Tokenizer& tok, const std::string& text, bool special) {
     es::Encoding e = tok.encode(text, special, /*truncateAndPad=*/true);
     nlohmann::ordered_json j;
@@ -209,31 +195,9 @@ int cmdTokenize(const std::vector<std::string>& args) {
     while (std::getline(in, line)) {
         ++n;
         if (line.empty()) continue;
-        std::cout << encodeJson(*tok, jsonlText(line, jsonl, n), special).dump() << "\n";
+        std::cout << encodeJson(*tok, es::jsonlText(line, jsonl, n), special).dump() << "\n";
     }
     return 0;
-}
-
-std::vector<std::string> readPromptFile(const std::string& path) {
-    std::ifstream in(path, std::ios::binary);
-    if (!in) throw es::Error("cannot open", path);
-    const bool jsonl = path.size() > 6 && path.substr(path.size() - 6) == ".jsonl";
-    std::vector<std::string> out;
-    std::string line;
-    int64_t n = 0;
-    while (std::getline(in, line)) {
-        ++n;
-        if (!line.empty() && line.back() == '\r') line.pop_back();
-        if (line.empty()) continue;
-        if (jsonl) {
-            out.push_back(jsonlText(line, path, n));
-        } else {
-            es::validateUtf8(line, "line " + std::to_string(n));
-            out.push_back(line);
-        }
-    }
-    if (out.empty()) throw es::Error("no prompts in the file", path);
-    return out;
 }
 
 int cmdSession(const std::vector<std::string>& args) {
@@ -307,33 +271,6 @@ int cmdSession(const std::vector<std::string>& args) {
     return 0;
 }
 
-es::SessionModel sessionModelOf(const es::Checkpoint& ckpt, const es::ModelSpec& spec) {
-    es::SessionModel sm;
-    sm.modelType = spec.modelType;
-    sm.numLayers = spec.numLayers;
-    sm.numExperts = spec.numExperts;
-    sm.topK = spec.topK;
-    sm.hidden = spec.hidden;
-    sm.configJson = ckpt.config().dump();
-    sm.checkpointPath = ckpt.path();
-    sm.fingerprint = ckpt.fingerprint();
-    return sm;
-}
-
-// Each token's bytes and display piece, for the session (the model's vocabulary can be larger
-// than the tokenizer's: such ids get empty entries).
-void attachTokenText(es::RunTrace& rt, const es::Tokenizer& tok) {
-    for (auto id : rt.tokens) {
-        if (id >= tok.vocabSize()) {
-            rt.tokenBytes.emplace_back();
-            rt.tokenPieces.emplace_back();
-            continue;
-        }
-        rt.tokenBytes.push_back(tok.tokenBytes(id));
-        rt.tokenPieces.push_back(tok.displayPiece(id));
-    }
-}
-
 int parseInt(const std::string& v, const std::string& option) {
     try {
         size_t used = 0;
@@ -358,7 +295,7 @@ int cmdTrace(const std::vector<std::string>& args) {
         if (a == "--token-ids") prompts.push_back(parseIds(value(i)));
         else if (a == "--prompt") texts.push_back(value(i));
         else if (a == "--prompts") {
-            for (auto& t : readPromptFile(value(i))) texts.push_back(t);
+            for (auto& t : es::readPromptFile(value(i))) texts.push_back(t);
         } else if (a == "--device") lo.device = value(i);
         else if (a == "--dtype") lo.dtype = value(i);
         else if (a == "--all-experts") to.allExperts = true;
@@ -391,10 +328,7 @@ int cmdTrace(const std::vector<std::string>& args) {
     std::shared_ptr<es::Tokenizer> tok;
     if (!texts.empty()) {
         tok = es::Tokenizer::load(path);
-        for (size_t i = 0; i < texts.size(); ++i) {
-            es::validateUtf8(texts[i], "prompt " + std::to_string(i));
-            prompts.push_back(tok->encode(texts[i], true).ids);
-        }
+        prompts = es::encodePrompts(*tok, texts);
     } else {
         try {
             tok = es::Tokenizer::load(path);  // pieces for the session when the checkpoint has a tokenizer
@@ -420,8 +354,8 @@ int cmdTrace(const std::vector<std::string>& args) {
     }
     es::RunTrace rt = model->trace(prompts, to);
     rt.promptTexts = texts;
-    if (tok) attachTokenText(rt, *tok);
-    es::appendRun(out, sessionModelOf(*ckpt, spec), run, rt);
+    if (tok) es::attachTokenText(rt, *tok);
+    es::appendRun(out, es::sessionModelOf(*ckpt, spec), run, rt);
     std::cerr << "run '" << run << "': " << prompts.size() << " prompt(s), " << rt.numTokens() << " tokens, "
               << rt.layers.size() << " MoE layers on " << model->device() << " (" << model->dtype()
               << (model->layerStreamed() ? ", layer-streamed" : "") << ") -> " << out << "\n";
@@ -521,7 +455,7 @@ int cmdAnalyze(const std::vector<std::string>& args) {
         ref->spec = std::make_shared<es::ModelSpec>(es::ModelSpec::fromCheckpoint(*ref->ckpt));
         es::checkReference(spec, *ref, analysed);
     }
-    es::Session session = es::openSessionFor(out, sessionModelOf(*ckpt, spec));
+    es::Session session = es::openSessionFor(out, es::sessionModelOf(*ckpt, spec));
 
     std::map<std::string, es::Result> results;
     if (!statics.empty()) {
@@ -553,7 +487,7 @@ int cmdAnalyze(const std::vector<std::string>& args) {
             auto model = es::Model::load(ckpt, spec, lo);
             es::RunTrace rt = model->trace(prompts, {});
             rt.promptTexts = texts;
-            attachTokenText(rt, *tok);
+            es::attachTokenText(rt, *tok);
             stored = rt.layers;
             session.addRun(run, std::move(rt));
         } else {
@@ -562,11 +496,9 @@ int cmdAnalyze(const std::vector<std::string>& args) {
             const es::RunInfo info = session.runInfo(run);
             lo.device = device.empty() ? info.device : device;
             lo.dtype = dtype.empty() ? info.dtype : dtype;
-            const auto tokens = session.runTokens(run);
-            const auto offsets = session.runPromptOffsets(run);
-            for (size_t p = 0; p + 1 < offsets.size(); ++p)
-                prompts.emplace_back(tokens.begin() + offsets[p], tokens.begin() + offsets[p + 1]);
-            for (int l : info.moeLayers) stored.push_back(session.runLayer(run, l));
+            es::RunInputs in = es::runInputs(session, run);
+            prompts = std::move(in.prompts);
+            stored = std::move(in.stored);
         }
         es::DynamicOptions dopt;
         dopt.analyses = dynamics;

@@ -1,60 +1,222 @@
 #include "mainwindow.h"
 
+#include <QApplication>
+#include <QCheckBox>
+#include <QCloseEvent>
+#include <QComboBox>
+#include <QDialog>
+#include <QDialogButtonBox>
 #include <QDockWidget>
 #include <QFileDialog>
+#include <QFileInfo>
+#include <QFormLayout>
+#include <QHeaderView>
 #include <QLabel>
+#include <QListWidget>
 #include <QMenuBar>
 #include <QMessageBox>
+#include <QPushButton>
+#include <QSettings>
+#include <QSpinBox>
 #include <QStackedWidget>
+#include <QTabBar>
+#include <QTabWidget>
+#include <QTableWidget>
 #include <QTreeWidget>
+#include <QVBoxLayout>
+#include <nlohmann/json.hpp>
 
-#include "analysis/similarity.h"
+#include "analysis/analysis.h"
 #include "checkpoint/checkpoint.h"
 #include "demo.h"
 #include "error.h"
-#include "heatmapview.h"
+#include "figureview.h"
+#include "jobs.h"
 #include "model/spec.h"
+#include "promptspanel.h"
 #include "session/session.h"
+#include "viewpane.h"
+#include "workflow.h"
 
 namespace es {
 
+namespace {
+QString q(const std::string& s) { return QString::fromStdString(s); }
+
+QSettings settings() { return QSettings("ExpertScope", "ExpertScope"); }
+
+constexpr int64_t kSmallExpertFfn = 2048;
+
+// A dense model for the F rows, checked against the MoE it serves; none for an empty path.
+std::shared_ptr<Reference> loadReference(const QString& path, const Checkpoint& moe, const ModelSpec& spec) {
+    if (path.isEmpty()) return nullptr;
+    auto ref = std::make_shared<Reference>();
+    ref->ckpt = Checkpoint::open(path.toStdString());
+    ref->spec = std::make_shared<ModelSpec>(ModelSpec::fromCheckpoint(*ref->ckpt));
+    checkReference(spec, *ref, analysisLayers(spec, {}, moe.path()));
+    return ref;
+}
+
+struct PaneDef {
+    const char* id;
+    const char* title;
+    std::vector<ViewPane::Mode> modes;
+};
+
+std::vector<PaneDef> paneDefs() {
+    return {
+        {"similarity", "Expert similarity",
+         {{"Weights (S1)", "weight-similarity"},
+          {"Mean neurons (S2)", "neuron-mean-similarity"},
+          {"Reordered neurons (S3)", "neuron-reordering"},
+          {"Router rows (S4)", "router-similarity"}}},
+        {"router", "Router vs weights", {{"Scatter (S5)", "router-vs-weights"}, {"r² per layer (S5)", "router-weight-r2"}}},
+        {"pca", "PCA", {{"Experts (S6)", "matrix-pca"}, {"Neurons (S7)", "neuron-pca"}}},
+        {"norms", "Norms vs scores",
+         {{"Scatter (D2)", "norms-vs-scores"}, {"Rank counts (D2)", "rank-counts"}, {"Top-1 vs max norm (D2)", "top1-max-norm"}}},
+        {"diversity", "Diversity", {{"Per layer", "diversity"}, {"Output similarity (D1)", "output-similarity"}}},
+        {"routing", "Routing", {{"Routing map (D4)", "routing-map"}, {"Routing text", "routing-text"}, {"Expert load", "expert-load"}}},
+        {"activations", "Gate activations", {{"Gate activations (D3)", "gate-activations"}}},
+    };
+}
+}  // namespace
+
 MainWindow::MainWindow(QWidget* parent) : QMainWindow(parent) {
     setWindowTitle("ExpertScope");
-    resize(1200, 800);
-    auto* file = menuBar()->addMenu("&File");
-    file->addAction("&Open checkpoint...", QKeySequence::Open, this, &MainWindow::chooseCheckpoint);
-    file->addAction("Open &session...", this, &MainWindow::chooseSession);
-    file->addAction("Open &demo model", this, &MainWindow::openDemo);
-    file->addSeparator();
-    file->addAction("&Quit", QKeySequence::Quit, this, &QWidget::close);
+    resize(1400, 900);
+    jobs_ = new JobManager(this);
 
+    // central area: the start page, or the views as movable tabs
+    central_ = new QStackedWidget;
+    buildStartPage();
+    tabs_ = new QTabWidget;
+    tabs_->setMovable(true);
+    tabs_->setDocumentMode(true);
+    for (auto& d : paneDefs()) {
+        auto* p = new ViewPane(d.id, d.title, d.modes);
+        panes_.push_back(p);
+        tabs_->addTab(p, d.title);
+        connect(p, &ViewPane::expertClicked, this, &MainWindow::selectExpert);
+        connect(p, &ViewPane::tokenClicked, this, [this, p](qint64 t) { selectToken(currentRunOf(p), t); });
+        connect(p, &ViewPane::changed, this, [this] { dirty_ = dirty_ || session_ != nullptr; });
+    }
+    central_->addWidget(start_);
+    central_->addWidget(tabs_);
+    setCentralWidget(central_);
+
+    // docks
+    auto dock = [this](const QString& title, const QString& name, QWidget* w, Qt::DockWidgetArea area) {
+        auto* d = new QDockWidget(title, this);
+        d->setObjectName(name);
+        d->setWidget(w);
+        addDockWidget(area, d);
+        return d;
+    };
     tree_ = new QTreeWidget;
     tree_->setHeaderLabels({"Property", "Value"});
-    auto* dock = new QDockWidget("Model", this);
-    dock->setObjectName("ModelDock");
-    dock->setWidget(tree_);
-    addDockWidget(Qt::LeftDockWidgetArea, dock);
+    auto* modelDock = dock("Model", "ModelDock", tree_, Qt::LeftDockWidgetArea);
+    prompts_ = new PromptsPanel;
+    auto* promptsDock = dock("Prompts", "PromptsDock", prompts_, Qt::LeftDockWidgetArea);
+    jobsPanel_ = new JobsPanel(jobs_);
+    auto* jobsDock = dock("Jobs", "JobsDock", jobsPanel_, Qt::BottomDockWidgetArea);
+    route_ = new QTableWidget(0, 2);
+    route_->setHorizontalHeaderLabels({"layer", "experts (weights)"});
+    route_->horizontalHeader()->setStretchLastSection(true);
+    route_->verticalHeader()->hide();
+    route_->setEditTriggers(QAbstractItemView::NoEditTriggers);
+    auto* routeDock = dock("Token route", "RouteDock", route_, Qt::BottomDockWidgetArea);
+    tabifyDockWidget(jobsDock, routeDock);
+    jobsDock->raise();
+    resizeDocks({modelDock, promptsDock}, {300, 300}, Qt::Horizontal);
+    resizeDocks({modelDock, promptsDock}, {260, 420}, Qt::Vertical);
+    resizeDocks({jobsDock}, {130}, Qt::Vertical);
+    routeDock_ = routeDock;
+    connect(prompts_, &PromptsPanel::runRequested, this,
+            [this](const QStringList& ps, const QString& dev, const QString& dt) { runPrompts(ps, dev, dt); });
+    connect(prompts_, &PromptsPanel::error, this, &MainWindow::showError);
+    connect(prompts_, &PromptsPanel::promptsChanged, this, [this] { dirty_ = session_ != nullptr; });
+    connect(jobs_, &JobManager::finished, this, [this](int, bool ok, const QString& err) {
+        if (!ok && err != "cancelled") showError("A job failed", err);
+    });
 
-    start_ = new QLabel(
-        "<h2>ExpertScope</h2><p>Look inside Mixture-of-Experts language models.</p>"
-        "<p>File &rarr; Open checkpoint... opens a HuggingFace checkpoint directory or a .safetensors file.</p>");
-    start_->setAlignment(Qt::AlignCenter);
-    heatmap_ = new HeatmapView;
-    central_ = new QStackedWidget;
-    central_->addWidget(start_);
-    central_->addWidget(heatmap_);
-    setCentralWidget(central_);
+    // menus
+    auto* file = menuBar()->addMenu("&File");
+    file->addAction("&Open checkpoint...", QKeySequence::Open, this, &MainWindow::chooseCheckpoint);
+    file->addAction("Open &reference model...", this, &MainWindow::chooseReference);
+    file->addAction("Open &session...", this, &MainWindow::chooseSession);
+    file->addAction("Open &demo model", this, &MainWindow::openDemo);
+    recentMenu_ = file->addMenu("&Recent");
+    file->addSeparator();
+    file->addAction("&Save", QKeySequence::Save, this, &MainWindow::save);
+    file->addAction("Save &as...", QKeySequence::SaveAs, this, &MainWindow::saveAs);
+    file->addAction("&Export view...", QKeySequence("Ctrl+E"), this, &MainWindow::exportDialog);
+    file->addSeparator();
+    file->addAction("&Quit", QKeySequence::Quit, this, &QWidget::close);
+    auto* view = menuBar()->addMenu("&View");
+    for (auto* d : {modelDock, promptsDock, jobsDock, routeDock}) view->addAction(d->toggleViewAction());
+    view->addAction("Start page", this, [this] { central_->setCurrentWidget(start_); });
+    view->addAction("Views", this, [this] { central_->setCurrentWidget(tabs_); });
+
+    // the layout the user left (docks and window); the tab order comes with each session
+    auto st = settings();
+    restoreGeometry(st.value("window/geometry").toByteArray());
+    restoreState(st.value("window/state").toByteArray());
+    updateRecent();
+    for (auto* p : panes_) p->setSession(nullptr);
 }
 
-void MainWindow::chooseCheckpoint() {
-    QString dir = QFileDialog::getExistingDirectory(this, "Open checkpoint directory");
-    if (!dir.isEmpty()) openCheckpoint(dir);
+MainWindow::~MainWindow() {
+    jobs_->cancelAll();
+    jobs_->waitForIdle(60000);
 }
 
-void MainWindow::chooseSession() {
-    QString f = QFileDialog::getOpenFileName(this, "Open session", QString(), "ExpertScope sessions (*.h5 *.hdf5);;All files (*)");
-    if (!f.isEmpty()) openSession(f);
+void MainWindow::buildStartPage() {
+    start_ = new QWidget;
+    auto* lay = new QVBoxLayout(start_);
+    lay->addStretch(1);
+    auto* title = new QLabel(
+        "<h1>ExpertScope</h1><p>Look inside Mixture-of-Experts language models: expert similarity, router "
+        "choices against expert output norms, layer diversity and routing maps.</p>");
+    title->setAlignment(Qt::AlignCenter);
+    title->setWordWrap(true);
+    lay->addWidget(title);
+    auto* row = new QHBoxLayout;
+    row->addStretch(1);
+    auto* demo = new QPushButton("Open the demo model");
+    demo->setObjectName("startDemo");
+    auto* ck = new QPushButton("Open checkpoint...");
+    auto* se = new QPushButton("Open session...");
+    for (auto* b : {demo, ck, se}) row->addWidget(b);
+    row->addStretch(1);
+    lay->addLayout(row);
+    connect(demo, &QPushButton::clicked, this, &MainWindow::openDemo);
+    connect(ck, &QPushButton::clicked, this, &MainWindow::chooseCheckpoint);
+    connect(se, &QPushButton::clicked, this, &MainWindow::chooseSession);
+    auto* rl = new QLabel("<b>Recent sessions</b>");
+    rl->setAlignment(Qt::AlignCenter);
+    lay->addWidget(rl);
+    recentList_ = new QListWidget;
+    recentList_->setObjectName("recentSessions");
+    recentList_->setMaximumWidth(700);
+    recentList_->setMaximumHeight(200);
+    auto* rrow = new QHBoxLayout;
+    rrow->addStretch(1);
+    rrow->addWidget(recentList_, 3);
+    rrow->addStretch(1);
+    lay->addLayout(rrow);
+    connect(recentList_, &QListWidget::itemActivated, this, [this](QListWidgetItem* it) { openSession(it->text()); });
+    lay->addStretch(2);
 }
+
+bool MainWindow::isStartPageShown() const { return central_->currentWidget() == start_; }
+
+ViewPane* MainWindow::pane(const QString& id) const {
+    for (auto* p : panes_)
+        if (p->id() == id) return p;
+    return nullptr;
+}
+
+QString MainWindow::sessionPath() const { return session_ ? q(session_->path()) : QString(); }
 
 void MainWindow::showError(const QString& title, const QString& message) {
     lastError_ = message;
@@ -63,45 +225,212 @@ void MainWindow::showError(const QString& title, const QString& message) {
     box->open();
 }
 
-bool MainWindow::openSession(const QString& path) {
-    const std::string err = checkSessionInChild(path.toStdString());
-    if (!err.empty()) {
-        showError("Cannot open session", QString::fromStdString(err));
+void MainWindow::chooseCheckpoint() {
+    QString dir = QFileDialog::getExistingDirectory(this, "Open checkpoint directory");
+    if (!dir.isEmpty()) openCheckpoint(dir);
+}
+
+void MainWindow::chooseReference() {
+    QString dir = QFileDialog::getExistingDirectory(this, "Open a dense reference model (the F rows)");
+    if (!dir.isEmpty()) openReference(dir);
+}
+
+void MainWindow::chooseSession() {
+    QString f = QFileDialog::getOpenFileName(this, "Open session", QString(), "ExpertScope sessions (*.h5 *.hdf5);;All files (*)");
+    if (!f.isEmpty()) openSession(f);
+}
+
+void MainWindow::save() {
+    if (!session_) return;
+    if (session_->path().empty()) saveAs();
+    else saveSession(sessionPath());
+}
+
+void MainWindow::saveAs() {
+    if (!session_) return;
+    QString f = QFileDialog::getSaveFileName(this, "Save session", QString(), "ExpertScope sessions (*.h5)");
+    if (f.isEmpty()) return;
+    if (!f.endsWith(".h5") && !f.endsWith(".hdf5")) f += ".h5";
+    saveSession(f);
+}
+
+void MainWindow::setSession(std::unique_ptr<Session> s) {
+    jobs_->cancelAll();
+    jobs_->waitForIdle(60000);  // a job's results belong to the session it was started for
+    session_ = std::move(s);
+    route_->setRowCount(0);
+    for (auto* p : panes_) p->setSession(session_.get());
+    central_->setCurrentWidget(session_ ? static_cast<QWidget*>(tabs_) : start_);
+    dirty_ = false;
+}
+
+void MainWindow::fillModelTree() {
+    tree_->clear();
+    auto add = [&](QTreeWidgetItem* parent, const QString& k, const QString& v) {
+        return parent ? new QTreeWidgetItem(parent, {k, v}) : new QTreeWidgetItem(tree_, {k, v});
+    };
+    if (spec_ && ckpt_) {
+        const ModelSpec& s = *spec_;
+        add(nullptr, "Path", q(ckpt_->path()));
+        add(nullptr, "Architecture", q(s.modelType));
+        add(nullptr, "Layers", QString::number(s.numLayers));
+        add(nullptr, "Hidden size", QString::number(s.hidden));
+        add(nullptr, "Experts", QString::number(s.numExperts));
+        add(nullptr, "Top-k", QString::number(s.topK));
+        add(nullptr, "Router", q(s.router.describe()));
+        add(nullptr, "Parameters", QString("%1 total, %2 active").arg(s.totalParams).arg(s.activeParams));
+        add(nullptr, "Weights dtype", q(s.dtype));
+        if (ref_) add(nullptr, "Reference (F)", q(ref_->ckpt->path()));
+        auto* layers = add(nullptr, "Layer list", "");
+        for (int l = 0; l < s.numLayers; ++l) add(layers, QString("layer %1").arg(l), s.layers[l].moe ? "MoE" : "dense");
+    } else if (session_) {
+        const SessionModel& m = session_->model();
+        add(nullptr, "Architecture", q(m.modelType));
+        add(nullptr, "Layers", QString::number(m.numLayers));
+        add(nullptr, "Hidden size", QString::number(m.hidden));
+        add(nullptr, "Experts", QString::number(m.numExperts));
+        add(nullptr, "Top-k", QString::number(m.topK));
+        add(nullptr, "Checkpoint", q(m.checkpointPath) + (ckpt_ ? "" : " (not found: runs are read-only)"));
+    }
+    if (session_) {
+        add(nullptr, "Session", session_->path().empty() ? QString("(not saved)") : q(session_->path()));
+        auto* runs = add(nullptr, "Runs", QString::number(session_->runNames().size()));
+        for (auto& n : session_->runNames()) {
+            RunInfo r = session_->runInfo(n);
+            add(runs, q(n), QString("%1 tokens, %2 prompts, %3 MoE layers, %4 %5")
+                               .arg(r.numTokens).arg(r.numPrompts).arg(r.moeLayers.size()).arg(q(r.device), q(r.dtype)));
+        }
+        auto* results = add(nullptr, "Results", QString::number(session_->resultIds().size()));
+        for (auto& id : session_->resultIds()) add(results, q(id), q(session_->result(id).kind));
+    }
+    tree_->expandToDepth(0);
+    tree_->resizeColumnToContents(0);
+}
+
+bool MainWindow::openCheckpoint(const QString& path, const QString& referencePath) {
+    try {
+        auto ckpt = Checkpoint::open(path.toStdString());
+        auto spec = std::make_shared<ModelSpec>(ModelSpec::fromCheckpoint(*ckpt));
+        std::shared_ptr<Reference> ref = loadReference(referencePath, *ckpt, *spec);
+        auto s = std::make_unique<Session>(Session::create(sessionModelOf(*ckpt, *spec)));
+        ckpt_ = std::move(ckpt);
+        spec_ = std::move(spec);
+        ref_ = std::move(ref);
+        setSession(std::move(s));
+        prompts_->setPrompts({});
+        prompts_->setRunEnabled(true);
+        fillModelTree();
+        setWindowTitle("ExpertScope - " + q(ckpt_->path()));
+        lastError_.clear();
+        startStaticAnalyses();
+        return true;
+    } catch (const std::exception& e) {
+        showError("Cannot open checkpoint", q(e.what()));
+        return false;
+    }
+}
+
+bool MainWindow::openReference(const QString& path) {
+    if (!ckpt_ || !spec_) {
+        showError("No checkpoint", "Open an MoE checkpoint first; the reference is a dense model beside it.");
         return false;
     }
     try {
-        Session s = Session::open(path.toStdString());
-        const SessionModel& m = s.model();
-        tree_->clear();
-        auto add = [&](QTreeWidgetItem* parent, const QString& k, const QString& v) {
-            return parent ? new QTreeWidgetItem(parent, {k, v}) : new QTreeWidgetItem(tree_, {k, v});
-        };
-        add(nullptr, "Session", QString::fromStdString(s.path()));
-        add(nullptr, "Architecture", QString::fromStdString(m.modelType));
-        add(nullptr, "Layers", QString::number(m.numLayers));
-        add(nullptr, "Experts", QString::number(m.numExperts));
-        add(nullptr, "Top-k", QString::number(m.topK));
-        add(nullptr, "Checkpoint", QString::fromStdString(m.checkpointPath));
-        auto* runs = add(nullptr, "Runs", QString::number(s.runNames().size()));
-        for (auto& n : s.runNames()) {
-            RunInfo r = s.runInfo(n);
-            add(runs, QString::fromStdString(n), QString("%1 tokens, %2 prompts, %3 MoE layers")
-                                                    .arg(r.numTokens).arg(r.numPrompts).arg(r.moeLayers.size()));
-        }
-        auto* results = add(nullptr, "Results", QString::number(s.resultIds().size()));
-        for (auto& id : s.resultIds()) add(results, QString::fromStdString(id), QString::fromStdString(s.result(id).kind));
-        add(nullptr, "Views", QString::number(s.viewIds().size()));
-        add(nullptr, "Notes", QString::number(s.notes().size()));
-        tree_->expandAll();
-        tree_->resizeColumnToContents(0);
-        central_->setCurrentWidget(start_);
-        setWindowTitle("ExpertScope - " + QString::fromStdString(s.path()));
-        lastError_.clear();
+        ref_ = loadReference(path, *ckpt_, *spec_);
+        fillModelTree();
+        startStaticAnalyses();
         return true;
     } catch (const std::exception& e) {
-        showError("Cannot open session", QString::fromStdString(e.what()));
+        showError("Cannot use the reference model", q(e.what()));
         return false;
     }
+}
+
+void MainWindow::startStaticAnalyses() {
+    if (!ckpt_ || !spec_ || spec_->moeLayers().empty()) return;
+    auto ckpt = ckpt_;
+    auto spec = spec_;
+    auto ref = ref_;
+    const Session* target = session_.get();
+    jobs_->submit("Static analyses", [this, ckpt, spec, ref, target](JobContext& ctx) -> JobLand {
+        StaticOptions so;
+        // S3 and S7 (neuron matching, neuron PCA) are cheap for small experts and slow for
+        // large ones: run them on their own there (expertscope-cli analyze --static S3,S7)
+        so.analyses = parseStaticList(spec->expertFfn <= kSmallExpertFfn ? "all" : "default");
+        so.layers = analysisLayers(*spec, {}, ckpt->path());
+        so.progress = ctx.progress;
+        so.cancel = ctx.cancel;
+        auto results = std::make_shared<std::map<std::string, Result>>(staticAnalyses(*ckpt, *spec, ref.get(), so));
+        return [this, results, target] {
+            if (session_.get() != target) return;  // another session was opened meanwhile
+            for (auto& [id, r] : *results) session_->putResult(id, std::move(r));
+            dirty_ = true;
+            refreshViews();
+        };
+    });
+}
+
+bool MainWindow::runPrompts(const QStringList& prompts, const QString& device, const QString& dtype) {
+    if (!session_ || !ckpt_ || !spec_) {
+        showError("Cannot run prompts",
+                  session_ ? "The session's checkpoint was not found where it was (" + q(session_->model().checkpointPath) +
+                                 "); open the checkpoint to run prompts."
+                           : "Open a checkpoint first.");
+        return false;
+    }
+    std::string name;
+    do name = "run" + std::to_string(runCounter_++);
+    while (session_->hasRun(name));
+    std::vector<std::string> texts;
+    for (auto& p : prompts) texts.push_back(p.toStdString());
+    auto ckpt = ckpt_;
+    auto spec = spec_;
+    auto ref = ref_;
+    const Session* target = session_.get();
+    const std::string dev = device.toStdString(), dt = dtype.toStdString();
+    jobs_->submit(QString("Run %1 prompt(s) as %2").arg(prompts.size()).arg(q(name)),
+                  [this, ckpt, spec, ref, target, texts, name, dev, dt](JobContext& ctx) -> JobLand {
+                      LoadOptions lo;
+                      lo.device = dev;
+                      lo.dtype = dt;
+                      TraceOptions to;
+                      to.progress = [&ctx](double f, const std::string& w) { ctx.progress(0.3 * f, "trace: " + w); };
+                      to.cancel = ctx.cancel;
+                      auto rt = std::make_shared<RunTrace>(traceTexts(ckpt, *spec, texts, lo, to));
+                      if (spec->moeLayers().empty()) {
+                          return [this, rt, name, target] {
+                              if (session_.get() != target) return;
+                              session_->addRun(name, std::move(*rt));
+                              dirty_ = true;
+                              refreshViews();
+                          };
+                      }
+                      std::vector<std::vector<int64_t>> ids;
+                      for (size_t p = 0; p + 1 < rt->promptOffsets.size(); ++p)
+                          ids.emplace_back(rt->tokens.begin() + rt->promptOffsets[p], rt->tokens.begin() + rt->promptOffsets[p + 1]);
+                      DynamicOptions dopt;
+                      dopt.analyses = parseDynamicList("all");
+                      dopt.layers = analysisLayers(*spec, {}, ckpt->path());
+                      dopt.device = dev;
+                      dopt.dtype = dt;
+                      dopt.progress = [&ctx](double f, const std::string& w) { ctx.progress(0.3 + 0.7 * f, "analyses: " + w); };
+                      dopt.cancel = ctx.cancel;
+                      auto results = std::make_shared<std::map<std::string, Result>>(
+                          dynamicAnalyses(ckpt, *spec, ref.get(), name, ids, rt->layers, dopt));
+                      return [this, rt, results, name, target] {
+                          if (session_.get() != target) return;
+                          session_->addRun(name, std::move(*rt));
+                          for (auto& [id, r] : *results) session_->putResult(id, std::move(r));
+                          dirty_ = true;
+                          refreshViews();
+                      };
+                  });
+    return true;
+}
+
+void MainWindow::refreshViews() {
+    for (auto* p : panes_) p->refresh();
+    fillModelTree();
 }
 
 bool MainWindow::openDemo() {
@@ -112,52 +441,233 @@ bool MainWindow::openDemo() {
                   "set EXPERTSCOPE_DEMO_DIR to a directory holding moe/config.json.");
         return false;
     }
-    return openCheckpoint(QString::fromStdString(dir + "/moe"));
+    const QString ref = QFileInfo::exists(q(dir + "/dense/config.json")) ? q(dir + "/dense") : QString();
+    if (!openCheckpoint(q(dir + "/moe"), ref)) return false;
+    const QString prompts = q(dir + "/prompts.jsonl");
+    if (QFileInfo::exists(prompts)) {
+        const QString err = prompts_->importFile(prompts);
+        if (!err.isEmpty()) {
+            showError("Cannot read the demo prompts", err);
+            return false;
+        }
+        runPrompts(prompts_->prompts());
+    }
+    dirty_ = false;
+    return true;
 }
 
-bool MainWindow::openCheckpoint(const QString& path) {
+bool MainWindow::openSession(const QString& path) {
+    const std::string err = checkSessionInChild(path.toStdString());
+    if (!err.empty()) {
+        showError("Cannot open session", q(err));
+        return false;
+    }
     try {
-        auto ckpt = Checkpoint::open(path.toStdString());
-        ModelSpec s = ModelSpec::fromCheckpoint(*ckpt);
-        tree_->clear();
-        auto add = [&](const QString& k, const QString& v) { new QTreeWidgetItem(tree_, {k, v}); };
-        add("Path", QString::fromStdString(ckpt->path()));
-        add("Architecture", QString::fromStdString(s.modelType));
-        add("Layers", QString::number(s.numLayers));
-        add("Hidden size", QString::number(s.hidden));
-        add("Experts", QString::number(s.numExperts));
-        add("Top-k", QString::number(s.topK));
-        add("Router", QString::fromStdString(s.router.describe()));
-        add("Parameters", QString("%1 total, %2 active").arg(s.totalParams).arg(s.activeParams));
-        add("Weights dtype", QString::fromStdString(s.dtype));
-        auto* layers = new QTreeWidgetItem(tree_, {"Layer list", ""});
-        for (int l = 0; l < s.numLayers; ++l)
-            new QTreeWidgetItem(layers, {QString("layer %1").arg(l), s.layers[l].moe ? "MoE" : "dense"});
-        tree_->expandAll();
-        tree_->resizeColumnToContents(0);
-
-        // Router rows of the first MoE layer, cosine similarity: a first look at the model.
-        auto moe = s.moeLayers();
-        if (!moe.empty()) {
-            const int E = static_cast<int>(s.numExperts);
-            HeatmapData hd;
-            hd.rows = hd.cols = E;
-            hd.values = routerRowCosine(*ckpt, s, moe.front());
-            for (int e = 0; e < E; ++e) hd.rowLabels << QString::number(e), hd.colLabels << QString::number(e);
-            hd.title = QString("Router-row cosine similarity, layer %1").arg(moe.front());
-            hd.valueLabel = "cosine";
-            heatmap_->setData(hd);
-            central_->setCurrentWidget(heatmap_);
-        } else {
-            central_->setCurrentWidget(start_);
+        auto s = std::make_unique<Session>(Session::open(path.toStdString()));
+        // the checkpoint, where it still is, lets the user run more prompts
+        std::shared_ptr<Checkpoint> ckpt;
+        std::shared_ptr<ModelSpec> spec;
+        try {
+            ckpt = Checkpoint::open(s->locateCheckpoint());
+            spec = std::make_shared<ModelSpec>(ModelSpec::fromCheckpoint(*ckpt));
+        } catch (const std::exception&) {
+            ckpt.reset();
+            spec.reset();
         }
-        setWindowTitle("ExpertScope - " + QString::fromStdString(ckpt->path()));
+        ckpt_ = ckpt;
+        spec_ = spec;
+        ref_.reset();
+        QStringList ps;
+        for (auto& p : s->prompts()) ps << q(p);
+        setSession(std::move(s));
+        prompts_->setPrompts(ps);
+        prompts_->setRunEnabled(ckpt_ != nullptr);
+        restoreViewStates();
+        fillModelTree();
+        setWindowTitle("ExpertScope - " + path);
+        addRecent(QFileInfo(path).absoluteFilePath());
+        dirty_ = false;
         lastError_.clear();
         return true;
     } catch (const std::exception& e) {
-        showError("Cannot open checkpoint", QString::fromStdString(e.what()));
+        showError("Cannot open session", q(e.what()));
         return false;
     }
+}
+
+void MainWindow::restoreViewStates() {
+    for (auto* p : panes_) p->restoreState(session_->viewState(p->id().toStdString()));
+    nlohmann::json w = nlohmann::json::parse(session_->viewState("window"), nullptr, false);
+    if (w.is_object() && w.contains("order") && w["order"].is_array()) {
+        int to = 0;
+        for (auto& id : w["order"]) {
+            if (!id.is_string()) continue;
+            ViewPane* p = pane(q(id.get<std::string>()));
+            if (!p) continue;
+            const int from = tabs_->indexOf(p);
+            if (from >= 0 && from != to) tabs_->tabBar()->moveTab(from, to);
+            ++to;
+        }
+    }
+    if (w.is_object() && w.contains("current") && w["current"].is_string())
+        if (ViewPane* p = pane(q(w["current"].get<std::string>()))) tabs_->setCurrentWidget(p);
+}
+
+bool MainWindow::saveSession(const QString& path) {
+    if (!session_) return false;
+    try {
+        nlohmann::json order = nlohmann::json::array();
+        for (int i = 0; i < tabs_->count(); ++i) order.push_back(static_cast<ViewPane*>(tabs_->widget(i))->id().toStdString());
+        auto* cur = static_cast<ViewPane*>(tabs_->currentWidget());
+        session_->setViewState("window", nlohmann::json{{"order", order}, {"current", cur ? cur->id().toStdString() : ""}}.dump());
+        for (auto* p : panes_) session_->setViewState(p->id().toStdString(), p->stateJson());
+        std::vector<std::string> ps;
+        for (auto& p : prompts_->prompts()) ps.push_back(p.toStdString());
+        session_->setPrompts(ps);
+        session_->save(path.toStdString());
+        addRecent(QFileInfo(path).absoluteFilePath());
+        setWindowTitle("ExpertScope - " + path);
+        fillModelTree();
+        dirty_ = false;
+        lastError_.clear();
+        return true;
+    } catch (const std::exception& e) {
+        showError("Cannot save the session", q(e.what()));
+        return false;
+    }
+}
+
+bool MainWindow::exportView(const QString& paneId, const QString& path, int width, int height, double dpi, bool allLayers) {
+    ViewPane* p = pane(paneId);
+    if (!p) {
+        showError("Cannot export", "no view '" + paneId + "'");
+        return false;
+    }
+    QString err;
+    if (!p->exportTo(path, width, height, dpi, allLayers, &err)) {
+        showError("Cannot export", err);
+        return false;
+    }
+    return true;
+}
+
+void MainWindow::exportDialog() {
+    auto* p = qobject_cast<ViewPane*>(tabs_->currentWidget());
+    if (!session_ || !p || !p->hasFigure()) {
+        showError("Nothing to export", "The current view shows no figure yet.");
+        return;
+    }
+    QDialog d(this);
+    d.setWindowTitle("Export " + p->title());
+    auto* form = new QFormLayout(&d);
+    auto* fmt = new QComboBox;
+    fmt->addItems({"PNG image (*.png)", "JPEG image (*.jpg)", "PDF, vector (*.pdf)", "SVG, vector (*.svg)", "Data as CSV (*.csv)"});
+    auto* w = new QSpinBox;
+    w->setRange(100, 20000);
+    w->setValue(std::max(800, p->figureView()->width()));
+    auto* h = new QSpinBox;
+    h->setRange(100, 20000);
+    h->setValue(std::max(500, p->figureView()->height()));
+    auto* dpi = new QSpinBox;
+    dpi->setRange(50, 1200);
+    dpi->setValue(150);
+    auto* all = new QCheckBox("Every layer (one file each)");
+    all->setEnabled(!p->layers().empty());
+    form->addRow("Format", fmt);
+    form->addRow("Width (px)", w);
+    form->addRow("Height (px)", h);
+    form->addRow("Resolution (DPI)", dpi);
+    form->addRow(all);
+    auto* buttons = new QDialogButtonBox(QDialogButtonBox::Ok | QDialogButtonBox::Cancel);
+    form->addRow(buttons);
+    connect(buttons, &QDialogButtonBox::accepted, &d, &QDialog::accept);
+    connect(buttons, &QDialogButtonBox::rejected, &d, &QDialog::reject);
+    if (d.exec() != QDialog::Accepted) return;
+    static const char* exts[] = {"png", "jpg", "pdf", "svg", "csv"};
+    const QString ext = exts[fmt->currentIndex()];
+    QString f = QFileDialog::getSaveFileName(this, "Export to", p->id() + "." + ext, fmt->currentText());
+    if (f.isEmpty()) return;
+    if (QFileInfo(f).suffix().toLower() != ext) f += "." + ext;
+    exportView(p->id(), f, w->value(), h->value(), dpi->value(), all->isChecked());
+}
+
+QString MainWindow::currentRunOf(ViewPane* p) const {
+    const std::string r = p->request().run;
+    if (!r.empty()) return q(r);
+    return session_ && !session_->runNames().empty() ? q(session_->runNames().front()) : QString();
+}
+
+void MainWindow::selectExpert(int expert) {
+    for (auto* p : panes_) p->figureView()->setSelectedExpert(expert);
+}
+
+void MainWindow::selectToken(const QString& run, qint64 token) {
+    for (auto* p : panes_) p->figureView()->setSelectedToken(token);
+    route_->setRowCount(0);
+    routeDock_->raise();
+    if (!session_ || run.isEmpty() || !session_->hasRun(run.toStdString())) return;
+    const std::string r = run.toStdString();
+    const RunInfo info = session_->runInfo(r);
+    if (token < 0 || token >= info.numTokens) return;
+    const auto pieces = session_->runTokenPieces(r);
+    route_->setHorizontalHeaderLabels(
+        {"layer", QString("experts (weights) of token %1%2").arg(token).arg(
+                      token < static_cast<qint64>(pieces.size()) ? " '" + q(pieces[token]) + "'" : QString())});
+    for (int l : info.moeLayers) {
+        const LayerTrace lt = session_->runLayer(r, l);
+        QStringList parts;
+        for (int64_t j = 0; j < lt.topK; ++j)
+            parts << QString("%1 (%2)").arg(lt.topkExperts[token * lt.topK + j]).arg(lt.topkWeights[token * lt.topK + j], 0, 'f', 3);
+        const int row = route_->rowCount();
+        route_->insertRow(row);
+        route_->setItem(row, 0, new QTableWidgetItem(QString::number(l)));
+        route_->setItem(row, 1, new QTableWidgetItem(parts.join(", ")));
+    }
+}
+
+void MainWindow::addRecent(const QString& path) {
+    auto st = settings();
+    QStringList r = st.value("recentSessions").toStringList();
+    r.removeAll(path);
+    r.prepend(path);
+    while (r.size() > 10) r.removeLast();
+    st.setValue("recentSessions", r);
+    updateRecent();
+}
+
+void MainWindow::updateRecent() {
+    const QStringList r = settings().value("recentSessions").toStringList();
+    recentMenu_->clear();
+    recentList_->clear();
+    for (auto& f : r) {
+        recentMenu_->addAction(f, this, [this, f] { openSession(f); });
+        recentList_->addItem(f);
+    }
+    recentMenu_->setEnabled(!r.isEmpty());
+}
+
+void MainWindow::closeEvent(QCloseEvent* e) {
+    if (dirty_ && session_ && isVisible() && qEnvironmentVariableIsEmpty("EXPERTSCOPE_NO_SAVE_PROMPT")) {
+        const auto b = QMessageBox::question(this, "Unsaved session", "Save the session before closing?",
+                                             QMessageBox::Save | QMessageBox::Discard | QMessageBox::Cancel);
+        if (b == QMessageBox::Cancel) {
+            e->ignore();
+            return;
+        }
+        if (b == QMessageBox::Save) {
+            save();
+            if (dirty_) {
+                e->ignore();
+                return;
+            }
+        }
+    }
+    auto st = settings();
+    st.setValue("window/geometry", saveGeometry());
+    st.setValue("window/state", saveState());
+    jobs_->cancelAll();
+    jobs_->waitForIdle(60000);
+    QMainWindow::closeEvent(e);
 }
 
 }  // namespace es

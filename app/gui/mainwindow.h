@@ -1,45 +1,119 @@
 #pragma once
-// The ExpertScope main window. This first version opens checkpoints and shows the model's
-// structure; the analysis views arrive with the GUI issue.
+// The ExpertScope main window: a start page; docks Model, Prompts, Jobs and Token route; the
+// views as rearrangeable tabs (app/gui/viewpane); File menu with Open checkpoint / reference /
+// session / demo, Recent, Save, Save as, Export. Loading, analyses and runs are jobs on a worker
+// thread (app/gui/jobs): the GUI thread never blocks on the engine, and results land in the
+// session on the GUI thread.
 #include <QMainWindow>
 #include <QString>
+#include <QStringList>
+#include <memory>
+#include <vector>
 
+class QDockWidget;
 class QLabel;
-class QTreeWidget;
+class QListWidget;
 class QStackedWidget;
+class QTabWidget;
+class QTableWidget;
+class QTreeWidget;
 
 namespace es {
-class HeatmapView;
+
+class Checkpoint;
+class JobManager;
+class JobsPanel;
+class PromptsPanel;
+class Session;
+class ViewPane;
+struct ModelSpec;
+struct Reference;
 
 class MainWindow : public QMainWindow {
     Q_OBJECT
 public:
     explicit MainWindow(QWidget* parent = nullptr);
-    // Opens a checkpoint directory or .safetensors file. On bad input shows an error dialog that
-    // names the file and the field, and returns false; the window stays usable.
-    bool openCheckpoint(const QString& path);
-    // Opens a session file. The file is first read completely in a child process, so that a
-    // damaged file that would crash the HDF5 library cannot take the application down; any
-    // problem is shown in a dialog naming the file and the path inside it.
+    ~MainWindow() override;
+
+    // Opens a checkpoint directory or .safetensors file (and a dense reference model for the F
+    // rows) into a new session and starts the static analyses in the background. On bad input
+    // shows an error dialog that names the file and the field and returns false.
+    bool openCheckpoint(const QString& path, const QString& referencePath = {});
+    // Sets (or, empty, clears) the dense reference of the open checkpoint; reruns the analyses.
+    bool openReference(const QString& path);
+    // Opens a session file (checked completely in a child process first, so that a damaged file
+    // cannot take the application down) and restores its views' state and prompts.
     bool openSession(const QString& path);
-    // Opens the demo MoE that ships with the app (es::demoDirectory()); an error dialog when it
-    // is not installed.
+    // The demo MoE with its dense reference and sample prompts: static analyses, then the
+    // prompts run, in the background.
     bool openDemo();
+    // Runs prompts through the open checkpoint (a job: trace, then the dynamic analyses).
+    bool runPrompts(const QStringList& prompts, const QString& device = "cpu", const QString& dtype = "float32");
+    // Saves the session (with every view's state, the prompts and the window layout).
+    bool saveSession(const QString& path);
+    // Exports a pane's current view (see ViewPane::exportTo).
+    bool exportView(const QString& paneId, const QString& path, int width, int height, double dpi = 96,
+                    bool allLayers = false);
+
+    // Linked selection: an expert highlighted in every view; a token's route through all layers.
+    void selectExpert(int expert);
+    void selectToken(const QString& run, qint64 token);
+
     QString lastError() const { return lastError_; }
     QTreeWidget* modelTree() const { return tree_; }
-    HeatmapView* heatmap() const { return heatmap_; }
+    QTableWidget* tokenRoute() const { return route_; }
+    QTabWidget* tabs() const { return tabs_; }
+    PromptsPanel* promptsPanel() const { return prompts_; }
+    JobManager* jobs() const { return jobs_; }
+    JobsPanel* jobsPanel() const { return jobsPanel_; }
+    const std::vector<ViewPane*>& panes() const { return panes_; }
+    ViewPane* pane(const QString& id) const;
+    const Session* session() const { return session_.get(); }
+    QString sessionPath() const;
+    bool isStartPageShown() const;
+
+protected:
+    void closeEvent(QCloseEvent* e) override;
 
 private Q_SLOTS:
     void chooseCheckpoint();
+    void chooseReference();
     void chooseSession();
+    void save();
+    void saveAs();
+    void exportDialog();
 
 private:
-    QTreeWidget* tree_;
-    QStackedWidget* central_;
-    QLabel* start_;
-    HeatmapView* heatmap_;
-    QString lastError_;
+    void buildStartPage();
+    void setSession(std::unique_ptr<Session> s);
+    void fillModelTree();
+    void startStaticAnalyses();
+    void refreshViews();
+    void restoreViewStates();
+    void addRecent(const QString& path);
+    void updateRecent();
     void showError(const QString& title, const QString& message);
+    QString currentRunOf(ViewPane* p) const;
+
+    JobManager* jobs_;
+    JobsPanel* jobsPanel_;
+    PromptsPanel* prompts_;
+    QTreeWidget* tree_;
+    QTableWidget* route_;
+    QDockWidget* routeDock_;
+    QTabWidget* tabs_;
+    QStackedWidget* central_;
+    QWidget* start_;
+    QListWidget* recentList_;
+    QMenu* recentMenu_;
+    std::vector<ViewPane*> panes_;
+    std::unique_ptr<Session> session_;
+    std::shared_ptr<Checkpoint> ckpt_;
+    std::shared_ptr<ModelSpec> spec_;
+    std::shared_ptr<Reference> ref_;
+    QString lastError_;
+    bool dirty_ = false;
+    int runCounter_ = 0;
 };
 
 }  // namespace es

@@ -108,6 +108,8 @@ int runtimeThreads() { return torch::get_num_threads(); }
 
 bool cudaAvailable() { return torch::cuda::is_available(); }
 
+int cudaDeviceCount() { return torch::cuda::is_available() ? static_cast<int>(torch::cuda::device_count()) : 0; }
+
 Model::Model() : d_(std::make_unique<Impl>()) {}
 Model::~Model() = default;
 const ModelSpec& Model::spec() const { return d_->spec; }

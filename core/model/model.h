@@ -32,6 +32,7 @@ struct TraceOptions {
 void initRuntime(int threads = 0);
 int runtimeThreads();
 bool cudaAvailable();
+int cudaDeviceCount();  // 0 without CUDA
 
 class Model {
 public:

@@ -39,6 +39,7 @@ struct Series {
     int groups = 0;                        // number of groups (the colour map is spread over them)
     int color = -1;                        // palette index; -1: the series' position
     bool dashed = false, emphasised = false;
+    bool markers = true;  // lines: a marker at each point
     double barWidth = 0.8;
 };
 

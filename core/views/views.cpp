@@ -269,8 +269,11 @@ Figure routerVsWeights(const Session& s, const ViewRequest& req) {
     }
     p.series.push_back(std::move(pts));
     const double a = slope.v[li * 3 + mcol], b = intercept.v[li * 3 + mcol];
-    if (Q > 0 && std::isfinite(a) && std::isfinite(b))
-        p.series.push_back(Series{"least squares", Series::Style::Line, {xmin, xmax}, {b + a * xmin, b + a * xmax}});
+    if (Q > 0 && std::isfinite(a) && std::isfinite(b)) {
+        Series fit{"least squares", Series::Style::Line, {xmin, xmax}, {b + a * xmin, b + a * xmax}};
+        fit.markers = false;
+        p.series.push_back(std::move(fit));
+    }
     f.panels.push_back(std::move(p));
     return f;
 }

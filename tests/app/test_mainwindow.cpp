@@ -1,63 +1,111 @@
+// The main window driven as a user would, with no display: open a checkpoint (static analyses
+// run in the background), run prompts, switch views and layers, select an expert and a token,
+// export every view in every format, save, reopen, and find every view as it was.
+#include <QComboBox>
 #include <QDir>
 #include <QMessageBox>
+#include <QPlainTextEdit>
+#include <QPushButton>
+#include <QSignalSpy>
+#include <QSlider>
+#include <QTabBar>
+#include <QTabWidget>
+#include <QTableWidget>
 #include <QTemporaryDir>
 #include <QTreeWidget>
 #include <QtTest>
+#include <qcustomplot.h>
 
 #include "../core/tiny_checkpoint.h"
 #include "analysis/similarity.h"
 #include "checkpoint/checkpoint.h"
 #include "demo.h"
-#include "heatmapview.h"
+#include "figureview.h"
+#include "jobs.h"
 #include "mainwindow.h"
 #include "model/spec.h"
+#include "promptspanel.h"
 #include "session/session.h"
+#include "viewpane.h"
+#include "views/figure.h"
 
 using namespace es;
 
+namespace {
+QString outDir() {
+    QString d = qEnvironmentVariable("ES_TEST_OUTPUT", QDir::tempPath() + "/expertscope-test-output");
+    QDir().mkpath(d);
+    return d;
+}
+constexpr int kJobTimeoutMs = 600000;
+}  // namespace
+
 class TestMainWindow : public QObject {
     Q_OBJECT
+    QTemporaryDir config_;
+
 private Q_SLOTS:
-    void opensCheckpointAndShowsRouterSimilarity() {
+    void initTestCase() {
+        // the recent list and window layout go to a throw-away settings directory
+        qputenv("XDG_CONFIG_HOME", config_.path().toUtf8());
+        qputenv("EXPERTSCOPE_NO_SAVE_PROMPT", "1");
+    }
+
+    void opensCheckpointAndAnalysesInTheBackground() {
         QTemporaryDir dir;
         test::TinyMixtral m;
         m.write(dir.path().toStdString());
         MainWindow w;
         w.show();
         QVERIFY(QTest::qWaitForWindowExposed(&w));
+        QVERIFY(w.isStartPageShown());
         QVERIFY2(w.openCheckpoint(dir.path()), qPrintable(w.lastError()));
+        QVERIFY(!w.isStartPageShown());
         auto items = w.modelTree()->findItems("Architecture", Qt::MatchExactly);
         QCOMPARE(items.size(), 1);
         QCOMPARE(items[0]->text(1), QString("mixtral"));
-        const auto& hd = w.heatmap()->data();
-        QCOMPARE(hd.rows, m.experts);
+        QVERIFY(w.jobs()->waitForIdle(kJobTimeoutMs));
+        QVERIFY(w.lastError().isEmpty());
+        // the router-row similarity shown is the engine's routerRowCosine of the checkpoint
+        ViewPane* sim = w.pane("similarity");
+        sim->setMode("router-similarity");
+        QVERIFY(sim->hasFigure());
         auto ck = Checkpoint::open(dir.path().toStdString());
-        auto expect = routerRowCosine(*ck, ModelSpec::fromCheckpoint(*ck), 0);
-        QCOMPARE(hd.values, expect);
-        QString out = qEnvironmentVariable("ES_TEST_OUTPUT", QDir::tempPath());
-        QDir().mkpath(out);
-        QVERIFY(w.grab().save(out + "/mainwindow.png"));
+        const ModelSpec spec = ModelSpec::fromCheckpoint(*ck);
+        const auto expect = routerRowCosine(*ck, spec, spec.moeLayers().front());
+        const auto& h = sim->figureView()->figure().panels.at(0).heatmap;
+        QCOMPARE(h.rows, static_cast<int64_t>(m.experts));
+        for (size_t i = 0; i < expect.size(); ++i) QVERIFY(std::abs(h.values[i] - expect[i]) < 1e-6);
     }
 
-    // With no argument the app opens the demo MoE that ships in resources/demo (found from the
-    // build tree here; the installed copy is checked by tests/resources/test_demo.py).
+    // With no argument the app opens the demo MoE (with its dense reference and sample prompts)
     void opensTheDemoModel() {
         const QString dir = QString::fromStdString(demoDirectory());
         QVERIFY2(!dir.isEmpty(), "demoDirectory() found no resources/demo");
         MainWindow w;
+        w.resize(1400, 900);
         w.show();
         QVERIFY(QTest::qWaitForWindowExposed(&w));
         QVERIFY2(w.openDemo(), qPrintable(w.lastError()));
-        auto items = w.modelTree()->findItems("Architecture", Qt::MatchExactly);
-        QCOMPARE(items.size(), 1);
-        QCOMPARE(items[0]->text(1), QString("mixtral"));
-        auto ck = Checkpoint::open((dir + "/moe").toStdString());
-        ModelSpec spec = ModelSpec::fromCheckpoint(*ck);
-        QCOMPARE(w.heatmap()->data().rows, static_cast<int>(spec.numExperts));
-        QCOMPARE(w.heatmap()->data().values, routerRowCosine(*ck, spec, 0));
-        QString out = qEnvironmentVariable("ES_TEST_OUTPUT", QDir::tempPath());
-        QDir().mkpath(out);
-        QVERIFY(w.grab().save(out + "/mainwindow-demo.png"));
+        QCOMPARE(w.modelTree()->findItems("Architecture", Qt::MatchExactly).at(0)->text(1), QString("mixtral"));
+        QVERIFY(!w.modelTree()->findItems("Reference (F)", Qt::MatchExactly).isEmpty());
+        QVERIFY(w.promptsPanel()->prompts().size() >= 10);
+        QVERIFY(w.jobs()->waitForIdle(kJobTimeoutMs));
+        QVERIFY2(w.lastError().isEmpty(), qPrintable(w.lastError()));
+        // every view of every pane has its figure once the jobs are done
+        for (ViewPane* p : w.panes())
+            for (auto& v : p->modeViews()) {
+                p->setMode(v);
+                QVERIFY2(p->hasFigure(), qPrintable(QString::fromStdString(v)));
+            }
+        // screenshots of the window on each pane (docs/screenshots, see README)
+        for (ViewPane* p : w.panes()) p->setMode(p->modeViews().front());
+        for (ViewPane* p : w.panes()) {
+            w.tabs()->setCurrentWidget(p);
+            QVERIFY(w.grab().save(outDir() + "/window-" + p->id() + ".png"));
+        }
+        w.tabs()->setCurrentWidget(w.pane("similarity"));
+        QVERIFY(w.grab().save(outDir() + "/mainwindow-demo.png"));
 
         // $EXPERTSCOPE_DEMO_DIR comes first when it holds a demo; a directory without one is not
         // taken for one
@@ -72,6 +120,148 @@ private Q_SLOTS:
         qputenv("EXPERTSCOPE_DEMO_DIR", empty.path().toUtf8());
         QCOMPARE(QString::fromStdString(demoDirectory()), dir);
         qunsetenv("EXPERTSCOPE_DEMO_DIR");
+    }
+
+    // The whole round: run a prompt, views and layers, selection, export, save, reopen
+    void runSelectExportSaveReopen() {
+        const QString demo = QString::fromStdString(demoDirectory());
+        QTemporaryDir tmp;
+        MainWindow w;
+        w.resize(1400, 900);
+        w.show();
+        QVERIFY(QTest::qWaitForWindowExposed(&w));
+        QVERIFY(w.openCheckpoint(demo + "/moe", demo + "/dense"));
+        // a prompt typed into the Prompts panel and run from its button
+        w.promptsPanel()->editor()->setPlainText("The quick brown fox jumps over the lazy dog.");
+        QTest::mouseClick(w.promptsPanel()->runButton(), Qt::LeftButton);
+        QVERIFY(!w.jobs()->idle());
+        QVERIFY(w.jobs()->waitForIdle(kJobTimeoutMs));
+        QVERIFY2(w.lastError().isEmpty(), qPrintable(w.lastError()));
+        const Session* s = w.session();
+        QCOMPARE(s->runNames(), std::vector<std::string>{"run0"});
+        QCOMPARE(w.promptsPanel()->prompts(), QStringList{"The quick brown fox jumps over the lazy dog."});
+
+        // every view, every layer: a figure of that layer
+        for (ViewPane* p : w.panes())
+            for (auto& v : p->modeViews()) {
+                p->setMode(v);
+                QVERIFY2(p->hasFigure(), qPrintable(QString::fromStdString(v)));
+                for (int l : p->layers()) {
+                    p->setLayer(l);
+                    QCOMPARE(p->request().layer, l);
+                    const std::string& title = p->figureView()->figure().title;
+                    if (v != "expert-load")
+                        QVERIFY2(title.find("layer " + std::to_string(l)) != std::string::npos, title.c_str());
+                }
+            }
+
+        // selecting an expert in one view highlights it in all of them
+        ViewPane* sim = w.pane("similarity");
+        sim->setMode("weight-similarity");
+        sim->setLayer(3);
+        w.tabs()->setCurrentWidget(sim);
+        FigureView* fv = sim->figureView();
+        QTest::mouseClick(fv->plot(), Qt::LeftButton, {}, fv->plot()->mapFrom(fv, fv->cellCenter(0, 6, 2)));
+        for (ViewPane* p : w.panes()) QCOMPARE(p->figureView()->selectedExpert(), 6);
+
+        // selecting a token shows its route through every MoE layer (the stored top-k)
+        ViewPane* routing = w.pane("routing");
+        routing->setMode("routing-map");
+        routing->setLayer(2);
+        w.tabs()->setCurrentWidget(routing);
+        FigureView* rv = routing->figureView();
+        QTest::mouseClick(rv->plot(), Qt::LeftButton, {}, rv->plot()->mapFrom(rv, rv->cellCenter(0, 0, 4)));
+        QCOMPARE(rv->selectedToken(), qint64(4));
+        for (ViewPane* p : w.panes()) QCOMPARE(p->figureView()->selectedExpert(), 0);  // the cell's expert
+        QTableWidget* route = w.tokenRoute();
+        const RunInfo info = s->runInfo("run0");
+        QCOMPARE(route->rowCount(), static_cast<int>(info.moeLayers.size()));
+        for (int r = 0; r < route->rowCount(); ++r) {
+            const LayerTrace lt = s->runLayer("run0", info.moeLayers[r]);
+            QCOMPARE(route->item(r, 0)->text().toInt(), info.moeLayers[r]);
+            QVERIFY(route->item(r, 1)->text().startsWith(QString::number(lt.topkExperts[4 * lt.topK]) + " ("));
+        }
+
+        // every view exports in every format; each CSV is the figure's data
+        for (ViewPane* p : w.panes())
+            for (auto& v : p->modeViews()) {
+                p->setMode(v);
+                for (const char* ext : {"png", "jpg", "pdf", "svg", "csv"}) {
+                    const QString f = tmp.filePath(QString::fromStdString(v) + "." + ext);
+                    QVERIFY2(w.exportView(p->id(), f, 900, 600, 120), qPrintable(w.lastError()));
+                    QVERIFY2(QFileInfo(f).size() > 100, qPrintable(f));
+                    if (QString(ext) == "csv") {
+                        QFile c(f);
+                        QVERIFY(c.open(QIODevice::ReadOnly));
+                        QCOMPARE(c.readAll().toStdString(), figureCsv(p->figureView()->figure()));
+                    } else if (QString(ext) == "png") {
+                        QImage img(f);
+                        QCOMPARE(img.size(), QSize(900, 600));
+                        QCOMPARE(img.dotsPerMeterX(), static_cast<int>(std::lround(120 / 0.0254)));
+                    }
+                }
+            }
+        // and every layer of a per-layer view at once
+        sim->setMode("router-similarity");
+        QVERIFY(w.exportView("similarity", tmp.filePath("router.png"), 600, 600, 96, true));
+        for (int l : sim->layers()) QVERIFY(QFileInfo::exists(tmp.filePath(QString("router-layer%1.png").arg(l))));
+
+        // a state worth restoring: other views, layers, options, selection, tab order
+        sim->setMode("neuron-mean-similarity");
+        sim->setOption("matrix", "down");
+        sim->setOption("scale", "global");
+        sim->setLayer(4);
+        w.pane("norms")->setMode("rank-counts");
+        w.pane("norms")->setOption("measure", "all");
+        routing->setMode("routing-text");
+        routing->setLayer(5);
+        w.pane("diversity")->setMode("output-similarity");
+        w.pane("diversity")->setOption("measure", "per-token");
+        w.pane("diversity")->setToken(3);
+        w.tabs()->tabBar()->moveTab(w.tabs()->indexOf(w.pane("routing")), 0);
+        w.tabs()->setCurrentWidget(w.pane("pca"));
+        w.selectExpert(6);
+        std::map<QString, std::string> states;
+        for (ViewPane* p : w.panes()) states[p->id()] = p->stateJson();
+        const QString path = tmp.filePath("round.h5");
+        QVERIFY2(w.saveSession(path), qPrintable(w.lastError()));
+
+        MainWindow w2;
+        w2.resize(1400, 900);
+        w2.show();
+        QVERIFY2(w2.openSession(path), qPrintable(w2.lastError()));
+        for (ViewPane* p : w2.panes()) {
+            QCOMPARE(p->stateJson(), states[p->id()]);
+            QVERIFY(p->hasFigure());
+        }
+        QCOMPARE(static_cast<ViewPane*>(w2.tabs()->widget(0))->id(), QString("routing"));
+        QCOMPARE(static_cast<ViewPane*>(w2.tabs()->currentWidget())->id(), QString("pca"));
+        QCOMPARE(w2.promptsPanel()->prompts(), w.promptsPanel()->prompts());
+        QCOMPARE(w2.pane("similarity")->figureView()->figure().csvRows, sim->figureView()->figure().csvRows);
+        QCOMPARE(w2.pane("similarity")->figureView()->selectedExpert(), 6);
+        // the checkpoint was found again: more prompts can run into the reopened session
+        QVERIFY(w2.runPrompts({"Ein zweiter Lauf."}));
+        QVERIFY(w2.jobs()->waitForIdle(kJobTimeoutMs));
+        QCOMPARE(w2.session()->runNames().size(), size_t(2));
+    }
+
+    // Cancel stops a running job; nothing half-done lands in the session
+    void cancelLeavesTheSessionAsItWas() {
+        const QString demo = QString::fromStdString(demoDirectory());
+        MainWindow w;
+        QVERIFY(w.openCheckpoint(demo + "/moe"));
+        QVERIFY(w.jobs()->waitForIdle(kJobTimeoutMs));
+        QStringList many;
+        for (int i = 0; i < 200; ++i) many << QString("Prompt number %1 with a few more words to route.").arg(i);
+        QSignalSpy done(w.jobs(), &JobManager::finished);
+        QVERIFY(w.runPrompts(many));
+        w.jobs()->cancelAll();
+        QVERIFY(w.jobs()->waitForIdle(kJobTimeoutMs));
+        QCOMPARE(done.count(), 1);
+        QCOMPARE(done.at(0).at(1).toBool(), false);
+        QCOMPARE(done.at(0).at(2).toString(), QString("cancelled"));
+        QVERIFY(w.session()->runNames().empty());
+        QVERIFY(w.lastError().isEmpty());  // a cancelled job is no error
     }
 
     void badCheckpointShowsDialogNamingFileAndField() {
@@ -125,6 +315,11 @@ private Q_SLOTS:
         w.show();
         QVERIFY2(w.openSession(QString::fromStdString(good)), qPrintable(w.lastError()));
         QCOMPARE(w.modelTree()->findItems("Runs", Qt::MatchExactly).at(0)->child(0)->text(0), QString("r0"));
+        // the routing text needs only the run: it shows; the checkpoint is gone, so Run is off
+        ViewPane* routing = w.pane("routing");
+        routing->setMode("routing-text");
+        QVERIFY(routing->hasFigure());
+        QVERIFY(!w.promptsPanel()->runButton()->isEnabled());
 
         // a damaged copy: every byte after the first kilobyte flipped
         QFile in(QString::fromStdString(good));

@@ -50,7 +50,7 @@ private Q_SLOTS:
         session_ = outDir() + "/figureview-demo.h5";
         QFile::remove(session_);
         QVERIFY(runCli({"trace", demo + "/moe", "--prompts", demo + "/prompts.jsonl", "--run", "demo", "--out", session_}));
-        QVERIFY(runCli({"analyze", demo + "/moe", "--run", "demo", "--static", "S1,S2,S4,S5,S6", "--dynamic", "all",
+        QVERIFY(runCli({"analyze", demo + "/moe", "--run", "demo", "--static", "all", "--dynamic", "all",
                         "--reference", demo + "/dense", "--out", session_}));
     }
 
@@ -193,6 +193,55 @@ private Q_SLOTS:
         QCOMPARE(after.pixelColor(v.cellCenter(0, 1, 1)), before.pixelColor(v.cellCenter(0, 1, 1)));
         v.setSelectedExpert(-1);
         QCOMPARE(v.grabImage(), before);
+    }
+
+    // QGIS-style render checks: each view of the demo session, drawn at 800 x 500, against its
+    // control image in tests/data/controls. A pixel differs when a channel differs by more than
+    // 48; at most 0.5% of the pixels may. The test never writes a control: a person refreshes
+    // them with tests/widgets/update_controls.sh after looking at the new renders.
+    void renderChecksAgainstControlImages() {
+        Session s = Session::open(session_.toStdString());
+        const QString renders = outDir() + "/render";
+        QDir().mkpath(renders);
+        const QString controls = QStringLiteral(EXPERTSCOPE_SOURCE_DIR) + "/tests/data/controls";
+        QStringList failures;
+        int compared = 0;
+        for (auto& info : availableViews(s)) {
+            ViewRequest req;
+            req.view = info.name;
+            if (info.perLayer) req.layer = info.layers.at(info.layers.size() / 2);
+            FigureView v;
+            v.resize(800, 500);
+            v.setFigure(buildFigure(s, req));
+            const QString name = QString::fromStdString(info.name) + ".png";
+            QString err;
+            QVERIFY2(v.exportTo(renders + "/" + name, 800, 500, 96, &err), qPrintable(err));
+            const QImage got = QImage(renders + "/" + name).convertToFormat(QImage::Format_RGB32);
+            const QImage want = QImage(controls + "/" + name).convertToFormat(QImage::Format_RGB32);
+            if (want.isNull()) {
+                failures << name + ": no control image (tests/widgets/update_controls.sh makes it)";
+                continue;
+            }
+            if (want.size() != got.size()) {
+                failures << name + ": size differs from the control";
+                continue;
+            }
+            int64_t differ = 0;
+            for (int y = 0; y < got.height(); ++y) {
+                auto* a = reinterpret_cast<const QRgb*>(got.constScanLine(y));
+                auto* b = reinterpret_cast<const QRgb*>(want.constScanLine(y));
+                for (int x = 0; x < got.width(); ++x) {
+                    const int d = std::max({std::abs(qRed(a[x]) - qRed(b[x])), std::abs(qGreen(a[x]) - qGreen(b[x])),
+                                            std::abs(qBlue(a[x]) - qBlue(b[x]))});
+                    differ += d > 48;
+                }
+            }
+            const double share = static_cast<double>(differ) / (got.width() * got.height());
+            if (share > 0.005) failures << QString("%1: %2% of the pixels differ from the control").arg(name).arg(100 * share, 0, 'f', 2);
+            ++compared;
+        }
+        QVERIFY2(failures.isEmpty(), qPrintable(failures.join("\n") + "\nrenders in " + renders));
+        QCOMPARE(compared, 17);
     }
 
     // A million points render (as density) and every format exports

@@ -1,0 +1,43 @@
+#pragma once
+// The Prompts dock: an editor, the session's prompt list (import from a text or JSONL file), and
+// Run with a device and a compute dtype.
+#include <QStringList>
+#include <QWidget>
+
+class QComboBox;
+class QListWidget;
+class QPlainTextEdit;
+class QPushButton;
+
+namespace es {
+
+class PromptsPanel : public QWidget {
+    Q_OBJECT
+public:
+    explicit PromptsPanel(QWidget* parent = nullptr);
+    QStringList prompts() const;
+    void setPrompts(const QStringList& prompts);
+    // Adds the prompts of a .jsonl ({"text": ...} per line) or text file (one per line); an
+    // error (naming the file and the line) is returned, and nothing is added.
+    QString importFile(const QString& path);
+    void setDevice(const QString& device);
+    QString device() const;
+    QString dtype() const;
+    void setRunEnabled(bool on);
+    QPushButton* runButton() const { return run_; }
+    QPlainTextEdit* editor() const { return editor_; }
+
+Q_SIGNALS:
+    // the selected prompts (all when none is selected)
+    void runRequested(const QStringList& prompts, const QString& device, const QString& dtype);
+    void promptsChanged();
+    void error(const QString& title, const QString& message);
+
+private:
+    QPlainTextEdit* editor_;
+    QListWidget* list_;
+    QComboBox *device_, *dtype_;
+    QPushButton* run_;
+};
+
+}  // namespace es

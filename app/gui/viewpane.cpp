@@ -1,0 +1,334 @@
+#include "viewpane.h"
+
+#include <QComboBox>
+#include <QFileInfo>
+#include <QHBoxLayout>
+#include <QLabel>
+#include <QSlider>
+#include <QSpinBox>
+#include <QStackedWidget>
+#include <QVBoxLayout>
+#include <algorithm>
+#include <nlohmann/json.hpp>
+
+#include "figureview.h"
+#include "session/session.h"
+
+namespace es {
+
+namespace {
+QString q(const std::string& s) { return QString::fromStdString(s); }
+
+// The views whose colour range can be per layer or global.
+bool hasScale(const std::string& v) {
+    return v == "weight-similarity" || v == "neuron-mean-similarity" || v == "neuron-reordering" ||
+           v == "router-similarity" || v == "output-similarity" || v == "gate-activations";
+}
+
+void fillCombo(QComboBox* c, const std::vector<std::string>& items) {
+    const QString keep = c->currentText();
+    c->clear();
+    for (auto& i : items) c->addItem(q(i));
+    const int at = c->findText(keep);
+    if (at >= 0) c->setCurrentIndex(at);
+}
+}  // namespace
+
+ViewPane::ViewPane(const QString& id, const QString& title, std::vector<Mode> modes, QWidget* parent)
+    : QWidget(parent), id_(id), title_(title), modes_(std::move(modes)) {
+    setObjectName("pane-" + id);
+    auto* outer = new QVBoxLayout(this);
+    outer->setContentsMargins(4, 4, 4, 4);
+    auto* bar = new QHBoxLayout;
+    outer->addLayout(bar);
+    auto labelled = [&](const QString& text, QWidget* w) {
+        auto* l = new QLabel(text);
+        l->setBuddy(w);
+        bar->addWidget(l);
+        bar->addWidget(w);
+        w->setProperty("caption", QVariant::fromValue(static_cast<QObject*>(l)));
+    };
+    mode_ = new QComboBox;
+    mode_->setObjectName("mode");
+    for (auto& m : modes_) mode_->addItem(m.label, q(m.view));
+    if (modes_.size() > 1) labelled("View", mode_);
+    else mode_->hide();
+    layer_ = new QSlider(Qt::Horizontal);
+    layer_->setObjectName("layer");
+    layer_->setMinimumWidth(140);
+    layer_->setPageStep(1);
+    layerLabel_ = new QLabel;
+    layerLabel_->setMinimumWidth(60);
+    bar->addWidget(layerLabel_);
+    bar->addWidget(layer_);
+    matrix_ = new QComboBox;
+    matrix_->setObjectName("matrix");
+    labelled("Matrix", matrix_);
+    measure_ = new QComboBox;
+    measure_->setObjectName("measure");
+    labelled("Measure", measure_);
+    run_ = new QComboBox;
+    run_->setObjectName("run");
+    labelled("Run", run_);
+    prompt_ = new QSpinBox;
+    prompt_->setObjectName("prompt");
+    labelled("Prompt", prompt_);
+    token_ = new QSpinBox;
+    token_->setObjectName("token");
+    labelled("Token", token_);
+    scale_ = new QComboBox;
+    scale_->setObjectName("scale");
+    scale_->addItem("per layer", "layer");
+    scale_->addItem("global", "global");
+    scale_->setToolTip("Colour range: this layer's values, or all layers' (as the paper shows both)");
+    labelled("Colours", scale_);
+    bar->addStretch(1);
+
+    stack_ = new QStackedWidget;
+    message_ = new QLabel;
+    message_->setAlignment(Qt::AlignCenter);
+    message_->setWordWrap(true);
+    message_->setObjectName("message");
+    view_ = new FigureView;
+    stack_->addWidget(message_);
+    stack_->addWidget(view_);
+    outer->addWidget(stack_, 1);
+    connect(view_, &FigureView::expertClicked, this, &ViewPane::expertClicked);
+    connect(view_, &FigureView::tokenClicked, this, &ViewPane::tokenClicked);
+
+    auto changedControl = [this] {
+        if (updating_) return;
+        redraw();
+    };
+    connect(mode_, qOverload<int>(&QComboBox::currentIndexChanged), this, [this] {
+        if (updating_) return;
+        rebuildControls();
+        redraw();
+    });
+    connect(layer_, &QSlider::valueChanged, this, changedControl);
+    for (QComboBox* c : {matrix_, measure_, scale_}) connect(c, qOverload<int>(&QComboBox::currentIndexChanged), this, changedControl);
+    connect(run_, qOverload<int>(&QComboBox::currentIndexChanged), this, [this] {
+        if (updating_) return;
+        rebuildControls();
+        redraw();
+    });
+    connect(prompt_, qOverload<int>(&QSpinBox::valueChanged), this, changedControl);
+    connect(token_, qOverload<int>(&QSpinBox::valueChanged), this, changedControl);
+    rebuildControls();
+    redraw();
+}
+
+void ViewPane::setSession(const Session* s) {
+    session_ = s;
+    refresh();
+}
+
+void ViewPane::refresh() {
+    infos_ = session_ ? availableViews(*session_) : std::vector<ViewInfo>{};
+    rebuildControls();
+    redraw();
+}
+
+const ViewInfo* ViewPane::info() const {
+    const std::string v = currentView();
+    for (auto& i : infos_)
+        if (i.name == v) return &i;
+    return nullptr;
+}
+
+std::string ViewPane::currentView() const { return mode_->currentData().toString().toStdString(); }
+
+std::vector<std::string> ViewPane::modeViews() const {
+    std::vector<std::string> out;
+    for (auto& m : modes_) out.push_back(m.view);
+    return out;
+}
+
+std::vector<int> ViewPane::layers() const {
+    const ViewInfo* i = info();
+    return i && i->perLayer ? i->layers : std::vector<int>{};
+}
+
+void ViewPane::rebuildControls() {
+    updating_ = true;
+    const ViewInfo* i = info();
+    auto show = [](QWidget* w, bool on) {
+        w->setVisible(on);
+        if (auto* cap = qobject_cast<QWidget*>(w->property("caption").value<QObject*>())) cap->setVisible(on);
+    };
+    const bool perLayer = i && i->perLayer && !i->layers.empty();
+    const QVariant drawn = layer_->property("layerValue");
+    const int wantLayer = pendingLayer_ >= 0 ? pendingLayer_ : drawn.isValid() ? drawn.toInt() : -1;
+    if (perLayer) {
+        layer_->setRange(0, static_cast<int>(i->layers.size()) - 1);
+        auto it = std::find(i->layers.begin(), i->layers.end(), wantLayer);
+        layer_->setValue(it == i->layers.end() ? 0 : static_cast<int>(it - i->layers.begin()));
+        pendingLayer_ = -1;
+    }
+    show(layer_, perLayer);
+    layerLabel_->setVisible(perLayer);
+    fillCombo(matrix_, i ? i->matrices : std::vector<std::string>{});
+    show(matrix_, i && i->matrices.size() > 1);
+    fillCombo(measure_, i ? i->measures : std::vector<std::string>{});
+    show(measure_, i && !i->measures.empty());
+    fillCombo(run_, i ? i->runs : std::vector<std::string>{});
+    show(run_, i && i->perRun && !i->runs.empty());
+    int prompts = 0;
+    if (i && i->perPrompt && session_ && !run_->currentText().isEmpty() && session_->hasRun(run_->currentText().toStdString()))
+        prompts = static_cast<int>(session_->runPromptOffsets(run_->currentText().toStdString()).size()) - 1;
+    prompt_->setRange(0, std::max(0, prompts - 1));
+    show(prompt_, i && i->perPrompt);
+    int tokens = 0;
+    if (i && i->perToken && session_ && !run_->currentText().isEmpty()) {
+        // the stored first tokens of the run's per-token arrays
+        for (auto& id : session_->resultIds())
+            if (id == "gate_activations/" + run_->currentText().toStdString() ||
+                id == "output_similarity/" + run_->currentText().toStdString())
+                for (auto& [name, a] : session_->result(id).arrays)
+                    if (!a.shape.empty() && (name.ends_with("/experts") || name.ends_with("/per_token_cosine")))
+                        tokens = std::max<int>(tokens, static_cast<int>(a.shape[0]));
+    }
+    token_->setRange(0, std::max(0, tokens - 1));
+    show(token_, i && i->perToken && (currentView() == "gate-activations" || measure_->currentText() == "per-token"));
+    show(scale_, hasScale(currentView()));
+    updating_ = false;
+}
+
+ViewRequest ViewPane::request() const {
+    ViewRequest r;
+    r.view = currentView();
+    const ViewInfo* i = info();
+    if (i && i->perLayer && !i->layers.empty()) r.layer = i->layers[static_cast<size_t>(std::clamp(layer_->value(), 0, static_cast<int>(i->layers.size()) - 1))];
+    r.matrix = matrix_->currentText().toStdString();
+    r.measure = measure_->currentText().toStdString();
+    r.run = run_->currentText().toStdString();
+    r.prompt = prompt_->value();
+    r.token = token_->value();
+    r.scale = hasScale(r.view) ? scale_->currentData().toString().toStdString() : "layer";
+    return r;
+}
+
+void ViewPane::redraw() {
+    const ViewRequest r = request();
+    layer_->setProperty("layerValue", r.layer);
+    layerLabel_->setText(r.layer >= 0 ? QString("Layer %1").arg(r.layer) : QString());
+    if (currentView() == "output-similarity" || currentView() == "gate-activations") {
+        updating_ = true;
+        const bool tok = currentView() == "gate-activations" || measure_->currentText() == "per-token";
+        token_->setVisible(tok);
+        if (auto* cap = qobject_cast<QWidget*>(token_->property("caption").value<QObject*>())) cap->setVisible(tok);
+        updating_ = false;
+    }
+    if (!session_) {
+        message_->setText("Open a checkpoint, a session or the demo model (File menu).");
+        stack_->setCurrentWidget(message_);
+        return;
+    }
+    if (!info()) {
+        const std::string v = currentView();
+        QString hint = "They appear here when the analyses have run.";
+        if (v == "neuron-reordering" || v == "neuron-pca")
+            hint += " For experts wider than 2048 neurons this analysis is not run automatically (it is slow): "
+                    "expertscope-cli analyze CHECKPOINT --static S3,S7 --out SESSION.h5 adds it.";
+        else if (v.find("similarity") == std::string::npos && v.find("pca") == std::string::npos && v != "router-vs-weights" &&
+                 v != "router-weight-r2" && v != "diversity")
+            hint = "Run prompts from the Prompts panel to fill it.";
+        message_->setText("No results for this view yet. " + hint);
+        stack_->setCurrentWidget(message_);
+        lastError_.clear();
+        Q_EMIT changed();
+        return;
+    }
+    try {
+        view_->setFigure(buildFigure(*session_, r));
+        stack_->setCurrentWidget(view_);
+        lastError_.clear();
+    } catch (const std::exception& e) {
+        lastError_ = e.what();
+        message_->setText(QString::fromStdString(lastError_));
+        stack_->setCurrentWidget(message_);
+    }
+    Q_EMIT changed();
+}
+
+bool ViewPane::hasFigure() const { return stack_->currentWidget() == view_; }
+
+std::string ViewPane::stateJson() const {
+    const ViewRequest r = request();
+    nlohmann::json j = {{"view", r.view},       {"layer", r.layer},   {"matrix", r.matrix},
+                        {"measure", r.measure}, {"run", r.run},       {"prompt", r.prompt},
+                        {"token", r.token},     {"scale", r.scale},   {"selected_expert", view_->selectedExpert()},
+                        {"selected_token", view_->selectedToken()}};
+    return j.dump();
+}
+
+void ViewPane::restoreState(const std::string& json) {
+    nlohmann::json j = nlohmann::json::parse(json, nullptr, false);
+    if (!j.is_object()) return;
+    auto str = [&](const char* k) { return j.contains(k) && j[k].is_string() ? q(j[k].get<std::string>()) : QString(); };
+    auto num = [&](const char* k, int d) { return j.contains(k) && j[k].is_number_integer() ? j[k].get<int>() : d; };
+    if (!str("view").isEmpty()) setMode(str("view").toStdString());
+    if (!str("run").isEmpty()) setOption("run", str("run"));
+    if (!str("matrix").isEmpty()) setOption("matrix", str("matrix"));
+    if (!str("measure").isEmpty()) setOption("measure", str("measure"));
+    if (!str("scale").isEmpty()) setOption("scale", str("scale"));
+    setPrompt(num("prompt", 0));
+    setToken(num("token", 0));
+    if (num("layer", -1) >= 0) setLayer(num("layer", -1));
+    view_->setSelectedExpert(num("selected_expert", -1));
+    view_->setSelectedToken(j.contains("selected_token") && j["selected_token"].is_number_integer()
+                                ? j["selected_token"].get<int64_t>()
+                                : -1);
+}
+
+void ViewPane::setMode(const std::string& view) {
+    const int at = mode_->findData(q(view));
+    if (at >= 0 && at != mode_->currentIndex()) mode_->setCurrentIndex(at);
+}
+
+void ViewPane::setLayer(int layer) {
+    const auto ls = layers();
+    auto it = std::find(ls.begin(), ls.end(), layer);
+    if (it == ls.end()) {
+        pendingLayer_ = layer;  // applied when the view has that layer
+        return;
+    }
+    layer_->setValue(static_cast<int>(it - ls.begin()));
+}
+
+void ViewPane::setOption(const QString& name, const QString& value) {
+    if (name == "scale") {
+        const int at = scale_->findData(value);
+        if (at >= 0) scale_->setCurrentIndex(at);
+        return;
+    }
+    QComboBox* c = name == "matrix" ? matrix_ : name == "measure" ? measure_ : name == "run" ? run_ : nullptr;
+    if (!c) return;
+    const int at = c->findText(value);
+    if (at >= 0) c->setCurrentIndex(at);
+}
+
+void ViewPane::setPrompt(int p) { prompt_->setValue(p); }
+void ViewPane::setToken(int t) { token_->setValue(t); }
+
+bool ViewPane::exportTo(const QString& path, int width, int height, double dpi, bool allLayers, QString* error) {
+    if (!hasFigure()) {
+        if (error) *error = path + ": this view has nothing to export yet (" + message_->text() + ")";
+        return false;
+    }
+    if (!allLayers) return view_->exportTo(path, width, height, dpi, error);
+    const auto ls = layers();
+    if (ls.empty()) return view_->exportTo(path, width, height, dpi, error);
+    const int keep = layer_->value();
+    bool ok = true;
+    const QFileInfo fi(path);
+    for (size_t k = 0; k < ls.size() && ok; ++k) {
+        layer_->setValue(static_cast<int>(k));
+        const QString p = fi.path() + "/" + fi.completeBaseName() + QString("-layer%1.").arg(ls[k]) + fi.suffix();
+        ok = hasFigure() && view_->exportTo(p, width, height, dpi, error);
+    }
+    layer_->setValue(keep);
+    return ok;
+}
+
+}  // namespace es

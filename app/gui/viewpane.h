@@ -1,0 +1,87 @@
+#pragma once
+// One tab of the central area: a family of views (e.g. expert similarity S1-S4) with the
+// controls its current view offers (layer slider, matrix, measure, run, prompt, token, colour
+// scale), the figure, and export. The controls come from the view catalogue (ViewInfo), so a
+// pane offers exactly what the session's results allow. Its state is a JSON object saved into
+// the session (/views/ID).
+#include <QString>
+#include <QStringList>
+#include <QWidget>
+#include <string>
+#include <vector>
+
+#include "views/figure.h"
+
+class QComboBox;
+class QLabel;
+class QSlider;
+class QSpinBox;
+class QStackedWidget;
+
+namespace es {
+
+class FigureView;
+class Session;
+
+class ViewPane : public QWidget {
+    Q_OBJECT
+public:
+    struct Mode {
+        QString label;
+        std::string view;
+    };
+    ViewPane(const QString& id, const QString& title, std::vector<Mode> modes, QWidget* parent = nullptr);
+    QString id() const { return id_; }
+    QString title() const { return title_; }
+
+    // The session whose results the pane shows (nullptr: none); refresh() after results land.
+    void setSession(const Session* s);
+    void refresh();
+    bool hasFigure() const;
+    FigureView* figureView() const { return view_; }
+
+    // What it shows: the view, layer, matrix, ... (also the state saved in the session)
+    std::string currentView() const;
+    ViewRequest request() const;
+    std::string stateJson() const;
+    void restoreState(const std::string& json);
+
+    // Controls, for the main window and tests
+    void setMode(const std::string& view);
+    void setLayer(int layer);
+    void setOption(const QString& name, const QString& value);  // matrix, measure, run, scale
+    void setPrompt(int p);
+    void setToken(int t);
+    std::vector<std::string> modeViews() const;
+    // The layers the current view offers (empty: none).
+    std::vector<int> layers() const;
+
+    // Exports the current figure (see FigureView::exportTo); allLayers writes one file per layer.
+    bool exportTo(const QString& path, int width, int height, double dpi, bool allLayers, QString* error);
+
+Q_SIGNALS:
+    void expertClicked(int expert);
+    void tokenClicked(qint64 token);
+    void changed();
+
+private:
+    void rebuildControls();
+    void redraw();
+    const ViewInfo* info() const;
+
+    QString id_, title_;
+    std::vector<Mode> modes_;
+    const Session* session_ = nullptr;
+    std::vector<ViewInfo> infos_;
+    QComboBox *mode_, *matrix_, *measure_, *run_, *scale_;
+    QSlider* layer_;
+    QLabel *layerLabel_, *message_;
+    QSpinBox *prompt_, *token_;
+    QStackedWidget* stack_;
+    FigureView* view_;
+    bool updating_ = false;
+    int pendingLayer_ = -1;
+    std::string lastError_;
+};
+
+}  // namespace es

@@ -1,0 +1,107 @@
+#include "workflow.h"
+
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "checkpoint/checkpoint.h"
+#include "error.h"
+#include "model/spec.h"
+#include "tokenizer/tokenizer.h"
+
+namespace es {
+
+SessionModel sessionModelOf(const Checkpoint& ckpt, const ModelSpec& spec) {
+    SessionModel sm;
+    sm.modelType = spec.modelType;
+    sm.numLayers = spec.numLayers;
+    sm.numExperts = spec.numExperts;
+    sm.topK = spec.topK;
+    sm.hidden = spec.hidden;
+    sm.configJson = ckpt.config().dump();
+    sm.checkpointPath = ckpt.path();
+    sm.fingerprint = ckpt.fingerprint();
+    return sm;
+}
+
+void attachTokenText(RunTrace& rt, const Tokenizer& tok) {
+    for (auto id : rt.tokens) {
+        if (id >= tok.vocabSize()) {
+            rt.tokenBytes.emplace_back();
+            rt.tokenPieces.emplace_back();
+            continue;
+        }
+        rt.tokenBytes.push_back(tok.tokenBytes(id));
+        rt.tokenPieces.push_back(tok.displayPiece(id));
+    }
+}
+
+std::vector<std::vector<int64_t>> encodePrompts(const Tokenizer& tok, const std::vector<std::string>& texts) {
+    std::vector<std::vector<int64_t>> out;
+    for (size_t i = 0; i < texts.size(); ++i) {
+        validateUtf8(texts[i], "prompt " + std::to_string(i));
+        out.push_back(tok.encode(texts[i], true).ids);
+    }
+    return out;
+}
+
+RunTrace traceTexts(const std::shared_ptr<Checkpoint>& ckpt, const ModelSpec& spec, const std::vector<std::string>& texts,
+                    const LoadOptions& load, const TraceOptions& trace) {
+    if (texts.empty()) throw Error("no prompts to run");
+    auto tok = Tokenizer::load(ckpt->path());
+    const auto prompts = encodePrompts(*tok, texts);
+    auto model = Model::load(ckpt, spec, load);
+    RunTrace rt = model->trace(prompts, trace);
+    rt.promptTexts = texts;
+    attachTokenText(rt, *tok);
+    return rt;
+}
+
+// The text of one line of a .jsonl prompt file: a {"text": ...} object, valid UTF-8.
+std::string jsonlText(const std::string& line, const std::string& file, int64_t lineNo) {
+    const std::string where = "line " + std::to_string(lineNo);
+    validateUtf8(line, where);
+    nlohmann::json obj;
+    try {
+        obj = nlohmann::json::parse(line);
+    } catch (const nlohmann::json::exception& e) {
+        throw Error(std::string("not a JSON object: ") + e.what(), file, where);
+    }
+    if (!obj.is_object() || !obj.contains("text") || !obj["text"].is_string())
+        throw Error("expected an object with a string \"text\"", file, where + ".text");
+    return obj["text"].get<std::string>();
+}
+
+std::vector<std::string> readPromptFile(const std::string& path) {
+    std::ifstream in(path, std::ios::binary);
+    if (!in) throw Error("cannot open", path);
+    const bool jsonl = path.size() > 6 && path.substr(path.size() - 6) == ".jsonl";
+    std::vector<std::string> out;
+    std::string line;
+    int64_t n = 0;
+    while (std::getline(in, line)) {
+        ++n;
+        if (!line.empty() && line.back() == '\r') line.pop_back();
+        if (line.empty()) continue;
+        if (jsonl) {
+            out.push_back(jsonlText(line, path, n));
+        } else {
+            validateUtf8(line, "line " + std::to_string(n));
+            out.push_back(line);
+        }
+    }
+    if (out.empty()) throw Error("no prompts in the file", path);
+    return out;
+}
+
+RunInputs runInputs(const Session& s, const std::string& run) {
+    RunInputs in;
+    const RunInfo info = s.runInfo(run);
+    const auto tokens = s.runTokens(run);
+    const auto offsets = s.runPromptOffsets(run);
+    for (size_t p = 0; p + 1 < offsets.size(); ++p)
+        in.prompts.emplace_back(tokens.begin() + offsets[p], tokens.begin() + offsets[p + 1]);
+    for (int l : info.moeLayers) in.stored.push_back(s.runLayer(run, l));
+    return in;
+}
+
+}  // namespace es

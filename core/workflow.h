@@ -1,0 +1,46 @@
+#pragma once
+// Steps the CLI and the GUI share: a session's model record, prompts to a run with its token
+// text, and the analyses of a checkpoint into results. No Qt, no LibTorch types.
+#include <atomic>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "analysis/analysis.h"
+#include "model/model.h"
+#include "session/session.h"
+
+namespace es {
+
+class Checkpoint;
+class Tokenizer;
+struct ModelSpec;
+
+SessionModel sessionModelOf(const Checkpoint& ckpt, const ModelSpec& spec);
+
+// Each token's bytes and display piece (ids beyond the tokenizer's vocabulary get empty entries).
+void attachTokenText(RunTrace& rt, const Tokenizer& tok);
+
+// Encodes text prompts (special tokens included) after checking each is valid UTF-8; the
+// error names the prompt.
+std::vector<std::vector<int64_t>> encodePrompts(const Tokenizer& tok, const std::vector<std::string>& texts);
+
+// The text of one line of a .jsonl prompt file: a {"text": ...} object, valid UTF-8; errors
+// name the file and the line.
+std::string jsonlText(const std::string& line, const std::string& file, int64_t lineNo);
+// Prompts from a file: .jsonl ({"text": ...} per line) or one prompt per non-empty line.
+std::vector<std::string> readPromptFile(const std::string& path);
+
+// Text prompts through the model: the run with its token text and prompt texts.
+RunTrace traceTexts(const std::shared_ptr<Checkpoint>& ckpt, const ModelSpec& spec, const std::vector<std::string>& texts,
+                    const LoadOptions& load, const TraceOptions& trace);
+
+// The prompts and the stored routing of a run, as dynamicAnalyses takes them.
+struct RunInputs {
+    std::vector<std::vector<int64_t>> prompts;
+    std::vector<LayerTrace> stored;
+};
+RunInputs runInputs(const Session& s, const std::string& run);
+
+}  // namespace es

@@ -1,0 +1,14 @@
+#!/bin/sh
+# Regenerates the README's screenshots (docs/screenshots) from the main-window test, which
+# draws the window offscreen on the demo model.
+#
+#     packaging/update-screenshots.sh [BUILD_DIR]
+set -eu
+here=$(cd "$(dirname "$0")/.." && pwd)
+build=${1:-$here/build}
+out=$build/test-output
+QT_QPA_PLATFORM=offscreen ES_TEST_OUTPUT=$out "$build/tests/test_mainwindow" opensTheDemoModel
+mkdir -p "$here/docs/screenshots"
+cp "$out"/window-*.png "$here/docs/screenshots/"
+cp "$out/mainwindow-demo.png" "$here/docs/screenshots/mainwindow.png"
+echo "screenshots updated in docs/screenshots"
