@@ -457,7 +457,10 @@ bool MainWindow::openDemo() {
 }
 
 bool MainWindow::openSession(const QString& path) {
-    const std::string err = checkSessionInChild(path.toStdString());
+    // what opening reads is checked in a child process first (a damaged file cannot take the
+    // window down); the runs' data, read lazily and checksummed, gets a full check in the
+    // background
+    const std::string err = checkSessionInChild(path.toStdString(), /*readData=*/false);
     if (!err.empty()) {
         showError("Cannot open session", q(err));
         return false;
@@ -488,6 +491,12 @@ bool MainWindow::openSession(const QString& path) {
         addRecent(QFileInfo(path).absoluteFilePath());
         dirty_ = false;
         lastError_.clear();
+        const std::string file = path.toStdString();
+        jobs_->submit("Check the session's data", [file](JobContext&) -> JobLand {
+            const std::string bad = checkSessionInChild(file, /*readData=*/true);
+            if (!bad.empty()) throw Error("the session opened, but part of its data is damaged: " + bad);
+            return {};
+        });
         return true;
     } catch (const std::exception& e) {
         showError("Cannot open session", q(e.what()));
@@ -598,11 +607,11 @@ QString MainWindow::currentRunOf(ViewPane* p) const {
 }
 
 void MainWindow::selectExpert(int expert) {
-    for (auto* p : panes_) p->figureView()->setSelectedExpert(expert);
+    for (auto* p : panes_) p->selectExpert(expert);
 }
 
 void MainWindow::selectToken(const QString& run, qint64 token) {
-    for (auto* p : panes_) p->figureView()->setSelectedToken(token);
+    for (auto* p : panes_) p->selectToken(token);
     route_->setRowCount(0);
     routeDock_->raise();
     if (!session_ || run.isEmpty() || !session_->hasRun(run.toStdString())) return;

@@ -208,7 +208,29 @@ ViewRequest ViewPane::request() const {
     return r;
 }
 
+void ViewPane::showEvent(QShowEvent* e) {
+    QWidget::showEvent(e);
+    ensureDrawn();
+}
+
+void ViewPane::ensureDrawn() const {
+    if (stale_) const_cast<ViewPane*>(this)->draw();
+}
+
+FigureView* ViewPane::figureView() const {
+    ensureDrawn();
+    return view_;
+}
+
 void ViewPane::redraw() {
+    // a hidden pane (another tab) draws when it is shown or asked for its figure
+    stale_ = true;
+    if (isVisible()) draw();
+    else Q_EMIT changed();
+}
+
+void ViewPane::draw() {
+    stale_ = false;
     const ViewRequest r = request();
     layer_->setProperty("layerValue", r.layer);
     layerLabel_->setText(r.layer >= 0 ? QString("Layer %1").arg(r.layer) : QString());
@@ -251,7 +273,10 @@ void ViewPane::redraw() {
     Q_EMIT changed();
 }
 
-bool ViewPane::hasFigure() const { return stack_->currentWidget() == view_; }
+bool ViewPane::hasFigure() const {
+    ensureDrawn();
+    return stack_->currentWidget() == view_;
+}
 
 std::string ViewPane::stateJson() const {
     const ViewRequest r = request();
@@ -309,9 +334,12 @@ void ViewPane::setOption(const QString& name, const QString& value) {
 }
 
 void ViewPane::setPrompt(int p) { prompt_->setValue(p); }
+void ViewPane::selectExpert(int expert) { view_->setSelectedExpert(expert); }
+void ViewPane::selectToken(qint64 token) { view_->setSelectedToken(token); }
 void ViewPane::setToken(int t) { token_->setValue(t); }
 
 bool ViewPane::exportTo(const QString& path, int width, int height, double dpi, bool allLayers, QString* error) {
+    ensureDrawn();
     if (!hasFigure()) {
         if (error) *error = path + ": this view has nothing to export yet (" + message_->text() + ")";
         return false;

@@ -38,7 +38,7 @@ public:
     void setSession(const Session* s);
     void refresh();
     bool hasFigure() const;
-    FigureView* figureView() const { return view_; }
+    FigureView* figureView() const;  // drawn first when a change is pending
 
     // What it shows: the view, layer, matrix, ... (also the state saved in the session)
     std::string currentView() const;
@@ -51,6 +51,9 @@ public:
     void setLayer(int layer);
     void setOption(const QString& name, const QString& value);  // matrix, measure, run, scale
     void setPrompt(int p);
+    // linked selection, without drawing a hidden pane
+    void selectExpert(int expert);
+    void selectToken(qint64 token);
     void setToken(int t);
     std::vector<std::string> modeViews() const;
     // The layers the current view offers (empty: none).
@@ -64,9 +67,14 @@ Q_SIGNALS:
     void tokenClicked(qint64 token);
     void changed();
 
+protected:
+    void showEvent(QShowEvent* e) override;
+
 private:
     void rebuildControls();
-    void redraw();
+    void redraw();  // now when shown, else when next shown or asked for
+    void draw();
+    void ensureDrawn() const;
     const ViewInfo* info() const;
 
     QString id_, title_;
@@ -80,6 +88,7 @@ private:
     QStackedWidget* stack_;
     FigureView* view_;
     bool updating_ = false;
+    bool stale_ = true;
     int pendingLayer_ = -1;
     std::string lastError_;
 };

@@ -1214,13 +1214,14 @@ std::string verifyHelper() {
 }
 }  // namespace
 
-std::string checkSessionInChild(const std::string& path) {
+std::string checkSessionInChild(const std::string& path, bool readData) {
     // A fresh process (fork + exec of a small helper): nothing of this process's state, threads
     // or locks is inherited, and a crash of the HDF5 library there is only a failed check here.
     const std::string helper = verifyHelper();
     if (helper.empty()) {
         try {
-            verifySession(path);  // no helper installed: check in this process
+            if (readData) verifySession(path);  // no helper installed: check in this process
+            else Session::open(path);
             return {};
         } catch (const std::exception& e) {
             return e.what();
@@ -1229,6 +1230,7 @@ std::string checkSessionInChild(const std::string& path) {
     int fds[2];
     if (pipe(fds) != 0) return "cannot create a pipe to check the file";
     std::vector<std::string> args = {helper, path};
+    if (!readData) args.insert(args.begin() + 1, "--structure");
     std::vector<char*> argv;
     for (auto& x : args) argv.push_back(x.data());
     argv.push_back(nullptr);

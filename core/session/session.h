@@ -177,7 +177,9 @@ void verifySession(const std::string& path);
 // running executable, in ../bin, or through EXPERTSCOPE_VERIFY_HELPER), so that a malformed file
 // that crashes the HDF5 library cannot take the caller down. Without the helper it checks in
 // this process. Returns an empty string when the file is sound, else the error.
-std::string checkSessionInChild(const std::string& path);
+// readData false: only what Session::open reads (the structure, attributes, results), not the
+// runs' data, which is then checked as it is read (checksums) or by a later full check.
+std::string checkSessionInChild(const std::string& path, bool readData = true);
 
 std::string isoTimeNow();
 
