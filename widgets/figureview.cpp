@@ -201,6 +201,7 @@ bool FigureView::event(QEvent* e) {
 }
 
 void FigureView::setFigure(Figure f) {
+    if (f.view != fig_.view) selCell_ = {-1, -1, -1};  // a pair of one view means nothing in another
     fig_ = std::move(f);
     rebuild();
 }
@@ -520,6 +521,16 @@ void FigureView::drawSelection() {
             r->setPen(QPen(QColor(230, 30, 30), 2));
             r->setBrush(Qt::NoBrush);
         };
+        if (p.hasHeatmap && selCell_[0] == static_cast<int>(pi) && selCell_[1] < p.heatmap.rows && selCell_[2] < p.heatmap.cols) {
+            auto* r = new QCPItemRect(plot_);
+            r->setProperty("selection", true);
+            r->setClipAxisRect(rect);
+            r->topLeft->setAxes(xa, ya);
+            r->bottomRight->setAxes(xa, ya);
+            r->topLeft->setCoords(selCell_[2] - 0.5, selCell_[1] - 0.5);
+            r->bottomRight->setCoords(selCell_[2] + 0.5, selCell_[1] + 0.5);
+            r->setPen(QPen(Qt::black, 3));
+        }
         if (p.hasHeatmap) {
             const HeatmapPanel& h = p.heatmap;
             const std::string lab = std::to_string(selExpert_);
@@ -662,6 +673,11 @@ void FigureView::clicked(const QPoint& posInPlot) {
         if (h.tokenAxis && static_cast<size_t>(c + 1) < fig_.csvHeader.size()) {
             const std::string& head = fig_.csvHeader[static_cast<size_t>(c + 1)];
             Q_EMIT tokenClicked(std::stoll(head.substr(0, head.find(':'))));
+        }
+        // an expert x expert matrix: the clicked pair stays outlined
+        if (!h.tokenAxis) {
+            selCell_ = {pi, static_cast<int>(r), static_cast<int>(c)};
+            drawSelection();
         }
         const std::string& lab = h.rowLabels[static_cast<size_t>(r)];
         if (!lab.empty() && std::isdigit(static_cast<unsigned char>(lab[0]))) Q_EMIT expertClicked(std::stoi(lab));

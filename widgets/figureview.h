@@ -8,6 +8,7 @@
 #include <QPointer>
 #include <QString>
 #include <QWidget>
+#include <array>
 #include <vector>
 
 #include "views/figure.h"
@@ -44,6 +45,8 @@ public:
     void setSelectedToken(int64_t token);
     int selectedExpert() const { return selExpert_; }
     int64_t selectedToken() const { return selToken_; }
+    // The expert pair clicked last in a matrix view: {panel, row, column}, -1 when none.
+    std::array<int, 3> selectedCell() const { return selCell_; }
 
     // What hovering at `pos` (widget coordinates) shows; empty where nothing is.
     QString toolTipAt(const QPoint& pos) const;
@@ -82,6 +85,7 @@ private:
     std::vector<std::pair<double, double>> ranges_;
     int selExpert_ = -1;
     int64_t selToken_ = -1;
+    std::array<int, 3> selCell_{-1, -1, -1};  // panel, row, column of a clicked expert pair
     bool densityDirty_ = false;
 };
 

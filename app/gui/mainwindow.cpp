@@ -255,8 +255,10 @@ void MainWindow::saveAs() {
 }
 
 void MainWindow::setSession(std::unique_ptr<Session> s) {
+    // a job's results belong to the session it was started for: those still running are
+    // cancelled, and what they return is dropped (their land steps check the generation)
     jobs_->cancelAll();
-    jobs_->waitForIdle(60000);  // a job's results belong to the session it was started for
+    ++generation_;
     session_ = std::move(s);
     route_->setRowCount(0);
     for (auto* p : panes_) p->setSession(session_.get());
@@ -351,7 +353,7 @@ void MainWindow::startStaticAnalyses() {
     auto ckpt = ckpt_;
     auto spec = spec_;
     auto ref = ref_;
-    const Session* target = session_.get();
+    const uint64_t target = generation_;
     jobs_->submit("Static analyses", [this, ckpt, spec, ref, target](JobContext& ctx) -> JobLand {
         StaticOptions so;
         // S3 and S7 (neuron matching, neuron PCA) are cheap for small experts and slow for
@@ -362,7 +364,7 @@ void MainWindow::startStaticAnalyses() {
         so.cancel = ctx.cancel;
         auto results = std::make_shared<std::map<std::string, Result>>(staticAnalyses(*ckpt, *spec, ref.get(), so));
         return [this, results, target] {
-            if (session_.get() != target) return;  // another session was opened meanwhile
+            if (generation_ != target) return;  // another session was opened meanwhile
             for (auto& [id, r] : *results) session_->putResult(id, std::move(r));
             dirty_ = true;
             refreshViews();
@@ -386,7 +388,7 @@ bool MainWindow::runPrompts(const QStringList& prompts, const QString& device, c
     auto ckpt = ckpt_;
     auto spec = spec_;
     auto ref = ref_;
-    const Session* target = session_.get();
+    const uint64_t target = generation_;
     const std::string dev = device.toStdString(), dt = dtype.toStdString();
     jobs_->submit(QString("Run %1 prompt(s) as %2").arg(prompts.size()).arg(q(name)),
                   [this, ckpt, spec, ref, target, texts, name, dev, dt](JobContext& ctx) -> JobLand {
@@ -399,7 +401,7 @@ bool MainWindow::runPrompts(const QStringList& prompts, const QString& device, c
                       auto rt = std::make_shared<RunTrace>(traceTexts(ckpt, *spec, texts, lo, to));
                       if (spec->moeLayers().empty()) {
                           return [this, rt, name, target] {
-                              if (session_.get() != target) return;
+                              if (generation_ != target) return;
                               session_->addRun(name, std::move(*rt));
                               dirty_ = true;
                               refreshViews();
@@ -418,7 +420,7 @@ bool MainWindow::runPrompts(const QStringList& prompts, const QString& device, c
                       auto results = std::make_shared<std::map<std::string, Result>>(
                           dynamicAnalyses(ckpt, *spec, ref.get(), name, ids, rt->layers, dopt));
                       return [this, rt, results, name, target] {
-                          if (session_.get() != target) return;
+                          if (generation_ != target) return;
                           session_->addRun(name, std::move(*rt));
                           for (auto& [id, r] : *results) session_->putResult(id, std::move(r));
                           dirty_ = true;
@@ -492,8 +494,9 @@ bool MainWindow::openSession(const QString& path) {
         dirty_ = false;
         lastError_.clear();
         const std::string file = path.toStdString();
-        jobs_->submit("Check the session's data", [file](JobContext&) -> JobLand {
-            const std::string bad = checkSessionInChild(file, /*readData=*/true);
+        jobs_->submit("Check the session's data", [file](JobContext& ctx) -> JobLand {
+            ctx.progress(0.0, "reading every byte in a separate process");
+            const std::string bad = checkSessionInChild(file, /*readData=*/true, ctx.cancel);
             if (!bad.empty()) throw Error("the session opened, but part of its data is damaged: " + bad);
             return {};
         });

@@ -114,6 +114,7 @@ private:
     QString lastError_;
     bool dirty_ = false;
     int runCounter_ = 0;
+    uint64_t generation_ = 0;  // which session the jobs' results belong to
 };
 
 }  // namespace es

@@ -1,6 +1,7 @@
 #include "session/session.h"
 
 #include <fcntl.h>
+#include <poll.h>
 #include <hdf5.h>
 #include <signal.h>
 #include <sys/wait.h>
@@ -1214,7 +1215,7 @@ std::string verifyHelper() {
 }
 }  // namespace
 
-std::string checkSessionInChild(const std::string& path, bool readData) {
+std::string checkSessionInChild(const std::string& path, bool readData, const std::atomic<bool>* cancel) {
     // A fresh process (fork + exec of a small helper): nothing of this process's state, threads
     // or locks is inherited, and a crash of the HDF5 library there is only a failed check here.
     const std::string helper = verifyHelper();
@@ -1250,12 +1251,26 @@ std::string checkSessionInChild(const std::string& path, bool readData) {
     close(fds[1]);
     std::string msg;
     char buf[4096];
-    for (ssize_t n; (n = read(fds[0], buf, sizeof buf)) > 0;) msg.append(buf, static_cast<size_t>(n));
+    bool cancelled = false;
+    for (;;) {
+        pollfd pfd{fds[0], POLLIN, 0};
+        const int r = poll(&pfd, 1, 100);
+        if (cancel && cancel->load() && !cancelled) {
+            kill(pid, SIGKILL);
+            cancelled = true;
+        }
+        if (r < 0 && errno == EINTR) continue;
+        if (r == 0) continue;
+        const ssize_t n = read(fds[0], buf, sizeof buf);
+        if (n <= 0) break;
+        msg.append(buf, static_cast<size_t>(n));
+    }
     close(fds[0]);
     int status = 0;
     while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
     }
     while (!msg.empty() && (msg.back() == '\n' || msg.back() == '\r')) msg.pop_back();
+    if (cancelled) return {};
     if (WIFSIGNALED(status))
         return path + ": the HDF5 library crashed reading this file (signal " + std::to_string(WTERMSIG(status)) +
                "); the file is damaged";

@@ -5,6 +5,7 @@
 // lazily (a view reads only the layer it shows). Saving never modifies the previous file in
 // place: the whole session is written to a temporary file beside the target (runs already on
 // disk are copied chunk for chunk, without decoding), flushed, fsynced, then renamed over it.
+#include <atomic>
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -179,7 +180,8 @@ void verifySession(const std::string& path);
 // this process. Returns an empty string when the file is sound, else the error.
 // readData false: only what Session::open reads (the structure, attributes, results), not the
 // runs' data, which is then checked as it is read (checksums) or by a later full check.
-std::string checkSessionInChild(const std::string& path, bool readData = true);
+// cancel: when set, the child is killed and the check ends with no finding.
+std::string checkSessionInChild(const std::string& path, bool readData = true, const std::atomic<bool>* cancel = nullptr);
 
 std::string isoTimeNow();
 

@@ -5,6 +5,7 @@
 // also work in the headless build. docs/views.md lists every view.
 #include <cmath>
 #include <cstdint>
+#include <functional>
 #include <limits>
 #include <string>
 #include <vector>
@@ -78,6 +79,8 @@ struct Figure {
     // significant digits, so they read back bit for bit).
     std::vector<std::string> csvHeader;
     std::vector<std::vector<std::string>> csvRows;
+    // For very long tables (a million points): the rows are made only when the CSV is written.
+    std::function<void(std::vector<std::vector<std::string>>&)> csvRowsLater;
 };
 
 // Which view to build and how (the CLI's options; a view's state in the GUI).

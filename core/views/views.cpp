@@ -516,7 +516,6 @@ Figure normsVsScores(const Session& s, const ViewRequest& req) {
     other.color = 7;
     pick.color = 1;
     f.csvHeader = {"token", "expert", "norm", "score", "chosen"};
-    f.csvRows.reserve(static_cast<size_t>(T * E));
     for (int64_t t = 0; t < T; ++t)
         for (int64_t e = 0; e < E; ++e) {
             const size_t i = static_cast<size_t>(t * E + e);
@@ -524,8 +523,18 @@ Figure normsVsScores(const Session& s, const ViewRequest& req) {
             sr.x.push_back(n.v[i]);
             sr.y.push_back(sc.v[i]);
             sr.group.push_back(static_cast<int>(e));
-            f.csvRows.push_back({std::to_string(t), std::to_string(e), n.text(i), sc.text(i), chosen[i] ? "1" : "0"});
         }
+    // T x E rows: written out only when the CSV is asked for
+    f.csvRowsLater = [n = std::make_shared<const Array>(*n.a), sc = std::make_shared<const Array>(*sc.a),
+                      chosen = std::move(chosen), T, E](std::vector<std::vector<std::string>>& rows) {
+        const Data nd{n.get(), n->toDoubles()}, sd{sc.get(), sc->toDoubles()};
+        rows.reserve(static_cast<size_t>(T * E));
+        for (int64_t t = 0; t < T; ++t)
+            for (int64_t e = 0; e < E; ++e) {
+                const size_t i = static_cast<size_t>(t * E + e);
+                rows.push_back({std::to_string(t), std::to_string(e), nd.text(i), sd.text(i), chosen[i] ? "1" : "0"});
+            }
+    };
     p.series.push_back(std::move(other));
     p.series.push_back(std::move(pick));
     f.panels.push_back(std::move(p));
@@ -991,6 +1000,11 @@ std::string figureCsv(const Figure& f) {
     };
     line(f.csvHeader);
     for (auto& r : f.csvRows) line(r);
+    if (f.csvRows.empty() && f.csvRowsLater) {
+        std::vector<std::vector<std::string>> rows;
+        f.csvRowsLater(rows);
+        for (auto& r : rows) line(r);
+    }
     return out;
 }
 

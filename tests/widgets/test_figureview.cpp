@@ -181,6 +181,24 @@ private Q_SLOTS:
         QTest::mouseClick(v.plot(), Qt::LeftButton, {}, v.plot()->mapFrom(&v, v.cellCenter(0, 5, 2)));
         QCOMPARE(spy.count(), 1);
         QCOMPARE(spy.at(0).at(0).toInt(), 5);
+        QCOMPARE(v.selectedCell(), (std::array<int, 3>{0, 5, 2}));  // the pair stays outlined
+        const QImage paired = v.grabImage();
+        const QPoint c = v.cellCenter(0, 5, 2), right = v.cellCenter(0, 5, 3);
+        int dark = 0;  // the outline between the pair's cell and its right neighbour (viridis has no such dark colour)
+        for (int dx = -2; dx <= 2; ++dx) {
+            const QColor px = paired.pixelColor((c.x() + right.x()) / 2 + dx, c.y());
+            dark += px.red() < 40 && px.green() < 40 && px.blue() < 60;
+        }
+        QVERIFY(dark > 0);
+        v.setFigure(buildFigure(s, req));  // the same view again: the pair is kept
+        QCOMPARE(v.selectedCell(), (std::array<int, 3>{0, 5, 2}));
+        req.view = "weight-similarity";
+        v.setFigure(buildFigure(s, req));  // another view: the pair means nothing there
+        QCOMPARE(v.selectedCell(), (std::array<int, 3>{-1, -1, -1}));
+        req.view = "router-similarity";
+        v.setFigure(buildFigure(s, req));
+        const QImage before2 = v.grabImage();
+        QCOMPARE(before2, before);
         v.setSelectedExpert(5);
         const QImage after = v.grabImage();
         // the top edge of row 5's band is red, and the image elsewhere is unchanged
