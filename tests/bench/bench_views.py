@@ -45,8 +45,8 @@ def ours(build, session):
     r = subprocess.run([os.path.join(build, "bin", "bench_views")], capture_output=True, text=True, env=env,
                        timeout=3600)
     out = {}
-    for name, value, unit in re.findall(r"RESULT : BenchViews::(\w+)\(\):\s+([\d.]+) (\w+) per iteration", r.stdout):
-        out[name] = float(value) / (1000.0 if unit == "msecs" else 1.0)
+    for name, value, unit in re.findall(r"RESULT : BenchViews::(\w+)\(\):\s+([\d.,]+) (\w+) per iteration", r.stdout):
+        out[name] = float(value.replace(",", "")) / (1000.0 if unit == "msecs" else 1.0)
     if r.returncode != 0 or len(out) < 5:
         sys.exit(f"bench_views failed:\n{r.stdout}\n{r.stderr}")
     return out
