@@ -57,9 +57,20 @@ RunTrace traceTexts(const std::shared_ptr<Checkpoint>& ckpt, const ModelSpec& sp
 }
 
 // The text of one line of a .jsonl prompt file: a {"text": ...} object, valid UTF-8.
+namespace {
+// validateUtf8 for a line of a file: the error names the file too
+void validateLine(const std::string& line, const std::string& file, const std::string& where) {
+    try {
+        validateUtf8(line, where);
+    } catch (const Error& e) {
+        throw Error(e.message(), file, e.field(), e.offset());
+    }
+}
+}  // namespace
+
 std::string jsonlText(const std::string& line, const std::string& file, int64_t lineNo) {
     const std::string where = "line " + std::to_string(lineNo);
-    validateUtf8(line, where);
+    validateLine(line, file, where);
     nlohmann::json obj;
     try {
         obj = nlohmann::json::parse(line);
@@ -85,7 +96,7 @@ std::vector<std::string> readPromptFile(const std::string& path) {
         if (jsonl) {
             out.push_back(jsonlText(line, path, n));
         } else {
-            validateUtf8(line, "line " + std::to_string(n));
+            validateLine(line, path, "line " + std::to_string(n));
             out.push_back(line);
         }
     }

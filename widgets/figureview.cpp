@@ -600,6 +600,8 @@ QPoint FigureView::cellCenter(int panel, int row, int col) const {
     return plot_->mapTo(this, QPoint(static_cast<int>(std::floor(x)), static_cast<int>(std::floor(y))));
 }
 
+QCPAxisRect* FigureView::panelRect(int panel) const { return rects_.at(static_cast<size_t>(panel)); }
+
 std::pair<double, double> FigureView::colorRange(int panel) const { return ranges_.at(static_cast<size_t>(panel)); }
 
 QString FigureView::toolTipAt(const QPoint& pos) const {
@@ -617,10 +619,13 @@ QString FigureView::toolTipAt(const QPoint& pos) const {
         if (r < 0 || r >= h.rows || c < 0 || c >= h.cols) return {};
         const QString rl = r < static_cast<int64_t>(h.rowLabels.size()) ? q(h.rowLabels[r]) : QString::number(r);
         const QString cl = c < static_cast<int64_t>(h.colLabels.size()) ? q(h.colLabels[c]) : QString::number(c);
-        // the stored value exactly as the CSV has it
-        const std::string stored = static_cast<size_t>(r) < fig_.csvRows.size() && static_cast<size_t>(c + 1) < fig_.csvRows[r].size()
-                                       ? fig_.csvRows[r][c + 1]
-                                       : formatDouble(h.value(r, c));
+        // the stored value exactly as the CSV has it (a one-panel figure's CSV is its matrix)
+        const double v = h.value(r, c);
+        const std::string stored =
+            fig_.panels.size() == 1 && static_cast<size_t>(r) < fig_.csvRows.size() &&
+                    static_cast<size_t>(c + 1) < fig_.csvRows[r].size()
+                ? fig_.csvRows[r][c + 1]
+                : static_cast<double>(static_cast<float>(v)) == v ? formatFloat(static_cast<float>(v)) : formatDouble(v);
         return QString("%1 %2, %3 %4: %5 (%6)")
             .arg(q(p.yLabel), rl, q(p.xLabel), cl, q(stored), q(h.valueLabel));
     }
@@ -638,7 +643,8 @@ QString FigureView::toolTipAt(const QPoint& pos) const {
                     const QString where = !p.xTicks.empty()
                                               ? q(p.xTicks[std::clamp<size_t>(static_cast<size_t>(std::lround(s.x[i])), 0, p.xTicks.size() - 1)])
                                               : num(s.x[i]);
-                    return QString("%1, %2 %3: %4").arg(q(s.name), q(p.xLabel), where, num(s.y[i]));
+                    const QString tip = QString("%1, %2 %3: %4").arg(q(s.name), q(p.xLabel), where, num(s.y[i]));
+                    return i < s.group.size() && s.group[i] >= 0 ? QString("expert %1 - ").arg(s.group[i]) + tip : tip;
                 }
                 continue;
             }

@@ -55,6 +55,7 @@ public:
     // The colour range a heatmap panel is drawn with.
     std::pair<double, double> colorRange(int panel) const;
     int panelCount() const { return static_cast<int>(rects_.size()); }
+    QCPAxisRect* panelRect(int panel) const;
 
 Q_SIGNALS:
     void expertClicked(int expert);

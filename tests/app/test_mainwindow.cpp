@@ -245,6 +245,36 @@ private Q_SLOTS:
         QCOMPARE(w2.session()->runNames().size(), size_t(2));
     }
 
+    // Prompt files: JSONL and text import; a bad file is refused whole, naming the file and line
+    void importsPromptFiles() {
+        QTemporaryDir tmp;
+        PromptsPanel panel;
+        QFile txt(tmp.filePath("p.txt"));
+        QVERIFY(txt.open(QIODevice::WriteOnly));
+        txt.write("first prompt\n\nzweiter Prompt\n");
+        txt.close();
+        QVERIFY(panel.importFile(txt.fileName()).isEmpty());
+        QCOMPARE(panel.prompts(), (QStringList{"first prompt", "zweiter Prompt"}));
+        QFile jl(tmp.filePath("p.jsonl"));
+        QVERIFY(jl.open(QIODevice::WriteOnly));
+        jl.write("{\"text\": \"from json\"}\n");
+        jl.close();
+        QVERIFY(panel.importFile(jl.fileName()).isEmpty());
+        QCOMPARE(panel.prompts().size(), 3);
+        QFile bad(tmp.filePath("bad.jsonl"));
+        QVERIFY(bad.open(QIODevice::WriteOnly));
+        bad.write("{\"text\": \"fine\"}\n{\"text\": \"\xff\xfe\"}\n");
+        bad.close();
+        const QString err = panel.importFile(bad.fileName());
+        QVERIFY2(err.contains(bad.fileName()) && err.contains("line 2"), qPrintable(err));
+        QCOMPARE(panel.prompts().size(), 3);  // nothing of the bad file was added
+        QFile notjson(tmp.filePath("x.jsonl"));
+        QVERIFY(notjson.open(QIODevice::WriteOnly));
+        notjson.write("{\"prompt\": 1}\n");
+        notjson.close();
+        QVERIFY(panel.importFile(notjson.fileName()).contains("line 1.text"));
+    }
+
     // Cancel stops a running job; nothing half-done lands in the session
     void cancelLeavesTheSessionAsItWas() {
         const QString demo = QString::fromStdString(demoDirectory());

@@ -159,7 +159,7 @@ private Q_SLOTS:
         v.setFigure(buildFigure(s, req));
         v.grabImage();
         const auto pca = stored(s, "matrix_pca", "layers/4/gate");
-        auto* rect = v.plot()->axisRect(0);
+        auto* rect = v.panelRect(0);
         const QPoint at(static_cast<int>(rect->axis(QCPAxis::atBottom)->coordToPixel(pca[2 * 3])),
                         static_cast<int>(rect->axis(QCPAxis::atLeft)->coordToPixel(pca[2 * 3 + 1])));
         QVERIFY2(v.toolTipAt(v.plot()->mapTo(&v, at)).startsWith("3 - experts: PC1"), qPrintable(v.toolTipAt(at)));
@@ -260,6 +260,43 @@ private Q_SLOTS:
         }
         QVERIFY2(failures.isEmpty(), qPrintable(failures.join("\n") + "\nrenders in " + renders));
         QCOMPARE(compared, 17);
+    }
+
+    // A bar of the load chart: its tooltip is the stored share; clicking it selects the expert
+    void loadBarsSelectTheirExpert() {
+        Session s = Session::open(session_.toStdString());
+        FigureView v;
+        v.resize(1000, 600);
+        v.show();
+        QVERIFY(QTest::qWaitForWindowExposed(&v));
+        ViewRequest req;
+        req.view = "expert-load";
+        req.layer = 4;
+        v.setFigure(buildFigure(s, req));
+        v.grabImage();
+        const auto& frac = s.result("expert_load/demo").arrays.at("fractions");
+        const auto values = frac.toDoubles();
+        const auto& layers = frac.attrs.at("layers").ints;
+        const size_t li = static_cast<size_t>(std::find(layers.begin(), layers.end(), 4) - layers.begin());
+        int best = 0;  // the fullest bar is the easiest to hit
+        for (int e = 1; e < 8; ++e)
+            if (values[li * 8 + e] > values[li * 8 + best]) best = e;
+        auto* rect = v.panelRect(0);
+        const QPoint at(static_cast<int>(rect->axis(QCPAxis::atBottom)->coordToPixel(best)),
+                        static_cast<int>(rect->axis(QCPAxis::atLeft)->coordToPixel(values[li * 8 + best] / 2)));
+        const QString tip = v.toolTipAt(v.plot()->mapTo(&v, at));
+        QVERIFY2(tip.startsWith(QString("expert %1 - share, expert %1: ").arg(best)), qPrintable(tip));
+        QCOMPARE(tip.section(": ", 1).toDouble(), QString::number(values[li * 8 + best], 'g', 6).toDouble());
+        QSignalSpy spy(&v, &FigureView::expertClicked);
+        QTest::mouseClick(v.plot(), Qt::LeftButton, {}, at);
+        QCOMPARE(spy.count(), 1);
+        QCOMPARE(spy.at(0).at(0).toInt(), best);
+        // the all-layers heatmap beside it: every cell's tooltip is that layer's stored share
+        for (size_t l = 0; l < layers.size(); ++l)
+            for (int e = 0; e < 8; ++e) {
+                const QString t = v.toolTipAt(v.cellCenter(1, static_cast<int>(l), e));
+                QCOMPARE(t.section(": ", 1).section(' ', 0, 0).toFloat(), static_cast<float>(values[l * 8 + e]));
+            }
     }
 
     // A million points render (as density) and every format exports
