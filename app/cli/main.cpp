@@ -19,6 +19,7 @@
 #include "tokenizer/tokenizer.h"
 #include "cli.h"
 #include "workflow.h"
+#include "emoe/emoe.h"
 
 namespace es::cli {
 
@@ -43,6 +44,8 @@ const char* kUsage = R"(usage:
                   [--paragraphs FILE] [--reference DENSE_CHECKPOINT] [--layers 0,3,...]
                   [--device cpu|cuda[:N]] [--dtype float32|bfloat16|float16] [--first-tokens N]
                   [--pca-components 2|3] [--threads N]
+  expertscope-cli emoe DENSE_CHECKPOINT --experts N --top-k K [--layers all|START:EVERY|LIST]
+                  [--gating avg-k|mean-key] [--seed S] [--restarts R] --out DIR
   expertscope-cli export SESSION.h5 --list [--json]
   expertscope-cli export SESSION.h5 --view NAME [--run NAME] [--layer L] [--matrix gate|up|down|router]
                   [--measure M] [--prompt P] [--token N] [--scale layer|global] [--all-layers]
@@ -53,6 +56,8 @@ non-empty line. Text prompts are encoded with the checkpoint's tokenizer.json, s
 included (BOS where the tokenizer adds it).
 CHECKPOINT is a HuggingFace checkpoint directory (config.json + model.safetensors or shards with
 model.safetensors.index.json) or a single .safetensors file.
+emoe: splits a dense model's FFNs into N experts of equal size by balanced k-means of their key
+vectors and writes a checkpoint the engine runs as an MoE (docs/emoe.md).
 export: docs/views.md describes every view and its options; --list names those the session allows.
 --all-layers writes one file per analysed layer (FILE with -layerL before the extension, or with
 {layer} replaced). Images need the GUI build; the headless build exports CSV only.
@@ -124,7 +129,7 @@ int cmdInfo(const std::vector<std::string>& args) {
         j["total_params"] = s.totalParams;
         j["active_params"] = s.activeParams;
         j["router"] = s.router.describe();
-        j["expert_layout"] = s.layout == es::ExpertLayout::PerExpert ? "per-expert" : "packed";
+        j["expert_layout"] = s.layout == es::ExpertLayout::Blocks ? "blocks" : es::layoutName(s.layout);
         j["fingerprint"] = ckpt->fingerprint();
         j["path"] = ckpt->path();
         std::cout << j.dump(2) << "\n";
@@ -139,7 +144,7 @@ int cmdInfo(const std::vector<std::string>& args) {
         std::cout << "experts      " << s.numExperts << ", top-" << s.topK << ", width " << s.expertFfn
                   << (s.hasSharedExpert() ? ", shared expert width " + std::to_string(s.sharedFfn) : "") << "\n"
                   << "router       " << s.router.describe() << "\n"
-                  << "layout       " << (s.layout == es::ExpertLayout::PerExpert ? "per-expert" : "packed") << "\n";
+                  << "layout       " << es::layoutName(s.layout) << "\n";
     std::cout << "vocab        " << s.vocab << "\n"
               << "dtype        " << s.dtype << "\n"
               << "parameters   " << humanCount(s.totalParams) << " total, " << humanCount(s.activeParams) << " active\n"
@@ -280,6 +285,43 @@ int parseInt(const std::string& v, const std::string& option) {
     } catch (const std::exception&) {
         throw UsageError(option + " needs an integer, not '" + v + "'");
     }
+}
+
+int cmdEmoe(const std::vector<std::string>& args) {
+    std::string path, out, layers = "all";
+    es::EmoeOptions opt;
+    for (size_t i = 0; i < args.size(); ++i) {
+        const std::string& a = args[i];
+        if (a == "--experts") opt.experts = parseInt(optionValue(args, i, "emoe"), "--experts");
+        else if (a == "--top-k") opt.topK = parseInt(optionValue(args, i, "emoe"), "--top-k");
+        else if (a == "--layers") layers = optionValue(args, i, "emoe");
+        else if (a == "--gating") opt.gating = optionValue(args, i, "emoe");
+        else if (a == "--seed") opt.seed = static_cast<uint64_t>(parseInt(optionValue(args, i, "emoe"), "--seed"));
+        else if (a == "--restarts") opt.restarts = parseInt(optionValue(args, i, "emoe"), "--restarts");
+        else if (a == "--out") out = optionValue(args, i, "emoe");
+        else if (a.rfind("--", 0) == 0) throw UsageError("emoe: unknown option " + a);
+        else if (path.empty()) path = a;
+        else throw UsageError("emoe: more than one checkpoint given");
+    }
+    if (path.empty()) throw UsageError("emoe: DENSE_CHECKPOINT missing");
+    if (out.empty()) throw UsageError("emoe: --out DIR is required");
+    if (opt.experts <= 0 || opt.topK <= 0) throw UsageError("emoe: --experts N and --top-k K are required");
+    if (opt.restarts < 1) throw UsageError("emoe: --restarts must be at least 1");
+    {
+        auto ckpt = es::Checkpoint::open(path);
+        opt.layers = es::parseLayerSelection(layers, static_cast<int>(es::ModelSpec::fromCheckpoint(*ckpt).numLayers));
+    }
+    opt.progress = [](double f, const std::string& what) {
+        std::cerr << "\remoe: " << static_cast<int>(100 * f) << "% (" << what << ")   " << std::flush;
+    };
+    auto report = es::convertToEmoe(path, out, opt);
+    std::cerr << "\n";
+    for (auto& r : report)
+        std::cerr << "  layer " << r.layer << ": objective " << r.objective << ", " << r.iterations << " iterations"
+                  << (r.converged ? "" : " (not converged)") << "\n";
+    std::cerr << opt.experts << " experts, top-" << opt.topK << ", " << opt.gating << " gating, " << report.size()
+              << " layer(s) -> " << out << "\n";
+    return 0;
 }
 
 int cmdTrace(const std::vector<std::string>& args) {
@@ -542,6 +584,7 @@ int main(int argc, char** argv) {
         if (cmd == "tokenize") return cmdTokenize(rest);
         if (cmd == "session") return cmdSession(rest);
         if (cmd == "analyze") return cmdAnalyze(rest);
+        if (cmd == "emoe") return cmdEmoe(rest);
         if (cmd == "export") return es::cli::cmdExport(rest, argc, argv);
         throw UsageError("unknown command '" + cmd + "'");
     } catch (const UsageError& e) {

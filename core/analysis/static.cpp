@@ -5,6 +5,8 @@
 #include <torch/torch.h>
 
 #include <cmath>
+#include <cstring>
+#include <deque>
 #include <nlohmann/json.hpp>
 
 #include "analysis/analysis.h"
@@ -28,6 +30,7 @@ struct Mat {
     int64_t offset = 0;  // elements
     int64_t rows = 0, cols = 0;
     bool neuronRows = true;  // gate/up: a neuron is a row; down: a column
+    bool owned = false;      // a copy in memory (EMoE's down blocks), not pages of the mapping
     const uint8_t* data() const { return t->data + offset * static_cast<int64_t>(dtypeSize(t->dtype)); }
     int64_t numel() const { return rows * cols; }
     int64_t neurons() const { return neuronRows ? rows : cols; }
@@ -40,6 +43,8 @@ struct LayerMats {
     std::vector<Mat> extra[3];  // SE then F, where present
     std::vector<std::string> extraLabels;
     std::vector<const TensorView*> tensors;  // everything read, to release afterwards
+    std::deque<std::vector<uint8_t>> ownedBytes;  // copies (EMoE down blocks) and their views
+    std::deque<TensorView> ownedViews;
 
     void releaseAll() const {
         for (auto* t : tensors) releasePages(t->data, t->nbytes);
@@ -61,6 +66,33 @@ LayerMats layerMats(const Checkpoint& ck, const ModelSpec& s, const Reference* r
             L.routed[0].push_back(whole(use(ck, s.expertName(l, e, s.expertGate)), true));
             L.routed[1].push_back(whole(use(ck, s.expertName(l, e, s.expertUp)), true));
             L.routed[2].push_back(whole(use(ck, s.expertName(l, e, s.expertDown)), false));
+        }
+    } else if (s.layout == ExpertLayout::Blocks) {
+        // EMoE: neuron blocks of the dense FFN; gate and up blocks are contiguous rows, down's
+        // blocks are columns, copied out once per layer
+        const std::string p = s.layerPrefix(l) + "mlp.";
+        const TensorView& g = use(ck, p + "gate_proj.weight");
+        const TensorView& u = use(ck, p + "up_proj.weight");
+        const TensorView& dn = use(ck, p + "down_proj.weight");
+        const int64_t Fd = dn.shape[1];
+        const size_t es = dtypeSize(dn.dtype);
+        for (int64_t e = 0; e < E; ++e) {
+            L.routed[0].push_back({&g, e * F * d, F, d, true});
+            L.routed[1].push_back({&u, e * F * d, F, d, true});
+            std::vector<uint8_t>& buf = L.ownedBytes.emplace_back(static_cast<size_t>(d * F) * es);
+            for (int64_t r = 0; r < d; ++r)
+                std::memcpy(buf.data() + static_cast<size_t>(r * F) * es, dn.data + static_cast<size_t>(r * Fd + e * F) * es,
+                            static_cast<size_t>(F) * es);
+            TensorView& v = L.ownedViews.emplace_back();
+            v.name = dn.name + "[block " + std::to_string(e) + "]";
+            v.dtype = dn.dtype;
+            v.shape = {d, F};
+            v.data = buf.data();
+            v.nbytes = buf.size();
+            v.file = dn.file;
+            Mat m = whole(v, false);
+            m.owned = true;
+            L.routed[2].push_back(m);
         }
     } else {
         const TensorView& gu = use(ck, s.packedGateUpName(l));
@@ -459,7 +491,8 @@ std::map<std::string, Result> staticAnalyses(const Checkpoint& ckpt, const Model
                 r7.arrays[lp + kMats[m] + "_expert"] = Array::i32({rows}, owner);
             }
             // done with this matrix type: drop its pages now (S3 maps them again if it runs)
-            for (auto& x : all[m]) releasePages(x.data(), static_cast<uint64_t>(x.numel()) * dtypeSize(x.t->dtype));
+            for (auto& x : all[m])
+                if (!x.owned) releasePages(x.data(), static_cast<uint64_t>(x.numel()) * dtypeSize(x.t->dtype));
         }
         std::vector<double> router;
         if (s4) {

@@ -165,4 +165,68 @@ void SafetensorsFile::parse() {
     }
 }
 
+void writeSafetensors(const std::string& path, const std::vector<TensorOut>& tensors,
+                      const std::map<std::string, std::string>& metadata) {
+    nlohmann::ordered_json h = nlohmann::ordered_json::object();
+    if (!metadata.empty()) h["__metadata__"] = metadata;
+    uint64_t offset = 0;
+    std::vector<uint64_t> sizes;
+    for (auto& t : tensors) {
+        uint64_t n = dtypeSize(t.dtype);
+        for (auto d : t.shape) n *= static_cast<uint64_t>(d);
+        sizes.push_back(n);
+        h[t.name] = {{"dtype", dtypeName(t.dtype)}, {"shape", t.shape}, {"data_offsets", {offset, offset + n}}};
+        offset += n;
+    }
+    std::string header = h.dump();
+    while (header.size() % 8) header += ' ';
+    const std::string tmp = path + ".tmp-" + std::to_string(::getpid());
+    int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0) throw Error(std::string("cannot create: ") + std::strerror(errno), tmp);
+    auto fail = [&](const std::string& why, const std::string& field = {}) {
+        ::close(fd);
+        ::unlink(tmp.c_str());
+        throw Error(why, path, field);
+    };
+    uint64_t written = 0;
+    auto put = [&](const void* data, size_t n) {
+        const auto* p = static_cast<const uint8_t*>(data);
+        written += n;
+        while (n > 0) {
+            const ssize_t w = ::write(fd, p, n);
+            if (w < 0 && errno == EINTR) continue;
+            if (w <= 0) fail(std::string("cannot write: ") + std::strerror(errno));
+            p += w;
+            n -= static_cast<size_t>(w);
+        }
+    };
+    uint8_t len[8];
+    const uint64_t hl = header.size();
+    for (int i = 0; i < 8; ++i) len[i] = static_cast<uint8_t>(hl >> (8 * i));
+    put(len, 8);
+    put(header.data(), header.size());
+    for (size_t i = 0; i < tensors.size(); ++i) {
+        const uint64_t before = written;
+        try {
+            tensors[i].write(put);
+        } catch (...) {
+            ::close(fd);
+            ::unlink(tmp.c_str());
+            throw;
+        }
+        if (written - before != sizes[i])
+            fail("wrote " + std::to_string(written - before) + " bytes, the shape needs " + std::to_string(sizes[i]),
+                 tensors[i].name);
+    }
+    if (::fsync(fd) != 0) fail(std::string("cannot write: ") + std::strerror(errno));
+    if (::close(fd) != 0) {
+        ::unlink(tmp.c_str());
+        throw Error("cannot write", path);
+    }
+    if (std::rename(tmp.c_str(), path.c_str()) != 0) {
+        ::unlink(tmp.c_str());
+        throw Error(std::string("cannot rename into place: ") + std::strerror(errno), path);
+    }
+}
+
 }  // namespace es

@@ -3,6 +3,7 @@
 // JSON, dtypes, shapes against byte spans, spans inside the file, no overlaps); tensors are
 // zero-copy views into the read-only mapping.
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -30,6 +31,21 @@ struct TensorView {
 // and fault back in when touched again), so streaming a model keeps the resident set small.
 void adviseWillNeed(const uint8_t* data, uint64_t nbytes);
 void releasePages(const uint8_t* data, uint64_t nbytes);
+
+// A tensor to write: what it is, and a function that writes exactly its bytes (row-major,
+// little-endian) through `put`, so that a converted model streams to disk tensor by tensor.
+struct TensorOut {
+    std::string name;
+    DType dtype = DType::F32;
+    std::vector<int64_t> shape;
+    std::function<void(const std::function<void(const void*, size_t)>& put)> write;
+};
+
+// Writes a .safetensors file (header padded to 8 bytes, tensors in the order given) atomically:
+// to a temporary file beside `path`, flushed and fsynced, then renamed over it. Errors name the
+// file (and the tensor whose writer gave the wrong number of bytes).
+void writeSafetensors(const std::string& path, const std::vector<TensorOut>& tensors,
+                      const std::map<std::string, std::string>& metadata = {});
 
 class SafetensorsFile {
 public:

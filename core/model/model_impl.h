@@ -68,6 +68,7 @@ struct LayerWeights {
     Tensor q, k, v, o, qb, kb, vb, ob, qn, kn;
     Ffn mlp;                   // dense layers
     Tensor router;             // MoE layers
+    Tensor blockGate;          // EMoE avg-k: the whole W_gate, whose pre-activations score the experts
     std::vector<Ffn> experts;  // views; packed layouts are sliced, never copied on CPU
     Ffn shared;
     Tensor sharedGate;
@@ -133,6 +134,17 @@ struct Model::Impl {
         w.kn = loadOpt(qk, p + "self_attn.k_norm.weight");
         if (!s.layers[l].moe) {
             w.mlp = fused(p + "mlp.gate_proj.weight", p + "mlp.up_proj.weight", p + "mlp.down_proj.weight");
+        } else if (s.layout == ExpertLayout::Blocks) {
+            // EMoE: expert e is the neuron block [e S, (e + 1) S) of the dense FFN (rows of gate
+            // and up are views; down's columns are copied once)
+            const int64_t S = s.expertFfn;
+            Tensor g = load(p + "mlp.gate_proj.weight"), u = load(p + "mlp.up_proj.weight"),
+                   dn = load(p + "mlp.down_proj.weight");
+            w.experts.clear();
+            for (int64_t e = 0; e < s.numExperts; ++e)
+                w.experts.push_back({Tensor(), g.narrow(0, e * S, S), u.narrow(0, e * S, S), dn.narrow(1, e * S, S).contiguous()});
+            if (s.router.scoring == RouterRule::Scoring::MeanPreactivation) w.blockGate = g;
+            else w.router = g.view({s.numExperts, S, s.hidden}).to(torch::kFloat).mean(1).to(dtype);  // mean key rows
         } else {
             w.router = load(s.routerName(l));
             w.experts.clear();
@@ -208,17 +220,23 @@ struct Model::Impl {
         const RouterRule& r = spec.router;
         const int64_t E = spec.numExperts, K = spec.topK;
         MoeOut out;
-        out.logits = torch::linear(x, w.router);
+        if (r.scoring == RouterRule::Scoring::MeanPreactivation)  // EMoE avg-k, in the compute dtype as the paper's code
+            out.logits = torch::linear(x, w.blockGate).view({x.size(0), E, spec.expertFfn}).mean(-1);
+        else
+            out.logits = torch::linear(x, w.router);
         Tensor lf = out.logits.to(torch::kFloat);
         Tensor wts, ids;
         if (r.topkBeforeSoftmax) {
             std::tie(wts, ids) = lf.topk(K, -1);
             wts = wts.softmax(-1);
         } else {
-            Tensor scores = r.scoring == RouterRule::Scoring::Softmax ? lf.softmax(-1) : lf.sigmoid();
+            Tensor scores = r.scoring == RouterRule::Scoring::Softmax  ? lf.softmax(-1)
+                            : r.scoring == RouterRule::Scoring::Sigmoid ? lf.sigmoid()
+                                                                        : lf;
             std::tie(wts, ids) = scores.topk(K, -1);
             if (r.renormalize) wts = wts / wts.sum(-1, true);
         }
+        if (r.unitWeights) wts = torch::ones_like(wts);
         if (r.scale != 1.0) wts = wts * r.scale;
         if (r.weightsInHiddenDtype) wts = wts.to(x.scalar_type());
         out.ids = ids;

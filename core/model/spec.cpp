@@ -12,10 +12,22 @@ namespace es {
 
 using nlohmann::json;
 
+const char* layoutName(ExpertLayout l) {
+    switch (l) {
+        case ExpertLayout::PerExpert: return "per-expert";
+        case ExpertLayout::Packed: return "packed";
+        case ExpertLayout::Blocks: return "neuron blocks of the dense FFN (EMoE)";
+    }
+    return "?";
+}
+
 std::string RouterRule::describe() const {
+    if (scoring == Scoring::MeanPreactivation) return "avg-k: mean gate pre-activation per expert, top-k, block mask (weight 1)";
     std::string s = scoring == Scoring::Softmax ? "softmax" : "sigmoid";
+    if (routerFromKeys) s = "mean key rows, " + s;
     s += topkBeforeSoftmax ? ", top-k on logits then softmax over k" : ", top-k";
     if (renormalize) s += ", renormalise";
+    if (unitWeights) s += ", weight 1";
     if (scale != 1.0) s += ", x" + std::to_string(scale);
     if (shared == Shared::Ungated) s += ", shared expert";
     if (shared == Shared::SigmoidGated) s += ", sigmoid-gated shared expert";
@@ -175,6 +187,50 @@ void globalSliding(ModelSpec& s, int64_t window) {
     for (auto& l : s.layers) l.slidingWindow = window > 0 ? window : 0;
 }
 
+// An EMoE conversion (docs/emoe.md): the "expertscope_emoe" block of a dense model's config
+// turns the listed layers into MoE layers whose experts are neuron blocks of the dense FFN.
+void emoeBlock(ModelSpec& s, const Config& c) {
+    if (!c.has("expertscope_emoe")) return;
+    const json& b = c.raw()["expertscope_emoe"];
+    const std::string key = "expertscope_emoe";
+    if (!b.is_object()) c.fail(key, "expected an object");
+    auto integer = [&](const char* k) -> int64_t {
+        if (!b.contains(k) || !b[k].is_number_integer()) c.fail(key + "." + k, "missing or not an integer");
+        return b[k].get<int64_t>();
+    };
+    if (integer("format") != 1) c.fail(key + ".format", "unknown format (this ExpertScope reads format 1)");
+    const int64_t N = integer("num_experts"), K = integer("top_k"), size = integer("expert_size");
+    if (N < 2) c.fail(key + ".num_experts", "must be at least 2");
+    if (K < 1 || K > N) c.fail(key + ".top_k", "must be between 1 and num_experts");
+    if (!b.contains("layers") || !b["layers"].is_array() || b["layers"].empty())
+        c.fail(key + ".layers", "missing or not a list of layers");
+    for (auto& x : b["layers"]) {
+        if (!x.is_number_integer() || x.get<int64_t>() < 0 || x.get<int64_t>() >= s.numLayers)
+            c.fail(key + ".layers", "holds something that is not a layer of this model");
+        LayerSpec& l = s.layers[static_cast<size_t>(x.get<int64_t>())];
+        if (l.moe) c.fail(key + ".layers", "lists a layer twice");
+        if (l.ffnDim != N * size)
+            c.fail(key + ".expert_size", "num_experts x expert_size is not the layer's intermediate_size");
+        l.moe = true;
+    }
+    if (!b.contains("gating") || !b["gating"].is_string()) c.fail(key + ".gating", "missing or not a string");
+    const std::string gating = b["gating"].get<std::string>();
+    if (gating == "avg-k") {
+        s.router.scoring = RouterRule::Scoring::MeanPreactivation;
+    } else if (gating == "mean-key") {
+        s.router.scoring = RouterRule::Scoring::Softmax;
+        s.router.routerFromKeys = true;
+    } else {
+        c.fail(key + ".gating", "unknown gating '" + gating + "' (avg-k or mean-key)");
+    }
+    s.router.renormalize = false;
+    s.router.unitWeights = true;
+    s.numExperts = N;
+    s.topK = K;
+    s.expertFfn = size;
+    s.layout = ExpertLayout::Blocks;
+}
+
 // Qwen2 / Qwen2-MoE: per-layer attention types.
 void qwenLayerTypes(ModelSpec& s, const Config& c, bool moeFormula) {
     bool use = c.optBool("use_sliding_window", false);
@@ -288,17 +344,20 @@ ModelSpec adapt(const Config& c, const std::string& type) {
         denseLayers(s, c);
         s.attn.qkvBias = s.attn.oBias = c.optBool("attention_bias", false);
         if (c.optBool("mlp_bias", false)) c.fail("mlp_bias", "MLP biases are not supported yet");
+        emoeBlock(s, c);
     } else if (type == "mistral") {
         s.family = "mistral";
         fillCommon(s, c, {1e-6, 10000.0});
         denseLayers(s, c);
         globalSliding(s, c.raw().contains("sliding_window") ? c.optInt("sliding_window", 0) : 4096);
+        emoeBlock(s, c);
     } else if (type == "qwen2") {
         s.family = "qwen2";
         fillCommon(s, c, {1e-6, 10000.0});
         denseLayers(s, c);
         qwenLayerTypes(s, c, false);
         s.attn.qkvBias = true;
+        emoeBlock(s, c);
     } else {
         std::string list;
         for (auto& t : ModelSpec::supportedModelTypes()) list += (list.empty() ? "" : ", ") + t;
@@ -340,7 +399,7 @@ Expect expectedTensors(const ModelSpec& s) {
             x.add(p + "self_attn.q_norm.weight", {q});
             x.add(p + "self_attn.k_norm.weight", {kv});
         }
-        if (!s.layers[l].moe) {
+        if (!s.layers[l].moe || s.layout == ExpertLayout::Blocks) {  // EMoE experts are blocks of these
             const int64_t f = s.layers[l].ffnDim;
             x.add(p + "mlp.gate_proj.weight", {f, d});
             x.add(p + "mlp.up_proj.weight", {f, d});
@@ -386,7 +445,7 @@ ModelSpec ModelSpec::fromCheckpoint(const Checkpoint& ckpt) {
 
     // Which expert layout is on disk: v5 in-memory naming packs experts per layer.
     auto moe = s.moeLayers();
-    if (!moe.empty()) {
+    if (!moe.empty() && s.layout != ExpertLayout::Blocks) {
         int l = moe.front();
         if (!ckpt.find(s.expertName(l, 0, s.expertGate))) {
             for (std::string prefix : {s.moePrefix, std::string("mlp")}) {

@@ -13,13 +13,17 @@ class Checkpoint;
 
 // How a MoE block turns router logits into expert choices and combine weights.
 struct RouterRule {
-    enum class Scoring { Softmax, Sigmoid };
+    // MeanPreactivation: EMoE's avg-k gating; an expert's score is the mean of its neurons' gate
+    // pre-activations (W_gate x), there is no router matrix, and scores are not normalised.
+    enum class Scoring { Softmax, Sigmoid, MeanPreactivation };
     enum class Shared { None, Ungated, SigmoidGated };
     Scoring scoring = Scoring::Softmax;
     bool topkBeforeSoftmax = false;  // top-k on logits, softmax over the k (JetMoE, GPT-OSS)
     bool renormalize = true;         // top-k weights divided by their sum
     bool weightsInHiddenDtype = false;  // weights cast to the activation dtype before combining
     double scale = 1.0;              // routed_scaling_factor
+    bool unitWeights = false;        // every chosen expert's output counts once (EMoE's block mask)
+    bool routerFromKeys = false;     // router rows = the mean key row of each expert (EMoE mean-key)
     Shared shared = Shared::None;
     std::string describe() const;
 };
@@ -39,7 +43,10 @@ struct LayerSpec {
     int64_t slidingWindow = 0;  // 0: full causal attention
 };
 
-enum class ExpertLayout { PerExpert, Packed };
+// Blocks: EMoE; the MoE layer keeps the dense FFN tensors (mlp.gate_proj, up_proj, down_proj)
+// and expert e is the neuron block [e * expertFfn, (e + 1) * expertFfn) (docs/emoe.md).
+enum class ExpertLayout { PerExpert, Packed, Blocks };
+const char* layoutName(ExpertLayout l);
 
 struct ModelSpec {
     std::string modelType;   // config.json model_type

@@ -1,0 +1,332 @@
+// EMoE conversion: balanced k-means of FFN key vectors and the permuted checkpoint.
+#include "emoe/emoe.h"
+
+#include <torch/torch.h>
+
+#include <algorithm>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <numeric>
+#include <queue>
+#include <random>
+#include <set>
+#include <sstream>
+#include <unistd.h>
+
+#include "analysis/analysis.h"
+#include "checkpoint/checkpoint.h"
+#include "error.h"
+#include "model/spec.h"
+
+namespace es {
+
+namespace fs = std::filesystem;
+
+// ---- the exact balanced assignment ----
+//
+// A transportation problem: every row is one unit of supply, every cluster a sink of capacity
+// m = n / k. Rows are added one at a time; each addition augments along a shortest path in the
+// residual graph (successive shortest paths, so the assignment of the rows so far is always a
+// min-cost one). Paths run over the k clusters: row i enters some cluster c1, a row j of c1 moves
+// on to c2 at cost cost[j][c2] - cost[j][c1], and so on until a cluster with room. The cheapest
+// move between each pair of clusters comes from a lazy heap; cluster potentials keep the
+// reduced costs non-negative so that each path is a Dijkstra over k nodes.
+std::vector<int32_t> balancedAssignment(const std::vector<double>& cost, int64_t n, int64_t k) {
+    if (k <= 0 || n % k != 0) throw Error("balanced assignment: " + std::to_string(n) + " rows do not split into " +
+                                          std::to_string(k) + " equal clusters");
+    const int64_t cap = n / k;
+    std::vector<int32_t> label(static_cast<size_t>(n), -1);
+    std::vector<int64_t> count(static_cast<size_t>(k), 0);
+    std::vector<double> pi(static_cast<size_t>(k), 0.0);
+    using Entry = std::pair<double, int32_t>;  // (cost[j][b] - cost[j][a], j)
+    std::vector<std::priority_queue<Entry, std::vector<Entry>, std::greater<Entry>>> heap(static_cast<size_t>(k * k));
+    auto c = [&](int64_t i, int64_t cl) { return cost[static_cast<size_t>(i * k + cl)]; };
+    auto enter = [&](int32_t j, int64_t a) {
+        label[j] = static_cast<int32_t>(a);
+        for (int64_t b = 0; b < k; ++b)
+            if (b != a) heap[a * k + b].push({c(j, b) - c(j, a), j});
+    };
+    std::vector<double> dist(static_cast<size_t>(k));
+    std::vector<int64_t> prev(static_cast<size_t>(k));
+    std::vector<int32_t> via(static_cast<size_t>(k));
+    std::vector<char> done(static_cast<size_t>(k));
+    for (int64_t i = 0; i < n; ++i) {
+        for (int64_t a = 0; a < k; ++a) dist[a] = c(i, a) - pi[a], prev[a] = -1, via[a] = -1, done[a] = 0;
+        for (int64_t it = 0; it < k; ++it) {
+            int64_t a = -1;
+            for (int64_t x = 0; x < k; ++x)
+                if (!done[x] && (a < 0 || dist[x] < dist[a])) a = x;
+            done[a] = 1;
+            for (int64_t b = 0; b < k; ++b) {
+                if (done[b] || b == a) continue;
+                auto& h = heap[a * k + b];
+                while (!h.empty() && label[h.top().second] != a) h.pop();  // rows that have moved on
+                if (h.empty()) continue;
+                const double nd = dist[a] + h.top().first + pi[a] - pi[b];
+                if (nd < dist[b]) dist[b] = nd, prev[b] = a, via[b] = h.top().second;
+            }
+        }
+        int64_t t = -1;  // the cheapest cluster with room, in true cost (dist is reduced by pi)
+        for (int64_t x = 0; x < k; ++x)
+            if (count[x] < cap && (t < 0 || dist[x] + pi[x] < dist[t] + pi[t])) t = x;
+        count[t]++;
+        for (int64_t b = t; prev[b] >= 0; b = prev[b]) enter(via[b], b);  // each row on the path moves on
+        int64_t first = t;
+        while (prev[first] >= 0) first = prev[first];
+        enter(static_cast<int32_t>(i), first);
+        for (int64_t x = 0; x < k; ++x) pi[x] += dist[x];
+    }
+    return label;
+}
+
+namespace {
+
+torch::Tensor sqDistances(const torch::Tensor& X, const torch::Tensor& xx, const torch::Tensor& C) {
+    // ||x||^2 + ||c||^2 - 2 x.c in float64 (the assignment compares sums of many of these)
+    torch::Tensor cc = C.pow(2).sum(1);
+    return (xx.unsqueeze(1) + cc.unsqueeze(0) - 2.0 * torch::matmul(X, C.t())).clamp_min(0.0);
+}
+
+BalancedKMeans oneRun(const torch::Tensor& X, const torch::Tensor& xx, int64_t k, std::mt19937_64& rng, int maxIter) {
+    const int64_t n = X.size(0);
+    // k-means++ seeding: each next centre drawn with probability proportional to the squared
+    // distance to the nearest centre so far
+    std::vector<int64_t> centres;
+    centres.push_back(static_cast<int64_t>(rng() % static_cast<uint64_t>(n)));
+    torch::Tensor best = (X - X[centres[0]]).pow(2).sum(1);
+    for (int64_t j = 1; j < k; ++j) {
+        const double* w = best.data_ptr<double>();
+        double total = 0;
+        for (int64_t i = 0; i < n; ++i) total += w[i];
+        int64_t pick = static_cast<int64_t>(rng() % static_cast<uint64_t>(n));
+        if (total > 0) {
+            const double r = std::uniform_real_distribution<double>(0.0, total)(rng);
+            double acc = 0;
+            for (int64_t i = 0; i < n; ++i) {
+                acc += w[i];
+                if (acc >= r && w[i] > 0) {
+                    pick = i;
+                    break;
+                }
+            }
+        }
+        centres.push_back(pick);
+        best = torch::minimum(best, (X - X[pick]).pow(2).sum(1));
+    }
+    torch::Tensor C = X.index_select(0, torch::tensor(centres, torch::kLong)).clone();
+    BalancedKMeans r;
+    std::vector<int32_t> previous;
+    for (int it = 1; it <= maxIter; ++it) {
+        torch::Tensor D = sqDistances(X, xx, C).contiguous();
+        std::vector<double> cost(D.data_ptr<double>(), D.data_ptr<double>() + n * k);
+        r.labels = balancedAssignment(cost, n, k);
+        r.iterations = it;
+        torch::Tensor lab = torch::from_blob(r.labels.data(), {n}, torch::kInt).to(torch::kLong);
+        C = torch::zeros({k, X.size(1)}, X.options()).index_add_(0, lab, X) / static_cast<double>(n / k);
+        if (r.labels == previous) {
+            r.converged = true;
+            break;
+        }
+        previous = r.labels;
+    }
+    torch::Tensor lab = torch::from_blob(r.labels.data(), {n}, torch::kInt).to(torch::kLong);
+    r.objective = (X - C.index_select(0, lab)).pow(2).sum().item<double>();
+    return r;
+}
+
+}  // namespace
+
+BalancedKMeans balancedKMeans(const double* x, int64_t n, int64_t d, int64_t k, uint64_t seed, int restarts, int maxIter) {
+    if (k <= 0 || n % k != 0)
+        throw Error(std::to_string(n) + " rows do not split into " + std::to_string(k) + " equal clusters");
+    torch::Tensor X = torch::from_blob(const_cast<double*>(x), {n, d}, torch::kDouble).clone();
+    torch::Tensor xx = X.pow(2).sum(1);
+    std::mt19937_64 rng(seed);
+    BalancedKMeans best;
+    for (int r = 0; r < std::max(1, restarts); ++r) {
+        BalancedKMeans run = oneRun(X, xx, k, rng, maxIter);
+        if (r == 0 || run.objective < best.objective) best = std::move(run);
+    }
+    return best;
+}
+
+std::vector<int> parseLayerSelection(const std::string& text, int numLayers) {
+    std::vector<int> out;
+    auto num = [&](const std::string& s) {
+        try {
+            size_t used = 0;
+            const int v = std::stoi(s, &used);
+            if (used == s.size()) return v;
+        } catch (const std::exception&) {
+        }
+        throw Error("--layers: '" + s + "' is not a layer number (all, START:EVERY or a list such as 3,5,7)");
+    };
+    if (text.empty() || text == "all") {
+        for (int l = 0; l < numLayers; ++l) out.push_back(l);
+        return out;
+    }
+    if (auto colon = text.find(':'); colon != std::string::npos) {
+        const int start = num(text.substr(0, colon)), every = num(text.substr(colon + 1));
+        if (every <= 0) throw Error("--layers: EVERY must be positive in '" + text + "'");
+        for (int l = start; l < numLayers; l += every) out.push_back(l);
+    } else {
+        std::stringstream ss(text);
+        std::string item;
+        while (std::getline(ss, item, ',')) out.push_back(num(item));
+    }
+    std::set<int> seen;
+    for (int l : out) {
+        if (l < 0 || l >= numLayers)
+            throw Error("--layers: layer " + std::to_string(l) + " does not exist (the model has " + std::to_string(numLayers) +
+                        " layers)");
+        if (!seen.insert(l).second) throw Error("--layers: layer " + std::to_string(l) + " is listed twice");
+    }
+    if (out.empty()) throw Error("--layers: '" + text + "' selects no layer");
+    std::sort(out.begin(), out.end());
+    return out;
+}
+
+namespace {
+
+// The rows of a [F, d] tensor of the mapping, in float64, each scaled to unit length.
+std::vector<double> unitRows(const TensorView& t) {
+    std::vector<double> out(static_cast<size_t>(t.numel()));
+    torch::ScalarType st = t.dtype == DType::F32 ? torch::kFloat : t.dtype == DType::F16 ? torch::kHalf : torch::kBFloat16;
+    torch::Tensor src = torch::from_blob(const_cast<uint8_t*>(t.data), t.shape, st);
+    torch::Tensor dst = torch::from_blob(out.data(), t.shape, torch::kDouble);
+    dst.copy_(src);
+    dst.div_(dst.norm(2, 1, true).clamp_min(1e-300));
+    return out;
+}
+
+}  // namespace
+
+std::vector<EmoeLayerReport> convertToEmoe(const std::string& dense, const std::string& outDir, const EmoeOptions& opt) {
+    auto ckpt = Checkpoint::open(dense);
+    const ModelSpec spec = ModelSpec::fromCheckpoint(*ckpt);
+    const std::string cfgFile = ckpt->configPath();
+    if (spec.family != "llama" && spec.family != "mistral" && spec.family != "qwen2")
+        throw Error("EMoE converts dense Llama, Mistral or Qwen2 models, not '" + spec.modelType + "'", cfgFile, "model_type");
+    if (ckpt->config().contains("expertscope_emoe"))
+        throw Error("this checkpoint is already an EMoE conversion", cfgFile, "expertscope_emoe");
+    const int64_t F = spec.layers.at(0).ffnDim, N = opt.experts, K = opt.topK;
+    if (N <= 1) throw Error("--experts must be at least 2");
+    if (F % N != 0)
+        throw Error("intermediate_size " + std::to_string(F) + " is not divisible by " + std::to_string(N) +
+                        " experts (balanced experts need F / N neurons each)",
+                    cfgFile, "intermediate_size");
+    if (K < 1 || K > N) throw Error("--top-k must be between 1 and the number of experts (" + std::to_string(N) + ")");
+    if (opt.gating != "avg-k" && opt.gating != "mean-key")
+        throw Error("--gating must be avg-k or mean-key, not '" + opt.gating + "'");
+    std::vector<int> layers = opt.layers;
+    if (layers.empty()) layers = parseLayerSelection("all", static_cast<int>(spec.numLayers));
+    for (int l : layers)
+        if (l < 0 || l >= spec.numLayers) throw Error("layer " + std::to_string(l) + " does not exist", cfgFile, "num_hidden_layers");
+    if (fs::exists(outDir) && !(fs::is_directory(outDir) && fs::is_empty(outDir)))
+        throw Error("the output directory exists and is not empty", outDir);
+
+    // cluster every converted layer's key vectors (rows of W_gate, L2-normalised)
+    const int64_t d = spec.hidden, size = F / N;
+    std::map<int, std::vector<int64_t>> perm;  // layer -> new position -> old neuron
+    std::vector<EmoeLayerReport> report;
+    for (size_t li = 0; li < layers.size(); ++li) {
+        const int l = layers[li];
+        if (opt.cancel && opt.cancel->load()) throw Error("cancelled");
+        if (opt.progress) opt.progress(0.9 * static_cast<double>(li) / layers.size(), "clustering layer " + std::to_string(l));
+        const std::vector<double> keys = unitRows(ckpt->get(spec.layerPrefix(l) + "mlp.gate_proj.weight"));
+        BalancedKMeans km = balancedKMeans(keys.data(), F, d, N, opt.seed + static_cast<uint64_t>(l), opt.restarts, opt.maxIter);
+        // experts ordered by their lowest neuron; neurons ascending inside an expert
+        std::vector<std::vector<int64_t>> members(static_cast<size_t>(N));
+        for (int64_t i = 0; i < F; ++i) members[km.labels[i]].push_back(i);
+        std::sort(members.begin(), members.end());
+        std::vector<int64_t>& p = perm[l];
+        for (auto& m : members) p.insert(p.end(), m.begin(), m.end());
+        report.push_back({l, km.objective, km.iterations, km.converged});
+    }
+
+    // the checkpoint: every tensor copied, the converted layers' FFN neurons permuted
+    const std::string tmp = outDir + ".tmp-" + std::to_string(::getpid());
+    fs::remove_all(tmp);
+    fs::create_directories(tmp);
+    try {
+        std::vector<TensorOut> outs;
+        for (auto& [name, view] : ckpt->tensors()) {
+            const TensorView* t = view;
+            TensorOut o{name, t->dtype, t->shape, nullptr};
+            int layer = -1;
+            std::string leaf;
+            for (auto& [l, p] : perm) {
+                const std::string pre = spec.layerPrefix(l) + "mlp.";
+                if (name.rfind(pre, 0) == 0) layer = l, leaf = name.substr(pre.size());
+            }
+            const size_t es = dtypeSize(t->dtype);
+            if (layer >= 0 && (leaf == "gate_proj.weight" || leaf == "up_proj.weight")) {
+                const auto& p = perm.at(layer);
+                o.write = [t, &p, es, d](const std::function<void(const void*, size_t)>& put) {
+                    for (int64_t r : p) put(t->data + static_cast<size_t>(r * d) * es, static_cast<size_t>(d) * es);
+                };
+            } else if (layer >= 0 && leaf == "down_proj.weight") {
+                const auto& p = perm.at(layer);
+                o.write = [t, &p, es, F](const std::function<void(const void*, size_t)>& put) {
+                    std::vector<uint8_t> row(static_cast<size_t>(F) * es);
+                    for (int64_t r = 0; r < t->shape[0]; ++r) {
+                        const uint8_t* src = t->data + static_cast<size_t>(r * F) * es;
+                        for (int64_t c = 0; c < F; ++c) std::memcpy(row.data() + c * es, src + p[c] * es, es);
+                        put(row.data(), row.size());
+                    }
+                };
+            } else {
+                o.write = [t](const std::function<void(const void*, size_t)>& put) { put(t->data, t->nbytes); };
+            }
+            outs.push_back(std::move(o));
+        }
+        if (opt.progress) opt.progress(0.9, "writing the checkpoint");
+        writeSafetensors(tmp + "/model.safetensors", outs, {{"format", "pt"}});
+
+        nlohmann::ordered_json cfg = nlohmann::ordered_json::parse(ckpt->config().dump());
+        nlohmann::ordered_json per = nlohmann::ordered_json::array();
+        for (auto& r : report)
+            per.push_back({{"layer", r.layer}, {"objective", r.objective}, {"iterations", r.iterations}, {"converged", r.converged}});
+        cfg["expertscope_emoe"] = {
+            {"format", 1},
+            {"num_experts", N},
+            {"top_k", K},
+            {"expert_size", size},
+            {"layers", layers},
+            {"gating", opt.gating},
+            {"seed", opt.seed},
+            {"clustering",
+             {{"vectors", "rows of mlp.gate_proj.weight (the FFN keys), L2-normalised"},
+              {"method", "balanced k-means: k-means++ seeding, exact balanced assignment (min-cost flow), mean update, "
+                         "until the assignment stops changing"},
+              {"objective", "sum over neurons of the squared Euclidean distance of the normalised key to its expert's mean"},
+              {"restarts", opt.restarts},
+              {"max_iter", opt.maxIter},
+              {"per_layer", per}}},
+            {"layout", "expert e holds neurons [e * expert_size, (e + 1) * expert_size) of gate_proj, up_proj (rows) "
+                       "and down_proj (columns) in the converted layers"},
+            {"source", {{"path", ckpt->path()}, {"fingerprint", ckpt->fingerprint()}}},
+            {"tool", toolVersion()}};
+        {
+            std::ofstream f(tmp + "/config.json");
+            f << cfg.dump(2) << "\n";
+            if (!f.flush()) throw Error("cannot write", tmp + "/config.json");
+        }
+        const fs::path srcDir = fs::path(cfgFile).parent_path();
+        for (const char* extra : {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                                  "generation_config.json", "tokenizer.model"})
+            if (fs::exists(srcDir / extra)) fs::copy_file(srcDir / extra, fs::path(tmp) / extra);
+        if (fs::exists(outDir)) fs::remove(outDir);  // empty, checked above
+        fs::rename(tmp, outDir);
+    } catch (...) {
+        std::error_code ec;
+        fs::remove_all(tmp, ec);
+        throw;
+    }
+    if (opt.progress) opt.progress(1.0, "done");
+    return report;
+}
+
+}  // namespace es

@@ -1,0 +1,58 @@
+#pragma once
+// EMoE (Unlocking Emergent Modularity in Large Language Models; analyses-spec.md section 2): a
+// dense model's FFN neurons clustered into equal-sized experts by balanced k-means on their key
+// vectors, written out as a checkpoint whose neurons are permuted into contiguous expert blocks
+// (the dense function is unchanged) with a config block the engine reads to run it as an MoE
+// (docs/emoe.md). No LibTorch types here.
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+namespace es {
+
+struct BalancedKMeans {
+    std::vector<int32_t> labels;  // cluster of each row, every cluster exactly n / k rows
+    double objective = 0;         // sum of squared distances to the cluster means
+    int iterations = 0;           // of the best restart
+    bool converged = false;       // its assignment stopped changing before maxIter
+};
+
+// Balanced k-means on the rows of x [n, d] (row-major float64): k-means++ seeding, then
+// alternating exact balanced assignments (a min-cost flow: capacity n / k per cluster, solved by
+// successive shortest paths) and mean updates until the assignment stops changing. `restarts`
+// seeds from `seed`; the lowest objective wins. n must be a multiple of k.
+BalancedKMeans balancedKMeans(const double* x, int64_t n, int64_t d, int64_t k, uint64_t seed, int restarts = 10,
+                              int maxIter = 300);
+
+// The exact balanced assignment alone: rows to clusters, capacity n / k each, minimising the
+// sum of cost[i * k + c] (used by balancedKMeans; exposed for tests).
+std::vector<int32_t> balancedAssignment(const std::vector<double>& cost, int64_t n, int64_t k);
+
+struct EmoeOptions {
+    int64_t experts = 0, topK = 0;
+    std::vector<int> layers;  // empty: all
+    std::string gating = "avg-k";  // avg-k | mean-key
+    uint64_t seed = 0;
+    int restarts = 10, maxIter = 300;
+    std::function<void(double fraction, const std::string& what)> progress;
+    const std::atomic<bool>* cancel = nullptr;
+};
+
+struct EmoeLayerReport {
+    int layer = 0;
+    double objective = 0;
+    int iterations = 0;
+    bool converged = false;
+};
+
+// Converts the dense checkpoint at `dense` (Llama, Mistral or Qwen2) into `outDir` (created;
+// refused when it exists and is not empty). Errors name the file and the field (F not divisible
+// by the number of experts, a layer that does not exist, ...).
+std::vector<EmoeLayerReport> convertToEmoe(const std::string& dense, const std::string& outDir, const EmoeOptions& opt);
+
+// "all", "START:EVERY" (layers START, START+EVERY, ...) or "3,5,7" for a model of numLayers.
+std::vector<int> parseLayerSelection(const std::string& text, int numLayers);
+
+}  // namespace es

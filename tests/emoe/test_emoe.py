@@ -1,0 +1,271 @@
+"""EMoE conversion (expertscope-cli emoe) and the converted model in the engine.
+
+Clustering: balanced sizes, the assignment exactly optimal for its centroids (scipy's
+linear_sum_assignment over centroids repeated F/N times), the objective no worse than a
+numpy/scipy balanced k-means. The permuted checkpoint computes the dense function (HF
+transformers). The engine: with K = N the converted model reproduces the dense model; with K < N
+its routing and outputs equal a direct torch computation of the masked FFN (avg-k) or of the
+mean-key gate, patched into HF's own model. Bad input names the file and the field.
+"""
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from conftest import require, run_cli
+import fixtures
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+DENSE = os.path.join(ROOT, "resources", "demo", "dense")
+DEMO_PROMPTS = [[0, 17, 523, 88, 1200, 45, 9, 301, 77, 2048, 5, 640], [0, 3000, 12, 999, 41, 41, 7], [0, 64, 65, 66]]
+
+
+def convert(cli, src, out, n, k, *extra):
+    run_cli(cli, "emoe", src, "--experts", n, "--top-k", k, *extra, "--out", out)
+    return json.load(open(os.path.join(out, "config.json")))["expertscope_emoe"]
+
+
+def tensors(path):
+    from safetensors.torch import load_file
+    return {k: v.float().numpy() for k, v in load_file(os.path.join(path, "model.safetensors")).items()}
+
+
+def recover_perm(orig, new):
+    """new row r is orig row perm[r] (rows are copied bit for bit)."""
+    where = {row.tobytes(): i for i, row in enumerate(orig)}
+    assert len(where) == len(orig), "duplicate key rows"
+    return np.array([where[row.tobytes()] for row in new])
+
+
+def unit_rows(w):
+    w = w.astype(np.float64)
+    return w / np.linalg.norm(w, axis=1, keepdims=True)
+
+
+def objective(x, labels, k):
+    c = np.stack([x[labels == j].mean(axis=0) for j in range(k)])
+    return float(((x - c[labels]) ** 2).sum()), c
+
+
+def reference_balanced_kmeans(x, k, seed, max_iter=300):
+    """k-means++ seeding, then scipy's exact assignment over centroids repeated n/k times, to convergence."""
+    from scipy.optimize import linear_sum_assignment
+    rng = np.random.default_rng(seed)
+    n = len(x)
+    m = n // k
+    centres = [x[rng.integers(n)]]
+    d2 = ((x - centres[0]) ** 2).sum(1)
+    for _ in range(1, k):
+        centres.append(x[rng.choice(n, p=d2 / d2.sum())])
+        d2 = np.minimum(d2, ((x - centres[-1]) ** 2).sum(1))
+    c = np.stack(centres)
+    labels = None
+    for _ in range(max_iter):
+        cost = ((x[:, None, :] - c[None, :, :]) ** 2).sum(-1)
+        rows, cols = linear_sum_assignment(np.repeat(cost, m, axis=1))
+        new = np.empty(n, dtype=int)
+        new[rows] = cols // m
+        if labels is not None and (new == labels).all():
+            break
+        labels = new
+        c = np.stack([x[labels == j].mean(axis=0) for j in range(k)])
+    return objective(x, labels, k)[0]
+
+
+@pytest.mark.parametrize("n", [8, 16])
+def test_clusters_balanced_exact_and_no_worse_than_reference(cli, tmp_path, n):
+    from scipy.optimize import linear_sum_assignment
+    require("safetensors")
+    out = str(tmp_path / "emoe")
+    block = convert(cli, DENSE, out, n, 2)
+    src, dst = tensors(DENSE), tensors(out)
+    assert block["num_experts"] == n and block["layers"] == list(range(6)) and block["gating"] == "avg-k"
+    for rep in block["clustering"]["per_layer"]:
+        l = rep["layer"]
+        p = f"model.layers.{l}.mlp."
+        g = src[p + "gate_proj.weight"]
+        F = g.shape[0]
+        size = F // n
+        assert block["expert_size"] == size
+        perm = recover_perm(g, dst[p + "gate_proj.weight"])
+        assert sorted(perm) == list(range(F))  # every neuron exactly once
+        assert np.array_equal(dst[p + "up_proj.weight"], src[p + "up_proj.weight"][perm])
+        assert np.array_equal(dst[p + "down_proj.weight"], src[p + "down_proj.weight"][:, perm])
+        labels = np.empty(F, dtype=int)
+        labels[perm] = np.arange(F) // size
+        assert (np.bincount(labels, minlength=n) == size).all()
+        x = unit_rows(g)
+        ours, c = objective(x, labels, n)
+        assert rep["converged"] and ours == pytest.approx(rep["objective"], rel=1e-9)
+        # for its own centroids, the assignment is exactly optimal
+        cost = ((x[:, None, :] - c[None, :, :]) ** 2).sum(-1)
+        rows, cols = linear_sum_assignment(np.repeat(cost, size, axis=1))
+        assert ours <= cost[rows, cols // size].sum() * (1 + 1e-9) + 1e-9
+        # and the objective is no worse than the reference balanced k-means
+        assert ours <= reference_balanced_kmeans(x, n, seed=l) * (1 + 1e-9)
+        # experts are ordered by their lowest neuron, neurons ascending inside an expert
+        blocks = perm.reshape(n, size)
+        assert (np.diff(blocks, axis=1) > 0).all() and (np.diff(blocks[:, 0]) > 0).all()
+    # the same seed gives the same checkpoint
+    again = str(tmp_path / "again")
+    convert(cli, DENSE, again, n, 2)
+    assert open(os.path.join(out, "model.safetensors"), "rb").read() == open(os.path.join(again, "model.safetensors"), "rb").read()
+
+
+def test_permutation_keeps_the_dense_function(cli, tmp_path):
+    torch = require("torch")
+    transformers = require("transformers")
+    out = str(tmp_path / "emoe")
+    convert(cli, DENSE, out, 8, 2)
+    ids = torch.tensor([DEMO_PROMPTS[0]])
+    with torch.no_grad():
+        a = transformers.AutoModelForCausalLM.from_pretrained(DENSE, dtype=torch.float32)(ids).logits
+        b = transformers.AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)(ids).logits
+    assert (a - b).abs().max().item() <= 1e-5 * a.abs().max().item()
+
+
+def trace_logits(cli, ckpt, session, prompts, *extra):
+    h5py = require("h5py")
+    args = ["trace", ckpt, "--out", session, "--save-logits", *extra]
+    for p in prompts:
+        args += ["--token-ids", ",".join(map(str, p))]
+    run_cli(cli, *args)
+    with h5py.File(session, "r") as f:
+        run = list(f["runs"])[0]
+        r = f["runs"][run]
+        layers = {int(l): (r["layers"][l]["topk_experts"][()], r["layers"][l]["topk_weights"][()],
+                           r["layers"][l]["router_logits"][()]) for l in r.get("layers", {})}
+        return r["logits"][()], layers
+
+
+def test_all_experts_reproduce_the_dense_model(cli, tmp_path):
+    out = str(tmp_path / "emoe")
+    convert(cli, DENSE, out, 8, 8)
+    dense, _ = trace_logits(cli, DENSE, str(tmp_path / "d.h5"), DEMO_PROMPTS)
+    moe, layers = trace_logits(cli, out, str(tmp_path / "m.h5"), DEMO_PROMPTS)
+    assert np.abs(dense - moe).max() <= 1e-5 * np.abs(dense).max()
+    for ids, w, _ in layers.values():
+        assert (np.sort(ids, axis=1) == np.arange(8)).all() and (w == 1.0).all()
+
+
+def emoe_reference(model, block):
+    """Patches HF's MLPs of the converted layers with a direct computation of EMoE's FFN."""
+    import torch
+    n, k, size = block["num_experts"], block["top_k"], block["expert_size"]
+    chosen = {}
+
+    def patch(layer, mlp):
+        def forward(x):
+            g = x @ mlp.gate_proj.weight.T
+            if block["gating"] == "avg-k":
+                scores = g.view(*g.shape[:-1], n, size).mean(-1)
+            else:  # mean-key: router rows = mean key rows, softmax
+                keys = mlp.gate_proj.weight.view(n, size, -1).mean(1)
+                scores = torch.softmax(x @ keys.T, dim=-1)
+            top = scores.topk(k, dim=-1).indices
+            chosen.setdefault(layer, []).append(top.reshape(-1, k))
+            mask = torch.zeros_like(scores).scatter(-1, top, 1.0).repeat_interleave(size, dim=-1)
+            return (torch.nn.functional.silu(g) * (x @ mlp.up_proj.weight.T) * mask) @ mlp.down_proj.weight.T
+        mlp.forward = forward
+
+    for l in block["layers"]:
+        patch(l, model.model.layers[l].mlp)
+    return chosen
+
+
+@pytest.mark.parametrize("case", [("demo", 8, 2, "avg-k", "all"), ("demo", 8, 3, "mean-key", "1:2"),
+                                  ("llama_bias_tied", 8, 2, "avg-k", "all"), ("mistral_sliding", 4, 1, "avg-k", "0"),
+                                  ("qwen2_dense", 8, 3, "mean-key", "all")])
+def test_topk_routing_and_outputs_equal_a_direct_computation(cli, tmp_path, build_fixture, case):
+    torch = require("torch")
+    transformers = require("transformers")
+    name, n, k, gating, layers = case
+    if name == "demo":
+        src, prompts = DENSE, DEMO_PROMPTS
+    else:
+        src, prompts = build_fixture(name)[0], fixtures.PROMPTS
+    out = str(tmp_path / "emoe")
+    block = convert(cli, src, out, n, k, "--gating", gating, "--layers", layers)
+    logits, traced = trace_logits(cli, out, str(tmp_path / "m.h5"), prompts)
+    assert sorted(traced) == block["layers"]
+    model = transformers.AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
+    model.eval()
+    chosen = emoe_reference(model, block)
+    ref = []
+    with torch.no_grad():
+        for p in prompts:
+            ref.append(model(torch.tensor([p])).logits[0].numpy())
+    ref = np.concatenate(ref)
+    assert np.abs(logits - ref).max() <= 1e-4 * np.abs(ref).max()
+    for l in block["layers"]:
+        ids, w, _ = traced[l]
+        want = torch.cat(chosen[l]).numpy()
+        assert np.array_equal(np.sort(ids, axis=1), np.sort(want, axis=1)), f"layer {l}"
+        assert (w == 1.0).all()
+
+
+def test_analyses_run_on_the_converted_model(cli, tmp_path):
+    h5py = require("h5py")
+    out = str(tmp_path / "emoe")
+    convert(cli, DENSE, out, 8, 2)
+    session = str(tmp_path / "s.h5")
+    args = ["trace", out, "--run", "r", "--out", session]
+    for p in DEMO_PROMPTS:
+        args += ["--token-ids", ",".join(map(str, p))]
+    run_cli(cli, *args)
+    run_cli(cli, "analyze", out, "--run", "r", "--static", "all", "--dynamic", "all", "--reference", DENSE, "--out", session)
+    src = tensors(out)
+    with h5py.File(session, "r") as f:
+        a = f["analyses"]
+        for l in range(6):
+            # S4 on an EMoE model: the router rows are the experts' mean key rows
+            keys = src[f"model.layers.{l}.mlp.gate_proj.weight"].astype(np.float64).reshape(8, 32, -1).mean(1)
+            unit = keys / np.linalg.norm(keys, axis=1, keepdims=True)
+            assert np.allclose(a[f"router_similarity/layers/{l}/router"][()], unit @ unit.T, atol=1e-6)
+            # S1 of the expert blocks; the dense F (256 neurons, not 32) has no S1 row, S2 has it
+            s1 = a[f"weight_similarity/layers/{l}/gate"][()]
+            assert s1.shape == (8, 8)
+            g = src[f"model.layers.{l}.mlp.gate_proj.weight"].astype(np.float64).reshape(8, -1)
+            gu = g / np.linalg.norm(g, axis=1, keepdims=True)
+            assert np.allclose(s1, gu @ gu.T, atol=1e-6)
+            s2 = a[f"neuron_mean_similarity/layers/{l}/gate"]
+            assert s2.shape == (9, 9) and [x.decode() if isinstance(x, bytes) else x for x in s2.attrs["labels"]][-1] == "F"
+            assert a[f"expert_load/r/counts"][l].sum() == 2 * sum(map(len, DEMO_PROMPTS))
+
+
+def test_bad_input_names_file_and_field(cli, tmp_path, build_fixture):
+    out = str(tmp_path / "x")
+    r = run_cli(cli, "emoe", DENSE, "--experts", "7", "--top-k", "2", "--out", out, check=False)
+    assert r.returncode == 1 and "config.json" in r.stderr and "intermediate_size" in r.stderr and "not divisible" in r.stderr
+    assert not os.path.exists(out)
+    r = run_cli(cli, "emoe", DENSE, "--experts", "8", "--top-k", "9", "--out", out, check=False)
+    assert r.returncode == 1 and "--top-k" in r.stderr
+    r = run_cli(cli, "emoe", DENSE, "--experts", "8", "--top-k", "2", "--layers", "2,9", "--out", out, check=False)
+    assert r.returncode == 1 and "layer 9 does not exist" in r.stderr
+    r = run_cli(cli, "emoe", DENSE, "--experts", "8", "--top-k", "2", "--gating", "best", "--out", out, check=False)
+    assert r.returncode == 1 and "--gating" in r.stderr
+    os.makedirs(out)
+    open(os.path.join(out, "keep.txt"), "w").write("mine")
+    r = run_cli(cli, "emoe", DENSE, "--experts", "8", "--top-k", "2", "--out", out, check=False)
+    assert r.returncode == 1 and out in r.stderr and "not empty" in r.stderr
+    assert os.listdir(out) == ["keep.txt"]
+    moe = build_fixture("mixtral_gqa")[0]
+    r = run_cli(cli, "emoe", moe, "--experts", "4", "--top-k", "2", "--out", str(tmp_path / "y"), check=False)
+    assert r.returncode == 1 and "model_type" in r.stderr
+    done = str(tmp_path / "done")
+    convert(cli, DENSE, done, 8, 2)
+    r = run_cli(cli, "emoe", done, "--experts", "8", "--top-k", "2", "--out", str(tmp_path / "z"), check=False)
+    assert r.returncode == 1 and "expertscope_emoe" in r.stderr and "already" in r.stderr
+    # a damaged conversion block: the engine names the key
+    for key, value, msg in (("top_k", 0, "expertscope_emoe.top_k"), ("gating", "soft", "expertscope_emoe.gating"),
+                            ("expert_size", 31, "expertscope_emoe.expert_size"), ("layers", [7], "expertscope_emoe.layers"),
+                            ("format", 2, "expertscope_emoe.format")):
+        bad = str(tmp_path / f"bad-{key}")
+        shutil.copytree(done, bad)
+        cfg = json.load(open(os.path.join(bad, "config.json")))
+        cfg["expertscope_emoe"][key] = value
+        json.dump(cfg, open(os.path.join(bad, "config.json"), "w"))
+        r = run_cli(cli, "info", bad, check=False)
+        assert r.returncode == 1 and msg in r.stderr and "config.json" in r.stderr, (key, r.stderr)
