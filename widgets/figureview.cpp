@@ -261,11 +261,21 @@ void FigureView::rebuild() {
             xa->setRange(-0.5, static_cast<double>(h.cols) - 0.5);
             ya->setRange(-0.5, static_cast<double>(h.rows) - 0.5);
             const bool tokens = h.tokenAxis;
-            xa->setTicker(labelTicker(h.colLabels, tokens ? 80 : 24));
+            // long axes (neurons) get fewer labels, so that they do not run into each other
+            xa->setTicker(labelTicker(h.colLabels, tokens ? 80 : h.cols > 64 ? 10 : 24));
             ya->setTicker(labelTicker(h.rowLabels, 24));
             if (tokens || h.cols > 12) xa->setTickLabelRotation(tokens ? 90 : 0);
             xa->grid()->setVisible(false);
             ya->grid()->setVisible(false);
+            for (int64_t c : h.colSeparators) {
+                auto* line = new QCPItemStraightLine(plot_);
+                line->setClipAxisRect(rect);
+                line->point1->setAxes(xa, ya);
+                line->point2->setAxes(xa, ya);
+                line->point1->setCoords(static_cast<double>(c) - 0.5, 0);
+                line->point2->setCoords(static_cast<double>(c) - 0.5, 1);
+                line->setPen(QPen(QColor(200, 0, 0, 160), 1));
+            }
             for (int64_t r : h.rowSeparators) {
                 auto* line = new QCPItemStraightLine(plot_);
                 line->setClipAxisRect(rect);

@@ -40,7 +40,7 @@ const char* kUsage = R"(usage:
                   [--device cpu|cuda[:N]] [--dtype float32|bfloat16|float16] [--all-experts] [--save-logits]
                   [--layer-streaming auto|on|off] [--threads N] [--run NAME] --out SESSION.h5
   expertscope-cli analyze CHECKPOINT --out SESSION.h5 [--static default|all|none|S1,S2,...]
-                  [--dynamic all|none|D1,D2,D3,D4,load] [--run NAME] [--preset short|routing-map]
+                  [--dynamic all|none|D1,D2,D3,D4,load,modularity] [--run NAME] [--preset short|routing-map]
                   [--paragraphs FILE] [--reference DENSE_CHECKPOINT] [--layers 0,3,...]
                   [--device cpu|cuda[:N]] [--dtype float32|bfloat16|float16] [--first-tokens N]
                   [--pca-components 2|3] [--threads N]
@@ -480,7 +480,7 @@ int cmdAnalyze(const std::vector<std::string>& args) {
     if (threads > 0) es::initRuntime(threads);
     if (!haveStatic && !haveDynamic) staticList = "default";
     const std::set<std::string> statics = es::parseStaticList(staticList);
-    const std::set<std::string> dynamics = es::parseDynamicList(dynamicList);
+    std::set<std::string> dynamics = es::parseDynamicList(dynamicList);
     const bool makesRun = !preset.empty() || !paragraphs.empty();
     if (makesRun && dynamics.empty()) throw UsageError("analyze: --preset/--paragraphs make a run for --dynamic analyses");
     if (!dynamics.empty() && run.empty() && !makesRun)
@@ -490,6 +490,7 @@ int cmdAnalyze(const std::vector<std::string>& args) {
     auto ckpt = es::Checkpoint::open(path);
     es::ModelSpec spec = es::ModelSpec::fromCheckpoint(*ckpt);
     const std::vector<int> analysed = es::analysisLayers(spec, layers, ckpt->path());
+    if (dynamicList == "all" && spec.layout == es::ExpertLayout::Blocks) dynamics.insert("modularity");  // EMoE models
     std::unique_ptr<es::Reference> ref;
     if (!refPath.empty()) {
         ref = std::make_unique<es::Reference>();

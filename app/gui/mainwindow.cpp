@@ -77,6 +77,7 @@ std::vector<PaneDef> paneDefs() {
         {"diversity", "Diversity", {{"Per layer", "diversity"}, {"Output similarity (D1)", "output-similarity"}}},
         {"routing", "Routing", {{"Routing map (D4)", "routing-map"}, {"Routing text", "routing-text"}, {"Expert load", "expert-load"}}},
         {"activations", "Gate activations", {{"Gate activations (D3)", "gate-activations"}}},
+        {"modularity", "Modularity (EMoE)", {{"Share per layer", "modularity"}, {"Activation blocks", "activation-blocks"}}},
     };
 }
 }  // namespace
@@ -380,6 +381,7 @@ bool MainWindow::runPrompts(const QStringList& prompts, const QString& device, c
                            : "Open a checkpoint first.");
         return false;
     }
+    prompts_->addPrompts(prompts);  // what ran is in the session's prompt list
     std::string name;
     do name = "run" + std::to_string(runCounter_++);
     while (session_->hasRun(name));
@@ -412,6 +414,7 @@ bool MainWindow::runPrompts(const QStringList& prompts, const QString& device, c
                           ids.emplace_back(rt->tokens.begin() + rt->promptOffsets[p], rt->tokens.begin() + rt->promptOffsets[p + 1]);
                       DynamicOptions dopt;
                       dopt.analyses = parseDynamicList("all");
+                      if (spec->layout == ExpertLayout::Blocks) dopt.analyses.insert("modularity");  // EMoE
                       dopt.layers = analysisLayers(*spec, {}, ckpt->path());
                       dopt.device = dev;
                       dopt.dtype = dt;

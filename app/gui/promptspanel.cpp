@@ -99,6 +99,14 @@ void PromptsPanel::setPrompts(const QStringList& prompts) {
     list_->addItems(prompts);
 }
 
+void PromptsPanel::addPrompts(const QStringList& prompts) {
+    const QStringList have = this->prompts();
+    bool added = false;
+    for (auto& p : prompts)
+        if (!have.contains(p)) list_->addItem(p), added = true;
+    if (added) Q_EMIT promptsChanged();
+}
+
 QString PromptsPanel::importFile(const QString& path) {
     try {
         for (auto& t : readPromptFile(path.toStdString())) list_->addItem(QString::fromStdString(t));

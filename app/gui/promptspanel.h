@@ -17,6 +17,8 @@ public:
     explicit PromptsPanel(QWidget* parent = nullptr);
     QStringList prompts() const;
     void setPrompts(const QStringList& prompts);
+    // Appends those of `prompts` the list does not hold yet.
+    void addPrompts(const QStringList& prompts);
     // Adds the prompts of a .jsonl ({"text": ...} per line) or text file (one per line); an
     // error (naming the file and the line) is returned, and nothing is added.
     QString importFile(const QString& path);

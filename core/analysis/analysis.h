@@ -36,7 +36,7 @@ struct StaticOptions {
 };
 
 struct DynamicOptions {
-    std::set<std::string> analyses;  // D1 D2 D3 D4 load
+    std::set<std::string> analyses;  // D1 D2 D3 D4 load modularity (EMoE models only)
     std::vector<int> layers;
     std::string device = "cpu", dtype = "float32";
     int64_t firstTokens = 16;  // D1 per-token matrices and D3 activations for the first N tokens

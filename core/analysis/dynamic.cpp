@@ -6,9 +6,11 @@
 #include <torch/torch.h>
 
 #include <cmath>
+#include <random>
 #include <nlohmann/json.hpp>
 
 #include "analysis/analysis.h"
+#include "emoe/emoe.h"
 #include "error.h"
 #include "model/model_impl.h"
 #include "model/spec.h"
@@ -33,7 +35,29 @@ struct LayerAcc {
     Tensor loadCounts;                                     // [E] int64
     int64_t adjacentPairs = 0, adjacentShared = 0;
     std::vector<int64_t> mismatches;  // token indices where the routing differs from the stored trace
+    // modularity (EMoE): sums over tokens of the routed and the best shares, for the clustered
+    // partition and each random one
+    double modShare = 0, modBest = 0;
+    std::vector<double> modRandShare, modRandBest;
+    int64_t modTokens = 0;
+    std::vector<Tensor> modActs;  // [n, F] activations of the first N tokens
+    Tensor randPerms;             // [R, F] random partitions' neuron orders
 };
+
+// Share of the activation mass |h| inside the chosen blocks of a partition of h's columns into
+// E blocks of S (columns in block order): routed = avg-k's top-K blocks (by mean pre-activation g),
+// best = the K blocks holding the most mass. Sums over the tokens.
+std::pair<double, double> blockShares(const Tensor& g, const Tensor& mass, int64_t E, int64_t S, int64_t K) {
+    const int64_t n = g.size(0);
+    Tensor scores = g.view({n, E, S}).mean(-1);
+    Tensor M = mass.view({n, E, S}).sum(-1).to(torch::kDouble);
+    Tensor total = M.sum(-1).clamp_min(1e-300);
+    Tensor routed = M.gather(1, std::get<1>(scores.topk(K, -1))).sum(-1) / total;
+    Tensor best = std::get<0>(M.topk(K, -1)).sum(-1) / total;
+    return {routed.sum().item<double>(), best.sum().item<double>()};
+}
+
+constexpr int kRandomPartitions = 8;
 
 std::vector<double> toDoubleVec(const Tensor& t) {
     Tensor c = t.to(torch::kCPU).to(torch::kDouble).contiguous();
@@ -76,6 +100,11 @@ std::map<std::string, Result> dynamicAnalyses(const std::shared_ptr<Checkpoint>&
     }
     auto want = [&](const char* a) { return opt.analyses.count(a) > 0; };
     const bool d1 = want("D1"), d2 = want("D2"), d3 = want("D3"), d4 = want("D4"), load = want("load");
+    const bool modularity = want("modularity");
+    if (modularity && spec.layout != ExpertLayout::Blocks)
+        throw Error("the modularity analysis needs an EMoE model (expertscope-cli emoe converts a dense one)",
+                    ckpt->path(), "modularity");
+    const auto neuronOrder = modularity ? readEmoePermutation(ckpt->path()) : std::map<int, std::vector<int64_t>>{};
     const bool needOutputs = d1 || d2;
     if (prompts.empty()) throw Error("the run has no prompts", "", "run");
 
@@ -137,6 +166,21 @@ std::map<std::string, Result> dynamicAnalyses(const std::shared_ptr<Checkpoint>&
             acc->angSum = torch::zeros({Rn, Rn}, f64);
             acc->rankCounts = torch::zeros({E * E}, i64);
             acc->loadCounts = torch::zeros({E}, i64);
+            if (modularity) {
+                // random partitions of the same sizes, fixed per layer
+                const int64_t F = E * spec.expertFfn;
+                std::mt19937_64 rng(0x5eed + static_cast<uint64_t>(l));
+                std::vector<int64_t> perms;
+                for (int r = 0; r < kRandomPartitions; ++r) {
+                    std::vector<int64_t> p(static_cast<size_t>(F));
+                    for (int64_t i = 0; i < F; ++i) p[i] = i;
+                    std::shuffle(p.begin(), p.end(), rng);
+                    perms.insert(perms.end(), p.begin(), p.end());
+                }
+                acc->randPerms = torch::tensor(perms, torch::kLong).view({kRandomPartitions, F}).to(dev);
+                acc->modRandShare.assign(kRandomPartitions, 0.0);
+                acc->modRandBest.assign(kRandomPartitions, 0.0);
+            }
         }
         M.step(l, st, false, [&](size_t p, const Tensor& x, const MoeOut* m) {
             if (!analysed || !m) return;
@@ -174,6 +218,29 @@ std::map<std::string, Result> dynamicAnalyses(const std::shared_ptr<Checkpoint>&
                 acc->gateExperts.push_back(torch::stack(ge, 1).to(torch::kCPU));  // [n, E, F]
                 if (hasSE) acc->gateShared.push_back(gateActivation(xf, w.shared).to(torch::kFloat).to(torch::kCPU));
                 if (hasF) acc->gateRef.push_back(refGate[p].to(torch::kCPU));
+            }
+            if (modularity) {
+                // the dense FFN's activations h = silu(g) * u, columns in expert-block order
+                std::vector<Tensor> gs, hs;
+                for (int64_t e = 0; e < E; ++e) {
+                    Tensor ge = torch::linear(x, w.experts[e].gate).to(torch::kFloat);
+                    gs.push_back(ge);
+                    hs.push_back(torch::silu(ge) * torch::linear(x, w.experts[e].up).to(torch::kFloat));
+                }
+                Tensor g = torch::cat(gs, 1), h = torch::cat(hs, 1), mass = h.abs();
+                const int64_t S = spec.expertFfn;
+                auto [routed, best] = blockShares(g, mass, E, S, K);
+                acc->modShare += routed;
+                acc->modBest += best;
+                for (int r = 0; r < kRandomPartitions; ++r) {
+                    Tensor perm = acc->randPerms[r];
+                    auto [rr, rb] = blockShares(g.index_select(1, perm), mass.index_select(1, perm), E, S, K);
+                    acc->modRandShare[r] += rr;
+                    acc->modRandBest[r] += rb;
+                }
+                acc->modTokens += Tp;
+                const int64_t keep = std::clamp<int64_t>(N - base, 0, Tp);
+                if (keep > 0) acc->modActs.push_back(h.narrow(0, 0, keep).to(torch::kCPU));
             }
             if (!needOutputs) return;
             Tensor scores = spec.router.scoring == RouterRule::Scoring::Sigmoid ? m->logits.to(torch::kFloat).sigmoid()
@@ -347,6 +414,47 @@ std::map<std::string, Result> dynamicAnalyses(const std::shared_ptr<Checkpoint>&
                 Array::f32d({E, T}, toDoubleVec(map)).with("labels", routedLabels);
         }
         finish("routing_map" + run, "D4", r, params);
+    }
+    if (modularity) {
+        Result r;
+        std::vector<double> share, best, rshare, rstd, rbest;
+        for (int l : layers) {
+            LayerAcc& a = accs[l];
+            const double t = static_cast<double>(std::max<int64_t>(1, a.modTokens));
+            share.push_back(a.modShare / t);
+            best.push_back(a.modBest / t);
+            double m = 0, m2 = 0, b = 0;
+            for (int k = 0; k < kRandomPartitions; ++k) {
+                m += a.modRandShare[k] / t;
+                m2 += (a.modRandShare[k] / t) * (a.modRandShare[k] / t);
+                b += a.modRandBest[k] / t;
+            }
+            m /= kRandomPartitions;
+            b /= kRandomPartitions;
+            rshare.push_back(m);
+            rstd.push_back(std::sqrt(std::max(0.0, m2 / kRandomPartitions - m * m)));
+            rbest.push_back(b);
+            const std::string lp = "layers/" + std::to_string(l) + "/";
+            Tensor acts = a.modActs.empty() ? torch::zeros({0, E * spec.expertFfn}) : torch::cat(a.modActs, 0).contiguous();
+            r.arrays[lp + "activations"] = Array::f32d({acts.size(0), acts.size(1)}, toDoubleVec(acts))
+                                               .with("token_index", AttrValue::i64s(tokenIndex));
+            if (auto it = neuronOrder.find(l); it != neuronOrder.end() && static_cast<int64_t>(it->second.size()) == acts.size(1)) {
+                std::vector<int32_t> order(it->second.begin(), it->second.end());
+                r.arrays[lp + "neuron_order"] = Array::i32({static_cast<int64_t>(order.size())}, order);
+            }
+        }
+        const double chance = static_cast<double>(K) / static_cast<double>(E);
+        r.arrays["share"] = Array::f32d({nl}, share).with("layers", layerAttr).with("chance", AttrValue::number(chance));
+        r.arrays["share_random"] = Array::f32d({nl}, rshare).with("layers", layerAttr).with("chance", AttrValue::number(chance));
+        r.arrays["share_random_std"] = Array::f32d({nl}, rstd).with("layers", layerAttr);
+        r.arrays["share_best"] = Array::f32d({nl}, best).with("layers", layerAttr);
+        r.arrays["share_best_random"] = Array::f32d({nl}, rbest).with("layers", layerAttr);
+        nlohmann::json p = params;
+        p["random_partitions"] = kRandomPartitions;
+        p["definition"] = "share of sum |silu(W_gate x) * (W_up x)| inside the experts avg-k chooses (share), or inside "
+                          "the K blocks with the most of it (share_best), mean over tokens; random partitions of the "
+                          "same sizes as the baseline";
+        finish("modularity" + run, "modularity", r, p);
     }
     if (load) {
         Result r;

@@ -152,6 +152,35 @@ BalancedKMeans balancedKMeans(const double* x, int64_t n, int64_t d, int64_t k, 
     return best;
 }
 
+std::map<int, std::vector<int64_t>> readEmoePermutation(const std::string& checkpointDir) {
+    std::map<int, std::vector<int64_t>> out;
+    const fs::path file = fs::is_directory(checkpointDir) ? fs::path(checkpointDir) / kEmoePermutationFile
+                                                          : fs::path(checkpointDir).parent_path() / kEmoePermutationFile;
+    if (!fs::exists(file)) return out;
+    std::ifstream in(file);
+    nlohmann::json j = nlohmann::json::parse(in, nullptr, false);
+    if (!j.is_object() || !j.contains("layers") || !j["layers"].is_object())
+        throw Error("not an EMoE permutation file", file.string(), "layers");
+    for (auto& [k, v] : j["layers"].items()) {
+        std::vector<int64_t> p;
+        if (!v.is_array()) throw Error("expected a list of neuron indices", file.string(), "layers." + k);
+        for (auto& x : v) {
+            if (!x.is_number_integer()) throw Error("expected a list of neuron indices", file.string(), "layers." + k);
+            p.push_back(x.get<int64_t>());
+        }
+        std::vector<int64_t> sorted = p;
+        std::sort(sorted.begin(), sorted.end());
+        for (size_t i = 0; i < sorted.size(); ++i)
+            if (sorted[i] != static_cast<int64_t>(i)) throw Error("not a permutation", file.string(), "layers." + k);
+        try {
+            out[std::stoi(k)] = std::move(p);
+        } catch (const std::exception&) {
+            throw Error("not a layer number", file.string(), "layers." + k);
+        }
+    }
+    return out;
+}
+
 std::vector<int> parseLayerSelection(const std::string& text, int numLayers) {
     std::vector<int> out;
     auto num = [&](const std::string& s) {
@@ -313,6 +342,14 @@ std::vector<EmoeLayerReport> convertToEmoe(const std::string& dense, const std::
             std::ofstream f(tmp + "/config.json");
             f << cfg.dump(2) << "\n";
             if (!f.flush()) throw Error("cannot write", tmp + "/config.json");
+        }
+        {
+            // which original neuron sits at each position of a converted layer (views and tools)
+            nlohmann::ordered_json pj = {{"format", 1}, {"layers", nlohmann::ordered_json::object()}};
+            for (auto& [l, p] : perm) pj["layers"][std::to_string(l)] = p;
+            std::ofstream f(tmp + "/" + kEmoePermutationFile);
+            f << pj.dump() << "\n";
+            if (!f.flush()) throw Error("cannot write", tmp + "/" + kEmoePermutationFile);
         }
         const fs::path srcDir = fs::path(cfgFile).parent_path();
         for (const char* extra : {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",

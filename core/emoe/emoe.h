@@ -7,10 +7,19 @@
 #include <atomic>
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <string>
 #include <vector>
 
 namespace es {
+
+// Beside the converted checkpoint: {"format": 1, "layers": {"L": [original neuron at each
+// position, ...]}} for every converted layer.
+inline constexpr const char* kEmoePermutationFile = "expertscope_emoe_permutation.json";
+
+// The permutation of each converted layer of an EMoE checkpoint directory (empty when the file
+// is absent); errors name the file.
+std::map<int, std::vector<int64_t>> readEmoePermutation(const std::string& checkpointDir);
 
 struct BalancedKMeans {
     std::vector<int32_t> labels;  // cluster of each row, every cluster exactly n / k rows

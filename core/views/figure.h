@@ -23,6 +23,7 @@ struct HeatmapPanel {
     double lo = std::numeric_limits<double>::quiet_NaN(), hi = std::numeric_limits<double>::quiet_NaN();  // NaN: data range
     std::string valueLabel;
     std::vector<int64_t> rowSeparators;  // a line above each of these rows
+    std::vector<int64_t> colSeparators;  // a line left of each of these columns
     bool tokenAxis = false;              // columns are tokens (select a token by clicking a column)
     double value(int64_t r, int64_t c) const { return values[static_cast<size_t>(r * cols + c)]; }
 };

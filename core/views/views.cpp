@@ -828,6 +828,94 @@ Figure gateActivations(const Session& s, const ViewRequest& req) {
     return f;
 }
 
+Figure modularity(const Session& s, const ViewRequest& req) {
+    const std::string run = chooseRun(s, req, "modularity");
+    const std::string id = "modularity/" + run;
+    Data share = needArray(s, id, "share", req.view), rnd = needArray(s, id, "share_random", req.view),
+         rstd = needArray(s, id, "share_random_std", req.view), best = needArray(s, id, "share_best", req.view),
+         rbest = needArray(s, id, "share_best_random", req.view);
+    const auto layers = share.layers();
+    Figure f;
+    f.view = req.view;
+    f.title = "Emergent modularity (EMoE), run " + run + ": activation mass inside the chosen experts";
+    Panel p;
+    p.xLabel = "layer";
+    p.yLabel = "share of |activation| mass";
+    Series a{"clustered experts, avg-k's choice", Series::Style::Line}, b{"random partition, avg-k's choice", Series::Style::Line},
+        c{"clustered experts, best K", Series::Style::Line}, d{"random partition, best K", Series::Style::Line};
+    a.color = 0, b.color = 0, c.color = 1, d.color = 1;
+    b.dashed = d.dashed = true;
+    a.emphasised = true;
+    for (size_t i = 0; i < layers.size(); ++i) {
+        for (auto* sr : {&a, &b, &c, &d}) sr->x.push_back(layers[i]);
+        a.y.push_back(share.v[i]), b.y.push_back(rnd.v[i]), c.y.push_back(best.v[i]), d.y.push_back(rbest.v[i]);
+        f.csvRows.push_back({std::to_string(layers[i]), share.text(i), rnd.text(i), rstd.text(i), best.text(i), rbest.text(i)});
+    }
+    p.series = {a, b, c, d};
+    p.levels.push_back({"K / N", share.attr("chance")});
+    f.csvHeader = {"layer", "share", "share_random", "share_random_std", "share_best", "share_best_random"};
+    f.panels.push_back(std::move(p));
+    return f;
+}
+
+Figure activationBlocks(const Session& s, const ViewRequest& req) {
+    const std::string run = chooseRun(s, req, "modularity");
+    const std::string id = "modularity/" + run;
+    const int L = chooseLayer(s, req, layersWith(needResult(s, id, req.view), "activations"), id);
+    const std::string lp = "layers/" + std::to_string(L) + "/";
+    Data acts = needArray(s, id, lp + "activations", req.view);
+    const int64_t N = acts.dim(0), F = acts.dim(1), E = s.model().numExperts, S = E > 0 ? F / E : F;
+    const Result& r = s.result(id);
+    std::vector<int64_t> order(static_cast<size_t>(F));
+    for (int64_t i = 0; i < F; ++i) order[i] = i;
+    const bool haveOrder = r.arrays.count(lp + "neuron_order") > 0;
+    if (haveOrder) {
+        const auto o = r.arrays.at(lp + "neuron_order").toDoubles();
+        for (int64_t i = 0; i < F && i < static_cast<int64_t>(o.size()); ++i) order[i] = static_cast<int64_t>(o[i]);
+    }
+    auto pieces = s.hasRun(run) ? s.runTokenPieces(run) : std::vector<std::string>{};
+    std::vector<std::string> rows;
+    for (int64_t t = 0; t < N; ++t) rows.push_back(t < static_cast<int64_t>(pieces.size()) ? pieces[t] : std::to_string(t));
+    Figure f;
+    f.view = req.view;
+    f.title = "|activations| of the first " + std::to_string(N) + " tokens, run " + run + ", layer " + std::to_string(L);
+    auto panel = [&](bool sorted) {
+        Panel p;
+        p.title = sorted ? "neurons sorted by expert (lines: expert blocks)" : "neurons in the dense model's order";
+        p.xLabel = "neuron";
+        p.yLabel = "token";
+        p.hasHeatmap = true;
+        HeatmapPanel& h = p.heatmap;
+        h.rows = N;
+        h.cols = F;
+        h.values.assign(static_cast<size_t>(N * F), 0.0);
+        // column c of the sorted panel is position c; of the original-order panel, neuron c
+        std::vector<int64_t> pos(static_cast<size_t>(F));
+        for (int64_t i = 0; i < F; ++i) pos[order[i]] = i;
+        for (int64_t t = 0; t < N; ++t)
+            for (int64_t c = 0; c < F; ++c) h.values[t * F + c] = std::abs(acts.v[t * F + (sorted ? c : pos[c])]);
+        for (int64_t c = 0; c < F; ++c) h.colLabels.push_back(std::to_string(sorted ? order[c] : c));
+        h.rowLabels = rows;
+        h.colormap = "blues";
+        h.lo = 0;
+        h.valueLabel = "|activation|";
+        if (sorted)
+            for (int64_t e = 1; e < E; ++e) h.colSeparators.push_back(e * S);
+        return p;
+    };
+    if (haveOrder) f.panels.push_back(panel(false));
+    f.panels.push_back(panel(true));
+    // the CSV: the stored activations, columns in expert-block order, headed by the original neuron
+    f.csvHeader = {"token"};
+    for (int64_t c = 0; c < F; ++c) f.csvHeader.push_back("neuron " + std::to_string(order[c]) + " (expert " + std::to_string(c / S) + ")");
+    for (int64_t t = 0; t < N; ++t) {
+        std::vector<std::string> row = {rows[t]};
+        for (int64_t c = 0; c < F; ++c) row.push_back(acts.text(static_cast<size_t>(t * F + c)));
+        f.csvRows.push_back(std::move(row));
+    }
+    return f;
+}
+
 struct ViewDef {
     std::string name, title, analysis, description;
     std::function<Figure(const Session&, const ViewRequest&)> build;
@@ -950,6 +1038,12 @@ const std::vector<ViewDef>& registry() {
                          v.perToken = true;
                          return fillRuns(s, v, "gate_activations", "experts");
                      }});
+        d.push_back({"modularity", "Modularity", "modularity",
+                     "EMoE: share of the activation mass inside the chosen experts, clustered against random partitions",
+                     modularity, [](const Session& s, ViewInfo& v) { return fillRuns(s, v, "modularity", ""); }});
+        d.push_back({"activation-blocks", "Activation blocks", "modularity",
+                     "EMoE: activations of a batch, neurons in the dense order beside neurons sorted by expert",
+                     activationBlocks, [](const Session& s, ViewInfo& v) { return fillRuns(s, v, "modularity", "activations"); }});
         return d;
     }();
     return defs;

@@ -269,3 +269,74 @@ def test_bad_input_names_file_and_field(cli, tmp_path, build_fixture):
         json.dump(cfg, open(os.path.join(bad, "config.json"), "w"))
         r = run_cli(cli, "info", bad, check=False)
         assert r.returncode == 1 and msg in r.stderr and "config.json" in r.stderr, (key, r.stderr)
+
+
+def test_modularity_against_numpy(cli, tmp_path):
+    torch = require("torch")
+    transformers = require("transformers")
+    h5py = require("h5py")
+    out = str(tmp_path / "emoe")
+    n, k = 8, 2
+    convert(cli, DENSE, out, n, k)
+    session = str(tmp_path / "s.h5")
+    args = ["trace", out, "--run", "r", "--out", session]
+    for p in DEMO_PROMPTS:
+        args += ["--token-ids", ",".join(map(str, p))]
+    run_cli(cli, *args)
+    run_cli(cli, "analyze", out, "--run", "r", "--static", "none", "--dynamic", "all", "--out", session)
+    # the FFN inputs of the EMoE model: HF's own forward with the masked FFN patched in
+    model = transformers.AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
+    emoe_reference(model, json.load(open(os.path.join(out, "config.json")))["expertscope_emoe"])
+    xs = {}
+    hooks = [model.model.layers[l].mlp.register_forward_pre_hook(
+        lambda m, a, l=l: xs.setdefault(l, []).append(a[0][0].detach().numpy().astype(np.float64))) for l in range(6)]
+    with torch.no_grad():
+        for p in DEMO_PROMPTS:
+            model(torch.tensor([p]))
+    for h in hooks:
+        h.remove()
+    w = tensors(out)
+    perm_file = json.load(open(os.path.join(out, "expertscope_emoe_permutation.json")))
+    src = tensors(DENSE)
+    rng = np.random.default_rng(0)
+
+    def shares(g, mass, order):
+        g, mass = g[:, order], mass[:, order]
+        size = g.shape[1] // n
+        scores = g.reshape(len(g), n, size).mean(-1)
+        blocks = mass.reshape(len(g), n, size).sum(-1)
+        top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+        routed = np.take_along_axis(blocks, top, 1).sum(1) / blocks.sum(1)
+        best = -np.sort(-blocks, axis=1)[:, :k].sum(1) / blocks.sum(1)
+        return routed.mean(), best.mean()
+
+    with h5py.File(session, "r") as f:
+        a = f["analyses/modularity/r"]
+        for i, l in enumerate(a["share"].attrs["layers"]):
+            x = np.concatenate(xs[l])
+            p = f"model.layers.{l}.mlp."
+            g = x @ w[p + "gate_proj.weight"].astype(np.float64).T
+            h = g / (1 + np.exp(-g)) * (x @ w[p + "up_proj.weight"].astype(np.float64).T)
+            F = g.shape[1]
+            routed, best = shares(g, np.abs(h), np.arange(F))
+            assert a["share"][i] == pytest.approx(routed, rel=1e-4) and a["share_best"][i] == pytest.approx(best, rel=1e-4)
+            rand = np.array([shares(g, np.abs(h), rng.permutation(F)) for _ in range(200)])
+            sd = rand[:, 0].std()
+            assert abs(a["share_random"][i] - rand[:, 0].mean()) <= 5 * sd / np.sqrt(8) + 1e-3
+            assert abs(a["share_best_random"][i] - rand[:, 1].mean()) <= 5 * rand[:, 1].std() / np.sqrt(8) + 1e-3
+            assert a["share"][i] > a["share_random"][i]  # the clustered experts are modular
+            acts = a[f"layers/{l}/activations"][()]
+            assert acts.shape == (16, F) and np.allclose(acts, h[:16], rtol=1e-4, atol=1e-4 * np.abs(h).max())
+            order = a[f"layers/{l}/neuron_order"][()]
+            assert list(order) == perm_file["layers"][str(l)]
+            assert np.array_equal(order, recover_perm(src[p + "gate_proj.weight"], w[p + "gate_proj.weight"]))
+    # the two views render from it; on a model that is not EMoE the analysis is refused
+    for view in ("modularity", "activation-blocks"):
+        csv_path = str(tmp_path / f"{view}.csv")
+        run_cli(cli, "export", session, "--view", view, "--out", csv_path)
+        assert open(csv_path).read().count("\n") > 6
+    moe = os.path.join(ROOT, "resources", "demo", "moe")
+    other = str(tmp_path / "o.h5")
+    run_cli(cli, "trace", moe, "--token-ids", "0,5,6", "--run", "r", "--out", other)
+    r = run_cli(cli, "analyze", moe, "--run", "r", "--static", "none", "--dynamic", "modularity", "--out", other, check=False)
+    assert r.returncode == 1 and "needs an EMoE model" in r.stderr
