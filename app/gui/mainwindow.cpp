@@ -167,6 +167,7 @@ MainWindow::MainWindow(QWidget* parent) : QMainWindow(parent) {
 }
 
 MainWindow::~MainWindow() {
+    ++generation_;  // what the jobs still return is dropped: the window is going away
     jobs_->cancelAll();
     jobs_->waitForIdle(60000);
 }
