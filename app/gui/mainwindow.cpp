@@ -12,6 +12,7 @@
 #include <QFormLayout>
 #include <QHeaderView>
 #include <QLabel>
+#include <QLineEdit>
 #include <QListWidget>
 #include <QMenuBar>
 #include <QMessageBox>
@@ -29,6 +30,7 @@
 #include "analysis/analysis.h"
 #include "checkpoint/checkpoint.h"
 #include "demo.h"
+#include "emoe/emoe.h"
 #include "error.h"
 #include "figureview.h"
 #include "jobs.h"
@@ -151,6 +153,7 @@ MainWindow::MainWindow(QWidget* parent) : QMainWindow(parent) {
     file->addAction("&Save", QKeySequence::Save, this, &MainWindow::save);
     file->addAction("Save &as...", QKeySequence::SaveAs, this, &MainWindow::saveAs);
     file->addAction("&Export view...", QKeySequence("Ctrl+E"), this, &MainWindow::exportDialog);
+    file->addAction("Convert to E&MoE...", this, &MainWindow::emoeDialog);
     file->addSeparator();
     file->addAction("&Quit", QKeySequence::Quit, this, &QWidget::close);
     auto* view = menuBar()->addMenu("&View");
@@ -605,6 +608,75 @@ void MainWindow::exportDialog() {
     if (f.isEmpty()) return;
     if (QFileInfo(f).suffix().toLower() != ext) f += "." + ext;
     exportView(p->id(), f, w->value(), h->value(), dpi->value(), all->isChecked());
+}
+
+bool MainWindow::convertToEmoe(const QString& outDir, int experts, int topK, const QString& layers, const QString& gating,
+                               int seed) {
+    if (!ckpt_ || !spec_ || !spec_->moeLayers().empty()) {
+        showError("Cannot convert", "EMoE converts a dense model: open a dense Llama, Mistral or Qwen2 checkpoint first.");
+        return false;
+    }
+    EmoeOptions opt;
+    try {
+        opt.layers = parseLayerSelection(layers.toStdString(), static_cast<int>(spec_->numLayers));
+    } catch (const std::exception& e) {
+        showError("Cannot convert", q(e.what()));
+        return false;
+    }
+    opt.experts = experts;
+    opt.topK = topK;
+    opt.gating = gating.toStdString();
+    opt.seed = static_cast<uint64_t>(seed);
+    const std::string dense = ckpt_->path(), out = outDir.toStdString();
+    const uint64_t target = generation_;
+    jobs_->submit(QString("Convert to EMoE (%1 experts, top-%2)").arg(experts).arg(topK),
+                  [this, opt, dense, out, target](JobContext& ctx) mutable -> JobLand {
+                      opt.progress = ctx.progress;
+                      opt.cancel = ctx.cancel;
+                      es::convertToEmoe(dense, out, opt);
+                      return [this, dense, out, target] {
+                          if (generation_ != target) return;
+                          openCheckpoint(q(out), q(dense));  // the dense model stays beside it, as F
+                      };
+                  });
+    return true;
+}
+
+void MainWindow::emoeDialog() {
+    if (!ckpt_ || !spec_ || !spec_->moeLayers().empty()) {
+        showError("Cannot convert", "EMoE converts a dense model: open a dense Llama, Mistral or Qwen2 checkpoint first.");
+        return;
+    }
+    QDialog d(this);
+    d.setWindowTitle("Convert to EMoE");
+    auto* form = new QFormLayout(&d);
+    const int F = static_cast<int>(spec_->layers.at(0).ffnDim);
+    auto* experts = new QSpinBox;
+    experts->setRange(2, F);
+    experts->setValue(F % 8 == 0 ? 8 : 2);
+    auto* topK = new QSpinBox;
+    topK->setRange(1, F);
+    topK->setValue(2);
+    auto* layers = new QLineEdit("all");
+    layers->setToolTip("all, START:EVERY (e.g. 16:4) or a list (e.g. 28,30)");
+    auto* gating = new QComboBox;
+    gating->addItems({"avg-k", "mean-key"});
+    auto* seed = new QSpinBox;
+    seed->setRange(0, 1000000);
+    form->addRow(QString("Experts (F = %1 neurons)").arg(F), experts);
+    form->addRow("Top-k", topK);
+    form->addRow("Layers", layers);
+    form->addRow("Gating", gating);
+    form->addRow("Seed", seed);
+    auto* buttons = new QDialogButtonBox(QDialogButtonBox::Ok | QDialogButtonBox::Cancel);
+    form->addRow(buttons);
+    connect(buttons, &QDialogButtonBox::accepted, &d, &QDialog::accept);
+    connect(buttons, &QDialogButtonBox::rejected, &d, &QDialog::reject);
+    if (d.exec() != QDialog::Accepted) return;
+    const QString out = QFileDialog::getSaveFileName(this, "Directory for the EMoE checkpoint",
+                                                     q(ckpt_->path()) + QString("-emoe%1").arg(experts->value()));
+    if (out.isEmpty()) return;
+    convertToEmoe(out, experts->value(), topK->value(), layers->text(), gating->currentText(), seed->value());
 }
 
 QString MainWindow::currentRunOf(ViewPane* p) const {

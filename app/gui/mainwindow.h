@@ -49,6 +49,10 @@ public:
     bool openDemo();
     // Runs prompts through the open checkpoint (a job: trace, then the dynamic analyses).
     bool runPrompts(const QStringList& prompts, const QString& device = "cpu", const QString& dtype = "float32");
+    // EMoE: converts the open dense checkpoint (a job with progress and Cancel; docs/emoe.md)
+    // into outDir and opens the result with the dense model as its reference.
+    bool convertToEmoe(const QString& outDir, int experts, int topK, const QString& layers = "all",
+                       const QString& gating = "avg-k", int seed = 0);
     // Saves the session (with every view's state, the prompts and the window layout).
     bool saveSession(const QString& path);
     // Exports a pane's current view (see ViewPane::exportTo).
@@ -82,6 +86,7 @@ private Q_SLOTS:
     void save();
     void saveAs();
     void exportDialog();
+    void emoeDialog();
 
 private:
     void buildStartPage();

@@ -315,6 +315,36 @@ private Q_SLOTS:
         QVERIFY(w.grab().save(outDir() + "/window-activation-blocks.png"));
     }
 
+    // The conversion from the window: a job; the EMoE model opens with the dense one as F.
+    // Cancelled, it leaves nothing behind.
+    void convertsTheDenseDemoToEmoe() {
+        const QString demo = QString::fromStdString(demoDirectory());
+        QTemporaryDir tmp;
+        MainWindow w;
+        QVERIFY(w.openCheckpoint(demo + "/dense"));
+        QVERIFY(w.jobs()->waitForIdle(kJobTimeoutMs));
+        QVERIFY(!w.convertToEmoe(tmp.filePath("bad"), 8, 2, "2,9"));  // no layer 9
+        QVERIFY(w.lastError().contains("layer 9"));
+        const QString cancelled = tmp.filePath("cancelled");
+        QSignalSpy done(w.jobs(), &JobManager::finished);
+        QVERIFY(w.convertToEmoe(cancelled, 8, 2));
+        w.jobs()->cancelAll();
+        QVERIFY(w.jobs()->waitForIdle(kJobTimeoutMs));
+        QCOMPARE(done.count(), 1);
+        QCOMPARE(done.at(0).at(1).toBool(), false);
+        QVERIFY(!QFileInfo::exists(cancelled));
+        const QString out = tmp.filePath("emoe");
+        QVERIFY(w.convertToEmoe(out, 8, 2, "1:2", "mean-key"));
+        QVERIFY(w.jobs()->waitForIdle(kJobTimeoutMs));
+        QVERIFY2(w.lastError().isEmpty(), qPrintable(w.lastError()));
+        QCOMPARE(w.modelTree()->findItems("Path", Qt::MatchExactly).at(0)->text(1), out);
+        QCOMPARE(w.modelTree()->findItems("Reference (F)", Qt::MatchExactly).at(0)->text(1), QDir(demo + "/dense").absolutePath());
+        QVERIFY(w.modelTree()->findItems("Router", Qt::MatchExactly).at(0)->text(1).startsWith("mean key rows"));
+        const ModelSpec spec = ModelSpec::fromCheckpoint(*Checkpoint::open(out.toStdString()));
+        QCOMPARE(spec.moeLayers(), (std::vector<int>{1, 3, 5}));
+        QVERIFY(w.pane("similarity")->hasFigure());  // the static analyses ran on it
+    }
+
     // Cancel stops a running job; nothing half-done lands in the session
     void cancelLeavesTheSessionAsItWas() {
         const QString demo = QString::fromStdString(demoDirectory());
