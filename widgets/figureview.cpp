@@ -10,6 +10,7 @@
 #include <QSvgGenerator>
 #include <QToolTip>
 #include <algorithm>
+#include <charconv>
 #include <cmath>
 #include <qcustomplot.h>
 
@@ -687,16 +688,22 @@ void FigureView::clicked(const QPoint& posInPlot) {
         const int64_t r = std::lround(rect->axis(QCPAxis::atLeft)->pixelToCoord(posInPlot.y()));
         if (r < 0 || r >= h.rows || c < 0 || c >= h.cols) return;
         if (h.tokenAxis && static_cast<size_t>(c + 1) < fig_.csvHeader.size()) {
-            const std::string& head = fig_.csvHeader[static_cast<size_t>(c + 1)];
-            Q_EMIT tokenClicked(std::stoll(head.substr(0, head.find(':'))));
+            const std::string& head = fig_.csvHeader[static_cast<size_t>(c + 1)];  // "index:piece"
+            long long t = -1;
+            auto [end, ec] = std::from_chars(head.data(), head.data() + head.size(), t);
+            if (ec == std::errc() && end != head.data() && *end == ':') Q_EMIT tokenClicked(t);
         }
         // an expert x expert matrix: the clicked pair stays outlined
         if (!h.tokenAxis) {
             selCell_ = {pi, static_cast<int>(r), static_cast<int>(c)};
             drawSelection();
         }
-        const std::string& lab = h.rowLabels[static_cast<size_t>(r)];
-        if (!lab.empty() && std::isdigit(static_cast<unsigned char>(lab[0]))) Q_EMIT expertClicked(std::stoi(lab));
+        if (static_cast<size_t>(r) < h.rowLabels.size()) {
+            const std::string& lab = h.rowLabels[static_cast<size_t>(r)];
+            int e = -1;
+            auto [end, ec] = std::from_chars(lab.data(), lab.data() + lab.size(), e);
+            if (ec == std::errc() && end == lab.data() + lab.size()) Q_EMIT expertClicked(e);  // an expert row
+        }
         return;
     }
     const QString tip = toolTipAt(pos);

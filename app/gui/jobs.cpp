@@ -94,7 +94,7 @@ void JobManager::startNext() {
         } catch (const std::exception& e) {
             error = cancel->load() ? QString("cancelled") : QString::fromStdString(e.what());
         } catch (...) {
-            error = "unknown error";
+            error = cancel->load() ? QString("cancelled") : QString("unknown error");
         }
         QMetaObject::invokeMethod(
             this,
@@ -106,13 +106,16 @@ void JobManager::startNext() {
                         land();
                     } catch (const std::exception& e) {
                         err = QString::fromStdString(e.what());
+                    } catch (...) {
+                        err = "unknown error";
                     }
                 }
+                if (!self) return;  // the land step may have closed the window
                 self->running_ = false;
                 self->runningId_ = -1;
                 self->runningCancel_.reset();
                 Q_EMIT self->finished(id, err.isEmpty(), err);
-                self->startNext();
+                if (self) self->startNext();
             },
             Qt::QueuedConnection);
     });

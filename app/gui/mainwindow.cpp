@@ -501,11 +501,16 @@ bool MainWindow::openSession(const QString& path) {
         dirty_ = false;
         lastError_.clear();
         const std::string file = path.toStdString();
-        jobs_->submit("Check the session's data", [file](JobContext& ctx) -> JobLand {
+        const uint64_t target = generation_;
+        jobs_->submit("Check the session's data", [this, file, target](JobContext& ctx) -> JobLand {
             ctx.progress(0.0, "reading every byte in a separate process");
             const std::string bad = checkSessionInChild(file, /*readData=*/true, ctx.cancel);
-            if (!bad.empty()) throw Error("the session opened, but part of its data is damaged: " + bad);
-            return {};
+            if (bad.empty()) return {};
+            return [this, bad, target] {
+                if (generation_ == target)  // still the session it is about
+                    showError("The session's data is damaged", "The session opened, but part of its data is damaged: " +
+                                                                   QString::fromStdString(bad));
+            };
         });
         return true;
     } catch (const std::exception& e) {

@@ -276,7 +276,9 @@ std::vector<EmoeLayerReport> convertToEmoe(const std::string& dense, const std::
     }
 
     // the checkpoint: every tensor copied, the converted layers' FFN neurons permuted
-    const std::string tmp = outDir + ".tmp-" + std::to_string(::getpid());
+    std::string target = fs::path(outDir).lexically_normal().string();
+    while (target.size() > 1 && target.back() == '/') target.pop_back();  // "out/" -> "out": tmp is its sibling
+    const std::string tmp = target + ".tmp-" + std::to_string(::getpid());
     fs::remove_all(tmp);
     fs::create_directories(tmp);
     try {
@@ -355,8 +357,8 @@ std::vector<EmoeLayerReport> convertToEmoe(const std::string& dense, const std::
         for (const char* extra : {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                                   "generation_config.json", "tokenizer.model"})
             if (fs::exists(srcDir / extra)) fs::copy_file(srcDir / extra, fs::path(tmp) / extra);
-        if (fs::exists(outDir)) fs::remove(outDir);  // empty, checked above
-        fs::rename(tmp, outDir);
+        if (fs::exists(target)) fs::remove(target);  // empty, checked above
+        fs::rename(tmp, target);
     } catch (...) {
         std::error_code ec;
         fs::remove_all(tmp, ec);

@@ -770,7 +770,12 @@ Figure gateActivations(const Session& s, const ViewRequest& req) {
     if (r.arrays.count(lp + "shared")) extra.push_back({"SE", needArray(s, id, lp + "shared", req.view)});
     if (r.arrays.count(lp + "reference")) extra.push_back({"F", needArray(s, id, lp + "reference", req.view)});
     int64_t W = F;
-    for (auto& x : extra) W = std::max(W, x.d.dim(1));
+    for (auto& x : extra) {
+        W = std::max(W, x.d.dim(1));
+        if (x.d.dim(0) <= req.token)
+            throw Error("result " + id + " has fewer tokens in its " + x.label + " row than in its experts", sessionName(s),
+                        "/analyses/" + id);
+    }
     Figure f;
     f.view = req.view;
     f.title = "Gate activations act(W_gate x) (D3), run " + run + ", layer " + std::to_string(L) + ", token " +
@@ -864,14 +869,23 @@ Figure activationBlocks(const Session& s, const ViewRequest& req) {
     const int L = chooseLayer(s, req, layersWith(needResult(s, id, req.view), "activations"), id);
     const std::string lp = "layers/" + std::to_string(L) + "/";
     Data acts = needArray(s, id, lp + "activations", req.view);
-    const int64_t N = acts.dim(0), F = acts.dim(1), E = s.model().numExperts, S = E > 0 ? F / E : F;
+    const int64_t N = acts.dim(0), F = acts.dim(1), E = std::max<int64_t>(1, s.model().numExperts);
+    const int64_t S = std::max<int64_t>(1, F / E);
     const Result& r = s.result(id);
     std::vector<int64_t> order(static_cast<size_t>(F));
     for (int64_t i = 0; i < F; ++i) order[i] = i;
-    const bool haveOrder = r.arrays.count(lp + "neuron_order") > 0;
-    if (haveOrder) {
+    bool haveOrder = r.arrays.count(lp + "neuron_order") > 0;
+    if (haveOrder) {  // used only when it is a permutation of the F columns
         const auto o = r.arrays.at(lp + "neuron_order").toDoubles();
-        for (int64_t i = 0; i < F && i < static_cast<int64_t>(o.size()); ++i) order[i] = static_cast<int64_t>(o[i]);
+        std::vector<char> seen(static_cast<size_t>(F), 0);
+        haveOrder = static_cast<int64_t>(o.size()) == F;
+        for (int64_t i = 0; haveOrder && i < F; ++i) {
+            const int64_t v = static_cast<int64_t>(o[i]);
+            haveOrder = v >= 0 && v < F && !seen[v];
+            if (haveOrder) seen[v] = 1, order[i] = v;
+        }
+        if (!haveOrder)
+            for (int64_t i = 0; i < F; ++i) order[i] = i;
     }
     auto pieces = s.hasRun(run) ? s.runTokenPieces(run) : std::vector<std::string>{};
     std::vector<std::string> rows;

@@ -255,7 +255,9 @@ def test_bad_input_names_file_and_field(cli, tmp_path, build_fixture):
     r = run_cli(cli, "emoe", moe, "--experts", "4", "--top-k", "2", "--out", str(tmp_path / "y"), check=False)
     assert r.returncode == 1 and "model_type" in r.stderr
     done = str(tmp_path / "done")
-    convert(cli, DENSE, done, 8, 2)
+    convert(cli, DENSE, done + "/", 8, 2)  # a trailing slash: the temporary directory is a sibling
+    assert os.path.exists(os.path.join(done, "model.safetensors"))
+    assert not [n for n in os.listdir(tmp_path) if ".tmp-" in n] and not [n for n in os.listdir(done) if ".tmp-" in n]
     r = run_cli(cli, "emoe", done, "--experts", "8", "--top-k", "2", "--out", str(tmp_path / "z"), check=False)
     assert r.returncode == 1 and "expertscope_emoe" in r.stderr and "already" in r.stderr
     # a damaged conversion block: the engine names the key
