@@ -130,6 +130,11 @@ int chooseLayer(const Session& s, const ViewRequest& req, const std::vector<int>
     return req.layer;
 }
 
+// The layer a per-layer view shows: one of those with an array "layers/L/<suffix>" in result `id`.
+int layerOf(const Session& s, const ViewRequest& req, const std::string& id, const std::string& suffix) {
+    return chooseLayer(s, req, layersWith(needResult(s, id, req.view), suffix), id);
+}
+
 std::string chooseRun(const Session& s, const ViewRequest& req, const std::string& prefix) {
     auto runs = runsWith(s, prefix);
     if (runs.empty())
@@ -221,7 +226,7 @@ Figure similarityFigure(const Session& s, const ViewRequest& req, const Similari
     const std::string matrix = chooseOf(req, "matrix", req.matrix, k.matrices);
     const std::string measure = k.measures.empty() ? "" : chooseOf(req, "measure", req.measure, k.measures);
     const std::string suffix = similaritySuffix(k, matrix, measure);
-    const int L = chooseLayer(s, req, layersWith(needResult(s, k.id, req.view), suffix), k.id);
+    const int L = layerOf(s, req, k.id, suffix);
     Data d = needArray(s, k.id, "layers/" + std::to_string(L) + "/" + suffix, req.view);
     Figure f;
     f.view = req.view;
@@ -240,7 +245,7 @@ Figure similarityFigure(const Session& s, const ViewRequest& req, const Similari
 Figure routerVsWeights(const Session& s, const ViewRequest& req) {
     const char* id = "router_weight_regression";
     const std::string matrix = chooseOf(req, "matrix", req.matrix, kMatrices);
-    const int L = chooseLayer(s, req, layersWith(needResult(s, id, req.view), "pairs"), id);
+    const int L = layerOf(s, req, id, "pairs");
     Data pairs = needArray(s, id, "layers/" + std::to_string(L) + "/pairs", req.view);
     Data slope = needArray(s, id, "slope", req.view), intercept = needArray(s, id, "intercept", req.view),
          r2 = needArray(s, id, "r2", req.view);
@@ -316,7 +321,7 @@ std::string explainedText(const Data& e, int64_t c) {
 Figure pcaFigure(const Session& s, const ViewRequest& req, bool neurons) {
     const char* id = neurons ? "neuron_pca" : "matrix_pca";
     const std::string matrix = chooseOf(req, "matrix", req.matrix, kMatrices);
-    const int L = chooseLayer(s, req, layersWith(needResult(s, id, req.view), matrix), id);
+    const int L = layerOf(s, req, id, matrix);
     const std::string base = "layers/" + std::to_string(L) + "/" + matrix;
     Data d = needArray(s, id, base, req.view), ex = needArray(s, id, base + "_explained", req.view);
     const auto labels = d.labels();
@@ -375,7 +380,7 @@ Figure outputSimilarity(const Session& s, const ViewRequest& req) {
     const std::string id = "output_similarity/" + run;
     const std::string measure = chooseOf(req, "measure", req.measure, {"angular", "cosine", "per-token"});
     const std::string suffix = measure == "per-token" ? "per_token_cosine" : measure;
-    const int L = chooseLayer(s, req, layersWith(needResult(s, id, req.view), suffix), id);
+    const int L = layerOf(s, req, id, suffix);
     Data d = needArray(s, id, "layers/" + std::to_string(L) + "/" + suffix, req.view);
     Figure f;
     f.view = req.view;
@@ -491,7 +496,7 @@ std::pair<int64_t, int64_t> promptRange(const Session& s, const ViewRequest& req
 Figure normsVsScores(const Session& s, const ViewRequest& req) {
     const std::string run = chooseRun(s, req, "norm_score_ranks");
     const std::string id = "norm_score_ranks/" + run;
-    const int L = chooseLayer(s, req, layersWith(needResult(s, id, req.view), "norms"), id);
+    const int L = layerOf(s, req, id, "norms");
     Data n = needArray(s, id, "layers/" + std::to_string(L) + "/norms", req.view);
     Data sc = needArray(s, id, "layers/" + std::to_string(L) + "/scores", req.view);
     const int64_t T = n.dim(0), E = n.dim(1);
@@ -547,7 +552,7 @@ Figure rankCounts(const Session& s, const ViewRequest& req) {
     const std::string measure = chooseOf(req, "measure", req.measure, {"layer", "all"});
     std::string name = "all/rank_counts", where = "all layers";
     if (measure == "layer") {
-        const int L = chooseLayer(s, req, layersWith(needResult(s, id, req.view), "rank_counts"), id);
+        const int L = layerOf(s, req, id, "rank_counts");
         name = "layers/" + std::to_string(L) + "/rank_counts";
         where = "layer " + std::to_string(L);
     }
@@ -630,7 +635,7 @@ Figure top1MaxNorm(const Session& s, const ViewRequest& req) {
 Figure routingMap(const Session& s, const ViewRequest& req) {
     const std::string run = chooseRun(s, req, "routing_map");
     const std::string id = "routing_map/" + run;
-    const int L = chooseLayer(s, req, layersWith(needResult(s, id, req.view), "weights"), id);
+    const int L = layerOf(s, req, id, "weights");
     Data d = needArray(s, id, "layers/" + std::to_string(L) + "/weights", req.view);
     auto [b, e] = promptRange(s, req, run);
     const int64_t E = d.dim(0), T = d.dim(1);
@@ -753,7 +758,7 @@ Figure expertLoad(const Session& s, const ViewRequest& req) {
 Figure gateActivations(const Session& s, const ViewRequest& req) {
     const std::string run = chooseRun(s, req, "gate_activations");
     const std::string id = "gate_activations/" + run;
-    const int L = chooseLayer(s, req, layersWith(needResult(s, id, req.view), "experts"), id);
+    const int L = layerOf(s, req, id, "experts");
     const std::string lp = "layers/" + std::to_string(L) + "/";
     Data ex = needArray(s, id, lp + "experts", req.view);
     const int64_t N = ex.dim(0), E = ex.dim(1), F = ex.dim(2);
@@ -866,7 +871,7 @@ Figure modularity(const Session& s, const ViewRequest& req) {
 Figure activationBlocks(const Session& s, const ViewRequest& req) {
     const std::string run = chooseRun(s, req, "modularity");
     const std::string id = "modularity/" + run;
-    const int L = chooseLayer(s, req, layersWith(needResult(s, id, req.view), "activations"), id);
+    const int L = layerOf(s, req, id, "activations");
     const std::string lp = "layers/" + std::to_string(L) + "/";
     Data acts = needArray(s, id, lp + "activations", req.view);
     const int64_t N = acts.dim(0), F = acts.dim(1), E = std::max<int64_t>(1, s.model().numExperts);

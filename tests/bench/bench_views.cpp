@@ -51,6 +51,15 @@ Result similarity(int layers, int E, std::mt19937& rng) {
     return r;
 }
 
+// D2's points of layer 0 (what the norms-vs-scores view draws) as result norm_score_ranks/big
+void putNormsScores(Session& s, int64_t T, int64_t E, const std::vector<float>& norms, const std::vector<float>& scores) {
+    Result r;
+    r.kind = "D2";
+    r.arrays["layers/0/norms"] = Array::f32({T, E}, norms);
+    r.arrays["layers/0/scores"] = Array::f32({T, E}, scores);
+    s.putResult("norm_score_ranks/big", r);
+}
+
 }  // namespace
 
 class BenchViews : public QObject {
@@ -104,11 +113,7 @@ private Q_SLOTS:
         }
         rt.layers.push_back(lt);
         s.addRun("big", rt);
-        Result r;
-        r.kind = "D2";
-        r.arrays["layers/0/norms"] = Array::f32({T, E}, norms);
-        r.arrays["layers/0/scores"] = Array::f32({T, E}, scores);
-        s.putResult("norm_score_ranks/big", r);
+        putNormsScores(s, T, E, norms, scores);
         ViewRequest req;
         req.view = "norms-vs-scores";
         FigureView v;
@@ -133,11 +138,7 @@ private Q_SLOTS:
         std::vector<float> norms(T * E), scores(T * E);
         for (auto& x : norms) x = 10 * u(rng);
         for (auto& x : scores) x = u(rng);
-        Result r;
-        r.kind = "D2";
-        r.arrays["layers/0/norms"] = Array::f32({T, E}, norms);
-        r.arrays["layers/0/scores"] = Array::f32({T, E}, scores);
-        s.putResult("norm_score_ranks/big", r);
+        putNormsScores(s, T, E, norms, scores);
         ViewRequest req;
         req.view = "norms-vs-scores";
         FigureView v;
