@@ -38,7 +38,7 @@ const char* kUsage = R"(usage:
   expertscope-cli session SESSION.h5 [--json] [--verify]
   expertscope-cli trace CHECKPOINT (--token-ids 1,2,3 [--token-ids 4,5 ...] | --prompt TEXT ... | --prompts FILE)
                   [--device cpu|cuda[:N]] [--dtype float32|bfloat16|float16] [--all-experts] [--save-logits]
-                  [--layer-streaming auto|on|off] [--threads N] [--run NAME] --out SESSION.h5
+                  [--save-hidden] [--layer-streaming auto|on|off] [--threads N] [--run NAME] --out SESSION.h5
   expertscope-cli analyze CHECKPOINT --out SESSION.h5 [--static default|all|none|S1,S2,...]
                   [--dynamic all|none|D1,D2,D3,D4,load,modularity] [--run NAME] [--preset short|routing-map]
                   [--paragraphs FILE] [--reference DENSE_CHECKPOINT] [--layers 0,3,...]
@@ -235,7 +235,7 @@ int cmdSession(const std::vector<std::string>& args) {
         j["runs"].push_back({{"name", r.name}, {"device", r.device}, {"dtype", r.dtype}, {"created", r.created},
                              {"tokens", r.numTokens}, {"prompts", r.numPrompts}, {"moe_layers", r.moeLayers},
                              {"expert_output_norms", r.hasExpertNorms}, {"shared_output_norms", r.hasSharedNorms},
-                             {"logits", r.hasLogits}, {"token_text", r.hasTokenText},
+                             {"logits", r.hasLogits}, {"hidden_states", r.hasHidden}, {"token_text", r.hasTokenText},
                              {"prompt_texts", r.hasPromptTexts}});
     }
     j["results"] = nlohmann::ordered_json::array();
@@ -342,6 +342,7 @@ int cmdTrace(const std::vector<std::string>& args) {
         else if (a == "--dtype") lo.dtype = value(i);
         else if (a == "--all-experts") to.allExperts = true;
         else if (a == "--save-logits") to.saveLogits = true;
+        else if (a == "--save-hidden") to.saveHidden = true;
         else if (a == "--run") run = value(i);
         else if (a == "--out") out = value(i);
         else if (a == "--threads") {

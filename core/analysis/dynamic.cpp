@@ -149,7 +149,7 @@ std::map<std::string, Result> dynamicAnalyses(const std::shared_ptr<Checkpoint>&
             const LayerWeights& rw = R->layers[l];
             R->step(l, rst, false, [&](size_t p, const Tensor& x, const MoeOut*) {
                 if (!analysed) return;
-                if (d1) refOut[p] = swiglu(x, rw.mlp);
+                if (d1) refOut[p] = ffn(x, rw.mlp);
                 if (d3) {
                     const int64_t n = std::clamp<int64_t>(N - offsets[p], 0, x.size(0));
                     if (n > 0) refGate[p] = gateActivation(x.narrow(0, 0, n), rw.mlp).to(torch::kFloat);
@@ -220,12 +220,12 @@ std::map<std::string, Result> dynamicAnalyses(const std::shared_ptr<Checkpoint>&
                 if (hasF) acc->gateRef.push_back(refGate[p].to(torch::kCPU));
             }
             if (modularity) {
-                // the dense FFN's activations h = silu(g) * u, columns in expert-block order
+                // the dense FFN's pre-activations g and activations h (silu(g) * u, or gelu(g)),
+                // columns in expert-block order
                 std::vector<Tensor> gs, hs;
                 for (int64_t e = 0; e < E; ++e) {
-                    Tensor ge = torch::linear(x, w.experts[e].gate).to(torch::kFloat);
-                    gs.push_back(ge);
-                    hs.push_back(torch::silu(ge) * torch::linear(x, w.experts[e].up).to(torch::kFloat));
+                    gs.push_back(gatePre(x, w.experts[e]).to(torch::kFloat));
+                    hs.push_back(ffnHidden(x, w.experts[e]).to(torch::kFloat));
                 }
                 Tensor g = torch::cat(gs, 1), h = torch::cat(hs, 1), mass = h.abs();
                 const int64_t S = spec.expertFfn;
@@ -249,8 +249,8 @@ std::map<std::string, Result> dynamicAnalyses(const std::shared_ptr<Checkpoint>&
                 const int64_t n = std::min(kTokenChunk, Tp - c0);
                 Tensor xc = x.narrow(0, c0, n);
                 std::vector<Tensor> outs;
-                for (int64_t e = 0; e < E; ++e) outs.push_back(swiglu(xc, w.experts[e]).to(torch::kFloat));
-                if (hasSE) outs.push_back(swiglu(xc, w.shared).to(torch::kFloat));
+                for (int64_t e = 0; e < E; ++e) outs.push_back(ffn(xc, w.experts[e]).to(torch::kFloat));
+                if (hasSE) outs.push_back(ffn(xc, w.shared).to(torch::kFloat));
                 if (hasF && d1) outs.push_back(refOut[p].narrow(0, c0, n).to(torch::kFloat));
                 Tensor O = torch::stack(outs, 1);  // [n, R, d]
                 Tensor norms = O.norm(2, -1);      // [n, R]

@@ -23,11 +23,12 @@ const char* dtypeName(DType d) {
         case DType::F32: return "F32";
         case DType::F16: return "F16";
         case DType::BF16: return "BF16";
+        case DType::I64: return "I64";
     }
     return "?";
 }
 
-size_t dtypeSize(DType d) { return d == DType::F32 ? 4 : 2; }
+size_t dtypeSize(DType d) { return d == DType::I64 ? 8 : d == DType::F32 ? 4 : 2; }
 
 int64_t TensorView::numel() const {
     int64_t n = 1;
@@ -121,8 +122,9 @@ void SafetensorsFile::parse() {
         if (dt == "F32") v.dtype = DType::F32;
         else if (dt == "F16") v.dtype = DType::F16;
         else if (dt == "BF16") v.dtype = DType::BF16;
+        else if (dt == "I64") v.dtype = DType::I64;  // index buffers (BERT's position_ids)
         else
-            throw Error("unsupported dtype " + dt + " (supported: F32, F16, BF16)", path_, name);
+            throw Error("unsupported dtype " + dt + " (supported: F32, F16, BF16, I64)", path_, name);
         uint64_t numel = 1;
         for (const auto& s : t["shape"]) {
             if (!s.is_number_unsigned()) throw Error("shape entries must be non-negative integers", path_, name);

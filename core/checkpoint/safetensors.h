@@ -11,7 +11,8 @@
 
 namespace es {
 
-enum class DType { F32, F16, BF16 };
+// I64 holds index buffers only (BERT's embeddings.position_ids); weights are F32, F16 or BF16.
+enum class DType { F32, F16, BF16, I64 };
 const char* dtypeName(DType d);
 size_t dtypeSize(DType d);
 

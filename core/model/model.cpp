@@ -142,9 +142,18 @@ std::unique_ptr<Model> Model::load(std::shared_ptr<Checkpoint> ckpt, const Model
     else d.streamed = avail != UINT64_MAX && static_cast<double>(need) > 0.85 * static_cast<double>(avail);
 
     torch::NoGradGuard ng;
-    d.embed = d.load("model.embed_tokens.weight");
-    d.finalNorm = d.load("model.norm.weight");
-    d.lmHead = spec.tieEmbeddings ? d.embed : d.load("lm_head.weight");
+    if (spec.encoder) {
+        const std::string e = spec.prefix + "embeddings.";
+        d.embed = d.load(e + "word_embeddings.weight");
+        d.posEmbed = d.load(e + "position_embeddings.weight");
+        d.typeEmbed = d.load(e + "token_type_embeddings.weight");
+        d.embNorm = d.load(e + "LayerNorm.weight");
+        d.embNormB = d.load(e + "LayerNorm.bias");
+    } else {
+        d.embed = d.load("model.embed_tokens.weight");
+        d.finalNorm = d.load("model.norm.weight");
+        d.lmHead = spec.tieEmbeddings ? d.embed : d.load("lm_head.weight");
+    }
     if (!d.streamed)
         for (int l = 0; l < spec.numLayers; ++l) d.loadLayer(l);
     return m;
@@ -158,6 +167,15 @@ Model::Impl::State Model::Impl::start(const std::vector<std::vector<int64_t>>& p
     invFreq = invFreq.to(device);
     for (auto& p : prompts) {
         Tensor ids = torch::tensor(p, torch::kLong).to(device);
+        if (spec.encoder) {
+            // BERT: (word + token type 0) + learned position, then LayerNorm, in HF's order
+            const int64_t T = static_cast<int64_t>(p.size());
+            Tensor h = embed.index_select(0, ids) + typeEmbed[0] + posEmbed.narrow(0, 0, T);
+            st.h.push_back(layerNorm(h, embNorm, embNormB));
+            st.cos.emplace_back();
+            st.sin.emplace_back();
+            continue;
+        }
         st.h.push_back(embed.index_select(0, ids));
         Tensor pos = torch::arange(static_cast<int64_t>(p.size()), devOpts.dtype(torch::kLong)).to(torch::kFloat);
         Tensor freqs = pos.unsqueeze(1) * invFreq.unsqueeze(0);
@@ -172,12 +190,26 @@ void Model::Impl::step(int l, State& st, bool allExperts, const Tap& tap) {
     const LayerWeights& w = layers[l];
     const bool isMoe = spec.layers[l].moe;
     for (size_t p = 0; p < st.h.size(); ++p) {
+        if (spec.encoder) {  // post-LN: LN(h + attn(h)), then LN(h + ffn(h))
+            Tensor x = layerNorm(st.h[p] + attention(w, st.h[p], st.cos[p], st.sin[p], 0), w.inNorm, w.inNormB);
+            Tensor y;
+            if (!isMoe) {
+                if (tap) tap(p, x, nullptr);
+                y = ffn(x, w.mlp);
+            } else {
+                auto m = moe(w, x, allExperts);
+                if (tap) tap(p, x, &m);
+                y = m.y;
+            }
+            st.h[p] = layerNorm(y + x, w.postNorm, w.postNormB);
+            continue;
+        }
         Tensor x = rmsNorm(st.h[p], w.inNorm, spec.rmsEps);
         st.h[p] = st.h[p] + attention(w, x, st.cos[p], st.sin[p], spec.layers[l].slidingWindow);
         x = rmsNorm(st.h[p], w.postNorm, spec.rmsEps);
         if (!isMoe) {
             if (tap) tap(p, x, nullptr);
-            st.h[p] = st.h[p] + swiglu(x, w.mlp);
+            st.h[p] = st.h[p] + ffn(x, w.mlp);
             continue;
         }
         auto m = moe(w, x, allExperts);
@@ -208,6 +240,14 @@ RunTrace Model::trace(const std::vector<std::vector<int64_t>>& prompts, const Tr
         rt.promptOffsets.push_back(static_cast<int64_t>(rt.tokens.size()));
     }
     if (prompts.empty()) throw Error("no prompts to run", "", "tokens");
+    if (opt.saveLogits && s.encoder)
+        throw Error("a " + s.family + " encoder has no language-model head: save its hidden states instead", "", "logits");
+    if (s.encoder)
+        for (size_t p = 0; p < prompts.size(); ++p)
+            if (static_cast<int64_t>(prompts[p].size()) > s.maxPositions)
+                throw Error("prompt " + std::to_string(p) + " has " + std::to_string(prompts[p].size()) +
+                                " tokens, more than the model's " + std::to_string(s.maxPositions) + " positions",
+                            "", "max_position_embeddings");
 
     Impl::State st = d.start(prompts);
     const int64_t E = s.numExperts, K = s.topK;
@@ -251,9 +291,16 @@ RunTrace Model::trace(const std::vector<std::vector<int64_t>>& prompts, const Tr
     std::vector<Tensor>& h = st.h;
     if (opt.saveLogits) {
         std::vector<Tensor> parts;
-        for (auto& x : h) parts.push_back(torch::linear(rmsNorm(x, d.finalNorm, s.rmsEps), d.lmHead).to(torch::kFloat));
+        for (auto& x : h) parts.push_back(torch::linear(d.finalHidden(x), d.lmHead).to(torch::kFloat));
         Tensor all = torch::cat(parts, 0).contiguous().to(torch::kCPU);
         rt.logits.assign(all.data_ptr<float>(), all.data_ptr<float>() + all.numel());
+    }
+    if (opt.saveHidden) {
+        std::vector<Tensor> parts;
+        for (auto& x : h) parts.push_back(d.finalHidden(x).to(torch::kFloat));
+        Tensor all = torch::cat(parts, 0).contiguous().to(torch::kCPU);
+        rt.hidden.assign(all.data_ptr<float>(), all.data_ptr<float>() + all.numel());
+        rt.hiddenSize = s.hidden;
     }
     if (opt.progress) opt.progress(1.0, "done");
     return rt;

@@ -19,6 +19,7 @@ inline torch::ScalarType storageType(DType d) {
         case DType::F32: return torch::kFloat;
         case DType::F16: return torch::kHalf;
         case DType::BF16: return torch::kBFloat16;
+        case DType::I64: return torch::kLong;
     }
     return torch::kFloat;
 }
@@ -49,36 +50,54 @@ inline Tensor rotateHalf(const Tensor& x) {
     return torch::cat({-x.narrow(-1, h, h), x.narrow(-1, 0, h)}, -1);
 }
 
-// A SwiGLU FFN. Gate and up are one [2F, d] matrix (one GEMM instead of two, as transformers v5
-// holds experts) whenever loading copies anyway; zero-copy views of the mapping stay apart.
+// An FFN. SwiGLU: gate and up are one [2F, d] matrix (one GEMM instead of two, as transformers
+// v5 holds experts) whenever loading copies anyway; zero-copy views of the mapping stay apart.
+// GELU FFN (BERT): `gate` holds W1 with its bias `inBias`, no up; `outBias` is W2's bias (dense
+// layers only: an EMoE layer adds it once after combining its experts).
 struct Ffn {
     Tensor gateUp, gate, up, down;
+    Tensor inBias, outBias;
+    int act = 0;  // 0: SwiGLU (silu), 1: GELU (erf), 2: GELU (tanh)
 };
 
-inline Tensor swiglu(const Tensor& x, const Ffn& f) {
-    if (!f.gateUp.defined()) return torch::linear(torch::silu(torch::linear(x, f.gate)) * torch::linear(x, f.up), f.down);
+inline Tensor gelu(const Tensor& x, int act) { return torch::gelu(x, act == 2 ? "tanh" : "none"); }
+
+// W_gate x (+ b1): the pre-activations of the FFN's neurons (EMoE's avg-k scores these).
+inline Tensor gatePre(const Tensor& x, const Ffn& f) {
+    if (!f.gateUp.defined()) return torch::linear(x, f.gate, f.inBias);
+    return torch::linear(x, f.gateUp.narrow(0, 0, f.gateUp.size(0) / 2));
+}
+
+// The FFN's hidden activations h (what W_down reads): silu(g) * u, or gelu(W1 x + b1).
+inline Tensor ffnHidden(const Tensor& x, const Ffn& f) {
+    if (f.act != 0) return gelu(torch::linear(x, f.gate, f.inBias), f.act);
+    if (!f.gateUp.defined()) return torch::silu(torch::linear(x, f.gate)) * torch::linear(x, f.up);
     Tensor h = torch::linear(x, f.gateUp);
     const int64_t F = h.size(-1) / 2;
-    return torch::linear(torch::silu(h.narrow(-1, 0, F)) * h.narrow(-1, F, F), f.down);
+    return torch::silu(h.narrow(-1, 0, F)) * h.narrow(-1, F, F);
 }
+
+inline Tensor ffn(const Tensor& x, const Ffn& f) { return torch::linear(ffnHidden(x, f), f.down, f.outBias); }
 
 struct LayerWeights {
     bool loaded = false;
-    Tensor inNorm, postNorm;
+    Tensor inNorm, postNorm;      // BERT: the attention output's and the layer output's LayerNorm
+    Tensor inNormB, postNormB;    // LayerNorm biases (BERT)
     Tensor q, k, v, o, qb, kb, vb, ob, qn, kn;
     Ffn mlp;                   // dense layers
     Tensor router;             // MoE layers
-    Tensor blockGate;          // EMoE avg-k: the whole W_gate, whose pre-activations score the experts
+    Tensor blockGate, blockGateBias;  // EMoE avg-k: the whole W_gate (+ b1), whose pre-activations score the experts
+    Tensor moeOutBias;         // EMoE on BERT: W2's bias, added once to the combined output
     std::vector<Ffn> experts;  // views; packed layouts are sliced, never copied on CPU
     Ffn shared;
     Tensor sharedGate;
 };
 
 
-// act(x W_gate^T): the gate branch of a SwiGLU FFN (D3).
+// act(x W_gate^T (+ b1)): the gate branch of the FFN (D3); for a GELU FFN, its hidden state.
 inline Tensor gateActivation(const Tensor& x, const Ffn& f) {
-    if (!f.gateUp.defined()) return torch::silu(torch::linear(x, f.gate));
-    return torch::silu(torch::linear(x, f.gateUp.narrow(0, 0, f.gateUp.size(0) / 2)));
+    if (f.act != 0) return gelu(gatePre(x, f), f.act);
+    return torch::silu(gatePre(x, f));
 }
 
 struct MoeOut {
@@ -97,6 +116,7 @@ struct Model::Impl {
     std::string deviceName, dtypeName;
     bool streamed = false;
     Tensor embed, finalNorm, lmHead;
+    Tensor posEmbed, typeEmbed, embNorm, embNormB;  // encoders (BERT)
     std::vector<LayerWeights> layers;
 
     Tensor load(const std::string& name) const {
@@ -113,12 +133,39 @@ struct Model::Impl {
         if (views) return {Tensor(), g, u, load(down)};
         return {torch::cat({g, u}, 0), Tensor(), Tensor(), load(down)};
     }
+    int actCode() const { return spec.activation == "gelu" ? 1 : spec.activation == "gelu_tanh" ? 2 : 0; }
+    // Layer l's dense FFN (with W2's bias for GELU FFNs).
+    Ffn denseFfn(int l) const {
+        const FfnNames n = spec.ffnNames(l);
+        if (spec.gatedFfn()) return fused(n.in, n.up, n.out);
+        Ffn f;
+        f.gate = load(n.in);
+        f.inBias = load(n.inBias);
+        f.down = load(n.out);
+        f.outBias = load(n.outBias);
+        f.act = actCode();
+        return f;
+    }
 
-    void loadLayer(int l) {
-        LayerWeights& w = layers[l];
-        if (w.loaded) return;
+    void loadAttention(LayerWeights& w, int l) {
         const ModelSpec& s = spec;
         const std::string p = s.layerPrefix(l);
+        if (s.encoder) {
+            const std::string a = p + "attention.";
+            w.q = load(a + "self.query.weight");
+            w.k = load(a + "self.key.weight");
+            w.v = load(a + "self.value.weight");
+            w.o = load(a + "output.dense.weight");
+            w.qb = load(a + "self.query.bias");
+            w.kb = load(a + "self.key.bias");
+            w.vb = load(a + "self.value.bias");
+            w.ob = load(a + "output.dense.bias");
+            w.inNorm = load(a + "output.LayerNorm.weight");
+            w.inNormB = load(a + "output.LayerNorm.bias");
+            w.postNorm = load(p + "output.LayerNorm.weight");
+            w.postNormB = load(p + "output.LayerNorm.bias");
+            return;
+        }
         w.inNorm = load(p + "input_layernorm.weight");
         w.postNorm = load(p + "post_attention_layernorm.weight");
         w.q = load(p + "self_attn.q_proj.weight");
@@ -132,19 +179,37 @@ struct Model::Impl {
         bool qk = s.attn.qkNorm != AttentionSpec::QKNorm::None;
         w.qn = loadOpt(qk, p + "self_attn.q_norm.weight");
         w.kn = loadOpt(qk, p + "self_attn.k_norm.weight");
+    }
+
+    void loadLayer(int l) {
+        LayerWeights& w = layers[l];
+        if (w.loaded) return;
+        const ModelSpec& s = spec;
+        loadAttention(w, l);
         if (!s.layers[l].moe) {
-            w.mlp = fused(p + "mlp.gate_proj.weight", p + "mlp.up_proj.weight", p + "mlp.down_proj.weight");
+            w.mlp = denseFfn(l);
         } else if (s.layout == ExpertLayout::Blocks) {
-            // EMoE: expert e is the neuron block [e S, (e + 1) S) of the dense FFN (rows of gate
-            // and up are views; down's columns are copied once)
+            // EMoE: expert e is the neuron block [e S, (e + 1) S) of the dense FFN (rows of gate,
+            // up and b1 are views; down's columns are copied once)
             const int64_t S = s.expertFfn;
-            Tensor g = load(p + "mlp.gate_proj.weight"), u = load(p + "mlp.up_proj.weight"),
-                   dn = load(p + "mlp.down_proj.weight");
+            const FfnNames n = s.ffnNames(l);
+            Tensor g = load(n.in), dn = load(n.out);
+            Tensor u = s.gatedFfn() ? load(n.up) : Tensor(), b1 = s.gatedFfn() ? Tensor() : load(n.inBias);
             w.experts.clear();
-            for (int64_t e = 0; e < s.numExperts; ++e)
-                w.experts.push_back({Tensor(), g.narrow(0, e * S, S), u.narrow(0, e * S, S), dn.narrow(1, e * S, S).contiguous()});
-            if (s.router.scoring == RouterRule::Scoring::MeanPreactivation) w.blockGate = g;
-            else w.router = g.view({s.numExperts, S, s.hidden}).to(torch::kFloat).mean(1).to(dtype);  // mean key rows
+            for (int64_t e = 0; e < s.numExperts; ++e) {
+                Ffn f{Tensor(), g.narrow(0, e * S, S), u.defined() ? u.narrow(0, e * S, S) : Tensor(),
+                      dn.narrow(1, e * S, S).contiguous()};
+                if (b1.defined()) f.inBias = b1.narrow(0, e * S, S);
+                f.act = actCode();
+                w.experts.push_back(f);
+            }
+            if (!s.gatedFfn()) w.moeOutBias = load(n.outBias);
+            if (s.router.scoring == RouterRule::Scoring::MeanPreactivation) {
+                w.blockGate = g;
+                w.blockGateBias = b1;
+            } else {
+                w.router = g.view({s.numExperts, S, s.hidden}).to(torch::kFloat).mean(1).to(dtype);  // mean key rows
+            }
         } else {
             w.router = load(s.routerName(l));
             w.experts.clear();
@@ -192,10 +257,12 @@ struct Model::Impl {
         q = q.transpose(0, 1);  // [H, T, hd]
         k = k.transpose(0, 1);
         v = v.transpose(0, 1);
-        q = q * cos + rotateHalf(q) * sin;
-        k = k * cos + rotateHalf(k) * sin;
+        if (a.rope) {
+            q = q * cos + rotateHalf(q) * sin;
+            k = k * cos + rotateHalf(k) * sin;
+        }
         std::optional<Tensor> mask;
-        bool causal = true;
+        bool causal = a.causal;
         if (window > 0 && T > window) {
             auto i = torch::arange(T, torch::TensorOptions().device(device)).unsqueeze(1);
             auto j = torch::arange(T, torch::TensorOptions().device(device)).unsqueeze(0);
@@ -221,7 +288,7 @@ struct Model::Impl {
         const int64_t E = spec.numExperts, K = spec.topK;
         MoeOut out;
         if (r.scoring == RouterRule::Scoring::MeanPreactivation)  // EMoE avg-k, in the compute dtype as the paper's code
-            out.logits = torch::linear(x, w.blockGate).view({x.size(0), E, spec.expertFfn}).mean(-1);
+            out.logits = torch::linear(x, w.blockGate, w.blockGateBias).view({x.size(0), E, spec.expertFfn}).mean(-1);
         else
             out.logits = torch::linear(x, w.router);
         Tensor lf = out.logits.to(torch::kFloat);
@@ -252,19 +319,20 @@ struct Model::Impl {
         int64_t offset = 0;
         for (int64_t e = 0; e < E; ++e) {
             const Ffn& f = w.experts[e];
-            if (allExperts) norms.push_back(swiglu(x, f).to(torch::kFloat).norm(2, -1));
+            if (allExperts) norms.push_back(ffn(x, f).to(torch::kFloat).norm(2, -1));
             const int64_t n = cnt[e];
             if (n == 0) continue;
             Tensor sel = order.narrow(0, offset, n);
             offset += n;
             Tensor tok = sel.div(K, "floor");
-            Tensor ye = swiglu(x.index_select(0, tok), f);
+            Tensor ye = ffn(x.index_select(0, tok), f);
             ye = (ye * flatW.index_select(0, sel).unsqueeze(-1)).to(x.scalar_type());
             y.index_add_(0, tok, ye);
         }
         if (allExperts) out.norms = torch::stack(norms, 1);
+        if (w.moeOutBias.defined()) y = y + w.moeOutBias;
         if (spec.hasSharedExpert()) {
-            Tensor s = swiglu(x, w.shared);
+            Tensor s = ffn(x, w.shared);
             if (allExperts) out.sharedNorms = s.to(torch::kFloat).norm(2, -1);
             if (r.shared == RouterRule::Shared::SigmoidGated) s = torch::sigmoid(torch::linear(x, w.sharedGate)) * s;
             y = y + s;
@@ -272,6 +340,12 @@ struct Model::Impl {
         out.y = y;
         return out;
     }
+
+    Tensor layerNorm(const Tensor& x, const Tensor& w, const Tensor& b) const {
+        return torch::layer_norm(x, {spec.hidden}, w, b, spec.layerNormEps);
+    }
+    // The final hidden states (HF's last_hidden_state): after the final norm for decoders.
+    Tensor finalHidden(const Tensor& h) const { return spec.encoder ? h : rmsNorm(h, finalNorm, spec.rmsEps); }
 
     // The residual streams of a set of prompts between layers, and their RoPE tables.
     struct State {

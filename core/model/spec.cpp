@@ -44,6 +44,14 @@ std::string ModelSpec::sharedName(int l, const std::string& leaf) const {
     return layerPrefix(l) + "mlp.shared_expert." + leaf + ".weight";
 }
 std::string ModelSpec::sharedGateName(int l) const { return layerPrefix(l) + "mlp.shared_expert_gate.weight"; }
+FfnNames ModelSpec::ffnNames(int l) const {
+    const std::string p = layerPrefix(l);
+    if (encoder)
+        return {p + "intermediate.dense.weight", p + "intermediate.dense.bias", "", p + "output.dense.weight",
+                p + "output.dense.bias"};
+    return {p + "mlp.gate_proj.weight", "", p + "mlp.up_proj.weight", p + "mlp.down_proj.weight", ""};
+}
+
 std::string ModelSpec::lmHeadName() const { return tieEmbeddings ? "model.embed_tokens.weight" : "lm_head.weight"; }
 
 std::vector<int> ModelSpec::moeLayers() const {
@@ -54,7 +62,7 @@ std::vector<int> ModelSpec::moeLayers() const {
 }
 
 std::vector<std::string> ModelSpec::supportedModelTypes() {
-    return {"mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "llama", "mistral", "qwen2"};
+    return {"mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "llama", "mistral", "qwen2", "bert"};
 }
 
 namespace {
@@ -358,6 +366,39 @@ ModelSpec adapt(const Config& c, const std::string& type) {
         qwenLayerTypes(s, c, false);
         s.attn.qkvBias = true;
         emoeBlock(s, c);
+    } else if (type == "bert") {
+        s.family = "bert";
+        s.encoder = true;
+        s.vocab = c.requiredInt("vocab_size");
+        s.hidden = c.requiredInt("hidden_size");
+        s.numLayers = c.requiredInt("num_hidden_layers");
+        s.attn.heads = c.requiredInt("num_attention_heads");
+        positive(c, "vocab_size", s.vocab);
+        positive(c, "hidden_size", s.hidden);
+        positive(c, "num_hidden_layers", s.numLayers);
+        positive(c, "num_attention_heads", s.attn.heads);
+        if (s.hidden % s.attn.heads != 0) c.fail("hidden_size", "not divisible by num_attention_heads");
+        s.attn.kvHeads = s.attn.heads;
+        s.attn.headDim = s.hidden / s.attn.heads;
+        s.attn.rope = false;
+        s.attn.causal = false;
+        s.attn.qkvBias = s.attn.oBias = true;
+        s.layerNormEps = c.optDouble("layer_norm_eps", 1e-12);
+        s.maxPositions = c.optInt("max_position_embeddings", 512);
+        s.typeVocab = c.optInt("type_vocab_size", 2);
+        positive(c, "max_position_embeddings", s.maxPositions);
+        positive(c, "type_vocab_size", s.typeVocab);
+        const std::string pos = c.optString("position_embedding_type", "absolute");
+        if (pos != "absolute")
+            c.fail("position_embedding_type", "'" + pos + "' is not supported (supported: absolute)");
+        if (c.optBool("is_decoder", false)) c.fail("is_decoder", "BERT as a decoder is not supported (encoders only)");
+        const std::string act = c.optString("hidden_act", "gelu");
+        if (act == "gelu") s.activation = "gelu";
+        else if (act == "gelu_new" || act == "gelu_pytorch_tanh") s.activation = "gelu_tanh";
+        else c.fail("hidden_act", "activation '" + act + "' is not supported (supported: gelu, gelu_new, gelu_pytorch_tanh)");
+        s.layers.assign(s.numLayers, LayerSpec{});
+        denseLayers(s, c);
+        emoeBlock(s, c);
     } else {
         std::string list;
         for (auto& t : ModelSpec::supportedModelTypes()) list += (list.empty() ? "" : ", ") + t;
@@ -372,7 +413,47 @@ struct Expect {
     void add(const std::string& n, std::vector<int64_t> shape) { shapes[n] = std::move(shape); }
 };
 
+// BERT (HF BertModel names, optionally under "bert."): embeddings, post-LN encoder layers.
+Expect expectedEncoderTensors(const ModelSpec& s) {
+    Expect x;
+    const int64_t d = s.hidden;
+    const std::string e = s.prefix + "embeddings.";
+    x.add(e + "word_embeddings.weight", {s.vocab, d});
+    x.add(e + "position_embeddings.weight", {s.maxPositions, d});
+    x.add(e + "token_type_embeddings.weight", {s.typeVocab, d});
+    x.add(e + "LayerNorm.weight", {d});
+    x.add(e + "LayerNorm.bias", {d});
+    for (int l = 0; l < s.numLayers; ++l) {
+        const std::string p = s.layerPrefix(l);
+        for (const char* m : {"query", "key", "value"}) {
+            x.add(p + "attention.self." + m + ".weight", {d, d});
+            x.add(p + "attention.self." + m + ".bias", {d});
+        }
+        x.add(p + "attention.output.dense.weight", {d, d});
+        x.add(p + "attention.output.dense.bias", {d});
+        const int64_t f = s.layers[l].ffnDim;
+        const FfnNames n = s.ffnNames(l);
+        x.add(n.in, {f, d});
+        x.add(n.inBias, {f});
+        x.add(n.out, {d, f});
+        x.add(n.outBias, {d});
+        for (const char* ln : {"attention.output.LayerNorm.", "output.LayerNorm."}) {
+            x.add(p + ln + "weight", {d});
+            x.add(p + ln + "bias", {d});
+        }
+    }
+    return x;
+}
+
+// Tensors of a BERT checkpoint that ExpertScope reads past: the position-id buffer, the pooler
+// and the pre-training heads (the encoder's hidden states are what it analyses).
+bool encoderExtra(const ModelSpec& s, const std::string& name) {
+    return name == s.prefix + "embeddings.position_ids" || name.rfind(s.prefix + "pooler.", 0) == 0 ||
+           name.rfind("cls.", 0) == 0;
+}
+
 Expect expectedTensors(const ModelSpec& s) {
+    if (s.encoder) return expectedEncoderTensors(s);
     Expect x;
     const int64_t d = s.hidden, hd = s.attn.headDim, q = s.attn.heads * hd, kv = s.attn.kvHeads * hd;
     x.add("model.embed_tokens.weight", {s.vocab, d});
@@ -442,6 +523,7 @@ ModelSpec ModelSpec::fromCheckpoint(const Checkpoint& ckpt) {
     Config c(j, ckpt.configPath());
     if (!c.has("model_type")) c.fail("model_type", "missing required key");
     ModelSpec s = adapt(c, c.optString("model_type", ""));
+    if (s.encoder && ckpt.find("bert.embeddings.word_embeddings.weight")) s.prefix = "bert.";  // BertFor* heads
 
     // Which expert layout is on disk: v5 in-memory naming packs experts per layer.
     auto moe = s.moeLayers();
@@ -482,6 +564,7 @@ ModelSpec ModelSpec::fromCheckpoint(const Checkpoint& ckpt) {
     for (auto& [name, t] : ckpt.tensors()) {
         if (x.shapes.count(name)) continue;
         if (name == "lm_head.weight" && s.tieEmbeddings && t->shape == std::vector<int64_t>{s.vocab, s.hidden}) continue;
+        if (s.encoder && encoderExtra(s, name)) continue;
         throw Error("tensor not recognised by the " + s.family + " adapter", t->file, name);
     }
     s.dtype = dtypes.size() == 1 ? *dtypes.begin() : "mixed";
@@ -492,7 +575,7 @@ ModelSpec ModelSpec::fromCheckpoint(const Checkpoint& ckpt) {
         for (auto d : shape) n *= d;
         total += n;
     }
-    int64_t perExpert = 3 * s.expertFfn * s.hidden;
+    int64_t perExpert = (s.gatedFfn() ? 3 : 2) * s.expertFfn * s.hidden + (s.encoder ? s.expertFfn : 0);
     s.totalParams = total;
     s.activeParams = total - static_cast<int64_t>(moe.size()) * (s.numExperts - s.topK) * perExpert;
     return s;

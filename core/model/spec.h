@@ -35,6 +35,8 @@ struct AttentionSpec {
     QKNorm qkNorm = QKNorm::None;
     double clipQkv = 0.0;  // 0: no clamp
     double ropeTheta = 10000.0;
+    bool rope = true;    // false: learned absolute positions (BERT)
+    bool causal = true;  // false: bidirectional (encoders)
 };
 
 struct LayerSpec {
@@ -48,14 +50,28 @@ struct LayerSpec {
 enum class ExpertLayout { PerExpert, Packed, Blocks };
 const char* layoutName(ExpertLayout l);
 
+// The tensors of one layer's FFN (a dense FFN, or the dense FFN whose neuron blocks are EMoE's
+// experts). SwiGLU: in = gate, up = up, out = down, no biases. GELU FFN (BERT): in = W1 with
+// its bias, no up, out = W2 with its bias.
+struct FfnNames {
+    std::string in, inBias, up, out, outBias;
+};
+
 struct ModelSpec {
     std::string modelType;   // config.json model_type
     std::string family;      // adapter name
     int64_t vocab = 0, hidden = 0, numLayers = 0;
+    // Encoders (BERT): learned absolute positions and token types, post-LayerNorm blocks, a GELU
+    // FFN with biases, no language-model head; `prefix` is "bert." when the checkpoint has it.
+    bool encoder = false;
+    std::string prefix;
+    double layerNormEps = 1e-12;
+    int64_t maxPositions = 0, typeVocab = 0;
     int64_t numExperts = 0, topK = 0, expertFfn = 0, sharedFfn = 0;
     double rmsEps = 1e-6;
     bool tieEmbeddings = false;
-    std::string activation = "silu";
+    std::string activation = "silu";  // silu (SwiGLU), gelu or gelu_tanh (BERT's plain FFN)
+    bool gatedFfn() const { return activation == "silu"; }
     AttentionSpec attn;
     RouterRule router;
     std::vector<LayerSpec> layers;
@@ -66,7 +82,10 @@ struct ModelSpec {
     // Tensor names (the adapter's mapping of logical roles).
     std::string moePrefix;                        // "block_sparse_moe" or "mlp"
     std::string expertGate, expertUp, expertDown;  // per-expert leaf names: w1/w3/w2 or gate_proj/...
-    std::string layerPrefix(int l) const { return "model.layers." + std::to_string(l) + "."; }
+    std::string layerPrefix(int l) const {
+        return encoder ? prefix + "encoder.layer." + std::to_string(l) + "." : "model.layers." + std::to_string(l) + ".";
+    }
+    FfnNames ffnNames(int l) const;
     std::string routerName(int l) const;
     std::string expertName(int l, int e, const std::string& leaf) const;  // per-expert layout
     std::string packedGateUpName(int l) const;

@@ -566,6 +566,7 @@ RunInfo infoFromTrace(const std::string& name, const RunTrace& t) {
     r.hasExpertNorms = !t.layers.empty() && !t.layers.front().expertOutputNorms.empty();
     r.hasSharedNorms = !t.layers.empty() && !t.layers.front().sharedOutputNorms.empty();
     r.hasLogits = !t.logits.empty();
+    r.hasHidden = !t.hidden.empty();
     r.hasTokenText = !t.tokenBytes.empty();
     r.hasPromptTexts = !t.promptTexts.empty();
     return r;
@@ -621,6 +622,12 @@ RunInfo readRunInfo(hid_t f, const std::string& name, const SessionModel& m, con
         auto ld = shapeOf(f, base + "/logits", file);
         if (ld.size() != 2 || ld[0] != T) throw Error("expected [T, V], got " + dimsStr(ld), file, "/" + base + "/logits");
         r.hasLogits = true;
+    }
+    if (exists(f, base + "/hidden_states")) {
+        auto hd = shapeOf(f, base + "/hidden_states", file);
+        if (hd.size() != 2 || hd[0] != T) throw Error("expected [T, d], got " + dimsStr(hd), file, "/" + base + "/hidden_states");
+        expectShape(f, base + "/hidden_states", hd, H5T_FLOAT, 4, file);
+        r.hasHidden = true;
     }
     if (exists(f, base + "/token_bytes")) {
         auto bd = shapeOf(f, base + "/token_bytes", file);
@@ -1011,6 +1018,9 @@ void writeRunData(hid_t f, const std::string& name, const RunTrace& t, const Run
     if (!t.logits.empty())
         dataset(run, "logits", H5T_IEEE_F32LE, H5T_NATIVE_FLOAT, {T, static_cast<hsize_t>(t.vocab)}, t.logits.data(), file,
                 "/" + base + "/logits");
+    if (!t.hidden.empty())
+        dataset(run, "hidden_states", H5T_IEEE_F32LE, H5T_NATIVE_FLOAT, {T, static_cast<hsize_t>(t.hiddenSize)},
+                t.hidden.data(), file, "/" + base + "/hidden_states");
 }
 
 void fsyncPath(const std::string& p) {

@@ -93,7 +93,7 @@ struct RunInfo {
     std::string name, device, dtype, created;
     int64_t numTokens = 0, numPrompts = 0;
     std::vector<int> moeLayers;
-    bool hasExpertNorms = false, hasSharedNorms = false, hasLogits = false, hasTokenText = false, hasPromptTexts = false;
+    bool hasExpertNorms = false, hasSharedNorms = false, hasLogits = false, hasHidden = false, hasTokenText = false, hasPromptTexts = false;
 };
 
 class Session {

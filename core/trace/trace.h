@@ -26,6 +26,8 @@ struct RunTrace {
     std::vector<LayerTrace> layers;      // MoE layers in order
     int64_t vocab = 0;
     std::vector<float> logits;           // [T, V], with saveLogits
+    int64_t hiddenSize = 0;
+    std::vector<float> hidden;           // [T, d], with saveHidden: the final hidden states
     int64_t numTokens() const { return static_cast<int64_t>(tokens.size()); }
 };
 
