@@ -236,8 +236,9 @@ std::vector<EmoeLayerReport> convertToEmoe(const std::string& dense, const std::
     auto ckpt = Checkpoint::open(dense);
     const ModelSpec spec = ModelSpec::fromCheckpoint(*ckpt);
     const std::string cfgFile = ckpt->configPath();
-    if (spec.family != "llama" && spec.family != "mistral" && spec.family != "qwen2")
-        throw Error("EMoE converts dense Llama, Mistral or Qwen2 models, not '" + spec.modelType + "'", cfgFile, "model_type");
+    if (spec.family != "llama" && spec.family != "mistral" && spec.family != "qwen2" && spec.family != "bert")
+        throw Error("EMoE converts dense Llama, Mistral, Qwen2 or BERT models, not '" + spec.modelType + "'", cfgFile,
+                    "model_type");
     if (ckpt->config().contains("expertscope_emoe"))
         throw Error("this checkpoint is already an EMoE conversion", cfgFile, "expertscope_emoe");
     const int64_t F = spec.layers.at(0).ffnDim, N = opt.experts, K = opt.topK;
@@ -264,7 +265,7 @@ std::vector<EmoeLayerReport> convertToEmoe(const std::string& dense, const std::
         const int l = layers[li];
         if (opt.cancel && opt.cancel->load()) throw Error("cancelled");
         if (opt.progress) opt.progress(0.9 * static_cast<double>(li) / layers.size(), "clustering layer " + std::to_string(l));
-        const std::vector<double> keys = unitRows(ckpt->get(spec.layerPrefix(l) + "mlp.gate_proj.weight"));
+        const std::vector<double> keys = unitRows(ckpt->get(spec.ffnNames(l).in));
         BalancedKMeans km = balancedKMeans(keys.data(), F, d, N, opt.seed + static_cast<uint64_t>(l), opt.restarts, opt.maxIter);
         // experts ordered by their lowest neuron; neurons ascending inside an expert
         std::vector<std::vector<int64_t>> members(static_cast<size_t>(N));
@@ -282,24 +283,28 @@ std::vector<EmoeLayerReport> convertToEmoe(const std::string& dense, const std::
     fs::remove_all(tmp);
     fs::create_directories(tmp);
     try {
+        // the converted layers' FFN tensors: neuron rows (W_gate, W_up, W1 and b1) or columns (W_down, W2)
+        std::map<std::string, std::pair<int, bool>> permuted;  // name -> (layer, neurons are rows)
+        for (auto& [l, p] : perm) {
+            const FfnNames n = spec.ffnNames(l);
+            for (const std::string* rows : {&n.in, &n.up, &n.inBias})
+                if (!rows->empty()) permuted[*rows] = {l, true};
+            permuted[n.out] = {l, false};
+        }
         std::vector<TensorOut> outs;
         for (auto& [name, view] : ckpt->tensors()) {
             const TensorView* t = view;
             TensorOut o{name, t->dtype, t->shape, nullptr};
-            int layer = -1;
-            std::string leaf;
-            for (auto& [l, p] : perm) {
-                const std::string pre = spec.layerPrefix(l) + "mlp.";
-                if (name.rfind(pre, 0) == 0) layer = l, leaf = name.substr(pre.size());
-            }
             const size_t es = dtypeSize(t->dtype);
-            if (layer >= 0 && (leaf == "gate_proj.weight" || leaf == "up_proj.weight")) {
-                const auto& p = perm.at(layer);
-                o.write = [t, &p, es, d](const std::function<void(const void*, size_t)>& put) {
-                    for (int64_t r : p) put(t->data + static_cast<size_t>(r * d) * es, static_cast<size_t>(d) * es);
+            auto it = permuted.find(name);
+            if (it != permuted.end() && it->second.second) {
+                const auto& p = perm.at(it->second.first);
+                const size_t row = static_cast<size_t>(t->numel() / F) * es;  // d elements, or 1 for b1
+                o.write = [t, &p, row](const std::function<void(const void*, size_t)>& put) {
+                    for (int64_t r : p) put(t->data + static_cast<size_t>(r) * row, row);
                 };
-            } else if (layer >= 0 && leaf == "down_proj.weight") {
-                const auto& p = perm.at(layer);
+            } else if (it != permuted.end()) {
+                const auto& p = perm.at(it->second.first);
                 o.write = [t, &p, es, F](const std::function<void(const void*, size_t)>& put) {
                     std::vector<uint8_t> row(static_cast<size_t>(F) * es);
                     for (int64_t r = 0; r < t->shape[0]; ++r) {
@@ -317,6 +322,11 @@ std::vector<EmoeLayerReport> convertToEmoe(const std::string& dense, const std::
         writeSafetensors(tmp + "/model.safetensors", outs, {{"format", "pt"}});
 
         nlohmann::ordered_json cfg = nlohmann::ordered_json::parse(ckpt->config().dump());
+        const std::string keyLeaf = spec.encoder ? "intermediate.dense.weight" : "mlp.gate_proj.weight";
+        const std::string layoutText = spec.encoder
+                                           ? "intermediate.dense (weight rows, bias) and output.dense (weight columns; its "
+                                             "bias is added once after the experts)"
+                                           : "gate_proj, up_proj (rows) and down_proj (columns)";
         nlohmann::ordered_json per = nlohmann::ordered_json::array();
         for (auto& r : report)
             per.push_back({{"layer", r.layer}, {"objective", r.objective}, {"iterations", r.iterations}, {"converged", r.converged}});
@@ -329,15 +339,15 @@ std::vector<EmoeLayerReport> convertToEmoe(const std::string& dense, const std::
             {"gating", opt.gating},
             {"seed", opt.seed},
             {"clustering",
-             {{"vectors", "rows of mlp.gate_proj.weight (the FFN keys), L2-normalised"},
+             {{"vectors", "rows of " + keyLeaf + " (the FFN keys), L2-normalised"},
               {"method", "balanced k-means: k-means++ seeding, exact balanced assignment (min-cost flow), mean update, "
                          "until the assignment stops changing"},
               {"objective", "sum over neurons of the squared Euclidean distance of the normalised key to its expert's mean"},
               {"restarts", opt.restarts},
               {"max_iter", opt.maxIter},
               {"per_layer", per}}},
-            {"layout", "expert e holds neurons [e * expert_size, (e + 1) * expert_size) of gate_proj, up_proj (rows) "
-                       "and down_proj (columns) in the converted layers"},
+            {"layout", "expert e holds neurons [e * expert_size, (e + 1) * expert_size) of " + layoutText +
+                           " in the converted layers"},
             {"source", {{"path", ckpt->path()}, {"fingerprint", ckpt->fingerprint()}}},
             {"tool", toolVersion()}};
         {
@@ -355,8 +365,11 @@ std::vector<EmoeLayerReport> convertToEmoe(const std::string& dense, const std::
         }
         const fs::path srcDir = fs::path(cfgFile).parent_path();
         for (const char* extra : {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-                                  "generation_config.json", "tokenizer.model"})
+                                  "generation_config.json", "tokenizer.model", "vocab.txt", "modules.json",
+                                  "sentence_bert_config.json", "config_sentence_transformers.json"})
             if (fs::exists(srcDir / extra)) fs::copy_file(srcDir / extra, fs::path(tmp) / extra);
+        for (const char* dir : {"1_Pooling", "2_Normalize"})  // sentence-transformers' pooling modules
+            if (fs::is_directory(srcDir / dir)) fs::copy(srcDir / dir, fs::path(tmp) / dir, fs::copy_options::recursive);
         if (fs::exists(target)) fs::remove(target);  // empty, checked above
         fs::rename(tmp, target);
     } catch (...) {
