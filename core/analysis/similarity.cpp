@@ -99,7 +99,7 @@ std::vector<double> routerRowCosine(const Checkpoint& ckpt, const ModelSpec& spe
         throw Error("layer " + std::to_string(layer) + " is not an MoE layer", ckpt.path(), "layer");
     if (spec.layout == ExpertLayout::Blocks) {
         // EMoE: the router rows are the experts' mean key rows (avg-k scores are x . mean key)
-        const TensorView& g = ckpt.get(spec.layerPrefix(layer) + "mlp.gate_proj.weight");
+        const TensorView& g = ckpt.get(spec.ffnNames(layer).in);
         const std::vector<double> keys = toDoubles(g);
         const int64_t E = spec.numExperts, S = spec.expertFfn, d = spec.hidden;
         std::vector<double> rows(static_cast<size_t>(E * d), 0.0);

@@ -69,16 +69,16 @@ LayerMats layerMats(const Checkpoint& ck, const ModelSpec& s, const Reference* r
         }
     } else if (s.layout == ExpertLayout::Blocks) {
         // EMoE: neuron blocks of the dense FFN; gate and up blocks are contiguous rows, down's
-        // blocks are columns, copied out once per layer
-        const std::string p = s.layerPrefix(l) + "mlp.";
-        const TensorView& g = use(ck, p + "gate_proj.weight");
-        const TensorView& u = use(ck, p + "up_proj.weight");
-        const TensorView& dn = use(ck, p + "down_proj.weight");
+        // blocks are columns, copied out once per layer (a GELU FFN has W1 and W2 only)
+        const FfnNames n = s.ffnNames(l);
+        const TensorView& g = use(ck, n.in);
+        const TensorView* u = n.up.empty() ? nullptr : &use(ck, n.up);
+        const TensorView& dn = use(ck, n.out);
         const int64_t Fd = dn.shape[1];
         const size_t es = dtypeSize(dn.dtype);
         for (int64_t e = 0; e < E; ++e) {
             L.routed[0].push_back({&g, e * F * d, F, d, true});
-            L.routed[1].push_back({&u, e * F * d, F, d, true});
+            if (u) L.routed[1].push_back({u, e * F * d, F, d, true});
             std::vector<uint8_t>& buf = L.ownedBytes.emplace_back(static_cast<size_t>(d * F) * es);
             for (int64_t r = 0; r < d; ++r)
                 std::memcpy(buf.data() + static_cast<size_t>(r * F) * es, dn.data + static_cast<size_t>(r * Fd + e * F) * es,
@@ -110,10 +110,10 @@ LayerMats layerMats(const Checkpoint& ck, const ModelSpec& s, const Reference* r
         L.extraLabels.push_back("SE");
     }
     if (ref) {
-        const std::string p = ref->spec->layerPrefix(l) + "mlp.";
-        L.extra[0].push_back(whole(use(*ref->ckpt, p + "gate_proj.weight"), true));
-        L.extra[1].push_back(whole(use(*ref->ckpt, p + "up_proj.weight"), true));
-        L.extra[2].push_back(whole(use(*ref->ckpt, p + "down_proj.weight"), false));
+        const FfnNames n = ref->spec->ffnNames(l);
+        L.extra[0].push_back(whole(use(*ref->ckpt, n.in), true));
+        if (!n.up.empty()) L.extra[1].push_back(whole(use(*ref->ckpt, n.up), true));
+        L.extra[2].push_back(whole(use(*ref->ckpt, n.out), false));
         L.extraLabels.push_back("F");
     }
     for (auto* t : L.tensors) adviseWillNeed(t->data, t->nbytes);
@@ -319,7 +319,7 @@ struct Reorder {
     std::vector<double> sim[3], tau[3], joint[3], jointTau;
 };
 
-Reorder neuronReordering(const std::vector<Mat> (&ms)[3], int maxExact, bool& allExact,
+Reorder neuronReordering(const std::vector<Mat> (&ms)[3], const std::vector<int>& mats, int maxExact, bool& allExact,
                          const std::atomic<bool>* cancel) {
     const int n = static_cast<int>(ms[0].size());
     Reorder r;
@@ -337,7 +337,7 @@ Reorder neuronReordering(const std::vector<Mat> (&ms)[3], int maxExact, bool& al
     };
     auto load = [&](int i) {
         Loaded L;
-        for (int m = 0; m < 3; ++m) {
+        for (int m : mats) {
             L.raw[m] = neuronMatrix(ms[m][i]);
             L.norm[m] = L.raw[m].to(torch::kDouble).norm().item<double>();
             L.unit[m] = L.raw[m] / L.raw[m].norm(2, 1, true).clamp_min(1e-30);
@@ -357,7 +357,7 @@ Reorder neuronReordering(const std::vector<Mat> (&ms)[3], int maxExact, bool& al
             if (cancel && cancel->load()) throw Error("cancelled", "", "analysis");
             Loaded B = load(k);
             Tensor sum;
-            for (int m = 0; m < 3; ++m) {
+            for (int m : mats) {
                 Tensor C = torch::mm(A.unit[m], B.unit[m].t()).contiguous();
                 bool exact = true;
                 auto p = assignMax(C.data_ptr<float>(), static_cast<int>(C.size(0)), maxExact, &exact);
@@ -370,7 +370,7 @@ Reorder neuronReordering(const std::vector<Mat> (&ms)[3], int maxExact, bool& al
             bool exact = true;
             auto p = assignMax(sum.data_ptr<float>(), static_cast<int>(sum.size(0)), maxExact, &exact);
             allExact = allExact && exact;
-            for (int m = 0; m < 3; ++m) r.joint[m][j * n + k] = r.joint[m][k * n + j] = permSim(A, B, m, p);
+            for (int m : mats) r.joint[m][j * n + k] = r.joint[m][k * n + j] = permSim(A, B, m, p);
             r.jointTau[j * n + k] = r.jointTau[k * n + j] = kendallTauOfPermutation(p);
         }
     }
@@ -403,6 +403,10 @@ std::map<std::string, Result> staticAnalyses(const Checkpoint& ckpt, const Model
                s5 = want("S5"), s6 = want("S6"), s7 = want("S7");
     const int E = static_cast<int>(spec.numExperts);
     const int C = opt.pcaComponents;
+    // the FFN's matrices: gate, up, down (SwiGLU) or W1 (stored as "gate") and W2 ("down")
+    const std::vector<int> mats = spec.gatedFfn() ? std::vector<int>{0, 1, 2} : std::vector<int>{0, 2};
+    std::vector<std::string> matNames;
+    for (int m : mats) matNames.push_back(kMats[m]);
 
     nlohmann::json provenance = {{"checkpoint", ckpt.path()}, {"fingerprint", ckpt.fingerprint()}, {"tool", toolVersion()}};
     if (ref) {
@@ -427,17 +431,17 @@ std::map<std::string, Result> staticAnalyses(const Checkpoint& ckpt, const Model
         // samples with the routed experts' shape (S1, S3, S6) and all samples (S2, S7)
         std::vector<Mat> same[3], all[3];
         std::vector<std::string> sameLabels = expertLabels(E, false, false), allLabels = sameLabels;
-        for (int m = 0; m < 3; ++m) {
+        for (int m : mats) {
             same[m] = L.routed[m];
             all[m] = L.routed[m];
         }
         for (size_t x = 0; x < L.extraLabels.size(); ++x) {
             bool fits = true;
-            for (int m = 0; m < 3; ++m) fits = fits && L.extra[m][x].sameShape(L.routed[m][0]);
-            for (int m = 0; m < 3; ++m) all[m].push_back(L.extra[m][x]);
+            for (int m : mats) fits = fits && L.extra[m][x].sameShape(L.routed[m][0]);
+            for (int m : mats) all[m].push_back(L.extra[m][x]);
             allLabels.push_back(L.extraLabels[x]);
             if (fits) {
-                for (int m = 0; m < 3; ++m) same[m].push_back(L.extra[m][x]);
+                for (int m : mats) same[m].push_back(L.extra[m][x]);
                 sameLabels.push_back(L.extraLabels[x]);
             } else {
                 const Mat& g = L.extra[0][x];
@@ -449,7 +453,7 @@ std::map<std::string, Result> staticAnalyses(const Checkpoint& ckpt, const Model
         const int nSame = static_cast<int>(same[0].size()), nAll = static_cast<int>(all[0].size());
 
         std::vector<double> s2m[3];
-        for (int m = 0; m < 3; ++m) {
+        for (int m : mats) {
             std::map<std::string, std::vector<double>> neuronSum;  // by label
             if (s1 || s2 || s6) {
                 PassResult pr = blockPass(same[m], s1, s6);
@@ -501,16 +505,18 @@ std::map<std::string, Result> staticAnalyses(const Checkpoint& ckpt, const Model
         }
         if (s5) {
             const std::vector<double> y = lowerTriangle(router, E, E);
-            std::vector<double> pairs;  // [P, 4]: router, gate, up, down
+            std::vector<double> pairs;  // [P, 1 + matrices]: router, gate, (up,) down
             std::vector<double> xs[3];
-            for (int m = 0; m < 3; ++m) xs[m] = lowerTriangle(s2m[m], nAll, E);
+            for (int m : mats) xs[m] = lowerTriangle(s2m[m], nAll, E);
             for (size_t i = 0; i < y.size(); ++i) {
                 pairs.push_back(y[i]);
-                for (int m = 0; m < 3; ++m) pairs.push_back(xs[m][i]);
+                for (int m : mats) pairs.push_back(xs[m][i]);
             }
-            r5.arrays[lp + "pairs"] = Array::f32d({static_cast<int64_t>(y.size()), 4}, pairs)
-                                          .with("columns", AttrValue::text({"router", "gate", "up", "down"}));
-            for (int m = 0; m < 3; ++m) {
+            std::vector<std::string> cols = {"router"};
+            cols.insert(cols.end(), matNames.begin(), matNames.end());
+            r5.arrays[lp + "pairs"] = Array::f32d({static_cast<int64_t>(y.size()), static_cast<int64_t>(cols.size())}, pairs)
+                                          .with("columns", AttrValue::text(cols));
+            for (int m : mats) {
                 LinearFit f = linearFit(xs[m], y);
                 fit[0][m].push_back(f.r);
                 fit[1][m].push_back(f.r * f.r);
@@ -520,8 +526,8 @@ std::map<std::string, Result> staticAnalyses(const Checkpoint& ckpt, const Model
         }
         if (s3) {
             bool exact = true;
-            Reorder ro = neuronReordering(same, opt.maxExactNeurons, exact, opt.cancel);
-            for (int m = 0; m < 3; ++m) {
+            Reorder ro = neuronReordering(same, mats, opt.maxExactNeurons, exact, opt.cancel);
+            for (int m : mats) {
                 r3.arrays[lp + kMats[m]] = square(ro.sim[m], sameLabels);
                 r3.arrays[lp + kMats[m] + "_tau"] = square(ro.tau[m], sameLabels);
                 r3.arrays[lp + "joint_" + kMats[m]] = square(ro.joint[m], sameLabels);
@@ -547,35 +553,38 @@ std::map<std::string, Result> staticAnalyses(const Checkpoint& ckpt, const Model
     const int64_t nl = static_cast<int64_t>(nLayers);
     if (s1) {
         finish("weight_similarity", "S1", r1, withExcluded);
-        for (int m = 0; m < 3; ++m) div1.arrays[kMats[m]] = Array::f32d({nl}, diversity[0][m]).with("layers", layerAttr);
+        for (int m : mats) div1.arrays[kMats[m]] = Array::f32d({nl}, diversity[0][m]).with("layers", layerAttr);
         finish("layer_diversity/weights", "diversity", div1, baseParams);
     }
     if (want("S2")) {
         finish("neuron_mean_similarity", "S2", r2, baseParams);
-        for (int m = 0; m < 3; ++m) div2.arrays[kMats[m]] = Array::f32d({nl}, diversity[1][m]).with("layers", layerAttr);
+        for (int m : mats) div2.arrays[kMats[m]] = Array::f32d({nl}, diversity[1][m]).with("layers", layerAttr);
         finish("layer_diversity/neuron_mean", "diversity", div2, baseParams);
     }
     if (s3) {
         nlohmann::json p = withExcluded;
         p["solver"] = solvers;
         p["max_exact_neurons"] = opt.maxExactNeurons;
-        p["joint_score"] = "sum of the gate, up and down neuron cosine matrices";
+        p["joint_score"] = spec.gatedFfn() ? "sum of the gate, up and down neuron cosine matrices"
+                                           : "sum of the W1 (gate) and W2 (down) neuron cosine matrices";
         finish("neuron_reordering", "S3", r3, p);
     }
     if (want("S4")) finish("router_similarity", "S4", r4, baseParams);
     if (s5) {
         const char* names[4] = {"r", "r2", "slope", "intercept"};
-        const AttrValue columns = AttrValue::text({"gate", "up", "down"});
-        std::vector<double> paperMean(3, 0.0);
-        for (int m = 0; m < 3; ++m) {
-            for (double v : fit[1][m]) paperMean[m] += roundDecimals(v, 2);
-            paperMean[m] /= static_cast<double>(std::max<size_t>(1, nLayers));
+        const AttrValue columns = AttrValue::text(matNames);
+        const int64_t nm = static_cast<int64_t>(mats.size());
+        std::vector<double> paperMean;
+        for (int m : mats) {
+            double mean = 0.0;
+            for (double v : fit[1][m]) mean += roundDecimals(v, 2);
+            paperMean.push_back(mean / static_cast<double>(std::max<size_t>(1, nLayers)));
         }
         for (int k = 0; k < 4; ++k) {
             std::vector<double> table;
             for (size_t li = 0; li < nLayers; ++li)
-                for (int m = 0; m < 3; ++m) table.push_back(fit[k][m][li]);
-            Array a = Array::f32d({nl, 3}, table).with("layers", layerAttr).with("columns", columns);
+                for (int m : mats) table.push_back(fit[k][m][li]);
+            Array a = Array::f32d({nl, nm}, table).with("layers", layerAttr).with("columns", columns);
             if (k == 1) a.with("r2_paper_mean", AttrValue::numbers(paperMean));
             r5.arrays[names[k]] = std::move(a);
         }

@@ -157,6 +157,22 @@ std::string chooseOf(const ViewRequest& req, const std::string& what, const std:
 
 const std::vector<std::string> kMatrices = {"gate", "up", "down"};
 
+// The FFN matrices a static result holds (a GELU FFN, BERT's, has W1 as "gate" and W2 as "down").
+std::vector<std::string> matricesOf(const Session& s, const std::string& id) {
+    if (!s.hasResult(id)) return kMatrices;
+    const Result& r = s.result(id);
+    std::vector<std::string> out;
+    for (const auto& m : kMatrices)
+        for (const auto& [key, a] : r.arrays)
+            if (key == m || (key.size() > m.size() && key.compare(key.size() - m.size() - 1, m.size() + 1, "/" + m) == 0)) {
+                out.push_back(m);
+                break;
+            }
+    if (auto it = r.arrays.find("r2"); it != r.arrays.end())  // S5: its table's columns
+        if (auto c = it->second.attrs.find("columns"); c != it->second.attrs.end()) out = c->second.strings;
+    return out.empty() ? kMatrices : out;
+}
+
 std::string matrixName(const std::string& m) {
     if (m == "gate") return "W_gate";
     if (m == "up") return "W_up";
@@ -253,11 +269,15 @@ Figure routerVsWeights(const Session& s, const ViewRequest& req) {
     const auto cols = pairs.labels("columns");
     const size_t col = static_cast<size_t>(std::find(cols.begin(), cols.end(), matrix) - cols.begin());
     const size_t li = static_cast<size_t>(std::find(layers.begin(), layers.end(), L) - layers.begin());
-    const size_t mcol = static_cast<size_t>(std::find(kMatrices.begin(), kMatrices.end(), matrix) - kMatrices.begin());
-    if (col >= cols.size() || li >= layers.size()) throw Error("result router_weight_regression is incomplete", sessionName(s), "/analyses/router_weight_regression");
+    const auto fitCols = r2.labels("columns");  // gate, up, down; or gate, down for a GELU FFN
+    const size_t nc = fitCols.size();
+    const size_t mcol = static_cast<size_t>(std::find(fitCols.begin(), fitCols.end(), matrix) - fitCols.begin());
+    if (col >= cols.size() || li >= layers.size() || mcol >= nc || (li + 1) * nc > r2.v.size() ||
+        (li + 1) * nc > slope.v.size() || (li + 1) * nc > intercept.v.size())
+        throw Error("result router_weight_regression is incomplete", sessionName(s), "/analyses/router_weight_regression");
     Figure f;
     f.view = req.view;
-    f.title = "Router vs " + matrixName(matrix) + " similarity (S5), layer " + std::to_string(L) + ", r² = " + shortNum(r2.v[li * 3 + mcol]);
+    f.title = "Router vs " + matrixName(matrix) + " similarity (S5), layer " + std::to_string(L) + ", r² = " + shortNum(r2.v[li * nc + mcol]);
     Panel p;
     p.xLabel = "mean-neuron similarity of " + matrixName(matrix) + " (expert pair)";
     p.yLabel = "router-row similarity";
@@ -273,7 +293,7 @@ Figure routerVsWeights(const Session& s, const ViewRequest& req) {
         f.csvRows.push_back({std::to_string(q), pairs.text(q * C + col), pairs.text(q * C)});
     }
     p.series.push_back(std::move(pts));
-    const double a = slope.v[li * 3 + mcol], b = intercept.v[li * 3 + mcol];
+    const double a = slope.v[li * nc + mcol], b = intercept.v[li * nc + mcol];
     if (Q > 0 && std::isfinite(a) && std::isfinite(b)) {
         Series fit{"least squares", Series::Style::Line, {xmin, xmax}, {b + a * xmin, b + a * xmax}};
         fit.markers = false;
@@ -972,7 +992,7 @@ const std::vector<ViewDef>& registry() {
                          std::string(k.title) + " between experts (" + k.code + "), an E x E heatmap per layer",
                          [&k](const Session& s, const ViewRequest& r) { return similarityFigure(s, r, k); },
                          [&k](const Session& s, ViewInfo& v) {
-                             v.matrices = k.matrices;
+                             v.matrices = k.matrices == kMatrices ? matricesOf(s, k.id) : k.matrices;
                              v.measures = k.measures;
                              return fillPerLayer(s, v, k.id, k.matrices.front());
                          }});
@@ -980,7 +1000,7 @@ const std::vector<ViewDef>& registry() {
         d.push_back({"router-vs-weights", "Router vs weights", "S5",
                      "router-row similarity against mean-neuron weight similarity of each expert pair, with the fit",
                      routerVsWeights, [](const Session& s, ViewInfo& v) {
-                         v.matrices = kMatrices;
+                         v.matrices = matricesOf(s, "router_weight_regression");
                          return fillPerLayer(s, v, "router_weight_regression", "pairs");
                      }});
         d.push_back({"router-weight-r2", "Router vs weights r²", "S5", "r² of the router/weight regression per layer",
@@ -988,13 +1008,13 @@ const std::vector<ViewDef>& registry() {
         d.push_back({"matrix-pca", "Matrix PCA", "S6", "experts projected on the first principal components",
                      [](const Session& s, const ViewRequest& r) { return pcaFigure(s, r, false); },
                      [](const Session& s, ViewInfo& v) {
-                         v.matrices = kMatrices;
+                         v.matrices = matricesOf(s, "matrix_pca");
                          return fillPerLayer(s, v, "matrix_pca", "gate");
                      }});
         d.push_back({"neuron-pca", "Neuron PCA", "S7", "every neuron projected on the first principal components, by expert",
                      [](const Session& s, const ViewRequest& r) { return pcaFigure(s, r, true); },
                      [](const Session& s, ViewInfo& v) {
-                         v.matrices = kMatrices;
+                         v.matrices = matricesOf(s, "neuron_pca");
                          return fillPerLayer(s, v, "neuron_pca", "gate");
                      }});
         d.push_back({"diversity", "Diversity", "diversity",

@@ -179,3 +179,51 @@ def test_masked_ffn_and_cosine_by_fraction(cli, study, layers):
         with open(os.path.join(build, f"emoe_minilm_{layers.replace(',', '_')}.json"), "w") as f:
             json.dump(report, f, indent=1)
     print(json.dumps(report, indent=1))
+
+
+@pytest.mark.parametrize("gating", ["avg-k", "mean-key"])
+def test_analyses_and_views_on_a_converted_bert(cli, tmp_path, gating):
+    """Every static and dynamic analysis runs on a BERT EMoE model (W1 stands as "gate", W2 as
+    "down"; there is no "up"), checked against numpy, and every view it offers exports."""
+    h5py = require("h5py")
+    import test_bert
+    from safetensors.numpy import load_file
+    dense = str(tmp_path / "dense")
+    test_bert.build("bert_model", dense)
+    out = str(tmp_path / "emoe")
+    block = convert(cli, dense, out, 4, 2, "--gating", gating)
+    session = str(tmp_path / "s.h5")
+    args = ["trace", out, "--run", "r", "--all-experts", "--out", session]
+    for p in test_bert.PROMPTS:
+        args += ["--token-ids", ",".join(map(str, p))]
+    run_cli(cli, *args)
+    run_cli(cli, "analyze", out, "--run", "r", "--static", "all", "--dynamic", "all", "--reference", dense,
+            "--out", session)
+    src = {k: v.astype(np.float64) for k, v in load_file(os.path.join(out, "model.safetensors")).items()}
+    T = sum(map(len, test_bert.PROMPTS))
+    with h5py.File(session, "r") as f:
+        a = f["analyses"]
+        for l in block["layers"]:
+            w1 = src[f"encoder.layer.{l}.intermediate.dense.weight"]
+            w2 = src[f"encoder.layer.{l}.output.dense.weight"]
+            keys = w1.reshape(4, 16, -1).mean(1)
+            unit = keys / np.linalg.norm(keys, axis=1, keepdims=True)
+            np.testing.assert_allclose(a[f"router_similarity/layers/{l}/router"][()], unit @ unit.T, atol=1e-6)
+            for name, blocks in (("gate", w1.reshape(4, -1)),
+                                 ("down", np.stack([w2[:, e * 16:(e + 1) * 16].reshape(-1) for e in range(4)]))):
+                u = blocks / np.linalg.norm(blocks, axis=1, keepdims=True)
+                np.testing.assert_allclose(a[f"weight_similarity/layers/{l}/{name}"][()], u @ u.T, atol=1e-6)
+            assert f"weight_similarity/layers/{l}/up" not in a
+            assert list(a["router_weight_regression/r2"].attrs["columns"]) == ["gate", "down"]
+            assert a["expert_load/r/counts"][l].sum() == 2 * T
+        share = a["modularity/r/share"][()]
+        assert share.shape == (3,) and ((share > 0) & (share <= 1)).all()
+    views = json.loads(run_cli(cli, "export", session, "--list", "--json").stdout)
+    names = [v["name"] for v in views if v.get("available", True)]
+    assert {"weight-similarity", "router-vs-weights", "modularity", "activation-blocks", "expert-load"} <= set(names)
+    for v in views:
+        if not v.get("available", True):
+            continue
+        for m in v.get("matrices") or [None]:
+            extra = ["--matrix", m] if m else []
+            run_cli(cli, "export", session, "--view", v["name"], *extra, "--out", str(tmp_path / f"{v['name']}-{m}.csv"))
