@@ -325,6 +325,130 @@ def tables(metrics, found):
     return "\n".join(out)
 
 
+def offdiag_mean(m, n):
+    m = np.asarray(m, dtype=np.float64)[:n, :n]
+    return float((m.sum() - np.trace(m)) / (n * (n - 1)))
+
+
+def run_counts(run, layers, E):
+    """Top-k choices per prompt: [prompts, layers, E]."""
+    off = run["prompt_offsets"][:]
+    out = np.zeros((len(off) - 1, len(layers), E))
+    for li, l in enumerate(layers):
+        ids = run[f"layers/{l}/topk_experts"][:]
+        for p in range(len(off) - 1):
+            out[p, li] = np.bincount(ids[off[p]:off[p + 1]].reshape(-1), minlength=E)
+    return out
+
+
+def emoe_comparison(cli, work, prompts, moe_session, figdir):
+    """The dense demo split into as many emergent experts as the MoE has (EMoE, avg-k, top-2), side
+    by side with the trained experts: weight and router similarity, load, domain and token routing,
+    modularity. Same held-out documents for both."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    dense = os.path.join(HERE, "dense")
+    moe_cfg = json.load(open(os.path.join(HERE, "moe", "config.json")))
+    E, K = moe_cfg["num_local_experts"], moe_cfg["num_experts_per_tok"]
+    emoe = os.path.join(work, f"dense-emoe{E}")
+    session = os.path.join(work, "demo-emoe.h5")
+    for p in (session,):
+        if os.path.exists(p):
+            os.remove(p)
+    if os.path.exists(emoe):
+        import shutil
+        shutil.rmtree(emoe)
+    run(cli, "emoe", dense, "--experts", E, "--top-k", K, "--gating", "avg-k", "--seed", 0, "--out", emoe)
+    run(cli, "trace", emoe, "--prompts", prompts, "--run", "heldout", "--out", session)
+    run(cli, "analyze", emoe, "--out", session, "--run", "heldout", "--static", "all", "--dynamic", "all",
+        "--reference", dense)
+    labels = np.array([train_demo.DOMAINS.index(json.loads(x)["domain"]) for x in open(prompts, encoding="utf-8")])
+    res = {}
+    with h5py.File(moe_session, "r") as fm, h5py.File(session, "r") as fe:
+        for name, f in (("trained", fm), ("emergent", fe)):
+            A, run_ = f["analyses"], f["runs/heldout"]
+            layers = [int(l) for l in A["layer_diversity/weights/gate"].attrs["layers"]]
+            r = res[name] = {"layers": layers}
+            r["gate_sim"] = [offdiag_mean(A[f"weight_similarity/layers/{l}/gate"][:], E) for l in layers]
+            r["router_sim"] = [offdiag_mean(A[f"router_similarity/layers/{l}/router"][:], E) for l in layers]
+            r["load_entropy"] = A["expert_load/heldout/entropy"][:].tolist()
+            r["load_fractions"] = A["expert_load/heldout/fractions"][:].tolist()
+            obs, null_mean, _, pv = train_demo.permutation_test(run_counts(run_, layers, E), labels,
+                                                                len(train_demo.DOMAINS), 2000, 0)
+            r["js_bits"], r["js_permuted_mean"], r["js_p"] = obs.tolist(), null_mean.tolist(), pv.tolist()
+            tp = token_purity(run_["tokens"][:], [run_[f"layers/{l}/topk_experts"][:, 0] for l in layers])
+            r["token_purity"], r["token_purity_chance"] = tp["purity"], tp["chance"]
+            r["mid_gate"] = A[f"weight_similarity/layers/{layers[len(layers) // 2]}/gate"][:E, :E].tolist()
+        m = fe["analyses/modularity/heldout"]
+        res["emergent"]["modularity"] = m["share"][:].tolist()
+        res["emergent"]["modularity_random"] = m["share_random"][:].tolist()
+        res["emergent"]["modularity_random_std"] = m["share_random_std"][:].tolist()
+    res["experts"], res["top_k"] = E, K
+    res["expert_size"] = {"trained": moe_cfg["intermediate_size"],
+                          "emergent": json.load(open(os.path.join(emoe, "config.json")))["expertscope_emoe"]["expert_size"]}
+
+    t, e = res["trained"], res["emergent"]
+    x = np.arange(len(t["layers"]))
+    fig, grid = plt.subplots(2, 3, figsize=(14, 7), constrained_layout=True)
+    axes = grid.reshape(-1)
+    mid = t["layers"][len(t["layers"]) // 2]
+    vmin = min(np.min(t["mid_gate"]), np.min(e["mid_gate"]))
+    for ax, (name, r) in zip(axes[:2], (("trained", t), ("emergent", e))):
+        im = ax.imshow(np.array(r["mid_gate"]), cmap="viridis", vmin=vmin, vmax=1.0)
+        ax.set_title(f"{name} experts, layer {mid}: cos(W_gate)", fontsize=9)
+        ax.set_xticks(range(E))
+        ax.set_yticks(range(E))
+        ax.set_xlabel("expert")
+    fig.colorbar(im, ax=axes[:2], shrink=0.8)
+    for name, r, c in (("trained", t, "C0"), ("emergent", e, "C1")):
+        axes[2].plot(x, r["load_entropy"], marker="o", color=c, label=f"{name}")
+        axes[4].plot(x, r["js_bits"], marker="o", color=c, label=f"{name}")
+        axes[4].plot(x, r["js_permuted_mean"], ls="--", color=c, lw=1, label=f"{name}: domains permuted")
+        axes[5].plot(x, r["token_purity"], marker="o", color=c, label=f"{name}")
+        axes[5].plot(x, r["token_purity_chance"], ls="--", color=c, lw=1, label=f"{name}: experts shuffled")
+    axes[2].axhline(np.log2(E), color="grey", ls=":", lw=1, label="uniform")
+    axes[2].set_title("load entropy of the top-k choices", fontsize=9)
+    axes[2].set_ylabel("bits")
+    axes[3].plot(x, e["modularity"], marker="s", color="C1", label="emergent experts")
+    axes[3].errorbar(x, e["modularity_random"], yerr=e["modularity_random_std"], ls="--", color="grey", lw=1,
+                     label="random partitions (mean, std)")
+    axes[3].set_title("modularity: activation mass inside the chosen blocks", fontsize=9)
+    axes[3].set_ylabel("share")
+    axes[4].set_title("JS divergence among the 5 domains' expert usage", fontsize=9)
+    axes[4].set_ylabel("bits")
+    axes[5].set_title("token purity: top-1 expert predicted by the token id", fontsize=9)
+    axes[5].set_ylabel("share of occurrences")
+    for ax in axes[2:]:
+        ax.set_xlabel("layer")
+        ax.legend(fontsize=7)
+    fig.savefig(os.path.join(figdir, "demo-emoe-vs-trained.png"), dpi=90)
+    plt.close(fig)
+    return res
+
+
+def emoe_table(res):
+    t, e = res["trained"], res["emergent"]
+    out = [fmt_row(["layer", "cos(W_gate) trained", "emergent", "router rows trained", "emergent",
+                    "load entropy trained", "emergent", "JS domains trained (p)", "emergent (p)",
+                    "token purity trained", "emergent", "modularity (random)"]), fmt_row(["---"] * 12)]
+    for i, l in enumerate(t["layers"]):
+        out.append(fmt_row([str(l), f"{t['gate_sim'][i]:.3f}", f"{e['gate_sim'][i]:.3f}",
+                            f"{t['router_sim'][i]:.3f}", f"{e['router_sim'][i]:.3f}",
+                            f"{t['load_entropy'][i]:.2f}", f"{e['load_entropy'][i]:.2f}",
+                            f"{t['js_bits'][i]:.3f} ({t['js_p'][i]:.4f})", f"{e['js_bits'][i]:.3f} ({e['js_p'][i]:.4f})",
+                            f"{t['token_purity'][i]:.2f} ({t['token_purity_chance'][i]:.2f})",
+                            f"{e['token_purity'][i]:.2f} ({e['token_purity_chance'][i]:.2f})",
+                            f"{e['modularity'][i]:.3f} ({e['modularity_random'][i]:.3f})"]))
+    out += ["", f"{res['experts']} experts, top-{res['top_k']} in both; a trained expert has "
+            f"{res['expert_size']['trained']} neurons, an emergent one {res['expert_size']['emergent']} (a block of the "
+            "dense FFN). Similarities: mean over expert pairs. Load entropy of the top-k choices (3 bits = uniform). "
+            "JS among the 5 domains' expert usage (bits) with its permutation p (2000 permutations). Token purity: "
+            "as above, shuffled in brackets. Modularity: share of the FFN's activation mass inside the chosen "
+            "experts' blocks, random partitions of the same sizes in brackets."]
+    return "\n".join(out)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cli", default=os.path.join(REPO, "build", "bin", "expertscope-cli"))
@@ -345,6 +469,7 @@ def main():
     with open(os.path.join(HERE, "metrics.json")) as f:
         metrics = json.load(f)
     found = figures(session, metrics, args.figures)
+    found["emoe"] = emoe_comparison(args.cli, args.work, prompts, session, args.figures)
     with open(os.path.join(args.work, "findings.json"), "w") as f:
         json.dump(found, f, indent=1)
     readme = os.path.join(HERE, "README.md")
@@ -352,6 +477,9 @@ def main():
     begin, end = "<!-- generated:begin -->", "<!-- generated:end -->"
     body = begin + "\n" + tables(metrics, found) + "\n" + end
     new = re.sub(re.escape(begin) + ".*?" + re.escape(end), lambda m: body, text, flags=re.S)
+    begin, end = "<!-- generated-emoe:begin -->", "<!-- generated-emoe:end -->"
+    body2 = begin + "\n" + emoe_table(found["emoe"]) + "\n" + end
+    new = re.sub(re.escape(begin) + ".*?" + re.escape(end), lambda m: body2, new, flags=re.S)
     with open(readme, "w", encoding="utf-8") as f:
         f.write(new)
     print(tables(metrics, found))
