@@ -45,7 +45,7 @@ const char* kUsage = R"(usage:
                   [--device cpu|cuda[:N]] [--dtype float32|bfloat16|float16] [--first-tokens N]
                   [--pca-components 2|3] [--threads N]
   expertscope-cli emoe DENSE_CHECKPOINT --experts N --top-k K [--layers all|START:EVERY|LIST]
-                  [--gating avg-k|mean-key] [--seed S] [--restarts R] --out DIR
+                  [--gating avg-k|mean-key] [--seed S] [--restarts R] [--format expertscope|mixtral] --out DIR
   expertscope-cli export SESSION.h5 --list [--json]
   expertscope-cli export SESSION.h5 --view NAME [--run NAME] [--layer L] [--matrix gate|up|down|router]
                   [--measure M] [--prompt P] [--token N] [--scale layer|global] [--all-layers]
@@ -296,6 +296,7 @@ int cmdEmoe(const std::vector<std::string>& args) {
         else if (a == "--top-k") opt.topK = parseInt(optionValue(args, i, "emoe"), "--top-k");
         else if (a == "--layers") layers = optionValue(args, i, "emoe");
         else if (a == "--gating") opt.gating = optionValue(args, i, "emoe");
+        else if (a == "--format") opt.format = optionValue(args, i, "emoe");
         else if (a == "--seed") opt.seed = static_cast<uint64_t>(parseInt(optionValue(args, i, "emoe"), "--seed"));
         else if (a == "--restarts") opt.restarts = parseInt(optionValue(args, i, "emoe"), "--restarts");
         else if (a == "--out") out = optionValue(args, i, "emoe");
@@ -319,8 +320,9 @@ int cmdEmoe(const std::vector<std::string>& args) {
     for (auto& r : report)
         std::cerr << "  layer " << r.layer << ": objective " << r.objective << ", " << r.iterations << " iterations"
                   << (r.converged ? "" : " (not converged)") << "\n";
-    std::cerr << opt.experts << " experts, top-" << opt.topK << ", " << opt.gating << " gating, " << report.size()
-              << " layer(s) -> " << out << "\n";
+    std::cerr << opt.experts << " experts, top-" << opt.topK << ", "
+              << (opt.format == "mixtral" ? std::string("Mixtral format (router = mean key rows)") : opt.gating + " gating")
+              << ", " << report.size() << " layer(s) -> " << out << "\n";
     return 0;
 }
 

@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <deque>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -230,6 +231,88 @@ std::vector<double> unitRows(const TensorView& t) {
     return out;
 }
 
+// Mixtral-format tensors: every tensor outside the FFNs as it is; per layer, the router (mean key
+// rows of each expert, computed in float64, stored in W_gate's dtype) and experts e's w1/w3
+// (rows of W_gate/W_up) and w2 (columns of W_down) from the clustered permutation.
+std::vector<TensorOut> mixtralTensors(const Checkpoint& ckpt, const ModelSpec& spec,
+                                      const std::map<int, std::vector<int64_t>>& perm, int64_t N,
+                                      std::deque<std::vector<uint8_t>>& routers) {
+    std::vector<TensorOut> outs;
+    const int64_t d = spec.hidden;
+    for (auto& [name, view] : ckpt.tensors()) {
+        const TensorView* t = view;
+        bool ffn = false;
+        for (auto& [l, p] : perm) ffn = ffn || name.rfind(spec.layerPrefix(l) + "mlp.", 0) == 0;
+        if (ffn) continue;
+        outs.push_back({name, t->dtype, t->shape, [t](const std::function<void(const void*, size_t)>& put) {
+                            put(t->data, t->nbytes);
+                        }});
+    }
+    for (auto& [l, p] : perm) {
+        const FfnNames n = spec.ffnNames(l);
+        const TensorView* g = &ckpt.get(n.in);
+        const TensorView* u = &ckpt.get(n.up);
+        const TensorView* dn = &ckpt.get(n.out);
+        const int64_t F = g->shape[0], S = F / N;
+        const std::string pre = spec.layerPrefix(l) + "block_sparse_moe.";
+        const auto st = g->dtype == DType::F32 ? torch::kFloat : g->dtype == DType::F16 ? torch::kHalf : torch::kBFloat16;
+        torch::Tensor idx = torch::tensor(p, torch::kLong);
+        torch::Tensor keys = torch::from_blob(const_cast<uint8_t*>(g->data), {F, d}, st).to(torch::kDouble);
+        torch::Tensor router = keys.index_select(0, idx).view({N, S, d}).mean(1).to(st).contiguous();
+        std::vector<uint8_t>& bytes = routers.emplace_back(static_cast<size_t>(router.nbytes()));
+        std::memcpy(bytes.data(), router.data_ptr(), bytes.size());
+        const std::vector<uint8_t>* rb = &bytes;
+        outs.push_back({pre + "gate.weight", g->dtype, {N, d},
+                        [rb](const std::function<void(const void*, size_t)>& put) { put(rb->data(), rb->size()); }});
+        const std::vector<int64_t>* pp = &p;
+        for (int64_t e = 0; e < N; ++e) {
+            const std::string ep = pre + "experts." + std::to_string(e) + ".";
+            for (auto [leaf, src] : {std::pair<const char*, const TensorView*>{"w1", g}, {"w3", u}}) {
+                const size_t row = static_cast<size_t>(d) * dtypeSize(src->dtype);
+                outs.push_back({ep + leaf + ".weight", src->dtype, {S, d},
+                                [src, pp, e, S, row](const std::function<void(const void*, size_t)>& put) {
+                                    for (int64_t r = e * S; r < (e + 1) * S; ++r)
+                                        put(src->data + static_cast<size_t>((*pp)[r]) * row, row);
+                                }});
+            }
+            const size_t es = dtypeSize(dn->dtype);
+            outs.push_back({ep + "w2.weight", dn->dtype, {d, S},
+                            [dn, pp, e, S, F, es](const std::function<void(const void*, size_t)>& put) {
+                                std::vector<uint8_t> row(static_cast<size_t>(S) * es);
+                                for (int64_t r = 0; r < dn->shape[0]; ++r) {
+                                    const uint8_t* src = dn->data + static_cast<size_t>(r * F) * es;
+                                    for (int64_t c = 0; c < S; ++c)
+                                        std::memcpy(row.data() + c * es, src + (*pp)[e * S + c] * es, es);
+                                    put(row.data(), row.size());
+                                }
+                            }});
+        }
+    }
+    return outs;
+}
+
+// The dense config rewritten as a MixtralConfig: the same attention, norms, RoPE and vocabulary;
+// experts of expert_size neurons; the family's own keys dropped.
+nlohmann::ordered_json mixtralConfig(const nlohmann::ordered_json& dense, const ModelSpec& spec, int64_t N, int64_t K,
+                                     int64_t size) {
+    nlohmann::ordered_json c = {{"architectures", {"MixtralForCausalLM"}}, {"model_type", "mixtral"}};
+    for (auto it = dense.begin(); it != dense.end(); ++it) {
+        const std::string& k = it.key();
+        if (k == "architectures" || k == "model_type" || k == "attention_bias" || k == "mlp_bias" ||
+            k == "pretraining_tp" || k == "sliding_window" || k == "intermediate_size" || k == "_name_or_path")
+            continue;
+        c[k] = it.value();
+    }
+    c["intermediate_size"] = size;
+    c["num_local_experts"] = N;
+    c["num_experts_per_tok"] = K;
+    c["sliding_window"] = spec.layers[0].slidingWindow > 0 ? nlohmann::ordered_json(spec.layers[0].slidingWindow)
+                                                           : nlohmann::ordered_json();
+    c["output_router_logits"] = false;
+    c["router_jitter_noise"] = 0.0;
+    return c;
+}
+
 }  // namespace
 
 std::vector<EmoeLayerReport> convertToEmoe(const std::string& dense, const std::string& outDir, const EmoeOptions& opt) {
@@ -254,6 +337,26 @@ std::vector<EmoeLayerReport> convertToEmoe(const std::string& dense, const std::
     if (layers.empty()) layers = parseLayerSelection("all", static_cast<int>(spec.numLayers));
     for (int l : layers)
         if (l < 0 || l >= spec.numLayers) throw Error("layer " + std::to_string(l) + " does not exist", cfgFile, "num_hidden_layers");
+    const bool mixtral = opt.format == "mixtral";
+    if (!mixtral && opt.format != "expertscope")
+        throw Error("--format must be expertscope or mixtral, not '" + opt.format + "'");
+    if (mixtral) {
+        const nlohmann::json& c = ckpt->config();
+        if (spec.family != "llama" && spec.family != "mistral")
+            throw Error("the Mixtral format holds converted Llama or Mistral models, not '" + spec.modelType +
+                            "' (Mixtral has no attention biases or encoder layers)",
+                        cfgFile, "model_type");
+        if (spec.attn.qkvBias || spec.attn.oBias)
+            throw Error("Mixtral has no attention biases; this model has them", cfgFile, "attention_bias");
+        if (static_cast<int64_t>(layers.size()) != spec.numLayers)
+            throw Error("the Mixtral format makes every layer an MoE layer: convert all layers (--layers all)", "",
+                        "--layers");
+        for (int64_t l = 1; l < spec.numLayers; ++l)
+            if (spec.layers[l].slidingWindow != spec.layers[0].slidingWindow)
+                throw Error("Mixtral has one sliding window for all layers", cfgFile, "sliding_window");
+        if (c.contains("rope_scaling") && !c["rope_scaling"].is_null())
+            throw Error("RoPE scaling does not carry over to Mixtral", cfgFile, "rope_scaling");
+    }
     if (fs::exists(outDir) && !(fs::is_directory(outDir) && fs::is_empty(outDir)))
         throw Error("the output directory exists and is not empty", outDir);
 
@@ -283,6 +386,10 @@ std::vector<EmoeLayerReport> convertToEmoe(const std::string& dense, const std::
     fs::remove_all(tmp);
     fs::create_directories(tmp);
     try {
+        std::vector<TensorOut> outs;
+        std::deque<std::vector<uint8_t>> routers;  // the Mixtral routers' bytes, alive until written
+        if (mixtral) outs = mixtralTensors(*ckpt, spec, perm, N, routers);
+        else {
         // the converted layers' FFN tensors: neuron rows (W_gate, W_up, W1 and b1) or columns (W_down, W2)
         std::map<std::string, std::pair<int, bool>> permuted;  // name -> (layer, neurons are rows)
         for (auto& [l, p] : perm) {
@@ -291,7 +398,6 @@ std::vector<EmoeLayerReport> convertToEmoe(const std::string& dense, const std::
                 if (!rows->empty()) permuted[*rows] = {l, true};
             permuted[n.out] = {l, false};
         }
-        std::vector<TensorOut> outs;
         for (auto& [name, view] : ckpt->tensors()) {
             const TensorView* t = view;
             TensorOut o{name, t->dtype, t->shape, nullptr};
@@ -318,6 +424,7 @@ std::vector<EmoeLayerReport> convertToEmoe(const std::string& dense, const std::
             }
             outs.push_back(std::move(o));
         }
+        }
         if (opt.progress) opt.progress(0.9, "writing the checkpoint");
         writeSafetensors(tmp + "/model.safetensors", outs, {{"format", "pt"}});
 
@@ -330,7 +437,7 @@ std::vector<EmoeLayerReport> convertToEmoe(const std::string& dense, const std::
         nlohmann::ordered_json per = nlohmann::ordered_json::array();
         for (auto& r : report)
             per.push_back({{"layer", r.layer}, {"objective", r.objective}, {"iterations", r.iterations}, {"converged", r.converged}});
-        cfg["expertscope_emoe"] = {
+        nlohmann::ordered_json block = {
             {"format", 1},
             {"num_experts", N},
             {"top_k", K},
@@ -350,6 +457,17 @@ std::vector<EmoeLayerReport> convertToEmoe(const std::string& dense, const std::
                            " in the converted layers"},
             {"source", {{"path", ckpt->path()}, {"fingerprint", ckpt->fingerprint()}}},
             {"tool", toolVersion()}};
+        if (mixtral) {
+            cfg = mixtralConfig(cfg, spec, N, K, size);
+            block.erase("gating");
+            block["layout"] = "expert e of layer l (block_sparse_moe.experts.e.w1/w3/w2) holds the neurons of its cluster";
+            block["router"] = "block_sparse_moe.gate.weight row e = the mean of expert e's W_gate rows (EMoE's mean-key "
+                              "router); Mixtral weights the top-k experts by their renormalised softmax, where EMoE's "
+                              "avg-k gating weights each by 1 (docs/emoe.md)";
+            cfg["expertscope_emoe_export"] = block;  // informative only: the engine reads it as plain Mixtral
+        } else {
+            cfg["expertscope_emoe"] = block;
+        }
         {
             std::ofstream f(tmp + "/config.json");
             f << cfg.dump(2) << "\n";

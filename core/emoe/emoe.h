@@ -43,6 +43,10 @@ struct EmoeOptions {
     int64_t experts = 0, topK = 0;
     std::vector<int> layers;  // empty: all
     std::string gating = "avg-k";  // avg-k | mean-key
+    // expertscope: the dense layout with the expertscope_emoe block (every gating, every family);
+    // mixtral: a MixtralForCausalLM checkpoint (per-expert w1/w3/w2, router = mean key rows) for
+    // training elsewhere; Llama or Mistral without attention biases, every layer converted.
+    std::string format = "expertscope";
     uint64_t seed = 0;
     int restarts = 10, maxIter = 300;
     std::function<void(double fraction, const std::string& what)> progress;

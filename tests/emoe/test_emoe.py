@@ -342,3 +342,59 @@ def test_modularity_against_numpy(cli, tmp_path):
     run_cli(cli, "trace", moe, "--token-ids", "0,5,6", "--run", "r", "--out", other)
     r = run_cli(cli, "analyze", moe, "--run", "r", "--static", "none", "--dynamic", "modularity", "--out", other, check=False)
     assert r.returncode == 1 and "needs an EMoE model" in r.stderr
+
+
+@pytest.mark.parametrize("case", [("demo", 8, 2), ("mistral_sliding", 4, 2)])
+def test_mixtral_format_export(cli, tmp_path, build_fixture, case):
+    """--format mixtral: the same clustered experts as MixtralForCausalLM tensors, the router set
+    to each expert's mean key row. HF transformers loads it; our engine computes HF's logits on it;
+    its layer-0 choices are those of the mean-key EMoE model (same router, same input)."""
+    torch = require("torch")
+    transformers = require("transformers")
+    name, n, k = case
+    src, prompts = (DENSE, DEMO_PROMPTS) if name == "demo" else (build_fixture(name)[0], fixtures.PROMPTS)
+    mix, ref = str(tmp_path / "mix"), str(tmp_path / "ref")
+    run_cli(cli, "emoe", src, "--experts", n, "--top-k", k, "--format", "mixtral", "--out", mix)
+    convert(cli, src, ref, n, k, "--gating", "mean-key")  # same seed: the same clustering
+    cfg = json.load(open(os.path.join(mix, "config.json")))
+    dense_cfg = json.load(open(os.path.join(src, "config.json")))
+    F = dense_cfg["intermediate_size"]
+    S = F // n
+    assert cfg["model_type"] == "mixtral" and cfg["architectures"] == ["MixtralForCausalLM"]
+    assert (cfg["num_local_experts"], cfg["num_experts_per_tok"], cfg["intermediate_size"]) == (n, k, S)
+    assert "expertscope_emoe" not in cfg and cfg["expertscope_emoe_export"]["num_experts"] == n
+    assert cfg["sliding_window"] == dense_cfg.get("sliding_window")
+    t, r = tensors(mix), tensors(ref)
+    for l in range(dense_cfg["num_hidden_layers"]):
+        p = f"model.layers.{l}."
+        g, u, d = (r[p + f"mlp.{m}_proj.weight"] for m in ("gate", "up", "down"))
+        for e in range(n):
+            q = p + f"block_sparse_moe.experts.{e}."
+            np.testing.assert_array_equal(t[q + "w1.weight"], g[e * S:(e + 1) * S])
+            np.testing.assert_array_equal(t[q + "w3.weight"], u[e * S:(e + 1) * S])
+            np.testing.assert_array_equal(t[q + "w2.weight"], d[:, e * S:(e + 1) * S])
+        dtype = torch.bfloat16 if name == "demo" else torch.float32
+        mean = torch.tensor(g.astype(np.float64).reshape(n, S, -1).mean(1)).to(dtype).float().numpy()
+        np.testing.assert_array_equal(t[p + "block_sparse_moe.gate.weight"], mean)
+        assert not [key for key in t if key.startswith(p + "mlp.")]
+    logits, traced = trace_logits(cli, mix, str(tmp_path / "m.h5"), prompts)
+    _, mean_key = trace_logits(cli, ref, str(tmp_path / "r.h5"), prompts)
+    np.testing.assert_array_equal(np.sort(traced[0][0], 1), np.sort(mean_key[0][0], 1))
+    model = transformers.AutoModelForCausalLM.from_pretrained(mix, dtype=torch.float32).eval()
+    assert type(model).__name__ == "MixtralForCausalLM"
+    with torch.no_grad():
+        want = np.concatenate([model(torch.tensor([p])).logits[0].numpy() for p in prompts])
+    assert np.abs(logits - want).max() <= 1e-4 * np.abs(want).max()
+
+
+def test_mixtral_format_refusals(cli, tmp_path, build_fixture):
+    out = str(tmp_path / "x")
+    for src, extra, words in [(build_fixture("qwen2_dense")[0], [], "model_type"),
+                              (build_fixture("llama_bias_tied")[0], [], "attention_bias"),
+                              (DENSE, ["--layers", "0,2"], "--layers")]:
+        r = run_cli(cli, "emoe", src, "--experts", "4", "--top-k", "2", "--format", "mixtral", *extra, "--out", out,
+                    check=False)
+        assert r.returncode == 1 and words in r.stderr and "ixtral" in r.stderr, r.stderr
+        assert not os.path.exists(out)
+    r = run_cli(cli, "emoe", DENSE, "--experts", "4", "--top-k", "2", "--format", "gguf", "--out", out, check=False)
+    assert r.returncode == 1 and "--format" in r.stderr
