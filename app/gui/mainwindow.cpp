@@ -616,9 +616,9 @@ void MainWindow::exportDialog() {
 }
 
 bool MainWindow::convertToEmoe(const QString& outDir, int experts, int topK, const QString& layers, const QString& gating,
-                               int seed) {
+                               int seed, const QString& format) {
     if (!ckpt_ || !spec_ || !spec_->moeLayers().empty()) {
-        showError("Cannot convert", "EMoE converts a dense model: open a dense Llama, Mistral or Qwen2 checkpoint first.");
+        showError("Cannot convert", "EMoE converts a dense model: open a dense Llama, Mistral, Qwen2 or BERT checkpoint first.");
         return false;
     }
     EmoeOptions opt;
@@ -632,6 +632,7 @@ bool MainWindow::convertToEmoe(const QString& outDir, int experts, int topK, con
     opt.topK = topK;
     opt.gating = gating.toStdString();
     opt.seed = static_cast<uint64_t>(seed);
+    opt.format = format.toStdString();
     const std::string dense = ckpt_->path(), out = outDir.toStdString();
     const uint64_t target = generation_;
     jobs_->submit(QString("Convert to EMoE (%1 experts, top-%2)").arg(experts).arg(topK),
@@ -649,7 +650,7 @@ bool MainWindow::convertToEmoe(const QString& outDir, int experts, int topK, con
 
 void MainWindow::emoeDialog() {
     if (!ckpt_ || !spec_ || !spec_->moeLayers().empty()) {
-        showError("Cannot convert", "EMoE converts a dense model: open a dense Llama, Mistral or Qwen2 checkpoint first.");
+        showError("Cannot convert", "EMoE converts a dense model: open a dense Llama, Mistral, Qwen2 or BERT checkpoint first.");
         return;
     }
     QDialog d(this);
@@ -668,11 +669,22 @@ void MainWindow::emoeDialog() {
     gating->addItems({"avg-k", "mean-key"});
     auto* seed = new QSpinBox;
     seed->setRange(0, 1000000);
+    auto* format = new QComboBox;
+    format->addItem("ExpertScope (EMoE gating)", "expertscope");
+    format->addItem("Mixtral (router = mean key rows, for fine-tuning)", "mixtral");
+    format->setToolTip("Mixtral: Llama/Mistral models, every layer; its router weights experts by softmax, not by 1");
+    connect(format, &QComboBox::currentIndexChanged, &d, [format, gating, layers] {
+        const bool mixtral = format->currentData().toString() == "mixtral";
+        gating->setEnabled(!mixtral);
+        if (mixtral) layers->setText("all");
+        layers->setEnabled(!mixtral);
+    });
     form->addRow(QString("Experts (F = %1 neurons)").arg(F), experts);
     form->addRow("Top-k", topK);
     form->addRow("Layers", layers);
     form->addRow("Gating", gating);
     form->addRow("Seed", seed);
+    form->addRow("Format", format);
     auto* buttons = new QDialogButtonBox(QDialogButtonBox::Ok | QDialogButtonBox::Cancel);
     form->addRow(buttons);
     connect(buttons, &QDialogButtonBox::accepted, &d, &QDialog::accept);
@@ -681,7 +693,8 @@ void MainWindow::emoeDialog() {
     const QString out = QFileDialog::getSaveFileName(this, "Directory for the EMoE checkpoint",
                                                      q(ckpt_->path()) + QString("-emoe%1").arg(experts->value()));
     if (out.isEmpty()) return;
-    convertToEmoe(out, experts->value(), topK->value(), layers->text(), gating->currentText(), seed->value());
+    convertToEmoe(out, experts->value(), topK->value(), layers->text(), gating->currentText(), seed->value(),
+                  format->currentData().toString());
 }
 
 QString MainWindow::currentRunOf(ViewPane* p) const {

@@ -52,7 +52,7 @@ public:
     // EMoE: converts the open dense checkpoint (a job with progress and Cancel; docs/emoe.md)
     // into outDir and opens the result with the dense model as its reference.
     bool convertToEmoe(const QString& outDir, int experts, int topK, const QString& layers = "all",
-                       const QString& gating = "avg-k", int seed = 0);
+                       const QString& gating = "avg-k", int seed = 0, const QString& format = "expertscope");
     // Saves the session (with every view's state, the prompts and the window layout).
     bool saveSession(const QString& path);
     // Exports a pane's current view (see ViewPane::exportTo).

@@ -343,6 +343,22 @@ private Q_SLOTS:
         const ModelSpec spec = ModelSpec::fromCheckpoint(*Checkpoint::open(out.toStdString()));
         QCOMPARE(spec.moeLayers(), (std::vector<int>{1, 3, 5}));
         QVERIFY(w.pane("similarity")->hasFigure());  // the static analyses ran on it
+
+        // the Mixtral format opens as a Mixtral MoE, the dense model beside it as F
+        QVERIFY(w.openCheckpoint(demo + "/dense"));
+        QVERIFY(w.jobs()->waitForIdle(kJobTimeoutMs));
+        QVERIFY(w.convertToEmoe(tmp.filePath("mixbad"), 8, 2, "all", "avg-k", 0, "gguf"));
+        QVERIFY(w.jobs()->waitForIdle(kJobTimeoutMs));
+        QVERIFY(w.lastError().contains("--format"));
+        QVERIFY(!QFileInfo::exists(tmp.filePath("mixbad")));
+        const QString mix = tmp.filePath("mixtral");
+        QVERIFY(w.convertToEmoe(mix, 8, 2, "all", "avg-k", 0, "mixtral"));
+        QVERIFY(w.jobs()->waitForIdle(kJobTimeoutMs));
+        QCOMPARE(w.modelTree()->findItems("Path", Qt::MatchExactly).at(0)->text(1), mix);
+        const ModelSpec mspec = ModelSpec::fromCheckpoint(*Checkpoint::open(mix.toStdString()));
+        QCOMPARE(mspec.family, std::string("mixtral"));
+        QCOMPARE(mspec.numExperts, int64_t(8));
+        QVERIFY(w.pane("similarity")->hasFigure());
     }
 
     // Cancel stops a running job; nothing half-done lands in the session
