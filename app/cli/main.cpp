@@ -130,6 +130,9 @@ int cmdInfo(const std::vector<std::string>& args) {
         j["active_params"] = s.activeParams;
         j["router"] = s.router.describe();
         j["expert_layout"] = s.layout == es::ExpertLayout::Blocks ? "blocks" : es::layoutName(s.layout);
+        if (s.attn.moa)
+            j["attention_experts"] = {{"num_experts", s.attn.moaExperts}, {"top_k", s.attn.moaTopK},
+                                      {"heads_per_expert", s.attn.kvHeads}, {"router", s.attnRouter.describe()}};
         j["fingerprint"] = ckpt->fingerprint();
         j["path"] = ckpt->path();
         std::cout << j.dump(2) << "\n";
@@ -145,6 +148,9 @@ int cmdInfo(const std::vector<std::string>& args) {
                   << (s.hasSharedExpert() ? ", shared expert width " + std::to_string(s.sharedFfn) : "") << "\n"
                   << "router       " << s.router.describe() << "\n"
                   << "layout       " << es::layoutName(s.layout) << "\n";
+    if (s.attn.moa)
+        std::cout << "attention    mixture of attention heads: " << s.attn.moaExperts << " experts of " << s.attn.kvHeads
+                  << " query heads, top-" << s.attn.moaTopK << ", shared K/V; router " << s.attnRouter.describe() << "\n";
     std::cout << "vocab        " << s.vocab << "\n"
               << "dtype        " << s.dtype << "\n"
               << "parameters   " << humanCount(s.totalParams) << " total, " << humanCount(s.activeParams) << " active\n"
@@ -234,6 +240,7 @@ int cmdSession(const std::vector<std::string>& args) {
         es::RunInfo r = s.runInfo(name);
         j["runs"].push_back({{"name", r.name}, {"device", r.device}, {"dtype", r.dtype}, {"created", r.created},
                              {"tokens", r.numTokens}, {"prompts", r.numPrompts}, {"moe_layers", r.moeLayers},
+                             {"attention_layers", r.attentionLayers},
                              {"expert_output_norms", r.hasExpertNorms}, {"shared_output_norms", r.hasSharedNorms},
                              {"logits", r.hasLogits}, {"hidden_states", r.hasHidden}, {"token_text", r.hasTokenText},
                              {"prompt_texts", r.hasPromptTexts}});

@@ -97,6 +97,40 @@ uint64_t deviceMemoryOverride() {
     return static_cast<uint64_t>(x);
 }
 
+// One router's records over all prompts of a layer, moved to the host as a LayerTrace.
+template <typename T>
+std::vector<T> hostVector(std::vector<Tensor>& parts) {
+    if (parts.empty()) return {};
+    Tensor all = torch::cat(parts, 0).contiguous().to(torch::kCPU);
+    const T* p = all.data_ptr<T>();
+    return std::vector<T>(p, p + all.numel());
+}
+
+struct Collect {
+    std::vector<Tensor> lg, ids, wts, norms, snorms;
+    void add(const MoeOut& m, bool allExperts) {
+        lg.push_back(m.logits.to(torch::kFloat));
+        ids.push_back(m.ids.to(torch::kInt));
+        wts.push_back(m.weights.to(torch::kFloat));
+        if (allExperts) {
+            norms.push_back(m.norms);
+            if (m.sharedNorms.defined()) snorms.push_back(m.sharedNorms);
+        }
+    }
+    LayerTrace trace(int l, int64_t E, int64_t K) {
+        LayerTrace lt;
+        lt.layer = l;
+        lt.numExperts = E;
+        lt.topK = K;
+        lt.routerLogits = hostVector<float>(lg);
+        lt.topkExperts = hostVector<int32_t>(ids);
+        lt.topkWeights = hostVector<float>(wts);
+        lt.expertOutputNorms = hostVector<float>(norms);
+        lt.sharedOutputNorms = hostVector<float>(snorms);
+        return lt;
+    }
+};
+
 }  // namespace
 
 void initRuntime(int threads) {
@@ -186,7 +220,7 @@ Model::Impl::State Model::Impl::start(const std::vector<std::vector<int64_t>>& p
     return st;
 }
 
-void Model::Impl::step(int l, State& st, bool allExperts, const Tap& tap) {
+void Model::Impl::step(int l, State& st, bool allExperts, const Tap& tap, const Tap& attnTap) {
     const LayerWeights& w = layers[l];
     const bool isMoe = spec.layers[l].moe;
     for (size_t p = 0; p < st.h.size(); ++p) {
@@ -205,7 +239,13 @@ void Model::Impl::step(int l, State& st, bool allExperts, const Tap& tap) {
             continue;
         }
         Tensor x = rmsNorm(st.h[p], w.inNorm, spec.rmsEps);
-        st.h[p] = st.h[p] + attention(w, x, st.cos[p], st.sin[p], spec.layers[l].slidingWindow);
+        if (spec.attn.moa) {
+            MoeOut a = moaAttention(w, x, st.cos[p], st.sin[p], allExperts);
+            if (attnTap) attnTap(p, x, &a);
+            st.h[p] = st.h[p] + a.y;
+        } else {
+            st.h[p] = st.h[p] + attention(w, x, st.cos[p], st.sin[p], spec.layers[l].slidingWindow);
+        }
         x = rmsNorm(st.h[p], w.postNorm, spec.rmsEps);
         if (!isMoe) {
             if (tap) tap(p, x, nullptr);
@@ -250,43 +290,23 @@ RunTrace Model::trace(const std::vector<std::vector<int64_t>>& prompts, const Tr
                             "", "max_position_embeddings");
 
     Impl::State st = d.start(prompts);
-    const int64_t E = s.numExperts, K = s.topK;
     for (int l = 0; l < s.numLayers; ++l) {
         if (opt.cancel && opt.cancel->load()) throw Error("cancelled", "", "trace");
         if (opt.progress) opt.progress(static_cast<double>(l) / s.numLayers, "layer " + std::to_string(l));
         d.loadLayer(l);
-        const bool isMoe = s.layers[l].moe;
-        std::vector<Tensor> lg, ids, wts, norms, snorms;
-        d.step(l, st, opt.allExperts, [&](size_t, const Tensor&, const MoeOut* m) {
-            if (!m || !opt.record) return;
-            lg.push_back(m->logits.to(torch::kFloat));
-            ids.push_back(m->ids.to(torch::kInt));
-            wts.push_back(m->weights.to(torch::kFloat));
-            if (opt.allExperts) {
-                norms.push_back(m->norms);
-                if (m->sharedNorms.defined()) snorms.push_back(m->sharedNorms);
-            }
-        });
+        Collect ffn, attn;
+        d.step(
+            l, st, opt.allExperts,
+            [&](size_t, const Tensor&, const MoeOut* m) {
+                if (m && opt.record) ffn.add(*m, opt.allExperts);
+            },
+            [&](size_t, const Tensor&, const MoeOut* m) {
+                if (m && opt.record) attn.add(*m, opt.allExperts);
+            });
         if (d.streamed) d.releaseLayer(l);
-        if (!isMoe || !opt.record) continue;
-        LayerTrace lt;
-        lt.layer = l;
-        lt.numExperts = E;
-        lt.topK = K;
-        auto toHost = [](std::vector<Tensor>& parts, auto* tag) {
-            using T = std::remove_pointer_t<decltype(tag)>;
-            Tensor all = torch::cat(parts, 0).contiguous().to(torch::kCPU);
-            const T* p = all.data_ptr<T>();
-            return std::vector<T>(p, p + all.numel());
-        };
-        lt.routerLogits = toHost(lg, static_cast<float*>(nullptr));
-        lt.topkExperts = toHost(ids, static_cast<int32_t*>(nullptr));
-        lt.topkWeights = toHost(wts, static_cast<float*>(nullptr));
-        if (opt.allExperts) {
-            lt.expertOutputNorms = toHost(norms, static_cast<float*>(nullptr));
-            if (!snorms.empty()) lt.sharedOutputNorms = toHost(snorms, static_cast<float*>(nullptr));
-        }
-        rt.layers.push_back(std::move(lt));
+        if (!opt.record) continue;
+        if (s.attn.moa) rt.attentionLayers.push_back(attn.trace(l, s.attn.moaExperts, s.attn.moaTopK));
+        if (s.layers[l].moe) rt.layers.push_back(ffn.trace(l, s.numExperts, s.topK));
     }
     std::vector<Tensor>& h = st.h;
     if (opt.saveLogits) {

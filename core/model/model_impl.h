@@ -60,6 +60,15 @@ struct Ffn {
     int act = 0;  // 0: SwiGLU (silu), 1: GELU (erf), 2: GELU (tanh)
 };
 
+inline Ffn swigluFfn(Tensor gateUp, Tensor gate, Tensor up, Tensor down) {
+    Ffn f;
+    f.gateUp = std::move(gateUp);
+    f.gate = std::move(gate);
+    f.up = std::move(up);
+    f.down = std::move(down);
+    return f;
+}
+
 inline Tensor gelu(const Tensor& x, int act) { return torch::gelu(x, act == 2 ? "tanh" : "none"); }
 
 // W_gate x (+ b1): the pre-activations of the FFN's neurons (EMoE's avg-k scores these).
@@ -87,7 +96,8 @@ struct LayerWeights {
     Ffn mlp;                   // dense layers
     Tensor router;             // MoE layers
     Tensor blockGate, blockGateBias;  // EMoE avg-k: the whole W_gate (+ b1), whose pre-activations score the experts
-    Tensor moeOutBias;         // EMoE on BERT: W2's bias, added once to the combined output
+    Tensor moeOutBias;         // W2's bias on EMoE BERT, mlp.bias on JetMoE: added once after the experts
+    Tensor attnRouter, attnQ, attnO, attnBias, kvProj;  // MoA (JetMoE): [E, d], [E, H, d], [E, d, H], [d], [2H, d]
     std::vector<Ffn> experts;  // views; packed layouts are sliced, never copied on CPU
     Ffn shared;
     Tensor sharedGate;
@@ -103,6 +113,27 @@ inline Tensor gateActivation(const Tensor& x, const Ffn& f) {
 struct MoeOut {
     Tensor y, logits, ids, weights, norms, sharedNorms;
 };
+
+// Router logits -> (combine weights, chosen experts) by the family's rule; weights in float32
+// unless the rule casts them to the activations' dtype.
+inline std::pair<Tensor, Tensor> route(const RouterRule& r, const Tensor& logits, int64_t K, torch::ScalarType hidden) {
+    Tensor lf = logits.to(torch::kFloat);
+    Tensor wts, ids;
+    if (r.topkBeforeSoftmax) {
+        std::tie(wts, ids) = lf.topk(K, -1);
+        wts = wts.softmax(-1);
+    } else {
+        Tensor scores = r.scoring == RouterRule::Scoring::Softmax  ? lf.softmax(-1)
+                        : r.scoring == RouterRule::Scoring::Sigmoid ? lf.sigmoid()
+                                                                    : lf;
+        std::tie(wts, ids) = scores.topk(K, -1);
+        if (r.renormalize) wts = wts / wts.sum(-1, true);
+    }
+    if (r.unitWeights) wts = torch::ones_like(wts);
+    if (r.scale != 1.0) wts = wts * r.scale;
+    if (r.weightsInHiddenDtype) wts = wts.to(hidden);
+    return {wts, ids};
+}
 
 }  // namespace detail
 
@@ -130,8 +161,8 @@ struct Model::Impl {
         Tensor g = load(gate), u = load(up);
         const bool views = device.is_cpu() && storageType(ckpt->get(gate).dtype) == dtype &&
                            storageType(ckpt->get(up).dtype) == dtype;
-        if (views) return {Tensor(), g, u, load(down)};
-        return {torch::cat({g, u}, 0), Tensor(), Tensor(), load(down)};
+        if (views) return swigluFfn(Tensor(), g, u, load(down));
+        return swigluFfn(torch::cat({g, u}, 0), Tensor(), Tensor(), load(down));
     }
     int actCode() const { return spec.activation == "gelu" ? 1 : spec.activation == "gelu_tanh" ? 2 : 0; }
     // Layer l's dense FFN (with W2's bias for GELU FFNs).
@@ -150,6 +181,17 @@ struct Model::Impl {
     void loadAttention(LayerWeights& w, int l) {
         const ModelSpec& s = spec;
         const std::string p = s.layerPrefix(l);
+        if (s.attn.moa) {
+            const std::string a = p + "self_attention.";
+            w.inNorm = load(p + "input_layernorm.weight");
+            w.postNorm = load(p + "post_attention_layernorm.weight");
+            w.attnRouter = load(a + "experts.router.layer.weight");
+            w.attnQ = load(a + "experts.input_linear.weight");
+            w.attnO = load(a + "experts.output_linear.weight");
+            w.attnBias = loadOpt(s.attn.moaBias, a + "experts.bias");
+            w.kvProj = load(a + "kv_proj.weight");
+            return;
+        }
         if (s.encoder) {
             const std::string a = p + "attention.";
             w.q = load(a + "self.query.weight");
@@ -197,8 +239,8 @@ struct Model::Impl {
             Tensor u = s.gatedFfn() ? load(n.up) : Tensor(), b1 = s.gatedFfn() ? Tensor() : load(n.inBias);
             w.experts.clear();
             for (int64_t e = 0; e < s.numExperts; ++e) {
-                Ffn f{Tensor(), g.narrow(0, e * S, S), u.defined() ? u.narrow(0, e * S, S) : Tensor(),
-                      dn.narrow(1, e * S, S).contiguous()};
+                Ffn f = swigluFfn(Tensor(), g.narrow(0, e * S, S), u.defined() ? u.narrow(0, e * S, S) : Tensor(),
+                                  dn.narrow(1, e * S, S).contiguous());
                 if (b1.defined()) f.inBias = b1.narrow(0, e * S, S);
                 f.act = actCode();
                 w.experts.push_back(f);
@@ -220,8 +262,9 @@ struct Model::Impl {
             } else {
                 Tensor gu = load(s.packedGateUpName(l));  // already [E, 2F, d]: views, no copy
                 Tensor dn = load(s.packedDownName(l));
-                for (int e = 0; e < s.numExperts; ++e) w.experts.push_back({gu[e], Tensor(), Tensor(), dn[e]});
+                for (int e = 0; e < s.numExperts; ++e) w.experts.push_back(swigluFfn(gu[e], Tensor(), Tensor(), dn[e]));
             }
+            if (s.moeBias) w.moeOutBias = load(s.layerPrefix(l) + s.moePrefix + ".bias");
             if (s.hasSharedExpert()) {
                 w.shared = fused(s.sharedName(l, "gate_proj"), s.sharedName(l, "up_proj"), s.sharedName(l, "down_proj"));
                 if (s.router.shared == RouterRule::Shared::SigmoidGated) w.sharedGate = load(s.sharedGateName(l));
@@ -283,6 +326,63 @@ struct Model::Impl {
         return torch::linear(o, w.o, w.ob);
     }
 
+    // Mixture of attention heads (JetMoE): the router picks k query/output experts per token; the
+    // k slots' queries form k x kvHeads heads (head s * kvHeads + j reads the shared K/V head j);
+    // y = sum over slots of weight x W_o[e] o_slot, plus the bias. With allExperts, the output
+    // norm of every expert as if it alone were chosen (its kvHeads heads on the shared K/V).
+    MoeOut moaAttention(const LayerWeights& w, const Tensor& x, const Tensor& cos, const Tensor& sin, bool allExperts) const {
+        const auto& a = spec.attn;
+        const int64_t T = x.size(0), E = a.moaExperts, K = a.moaTopK, kv = a.kvHeads, hd = a.headDim, H = kv * hd;
+        MoeOut out;
+        out.logits = torch::linear(x, w.attnRouter);
+        std::tie(out.weights, out.ids) = route(spec.attnRouter, out.logits, K, x.scalar_type());
+        Tensor flat = out.ids.reshape(-1);  // row t * K + s: slot s of token t
+        Tensor order = std::get<1>(flat.sort(/*stable=*/true, 0, false));
+        Tensor counts = torch::bincount(flat, {}, E).to(torch::kCPU);
+        const int64_t* cnt = counts.data_ptr<int64_t>();
+        std::vector<Tensor> sels(static_cast<size_t>(E));
+        Tensor q = torch::zeros({T * K, H}, x.options());
+        for (int64_t e = 0, offset = 0; e < E; ++e) {
+            if (cnt[e] == 0) continue;
+            sels[e] = order.narrow(0, offset, cnt[e]);
+            offset += cnt[e];
+            q.index_copy_(0, sels[e], torch::linear(x.index_select(0, sels[e].div(K, "floor")), w.attnQ[e]));
+        }
+        Tensor kvp = torch::linear(x, w.kvProj);
+        Tensor k = kvp.narrow(-1, 0, H).reshape({T, kv, hd}).transpose(0, 1);
+        Tensor v = kvp.narrow(-1, H, H).reshape({T, kv, hd}).transpose(0, 1);
+        k = k * cos + rotateHalf(k) * sin;
+        const double scale = 1.0 / std::sqrt(static_cast<double>(hd));
+        auto attend = [&](const Tensor& qh, const Tensor& kh, const Tensor& vh) {  // [n, T, hd] each
+            Tensor o = at::scaled_dot_product_attention(qh.unsqueeze(0), kh.unsqueeze(0), vh.unsqueeze(0), {}, 0.0, true,
+                                                        scale);
+            return o.squeeze(0).transpose(0, 1).reshape({T, -1});
+        };
+        Tensor qh = q.view({T, K * kv, hd}).transpose(0, 1);
+        qh = qh * cos + rotateHalf(qh) * sin;
+        Tensor o = attend(qh, k.repeat({K, 1, 1}), v.repeat({K, 1, 1})).reshape({T * K, H});  // tiled, not interleaved
+        Tensor flatW = out.weights.reshape(-1);
+        Tensor y = torch::zeros_like(x);
+        for (int64_t e = 0; e < E; ++e) {
+            if (!sels[e].defined()) continue;
+            Tensor ye = torch::linear(o.index_select(0, sels[e]), w.attnO[e]);
+            ye = (ye * flatW.index_select(0, sels[e]).unsqueeze(-1)).to(x.scalar_type());
+            y.index_add_(0, sels[e].div(K, "floor"), ye);
+        }
+        if (w.attnBias.defined()) y = y + w.attnBias;
+        if (allExperts) {
+            std::vector<Tensor> norms;
+            for (int64_t e = 0; e < E; ++e) {
+                Tensor qe = torch::linear(x, w.attnQ[e]).view({T, kv, hd}).transpose(0, 1);
+                qe = qe * cos + rotateHalf(qe) * sin;
+                norms.push_back(torch::linear(attend(qe, k, v), w.attnO[e]).to(torch::kFloat).norm(2, -1));
+            }
+            out.norms = torch::stack(norms, 1);
+        }
+        out.y = y;
+        return out;
+    }
+
     MoeOut moe(const LayerWeights& w, const Tensor& x, bool allExperts) const {
         const RouterRule& r = spec.router;
         const int64_t E = spec.numExperts, K = spec.topK;
@@ -291,21 +391,7 @@ struct Model::Impl {
             out.logits = torch::linear(x, w.blockGate, w.blockGateBias).view({x.size(0), E, spec.expertFfn}).mean(-1);
         else
             out.logits = torch::linear(x, w.router);
-        Tensor lf = out.logits.to(torch::kFloat);
-        Tensor wts, ids;
-        if (r.topkBeforeSoftmax) {
-            std::tie(wts, ids) = lf.topk(K, -1);
-            wts = wts.softmax(-1);
-        } else {
-            Tensor scores = r.scoring == RouterRule::Scoring::Softmax  ? lf.softmax(-1)
-                            : r.scoring == RouterRule::Scoring::Sigmoid ? lf.sigmoid()
-                                                                        : lf;
-            std::tie(wts, ids) = scores.topk(K, -1);
-            if (r.renormalize) wts = wts / wts.sum(-1, true);
-        }
-        if (r.unitWeights) wts = torch::ones_like(wts);
-        if (r.scale != 1.0) wts = wts * r.scale;
-        if (r.weightsInHiddenDtype) wts = wts.to(x.scalar_type());
+        auto [wts, ids] = route(r, out.logits, K, x.scalar_type());
         out.ids = ids;
         out.weights = wts;
 
@@ -354,8 +440,9 @@ struct Model::Impl {
     State start(const std::vector<std::vector<int64_t>>& prompts) const;
     // Runs layer l (loaded) on every prompt. `tap(p, x, moe)` sees prompt p's FFN input x and, on
     // MoE layers, the block's routing and output (nullptr on dense layers).
+    // `attnTap(p, x, moa)` sees a MoA layer's attention input and routing (JetMoE).
     using Tap = std::function<void(size_t p, const Tensor& x, const MoeOut* moe)>;
-    void step(int l, State& st, bool allExperts, const Tap& tap);
+    void step(int l, State& st, bool allExperts, const Tap& tap, const Tap& attnTap = {});
 };
 
 

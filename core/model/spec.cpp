@@ -25,8 +25,9 @@ std::string RouterRule::describe() const {
     if (scoring == Scoring::MeanPreactivation) return "avg-k: mean gate pre-activation per expert, top-k, block mask (weight 1)";
     std::string s = scoring == Scoring::Softmax ? "softmax" : "sigmoid";
     if (routerFromKeys) s = "mean key rows, " + s;
+    if (scoring == Scoring::Softmax && !topkBeforeSoftmax && !renormalize && !unitWeights) s = "full " + s;
     s += topkBeforeSoftmax ? ", top-k on logits then softmax over k" : ", top-k";
-    if (renormalize) s += ", renormalise";
+    if (renormalize && !topkBeforeSoftmax) s += ", renormalise";
     if (unitWeights) s += ", weight 1";
     if (scale != 1.0) s += ", x" + std::to_string(scale);
     if (shared == Shared::Ungated) s += ", shared expert";
@@ -34,12 +35,12 @@ std::string RouterRule::describe() const {
     return s;
 }
 
-std::string ModelSpec::routerName(int l) const { return layerPrefix(l) + moePrefix + ".gate.weight"; }
+std::string ModelSpec::routerName(int l) const { return layerPrefix(l) + moePrefix + routerSuffix; }
 std::string ModelSpec::expertName(int l, int e, const std::string& leaf) const {
     return layerPrefix(l) + moePrefix + ".experts." + std::to_string(e) + "." + leaf + ".weight";
 }
-std::string ModelSpec::packedGateUpName(int l) const { return layerPrefix(l) + moePrefix + ".experts.gate_up_proj"; }
-std::string ModelSpec::packedDownName(int l) const { return layerPrefix(l) + moePrefix + ".experts.down_proj"; }
+std::string ModelSpec::packedGateUpName(int l) const { return layerPrefix(l) + moePrefix + gateUpSuffix; }
+std::string ModelSpec::packedDownName(int l) const { return layerPrefix(l) + moePrefix + downSuffix; }
 std::string ModelSpec::sharedName(int l, const std::string& leaf) const {
     return layerPrefix(l) + "mlp.shared_expert." + leaf + ".weight";
 }
@@ -62,7 +63,7 @@ std::vector<int> ModelSpec::moeLayers() const {
 }
 
 std::vector<std::string> ModelSpec::supportedModelTypes() {
-    return {"mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "llama", "mistral", "qwen2", "bert"};
+    return {"mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "llama", "mistral", "qwen2", "bert", "jetmoe"};
 }
 
 namespace {
@@ -366,6 +367,62 @@ ModelSpec adapt(const Config& c, const std::string& type) {
         qwenLayerTypes(s, c, false);
         s.attn.qkvBias = true;
         emoeBlock(s, c);
+    } else if (type == "jetmoe") {
+        // HF JetMoeConfig names, or the original release's (moe_num_experts, moe_top_k,
+        // ffn_hidden_size, glu, bias); num_attention_heads is derived as HF does
+        s.family = "jetmoe";
+        const bool original = !c.has("num_local_experts") && c.has("moe_num_experts");
+        const std::string nE = original ? "moe_num_experts" : "num_local_experts";
+        const std::string nK = original || (!c.has("num_experts_per_tok") && c.has("moe_top_k")) ? "moe_top_k"
+                                                                                               : "num_experts_per_tok";
+        const std::string nF = !c.has("intermediate_size") && c.has("ffn_hidden_size") ? "ffn_hidden_size" : "intermediate_size";
+        s.vocab = c.requiredInt("vocab_size");
+        s.hidden = c.requiredInt("hidden_size");
+        s.numLayers = c.requiredInt("num_hidden_layers");
+        s.numExperts = c.requiredInt(nE);
+        s.topK = c.requiredInt(nK);
+        s.expertFfn = c.requiredInt(nF);
+        s.attn.kvHeads = c.requiredInt("num_key_value_heads");
+        s.attn.headDim = c.requiredInt("kv_channels");
+        for (auto& [k, v] : std::vector<std::pair<std::string, int64_t>>{
+                 {"vocab_size", s.vocab}, {"hidden_size", s.hidden}, {"num_hidden_layers", s.numLayers}, {nE, s.numExperts},
+                 {nK, s.topK}, {nF, s.expertFfn}, {"num_key_value_heads", s.attn.kvHeads}, {"kv_channels", s.attn.headDim}})
+            positive(c, k, v);
+        if (s.topK > s.numExperts)
+            c.fail(nK, "top-k " + std::to_string(s.topK) + " exceeds the " + std::to_string(s.numExperts) + " experts");
+        if (s.attn.headDim % 2 != 0) c.fail("kv_channels", "must be even for rotary embeddings");
+        s.attn.heads = s.attn.kvHeads * s.topK;
+        if (c.has("num_attention_heads") && c.requiredInt("num_attention_heads") != s.attn.heads)
+            c.fail("num_attention_heads", "must be num_key_value_heads x top-k = " + std::to_string(s.attn.heads) + " for MoA");
+        s.attn.moa = true;
+        s.attn.moaExperts = s.numExperts;
+        s.attn.moaTopK = s.topK;
+        s.rmsEps = c.optDouble("rms_norm_eps", 1e-6);
+        s.attn.ropeTheta = ropeTheta(c, 10000.0);
+        s.tieEmbeddings = c.optBool("tie_word_embeddings", true);
+        s.activation = c.optString("activation_function", "silu");
+        if (s.activation != "silu")
+            c.fail("activation_function", "activation '" + s.activation + "' is not supported (supported: silu)");
+        if (!c.optBool("glu", true)) c.fail("glu", "JetMoE without GLU experts is not supported");
+        const bool bias = c.optBool("bias", true);
+        s.moeBias = s.attn.moaBias = bias;
+        s.layers.assign(s.numLayers, LayerSpec{});
+        for (auto& l : s.layers) l.moe = true;
+        s.moePrefix = "mlp";
+        s.routerSuffix = ".router.layer.weight";
+        s.gateUpSuffix = ".input_linear.weight";
+        s.downSuffix = ".output_linear.weight";
+        s.layout = ExpertLayout::Packed;
+        s.router.topkBeforeSoftmax = true;
+        s.router.weightsInHiddenDtype = true;
+        s.attnRouter = s.router;
+        const std::string gating = c.optString("expertscope_moa_gating", "topk-softmax");
+        if (gating == "full-softmax") {  // the MoA paper's code: softmax over all E, top-k, no renormalisation
+            s.attnRouter.topkBeforeSoftmax = false;
+            s.attnRouter.renormalize = false;
+        } else if (gating != "topk-softmax") {
+            c.fail("expertscope_moa_gating", "unknown gating '" + gating + "' (topk-softmax or full-softmax)");
+        }
     } else if (type == "bert") {
         s.family = "bert";
         s.encoder = true;
@@ -463,22 +520,32 @@ Expect expectedTensors(const ModelSpec& s) {
         const std::string p = s.layerPrefix(l);
         x.add(p + "input_layernorm.weight", {d});
         x.add(p + "post_attention_layernorm.weight", {d});
-        x.add(p + "self_attn.q_proj.weight", {q, d});
-        x.add(p + "self_attn.k_proj.weight", {kv, d});
-        x.add(p + "self_attn.v_proj.weight", {kv, d});
-        x.add(p + "self_attn.o_proj.weight", {d, q});
-        if (s.attn.qkvBias) {
-            x.add(p + "self_attn.q_proj.bias", {q});
-            x.add(p + "self_attn.k_proj.bias", {kv});
-            x.add(p + "self_attn.v_proj.bias", {kv});
-        }
-        if (s.attn.oBias) x.add(p + "self_attn.o_proj.bias", {d});
-        if (s.attn.qkNorm == AttentionSpec::QKNorm::PerHead) {
-            x.add(p + "self_attn.q_norm.weight", {hd});
-            x.add(p + "self_attn.k_norm.weight", {hd});
-        } else if (s.attn.qkNorm == AttentionSpec::QKNorm::Full) {
-            x.add(p + "self_attn.q_norm.weight", {q});
-            x.add(p + "self_attn.k_norm.weight", {kv});
+        if (s.attn.moa) {  // JetMoE: router, per-expert query/output projections, shared K/V
+            const std::string a = p + "self_attention.";
+            const int64_t E = s.attn.moaExperts;
+            x.add(a + "experts.router.layer.weight", {E, d});
+            x.add(a + "experts.input_linear.weight", {E, kv, d});
+            x.add(a + "experts.output_linear.weight", {E, d, kv});
+            if (s.attn.moaBias) x.add(a + "experts.bias", {d});
+            x.add(a + "kv_proj.weight", {2 * kv, d});
+        } else {
+            x.add(p + "self_attn.q_proj.weight", {q, d});
+            x.add(p + "self_attn.k_proj.weight", {kv, d});
+            x.add(p + "self_attn.v_proj.weight", {kv, d});
+            x.add(p + "self_attn.o_proj.weight", {d, q});
+            if (s.attn.qkvBias) {
+                x.add(p + "self_attn.q_proj.bias", {q});
+                x.add(p + "self_attn.k_proj.bias", {kv});
+                x.add(p + "self_attn.v_proj.bias", {kv});
+            }
+            if (s.attn.oBias) x.add(p + "self_attn.o_proj.bias", {d});
+            if (s.attn.qkNorm == AttentionSpec::QKNorm::PerHead) {
+                x.add(p + "self_attn.q_norm.weight", {hd});
+                x.add(p + "self_attn.k_norm.weight", {hd});
+            } else if (s.attn.qkNorm == AttentionSpec::QKNorm::Full) {
+                x.add(p + "self_attn.q_norm.weight", {q});
+                x.add(p + "self_attn.k_norm.weight", {kv});
+            }
         }
         if (!s.layers[l].moe || s.layout == ExpertLayout::Blocks) {  // EMoE experts are blocks of these
             const int64_t f = s.layers[l].ffnDim;
@@ -499,6 +566,7 @@ Expect expectedTensors(const ModelSpec& s) {
             x.add(s.packedGateUpName(l), {E, 2 * F, d});
             x.add(s.packedDownName(l), {E, d, F});
         }
+        if (s.moeBias) x.add(s.layerPrefix(l) + s.moePrefix + ".bias", {d});
         if (s.hasSharedExpert()) {
             const int64_t sf = s.sharedFfn;
             x.add(s.sharedName(l, "gate_proj"), {sf, d});
@@ -559,6 +627,8 @@ ModelSpec ModelSpec::fromCheckpoint(const Checkpoint& ckpt) {
         }
         if (t->shape != shape)
             throw Error("shape " + shapeStr(t->shape) + " does not match the config's " + shapeStr(shape), t->file, name);
+        if (t->dtype == DType::I64)
+            throw Error("dtype I64 is not a weight dtype (F32, F16 or BF16)", t->file, name);
         dtypes.insert(dtypeName(t->dtype));
     }
     for (auto& [name, t] : ckpt.tensors()) {
@@ -578,6 +648,8 @@ ModelSpec ModelSpec::fromCheckpoint(const Checkpoint& ckpt) {
     int64_t perExpert = (s.gatedFfn() ? 3 : 2) * s.expertFfn * s.hidden + (s.encoder ? s.expertFfn : 0);
     s.totalParams = total;
     s.activeParams = total - static_cast<int64_t>(moe.size()) * (s.numExperts - s.topK) * perExpert;
+    if (s.attn.moa)  // the unchosen attention experts' query and output projections
+        s.activeParams -= s.numLayers * (s.attn.moaExperts - s.attn.moaTopK) * 2 * s.attn.kvHeads * s.attn.headDim * s.hidden;
     return s;
 }
 

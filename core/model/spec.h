@@ -37,6 +37,12 @@ struct AttentionSpec {
     double ropeTheta = 10000.0;
     bool rope = true;    // false: learned absolute positions (BERT)
     bool causal = true;  // false: bidirectional (encoders)
+    // Mixture of attention heads (JetMoE's MoA): per token the router picks k of E experts, each
+    // a query projection (kvHeads heads of headDim) and an output projection; the key/value
+    // heads (one kv_proj) are shared and tiled across the k slots; heads = kvHeads * k.
+    bool moa = false;
+    int64_t moaExperts = 0, moaTopK = 0;
+    bool moaBias = true;  // the output bias added after merging the experts
 };
 
 struct LayerSpec {
@@ -74,6 +80,7 @@ struct ModelSpec {
     bool gatedFfn() const { return activation == "silu"; }
     AttentionSpec attn;
     RouterRule router;
+    RouterRule attnRouter;  // MoA: JetMoE's top-k softmax, or the MoA paper's full softmax
     std::vector<LayerSpec> layers;
     ExpertLayout layout = ExpertLayout::PerExpert;
     std::string dtype;  // storage dtype of the weights ("BF16", "F32", ... or "mixed")
@@ -82,6 +89,9 @@ struct ModelSpec {
     // Tensor names (the adapter's mapping of logical roles).
     std::string moePrefix;                        // "block_sparse_moe" or "mlp"
     std::string expertGate, expertUp, expertDown;  // per-expert leaf names: w1/w3/w2 or gate_proj/...
+    // packed layouts: the router and the [E, 2F, d] / [E, d, F] tensors after moePrefix
+    std::string routerSuffix = ".gate.weight", gateUpSuffix = ".experts.gate_up_proj", downSuffix = ".experts.down_proj";
+    bool moeBias = false;  // an output bias after the experts (JetMoE's mlp.bias)
     std::string layerPrefix(int l) const {
         return encoder ? prefix + "encoder.layer." + std::to_string(l) + "." : "model.layers." + std::to_string(l) + ".";
     }

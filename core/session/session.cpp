@@ -563,6 +563,7 @@ RunInfo infoFromTrace(const std::string& name, const RunTrace& t) {
     r.numTokens = t.numTokens();
     r.numPrompts = static_cast<int64_t>(t.promptOffsets.size()) - 1;
     for (auto& l : t.layers) r.moeLayers.push_back(l.layer);
+    for (auto& l : t.attentionLayers) r.attentionLayers.push_back(l.layer);
     r.hasExpertNorms = !t.layers.empty() && !t.layers.front().expertOutputNorms.empty();
     r.hasSharedNorms = !t.layers.empty() && !t.layers.front().sharedOutputNorms.empty();
     r.hasLogits = !t.logits.empty();
@@ -606,18 +607,30 @@ RunInfo readRunInfo(hid_t f, const std::string& name, const SessionModel& m, con
         }
         const std::string lp = base + "/layers/" + ln;
         if (layer < 0 || layer >= m.numLayers) throw Error("not a layer index of this model", file, "/" + lp);
+        // one router's records: the FFN's in the layer group, a MoA router's in its "attention" group
+        auto router = [&](const std::string& g) {
+            expectShape(f, g + "/router_logits", {T, E}, H5T_FLOAT, 4, file);
+            expectShape(f, g + "/topk_experts", {T, K}, H5T_INTEGER, 4, file);
+            expectShape(f, g + "/topk_weights", {T, K}, H5T_FLOAT, 4, file);
+            bool norms = exists(f, g + "/expert_output_norms");
+            if (norms) expectShape(f, g + "/expert_output_norms", {T, E}, H5T_FLOAT, 4, file);
+            return norms;
+        };
+        const bool attention = exists(f, lp + "/attention");
+        if (attention) {
+            router(lp + "/attention");
+            r.attentionLayers.push_back(layer);
+        }
+        if (attention && !exists(f, lp + "/router_logits")) continue;  // a MoA layer with a dense FFN
         r.moeLayers.push_back(layer);
-        expectShape(f, lp + "/router_logits", {T, E}, H5T_FLOAT, 4, file);
-        expectShape(f, lp + "/topk_experts", {T, K}, H5T_INTEGER, 4, file);
-        expectShape(f, lp + "/topk_weights", {T, K}, H5T_FLOAT, 4, file);
-        bool norms = exists(f, lp + "/expert_output_norms");
-        if (norms) expectShape(f, lp + "/expert_output_norms", {T, E}, H5T_FLOAT, 4, file);
+        bool norms = router(lp);
         bool shared = exists(f, lp + "/shared_output_norms");
         if (shared) expectShape(f, lp + "/shared_output_norms", {T}, H5T_FLOAT, 4, file);
         r.hasExpertNorms = r.hasExpertNorms || norms;
         r.hasSharedNorms = r.hasSharedNorms || shared;
     }
     std::sort(r.moeLayers.begin(), r.moeLayers.end());
+    std::sort(r.attentionLayers.begin(), r.attentionLayers.end());
     if (exists(f, base + "/logits")) {
         auto ld = shapeOf(f, base + "/logits", file);
         if (ld.size() != 2 || ld[0] != T) throw Error("expected [T, V], got " + dimsStr(ld), file, "/" + base + "/logits");
@@ -894,6 +907,26 @@ std::vector<std::string> Session::runTokenPieces(const std::string& name) const 
     return readStrings(f, "runs/" + name + "/token_pieces", r.file);
 }
 
+namespace {
+
+// One router's records of a stored run, read from `group` (a layer group or its attention group).
+LayerTrace readRouter(hid_t f, const std::string& group, int layer, int64_t E, int64_t K, const std::string& file) {
+    LayerTrace t;
+    t.layer = layer;
+    t.numExperts = E;
+    t.topK = K;
+    t.routerLogits = readAll<float>(f, group + "/router_logits", H5T_NATIVE_FLOAT, file);
+    t.topkExperts = readAll<int32_t>(f, group + "/topk_experts", H5T_NATIVE_INT32, file);
+    t.topkWeights = readAll<float>(f, group + "/topk_weights", H5T_NATIVE_FLOAT, file);
+    if (exists(f, group + "/expert_output_norms"))
+        t.expertOutputNorms = readAll<float>(f, group + "/expert_output_norms", H5T_NATIVE_FLOAT, file);
+    if (exists(f, group + "/shared_output_norms"))
+        t.sharedOutputNorms = readAll<float>(f, group + "/shared_output_norms", H5T_NATIVE_FLOAT, file);
+    return t;
+}
+
+}  // namespace
+
 LayerTrace Session::runLayer(const std::string& name, int layer) const {
     const StoredRun& r = d_->run(name);
     if (r.mem) {
@@ -905,19 +938,23 @@ LayerTrace Session::runLayer(const std::string& name, int layer) const {
         throw Error("run has no MoE layer " + std::to_string(layer), r.file, "/runs/" + name + "/layers/" + std::to_string(layer));
     std::lock_guard lk(hdf5Mutex());
     H f = openSessionFile(r.file);
-    const std::string lp = "runs/" + name + "/layers/" + std::to_string(layer);
-    LayerTrace t;
-    t.layer = layer;
-    t.numExperts = d_->model.numExperts;
-    t.topK = d_->model.topK;
-    t.routerLogits = readAll<float>(f, lp + "/router_logits", H5T_NATIVE_FLOAT, r.file);
-    t.topkExperts = readAll<int32_t>(f, lp + "/topk_experts", H5T_NATIVE_INT32, r.file);
-    t.topkWeights = readAll<float>(f, lp + "/topk_weights", H5T_NATIVE_FLOAT, r.file);
-    if (exists(f, lp + "/expert_output_norms"))
-        t.expertOutputNorms = readAll<float>(f, lp + "/expert_output_norms", H5T_NATIVE_FLOAT, r.file);
-    if (exists(f, lp + "/shared_output_norms"))
-        t.sharedOutputNorms = readAll<float>(f, lp + "/shared_output_norms", H5T_NATIVE_FLOAT, r.file);
-    return t;
+    return readRouter(f, "runs/" + name + "/layers/" + std::to_string(layer), layer, d_->model.numExperts, d_->model.topK,
+                      r.file);
+}
+
+LayerTrace Session::runAttentionLayer(const std::string& name, int layer) const {
+    const StoredRun& r = d_->run(name);
+    const std::string at = "/runs/" + name + "/layers/" + std::to_string(layer) + "/attention";
+    if (r.mem) {
+        for (auto& l : r.mem->attentionLayers)
+            if (l.layer == layer) return l;
+        throw Error("run has no attention router in layer " + std::to_string(layer), d_->path, at);
+    }
+    if (std::find(r.info.attentionLayers.begin(), r.info.attentionLayers.end(), layer) == r.info.attentionLayers.end())
+        throw Error("run has no attention router in layer " + std::to_string(layer), r.file, at);
+    std::lock_guard lk(hdf5Mutex());
+    H f = openSessionFile(r.file);
+    return readRouter(f, at.substr(1), layer, d_->model.numExperts, d_->model.topK, r.file);
 }
 
 std::vector<std::string> Session::resultIds() const {
@@ -1001,8 +1038,7 @@ void writeRunData(hid_t f, const std::string& name, const RunTrace& t, const Run
         stringList(run, "token_pieces", t.tokenPieces, file, "/" + base + "/token_pieces");
     }
     if (!t.promptTexts.empty()) stringList(run, "prompt_texts", t.promptTexts, file, "/" + base + "/prompt_texts");
-    for (const auto& lt : t.layers) {
-        const std::string lp = base + "/layers/" + std::to_string(lt.layer);
+    auto writeRouter = [&](const LayerTrace& lt, const std::string& lp) {
         H g = makeGroup(f, lp, file);
         const hsize_t E = static_cast<hsize_t>(lt.numExperts), K = static_cast<hsize_t>(lt.topK);
         dataset(g, "router_logits", H5T_IEEE_F32LE, H5T_NATIVE_FLOAT, {T, E}, lt.routerLogits.data(), file, "/" + lp + "/router_logits");
@@ -1014,7 +1050,9 @@ void writeRunData(hid_t f, const std::string& name, const RunTrace& t, const Run
         if (!lt.sharedOutputNorms.empty())
             dataset(g, "shared_output_norms", H5T_IEEE_F32LE, H5T_NATIVE_FLOAT, {T}, lt.sharedOutputNorms.data(), file,
                     "/" + lp + "/shared_output_norms");
-    }
+    };
+    for (const auto& lt : t.layers) writeRouter(lt, base + "/layers/" + std::to_string(lt.layer));
+    for (const auto& lt : t.attentionLayers) writeRouter(lt, base + "/layers/" + std::to_string(lt.layer) + "/attention");
     if (!t.logits.empty())
         dataset(run, "logits", H5T_IEEE_F32LE, H5T_NATIVE_FLOAT, {T, static_cast<hsize_t>(t.vocab)}, t.logits.data(), file,
                 "/" + base + "/logits");

@@ -93,6 +93,7 @@ struct RunInfo {
     std::string name, device, dtype, created;
     int64_t numTokens = 0, numPrompts = 0;
     std::vector<int> moeLayers;
+    std::vector<int> attentionLayers;  // layers with MoA router records (/layers/L/attention)
     bool hasExpertNorms = false, hasSharedNorms = false, hasLogits = false, hasHidden = false, hasTokenText = false, hasPromptTexts = false;
 };
 
@@ -127,6 +128,7 @@ public:
     std::vector<int64_t> runTokens(const std::string& name) const;
     std::vector<int64_t> runPromptOffsets(const std::string& name) const;
     LayerTrace runLayer(const std::string& name, int layer) const;  // reads one layer only
+    LayerTrace runAttentionLayer(const std::string& name, int layer) const;  // a MoA router's records
     std::vector<std::string> runTokenPieces(const std::string& name) const;
     std::vector<std::string> runPromptTexts(const std::string& name) const;  // empty for token-id runs
 

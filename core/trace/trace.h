@@ -24,6 +24,7 @@ struct RunTrace {
     std::vector<std::string> tokenPieces;  // [T] display strings
     std::vector<std::string> promptTexts;  // [P] the prompts' text, when they were given as text
     std::vector<LayerTrace> layers;      // MoE layers in order
+    std::vector<LayerTrace> attentionLayers;  // MoA layers (JetMoE's attention routers), in order
     int64_t vocab = 0;
     std::vector<float> logits;           // [T, V], with saveLogits
     int64_t hiddenSize = 0;
