@@ -38,6 +38,8 @@ void listViews(const Session& s, bool json) {
                            {"layers", v.layers},
                            {"runs", v.runs},
                            {"matrices", v.matrices},
+                           {"kinds", v.kinds},
+                           {"attention_matrices", v.attentionMatrices},
                            {"measures", v.measures}});
         std::cout << out.dump(2) << "\n";
         return;
@@ -97,6 +99,7 @@ int cmdExport(const std::vector<std::string>& args, int argc, char** argv) {
         else if (a == "--run") req.run = optionValue(args, i, "export");
         else if (a == "--layer") req.layer = parseInt(optionValue(args, i, "export"), "--layer", 0);
         else if (a == "--matrix") req.matrix = optionValue(args, i, "export");
+        else if (a == "--kind") req.kind = optionValue(args, i, "export");
         else if (a == "--measure") req.measure = optionValue(args, i, "export");
         else if (a == "--prompt") req.prompt = parseInt(optionValue(args, i, "export"), "--prompt", 0);
         else if (a == "--token") req.token = parseInt(optionValue(args, i, "export"), "--token", 0);

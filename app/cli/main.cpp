@@ -47,7 +47,8 @@ const char* kUsage = R"(usage:
   expertscope-cli emoe DENSE_CHECKPOINT --experts N --top-k K [--layers all|START:EVERY|LIST]
                   [--gating avg-k|mean-key] [--seed S] [--restarts R] [--format expertscope|mixtral] --out DIR
   expertscope-cli export SESSION.h5 --list [--json]
-  expertscope-cli export SESSION.h5 --view NAME [--run NAME] [--layer L] [--matrix gate|up|down|router]
+  expertscope-cli export SESSION.h5 --view NAME [--run NAME] [--layer L] [--kind ffn|attention]
+                  [--matrix gate|up|down|router|query|output]
                   [--measure M] [--prompt P] [--token N] [--scale layer|global] [--all-layers]
                   [--width W --height H] [--dpi D] --out FILE.(png|jpg|pdf|svg|csv)
 

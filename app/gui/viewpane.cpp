@@ -53,6 +53,12 @@ ViewPane::ViewPane(const QString& id, const QString& title, std::vector<Mode> mo
     for (auto& m : modes_) mode_->addItem(m.label, q(m.view));
     if (modes_.size() > 1) labelled("View", mode_);
     else mode_->hide();
+    kind_ = new QComboBox;
+    kind_->setObjectName("kind");
+    kind_->addItem("FFN", "ffn");
+    kind_->addItem("attention", "attention");
+    kind_->setToolTip("Which experts: the FFN's, or the attention experts of a mixture-of-attention-heads model (JetMoE)");
+    labelled("Experts", kind_);
     layer_ = new QSlider(Qt::Horizontal);
     layer_->setObjectName("layer");
     layer_->setMinimumWidth(140);
@@ -103,6 +109,11 @@ ViewPane::ViewPane(const QString& id, const QString& title, std::vector<Mode> mo
     connect(mode_, qOverload<int>(&QComboBox::currentIndexChanged), this, [this] {
         if (updating_) return;
         rebuildControls();
+        redraw();
+    });
+    connect(kind_, qOverload<int>(&QComboBox::currentIndexChanged), this, [this] {
+        if (updating_) return;
+        rebuildControls();  // the attention experts' matrices differ
         redraw();
     });
     connect(layer_, &QSlider::valueChanged, this, changedControl);
@@ -167,8 +178,12 @@ void ViewPane::rebuildControls() {
     }
     show(layer_, perLayer);
     layerLabel_->setVisible(perLayer);
-    fillCombo(matrix_, i ? i->matrices : std::vector<std::string>{});
-    show(matrix_, i && i->matrices.size() > 1);
+    const bool kinds = i && i->kinds.size() > 1;
+    show(kind_, kinds);
+    const bool attention = kinds && kind_->currentData().toString() == "attention";
+    const std::vector<std::string> matrices = !i ? std::vector<std::string>{} : attention ? i->attentionMatrices : i->matrices;
+    fillCombo(matrix_, matrices);
+    show(matrix_, matrices.size() > 1);
     fillCombo(measure_, i ? i->measures : std::vector<std::string>{});
     show(measure_, i && !i->measures.empty());
     fillCombo(run_, i ? i->runs : std::vector<std::string>{});
@@ -199,6 +214,7 @@ ViewRequest ViewPane::request() const {
     r.view = currentView();
     const ViewInfo* i = info();
     if (i && i->perLayer && !i->layers.empty()) r.layer = i->layers[static_cast<size_t>(std::clamp(layer_->value(), 0, static_cast<int>(i->layers.size()) - 1))];
+    r.kind = i && i->kinds.size() > 1 ? kind_->currentData().toString().toStdString() : "ffn";
     r.matrix = matrix_->currentText().toStdString();
     r.measure = measure_->currentText().toStdString();
     r.run = run_->currentText().toStdString();
@@ -280,7 +296,7 @@ bool ViewPane::hasFigure() const {
 
 std::string ViewPane::stateJson() const {
     const ViewRequest r = request();
-    nlohmann::json j = {{"view", r.view},       {"layer", r.layer},   {"matrix", r.matrix},
+    nlohmann::json j = {{"view", r.view},       {"kind", r.kind},     {"layer", r.layer},   {"matrix", r.matrix},
                         {"measure", r.measure}, {"run", r.run},       {"prompt", r.prompt},
                         {"token", r.token},     {"scale", r.scale},   {"selected_expert", view_->selectedExpert()},
                         {"selected_token", view_->selectedToken()}};
@@ -294,6 +310,7 @@ void ViewPane::restoreState(const std::string& json) {
     auto num = [&](const char* k, int d) { return j.contains(k) && j[k].is_number_integer() ? j[k].get<int>() : d; };
     if (!str("view").isEmpty()) setMode(str("view").toStdString());
     if (!str("run").isEmpty()) setOption("run", str("run"));
+    if (!str("kind").isEmpty()) setOption("kind", str("kind"));
     if (!str("matrix").isEmpty()) setOption("matrix", str("matrix"));
     if (!str("measure").isEmpty()) setOption("measure", str("measure"));
     if (!str("scale").isEmpty()) setOption("scale", str("scale"));
@@ -322,9 +339,10 @@ void ViewPane::setLayer(int layer) {
 }
 
 void ViewPane::setOption(const QString& name, const QString& value) {
-    if (name == "scale") {
-        const int at = scale_->findData(value);
-        if (at >= 0) scale_->setCurrentIndex(at);
+    if (name == "scale" || name == "kind") {
+        QComboBox* c = name == "scale" ? scale_ : kind_;
+        const int at = c->findData(value);
+        if (at >= 0) c->setCurrentIndex(at);
         return;
     }
     QComboBox* c = name == "matrix" ? matrix_ : name == "measure" ? measure_ : name == "run" ? run_ : nullptr;

@@ -81,7 +81,7 @@ private:
     std::vector<Mode> modes_;
     const Session* session_ = nullptr;
     std::vector<ViewInfo> infos_;
-    QComboBox *mode_, *matrix_, *measure_, *run_, *scale_;
+    QComboBox *mode_, *kind_, *matrix_, *measure_, *run_, *scale_;
     QSlider* layer_;
     QLabel *layerLabel_, *message_;
     QSpinBox *prompt_, *token_;

@@ -136,7 +136,68 @@ std::map<std::string, Result> dynamicAnalyses(const std::shared_ptr<Checkpoint>&
     Model::Impl::State st = M.start(prompts);
     Model::Impl::State rst;
     if (R) rst = R->start(prompts);
-    std::map<int, LayerAcc> accs;
+    std::map<int, LayerAcc> accs, attnAccs;  // FFN experts; MoA experts (JetMoE's attention)
+    const bool moa = spec.attn.moa;
+    const int64_t Ea = spec.attn.moaExperts;
+    auto initAcc = [&](LayerAcc& a, int64_t rows, int64_t experts) {
+        a.cosSum = torch::zeros({rows, rows}, f64);
+        a.angSum = torch::zeros({rows, rows}, f64);
+        a.rankCounts = torch::zeros({experts * experts}, i64);
+        a.loadCounts = torch::zeros({experts}, i64);
+    };
+    // routing statistics of one router on one prompt: load, consecutive tokens, the D4 map
+    auto routing = [&](LayerAcc& a, const MoeOut& m, int64_t experts) {
+        const Tensor& ids = m.ids;  // [Tp, K]
+        const int64_t Tp = ids.size(0);
+        a.loadCounts += torch::bincount(ids.reshape(-1), {}, experts).to(torch::kLong);
+        if (Tp > 1) {
+            Tensor share = (ids.narrow(0, 1, Tp - 1).unsqueeze(2) == ids.narrow(0, 0, Tp - 1).unsqueeze(1)).any(2).any(1);
+            a.adjacentPairs += Tp - 1;
+            a.adjacentShared += share.sum().item<int64_t>();
+        }
+        if (d4) {
+            Tensor map = torch::zeros({Tp, experts}, torch::TensorOptions().dtype(torch::kFloat).device(dev));
+            map.scatter_(1, ids, m.weights.to(torch::kFloat));
+            a.mapParts.push_back(map.to(torch::kCPU));
+        }
+    };
+    // D1 and D2 on one prompt: `outputs(c0, n)` gives the outputs [n, R, d] of every expert (the
+    // first `experts` rows) and of SE and F where present, on tokens c0 .. c0 + n
+    auto outputStats = [&](LayerAcc& a, const MoeOut& m, int64_t base, int64_t experts, int64_t rows,
+                           const std::function<Tensor(int64_t, int64_t)>& outputs) {
+        const int64_t Tp = m.ids.size(0);
+        Tensor scores = spec.router.scoring == RouterRule::Scoring::Sigmoid ? m.logits.to(torch::kFloat).sigmoid()
+                                                                             : m.logits.to(torch::kFloat).softmax(-1);
+        for (int64_t c0 = 0; c0 < Tp; c0 += kTokenChunk) {
+            const int64_t n = std::min(kTokenChunk, Tp - c0);
+            Tensor O = outputs(c0, n);     // [n, R, d]
+            Tensor norms = O.norm(2, -1);  // [n, R]
+            if (d1) {
+                Tensor U = O / norms.clamp_min(1e-30).unsqueeze(-1);
+                Tensor Cm = torch::bmm(U, U.transpose(1, 2)).clamp(-1.0, 1.0);  // [n, R, R]
+                Tensor eye = torch::eye(rows, Cm.options()).to(torch::kBool);
+                Cm = Cm.masked_fill(eye, 1.0);
+                Tensor Cd = Cm.to(torch::kDouble);
+                a.cosSum += Cd.sum(0);
+                a.angSum += (1.0 - torch::acos(Cd) / M_PI).sum(0);
+                const int64_t keep = std::clamp<int64_t>(N - (base + c0), 0, n);
+                if (keep > 0) a.perToken.push_back(Cm.narrow(0, 0, keep).to(torch::kCPU));
+            }
+            if (d2) {
+                Tensor nr = norms.narrow(1, 0, experts);
+                Tensor sc = scores.narrow(0, c0, n);
+                Tensor idx = ranksOf(sc) * experts + ranksOf(nr);
+                a.normParts.push_back(nr.to(torch::kCPU));
+                a.scoreParts.push_back(sc.to(torch::kCPU));
+                a.rankCounts += torch::bincount(idx.reshape(-1), {}, experts * experts).to(torch::kLong);
+                Tensor tau = kendallTauB(nr.to(torch::kDouble), sc.to(torch::kDouble));
+                Tensor ok = tau.isfinite();
+                a.tauSum += tau.masked_select(ok).sum().item<double>();
+                a.tauCount += ok.sum().item<int64_t>();
+            }
+            a.tokens += n;
+        }
+    };
     const int last = layers.back();
     for (int l = 0; l <= last; ++l) {
         if (opt.cancel && opt.cancel->load()) throw Error("cancelled", "", "analysis");
@@ -160,12 +221,11 @@ std::map<std::string, Result> dynamicAnalyses(const std::shared_ptr<Checkpoint>&
         M.loadLayer(l);
         const LayerWeights& w = M.layers[l];
         LayerAcc* acc = nullptr;
+        LayerAcc* attnAcc = nullptr;
+        if (analysed && moa) initAcc(*(attnAcc = &attnAccs[l]), Ea, Ea);
         if (analysed) {
             acc = &accs[l];
-            acc->cosSum = torch::zeros({Rn, Rn}, f64);
-            acc->angSum = torch::zeros({Rn, Rn}, f64);
-            acc->rankCounts = torch::zeros({E * E}, i64);
-            acc->loadCounts = torch::zeros({E}, i64);
+            initAcc(*acc, Rn, E);
             if (modularity) {
                 // random partitions of the same sizes, fixed per layer
                 const int64_t F = E * spec.expertFfn;
@@ -182,22 +242,12 @@ std::map<std::string, Result> dynamicAnalyses(const std::shared_ptr<Checkpoint>&
                 acc->modRandBest.assign(kRandomPartitions, 0.0);
             }
         }
-        M.step(l, st, false, [&](size_t p, const Tensor& x, const MoeOut* m) {
+        auto ffnTap = [&](size_t p, const Tensor& x, const MoeOut* m) {
             if (!analysed || !m) return;
             const int64_t Tp = x.size(0), base = offsets[p];
             // routing: load, consecutive tokens, the map, the check against the stored trace
-            Tensor ids = m->ids;  // [Tp, K]
-            acc->loadCounts += torch::bincount(ids.reshape(-1), {}, E).to(torch::kLong);
-            if (Tp > 1) {
-                Tensor share = (ids.narrow(0, 1, Tp - 1).unsqueeze(2) == ids.narrow(0, 0, Tp - 1).unsqueeze(1)).any(2).any(1);
-                acc->adjacentPairs += Tp - 1;
-                acc->adjacentShared += share.sum().item<int64_t>();
-            }
-            if (d4) {
-                Tensor map = torch::zeros({Tp, E}, torch::TensorOptions().dtype(torch::kFloat).device(dev));
-                map.scatter_(1, ids, m->weights.to(torch::kFloat));
-                acc->mapParts.push_back(map.to(torch::kCPU));
-            }
+            const Tensor& ids = m->ids;  // [Tp, K]
+            routing(*acc, *m, E);
             if (auto it = storedByLayer.find(l); it != storedByLayer.end()) {
                 const LayerTrace& s = *it->second;
                 if (static_cast<int64_t>(s.topkExperts.size()) != T * K)
@@ -243,43 +293,24 @@ std::map<std::string, Result> dynamicAnalyses(const std::shared_ptr<Checkpoint>&
                 if (keep > 0) acc->modActs.push_back(h.narrow(0, 0, keep).to(torch::kCPU));
             }
             if (!needOutputs) return;
-            Tensor scores = spec.router.scoring == RouterRule::Scoring::Sigmoid ? m->logits.to(torch::kFloat).sigmoid()
-                                                                                 : m->logits.to(torch::kFloat).softmax(-1);
-            for (int64_t c0 = 0; c0 < Tp; c0 += kTokenChunk) {
-                const int64_t n = std::min(kTokenChunk, Tp - c0);
+            outputStats(*acc, *m, base, E, Rn, [&](int64_t c0, int64_t n) {
                 Tensor xc = x.narrow(0, c0, n);
                 std::vector<Tensor> outs;
                 for (int64_t e = 0; e < E; ++e) outs.push_back(ffn(xc, w.experts[e]).to(torch::kFloat));
                 if (hasSE) outs.push_back(ffn(xc, w.shared).to(torch::kFloat));
                 if (hasF && d1) outs.push_back(refOut[p].narrow(0, c0, n).to(torch::kFloat));
-                Tensor O = torch::stack(outs, 1);  // [n, R, d]
-                Tensor norms = O.norm(2, -1);      // [n, R]
-                if (d1) {
-                    Tensor U = O / norms.clamp_min(1e-30).unsqueeze(-1);
-                    Tensor Cm = torch::bmm(U, U.transpose(1, 2)).clamp(-1.0, 1.0);  // [n, R, R]
-                    Tensor eye = torch::eye(Rn, Cm.options()).to(torch::kBool);
-                    Cm = Cm.masked_fill(eye, 1.0);
-                    Tensor Cd = Cm.to(torch::kDouble);
-                    acc->cosSum += Cd.sum(0);
-                    acc->angSum += (1.0 - torch::acos(Cd) / M_PI).sum(0);
-                    const int64_t keep = std::clamp<int64_t>(N - (base + c0), 0, n);
-                    if (keep > 0) acc->perToken.push_back(Cm.narrow(0, 0, keep).to(torch::kCPU));
-                }
-                if (d2) {
-                    Tensor nr = norms.narrow(1, 0, E);
-                    Tensor sc = scores.narrow(0, c0, n);
-                    Tensor idx = ranksOf(sc) * E + ranksOf(nr);
-                    acc->normParts.push_back(nr.to(torch::kCPU));
-                    acc->scoreParts.push_back(sc.to(torch::kCPU));
-                    acc->rankCounts += torch::bincount(idx.reshape(-1), {}, E * E).to(torch::kLong);
-                    Tensor tau = kendallTauB(nr.to(torch::kDouble), sc.to(torch::kDouble));
-                    Tensor ok = tau.isfinite();
-                    acc->tauSum += tau.masked_select(ok).sum().item<double>();
-                    acc->tauCount += ok.sum().item<int64_t>();
-                }
-                acc->tokens += n;
-            }
-        });
+                return torch::stack(outs, 1);
+            });
+        };
+        // MoA layers (JetMoE): the attention experts' routing, outputs and norms
+        auto attnTap = [&](size_t p, const Tensor& x, const MoeOut* m) {
+            if (!analysed || !m || !attnAcc) return;
+            routing(*attnAcc, *m, Ea);
+            if (!needOutputs) return;
+            Tensor all = M.moaExpertOutputs(w, x, st.cos[p], st.sin[p]).to(torch::kFloat);  // [Tp, E, d]
+            outputStats(*attnAcc, *m, offsets[p], Ea, Ea, [&](int64_t c0, int64_t n) { return all.narrow(0, c0, n); });
+        };
+        M.step(l, st, false, ffnTap, attnTap);
         if (M.streamed) M.releaseLayer(l);
     }
     if (opt.progress) opt.progress(1.0, "done");
@@ -312,76 +343,130 @@ std::map<std::string, Result> dynamicAnalyses(const std::shared_ptr<Checkpoint>&
         out[id] = std::move(r);
     };
     const std::string run = "/" + runName;
-    if (d1) {
-        Result r, div;
-        std::vector<double> divCos, divAng;
-        for (int l : layers) {
-            LayerAcc& a = accs[l];
-            const std::string lp = "layers/" + std::to_string(l) + "/";
-            auto cosv = toDoubleVec(a.cosSum / static_cast<double>(std::max<int64_t>(1, a.tokens)));
-            auto angv = toDoubleVec(a.angSum / static_cast<double>(std::max<int64_t>(1, a.tokens)));
-            r.arrays[lp + "cosine"] = Array::f32d({Rn, Rn}, cosv).with("labels", labelAttr);
-            r.arrays[lp + "angular"] = Array::f32d({Rn, Rn}, angv).with("labels", labelAttr);
-            Tensor pt = a.perToken.empty() ? torch::zeros({0, Rn, Rn}) : torch::cat(a.perToken, 0).contiguous();
-            r.arrays[lp + "per_token_cosine"] = Array::f32d({pt.size(0), Rn, Rn}, toDoubleVec(pt))
-                                                    .with("labels", labelAttr)
-                                                    .with("token_index", AttrValue::i64s(tokenIndex));
-            divCos.push_back(layerDiversity(cosv, static_cast<int>(Rn), static_cast<int>(E)));
-            divAng.push_back(layerDiversity(angv, static_cast<int>(Rn), static_cast<int>(E)));
+    // D1, D2, D4 and the load of one kind of expert (FFN; or, under "attention/", MoA experts)
+    auto emit = [&](std::map<int, LayerAcc>& accs, const int64_t E, const int64_t K, const int64_t Rn,
+                    const std::vector<std::string>& labels, const std::string& pre) {
+        const AttrValue labelAttr = AttrValue::text(labels), routedLabels = AttrValue::text(expertLabels(E, false, false));
+        if (d1) {
+            Result r, div;
+            std::vector<double> divCos, divAng;
+            for (int l : layers) {
+                LayerAcc& a = accs[l];
+                const std::string lp = "layers/" + std::to_string(l) + "/";
+                auto cosv = toDoubleVec(a.cosSum / static_cast<double>(std::max<int64_t>(1, a.tokens)));
+                auto angv = toDoubleVec(a.angSum / static_cast<double>(std::max<int64_t>(1, a.tokens)));
+                r.arrays[lp + "cosine"] = Array::f32d({Rn, Rn}, cosv).with("labels", labelAttr);
+                r.arrays[lp + "angular"] = Array::f32d({Rn, Rn}, angv).with("labels", labelAttr);
+                Tensor pt = a.perToken.empty() ? torch::zeros({0, Rn, Rn}) : torch::cat(a.perToken, 0).contiguous();
+                r.arrays[lp + "per_token_cosine"] = Array::f32d({pt.size(0), Rn, Rn}, toDoubleVec(pt))
+                                                        .with("labels", labelAttr)
+                                                        .with("token_index", AttrValue::i64s(tokenIndex));
+                divCos.push_back(layerDiversity(cosv, static_cast<int>(Rn), static_cast<int>(E)));
+                divAng.push_back(layerDiversity(angv, static_cast<int>(Rn), static_cast<int>(E)));
+            }
+            finish(pre + "output_similarity" + run, "D1", r, params);
+            div.arrays["cosine"] = Array::f32d({nl}, divCos).with("layers", layerAttr);
+            div.arrays["angular"] = Array::f32d({nl}, divAng).with("layers", layerAttr);
+            finish(pre + "layer_diversity/outputs" + run, "diversity", div, params);
         }
-        finish("output_similarity" + run, "D1", r, params);
-        div.arrays["cosine"] = Array::f32d({nl}, divCos).with("layers", layerAttr);
-        div.arrays["angular"] = Array::f32d({nl}, divAng).with("layers", layerAttr);
-        finish("layer_diversity/outputs" + run, "diversity", div, params);
-    }
-    if (d2) {
-        Result r;
-        Tensor total = torch::zeros({E, E}, torch::kLong);
-        std::vector<double> top1, diag, tau;
-        double tauAllSum = 0;
-        int64_t tauAllCount = 0, tokensAll = 0;
-        for (int l : layers) {
-            LayerAcc& a = accs[l];
-            Tensor c = a.rankCounts.to(torch::kCPU).reshape({E, E}).contiguous();
-            total += c;
-            std::vector<int64_t> cv(c.data_ptr<int64_t>(), c.data_ptr<int64_t>() + E * E);
-            r.arrays["layers/" + std::to_string(l) + "/rank_counts"] = Array::i64({E, E}, cv);
-            // the points behind the counts: the norms-vs-scores scatter
-            Tensor nm = a.normParts.empty() ? torch::zeros({0, E}) : torch::cat(a.normParts, 0).contiguous();
-            Tensor sc = a.scoreParts.empty() ? torch::zeros({0, E}) : torch::cat(a.scoreParts, 0).contiguous();
-            r.arrays["layers/" + std::to_string(l) + "/norms"] = Array::f32d({nm.size(0), E}, toDoubleVec(nm));
-            r.arrays["layers/" + std::to_string(l) + "/scores"] = Array::f32d({sc.size(0), E}, toDoubleVec(sc));
-            const double tk = static_cast<double>(std::max<int64_t>(1, a.tokens));
-            top1.push_back(static_cast<double>(cv[(E - 1) * E + (E - 1)]) / tk);
-            diag.push_back(c.diagonal().sum().item<double>() / (static_cast<double>(E) * tk));
-            tau.push_back(a.tauCount ? a.tauSum / static_cast<double>(a.tauCount) : std::nan(""));
-            tauAllSum += a.tauSum;
-            tauAllCount += a.tauCount;
-            tokensAll += a.tokens;
+        if (d2) {
+            Result r;
+            Tensor total = torch::zeros({E, E}, torch::kLong);
+            std::vector<double> top1, diag, tau;
+            double tauAllSum = 0;
+            int64_t tauAllCount = 0, tokensAll = 0;
+            for (int l : layers) {
+                LayerAcc& a = accs[l];
+                Tensor c = a.rankCounts.to(torch::kCPU).reshape({E, E}).contiguous();
+                total += c;
+                std::vector<int64_t> cv(c.data_ptr<int64_t>(), c.data_ptr<int64_t>() + E * E);
+                r.arrays["layers/" + std::to_string(l) + "/rank_counts"] = Array::i64({E, E}, cv);
+                // the points behind the counts: the norms-vs-scores scatter
+                Tensor nm = a.normParts.empty() ? torch::zeros({0, E}) : torch::cat(a.normParts, 0).contiguous();
+                Tensor sc = a.scoreParts.empty() ? torch::zeros({0, E}) : torch::cat(a.scoreParts, 0).contiguous();
+                r.arrays["layers/" + std::to_string(l) + "/norms"] = Array::f32d({nm.size(0), E}, toDoubleVec(nm));
+                r.arrays["layers/" + std::to_string(l) + "/scores"] = Array::f32d({sc.size(0), E}, toDoubleVec(sc));
+                const double tk = static_cast<double>(std::max<int64_t>(1, a.tokens));
+                top1.push_back(static_cast<double>(cv[(E - 1) * E + (E - 1)]) / tk);
+                diag.push_back(c.diagonal().sum().item<double>() / (static_cast<double>(E) * tk));
+                tau.push_back(a.tauCount ? a.tauSum / static_cast<double>(a.tauCount) : std::nan(""));
+                tauAllSum += a.tauSum;
+                tauAllCount += a.tauCount;
+                tokensAll += a.tokens;
+            }
+            total = total.contiguous();
+            std::vector<int64_t> tv(total.data_ptr<int64_t>(), total.data_ptr<int64_t>() + E * E);
+            r.arrays["all/rank_counts"] = Array::i64({E, E}, tv);
+            const double ta = static_cast<double>(std::max<int64_t>(1, tokensAll));
+            r.arrays["top1_is_max_norm"] = Array::f32d({nl}, top1)
+                                               .with("layers", layerAttr)
+                                               .with("chance", AttrValue::number(1.0 / static_cast<double>(E)))
+                                               .with("all_layers", AttrValue::number(static_cast<double>(tv[(E - 1) * E + (E - 1)]) / ta));
+            r.arrays["diagonal_mass"] = Array::f32d({nl}, diag)
+                                            .with("layers", layerAttr)
+                                            .with("chance", AttrValue::number(1.0 / static_cast<double>(E)))
+                                            .with("all_layers", AttrValue::number(total.diagonal().sum().item<double>() /
+                                                                                 (static_cast<double>(E) * ta)));
+            r.arrays["kendall_tau"] = Array::f32d({nl}, tau)
+                                          .with("layers", layerAttr)
+                                          .with("chance", AttrValue::number(0.0))
+                                          .with("all_layers", AttrValue::number(tauAllCount ? tauAllSum / static_cast<double>(tauAllCount)
+                                                                                           : std::nan("")));
+            nlohmann::json p = params;
+            p["scores"] = spec.router.scoring == RouterRule::Scoring::Sigmoid ? "sigmoid of the router logits"
+                                                                              : "softmax of the router logits over all experts";
+            finish(pre + "norm_score_ranks" + run, "D2", r, p);
         }
-        total = total.contiguous();
-        std::vector<int64_t> tv(total.data_ptr<int64_t>(), total.data_ptr<int64_t>() + E * E);
-        r.arrays["all/rank_counts"] = Array::i64({E, E}, tv);
-        const double ta = static_cast<double>(std::max<int64_t>(1, tokensAll));
-        r.arrays["top1_is_max_norm"] = Array::f32d({nl}, top1)
-                                           .with("layers", layerAttr)
-                                           .with("chance", AttrValue::number(1.0 / static_cast<double>(E)))
-                                           .with("all_layers", AttrValue::number(static_cast<double>(tv[(E - 1) * E + (E - 1)]) / ta));
-        r.arrays["diagonal_mass"] = Array::f32d({nl}, diag)
-                                        .with("layers", layerAttr)
-                                        .with("chance", AttrValue::number(1.0 / static_cast<double>(E)))
-                                        .with("all_layers", AttrValue::number(total.diagonal().sum().item<double>() /
-                                                                             (static_cast<double>(E) * ta)));
-        r.arrays["kendall_tau"] = Array::f32d({nl}, tau)
+        if (d4) {
+            Result r;
+            for (int l : layers) {
+                Tensor map = torch::cat(accs[l].mapParts, 0).t().contiguous();  // [E, T]
+                r.arrays["layers/" + std::to_string(l) + "/weights"] =
+                    Array::f32d({E, T}, toDoubleVec(map)).with("labels", routedLabels);
+            }
+            finish(pre + "routing_map" + run, "D4", r, params);
+        }
+        if (load) {
+            Result r;
+            std::vector<int64_t> counts;
+            std::vector<double> fractions, entropy, cv, consecutive;
+            for (int l : layers) {
+                LayerAcc& a = accs[l];
+                Tensor c = a.loadCounts.to(torch::kCPU).contiguous();
+                std::vector<int64_t> cl(c.data_ptr<int64_t>(), c.data_ptr<int64_t>() + E);
+                double sum = 0, h = 0, mean = 0, var = 0;
+                for (auto x : cl) sum += static_cast<double>(x);
+                for (auto x : cl) {
+                    const double f = sum > 0 ? static_cast<double>(x) / sum : 0.0;
+                    fractions.push_back(f);
+                    if (f > 0) h -= f * std::log2(f);
+                }
+                mean = sum / static_cast<double>(E);
+                for (auto x : cl) var += (static_cast<double>(x) - mean) * (static_cast<double>(x) - mean);
+                var /= static_cast<double>(E);
+                counts.insert(counts.end(), cl.begin(), cl.end());
+                entropy.push_back(h);
+                cv.push_back(mean > 0 ? std::sqrt(var) / mean : std::nan(""));
+                consecutive.push_back(a.adjacentPairs ? static_cast<double>(a.adjacentShared) / static_cast<double>(a.adjacentPairs)
+                                                      : std::nan(""));
+            }
+            // P(two independent uniform top-k sets share an expert) = 1 - C(E-k, k) / C(E, k)
+            double disjoint = 1.0;
+            for (int64_t i = 0; i < K; ++i) disjoint *= static_cast<double>(E - K - i) / static_cast<double>(E - i);
+            r.arrays["counts"] = Array::i64({nl, E}, counts).with("layers", layerAttr).with("labels", routedLabels);
+            r.arrays["fractions"] = Array::f32d({nl, E}, fractions).with("layers", layerAttr).with("labels", routedLabels);
+            r.arrays["entropy"] = Array::f32d({nl}, entropy)
                                       .with("layers", layerAttr)
-                                      .with("chance", AttrValue::number(0.0))
-                                      .with("all_layers", AttrValue::number(tauAllCount ? tauAllSum / static_cast<double>(tauAllCount)
-                                                                                       : std::nan("")));
-        nlohmann::json p = params;
-        p["scores"] = spec.router.scoring == RouterRule::Scoring::Sigmoid ? "sigmoid of the router logits"
-                                                                          : "softmax of the router logits over all experts";
-        finish("norm_score_ranks" + run, "D2", r, p);
-    }
+                                      .with("max", AttrValue::number(std::log2(static_cast<double>(E))));
+            r.arrays["cv"] = Array::f32d({nl}, cv).with("layers", layerAttr);
+            r.arrays["consecutive_share"] = Array::f32d({nl}, consecutive)
+                                                .with("layers", layerAttr)
+                                                .with("chance", AttrValue::number(1.0 - std::max(0.0, disjoint)));
+            finish(pre + "expert_load" + run, "load", r, params);
+        }
+    };
+    emit(accs, E, K, Rn, labels, "");
+    if (moa) emit(attnAccs, Ea, spec.attn.moaTopK, Ea, expertLabels(Ea, false, false), "attention/");
     if (d3) {
         Result r;
         for (int l : layers) {
@@ -405,15 +490,6 @@ std::map<std::string, Result> dynamicAnalyses(const std::shared_ptr<Checkpoint>&
         nlohmann::json p = params;
         p["activation"] = spec.activation;
         finish("gate_activations" + run, "D3", r, p);
-    }
-    if (d4) {
-        Result r;
-        for (int l : layers) {
-            Tensor map = torch::cat(accs[l].mapParts, 0).t().contiguous();  // [E, T]
-            r.arrays["layers/" + std::to_string(l) + "/weights"] =
-                Array::f32d({E, T}, toDoubleVec(map)).with("labels", routedLabels);
-        }
-        finish("routing_map" + run, "D4", r, params);
     }
     if (modularity) {
         Result r;
@@ -455,44 +531,6 @@ std::map<std::string, Result> dynamicAnalyses(const std::shared_ptr<Checkpoint>&
                           "the K blocks with the most of it (share_best), mean over tokens; random partitions of the "
                           "same sizes as the baseline";
         finish("modularity" + run, "modularity", r, p);
-    }
-    if (load) {
-        Result r;
-        std::vector<int64_t> counts;
-        std::vector<double> fractions, entropy, cv, consecutive;
-        for (int l : layers) {
-            LayerAcc& a = accs[l];
-            Tensor c = a.loadCounts.to(torch::kCPU).contiguous();
-            std::vector<int64_t> cl(c.data_ptr<int64_t>(), c.data_ptr<int64_t>() + E);
-            double sum = 0, h = 0, mean = 0, var = 0;
-            for (auto x : cl) sum += static_cast<double>(x);
-            for (auto x : cl) {
-                const double f = sum > 0 ? static_cast<double>(x) / sum : 0.0;
-                fractions.push_back(f);
-                if (f > 0) h -= f * std::log2(f);
-            }
-            mean = sum / static_cast<double>(E);
-            for (auto x : cl) var += (static_cast<double>(x) - mean) * (static_cast<double>(x) - mean);
-            var /= static_cast<double>(E);
-            counts.insert(counts.end(), cl.begin(), cl.end());
-            entropy.push_back(h);
-            cv.push_back(mean > 0 ? std::sqrt(var) / mean : std::nan(""));
-            consecutive.push_back(a.adjacentPairs ? static_cast<double>(a.adjacentShared) / static_cast<double>(a.adjacentPairs)
-                                                  : std::nan(""));
-        }
-        // P(two independent uniform top-k sets share an expert) = 1 - C(E-k, k) / C(E, k)
-        double disjoint = 1.0;
-        for (int64_t i = 0; i < K; ++i) disjoint *= static_cast<double>(E - K - i) / static_cast<double>(E - i);
-        r.arrays["counts"] = Array::i64({nl, E}, counts).with("layers", layerAttr).with("labels", routedLabels);
-        r.arrays["fractions"] = Array::f32d({nl, E}, fractions).with("layers", layerAttr).with("labels", routedLabels);
-        r.arrays["entropy"] = Array::f32d({nl}, entropy)
-                                  .with("layers", layerAttr)
-                                  .with("max", AttrValue::number(std::log2(static_cast<double>(E))));
-        r.arrays["cv"] = Array::f32d({nl}, cv).with("layers", layerAttr);
-        r.arrays["consecutive_share"] = Array::f32d({nl}, consecutive)
-                                            .with("layers", layerAttr)
-                                            .with("chance", AttrValue::number(1.0 - std::max(0.0, disjoint)));
-        finish("expert_load" + run, "load", r, params);
     }
     {
         Result r;

@@ -94,7 +94,13 @@ std::vector<double> rowCosine(const std::vector<double>& m, int rows, int cols) 
     return out;
 }
 
-std::vector<double> routerRowCosine(const Checkpoint& ckpt, const ModelSpec& spec, int layer) {
+std::vector<double> routerRowCosine(const Checkpoint& ckpt, const ModelSpec& spec, int layer, bool attention) {
+    if (attention) {
+        if (layer < 0 || layer >= spec.numLayers || !spec.attn.moa)
+            throw Error("layer " + std::to_string(layer) + " has no attention router", ckpt.path(), "layer");
+        const TensorView& r = ckpt.get(spec.layerPrefix(layer) + "self_attention.experts.router.layer.weight");
+        return rowCosine(toDoubles(r), static_cast<int>(r.shape[0]), static_cast<int>(r.shape[1]));
+    }
     if (layer < 0 || layer >= spec.numLayers || !spec.layers[layer].moe)
         throw Error("layer " + std::to_string(layer) + " is not an MoE layer", ckpt.path(), "layer");
     if (spec.layout == ExpertLayout::Blocks) {

@@ -21,6 +21,7 @@ void toFloats(const uint8_t* src, DType dt, int64_t n, float* dst);
 std::vector<double> rowCosine(const std::vector<double>& m, int rows, int cols);
 
 // Router rows ("gate embeddings") of MoE layer `layer`: E x E cosine similarity.
-std::vector<double> routerRowCosine(const Checkpoint& ckpt, const ModelSpec& spec, int layer);
+// `attention`: the MoA router of a mixture-of-attention-heads layer (JetMoE) instead of the FFN's.
+std::vector<double> routerRowCosine(const Checkpoint& ckpt, const ModelSpec& spec, int layer, bool attention = false);
 
 }  // namespace es

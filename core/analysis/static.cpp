@@ -23,6 +23,7 @@ namespace {
 
 using torch::Tensor;
 const char* const kMats[3] = {"gate", "up", "down"};
+const char* const kAttnMats[3] = {"query", "", "output"};  // MoA experts: W_q (rows), W_o (columns)
 
 // One expert matrix: a contiguous [rows, cols] slice of a tensor in the mapping.
 struct Mat {
@@ -53,7 +54,7 @@ struct LayerMats {
 
 Mat whole(const TensorView& t, bool neuronRows) { return {&t, 0, t.shape[0], t.shape[1], neuronRows}; }
 
-LayerMats layerMats(const Checkpoint& ck, const ModelSpec& s, const Reference* ref, int l) {
+LayerMats layerMats(const Checkpoint& ck, const ModelSpec& s, const Reference* ref, int l, bool attention) {
     LayerMats L;
     const int64_t E = s.numExperts, F = s.expertFfn, d = s.hidden;
     auto use = [&](const Checkpoint& c, const std::string& name) -> const TensorView& {
@@ -61,6 +62,18 @@ LayerMats layerMats(const Checkpoint& ck, const ModelSpec& s, const Reference* r
         if (std::find(L.tensors.begin(), L.tensors.end(), &t) == L.tensors.end()) L.tensors.push_back(&t);
         return t;
     };
+    if (attention) {  // MoA experts: query projection [H, d] (a row per query dimension), output [d, H]
+        const std::string a = s.layerPrefix(l) + "self_attention.experts.";
+        const TensorView& q = use(ck, a + "input_linear.weight");
+        const TensorView& o = use(ck, a + "output_linear.weight");
+        const int64_t A = s.attn.moaExperts, H = s.attn.kvHeads * s.attn.headDim;
+        for (int64_t e = 0; e < A; ++e) {
+            L.routed[0].push_back({&q, e * H * d, H, d, true});
+            L.routed[2].push_back({&o, e * d * H, d, H, false});
+        }
+        for (auto* t : L.tensors) adviseWillNeed(t->data, t->nbytes);
+        return L;
+    }
     if (s.layout == ExpertLayout::PerExpert) {
         for (int e = 0; e < E; ++e) {
             L.routed[0].push_back(whole(use(ck, s.expertName(l, e, s.expertGate)), true));
@@ -391,22 +404,29 @@ std::vector<double> lowerTriangle(const std::vector<double>& m, int rows, int ro
 
 }  // namespace
 
-std::map<std::string, Result> staticAnalyses(const Checkpoint& ckpt, const ModelSpec& spec, const Reference* ref,
-                                             const StaticOptions& opt) {
-    torch::NoGradGuard ng;
-    const std::vector<int> layers = analysisLayers(spec, opt.layers, ckpt.path());
-    if (ref) checkReference(spec, *ref, layers);
-    if (opt.pcaComponents < 2 || opt.pcaComponents > 3)
-        throw Error("PCA takes 2 or 3 components, not " + std::to_string(opt.pcaComponents), "", "--pca-components");
+namespace {
+
+// The static analyses of one kind of expert: the FFN experts, or (attention) the MoA experts of
+// a mixture-of-attention-heads model, whose results go under "attention/". Progress runs from
+// `p0` to `p1`.
+void staticForKind(const Checkpoint& ckpt, const ModelSpec& spec, const Reference* ref, const StaticOptions& opt,
+                   const std::vector<int>& layers, bool attention, double p0, double p1,
+                   std::map<std::string, Result>& out) {
     auto want = [&](const char* a) { return opt.analyses.count(a) > 0; };
-    const bool s1 = want("S1"), s2 = want("S2") || want("S5"), s3 = want("S3"), s4 = want("S4") || want("S5"),
-               s5 = want("S5"), s6 = want("S6"), s7 = want("S7");
-    const int E = static_cast<int>(spec.numExperts);
+    const bool s1 = want("S1"), s2 = want("S2") || want("S5"), s4 = want("S4") || want("S5"), s5 = want("S5"),
+               s6 = want("S6"), s7 = want("S7");
+    // S3 matches neurons between experts; for attention experts a permutation of query
+    // dimensions is no symmetry (heads and rotary pairs), so it is left out
+    const bool s3 = want("S3") && !attention;
+    const int E = static_cast<int>(attention ? spec.attn.moaExperts : spec.numExperts);
     const int C = opt.pcaComponents;
-    // the FFN's matrices: gate, up, down (SwiGLU) or W1 (stored as "gate") and W2 ("down")
-    const std::vector<int> mats = spec.gatedFfn() ? std::vector<int>{0, 1, 2} : std::vector<int>{0, 2};
+    const char* const* names = attention ? kAttnMats : kMats;
+    const std::string pre = attention ? "attention/" : "";
+    // the FFN's matrices: gate, up, down (SwiGLU) or W1 (stored as "gate") and W2 ("down");
+    // attention experts: query and output
+    const std::vector<int> mats = spec.gatedFfn() && !attention ? std::vector<int>{0, 1, 2} : std::vector<int>{0, 2};
     std::vector<std::string> matNames;
-    for (int m : mats) matNames.push_back(kMats[m]);
+    for (int m : mats) matNames.push_back(names[m]);
 
     nlohmann::json provenance = {{"checkpoint", ckpt.path()}, {"fingerprint", ckpt.fingerprint()}, {"tool", toolVersion()}};
     if (ref) {
@@ -424,8 +444,10 @@ std::map<std::string, Result> staticAnalyses(const Checkpoint& ckpt, const Model
     for (size_t li = 0; li < nLayers; ++li) {
         const int l = layers[li];
         if (opt.cancel && opt.cancel->load()) throw Error("cancelled", "", "analysis");
-        if (opt.progress) opt.progress(static_cast<double>(li) / static_cast<double>(nLayers), "layer " + std::to_string(l));
-        const LayerMats L = layerMats(ckpt, spec, ref, l);
+        if (opt.progress)
+            opt.progress(p0 + (p1 - p0) * static_cast<double>(li) / static_cast<double>(nLayers),
+                         (attention ? "attention experts, layer " : "layer ") + std::to_string(l));
+        const LayerMats L = layerMats(ckpt, spec, attention ? nullptr : ref, l, attention);
         const std::string lp = "layers/" + std::to_string(l) + "/";
 
         // samples with the routed experts' shape (S1, S3, S6) and all samples (S2, S7)
@@ -459,13 +481,13 @@ std::map<std::string, Result> staticAnalyses(const Checkpoint& ckpt, const Model
                 PassResult pr = blockPass(same[m], s1, s6);
                 if (s1) {
                     auto cs = cosineFromGram(pr.gram, nSame);
-                    r1.arrays[lp + kMats[m]] = square(cs, sameLabels);
+                    r1.arrays[lp + names[m]] = square(cs, sameLabels);
                     diversity[0][m].push_back(layerDiversity(cs, nSame, E));
                 }
                 if (s6) {
                     Pca p = pcaFromGram(pr.gramZ, nSame, C);
-                    r6.arrays[lp + kMats[m]] = Array::f32d({nSame, C}, p.proj).with("labels", AttrValue::text(sameLabels));
-                    r6.arrays[lp + kMats[m] + "_explained"] = Array::f32d({C}, p.explained);
+                    r6.arrays[lp + names[m]] = Array::f32d({nSame, C}, p.proj).with("labels", AttrValue::text(sameLabels));
+                    r6.arrays[lp + names[m] + "_explained"] = Array::f32d({C}, p.explained);
                 }
                 for (int x = 0; x < nSame; ++x) neuronSum[sameLabels[x]] = std::move(pr.neuronSum[x]);
             }
@@ -483,16 +505,16 @@ std::map<std::string, Result> staticAnalyses(const Checkpoint& ckpt, const Model
                 }
                 const int d = static_cast<int>(flat.size() / static_cast<size_t>(nAll));
                 s2m[m] = rowCosine(flat, nAll, d);
-                r2.arrays[lp + kMats[m]] = square(s2m[m], allLabels);
+                r2.arrays[lp + names[m]] = square(s2m[m], allLabels);
                 diversity[1][m].push_back(layerDiversity(s2m[m], nAll, E));
             }
             if (s7) {
                 std::vector<int32_t> owner;
                 Pca p = neuronPca(all[m], C, owner);
                 const int64_t rows = static_cast<int64_t>(owner.size());
-                r7.arrays[lp + kMats[m]] = Array::f32d({rows, C}, p.proj).with("labels", AttrValue::text(allLabels));
-                r7.arrays[lp + kMats[m] + "_explained"] = Array::f32d({C}, p.explained);
-                r7.arrays[lp + kMats[m] + "_expert"] = Array::i32({rows}, owner);
+                r7.arrays[lp + names[m]] = Array::f32d({rows, C}, p.proj).with("labels", AttrValue::text(allLabels));
+                r7.arrays[lp + names[m] + "_explained"] = Array::f32d({C}, p.explained);
+                r7.arrays[lp + names[m] + "_expert"] = Array::i32({rows}, owner);
             }
             // done with this matrix type: drop its pages now (S3 maps them again if it runs)
             for (auto& x : all[m])
@@ -500,7 +522,7 @@ std::map<std::string, Result> staticAnalyses(const Checkpoint& ckpt, const Model
         }
         std::vector<double> router;
         if (s4) {
-            router = routerRowCosine(ckpt, spec, l);
+            router = routerRowCosine(ckpt, spec, l, attention);
             if (want("S4")) r4.arrays[lp + "router"] = square(router, expertLabels(E, false, false));
         }
         if (s5) {
@@ -528,24 +550,22 @@ std::map<std::string, Result> staticAnalyses(const Checkpoint& ckpt, const Model
             bool exact = true;
             Reorder ro = neuronReordering(same, mats, opt.maxExactNeurons, exact, opt.cancel);
             for (int m : mats) {
-                r3.arrays[lp + kMats[m]] = square(ro.sim[m], sameLabels);
-                r3.arrays[lp + kMats[m] + "_tau"] = square(ro.tau[m], sameLabels);
-                r3.arrays[lp + "joint_" + kMats[m]] = square(ro.joint[m], sameLabels);
+                r3.arrays[lp + names[m]] = square(ro.sim[m], sameLabels);
+                r3.arrays[lp + names[m] + "_tau"] = square(ro.tau[m], sameLabels);
+                r3.arrays[lp + "joint_" + names[m]] = square(ro.joint[m], sameLabels);
             }
             r3.arrays[lp + "joint_tau"] = square(ro.jointTau, sameLabels);
             solvers[std::to_string(l)] = exact ? "exact" : "auction";
         }
         L.releaseAll();
     }
-    if (opt.progress) opt.progress(1.0, "done");
-
-    std::map<std::string, Result> out;
     auto finish = [&](const char* id, const char* kind, Result& r, nlohmann::json params) {
         r.kind = kind;
+        if (attention) params["experts"] = "attention (mixture of attention heads): query and output projections";
         r.paramsJson = params.dump();
         r.provenanceJson = provenance.dump();
         r.created = isoTimeNow();
-        out[id] = std::move(r);
+        out[pre + id] = std::move(r);
     };
     nlohmann::json withExcluded = baseParams;
     withExcluded["excluded"] = excluded;
@@ -553,12 +573,12 @@ std::map<std::string, Result> staticAnalyses(const Checkpoint& ckpt, const Model
     const int64_t nl = static_cast<int64_t>(nLayers);
     if (s1) {
         finish("weight_similarity", "S1", r1, withExcluded);
-        for (int m : mats) div1.arrays[kMats[m]] = Array::f32d({nl}, diversity[0][m]).with("layers", layerAttr);
+        for (int m : mats) div1.arrays[names[m]] = Array::f32d({nl}, diversity[0][m]).with("layers", layerAttr);
         finish("layer_diversity/weights", "diversity", div1, baseParams);
     }
     if (want("S2")) {
         finish("neuron_mean_similarity", "S2", r2, baseParams);
-        for (int m : mats) div2.arrays[kMats[m]] = Array::f32d({nl}, diversity[1][m]).with("layers", layerAttr);
+        for (int m : mats) div2.arrays[names[m]] = Array::f32d({nl}, diversity[1][m]).with("layers", layerAttr);
         finish("layer_diversity/neuron_mean", "diversity", div2, baseParams);
     }
     if (s3) {
@@ -571,7 +591,7 @@ std::map<std::string, Result> staticAnalyses(const Checkpoint& ckpt, const Model
     }
     if (want("S4")) finish("router_similarity", "S4", r4, baseParams);
     if (s5) {
-        const char* names[4] = {"r", "r2", "slope", "intercept"};
+        const char* fitNames[4] = {"r", "r2", "slope", "intercept"};
         const AttrValue columns = AttrValue::text(matNames);
         const int64_t nm = static_cast<int64_t>(mats.size());
         std::vector<double> paperMean;
@@ -586,7 +606,7 @@ std::map<std::string, Result> staticAnalyses(const Checkpoint& ckpt, const Model
                 for (int m : mats) table.push_back(fit[k][m][li]);
             Array a = Array::f32d({nl, nm}, table).with("layers", layerAttr).with("columns", columns);
             if (k == 1) a.with("r2_paper_mean", AttrValue::numbers(paperMean));
-            r5.arrays[names[k]] = std::move(a);
+            r5.arrays[fitNames[k]] = std::move(a);
         }
         nlohmann::json p = baseParams;
         p["x"] = "S2 similarity of the routed experts' mean neurons";
@@ -603,6 +623,22 @@ std::map<std::string, Result> staticAnalyses(const Checkpoint& ckpt, const Model
         p["components"] = C;
         finish("neuron_pca", "S7", r7, p);
     }
+}
+
+}  // namespace
+
+std::map<std::string, Result> staticAnalyses(const Checkpoint& ckpt, const ModelSpec& spec, const Reference* ref,
+                                             const StaticOptions& opt) {
+    torch::NoGradGuard ng;
+    const std::vector<int> layers = analysisLayers(spec, opt.layers, ckpt.path());
+    if (ref) checkReference(spec, *ref, layers);
+    if (opt.pcaComponents < 2 || opt.pcaComponents > 3)
+        throw Error("PCA takes 2 or 3 components, not " + std::to_string(opt.pcaComponents), "", "--pca-components");
+    std::map<std::string, Result> out;
+    const double split = spec.attn.moa ? 0.5 : 1.0;
+    staticForKind(ckpt, spec, ref, opt, layers, false, 0.0, split, out);
+    if (spec.attn.moa) staticForKind(ckpt, spec, ref, opt, layers, true, split, 1.0, out);
+    if (opt.progress) opt.progress(1.0, "done");
     return out;
 }
 

@@ -348,19 +348,10 @@ struct Model::Impl {
             offset += cnt[e];
             q.index_copy_(0, sels[e], torch::linear(x.index_select(0, sels[e].div(K, "floor")), w.attnQ[e]));
         }
-        Tensor kvp = torch::linear(x, w.kvProj);
-        Tensor k = kvp.narrow(-1, 0, H).reshape({T, kv, hd}).transpose(0, 1);
-        Tensor v = kvp.narrow(-1, H, H).reshape({T, kv, hd}).transpose(0, 1);
-        k = k * cos + rotateHalf(k) * sin;
-        const double scale = 1.0 / std::sqrt(static_cast<double>(hd));
-        auto attend = [&](const Tensor& qh, const Tensor& kh, const Tensor& vh) {  // [n, T, hd] each
-            Tensor o = at::scaled_dot_product_attention(qh.unsqueeze(0), kh.unsqueeze(0), vh.unsqueeze(0), {}, 0.0, true,
-                                                        scale);
-            return o.squeeze(0).transpose(0, 1).reshape({T, -1});
-        };
+        auto [k, v] = moaKeysValues(w, x, cos, sin);
         Tensor qh = q.view({T, K * kv, hd}).transpose(0, 1);
         qh = qh * cos + rotateHalf(qh) * sin;
-        Tensor o = attend(qh, k.repeat({K, 1, 1}), v.repeat({K, 1, 1})).reshape({T * K, H});  // tiled, not interleaved
+        Tensor o = moaAttend(qh, k.repeat({K, 1, 1}), v.repeat({K, 1, 1})).reshape({T * K, H});  // tiled, not interleaved
         Tensor flatW = out.weights.reshape(-1);
         Tensor y = torch::zeros_like(x);
         for (int64_t e = 0; e < E; ++e) {
@@ -370,17 +361,40 @@ struct Model::Impl {
             y.index_add_(0, sels[e].div(K, "floor"), ye);
         }
         if (w.attnBias.defined()) y = y + w.attnBias;
-        if (allExperts) {
-            std::vector<Tensor> norms;
-            for (int64_t e = 0; e < E; ++e) {
-                Tensor qe = torch::linear(x, w.attnQ[e]).view({T, kv, hd}).transpose(0, 1);
-                qe = qe * cos + rotateHalf(qe) * sin;
-                norms.push_back(torch::linear(attend(qe, k, v), w.attnO[e]).to(torch::kFloat).norm(2, -1));
-            }
-            out.norms = torch::stack(norms, 1);
-        }
+        if (allExperts) out.norms = moaExpertOutputs(w, x, cos, sin).to(torch::kFloat).norm(2, -1);
         out.y = y;
         return out;
+    }
+
+    // Every MoA expert's output [T, E, d] as if it alone were chosen: its kvHeads query heads
+    // on the shared keys and values, then its output projection (no gate, no bias).
+    Tensor moaExpertOutputs(const LayerWeights& w, const Tensor& x, const Tensor& cos, const Tensor& sin) const {
+        const auto& a = spec.attn;
+        const int64_t T = x.size(0), kv = a.kvHeads, hd = a.headDim;
+        auto [k, v] = moaKeysValues(w, x, cos, sin);
+        std::vector<Tensor> outs;
+        for (int64_t e = 0; e < a.moaExperts; ++e) {
+            Tensor q = torch::linear(x, w.attnQ[e]).view({T, kv, hd}).transpose(0, 1);
+            q = q * cos + rotateHalf(q) * sin;
+            outs.push_back(torch::linear(moaAttend(q, k, v), w.attnO[e]));
+        }
+        return torch::stack(outs, 1);
+    }
+
+    // The shared keys (rotated) and values of a MoA layer: [kvHeads, T, headDim] each.
+    std::pair<Tensor, Tensor> moaKeysValues(const LayerWeights& w, const Tensor& x, const Tensor& cos, const Tensor& sin) const {
+        const int64_t T = x.size(0), kv = spec.attn.kvHeads, hd = spec.attn.headDim, H = kv * hd;
+        Tensor kvp = torch::linear(x, w.kvProj);
+        Tensor k = kvp.narrow(-1, 0, H).reshape({T, kv, hd}).transpose(0, 1);
+        Tensor v = kvp.narrow(-1, H, H).reshape({T, kv, hd}).transpose(0, 1);
+        return {k * cos + rotateHalf(k) * sin, v};
+    }
+
+    // Causal attention of query heads on key/value heads ([n, T, hd] each) -> [T, n * hd].
+    Tensor moaAttend(const Tensor& q, const Tensor& k, const Tensor& v) const {
+        const double scale = 1.0 / std::sqrt(static_cast<double>(spec.attn.headDim));
+        Tensor o = at::scaled_dot_product_attention(q.unsqueeze(0), k.unsqueeze(0), v.unsqueeze(0), {}, 0.0, true, scale);
+        return o.squeeze(0).transpose(0, 1).reshape({q.size(1), -1});
     }
 
     MoeOut moe(const LayerWeights& w, const Tensor& x, bool allExperts) const {

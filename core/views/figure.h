@@ -89,7 +89,8 @@ struct ViewRequest {
     std::string view;
     std::string run;      // dynamic views: the run (default: the first with the result)
     int layer = -1;       // per-layer views: the decoder layer (default: the first analysed)
-    std::string matrix;   // gate | up | down | router, where the view has matrices
+    std::string matrix;   // gate | up | down | router (attention experts: query | output), where the view has matrices
+    std::string kind;     // ffn (default) | attention: which experts, on mixture-of-attention-heads models
     std::string measure;  // a view's variant (see ViewInfo::measures)
     int prompt = 0;       // routing views: which prompt of the run
     int token = 0;        // per-token views: which of the stored first tokens
@@ -101,6 +102,9 @@ struct ViewInfo {
     bool perLayer = false, perRun = false, perToken = false, perPrompt = false;
     std::vector<std::string> matrices, measures, runs;
     std::vector<int> layers;
+    // "ffn" and "attention" where the session has the view's analysis for attention experts too
+    // (JetMoE); the attention experts' matrices (query, output)
+    std::vector<std::string> kinds, attentionMatrices;
 };
 
 // The views the session's results allow, in a stable order.

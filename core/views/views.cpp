@@ -66,6 +66,14 @@ std::string shortNum(double v) {
     return buf;
 }
 
+// The result id of a view's analysis for the requested kind of expert: the FFN experts' as is,
+// the attention experts' (mixture of attention heads) under "attention/".
+std::string rid(const ViewRequest& req, const std::string& base) {
+    if (req.kind.empty() || req.kind == "ffn") return base;
+    if (req.kind == "attention") return "attention/" + base;
+    throw Error("view '" + req.view + "': kind '" + req.kind + "' is not one of ffn, attention");
+}
+
 std::string sessionName(const Session& s) { return s.path().empty() ? std::string("(unsaved session)") : s.path(); }
 
 const Result& needResult(const Session& s, const std::string& id, const std::string& view) {
@@ -155,7 +163,7 @@ std::string chooseOf(const ViewRequest& req, const std::string& what, const std:
     return given;
 }
 
-const std::vector<std::string> kMatrices = {"gate", "up", "down"};
+const std::vector<std::string> kMatrices = {"gate", "up", "down", "query", "output"};
 
 // The FFN matrices a static result holds (a GELU FFN, BERT's, has W1 as "gate" and W2 as "down").
 std::vector<std::string> matricesOf(const Session& s, const std::string& id) {
@@ -177,6 +185,8 @@ std::string matrixName(const std::string& m) {
     if (m == "gate") return "W_gate";
     if (m == "up") return "W_up";
     if (m == "down") return "W_down";
+    if (m == "query") return "W_q";
+    if (m == "output") return "W_o";
     return m;
 }
 
@@ -239,11 +249,13 @@ std::string similaritySuffix(const SimilarityKind& k, const std::string& matrix,
 }
 
 Figure similarityFigure(const Session& s, const ViewRequest& req, const SimilarityKind& k) {
-    const std::string matrix = chooseOf(req, "matrix", req.matrix, k.matrices);
+    const std::string id = rid(req, k.id);
+    const std::string matrix =
+        chooseOf(req, "matrix", req.matrix, k.matrices == kMatrices ? matricesOf(s, id) : k.matrices);
     const std::string measure = k.measures.empty() ? "" : chooseOf(req, "measure", req.measure, k.measures);
     const std::string suffix = similaritySuffix(k, matrix, measure);
-    const int L = layerOf(s, req, k.id, suffix);
-    Data d = needArray(s, k.id, "layers/" + std::to_string(L) + "/" + suffix, req.view);
+    const int L = layerOf(s, req, id, suffix);
+    Data d = needArray(s, id, "layers/" + std::to_string(L) + "/" + suffix, req.view);
     Figure f;
     f.view = req.view;
     const bool tau = measure == "tau" || measure == "joint-tau";
@@ -253,14 +265,14 @@ Figure similarityFigure(const Session& s, const ViewRequest& req, const Similari
     Panel p;
     p.xLabel = p.yLabel = "expert";
     heatmapFrom(f, p, d, d.labels(), d.labels(), tau ? "Kendall's tau" : "cosine similarity");
-    if (req.scale == "global") globalRange(s, k.id, suffix, p.heatmap);
+    if (req.scale == "global") globalRange(s, id, suffix, p.heatmap);
     f.panels.push_back(std::move(p));
     return f;
 }
 
 Figure routerVsWeights(const Session& s, const ViewRequest& req) {
-    const char* id = "router_weight_regression";
-    const std::string matrix = chooseOf(req, "matrix", req.matrix, kMatrices);
+    const std::string id = rid(req, "router_weight_regression");
+    const std::string matrix = chooseOf(req, "matrix", req.matrix, matricesOf(s, id));
     const int L = layerOf(s, req, id, "pairs");
     Data pairs = needArray(s, id, "layers/" + std::to_string(L) + "/pairs", req.view);
     Data slope = needArray(s, id, "slope", req.view), intercept = needArray(s, id, "intercept", req.view),
@@ -304,7 +316,7 @@ Figure routerVsWeights(const Session& s, const ViewRequest& req) {
 }
 
 Figure routerWeightR2(const Session& s, const ViewRequest& req) {
-    Data r2 = needArray(s, "router_weight_regression", "r2", req.view);
+    Data r2 = needArray(s, rid(req, "router_weight_regression"), "r2", req.view);
     const auto layers = r2.layers();
     const auto cols = r2.labels("columns");
     Figure f;
@@ -339,8 +351,8 @@ std::string explainedText(const Data& e, int64_t c) {
 }
 
 Figure pcaFigure(const Session& s, const ViewRequest& req, bool neurons) {
-    const char* id = neurons ? "neuron_pca" : "matrix_pca";
-    const std::string matrix = chooseOf(req, "matrix", req.matrix, kMatrices);
+    const std::string id = rid(req, neurons ? "neuron_pca" : "matrix_pca");
+    const std::string matrix = chooseOf(req, "matrix", req.matrix, matricesOf(s, id));
     const int L = layerOf(s, req, id, matrix);
     const std::string base = "layers/" + std::to_string(L) + "/" + matrix;
     Data d = needArray(s, id, base, req.view), ex = needArray(s, id, base + "_explained", req.view);
@@ -396,8 +408,8 @@ Figure pcaFigure(const Session& s, const ViewRequest& req, bool neurons) {
 }
 
 Figure outputSimilarity(const Session& s, const ViewRequest& req) {
-    const std::string run = chooseRun(s, req, "output_similarity");
-    const std::string id = "output_similarity/" + run;
+    const std::string run = chooseRun(s, req, rid(req, "output_similarity"));
+    const std::string id = rid(req, "output_similarity/" + run);
     const std::string measure = chooseOf(req, "measure", req.measure, {"angular", "cosine", "per-token"});
     const std::string suffix = measure == "per-token" ? "per_token_cosine" : measure;
     const int L = layerOf(s, req, id, suffix);
@@ -438,15 +450,15 @@ Figure diversity(const Session& s, const ViewRequest& req) {
     };
     std::vector<Src> srcs;
     for (auto& m : kMatrices) {
-        srcs.push_back({"layer_diversity/weights", m, "weights " + matrixName(m) + " (S1)"});
-        srcs.push_back({"layer_diversity/neuron_mean", m, "neuron means " + matrixName(m) + " (S2)"});
+        srcs.push_back({rid(req, "layer_diversity/weights"), m, "weights " + matrixName(m) + " (S1)"});
+        srcs.push_back({rid(req, "layer_diversity/neuron_mean"), m, "neuron means " + matrixName(m) + " (S2)"});
     }
-    auto runs = runsWith(s, "layer_diversity/outputs");
+    auto runs = runsWith(s, rid(req, "layer_diversity/outputs"));
     std::string run;
     if (!runs.empty()) {
-        run = chooseRun(s, req, "layer_diversity/outputs");
-        srcs.push_back({"layer_diversity/outputs/" + run, "angular", "outputs, angular (D1, run " + run + ")"});
-        srcs.push_back({"layer_diversity/outputs/" + run, "cosine", "outputs, cosine (D1, run " + run + ")"});
+        run = chooseRun(s, req, rid(req, "layer_diversity/outputs"));
+        srcs.push_back({rid(req, "layer_diversity/outputs/" + run), "angular", "outputs, angular (D1, run " + run + ")"});
+        srcs.push_back({rid(req, "layer_diversity/outputs/" + run), "cosine", "outputs, cosine (D1, run " + run + ")"});
     }
     Figure f;
     f.view = req.view;
@@ -462,7 +474,7 @@ Figure diversity(const Session& s, const ViewRequest& req) {
         Data d = needArray(s, src.id, src.array, req.view);
         Series sr{src.name, Series::Style::Line};
         sr.dashed = src.id.find("neuron_mean") != std::string::npos;
-        sr.color = static_cast<int>(std::find(kMatrices.begin(), kMatrices.end(), src.array) - kMatrices.begin());
+        sr.color = static_cast<int>(std::find(kMatrices.begin(), kMatrices.end(), src.array) - kMatrices.begin()) % 3;
         if (src.id.find("outputs") != std::string::npos) sr.color = src.array == "angular" ? 3 : 4, sr.emphasised = true;
         auto layers = d.layers();
         for (size_t i = 0; i < layers.size() && i < d.v.size(); ++i) {
@@ -514,8 +526,8 @@ std::pair<int64_t, int64_t> promptRange(const Session& s, const ViewRequest& req
 }
 
 Figure normsVsScores(const Session& s, const ViewRequest& req) {
-    const std::string run = chooseRun(s, req, "norm_score_ranks");
-    const std::string id = "norm_score_ranks/" + run;
+    const std::string run = chooseRun(s, req, rid(req, "norm_score_ranks"));
+    const std::string id = rid(req, "norm_score_ranks/" + run);
     const int L = layerOf(s, req, id, "norms");
     Data n = needArray(s, id, "layers/" + std::to_string(L) + "/norms", req.view);
     Data sc = needArray(s, id, "layers/" + std::to_string(L) + "/scores", req.view);
@@ -567,8 +579,8 @@ Figure normsVsScores(const Session& s, const ViewRequest& req) {
 }
 
 Figure rankCounts(const Session& s, const ViewRequest& req) {
-    const std::string run = chooseRun(s, req, "norm_score_ranks");
-    const std::string id = "norm_score_ranks/" + run;
+    const std::string run = chooseRun(s, req, rid(req, "norm_score_ranks"));
+    const std::string id = rid(req, "norm_score_ranks/" + run);
     const std::string measure = chooseOf(req, "measure", req.measure, {"layer", "all"});
     std::string name = "all/rank_counts", where = "all layers";
     if (measure == "layer") {
@@ -619,8 +631,8 @@ Figure rankCounts(const Session& s, const ViewRequest& req) {
 }
 
 Figure top1MaxNorm(const Session& s, const ViewRequest& req) {
-    const std::string run = chooseRun(s, req, "norm_score_ranks");
-    const std::string id = "norm_score_ranks/" + run;
+    const std::string run = chooseRun(s, req, rid(req, "norm_score_ranks"));
+    const std::string id = rid(req, "norm_score_ranks/" + run);
     Data top1 = needArray(s, id, "top1_is_max_norm", req.view), diag = needArray(s, id, "diagonal_mass", req.view),
          tau = needArray(s, id, "kendall_tau", req.view);
     const auto layers = top1.layers();
@@ -653,8 +665,8 @@ Figure top1MaxNorm(const Session& s, const ViewRequest& req) {
 }
 
 Figure routingMap(const Session& s, const ViewRequest& req) {
-    const std::string run = chooseRun(s, req, "routing_map");
-    const std::string id = "routing_map/" + run;
+    const std::string run = chooseRun(s, req, rid(req, "routing_map"));
+    const std::string id = rid(req, "routing_map/" + run);
     const int L = layerOf(s, req, id, "weights");
     Data d = needArray(s, id, "layers/" + std::to_string(L) + "/weights", req.view);
     auto [b, e] = promptRange(s, req, run);
@@ -731,8 +743,8 @@ Figure routingText(const Session& s, const ViewRequest& req) {
 }
 
 Figure expertLoad(const Session& s, const ViewRequest& req) {
-    const std::string run = chooseRun(s, req, "expert_load");
-    const std::string id = "expert_load/" + run;
+    const std::string run = chooseRun(s, req, rid(req, "expert_load"));
+    const std::string id = rid(req, "expert_load/" + run);
     Data frac = needArray(s, id, "fractions", req.view), counts = needArray(s, id, "counts", req.view),
          ent = needArray(s, id, "entropy", req.view);
     const auto layers = frac.layers();
@@ -1096,6 +1108,20 @@ std::vector<std::string> allViewNames() {
     return out;
 }
 
+// The views that also show attention experts (mixture of attention heads), by the result id
+// (static) or id prefix (per run, ending in "/") they read.
+const std::map<std::string, std::string>& attentionViews() {
+    static const std::map<std::string, std::string> m = {
+        {"weight-similarity", "weight_similarity"},       {"neuron-mean-similarity", "neuron_mean_similarity"},
+        {"router-similarity", "router_similarity"},       {"router-vs-weights", "router_weight_regression"},
+        {"router-weight-r2", "router_weight_regression"}, {"matrix-pca", "matrix_pca"},
+        {"neuron-pca", "neuron_pca"},                     {"diversity", "layer_diversity/"},
+        {"output-similarity", "output_similarity/"},      {"norms-vs-scores", "norm_score_ranks/"},
+        {"rank-counts", "norm_score_ranks/"},             {"top1-max-norm", "norm_score_ranks/"},
+        {"routing-map", "routing_map/"},                  {"expert-load", "expert_load/"}};
+    return m;
+}
+
 std::vector<ViewInfo> availableViews(const Session& s) {
     std::vector<ViewInfo> out;
     for (auto& d : registry()) {
@@ -1104,7 +1130,18 @@ std::vector<ViewInfo> availableViews(const Session& s) {
         v.title = d.title;
         v.analysis = d.analysis;
         v.description = d.description;
-        if (d.fill(s, v)) out.push_back(std::move(v));
+        if (!d.fill(s, v)) continue;
+        if (auto it = attentionViews().find(d.name); it != attentionViews().end()) {
+            const std::string base = "attention/" + it->second;
+            bool any = false;
+            for (auto& id : s.resultIds()) any = any || id == base || (base.back() == '/' && id.rfind(base, 0) == 0);
+            if (any) {
+                v.kinds = {"ffn", "attention"};
+                const bool ffnMatrices = std::find(v.matrices.begin(), v.matrices.end(), "down") != v.matrices.end();
+                v.attentionMatrices = ffnMatrices ? matricesOf(s, base) : v.matrices;  // "router" stays
+            }
+        }
+        out.push_back(std::move(v));
     }
     return out;
 }
@@ -1114,7 +1151,18 @@ Figure buildFigure(const Session& s, const ViewRequest& req) {
         if (d.name == req.view) {
             if (req.scale != "layer" && req.scale != "global")
                 throw Error("colour scale '" + req.scale + "' is not one of layer, global");
-            return d.build(s, req);
+            rid(req, "");  // a known kind
+            if (req.kind != "attention") return d.build(s, req);
+            if (!attentionViews().count(d.name))
+                throw Error("view '" + req.view + "' has no attention experts (views with them: " +
+                            [] {
+                                std::vector<std::string> v;
+                                for (auto& [k, id] : attentionViews()) v.push_back(k);
+                                return joinStrings(v);
+                            }() + ")");
+            Figure f = d.build(s, req);
+            f.title = "Attention experts: " + f.title;
+            return f;
         }
     throw Error("unknown view '" + req.view + "' (views: " + joinStrings(allViewNames()) + ")");
 }

@@ -85,7 +85,7 @@ def reference(model, full_softmax=False, prompts=PROMPTS):
     from transformers.models.jetmoe.modeling_jetmoe import apply_rotary_pos_emb
     cfg = model.config
     kv, hd = cfg.num_key_value_heads, cfg.kv_channels
-    out = {"logits": [], "moa": {}, "moe": {}, "moa_norms": {}, "moe_norms": {}}
+    out = {"logits": [], "moa": {}, "moe": {}, "moa_norms": {}, "moe_norms": {}, "moa_outputs": {}}
     captured = {}
 
     def pre(name, l):
@@ -109,14 +109,16 @@ def reference(model, full_softmax=False, prompts=PROMPTS):
                 k_, v_ = att.kv_proj(x).chunk(2, dim=-1)
                 k_ = k_.view(len(p), kv, hd).transpose(0, 1)[None]
                 v_ = v_.view(len(p), kv, hd).transpose(0, 1)[None]
-                norms = []
+                outs = []
                 for e in range(cfg.num_local_experts):
                     q = F.linear(x, att.experts.input_linear.weight[e]).view(len(p), kv, hd).transpose(0, 1)[None]
                     q, kr = apply_rotary_pos_emb(q, k_, *pos)
                     o = F.scaled_dot_product_attention(q, kr, v_, is_causal=True, scale=hd ** -0.5)
                     o = o[0].transpose(0, 1).reshape(len(p), kv * hd)
-                    norms.append(F.linear(o, att.experts.output_linear.weight[e]).norm(dim=-1))
-                out["moa_norms"].setdefault(l, []).append(torch.stack(norms, 1).numpy())
+                    outs.append(F.linear(o, att.experts.output_linear.weight[e]))
+                outs = torch.stack(outs, 1)  # [T, E, d]: each expert as if it alone were chosen
+                out["moa_outputs"].setdefault(l, []).append(outs.numpy())
+                out["moa_norms"].setdefault(l, []).append(outs.norm(dim=-1).numpy())
                 y = captured[("moe", l)][0]
                 mlp = layer.mlp
                 out["moe"].setdefault(l, []).append(mlp.router.layer(y).float().numpy())

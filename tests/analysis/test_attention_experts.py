@@ -1,0 +1,123 @@
+"""Analyses of attention experts (mixture of attention heads, JetMoE) against numpy/scipy.
+
+On a re-initialised JetMoE fixture (tests/parity/test_jetmoe.py builds it with transformers):
+S1 and S2 of the per-expert query and output projections, S4 of the attention router rows, S5's
+regression (scipy.stats.linregress), D1 (cosine of every attention expert's output as if it alone
+were chosen, computed from HF's own modules), D2 (those outputs' norms against the softmax of the
+router logits), D4 and the load (from the traced choices); the FFN experts' results stay where
+they were. Every view that offers attention experts exports them.
+"""
+import json
+
+import numpy as np
+import pytest
+
+from conftest import require, run_cli
+
+RUN = "r"
+
+
+def cosine_rows(m):
+    m = m.astype(np.float64)
+    u = m / np.linalg.norm(m, axis=1, keepdims=True)
+    return u @ u.T
+
+
+@pytest.fixture(scope="module")
+def session(cli, tmp_path_factory):
+    require("transformers")
+    import test_jetmoe
+    tmp = tmp_path_factory.mktemp("jetmoe")
+    ckpt = str(tmp / "ckpt")
+    model = test_jetmoe.build(ckpt)
+    out = str(tmp / "s.h5")
+    test_jetmoe.trace(cli, ckpt, out, "--run", RUN)
+    run_cli(cli, "analyze", ckpt, "--run", RUN, "--static", "all", "--dynamic", "all", "--out", out)
+    from safetensors.numpy import load_file
+    return dict(path=out, tmp=tmp, weights=load_file(f"{ckpt}/model.safetensors"), ref=test_jetmoe.reference(model),
+                E=test_jetmoe.E)
+
+
+def test_static_attention_experts(session):
+    h5py = require("h5py")
+    stats = require("scipy.stats")
+    w, E = session["weights"], session["E"]
+    with h5py.File(session["path"], "r") as f:
+        a = f["analyses"]
+        assert "attention/neuron_reordering" not in a  # no S3 for attention experts
+        r2 = a["attention/router_weight_regression/r2"]
+        assert [c.decode() if isinstance(c, bytes) else c for c in r2.attrs["columns"]] == ["query", "output"]
+        for l in (0, 1):
+            p = f"model.layers.{l}.self_attention."
+            q, o = w[p + "experts.input_linear.weight"], w[p + "experts.output_linear.weight"]  # [E, H, d], [E, d, H]
+            np.testing.assert_allclose(a[f"attention/weight_similarity/layers/{l}/query"][()],
+                                       cosine_rows(q.reshape(E, -1)), atol=1e-6)
+            np.testing.assert_allclose(a[f"attention/weight_similarity/layers/{l}/output"][()],
+                                       cosine_rows(o.reshape(E, -1)), atol=1e-6)
+            mq, mo = q.astype(np.float64).mean(1), o.astype(np.float64).mean(2)  # mean query row, mean output column
+            s2q, s2o = cosine_rows(mq), cosine_rows(mo)
+            np.testing.assert_allclose(a[f"attention/neuron_mean_similarity/layers/{l}/query"][()], s2q, atol=1e-6)
+            np.testing.assert_allclose(a[f"attention/neuron_mean_similarity/layers/{l}/output"][()], s2o, atol=1e-6)
+            router = cosine_rows(w[p + "experts.router.layer.weight"])
+            np.testing.assert_allclose(a[f"attention/router_similarity/layers/{l}/router"][()], router, atol=1e-6)
+            tri = np.tril_indices(E, -1)
+            fit = stats.linregress(s2q[tri], router[tri])
+            assert abs(r2[l, 0] - fit.rvalue ** 2) < 1e-5
+            # the FFN experts' results are untouched by the attention ones
+            ffn = w[f"model.layers.{l}.mlp.input_linear.weight"][:, :32].reshape(E, -1)
+            np.testing.assert_allclose(a[f"weight_similarity/layers/{l}/gate"][()], cosine_rows(ffn), atol=1e-6)
+
+
+def test_dynamic_attention_experts(session):
+    h5py = require("h5py")
+    ref, E = session["ref"], session["E"]
+    with h5py.File(session["path"], "r") as f:
+        a, run = f["analyses"], f[f"runs/{RUN}"]
+        for l in (0, 1):
+            outs = ref["moa_outputs"][l].astype(np.float64)  # [T, E, d]
+            u = outs / np.linalg.norm(outs, axis=-1, keepdims=True)
+            cos = np.einsum("ted,tfd->tef", u, u).mean(0)
+            np.testing.assert_allclose(a[f"attention/output_similarity/{RUN}/layers/{l}/cosine"][()], cos, atol=1e-5)
+            np.testing.assert_allclose(a[f"attention/norm_score_ranks/{RUN}/layers/{l}/norms"][()],
+                                       np.linalg.norm(outs, axis=-1), rtol=1e-5, atol=1e-6)
+            logits = ref["moa"][l]
+            p = np.exp(logits - logits.max(1, keepdims=True))
+            np.testing.assert_allclose(a[f"attention/norm_score_ranks/{RUN}/layers/{l}/scores"][()],
+                                       p / p.sum(1, keepdims=True), atol=1e-6)
+            ids, wts = run[f"layers/{l}/attention/topk_experts"][()], run[f"layers/{l}/attention/topk_weights"][()]
+            want = np.zeros((len(ids), E))
+            np.put_along_axis(want, ids.astype(np.int64), wts, 1)
+            np.testing.assert_allclose(a[f"attention/routing_map/{RUN}/layers/{l}/weights"][()], want.T, atol=1e-7)
+            np.testing.assert_array_equal(a[f"attention/expert_load/{RUN}/counts"][l], np.bincount(ids.ravel(), minlength=E))
+            # and the FFN router's load is the FFN's
+            np.testing.assert_array_equal(a[f"expert_load/{RUN}/counts"][l],
+                                          np.bincount(run[f"layers/{l}/topk_experts"][()].ravel(), minlength=E))
+
+
+def test_views_offer_attention_experts(cli, session):
+    views = json.loads(run_cli(cli, "export", session["path"], "--list", "--json").stdout)
+    with_attention = {v["name"]: v for v in views if "attention" in v["kinds"]}
+    assert {"weight-similarity", "router-similarity", "router-vs-weights", "output-similarity", "norms-vs-scores",
+            "routing-map", "expert-load", "diversity"} <= set(with_attention)
+    assert with_attention["weight-similarity"]["attention_matrices"] == ["query", "output"]
+    tmp = session["tmp"]
+    for name, v in with_attention.items():
+        for m in v["attention_matrices"] or [None]:
+            extra = ["--matrix", m] if m else []
+            out = tmp / f"{name}-{m}.csv"
+            run_cli(cli, "export", session["path"], "--view", name, "--kind", "attention", *extra, "--out", out)
+            assert out.stat().st_size > 0
+    # the attention experts' S1 CSV holds the attention result, not the FFN's
+    h5py = require("h5py")
+    csv = (tmp / "weight-similarity-query.csv").read_text().splitlines()
+    with h5py.File(session["path"], "r") as f:
+        first = f["analyses/attention/weight_similarity/layers/0/query"][0]
+    np.testing.assert_allclose([float(x) for x in csv[1].split(",")[1:]], first, rtol=1e-6)
+    r = run_cli(cli, "export", session["path"], "--view", "gate-activations", "--kind", "attention", "--out",
+                tmp / "x.csv", check=False)
+    assert r.returncode == 1 and "no attention experts" in r.stderr
+    r = run_cli(cli, "export", session["path"], "--view", "weight-similarity", "--kind", "heads", "--out",
+                tmp / "x.csv", check=False)
+    assert r.returncode == 1 and "kind 'heads'" in r.stderr
+    for name in ("weight-similarity", "norms-vs-scores", "expert-load"):
+        run_cli(cli, "export", session["path"], "--view", name, "--kind", "attention", "--out", tmp / f"{name}.png")
