@@ -8,7 +8,7 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 build=${1:-$here/build}
 out=$build/test-output
 QT_QPA_PLATFORM=offscreen ES_TEST_OUTPUT=$out EXPERTSCOPE_CLI=$build/bin/expertscope-cli \
-    "$build/tests/test_mainwindow" opensTheDemoModel opensAnEmoeModel
+    "$build/tests/test_mainwindow" opensTheDemoModel opensAnEmoeModel opensTheJetMoeDemo
 mkdir -p "$here/docs/screenshots"
 cp "$out"/window-*.png "$here/docs/screenshots/"
 cp "$out/mainwindow-demo.png" "$here/docs/screenshots/mainwindow.png"

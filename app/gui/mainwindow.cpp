@@ -147,7 +147,8 @@ MainWindow::MainWindow(QWidget* parent) : QMainWindow(parent) {
     file->addAction("&Open checkpoint...", QKeySequence::Open, this, &MainWindow::chooseCheckpoint);
     file->addAction("Open &reference model...", this, &MainWindow::chooseReference);
     file->addAction("Open &session...", this, &MainWindow::chooseSession);
-    file->addAction("Open &demo model", this, &MainWindow::openDemo);
+    file->addAction("Open &demo model", this, [this] { openDemo(); });
+    file->addAction("Open &JetMoE demo (attention experts)", this, [this] { openDemo("jetmoe"); });
     recentMenu_ = file->addMenu("&Recent");
     file->addSeparator();
     file->addAction("&Save", QKeySequence::Save, this, &MainWindow::save);
@@ -189,12 +190,16 @@ void MainWindow::buildStartPage() {
     row->addStretch(1);
     auto* demo = new QPushButton("Open the demo model");
     demo->setObjectName("startDemo");
+    auto* jet = new QPushButton("Open the JetMoE demo");
+    jet->setObjectName("startJetMoe");
+    jet->setToolTip("A small trained JetMoE: a mixture of attention heads and an MoE FFN in every layer");
     auto* ck = new QPushButton("Open checkpoint...");
     auto* se = new QPushButton("Open session...");
-    for (auto* b : {demo, ck, se}) row->addWidget(b);
+    for (auto* b : {demo, jet, ck, se}) row->addWidget(b);
     row->addStretch(1);
     lay->addLayout(row);
-    connect(demo, &QPushButton::clicked, this, &MainWindow::openDemo);
+    connect(demo, &QPushButton::clicked, this, [this] { openDemo(); });
+    connect(jet, &QPushButton::clicked, this, [this] { openDemo("jetmoe"); });
     connect(ck, &QPushButton::clicked, this, &MainWindow::chooseCheckpoint);
     connect(se, &QPushButton::clicked, this, &MainWindow::chooseSession);
     auto* rl = new QLabel("<b>Recent sessions</b>");
@@ -285,6 +290,13 @@ void MainWindow::fillModelTree() {
         add(nullptr, "Experts", QString::number(s.numExperts));
         add(nullptr, "Top-k", QString::number(s.topK));
         add(nullptr, "Router", q(s.router.describe()));
+        if (s.attn.moa)
+            add(nullptr, "Attention experts",
+                QString("%1 experts of %2 query heads, top-%3 (shared K/V); router %4")
+                    .arg(s.attn.moaExperts)
+                    .arg(s.attn.kvHeads)
+                    .arg(s.attn.moaTopK)
+                    .arg(q(s.attnRouter.describe())));
         add(nullptr, "Parameters", QString("%1 total, %2 active").arg(s.totalParams).arg(s.activeParams));
         add(nullptr, "Weights dtype", q(s.dtype));
         if (ref_) add(nullptr, "Reference (F)", q(ref_->ckpt->path()));
@@ -442,16 +454,18 @@ void MainWindow::refreshViews() {
     fillModelTree();
 }
 
-bool MainWindow::openDemo() {
+bool MainWindow::openDemo(const QString& which) {
     const std::string dir = demoDirectory();
-    if (dir.empty()) {
+    const bool jet = which == "jetmoe";
+    if (dir.empty() || (jet && !QFileInfo::exists(q(dir + "/jetmoe/config.json")))) {
         showError("Demo model not found",
-                  "The demo models (share/expertscope/demo/moe) are not installed beside this program; "
-                  "set EXPERTSCOPE_DEMO_DIR to a directory holding moe/config.json.");
+                  QString("The demo models (share/expertscope/demo/%1) are not installed beside this program; "
+                          "set EXPERTSCOPE_DEMO_DIR to a directory holding %1/config.json.")
+                      .arg(jet ? "jetmoe" : "moe"));
         return false;
     }
-    const QString ref = QFileInfo::exists(q(dir + "/dense/config.json")) ? q(dir + "/dense") : QString();
-    if (!openCheckpoint(q(dir + "/moe"), ref)) return false;
+    const QString ref = !jet && QFileInfo::exists(q(dir + "/dense/config.json")) ? q(dir + "/dense") : QString();
+    if (!openCheckpoint(q(dir + (jet ? "/jetmoe" : "/moe")), ref)) return false;
     const QString prompts = q(dir + "/prompts.jsonl");
     if (QFileInfo::exists(prompts)) {
         const QString err = prompts_->importFile(prompts);

@@ -46,7 +46,9 @@ public:
     bool openSession(const QString& path);
     // The demo MoE with its dense reference and sample prompts: static analyses, then the
     // prompts run, in the background.
-    bool openDemo();
+    // The demo MoE (with its dense parent as F) or, with "jetmoe", the JetMoE demo (attention
+    // experts); both run the sample prompts.
+    bool openDemo(const QString& which = "moe");
     // Runs prompts through the open checkpoint (a job: trace, then the dynamic analyses).
     bool runPrompts(const QStringList& prompts, const QString& device = "cpu", const QString& dtype = "float32");
     // EMoE: converts the open dense checkpoint (a job with progress and Cancel; docs/emoe.md)

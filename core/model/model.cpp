@@ -238,7 +238,7 @@ void Model::Impl::step(int l, State& st, bool allExperts, const Tap& tap, const 
             st.h[p] = layerNorm(y + x, w.postNorm, w.postNormB);
             continue;
         }
-        Tensor x = rmsNorm(st.h[p], w.inNorm, spec.rmsEps);
+        Tensor x = rmsNorm(st.h[p], w.inNorm, spec.blockEps());
         if (spec.attn.moa) {
             MoeOut a = moaAttention(w, x, st.cos[p], st.sin[p], allExperts);
             if (attnTap) attnTap(p, x, &a);
@@ -246,7 +246,7 @@ void Model::Impl::step(int l, State& st, bool allExperts, const Tap& tap, const 
         } else {
             st.h[p] = st.h[p] + attention(w, x, st.cos[p], st.sin[p], spec.layers[l].slidingWindow);
         }
-        x = rmsNorm(st.h[p], w.postNorm, spec.rmsEps);
+        x = rmsNorm(st.h[p], w.postNorm, spec.blockEps());
         if (!isMoe) {
             if (tap) tap(p, x, nullptr);
             st.h[p] = st.h[p] + ffn(x, w.mlp);

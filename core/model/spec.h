@@ -75,6 +75,10 @@ struct ModelSpec {
     int64_t maxPositions = 0, typeVocab = 0;
     int64_t numExperts = 0, topK = 0, expertFfn = 0, sharedFfn = 0;
     double rmsEps = 1e-6;
+    // The decoder layers' input and post-attention norms' eps where it is not rms_norm_eps
+    // (0: rmsEps). HF's JetMoE builds them without eps, so they use 1e-6 whatever the config says.
+    double layerNormRmsEps = 0;
+    double blockEps() const { return layerNormRmsEps > 0 ? layerNormRmsEps : rmsEps; }
     bool tieEmbeddings = false;
     std::string activation = "silu";  // silu (SwiGLU), gelu or gelu_tanh (BERT's plain FFN)
     bool gatedFfn() const { return activation == "silu"; }

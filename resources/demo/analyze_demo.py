@@ -267,7 +267,7 @@ def tables(metrics, found):
     for name in ("dense", "moe"):
         total, active, size = checkpoint_facts(os.path.join(HERE, name))
         out.append(fmt_row([f"`{name}/`", f"{total:,}", f"{active:,}", f"{size / 1e6:.2f} MB"]))
-    shipped = sum(train_demo.tree_bytes(os.path.join(HERE, p)) for p in train_demo.SHIPPED)
+    shipped = sum(train_demo.tree_bytes(os.path.join(HERE, p)) for p in train_demo.PAIR)
     out += ["", f"Everything shipped (both directories and prompts.jsonl): {shipped / 1e6:.2f} MB "
             f"(at most 16 MB). Training: {metrics['dense_steps']} dense steps then {metrics['moe_steps']} MoE steps "
             f"of {metrics['batch']} x {metrics['seq']} tokens, expert noise {metrics['noise']}, load-balancing "
@@ -330,15 +330,42 @@ def offdiag_mean(m, n):
     return float((m.sum() - np.trace(m)) / (n * (n - 1)))
 
 
-def run_counts(run, layers, E):
-    """Top-k choices per prompt: [prompts, layers, E]."""
-    off = run["prompt_offsets"][:]
-    out = np.zeros((len(off) - 1, len(layers), E))
+def router_stats(f, E, labels, attention=False):
+    """One router's statistics over the held-out run of a session: weight and router-row
+    similarity, load entropy, domain JS with its permutation test, token purity, and the middle
+    layer's weight-similarity matrix (results under attention/ for attention experts)."""
+    pre, mat = ("attention/", "query") if attention else ("", "gate")
+    A, run_ = f["analyses"], f["runs/heldout"]
+    layers = [int(l) for l in A[pre + "layer_diversity/weights/" + mat].attrs["layers"]]
+    group = (lambda l: run_[f"layers/{l}/attention"]) if attention else (lambda l: run_[f"layers/{l}"])
+    r = {"layers": layers}
+    r["weight_sim"] = [offdiag_mean(A[f"{pre}weight_similarity/layers/{l}/{mat}"][:], E) for l in layers]
+    r["router_sim"] = [offdiag_mean(A[f"{pre}router_similarity/layers/{l}/router"][:], E) for l in layers]
+    r["load_entropy"] = A[f"{pre}expert_load/heldout/entropy"][:].tolist()
+    off = run_["prompt_offsets"][:]
+    counts = np.zeros((len(off) - 1, len(layers), E))  # top-k choices per prompt
     for li, l in enumerate(layers):
-        ids = run[f"layers/{l}/topk_experts"][:]
+        ids = group(l)["topk_experts"][:]
         for p in range(len(off) - 1):
-            out[p, li] = np.bincount(ids[off[p]:off[p + 1]].reshape(-1), minlength=E)
-    return out
+            counts[p, li] = np.bincount(ids[off[p]:off[p + 1]].reshape(-1), minlength=E)
+    obs, null_mean, _, pv = train_demo.permutation_test(counts, labels, len(train_demo.DOMAINS), 2000, 0)
+    r["js_bits"], r["js_permuted_mean"], r["js_p"] = obs.tolist(), null_mean.tolist(), pv.tolist()
+    tp = token_purity(run_["tokens"][:], [group(l)["topk_experts"][:, 0] for l in layers])
+    r["token_purity"], r["token_purity_chance"] = tp["purity"], tp["chance"]
+    r["mid"] = A[f"{pre}weight_similarity/layers/{layers[len(layers) // 2]}/{mat}"][:E, :E].tolist()
+    return r
+
+
+def heatmap_pair(fig, axes, items, E, layer):
+    """Two E x E similarity heatmaps side by side on one colour scale: items = [(title, matrix)]."""
+    vmin = min(np.min(m) for _, m in items)
+    for ax, (title, m) in zip(axes, items):
+        im = ax.imshow(np.array(m), cmap="viridis", vmin=vmin, vmax=1.0)
+        ax.set_title(f"{title}, layer {layer}", fontsize=9)
+        ax.set_xticks(range(E))
+        ax.set_yticks(range(E))
+        ax.set_xlabel("expert")
+    fig.colorbar(im, ax=axes, shrink=0.8)
 
 
 def emoe_comparison(cli, work, prompts, moe_session, figdir):
@@ -366,20 +393,7 @@ def emoe_comparison(cli, work, prompts, moe_session, figdir):
     labels = np.array([train_demo.DOMAINS.index(json.loads(x)["domain"]) for x in open(prompts, encoding="utf-8")])
     res = {}
     with h5py.File(moe_session, "r") as fm, h5py.File(session, "r") as fe:
-        for name, f in (("trained", fm), ("emergent", fe)):
-            A, run_ = f["analyses"], f["runs/heldout"]
-            layers = [int(l) for l in A["layer_diversity/weights/gate"].attrs["layers"]]
-            r = res[name] = {"layers": layers}
-            r["gate_sim"] = [offdiag_mean(A[f"weight_similarity/layers/{l}/gate"][:], E) for l in layers]
-            r["router_sim"] = [offdiag_mean(A[f"router_similarity/layers/{l}/router"][:], E) for l in layers]
-            r["load_entropy"] = A["expert_load/heldout/entropy"][:].tolist()
-            r["load_fractions"] = A["expert_load/heldout/fractions"][:].tolist()
-            obs, null_mean, _, pv = train_demo.permutation_test(run_counts(run_, layers, E), labels,
-                                                                len(train_demo.DOMAINS), 2000, 0)
-            r["js_bits"], r["js_permuted_mean"], r["js_p"] = obs.tolist(), null_mean.tolist(), pv.tolist()
-            tp = token_purity(run_["tokens"][:], [run_[f"layers/{l}/topk_experts"][:, 0] for l in layers])
-            r["token_purity"], r["token_purity_chance"] = tp["purity"], tp["chance"]
-            r["mid_gate"] = A[f"weight_similarity/layers/{layers[len(layers) // 2]}/gate"][:E, :E].tolist()
+        res["trained"], res["emergent"] = router_stats(fm, E, labels), router_stats(fe, E, labels)
         m = fe["analyses/modularity/heldout"]
         res["emergent"]["modularity"] = m["share"][:].tolist()
         res["emergent"]["modularity_random"] = m["share_random"][:].tolist()
@@ -392,15 +406,8 @@ def emoe_comparison(cli, work, prompts, moe_session, figdir):
     x = np.arange(len(t["layers"]))
     fig, grid = plt.subplots(2, 3, figsize=(14, 7), constrained_layout=True)
     axes = grid.reshape(-1)
-    mid = t["layers"][len(t["layers"]) // 2]
-    vmin = min(np.min(t["mid_gate"]), np.min(e["mid_gate"]))
-    for ax, (name, r) in zip(axes[:2], (("trained", t), ("emergent", e))):
-        im = ax.imshow(np.array(r["mid_gate"]), cmap="viridis", vmin=vmin, vmax=1.0)
-        ax.set_title(f"{name} experts, layer {mid}: cos(W_gate)", fontsize=9)
-        ax.set_xticks(range(E))
-        ax.set_yticks(range(E))
-        ax.set_xlabel("expert")
-    fig.colorbar(im, ax=axes[:2], shrink=0.8)
+    heatmap_pair(fig, axes[:2], [("trained experts: cos(W_gate)", t["mid"]), ("emergent experts: cos(W_gate)", e["mid"])],
+                 E, t["layers"][len(t["layers"]) // 2])
     for name, r, c in (("trained", t, "C0"), ("emergent", e, "C1")):
         axes[2].plot(x, r["load_entropy"], marker="o", color=c, label=f"{name}")
         axes[4].plot(x, r["js_bits"], marker="o", color=c, label=f"{name}")
@@ -420,6 +427,7 @@ def emoe_comparison(cli, work, prompts, moe_session, figdir):
     axes[5].set_title("token purity: top-1 expert predicted by the token id", fontsize=9)
     axes[5].set_ylabel("share of occurrences")
     for ax in axes[2:]:
+        ax.set_xticks(x)
         ax.set_xlabel("layer")
         ax.legend(fontsize=7)
     fig.savefig(os.path.join(figdir, "demo-emoe-vs-trained.png"), dpi=90)
@@ -433,7 +441,7 @@ def emoe_table(res):
                     "load entropy trained", "emergent", "JS domains trained (p)", "emergent (p)",
                     "token purity trained", "emergent", "modularity (random)"]), fmt_row(["---"] * 12)]
     for i, l in enumerate(t["layers"]):
-        out.append(fmt_row([str(l), f"{t['gate_sim'][i]:.3f}", f"{e['gate_sim'][i]:.3f}",
+        out.append(fmt_row([str(l), f"{t['weight_sim'][i]:.3f}", f"{e['weight_sim'][i]:.3f}",
                             f"{t['router_sim'][i]:.3f}", f"{e['router_sim'][i]:.3f}",
                             f"{t['load_entropy'][i]:.2f}", f"{e['load_entropy'][i]:.2f}",
                             f"{t['js_bits'][i]:.3f} ({t['js_p'][i]:.4f})", f"{e['js_bits'][i]:.3f} ({e['js_p'][i]:.4f})",
@@ -446,6 +454,81 @@ def emoe_table(res):
             "JS among the 5 domains' expert usage (bits) with its permutation p (2000 permutations). Token purity: "
             "as above, shuffled in brackets. Modularity: share of the FFN's activation mass inside the chosen "
             "experts' blocks, random partitions of the same sizes in brackets."]
+    return "\n".join(out)
+
+
+def jetmoe_findings(cli, work, prompts, figdir):
+    """The JetMoE demo on the same held-out documents: its attention experts beside its FFN
+    experts (similarity, load, domain and token routing, router vs output norm, output diversity)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    ckpt = os.path.join(HERE, "jetmoe")
+    if not os.path.exists(os.path.join(ckpt, "config.json")):
+        return None
+    session = os.path.join(work, "demo-jetmoe.h5")
+    if os.path.exists(session):
+        os.remove(session)
+    run(cli, "trace", ckpt, "--prompts", prompts, "--run", "heldout", "--out", session)
+    run(cli, "analyze", ckpt, "--out", session, "--run", "heldout", "--static", "default", "--dynamic", "all")
+    cfg = json.load(open(os.path.join(ckpt, "config.json")))
+    E = cfg["num_local_experts"]
+    labels = np.array([train_demo.DOMAINS.index(json.loads(x)["domain"]) for x in open(prompts, encoding="utf-8")])
+    res = {"experts": E, "top_k": cfg["num_experts_per_tok"]}
+    with h5py.File(session, "r") as f:
+        for kind in ("attention", "ffn"):
+            r = res[kind] = router_stats(f, E, labels, attention=kind == "attention")
+            pre = "attention/" if kind == "attention" else ""
+            r["top1_is_max_norm"] = f[f"analyses/{pre}norm_score_ranks/heldout/top1_is_max_norm"][:].tolist()
+            r["kendall_tau"] = f[f"analyses/{pre}norm_score_ranks/heldout/kendall_tau"][:].tolist()
+            r["output_diversity"] = f[f"analyses/{pre}layer_diversity/outputs/heldout/cosine"][:].tolist()
+    a, ff = res["attention"], res["ffn"]
+    x = np.arange(len(a["layers"]))
+    fig, grid = plt.subplots(2, 3, figsize=(14, 7), constrained_layout=True)
+    axes = grid.reshape(-1)
+    heatmap_pair(fig, axes[:2], [("attention experts: cos(W_q)", a["mid"]), ("FFN experts: cos(W_gate)", ff["mid"])],
+                 E, a["layers"][len(a["layers"]) // 2])
+    for name, r, c in (("attention", a, "C3"), ("FFN", ff, "C0")):
+        axes[2].plot(x, r["load_entropy"], marker="o", color=c, label=name)
+        axes[3].plot(x, r["js_bits"], marker="o", color=c, label=name)
+        axes[3].plot(x, r["js_permuted_mean"], ls="--", color=c, lw=1, label=f"{name}: domains permuted")
+        axes[4].plot(x, r["token_purity"], marker="o", color=c, label=name)
+        axes[4].plot(x, r["token_purity_chance"], ls="--", color=c, lw=1, label=f"{name}: experts shuffled")
+        axes[5].plot(x, r["top1_is_max_norm"], marker="o", color=c, label=f"{name}: P(top-1 = largest norm)")
+        axes[5].plot(x, r["kendall_tau"], marker="s", ls=":", color=c, label=f"{name}: Kendall tau (norm, score)")
+    axes[2].axhline(np.log2(E), color="grey", ls=":", lw=1, label="uniform")
+    axes[5].axhline(1.0 / E, color="grey", ls=":", lw=1, label="chance (top-1)")
+    titles = ["load entropy of the top-k choices (bits)", "JS divergence among the 5 domains (bits)",
+              "token purity: top-1 expert predicted by the token id", "router score vs expert output norm"]
+    for ax, t in zip(axes[2:], titles):
+        ax.set_title(t, fontsize=9)
+        ax.set_xticks(x)
+        ax.set_xlabel("layer")
+        ax.legend(fontsize=7)
+    fig.savefig(os.path.join(figdir, "demo-jetmoe.png"), dpi=90)
+    plt.close(fig)
+    return res
+
+
+def jetmoe_table(res):
+    a, f = res["attention"], res["ffn"]
+    out = [fmt_row(["layer", "cos(W_q) attention", "cos(W_gate) FFN", "router rows attention", "FFN",
+                    "load entropy attention", "FFN", "JS domains attention (p)", "FFN (p)", "token purity attention",
+                    "FFN", "P(top-1 = max norm) attention", "FFN", "output diversity attention", "FFN"]),
+           fmt_row(["---"] * 15)]
+    for i, l in enumerate(a["layers"]):
+        out.append(fmt_row([str(l), f"{a['weight_sim'][i]:.3f}", f"{f['weight_sim'][i]:.3f}",
+                            f"{a['router_sim'][i]:.3f}", f"{f['router_sim'][i]:.3f}",
+                            f"{a['load_entropy'][i]:.2f}", f"{f['load_entropy'][i]:.2f}",
+                            f"{a['js_bits'][i]:.3f} ({a['js_p'][i]:.4f})", f"{f['js_bits'][i]:.3f} ({f['js_p'][i]:.4f})",
+                            f"{a['token_purity'][i]:.2f} ({a['token_purity_chance'][i]:.2f})",
+                            f"{f['token_purity'][i]:.2f} ({f['token_purity_chance'][i]:.2f})",
+                            f"{a['top1_is_max_norm'][i]:.3f}", f"{f['top1_is_max_norm'][i]:.3f}",
+                            f"{a['output_diversity'][i]:.3f}", f"{f['output_diversity'][i]:.3f}"]))
+    out += ["", f"{res['experts']} experts and top-{res['top_k']} for both routers. Similarities: mean over expert "
+            "pairs. Load entropy of the top-k choices (3 bits = uniform). JS among the 5 domains' expert usage with its "
+            "permutation p (2000 permutations). Token purity as for the demo MoE (shuffled in brackets). P(top-1 = max "
+            f"norm): chance {1 / res['experts']:.3f}. Output diversity: 1 - mean cosine between the experts' outputs (D1)."]
     return "\n".join(out)
 
 
@@ -470,6 +553,7 @@ def main():
         metrics = json.load(f)
     found = figures(session, metrics, args.figures)
     found["emoe"] = emoe_comparison(args.cli, args.work, prompts, session, args.figures)
+    found["jetmoe"] = jetmoe_findings(args.cli, args.work, prompts, args.figures)
     with open(os.path.join(args.work, "findings.json"), "w") as f:
         json.dump(found, f, indent=1)
     readme = os.path.join(HERE, "README.md")
@@ -480,6 +564,10 @@ def main():
     begin, end = "<!-- generated-emoe:begin -->", "<!-- generated-emoe:end -->"
     body2 = begin + "\n" + emoe_table(found["emoe"]) + "\n" + end
     new = re.sub(re.escape(begin) + ".*?" + re.escape(end), lambda m: body2, new, flags=re.S)
+    if found["jetmoe"]:
+        begin, end = "<!-- generated-jetmoe:begin -->", "<!-- generated-jetmoe:end -->"
+        body3 = begin + "\n" + jetmoe_table(found["jetmoe"]) + "\n" + end
+        new = re.sub(re.escape(begin) + ".*?" + re.escape(end), lambda m: body3, new, flags=re.S)
     with open(readme, "w", encoding="utf-8") as f:
         f.write(new)
     print(tables(metrics, found))

@@ -18,6 +18,12 @@
 Writes resources/demo/{dense,moe}/ (bf16 safetensors, config.json, tokenizer.json),
 resources/demo/prompts.jsonl (sample prompts from held-out documents) and
 resources/demo/metrics.json. Intermediate files go to --work (default build/demo-work).
+
+    .venv/bin/python resources/demo/train_demo.py --model jetmoe
+
+trains the JetMoE demo instead (mixture of attention heads and MoE FFN in every layer; HF's
+JetMoeForCausalLM from scratch, at most 5 MB) on the same corpus with the demo pair's tokenizer,
+and writes resources/demo/jetmoe/ and resources/demo/metrics-jetmoe.json.
 """
 import argparse
 import glob
@@ -59,7 +65,13 @@ DENSE = dict(vocab_size=TOKENIZER_VOCAB, hidden_size=128, intermediate_size=256,
              num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=SEQ * 2, rms_norm_eps=1e-5,
              rope_theta=10000.0, tie_word_embeddings=True, bos_token_id=0, eos_token_id=1, pad_token_id=None)
 EXPERTS, TOP_K = 8, 2
-SHIPPED = ["dense", "moe", "prompts.jsonl"]  # what resources/CMakeLists.txt installs
+SHIPPED = ["dense", "moe", "jetmoe", "prompts.jsonl"]  # what resources/CMakeLists.txt installs
+PAIR = ["dense", "moe", "prompts.jsonl"]  # the demo pair and its prompts: at most 16 MB (JetMoE: 5 MB on its own)
+# The JetMoE demo: 4 layers, each with 8 attention experts (2 query heads of 32 each, sharing 2 K/V
+# heads) and 8 FFN experts of 96, top-2 for both, the dense demo's width and vocabulary.
+JETMOE = dict(vocab_size=TOKENIZER_VOCAB, hidden_size=128, num_hidden_layers=4, num_key_value_heads=2, kv_channels=32,
+              intermediate_size=96, num_local_experts=8, num_experts_per_tok=2, max_position_embeddings=SEQ * 2,
+              rms_norm_eps=1e-5, tie_word_embeddings=True, bos_token_id=0, eos_token_id=1, pad_token_id=None)
 
 
 def tree_bytes(path):
@@ -314,6 +326,97 @@ def permutation_test(counts, labels, n_domains, n_perm, seed):
     return obs, null.mean(0), np.percentile(null, 95, axis=0), p
 
 
+class RouterCounts:
+    """Top-k choices of JetMoE's two routers per layer, from forward hooks on the gating modules
+    (their fifth output is the router logits)."""
+
+    def __init__(self, model):
+        self.layers = len(model.model.layers)
+        self.k = model.config.num_experts_per_tok
+        self.e = model.config.num_local_experts
+        self.reset()
+        self.hooks = []
+        for l, layer in enumerate(model.model.layers):
+            for kind, router in (("attention", layer.self_attention.experts.router), ("ffn", layer.mlp.router)):
+                self.hooks.append(router.register_forward_hook(self.hook(kind, l)))
+
+    def hook(self, kind, l):
+        def fn(mod, args, out):
+            ids = torch.topk(out[4], self.k, dim=-1).indices.reshape(-1).numpy()
+            self.counts[kind][l] += np.bincount(ids, minlength=self.e)
+        return fn
+
+    def reset(self):
+        self.counts = {k: np.zeros((self.layers, self.e), dtype=np.int64) for k in ("attention", "ffn")}
+
+
+@torch.no_grad()
+def evaluate_jetmoe(model, held_docs):
+    """Per held-out document: summed NLL, predicted tokens, and both routers' counts [layers, E]."""
+    rc = RouterCounts(model)
+    nll, targets, counts = [], [], {"attention": [], "ffn": []}
+    for toks in held_docs:
+        toks = torch.tensor(toks)
+        rc.reset()
+        s, tgt = 0.0, []
+        for a in range(0, len(toks) - 1, SEQ):
+            x = toks[a:a + SEQ + 1]
+            if len(x) < 2:
+                break
+            logp = torch.log_softmax(model(input_ids=x[None, :-1]).logits[0].float(), dim=-1)
+            s -= float(logp.gather(1, x[1:, None]).sum())
+            tgt.append(x[1:].numpy())
+        nll.append(s)
+        targets.append(np.concatenate(tgt))
+        for k in counts:
+            counts[k].append(rc.counts[k].copy())
+    for h in rc.hooks:
+        h.remove()
+    return np.array(nll), targets, {k: np.stack(v) for k, v in counts.items()}
+
+
+def train_jetmoe(args, docs, versions, stats, t_start):
+    """The JetMoE demo: the demo pair's tokenizer and training blocks, HF's JetMoeForCausalLM from
+    scratch with its load-balancing loss over both routers."""
+    tok_path = os.path.join(args.out, "moe", "tokenizer.json")
+    tok = Tokenizer.from_file(tok_path) if os.path.exists(tok_path) else train_tokenizer(docs)
+    train_ids = [tok.encode(t).ids for d, k, t, h in docs if not h]
+    held = [(d, tok.encode(t).ids) for d, k, t, h in docs if h]
+    blocks = make_blocks(train_ids, args.seed)
+    counts = np.bincount(np.concatenate([np.asarray(t[1:]) for t in train_ids]), minlength=TOKENIZER_VOCAB)
+    unigram_logp = np.log((counts + 1.0) / (counts.sum() + TOKENIZER_VOCAB))
+    cfg = transformers.JetMoeConfig(**JETMOE, aux_loss_coef=args.aux_coef)
+    model = transformers.JetMoeForCausalLM(cfg)
+    _, hist = train(model, blocks, 0, args.jetmoe_steps, args.batch, args.dense_lr, 50, "jetmoe", router_logits=True)
+    out = os.path.join(args.out, "jetmoe")
+    save_checkpoint(model, tok, out)
+    m = transformers.AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+    held_tok = [t for d, t in held]
+    labels = np.array([DOMAINS.index(d) for d, t in held])
+    nll, tgts, cnt = evaluate_jetmoe(m, held_tok)
+    n = sum(len(t) for t in tgts)
+    uni = -sum(unigram_logp[t].sum() for t in tgts)
+    metrics = {"packages": versions, "corpus": stats, "seq": SEQ, "batch": args.batch, "steps": args.jetmoe_steps,
+               "lr": args.dense_lr, "aux_coef": args.aux_coef, "seed": args.seed, "threads": args.threads,
+               "config": JETMOE, "train_loss_last25": float(np.mean(hist[-25:])),
+               "loss_every_10_steps": [float(np.mean(hist[i:i + 10])) for i in range(0, len(hist), 10)],
+               "heldout": {"perplexity": float(math.exp(nll.sum() / n)), "unigram_perplexity": float(math.exp(uni / n)),
+                           "tokens": int(n)},
+               "js": {}}
+    for kind, c in cnt.items():
+        obs, null_mean, null95, p = permutation_test(c, labels, len(DOMAINS), args.permutations, args.seed)
+        metrics["js"][kind] = {"js_bits": obs.tolist(), "permuted_mean": null_mean.tolist(),
+                               "permuted_95th": null95.tolist(), "p_value": p.tolist(),
+                               "permutations": args.permutations}
+        log(f"JS {kind}: " + " ".join(f"L{l}: {o:.4f} (perm {mm:.4f}, p={pv:.4f})"
+                                      for l, (o, mm, pv) in enumerate(zip(obs, null_mean, p))))
+    metrics["minutes"] = round((time.time() - t_start) / 60, 1)
+    log("jetmoe", json.dumps(metrics["heldout"]))
+    with open(os.path.join(args.out, "metrics-jetmoe.json"), "w") as f:
+        json.dump(metrics, f, indent=1)
+    log(f"done in {metrics['minutes']} min")
+
+
 def save_checkpoint(model, tok, out):
     if os.path.isdir(out):
         shutil.rmtree(out)
@@ -377,6 +480,9 @@ def main():
     ap.add_argument("--permutations", type=int, default=2000)
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--model", choices=["pair", "jetmoe"], default="pair",
+                    help="pair: the dense model and its upcycled MoE; jetmoe: the JetMoE demo")
+    ap.add_argument("--jetmoe-steps", type=int, default=1500)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -389,6 +495,8 @@ def main():
                  "held_out_docs": sum(1 for x in docs if x[0] == d and x[3]),
                  "train_chars": sum(len(x[2]) for x in docs if x[0] == d and not x[3])} for d in DOMAINS}
     log("corpus", json.dumps(stats))
+    if args.model == "jetmoe":
+        return train_jetmoe(args, docs, versions, stats, t_start)
 
     tok = train_tokenizer(docs)
     train_docs = [(d, tok.encode(t).ids) for d, k, t, h in docs if not h]

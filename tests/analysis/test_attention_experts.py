@@ -38,6 +38,13 @@ def session(cli, tmp_path_factory):
                 E=test_jetmoe.E)
 
 
+def test_session_follows_the_format_table(session):
+    from sessiondoc import walk_against_doc
+    objs = walk_against_doc(session["path"])
+    assert any(o.endswith("/attention/router_logits") for o in objs)
+    assert any(o.startswith("/analyses/attention/weight_similarity") for o in objs)
+
+
 def test_static_attention_experts(session):
     h5py = require("h5py")
     stats = require("scipy.stats")

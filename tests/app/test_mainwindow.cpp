@@ -317,6 +317,61 @@ private Q_SLOTS:
 
     // The conversion from the window: a job; the EMoE model opens with the dense one as F.
     // Cancelled, it leaves nothing behind.
+    // The JetMoE demo from the start page: both routers traced, and every view with attention
+    // experts switches to them (the Experts selector), shows the attention results, keeps the
+    // choice through save and reopen
+    void opensTheJetMoeDemo() {
+        MainWindow w;
+        w.show();
+        QVERIFY(QTest::qWaitForWindowExposed(&w));
+        auto* button = w.findChild<QPushButton*>("startJetMoe");
+        QVERIFY(button);
+        button->click();
+        QVERIFY(w.jobs()->waitForIdle(kJobTimeoutMs));
+        QVERIFY2(w.lastError().isEmpty(), qPrintable(w.lastError()));
+        QCOMPARE(w.modelTree()->findItems("Architecture", Qt::MatchExactly).at(0)->text(1), QString("jetmoe"));
+        const Session* s = w.session();
+        QVERIFY(s && !s->runNames().empty());
+        const RunInfo run = s->runInfo(s->runNames().front());
+        QCOMPARE(run.attentionLayers, run.moeLayers);
+        QVERIFY(!run.attentionLayers.empty());
+        ViewPane* sim = w.pane("similarity");
+        w.tabs()->setCurrentWidget(sim);
+        sim->setMode("weight-similarity");
+        auto* kind = sim->findChild<QComboBox*>("kind");
+        QVERIFY(kind && kind->isVisible());
+        auto* matrix = sim->findChild<QComboBox*>("matrix");
+        QCOMPARE(matrix->itemText(0), QString("gate"));
+        sim->setOption("kind", "attention");
+        QCOMPARE(sim->request().kind, std::string("attention"));
+        QCOMPARE(matrix->count(), 2);
+        QCOMPARE(matrix->itemText(0), QString("query"));
+        QVERIFY(sim->hasFigure());
+        const Figure& f = sim->figureView()->figure();
+        QVERIFY(QString::fromStdString(f.title).startsWith("Attention experts"));
+        const Result& r = s->result("attention/weight_similarity");
+        const Array& a = r.arrays.at("layers/" + std::to_string(sim->request().layer) + "/query");
+        QCOMPARE(f.panels.at(0).heatmap.values.size(), a.toDoubles().size());
+        for (size_t i = 0; i < a.toDoubles().size(); ++i)
+            QCOMPARE(static_cast<float>(f.panels.at(0).heatmap.values[i]), static_cast<float>(a.toDoubles()[i]));
+        QVERIFY(w.grab().save(outDir() + "/window-jetmoe-attention.png"));  // docs/screenshots
+        for (const char* id : {"norms", "routing"}) {
+            ViewPane* p = w.pane(id);
+            w.tabs()->setCurrentWidget(p);
+            p->setOption("kind", "attention");
+            QVERIFY2(p->hasFigure(), id);
+            QVERIFY(QString::fromStdString(p->figureView()->figure().title).startsWith("Attention experts"));
+        }
+        const QString saved = outDir() + "/jetmoe-demo.h5";
+        QFile::remove(saved);
+        QVERIFY2(w.saveSession(saved), qPrintable(w.lastError()));
+        MainWindow w2;
+        QVERIFY2(w2.openSession(saved), qPrintable(w2.lastError()));
+        QVERIFY(w2.jobs()->waitForIdle(kJobTimeoutMs));
+        QCOMPARE(w2.pane("similarity")->request().kind, std::string("attention"));
+        QCOMPARE(w2.pane("similarity")->figureView()->figure().csvRows, f.csvRows);
+    }
+
     void convertsTheDenseDemoToEmoe() {
         const QString demo = QString::fromStdString(demoDirectory());
         QTemporaryDir tmp;

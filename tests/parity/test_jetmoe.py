@@ -1,6 +1,7 @@
 """JetMoE (MoA attention + MoE FFN) against HF transformers' JetMoeForCausalLM (float32, CPU).
 
-Re-initialised fixtures (every parameter drawn so that it matters, biases included), saved by
+Re-initialised fixtures (every parameter drawn so that it matters, biases included; rms_norm_eps
+1e-3, which HF applies to the final norm only: its layer norms are built with the default 1e-6), saved by
 transformers, and the same weights with the original release's config key names
 (moe_num_experts, moe_top_k, ffn_hidden_size, glu, bias). Both routers of every layer are
 compared: raw router logits (1e-5), top-k ids (identical except where HF's k-th and (k+1)-th
@@ -27,7 +28,7 @@ def build(out_dir, seed=0, tie=True):
     transformers = require("transformers")
     cfg = transformers.JetMoeConfig(vocab_size=97, hidden_size=64, num_hidden_layers=2, num_key_value_heads=2,
                                     kv_channels=16, intermediate_size=32, num_local_experts=E, num_experts_per_tok=K,
-                                    max_position_embeddings=128, rms_norm_eps=1e-6, tie_word_embeddings=tie)
+                                    max_position_embeddings=128, rms_norm_eps=1e-3, tie_word_embeddings=tie)
     torch.manual_seed(seed)
     model = transformers.JetMoeForCausalLM(cfg).eval()
     with torch.no_grad():

@@ -16,7 +16,7 @@ from conftest import require, run_cli
 DEMO = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "resources", "demo")
 sys.path.insert(0, DEMO)
 import train_demo  # noqa: E402  (the script that made the demo: what ships, the statistics)
-MOE, DENSE = os.path.join(DEMO, "moe"), os.path.join(DEMO, "dense")
+MOE, DENSE, JETMOE = os.path.join(DEMO, "moe"), os.path.join(DEMO, "dense"), os.path.join(DEMO, "jetmoe")
 
 
 def st_header(path):
@@ -33,7 +33,7 @@ def sample_prompts():
 def test_artifacts_on_disk():
     """bf16 tensors only, at most 16 MB together, one tokenizer for both models, the MoE an
     upcycled copy of the dense model's shape (same attention, embeddings, expert width = dense FFN)."""
-    shipped = sum(train_demo.tree_bytes(os.path.join(DEMO, p)) for p in train_demo.SHIPPED)
+    shipped = sum(train_demo.tree_bytes(os.path.join(DEMO, p)) for p in train_demo.PAIR)
     assert shipped <= 16_000_000  # 16 MB, decimal (the stricter reading)
     for d in (MOE, DENSE):
         header = st_header(os.path.join(d, "model.safetensors"))
@@ -49,6 +49,47 @@ def test_artifacts_on_disk():
         assert moe[key] == dense[key], key
     prompts = sample_prompts()
     assert {p["domain"] for p in prompts} == {"en", "de", "fr", "es", "code"}
+
+
+def test_jetmoe_demo_on_disk_and_routes_as_hf(cli, tmp_path):
+    """The JetMoE demo: at most 5 MB, bf16, the demo pair's tokenizer; the sample prompts' both
+    routers of every layer choose as HF's JetMoeForCausalLM does, logits close."""
+    transformers = require("transformers")
+    h5py = require("h5py")
+    import torch
+    assert train_demo.tree_bytes(JETMOE) <= 5_000_000
+    header = st_header(os.path.join(JETMOE, "model.safetensors"))
+    assert {v["dtype"] for k, v in header.items() if k != "__metadata__"} == {"BF16"}
+    with open(os.path.join(MOE, "tokenizer.json"), "rb") as a, open(os.path.join(JETMOE, "tokenizer.json"), "rb") as b:
+        assert a.read() == b.read()
+    info = json.loads(run_cli(cli, "info", JETMOE, "--json").stdout)
+    assert info["model_type"] == "jetmoe" and info["attention_experts"]["num_experts"] == 8
+    model = transformers.AutoModelForCausalLM.from_pretrained(JETMOE, dtype=torch.float32).eval()
+    assert info["total_params"] == sum(p.numel() for p in model.parameters())
+    out = tmp_path / "j.h5"
+    run_cli(cli, "trace", JETMOE, "--prompts", os.path.join(DEMO, "prompts.jsonl"), "--save-logits", "--run", "demo",
+            "--out", out)
+    logits = {}
+    for l, layer in enumerate(model.model.layers):
+        for kind, router in (("attention", layer.self_attention.experts.router), ("ffn", layer.mlp.router)):
+            router.register_forward_hook(lambda m, a, o, key=(kind, l): logits.__setitem__(key, o[4]))
+    k = model.config.num_experts_per_tok
+    with h5py.File(out, "r") as f:
+        run = f["runs/demo"]
+        off = run["prompt_offsets"][:]
+        for i in range(len(off) - 1):
+            ids = run["tokens"][off[i]:off[i + 1]]
+            with torch.no_grad():
+                ref = model(input_ids=torch.tensor([ids])).logits[0].numpy()
+            assert np.abs(run["logits"][off[i]:off[i + 1]] - ref).max() <= 1e-3 * np.abs(ref).max()
+            for (kind, l), rl in logits.items():
+                g = run[f"layers/{l}/attention"] if kind == "attention" else run[f"layers/{l}"]
+                top = torch.topk(rl, k + 1, dim=-1)
+                ours = g["topk_experts"][off[i]:off[i + 1]]
+                same = (ours == top.indices[:, :k].numpy()).all(axis=1)
+                gaps = (top.values[:, k - 1] - top.values[:, k]).numpy()
+                assert np.all(same | (gaps < 1e-4)), (kind, l, i)
+                np.testing.assert_allclose(g["router_logits"][off[i]:off[i + 1]], rl.numpy(), atol=2e-4, rtol=0)
 
 
 def test_info_by_path(cli):
