@@ -26,6 +26,8 @@
 #include <QTreeWidget>
 #include <QVBoxLayout>
 #include <nlohmann/json.hpp>
+#include <algorithm>
+#include <set>
 
 #include "analysis/analysis.h"
 #include "checkpoint/checkpoint.h"
@@ -733,15 +735,24 @@ void MainWindow::selectToken(const QString& run, qint64 token) {
     route_->setHorizontalHeaderLabels(
         {"layer", QString("experts (weights) of token %1%2").arg(token).arg(
                       token < static_cast<qint64>(pieces.size()) ? " '" + q(pieces[token]) + "'" : QString())});
-    for (int l : info.moeLayers) {
-        const LayerTrace lt = session_->runLayer(r, l);
+    auto addRow = [&](const QString& label, const LayerTrace& lt) {
         QStringList parts;
         for (int64_t j = 0; j < lt.topK; ++j)
             parts << QString("%1 (%2)").arg(lt.topkExperts[token * lt.topK + j]).arg(lt.topkWeights[token * lt.topK + j], 0, 'f', 3);
         const int row = route_->rowCount();
         route_->insertRow(row);
-        route_->setItem(row, 0, new QTableWidgetItem(QString::number(l)));
+        route_->setItem(row, 0, new QTableWidgetItem(label));
         route_->setItem(row, 1, new QTableWidgetItem(parts.join(", ")));
+    };
+    // layer by layer: the attention router first (mixture-of-attention-heads models), then the FFN's
+    std::set<int> layers(info.moeLayers.begin(), info.moeLayers.end());
+    layers.insert(info.attentionLayers.begin(), info.attentionLayers.end());
+    const bool moa = !info.attentionLayers.empty();
+    for (int l : layers) {
+        if (std::count(info.attentionLayers.begin(), info.attentionLayers.end(), l))
+            addRow(QString("%1 attention").arg(l), session_->runAttentionLayer(r, l));
+        if (std::count(info.moeLayers.begin(), info.moeLayers.end(), l))
+            addRow(moa ? QString("%1 FFN").arg(l) : QString::number(l), session_->runLayer(r, l));
     }
 }
 

@@ -709,8 +709,9 @@ Figure routingText(const Session& s, const ViewRequest& req) {
     }
     auto [b, e] = promptRange(s, req, run);
     RunInfo info = s.runInfo(run);
-    const int L = chooseLayer(s, req, info.moeLayers, "/runs/" + run);
-    LayerTrace lt = s.runLayer(run, L);
+    const bool attention = !rid(req, "").empty();  // the attention routers' records (MoA models)
+    const int L = chooseLayer(s, req, attention ? info.attentionLayers : info.moeLayers, "/runs/" + run);
+    LayerTrace lt = attention ? s.runAttentionLayer(run, L) : s.runLayer(run, L);
     auto labels = tokenLabels(s, run);
     auto ids = s.runTokens(run);
     Figure f;
@@ -1118,7 +1119,8 @@ const std::map<std::string, std::string>& attentionViews() {
         {"neuron-pca", "neuron_pca"},                     {"diversity", "layer_diversity/"},
         {"output-similarity", "output_similarity/"},      {"norms-vs-scores", "norm_score_ranks/"},
         {"rank-counts", "norm_score_ranks/"},             {"top1-max-norm", "norm_score_ranks/"},
-        {"routing-map", "routing_map/"},                  {"expert-load", "expert_load/"}};
+        {"routing-map", "routing_map/"},                  {"expert-load", "expert_load/"},
+        {"routing-text", ""}};  // "": from the runs' traces
     return m;
 }
 
@@ -1134,7 +1136,10 @@ std::vector<ViewInfo> availableViews(const Session& s) {
         if (auto it = attentionViews().find(d.name); it != attentionViews().end()) {
             const std::string base = "attention/" + it->second;
             bool any = false;
-            for (auto& id : s.resultIds()) any = any || id == base || (base.back() == '/' && id.rfind(base, 0) == 0);
+            if (it->second.empty())
+                for (auto& r : s.runNames()) any = any || !s.runInfo(r).attentionLayers.empty();
+            else
+                for (auto& id : s.resultIds()) any = any || id == base || (base.back() == '/' && id.rfind(base, 0) == 0);
             if (any) {
                 v.kinds = {"ffn", "attention"};
                 const bool ffnMatrices = std::find(v.matrices.begin(), v.matrices.end(), "down") != v.matrices.end();

@@ -105,7 +105,7 @@ def test_views_offer_attention_experts(cli, session):
     views = json.loads(run_cli(cli, "export", session["path"], "--list", "--json").stdout)
     with_attention = {v["name"]: v for v in views if "attention" in v["kinds"]}
     assert {"weight-similarity", "router-similarity", "router-vs-weights", "output-similarity", "norms-vs-scores",
-            "routing-map", "expert-load", "diversity"} <= set(with_attention)
+            "routing-map", "expert-load", "diversity", "routing-text"} <= set(with_attention)
     assert with_attention["weight-similarity"]["attention_matrices"] == ["query", "output"]
     tmp = session["tmp"]
     for name, v in with_attention.items():
@@ -114,8 +114,14 @@ def test_views_offer_attention_experts(cli, session):
             out = tmp / f"{name}-{m}.csv"
             run_cli(cli, "export", session["path"], "--view", name, "--kind", "attention", *extra, "--out", out)
             assert out.stat().st_size > 0
-    # the attention experts' S1 CSV holds the attention result, not the FFN's
+    # the attention experts' S1 CSV holds the attention result, not the FFN's; the routing text
+    # the attention router's choices
     h5py = require("h5py")
+    import csv
+    rows = list(csv.reader(open(tmp / "routing-text-None.csv", newline="")))[1:]
+    with h5py.File(session["path"], "r") as f:
+        ids = f[f"runs/{RUN}/layers/0/attention/topk_experts"][()]
+    assert len(rows) > 0 and [int(r[3]) for r in rows] == list(ids[:len(rows), 0])
     csv = (tmp / "weight-similarity-query.csv").read_text().splitlines()
     with h5py.File(session["path"], "r") as f:
         first = f["analyses/attention/weight_similarity/layers/0/query"][0]

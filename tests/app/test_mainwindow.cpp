@@ -355,6 +355,14 @@ private Q_SLOTS:
         for (size_t i = 0; i < a.toDoubles().size(); ++i)
             QCOMPARE(static_cast<float>(f.panels.at(0).heatmap.values[i]), static_cast<float>(a.toDoubles()[i]));
         QVERIFY(w.grab().save(outDir() + "/window-jetmoe-attention.png"));  // docs/screenshots
+        // a token's route: both routers of every layer
+        w.selectToken(QString::fromStdString(s->runNames().front()), 2);
+        QTableWidget* route = w.tokenRoute();
+        QCOMPARE(route->rowCount(), static_cast<int>(2 * run.moeLayers.size()));
+        QCOMPARE(route->item(0, 0)->text(), QString("%1 attention").arg(run.attentionLayers[0]));
+        const LayerTrace at = s->runAttentionLayer(s->runNames().front(), run.attentionLayers[0]);
+        QVERIFY(route->item(0, 1)->text().startsWith(QString::number(at.topkExperts[2 * at.topK]) + " ("));
+        QCOMPARE(route->item(1, 0)->text(), QString("%1 FFN").arg(run.moeLayers[0]));
         for (const char* id : {"norms", "routing"}) {
             ViewPane* p = w.pane(id);
             w.tabs()->setCurrentWidget(p);
