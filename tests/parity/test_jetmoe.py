@@ -23,10 +23,10 @@ PROMPTS = [[1, 17, 5, 88, 30, 45, 9, 3, 61, 12], [1, 60, 12, 90, 41, 41, 7], [1,
 E, K = 4, 2
 
 
-def build(out_dir, seed=0, tie=True):
+def build(out_dir, seed=0, tie=True, kv_heads=2, zero_bias=False):
     torch = require("torch")
     transformers = require("transformers")
-    cfg = transformers.JetMoeConfig(vocab_size=97, hidden_size=64, num_hidden_layers=2, num_key_value_heads=2,
+    cfg = transformers.JetMoeConfig(vocab_size=97, hidden_size=64, num_hidden_layers=2, num_key_value_heads=kv_heads,
                                     kv_channels=16, intermediate_size=32, num_local_experts=E, num_experts_per_tok=K,
                                     max_position_embeddings=128, rms_norm_eps=1e-3, tie_word_embeddings=tie)
     torch.manual_seed(seed)
@@ -39,6 +39,8 @@ def build(out_dir, seed=0, tie=True):
                 p.normal_(0, 0.1)
             else:
                 p.normal_(0, 1 / np.sqrt(p.shape[-1]))
+            if zero_bias and n.endswith("bias"):
+                p.zero_()
     model.save_pretrained(out_dir)
     return model
 
@@ -191,13 +193,23 @@ def test_jetmoe_matches_hf(cli, tmp_path, tie):
         assert run_info["expert_output_norms"]
 
 
-def test_moa_paper_gating(cli, tmp_path):
+def test_moa_paper_formulation(cli, tmp_path):
+    """The MoA paper's layer as a checkpoint converted from its code would hold it: one shared
+    key/value head, no output biases (the original config key "bias": false, no bias tensors),
+    and its gates (expertscope_moa_gating: full-softmax). Against HF's model with zero biases and
+    its attention routers patched to those gates."""
     h5py = require("h5py")
+    from safetensors.torch import load_file, save_file
     ckpt = str(tmp_path / "hf")
-    model = build(ckpt, seed=1)
+    model = build(ckpt, seed=1, kv_heads=1, zero_bias=True)
+    path = os.path.join(ckpt, "model.safetensors")
+    tensors = {k: v for k, v in load_file(path).items() if not k.endswith(".bias")}
+    save_file(tensors, path, metadata={"format": "pt"})
     cfg = json.load(open(os.path.join(ckpt, "config.json")))
-    cfg["expertscope_moa_gating"] = "full-softmax"
+    cfg.update(expertscope_moa_gating="full-softmax", bias=False)
     json.dump(cfg, open(os.path.join(ckpt, "config.json"), "w"))
+    info = json.loads(run_cli(cli, "info", ckpt, "--json").stdout)
+    assert "full softmax" in info["attention_experts"]["router"] and info["attention_experts"]["heads_per_expert"] == 1
     full_softmax_attention_routers(model)
     ref = reference(model, full_softmax=True)
     out = str(tmp_path / "s.h5")
