@@ -196,9 +196,10 @@ void ViewPane::rebuildControls() {
     int tokens = 0;
     if (i && i->perToken && session_ && !run_->currentText().isEmpty()) {
         // the stored first tokens of the run's per-token arrays
+        const std::string pre = !kind_->isHidden() && kind_->currentData().toString() == "attention" ? "attention/" : "";
         for (auto& id : session_->resultIds())
             if (id == "gate_activations/" + run_->currentText().toStdString() ||
-                id == "output_similarity/" + run_->currentText().toStdString())
+                id == pre + "output_similarity/" + run_->currentText().toStdString())
                 for (auto& [name, a] : session_->result(id).arrays)
                     if (!a.shape.empty() && (name.ends_with("/experts") || name.ends_with("/per_token_cosine")))
                         tokens = std::max<int>(tokens, static_cast<int>(a.shape[0]));

@@ -82,6 +82,10 @@ void checkReference(const ModelSpec& spec, const Reference& ref, const std::vect
     if (r.numLayers != spec.numLayers)
         throw Error("the reference model has " + std::to_string(r.numLayers) + " layers, the MoE model " +
                         std::to_string(spec.numLayers), file, "num_hidden_layers");
+    if (r.encoder != spec.encoder || r.gatedFfn() != spec.gatedFfn() || r.activation != spec.activation)
+        throw Error("the reference model's FFN (" + r.family + ", " + r.activation + ") is not of the MoE model's kind (" +
+                        spec.family + ", " + spec.activation + ")",
+                    file, "model_type");
     for (int l : layers)
         if (r.layers[l].moe)
             throw Error("the reference model's layer " + std::to_string(l) + " is an MoE layer; the reference must be dense",

@@ -164,10 +164,10 @@ std::map<std::string, Result> dynamicAnalyses(const std::shared_ptr<Checkpoint>&
     // D1 and D2 on one prompt: `outputs(c0, n)` gives the outputs [n, R, d] of every expert (the
     // first `experts` rows) and of SE and F where present, on tokens c0 .. c0 + n
     auto outputStats = [&](LayerAcc& a, const MoeOut& m, int64_t base, int64_t experts, int64_t rows,
-                           const std::function<Tensor(int64_t, int64_t)>& outputs) {
+                           const RouterRule& rule, const std::function<Tensor(int64_t, int64_t)>& outputs) {
         const int64_t Tp = m.ids.size(0);
-        Tensor scores = spec.router.scoring == RouterRule::Scoring::Sigmoid ? m.logits.to(torch::kFloat).sigmoid()
-                                                                             : m.logits.to(torch::kFloat).softmax(-1);
+        Tensor scores = rule.scoring == RouterRule::Scoring::Sigmoid ? m.logits.to(torch::kFloat).sigmoid()
+                                                                      : m.logits.to(torch::kFloat).softmax(-1);
         for (int64_t c0 = 0; c0 < Tp; c0 += kTokenChunk) {
             const int64_t n = std::min(kTokenChunk, Tp - c0);
             Tensor O = outputs(c0, n);     // [n, R, d]
@@ -293,7 +293,7 @@ std::map<std::string, Result> dynamicAnalyses(const std::shared_ptr<Checkpoint>&
                 if (keep > 0) acc->modActs.push_back(h.narrow(0, 0, keep).to(torch::kCPU));
             }
             if (!needOutputs) return;
-            outputStats(*acc, *m, base, E, Rn, [&](int64_t c0, int64_t n) {
+            outputStats(*acc, *m, base, E, Rn, spec.router, [&](int64_t c0, int64_t n) {
                 Tensor xc = x.narrow(0, c0, n);
                 std::vector<Tensor> outs;
                 for (int64_t e = 0; e < E; ++e) outs.push_back(ffn(xc, w.experts[e]).to(torch::kFloat));
@@ -308,7 +308,8 @@ std::map<std::string, Result> dynamicAnalyses(const std::shared_ptr<Checkpoint>&
             routing(*attnAcc, *m, Ea);
             if (!needOutputs) return;
             Tensor all = M.moaExpertOutputs(w, x, st.cos[p], st.sin[p]).to(torch::kFloat);  // [Tp, E, d]
-            outputStats(*attnAcc, *m, offsets[p], Ea, Ea, [&](int64_t c0, int64_t n) { return all.narrow(0, c0, n); });
+            outputStats(*attnAcc, *m, offsets[p], Ea, Ea, spec.attnRouter,
+                        [&](int64_t c0, int64_t n) { return all.narrow(0, c0, n); });
         };
         M.step(l, st, false, ffnTap, attnTap);
         if (M.streamed) M.releaseLayer(l);
@@ -345,7 +346,7 @@ std::map<std::string, Result> dynamicAnalyses(const std::shared_ptr<Checkpoint>&
     const std::string run = "/" + runName;
     // D1, D2, D4 and the load of one kind of expert (FFN; or, under "attention/", MoA experts)
     auto emit = [&](std::map<int, LayerAcc>& accs, const int64_t E, const int64_t K, const int64_t Rn,
-                    const std::vector<std::string>& labels, const std::string& pre) {
+                    const std::vector<std::string>& labels, const RouterRule& rule, const std::string& pre) {
         const AttrValue labelAttr = AttrValue::text(labels), routedLabels = AttrValue::text(expertLabels(E, false, false));
         if (d1) {
             Result r, div;
@@ -413,7 +414,7 @@ std::map<std::string, Result> dynamicAnalyses(const std::shared_ptr<Checkpoint>&
                                           .with("all_layers", AttrValue::number(tauAllCount ? tauAllSum / static_cast<double>(tauAllCount)
                                                                                            : std::nan("")));
             nlohmann::json p = params;
-            p["scores"] = spec.router.scoring == RouterRule::Scoring::Sigmoid ? "sigmoid of the router logits"
+            p["scores"] = rule.scoring == RouterRule::Scoring::Sigmoid ? "sigmoid of the router logits"
                                                                               : "softmax of the router logits over all experts";
             finish(pre + "norm_score_ranks" + run, "D2", r, p);
         }
@@ -465,8 +466,8 @@ std::map<std::string, Result> dynamicAnalyses(const std::shared_ptr<Checkpoint>&
             finish(pre + "expert_load" + run, "load", r, params);
         }
     };
-    emit(accs, E, K, Rn, labels, "");
-    if (moa) emit(attnAccs, Ea, spec.attn.moaTopK, Ea, expertLabels(Ea, false, false), "attention/");
+    emit(accs, E, K, Rn, labels, spec.router, "");
+    if (moa) emit(attnAccs, Ea, spec.attn.moaTopK, Ea, expertLabels(Ea, false, false), spec.attnRouter, "attention/");
     if (d3) {
         Result r;
         for (int l : layers) {

@@ -303,6 +303,20 @@ nlohmann::ordered_json mixtralConfig(const nlohmann::ordered_json& dense, const 
             continue;
         c[k] = it.value();
     }
+    // the dense model's resolved values, not the keys it happened to write: MixtralConfig's
+    // defaults (rope_theta 1e6, rms_norm_eps 1e-5, ...) differ from Llama's and Mistral's
+    c["hidden_size"] = spec.hidden;
+    c["num_hidden_layers"] = spec.numLayers;
+    c["num_attention_heads"] = spec.attn.heads;
+    c["num_key_value_heads"] = spec.attn.kvHeads;
+    c["head_dim"] = spec.attn.headDim;
+    c["rms_norm_eps"] = spec.rmsEps;
+    c["vocab_size"] = spec.vocab;
+    c["tie_word_embeddings"] = spec.tieEmbeddings;
+    c["hidden_act"] = spec.activation;
+    c.erase("rope_theta");
+    c.erase("rope_scaling");
+    c["rope_parameters"] = {{"rope_type", "default"}, {"rope_theta", spec.attn.ropeTheta}};
     c["intermediate_size"] = size;
     c["num_local_experts"] = N;
     c["num_experts_per_tok"] = K;

@@ -621,7 +621,12 @@ RunInfo readRunInfo(hid_t f, const std::string& name, const SessionModel& m, con
             router(lp + "/attention");
             r.attentionLayers.push_back(layer);
         }
-        if (attention && !exists(f, lp + "/router_logits")) continue;  // a MoA layer with a dense FFN
+        if (attention && m.modelType != "jetmoe")
+            throw Error("attention router records in a " + m.modelType + " session (only mixture-of-attention-heads "
+                        "models have them)", file, "/" + lp + "/attention");
+        const bool ffn = exists(f, lp + "/router_logits") || exists(f, lp + "/topk_experts") ||
+                         exists(f, lp + "/topk_weights") || exists(f, lp + "/expert_output_norms");
+        if (attention && !ffn) continue;  // a MoA layer with a dense FFN
         r.moeLayers.push_back(layer);
         bool norms = router(lp);
         bool shared = exists(f, lp + "/shared_output_norms");
@@ -638,7 +643,9 @@ RunInfo readRunInfo(hid_t f, const std::string& name, const SessionModel& m, con
     }
     if (exists(f, base + "/hidden_states")) {
         auto hd = shapeOf(f, base + "/hidden_states", file);
-        if (hd.size() != 2 || hd[0] != T) throw Error("expected [T, d], got " + dimsStr(hd), file, "/" + base + "/hidden_states");
+        if (hd.size() != 2 || hd[0] != T || (m.hidden > 0 && hd[1] != static_cast<hsize_t>(m.hidden)))
+            throw Error("expected [T, d] = [" + std::to_string(T) + ", " + std::to_string(m.hidden) + "], got " + dimsStr(hd),
+                        file, "/" + base + "/hidden_states");
         expectShape(f, base + "/hidden_states", hd, H5T_FLOAT, 4, file);
         r.hasHidden = true;
     }

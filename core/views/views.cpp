@@ -474,7 +474,9 @@ Figure diversity(const Session& s, const ViewRequest& req) {
         Data d = needArray(s, src.id, src.array, req.view);
         Series sr{src.name, Series::Style::Line};
         sr.dashed = src.id.find("neuron_mean") != std::string::npos;
-        sr.color = static_cast<int>(std::find(kMatrices.begin(), kMatrices.end(), src.array) - kMatrices.begin()) % 3;
+        // gate/query in the first colour, up in the second, down/output in the third
+        const auto mi = std::find(kMatrices.begin(), kMatrices.end(), src.array) - kMatrices.begin();
+        sr.color = mi == 3 ? 0 : mi == 4 ? 2 : static_cast<int>(mi);
         if (src.id.find("outputs") != std::string::npos) sr.color = src.array == "angular" ? 3 : 4, sr.emphasised = true;
         auto layers = d.layers();
         for (size_t i = 0; i < layers.size() && i < d.v.size(); ++i) {

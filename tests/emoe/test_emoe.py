@@ -387,6 +387,27 @@ def test_mixtral_format_export(cli, tmp_path, build_fixture, case):
     assert np.abs(logits - want).max() <= 1e-4 * np.abs(want).max()
 
 
+def test_mixtral_format_writes_the_dense_models_resolved_values(cli, tmp_path):
+    """A Llama config that leaves rope_theta, rms_norm_eps and num_key_value_heads to their
+    defaults keeps Llama's values in the Mixtral config (MixtralConfig's defaults differ)."""
+    transformers = require("transformers")
+    src = str(tmp_path / "dense")
+    shutil.copytree(DENSE, src)
+    cfg = json.load(open(os.path.join(src, "config.json")))
+    for k in ("rope_parameters", "rms_norm_eps"):
+        cfg.pop(k)
+    json.dump(cfg, open(os.path.join(src, "config.json"), "w"))
+    out = str(tmp_path / "mix")
+    run_cli(cli, "emoe", src, "--experts", 8, "--top-k", 2, "--format", "mixtral", "--out", out)
+    mix = transformers.AutoConfig.from_pretrained(out)
+    llama = transformers.LlamaConfig(**cfg)
+    assert type(mix).__name__ == "MixtralConfig"
+    assert mix.rope_parameters["rope_theta"] == llama.rope_parameters["rope_theta"] == 10000.0
+    assert mix.rms_norm_eps == llama.rms_norm_eps
+    assert (mix.num_key_value_heads, mix.head_dim, mix.tie_word_embeddings) == \
+        (llama.num_key_value_heads, llama.head_dim, llama.tie_word_embeddings)
+
+
 def test_mixtral_format_refusals(cli, tmp_path, build_fixture):
     out = str(tmp_path / "x")
     for src, extra, words in [(build_fixture("qwen2_dense")[0], [], "model_type"),

@@ -126,3 +126,43 @@ def test_bert_bad_inputs(cli, tmp_path):
     save_file(t, os.path.join(ckpt, "model.safetensors"))
     r = run_cli(cli, "info", ckpt, check=False)
     assert r.returncode != 0 and "encoder.layer.0.surprise.weight" in r.stderr
+
+
+def test_bert_sessions_are_checked_on_open(cli, tmp_path):
+    """A BERT session's hidden states must be [T, d]; attention-router records are refused in a
+    model without a mixture of attention heads. Both name the file and the dataset."""
+    h5py = require("h5py")
+    ckpt = str(tmp_path / "b")
+    build("bert_model", ckpt)
+    good = str(tmp_path / "s.h5")
+    trace(cli, ckpt, good, "--run", "r")
+    assert json.loads(run_cli(cli, "session", good, "--json").stdout)["runs"][0]["hidden_states"]
+    import shutil
+    for name, damage, path in [
+            ("wide", lambda f: (f["runs/r"].__delitem__("hidden_states"),
+                                f["runs/r"].create_dataset("hidden_states", data=np.zeros((24, 33), np.float32))),
+             "/runs/r/hidden_states"),
+            ("attention", lambda f: [f.create_dataset(f"runs/r/layers/0/attention/{n}", data=np.zeros(s, t))
+                                     for n, s, t in (("router_logits", (24, 2), np.float32),
+                                                     ("topk_experts", (24, 1), np.int32),
+                                                     ("topk_weights", (24, 1), np.float32))],
+             "/runs/r/layers/0/attention")]:
+        bad = str(tmp_path / f"{name}.h5")
+        shutil.copy(good, bad)
+        with h5py.File(bad, "r+") as f:
+            damage(f)
+        r = run_cli(cli, "session", bad, check=False)
+        assert r.returncode == 1 and bad in r.stderr and path in r.stderr, r.stderr
+
+
+def test_reference_of_another_ffn_kind_is_refused(cli, tmp_path, build_fixture):
+    """A BERT (GELU FFN) reference for a SwiGLU MoE of the same sizes is an error naming it."""
+    transformers = require("transformers")
+    moe = build_fixture("mixtral_gqa")[0]
+    info = json.loads(run_cli(cli, "info", moe, "--json").stdout)
+    ref = str(tmp_path / "bert")
+    transformers.BertModel(transformers.BertConfig(vocab_size=97, hidden_size=info["hidden_size"],
+                                                   num_hidden_layers=info["num_layers"], num_attention_heads=4,
+                                                   intermediate_size=64)).save_pretrained(ref)
+    r = run_cli(cli, "analyze", moe, "--static", "S1", "--reference", ref, "--out", str(tmp_path / "s.h5"), check=False)
+    assert r.returncode == 1 and ref in r.stderr and "model_type" in r.stderr and "kind" in r.stderr, r.stderr
