@@ -74,6 +74,11 @@ std::string rid(const ViewRequest& req, const std::string& base) {
     throw Error("view '" + req.view + "': kind '" + req.kind + "' is not one of ffn, attention");
 }
 
+// A run's records of the requested router at layer L: the FFN's, or the attention router's.
+LayerTrace routerRecords(const Session& s, const ViewRequest& req, const std::string& run, int layer) {
+    return rid(req, "").empty() ? s.runLayer(run, layer) : s.runAttentionLayer(run, layer);
+}
+
 std::string sessionName(const Session& s) { return s.path().empty() ? std::string("(unsaved session)") : s.path(); }
 
 const Result& needResult(const Session& s, const std::string& id, const std::string& view) {
@@ -536,7 +541,7 @@ Figure normsVsScores(const Session& s, const ViewRequest& req) {
     const int64_t T = n.dim(0), E = n.dim(1);
     std::vector<char> chosen(static_cast<size_t>(T * E), 0);
     if (s.hasRun(run)) {
-        LayerTrace lt = s.runLayer(run, L);
+        LayerTrace lt = routerRecords(s, req, run, L);
         if (static_cast<int64_t>(lt.topkExperts.size()) == T * lt.topK)
             for (int64_t t = 0; t < T; ++t)
                 for (int64_t j = 0; j < lt.topK; ++j) {
@@ -713,7 +718,7 @@ Figure routingText(const Session& s, const ViewRequest& req) {
     RunInfo info = s.runInfo(run);
     const bool attention = !rid(req, "").empty();  // the attention routers' records (MoA models)
     const int L = chooseLayer(s, req, attention ? info.attentionLayers : info.moeLayers, "/runs/" + run);
-    LayerTrace lt = attention ? s.runAttentionLayer(run, L) : s.runLayer(run, L);
+    LayerTrace lt = routerRecords(s, req, run, L);
     auto labels = tokenLabels(s, run);
     auto ids = s.runTokens(run);
     Figure f;

@@ -122,6 +122,13 @@ def test_views_offer_attention_experts(cli, session):
     with h5py.File(session["path"], "r") as f:
         ids = f[f"runs/{RUN}/layers/0/attention/topk_experts"][()]
     assert len(rows) > 0 and [int(r[3]) for r in rows] == list(ids[:len(rows), 0])
+    # norms vs scores marks the attention router's choices as chosen
+    rows = list(csv.reader(open(tmp / "norms-vs-scores-None.csv", newline="")))
+    assert rows[0] == ["token", "expert", "norm", "score", "chosen"]
+    with h5py.File(session["path"], "r") as f:
+        ids = f[f"runs/{RUN}/layers/0/attention/topk_experts"][()]
+    picked = {(int(r[0]), int(r[1])) for r in rows[1:] if r[4] == "1"}
+    assert picked == {(t, int(e)) for t in range(len(ids)) for e in ids[t]}
     csv = (tmp / "weight-similarity-query.csv").read_text().splitlines()
     with h5py.File(session["path"], "r") as f:
         first = f["analyses/attention/weight_similarity/layers/0/query"][0]
