@@ -63,6 +63,11 @@ void listViews(const Session& s, bool json) {
         if (!v.runs.empty()) std::cout << "    --run " << join(v.runs) << "\n";
         if (!v.matrices.empty()) std::cout << "    --matrix " << join(v.matrices) << "\n";
         if (!v.measures.empty()) std::cout << "    --measure " << join(v.measures) << "\n";
+        if (!v.kinds.empty()) {
+            std::cout << "    --kind " << join(v.kinds) << "\n";
+            if (!v.attentionMatrices.empty() && v.attentionMatrices != v.matrices)
+                std::cout << "    --matrix " << join(v.attentionMatrices) << " (with --kind attention)\n";
+        }
     }
 }
 

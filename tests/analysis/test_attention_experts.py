@@ -102,6 +102,8 @@ def test_dynamic_attention_experts(session):
 
 
 def test_views_offer_attention_experts(cli, session):
+    text = run_cli(cli, "export", session["path"], "--list").stdout
+    assert "--kind ffn,attention" in text and "--matrix query,output (with --kind attention)" in text
     views = json.loads(run_cli(cli, "export", session["path"], "--list", "--json").stdout)
     with_attention = {v["name"]: v for v in views if "attention" in v["kinds"]}
     assert {"weight-similarity", "router-similarity", "router-vs-weights", "output-similarity", "norms-vs-scores",
