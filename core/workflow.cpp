@@ -112,6 +112,7 @@ RunInputs runInputs(const Session& s, const std::string& run) {
     for (size_t p = 0; p + 1 < offsets.size(); ++p)
         in.prompts.emplace_back(tokens.begin() + offsets[p], tokens.begin() + offsets[p + 1]);
     for (int l : info.moeLayers) in.stored.push_back(s.runLayer(run, l));
+    for (int l : info.attentionLayers) in.storedAttention.push_back(s.runAttentionLayer(run, l));
     return in;
 }
 

@@ -39,7 +39,7 @@ RunTrace traceTexts(const std::shared_ptr<Checkpoint>& ckpt, const ModelSpec& sp
 // The prompts and the stored routing of a run, as dynamicAnalyses takes them.
 struct RunInputs {
     std::vector<std::vector<int64_t>> prompts;
-    std::vector<LayerTrace> stored;
+    std::vector<LayerTrace> stored, storedAttention;  // the FFN routers' records; the attention routers'
 };
 RunInputs runInputs(const Session& s, const std::string& run);
 

@@ -526,7 +526,7 @@ int cmdAnalyze(const std::vector<std::string>& args) {
     int64_t mismatches = 0;
     if (!dynamics.empty()) {
         std::vector<std::vector<int64_t>> prompts;
-        std::vector<es::LayerTrace> stored;
+        std::vector<es::LayerTrace> stored, storedAttention;
         es::LoadOptions lo;
         if (makesRun) {
             if (run.empty()) run = !paragraphs.empty() ? "paragraphs" : preset;
@@ -543,6 +543,7 @@ int cmdAnalyze(const std::vector<std::string>& args) {
             rt.promptTexts = texts;
             es::attachTokenText(rt, *tok);
             stored = rt.layers;
+            storedAttention = rt.attentionLayers;
             session.addRun(run, std::move(rt));
         } else {
             if (!session.hasRun(run))
@@ -553,6 +554,7 @@ int cmdAnalyze(const std::vector<std::string>& args) {
             es::RunInputs in = es::runInputs(session, run);
             prompts = std::move(in.prompts);
             stored = std::move(in.stored);
+            storedAttention = std::move(in.storedAttention);
         }
         es::DynamicOptions dopt;
         dopt.analyses = dynamics;
@@ -560,6 +562,7 @@ int cmdAnalyze(const std::vector<std::string>& args) {
         dopt.device = lo.device;
         dopt.dtype = lo.dtype;
         dopt.firstTokens = firstTokens;
+        dopt.storedAttention = std::move(storedAttention);
         dopt.progress = [](double f, const std::string& what) {
             std::cerr << "\rdynamic analyses: " << static_cast<int>(100 * f) << "% (" << what << ")   " << std::flush;
         };
@@ -567,6 +570,7 @@ int cmdAnalyze(const std::vector<std::string>& args) {
         std::cerr << "\n";
         const es::Result& check = dyn.at("routing_check/" + run);
         mismatches = check.arrays.at("mismatches").shape[0];
+        if (auto it = check.arrays.find("attention_mismatches"); it != check.arrays.end()) mismatches += it->second.shape[0];
         for (auto& [id, r] : dyn) results[id] = std::move(r);
     }
     for (auto& [id, r] : results) session.putResult(id, std::move(r));
@@ -575,7 +579,7 @@ int cmdAnalyze(const std::vector<std::string>& args) {
     std::cerr << results.size() << " result(s) -> " << out << "\n";
     if (mismatches > 0)
         std::cerr << "warning: the recomputation routed " << mismatches << " (layer, token) pair(s) differently from run '"
-                  << run << "' (listed in /analyses/routing_check/" << run << "/mismatches)\n";
+                  << run << "' (listed in /analyses/routing_check/" << run << "/mismatches and attention_mismatches)\n";
     return 0;
 }
 

@@ -438,6 +438,7 @@ bool MainWindow::runPrompts(const QStringList& prompts, const QString& device, c
                       dopt.dtype = dt;
                       dopt.progress = [&ctx](double f, const std::string& w) { ctx.progress(0.3 + 0.7 * f, "analyses: " + w); };
                       dopt.cancel = ctx.cancel;
+                      dopt.storedAttention = rt->attentionLayers;
                       auto results = std::make_shared<std::map<std::string, Result>>(
                           dynamicAnalyses(ckpt, *spec, ref.get(), name, ids, rt->layers, dopt));
                       return [this, rt, results, name, target] {

@@ -40,6 +40,9 @@ struct DynamicOptions {
     std::vector<int> layers;
     std::string device = "cpu", dtype = "float32";
     int64_t firstTokens = 16;  // D1 per-token matrices and D3 activations for the first N tokens
+    // A mixture-of-attention-heads run's stored attention-router records (one per layer), checked
+    // like the FFN's (routing_check's attention_mismatches)
+    std::vector<LayerTrace> storedAttention;
     Progress progress;
     const std::atomic<bool>* cancel = nullptr;
 };

@@ -130,8 +130,21 @@ std::map<std::string, Result> dynamicAnalyses(const std::shared_ptr<Checkpoint>&
     std::vector<int64_t> offsets{0};
     for (auto& p : prompts) offsets.push_back(offsets.back() + static_cast<int64_t>(p.size()));
     const int64_t T = offsets.back();
-    std::map<int, const LayerTrace*> storedByLayer;
+    std::map<int, const LayerTrace*> storedByLayer, storedAttnByLayer;
     for (auto& lt : stored) storedByLayer[lt.layer] = &lt;
+    for (auto& lt : opt.storedAttention) storedAttnByLayer[lt.layer] = &lt;
+    // the recomputed choices of one prompt against the run's stored trace of that router
+    auto check = [&](LayerAcc& a, const LayerTrace& s, const Tensor& ids, int64_t base, const std::string& where) {
+        const int64_t Tp = ids.size(0), k = ids.size(1);
+        if (static_cast<int64_t>(s.topkExperts.size()) != T * k)
+            throw Error("the stored trace of layer " + std::to_string(s.layer) + " does not match the run's tokens", "",
+                        "/runs/" + runName + "/layers/" + std::to_string(s.layer) + where);
+        Tensor want = torch::from_blob(const_cast<int32_t*>(s.topkExperts.data()) + base * k, {Tp, k}, torch::kInt)
+                          .to(torch::kLong);
+        Tensor got = std::get<0>(ids.to(torch::kCPU).to(torch::kLong).sort(-1));
+        Tensor diff = (std::get<0>(want.sort(-1)) != got).any(1).nonzero().reshape(-1);
+        for (int64_t i = 0; i < diff.numel(); ++i) a.mismatches.push_back(base + diff[i].item<int64_t>());
+    };
 
     Model::Impl::State st = M.start(prompts);
     Model::Impl::State rst;
@@ -248,17 +261,7 @@ std::map<std::string, Result> dynamicAnalyses(const std::shared_ptr<Checkpoint>&
             // routing: load, consecutive tokens, the map, the check against the stored trace
             const Tensor& ids = m->ids;  // [Tp, K]
             routing(*acc, *m, E);
-            if (auto it = storedByLayer.find(l); it != storedByLayer.end()) {
-                const LayerTrace& s = *it->second;
-                if (static_cast<int64_t>(s.topkExperts.size()) != T * K)
-                    throw Error("the stored trace of layer " + std::to_string(l) + " does not match the run's tokens", "",
-                                "/runs/" + runName);
-                Tensor want = torch::from_blob(const_cast<int32_t*>(s.topkExperts.data()) + base * K, {Tp, K}, torch::kInt)
-                                  .to(torch::kLong);
-                Tensor got = std::get<0>(ids.to(torch::kCPU).to(torch::kLong).sort(-1));
-                Tensor diff = (std::get<0>(want.sort(-1)) != got).any(1).nonzero().reshape(-1);
-                for (int64_t i = 0; i < diff.numel(); ++i) acc->mismatches.push_back(base + diff[i].item<int64_t>());
-            }
+            if (auto it = storedByLayer.find(l); it != storedByLayer.end()) check(*acc, *it->second, ids, base, "");
             // D3: gate activations of the first N tokens
             const int64_t nFirst = std::clamp<int64_t>(N - base, 0, Tp);
             if (d3 && nFirst > 0) {
@@ -306,6 +309,8 @@ std::map<std::string, Result> dynamicAnalyses(const std::shared_ptr<Checkpoint>&
         auto attnTap = [&](size_t p, const Tensor& x, const MoeOut* m) {
             if (!analysed || !m || !attnAcc) return;
             routing(*attnAcc, *m, Ea);
+            if (auto it = storedAttnByLayer.find(l); it != storedAttnByLayer.end())
+                check(*attnAcc, *it->second, m->ids, offsets[p], "/attention");
             if (!needOutputs) return;
             Tensor all = M.moaExpertOutputs(w, x, st.cos[p], st.sin[p]).to(torch::kFloat);  // [Tp, E, d]
             outputStats(*attnAcc, *m, offsets[p], Ea, Ea, spec.attnRouter,
@@ -326,6 +331,11 @@ std::map<std::string, Result> dynamicAnalyses(const std::shared_ptr<Checkpoint>&
     int64_t mismatchCount = 0;
     for (auto& [l, a] : accs) mismatchCount += static_cast<int64_t>(a.mismatches.size());
     provenance["routing_mismatches"] = mismatchCount;
+    if (moa) {
+        int64_t attnMismatches = 0;
+        for (auto& [l, a] : attnAccs) attnMismatches += static_cast<int64_t>(a.mismatches.size());
+        provenance["attention_routing_mismatches"] = attnMismatches;
+    }
     nlohmann::json params = {{"layers", layers}, {"run", runName}, {"first_tokens", N},
                              {"reference", ref ? nlohmann::json(ref->ckpt->path()) : nlohmann::json()}};
     const AttrValue layerAttr = AttrValue::i32s(layers);
@@ -543,8 +553,19 @@ std::map<std::string, Result> dynamicAnalyses(const std::shared_ptr<Checkpoint>&
             }
         r.arrays["mismatches"] = Array::i64({static_cast<int64_t>(mm.size() / 2), 2}, mm)
                                      .with("columns", AttrValue::text({"layer", "token"}));
+        if (moa) {
+            std::vector<int64_t> am;
+            for (auto& [l, a] : attnAccs)
+                for (auto t : a.mismatches) {
+                    am.push_back(l);
+                    am.push_back(t);
+                }
+            r.arrays["attention_mismatches"] = Array::i64({static_cast<int64_t>(am.size() / 2), 2}, am)
+                                                   .with("columns", AttrValue::text({"layer", "token"}));
+        }
         nlohmann::json p = params;
         p["compared_with_stored_trace"] = !stored.empty();
+        if (moa) p["attention_compared_with_stored_trace"] = !opt.storedAttention.empty();
         finish("routing_check" + run, "routing_check", r, p);
     }
     return out;

@@ -34,8 +34,8 @@ def session(cli, tmp_path_factory):
     test_jetmoe.trace(cli, ckpt, out, "--run", RUN)
     run_cli(cli, "analyze", ckpt, "--run", RUN, "--static", "all", "--dynamic", "all", "--out", out)
     from safetensors.numpy import load_file
-    return dict(path=out, tmp=tmp, weights=load_file(f"{ckpt}/model.safetensors"), ref=test_jetmoe.reference(model),
-                E=test_jetmoe.E)
+    return dict(path=out, tmp=tmp, ckpt=ckpt, weights=load_file(f"{ckpt}/model.safetensors"),
+                ref=test_jetmoe.reference(model), E=test_jetmoe.E)
 
 
 def test_session_follows_the_format_table(session):
@@ -99,6 +99,10 @@ def test_dynamic_attention_experts(session):
             # and the FFN router's load is the FFN's
             np.testing.assert_array_equal(a[f"expert_load/{RUN}/counts"][l],
                                           np.bincount(run[f"layers/{l}/topk_experts"][()].ravel(), minlength=E))
+        # the recomputation routed every token as the stored trace says, for both routers
+        assert a[f"routing_check/{RUN}/attention_mismatches"].shape == (0, 2)
+        assert a[f"routing_check/{RUN}/mismatches"].shape == (0, 2)
+        assert json.loads(a[f"routing_check/{RUN}"].attrs["params_json"])["attention_compared_with_stored_trace"]
 
 
 def test_views_offer_attention_experts(cli, session):
@@ -143,3 +147,21 @@ def test_views_offer_attention_experts(cli, session):
     assert r.returncode == 1 and "kind 'heads'" in r.stderr
     for name in ("weight-similarity", "norms-vs-scores", "expert-load"):
         run_cli(cli, "export", session["path"], "--view", name, "--kind", "attention", "--out", tmp / f"{name}.png")
+
+
+def test_routing_check_covers_the_attention_routers(cli, session):
+    """A stored attention choice that the recomputation does not make is listed (layer, token)."""
+    h5py = require("h5py")
+    import shutil
+    bad = str(session["tmp"] / "tampered.h5")
+    shutil.copy(session["path"], bad)
+    with h5py.File(bad, "r+") as f:
+        d = f[f"runs/{RUN}/layers/1/attention/topk_experts"]
+        ids = d[()]
+        ids[3] = [e for e in range(session["E"]) if e not in ids[3]][:ids.shape[1]]
+        d[...] = ids
+    r = run_cli(cli, "analyze", session["ckpt"], "--run", RUN, "--static", "none", "--dynamic", "load", "--out", bad)
+    assert "routed 1 (layer, token) pair(s) differently" in r.stderr
+    with h5py.File(bad, "r") as f:
+        np.testing.assert_array_equal(f[f"analyses/routing_check/{RUN}/attention_mismatches"][()], [[1, 3]])
+        assert f[f"analyses/routing_check/{RUN}/mismatches"].shape == (0, 2)
