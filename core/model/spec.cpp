@@ -157,15 +157,22 @@ struct FamilyDefaults {
     double ropeTheta;
 };
 
-void fillCommon(ModelSpec& s, const Config& c, const FamilyDefaults& d) {
+// The sizes every family has: vocabulary, width, depth (and the attention heads, where the
+// config states them), each required and positive.
+void fillSizes(ModelSpec& s, const Config& c, bool heads) {
     s.vocab = c.requiredInt("vocab_size");
     s.hidden = c.requiredInt("hidden_size");
     s.numLayers = c.requiredInt("num_hidden_layers");
-    s.attn.heads = c.requiredInt("num_attention_heads");
     positive(c, "vocab_size", s.vocab);
     positive(c, "hidden_size", s.hidden);
     positive(c, "num_hidden_layers", s.numLayers);
+    if (!heads) return;
+    s.attn.heads = c.requiredInt("num_attention_heads");
     positive(c, "num_attention_heads", s.attn.heads);
+}
+
+void fillCommon(ModelSpec& s, const Config& c, const FamilyDefaults& d) {
+    fillSizes(s, c, true);
     s.attn.kvHeads = c.optInt("num_key_value_heads", s.attn.heads);
     positive(c, "num_key_value_heads", s.attn.kvHeads);
     if (s.attn.heads % s.attn.kvHeads != 0)
@@ -376,17 +383,15 @@ ModelSpec adapt(const Config& c, const std::string& type) {
         const std::string nK = original || (!c.has("num_experts_per_tok") && c.has("moe_top_k")) ? "moe_top_k"
                                                                                                : "num_experts_per_tok";
         const std::string nF = !c.has("intermediate_size") && c.has("ffn_hidden_size") ? "ffn_hidden_size" : "intermediate_size";
-        s.vocab = c.requiredInt("vocab_size");
-        s.hidden = c.requiredInt("hidden_size");
-        s.numLayers = c.requiredInt("num_hidden_layers");
+        fillSizes(s, c, false);  // JetMoE derives the heads (below)
         s.numExperts = c.requiredInt(nE);
         s.topK = c.requiredInt(nK);
         s.expertFfn = c.requiredInt(nF);
         s.attn.kvHeads = c.requiredInt("num_key_value_heads");
         s.attn.headDim = c.requiredInt("kv_channels");
         for (auto& [k, v] : std::vector<std::pair<std::string, int64_t>>{
-                 {"vocab_size", s.vocab}, {"hidden_size", s.hidden}, {"num_hidden_layers", s.numLayers}, {nE, s.numExperts},
-                 {nK, s.topK}, {nF, s.expertFfn}, {"num_key_value_heads", s.attn.kvHeads}, {"kv_channels", s.attn.headDim}})
+                 {nE, s.numExperts}, {nK, s.topK}, {nF, s.expertFfn}, {"num_key_value_heads", s.attn.kvHeads},
+                 {"kv_channels", s.attn.headDim}})
             positive(c, k, v);
         if (s.topK > s.numExperts)
             c.fail(nK, "top-k " + std::to_string(s.topK) + " exceeds the " + std::to_string(s.numExperts) + " experts");
@@ -427,14 +432,7 @@ ModelSpec adapt(const Config& c, const std::string& type) {
     } else if (type == "bert") {
         s.family = "bert";
         s.encoder = true;
-        s.vocab = c.requiredInt("vocab_size");
-        s.hidden = c.requiredInt("hidden_size");
-        s.numLayers = c.requiredInt("num_hidden_layers");
-        s.attn.heads = c.requiredInt("num_attention_heads");
-        positive(c, "vocab_size", s.vocab);
-        positive(c, "hidden_size", s.hidden);
-        positive(c, "num_hidden_layers", s.numLayers);
-        positive(c, "num_attention_heads", s.attn.heads);
+        fillSizes(s, c, true);
         if (s.hidden % s.attn.heads != 0) c.fail("hidden_size", "not divisible by num_attention_heads");
         s.attn.kvHeads = s.attn.heads;
         s.attn.headDim = s.hidden / s.attn.heads;

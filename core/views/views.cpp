@@ -160,6 +160,16 @@ std::string chooseRun(const Session& s, const ViewRequest& req, const std::strin
     return req.run;
 }
 
+// A per-run result of the requested kind of expert: the run (chosen as chooseRun does) and the
+// result id, e.g. {"r", "attention/norm_score_ranks/r"}.
+struct RunResult {
+    std::string run, id;
+};
+RunResult chooseRunResult(const Session& s, const ViewRequest& req, const std::string& base) {
+    const std::string run = chooseRun(s, req, rid(req, base));
+    return {run, rid(req, base + "/" + run)};
+}
+
 std::string chooseOf(const ViewRequest& req, const std::string& what, const std::string& given,
                      const std::vector<std::string>& allowed) {
     if (given.empty()) return allowed.front();
@@ -413,8 +423,7 @@ Figure pcaFigure(const Session& s, const ViewRequest& req, bool neurons) {
 }
 
 Figure outputSimilarity(const Session& s, const ViewRequest& req) {
-    const std::string run = chooseRun(s, req, rid(req, "output_similarity"));
-    const std::string id = rid(req, "output_similarity/" + run);
+    const auto [run, id] = chooseRunResult(s, req, "output_similarity");
     const std::string measure = chooseOf(req, "measure", req.measure, {"angular", "cosine", "per-token"});
     const std::string suffix = measure == "per-token" ? "per_token_cosine" : measure;
     const int L = layerOf(s, req, id, suffix);
@@ -533,8 +542,7 @@ std::pair<int64_t, int64_t> promptRange(const Session& s, const ViewRequest& req
 }
 
 Figure normsVsScores(const Session& s, const ViewRequest& req) {
-    const std::string run = chooseRun(s, req, rid(req, "norm_score_ranks"));
-    const std::string id = rid(req, "norm_score_ranks/" + run);
+    const auto [run, id] = chooseRunResult(s, req, "norm_score_ranks");
     const int L = layerOf(s, req, id, "norms");
     Data n = needArray(s, id, "layers/" + std::to_string(L) + "/norms", req.view);
     Data sc = needArray(s, id, "layers/" + std::to_string(L) + "/scores", req.view);
@@ -586,8 +594,7 @@ Figure normsVsScores(const Session& s, const ViewRequest& req) {
 }
 
 Figure rankCounts(const Session& s, const ViewRequest& req) {
-    const std::string run = chooseRun(s, req, rid(req, "norm_score_ranks"));
-    const std::string id = rid(req, "norm_score_ranks/" + run);
+    const auto [run, id] = chooseRunResult(s, req, "norm_score_ranks");
     const std::string measure = chooseOf(req, "measure", req.measure, {"layer", "all"});
     std::string name = "all/rank_counts", where = "all layers";
     if (measure == "layer") {
@@ -638,8 +645,7 @@ Figure rankCounts(const Session& s, const ViewRequest& req) {
 }
 
 Figure top1MaxNorm(const Session& s, const ViewRequest& req) {
-    const std::string run = chooseRun(s, req, rid(req, "norm_score_ranks"));
-    const std::string id = rid(req, "norm_score_ranks/" + run);
+    const auto [run, id] = chooseRunResult(s, req, "norm_score_ranks");
     Data top1 = needArray(s, id, "top1_is_max_norm", req.view), diag = needArray(s, id, "diagonal_mass", req.view),
          tau = needArray(s, id, "kendall_tau", req.view);
     const auto layers = top1.layers();
@@ -672,8 +678,7 @@ Figure top1MaxNorm(const Session& s, const ViewRequest& req) {
 }
 
 Figure routingMap(const Session& s, const ViewRequest& req) {
-    const std::string run = chooseRun(s, req, rid(req, "routing_map"));
-    const std::string id = rid(req, "routing_map/" + run);
+    const auto [run, id] = chooseRunResult(s, req, "routing_map");
     const int L = layerOf(s, req, id, "weights");
     Data d = needArray(s, id, "layers/" + std::to_string(L) + "/weights", req.view);
     auto [b, e] = promptRange(s, req, run);
@@ -751,8 +756,7 @@ Figure routingText(const Session& s, const ViewRequest& req) {
 }
 
 Figure expertLoad(const Session& s, const ViewRequest& req) {
-    const std::string run = chooseRun(s, req, rid(req, "expert_load"));
-    const std::string id = rid(req, "expert_load/" + run);
+    const auto [run, id] = chooseRunResult(s, req, "expert_load");
     Data frac = needArray(s, id, "fractions", req.view), counts = needArray(s, id, "counts", req.view),
          ent = needArray(s, id, "entropy", req.view);
     const auto layers = frac.layers();
