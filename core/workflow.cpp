@@ -104,6 +104,41 @@ std::vector<std::string> readPromptFile(const std::string& path) {
     return out;
 }
 
+std::set<std::string> dynamicAnalysesFor(const ModelSpec& spec, const std::string& list) {
+    std::set<std::string> out = parseDynamicList(list);
+    if (list == "all" && spec.layout == ExpertLayout::Blocks) out.insert("modularity");  // EMoE models
+    return out;
+}
+
+AnalyzedRun analyzeRun(const std::shared_ptr<Checkpoint>& ckpt, const ModelSpec& spec, const Reference* ref,
+                       const RunRequest& req) {
+    AnalyzedRun out;
+    if (req.analyses.empty() || spec.moeLayers().empty()) {  // the trace only
+        TraceOptions to;
+        to.progress = req.progress;
+        to.cancel = req.cancel;
+        out.trace = traceTexts(ckpt, spec, req.texts, req.load, to);
+        return out;
+    }
+    if (req.texts.empty()) throw Error("no prompts to run");
+    auto tok = Tokenizer::load(ckpt->path());
+    const auto prompts = encodePrompts(*tok, req.texts);
+    DynamicOptions dopt;
+    dopt.analyses = req.analyses;
+    dopt.layers = req.layers;
+    dopt.device = req.load.device;
+    dopt.dtype = req.load.dtype;
+    dopt.firstTokens = req.firstTokens;
+    dopt.progress = req.progress;
+    dopt.cancel = req.cancel;
+    TracedAnalyses ta = traceAndAnalyze(ckpt, spec, ref, req.name, prompts, dopt);  // one load, one forward
+    out.trace = std::move(ta.trace);
+    out.trace.promptTexts = req.texts;
+    attachTokenText(out.trace, *tok);
+    out.results = std::move(ta.results);
+    return out;
+}
+
 RunInputs runInputs(const Session& s, const std::string& run) {
     RunInputs in;
     const RunInfo info = s.runInfo(run);

@@ -3,6 +3,7 @@
 // text, and the analyses of a checkpoint into results. No Qt, no LibTorch types.
 #include <atomic>
 #include <map>
+#include <set>
 #include <memory>
 #include <string>
 #include <vector>
@@ -35,6 +36,29 @@ std::vector<std::string> readPromptFile(const std::string& path);
 // Text prompts through the model: the run with its token text and prompt texts.
 RunTrace traceTexts(const std::shared_ptr<Checkpoint>& ckpt, const ModelSpec& spec, const std::vector<std::string>& texts,
                     const LoadOptions& load, const TraceOptions& trace);
+
+// The dynamic analyses a --dynamic list names for this model ("all" includes modularity on EMoE
+// models); unknown names are an error naming them.
+std::set<std::string> dynamicAnalysesFor(const ModelSpec& spec, const std::string& list);
+
+// A new run of text prompts and its dynamic analyses, traced and analysed on one forward pass
+// (one model load): what `analyze --preset/--paragraphs` and the app's Run job make.
+struct RunRequest {
+    std::string name;
+    std::vector<std::string> texts;  // encoded with the checkpoint's tokenizer, special tokens included
+    LoadOptions load;
+    std::set<std::string> analyses;  // dynamic analyses; empty: the trace only
+    std::vector<int> layers;         // analysed MoE layers (empty: all)
+    int64_t firstTokens = 16;
+    Progress progress;
+    const std::atomic<bool>* cancel = nullptr;
+};
+struct AnalyzedRun {
+    RunTrace trace;
+    std::map<std::string, Result> results;
+};
+AnalyzedRun analyzeRun(const std::shared_ptr<Checkpoint>& ckpt, const ModelSpec& spec, const Reference* ref,
+                       const RunRequest& req);
 
 // The prompts and the stored routing of a run, as dynamicAnalyses takes them.
 struct RunInputs {

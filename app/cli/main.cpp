@@ -15,6 +15,7 @@
 #include "error.h"
 #include "model/model.h"
 #include "model/spec.h"
+#include "model/summary.h"
 #include "session/session.h"
 #include "tokenizer/tokenizer.h"
 #include "cli.h"
@@ -90,14 +91,6 @@ std::vector<int64_t> parseIds(const std::string& s) {
     return ids;
 }
 
-std::string humanCount(int64_t n) {
-    char buf[64];
-    if (n >= 1000000000) std::snprintf(buf, sizeof buf, "%.2fB", n / 1e9);
-    else if (n >= 1000000) std::snprintf(buf, sizeof buf, "%.2fM", n / 1e6);
-    else if (n >= 1000) std::snprintf(buf, sizeof buf, "%.1fK", n / 1e3);
-    else std::snprintf(buf, sizeof buf, "%lld", static_cast<long long>(n));
-    return buf;
-}
 
 int cmdInfo(const std::vector<std::string>& args) {
     std::string path;
@@ -110,52 +103,14 @@ int cmdInfo(const std::vector<std::string>& args) {
     }
     if (path.empty()) throw UsageError("info: CHECKPOINT missing");
     auto ckpt = es::Checkpoint::open(path);
-    es::ModelSpec s = es::ModelSpec::fromCheckpoint(*ckpt);
-    auto moe = s.moeLayers();
+    const es::ModelSpec s = es::ModelSpec::fromCheckpoint(*ckpt);
+    const auto rows = es::describeModel(s, *ckpt);
     if (json) {
-        nlohmann::ordered_json j;
-        j["model_type"] = s.modelType;
-        j["num_layers"] = s.numLayers;
-        j["moe_layers"] = moe;
-        j["num_experts"] = s.numExperts;
-        j["top_k"] = s.topK;
-        j["hidden_size"] = s.hidden;
-        j["expert_intermediate_size"] = s.expertFfn;
-        j["shared_expert_intermediate_size"] = s.hasSharedExpert() ? s.sharedFfn : 0;
-        j["vocab_size"] = s.vocab;
-        j["num_attention_heads"] = s.attn.heads;
-        j["num_key_value_heads"] = s.attn.kvHeads;
-        j["head_dim"] = s.attn.headDim;
-        j["dtype"] = s.dtype;
-        j["total_params"] = s.totalParams;
-        j["active_params"] = s.activeParams;
-        j["router"] = s.router.describe();
-        j["expert_layout"] = s.layout == es::ExpertLayout::Blocks ? "blocks" : es::layoutName(s.layout);
-        if (s.attn.moa)
-            j["attention_experts"] = {{"num_experts", s.attn.moaExperts}, {"top_k", s.attn.moaTopK},
-                                      {"heads_per_expert", s.attn.kvHeads}, {"router", s.attnRouter.describe()}};
-        j["fingerprint"] = ckpt->fingerprint();
-        j["path"] = ckpt->path();
-        std::cout << j.dump(2) << "\n";
+        std::cout << es::summaryJson(rows).dump(2) << "\n";
         return 0;
     }
-    std::cout << "checkpoint   " << ckpt->path() << "\n"
-              << "model_type   " << s.modelType << "\n"
-              << "layers       " << s.numLayers << " (" << moe.size() << " MoE)\n"
-              << "hidden       " << s.hidden << ", heads " << s.attn.heads << " (kv " << s.attn.kvHeads << ", head_dim "
-              << s.attn.headDim << ")\n";
-    if (!moe.empty())
-        std::cout << "experts      " << s.numExperts << ", top-" << s.topK << ", width " << s.expertFfn
-                  << (s.hasSharedExpert() ? ", shared expert width " + std::to_string(s.sharedFfn) : "") << "\n"
-                  << "router       " << s.router.describe() << "\n"
-                  << "layout       " << es::layoutName(s.layout) << "\n";
-    if (s.attn.moa)
-        std::cout << "attention    mixture of attention heads: " << s.attn.moaExperts << " experts of " << s.attn.kvHeads
-                  << " query heads, top-" << s.attn.moaTopK << ", shared K/V; router " << s.attnRouter.describe() << "\n";
-    std::cout << "vocab        " << s.vocab << "\n"
-              << "dtype        " << s.dtype << "\n"
-              << "parameters   " << humanCount(s.totalParams) << " total, " << humanCount(s.activeParams) << " active\n"
-              << "fingerprint  " << ckpt->fingerprint() << "\n";
+    for (auto& r : rows)
+        if (!r.label.empty()) std::cout << r.label << std::string(r.label.size() < 15 ? 15 - r.label.size() : 1, ' ') << r.text << "\n";
     return 0;
 }
 
@@ -491,17 +446,17 @@ int cmdAnalyze(const std::vector<std::string>& args) {
     if (threads > 0) es::initRuntime(threads);
     if (!haveStatic && !haveDynamic) staticList = "default";
     const std::set<std::string> statics = es::parseStaticList(staticList);
-    std::set<std::string> dynamics = es::parseDynamicList(dynamicList);
+    const std::set<std::string> dynamicsListed = es::parseDynamicList(dynamicList);
     const bool makesRun = !preset.empty() || !paragraphs.empty();
-    if (makesRun && dynamics.empty()) throw UsageError("analyze: --preset/--paragraphs make a run for --dynamic analyses");
-    if (!dynamics.empty() && run.empty() && !makesRun)
+    if (makesRun && dynamicsListed.empty()) throw UsageError("analyze: --preset/--paragraphs make a run for --dynamic analyses");
+    if (!dynamicsListed.empty() && run.empty() && !makesRun)
         throw UsageError("analyze: --dynamic needs --run NAME (a run in the session), --preset or --paragraphs");
 
     // everything is checked and computed before the session file is written, once, atomically
     auto ckpt = es::Checkpoint::open(path);
     es::ModelSpec spec = es::ModelSpec::fromCheckpoint(*ckpt);
     const std::vector<int> analysed = es::analysisLayers(spec, layers, ckpt->path());
-    if (dynamicList == "all" && spec.layout == es::ExpertLayout::Blocks) dynamics.insert("modularity");  // EMoE models
+    const std::set<std::string> dynamics = es::dynamicAnalysesFor(spec, dynamicList);
     std::unique_ptr<es::Reference> ref;
     if (!refPath.empty()) {
         ref = std::make_unique<es::Reference>();
@@ -524,49 +479,39 @@ int cmdAnalyze(const std::vector<std::string>& args) {
         std::cerr << "\n";
     }
     int64_t mismatches = 0;
-    if (!dynamics.empty()) {
-        std::vector<std::vector<int64_t>> prompts;
-        std::vector<es::LayerTrace> stored, storedAttention;
-        es::LoadOptions lo;
-        if (makesRun) {
-            if (run.empty()) run = !paragraphs.empty() ? "paragraphs" : preset;
-            if (session.hasRun(run)) throw es::Error("a run named '" + run + "' already exists", session.path(), "/runs/" + run);
-            std::vector<std::string> texts =
-                !paragraphs.empty() ? readParagraphs(paragraphs)
-                                    : std::vector<std::string>{preset == "short" ? kPresetShort : kPresetRouting};
-            auto tok = es::Tokenizer::load(path);
-            for (auto& t : texts) prompts.push_back(tok->encode(t, true).ids);
-            lo.device = device.empty() ? "cpu" : device;
-            lo.dtype = dtype.empty() ? "float32" : dtype;
-            auto model = es::Model::load(ckpt, spec, lo);
-            es::RunTrace rt = model->trace(prompts, {});
-            rt.promptTexts = texts;
-            es::attachTokenText(rt, *tok);
-            stored = rt.layers;
-            storedAttention = rt.attentionLayers;
-            session.addRun(run, std::move(rt));
-        } else {
-            if (!session.hasRun(run))
-                throw es::Error("no run named '" + run + "' in the session", out, "/runs/" + run);
-            const es::RunInfo info = session.runInfo(run);
-            lo.device = device.empty() ? info.device : device;
-            lo.dtype = dtype.empty() ? info.dtype : dtype;
-            es::RunInputs in = es::runInputs(session, run);
-            prompts = std::move(in.prompts);
-            stored = std::move(in.stored);
-            storedAttention = std::move(in.storedAttention);
-        }
+    auto progress = [](double f, const std::string& what) {
+        std::cerr << "\rdynamic analyses: " << static_cast<int>(100 * f) << "% (" << what << ")   " << std::flush;
+    };
+    if (!dynamics.empty() && makesRun) {
+        if (run.empty()) run = !paragraphs.empty() ? "paragraphs" : preset;
+        if (session.hasRun(run)) throw es::Error("a run named '" + run + "' already exists", session.path(), "/runs/" + run);
+        es::RunRequest req;
+        req.name = run;
+        req.texts = !paragraphs.empty() ? readParagraphs(paragraphs)
+                                        : std::vector<std::string>{preset == "short" ? kPresetShort : kPresetRouting};
+        req.load.device = device.empty() ? "cpu" : device;
+        req.load.dtype = dtype.empty() ? "float32" : dtype;
+        req.analyses = dynamics;
+        req.layers = analysed;
+        req.firstTokens = firstTokens;
+        req.progress = progress;
+        es::AnalyzedRun ar = es::analyzeRun(ckpt, spec, ref.get(), req);
+        std::cerr << "\n";
+        session.addRun(run, std::move(ar.trace));
+        for (auto& [id, r] : ar.results) results[id] = std::move(r);
+    } else if (!dynamics.empty()) {
+        if (!session.hasRun(run)) throw es::Error("no run named '" + run + "' in the session", out, "/runs/" + run);
+        const es::RunInfo info = session.runInfo(run);
+        es::RunInputs in = es::runInputs(session, run);
         es::DynamicOptions dopt;
         dopt.analyses = dynamics;
         dopt.layers = analysed;
-        dopt.device = lo.device;
-        dopt.dtype = lo.dtype;
+        dopt.device = device.empty() ? info.device : device;
+        dopt.dtype = dtype.empty() ? info.dtype : dtype;
         dopt.firstTokens = firstTokens;
-        dopt.storedAttention = std::move(storedAttention);
-        dopt.progress = [](double f, const std::string& what) {
-            std::cerr << "\rdynamic analyses: " << static_cast<int>(100 * f) << "% (" << what << ")   " << std::flush;
-        };
-        auto dyn = es::dynamicAnalyses(ckpt, spec, ref.get(), run, prompts, stored, dopt);
+        dopt.storedAttention = std::move(in.storedAttention);
+        dopt.progress = progress;
+        auto dyn = es::dynamicAnalyses(ckpt, spec, ref.get(), run, in.prompts, in.stored, dopt);
         std::cerr << "\n";
         const es::Result& check = dyn.at("routing_check/" + run);
         mismatches = check.arrays.at("mismatches").shape[0];

@@ -37,6 +37,7 @@
 #include "figureview.h"
 #include "jobs.h"
 #include "model/spec.h"
+#include "model/summary.h"
 #include "promptspanel.h"
 #include "session/session.h"
 #include "viewpane.h"
@@ -285,22 +286,11 @@ void MainWindow::fillModelTree() {
     };
     if (spec_ && ckpt_) {
         const ModelSpec& s = *spec_;
-        add(nullptr, "Path", q(ckpt_->path()));
-        add(nullptr, "Architecture", q(s.modelType));
-        add(nullptr, "Layers", QString::number(s.numLayers));
-        add(nullptr, "Hidden size", QString::number(s.hidden));
-        add(nullptr, "Experts", QString::number(s.numExperts));
-        add(nullptr, "Top-k", QString::number(s.topK));
-        add(nullptr, "Router", q(s.router.describe()));
-        if (s.attn.moa)
-            add(nullptr, "Attention experts",
-                QString("%1 experts of %2 query heads, top-%3 (shared K/V); router %4")
-                    .arg(s.attn.moaExperts)
-                    .arg(s.attn.kvHeads)
-                    .arg(s.attn.moaTopK)
-                    .arg(q(s.attnRouter.describe())));
-        add(nullptr, "Parameters", QString("%1 total, %2 active").arg(s.totalParams).arg(s.activeParams));
-        add(nullptr, "Weights dtype", q(s.dtype));
+        for (auto& r : describeModel(s, *ckpt_)) {  // the same rows as `expertscope-cli info`
+            if (r.label.empty()) continue;
+            auto* item = add(nullptr, q(r.label), q(r.text));
+            item->setToolTip(1, q(r.text));
+        }
         if (ref_) add(nullptr, "Reference (F)", q(ref_->ckpt->path()));
         auto* layers = add(nullptr, "Layer list", "");
         for (int l = 0; l < s.numLayers; ++l) add(layers, QString("layer %1").arg(l), s.layers[l].moe ? "MoE" : "dense");
@@ -412,39 +402,19 @@ bool MainWindow::runPrompts(const QStringList& prompts, const QString& device, c
     const std::string dev = device.toStdString(), dt = dtype.toStdString();
     jobs_->submit(QString("Run %1 prompt(s) as %2").arg(prompts.size()).arg(q(name)),
                   [this, ckpt, spec, ref, target, texts, name, dev, dt](JobContext& ctx) -> JobLand {
-                      LoadOptions lo;
-                      lo.device = dev;
-                      lo.dtype = dt;
-                      TraceOptions to;
-                      to.progress = [&ctx](double f, const std::string& w) { ctx.progress(0.3 * f, "trace: " + w); };
-                      to.cancel = ctx.cancel;
-                      auto rt = std::make_shared<RunTrace>(traceTexts(ckpt, *spec, texts, lo, to));
-                      if (spec->moeLayers().empty()) {
-                          return [this, rt, name, target] {
-                              if (generation_ != target) return;
-                              session_->addRun(name, std::move(*rt));
-                              dirty_ = true;
-                              refreshViews();
-                          };
-                      }
-                      std::vector<std::vector<int64_t>> ids;
-                      for (size_t p = 0; p + 1 < rt->promptOffsets.size(); ++p)
-                          ids.emplace_back(rt->tokens.begin() + rt->promptOffsets[p], rt->tokens.begin() + rt->promptOffsets[p + 1]);
-                      DynamicOptions dopt;
-                      dopt.analyses = parseDynamicList("all");
-                      if (spec->layout == ExpertLayout::Blocks) dopt.analyses.insert("modularity");  // EMoE
-                      dopt.layers = analysisLayers(*spec, {}, ckpt->path());
-                      dopt.device = dev;
-                      dopt.dtype = dt;
-                      dopt.progress = [&ctx](double f, const std::string& w) { ctx.progress(0.3 + 0.7 * f, "analyses: " + w); };
-                      dopt.cancel = ctx.cancel;
-                      dopt.storedAttention = rt->attentionLayers;
-                      auto results = std::make_shared<std::map<std::string, Result>>(
-                          dynamicAnalyses(ckpt, *spec, ref.get(), name, ids, rt->layers, dopt));
-                      return [this, rt, results, name, target] {
+                      RunRequest req;
+                      req.name = name;
+                      req.texts = texts;
+                      req.load.device = dev;
+                      req.load.dtype = dt;
+                      req.analyses = dynamicAnalysesFor(*spec, "all");  // the trace only on a dense model
+                      req.progress = [&ctx](double f, const std::string& w) { ctx.progress(f, w); };
+                      req.cancel = ctx.cancel;
+                      auto ar = std::make_shared<AnalyzedRun>(analyzeRun(ckpt, *spec, ref.get(), req));
+                      return [this, ar, name, target] {
                           if (generation_ != target) return;
-                          session_->addRun(name, std::move(*rt));
-                          for (auto& [id, r] : *results) session_->putResult(id, std::move(r));
+                          session_->addRun(name, std::move(ar->trace));
+                          for (auto& [id, r] : ar->results) session_->putResult(id, std::move(r));
                           dirty_ = true;
                           refreshViews();
                       };

@@ -20,10 +20,7 @@ namespace {
 QString q(const std::string& s) { return QString::fromStdString(s); }
 
 // The views whose colour range can be per layer or global.
-bool hasScale(const std::string& v) {
-    return v == "weight-similarity" || v == "neuron-mean-similarity" || v == "neuron-reordering" ||
-           v == "router-similarity" || v == "output-similarity" || v == "gate-activations";
-}
+bool hasScale(const std::string& v) { return viewDescription(v).colourScale; }
 
 void fillCombo(QComboBox* c, const std::vector<std::string>& items) {
     const QString keep = c->currentText();
@@ -195,19 +192,19 @@ void ViewPane::rebuildControls() {
     show(prompt_, i && i->perPrompt);
     int tokens = 0;
     if (i && i->perToken && session_ && !run_->currentText().isEmpty()) {
-        // the stored first tokens of the run's per-token arrays
-        const std::string pre = !kind_->isHidden() && kind_->currentData().toString() == "attention" ? "attention/" : "";
-        for (auto& id : session_->resultIds())
-            if (id == "gate_activations/" + run_->currentText().toStdString() ||
-                id == pre + "output_similarity/" + run_->currentText().toStdString())
-                for (auto& [name, a] : session_->result(id).arrays)
-                    if (!a.shape.empty() && (name.ends_with("/experts") || name.ends_with("/per_token_cosine")))
-                        tokens = std::max<int>(tokens, static_cast<int>(a.shape[0]));
+        ViewRequest r;
+        r.run = run_->currentText().toStdString();
+        r.kind = !kind_->isHidden() && kind_->currentData().toString() == "attention" ? "attention" : "ffn";
+        tokens = storedTokens(*session_, r);
     }
     token_->setRange(0, std::max(0, tokens - 1));
-    show(token_, i && i->perToken && (currentView() == "gate-activations" || measure_->currentText() == "per-token"));
+    show(token_, showsToken(i));
     show(scale_, hasScale(currentView()));
     updating_ = false;
+}
+
+bool ViewPane::showsToken(const ViewInfo* i) const {
+    return i && i->perToken && (i->tokenMeasure.empty() || measure_->currentText().toStdString() == i->tokenMeasure);
 }
 
 ViewRequest ViewPane::request() const {
@@ -251,9 +248,9 @@ void ViewPane::draw() {
     const ViewRequest r = request();
     layer_->setProperty("layerValue", r.layer);
     layerLabel_->setText(r.layer >= 0 ? QString("Layer %1").arg(r.layer) : QString());
-    if (currentView() == "output-similarity" || currentView() == "gate-activations") {
+    if (const ViewInfo* i = info(); i && i->perToken) {
         updating_ = true;
-        const bool tok = currentView() == "gate-activations" || measure_->currentText() == "per-token";
+        const bool tok = showsToken(i);
         token_->setVisible(tok);
         if (auto* cap = qobject_cast<QWidget*>(token_->property("caption").value<QObject*>())) cap->setVisible(tok);
         updating_ = false;
@@ -264,14 +261,7 @@ void ViewPane::draw() {
         return;
     }
     if (!info()) {
-        const std::string v = currentView();
-        QString hint = "They appear here when the analyses have run.";
-        if (v == "neuron-reordering" || v == "neuron-pca")
-            hint += " For experts wider than 2048 neurons this analysis is not run automatically (it is slow): "
-                    "expertscope-cli analyze CHECKPOINT --static S3,S7 --out SESSION.h5 adds it.";
-        else if (v.find("similarity") == std::string::npos && v.find("pca") == std::string::npos && v != "router-vs-weights" &&
-                 v != "router-weight-r2" && v != "diversity")
-            hint = "Run prompts from the Prompts panel to fill it.";
+        const QString hint = q(viewDescription(currentView()).emptyHint);
         message_->setText("No results for this view yet. " + hint);
         stack_->setCurrentWidget(message_);
         lastError_.clear();

@@ -76,6 +76,8 @@ private:
     void draw();
     void ensureDrawn() const;
     const ViewInfo* info() const;
+    // the token control shows for per-token views (with the view's token measure, if it has one)
+    bool showsToken(const ViewInfo* i) const;
 
     QString id_, title_;
     std::vector<Mode> modes_;

@@ -73,6 +73,17 @@ std::map<std::string, Result> dynamicAnalyses(const std::shared_ptr<Checkpoint>&
                                               const std::vector<std::vector<int64_t>>& prompts,
                                               const std::vector<LayerTrace>& stored, const DynamicOptions& opt);
 
+// A new run and its dynamic analyses on ONE forward pass: the run's trace (routing, as
+// Model::trace records it with default options) and the analyses of it (no stored trace to
+// check routing against: routing_check says so). One model load, one forward.
+struct TracedAnalyses {
+    RunTrace trace;
+    std::map<std::string, Result> results;
+};
+TracedAnalyses traceAndAnalyze(const std::shared_ptr<Checkpoint>& ckpt, const ModelSpec& spec, const Reference* ref,
+                               const std::string& runName, const std::vector<std::vector<int64_t>>& prompts,
+                               const DynamicOptions& opt);
+
 // 1 - the mean off-diagonal entry of the leading `routed` x `routed` block of a rows x rows
 // similarity matrix.
 double layerDiversity(const std::vector<double>& m, int rows, int routed);
@@ -89,6 +100,7 @@ double roundDecimals(double x, int digits);
 
 // Row labels: "0".."E-1", then "SE" and "F" where present.
 std::vector<std::string> expertLabels(int64_t routed, bool shared, bool reference);
+
 
 std::string toolVersion();
 

@@ -96,16 +96,16 @@ std::vector<double> rowCosine(const std::vector<double>& m, int rows, int cols) 
 
 std::vector<double> routerRowCosine(const Checkpoint& ckpt, const ModelSpec& spec, int layer, bool attention) {
     if (attention) {
-        if (layer < 0 || layer >= spec.numLayers || !spec.attn.moa)
+        if (layer < 0 || layer >= spec.numLayers || !spec.attn.isMoa())
             throw Error("layer " + std::to_string(layer) + " has no attention router", ckpt.path(), "layer");
-        const TensorView& r = ckpt.get(spec.layerPrefix(layer) + "self_attention.experts.router.layer.weight");
+        const TensorView& r = ckpt.get(spec.tensorName(Role::AttnRouter, layer));
         return rowCosine(toDoubles(r), static_cast<int>(r.shape[0]), static_cast<int>(r.shape[1]));
     }
     if (layer < 0 || layer >= spec.numLayers || !spec.layers[layer].moe)
         throw Error("layer " + std::to_string(layer) + " is not an MoE layer", ckpt.path(), "layer");
     if (spec.layout == ExpertLayout::Blocks) {
         // EMoE: the router rows are the experts' mean key rows (avg-k scores are x . mean key)
-        const TensorView& g = ckpt.get(spec.ffnNames(layer).in);
+        const TensorView& g = ckpt.get(spec.tensorName(Role::FfnGate, layer));
         const std::vector<double> keys = toDoubles(g);
         const int64_t E = spec.numExperts, S = spec.expertFfn, d = spec.hidden;
         std::vector<double> rows(static_cast<size_t>(E * d), 0.0);
@@ -114,7 +114,7 @@ std::vector<double> routerRowCosine(const Checkpoint& ckpt, const ModelSpec& spe
                 for (int64_t j = 0; j < d; ++j) rows[e * d + j] += keys[(e * S + i) * d + j] / static_cast<double>(S);
         return rowCosine(rows, static_cast<int>(E), static_cast<int>(d));
     }
-    const TensorView& r = ckpt.get(spec.routerName(layer));
+    const TensorView& r = ckpt.get(spec.tensorName(Role::Router, layer));
     return rowCosine(toDoubles(r), static_cast<int>(r.shape[0]), static_cast<int>(r.shape[1]));
 }
 

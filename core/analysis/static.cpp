@@ -62,31 +62,25 @@ LayerMats layerMats(const Checkpoint& ck, const ModelSpec& s, const Reference* r
         if (std::find(L.tensors.begin(), L.tensors.end(), &t) == L.tensors.end()) L.tensors.push_back(&t);
         return t;
     };
+    // expert e's matrix of an expert role, where the family's table puts it
+    auto expert = [&](Role r, int e, bool neuronRows) -> Mat {
+        const ExpertMatrix m = s.expertMatrix(r, l, e);
+        return {&use(ck, m.tensor), m.offset, m.rows, m.cols, neuronRows};
+    };
     if (attention) {  // MoA experts: query projection [H, d] (a row per query dimension), output [d, H]
-        const std::string a = s.layerPrefix(l) + "self_attention.experts.";
-        const TensorView& q = use(ck, a + "input_linear.weight");
-        const TensorView& o = use(ck, a + "output_linear.weight");
-        const int64_t A = s.attn.moaExperts, H = s.attn.kvHeads * s.attn.headDim;
-        for (int64_t e = 0; e < A; ++e) {
-            L.routed[0].push_back({&q, e * H * d, H, d, true});
-            L.routed[2].push_back({&o, e * d * H, d, H, false});
+        for (int64_t e = 0; e < s.attn.moaExperts; ++e) {
+            L.routed[0].push_back(expert(Role::AttnExpertQ, static_cast<int>(e), true));
+            L.routed[2].push_back(expert(Role::AttnExpertO, static_cast<int>(e), false));
         }
         for (auto* t : L.tensors) adviseWillNeed(t->data, t->nbytes);
         return L;
     }
-    if (s.layout == ExpertLayout::PerExpert) {
-        for (int e = 0; e < E; ++e) {
-            L.routed[0].push_back(whole(use(ck, s.expertName(l, e, s.expertGate)), true));
-            L.routed[1].push_back(whole(use(ck, s.expertName(l, e, s.expertUp)), true));
-            L.routed[2].push_back(whole(use(ck, s.expertName(l, e, s.expertDown)), false));
-        }
-    } else if (s.layout == ExpertLayout::Blocks) {
+    if (s.layout == ExpertLayout::Blocks) {
         // EMoE: neuron blocks of the dense FFN; gate and up blocks are contiguous rows, down's
         // blocks are columns, copied out once per layer (a GELU FFN has W1 and W2 only)
-        const FfnNames n = s.ffnNames(l);
-        const TensorView& g = use(ck, n.in);
-        const TensorView* u = n.up.empty() ? nullptr : &use(ck, n.up);
-        const TensorView& dn = use(ck, n.out);
+        const TensorView& g = use(ck, s.tensorName(Role::FfnGate, l));
+        const TensorView* u = s.has(Role::FfnUp) ? &use(ck, s.tensorName(Role::FfnUp, l)) : nullptr;
+        const TensorView& dn = use(ck, s.tensorName(Role::FfnDown, l));
         const int64_t Fd = dn.shape[1];
         const size_t es = dtypeSize(dn.dtype);
         for (int64_t e = 0; e < E; ++e) {
@@ -108,25 +102,23 @@ LayerMats layerMats(const Checkpoint& ck, const ModelSpec& s, const Reference* r
             L.routed[2].push_back(m);
         }
     } else {
-        const TensorView& gu = use(ck, s.packedGateUpName(l));
-        const TensorView& dn = use(ck, s.packedDownName(l));
-        for (int64_t e = 0; e < E; ++e) {
-            L.routed[0].push_back({&gu, e * 2 * F * d, F, d, true});
-            L.routed[1].push_back({&gu, e * 2 * F * d + F * d, F, d, true});
-            L.routed[2].push_back({&dn, e * d * F, d, F, false});
+        for (int e = 0; e < E; ++e) {
+            L.routed[0].push_back(expert(Role::ExpertGate, e, true));
+            L.routed[1].push_back(expert(Role::ExpertUp, e, true));
+            L.routed[2].push_back(expert(Role::ExpertDown, e, false));
         }
     }
     if (s.hasSharedExpert()) {
-        L.extra[0].push_back(whole(use(ck, s.sharedName(l, "gate_proj")), true));
-        L.extra[1].push_back(whole(use(ck, s.sharedName(l, "up_proj")), true));
-        L.extra[2].push_back(whole(use(ck, s.sharedName(l, "down_proj")), false));
+        L.extra[0].push_back(whole(use(ck, s.tensorName(Role::SharedGate, l)), true));
+        L.extra[1].push_back(whole(use(ck, s.tensorName(Role::SharedUp, l)), true));
+        L.extra[2].push_back(whole(use(ck, s.tensorName(Role::SharedDown, l)), false));
         L.extraLabels.push_back("SE");
     }
     if (ref) {
-        const FfnNames n = ref->spec->ffnNames(l);
-        L.extra[0].push_back(whole(use(*ref->ckpt, n.in), true));
-        if (!n.up.empty()) L.extra[1].push_back(whole(use(*ref->ckpt, n.up), true));
-        L.extra[2].push_back(whole(use(*ref->ckpt, n.out), false));
+        const ModelSpec& r = *ref->spec;
+        L.extra[0].push_back(whole(use(*ref->ckpt, r.tensorName(Role::FfnGate, l)), true));
+        if (r.has(Role::FfnUp)) L.extra[1].push_back(whole(use(*ref->ckpt, r.tensorName(Role::FfnUp, l)), true));
+        L.extra[2].push_back(whole(use(*ref->ckpt, r.tensorName(Role::FfnDown, l)), false));
         L.extraLabels.push_back("F");
     }
     for (auto* t : L.tensors) adviseWillNeed(t->data, t->nbytes);
@@ -635,9 +627,9 @@ std::map<std::string, Result> staticAnalyses(const Checkpoint& ckpt, const Model
     if (opt.pcaComponents < 2 || opt.pcaComponents > 3)
         throw Error("PCA takes 2 or 3 components, not " + std::to_string(opt.pcaComponents), "", "--pca-components");
     std::map<std::string, Result> out;
-    const double split = spec.attn.moa ? 0.5 : 1.0;
+    const double split = spec.attn.isMoa() ? 0.5 : 1.0;
     staticForKind(ckpt, spec, ref, opt, layers, false, 0.0, split, out);
-    if (spec.attn.moa) staticForKind(ckpt, spec, ref, opt, layers, true, split, 1.0, out);
+    if (spec.attn.isMoa()) staticForKind(ckpt, spec, ref, opt, layers, true, split, 1.0, out);
     if (opt.progress) opt.progress(1.0, "done");
     return out;
 }

@@ -231,30 +231,39 @@ std::vector<double> unitRows(const TensorView& t) {
     return out;
 }
 
-// Mixtral-format tensors: every tensor outside the FFNs as it is; per layer, the router (mean key
-// rows of each expert, computed in float64, stored in W_gate's dtype) and experts e's w1/w3
-// (rows of W_gate/W_up) and w2 (columns of W_down) from the clustered permutation.
-std::vector<TensorOut> mixtralTensors(const Checkpoint& ckpt, const ModelSpec& spec,
+// The names of a layer's dense FFN tensors present in the spec's table.
+std::vector<std::string> ffnTensorNames(const ModelSpec& spec, int l) {
+    std::vector<std::string> v;
+    for (Role r : {Role::FfnGate, Role::FfnGateBias, Role::FfnUp, Role::FfnDown, Role::FfnDownBias})
+        if (spec.has(r)) v.push_back(spec.tensorName(r, l));
+    return v;
+}
+
+// Mixtral-format tensors (named by the Mixtral family's table `mx`): every tensor outside the
+// converted FFNs as it is; per layer, the router (mean key rows of each expert, computed in
+// float64, stored in W_gate's dtype) and expert e's gate/up (rows of W_gate/W_up) and down
+// (columns of W_down) from the clustered permutation.
+
+std::vector<TensorOut> mixtralTensors(const Checkpoint& ckpt, const ModelSpec& spec, const ModelSpec& mx,
                                       const std::map<int, std::vector<int64_t>>& perm, int64_t N,
                                       std::deque<std::vector<uint8_t>>& routers) {
     std::vector<TensorOut> outs;
     const int64_t d = spec.hidden;
+    std::set<std::string> converted;
+    for (auto& [l, p] : perm)
+        for (auto& n : ffnTensorNames(spec, l)) converted.insert(n);
     for (auto& [name, view] : ckpt.tensors()) {
         const TensorView* t = view;
-        bool ffn = false;
-        for (auto& [l, p] : perm) ffn = ffn || name.rfind(spec.layerPrefix(l) + "mlp.", 0) == 0;
-        if (ffn) continue;
+        if (converted.count(name)) continue;
         outs.push_back({name, t->dtype, t->shape, [t](const std::function<void(const void*, size_t)>& put) {
                             put(t->data, t->nbytes);
                         }});
     }
     for (auto& [l, p] : perm) {
-        const FfnNames n = spec.ffnNames(l);
-        const TensorView* g = &ckpt.get(n.in);
-        const TensorView* u = &ckpt.get(n.up);
-        const TensorView* dn = &ckpt.get(n.out);
+        const TensorView* g = &ckpt.get(spec.tensorName(Role::FfnGate, l));
+        const TensorView* u = &ckpt.get(spec.tensorName(Role::FfnUp, l));
+        const TensorView* dn = &ckpt.get(spec.tensorName(Role::FfnDown, l));
         const int64_t F = g->shape[0], S = F / N;
-        const std::string pre = spec.layerPrefix(l) + "block_sparse_moe.";
         const auto st = g->dtype == DType::F32 ? torch::kFloat : g->dtype == DType::F16 ? torch::kHalf : torch::kBFloat16;
         torch::Tensor idx = torch::tensor(p, torch::kLong);
         torch::Tensor keys = torch::from_blob(const_cast<uint8_t*>(g->data), {F, d}, st).to(torch::kDouble);
@@ -262,21 +271,21 @@ std::vector<TensorOut> mixtralTensors(const Checkpoint& ckpt, const ModelSpec& s
         std::vector<uint8_t>& bytes = routers.emplace_back(static_cast<size_t>(router.nbytes()));
         std::memcpy(bytes.data(), router.data_ptr(), bytes.size());
         const std::vector<uint8_t>* rb = &bytes;
-        outs.push_back({pre + "gate.weight", g->dtype, {N, d},
+        outs.push_back({mx.tensorName(Role::Router, l), g->dtype, {N, d},
                         [rb](const std::function<void(const void*, size_t)>& put) { put(rb->data(), rb->size()); }});
         const std::vector<int64_t>* pp = &p;
         for (int64_t e = 0; e < N; ++e) {
-            const std::string ep = pre + "experts." + std::to_string(e) + ".";
-            for (auto [leaf, src] : {std::pair<const char*, const TensorView*>{"w1", g}, {"w3", u}}) {
+            const int ei = static_cast<int>(e);
+            for (auto [role, src] : {std::pair<Role, const TensorView*>{Role::ExpertGate, g}, {Role::ExpertUp, u}}) {
                 const size_t row = static_cast<size_t>(d) * dtypeSize(src->dtype);
-                outs.push_back({ep + leaf + ".weight", src->dtype, {S, d},
+                outs.push_back({mx.tensorName(role, l, ei), src->dtype, {S, d},
                                 [src, pp, e, S, row](const std::function<void(const void*, size_t)>& put) {
                                     for (int64_t r = e * S; r < (e + 1) * S; ++r)
                                         put(src->data + static_cast<size_t>((*pp)[r]) * row, row);
                                 }});
             }
             const size_t es = dtypeSize(dn->dtype);
-            outs.push_back({ep + "w2.weight", dn->dtype, {d, S},
+            outs.push_back({mx.tensorName(Role::ExpertDown, l, ei), dn->dtype, {d, S},
                             [dn, pp, e, S, F, es](const std::function<void(const void*, size_t)>& put) {
                                 std::vector<uint8_t> row(static_cast<size_t>(S) * es);
                                 for (int64_t r = 0; r < dn->shape[0]; ++r) {
@@ -376,13 +385,20 @@ std::vector<EmoeLayerReport> convertToEmoe(const std::string& dense, const std::
 
     // cluster every converted layer's key vectors (rows of W_gate, L2-normalised)
     const int64_t d = spec.hidden, size = F / N;
+    // the Mixtral export's tensors, named by the Mixtral family's table
+    ModelSpec mx;
+    if (mixtral) {
+        const auto denseCfg = nlohmann::ordered_json::parse(ckpt->config().dump());
+        mx = ModelSpec::fromConfig(nlohmann::json::parse(mixtralConfig(denseCfg, spec, N, K, size).dump()),
+                                   cfgFile);
+    }
     std::map<int, std::vector<int64_t>> perm;  // layer -> new position -> old neuron
     std::vector<EmoeLayerReport> report;
     for (size_t li = 0; li < layers.size(); ++li) {
         const int l = layers[li];
         if (opt.cancel && opt.cancel->load()) throw Error("cancelled");
         if (opt.progress) opt.progress(0.9 * static_cast<double>(li) / layers.size(), "clustering layer " + std::to_string(l));
-        const std::vector<double> keys = unitRows(ckpt->get(spec.ffnNames(l).in));
+        const std::vector<double> keys = unitRows(ckpt->get(spec.tensorName(Role::FfnGate, l)));
         BalancedKMeans km = balancedKMeans(keys.data(), F, d, N, opt.seed + static_cast<uint64_t>(l), opt.restarts, opt.maxIter);
         // experts ordered by their lowest neuron; neurons ascending inside an expert
         std::vector<std::vector<int64_t>> members(static_cast<size_t>(N));
@@ -402,16 +418,13 @@ std::vector<EmoeLayerReport> convertToEmoe(const std::string& dense, const std::
     try {
         std::vector<TensorOut> outs;
         std::deque<std::vector<uint8_t>> routers;  // the Mixtral routers' bytes, alive until written
-        if (mixtral) outs = mixtralTensors(*ckpt, spec, perm, N, routers);
+        if (mixtral) outs = mixtralTensors(*ckpt, spec, mx, perm, N, routers);
         else {
         // the converted layers' FFN tensors: neuron rows (W_gate, W_up, W1 and b1) or columns (W_down, W2)
         std::map<std::string, std::pair<int, bool>> permuted;  // name -> (layer, neurons are rows)
-        for (auto& [l, p] : perm) {
-            const FfnNames n = spec.ffnNames(l);
-            for (const std::string* rows : {&n.in, &n.up, &n.inBias})
-                if (!rows->empty()) permuted[*rows] = {l, true};
-            permuted[n.out] = {l, false};
-        }
+        for (auto& [l, p] : perm)
+            for (Role r : {Role::FfnGate, Role::FfnUp, Role::FfnGateBias, Role::FfnDown})
+                if (spec.has(r)) permuted[spec.tensorName(r, l)] = {l, r != Role::FfnDown};
         for (auto& [name, view] : ckpt->tensors()) {
             const TensorView* t = view;
             TensorOut o{name, t->dtype, t->shape, nullptr};
@@ -443,11 +456,14 @@ std::vector<EmoeLayerReport> convertToEmoe(const std::string& dense, const std::
         writeSafetensors(tmp + "/model.safetensors", outs, {{"format", "pt"}});
 
         nlohmann::ordered_json cfg = nlohmann::ordered_json::parse(ckpt->config().dump());
-        const std::string keyLeaf = spec.encoder ? "intermediate.dense.weight" : "mlp.gate_proj.weight";
-        const std::string layoutText = spec.encoder
-                                           ? "intermediate.dense (weight rows, bias) and output.dense (weight columns; its "
-                                             "bias is added once after the experts)"
-                                           : "gate_proj, up_proj (rows) and down_proj (columns)";
+        // the converted tensors as the family's table names them ({L}: the layer)
+        auto leaf = [&](Role r) { return spec.role(r).name; };
+        const std::string keyLeaf = leaf(Role::FfnGate);
+        std::string layoutText = leaf(Role::FfnGate);
+        if (spec.has(Role::FfnUp)) layoutText += ", " + leaf(Role::FfnUp);
+        if (spec.has(Role::FfnGateBias)) layoutText += ", " + leaf(Role::FfnGateBias);
+        layoutText += " (rows) and " + leaf(Role::FfnDown) + " (columns)";
+        if (spec.has(Role::FfnDownBias)) layoutText += "; " + leaf(Role::FfnDownBias) + " is added once after the experts";
         nlohmann::ordered_json per = nlohmann::ordered_json::array();
         for (auto& r : report)
             per.push_back({{"layer", r.layer}, {"objective", r.objective}, {"iterations", r.iterations}, {"converged", r.converged}});
@@ -474,10 +490,13 @@ std::vector<EmoeLayerReport> convertToEmoe(const std::string& dense, const std::
         if (mixtral) {
             cfg = mixtralConfig(cfg, spec, N, K, size);
             block.erase("gating");
-            block["layout"] = "expert e of layer l (block_sparse_moe.experts.e.w1/w3/w2) holds the neurons of its cluster";
-            block["router"] = "block_sparse_moe.gate.weight row e = the mean of expert e's W_gate rows (EMoE's mean-key "
-                              "router); Mixtral weights the top-k experts by their renormalised softmax, where EMoE's "
-                              "avg-k gating weights each by 1 (docs/emoe.md)";
+            block["layout"] = "expert {E} of layer {L} (" + mx.role(Role::ExpertGate).name + ", " +
+                              mx.role(Role::ExpertUp).name + ", " + mx.role(Role::ExpertDown).name +
+                              ") holds the neurons of its cluster";
+            block["router"] = mx.role(Role::Router).name +
+                              " row e = the mean of expert e's W_gate rows (EMoE's mean-key router); Mixtral weights "
+                              "the top-k experts by their renormalised softmax, where EMoE's avg-k gating weights each "
+                              "by 1 (docs/emoe.md)";
             cfg["expertscope_emoe_export"] = block;  // informative only: the engine reads it as plain Mixtral
         } else {
             cfg["expertscope_emoe"] = block;

@@ -97,39 +97,15 @@ uint64_t deviceMemoryOverride() {
     return static_cast<uint64_t>(x);
 }
 
-// One router's records over all prompts of a layer, moved to the host as a LayerTrace.
+// Host copies of records gathered on the device.
 template <typename T>
 std::vector<T> hostVector(std::vector<Tensor>& parts) {
     if (parts.empty()) return {};
     Tensor all = torch::cat(parts, 0).contiguous().to(torch::kCPU);
+    parts.clear();
     const T* p = all.data_ptr<T>();
     return std::vector<T>(p, p + all.numel());
 }
-
-struct Collect {
-    std::vector<Tensor> lg, ids, wts, norms, snorms;
-    void add(const MoeOut& m, bool allExperts) {
-        lg.push_back(m.logits.to(torch::kFloat));
-        ids.push_back(m.ids.to(torch::kInt));
-        wts.push_back(m.weights.to(torch::kFloat));
-        if (allExperts) {
-            norms.push_back(m.norms);
-            if (m.sharedNorms.defined()) snorms.push_back(m.sharedNorms);
-        }
-    }
-    LayerTrace trace(int l, int64_t E, int64_t K) {
-        LayerTrace lt;
-        lt.layer = l;
-        lt.numExperts = E;
-        lt.topK = K;
-        lt.routerLogits = hostVector<float>(lg);
-        lt.topkExperts = hostVector<int32_t>(ids);
-        lt.topkWeights = hostVector<float>(wts);
-        lt.expertOutputNorms = hostVector<float>(norms);
-        lt.sharedOutputNorms = hostVector<float>(snorms);
-        return lt;
-    }
-};
 
 }  // namespace
 
@@ -143,6 +119,28 @@ int runtimeThreads() { return torch::get_num_threads(); }
 bool cudaAvailable() { return torch::cuda::is_available(); }
 
 int cudaDeviceCount() { return torch::cuda::is_available() ? static_cast<int>(torch::cuda::device_count()) : 0; }
+
+RouteResult routeLogits(const RouterRule& rule, const std::vector<float>& logits, int64_t T, int64_t E, int64_t K,
+                        const std::vector<float>& selectionBias, const std::vector<float>& expertScale) {
+    if (T < 1 || E < 1 || K < 1 || K > E) throw Error("need T >= 1, E >= 1 and 1 <= K <= E", "", "router");
+    if (static_cast<int64_t>(logits.size()) != T * E) throw Error("logits are not [T, E]", "", "router_logits");
+    if (rule.groups < 1 || E % rule.groups != 0 || rule.topkGroups < 1 || rule.topkGroups > rule.groups ||
+        K > rule.topkGroups * (E / rule.groups))
+        throw Error("groups must divide the experts, and the kept groups hold at least k experts", "", "n_group");
+    auto vec = [&](const std::vector<float>& v, bool used, const char* what) {
+        if (!used) return Tensor();
+        if (static_cast<int64_t>(v.size()) != E) throw Error("expected one value per expert", "", what);
+        return torch::tensor(v, torch::kFloat);
+    };
+    torch::InferenceMode guard;
+    RouterExtras extra{vec(selectionBias, rule.selectionBias, "selection_bias"), vec(expertScale, rule.expertScale, "expert_scale")};
+    Tensor lg = torch::tensor(logits, torch::kFloat).view({T, E});
+    auto [w, ids] = route(rule, lg, K, torch::kFloat, extra);
+    ids = ids.to(torch::kInt).contiguous();
+    w = w.to(torch::kFloat).contiguous();
+    return {std::vector<int32_t>(ids.data_ptr<int32_t>(), ids.data_ptr<int32_t>() + ids.numel()),
+            std::vector<float>(w.data_ptr<float>(), w.data_ptr<float>() + w.numel())};
+}
 
 Model::Model() : d_(std::make_unique<Impl>()) {}
 Model::~Model() = default;
@@ -176,21 +174,112 @@ std::unique_ptr<Model> Model::load(std::shared_ptr<Checkpoint> ckpt, const Model
     else d.streamed = avail != UINT64_MAX && static_cast<double>(need) > 0.85 * static_cast<double>(avail);
 
     torch::NoGradGuard ng;
+    d.embed = d.load(Role::Embed);
     if (spec.encoder) {
-        const std::string e = spec.prefix + "embeddings.";
-        d.embed = d.load(e + "word_embeddings.weight");
-        d.posEmbed = d.load(e + "position_embeddings.weight");
-        d.typeEmbed = d.load(e + "token_type_embeddings.weight");
-        d.embNorm = d.load(e + "LayerNorm.weight");
-        d.embNormB = d.load(e + "LayerNorm.bias");
+        d.posEmbed = d.load(Role::PosEmbed);
+        d.typeEmbed = d.load(Role::TypeEmbed);
+        d.embNorm = d.load(Role::EmbNorm);
+        d.embNormB = d.load(Role::EmbNormBias);
     } else {
-        d.embed = d.load("model.embed_tokens.weight");
-        d.finalNorm = d.load("model.norm.weight");
-        d.lmHead = spec.tieEmbeddings ? d.embed : d.load("lm_head.weight");
+        d.finalNorm = d.load(Role::FinalNorm);
+        d.lmHead = spec.tieEmbeddings ? d.embed : d.load(Role::LmHead);
     }
     if (!d.streamed)
         for (int l = 0; l < spec.numLayers; ++l) d.loadLayer(l);
     return m;
+}
+
+void Model::Impl::loadExperts(LayerWeights& w, int l) const {
+    const ModelSpec& s = spec;
+    w.experts.clear();
+    if (s.layout == ExpertLayout::Blocks) {
+        // EMoE: expert e is the neuron block [e S, (e + 1) S) of the dense FFN (rows of gate, up
+        // and b1 are views; down's columns are copied once)
+        const int64_t S = s.expertFfn;
+        Tensor g = load(Role::FfnGate, l), dn = load(Role::FfnDown, l);
+        Tensor u = loadOpt(Role::FfnUp, l), b1 = loadOpt(Role::FfnGateBias, l);
+        for (int64_t e = 0; e < s.numExperts; ++e) {
+            Ffn f = swigluFfn(Tensor(), g.narrow(0, e * S, S), u.defined() ? u.narrow(0, e * S, S) : Tensor(),
+                              dn.narrow(1, e * S, S).contiguous());
+            if (b1.defined()) f.inBias = b1.narrow(0, e * S, S);
+            f.act = actCode();
+            w.experts.push_back(f);
+        }
+        w.moeOutBias = loadOpt(Role::FfnDownBias, l);
+        if (s.router.scoring == RouterRule::Scoring::MeanPreactivation) {
+            w.blockGate = g;
+            w.blockGateBias = b1;
+        } else {
+            w.router = g.view({s.numExperts, S, s.hidden}).to(torch::kFloat).mean(1).to(dtype);  // mean key rows
+        }
+        return;
+    }
+    w.router = load(Role::Router, l);
+    w.routerBias = loadOpt(Role::RouterBias, l);
+    w.routerExtras.selectionBias = loadOpt(Role::RouterSelectionBias, l);
+    w.routerExtras.expertScale = loadOpt(Role::RouterExpertScale, l);
+    if (s.layout == ExpertLayout::PerExpert) {
+        for (int e = 0; e < s.numExperts; ++e)
+            w.experts.push_back(fused(s.tensorName(Role::ExpertGate, l, e), s.tensorName(Role::ExpertUp, l, e),
+                                      s.tensorName(Role::ExpertDown, l, e)));
+    } else {
+        // stacked [E, 2F, d] (gate rows, then up rows) and [E, d, F]: views of the slices, no copy
+        Tensor gu = load(Role::ExpertGate, l);
+        Tensor dn = load(Role::ExpertDown, l);
+        for (int e = 0; e < s.numExperts; ++e) w.experts.push_back(swigluFfn(gu[e], Tensor(), Tensor(), dn[e]));
+    }
+    w.moeOutBias = loadOpt(Role::MoeBias, l);
+    if (s.hasSharedExpert()) {
+        w.shared = fused(s.tensorName(Role::SharedGate, l), s.tensorName(Role::SharedUp, l), s.tensorName(Role::SharedDown, l));
+        w.sharedGate = loadOpt(Role::SharedExpertGate, l);
+    }
+}
+
+void Model::Impl::loadLayer(int l) {
+    LayerWeights& w = layers[l];
+    if (w.loaded) return;
+    loadAttention(w, l);
+    if (spec.layers[l].moe) loadExperts(w, l);
+    else w.mlp = denseFfn(l);
+    w.loaded = true;
+}
+
+void TraceCollector::add(const MoeOut& m, bool allExperts) {
+    lg.push_back(m.logits.to(torch::kFloat));
+    ids.push_back(m.ids.to(torch::kInt));
+    wts.push_back(m.weights.to(torch::kFloat));
+    if (allExperts) {
+        norms.push_back(m.norms);
+        if (m.sharedNorms.defined()) snorms.push_back(m.sharedNorms);
+    }
+}
+
+LayerTrace TraceCollector::take(int l, int64_t E, int64_t K) {
+    LayerTrace lt;
+    lt.layer = l;
+    lt.numExperts = E;
+    lt.topK = K;
+    lt.routerLogits = hostVector<float>(lg);
+    lt.topkExperts = hostVector<int32_t>(ids);
+    lt.topkWeights = hostVector<float>(wts);
+    lt.expertOutputNorms = hostVector<float>(norms);
+    lt.sharedOutputNorms = hostVector<float>(snorms);
+    return lt;
+}
+
+void Model::Impl::forward(State& st, int last, bool allExperts, const Hooks& hooks,
+                          const std::function<void(double, const std::string&)>& progress,
+                          const std::atomic<bool>* cancel, const std::string& what) {
+    const int end = last < 0 ? static_cast<int>(spec.numLayers) - 1 : last;
+    for (int l = 0; l <= end; ++l) {
+        if (cancel && cancel->load()) throw Error("cancelled", "", what);
+        if (progress) progress(static_cast<double>(l) / (end + 1), "layer " + std::to_string(l));
+        if (hooks.beginLayer) hooks.beginLayer(l);
+        loadLayer(l);
+        step(l, st, allExperts, hooks.ffn, hooks.attention);
+        if (streamed) releaseLayer(l);
+        if (hooks.endLayer) hooks.endLayer(l);
+    }
 }
 
 Model::Impl::State Model::Impl::start(const std::vector<std::vector<int64_t>>& prompts) const {
@@ -239,7 +328,7 @@ void Model::Impl::step(int l, State& st, bool allExperts, const Tap& tap, const 
             continue;
         }
         Tensor x = rmsNorm(st.h[p], w.inNorm, spec.blockEps());
-        if (spec.attn.moa) {
+        if (spec.attn.isMoa()) {
             MoeOut a = moaAttention(w, x, st.cos[p], st.sin[p], allExperts);
             if (attnTap) attnTap(p, x, &a);
             st.h[p] = st.h[p] + a.y;
@@ -258,13 +347,11 @@ void Model::Impl::step(int l, State& st, bool allExperts, const Tap& tap, const 
     }
 }
 
-RunTrace Model::trace(const std::vector<std::vector<int64_t>>& prompts, const TraceOptions& opt) {
-    Impl& d = *d_;
-    const ModelSpec& s = d.spec;
-    torch::InferenceMode guard;
+RunTrace Model::Impl::newRun(const std::vector<std::vector<int64_t>>& prompts) const {
+    const ModelSpec& s = spec;
     RunTrace rt;
-    rt.device = d.deviceName;
-    rt.dtype = d.dtypeName;
+    rt.device = deviceName;
+    rt.dtype = dtypeName;
     rt.vocab = s.vocab;
     rt.promptOffsets.push_back(0);
     for (size_t p = 0; p < prompts.size(); ++p) {
@@ -280,34 +367,32 @@ RunTrace Model::trace(const std::vector<std::vector<int64_t>>& prompts, const Tr
         rt.promptOffsets.push_back(static_cast<int64_t>(rt.tokens.size()));
     }
     if (prompts.empty()) throw Error("no prompts to run", "", "tokens");
-    if (opt.saveLogits && s.encoder)
-        throw Error("a " + s.family + " encoder has no language-model head: save its hidden states instead", "", "logits");
     if (s.encoder)
         for (size_t p = 0; p < prompts.size(); ++p)
             if (static_cast<int64_t>(prompts[p].size()) > s.maxPositions)
                 throw Error("prompt " + std::to_string(p) + " has " + std::to_string(prompts[p].size()) +
                                 " tokens, more than the model's " + std::to_string(s.maxPositions) + " positions",
                             "", "max_position_embeddings");
+    return rt;
+}
+
+RunTrace Model::trace(const std::vector<std::vector<int64_t>>& prompts, const TraceOptions& opt) {
+    Impl& d = *d_;
+    const ModelSpec& s = d.spec;
+    torch::InferenceMode guard;
+    RunTrace rt = d.newRun(prompts);
+    if (opt.saveLogits && s.encoder)
+        throw Error("a " + s.family + " encoder has no language-model head: save its hidden states instead", "", "logits");
 
     Impl::State st = d.start(prompts);
-    for (int l = 0; l < s.numLayers; ++l) {
-        if (opt.cancel && opt.cancel->load()) throw Error("cancelled", "", "trace");
-        if (opt.progress) opt.progress(static_cast<double>(l) / s.numLayers, "layer " + std::to_string(l));
-        d.loadLayer(l);
-        Collect ffn, attn;
-        d.step(
-            l, st, opt.allExperts,
-            [&](size_t, const Tensor&, const MoeOut* m) {
-                if (m && opt.record) ffn.add(*m, opt.allExperts);
-            },
-            [&](size_t, const Tensor&, const MoeOut* m) {
-                if (m && opt.record) attn.add(*m, opt.allExperts);
-            });
-        if (d.streamed) d.releaseLayer(l);
-        if (!opt.record) continue;
-        if (s.attn.moa) rt.attentionLayers.push_back(attn.trace(l, s.attn.moaExperts, s.attn.moaTopK));
-        if (s.layers[l].moe) rt.layers.push_back(ffn.trace(l, s.numExperts, s.topK));
+    TraceRecorder rec{s, rt, opt.allExperts, {}, {}};
+    Impl::Hooks hooks;
+    if (opt.record) {
+        hooks.ffn = [&](size_t, const Tensor&, const MoeOut* m) { rec.ffnBlock(m); };
+        hooks.attention = [&](size_t, const Tensor&, const MoeOut* m) { rec.attentionBlock(m); };
+        hooks.endLayer = [&](int l) { rec.endLayer(l); };
     }
+    d.forward(st, -1, opt.allExperts, hooks, opt.progress, opt.cancel, "trace");
     std::vector<Tensor>& h = st.h;
     if (opt.saveLogits) {
         std::vector<Tensor> parts;

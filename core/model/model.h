@@ -35,6 +35,16 @@ int runtimeThreads();
 bool cudaAvailable();
 int cudaDeviceCount();  // 0 without CUDA
 
+// A router rule (spec.h) applied on the CPU to logits [T, E] by the forward's own code: the
+// chosen experts [T, K] (descending selection score) and their combine weights. `selectionBias`
+// and `expertScale` are [E] each where the rule reads them, else empty.
+struct RouteResult {
+    std::vector<int32_t> ids;
+    std::vector<float> weights;
+};
+RouteResult routeLogits(const RouterRule& rule, const std::vector<float>& logits, int64_t T, int64_t E, int64_t K,
+                        const std::vector<float>& selectionBias = {}, const std::vector<float>& expertScale = {});
+
 class Model {
 public:
     static std::unique_ptr<Model> load(std::shared_ptr<Checkpoint> ckpt, const ModelSpec& spec, const LoadOptions& opt);

@@ -4,6 +4,7 @@
 #include <torch/torch.h>
 
 #include <cstring>
+#include <limits>
 #include <functional>
 
 #include "checkpoint/checkpoint.h"
@@ -88,13 +89,20 @@ inline Tensor ffnHidden(const Tensor& x, const Ffn& f) {
 
 inline Tensor ffn(const Tensor& x, const Ffn& f) { return torch::linear(ffnHidden(x, f), f.down, f.outBias); }
 
+// The per-layer tensors a router rule may read besides the logits.
+struct RouterExtras {
+    Tensor selectionBias;  // [E], added to the scores to choose only
+    Tensor expertScale;    // [E], multiplies the chosen experts' weights
+};
+
 struct LayerWeights {
     bool loaded = false;
     Tensor inNorm, postNorm;      // BERT: the attention output's and the layer output's LayerNorm
     Tensor inNormB, postNormB;    // LayerNorm biases (BERT)
     Tensor q, k, v, o, qb, kb, vb, ob, qn, kn;
     Ffn mlp;                   // dense layers
-    Tensor router;             // MoE layers
+    Tensor router, routerBias;  // MoE layers
+    RouterExtras routerExtras;  // the selection bias and per-expert scales the rule reads
     Tensor blockGate, blockGateBias;  // EMoE avg-k: the whole W_gate (+ b1), whose pre-activations score the experts
     Tensor moeOutBias;         // W2's bias on EMoE BERT, mlp.bias on JetMoE: added once after the experts
     Tensor attnRouter, attnQ, attnO, attnBias, kvProj;  // MoA (JetMoE): [E, d], [E, H, d], [E, d, H], [d], [2H, d]
@@ -114,9 +122,12 @@ struct MoeOut {
     Tensor y, logits, ids, weights, norms, sharedNorms;
 };
 
-// Router logits -> (combine weights, chosen experts) by the family's rule; weights in float32
-// unless the rule casts them to the activations' dtype.
-inline std::pair<Tensor, Tensor> route(const RouterRule& r, const Tensor& logits, int64_t K, torch::ScalarType hidden) {
+// Router logits -> (combine weights, chosen experts) by the family's rule (spec.h's RouterRule):
+// scores, selection (bias, groups, top-k), weights from the unbiased scores, in float32 unless
+// the rule casts them to the activations' dtype. Chosen experts in descending order of their
+// selection score.
+inline std::pair<Tensor, Tensor> route(const RouterRule& r, const Tensor& logits, int64_t K, torch::ScalarType hidden,
+                                       const RouterExtras& extra = {}) {
     Tensor lf = logits.to(torch::kFloat);
     Tensor wts, ids;
     if (r.topkBeforeSoftmax) {
@@ -126,11 +137,24 @@ inline std::pair<Tensor, Tensor> route(const RouterRule& r, const Tensor& logits
         Tensor scores = r.scoring == RouterRule::Scoring::Softmax  ? lf.softmax(-1)
                         : r.scoring == RouterRule::Scoring::Sigmoid ? lf.sigmoid()
                                                                     : lf;
-        std::tie(wts, ids) = scores.topk(K, -1);
-        if (r.renormalize) wts = wts / wts.sum(-1, true);
+        Tensor choice = r.selectionBias ? scores + extra.selectionBias.to(torch::kFloat) : scores;
+        if (r.groups > 1) {
+            const int64_t T = choice.size(0), E = choice.size(1), G = r.groups;
+            Tensor grouped = choice.view({T, G, E / G});
+            Tensor groupScore = r.groupScore == RouterRule::GroupScore::Max ? std::get<0>(grouped.max(-1))
+                                                                             : std::get<0>(grouped.topk(2, -1)).sum(-1);
+            Tensor keep = torch::zeros_like(groupScore, torch::kBool)
+                              .scatter_(1, std::get<1>(groupScore.topk(r.topkGroups, -1)), true);
+            choice = choice.masked_fill(keep.logical_not().unsqueeze(-1).expand({T, G, E / G}).reshape({T, E}),
+                                        -std::numeric_limits<float>::infinity());
+        }
+        ids = std::get<1>(choice.topk(K, -1));
+        wts = scores.gather(1, ids);
+        if (r.renormalize) wts = wts / (wts.sum(-1, true) + r.renormEpsilon);
     }
     if (r.unitWeights) wts = torch::ones_like(wts);
     if (r.scale != 1.0) wts = wts * r.scale;
+    if (extra.expertScale.defined()) wts = wts * extra.expertScale.to(torch::kFloat).index_select(0, ids.reshape(-1)).view_as(wts);
     if (r.weightsInHiddenDtype) wts = wts.to(hidden);
     return {wts, ids};
 }
@@ -155,7 +179,9 @@ struct Model::Impl {
         if (device.is_cpu() && t.scalar_type() == dtype) return t;
         return t.to(device, dtype);
     }
-    Tensor loadOpt(bool present, const std::string& name) const { return present ? load(name) : Tensor(); }
+    // A role's tensor of layer l (expert e) as the family's table names it.
+    Tensor load(Role r, int l = -1, int e = -1) const { return load(spec.tensorName(r, l, e)); }
+    Tensor loadOpt(Role r, int l = -1) const { return spec.has(r) ? load(r, l) : Tensor(); }
     // gate and up concatenated when the load copies anyway (another dtype or device)
     Ffn fused(const std::string& gate, const std::string& up, const std::string& down) const {
         Tensor g = load(gate), u = load(up);
@@ -167,235 +193,47 @@ struct Model::Impl {
     int actCode() const { return spec.activation == "gelu" ? 1 : spec.activation == "gelu_tanh" ? 2 : 0; }
     // Layer l's dense FFN (with W2's bias for GELU FFNs).
     Ffn denseFfn(int l) const {
-        const FfnNames n = spec.ffnNames(l);
-        if (spec.gatedFfn()) return fused(n.in, n.up, n.out);
+        if (spec.gatedFfn())
+            return fused(spec.tensorName(Role::FfnGate, l), spec.tensorName(Role::FfnUp, l), spec.tensorName(Role::FfnDown, l));
         Ffn f;
-        f.gate = load(n.in);
-        f.inBias = load(n.inBias);
-        f.down = load(n.out);
-        f.outBias = load(n.outBias);
+        f.gate = load(Role::FfnGate, l);
+        f.inBias = loadOpt(Role::FfnGateBias, l);
+        f.down = load(Role::FfnDown, l);
+        f.outBias = loadOpt(Role::FfnDownBias, l);
         f.act = actCode();
         return f;
     }
 
-    void loadAttention(LayerWeights& w, int l) {
-        const ModelSpec& s = spec;
-        const std::string p = s.layerPrefix(l);
-        if (s.attn.moa) {
-            const std::string a = p + "self_attention.";
-            w.inNorm = load(p + "input_layernorm.weight");
-            w.postNorm = load(p + "post_attention_layernorm.weight");
-            w.attnRouter = load(a + "experts.router.layer.weight");
-            w.attnQ = load(a + "experts.input_linear.weight");
-            w.attnO = load(a + "experts.output_linear.weight");
-            w.attnBias = loadOpt(s.attn.moaBias, a + "experts.bias");
-            w.kvProj = load(a + "kv_proj.weight");
-            return;
-        }
-        if (s.encoder) {
-            const std::string a = p + "attention.";
-            w.q = load(a + "self.query.weight");
-            w.k = load(a + "self.key.weight");
-            w.v = load(a + "self.value.weight");
-            w.o = load(a + "output.dense.weight");
-            w.qb = load(a + "self.query.bias");
-            w.kb = load(a + "self.key.bias");
-            w.vb = load(a + "self.value.bias");
-            w.ob = load(a + "output.dense.bias");
-            w.inNorm = load(a + "output.LayerNorm.weight");
-            w.inNormB = load(a + "output.LayerNorm.bias");
-            w.postNorm = load(p + "output.LayerNorm.weight");
-            w.postNormB = load(p + "output.LayerNorm.bias");
-            return;
-        }
-        w.inNorm = load(p + "input_layernorm.weight");
-        w.postNorm = load(p + "post_attention_layernorm.weight");
-        w.q = load(p + "self_attn.q_proj.weight");
-        w.k = load(p + "self_attn.k_proj.weight");
-        w.v = load(p + "self_attn.v_proj.weight");
-        w.o = load(p + "self_attn.o_proj.weight");
-        w.qb = loadOpt(s.attn.qkvBias, p + "self_attn.q_proj.bias");
-        w.kb = loadOpt(s.attn.qkvBias, p + "self_attn.k_proj.bias");
-        w.vb = loadOpt(s.attn.qkvBias, p + "self_attn.v_proj.bias");
-        w.ob = loadOpt(s.attn.oBias, p + "self_attn.o_proj.bias");
-        bool qk = s.attn.qkNorm != AttentionSpec::QKNorm::None;
-        w.qn = loadOpt(qk, p + "self_attn.q_norm.weight");
-        w.kn = loadOpt(qk, p + "self_attn.k_norm.weight");
+    // The attention variants (model/attention/, one file each): their tensors and forward.
+    void loadStandardAttention(LayerWeights& w, int l) const;
+    void loadMoaAttention(LayerWeights& w, int l) const;
+    void loadAttention(LayerWeights& w, int l) const {
+        w.inNorm = load(Role::AttnNorm, l);
+        w.postNorm = load(Role::FfnNorm, l);
+        w.inNormB = loadOpt(Role::AttnNormBias, l);
+        w.postNormB = loadOpt(Role::FfnNormBias, l);
+        if (spec.attn.isMoa()) loadMoaAttention(w, l);
+        else loadStandardAttention(w, l);
     }
-
-    void loadLayer(int l) {
-        LayerWeights& w = layers[l];
-        if (w.loaded) return;
-        const ModelSpec& s = spec;
-        loadAttention(w, l);
-        if (!s.layers[l].moe) {
-            w.mlp = denseFfn(l);
-        } else if (s.layout == ExpertLayout::Blocks) {
-            // EMoE: expert e is the neuron block [e S, (e + 1) S) of the dense FFN (rows of gate,
-            // up and b1 are views; down's columns are copied once)
-            const int64_t S = s.expertFfn;
-            const FfnNames n = s.ffnNames(l);
-            Tensor g = load(n.in), dn = load(n.out);
-            Tensor u = s.gatedFfn() ? load(n.up) : Tensor(), b1 = s.gatedFfn() ? Tensor() : load(n.inBias);
-            w.experts.clear();
-            for (int64_t e = 0; e < s.numExperts; ++e) {
-                Ffn f = swigluFfn(Tensor(), g.narrow(0, e * S, S), u.defined() ? u.narrow(0, e * S, S) : Tensor(),
-                                  dn.narrow(1, e * S, S).contiguous());
-                if (b1.defined()) f.inBias = b1.narrow(0, e * S, S);
-                f.act = actCode();
-                w.experts.push_back(f);
-            }
-            if (!s.gatedFfn()) w.moeOutBias = load(n.outBias);
-            if (s.router.scoring == RouterRule::Scoring::MeanPreactivation) {
-                w.blockGate = g;
-                w.blockGateBias = b1;
-            } else {
-                w.router = g.view({s.numExperts, S, s.hidden}).to(torch::kFloat).mean(1).to(dtype);  // mean key rows
-            }
-        } else {
-            w.router = load(s.routerName(l));
-            w.experts.clear();
-            if (s.layout == ExpertLayout::PerExpert) {
-                for (int e = 0; e < s.numExperts; ++e)
-                    w.experts.push_back(fused(s.expertName(l, e, s.expertGate), s.expertName(l, e, s.expertUp),
-                                              s.expertName(l, e, s.expertDown)));
-            } else {
-                Tensor gu = load(s.packedGateUpName(l));  // already [E, 2F, d]: views, no copy
-                Tensor dn = load(s.packedDownName(l));
-                for (int e = 0; e < s.numExperts; ++e) w.experts.push_back(swigluFfn(gu[e], Tensor(), Tensor(), dn[e]));
-            }
-            if (s.moeBias) w.moeOutBias = load(s.layerPrefix(l) + s.moePrefix + ".bias");
-            if (s.hasSharedExpert()) {
-                w.shared = fused(s.sharedName(l, "gate_proj"), s.sharedName(l, "up_proj"), s.sharedName(l, "down_proj"));
-                if (s.router.shared == RouterRule::Shared::SigmoidGated) w.sharedGate = load(s.sharedGateName(l));
-            }
-        }
-        w.loaded = true;
-    }
-
+    void loadExperts(LayerWeights& w, int l) const;
+    void loadLayer(int l);
     void releaseLayer(int l) { layers[l] = LayerWeights{}; }
 
-    Tensor attention(const LayerWeights& w, const Tensor& x, const Tensor& cos, const Tensor& sin, int64_t window) const {
-        const auto& a = spec.attn;
-        const int64_t T = x.size(0);
-        Tensor q = torch::linear(x, w.q, w.qb);
-        Tensor k = torch::linear(x, w.k, w.kb);
-        Tensor v = torch::linear(x, w.v, w.vb);
-        if (a.qkNorm == AttentionSpec::QKNorm::Full) {
-            q = rmsNorm(q, w.qn, spec.rmsEps);
-            k = rmsNorm(k, w.kn, spec.rmsEps);
-        }
-        if (a.clipQkv > 0) {
-            q = q.clamp(-a.clipQkv, a.clipQkv);
-            k = k.clamp(-a.clipQkv, a.clipQkv);
-            v = v.clamp(-a.clipQkv, a.clipQkv);
-        }
-        q = q.view({T, a.heads, a.headDim});
-        k = k.view({T, a.kvHeads, a.headDim});
-        v = v.view({T, a.kvHeads, a.headDim});
-        if (a.qkNorm == AttentionSpec::QKNorm::PerHead) {
-            q = rmsNorm(q, w.qn, spec.rmsEps);
-            k = rmsNorm(k, w.kn, spec.rmsEps);
-        }
-        q = q.transpose(0, 1);  // [H, T, hd]
-        k = k.transpose(0, 1);
-        v = v.transpose(0, 1);
-        if (a.rope) {
-            q = q * cos + rotateHalf(q) * sin;
-            k = k * cos + rotateHalf(k) * sin;
-        }
-        std::optional<Tensor> mask;
-        bool causal = a.causal;
-        if (window > 0 && T > window) {
-            auto i = torch::arange(T, torch::TensorOptions().device(device)).unsqueeze(1);
-            auto j = torch::arange(T, torch::TensorOptions().device(device)).unsqueeze(0);
-            mask = (j <= i).logical_and(j > i - window);
-            causal = false;
-        }
-        double scale = 1.0 / std::sqrt(static_cast<double>(a.headDim));
-        // GQA by repeating k and v: the CPU flash kernel has no enable_gqa path (it falls back to
-        // the slower math kernel), so the copy is cheaper
-        const int64_t rep = a.heads / a.kvHeads;
-        if (rep > 1) {
-            k = k.repeat_interleave(rep, 0);
-            v = v.repeat_interleave(rep, 0);
-        }
-        Tensor o = at::scaled_dot_product_attention(q.unsqueeze(0), k.unsqueeze(0), v.unsqueeze(0), mask, 0.0, causal,
-                                                    scale);
-        o = o.squeeze(0).transpose(0, 1).reshape({T, a.heads * a.headDim});
-        return torch::linear(o, w.o, w.ob);
-    }
+    // Standard and encoder attention (attention/standard.cpp).
+    Tensor attention(const LayerWeights& w, const Tensor& x, const Tensor& cos, const Tensor& sin, int64_t window) const;
 
-    // Mixture of attention heads (JetMoE): the router picks k query/output experts per token; the
-    // k slots' queries form k x kvHeads heads (head s * kvHeads + j reads the shared K/V head j);
-    // y = sum over slots of weight x W_o[e] o_slot, plus the bias. With allExperts, the output
-    // norm of every expert as if it alone were chosen (its kvHeads heads on the shared K/V).
-    MoeOut moaAttention(const LayerWeights& w, const Tensor& x, const Tensor& cos, const Tensor& sin, bool allExperts) const {
-        const auto& a = spec.attn;
-        const int64_t T = x.size(0), E = a.moaExperts, K = a.moaTopK, kv = a.kvHeads, hd = a.headDim, H = kv * hd;
-        MoeOut out;
-        out.logits = torch::linear(x, w.attnRouter);
-        std::tie(out.weights, out.ids) = route(spec.attnRouter, out.logits, K, x.scalar_type());
-        Tensor flat = out.ids.reshape(-1);  // row t * K + s: slot s of token t
-        Tensor order = std::get<1>(flat.sort(/*stable=*/true, 0, false));
-        Tensor counts = torch::bincount(flat, {}, E).to(torch::kCPU);
-        const int64_t* cnt = counts.data_ptr<int64_t>();
-        std::vector<Tensor> sels(static_cast<size_t>(E));
-        Tensor q = torch::zeros({T * K, H}, x.options());
-        for (int64_t e = 0, offset = 0; e < E; ++e) {
-            if (cnt[e] == 0) continue;
-            sels[e] = order.narrow(0, offset, cnt[e]);
-            offset += cnt[e];
-            q.index_copy_(0, sels[e], torch::linear(x.index_select(0, sels[e].div(K, "floor")), w.attnQ[e]));
-        }
-        auto [k, v] = moaKeysValues(w, x, cos, sin);
-        Tensor qh = q.view({T, K * kv, hd}).transpose(0, 1);
-        qh = qh * cos + rotateHalf(qh) * sin;
-        Tensor o = moaAttend(qh, k.repeat({K, 1, 1}), v.repeat({K, 1, 1})).reshape({T * K, H});  // tiled, not interleaved
-        Tensor flatW = out.weights.reshape(-1);
-        Tensor y = torch::zeros_like(x);
-        for (int64_t e = 0; e < E; ++e) {
-            if (!sels[e].defined()) continue;
-            Tensor ye = torch::linear(o.index_select(0, sels[e]), w.attnO[e]);
-            ye = (ye * flatW.index_select(0, sels[e]).unsqueeze(-1)).to(x.scalar_type());
-            y.index_add_(0, sels[e].div(K, "floor"), ye);
-        }
-        if (w.attnBias.defined()) y = y + w.attnBias;
-        if (allExperts) out.norms = moaExpertOutputs(w, x, cos, sin).to(torch::kFloat).norm(2, -1);
-        out.y = y;
-        return out;
-    }
-
+    // Mixture of attention heads (attention/moa.cpp), JetMoE: the router picks k query/output
+    // experts per token; the k slots' queries form k x kvHeads heads (head s * kvHeads + j reads
+    // the shared K/V head j); y = sum over slots of weight x W_o[e] o_slot, plus the bias. With
+    // allExperts, the output norm of every expert as if it alone were chosen.
+    MoeOut moaAttention(const LayerWeights& w, const Tensor& x, const Tensor& cos, const Tensor& sin, bool allExperts) const;
     // Every MoA expert's output [T, E, d] as if it alone were chosen: its kvHeads query heads
     // on the shared keys and values, then its output projection (no gate, no bias).
-    Tensor moaExpertOutputs(const LayerWeights& w, const Tensor& x, const Tensor& cos, const Tensor& sin) const {
-        const auto& a = spec.attn;
-        const int64_t T = x.size(0), kv = a.kvHeads, hd = a.headDim;
-        auto [k, v] = moaKeysValues(w, x, cos, sin);
-        std::vector<Tensor> outs;
-        for (int64_t e = 0; e < a.moaExperts; ++e) {
-            Tensor q = torch::linear(x, w.attnQ[e]).view({T, kv, hd}).transpose(0, 1);
-            q = q * cos + rotateHalf(q) * sin;
-            outs.push_back(torch::linear(moaAttend(q, k, v), w.attnO[e]));
-        }
-        return torch::stack(outs, 1);
-    }
-
+    Tensor moaExpertOutputs(const LayerWeights& w, const Tensor& x, const Tensor& cos, const Tensor& sin) const;
     // The shared keys (rotated) and values of a MoA layer: [kvHeads, T, headDim] each.
-    std::pair<Tensor, Tensor> moaKeysValues(const LayerWeights& w, const Tensor& x, const Tensor& cos, const Tensor& sin) const {
-        const int64_t T = x.size(0), kv = spec.attn.kvHeads, hd = spec.attn.headDim, H = kv * hd;
-        Tensor kvp = torch::linear(x, w.kvProj);
-        Tensor k = kvp.narrow(-1, 0, H).reshape({T, kv, hd}).transpose(0, 1);
-        Tensor v = kvp.narrow(-1, H, H).reshape({T, kv, hd}).transpose(0, 1);
-        return {k * cos + rotateHalf(k) * sin, v};
-    }
-
+    std::pair<Tensor, Tensor> moaKeysValues(const LayerWeights& w, const Tensor& x, const Tensor& cos, const Tensor& sin) const;
     // Causal attention of query heads on key/value heads ([n, T, hd] each) -> [T, n * hd].
-    Tensor moaAttend(const Tensor& q, const Tensor& k, const Tensor& v) const {
-        const double scale = 1.0 / std::sqrt(static_cast<double>(spec.attn.headDim));
-        Tensor o = at::scaled_dot_product_attention(q.unsqueeze(0), k.unsqueeze(0), v.unsqueeze(0), {}, 0.0, true, scale);
-        return o.squeeze(0).transpose(0, 1).reshape({q.size(1), -1});
-    }
+    Tensor moaAttend(const Tensor& q, const Tensor& k, const Tensor& v) const;
 
     MoeOut moe(const LayerWeights& w, const Tensor& x, bool allExperts) const {
         const RouterRule& r = spec.router;
@@ -403,9 +241,12 @@ struct Model::Impl {
         MoeOut out;
         if (r.scoring == RouterRule::Scoring::MeanPreactivation)  // EMoE avg-k, in the compute dtype as the paper's code
             out.logits = torch::linear(x, w.blockGate, w.blockGateBias).view({x.size(0), E, spec.expertFfn}).mean(-1);
+        else if (r.logitsInFloat32)
+            out.logits = torch::linear(x.to(torch::kFloat), w.router.to(torch::kFloat),
+                                       w.routerBias.defined() ? w.routerBias.to(torch::kFloat) : Tensor());
         else
-            out.logits = torch::linear(x, w.router);
-        auto [wts, ids] = route(r, out.logits, K, x.scalar_type());
+            out.logits = torch::linear(x, w.router, w.routerBias);
+        auto [wts, ids] = route(r, out.logits, K, x.scalar_type(), w.routerExtras);
         out.ids = ids;
         out.weights = wts;
 
@@ -457,6 +298,48 @@ struct Model::Impl {
     // `attnTap(p, x, moa)` sees a MoA layer's attention input and routing (JetMoE).
     using Tap = std::function<void(size_t p, const Tensor& x, const MoeOut* moe)>;
     void step(int l, State& st, bool allExperts, const Tap& tap, const Tap& attnTap = {});
+
+    // The layer-major forward with named taps: layers 0 .. last (-1: all) over every prompt,
+    // each layer loaded before and, when streamed, released after. `beginLayer(l)` runs before
+    // layer l (a reference model steps in lockstep there), `ffn` and `attention` are step()'s
+    // taps, `endLayer(l)` runs after it. Progress and cancellation between layers.
+    struct Hooks {
+        std::function<void(int l)> beginLayer, endLayer;
+        Tap ffn, attention;
+    };
+    void forward(State& st, int last, bool allExperts, const Hooks& hooks,
+                 const std::function<void(double, const std::string&)>& progress, const std::atomic<bool>* cancel,
+                 const std::string& what);
+    // A new run of these prompts: tokens and offsets, after checking every id against the
+    // vocabulary and the prompt lengths against an encoder's positions.
+    RunTrace newRun(const std::vector<std::vector<int64_t>>& prompts) const;
+};
+
+// One router's records over every prompt of a layer, gathered on the device and moved to the
+// host as a LayerTrace (what a run stores).
+struct TraceCollector {
+    std::vector<Tensor> lg, ids, wts, norms, snorms;
+    void add(const MoeOut& m, bool allExperts);
+    LayerTrace take(int l, int64_t E, int64_t K);
+};
+
+// What a run records, from the forward's taps: the FFN routers' and (MoA) the attention
+// routers' records of every layer, appended to the run layer by layer.
+struct TraceRecorder {
+    const ModelSpec& spec;
+    RunTrace& run;
+    bool allExperts = false;
+    TraceCollector ffn, attn;
+    void ffnBlock(const MoeOut* m) {
+        if (m) ffn.add(*m, allExperts);
+    }
+    void attentionBlock(const MoeOut* m) {
+        if (m) attn.add(*m, allExperts);
+    }
+    void endLayer(int l) {
+        if (spec.attn.isMoa()) run.attentionLayers.push_back(attn.take(l, spec.attn.moaExperts, spec.attn.moaTopK));
+        if (spec.layers[l].moe) run.layers.push_back(ffn.take(l, spec.numExperts, spec.topK));
+    }
 };
 
 

@@ -1,25 +1,41 @@
 #pragma once
-// config.json -> ModelSpec: the architecture as data. One adapter per family fills it in (sizes,
-// router rule, attention options, and the tensor names of every logical role for the on-disk
-// layout found); the forward pass in model.cpp reads only this struct.
+// config.json -> ModelSpec: the architecture as data. One family file (model/families/) fills it
+// in: sizes, router rule, attention variant and options, and the table of tensor roles for the
+// on-disk layout found. The forward pass and every reader of weights read only this struct.
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <nlohmann/json_fwd.hpp>
 #include <vector>
+
+#include "model/tensors.h"
 
 namespace es {
 
 class Checkpoint;
 
-// How a MoE block turns router logits into expert choices and combine weights.
+// How a MoE block turns router logits into expert choices and combine weights, as data:
+//   scores    = softmax | sigmoid (logits)          (or EMoE's mean gate pre-activation)
+//   choice    = scores + selection bias (choosing only), limited to the best `topkGroups` of
+//               `groups` expert groups (group score: max, or sum of its two best), top-k
+//   weights   = the unbiased scores of the chosen experts, renormalised or not, x scale
+// with top-k on the logits then softmax over the k as the other order (JetMoE, gpt-oss).
 struct RouterRule {
     // MeanPreactivation: EMoE's avg-k gating; an expert's score is the mean of its neurons' gate
     // pre-activations (W_gate x), there is no router matrix, and scores are not normalised.
     enum class Scoring { Softmax, Sigmoid, MeanPreactivation };
+    enum class GroupScore { Max, SumTop2 };
     enum class Shared { None, Ungated, SigmoidGated };
     Scoring scoring = Scoring::Softmax;
     bool topkBeforeSoftmax = false;  // top-k on logits, softmax over the k (JetMoE, GPT-OSS)
+    bool logitsInFloat32 = false;    // the router's product in float32 (input and weights widened)
+    bool bias = false;               // the router linear has a bias (Role::RouterBias)
+    bool selectionBias = false;      // Role::RouterSelectionBias added to the scores to choose only
+    bool expertScale = false;        // Role::RouterExpertScale multiplies each chosen expert's weight
+    int64_t groups = 1, topkGroups = 1;  // group-limited selection: keep the best topkGroups groups
+    GroupScore groupScore = GroupScore::Max;
     bool renormalize = true;         // top-k weights divided by their sum
+    double renormEpsilon = 0.0;      // added to that sum (DeepSeek-V3: 1e-20)
     bool weightsInHiddenDtype = false;  // weights cast to the activation dtype before combining
     double scale = 1.0;              // routed_scaling_factor
     bool unitWeights = false;        // every chosen expert's output counts once (EMoE's block mask)
@@ -28,8 +44,17 @@ struct RouterRule {
     std::string describe() const;
 };
 
+// The attention of every layer: one variant of a closed set (model/attention/, one file each),
+// with its options.
 struct AttentionSpec {
+    // Standard: multi-head attention with GQA, RoPE, optional biases, QK-norms and a clamp.
+    // Encoder: bidirectional, with biases and learned absolute positions (BERT).
+    // MoA, mixture of attention heads (JetMoE): per token the router picks k of E experts, each a
+    // query projection (kvHeads heads of headDim) and an output projection; the key/value heads
+    // (one kv_proj) are shared and tiled across the k slots; heads = kvHeads * k.
+    enum class Kind { Standard, Encoder, MoA };
     enum class QKNorm { None, PerHead, Full };
+    Kind kind = Kind::Standard;
     int64_t heads = 0, kvHeads = 0, headDim = 0;
     bool qkvBias = false, oBias = false;
     QKNorm qkNorm = QKNorm::None;
@@ -37,12 +62,10 @@ struct AttentionSpec {
     double ropeTheta = 10000.0;
     bool rope = true;    // false: learned absolute positions (BERT)
     bool causal = true;  // false: bidirectional (encoders)
-    // Mixture of attention heads (JetMoE's MoA): per token the router picks k of E experts, each
-    // a query projection (kvHeads heads of headDim) and an output projection; the key/value
-    // heads (one kv_proj) are shared and tiled across the k slots; heads = kvHeads * k.
-    bool moa = false;
     int64_t moaExperts = 0, moaTopK = 0;
     bool moaBias = true;  // the output bias added after merging the experts
+    bool isMoa() const { return kind == Kind::MoA; }
+    const char* kindName() const;
 };
 
 struct LayerSpec {
@@ -51,26 +74,18 @@ struct LayerSpec {
     int64_t slidingWindow = 0;  // 0: full causal attention
 };
 
-// Blocks: EMoE; the MoE layer keeps the dense FFN tensors (mlp.gate_proj, up_proj, down_proj)
-// and expert e is the neuron block [e * expertFfn, (e + 1) * expertFfn) (docs/emoe.md).
+// Blocks: EMoE; the MoE layer keeps the dense FFN tensors (Role::FfnGate, FfnUp, FfnDown) and
+// expert e is the neuron block [e * expertFfn, (e + 1) * expertFfn) (docs/emoe.md).
 enum class ExpertLayout { PerExpert, Packed, Blocks };
 const char* layoutName(ExpertLayout l);
 
-// The tensors of one layer's FFN (a dense FFN, or the dense FFN whose neuron blocks are EMoE's
-// experts). SwiGLU: in = gate, up = up, out = down, no biases. GELU FFN (BERT): in = W1 with
-// its bias, no up, out = W2 with its bias.
-struct FfnNames {
-    std::string in, inBias, up, out, outBias;
-};
-
 struct ModelSpec {
     std::string modelType;   // config.json model_type
-    std::string family;      // adapter name
+    std::string family;      // the family file that opened it
     int64_t vocab = 0, hidden = 0, numLayers = 0;
     // Encoders (BERT): learned absolute positions and token types, post-LayerNorm blocks, a GELU
-    // FFN with biases, no language-model head; `prefix` is "bert." when the checkpoint has it.
+    // FFN with biases, no language-model head.
     bool encoder = false;
-    std::string prefix;
     double layerNormEps = 1e-12;
     int64_t maxPositions = 0, typeVocab = 0;
     int64_t numExperts = 0, topK = 0, expertFfn = 0, sharedFfn = 0;
@@ -90,29 +105,38 @@ struct ModelSpec {
     std::string dtype;  // storage dtype of the weights ("BF16", "F32", ... or "mixed")
     int64_t totalParams = 0, activeParams = 0;
 
-    // Tensor names (the adapter's mapping of logical roles).
-    std::string moePrefix;                        // "block_sparse_moe" or "mlp"
-    std::string expertGate, expertUp, expertDown;  // per-expert leaf names: w1/w3/w2 or gate_proj/...
-    // packed layouts: the router and the [E, 2F, d] / [E, d, F] tensors after moePrefix
-    std::string routerSuffix = ".gate.weight", gateUpSuffix = ".experts.gate_up_proj", downSuffix = ".experts.down_proj";
     bool moeBias = false;  // an output bias after the experts (JetMoE's mlp.bias)
-    std::string layerPrefix(int l) const {
-        return encoder ? prefix + "encoder.layer." + std::to_string(l) + "." : "model.layers." + std::to_string(l) + ".";
-    }
-    FfnNames ffnNames(int l) const;
-    std::string routerName(int l) const;
-    std::string expertName(int l, int e, const std::string& leaf) const;  // per-expert layout
-    std::string packedGateUpName(int l) const;
-    std::string packedDownName(int l) const;
-    std::string sharedName(int l, const std::string& leaf) const;  // shared expert MLP
-    std::string sharedGateName(int l) const;
-    std::string lmHeadName() const;
     bool hasSharedExpert() const { return router.shared != RouterRule::Shared::None; }
     std::vector<int> moeLayers() const;
+
+    // The tensor table (model/tensors.h) for the layout on disk, filled by the family.
+    std::vector<TensorRole> tensors;
+    std::vector<SkippedTensors> skipped;
+    bool has(Role r) const { return find(r) != nullptr; }
+    const TensorRole* find(Role r) const;
+    const TensorRole& role(Role r) const;  // throws when the family has no such role
+    std::string tensorName(Role r, int layer = -1, int expert = -1) const;
+    std::vector<int64_t> tensorShape(Role r, int layer) const;
+    int64_t dim(Dim d, int layer) const;
+    // Expert e's matrix of an expert role (ExpertGate/Up/Down, AttnExpertQ/O) in layer l.
+    ExpertMatrix expertMatrix(Role r, int layer, int expert) const;
+    // Every tensor the table expects, with its shape, in table order (optional ones included).
+    struct Expected {
+        std::string name;
+        std::vector<int64_t> shape;
+        Role role;
+        bool optional;
+    };
+    std::vector<Expected> expectedTensors() const;
+    // Why a tensor the table does not list is left out (empty: it is not recognised).
+    std::string skipReason(const std::string& name) const;
 
     // Reads checkpoint.config(), picks the adapter, checks every tensor: each expected one
     // exists with the expected shape, and no tensor is left unaccounted for.
     static ModelSpec fromCheckpoint(const Checkpoint& ckpt);
+    // The spec a config alone describes, with the family's default on-disk layout (no
+    // checkpoint: e.g. to name the tensors of a checkpoint about to be written).
+    static ModelSpec fromConfig(const nlohmann::json& config, const std::string& file);
     static std::vector<std::string> supportedModelTypes();
 };
 

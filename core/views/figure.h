@@ -105,12 +105,21 @@ struct ViewInfo {
     // "ffn" and "attention" where the session has the view's analysis for attention experts too
     // (JetMoE); the attention experts' matrices (query, output)
     std::vector<std::string> kinds, attentionMatrices;
+    // Properties of the view itself (what a front end offers, whatever the session holds):
+    bool colourScale = false;  // a heatmap whose colour range can be per layer or global
+    std::string tokenMeasure;  // perToken: the token control shows with this measure only ("": always)
+    std::string emptyHint;     // what fills the view when the session has no results for it
 };
 
 // The views the session's results allow, in a stable order.
 std::vector<ViewInfo> availableViews(const Session& s);
 // Every view ExpertScope knows (what availableViews chooses from).
 std::vector<std::string> allViewNames();
+// A view's own properties (name, title, description, controls, hint), without a session; an
+// unknown name is an error.
+ViewInfo viewDescription(const std::string& view);
+// How many tokens a per-token view's result of the request's run stores (0: none).
+int storedTokens(const Session& s, const ViewRequest& req);
 // Builds a view's figure. An unknown view, a missing result, layer, run or matrix is an error
 // naming what is missing and what is available.
 Figure buildFigure(const Session& s, const ViewRequest& req);

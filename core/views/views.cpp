@@ -984,7 +984,16 @@ struct ViewDef {
     std::function<Figure(const Session&, const ViewRequest&)> build;
     // what the session needs for the view, and which options it has
     std::function<bool(const Session&, ViewInfo&)> fill;
+    // the view's own controls and hint (ViewInfo's last fields)
+    bool colourScale = false;
+    std::string tokenMeasure, emptyHint;
 };
+
+const char* const kHintStatic = "They appear here when the analyses have run.";
+const char* const kHintSlowStatic =
+    "They appear here when the analyses have run. For experts wider than 2048 neurons this analysis is not run "
+    "automatically (it is slow): expertscope-cli analyze CHECKPOINT --static S3,S7 --out SESSION.h5 adds it.";
+const char* const kHintPrompts = "Run prompts from the Prompts panel to fill it.";
 
 bool fillPerLayer(const Session& s, ViewInfo& v, const std::string& id, const std::string& suffix) {
     if (!s.hasResult(id)) return false;
@@ -1019,28 +1028,29 @@ const std::vector<ViewDef>& registry() {
                              v.matrices = k.matrices == kMatrices ? matricesOf(s, k.id) : k.matrices;
                              v.measures = k.measures;
                              return fillPerLayer(s, v, k.id, k.matrices.front());
-                         }});
+                         },
+                         true, "", std::string(k.code) == "S3" ? kHintSlowStatic : kHintStatic});
         }
         d.push_back({"router-vs-weights", "Router vs weights", "S5",
                      "router-row similarity against mean-neuron weight similarity of each expert pair, with the fit",
                      routerVsWeights, [](const Session& s, ViewInfo& v) {
                          v.matrices = matricesOf(s, "router_weight_regression");
                          return fillPerLayer(s, v, "router_weight_regression", "pairs");
-                     }});
+                     }, false, "", kHintStatic});
         d.push_back({"router-weight-r2", "Router vs weights r²", "S5", "r² of the router/weight regression per layer",
-                     routerWeightR2, [](const Session& s, ViewInfo&) { return s.hasResult("router_weight_regression"); }});
+                     routerWeightR2, [](const Session& s, ViewInfo&) { return s.hasResult("router_weight_regression"); }, false, "", kHintStatic});
         d.push_back({"matrix-pca", "Matrix PCA", "S6", "experts projected on the first principal components",
                      [](const Session& s, const ViewRequest& r) { return pcaFigure(s, r, false); },
                      [](const Session& s, ViewInfo& v) {
                          v.matrices = matricesOf(s, "matrix_pca");
                          return fillPerLayer(s, v, "matrix_pca", "gate");
-                     }});
+                     }, false, "", kHintStatic});
         d.push_back({"neuron-pca", "Neuron PCA", "S7", "every neuron projected on the first principal components, by expert",
                      [](const Session& s, const ViewRequest& r) { return pcaFigure(s, r, true); },
                      [](const Session& s, ViewInfo& v) {
                          v.matrices = matricesOf(s, "neuron_pca");
                          return fillPerLayer(s, v, "neuron_pca", "gate");
-                     }});
+                     }, false, "", kHintSlowStatic});
         d.push_back({"diversity", "Diversity", "diversity",
                      "per-layer diversity of weights, neuron means and outputs; the last layer marked", diversity,
                      [](const Session& s, ViewInfo& v) {
@@ -1048,29 +1058,29 @@ const std::vector<ViewDef>& registry() {
                          for (auto& id : s.resultIds())
                              if (id.rfind("layer_diversity/", 0) == 0) return true;
                          return false;
-                     }});
+                     }, false, "", kHintStatic});
         d.push_back({"output-similarity", "Output similarity", "D1", "similarity of the experts' outputs per layer",
                      outputSimilarity, [](const Session& s, ViewInfo& v) {
                          v.measures = {"angular", "cosine", "per-token"};
                          v.perToken = true;
                          return fillRuns(s, v, "output_similarity", "angular");
-                     }});
+                     }, true, "per-token", kHintPrompts});
         d.push_back({"norms-vs-scores", "Norms vs scores", "D2",
                      "every token x expert: output norm against router score, chosen experts marked", normsVsScores,
-                     [](const Session& s, ViewInfo& v) { return fillRuns(s, v, "norm_score_ranks", "norms"); }});
+                     [](const Session& s, ViewInfo& v) { return fillRuns(s, v, "norm_score_ranks", "norms"); }, false, "", kHintPrompts});
         d.push_back({"rank-counts", "Rank counts", "D2", "router-score rank by output-norm rank counts", rankCounts,
                      [](const Session& s, ViewInfo& v) {
                          v.measures = {"layer", "all"};
                          return fillRuns(s, v, "norm_score_ranks", "rank_counts");
-                     }});
+                     }, false, "", kHintPrompts});
         d.push_back({"top1-max-norm", "Top-1 vs max norm", "D2",
                      "per layer: how often the top-1 expert has the largest output, against chance", top1MaxNorm,
-                     [](const Session& s, ViewInfo& v) { return fillRuns(s, v, "norm_score_ranks", ""); }});
+                     [](const Session& s, ViewInfo& v) { return fillRuns(s, v, "norm_score_ranks", ""); }, false, "", kHintPrompts});
         d.push_back({"routing-map", "Routing map", "D4", "E x T combine weights of one prompt", routingMap,
                      [](const Session& s, ViewInfo& v) {
                          v.perPrompt = true;
                          return fillRuns(s, v, "routing_map", "weights");
-                     }});
+                     }, false, "", kHintPrompts});
         d.push_back({"routing-text", "Routing text", "trace", "the prompt's tokens coloured by their top-1 expert",
                      routingText, [](const Session& s, ViewInfo& v) {
                          v.runs = s.runNames();
@@ -1080,7 +1090,7 @@ const std::vector<ViewDef>& registry() {
                              for (int l : s.runInfo(r).moeLayers) all.insert(l);
                          v.layers.assign(all.begin(), all.end());
                          return !v.layers.empty();
-                     }});
+                     }, false, "", kHintPrompts});
         d.push_back({"expert-load", "Expert load", "load", "share of routed tokens per expert, per layer", expertLoad,
                      [](const Session& s, ViewInfo& v) {
                          if (!fillRuns(s, v, "expert_load", "")) return false;
@@ -1095,18 +1105,18 @@ const std::vector<ViewDef>& registry() {
                          }
                          v.layers.assign(all.begin(), all.end());
                          return true;
-                     }});
+                     }, false, "", kHintPrompts});
         d.push_back({"gate-activations", "Gate activations", "D3", "experts x neurons activations of one token",
                      gateActivations, [](const Session& s, ViewInfo& v) {
                          v.perToken = true;
                          return fillRuns(s, v, "gate_activations", "experts");
-                     }});
+                     }, true, "", kHintPrompts});
         d.push_back({"modularity", "Modularity", "modularity",
                      "EMoE: share of the activation mass inside the chosen experts, clustered against random partitions",
-                     modularity, [](const Session& s, ViewInfo& v) { return fillRuns(s, v, "modularity", ""); }});
+                     modularity, [](const Session& s, ViewInfo& v) { return fillRuns(s, v, "modularity", ""); }, false, "", kHintPrompts});
         d.push_back({"activation-blocks", "Activation blocks", "modularity",
                      "EMoE: activations of a batch, neurons in the dense order beside neurons sorted by expert",
-                     activationBlocks, [](const Session& s, ViewInfo& v) { return fillRuns(s, v, "modularity", "activations"); }});
+                     activationBlocks, [](const Session& s, ViewInfo& v) { return fillRuns(s, v, "modularity", "activations"); }, false, "", kHintPrompts});
         return d;
     }();
     return defs;
@@ -1135,14 +1145,44 @@ const std::map<std::string, std::string>& attentionViews() {
     return m;
 }
 
+namespace {
+// A view's own properties, before the session's results fill in its options.
+ViewInfo describe(const ViewDef& d) {
+    ViewInfo v;
+    v.name = d.name;
+    v.title = d.title;
+    v.analysis = d.analysis;
+    v.description = d.description;
+    v.colourScale = d.colourScale;
+    v.tokenMeasure = d.tokenMeasure;
+    v.emptyHint = d.emptyHint;
+    return v;
+}
+}  // namespace
+
+ViewInfo viewDescription(const std::string& view) {
+    for (auto& d : registry())
+        if (d.name == view) return describe(d);
+    throw Error("unknown view '" + view + "' (views: " + joinStrings(allViewNames()) + ")");
+}
+
+int storedTokens(const Session& s, const ViewRequest& req) {
+    // the per-token arrays' first dimension: D3's experts, D1's per-token cosines
+    const std::string pre = req.kind == "attention" ? "attention/" : "";
+    int tokens = 0;
+    for (const std::string& id : {"gate_activations/" + req.run, pre + "output_similarity/" + req.run}) {
+        if (!s.hasResult(id)) continue;
+        for (auto& [name, a] : s.result(id).arrays)
+            if (!a.shape.empty() && (name.ends_with("/experts") || name.ends_with("/per_token_cosine")))
+                tokens = std::max<int>(tokens, static_cast<int>(a.shape[0]));
+    }
+    return tokens;
+}
+
 std::vector<ViewInfo> availableViews(const Session& s) {
     std::vector<ViewInfo> out;
     for (auto& d : registry()) {
-        ViewInfo v;
-        v.name = d.name;
-        v.title = d.title;
-        v.analysis = d.analysis;
-        v.description = d.description;
+        ViewInfo v = describe(d);
         if (!d.fill(s, v)) continue;
         if (auto it = attentionViews().find(d.name); it != attentionViews().end()) {
             const std::string base = "attention/" + it->second;

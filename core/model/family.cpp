@@ -1,0 +1,354 @@
+// The family registry, the config helpers families share and transformers' decoder naming.
+#include "model/family.h"
+
+#include <set>
+
+namespace es {
+
+using nlohmann::json;
+
+// ---- Config ----
+
+int64_t Config::requiredInt(const std::string& k) const {
+    if (!has(k)) throw Error("missing required key", file_, k);
+    return asInt(k);
+}
+int64_t Config::asInt(const std::string& k) const {
+    if (!j_[k].is_number_integer()) throw Error("expected an integer", file_, k);
+    return j_[k].get<int64_t>();
+}
+double Config::optDouble(const std::string& k, double def) const {
+    if (!has(k)) return def;
+    if (!j_[k].is_number()) throw Error("expected a number", file_, k);
+    return j_[k].get<double>();
+}
+bool Config::optBool(const std::string& k, bool def) const {
+    if (!has(k)) return def;
+    if (!j_[k].is_boolean()) throw Error("expected true or false", file_, k);
+    return j_[k].get<bool>();
+}
+std::string Config::optString(const std::string& k, const std::string& def) const {
+    if (!has(k)) return def;
+    if (!j_[k].is_string()) throw Error("expected a string", file_, k);
+    return j_[k].get<std::string>();
+}
+std::vector<int64_t> Config::optIntList(const std::string& k) const {
+    std::vector<int64_t> v;
+    if (!has(k)) return v;
+    if (!j_[k].is_array()) throw Error("expected a list of integers", file_, k);
+    for (auto& x : j_[k]) {
+        if (!x.is_number_integer()) throw Error("expected a list of integers", file_, k);
+        v.push_back(x.get<int64_t>());
+    }
+    return v;
+}
+std::vector<std::string> Config::optStringList(const std::string& k) const {
+    std::vector<std::string> v;
+    if (!has(k)) return v;
+    if (!j_[k].is_array()) throw Error("expected a list of strings", file_, k);
+    for (auto& x : j_[k]) {
+        if (!x.is_string()) throw Error("expected a list of strings", file_, k);
+        v.push_back(x.get<std::string>());
+    }
+    return v;
+}
+
+// ---- registry: one entry per file of model/families/ (families.inc is written by CMake) ----
+
+#define ES_FAMILY(stem) const Family& family_##stem();
+#include "families.inc"
+#undef ES_FAMILY
+
+const std::vector<const Family*>& allFamilies() {
+    static const std::vector<const Family*> all = {
+#define ES_FAMILY(stem) &family_##stem(),
+#include "families.inc"
+#undef ES_FAMILY
+    };
+    return all;
+}
+
+const Family* familyFor(const std::string& modelType) {
+    for (const Family* f : allFamilies())
+        for (auto& t : f->modelTypes)
+            if (t == modelType) return f;
+    return nullptr;
+}
+
+// ---- config helpers ----
+
+void positive(const Config& c, const std::string& k, int64_t v) {
+    if (v <= 0) c.fail(k, "must be positive, got " + std::to_string(v));
+}
+
+double ropeTheta(const Config& c, double def) {
+    if (c.has("rope_parameters")) {
+        const json& rp = c.raw()["rope_parameters"];
+        if (!rp.is_object()) c.fail("rope_parameters", "expected an object");
+        std::string type = rp.value("rope_type", rp.value("type", std::string("default")));
+        if (type != "default")
+            c.fail("rope_parameters.rope_type", "RoPE type '" + type + "' is not supported yet (supported: default)");
+        if (rp.contains("rope_theta")) {
+            if (!rp["rope_theta"].is_number()) c.fail("rope_parameters.rope_theta", "expected a number");
+            return rp["rope_theta"].get<double>();
+        }
+    }
+    if (c.has("rope_scaling")) {
+        const json& rs = c.raw()["rope_scaling"];
+        std::string type = rs.is_object() ? rs.value("rope_type", rs.value("type", std::string("?"))) : "?";
+        if (type != "default")
+            c.fail("rope_scaling", "RoPE scaling '" + type + "' is not supported yet (supported: default)");
+    }
+    return c.optDouble("rope_theta", def);
+}
+
+void fillSizes(ModelSpec& s, const Config& c, bool heads) {
+    s.vocab = c.requiredInt("vocab_size");
+    s.hidden = c.requiredInt("hidden_size");
+    s.numLayers = c.requiredInt("num_hidden_layers");
+    positive(c, "vocab_size", s.vocab);
+    positive(c, "hidden_size", s.hidden);
+    positive(c, "num_hidden_layers", s.numLayers);
+    if (!heads) return;
+    s.attn.heads = c.requiredInt("num_attention_heads");
+    positive(c, "num_attention_heads", s.attn.heads);
+}
+
+void fillCommon(ModelSpec& s, const Config& c, const FamilyDefaults& d) {
+    fillSizes(s, c, true);
+    s.attn.kvHeads = c.optInt("num_key_value_heads", s.attn.heads);
+    positive(c, "num_key_value_heads", s.attn.kvHeads);
+    if (s.attn.heads % s.attn.kvHeads != 0)
+        c.fail("num_key_value_heads", "num_attention_heads (" + std::to_string(s.attn.heads) +
+                                          ") is not a multiple of num_key_value_heads (" +
+                                          std::to_string(s.attn.kvHeads) + ")");
+    s.attn.headDim = c.optInt("head_dim", 0);
+    if (s.attn.headDim == 0) {
+        if (s.hidden % s.attn.heads != 0) c.fail("hidden_size", "not divisible by num_attention_heads");
+        s.attn.headDim = s.hidden / s.attn.heads;
+    }
+    if (s.attn.headDim % 2 != 0) c.fail("head_dim", "must be even for rotary embeddings");
+    s.rmsEps = c.optDouble("rms_norm_eps", d.rmsEps);
+    s.attn.ropeTheta = ropeTheta(c, d.ropeTheta);
+    s.tieEmbeddings = c.optBool("tie_word_embeddings", false);
+    s.activation = c.optString("hidden_act", "silu");
+    if (s.activation != "silu") c.fail("hidden_act", "activation '" + s.activation + "' is not supported (supported: silu)");
+    s.layers.assign(s.numLayers, LayerSpec{});
+}
+
+void denseLayers(ModelSpec& s, const Config& c) {
+    int64_t f = c.requiredInt("intermediate_size");
+    positive(c, "intermediate_size", f);
+    for (auto& l : s.layers) l.ffnDim = f;
+}
+
+void globalSliding(ModelSpec& s, int64_t window) {
+    for (auto& l : s.layers) l.slidingWindow = window > 0 ? window : 0;
+}
+
+void emoeBlock(ModelSpec& s, const Config& c) {
+    if (!c.has("expertscope_emoe")) return;
+    const json& b = c.raw()["expertscope_emoe"];
+    const std::string key = "expertscope_emoe";
+    if (!b.is_object()) c.fail(key, "expected an object");
+    auto integer = [&](const char* k) -> int64_t {
+        if (!b.contains(k) || !b[k].is_number_integer()) c.fail(key + "." + k, "missing or not an integer");
+        return b[k].get<int64_t>();
+    };
+    if (integer("format") != 1) c.fail(key + ".format", "unknown format (this ExpertScope reads format 1)");
+    const int64_t N = integer("num_experts"), K = integer("top_k"), size = integer("expert_size");
+    if (N < 2) c.fail(key + ".num_experts", "must be at least 2");
+    if (K < 1 || K > N) c.fail(key + ".top_k", "must be between 1 and num_experts");
+    if (!b.contains("layers") || !b["layers"].is_array() || b["layers"].empty())
+        c.fail(key + ".layers", "missing or not a list of layers");
+    for (auto& x : b["layers"]) {
+        if (!x.is_number_integer() || x.get<int64_t>() < 0 || x.get<int64_t>() >= s.numLayers)
+            c.fail(key + ".layers", "holds something that is not a layer of this model");
+        LayerSpec& l = s.layers[static_cast<size_t>(x.get<int64_t>())];
+        if (l.moe) c.fail(key + ".layers", "lists a layer twice");
+        if (l.ffnDim != N * size)
+            c.fail(key + ".expert_size", "num_experts x expert_size is not the layer's intermediate_size");
+        l.moe = true;
+    }
+    if (!b.contains("gating") || !b["gating"].is_string()) c.fail(key + ".gating", "missing or not a string");
+    const std::string gating = b["gating"].get<std::string>();
+    if (gating == "avg-k") {
+        s.router.scoring = RouterRule::Scoring::MeanPreactivation;
+    } else if (gating == "mean-key") {
+        s.router.scoring = RouterRule::Scoring::Softmax;
+        s.router.routerFromKeys = true;
+    } else {
+        c.fail(key + ".gating", "unknown gating '" + gating + "' (avg-k or mean-key)");
+    }
+    s.router.renormalize = false;
+    s.router.unitWeights = true;
+    s.numExperts = N;
+    s.topK = K;
+    s.expertFfn = size;
+    s.layout = ExpertLayout::Blocks;
+}
+
+void qwenLayerTypes(ModelSpec& s, const Config& c, bool moeFormula) {
+    bool use = c.optBool("use_sliding_window", false);
+    int64_t window = use ? c.optInt("sliding_window", 4096) : 0;
+    int64_t maxWindow = c.optInt("max_window_layers", 28);
+    auto types = c.optStringList("layer_types");
+    if (!types.empty() && static_cast<int64_t>(types.size()) != s.numLayers)
+        c.fail("layer_types", "has " + std::to_string(types.size()) + " entries for " + std::to_string(s.numLayers) + " layers");
+    for (int64_t i = 0; i < s.numLayers; ++i) {
+        bool sliding;
+        if (!types.empty()) {
+            if (types[i] != "sliding_attention" && types[i] != "full_attention")
+                c.fail("layer_types", "unknown layer type '" + types[i] + "'");
+            sliding = types[i] == "sliding_attention";
+        } else if (moeFormula) {
+            sliding = ((i + 1) % 2) && i < maxWindow && use;
+        } else {
+            sliding = use && i >= maxWindow;
+        }
+        s.layers[i].slidingWindow = (sliding && window > 0) ? window : 0;
+    }
+}
+
+void sparseLayers(ModelSpec& s, const Config& c) {
+    int64_t step = c.optInt("decoder_sparse_step", 1);
+    positive(c, "decoder_sparse_step", step);
+    auto only = c.optIntList("mlp_only_layers");
+    std::set<int64_t> dense(only.begin(), only.end());
+    int64_t f = c.optInt("intermediate_size", 0);
+    for (int64_t i = 0; i < s.numLayers; ++i) {
+        bool moe = !dense.count(i) && s.numExperts > 0 && (i + 1) % step == 0;
+        s.layers[i].moe = moe;
+        if (!moe) {
+            if (f <= 0) c.fail("intermediate_size", "missing required key (layer " + std::to_string(i) + " is dense)");
+            s.layers[i].ffnDim = f;
+        }
+    }
+}
+
+void moeCounts(ModelSpec& s, const Config& c, const std::string& expertsKey, const std::string& ffnKey) {
+    // the expert count has two names across transformers versions (each config class maps one
+    // onto the other); accept either, prefer the family's own
+    const std::string alias = expertsKey == "num_experts" ? "num_local_experts" : "num_experts";
+    s.numExperts = c.has(expertsKey) || !c.has(alias) ? c.requiredInt(expertsKey) : c.requiredInt(alias);
+    s.topK = c.requiredInt("num_experts_per_tok");
+    s.expertFfn = c.requiredInt(ffnKey);
+    positive(c, expertsKey, s.numExperts);
+    positive(c, "num_experts_per_tok", s.topK);
+    positive(c, ffnKey, s.expertFfn);
+    if (s.topK > s.numExperts)
+        c.fail("num_experts_per_tok", "top-k " + std::to_string(s.topK) + " exceeds the " + std::to_string(s.numExperts) + " experts");
+}
+
+// ---- the tensor table ----
+
+TableBuilder& TableBuilder::add(Role r, Scope sc, std::string name, std::vector<Dim> shape, Pack pack) {
+    s_.tensors.push_back(TensorRole{r, sc, std::move(name), std::move(shape), pack, false, {}});
+    return *this;
+}
+
+TableBuilder& TableBuilder::optional(Role r, Scope sc, std::string name, std::vector<Dim> shape) {
+    add(r, sc, std::move(name), std::move(shape));
+    s_.tensors.back().optional = true;
+    return *this;
+}
+
+void TableBuilder::skip(std::string name, bool prefix, std::string why) {
+    s_.skipped.push_back({std::move(name), prefix, std::move(why)});
+}
+
+using D = Dim;
+
+void hfDecoderTensors(TableBuilder& t) {
+    const ModelSpec& s = t.spec();
+    const AttentionSpec& a = s.attn;
+    t.add(Role::Embed, Scope::Model, "model.embed_tokens.weight", {D::Vocab, D::Hidden});
+    t.add(Role::FinalNorm, Scope::Model, "model.norm.weight", {D::Hidden});
+    if (s.tieEmbeddings) t.optional(Role::LmHead, Scope::Model, "lm_head.weight", {D::Vocab, D::Hidden});
+    else t.add(Role::LmHead, Scope::Model, "lm_head.weight", {D::Vocab, D::Hidden});
+    const std::string p = "model.layers.{L}.";
+    t.add(Role::AttnNorm, Scope::Layer, p + "input_layernorm.weight", {D::Hidden});
+    t.add(Role::FfnNorm, Scope::Layer, p + "post_attention_layernorm.weight", {D::Hidden});
+    if (a.kind != AttentionSpec::Kind::Standard) return;
+    const std::string q = p + "self_attn.";
+    t.add(Role::Q, Scope::Layer, q + "q_proj.weight", {D::QDim, D::Hidden});
+    t.add(Role::K, Scope::Layer, q + "k_proj.weight", {D::KvDim, D::Hidden});
+    t.add(Role::V, Scope::Layer, q + "v_proj.weight", {D::KvDim, D::Hidden});
+    t.add(Role::O, Scope::Layer, q + "o_proj.weight", {D::Hidden, D::QDim});
+    t.addIf(a.qkvBias, Role::QBias, Scope::Layer, q + "q_proj.bias", {D::QDim});
+    t.addIf(a.qkvBias, Role::KBias, Scope::Layer, q + "k_proj.bias", {D::KvDim});
+    t.addIf(a.qkvBias, Role::VBias, Scope::Layer, q + "v_proj.bias", {D::KvDim});
+    t.addIf(a.oBias, Role::OBias, Scope::Layer, q + "o_proj.bias", {D::Hidden});
+    if (a.qkNorm == AttentionSpec::QKNorm::PerHead) {
+        t.add(Role::QNorm, Scope::Layer, q + "q_norm.weight", {D::HeadDim});
+        t.add(Role::KNorm, Scope::Layer, q + "k_norm.weight", {D::HeadDim});
+    } else if (a.qkNorm == AttentionSpec::QKNorm::Full) {
+        t.add(Role::QNorm, Scope::Layer, q + "q_norm.weight", {D::QDim});
+        t.add(Role::KNorm, Scope::Layer, q + "k_norm.weight", {D::KvDim});
+    }
+}
+
+void hfDenseMlp(TableBuilder& t) {
+    const std::string p = "model.layers.{L}.mlp.";
+    t.add(Role::FfnGate, Scope::DenseFfn, p + "gate_proj.weight", {D::Ffn, D::Hidden});
+    t.add(Role::FfnUp, Scope::DenseFfn, p + "up_proj.weight", {D::Ffn, D::Hidden});
+    t.add(Role::FfnDown, Scope::DenseFfn, p + "down_proj.weight", {D::Hidden, D::Ffn});
+}
+
+void hfPerExpert(TableBuilder& t, const ExpertNames& n) {
+    const std::string e = n.prefix + "experts.{E}.";
+    t.add(Role::Router, Scope::Moe, n.prefix + n.router, {D::Experts, D::Hidden});
+    t.add(Role::ExpertGate, Scope::Expert, e + n.gate + ".weight", {D::ExpertFfn, D::Hidden});
+    t.add(Role::ExpertUp, Scope::Expert, e + n.up + ".weight", {D::ExpertFfn, D::Hidden});
+    t.add(Role::ExpertDown, Scope::Expert, e + n.down + ".weight", {D::Hidden, D::ExpertFfn});
+    t.spec().layout = ExpertLayout::PerExpert;
+}
+
+void hfPacked(TableBuilder& t, const std::string& prefix, const std::string& router) {
+    t.add(Role::Router, Scope::Moe, prefix + router, {D::Experts, D::Hidden});
+    const std::string gu = prefix + "experts.gate_up_proj";
+    t.add(Role::ExpertGate, Scope::Moe, gu, {D::Experts, 2 * D::ExpertFfn, D::Hidden}, Pack::FirstHalf);
+    t.add(Role::ExpertUp, Scope::Moe, gu, {D::Experts, 2 * D::ExpertFfn, D::Hidden}, Pack::SecondHalf);
+    t.add(Role::ExpertDown, Scope::Moe, prefix + "experts.down_proj", {D::Experts, D::Hidden, D::ExpertFfn},
+          Pack::Stacked);
+    t.spec().layout = ExpertLayout::Packed;
+}
+
+void hfExperts(TableBuilder& t, const TensorProbe& has, const std::vector<ExpertLayoutCandidate>& candidates) {
+    const auto moe = t.spec().moeLayers();
+    const int l = moe.empty() ? 0 : moe.front();
+    const ExpertLayoutCandidate* pick = &candidates.front();
+    for (auto& c : candidates) {
+        const std::string probe = c.layout == ExpertLayout::Packed
+                                      ? c.names.prefix + "experts.gate_up_proj"
+                                      : c.names.prefix + "experts.{E}." + c.names.gate + ".weight";
+        if (has(fillTemplate(probe, l, 0))) {
+            pick = &c;
+            break;
+        }
+    }
+    if (pick->layout == ExpertLayout::Packed) hfPacked(t, pick->names.prefix, pick->names.router);
+    else hfPerExpert(t, pick->names);
+}
+
+void hfDenseTensors(ModelSpec& s, const TensorProbe&) {
+    TableBuilder t(s);
+    hfDecoderTensors(t);
+    hfDenseMlp(t);
+}
+
+void hfMlpExperts(TableBuilder& t, const TensorProbe& has) {
+    const std::string p = "model.layers.{L}.mlp.";
+    hfExperts(t, has, {{ExpertLayout::PerExpert, {p, "gate.weight", "gate_proj", "up_proj", "down_proj"}},
+                       {ExpertLayout::Packed, {p, "gate.weight", "", "", ""}}});
+}
+
+void hfSharedExpert(TableBuilder& t, const std::string& prefix, const std::string& gate) {
+    t.add(Role::SharedGate, Scope::Moe, prefix + "gate_proj.weight", {D::SharedFfn, D::Hidden});
+    t.add(Role::SharedUp, Scope::Moe, prefix + "up_proj.weight", {D::SharedFfn, D::Hidden});
+    t.add(Role::SharedDown, Scope::Moe, prefix + "down_proj.weight", {D::Hidden, D::SharedFfn});
+    if (t.spec().router.shared == RouterRule::Shared::SigmoidGated)
+        t.add(Role::SharedExpertGate, Scope::Moe, gate, {D::One, D::Hidden});
+}
+
+}  // namespace es

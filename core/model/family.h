@@ -1,0 +1,128 @@
+#pragma once
+// What a family file (model/families/NAME.cpp) provides, and the pieces families share. Internal
+// to model/: the rest of the program sees only the ModelSpec a family fills in.
+//
+// A family file defines `const Family& family_NAME()` (NAME = the file's name); CMake lists the
+// files of model/families/ and the registry (family.cpp) finds them all, so a new family is one
+// new file. docs/adding-a-family.md walks through one.
+#include <cstdint>
+#include <functional>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "error.h"
+#include "model/spec.h"
+
+namespace es {
+
+// Typed access to config.json with errors that name the file and the key.
+class Config {
+public:
+    Config(const nlohmann::json& j, std::string file) : j_(j), file_(std::move(file)) {}
+    bool has(const std::string& k) const { return j_.contains(k) && !j_[k].is_null(); }
+    int64_t requiredInt(const std::string& k) const;
+    int64_t optInt(const std::string& k, int64_t def) const { return has(k) ? asInt(k) : def; }
+    double optDouble(const std::string& k, double def) const;
+    bool optBool(const std::string& k, bool def) const;
+    std::string optString(const std::string& k, const std::string& def) const;
+    std::vector<int64_t> optIntList(const std::string& k) const;
+    std::vector<std::string> optStringList(const std::string& k) const;
+    const nlohmann::json& raw() const { return j_; }
+    const std::string& file() const { return file_; }
+    [[noreturn]] void fail(const std::string& k, const std::string& msg) const { throw Error(msg, file_, k); }
+
+private:
+    int64_t asInt(const std::string& k) const;
+    const nlohmann::json& j_;
+    std::string file_;
+};
+
+// Does the checkpoint hold a tensor of this name? (Always false when a spec is built from a
+// config alone: the family then describes its default layout.)
+using TensorProbe = std::function<bool(const std::string& name)>;
+
+struct Family {
+    std::string name;
+    std::vector<std::string> modelTypes;  // the config model_type values it opens
+    // config.json -> sizes, layers, router rule, attention variant and options
+    std::function<void(ModelSpec& s, const Config& c)> configure;
+    // the tensor table for the layout on disk
+    std::function<void(ModelSpec& s, const TensorProbe& has)> tensors;
+};
+
+const std::vector<const Family*>& allFamilies();
+const Family* familyFor(const std::string& modelType);
+
+// ---- config helpers shared by families (transformers' conventions) ----
+
+void positive(const Config& c, const std::string& k, int64_t v);
+// rope_parameters / rope_scaling / rope_theta: the base; other RoPE types are refused by name.
+double ropeTheta(const Config& c, double def);
+// Defaults for keys a family's transformers config class fills in when absent.
+struct FamilyDefaults {
+    double rmsEps;
+    double ropeTheta;
+};
+// vocab_size, hidden_size, num_hidden_layers (+ num_attention_heads): required and positive.
+void fillSizes(ModelSpec& s, const Config& c, bool heads);
+// fillSizes, key/value heads, head_dim, norms, RoPE, tied embeddings, SwiGLU, one LayerSpec per layer.
+void fillCommon(ModelSpec& s, const Config& c, const FamilyDefaults& d);
+void denseLayers(ModelSpec& s, const Config& c);  // every layer dense, intermediate_size wide
+void globalSliding(ModelSpec& s, int64_t window);
+// num_experts / num_local_experts (either name), num_experts_per_tok, the expert width key.
+void moeCounts(ModelSpec& s, const Config& c, const std::string& expertsKey, const std::string& ffnKey);
+// decoder_sparse_step and mlp_only_layers: which layers are MoE (Qwen-MoE style).
+void sparseLayers(ModelSpec& s, const Config& c);
+// Qwen2 / Qwen2-MoE: per-layer sliding attention (layer_types, or the families' formulas).
+void qwenLayerTypes(ModelSpec& s, const Config& c, bool moeFormula);
+// An EMoE conversion's "expertscope_emoe" block (docs/emoe.md) on a dense model.
+void emoeBlock(ModelSpec& s, const Config& c);
+
+// ---- the tensor table: building blocks ----
+
+class TableBuilder {
+public:
+    explicit TableBuilder(ModelSpec& s) : s_(s) {}
+    TableBuilder& add(Role r, Scope sc, std::string name, std::vector<Dim> shape, Pack pack = Pack::None);
+    TableBuilder& optional(Role r, Scope sc, std::string name, std::vector<Dim> shape);
+    TableBuilder& addIf(bool present, Role r, Scope sc, std::string name, std::vector<Dim> shape) {
+        return present ? add(r, sc, std::move(name), std::move(shape)) : *this;
+    }
+    void skip(std::string name, bool prefix, std::string why);
+    ModelSpec& spec() { return s_; }
+
+private:
+    ModelSpec& s_;
+};
+
+// transformers' decoder naming (Llama and the families built on it): embeddings, final norm,
+// lm_head (optional when tied), the two per-layer RMSNorms, and the attention of AttentionSpec
+// (q/k/v/o with the biases and QK-norms it asks for) under `model.layers.{L}.self_attn.`.
+void hfDecoderTensors(TableBuilder& t);
+// A SwiGLU MLP under "model.layers.{L}.mlp." in the layers that have a dense FFN.
+void hfDenseMlp(TableBuilder& t);
+// Routed experts: a router `router` and experts under `experts` ("{E}" per expert) with leaf
+// names gate/up/down (per-expert layout), or packed as `experts + "gate_up_proj"` [E, 2F, d] and
+// `experts + "down_proj"` [E, d, F]. `prefix` is the MoE block ("model.layers.{L}.mlp.").
+struct ExpertNames {
+    std::string prefix, router, gate, up, down;
+};
+void hfPerExpert(TableBuilder& t, const ExpertNames& n);
+void hfPacked(TableBuilder& t, const std::string& prefix, const std::string& router);
+// Picks the on-disk expert layout: the first candidate whose expert 0 (or packed gate_up) of the
+// first MoE layer exists; the first one when none does (config only).
+struct ExpertLayoutCandidate {
+    ExpertLayout layout;
+    ExpertNames names;
+};
+void hfExperts(TableBuilder& t, const TensorProbe& has, const std::vector<ExpertLayoutCandidate>& candidates);
+// The shared expert (SwiGLU under `prefix`), and its sigmoid gate where the rule has one.
+void hfSharedExpert(TableBuilder& t, const std::string& prefix, const std::string& gate);
+// The whole table of a dense transformers decoder (Llama naming): hfDecoderTensors + hfDenseMlp.
+void hfDenseTensors(ModelSpec& s, const TensorProbe& has);
+// Routed experts under "model.layers.{L}.mlp." as transformers names them: router "gate",
+// experts gate_proj / up_proj / down_proj, per expert or packed.
+void hfMlpExperts(TableBuilder& t, const TensorProbe& has);
+
+}  // namespace es

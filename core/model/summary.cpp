@@ -1,0 +1,79 @@
+#include "model/summary.h"
+
+#include <cstdio>
+
+#include "checkpoint/checkpoint.h"
+#include "model/spec.h"
+
+namespace es {
+
+using oj = nlohmann::ordered_json;
+
+std::string humanCount(int64_t n) {
+    char buf[64];
+    if (n >= 1000000000) std::snprintf(buf, sizeof buf, "%.2fB", n / 1e9);
+    else if (n >= 1000000) std::snprintf(buf, sizeof buf, "%.2fM", n / 1e6);
+    else if (n >= 1000) std::snprintf(buf, sizeof buf, "%.1fK", n / 1e3);
+    else std::snprintf(buf, sizeof buf, "%lld", static_cast<long long>(n));
+    return buf;
+}
+
+std::vector<SummaryRow> describeModel(const ModelSpec& s, const Checkpoint& ckpt) {
+    const auto moe = s.moeLayers();
+    const std::string n = std::to_string(s.numExperts);
+    std::vector<SummaryRow> rows;
+    rows.push_back({"Path", ckpt.path(), {}});
+    rows.push_back({"Architecture", s.modelType, {{"model_type", s.modelType}}});
+    rows.push_back({"Family", s.family, {{"family", s.family}}});
+    rows.push_back({"Layers", std::to_string(s.numLayers) + " (" + std::to_string(moe.size()) + " MoE)",
+                    {{"num_layers", s.numLayers}, {"moe_layers", moe}}});
+    rows.push_back({moe.empty() ? "" : "Experts",
+                    n + ", top-" + std::to_string(s.topK) + ", width " + std::to_string(s.expertFfn) +
+                        (s.hasSharedExpert() ? ", shared expert width " + std::to_string(s.sharedFfn) : ""),
+                    {{"num_experts", s.numExperts},
+                     {"top_k", s.topK},
+                     {"expert_intermediate_size", s.expertFfn},
+                     {"shared_expert_intermediate_size", s.hasSharedExpert() ? s.sharedFfn : 0}}});
+    rows.push_back({"Hidden size",
+                    std::to_string(s.hidden) + ", heads " + std::to_string(s.attn.heads) + " (kv " +
+                        std::to_string(s.attn.kvHeads) + ", head_dim " + std::to_string(s.attn.headDim) + ")",
+                    {{"hidden_size", s.hidden},
+                     {"vocab_size", s.vocab},
+                     {"num_attention_heads", s.attn.heads},
+                     {"num_key_value_heads", s.attn.kvHeads},
+                     {"head_dim", s.attn.headDim}}});
+    rows.push_back({"Weights dtype", s.dtype, {{"dtype", s.dtype}}});
+    rows.push_back({"Parameters", humanCount(s.totalParams) + " total, " + humanCount(s.activeParams) + " active",
+                    {{"total_params", s.totalParams}, {"active_params", s.activeParams}}});
+    rows.push_back({moe.empty() ? "" : "Router", s.router.describe(), {{"router", s.router.describe()}}});
+    rows.push_back({moe.empty() ? "" : "Expert layout", layoutName(s.layout),
+                    {{"expert_layout", s.layout == ExpertLayout::Blocks ? "blocks" : layoutName(s.layout)}}});
+    SummaryRow attn{"Attention", s.attn.kindName(), {{"attention", s.attn.kindName()}}};
+    if (s.attn.isMoa()) {
+        attn.text = "mixture of attention heads: " + std::to_string(s.attn.moaExperts) + " experts of " +
+                    std::to_string(s.attn.kvHeads) + " query heads, top-" + std::to_string(s.attn.moaTopK) +
+                    ", shared K/V; router " + s.attnRouter.describe();
+        attn.fields.push_back({"attention_experts", oj{{"num_experts", s.attn.moaExperts},
+                                                       {"top_k", s.attn.moaTopK},
+                                                       {"heads_per_expert", s.attn.kvHeads},
+                                                       {"router", s.attnRouter.describe()}}});
+    }
+    rows.push_back(attn);
+    rows.push_back({"Vocabulary", std::to_string(s.vocab), {}});
+    for (auto& k : s.skipped) {
+        bool present = false;
+        for (auto& [name, t] : ckpt.tensors()) present = present || (k.prefix ? name.rfind(k.name, 0) == 0 : name == k.name);
+        if (present) rows.push_back({"Left out", k.name + (k.prefix ? "*" : "") + " (" + k.why + ")", {}});
+    }
+    rows.push_back({"Fingerprint", ckpt.fingerprint(), {{"fingerprint", ckpt.fingerprint()}, {"path", ckpt.path()}}});
+    return rows;
+}
+
+oj summaryJson(const std::vector<SummaryRow>& rows) {
+    oj j = oj::object();
+    for (auto& r : rows)
+        for (auto& [k, v] : r.fields) j[k] = v;
+    return j;
+}
+
+}  // namespace es

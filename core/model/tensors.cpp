@@ -1,0 +1,73 @@
+#include "model/tensors.h"
+
+namespace es {
+
+const char* roleName(Role r) {
+    switch (r) {
+        case Role::Embed: return "embed";
+        case Role::PosEmbed: return "position embeddings";
+        case Role::TypeEmbed: return "token type embeddings";
+        case Role::EmbNorm: return "embedding norm";
+        case Role::EmbNormBias: return "embedding norm bias";
+        case Role::FinalNorm: return "final norm";
+        case Role::LmHead: return "lm head";
+        case Role::AttnNorm: return "attention norm";
+        case Role::AttnNormBias: return "attention norm bias";
+        case Role::FfnNorm: return "FFN norm";
+        case Role::FfnNormBias: return "FFN norm bias";
+        case Role::Q: return "query";
+        case Role::K: return "key";
+        case Role::V: return "value";
+        case Role::O: return "output";
+        case Role::QBias: return "query bias";
+        case Role::KBias: return "key bias";
+        case Role::VBias: return "value bias";
+        case Role::OBias: return "output bias";
+        case Role::QNorm: return "query norm";
+        case Role::KNorm: return "key norm";
+        case Role::AttnRouter: return "attention router";
+        case Role::AttnExpertQ: return "attention experts' query";
+        case Role::AttnExpertO: return "attention experts' output";
+        case Role::AttnExpertBias: return "attention experts' bias";
+        case Role::KvProj: return "shared key/value";
+        case Role::FfnGate: return "FFN gate";
+        case Role::FfnGateBias: return "FFN gate bias";
+        case Role::FfnUp: return "FFN up";
+        case Role::FfnDown: return "FFN down";
+        case Role::FfnDownBias: return "FFN down bias";
+        case Role::Router: return "router";
+        case Role::RouterBias: return "router bias";
+        case Role::RouterSelectionBias: return "router selection bias";
+        case Role::RouterExpertScale: return "per-expert output scale";
+        case Role::ExpertGate: return "expert gate";
+        case Role::ExpertUp: return "expert up";
+        case Role::ExpertDown: return "expert down";
+        case Role::MoeBias: return "MoE output bias";
+        case Role::SharedGate: return "shared expert gate";
+        case Role::SharedUp: return "shared expert up";
+        case Role::SharedDown: return "shared expert down";
+        case Role::SharedExpertGate: return "shared expert's gate";
+    }
+    return "?";
+}
+
+Dim operator*(int m, Dim::Sym s) { return Dim(s, m); }
+
+std::string fillTemplate(const std::string& tmpl, int layer, int expert) {
+    std::string out;
+    out.reserve(tmpl.size() + 8);
+    for (size_t i = 0; i < tmpl.size(); ++i) {
+        if (tmpl.compare(i, 3, "{L}") == 0) {
+            out += std::to_string(layer);
+            i += 2;
+        } else if (tmpl.compare(i, 3, "{E}") == 0) {
+            out += std::to_string(expert);
+            i += 2;
+        } else {
+            out += tmpl[i];
+        }
+    }
+    return out;
+}
+
+}  // namespace es

@@ -1,0 +1,86 @@
+#pragma once
+// The table of tensor roles: what each tensor of a checkpoint is, named as its family names it.
+// A family file (model/families/) fills the table for the layout it finds on disk; the
+// checkpoint check, the loader, the static analyses, EMoE and the model summary read the table
+// and never spell a tensor name themselves.
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace es {
+
+enum class Role : uint8_t {
+    // once per model
+    Embed, PosEmbed, TypeEmbed, EmbNorm, EmbNormBias, FinalNorm, LmHead,
+    // every layer: the two norms (BERT: the LayerNorms after attention and after the FFN)
+    AttnNorm, AttnNormBias, FfnNorm, FfnNormBias,
+    // attention
+    Q, K, V, O, QBias, KBias, VBias, OBias, QNorm, KNorm,
+    // mixture of attention heads (JetMoE): router, per-expert query and output projections
+    // (stacked), the output bias, and the shared key/value projection
+    AttnRouter, AttnExpertQ, AttnExpertO, AttnExpertBias, KvProj,
+    // a dense FFN (also EMoE's layers, whose experts are neuron blocks of it): SwiGLU gate, up,
+    // down; a GELU FFN (BERT): W1 (as gate) with its bias, W2 (as down) with its bias
+    FfnGate, FfnGateBias, FfnUp, FfnDown, FfnDownBias,
+    // a MoE layer: router, routed experts, an output bias after them, the shared expert
+    Router, RouterBias, RouterSelectionBias, RouterExpertScale, ExpertGate, ExpertUp, ExpertDown, MoeBias,
+    SharedGate, SharedUp, SharedDown, SharedExpertGate,
+};
+const char* roleName(Role r);
+
+// Where a role's tensors are.
+enum class Scope : uint8_t {
+    Model,     // once
+    Layer,     // in every layer
+    DenseFfn,  // in layers whose FFN is dense, and in EMoE layers (their experts are blocks of it)
+    Moe,       // in MoE layers that store routed experts
+    Expert,    // one tensor per expert of each MoE layer; "{E}" in the name
+};
+
+// How a role's tensor holds the experts' matrices.
+enum class Pack : uint8_t {
+    None,        // one matrix (per layer; per expert with Scope::Expert)
+    Stacked,     // [E, rows, cols]: expert e's matrix is slice e
+    FirstHalf,   // [E, 2 rows, cols]: expert e's matrix is the first half of slice e (fused gate_up)
+    SecondHalf,  // ... and the second half
+};
+
+// One dimension of a role's shape, in terms of the spec's sizes: sym x mul.
+struct Dim {
+    enum Sym : uint8_t {
+        One, Vocab, Hidden, QDim, KvDim, HeadDim, Ffn, ExpertFfn, SharedFfn, Experts, AttnExperts, Positions, TypeVocab
+    };
+    Sym sym = One;
+    int64_t mul = 1;
+    Dim(Sym s, int64_t m = 1) : sym(s), mul(m) {}
+};
+Dim operator*(int m, Dim::Sym s);
+
+struct TensorRole {
+    Role role;
+    Scope scope;
+    std::string name;        // template: "{L}" is the layer index, "{E}" the expert index
+    std::vector<Dim> shape;  // the whole tensor's shape (Stacked: [E, ...])
+    Pack pack = Pack::None;
+    bool optional = false;   // may be absent; checked when present (a tied lm_head.weight)
+    std::string scale;       // its scale tensor's template (block-scaled quantised weights); empty: none
+};
+
+// Tensors a family recognises and leaves out (pooler and pre-training heads, ...): an exact
+// name, or every name under a prefix.
+struct SkippedTensors {
+    std::string name;
+    bool prefix = false;
+    std::string why;
+};
+
+// Where one expert's matrix is: `rows` x `cols` elements from element `offset` of a tensor.
+struct ExpertMatrix {
+    std::string tensor;
+    int64_t offset = 0, rows = 0, cols = 0;
+};
+
+// "{L}" and "{E}" of a template filled in.
+std::string fillTemplate(const std::string& tmpl, int layer, int expert);
+
+}  // namespace es
