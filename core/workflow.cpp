@@ -128,6 +128,7 @@ AnalyzedRun analyzeRun(const std::shared_ptr<Checkpoint>& ckpt, const ModelSpec&
     dopt.layers = req.layers;
     dopt.device = req.load.device;
     dopt.dtype = req.load.dtype;
+    dopt.layerStreaming = req.load.streaming == LoadOptions::Streaming::On;
     dopt.firstTokens = req.firstTokens;
     dopt.progress = req.progress;
     dopt.cancel = req.cancel;

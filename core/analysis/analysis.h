@@ -11,7 +11,9 @@
 #include <string>
 #include <vector>
 
-#include "session/session.h"
+#include "results/result.h"
+#include "trace/trace.h"
+#include "version.h"
 
 namespace es {
 
@@ -39,6 +41,7 @@ struct DynamicOptions {
     std::set<std::string> analyses;  // D1 D2 D3 D4 load modularity (EMoE models only)
     std::vector<int> layers;
     std::string device = "cpu", dtype = "float32";
+    bool layerStreaming = false;  // stream the layers whether or not the model fits (else: automatic)
     int64_t firstTokens = 16;  // D1 per-token matrices and D3 activations for the first N tokens
     // A mixture-of-attention-heads run's stored attention-router records (one per layer), checked
     // like the FFN's (routing_check's attention_mismatches)
@@ -101,7 +104,5 @@ double roundDecimals(double x, int digits);
 // Row labels: "0".."E-1", then "SE" and "F" where present.
 std::vector<std::string> expertLabels(int64_t routed, bool shared, bool reference);
 
-
-std::string toolVersion();
 
 }  // namespace es

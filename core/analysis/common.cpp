@@ -11,9 +11,6 @@
 #include "error.h"
 #include "model/spec.h"
 
-#ifndef EXPERTSCOPE_VERSION
-#define EXPERTSCOPE_VERSION "0"
-#endif
 
 namespace es {
 
@@ -142,6 +139,5 @@ std::vector<std::string> expertLabels(int64_t routed, bool shared, bool referenc
     return v;
 }
 
-std::string toolVersion() { return std::string("expertscope ") + EXPERTSCOPE_VERSION; }
 
 }  // namespace es

@@ -81,6 +81,7 @@ PassOutput runPass(const std::shared_ptr<Checkpoint>& ckpt, const ModelSpec& spe
     LoadOptions lo;
     lo.device = opt.device;
     lo.dtype = opt.dtype;
+    if (opt.layerStreaming) lo.streaming = LoadOptions::Streaming::On;
     auto model = Model::load(ckpt, spec, lo);
     std::unique_ptr<Model> refModel;
     if (ref && (d1 || d3)) refModel = Model::load(ref->ckpt, *ref->spec, lo);

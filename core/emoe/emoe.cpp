@@ -16,10 +16,10 @@
 #include <sstream>
 #include <unistd.h>
 
-#include "analysis/analysis.h"
 #include "checkpoint/checkpoint.h"
 #include "error.h"
 #include "model/spec.h"
+#include "version.h"
 
 namespace es {
 

@@ -256,7 +256,7 @@ const std::vector<SimilarityKind> kSimilarity = {
     {"router-similarity", "router_similarity", "S4", "Router-row similarity", {"router"}, {}},
 };
 
-std::string similaritySuffix(const SimilarityKind& k, const std::string& matrix, const std::string& measure) {
+std::string similaritySuffix(const std::string& matrix, const std::string& measure) {
     if (measure == "tau") return matrix + "_tau";
     if (measure == "joint") return "joint_" + matrix;
     if (measure == "joint-tau") return "joint_tau";
@@ -268,7 +268,7 @@ Figure similarityFigure(const Session& s, const ViewRequest& req, const Similari
     const std::string matrix =
         chooseOf(req, "matrix", req.matrix, k.matrices == kMatrices ? matricesOf(s, id) : k.matrices);
     const std::string measure = k.measures.empty() ? "" : chooseOf(req, "measure", req.measure, k.measures);
-    const std::string suffix = similaritySuffix(k, matrix, measure);
+    const std::string suffix = similaritySuffix(matrix, measure);
     const int L = layerOf(s, req, id, suffix);
     Data d = needArray(s, id, "layers/" + std::to_string(L) + "/" + suffix, req.view);
     Figure f;

@@ -10,6 +10,7 @@ Builds two checkpoints with HF transformers (saved with save_pretrained):
 and times, in this one run, on the same machine and thread count, one 512-token prompt:
   HF transformers: sdpa attention, its default experts implementation, torch.inference_mode
   ours: untraced, traced, traced with --all-experts, layer-streamed (bench_forward)
+  the run job (mid only): a new run and every dynamic analysis, two passes against one (bench_run_job)
 and prints the ratios. Median of --reps runs after a warm-up.
 """
 import argparse
@@ -131,6 +132,16 @@ def main():
                 print(f"    HF batched (right padding + mask)    {hf_batched:8.3f} s")
                 print(f"    HF one by one                        {hf_single:8.3f} s")
                 print(f"    ours one by one (traced)             {o['traced']:8.3f} s   HF batched/ours = {hf_batched / o['traced']:.2f}x")
+                # the app's Run job / analyze --preset: a new run and its dynamic analyses, layer-streamed
+                job = os.path.join(a.build, "bin", "bench_run_job")
+                for analyses in ("all", "load,D4"):
+                    r = subprocess.run([job, d, ",".join(map(str, lengths)), str(a.reps), str(a.threads), analyses],
+                                       capture_output=True, text=True, check=True)
+                    j = json.loads(r.stdout)
+                    print(f"  run job, layer-streamed: trace + --dynamic {analyses}")
+                    print(f"    two passes (before: trace, then load + forward again) {j['two_pass']:8.3f} s")
+                    print(f"    one pass (traceAndAnalyze)                            {j['one_pass']:8.3f} s   "
+                          f"= {j['ratio']:.2f}x")
 
 
 if __name__ == "__main__":

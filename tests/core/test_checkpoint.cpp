@@ -51,7 +51,7 @@ private Q_SLOTS:
         auto d = toDoubles(v);
         for (size_t i = 0; i < raw.size(); ++i) {
             qfloat16 q;
-            std::memcpy(&q, &raw[i], 2);
+            std::memcpy(static_cast<void*>(&q), &raw[i], 2);  // qfloat16 is 2 bytes of IEEE half
             double e = static_cast<double>(static_cast<float>(q));
             if (std::isnan(e)) QVERIFY(std::isnan(d[i]));
             else QCOMPARE(d[i], e);
