@@ -4,7 +4,10 @@ namespace es {
 
 Error::Error(std::string message, std::string file, std::string field, int64_t offset)
     : std::runtime_error(compose(message, file, field, offset)),
-      message_(std::move(message)), file_(std::move(file)), field_(std::move(field)), offset_(offset) {}
+      message_(std::move(message)),
+      file_(std::move(file)),
+      field_(std::move(field)),
+      offset_(offset) {}
 
 std::string Error::compose(const std::string& message, const std::string& file, const std::string& field,
                            int64_t offset) {

@@ -16,8 +16,8 @@ public:
     int64_t offset() const { return offset_; }
 
 private:
-    static std::string compose(const std::string& message, const std::string& file,
-                               const std::string& field, int64_t offset);
+    static std::string compose(const std::string& message, const std::string& file, const std::string& field,
+                               int64_t offset);
     std::string message_, file_, field_;
     int64_t offset_;
 };

@@ -44,8 +44,8 @@ std::vector<std::vector<int64_t>> encodePrompts(const Tokenizer& tok, const std:
     return out;
 }
 
-RunTrace traceTexts(const std::shared_ptr<Checkpoint>& ckpt, const ModelSpec& spec, const std::vector<std::string>& texts,
-                    const LoadOptions& load, const TraceOptions& trace) {
+RunTrace traceTexts(const std::shared_ptr<Checkpoint>& ckpt, const ModelSpec& spec,
+                    const std::vector<std::string>& texts, const LoadOptions& load, const TraceOptions& trace) {
     if (texts.empty()) throw Error("no prompts to run");
     auto tok = Tokenizer::load(ckpt->path());
     const auto prompts = encodePrompts(*tok, texts);

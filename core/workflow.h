@@ -34,8 +34,8 @@ std::string jsonlText(const std::string& line, const std::string& file, int64_t 
 std::vector<std::string> readPromptFile(const std::string& path);
 
 // Text prompts through the model: the run with its token text and prompt texts.
-RunTrace traceTexts(const std::shared_ptr<Checkpoint>& ckpt, const ModelSpec& spec, const std::vector<std::string>& texts,
-                    const LoadOptions& load, const TraceOptions& trace);
+RunTrace traceTexts(const std::shared_ptr<Checkpoint>& ckpt, const ModelSpec& spec,
+                    const std::vector<std::string>& texts, const LoadOptions& load, const TraceOptions& trace);
 
 // The dynamic analyses a --dynamic list names for this model ("all" includes modularity on EMoE
 // models); unknown names are an error naming them.

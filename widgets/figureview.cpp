@@ -334,7 +334,8 @@ void FigureView::rebuild() {
                         bars->addData(s.x[i], s.y[i]);
                     } else {
                         bars->setBrush(sc);
-                        bars->setData(QVector<double>(s.x.begin(), s.x.end()), QVector<double>(s.y.begin(), s.y.end()), true);
+                        bars->setData(QVector<double>(s.x.begin(), s.x.end()), QVector<double>(s.y.begin(), s.y.end()),
+                                      true);
                         bars->setName(q(s.name));
                         if (legend) bars->addToLegend(legend);
                     }
@@ -532,7 +533,8 @@ void FigureView::drawSelection() {
             r->setPen(QPen(QColor(230, 30, 30), 2));
             r->setBrush(Qt::NoBrush);
         };
-        if (p.hasHeatmap && selCell_[0] == static_cast<int>(pi) && selCell_[1] < p.heatmap.rows && selCell_[2] < p.heatmap.cols) {
+        if (p.hasHeatmap && selCell_[0] == static_cast<int>(pi) && selCell_[1] < p.heatmap.rows &&
+            selCell_[2] < p.heatmap.cols) {
             auto* r = new QCPItemRect(plot_);
             r->setProperty("selection", true);
             r->setClipAxisRect(rect);
@@ -632,13 +634,13 @@ QString FigureView::toolTipAt(const QPoint& pos) const {
         const QString cl = c < static_cast<int64_t>(h.colLabels.size()) ? q(h.colLabels[c]) : QString::number(c);
         // the stored value exactly as the CSV has it (a one-panel figure's CSV is its matrix)
         const double v = h.value(r, c);
-        const std::string stored =
-            fig_.panels.size() == 1 && static_cast<size_t>(r) < fig_.csvRows.size() &&
-                    static_cast<size_t>(c + 1) < fig_.csvRows[r].size()
-                ? fig_.csvRows[r][c + 1]
-                : static_cast<double>(static_cast<float>(v)) == v ? formatFloat(static_cast<float>(v)) : formatDouble(v);
-        return QString("%1 %2, %3 %4: %5 (%6)")
-            .arg(q(p.yLabel), rl, q(p.xLabel), cl, q(stored), q(h.valueLabel));
+        const std::string stored = fig_.panels.size() == 1 && static_cast<size_t>(r) < fig_.csvRows.size() &&
+                                           static_cast<size_t>(c + 1) < fig_.csvRows[r].size()
+                                       ? fig_.csvRows[r][c + 1]
+                                   : static_cast<double>(static_cast<float>(v)) == v
+                                       ? formatFloat(static_cast<float>(v))
+                                       : formatDouble(v);
+        return QString("%1 %2, %3 %4: %5 (%6)").arg(q(p.yLabel), rl, q(p.xLabel), cl, q(stored), q(h.valueLabel));
     }
     // nearest point within 10 pixels
     double best = 100.0;
@@ -647,12 +649,14 @@ QString FigureView::toolTipAt(const QPoint& pos) const {
         for (size_t i = 0; i < s.x.size(); ++i) {
             double px = xa->coordToPixel(s.x[i]), py = ya->coordToPixel(s.y[i]);
             if (s.style == Series::Style::Bars) {
-                const double x0 = xa->coordToPixel(s.x[i] - s.barWidth / 2), x1 = xa->coordToPixel(s.x[i] + s.barWidth / 2);
+                const double x0 = xa->coordToPixel(s.x[i] - s.barWidth / 2),
+                             x1 = xa->coordToPixel(s.x[i] + s.barWidth / 2);
                 const double y0 = ya->coordToPixel(0);
                 if (pp.x() >= std::min(x0, x1) && pp.x() <= std::max(x0, x1) && pp.y() >= std::min(py, y0) &&
                     pp.y() <= std::max(py, y0)) {
                     const QString where = !p.xTicks.empty()
-                                              ? q(p.xTicks[std::clamp<size_t>(static_cast<size_t>(std::lround(s.x[i])), 0, p.xTicks.size() - 1)])
+                                              ? q(p.xTicks[std::clamp<size_t>(static_cast<size_t>(std::lround(s.x[i])),
+                                                                              0, p.xTicks.size() - 1)])
                                               : num(s.x[i]);
                     const QString tip = QString("%1, %2 %3: %4").arg(q(s.name), q(p.xLabel), where, num(s.y[i]));
                     return i < s.group.size() && s.group[i] >= 0 ? QString("expert %1 - ").arg(s.group[i]) + tip : tip;
@@ -662,7 +666,8 @@ QString FigureView::toolTipAt(const QPoint& pos) const {
             const double d2 = (px - pp.x()) * (px - pp.x()) + (py - pp.y()) * (py - pp.y());
             if (d2 < best) {
                 best = d2;
-                tip = QString("%1: %2 = %3, %4 = %5").arg(q(s.name), q(p.xLabel), num(s.x[i]), q(p.yLabel), num(s.y[i]));
+                tip =
+                    QString("%1: %2 = %3, %4 = %5").arg(q(s.name), q(p.xLabel), num(s.x[i]), q(p.yLabel), num(s.y[i]));
                 if (i < s.pointLabels.size()) tip = q(s.pointLabels[i]) + " - " + tip;
                 else if (i < s.group.size() && s.group[i] >= 0) tip = QString("expert %1 - ").arg(s.group[i]) + tip;
             }

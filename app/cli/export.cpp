@@ -17,9 +17,9 @@ int parseInt(const std::string& v, const char* opt, int lo) {
         size_t used = 0;
         const long x = std::stol(v, &used);
         if (used == v.size() && x >= lo && x <= 1000000000) return static_cast<int>(x);
-    } catch (const std::exception&) {
-    }
-    throw UsageError(std::string("export: ") + opt + " needs an integer >= " + std::to_string(lo) + ", not '" + v + "'");
+    } catch (const std::exception&) {}
+    throw UsageError(std::string("export: ") + opt + " needs an integer >= " + std::to_string(lo) + ", not '" + v +
+                     "'");
 }
 
 void listViews(const Session& s, bool json) {
@@ -125,7 +125,8 @@ int cmdExport(const std::vector<std::string>& args, int argc, char** argv) {
         listViews(s, json);
         return 0;
     }
-    const std::string ext = lower(out.substr(out.find_last_of('.') == std::string::npos ? out.size() : out.find_last_of('.') + 1));
+    const std::string ext =
+        lower(out.substr(out.find_last_of('.') == std::string::npos ? out.size() : out.find_last_of('.') + 1));
     if (ext != "png" && ext != "jpg" && ext != "jpeg" && ext != "pdf" && ext != "svg" && ext != "csv")
         throw UsageError("export: --out must end in .png, .jpg, .pdf, .svg or .csv, not '" + out + "'");
     std::vector<int> layers = {req.layer};

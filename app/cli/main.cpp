@@ -91,7 +91,6 @@ std::vector<int64_t> parseIds(const std::string& s) {
     return ids;
 }
 
-
 int cmdInfo(const std::vector<std::string>& args) {
     std::string path;
     bool json = false;
@@ -110,7 +109,8 @@ int cmdInfo(const std::vector<std::string>& args) {
         return 0;
     }
     for (auto& r : rows)
-        if (!r.label.empty()) std::cout << r.label << std::string(r.label.size() < 15 ? 15 - r.label.size() : 1, ' ') << r.text << "\n";
+        if (!r.label.empty())
+            std::cout << r.label << std::string(r.label.size() < 15 ? 15 - r.label.size() : 1, ' ') << r.text << "\n";
     return 0;
 }
 
@@ -188,17 +188,26 @@ int cmdSession(const std::vector<std::string>& args) {
     nlohmann::ordered_json j;
     j["path"] = s.path();
     j["format_version"] = es::kSessionFormatVersion;
-    j["model"] = {{"model_type", m.modelType}, {"num_layers", m.numLayers}, {"num_experts", m.numExperts},
-                  {"top_k", m.topK}, {"hidden_size", m.hidden}, {"checkpoint_path", m.checkpointPath},
+    j["model"] = {{"model_type", m.modelType},   {"num_layers", m.numLayers},
+                  {"num_experts", m.numExperts}, {"top_k", m.topK},
+                  {"hidden_size", m.hidden},     {"checkpoint_path", m.checkpointPath},
                   {"fingerprint", m.fingerprint}};
     j["runs"] = nlohmann::ordered_json::array();
     for (auto& name : s.runNames()) {
         es::RunInfo r = s.runInfo(name);
-        j["runs"].push_back({{"name", r.name}, {"device", r.device}, {"dtype", r.dtype}, {"created", r.created},
-                             {"tokens", r.numTokens}, {"prompts", r.numPrompts}, {"moe_layers", r.moeLayers},
+        j["runs"].push_back({{"name", r.name},
+                             {"device", r.device},
+                             {"dtype", r.dtype},
+                             {"created", r.created},
+                             {"tokens", r.numTokens},
+                             {"prompts", r.numPrompts},
+                             {"moe_layers", r.moeLayers},
                              {"attention_layers", r.attentionLayers},
-                             {"expert_output_norms", r.hasExpertNorms}, {"shared_output_norms", r.hasSharedNorms},
-                             {"logits", r.hasLogits}, {"hidden_states", r.hasHidden}, {"token_text", r.hasTokenText},
+                             {"expert_output_norms", r.hasExpertNorms},
+                             {"shared_output_norms", r.hasSharedNorms},
+                             {"logits", r.hasLogits},
+                             {"hidden_states", r.hasHidden},
+                             {"token_text", r.hasTokenText},
                              {"prompt_texts", r.hasPromptTexts}});
     }
     j["results"] = nlohmann::ordered_json::array();
@@ -207,23 +216,27 @@ int cmdSession(const std::vector<std::string>& args) {
         const es::Result& r = s.result(id);
         nlohmann::ordered_json arrays = nlohmann::ordered_json::object();
         for (auto& [n, a] : r.arrays) arrays[n] = {{"dtype", typeNames[static_cast<int>(a.type)]}, {"shape", a.shape}};
-        j["results"].push_back({{"id", id}, {"kind", r.kind}, {"params", nlohmann::json::parse(r.paramsJson)},
-                                {"created", r.created}, {"arrays", arrays}});
+        j["results"].push_back({{"id", id},
+                                {"kind", r.kind},
+                                {"params", nlohmann::json::parse(r.paramsJson)},
+                                {"created", r.created},
+                                {"arrays", arrays}});
     }
     j["prompts"] = s.prompts();
     j["views"] = s.viewIds();
     j["notes"] = nlohmann::ordered_json::array();
     for (auto& n : s.notes())
-        j["notes"].push_back({{"text", n.text}, {"anchor", nlohmann::json::parse(n.anchorJson)}, {"created", n.created}});
+        j["notes"].push_back(
+            {{"text", n.text}, {"anchor", nlohmann::json::parse(n.anchorJson)}, {"created", n.created}});
     if (verify) j["verified"] = true;
     if (json) {
         std::cout << j.dump(2) << "\n";
         return 0;
     }
-    std::cout << "session      " << s.path() << " (format " << es::kSessionFormatVersion << ")" << (verify ? ", verified" : "")
-              << "\n"
-              << "model        " << m.modelType << ", " << m.numLayers << " layers, " << m.numExperts << " experts, top-"
-              << m.topK << "\n"
+    std::cout << "session      " << s.path() << " (format " << es::kSessionFormatVersion << ")"
+              << (verify ? ", verified" : "") << "\n"
+              << "model        " << m.modelType << ", " << m.numLayers << " layers, " << m.numExperts
+              << " experts, top-" << m.topK << "\n"
               << "checkpoint   " << m.checkpointPath << "\n"
               << "fingerprint  " << m.fingerprint << "\n"
               << "runs         " << s.runNames().size() << "\n";
@@ -233,7 +246,8 @@ int cmdSession(const std::vector<std::string>& args) {
                   << r["dtype"].get<std::string>() << (r["expert_output_norms"].get<bool>() ? ", expert norms" : "")
                   << (r["logits"].get<bool>() ? ", logits" : "") << "\n";
     std::cout << "results      " << s.resultIds().size() << "\n";
-    for (auto& r : j["results"]) std::cout << "  " << r["id"].get<std::string>() << " (" << r["kind"].get<std::string>() << ")\n";
+    for (auto& r : j["results"])
+        std::cout << "  " << r["id"].get<std::string>() << " (" << r["kind"].get<std::string>() << ")\n";
     std::cout << "views        " << s.viewIds().size() << "\n"
               << "notes        " << s.notes().size() << "\n";
     return 0;
@@ -284,7 +298,8 @@ int cmdEmoe(const std::vector<std::string>& args) {
         std::cerr << "  layer " << r.layer << ": objective " << r.objective << ", " << r.iterations << " iterations"
                   << (r.converged ? "" : " (not converged)") << "\n";
     std::cerr << opt.experts << " experts, top-" << opt.topK << ", "
-              << (opt.format == "mixtral" ? std::string("Mixtral format (router = mean key rows)") : opt.gating + " gating")
+              << (opt.format == "mixtral" ? std::string("Mixtral format (router = mean key rows)")
+                                          : opt.gating + " gating")
               << ", " << report.size() << " layer(s) -> " << out << "\n";
     return 0;
 }
@@ -340,8 +355,7 @@ int cmdTrace(const std::vector<std::string>& args) {
     } else {
         try {
             tok = es::Tokenizer::load(path);  // pieces for the session when the checkpoint has a tokenizer
-        } catch (const es::Error&) {
-        }
+        } catch (const es::Error&) {}
     }
     es::ModelSpec spec = es::ModelSpec::fromCheckpoint(*ckpt);
     if (spec.moeLayers().empty())
@@ -354,8 +368,7 @@ int cmdTrace(const std::vector<std::string>& args) {
                 std::fclose(f);
                 existing = es::listRuns(out);
             }
-        } catch (const es::Error&) {
-        }
+        } catch (const es::Error&) {}
         int n = 0;
         do run = "run" + std::to_string(n++);
         while (std::find(existing.begin(), existing.end(), run) != existing.end());
@@ -369,7 +382,6 @@ int cmdTrace(const std::vector<std::string>& args) {
               << (model->layerStreamed() ? ", layer-streamed" : "") << ") -> " << out << "\n";
     return 0;
 }
-
 
 // The paper's inputs (analyses-spec.md D0 and D4), verbatim.
 const char* kPresetShort = "As an open source alternative to";
@@ -448,7 +460,8 @@ int cmdAnalyze(const std::vector<std::string>& args) {
     const std::set<std::string> statics = es::parseStaticList(staticList);
     const std::set<std::string> dynamicsListed = es::parseDynamicList(dynamicList);
     const bool makesRun = !preset.empty() || !paragraphs.empty();
-    if (makesRun && dynamicsListed.empty()) throw UsageError("analyze: --preset/--paragraphs make a run for --dynamic analyses");
+    if (makesRun && dynamicsListed.empty())
+        throw UsageError("analyze: --preset/--paragraphs make a run for --dynamic analyses");
     if (!dynamicsListed.empty() && run.empty() && !makesRun)
         throw UsageError("analyze: --dynamic needs --run NAME (a run in the session), --preset or --paragraphs");
 
@@ -484,7 +497,8 @@ int cmdAnalyze(const std::vector<std::string>& args) {
     };
     if (!dynamics.empty() && makesRun) {
         if (run.empty()) run = !paragraphs.empty() ? "paragraphs" : preset;
-        if (session.hasRun(run)) throw es::Error("a run named '" + run + "' already exists", session.path(), "/runs/" + run);
+        if (session.hasRun(run))
+            throw es::Error("a run named '" + run + "' already exists", session.path(), "/runs/" + run);
         es::RunRequest req;
         req.name = run;
         req.texts = !paragraphs.empty() ? readParagraphs(paragraphs)
@@ -515,7 +529,8 @@ int cmdAnalyze(const std::vector<std::string>& args) {
         std::cerr << "\n";
         const es::Result& check = dyn.at("routing_check/" + run);
         mismatches = check.arrays.at("mismatches").shape[0];
-        if (auto it = check.arrays.find("attention_mismatches"); it != check.arrays.end()) mismatches += it->second.shape[0];
+        if (auto it = check.arrays.find("attention_mismatches"); it != check.arrays.end())
+            mismatches += it->second.shape[0];
         for (auto& [id, r] : dyn) results[id] = std::move(r);
     }
     for (auto& [id, r] : results) session.putResult(id, std::move(r));
@@ -523,8 +538,9 @@ int cmdAnalyze(const std::vector<std::string>& args) {
     for (auto& [id, r] : results) std::cerr << "  /analyses/" << id << "\n";
     std::cerr << results.size() << " result(s) -> " << out << "\n";
     if (mismatches > 0)
-        std::cerr << "warning: the recomputation routed " << mismatches << " (layer, token) pair(s) differently from run '"
-                  << run << "' (listed in /analyses/routing_check/" << run << "/mismatches and attention_mismatches)\n";
+        std::cerr << "warning: the recomputation routed " << mismatches
+                  << " (layer, token) pair(s) differently from run '" << run << "' (listed in /analyses/routing_check/"
+                  << run << "/mismatches and attention_mismatches)\n";
     return 0;
 }
 

@@ -70,19 +70,29 @@ struct PaneDef {
 
 std::vector<PaneDef> paneDefs() {
     return {
-        {"similarity", "Expert similarity",
+        {"similarity",
+         "Expert similarity",
          {{"Weights (S1)", "weight-similarity"},
           {"Mean neurons (S2)", "neuron-mean-similarity"},
           {"Reordered neurons (S3)", "neuron-reordering"},
           {"Router rows (S4)", "router-similarity"}}},
-        {"router", "Router vs weights", {{"Scatter (S5)", "router-vs-weights"}, {"r² per layer (S5)", "router-weight-r2"}}},
+        {"router",
+         "Router vs weights",
+         {{"Scatter (S5)", "router-vs-weights"}, {"r² per layer (S5)", "router-weight-r2"}}},
         {"pca", "PCA", {{"Experts (S6)", "matrix-pca"}, {"Neurons (S7)", "neuron-pca"}}},
-        {"norms", "Norms vs scores",
-         {{"Scatter (D2)", "norms-vs-scores"}, {"Rank counts (D2)", "rank-counts"}, {"Top-1 vs max norm (D2)", "top1-max-norm"}}},
+        {"norms",
+         "Norms vs scores",
+         {{"Scatter (D2)", "norms-vs-scores"},
+          {"Rank counts (D2)", "rank-counts"},
+          {"Top-1 vs max norm (D2)", "top1-max-norm"}}},
         {"diversity", "Diversity", {{"Per layer", "diversity"}, {"Output similarity (D1)", "output-similarity"}}},
-        {"routing", "Routing", {{"Routing map (D4)", "routing-map"}, {"Routing text", "routing-text"}, {"Expert load", "expert-load"}}},
+        {"routing",
+         "Routing",
+         {{"Routing map (D4)", "routing-map"}, {"Routing text", "routing-text"}, {"Expert load", "expert-load"}}},
         {"activations", "Gate activations", {{"Gate activations (D3)", "gate-activations"}}},
-        {"modularity", "Modularity (EMoE)", {{"Share per layer", "modularity"}, {"Activation blocks", "activation-blocks"}}},
+        {"modularity",
+         "Modularity (EMoE)",
+         {{"Share per layer", "modularity"}, {"Activation blocks", "activation-blocks"}}},
     };
 }
 }  // namespace
@@ -249,7 +259,8 @@ void MainWindow::chooseReference() {
 }
 
 void MainWindow::chooseSession() {
-    QString f = QFileDialog::getOpenFileName(this, "Open session", QString(), "ExpertScope sessions (*.h5 *.hdf5);;All files (*)");
+    QString f = QFileDialog::getOpenFileName(this, "Open session", QString(),
+                                             "ExpertScope sessions (*.h5 *.hdf5);;All files (*)");
     if (!f.isEmpty()) openSession(f);
 }
 
@@ -293,7 +304,8 @@ void MainWindow::fillModelTree() {
         }
         if (ref_) add(nullptr, "Reference (F)", q(ref_->ckpt->path()));
         auto* layers = add(nullptr, "Layer list", "");
-        for (int l = 0; l < s.numLayers; ++l) add(layers, QString("layer %1").arg(l), s.layers[l].moe ? "MoE" : "dense");
+        for (int l = 0; l < s.numLayers; ++l)
+            add(layers, QString("layer %1").arg(l), s.layers[l].moe ? "MoE" : "dense");
     } else if (session_) {
         const SessionModel& m = session_->model();
         add(nullptr, "Architecture", q(m.modelType));
@@ -308,8 +320,12 @@ void MainWindow::fillModelTree() {
         auto* runs = add(nullptr, "Runs", QString::number(session_->runNames().size()));
         for (auto& n : session_->runNames()) {
             RunInfo r = session_->runInfo(n);
-            add(runs, q(n), QString("%1 tokens, %2 prompts, %3 MoE layers, %4 %5")
-                               .arg(r.numTokens).arg(r.numPrompts).arg(r.moeLayers.size()).arg(q(r.device), q(r.dtype)));
+            add(runs, q(n),
+                QString("%1 tokens, %2 prompts, %3 MoE layers, %4 %5")
+                    .arg(r.numTokens)
+                    .arg(r.numPrompts)
+                    .arg(r.moeLayers.size())
+                    .arg(q(r.device), q(r.dtype)));
         }
         auto* results = add(nullptr, "Results", QString::number(session_->resultIds().size()));
         for (auto& id : session_->resultIds()) add(results, q(id), q(session_->result(id).kind));
@@ -383,10 +399,10 @@ void MainWindow::startStaticAnalyses() {
 
 bool MainWindow::runPrompts(const QStringList& prompts, const QString& device, const QString& dtype) {
     if (!session_ || !ckpt_ || !spec_) {
-        showError("Cannot run prompts",
-                  session_ ? "The session's checkpoint was not found where it was (" + q(session_->model().checkpointPath) +
-                                 "); open the checkpoint to run prompts."
-                           : "Open a checkpoint first.");
+        showError("Cannot run prompts", session_ ? "The session's checkpoint was not found where it was (" +
+                                                       q(session_->model().checkpointPath) +
+                                                       "); open the checkpoint to run prompts."
+                                                 : "Open a checkpoint first.");
         return false;
     }
     prompts_->addPrompts(prompts);  // what ran is in the session's prompt list
@@ -495,8 +511,8 @@ bool MainWindow::openSession(const QString& path) {
             if (bad.empty()) return {};
             return [this, bad, target] {
                 if (generation_ == target)  // still the session it is about
-                    showError("The session's data is damaged", "The session opened, but part of its data is damaged: " +
-                                                                   QString::fromStdString(bad));
+                    showError("The session's data is damaged",
+                              "The session opened, but part of its data is damaged: " + QString::fromStdString(bad));
             };
         });
         return true;
@@ -528,9 +544,11 @@ bool MainWindow::saveSession(const QString& path) {
     if (!session_) return false;
     try {
         nlohmann::json order = nlohmann::json::array();
-        for (int i = 0; i < tabs_->count(); ++i) order.push_back(static_cast<ViewPane*>(tabs_->widget(i))->id().toStdString());
+        for (int i = 0; i < tabs_->count(); ++i)
+            order.push_back(static_cast<ViewPane*>(tabs_->widget(i))->id().toStdString());
         auto* cur = static_cast<ViewPane*>(tabs_->currentWidget());
-        session_->setViewState("window", nlohmann::json{{"order", order}, {"current", cur ? cur->id().toStdString() : ""}}.dump());
+        session_->setViewState(
+            "window", nlohmann::json{{"order", order}, {"current", cur ? cur->id().toStdString() : ""}}.dump());
         for (auto* p : panes_) session_->setViewState(p->id().toStdString(), p->stateJson());
         std::vector<std::string> ps;
         for (auto& p : prompts_->prompts()) ps.push_back(p.toStdString());
@@ -548,7 +566,8 @@ bool MainWindow::saveSession(const QString& path) {
     }
 }
 
-bool MainWindow::exportView(const QString& paneId, const QString& path, int width, int height, double dpi, bool allLayers) {
+bool MainWindow::exportView(const QString& paneId, const QString& path, int width, int height, double dpi,
+                            bool allLayers) {
     ViewPane* p = pane(paneId);
     if (!p) {
         showError("Cannot export", "no view '" + paneId + "'");
@@ -572,7 +591,8 @@ void MainWindow::exportDialog() {
     d.setWindowTitle("Export " + p->title());
     auto* form = new QFormLayout(&d);
     auto* fmt = new QComboBox;
-    fmt->addItems({"PNG image (*.png)", "JPEG image (*.jpg)", "PDF, vector (*.pdf)", "SVG, vector (*.svg)", "Data as CSV (*.csv)"});
+    fmt->addItems({"PNG image (*.png)", "JPEG image (*.jpg)", "PDF, vector (*.pdf)", "SVG, vector (*.svg)",
+                   "Data as CSV (*.csv)"});
     auto* w = new QSpinBox;
     w->setRange(100, 20000);
     w->setValue(std::max(800, p->figureView()->width()));
@@ -602,10 +622,11 @@ void MainWindow::exportDialog() {
     exportView(p->id(), f, w->value(), h->value(), dpi->value(), all->isChecked());
 }
 
-bool MainWindow::convertToEmoe(const QString& outDir, int experts, int topK, const QString& layers, const QString& gating,
-                               int seed, const QString& format) {
+bool MainWindow::convertToEmoe(const QString& outDir, int experts, int topK, const QString& layers,
+                               const QString& gating, int seed, const QString& format) {
     if (!ckpt_ || !spec_ || !spec_->moeLayers().empty()) {
-        showError("Cannot convert", "EMoE converts a dense model: open a dense Llama, Mistral, Qwen2 or BERT checkpoint first.");
+        showError("Cannot convert",
+                  "EMoE converts a dense model: open a dense Llama, Mistral, Qwen2 or BERT checkpoint first.");
         return false;
     }
     EmoeOptions opt;
@@ -637,7 +658,8 @@ bool MainWindow::convertToEmoe(const QString& outDir, int experts, int topK, con
 
 void MainWindow::emoeDialog() {
     if (!ckpt_ || !spec_ || !spec_->moeLayers().empty()) {
-        showError("Cannot convert", "EMoE converts a dense model: open a dense Llama, Mistral, Qwen2 or BERT checkpoint first.");
+        showError("Cannot convert",
+                  "EMoE converts a dense model: open a dense Llama, Mistral, Qwen2 or BERT checkpoint first.");
         return;
     }
     QDialog d(this);
@@ -704,12 +726,15 @@ void MainWindow::selectToken(const QString& run, qint64 token) {
     if (token < 0 || token >= info.numTokens) return;
     const auto pieces = session_->runTokenPieces(r);
     route_->setHorizontalHeaderLabels(
-        {"layer", QString("experts (weights) of token %1%2").arg(token).arg(
-                      token < static_cast<qint64>(pieces.size()) ? " '" + q(pieces[token]) + "'" : QString())});
+        {"layer", QString("experts (weights) of token %1%2")
+                      .arg(token)
+                      .arg(token < static_cast<qint64>(pieces.size()) ? " '" + q(pieces[token]) + "'" : QString())});
     auto addRow = [&](const QString& label, const LayerTrace& lt) {
         QStringList parts;
         for (int64_t j = 0; j < lt.topK; ++j)
-            parts << QString("%1 (%2)").arg(lt.topkExperts[token * lt.topK + j]).arg(lt.topkWeights[token * lt.topK + j], 0, 'f', 3);
+            parts << QString("%1 (%2)")
+                         .arg(lt.topkExperts[token * lt.topK + j])
+                         .arg(lt.topkWeights[token * lt.topK + j], 0, 'f', 3);
         const int row = route_->rowCount();
         route_->insertRow(row);
         route_->setItem(row, 0, new QTableWidgetItem(label));

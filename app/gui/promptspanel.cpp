@@ -64,8 +64,8 @@ PromptsPanel::PromptsPanel(QWidget* parent) : QWidget(parent) {
         Q_EMIT promptsChanged();
     });
     connect(imp, &QPushButton::clicked, this, [this] {
-        const QString f = QFileDialog::getOpenFileName(this, "Import prompts", QString(),
-                                                       "Prompts (*.jsonl *.txt);;All files (*)");
+        const QString f =
+            QFileDialog::getOpenFileName(this, "Import prompts", QString(), "Prompts (*.jsonl *.txt);;All files (*)");
         if (f.isEmpty()) return;
         const QString err = importFile(f);
         if (!err.isEmpty()) Q_EMIT error("Cannot import prompts", err);

@@ -54,7 +54,8 @@ ViewPane::ViewPane(const QString& id, const QString& title, std::vector<Mode> mo
     kind_->setObjectName("kind");
     kind_->addItem("FFN", "ffn");
     kind_->addItem("attention", "attention");
-    kind_->setToolTip("Which experts: the FFN's, or the attention experts of a mixture-of-attention-heads model (JetMoE)");
+    kind_->setToolTip(
+        "Which experts: the FFN's, or the attention experts of a mixture-of-attention-heads model (JetMoE)");
     labelled("Experts", kind_);
     layer_ = new QSlider(Qt::Horizontal);
     layer_->setObjectName("layer");
@@ -114,7 +115,8 @@ ViewPane::ViewPane(const QString& id, const QString& title, std::vector<Mode> mo
         redraw();
     });
     connect(layer_, &QSlider::valueChanged, this, changedControl);
-    for (QComboBox* c : {matrix_, measure_, scale_}) connect(c, qOverload<int>(&QComboBox::currentIndexChanged), this, changedControl);
+    for (QComboBox* c : {matrix_, measure_, scale_})
+        connect(c, qOverload<int>(&QComboBox::currentIndexChanged), this, changedControl);
     connect(run_, qOverload<int>(&QComboBox::currentIndexChanged), this, [this] {
         if (updating_) return;
         rebuildControls();
@@ -178,7 +180,9 @@ void ViewPane::rebuildControls() {
     const bool kinds = i && i->kinds.size() > 1;
     show(kind_, kinds);
     const bool attention = kinds && kind_->currentData().toString() == "attention";
-    const std::vector<std::string> matrices = !i ? std::vector<std::string>{} : attention ? i->attentionMatrices : i->matrices;
+    const std::vector<std::string> matrices = !i          ? std::vector<std::string>{}
+                                              : attention ? i->attentionMatrices
+                                                          : i->matrices;
     fillCombo(matrix_, matrices);
     show(matrix_, matrices.size() > 1);
     fillCombo(measure_, i ? i->measures : std::vector<std::string>{});
@@ -186,7 +190,8 @@ void ViewPane::rebuildControls() {
     fillCombo(run_, i ? i->runs : std::vector<std::string>{});
     show(run_, i && i->perRun && !i->runs.empty());
     int prompts = 0;
-    if (i && i->perPrompt && session_ && !run_->currentText().isEmpty() && session_->hasRun(run_->currentText().toStdString()))
+    if (i && i->perPrompt && session_ && !run_->currentText().isEmpty() &&
+        session_->hasRun(run_->currentText().toStdString()))
         prompts = static_cast<int>(session_->runPromptOffsets(run_->currentText().toStdString()).size()) - 1;
     prompt_->setRange(0, std::max(0, prompts - 1));
     show(prompt_, i && i->perPrompt);
@@ -211,7 +216,9 @@ ViewRequest ViewPane::request() const {
     ViewRequest r;
     r.view = currentView();
     const ViewInfo* i = info();
-    if (i && i->perLayer && !i->layers.empty()) r.layer = i->layers[static_cast<size_t>(std::clamp(layer_->value(), 0, static_cast<int>(i->layers.size()) - 1))];
+    if (i && i->perLayer && !i->layers.empty())
+        r.layer =
+            i->layers[static_cast<size_t>(std::clamp(layer_->value(), 0, static_cast<int>(i->layers.size()) - 1))];
     r.kind = i && i->kinds.size() > 1 ? kind_->currentData().toString().toStdString() : "ffn";
     r.matrix = matrix_->currentText().toStdString();
     r.measure = measure_->currentText().toStdString();
@@ -287,9 +294,16 @@ bool ViewPane::hasFigure() const {
 
 std::string ViewPane::stateJson() const {
     const ViewRequest r = request();
-    nlohmann::json j = {{"view", r.view},       {"kind", r.kind},     {"layer", r.layer},   {"matrix", r.matrix},
-                        {"measure", r.measure}, {"run", r.run},       {"prompt", r.prompt},
-                        {"token", r.token},     {"scale", r.scale},   {"selected_expert", view_->selectedExpert()},
+    nlohmann::json j = {{"view", r.view},
+                        {"kind", r.kind},
+                        {"layer", r.layer},
+                        {"matrix", r.matrix},
+                        {"measure", r.measure},
+                        {"run", r.run},
+                        {"prompt", r.prompt},
+                        {"token", r.token},
+                        {"scale", r.scale},
+                        {"selected_expert", view_->selectedExpert()},
                         {"selected_token", view_->selectedToken()}};
     return j.dump();
 }
@@ -297,7 +311,9 @@ std::string ViewPane::stateJson() const {
 void ViewPane::restoreState(const std::string& json) {
     nlohmann::json j = nlohmann::json::parse(json, nullptr, false);
     if (!j.is_object()) return;
-    auto str = [&](const char* k) { return j.contains(k) && j[k].is_string() ? q(j[k].get<std::string>()) : QString(); };
+    auto str = [&](const char* k) {
+        return j.contains(k) && j[k].is_string() ? q(j[k].get<std::string>()) : QString();
+    };
     auto num = [&](const char* k, int d) { return j.contains(k) && j[k].is_number_integer() ? j[k].get<int>() : d; };
     if (!str("view").isEmpty()) setMode(str("view").toStdString());
     if (!str("run").isEmpty()) setOption("run", str("run"));

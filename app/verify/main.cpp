@@ -1,6 +1,7 @@
 // expertscope-verify [--structure] FILE: reads a session file completely (structure, shapes,
-// every byte of data through its checksums), or with --structure only what opening it reads. Exit 0 when sound; 1 with the error on stderr. The CLI and the
-// GUI run it as a separate process, so a file that crashes the HDF5 library cannot crash them.
+// every byte of data through its checksums), or with --structure only what opening it reads. Exit 0 when sound; 1 with
+// the error on stderr. The CLI and the GUI run it as a separate process, so a file that crashes the HDF5 library cannot
+// crash them.
 #include <cstdio>
 #include <exception>
 #include <string>

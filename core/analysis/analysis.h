@@ -42,7 +42,7 @@ struct DynamicOptions {
     std::vector<int> layers;
     std::string device = "cpu", dtype = "float32";
     bool layerStreaming = false;  // stream the layers whether or not the model fits (else: automatic)
-    int64_t firstTokens = 16;  // D1 per-token matrices and D3 activations for the first N tokens
+    int64_t firstTokens = 16;     // D1 per-token matrices and D3 activations for the first N tokens
     // A mixture-of-attention-heads run's stored attention-router records (one per layer), checked
     // like the FFN's (routing_check's attention_mismatches)
     std::vector<LayerTrace> storedAttention;
@@ -103,6 +103,5 @@ double roundDecimals(double x, int digits);
 
 // Row labels: "0".."E-1", then "SE" and "F" where present.
 std::vector<std::string> expertLabels(int64_t routed, bool shared, bool reference);
-
 
 }  // namespace es

@@ -11,12 +11,12 @@
 #include "error.h"
 #include "model/spec.h"
 
-
 namespace es {
 
 namespace {
 std::set<std::string> parseList(const std::string& list, const std::vector<std::string>& known,
-                                const std::map<std::string, std::vector<std::string>>& groups, const std::string& option) {
+                                const std::map<std::string, std::vector<std::string>>& groups,
+                                const std::string& option) {
     std::set<std::string> out;
     std::stringstream ss(list);
     std::string item;
@@ -61,9 +61,11 @@ std::vector<int> analysisLayers(const ModelSpec& spec, const std::vector<int>& r
     std::vector<int> out;
     for (int l : requested) {
         if (l < 0 || l >= spec.numLayers)
-            throw Error("layer " + std::to_string(l) + " is out of range (the model has " + std::to_string(spec.numLayers) +
-                            " layers, 0-" + std::to_string(spec.numLayers - 1) + ")", file, "--layers");
-        if (!spec.layers[l].moe) throw Error("layer " + std::to_string(l) + " is a dense layer, not an MoE layer", file, "--layers");
+            throw Error("layer " + std::to_string(l) + " is out of range (the model has " +
+                            std::to_string(spec.numLayers) + " layers, 0-" + std::to_string(spec.numLayers - 1) + ")",
+                        file, "--layers");
+        if (!spec.layers[l].moe)
+            throw Error("layer " + std::to_string(l) + " is a dense layer, not an MoE layer", file, "--layers");
         if (std::find(out.begin(), out.end(), l) == out.end()) out.push_back(l);
     }
     std::sort(out.begin(), out.end());
@@ -75,18 +77,21 @@ void checkReference(const ModelSpec& spec, const Reference& ref, const std::vect
     const std::string& file = ref.ckpt->path();
     if (r.hidden != spec.hidden)
         throw Error("the reference model's hidden size is " + std::to_string(r.hidden) + ", the MoE model's " +
-                        std::to_string(spec.hidden), file, "hidden_size");
+                        std::to_string(spec.hidden),
+                    file, "hidden_size");
     if (r.numLayers != spec.numLayers)
         throw Error("the reference model has " + std::to_string(r.numLayers) + " layers, the MoE model " +
-                        std::to_string(spec.numLayers), file, "num_hidden_layers");
+                        std::to_string(spec.numLayers),
+                    file, "num_hidden_layers");
     if (r.encoder != spec.encoder || r.gatedFfn() != spec.gatedFfn() || r.activation != spec.activation)
-        throw Error("the reference model's FFN (" + r.family + ", " + r.activation + ") is not of the MoE model's kind (" +
-                        spec.family + ", " + spec.activation + ")",
+        throw Error("the reference model's FFN (" + r.family + ", " + r.activation +
+                        ") is not of the MoE model's kind (" + spec.family + ", " + spec.activation + ")",
                     file, "model_type");
     for (int l : layers)
         if (r.layers[l].moe)
-            throw Error("the reference model's layer " + std::to_string(l) + " is an MoE layer; the reference must be dense",
-                        file, "layers");
+            throw Error(
+                "the reference model's layer " + std::to_string(l) + " is an MoE layer; the reference must be dense",
+                file, "layers");
 }
 
 double layerDiversity(const std::vector<double>& m, int rows, int routed) {
@@ -138,6 +143,5 @@ std::vector<std::string> expertLabels(int64_t routed, bool shared, bool referenc
     if (reference) v.push_back("F");
     return v;
 }
-
 
 }  // namespace es

@@ -96,10 +96,11 @@ PassOutput runPass(const std::shared_ptr<Checkpoint>& ckpt, const ModelSpec& spe
     // the kinds of experts: the FFN's (rows: E, SE, F) and, on MoA models, the attention experts
     const int64_t E = spec.numExperts;
     const bool hasSE = spec.hasSharedExpert(), hasF = R != nullptr, moa = spec.attn.isMoa();
-    ExpertKind ffnKind{false, "", E, spec.topK, E + (hasSE ? 1 : 0) + (hasF ? 1 : 0), expertLabels(E, hasSE, hasF),
-                       &spec.router};
+    ExpertKind ffnKind{
+        false, "", E, spec.topK, E + (hasSE ? 1 : 0) + (hasF ? 1 : 0), expertLabels(E, hasSE, hasF), &spec.router};
     const int64_t Ea = spec.attn.moaExperts;
-    ExpertKind attnKind{true, "attention/", Ea, spec.attn.moaTopK, Ea, expertLabels(Ea, false, false), &spec.attnRouter};
+    ExpertKind attnKind{
+        true, "attention/", Ea, spec.attn.moaTopK, Ea, expertLabels(Ea, false, false), &spec.attnRouter};
 
     std::vector<std::unique_ptr<Analysis>> analyses;
     auto check = std::make_unique<RoutingCheck>(ctx, stored, opt.storedAttention);
@@ -193,8 +194,12 @@ PassOutput runPass(const std::shared_ptr<Checkpoint>& ckpt, const ModelSpec& spe
     if (opt.progress) opt.progress(1.0, "done");
 
     // ---- results ----
-    ctx.provenance = {{"checkpoint", ckpt->path()}, {"fingerprint", ckpt->fingerprint()}, {"run", runName},
-                      {"device", model->device()}, {"dtype", model->dtype()}, {"tool", toolVersion()}};
+    ctx.provenance = {{"checkpoint", ckpt->path()},
+                      {"fingerprint", ckpt->fingerprint()},
+                      {"run", runName},
+                      {"device", model->device()},
+                      {"dtype", model->dtype()},
+                      {"tool", toolVersion()}};
     if (ref) {
         ctx.provenance["reference"] = ref->ckpt->path();
         ctx.provenance["reference_fingerprint"] = ref->ckpt->fingerprint();

@@ -12,8 +12,8 @@ namespace es {
 
 namespace {
 
-constexpr int kTile = 64;           // values per tile and matrix
-constexpr int kFlushTiles = 16;     // fp32 partial sums cover at most 1024 values
+constexpr int kTile = 64;        // values per tile and matrix
+constexpr int kFlushTiles = 16;  // fp32 partial sums cover at most 1024 values
 constexpr int kLanes = 8;
 typedef float v8 __attribute__((vector_size(32)));
 
@@ -56,8 +56,8 @@ inline v8 load8(const float* p) {
 inline void store8(float* p, v8 v) { std::memcpy(p, &v, sizeof v); }
 
 // Pairwise products of the n rows of a tile ([n][kTile], padded with zeros), into fp32 vector
-// accumulators, 8 floats each at acc + 8 (a n + b) (valid for a <= b; plain floats, any alignment). Blocks of 4 x 2 rows keep 8 accumulators in
-// registers: 6 loads feed 8 multiply-adds.
+// accumulators, 8 floats each at acc + 8 (a n + b) (valid for a <= b; plain floats, any alignment). Blocks of 4 x 2
+// rows keep 8 accumulators in registers: 6 loads feed 8 multiply-adds.
 inline void accumulatePairs(const float* tile, int n, float* acc) {
     for (int a0 = 0; a0 < n; a0 += 4) {
         const int na = std::min(4, n - a0);
@@ -146,9 +146,10 @@ inline float sumTile(const float* t) {
 
 // The whole row loop is compiled twice (AVX2 + FMA, and the x86-64 baseline) and chosen at run
 // time, so that the tile helpers above inline into it.
-__attribute__((target_clones("arch=x86-64-v3", "default"))) void runRows(
-    const std::vector<GramMatrix>& ms, int64_t r0, int64_t r1, int64_t cols, bool neuronRows, bool gram,
-    bool standardized, Acc& acc, std::vector<std::vector<double>>& rowSums) {
+__attribute__((target_clones("arch=x86-64-v3", "default"))) void runRows(const std::vector<GramMatrix>& ms, int64_t r0,
+                                                                         int64_t r1, int64_t cols, bool neuronRows,
+                                                                         bool gram, bool standardized, Acc& acc,
+                                                                         std::vector<std::vector<double>>& rowSums) {
     const int n = static_cast<int>(ms.size());
     const int64_t paddedCols = (cols + kTile - 1) / kTile * kTile;
     std::vector<float> tile(static_cast<size_t>(n) * kTile), ztile(standardized ? tile.size() : 0);

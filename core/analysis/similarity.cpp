@@ -86,7 +86,8 @@ std::vector<double> rowCosine(const std::vector<double>& m, int rows, int cols) 
     for (int a = 0; a < rows; ++a)
         for (int b = a; b < rows; ++b) {
             double dot = 0;
-            for (int k = 0; k < cols; ++k) dot += m[static_cast<size_t>(a) * cols + k] * m[static_cast<size_t>(b) * cols + k];
+            for (int k = 0; k < cols; ++k)
+                dot += m[static_cast<size_t>(a) * cols + k] * m[static_cast<size_t>(b) * cols + k];
             double den = norms[a] * norms[b];
             double c = a == b ? 1.0 : (den > 0 ? std::clamp(dot / den, -1.0, 1.0) : 0.0);
             out[static_cast<size_t>(a) * rows + b] = out[static_cast<size_t>(b) * rows + a] = c;

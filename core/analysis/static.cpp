@@ -43,7 +43,7 @@ struct LayerMats {
     std::vector<Mat> routed[3];
     std::vector<Mat> extra[3];  // SE then F, where present
     std::vector<std::string> extraLabels;
-    std::vector<const TensorView*> tensors;  // everything read, to release afterwards
+    std::vector<const TensorView*> tensors;       // everything read, to release afterwards
     std::deque<std::vector<uint8_t>> ownedBytes;  // copies (EMoE down blocks) and their views
     std::deque<TensorView> ownedViews;
 
@@ -88,8 +88,8 @@ LayerMats layerMats(const Checkpoint& ck, const ModelSpec& s, const Reference* r
             if (u) L.routed[1].push_back({u, e * F * d, F, d, true});
             std::vector<uint8_t>& buf = L.ownedBytes.emplace_back(static_cast<size_t>(d * F) * es);
             for (int64_t r = 0; r < d; ++r)
-                std::memcpy(buf.data() + static_cast<size_t>(r * F) * es, dn.data + static_cast<size_t>(r * Fd + e * F) * es,
-                            static_cast<size_t>(F) * es);
+                std::memcpy(buf.data() + static_cast<size_t>(r * F) * es,
+                            dn.data + static_cast<size_t>(r * Fd + e * F) * es, static_cast<size_t>(F) * es);
             TensorView& v = L.ownedViews.emplace_back();
             v.name = dn.name + "[block " + std::to_string(e) + "]";
             v.dtype = dn.dtype;
@@ -129,7 +129,7 @@ LayerMats layerMats(const Checkpoint& ck, const ModelSpec& s, const Reference* r
 // matrix after standardising every position across the matrices (S6), and each matrix's sum
 // of neuron vectors (S2).
 struct PassResult {
-    std::vector<double> gram, gramZ;   // n x n
+    std::vector<double> gram, gramZ;             // n x n
     std::vector<std::vector<double>> neuronSum;  // n x d
 };
 
@@ -285,8 +285,8 @@ Pca neuronPca(const std::vector<Mat>& ms, int C, std::vector<int32_t>& owner) {
         Tensor inv = torch::where(constant.logical_or(var <= 0), torch::zeros_like(var), var.rsqrt());
         Z = (Z * inv).to(torch::kDouble);
         Tensor g = torch::mm(Z, Z.t()).contiguous();
-        return pcaFromGram(std::vector<double>(g.data_ptr<double>(), g.data_ptr<double>() + n * n),
-                           static_cast<int>(n), C);
+        return pcaFromGram(std::vector<double>(g.data_ptr<double>(), g.data_ptr<double>() + n * n), static_cast<int>(n),
+                           C);
     }
     Tensor S = torch::zeros({d, d}, f64);
     for (auto& m : ms) {
@@ -352,7 +352,8 @@ Reorder neuronReordering(const std::vector<Mat> (&ms)[3], const std::vector<int>
     auto permSim = [](const Loaded& a, const Loaded& b, int m, const std::vector<int32_t>& p) {
         Tensor idx = torch::from_blob(const_cast<int32_t*>(p.data()), {static_cast<int64_t>(p.size())}, torch::kInt)
                          .to(torch::kLong);
-        const double dot = (a.raw[m].to(torch::kDouble) * b.raw[m].index_select(0, idx).to(torch::kDouble)).sum().item<double>();
+        const double dot =
+            (a.raw[m].to(torch::kDouble) * b.raw[m].index_select(0, idx).to(torch::kDouble)).sum().item<double>();
         const double den = a.norm[m] * b.norm[m];
         return den > 0 ? dot / den : 0.0;
     };
@@ -420,12 +421,14 @@ void staticForKind(const Checkpoint& ckpt, const ModelSpec& spec, const Referenc
     std::vector<std::string> matNames;
     for (int m : mats) matNames.push_back(names[m]);
 
-    nlohmann::json provenance = {{"checkpoint", ckpt.path()}, {"fingerprint", ckpt.fingerprint()}, {"tool", toolVersion()}};
+    nlohmann::json provenance = {
+        {"checkpoint", ckpt.path()}, {"fingerprint", ckpt.fingerprint()}, {"tool", toolVersion()}};
     if (ref) {
         provenance["reference"] = ref->ckpt->path();
         provenance["reference_fingerprint"] = ref->ckpt->fingerprint();
     }
-    nlohmann::json baseParams = {{"layers", layers}, {"reference", ref ? nlohmann::json(ref->ckpt->path()) : nlohmann::json()}};
+    nlohmann::json baseParams = {{"layers", layers},
+                                 {"reference", ref ? nlohmann::json(ref->ckpt->path()) : nlohmann::json()}};
 
     Result r1, r2, r3, r4, r5, r6, r7, div1, div2;
     nlohmann::json excluded = nlohmann::json::object();
@@ -459,8 +462,9 @@ void staticForKind(const Checkpoint& ckpt, const ModelSpec& spec, const Referenc
                 sameLabels.push_back(L.extraLabels[x]);
             } else {
                 const Mat& g = L.extra[0][x];
-                excluded[L.extraLabels[x]] = "its matrices are [" + std::to_string(g.rows) + ", " + std::to_string(g.cols) +
-                                             "], the experts' [" + std::to_string(L.routed[0][0].rows) + ", " +
+                excluded[L.extraLabels[x]] = "its matrices are [" + std::to_string(g.rows) + ", " +
+                                             std::to_string(g.cols) + "], the experts' [" +
+                                             std::to_string(L.routed[0][0].rows) + ", " +
                                              std::to_string(L.routed[0][0].cols) + "]";
             }
         }
@@ -478,7 +482,8 @@ void staticForKind(const Checkpoint& ckpt, const ModelSpec& spec, const Referenc
                 }
                 if (s6) {
                     Pca p = pcaFromGram(pr.gramZ, nSame, C);
-                    r6.arrays[lp + names[m]] = Array::f32d({nSame, C}, p.proj).with("labels", AttrValue::text(sameLabels));
+                    r6.arrays[lp + names[m]] =
+                        Array::f32d({nSame, C}, p.proj).with("labels", AttrValue::text(sameLabels));
                     r6.arrays[lp + names[m] + "_explained"] = Array::f32d({C}, p.explained);
                 }
                 for (int x = 0; x < nSame; ++x) neuronSum[sameLabels[x]] = std::move(pr.neuronSum[x]);
@@ -489,8 +494,10 @@ void staticForKind(const Checkpoint& ckpt, const ModelSpec& spec, const Referenc
                     auto it = neuronSum.find(allLabels[x]);
                     if (it == neuronSum.end()) {  // a shared expert or reference of another shape
                         Tensor v = neuronMatrix(all[m][x]).sum(0).to(torch::kDouble).contiguous();
-                        it = neuronSum.emplace(allLabels[x], std::vector<double>(v.data_ptr<double>(),
-                                                                                 v.data_ptr<double>() + v.numel())).first;
+                        it = neuronSum
+                                 .emplace(allLabels[x],
+                                          std::vector<double>(v.data_ptr<double>(), v.data_ptr<double>() + v.numel()))
+                                 .first;
                     }
                     const double count = static_cast<double>(all[m][x].neurons());
                     for (double z : it->second) flat.push_back(z / count);
@@ -528,8 +535,9 @@ void staticForKind(const Checkpoint& ckpt, const ModelSpec& spec, const Referenc
             }
             std::vector<std::string> cols = {"router"};
             cols.insert(cols.end(), matNames.begin(), matNames.end());
-            r5.arrays[lp + "pairs"] = Array::f32d({static_cast<int64_t>(y.size()), static_cast<int64_t>(cols.size())}, pairs)
-                                          .with("columns", AttrValue::text(cols));
+            r5.arrays[lp + "pairs"] =
+                Array::f32d({static_cast<int64_t>(y.size()), static_cast<int64_t>(cols.size())}, pairs)
+                    .with("columns", AttrValue::text(cols));
             for (int m : mats) {
                 LinearFit f = linearFit(xs[m], y);
                 fit[0][m].push_back(f.r);

@@ -71,7 +71,8 @@ private:
             0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7, 0xc67178f2};
         uint32_t w[64];
         for (int i = 0; i < 16; ++i)
-            w[i] = (uint32_t(p[4 * i]) << 24) | (uint32_t(p[4 * i + 1]) << 16) | (uint32_t(p[4 * i + 2]) << 8) | p[4 * i + 3];
+            w[i] = (uint32_t(p[4 * i]) << 24) | (uint32_t(p[4 * i + 1]) << 16) | (uint32_t(p[4 * i + 2]) << 8) |
+                   p[4 * i + 3];
         for (int i = 16; i < 64; ++i) {
             uint32_t s0 = rotr(w[i - 15], 7) ^ rotr(w[i - 15], 18) ^ (w[i - 15] >> 3);
             uint32_t s1 = rotr(w[i - 2], 17) ^ rotr(w[i - 2], 19) ^ (w[i - 2] >> 10);
@@ -85,9 +86,23 @@ private:
             uint32_t S0 = rotr(a, 2) ^ rotr(a, 13) ^ rotr(a, 22);
             uint32_t mj = (a & b) ^ (a & c) ^ (b & c);
             uint32_t t2 = S0 + mj;
-            h = g; g = f; f = e; e = d + t1; d = c; c = b; b = a; a = t1 + t2;
+            h = g;
+            g = f;
+            f = e;
+            e = d + t1;
+            d = c;
+            c = b;
+            b = a;
+            a = t1 + t2;
         }
-        h_[0] += a; h_[1] += b; h_[2] += c; h_[3] += d; h_[4] += e; h_[5] += f; h_[6] += g; h_[7] += h;
+        h_[0] += a;
+        h_[1] += b;
+        h_[2] += c;
+        h_[3] += d;
+        h_[4] += e;
+        h_[5] += f;
+        h_[6] += g;
+        h_[7] += h;
     }
     std::array<uint32_t, 8> h_{};
     std::array<uint8_t, 64> buf_{};
@@ -122,10 +137,12 @@ std::shared_ptr<Checkpoint> Checkpoint::open(const std::string& pathIn) {
                 throw Error("missing or invalid 'weight_map'", index.string(), "weight_map");
             std::map<std::string, std::shared_ptr<SafetensorsFile>> shards;
             for (auto it = j["weight_map"].begin(); it != j["weight_map"].end(); ++it) {
-                if (!it->is_string()) throw Error("shard name is not a string", index.string(), "weight_map." + it.key());
+                if (!it->is_string())
+                    throw Error("shard name is not a string", index.string(), "weight_map." + it.key());
                 std::string shard = it->get<std::string>();
-                if (shard.find('/') != std::string::npos || shard == ".." )
-                    throw Error("shard name must be a file in the checkpoint directory", index.string(), "weight_map." + it.key());
+                if (shard.find('/') != std::string::npos || shard == "..")
+                    throw Error("shard name must be a file in the checkpoint directory", index.string(),
+                                "weight_map." + it.key());
                 if (!shards.count(shard)) {
                     fs::path sp = p / shard;
                     if (!fs::exists(sp, ec))
@@ -159,7 +176,8 @@ std::shared_ptr<Checkpoint> Checkpoint::open(const std::string& pathIn) {
             try {
                 c->config_ = std::make_unique<nlohmann::json>(nlohmann::json::parse(m->second));
             } catch (const nlohmann::json::exception& e) {
-                throw Error(std::string("metadata config is not valid JSON: ") + e.what(), p.string(), "__metadata__.config");
+                throw Error(std::string("metadata config is not valid JSON: ") + e.what(), p.string(),
+                            "__metadata__.config");
             }
             c->configPath_ = p.string() + " (__metadata__.config)";
         } else {

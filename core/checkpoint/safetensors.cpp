@@ -20,10 +20,14 @@ constexpr uint64_t kMaxHeader = 100ull << 20;  // same bound as the reference im
 
 const char* dtypeName(DType d) {
     switch (d) {
-        case DType::F32: return "F32";
-        case DType::F16: return "F16";
-        case DType::BF16: return "BF16";
-        case DType::I64: return "I64";
+        case DType::F32:
+            return "F32";
+        case DType::F16:
+            return "F16";
+        case DType::BF16:
+            return "BF16";
+        case DType::I64:
+            return "I64";
     }
     return "?";
 }
@@ -66,8 +70,9 @@ std::shared_ptr<SafetensorsFile> SafetensorsFile::open(const std::string& path) 
     f->size_ = static_cast<uint64_t>(st.st_size);
     if (f->size_ < 8) {
         ::close(fd);
-        throw Error("truncated safetensors file: " + std::to_string(f->size_) +
-                        " bytes, shorter than the 8-byte header length", path, "header length");
+        throw Error(
+            "truncated safetensors file: " + std::to_string(f->size_) + " bytes, shorter than the 8-byte header length",
+            path, "header length");
     }
     void* p = mmap(nullptr, f->size_, PROT_READ, MAP_SHARED, fd, 0);
     ::close(fd);
@@ -81,8 +86,8 @@ void SafetensorsFile::parse() {
     uint64_t n = 0;
     std::memcpy(&n, base_, 8);  // little-endian u64 (all supported hosts are little-endian)
     if (n > size_ - 8)
-        throw Error("header length " + std::to_string(n) + " runs past the end of the file (" +
-                        std::to_string(size_) + " bytes); the file is truncated or not safetensors",
+        throw Error("header length " + std::to_string(n) + " runs past the end of the file (" + std::to_string(size_) +
+                        " bytes); the file is truncated or not safetensors",
                     path_, "header length", 0);
     if (n > kMaxHeader)
         throw Error("header length " + std::to_string(n) + " exceeds the 100 MiB limit", path_, "header length", 0);
@@ -97,7 +102,10 @@ void SafetensorsFile::parse() {
     if (!j.is_object()) throw Error("header is not a JSON object", path_, "header", 8);
     const uint64_t dataStart = 8 + n;
     const uint64_t dataSize = size_ - dataStart;
-    struct Span { uint64_t b, e; const std::string* name; };
+    struct Span {
+        uint64_t b, e;
+        const std::string* name;
+    };
     std::vector<Span> spans;
     for (auto it = j.begin(); it != j.end(); ++it) {
         const std::string& name = it.key();
@@ -123,8 +131,7 @@ void SafetensorsFile::parse() {
         else if (dt == "F16") v.dtype = DType::F16;
         else if (dt == "BF16") v.dtype = DType::BF16;
         else if (dt == "I64") v.dtype = DType::I64;  // index buffers (BERT's position_ids)
-        else
-            throw Error("unsupported dtype " + dt + " (supported: F32, F16, BF16, I64)", path_, name);
+        else throw Error("unsupported dtype " + dt + " (supported: F32, F16, BF16, I64)", path_, name);
         uint64_t numel = 1;
         for (const auto& s : t["shape"]) {
             if (!s.is_number_unsigned()) throw Error("shape entries must be non-negative integers", path_, name);
@@ -153,7 +160,8 @@ void SafetensorsFile::parse() {
         if (!inserted) throw Error("duplicate tensor name", path_, name);
         spans.push_back({b, e, &pos->first});
     }
-    std::sort(spans.begin(), spans.end(), [](const Span& a, const Span& b) { return a.b < b.b || (a.b == b.b && a.e < b.e); });
+    std::sort(spans.begin(), spans.end(),
+              [](const Span& a, const Span& b) { return a.b < b.b || (a.b == b.b && a.e < b.e); });
     uint64_t maxEnd = 0;
     const std::string* maxName = nullptr;
     for (const auto& sp : spans) {

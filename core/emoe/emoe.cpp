@@ -35,8 +35,9 @@ namespace fs = std::filesystem;
 // move between each pair of clusters comes from a lazy heap; cluster potentials keep the
 // reduced costs non-negative so that each path is a Dijkstra over k nodes.
 std::vector<int32_t> balancedAssignment(const std::vector<double>& cost, int64_t n, int64_t k) {
-    if (k <= 0 || n % k != 0) throw Error("balanced assignment: " + std::to_string(n) + " rows do not split into " +
-                                          std::to_string(k) + " equal clusters");
+    if (k <= 0 || n % k != 0)
+        throw Error("balanced assignment: " + std::to_string(n) + " rows do not split into " + std::to_string(k) +
+                    " equal clusters");
     const int64_t cap = n / k;
     std::vector<int32_t> label(static_cast<size_t>(n), -1);
     std::vector<int64_t> count(static_cast<size_t>(k), 0);
@@ -139,7 +140,8 @@ BalancedKMeans oneRun(const torch::Tensor& X, const torch::Tensor& xx, int64_t k
 
 }  // namespace
 
-BalancedKMeans balancedKMeans(const double* x, int64_t n, int64_t d, int64_t k, uint64_t seed, int restarts, int maxIter) {
+BalancedKMeans balancedKMeans(const double* x, int64_t n, int64_t d, int64_t k, uint64_t seed, int restarts,
+                              int maxIter) {
     if (k <= 0 || n % k != 0)
         throw Error(std::to_string(n) + " rows do not split into " + std::to_string(k) + " equal clusters");
     torch::Tensor X = torch::from_blob(const_cast<double*>(x), {n, d}, torch::kDouble).clone();
@@ -155,8 +157,9 @@ BalancedKMeans balancedKMeans(const double* x, int64_t n, int64_t d, int64_t k, 
 
 std::map<int, std::vector<int64_t>> readEmoePermutation(const std::string& checkpointDir) {
     std::map<int, std::vector<int64_t>> out;
-    const fs::path file = fs::is_directory(checkpointDir) ? fs::path(checkpointDir) / kEmoePermutationFile
-                                                          : fs::path(checkpointDir).parent_path() / kEmoePermutationFile;
+    const fs::path file = fs::is_directory(checkpointDir)
+                              ? fs::path(checkpointDir) / kEmoePermutationFile
+                              : fs::path(checkpointDir).parent_path() / kEmoePermutationFile;
     if (!fs::exists(file)) return out;
     std::ifstream in(file);
     nlohmann::json j = nlohmann::json::parse(in, nullptr, false);
@@ -189,8 +192,7 @@ std::vector<int> parseLayerSelection(const std::string& text, int numLayers) {
             size_t used = 0;
             const int v = std::stoi(s, &used);
             if (used == s.size()) return v;
-        } catch (const std::exception&) {
-        }
+        } catch (const std::exception&) {}
         throw Error("--layers: '" + s + "' is not a layer number (all, START:EVERY or a list such as 3,5,7)");
     };
     if (text.empty() || text == "all") {
@@ -209,8 +211,8 @@ std::vector<int> parseLayerSelection(const std::string& text, int numLayers) {
     std::set<int> seen;
     for (int l : out) {
         if (l < 0 || l >= numLayers)
-            throw Error("--layers: layer " + std::to_string(l) + " does not exist (the model has " + std::to_string(numLayers) +
-                        " layers)");
+            throw Error("--layers: layer " + std::to_string(l) + " does not exist (the model has " +
+                        std::to_string(numLayers) + " layers)");
         if (!seen.insert(l).second) throw Error("--layers: layer " + std::to_string(l) + " is listed twice");
     }
     if (out.empty()) throw Error("--layers: '" + text + "' selects no layer");
@@ -223,7 +225,9 @@ namespace {
 // The rows of a [F, d] tensor of the mapping, in float64, each scaled to unit length.
 std::vector<double> unitRows(const TensorView& t) {
     std::vector<double> out(static_cast<size_t>(t.numel()));
-    torch::ScalarType st = t.dtype == DType::F32 ? torch::kFloat : t.dtype == DType::F16 ? torch::kHalf : torch::kBFloat16;
+    torch::ScalarType st = t.dtype == DType::F32   ? torch::kFloat
+                           : t.dtype == DType::F16 ? torch::kHalf
+                                                   : torch::kBFloat16;
     torch::Tensor src = torch::from_blob(const_cast<uint8_t*>(t.data), t.shape, st);
     torch::Tensor dst = torch::from_blob(out.data(), t.shape, torch::kDouble);
     dst.copy_(src);
@@ -255,37 +259,44 @@ std::vector<TensorOut> mixtralTensors(const Checkpoint& ckpt, const ModelSpec& s
     for (auto& [name, view] : ckpt.tensors()) {
         const TensorView* t = view;
         if (converted.count(name)) continue;
-        outs.push_back({name, t->dtype, t->shape, [t](const std::function<void(const void*, size_t)>& put) {
-                            put(t->data, t->nbytes);
-                        }});
+        outs.push_back({name, t->dtype, t->shape,
+                        [t](const std::function<void(const void*, size_t)>& put) { put(t->data, t->nbytes); }});
     }
     for (auto& [l, p] : perm) {
         const TensorView* g = &ckpt.get(spec.tensorName(Role::FfnGate, l));
         const TensorView* u = &ckpt.get(spec.tensorName(Role::FfnUp, l));
         const TensorView* dn = &ckpt.get(spec.tensorName(Role::FfnDown, l));
         const int64_t F = g->shape[0], S = F / N;
-        const auto st = g->dtype == DType::F32 ? torch::kFloat : g->dtype == DType::F16 ? torch::kHalf : torch::kBFloat16;
+        const auto st = g->dtype == DType::F32   ? torch::kFloat
+                        : g->dtype == DType::F16 ? torch::kHalf
+                                                 : torch::kBFloat16;
         torch::Tensor idx = torch::tensor(p, torch::kLong);
         torch::Tensor keys = torch::from_blob(const_cast<uint8_t*>(g->data), {F, d}, st).to(torch::kDouble);
         torch::Tensor router = keys.index_select(0, idx).view({N, S, d}).mean(1).to(st).contiguous();
         std::vector<uint8_t>& bytes = routers.emplace_back(static_cast<size_t>(router.nbytes()));
         std::memcpy(bytes.data(), router.data_ptr(), bytes.size());
         const std::vector<uint8_t>* rb = &bytes;
-        outs.push_back({mx.tensorName(Role::Router, l), g->dtype, {N, d},
+        outs.push_back({mx.tensorName(Role::Router, l),
+                        g->dtype,
+                        {N, d},
                         [rb](const std::function<void(const void*, size_t)>& put) { put(rb->data(), rb->size()); }});
         const std::vector<int64_t>* pp = &p;
         for (int64_t e = 0; e < N; ++e) {
             const int ei = static_cast<int>(e);
             for (auto [role, src] : {std::pair<Role, const TensorView*>{Role::ExpertGate, g}, {Role::ExpertUp, u}}) {
                 const size_t row = static_cast<size_t>(d) * dtypeSize(src->dtype);
-                outs.push_back({mx.tensorName(role, l, ei), src->dtype, {S, d},
+                outs.push_back({mx.tensorName(role, l, ei),
+                                src->dtype,
+                                {S, d},
                                 [src, pp, e, S, row](const std::function<void(const void*, size_t)>& put) {
                                     for (int64_t r = e * S; r < (e + 1) * S; ++r)
                                         put(src->data + static_cast<size_t>((*pp)[r]) * row, row);
                                 }});
             }
             const size_t es = dtypeSize(dn->dtype);
-            outs.push_back({mx.tensorName(Role::ExpertDown, l, ei), dn->dtype, {d, S},
+            outs.push_back({mx.tensorName(Role::ExpertDown, l, ei),
+                            dn->dtype,
+                            {d, S},
                             [dn, pp, e, S, F, es](const std::function<void(const void*, size_t)>& put) {
                                 std::vector<uint8_t> row(static_cast<size_t>(S) * es);
                                 for (int64_t r = 0; r < dn->shape[0]; ++r) {
@@ -338,7 +349,8 @@ nlohmann::ordered_json mixtralConfig(const nlohmann::ordered_json& dense, const 
 
 }  // namespace
 
-std::vector<EmoeLayerReport> convertToEmoe(const std::string& dense, const std::string& outDir, const EmoeOptions& opt) {
+std::vector<EmoeLayerReport> convertToEmoe(const std::string& dense, const std::string& outDir,
+                                           const EmoeOptions& opt) {
     auto ckpt = Checkpoint::open(dense);
     const ModelSpec spec = ModelSpec::fromCheckpoint(*ckpt);
     const std::string cfgFile = ckpt->configPath();
@@ -359,7 +371,8 @@ std::vector<EmoeLayerReport> convertToEmoe(const std::string& dense, const std::
     std::vector<int> layers = opt.layers;
     if (layers.empty()) layers = parseLayerSelection("all", static_cast<int>(spec.numLayers));
     for (int l : layers)
-        if (l < 0 || l >= spec.numLayers) throw Error("layer " + std::to_string(l) + " does not exist", cfgFile, "num_hidden_layers");
+        if (l < 0 || l >= spec.numLayers)
+            throw Error("layer " + std::to_string(l) + " does not exist", cfgFile, "num_hidden_layers");
     const bool mixtral = opt.format == "mixtral";
     if (!mixtral && opt.format != "expertscope")
         throw Error("--format must be expertscope or mixtral, not '" + opt.format + "'");
@@ -389,17 +402,18 @@ std::vector<EmoeLayerReport> convertToEmoe(const std::string& dense, const std::
     ModelSpec mx;
     if (mixtral) {
         const auto denseCfg = nlohmann::ordered_json::parse(ckpt->config().dump());
-        mx = ModelSpec::fromConfig(nlohmann::json::parse(mixtralConfig(denseCfg, spec, N, K, size).dump()),
-                                   cfgFile);
+        mx = ModelSpec::fromConfig(nlohmann::json::parse(mixtralConfig(denseCfg, spec, N, K, size).dump()), cfgFile);
     }
     std::map<int, std::vector<int64_t>> perm;  // layer -> new position -> old neuron
     std::vector<EmoeLayerReport> report;
     for (size_t li = 0; li < layers.size(); ++li) {
         const int l = layers[li];
         if (opt.cancel && opt.cancel->load()) throw Error("cancelled");
-        if (opt.progress) opt.progress(0.9 * static_cast<double>(li) / layers.size(), "clustering layer " + std::to_string(l));
+        if (opt.progress)
+            opt.progress(0.9 * static_cast<double>(li) / layers.size(), "clustering layer " + std::to_string(l));
         const std::vector<double> keys = unitRows(ckpt->get(spec.tensorName(Role::FfnGate, l)));
-        BalancedKMeans km = balancedKMeans(keys.data(), F, d, N, opt.seed + static_cast<uint64_t>(l), opt.restarts, opt.maxIter);
+        BalancedKMeans km =
+            balancedKMeans(keys.data(), F, d, N, opt.seed + static_cast<uint64_t>(l), opt.restarts, opt.maxIter);
         // experts ordered by their lowest neuron; neurons ascending inside an expert
         std::vector<std::vector<int64_t>> members(static_cast<size_t>(N));
         for (int64_t i = 0; i < F; ++i) members[km.labels[i]].push_back(i);
@@ -420,37 +434,37 @@ std::vector<EmoeLayerReport> convertToEmoe(const std::string& dense, const std::
         std::deque<std::vector<uint8_t>> routers;  // the Mixtral routers' bytes, alive until written
         if (mixtral) outs = mixtralTensors(*ckpt, spec, mx, perm, N, routers);
         else {
-        // the converted layers' FFN tensors: neuron rows (W_gate, W_up, W1 and b1) or columns (W_down, W2)
-        std::map<std::string, std::pair<int, bool>> permuted;  // name -> (layer, neurons are rows)
-        for (auto& [l, p] : perm)
-            for (Role r : {Role::FfnGate, Role::FfnUp, Role::FfnGateBias, Role::FfnDown})
-                if (spec.has(r)) permuted[spec.tensorName(r, l)] = {l, r != Role::FfnDown};
-        for (auto& [name, view] : ckpt->tensors()) {
-            const TensorView* t = view;
-            TensorOut o{name, t->dtype, t->shape, nullptr};
-            const size_t es = dtypeSize(t->dtype);
-            auto it = permuted.find(name);
-            if (it != permuted.end() && it->second.second) {
-                const auto& p = perm.at(it->second.first);
-                const size_t row = static_cast<size_t>(t->numel() / F) * es;  // d elements, or 1 for b1
-                o.write = [t, &p, row](const std::function<void(const void*, size_t)>& put) {
-                    for (int64_t r : p) put(t->data + static_cast<size_t>(r) * row, row);
-                };
-            } else if (it != permuted.end()) {
-                const auto& p = perm.at(it->second.first);
-                o.write = [t, &p, es, F](const std::function<void(const void*, size_t)>& put) {
-                    std::vector<uint8_t> row(static_cast<size_t>(F) * es);
-                    for (int64_t r = 0; r < t->shape[0]; ++r) {
-                        const uint8_t* src = t->data + static_cast<size_t>(r * F) * es;
-                        for (int64_t c = 0; c < F; ++c) std::memcpy(row.data() + c * es, src + p[c] * es, es);
-                        put(row.data(), row.size());
-                    }
-                };
-            } else {
-                o.write = [t](const std::function<void(const void*, size_t)>& put) { put(t->data, t->nbytes); };
+            // the converted layers' FFN tensors: neuron rows (W_gate, W_up, W1 and b1) or columns (W_down, W2)
+            std::map<std::string, std::pair<int, bool>> permuted;  // name -> (layer, neurons are rows)
+            for (auto& [l, p] : perm)
+                for (Role r : {Role::FfnGate, Role::FfnUp, Role::FfnGateBias, Role::FfnDown})
+                    if (spec.has(r)) permuted[spec.tensorName(r, l)] = {l, r != Role::FfnDown};
+            for (auto& [name, view] : ckpt->tensors()) {
+                const TensorView* t = view;
+                TensorOut o{name, t->dtype, t->shape, nullptr};
+                const size_t es = dtypeSize(t->dtype);
+                auto it = permuted.find(name);
+                if (it != permuted.end() && it->second.second) {
+                    const auto& p = perm.at(it->second.first);
+                    const size_t row = static_cast<size_t>(t->numel() / F) * es;  // d elements, or 1 for b1
+                    o.write = [t, &p, row](const std::function<void(const void*, size_t)>& put) {
+                        for (int64_t r : p) put(t->data + static_cast<size_t>(r) * row, row);
+                    };
+                } else if (it != permuted.end()) {
+                    const auto& p = perm.at(it->second.first);
+                    o.write = [t, &p, es, F](const std::function<void(const void*, size_t)>& put) {
+                        std::vector<uint8_t> row(static_cast<size_t>(F) * es);
+                        for (int64_t r = 0; r < t->shape[0]; ++r) {
+                            const uint8_t* src = t->data + static_cast<size_t>(r * F) * es;
+                            for (int64_t c = 0; c < F; ++c) std::memcpy(row.data() + c * es, src + p[c] * es, es);
+                            put(row.data(), row.size());
+                        }
+                    };
+                } else {
+                    o.write = [t](const std::function<void(const void*, size_t)>& put) { put(t->data, t->nbytes); };
+                }
+                outs.push_back(std::move(o));
             }
-            outs.push_back(std::move(o));
-        }
         }
         if (opt.progress) opt.progress(0.9, "writing the checkpoint");
         writeSafetensors(tmp + "/model.safetensors", outs, {{"format", "pt"}});
@@ -463,10 +477,14 @@ std::vector<EmoeLayerReport> convertToEmoe(const std::string& dense, const std::
         if (spec.has(Role::FfnUp)) layoutText += ", " + leaf(Role::FfnUp);
         if (spec.has(Role::FfnGateBias)) layoutText += ", " + leaf(Role::FfnGateBias);
         layoutText += " (rows) and " + leaf(Role::FfnDown) + " (columns)";
-        if (spec.has(Role::FfnDownBias)) layoutText += "; " + leaf(Role::FfnDownBias) + " is added once after the experts";
+        if (spec.has(Role::FfnDownBias))
+            layoutText += "; " + leaf(Role::FfnDownBias) + " is added once after the experts";
         nlohmann::ordered_json per = nlohmann::ordered_json::array();
         for (auto& r : report)
-            per.push_back({{"layer", r.layer}, {"objective", r.objective}, {"iterations", r.iterations}, {"converged", r.converged}});
+            per.push_back({{"layer", r.layer},
+                           {"objective", r.objective},
+                           {"iterations", r.iterations},
+                           {"converged", r.converged}});
         nlohmann::ordered_json block = {
             {"format", 1},
             {"num_experts", N},
@@ -477,9 +495,11 @@ std::vector<EmoeLayerReport> convertToEmoe(const std::string& dense, const std::
             {"seed", opt.seed},
             {"clustering",
              {{"vectors", "rows of " + keyLeaf + " (the FFN keys), L2-normalised"},
-              {"method", "balanced k-means: k-means++ seeding, exact balanced assignment (min-cost flow), mean update, "
-                         "until the assignment stops changing"},
-              {"objective", "sum over neurons of the squared Euclidean distance of the normalised key to its expert's mean"},
+              {"method",
+               "balanced k-means: k-means++ seeding, exact balanced assignment (min-cost flow), mean update, "
+               "until the assignment stops changing"},
+              {"objective",
+               "sum over neurons of the squared Euclidean distance of the normalised key to its expert's mean"},
               {"restarts", opt.restarts},
               {"max_iter", opt.maxIter},
               {"per_layer", per}}},
@@ -520,7 +540,8 @@ std::vector<EmoeLayerReport> convertToEmoe(const std::string& dense, const std::
                                   "sentence_bert_config.json", "config_sentence_transformers.json"})
             if (fs::exists(srcDir / extra)) fs::copy_file(srcDir / extra, fs::path(tmp) / extra);
         for (const char* dir : {"1_Pooling", "2_Normalize"})  // sentence-transformers' pooling modules
-            if (fs::is_directory(srcDir / dir)) fs::copy(srcDir / dir, fs::path(tmp) / dir, fs::copy_options::recursive);
+            if (fs::is_directory(srcDir / dir))
+                fs::copy(srcDir / dir, fs::path(tmp) / dir, fs::copy_options::recursive);
         if (fs::exists(target)) fs::remove(target);  // empty, checked above
         fs::rename(tmp, target);
     } catch (...) {

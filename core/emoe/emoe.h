@@ -41,7 +41,7 @@ std::vector<int32_t> balancedAssignment(const std::vector<double>& cost, int64_t
 
 struct EmoeOptions {
     int64_t experts = 0, topK = 0;
-    std::vector<int> layers;  // empty: all
+    std::vector<int> layers;       // empty: all
     std::string gating = "avg-k";  // avg-k | mean-key
     // expertscope: the dense layout with the expertscope_emoe block (every gating, every family);
     // mixtral: a MixtralForCausalLM checkpoint (per-expert w1/w3/w2, router = mean key rows) for

@@ -132,7 +132,8 @@ void fillCommon(ModelSpec& s, const Config& c, const FamilyDefaults& d) {
     s.attn.ropeTheta = ropeTheta(c, d.ropeTheta);
     s.tieEmbeddings = c.optBool("tie_word_embeddings", false);
     s.activation = c.optString("hidden_act", "silu");
-    if (s.activation != "silu") c.fail("hidden_act", "activation '" + s.activation + "' is not supported (supported: silu)");
+    if (s.activation != "silu")
+        c.fail("hidden_act", "activation '" + s.activation + "' is not supported (supported: silu)");
     s.layers.assign(s.numLayers, LayerSpec{});
 }
 
@@ -194,7 +195,8 @@ void qwenLayerTypes(ModelSpec& s, const Config& c, bool moeFormula) {
     int64_t maxWindow = c.optInt("max_window_layers", 28);
     auto types = c.optStringList("layer_types");
     if (!types.empty() && static_cast<int64_t>(types.size()) != s.numLayers)
-        c.fail("layer_types", "has " + std::to_string(types.size()) + " entries for " + std::to_string(s.numLayers) + " layers");
+        c.fail("layer_types",
+               "has " + std::to_string(types.size()) + " entries for " + std::to_string(s.numLayers) + " layers");
     for (int64_t i = 0; i < s.numLayers; ++i) {
         bool sliding;
         if (!types.empty()) {
@@ -237,7 +239,8 @@ void moeCounts(ModelSpec& s, const Config& c, const std::string& expertsKey, con
     positive(c, "num_experts_per_tok", s.topK);
     positive(c, ffnKey, s.expertFfn);
     if (s.topK > s.numExperts)
-        c.fail("num_experts_per_tok", "top-k " + std::to_string(s.topK) + " exceeds the " + std::to_string(s.numExperts) + " experts");
+        c.fail("num_experts_per_tok",
+               "top-k " + std::to_string(s.topK) + " exceeds the " + std::to_string(s.numExperts) + " experts");
 }
 
 // ---- the tensor table ----
@@ -339,8 +342,9 @@ void hfDenseTensors(ModelSpec& s, const TensorProbe&) {
 
 void hfMlpExperts(TableBuilder& t, const TensorProbe& has) {
     const std::string p = "model.layers.{L}.mlp.";
-    hfExperts(t, has, {{ExpertLayout::PerExpert, {p, "gate.weight", "gate_proj", "up_proj", "down_proj"}},
-                       {ExpertLayout::Packed, {p, "gate.weight", "", "", ""}}});
+    hfExperts(t, has,
+              {{ExpertLayout::PerExpert, {p, "gate.weight", "gate_proj", "up_proj", "down_proj"}},
+               {ExpertLayout::Packed, {p, "gate.weight", "", "", ""}}});
 }
 
 void hfSharedExpert(TableBuilder& t, const std::string& prefix, const std::string& gate) {

@@ -48,7 +48,8 @@ torch::Device parseDevice(const std::string& s) {
         }
         if (index < 0 || index >= static_cast<int>(torch::cuda::device_count()))
             throw Error("no CUDA device " + std::to_string(index) + " (" + std::to_string(torch::cuda::device_count()) +
-                            " available)", "", "device");
+                            " available)",
+                        "", "device");
         return torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(index));
     }
     throw Error("bad device '" + s + "' (expected cpu, cuda or cuda:N)", "", "device");
@@ -89,8 +90,9 @@ uint64_t deviceMemoryOverride() {
     if (!v || !*v) return 0;
     char* end = nullptr;
     double x = std::strtod(v, &end);
-    if (end == v || x <= 0) throw Error(std::string("bad value '") + v + "' (bytes, optional K/M/G suffix)", "",
-                                        "EXPERTSCOPE_DEVICE_MEMORY");
+    if (end == v || x <= 0)
+        throw Error(std::string("bad value '") + v + "' (bytes, optional K/M/G suffix)", "",
+                    "EXPERTSCOPE_DEVICE_MEMORY");
     if (*end == 'K' || *end == 'k') x *= 1024.0;
     else if (*end == 'M' || *end == 'm') x *= 1024.0 * 1024.0;
     else if (*end == 'G' || *end == 'g') x *= 1024.0 * 1024.0 * 1024.0;
@@ -133,7 +135,8 @@ RouteResult routeLogits(const RouterRule& rule, const std::vector<float>& logits
         return torch::tensor(v, torch::kFloat);
     };
     torch::InferenceMode guard;
-    RouterExtras extra{vec(selectionBias, rule.selectionBias, "selection_bias"), vec(expertScale, rule.expertScale, "expert_scale")};
+    RouterExtras extra{vec(selectionBias, rule.selectionBias, "selection_bias"),
+                       vec(expertScale, rule.expertScale, "expert_scale")};
     Tensor lg = torch::tensor(logits, torch::kFloat).view({T, E});
     auto [w, ids] = route(rule, lg, K, torch::kFloat, extra);
     ids = ids.to(torch::kInt).contiguous();
@@ -230,7 +233,8 @@ void Model::Impl::loadExperts(LayerWeights& w, int l) const {
     }
     w.moeOutBias = loadOpt(Role::MoeBias, l);
     if (s.hasSharedExpert()) {
-        w.shared = fused(s.tensorName(Role::SharedGate, l), s.tensorName(Role::SharedUp, l), s.tensorName(Role::SharedDown, l));
+        w.shared = fused(s.tensorName(Role::SharedGate, l), s.tensorName(Role::SharedUp, l),
+                         s.tensorName(Role::SharedDown, l));
         w.sharedGate = loadOpt(Role::SharedExpertGate, l);
     }
 }
@@ -286,7 +290,8 @@ Model::Impl::State Model::Impl::start(const std::vector<std::vector<int64_t>>& p
     State st;
     auto devOpts = torch::TensorOptions().device(device);
     const int64_t hd = spec.attn.headDim;
-    Tensor invFreq = 1.0 / torch::pow(spec.attn.ropeTheta, torch::arange(0, hd, 2, torch::kLong).to(torch::kFloat) / hd);
+    Tensor invFreq =
+        1.0 / torch::pow(spec.attn.ropeTheta, torch::arange(0, hd, 2, torch::kLong).to(torch::kFloat) / hd);
     invFreq = invFreq.to(device);
     for (auto& p : prompts) {
         Tensor ids = torch::tensor(p, torch::kLong).to(device);
@@ -382,7 +387,8 @@ RunTrace Model::trace(const std::vector<std::vector<int64_t>>& prompts, const Tr
     torch::InferenceMode guard;
     RunTrace rt = d.newRun(prompts);
     if (opt.saveLogits && s.encoder)
-        throw Error("a " + s.family + " encoder has no language-model head: save its hidden states instead", "", "logits");
+        throw Error("a " + s.family + " encoder has no language-model head: save its hidden states instead", "",
+                    "logits");
 
     Impl::State st = d.start(prompts);
     TraceRecorder rec{s, rt, opt.allExperts, {}, {}};

@@ -24,7 +24,7 @@ struct TraceOptions {
     bool allExperts = false;  // evaluate every expert on every token, record output norms
     bool saveLogits = false;
     bool saveHidden = false;  // the final hidden states (HF's last_hidden_state)
-    bool record = true;  // false: route and run as usual but keep no trace (the untraced baseline)
+    bool record = true;       // false: route and run as usual but keep no trace (the untraced baseline)
     std::function<void(double fraction, const std::string& what)> progress;
     const std::atomic<bool>* cancel = nullptr;
 };

@@ -17,10 +17,14 @@ using torch::Tensor;
 
 inline torch::ScalarType storageType(DType d) {
     switch (d) {
-        case DType::F32: return torch::kFloat;
-        case DType::F16: return torch::kHalf;
-        case DType::BF16: return torch::kBFloat16;
-        case DType::I64: return torch::kLong;
+        case DType::F32:
+            return torch::kFloat;
+        case DType::F16:
+            return torch::kHalf;
+        case DType::BF16:
+            return torch::kBFloat16;
+        case DType::I64:
+            return torch::kLong;
     }
     return torch::kFloat;
 }
@@ -36,7 +40,6 @@ inline Tensor viewOf(const TensorView& v) {
     }
     return torch::from_blob(const_cast<uint8_t*>(v.data), v.shape, opts);
 }
-
 
 inline Tensor rmsNorm(const Tensor& x, const Tensor& w, double eps) {
     auto dt = x.scalar_type();
@@ -97,20 +100,19 @@ struct RouterExtras {
 
 struct LayerWeights {
     bool loaded = false;
-    Tensor inNorm, postNorm;      // BERT: the attention output's and the layer output's LayerNorm
-    Tensor inNormB, postNormB;    // LayerNorm biases (BERT)
+    Tensor inNorm, postNorm;    // BERT: the attention output's and the layer output's LayerNorm
+    Tensor inNormB, postNormB;  // LayerNorm biases (BERT)
     Tensor q, k, v, o, qb, kb, vb, ob, qn, kn;
-    Ffn mlp;                   // dense layers
-    Tensor router, routerBias;  // MoE layers
-    RouterExtras routerExtras;  // the selection bias and per-expert scales the rule reads
+    Ffn mlp;                          // dense layers
+    Tensor router, routerBias;        // MoE layers
+    RouterExtras routerExtras;        // the selection bias and per-expert scales the rule reads
     Tensor blockGate, blockGateBias;  // EMoE avg-k: the whole W_gate (+ b1), whose pre-activations score the experts
-    Tensor moeOutBias;         // W2's bias on EMoE BERT, mlp.bias on JetMoE: added once after the experts
+    Tensor moeOutBias;                // W2's bias on EMoE BERT, mlp.bias on JetMoE: added once after the experts
     Tensor attnRouter, attnQ, attnO, attnBias, kvProj;  // MoA (JetMoE): [E, d], [E, H, d], [E, d, H], [d], [2H, d]
-    std::vector<Ffn> experts;  // views; packed layouts are sliced, never copied on CPU
+    std::vector<Ffn> experts;                           // views; packed layouts are sliced, never copied on CPU
     Ffn shared;
     Tensor sharedGate;
 };
-
 
 // act(x W_gate^T (+ b1)): the gate branch of the FFN (D3); for a GELU FFN, its hidden state.
 inline Tensor gateActivation(const Tensor& x, const Ffn& f) {
@@ -134,7 +136,7 @@ inline std::pair<Tensor, Tensor> route(const RouterRule& r, const Tensor& logits
         std::tie(wts, ids) = lf.topk(K, -1);
         wts = wts.softmax(-1);
     } else {
-        Tensor scores = r.scoring == RouterRule::Scoring::Softmax  ? lf.softmax(-1)
+        Tensor scores = r.scoring == RouterRule::Scoring::Softmax   ? lf.softmax(-1)
                         : r.scoring == RouterRule::Scoring::Sigmoid ? lf.sigmoid()
                                                                     : lf;
         Tensor choice = r.selectionBias ? scores + extra.selectionBias.to(torch::kFloat) : scores;
@@ -142,7 +144,7 @@ inline std::pair<Tensor, Tensor> route(const RouterRule& r, const Tensor& logits
             const int64_t T = choice.size(0), E = choice.size(1), G = r.groups;
             Tensor grouped = choice.view({T, G, E / G});
             Tensor groupScore = r.groupScore == RouterRule::GroupScore::Max ? std::get<0>(grouped.max(-1))
-                                                                             : std::get<0>(grouped.topk(2, -1)).sum(-1);
+                                                                            : std::get<0>(grouped.topk(2, -1)).sum(-1);
             Tensor keep = torch::zeros_like(groupScore, torch::kBool)
                               .scatter_(1, std::get<1>(groupScore.topk(r.topkGroups, -1)), true);
             choice = choice.masked_fill(keep.logical_not().unsqueeze(-1).expand({T, G, E / G}).reshape({T, E}),
@@ -154,7 +156,8 @@ inline std::pair<Tensor, Tensor> route(const RouterRule& r, const Tensor& logits
     }
     if (r.unitWeights) wts = torch::ones_like(wts);
     if (r.scale != 1.0) wts = wts * r.scale;
-    if (extra.expertScale.defined()) wts = wts * extra.expertScale.to(torch::kFloat).index_select(0, ids.reshape(-1)).view_as(wts);
+    if (extra.expertScale.defined())
+        wts = wts * extra.expertScale.to(torch::kFloat).index_select(0, ids.reshape(-1)).view_as(wts);
     if (r.weightsInHiddenDtype) wts = wts.to(hidden);
     return {wts, ids};
 }
@@ -185,8 +188,8 @@ struct Model::Impl {
     // gate and up concatenated when the load copies anyway (another dtype or device)
     Ffn fused(const std::string& gate, const std::string& up, const std::string& down) const {
         Tensor g = load(gate), u = load(up);
-        const bool views = device.is_cpu() && storageType(ckpt->get(gate).dtype) == dtype &&
-                           storageType(ckpt->get(up).dtype) == dtype;
+        const bool views =
+            device.is_cpu() && storageType(ckpt->get(gate).dtype) == dtype && storageType(ckpt->get(up).dtype) == dtype;
         if (views) return swigluFfn(Tensor(), g, u, load(down));
         return swigluFfn(torch::cat({g, u}, 0), Tensor(), Tensor(), load(down));
     }
@@ -194,7 +197,8 @@ struct Model::Impl {
     // Layer l's dense FFN (with W2's bias for GELU FFNs).
     Ffn denseFfn(int l) const {
         if (spec.gatedFfn())
-            return fused(spec.tensorName(Role::FfnGate, l), spec.tensorName(Role::FfnUp, l), spec.tensorName(Role::FfnDown, l));
+            return fused(spec.tensorName(Role::FfnGate, l), spec.tensorName(Role::FfnUp, l),
+                         spec.tensorName(Role::FfnDown, l));
         Ffn f;
         f.gate = load(Role::FfnGate, l);
         f.inBias = loadOpt(Role::FfnGateBias, l);
@@ -220,18 +224,21 @@ struct Model::Impl {
     void releaseLayer(int l) { layers[l] = LayerWeights{}; }
 
     // Standard and encoder attention (attention/standard.cpp).
-    Tensor attention(const LayerWeights& w, const Tensor& x, const Tensor& cos, const Tensor& sin, int64_t window) const;
+    Tensor attention(const LayerWeights& w, const Tensor& x, const Tensor& cos, const Tensor& sin,
+                     int64_t window) const;
 
     // Mixture of attention heads (attention/moa.cpp), JetMoE: the router picks k query/output
     // experts per token; the k slots' queries form k x kvHeads heads (head s * kvHeads + j reads
     // the shared K/V head j); y = sum over slots of weight x W_o[e] o_slot, plus the bias. With
     // allExperts, the output norm of every expert as if it alone were chosen.
-    MoeOut moaAttention(const LayerWeights& w, const Tensor& x, const Tensor& cos, const Tensor& sin, bool allExperts) const;
+    MoeOut moaAttention(const LayerWeights& w, const Tensor& x, const Tensor& cos, const Tensor& sin,
+                        bool allExperts) const;
     // Every MoA expert's output [T, E, d] as if it alone were chosen: its kvHeads query heads
     // on the shared keys and values, then its output projection (no gate, no bias).
     Tensor moaExpertOutputs(const LayerWeights& w, const Tensor& x, const Tensor& cos, const Tensor& sin) const;
     // The shared keys (rotated) and values of a MoA layer: [kvHeads, T, headDim] each.
-    std::pair<Tensor, Tensor> moaKeysValues(const LayerWeights& w, const Tensor& x, const Tensor& cos, const Tensor& sin) const;
+    std::pair<Tensor, Tensor> moaKeysValues(const LayerWeights& w, const Tensor& x, const Tensor& cos,
+                                            const Tensor& sin) const;
     // Causal attention of query heads on key/value heads ([n, T, hd] each) -> [T, n * hd].
     Tensor moaAttend(const Tensor& q, const Tensor& k, const Tensor& v) const;
 
@@ -239,13 +246,13 @@ struct Model::Impl {
         const RouterRule& r = spec.router;
         const int64_t E = spec.numExperts, K = spec.topK;
         MoeOut out;
-        if (r.scoring == RouterRule::Scoring::MeanPreactivation)  // EMoE avg-k, in the compute dtype as the paper's code
+        if (r.scoring ==
+            RouterRule::Scoring::MeanPreactivation)  // EMoE avg-k, in the compute dtype as the paper's code
             out.logits = torch::linear(x, w.blockGate, w.blockGateBias).view({x.size(0), E, spec.expertFfn}).mean(-1);
         else if (r.logitsInFloat32)
             out.logits = torch::linear(x.to(torch::kFloat), w.router.to(torch::kFloat),
                                        w.routerBias.defined() ? w.routerBias.to(torch::kFloat) : Tensor());
-        else
-            out.logits = torch::linear(x, w.router, w.routerBias);
+        else out.logits = torch::linear(x, w.router, w.routerBias);
         auto [wts, ids] = route(r, out.logits, K, x.scalar_type(), w.routerExtras);
         out.ids = ids;
         out.weights = wts;
@@ -341,6 +348,5 @@ struct TraceRecorder {
         if (spec.layers[l].moe) run.layers.push_back(ffn.take(l, spec.numExperts, spec.topK));
     }
 };
-
 
 }  // namespace es

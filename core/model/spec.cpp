@@ -16,15 +16,19 @@ using nlohmann::json;
 
 const char* layoutName(ExpertLayout l) {
     switch (l) {
-        case ExpertLayout::PerExpert: return "per-expert";
-        case ExpertLayout::Packed: return "packed";
-        case ExpertLayout::Blocks: return "neuron blocks of the dense FFN (EMoE)";
+        case ExpertLayout::PerExpert:
+            return "per-expert";
+        case ExpertLayout::Packed:
+            return "packed";
+        case ExpertLayout::Blocks:
+            return "neuron blocks of the dense FFN (EMoE)";
     }
     return "?";
 }
 
 std::string RouterRule::describe() const {
-    if (scoring == Scoring::MeanPreactivation) return "avg-k: mean gate pre-activation per expert, top-k, block mask (weight 1)";
+    if (scoring == Scoring::MeanPreactivation)
+        return "avg-k: mean gate pre-activation per expert, top-k, block mask (weight 1)";
     std::string s = scoring == Scoring::Softmax ? "softmax" : "sigmoid";
     if (routerFromKeys) s = "mean key rows, " + s;
     if (bias) s = "biased router, " + s;
@@ -48,9 +52,12 @@ std::string RouterRule::describe() const {
 
 const char* AttentionSpec::kindName() const {
     switch (kind) {
-        case Kind::Standard: return "standard";
-        case Kind::Encoder: return "encoder (bidirectional, learned positions)";
-        case Kind::MoA: return "mixture of attention heads";
+        case Kind::Standard:
+            return "standard";
+        case Kind::Encoder:
+            return "encoder (bidirectional, learned positions)";
+        case Kind::MoA:
+            return "mixture of attention heads";
     }
     return "?";
 }
@@ -79,24 +86,52 @@ const TensorRole& ModelSpec::role(Role r) const {
     throw Error(std::string("the ") + family + " family has no " + roleName(r) + " tensor", "", roleName(r));
 }
 
-std::string ModelSpec::tensorName(Role r, int layer, int expert) const { return fillTemplate(role(r).name, layer, expert); }
+std::string ModelSpec::tensorName(Role r, int layer, int expert) const {
+    return fillTemplate(role(r).name, layer, expert);
+}
 
 int64_t ModelSpec::dim(Dim d, int layer) const {
     int64_t v = 1;
     switch (d.sym) {
-        case Dim::One: v = 1; break;
-        case Dim::Vocab: v = vocab; break;
-        case Dim::Hidden: v = hidden; break;
-        case Dim::QDim: v = attn.heads * attn.headDim; break;
-        case Dim::KvDim: v = attn.kvHeads * attn.headDim; break;
-        case Dim::HeadDim: v = attn.headDim; break;
-        case Dim::Ffn: v = layers.at(static_cast<size_t>(layer)).ffnDim; break;
-        case Dim::ExpertFfn: v = expertFfn; break;
-        case Dim::SharedFfn: v = sharedFfn; break;
-        case Dim::Experts: v = numExperts; break;
-        case Dim::AttnExperts: v = attn.moaExperts; break;
-        case Dim::Positions: v = maxPositions; break;
-        case Dim::TypeVocab: v = typeVocab; break;
+        case Dim::One:
+            v = 1;
+            break;
+        case Dim::Vocab:
+            v = vocab;
+            break;
+        case Dim::Hidden:
+            v = hidden;
+            break;
+        case Dim::QDim:
+            v = attn.heads * attn.headDim;
+            break;
+        case Dim::KvDim:
+            v = attn.kvHeads * attn.headDim;
+            break;
+        case Dim::HeadDim:
+            v = attn.headDim;
+            break;
+        case Dim::Ffn:
+            v = layers.at(static_cast<size_t>(layer)).ffnDim;
+            break;
+        case Dim::ExpertFfn:
+            v = expertFfn;
+            break;
+        case Dim::SharedFfn:
+            v = sharedFfn;
+            break;
+        case Dim::Experts:
+            v = numExperts;
+            break;
+        case Dim::AttnExperts:
+            v = attn.moaExperts;
+            break;
+        case Dim::Positions:
+            v = maxPositions;
+            break;
+        case Dim::TypeVocab:
+            v = typeVocab;
+            break;
     }
     return v * d.mul;
 }
@@ -130,11 +165,15 @@ namespace {
 // Does role t have a tensor in layer l (Scope::Model: l = -1)?
 bool inLayer(const ModelSpec& s, const TensorRole& t, int l) {
     switch (t.scope) {
-        case Scope::Model: return l < 0;
-        case Scope::Layer: return l >= 0;
-        case Scope::DenseFfn: return l >= 0 && (!s.layers[l].moe || s.layout == ExpertLayout::Blocks);
+        case Scope::Model:
+            return l < 0;
+        case Scope::Layer:
+            return l >= 0;
+        case Scope::DenseFfn:
+            return l >= 0 && (!s.layers[l].moe || s.layout == ExpertLayout::Blocks);
         case Scope::Moe:
-        case Scope::Expert: return l >= 0 && s.layers[l].moe && s.layout != ExpertLayout::Blocks;
+        case Scope::Expert:
+            return l >= 0 && s.layers[l].moe && s.layout != ExpertLayout::Blocks;
     }
     return false;
 }
@@ -148,7 +187,8 @@ std::vector<ModelSpec::Expected> ModelSpec::expectedTensors() const {
             std::vector<int64_t> shape;
             for (const Dim& d : t.shape) shape.push_back(dim(d, l));
             if (t.scope == Scope::Expert) {
-                for (int e = 0; e < numExperts; ++e) out.push_back({fillTemplate(t.name, l, e), shape, t.role, t.optional});
+                for (int e = 0; e < numExperts; ++e)
+                    out.push_back({fillTemplate(t.name, l, e), shape, t.role, t.optional});
             } else if (t.pack != Pack::SecondHalf) {  // a fused tensor once (FirstHalf names it)
                 out.push_back({fillTemplate(t.name, l, 0), shape, t.role, t.optional});
             }
@@ -213,11 +253,12 @@ ModelSpec ModelSpec::fromCheckpoint(const Checkpoint& ckpt) {
             if (x.optional) continue;
             if (x.role == Role::LmHead)
                 throw Error("missing tensor (config says tie_word_embeddings=false)", ckpt.path(), x.name);
-            throw Error("missing tensor expected by the " + s.family + " family (" + roleName(x.role) + ")", ckpt.path(),
-                        x.name);
+            throw Error("missing tensor expected by the " + s.family + " family (" + roleName(x.role) + ")",
+                        ckpt.path(), x.name);
         }
         if (t->shape != x.shape)
-            throw Error("shape " + shapeStr(t->shape) + " does not match the config's " + shapeStr(x.shape), t->file, x.name);
+            throw Error("shape " + shapeStr(t->shape) + " does not match the config's " + shapeStr(x.shape), t->file,
+                        x.name);
         if (t->dtype == DType::I64) throw Error("dtype I64 is not a weight dtype (F32, F16 or BF16)", t->file, x.name);
         if (x.optional) continue;  // read past (a tied lm_head): not counted
         dtypes.insert(dtypeName(t->dtype));
@@ -246,7 +287,8 @@ ModelSpec ModelSpec::fromCheckpoint(const Checkpoint& ckpt) {
     }
     if (s.attn.isMoa())  // the unchosen attention experts' query and output projections
         for (int l = 0; l < s.numLayers; ++l)
-            s.activeParams -= (s.attn.moaExperts - s.attn.moaTopK) * (elements(Role::AttnExpertQ, l) + elements(Role::AttnExpertO, l));
+            s.activeParams -= (s.attn.moaExperts - s.attn.moaTopK) *
+                              (elements(Role::AttnExpertQ, l) + elements(Role::AttnExpertO, l));
     return s;
 }
 

@@ -27,19 +27,19 @@ struct RouterRule {
     enum class GroupScore { Max, SumTop2 };
     enum class Shared { None, Ungated, SigmoidGated };
     Scoring scoring = Scoring::Softmax;
-    bool topkBeforeSoftmax = false;  // top-k on logits, softmax over the k (JetMoE, GPT-OSS)
-    bool logitsInFloat32 = false;    // the router's product in float32 (input and weights widened)
-    bool bias = false;               // the router linear has a bias (Role::RouterBias)
-    bool selectionBias = false;      // Role::RouterSelectionBias added to the scores to choose only
-    bool expertScale = false;        // Role::RouterExpertScale multiplies each chosen expert's weight
+    bool topkBeforeSoftmax = false;      // top-k on logits, softmax over the k (JetMoE, GPT-OSS)
+    bool logitsInFloat32 = false;        // the router's product in float32 (input and weights widened)
+    bool bias = false;                   // the router linear has a bias (Role::RouterBias)
+    bool selectionBias = false;          // Role::RouterSelectionBias added to the scores to choose only
+    bool expertScale = false;            // Role::RouterExpertScale multiplies each chosen expert's weight
     int64_t groups = 1, topkGroups = 1;  // group-limited selection: keep the best topkGroups groups
     GroupScore groupScore = GroupScore::Max;
-    bool renormalize = true;         // top-k weights divided by their sum
-    double renormEpsilon = 0.0;      // added to that sum (DeepSeek-V3: 1e-20)
+    bool renormalize = true;            // top-k weights divided by their sum
+    double renormEpsilon = 0.0;         // added to that sum (DeepSeek-V3: 1e-20)
     bool weightsInHiddenDtype = false;  // weights cast to the activation dtype before combining
-    double scale = 1.0;              // routed_scaling_factor
-    bool unitWeights = false;        // every chosen expert's output counts once (EMoE's block mask)
-    bool routerFromKeys = false;     // router rows = the mean key row of each expert (EMoE mean-key)
+    double scale = 1.0;                 // routed_scaling_factor
+    bool unitWeights = false;           // every chosen expert's output counts once (EMoE's block mask)
+    bool routerFromKeys = false;        // router rows = the mean key row of each expert (EMoE mean-key)
     Shared shared = Shared::None;
     std::string describe() const;
 };
@@ -80,8 +80,8 @@ enum class ExpertLayout { PerExpert, Packed, Blocks };
 const char* layoutName(ExpertLayout l);
 
 struct ModelSpec {
-    std::string modelType;   // config.json model_type
-    std::string family;      // the family file that opened it
+    std::string modelType;  // config.json model_type
+    std::string family;     // the family file that opened it
     int64_t vocab = 0, hidden = 0, numLayers = 0;
     // Encoders (BERT): learned absolute positions and token types, post-LayerNorm blocks, a GELU
     // FFN with biases, no language-model head.

@@ -25,7 +25,8 @@ std::vector<SummaryRow> describeModel(const ModelSpec& s, const Checkpoint& ckpt
     rows.push_back({"Path", ckpt.path(), {}});
     rows.push_back({"Architecture", s.modelType, {{"model_type", s.modelType}}});
     rows.push_back({"Family", s.family, {{"family", s.family}}});
-    rows.push_back({"Layers", std::to_string(s.numLayers) + " (" + std::to_string(moe.size()) + " MoE)",
+    rows.push_back({"Layers",
+                    std::to_string(s.numLayers) + " (" + std::to_string(moe.size()) + " MoE)",
                     {{"num_layers", s.numLayers}, {"moe_layers", moe}}});
     rows.push_back({moe.empty() ? "" : "Experts",
                     n + ", top-" + std::to_string(s.topK) + ", width " + std::to_string(s.expertFfn) +
@@ -43,10 +44,12 @@ std::vector<SummaryRow> describeModel(const ModelSpec& s, const Checkpoint& ckpt
                      {"num_key_value_heads", s.attn.kvHeads},
                      {"head_dim", s.attn.headDim}}});
     rows.push_back({"Weights dtype", s.dtype, {{"dtype", s.dtype}}});
-    rows.push_back({"Parameters", humanCount(s.totalParams) + " total, " + humanCount(s.activeParams) + " active",
+    rows.push_back({"Parameters",
+                    humanCount(s.totalParams) + " total, " + humanCount(s.activeParams) + " active",
                     {{"total_params", s.totalParams}, {"active_params", s.activeParams}}});
     rows.push_back({moe.empty() ? "" : "Router", s.router.describe(), {{"router", s.router.describe()}}});
-    rows.push_back({moe.empty() ? "" : "Expert layout", layoutName(s.layout),
+    rows.push_back({moe.empty() ? "" : "Expert layout",
+                    layoutName(s.layout),
                     {{"expert_layout", s.layout == ExpertLayout::Blocks ? "blocks" : layoutName(s.layout)}}});
     SummaryRow attn{"Attention", s.attn.kindName(), {{"attention", s.attn.kindName()}}};
     if (s.attn.isMoa()) {
@@ -62,7 +65,8 @@ std::vector<SummaryRow> describeModel(const ModelSpec& s, const Checkpoint& ckpt
     rows.push_back({"Vocabulary", std::to_string(s.vocab), {}});
     for (auto& k : s.skipped) {
         bool present = false;
-        for (auto& [name, t] : ckpt.tensors()) present = present || (k.prefix ? name.rfind(k.name, 0) == 0 : name == k.name);
+        for (auto& [name, t] : ckpt.tensors())
+            present = present || (k.prefix ? name.rfind(k.name, 0) == 0 : name == k.name);
         if (present) rows.push_back({"Left out", k.name + (k.prefix ? "*" : "") + " (" + k.why + ")", {}});
     }
     rows.push_back({"Fingerprint", ckpt.fingerprint(), {{"fingerprint", ckpt.fingerprint()}, {"path", ckpt.path()}}});

@@ -4,49 +4,92 @@ namespace es {
 
 const char* roleName(Role r) {
     switch (r) {
-        case Role::Embed: return "embed";
-        case Role::PosEmbed: return "position embeddings";
-        case Role::TypeEmbed: return "token type embeddings";
-        case Role::EmbNorm: return "embedding norm";
-        case Role::EmbNormBias: return "embedding norm bias";
-        case Role::FinalNorm: return "final norm";
-        case Role::LmHead: return "lm head";
-        case Role::AttnNorm: return "attention norm";
-        case Role::AttnNormBias: return "attention norm bias";
-        case Role::FfnNorm: return "FFN norm";
-        case Role::FfnNormBias: return "FFN norm bias";
-        case Role::Q: return "query";
-        case Role::K: return "key";
-        case Role::V: return "value";
-        case Role::O: return "output";
-        case Role::QBias: return "query bias";
-        case Role::KBias: return "key bias";
-        case Role::VBias: return "value bias";
-        case Role::OBias: return "output bias";
-        case Role::QNorm: return "query norm";
-        case Role::KNorm: return "key norm";
-        case Role::AttnRouter: return "attention router";
-        case Role::AttnExpertQ: return "attention experts' query";
-        case Role::AttnExpertO: return "attention experts' output";
-        case Role::AttnExpertBias: return "attention experts' bias";
-        case Role::KvProj: return "shared key/value";
-        case Role::FfnGate: return "FFN gate";
-        case Role::FfnGateBias: return "FFN gate bias";
-        case Role::FfnUp: return "FFN up";
-        case Role::FfnDown: return "FFN down";
-        case Role::FfnDownBias: return "FFN down bias";
-        case Role::Router: return "router";
-        case Role::RouterBias: return "router bias";
-        case Role::RouterSelectionBias: return "router selection bias";
-        case Role::RouterExpertScale: return "per-expert output scale";
-        case Role::ExpertGate: return "expert gate";
-        case Role::ExpertUp: return "expert up";
-        case Role::ExpertDown: return "expert down";
-        case Role::MoeBias: return "MoE output bias";
-        case Role::SharedGate: return "shared expert gate";
-        case Role::SharedUp: return "shared expert up";
-        case Role::SharedDown: return "shared expert down";
-        case Role::SharedExpertGate: return "shared expert's gate";
+        case Role::Embed:
+            return "embed";
+        case Role::PosEmbed:
+            return "position embeddings";
+        case Role::TypeEmbed:
+            return "token type embeddings";
+        case Role::EmbNorm:
+            return "embedding norm";
+        case Role::EmbNormBias:
+            return "embedding norm bias";
+        case Role::FinalNorm:
+            return "final norm";
+        case Role::LmHead:
+            return "lm head";
+        case Role::AttnNorm:
+            return "attention norm";
+        case Role::AttnNormBias:
+            return "attention norm bias";
+        case Role::FfnNorm:
+            return "FFN norm";
+        case Role::FfnNormBias:
+            return "FFN norm bias";
+        case Role::Q:
+            return "query";
+        case Role::K:
+            return "key";
+        case Role::V:
+            return "value";
+        case Role::O:
+            return "output";
+        case Role::QBias:
+            return "query bias";
+        case Role::KBias:
+            return "key bias";
+        case Role::VBias:
+            return "value bias";
+        case Role::OBias:
+            return "output bias";
+        case Role::QNorm:
+            return "query norm";
+        case Role::KNorm:
+            return "key norm";
+        case Role::AttnRouter:
+            return "attention router";
+        case Role::AttnExpertQ:
+            return "attention experts' query";
+        case Role::AttnExpertO:
+            return "attention experts' output";
+        case Role::AttnExpertBias:
+            return "attention experts' bias";
+        case Role::KvProj:
+            return "shared key/value";
+        case Role::FfnGate:
+            return "FFN gate";
+        case Role::FfnGateBias:
+            return "FFN gate bias";
+        case Role::FfnUp:
+            return "FFN up";
+        case Role::FfnDown:
+            return "FFN down";
+        case Role::FfnDownBias:
+            return "FFN down bias";
+        case Role::Router:
+            return "router";
+        case Role::RouterBias:
+            return "router bias";
+        case Role::RouterSelectionBias:
+            return "router selection bias";
+        case Role::RouterExpertScale:
+            return "per-expert output scale";
+        case Role::ExpertGate:
+            return "expert gate";
+        case Role::ExpertUp:
+            return "expert up";
+        case Role::ExpertDown:
+            return "expert down";
+        case Role::MoeBias:
+            return "MoE output bias";
+        case Role::SharedGate:
+            return "shared expert gate";
+        case Role::SharedUp:
+            return "shared expert up";
+        case Role::SharedDown:
+            return "shared expert down";
+        case Role::SharedExpertGate:
+            return "shared expert's gate";
     }
     return "?";
 }

@@ -11,20 +11,56 @@ namespace es {
 
 enum class Role : uint8_t {
     // once per model
-    Embed, PosEmbed, TypeEmbed, EmbNorm, EmbNormBias, FinalNorm, LmHead,
+    Embed,
+    PosEmbed,
+    TypeEmbed,
+    EmbNorm,
+    EmbNormBias,
+    FinalNorm,
+    LmHead,
     // every layer: the two norms (BERT: the LayerNorms after attention and after the FFN)
-    AttnNorm, AttnNormBias, FfnNorm, FfnNormBias,
+    AttnNorm,
+    AttnNormBias,
+    FfnNorm,
+    FfnNormBias,
     // attention
-    Q, K, V, O, QBias, KBias, VBias, OBias, QNorm, KNorm,
+    Q,
+    K,
+    V,
+    O,
+    QBias,
+    KBias,
+    VBias,
+    OBias,
+    QNorm,
+    KNorm,
     // mixture of attention heads (JetMoE): router, per-expert query and output projections
     // (stacked), the output bias, and the shared key/value projection
-    AttnRouter, AttnExpertQ, AttnExpertO, AttnExpertBias, KvProj,
+    AttnRouter,
+    AttnExpertQ,
+    AttnExpertO,
+    AttnExpertBias,
+    KvProj,
     // a dense FFN (also EMoE's layers, whose experts are neuron blocks of it): SwiGLU gate, up,
     // down; a GELU FFN (BERT): W1 (as gate) with its bias, W2 (as down) with its bias
-    FfnGate, FfnGateBias, FfnUp, FfnDown, FfnDownBias,
+    FfnGate,
+    FfnGateBias,
+    FfnUp,
+    FfnDown,
+    FfnDownBias,
     // a MoE layer: router, routed experts, an output bias after them, the shared expert
-    Router, RouterBias, RouterSelectionBias, RouterExpertScale, ExpertGate, ExpertUp, ExpertDown, MoeBias,
-    SharedGate, SharedUp, SharedDown, SharedExpertGate,
+    Router,
+    RouterBias,
+    RouterSelectionBias,
+    RouterExpertScale,
+    ExpertGate,
+    ExpertUp,
+    ExpertDown,
+    MoeBias,
+    SharedGate,
+    SharedUp,
+    SharedDown,
+    SharedExpertGate,
 };
 const char* roleName(Role r);
 
@@ -48,7 +84,19 @@ enum class Pack : uint8_t {
 // One dimension of a role's shape, in terms of the spec's sizes: sym x mul.
 struct Dim {
     enum Sym : uint8_t {
-        One, Vocab, Hidden, QDim, KvDim, HeadDim, Ffn, ExpertFfn, SharedFfn, Experts, AttnExperts, Positions, TypeVocab
+        One,
+        Vocab,
+        Hidden,
+        QDim,
+        KvDim,
+        HeadDim,
+        Ffn,
+        ExpertFfn,
+        SharedFfn,
+        Experts,
+        AttnExperts,
+        Positions,
+        TypeVocab
     };
     Sym sym = One;
     int64_t mul = 1;
@@ -62,8 +110,8 @@ struct TensorRole {
     std::string name;        // template: "{L}" is the layer index, "{E}" the expert index
     std::vector<Dim> shape;  // the whole tensor's shape (Stacked: [E, ...])
     Pack pack = Pack::None;
-    bool optional = false;   // may be absent; checked when present (a tied lm_head.weight)
-    std::string scale;       // its scale tensor's template (block-scaled quantised weights); empty: none
+    bool optional = false;  // may be absent; checked when present (a tied lm_head.weight)
+    std::string scale;      // its scale tensor's template (block-scaled quantised weights); empty: none
 };
 
 // Tensors a family recognises and leaves out (pooler and pre-training heads, ...): an exact

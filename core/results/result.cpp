@@ -38,8 +38,12 @@ int64_t Array::numel() const {
 }
 Array Array::f32(std::vector<int64_t> s, const std::vector<float>& v) { return makeArray(Type::F32, std::move(s), v); }
 Array Array::f64(std::vector<int64_t> s, const std::vector<double>& v) { return makeArray(Type::F64, std::move(s), v); }
-Array Array::i32(std::vector<int64_t> s, const std::vector<int32_t>& v) { return makeArray(Type::I32, std::move(s), v); }
-Array Array::i64(std::vector<int64_t> s, const std::vector<int64_t>& v) { return makeArray(Type::I64, std::move(s), v); }
+Array Array::i32(std::vector<int64_t> s, const std::vector<int32_t>& v) {
+    return makeArray(Type::I32, std::move(s), v);
+}
+Array Array::i64(std::vector<int64_t> s, const std::vector<int64_t>& v) {
+    return makeArray(Type::I64, std::move(s), v);
+}
 
 Array Array::f32d(std::vector<int64_t> s, const std::vector<double>& v) {
     return makeArray(Type::F32, std::move(s), std::vector<float>(v.begin(), v.end()));
@@ -82,10 +86,30 @@ std::vector<double> Array::toDoubles() const {
     std::vector<double> out(n);
     for (size_t i = 0; i < n; ++i) {
         switch (type) {
-            case Type::F32: { float x; std::memcpy(&x, bytes.data() + 4 * i, 4); out[i] = x; break; }
-            case Type::F64: { double x; std::memcpy(&x, bytes.data() + 8 * i, 8); out[i] = x; break; }
-            case Type::I32: { int32_t x; std::memcpy(&x, bytes.data() + 4 * i, 4); out[i] = x; break; }
-            case Type::I64: { int64_t x; std::memcpy(&x, bytes.data() + 8 * i, 8); out[i] = static_cast<double>(x); break; }
+            case Type::F32: {
+                float x;
+                std::memcpy(&x, bytes.data() + 4 * i, 4);
+                out[i] = x;
+                break;
+            }
+            case Type::F64: {
+                double x;
+                std::memcpy(&x, bytes.data() + 8 * i, 8);
+                out[i] = x;
+                break;
+            }
+            case Type::I32: {
+                int32_t x;
+                std::memcpy(&x, bytes.data() + 4 * i, 4);
+                out[i] = x;
+                break;
+            }
+            case Type::I64: {
+                int64_t x;
+                std::memcpy(&x, bytes.data() + 8 * i, 8);
+                out[i] = static_cast<double>(x);
+                break;
+            }
         }
     }
     return out;

@@ -197,7 +197,8 @@ void attrValue(hid_t obj, const std::string& name, const AttrValue& v, const std
         r = n ? H5Awrite(a, H5T_NATIVE_DOUBLE, v.f64.data()) : 0;
     } else {
         const bool i32 = v.type == AttrValue::Type::I32;
-        H a(H5Acreate2(obj, name.c_str(), i32 ? H5T_STD_I32LE : H5T_STD_I64LE, space, H5P_DEFAULT, H5P_DEFAULT), H5Aclose);
+        H a(H5Acreate2(obj, name.c_str(), i32 ? H5T_STD_I32LE : H5T_STD_I64LE, space, H5P_DEFAULT, H5P_DEFAULT),
+            H5Aclose);
         if (!a.ok()) throw Error("cannot create attribute", file, where);
         r = n ? H5Awrite(a, H5T_NATIVE_INT64, v.ints.data()) : 0;
     }
@@ -369,19 +370,27 @@ void validJson(const std::string& s, const std::string& file, const std::string&
 
 hid_t fileTypeOf(Array::Type t) {
     switch (t) {
-        case Array::Type::F32: return H5T_IEEE_F32LE;
-        case Array::Type::F64: return H5T_IEEE_F64LE;
-        case Array::Type::I32: return H5T_STD_I32LE;
-        case Array::Type::I64: return H5T_STD_I64LE;
+        case Array::Type::F32:
+            return H5T_IEEE_F32LE;
+        case Array::Type::F64:
+            return H5T_IEEE_F64LE;
+        case Array::Type::I32:
+            return H5T_STD_I32LE;
+        case Array::Type::I64:
+            return H5T_STD_I64LE;
     }
     return H5T_IEEE_F64LE;
 }
 hid_t memTypeOf(Array::Type t) {
     switch (t) {
-        case Array::Type::F32: return H5T_NATIVE_FLOAT;
-        case Array::Type::F64: return H5T_NATIVE_DOUBLE;
-        case Array::Type::I32: return H5T_NATIVE_INT32;
-        case Array::Type::I64: return H5T_NATIVE_INT64;
+        case Array::Type::F32:
+            return H5T_NATIVE_FLOAT;
+        case Array::Type::F64:
+            return H5T_NATIVE_DOUBLE;
+        case Array::Type::I32:
+            return H5T_NATIVE_INT32;
+        case Array::Type::I64:
+            return H5T_NATIVE_INT64;
     }
     return H5T_NATIVE_DOUBLE;
 }
@@ -403,7 +412,8 @@ H openSessionFile(const std::string& path) {
     if (!readAttrInt(f, "format_version", version)) throw Error("missing format_version", path, "/format_version");
     if (version > kSessionFormatVersion)
         throw Error("made by a newer ExpertScope (format " + std::to_string(version) + "; this build reads up to " +
-                        std::to_string(kSessionFormatVersion) + ")", path, "/format_version");
+                        std::to_string(kSessionFormatVersion) + ")",
+                    path, "/format_version");
     if (version < 1) throw Error("invalid format_version " + std::to_string(version), path, "/format_version");
     return f;
 }
@@ -453,11 +463,12 @@ std::string Session::locateCheckpoint() const {
         std::string fp;
         try {
             fp = Checkpoint::open(m.checkpointPath)->fingerprint();
-        } catch (const Error&) {
-        }
+        } catch (const Error&) {}
         if (fp == m.fingerprint) return m.checkpointPath;
-        throw Error("the checkpoint at " + m.checkpointPath + " is not the one this session was made with (fingerprint " +
-                        (fp.empty() ? "unreadable" : fp) + "); point at the original", d_->path, "/model/checkpoint_path");
+        throw Error("the checkpoint at " + m.checkpointPath +
+                        " is not the one this session was made with (fingerprint " + (fp.empty() ? "unreadable" : fp) +
+                        "); point at the original",
+                    d_->path, "/model/checkpoint_path");
     }
     throw Error("the checkpoint is no longer at " + m.checkpointPath + "; point at its new location", d_->path,
                 "/model/checkpoint_path");
@@ -467,7 +478,8 @@ void Session::relinkCheckpoint(const std::string& newPath) {
     auto ck = Checkpoint::open(newPath);
     const std::string fp = ck->fingerprint();
     if (fp != d_->model.fingerprint)
-        throw Error("this checkpoint is not the session's (fingerprint " + fp + ", the session's " + d_->model.fingerprint + ")",
+        throw Error("this checkpoint is not the session's (fingerprint " + fp + ", the session's " +
+                        d_->model.fingerprint + ")",
                     ck->path(), "/model/fingerprint");
     d_->model.checkpointPath = ck->path();
 }
@@ -513,7 +525,8 @@ RunInfo readRunInfo(hid_t f, const std::string& name, const SessionModel& m, con
     expectShape(f, base + "/prompt_offsets", odims, H5T_INTEGER, 8, file);
     auto offs = readAll<int64_t>(f, base + "/prompt_offsets", H5T_NATIVE_INT64, file);
     if (offs.front() != 0 || offs.back() != static_cast<int64_t>(T) || !std::is_sorted(offs.begin(), offs.end()))
-        throw Error("offsets must rise from 0 to the token count " + std::to_string(T), file, "/" + base + "/prompt_offsets");
+        throw Error("offsets must rise from 0 to the token count " + std::to_string(T), file,
+                    "/" + base + "/prompt_offsets");
     r.numTokens = static_cast<int64_t>(T);
     r.numPrompts = static_cast<int64_t>(odims[0]) - 1;
     const hsize_t E = static_cast<hsize_t>(m.numExperts), K = static_cast<hsize_t>(m.topK);
@@ -523,8 +536,7 @@ RunInfo readRunInfo(hid_t f, const std::string& name, const SessionModel& m, con
             size_t used = 0;
             layer = std::stoi(ln, &used);
             if (used != ln.size()) layer = -1;
-        } catch (const std::exception&) {
-        }
+        } catch (const std::exception&) {}
         const std::string lp = base + "/layers/" + ln;
         if (layer < 0 || layer >= m.numLayers) throw Error("not a layer index of this model", file, "/" + lp);
         // one router's records: the FFN's in the layer group, a MoA router's in its "attention" group
@@ -542,8 +554,10 @@ RunInfo readRunInfo(hid_t f, const std::string& name, const SessionModel& m, con
             r.attentionLayers.push_back(layer);
         }
         if (attention && m.modelType != "jetmoe")
-            throw Error("attention router records in a " + m.modelType + " session (only mixture-of-attention-heads "
-                        "models have them)", file, "/" + lp + "/attention");
+            throw Error("attention router records in a " + m.modelType +
+                            " session (only mixture-of-attention-heads "
+                            "models have them)",
+                        file, "/" + lp + "/attention");
         const bool ffn = exists(f, lp + "/router_logits") || exists(f, lp + "/topk_experts") ||
                          exists(f, lp + "/topk_weights") || exists(f, lp + "/expert_output_norms");
         if (attention && !ffn) continue;  // a MoA layer with a dense FFN
@@ -558,24 +572,28 @@ RunInfo readRunInfo(hid_t f, const std::string& name, const SessionModel& m, con
     std::sort(r.attentionLayers.begin(), r.attentionLayers.end());
     if (exists(f, base + "/logits")) {
         auto ld = shapeOf(f, base + "/logits", file);
-        if (ld.size() != 2 || ld[0] != T) throw Error("expected [T, V], got " + dimsStr(ld), file, "/" + base + "/logits");
+        if (ld.size() != 2 || ld[0] != T)
+            throw Error("expected [T, V], got " + dimsStr(ld), file, "/" + base + "/logits");
         r.hasLogits = true;
     }
     if (exists(f, base + "/hidden_states")) {
         auto hd = shapeOf(f, base + "/hidden_states", file);
         if (hd.size() != 2 || hd[0] != T || (m.hidden > 0 && hd[1] != static_cast<hsize_t>(m.hidden)))
-            throw Error("expected [T, d] = [" + std::to_string(T) + ", " + std::to_string(m.hidden) + "], got " + dimsStr(hd),
-                        file, "/" + base + "/hidden_states");
+            throw Error(
+                "expected [T, d] = [" + std::to_string(T) + ", " + std::to_string(m.hidden) + "], got " + dimsStr(hd),
+                file, "/" + base + "/hidden_states");
         expectShape(f, base + "/hidden_states", hd, H5T_FLOAT, 4, file);
         r.hasHidden = true;
     }
     if (exists(f, base + "/token_bytes")) {
         auto bd = shapeOf(f, base + "/token_bytes", file);
-        if (bd != std::vector<hsize_t>{T}) throw Error("shape " + dimsStr(bd) + ", expected [" + std::to_string(T) + "]",
-                                                       file, "/" + base + "/token_bytes");
+        if (bd != std::vector<hsize_t>{T})
+            throw Error("shape " + dimsStr(bd) + ", expected [" + std::to_string(T) + "]", file,
+                        "/" + base + "/token_bytes");
         auto pd = shapeOf(f, base + "/token_pieces", file);
-        if (pd != std::vector<hsize_t>{T}) throw Error("shape " + dimsStr(pd) + ", expected [" + std::to_string(T) + "]",
-                                                       file, "/" + base + "/token_pieces");
+        if (pd != std::vector<hsize_t>{T})
+            throw Error("shape " + dimsStr(pd) + ", expected [" + std::to_string(T) + "]", file,
+                        "/" + base + "/token_pieces");
         r.hasTokenText = true;
     }
     if (exists(f, base + "/prompt_texts")) {
@@ -790,7 +808,8 @@ void Session::addRun(const std::string& name, RunTrace trace) {
         throw Error("run has inconsistent prompt offsets", "", "run");
     if (!trace.promptTexts.empty() && trace.promptTexts.size() != trace.promptOffsets.size() - 1)
         throw Error("run has " + std::to_string(trace.promptTexts.size()) + " prompt texts for " +
-                        std::to_string(trace.promptOffsets.size() - 1) + " prompts", "", "run");
+                        std::to_string(trace.promptOffsets.size() - 1) + " prompts",
+                    "", "run");
     StoredRun r;
     r.info = infoFromTrace(name, trace);
     r.mem = std::make_shared<RunTrace>(std::move(trace));
@@ -859,14 +878,16 @@ LayerTrace Session::runLayer(const std::string& name, int layer) const {
     if (r.mem) {
         for (auto& l : r.mem->layers)
             if (l.layer == layer) return l;
-        throw Error("run has no MoE layer " + std::to_string(layer), d_->path, "/runs/" + name + "/layers/" + std::to_string(layer));
+        throw Error("run has no MoE layer " + std::to_string(layer), d_->path,
+                    "/runs/" + name + "/layers/" + std::to_string(layer));
     }
     if (std::find(r.info.moeLayers.begin(), r.info.moeLayers.end(), layer) == r.info.moeLayers.end())
-        throw Error("run has no MoE layer " + std::to_string(layer), r.file, "/runs/" + name + "/layers/" + std::to_string(layer));
+        throw Error("run has no MoE layer " + std::to_string(layer), r.file,
+                    "/runs/" + name + "/layers/" + std::to_string(layer));
     std::lock_guard lk(hdf5Mutex());
     H f = openSessionFile(r.file);
-    return readRouter(f, "runs/" + name + "/layers/" + std::to_string(layer), layer, d_->model.numExperts, d_->model.topK,
-                      r.file);
+    return readRouter(f, "runs/" + name + "/layers/" + std::to_string(layer), layer, d_->model.numExperts,
+                      d_->model.topK, r.file);
 }
 
 LayerTrace Session::runAttentionLayer(const std::string& name, int layer) const {
@@ -915,7 +936,8 @@ void Session::putResult(const std::string& id, Result r) {
             const size_t cnt = av.type == AttrValue::Type::Strings ? av.strings.size()
                                : av.type == AttrValue::Type::F64   ? av.f64.size()
                                                                    : av.ints.size();
-            if (av.scalar && cnt != 1) throw Error("a scalar attribute needs exactly one value", "", at + "/" + n + "@" + an);
+            if (av.scalar && cnt != 1)
+                throw Error("a scalar attribute needs exactly one value", "", at + "/" + n + "@" + an);
         }
     }
     if (r.created.empty()) r.created = isoTimeNow();
@@ -968,21 +990,25 @@ void writeRunData(hid_t f, const std::string& name, const RunTrace& t, const Run
     auto writeRouter = [&](const LayerTrace& lt, const std::string& lp) {
         H g = makeGroup(f, lp, file);
         const hsize_t E = static_cast<hsize_t>(lt.numExperts), K = static_cast<hsize_t>(lt.topK);
-        dataset(g, "router_logits", H5T_IEEE_F32LE, H5T_NATIVE_FLOAT, {T, E}, lt.routerLogits.data(), file, "/" + lp + "/router_logits");
-        dataset(g, "topk_experts", H5T_STD_I32LE, H5T_NATIVE_INT32, {T, K}, lt.topkExperts.data(), file, "/" + lp + "/topk_experts");
-        dataset(g, "topk_weights", H5T_IEEE_F32LE, H5T_NATIVE_FLOAT, {T, K}, lt.topkWeights.data(), file, "/" + lp + "/topk_weights");
+        dataset(g, "router_logits", H5T_IEEE_F32LE, H5T_NATIVE_FLOAT, {T, E}, lt.routerLogits.data(), file,
+                "/" + lp + "/router_logits");
+        dataset(g, "topk_experts", H5T_STD_I32LE, H5T_NATIVE_INT32, {T, K}, lt.topkExperts.data(), file,
+                "/" + lp + "/topk_experts");
+        dataset(g, "topk_weights", H5T_IEEE_F32LE, H5T_NATIVE_FLOAT, {T, K}, lt.topkWeights.data(), file,
+                "/" + lp + "/topk_weights");
         if (!lt.expertOutputNorms.empty())
-            dataset(g, "expert_output_norms", H5T_IEEE_F32LE, H5T_NATIVE_FLOAT, {T, E}, lt.expertOutputNorms.data(), file,
-                    "/" + lp + "/expert_output_norms");
+            dataset(g, "expert_output_norms", H5T_IEEE_F32LE, H5T_NATIVE_FLOAT, {T, E}, lt.expertOutputNorms.data(),
+                    file, "/" + lp + "/expert_output_norms");
         if (!lt.sharedOutputNorms.empty())
             dataset(g, "shared_output_norms", H5T_IEEE_F32LE, H5T_NATIVE_FLOAT, {T}, lt.sharedOutputNorms.data(), file,
                     "/" + lp + "/shared_output_norms");
     };
     for (const auto& lt : t.layers) writeRouter(lt, base + "/layers/" + std::to_string(lt.layer));
-    for (const auto& lt : t.attentionLayers) writeRouter(lt, base + "/layers/" + std::to_string(lt.layer) + "/attention");
+    for (const auto& lt : t.attentionLayers)
+        writeRouter(lt, base + "/layers/" + std::to_string(lt.layer) + "/attention");
     if (!t.logits.empty())
-        dataset(run, "logits", H5T_IEEE_F32LE, H5T_NATIVE_FLOAT, {T, static_cast<hsize_t>(t.vocab)}, t.logits.data(), file,
-                "/" + base + "/logits");
+        dataset(run, "logits", H5T_IEEE_F32LE, H5T_NATIVE_FLOAT, {T, static_cast<hsize_t>(t.vocab)}, t.logits.data(),
+                file, "/" + base + "/logits");
     if (!t.hidden.empty())
         dataset(run, "hidden_states", H5T_IEEE_F32LE, H5T_NATIVE_FLOAT, {T, static_cast<hsize_t>(t.hiddenSize)},
                 t.hidden.data(), file, "/" + base + "/hidden_states");
@@ -1004,7 +1030,8 @@ void removeStaleTemps(const fs::path& target) {
         const std::string n = e.path().filename().string();
         if (n.rfind(prefix, 0) != 0) continue;
         long pid = std::atol(n.c_str() + prefix.size());
-        if (pid > 0 && pid != getpid() && kill(static_cast<pid_t>(pid), 0) != 0 && errno == ESRCH) fs::remove(e.path(), ec);
+        if (pid > 0 && pid != getpid() && kill(static_cast<pid_t>(pid), 0) != 0 && errno == ESRCH)
+            fs::remove(e.path(), ec);
     }
 }
 
@@ -1017,8 +1044,8 @@ void Session::save(const std::string& pathIn) {
     const std::string file = target.string();
     removeStaleTemps(target);
     std::random_device rd;
-    const std::string tmp = (target.parent_path() / ("." + target.filename().string() + ".tmp-" + std::to_string(getpid()) +
-                                                     "-" + std::to_string(rd() % 1000000)))
+    const std::string tmp = (target.parent_path() / ("." + target.filename().string() + ".tmp-" +
+                                                     std::to_string(getpid()) + "-" + std::to_string(rd() % 1000000)))
                                 .string();
     gWrites = 0;
     try {
@@ -1119,7 +1146,8 @@ Session openSessionFor(const std::string& path, const SessionModel& model) {
     Session s = Session::open(path);
     if (s.model().fingerprint != model.fingerprint)
         throw Error("the session belongs to another checkpoint (fingerprint " + s.model().fingerprint +
-                        ", this checkpoint " + model.fingerprint + ")", s.path(), "/model/fingerprint");
+                        ", this checkpoint " + model.fingerprint + ")",
+                    s.path(), "/model/fingerprint");
     if (s.model().checkpointPath != model.checkpointPath) s.relinkCheckpoint(model.checkpointPath);  // moved copy
     return s;
 }
@@ -1162,7 +1190,8 @@ herr_t visitRead(hid_t obj, const char* name, const H5O_info_t* info, void* op) 
         ctx->second = path;
         return -1;
     }
-    if (H5Tdetect_class(type, H5T_VLEN) > 0 || H5Tis_variable_str(type) > 0) H5Dvlen_reclaim(mem, space, H5P_DEFAULT, buf.data());
+    if (H5Tdetect_class(type, H5T_VLEN) > 0 || H5Tis_variable_str(type) > 0)
+        H5Dvlen_reclaim(mem, space, H5P_DEFAULT, buf.data());
     return 0;
 }
 }  // namespace
@@ -1173,7 +1202,9 @@ void verifySession(const std::string& path) {
     H f = openSessionFile(path);
     std::pair<std::string, std::string> ctx{path, ""};
     herr_t r = H5Ovisit(f, H5_INDEX_NAME, H5_ITER_INC, visitRead, &ctx);
-    if (r < 0) throw Error("damaged data: checksum, decompression or structure error", path, ctx.second.empty() ? "/" : ctx.second);
+    if (r < 0)
+        throw Error("damaged data: checksum, decompression or structure error", path,
+                    ctx.second.empty() ? "/" : ctx.second);
 }
 
 namespace {
@@ -1184,7 +1215,8 @@ std::string verifyHelper() {
     std::error_code ec;
     fs::path self = fs::read_symlink("/proc/self/exe", ec);
     if (ec) return {};
-    for (fs::path cand : {self.parent_path() / "expertscope-verify", self.parent_path().parent_path() / "bin" / "expertscope-verify"})
+    for (fs::path cand :
+         {self.parent_path() / "expertscope-verify", self.parent_path().parent_path() / "bin" / "expertscope-verify"})
         if (access(cand.c_str(), X_OK) == 0) return cand.string();
     return {};
 }
@@ -1242,8 +1274,7 @@ std::string checkSessionInChild(const std::string& path, bool readData, const st
     }
     close(fds[0]);
     int status = 0;
-    while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
-    }
+    while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {}
     while (!msg.empty() && (msg.back() == '\n' || msg.back() == '\r')) msg.pop_back();
     if (cancelled) return {};
     if (WIFSIGNALED(status))
@@ -1257,7 +1288,8 @@ std::string checkSessionInChild(const std::string& path, bool readData, const st
     std::string gist;
     if (size_t e = msg.find("ERROR: "); e != std::string::npos) gist = msg.substr(e, msg.find('\n', e) - e);
     else gist = msg.substr(0, msg.find('\n'));
-    return path + ": the HDF5 library failed reading this file; the file is damaged" + (gist.empty() ? "" : " (" + gist + ")");
+    return path + ": the HDF5 library failed reading this file; the file is damaged" +
+           (gist.empty() ? "" : " (" + gist + ")");
 }
 
 }  // namespace es

@@ -29,7 +29,9 @@ struct Note {
     std::string text;
     std::string anchorJson = "{}";  // what it is attached to: {"run": ..., "layer": ..., "token": ...}
     std::string created;
-    bool operator==(const Note& o) const { return text == o.text && anchorJson == o.anchorJson && created == o.created; }
+    bool operator==(const Note& o) const {
+        return text == o.text && anchorJson == o.anchorJson && created == o.created;
+    }
 };
 
 struct RunInfo {
@@ -37,7 +39,8 @@ struct RunInfo {
     int64_t numTokens = 0, numPrompts = 0;
     std::vector<int> moeLayers;
     std::vector<int> attentionLayers;  // layers with MoA router records (/layers/L/attention)
-    bool hasExpertNorms = false, hasSharedNorms = false, hasLogits = false, hasHidden = false, hasTokenText = false, hasPromptTexts = false;
+    bool hasExpertNorms = false, hasSharedNorms = false, hasLogits = false, hasHidden = false, hasTokenText = false,
+         hasPromptTexts = false;
 };
 
 class Session {
@@ -70,7 +73,7 @@ public:
     void addRun(const std::string& name, RunTrace trace);  // error if the name exists
     std::vector<int64_t> runTokens(const std::string& name) const;
     std::vector<int64_t> runPromptOffsets(const std::string& name) const;
-    LayerTrace runLayer(const std::string& name, int layer) const;  // reads one layer only
+    LayerTrace runLayer(const std::string& name, int layer) const;           // reads one layer only
     LayerTrace runAttentionLayer(const std::string& name, int layer) const;  // a MoA router's records
     std::vector<std::string> runTokenPieces(const std::string& name) const;
     std::vector<std::string> runPromptTexts(const std::string& name) const;  // empty for token-id runs
@@ -126,7 +129,7 @@ void verifySession(const std::string& path);
 // readData false: only what Session::open reads (the structure, attributes, results), not the
 // runs' data, which is then checked as it is read (checksums) or by a later full check.
 // cancel: when set, the child is killed and the check ends with no finding.
-std::string checkSessionInChild(const std::string& path, bool readData = true, const std::atomic<bool>* cancel = nullptr);
-
+std::string checkSessionInChild(const std::string& path, bool readData = true,
+                                const std::atomic<bool>* cancel = nullptr);
 
 }  // namespace es

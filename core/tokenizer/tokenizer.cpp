@@ -51,14 +51,42 @@ std::string displayBytes(std::string_view b) {
     };
     while (i < b.size()) {
         unsigned char c = static_cast<unsigned char>(b[i]);
-        if (c == '\n') { out += "\\n"; ++i; continue; }
-        if (c == '\t') { out += "\\t"; ++i; continue; }
-        if (c == '\r') { out += "\\r"; ++i; continue; }
-        if (c == '\\') { out += "\\\\"; ++i; continue; }
-        if (c < 0x20 || c == 0x7F) { esc(c); ++i; continue; }
-        if (c < 0x80) { out += static_cast<char>(c); ++i; continue; }
+        if (c == '\n') {
+            out += "\\n";
+            ++i;
+            continue;
+        }
+        if (c == '\t') {
+            out += "\\t";
+            ++i;
+            continue;
+        }
+        if (c == '\r') {
+            out += "\\r";
+            ++i;
+            continue;
+        }
+        if (c == '\\') {
+            out += "\\\\";
+            ++i;
+            continue;
+        }
+        if (c < 0x20 || c == 0x7F) {
+            esc(c);
+            ++i;
+            continue;
+        }
+        if (c < 0x80) {
+            out += static_cast<char>(c);
+            ++i;
+            continue;
+        }
         size_t bad = 0, n = uni::utf8At(b, i, bad);
-        if (!n) { esc(c); ++i; continue; }
+        if (!n) {
+            esc(c);
+            ++i;
+            continue;
+        }
         size_t j = i;
         char32_t cp = uni::next(b, j);
         if (uni::isOther(cp) && cp != 0x200D) {  // invisible format/control characters (ZWJ kept)
@@ -96,7 +124,7 @@ const ByteMap& byteMap() {
 // ---- pieces flowing through the pipeline ----------------------------------------------------
 struct Piece {
     std::string text;
-    bool first = false;  // starts at offset 0 of the original input (Metaspace "first")
+    bool first = false;    // starts at offset 0 of the original input (Metaspace "first")
     int64_t addedId = -1;  // an added token already resolved
 };
 
@@ -130,7 +158,8 @@ struct Pattern {
 Pattern parsePattern(const json& j, const std::string& file, const std::string& field) {
     Pattern p;
     if (j.is_object() && j.contains("String")) p.literal = j["String"].get<std::string>();
-    else if (j.is_object() && j.contains("Regex")) p.regex = std::make_unique<uni::Regex>(j["Regex"].get<std::string>());
+    else if (j.is_object() && j.contains("Regex"))
+        p.regex = std::make_unique<uni::Regex>(j["Regex"].get<std::string>());
     else if (j.is_string()) p.literal = j.get<std::string>();
     else throw Error("pattern must be {\"String\": ...} or {\"Regex\": ...}", file, field);
     return p;
@@ -151,7 +180,10 @@ Behavior parseBehavior(const std::string& s, const std::string& file, const std:
 std::vector<std::string> splitBy(std::string_view s, const std::vector<std::pair<size_t, size_t>>& matchesIn,
                                  Behavior b, bool invert) {
     // segments covering s: (begin, end, isMatch)
-    struct Seg { size_t b, e; bool m; };
+    struct Seg {
+        size_t b, e;
+        bool m;
+    };
     std::vector<Seg> segs;
     size_t pos = 0;
     for (auto [mb, me] : matchesIn) {
@@ -349,7 +381,8 @@ std::unique_ptr<Normalizer> makeNormalizer(const json& j, const std::string& fil
     if (type == "NFKD") return std::make_unique<FormNorm>(uni::Form::NFKD);
     if (type == "Lowercase") return std::make_unique<LowerNorm>();
     if (type == "StripAccents") return std::make_unique<StripAccentsNorm>();
-    if (type == "Strip") return std::make_unique<StripNorm>(boolean(j, "strip_left", true), boolean(j, "strip_right", true));
+    if (type == "Strip")
+        return std::make_unique<StripNorm>(boolean(j, "strip_left", true), boolean(j, "strip_right", true));
     if (type == "Prepend") {
         auto p = std::make_unique<PrependNorm>();
         p->prefix = str(j, "prepend");
@@ -415,8 +448,8 @@ struct ByteLevelPre : PreTokenizer {
         splitEach(pieces, [&](Piece& p) {
             std::string s = p.text;
             if (addPrefixSpace && (s.empty() || s[0] != ' ')) s = " " + s;
-            std::vector<std::string> parts = useRegex ? splitBy(s, re->findAll(s), Behavior::Isolated, false)
-                                                      : std::vector<std::string>{s};
+            std::vector<std::string> parts =
+                useRegex ? splitBy(s, re->findAll(s), Behavior::Isolated, false) : std::vector<std::string>{s};
             for (auto& x : parts) {
                 std::string m;
                 for (unsigned char c : x) uni::append(m, byteMap().toChar[c]);
@@ -490,16 +523,15 @@ struct WhitespaceSplitPre : PreTokenizer {
     }
 };
 
-bool bertPunc(char32_t c) {
-    return (c < 0x80 && std::ispunct(static_cast<int>(c))) || uni::isPunctuation(c);
-}
+bool bertPunc(char32_t c) { return (c < 0x80 && std::ispunct(static_cast<int>(c))) || uni::isPunctuation(c); }
 
 struct BertPre : PreTokenizer {
     void apply(std::vector<Piece>& pieces) const override {
         splitEach(pieces, [&](Piece& p) {
             std::vector<std::string> out;
             for (auto& w : splitBy(p.text, charMatches(p.text, uni::isWhitespace), Behavior::Removed, false))
-                for (auto& x : splitBy(w, charMatches(w, bertPunc), Behavior::Isolated, false)) out.push_back(std::move(x));
+                for (auto& x : splitBy(w, charMatches(w, bertPunc), Behavior::Isolated, false))
+                    out.push_back(std::move(x));
             return out;
         });
     }
@@ -698,7 +730,8 @@ struct WordPieceModel : Model {
             return;
         }
         std::vector<size_t> starts;  // byte offsets of characters
-        for (size_t i = 0; i < word.size(); i += uni::charLength(static_cast<unsigned char>(word[i]))) starts.push_back(i);
+        for (size_t i = 0; i < word.size(); i += uni::charLength(static_cast<unsigned char>(word[i])))
+            starts.push_back(i);
         starts.push_back(word.size());
         std::vector<int64_t> sub;
         size_t s = 0;
@@ -867,7 +900,7 @@ struct WordPieceDec : Decoder {
     bool cleanup = true;
     static std::string clean(std::string s) {
         static const std::pair<const char*, const char*> rules[] = {
-            {" .", "."}, {" ?", "?"}, {" !", "!"}, {" ,", ","}, {" ' ", "'"}, {" n't", "n't"},
+            {" .", "."},   {" ?", "?"},           {" !", "!"},   {" ,", ","},     {" ' ", "'"},   {" n't", "n't"},
             {" 'm", "'m"}, {" do not", " don't"}, {" 's", "'s"}, {" 've", "'ve"}, {" 're", "'re"}};
         for (auto [from, to] : rules) {
             std::string out;
@@ -1069,12 +1102,14 @@ std::shared_ptr<Tokenizer> Tokenizer::load(const std::string& pathIn) {
         if (!j.contains("model") || !j["model"].is_object()) throw Error("missing 'model'", file, "model");
         const json& m = j["model"];
         std::string type = str(m, "type");
-        if (type.empty()) type = m.contains("merges") ? "BPE" : m.contains("max_input_chars_per_word") ? "WordPiece" : "";
+        if (type.empty())
+            type = m.contains("merges") ? "BPE" : m.contains("max_input_chars_per_word") ? "WordPiece" : "";
         d.modelType = type;
         if (type == "BPE") {
             auto bpe = std::make_unique<BpeModel>();
             if (!m.contains("vocab") || !m["vocab"].is_object()) throw Error("missing vocab", file, "model.vocab");
-            for (auto it = m["vocab"].begin(); it != m["vocab"].end(); ++it) bpe->vocab.add(it.key(), it->get<int64_t>());
+            for (auto it = m["vocab"].begin(); it != m["vocab"].end(); ++it)
+                bpe->vocab.add(it.key(), it->get<int64_t>());
             if (m.contains("dropout") && !m["dropout"].is_null() && m["dropout"].get<double>() > 0)
                 unsupported(file, "model.dropout", "BPE dropout (not deterministic)");
             bpe->fuseUnk = boolean(m, "fuse_unk", false);
@@ -1095,7 +1130,8 @@ std::shared_ptr<Tokenizer> Tokenizer::load(const std::string& pathIn) {
                 if (mj.is_string()) {
                     std::string s = mj.get<std::string>();
                     size_t sp = s.find(' ', 1);
-                    if (sp == std::string::npos) throw Error("merge without a space: '" + s + "'", file, "model.merges");
+                    if (sp == std::string::npos)
+                        throw Error("merge without a space: '" + s + "'", file, "model.merges");
                     a = s.substr(0, sp);
                     b = s.substr(sp + 1);
                 } else {
@@ -1113,7 +1149,8 @@ std::shared_ptr<Tokenizer> Tokenizer::load(const std::string& pathIn) {
             d.model = std::move(bpe);
         } else if (type == "WordPiece") {
             auto wp = std::make_unique<WordPieceModel>();
-            for (auto it = m["vocab"].begin(); it != m["vocab"].end(); ++it) wp->vocab.add(it.key(), it->get<int64_t>());
+            for (auto it = m["vocab"].begin(); it != m["vocab"].end(); ++it)
+                wp->vocab.add(it.key(), it->get<int64_t>());
             wp->prefix = str(m, "continuing_subword_prefix", "##");
             wp->maxChars = m.value("max_input_chars_per_word", 100);
             std::string unk = str(m, "unk_token", "[UNK]");
@@ -1126,8 +1163,12 @@ std::shared_ptr<Tokenizer> Tokenizer::load(const std::string& pathIn) {
         }
         if (j.contains("added_tokens") && j["added_tokens"].is_array()) {
             for (auto& a : j["added_tokens"]) {
-                AddedToken at{a.at("content").get<std::string>(), a.at("id").get<int64_t>(), boolean(a, "special", false),
-                              boolean(a, "single_word", false), boolean(a, "lstrip", false), boolean(a, "rstrip", false),
+                AddedToken at{a.at("content").get<std::string>(),
+                              a.at("id").get<int64_t>(),
+                              boolean(a, "special", false),
+                              boolean(a, "single_word", false),
+                              boolean(a, "lstrip", false),
+                              boolean(a, "rstrip", false),
                               boolean(a, "normalized", !boolean(a, "special", false))};
                 d.addedById[at.id] = d.added.size();
                 d.added.push_back(at);
@@ -1169,7 +1210,8 @@ std::shared_ptr<Tokenizer> Tokenizer::load(const std::string& pathIn) {
                     } else if (part.contains("SpecialToken")) {
                         std::string sid = part["SpecialToken"]["id"].get<std::string>();
                         const json& st = pj["special_tokens"];
-                        if (!st.contains(sid)) throw Error("special token '" + sid + "' not defined", file, field + ".special_tokens");
+                        if (!st.contains(sid))
+                            throw Error("special token '" + sid + "' not defined", file, field + ".special_tokens");
                         tpl.push_back({true, st[sid]["ids"].get<std::vector<int64_t>>()});
                     }
                 }
@@ -1187,7 +1229,8 @@ std::shared_ptr<Tokenizer> Tokenizer::load(const std::string& pathIn) {
             const json& tj = j["truncation"];
             d.truncMax = tj.at("max_length").get<int64_t>();
             d.truncLeft = str(tj, "direction", "Right") == "Left";
-            if (tj.value("stride", 0) != 0) unsupported(file, "truncation.stride", "truncation stride (overflowing tokens)");
+            if (tj.value("stride", 0) != 0)
+                unsupported(file, "truncation.stride", "truncation stride (overflowing tokens)");
         }
         if (j.contains("padding") && j["padding"].is_object()) {
             const json& pj = j["padding"];

@@ -39,7 +39,7 @@ public:
     std::string displayPiece(int64_t id) const;
     std::string idToToken(int64_t id) const;
     int64_t tokenToId(const std::string& token) const;  // -1 when absent
-    int64_t vocabSize() const;  // highest id + 1
+    int64_t vocabSize() const;                          // highest id + 1
     bool isSpecial(int64_t id) const;
     const std::string& path() const;
     const std::string& modelType() const;  // "BPE" or "WordPiece"

@@ -53,8 +53,20 @@ std::vector<char32_t> codepoints(std::string_view s) {
 bool isWhitespace(char32_t c) {
     // The Unicode White_Space property (what Rust's char::is_whitespace tests).
     switch (c) {
-        case 0x09: case 0x0A: case 0x0B: case 0x0C: case 0x0D: case 0x20: case 0x85: case 0xA0:
-        case 0x1680: case 0x2028: case 0x2029: case 0x202F: case 0x205F: case 0x3000:
+        case 0x09:
+        case 0x0A:
+        case 0x0B:
+        case 0x0C:
+        case 0x0D:
+        case 0x20:
+        case 0x85:
+        case 0xA0:
+        case 0x1680:
+        case 0x2028:
+        case 0x2029:
+        case 0x202F:
+        case 0x205F:
+        case 0x3000:
             return true;
         default:
             return c >= 0x2000 && c <= 0x200A;
@@ -109,10 +121,18 @@ bool isCased(char32_t c) {
 std::string normalize(std::string_view s, Form f) {
     int opts = UTF8PROC_STABLE;
     switch (f) {
-        case Form::NFC: opts |= UTF8PROC_COMPOSE; break;
-        case Form::NFD: opts |= UTF8PROC_DECOMPOSE; break;
-        case Form::NFKC: opts |= UTF8PROC_COMPOSE | UTF8PROC_COMPAT; break;
-        case Form::NFKD: opts |= UTF8PROC_DECOMPOSE | UTF8PROC_COMPAT; break;
+        case Form::NFC:
+            opts |= UTF8PROC_COMPOSE;
+            break;
+        case Form::NFD:
+            opts |= UTF8PROC_DECOMPOSE;
+            break;
+        case Form::NFKC:
+            opts |= UTF8PROC_COMPOSE | UTF8PROC_COMPAT;
+            break;
+        case Form::NFKD:
+            opts |= UTF8PROC_DECOMPOSE | UTF8PROC_COMPAT;
+            break;
     }
     utf8proc_uint8_t* out = nullptr;
     auto n = utf8proc_map(reinterpret_cast<const utf8proc_uint8_t*>(s.data()), static_cast<utf8proc_ssize_t>(s.size()),
@@ -137,7 +157,8 @@ std::string toLower(std::string_view s) {
 
 std::string toUpper(std::string_view s) {
     std::string out;
-    for (char32_t c : codepoints(s)) append(out, static_cast<char32_t>(utf8proc_toupper(static_cast<utf8proc_int32_t>(c))));
+    for (char32_t c : codepoints(s))
+        append(out, static_cast<char32_t>(utf8proc_toupper(static_cast<utf8proc_int32_t>(c))));
     return out;
 }
 

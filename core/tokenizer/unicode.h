@@ -16,11 +16,11 @@ void append(std::string& out, char32_t cp);
 std::vector<char32_t> codepoints(std::string_view s);
 size_t charLength(unsigned char lead);
 
-bool isWhitespace(char32_t c);   // Unicode White_Space (Rust char::is_whitespace)
-bool isAlphabetic(char32_t c);   // letters (L*) and Nl, Other_Alphabetic approximated by L*/Nl/Mn? see .cpp
-bool isNumeric(char32_t c);      // N*
-bool isPunctuation(char32_t c);  // P*
-bool isOther(char32_t c);        // Cc, Cf, Cs, Co, Cn
+bool isWhitespace(char32_t c);      // Unicode White_Space (Rust char::is_whitespace)
+bool isAlphabetic(char32_t c);      // letters (L*) and Nl, Other_Alphabetic approximated by L*/Nl/Mn? see .cpp
+bool isNumeric(char32_t c);         // N*
+bool isPunctuation(char32_t c);     // P*
+bool isOther(char32_t c);           // Cc, Cf, Cs, Co, Cn
 bool isMarkNonspacing(char32_t c);  // Mn
 bool isMark(char32_t c);            // Mn, Mc, Me
 bool isRustWord(char32_t c);        // Rust regex \w: Alphabetic, marks, Nd, Pc, Join_Control

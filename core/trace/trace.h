@@ -9,26 +9,26 @@ namespace es {
 struct LayerTrace {
     int layer = 0;  // decoder layer index
     int64_t numExperts = 0, topK = 0;
-    std::vector<float> routerLogits;        // [T, E], raw router logits
-    std::vector<int32_t> topkExperts;       // [T, k], ordered by weight, descending
-    std::vector<float> topkWeights;         // [T, k], combine weights as applied
-    std::vector<float> expertOutputNorms;   // [T, E], with allExperts
-    std::vector<float> sharedOutputNorms;   // [T], with allExperts and a shared expert
+    std::vector<float> routerLogits;       // [T, E], raw router logits
+    std::vector<int32_t> topkExperts;      // [T, k], ordered by weight, descending
+    std::vector<float> topkWeights;        // [T, k], combine weights as applied
+    std::vector<float> expertOutputNorms;  // [T, E], with allExperts
+    std::vector<float> sharedOutputNorms;  // [T], with allExperts and a shared expert
 };
 
 struct RunTrace {
     std::string device, dtype;
-    std::vector<int64_t> tokens;         // [T], all prompts concatenated
-    std::vector<int64_t> promptOffsets;  // [P+1]
-    std::vector<std::string> tokenBytes;   // [T] raw bytes of each token (empty without a tokenizer)
-    std::vector<std::string> tokenPieces;  // [T] display strings
-    std::vector<std::string> promptTexts;  // [P] the prompts' text, when they were given as text
-    std::vector<LayerTrace> layers;      // MoE layers in order
+    std::vector<int64_t> tokens;              // [T], all prompts concatenated
+    std::vector<int64_t> promptOffsets;       // [P+1]
+    std::vector<std::string> tokenBytes;      // [T] raw bytes of each token (empty without a tokenizer)
+    std::vector<std::string> tokenPieces;     // [T] display strings
+    std::vector<std::string> promptTexts;     // [P] the prompts' text, when they were given as text
+    std::vector<LayerTrace> layers;           // MoE layers in order
     std::vector<LayerTrace> attentionLayers;  // MoA layers (JetMoE's attention routers), in order
     int64_t vocab = 0;
-    std::vector<float> logits;           // [T, V], with saveLogits
+    std::vector<float> logits;  // [T, V], with saveLogits
     int64_t hiddenSize = 0;
-    std::vector<float> hidden;           // [T, d], with saveHidden: the final hidden states
+    std::vector<float> hidden;  // [T, d], with saveHidden: the final hidden states
     int64_t numTokens() const { return static_cast<int64_t>(tokens.size()); }
 };
 

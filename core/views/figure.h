@@ -20,7 +20,8 @@ struct HeatmapPanel {
     std::vector<double> values;  // row-major [rows, cols]
     std::vector<std::string> rowLabels, colLabels;
     std::string colormap = "viridis";  // viridis | blues | spectral (widgets/colormaps.h)
-    double lo = std::numeric_limits<double>::quiet_NaN(), hi = std::numeric_limits<double>::quiet_NaN();  // NaN: data range
+    double lo = std::numeric_limits<double>::quiet_NaN(),
+           hi = std::numeric_limits<double>::quiet_NaN();  // NaN: data range
     std::string valueLabel;
     std::vector<int64_t> rowSeparators;  // a line above each of these rows
     std::vector<int64_t> colSeparators;  // a line left of each of these columns

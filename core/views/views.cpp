@@ -36,9 +36,12 @@ struct Data {
     std::vector<double> v;
     std::string text(size_t i) const {
         switch (a->type) {
-            case Array::Type::F32: return formatFloat(static_cast<float>(v[i]));
-            case Array::Type::F64: return formatDouble(v[i]);
-            default: return std::to_string(static_cast<int64_t>(v[i]));
+            case Array::Type::F32:
+                return formatFloat(static_cast<float>(v[i]));
+            case Array::Type::F64:
+                return formatDouble(v[i]);
+            default:
+                return std::to_string(static_cast<int64_t>(v[i]));
         }
     }
     std::vector<std::string> labels(const char* attr = "labels") const {
@@ -83,8 +86,10 @@ std::string sessionName(const Session& s) { return s.path().empty() ? std::strin
 
 const Result& needResult(const Session& s, const std::string& id, const std::string& view) {
     if (!s.hasResult(id))
-        throw Error("view '" + view + "' needs the result " + id + ", which this session does not have (run "
-                    "expertscope-cli analyze to compute it)", sessionName(s), "/analyses/" + id);
+        throw Error("view '" + view + "' needs the result " + id +
+                        ", which this session does not have (run "
+                        "expertscope-cli analyze to compute it)",
+                    sessionName(s), "/analyses/" + id);
     return s.result(id);
 }
 
@@ -106,8 +111,7 @@ std::vector<int> layersWith(const Result& r, const std::string& suffix) {
         if (slash == std::string::npos || name.substr(slash + 1) != suffix) continue;
         try {
             out.insert(std::stoi(name.substr(7, slash - 7)));
-        } catch (const std::exception&) {
-        }
+        } catch (const std::exception&) {}
     }
     return {out.begin(), out.end()};
 }
@@ -137,8 +141,8 @@ int chooseLayer(const Session& s, const ViewRequest& req, const std::vector<int>
     if (layers.empty()) throw Error("result " + id + " has no layers", sessionName(s), "/analyses/" + id);
     if (req.layer < 0) return layers.front();
     if (std::find(layers.begin(), layers.end(), req.layer) == layers.end())
-        throw Error("view '" + req.view + "': layer " + std::to_string(req.layer) + " was not analysed (layers: " +
-                        joinInts(layers) + ")",
+        throw Error("view '" + req.view + "': layer " + std::to_string(req.layer) +
+                        " was not analysed (layers: " + joinInts(layers) + ")",
                     sessionName(s), "/analyses/" + id);
     return req.layer;
 }
@@ -151,12 +155,15 @@ int layerOf(const Session& s, const ViewRequest& req, const std::string& id, con
 std::string chooseRun(const Session& s, const ViewRequest& req, const std::string& prefix) {
     auto runs = runsWith(s, prefix);
     if (runs.empty())
-        throw Error("view '" + req.view + "' needs " + prefix + " of a run, which this session does not have (run "
-                    "expertscope-cli analyze --dynamic)", sessionName(s), "/analyses/" + prefix);
+        throw Error("view '" + req.view + "' needs " + prefix +
+                        " of a run, which this session does not have (run "
+                        "expertscope-cli analyze --dynamic)",
+                    sessionName(s), "/analyses/" + prefix);
     if (req.run.empty()) return runs.front();
     if (std::find(runs.begin(), runs.end(), req.run) == runs.end())
-        throw Error("view '" + req.view + "': no " + prefix + " for run '" + req.run + "' (runs: " + joinStrings(runs) + ")",
-                    sessionName(s), "/analyses/" + prefix + "/" + req.run);
+        throw Error(
+            "view '" + req.view + "': no " + prefix + " for run '" + req.run + "' (runs: " + joinStrings(runs) + ")",
+            sessionName(s), "/analyses/" + prefix + "/" + req.run);
     return req.run;
 }
 
@@ -187,7 +194,8 @@ std::vector<std::string> matricesOf(const Session& s, const std::string& id) {
     std::vector<std::string> out;
     for (const auto& m : kMatrices)
         for (const auto& [key, a] : r.arrays)
-            if (key == m || (key.size() > m.size() && key.compare(key.size() - m.size() - 1, m.size() + 1, "/" + m) == 0)) {
+            if (key == m ||
+                (key.size() > m.size() && key.compare(key.size() - m.size() - 1, m.size() + 1, "/" + m) == 0)) {
                 out.push_back(m);
                 break;
             }
@@ -206,8 +214,8 @@ std::string matrixName(const std::string& m) {
 }
 
 // A heatmap of a stored [R, C] array, its CSV beside it.
-void heatmapFrom(Figure& f, Panel& p, const Data& d, std::vector<std::string> rowLabels, std::vector<std::string> colLabels,
-                 const std::string& valueLabel) {
+void heatmapFrom(Figure& f, Panel& p, const Data& d, std::vector<std::string> rowLabels,
+                 std::vector<std::string> colLabels, const std::string& valueLabel) {
     HeatmapPanel& h = p.heatmap;
     p.hasHeatmap = true;
     h.rows = d.dim(0);
@@ -251,7 +259,11 @@ struct SimilarityKind {
 const std::vector<SimilarityKind> kSimilarity = {
     {"weight-similarity", "weight_similarity", "S1", "Expert weight similarity", kMatrices, {}},
     {"neuron-mean-similarity", "neuron_mean_similarity", "S2", "Mean-neuron similarity", kMatrices, {}},
-    {"neuron-reordering", "neuron_reordering", "S3", "Similarity after neuron reordering", kMatrices,
+    {"neuron-reordering",
+     "neuron_reordering",
+     "S3",
+     "Similarity after neuron reordering",
+     kMatrices,
      {"similarity", "tau", "joint", "joint-tau"}},
     {"router-similarity", "router_similarity", "S4", "Router-row similarity", {"router"}, {}},
 };
@@ -276,7 +288,9 @@ Figure similarityFigure(const Session& s, const ViewRequest& req, const Similari
     const bool tau = measure == "tau" || measure == "joint-tau";
     f.title = std::string(k.title) + " (" + k.code + "), layer " + std::to_string(L) + ", " +
               (measure == "joint-tau" ? std::string("joint permutation") : matrixName(matrix)) +
-              (tau ? ", Kendall's tau" : measure == "joint" ? ", joint permutation" : "");
+              (tau                  ? ", Kendall's tau"
+               : measure == "joint" ? ", joint permutation"
+                                    : "");
     Panel p;
     p.xLabel = p.yLabel = "expert";
     heatmapFrom(f, p, d, d.labels(), d.labels(), tau ? "Kendall's tau" : "cosine similarity");
@@ -301,10 +315,12 @@ Figure routerVsWeights(const Session& s, const ViewRequest& req) {
     const size_t mcol = static_cast<size_t>(std::find(fitCols.begin(), fitCols.end(), matrix) - fitCols.begin());
     if (col >= cols.size() || li >= layers.size() || mcol >= nc || (li + 1) * nc > r2.v.size() ||
         (li + 1) * nc > slope.v.size() || (li + 1) * nc > intercept.v.size())
-        throw Error("result router_weight_regression is incomplete", sessionName(s), "/analyses/router_weight_regression");
+        throw Error("result router_weight_regression is incomplete", sessionName(s),
+                    "/analyses/router_weight_regression");
     Figure f;
     f.view = req.view;
-    f.title = "Router vs " + matrixName(matrix) + " similarity (S5), layer " + std::to_string(L) + ", r² = " + shortNum(r2.v[li * nc + mcol]);
+    f.title = "Router vs " + matrixName(matrix) + " similarity (S5), layer " + std::to_string(L) +
+              ", r² = " + shortNum(r2.v[li * nc + mcol]);
     Panel p;
     p.xLabel = "mean-neuron similarity of " + matrixName(matrix) + " (expert pair)";
     p.yLabel = "router-row similarity";
@@ -375,8 +391,8 @@ Figure pcaFigure(const Session& s, const ViewRequest& req, bool neurons) {
     const int64_t N = d.dim(0), C = d.dim(1);
     Figure f;
     f.view = req.view;
-    f.title = std::string(neurons ? "Neuron-level PCA (S7)" : "Matrix-level PCA (S6)") + ", layer " + std::to_string(L) +
-              ", " + matrixName(matrix);
+    f.title = std::string(neurons ? "Neuron-level PCA (S7)" : "Matrix-level PCA (S6)") + ", layer " +
+              std::to_string(L) + ", " + matrixName(matrix);
     Panel p;
     p.xLabel = explainedText(ex, 0);
     p.yLabel = C > 1 ? explainedText(ex, 1) : "";
@@ -392,7 +408,8 @@ Figure pcaFigure(const Session& s, const ViewRequest& req, bool neurons) {
             pts.y.push_back(C > 1 ? d.v[i * C + 1] : 0.0);
             const int e = static_cast<int>(g.v[i]);
             pts.group.push_back(e);
-            std::vector<std::string> row = {std::to_string(i), e >= 0 && e < static_cast<int>(labels.size()) ? labels[e] : "?"};
+            std::vector<std::string> row = {std::to_string(i),
+                                            e >= 0 && e < static_cast<int>(labels.size()) ? labels[e] : "?"};
             for (int64_t c = 0; c < C; ++c) row.push_back(d.text(i * C + c));
             f.csvRows.push_back(std::move(row));
         }
@@ -471,7 +488,8 @@ Figure diversity(const Session& s, const ViewRequest& req) {
     std::string run;
     if (!runs.empty()) {
         run = chooseRun(s, req, rid(req, "layer_diversity/outputs"));
-        srcs.push_back({rid(req, "layer_diversity/outputs/" + run), "angular", "outputs, angular (D1, run " + run + ")"});
+        srcs.push_back(
+            {rid(req, "layer_diversity/outputs/" + run), "angular", "outputs, angular (D1, run " + run + ")"});
         srcs.push_back({rid(req, "layer_diversity/outputs/" + run), "cosine", "outputs, cosine (D1, run " + run + ")"});
     }
     Figure f;
@@ -491,7 +509,8 @@ Figure diversity(const Session& s, const ViewRequest& req) {
         // gate/query in the first colour, up in the second, down/output in the third
         const auto mi = std::find(kMatrices.begin(), kMatrices.end(), src.array) - kMatrices.begin();
         sr.color = mi == 3 ? 0 : mi == 4 ? 2 : static_cast<int>(mi);
-        if (src.id.find("outputs") != std::string::npos) sr.color = src.array == "angular" ? 3 : 4, sr.emphasised = true;
+        if (src.id.find("outputs") != std::string::npos)
+            sr.color = src.array == "angular" ? 3 : 4, sr.emphasised = true;
         auto layers = d.layers();
         for (size_t i = 0; i < layers.size() && i < d.v.size(); ++i) {
             sr.x.push_back(layers[i]);
@@ -505,8 +524,10 @@ Figure diversity(const Session& s, const ViewRequest& req) {
         ++col;
     }
     if (col == 0)
-        throw Error("view 'diversity' needs layer_diversity results (expertscope-cli analyze --static S1 or S2, "
-                    "or --dynamic D1)", sessionName(s), "/analyses/layer_diversity");
+        throw Error(
+            "view 'diversity' needs layer_diversity results (expertscope-cli analyze --static S1 or S2, "
+            "or --dynamic D1)",
+            sessionName(s), "/analyses/layer_diversity");
     for (auto& [l, row] : table) {
         row.resize(static_cast<size_t>(col));
         std::vector<std::string> r = {std::to_string(l)};
@@ -687,7 +708,8 @@ Figure routingMap(const Session& s, const ViewRequest& req) {
     auto labels = tokenLabels(s, run);
     Figure f;
     f.view = req.view;
-    f.title = "Combine weights (D4), run " + run + ", layer " + std::to_string(L) + ", prompt " + std::to_string(req.prompt);
+    f.title =
+        "Combine weights (D4), run " + run + ", layer " + std::to_string(L) + ", prompt " + std::to_string(req.prompt);
     Panel p;
     p.xLabel = "token";
     p.yLabel = "expert";
@@ -707,7 +729,8 @@ Figure routingMap(const Session& s, const ViewRequest& req) {
     p.heatmap.lo = 0;
     p.heatmap.hi = mx;
     f.csvHeader[0] = "expert \\ token";
-    for (int64_t c = b; c < e; ++c) f.csvHeader[static_cast<size_t>(c - b + 1)] = std::to_string(c) + ":" + f.csvHeader[c - b + 1];
+    for (int64_t c = b; c < e; ++c)
+        f.csvHeader[static_cast<size_t>(c - b + 1)] = std::to_string(c) + ":" + f.csvHeader[c - b + 1];
     f.panels.push_back(std::move(p));
     return f;
 }
@@ -716,7 +739,8 @@ Figure routingText(const Session& s, const ViewRequest& req) {
     std::string run = req.run;
     if (run.empty()) {
         auto names = s.runNames();
-        if (names.empty()) throw Error("view 'routing-text' needs a run; this session has none", sessionName(s), "/runs");
+        if (names.empty())
+            throw Error("view 'routing-text' needs a run; this session has none", sessionName(s), "/runs");
         run = names.front();
     }
     auto [b, e] = promptRange(s, req, run);
@@ -729,7 +753,8 @@ Figure routingText(const Session& s, const ViewRequest& req) {
     Figure f;
     f.view = req.view;
     f.isText = true;
-    f.title = "Top-1 expert of every token, run " + run + ", layer " + std::to_string(L) + ", prompt " + std::to_string(req.prompt);
+    f.title = "Top-1 expert of every token, run " + run + ", layer " + std::to_string(L) + ", prompt " +
+              std::to_string(req.prompt);
     f.text.experts = static_cast<int>(lt.numExperts);
     f.text.legend = "colour = top-1 expert";
     f.csvHeader = {"token", "piece", "id"};
@@ -744,8 +769,8 @@ Figure routingText(const Session& s, const ViewRequest& req) {
         std::vector<std::string> row = {std::to_string(t), tok.text, std::to_string(ids[t])};
         for (int64_t j = 0; j < lt.topK; ++j) {
             const float w = lt.topkWeights[t * lt.topK + j];
-            tok.tip += (j ? ", " : "") + std::string("expert ") + std::to_string(lt.topkExperts[t * lt.topK + j]) + " (" +
-                       formatFloat(w) + ")";
+            tok.tip += (j ? ", " : "") + std::string("expert ") + std::to_string(lt.topkExperts[t * lt.topK + j]) +
+                       " (" + formatFloat(w) + ")";
             row.push_back(std::to_string(lt.topkExperts[t * lt.topK + j]));
         }
         for (int64_t j = 0; j < lt.topK; ++j) row.push_back(formatFloat(lt.topkWeights[t * lt.topK + j]));
@@ -768,7 +793,8 @@ Figure expertLoad(const Session& s, const ViewRequest& req) {
     f.view = req.view;
     f.title = "Expert load, run " + run;
     Panel bars, all;
-    bars.title = "layer " + std::to_string(L) + ": entropy " + shortNum(ent.v[li]) + " of " + shortNum(ent.attr("max")) + " bits";
+    bars.title = "layer " + std::to_string(L) + ": entropy " + shortNum(ent.v[li]) + " of " +
+                 shortNum(ent.attr("max")) + " bits";
     bars.xLabel = "expert";
     bars.yLabel = "share of routed tokens";
     Series b{"share", Series::Style::Bars};
@@ -822,8 +848,8 @@ Figure gateActivations(const Session& s, const ViewRequest& req) {
     for (auto& x : extra) {
         W = std::max(W, x.d.dim(1));
         if (x.d.dim(0) <= req.token)
-            throw Error("result " + id + " has fewer tokens in its " + x.label + " row than in its experts", sessionName(s),
-                        "/analyses/" + id);
+            throw Error("result " + id + " has fewer tokens in its " + x.label + " row than in its experts",
+                        sessionName(s), "/analyses/" + id);
     }
     Figure f;
     f.view = req.view;
@@ -895,15 +921,17 @@ Figure modularity(const Session& s, const ViewRequest& req) {
     Panel p;
     p.xLabel = "layer";
     p.yLabel = "share of |activation| mass";
-    Series a{"clustered experts, avg-k's choice", Series::Style::Line}, b{"random partition, avg-k's choice", Series::Style::Line},
-        c{"clustered experts, best K", Series::Style::Line}, d{"random partition, best K", Series::Style::Line};
+    Series a{"clustered experts, avg-k's choice", Series::Style::Line},
+        b{"random partition, avg-k's choice", Series::Style::Line}, c{"clustered experts, best K", Series::Style::Line},
+        d{"random partition, best K", Series::Style::Line};
     a.color = 0, b.color = 0, c.color = 1, d.color = 1;
     b.dashed = d.dashed = true;
     a.emphasised = true;
     for (size_t i = 0; i < layers.size(); ++i) {
         for (auto* sr : {&a, &b, &c, &d}) sr->x.push_back(layers[i]);
         a.y.push_back(share.v[i]), b.y.push_back(rnd.v[i]), c.y.push_back(best.v[i]), d.y.push_back(rbest.v[i]);
-        f.csvRows.push_back({std::to_string(layers[i]), share.text(i), rnd.text(i), rstd.text(i), best.text(i), rbest.text(i)});
+        f.csvRows.push_back(
+            {std::to_string(layers[i]), share.text(i), rnd.text(i), rstd.text(i), best.text(i), rbest.text(i)});
     }
     p.series = {a, b, c, d};
     p.levels.push_back({"K / N", share.attr("chance")});
@@ -938,10 +966,12 @@ Figure activationBlocks(const Session& s, const ViewRequest& req) {
     }
     auto pieces = s.hasRun(run) ? s.runTokenPieces(run) : std::vector<std::string>{};
     std::vector<std::string> rows;
-    for (int64_t t = 0; t < N; ++t) rows.push_back(t < static_cast<int64_t>(pieces.size()) ? pieces[t] : std::to_string(t));
+    for (int64_t t = 0; t < N; ++t)
+        rows.push_back(t < static_cast<int64_t>(pieces.size()) ? pieces[t] : std::to_string(t));
     Figure f;
     f.view = req.view;
-    f.title = "|activations| of the first " + std::to_string(N) + " tokens, run " + run + ", layer " + std::to_string(L);
+    f.title =
+        "|activations| of the first " + std::to_string(N) + " tokens, run " + run + ", layer " + std::to_string(L);
     auto panel = [&](bool sorted) {
         Panel p;
         p.title = sorted ? "neurons sorted by expert (lines: expert blocks)" : "neurons in the dense model's order";
@@ -970,7 +1000,8 @@ Figure activationBlocks(const Session& s, const ViewRequest& req) {
     f.panels.push_back(panel(true));
     // the CSV: the stored activations, columns in expert-block order, headed by the original neuron
     f.csvHeader = {"token"};
-    for (int64_t c = 0; c < F; ++c) f.csvHeader.push_back("neuron " + std::to_string(order[c]) + " (expert " + std::to_string(c / S) + ")");
+    for (int64_t c = 0; c < F; ++c)
+        f.csvHeader.push_back("neuron " + std::to_string(order[c]) + " (expert " + std::to_string(c / S) + ")");
     for (int64_t t = 0; t < N; ++t) {
         std::vector<std::string> row = {rows[t]};
         for (int64_t c = 0; c < F; ++c) row.push_back(acts.text(static_cast<size_t>(t * F + c)));
@@ -1033,24 +1064,31 @@ const std::vector<ViewDef>& registry() {
         }
         d.push_back({"router-vs-weights", "Router vs weights", "S5",
                      "router-row similarity against mean-neuron weight similarity of each expert pair, with the fit",
-                     routerVsWeights, [](const Session& s, ViewInfo& v) {
+                     routerVsWeights,
+                     [](const Session& s, ViewInfo& v) {
                          v.matrices = matricesOf(s, "router_weight_regression");
                          return fillPerLayer(s, v, "router_weight_regression", "pairs");
-                     }, false, "", kHintStatic});
+                     },
+                     false, "", kHintStatic});
         d.push_back({"router-weight-r2", "Router vs weights r²", "S5", "r² of the router/weight regression per layer",
-                     routerWeightR2, [](const Session& s, ViewInfo&) { return s.hasResult("router_weight_regression"); }, false, "", kHintStatic});
+                     routerWeightR2,
+                     [](const Session& s, ViewInfo&) { return s.hasResult("router_weight_regression"); }, false, "",
+                     kHintStatic});
         d.push_back({"matrix-pca", "Matrix PCA", "S6", "experts projected on the first principal components",
                      [](const Session& s, const ViewRequest& r) { return pcaFigure(s, r, false); },
                      [](const Session& s, ViewInfo& v) {
                          v.matrices = matricesOf(s, "matrix_pca");
                          return fillPerLayer(s, v, "matrix_pca", "gate");
-                     }, false, "", kHintStatic});
-        d.push_back({"neuron-pca", "Neuron PCA", "S7", "every neuron projected on the first principal components, by expert",
+                     },
+                     false, "", kHintStatic});
+        d.push_back({"neuron-pca", "Neuron PCA", "S7",
+                     "every neuron projected on the first principal components, by expert",
                      [](const Session& s, const ViewRequest& r) { return pcaFigure(s, r, true); },
                      [](const Session& s, ViewInfo& v) {
                          v.matrices = matricesOf(s, "neuron_pca");
                          return fillPerLayer(s, v, "neuron_pca", "gate");
-                     }, false, "", kHintSlowStatic});
+                     },
+                     false, "", kHintSlowStatic});
         d.push_back({"diversity", "Diversity", "diversity",
                      "per-layer diversity of weights, neuron means and outputs; the last layer marked", diversity,
                      [](const Session& s, ViewInfo& v) {
@@ -1058,31 +1096,39 @@ const std::vector<ViewDef>& registry() {
                          for (auto& id : s.resultIds())
                              if (id.rfind("layer_diversity/", 0) == 0) return true;
                          return false;
-                     }, false, "", kHintStatic});
+                     },
+                     false, "", kHintStatic});
         d.push_back({"output-similarity", "Output similarity", "D1", "similarity of the experts' outputs per layer",
-                     outputSimilarity, [](const Session& s, ViewInfo& v) {
+                     outputSimilarity,
+                     [](const Session& s, ViewInfo& v) {
                          v.measures = {"angular", "cosine", "per-token"};
                          v.perToken = true;
                          return fillRuns(s, v, "output_similarity", "angular");
-                     }, true, "per-token", kHintPrompts});
+                     },
+                     true, "per-token", kHintPrompts});
         d.push_back({"norms-vs-scores", "Norms vs scores", "D2",
                      "every token x expert: output norm against router score, chosen experts marked", normsVsScores,
-                     [](const Session& s, ViewInfo& v) { return fillRuns(s, v, "norm_score_ranks", "norms"); }, false, "", kHintPrompts});
+                     [](const Session& s, ViewInfo& v) { return fillRuns(s, v, "norm_score_ranks", "norms"); }, false,
+                     "", kHintPrompts});
         d.push_back({"rank-counts", "Rank counts", "D2", "router-score rank by output-norm rank counts", rankCounts,
                      [](const Session& s, ViewInfo& v) {
                          v.measures = {"layer", "all"};
                          return fillRuns(s, v, "norm_score_ranks", "rank_counts");
-                     }, false, "", kHintPrompts});
+                     },
+                     false, "", kHintPrompts});
         d.push_back({"top1-max-norm", "Top-1 vs max norm", "D2",
                      "per layer: how often the top-1 expert has the largest output, against chance", top1MaxNorm,
-                     [](const Session& s, ViewInfo& v) { return fillRuns(s, v, "norm_score_ranks", ""); }, false, "", kHintPrompts});
+                     [](const Session& s, ViewInfo& v) { return fillRuns(s, v, "norm_score_ranks", ""); }, false, "",
+                     kHintPrompts});
         d.push_back({"routing-map", "Routing map", "D4", "E x T combine weights of one prompt", routingMap,
                      [](const Session& s, ViewInfo& v) {
                          v.perPrompt = true;
                          return fillRuns(s, v, "routing_map", "weights");
-                     }, false, "", kHintPrompts});
+                     },
+                     false, "", kHintPrompts});
         d.push_back({"routing-text", "Routing text", "trace", "the prompt's tokens coloured by their top-1 expert",
-                     routingText, [](const Session& s, ViewInfo& v) {
+                     routingText,
+                     [](const Session& s, ViewInfo& v) {
                          v.runs = s.runNames();
                          v.perRun = v.perLayer = v.perPrompt = true;
                          std::set<int> all;
@@ -1090,7 +1136,8 @@ const std::vector<ViewDef>& registry() {
                              for (int l : s.runInfo(r).moeLayers) all.insert(l);
                          v.layers.assign(all.begin(), all.end());
                          return !v.layers.empty();
-                     }, false, "", kHintPrompts});
+                     },
+                     false, "", kHintPrompts});
         d.push_back({"expert-load", "Expert load", "load", "share of routed tokens per expert, per layer", expertLoad,
                      [](const Session& s, ViewInfo& v) {
                          if (!fillRuns(s, v, "expert_load", "")) return false;
@@ -1105,18 +1152,25 @@ const std::vector<ViewDef>& registry() {
                          }
                          v.layers.assign(all.begin(), all.end());
                          return true;
-                     }, false, "", kHintPrompts});
+                     },
+                     false, "", kHintPrompts});
         d.push_back({"gate-activations", "Gate activations", "D3", "experts x neurons activations of one token",
-                     gateActivations, [](const Session& s, ViewInfo& v) {
+                     gateActivations,
+                     [](const Session& s, ViewInfo& v) {
                          v.perToken = true;
                          return fillRuns(s, v, "gate_activations", "experts");
-                     }, true, "", kHintPrompts});
-        d.push_back({"modularity", "Modularity", "modularity",
-                     "EMoE: share of the activation mass inside the chosen experts, clustered against random partitions",
-                     modularity, [](const Session& s, ViewInfo& v) { return fillRuns(s, v, "modularity", ""); }, false, "", kHintPrompts});
+                     },
+                     true, "", kHintPrompts});
+        d.push_back(
+            {"modularity", "Modularity", "modularity",
+             "EMoE: share of the activation mass inside the chosen experts, clustered against random partitions",
+             modularity, [](const Session& s, ViewInfo& v) { return fillRuns(s, v, "modularity", ""); }, false, "",
+             kHintPrompts});
         d.push_back({"activation-blocks", "Activation blocks", "modularity",
                      "EMoE: activations of a batch, neurons in the dense order beside neurons sorted by expert",
-                     activationBlocks, [](const Session& s, ViewInfo& v) { return fillRuns(s, v, "modularity", "activations"); }, false, "", kHintPrompts});
+                     activationBlocks,
+                     [](const Session& s, ViewInfo& v) { return fillRuns(s, v, "modularity", "activations"); }, false,
+                     "", kHintPrompts});
         return d;
     }();
     return defs;
@@ -1133,15 +1187,21 @@ std::vector<std::string> allViewNames() {
 // The views that also show attention experts (mixture of attention heads), by the result id
 // (static) or id prefix (per run, ending in "/") they read.
 const std::map<std::string, std::string>& attentionViews() {
-    static const std::map<std::string, std::string> m = {
-        {"weight-similarity", "weight_similarity"},       {"neuron-mean-similarity", "neuron_mean_similarity"},
-        {"router-similarity", "router_similarity"},       {"router-vs-weights", "router_weight_regression"},
-        {"router-weight-r2", "router_weight_regression"}, {"matrix-pca", "matrix_pca"},
-        {"neuron-pca", "neuron_pca"},                     {"diversity", "layer_diversity/"},
-        {"output-similarity", "output_similarity/"},      {"norms-vs-scores", "norm_score_ranks/"},
-        {"rank-counts", "norm_score_ranks/"},             {"top1-max-norm", "norm_score_ranks/"},
-        {"routing-map", "routing_map/"},                  {"expert-load", "expert_load/"},
-        {"routing-text", ""}};  // "": from the runs' traces
+    static const std::map<std::string, std::string> m = {{"weight-similarity", "weight_similarity"},
+                                                         {"neuron-mean-similarity", "neuron_mean_similarity"},
+                                                         {"router-similarity", "router_similarity"},
+                                                         {"router-vs-weights", "router_weight_regression"},
+                                                         {"router-weight-r2", "router_weight_regression"},
+                                                         {"matrix-pca", "matrix_pca"},
+                                                         {"neuron-pca", "neuron_pca"},
+                                                         {"diversity", "layer_diversity/"},
+                                                         {"output-similarity", "output_similarity/"},
+                                                         {"norms-vs-scores", "norm_score_ranks/"},
+                                                         {"rank-counts", "norm_score_ranks/"},
+                                                         {"top1-max-norm", "norm_score_ranks/"},
+                                                         {"routing-map", "routing_map/"},
+                                                         {"expert-load", "expert_load/"},
+                                                         {"routing-text", ""}};  // "": from the runs' traces
     return m;
 }
 
@@ -1190,7 +1250,8 @@ std::vector<ViewInfo> availableViews(const Session& s) {
             if (it->second.empty())
                 for (auto& r : s.runNames()) any = any || !s.runInfo(r).attentionLayers.empty();
             else
-                for (auto& id : s.resultIds()) any = any || id == base || (base.back() == '/' && id.rfind(base, 0) == 0);
+                for (auto& id : s.resultIds())
+                    any = any || id == base || (base.back() == '/' && id.rfind(base, 0) == 0);
             if (any) {
                 v.kinds = {"ffn", "attention"};
                 const bool ffnMatrices = std::find(v.matrices.begin(), v.matrices.end(), "down") != v.matrices.end();
@@ -1210,12 +1271,11 @@ Figure buildFigure(const Session& s, const ViewRequest& req) {
             rid(req, "");  // a known kind
             if (req.kind != "attention") return d.build(s, req);
             if (!attentionViews().count(d.name))
-                throw Error("view '" + req.view + "' has no attention experts (views with them: " +
-                            [] {
-                                std::vector<std::string> v;
-                                for (auto& [k, id] : attentionViews()) v.push_back(k);
-                                return joinStrings(v);
-                            }() + ")");
+                throw Error("view '" + req.view + "' has no attention experts (views with them: " + [] {
+                    std::vector<std::string> v;
+                    for (auto& [k, id] : attentionViews()) v.push_back(k);
+                    return joinStrings(v);
+                }() + ")");
             Figure f = d.build(s, req);
             f.title = "Attention experts: " + f.title;
             return f;

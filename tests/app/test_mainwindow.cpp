@@ -401,7 +401,8 @@ private Q_SLOTS:
         QVERIFY(w.jobs()->waitForIdle(kJobTimeoutMs));
         QVERIFY2(w.lastError().isEmpty(), qPrintable(w.lastError()));
         QCOMPARE(w.modelTree()->findItems("Path", Qt::MatchExactly).at(0)->text(1), out);
-        QCOMPARE(w.modelTree()->findItems("Reference (F)", Qt::MatchExactly).at(0)->text(1), QDir(demo + "/dense").absolutePath());
+        QCOMPARE(w.modelTree()->findItems("Reference (F)", Qt::MatchExactly).at(0)->text(1),
+                 QDir(demo + "/dense").absolutePath());
         QVERIFY(w.modelTree()->findItems("Router", Qt::MatchExactly).at(0)->text(1).startsWith("mean key rows"));
         const ModelSpec spec = ModelSpec::fromCheckpoint(*Checkpoint::open(out.toStdString()));
         QCOMPARE(spec.moeLayers(), (std::vector<int>{1, 3, 5}));

@@ -66,8 +66,10 @@ int main(int argc, char** argv) {
         const double s = since(t0);
         done = true;
         sampler.join();
-        std::printf("{\"seconds\": %.4f, \"baseline_anon_mb\": %.1f, \"peak_anon_mb\": %.1f, \"peak_file_mb\": %.1f, "
-                    "\"results\": %zu}\n", s, baseline, peakAnon, peakFile, res.size());
+        std::printf(
+            "{\"seconds\": %.4f, \"baseline_anon_mb\": %.1f, \"peak_anon_mb\": %.1f, \"peak_file_mb\": %.1f, "
+            "\"results\": %zu}\n",
+            s, baseline, peakAnon, peakFile, res.size());
         return 0;
     }
     if (mode == "dynamic" && argc == 5) {

@@ -67,9 +67,10 @@ int main(int argc, char** argv) {
         lo.streaming = es::LoadOptions::Streaming::On;
         auto streamed = es::Model::load(ckpt, spec, lo);
         double s = time(*streamed, traced);
-        std::printf("{\"load\": %.4f, \"untraced\": %.4f, \"traced\": %.4f, \"all_experts\": %.4f, \"streamed\": %.4f, "
-                    "\"threads\": %d}\n",
-                    loadS, u, t, a, s, es::runtimeThreads());
+        std::printf(
+            "{\"load\": %.4f, \"untraced\": %.4f, \"traced\": %.4f, \"all_experts\": %.4f, \"streamed\": %.4f, "
+            "\"threads\": %d}\n",
+            loadS, u, t, a, s, es::runtimeThreads());
         return 0;
     } catch (const std::exception& e) {
         std::fprintf(stderr, "bench_forward: %s\n", e.what());

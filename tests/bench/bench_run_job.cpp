@@ -71,8 +71,8 @@ int main(int argc, char** argv) {
             return t[t.size() / 2];
         };
         const double two = median(twoPass), one = median(onePass);
-        std::printf("{\"two_pass\": %.4f, \"one_pass\": %.4f, \"ratio\": %.4f, \"threads\": %d}\n", two, one,
-                    one / two, es::runtimeThreads());
+        std::printf("{\"two_pass\": %.4f, \"one_pass\": %.4f, \"ratio\": %.4f, \"threads\": %d}\n", two, one, one / two,
+                    es::runtimeThreads());
         return 0;
     } catch (const std::exception& e) {
         std::fprintf(stderr, "bench_run_job: %s\n", e.what());

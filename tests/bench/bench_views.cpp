@@ -52,7 +52,8 @@ Result similarity(int layers, int E, std::mt19937& rng) {
 }
 
 // D2's points of layer 0 (what the norms-vs-scores view draws) as result norm_score_ranks/big
-void putNormsScores(Session& s, int64_t T, int64_t E, const std::vector<float>& norms, const std::vector<float>& scores) {
+void putNormsScores(Session& s, int64_t T, int64_t E, const std::vector<float>& norms,
+                    const std::vector<float>& scores) {
     Result r;
     r.kind = "D2";
     r.arrays["layers/0/norms"] = Array::f32({T, E}, norms);
@@ -160,7 +161,8 @@ private Q_SLOTS:
         QVERIFY(QTest::qWaitForWindowExposed(&w));
         QBENCHMARK_ONCE {
             QVERIFY2(w.openDemo(), qPrintable(w.lastError()));
-            while (!w.session()->hasResult("weight_similarity")) QCoreApplication::processEvents(QEventLoop::AllEvents, 5);
+            while (!w.session()->hasResult("weight_similarity"))
+                QCoreApplication::processEvents(QEventLoop::AllEvents, 5);
             w.repaint();
         }
         QVERIFY(w.pane("similarity")->hasFigure());

@@ -89,7 +89,8 @@ es::RunTrace trace(const Opts& o, unsigned seed, bool full) {
 void addExtras(es::Session& s, const Opts& o) {
     std::vector<float> sim(static_cast<size_t>(o.experts * o.experts));
     for (int64_t a = 0; a < o.experts; ++a)
-        for (int64_t b = 0; b < o.experts; ++b) sim[static_cast<size_t>(a * o.experts + b)] = a == b ? 1.f : 0.1f * static_cast<float>((a + b) % 7);
+        for (int64_t b = 0; b < o.experts; ++b)
+            sim[static_cast<size_t>(a * o.experts + b)] = a == b ? 1.f : 0.1f * static_cast<float>((a + b) % 7);
     es::Result r;
     r.kind = "S1";
     r.paramsJson = R"({"layer": 0, "matrix": "gate", "rows": ["0", "1", "SE"]})";
@@ -110,7 +111,8 @@ void addExtras(es::Session& s, const Opts& o) {
     std::vector<std::string> labels;
     for (int64_t e = 0; e < o.experts; ++e) labels.push_back(std::to_string(e));
     for (const char* m : {"gate", "up", "down"})
-        w.arrays[std::string("layers/0/") + m] = es::Array::f32({o.experts, o.experts}, sim).with("labels", es::AttrValue::text(labels));
+        w.arrays[std::string("layers/0/") + m] =
+            es::Array::f32({o.experts, o.experts}, sim).with("labels", es::AttrValue::text(labels));
     w.arrays["r2"] = es::Array::f32({1, 3}, {0.5f, 0.25f, 0.125f})
                          .with("layers", es::AttrValue::i32s({0}))
                          .with("columns", es::AttrValue::text({"gate", "up", "down"}))
@@ -163,9 +165,10 @@ int main(int argc, char** argv) {
             double layerS = std::chrono::duration<double>(Clock::now() - t1).count();
             rusage ru{};
             getrusage(RUSAGE_SELF, &ru);
-            std::printf("{\"open_s\": %.4f, \"first_layer_s\": %.4f, \"open_to_first_layer_s\": %.4f, \"max_rss_mb\": %.1f, "
-                        "\"values\": %zu}\n",
-                        openS, layerS, openS + layerS, ru.ru_maxrss / 1024.0, l.routerLogits.size());
+            std::printf(
+                "{\"open_s\": %.4f, \"first_layer_s\": %.4f, \"open_to_first_layer_s\": %.4f, \"max_rss_mb\": %.1f, "
+                "\"values\": %zu}\n",
+                openS, layerS, openS + layerS, ru.ru_maxrss / 1024.0, l.routerLogits.size());
             return 0;
         }
         if (pos[0] == "--append" && pos.size() == 3) {

@@ -24,10 +24,11 @@ int main() {
         rule.renormalize = r.value("renormalize", true);
         rule.renormEpsilon = r.value("renorm_epsilon", 0.0);
         rule.scale = r.value("scale", 1.0);
-        const auto res = es::routeLogits(rule, in.at("logits").get<std::vector<float>>(), in.at("T"), in.at("E"), in.at("K"),
-                                         in.value("selection_bias", std::vector<float>{}),
+        const auto res = es::routeLogits(rule, in.at("logits").get<std::vector<float>>(), in.at("T"), in.at("E"),
+                                         in.at("K"), in.value("selection_bias", std::vector<float>{}),
                                          in.value("expert_scale", std::vector<float>{}));
-        std::cout << nlohmann::json{{"ids", res.ids}, {"weights", res.weights}, {"describe", rule.describe()}}.dump() << "\n";
+        std::cout << nlohmann::json{{"ids", res.ids}, {"weights", res.weights}, {"describe", rule.describe()}}.dump()
+                  << "\n";
         return 0;
     } catch (const std::exception& e) {
         std::cerr << "error: " << e.what() << "\n";

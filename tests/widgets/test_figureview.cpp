@@ -49,9 +49,10 @@ private Q_SLOTS:
         const QString demo = QStringLiteral(EXPERTSCOPE_SOURCE_DIR) + "/resources/demo";
         session_ = outDir() + "/figureview-demo.h5";
         QFile::remove(session_);
-        QVERIFY(runCli({"trace", demo + "/moe", "--prompts", demo + "/prompts.jsonl", "--run", "demo", "--out", session_}));
-        QVERIFY(runCli({"analyze", demo + "/moe", "--run", "demo", "--static", "all", "--dynamic", "all",
-                        "--reference", demo + "/dense", "--out", session_}));
+        QVERIFY(
+            runCli({"trace", demo + "/moe", "--prompts", demo + "/prompts.jsonl", "--run", "demo", "--out", session_}));
+        QVERIFY(runCli({"analyze", demo + "/moe", "--run", "demo", "--static", "all", "--dynamic", "all", "--reference",
+                        demo + "/dense", "--out", session_}));
     }
 
     // Every cell of every heatmap view, every layer: colour at the centre = colour map(stored value)
@@ -99,7 +100,10 @@ private Q_SLOTS:
                             const QColor got = img.pixelColor(p);
                             if (got.rgb() != want.rgb())
                                 QFAIL(qPrintable(QString("%1 layer %2 cell (%3,%4): pixel %5, colour map %6")
-                                                     .arg(QString::fromStdString(c.view)).arg(layer).arg(r).arg(col)
+                                                     .arg(QString::fromStdString(c.view))
+                                                     .arg(layer)
+                                                     .arg(r)
+                                                     .arg(col)
                                                      .arg(got.name(), want.name())));
                             ++checked;
                         }
@@ -126,7 +130,8 @@ private Q_SLOTS:
         for (int64_t e = 0; e < E; ++e)
             for (int64_t t = off[3]; t < off[4]; ++t) {
                 const QColor want = colormapColor("blues", W[e * T + t], 0.0, 1.0);
-                QCOMPARE(img.pixelColor(v.cellCenter(0, static_cast<int>(e), static_cast<int>(t - off[3]))).rgb(), want.rgb());
+                QCOMPARE(img.pixelColor(v.cellCenter(0, static_cast<int>(e), static_cast<int>(t - off[3]))).rgb(),
+                         want.rgb());
             }
     }
 
@@ -147,9 +152,10 @@ private Q_SLOTS:
         for (int r = 0; r < R; ++r)
             for (int c = 0; c < R; ++c) {
                 const QString tip = v.toolTipAt(v.cellCenter(0, r, c));
-                const QString want = QString("expert %1, expert %2: %3 (cosine similarity)")
-                                         .arg(QString::fromStdString(labels[r]), QString::fromStdString(labels[c]))
-                                         .arg(QString::fromStdString(formatFloat(static_cast<float>(values[r * R + c]))));
+                const QString want =
+                    QString("expert %1, expert %2: %3 (cosine similarity)")
+                        .arg(QString::fromStdString(labels[r]), QString::fromStdString(labels[c]))
+                        .arg(QString::fromStdString(formatFloat(static_cast<float>(values[r * R + c]))));
                 QCOMPARE(tip, want);
                 QCOMPARE(tip.section(": ", 1).section(' ', 0, 0).toFloat(), static_cast<float>(values[r * R + c]));
             }
@@ -205,8 +211,7 @@ private Q_SLOTS:
         const QPoint c52 = v.cellCenter(0, 5, 2), c42 = v.cellCenter(0, 4, 2);
         const int edge = (c52.y() + c42.y()) / 2 + 1;
         int red = 0;
-        for (int dy = -2; dy <= 2; ++dy)
-            red += after.pixelColor(c52.x(), edge + dy) == QColor(230, 30, 30);
+        for (int dy = -2; dy <= 2; ++dy) red += after.pixelColor(c52.x(), edge + dy) == QColor(230, 30, 30);
         QVERIFY(red > 0);
         QCOMPARE(after.pixelColor(v.cellCenter(0, 1, 1)), before.pixelColor(v.cellCenter(0, 1, 1)));
         v.setSelectedExpert(-1);
@@ -255,7 +260,9 @@ private Q_SLOTS:
                 }
             }
             const double share = static_cast<double>(differ) / (got.width() * got.height());
-            if (share > 0.005) failures << QString("%1: %2% of the pixels differ from the control").arg(name).arg(100 * share, 0, 'f', 2);
+            if (share > 0.005)
+                failures
+                    << QString("%1: %2% of the pixels differ from the control").arg(name).arg(100 * share, 0, 'f', 2);
             ++compared;
         }
         QVERIFY2(failures.isEmpty(), qPrintable(failures.join("\n") + "\nrenders in " + renders));
@@ -318,7 +325,8 @@ private Q_SLOTS:
         const QImage img = v.grabImage();
         int coloured = 0;
         for (int y = 0; y < img.height(); y += 3)
-            for (int x = 0; x < img.width(); x += 3) coloured += img.pixelColor(x, y).blue() > img.pixelColor(x, y).red() + 20;
+            for (int x = 0; x < img.width(); x += 3)
+                coloured += img.pixelColor(x, y).blue() > img.pixelColor(x, y).red() + 20;
         QVERIFY(coloured > 1000);
         for (const char* ext : {"png", "svg", "pdf"}) {
             const QString path = outDir() + "/million." + ext;

@@ -17,7 +17,8 @@ public:
         Tensor counts = torch::bincount(ids.reshape(-1), {}, k_.experts).to(torch::kLong);
         a.counts = a.counts.defined() ? a.counts + counts : counts;
         if (Tp > 1) {
-            Tensor share = (ids.narrow(0, 1, Tp - 1).unsqueeze(2) == ids.narrow(0, 0, Tp - 1).unsqueeze(1)).any(2).any(1);
+            Tensor share =
+                (ids.narrow(0, 1, Tp - 1).unsqueeze(2) == ids.narrow(0, 0, Tp - 1).unsqueeze(1)).any(2).any(1);
             a.adjacentPairs += Tp - 1;
             a.adjacentShared += share.sum().item<int64_t>();
         }
@@ -47,8 +48,9 @@ public:
             counts.insert(counts.end(), cl.begin(), cl.end());
             entropy.push_back(h);
             cv.push_back(mean > 0 ? std::sqrt(var) / mean : std::nan(""));
-            consecutive.push_back(a.adjacentPairs ? static_cast<double>(a.adjacentShared) / static_cast<double>(a.adjacentPairs)
-                                                  : std::nan(""));
+            consecutive.push_back(a.adjacentPairs
+                                      ? static_cast<double>(a.adjacentShared) / static_cast<double>(a.adjacentPairs)
+                                      : std::nan(""));
         }
         // P(two independent uniform top-k sets share an expert) = 1 - C(E-k, k) / C(E, k)
         double disjoint = 1.0;

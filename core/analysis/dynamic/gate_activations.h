@@ -22,7 +22,8 @@ public:
         Acc& a = acc_[t.layer];
         Tensor xf = t.x.narrow(0, 0, n);
         std::vector<Tensor> ge;
-        for (int64_t e = 0; e < k_.experts; ++e) ge.push_back(gateActivation(xf, t.weights.experts[e]).to(torch::kFloat));
+        for (int64_t e = 0; e < k_.experts; ++e)
+            ge.push_back(gateActivation(xf, t.weights.experts[e]).to(torch::kFloat));
         a.experts.push_back(torch::stack(ge, 1).to(torch::kCPU));  // [n, E, F]
         if (shared_) a.shared.push_back(gateActivation(xf, t.weights.shared).to(torch::kFloat).to(torch::kCPU));
         if (reference_ && t.refGate) a.reference.push_back(t.refGate->to(torch::kCPU));

@@ -113,9 +113,10 @@ public:
         r.arrays["share_best_random"] = Array::f32d({nl}, rbest).with("layers", layerAttr);
         nlohmann::json p = c.params;
         p["random_partitions"] = kRandomPartitions;
-        p["definition"] = "share of sum |silu(W_gate x) * (W_up x)| inside the experts avg-k chooses (share), or inside "
-                          "the K blocks with the most of it (share_best), mean over tokens; random partitions of the "
-                          "same sizes as the baseline";
+        p["definition"] =
+            "share of sum |silu(W_gate x) * (W_up x)| inside the experts avg-k chooses (share), or inside "
+            "the K blocks with the most of it (share_best), mean over tokens; random partitions of the "
+            "same sizes as the baseline";
         c.finish(out, "modularity/" + c.run, "modularity", r, p);
     }
 

@@ -89,11 +89,11 @@ public:
                 .with("layers", layerAttr)
                 .with("chance", chance)
                 .with("all_layers", AttrValue::number(static_cast<double>(tv[(E - 1) * E + (E - 1)]) / ta));
-        r.arrays["diagonal_mass"] =
-            Array::f32d({nl}, diag)
-                .with("layers", layerAttr)
-                .with("chance", chance)
-                .with("all_layers", AttrValue::number(total.diagonal().sum().item<double>() / (static_cast<double>(E) * ta)));
+        r.arrays["diagonal_mass"] = Array::f32d({nl}, diag)
+                                        .with("layers", layerAttr)
+                                        .with("chance", chance)
+                                        .with("all_layers", AttrValue::number(total.diagonal().sum().item<double>() /
+                                                                              (static_cast<double>(E) * ta)));
         r.arrays["kendall_tau"] =
             Array::f32d({nl}, tau)
                 .with("layers", layerAttr)
@@ -101,8 +101,9 @@ public:
                 .with("all_layers",
                       AttrValue::number(tauAllCount ? tauAllSum / static_cast<double>(tauAllCount) : std::nan("")));
         nlohmann::json p = c.params;
-        p["scores"] = k_.rule->scoring == RouterRule::Scoring::Sigmoid ? "sigmoid of the router logits"
-                                                                       : "softmax of the router logits over all experts";
+        p["scores"] = k_.rule->scoring == RouterRule::Scoring::Sigmoid
+                          ? "sigmoid of the router logits"
+                          : "softmax of the router logits over all experts";
         c.finish(out, k_.prefix + "norm_score_ranks/" + c.run, "D2", r, p);
     }
 

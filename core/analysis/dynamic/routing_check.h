@@ -21,8 +21,9 @@ public:
         const Tensor& ids = t.routing.ids;
         const int64_t Tp = ids.size(0), k = ids.size(1);
         if (static_cast<int64_t>(s.topkExperts.size()) != c_.tokens() * k)
-            throw Error("the stored trace of layer " + std::to_string(s.layer) + " does not match the run's tokens", "",
-                        "/runs/" + c_.run + "/layers/" + std::to_string(s.layer) + (t.kind.attention ? "/attention" : ""));
+            throw Error(
+                "the stored trace of layer " + std::to_string(s.layer) + " does not match the run's tokens", "",
+                "/runs/" + c_.run + "/layers/" + std::to_string(s.layer) + (t.kind.attention ? "/attention" : ""));
         Tensor want = torch::from_blob(const_cast<int32_t*>(s.topkExperts.data()) + t.base * k, {Tp, k}, torch::kInt)
                           .to(torch::kLong);
         Tensor got = std::get<0>(ids.to(torch::kCPU).to(torch::kLong).sort(-1));

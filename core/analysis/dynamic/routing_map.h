@@ -21,7 +21,8 @@ public:
         const int64_t E = k_.experts, T = c.tokens();
         Result r;
         for (int l : c.layers) {
-            Tensor map = parts_[l].empty() ? torch::zeros({E, 0}) : torch::cat(parts_[l], 0).t().contiguous();  // [E, T]
+            Tensor map =
+                parts_[l].empty() ? torch::zeros({E, 0}) : torch::cat(parts_[l], 0).t().contiguous();  // [E, T]
             r.arrays["layers/" + std::to_string(l) + "/weights"] =
                 Array::f32d({E, T}, toDoubleVec(map)).with("labels", AttrValue::text(expertLabels(E, false, false)));
         }

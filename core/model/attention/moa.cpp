@@ -12,7 +12,8 @@ void Model::Impl::loadMoaAttention(LayerWeights& w, int l) const {
     w.kvProj = load(Role::KvProj, l);
 }
 
-MoeOut Model::Impl::moaAttention(const LayerWeights& w, const Tensor& x, const Tensor& cos, const Tensor& sin, bool allExperts) const {
+MoeOut Model::Impl::moaAttention(const LayerWeights& w, const Tensor& x, const Tensor& cos, const Tensor& sin,
+                                 bool allExperts) const {
     const auto& a = spec.attn;
     const int64_t T = x.size(0), E = a.moaExperts, K = a.moaTopK, kv = a.kvHeads, hd = a.headDim, H = kv * hd;
     MoeOut out;
@@ -48,7 +49,8 @@ MoeOut Model::Impl::moaAttention(const LayerWeights& w, const Tensor& x, const T
     return out;
 }
 
-Tensor Model::Impl::moaExpertOutputs(const LayerWeights& w, const Tensor& x, const Tensor& cos, const Tensor& sin) const {
+Tensor Model::Impl::moaExpertOutputs(const LayerWeights& w, const Tensor& x, const Tensor& cos,
+                                     const Tensor& sin) const {
     const auto& a = spec.attn;
     const int64_t T = x.size(0), kv = a.kvHeads, hd = a.headDim;
     auto [k, v] = moaKeysValues(w, x, cos, sin);
@@ -61,7 +63,8 @@ Tensor Model::Impl::moaExpertOutputs(const LayerWeights& w, const Tensor& x, con
     return torch::stack(outs, 1);
 }
 
-std::pair<Tensor, Tensor> Model::Impl::moaKeysValues(const LayerWeights& w, const Tensor& x, const Tensor& cos, const Tensor& sin) const {
+std::pair<Tensor, Tensor> Model::Impl::moaKeysValues(const LayerWeights& w, const Tensor& x, const Tensor& cos,
+                                                     const Tensor& sin) const {
     const int64_t T = x.size(0), kv = spec.attn.kvHeads, hd = spec.attn.headDim, H = kv * hd;
     Tensor kvp = torch::linear(x, w.kvProj);
     Tensor k = kvp.narrow(-1, 0, H).reshape({T, kv, hd}).transpose(0, 1);

@@ -18,7 +18,8 @@ void Model::Impl::loadStandardAttention(LayerWeights& w, int l) const {
     w.kn = loadOpt(Role::KNorm, l);
 }
 
-Tensor Model::Impl::attention(const LayerWeights& w, const Tensor& x, const Tensor& cos, const Tensor& sin, int64_t window) const {
+Tensor Model::Impl::attention(const LayerWeights& w, const Tensor& x, const Tensor& cos, const Tensor& sin,
+                              int64_t window) const {
     const auto& a = spec.attn;
     const int64_t T = x.size(0);
     Tensor q = torch::linear(x, w.q, w.qb);
@@ -63,11 +64,10 @@ Tensor Model::Impl::attention(const LayerWeights& w, const Tensor& x, const Tens
         k = k.repeat_interleave(rep, 0);
         v = v.repeat_interleave(rep, 0);
     }
-    Tensor o = at::scaled_dot_product_attention(q.unsqueeze(0), k.unsqueeze(0), v.unsqueeze(0), mask, 0.0, causal,
-                                                scale);
+    Tensor o =
+        at::scaled_dot_product_attention(q.unsqueeze(0), k.unsqueeze(0), v.unsqueeze(0), mask, 0.0, causal, scale);
     o = o.squeeze(0).transpose(0, 1).reshape({T, a.heads * a.headDim});
     return torch::linear(o, w.o, w.ob);
 }
-
 
 }  // namespace es

@@ -26,11 +26,14 @@ const Family& family_bert() {
             const std::string pos = c.optString("position_embedding_type", "absolute");
             if (pos != "absolute")
                 c.fail("position_embedding_type", "'" + pos + "' is not supported (supported: absolute)");
-            if (c.optBool("is_decoder", false)) c.fail("is_decoder", "BERT as a decoder is not supported (encoders only)");
+            if (c.optBool("is_decoder", false))
+                c.fail("is_decoder", "BERT as a decoder is not supported (encoders only)");
             const std::string act = c.optString("hidden_act", "gelu");
             if (act == "gelu") s.activation = "gelu";
             else if (act == "gelu_new" || act == "gelu_pytorch_tanh") s.activation = "gelu_tanh";
-            else c.fail("hidden_act", "activation '" + act + "' is not supported (supported: gelu, gelu_new, gelu_pytorch_tanh)");
+            else
+                c.fail("hidden_act",
+                       "activation '" + act + "' is not supported (supported: gelu, gelu_new, gelu_pytorch_tanh)");
             s.layers.assign(s.numLayers, LayerSpec{});
             denseLayers(s, c);
             emoeBlock(s, c);

@@ -12,22 +12,25 @@ const Family& family_jetmoe() {
         [](ModelSpec& s, const Config& c) {
             const bool original = !c.has("num_local_experts") && c.has("moe_num_experts");
             const std::string nE = original ? "moe_num_experts" : "num_local_experts";
-            const std::string nK = original || (!c.has("num_experts_per_tok") && c.has("moe_top_k")) ? "moe_top_k"
-                                                                                                   : "num_experts_per_tok";
-            const std::string nF = !c.has("intermediate_size") && c.has("ffn_hidden_size") ? "ffn_hidden_size"
-                                                                                             : "intermediate_size";
+            const std::string nK =
+                original || (!c.has("num_experts_per_tok") && c.has("moe_top_k")) ? "moe_top_k" : "num_experts_per_tok";
+            const std::string nF =
+                !c.has("intermediate_size") && c.has("ffn_hidden_size") ? "ffn_hidden_size" : "intermediate_size";
             fillSizes(s, c, false);  // JetMoE derives the heads (below)
             s.numExperts = c.requiredInt(nE);
             s.topK = c.requiredInt(nK);
             s.expertFfn = c.requiredInt(nF);
             s.attn.kvHeads = c.requiredInt("num_key_value_heads");
             s.attn.headDim = c.requiredInt("kv_channels");
-            for (auto& [k, v] : std::vector<std::pair<std::string, int64_t>>{
-                     {nE, s.numExperts}, {nK, s.topK}, {nF, s.expertFfn}, {"num_key_value_heads", s.attn.kvHeads},
-                     {"kv_channels", s.attn.headDim}})
+            for (auto& [k, v] : std::vector<std::pair<std::string, int64_t>>{{nE, s.numExperts},
+                                                                             {nK, s.topK},
+                                                                             {nF, s.expertFfn},
+                                                                             {"num_key_value_heads", s.attn.kvHeads},
+                                                                             {"kv_channels", s.attn.headDim}})
                 positive(c, k, v);
             if (s.topK > s.numExperts)
-                c.fail(nK, "top-k " + std::to_string(s.topK) + " exceeds the " + std::to_string(s.numExperts) + " experts");
+                c.fail(nK,
+                       "top-k " + std::to_string(s.topK) + " exceeds the " + std::to_string(s.numExperts) + " experts");
             if (s.attn.headDim % 2 != 0) c.fail("kv_channels", "must be even for rotary embeddings");
             s.attn.heads = s.attn.kvHeads * s.topK;
             if (c.has("num_attention_heads") && c.requiredInt("num_attention_heads") != s.attn.heads)
@@ -37,7 +40,8 @@ const Family& family_jetmoe() {
             s.attn.moaExperts = s.numExperts;
             s.attn.moaTopK = s.topK;
             s.rmsEps = c.optDouble("rms_norm_eps", 1e-6);
-            s.layerNormRmsEps = 1e-6;  // HF: JetMoeRMSNorm(hidden_size) in every layer; the config's eps is the final norm's
+            s.layerNormRmsEps =
+                1e-6;  // HF: JetMoeRMSNorm(hidden_size) in every layer; the config's eps is the final norm's
             s.attn.ropeTheta = ropeTheta(c, 10000.0);
             s.tieEmbeddings = c.optBool("tie_word_embeddings", true);
             s.activation = c.optString("activation_function", "silu");
@@ -66,10 +70,10 @@ const Family& family_jetmoe() {
             hfDecoderTensors(t);  // embeddings, norms; the attention is MoA's own below
             const std::string a = "model.layers.{L}.self_attention.";
             t.add(Role::AttnRouter, Scope::Layer, a + "experts.router.layer.weight", {D::AttnExperts, D::Hidden});
-            t.add(Role::AttnExpertQ, Scope::Layer, a + "experts.input_linear.weight", {D::AttnExperts, D::KvDim, D::Hidden},
-                  Pack::Stacked);
-            t.add(Role::AttnExpertO, Scope::Layer, a + "experts.output_linear.weight", {D::AttnExperts, D::Hidden, D::KvDim},
-                  Pack::Stacked);
+            t.add(Role::AttnExpertQ, Scope::Layer, a + "experts.input_linear.weight",
+                  {D::AttnExperts, D::KvDim, D::Hidden}, Pack::Stacked);
+            t.add(Role::AttnExpertO, Scope::Layer, a + "experts.output_linear.weight",
+                  {D::AttnExperts, D::Hidden, D::KvDim}, Pack::Stacked);
             t.addIf(s.attn.moaBias, Role::AttnExpertBias, Scope::Layer, a + "experts.bias", {D::Hidden});
             t.add(Role::KvProj, Scope::Layer, a + "kv_proj.weight", {2 * D::KvDim, D::Hidden});
             const std::string m = "model.layers.{L}.mlp.";
