@@ -11,7 +11,7 @@ PY=${PYTHON:-python3}
 SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO=sudo; fi
 
-DEBS=(build-essential cmake ninja-build ccache pkg-config libhdf5-dev nlohmann-json3-dev libonig-dev libutf8proc-dev)
+DEBS=(build-essential cmake ninja-build ccache pkg-config clang-format libhdf5-dev nlohmann-json3-dev libonig-dev libutf8proc-dev)
 if [ "${HEADLESS:-0}" != 1 ]; then
   DEBS+=(qt6-base-dev qt6-svg-dev libqcustomplot-dev libgl1-mesa-dev xvfb)
 fi
