@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "analysis/analysis.h"
@@ -264,6 +265,17 @@ int parseInt(const std::string& v, const std::string& option) {
     }
 }
 
+// --threads: 1 .. 4 x the hardware threads (more only oversubscribes, and OpenMP aborts on huge
+// counts); anything else is a usage error naming the range.
+int parseThreads(const std::string& v, const std::string& cmd) {
+    const int x = parseInt(v, cmd + ": --threads");
+    const int most = 4 * static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+    if (x < 1 || x > most)
+        throw UsageError(cmd + ": --threads must be between 1 and " + std::to_string(most) + " (4 x the " +
+                         std::to_string(most / 4) + " hardware threads), not " + v);
+    return x;
+}
+
 int cmdEmoe(const std::vector<std::string>& args) {
     std::string path, out, layers = "all";
     es::EmoeOptions opt;
@@ -325,13 +337,8 @@ int cmdTrace(const std::vector<std::string>& args) {
         else if (a == "--save-hidden") to.saveHidden = true;
         else if (a == "--run") run = value(i);
         else if (a == "--out") out = value(i);
-        else if (a == "--threads") {
-            try {
-                threads = std::stoi(value(i));
-            } catch (const std::exception&) {
-                throw UsageError("trace: --threads needs an integer");
-            }
-        } else if (a == "--layer-streaming") {
+        else if (a == "--threads") threads = parseThreads(value(i), "trace");
+        else if (a == "--layer-streaming") {
             const std::string& v = value(i);
             if (v == "auto") lo.streaming = es::LoadOptions::Streaming::Auto;
             else if (v == "on") lo.streaming = es::LoadOptions::Streaming::On;
@@ -444,7 +451,7 @@ int cmdAnalyze(const std::vector<std::string>& args) {
         else if (a == "--dtype") dtype = value(i);
         else if (a == "--first-tokens") firstTokens = parseInt(value(i), "analyze: --first-tokens");
         else if (a == "--pca-components") pca = parseInt(value(i), "analyze: --pca-components");
-        else if (a == "--threads") threads = parseInt(value(i), "analyze: --threads");
+        else if (a == "--threads") threads = parseThreads(value(i), "analyze");
         else if (a.rfind("--", 0) == 0) throw UsageError("analyze: unknown option " + a);
         else if (path.empty()) path = a;
         else throw UsageError("analyze: more than one checkpoint given");
@@ -454,7 +461,7 @@ int cmdAnalyze(const std::vector<std::string>& args) {
     if (!preset.empty() && preset != "short" && preset != "routing-map")
         throw UsageError("analyze: --preset takes short or routing-map");
     if (!preset.empty() && !paragraphs.empty()) throw UsageError("analyze: give --preset or --paragraphs, not both");
-    if (firstTokens < 0) throw UsageError("analyze: --first-tokens must be >= 0");
+    if (firstTokens < 1) throw UsageError("analyze: --first-tokens must be >= 1, not " + std::to_string(firstTokens));
     if (threads > 0) es::initRuntime(threads);
     if (!haveStatic && !haveDynamic) staticList = "default";
     const std::set<std::string> statics = es::parseStaticList(staticList);

@@ -355,6 +355,30 @@ def test_usage_errors(cli, mixtral, tmp_path):
     assert not (tmp_path / "s.h5").exists()
 
 
+@pytest.mark.parametrize("value", ["0", "-1", "1000000", "x"])
+def test_thread_counts_out_of_range_are_usage_errors(cli, mixtral, tmp_path, value):
+    """--threads takes 1 .. 4 x the hardware threads: 0, -1 and a million were accepted (a million
+    crashed inside OpenMP); now each is a usage error (exit 2) naming the option, and no file."""
+    out = tmp_path / "s.h5"
+    for args in (["trace", mixtral[0], "--out", out, "--token-ids", "1,2"],
+                 ["analyze", mixtral[0], "--out", out, "--static", "S1"]):
+        r = run_cli(cli, *args, "--threads", value, check=False)
+        assert r.returncode == 2 and "--threads" in r.stderr, r.stderr
+        if value != "x":
+            assert f"between 1 and {4 * os.cpu_count()}" in r.stderr
+    assert not out.exists()
+    run_cli(cli, "trace", mixtral[0], "--out", out, "--token-ids", "1,2", "--threads", str(4 * os.cpu_count()))
+
+
+def test_first_tokens_below_one_is_a_usage_error(cli, mixtral, tmp_path):
+    """--first-tokens 0 ended in a LibTorch stack trace with D3; it must be at least 1."""
+    out = tmp_path / "s.h5"
+    run_cli(cli, "trace", mixtral[0], "--out", out, "--token-ids", "1,2,3", "--run", "r")
+    r = run_cli(cli, "analyze", mixtral[0], "--out", out, "--run", "r", "--static", "none", "--dynamic", "D3",
+                "--first-tokens", "0", check=False)
+    assert r.returncode == 2 and "--first-tokens must be >= 1" in r.stderr
+
+
 def test_moved_checkpoint_is_relinked_by_fingerprint(cli, mixtral, tmp_path):
     h5py = require("h5py")
     a = tmp_path / "a"
