@@ -7,7 +7,6 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
-#include <random>
 #include <string>
 #include <vector>
 
@@ -15,6 +14,7 @@
 #include "error.h"
 #include "model/model.h"
 #include "model/spec.h"
+#include "bench_prompts.h"
 
 using Clock = std::chrono::steady_clock;
 
@@ -26,19 +26,10 @@ int main(int argc, char** argv) {
     try {
         const std::string path = argv[1], dtype = argv[3];
         const int reps = std::atoi(argv[4]), threads = std::atoi(argv[5]);
-        std::vector<int> lengths;
-        for (const char* p = argv[2]; *p;) {
-            lengths.push_back(std::atoi(p));
-            while (*p && *p != ',') ++p;
-            if (*p == ',') ++p;
-        }
         es::initRuntime(threads);
         auto ckpt = es::Checkpoint::open(path);
         auto spec = es::ModelSpec::fromCheckpoint(*ckpt);
-        std::mt19937 rng(0);
-        std::vector<std::vector<int64_t>> prompts(lengths.size());
-        for (size_t p = 0; p < lengths.size(); ++p)
-            for (int i = 0; i < lengths[p]; ++i) prompts[p].push_back(static_cast<int64_t>(rng() % spec.vocab));
+        const auto prompts = benchPrompts(argv[2], spec.vocab);
 
         auto time = [&](es::Model& m, es::TraceOptions o) {
             std::vector<double> t;

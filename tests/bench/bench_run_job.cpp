@@ -9,7 +9,6 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
-#include <random>
 #include <string>
 #include <vector>
 
@@ -17,6 +16,7 @@
 #include "checkpoint/checkpoint.h"
 #include "model/model.h"
 #include "model/spec.h"
+#include "bench_prompts.h"
 
 using Clock = std::chrono::steady_clock;
 
@@ -28,19 +28,10 @@ int main(int argc, char** argv) {
     try {
         const std::string path = argv[1];
         const int reps = std::atoi(argv[3]), threads = std::atoi(argv[4]);
-        std::vector<int> lengths;
-        for (const char* p = argv[2]; *p;) {
-            lengths.push_back(std::atoi(p));
-            while (*p && *p != ',') ++p;
-            if (*p == ',') ++p;
-        }
         es::initRuntime(threads);
         auto ckpt = es::Checkpoint::open(path);
         const auto spec = es::ModelSpec::fromCheckpoint(*ckpt);
-        std::mt19937 rng(0);
-        std::vector<std::vector<int64_t>> prompts(lengths.size());
-        for (size_t p = 0; p < lengths.size(); ++p)
-            for (int i = 0; i < lengths[p]; ++i) prompts[p].push_back(static_cast<int64_t>(rng() % spec.vocab));
+        const auto prompts = benchPrompts(argv[2], spec.vocab);
         es::DynamicOptions dopt;
         dopt.analyses = es::parseDynamicList(argv[5]);
         dopt.layerStreaming = true;
