@@ -4,8 +4,8 @@
 #include <torch/torch.h>
 
 #include <cstring>
-#include <limits>
 #include <functional>
+#include <limits>
 
 #include "checkpoint/checkpoint.h"
 #include "model/model.h"
@@ -156,8 +156,7 @@ inline std::pair<Tensor, Tensor> route(const RouterRule& r, const Tensor& logits
     }
     if (r.unitWeights) wts = torch::ones_like(wts);
     if (r.scale != 1.0) wts = wts * r.scale;
-    if (extra.expertScale.defined())
-        wts = wts * extra.expertScale.to(torch::kFloat).index_select(0, ids.reshape(-1)).view_as(wts);
+    if (r.expertScale) wts = wts * extra.expertScale.to(torch::kFloat).index_select(0, ids.reshape(-1)).view_as(wts);
     if (r.weightsInHiddenDtype) wts = wts.to(hidden);
     return {wts, ids};
 }

@@ -221,6 +221,24 @@ ModelSpec configured(const Config& c, const Family*& fam) {
     return s;
 }
 
+// The router rule's optional inputs and the family's table agree: a family file that sets one
+// without the other is an error of that file, said here rather than found in the forward.
+void checkRuleTensors(const ModelSpec& s) {
+    const struct {
+        bool rule;
+        Role role;
+    } pairs[] = {{s.router.bias, Role::RouterBias},
+                 {s.router.selectionBias, Role::RouterSelectionBias},
+                 {s.router.expertScale, Role::RouterExpertScale},
+                 {s.router.shared != RouterRule::Shared::None, Role::SharedGate},
+                 {s.router.shared == RouterRule::Shared::SigmoidGated, Role::SharedExpertGate}};
+    for (auto& p : pairs)
+        if (p.rule != s.has(p.role))
+            throw Error(std::string("the ") + s.family +
+                            " family's router rule and its tensor table disagree about the " + roleName(p.role),
+                        "", s.family);
+}
+
 std::string shapeStr(const std::vector<int64_t>& v) {
     std::string s = "[";
     for (size_t i = 0; i < v.size(); ++i) s += (i ? ", " : "") + std::to_string(v[i]);
@@ -234,6 +252,7 @@ ModelSpec ModelSpec::fromConfig(const json& j, const std::string& file) {
     const Family* fam = nullptr;
     ModelSpec s = configured(c, fam);
     fam->tensors(s, [](const std::string&) { return false; });
+    checkRuleTensors(s);
     return s;
 }
 
@@ -242,6 +261,7 @@ ModelSpec ModelSpec::fromCheckpoint(const Checkpoint& ckpt) {
     const Family* fam = nullptr;
     ModelSpec s = configured(c, fam);
     fam->tensors(s, [&](const std::string& name) { return ckpt.find(name) != nullptr; });
+    checkRuleTensors(s);
 
     // every tensor the table expects is there with its shape, and every tensor is accounted for
     std::set<std::string> dtypes, expected;
