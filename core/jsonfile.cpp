@@ -1,22 +1,190 @@
 #include "jsonfile.h"
 
+#include <filesystem>
 #include <fstream>
+#include <set>
 #include <sstream>
+#include <vector>
 
 #include "error.h"
 
+namespace fs = std::filesystem;
+
 namespace es {
 
-nlohmann::json readJsonFile(const std::string& path) {
+void requireRegularFile(const std::string& path, const std::string& what) {
+    std::error_code ec;
+    const auto st = fs::status(path, ec);
+    if (ec || !fs::exists(st)) throw Error("cannot open " + what + ": no such file", path);
+    if (fs::is_directory(st)) throw Error("is a directory, not a " + what, path);
+    if (!fs::is_regular_file(st)) throw Error("not a regular file (a pipe or a device is not read)", path);
+}
+
+namespace {
+
+// Where the parser is in the document: one entry per open object or array.
+struct Frame {
+    bool object;
+    std::string key;             // the current key (objects)
+    int64_t index = -1;          // the current element (arrays)
+    std::set<std::string> keys;  // keys seen (objects, when duplicates are refused)
+};
+
+std::string where(const std::vector<Frame>& stack) {
+    std::string s;
+    const size_t shown = std::min<size_t>(stack.size(), 8);
+    for (size_t i = 0; i < shown; ++i) {
+        const Frame& f = stack[i];
+        if (f.object) {
+            if (f.key.empty()) break;
+            s += (s.empty() ? "" : ".") + f.key;
+        } else {
+            s += "[" + std::to_string(std::max<int64_t>(f.index, 0)) + "]";
+        }
+    }
+    if (stack.size() > shown) s += "...";
+    return s.empty() ? "(document)" : s;
+}
+
+}  // namespace
+
+nlohmann::json parseJson(std::string_view text, const std::string& file, const JsonLimits& limits) {
+    using E = nlohmann::json::parse_event_t;
+    std::vector<Frame> stack;
+    // a value completes an element of the enclosing array
+    auto element = [&]() {
+        if (!stack.empty() && !stack.back().object) ++stack.back().index;
+    };
+    auto cb = [&](int, E event, nlohmann::json& parsed) -> bool {
+        switch (event) {
+            case E::object_start:
+            case E::array_start:
+                element();
+                if (static_cast<int>(stack.size()) >= limits.maxDepth)
+                    throw Error("nested deeper than " + std::to_string(limits.maxDepth) + " levels", file,
+                                where(stack));
+                stack.push_back(Frame{event == E::object_start, {}, -1, {}});
+                break;
+            case E::key: {
+                Frame& f = stack.back();
+                f.key = parsed.get<std::string>();
+                if (limits.refuseDuplicateKeys && !f.keys.insert(f.key).second)
+                    throw Error("key appears twice in one object", file, where(stack));
+                break;
+            }
+            case E::object_end:
+            case E::array_end:
+                stack.pop_back();
+                break;
+            case E::value:
+                element();
+                break;
+        }
+        return true;
+    };
+    try {
+        return nlohmann::json::parse(text.begin(), text.end(), cb);
+    } catch (const nlohmann::json::exception& e) {
+        // nlohmann's text without its "[json.exception.parse_error.101] " tag
+        std::string what = e.what();
+        if (what.rfind("[json.exception.", 0) == 0 && what.find("] ") != std::string::npos)
+            what = what.substr(what.find("] ") + 2);
+        throw Error("not valid JSON: " + what, file, stack.empty() ? "" : where(stack));
+    }
+}
+
+nlohmann::json readJsonFile(const std::string& path, const JsonLimits& limits, int64_t maxBytes) {
+    requireRegularFile(path);
+    std::error_code ec;
+    const auto size = fs::file_size(path, ec);
+    if (!ec && static_cast<int64_t>(size) > maxBytes)
+        throw Error("larger than " + std::to_string(maxBytes >> 20) + " MiB, too large for a JSON file", path);
     std::ifstream in(path, std::ios::binary);
     if (!in) throw Error("cannot open", path);
     std::stringstream ss;
     ss << in.rdbuf();
-    try {
-        return nlohmann::json::parse(ss.str());
-    } catch (const nlohmann::json::exception& e) {
-        throw Error(std::string("not valid JSON: ") + e.what(), path);
+    return parseJson(ss.str(), path, limits);
+}
+
+// ---- JsonIn ----
+
+namespace {
+const nlohmann::json& nullJson() {
+    static const nlohmann::json n;
+    return n;
+}
+const char* typeName(const nlohmann::json& j) { return j.type_name(); }
+}  // namespace
+
+JsonIn JsonIn::child(const nlohmann::json& j, const std::string& sub) const {
+    return JsonIn(j, file_, field_.empty() || sub.front() == '[' ? field_ + sub : field_ + "." + sub);
+}
+
+void JsonIn::fail(const std::string& message) const { throw Error(message, file_, field_); }
+
+bool JsonIn::has(const std::string& k) const { return j_->is_object() && j_->contains(k) && !(*j_)[k].is_null(); }
+
+JsonIn JsonIn::operator[](const std::string& k) const {
+    if (j_->is_null()) return child(nullJson(), k);
+    if (!j_->is_object()) fail(std::string("must be an object, not ") + typeName(*j_));
+    auto it = j_->find(k);
+    return child(it == j_->end() ? nullJson() : *it, k);
+}
+
+JsonIn JsonIn::at(const std::string& k) const {
+    JsonIn c = (*this)[k];
+    if (c.isNull()) c.fail("missing");
+    return c;
+}
+
+std::vector<JsonIn> JsonIn::elements() const {
+    std::vector<JsonIn> out;
+    if (j_->is_null()) return out;
+    if (!j_->is_array()) fail(std::string("must be an array, not ") + typeName(*j_));
+    out.reserve(j_->size());
+    for (size_t i = 0; i < j_->size(); ++i) out.push_back(child((*j_)[i], "[" + std::to_string(i) + "]"));
+    return out;
+}
+
+std::vector<std::pair<std::string, JsonIn>> JsonIn::members() const {
+    std::vector<std::pair<std::string, JsonIn>> out;
+    if (j_->is_null()) return out;
+    if (!j_->is_object()) fail(std::string("must be an object, not ") + typeName(*j_));
+    out.reserve(j_->size());
+    for (auto it = j_->begin(); it != j_->end(); ++it) out.emplace_back(it.key(), child(*it, it.key()));
+    return out;
+}
+
+std::string JsonIn::str() const {
+    if (!j_->is_string()) fail(std::string("must be a string, not ") + typeName(*j_));
+    return j_->get<std::string>();
+}
+
+bool JsonIn::boolean() const {
+    if (!j_->is_boolean()) fail(std::string("must be true or false, not ") + typeName(*j_));
+    return j_->get<bool>();
+}
+
+int64_t JsonIn::integer(int64_t lo, int64_t hi) const {
+    int64_t v;
+    if (j_->is_number_unsigned()) {
+        const uint64_t u = j_->get<uint64_t>();
+        if (u > static_cast<uint64_t>(INT64_MAX)) fail("out of range: " + std::to_string(u));
+        v = static_cast<int64_t>(u);
+    } else if (j_->is_number_integer()) {
+        v = j_->get<int64_t>();
+    } else {
+        fail(std::string("must be an integer, not ") + typeName(*j_));
     }
+    if (v < lo || v > hi)
+        fail("out of range: " + std::to_string(v) + " (allowed " + std::to_string(lo) + ".." + std::to_string(hi) +
+             ")");
+    return v;
+}
+
+double JsonIn::number() const {
+    if (!j_->is_number()) fail(std::string("must be a number, not ") + typeName(*j_));
+    return j_->get<double>();
 }
 
 }  // namespace es

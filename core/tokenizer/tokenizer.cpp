@@ -8,6 +8,7 @@
 #include <fstream>
 #include <map>
 #include <mutex>
+#include <queue>
 #include <nlohmann/json.hpp>
 #include <shared_mutex>
 #include <sstream>
@@ -128,18 +129,7 @@ struct Piece {
     int64_t addedId = -1;  // an added token already resolved
 };
 
-[[noreturn]] void unsupported(const std::string& file, const std::string& field, const std::string& what) {
-    throw Error("unsupported " + what, file, field);
-}
-
-std::string str(const json& j, const char* k, const std::string& def = {}) {
-    if (!j.contains(k) || j[k].is_null()) return def;
-    return j[k].get<std::string>();
-}
-bool boolean(const json& j, const char* k, bool def) {
-    if (!j.contains(k) || j[k].is_null()) return def;
-    return j[k].get<bool>();
-}
+[[noreturn]] void unsupported(const JsonIn& at, const std::string& what) { at.fail("unsupported " + what); }
 
 // A "pattern" object: {"String": "..."} or {"Regex": "..."}.
 struct Pattern {
@@ -155,25 +145,25 @@ struct Pattern {
     }
 };
 
-Pattern parsePattern(const json& j, const std::string& file, const std::string& field) {
+Pattern parsePattern(const JsonIn& j) {
     Pattern p;
-    if (j.is_object() && j.contains("String")) p.literal = j["String"].get<std::string>();
-    else if (j.is_object() && j.contains("Regex"))
-        p.regex = std::make_unique<uni::Regex>(j["Regex"].get<std::string>());
-    else if (j.is_string()) p.literal = j.get<std::string>();
-    else throw Error("pattern must be {\"String\": ...} or {\"Regex\": ...}", file, field);
+    if (j.has("String")) p.literal = j.at("String").str();
+    else if (j.has("Regex")) p.regex = std::make_unique<uni::Regex>(j.at("Regex").str());
+    else if (j.isString()) p.literal = j.str();
+    else j.fail("pattern must be {\"String\": ...} or {\"Regex\": ...}");
     return p;
 }
 
 enum class Behavior { Removed, Isolated, MergedWithPrevious, MergedWithNext, Contiguous };
 
-Behavior parseBehavior(const std::string& s, const std::string& file, const std::string& field) {
+Behavior parseBehavior(const JsonIn& j) {
+    const std::string s = j.isNull() ? "Isolated" : j.str();
     if (s == "Removed") return Behavior::Removed;
     if (s == "Isolated") return Behavior::Isolated;
     if (s == "MergedWithPrevious") return Behavior::MergedWithPrevious;
     if (s == "MergedWithNext") return Behavior::MergedWithNext;
     if (s == "Contiguous") return Behavior::Contiguous;
-    unsupported(file, field, "split behavior '" + s + "'");
+    unsupported(j, "split behavior '" + s + "'");
 }
 
 // Splits s by matches (begin,end) with the given behaviour, as HF's NormalizedString::split.
@@ -255,7 +245,7 @@ struct Normalizer {
     virtual std::string apply(std::string s) const = 0;
 };
 
-std::unique_ptr<Normalizer> makeNormalizer(const json& j, const std::string& file, const std::string& field);
+std::unique_ptr<Normalizer> makeNormalizer(const JsonIn& j);
 
 struct SeqNorm : Normalizer {
     std::vector<std::unique_ptr<Normalizer>> parts;
@@ -363,14 +353,13 @@ struct BertNorm : Normalizer {
     }
 };
 
-std::unique_ptr<Normalizer> makeNormalizer(const json& j, const std::string& file, const std::string& field) {
-    if (j.is_null()) return nullptr;
-    const std::string type = str(j, "type");
+std::unique_ptr<Normalizer> makeNormalizer(const JsonIn& j) {
+    if (j.isNull()) return nullptr;
+    const std::string type = j.str("type", "");
     if (type == "Sequence") {
         auto s = std::make_unique<SeqNorm>();
-        int i = 0;
-        for (auto& x : j["normalizers"]) {
-            auto n = makeNormalizer(x, file, field + ".normalizers[" + std::to_string(i++) + "]");
+        for (const JsonIn& x : j["normalizers"].elements()) {
+            auto n = makeNormalizer(x);
             if (n) s->parts.push_back(std::move(n));
         }
         return s;
@@ -382,27 +371,27 @@ std::unique_ptr<Normalizer> makeNormalizer(const json& j, const std::string& fil
     if (type == "Lowercase") return std::make_unique<LowerNorm>();
     if (type == "StripAccents") return std::make_unique<StripAccentsNorm>();
     if (type == "Strip")
-        return std::make_unique<StripNorm>(boolean(j, "strip_left", true), boolean(j, "strip_right", true));
+        return std::make_unique<StripNorm>(j.boolean("strip_left", true), j.boolean("strip_right", true));
     if (type == "Prepend") {
         auto p = std::make_unique<PrependNorm>();
-        p->prefix = str(j, "prepend");
+        p->prefix = j.str("prepend", "");
         return p;
     }
     if (type == "Replace") {
         auto r = std::make_unique<ReplaceNorm>();
-        r->pattern = parsePattern(j["pattern"], file, field + ".pattern");
-        r->content = str(j, "content");
+        r->pattern = parsePattern(j.at("pattern"));
+        r->content = j.str("content", "");
         return r;
     }
     if (type == "BertNormalizer") {
         auto b = std::make_unique<BertNorm>();
-        b->clean = boolean(j, "clean_text", true);
-        b->chinese = boolean(j, "handle_chinese_chars", true);
-        b->lower = boolean(j, "lowercase", true);
-        b->strip = boolean(j, "strip_accents", b->lower);
+        b->clean = j.boolean("clean_text", true);
+        b->chinese = j.boolean("handle_chinese_chars", true);
+        b->lower = j.boolean("lowercase", true);
+        b->strip = j.boolean("strip_accents", b->lower);
         return b;
     }
-    unsupported(file, field + ".type", "normalizer '" + type + "'");
+    unsupported(j["type"], "normalizer '" + type + "'");
 }
 
 // ---- pre-tokenizers ----------------------------------------------------------------------------
@@ -430,7 +419,7 @@ void splitEach(std::vector<Piece>& pieces, F f) {
     pieces.swap(out);
 }
 
-std::unique_ptr<PreTokenizer> makePre(const json& j, const std::string& file, const std::string& field);
+std::unique_ptr<PreTokenizer> makePre(const JsonIn& j);
 
 struct SeqPre : PreTokenizer {
     std::vector<std::unique_ptr<PreTokenizer>> parts;
@@ -555,40 +544,39 @@ struct DigitsPre : PreTokenizer {
     }
 };
 
-std::unique_ptr<PreTokenizer> makePre(const json& j, const std::string& file, const std::string& field) {
-    if (j.is_null()) return nullptr;
-    const std::string type = str(j, "type");
+std::unique_ptr<PreTokenizer> makePre(const JsonIn& j) {
+    if (j.isNull()) return nullptr;
+    const std::string type = j.str("type", "");
     if (type == "Sequence") {
         auto s = std::make_unique<SeqPre>();
-        int i = 0;
-        for (auto& x : j["pretokenizers"]) {
-            auto p = makePre(x, file, field + ".pretokenizers[" + std::to_string(i++) + "]");
+        for (const JsonIn& x : j["pretokenizers"].elements()) {
+            auto p = makePre(x);
             if (p) s->parts.push_back(std::move(p));
         }
         return s;
     }
     if (type == "ByteLevel") {
         auto b = std::make_unique<ByteLevelPre>();
-        b->addPrefixSpace = boolean(j, "add_prefix_space", true);
-        b->useRegex = boolean(j, "use_regex", true);
+        b->addPrefixSpace = j.boolean("add_prefix_space", true);
+        b->useRegex = j.boolean("use_regex", true);
         return b;
     }
     if (type == "Split") {
         auto s = std::make_unique<SplitPre>();
-        s->pattern = parsePattern(j["pattern"], file, field + ".pattern");
-        s->behavior = parseBehavior(str(j, "behavior", "Isolated"), file, field + ".behavior");
-        s->invert = boolean(j, "invert", false);
+        s->pattern = parsePattern(j.at("pattern"));
+        s->behavior = parseBehavior(j["behavior"]);
+        s->invert = j.boolean("invert", false);
         return s;
     }
     if (type == "Metaspace") {
         auto m = std::make_unique<MetaspacePre>();
-        m->replacement = str(j, "replacement", "\xE2\x96\x81");
-        std::string scheme = str(j, "prepend_scheme", boolean(j, "add_prefix_space", true) ? "always" : "never");
+        m->replacement = j.str("replacement", "\xE2\x96\x81");
+        std::string scheme = j.str("prepend_scheme", j.boolean("add_prefix_space", true) ? "always" : "never");
         if (scheme == "always") m->prepend = MetaspacePre::Always;
         else if (scheme == "first") m->prepend = MetaspacePre::First;
         else if (scheme == "never") m->prepend = MetaspacePre::Never;
-        else unsupported(file, field + ".prepend_scheme", "prepend_scheme '" + scheme + "'");
-        m->split = boolean(j, "split", true);
+        else unsupported(j["prepend_scheme"], "prepend_scheme '" + scheme + "'");
+        m->split = j.boolean("split", true);
         return m;
     }
     if (type == "Whitespace") return std::make_unique<WhitespacePre>();
@@ -596,15 +584,15 @@ std::unique_ptr<PreTokenizer> makePre(const json& j, const std::string& file, co
     if (type == "BertPreTokenizer") return std::make_unique<BertPre>();
     if (type == "Punctuation") {
         auto p = std::make_unique<PunctuationPre>();
-        p->behavior = parseBehavior(str(j, "behavior", "Isolated"), file, field + ".behavior");
+        p->behavior = parseBehavior(j["behavior"]);
         return p;
     }
     if (type == "Digits") {
         auto d = std::make_unique<DigitsPre>();
-        d->individual = boolean(j, "individual_digits", false);
+        d->individual = j.boolean("individual_digits", false);
         return d;
     }
-    unsupported(file, field + ".type", "pre-tokenizer '" + type + "'");
+    unsupported(j["type"], "pre-tokenizer '" + type + "'");
 }
 
 }  // namespace
@@ -660,6 +648,7 @@ struct BpeModel : Model {
         }
         std::vector<int64_t> ids = compute(word);
         out.insert(out.end(), ids.begin(), ids.end());
+        if (word.size() > 256) return;  // long words are rare and would fill the cache
         std::unique_lock lk(cacheMutex);
         if (cache.size() < 200000) cache.emplace(word, std::move(ids));
     }
@@ -698,24 +687,53 @@ struct BpeModel : Model {
                 lastUnk = true;
             }
         }
-        // merge the lowest-ranked adjacent pair, leftmost first, until none applies
-        while (sym.size() > 1) {
-            int best = INT_MAX;
-            size_t at = 0;
-            int64_t newId = -1;
-            for (size_t k = 0; k + 1 < sym.size(); ++k) {
-                auto it = merges.find({sym[k], sym[k + 1]});
-                if (it != merges.end() && it->second.first < best) {
-                    best = it->second.first;
-                    at = k;
-                    newId = it->second.second;
-                }
-            }
-            if (newId < 0) break;
-            sym[at] = newId;
-            sym.erase(sym.begin() + static_cast<long>(at) + 1);
+        return mergeAll(std::move(sym));
+    }
+
+    // Applies merges to the symbols: the lowest-ranked adjacent pair first, the leftmost of equal
+    // ranks first, until none applies. A heap of candidate pairs over a linked list of symbols, as
+    // HF tokenizers' Word::merge_all: O(n log n) in the word's length (a rescan per merge was
+    // quadratic: 100,000 spaces took 21 s).
+    std::vector<int64_t> mergeAll(std::vector<int64_t> sym) const {
+        const size_t n = sym.size();
+        if (n < 2) return sym;
+        struct Cand {
+            int rank;
+            size_t pos;  // the left symbol's index (indices keep their left-to-right order)
+            int64_t newId;
+            bool operator>(const Cand& o) const { return rank != o.rank ? rank > o.rank : pos > o.pos; }
+        };
+        std::vector<size_t> prev(n), next(n);
+        std::vector<char> alive(n, 1);
+        for (size_t i = 0; i < n; ++i) {
+            prev[i] = i == 0 ? SIZE_MAX : i - 1;
+            next[i] = i + 1 == n ? SIZE_MAX : i + 1;
         }
-        return sym;
+        std::priority_queue<Cand, std::vector<Cand>, std::greater<Cand>> heap;
+        auto push = [&](size_t left) {
+            if (left == SIZE_MAX || next[left] == SIZE_MAX) return;
+            auto it = merges.find({sym[left], sym[next[left]]});
+            if (it != merges.end()) heap.push(Cand{it->second.first, left, it->second.second});
+        };
+        for (size_t i = 0; i + 1 < n; ++i) push(i);
+        while (!heap.empty()) {
+            const Cand c = heap.top();
+            heap.pop();
+            const size_t right = next[c.pos];
+            if (!alive[c.pos] || right == SIZE_MAX) continue;
+            // the pair may have changed since the candidate was pushed
+            auto it = merges.find({sym[c.pos], sym[right]});
+            if (it == merges.end() || it->second.second != c.newId || it->second.first != c.rank) continue;
+            sym[c.pos] = c.newId;
+            alive[right] = 0;
+            next[c.pos] = next[right];
+            if (next[right] != SIZE_MAX) prev[next[right]] = c.pos;
+            push(prev[c.pos]);
+            push(c.pos);
+        }
+        std::vector<int64_t> out;
+        for (size_t i = 0; i != SIZE_MAX; i = next[i]) out.push_back(sym[i]);
+        return out;
     }
 };
 
@@ -768,7 +786,7 @@ struct Decoder {
     virtual std::vector<std::string> apply(std::vector<std::string> tokens) const = 0;
 };
 
-std::unique_ptr<Decoder> makeDecoder(const json& j, const std::string& file, const std::string& field);
+std::unique_ptr<Decoder> makeDecoder(const JsonIn& j);
 
 struct SeqDec : Decoder {
     std::vector<std::unique_ptr<Decoder>> parts;
@@ -929,14 +947,13 @@ struct WordPieceDec : Decoder {
     }
 };
 
-std::unique_ptr<Decoder> makeDecoder(const json& j, const std::string& file, const std::string& field) {
-    if (j.is_null()) return nullptr;
-    const std::string type = str(j, "type");
+std::unique_ptr<Decoder> makeDecoder(const JsonIn& j) {
+    if (j.isNull()) return nullptr;
+    const std::string type = j.str("type", "");
     if (type == "Sequence") {
         auto s = std::make_unique<SeqDec>();
-        int i = 0;
-        for (auto& x : j["decoders"]) {
-            auto d = makeDecoder(x, file, field + ".decoders[" + std::to_string(i++) + "]");
+        for (const JsonIn& x : j["decoders"].elements()) {
+            auto d = makeDecoder(x);
             if (d) s->parts.push_back(std::move(d));
         }
         return s;
@@ -944,33 +961,33 @@ std::unique_ptr<Decoder> makeDecoder(const json& j, const std::string& file, con
     if (type == "ByteLevel") return std::make_unique<ByteLevelDec>();
     if (type == "Replace") {
         auto r = std::make_unique<ReplaceDec>();
-        r->pattern = parsePattern(j["pattern"], file, field + ".pattern");
-        r->content = str(j, "content");
+        r->pattern = parsePattern(j.at("pattern"));
+        r->content = j.str("content", "");
         return r;
     }
     if (type == "ByteFallback") return std::make_unique<ByteFallbackDec>();
     if (type == "Fuse") return std::make_unique<FuseDec>();
     if (type == "Strip") {
         auto s = std::make_unique<StripDec>();
-        s->content = str(j, "content", " ");
-        s->start = j.value("start", 0);
-        s->stop = j.value("stop", 0);
+        s->content = j.str("content", " ");
+        s->start = static_cast<size_t>(j.integer("start", 0, 0, 1 << 20));
+        s->stop = static_cast<size_t>(j.integer("stop", 0, 0, 1 << 20));
         return s;
     }
     if (type == "Metaspace") {
         auto m = std::make_unique<MetaspaceDec>();
-        m->replacement = str(j, "replacement", "\xE2\x96\x81");
-        std::string scheme = str(j, "prepend_scheme", boolean(j, "add_prefix_space", true) ? "always" : "never");
+        m->replacement = j.str("replacement", "\xE2\x96\x81");
+        std::string scheme = j.str("prepend_scheme", j.boolean("add_prefix_space", true) ? "always" : "never");
         m->prepend = scheme != "never";
         return m;
     }
     if (type == "WordPiece") {
         auto w = std::make_unique<WordPieceDec>();
-        w->prefix = str(j, "prefix", "##");
-        w->cleanup = boolean(j, "cleanup", true);
+        w->prefix = j.str("prefix", "##");
+        w->cleanup = j.boolean("cleanup", true);
         return w;
     }
-    unsupported(file, field + ".type", "decoder '" + type + "'");
+    unsupported(j["type"], "decoder '" + type + "'");
 }
 
 struct AddedToken {
@@ -1094,30 +1111,39 @@ std::shared_ptr<Tokenizer> Tokenizer::load(const std::string& pathIn) {
     else if (p.extension() == ".safetensors") p = p.parent_path() / "tokenizer.json";
     const std::string file = p.string();
     if (!fs::exists(p, ec)) throw Error("no tokenizer.json (the tokenizer is needed for text prompts)", file);
-    json j = readJsonFile(file);
+    const json doc = readJsonFile(file);
+    const JsonIn j(doc, file);
     std::shared_ptr<Tokenizer> t(new Tokenizer());
     Impl& d = *t->d_;
     d.path = file;
     try {
-        if (!j.contains("model") || !j["model"].is_object()) throw Error("missing 'model'", file, "model");
-        const json& m = j["model"];
-        std::string type = str(m, "type");
-        if (type.empty())
-            type = m.contains("merges") ? "BPE" : m.contains("max_input_chars_per_word") ? "WordPiece" : "";
+        const JsonIn m = j.at("model");
+        if (!m.isObject()) m.fail("must be an object");
+        std::string type = m.str("type", "");
+        if (type.empty()) type = m.has("merges") ? "BPE" : m.has("max_input_chars_per_word") ? "WordPiece" : "";
         d.modelType = type;
+        if (type != "BPE" && type != "WordPiece")
+            unsupported(m["type"], "model '" + type + "' (supported: BPE, WordPiece)");
+        // Ids index the token table: each must be >= 0 and near the number of tokens the file holds
+        // (a table of holes is damage, and a huge id would allocate its whole range).
+        const auto vocabMembers = m.at("vocab").members();
+        const auto addedTokens = j["added_tokens"].isArray() ? j["added_tokens"].elements() : std::vector<JsonIn>{};
+        const int64_t entries = static_cast<int64_t>(vocabMembers.size() + addedTokens.size());
+        const int64_t maxId = 2 * entries + 1024;
+        auto readVocab = [&](Model& model) {
+            for (const auto& [token, id] : vocabMembers) model.vocab.add(token, id.integer(0, maxId));
+        };
         if (type == "BPE") {
             auto bpe = std::make_unique<BpeModel>();
-            if (!m.contains("vocab") || !m["vocab"].is_object()) throw Error("missing vocab", file, "model.vocab");
-            for (auto it = m["vocab"].begin(); it != m["vocab"].end(); ++it)
-                bpe->vocab.add(it.key(), it->get<int64_t>());
-            if (m.contains("dropout") && !m["dropout"].is_null() && m["dropout"].get<double>() > 0)
-                unsupported(file, "model.dropout", "BPE dropout (not deterministic)");
-            bpe->fuseUnk = boolean(m, "fuse_unk", false);
-            bpe->byteFallback = boolean(m, "byte_fallback", false);
-            bpe->ignoreMerges = boolean(m, "ignore_merges", false);
-            bpe->contPrefix = str(m, "continuing_subword_prefix");
-            bpe->endSuffix = str(m, "end_of_word_suffix");
-            std::string unk = str(m, "unk_token");
+            readVocab(*bpe);
+            if (m.has("dropout") && m.at("dropout").number() > 0)
+                unsupported(m["dropout"], "BPE dropout (not deterministic)");
+            bpe->fuseUnk = m.boolean("fuse_unk", false);
+            bpe->byteFallback = m.boolean("byte_fallback", false);
+            bpe->ignoreMerges = m.boolean("ignore_merges", false);
+            bpe->contPrefix = m.str("continuing_subword_prefix", "");
+            bpe->endSuffix = m.str("end_of_word_suffix", "");
+            std::string unk = m.str("unk_token", "");
             bpe->unk = unk.empty() ? -1 : bpe->vocab.find(unk);
             for (int b = 0; b < 256; ++b) {
                 char buf[8];
@@ -1125,55 +1151,51 @@ std::shared_ptr<Tokenizer> Tokenizer::load(const std::string& pathIn) {
                 bpe->byteIds[b] = bpe->vocab.find(buf);
             }
             int rank = 0;
-            for (auto& mj : m["merges"]) {
+            for (const JsonIn& mj : m["merges"].elements()) {
                 std::string a, b;
-                if (mj.is_string()) {
-                    std::string s = mj.get<std::string>();
+                if (mj.isString()) {
+                    std::string s = mj.str();
                     size_t sp = s.find(' ', 1);
-                    if (sp == std::string::npos)
-                        throw Error("merge without a space: '" + s + "'", file, "model.merges");
+                    if (sp == std::string::npos) mj.fail("merge without a space: '" + s + "'");
                     a = s.substr(0, sp);
                     b = s.substr(sp + 1);
                 } else {
-                    a = mj[0].get<std::string>();
-                    b = mj[1].get<std::string>();
+                    const auto pair = mj.elements();
+                    if (pair.size() != 2) mj.fail("a merge must be two tokens, not " + std::to_string(pair.size()));
+                    a = pair[0].str();
+                    b = pair[1].str();
                 }
                 int64_t ia = bpe->vocab.find(a), ib = bpe->vocab.find(b), ic = bpe->vocab.find(a + b);
                 if (ia < 0 || ib < 0 || ic < 0)
-                    throw Error("merge '" + a + " " + b + "' uses a token missing from the vocabulary", file,
-                                "model.merges[" + std::to_string(rank) + "]");
+                    mj.fail("merge '" + a + " " + b + "' uses a token missing from the vocabulary");
                 bpe->merges.emplace(std::make_pair(ia, ib), std::make_pair(rank, ic));
                 ++rank;
             }
             d.byteFallback = bpe->byteFallback;
             d.model = std::move(bpe);
-        } else if (type == "WordPiece") {
+        } else {
             auto wp = std::make_unique<WordPieceModel>();
-            for (auto it = m["vocab"].begin(); it != m["vocab"].end(); ++it)
-                wp->vocab.add(it.key(), it->get<int64_t>());
-            wp->prefix = str(m, "continuing_subword_prefix", "##");
-            wp->maxChars = m.value("max_input_chars_per_word", 100);
-            std::string unk = str(m, "unk_token", "[UNK]");
+            readVocab(*wp);
+            wp->prefix = m.str("continuing_subword_prefix", "##");
+            wp->maxChars = static_cast<size_t>(m.integer("max_input_chars_per_word", 100, 0, INT32_MAX));
+            std::string unk = m.str("unk_token", "[UNK]");
             wp->unk = wp->vocab.find(unk);
-            if (wp->unk < 0) throw Error("unk_token '" + unk + "' is not in the vocabulary", file, "model.unk_token");
+            if (wp->unk < 0) m["unk_token"].fail("unk_token '" + unk + "' is not in the vocabulary");
             d.wordPiecePrefix = wp->prefix;
             d.model = std::move(wp);
-        } else {
-            unsupported(file, "model.type", "model '" + type + "' (supported: BPE, WordPiece)");
         }
-        if (j.contains("added_tokens") && j["added_tokens"].is_array()) {
-            for (auto& a : j["added_tokens"]) {
-                AddedToken at{a.at("content").get<std::string>(),
-                              a.at("id").get<int64_t>(),
-                              boolean(a, "special", false),
-                              boolean(a, "single_word", false),
-                              boolean(a, "lstrip", false),
-                              boolean(a, "rstrip", false),
-                              boolean(a, "normalized", !boolean(a, "special", false))};
-                d.addedById[at.id] = d.added.size();
-                d.added.push_back(at);
-                d.model->vocab.add(at.content, at.id);
-            }
+        for (const JsonIn& a : addedTokens) {
+            const bool special = a.boolean("special", false);
+            AddedToken at{a.at("content").str(),
+                          a.at("id").integer(0, maxId),
+                          special,
+                          a.boolean("single_word", false),
+                          a.boolean("lstrip", false),
+                          a.boolean("rstrip", false),
+                          a.boolean("normalized", !special)};
+            d.addedById[at.id] = d.added.size();
+            d.added.push_back(at);
+            d.model->vocab.add(at.content, at.id);
         }
         for (size_t k = 0; k < d.added.size(); ++k)
             if (!d.added[k].content.empty())
@@ -1183,90 +1205,98 @@ std::shared_ptr<Tokenizer> Tokenizer::load(const std::string& pathIn) {
                 std::stable_sort(v.begin(), v.end(), [&](size_t a, size_t b) {
                     return d.added[a].content.size() > d.added[b].content.size();
                 });
-        d.normalizer = makeNormalizer(j.value("normalizer", json()), file, "normalizer");
-        d.pre = makePre(j.value("pre_tokenizer", json()), file, "pre_tokenizer");
-        d.decoder = makeDecoder(j.value("decoder", json()), file, "decoder");
-        const std::string dump = j.value("pre_tokenizer", json()).dump();
+        d.normalizer = makeNormalizer(j["normalizer"]);
+        d.pre = makePre(j["pre_tokenizer"]);
+        d.decoder = makeDecoder(j["decoder"]);
+        const std::string dump = j["pre_tokenizer"].raw().dump();
         d.byteLevel = dump.find("\"ByteLevel\"") != std::string::npos;
 
         // post-processor -> a template for one sequence
-        auto idOf = [&](const std::string& tok, const std::string& field) {
+        const int64_t vocabSize = static_cast<int64_t>(d.model->vocab.toToken.size());
+        auto idOf = [&](const std::string& tok, const std::string& cfgFile, const std::string& field) {
             int64_t id = d.model->vocab.find(tok);
-            if (id < 0) throw Error("token '" + tok + "' is not in the vocabulary", file, field);
+            if (id < 0) throw Error("token '" + tok + "' is not in the vocabulary", cfgFile, field);
             return id;
         };
-        std::function<void(const json&, const std::string&)> post = [&](const json& pj, const std::string& field) {
-            if (pj.is_null()) return;
-            const std::string pt = str(pj, "type");
+        auto tokenId = [&](const JsonIn& x) { return x.integer(0, vocabSize - 1); };
+        std::function<void(const JsonIn&)> post = [&](const JsonIn& pj) {
+            if (pj.isNull()) return;
+            const std::string pt = pj.str("type", "");
             if (pt == "Sequence") {
-                int i = 0;
-                for (auto& x : pj["processors"]) post(x, field + ".processors[" + std::to_string(i++) + "]");
+                for (const JsonIn& x : pj["processors"].elements()) post(x);
             } else if (pt == "ByteLevel") {
             } else if (pt == "TemplateProcessing") {
                 std::vector<TemplatePart> tpl;
-                for (auto& part : pj["single"]) {
-                    if (part.contains("Sequence")) {
+                for (const JsonIn& part : pj.at("single").elements()) {
+                    if (part.has("Sequence")) {
                         tpl.push_back({false, {}});
-                    } else if (part.contains("SpecialToken")) {
-                        std::string sid = part["SpecialToken"]["id"].get<std::string>();
-                        const json& st = pj["special_tokens"];
-                        if (!st.contains(sid))
-                            throw Error("special token '" + sid + "' not defined", file, field + ".special_tokens");
-                        tpl.push_back({true, st[sid]["ids"].get<std::vector<int64_t>>()});
+                    } else if (part.has("SpecialToken")) {
+                        const std::string sid = part.at("SpecialToken").at("id").str();
+                        const JsonIn st = pj.at("special_tokens");
+                        if (!st.has(sid)) st.fail("special token '" + sid + "' not defined");
+                        std::vector<int64_t> ids;
+                        for (const JsonIn& x : st.at(sid).at("ids").elements()) ids.push_back(tokenId(x));
+                        tpl.push_back({true, ids});
                     }
                 }
                 d.single = tpl;
             } else if (pt == "BertProcessing" || pt == "RobertaProcessing") {
-                int64_t cls = pj["cls"][1].get<int64_t>(), sep = pj["sep"][1].get<int64_t>();
+                auto idOfPair = [&](const char* k) {
+                    const auto pair = pj.at(k).elements();
+                    if (pair.size() != 2) pj[k].fail("must be [token, id]");
+                    return tokenId(pair[1]);
+                };
+                const int64_t cls = idOfPair("cls"), sep = idOfPair("sep");
                 d.single = {{true, {cls}}, {false, {}}, {true, {sep}}};
             } else {
-                unsupported(file, field + ".type", "post-processor '" + pt + "'");
+                unsupported(pj["type"], "post-processor '" + pt + "'");
             }
         };
-        post(j.value("post_processor", json()), "post_processor");
+        post(j["post_processor"]);
 
-        if (j.contains("truncation") && j["truncation"].is_object()) {
-            const json& tj = j["truncation"];
-            d.truncMax = tj.at("max_length").get<int64_t>();
-            d.truncLeft = str(tj, "direction", "Right") == "Left";
-            if (tj.value("stride", 0) != 0)
-                unsupported(file, "truncation.stride", "truncation stride (overflowing tokens)");
+        // Truncation and padding lengths are bounded: padding allocates what it asks for.
+        constexpr int64_t kMaxLength = int64_t(1) << 24;
+        if (j["truncation"].isObject()) {
+            const JsonIn tj = j["truncation"];
+            d.truncMax = tj.at("max_length").integer(0, INT64_MAX);
+            d.truncLeft = tj.str("direction", "Right") == "Left";
+            if (tj.integer("stride", 0) != 0) unsupported(tj["stride"], "truncation stride (overflowing tokens)");
         }
-        if (j.contains("padding") && j["padding"].is_object()) {
-            const json& pj = j["padding"];
-            const json& st = pj.at("strategy");
-            if (st.is_object() && st.contains("Fixed")) {
+        if (j["padding"].isObject()) {
+            const JsonIn pj = j["padding"];
+            const JsonIn st = pj.at("strategy");
+            if (st.has("Fixed")) {
                 d.pad = Impl::PadFixed;
-                d.padLength = st["Fixed"].get<int64_t>();
+                d.padLength = st.at("Fixed").integer(0, kMaxLength);
             } else {
                 d.pad = Impl::PadLongest;
             }
-            d.padLeft = str(pj, "direction", "Right") == "Left";
-            d.padId = pj.value("pad_id", 0);
-            if (pj.contains("pad_to_multiple_of") && !pj["pad_to_multiple_of"].is_null())
-                d.padMultiple = pj["pad_to_multiple_of"].get<int64_t>();
+            d.padLeft = pj.str("direction", "Right") == "Left";
+            d.padId = pj.has("pad_id") ? tokenId(pj.at("pad_id")) : 0;
+            d.padMultiple = pj.integer("pad_to_multiple_of", 0, 0, kMaxLength);
         }
 
         // tokenizer_config.json: add_bos_token / add_eos_token rebuild the template, as
         // transformers' Llama-style fast tokenizers do.
         fs::path cfg = p.parent_path() / "tokenizer_config.json";
         if (fs::exists(cfg, ec)) {
-            json c = readJsonFile(cfg.string());
+            const json cdoc = readJsonFile(cfg.string());
+            const JsonIn c(cdoc, cfg.string());
             auto tokenText = [&](const char* key) -> std::string {
-                if (!c.contains(key) || c[key].is_null()) return {};
-                if (c[key].is_string()) return c[key].get<std::string>();
-                if (c[key].is_object() && c[key].contains("content")) return c[key]["content"].get<std::string>();
+                const JsonIn v = c[key];
+                if (v.isString()) return v.str();
+                if (v.isObject() && v.has("content")) return v.at("content").str();
                 return {};
             };
-            bool hasBos = c.contains("add_bos_token") && c["add_bos_token"].is_boolean();
-            bool hasEos = c.contains("add_eos_token") && c["add_eos_token"].is_boolean();
+            bool hasBos = c.has("add_bos_token") && c.at("add_bos_token").raw().is_boolean();
+            bool hasEos = c.has("add_eos_token") && c.at("add_eos_token").raw().is_boolean();
             if (hasBos || hasEos) {
                 std::vector<TemplatePart> tpl;
-                bool bos = hasBos ? c["add_bos_token"].get<bool>() : false;
-                bool eos = hasEos ? c["add_eos_token"].get<bool>() : false;
-                if (bos) tpl.push_back({true, {idOf(tokenText("bos_token"), cfg.string() + ": bos_token")}});
+                bool bos = hasBos ? c.at("add_bos_token").boolean() : false;
+                bool eos = hasEos ? c.at("add_eos_token").boolean() : false;
+                if (bos) tpl.push_back({true, {idOf(tokenText("bos_token"), cfg.string(), "bos_token")}});
                 tpl.push_back({false, {}});
-                if (eos) tpl.push_back({true, {idOf(tokenText("eos_token"), cfg.string() + ": eos_token")}});
+                if (eos) tpl.push_back({true, {idOf(tokenText("eos_token"), cfg.string(), "eos_token")}});
                 d.single = tpl;
             }
         }

@@ -6,6 +6,9 @@
 The text is the parity corpus (many scripts, code, numbers) repeated to about --mb MB, one string
 per line; each line is encoded without special tokens, the way a prompt file is. HF is timed
 with encode_batch_fast (no offsets) on one thread (RAYON_NUM_THREADS=1), median of --reps after a warm-up.
+
+A second table times single long words (100,000 spaces, "\u00e9" x 50,000, ...), where a BPE that
+rescans the word per merge is quadratic: one string each, ours and HF's encode, seconds.
 """
 import argparse
 import json
@@ -65,6 +68,34 @@ def main():
             r = subprocess.run([bench, path, tf, str(a.reps)], capture_output=True, text=True, check=True)
             ours = json.loads(r.stdout)
             print(f"{name:28s} {size / 1e6 / hf_s:9.2f} {size / 1e6 / ours['seconds']:10.2f} {hf_s / ours['seconds']:8.2f}")
+        long_words(a, bench, tmp)
+
+
+LONG = [("100,000 spaces", " " * 100000), ("\u00e9 x 50,000", "\u00e9" * 50000), ("'ab' x 50,000", "ab" * 50000),
+        ("digits x 100,000", "1234567890" * 10000)]
+
+
+def long_words(a, bench, tmp):
+    print(f"\nlong words: seconds for one string (median of {a.reps})")
+    print(f"{'tokenizer':24s} {'word':18s} {'HF s':>8s} {'ours s':>8s} {'ours/HF':>8s}")
+    for name in ("bytelevel_gpt2", "llama3_style", "metaspace_bytefallback"):
+        path = tok_fixtures.build(name, os.path.join(tmp, "long-" + name))
+        hf = Tokenizer.from_file(path)
+        hf.no_padding()
+        hf.no_truncation()
+        for label, word in LONG:
+            ts = []
+            for _ in range(a.reps):
+                t0 = time.perf_counter()
+                hf.encode(word, add_special_tokens=False)
+                ts.append(time.perf_counter() - t0)
+            hf_s = statistics.median(ts)
+            tf = os.path.join(tmp, "long.txt")
+            with open(tf, "w", encoding="utf-8") as f:
+                f.write(word + "\n")
+            r = subprocess.run([bench, path, tf, str(a.reps)], capture_output=True, text=True, check=True)
+            ours = json.loads(r.stdout)["seconds"]
+            print(f"{name:24s} {label:18s} {hf_s:8.3f} {ours:8.3f} {ours / hf_s:8.2f}")
 
 
 if __name__ == "__main__":
