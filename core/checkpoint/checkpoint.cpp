@@ -174,10 +174,9 @@ std::shared_ptr<Checkpoint> Checkpoint::open(const std::string& pathIn) {
         auto m = f->metadata().find("config");
         if (m != f->metadata().end()) {
             try {
-                c->config_ = std::make_unique<nlohmann::json>(nlohmann::json::parse(m->second));
-            } catch (const nlohmann::json::exception& e) {
-                throw Error(std::string("metadata config is not valid JSON: ") + e.what(), p.string(),
-                            "__metadata__.config");
+                c->config_ = std::make_unique<nlohmann::json>(parseJson(m->second, p.string()));
+            } catch (const Error& e) {
+                throw Error("metadata config: " + e.message(), p.string(), "__metadata__.config");
             }
             c->configPath_ = p.string() + " (__metadata__.config)";
         } else {

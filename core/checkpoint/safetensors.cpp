@@ -11,6 +11,7 @@
 #include <nlohmann/json.hpp>
 
 #include "error.h"
+#include "jsonfile.h"
 
 namespace es {
 
@@ -60,7 +61,8 @@ SafetensorsFile::~SafetensorsFile() {
 std::shared_ptr<SafetensorsFile> SafetensorsFile::open(const std::string& path) {
     std::shared_ptr<SafetensorsFile> f(new SafetensorsFile());
     f->path_ = path;
-    int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    // O_NONBLOCK: opening a FIFO must not wait for a writer (it is refused below, as not a regular file)
+    int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
     if (fd < 0) throw Error(std::string("cannot open: ") + std::strerror(errno), path);
     struct stat st {};
     if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
@@ -93,11 +95,16 @@ void SafetensorsFile::parse() {
         throw Error("header length " + std::to_string(n) + " exceeds the 100 MiB limit", path_, "header length", 0);
     if (n < 2) throw Error("empty header", path_, "header", 8);
     header_.assign(reinterpret_cast<const char*>(base_ + 8), n);
+    // As HF's reader: the header starts with '{' and is JSON, padded with spaces at most (a NUL
+    // would end nlohmann's parse early and hide what follows it); a key given twice is refused.
+    if (header_[0] != '{') throw Error("header does not start with '{'", path_, "header", 8);
+    if (const size_t nul = header_.find('\0'); nul != std::string::npos)
+        throw Error("header holds a NUL byte (padding must be spaces)", path_, "header", static_cast<int64_t>(8 + nul));
     nlohmann::json j;
     try {
-        j = nlohmann::json::parse(header_);
-    } catch (const nlohmann::json::exception& e) {
-        throw Error(std::string("header is not valid JSON: ") + e.what(), path_, "header", 8);
+        j = parseJson(header_, path_, JsonLimits{8, true});
+    } catch (const Error& e) {
+        throw Error("header: " + e.message(), path_, "header" + (e.field().empty() ? "" : " " + e.field()), 8);
     }
     if (!j.is_object()) throw Error("header is not a JSON object", path_, "header", 8);
     const uint64_t dataStart = 8 + n;
@@ -160,8 +167,11 @@ void SafetensorsFile::parse() {
         if (!inserted) throw Error("duplicate tensor name", path_, name);
         spans.push_back({b, e, &pos->first});
     }
+    // As HF's reader: in offset order the spans tile the data exactly, from its first byte to the
+    // file's last; no overlap, no gap, nothing after.
     std::sort(spans.begin(), spans.end(),
               [](const Span& a, const Span& b) { return a.b < b.b || (a.b == b.b && a.e < b.e); });
+    // overlaps first (a span moved onto another leaves a gap too; the overlap is the finding)
     uint64_t maxEnd = 0;
     const std::string* maxName = nullptr;
     for (const auto& sp : spans) {
@@ -173,6 +183,23 @@ void SafetensorsFile::parse() {
             maxName = sp.name;
         }
     }
+    uint64_t end = 0;
+    const std::string* prev = nullptr;
+    for (const auto& sp : spans) {
+        if (sp.b < end)
+            throw Error("tensor span overlaps the span of '" + *prev + "'", path_, *sp.name,
+                        static_cast<int64_t>(dataStart + sp.b));
+        if (sp.b > end)
+            throw Error(std::to_string(sp.b - end) + " bytes before this tensor belong to no tensor (a gap after " +
+                            (prev ? "'" + *prev + "'" : std::string("the header")) + ")",
+                        path_, *sp.name, static_cast<int64_t>(dataStart + end));
+        end = sp.e;
+        prev = sp.name;
+    }
+    if (end != dataSize)
+        throw Error(std::to_string(dataSize - end) + " bytes after the last tensor" +
+                        (prev ? " ('" + *prev + "')" : std::string()) + " belong to no tensor (trailing data)",
+                    path_, "data", static_cast<int64_t>(dataStart + end));
 }
 
 void writeSafetensors(const std::string& path, const std::vector<TensorOut>& tensors,

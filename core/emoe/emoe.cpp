@@ -18,6 +18,7 @@
 
 #include "checkpoint/checkpoint.h"
 #include "error.h"
+#include "jsonfile.h"
 #include "model/spec.h"
 #include "version.h"
 
@@ -161,8 +162,7 @@ std::map<int, std::vector<int64_t>> readEmoePermutation(const std::string& check
                               ? fs::path(checkpointDir) / kEmoePermutationFile
                               : fs::path(checkpointDir).parent_path() / kEmoePermutationFile;
     if (!fs::exists(file)) return out;
-    std::ifstream in(file);
-    nlohmann::json j = nlohmann::json::parse(in, nullptr, false);
+    const nlohmann::json j = readJsonFile(file.string());
     if (!j.is_object() || !j.contains("layers") || !j["layers"].is_object())
         throw Error("not an EMoE permutation file", file.string(), "layers");
     for (auto& [k, v] : j["layers"].items()) {

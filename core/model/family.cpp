@@ -77,29 +77,32 @@ const Family* familyFor(const std::string& modelType) {
 
 // ---- config helpers ----
 
-void positive(const Config& c, const std::string& k, int64_t v) {
+void positive(const Config& c, const std::string& k, int64_t v, int64_t hi) {
     if (v <= 0) c.fail(k, "must be positive, got " + std::to_string(v));
+    if (v > hi) c.fail(k, std::to_string(v) + " is out of range (at most " + std::to_string(hi) + ")");
 }
 
 double ropeTheta(const Config& c, double def) {
-    if (c.has("rope_parameters")) {
-        const json& rp = c.raw()["rope_parameters"];
-        if (!rp.is_object()) c.fail("rope_parameters", "expected an object");
-        std::string type = rp.value("rope_type", rp.value("type", std::string("default")));
-        if (type != "default")
-            c.fail("rope_parameters.rope_type", "RoPE type '" + type + "' is not supported yet (supported: default)");
-        if (rp.contains("rope_theta")) {
-            if (!rp["rope_theta"].is_number()) c.fail("rope_parameters.rope_theta", "expected a number");
-            return rp["rope_theta"].get<double>();
-        }
-    }
+    // rope_parameters (transformers 5) and rope_scaling (4.x) both describe the RoPE type; each
+    // present one is read, so a yarn rope_scaling beside a default rope_parameters is refused,
+    // not ignored
+    auto typeOf = [](const JsonIn& o, const std::string& def) { return o.str("rope_type", o.str("type", def)); };
+    double theta = c.optDouble("rope_theta", def);
     if (c.has("rope_scaling")) {
-        const json& rs = c.raw()["rope_scaling"];
-        std::string type = rs.is_object() ? rs.value("rope_type", rs.value("type", std::string("?"))) : "?";
-        if (type != "default")
-            c.fail("rope_scaling", "RoPE scaling '" + type + "' is not supported yet (supported: default)");
+        const JsonIn rs = c.in()["rope_scaling"];
+        if (!rs.isObject()) rs.fail("expected an object");
+        const std::string type = typeOf(rs, "?");
+        if (type != "default") rs.fail("RoPE scaling '" + type + "' is not supported yet (supported: default)");
     }
-    return c.optDouble("rope_theta", def);
+    if (c.has("rope_parameters")) {
+        const JsonIn rp = c.in()["rope_parameters"];
+        if (!rp.isObject()) rp.fail("expected an object");
+        const std::string type = typeOf(rp, "default");
+        if (type != "default")
+            rp["rope_type"].fail("RoPE type '" + type + "' is not supported yet (supported: default)");
+        if (rp.has("rope_theta")) theta = rp.at("rope_theta").number();
+    }
+    return theta;
 }
 
 void fillSizes(ModelSpec& s, const Config& c, bool heads) {
@@ -108,7 +111,7 @@ void fillSizes(ModelSpec& s, const Config& c, bool heads) {
     s.numLayers = c.requiredInt("num_hidden_layers");
     positive(c, "vocab_size", s.vocab);
     positive(c, "hidden_size", s.hidden);
-    positive(c, "num_hidden_layers", s.numLayers);
+    positive(c, "num_hidden_layers", s.numLayers, 1 << 16);
     if (!heads) return;
     s.attn.heads = c.requiredInt("num_attention_heads");
     positive(c, "num_attention_heads", s.attn.heads);
@@ -135,6 +138,9 @@ void fillCommon(ModelSpec& s, const Config& c, const FamilyDefaults& d) {
     if (s.activation != "silu")
         c.fail("hidden_act", "activation '" + s.activation + "' is not supported (supported: silu)");
     s.layers.assign(s.numLayers, LayerSpec{});
+    // the positions the model was trained for (prompts beyond them need --allow-long); 0: unknown
+    s.maxPositions = c.optInt("max_position_embeddings", 0);
+    if (s.maxPositions < 0) c.fail("max_position_embeddings", "must not be negative");
 }
 
 void denseLayers(ModelSpec& s, const Config& c) {
@@ -232,10 +238,11 @@ void moeCounts(ModelSpec& s, const Config& c, const std::string& expertsKey, con
     // the expert count has two names across transformers versions (each config class maps one
     // onto the other); accept either, prefer the family's own
     const std::string alias = expertsKey == "num_experts" ? "num_local_experts" : "num_experts";
-    s.numExperts = c.has(expertsKey) || !c.has(alias) ? c.requiredInt(expertsKey) : c.requiredInt(alias);
+    s.numExpertsKey = c.has(expertsKey) || !c.has(alias) ? expertsKey : alias;
+    s.numExperts = c.requiredInt(s.numExpertsKey);
     s.topK = c.requiredInt("num_experts_per_tok");
     s.expertFfn = c.requiredInt(ffnKey);
-    positive(c, expertsKey, s.numExperts);
+    positive(c, s.numExpertsKey, s.numExperts);
     positive(c, "num_experts_per_tok", s.topK);
     positive(c, ffnKey, s.expertFfn);
     if (s.topK > s.numExperts)

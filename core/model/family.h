@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "error.h"
+#include "jsonfile.h"
 #include "model/spec.h"
 
 namespace es {
@@ -29,6 +30,7 @@ public:
     std::vector<int64_t> optIntList(const std::string& k) const;
     std::vector<std::string> optStringList(const std::string& k) const;
     const nlohmann::json& raw() const { return j_; }
+    JsonIn in() const { return JsonIn(j_, file_); }  // nested objects, errors naming the key path
     const std::string& file() const { return file_; }
     [[noreturn]] void fail(const std::string& k, const std::string& msg) const { throw Error(msg, file_, k); }
 
@@ -56,7 +58,9 @@ const Family* familyFor(const std::string& modelType);
 
 // ---- config helpers shared by families (transformers' conventions) ----
 
-void positive(const Config& c, const std::string& k, int64_t v);
+// A size from the config: positive and at most `hi` (far above any real model; a damaged
+// value must not size an allocation).
+void positive(const Config& c, const std::string& k, int64_t v, int64_t hi = int64_t(1) << 24);
 // rope_parameters / rope_scaling / rope_theta: the base; other RoPE types are refused by name.
 double ropeTheta(const Config& c, double def);
 // Defaults for keys a family's transformers config class fills in when absent.

@@ -263,6 +263,19 @@ ModelSpec ModelSpec::fromCheckpoint(const Checkpoint& ckpt) {
     fam->tensors(s, [&](const std::string& name) { return ckpt.find(name) != nullptr; });
     checkRuleTensors(s);
 
+    // The table cannot expect more than the checkpoint holds: every layer has tensors of its own,
+    // and a per-expert layout one per expert and MoE layer at least. Checked before the table is
+    // expanded (2^31 experts would list 2^31 names).
+    const int64_t held = static_cast<int64_t>(ckpt.tensors().size());
+    if (s.numLayers > held)
+        throw Error(
+            std::to_string(s.numLayers) + " layers, but the checkpoint holds only " + std::to_string(held) + " tensors",
+            ckpt.configPath(), "num_hidden_layers");
+    if (s.layout == ExpertLayout::PerExpert && s.numExperts * static_cast<int64_t>(s.moeLayers().size()) > held)
+        throw Error(std::to_string(s.numExperts) + " experts in each of " + std::to_string(s.moeLayers().size()) +
+                        " MoE layers, but the checkpoint holds only " + std::to_string(held) + " tensors",
+                    ckpt.configPath(), s.numExpertsKey);
+
     // every tensor the table expects is there with its shape, and every tensor is accounted for
     std::set<std::string> dtypes, expected;
     int64_t total = 0;

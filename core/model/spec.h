@@ -89,6 +89,7 @@ struct ModelSpec {
     double layerNormEps = 1e-12;
     int64_t maxPositions = 0, typeVocab = 0;
     int64_t numExperts = 0, topK = 0, expertFfn = 0, sharedFfn = 0;
+    std::string numExpertsKey = "num_experts";  // the config key that gave numExperts (for errors)
     double rmsEps = 1e-6;
     // The decoder layers' input and post-attention norms' eps where it is not rms_norm_eps
     // (0: rmsEps). HF's JetMoE builds them without eps, so they use 1e-6 whatever the config says.
