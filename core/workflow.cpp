@@ -5,6 +5,7 @@
 
 #include "checkpoint/checkpoint.h"
 #include "error.h"
+#include "jsonfile.h"
 #include "model/spec.h"
 #include "tokenizer/tokenizer.h"
 
@@ -44,16 +45,14 @@ std::vector<std::vector<int64_t>> encodePrompts(const Tokenizer& tok, const std:
     return out;
 }
 
-RunTrace traceTexts(const std::shared_ptr<Checkpoint>& ckpt, const ModelSpec& spec,
-                    const std::vector<std::string>& texts, const LoadOptions& load, const TraceOptions& trace) {
-    if (texts.empty()) throw Error("no prompts to run");
-    auto tok = Tokenizer::load(ckpt->path());
-    const auto prompts = encodePrompts(*tok, texts);
-    auto model = Model::load(ckpt, spec, load);
-    RunTrace rt = model->trace(prompts, trace);
-    rt.promptTexts = texts;
-    attachTokenText(rt, *tok);
-    return rt;
+void checkPromptLengths(const ModelSpec& spec, const std::vector<std::vector<int64_t>>& prompts) {
+    if (spec.maxPositions <= 0) return;
+    for (size_t p = 0; p < prompts.size(); ++p)
+        if (static_cast<int64_t>(prompts[p].size()) > spec.maxPositions)
+            throw PromptTooLong("prompt " + std::to_string(p + 1) + " has " + std::to_string(prompts[p].size()) +
+                                    " tokens, more than the model's " + std::to_string(spec.maxPositions) +
+                                    " positions (max_position_embeddings)",
+                                "", "prompt " + std::to_string(p + 1));
 }
 
 // The text of one line of a .jsonl prompt file: a {"text": ...} object, valid UTF-8.
@@ -73,9 +72,9 @@ std::string jsonlText(const std::string& line, const std::string& file, int64_t 
     validateLine(line, file, where);
     nlohmann::json obj;
     try {
-        obj = nlohmann::json::parse(line);
-    } catch (const nlohmann::json::exception& e) {
-        throw Error(std::string("not a JSON object: ") + e.what(), file, where);
+        obj = parseJson(line, file);
+    } catch (const Error& e) {
+        throw Error("not a JSON object: " + e.message(), file, where);
     }
     if (!obj.is_object() || !obj.contains("text") || !obj["text"].is_string())
         throw Error("expected an object with a string \"text\"", file, where + ".text");
@@ -83,6 +82,7 @@ std::string jsonlText(const std::string& line, const std::string& file, int64_t 
 }
 
 std::vector<std::string> readPromptFile(const std::string& path) {
+    requireRegularFile(path, "prompt file");  // a FIFO would block
     std::ifstream in(path, std::ios::binary);
     if (!in) throw Error("cannot open", path);
     const bool jsonl = path.size() > 6 && path.substr(path.size() - 6) == ".jsonl";
@@ -113,16 +113,19 @@ std::set<std::string> dynamicAnalysesFor(const ModelSpec& spec, const std::strin
 AnalyzedRun analyzeRun(const std::shared_ptr<Checkpoint>& ckpt, const ModelSpec& spec, const Reference* ref,
                        const RunRequest& req) {
     AnalyzedRun out;
+    if (req.texts.empty()) throw Error("no prompts to run");
+    auto tok = Tokenizer::load(ckpt->path());
+    const auto prompts = encodePrompts(*tok, req.texts);
+    if (!req.allowLong) checkPromptLengths(spec, prompts);
     if (req.analyses.empty() || spec.moeLayers().empty()) {  // the trace only
         TraceOptions to;
         to.progress = req.progress;
         to.cancel = req.cancel;
-        out.trace = traceTexts(ckpt, spec, req.texts, req.load, to);
+        out.trace = Model::load(ckpt, spec, req.load)->trace(prompts, to);
+        out.trace.promptTexts = req.texts;
+        attachTokenText(out.trace, *tok);
         return out;
     }
-    if (req.texts.empty()) throw Error("no prompts to run");
-    auto tok = Tokenizer::load(ckpt->path());
-    const auto prompts = encodePrompts(*tok, req.texts);
     DynamicOptions dopt;
     dopt.analyses = req.analyses;
     dopt.layers = req.layers;

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "analysis/analysis.h"
+#include "error.h"
 #include "model/model.h"
 #include "session/session.h"
 
@@ -33,9 +34,15 @@ std::string jsonlText(const std::string& line, const std::string& file, int64_t 
 // Prompts from a file: .jsonl ({"text": ...} per line) or one prompt per non-empty line.
 std::vector<std::string> readPromptFile(const std::string& path);
 
-// Text prompts through the model: the run with its token text and prompt texts.
-RunTrace traceTexts(const std::shared_ptr<Checkpoint>& ckpt, const ModelSpec& spec,
-                    const std::vector<std::string>& texts, const LoadOptions& load, const TraceOptions& trace);
+// A prompt longer than the model's positions (config max_position_embeddings). Decoders run it
+// when asked to (the CLI's --allow-long); the error names the prompt, its length and the limit.
+class PromptTooLong : public Error {
+public:
+    using Error::Error;
+};
+// Throws PromptTooLong for the first prompt beyond the model's positions (none when the config
+// names no limit).
+void checkPromptLengths(const ModelSpec& spec, const std::vector<std::vector<int64_t>>& prompts);
 
 // The dynamic analyses a --dynamic list names for this model ("all" includes modularity on EMoE
 // models); unknown names are an error naming them.
@@ -50,6 +57,7 @@ struct RunRequest {
     std::set<std::string> analyses;  // dynamic analyses; empty: the trace only
     std::vector<int> layers;         // analysed MoE layers (empty: all)
     int64_t firstTokens = 16;
+    bool allowLong = false;  // prompts beyond the model's positions run (else PromptTooLong)
     Progress progress;
     const std::atomic<bool>* cancel = nullptr;
 };

@@ -120,7 +120,8 @@ int cmdExport(const std::vector<std::string>& args, int argc, char** argv) {
     if (session.empty()) throw UsageError("export: no session file given");
     if (!list && req.view.empty()) throw UsageError("export: --view NAME or --list is needed");
     if (!list && out.empty()) throw UsageError("export: --out FILE is needed");
-    Session s = Session::open(session);
+    // checked in a child process first: a damaged file cannot crash us (views read run data)
+    Session s = openCheckedSession(session, /*readData=*/!list);
     if (list) {
         listViews(s, json);
         return 0;

@@ -20,6 +20,7 @@
 #include "session/session.h"
 #include "tokenizer/tokenizer.h"
 #include "cli.h"
+#include "jsonfile.h"
 #include "workflow.h"
 #include "emoe/emoe.h"
 
@@ -40,12 +41,13 @@ const char* kUsage = R"(usage:
   expertscope-cli session SESSION.h5 [--json] [--verify]
   expertscope-cli trace CHECKPOINT (--token-ids 1,2,3 [--token-ids 4,5 ...] | --prompt TEXT ... | --prompts FILE)
                   [--device cpu|cuda[:N]] [--dtype float32|bfloat16|float16] [--all-experts] [--save-logits]
-                  [--save-hidden] [--layer-streaming auto|on|off] [--threads N] [--run NAME] --out SESSION.h5
+                  [--save-hidden] [--layer-streaming auto|on|off] [--threads N] [--allow-long] [--run NAME]
+                  --out SESSION.h5
   expertscope-cli analyze CHECKPOINT --out SESSION.h5 [--static default|all|none|S1,S2,...]
                   [--dynamic all|none|D1,D2,D3,D4,load,modularity] [--run NAME] [--preset short|routing-map]
                   [--paragraphs FILE] [--reference DENSE_CHECKPOINT] [--layers 0,3,...]
                   [--device cpu|cuda[:N]] [--dtype float32|bfloat16|float16] [--first-tokens N]
-                  [--pca-components 2|3] [--threads N]
+                  [--pca-components 2|3] [--threads N] [--allow-long]
   expertscope-cli emoe DENSE_CHECKPOINT --experts N --top-k K [--layers all|START:EVERY|LIST]
                   [--gating avg-k|mean-key] [--seed S] [--restarts R] [--format expertscope|mixtral] --out DIR
   expertscope-cli export SESSION.h5 --list [--json]
@@ -65,6 +67,8 @@ export: docs/views.md describes every view and its options; --list names those t
 --all-layers writes one file per analysed layer (FILE with -layerL before the extension, or with
 {layer} replaced). Images need the GUI build; the headless build exports CSV only.
 analyze: docs/analyses.md defines every analysis and where the session keeps it (/analyses/...).
+--allow-long: run prompts longer than the model's positions (config max_position_embeddings);
+without it such a prompt is a usage error. An encoder (BERT) cannot go beyond its positions.
 Exit codes: 0 success, 1 bad input or failure (the message names the file and the field), 2 usage error.
 )";
 
@@ -179,12 +183,9 @@ int cmdSession(const std::vector<std::string>& args) {
         else throw UsageError("session: more than one file given");
     }
     if (path.empty()) throw UsageError("session: SESSION.h5 missing");
-    if (verify) {
-        // every byte read and checksummed, in a child process: a damaged file cannot crash us
-        std::string err = es::checkSessionInChild(path);
-        if (!err.empty()) throw es::Error(err);
-    }
-    es::Session s = es::Session::open(path);
+    // checked in a child process first (with --verify: every byte read and checksummed, token and
+    // expert ids checked): a damaged file cannot crash us
+    es::Session s = es::openCheckedSession(path, /*readData=*/verify);
     const es::SessionModel& m = s.model();
     nlohmann::ordered_json j;
     j["path"] = s.path();
@@ -209,7 +210,8 @@ int cmdSession(const std::vector<std::string>& args) {
                              {"logits", r.hasLogits},
                              {"hidden_states", r.hasHidden},
                              {"token_text", r.hasTokenText},
-                             {"prompt_texts", r.hasPromptTexts}});
+                             {"prompt_texts", r.hasPromptTexts},
+                             {"warnings", r.warnings}});
     }
     j["results"] = nlohmann::ordered_json::array();
     static const char* typeNames[] = {"float32", "float64", "int32", "int64"};
@@ -316,6 +318,11 @@ int cmdEmoe(const std::vector<std::string>& args) {
     return 0;
 }
 
+// A run's warnings (non-finite weights or router logits): on stderr, and stored with the run.
+void printWarnings(const es::RunTrace& rt) {
+    for (const auto& w : rt.warnings) std::cerr << "expertscope-cli: warning: " << w << "\n";
+}
+
 int cmdTrace(const std::vector<std::string>& args) {
     std::string path, out, run;
     es::LoadOptions lo;
@@ -323,6 +330,7 @@ int cmdTrace(const std::vector<std::string>& args) {
     std::vector<std::vector<int64_t>> prompts;
     std::vector<std::string> texts;
     int threads = 0;
+    bool allowLong = false;
     auto value = [&](size_t& i) -> const std::string& { return optionValue(args, i, "trace"); };
     for (size_t i = 0; i < args.size(); ++i) {
         const std::string& a = args[i];
@@ -335,6 +343,7 @@ int cmdTrace(const std::vector<std::string>& args) {
         else if (a == "--all-experts") to.allExperts = true;
         else if (a == "--save-logits") to.saveLogits = true;
         else if (a == "--save-hidden") to.saveHidden = true;
+        else if (a == "--allow-long") allowLong = true;
         else if (a == "--run") run = value(i);
         else if (a == "--out") out = value(i);
         else if (a == "--threads") threads = parseThreads(value(i), "trace");
@@ -365,6 +374,7 @@ int cmdTrace(const std::vector<std::string>& args) {
         } catch (const es::Error&) {}
     }
     es::ModelSpec spec = es::ModelSpec::fromCheckpoint(*ckpt);
+    if (!allowLong) es::checkPromptLengths(spec, prompts);
     if (spec.moeLayers().empty())
         std::cerr << "note: " << spec.modelType << " is a dense model; the run records no routing\n";
     auto model = es::Model::load(ckpt, spec, lo);
@@ -381,6 +391,7 @@ int cmdTrace(const std::vector<std::string>& args) {
         while (std::find(existing.begin(), existing.end(), run) != existing.end());
     }
     es::RunTrace rt = model->trace(prompts, to);
+    printWarnings(rt);
     rt.promptTexts = texts;
     if (tok) es::attachTokenText(rt, *tok);
     es::appendRun(out, es::sessionModelOf(*ckpt, spec), run, rt);
@@ -399,6 +410,7 @@ const char* kPresetRouting =
 
 // Paragraphs of a text file: every stripped line that is not empty and is not a "=" heading.
 std::vector<std::string> readParagraphs(const std::string& path) {
+    es::requireRegularFile(path, "paragraphs file");
     std::ifstream in(path, std::ios::binary);
     if (!in) throw es::Error("cannot open", path);
     std::vector<std::string> out;
@@ -431,7 +443,7 @@ int cmdAnalyze(const std::vector<std::string>& args) {
     std::vector<int> layers;
     int64_t firstTokens = 16;
     int pca = 2, threads = 0;
-    bool haveStatic = false, haveDynamic = false;
+    bool haveStatic = false, haveDynamic = false, allowLong = false;
     auto value = [&](size_t& i) -> const std::string& { return optionValue(args, i, "analyze"); };
     for (size_t i = 0; i < args.size(); ++i) {
         const std::string& a = args[i];
@@ -452,6 +464,7 @@ int cmdAnalyze(const std::vector<std::string>& args) {
         else if (a == "--first-tokens") firstTokens = parseInt(value(i), "analyze: --first-tokens");
         else if (a == "--pca-components") pca = parseInt(value(i), "analyze: --pca-components");
         else if (a == "--threads") threads = parseThreads(value(i), "analyze");
+        else if (a == "--allow-long") allowLong = true;
         else if (a.rfind("--", 0) == 0) throw UsageError("analyze: unknown option " + a);
         else if (path.empty()) path = a;
         else throw UsageError("analyze: more than one checkpoint given");
@@ -515,9 +528,11 @@ int cmdAnalyze(const std::vector<std::string>& args) {
         req.analyses = dynamics;
         req.layers = analysed;
         req.firstTokens = firstTokens;
+        req.allowLong = allowLong;
         req.progress = progress;
         es::AnalyzedRun ar = es::analyzeRun(ckpt, spec, ref.get(), req);
         std::cerr << "\n";
+        printWarnings(ar.trace);
         session.addRun(run, std::move(ar.trace));
         for (auto& [id, r] : ar.results) results[id] = std::move(r);
     } else if (!dynamics.empty()) {
@@ -573,6 +588,9 @@ int main(int argc, char** argv) {
         throw UsageError("unknown command '" + cmd + "'");
     } catch (const UsageError& e) {
         std::cerr << "expertscope-cli: " << e.what() << "\n" << kUsage;
+        return 2;
+    } catch (const es::PromptTooLong& e) {  // a usage error: the user may ask for it
+        std::cerr << "expertscope-cli: " << e.message() << "; --allow-long runs it anyway\n";
         return 2;
     } catch (const es::Error& e) {
         std::cerr << "expertscope-cli: error: " << e.what() << "\n";

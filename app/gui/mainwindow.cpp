@@ -34,6 +34,7 @@
 #include "demo.h"
 #include "emoe/emoe.h"
 #include "error.h"
+#include "jsonfile.h"
 #include "figureview.h"
 #include "jobs.h"
 #include "model/spec.h"
@@ -248,6 +249,13 @@ void MainWindow::showError(const QString& title, const QString& message) {
     box->open();
 }
 
+void MainWindow::showWarning(const QString& title, const QString& message) {
+    lastWarning_ = message;
+    auto* box = new QMessageBox(QMessageBox::Warning, title, message, QMessageBox::Ok, this);
+    box->setAttribute(Qt::WA_DeleteOnClose);
+    box->open();
+}
+
 void MainWindow::chooseCheckpoint() {
     QString dir = QFileDialog::getExistingDirectory(this, "Open checkpoint directory");
     if (!dir.isEmpty()) openCheckpoint(dir);
@@ -429,6 +437,12 @@ bool MainWindow::runPrompts(const QStringList& prompts, const QString& device, c
                       auto ar = std::make_shared<AnalyzedRun>(analyzeRun(ckpt, *spec, ref.get(), req));
                       return [this, ar, name, target] {
                           if (generation_ != target) return;
+                          // non-finite weights or router logits: said here, kept with the run
+                          if (!ar->trace.warnings.empty()) {
+                              QStringList lines;
+                              for (const auto& w : ar->trace.warnings) lines << "\u2022 " + q(w);
+                              showWarning("Run " + q(name) + ": the numbers are not all finite", lines.join("\n\n"));
+                          }
                           session_->addRun(name, std::move(ar->trace));
                           for (auto& [id, r] : ar->results) session_->putResult(id, std::move(r));
                           dirty_ = true;
@@ -524,7 +538,10 @@ bool MainWindow::openSession(const QString& path) {
 
 void MainWindow::restoreViewStates() {
     for (auto* p : panes_) p->restoreState(session_->viewState(p->id().toStdString()));
-    nlohmann::json w = nlohmann::json::parse(session_->viewState("window"), nullptr, false);
+    nlohmann::json w;
+    try {
+        w = es::parseJson(session_->viewState("window"), "window state");
+    } catch (const es::Error&) {}
     if (w.is_object() && w.contains("order") && w["order"].is_array()) {
         int to = 0;
         for (auto& id : w["order"]) {

@@ -66,6 +66,7 @@ public:
     void selectToken(const QString& run, qint64 token);
 
     QString lastError() const { return lastError_; }
+    QString lastWarning() const { return lastWarning_; }  // the last warning dialog's text (tests)
     QTreeWidget* modelTree() const { return tree_; }
     QTableWidget* tokenRoute() const { return route_; }
     QTabWidget* tabs() const { return tabs_; }
@@ -100,6 +101,7 @@ private:
     void addRecent(const QString& path);
     void updateRecent();
     void showError(const QString& title, const QString& message);
+    void showWarning(const QString& title, const QString& message);
     QString currentRunOf(ViewPane* p) const;
 
     JobManager* jobs_;
@@ -118,7 +120,7 @@ private:
     std::shared_ptr<Checkpoint> ckpt_;
     std::shared_ptr<ModelSpec> spec_;
     std::shared_ptr<Reference> ref_;
-    QString lastError_;
+    QString lastError_, lastWarning_;
     bool dirty_ = false;
     int runCounter_ = 0;
     uint64_t generation_ = 0;  // which session the jobs' results belong to

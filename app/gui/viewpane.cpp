@@ -11,7 +11,9 @@
 #include <algorithm>
 #include <nlohmann/json.hpp>
 
+#include "error.h"
 #include "figureview.h"
+#include "jsonfile.h"
 #include "session/session.h"
 
 namespace es {
@@ -309,7 +311,12 @@ std::string ViewPane::stateJson() const {
 }
 
 void ViewPane::restoreState(const std::string& json) {
-    nlohmann::json j = nlohmann::json::parse(json, nullptr, false);
+    nlohmann::json j;
+    try {
+        j = es::parseJson(json, "view state");
+    } catch (const es::Error&) {
+        return;  // a view state that does not parse restores nothing (the session checks them on open)
+    }
     if (!j.is_object()) return;
     auto str = [&](const char* k) {
         return j.contains(k) && j[k].is_string() ? q(j[k].get<std::string>()) : QString();

@@ -212,7 +212,10 @@ PassOutput runPass(const std::shared_ptr<Checkpoint>& ckpt, const ModelSpec& spe
                   {"first_tokens", ctx.firstTokens},
                   {"reference", ref ? nlohmann::json(ref->ckpt->path()) : nlohmann::json()}};
     for (auto& a : analyses) a->finish(ctx, out.results);
-    if (traceRun) out.trace = std::move(rt);
+    if (traceRun) {
+        M.addWeightWarnings(rt);
+        out.trace = std::move(rt);
+    }
     return out;
 }
 

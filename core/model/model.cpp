@@ -258,6 +258,45 @@ void TraceCollector::add(const MoeOut& m, bool allExperts) {
     }
 }
 
+void Model::Impl::checkFinite(const std::string& name, const Tensor& t) const {
+    {
+        std::lock_guard lk(finiteMutex);
+        if (!finiteChecked.insert(name).second) return;
+    }
+    if (!t.is_floating_point() || t.numel() == 0) return;
+    // one pass: a finite sum means no NaN or Inf; only then count exactly
+    if (std::isfinite(t.sum(torch::kFloat).item<float>())) return;
+    const int64_t bad = t.numel() - torch::isfinite(t).sum().item<int64_t>();
+    if (bad == 0) return;
+    std::lock_guard lk(finiteMutex);
+    weightWarnings.push_back("tensor '" + name + "' holds " + std::to_string(bad) + " of " + std::to_string(t.numel()) +
+                             " values that are not finite (NaN or Inf) in " + dtypeName + " (" + ckpt->get(name).file +
+                             ")");
+}
+
+void Model::Impl::addWeightWarnings(RunTrace& rt) const {
+    std::lock_guard lk(finiteMutex);
+    rt.warnings.insert(rt.warnings.begin(), weightWarnings.begin(), weightWarnings.end());
+}
+
+void warnNonFinite(const LayerTrace& lt, const std::string& router, std::vector<std::string>& warnings) {
+    const int64_t E = lt.numExperts;
+    if (E <= 0) return;
+    int64_t tokens = 0, first = -1;
+    const int64_t T = static_cast<int64_t>(lt.routerLogits.size()) / E;
+    for (int64_t t = 0; t < T; ++t)
+        for (int64_t e = 0; e < E; ++e)
+            if (!std::isfinite(lt.routerLogits[static_cast<size_t>(t * E + e)])) {
+                if (first < 0) first = t;
+                ++tokens;
+                break;
+            }
+    if (tokens > 0)
+        warnings.push_back("layer " + std::to_string(lt.layer) + ": the " + router + "'s logits are not finite for " +
+                           std::to_string(tokens) + " of " + std::to_string(T) + " tokens (first: token " +
+                           std::to_string(first) + "); their expert choice is undefined");
+}
+
 LayerTrace TraceCollector::take(int l, int64_t E, int64_t K) {
     LayerTrace lt;
     lt.layer = l;
@@ -413,6 +452,7 @@ RunTrace Model::trace(const std::vector<std::vector<int64_t>>& prompts, const Tr
         rt.hidden.assign(all.data_ptr<float>(), all.data_ptr<float>() + all.numel());
         rt.hiddenSize = s.hidden;
     }
+    d.addWeightWarnings(rt);
     if (opt.progress) opt.progress(1.0, "done");
     return rt;
 }

@@ -6,6 +6,8 @@
 #include <cstring>
 #include <functional>
 #include <limits>
+#include <mutex>
+#include <set>
 
 #include "checkpoint/checkpoint.h"
 #include "model/model.h"
@@ -178,9 +180,17 @@ struct Model::Impl {
 
     Tensor load(const std::string& name) const {
         Tensor t = viewOf(ckpt->get(name));
-        if (device.is_cpu() && t.scalar_type() == dtype) return t;
-        return t.to(device, dtype);
+        if (!(device.is_cpu() && t.scalar_type() == dtype)) t = t.to(device, dtype);
+        checkFinite(name, t);
+        return t;
     }
+    // Weights holding NaN or Inf (in the file, or from converting to a narrower dtype) are
+    // warned about once per tensor: weightWarnings, copied into each run.
+    mutable std::mutex finiteMutex;
+    mutable std::set<std::string> finiteChecked;
+    mutable std::vector<std::string> weightWarnings;
+    void checkFinite(const std::string& name, const Tensor& t) const;
+    void addWeightWarnings(RunTrace& rt) const;  // weightWarnings, first in the run's warnings
     // A role's tensor of layer l (expert e) as the family's table names it.
     Tensor load(Role r, int l = -1, int e = -1) const { return load(spec.tensorName(r, l, e)); }
     Tensor loadOpt(Role r, int l = -1) const { return spec.has(r) ? load(r, l) : Tensor(); }
@@ -329,6 +339,9 @@ struct TraceCollector {
     LayerTrace take(int l, int64_t E, int64_t K);
 };
 
+// A warning for router logits that are not finite: those tokens' expert choice is undefined.
+void warnNonFinite(const LayerTrace& lt, const std::string& router, std::vector<std::string>& warnings);
+
 // What a run records, from the forward's taps: the FFN routers' and (MoA) the attention
 // routers' records of every layer, appended to the run layer by layer.
 struct TraceRecorder {
@@ -343,8 +356,14 @@ struct TraceRecorder {
         if (m) attn.add(*m, allExperts);
     }
     void endLayer(int l) {
-        if (spec.attn.isMoa()) run.attentionLayers.push_back(attn.take(l, spec.attn.moaExperts, spec.attn.moaTopK));
-        if (spec.layers[l].moe) run.layers.push_back(ffn.take(l, spec.numExperts, spec.topK));
+        if (spec.attn.isMoa()) {
+            run.attentionLayers.push_back(attn.take(l, spec.attn.moaExperts, spec.attn.moaTopK));
+            warnNonFinite(run.attentionLayers.back(), "attention router", run.warnings);
+        }
+        if (spec.layers[l].moe) {
+            run.layers.push_back(ffn.take(l, spec.numExperts, spec.topK));
+            warnNonFinite(run.layers.back(), "router", run.warnings);
+        }
     }
 };
 

@@ -21,6 +21,7 @@
 
 #include "checkpoint/checkpoint.h"
 #include "error.h"
+#include "jsonfile.h"
 
 namespace fs = std::filesystem;
 
@@ -279,7 +280,25 @@ void expectShape(hid_t loc, const std::string& path, const std::vector<hsize_t>&
     if (got != want) throw Error("shape " + dimsStr(got) + ", expected " + dimsStr(want), file, abs(path));
     H ds(H5Dopen2(loc, path.c_str(), H5P_DEFAULT), H5Dclose);
     H t(H5Dget_type(ds), H5Tclose);
-    if (H5Tget_class(t) != cls || H5Tget_size(t) != size) throw Error("unexpected element type", file, abs(path));
+    if (H5Tget_class(t) != cls || H5Tget_size(t) != size || (cls == H5T_INTEGER && H5Tget_sign(t) != H5T_SGN_2))
+        throw Error("unexpected element type (expected " +
+                        std::string(cls == H5T_INTEGER ? "signed integers" : "floats") + " of " + std::to_string(size) +
+                        " bytes)",
+                    file, abs(path));
+}
+
+// A dataset's declared size must be one its stored bytes can hold before it is read into memory:
+// deflate cannot compress more than 1032:1, so a dataset declaring more than that times its
+// stored bytes (an [8, 2^34] array in a small file) is damage, refused before allocating.
+void checkStoredSize(hid_t ds, hssize_t n, size_t elementSize, const std::string& file, const std::string& at) {
+    if (n < 0) throw Error("unreadable dataspace", file, abs(at));
+    const double logical = static_cast<double>(n) * static_cast<double>(elementSize);
+    const double stored = static_cast<double>(H5Dget_storage_size(ds));
+    if (logical > 1100.0 * stored + double(1 << 20))
+        throw Error("declares " + std::to_string(n) + " elements (" + std::to_string(int64_t(logical / 1048576)) +
+                        " MiB) but only " + std::to_string(int64_t(stored)) +
+                        " bytes are stored; the dataset is damaged",
+                    file, abs(at));
 }
 
 template <class T>
@@ -288,7 +307,7 @@ std::vector<T> readAll(hid_t loc, const std::string& path, hid_t memType, const 
     if (!ds.ok()) throw Error("missing or unreadable dataset", file, abs(path));
     H sp(H5Dget_space(ds), H5Sclose);
     hssize_t n = H5Sget_simple_extent_npoints(sp);
-    if (n < 0) throw Error("unreadable dataspace", file, abs(path));
+    checkStoredSize(ds, n, sizeof(T), file, path);
     std::vector<T> v(static_cast<size_t>(n));
     if (n > 0 && H5Dread(ds, memType, H5S_ALL, H5S_ALL, H5P_DEFAULT, v.data()) < 0)
         throw Error("cannot read (damaged data: checksum or decompression error)", file, abs(path));
@@ -300,6 +319,7 @@ std::vector<std::string> readStrings(hid_t loc, const std::string& path, const s
     if (!ds.ok()) throw Error("missing or unreadable dataset", file, abs(path));
     H sp(H5Dget_space(ds), H5Sclose);
     hssize_t n = H5Sget_simple_extent_npoints(sp);
+    checkStoredSize(ds, n, sizeof(char*), file, path);
     H type(H5Tcopy(H5T_C_S1), H5Tclose);
     H5Tset_size(type, H5T_VARIABLE);
     H5Tset_cset(type, H5T_CSET_UTF8);
@@ -359,12 +379,13 @@ bool nests(const std::string& a, const std::string& b) {
     return l.size() > s.size() && l.compare(0, s.size(), s) == 0 && l[s.size()] == '/';
 }
 
+// The session's JSON strings are checked on open (parseJson: nesting bounded), so the program may
+// parse them again later without limits.
 void validJson(const std::string& s, const std::string& file, const std::string& at) {
     try {
-        auto j = nlohmann::json::parse(s);
-        if (!j.is_object()) throw Error("expected a JSON object", file, at);
-    } catch (const nlohmann::json::exception& e) {
-        throw Error(std::string("not valid JSON: ") + e.what(), file, at);
+        if (!parseJson(s, file).is_object()) throw Error("expected a JSON object", file, at);
+    } catch (const Error& e) {
+        throw Error(e.message(), file, at + (e.field().empty() ? "" : " " + e.field()));
     }
 }
 
@@ -396,11 +417,36 @@ hid_t memTypeOf(Array::Type t) {
 }
 size_t sizeOf(Array::Type t) { return (t == Array::Type::F32 || t == Array::Type::I32) ? 4 : 8; }
 
+// The model's sizes are in range and its config is a JSON object of the same model type.
+void checkModel(const SessionModel& m, const std::string& path) {
+    auto range = [&](int64_t v, int64_t lo, int64_t hi, const char* key) {
+        if (v < lo || v > hi)
+            throw Error("out of range: " + std::to_string(v) + " (allowed " + std::to_string(lo) + ".." +
+                            std::to_string(hi) + ")",
+                        path, std::string("/model@") + key);
+    };
+    range(m.numLayers, 1, 1 << 16, "num_layers");
+    range(m.hidden, 1, 1 << 24, "hidden_size");
+    range(m.numExperts, 0, 1 << 20, "num_experts");
+    range(m.topK, 0, m.numExperts, "top_k");
+    nlohmann::json cfg;
+    try {
+        cfg = parseJson(m.configJson, path);
+    } catch (const Error& e) {
+        throw Error(e.message(), path, "/model@config_json" + (e.field().empty() ? "" : " " + e.field()));
+    }
+    if (!cfg.is_object()) throw Error("expected a JSON object", path, "/model@config_json");
+    if (cfg.contains("model_type") && cfg["model_type"] != m.modelType)
+        throw Error("model_type " + cfg["model_type"].dump() + " differs from /model@model_type '" + m.modelType + "'",
+                    path, "/model@config_json");
+}
+
 // An ExpertScope session file opened for reading; checks format and version.
 H openSessionFile(const std::string& path) {
     silence();
     std::error_code ec;
     if (!fs::exists(path, ec)) throw Error("no such file", path);
+    requireRegularFile(path, "session");  // HDF5 would wait forever on a FIFO
     htri_t isH5 = H5Fis_hdf5(path.c_str());
     if (isH5 <= 0) throw Error("not an HDF5 file (or truncated, or unreadable)", path, "/");
     H f(H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT), H5Fclose);
@@ -502,7 +548,21 @@ RunInfo infoFromTrace(const std::string& name, const RunTrace& t) {
     r.hasHidden = !t.hidden.empty();
     r.hasTokenText = !t.tokenBytes.empty();
     r.hasPromptTexts = !t.promptTexts.empty();
+    r.warnings = t.warnings;
     return r;
+}
+
+std::map<std::string, AttrValue> readArrayAttrs(hid_t obj, const std::string& file, const std::string& at);
+
+// A group name that is a layer of the model ("3" of 0..L-1), else -1.
+int layerIndex(const std::string& name, int64_t numLayers) {
+    int l = -1;
+    try {
+        size_t used = 0;
+        l = std::stoi(name, &used);
+        if (used != name.size()) l = -1;
+    } catch (const std::exception&) {}
+    return l >= 0 && l < numLayers ? l : -1;
 }
 
 // Checks one stored run completely (metadata only: names, shapes, element types).
@@ -513,6 +573,13 @@ RunInfo readRunInfo(hid_t f, const std::string& name, const SessionModel& m, con
     RunInfo r;
     r.name = name;
     r.device = needString(g, "device", file, "/" + base);
+    if (H5Aexists(g, "warnings") > 0) {
+        const auto attrs = readArrayAttrs(g, file, "/" + base);
+        const AttrValue& w = attrs.at("warnings");
+        if (w.type != AttrValue::Type::Strings)
+            throw Error("expected a list of strings", file, "/" + base + "@warnings");
+        r.warnings = w.strings;
+    }
     r.dtype = needString(g, "dtype", file, "/" + base);
     readAttrString(g, "created", r.created);
     auto tdims = shapeOf(f, base + "/tokens", file);
@@ -531,14 +598,9 @@ RunInfo readRunInfo(hid_t f, const std::string& name, const SessionModel& m, con
     r.numPrompts = static_cast<int64_t>(odims[0]) - 1;
     const hsize_t E = static_cast<hsize_t>(m.numExperts), K = static_cast<hsize_t>(m.topK);
     for (auto& ln : childNames(f, base + "/layers", file)) {
-        int layer = -1;
-        try {
-            size_t used = 0;
-            layer = std::stoi(ln, &used);
-            if (used != ln.size()) layer = -1;
-        } catch (const std::exception&) {}
+        const int layer = layerIndex(ln, m.numLayers);
         const std::string lp = base + "/layers/" + ln;
-        if (layer < 0 || layer >= m.numLayers) throw Error("not a layer index of this model", file, "/" + lp);
+        if (layer < 0) throw Error("not a layer index of this model", file, "/" + lp);
         // one router's records: the FFN's in the layer group, a MoA router's in its "attention" group
         auto router = [&](const std::string& g) {
             expectShape(f, g + "/router_logits", {T, E}, H5T_FLOAT, 4, file);
@@ -669,6 +731,10 @@ Array readArray(hid_t f, const std::string& p, const std::string& file) {
     else if (cls == H5T_INTEGER && sz == 8) a.type = Array::Type::I64;
     else throw Error("unsupported element type", file, "/" + p);
     for (auto d : shapeOf(f, p, file)) a.shape.push_back(static_cast<int64_t>(d));
+    {
+        H sp(H5Dget_space(ds), H5Sclose);
+        checkStoredSize(ds, H5Sget_simple_extent_npoints(sp), sizeOf(a.type), file, p);
+    }
     a.bytes.resize(static_cast<size_t>(a.numel()) * sizeOf(a.type));
     if (a.numel() > 0 && H5Dread(ds, memTypeOf(a.type), H5S_ALL, H5S_ALL, H5P_DEFAULT, a.bytes.data()) < 0)
         throw Error("cannot read (damaged data: checksum or decompression error)", file, "/" + p);
@@ -729,6 +795,34 @@ void readResultsUnder(hid_t f, const std::string& rel, std::map<std::string, Res
 
 }  // namespace
 
+namespace {
+// A result computed on a run (params "run") agrees with it: the run is stored, its layers are
+// layers of the model, and token axes have the run's length (D4's [E, T] weights).
+void checkRunResult(const std::string& path, const SessionModel& model, const std::map<std::string, StoredRun>& runs,
+                    const std::string& id, const Result& r) {
+    const nlohmann::json params = nlohmann::json::parse(r.paramsJson, nullptr, false);  // checked on reading
+    if (!params.is_object() || !params.contains("run")) return;
+    const std::string at = "/analyses/" + id;
+    if (!params["run"].is_string()) throw Error("'run' must be a run's name", path, at + "@params_json");
+    const std::string run = params["run"].get<std::string>();
+    auto it = runs.find(run);
+    if (it == runs.end()) throw Error("computed on run '" + run + "', which the session does not hold", path, at);
+    const RunInfo& info = it->second.info;
+    for (const auto& [name, a] : r.arrays) {
+        if (name.rfind("layers/", 0) != 0) continue;
+        const std::string layer = name.substr(7, name.find('/', 7) - 7);
+        const std::string lp = at + "/layers/" + layer;
+        if (layerIndex(layer, model.numLayers) < 0)
+            throw Error("not a layer of the model (it has " + std::to_string(model.numLayers) + ")", path, lp);
+        if (r.kind == "D4" && name.size() > 8 && name.compare(name.size() - 8, 8, "/weights") == 0 &&
+            (a.shape.size() != 2 || a.shape[1] != info.numTokens))
+            throw Error("combine weights must be [experts, tokens] with the run's " + std::to_string(info.numTokens) +
+                            " tokens; stored shape " + dimsStr(std::vector<hsize_t>(a.shape.begin(), a.shape.end())),
+                        path, at + "/" + name);
+    }
+}
+}  // namespace
+
 Session Session::open(const std::string& pathIn) {
     std::lock_guard lk(hdf5Mutex());
     const std::string path = fs::absolute(pathIn).string();
@@ -748,8 +842,7 @@ Session Session::open(const std::string& pathIn) {
         m.configJson = needString(g, "config_json", path, "/model");
         m.checkpointPath = needString(g, "checkpoint_path", path, "/model");
         m.fingerprint = needString(g, "fingerprint", path, "/model");
-        if (m.numLayers < 0 || m.numExperts < 0 || m.topK < 0 || m.topK > std::max<int64_t>(m.numExperts, 0))
-            throw Error("inconsistent model sizes", path, "/model");
+        checkModel(m, path);
     }
     for (auto& name : childNames(f, "runs", path)) {
         StoredRun r;
@@ -769,6 +862,7 @@ Session Session::open(const std::string& pathIn) {
     } else {
         readResultsUnder(f, "", d.results, path, 0);
     }
+    for (const auto& [id, r] : d.results) checkRunResult(d.path, d.model, d.runs, id, r);
     for (auto& v : childNames(f, "views", path)) {
         H g(H5Gopen2(f, ("views/" + v).c_str(), H5P_DEFAULT), H5Gclose);
         if (!g.ok()) throw Error("not a group", path, "/views/" + v);
@@ -821,7 +915,18 @@ std::vector<int64_t> Session::runTokens(const std::string& name) const {
     if (r.mem) return r.mem->tokens;
     std::lock_guard lk(hdf5Mutex());
     H f = openSessionFile(r.file);
-    return readAll<int64_t>(f, "runs/" + name + "/tokens", H5T_NATIVE_INT64, r.file);
+    auto tokens = readAll<int64_t>(f, "runs/" + name + "/tokens", H5T_NATIVE_INT64, r.file);
+    // token ids index the vocabulary (config vocab_size, where the config names one)
+    int64_t vocab = INT64_MAX;
+    if (auto c = nlohmann::json::parse(d_->model.configJson, nullptr, false);
+        c.is_object() && c.contains("vocab_size") && c["vocab_size"].is_number_integer())
+        vocab = c["vocab_size"].get<int64_t>();
+    for (size_t i = 0; i < tokens.size(); ++i)
+        if (tokens[i] < 0 || tokens[i] >= vocab)
+            throw Error("token id " + std::to_string(tokens[i]) + " at position " + std::to_string(i) +
+                            " is outside the vocabulary [0, " + std::to_string(vocab) + ")",
+                        r.file, "/runs/" + name + "/tokens");
+    return tokens;
 }
 
 std::vector<int64_t> Session::runPromptOffsets(const std::string& name) const {
@@ -864,6 +969,11 @@ LayerTrace readRouter(hid_t f, const std::string& group, int layer, int64_t E, i
     t.routerLogits = readAll<float>(f, group + "/router_logits", H5T_NATIVE_FLOAT, file);
     t.topkExperts = readAll<int32_t>(f, group + "/topk_experts", H5T_NATIVE_INT32, file);
     t.topkWeights = readAll<float>(f, group + "/topk_weights", H5T_NATIVE_FLOAT, file);
+    for (size_t i = 0; i < t.topkExperts.size(); ++i)
+        if (t.topkExperts[i] < 0 || t.topkExperts[i] >= E)
+            throw Error("expert id " + std::to_string(t.topkExperts[i]) + " (token " + std::to_string(i / K) +
+                            ") is not one of the model's " + std::to_string(E) + " experts",
+                        file, "/" + group + "/topk_experts");
     if (exists(f, group + "/expert_output_norms"))
         t.expertOutputNorms = readAll<float>(f, group + "/expert_output_norms", H5T_NATIVE_FLOAT, file);
     if (exists(f, group + "/shared_output_norms"))
@@ -978,6 +1088,7 @@ void writeRunData(hid_t f, const std::string& name, const RunTrace& t, const Run
     attrString(run, "device", t.device, file, "/" + base);
     attrString(run, "dtype", t.dtype, file, "/" + base);
     attrString(run, "created", info.created, file, "/" + base);
+    if (!t.warnings.empty()) attrValue(run, "warnings", AttrValue::text(t.warnings), file, "/" + base);
     const hsize_t T = static_cast<hsize_t>(t.tokens.size());
     dataset(run, "tokens", H5T_STD_I64LE, H5T_NATIVE_INT64, {T}, t.tokens.data(), file, "/" + base + "/tokens");
     dataset(run, "prompt_offsets", H5T_STD_I64LE, H5T_NATIVE_INT64, {static_cast<hsize_t>(t.promptOffsets.size())},
@@ -1143,7 +1254,7 @@ void Session::save(const std::string& pathIn) {
 Session openSessionFor(const std::string& path, const SessionModel& model) {
     std::error_code ec;
     if (!fs::exists(path, ec)) return Session::create(model);
-    Session s = Session::open(path);
+    Session s = openCheckedSession(path);
     if (s.model().fingerprint != model.fingerprint)
         throw Error("the session belongs to another checkpoint (fingerprint " + s.model().fingerprint +
                         ", this checkpoint " + model.fingerprint + ")",
@@ -1159,7 +1270,9 @@ void appendRun(const std::string& path, const SessionModel& model, const std::st
     s.save(path);
 }
 
-std::vector<std::string> listRuns(const std::string& path) { return Session::open(path).runNames(); }
+std::vector<std::string> listRuns(const std::string& path) {
+    return openCheckedSession(path, /*readData=*/false).runNames();
+}
 
 namespace {
 herr_t visitRead(hid_t obj, const char* name, const H5O_info_t* info, void* op) {
@@ -1205,6 +1318,13 @@ void verifySession(const std::string& path) {
     if (r < 0)
         throw Error("damaged data: checksum, decompression or structure error", path,
                     ctx.second.empty() ? "/" : ctx.second);
+    // meaning, not only bytes: token ids in the vocabulary, expert ids among the experts
+    for (const auto& name : s.runNames()) {
+        s.runTokens(name);
+        const RunInfo info = s.runInfo(name);
+        for (int l : info.moeLayers) s.runLayer(name, l);
+        for (int l : info.attentionLayers) s.runAttentionLayer(name, l);
+    }
 }
 
 namespace {
@@ -1221,6 +1341,11 @@ std::string verifyHelper() {
     return {};
 }
 }  // namespace
+
+Session openCheckedSession(const std::string& path, bool readData) {
+    if (std::string err = checkSessionInChild(path, readData); !err.empty()) throw Error(err);
+    return Session::open(path);
+}
 
 std::string checkSessionInChild(const std::string& path, bool readData, const std::atomic<bool>* cancel) {
     // A fresh process (fork + exec of a small helper): nothing of this process's state, threads

@@ -41,6 +41,7 @@ struct RunInfo {
     std::vector<int> attentionLayers;  // layers with MoA router records (/layers/L/attention)
     bool hasExpertNorms = false, hasSharedNorms = false, hasLogits = false, hasHidden = false, hasTokenText = false,
          hasPromptTexts = false;
+    std::vector<std::string> warnings;  // the run's warnings (non-finite weights or router logits)
 };
 
 class Session {
@@ -105,7 +106,7 @@ private:
     std::unique_ptr<Impl> d_;
 };
 
-// The session at `path` for the checkpoint `model` describes: opened when the file exists
+// The session at `path` for the checkpoint `model` describes: opened (openCheckedSession) when the file exists
 // (refused, naming /model/fingerprint, when it was made from another checkpoint; re-linked when
 // the checkpoint has moved), else a new session, not yet saved.
 Session openSessionFor(const std::string& path, const SessionModel& model);
@@ -115,12 +116,17 @@ Session openSessionFor(const std::string& path, const SessionModel& model);
 // fingerprint, or already has a run of that name; the previous file is then left untouched.
 void appendRun(const std::string& path, const SessionModel& model, const std::string& runName, const RunTrace& trace);
 
-// Names of the runs stored in a session (for tools and tests).
+// Names of the runs stored in a session (for tools and tests; opened with openCheckedSession).
 std::vector<std::string> listRuns(const std::string& path);
 
 // Reads every dataset of the file completely, so that checksum errors (fletcher32 on data,
 // checksummed metadata) surface. Throws es::Error naming the path inside the file.
 void verifySession(const std::string& path);
+
+// Session::open after checkSessionInChild: for one-shot commands (the CLI), so that a damaged
+// file that would crash the HDF5 library is an es::Error here. readData: the full check (every
+// byte, one more read of the file) for commands that read run data; else what opening reads.
+Session openCheckedSession(const std::string& path, bool readData = true);
 
 // Runs verifySession in a separate process (the expertscope-verify helper, found beside the
 // running executable, in ../bin, or through EXPERTSCOPE_VERIFY_HELPER), so that a malformed file

@@ -29,6 +29,9 @@ struct RunTrace {
     std::vector<float> logits;  // [T, V], with saveLogits
     int64_t hiddenSize = 0;
     std::vector<float> hidden;  // [T, d], with saveHidden: the final hidden states
+    // What the user must know about the numbers: weights holding NaN or Inf, router logits that
+    // are not finite (their routing is undefined). Shown by the CLI and the app, stored with the run.
+    std::vector<std::string> warnings;
     int64_t numTokens() const { return static_cast<int64_t>(tokens.size()); }
 };
 

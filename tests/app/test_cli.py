@@ -411,3 +411,30 @@ def test_analyze_refuses_what_it_cannot_analyse(cli, build_fixture, mixtral, tmp
     assert r.returncode == 1 and "/model/fingerprint" in r.stderr and sha(out) == before
     r = run_cli(cli, "analyze", mixtral[0], "--out", out, "--layers", "x", check=False)
     assert r.returncode == 2 and sha(out) == before
+
+
+def test_non_finite_router_weights_warn_and_are_recorded(cli, mixtral, tmp_path):
+    """NaN router weights traced with exit 0 and routed every token alike, silently: now the run
+    completes with warnings naming the tensor and the layers, kept in the session (h5py reads them)."""
+    h5py = require("h5py")
+    d = copy_ckpt(mixtral[0], tmp_path / "c")
+    name = "model.layers.1.block_sparse_moe.gate.weight"
+
+    def poison(t):
+        dt, shape, data = t[name]
+        a = np.frombuffer(data, dtype="<f4").copy()
+        a[::5] = np.nan
+        t[name] = (dt, shape, a.tobytes())
+
+    rewrite(d / "model.safetensors", poison)
+    out = tmp_path / "s.h5"
+    r = run_cli(cli, "trace", d, "--out", out, "--token-ids", "1,2,3,4", "--run", "r")
+    assert f"warning: tensor '{name}'" in r.stderr and "layer 1: the router's logits are not finite" in r.stderr
+    runs = json.loads(run_cli(cli, "session", out, "--json").stdout)["runs"]
+    assert any(name in w for w in runs[0]["warnings"])
+    with h5py.File(out, "r") as f:
+        stored = [w.decode() if isinstance(w, bytes) else w for w in f["runs/r"].attrs["warnings"]]
+    assert stored == runs[0]["warnings"]
+    # a clean checkpoint's run has none
+    run_cli(cli, "trace", mixtral[0], "--out", tmp_path / "clean.h5", "--token-ids", "1,2,3,4", "--run", "r")
+    assert json.loads(run_cli(cli, "session", tmp_path / "clean.h5", "--json").stdout)["runs"][0]["warnings"] == []

@@ -15,6 +15,7 @@
 #include <QTemporaryDir>
 #include <QTreeWidget>
 #include <QtTest>
+#include <limits>
 #include <set>
 #include <qcustomplot.h>
 
@@ -461,6 +462,56 @@ private Q_SLOTS:
         QCOMPARE(boxes.size(), 1);
         QVERIFY(boxes[0]->isVisible());
         QVERIFY(boxes[0]->text().contains("hidden_size"));
+    }
+
+    // A config.json nested 100,000 levels deep crashed the app on open (exit 139): now a dialog.
+    void deeplyNestedConfigShowsDialog() {
+        QTemporaryDir dir;
+        test::TinyMixtral m;
+        m.write(dir.path().toStdString());
+        QFile cfg(dir.filePath("config.json"));
+        QVERIFY(cfg.open(QIODevice::WriteOnly | QIODevice::Truncate));
+        cfg.write("{\"model_type\":\"mixtral\",\"extra\":" + QByteArray(100000, '[') + QByteArray(100000, ']') + "}");
+        cfg.close();
+        MainWindow w;
+        w.show();
+        QVERIFY(!w.openCheckpoint(dir.path()));
+        QVERIFY2(w.lastError().contains("config.json") && w.lastError().contains("nested deeper"),
+                 qPrintable(w.lastError()));
+        auto boxes = w.findChildren<QMessageBox*>();
+        QCOMPARE(boxes.size(), 1);
+        QVERIFY(boxes[0]->isVisible());
+    }
+
+    // Router weights holding NaN: the run completes, a warning dialog says which tensor and which
+    // layer, and the run keeps the warnings.
+    void nonFiniteRouterWeightsWarn() {
+        QTemporaryDir dir;
+        test::TinyMixtral m;
+        m.write(dir.path().toStdString());
+        auto& gate = m.tensors["model.layers.1.block_sparse_moe.gate.weight"].values;
+        for (size_t i = 0; i < gate.size(); i += 3) gate[i] = std::numeric_limits<float>::quiet_NaN();
+        test::writeSafetensors(dir.filePath("model.safetensors").toStdString(), m.tensors);
+        QVERIFY(QFile::copy(QString::fromStdString(demoDirectory()) + "/moe/tokenizer.json",
+                            dir.filePath("tokenizer.json")));
+        MainWindow w;
+        w.show();
+        QVERIFY2(w.openCheckpoint(dir.path()), qPrintable(w.lastError()));
+        QVERIFY(w.jobs()->waitForIdle(kJobTimeoutMs));
+        QVERIFY(w.runPrompts({"Routers choose experts."}));
+        QVERIFY(w.jobs()->waitForIdle(kJobTimeoutMs));
+        QVERIFY2(w.lastError().isEmpty(), qPrintable(w.lastError()));
+        QVERIFY2(w.lastWarning().contains("model.layers.1.block_sparse_moe.gate.weight") &&
+                     w.lastWarning().contains("layer 1: the router's logits are not finite"),
+                 qPrintable(w.lastWarning()));
+        QMessageBox* box = nullptr;
+        for (auto* b : w.findChildren<QMessageBox*>())
+            if (b->isVisible() && b->icon() == QMessageBox::Warning) box = b;
+        QVERIFY(box);
+        QVERIFY(box->grab().save(outDir() + "/warning-non-finite.png"));
+        const auto runs = w.session()->runNames();
+        QCOMPARE(runs.size(), size_t(1));
+        QVERIFY(!w.session()->runInfo(runs[0]).warnings.empty());
     }
 
     void opensSessionAndSurvivesDamagedOnes() {
