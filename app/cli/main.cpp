@@ -160,6 +160,7 @@ int cmdTokenize(const std::vector<std::string>& args) {
         }
         return 0;
     }
+    es::requireRegularFile(jsonl, "prompt file");  // a FIFO would block
     std::ifstream in(jsonl, std::ios::binary);
     if (!in) throw es::Error("cannot open", jsonl);
     std::string line;

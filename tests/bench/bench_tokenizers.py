@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Tokenizer encode throughput, ours against HF tokenizers (Rust, one thread), same text, one run.
 
-    .venv/bin/python tests/bench/bench_tokenizers.py [--build build] [--mb 4] [--reps 3]
+    .venv/bin/python tests/bench/bench_tokenizers.py [--build build] [--mb 4] [--reps 3] [--long-only]
 
 The text is the parity corpus (many scripts, code, numbers) repeated to about --mb MB, one string
 per line; each line is encoded without special tokens, the way a prompt file is. HF is timed
@@ -35,8 +35,13 @@ def main():
     ap.add_argument("--mb", type=float, default=4.0)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--names", default="bytelevel_gpt2,llama3_style,deepseek_real,qwen_real,mistral_v1,wordpiece_bert,minilm_real")
+    ap.add_argument("--long-only", action="store_true", help="only the long-word table")
     a = ap.parse_args()
     bench = os.path.join(a.build, "bin", "bench_tokenizer")
+    if a.long_only:
+        with tempfile.TemporaryDirectory() as tmp:
+            long_words(a, bench, tmp)
+        return
     lines = [t.replace("\n", " ").replace("\r", " ") for t in tok_corpus.corpus() if t.strip()]
     text = []
     size = 0

@@ -360,6 +360,13 @@ def fifo_prompts(work, ctx):
 
 
 @case
+def fifo_jsonl(work, ctx):
+    p = os.path.join(work, "prompts.jsonl")
+    os.mkfifo(p)
+    return Case(["tokenize", DEMO, "--jsonl", p], 1, [p, "not a regular file"])
+
+
+@case
 def fifo_tokenizer(work, ctx):
     p = os.path.join(work, "tokenizer.json")
     os.mkfifo(p)

@@ -3,6 +3,7 @@ targets found (tests/fuzz/cases.py builds them) ends in a clear error: exit 1 fo
 for a usage error, a message naming the file and the field, never a signal or a hang. The
 timeout below only catches hangs (the slowest case takes about a second)."""
 import os
+import re
 import signal
 import subprocess
 
@@ -50,6 +51,8 @@ def test_case(name, ctx, cli, tmp_path):
     assert r.returncode == c.rc, f"{name}: exit {r.returncode}, expected {c.rc}\n{err[-3000:]}"
     for n in c.needles:
         assert str(n) in err, f"{name}: {n!r} not in the message:\n{err[-3000:]}"
-    for bad in ("terminate called", "std::bad_alloc", "Traceback", "c10::Error", "[json.exception",
-                "ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:"):
+    for bad in ("terminate called", "std::bad_alloc", "Traceback", "c10::Error", "[json.exception"):
         assert bad not in err, f"{name}: {bad!r} in the message:\n{err[-3000:]}"
+    # a sanitizer build's own report (the CLI's; the session checker's crash inside HDF5 is
+    # contained in its child process and quoted in the error message, as designed)
+    assert not re.search(r"^==\d+==ERROR: |^\S+:\d+:\d+: runtime error:", err, re.M), f"{name}:\n{err[-3000:]}"
