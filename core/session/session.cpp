@@ -418,7 +418,8 @@ hid_t memTypeOf(Array::Type t) {
 size_t sizeOf(Array::Type t) { return (t == Array::Type::F32 || t == Array::Type::I32) ? 4 : 8; }
 
 // The model's sizes are in range and its config is a JSON object of the same model type.
-void checkModel(const SessionModel& m, const std::string& path) {
+// Returns the vocabulary size the config names (token ids index it), else INT64_MAX.
+int64_t checkModel(const SessionModel& m, const std::string& path) {
     auto range = [&](int64_t v, int64_t lo, int64_t hi, const char* key) {
         if (v < lo || v > hi)
             throw Error("out of range: " + std::to_string(v) + " (allowed " + std::to_string(lo) + ".." +
@@ -439,6 +440,8 @@ void checkModel(const SessionModel& m, const std::string& path) {
     if (cfg.contains("model_type") && cfg["model_type"] != m.modelType)
         throw Error("model_type " + cfg["model_type"].dump() + " differs from /model@model_type '" + m.modelType + "'",
                     path, "/model@config_json");
+    const auto v = cfg.find("vocab_size");
+    return v != cfg.end() && v->is_number_integer() ? v->get<int64_t>() : INT64_MAX;
 }
 
 // An ExpertScope session file opened for reading; checks format and version.
@@ -480,6 +483,7 @@ struct Session::Impl {
     std::map<std::string, std::string> views;
     std::vector<Note> notes;
     std::vector<std::string> prompts;
+    int64_t vocabSize = INT64_MAX;  // of the stored config, where it names one
 
     const StoredRun& run(const std::string& name) const {
         auto it = runs.find(name);
@@ -552,7 +556,7 @@ RunInfo infoFromTrace(const std::string& name, const RunTrace& t) {
     return r;
 }
 
-std::map<std::string, AttrValue> readArrayAttrs(hid_t obj, const std::string& file, const std::string& at);
+AttrValue readAttrValue(hid_t a, const std::string& file, const std::string& where);
 
 // A group name that is a layer of the model ("3" of 0..L-1), else -1.
 int layerIndex(const std::string& name, int64_t numLayers) {
@@ -574,8 +578,9 @@ RunInfo readRunInfo(hid_t f, const std::string& name, const SessionModel& m, con
     r.name = name;
     r.device = needString(g, "device", file, "/" + base);
     if (H5Aexists(g, "warnings") > 0) {
-        const auto attrs = readArrayAttrs(g, file, "/" + base);
-        const AttrValue& w = attrs.at("warnings");
+        H a(H5Aopen(g, "warnings", H5P_DEFAULT), H5Aclose);
+        if (!a.ok()) throw Error("unreadable attribute", file, "/" + base + "@warnings");
+        const AttrValue w = readAttrValue(a, file, "/" + base + "@warnings");
         if (w.type != AttrValue::Type::Strings)
             throw Error("expected a list of strings", file, "/" + base + "@warnings");
         r.warnings = w.strings;
@@ -668,7 +673,43 @@ RunInfo readRunInfo(hid_t f, const std::string& name, const SessionModel& m, con
     return r;
 }
 
-// The attributes of a result array (strings, floats or integers; scalar or 1-d).
+// One attribute's value (strings, floats or integers; scalar or 1-d); `where` names it in errors.
+AttrValue readAttrValue(hid_t a, const std::string& file, const std::string& where) {
+    H ft(H5Aget_type(a), H5Tclose);
+    H sp(H5Aget_space(a), H5Sclose);
+    const int nd = H5Sget_simple_extent_ndims(sp);
+    const hssize_t n = H5Sget_simple_extent_npoints(sp);
+    if (nd < 0 || nd > 1 || n < 0) throw Error("attribute must be a scalar or a 1-d list", file, where);
+    AttrValue v;
+    v.scalar = nd == 0;
+    const auto cls = H5Tget_class(ft);
+    if (cls == H5T_STRING) {
+        if (H5Tis_variable_str(ft) <= 0) throw Error("expected variable-length strings", file, where);
+        H mt(H5Tcopy(H5T_C_S1), H5Tclose);
+        H5Tset_size(mt, H5T_VARIABLE);
+        H5Tset_cset(mt, H5T_CSET_UTF8);
+        std::vector<char*> p(static_cast<size_t>(n), nullptr);
+        if (n > 0 && H5Aread(a, mt, p.data()) < 0) throw Error("cannot read (damaged attribute)", file, where);
+        v.type = AttrValue::Type::Strings;
+        for (auto* c : p) v.strings.emplace_back(c ? c : "");
+        if (n > 0) H5Dvlen_reclaim(mt, sp, H5P_DEFAULT, p.data());
+    } else if (cls == H5T_FLOAT) {
+        v.type = AttrValue::Type::F64;
+        v.f64.resize(static_cast<size_t>(n));
+        if (n > 0 && H5Aread(a, H5T_NATIVE_DOUBLE, v.f64.data()) < 0)
+            throw Error("cannot read (damaged attribute)", file, where);
+    } else if (cls == H5T_INTEGER) {
+        v.type = H5Tget_size(ft) == 4 ? AttrValue::Type::I32 : AttrValue::Type::I64;
+        v.ints.resize(static_cast<size_t>(n));
+        if (n > 0 && H5Aread(a, H5T_NATIVE_INT64, v.ints.data()) < 0)
+            throw Error("cannot read (damaged attribute)", file, where);
+    } else {
+        throw Error("unsupported attribute type", file, where);
+    }
+    return v;
+}
+
+// The attributes of a result array.
 std::map<std::string, AttrValue> readArrayAttrs(hid_t ds, const std::string& file, const std::string& at) {
     std::map<std::string, AttrValue> out;
     H5O_info_t oinfo;
@@ -681,39 +722,7 @@ std::map<std::string, AttrValue> readArrayAttrs(hid_t ds, const std::string& fil
         std::string name(static_cast<size_t>(nl) + 1, '\0');
         H5Aget_name(a, name.size(), name.data());
         name.resize(static_cast<size_t>(nl));
-        const std::string where = at + "@" + name;
-        H ft(H5Aget_type(a), H5Tclose);
-        H sp(H5Aget_space(a), H5Sclose);
-        const int nd = H5Sget_simple_extent_ndims(sp);
-        const hssize_t n = H5Sget_simple_extent_npoints(sp);
-        if (nd < 0 || nd > 1 || n < 0) throw Error("attribute must be a scalar or a 1-d list", file, where);
-        AttrValue v;
-        v.scalar = nd == 0;
-        const auto cls = H5Tget_class(ft);
-        if (cls == H5T_STRING) {
-            if (H5Tis_variable_str(ft) <= 0) throw Error("expected variable-length strings", file, where);
-            H mt(H5Tcopy(H5T_C_S1), H5Tclose);
-            H5Tset_size(mt, H5T_VARIABLE);
-            H5Tset_cset(mt, H5T_CSET_UTF8);
-            std::vector<char*> p(static_cast<size_t>(n), nullptr);
-            if (n > 0 && H5Aread(a, mt, p.data()) < 0) throw Error("cannot read (damaged attribute)", file, where);
-            v.type = AttrValue::Type::Strings;
-            for (auto* c : p) v.strings.emplace_back(c ? c : "");
-            if (n > 0) H5Dvlen_reclaim(mt, sp, H5P_DEFAULT, p.data());
-        } else if (cls == H5T_FLOAT) {
-            v.type = AttrValue::Type::F64;
-            v.f64.resize(static_cast<size_t>(n));
-            if (n > 0 && H5Aread(a, H5T_NATIVE_DOUBLE, v.f64.data()) < 0)
-                throw Error("cannot read (damaged attribute)", file, where);
-        } else if (cls == H5T_INTEGER) {
-            v.type = H5Tget_size(ft) == 4 ? AttrValue::Type::I32 : AttrValue::Type::I64;
-            v.ints.resize(static_cast<size_t>(n));
-            if (n > 0 && H5Aread(a, H5T_NATIVE_INT64, v.ints.data()) < 0)
-                throw Error("cannot read (damaged attribute)", file, where);
-        } else {
-            throw Error("unsupported attribute type", file, where);
-        }
-        out[name] = std::move(v);
+        out[name] = readAttrValue(a, file, at + "@" + name);
     }
     return out;
 }
@@ -842,7 +851,7 @@ Session Session::open(const std::string& pathIn) {
         m.configJson = needString(g, "config_json", path, "/model");
         m.checkpointPath = needString(g, "checkpoint_path", path, "/model");
         m.fingerprint = needString(g, "fingerprint", path, "/model");
-        checkModel(m, path);
+        d.vocabSize = checkModel(m, path);
     }
     for (auto& name : childNames(f, "runs", path)) {
         StoredRun r;
@@ -916,11 +925,7 @@ std::vector<int64_t> Session::runTokens(const std::string& name) const {
     std::lock_guard lk(hdf5Mutex());
     H f = openSessionFile(r.file);
     auto tokens = readAll<int64_t>(f, "runs/" + name + "/tokens", H5T_NATIVE_INT64, r.file);
-    // token ids index the vocabulary (config vocab_size, where the config names one)
-    int64_t vocab = INT64_MAX;
-    if (auto c = nlohmann::json::parse(d_->model.configJson, nullptr, false);
-        c.is_object() && c.contains("vocab_size") && c["vocab_size"].is_number_integer())
-        vocab = c["vocab_size"].get<int64_t>();
+    const int64_t vocab = d_->vocabSize;  // token ids index the vocabulary
     for (size_t i = 0; i < tokens.size(); ++i)
         if (tokens[i] < 0 || tokens[i] >= vocab)
             throw Error("token id " + std::to_string(tokens[i]) + " at position " + std::to_string(i) +
@@ -1347,6 +1352,32 @@ Session openCheckedSession(const std::string& path, bool readData) {
     return Session::open(path);
 }
 
+namespace {
+// Bytes the process `pid` has read so far (/proc/PID/io, rchar), or -1 when that is unreadable.
+long long bytesReadBy(pid_t pid) {
+    std::FILE* f = std::fopen(("/proc/" + std::to_string(pid) + "/io").c_str(), "r");
+    if (!f) return -1;
+    long long v = -1;
+    char line[128];
+    while (std::fgets(line, sizeof line, f))
+        if (std::sscanf(line, "rchar: %lld", &v) == 1) break;
+    std::fclose(f);
+    return v;
+}
+
+// When a check in the child counts as hung. The HDF5 library loops forever on some damaged
+// files (a global heap whose free-space chain points back into itself, for one), doing no I/O.
+// A sound check of any size keeps reading, so the primary rule is progress: no byte read for
+// kStallSeconds. Where /proc does not tell (no procfs), a wall-clock limit that grows with the
+// file (at a conservative 8 MiB/s) stands in.
+constexpr double kStallSeconds = 10;
+double wallLimitSeconds(const std::string& path) {
+    std::error_code ec;
+    const auto size = fs::file_size(path, ec);
+    return 60.0 + (ec ? 0.0 : static_cast<double>(size) / (8.0 * 1024 * 1024));
+}
+}  // namespace
+
 std::string checkSessionInChild(const std::string& path, bool readData, const std::atomic<bool>* cancel) {
     // A fresh process (fork + exec of a small helper): nothing of this process's state, threads
     // or locks is inherited, and a crash of the HDF5 library there is only a failed check here.
@@ -1383,13 +1414,30 @@ std::string checkSessionInChild(const std::string& path, bool readData, const st
     close(fds[1]);
     std::string msg;
     char buf[4096];
-    bool cancelled = false;
+    bool cancelled = false, hung = false;
+    using Clock = std::chrono::steady_clock;
+    const auto start = Clock::now();
+    auto lastProgress = start;
+    long long lastRead = bytesReadBy(pid);
+    const double wallLimit = wallLimitSeconds(path);
+    auto seconds = [](Clock::duration d) { return std::chrono::duration<double>(d).count(); };
     for (;;) {
         pollfd pfd{fds[0], POLLIN, 0};
         const int r = poll(&pfd, 1, 100);
-        if (cancel && cancel->load() && !cancelled) {
+        if (cancel && cancel->load() && !cancelled && !hung) {
             kill(pid, SIGKILL);
             cancelled = true;
+        }
+        if (!cancelled && !hung) {
+            const auto now = Clock::now();
+            const long long read = bytesReadBy(pid);
+            if (read != lastRead) lastProgress = now;
+            lastRead = read;
+            const bool stalled = read >= 0 && seconds(now - lastProgress) > kStallSeconds;
+            if (stalled || seconds(now - start) > wallLimit) {
+                kill(pid, SIGKILL);
+                hung = true;
+            }
         }
         if (r < 0 && errno == EINTR) continue;
         if (r == 0) continue;
@@ -1402,6 +1450,11 @@ std::string checkSessionInChild(const std::string& path, bool readData, const st
     while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {}
     while (!msg.empty() && (msg.back() == '\n' || msg.back() == '\r')) msg.pop_back();
     if (cancelled) return {};
+    if (hung)
+        return path + ": the HDF5 library stopped making progress reading this file (" +
+               (lastRead >= 0 ? "nothing read for " + std::to_string(static_cast<int>(kStallSeconds)) + " s"
+                              : "no answer within " + std::to_string(static_cast<int>(wallLimit)) + " s") +
+               "); the file is damaged";
     if (WIFSIGNALED(status))
         return path + ": the HDF5 library crashed reading this file (signal " + std::to_string(WTERMSIG(status)) +
                "); the file is damaged";

@@ -135,6 +135,8 @@ Session openCheckedSession(const std::string& path, bool readData = true);
 // readData false: only what Session::open reads (the structure, attributes, results), not the
 // runs' data, which is then checked as it is read (checksums) or by a later full check.
 // cancel: when set, the child is killed and the check ends with no finding.
+// A child that stops making progress (nothing read for 10 s: the HDF5 library loops forever on
+// some damaged files) is killed and the file reported damaged.
 std::string checkSessionInChild(const std::string& path, bool readData = true,
                                 const std::atomic<bool>* cancel = nullptr);
 

@@ -620,6 +620,46 @@ for _reader in SESSION_READERS:
         CASES[f"ses_damaged_{_tag}_{_reader}"] = _make
 
 
+def global_heap_objects(data):
+    """(offset, heap index, size) of each object of the file's first global heap collection, up to
+    and including the free-space object (index 0)."""
+    g = data.find(b"GCOL")
+    end = g + struct.unpack("<Q", data[g + 8:g + 16])[0]
+    p, objs = g + 16, []
+    while p < end:
+        idx = struct.unpack("<H", data[p:p + 2])[0]
+        size = struct.unpack("<Q", data[p + 8:p + 16])[0]
+        objs.append((p, idx, size))
+        if idx == 0:
+            break
+        p += 16 + (size + 7) // 8 * 8
+    return objs
+
+
+def hung_session_case(work, ctx, argv):
+    """One byte of a global-heap object's size (1 -> 257), the libFuzzer session target's timeout
+    class: the HDF5 library then loops forever reading the file's attribute strings, doing no I/O.
+    The object is the fifth before the free space, a one-byte string of the session's runs; in
+    this layout that is an input the library hangs on (the needle says so if the layout moves)."""
+    p = session_copy(work, ctx)
+    data = bytearray(open(p, "rb").read())
+    at, idx, size = global_heap_objects(data)[-6]
+    assert idx != 0 and size == 1, (idx, size)
+    data[at + 9] += 1
+    open(p, "wb").write(bytes(data))
+    return Case(argv(p), 1, [p, "stopped making progress"])
+
+
+@case
+def ses_hang_global_heap_json(work, ctx):
+    return hung_session_case(work, ctx, lambda p: ["session", p, "--json"])
+
+
+@case
+def ses_hang_global_heap_verify(work, ctx):
+    return hung_session_case(work, ctx, lambda p: ["session", p, "--verify"])
+
+
 # ---- non-finite weights ------------------------------------------------------------------------
 
 def nan_weights_case(work, tensor, needles):

@@ -11,9 +11,13 @@ for t in ${@:-safetensors config tokenizer session}; do
   for f in $B/findings/$t/crash-* $B/findings/$t/timeout-* $B/findings/$t/oom-*; do
     [ -e "$f" ] || continue
     out=$(ASAN_OPTIONS=detect_leaks=0:detect_odr_violation=0 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
-          timeout 60 $B/bin/fuzz_$t "$f" 2>&1)
-    kind=$(grep -m1 -oE "ERROR: [A-Za-z]+: [a-z-]+|runtime error: .*|timeout|out-of-memory" <<<"$out")
-    frame=$(grep -E "^ +#[0-9]+ 0x" <<<"$out" | grep -vE "__interceptor|__asan|__ubsan|__sanitizer|libclang_rt" | head -1)
+          timeout 60 $B/bin/fuzz_$t -timeout=10 "$f" 2>&1)
+    kind=$(grep -m1 -oE "ERROR: [A-Za-z]+: [A-Za-z-]+( after [0-9]+ seconds)?|runtime error: .*|out-of-memory" <<<"$out")
+    # the first frame that is neither the sanitizer's nor libFuzzer's; a timeout's stack starts
+    # in libFuzzer's alarm handler, entered through libc's signal trampoline
+    frames=$(grep -E "^ +#[0-9]+ 0x" <<<"$out" | grep -vE "__interceptor|__asan|__ubsan|__sanitizer|libclang_rt|fuzzer::")
+    [[ "$kind" == *timeout* ]] && frames=$(sed '0,/libc\.so/{/libc\.so/d}' <<<"$frames")
+    frame=$(head -1 <<<"$frames")
     where=other
     grep -q "libhdf5" <<<"$frame" && where=libhdf5
     echo "$t $(basename "$f") [$where] ${kind:-no report on rerun}: $(sed -E 's/^ +#[0-9]+ 0x[0-9a-f]+ in //' <<<"$frame" | cut -c1-140)"
