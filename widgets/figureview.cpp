@@ -716,6 +716,39 @@ void FigureView::clicked(const QPoint& posInPlot) {
     else if (!tip.isEmpty() && tip.at(0).isDigit()) Q_EMIT expertClicked(tip.section(' ', 0, 0).toInt());
 }
 
+namespace {
+// Lays the plot out in `viewport` (what QCustomPlot does before it draws); a hidden widget's
+// resize would only take effect when it is shown.
+void layOut(QCustomPlot* plot, const QRect& viewport) {
+    plot->setViewport(viewport);
+    for (auto phase : {QCPLayoutElement::upPreparation, QCPLayoutElement::upMargins, QCPLayoutElement::upLayout})
+        plot->plotLayout()->update(phase);
+}
+}  // namespace
+
+QString FigureView::layoutProblem(QSize size) const {
+    if (fig_.isText) return {};
+    const QRect keep = plot_->viewport();
+    layOut(plot_, QRect(QPoint(0, 0), size));
+    QString why;
+    const QRect view = plot_->viewport().adjusted(-1, -1, 1, 1);
+    for (QCPLayoutElement* e : plot_->plotLayout()->elements(true)) {
+        if (!e || !why.isEmpty()) continue;
+        if (!view.contains(e->outerRect())) why = "a part of the figure lies outside it";
+        else if (auto* t = qobject_cast<QCPTextElement*>(e)) {
+            const QSize need = QFontMetrics(t->font()).boundingRect(QRect(), Qt::AlignCenter, t->text()).size();
+            if (need.width() > e->outerRect().width() + 1 || need.height() > e->outerRect().height() + 1)
+                why = "the text '" + t->text() + "' does not fit";
+        } else if (auto* r = qobject_cast<QCPAxisRect*>(e); r && (r->width() < 16 || r->height() < 16)) {
+            why = "no room for the plot inside its axis labels";
+        } else if (auto* c = qobject_cast<QCPColorScale*>(e); c && c->axis()->axisRect()->height() < 16) {
+            why = "no room for the colour bar";
+        }
+    }
+    layOut(plot_, keep);
+    return why;
+}
+
 QImage FigureView::grabImage() {
     // a hidden view has not been laid out: give the plot the view's size first
     if (stack_->currentWidget()->size() != size()) stack_->setGeometry(rect());
@@ -746,16 +779,49 @@ bool FigureView::exportTo(const QString& path, int width, int height, double dpi
     if (width <= 0) width = std::max(this->width(), 640);
     if (height <= 0) height = std::max(this->height(), 400);
     if (dpi <= 0) return fail("the resolution must be positive");
+    // as matplotlib's savefig(dpi=...): the figure is laid out at its size in device-independent
+    // pixels (96 per inch, as on screen) and drawn with dpi / 96 image pixels per layout pixel
     const double scale = dpi / 96.0;
     const int lw = std::max(1, static_cast<int>(std::lround(width / scale)));
     const int lh = std::max(1, static_cast<int>(std::lround(height / scale)));
     if (ext != "png" && ext != "jpg" && ext != "jpeg" && ext != "pdf" && ext != "svg")
         return fail("unknown export format '." + ext + "' (png, jpg, pdf, svg, csv)");
+    // the figure only: no selection outline (UI state) in the file
+    const int keepExpert = selExpert_;
+    const int64_t keepToken = selToken_;
+    const auto keepCell = selCell_;
+    const bool selection = keepExpert >= 0 || keepToken >= 0 || keepCell[0] >= 0;
+    if (selection) {
+        selExpert_ = -1, selToken_ = -1, selCell_ = {-1, -1, -1};
+        drawSelection();
+    }
+    const QRect old = plot_->viewport();
+    auto restore = [&] {
+        if (!fig_.isText) {
+            layOut(plot_, old);
+            if (!density_.empty()) densityDirty_ = true;
+        }
+        if (selection) {
+            selExpert_ = keepExpert, selToken_ = keepToken, selCell_ = keepCell;
+            drawSelection();  // replots
+        } else if (!fig_.isText) {
+            plot_->replot();
+        }
+    };
     // lay the plot out at the export size before the density images are computed
-    const QSize old = plot_->size();
     if (!fig_.isText) {
-        plot_->resize(lw, lh);
-        plot_->replot(QCustomPlot::rpImmediateRefresh);
+        if (const QString why = layoutProblem(QSize(lw, lh)); !why.isEmpty()) {
+            restore();
+            return fail(QString("%1 x %2 pixels at %3 DPI leave the figure a layout of %4 x %5 (pixels at 96 DPI), "
+                                "too small: %6. Give more pixels or a lower DPI.")
+                            .arg(width)
+                            .arg(height)
+                            .arg(dpi)
+                            .arg(lw)
+                            .arg(lh)
+                            .arg(why));
+        }
+        layOut(plot_, QRect(0, 0, lw, lh));
         if (!density_.empty()) updateDensity();
     }
     auto paint = [&](QPainter& painter, int w, int h) {
@@ -767,20 +833,27 @@ bool FigureView::exportTo(const QString& path, int width, int height, double dpi
         }
     };
     bool ok = false;
+    // text is measured for the layout in the widget's logical DPI: drawn at that DPI, each
+    // label has the size its place was made for (drawn at the export DPI, it would be scaled twice)
+    const int layoutDpi = plot_->logicalDpiX();
+    auto dotsPerMeter = [](double d) { return static_cast<int>(std::lround(d / 0.0254)); };
     if (ext == "png" || ext == "jpg" || ext == "jpeg") {
         QImage img(width, height, ext == "png" ? QImage::Format_ARGB32 : QImage::Format_RGB32);
         img.fill(Qt::white);
-        img.setDotsPerMeterX(static_cast<int>(std::lround(dpi / 0.0254)));
-        img.setDotsPerMeterY(static_cast<int>(std::lround(dpi / 0.0254)));
+        img.setDotsPerMeterX(dotsPerMeter(layoutDpi));
+        img.setDotsPerMeterY(dotsPerMeter(layoutDpi));
         {
             QCPPainter painter(&img);
             painter.scale(scale, scale);
             paint(painter, lw, lh);
         }
+        img.setDotsPerMeterX(dotsPerMeter(dpi));  // the file says its resolution
+        img.setDotsPerMeterY(dotsPerMeter(dpi));
         ok = img.save(path, ext == "png" ? "PNG" : "JPG", ext == "png" ? -1 : 92);
     } else if (ext == "svg") {
         QSvgGenerator gen;
         gen.setFileName(path);
+        gen.setResolution(layoutDpi);
         gen.setSize(QSize(lw, lh));
         gen.setViewBox(QRect(0, 0, lw, lh));
         gen.setTitle(q(fig_.title).toHtmlEscaped());  // QSvgGenerator writes it verbatim
@@ -794,7 +867,7 @@ bool FigureView::exportTo(const QString& path, int width, int height, double dpi
         QPdfWriter pdf(path);
         pdf.setTitle(q(fig_.title));
         pdf.setCreator("ExpertScope");
-        pdf.setResolution(96);
+        pdf.setResolution(layoutDpi);
         pdf.setPageSize(QPageSize(QSizeF(lw, lh), QPageSize::Point));
         pdf.setPageMargins(QMarginsF(0, 0, 0, 0));
         QCPPainter painter;
@@ -805,11 +878,7 @@ bool FigureView::exportTo(const QString& path, int width, int height, double dpi
             ok = painter.end();
         }
     }
-    if (!fig_.isText) {
-        plot_->resize(old);
-        if (!density_.empty()) densityDirty_ = true;
-        plot_->replot();
-    }
+    restore();
     return ok ? true : fail("could not be written");
 }
 

@@ -33,10 +33,16 @@ public:
     const Figure& figure() const { return fig_; }
     QCustomPlot* plot() const { return plot_; }
 
-    // Exports to .png / .jpg / .jpeg (width x height pixels at `dpi`: text and lines scale with
-    // dpi / 96), .pdf / .svg (vector; heatmaps embedded as images) or .csv (the figure's data).
-    // width/height 0: the widget's size. Returns false with the reason in *error.
+    // Exports to .png / .jpg / .jpeg, .pdf / .svg (vector; heatmaps embedded as images) or .csv
+    // (the figure's data). An image is width x height pixels at `dpi`, as matplotlib's savefig:
+    // the figure is laid out at (width, height) x 96 / dpi and drawn dpi / 96 times as large, so
+    // the same layout at twice the DPI has twice the pixels. No selection outline is drawn.
+    // width/height 0: the widget's size. A layout too small for the figure's text is an error.
+    // Returns false with the reason in *error.
     bool exportTo(const QString& path, int width, int height, double dpi = 96, QString* error = nullptr);
+    // Why the figure, laid out at `size` (pixels at 96 DPI), does not fit it (a title or a label
+    // cut, an axis rect with no room); empty when it fits.
+    QString layoutProblem(QSize size) const;
     // Renders the figure into an image of the widget's current size (tests, screenshots).
     QImage grabImage();
 

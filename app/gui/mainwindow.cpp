@@ -6,6 +6,7 @@
 #include <QComboBox>
 #include <QDialog>
 #include <QDialogButtonBox>
+#include <QDir>
 #include <QDockWidget>
 #include <QFileDialog>
 #include <QFileInfo>
@@ -604,39 +605,73 @@ void MainWindow::exportDialog() {
         showError("Nothing to export", "The current view shows no figure yet.");
         return;
     }
+    // as matplotlib's savefig: a figure size (here in pixels as on screen, 96 per inch) and a
+    // DPI; the image has size x DPI / 96 pixels and the same layout. Format, DPI and folder are
+    // remembered.
+    auto st = settings();
     QDialog d(this);
     d.setWindowTitle("Export " + p->title());
     auto* form = new QFormLayout(&d);
     auto* fmt = new QComboBox;
+    static const char* exts[] = {"png", "jpg", "pdf", "svg", "csv"};
     fmt->addItems({"PNG image (*.png)", "JPEG image (*.jpg)", "PDF, vector (*.pdf)", "SVG, vector (*.svg)",
                    "Data as CSV (*.csv)"});
+    fmt->setCurrentIndex(std::clamp(st.value("export/format", 0).toInt(), 0, 4));
     auto* w = new QSpinBox;
-    w->setRange(100, 20000);
-    w->setValue(std::max(800, p->figureView()->width()));
+    w->setRange(200, 20000);
+    w->setValue(std::max(400, p->figureView()->width()));
     auto* h = new QSpinBox;
-    h->setRange(100, 20000);
-    h->setValue(std::max(500, p->figureView()->height()));
+    h->setRange(150, 20000);
+    h->setValue(std::max(300, p->figureView()->height()));
+    w->setToolTip("The figure's size in pixels as on screen (96 per inch); the layout is made for this size");
+    h->setToolTip(w->toolTip());
     auto* dpi = new QSpinBox;
     dpi->setRange(50, 1200);
-    dpi->setValue(150);
+    dpi->setValue(std::clamp(st.value("export/dpi", 150).toInt(), 50, 1200));
+    dpi->setToolTip("Image pixels per inch: more pixels, the same layout (matplotlib's savefig dpi)");
+    auto* pixels = new QLabel;
+    pixels->setObjectName("exportPixels");
     auto* all = new QCheckBox("Every layer (one file each)");
     all->setEnabled(!p->layers().empty());
     form->addRow("Format", fmt);
-    form->addRow("Width (px)", w);
-    form->addRow("Height (px)", h);
+    form->addRow("Width (as on screen)", w);
+    form->addRow("Height (as on screen)", h);
     form->addRow("Resolution (DPI)", dpi);
+    form->addRow("Image", pixels);
     form->addRow(all);
+    auto update = [=] {
+        const int i = fmt->currentIndex();
+        const bool raster = i <= 1;
+        dpi->setEnabled(raster);
+        for (auto* x : {w, h}) x->setEnabled(i != 4);
+        pixels->setText(raster ? QString("%1 x %2 pixels at %3 DPI")
+                                     .arg(std::lround(w->value() * dpi->value() / 96.0))
+                                     .arg(std::lround(h->value() * dpi->value() / 96.0))
+                                     .arg(dpi->value())
+                        : i == 4 ? QString("the figure's data as a table")
+                                 : QString("vector, %1 x %2 points").arg(w->value()).arg(h->value()));
+    };
+    for (auto* x : {w, h, dpi}) connect(x, qOverload<int>(&QSpinBox::valueChanged), &d, update);
+    connect(fmt, qOverload<int>(&QComboBox::currentIndexChanged), &d, update);
+    update();
     auto* buttons = new QDialogButtonBox(QDialogButtonBox::Ok | QDialogButtonBox::Cancel);
     form->addRow(buttons);
     connect(buttons, &QDialogButtonBox::accepted, &d, &QDialog::accept);
     connect(buttons, &QDialogButtonBox::rejected, &d, &QDialog::reject);
     if (d.exec() != QDialog::Accepted) return;
-    static const char* exts[] = {"png", "jpg", "pdf", "svg", "csv"};
     const QString ext = exts[fmt->currentIndex()];
-    QString f = QFileDialog::getSaveFileName(this, "Export to", p->id() + "." + ext, fmt->currentText());
+    const QString dir = st.value("export/dir", QDir::homePath()).toString();
+    QString f =
+        QFileDialog::getSaveFileName(this, "Export to", QDir(dir).filePath(p->id() + "." + ext), fmt->currentText());
     if (f.isEmpty()) return;
     if (QFileInfo(f).suffix().toLower() != ext) f += "." + ext;
-    exportView(p->id(), f, w->value(), h->value(), dpi->value(), all->isChecked());
+    st.setValue("export/format", fmt->currentIndex());
+    st.setValue("export/dpi", dpi->value());
+    st.setValue("export/dir", QFileInfo(f).absolutePath());
+    const bool raster = fmt->currentIndex() <= 1;
+    const double scale = raster ? dpi->value() / 96.0 : 1.0;
+    exportView(p->id(), f, static_cast<int>(std::lround(w->value() * scale)),
+               static_cast<int>(std::lround(h->value() * scale)), raster ? dpi->value() : 96, all->isChecked());
 }
 
 bool MainWindow::convertToEmoe(const QString& outDir, int experts, int topK, const QString& layers,

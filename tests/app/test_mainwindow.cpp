@@ -41,6 +41,36 @@ QString outDir() {
     return d;
 }
 constexpr int kJobTimeoutMs = 600000;
+
+// Pixels of the selection outline's red (230, 30, 30).
+int redPixels(const QImage& img) {
+    int n = 0;
+    for (int y = 0; y < img.height(); ++y)
+        for (int x = 0; x < img.width(); ++x) {
+            const QRgb c = img.pixel(x, y);
+            n += qRed(c) > 200 && qGreen(c) < 80 && qBlue(c) < 80;
+        }
+    return n;
+}
+
+// Dark pixels in the image's outermost two rows and columns: where a cut title or label shows.
+int inkOnBorder(const QImage& img) {
+    int n = 0;
+    for (int y = 0; y < img.height(); ++y)
+        for (int x = 0; x < img.width(); ++x)
+            if (x < 2 || y < 2 || x >= img.width() - 2 || y >= img.height() - 2) n += qGray(img.pixel(x, y)) < 160;
+    return n;
+}
+
+double meanAbsDiff(const QImage& a, const QImage& b) {
+    double sum = 0;
+    for (int y = 0; y < a.height(); ++y)
+        for (int x = 0; x < a.width(); ++x) {
+            const QRgb p = a.pixel(x, y), q = b.pixel(x, y);
+            sum += std::abs(qRed(p) - qRed(q)) + std::abs(qGreen(p) - qGreen(q)) + std::abs(qBlue(p) - qBlue(q));
+        }
+    return sum / (3.0 * a.width() * a.height());
+}
 }  // namespace
 
 class TestMainWindow : public QObject {
@@ -191,6 +221,43 @@ private Q_SLOTS:
             QCOMPARE(route->item(r, 0)->text().toInt(), info.moeLayers[r]);
             QVERIFY(route->item(r, 1)->text().startsWith(QString::number(lt.topkExperts[4 * lt.topK]) + " ("));
         }
+
+        // an export is the figure at any DPI, as matplotlib's savefig: the layout made for the
+        // size on screen, drawn with DPI / 96 pixels per screen pixel; no selection outline
+        sim->setMode("weight-similarity");
+        w.tabs()->setCurrentWidget(sim);
+        QCOMPARE(fv->selectedExpert(), 0);
+        QVERIFY(redPixels(fv->grabImage()) > 0);  // the window shows the selection
+        const QSize screen = fv->size();
+        QVERIFY2(fv->layoutProblem(screen).isEmpty(), qPrintable(fv->layoutProblem(screen)));
+        QImage at96;
+        for (int dpi : {96, 150, 300}) {
+            const QString f = tmp.filePath(QString("s1-%1dpi.png").arg(dpi));
+            const QSize px(static_cast<int>(std::lround(screen.width() * dpi / 96.0)),
+                           static_cast<int>(std::lround(screen.height() * dpi / 96.0)));
+            QVERIFY2(w.exportView("similarity", f, px.width(), px.height(), dpi), qPrintable(w.lastError()));
+            const QImage img = QImage(f).convertToFormat(QImage::Format_ARGB32);
+            QCOMPARE(img.size(), px);
+            QCOMPARE(redPixels(img), 0);
+            QVERIFY2(
+                inkOnBorder(img) == 0,
+                qPrintable(
+                    QString("%1 dpi: %2 dark pixels on the image's edge (text cut)").arg(dpi).arg(inkOnBorder(img))));
+            const QImage small = img.scaled(screen, Qt::IgnoreAspectRatio, Qt::SmoothTransformation);
+            if (dpi == 96) at96 = small;
+            else {
+                const double diff = meanAbsDiff(small, at96);
+                QVERIFY2(diff < 6, qPrintable(QString("%1 dpi, scaled to the screen size, differs from 96 dpi by %2 "
+                                                      "per channel: not the same layout")
+                                                  .arg(dpi)
+                                                  .arg(diff)));
+            }
+        }
+        QVERIFY(redPixels(fv->grabImage()) > 0);  // and still does after exporting
+        // a size too small for the figure's text at that DPI is an error, not a clipped image
+        QVERIFY(!w.exportView("similarity", tmp.filePath("tiny.png"), 600, 400, 600));
+        QVERIFY2(w.lastError().contains("too small") && w.lastError().contains("tiny.png"), qPrintable(w.lastError()));
+        QVERIFY(!QFileInfo::exists(tmp.filePath("tiny.png")));
 
         // every view exports in every format; each CSV is the figure's data
         for (ViewPane* p : w.panes())
