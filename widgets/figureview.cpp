@@ -22,6 +22,12 @@ namespace {
 
 QString q(const std::string& s) { return QString::fromStdString(s); }
 
+// v[i], or `none` past its end (the figure's optional per-row and per-point identities)
+template <class T>
+T at(const std::vector<T>& v, size_t i, T none) {
+    return i < v.size() ? v[i] : none;
+}
+
 QString num(double v) {
     if (std::isnan(v)) return "nan";
     return QString::number(v, 'g', 6);
@@ -546,30 +552,30 @@ void FigureView::drawSelection() {
         }
         if (p.hasHeatmap) {
             const HeatmapPanel& h = p.heatmap;
-            const std::string lab = std::to_string(selExpert_);
             if (selExpert_ >= 0) {
-                for (int64_t r = 0; r < h.rows; ++r)
-                    if (r < static_cast<int64_t>(h.rowLabels.size()) && h.rowLabels[r] == lab)
-                        band(-0.5, r - 0.5, h.cols - 0.5, r + 0.5);
-                if (!h.tokenAxis && h.cols != 1)
-                    for (int64_t c = 0; c < h.cols; ++c)
-                        if (c < static_cast<int64_t>(h.colLabels.size()) && h.colLabels[c] == lab)
-                            band(c - 0.5, -0.5, c + 0.5, h.rows - 0.5);
+                for (int64_t r = 0; r < h.rows && r < static_cast<int64_t>(h.rowExpert.size()); ++r)
+                    if (h.rowExpert[r] == selExpert_) band(-0.5, r - 0.5, h.cols - 0.5, r + 0.5);
+                // a run of neighbouring columns of the expert (an expert block) is one band
+                for (int64_t c = 0; c < h.cols && c < static_cast<int64_t>(h.colExpert.size()); ++c) {
+                    if (h.colExpert[c] != selExpert_) continue;
+                    int64_t end = c;
+                    while (end + 1 < static_cast<int64_t>(h.colExpert.size()) && h.colExpert[end + 1] == selExpert_)
+                        ++end;
+                    band(c - 0.5, -0.5, end + 0.5, h.rows - 0.5);
+                    c = end;
+                }
             }
-            if (selToken_ >= 0 && h.tokenAxis) {
-                const std::string prefix = std::to_string(selToken_);
-                // token columns are labelled in the CSV header as "index:piece"
-                for (size_t c = 1; c < fig_.csvHeader.size(); ++c)
-                    if (fig_.csvHeader[c].rfind(prefix + ":", 0) == 0)
-                        band(static_cast<double>(c) - 1.5, -0.5, static_cast<double>(c) - 0.5, h.rows - 0.5);
-            }
+            if (selToken_ >= 0 && h.tokenAxis)
+                for (int64_t c = 0; c < h.cols && c < static_cast<int64_t>(h.colToken.size()); ++c)
+                    if (h.colToken[c] == selToken_) band(c - 0.5, -0.5, c + 0.5, h.rows - 0.5);
         }
         if (selExpert_ < 0) continue;
         for (auto& s : p.series) {
             if (s.group.empty() || s.style == Series::Style::Line) continue;
             QVector<double> xs, ys;
             for (size_t i = 0; i < s.x.size() && i < s.group.size() && xs.size() < 200000; ++i)
-                if (s.group[i] == selExpert_) xs.push_back(s.x[i]), ys.push_back(s.y[i]);
+                if (s.group[i] == selExpert_ || at(s.pairWith, i, -1) == selExpert_)
+                    xs.push_back(s.x[i]), ys.push_back(s.y[i]);
             if (xs.isEmpty()) continue;
             if (s.style == Series::Style::Bars) {
                 for (int i = 0; i < xs.size(); ++i) band(xs[i] - s.barWidth / 2, ys[i], xs[i] + s.barWidth / 2, 0);
@@ -613,14 +619,23 @@ QPoint FigureView::cellCenter(int panel, int row, int col) const {
     return plot_->mapTo(this, QPoint(static_cast<int>(std::floor(x)), static_cast<int>(std::floor(y))));
 }
 
+QPoint FigureView::pointCenter(int panel, int series, size_t i) const {
+    QCPAxisRect* rect = rects_.at(static_cast<size_t>(panel));
+    const Series& s = fig_.panels.at(static_cast<size_t>(panel)).series.at(static_cast<size_t>(series));
+    const double y = s.style == Series::Style::Bars ? s.y.at(i) / 2 : s.y.at(i);
+    const double px = rect->axis(QCPAxis::atBottom)->coordToPixel(s.x.at(i));
+    const double py = rect->axis(QCPAxis::atLeft)->coordToPixel(y);
+    return plot_->mapTo(this, QPoint(static_cast<int>(std::lround(px)), static_cast<int>(std::lround(py))));
+}
+
 QCPAxisRect* FigureView::panelRect(int panel) const { return rects_.at(static_cast<size_t>(panel)); }
 
 std::pair<double, double> FigureView::colorRange(int panel) const { return ranges_.at(static_cast<size_t>(panel)); }
 
-QString FigureView::toolTipAt(const QPoint& pos) const {
-    if (fig_.isText) return text_->tipAt(text_->mapFrom(this, pos));
+FigureView::Hit FigureView::hitAt(const QPoint& pos) const {
+    Hit hit;
     const int pi = panelAt(pos);
-    if (pi < 0) return {};
+    if (pi < 0 || fig_.isText) return hit;
     const Panel& p = fig_.panels[static_cast<size_t>(pi)];
     QCPAxisRect* rect = rects_[static_cast<size_t>(pi)];
     QCPAxis* xa = rect->axis(QCPAxis::atBottom);
@@ -629,7 +644,59 @@ QString FigureView::toolTipAt(const QPoint& pos) const {
     if (p.hasHeatmap) {
         const HeatmapPanel& h = p.heatmap;
         const int64_t c = std::lround(xa->pixelToCoord(pp.x())), r = std::lround(ya->pixelToCoord(pp.y()));
-        if (r < 0 || r >= h.rows || c < 0 || c >= h.cols) return {};
+        if (r >= 0 && r < h.rows && c >= 0 && c < h.cols) hit.panel = pi, hit.row = r, hit.col = c;
+        return hit;
+    }
+    // a bar under the pointer, else the nearest point within 10 pixels
+    double best = 100.0;
+    for (size_t si = 0; si < p.series.size(); ++si) {
+        const Series& s = p.series[si];
+        for (size_t i = 0; i < s.x.size(); ++i) {
+            const double px = xa->coordToPixel(s.x[i]), py = ya->coordToPixel(s.y[i]);
+            if (s.style == Series::Style::Bars) {
+                const double x0 = xa->coordToPixel(s.x[i] - s.barWidth / 2),
+                             x1 = xa->coordToPixel(s.x[i] + s.barWidth / 2), y0 = ya->coordToPixel(0);
+                if (pp.x() >= std::min(x0, x1) && pp.x() <= std::max(x0, x1) && pp.y() >= std::min(py, y0) &&
+                    pp.y() <= std::max(py, y0)) {
+                    hit.panel = pi, hit.series = static_cast<int>(si), hit.point = i;
+                    return hit;
+                }
+                continue;
+            }
+            const double d2 = (px - pp.x()) * (px - pp.x()) + (py - pp.y()) * (py - pp.y());
+            if (d2 < best) best = d2, hit.panel = pi, hit.series = static_cast<int>(si), hit.point = i;
+        }
+    }
+    return hit;
+}
+
+int FigureView::expertOf(const Hit& hit) const {
+    if (hit.panel < 0) return -1;
+    const Panel& p = fig_.panels[static_cast<size_t>(hit.panel)];
+    if (p.hasHeatmap) {
+        const HeatmapPanel& h = p.heatmap;
+        const int byRow = at(h.rowExpert, static_cast<size_t>(hit.row), -1);
+        return byRow >= 0 ? byRow : at(h.colExpert, static_cast<size_t>(hit.col), -1);
+    }
+    return hit.series < 0 ? -1 : at(p.series[static_cast<size_t>(hit.series)].group, hit.point, -1);
+}
+
+int64_t FigureView::tokenOf(const Hit& hit) const {
+    if (hit.panel < 0) return -1;
+    const Panel& p = fig_.panels[static_cast<size_t>(hit.panel)];
+    if (p.hasHeatmap)
+        return p.heatmap.tokenAxis ? at(p.heatmap.colToken, static_cast<size_t>(hit.col), int64_t{-1}) : -1;
+    return hit.series < 0 ? -1 : at(p.series[static_cast<size_t>(hit.series)].token, hit.point, int64_t{-1});
+}
+
+QString FigureView::toolTipAt(const QPoint& pos) const {
+    if (fig_.isText) return text_->tipAt(text_->mapFrom(this, pos));
+    const Hit hit = hitAt(pos);
+    if (hit.panel < 0 || (hit.series < 0 && hit.row < 0)) return {};
+    const Panel& p = fig_.panels[static_cast<size_t>(hit.panel)];
+    if (p.hasHeatmap) {
+        const HeatmapPanel& h = p.heatmap;
+        const int64_t r = hit.row, c = hit.col;
         const QString rl = r < static_cast<int64_t>(h.rowLabels.size()) ? q(h.rowLabels[r]) : QString::number(r);
         const QString cl = c < static_cast<int64_t>(h.colLabels.size()) ? q(h.colLabels[c]) : QString::number(c);
         // the stored value exactly as the CSV has it (a one-panel figure's CSV is its matrix)
@@ -640,38 +707,36 @@ QString FigureView::toolTipAt(const QPoint& pos) const {
                                    : static_cast<double>(static_cast<float>(v)) == v
                                        ? formatFloat(static_cast<float>(v))
                                        : formatDouble(v);
-        return QString("%1 %2, %3 %4: %5 (%6)").arg(q(p.yLabel), rl, q(p.xLabel), cl, q(stored), q(h.valueLabel));
+        QString tip =
+            QString("%1 %2, %3 %4: %5 (%6)").arg(q(p.yLabel), rl, q(p.xLabel), cl, q(stored), q(h.valueLabel));
+        // a column of an expert block (activation blocks) says whose it is
+        if (at(h.rowExpert, static_cast<size_t>(r), -1) < 0)
+            if (const int e = at(h.colExpert, static_cast<size_t>(c), -1); e >= 0 && p.xLabel != "expert")
+                tip += QString(", expert %1").arg(e);
+        return tip;
     }
-    // nearest point within 10 pixels
-    double best = 100.0;
+    const Series& s = p.series[static_cast<size_t>(hit.series)];
+    const size_t i = hit.point;
     QString tip;
-    for (auto& s : p.series) {
-        for (size_t i = 0; i < s.x.size(); ++i) {
-            double px = xa->coordToPixel(s.x[i]), py = ya->coordToPixel(s.y[i]);
-            if (s.style == Series::Style::Bars) {
-                const double x0 = xa->coordToPixel(s.x[i] - s.barWidth / 2),
-                             x1 = xa->coordToPixel(s.x[i] + s.barWidth / 2);
-                const double y0 = ya->coordToPixel(0);
-                if (pp.x() >= std::min(x0, x1) && pp.x() <= std::max(x0, x1) && pp.y() >= std::min(py, y0) &&
-                    pp.y() <= std::max(py, y0)) {
-                    const QString where = !p.xTicks.empty()
-                                              ? q(p.xTicks[std::clamp<size_t>(static_cast<size_t>(std::lround(s.x[i])),
-                                                                              0, p.xTicks.size() - 1)])
-                                              : num(s.x[i]);
-                    const QString tip = QString("%1, %2 %3: %4").arg(q(s.name), q(p.xLabel), where, num(s.y[i]));
-                    return i < s.group.size() && s.group[i] >= 0 ? QString("expert %1 - ").arg(s.group[i]) + tip : tip;
-                }
-                continue;
-            }
-            const double d2 = (px - pp.x()) * (px - pp.x()) + (py - pp.y()) * (py - pp.y());
-            if (d2 < best) {
-                best = d2;
-                tip =
-                    QString("%1: %2 = %3, %4 = %5").arg(q(s.name), q(p.xLabel), num(s.x[i]), q(p.yLabel), num(s.y[i]));
-                if (i < s.pointLabels.size()) tip = q(s.pointLabels[i]) + " - " + tip;
-                else if (i < s.group.size() && s.group[i] >= 0) tip = QString("expert %1 - ").arg(s.group[i]) + tip;
-            }
-        }
+    if (s.style == Series::Style::Bars) {
+        const QString where =
+            !p.xTicks.empty()
+                ? q(p.xTicks[std::clamp<size_t>(static_cast<size_t>(std::lround(s.x[i])), 0, p.xTicks.size() - 1)])
+                : num(s.x[i]);
+        tip = QString("%1, %2 %3: %4").arg(q(s.name), q(p.xLabel), where, num(s.y[i]));
+    } else {
+        tip = QString("%1: %2 = %3, %4 = %5").arg(q(s.name), q(p.xLabel), num(s.x[i]), q(p.yLabel), num(s.y[i]));
+    }
+    // who the point is: a labelled point, an expert pair, an expert; and the token it is about
+    const int e = at(s.group, i, -1), other = at(s.pairWith, i, -1);
+    if (i < s.pointLabels.size()) tip = q(s.pointLabels[i]) + " - " + tip;
+    else if (e >= 0 && other >= 0) tip = QString("experts %1 and %2 - ").arg(e).arg(other) + tip;
+    else if (e >= 0) tip = QString("expert %1 - ").arg(e) + tip;
+    if (const int64_t t = at(s.token, i, int64_t{-1}); t >= 0) {
+        QString piece = t < static_cast<int64_t>(fig_.tokenPieces.size())
+                            ? QString(" '%1'").arg(q(fig_.tokenPieces[static_cast<size_t>(t)]))
+                            : QString();
+        tip = QString("token %1%2, ").arg(t).arg(piece) + tip;
     }
     return tip;
 }
@@ -682,38 +747,18 @@ void FigureView::clicked(const QPoint& posInPlot) {
         if (t >= 0) Q_EMIT tokenClicked(t);
         return;
     }
-    const QPoint pos = plot_->mapTo(this, posInPlot);
-    const int pi = panelAt(pos);
-    if (pi < 0) return;
-    const Panel& p = fig_.panels[static_cast<size_t>(pi)];
-    QCPAxisRect* rect = rects_[static_cast<size_t>(pi)];
-    if (p.hasHeatmap) {
-        const HeatmapPanel& h = p.heatmap;
-        const int64_t c = std::lround(rect->axis(QCPAxis::atBottom)->pixelToCoord(posInPlot.x()));
-        const int64_t r = std::lround(rect->axis(QCPAxis::atLeft)->pixelToCoord(posInPlot.y()));
-        if (r < 0 || r >= h.rows || c < 0 || c >= h.cols) return;
-        if (h.tokenAxis && static_cast<size_t>(c + 1) < fig_.csvHeader.size()) {
-            const std::string& head = fig_.csvHeader[static_cast<size_t>(c + 1)];  // "index:piece"
-            long long t = -1;
-            auto [end, ec] = std::from_chars(head.data(), head.data() + head.size(), t);
-            if (ec == std::errc() && end != head.data() && *end == ':') Q_EMIT tokenClicked(t);
-        }
-        // an expert x expert matrix: the clicked pair stays outlined
-        if (!h.tokenAxis) {
-            selCell_ = {pi, static_cast<int>(r), static_cast<int>(c)};
-            drawSelection();
-        }
-        if (static_cast<size_t>(r) < h.rowLabels.size()) {
-            const std::string& lab = h.rowLabels[static_cast<size_t>(r)];
-            int e = -1;
-            auto [end, ec] = std::from_chars(lab.data(), lab.data() + lab.size(), e);
-            if (ec == std::errc() && end == lab.data() + lab.size()) Q_EMIT expertClicked(e);  // an expert row
-        }
-        return;
+    // what is under the pointer, from the figure's own data: the expert of the row, column,
+    // bar or point, and the token of a token column or point
+    const Hit hit = hitAt(plot_->mapTo(this, posInPlot));
+    if (hit.panel < 0 || (hit.series < 0 && hit.row < 0)) return;
+    const Panel& p = fig_.panels[static_cast<size_t>(hit.panel)];
+    // an expert x expert matrix: the clicked pair stays outlined
+    if (p.hasHeatmap && !p.heatmap.rowExpert.empty() && !p.heatmap.colExpert.empty()) {
+        selCell_ = {hit.panel, static_cast<int>(hit.row), static_cast<int>(hit.col)};
+        drawSelection();
     }
-    const QString tip = toolTipAt(pos);
-    if (tip.startsWith("expert ")) Q_EMIT expertClicked(tip.section(' ', 1, 1).toInt());
-    else if (!tip.isEmpty() && tip.at(0).isDigit()) Q_EMIT expertClicked(tip.section(' ', 0, 0).toInt());
+    if (const int64_t t = tokenOf(hit); t >= 0) Q_EMIT tokenClicked(t);
+    if (const int e = expertOf(hit); e >= 0) Q_EMIT expertClicked(e);
 }
 
 namespace {

@@ -58,6 +58,9 @@ public:
     QString toolTipAt(const QPoint& pos) const;
     // The centre of heatmap cell (row, col) of panel `panel`, in widget coordinates.
     QPoint cellCenter(int panel, int row, int col) const;
+    // The centre of point i of series `series` of panel `panel` (a bar: the middle of the bar),
+    // in widget coordinates.
+    QPoint pointCenter(int panel, int series, size_t i) const;
     // The colour range a heatmap panel is drawn with.
     std::pair<double, double> colorRange(int panel) const;
     int panelCount() const { return static_cast<int>(rects_.size()); }
@@ -71,6 +74,15 @@ protected:
     bool event(QEvent* e) override;
 
 private:
+    // What is under a point of the widget: a heatmap cell (row, col) or a series' point or bar.
+    struct Hit {
+        int panel = -1, series = -1;
+        size_t point = 0;
+        int64_t row = -1, col = -1;
+    };
+    Hit hitAt(const QPoint& pos) const;
+    int expertOf(const Hit& hit) const;     // -1: none
+    int64_t tokenOf(const Hit& hit) const;  // -1: none
     void rebuild();
     void drawSelection();
     void updateDensity();

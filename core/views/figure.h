@@ -26,6 +26,11 @@ struct HeatmapPanel {
     std::vector<int64_t> rowSeparators;  // a line above each of these rows
     std::vector<int64_t> colSeparators;  // a line left of each of these columns
     bool tokenAxis = false;              // columns are tokens (select a token by clicking a column)
+    // What the rows and columns stand for, for selection and highlighting (never read back from
+    // labels or tooltips): the expert of each row / column, -1 for one that is no expert (the
+    // dense F row, a shared expert); empty where the axis is not experts (layers, neurons, tokens).
+    std::vector<int> rowExpert, colExpert;
+    std::vector<int64_t> colToken;  // tokenAxis: each column's position in the run
     double value(int64_t r, int64_t c) const { return values[static_cast<size_t>(r * cols + c)]; }
 };
 
@@ -39,6 +44,8 @@ struct Series {
     std::vector<double> x, y;
     std::vector<std::string> pointLabels;  // drawn beside each point when not empty
     std::vector<int> group;                // per point: the expert it belongs to (-1 none); colours and selection
+    std::vector<int> pairWith;             // per point of an expert-pair plot: the pair's other expert
+    std::vector<int64_t> token;            // per point: the token (position in the run) it is about
     int groups = 0;                        // number of groups (the colour map is spread over them)
     int color = -1;                        // palette index; -1: the series' position
     bool dashed = false, emphasised = false;
@@ -77,6 +84,7 @@ struct Figure {
     std::vector<Panel> panels;  // side by side
     bool isText = false;
     TokenRun text;
+    std::vector<std::string> tokenPieces;  // the run's token pieces, naming Series::token in tooltips
     // The data behind the figure as a table, exactly as stored (float32 values print with 9
     // significant digits, so they read back bit for bit).
     std::vector<std::string> csvHeader;

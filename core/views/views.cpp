@@ -235,6 +235,24 @@ void heatmapFrom(Figure& f, Panel& p, const Data& d, std::vector<std::string> ro
     }
 }
 
+// The expert each label of a stored expert axis names: routed experts are labelled by their
+// number; the dense reference ("F") and shared experts ("SE", "S0") are no routed expert (-1).
+std::vector<int> expertAxis(const std::vector<std::string>& labels) {
+    std::vector<int> out;
+    for (const auto& l : labels) {
+        int e = -1;
+        auto [end, ec] = std::from_chars(l.data(), l.data() + l.size(), e);
+        out.push_back(ec == std::errc() && end == l.data() + l.size() && e >= 0 ? e : -1);
+    }
+    return out;
+}
+
+std::vector<int> iota(int64_t n, int64_t first = 0) {
+    std::vector<int> v(static_cast<size_t>(n));
+    for (int64_t i = 0; i < n; ++i) v[static_cast<size_t>(i)] = static_cast<int>(first + i);
+    return v;
+}
+
 // Colour range over all layers of `suffix` in the result (the paper's "full" colour bar).
 void globalRange(const Session& s, const std::string& id, const std::string& suffix, HeatmapPanel& h) {
     const Result& r = s.result(id);
@@ -294,6 +312,7 @@ Figure similarityFigure(const Session& s, const ViewRequest& req, const Similari
     Panel p;
     p.xLabel = p.yLabel = "expert";
     heatmapFrom(f, p, d, d.labels(), d.labels(), tau ? "Kendall's tau" : "cosine similarity");
+    p.heatmap.rowExpert = p.heatmap.colExpert = expertAxis(p.heatmap.rowLabels);
     if (req.scale == "global") globalRange(s, id, suffix, p.heatmap);
     f.panels.push_back(std::move(p));
     return f;
@@ -326,19 +345,26 @@ Figure routerVsWeights(const Session& s, const ViewRequest& req) {
     p.yLabel = "router-row similarity";
     Series pts{"expert pairs", Series::Style::Scatter};
     const int64_t Q = pairs.dim(0), C = pairs.dim(1);
-    f.csvHeader = {"pair", matrix, "router"};
+    // the stored pairs are the lower triangle row by row: (1,0), (2,0), (2,1), (3,0), ...
+    f.csvHeader = {"pair", "expert_a", "expert_b", matrix, "router"};
     double xmin = INFINITY, xmax = -INFINITY;
+    int a = 1, b = 0;
     for (int64_t q = 0; q < Q; ++q) {
         const double x = pairs.v[q * C + col], y = pairs.v[q * C + 0];
         pts.x.push_back(x);
         pts.y.push_back(y);
+        pts.group.push_back(a);
+        pts.pairWith.push_back(b);
         xmin = std::min(xmin, x), xmax = std::max(xmax, x);
-        f.csvRows.push_back({std::to_string(q), pairs.text(q * C + col), pairs.text(q * C)});
+        f.csvRows.push_back(
+            {std::to_string(q), std::to_string(a), std::to_string(b), pairs.text(q * C + col), pairs.text(q * C)});
+        if (++b == a) ++a, b = 0;
     }
+    pts.color = 0;  // one colour: a pair is no one expert's
     p.series.push_back(std::move(pts));
-    const double a = slope.v[li * nc + mcol], b = intercept.v[li * nc + mcol];
-    if (Q > 0 && std::isfinite(a) && std::isfinite(b)) {
-        Series fit{"least squares", Series::Style::Line, {xmin, xmax}, {b + a * xmin, b + a * xmax}};
+    const double k = slope.v[li * nc + mcol], d0 = intercept.v[li * nc + mcol];
+    if (Q > 0 && std::isfinite(k) && std::isfinite(d0)) {
+        Series fit{"least squares", Series::Style::Line, {xmin, xmax}, {d0 + k * xmin, d0 + k * xmax}};
         fit.markers = false;
         p.series.push_back(std::move(fit));
     }
@@ -461,6 +487,7 @@ Figure outputSimilarity(const Session& s, const ViewRequest& req) {
         shape2.shape = {R, R};
         slice.a = &shape2;
         heatmapFrom(f, p, slice, d.labels(), d.labels(), "cosine similarity");
+        p.heatmap.rowExpert = p.heatmap.colExpert = expertAxis(p.heatmap.rowLabels);
         slice.a = nullptr;
         f.title = "Expert output similarity (D1), run " + run + ", layer " + std::to_string(L) + ", token " +
                   std::to_string(req.token);
@@ -468,6 +495,7 @@ Figure outputSimilarity(const Session& s, const ViewRequest& req) {
         if (req.token < static_cast<int64_t>(pieces.size())) f.title += " '" + pieces[req.token] + "'";
     } else {
         heatmapFrom(f, p, d, d.labels(), d.labels(), measure == "angular" ? "angular similarity" : "cosine similarity");
+        p.heatmap.rowExpert = p.heatmap.colExpert = expertAxis(p.heatmap.rowLabels);
         f.title = "Expert output similarity (D1, token mean), run " + run + ", layer " + std::to_string(L);
         if (req.scale == "global") globalRange(s, id, suffix, p.heatmap);
     }
@@ -596,7 +624,9 @@ Figure normsVsScores(const Session& s, const ViewRequest& req) {
             sr.x.push_back(n.v[i]);
             sr.y.push_back(sc.v[i]);
             sr.group.push_back(static_cast<int>(e));
+            sr.token.push_back(t);
         }
+    if (s.hasRun(run)) f.tokenPieces = s.runTokenPieces(run);
     // T x E rows: written out only when the CSV is asked for
     f.csvRowsLater = [n = std::make_shared<const Array>(*n.a), sc = std::make_shared<const Array>(*sc.a),
                       chosen = std::move(chosen), T, E](std::vector<std::vector<std::string>>& rows) {
@@ -724,6 +754,8 @@ Figure routingMap(const Session& s, const ViewRequest& req) {
     heatmapFrom(f, p, part, d.labels(), cols, "combine weight");
     p.heatmap.colormap = "blues";
     p.heatmap.tokenAxis = true;
+    p.heatmap.rowExpert = expertAxis(p.heatmap.rowLabels);
+    for (int64_t c = b; c < e; ++c) p.heatmap.colToken.push_back(c);
     double mx = 1.0;
     for (double x : part.v) mx = std::max(mx, x);
     p.heatmap.lo = 0;
@@ -819,6 +851,7 @@ Figure expertLoad(const Session& s, const ViewRequest& req) {
     h.values = frac.v;
     for (int l : layers) h.rowLabels.push_back(std::to_string(l));
     h.colLabels = bars.xTicks;
+    h.colExpert = iota(E);  // rows are layers
     h.valueLabel = "share";
     h.lo = 0;
     f.panels = {bars, all};
@@ -895,6 +928,8 @@ Figure gateActivations(const Session& s, const ViewRequest& req) {
         row.resize(static_cast<size_t>(W + 1));
         f.csvRows.push_back(std::move(row));
     }
+    h.rowExpert = iota(E);  // columns are neurons; the SE and F rows are no routed expert
+    h.rowExpert.resize(static_cast<size_t>(h.rows), -1);
     h.valueLabel = "activation";
     if (req.scale == "global") {  // the paper's full colour bar: global minimum to 1.0
         double lo = INFINITY;
@@ -988,6 +1023,8 @@ Figure activationBlocks(const Session& s, const ViewRequest& req) {
         for (int64_t t = 0; t < N; ++t)
             for (int64_t c = 0; c < F; ++c) h.values[t * F + c] = std::abs(acts.v[t * F + (sorted ? c : pos[c])]);
         for (int64_t c = 0; c < F; ++c) h.colLabels.push_back(std::to_string(sorted ? order[c] : c));
+        for (int64_t c = 0; c < F; ++c)
+            h.colExpert.push_back(static_cast<int>(std::min(E - 1, (sorted ? c : pos[c]) / S)));
         h.rowLabels = rows;
         h.colormap = "blues";
         h.lo = 0;

@@ -213,9 +213,17 @@ def test_static_tables_csv_equal_session(cli, session, h5, tmp_path):
         export(cli, session, out, "router-vs-weights", "--layer", "2", "--matrix", m)
         header, rows = read_csv(out)
         pairs = a["router_weight_regression/layers/2/pairs"][()]
-        assert header == ["pair", m, "router"]
-        assert np.array_equal(f32([r[1] for r in rows]), pairs[:, col])
-        assert np.array_equal(f32([r[2] for r in rows]), pairs[:, 0])
+        assert header == ["pair", "expert_a", "expert_b", m, "router"]
+        assert np.array_equal(f32([r[3] for r in rows]), pairs[:, col])
+        assert np.array_equal(f32([r[4] for r in rows]), pairs[:, 0])
+        # each pair names its two experts: its x is their mean-neuron similarity (S2), its y
+        # their router-row similarity (S4)
+        ea, eb = np.array([int(r[1]) for r in rows]), np.array([int(r[2]) for r in rows])
+        assert np.all(ea > eb) and len(set(zip(ea, eb))) == len(rows)
+        s2 = a[f"neuron_mean_similarity/layers/2/{m}"][()]
+        s4 = a["router_similarity/layers/2/router"][()]
+        assert np.allclose(pairs[:, col], s2[ea, eb], atol=1e-6)
+        assert np.allclose(pairs[:, 0], s4[ea, eb], atol=1e-6)
         export(cli, session, out, "matrix-pca", "--layer", "2", "--matrix", m)
         header, rows = read_csv(out)
         ds = a[f"matrix_pca/layers/2/{m}"]

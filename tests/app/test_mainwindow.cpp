@@ -353,6 +353,133 @@ private Q_SLOTS:
         QVERIFY(panel.importFile(notjson.fileName()).contains("line 1.text"));
     }
 
+    // A click selects what is under the pointer, read from the figure's data (never from a
+    // tooltip or a label): in every kind of view, the expert of the row, column, bar or point,
+    // and the token of a token column or point
+    void clicksSelectWhatIsUnderThePointer() {
+        const QString demo = QString::fromStdString(demoDirectory());
+        MainWindow w;
+        w.resize(1400, 900);
+        w.show();
+        QVERIFY(QTest::qWaitForWindowExposed(&w));
+        QVERIFY(w.openCheckpoint(demo + "/moe", demo + "/dense"));
+        QVERIFY(w.runPrompts({"Experts route every token to two of the eight experts here."}));
+        QVERIFY(w.jobs()->waitForIdle(kJobTimeoutMs));
+        QVERIFY2(w.lastError().isEmpty(), qPrintable(w.lastError()));
+        const Session* s = w.session();
+        auto show = [&](const char* pane, const char* view) {
+            ViewPane* p = w.pane(pane);
+            p->setMode(view);
+            w.tabs()->setCurrentWidget(p);
+            return p->hasFigure() ? p->figureView() : nullptr;
+        };
+        auto click = [](FigureView* v, QPoint at) {
+            QTest::mouseClick(v->plot(), Qt::LeftButton, {}, v->plot()->mapFrom(v, at));
+        };
+
+        // heatmaps: {pane, view, panel, row, column, the expert meant (-1: none), why}
+        struct Cell {
+            const char *pane, *view;
+            int panel, row, col, expert;
+            const char* why;
+        };
+        for (const Cell& c : {Cell{"similarity", "weight-similarity", 0, 5, 2, 5, "an expert x expert matrix: the row"},
+                              Cell{"similarity", "weight-similarity", 0, 8, 3, 3, "the dense F row: the column"},
+                              Cell{"routing", "expert-load", 1, 2, 5, 5, "rows are layers: the column"},
+                              Cell{"activations", "gate-activations", 0, 3, 6, 3, "columns are neurons: the row"},
+                              Cell{"activations", "gate-activations", 0, 8, 6, -1, "the F row of neurons: none"},
+                              Cell{"routing", "routing-map", 0, 1, 4, 1, "columns are tokens: the row"},
+                              Cell{"diversity", "output-similarity", 0, 6, 1, 6, "an expert x expert matrix"}}) {
+            FigureView* v = show(c.pane, c.view);
+            QVERIFY2(v, c.view);
+            w.selectExpert(-1);
+            click(v, v->cellCenter(c.panel, c.row, c.col));
+            QVERIFY2(v->selectedExpert() == c.expert, qPrintable(QString("%1 (%2, %3), %4: selected %5")
+                                                                     .arg(c.view)
+                                                                     .arg(c.row)
+                                                                     .arg(c.col)
+                                                                     .arg(c.why)
+                                                                     .arg(v->selectedExpert())));
+        }
+        QCOMPARE(show("similarity", "weight-similarity")->figure().panels[0].heatmap.rowLabels.at(8), std::string("F"));
+        QCOMPARE(show("routing", "routing-map")->selectedToken(), qint64(4));  // the token column clicked above
+
+        // bars: an expert's bar selects it; a bar of a rank is no expert
+        FigureView* load = show("routing", "expert-load");
+        w.selectExpert(-1);
+        click(load, load->pointCenter(0, 0, 3));
+        QCOMPARE(load->selectedExpert(), 3);
+        FigureView* ranks = show("norms", "rank-counts");
+        w.selectExpert(-1);
+        click(ranks, ranks->pointCenter(0, 2, 5));
+        QCOMPARE(ranks->selectedExpert(), -1);
+
+        // points: the point under the pointer, where no point of another expert lies close
+        auto isolated = [](FigureView* v, int panel, int series) {
+            const Series& sr = v->figure().panels[panel].series[series];
+            size_t best = 0;
+            double bestD = -1;
+            for (size_t i = 0; i < sr.x.size(); ++i) {
+                double d = 1e9;
+                const QPoint pi = v->pointCenter(panel, series, i);
+                for (size_t si = 0; si < v->figure().panels[panel].series.size(); ++si)
+                    for (size_t j = 0; j < v->figure().panels[panel].series[si].x.size(); ++j) {
+                        if (si == static_cast<size_t>(series) && j == i) continue;
+                        const QPoint pj = v->pointCenter(panel, static_cast<int>(si), j);
+                        d = std::min(d, std::hypot(pi.x() - pj.x(), pi.y() - pj.y()));
+                    }
+                if (d > bestD) bestD = d, best = i;
+            }
+            return best;
+        };
+        // S5: an expert pair, (1,0), (2,0), (2,1), (3,0), ... as stored; the pair's first expert
+        FigureView* s5 = show("router", "router-vs-weights");
+        QVERIFY(s5);
+        const size_t q = isolated(s5, 0, 0);
+        int a = 1, b = 0;
+        for (size_t k = 0; k < q; ++k)
+            if (++b == a) ++a, b = 0;
+        w.selectExpert(-1);
+        click(s5, s5->pointCenter(0, 0, q));
+        QCOMPARE(s5->selectedExpert(), a);
+        QVERIFY2(s5->toolTipAt(s5->pointCenter(0, 0, q)).startsWith(QString("experts %1 and %2 - ").arg(a).arg(b)),
+                 qPrintable(s5->toolTipAt(s5->pointCenter(0, 0, q))));
+        // D2: a token's expert; the tooltip names the token
+        FigureView* d2 = show("norms", "norms-vs-scores");
+        QVERIFY(d2);
+        const Series& chosen = d2->figure().panels[0].series[1];
+        const size_t i2 = isolated(d2, 0, 1);
+        const int64_t t = chosen.token.at(i2);
+        const int e = chosen.group.at(i2);
+        const auto& normsArr = s->result("norm_score_ranks/" + s->runNames().front())
+                                   .arrays.at("layers/" + std::to_string(w.pane("norms")->request().layer) + "/norms");
+        QCOMPARE(chosen.x.at(i2), normsArr.toDoubles().at(static_cast<size_t>(t * normsArr.shape[1] + e)));
+        w.selectExpert(-1);
+        click(d2, d2->pointCenter(0, 1, i2));
+        QCOMPARE(d2->selectedExpert(), e);
+        const QString piece = QString::fromStdString(s->runTokenPieces(s->runNames().front()).at(t));
+        QVERIFY2(d2->toolTipAt(d2->pointCenter(0, 1, i2)).startsWith(QString("token %1 '%2', ").arg(t).arg(piece)),
+                 qPrintable(d2->toolTipAt(d2->pointCenter(0, 1, i2))));
+        // S7: a neuron selects the expert it belongs to (the stored owner)
+        FigureView* s7 = show("pca", "neuron-pca");
+        QVERIFY(s7);
+        const size_t n = isolated(s7, 0, 0);
+        const auto owner = s->result("neuron_pca")
+                               .arrays.at("layers/" + std::to_string(w.pane("pca")->request().layer) + "/gate_expert")
+                               .toDoubles();
+        w.selectExpert(-1);
+        click(s7, s7->pointCenter(0, 0, n));
+        QCOMPARE(s7->selectedExpert(), static_cast<int>(owner.at(n)));
+        // S6: an expert's point
+        FigureView* s6 = show("pca", "matrix-pca");
+        QVERIFY(s6);
+        const size_t m = isolated(s6, 0, 0);
+        w.selectExpert(-1);
+        click(s6, s6->pointCenter(0, 0, m));
+        QCOMPARE(QString::number(s6->selectedExpert()),
+                 QString::fromStdString(s6->figure().panels[0].series[0].pointLabels.at(m)));
+    }
+
     // An EMoE model made from the dense demo opens like any MoE; its modularity tab fills
     void opensAnEmoeModel() {
         const QString demo = QString::fromStdString(demoDirectory());
