@@ -187,6 +187,7 @@ FigureView::FigureView(QWidget* parent) : QWidget(parent) {
         if (ev->button() == Qt::LeftButton) clicked(ev->pos());
     });
     connect(plot_, &QCustomPlot::beforeReplot, this, [this] {
+        fitTitles(plot_->viewport().width());
         if (densityDirty_) updateDensity();
     });
     setMouseTracking(true);
@@ -220,6 +221,7 @@ void FigureView::rebuild() {
     marginGroups_.clear();
     plot_->plotLayout()->clear();
     rects_.clear();
+    titles_.clear();
     density_.clear();
     ranges_.clear();
     if (fig_.isText) {
@@ -229,6 +231,7 @@ void FigureView::rebuild() {
     }
     stack_->setCurrentWidget(plot_);
     auto* title = new QCPTextElement(plot_, q(fig_.title), QFont("sans", 11, QFont::Bold));
+    titles_.push_back({title, q(fig_.title), 1.0});
     plot_->plotLayout()->addElement(0, 0, title);
     auto* grid = new QCPLayoutGrid;
     plot_->plotLayout()->addElement(1, 0, grid);
@@ -242,7 +245,9 @@ void FigureView::rebuild() {
         grid->addElement(0, col++, panelGrid);
         int row = 0;
         if (!p.title.empty()) {
-            panelGrid->addElement(row++, 0, new QCPTextElement(plot_, q(p.title), QFont("sans", 9)));
+            auto* pt = new QCPTextElement(plot_, q(p.title), QFont("sans", 9));
+            titles_.push_back({pt, q(p.title), 1.0 / static_cast<double>(fig_.panels.size())});
+            panelGrid->addElement(row++, 0, pt);
             panelGrid->setRowStretchFactor(0, 0.001);
         }
         panelGrid->addElement(row, 0, rect);
@@ -771,9 +776,31 @@ void layOut(QCustomPlot* plot, const QRect& viewport) {
 }
 }  // namespace
 
+void FigureView::fitTitles(int width) const {
+    // a title wider than its place breaks into lines at ", " (else at spaces), as few as fit
+    for (const auto& t : titles_) {
+        const QFontMetrics fm(t.element->font());
+        const int room = std::max(80, static_cast<int>(width * t.share) - 24);
+        QStringList lines;
+        QString line;
+        const QString sep = t.text.contains(", ") ? ", " : " ";
+        const QStringList parts = t.text.split(sep);
+        for (int i = 0; i < parts.size(); ++i) {
+            const QString piece = parts[i] + (i + 1 < parts.size() ? sep.trimmed() : QString());
+            const QString joined = line.isEmpty() ? piece : line + " " + piece;
+            if (!line.isEmpty() && fm.horizontalAdvance(joined) > room) lines << line, line = piece;
+            else line = joined;
+        }
+        lines << line;
+        const QString text = lines.join('\n');
+        if (t.element->text() != text) t.element->setText(text);
+    }
+}
+
 QString FigureView::layoutProblem(QSize size) const {
     if (fig_.isText) return {};
     const QRect keep = plot_->viewport();
+    fitTitles(size.width());
     layOut(plot_, QRect(QPoint(0, 0), size));
     QString why;
     const QRect view = plot_->viewport().adjusted(-1, -1, 1, 1);
@@ -790,6 +817,7 @@ QString FigureView::layoutProblem(QSize size) const {
             why = "no room for the colour bar";
         }
     }
+    fitTitles(keep.width());
     layOut(plot_, keep);
     return why;
 }
@@ -843,6 +871,7 @@ bool FigureView::exportTo(const QString& path, int width, int height, double dpi
     const QRect old = plot_->viewport();
     auto restore = [&] {
         if (!fig_.isText) {
+            fitTitles(old.width());
             layOut(plot_, old);
             if (!density_.empty()) densityDirty_ = true;
         }
@@ -866,6 +895,7 @@ bool FigureView::exportTo(const QString& path, int width, int height, double dpi
                             .arg(lh)
                             .arg(why));
         }
+        fitTitles(lw);
         layOut(plot_, QRect(0, 0, lw, lh));
         if (!density_.empty()) updateDensity();
     }

@@ -17,6 +17,7 @@ class QCustomPlot;
 class QCPAxisRect;
 class QCPItemPixmap;
 class QCPMarginGroup;
+class QCPTextElement;
 class QStackedLayout;
 
 namespace es {
@@ -93,7 +94,15 @@ private:
     QStackedLayout* stack_;
     QCustomPlot* plot_;
     TokenTextWidget* text_;
+    // Breaks the figure's and the panels' titles into lines where the plot is narrower than them.
+    void fitTitles(int width) const;
     std::vector<QCPAxisRect*> rects_;
+    struct Title {
+        QCPTextElement* element;
+        QString text;  // on one line
+        double share;  // of the plot's width it has
+    };
+    std::vector<Title> titles_;
     std::vector<QCPMarginGroup*> marginGroups_;
     struct DensityLayer {
         int panel;

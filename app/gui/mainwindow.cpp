@@ -28,6 +28,7 @@
 #include <QVBoxLayout>
 #include <nlohmann/json.hpp>
 #include <algorithm>
+#include <functional>
 #include <set>
 
 #include "analysis/analysis.h"
@@ -62,6 +63,27 @@ std::shared_ptr<Reference> loadReference(const QString& path, const Checkpoint& 
     ref->spec = std::make_shared<ModelSpec>(ModelSpec::fromCheckpoint(*ref->ckpt));
     checkReference(spec, *ref, analysisLayers(spec, {}, moe.path()));
     return ref;
+}
+
+// A run's name from its prompts: the first prompt's first words ("the-quick-brown-fox"), "+N"
+// for N more prompts, "-2", "-3", ... where the name is taken.
+std::string runNameFor(const QStringList& prompts, const std::function<bool(const std::string&)>& taken) {
+    QStringList words;
+    QString word;
+    const QString first = prompts.isEmpty() ? QString() : prompts.front();
+    for (int i = 0; i <= first.size() && words.size() < 4; ++i) {
+        if (i < first.size() && first[i].isLetterOrNumber()) {
+            if (word.size() < 12) word += first[i].toLower();
+        } else if (!word.isEmpty()) {
+            words << word;
+            word.clear();
+        }
+    }
+    QString base = words.isEmpty() ? QString("run") : words.join('-');
+    if (prompts.size() > 1) base += QString("+%1").arg(prompts.size() - 1);
+    std::string name = base.toStdString();
+    for (int k = 2; taken(name); ++k) name = (base + QString("-%1").arg(k)).toStdString();
+    return name;
 }
 
 struct PaneDef {
@@ -150,7 +172,9 @@ MainWindow::MainWindow(QWidget* parent) : QMainWindow(parent) {
     resizeDocks({jobsDock}, {130}, Qt::Vertical);
     routeDock_ = routeDock;
     connect(prompts_, &PromptsPanel::runRequested, this,
-            [this](const QStringList& ps, const QString& dev, const QString& dt) { runPrompts(ps, dev, dt); });
+            [this](const QStringList& ps, const QString& dev, const QString& dt, const QString& name) {
+                runPrompts(ps, dev, dt, name);
+            });
     connect(prompts_, &PromptsPanel::error, this, &MainWindow::showError);
     connect(prompts_, &PromptsPanel::promptsChanged, this, [this] { dirty_ = session_ != nullptr; });
     connect(jobs_, &JobManager::finished, this, [this](int, bool ok, const QString& err) {
@@ -293,6 +317,7 @@ void MainWindow::setSession(std::unique_ptr<Session> s) {
     jobs_->cancelAll();
     ++generation_;
     session_ = std::move(s);
+    pendingRuns_.clear();
     route_->setRowCount(0);
     for (auto* p : panes_) p->setSession(session_.get());
     central_->setCurrentWidget(session_ ? static_cast<QWidget*>(tabs_) : start_);
@@ -343,7 +368,28 @@ void MainWindow::fillModelTree() {
     tree_->resizeColumnToContents(0);
 }
 
+bool MainWindow::maybeSave(const QString& action) {
+    if (!dirty_ || !session_ || !isVisible() || !qEnvironmentVariableIsEmpty("EXPERTSCOPE_NO_SAVE_PROMPT")) return true;
+    QMessageBox box(QMessageBox::Warning, "Unsaved session",
+                    "The session has runs, results or changes that are not saved. Save it before " + action + "?",
+                    QMessageBox::Save | QMessageBox::Discard | QMessageBox::Cancel, this);
+    box.setObjectName("unsavedPrompt");
+    box.setDefaultButton(QMessageBox::Save);
+    const int b = box.exec();
+    if (b == QMessageBox::Cancel) return false;
+    if (b == QMessageBox::Save) {
+        save();
+        return !dirty_;  // not saved (the file dialog cancelled, an error): stay
+    }
+    return true;
+}
+
 bool MainWindow::openCheckpoint(const QString& path, const QString& referencePath) {
+    if (!maybeSave("opening the checkpoint")) return false;
+    return loadCheckpoint(path, referencePath);
+}
+
+bool MainWindow::loadCheckpoint(const QString& path, const QString& referencePath) {
     try {
         auto ckpt = Checkpoint::open(path.toStdString());
         auto spec = std::make_shared<ModelSpec>(ModelSpec::fromCheckpoint(*ckpt));
@@ -406,7 +452,8 @@ void MainWindow::startStaticAnalyses() {
     });
 }
 
-bool MainWindow::runPrompts(const QStringList& prompts, const QString& device, const QString& dtype) {
+bool MainWindow::runPrompts(const QStringList& prompts, const QString& device, const QString& dtype,
+                            const QString& runName) {
     if (!session_ || !ckpt_ || !spec_) {
         showError("Cannot run prompts", session_ ? "The session's checkpoint was not found where it was (" +
                                                        q(session_->model().checkpointPath) +
@@ -414,10 +461,20 @@ bool MainWindow::runPrompts(const QStringList& prompts, const QString& device, c
                                                  : "Open a checkpoint first.");
         return false;
     }
+    std::string name = runName.trimmed().toStdString();
+    if (!name.empty()) {
+        const bool bad = name.find('/') != std::string::npos || name == "." || name == "..";
+        if (bad || session_->hasRun(name) || pendingRuns_.count(name)) {
+            showError("Cannot run prompts", bad ? "A run's name cannot contain '/' or be '.' or '..': " + runName
+                                                : "The session already has a run named '" + runName + "'.");
+            return false;
+        }
+    } else {
+        name =
+            runNameFor(prompts, [this](const std::string& n) { return session_->hasRun(n) || pendingRuns_.count(n); });
+    }
+    pendingRuns_.insert(name);
     prompts_->addPrompts(prompts);  // what ran is in the session's prompt list
-    std::string name;
-    do name = "run" + std::to_string(runCounter_++);
-    while (session_->hasRun(name));
     std::vector<std::string> texts;
     for (auto& p : prompts) texts.push_back(p.toStdString());
     auto ckpt = ckpt_;
@@ -437,6 +494,7 @@ bool MainWindow::runPrompts(const QStringList& prompts, const QString& device, c
                       req.cancel = ctx.cancel;
                       auto ar = std::make_shared<AnalyzedRun>(analyzeRun(ckpt, *spec, ref.get(), req));
                       return [this, ar, name, target] {
+                          pendingRuns_.erase(name);
                           if (generation_ != target) return;
                           // non-finite weights or router logits: said here, kept with the run
                           if (!ar->trace.warnings.empty()) {
@@ -448,6 +506,7 @@ bool MainWindow::runPrompts(const QStringList& prompts, const QString& device, c
                           for (auto& [id, r] : ar->results) session_->putResult(id, std::move(r));
                           dirty_ = true;
                           refreshViews();
+                          for (auto* p : panes_) p->setOption("run", q(name));  // the views show the new run
                       };
                   });
     return true;
@@ -469,7 +528,8 @@ bool MainWindow::openDemo(const QString& which) {
         return false;
     }
     const QString ref = !jet && QFileInfo::exists(q(dir + "/dense/config.json")) ? q(dir + "/dense") : QString();
-    if (!openCheckpoint(q(dir + (jet ? "/jetmoe" : "/moe")), ref)) return false;
+    if (!maybeSave("opening the demo")) return false;
+    if (!loadCheckpoint(q(dir + (jet ? "/jetmoe" : "/moe")), ref)) return false;
     const QString prompts = q(dir + "/prompts.jsonl");
     if (QFileInfo::exists(prompts)) {
         const QString err = prompts_->importFile(prompts);
@@ -484,6 +544,7 @@ bool MainWindow::openDemo(const QString& which) {
 }
 
 bool MainWindow::openSession(const QString& path) {
+    if (!maybeSave("opening " + QFileInfo(path).fileName())) return false;
     // what opening reads is checked in a child process first (a damaged file cannot take the
     // window down); the runs' data, read lazily and checksummed, gets a full check in the
     // background
@@ -702,7 +763,8 @@ bool MainWindow::convertToEmoe(const QString& outDir, int experts, int topK, con
                       es::convertToEmoe(dense, out, opt);
                       return [this, dense, out, target] {
                           if (generation_ != target) return;
-                          openCheckpoint(q(out), q(dense));  // the dense model stays beside it, as F
+                          // the dense model stays beside it, as F
+                          if (maybeSave("opening the EMoE model")) loadCheckpoint(q(out), q(dense));
                       };
                   });
     return true;
@@ -826,20 +888,9 @@ void MainWindow::updateRecent() {
 }
 
 void MainWindow::closeEvent(QCloseEvent* e) {
-    if (dirty_ && session_ && isVisible() && qEnvironmentVariableIsEmpty("EXPERTSCOPE_NO_SAVE_PROMPT")) {
-        const auto b = QMessageBox::question(this, "Unsaved session", "Save the session before closing?",
-                                             QMessageBox::Save | QMessageBox::Discard | QMessageBox::Cancel);
-        if (b == QMessageBox::Cancel) {
-            e->ignore();
-            return;
-        }
-        if (b == QMessageBox::Save) {
-            save();
-            if (dirty_) {
-                e->ignore();
-                return;
-            }
-        }
+    if (!maybeSave("closing")) {
+        e->ignore();
+        return;
     }
     auto st = settings();
     st.setValue("window/geometry", saveGeometry());

@@ -8,6 +8,8 @@
 #include <QString>
 #include <QStringList>
 #include <memory>
+#include <set>
+#include <string>
 #include <vector>
 
 class QDockWidget;
@@ -37,7 +39,8 @@ public:
 
     // Opens a checkpoint directory or .safetensors file (and a dense reference model for the F
     // rows) into a new session and starts the static analyses in the background. On bad input
-    // shows an error dialog that names the file and the field and returns false.
+    // shows an error dialog that names the file and the field and returns false. Opening a
+    // checkpoint, a session or a demo asks first to save unsaved work (false when cancelled).
     bool openCheckpoint(const QString& path, const QString& referencePath = {});
     // Sets (or, empty, clears) the dense reference of the open checkpoint; reruns the analyses.
     bool openReference(const QString& path);
@@ -50,7 +53,10 @@ public:
     // experts); both run the sample prompts.
     bool openDemo(const QString& which = "moe");
     // Runs prompts through the open checkpoint (a job: trace, then the dynamic analyses).
-    bool runPrompts(const QStringList& prompts, const QString& device = "cpu", const QString& dtype = "float32");
+    // The run is named runName, or from its prompts ("the-quick-brown-fox", "+N" for N more
+    // prompts); when it lands every view shows it.
+    bool runPrompts(const QStringList& prompts, const QString& device = "cpu", const QString& dtype = "float32",
+                    const QString& runName = {});
     // EMoE: converts the open dense checkpoint (a job with progress and Cancel; docs/emoe.md)
     // into outDir and opens the result with the dense model as its reference.
     bool convertToEmoe(const QString& outDir, int experts, int topK, const QString& layers = "all",
@@ -93,6 +99,10 @@ private Q_SLOTS:
 
 private:
     void buildStartPage();
+    // Asks to save unsaved work before `action` replaces the session (or closes the window):
+    // false when the user cancels or saving failed.
+    bool maybeSave(const QString& action);
+    bool loadCheckpoint(const QString& path, const QString& referencePath);
     void setSession(std::unique_ptr<Session> s);
     void fillModelTree();
     void startStaticAnalyses();
@@ -122,8 +132,8 @@ private:
     std::shared_ptr<Reference> ref_;
     QString lastError_, lastWarning_;
     bool dirty_ = false;
-    int runCounter_ = 0;
-    uint64_t generation_ = 0;  // which session the jobs' results belong to
+    std::set<std::string> pendingRuns_;  // names of runs still running
+    uint64_t generation_ = 0;            // which session the jobs' results belong to
 };
 
 }  // namespace es

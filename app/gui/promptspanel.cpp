@@ -6,6 +6,7 @@
 #include <QHBoxLayout>
 #include <QKeyEvent>
 #include <QLabel>
+#include <QLineEdit>
 #include <QListWidget>
 #include <QPlainTextEdit>
 #include <QPushButton>
@@ -44,13 +45,21 @@ PromptsPanel::PromptsPanel(QWidget* parent) : QWidget(parent) {
     dtype_ = new QComboBox;
     dtype_->setObjectName("dtype");
     dtype_->addItems({"float32", "bfloat16", "float16"});
+    name_ = new QLineEdit;
+    name_->setObjectName("runName");
+    name_->setPlaceholderText("from its first prompt");
+    name_->setToolTip("The run's name in the session (optional; by default made from its first prompt's words)");
     form->addRow("Device", device_);
     form->addRow("Dtype", dtype_);
+    form->addRow("Run name", name_);
     lay->addLayout(form);
     run_ = new QPushButton("Run");
     run_->setObjectName("run");
-    run_->setToolTip("Run the selected prompts (all when none is selected; the editor's text when the list is empty)");
+    run_->setToolTip("Runs the typed prompt when the editor has text, else the selected prompts, else all of them");
     lay->addWidget(run_);
+    connect(editor_, &QPlainTextEdit::textChanged, this, &PromptsPanel::updateRunButton);
+    connect(list_, &QListWidget::itemSelectionChanged, this, &PromptsPanel::updateRunButton);
+    connect(this, &PromptsPanel::promptsChanged, this, &PromptsPanel::updateRunButton);
 
     connect(add, &QPushButton::clicked, this, [this] {
         const QString t = editor_->toPlainText().trimmed();
@@ -71,21 +80,39 @@ PromptsPanel::PromptsPanel(QWidget* parent) : QWidget(parent) {
         if (!err.isEmpty()) Q_EMIT error("Cannot import prompts", err);
     });
     connect(run_, &QPushButton::clicked, this, [this] {
-        QStringList ps;
-        for (auto* it : list_->selectedItems()) ps << it->text();
-        if (ps.isEmpty()) ps = prompts();
-        if (ps.isEmpty() && !editor_->toPlainText().trimmed().isEmpty()) {
-            ps << editor_->toPlainText().trimmed();
-            list_->addItem(ps.back());
-            editor_->clear();
-            Q_EMIT promptsChanged();
-        }
+        const QStringList ps = toRun();
         if (ps.isEmpty()) {
             Q_EMIT error("Nothing to run", "Type a prompt or import a prompt file first.");
             return;
         }
-        Q_EMIT runRequested(ps, device_->currentText(), dtype_->currentText());
+        if (!editor_->toPlainText().trimmed().isEmpty()) {  // the typed prompt joins the list
+            editor_->clear();
+            addPrompts(ps);
+        }
+        const QString name = name_->text().trimmed();
+        name_->clear();
+        Q_EMIT runRequested(ps, device_->currentText(), dtype_->currentText(), name);
     });
+    updateRunButton();
+}
+
+QStringList PromptsPanel::toRun() const {
+    if (const QString typed = editor_->toPlainText().trimmed(); !typed.isEmpty()) return {typed};
+    QStringList ps;
+    for (int i = 0; i < list_->count(); ++i)  // in the list's order, not the order of selecting
+        if (list_->item(i)->isSelected()) ps << list_->item(i)->text();
+    return ps.isEmpty() ? prompts() : ps;
+}
+
+void PromptsPanel::updateRunButton() {
+    const bool typed = !editor_->toPlainText().trimmed().isEmpty();
+    const int selected = static_cast<int>(list_->selectedItems().size());
+    const int n = static_cast<int>(toRun().size());
+    run_->setText(typed      ? QString("Run the typed prompt")
+                  : selected ? QString("Run %1 selected prompt%2").arg(n).arg(n == 1 ? "" : "s")
+                  : n > 0    ? QString("Run all %1 prompt%2").arg(n).arg(n == 1 ? "" : "s")
+                             : QString("Run"));
+    run_->setEnabled(runEnabled_ && n > 0);
 }
 
 QStringList PromptsPanel::prompts() const {
@@ -97,6 +124,7 @@ QStringList PromptsPanel::prompts() const {
 void PromptsPanel::setPrompts(const QStringList& prompts) {
     list_->clear();
     list_->addItems(prompts);
+    updateRunButton();
 }
 
 void PromptsPanel::addPrompts(const QStringList& prompts) {
@@ -123,6 +151,9 @@ void PromptsPanel::setDevice(const QString& device) {
 }
 QString PromptsPanel::device() const { return device_->currentText(); }
 QString PromptsPanel::dtype() const { return dtype_->currentText(); }
-void PromptsPanel::setRunEnabled(bool on) { run_->setEnabled(on); }
+void PromptsPanel::setRunEnabled(bool on) {
+    runEnabled_ = on;
+    updateRunButton();
+}
 
 }  // namespace es

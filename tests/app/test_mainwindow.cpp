@@ -1,8 +1,11 @@
 // The main window driven as a user would, with no display: open a checkpoint (static analyses
 // run in the background), run prompts, switch views and layers, select an expert and a token,
 // export every view in every format, save, reopen, and find every view as it was.
+#include <QApplication>
 #include <QComboBox>
 #include <QDir>
+#include <QLineEdit>
+#include <QListWidget>
 #include <QMessageBox>
 #include <QPlainTextEdit>
 #include <QProcess>
@@ -13,6 +16,7 @@
 #include <QTabWidget>
 #include <QTableWidget>
 #include <QTemporaryDir>
+#include <QTimer>
 #include <QTreeWidget>
 #include <QtTest>
 #include <limits>
@@ -41,6 +45,13 @@ QString outDir() {
     return d;
 }
 constexpr int kJobTimeoutMs = 600000;
+
+// The window at the size of the docs' screenshots, shown (offscreen) and laid out.
+bool showWindow(es::MainWindow& w) {
+    w.resize(1400, 900);
+    w.show();
+    return QTest::qWaitForWindowExposed(&w);
+}
 
 // Pixels of the selection outline's red (230, 30, 30).
 int redPixels(const QImage& img) {
@@ -116,9 +127,7 @@ private Q_SLOTS:
         const QString dir = QString::fromStdString(demoDirectory());
         QVERIFY2(!dir.isEmpty(), "demoDirectory() found no resources/demo");
         MainWindow w;
-        w.resize(1400, 900);
-        w.show();
-        QVERIFY(QTest::qWaitForWindowExposed(&w));
+        QVERIFY(showWindow(w));
         QVERIFY2(w.openDemo(), qPrintable(w.lastError()));
         QCOMPARE(w.modelTree()->findItems("Architecture", Qt::MatchExactly).at(0)->text(1), QString("mixtral"));
         QVERIFY(!w.modelTree()->findItems("Reference (F)", Qt::MatchExactly).isEmpty());
@@ -164,9 +173,7 @@ private Q_SLOTS:
         const QString demo = QString::fromStdString(demoDirectory());
         QTemporaryDir tmp;
         MainWindow w;
-        w.resize(1400, 900);
-        w.show();
-        QVERIFY(QTest::qWaitForWindowExposed(&w));
+        QVERIFY(showWindow(w));
         QVERIFY(w.openCheckpoint(demo + "/moe", demo + "/dense"));
         // a prompt typed into the Prompts panel and run from its button
         w.promptsPanel()->editor()->setPlainText("The quick brown fox jumps over the lazy dog.");
@@ -175,7 +182,7 @@ private Q_SLOTS:
         QVERIFY(w.jobs()->waitForIdle(kJobTimeoutMs));
         QVERIFY2(w.lastError().isEmpty(), qPrintable(w.lastError()));
         const Session* s = w.session();
-        QCOMPARE(s->runNames(), std::vector<std::string>{"run0"});
+        QCOMPARE(s->runNames(), std::vector<std::string>{"the-quick-brown-fox"});  // named by its words
         QCOMPARE(w.promptsPanel()->prompts(), QStringList{"The quick brown fox jumps over the lazy dog."});
 
         // every view, every layer: a figure of that layer
@@ -214,10 +221,10 @@ private Q_SLOTS:
         QCOMPARE(rv->selectedToken(), qint64(4));
         for (ViewPane* p : w.panes()) QCOMPARE(p->figureView()->selectedExpert(), 0);  // the cell's expert
         QTableWidget* route = w.tokenRoute();
-        const RunInfo info = s->runInfo("run0");
+        const RunInfo info = s->runInfo("the-quick-brown-fox");
         QCOMPARE(route->rowCount(), static_cast<int>(info.moeLayers.size()));
         for (int r = 0; r < route->rowCount(); ++r) {
-            const LayerTrace lt = s->runLayer("run0", info.moeLayers[r]);
+            const LayerTrace lt = s->runLayer("the-quick-brown-fox", info.moeLayers[r]);
             QCOMPARE(route->item(r, 0)->text().toInt(), info.moeLayers[r]);
             QVERIFY(route->item(r, 1)->text().startsWith(QString::number(lt.topkExperts[4 * lt.topK]) + " ("));
         }
@@ -353,15 +360,104 @@ private Q_SLOTS:
         QVERIFY(panel.importFile(notjson.fileName()).contains("line 1.text"));
     }
 
+    // Run runs what the user sees: the typed prompt (even with prompts in the list), else the
+    // selected ones, else all; the button says which; the new run is named by its words (or as
+    // the user names it) and every view shows it
+    void runRunsWhatTheButtonSays() {
+        const QString demo = QString::fromStdString(demoDirectory());
+        MainWindow w;
+        QVERIFY(showWindow(w));
+        QVERIFY(w.openCheckpoint(demo + "/moe"));
+        PromptsPanel* pp = w.promptsPanel();
+        pp->setPrompts({"First listed prompt.", "Second listed prompt.", "Third one."});
+        QCOMPARE(pp->runButton()->text(), QString("Run all 3 prompts"));
+        pp->list()->item(2)->setSelected(true);
+        pp->list()->item(0)->setSelected(true);
+        QCOMPARE(pp->runButton()->text(), QString("Run 2 selected prompts"));
+        QCOMPARE(pp->toRun(), (QStringList{"First listed prompt.", "Third one."}));
+        const QString typed = "Typed text wins over the list.";
+        pp->editor()->setPlainText(typed);
+        QCOMPARE(pp->runButton()->text(), QString("Run the typed prompt"));
+        QTest::mouseClick(pp->runButton(), Qt::LeftButton);
+        QVERIFY(w.jobs()->waitForIdle(kJobTimeoutMs));
+        QVERIFY2(w.lastError().isEmpty(), qPrintable(w.lastError()));
+        const Session* s = w.session();
+        QCOMPARE(s->runNames(), std::vector<std::string>{"typed-text-wins-over"});
+        const RunInfo info = s->runInfo("typed-text-wins-over");
+        QCOMPARE(info.numPrompts, int64_t(1));
+        QCOMPARE(s->runPromptTexts("typed-text-wins-over"), std::vector<std::string>{typed.toStdString()});
+        QVERIFY(pp->prompts().contains(typed));  // it joined the list
+        QVERIFY(pp->editor()->toPlainText().isEmpty());
+        // the selection (now without typed text), under a name of the user's
+        pp->runNameEdit()->setText("my-selection");
+        QCOMPARE(pp->runButton()->text(), QString("Run 2 selected prompts"));
+        QTest::mouseClick(pp->runButton(), Qt::LeftButton);
+        QVERIFY(w.jobs()->waitForIdle(kJobTimeoutMs));
+        QCOMPARE(s->runPromptTexts("my-selection"), (std::vector<std::string>{"First listed prompt.", "Third one."}));
+        // every per-run view shows the newest run
+        for (const char* pane : {"routing", "norms", "diversity"}) {
+            ViewPane* p = w.pane(pane);
+            if (p->id() == "diversity") p->setMode("output-similarity");
+            QCOMPARE(p->request().run, std::string("my-selection"));
+        }
+        // a taken name is refused, naming it; the next run of the same words gets "-2"
+        QVERIFY(!w.runPrompts({"x"}, "cpu", "float32", "my-selection"));
+        QVERIFY(w.lastError().contains("my-selection"));
+        QVERIFY(w.runPrompts({typed}));
+        QVERIFY(w.runPrompts({typed, "and another"}));
+        QVERIFY(w.jobs()->waitForIdle(kJobTimeoutMs));
+        QVERIFY(s->hasRun("typed-text-wins-over-2"));
+        QVERIFY(s->hasRun("typed-text-wins-over+1"));
+    }
+
+    // Opening another model, session or demo over unsaved work asks first; Cancel keeps it all
+    void unsavedWorkIsNotDiscardedSilently() {
+        const QString demo = QString::fromStdString(demoDirectory());
+        MainWindow w;
+        QVERIFY(showWindow(w));
+        QVERIFY(w.openCheckpoint(demo + "/moe"));
+        QVERIFY(w.runPrompts({"Unsaved work."}));
+        QVERIFY(w.jobs()->waitForIdle(kJobTimeoutMs));
+        const Session* before = w.session();
+        qunsetenv("EXPERTSCOPE_NO_SAVE_PROMPT");
+        // answers the prompt when it shows: the button given, its text kept
+        QString asked;
+        auto answer = [&](QMessageBox::StandardButton button) {
+            asked.clear();
+            auto* timer = new QTimer(&w);
+            connect(timer, &QTimer::timeout, timer, [&asked, timer, button] {
+                auto* box = qobject_cast<QMessageBox*>(QApplication::activeModalWidget());
+                if (!box || box->objectName() != "unsavedPrompt") return;
+                asked = box->text();
+                box->button(button)->click();
+                timer->deleteLater();
+            });
+            timer->start(20);
+        };
+        answer(QMessageBox::Cancel);
+        QVERIFY(!w.openDemo());
+        QVERIFY2(asked.contains("not saved"), qPrintable(asked));
+        QCOMPARE(w.session(), before);  // nothing replaced
+        QVERIFY(w.session()->hasRun("unsaved-work"));
+        answer(QMessageBox::Cancel);
+        QVERIFY(!w.openCheckpoint(demo + "/dense"));
+        QVERIFY(!asked.isEmpty());
+        QCOMPARE(w.session(), before);
+        answer(QMessageBox::Discard);
+        QVERIFY(w.openCheckpoint(demo + "/dense"));
+        QVERIFY(!asked.isEmpty());
+        QVERIFY(!w.session()->hasRun("unsaved-work"));
+        QVERIFY(w.jobs()->waitForIdle(kJobTimeoutMs));
+        qputenv("EXPERTSCOPE_NO_SAVE_PROMPT", "1");
+    }
+
     // A click selects what is under the pointer, read from the figure's data (never from a
     // tooltip or a label): in every kind of view, the expert of the row, column, bar or point,
     // and the token of a token column or point
     void clicksSelectWhatIsUnderThePointer() {
         const QString demo = QString::fromStdString(demoDirectory());
         MainWindow w;
-        w.resize(1400, 900);
-        w.show();
-        QVERIFY(QTest::qWaitForWindowExposed(&w));
+        QVERIFY(showWindow(w));
         QVERIFY(w.openCheckpoint(demo + "/moe", demo + "/dense"));
         QVERIFY(w.runPrompts({"Experts route every token to two of the eight experts here."}));
         QVERIFY(w.jobs()->waitForIdle(kJobTimeoutMs));
@@ -490,9 +586,7 @@ private Q_SLOTS:
                   {"emoe", demo + "/dense", "--experts", "8", "--top-k", "2", "--out", out});
         QVERIFY(cli.waitForFinished(120000) && cli.exitCode() == 0);
         MainWindow w;
-        w.resize(1400, 900);
-        w.show();
-        QVERIFY(QTest::qWaitForWindowExposed(&w));
+        QVERIFY(showWindow(w));
         QVERIFY2(w.openCheckpoint(out, demo + "/dense"), qPrintable(w.lastError()));
         QVERIFY(w.runPrompts({"Standard based tools are in very good shape.", "Hier werden Werkzeuge beschrieben."}));
         QVERIFY(w.jobs()->waitForIdle(kJobTimeoutMs));
