@@ -37,8 +37,11 @@ std::pair<double, double> dataRange(const HeatmapPanel& h) {
     double lo = h.lo, hi = h.hi;
     if (std::isnan(lo) || std::isnan(hi)) {
         double a = INFINITY, b = -INFINITY;
-        for (double v : h.values)
-            if (!std::isnan(v)) a = std::min(a, v), b = std::max(b, v);
+        for (int64_t r = 0; r < h.rows; ++r)
+            for (int64_t c = 0; c < h.cols; ++c) {
+                const double v = h.value(r, c);
+                if (!std::isnan(v) && !(h.maskDiagonal && r == c)) a = std::min(a, v), b = std::max(b, v);
+            }
         if (a > b) a = 0, b = 1;
         if (std::isnan(lo)) lo = a;
         if (std::isnan(hi)) hi = b;
@@ -46,12 +49,18 @@ std::pair<double, double> dataRange(const HeatmapPanel& h) {
     return {lo, hi};
 }
 
+constexpr QRgb kMaskedCell = 0xffdcdcdc;  // a masked diagonal cell: light grey
+
 QImage heatmapImage(const HeatmapPanel& h, double lo, double hi) {
     QImage img(static_cast<int>(h.cols), static_cast<int>(h.rows), QImage::Format_ARGB32);
     const QString cm = q(h.colormap);
     for (int64_t r = 0; r < h.rows; ++r) {
         auto* line = reinterpret_cast<QRgb*>(img.scanLine(static_cast<int>(r)));
         for (int64_t c = 0; c < h.cols; ++c) {
+            if (h.maskDiagonal && r == c) {
+                line[c] = kMaskedCell;
+                continue;
+            }
             QColor col = colormapColor(cm, h.value(r, c), lo, hi);
             line[c] = col.isValid() ? col.rgba() : qRgba(0, 0, 0, 0);
         }
@@ -297,6 +306,24 @@ void FigureView::rebuild() {
                 line->point2->setCoords(1, static_cast<double>(r) - 0.5);
                 line->setPen(QPen(Qt::black, 1));
             }
+            if (h.cellValues && h.rows * h.cols <= kMaxCellValues) {
+                // each value in its cell, black or white by the cell's lightness (2 decimals; the
+                // tooltip and the CSV have the value exactly)
+                for (int64_t r = 0; r < h.rows; ++r)
+                    for (int64_t c = 0; c < h.cols; ++c) {
+                        const double v = h.value(r, c);
+                        if (std::isnan(v) || (h.maskDiagonal && r == c)) continue;
+                        auto* t = new QCPItemText(plot_);
+                        t->setClipAxisRect(rect);
+                        t->position->setAxes(xa, ya);
+                        t->position->setCoords(static_cast<double>(c), static_cast<double>(r));
+                        t->setPositionAlignment(Qt::AlignCenter);
+                        t->setFont(QFont("sans", h.rows * h.cols > 144 ? 6 : 8));
+                        t->setText(QString::number(v, 'f', 2));
+                        const QColor bg = colormapColor(q(h.colormap), v, lo, hi);
+                        t->setColor(bg.isValid() && bg.lightnessF() < 0.5 ? Qt::white : Qt::black);
+                    }
+            }
             auto* scale = new QCPColorScale(plot_);
             scale->setGradient(gradientOf(q(h.colormap)));
             scale->setDataRange(QCPRange(lo, hi > lo ? hi : lo + 1e-12));
@@ -319,11 +346,17 @@ void FigureView::rebuild() {
         int named = 0;
         for (auto& s : p.series) named += !s.name.empty();
         if (!p.hasHeatmap && p.series.size() <= 16 && (named > 1 || (named == 1 && hasLine(p)))) {
+            // below the plot, in up to three columns, so that it covers no data
             legend = new QCPLegend;
-            rect->insetLayout()->addElement(legend, Qt::AlignTop | Qt::AlignRight);
+            panelGrid->addElement(row + 1, 0, legend);
+            panelGrid->setRowStretchFactor(row + 1, 0.001);
             legend->setLayer("legend");
             legend->setFont(QFont("sans", 8));
-            legend->setBrush(QColor(255, 255, 255, 210));
+            legend->setBorderPen(Qt::NoPen);
+            legend->setBrush(Qt::NoBrush);
+            legend->setFillOrder(QCPLayoutGrid::foColumnsFirst);
+            legend->setWrap(std::min(3, std::max(1, named)));
+            legend->setMargins(QMargins(4, 0, 4, 2));
         }
         for (size_t si = 0; si < p.series.size(); ++si) {
             const Series& s = p.series[si];

@@ -28,6 +28,7 @@ class FigureView : public QWidget {
     Q_OBJECT
 public:
     static constexpr size_t kDensityPoints = 100000;
+    static constexpr int64_t kMaxCellValues = 1024;  // cells above which no values are written
 
     explicit FigureView(QWidget* parent = nullptr);
     void setFigure(Figure f);

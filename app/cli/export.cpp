@@ -109,6 +109,8 @@ int cmdExport(const std::vector<std::string>& args, int argc, char** argv) {
         else if (a == "--prompt") req.prompt = parseInt(optionValue(args, i, "export"), "--prompt", 0);
         else if (a == "--token") req.token = parseInt(optionValue(args, i, "export"), "--token", 0);
         else if (a == "--scale") req.scale = optionValue(args, i, "export");
+        else if (a == "--mask-diagonal") req.maskDiagonal = true;
+        else if (a == "--cell-values") req.cellValues = true;
         else if (a == "--width") width = parseInt(optionValue(args, i, "export"), "--width", 16);
         else if (a == "--height") height = parseInt(optionValue(args, i, "export"), "--height", 16);
         else if (a == "--dpi") dpi = parseInt(optionValue(args, i, "export"), "--dpi", 10);

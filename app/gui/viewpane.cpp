@@ -1,5 +1,6 @@
 #include "viewpane.h"
 
+#include <QCheckBox>
 #include <QComboBox>
 #include <QFileInfo>
 #include <QHBoxLayout>
@@ -88,6 +89,14 @@ ViewPane::ViewPane(const QString& id, const QString& title, std::vector<Mode> mo
     scale_->addItem("global", "global");
     scale_->setToolTip("Colour range: this layer's values, or all layers' (as the paper shows both)");
     labelled("Colours", scale_);
+    mask_ = new QCheckBox("Mask diagonal");
+    mask_->setObjectName("maskDiagonal");
+    mask_->setToolTip("Draw the diagonal (an expert with itself, always 1) grey and leave it out of the colour range");
+    values_ = new QCheckBox("Values");
+    values_->setObjectName("cellValues");
+    values_->setToolTip("Write each cell's value into it");
+    bar->addWidget(mask_);
+    bar->addWidget(values_);
     bar->addStretch(1);
 
     stack_ = new QStackedWidget;
@@ -125,6 +134,7 @@ ViewPane::ViewPane(const QString& id, const QString& title, std::vector<Mode> mo
         redraw();
     });
     connect(prompt_, qOverload<int>(&QSpinBox::valueChanged), this, changedControl);
+    for (QCheckBox* c : {mask_, values_}) connect(c, &QCheckBox::toggled, this, changedControl);
     connect(token_, qOverload<int>(&QSpinBox::valueChanged), this, changedControl);
     rebuildControls();
     redraw();
@@ -207,6 +217,9 @@ void ViewPane::rebuildControls() {
     token_->setRange(0, std::max(0, tokens - 1));
     show(token_, showsToken(i));
     show(scale_, hasScale(currentView()));
+    const bool matrix = i && i->expertMatrix;
+    mask_->setVisible(matrix);
+    values_->setVisible(matrix);
     updating_ = false;
 }
 
@@ -228,6 +241,9 @@ ViewRequest ViewPane::request() const {
     r.prompt = prompt_->value();
     r.token = token_->value();
     r.scale = hasScale(r.view) ? scale_->currentData().toString().toStdString() : "layer";
+    const bool matrix = viewDescription(r.view).expertMatrix;
+    r.maskDiagonal = matrix && mask_->isChecked();
+    r.cellValues = matrix && values_->isChecked();
     return r;
 }
 
@@ -305,6 +321,8 @@ std::string ViewPane::stateJson() const {
                         {"prompt", r.prompt},
                         {"token", r.token},
                         {"scale", r.scale},
+                        {"mask_diagonal", mask_->isChecked()},
+                        {"cell_values", values_->isChecked()},
                         {"selected_expert", view_->selectedExpert()},
                         {"selected_token", view_->selectedToken()}};
     return j.dump();
@@ -328,6 +346,9 @@ void ViewPane::restoreState(const std::string& json) {
     if (!str("matrix").isEmpty()) setOption("matrix", str("matrix"));
     if (!str("measure").isEmpty()) setOption("measure", str("measure"));
     if (!str("scale").isEmpty()) setOption("scale", str("scale"));
+    auto flag = [&](const char* k) { return j.contains(k) && j[k].is_boolean() && j[k].get<bool>(); };
+    mask_->setChecked(flag("mask_diagonal"));
+    values_->setChecked(flag("cell_values"));
     setPrompt(num("prompt", 0));
     setToken(num("token", 0));
     if (num("layer", -1) >= 0) setLayer(num("layer", -1));
@@ -353,6 +374,10 @@ void ViewPane::setLayer(int layer) {
 }
 
 void ViewPane::setOption(const QString& name, const QString& value) {
+    if (name == "mask_diagonal" || name == "cell_values") {
+        (name == "mask_diagonal" ? mask_ : values_)->setChecked(value == "true" || value == "1");
+        return;
+    }
     if (name == "scale" || name == "kind") {
         QComboBox* c = name == "scale" ? scale_ : kind_;
         const int at = c->findData(value);

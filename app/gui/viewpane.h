@@ -12,6 +12,7 @@
 
 #include "views/figure.h"
 
+class QCheckBox;
 class QComboBox;
 class QLabel;
 class QSlider;
@@ -49,7 +50,8 @@ public:
     // Controls, for the main window and tests
     void setMode(const std::string& view);
     void setLayer(int layer);
-    void setOption(const QString& name, const QString& value);  // matrix, measure, run, scale
+    // matrix, measure, run, scale, kind; mask_diagonal and cell_values ("true" / "false")
+    void setOption(const QString& name, const QString& value);
     void setPrompt(int p);
     // linked selection, without drawing a hidden pane
     void selectExpert(int expert);
@@ -84,6 +86,7 @@ private:
     const Session* session_ = nullptr;
     std::vector<ViewInfo> infos_;
     QComboBox *mode_, *kind_, *matrix_, *measure_, *run_, *scale_;
+    QCheckBox *mask_, *values_;
     QSlider* layer_;
     QLabel *layerLabel_, *message_;
     QSpinBox *prompt_, *token_;

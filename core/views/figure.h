@@ -31,6 +31,8 @@ struct HeatmapPanel {
     // dense F row, a shared expert); empty where the axis is not experts (layers, neurons, tokens).
     std::vector<int> rowExpert, colExpert;
     std::vector<int64_t> colToken;  // tokenAxis: each column's position in the run
+    bool maskDiagonal = false;      // an expert x expert matrix: the diagonal drawn grey, left out of the colour range
+    bool cellValues = false;        // each cell's value written in it (where the cells are large enough)
     double value(int64_t r, int64_t c) const { return values[static_cast<size_t>(r * cols + c)]; }
 };
 
@@ -104,6 +106,8 @@ struct ViewRequest {
     int prompt = 0;       // routing views: which prompt of the run
     int token = 0;        // per-token views: which of the stored first tokens
     std::string scale = "layer";  // heatmap colour range: layer | global (over all layers)
+    bool maskDiagonal = false;    // expert x expert matrices: mask the diagonal (always 1 for a similarity)
+    bool cellValues = false;      // heatmaps: write each cell's value
 };
 
 struct ViewInfo {
@@ -115,9 +119,10 @@ struct ViewInfo {
     // (JetMoE); the attention experts' matrices (query, output)
     std::vector<std::string> kinds, attentionMatrices;
     // Properties of the view itself (what a front end offers, whatever the session holds):
-    bool colourScale = false;  // a heatmap whose colour range can be per layer or global
-    std::string tokenMeasure;  // perToken: the token control shows with this measure only ("": always)
-    std::string emptyHint;     // what fills the view when the session has no results for it
+    bool colourScale = false;   // a heatmap whose colour range can be per layer or global
+    bool expertMatrix = false;  // an expert x expert heatmap: its diagonal can be masked
+    std::string tokenMeasure;   // perToken: the token control shows with this measure only ("": always)
+    std::string emptyHint;      // what fills the view when the session has no results for it
 };
 
 // The views the session's results allow, in a stable order.

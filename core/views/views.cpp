@@ -254,12 +254,20 @@ std::vector<int> iota(int64_t n, int64_t first = 0) {
 }
 
 // Colour range over all layers of `suffix` in the result (the paper's "full" colour bar).
-void globalRange(const Session& s, const std::string& id, const std::string& suffix, HeatmapPanel& h) {
+// skipDiagonal: of square matrices, without their diagonals (a masked diagonal).
+void globalRange(const Session& s, const std::string& id, const std::string& suffix, HeatmapPanel& h,
+                 bool skipDiagonal) {
     const Result& r = s.result(id);
     double lo = INFINITY, hi = -INFINITY;
-    for (int l : layersWith(r, suffix))
-        for (double x : r.arrays.at("layers/" + std::to_string(l) + "/" + suffix).toDoubles())
-            if (!std::isnan(x)) lo = std::min(lo, x), hi = std::max(hi, x);
+    for (int l : layersWith(r, suffix)) {
+        const Array& a = r.arrays.at("layers/" + std::to_string(l) + "/" + suffix);
+        const auto v = a.toDoubles();
+        const int64_t n = a.shape.size() == 2 && a.shape[0] == a.shape[1] ? a.shape[0] : 0;
+        for (size_t i = 0; i < v.size(); ++i)
+            if (!std::isnan(v[i]) &&
+                !(skipDiagonal && n > 0 && static_cast<int64_t>(i) / n == static_cast<int64_t>(i) % n))
+                lo = std::min(lo, v[i]), hi = std::max(hi, v[i]);
+    }
     if (lo <= hi) h.lo = lo, h.hi = hi;
 }
 
@@ -313,7 +321,7 @@ Figure similarityFigure(const Session& s, const ViewRequest& req, const Similari
     p.xLabel = p.yLabel = "expert";
     heatmapFrom(f, p, d, d.labels(), d.labels(), tau ? "Kendall's tau" : "cosine similarity");
     p.heatmap.rowExpert = p.heatmap.colExpert = expertAxis(p.heatmap.rowLabels);
-    if (req.scale == "global") globalRange(s, id, suffix, p.heatmap);
+    if (req.scale == "global") globalRange(s, id, suffix, p.heatmap, req.maskDiagonal);
     f.panels.push_back(std::move(p));
     return f;
 }
@@ -497,7 +505,7 @@ Figure outputSimilarity(const Session& s, const ViewRequest& req) {
         heatmapFrom(f, p, d, d.labels(), d.labels(), measure == "angular" ? "angular similarity" : "cosine similarity");
         p.heatmap.rowExpert = p.heatmap.colExpert = expertAxis(p.heatmap.rowLabels);
         f.title = "Expert output similarity (D1, token mean), run " + run + ", layer " + std::to_string(L);
-        if (req.scale == "global") globalRange(s, id, suffix, p.heatmap);
+        if (req.scale == "global") globalRange(s, id, suffix, p.heatmap, req.maskDiagonal);
     }
     f.panels.push_back(std::move(p));
     return f;
@@ -1055,6 +1063,7 @@ struct ViewDef {
     // the view's own controls and hint (ViewInfo's last fields)
     bool colourScale = false;
     std::string tokenMeasure, emptyHint;
+    bool expertMatrix = false;
 };
 
 const char* const kHintStatic = "They appear here when the analyses have run.";
@@ -1098,6 +1107,7 @@ const std::vector<ViewDef>& registry() {
                              return fillPerLayer(s, v, k.id, k.matrices.front());
                          },
                          true, "", std::string(k.code) == "S3" ? kHintSlowStatic : kHintStatic});
+            d.back().expertMatrix = true;
         }
         d.push_back({"router-vs-weights", "Router vs weights", "S5",
                      "router-row similarity against mean-neuron weight similarity of each expert pair, with the fit",
@@ -1143,6 +1153,7 @@ const std::vector<ViewDef>& registry() {
                          return fillRuns(s, v, "output_similarity", "angular");
                      },
                      true, "per-token", kHintPrompts});
+        d.back().expertMatrix = true;
         d.push_back({"norms-vs-scores", "Norms vs scores", "D2",
                      "every token x expert: output norm against router score, chosen experts marked", normsVsScores,
                      [](const Session& s, ViewInfo& v) { return fillRuns(s, v, "norm_score_ranks", "norms"); }, false,
@@ -1251,6 +1262,7 @@ ViewInfo describe(const ViewDef& d) {
     v.analysis = d.analysis;
     v.description = d.description;
     v.colourScale = d.colourScale;
+    v.expertMatrix = d.expertMatrix;
     v.tokenMeasure = d.tokenMeasure;
     v.emptyHint = d.emptyHint;
     return v;
@@ -1306,15 +1318,24 @@ Figure buildFigure(const Session& s, const ViewRequest& req) {
             if (req.scale != "layer" && req.scale != "global")
                 throw Error("colour scale '" + req.scale + "' is not one of layer, global");
             rid(req, "");  // a known kind
-            if (req.kind != "attention") return d.build(s, req);
-            if (!attentionViews().count(d.name))
+            if (req.kind == "attention" && !attentionViews().count(d.name))
                 throw Error("view '" + req.view + "' has no attention experts (views with them: " + [] {
                     std::vector<std::string> v;
                     for (auto& [k, id] : attentionViews()) v.push_back(k);
                     return joinStrings(v);
                 }() + ")");
             Figure f = d.build(s, req);
-            f.title = "Attention experts: " + f.title;
+            if (req.kind == "attention") f.title = "Attention experts: " + f.title;
+            // the options every heatmap has; the title says what differs from a plain figure
+            for (auto& p : f.panels) {
+                if (!p.hasHeatmap) continue;
+                HeatmapPanel& h = p.heatmap;
+                h.cellValues = req.cellValues;
+                h.maskDiagonal =
+                    req.maskDiagonal && h.rows == h.cols && !h.rowExpert.empty() && h.rowExpert == h.colExpert;
+            }
+            if (d.colourScale && req.scale == "global") f.title += ", colours over all layers";
+            if (req.maskDiagonal && d.expertMatrix) f.title += ", diagonal masked";
             return f;
         }
     throw Error("unknown view '" + req.view + "' (views: " + joinStrings(allViewNames()) + ")");

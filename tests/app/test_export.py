@@ -103,6 +103,30 @@ def test_png_size_and_resolution(cli, session, tmp_path):
         assert dpi is not None and abs(dpi[0] - 192) < 0.5 and abs(dpi[1] - 192) < 0.5
 
 
+def test_png_same_figure_at_any_dpi(cli, session, tmp_path):
+    """As matplotlib's savefig: twice the pixels at twice the DPI is the same figure (the layout at
+    the size in 96-DPI pixels), not a figure with larger text cut at the edges. A masked diagonal
+    and cell values leave the figure's data (its CSV) as stored."""
+    PIL = require("PIL.Image")
+    imgs = {}
+    for dpi in (96, 192):
+        out = str(tmp_path / f"s1-{dpi}.png")
+        w, h = 900 * dpi // 96, 560 * dpi // 96
+        export(cli, session, out, "weight-similarity", "--width", str(w), "--height", str(h), "--dpi", str(dpi),
+               "--mask-diagonal", "--cell-values")
+        with PIL.open(out) as im:
+            imgs[dpi] = np.asarray(im.convert("L").resize((900, 560), PIL.BILINEAR), dtype=np.float64)
+    assert np.abs(imgs[192] - imgs[96]).mean() < 6
+    # a size with no room for the text at that DPI is refused, naming the file
+    r = run_cli(cli, "export", session, "--view", "weight-similarity", "--width", "600", "--height", "400",
+                "--dpi", "600", "--out", str(tmp_path / "tiny.png"), check=False)
+    assert r.returncode == 1 and "tiny.png" in r.stderr and "too small" in r.stderr
+    plain, masked = str(tmp_path / "plain.csv"), str(tmp_path / "masked.csv")
+    export(cli, session, plain, "weight-similarity")
+    export(cli, session, masked, "weight-similarity", "--mask-diagonal", "--cell-values")
+    assert open(plain).read() == open(masked).read()
+
+
 def check_matrix_csv(path, data, labels):
     header, rows = read_csv(path)
     assert header[1:] == labels and [r[0] for r in rows] == labels

@@ -291,10 +291,44 @@ private Q_SLOTS:
         QVERIFY(w.exportView("similarity", tmp.filePath("router.png"), 600, 600, 96, true));
         for (int l : sim->layers()) QVERIFY(QFileInfo::exists(tmp.filePath(QString("router-layer%1.png").arg(l))));
 
+        // a masked diagonal leaves the colour range to the other cells (this layer's, or all
+        // layers' with the global scale), and the title says so; values go into the cells
+        sim->setMode("weight-similarity");
+        sim->setLayer(3);
+        sim->setOption("mask_diagonal", "true");
+        auto offDiagonalRange = [&](std::vector<int> layers) {
+            double lo = INFINITY, hi = -INFINITY;
+            for (int l : layers) {
+                const Array& a = s->result("weight_similarity").arrays.at("layers/" + std::to_string(l) + "/gate");
+                const auto v = a.toDoubles();
+                for (int64_t r = 0; r < a.shape[0]; ++r)
+                    for (int64_t c = 0; c < a.shape[1]; ++c)
+                        if (r != c) lo = std::min(lo, v[r * a.shape[1] + c]), hi = std::max(hi, v[r * a.shape[1] + c]);
+            }
+            return std::make_pair(lo, hi);
+        };
+        QVERIFY(fv->figure().panels[0].heatmap.maskDiagonal);
+        QCOMPARE(fv->colorRange(0), offDiagonalRange({3}));
+        QVERIFY(fv->figure().title.find("diagonal masked") != std::string::npos);
+        sim->setOption("scale", "global");
+        QCOMPARE(fv->colorRange(0), offDiagonalRange(sim->layers()));
+        QVERIFY(fv->figure().title.find("colours over all layers") != std::string::npos);
+        sim->setOption("cell_values", "true");
+        const int64_t n = fv->figure().panels[0].heatmap.rows;
+        int texts = 0;
+        for (int i = 0; i < fv->plot()->itemCount(); ++i)
+            texts += qobject_cast<QCPItemText*>(fv->plot()->item(i)) != nullptr;
+        QCOMPARE(texts, static_cast<int>(n * n - n));  // every cell but the masked diagonal
+        QVERIFY(fv->grabImage().save(outDir() + "/s1-masked-values.png"));
+        for (const char* o : {"mask_diagonal", "cell_values"}) sim->setOption(o, "false");
+        sim->setOption("scale", "layer");
+        QVERIFY(!fv->figure().panels[0].heatmap.maskDiagonal);
+
         // a state worth restoring: other views, layers, options, selection, tab order
         sim->setMode("neuron-mean-similarity");
         sim->setOption("matrix", "down");
         sim->setOption("scale", "global");
+        sim->setOption("mask_diagonal", "true");
         sim->setLayer(4);
         w.pane("norms")->setMode("rank-counts");
         w.pane("norms")->setOption("measure", "all");
