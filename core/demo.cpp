@@ -27,4 +27,20 @@ std::string demoDirectory() {
     return {};
 }
 
+std::string docsDirectory() {
+    auto holdsDocs = [](const fs::path& p) {
+        std::error_code ec;
+        return !p.empty() && fs::is_regular_file(p / "views.md", ec);
+    };
+    std::error_code ec;
+    const fs::path exe = fs::read_symlink("/proc/self/exe", ec);
+    if (!ec) {
+        const fs::path installed = exe.parent_path().parent_path() / EXPERTSCOPE_DOCS_INSTALL_REL;
+        if (holdsDocs(installed)) return installed.lexically_normal().string();
+    }
+    const fs::path source = EXPERTSCOPE_SOURCE_DOCS_DIR;
+    if (holdsDocs(source)) return source.lexically_normal().string();
+    return {};
+}
+
 }  // namespace es

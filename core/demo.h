@@ -1,5 +1,6 @@
 #pragma once
-// Where the demo models (resources/demo: moe/, dense/, prompts.jsonl) are on this machine.
+// Where the demo models (resources/demo: moe/, dense/, prompts.jsonl) and the documentation are
+// on this machine.
 #include <string>
 
 namespace es {
@@ -9,5 +10,10 @@ namespace es {
 // from (running from a build directory). A candidate counts when it holds moe/config.json.
 // Empty when none does.
 std::string demoDirectory();
+
+// The documentation (docs/: views.md, analyses.md, ...): the installed copy beside the running
+// executable (<prefix>/share/doc/expertscope), else the source tree's docs/. A candidate counts
+// when it holds views.md. Empty when none does.
+std::string docsDirectory();
 
 }  // namespace es

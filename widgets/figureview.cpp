@@ -195,6 +195,7 @@ FigureView::FigureView(QWidget* parent) : QWidget(parent) {
     connect(plot_, &QCustomPlot::mousePress, this, [this](QMouseEvent* ev) {
         if (ev->button() == Qt::LeftButton) clicked(ev->pos());
     });
+    connect(plot_, &QCustomPlot::mouseDoubleClick, this, [this](QMouseEvent*) { resetZoom(); });
     connect(plot_, &QCustomPlot::beforeReplot, this, [this] {
         fitTitles(plot_->viewport().width());
         if (densityDirty_) updateDensity();
@@ -629,6 +630,11 @@ void FigureView::drawSelection() {
         }
     }
     plot_->replot();
+}
+
+void FigureView::resetZoom() {
+    if (fig_.isText) return;
+    rebuild();  // the ranges the figure is drawn with first, and the selection on them
 }
 
 void FigureView::setSelectedExpert(int expert) {

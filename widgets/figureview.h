@@ -48,6 +48,8 @@ public:
     // Renders the figure into an image of the widget's current size (tests, screenshots).
     QImage grabImage();
 
+    // Back to the figure's own axis ranges after zooming and panning (also a double-click).
+    void resetZoom();
     // Linked selection: -1 clears.
     void setSelectedExpert(int expert);
     void setSelectedToken(int64_t token);

@@ -25,6 +25,10 @@
 #include <QTabWidget>
 #include <QTableWidget>
 #include <QTreeWidget>
+#include <QHBoxLayout>
+#include <QStatusBar>
+#include <QUrl>
+#include <QTextBrowser>
 #include <QVBoxLayout>
 #include <nlohmann/json.hpp>
 #include <algorithm>
@@ -43,6 +47,7 @@
 #include "model/summary.h"
 #include "promptspanel.h"
 #include "session/session.h"
+#include "version.h"
 #include "viewpane.h"
 #include "workflow.h"
 
@@ -54,6 +59,12 @@ QString q(const std::string& s) { return QString::fromStdString(s); }
 QSettings settings() { return QSettings("ExpertScope", "ExpertScope"); }
 
 constexpr int64_t kSmallExpertFfn = 2048;
+
+const char* const kMouseAndKeyboard =
+    "In a view: the mouse wheel zooms, dragging pans, a double-click (or Ctrl+0) resets the zoom. Hovering shows a "
+    "cell's or point's stored value and who it is; a click selects the expert under the pointer in every view "
+    "(and a token's route, in the Token route dock). Ctrl+O opens a checkpoint, Ctrl+S saves the session, Ctrl+E "
+    "exports the current view, F1 explains the views.";
 
 // A dense model for the F rows, checked against the MoE it serves; none for an empty path.
 std::shared_ptr<Reference> loadReference(const QString& path, const Checkpoint& moe, const ModelSpec& spec) {
@@ -200,6 +211,21 @@ MainWindow::MainWindow(QWidget* parent) : QMainWindow(parent) {
     for (auto* d : {modelDock, promptsDock, jobsDock, routeDock}) view->addAction(d->toggleViewAction());
     view->addAction("Start page", this, [this] { central_->setCurrentWidget(start_); });
     view->addAction("Views", this, [this] { central_->setCurrentWidget(tabs_); });
+    view->addSeparator();
+    view->addAction("&Reset zoom", QKeySequence("Ctrl+0"), this, [this] {
+        if (auto* p = qobject_cast<ViewPane*>(tabs_->currentWidget())) p->figureView()->resetZoom();
+    });
+    auto* help = menuBar()->addMenu("&Help");
+    help->setObjectName("helpMenu");
+    help->addAction("&Views explained", QKeySequence::HelpContents, this, &MainWindow::showViewsHelp);
+    help->addAction("&Documentation", this, &MainWindow::showDocs);
+    help->addAction("&Mouse and keyboard", this,
+                    [this] { QMessageBox::information(this, "Mouse and keyboard", kMouseAndKeyboard); });
+    help->addSeparator();
+    help->addAction("&About ExpertScope", this, [this] { QMessageBox::about(this, "About ExpertScope", aboutText()); });
+    statusBar()->showMessage(
+        "Wheel: zoom  -  drag: pan  -  double-click or Ctrl+0: reset zoom  -  click: select an "
+        "expert or a token  -  F1: the views explained");
 
     // the layout the user left (docks and window); the tab order comes with each session
     auto st = settings();
@@ -207,6 +233,78 @@ MainWindow::MainWindow(QWidget* parent) : QMainWindow(parent) {
     restoreState(st.value("window/state").toByteArray());
     updateRecent();
     for (auto* p : panes_) p->setSession(nullptr);
+}
+
+QString MainWindow::aboutText() {
+    return QString(
+               "<h3>ExpertScope %1</h3><p>Look inside Mixture-of-Experts language models: expert similarity, "
+               "router choices against expert output norms, layer diversity and routing maps, after "
+               "<i>A Closer Look into Mixture-of-Experts in Large Language Models</i>, <i>Emergent Modularity in "
+               "Pre-trained Transformers</i> (EMoE) and <i>Mixture of Attention Heads</i>.</p>"
+               "<p>Qt %2. The documentation: Help &rarr; Documentation.</p>")
+        .arg(q(versionNumber()), qVersion());
+}
+
+QString MainWindow::viewsHelpHtml() {
+    QString html =
+        "<h2>The views</h2><p>Each tab shows a family of views; choose one with its View selector. "
+        "A view shows the results of an analysis: static ones (S1-S7) come from the weights as soon "
+        "as a checkpoint opens, dynamic ones (D1-D4) from prompts you run.</p>";
+    for (const auto& d : paneDefs()) {
+        html += "<h3>" + QString(d.title) + "</h3><ul>";
+        for (const auto& m : d.modes) {
+            const ViewInfo v = viewDescription(m.view);
+            html += "<li><b>" + m.label.toHtmlEscaped() + "</b> (<code>" + q(v.name) +
+                    "</code>): " + q(v.description).toHtmlEscaped() + ". <i>" + q(v.emptyHint).toHtmlEscaped() +
+                    "</i></li>";
+        }
+        html += "</ul>";
+    }
+    return html;
+}
+
+void MainWindow::showViewsHelp() {
+    auto* d = new QDialog(this);
+    d->setObjectName("viewsHelp");
+    d->setAttribute(Qt::WA_DeleteOnClose);
+    d->setWindowTitle("The views explained");
+    auto* lay = new QVBoxLayout(d);
+    auto* text = new QTextBrowser;
+    text->setHtml(viewsHelpHtml() + "<h3>Mouse and keyboard</h3><p>" + QString(kMouseAndKeyboard).toHtmlEscaped() +
+                  "</p>");
+    lay->addWidget(text);
+    d->resize(760, 640);
+    d->show();
+}
+
+void MainWindow::showDocs() {
+    const QString dir = q(docsDirectory());
+    if (dir.isEmpty()) {
+        showError("Documentation not found",
+                  "The documentation (share/doc/expertscope) is not installed beside this program.");
+        return;
+    }
+    // the docs shipped with the app, rendered as Markdown; links between them work
+    auto* d = new QDialog(this);
+    d->setObjectName("docs");
+    d->setAttribute(Qt::WA_DeleteOnClose);
+    d->setWindowTitle("ExpertScope documentation (" + dir + ")");
+    auto* lay = new QHBoxLayout(d);
+    auto* index = new QListWidget;
+    auto* text = new QTextBrowser;
+    text->setObjectName("docText");
+    text->setOpenLinks(true);
+    text->setSearchPaths({dir});
+    for (const QString& f : QDir(dir).entryList({"*.md"}, QDir::Files, QDir::Name)) index->addItem(f);
+    connect(index, &QListWidget::currentTextChanged, text, [text, dir](const QString& f) {
+        text->setSource(QUrl::fromLocalFile(QDir(dir).filePath(f)), QTextDocument::MarkdownResource);
+    });
+    lay->addWidget(index, 1);
+    lay->addWidget(text, 4);
+    const auto first = index->findItems("views.md", Qt::MatchExactly);
+    index->setCurrentItem(first.isEmpty() ? index->item(0) : first.front());
+    d->resize(1000, 700);
+    d->show();
 }
 
 MainWindow::~MainWindow() {

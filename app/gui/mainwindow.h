@@ -71,6 +71,9 @@ public:
     void selectExpert(int expert);
     void selectToken(const QString& run, qint64 token);
 
+    // Help: the About text (with the version) and every view explained (from the view catalogue)
+    static QString aboutText();
+    static QString viewsHelpHtml();
     QString lastError() const { return lastError_; }
     QString lastWarning() const { return lastWarning_; }  // the last warning dialog's text (tests)
     QTreeWidget* modelTree() const { return tree_; }
@@ -96,6 +99,8 @@ private Q_SLOTS:
     void saveAs();
     void exportDialog();
     void emoeDialog();
+    void showViewsHelp();
+    void showDocs();
 
 private:
     void buildStartPage();

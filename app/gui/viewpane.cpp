@@ -50,7 +50,10 @@ ViewPane::ViewPane(const QString& id, const QString& title, std::vector<Mode> mo
     };
     mode_ = new QComboBox;
     mode_->setObjectName("mode");
-    for (auto& m : modes_) mode_->addItem(m.label, q(m.view));
+    for (auto& m : modes_) {
+        mode_->addItem(m.label, q(m.view));
+        mode_->setItemData(mode_->count() - 1, q(viewDescription(m.view).description), Qt::ToolTipRole);
+    }
     if (modes_.size() > 1) labelled("View", mode_);
     else mode_->hide();
     kind_ = new QComboBox;

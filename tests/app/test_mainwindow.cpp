@@ -7,6 +7,10 @@
 #include <QLineEdit>
 #include <QListWidget>
 #include <QMessageBox>
+#include <QDialog>
+#include <QTextBrowser>
+#include <QStatusBar>
+#include <QMenu>
 #include <QPlainTextEdit>
 #include <QProcess>
 #include <QPushButton>
@@ -33,6 +37,7 @@
 #include "model/spec.h"
 #include "promptspanel.h"
 #include "session/session.h"
+#include "version.h"
 #include "viewpane.h"
 #include "views/figure.h"
 
@@ -483,6 +488,35 @@ private Q_SLOTS:
         QVERIFY(!w.session()->hasRun("unsaved-work"));
         QVERIFY(w.jobs()->waitForIdle(kJobTimeoutMs));
         qputenv("EXPERTSCOPE_NO_SAVE_PROMPT", "1");
+    }
+
+    // Help: every view explained from the catalogue, the shipped docs rendered, About with the
+    // version; the status bar says how to zoom, pan and reset
+    void helpMenuExplainsAndShowsTheDocs() {
+        MainWindow w;
+        QVERIFY(showWindow(w));
+        auto* help = w.findChild<QMenu*>("helpMenu");
+        QVERIFY(help);
+        QStringList actions;
+        for (auto* a : help->actions()) actions << a->text().remove('&');
+        for (const char* want : {"Views explained", "Documentation", "Mouse and keyboard", "About ExpertScope"})
+            QVERIFY2(actions.contains(want), qPrintable(actions.join(", ")));
+        QVERIFY(MainWindow::aboutText().contains(QString::fromStdString(versionNumber())));
+        const QString views = MainWindow::viewsHelpHtml();
+        for (const auto& v : allViewNames()) {
+            QVERIFY2(views.contains("<code>" + QString::fromStdString(v) + "</code>"), v.c_str());
+            QVERIFY(views.contains(QString::fromStdString(viewDescription(v).description).toHtmlEscaped()));
+        }
+        QVERIFY(!QString::fromStdString(docsDirectory()).isEmpty());
+        for (auto* a : help->actions())
+            if (a->text().remove('&') == "Documentation") a->trigger();
+        auto* docs = w.findChild<QDialog*>("docs");
+        QVERIFY(docs);
+        auto* text = docs->findChild<QTextBrowser*>("docText");
+        QVERIFY(text);
+        QVERIFY2(text->toPlainText().contains("expertscope-cli export"), qPrintable(text->toPlainText().left(300)));
+        QVERIFY(w.statusBar()->currentMessage().contains("reset zoom"));
+        QVERIFY(docs->grab().save(outDir() + "/help-docs.png"));
     }
 
     // A click selects what is under the pointer, read from the figure's data (never from a

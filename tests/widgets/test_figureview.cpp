@@ -270,6 +270,32 @@ private Q_SLOTS:
     }
 
     // A bar of the load chart: its tooltip is the stored share; clicking it selects the expert
+    void doubleClickResetsTheZoom() {
+        Session s = Session::open(session_.toStdString());
+        FigureView v;
+        v.resize(900, 560);
+        v.show();
+        QVERIFY(QTest::qWaitForWindowExposed(&v));
+        ViewRequest req;
+        req.view = "norms-vs-scores";
+        v.setFigure(buildFigure(s, req));
+        v.grabImage();
+        QCPAxis* x = v.panelRect(0)->axis(QCPAxis::atBottom);
+        QCPAxis* y = v.panelRect(0)->axis(QCPAxis::atLeft);
+        const QCPRange x0 = x->range(), y0 = y->range();
+        x->scaleRange(0.25);  // zoomed in and panned, as the wheel and a drag do
+        y->moveRange(y0.size() / 3);
+        v.plot()->replot();
+        QVERIFY(x->range().size() < x0.size() / 2);
+        QTest::mouseDClick(v.plot(), Qt::LeftButton, {}, v.plot()->rect().center());
+        x = v.panelRect(0)->axis(QCPAxis::atBottom);
+        y = v.panelRect(0)->axis(QCPAxis::atLeft);
+        QCOMPARE(x->range().lower, x0.lower);
+        QCOMPARE(x->range().upper, x0.upper);
+        QCOMPARE(y->range().lower, y0.lower);
+        QCOMPARE(y->range().upper, y0.upper);
+    }
+
     void loadBarsSelectTheirExpert() {
         Session s = Session::open(session_.toStdString());
         FigureView v;
