@@ -8,39 +8,33 @@ namespace es {
 
 namespace fs = std::filesystem;
 
-std::string demoDirectory() {
-    auto holdsDemo = [](const fs::path& p) {
+namespace {
+// The first directory of: `env` (when set), the installed copy (<prefix>/bin/.. / installedRel),
+// the source tree's copy; that holds the file `marker`. Empty when none does.
+std::string firstHolding(const char* env, const char* installedRel, const char* source, const fs::path& marker) {
+    auto holds = [&](const fs::path& p) {
         std::error_code ec;
-        return !p.empty() && fs::is_regular_file(p / "moe" / "config.json", ec);
+        return !p.empty() && fs::is_regular_file(p / marker, ec);
     };
-    if (const char* env = std::getenv("EXPERTSCOPE_DEMO_DIR"); env && *env) {
-        if (holdsDemo(env)) return fs::path(env).lexically_normal().string();
-    }
+    if (env && *env && holds(env)) return fs::path(env).lexically_normal().string();
     std::error_code ec;
     const fs::path exe = fs::read_symlink("/proc/self/exe", ec);
     if (!ec) {
-        const fs::path installed = exe.parent_path().parent_path() / EXPERTSCOPE_DEMO_INSTALL_REL;
-        if (holdsDemo(installed)) return installed.lexically_normal().string();
+        const fs::path installed = exe.parent_path().parent_path() / installedRel;
+        if (holds(installed)) return installed.lexically_normal().string();
     }
-    const fs::path source = EXPERTSCOPE_SOURCE_DEMO_DIR;
-    if (holdsDemo(source)) return source.lexically_normal().string();
+    if (holds(source)) return fs::path(source).lexically_normal().string();
     return {};
+}
+}  // namespace
+
+std::string demoDirectory() {
+    return firstHolding(std::getenv("EXPERTSCOPE_DEMO_DIR"), EXPERTSCOPE_DEMO_INSTALL_REL, EXPERTSCOPE_SOURCE_DEMO_DIR,
+                        fs::path("moe") / "config.json");
 }
 
 std::string docsDirectory() {
-    auto holdsDocs = [](const fs::path& p) {
-        std::error_code ec;
-        return !p.empty() && fs::is_regular_file(p / "views.md", ec);
-    };
-    std::error_code ec;
-    const fs::path exe = fs::read_symlink("/proc/self/exe", ec);
-    if (!ec) {
-        const fs::path installed = exe.parent_path().parent_path() / EXPERTSCOPE_DOCS_INSTALL_REL;
-        if (holdsDocs(installed)) return installed.lexically_normal().string();
-    }
-    const fs::path source = EXPERTSCOPE_SOURCE_DOCS_DIR;
-    if (holdsDocs(source)) return source.lexically_normal().string();
-    return {};
+    return firstHolding(nullptr, EXPERTSCOPE_DOCS_INSTALL_REL, EXPERTSCOPE_SOURCE_DOCS_DIR, "views.md");
 }
 
 }  // namespace es

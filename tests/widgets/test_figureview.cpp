@@ -272,13 +272,13 @@ private Q_SLOTS:
     // A bar of the load chart: its tooltip is the stored share; clicking it selects the expert
     void doubleClickResetsTheZoom() {
         Session s = Session::open(session_.toStdString());
+        ViewRequest req;
+        req.view = "norms-vs-scores";  // a scatter: zoom and pan move both axes
         FigureView v;
+        v.setFigure(buildFigure(s, req));
         v.resize(900, 560);
         v.show();
         QVERIFY(QTest::qWaitForWindowExposed(&v));
-        ViewRequest req;
-        req.view = "norms-vs-scores";
-        v.setFigure(buildFigure(s, req));
         v.grabImage();
         QCPAxis* x = v.panelRect(0)->axis(QCPAxis::atBottom);
         QCPAxis* y = v.panelRect(0)->axis(QCPAxis::atLeft);
