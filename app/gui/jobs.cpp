@@ -1,13 +1,14 @@
 #include "jobs.h"
 
 #include <QCoreApplication>
+#include <QTime>
+#include <QDateTime>
 #include <QHBoxLayout>
 #include <QLabel>
 #include <QPointer>
 #include <QProgressBar>
 #include <QPushButton>
 #include <QThread>
-#include <QTimer>
 #include <QVBoxLayout>
 #include <exception>
 
@@ -123,6 +124,14 @@ void JobManager::startNext() {
 
 JobsPanel::JobsPanel(JobManager* jobs, QWidget* parent) : QWidget(parent), jobs_(jobs) {
     auto* outer = new QVBoxLayout(this);
+    auto* top = new QHBoxLayout;
+    auto* clear = new QPushButton("Clear finished");
+    clear->setObjectName("clearFinished");
+    clear->setToolTip("Remove the finished, failed and cancelled jobs from the list (they stay until then)");
+    connect(clear, &QPushButton::clicked, this, &JobsPanel::clearFinished);
+    top->addStretch(1);
+    top->addWidget(clear);
+    outer->addLayout(top);
     rows_ = new QVBoxLayout;
     outer->addLayout(rows_);
     outer->addStretch(1);
@@ -141,20 +150,29 @@ JobsPanel::JobsPanel(JobManager* jobs, QWidget* parent) : QWidget(parent), jobs_
         bar->setValue(0);
         auto* cancel = new QPushButton("Cancel");
         cancel->setObjectName("cancel");
-        connect(cancel, &QPushButton::clicked, this, [this, id] { jobs_->cancel(id); });
+        connect(cancel, &QPushButton::clicked, this, [this, id, label, cancel] {
+            label->setText(label->property("name").toString() + " - cancelling...");
+            cancel->setEnabled(false);
+            label->setProperty("cancelling", true);
+            jobs_->cancel(id);
+        });
         l->addWidget(label, 2);
         l->addWidget(bar, 2);
         l->addWidget(cancel);
         rows_->addWidget(row);
     });
     connect(jobs_, &JobManager::started, this, [rowFor](int id, const QString& name) {
-        if (auto* row = rowFor(id)) row->findChild<QLabel*>("label")->setText(name);
+        if (auto* row = rowFor(id)) {
+            row->findChild<QLabel*>("label")->setText(name);
+            row->setProperty("startedMs", QDateTime::currentMSecsSinceEpoch());
+        }
     });
     connect(jobs_, &JobManager::progressed, this, [rowFor](int id, double f, const QString& what, double eta) {
         auto* row = rowFor(id);
         if (!row) return;
         row->findChild<QProgressBar*>("bar")->setValue(static_cast<int>(f * 1000));
         auto* label = row->findChild<QLabel*>("label");
+        if (label->property("cancelling").toBool()) return;  // it says so until it stops
         QString text = label->property("name").toString() + " - " + what;
         if (eta >= 0) text += QString(" (%1 s left)").arg(eta, 0, 'f', eta < 10 ? 1 : 0);
         label->setText(text);
@@ -163,14 +181,36 @@ JobsPanel::JobsPanel(JobManager* jobs, QWidget* parent) : QWidget(parent), jobs_
         auto* row = rowFor(id);
         if (!row) return;
         auto* label = row->findChild<QLabel*>("label");
-        label->setText(label->property("name").toString() + (ok ? " - done" : " - " + error.section('\n', 0, 0)));
+        // a finished job stays, with how long it took and when it ended, until cleared: the
+        // list never shifts under the mouse
+        const QVariant started = row->property("startedMs");
+        const QString took =
+            started.isValid()
+                ? QString(" in %1 s")
+                      .arg((QDateTime::currentMSecsSinceEpoch() - started.toLongLong()) / 1000.0, 0, 'f', 1)
+                : QString();
+        const QString at = QTime::currentTime().toString("HH:mm:ss");
+        const QString what = ok                     ? "done" + took
+                             : error == "cancelled" ? QString("cancelled")
+                                                    : "failed: " + error.section('\n', 0, 0);
+        label->setText(label->property("name").toString() + " - " + what + " (" + at + ")");
+        label->setToolTip(ok ? QString() : error);
         row->findChild<QProgressBar*>("bar")->setValue(ok ? 1000 : row->findChild<QProgressBar*>("bar")->value());
         row->findChild<QPushButton*>("cancel")->setEnabled(false);
-        // finished rows leave after a while
-        QTimer::singleShot(ok ? 4000 : 15000, row, [row] { row->deleteLater(); });
+        row->setProperty("finished", true);
     });
 }
 
 int JobsPanel::rowCount() const { return rows_->count(); }
+
+void JobsPanel::clearFinished() {
+    for (int i = rows_->count() - 1; i >= 0; --i) {
+        QWidget* row = rows_->itemAt(i)->widget();
+        if (row && row->property("finished").toBool()) {
+            rows_->removeWidget(row);
+            delete row;
+        }
+    }
+}
 
 }  // namespace es

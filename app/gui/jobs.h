@@ -61,12 +61,15 @@ private:
     QElapsedTimer clock_;
 };
 
-// The Jobs dock: one row per job with its progress bar, ETA and Cancel button.
+// The Jobs dock: one row per job with its progress bar, ETA and Cancel button ("cancelling..."
+// until the job stops); finished jobs stay, with their time, until Clear finished.
 class JobsPanel : public QWidget {
     Q_OBJECT
 public:
     explicit JobsPanel(JobManager* jobs, QWidget* parent = nullptr);
     int rowCount() const;
+    // Removes the rows of finished, failed and cancelled jobs (they stay until then).
+    void clearFinished();
 
 private:
     JobManager* jobs_;

@@ -17,6 +17,7 @@
 #include <QListWidget>
 #include <QMenuBar>
 #include <QMessageBox>
+#include <QPlainTextEdit>
 #include <QPushButton>
 #include <QSettings>
 #include <QSpinBox>
@@ -150,6 +151,14 @@ MainWindow::MainWindow(QWidget* parent) : QMainWindow(parent) {
         connect(p, &ViewPane::expertClicked, this, &MainWindow::selectExpert);
         connect(p, &ViewPane::tokenClicked, this, [this, p](qint64 t) { selectToken(currentRunOf(p), t); });
         connect(p, &ViewPane::changed, this, [this] { dirty_ = dirty_ || session_ != nullptr; });
+        connect(p, &ViewPane::actionRequested, this, [this](const QString& action) {
+            if (action == "emoe") emoeDialog();
+            else if (action == "prompts") {
+                promptsDock_->show();
+                promptsDock_->raise();
+                prompts_->editor()->setFocus();
+            }
+        });
     }
     central_->addWidget(start_);
     central_->addWidget(tabs_);
@@ -168,6 +177,7 @@ MainWindow::MainWindow(QWidget* parent) : QMainWindow(parent) {
     auto* modelDock = dock("Model", "ModelDock", tree_, Qt::LeftDockWidgetArea);
     prompts_ = new PromptsPanel;
     auto* promptsDock = dock("Prompts", "PromptsDock", prompts_, Qt::LeftDockWidgetArea);
+    promptsDock_ = promptsDock;
     jobsPanel_ = new JobsPanel(jobs_);
     auto* jobsDock = dock("Jobs", "JobsDock", jobsPanel_, Qt::BottomDockWidgetArea);
     route_ = new QTableWidget(0, 2);
@@ -414,6 +424,14 @@ void MainWindow::setSession(std::unique_ptr<Session> s) {
     // cancelled, and what they return is dropped (their land steps check the generation)
     jobs_->cancelAll();
     ++generation_;
+    // what an empty view advises depends on the model: dense (convert it), MoE, EMoE
+    ModelKind kind = ModelKind::None;
+    if (spec_ && s)
+        kind = spec_->moeLayers().empty()              ? ModelKind::Dense
+               : spec_->layout == ExpertLayout::Blocks ? ModelKind::Emoe
+                                                       : ModelKind::Moe;
+    else if (s) kind = s->model().numExperts == 0 ? ModelKind::Dense : ModelKind::Moe;
+    for (auto* p : panes_) p->setModelKind(kind);
     session_ = std::move(s);
     pendingRuns_.clear();
     route_->setRowCount(0);
@@ -425,14 +443,16 @@ void MainWindow::setSession(std::unique_ptr<Session> s) {
 void MainWindow::fillModelTree() {
     tree_->clear();
     auto add = [&](QTreeWidgetItem* parent, const QString& k, const QString& v) {
-        return parent ? new QTreeWidgetItem(parent, {k, v}) : new QTreeWidgetItem(tree_, {k, v});
+        auto* item = parent ? new QTreeWidgetItem(parent, {k, v}) : new QTreeWidgetItem(tree_, {k, v});
+        item->setToolTip(1, v);  // the dock is narrow: the whole value on hover
+        item->setToolTip(0, k);
+        return item;
     };
     if (spec_ && ckpt_) {
         const ModelSpec& s = *spec_;
         for (auto& r : describeModel(s, *ckpt_)) {  // the same rows as `expertscope-cli info`
             if (r.label.empty()) continue;
-            auto* item = add(nullptr, q(r.label), q(r.text));
-            item->setToolTip(1, q(r.text));
+            add(nullptr, q(r.label), q(r.text));
         }
         if (ref_) add(nullptr, "Reference (F)", q(ref_->ckpt->path()));
         auto* layers = add(nullptr, "Layer list", "");
@@ -453,17 +473,19 @@ void MainWindow::fillModelTree() {
         for (auto& n : session_->runNames()) {
             RunInfo r = session_->runInfo(n);
             add(runs, q(n),
-                QString("%1 tokens, %2 prompts, %3 MoE layers, %4 %5")
-                    .arg(r.numTokens)
+                QString("%1 prompts, %2 tokens, %3 MoE layers, %4 %5%6")
                     .arg(r.numPrompts)
+                    .arg(r.numTokens)
                     .arg(r.moeLayers.size())
-                    .arg(q(r.device), q(r.dtype)));
+                    .arg(q(r.device), q(r.dtype), r.created.empty() ? "" : ", " + q(r.created)));
         }
         auto* results = add(nullptr, "Results", QString::number(session_->resultIds().size()));
         for (auto& id : session_->resultIds()) add(results, q(id), q(session_->result(id).kind));
     }
     tree_->expandToDepth(0);
     tree_->resizeColumnToContents(0);
+    // the values stay in view in a narrow dock (each shows whole on hover)
+    tree_->setColumnWidth(0, std::min(tree_->columnWidth(0), std::max(90, tree_->viewport()->width() * 2 / 5)));
 }
 
 bool MainWindow::maybeSave(const QString& action) {
@@ -906,16 +928,34 @@ void MainWindow::emoeDialog() {
     form->addRow("Gating", gating);
     form->addRow("Seed", seed);
     form->addRow("Format", format);
+    // the output: a new folder (typed) or an existing empty one (chosen); a file dialog for a
+    // new file would open an empty folder instead of taking it
+    auto* out = new QLineEdit(q(ckpt_->path()) + QString("-emoe%1").arg(experts->value()));
+    out->setObjectName("emoeOut");
+    auto* browse = new QPushButton("Choose...");
+    connect(browse, &QPushButton::clicked, &d, [this, out] {
+        const QString dir = QFileDialog::getExistingDirectory(this, "An empty folder for the EMoE checkpoint",
+                                                              QFileInfo(out->text()).absolutePath());
+        if (!dir.isEmpty()) out->setText(dir);
+    });
+    auto* outRow = new QHBoxLayout;
+    outRow->addWidget(out, 1);
+    outRow->addWidget(browse);
+    form->addRow("Output folder", outRow);
     auto* buttons = new QDialogButtonBox(QDialogButtonBox::Ok | QDialogButtonBox::Cancel);
     form->addRow(buttons);
-    connect(buttons, &QDialogButtonBox::accepted, &d, &QDialog::accept);
+    connect(buttons, &QDialogButtonBox::accepted, &d, [&d, out, this] {
+        const QFileInfo fi(out->text().trimmed());
+        if (out->text().trimmed().isEmpty() || (fi.exists() && !(fi.isDir() && QDir(fi.filePath()).isEmpty()))) {
+            showError("Cannot convert", out->text() + ": the output folder must be new or empty");
+            return;
+        }
+        d.accept();
+    });
     connect(buttons, &QDialogButtonBox::rejected, &d, &QDialog::reject);
     if (d.exec() != QDialog::Accepted) return;
-    const QString out = QFileDialog::getSaveFileName(this, "Directory for the EMoE checkpoint",
-                                                     q(ckpt_->path()) + QString("-emoe%1").arg(experts->value()));
-    if (out.isEmpty()) return;
-    convertToEmoe(out, experts->value(), topK->value(), layers->text(), gating->currentText(), seed->value(),
-                  format->currentData().toString());
+    convertToEmoe(out->text().trimmed(), experts->value(), topK->value(), layers->text(), gating->currentText(),
+                  seed->value(), format->currentData().toString());
 }
 
 QString MainWindow::currentRunOf(ViewPane* p) const {

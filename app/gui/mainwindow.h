@@ -124,7 +124,7 @@ private:
     PromptsPanel* prompts_;
     QTreeWidget* tree_;
     QTableWidget* route_;
-    QDockWidget* routeDock_;
+    QDockWidget *routeDock_, *promptsDock_;
     QTabWidget* tabs_;
     QStackedWidget* central_;
     QWidget* start_;

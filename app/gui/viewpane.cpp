@@ -5,6 +5,7 @@
 #include <QFileInfo>
 #include <QHBoxLayout>
 #include <QLabel>
+#include <QPushButton>
 #include <QSlider>
 #include <QSpinBox>
 #include <QStackedWidget>
@@ -80,8 +81,10 @@ ViewPane::ViewPane(const QString& id, const QString& title, std::vector<Mode> mo
     run_ = new QComboBox;
     run_->setObjectName("run");
     labelled("Run", run_);
-    prompt_ = new QSpinBox;
+    prompt_ = new QComboBox;  // each prompt by its first words, not by a bare number
     prompt_->setObjectName("prompt");
+    prompt_->setMinimumContentsLength(24);
+    prompt_->setSizeAdjustPolicy(QComboBox::AdjustToMinimumContentsLengthWithIcon);
     labelled("Prompt", prompt_);
     token_ = new QSpinBox;
     token_->setObjectName("token");
@@ -103,12 +106,23 @@ ViewPane::ViewPane(const QString& id, const QString& title, std::vector<Mode> mo
     bar->addStretch(1);
 
     stack_ = new QStackedWidget;
+    messagePage_ = new QWidget;
+    auto* ml = new QVBoxLayout(messagePage_);
     message_ = new QLabel;
     message_->setAlignment(Qt::AlignCenter);
     message_->setWordWrap(true);
     message_->setObjectName("message");
+
+    actionButton_ = new QPushButton;
+    actionButton_->setObjectName("action");
+    connect(actionButton_, &QPushButton::clicked, this, [this] { Q_EMIT actionRequested(action_); });
+    ml->addStretch(1);
+    ml->setContentsMargins(60, 0, 60, 0);
+    ml->addWidget(message_);
+    ml->addWidget(actionButton_, 0, Qt::AlignHCenter);
+    ml->addStretch(1);
     view_ = new FigureView;
-    stack_->addWidget(message_);
+    stack_->addWidget(messagePage_);
     stack_->addWidget(view_);
     outer->addWidget(stack_, 1);
     connect(view_, &FigureView::expertClicked, this, &ViewPane::expertClicked);
@@ -136,7 +150,7 @@ ViewPane::ViewPane(const QString& id, const QString& title, std::vector<Mode> mo
         rebuildControls();
         redraw();
     });
-    connect(prompt_, qOverload<int>(&QSpinBox::valueChanged), this, changedControl);
+    connect(prompt_, qOverload<int>(&QComboBox::currentIndexChanged), this, changedControl);
     for (QCheckBox* c : {mask_, values_}) connect(c, &QCheckBox::toggled, this, changedControl);
     connect(token_, qOverload<int>(&QSpinBox::valueChanged), this, changedControl);
     rebuildControls();
@@ -203,12 +217,33 @@ void ViewPane::rebuildControls() {
     fillCombo(measure_, i ? i->measures : std::vector<std::string>{});
     show(measure_, i && !i->measures.empty());
     fillCombo(run_, i ? i->runs : std::vector<std::string>{});
+    for (int k = 0; session_ && k < run_->count(); ++k)  // what each run is, on hover
+        if (const std::string n = run_->itemText(k).toStdString(); session_->hasRun(n)) {
+            const RunInfo ri = session_->runInfo(n);
+            run_->setItemData(k,
+                              QString("%1 prompt(s), %2 tokens, %3 %4%5")
+                                  .arg(ri.numPrompts)
+                                  .arg(ri.numTokens)
+                                  .arg(q(ri.device), q(ri.dtype), ri.created.empty() ? "" : ", " + q(ri.created)),
+                              Qt::ToolTipRole);
+        }
     show(run_, i && i->perRun && !i->runs.empty());
-    int prompts = 0;
+    const int keepPrompt = std::max(0, prompt_->currentIndex());
+    prompt_->clear();
     if (i && i->perPrompt && session_ && !run_->currentText().isEmpty() &&
-        session_->hasRun(run_->currentText().toStdString()))
-        prompts = static_cast<int>(session_->runPromptOffsets(run_->currentText().toStdString()).size()) - 1;
-    prompt_->setRange(0, std::max(0, prompts - 1));
+        session_->hasRun(run_->currentText().toStdString())) {
+        const std::string run = run_->currentText().toStdString();
+        const auto offsets = session_->runPromptOffsets(run);
+        const auto texts = session_->runPromptTexts(run);
+        for (size_t k = 0; k + 1 < offsets.size(); ++k) {
+            const QString text = k < texts.size() ? q(texts[k]).simplified() : QString();
+            const QString label = text.isEmpty() ? QString("%1 tokens").arg(offsets[k + 1] - offsets[k])
+                                                 : (text.size() > 40 ? text.left(39) + QChar(0x2026) : text);
+            prompt_->addItem(QString("%1: %2").arg(k).arg(label));  // numbered as --prompt and the title
+            prompt_->setItemData(prompt_->count() - 1, text, Qt::ToolTipRole);
+        }
+    }
+    prompt_->setCurrentIndex(std::min(keepPrompt, prompt_->count() - 1));
     show(prompt_, i && i->perPrompt);
     int tokens = 0;
     if (i && i->perToken && session_ && !run_->currentText().isEmpty()) {
@@ -241,7 +276,7 @@ ViewRequest ViewPane::request() const {
     r.matrix = matrix_->currentText().toStdString();
     r.measure = measure_->currentText().toStdString();
     r.run = run_->currentText().toStdString();
-    r.prompt = prompt_->value();
+    r.prompt = std::max(0, prompt_->currentIndex());
     r.token = token_->value();
     r.scale = hasScale(r.view) ? scale_->currentData().toString().toStdString() : "layer";
     const bool matrix = viewDescription(r.view).expertMatrix;
@@ -284,14 +319,29 @@ void ViewPane::draw() {
         updating_ = false;
     }
     if (!session_) {
-        message_->setText("Open a checkpoint, a session or the demo model (File menu).");
-        stack_->setCurrentWidget(message_);
+        showMessage("Open a checkpoint, a session or the demo model (File menu).");
         return;
     }
     if (!info()) {
-        const QString hint = q(viewDescription(currentView()).emptyHint);
-        message_->setText("No results for this view yet. " + hint);
-        stack_->setCurrentWidget(message_);
+        // what the view needs, for this model, and the way to it
+        const ViewInfo d = viewDescription(currentView());
+        const bool modularity = d.analysis == "modularity";
+        if (modelKind_ == ModelKind::Dense)
+            showMessage(
+                "This is a dense model: it has no experts for this view to look at. File -> Convert to EMoE "
+                "splits each FFN into experts by clustering its neurons (Emergent Modularity, docs/emoe.md); "
+                "the EMoE model then opens here, with this dense model as its reference (F).",
+                "emoe");
+        else if (modularity && modelKind_ != ModelKind::Emoe)
+            showMessage(
+                "Modularity is measured on EMoE models: dense models split into experts (open a dense "
+                "checkpoint, then File -> Convert to EMoE). This model's experts were trained as experts, "
+                "so this view has nothing to show for it.");
+        else if (d.emptyHint.find("Run prompts") != std::string::npos)
+            showMessage(
+                "No results for this view yet: it shows what the router does with prompts you run. " + q(d.emptyHint),
+                "prompts");
+        else showMessage("No results for this view yet. " + q(d.emptyHint));
         lastError_.clear();
         Q_EMIT changed();
         return;
@@ -302,10 +352,28 @@ void ViewPane::draw() {
         lastError_.clear();
     } catch (const std::exception& e) {
         lastError_ = e.what();
-        message_->setText(QString::fromStdString(lastError_));
-        stack_->setCurrentWidget(message_);
+        showMessage(QString::fromStdString(lastError_));
     }
     Q_EMIT changed();
+}
+
+void ViewPane::showMessage(const QString& text, const QString& action) {
+    message_->setText(text);
+    action_ = action;
+    actionButton_->setText(action == "emoe" ? "Convert to EMoE..." : "Run prompts...");
+    actionButton_->setVisible(!action.isEmpty());
+    stack_->setCurrentWidget(messagePage_);
+}
+
+QString ViewPane::message() const {
+    ensureDrawn();
+    return stack_->currentWidget() == messagePage_ ? message_->text() : QString();
+}
+
+void ViewPane::setModelKind(ModelKind k) {
+    if (k == modelKind_) return;
+    modelKind_ = k;
+    redraw();
 }
 
 bool ViewPane::hasFigure() const {
@@ -393,7 +461,9 @@ void ViewPane::setOption(const QString& name, const QString& value) {
     if (at >= 0) c->setCurrentIndex(at);
 }
 
-void ViewPane::setPrompt(int p) { prompt_->setValue(p); }
+void ViewPane::setPrompt(int p) {
+    if (p >= 0 && p < prompt_->count()) prompt_->setCurrentIndex(p);
+}
 void ViewPane::selectExpert(int expert) { view_->setSelectedExpert(expert); }
 void ViewPane::selectToken(qint64 token) { view_->setSelectedToken(token); }
 void ViewPane::setToken(int t) { token_->setValue(t); }

@@ -15,6 +15,7 @@
 class QCheckBox;
 class QComboBox;
 class QLabel;
+class QPushButton;
 class QSlider;
 class QSpinBox;
 class QStackedWidget;
@@ -23,6 +24,9 @@ namespace es {
 
 class FigureView;
 class Session;
+
+// What the open model is, for what an empty view advises.
+enum class ModelKind { None, Dense, Moe, Emoe };
 
 class ViewPane : public QWidget {
     Q_OBJECT
@@ -37,6 +41,11 @@ public:
 
     // The session whose results the pane shows (nullptr: none); refresh() after results land.
     void setSession(const Session* s);
+    void setModelKind(ModelKind k);
+    // What the pane shows instead of a figure (why it is empty, an error), and the action it
+    // offers ("" when none): "emoe" (Convert to EMoE) or "prompts" (run prompts)
+    QString message() const;
+    QString offeredAction() const { return action_; }
     void refresh();
     bool hasFigure() const;
     FigureView* figureView() const;  // drawn first when a change is pending
@@ -65,6 +74,7 @@ public:
     bool exportTo(const QString& path, int width, int height, double dpi, bool allLayers, QString* error);
 
 Q_SIGNALS:
+    void actionRequested(const QString& action);  // offeredAction(), when its button is clicked
     void expertClicked(int expert);
     void tokenClicked(qint64 token);
     void changed();
@@ -88,8 +98,14 @@ private:
     QComboBox *mode_, *kind_, *matrix_, *measure_, *run_, *scale_;
     QCheckBox *mask_, *values_;
     QSlider* layer_;
+    void showMessage(const QString& text, const QString& action = {});
     QLabel *layerLabel_, *message_;
-    QSpinBox *prompt_, *token_;
+    QPushButton* actionButton_;
+    QWidget* messagePage_;
+    QString action_;
+    ModelKind modelKind_ = ModelKind::None;
+    QComboBox* prompt_;
+    QSpinBox* token_;
     QStackedWidget* stack_;
     FigureView* view_;
     bool updating_ = false;

@@ -4,10 +4,12 @@
 #include <QApplication>
 #include <QComboBox>
 #include <QDir>
+#include <QLabel>
 #include <QLineEdit>
 #include <QListWidget>
 #include <QMessageBox>
 #include <QDialog>
+#include <QDialogButtonBox>
 #include <QTextBrowser>
 #include <QStatusBar>
 #include <QMenu>
@@ -519,6 +521,56 @@ private Q_SLOTS:
         QVERIFY(docs->grab().save(outDir() + "/help-docs.png"));
     }
 
+    // An empty view says what it needs for this model and offers the way to it
+    void emptyViewsSayWhatTheyNeed() {
+        const QString demo = QString::fromStdString(demoDirectory());
+        MainWindow w;
+        QVERIFY(showWindow(w));
+        QVERIFY(w.openCheckpoint(demo + "/moe"));
+        QVERIFY(w.jobs()->waitForIdle(kJobTimeoutMs));
+        ViewPane* norms = w.pane("norms");
+        w.tabs()->setCurrentWidget(norms);
+        QVERIFY(!norms->hasFigure());  // no prompts ran yet
+        QVERIFY2(norms->message().contains("Run prompts"), qPrintable(norms->message()));
+        QCOMPARE(norms->offeredAction(), QString("prompts"));
+        auto* button = norms->findChild<QPushButton*>("action");
+        QVERIFY(button && button->isVisible());
+        QTest::mouseClick(button, Qt::LeftButton);
+        QVERIFY(w.promptsPanel()->isVisible());
+        ViewPane* mod = w.pane("modularity");
+        w.tabs()->setCurrentWidget(mod);
+        QVERIFY2(mod->message().contains("EMoE models") && !mod->message().contains("Run prompts"),
+                 qPrintable(mod->message()));
+        QCOMPARE(mod->offeredAction(), QString());
+        // a dense model: every view points to Convert to EMoE (it waited for analyses that never start)
+        QVERIFY(w.openCheckpoint(demo + "/dense"));
+        QVERIFY(w.jobs()->waitForIdle(kJobTimeoutMs));
+        for (ViewPane* p : w.panes()) {
+            QVERIFY2(p->message().contains("dense model"), qPrintable(p->id() + ": " + p->message()));
+            QCOMPARE(p->offeredAction(), QString("emoe"));
+        }
+        w.tabs()->setCurrentWidget(w.pane("similarity"));
+        QVERIFY(w.grab().save(outDir() + "/window-dense.png"));
+        // the offered action: the conversion dialog, which takes an existing empty folder
+        QTemporaryDir tmp;
+        const QString empty = tmp.filePath("chosen");
+        QVERIFY(QDir().mkpath(empty));
+        bool answered = false;
+        QTimer::singleShot(0, &w, [&] {
+            auto* d = qobject_cast<QDialog*>(QApplication::activeModalWidget());
+            QVERIFY(d);
+            d->findChild<QLineEdit*>("emoeOut")->setText(empty);
+            d->findChild<QDialogButtonBox*>()->button(QDialogButtonBox::Ok)->click();
+            answered = true;
+        });
+        QTest::mouseClick(w.pane("similarity")->findChild<QPushButton*>("action"), Qt::LeftButton);
+        QVERIFY(answered);
+        QVERIFY(w.jobs()->waitForIdle(kJobTimeoutMs));
+        QVERIFY2(w.lastError().isEmpty(), qPrintable(w.lastError()));
+        QVERIFY(QFileInfo::exists(empty + "/config.json"));
+        QVERIFY(w.modelTree()->findItems("Router", Qt::MatchExactly).at(0)->text(1).startsWith("avg-k"));
+    }
+
     // A click selects what is under the pointer, read from the figure's data (never from a
     // tooltip or a label): in every kind of view, the expert of the row, column, bar or point,
     // and the token of a token column or point
@@ -792,13 +844,30 @@ private Q_SLOTS:
         for (int i = 0; i < 200; ++i) many << QString("Prompt number %1 with a few more words to route.").arg(i);
         QSignalSpy done(w.jobs(), &JobManager::finished);
         QVERIFY(w.runPrompts(many));
-        w.jobs()->cancelAll();
+        // its row's Cancel: the row says "cancelling..." at once, "cancelled" when it stopped
+        QLabel* label = nullptr;
+        QPushButton* cancel = nullptr;
+        for (auto* row : w.jobsPanel()->findChildren<QWidget*>())
+            if (auto* l = row->findChild<QLabel*>("label");
+                l && row->objectName().startsWith("job") && l->property("name").toString().startsWith("Run 200"))
+                label = l, cancel = row->findChild<QPushButton*>("cancel");
+        QVERIFY(label && cancel);
+        QTest::mouseClick(cancel, Qt::LeftButton);
+        QVERIFY2(label->text().endsWith("cancelling..."), qPrintable(label->text()));
+        QVERIFY(!cancel->isEnabled());
         QVERIFY(w.jobs()->waitForIdle(kJobTimeoutMs));
         QCOMPARE(done.count(), 1);
         QCOMPARE(done.at(0).at(1).toBool(), false);
         QCOMPARE(done.at(0).at(2).toString(), QString("cancelled"));
         QVERIFY(w.session()->runNames().empty());
         QVERIFY(w.lastError().isEmpty());  // a cancelled job is no error
+        QVERIFY2(label->text().contains(" - cancelled ("), qPrintable(label->text()));
+        // finished jobs stay (with their time) until cleared: the static analyses' and this one
+        QCOMPARE(w.jobsPanel()->rowCount(), 2);
+        QTest::qWait(4500);  // they used to leave after 4 s
+        QCOMPARE(w.jobsPanel()->rowCount(), 2);
+        QTest::mouseClick(w.jobsPanel()->findChild<QPushButton*>("clearFinished"), Qt::LeftButton);
+        QCOMPARE(w.jobsPanel()->rowCount(), 0);
     }
 
     void badCheckpointShowsDialogNamingFileAndField() {
