@@ -672,6 +672,12 @@ QPoint FigureView::pointCenter(int panel, int series, size_t i) const {
     return plot_->mapTo(this, QPoint(static_cast<int>(std::lround(px)), static_cast<int>(std::lround(py))));
 }
 
+QPoint FigureView::tokenCenter(size_t i) const {
+    for (const auto& [r, k] : text_->boxes)
+        if (k == i) return text_->mapTo(this, r.center().toPoint());
+    return {-1, -1};
+}
+
 QCPAxisRect* FigureView::panelRect(int panel) const { return rects_.at(static_cast<size_t>(panel)); }
 
 std::pair<double, double> FigureView::colorRange(int panel) const { return ranges_.at(static_cast<size_t>(panel)); }
@@ -786,9 +792,12 @@ QString FigureView::toolTipAt(const QPoint& pos) const {
 }
 
 void FigureView::clicked(const QPoint& posInPlot) {
-    if (fig_.isText) {
+    if (fig_.isText) {  // a token: its route, and its top-1 expert
         const int64_t t = text_->tokenAt(text_->mapFrom(this, posInPlot));
-        if (t >= 0) Q_EMIT tokenClicked(t);
+        if (t < 0) return;
+        Q_EMIT tokenClicked(t);
+        for (const auto& tok : fig_.text.tokens)
+            if (tok.index == t && tok.expert >= 0) Q_EMIT expertClicked(tok.expert);
         return;
     }
     // what is under the pointer, from the figure's own data: the expert of the row, column,

@@ -65,6 +65,8 @@ public:
     // The centre of point i of series `series` of panel `panel` (a bar: the middle of the bar),
     // in widget coordinates.
     QPoint pointCenter(int panel, int series, size_t i) const;
+    // The routing text: the centre of token i's box as last drawn ({-1, -1}: not drawn).
+    QPoint tokenCenter(size_t i) const;
     // The colour range a heatmap panel is drawn with.
     std::pair<double, double> colorRange(int panel) const;
     int panelCount() const { return static_cast<int>(rects_.size()); }

@@ -686,6 +686,18 @@ private Q_SLOTS:
         w.selectExpert(-1);
         click(s7, s7->pointCenter(0, 0, n));
         QCOMPARE(s7->selectedExpert(), static_cast<int>(owner.at(n)));
+        // the routing text: a token selects itself and its top-1 expert
+        ViewPane* routing = w.pane("routing");
+        routing->setMode("routing-text");
+        w.tabs()->setCurrentWidget(routing);
+        FigureView* text = routing->figureView();
+        QVERIFY(text->figure().isText);
+        text->repaint();  // lays the tokens out
+        const auto& tok = text->figure().text.tokens.at(3);
+        w.selectExpert(-1);
+        QTest::mouseClick(text, Qt::LeftButton, {}, text->tokenCenter(3));
+        QCOMPARE(text->selectedToken(), tok.index);
+        QCOMPARE(text->selectedExpert(), tok.expert);
         // S6: an expert's point
         FigureView* s6 = show("pca", "matrix-pca");
         QVERIFY(s6);
