@@ -110,7 +110,8 @@ void PromptsPanel::updateRunButton() {
     const int n = static_cast<int>(toRun().size());
     run_->setText(typed      ? QString("Run the typed prompt")
                   : selected ? QString("Run %1 selected prompt%2").arg(n).arg(n == 1 ? "" : "s")
-                  : n > 0    ? QString("Run all %1 prompt%2").arg(n).arg(n == 1 ? "" : "s")
+                  : n == 1   ? QString("Run the prompt")
+                  : n > 1    ? QString("Run all %1 prompts").arg(n)
                              : QString("Run"));
     run_->setEnabled(runEnabled_ && n > 0);
 }

@@ -326,7 +326,7 @@ private Q_SLOTS:
         for (int i = 0; i < fv->plot()->itemCount(); ++i)
             texts += qobject_cast<QCPItemText*>(fv->plot()->item(i)) != nullptr;
         QCOMPARE(texts, static_cast<int>(n * n - n));  // every cell but the masked diagonal
-        QVERIFY(fv->grabImage().save(outDir() + "/s1-masked-values.png"));
+        QVERIFY(w.grab().save(outDir() + "/first-hour-similarity.png"));
         for (const char* o : {"mask_diagonal", "cell_values"}) sim->setOption(o, "false");
         sim->setOption("scale", "layer");
         QVERIFY(!fv->figure().panels[0].heatmap.maskDiagonal);
@@ -419,6 +419,7 @@ private Q_SLOTS:
         const QString typed = "Typed text wins over the list.";
         pp->editor()->setPlainText(typed);
         QCOMPARE(pp->runButton()->text(), QString("Run the typed prompt"));
+        QVERIFY(w.grab().save(outDir() + "/first-hour-run.png"));
         QTest::mouseClick(pp->runButton(), Qt::LeftButton);
         QVERIFY(w.jobs()->waitForIdle(kJobTimeoutMs));
         QVERIFY2(w.lastError().isEmpty(), qPrintable(w.lastError()));
@@ -518,7 +519,7 @@ private Q_SLOTS:
         QVERIFY(text);
         QVERIFY2(text->toPlainText().contains("expertscope-cli export"), qPrintable(text->toPlainText().left(300)));
         QVERIFY(w.statusBar()->currentMessage().contains("reset zoom"));
-        QVERIFY(docs->grab().save(outDir() + "/help-docs.png"));
+        QVERIFY(docs->grab().save(outDir() + "/first-hour-help.png"));
     }
 
     // An empty view says what it needs for this model and offers the way to it
@@ -550,7 +551,7 @@ private Q_SLOTS:
             QCOMPARE(p->offeredAction(), QString("emoe"));
         }
         w.tabs()->setCurrentWidget(w.pane("similarity"));
-        QVERIFY(w.grab().save(outDir() + "/window-dense.png"));
+        QVERIFY(w.grab().save(outDir() + "/first-hour-dense.png"));  // docs/first-hour.md
         // the offered action: the conversion dialog, which takes an existing empty folder
         QTemporaryDir tmp;
         const QString empty = tmp.filePath("chosen");
