@@ -812,6 +812,10 @@ void MainWindow::exportDialog() {
     dpi->setToolTip("Image pixels per inch: more pixels, the same layout (matplotlib's savefig dpi)");
     auto* pixels = new QLabel;
     pixels->setObjectName("exportPixels");
+    fmt->setObjectName("exportFormat");
+    w->setObjectName("exportWidth");
+    h->setObjectName("exportHeight");
+    dpi->setObjectName("exportDpi");
     auto* all = new QCheckBox("Every layer (one file each)");
     all->setEnabled(!p->layers().empty());
     form->addRow("Format", fmt);

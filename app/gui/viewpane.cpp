@@ -128,28 +128,24 @@ ViewPane::ViewPane(const QString& id, const QString& title, std::vector<Mode> mo
     connect(view_, &FigureView::expertClicked, this, &ViewPane::expertClicked);
     connect(view_, &FigureView::tokenClicked, this, &ViewPane::tokenClicked);
 
+    // a control the user changed: drawn again, and the pane's saved state changed
     auto changedControl = [this] {
         if (updating_) return;
         redraw();
+        Q_EMIT changed();
     };
-    connect(mode_, qOverload<int>(&QComboBox::currentIndexChanged), this, [this] {
+    auto changedChoice = [this] {  // the view, the kind of expert, the run: other controls too
         if (updating_) return;
-        rebuildControls();
+        rebuildControls();  // e.g. the attention experts' matrices differ
         redraw();
-    });
-    connect(kind_, qOverload<int>(&QComboBox::currentIndexChanged), this, [this] {
-        if (updating_) return;
-        rebuildControls();  // the attention experts' matrices differ
-        redraw();
-    });
+        Q_EMIT changed();
+    };
+    connect(mode_, qOverload<int>(&QComboBox::currentIndexChanged), this, changedChoice);
+    connect(kind_, qOverload<int>(&QComboBox::currentIndexChanged), this, changedChoice);
     connect(layer_, &QSlider::valueChanged, this, changedControl);
     for (QComboBox* c : {matrix_, measure_, scale_})
         connect(c, qOverload<int>(&QComboBox::currentIndexChanged), this, changedControl);
-    connect(run_, qOverload<int>(&QComboBox::currentIndexChanged), this, [this] {
-        if (updating_) return;
-        rebuildControls();
-        redraw();
-    });
+    connect(run_, qOverload<int>(&QComboBox::currentIndexChanged), this, changedChoice);
     connect(prompt_, qOverload<int>(&QComboBox::currentIndexChanged), this, changedControl);
     for (QCheckBox* c : {mask_, values_}) connect(c, &QCheckBox::toggled, this, changedControl);
     connect(token_, qOverload<int>(&QSpinBox::valueChanged), this, changedControl);
@@ -303,7 +299,6 @@ void ViewPane::redraw() {
     // a hidden pane (another tab) draws when it is shown or asked for its figure
     stale_ = true;
     if (isVisible()) draw();
-    else Q_EMIT changed();
 }
 
 void ViewPane::draw() {
@@ -343,7 +338,6 @@ void ViewPane::draw() {
                 "prompts");
         else showMessage("No results for this view yet. " + q(d.emptyHint));
         lastError_.clear();
-        Q_EMIT changed();
         return;
     }
     try {
@@ -354,7 +348,6 @@ void ViewPane::draw() {
         lastError_ = e.what();
         showMessage(QString::fromStdString(lastError_));
     }
-    Q_EMIT changed();
 }
 
 void ViewPane::showMessage(const QString& text, const QString& action) {

@@ -77,7 +77,7 @@ Q_SIGNALS:
     void actionRequested(const QString& action);  // offeredAction(), when its button is clicked
     void expertClicked(int expert);
     void tokenClicked(qint64 token);
-    void changed();
+    void changed();  // the user changed what the pane shows (its state, saved in the session)
 
 protected:
     void showEvent(QShowEvent* e) override;

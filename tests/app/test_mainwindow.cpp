@@ -8,6 +8,11 @@
 #include <QLineEdit>
 #include <QListWidget>
 #include <QMessageBox>
+#include <QAction>
+#include <QSpinBox>
+#include <QSettings>
+#include <QMenuBar>
+#include <QFileDialog>
 #include <QDialog>
 #include <QDialogButtonBox>
 #include <QTextBrowser>
@@ -268,6 +273,34 @@ private Q_SLOTS:
             }
         }
         QVERIFY(redPixels(fv->grabImage()) > 0);  // and still does after exporting
+        // the dialog (File -> Export view): the size as on screen and a DPI make size x DPI / 96
+        // pixels; format and DPI are remembered
+        const QString viaDialog = tmp.filePath("similarity.png");  // the name the dialog offers
+        QSize asked;
+        auto* poll = new QTimer(&w);
+        connect(poll, &QTimer::timeout, poll, [&] {
+            QWidget* m = QApplication::activeModalWidget();
+            if (auto* fd = qobject_cast<QFileDialog*>(m)) {
+                fd->selectFile(viaDialog);
+                fd->findChild<QDialogButtonBox*>()->button(QDialogButtonBox::Save)->click();
+                poll->deleteLater();
+            } else if (auto* d = qobject_cast<QDialog*>(m); d && d->findChild<QSpinBox*>("exportDpi")) {
+                d->findChild<QComboBox*>("exportFormat")->setCurrentIndex(0);
+                d->findChild<QSpinBox*>("exportDpi")->setValue(192);
+                asked = {d->findChild<QSpinBox*>("exportWidth")->value(),
+                         d->findChild<QSpinBox*>("exportHeight")->value()};
+                QVERIFY(d->findChild<QLabel*>("exportPixels")
+                            ->text()
+                            .startsWith(QString("%1 x %2 pixels").arg(2 * asked.width()).arg(2 * asked.height())));
+                d->findChild<QDialogButtonBox*>()->button(QDialogButtonBox::Ok)->click();
+            }
+        });
+        poll->start(20);
+        for (QAction* a : w.menuBar()->actions().front()->menu()->actions())
+            if (a->text().remove('&').startsWith("Export view")) a->trigger();
+        QCOMPARE(QImage(viaDialog).size(), asked * 2);
+        QCOMPARE(QSettings("ExpertScope", "ExpertScope").value("export/dpi").toInt(), 192);
+
         // a size too small for the figure's text at that DPI is an error, not a clipped image
         QVERIFY(!w.exportView("similarity", tmp.filePath("tiny.png"), 600, 400, 600));
         QVERIFY2(w.lastError().contains("too small") && w.lastError().contains("tiny.png"), qPrintable(w.lastError()));
@@ -489,6 +522,12 @@ private Q_SLOTS:
         QVERIFY(w.openCheckpoint(demo + "/dense"));
         QVERIFY(!asked.isEmpty());
         QVERIFY(!w.session()->hasRun("unsaved-work"));
+        QVERIFY(w.jobs()->waitForIdle(kJobTimeoutMs));
+        // looking around is no unsaved work: after visiting every tab, opening asks nothing
+        for (ViewPane* p : w.panes()) w.tabs()->setCurrentWidget(p);
+        answer(QMessageBox::Cancel);  // would cancel the open, were it asked
+        QVERIFY(w.openCheckpoint(demo + "/moe"));
+        QVERIFY2(asked.isEmpty(), qPrintable(asked));
         QVERIFY(w.jobs()->waitForIdle(kJobTimeoutMs));
         qputenv("EXPERTSCOPE_NO_SAVE_PROMPT", "1");
     }
