@@ -880,17 +880,22 @@ bool MainWindow::convertToEmoe(const QString& outDir, int experts, int topK, con
     opt.format = format.toStdString();
     const std::string dense = ckpt_->path(), out = outDir.toStdString();
     const uint64_t target = generation_;
-    jobs_->submit(QString("Convert to EMoE (%1 experts, top-%2)").arg(experts).arg(topK),
-                  [this, opt, dense, out, target](JobContext& ctx) mutable -> JobLand {
-                      opt.progress = ctx.progress;
-                      opt.cancel = ctx.cancel;
-                      es::convertToEmoe(dense, out, opt);
-                      return [this, dense, out, target] {
-                          if (generation_ != target) return;
-                          // the dense model stays beside it, as F
-                          if (maybeSave("opening the EMoE model")) loadCheckpoint(q(out), q(dense));
-                      };
-                  });
+    jobs_->submit(
+        QString("Convert to EMoE (%1 experts, top-%2)").arg(experts).arg(topK),
+        [this, opt, dense, out, target](JobContext& ctx) mutable -> JobLand {
+            opt.progress = ctx.progress;
+            opt.cancel = ctx.cancel;
+            es::convertToEmoe(dense, out, opt);
+            return [this, dense, out, target] {
+                if (generation_ != target) return;
+                // the dense model stays beside it, as F
+                if (maybeSave("opening the EMoE model")) loadCheckpoint(q(out), q(dense));
+                else
+                    showWarning("The EMoE model is ready",
+                                "The EMoE checkpoint was written to " + q(out) +
+                                    "; open it with File -> Open checkpoint (its dense reference: " + q(dense) + ").");
+            };
+        });
     return true;
 }
 
