@@ -10,7 +10,6 @@
 #include <QSvgGenerator>
 #include <QToolTip>
 #include <algorithm>
-#include <charconv>
 #include <cmath>
 #include <qcustomplot.h>
 

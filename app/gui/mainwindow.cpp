@@ -472,12 +472,7 @@ void MainWindow::fillModelTree() {
         auto* runs = add(nullptr, "Runs", QString::number(session_->runNames().size()));
         for (auto& n : session_->runNames()) {
             RunInfo r = session_->runInfo(n);
-            add(runs, q(n),
-                QString("%1 prompts, %2 tokens, %3 MoE layers, %4 %5%6")
-                    .arg(r.numPrompts)
-                    .arg(r.numTokens)
-                    .arg(r.moeLayers.size())
-                    .arg(q(r.device), q(r.dtype), r.created.empty() ? "" : ", " + q(r.created)));
+            add(runs, q(n), runSummary(r) + QString(", %1 MoE layers").arg(r.moeLayers.size()));
         }
         auto* results = add(nullptr, "Results", QString::number(session_->resultIds().size()));
         for (auto& id : session_->resultIds()) add(results, q(id), q(session_->result(id).kind));

@@ -35,6 +35,13 @@ void fillCombo(QComboBox* c, const std::vector<std::string>& items) {
 }
 }  // namespace
 
+QString runSummary(const RunInfo& r) {
+    return QString("%1 prompt(s), %2 tokens, %3 %4%5")
+        .arg(r.numPrompts)
+        .arg(r.numTokens)
+        .arg(q(r.device), q(r.dtype), r.created.empty() ? "" : ", " + q(r.created));
+}
+
 ViewPane::ViewPane(const QString& id, const QString& title, std::vector<Mode> modes, QWidget* parent)
     : QWidget(parent), id_(id), title_(title), modes_(std::move(modes)) {
     setObjectName("pane-" + id);
@@ -215,13 +222,7 @@ void ViewPane::rebuildControls() {
     fillCombo(run_, i ? i->runs : std::vector<std::string>{});
     for (int k = 0; session_ && k < run_->count(); ++k)  // what each run is, on hover
         if (const std::string n = run_->itemText(k).toStdString(); session_->hasRun(n)) {
-            const RunInfo ri = session_->runInfo(n);
-            run_->setItemData(k,
-                              QString("%1 prompt(s), %2 tokens, %3 %4%5")
-                                  .arg(ri.numPrompts)
-                                  .arg(ri.numTokens)
-                                  .arg(q(ri.device), q(ri.dtype), ri.created.empty() ? "" : ", " + q(ri.created)),
-                              Qt::ToolTipRole);
+            run_->setItemData(k, runSummary(session_->runInfo(n)), Qt::ToolTipRole);
         }
     show(run_, i && i->perRun && !i->runs.empty());
     const int keepPrompt = std::max(0, prompt_->currentIndex());

@@ -25,6 +25,12 @@ namespace es {
 class FigureView;
 class Session;
 
+struct RunInfo;
+
+// A run in a few words (prompts, tokens, device and dtype, when it ran): the model dock's and the
+// run selectors' description of it.
+QString runSummary(const RunInfo& r);
+
 // What the open model is, for what an empty view advises.
 enum class ModelKind { None, Dense, Moe, Emoe };
 

@@ -1414,7 +1414,7 @@ std::string checkSessionInChild(const std::string& path, bool readData, const st
     close(fds[1]);
     std::string msg;
     char buf[4096];
-    bool cancelled = false, hung = false;
+    bool cancelled = false, hung = false, stalled = false;
     using Clock = std::chrono::steady_clock;
     const auto start = Clock::now();
     auto lastProgress = start;
@@ -1433,7 +1433,7 @@ std::string checkSessionInChild(const std::string& path, bool readData, const st
             const long long read = bytesReadBy(pid);
             if (read != lastRead) lastProgress = now;
             lastRead = read;
-            const bool stalled = read >= 0 && seconds(now - lastProgress) > kStallSeconds;
+            stalled = read >= 0 && seconds(now - lastProgress) > kStallSeconds;
             if (stalled || seconds(now - start) > wallLimit) {
                 kill(pid, SIGKILL);
                 hung = true;
@@ -1452,8 +1452,8 @@ std::string checkSessionInChild(const std::string& path, bool readData, const st
     if (cancelled) return {};
     if (hung)
         return path + ": the HDF5 library stopped making progress reading this file (" +
-               (lastRead >= 0 ? "nothing read for " + std::to_string(static_cast<int>(kStallSeconds)) + " s"
-                              : "no answer within " + std::to_string(static_cast<int>(wallLimit)) + " s") +
+               (stalled ? "nothing read for " + std::to_string(static_cast<int>(kStallSeconds)) + " s"
+                        : "no answer within " + std::to_string(static_cast<int>(wallLimit)) + " s") +
                "); the file is damaged";
     if (WIFSIGNALED(status))
         return path + ": the HDF5 library crashed reading this file (signal " + std::to_string(WTERMSIG(status)) +
