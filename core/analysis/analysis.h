@@ -46,6 +46,10 @@ struct DynamicOptions {
     // A mixture-of-attention-heads run's stored attention-router records (one per layer), checked
     // like the FFN's (routing_check's attention_mismatches)
     std::vector<LayerTrace> storedAttention;
+    // D1/D2 take the chosen experts' (and the shared expert's) outputs from the forward and
+    // evaluate only the other experts; false evaluates every expert again, as was done before
+    // (the run-job benchmark's baseline)
+    bool reuseChosenOutputs = true;
     Progress progress;
     const std::atomic<bool>* cancel = nullptr;
 };

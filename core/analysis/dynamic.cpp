@@ -1,10 +1,11 @@
 // Dynamic analyses (D1-D4, expert load, modularity, the routing check) as accumulators on one
 // forward pass of the engine (model_impl.h's named taps): at each analysed MoE layer the block's
 // input, routing and weights go to every analysis (analysis/dynamic/, one file each), and every
-// expert (and the shared expert, and the reference model's FFN from its own forward pass in
-// lockstep) is evaluated on the block's true input in chunks, once for all the analyses that
+// expert's output on the block's true input (the chosen experts' and the shared expert's as the
+// forward computed them, the other experts evaluated, and the reference model's FFN from its own
+// forward pass in lockstep) goes, a bounded chunk of tokens at a time, to all the analyses that
 // want outputs. Cosines, norms, ranks and Kendall's tau are reduced on the device; the expert
-// outputs are never copied or stored. A new run is traced on the same pass.
+// outputs are never copied to the host or stored. A new run is traced on the same pass.
 #include <torch/torch.h>
 
 #include <cmath>
@@ -134,9 +135,9 @@ PassOutput runPass(const std::shared_ptr<Checkpoint>& ckpt, const ModelSpec& spe
     auto dispatch = [&](const BlockTap& tap, bool outputs, const std::function<Tensor(int64_t, int64_t)>& outputsOf) {
         for (auto& a : analyses) a->observe(tap);
         if (!outputs) return;
-        const int64_t Tp = tap.x.size(0);
-        for (int64_t c0 = 0; c0 < Tp; c0 += kTokenChunk) {
-            const int64_t n = std::min(kTokenChunk, Tp - c0);
+        const int64_t Tp = tap.x.size(0), chunk = outputChunk(tap.kind.rows, tap.x.size(1));
+        for (int64_t c0 = 0; c0 < Tp; c0 += chunk) {
+            const int64_t n = std::min(chunk, Tp - c0);
             Tensor O = outputsOf(c0, n);   // [n, R, d]
             Tensor norms = O.norm(2, -1);  // [n, R]
             for (auto& a : analyses)
@@ -173,11 +174,19 @@ PassOutput runPass(const std::shared_ptr<Checkpoint>& ckpt, const ModelSpec& spe
         BlockTap tap{ffnKind, layer, p, ctx.offsets[p], x, *m, w, refGate[p].defined() ? &refGate[p] : nullptr};
         dispatch(tap, ffnOutputs, [&](int64_t c0, int64_t n) {
             Tensor xc = x.narrow(0, c0, n);
-            std::vector<Tensor> outs;
-            for (int64_t e = 0; e < E; ++e) outs.push_back(ffn(xc, w.experts[e]).to(torch::kFloat));
-            if (hasSE) outs.push_back(ffn(xc, w.shared).to(torch::kFloat));
-            if (hasF && d1) outs.push_back(refOut[p].narrow(0, c0, n).to(torch::kFloat));
-            return torch::stack(outs, 1);
+            if (!opt.reuseChosenOutputs) {  // every expert evaluated again (the benchmark's "before")
+                std::vector<Tensor> outs;
+                for (int64_t e = 0; e < E; ++e) outs.push_back(ffn(xc, w.experts[e]).to(torch::kFloat));
+                if (hasSE) outs.push_back(ffn(xc, w.shared).to(torch::kFloat));
+                if (hasF && d1) outs.push_back(refOut[p].narrow(0, c0, n).to(torch::kFloat));
+                return torch::stack(outs, 1);
+            }
+            Tensor O = everyExpertOutput(w.experts, xc, m->ids.narrow(0, c0, n), m->chosen.narrow(0, c0, n),
+                                         ffnKind.rows);  // [n, R, d]
+            int64_t row = E;
+            if (hasSE) O.select(1, row++).copy_(m->shared.narrow(0, c0, n));
+            if (hasF && d1) O.select(1, row++).copy_(refOut[p].narrow(0, c0, n));
+            return O;
         });
     };
     hooks.attention = [&](size_t p, const Tensor& x, const MoeOut* m) {
@@ -190,6 +199,7 @@ PassOutput runPass(const std::shared_ptr<Checkpoint>& ckpt, const ModelSpec& spe
         dispatch(tap, attnOutputs, [&](int64_t c0, int64_t n) { return all.narrow(0, c0, n); });
     };
     if (traceRun) hooks.endLayer = [&](int l) { recorder.endLayer(l); };
+    hooks.keepChosen = ffnOutputs && opt.reuseChosenOutputs;
     M.forward(st, traceRun ? -1 : layers.back(), false, hooks, opt.progress, opt.cancel, "analysis");
     if (opt.progress) opt.progress(1.0, "done");
 

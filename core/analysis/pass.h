@@ -15,8 +15,6 @@ namespace es::detail {
 
 using es::Error;
 
-constexpr int64_t kTokenChunk = 256;  // tokens reduced at once (bounds the [n, R, d] outputs)
-
 // One kind of routed experts in a pass: the FFN experts, or (MoA) the attention experts.
 struct ExpertKind {
     bool attention = false;

@@ -319,7 +319,7 @@ void Model::Impl::forward(State& st, int last, bool allExperts, const Hooks& hoo
         if (progress) progress(static_cast<double>(l) / (end + 1), "layer " + std::to_string(l));
         if (hooks.beginLayer) hooks.beginLayer(l);
         loadLayer(l);
-        step(l, st, allExperts, hooks.ffn, hooks.attention);
+        step(l, st, allExperts, hooks.ffn, hooks.attention, hooks.keepChosen);
         if (streamed) releaseLayer(l);
         if (hooks.endLayer) hooks.endLayer(l);
     }
@@ -353,7 +353,7 @@ Model::Impl::State Model::Impl::start(const std::vector<std::vector<int64_t>>& p
     return st;
 }
 
-void Model::Impl::step(int l, State& st, bool allExperts, const Tap& tap, const Tap& attnTap) {
+void Model::Impl::step(int l, State& st, bool allExperts, const Tap& tap, const Tap& attnTap, bool keepChosen) {
     const LayerWeights& w = layers[l];
     const bool isMoe = spec.layers[l].moe;
     for (size_t p = 0; p < st.h.size(); ++p) {
@@ -364,7 +364,7 @@ void Model::Impl::step(int l, State& st, bool allExperts, const Tap& tap, const 
                 if (tap) tap(p, x, nullptr);
                 y = ffn(x, w.mlp);
             } else {
-                auto m = moe(w, x, allExperts);
+                auto m = moe(w, x, allExperts, keepChosen);
                 if (tap) tap(p, x, &m);
                 y = m.y;
             }
@@ -385,7 +385,7 @@ void Model::Impl::step(int l, State& st, bool allExperts, const Tap& tap, const 
             st.h[p] = st.h[p] + ffn(x, w.mlp);
             continue;
         }
-        auto m = moe(w, x, allExperts);
+        auto m = moe(w, x, allExperts, keepChosen);
         if (tap) tap(p, x, &m);
         st.h[p] = st.h[p] + m.y;
     }

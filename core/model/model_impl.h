@@ -3,6 +3,7 @@
 // (analysis/dynamic.cpp). Includes LibTorch: never include it from a public header or Qt code.
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <cstring>
 #include <functional>
 #include <limits>
@@ -124,7 +125,34 @@ inline Tensor gateActivation(const Tensor& x, const Ffn& f) {
 
 struct MoeOut {
     Tensor y, logits, ids, weights, norms, sharedNorms;
+    Tensor chosen;  // [T, K, d]: each chosen expert's raw output (before its weight), with keepChosen
+    Tensor shared;  // [T, d]: the shared expert's raw output (before its gate), with keepChosen
 };
+
+// How many tokens' outputs of `rows` experts of width d are evaluated at once: at most 256, and
+// at most 256 MiB of float32 [n, rows, d] (about 35 tokens of DeepSeek-V3's 257 x 7168).
+inline int64_t outputChunk(int64_t rows, int64_t d) {
+    constexpr int64_t kTokens = 256, kBytes = int64_t{256} << 20;
+    return std::clamp<int64_t>(kBytes / std::max<int64_t>(1, rows * d * 4), 1, kTokens);
+}
+
+// Every expert's raw output on the block inputs x ([n, d], chosen experts ids [n, K]) as rows
+// 0..E-1 of a float32 [n, rows, d] (rows >= E; the caller fills the rest): the chosen experts'
+// outputs are the block's own (chosen: [n, K, d]), only the others are evaluated.
+inline Tensor everyExpertOutput(const std::vector<Ffn>& experts, const Tensor& x, const Tensor& ids,
+                                const Tensor& chosen, int64_t rows) {
+    const int64_t n = x.size(0), K = ids.size(1), d = x.size(1), E = static_cast<int64_t>(experts.size());
+    Tensor out = torch::empty({n * rows, d}, x.options().dtype(torch::kFloat));
+    Tensor tokenRow = torch::arange(n, ids.options().dtype(torch::kLong)).unsqueeze(1) * rows;
+    out.index_copy_(0, (tokenRow + ids.to(torch::kLong)).reshape(-1), chosen.reshape({n * K, d}).to(torch::kFloat));
+    Tensor isChosen = torch::zeros({n, E}, ids.options().dtype(torch::kBool)).scatter_(1, ids.to(torch::kLong), true);
+    for (int64_t e = 0; e < E; ++e) {
+        Tensor others = isChosen.select(1, e).logical_not().nonzero().squeeze(1);
+        if (others.numel() == 0) continue;
+        out.index_copy_(0, others * rows + e, ffn(x.index_select(0, others), experts[e]).to(torch::kFloat));
+    }
+    return out.view({n, rows, d});
+}
 
 // Router logits -> (combine weights, chosen experts) by the family's rule (spec.h's RouterRule):
 // scores, selection (bias, groups, top-k), weights from the unbiased scores, in float32 unless
@@ -251,7 +279,10 @@ struct Model::Impl {
     // Causal attention of query heads on key/value heads ([n, T, hd] each) -> [T, n * hd].
     Tensor moaAttend(const Tensor& q, const Tensor& k, const Tensor& v) const;
 
-    MoeOut moe(const LayerWeights& w, const Tensor& x, bool allExperts) const {
+    // The MoE block on x [T, d]. allExperts: every expert's output norm too (out.norms [T, E]),
+    // keepChosen: the chosen experts' raw outputs (out.chosen). The block's output always comes
+    // from the chosen experts evaluated on their own tokens, as HF computes it.
+    MoeOut moe(const LayerWeights& w, const Tensor& x, bool allExperts, bool keepChosen = false) const {
         const RouterRule& r = spec.router;
         const int64_t E = spec.numExperts, K = spec.topK;
         MoeOut out;
@@ -272,25 +303,37 @@ struct Model::Impl {
         Tensor counts = torch::bincount(flat, {}, E).to(torch::kCPU);
         const int64_t* cnt = counts.data_ptr<int64_t>();
         Tensor flatW = wts.reshape(-1);
-        std::vector<Tensor> norms;
+        const int64_t T = x.size(0);
+        Tensor chosen = keepChosen || allExperts ? torch::empty({T * K, x.size(1)}, x.options()) : Tensor();
         int64_t offset = 0;
         for (int64_t e = 0; e < E; ++e) {
-            const Ffn& f = w.experts[e];
-            if (allExperts) norms.push_back(ffn(x, f).to(torch::kFloat).norm(2, -1));
             const int64_t n = cnt[e];
             if (n == 0) continue;
             Tensor sel = order.narrow(0, offset, n);
             offset += n;
             Tensor tok = sel.div(K, "floor");
-            Tensor ye = ffn(x.index_select(0, tok), f);
+            Tensor ye = ffn(x.index_select(0, tok), w.experts[e]);
+            if (chosen.defined()) chosen.index_copy_(0, sel, ye);
             ye = (ye * flatW.index_select(0, sel).unsqueeze(-1)).to(x.scalar_type());
             y.index_add_(0, tok, ye);
         }
-        if (allExperts) out.norms = torch::stack(norms, 1);
+        if (chosen.defined()) chosen = chosen.view({T, K, x.size(1)});
+        std::vector<Tensor> norms;
+        const int64_t chunk = outputChunk(E, x.size(1));
+        if (allExperts)  // [T, E] norms from outputs of a bounded number of tokens at once
+            for (int64_t c0 = 0; c0 < T; c0 += chunk) {
+                const int64_t n = std::min(chunk, T - c0);
+                Tensor o =
+                    everyExpertOutput(w.experts, x.narrow(0, c0, n), ids.narrow(0, c0, n), chosen.narrow(0, c0, n), E);
+                norms.push_back(o.norm(2, -1));
+            }
+        if (allExperts) out.norms = torch::cat(norms, 0);
+        if (keepChosen) out.chosen = chosen;
         if (w.moeOutBias.defined()) y = y + w.moeOutBias;
         if (spec.hasSharedExpert()) {
             Tensor s = ffn(x, w.shared);
             if (allExperts) out.sharedNorms = s.to(torch::kFloat).norm(2, -1);
+            if (keepChosen) out.shared = s;
             if (r.shared == RouterRule::Shared::SigmoidGated) s = torch::sigmoid(torch::linear(x, w.sharedGate)) * s;
             y = y + s;
         }
@@ -312,16 +355,19 @@ struct Model::Impl {
     // Runs layer l (loaded) on every prompt. `tap(p, x, moe)` sees prompt p's FFN input x and, on
     // MoE layers, the block's routing and output (nullptr on dense layers).
     // `attnTap(p, x, moa)` sees a MoA layer's attention input and routing (JetMoE).
+    // keepChosen: the MoE taps also see the chosen experts' raw outputs (MoeOut::chosen).
     using Tap = std::function<void(size_t p, const Tensor& x, const MoeOut* moe)>;
-    void step(int l, State& st, bool allExperts, const Tap& tap, const Tap& attnTap = {});
+    void step(int l, State& st, bool allExperts, const Tap& tap, const Tap& attnTap = {}, bool keepChosen = false);
 
     // The layer-major forward with named taps: layers 0 .. last (-1: all) over every prompt,
     // each layer loaded before and, when streamed, released after. `beginLayer(l)` runs before
     // layer l (a reference model steps in lockstep there), `ffn` and `attention` are step()'s
-    // taps, `endLayer(l)` runs after it. Progress and cancellation between layers.
+    // taps (keepChosen as there), `endLayer(l)` runs after it. Progress and cancellation between
+    // layers.
     struct Hooks {
         std::function<void(int l)> beginLayer, endLayer;
         Tap ffn, attention;
+        bool keepChosen = false;
     };
     void forward(State& st, int last, bool allExperts, const Hooks& hooks,
                  const std::function<void(double, const std::string&)>& progress, const std::atomic<bool>* cancel,

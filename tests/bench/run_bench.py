@@ -10,7 +10,8 @@ Builds two checkpoints with HF transformers (saved with save_pretrained):
 and times, in this one run, on the same machine and thread count, one 512-token prompt:
   HF transformers: sdpa attention, its default experts implementation, torch.inference_mode
   ours: untraced, traced, traced with --all-experts, layer-streamed (bench_forward)
-  the run job (mid only): a new run and every dynamic analysis, two passes against one (bench_run_job)
+  the run job (mid only): a new run and every dynamic analysis, two passes against one, run
+  alternately (bench_run_job)
 and prints the ratios. Median of --reps runs after a warm-up.
 """
 import argparse
@@ -138,10 +139,12 @@ def main():
                     r = subprocess.run([job, d, ",".join(map(str, lengths)), str(a.reps), str(a.threads), analyses],
                                        capture_output=True, text=True, check=True)
                     j = json.loads(r.stdout)
-                    print(f"  run job, layer-streamed: trace + --dynamic {analyses}")
-                    print(f"    two passes (before: trace, then load + forward again) {j['two_pass']:8.3f} s")
-                    print(f"    one pass (traceAndAnalyze)                            {j['one_pass']:8.3f} s   "
-                          f"= {j['ratio']:.2f}x")
+                    print(f"  run job, layer-streamed: trace + --dynamic {analyses} ({j['reps']} alternating reps)")
+                    print(f"    two passes (before: trace, then load + forward + every expert again) "
+                          f"{j['two_pass']:8.3f} s")
+                    print(f"    one pass (traceAndAnalyze)                                           "
+                          f"{j['one_pass']:8.3f} s   = {j['ratio']:.2f}x (per rep {j['ratio_min']:.2f}-"
+                          f"{j['ratio_max']:.2f})")
 
 
 if __name__ == "__main__":
