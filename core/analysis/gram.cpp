@@ -203,6 +203,9 @@ GramResult gramPass(const std::vector<GramMatrix>& ms, int64_t rows, int64_t col
                     bool standardized, int threads) {
     const int n = static_cast<int>(ms.size());
     if (n < 1 || n > kGramKernelMax) throw Error("gramPass takes 1 to " + std::to_string(kGramKernelMax) + " matrices");
+    for (const GramMatrix& m : ms)  // checked here: the worker threads must not throw
+        if (m.dtype != DType::F32 && m.dtype != DType::F16 && m.dtype != DType::BF16)
+            throw Error(std::string("gramPass reads F32, F16 or BF16, not ") + dtypeName(m.dtype));
     standardized = standardized && n > 1;
     threads = static_cast<int>(std::clamp<int64_t>(threads, 1, std::max<int64_t>(1, rows)));
     std::vector<Acc> accs(static_cast<size_t>(threads));

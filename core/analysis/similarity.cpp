@@ -43,16 +43,21 @@ void toFloats(const uint8_t* src, DType dt, int64_t n, float* dst) {
             const uint32_t u = static_cast<uint32_t>(h) << 16;
             std::memcpy(dst + i, &u, 4);
         }
-    } else {
+    } else if (dt == DType::F16) {
         for (int64_t i = 0; i < n; ++i) {
             uint16_t h;
             std::memcpy(&h, src + 2 * i, 2);
             dst[i] = halfToFloat(h);
         }
+    } else {
+        throw Error(std::string("weights of dtype ") + dtypeName(dt) + " cannot be read here (F32, F16 or BF16)");
     }
 }
 
 std::vector<double> toDoubles(const TensorView& t) {
+    if (t.dtype != DType::F32 && t.dtype != DType::F16 && t.dtype != DType::BF16)
+        throw Error(std::string("weights of dtype ") + dtypeName(t.dtype) + " cannot be read here (F32, F16 or BF16)",
+                    t.file, t.name);
     const size_t n = static_cast<size_t>(t.numel());
     std::vector<double> out(n);
     for (size_t i = 0; i < n; ++i) {

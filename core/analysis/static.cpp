@@ -59,6 +59,11 @@ LayerMats layerMats(const Checkpoint& ck, const ModelSpec& s, const Reference* r
     const int64_t E = s.numExperts, F = s.expertFfn, d = s.hidden;
     auto use = [&](const Checkpoint& c, const std::string& name) -> const TensorView& {
         const TensorView& t = c.get(name);
+        if (t.dtype == DType::F8_E4M3)
+            throw Error(
+                "the static analyses do not read FP8 (F8_E4M3) weights yet; the dynamic analyses, trace and "
+                "views do",
+                t.file, name);
         if (std::find(L.tensors.begin(), L.tensors.end(), &t) == L.tensors.end()) L.tensors.push_back(&t);
         return t;
     };

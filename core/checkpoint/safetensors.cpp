@@ -29,11 +29,29 @@ const char* dtypeName(DType d) {
             return "BF16";
         case DType::I64:
             return "I64";
+        case DType::F8_E4M3:
+            return "F8_E4M3";
+        case DType::F8_E8M0:
+            return "F8_E8M0";
     }
     return "?";
 }
 
-size_t dtypeSize(DType d) { return d == DType::I64 ? 8 : d == DType::F32 ? 4 : 2; }
+size_t dtypeSize(DType d) {
+    switch (d) {
+        case DType::I64:
+            return 8;
+        case DType::F32:
+            return 4;
+        case DType::F16:
+        case DType::BF16:
+            return 2;
+        case DType::F8_E4M3:
+        case DType::F8_E8M0:
+            return 1;
+    }
+    return 1;
+}
 
 int64_t TensorView::numel() const {
     int64_t n = 1;
@@ -138,7 +156,10 @@ void SafetensorsFile::parse() {
         else if (dt == "F16") v.dtype = DType::F16;
         else if (dt == "BF16") v.dtype = DType::BF16;
         else if (dt == "I64") v.dtype = DType::I64;  // index buffers (BERT's position_ids)
-        else throw Error("unsupported dtype " + dt + " (supported: F32, F16, BF16, I64)", path_, name);
+        else if (dt == "F8_E4M3") v.dtype = DType::F8_E4M3;
+        else if (dt == "F8_E8M0") v.dtype = DType::F8_E8M0;
+        else
+            throw Error("unsupported dtype " + dt + " (supported: F32, F16, BF16, F8_E4M3, F8_E8M0, I64)", path_, name);
         uint64_t numel = 1;
         for (const auto& s : t["shape"]) {
             if (!s.is_number_unsigned()) throw Error("shape entries must be non-negative integers", path_, name);

@@ -11,8 +11,9 @@
 
 namespace es {
 
-// I64 holds index buffers only (BERT's embeddings.position_ids); weights are F32, F16 or BF16.
-enum class DType { F32, F16, BF16, I64 };
+// I64 holds index buffers only (BERT's embeddings.position_ids); weights are F32, F16 or BF16,
+// or F8_E4M3 with a scale tensor (F32, BF16 or F8_E8M0: power-of-two exponents) beside them.
+enum class DType { F32, F16, BF16, I64, F8_E4M3, F8_E8M0 };
 const char* dtypeName(DType d);
 size_t dtypeSize(DType d);
 

@@ -359,6 +359,10 @@ std::vector<EmoeLayerReport> convertToEmoe(const std::string& dense, const std::
                     "model_type");
     if (ckpt->config().contains("expertscope_emoe"))
         throw Error("this checkpoint is already an EMoE conversion", cfgFile, "expertscope_emoe");
+    if (!spec.quant.method.empty())
+        throw Error(
+            "EMoE converts models with unquantized weights (F32, F16 or BF16); this one is " + spec.quant.method,
+            cfgFile, "quantization_config");
     const int64_t F = spec.layers.at(0).ffnDim, N = opt.experts, K = opt.topK;
     if (N <= 1) throw Error("--experts must be at least 2");
     if (F % N != 0)

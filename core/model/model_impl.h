@@ -28,6 +28,10 @@ inline torch::ScalarType storageType(DType d) {
             return torch::kBFloat16;
         case DType::I64:
             return torch::kLong;
+        case DType::F8_E4M3:
+            return torch::kFloat8_e4m3fn;
+        case DType::F8_E8M0:
+            return torch::kByte;  // exponents, decoded by fp8Scale
     }
     return torch::kFloat;
 }
@@ -207,10 +211,36 @@ struct Model::Impl {
     std::vector<LayerWeights> layers;
 
     Tensor load(const std::string& name) const {
-        Tensor t = viewOf(ckpt->get(name));
-        if (!(device.is_cpu() && t.scalar_type() == dtype)) t = t.to(device, dtype);
+        const TensorView& v = ckpt->get(name);
+        Tensor t = viewOf(v);
+        if (v.dtype == DType::F8_E4M3) t = dequantized(name, t);
+        else if (!(device.is_cpu() && t.scalar_type() == dtype)) t = t.to(device, dtype);
         checkFinite(name, t);
         return t;
+    }
+    // An F8_E4M3 weight times its scales (spec.h's Quantization), on the device, in float32
+    // before the cast to the compute dtype: the reference is the dequantized model.
+    Tensor dequantized(const std::string& name, const Tensor& w8) const {
+        const TensorView& sv = ckpt->get(Quantization::scaleName(name));
+        Tensor sc = viewOf(sv).to(device);
+        sc = sv.dtype == DType::F8_E8M0 ? fp8Scale(sc) : sc.to(torch::kFloat);
+        Tensor w = w8.to(device).to(torch::kFloat);
+        const Quantization& q = spec.quant;
+        if (q.blockwise()) {
+            const int64_t R = w.size(-2), C = w.size(-1);
+            sc = sc.repeat_interleave(q.blockRows, -2)
+                     .narrow(-2, 0, R)
+                     .repeat_interleave(q.blockCols, -1)
+                     .narrow(-1, 0, C);
+        } else {
+            sc = sc.reshape({});
+        }
+        return (w * sc).to(dtype);
+    }
+    // E8M0 scales: 2^(e - 127), 255 being NaN (OCP MX formats).
+    static Tensor fp8Scale(const Tensor& e) {
+        Tensor f = torch::exp2(e.to(torch::kFloat) - 127.0f);
+        return f.masked_fill(e == 255, std::numeric_limits<float>::quiet_NaN());
     }
     // Weights holding NaN or Inf (in the file, or from converting to a narrower dtype) are
     // warned about once per tensor: weightWarnings, copied into each run.

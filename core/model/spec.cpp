@@ -205,6 +205,28 @@ std::string ModelSpec::skipReason(const std::string& name) const {
 namespace {
 
 // The family for the config's model_type; its configure step. The error lists what opens.
+// quantization_config: "fp8" with an optional weight_block_size [rows, cols]; any other method
+// is named as not supported rather than read as plain weights.
+Quantization quantization(const Config& c) {
+    Quantization q;
+    const JsonIn qc = c.in()["quantization_config"];
+    if (qc.isNull()) return q;
+    if (!qc.isObject()) qc.fail("must be an object");
+    q.method = qc.at("quant_method").str();
+    if (q.method != "fp8")
+        qc.at("quant_method")
+            .fail("quant_method '" + q.method + "' is not supported (supported: fp8, block-scaled F8_E4M3 weights)");
+    const JsonIn fmt = qc["fmt"];
+    if (!fmt.isNull() && fmt.str() != "e4m3") fmt.fail("fmt '" + fmt.str() + "' is not supported (supported: e4m3)");
+    const JsonIn block = qc["weight_block_size"];
+    if (block.isNull()) return q;
+    const auto sizes = block.elements();
+    if (sizes.size() != 2) block.fail("must be two block sizes [rows, columns]");
+    q.blockRows = sizes[0].integer(1, int64_t{1} << 20);
+    q.blockCols = sizes[1].integer(1, int64_t{1} << 20);
+    return q;
+}
+
 ModelSpec configured(const Config& c, const Family*& fam) {
     if (!c.has("model_type")) c.fail("model_type", "missing required key");
     const std::string type = c.optString("model_type", "");
@@ -218,6 +240,7 @@ ModelSpec configured(const Config& c, const Family*& fam) {
     s.modelType = type;
     s.family = fam->name;
     fam->configure(s, c);
+    s.quant = quantization(c);
     return s;
 }
 
@@ -256,6 +279,45 @@ ModelSpec ModelSpec::fromConfig(const json& j, const std::string& file) {
     return s;
 }
 
+std::vector<int64_t> Quantization::scaleShape(const std::vector<int64_t>& w) const {
+    if (!blockwise()) return {};
+    std::vector<int64_t> g = w;
+    const size_t n = g.size();
+    g[n - 2] = (g[n - 2] + blockRows - 1) / blockRows;
+    g[n - 1] = (g[n - 1] + blockCols - 1) / blockCols;
+    return g;
+}
+
+namespace {
+
+// An F8_E4M3 weight: the config says fp8, the weight is a matrix (or a stack of them), and its
+// scale tensor is there with the grid the block size gives.
+void checkScale(const Checkpoint& ckpt, const ModelSpec& s, const TensorView& w) {
+    if (s.quant.method != "fp8")
+        throw Error("an F8_E4M3 weight, but config.json has no quantization_config with quant_method fp8", w.file,
+                    w.name);
+    if (w.shape.size() < 2)
+        throw Error("an F8_E4M3 tensor must be a matrix (norms and biases are not quantized)", w.file, w.name);
+    const std::string name = Quantization::scaleName(w.name);
+    const TensorView* sc = ckpt.find(name);
+    if (!sc) throw Error("missing scale tensor of the F8_E4M3 weight " + w.name, ckpt.path(), name);
+    if (sc->dtype != DType::F32 && sc->dtype != DType::BF16 && sc->dtype != DType::F8_E8M0)
+        throw Error(std::string("scale dtype ") + dtypeName(sc->dtype) + " is not F32, BF16 or F8_E8M0", sc->file,
+                    name);
+    const std::vector<int64_t> grid = s.quant.scaleShape(w.shape);
+    const bool scalar = !s.quant.blockwise() && sc->numel() == 1 && sc->shape.size() <= 1;
+    if (!scalar && sc->shape != grid) {
+        std::string why = s.quant.blockwise()
+                              ? "the grid of " + std::to_string(s.quant.blockRows) + " x " +
+                                    std::to_string(s.quant.blockCols) + " blocks (weight_block_size) over " +
+                                    shapeStr(w.shape) + " is " + shapeStr(grid)
+                              : "without a weight_block_size the scale is one value";
+        throw Error("scale shape " + shapeStr(sc->shape) + " does not match: " + why, sc->file, name);
+    }
+}
+
+}  // namespace
+
 ModelSpec ModelSpec::fromCheckpoint(const Checkpoint& ckpt) {
     Config c(ckpt.config(), ckpt.configPath());
     const Family* fam = nullptr;
@@ -292,7 +354,15 @@ ModelSpec ModelSpec::fromCheckpoint(const Checkpoint& ckpt) {
         if (t->shape != x.shape)
             throw Error("shape " + shapeStr(t->shape) + " does not match the config's " + shapeStr(x.shape), t->file,
                         x.name);
-        if (t->dtype == DType::I64) throw Error("dtype I64 is not a weight dtype (F32, F16 or BF16)", t->file, x.name);
+        if (t->dtype == DType::I64 || t->dtype == DType::F8_E8M0)
+            throw Error(
+                std::string("dtype ") + dtypeName(t->dtype) + " is not a weight dtype (F32, F16, BF16 or F8_E4M3)",
+                t->file, x.name);
+        if (t->dtype == DType::F8_E4M3) {
+            checkScale(ckpt, s, *t);
+            expected.insert(Quantization::scaleName(x.name));
+            ++s.quantizedTensors;
+        }
         if (x.optional) continue;  // read past (a tied lm_head): not counted
         dtypes.insert(dtypeName(t->dtype));
         total += t->numel();

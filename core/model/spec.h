@@ -79,6 +79,20 @@ struct LayerSpec {
 enum class ExpertLayout { PerExpert, Packed, Blocks };
 const char* layoutName(ExpertLayout l);
 
+// Quantized weights, from config.json's quantization_config. "fp8" (DeepSeek-V3, Qwen3-FP8,
+// MiniMax-M2): an F8_E4M3 weight W [..., R, C] comes with W_scale_inv (F32, BF16, or F8_E8M0
+// power-of-two exponents) of [..., ceil(R / blockRows), ceil(C / blockCols)], and the weight is
+// W[i][j] * scale[i / blockRows][j / blockCols] (DeepSeek's published weight_dequant); without a
+// weight_block_size one scale per tensor. Weights that are not F8_E4M3 have no scale.
+struct Quantization {
+    std::string method;  // "" (none) or "fp8"
+    int64_t blockRows = 0, blockCols = 0;
+    bool blockwise() const { return blockRows > 0; }
+    // the scale grid of an F8_E4M3 weight of this shape
+    std::vector<int64_t> scaleShape(const std::vector<int64_t>& weight) const;
+    static std::string scaleName(const std::string& weight) { return weight + "_scale_inv"; }
+};
+
 struct ModelSpec {
     std::string modelType;  // config.json model_type
     std::string family;     // the family file that opened it
@@ -104,6 +118,8 @@ struct ModelSpec {
     std::vector<LayerSpec> layers;
     ExpertLayout layout = ExpertLayout::PerExpert;
     std::string dtype;  // storage dtype of the weights ("BF16", "F32", ... or "mixed")
+    Quantization quant;
+    int64_t quantizedTensors = 0;  // F8_E4M3 weights (with their scales)
     int64_t totalParams = 0, activeParams = 0;
 
     bool moeBias = false;  // an output bias after the experts (JetMoE's mlp.bias)

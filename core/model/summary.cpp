@@ -44,6 +44,21 @@ std::vector<SummaryRow> describeModel(const ModelSpec& s, const Checkpoint& ckpt
                      {"num_key_value_heads", s.attn.kvHeads},
                      {"head_dim", s.attn.headDim}}});
     rows.push_back({"Weights dtype", s.dtype, {{"dtype", s.dtype}}});
+    if (s.quant.method.empty()) {
+        rows.push_back({"", "", {{"quantization", nullptr}}});
+    } else {
+        const Quantization& q = s.quant;
+        const std::string blocks = q.blockwise()
+                                       ? std::to_string(q.blockRows) + " x " + std::to_string(q.blockCols) + " blocks"
+                                       : "one scale per tensor";
+        rows.push_back(
+            {"Quantization",
+             q.method + ": " + std::to_string(s.quantizedTensors) + " F8_E4M3 weights, " + blocks +
+                 "; dequantized per layer to the compute dtype",
+             {{"quantization", oj{{"method", q.method},
+                                  {"weight_block_size", q.blockwise() ? oj::array({q.blockRows, q.blockCols}) : oj()},
+                                  {"quantized_tensors", s.quantizedTensors}}}}});
+    }
     rows.push_back({"Parameters",
                     humanCount(s.totalParams) + " total, " + humanCount(s.activeParams) + " active",
                     {{"total_params", s.totalParams}, {"active_params", s.activeParams}}});

@@ -195,3 +195,82 @@ def make(name, out_dir):
     ref = reference(model)
     np.savez(os.path.join(out_dir, "reference.npz"), **ref)
     return per, packed, ref
+
+
+# FP8 block-scaled checkpoints (quant_method "fp8", as DeepSeek-V3, Qwen3-FP8 and MiniMax-M2
+# ship them): every linear weight of the decoder layers (attention projections, experts, shared
+# expert, dense MLPs; not the routers, norms, embeddings or head) stored as F8_E4M3 with a
+# weight_scale_inv grid of ceil(rows / b0) x ceil(cols / b1) scales, W = q * scale per block.
+# name -> (base fixture, scale dtype, weight_block_size). The block sizes leave partial blocks on
+# some shapes (e.g. 24 does not divide 64), as V3's kv_a_proj_with_mqa [576, 7168] with 128 x 128.
+FP8 = {
+    "qwen3_moe_fp8_bf16_scales": ("qwen3_moe_headdim", torch.bfloat16, [32, 24]),  # Qwen3-FP8: bf16 scales
+    "mixtral_fp8_e8m0_scales": ("mixtral_gqa", torch.float8_e8m0fnu, [48, 40]),  # UE8M0 exponents
+    "qwen2_moe_fp8_f32_scales": ("qwen2_moe_shared", torch.float32, [16, 48]),  # DeepSeek-V3: float32
+}
+
+
+def fp8_quantized(name):
+    """True for the tensors the FP8 fixtures store as F8_E4M3."""
+    if ".layers." not in name or not name.endswith(".weight"):
+        return False
+    if "norm" in name or name.endswith("mlp.gate.weight") or name.endswith("shared_expert_gate.weight"):
+        return False
+    return True
+
+
+def expand_scale(s, rows, cols, block):
+    """The published block rule: scale[i // b0, j // b1] for element (i, j), partial blocks cropped."""
+    return s.repeat_interleave(block[0], 0)[:rows].repeat_interleave(block[1], 1)[:, :cols]
+
+
+def quantize_fp8(w, scale_dtype, block):
+    """(q F8_E4M3, stored scale, dequantized float32) of a float32 matrix, per block: the scale
+    maps the block's largest magnitude to 448 (E4M3's largest), as a power of two for E8M0."""
+    rows, cols = w.shape
+    g0, g1 = -(-rows // block[0]), -(-cols // block[1])
+    pad = torch.zeros(g0 * block[0], g1 * block[1])
+    pad[:rows, :cols] = w.abs()
+    amax = pad.view(g0, block[0], g1, block[1]).amax(dim=(1, 3)).clamp_min(1e-12)
+    s = amax / 448.0
+    if scale_dtype == torch.float8_e8m0fnu:
+        s = torch.exp2(torch.ceil(torch.log2(s)))
+    stored = s.to(scale_dtype)
+    full = expand_scale(stored.float(), rows, cols, block)
+    q = (w / full).clamp(-448.0, 448.0).to(torch.float8_e4m3fn)
+    return q, stored, q.float() * full
+
+
+def make_fp8(name, out_dir):
+    """out_dir/fp8 (the quantized per-expert checkpoint) and the reference: HF on the
+    dequantized weights (loaded from out_dir/dequantized, the same names in float32)."""
+    from safetensors.torch import load_file
+    base, scale_dtype, block = FP8[name]
+    f32 = os.path.join(out_dir, "f32")
+    build_model(base).save_pretrained(f32)
+    sd = load_file(os.path.join(f32, "model.safetensors"))
+    fp8, deq = {}, {}
+    for k, v in sd.items():
+        if fp8_quantized(k):
+            q, s, d = quantize_fp8(v.float(), scale_dtype, block)
+            fp8[k], fp8[k + "_scale_inv"], deq[k] = q, s, d
+        else:
+            fp8[k] = deq[k] = v
+    with open(os.path.join(f32, "config.json")) as f:
+        cfg = json.load(f)
+    dirs = {}
+    for sub, tensors, conf in (("fp8", fp8, dict(cfg, quantization_config={
+            "activation_scheme": "dynamic", "fmt": "e4m3", "quant_method": "fp8", "weight_block_size": block})),
+            ("dequantized", deq, cfg)):
+        d = dirs[sub] = os.path.join(out_dir, sub)
+        os.makedirs(d, exist_ok=True)
+        save_file({k: v.contiguous() for k, v in tensors.items()}, os.path.join(d, "model.safetensors"),
+                  metadata={"format": "pt"})
+        with open(os.path.join(d, "config.json"), "w") as f:
+            json.dump(conf, f, indent=2)
+    model, info = transformers.AutoModelForCausalLM.from_pretrained(dirs["dequantized"], dtype=torch.float32,
+                                                                    output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"], info
+    model.config._attn_implementation = "sdpa"
+    model.eval()
+    return dirs["fp8"], reference(model)
