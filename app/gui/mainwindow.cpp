@@ -545,7 +545,6 @@ bool MainWindow::openReference(const QString& path) {
 
 void MainWindow::startStaticAnalyses() {
     if (!ckpt_ || !spec_ || spec_->moeLayers().empty()) return;
-    if (!spec_->quant.method.empty()) return;  // they do not read FP8 weights yet (docs/quantization.md)
     auto ckpt = ckpt_;
     auto spec = spec_;
     auto ref = ref_;

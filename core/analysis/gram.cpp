@@ -171,6 +171,7 @@ __attribute__((target_clones("arch=x86-64-v3", "default"))) void runRows(const s
                 float* t = tile.data() + a * kTile;
                 const size_t es = dtypeSize(ms[a].dtype);
                 widen(ms[a].data + static_cast<size_t>(r * cols + c0) * es, ms[a].dtype, w, t);
+                if (ms[a].scale) ms[a].scale->apply(ms[a].rowBase + r, c0, w, t);
                 if (w < kTile) std::fill(t + w, t + kTile, 0.f);
                 if (neuronRows) addColumns(t, colF.data() + a * paddedCols + c0);
                 else rowSums[a][r] += sumTile(t);
@@ -204,8 +205,9 @@ GramResult gramPass(const std::vector<GramMatrix>& ms, int64_t rows, int64_t col
     const int n = static_cast<int>(ms.size());
     if (n < 1 || n > kGramKernelMax) throw Error("gramPass takes 1 to " + std::to_string(kGramKernelMax) + " matrices");
     for (const GramMatrix& m : ms)  // checked here: the worker threads must not throw
-        if (m.dtype != DType::F32 && m.dtype != DType::F16 && m.dtype != DType::BF16)
-            throw Error(std::string("gramPass reads F32, F16 or BF16, not ") + dtypeName(m.dtype));
+        if (m.dtype != DType::F32 && m.dtype != DType::F16 && m.dtype != DType::BF16 &&
+            !(m.dtype == DType::F8_E4M3 && m.scale))
+            throw Error(std::string("gramPass reads F32, F16, BF16 or scaled F8_E4M3, not ") + dtypeName(m.dtype));
     standardized = standardized && n > 1;
     threads = static_cast<int>(std::clamp<int64_t>(threads, 1, std::max<int64_t>(1, rows)));
     std::vector<Acc> accs(static_cast<size_t>(threads));

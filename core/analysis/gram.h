@@ -1,6 +1,6 @@
 #pragma once
 // One streaming pass over a few same-shaped matrices straight from the memory mapping (bf16,
-// fp16 or fp32): the Gram matrix of their flattened values (S1), the Gram matrix after
+// fp16, fp32, or FP8 times its block scales): the Gram matrix of their flattened values (S1), the Gram matrix after
 // standardising every position across the matrices (S6), and each matrix's sum of neuron
 // vectors (S2). Tiles of 64 values are widened to fp32 in L1, products accumulate in fp32 over
 // at most 1024 values and then in fp64. Vectorised for AVX2 where the CPU has it (chosen at run
@@ -14,9 +14,13 @@ namespace es {
 
 constexpr int kGramKernelMax = 24;
 
+struct ScaleGrid;
+
 struct GramMatrix {
     const uint8_t* data = nullptr;  // row-major [rows, cols]
     DType dtype = DType::F32;
+    const ScaleGrid* scale = nullptr;  // F8_E4M3: its scales, row r being the weight's row rowBase + r
+    int64_t rowBase = 0;
 };
 
 struct GramResult {

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <limits>
 
 #include "checkpoint/checkpoint.h"
 #include "error.h"
@@ -31,7 +32,51 @@ float halfToFloat(uint16_t h) {
     std::memcpy(&f, &bits, 4);
     return f;
 }
+
+// F8_E4M3 (the "fn" variant: no infinities, S.1111.111 is NaN): 1 sign, 4 exponent bits of bias
+// 7, 3 mantissa bits; exponent 0 is subnormal.
+struct E4m3Table {
+    float v[256];
+    E4m3Table() {
+        for (int b = 0; b < 256; ++b) {
+            const int e = (b >> 3) & 15, m = b & 7;
+            float x = e == 0 ? std::ldexp(static_cast<float>(m) / 8.f, -6) : std::ldexp(1.f + m / 8.f, e - 7);
+            if (e == 15 && m == 7) x = std::numeric_limits<float>::quiet_NaN();
+            v[b] = (b & 0x80) ? -x : x;
+        }
+    }
+};
+const E4m3Table kE4m3;
 }  // namespace
+
+ScaleGrid ScaleGrid::of(const TensorView& w, const TensorView& sc, int64_t blockRows, int64_t blockCols) {
+    ScaleGrid g;
+    const int64_t C = w.shape.back();
+    g.s.resize(static_cast<size_t>(sc.numel()));
+    if (sc.dtype == DType::F8_E8M0)
+        for (size_t i = 0; i < g.s.size(); ++i)
+            g.s[i] = sc.data[i] == 255 ? std::numeric_limits<float>::quiet_NaN() : std::ldexp(1.f, sc.data[i] - 127);
+    else toFloats(sc.data, sc.dtype, sc.numel(), g.s.data());
+    if (blockRows <= 0) {  // one scale: the whole tensor is one block
+        g.rows = g.blockRows = w.numel() / std::max<int64_t>(1, C);
+        g.blockCols = C;
+    } else {
+        g.rows = w.shape[w.shape.size() - 2];
+        g.blockRows = blockRows;
+        g.blockCols = blockCols;
+        g.gridRows = (g.rows + blockRows - 1) / blockRows;
+        g.gridCols = (C + blockCols - 1) / blockCols;
+    }
+    if (static_cast<int64_t>(g.s.size()) != (w.numel() / std::max<int64_t>(1, g.rows * C)) * g.gridRows * g.gridCols)
+        throw Error("scale grid does not match the weight", sc.file, sc.name);
+    return g;
+}
+
+void ScaleGrid::apply(int64_t row, int64_t col, int64_t n, float* dst) const {
+    const int64_t b = row / rows, i = row % rows;
+    const float* line = s.data() + (b * gridRows + i / blockRows) * gridCols;
+    for (int64_t k = 0; k < n; ++k) dst[k] *= line[(col + k) / blockCols];
+}
 
 void toFloats(const uint8_t* src, DType dt, int64_t n, float* dst) {
     if (dt == DType::F32) {
@@ -43,6 +88,8 @@ void toFloats(const uint8_t* src, DType dt, int64_t n, float* dst) {
             const uint32_t u = static_cast<uint32_t>(h) << 16;
             std::memcpy(dst + i, &u, 4);
         }
+    } else if (dt == DType::F8_E4M3) {
+        for (int64_t i = 0; i < n; ++i) dst[i] = kE4m3.v[src[i]];
     } else if (dt == DType::F16) {
         for (int64_t i = 0; i < n; ++i) {
             uint16_t h;

@@ -14,8 +14,24 @@ struct TensorView;
 // The tensor's values widened to double (F32, F16 and BF16 read directly from the mapping).
 std::vector<double> toDoubles(const TensorView& t);
 
-// n elements of dtype `dt` at `src` (any alignment) widened to float.
+// n elements of dtype `dt` at `src` (any alignment) widened to float. F8_E4M3 values come out
+// unscaled: readers of FP8 weights multiply by their ScaleGrid.
 void toFloats(const uint8_t* src, DType dt, int64_t n, float* dst);
+
+// The scales of one F8_E4M3 weight (spec.h's Quantization) decoded to float32, looked up by the
+// row of the weight seen as stacked matrices [B * R, C] and the column.
+struct ScaleGrid {
+    std::vector<float> s;  // [B, gR, gC]
+    int64_t rows = 1, blockRows = 1, blockCols = 1, gridRows = 1, gridCols = 1;
+    float at(int64_t row, int64_t col) const {
+        const int64_t b = row / rows, i = row % rows;
+        return s[static_cast<size_t>((b * gridRows + i / blockRows) * gridCols + col / blockCols)];
+    }
+    // blockRows 0: one scale for the whole tensor
+    static ScaleGrid of(const TensorView& weight, const TensorView& scale, int64_t blockRows, int64_t blockCols);
+    // dst[i] *= the scale of (row, col + i), for n values of one row
+    void apply(int64_t row, int64_t col, int64_t n, float* dst) const;
+};
 
 // Cosine similarity of the rows of a [R, C] matrix: R x R, row-major, diagonal exactly 1.
 std::vector<double> rowCosine(const std::vector<double>& m, int rows, int cols);

@@ -30,9 +30,11 @@ struct Mat {
     const TensorView* t = nullptr;
     int64_t offset = 0;  // elements
     int64_t rows = 0, cols = 0;
-    bool neuronRows = true;  // gate/up: a neuron is a row; down: a column
-    bool owned = false;      // a copy in memory (EMoE's down blocks), not pages of the mapping
+    bool neuronRows = true;            // gate/up: a neuron is a row; down: a column
+    bool owned = false;                // a copy in memory (EMoE's down blocks), not pages of the mapping
+    const ScaleGrid* scale = nullptr;  // FP8: the tensor's block scales (rows are whole rows of the tensor)
     const uint8_t* data() const { return t->data + offset * static_cast<int64_t>(dtypeSize(t->dtype)); }
+    int64_t tensorRow() const { return offset / cols; }  // row 0 as a row of the tensor's stacked matrices
     int64_t numel() const { return rows * cols; }
     int64_t neurons() const { return neuronRows ? rows : cols; }
     bool sameShape(const Mat& o) const { return rows == o.rows && cols == o.cols; }
@@ -46,31 +48,47 @@ struct LayerMats {
     std::vector<const TensorView*> tensors;       // everything read, to release afterwards
     std::deque<std::vector<uint8_t>> ownedBytes;  // copies (EMoE down blocks) and their views
     std::deque<TensorView> ownedViews;
+    std::map<const TensorView*, ScaleGrid> scales;  // of the FP8 weights read
 
     void releaseAll() const {
         for (auto* t : tensors) releasePages(t->data, t->nbytes);
     }
 };
 
-Mat whole(const TensorView& t, bool neuronRows) { return {&t, 0, t.shape[0], t.shape[1], neuronRows}; }
+// Rows [r0, r0 + n) of a matrix widened to float (times the block scales of an FP8 weight).
+void readRows(const Mat& m, int64_t r0, int64_t n, float* dst) {
+    const int64_t es = static_cast<int64_t>(dtypeSize(m.t->dtype));
+    toFloats(m.data() + r0 * m.cols * es, m.t->dtype, n * m.cols, dst);
+    if (m.scale)
+        for (int64_t r = 0; r < n; ++r) m.scale->apply(m.tensorRow() + r0 + r, 0, m.cols, dst + r * m.cols);
+}
 
 LayerMats layerMats(const Checkpoint& ck, const ModelSpec& s, const Reference* ref, int l, bool attention) {
     LayerMats L;
     const int64_t E = s.numExperts, F = s.expertFfn, d = s.hidden;
     auto use = [&](const Checkpoint& c, const std::string& name) -> const TensorView& {
         const TensorView& t = c.get(name);
-        if (t.dtype == DType::F8_E4M3)
-            throw Error(
-                "the static analyses do not read FP8 (F8_E4M3) weights yet; the dynamic analyses, trace and "
-                "views do",
-                t.file, name);
         if (std::find(L.tensors.begin(), L.tensors.end(), &t) == L.tensors.end()) L.tensors.push_back(&t);
+        if (t.dtype == DType::F8_E4M3 && !L.scales.count(&t)) {  // the spec checked the scale and its grid
+            const Quantization& q = (&c == &ck ? s : *ref->spec).quant;
+            const TensorView& sc = c.get(Quantization::scaleName(name));
+            L.scales.emplace(&t, ScaleGrid::of(t, sc, q.blockRows, q.blockCols));
+            L.tensors.push_back(&sc);
+        }
         return t;
     };
+    // a matrix of a tensor, with the tensor's scales when it is FP8
+    auto mat = [&](const TensorView& t, int64_t offset, int64_t rows, int64_t cols, bool neuronRows) {
+        Mat m{&t, offset, rows, cols, neuronRows};
+        auto it = L.scales.find(&t);
+        if (it != L.scales.end()) m.scale = &it->second;
+        return m;
+    };
+    auto whole = [&](const TensorView& t, bool neuronRows) { return mat(t, 0, t.shape[0], t.shape[1], neuronRows); };
     // expert e's matrix of an expert role, where the family's table puts it
     auto expert = [&](Role r, int e, bool neuronRows) -> Mat {
         const ExpertMatrix m = s.expertMatrix(r, l, e);
-        return {&use(ck, m.tensor), m.offset, m.rows, m.cols, neuronRows};
+        return mat(use(ck, m.tensor), m.offset, m.rows, m.cols, neuronRows);
     };
     if (attention) {  // MoA experts: query projection [H, d] (a row per query dimension), output [d, H]
         for (int64_t e = 0; e < s.attn.moaExperts; ++e) {
@@ -144,7 +162,7 @@ PassResult blockPass(const std::vector<Mat>& ms, bool gram, bool standardized) {
     const bool neuronRows = ms[0].neuronRows;
     if (n <= kGramKernelMax) {  // few matrices: the fused tile kernel
         std::vector<GramMatrix> gm;
-        for (auto& m : ms) gm.push_back({m.data(), m.t->dtype});
+        for (auto& m : ms) gm.push_back({m.data(), m.t->dtype, m.scale, m.tensorRow()});
         GramResult g = gramPass(gm, rows, cols, neuronRows, gram, standardized, std::max(1, at::get_num_threads()));
         return {std::move(g.gram), std::move(g.gramZ), std::move(g.neuronSum)};
     }
@@ -166,11 +184,7 @@ PassResult blockPass(const std::vector<Mat>& ms, bool gram, bool standardized) {
         Tensor X = torch::empty({n, rb * cols}, torch::kFloat);
         for (int64_t b = b0; b < b1; ++b) {
             const int64_t r0 = b * rb, nr = std::min(rb, rows - r0), cnt = nr * cols;
-            for (int64_t i = 0; i < n; ++i) {
-                const size_t es = dtypeSize(ms[i].t->dtype);
-                toFloats(ms[i].data() + r0 * cols * static_cast<int64_t>(es), ms[i].t->dtype, cnt,
-                         X.data_ptr<float>() + i * rb * cols);
-            }
+            for (int64_t i = 0; i < n; ++i) readRows(ms[i], r0, nr, X.data_ptr<float>() + i * rb * cols);
             Tensor Xb = X.narrow(1, 0, cnt);
             if (gram) G[tid] += torch::mm(Xb, Xb.t()).to(torch::kDouble);
             if (standardized && n > 1) {
@@ -256,7 +270,7 @@ Pca pcaFromGram(const std::vector<double>& gIn, int n, int C) {
 // A matrix's neurons as rows of a float tensor [neurons, d].
 Tensor neuronMatrix(const Mat& m) {
     Tensor raw = torch::empty({m.rows, m.cols}, torch::kFloat);
-    toFloats(m.data(), m.t->dtype, m.numel(), raw.data_ptr<float>());
+    readRows(m, 0, m.rows, raw.data_ptr<float>());
     return m.neuronRows ? raw : raw.t().contiguous();
 }
 

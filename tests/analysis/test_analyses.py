@@ -870,3 +870,29 @@ def test_many_experts_take_the_gemm_path(world, tmp_path):
                     assert got.shape == (27, 27) and labels_of(got) == exp.labels[path]
                     np.testing.assert_allclose(got[()], exp.arrays[path], atol=TOL_SIM, rtol=0, err_msg=path)
                 _check_pca(exp, f, f"matrix_pca/layers/{l}/{m}", 2)
+
+
+@pytest.mark.parametrize("experts", [4, 26])
+def test_fp8_static_analyses_read_the_dequantized_weights(world, tmp_path, experts):
+    """An FP8 block-scaled checkpoint (E8M0 scales, 48 x 40 blocks that leave partial blocks) gives
+    numpy's S1, S2, S4, S6 and S7 of the dequantized weights (q * scale per block, computed by
+    torch in the fixture): with 4 experts through the tile kernel, with 26 through the GEMM path."""
+    h5py = require("h5py")
+    ckpt, _ = fixtures.make_fp8("mixtral_fp8_e8m0_scales", str(tmp_path / "fp8"), num_local_experts=experts,
+                                num_experts_per_tok=2)
+    deq = os.path.join(str(tmp_path / "fp8"), "dequantized")
+    moe = R.MoeWeights(deq)
+    exp = R.static_reference(moe, None, s3=False, s7=True)
+    out = tmp_path / "s.h5"
+    run_cli(world.cli, "analyze", ckpt, "--out", out, "--static", "S1,S2,S4,S6,S7")
+    with h5py.File(out, "r") as f:
+        for l in moe.moe_layers:
+            for m in MATS:
+                for rid in ("weight_similarity", "neuron_mean_similarity"):
+                    path = f"{rid}/layers/{l}/{m}"
+                    got = ds(f, path)
+                    assert got.shape == (experts, experts) and labels_of(got) == exp.labels[path]
+                    np.testing.assert_allclose(got[()], exp.arrays[path], atol=TOL_SIM, rtol=0, err_msg=path)
+                _check_pca(exp, f, f"matrix_pca/layers/{l}/{m}", 2)
+                _check_pca(exp, f, f"neuron_pca/layers/{l}/{m}", 2)
+            check_matrix(f, exp, f"router_similarity/layers/{l}/router", TOL_SIM)

@@ -214,7 +214,8 @@ def fp8_quantized(name):
     """True for the tensors the FP8 fixtures store as F8_E4M3."""
     if ".layers." not in name or not name.endswith(".weight"):
         return False
-    if "norm" in name or name.endswith("mlp.gate.weight") or name.endswith("shared_expert_gate.weight"):
+    if "norm" in name or name.endswith((".mlp.gate.weight", ".block_sparse_moe.gate.weight",
+                                        "shared_expert_gate.weight")):
         return False
     return True
 
@@ -241,13 +242,13 @@ def quantize_fp8(w, scale_dtype, block):
     return q, stored, q.float() * full
 
 
-def make_fp8(name, out_dir):
+def make_fp8(name, out_dir, **overrides):
     """out_dir/fp8 (the quantized per-expert checkpoint) and the reference: HF on the
-    dequantized weights (loaded from out_dir/dequantized, the same names in float32)."""
+    dequantized weights (out_dir/dequantized: the same names in float32, no scales)."""
     from safetensors.torch import load_file
     base, scale_dtype, block = FP8[name]
     f32 = os.path.join(out_dir, "f32")
-    build_model(base).save_pretrained(f32)
+    build_model(base, **overrides).save_pretrained(f32)
     sd = load_file(os.path.join(f32, "model.safetensors"))
     fp8, deq = {}, {}
     for k, v in sd.items():

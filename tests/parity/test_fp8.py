@@ -59,9 +59,9 @@ def test_fp8_parity_cpu_float32(cli, fp8, tmp_path, name):
         compare(f["runs/on"], ref)
 
 
-def test_fp8_dynamic_analyses_and_static_refusal(cli, fp8, tmp_path):
-    """The dynamic analyses run on an FP8 model; the static analyses, which read the weights in
-    the mapping, say that they do not read F8_E4M3 yet (naming the tensor) instead of misreading."""
+def test_fp8_dynamic_analyses(cli, fp8, tmp_path):
+    """The dynamic analyses run on an FP8 model (the static ones are checked against numpy on the
+    dequantized weights in tests/analysis/test_analyses.py)."""
     h5py = require("h5py")
     ckpt, _ = fp8("qwen2_moe_fp8_f32_scales")
     out = str(tmp_path / "s.h5")
@@ -70,9 +70,6 @@ def test_fp8_dynamic_analyses_and_static_refusal(cli, fp8, tmp_path):
     with h5py.File(out, "r") as f:
         cos = f["analyses/output_similarity/r/layers/0/cosine"][:]
         assert np.isfinite(cos).all() and np.allclose(np.diag(cos), 1.0, atol=1e-5)
-    r = run_cli(cli, "analyze", ckpt, "--out", out, "--static", "S1", "--dynamic", "none", check=False)
-    assert r.returncode == 1
-    assert "F8_E4M3" in r.stderr and "_proj.weight" in r.stderr
 
 
 def _copy(src, dst):
