@@ -377,7 +377,9 @@ void Model::Impl::step(int l, State& st, bool allExperts, const Tap& tap, const 
             if (attnTap) attnTap(p, x, &a);
             st.h[p] = st.h[p] + a.y;
         } else {
-            st.h[p] = st.h[p] + attention(w, x, st.cos[p], st.sin[p], spec.layers[l].slidingWindow);
+            st.h[p] =
+                st.h[p] + (spec.attn.isMla() ? mlaAttention(w, x, st.cos[p], st.sin[p])
+                                             : attention(w, x, st.cos[p], st.sin[p], spec.layers[l].slidingWindow));
         }
         x = rmsNorm(st.h[p], w.postNorm, spec.blockEps());
         if (!isMoe) {

@@ -110,9 +110,10 @@ struct LayerWeights {
     Tensor inNorm, postNorm;    // BERT: the attention output's and the layer output's LayerNorm
     Tensor inNormB, postNormB;  // LayerNorm biases (BERT)
     Tensor q, k, v, o, qb, kb, vb, ob, qn, kn;
-    Ffn mlp;                          // dense layers
-    Tensor router, routerBias;        // MoE layers
-    RouterExtras routerExtras;        // the selection bias and per-expert scales the rule reads
+    Tensor qa, qab, qaNorm, qbProj, kva, kvab, kvaNorm, kvb;  // MLA (q: q_proj without q LoRA)
+    Ffn mlp;                                                  // dense layers
+    Tensor router, routerBias;                                // MoE layers
+    RouterExtras routerExtras;                                // the selection bias and per-expert scales the rule reads
     Tensor blockGate, blockGateBias;  // EMoE avg-k: the whole W_gate (+ b1), whose pre-activations score the experts
     Tensor moeOutBias;                // W2's bias on EMoE BERT, mlp.bias on JetMoE: added once after the experts
     Tensor attnRouter, attnQ, attnO, attnBias, kvProj;  // MoA (JetMoE): [E, d], [E, H, d], [E, d, H], [d], [2H, d]
@@ -278,18 +279,23 @@ struct Model::Impl {
     // The attention variants (model/attention/, one file each): their tensors and forward.
     void loadStandardAttention(LayerWeights& w, int l) const;
     void loadMoaAttention(LayerWeights& w, int l) const;
+    void loadMlaAttention(LayerWeights& w, int l) const;
     void loadAttention(LayerWeights& w, int l) const {
         w.inNorm = load(Role::AttnNorm, l);
         w.postNorm = load(Role::FfnNorm, l);
         w.inNormB = loadOpt(Role::AttnNormBias, l);
         w.postNormB = loadOpt(Role::FfnNormBias, l);
         if (spec.attn.isMoa()) loadMoaAttention(w, l);
+        else if (spec.attn.isMla()) loadMlaAttention(w, l);
         else loadStandardAttention(w, l);
     }
     void loadExperts(LayerWeights& w, int l) const;
     void loadLayer(int l);
     void releaseLayer(int l) { layers[l] = LayerWeights{}; }
 
+    // Multi-head latent attention (attention/mla.cpp): cos/sin are the RoPE tables of the
+    // qk_rope_head_dim rotary dimensions.
+    Tensor mlaAttention(const LayerWeights& w, const Tensor& x, const Tensor& cos, const Tensor& sin) const;
     // Standard and encoder attention (attention/standard.cpp).
     Tensor attention(const LayerWeights& w, const Tensor& x, const Tensor& cos, const Tensor& sin,
                      int64_t window) const;

@@ -58,6 +58,8 @@ const char* AttentionSpec::kindName() const {
             return "encoder (bidirectional, learned positions)";
         case Kind::MoA:
             return "mixture of attention heads";
+        case Kind::MLA:
+            return "multi-head latent attention";
     }
     return "?";
 }
@@ -131,6 +133,24 @@ int64_t ModelSpec::dim(Dim d, int layer) const {
             break;
         case Dim::TypeVocab:
             v = typeVocab;
+            break;
+        case Dim::QLora:
+            v = attn.qLoraRank;
+            break;
+        case Dim::KvLora:
+            v = attn.kvLoraRank;
+            break;
+        case Dim::MlaQ:
+            v = attn.heads * (attn.qkNopeDim + attn.qkRopeDim);
+            break;
+        case Dim::MlaKvA:
+            v = attn.kvLoraRank + attn.qkRopeDim;
+            break;
+        case Dim::MlaKvB:
+            v = attn.heads * (attn.qkNopeDim + attn.vHeadDim);
+            break;
+        case Dim::MlaO:
+            v = attn.heads * attn.vHeadDim;
             break;
     }
     return v * d.mul;

@@ -52,7 +52,11 @@ struct AttentionSpec {
     // MoA, mixture of attention heads (JetMoE): per token the router picks k of E experts, each a
     // query projection (kvHeads heads of headDim) and an output projection; the key/value heads
     // (one kv_proj) are shared and tiled across the k slots; heads = kvHeads * k.
-    enum class Kind { Standard, Encoder, MoA };
+    // MLA, multi-head latent attention (DeepSeek-V2/V3, Kimi K2): queries through an optional
+    // low-rank q_a / q_b pair, keys and values from one compressed latent (kv_a, RMSNorm, kv_b),
+    // each head's query and key split into a part without position (qkNopeDim) and a RoPE part
+    // (qkRopeDim; the key's is one head shared by all), values of vHeadDim.
+    enum class Kind { Standard, Encoder, MoA, MLA };
     enum class QKNorm { None, PerHead, Full };
     Kind kind = Kind::Standard;
     int64_t heads = 0, kvHeads = 0, headDim = 0;
@@ -64,6 +68,11 @@ struct AttentionSpec {
     bool causal = true;  // false: bidirectional (encoders)
     int64_t moaExperts = 0, moaTopK = 0;
     bool moaBias = true;  // the output bias added after merging the experts
+    int64_t qLoraRank = 0, kvLoraRank = 0, qkNopeDim = 0, qkRopeDim = 0, vHeadDim = 0;  // MLA (0: no q LoRA)
+    bool ropeInterleave = false;  // RoPE on interleaved pairs (x0, x1), (x2, x3)... (DeepSeek-V3)
+    double latentNormEps = 1e-6;  // the q_a and kv_a RMSNorms' eps (transformers builds them with 1e-6)
+    double softmaxScale = 0;      // 0: 1 / sqrt(the query/key head dim)
+    bool isMla() const { return kind == Kind::MLA; }
     bool isMoa() const { return kind == Kind::MoA; }
     const char* kindName() const;
 };
@@ -119,6 +128,7 @@ struct ModelSpec {
     ExpertLayout layout = ExpertLayout::PerExpert;
     std::string dtype;  // storage dtype of the weights ("BF16", "F32", ... or "mixed")
     Quantization quant;
+    int64_t mtpLayers = 0;         // multi-token-prediction layers stored after the last one (left out)
     int64_t quantizedTensors = 0;  // F8_E4M3 weights (with their scales)
     int64_t totalParams = 0, activeParams = 0;
 

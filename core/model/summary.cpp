@@ -76,6 +76,20 @@ std::vector<SummaryRow> describeModel(const ModelSpec& s, const Checkpoint& ckpt
                                                        {"heads_per_expert", s.attn.kvHeads},
                                                        {"router", s.attnRouter.describe()}}});
     }
+    if (s.attn.isMla()) {
+        const AttentionSpec& a = s.attn;
+        attn.text = "multi-head latent attention: " + std::to_string(a.heads) + " heads, " +
+                    (a.qLoraRank > 0 ? "q LoRA " + std::to_string(a.qLoraRank) : std::string("no q LoRA")) +
+                    ", kv LoRA " + std::to_string(a.kvLoraRank) + ", q/k head " + std::to_string(a.qkNopeDim) + " + " +
+                    std::to_string(a.qkRopeDim) + " RoPE" + (a.ropeInterleave ? " (interleaved)" : "") + ", v head " +
+                    std::to_string(a.vHeadDim);
+        attn.fields.push_back({"mla", oj{{"q_lora_rank", a.qLoraRank > 0 ? oj(a.qLoraRank) : oj()},
+                                         {"kv_lora_rank", a.kvLoraRank},
+                                         {"qk_nope_head_dim", a.qkNopeDim},
+                                         {"qk_rope_head_dim", a.qkRopeDim},
+                                         {"v_head_dim", a.vHeadDim},
+                                         {"rope_interleave", a.ropeInterleave}}});
+    }
     rows.push_back(attn);
     rows.push_back({"Vocabulary", std::to_string(s.vocab), {}});
     for (auto& k : s.skipped) {

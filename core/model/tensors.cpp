@@ -56,6 +56,22 @@ const char* roleName(Role r) {
             return "attention experts' bias";
         case Role::KvProj:
             return "shared key/value";
+        case Role::MlaQA:
+            return "MLA query down-projection";
+        case Role::MlaQABias:
+            return "MLA query down-projection bias";
+        case Role::MlaQANorm:
+            return "MLA query latent norm";
+        case Role::MlaQB:
+            return "MLA query up-projection";
+        case Role::MlaKvA:
+            return "MLA key/value latent and RoPE key";
+        case Role::MlaKvABias:
+            return "MLA key/value latent bias";
+        case Role::MlaKvANorm:
+            return "MLA key/value latent norm";
+        case Role::MlaKvB:
+            return "MLA key/value up-projection";
         case Role::FfnGate:
             return "FFN gate";
         case Role::FfnGateBias:

@@ -41,6 +41,16 @@ enum class Role : uint8_t {
     AttnExpertO,
     AttnExpertBias,
     KvProj,
+    // multi-head latent attention (DeepSeek): the query's low-rank pair and its norm (Q when
+    // there is no q LoRA), the key/value latent with the shared RoPE key, its norm, its expansion
+    MlaQA,
+    MlaQABias,
+    MlaQANorm,
+    MlaQB,
+    MlaKvA,
+    MlaKvABias,
+    MlaKvANorm,
+    MlaKvB,
     // a dense FFN (also EMoE's layers, whose experts are neuron blocks of it): SwiGLU gate, up,
     // down; a GELU FFN (BERT): W1 (as gate) with its bias, W2 (as down) with its bias
     FfnGate,
@@ -96,7 +106,13 @@ struct Dim {
         Experts,
         AttnExperts,
         Positions,
-        TypeVocab
+        TypeVocab,
+        QLora,   // MLA: q_lora_rank
+        KvLora,  // kv_lora_rank
+        MlaQ,    // heads x (qk_nope_head_dim + qk_rope_head_dim)
+        MlaKvA,  // kv_lora_rank + qk_rope_head_dim
+        MlaKvB,  // heads x (qk_nope_head_dim + v_head_dim)
+        MlaO     // heads x v_head_dim
     };
     Sym sym = One;
     int64_t mul = 1;

@@ -49,6 +49,20 @@ CONFIGS = {
     "mistral_sliding": ("MistralConfig", dict(num_attention_heads=4, num_key_value_heads=2, intermediate_size=80,
                                               sliding_window=4)),
     "qwen2_dense": ("Qwen2Config", dict(num_attention_heads=4, num_key_value_heads=2, intermediate_size=80)),
+    # DeepSeek-V3: MLA with q LoRA and interleaved RoPE, 4 groups of which 2 are kept, a random
+    # correction bias (build_model), scaling 2.5, 2 shared experts, the first layer dense
+    "deepseek_v3_groups": ("DeepseekV3Config", dict(
+        num_attention_heads=4, num_key_value_heads=4, n_routed_experts=8, num_experts_per_tok=3,
+        moe_intermediate_size=24, intermediate_size=80, n_shared_experts=2, n_group=4, topk_group=2,
+        first_k_dense_replace=1, num_hidden_layers=3, q_lora_rank=40, kv_lora_rank=32, qk_nope_head_dim=16,
+        qk_rope_head_dim=8, v_head_dim=12, routed_scaling_factor=2.5, norm_topk_prob=True, rope_interleave=True)),
+    # ... without q LoRA, one group, no renormalisation, biases, rotate-half RoPE, no dense layer
+    "deepseek_v3_plain": ("DeepseekV3Config", dict(
+        num_attention_heads=2, num_key_value_heads=2, n_routed_experts=6, num_experts_per_tok=2,
+        moe_intermediate_size=32, intermediate_size=64, n_shared_experts=1, n_group=1, topk_group=1,
+        first_k_dense_replace=0, q_lora_rank=None, kv_lora_rank=24, qk_nope_head_dim=12, qk_rope_head_dim=4,
+        v_head_dim=16, routed_scaling_factor=1.5, norm_topk_prob=False, rope_interleave=False,
+        attention_bias=True)),
 }
 
 # Checkpoints stored in half precision: the reference runs HF in float32 on the same rounded
@@ -91,6 +105,9 @@ def build_model(name, seed=0, **overrides):
             else:
                 p.copy_(torch.randn(p.shape, generator=g) / math.sqrt(p.shape[-1]))
             del leaf
+        for bname, b in model.named_buffers():
+            if bname.endswith("e_score_correction_bias"):  # DeepSeek-V3's selection bias
+                b.copy_(0.3 * torch.randn(b.shape, generator=g))
         if name in STORAGE:
             for p in model.parameters():
                 p.copy_(p.to(STORAGE[name]).to(torch.float32))
@@ -122,7 +139,7 @@ def save_layouts(model, out_dir, storage=None):
 def _moe_blocks(model):
     blocks = {}
     for mname, m in model.named_modules():
-        if type(m).__name__.endswith("SparseMoeBlock"):
+        if type(m).__name__.endswith("SparseMoeBlock") or type(m).__name__ == "DeepseekV3MoE":
             layer = int(mname.split(".layers.")[1].split(".")[0])
             blocks[layer] = m
     return blocks
@@ -140,6 +157,16 @@ def reference(model, prompts=PROMPTS, device="cpu"):
         def fn(mod, inp, out):
             logits, scores, idx = out
             probs = torch.softmax(logits.float(), dim=-1)
+            if hasattr(mod, "e_score_correction_bias"):
+                # DeepSeek-V3: the choice is made on the biased sigmoids of the kept groups, and
+                # its top-k is unsorted: list the chosen in descending order of that score
+                choice = logits.float().sigmoid() + mod.e_score_correction_bias
+                G = mod.num_group
+                grp = choice.view(-1, G, choice.shape[-1] // G).topk(2, dim=-1)[0].sum(-1)
+                keep = torch.zeros_like(grp).scatter_(1, grp.topk(mod.topk_group, dim=-1)[1], 1.0)
+                probs = choice.masked_fill(keep.repeat_interleave(choice.shape[-1] // G, 1) == 0, float("-inf"))
+                order = probs.gather(1, idx).argsort(dim=-1, descending=True)
+                idx, scores = idx.gather(1, order), scores.gather(1, order)
             srt = torch.sort(probs, dim=-1, descending=True).values
             k = idx.shape[-1]
             gap = (srt[:, k - 1] - srt[:, k]) if srt.shape[-1] > k else torch.full((srt.shape[0],), 1.0, device=srt.device)
@@ -161,8 +188,9 @@ def reference(model, prompts=PROMPTS, device="cpu"):
                 y = mod.experts(x, idx, torch.ones(T, 1, device=x.device, dtype=x.dtype))
                 norms.append(y.float().norm(dim=-1))
             rec[layer]["norms"].append(torch.stack(norms, 1).cpu().numpy())
-            if hasattr(mod, "shared_expert"):
-                rec[layer]["snorms"].append(mod.shared_expert(x).float().norm(dim=-1).cpu().numpy())
+            shared = getattr(mod, "shared_expert", None) or getattr(mod, "shared_experts", None)
+            if shared is not None:
+                rec[layer]["snorms"].append(shared(x).float().norm(dim=-1).cpu().numpy())
         return fn
 
     for l, b in blocks.items():
@@ -275,3 +303,24 @@ def make_fp8(name, out_dir, **overrides):
     model.config._attn_implementation = "sdpa"
     model.eval()
     return dirs["fp8"], reference(model)
+
+
+def copy_checkpoint(src, dst, cfg_fn=None, sd_fn=None):
+    """A copy of a one-file checkpoint directory, its config.json dict and state dict edited in
+    place by cfg_fn / sd_fn (for the bad-input and option tests)."""
+    import shutil
+    from safetensors.torch import load_file
+    shutil.copytree(src, dst)
+    if cfg_fn:
+        p = os.path.join(dst, "config.json")
+        with open(p) as f:
+            cfg = json.load(f)
+        cfg_fn(cfg)
+        with open(p, "w") as f:
+            json.dump(cfg, f)
+    if sd_fn:
+        p = os.path.join(dst, "model.safetensors")
+        sd = load_file(p)
+        sd_fn(sd)
+        save_file(sd, p, metadata={"format": "pt"})
+    return dst

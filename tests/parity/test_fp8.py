@@ -9,7 +9,6 @@ test_parity's.
 """
 import json
 import os
-import shutil
 import subprocess
 
 import numpy as np
@@ -72,28 +71,6 @@ def test_fp8_dynamic_analyses(cli, fp8, tmp_path):
         assert np.isfinite(cos).all() and np.allclose(np.diag(cos), 1.0, atol=1e-5)
 
 
-def _copy(src, dst):
-    shutil.copytree(src, dst)
-    return dst
-
-
-def _edit_config(d, fn):
-    p = os.path.join(d, "config.json")
-    with open(p) as f:
-        cfg = json.load(f)
-    fn(cfg)
-    with open(p, "w") as f:
-        json.dump(cfg, f)
-
-
-def _edit_tensors(d, fn):
-    from safetensors.torch import load_file, save_file
-    p = os.path.join(d, "model.safetensors")
-    sd = load_file(p)
-    fn(sd)
-    save_file(sd, p, metadata={"format": "pt"})
-
-
 SCALE = "model.layers.0.self_attn.q_proj.weight_scale_inv"
 
 
@@ -127,12 +104,8 @@ def test_fp8_bad_input_is_named(cli, fp8, tmp_path, case):
     """Every command that opens the checkpoint stops with exit 1 and a message naming the file and
     the tensor or key; nothing is read as weights."""
     ckpt, _ = fp8("qwen2_moe_fp8_f32_scales")
-    d = _copy(ckpt, str(tmp_path / "bad"))
     cfg_fn, sd_fn, words = _bad_cases()[case]
-    if cfg_fn:
-        _edit_config(d, cfg_fn)
-    if sd_fn:
-        _edit_tensors(d, sd_fn)
+    d = fixtures.copy_checkpoint(ckpt, str(tmp_path / "bad"), cfg_fn, sd_fn)
     for args in (["info", d], ["trace", d, "--token-ids", "1,2,3", "--out", str(tmp_path / "s.h5")]):
         r = subprocess.run([cli, *args], capture_output=True, text=True, timeout=120)
         assert r.returncode == 1, (case, args[0], r.stdout, r.stderr)

@@ -1,0 +1,66 @@
+// Multi-head latent attention (DeepSeek-V2/V3, Kimi K2), as transformers' DeepseekV3Attention:
+//   q      = q_b(RMSNorm(q_a(x)))  or  q_proj(x)                      [T, H, nope + rope]
+//   latent = kv_a(x) = [c (kv_lora_rank), k_rope (qk_rope_head_dim)]
+//   k, v   = kv_b(RMSNorm(c)) split per head into [nope] and [v_head_dim]
+//   k      = [k_nope, RoPE(k_rope) shared by every head], q = [q_nope, RoPE(q_rope)]
+//   o_proj(softmax(q k^T * scale) v)
+// RoPE on the halves (rotate_half) or on interleaved pairs (rope_interleave: DeepSeek-V3's
+// layout), whose rotated dimensions come out as the even ones then the odd ones, for q and k
+// alike, so their products are those of the interleaved rotation.
+#include "model/model_impl.h"
+
+namespace es {
+
+void Model::Impl::loadMlaAttention(LayerWeights& w, int l) const {
+    if (spec.attn.qLoraRank > 0) {
+        w.qa = load(Role::MlaQA, l);
+        w.qab = loadOpt(Role::MlaQABias, l);
+        w.qaNorm = load(Role::MlaQANorm, l);
+        w.qbProj = load(Role::MlaQB, l);
+    } else {
+        w.q = load(Role::Q, l);
+    }
+    w.kva = load(Role::MlaKvA, l);
+    w.kvab = loadOpt(Role::MlaKvABias, l);
+    w.kvaNorm = load(Role::MlaKvANorm, l);
+    w.kvb = load(Role::MlaKvB, l);
+    w.o = load(Role::O, l);
+    w.ob = loadOpt(Role::OBias, l);
+}
+
+namespace {
+
+// RoPE on [..., T, r]: rotate_half, or on interleaved pairs (the output holding the rotated even
+// dimensions, then the odd ones). cos/sin: [T, r] = cat(freqs, freqs).
+Tensor rope(const Tensor& x, const Tensor& cos, const Tensor& sin, bool interleaved) {
+    if (!interleaved) return x * cos + rotateHalf(x) * sin;
+    const int64_t h = x.size(-1) / 2;
+    Tensor c = cos.narrow(-1, 0, h), s = sin.narrow(-1, 0, h);
+    Tensor x1 = x.slice(-1, 0, x.size(-1), 2), x2 = x.slice(-1, 1, x.size(-1), 2);
+    return torch::cat({x1 * c - x2 * s, x2 * c + x1 * s}, -1);
+}
+
+}  // namespace
+
+Tensor Model::Impl::mlaAttention(const LayerWeights& w, const Tensor& x, const Tensor& cos, const Tensor& sin) const {
+    const AttentionSpec& a = spec.attn;
+    const int64_t T = x.size(0), H = a.heads, nope = a.qkNopeDim, r = a.qkRopeDim, vd = a.vHeadDim;
+    Tensor q = a.qLoraRank > 0
+                   ? torch::linear(rmsNorm(torch::linear(x, w.qa, w.qab), w.qaNorm, a.latentNormEps), w.qbProj)
+                   : torch::linear(x, w.q);
+    q = q.view({T, H, nope + r}).transpose(0, 1);  // [H, T, nope + r]
+    Tensor latent = torch::linear(x, w.kva, w.kvab);
+    Tensor c = rmsNorm(latent.narrow(-1, 0, a.kvLoraRank), w.kvaNorm, a.latentNormEps);
+    Tensor kRope = rope(latent.narrow(-1, a.kvLoraRank, r).unsqueeze(0), cos, sin, a.ropeInterleave);  // [1, T, r]
+    Tensor kv = torch::linear(c, w.kvb).view({T, H, nope + vd}).transpose(0, 1);                       // [H, T, ...]
+    Tensor qFull = torch::cat({q.narrow(-1, 0, nope), rope(q.narrow(-1, nope, r), cos, sin, a.ropeInterleave)}, -1);
+    Tensor k = torch::cat({kv.narrow(-1, 0, nope), kRope.expand({H, T, r})}, -1);
+    Tensor v = kv.narrow(-1, nope, vd);
+    const double scale = a.softmaxScale > 0 ? a.softmaxScale : 1.0 / std::sqrt(static_cast<double>(nope + r));
+    Tensor o = at::scaled_dot_product_attention(qFull.unsqueeze(0), k.unsqueeze(0), v.contiguous().unsqueeze(0), {},
+                                                0.0, true, scale);
+    o = o.squeeze(0).transpose(0, 1).reshape({T, H * vd});
+    return torch::linear(o, w.o, w.ob);
+}
+
+}  // namespace es
