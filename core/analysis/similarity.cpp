@@ -97,7 +97,8 @@ void toFloats(const uint8_t* src, DType dt, int64_t n, float* dst) {
             dst[i] = halfToFloat(h);
         }
     } else {
-        throw Error(std::string("weights of dtype ") + dtypeName(dt) + " cannot be read here (F32, F16 or BF16)");
+        throw Error(std::string("weights of dtype ") + dtypeName(dt) +
+                    " cannot be read here (F32, F16, BF16 or F8_E4M3)");
     }
 }
 
@@ -105,27 +106,9 @@ std::vector<double> toDoubles(const TensorView& t) {
     if (t.dtype != DType::F32 && t.dtype != DType::F16 && t.dtype != DType::BF16)
         throw Error(std::string("weights of dtype ") + dtypeName(t.dtype) + " cannot be read here (F32, F16 or BF16)",
                     t.file, t.name);
-    const size_t n = static_cast<size_t>(t.numel());
-    std::vector<double> out(n);
-    for (size_t i = 0; i < n; ++i) {
-        if (t.dtype == DType::F32) {
-            float f;
-            std::memcpy(&f, t.data + 4 * i, 4);
-            out[i] = f;
-        } else {
-            uint16_t h;
-            std::memcpy(&h, t.data + 2 * i, 2);
-            if (t.dtype == DType::BF16) {
-                uint32_t u = static_cast<uint32_t>(h) << 16;
-                float f;
-                std::memcpy(&f, &u, 4);
-                out[i] = f;
-            } else {
-                out[i] = halfToFloat(h);
-            }
-        }
-    }
-    return out;
+    std::vector<float> f(static_cast<size_t>(t.numel()));
+    toFloats(t.data, t.dtype, t.numel(), f.data());
+    return {f.begin(), f.end()};
 }
 
 std::vector<double> rowCosine(const std::vector<double>& m, int rows, int cols) {

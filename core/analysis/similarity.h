@@ -11,7 +11,8 @@ class Checkpoint;
 struct ModelSpec;
 struct TensorView;
 
-// The tensor's values widened to double (F32, F16 and BF16 read directly from the mapping).
+// The tensor's values widened to double (F32, F16 and BF16 read directly from the mapping; FP8
+// weights, which need their scales, are refused).
 std::vector<double> toDoubles(const TensorView& t);
 
 // n elements of dtype `dt` at `src` (any alignment) widened to float. F8_E4M3 values come out
@@ -23,10 +24,6 @@ void toFloats(const uint8_t* src, DType dt, int64_t n, float* dst);
 struct ScaleGrid {
     std::vector<float> s;  // [B, gR, gC]
     int64_t rows = 1, blockRows = 1, blockCols = 1, gridRows = 1, gridCols = 1;
-    float at(int64_t row, int64_t col) const {
-        const int64_t b = row / rows, i = row % rows;
-        return s[static_cast<size_t>((b * gridRows + i / blockRows) * gridCols + col / blockCols)];
-    }
     // blockRows 0: one scale for the whole tensor
     static ScaleGrid of(const TensorView& weight, const TensorView& scale, int64_t blockRows, int64_t blockCols);
     // dst[i] *= the scale of (row, col + i), for n values of one row

@@ -224,7 +224,6 @@ std::string ModelSpec::skipReason(const std::string& name) const {
 
 namespace {
 
-// The family for the config's model_type; its configure step. The error lists what opens.
 // quantization_config: "fp8" with an optional weight_block_size [rows, cols]; any other method
 // is named as not supported rather than read as plain weights.
 Quantization quantization(const Config& c) {
@@ -247,6 +246,7 @@ Quantization quantization(const Config& c) {
     return q;
 }
 
+// The family for the config's model_type; its configure step. The error lists what opens.
 ModelSpec configured(const Config& c, const Family*& fam) {
     if (!c.has("model_type")) c.fail("model_type", "missing required key");
     const std::string type = c.optString("model_type", "");
