@@ -1,6 +1,7 @@
 // The family registry, the config helpers families share and transformers' decoder naming.
 #include "model/family.h"
 
+#include <cmath>
 #include <set>
 
 namespace es {
@@ -82,27 +83,67 @@ void positive(const Config& c, const std::string& k, int64_t v, int64_t hi) {
     if (v > hi) c.fail(k, std::to_string(v) + " is out of range (at most " + std::to_string(hi) + ")");
 }
 
-double ropeTheta(const Config& c, double def) {
-    // rope_parameters (transformers 5) and rope_scaling (4.x) both describe the RoPE type; each
-    // present one is read, so a yarn rope_scaling beside a default rope_parameters is refused,
-    // not ignored
-    auto typeOf = [](const JsonIn& o, const std::string& def) { return o.str("rope_type", o.str("type", def)); };
-    double theta = c.optDouble("rope_theta", def);
-    if (c.has("rope_scaling")) {
-        const JsonIn rs = c.in()["rope_scaling"];
-        if (!rs.isObject()) rs.fail("expected an object");
-        const std::string type = typeOf(rs, "?");
-        if (type != "default") rs.fail("RoPE scaling '" + type + "' is not supported yet (supported: default)");
+void readRope(AttentionSpec& a, const Config& c, double defTheta) {
+    // transformers 5 reads rope_scaling (4.x's name) when it is a non-empty object and
+    // rope_parameters otherwise; the dict's rope_theta wins over the top-level one
+    std::string key;
+    for (const char* k : {"rope_scaling", "rope_parameters"})
+        if (key.empty() && c.has(k)) {
+            const JsonIn o = c.in()[k];
+            if (!o.isObject()) o.fail("expected an object");
+            if (!o.members().empty()) key = k;
+        }
+    a.ropeTheta = c.optDouble("rope_theta", defTheta);
+    a.yarn = {};
+    const JsonIn rp = c.in()[key.empty() ? "rope_parameters" : key];
+    if (!key.empty() && rp.has("rope_theta")) a.ropeTheta = rp.at("rope_theta").number();
+    if (!(a.ropeTheta > 1 && a.ropeTheta < 1e12)) {
+        if (!key.empty() && rp.has("rope_theta")) rp["rope_theta"].fail("must be between 1 and 1e12");
+        c.fail("rope_theta", "must be between 1 and 1e12");
     }
-    if (c.has("rope_parameters")) {
-        const JsonIn rp = c.in()["rope_parameters"];
-        if (!rp.isObject()) rp.fail("expected an object");
-        const std::string type = typeOf(rp, "default");
-        if (type != "default")
-            rp["rope_type"].fail("RoPE type '" + type + "' is not supported yet (supported: default)");
-        if (rp.has("rope_theta")) theta = rp.at("rope_theta").number();
+    const std::string type = key.empty() ? "default" : rp.str("rope_type", rp.str("type", "default"));
+    if (type == "default") return;
+    if (type != "yarn")
+        rp[rp.has("rope_type") ? "rope_type" : "type"].fail("RoPE type '" + type +
+                                                            "' is not supported yet (supported: default, yarn)");
+    AttentionSpec::Yarn& y = a.yarn;
+    // the pretraining length: a top-level original_max_position_embeddings wins (Phi-3's place),
+    // then the dict's, then max_position_embeddings
+    const std::string omKey = "original_max_position_embeddings";
+    y.originalMaxPositions = c.has(omKey)    ? c.requiredInt(omKey)
+                             : rp.has(omKey) ? rp.at(omKey).integer(1, int64_t(1) << 40)
+                                             : c.optInt("max_position_embeddings", 0);
+    if (y.originalMaxPositions <= 0) rp[omKey].fail("YaRN needs the pretraining length (or max_position_embeddings)");
+    if (rp.has("factor")) {
+        y.factor = rp.at("factor").number();
+    } else {
+        const int64_t maxPos = c.optInt("max_position_embeddings", 0);
+        if (maxPos <= 0) rp["factor"].fail("missing, and no max_position_embeddings to derive it from");
+        y.factor = static_cast<double>(maxPos) / static_cast<double>(y.originalMaxPositions);
     }
-    return theta;
+    if (!(y.factor >= 1.0 && y.factor <= 1e6)) rp["factor"].fail("must be between 1 and 1e6");
+    // beta_fast / beta_slow: absent, null or 0 mean 32 and 1, as `get(...) or 32` reads them
+    auto beta = [&](const char* k, double def) {
+        const double v = rp.has(k) ? rp.at(k).number() : 0.0;
+        if (v < 0) rp[k].fail("must not be negative");
+        return v == 0 ? def : v;
+    };
+    y.betaFast = beta("beta_fast", 32.0);
+    y.betaSlow = beta("beta_slow", 1.0);
+    auto mscale = [&](double m) { return y.factor <= 1 ? 1.0 : 0.1 * m * std::log(y.factor) + 1.0; };
+    const double m = rp.has("mscale") ? rp.at("mscale").number() : 0.0;
+    y.mscaleAllDim = rp.has("mscale_all_dim") ? rp.at("mscale_all_dim").number() : 0.0;
+    if (rp.has("attention_factor")) {
+        y.attentionFactor = rp.at("attention_factor").number();
+        if (!(y.attentionFactor > 0 && y.attentionFactor < 1e3)) rp["attention_factor"].fail("must be in (0, 1000)");
+    } else {
+        y.attentionFactor = m != 0 && y.mscaleAllDim != 0 ? mscale(m) / mscale(y.mscaleAllDim) : mscale(1.0);
+    }
+    if (!(y.attentionFactor > 0 && std::isfinite(y.attentionFactor)))
+        rp["mscale"].fail("gives a non-positive attention factor");
+    if (!(y.mlaSoftmaxFactor() > 0 && std::isfinite(y.mlaSoftmaxFactor())))
+        rp["mscale_all_dim"].fail("gives a non-positive softmax scale");
+    y.truncate = rp.boolean("truncate", true);
 }
 
 void fillSizes(ModelSpec& s, const Config& c, bool heads) {
@@ -126,13 +167,15 @@ void fillCommon(ModelSpec& s, const Config& c, const FamilyDefaults& d) {
                                           ") is not a multiple of num_key_value_heads (" +
                                           std::to_string(s.attn.kvHeads) + ")");
     s.attn.headDim = c.optInt("head_dim", 0);
-    if (s.attn.headDim == 0) {
+    if (!d.headDimFromHeads) {
+        s.attn.headDim = 0;
+    } else if (s.attn.headDim == 0) {
         if (s.hidden % s.attn.heads != 0) c.fail("hidden_size", "not divisible by num_attention_heads");
         s.attn.headDim = s.hidden / s.attn.heads;
     }
     if (s.attn.headDim % 2 != 0) c.fail("head_dim", "must be even for rotary embeddings");
     s.rmsEps = c.optDouble("rms_norm_eps", d.rmsEps);
-    s.attn.ropeTheta = ropeTheta(c, d.ropeTheta);
+    readRope(s.attn, c, d.ropeTheta);
     s.tieEmbeddings = c.optBool("tie_word_embeddings", false);
     s.activation = c.optString("hidden_act", "silu");
     if (s.activation != "silu")
@@ -360,6 +403,94 @@ void hfSharedExpert(TableBuilder& t, const std::string& prefix, const std::strin
     t.add(Role::SharedDown, Scope::Moe, prefix + "down_proj.weight", {D::Hidden, D::SharedFfn});
     if (t.spec().router.shared == RouterRule::Shared::SigmoidGated)
         t.add(Role::SharedExpertGate, Scope::Moe, gate, {D::One, D::Hidden});
+}
+
+void hfMlaTensors(TableBuilder& t) {
+    const AttentionSpec& a = t.spec().attn;
+    const std::string p = "model.layers.{L}.self_attn.";
+    if (a.qLoraRank > 0) {
+        t.add(Role::MlaQA, Scope::Layer, p + "q_a_proj.weight", {D::QLora, D::Hidden});
+        t.addIf(a.qkvBias, Role::MlaQABias, Scope::Layer, p + "q_a_proj.bias", {D::QLora});
+        t.add(Role::MlaQANorm, Scope::Layer, p + "q_a_layernorm.weight", {D::QLora});
+        t.add(Role::MlaQB, Scope::Layer, p + "q_b_proj.weight", {D::MlaQ, D::QLora});
+    } else {
+        t.add(Role::Q, Scope::Layer, p + "q_proj.weight", {D::MlaQ, D::Hidden});
+    }
+    t.add(Role::MlaKvA, Scope::Layer, p + "kv_a_proj_with_mqa.weight", {D::MlaKvA, D::Hidden});
+    t.addIf(a.qkvBias, Role::MlaKvABias, Scope::Layer, p + "kv_a_proj_with_mqa.bias", {D::MlaKvA});
+    t.add(Role::MlaKvANorm, Scope::Layer, p + "kv_a_layernorm.weight", {D::KvLora});
+    t.add(Role::MlaKvB, Scope::Layer, p + "kv_b_proj.weight", {D::MlaKvB, D::KvLora});
+    t.add(Role::O, Scope::Layer, p + "o_proj.weight", {D::Hidden, D::MlaO});
+    t.addIf(a.oBias, Role::OBias, Scope::Layer, p + "o_proj.bias", {D::Hidden});
+}
+
+void hfDeepseekTensors(TableBuilder& t, const TensorProbe& has) {
+    hfDecoderTensors(t);
+    if (t.spec().attn.isMla()) hfMlaTensors(t);
+    hfDenseMlp(t);
+    hfMlpExperts(t, has);
+    if (t.spec().hasSharedExpert()) hfSharedExpert(t, "model.layers.{L}.mlp.shared_experts.", "");
+}
+
+void readMla(ModelSpec& s, const Config& c, int64_t defQLora) {
+    AttentionSpec& a = s.attn;
+    a.kind = AttentionSpec::Kind::MLA;
+    // absent: the class default; null: no q LoRA (DeepSeek-V2-Lite)
+    const bool qNull = c.in().raw().contains("q_lora_rank") && c.in().raw()["q_lora_rank"].is_null();
+    a.qLoraRank = qNull ? 0 : c.optInt("q_lora_rank", defQLora);
+    a.kvLoraRank = c.optInt("kv_lora_rank", 512);
+    a.qkNopeDim = c.optInt("qk_nope_head_dim", 128);
+    a.qkRopeDim = c.optInt("qk_rope_head_dim", 64);
+    a.vHeadDim = c.optInt("v_head_dim", 128);
+    if (!qNull) positive(c, "q_lora_rank", a.qLoraRank);
+    positive(c, "kv_lora_rank", a.kvLoraRank);
+    positive(c, "qk_nope_head_dim", a.qkNopeDim);
+    positive(c, "qk_rope_head_dim", a.qkRopeDim);
+    positive(c, "v_head_dim", a.vHeadDim);
+    if (a.qkRopeDim % 2 != 0) c.fail("qk_rope_head_dim", "must be even for rotary embeddings");
+    a.headDim = a.qkRopeDim;
+    if (a.kvHeads != a.heads)
+        c.fail("num_key_value_heads", "must equal num_attention_heads (" + std::to_string(a.heads) +
+                                          ") for multi-head latent attention, whose kv_b_proj makes every head's keys");
+    a.qkvBias = a.oBias = c.optBool("attention_bias", false);
+}
+
+void expertGroups(ModelSpec& s, const Config& c, int64_t defGroups, int64_t defKept, RouterRule::GroupScore score) {
+    RouterRule& r = s.router;
+    r.groups = c.optInt("n_group", defGroups);
+    r.topkGroups = c.optInt("topk_group", defKept);
+    r.groupScore = score;
+    positive(c, "n_group", r.groups);
+    positive(c, "topk_group", r.topkGroups);
+    if (s.numExperts % r.groups != 0)
+        c.fail("n_group", std::to_string(s.numExperts) + " experts do not split into " + std::to_string(r.groups) +
+                              " equal groups");
+    if (r.topkGroups > r.groups)
+        c.fail("topk_group",
+               "keeps " + std::to_string(r.topkGroups) + " of only " + std::to_string(r.groups) + " groups");
+    if (score == RouterRule::GroupScore::SumTop2 && r.groups > 1 && s.numExperts / r.groups < 2)
+        c.fail("n_group", "a group needs at least 2 experts (its score is the sum of its two best)");
+    if (s.topK > r.topkGroups * (s.numExperts / r.groups))
+        c.fail("num_experts_per_tok", "top-" + std::to_string(s.topK) + " exceeds the experts of the " +
+                                          std::to_string(r.topkGroups) + " groups kept");
+}
+
+void deepseekLayers(ModelSpec& s, const Config& c, const DeepseekDefaults& d) {
+    moeCounts(s, c, "n_routed_experts", "moe_intermediate_size");
+    const int64_t dense = c.optInt("first_k_dense_replace", d.denseLayers);
+    if (dense < 0) c.fail("first_k_dense_replace", "must not be negative");
+    const int64_t ffn = c.optInt("intermediate_size", d.ffn);
+    positive(c, "intermediate_size", ffn);
+    for (int64_t l = 0; l < s.numLayers; ++l) {
+        s.layers[l].moe = l >= dense;
+        s.layers[l].ffnDim = ffn;
+    }
+    const int64_t shared = c.optInt("n_shared_experts", d.shared);
+    if (shared < 0) c.fail("n_shared_experts", "must not be negative");
+    if (shared > 0) {
+        s.sharedFfn = shared * s.expertFfn;
+        s.router.shared = RouterRule::Shared::Ungated;
+    }
 }
 
 }  // namespace es

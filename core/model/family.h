@@ -61,12 +61,14 @@ const Family* familyFor(const std::string& modelType);
 // A size from the config: positive and at most `hi` (far above any real model; a damaged
 // value must not size an allocation).
 void positive(const Config& c, const std::string& k, int64_t v, int64_t hi = int64_t(1) << 24);
-// rope_parameters / rope_scaling / rope_theta: the base; other RoPE types are refused by name.
-double ropeTheta(const Config& c, double def);
+// rope_scaling / rope_parameters / rope_theta: the base and, for type "yarn", AttentionSpec::yarn;
+// other RoPE types are refused by name.
+void readRope(AttentionSpec& a, const Config& c, double defTheta);
 // Defaults for keys a family's transformers config class fills in when absent.
 struct FamilyDefaults {
     double rmsEps;
     double ropeTheta;
+    bool headDimFromHeads = true;  // false: the family sets head_dim itself (MLA), no hidden % heads
 };
 // vocab_size, hidden_size, num_hidden_layers (+ num_attention_heads): required and positive.
 void fillSizes(ModelSpec& s, const Config& c, bool heads);
@@ -82,6 +84,20 @@ void sparseLayers(ModelSpec& s, const Config& c);
 void qwenLayerTypes(ModelSpec& s, const Config& c, bool moeFormula);
 // An EMoE conversion's "expertscope_emoe" block (docs/emoe.md) on a dense model.
 void emoeBlock(ModelSpec& s, const Config& c);
+// DeepSeek-V2/V3 multi-head latent attention: q_lora_rank (absent: defQLora, null: one q_proj),
+// kv_lora_rank, qk_nope/rope_head_dim, v_head_dim, attention_bias; the rotary tables are
+// qk_rope_head_dim wide (transformers sets head_dim so). Key/value heads must equal the heads.
+void readMla(ModelSpec& s, const Config& c, int64_t defQLora);
+// The DeepSeek MoE layout: the first first_k_dense_replace layers dense (intermediate_size), the
+// rest MoE (n_routed_experts of moe_intermediate_size), an ungated shared expert of
+// n_shared_experts x moe_intermediate_size when n_shared_experts > 0. Defaults: the family's.
+// n_group / topk_group: group-limited selection keeping the topk_group best of n_group equal
+// groups, a group scored by `score`; top-k must fit in the groups kept.
+void expertGroups(ModelSpec& s, const Config& c, int64_t defGroups, int64_t defKept, RouterRule::GroupScore score);
+struct DeepseekDefaults {
+    int64_t denseLayers, ffn, shared;
+};
+void deepseekLayers(ModelSpec& s, const Config& c, const DeepseekDefaults& d);
 
 // ---- the tensor table: building blocks ----
 
@@ -128,5 +144,11 @@ void hfDenseTensors(ModelSpec& s, const TensorProbe& has);
 // Routed experts under "model.layers.{L}.mlp." as transformers names them: router "gate",
 // experts gate_proj / up_proj / down_proj, per expert or packed.
 void hfMlpExperts(TableBuilder& t, const TensorProbe& has);
+// MLA's projections under "model.layers.{L}.self_attn." (q_a/q_b with its norm or q_proj,
+// kv_a_proj_with_mqa, kv_a_layernorm, kv_b_proj, o_proj; biases where attention_bias).
+void hfMlaTensors(TableBuilder& t);
+// The whole table of a DeepSeek decoder: hfDecoderTensors (Llama attention) or MLA, dense MLPs,
+// experts under mlp.experts, mlp.shared_experts.
+void hfDeepseekTensors(TableBuilder& t, const TensorProbe& has);
 
 }  // namespace es

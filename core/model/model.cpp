@@ -325,13 +325,37 @@ void Model::Impl::forward(State& st, int last, bool allExperts, const Hooks& hoo
     }
 }
 
+// theta^(-2i/d) for i < d/2 in float32 as transformers computes it; under YaRN blended with the
+// interpolated theta^(-2i/d) / factor by transformers' _compute_yarn_parameters ramp
+static Tensor ropeInverseFrequencies(const AttentionSpec& a) {
+    const int64_t d = a.headDim;
+    const Tensor posFreqs = torch::pow(a.ropeTheta, torch::arange(0, d, 2, torch::kLong).to(torch::kFloat) / d);
+    if (!a.yarn.on()) return 1.0 / posFreqs;
+    const AttentionSpec::Yarn& y = a.yarn;
+    // the dimension index at which a wavelength makes `rotations` turns over the pretraining length
+    auto correctionDim = [&](double rotations) {
+        return d * std::log(static_cast<double>(y.originalMaxPositions) / (rotations * 2 * M_PI)) /
+               (2 * std::log(a.ropeTheta));
+    };
+    double low = correctionDim(y.betaFast), high = correctionDim(y.betaSlow);
+    if (y.truncate) {
+        low = std::floor(low);
+        high = std::ceil(high);
+    }
+    low = std::max(low, 0.0);
+    high = std::min(high, static_cast<double>(d - 1));
+    if (low == high) high += 0.001;
+    const Tensor ramp = ((torch::arange(d / 2, torch::kFloat) - low) / (high - low)).clamp(0, 1);
+    const Tensor extrapolation = 1 - ramp;  // 1: keep the original frequency, 0: interpolate
+    return (1.0 / (y.factor * posFreqs)) * (1 - extrapolation) + (1.0 / posFreqs) * extrapolation;
+}
+
 Model::Impl::State Model::Impl::start(const std::vector<std::vector<int64_t>>& prompts) const {
     State st;
     auto devOpts = torch::TensorOptions().device(device);
-    const int64_t hd = spec.attn.headDim;
-    Tensor invFreq =
-        1.0 / torch::pow(spec.attn.ropeTheta, torch::arange(0, hd, 2, torch::kLong).to(torch::kFloat) / hd);
-    invFreq = invFreq.to(device);
+    const Tensor invFreq = ropeInverseFrequencies(spec.attn).to(device);
+    const double ropeGain = spec.attn.yarn.on() ? spec.attn.yarn.attentionFactor : 1.0;
+    const auto ropeDtype = spec.attn.ropeInFloat32 ? torch::kFloat : dtype;
     for (auto& p : prompts) {
         Tensor ids = torch::tensor(p, torch::kLong).to(device);
         if (spec.encoder) {
@@ -347,8 +371,13 @@ Model::Impl::State Model::Impl::start(const std::vector<std::vector<int64_t>>& p
         Tensor pos = torch::arange(static_cast<int64_t>(p.size()), devOpts.dtype(torch::kLong)).to(torch::kFloat);
         Tensor freqs = pos.unsqueeze(1) * invFreq.unsqueeze(0);
         Tensor emb = torch::cat({freqs, freqs}, -1);
-        st.cos.push_back(emb.cos().to(dtype));
-        st.sin.push_back(emb.sin().to(dtype));
+        if (ropeGain != 1.0) {
+            st.cos.push_back((emb.cos() * ropeGain).to(ropeDtype));
+            st.sin.push_back((emb.sin() * ropeGain).to(ropeDtype));
+        } else {
+            st.cos.push_back(emb.cos().to(ropeDtype));
+            st.sin.push_back(emb.sin().to(ropeDtype));
+        }
     }
     return st;
 }

@@ -1,6 +1,7 @@
 #include "model/spec.h"
 
 #include <algorithm>
+#include <cmath>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <set>
@@ -48,6 +49,12 @@ std::string RouterRule::describe() const {
     if (shared == Shared::Ungated) s += ", shared expert";
     if (shared == Shared::SigmoidGated) s += ", sigmoid-gated shared expert";
     return s;
+}
+
+double AttentionSpec::Yarn::mlaSoftmaxFactor() const {
+    if (!on() || mscaleAllDim == 0 || factor <= 1) return 1.0;
+    const double m = 0.1 * mscaleAllDim * std::log(factor) + 1.0;
+    return m * m;
 }
 
 const char* AttentionSpec::kindName() const {

@@ -64,6 +64,19 @@ struct AttentionSpec {
     QKNorm qkNorm = QKNorm::None;
     double clipQkv = 0.0;  // 0: no clamp
     double ropeTheta = 10000.0;
+    // YaRN (rope_scaling / rope_parameters of type "yarn", as transformers' _compute_yarn_parameters):
+    // inverse frequencies blended between theta^(-2i/d) and theta^(-2i/d) / factor by a ramp over
+    // the dimensions whose wavelengths fall between betaFast and betaSlow rotations of
+    // originalMaxPositions; cos/sin times attentionFactor; MLA's softmax scale also times
+    // (0.1 mscaleAllDim ln(factor) + 1)^2 when mscaleAllDim is set (DeepSeek-V2/V3).
+    struct Yarn {
+        double factor = 0;  // 0: no YaRN (plain RoPE)
+        double attentionFactor = 1.0, betaFast = 32.0, betaSlow = 1.0, mscaleAllDim = 0.0;
+        int64_t originalMaxPositions = 0;
+        bool truncate = true;
+        bool on() const { return factor > 0; }
+        double mlaSoftmaxFactor() const;  // the square of mscale(factor, mscaleAllDim), or 1
+    } yarn;
     bool rope = true;    // false: learned absolute positions (BERT)
     bool causal = true;  // false: bidirectional (encoders)
     int64_t moaExperts = 0, moaTopK = 0;
@@ -71,7 +84,7 @@ struct AttentionSpec {
     int64_t qLoraRank = 0, kvLoraRank = 0, qkNopeDim = 0, qkRopeDim = 0, vHeadDim = 0;  // MLA (0: no q LoRA)
     bool ropeInterleave = false;  // RoPE on interleaved pairs (x0, x1), (x2, x3)... (DeepSeek-V3)
     double latentNormEps = 1e-6;  // the q_a and kv_a RMSNorms' eps (transformers builds them with 1e-6)
-    double softmaxScale = 0;      // 0: 1 / sqrt(the query/key head dim)
+    bool ropeInFloat32 = false;   // RoPE applied to float32 copies of q and k (DeepSeek-V2's complex rotation)
     bool isMla() const { return kind == Kind::MLA; }
     bool isMoa() const { return kind == Kind::MoA; }
     const char* kindName() const;

@@ -1,6 +1,7 @@
 #include "model/summary.h"
 
 #include <cstdio>
+#include <sstream>
 
 #include "checkpoint/checkpoint.h"
 #include "model/spec.h"
@@ -91,6 +92,27 @@ std::vector<SummaryRow> describeModel(const ModelSpec& s, const Checkpoint& ckpt
                                          {"rope_interleave", a.ropeInterleave}}});
     }
     rows.push_back(attn);
+    if (s.attn.rope) {
+        const AttentionSpec& a = s.attn;
+        std::ostringstream t;
+        t << "theta " << a.ropeTheta;
+        oj rope{{"theta", a.ropeTheta}, {"type", a.yarn.on() ? "yarn" : "default"}};
+        if (a.yarn.on()) {
+            const auto& y = a.yarn;
+            t << ", YaRN x" << y.factor << " from " << y.originalMaxPositions << " positions (beta " << y.betaFast
+              << "/" << y.betaSlow << ", cos/sin x" << y.attentionFactor;
+            if (a.isMla()) t << ", softmax scale x" << y.mlaSoftmaxFactor();
+            t << ")";
+            rope.update(oj{{"factor", y.factor},
+                           {"original_max_position_embeddings", y.originalMaxPositions},
+                           {"beta_fast", y.betaFast},
+                           {"beta_slow", y.betaSlow},
+                           {"attention_factor", y.attentionFactor},
+                           {"truncate", y.truncate}});
+            if (a.isMla()) rope["softmax_scale_factor"] = y.mlaSoftmaxFactor();
+        }
+        rows.push_back({"RoPE", t.str(), {{"rope", rope}}});
+    }
     rows.push_back({"Vocabulary", std::to_string(s.vocab), {}});
     for (auto& k : s.skipped) {
         bool present = false;

@@ -262,11 +262,30 @@ def cfg_rope_type_number(work, ctx):
 
 
 @case
-def cfg_yarn_beside_theta(work, ctx):
+def cfg_rope_type_unsupported(work, ctx):
+    # 4.x's rope_scaling wins over rope_parameters, as transformers reads them
     c = demo_config()
-    c["rope_scaling"] = {"type": "yarn", "factor": 4.0}
+    c["rope_scaling"] = {"type": "dynamic", "factor": 4.0}
+    c["rope_parameters"] = {"rope_type": "default", "rope_theta": 10000.0}
     d = checkpoint_copy(work, c)
-    return Case(["info", d], 1, [os.path.join(d, "config.json"), "rope_scaling", "yarn"])
+    return Case(["info", d], 1, [os.path.join(d, "config.json"), "rope_scaling.type", "dynamic"])
+
+
+@case
+def cfg_yarn_factor_below_one(work, ctx):
+    return cfg_case(work, "rope_scaling", {"type": "yarn", "factor": 0.25, "original_max_position_embeddings": 64},
+                    ["rope_scaling.factor", "between 1"])
+
+
+@case
+def cfg_yarn_negative_beta(work, ctx):
+    return cfg_case(work, "rope_parameters", {"rope_type": "yarn", "factor": 4.0, "beta_fast": -32.0},
+                    ["rope_parameters.beta_fast", "negative"])
+
+
+@case
+def cfg_rope_theta_zero(work, ctx):
+    return cfg_case(work, "rope_parameters", {"rope_type": "default", "rope_theta": 0}, ["rope_parameters.rope_theta"])
 
 
 @case

@@ -35,9 +35,16 @@ CONFIGS = {
                                                  num_experts=8, num_experts_per_tok=2, moe_intermediate_size=32,
                                                  intermediate_size=64, norm_topk_prob=True, num_hidden_layers=3,
                                                  mlp_only_layers=[1])),
+    # ... with YaRN on standard attention: untruncated correction range, betas of its own, the
+    # attention factor from the factor alone (0.1 ln 4 + 1)
     "qwen3_moe_nonorm_bias": ("Qwen3MoeConfig", dict(num_attention_heads=4, num_key_value_heads=4, num_experts=4,
                                                      num_experts_per_tok=1, moe_intermediate_size=48,
-                                                     norm_topk_prob=False, attention_bias=True)),
+                                                     norm_topk_prob=False, attention_bias=True,
+                                                     rope_parameters=dict(rope_type="yarn", rope_theta=5000.0,
+                                                                          factor=4.0,
+                                                                          original_max_position_embeddings=64,
+                                                                          beta_fast=8, beta_slow=2,
+                                                                          truncate=False))),
     "olmoe_clip": ("OlmoeConfig", dict(num_attention_heads=4, num_key_value_heads=4, num_experts=8,
                                        num_experts_per_tok=2, intermediate_size=32, clip_qkv=0.8,
                                        norm_topk_prob=False)),
@@ -50,12 +57,16 @@ CONFIGS = {
                                               sliding_window=4)),
     "qwen2_dense": ("Qwen2Config", dict(num_attention_heads=4, num_key_value_heads=2, intermediate_size=80)),
     # DeepSeek-V3: MLA with q LoRA and interleaved RoPE, 4 groups of which 2 are kept, a random
-    # correction bias (build_model), scaling 2.5, 2 shared experts, the first layer dense
+    # correction bias (build_model), scaling 2.5, 2 shared experts, the first layer dense; YaRN
+    # as V3 ships it (4.x's rope_scaling with "type") but with mscale != mscale_all_dim, so that
+    # both the cos/sin factor and the softmax scale's mscale^2 differ from 1
     "deepseek_v3_groups": ("DeepseekV3Config", dict(
         num_attention_heads=4, num_key_value_heads=4, n_routed_experts=8, num_experts_per_tok=3,
         moe_intermediate_size=24, intermediate_size=80, n_shared_experts=2, n_group=4, topk_group=2,
         first_k_dense_replace=1, num_hidden_layers=3, q_lora_rank=40, kv_lora_rank=32, qk_nope_head_dim=16,
-        qk_rope_head_dim=8, v_head_dim=12, routed_scaling_factor=2.5, norm_topk_prob=True, rope_interleave=True)),
+        qk_rope_head_dim=8, v_head_dim=12, routed_scaling_factor=2.5, norm_topk_prob=True, rope_interleave=True,
+        rope_scaling=dict(type="yarn", factor=40, mscale=0.707, mscale_all_dim=1.0, beta_fast=32, beta_slow=1,
+                          original_max_position_embeddings=4096))),
     # ... without q LoRA, one group, no renormalisation, biases, rotate-half RoPE, no dense layer
     "deepseek_v3_plain": ("DeepseekV3Config", dict(
         num_attention_heads=2, num_key_value_heads=2, n_routed_experts=6, num_experts_per_tok=2,
@@ -63,6 +74,23 @@ CONFIGS = {
         first_k_dense_replace=0, q_lora_rank=None, kv_lora_rank=24, qk_nope_head_dim=12, qk_rope_head_dim=4,
         v_head_dim=16, routed_scaling_factor=1.5, norm_topk_prob=False, rope_interleave=False,
         attention_bias=True)),
+    # DeepSeek-V2: MLA with q LoRA and attention biases, group-limited greedy (a group's best
+    # expert; 2 of 4 groups of 4 kept), scaling 16 as V2 ships it, 2 shared experts, the first layer
+    # dense; YaRN with V2-Lite's mscale = mscale_all_dim (cos/sin factor 1, softmax scale not)
+    "deepseek_v2_groups": ("DeepseekV2Config", dict(
+        num_attention_heads=4, num_key_value_heads=4, n_routed_experts=16, num_experts_per_tok=3,
+        moe_intermediate_size=24, intermediate_size=80, n_shared_experts=2, topk_method="group_limited_greedy",
+        n_group=4, topk_group=2, first_k_dense_replace=1, num_hidden_layers=3, q_lora_rank=40, kv_lora_rank=32,
+        qk_nope_head_dim=16, qk_rope_head_dim=8, v_head_dim=12, routed_scaling_factor=16.0, attention_bias=True,
+        rope_scaling=dict(type="yarn", factor=40, mscale=0.707, mscale_all_dim=0.707, beta_fast=32, beta_slow=1,
+                          original_max_position_embeddings=4096))),
+    # DeepSeek-V2-Lite's shape: no q LoRA, greedy top-k over every expert, no scaling, 1 shared
+    # expert, no dense layer, plain RoPE
+    "deepseek_v2_lite_greedy": ("DeepseekV2Config", dict(
+        num_attention_heads=2, num_key_value_heads=2, n_routed_experts=6, num_experts_per_tok=2,
+        moe_intermediate_size=32, intermediate_size=64, n_shared_experts=1, topk_method="greedy",
+        first_k_dense_replace=0, q_lora_rank=None, kv_lora_rank=24, qk_nope_head_dim=12, qk_rope_head_dim=4,
+        v_head_dim=16, routed_scaling_factor=1.0)),
 }
 
 # Checkpoints stored in half precision: the reference runs HF in float32 on the same rounded
@@ -85,14 +113,23 @@ def build_model(name, seed=0, **overrides):
     cfg_kwargs = dict(BASE)
     cfg_kwargs.update(kw)
     cfg_kwargs.update(overrides)
-    config = getattr(transformers, cls_name)(**cfg_kwargs)
+    return model_from_config(getattr(transformers, cls_name)(**cfg_kwargs), seed, STORAGE.get(name))
+
+
+def model_from_config(config, seed=0, storage=None):
+    """An HF model of `config` in float32, every parameter re-initialised (see the top)."""
     config._attn_implementation = "sdpa"
     model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    return reinitialised(model, seed, storage)
+
+
+def reinitialised(model, seed=0, storage=None):
+    """`model` in eval mode with every parameter re-initialised (see the top)."""
+    config = model.config
     model.eval()
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for pname, p in model.named_parameters():
-            leaf = pname.split(".")[-2] if pname.endswith(".weight") or pname.endswith(".bias") else pname
             if "norm" in pname and p.dim() == 1:
                 p.copy_(1.0 + 0.1 * torch.randn(p.shape, generator=g))
             elif pname.endswith(".bias"):
@@ -104,13 +141,12 @@ def build_model(name, seed=0, **overrides):
                 p.copy_(torch.randn(p.shape, generator=g) * (3.0 / math.sqrt(p.shape[-1])))
             else:
                 p.copy_(torch.randn(p.shape, generator=g) / math.sqrt(p.shape[-1]))
-            del leaf
         for bname, b in model.named_buffers():
             if bname.endswith("e_score_correction_bias"):  # DeepSeek-V3's selection bias
                 b.copy_(0.3 * torch.randn(b.shape, generator=g))
-        if name in STORAGE:
+        if storage is not None:
             for p in model.parameters():
-                p.copy_(p.to(STORAGE[name]).to(torch.float32))
+                p.copy_(p.to(storage).to(torch.float32))
     if getattr(config, "tie_word_embeddings", False):
         model.tie_weights()
     return model
@@ -139,7 +175,7 @@ def save_layouts(model, out_dir, storage=None):
 def _moe_blocks(model):
     blocks = {}
     for mname, m in model.named_modules():
-        if type(m).__name__.endswith("SparseMoeBlock") or type(m).__name__ == "DeepseekV3MoE":
+        if type(m).__name__.endswith("SparseMoeBlock") or type(m).__name__ in ("DeepseekV3MoE", "DeepseekV2Moe"):
             layer = int(mname.split(".layers.")[1].split(".")[0])
             blocks[layer] = m
     return blocks
@@ -165,6 +201,13 @@ def reference(model, prompts=PROMPTS, device="cpu"):
                 grp = choice.view(-1, G, choice.shape[-1] // G).topk(2, dim=-1)[0].sum(-1)
                 keep = torch.zeros_like(grp).scatter_(1, grp.topk(mod.topk_group, dim=-1)[1], 1.0)
                 probs = choice.masked_fill(keep.repeat_interleave(choice.shape[-1] // G, 1) == 0, float("-inf"))
+            elif getattr(mod, "topk_method", None) == "group_limited_greedy":
+                # DeepSeek-V2: groups ranked by their best softmax score, the others masked
+                G = mod.num_group
+                grp = probs.view(-1, G, probs.shape[-1] // G).amax(dim=-1)
+                keep = torch.zeros_like(grp).scatter_(1, grp.topk(mod.topk_group, dim=-1)[1], 1.0)
+                probs = probs.masked_fill(keep.repeat_interleave(probs.shape[-1] // G, 1) == 0, float("-inf"))
+            if hasattr(mod, "topk_method") or hasattr(mod, "e_score_correction_bias"):  # DeepSeek: unsorted top-k
                 order = probs.gather(1, idx).argsort(dim=-1, descending=True)
                 idx, scores = idx.gather(1, order), scores.gather(1, order)
             srt = torch.sort(probs, dim=-1, descending=True).values
@@ -273,10 +316,21 @@ def quantize_fp8(w, scale_dtype, block):
 def make_fp8(name, out_dir, **overrides):
     """out_dir/fp8 (the quantized per-expert checkpoint) and the reference: HF on the
     dequantized weights (out_dir/dequantized: the same names in float32, no scales)."""
-    from safetensors.torch import load_file
     base, scale_dtype, block = FP8[name]
     f32 = os.path.join(out_dir, "f32")
     build_model(base, **overrides).save_pretrained(f32)
+    with open(os.path.join(f32, "config.json")) as f:
+        cfg = json.load(f)
+    cfg["quantization_config"] = {"activation_scheme": "dynamic", "fmt": "e4m3", "quant_method": "fp8",
+                                  "weight_block_size": block}
+    return write_fp8(f32, out_dir, scale_dtype, block, cfg)
+
+
+def write_fp8(f32, out_dir, scale_dtype, block, fp8_config):
+    """The save_pretrained checkpoint in f32 quantized (fp8_quantized's tensors) into out_dir/fp8
+    with fp8_config as its config.json, and the reference: HF on the dequantized weights
+    (out_dir/dequantized: the same names in float32, no scales, f32's own config.json)."""
+    from safetensors.torch import load_file
     sd = load_file(os.path.join(f32, "model.safetensors"))
     fp8, deq = {}, {}
     for k, v in sd.items():
@@ -288,9 +342,7 @@ def make_fp8(name, out_dir, **overrides):
     with open(os.path.join(f32, "config.json")) as f:
         cfg = json.load(f)
     dirs = {}
-    for sub, tensors, conf in (("fp8", fp8, dict(cfg, quantization_config={
-            "activation_scheme": "dynamic", "fmt": "e4m3", "quant_method": "fp8", "weight_block_size": block})),
-            ("dequantized", deq, cfg)):
+    for sub, tensors, conf in (("fp8", fp8, fp8_config), ("dequantized", deq, cfg)):
         d = dirs[sub] = os.path.join(out_dir, sub)
         os.makedirs(d, exist_ok=True)
         save_file({k: v.contiguous() for k, v in tensors.items()}, os.path.join(d, "model.safetensors"),

@@ -1,7 +1,10 @@
-"""DeepSeek-V3 beyond the parity table (test_parity.py runs deepseek_v3_groups and
-deepseek_v3_plain against HF): the multi-token-prediction layer the official checkpoints store
-after the last layer is left out and named by info; the router's options that do not fit are
-named; every dynamic analysis runs with a sigmoid, group-limited, biased router and shared experts."""
+"""DeepSeek-V2/V3 beyond the parity table (test_parity.py runs deepseek_v2_groups,
+deepseek_v2_lite_greedy, deepseek_v3_groups and deepseek_v3_plain against HF): the
+multi-token-prediction layer the official V3 checkpoints store after the last layer is left out
+and named by info; YaRN's factors shown by info are transformers' own; the router's options that
+do not fit are named; every dynamic analysis runs with the group-limited routers and shared
+experts."""
+import json
 import subprocess
 
 import numpy as np
@@ -36,7 +39,7 @@ def test_mtp_layer_left_out(cli, build_fixture, tmp_path):
     assert r.returncode == 1 and "model.layers.3." in r.stderr and "not recognised" in r.stderr
 
 
-@pytest.mark.parametrize("key,value,words", [
+V3_BAD = [
     ("n_group", 3, ["n_group", "equal groups"]),
     ("topk_group", 5, ["topk_group", "groups"]),
     ("num_experts_per_tok", 7, ["num_experts_per_tok", "groups kept"]),
@@ -44,9 +47,24 @@ def test_mtp_layer_left_out(cli, build_fixture, tmp_path):
     ("topk_method", "greedy", ["topk_method", "noaux_tc"]),
     ("qk_rope_head_dim", 7, ["qk_rope_head_dim"]),
     ("kv_lora_rank", 0, ["kv_lora_rank"]),
-])
-def test_router_and_attention_options_named(cli, build_fixture, tmp_path, key, value, words):
-    per, _, _ = build_fixture("deepseek_v3_groups")
+]
+V2_BAD = [
+    ("scoring_func", "sigmoid", ["scoring_func", "softmax"]),
+    ("topk_method", "noaux_tc", ["topk_method", "group_limited_greedy"]),
+    ("norm_topk_prob", True, ["norm_topk_prob", "never renormalises"]),
+    ("mlp_bias", True, ["mlp_bias"]),
+    ("moe_layer_freq", 2, ["moe_layer_freq"]),
+    ("n_shared_experts", 0, ["n_shared_experts"]),
+    ("num_key_value_heads", 2, ["num_key_value_heads", "latent"]),
+    ("n_group", 5, ["n_group", "equal groups"]),
+    ("rope_scaling", {"type": "longrope", "factor": 2.0}, ["rope_scaling.type", "longrope"]),
+]
+
+
+@pytest.mark.parametrize("name,key,value,words", [("deepseek_v3_groups", *b) for b in V3_BAD] +
+                         [("deepseek_v2_groups", *b) for b in V2_BAD])
+def test_router_and_attention_options_named(cli, build_fixture, tmp_path, name, key, value, words):
+    per, _, _ = build_fixture(name)
     d = fixtures.copy_checkpoint(per, str(tmp_path / "bad"), lambda c: c.__setitem__(key, value))
     r = subprocess.run([cli, "info", d], capture_output=True, text=True)
     assert r.returncode == 1, r.stdout
@@ -55,18 +73,42 @@ def test_router_and_attention_options_named(cli, build_fixture, tmp_path, key, v
         assert w in r.stderr, (w, r.stderr)
 
 
-def test_dynamic_and_static_analyses_run(cli, build_fixture, tmp_path):
-    """Every analysis on the grouped, biased, shared-expert router: results present and sane
-    (their values are checked against numpy on the Mixtral/Qwen/OLMoE sessions)."""
+@pytest.mark.parametrize("name", ["deepseek_v2_groups", "deepseek_v3_groups", "qwen3_moe_nonorm_bias"])
+def test_info_shows_transformers_yarn_factors(cli, tmp_path, name):
+    """info's RoPE row: the cos/sin factor and MLA's softmax-scale factor that transformers'
+    own modules hold (rotary_emb.attention_scaling, self_attn.scaling / qk_head_dim^-0.5)."""
+    require("transformers")
+    model = fixtures.build_model(name)
+    d = str(tmp_path / name)
+    model.save_pretrained(d)
+    rope = json.loads(run_cli(cli, "info", d, "--json").stdout)["rope"]
+    assert rope["type"] == "yarn"
+    assert rope["attention_factor"] == pytest.approx(model.model.rotary_emb.attention_scaling, rel=1e-12)
+    attn = model.model.layers[0].self_attn
+    if hasattr(attn, "qk_head_dim"):
+        assert rope["softmax_scale_factor"] == pytest.approx(attn.scaling * attn.qk_head_dim ** 0.5, rel=1e-12)
+        assert rope["softmax_scale_factor"] != pytest.approx(1.0)
+    else:
+        assert "softmax_scale_factor" not in rope
+    text = run_cli(cli, "info", d).stdout
+    assert "YaRN x" in text
+
+
+@pytest.mark.parametrize("name,experts", [("deepseek_v3_groups", 8), ("deepseek_v2_groups", 16)])
+def test_dynamic_and_static_analyses_run(cli, build_fixture, tmp_path, name, experts):
+    """Every analysis on the grouped, shared-expert routers (V3's biased sigmoid, V2's softmax):
+    results present and sane (their values are checked against numpy on the Mixtral/Qwen/OLMoE
+    sessions)."""
     h5py = require("h5py")
-    per, _, _ = build_fixture("deepseek_v3_groups")
+    per, _, _ = build_fixture(name)
     out = str(tmp_path / "s.h5")
     trace(cli, per, out, "--run", "r")
     run_cli(cli, "analyze", per, "--out", out, "--run", "r", "--static", "all", "--dynamic", "D1,D2,D3,D4,load")
+    E = experts
     with h5py.File(out, "r") as f:
         a = f["analyses"]
         cos = a["output_similarity/r/layers/1/cosine"][:]
-        assert cos.shape == (9, 9) and np.allclose(np.diag(cos), 1.0, atol=1e-5)  # 8 experts + SE
+        assert cos.shape == (E + 1, E + 1) and np.allclose(np.diag(cos), 1.0, atol=1e-5)  # experts + SE
         counts = a["norm_score_ranks/r/layers/1/rank_counts"][:]
-        assert counts.sum() == 38 * 8
-        assert a["weight_similarity/layers/2/gate"].shape == (8, 8)  # SE is wider: excluded (S1 rule)
+        assert counts.sum() == 38 * E
+        assert a["weight_similarity/layers/2/gate"].shape == (E, E)  # SE is wider: excluded (S1 rule)

@@ -1,7 +1,9 @@
 """Our traces against HF transformers on every family and both on-disk expert layouts.
 
 Tolerances (float32, CPU): top-k ids identical except where HF's gap between the k-th and
-(k+1)-th probability is below 1e-6; combine weights and router logits within 1e-5; expert output
+(k+1)-th probability is below 1e-6; combine weights and router logits within 1e-5, of the
+layer's largest where that exceeds 1 (a routed scaling factor, or DeepSeek-V2's x16 residual
+contributions growing the router's inputs); expert output
 norms within 1e-5 relative to the layer's largest norm; logits within 1e-4 relative to the
 largest logit.
 """
@@ -41,8 +43,10 @@ def compare(run, ref, *, tol_logits=1e-4, tol_w=1e-5, tol_rl=1e-5, tol_norm=1e-5
         tied = ref[f"L{l}_gap"] < gap_eps
         assert not (mismatch & ~tied).any(), f"layer {l}: top-k differs at tokens {np.where(mismatch & ~tied)[0]}"
         ok = ~mismatch
-        np.testing.assert_allclose(g["topk_weights"][:][ok], ref[f"L{l}_topk_weights"][ok], rtol=0, atol=tol_w)
-        np.testing.assert_allclose(g["router_logits"][:], ref[f"L{l}_router_logits"], rtol=0, atol=tol_rl)
+        rw = ref[f"L{l}_topk_weights"]  # relative to the largest weight where scaling makes it > 1
+        np.testing.assert_allclose(g["topk_weights"][:][ok], rw[ok], rtol=0, atol=tol_w * max(1.0, np.abs(rw).max()))
+        rr = ref[f"L{l}_router_logits"]
+        np.testing.assert_allclose(g["router_logits"][:], rr, rtol=0, atol=tol_rl * max(1.0, np.abs(rr).max()))
         n = ref[f"L{l}_expert_output_norms"]
         np.testing.assert_allclose(g["expert_output_norms"][:], n, rtol=0, atol=tol_norm * np.abs(n).max())
         key = f"L{l}_shared_output_norms"

@@ -3,7 +3,7 @@
 //   latent = kv_a(x) = [c (kv_lora_rank), k_rope (qk_rope_head_dim)]
 //   k, v   = kv_b(RMSNorm(c)) split per head into [nope] and [v_head_dim]
 //   k      = [k_nope, RoPE(k_rope) shared by every head], q = [q_nope, RoPE(q_rope)]
-//   o_proj(softmax(q k^T * scale) v)
+//   o_proj(softmax(q k^T * scale) v), scale = 1/sqrt(nope + rope) (x YaRN's mscale^2)
 // RoPE on the halves (rotate_half) or on interleaved pairs (rope_interleave: DeepSeek-V3's
 // layout), whose rotated dimensions come out as the even ones then the odd ones, for q and k
 // alike, so their products are those of the interleaved rotation.
@@ -32,7 +32,10 @@ namespace {
 
 // RoPE on [..., T, r]: rotate_half, or on interleaved pairs (the output holding the rotated even
 // dimensions, then the odd ones). cos/sin: [T, r] = cat(freqs, freqs).
-Tensor rope(const Tensor& x, const Tensor& cos, const Tensor& sin, bool interleaved) {
+// inFloat32: on a float32 copy of x, rounded back once (DeepSeek-V2 rotates as complex64).
+Tensor rope(const Tensor& x, const Tensor& cos, const Tensor& sin, bool interleaved, bool inFloat32) {
+    if (inFloat32 && x.scalar_type() != torch::kFloat)
+        return rope(x.to(torch::kFloat), cos, sin, interleaved, false).to(x.scalar_type());
     if (!interleaved) return x * cos + rotateHalf(x) * sin;
     const int64_t h = x.size(-1) / 2;
     Tensor c = cos.narrow(-1, 0, h), s = sin.narrow(-1, 0, h);
@@ -51,12 +54,15 @@ Tensor Model::Impl::mlaAttention(const LayerWeights& w, const Tensor& x, const T
     q = q.view({T, H, nope + r}).transpose(0, 1);  // [H, T, nope + r]
     Tensor latent = torch::linear(x, w.kva, w.kvab);
     Tensor c = rmsNorm(latent.narrow(-1, 0, a.kvLoraRank), w.kvaNorm, a.latentNormEps);
-    Tensor kRope = rope(latent.narrow(-1, a.kvLoraRank, r).unsqueeze(0), cos, sin, a.ropeInterleave);  // [1, T, r]
-    Tensor kv = torch::linear(c, w.kvb).view({T, H, nope + vd}).transpose(0, 1);                       // [H, T, ...]
-    Tensor qFull = torch::cat({q.narrow(-1, 0, nope), rope(q.narrow(-1, nope, r), cos, sin, a.ropeInterleave)}, -1);
+    Tensor kRope = rope(latent.narrow(-1, a.kvLoraRank, r).unsqueeze(0), cos, sin, a.ropeInterleave,
+                        a.ropeInFloat32);                                         // [1, T, r]
+    Tensor kv = torch::linear(c, w.kvb).view({T, H, nope + vd}).transpose(0, 1);  // [H, T, ...]
+    Tensor qFull = torch::cat(
+        {q.narrow(-1, 0, nope), rope(q.narrow(-1, nope, r), cos, sin, a.ropeInterleave, a.ropeInFloat32)}, -1);
     Tensor k = torch::cat({kv.narrow(-1, 0, nope), kRope.expand({H, T, r})}, -1);
     Tensor v = kv.narrow(-1, nope, vd);
-    const double scale = a.softmaxScale > 0 ? a.softmaxScale : 1.0 / std::sqrt(static_cast<double>(nope + r));
+    // 1/sqrt(q/k head dim), times YaRN's mscale(factor, mscale_all_dim)^2 (transformers' yarn_apply_mscale)
+    const double scale = a.yarn.mlaSoftmaxFactor() / std::sqrt(static_cast<double>(nope + r));
     Tensor o = at::scaled_dot_product_attention(qFull.unsqueeze(0), k.unsqueeze(0), v.contiguous().unsqueeze(0), {},
                                                 0.0, true, scale);
     o = o.squeeze(0).transpose(0, 1).reshape({T, H * vd});

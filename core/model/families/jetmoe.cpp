@@ -42,7 +42,7 @@ const Family& family_jetmoe() {
             s.rmsEps = c.optDouble("rms_norm_eps", 1e-6);
             s.layerNormRmsEps =
                 1e-6;  // HF: JetMoeRMSNorm(hidden_size) in every layer; the config's eps is the final norm's
-            s.attn.ropeTheta = ropeTheta(c, 10000.0);
+            readRope(s.attn, c, 10000.0);
             s.tieEmbeddings = c.optBool("tie_word_embeddings", true);
             s.activation = c.optString("activation_function", "silu");
             if (s.activation != "silu")

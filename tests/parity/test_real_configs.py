@@ -1,0 +1,74 @@
+"""The published config.json of each DeepSeek-line model (tests/data/configs, SOURCES.md says
+where each copy comes from) opens and runs with HF parity, kept whole except its sizes.
+
+Shrunk: hidden and FFN widths, layers (the dense ones kept, then two MoE layers), heads, the
+LoRA ranks and head dims, the vocabulary, and the routed experts to 64 (group counts and top-k
+unchanged, so the group rules still bite). Every other key stays as published: model_type
+(kimi_k2 included), auto_map, rope_scaling in 4.x's form (YaRN, Kimi K2's beta_fast = beta_slow),
+the router keys, and quantization_config: the FP8 models are stored as F8_E4M3 with float32
+128 x 128 block scales as published, against HF on the dequantized weights.
+
+The reference is transformers' DeepseekV2 / DeepseekV3 built from the same dict; transformers
+has no kimi_k2 type, Kimi K2's published code is DeepSeek-V3's, so its reference is DeepseekV3.
+"""
+import json
+import os
+
+import pytest
+
+from conftest import require, run_cli
+import fixtures
+from test_parity import compare, trace
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+CONFIGS = os.path.join(HERE, "..", "data", "configs")
+
+SHRINK = dict(hidden_size=64, intermediate_size=96, moe_intermediate_size=32, num_attention_heads=4,
+              num_key_value_heads=4, kv_lora_rank=32, qk_nope_head_dim=16, qk_rope_head_dim=8, v_head_dim=16,
+              vocab_size=128, n_routed_experts=64)
+
+
+def shrunk(name):
+    with open(os.path.join(CONFIGS, name + ".json")) as f:
+        cfg = json.load(f)
+    for k, v in SHRINK.items():
+        assert k in cfg, (name, k)
+        cfg[k] = v
+    if cfg.get("q_lora_rank") is not None:
+        cfg["q_lora_rank"] = 48
+    cfg["num_hidden_layers"] = cfg["first_k_dense_replace"] + 2
+    if cfg.get("num_nextn_predict_layers"):
+        cfg["num_nextn_predict_layers"] = 0  # no MTP layer is written (test_deepseek covers one)
+    return cfg
+
+
+def reference_config(cfg):
+    t = require("transformers")
+    kw = {k: v for k, v in cfg.items() if k not in ("model_type", "auto_map", "quantization_config", "architectures")}
+    cls = t.DeepseekV2Config if cfg["model_type"] == "deepseek_v2" else t.DeepseekV3Config
+    return cls(**kw)
+
+
+@pytest.mark.parametrize("name", ["deepseek_v2_lite", "deepseek_v2", "deepseek_v3", "kimi_k2_instruct"])
+def test_published_config_opens_and_matches_hf(cli, tmp_path, name):
+    h5py = require("h5py")
+    cfg = shrunk(name)
+    model = fixtures.model_from_config(reference_config(cfg))
+    f32 = str(tmp_path / "f32")
+    model.save_pretrained(f32)
+    q = cfg.get("quantization_config")
+    if q:
+        assert q["quant_method"] == "fp8" and q["weight_block_size"] == [128, 128]
+        ckpt, ref = fixtures.write_fp8(f32, str(tmp_path), require("torch").float32, q["weight_block_size"], cfg)
+    else:
+        with open(os.path.join(f32, "config.json"), "w") as f:
+            json.dump(cfg, f, indent=2)
+        ckpt, ref = f32, fixtures.reference(model)
+    info = json.loads(run_cli(cli, "info", ckpt, "--json").stdout)
+    assert info["model_type"] == cfg["model_type"]
+    assert info["rope"]["type"] == "yarn" and info["rope"]["factor"] == cfg["rope_scaling"]["factor"]
+    assert (info.get("quantization") is not None) == bool(q)
+    out = str(tmp_path / "s.h5")
+    trace(cli, ckpt, out, "--all-experts", "--save-logits", "--run", "r")
+    with h5py.File(out, "r") as f:
+        compare(f["runs/r"], ref)
