@@ -83,7 +83,7 @@ void positive(const Config& c, const std::string& k, int64_t v, int64_t hi) {
     if (v > hi) c.fail(k, std::to_string(v) + " is out of range (at most " + std::to_string(hi) + ")");
 }
 
-void readRope(AttentionSpec& a, const Config& c, double defTheta) {
+void readRope(AttentionSpec& a, const Config& c, double defTheta, double defPartial) {
     // transformers 5 reads rope_scaling (4.x's name) when it is a non-empty object and
     // rope_parameters otherwise; the dict's rope_theta wins over the top-level one
     std::string key;
@@ -101,6 +101,16 @@ void readRope(AttentionSpec& a, const Config& c, double defTheta) {
         if (!key.empty() && rp.has("rope_theta")) rp["rope_theta"].fail("must be between 1 and 1e12");
         c.fail("rope_theta", "must be between 1 and 1e12");
     }
+    const std::string pk = "partial_rotary_factor";
+    const bool inDict = !key.empty() && rp.has(pk);
+    const double partial = inDict ? rp.at(pk).number() : c.optDouble(pk, defPartial > 0 ? defPartial : 1.0);
+    auto failPartial = [&](const std::string& why) {
+        if (inDict) rp[pk].fail(why);
+        c.fail(pk, why);
+    };
+    if (!(partial > 0 && partial <= 1)) failPartial("must be in (0, 1]");
+    if (defPartial <= 0 && partial != 1.0) failPartial("partial rotary embeddings are not supported for this family");
+    a.partialRotary = partial;
     const std::string type = key.empty() ? "default" : rp.str("rope_type", rp.str("type", "default"));
     if (type == "default") return;
     if (type != "yarn")
@@ -175,7 +185,10 @@ void fillCommon(ModelSpec& s, const Config& c, const FamilyDefaults& d) {
     }
     if (s.attn.headDim % 2 != 0) c.fail("head_dim", "must be even for rotary embeddings");
     s.rmsEps = c.optDouble("rms_norm_eps", d.rmsEps);
-    readRope(s.attn, c, d.ropeTheta);
+    readRope(s.attn, c, d.ropeTheta, d.partialRotary);
+    if (s.attn.headDim > 0 && (s.attn.rotaryDim() < 2 || s.attn.rotaryDim() % 2 != 0))
+        c.fail("partial_rotary_factor", "rotates " + std::to_string(s.attn.rotaryDim()) + " of " +
+                                            std::to_string(s.attn.headDim) + " head dimensions; must be even and >= 2");
     s.tieEmbeddings = c.optBool("tie_word_embeddings", false);
     s.activation = c.optString("hidden_act", "silu");
     if (s.activation != "silu")
@@ -473,6 +486,34 @@ void expertGroups(ModelSpec& s, const Config& c, int64_t defGroups, int64_t defK
     if (s.topK > r.topkGroups * (s.numExperts / r.groups))
         c.fail("num_experts_per_tok", "top-" + std::to_string(s.topK) + " exceeds the experts of the " +
                                           std::to_string(r.topkGroups) + " groups kept");
+}
+
+void noauxRouter(ModelSpec& s, const Config& c, const NoauxDefaults& d) {
+    const std::string& mt = s.modelType;
+    const std::string scoring = c.optString("scoring_func", "sigmoid");
+    if (scoring != "sigmoid") c.fail("scoring_func", mt + " scores experts by sigmoid, not '" + scoring + "'");
+    const std::string method = c.optString("topk_method", "noaux_tc");
+    if (method != "noaux_tc")
+        c.fail("topk_method", mt + " selects by noaux_tc (biased, group-limited), not '" + method + "'");
+    RouterRule& r = s.router;
+    r.scoring = RouterRule::Scoring::Sigmoid;
+    r.logitsInFloat32 = true;
+    r.selectionBias = true;
+    expertGroups(s, c, d.groups, d.keptGroups, RouterRule::GroupScore::SumTop2);
+    r.renormalize = c.optBool("norm_topk_prob", true);
+    r.renormEpsilon = 1e-20;
+    r.scale = c.optDouble("routed_scaling_factor", d.scale);
+    s.mtpLayers = c.optInt("num_nextn_predict_layers", c.optInt("num_mtp_layers", 0));
+    if (s.mtpLayers < 0 || s.mtpLayers > 64) c.fail("num_nextn_predict_layers", "must be between 0 and 64");
+}
+
+void hfNoauxTensors(ModelSpec& s, const TensorProbe& has) {
+    TableBuilder t(s);
+    hfDeepseekTensors(t, has);
+    t.add(Role::RouterSelectionBias, Scope::Moe, "model.layers.{L}.mlp.gate.e_score_correction_bias", {D::Experts});
+    for (int64_t m = 0; m < s.mtpLayers; ++m)
+        t.skip("model.layers." + std::to_string(s.numLayers + m) + ".", true,
+               "multi-token-prediction layer, not part of the forward");
 }
 
 void deepseekLayers(ModelSpec& s, const Config& c, const DeepseekDefaults& d) {

@@ -63,12 +63,15 @@ const Family* familyFor(const std::string& modelType);
 void positive(const Config& c, const std::string& k, int64_t v, int64_t hi = int64_t(1) << 24);
 // rope_scaling / rope_parameters / rope_theta: the base and, for type "yarn", AttentionSpec::yarn;
 // other RoPE types are refused by name.
-void readRope(AttentionSpec& a, const Config& c, double defTheta);
+// partial_rotary_factor (in the RoPE dict, else top-level, else defPartial) only where the family
+// reads it (defPartial > 0); elsewhere a value other than 1 is refused.
+void readRope(AttentionSpec& a, const Config& c, double defTheta, double defPartial = 0);
 // Defaults for keys a family's transformers config class fills in when absent.
 struct FamilyDefaults {
     double rmsEps;
     double ropeTheta;
     bool headDimFromHeads = true;  // false: the family sets head_dim itself (MLA), no hidden % heads
+    double partialRotary = 0;      // > 0: partial_rotary_factor is read, this its default
 };
 // vocab_size, hidden_size, num_hidden_layers (+ num_attention_heads): required and positive.
 void fillSizes(ModelSpec& s, const Config& c, bool heads);
@@ -94,6 +97,15 @@ void readMla(ModelSpec& s, const Config& c, int64_t defQLora);
 // n_group / topk_group: group-limited selection keeping the topk_group best of n_group equal
 // groups, a group scored by `score`; top-k must fit in the groups kept.
 void expertGroups(ModelSpec& s, const Config& c, int64_t defGroups, int64_t defKept, RouterRule::GroupScore score);
+// DeepSeek-V3's router (topk_method noaux_tc; GLM-4.5, dots1, ...): sigmoid scores in float32
+// plus e_score_correction_bias to choose, group-limited by the sum of each group's two best,
+// the chosen unbiased scores renormalised (+1e-20) when norm_topk_prob (default true), times
+// routed_scaling_factor; num_nextn_predict_layers (or num_mtp_layers) MTP layers to leave out.
+struct NoauxDefaults {
+    int64_t groups, keptGroups;
+    double scale;
+};
+void noauxRouter(ModelSpec& s, const Config& c, const NoauxDefaults& d);
 struct DeepseekDefaults {
     int64_t denseLayers, ffn, shared;
 };
@@ -150,5 +162,8 @@ void hfMlaTensors(TableBuilder& t);
 // The whole table of a DeepSeek decoder: hfDecoderTensors (Llama attention) or MLA, dense MLPs,
 // experts under mlp.experts, mlp.shared_experts.
 void hfDeepseekTensors(TableBuilder& t, const TensorProbe& has);
+// The whole table of a DeepSeek decoder with the noaux router: hfDeepseekTensors, the router's
+// correction bias (mlp.gate.e_score_correction_bias), the MTP layers after the last one left out.
+void hfNoauxTensors(ModelSpec& s, const TensorProbe& has);
 
 }  // namespace es

@@ -328,7 +328,7 @@ void Model::Impl::forward(State& st, int last, bool allExperts, const Hooks& hoo
 // theta^(-2i/d) for i < d/2 in float32 as transformers computes it; under YaRN blended with the
 // interpolated theta^(-2i/d) / factor by transformers' _compute_yarn_parameters ramp
 static Tensor ropeInverseFrequencies(const AttentionSpec& a) {
-    const int64_t d = a.headDim;
+    const int64_t d = a.rotaryDim();
     const Tensor posFreqs = torch::pow(a.ropeTheta, torch::arange(0, d, 2, torch::kLong).to(torch::kFloat) / d);
     if (!a.yarn.on()) return 1.0 / posFreqs;
     const AttentionSpec::Yarn& y = a.yarn;

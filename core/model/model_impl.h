@@ -61,6 +61,15 @@ inline Tensor rotateHalf(const Tensor& x) {
     return torch::cat({-x.narrow(-1, h, h), x.narrow(-1, 0, h)}, -1);
 }
 
+// RoPE (rotate_half) on the first cos.size(-1) dimensions of x, the rest passed through
+// (partial rotary embeddings).
+inline Tensor applyRope(const Tensor& x, const Tensor& cos, const Tensor& sin) {
+    const int64_t r = cos.size(-1), d = x.size(-1);
+    if (r == d) return x * cos + rotateHalf(x) * sin;
+    Tensor rot = x.narrow(-1, 0, r);
+    return torch::cat({rot * cos + rotateHalf(rot) * sin, x.narrow(-1, r, d - r)}, -1);
+}
+
 // An FFN. SwiGLU: gate and up are one [2F, d] matrix (one GEMM instead of two, as transformers
 // v5 holds experts) whenever loading copies anyway; zero-copy views of the mapping stay apart.
 // GELU FFN (BERT): `gate` holds W1 with its bias `inBias`, no up; `outBias` is W2's bias (dense

@@ -77,6 +77,12 @@ struct AttentionSpec {
         bool on() const { return factor > 0; }
         double mlaSoftmaxFactor() const;  // the square of mscale(factor, mscaleAllDim), or 1
     } yarn;
+    // the fraction of each head's dimensions RoPE rotates, the first ones (GLM-4.5: 0.5); the
+    // rotary tables are rotaryDim() wide
+    double partialRotary = 1.0;
+    int64_t rotaryDim() const {
+        return partialRotary >= 1.0 ? headDim : static_cast<int64_t>(static_cast<double>(headDim) * partialRotary);
+    }
     bool rope = true;    // false: learned absolute positions (BERT)
     bool causal = true;  // false: bidirectional (encoders)
     int64_t moaExperts = 0, moaTopK = 0;

@@ -91,6 +91,22 @@ CONFIGS = {
         moe_intermediate_size=32, intermediate_size=64, n_shared_experts=1, topk_method="greedy",
         first_k_dense_replace=0, q_lora_rank=None, kv_lora_rank=24, qk_nope_head_dim=12, qk_rope_head_dim=4,
         v_head_dim=16, routed_scaling_factor=1.0)),
+    # GLM-4.5: q/k/v biases, per-head QK-norm, RoPE on half of each head (the class default),
+    # GQA, DeepSeek-V3's router with 2 of 4 groups, a random correction bias and scaling 2, the
+    # first layer dense
+    "glm4_moe_groups_qknorm": ("Glm4MoeConfig", dict(
+        num_attention_heads=4, num_key_value_heads=2, head_dim=16, n_routed_experts=16, num_experts_per_tok=4,
+        moe_intermediate_size=24, intermediate_size=80, n_shared_experts=1, n_group=4, topk_group=2,
+        first_k_dense_replace=1, num_hidden_layers=3, routed_scaling_factor=2.0, norm_topk_prob=True,
+        use_qk_norm=True, attention_bias=True)),
+    # ... RoPE on 3/4 of each head with YaRN over it, one group, no renormalisation, 2 shared
+    # experts, no dense layer
+    "glm4_moe_partial_yarn": ("Glm4MoeConfig", dict(
+        num_attention_heads=4, num_key_value_heads=4, head_dim=16, n_routed_experts=8, num_experts_per_tok=2,
+        moe_intermediate_size=32, intermediate_size=64, n_shared_experts=2, n_group=1, topk_group=1,
+        first_k_dense_replace=0, routed_scaling_factor=1.0, norm_topk_prob=False, use_qk_norm=False,
+        attention_bias=False, partial_rotary_factor=0.75,
+        rope_parameters=dict(rope_type="yarn", rope_theta=10000.0, factor=8.0, original_max_position_embeddings=32))),
 }
 
 # Checkpoints stored in half precision: the reference runs HF in float32 on the same rounded
@@ -175,7 +191,8 @@ def save_layouts(model, out_dir, storage=None):
 def _moe_blocks(model):
     blocks = {}
     for mname, m in model.named_modules():
-        if type(m).__name__.endswith("SparseMoeBlock") or type(m).__name__ in ("DeepseekV3MoE", "DeepseekV2Moe"):
+        if type(m).__name__.endswith("SparseMoeBlock") or type(m).__name__ in ("DeepseekV3MoE", "DeepseekV2Moe",
+                                                                               "Glm4MoeMoE"):
             layer = int(mname.split(".layers.")[1].split(".")[0])
             blocks[layer] = m
     return blocks

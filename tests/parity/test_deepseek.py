@@ -1,5 +1,5 @@
-"""DeepSeek-V2/V3 beyond the parity table (test_parity.py runs deepseek_v2_groups,
-deepseek_v2_lite_greedy, deepseek_v3_groups and deepseek_v3_plain against HF): the
+"""DeepSeek-V2/V3 and GLM-4.5 beyond the parity table (test_parity.py runs their fixtures
+against HF): the
 multi-token-prediction layer the official V3 checkpoints store after the last layer is left out
 and named by info; YaRN's factors shown by info are transformers' own; the router's options that
 do not fit are named; every dynamic analysis runs with the group-limited routers and shared
@@ -61,8 +61,19 @@ V2_BAD = [
 ]
 
 
+OTHER_BAD = [
+    ("glm4_moe_groups_qknorm", "rope_parameters", {"rope_type": "default", "partial_rotary_factor": 0.1},
+     ["partial_rotary_factor", "even"]),
+    ("glm4_moe_groups_qknorm", "rope_parameters", {"rope_type": "default", "partial_rotary_factor": 1.5},
+     ["rope_parameters.partial_rotary_factor", "(0, 1]"]),
+    ("glm4_moe_groups_qknorm", "topk_method", "greedy", ["topk_method", "noaux_tc"]),
+    ("glm4_moe_groups_qknorm", "n_group", 3, ["n_group", "equal groups"]),
+    ("mixtral_gqa", "partial_rotary_factor", 0.5, ["partial_rotary_factor", "not supported"]),
+]
+
+
 @pytest.mark.parametrize("name,key,value,words", [("deepseek_v3_groups", *b) for b in V3_BAD] +
-                         [("deepseek_v2_groups", *b) for b in V2_BAD])
+                         [("deepseek_v2_groups", *b) for b in V2_BAD] + OTHER_BAD)
 def test_router_and_attention_options_named(cli, build_fixture, tmp_path, name, key, value, words):
     per, _, _ = build_fixture(name)
     d = fixtures.copy_checkpoint(per, str(tmp_path / "bad"), lambda c: c.__setitem__(key, value))
@@ -94,9 +105,12 @@ def test_info_shows_transformers_yarn_factors(cli, tmp_path, name):
     assert "YaRN x" in text
 
 
-@pytest.mark.parametrize("name,experts", [("deepseek_v3_groups", 8), ("deepseek_v2_groups", 16)])
-def test_dynamic_and_static_analyses_run(cli, build_fixture, tmp_path, name, experts):
-    """Every analysis on the grouped, shared-expert routers (V3's biased sigmoid, V2's softmax):
+# (fixture, routed experts, rows of S1's gate similarity: the shared expert joins when it is as
+# wide as the routed ones)
+@pytest.mark.parametrize("name,experts,s1", [("deepseek_v3_groups", 8, 8), ("deepseek_v2_groups", 16, 16),
+                                             ("glm4_moe_groups_qknorm", 16, 17)])
+def test_dynamic_and_static_analyses_run(cli, build_fixture, tmp_path, name, experts, s1):
+    """Every analysis on the grouped, shared-expert routers (V3's and GLM's biased sigmoid, V2's softmax):
     results present and sane (their values are checked against numpy on the Mixtral/Qwen/OLMoE
     sessions)."""
     h5py = require("h5py")
@@ -111,4 +125,4 @@ def test_dynamic_and_static_analyses_run(cli, build_fixture, tmp_path, name, exp
         assert cos.shape == (E + 1, E + 1) and np.allclose(np.diag(cos), 1.0, atol=1e-5)  # experts + SE
         counts = a["norm_score_ranks/r/layers/1/rank_counts"][:]
         assert counts.sum() == 38 * E
-        assert a["weight_similarity/layers/2/gate"].shape == (E, E)  # SE is wider: excluded (S1 rule)
+        assert a["weight_similarity/layers/2/gate"].shape == (s1, s1)

@@ -45,8 +45,8 @@ Tensor Model::Impl::attention(const LayerWeights& w, const Tensor& x, const Tens
     k = k.transpose(0, 1);
     v = v.transpose(0, 1);
     if (a.rope) {
-        q = q * cos + rotateHalf(q) * sin;
-        k = k * cos + rotateHalf(k) * sin;
+        q = applyRope(q, cos, sin);
+        k = applyRope(k, cos, sin);
     }
     std::optional<Tensor> mask;
     bool causal = a.causal;
