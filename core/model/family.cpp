@@ -252,9 +252,13 @@ void emoeBlock(ModelSpec& s, const Config& c) {
 }
 
 void qwenLayerTypes(ModelSpec& s, const Config& c, bool moeFormula) {
-    bool use = c.optBool("use_sliding_window", false);
-    int64_t window = use ? c.optInt("sliding_window", 4096) : 0;
-    int64_t maxWindow = c.optInt("max_window_layers", 28);
+    const bool use = c.optBool("use_sliding_window", false);
+    const int64_t maxWindow = c.optInt("max_window_layers", 28);
+    slidingLayers(s, c, use ? c.optInt("sliding_window", 4096) : 0,
+                  [&](int64_t i) { return use && (moeFormula ? ((i + 1) % 2) && i < maxWindow : i >= maxWindow); });
+}
+
+void slidingLayers(ModelSpec& s, const Config& c, int64_t window, const std::function<bool(int64_t)>& formula) {
     auto types = c.optStringList("layer_types");
     if (!types.empty() && static_cast<int64_t>(types.size()) != s.numLayers)
         c.fail("layer_types",
@@ -265,10 +269,8 @@ void qwenLayerTypes(ModelSpec& s, const Config& c, bool moeFormula) {
             if (types[i] != "sliding_attention" && types[i] != "full_attention")
                 c.fail("layer_types", "unknown layer type '" + types[i] + "'");
             sliding = types[i] == "sliding_attention";
-        } else if (moeFormula) {
-            sliding = ((i + 1) % 2) && i < maxWindow && use;
         } else {
-            sliding = use && i >= maxWindow;
+            sliding = formula(i);
         }
         s.layers[i].slidingWindow = (sliding && window > 0) ? window : 0;
     }
@@ -500,7 +502,7 @@ void noauxRouter(ModelSpec& s, const Config& c, const NoauxDefaults& d) {
     r.logitsInFloat32 = true;
     r.selectionBias = true;
     expertGroups(s, c, d.groups, d.keptGroups, RouterRule::GroupScore::SumTop2);
-    r.renormalize = c.optBool("norm_topk_prob", true);
+    r.renormalize = c.optBool("norm_topk_prob", d.renormalize);
     r.renormEpsilon = 1e-20;
     r.scale = c.optDouble("routed_scaling_factor", d.scale);
     s.mtpLayers = c.optInt("num_nextn_predict_layers", c.optInt("num_mtp_layers", 0));

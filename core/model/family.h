@@ -85,6 +85,8 @@ void moeCounts(ModelSpec& s, const Config& c, const std::string& expertsKey, con
 void sparseLayers(ModelSpec& s, const Config& c);
 // Qwen2 / Qwen2-MoE: per-layer sliding attention (layer_types, or the families' formulas).
 void qwenLayerTypes(ModelSpec& s, const Config& c, bool moeFormula);
+// Which layers attend within `window` (0: none): layer_types when given, else formula(layer).
+void slidingLayers(ModelSpec& s, const Config& c, int64_t window, const std::function<bool(int64_t)>& formula);
 // An EMoE conversion's "expertscope_emoe" block (docs/emoe.md) on a dense model.
 void emoeBlock(ModelSpec& s, const Config& c);
 // DeepSeek-V2/V3 multi-head latent attention: q_lora_rank (absent: defQLora, null: one q_proj),
@@ -99,11 +101,12 @@ void readMla(ModelSpec& s, const Config& c, int64_t defQLora);
 void expertGroups(ModelSpec& s, const Config& c, int64_t defGroups, int64_t defKept, RouterRule::GroupScore score);
 // DeepSeek-V3's router (topk_method noaux_tc; GLM-4.5, dots1, ...): sigmoid scores in float32
 // plus e_score_correction_bias to choose, group-limited by the sum of each group's two best,
-// the chosen unbiased scores renormalised (+1e-20) when norm_topk_prob (default true), times
+// the chosen unbiased scores renormalised (+1e-20) when norm_topk_prob (default: the family's), times
 // routed_scaling_factor; num_nextn_predict_layers (or num_mtp_layers) MTP layers to leave out.
 struct NoauxDefaults {
     int64_t groups, keptGroups;
     double scale;
+    bool renormalize = true;
 };
 void noauxRouter(ModelSpec& s, const Config& c, const NoauxDefaults& d);
 struct DeepseekDefaults {

@@ -107,6 +107,19 @@ CONFIGS = {
         first_k_dense_replace=0, routed_scaling_factor=1.0, norm_topk_prob=False, use_qk_norm=False,
         attention_bias=False, partial_rotary_factor=0.75,
         rope_parameters=dict(rope_type="yarn", rope_theta=10000.0, factor=8.0, original_max_position_embeddings=32))),
+    # dots.llm1: Qwen3 attention with q/k/v/o biases, sliding windows from layer 1 on, DeepSeek-V3's
+    # router with 2 of 4 groups, no renormalisation, scaling 2.5, one shared expert, the first
+    # layer dense
+    "dots1_sliding_groups": ("Dots1Config", dict(
+        num_attention_heads=4, num_key_value_heads=2, n_routed_experts=16, num_experts_per_tok=3,
+        moe_intermediate_size=24, intermediate_size=80, n_shared_experts=1, n_group=4, topk_group=2,
+        first_k_dense_replace=1, num_hidden_layers=3, routed_scaling_factor=2.5, norm_topk_prob=False,
+        attention_bias=True, sliding_window=5, max_window_layers=1)),
+    # ... no sliding window, renormalised, one group, 2 shared experts, no dense layer
+    "dots1_plain_norm": ("Dots1Config", dict(
+        num_attention_heads=4, num_key_value_heads=4, n_routed_experts=8, num_experts_per_tok=2,
+        moe_intermediate_size=32, intermediate_size=64, n_shared_experts=2, n_group=1, topk_group=1,
+        first_k_dense_replace=0, routed_scaling_factor=1.0, norm_topk_prob=True, sliding_window=None)),
 }
 
 # Checkpoints stored in half precision: the reference runs HF in float32 on the same rounded
@@ -192,7 +205,7 @@ def _moe_blocks(model):
     blocks = {}
     for mname, m in model.named_modules():
         if type(m).__name__.endswith("SparseMoeBlock") or type(m).__name__ in ("DeepseekV3MoE", "DeepseekV2Moe",
-                                                                               "Glm4MoeMoE"):
+                                                                               "Glm4MoeMoE", "Dots1MoE"):
             layer = int(mname.split(".layers.")[1].split(".")[0])
             blocks[layer] = m
     return blocks

@@ -69,6 +69,8 @@ OTHER_BAD = [
     ("glm4_moe_groups_qknorm", "topk_method", "greedy", ["topk_method", "noaux_tc"]),
     ("glm4_moe_groups_qknorm", "n_group", 3, ["n_group", "equal groups"]),
     ("mixtral_gqa", "partial_rotary_factor", 0.5, ["partial_rotary_factor", "not supported"]),
+    ("dots1_sliding_groups", "sliding_window", 0, ["sliding_window", "positive"]),
+    ("dots1_sliding_groups", "scoring_func", "softmax", ["scoring_func", "sigmoid"]),
 ]
 
 
