@@ -103,7 +103,12 @@ void readRope(AttentionSpec& a, const Config& c, double defTheta, double defPart
     }
     const std::string pk = "partial_rotary_factor";
     const bool inDict = !key.empty() && rp.has(pk);
-    const double partial = inDict ? rp.at(pk).number() : c.optDouble(pk, defPartial > 0 ? defPartial : 1.0);
+    // a top-level null overrides the family's default (transformers' setdefault keeps it) and
+    // means the whole head
+    const bool topNull = c.in().raw().contains(pk) && c.in().raw()[pk].is_null();
+    const double partial = inDict    ? rp.at(pk).number()
+                           : topNull ? 1.0
+                                     : c.optDouble(pk, defPartial > 0 ? defPartial : 1.0);
     auto failPartial = [&](const std::string& why) {
         if (inDict) rp[pk].fail(why);
         c.fail(pk, why);
@@ -153,7 +158,8 @@ void readRope(AttentionSpec& a, const Config& c, double defTheta, double defPart
         rp["mscale"].fail("gives a non-positive attention factor");
     if (!(y.mlaSoftmaxFactor() > 0 && std::isfinite(y.mlaSoftmaxFactor())))
         rp["mscale_all_dim"].fail("gives a non-positive softmax scale");
-    y.truncate = rp.boolean("truncate", true);
+    // `get("truncate", True)`: absent means true, null (falsy) false
+    y.truncate = rp.raw().contains("truncate") ? rp.boolean("truncate", false) : true;
 }
 
 void fillSizes(ModelSpec& s, const Config& c, bool heads) {
@@ -170,7 +176,7 @@ void fillSizes(ModelSpec& s, const Config& c, bool heads) {
 
 void fillCommon(ModelSpec& s, const Config& c, const FamilyDefaults& d) {
     fillSizes(s, c, true);
-    s.attn.kvHeads = c.optInt("num_key_value_heads", s.attn.heads);
+    s.attn.kvHeads = c.optInt("num_key_value_heads", d.kvHeads > 0 ? d.kvHeads : s.attn.heads);
     positive(c, "num_key_value_heads", s.attn.kvHeads);
     if (s.attn.heads % s.attn.kvHeads != 0)
         c.fail("num_key_value_heads", "num_attention_heads (" + std::to_string(s.attn.heads) +
@@ -447,16 +453,16 @@ void hfDeepseekTensors(TableBuilder& t, const TensorProbe& has) {
     if (t.spec().hasSharedExpert()) hfSharedExpert(t, "model.layers.{L}.mlp.shared_experts.", "");
 }
 
-void readMla(ModelSpec& s, const Config& c, int64_t defQLora) {
+void readMla(ModelSpec& s, const Config& c, const MlaDefaults& d) {
     AttentionSpec& a = s.attn;
     a.kind = AttentionSpec::Kind::MLA;
     // absent: the class default; null: no q LoRA (DeepSeek-V2-Lite)
     const bool qNull = c.in().raw().contains("q_lora_rank") && c.in().raw()["q_lora_rank"].is_null();
-    a.qLoraRank = qNull ? 0 : c.optInt("q_lora_rank", defQLora);
-    a.kvLoraRank = c.optInt("kv_lora_rank", 512);
-    a.qkNopeDim = c.optInt("qk_nope_head_dim", 128);
-    a.qkRopeDim = c.optInt("qk_rope_head_dim", 64);
-    a.vHeadDim = c.optInt("v_head_dim", 128);
+    a.qLoraRank = qNull ? 0 : c.optInt("q_lora_rank", d.qLora);
+    a.kvLoraRank = c.optInt("kv_lora_rank", d.kvLora);
+    a.qkNopeDim = c.optInt("qk_nope_head_dim", d.nope);
+    a.qkRopeDim = c.optInt("qk_rope_head_dim", d.rope);
+    a.vHeadDim = c.optInt("v_head_dim", d.v);
     if (!qNull) positive(c, "q_lora_rank", a.qLoraRank);
     positive(c, "kv_lora_rank", a.kvLoraRank);
     positive(c, "qk_nope_head_dim", a.qkNopeDim);
@@ -505,7 +511,7 @@ void noauxRouter(ModelSpec& s, const Config& c, const NoauxDefaults& d) {
     r.renormalize = c.optBool("norm_topk_prob", d.renormalize);
     r.renormEpsilon = 1e-20;
     r.scale = c.optDouble("routed_scaling_factor", d.scale);
-    s.mtpLayers = c.optInt("num_nextn_predict_layers", c.optInt("num_mtp_layers", 0));
+    s.mtpLayers = c.optInt("num_nextn_predict_layers", c.optInt("num_mtp_layers", d.mtpLayers));
     if (s.mtpLayers < 0 || s.mtpLayers > 64) c.fail("num_nextn_predict_layers", "must be between 0 and 64");
 }
 

@@ -72,6 +72,7 @@ struct FamilyDefaults {
     double ropeTheta;
     bool headDimFromHeads = true;  // false: the family sets head_dim itself (MLA), no hidden % heads
     double partialRotary = 0;      // > 0: partial_rotary_factor is read, this its default
+    int64_t kvHeads = 0;           // num_key_value_heads when absent (0: num_attention_heads)
 };
 // vocab_size, hidden_size, num_hidden_layers (+ num_attention_heads): required and positive.
 void fillSizes(ModelSpec& s, const Config& c, bool heads);
@@ -89,10 +90,13 @@ void qwenLayerTypes(ModelSpec& s, const Config& c, bool moeFormula);
 void slidingLayers(ModelSpec& s, const Config& c, int64_t window, const std::function<bool(int64_t)>& formula);
 // An EMoE conversion's "expertscope_emoe" block (docs/emoe.md) on a dense model.
 void emoeBlock(ModelSpec& s, const Config& c);
-// DeepSeek-V2/V3 multi-head latent attention: q_lora_rank (absent: defQLora, null: one q_proj),
-// kv_lora_rank, qk_nope/rope_head_dim, v_head_dim, attention_bias; the rotary tables are
-// qk_rope_head_dim wide (transformers sets head_dim so). Key/value heads must equal the heads.
-void readMla(ModelSpec& s, const Config& c, int64_t defQLora);
+// DeepSeek-V2/V3 multi-head latent attention: q_lora_rank (absent: the default, null: one
+// q_proj), kv_lora_rank, qk_nope/rope_head_dim, v_head_dim, attention_bias; the rotary tables
+// are qk_rope_head_dim wide (transformers sets head_dim so). Key/value heads must equal the heads.
+struct MlaDefaults {
+    int64_t qLora = 1536, kvLora = 512, nope = 128, rope = 64, v = 128;
+};
+void readMla(ModelSpec& s, const Config& c, const MlaDefaults& d = {});
 // The DeepSeek MoE layout: the first first_k_dense_replace layers dense (intermediate_size), the
 // rest MoE (n_routed_experts of moe_intermediate_size), an ungated shared expert of
 // n_shared_experts x moe_intermediate_size when n_shared_experts > 0. Defaults: the family's.
@@ -107,6 +111,7 @@ struct NoauxDefaults {
     int64_t groups, keptGroups;
     double scale;
     bool renormalize = true;
+    int64_t mtpLayers = 0;  // num_nextn_predict_layers when absent (the class's num_mtp_layers)
 };
 void noauxRouter(ModelSpec& s, const Config& c, const NoauxDefaults& d);
 struct DeepseekDefaults {

@@ -170,11 +170,11 @@ inline Tensor everyExpertOutput(const std::vector<Ffn>& experts, const Tensor& x
 
 // Router logits -> (combine weights, chosen experts) by the family's rule (spec.h's RouterRule):
 // scores, selection (bias, groups, top-k), weights from the unbiased scores, in float32 unless
-// the rule casts them to the activations' dtype. Chosen experts in descending order of their
+// the rule keeps the scores or casts the weights in the activations' dtype. Chosen experts in descending order of their
 // selection score.
 inline std::pair<Tensor, Tensor> route(const RouterRule& r, const Tensor& logits, int64_t K, torch::ScalarType hidden,
                                        const RouterExtras& extra = {}) {
-    Tensor lf = logits.to(torch::kFloat);
+    Tensor lf = logits.to(r.scoresInHiddenDtype ? hidden : torch::kFloat);
     Tensor wts, ids;
     if (r.topkBeforeSoftmax) {
         std::tie(wts, ids) = lf.topk(K, -1);
@@ -262,6 +262,15 @@ struct Model::Impl {
     // A role's tensor of layer l (expert e) as the family's table names it.
     Tensor load(Role r, int l = -1, int e = -1) const { return load(spec.tensorName(r, l, e)); }
     Tensor loadOpt(Role r, int l = -1) const { return spec.has(r) ? load(r, l) : Tensor(); }
+    // A tensor transformers keeps in float32 whatever the model's dtype (the correction bias:
+    // _keep_in_fp32_modules_strict), never rounded to the compute dtype.
+    Tensor loadFloat32Opt(Role r, int l) const {
+        if (!spec.has(r)) return Tensor();
+        const std::string name = spec.tensorName(r, l);
+        Tensor t = viewOf(ckpt->get(name)).to(device, torch::kFloat);
+        checkFinite(name, t);
+        return t;
+    }
     // gate and up concatenated when the load copies anyway (another dtype or device)
     Ffn fused(const std::string& gate, const std::string& up, const std::string& down) const {
         Tensor g = load(gate), u = load(up);

@@ -29,6 +29,7 @@ struct RouterRule {
     Scoring scoring = Scoring::Softmax;
     bool topkBeforeSoftmax = false;      // top-k on logits, softmax over the k (JetMoE, GPT-OSS)
     bool logitsInFloat32 = false;        // the router's product in float32 (input and weights widened)
+    bool scoresInHiddenDtype = false;    // scores, top-k and renormalisation in the activations' dtype
     bool bias = false;                   // the router linear has a bias (Role::RouterBias)
     bool selectionBias = false;          // Role::RouterSelectionBias added to the scores to choose only
     bool expertScale = false;            // Role::RouterExpertScale multiplies each chosen expert's weight

@@ -120,6 +120,20 @@ CONFIGS = {
         num_attention_heads=4, num_key_value_heads=4, n_routed_experts=8, num_experts_per_tok=2,
         moe_intermediate_size=32, intermediate_size=64, n_shared_experts=2, n_group=1, topk_group=1,
         first_k_dense_replace=0, routed_scaling_factor=1.0, norm_topk_prob=True, sliding_window=None)),
+    # GLM-4.7-Flash: MLA with q LoRA, interleaved RoPE, MoE layers from mlp_layer_types (a dense
+    # layer in the middle), 2 of 4 groups, scaling 1.8, renormalised
+    "glm4_moe_lite_types": ("Glm4MoeLiteConfig", dict(
+        num_attention_heads=4, num_key_value_heads=4, n_routed_experts=16, num_experts_per_tok=3,
+        moe_intermediate_size=24, intermediate_size=80, n_shared_experts=1, n_group=4, topk_group=2,
+        num_hidden_layers=3, mlp_layer_types=["sparse", "dense", "sparse"], q_lora_rank=40, kv_lora_rank=32,
+        qk_nope_head_dim=16, qk_rope_head_dim=8, v_head_dim=24, routed_scaling_factor=1.8, norm_topk_prob=True)),
+    # ... without q LoRA, the default layer types (the first dense), rotate-half RoPE, attention
+    # biases, no renormalisation
+    "glm4_moe_lite_plain": ("Glm4MoeLiteConfig", dict(
+        num_attention_heads=2, num_key_value_heads=2, n_routed_experts=8, num_experts_per_tok=2,
+        moe_intermediate_size=32, intermediate_size=64, n_shared_experts=2, n_group=1, topk_group=1,
+        num_hidden_layers=3, q_lora_rank=None, kv_lora_rank=24, qk_nope_head_dim=12, qk_rope_head_dim=4,
+        v_head_dim=16, routed_scaling_factor=1.0, norm_topk_prob=False, rope_interleave=False, attention_bias=True)),
 }
 
 # Checkpoints stored in half precision: the reference runs HF in float32 on the same rounded
@@ -205,7 +219,7 @@ def _moe_blocks(model):
     blocks = {}
     for mname, m in model.named_modules():
         if type(m).__name__.endswith("SparseMoeBlock") or type(m).__name__ in ("DeepseekV3MoE", "DeepseekV2Moe",
-                                                                               "Glm4MoeMoE", "Dots1MoE"):
+                                                                               "Glm4MoeMoE", "Dots1MoE", "Glm4MoeLiteMoE"):
             layer = int(mname.split(".layers.")[1].split(".")[0])
             blocks[layer] = m
     return blocks

@@ -70,6 +70,9 @@ OTHER_BAD = [
     ("glm4_moe_groups_qknorm", "n_group", 3, ["n_group", "equal groups"]),
     ("mixtral_gqa", "partial_rotary_factor", 0.5, ["partial_rotary_factor", "not supported"]),
     ("dots1_sliding_groups", "sliding_window", 0, ["sliding_window", "positive"]),
+    ("glm4_moe_lite_types", "mlp_layer_types", ["dense", "sparse"], ["mlp_layer_types", "entries"]),
+    ("glm4_moe_lite_types", "mlp_layer_types", ["dense", "moe", "sparse"], ["mlp_layer_types", "moe"]),
+    ("glm4_moe_lite_types", "head_dim", 6, ["head_dim", "alias"]),
     ("dots1_sliding_groups", "scoring_func", "softmax", ["scoring_func", "sigmoid"]),
 ]
 
@@ -128,3 +131,36 @@ def test_dynamic_and_static_analyses_run(cli, build_fixture, tmp_path, name, exp
         counts = a["norm_score_ranks/r/layers/1/rank_counts"][:]
         assert counts.sum() == 38 * E
         assert a["weight_similarity/layers/2/gate"].shape == (s1, s1)
+
+
+def test_dots1_sliding_layers_from_the_window_keys(cli, build_fixture, tmp_path):
+    """Without layer_types (transformers writes it on save; older configs lack it) the sliding
+    layers come from sliding_window and max_window_layers as Dots1Config derives them."""
+    h5py = require("h5py")
+    per, _, ref = build_fixture("dots1_sliding_groups")
+    with open(f"{per}/config.json") as f:
+        saved = json.load(f)
+    assert saved["layer_types"] == ["full_attention", "sliding_attention", "sliding_attention"]
+    d = fixtures.copy_checkpoint(per, str(tmp_path / "no_types"), lambda c: c.pop("layer_types"))
+    out = str(tmp_path / "s.h5")
+    trace(cli, d, out, "--save-logits", "--run", "r")
+    with h5py.File(out, "r") as f:
+        lg = f["runs/r/logits"][:]
+    assert np.abs(lg - ref["logits"]).max() <= 1e-4 * np.abs(ref["logits"]).max()
+
+
+@pytest.mark.parametrize("truncate", ["absent", None, False, True])
+def test_yarn_truncate_read_as_transformers_reads_it(cli, build_fixture, tmp_path, truncate):
+    """`rope_parameters.get("truncate", True)`: absent is true, null falsy."""
+    t = require("transformers")
+    per, _, _ = build_fixture("deepseek_v3_groups")
+
+    def edit(c):
+        rp = c.get("rope_scaling") or c["rope_parameters"]
+        rp.pop("truncate", None)
+        if truncate != "absent":
+            rp["truncate"] = truncate
+    d = fixtures.copy_checkpoint(per, str(tmp_path / "ck"), edit)
+    rope = json.loads(run_cli(cli, "info", d, "--json").stdout)["rope"]
+    hf = t.AutoConfig.from_pretrained(d)
+    assert rope["truncate"] == bool(hf.rope_parameters.get("truncate", True))

@@ -137,6 +137,8 @@ def test_deepseek_moe_matches_reference(cli, tmp_path, which, layout):
     ("moe_layer_freq", 0, ["moe_layer_freq"]),
     ("rope_scaling", {"type": "linear", "factor": 2.0}, ["rope_scaling.type", "linear"]),
     ("num_experts_per_tok", 65, ["num_experts_per_tok"]),
+    ("rope_scaling", {"type": "yarn", "factor": 4.0, "original_max_position_embeddings": 1024},
+     ["rope_scaling", "linear and dynamic"]),
 ])
 def test_options_that_cannot_hold_are_named(cli, tmp_path, key, value, words):
     import subprocess

@@ -29,7 +29,13 @@ const Family& family_deepseek() {
             r.scoring = RouterRule::Scoring::Softmax;
             r.renormalize = s.topK > 1 && c.optBool("norm_topk_prob", false);
             r.renormEpsilon = 1e-20;
-            r.weightsInHiddenDtype = true;  // the gate's softmax is in the activations' dtype
+            // MoEGate: F.linear, softmax, top-k and renormalisation all in the activations' dtype
+            r.scoresInHiddenDtype = true;
+            r.weightsInHiddenDtype = true;
+            if (s.attn.yarn.on())
+                c.fail("rope_scaling",
+                       "DeepSeekMoE's code knows linear and dynamic RoPE scaling only (neither "
+                       "is supported here), not yarn");
         },
         [](ModelSpec& s, const TensorProbe& has) {
             TableBuilder t(s);

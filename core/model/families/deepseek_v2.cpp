@@ -16,7 +16,7 @@ const Family& family_deepseek_v2() {
         {"deepseek_v2"},
         [](ModelSpec& s, const Config& c) {
             fillCommon(s, c, {1e-6, 10000.0, false});
-            readMla(s, c, 1536);
+            readMla(s, c);
             s.attn.ropeInterleave = true;  // complex pairs (x0, x1), (x2, x3)...
             s.attn.ropeInFloat32 = true;
             deepseekLayers(s, c, {0, 11008, 2});

@@ -16,10 +16,10 @@ const Family& family_deepseek_v3() {
         {"deepseek_v3", "kimi_k2"},
         [](ModelSpec& s, const Config& c) {
             fillCommon(s, c, {1e-6, 10000.0, false});
-            readMla(s, c, 1536);
+            readMla(s, c);
             s.attn.ropeInterleave = c.optBool("rope_interleave", true);
             deepseekLayers(s, c, {3, 18432, 1});
-            noauxRouter(s, c, {8, 4, 2.5});
+            noauxRouter(s, c, {8, 4, 2.5, true, 1});
         },
         hfNoauxTensors,
     };

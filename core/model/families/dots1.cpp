@@ -12,7 +12,7 @@ const Family& family_dots1() {
         "dots1",
         {"dots1"},
         [](ModelSpec& s, const Config& c) {
-            fillCommon(s, c, {1e-6, 10000.0});
+            fillCommon(s, c, {1e-6, 10000.0, true, 0, 32});
             s.attn.qkvBias = s.attn.oBias = c.optBool("attention_bias", false);
             s.attn.qkNorm = AttentionSpec::QKNorm::PerHead;
             deepseekLayers(s, c, {0, 10944, 0});

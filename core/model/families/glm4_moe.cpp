@@ -13,12 +13,12 @@ const Family& family_glm4_moe() {
         "glm4_moe",
         {"glm4_moe"},
         [](ModelSpec& s, const Config& c) {
-            fillCommon(s, c, {1e-5, 10000.0, true, 0.5});
+            fillCommon(s, c, {1e-5, 10000.0, true, 0.5, 8});
             s.attn.qkvBias = c.optBool("attention_bias", false);
             s.attn.oBias = false;
             if (c.optBool("use_qk_norm", false)) s.attn.qkNorm = AttentionSpec::QKNorm::PerHead;
             deepseekLayers(s, c, {1, 10944, 1});
-            noauxRouter(s, c, {1, 1, 1.0});
+            noauxRouter(s, c, {1, 1, 1.0, true, 1});
         },
         hfNoauxTensors,
     };
