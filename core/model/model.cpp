@@ -354,7 +354,7 @@ Model::Impl::State Model::Impl::start(const std::vector<std::vector<int64_t>>& p
     State st;
     auto devOpts = torch::TensorOptions().device(device);
     const Tensor invFreq = ropeInverseFrequencies(spec.attn).to(device);
-    const double ropeGain = spec.attn.yarn.on() ? spec.attn.yarn.attentionFactor : 1.0;
+    const double ropeGain = spec.attn.yarn.attentionFactor;  // 1 without YaRN
     const auto ropeDtype = spec.attn.ropeInFloat32 ? torch::kFloat : dtype;
     for (auto& p : prompts) {
         Tensor ids = torch::tensor(p, torch::kLong).to(device);
@@ -371,13 +371,8 @@ Model::Impl::State Model::Impl::start(const std::vector<std::vector<int64_t>>& p
         Tensor pos = torch::arange(static_cast<int64_t>(p.size()), devOpts.dtype(torch::kLong)).to(torch::kFloat);
         Tensor freqs = pos.unsqueeze(1) * invFreq.unsqueeze(0);
         Tensor emb = torch::cat({freqs, freqs}, -1);
-        if (ropeGain != 1.0) {
-            st.cos.push_back((emb.cos() * ropeGain).to(ropeDtype));
-            st.sin.push_back((emb.sin() * ropeGain).to(ropeDtype));
-        } else {
-            st.cos.push_back(emb.cos().to(ropeDtype));
-            st.sin.push_back(emb.sin().to(ropeDtype));
-        }
+        st.cos.push_back((emb.cos() * ropeGain).to(ropeDtype));  // x 1.0 (no YaRN) is exact
+        st.sin.push_back((emb.sin() * ropeGain).to(ropeDtype));
     }
     return st;
 }
