@@ -182,7 +182,7 @@ void fillCommon(ModelSpec& s, const Config& c, const FamilyDefaults& d) {
         c.fail("num_key_value_heads", "num_attention_heads (" + std::to_string(s.attn.heads) +
                                           ") is not a multiple of num_key_value_heads (" +
                                           std::to_string(s.attn.kvHeads) + ")");
-    s.attn.headDim = c.optInt("head_dim", 0);
+    s.attn.headDim = c.optInt("head_dim", d.headDim);
     if (!d.headDimFromHeads) {
         s.attn.headDim = 0;
     } else if (s.attn.headDim == 0) {
@@ -388,7 +388,7 @@ void hfPacked(TableBuilder& t, const std::string& prefix, const std::string& rou
     t.spec().layout = ExpertLayout::Packed;
 }
 
-void hfExperts(TableBuilder& t, const TensorProbe& has, const std::vector<ExpertLayoutCandidate>& candidates) {
+std::string hfExperts(TableBuilder& t, const TensorProbe& has, const std::vector<ExpertLayoutCandidate>& candidates) {
     const auto moe = t.spec().moeLayers();
     const int l = moe.empty() ? 0 : moe.front();
     const ExpertLayoutCandidate* pick = &candidates.front();
@@ -403,6 +403,7 @@ void hfExperts(TableBuilder& t, const TensorProbe& has, const std::vector<Expert
     }
     if (pick->layout == ExpertLayout::Packed) hfPacked(t, pick->names.prefix, pick->names.router);
     else hfPerExpert(t, pick->names);
+    return pick->names.prefix;
 }
 
 void hfDenseTensors(ModelSpec& s, const TensorProbe&) {
@@ -519,9 +520,26 @@ void hfNoauxTensors(ModelSpec& s, const TensorProbe& has) {
     TableBuilder t(s);
     hfDeepseekTensors(t, has);
     t.add(Role::RouterSelectionBias, Scope::Moe, "model.layers.{L}.mlp.gate.e_score_correction_bias", {D::Experts});
+    skipMtpLayers(t);
+}
+
+void skipMtpLayers(TableBuilder& t) {
+    const ModelSpec& s = t.spec();
     for (int64_t m = 0; m < s.mtpLayers; ++m)
         t.skip("model.layers." + std::to_string(s.numLayers + m) + ".", true,
                "multi-token-prediction layer, not part of the forward");
+}
+
+std::string hfMixtralExperts(TableBuilder& t, const TensorProbe& has) {
+    // as released (block_sparse_moe, per expert); transformers v5 packs the experts in memory
+    // (mlp.experts.gate_up_proj) and renamed the block to mlp
+    const std::string a = "model.layers.{L}.block_sparse_moe.", b = "model.layers.{L}.mlp.";
+    const std::vector<ExpertLayoutCandidate> candidates{
+        {ExpertLayout::PerExpert, {a, "gate.weight", "w1", "w3", "w2"}},
+        {ExpertLayout::Packed, {a, "gate.weight", "", "", ""}},
+        {ExpertLayout::Packed, {b, "gate.weight", "", "", ""}},
+        {ExpertLayout::PerExpert, {b, "gate.weight", "w1", "w3", "w2"}}};
+    return hfExperts(t, has, candidates);
 }
 
 void deepseekLayers(ModelSpec& s, const Config& c, const DeepseekDefaults& d) {

@@ -73,6 +73,7 @@ struct FamilyDefaults {
     bool headDimFromHeads = true;  // false: the family sets head_dim itself (MLA), no hidden % heads
     double partialRotary = 0;      // > 0: partial_rotary_factor is read, this its default
     int64_t kvHeads = 0;           // num_key_value_heads when absent (0: num_attention_heads)
+    int64_t headDim = 0;           // head_dim when absent (0: hidden_size / num_attention_heads)
 };
 // vocab_size, hidden_size, num_hidden_layers (+ num_attention_heads): required and positive.
 void fillSizes(ModelSpec& s, const Config& c, bool heads);
@@ -151,12 +152,12 @@ struct ExpertNames {
 void hfPerExpert(TableBuilder& t, const ExpertNames& n);
 void hfPacked(TableBuilder& t, const std::string& prefix, const std::string& router);
 // Picks the on-disk expert layout: the first candidate whose expert 0 (or packed gate_up) of the
-// first MoE layer exists; the first one when none does (config only).
+// first MoE layer exists; the first one when none does (config only). Returns its prefix.
 struct ExpertLayoutCandidate {
     ExpertLayout layout;
     ExpertNames names;
 };
-void hfExperts(TableBuilder& t, const TensorProbe& has, const std::vector<ExpertLayoutCandidate>& candidates);
+std::string hfExperts(TableBuilder& t, const TensorProbe& has, const std::vector<ExpertLayoutCandidate>& candidates);
 // The shared expert (SwiGLU under `prefix`), and its sigmoid gate where the rule has one.
 void hfSharedExpert(TableBuilder& t, const std::string& prefix, const std::string& gate);
 // The whole table of a dense transformers decoder (Llama naming): hfDecoderTensors + hfDenseMlp.
@@ -170,6 +171,11 @@ void hfMlaTensors(TableBuilder& t);
 // The whole table of a DeepSeek decoder: hfDecoderTensors (Llama attention) or MLA, dense MLPs,
 // experts under mlp.experts, mlp.shared_experts.
 void hfDeepseekTensors(TableBuilder& t, const TensorProbe& has);
+// Mixtral's routed experts: as released (block_sparse_moe, experts.{E}.w1/w3/w2) or as
+// transformers v5 holds them (packed, or under mlp.); returns the MoE block's prefix chosen.
+std::string hfMixtralExperts(TableBuilder& t, const TensorProbe& has);
+// The spec's mtpLayers multi-token-prediction layers stored after the last layer, left out.
+void skipMtpLayers(TableBuilder& t);
 // The whole table of a DeepSeek decoder with the noaux router: hfDeepseekTensors, the router's
 // correction bias (mlp.gate.e_score_correction_bias), the MTP layers after the last one left out.
 void hfNoauxTensors(ModelSpec& s, const TensorProbe& has);

@@ -219,7 +219,8 @@ void Model::Impl::loadExperts(LayerWeights& w, int l) const {
     }
     w.router = load(Role::Router, l);
     w.routerBias = loadOpt(Role::RouterBias, l);
-    w.routerExtras.selectionBias = loadFloat32Opt(Role::RouterSelectionBias, l);
+    w.routerExtras.selectionBias = s.router.selectionBiasFloat32 ? loadFloat32Opt(Role::RouterSelectionBias, l)
+                                                                 : loadOpt(Role::RouterSelectionBias, l);
     w.routerExtras.expertScale = loadOpt(Role::RouterExpertScale, l);
     if (s.layout == ExpertLayout::PerExpert) {
         for (int e = 0; e < s.numExperts; ++e)

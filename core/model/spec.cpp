@@ -243,7 +243,9 @@ Quantization quantization(const Config& c) {
         qc.at("quant_method")
             .fail("quant_method '" + q.method + "' is not supported (supported: fp8, block-scaled F8_E4M3 weights)");
     const JsonIn fmt = qc["fmt"];
-    if (!fmt.isNull() && fmt.str() != "e4m3") fmt.fail("fmt '" + fmt.str() + "' is not supported (supported: e4m3)");
+    // "e4m3" (DeepSeek-V3, Qwen3-FP8) or torch's name of the same type (MiniMax-M2)
+    if (!fmt.isNull() && fmt.str() != "e4m3" && fmt.str() != "float8_e4m3fn")
+        fmt.fail("fmt '" + fmt.str() + "' is not supported (supported: e4m3, float8_e4m3fn)");
     const JsonIn block = qc["weight_block_size"];
     if (block.isNull()) return q;
     const auto sizes = block.elements();

@@ -32,6 +32,7 @@ struct RouterRule {
     bool scoresInHiddenDtype = false;    // scores, top-k and renormalisation in the activations' dtype
     bool bias = false;                   // the router linear has a bias (Role::RouterBias)
     bool selectionBias = false;          // Role::RouterSelectionBias added to the scores to choose only
+    bool selectionBiasFloat32 = true;    // that bias kept in float32 (else rounded to the model's dtype)
     bool expertScale = false;            // Role::RouterExpertScale multiplies each chosen expert's weight
     int64_t groups = 1, topkGroups = 1;  // group-limited selection: keep the best topkGroups groups
     GroupScore groupScore = GroupScore::Max;

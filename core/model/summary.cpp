@@ -97,6 +97,10 @@ std::vector<SummaryRow> describeModel(const ModelSpec& s, const Checkpoint& ckpt
         std::ostringstream t;
         t << "theta " << a.ropeTheta;
         oj rope{{"theta", a.ropeTheta}, {"type", a.yarn.on() ? "yarn" : "default"}};
+        if (a.partialRotary != 1.0 && a.headDim > 0) {
+            t << ", on " << a.rotaryDim() << " of " << a.headDim << " dims of each head";
+            rope.update(oj{{"partial_rotary_factor", a.partialRotary}, {"rotary_dim", a.rotaryDim()}});
+        }
         if (a.yarn.on()) {
             const auto& y = a.yarn;
             t << ", YaRN x" << y.factor << " from " << y.originalMaxPositions << " positions (beta " << y.betaFast

@@ -134,6 +134,19 @@ CONFIGS = {
         moe_intermediate_size=32, intermediate_size=64, n_shared_experts=2, n_group=1, topk_group=1,
         num_hidden_layers=3, q_lora_rank=None, kv_lora_rank=24, qk_nope_head_dim=12, qk_rope_head_dim=4,
         v_head_dim=16, routed_scaling_factor=1.0, norm_topk_prob=False, rope_interleave=False, attention_bias=True)),
+    # MiniMax-M2: GQA, the RMSNorm over the whole q and k projections, RoPE on rotary_dim = half of
+    # each head (the released configs' key), sigmoid router with a random correction bias, top-3
+    # of 8 renormalised, every layer MoE
+    "minimax_m2_rotary_dim": ("MiniMaxM2Config", dict(
+        num_attention_heads=4, num_key_value_heads=2, head_dim=16, num_local_experts=8, num_experts_per_tok=3,
+        intermediate_size=32, rotary_dim=8, num_hidden_layers=3)),
+    # ... without GQA, head_dim not hidden / heads, YaRN over RoPE on 3/4 of each head: the RoPE
+    # dict's partial_rotary_factor wins over rotary_dim (which alone would say 1/6)
+    "minimax_m2_partial_yarn": ("MiniMaxM2Config", dict(
+        num_attention_heads=4, num_key_value_heads=4, head_dim=24, num_local_experts=6, num_experts_per_tok=2,
+        intermediate_size=40, rotary_dim=4,
+        rope_parameters=dict(rope_type="yarn", rope_theta=10000.0, factor=4.0, original_max_position_embeddings=64,
+                             partial_rotary_factor=0.75))),
 }
 
 # Checkpoints stored in half precision: the reference runs HF in float32 on the same rounded
@@ -237,13 +250,17 @@ def reference(model, prompts=PROMPTS, device="cpu"):
         def fn(mod, inp, out):
             logits, scores, idx = out
             probs = torch.softmax(logits.float(), dim=-1)
-            if hasattr(mod, "e_score_correction_bias"):
+            # the correction bias: the gate's own (DeepSeek-V3), or passed to it by the block (MiniMax-M2)
+            bias = getattr(mod, "e_score_correction_bias", None)
+            if bias is None and len(inp) > 1:
+                bias = inp[1]
+            if bias is not None:
                 # DeepSeek-V3: the choice is made on the biased sigmoids of the kept groups, and
                 # its top-k is unsorted: list the chosen in descending order of that score
-                choice = logits.float().sigmoid() + mod.e_score_correction_bias
-                G = mod.num_group
-                grp = choice.view(-1, G, choice.shape[-1] // G).topk(2, dim=-1)[0].sum(-1)
-                keep = torch.zeros_like(grp).scatter_(1, grp.topk(mod.topk_group, dim=-1)[1], 1.0)
+                choice = logits.float().sigmoid() + bias
+                G = getattr(mod, "num_group", 1)
+                grp = choice.view(-1, G, choice.shape[-1] // G).topk(min(2, choice.shape[-1] // G), dim=-1)[0].sum(-1)
+                keep = torch.zeros_like(grp).scatter_(1, grp.topk(getattr(mod, "topk_group", 1), dim=-1)[1], 1.0)
                 probs = choice.masked_fill(keep.repeat_interleave(choice.shape[-1] // G, 1) == 0, float("-inf"))
             elif getattr(mod, "topk_method", None) == "group_limited_greedy":
                 # DeepSeek-V2: groups ranked by their best softmax score, the others masked
@@ -251,7 +268,7 @@ def reference(model, prompts=PROMPTS, device="cpu"):
                 grp = probs.view(-1, G, probs.shape[-1] // G).amax(dim=-1)
                 keep = torch.zeros_like(grp).scatter_(1, grp.topk(mod.topk_group, dim=-1)[1], 1.0)
                 probs = probs.masked_fill(keep.repeat_interleave(probs.shape[-1] // G, 1) == 0, float("-inf"))
-            if hasattr(mod, "topk_method") or hasattr(mod, "e_score_correction_bias"):  # DeepSeek: unsorted top-k
+            if hasattr(mod, "topk_method") or bias is not None:  # DeepSeek, MiniMax-M2: unsorted top-k
                 order = probs.gather(1, idx).argsort(dim=-1, descending=True)
                 idx, scores = idx.gather(1, order), scores.gather(1, order)
             srt = torch.sort(probs, dim=-1, descending=True).values

@@ -10,7 +10,11 @@ unchanged, so the group rules still bite). Every other key stays as published: m
 the router keys, and quantization_config: the FP8 models are stored as F8_E4M3 with float32
 128 x 128 block scales as published, against HF on the dequantized weights.
 
-The reference is transformers' DeepseekV2 / DeepseekV3 / Glm4Moe built from the same dict; transformers
+MiniMax-M2's keeps its rotary_dim (the share of each head RoPE turns, scaled with head_dim), its
+num_mtp_modules (no MTP module is written: test_minimax_m2 covers them) and the remote-code keys
+transformers ignores (attn_type_list cut to the layers kept).
+
+The reference is transformers' DeepseekV2 / DeepseekV3 / Glm4Moe / MiniMaxM2 built from the same dict; transformers
 has no kimi_k2 type, Kimi K2's published code is DeepSeek-V3's, so its reference is DeepseekV3.
 """
 import json
@@ -37,12 +41,19 @@ def shrunk(name):
         if k in cfg or k in ("hidden_size", "n_routed_experts"):
             cfg[k] = v
     if "head_dim" in cfg:
+        if cfg.get("rotary_dim"):  # MiniMax-M2's partial RoPE: the same share of the smaller head
+            cfg["rotary_dim"] = cfg["rotary_dim"] * 16 // cfg["head_dim"]
         cfg["head_dim"] = 16
+    if "num_local_experts" in cfg:  # MiniMax-M2 (Mixtral's key): experts as the others, GQA kept
+        cfg["num_local_experts"] = SHRINK["n_routed_experts"]
+        cfg["num_key_value_heads"] = 2
     if cfg.get("pad_token_id") is not None:  # HF's embedding takes it as padding_idx: must be in the vocabulary
         cfg["pad_token_id"] = SHRINK["vocab_size"] - 1
     if cfg.get("q_lora_rank") is not None:
         cfg["q_lora_rank"] = 48
-    cfg["num_hidden_layers"] = cfg["first_k_dense_replace"] + 2
+    cfg["num_hidden_layers"] = cfg.get("first_k_dense_replace", 0) + 2
+    if "attn_type_list" in cfg:  # one entry per layer
+        cfg["attn_type_list"] = cfg["attn_type_list"][:cfg["num_hidden_layers"]]
     if cfg.get("num_nextn_predict_layers"):
         cfg["num_nextn_predict_layers"] = 0  # no MTP layer is written (test_deepseek covers one)
     return cfg
@@ -51,11 +62,13 @@ def shrunk(name):
 def reference_config(cfg):
     t = require("transformers")
     kw = {k: v for k, v in cfg.items() if k not in ("model_type", "auto_map", "quantization_config", "architectures")}
-    cls = {"deepseek_v2": t.DeepseekV2Config, "glm4_moe": t.Glm4MoeConfig}.get(cfg["model_type"], t.DeepseekV3Config)
+    cls = {"deepseek_v2": t.DeepseekV2Config, "glm4_moe": t.Glm4MoeConfig,
+           "minimax_m2": t.MiniMaxM2Config}.get(cfg["model_type"], t.DeepseekV3Config)
     return cls(**kw)
 
 
-@pytest.mark.parametrize("name", ["deepseek_v2_lite", "deepseek_v2", "deepseek_v3", "kimi_k2_instruct", "glm4_5_air"])
+@pytest.mark.parametrize("name", ["deepseek_v2_lite", "deepseek_v2", "deepseek_v3", "kimi_k2_instruct", "glm4_5_air",
+                                  "minimax_m2"])
 def test_published_config_opens_and_matches_hf(cli, tmp_path, name):
     h5py = require("h5py")
     cfg = shrunk(name)

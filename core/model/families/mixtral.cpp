@@ -17,14 +17,7 @@ const Family& family_mixtral() {
         [](ModelSpec& s, const TensorProbe& has) {
             TableBuilder t(s);
             hfDecoderTensors(t);
-            // as released (block_sparse_moe, per expert); transformers v5 packs the experts in
-            // memory (mlp.experts.gate_up_proj) and renamed the block to mlp
-            const std::string a = "model.layers.{L}.block_sparse_moe.", b = "model.layers.{L}.mlp.";
-            hfExperts(t, has,
-                      {{ExpertLayout::PerExpert, {a, "gate.weight", "w1", "w3", "w2"}},
-                       {ExpertLayout::Packed, {a, "gate.weight", "", "", ""}},
-                       {ExpertLayout::Packed, {b, "gate.weight", "", "", ""}},
-                       {ExpertLayout::PerExpert, {b, "gate.weight", "w1", "w3", "w2"}}});
+            hfMixtralExperts(t, has);
         },
     };
     return f;
