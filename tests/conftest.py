@@ -43,6 +43,15 @@ def run_cli(cli_path, *args, check=True):
     return r
 
 
+def assert_info_refuses(cli_path, ckpt, words):
+    """`info` on ckpt fails (exit 1) with an error naming config.json and every one of words."""
+    r = subprocess.run([cli_path, "info", str(ckpt)], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 1, r.stdout
+    assert "config.json" in r.stderr
+    for w in words:
+        assert w in r.stderr, (w, r.stderr)
+
+
 @pytest.fixture(scope="session")
 def fixture_root(tmp_path_factory):
     return tmp_path_factory.mktemp("fixtures")

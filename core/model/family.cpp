@@ -83,16 +83,21 @@ void positive(const Config& c, const std::string& k, int64_t v, int64_t hi) {
     if (v > hi) c.fail(k, std::to_string(v) + " is out of range (at most " + std::to_string(hi) + ")");
 }
 
-void readRope(AttentionSpec& a, const Config& c, double defTheta, double defPartial) {
+std::string ropeDictKey(const Config& c) {
     // transformers 5 reads rope_scaling (4.x's name) when it is a non-empty object and
-    // rope_parameters otherwise; the dict's rope_theta wins over the top-level one
-    std::string key;
+    // rope_parameters otherwise
     for (const char* k : {"rope_scaling", "rope_parameters"})
-        if (key.empty() && c.has(k)) {
+        if (c.has(k)) {
             const JsonIn o = c.in()[k];
             if (!o.isObject()) o.fail("expected an object");
-            if (!o.members().empty()) key = k;
+            if (!o.members().empty()) return k;
         }
+    return {};
+}
+
+void readRope(AttentionSpec& a, const Config& c, double defTheta, double defPartial) {
+    // the dict's rope_theta wins over the top-level one
+    const std::string key = ropeDictKey(c);
     a.ropeTheta = c.optDouble("rope_theta", defTheta);
     a.yarn = {};
     const JsonIn rp = c.in()[key.empty() ? "rope_parameters" : key];
@@ -514,6 +519,11 @@ void noauxRouter(ModelSpec& s, const Config& c, const NoauxDefaults& d) {
     r.scale = c.optDouble("routed_scaling_factor", d.scale);
     s.mtpLayers = c.optInt("num_nextn_predict_layers", c.optInt("num_mtp_layers", d.mtpLayers));
     if (s.mtpLayers < 0 || s.mtpLayers > 64) c.fail("num_nextn_predict_layers", "must be between 0 and 64");
+}
+
+void hfDeepseekModel(ModelSpec& s, const TensorProbe& has) {
+    TableBuilder t(s);
+    hfDeepseekTensors(t, has);
 }
 
 void hfNoauxTensors(ModelSpec& s, const TensorProbe& has) {

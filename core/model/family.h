@@ -66,6 +66,9 @@ void positive(const Config& c, const std::string& k, int64_t v, int64_t hi = int
 // partial_rotary_factor (in the RoPE dict, else top-level, else defPartial) only where the family
 // reads it (defPartial > 0); elsewhere a value other than 1 is refused.
 void readRope(AttentionSpec& a, const Config& c, double defTheta, double defPartial = 0);
+// The RoPE dict transformers reads: "rope_scaling" when a non-empty object, else
+// "rope_parameters" when non-empty, else "" (none).
+std::string ropeDictKey(const Config& c);
 // Defaults for keys a family's transformers config class fills in when absent.
 struct FamilyDefaults {
     double rmsEps;
@@ -176,6 +179,8 @@ void hfDeepseekTensors(TableBuilder& t, const TensorProbe& has);
 std::string hfMixtralExperts(TableBuilder& t, const TensorProbe& has);
 // The spec's mtpLayers multi-token-prediction layers stored after the last layer, left out.
 void skipMtpLayers(TableBuilder& t);
+// hfDeepseekTensors as a family's whole table (DeepSeekMoE, DeepSeek-V2, Mistral 4).
+void hfDeepseekModel(ModelSpec& s, const TensorProbe& has);
 // The whole table of a DeepSeek decoder with the noaux router: hfDeepseekTensors, the router's
 // correction bias (mlp.gate.e_score_correction_bias), the MTP layers after the last one left out.
 void hfNoauxTensors(ModelSpec& s, const TensorProbe& has);

@@ -93,6 +93,10 @@ struct AttentionSpec {
     bool ropeInterleave = false;  // RoPE on interleaved pairs (x0, x1), (x2, x3)... (DeepSeek-V3)
     double latentNormEps = 1e-6;  // the q_a and kv_a RMSNorms' eps (transformers builds them with 1e-6)
     bool ropeInFloat32 = false;   // RoPE applied to float32 copies of q and k (DeepSeek-V2's complex rotation)
+    // Llama 4's query temperature (Mistral 4's llama_4_scaling_beta): after RoPE, every query
+    // times 1 + beta ln(1 + floor(position / queryScalePositions)), in float32; beta 0: none
+    double queryScaleBeta = 0.0;
+    int64_t queryScalePositions = 0;
     bool isMla() const { return kind == Kind::MLA; }
     bool isMoa() const { return kind == Kind::MoA; }
     const char* kindName() const;

@@ -115,6 +115,12 @@ std::vector<SummaryRow> describeModel(const ModelSpec& s, const Checkpoint& ckpt
                            {"truncate", y.truncate}});
             if (a.isMla()) rope["softmax_scale_factor"] = y.mlaSoftmaxFactor();
         }
+        if (a.queryScaleBeta != 0.0) {
+            t << ", queries x (1 + " << a.queryScaleBeta << " ln(1 + floor(position / " << a.queryScalePositions
+              << ")))";
+            rope.update(
+                oj{{"llama_4_scaling_beta", a.queryScaleBeta}, {"llama_4_scaling_positions", a.queryScalePositions}});
+        }
         rows.push_back({"RoPE", t.str(), {{"rope", rope}}});
     }
     rows.push_back({"Vocabulary", std::to_string(s.vocab), {}});

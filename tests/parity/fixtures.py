@@ -147,6 +147,28 @@ CONFIGS = {
         intermediate_size=40, rotary_dim=4,
         rope_parameters=dict(rope_type="yarn", rope_theta=10000.0, factor=4.0, original_max_position_embeddings=64,
                              partial_rotary_factor=0.75))),
+    # Mistral 4: MLA with q LoRA and interleaved RoPE under YaRN, Llama 4's query temperature
+    # biting from position 4 on (beta 0.5), a softmax router (no correction bias) keeping 2 of 4
+    # groups ranked by the sum of their two best, renormalised, scaling 2, a shared expert, the
+    # first layer dense
+    "mistral4_groups_temperature": ("Mistral4Config", dict(
+        num_attention_heads=4, num_key_value_heads=4, n_routed_experts=16, num_experts_per_tok=3,
+        moe_intermediate_size=24, intermediate_size=80, n_shared_experts=1, n_group=4, topk_group=2,
+        first_k_dense_replace=1, num_hidden_layers=3, q_lora_rank=40, kv_lora_rank=32, qk_nope_head_dim=16,
+        qk_rope_head_dim=8, v_head_dim=12, routed_scaling_factor=2.0, norm_topk_prob=True, rope_interleave=True,
+        rope_parameters=dict(type="yarn", rope_theta=10000.0, factor=4.0, original_max_position_embeddings=4,
+                             beta_fast=32.0, beta_slow=1.0, mscale=1.0, mscale_all_dim=1.0,
+                             llama_4_scaling_beta=0.5))),
+    # ... without q LoRA, YaRN x2 without mscales (its cos/sin factor from the factor alone, the
+    # softmax scale plain), the temperature from position 6 on, greedy, not renormalised,
+    # rotate-half RoPE, attention biases, 2 shared experts, no dense layer
+    "mistral4_plain": ("Mistral4Config", dict(
+        num_attention_heads=2, num_key_value_heads=2, n_routed_experts=6, num_experts_per_tok=2,
+        moe_intermediate_size=32, intermediate_size=64, n_shared_experts=2, n_group=1, topk_group=1,
+        first_k_dense_replace=0, q_lora_rank=None, kv_lora_rank=24, qk_nope_head_dim=12, qk_rope_head_dim=4,
+        v_head_dim=16, routed_scaling_factor=1.0, norm_topk_prob=False, rope_interleave=False, attention_bias=True,
+        rope_parameters=dict(rope_type="yarn", rope_theta=1000.0, factor=2.0, original_max_position_embeddings=6,
+                             llama_4_scaling_beta=0.2))),
 }
 
 # Checkpoints stored in half precision: the reference runs HF in float32 on the same rounded
@@ -175,7 +197,11 @@ def build_model(name, seed=0, **overrides):
 def model_from_config(config, seed=0, storage=None):
     """An HF model of `config` in float32, every parameter re-initialised (see the top)."""
     config._attn_implementation = "sdpa"
-    model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    name = type(config).__name__.replace("Config", "ForCausalLM")
+    if type(config) in transformers.AutoModelForCausalLM._model_mapping:
+        model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    else:  # a class transformers does not register for AutoModelForCausalLM (Mistral 4)
+        model = getattr(transformers, name)(config).to(torch.float32)
     return reinitialised(model, seed, storage)
 
 
@@ -232,7 +258,8 @@ def _moe_blocks(model):
     blocks = {}
     for mname, m in model.named_modules():
         if type(m).__name__.endswith("SparseMoeBlock") or type(m).__name__ in ("DeepseekV3MoE", "DeepseekV2Moe",
-                                                                               "Glm4MoeMoE", "Dots1MoE", "Glm4MoeLiteMoE"):
+                                                                               "Glm4MoeMoE", "Dots1MoE", "Glm4MoeLiteMoE",
+                                                                               "Mistral4MoE"):
             layer = int(mname.split(".layers.")[1].split(".")[0])
             blocks[layer] = m
     return blocks
@@ -254,21 +281,29 @@ def reference(model, prompts=PROMPTS, device="cpu"):
             bias = getattr(mod, "e_score_correction_bias", None)
             if bias is None and len(inp) > 1:
                 bias = inp[1]
-            if bias is not None:
-                # DeepSeek-V3: the choice is made on the biased sigmoids of the kept groups, and
-                # its top-k is unsorted: list the chosen in descending order of that score
-                choice = logits.float().sigmoid() + bias
-                G = getattr(mod, "num_group", 1)
-                grp = choice.view(-1, G, choice.shape[-1] // G).topk(min(2, choice.shape[-1] // G), dim=-1)[0].sum(-1)
-                keep = torch.zeros_like(grp).scatter_(1, grp.topk(getattr(mod, "topk_group", 1), dim=-1)[1], 1.0)
-                probs = choice.masked_fill(keep.repeat_interleave(choice.shape[-1] // G, 1) == 0, float("-inf"))
-            elif getattr(mod, "topk_method", None) == "group_limited_greedy":
-                # DeepSeek-V2: groups ranked by their best softmax score, the others masked
-                G = mod.num_group
-                grp = probs.view(-1, G, probs.shape[-1] // G).amax(dim=-1)
+            mistral4 = type(mod).__name__ == "Mistral4TopkRouter"
+            G = getattr(mod, "num_group", 1) or 1
+
+            def groups_kept(choice, group_score):
+                """choice with the experts outside the topk_group best groups masked to -inf"""
+                if G == 1:
+                    return choice
+                grp = group_score(choice.view(-1, G, choice.shape[-1] // G))
                 keep = torch.zeros_like(grp).scatter_(1, grp.topk(mod.topk_group, dim=-1)[1], 1.0)
-                probs = probs.masked_fill(keep.repeat_interleave(probs.shape[-1] // G, 1) == 0, float("-inf"))
-            if hasattr(mod, "topk_method") or bias is not None:  # DeepSeek, MiniMax-M2: unsorted top-k
+                return choice.masked_fill(keep.repeat_interleave(choice.shape[-1] // G, 1) == 0, float("-inf"))
+
+            sum_top2 = lambda g: g.topk(2, dim=-1)[0].sum(-1)
+            if bias is not None:
+                # DeepSeek-V3: the choice is made on the biased sigmoids of the kept groups
+                probs = groups_kept(logits.float().sigmoid() + bias, sum_top2)
+            elif mistral4:
+                # Mistral 4: softmax scores, groups ranked by the sum of their two best
+                probs = groups_kept(probs, sum_top2)
+            elif getattr(mod, "topk_method", None) == "group_limited_greedy":
+                # DeepSeek-V2: groups ranked by their best softmax score
+                probs = groups_kept(probs, lambda g: g.amax(dim=-1))
+            if hasattr(mod, "topk_method") or bias is not None or mistral4:
+                # these top-ks are unsorted: list the chosen in descending order of the choice score
                 order = probs.gather(1, idx).argsort(dim=-1, descending=True)
                 idx, scores = idx.gather(1, order), scores.gather(1, order)
             srt = torch.sort(probs, dim=-1, descending=True).values

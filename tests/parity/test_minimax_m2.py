@@ -9,7 +9,7 @@ import subprocess
 import numpy as np
 import pytest
 
-from conftest import require, run_cli
+from conftest import assert_info_refuses, require, run_cli
 import fixtures
 from test_parity import compare, trace
 
@@ -78,12 +78,7 @@ BAD = [
 def test_options_transformers_ignores_named(cli, build_fixture, tmp_path, i):
     edit, words = BAD[i]
     per, _, _ = build_fixture("minimax_m2_rotary_dim")
-    d = fixtures.copy_checkpoint(per, str(tmp_path / "bad"), edit)
-    r = subprocess.run([cli, "info", d], capture_output=True, text=True)
-    assert r.returncode == 1, r.stdout
-    assert "config.json" in r.stderr
-    for w in words:
-        assert w in r.stderr, (w, r.stderr)
+    assert_info_refuses(cli, fixtures.copy_checkpoint(per, str(tmp_path / "bad"), edit), words)
 
 
 def test_released_keys_with_their_values_accepted(cli, build_fixture, tmp_path):

@@ -6,7 +6,8 @@
 //   o_proj(softmax(q k^T * scale) v), scale = 1/sqrt(nope + rope) (x YaRN's mscale^2)
 // RoPE on the halves (rotate_half) or on interleaved pairs (rope_interleave: DeepSeek-V3's
 // layout), whose rotated dimensions come out as the even ones then the odd ones, for q and k
-// alike, so their products are those of the interleaved rotation.
+// alike, so their products are those of the interleaved rotation. Mistral 4 (Mistral4Attention)
+// also scales the queries by Llama 4's position temperature (AttentionSpec::queryScaleBeta).
 #include "model/model_impl.h"
 
 namespace es {
@@ -59,6 +60,12 @@ Tensor Model::Impl::mlaAttention(const LayerWeights& w, const Tensor& x, const T
     Tensor kv = torch::linear(c, w.kvb).view({T, H, nope + vd}).transpose(0, 1);  // [H, T, ...]
     Tensor qFull = torch::cat(
         {q.narrow(-1, 0, nope), rope(q.narrow(-1, nope, r), cos, sin, a.ropeInterleave, a.ropeInFloat32)}, -1);
+    if (a.queryScaleBeta != 0.0) {
+        Tensor pos = torch::arange(T, x.options().dtype(torch::kLong)).to(torch::kFloat);
+        Tensor f =
+            1 + a.queryScaleBeta * torch::log(1 + torch::floor(pos / static_cast<double>(a.queryScalePositions)));
+        qFull = qFull * f.to(qFull.scalar_type()).view({1, T, 1});
+    }
     Tensor k = torch::cat({kv.narrow(-1, 0, nope), kRope.expand({H, T, r})}, -1);
     Tensor v = kv.narrow(-1, nope, vd);
     // 1/sqrt(q/k head dim), times YaRN's mscale(factor, mscale_all_dim)^2 (transformers' yarn_apply_mscale)

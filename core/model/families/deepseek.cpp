@@ -37,10 +37,7 @@ const Family& family_deepseek() {
                        "DeepSeekMoE's code knows linear and dynamic RoPE scaling only (neither "
                        "is supported here), not yarn");
         },
-        [](ModelSpec& s, const TensorProbe& has) {
-            TableBuilder t(s);
-            hfDeepseekTensors(t, has);
-        },
+        hfDeepseekModel,
     };
     return f;
 }

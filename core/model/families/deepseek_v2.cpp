@@ -46,10 +46,7 @@ const Family& family_deepseek_v2() {
             r.renormalize = false;
             r.scale = c.optDouble("routed_scaling_factor", 1.0);
         },
-        [](ModelSpec& s, const TensorProbe& has) {
-            TableBuilder t(s);
-            hfDeepseekTensors(t, has);
-        },
+        hfDeepseekModel,
     };
     return f;
 }
