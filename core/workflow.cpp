@@ -18,6 +18,8 @@ SessionModel sessionModelOf(const Checkpoint& ckpt, const ModelSpec& spec) {
     sm.numExperts = spec.numExperts;
     sm.topK = spec.topK;
     sm.hidden = spec.hidden;
+    sm.expertGroups = spec.router.groups;
+    sm.groupsKept = spec.router.topkGroups;
     sm.configJson = ckpt.config().dump();
     sm.checkpointPath = ckpt.path();
     sm.fingerprint = ckpt.fingerprint();
@@ -107,6 +109,7 @@ std::vector<std::string> readPromptFile(const std::string& path) {
 std::set<std::string> dynamicAnalysesFor(const ModelSpec& spec, const std::string& list) {
     std::set<std::string> out = parseDynamicList(list);
     if (list == "all" && spec.layout == ExpertLayout::Blocks) out.insert("modularity");  // EMoE models
+    if (list == "all" && (spec.router.selectionBias || spec.router.groups > 1)) out.insert("bias");
     return out;
 }
 

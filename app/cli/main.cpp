@@ -44,7 +44,7 @@ const char* kUsage = R"(usage:
                   [--save-hidden] [--layer-streaming auto|on|off] [--threads N] [--allow-long] [--run NAME]
                   --out SESSION.h5
   expertscope-cli analyze CHECKPOINT --out SESSION.h5 [--static default|all|none|S1,S2,...]
-                  [--dynamic all|none|D1,D2,D3,D4,load,modularity] [--run NAME] [--preset short|routing-map]
+                  [--dynamic all|none|D1,D2,D3,D4,load,modularity,bias] [--run NAME] [--preset short|routing-map]
                   [--paragraphs FILE] [--reference DENSE_CHECKPOINT] [--layers 0,3,...]
                   [--device cpu|cuda[:N]] [--dtype float32|bfloat16|float16] [--first-tokens N]
                   [--pca-components 2|3] [--threads N] [--allow-long]

@@ -19,6 +19,7 @@
 #include "analysis/dynamic/output_similarity.h"
 #include "analysis/dynamic/routing_check.h"
 #include "analysis/dynamic/routing_map.h"
+#include "analysis/dynamic/selection_bias.h"
 #include "analysis/pass.h"
 #include "emoe/emoe.h"
 #include "error.h"
@@ -73,7 +74,11 @@ PassOutput runPass(const std::shared_ptr<Checkpoint>& ckpt, const ModelSpec& spe
     }
     auto want = [&](const char* a) { return opt.analyses.count(a) > 0; };
     const bool d1 = want("D1"), d2 = want("D2"), d3 = want("D3"), d4 = want("D4"), load = want("load");
-    const bool modularity = want("modularity");
+    const bool modularity = want("modularity"), bias = want("bias");
+    if (bias && !SelectionBias::applies(spec.router))
+        throw Error("the bias analysis needs a router with a selection bias or expert groups; " + spec.modelType +
+                        "'s is " + spec.router.describe(),
+                    ckpt->path(), "bias");
     if (modularity && spec.layout != ExpertLayout::Blocks)
         throw Error("the modularity analysis needs an EMoE model (expertscope-cli emoe converts a dense one)",
                     ckpt->path(), "modularity");
@@ -114,6 +119,7 @@ PassOutput runPass(const std::shared_ptr<Checkpoint>& ckpt, const ModelSpec& spe
         if (d4) analyses.push_back(std::make_unique<RoutingMap>(ctx, *k));
         if (load) analyses.push_back(std::make_unique<ExpertLoad>(ctx, *k));
     }
+    if (bias) analyses.push_back(std::make_unique<SelectionBias>(ctx, ffnKind));
     if (d3) analyses.push_back(std::make_unique<GateActivations>(ctx, ffnKind, hasSE, hasF));
     if (modularity) analyses.push_back(std::make_unique<Modularity>(ctx, ffnKind, readEmoePermutation(ckpt->path())));
     auto wantOutputs = [&](const ExpertKind& k) {

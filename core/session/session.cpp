@@ -430,6 +430,12 @@ int64_t checkModel(const SessionModel& m, const std::string& path) {
     range(m.hidden, 1, 1 << 24, "hidden_size");
     range(m.numExperts, 0, 1 << 20, "num_experts");
     range(m.topK, 0, m.numExperts, "top_k");
+    range(m.expertGroups, 1, std::max<int64_t>(1, m.numExperts), "expert_groups");
+    if (m.numExperts % m.expertGroups != 0)
+        throw Error(std::to_string(m.numExperts) + " experts do not split into " + std::to_string(m.expertGroups) +
+                        " equal groups",
+                    path, "/model@expert_groups");
+    range(m.groupsKept, 1, m.expertGroups, "expert_groups_kept");
     nlohmann::json cfg;
     try {
         cfg = parseJson(m.configJson, path);
@@ -848,6 +854,9 @@ Session Session::open(const std::string& pathIn) {
         m.numExperts = needInt(g, "num_experts", path, "/model");
         m.topK = needInt(g, "top_k", path, "/model");
         m.hidden = needInt(g, "hidden_size", path, "/model");
+        // optional (sessions before them: no groups)
+        if (H5Aexists(g, "expert_groups") > 0) m.expertGroups = needInt(g, "expert_groups", path, "/model");
+        if (H5Aexists(g, "expert_groups_kept") > 0) m.groupsKept = needInt(g, "expert_groups_kept", path, "/model");
         m.configJson = needString(g, "config_json", path, "/model");
         m.checkpointPath = needString(g, "checkpoint_path", path, "/model");
         m.fingerprint = needString(g, "fingerprint", path, "/model");
@@ -1182,6 +1191,10 @@ void Session::save(const std::string& pathIn) {
                 attrInt(g, "num_experts", m.numExperts, tmp, "/model");
                 attrInt(g, "top_k", m.topK, tmp, "/model");
                 attrInt(g, "hidden_size", m.hidden, tmp, "/model");
+                if (m.expertGroups > 1) {
+                    attrInt(g, "expert_groups", m.expertGroups, tmp, "/model");
+                    attrInt(g, "expert_groups_kept", m.groupsKept, tmp, "/model");
+                }
                 attrString(g, "config_json", m.configJson, tmp, "/model");
                 attrString(g, "checkpoint_path", m.checkpointPath, tmp, "/model");
                 attrString(g, "fingerprint", m.fingerprint, tmp, "/model");

@@ -22,6 +22,9 @@ constexpr int kSessionFormatVersion = 2;
 struct SessionModel {
     std::string modelType;
     int64_t numLayers = 0, numExperts = 0, topK = 0, hidden = 0;
+    // group-limited routing (DeepSeek-V2/V3 line): the routed experts in expertGroups equal
+    // groups of consecutive ids, of which groupsKept are kept per token; 1 and 1 otherwise
+    int64_t expertGroups = 1, groupsKept = 1;
     std::string configJson, checkpointPath, fingerprint;
 };
 

@@ -58,6 +58,20 @@ def test_documented_layout_real_trace(cli, build_fixture, tmp_path):
     walk_against_doc(out)
 
 
+def test_documented_layout_grouped_router(cli, build_fixture, tmp_path):
+    """A group-limited router with a correction bias (DeepSeek-V3): the model's group attributes
+    and the bias analysis' arrays are documented rows."""
+    h5py = require("h5py")
+    per = build_fixture("deepseek_v3_groups")[0]
+    out = tmp_path / "s.h5"
+    run_cli(cli, "trace", per, "--token-ids", "1,2,3", "--token-ids", "4,5", "--out", out, "--run", "r")
+    run_cli(cli, "analyze", per, "--out", out, "--run", "r", "--static", "none", "--dynamic", "all")
+    walk_against_doc(out)
+    with h5py.File(out, "r") as f:
+        assert f["model"].attrs["expert_groups"] == 4 and f["model"].attrs["expert_groups_kept"] == 2
+        assert "bias" in f["analyses/selection_bias/r"] and "group_routed_share" in f["analyses/selection_bias/r"]
+
+
 def compare_files(a, b, ignore_root_attrs=("saved",)):
     h5py = require("h5py")
     with h5py.File(a, "r") as fa, h5py.File(b, "r") as fb:
@@ -225,6 +239,15 @@ def test_invalid_sessions(cli, base, tmp_path):
     def no_model_attr(f):
         del f["model"].attrs["top_k"]
     expect_session_error(cli, edited(base, tmp_path, no_model_attr), "/model@top_k")
+
+    def groups(n, kept):
+        def fn(f):
+            f["model"].attrs["expert_groups"] = np.int64(n)
+            f["model"].attrs["expert_groups_kept"] = np.int64(kept)
+        return fn
+    expect_session_error(cli, edited(base, tmp_path, groups(0, 1)), "/model@expert_groups", "out of range")
+    expect_session_error(cli, edited(base, tmp_path, groups(3, 1)), "/model@expert_groups", "equal groups")
+    expect_session_error(cli, edited(base, tmp_path, groups(2, 3)), "/model@expert_groups_kept", "out of range")
 
     def bad_offsets(f):
         f["runs/r0/prompt_offsets"][...] = np.array([0, 5, 3, 64])
