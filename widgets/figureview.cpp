@@ -76,10 +76,23 @@ QCPColorGradient gradientOf(const QString& name) {
     return g;
 }
 
+// At most maxTicks labels: every step-th, the step a round number (powers of two first, so that 256
+// experts read 0, 16, 32, ... and the labels fall on the boundaries of power-of-two groups).
+int labelStep(int n, int maxTicks) {
+    auto round = [](int s) {
+        if ((s & (s - 1)) == 0) return true;  // a power of two
+        while (s % 10 == 0) s /= 10;
+        return s == 1 || s == 2 || s == 5;
+    };
+    int step = std::max(1, (n + maxTicks - 1) / maxTicks);
+    while (!round(step)) ++step;
+    return step;
+}
+
 QSharedPointer<QCPAxisTickerText> labelTicker(const std::vector<std::string>& labels, int maxTicks) {
     QSharedPointer<QCPAxisTickerText> t(new QCPAxisTickerText);
     const int n = static_cast<int>(labels.size());
-    const int step = std::max(1, (n + maxTicks - 1) / maxTicks);
+    const int step = labelStep(n, maxTicks);
     for (int i = 0; i < n; i += step) t->addTick(i, q(labels[i]));
     return t;
 }
@@ -295,7 +308,7 @@ void FigureView::rebuild() {
                 line->point2->setAxes(xa, ya);
                 line->point1->setCoords(static_cast<double>(c) - 0.5, 0);
                 line->point2->setCoords(static_cast<double>(c) - 0.5, 1);
-                line->setPen(QPen(QColor(200, 0, 0, 160), 1));
+                line->setPen(QPen(QColor(0, 0, 0, 200), 1));
             }
             for (int64_t r : h.rowSeparators) {
                 auto* line = new QCPItemStraightLine(plot_);
@@ -447,7 +460,7 @@ void FigureView::rebuild() {
             }
         }
         if (!p.xTicks.empty()) {
-            xa->setTicker(labelTicker(p.xTicks, 32));
+            xa->setTicker(labelTicker(p.xTicks, p.xTicks.size() > 64 ? 12 : 32));
             xa->grid()->setVisible(false);
         }
         for (auto& lv : p.levels) {
@@ -478,6 +491,10 @@ void FigureView::rebuild() {
             line->point2->setAxes(xa, ya);
             line->point1->setCoords(mx, 0);
             line->point2->setCoords(mx, 1);
+            if (p.markXLabel.empty()) {  // group boundaries
+                line->setPen(QPen(QColor(60, 60, 60, 150), 1, Qt::DashLine));
+                continue;
+            }
             line->setPen(QPen(QColor(200, 0, 0), 1.2, Qt::DotLine));
             auto* t = new QCPItemText(plot_);
             t->setClipAxisRect(rect);
@@ -487,7 +504,7 @@ void FigureView::rebuild() {
             t->position->setAxes(xa, ya);
             t->position->setCoords(mx, 0.98);
             t->setPositionAlignment(Qt::AlignRight | Qt::AlignBottom);
-            t->setText("last layer");
+            t->setText(q(p.markXLabel));
             t->setColor(QColor(200, 0, 0));
             t->setFont(QFont("sans", 8));
         }

@@ -333,6 +333,11 @@ void ViewPane::draw() {
                 "Modularity is measured on EMoE models: dense models split into experts (open a dense "
                 "checkpoint, then File -> Convert to EMoE). This model's experts were trained as experts, "
                 "so this view has nothing to show for it.");
+        else if (d.analysis == "bias" && !session_->runNames().empty())
+            showMessage(
+                "No bias results in this session. These views are for routers with a correction bias or expert "
+                "groups (DeepSeek-V2/V3, Kimi K2, GLM-4.5, dots1, MiniMax-M2, Mistral 4); on those the bias "
+                "analysis runs with the prompts (expertscope-cli analyze --dynamic bias adds it to a run).");
         else if (d.emptyHint.find("Run prompts") != std::string::npos)
             showMessage(
                 "No results for this view yet: it shows what the router does with prompts you run. " + q(d.emptyHint),

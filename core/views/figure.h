@@ -61,7 +61,9 @@ struct Panel {
     HeatmapPanel heatmap;
     std::vector<Series> series;
     std::vector<std::string> xTicks;  // categorical x axis: tick i at x = i
-    std::vector<double> markX;        // vertical marker lines (e.g. the last layer)
+    std::vector<double> markX;        // vertical marker lines: the last layer (markXLabel) or group boundaries
+    std::string markXLabel;           // written beside each marker line (empty: unlabelled, drawn lighter)
+    bool xExperts = false;            // x is the routed expert id (bars per expert): group boundaries are marked
     struct Level {
         std::string name;
         double y;

@@ -247,6 +247,11 @@ std::vector<int> expertAxis(const std::vector<std::string>& labels) {
     return out;
 }
 
+// The row of decoder layer L in a per-layer array (L among `layers`: chooseLayer checked it).
+size_t rowOf(const std::vector<int>& layers, int L) {
+    return static_cast<size_t>(std::find(layers.begin(), layers.end(), L) - layers.begin());
+}
+
 std::vector<int> iota(int64_t n, int64_t first = 0) {
     std::vector<int> v(static_cast<size_t>(n));
     for (int64_t i = 0; i < n; ++i) v[static_cast<size_t>(i)] = static_cast<int>(first + i);
@@ -336,7 +341,7 @@ Figure routerVsWeights(const Session& s, const ViewRequest& req) {
     const auto layers = slope.layers();
     const auto cols = pairs.labels("columns");
     const size_t col = static_cast<size_t>(std::find(cols.begin(), cols.end(), matrix) - cols.begin());
-    const size_t li = static_cast<size_t>(std::find(layers.begin(), layers.end(), L) - layers.begin());
+    const size_t li = rowOf(layers, L);
     const auto fitCols = r2.labels("columns");  // gate, up, down; or gate, down for a GELU FFN
     const size_t nc = fitCols.size();
     const size_t mcol = static_cast<size_t>(std::find(fitCols.begin(), fitCols.end(), matrix) - fitCols.begin());
@@ -572,6 +577,7 @@ Figure diversity(const Session& s, const ViewRequest& req) {
     }
     const int last = static_cast<int>(s.model().numLayers) - 1;
     if (table.count(last)) p.markX.push_back(last);
+    p.markXLabel = "last layer";
     f.panels.push_back(std::move(p));
     return f;
 }
@@ -826,7 +832,7 @@ Figure expertLoad(const Session& s, const ViewRequest& req) {
          ent = needArray(s, id, "entropy", req.view);
     const auto layers = frac.layers();
     const int L = chooseLayer(s, req, layers, id);
-    const size_t li = static_cast<size_t>(std::find(layers.begin(), layers.end(), L) - layers.begin());
+    const size_t li = rowOf(layers, L);
     const int64_t E = frac.dim(1);
     const auto labels = frac.labels();
     Figure f;
@@ -836,6 +842,7 @@ Figure expertLoad(const Session& s, const ViewRequest& req) {
     bars.title = "layer " + std::to_string(L) + ": entropy " + shortNum(ent.v[li]) + " of " +
                  shortNum(ent.attr("max")) + " bits";
     bars.xLabel = "expert";
+    bars.xExperts = true;
     bars.yLabel = "share of routed tokens";
     Series b{"share", Series::Style::Bars};
     b.groups = static_cast<int>(E);
@@ -862,6 +869,153 @@ Figure expertLoad(const Session& s, const ViewRequest& req) {
     h.colExpert = iota(E);  // rows are layers
     h.valueLabel = "share";
     h.lo = 0;
+    f.panels = {bars, all};
+    return f;
+}
+
+// A per-layer [Lmoe, E] array's row of layer L as bars over the experts (x = expert id).
+Series expertBars(const std::string& name, const Data& d, size_t li, int64_t E) {
+    Series b{name, Series::Style::Bars};
+    for (int64_t e = 0; e < E; ++e) {
+        b.x.push_back(static_cast<double>(e));
+        b.y.push_back(d.v[li * static_cast<size_t>(E) + static_cast<size_t>(e)]);
+    }
+    return b;
+}
+
+// A per-layer [Lmoe, N] array as a layers x columns heatmap.
+Panel layerHeatmap(const Data& d, const std::vector<int>& layers, const std::string& xLabel,
+                   const std::string& valueLabel) {
+    Panel p;
+    p.xLabel = xLabel;
+    p.yLabel = "layer";
+    p.hasHeatmap = true;
+    HeatmapPanel& h = p.heatmap;
+    h.rows = static_cast<int64_t>(layers.size());
+    h.cols = d.dim(1);
+    h.values = d.v;
+    for (int l : layers) h.rowLabels.push_back(std::to_string(l));
+    h.colLabels = d.labels();
+    h.valueLabel = valueLabel;
+    return p;
+}
+
+Figure selectionBias(const Session& s, const ViewRequest& req) {
+    const auto [run, id] = chooseRunResult(s, req, "selection_bias");
+    const Result& r = s.result(id);
+    const bool hasBias = r.arrays.count("bias") > 0;
+    Data gained = needArray(s, id, "gained", req.view), lost = needArray(s, id, "lost", req.view);
+    const auto layers = gained.layers();
+    const int L = chooseLayer(s, req, layers, id);
+    const size_t li = rowOf(layers, L);
+    const int64_t E = gained.dim(1);
+    const auto labels = gained.labels();
+    Figure f;
+    f.view = req.view;
+    f.title = "Routing against the unbiased top-k, run " + run;
+    Panel moved;
+    moved.title = "layer " + std::to_string(L) + ": tokens each expert gains and loses against the unbiased top-k";
+    moved.xLabel = "expert";
+    moved.yLabel = "tokens";
+    moved.xExperts = true;
+    Series g = expertBars("gained (chosen, not in the unbiased top-k)", gained, li, E);
+    Series lo = expertBars("lost (in the unbiased top-k, not chosen)", lost, li, E);
+    for (double& y : lo.y) y = -y;  // below the axis
+    g.color = 2;
+    lo.color = 3;
+    moved.series = {g, lo};
+    moved.levels.push_back({"", 0.0});
+    for (int64_t e = 0; e < E; ++e)
+        moved.xTicks.push_back(e < static_cast<int64_t>(labels.size()) ? labels[e] : std::to_string(e));
+    f.csvHeader = {"expert", "gained", "lost"};
+    if (hasBias) {
+        Data bias = needArray(s, id, "bias", req.view);
+        f.csvHeader.push_back("bias");
+        Panel bars;
+        bars.title = "layer " + std::to_string(L) + ": correction bias (added to the scores to choose)";
+        bars.xLabel = "expert";
+        bars.yLabel = "bias";
+        bars.xExperts = true;
+        bars.xTicks = moved.xTicks;
+        bars.series.push_back(expertBars("bias", bias, li, E));
+        bars.levels.push_back({"", 0.0});
+        Panel all = layerHeatmap(bias, layers, "expert", "bias");
+        all.title = "correction bias, all layers";
+        all.heatmap.colormap = "spectral";
+        all.heatmap.colExpert = iota(E);
+        double m = 0;
+        for (double v : bias.v)
+            if (std::isfinite(v)) m = std::max(m, std::abs(v));
+        all.heatmap.lo = -m, all.heatmap.hi = m;  // centred on 0
+        f.panels = {bars, moved, all};
+        for (int64_t e = 0; e < E; ++e)
+            f.csvRows.push_back(
+                {moved.xTicks[e], gained.text(li * E + e), lost.text(li * E + e), bias.text(li * E + e)});
+    } else {
+        f.panels = {moved};
+        for (int64_t e = 0; e < E; ++e)
+            f.csvRows.push_back({moved.xTicks[e], gained.text(li * E + e), lost.text(li * E + e)});
+    }
+    return f;
+}
+
+Figure biasOverride(const Session& s, const ViewRequest& req) {
+    const auto [run, id] = chooseRunResult(s, req, "selection_bias");
+    Data share = needArray(s, id, "override_share", req.view), swapped = needArray(s, id, "mean_swapped", req.view);
+    const auto layers = share.layers();
+    const double K = swapped.attr("max");
+    Figure f;
+    f.view = req.view;
+    f.title = "How often the bias and the groups override the router, run " + run;
+    Panel a;
+    a.title = "tokens whose chosen experts differ from the unbiased top-k";
+    a.xLabel = "layer";
+    a.yLabel = "share of tokens";
+    Series s1{"chosen set differs", Series::Style::Line}, s2{"experts swapped / k", Series::Style::Line};
+    s2.dashed = true;
+    for (size_t i = 0; i < layers.size(); ++i) {
+        s1.x.push_back(layers[i]), s1.y.push_back(share.v[i]);
+        s2.x.push_back(layers[i]), s2.y.push_back(K > 0 ? swapped.v[i] / K : std::nan(""));
+        f.csvRows.push_back({std::to_string(layers[i]), share.text(i), swapped.text(i)});
+    }
+    a.series = {s1, s2};
+    a.levels.push_back({"never", 0.0});
+    f.csvHeader = {"layer", "override_share", "mean_swapped"};
+    f.panels = {a};
+    return f;
+}
+
+Figure groupLoad(const Session& s, const ViewRequest& req) {
+    const auto [run, id] = chooseRunResult(s, req, "selection_bias");
+    Data kept = needArray(s, id, "group_kept_share", req.view),
+         routed = needArray(s, id, "group_routed_share", req.view);
+    const auto layers = kept.layers();
+    const int L = chooseLayer(s, req, layers, id);
+    const size_t li = rowOf(layers, L);
+    const int64_t G = kept.dim(1);
+    Figure f;
+    f.view = req.view;
+    f.title = "Load per expert group, run " + run;
+    Panel bars;
+    bars.title = "layer " + std::to_string(L) + ": per group of experts";
+    bars.xLabel = "group";
+    bars.yLabel = "share";
+    Series k{"tokens keeping the group", Series::Style::Bars}, r{"routed slots in the group", Series::Style::Bars};
+    k.barWidth = r.barWidth = 0.4;
+    r.color = 1;
+    for (int64_t g = 0; g < G; ++g) {
+        k.x.push_back(static_cast<double>(g) - 0.2), k.y.push_back(kept.v[li * G + g]);
+        r.x.push_back(static_cast<double>(g) + 0.2), r.y.push_back(routed.v[li * G + g]);
+        bars.xTicks.push_back(std::to_string(g));
+        f.csvRows.push_back({std::to_string(g), kept.text(li * G + g), routed.text(li * G + g)});
+    }
+    bars.series = {k, r};
+    bars.levels.push_back({"uniform kept", kept.attr("chance")});
+    bars.levels.push_back({"uniform routed", routed.attr("chance")});
+    Panel all = layerHeatmap(routed, layers, "group", "share of routed slots");
+    all.title = "routed slots per group, all layers";
+    all.heatmap.lo = 0;
+    f.csvHeader = {"group", "group_kept_share", "group_routed_share"};
     f.panels = {bars, all};
     return f;
 }
@@ -1071,6 +1225,9 @@ const char* const kHintSlowStatic =
     "They appear here when the analyses have run. For experts wider than 2048 neurons this analysis is not run "
     "automatically (it is slow): expertscope-cli analyze CHECKPOINT --static S3,S7 --out SESSION.h5 adds it.";
 const char* const kHintPrompts = "Run prompts from the Prompts panel to fill it.";
+const char* const kHintBias =
+    "For routers with a correction bias or expert groups (DeepSeek-V2/V3, Kimi K2, GLM-4.5, MiniMax-M2, Mistral 4): "
+    "run prompts from the Prompts panel to fill it.";
 
 bool fillPerLayer(const Session& s, ViewInfo& v, const std::string& id, const std::string& suffix) {
     if (!s.hasResult(id)) return false;
@@ -1092,6 +1249,55 @@ bool fillRuns(const Session& s, ViewInfo& v, const std::string& prefix, const st
         return !v.layers.empty();
     }
     return true;
+}
+
+// Group-limited routing (the session's /model@expert_groups): a line between the groups on every
+// axis of the E routed experts in id order (heatmap rows and columns, bars per expert).
+void markExpertGroups(Figure& f, int64_t E, int64_t G) {
+    if (G <= 1 || E <= 0 || E % G != 0) return;
+    const int64_t size = E / G;
+    bool marked = false;
+    auto boundaries = [&](const std::vector<int>& experts, std::vector<int64_t>& seps) {
+        for (size_t i = 1; i < experts.size(); ++i) {
+            const int e = experts[i];
+            const auto at = static_cast<int64_t>(i);
+            if (e > 0 && e % size == 0 && experts[i - 1] == e - 1 &&
+                std::find(seps.begin(), seps.end(), at) == seps.end()) {
+                seps.push_back(at);
+                marked = true;
+            }
+        }
+    };
+    for (auto& p : f.panels) {
+        if (p.hasHeatmap) {
+            boundaries(p.heatmap.rowExpert, p.heatmap.rowSeparators);
+            boundaries(p.heatmap.colExpert, p.heatmap.colSeparators);
+        }
+        if (p.xExperts) {
+            for (int64_t g = 1; g < G; ++g) p.markX.push_back(static_cast<double>(g * size) - 0.5);
+            marked = true;
+        }
+    }
+    if (marked) f.title += ", lines between the " + std::to_string(G) + " expert groups";
+}
+
+// Runs with `prefix/RUN` holding the per-layer array `array` (rows: the layers of its `layers`
+// attribute); the view is per layer over the union of those layers.
+bool fillLayerRows(const Session& s, ViewInfo& v, const std::string& prefix, const std::string& array) {
+    v.runs.clear();
+    std::set<int> all;
+    for (auto& r : runsWith(s, prefix)) {
+        const Result& res = s.result(prefix + "/" + r);
+        auto it = res.arrays.find(array);
+        if (it == res.arrays.end()) continue;
+        v.runs.push_back(r);
+        auto at = it->second.attrs.find("layers");
+        if (at != it->second.attrs.end())
+            for (auto l : at->second.ints) all.insert(static_cast<int>(l));
+    }
+    v.perRun = v.perLayer = true;
+    v.layers.assign(all.begin(), all.end());
+    return !v.runs.empty();
 }
 
 const std::vector<ViewDef>& registry() {
@@ -1187,21 +1393,23 @@ const std::vector<ViewDef>& registry() {
                      },
                      false, "", kHintPrompts});
         d.push_back({"expert-load", "Expert load", "load", "share of routed tokens per expert, per layer", expertLoad,
-                     [](const Session& s, ViewInfo& v) {
-                         if (!fillRuns(s, v, "expert_load", "")) return false;
-                         v.perLayer = true;
-                         std::set<int> all;
-                         for (auto& r : v.runs) {
-                             auto it = s.result("expert_load/" + r).arrays.find("fractions");
-                             if (it == s.result("expert_load/" + r).arrays.end()) continue;
-                             auto at = it->second.attrs.find("layers");
-                             if (at != it->second.attrs.end())
-                                 for (auto l : at->second.ints) all.insert(static_cast<int>(l));
-                         }
-                         v.layers.assign(all.begin(), all.end());
-                         return true;
-                     },
+                     [](const Session& s, ViewInfo& v) { return fillLayerRows(s, v, "expert_load", "fractions"); },
                      false, "", kHintPrompts});
+        d.push_back({"selection-bias", "Selection bias", "bias",
+                     "per expert: the correction bias and the tokens each expert gains and loses against the "
+                     "unbiased top-k",
+                     selectionBias,
+                     [](const Session& s, ViewInfo& v) { return fillLayerRows(s, v, "selection_bias", "gained"); },
+                     false, "", kHintBias});
+        d.push_back({"bias-override", "Bias override", "bias",
+                     "per layer: how often the chosen experts differ from the unbiased top-k", biasOverride,
+                     [](const Session& s, ViewInfo& v) { return fillRuns(s, v, "selection_bias", ""); }, false, "",
+                     kHintBias});
+        d.push_back(
+            {"group-load", "Group load", "bias",
+             "group-limited routers: per group the tokens keeping it and the routed slots in it", groupLoad,
+             [](const Session& s, ViewInfo& v) { return fillLayerRows(s, v, "selection_bias", "group_kept_share"); },
+             false, "", kHintBias});
         d.push_back({"gate-activations", "Gate activations", "D3", "experts x neurons activations of one token",
                      gateActivations,
                      [](const Session& s, ViewInfo& v) {
@@ -1326,6 +1534,7 @@ Figure buildFigure(const Session& s, const ViewRequest& req) {
                 }() + ")");
             Figure f = d.build(s, req);
             if (req.kind == "attention") f.title = "Attention experts: " + f.title;
+            else markExpertGroups(f, s.model().numExperts, s.model().expertGroups);
             // the options every heatmap has; the title says what differs from a plain figure
             for (auto& p : f.panels) {
                 if (!p.hasHeatmap) continue;

@@ -147,10 +147,13 @@ private Q_SLOTS:
         QVERIFY(w.jobs()->waitForIdle(kJobTimeoutMs));
         QVERIFY2(w.lastError().isEmpty(), qPrintable(w.lastError()));
         // every view the session's results allow has its figure once the jobs are done (all but
-        // the EMoE views, which need an EMoE model)
+        // the EMoE views, which need an EMoE model, and the bias views, which need a router with a
+        // correction bias or expert groups)
         std::set<std::string> available;
         for (auto& v : availableViews(*w.session())) available.insert(v.name);
-        QCOMPARE(available.size(), allViewNames().size() - 2);
+        QCOMPARE(available.size(), allViewNames().size() - 5);
+        for (const char* v : {"modularity", "activation-blocks", "selection-bias", "bias-override", "group-load"})
+            QVERIFY2(!available.count(v), v);
         for (ViewPane* p : w.panes())
             for (auto& v : p->modeViews()) {
                 p->setMode(v);
@@ -202,7 +205,7 @@ private Q_SLOTS:
         for (auto& v : availableViews(*s)) available.insert(v.name);
         for (ViewPane* p : w.panes())
             for (auto& v : p->modeViews()) {
-                if (!available.count(v)) continue;  // the EMoE views
+                if (!available.count(v)) continue;  // the EMoE and bias views
                 p->setMode(v);
                 QVERIFY2(p->hasFigure(), qPrintable(QString::fromStdString(v)));
                 for (int l : p->layers()) {
@@ -391,7 +394,7 @@ private Q_SLOTS:
         QVERIFY2(w2.openSession(path), qPrintable(w2.lastError()));
         for (ViewPane* p : w2.panes()) {
             QCOMPARE(p->stateJson(), states[p->id()]);
-            QCOMPARE(p->hasFigure(), p->id() != "modularity");
+            QCOMPARE(p->hasFigure(), p->id() != "modularity" && p->id() != "bias");  // EMoE; bias or groups
         }
         QCOMPARE(static_cast<ViewPane*>(w2.tabs()->widget(0))->id(), QString("routing"));
         QCOMPARE(static_cast<ViewPane*>(w2.tabs()->currentWidget())->id(), QString("pca"));

@@ -107,3 +107,58 @@ def test_bias_analysis_refused_without_bias_or_groups(cli, build_fixture, tmp_pa
     h5py = require("h5py")
     with h5py.File(out, "r") as f:
         assert "selection_bias" not in f["analyses"] and "expert_load" in f["analyses"]
+
+
+def test_bias_views_show_the_stored_values(cli, build_fixture, tmp_path):
+    """The three bias views on DeepSeek-V3's session: each CSV is the stored arrays (read with
+    h5py), the images render, and a session without the analysis names what fills them."""
+    h5py = require("h5py")
+    import csv
+    per, _, _ = build_fixture("deepseek_v3_groups")
+    out = str(tmp_path / "s.h5")
+    trace(cli, per, out, "--run", "r")
+    run_cli(cli, "analyze", per, "--out", out, "--run", "r", "--static", "none", "--dynamic", "bias")
+    names = [v["name"] for v in json.loads(run_cli(cli, "export", out, "--list", "--json").stdout)]
+    assert {"selection-bias", "bias-override", "group-load"} <= set(names)
+
+    def table(view, *opts):
+        p = str(tmp_path / f"{view}.csv")
+        run_cli(cli, "export", out, "--view", view, *opts, "--out", p)
+        with open(p, newline="") as f:
+            rows = list(csv.reader(f))
+        return rows[0], rows[1:]
+
+    with h5py.File(out, "r") as f:
+        a = f["analyses/selection_bias/r"]
+        layers = list(a["gained"].attrs["layers"])
+        for i, l in enumerate(layers):
+            head, rows = table("selection-bias", "--layer", str(l))
+            assert head == ["expert", "gained", "lost", "bias"]
+            assert [int(r[1]) for r in rows] == list(a["gained"][i])
+            assert [int(r[2]) for r in rows] == list(a["lost"][i])
+            np.testing.assert_array_equal(np.array([np.float32(r[3]) for r in rows]), a["bias"][i])
+            head, rows = table("group-load", "--layer", str(l))
+            assert head == ["group", "group_kept_share", "group_routed_share"] and len(rows) == 4
+            np.testing.assert_array_equal(np.array([np.float32(r[1]) for r in rows]), a["group_kept_share"][i])
+            np.testing.assert_array_equal(np.array([np.float32(r[2]) for r in rows]), a["group_routed_share"][i])
+        head, rows = table("bias-override")
+        assert [int(r[0]) for r in rows] == layers
+        np.testing.assert_array_equal(np.array([np.float32(r[1]) for r in rows]), a["override_share"][:])
+        np.testing.assert_array_equal(np.array([np.float32(r[2]) for r in rows]), a["mean_swapped"][:])
+    for view in ("selection-bias", "bias-override", "group-load"):
+        png = str(tmp_path / f"{view}.png")
+        r = subprocess.run([cli, "export", out, "--view", view, "--out", png], capture_output=True, text=True,
+                           env=dict(os.environ, QT_QPA_PLATFORM="offscreen"))
+        if r.returncode == 0:  # the GUI build; the headless one exports CSV only
+            with open(png, "rb") as f:
+                assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    # MiniMax-M2: a bias without groups has no group view
+    per2, _, _ = build_fixture("minimax_m2_rotary_dim")
+    out2 = str(tmp_path / "m.h5")
+    trace(cli, per2, out2, "--run", "r")
+    run_cli(cli, "analyze", per2, "--out", out2, "--run", "r", "--static", "none", "--dynamic", "all")
+    names = [v["name"] for v in json.loads(run_cli(cli, "export", out2, "--list", "--json").stdout)]
+    assert "selection-bias" in names and "bias-override" in names and "group-load" not in names
+    r = subprocess.run([cli, "export", out2, "--view", "group-load", "--out", str(tmp_path / "g.csv")],
+                       capture_output=True, text=True)
+    assert r.returncode == 1 and "group_kept_share" in r.stderr

@@ -332,6 +332,40 @@ private Q_SLOTS:
             }
     }
 
+    // Group-limited routing: the demo's results in a session whose router keeps groups of 2
+    // experts; every expert axis gets a line between the groups, the figures say so and render,
+    // and the demo's own session (no groups) gets none
+    void groupBoundariesOnExpertAxes() {
+        Session demo = Session::open(session_.toStdString());
+        SessionModel m = demo.model();
+        m.expertGroups = 4;
+        m.groupsKept = 2;
+        Session g = Session::create(m);
+        for (auto& id : demo.resultIds()) g.putResult(id, demo.result(id));
+        ViewRequest sim;
+        sim.view = "weight-similarity";
+        sim.layer = 4;
+        Figure f = buildFigure(g, sim);
+        QVERIFY2(f.title.find("lines between the 4 expert groups") != std::string::npos, f.title.c_str());
+        const HeatmapPanel& h = f.panels.at(0).heatmap;
+        QCOMPARE(h.rowSeparators, (std::vector<int64_t>{2, 4, 6}));  // rows: experts 0-7, then SE / F
+        QCOMPARE(h.colSeparators, (std::vector<int64_t>{2, 4, 6}));
+        QVERIFY(buildFigure(demo, sim).panels.at(0).heatmap.rowSeparators.empty());
+        ViewRequest load;
+        load.view = "expert-load";
+        load.layer = 4;
+        Figure lf = buildFigure(g, load);
+        QCOMPARE(lf.panels.at(0).markX, (std::vector<double>{1.5, 3.5, 5.5}));
+        QVERIFY(lf.panels.at(0).markXLabel.empty());
+        QCOMPARE(lf.panels.at(1).heatmap.colSeparators, (std::vector<int64_t>{2, 4, 6}));
+        QVERIFY(lf.panels.at(1).heatmap.rowSeparators.empty());  // rows are layers
+        QVERIFY(buildFigure(demo, load).panels.at(0).markX.empty());
+        FigureView v;
+        v.resize(1200, 600);
+        v.setFigure(lf);
+        QVERIFY(v.grabImage().save(outDir() + "/figureview-groups.png"));
+    }
+
     // A million points render (as density) and every format exports
     void millionPointScatter() {
         Figure f;
