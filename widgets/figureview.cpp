@@ -258,6 +258,14 @@ void FigureView::rebuild() {
     auto* grid = new QCPLayoutGrid;
     plot_->plotLayout()->addElement(1, 0, grid);
     plot_->plotLayout()->setRowStretchFactor(0, 0.001);
+    // horizontal tick labels: at most what a panel's share of the width holds side by side
+    const int panelWidth = width() / std::max<int>(1, static_cast<int>(fig_.panels.size()));
+    auto fitTicks = [&](const std::vector<std::string>& labels, int maxTicks) {
+        size_t chars = 1;
+        for (auto& l : labels) chars = std::max(chars, l.size());
+        const int room = panelWidth > 0 ? panelWidth * 3 / 4 / (static_cast<int>(chars) * 7 + 12) : maxTicks;
+        return std::clamp(room, 2, maxTicks);
+    };
     int col = 0;
     for (size_t pi = 0; pi < fig_.panels.size(); ++pi) {
         const Panel& p = fig_.panels[pi];
@@ -296,7 +304,7 @@ void FigureView::rebuild() {
             ya->setRange(-0.5, static_cast<double>(h.rows) - 0.5);
             const bool tokens = h.tokenAxis;
             // long axes (neurons) get fewer labels, so that they do not run into each other
-            xa->setTicker(labelTicker(h.colLabels, tokens ? 80 : h.cols > 64 ? 10 : 24));
+            xa->setTicker(labelTicker(h.colLabels, tokens ? 80 : fitTicks(h.colLabels, h.cols > 64 ? 10 : 24)));
             ya->setTicker(labelTicker(h.rowLabels, 24));
             if (tokens || h.cols > 12) xa->setTickLabelRotation(tokens ? 90 : 0);
             xa->grid()->setVisible(false);
@@ -460,7 +468,7 @@ void FigureView::rebuild() {
             }
         }
         if (!p.xTicks.empty()) {
-            xa->setTicker(labelTicker(p.xTicks, p.xTicks.size() > 64 ? 12 : 32));
+            xa->setTicker(labelTicker(p.xTicks, fitTicks(p.xTicks, p.xTicks.size() > 64 ? 12 : 32)));
             xa->grid()->setVisible(false);
         }
         for (auto& lv : p.levels) {

@@ -192,7 +192,7 @@ inline std::pair<Tensor, Tensor> route(const RouterRule& r, const Tensor& logits
             Tensor keep = torch::zeros_like(groupScore, torch::kBool)
                               .scatter_(1, std::get<1>(groupScore.topk(r.topkGroups, -1)), true);
             choice = choice.masked_fill(keep.logical_not().unsqueeze(-1).expand({T, G, E / G}).reshape({T, E}),
-                                        -std::numeric_limits<float>::infinity());
+                                        r.groupMaskScore);
         }
         ids = std::get<1>(choice.topk(K, -1));
         wts = scores.gather(1, ids);

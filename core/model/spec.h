@@ -3,6 +3,7 @@
 // in: sizes, router rule, attention variant and options, and the table of tensor roles for the
 // on-disk layout found. The forward pass and every reader of weights read only this struct.
 #include <cstdint>
+#include <limits>
 #include <memory>
 #include <string>
 #include <nlohmann/json_fwd.hpp>
@@ -36,6 +37,9 @@ struct RouterRule {
     bool expertScale = false;            // Role::RouterExpertScale multiplies each chosen expert's weight
     int64_t groups = 1, topkGroups = 1;  // group-limited selection: keep the best topkGroups groups
     GroupScore groupScore = GroupScore::Max;
+    // what the experts of the groups not kept score in the top-k (Mistral 4: 0, where an
+    // underflowed score of a kept expert can tie with them; the others: -inf)
+    double groupMaskScore = -std::numeric_limits<double>::infinity();
     bool renormalize = true;            // top-k weights divided by their sum
     double renormEpsilon = 0.0;         // added to that sum (DeepSeek-V3: 1e-20)
     bool weightsInHiddenDtype = false;  // weights cast to the activation dtype before combining

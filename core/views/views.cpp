@@ -914,13 +914,13 @@ Figure selectionBias(const Session& s, const ViewRequest& req) {
     f.view = req.view;
     f.title = "Routing against the unbiased top-k, run " + run;
     Panel moved;
-    moved.title = "layer " + std::to_string(L) + ": tokens each expert gains and loses against the unbiased top-k";
+    moved.title = "layer " + std::to_string(L) + ": against the unbiased top-k";
     moved.xLabel = "expert";
-    moved.yLabel = "tokens";
+    moved.yLabel = "tokens gained (+) / lost (-)";
     moved.xExperts = true;
-    Series g = expertBars("gained (chosen, not in the unbiased top-k)", gained, li, E);
-    Series lo = expertBars("lost (in the unbiased top-k, not chosen)", lost, li, E);
-    for (double& y : lo.y) y = -y;  // below the axis
+    Series g = expertBars("gained", gained, li, E);  // chosen, not in the unbiased top-k
+    Series lo = expertBars("lost", lost, li, E);     // in the unbiased top-k, not chosen
+    for (double& y : lo.y) y = -y;                   // below the axis
     g.color = 2;
     lo.color = 3;
     moved.series = {g, lo};
@@ -932,7 +932,7 @@ Figure selectionBias(const Session& s, const ViewRequest& req) {
         Data bias = needArray(s, id, "bias", req.view);
         f.csvHeader.push_back("bias");
         Panel bars;
-        bars.title = "layer " + std::to_string(L) + ": correction bias (added to the scores to choose)";
+        bars.title = "layer " + std::to_string(L) + ": correction bias";
         bars.xLabel = "expert";
         bars.yLabel = "bias";
         bars.xExperts = true;

@@ -205,6 +205,20 @@ def model_from_config(config, seed=0, storage=None):
     return reinitialised(model, seed, storage)
 
 
+def hf_from_pretrained(path, dtype):
+    """transformers' model of a saved checkpoint in `dtype`, loaded as a user loads it (so that
+    _keep_in_fp32_modules_strict keeps DeepSeek-V3's correction bias in float32, which model.to(dtype)
+    would not)"""
+    with open(os.path.join(path, "config.json")) as f:
+        config = transformers.AutoConfig.for_model(**json.load(f))
+    name = type(config).__name__.replace("Config", "ForCausalLM")
+    cls = transformers.AutoModelForCausalLM if type(config) in transformers.AutoModelForCausalLM._model_mapping \
+        else getattr(transformers, name)
+    model = cls.from_pretrained(path, dtype=dtype, attn_implementation="sdpa")
+    model.eval()
+    return model
+
+
 def reinitialised(model, seed=0, storage=None):
     """`model` in eval mode with every parameter re-initialised (see the top)."""
     config = model.config
@@ -284,11 +298,16 @@ def reference(model, prompts=PROMPTS, device="cpu"):
             mistral4 = type(mod).__name__ == "Mistral4TopkRouter"
             G = getattr(mod, "num_group", 1) or 1
 
+            group_gap = None  # the margin of the last group kept over the first dropped: a near-tie there flips groups
+
             def groups_kept(choice, group_score):
                 """choice with the experts outside the topk_group best groups masked to -inf"""
+                nonlocal group_gap
                 if G == 1:
                     return choice
                 grp = group_score(choice.view(-1, G, choice.shape[-1] // G))
+                ranked = torch.sort(grp, dim=-1, descending=True).values
+                group_gap = ranked[:, mod.topk_group - 1] - ranked[:, mod.topk_group] if mod.topk_group < G else None
                 keep = torch.zeros_like(grp).scatter_(1, grp.topk(mod.topk_group, dim=-1)[1], 1.0)
                 return choice.masked_fill(keep.repeat_interleave(choice.shape[-1] // G, 1) == 0, float("-inf"))
 
@@ -309,6 +328,8 @@ def reference(model, prompts=PROMPTS, device="cpu"):
             srt = torch.sort(probs, dim=-1, descending=True).values
             k = idx.shape[-1]
             gap = (srt[:, k - 1] - srt[:, k]) if srt.shape[-1] > k else torch.full((srt.shape[0],), 1.0, device=srt.device)
+            if group_gap is not None:
+                gap = torch.minimum(gap, group_gap.to(gap.dtype))
             r = rec[layer]
             r["logits"].append(logits.float().cpu().numpy())
             r["ids"].append(idx.cpu().numpy().astype(np.int32))

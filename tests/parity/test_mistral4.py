@@ -60,9 +60,13 @@ def rope_edit(**changes):
 
 BAD = [
     (rope_edit(rope_type="default", type=None, factor=None), ["rope_parameters.rope_type", "needs YaRN"]),
+    (lambda c: c.update(rope_parameters={}), ["needs YaRN"]),  # an empty dict is not replaced by the default
     (rope_edit(llama_4_scaling_beta=None), ["rope_parameters.llama_4_scaling_beta", "missing"]),
     (rope_edit(llama_4_scaling_beta=-1.0), ["rope_parameters.llama_4_scaling_beta", "[0, 10]"]),
     (rope_edit(partial_rotary_factor=0.5), ["rope_parameters.partial_rotary_factor", "12 dims", "qk_rope_head_dim = 8"]),
+    # 4.x's rope_scaling replaces the dict the class fills in: no default factor, tables of head_dim
+    (lambda c: c.update(rope_scaling={k: v for k, v in c["rope_parameters"].items() if k != "partial_rotary_factor"}),
+     ["partial_rotary_factor", "24 dims"]),
     (lambda c: c.update(num_key_value_heads=2), ["num_key_value_heads", "latent"]),
     (lambda c: c.update(n_group=3), ["n_group", "equal groups"]),
     (lambda c: c.update(num_experts_per_tok=9), ["num_experts_per_tok", "groups kept"]),
@@ -74,3 +78,28 @@ def test_options_named(cli, build_fixture, tmp_path, i):
     edit, words = BAD[i]
     per, _, _ = build_fixture("mistral4_groups_temperature")
     assert_info_refuses(cli, fixtures.copy_checkpoint(per, str(tmp_path / "bad"), edit), words)
+
+
+def test_top_level_keys_as_transformers_reads_them(cli, tmp_path):
+    """A top-level original_max_position_embeddings (6) wins over the RoPE dict's (4) for YaRN and
+    the query temperature alike, and a top-level partial_rotary_factor is ignored (the class fills
+    in the dict's first): the trace matches transformers' model of that config."""
+    t = require("transformers")
+    h5py = require("h5py")
+    _, kw = fixtures.CONFIGS["mistral4_groups_temperature"]
+    cfg = dict(fixtures.BASE, **kw, original_max_position_embeddings=6, partial_rotary_factor=0.5)
+    model = fixtures.model_from_config(t.Mistral4Config(**cfg))
+    d = str(tmp_path / "ckpt")
+    model.save_pretrained(d)
+    with open(f"{d}/config.json") as f:
+        saved = json.load(f)
+    saved.update(original_max_position_embeddings=6, partial_rotary_factor=0.5)
+    saved["rope_parameters"]["original_max_position_embeddings"] = 4
+    with open(f"{d}/config.json", "w") as f:
+        json.dump(saved, f)
+    rope = json.loads(run_cli(cli, "info", d, "--json").stdout)["rope"]
+    assert rope["original_max_position_embeddings"] == 6 and rope["llama_4_scaling_positions"] == 6
+    out = str(tmp_path / "s.h5")
+    trace(cli, d, out, "--all-experts", "--save-logits", "--run", "r")
+    with h5py.File(out, "r") as f:
+        compare(f["runs/r"], fixtures.reference(model))

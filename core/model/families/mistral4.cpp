@@ -16,10 +16,11 @@ const Family& family_mistral4() {
             const int64_t nope = c.optInt("qk_nope_head_dim", 64), rope = c.optInt("qk_rope_head_dim", 64);
             positive(c, "qk_nope_head_dim", nope);
             positive(c, "qk_rope_head_dim", rope);
-            // transformers' RoPE when the config has none: YaRN x128 from 8192 positions with the
-            // query temperature
+            // transformers' RoPE when the config has no rope_parameters (an empty one is not
+            // replaced): YaRN x128 from 8192 positions with the query temperature
             nlohmann::json j = c.raw();
-            if (ropeDictKey(c).empty())
+            const bool defaults = !c.has("rope_parameters") && ropeDictKey(c).empty();
+            if (defaults)
                 j["rope_parameters"] = {{"type", "yarn"},
                                         {"rope_theta", 10000.0},
                                         {"factor", 128.0},
@@ -29,10 +30,14 @@ const Family& family_mistral4() {
                                         {"mscale_all_dim", 1.0},
                                         {"mscale", 1.0},
                                         {"llama_4_scaling_beta", 0.1}};
+            // head_dim is nope + rope and partial_rotary_factor sizes the rotary tables, which must
+            // be qk_rope_head_dim wide. The class sets rope_parameters' factor (default rope /
+            // head_dim) before reading the top-level key, which it then ignores; 4.x's rope_scaling
+            // replaces that dict and takes the top-level key, without a default
+            const bool params = defaults || ropeDictKey(c) == "rope_parameters";
+            if (params) j.erase("partial_rotary_factor");
             const Config cc(j, c.file());
-            // head_dim is nope + rope and partial_rotary_factor (default rope / head_dim) sizes the
-            // rotary tables, which must be qk_rope_head_dim wide
-            fillCommon(s, cc, {1e-6, 10000.0, false, double(rope) / double(nope + rope), 32});
+            fillCommon(s, cc, {1e-6, 10000.0, false, params ? double(rope) / double(nope + rope) : 1.0, 32});
             readMla(s, cc, {1024, 256, 64, 64, 128});
             AttentionSpec& a = s.attn;
             const JsonIn rp = cc.in()[ropeDictKey(cc)];
@@ -57,9 +62,8 @@ const Family& family_mistral4() {
             a.queryScaleBeta = rp.at("llama_4_scaling_beta").number();
             if (!(a.queryScaleBeta >= 0 && a.queryScaleBeta <= 10))
                 rp["llama_4_scaling_beta"].fail("must be in [0, 10]");
-            const std::string om = "original_max_position_embeddings";
-            if (!rp.has(om)) rp[om].fail("missing: the query temperature's positions");
-            a.queryScalePositions = rp.at(om).integer(1, int64_t(1) << 40);
+            // its positions: YaRN's pretraining length, as the class reads it after the RoPE setup
+            a.queryScalePositions = a.yarn.originalMaxPositions;
             deepseekLayers(s, cc, {0, 12288, 1});
             RouterRule& r = s.router;
             r.scoring = RouterRule::Scoring::Softmax;
@@ -67,6 +71,7 @@ const Family& family_mistral4() {
             expertGroups(s, cc, 1, 1, RouterRule::GroupScore::SumTop2);
             r.renormalize = cc.optBool("norm_topk_prob", true);
             r.renormEpsilon = 1e-20;
+            r.groupMaskScore = 0.0;  // the dropped groups' experts score 0, not -inf
             r.scale = cc.optDouble("routed_scaling_factor", 1.0);
         },
         hfDeepseekModel,
