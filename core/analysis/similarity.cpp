@@ -54,8 +54,7 @@ ScaleGrid ScaleGrid::of(const TensorView& w, const TensorView& sc, int64_t block
     const int64_t C = w.shape.back();
     g.s.resize(static_cast<size_t>(sc.numel()));
     if (sc.dtype == DType::F8_E8M0)
-        for (size_t i = 0; i < g.s.size(); ++i)
-            g.s[i] = sc.data[i] == 255 ? std::numeric_limits<float>::quiet_NaN() : std::ldexp(1.f, sc.data[i] - 127);
+        for (size_t i = 0; i < g.s.size(); ++i) g.s[i] = e8m0ToFloat(sc.data[i]);
     else toFloats(sc.data, sc.dtype, sc.numel(), g.s.data());
     if (blockRows <= 0) {  // one scale: the whole tensor is one block
         g.rows = g.blockRows = w.numel() / std::max<int64_t>(1, C);

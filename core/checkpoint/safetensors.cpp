@@ -7,6 +7,8 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cmath>
+#include <limits>
 #include <cstring>
 #include <nlohmann/json.hpp>
 
@@ -35,6 +37,10 @@ const char* dtypeName(DType d) {
             return "F8_E8M0";
     }
     return "?";
+}
+
+float e8m0ToFloat(uint8_t e) {
+    return e == 255 ? std::numeric_limits<float>::quiet_NaN() : std::ldexp(1.f, static_cast<int>(e) - 127);
 }
 
 size_t dtypeSize(DType d) {

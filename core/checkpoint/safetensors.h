@@ -16,6 +16,9 @@ namespace es {
 enum class DType { F32, F16, BF16, I64, F8_E4M3, F8_E8M0 };
 const char* dtypeName(DType d);
 size_t dtypeSize(DType d);
+// An F8_E8M0 scale byte (OCP MX): 2^(e - 127), 255 being NaN. The one decoding of these scales,
+// for the forward's dequantization and the static analyses' tile kernel alike.
+float e8m0ToFloat(uint8_t e);
 
 struct TensorView {
     std::string name;

@@ -247,10 +247,15 @@ struct Model::Impl {
         }
         return (w * sc).to(dtype);
     }
-    // E8M0 scales: 2^(e - 127), 255 being NaN (OCP MX formats).
+    // E8M0 scales through the checkpoint's one decoding (e8m0ToFloat), as a 256-entry table.
     static Tensor fp8Scale(const Tensor& e) {
-        Tensor f = torch::exp2(e.to(torch::kFloat) - 127.0f);
-        return f.masked_fill(e == 255, std::numeric_limits<float>::quiet_NaN());
+        static const std::vector<float> table = [] {
+            std::vector<float> t(256);
+            for (int i = 0; i < 256; ++i) t[static_cast<size_t>(i)] = e8m0ToFloat(static_cast<uint8_t>(i));
+            return t;
+        }();
+        Tensor lut = torch::from_blob(const_cast<float*>(table.data()), {256}, torch::kFloat).to(e.device());
+        return lut.index_select(0, e.to(torch::kLong).reshape(-1)).view(e.sizes());
     }
     // Weights holding NaN or Inf (in the file, or from converting to a narrower dtype) are
     // warned about once per tensor: weightWarnings, copied into each run.

@@ -111,3 +111,22 @@ def test_fp8_bad_input_is_named(cli, fp8, tmp_path, case):
         assert r.returncode == 1, (case, args[0], r.stdout, r.stderr)
         for w in words:
             assert w in r.stderr, (case, w, r.stderr)
+
+
+def test_e8m0_nan_scale_is_warned(cli, fp8, tmp_path):
+    """An E8M0 scale byte of 255 is NaN (OCP MX): the weight it scales dequantizes to NaN in that
+    block, and the run warns naming the tensor instead of reading the NaN as data silently."""
+    torch = require("torch")
+    ckpt, _ = fp8("mixtral_fp8_e8m0_scales")
+    name = "model.layers.0.self_attn.q_proj.weight"
+
+    def poison(sd):
+        assert sd[name + "_scale_inv"].dtype == torch.float8_e8m0fnu
+        sd[name + "_scale_inv"].view(torch.uint8)[0, 0] = 255
+
+    d = fixtures.copy_checkpoint(ckpt, str(tmp_path / "nan"), sd_fn=poison)
+    out = str(tmp_path / "s.h5")
+    r = run_cli(cli, "trace", d, "--out", out, "--token-ids", "1,2,3,4", "--run", "r")
+    assert f"warning: tensor '{name}'" in r.stderr, r.stderr
+    runs = json.loads(run_cli(cli, "session", out, "--json").stdout)["runs"]
+    assert any(name in w for w in runs[0]["warnings"])
