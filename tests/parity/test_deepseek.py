@@ -12,7 +12,7 @@ import pytest
 
 from conftest import assert_info_refuses, require, run_cli
 import fixtures
-from test_parity import trace
+from test_parity import compare, trace
 
 
 def test_mtp_layer_left_out(cli, build_fixture, tmp_path):
@@ -127,6 +127,43 @@ def test_dynamic_and_static_analyses_run(cli, build_fixture, tmp_path, name, exp
         counts = a["norm_score_ranks/r/layers/1/rank_counts"][:]
         assert counts.sum() == 38 * E
         assert a["weight_similarity/layers/2/gate"].shape == (s1, s1)
+
+
+def test_every_analysis_at_256_experts(cli, tmp_path):
+    """DeepSeek-V3's own router shape (256 experts in 8 groups, 4 kept, top-8, a shared expert) on
+    a tiny model: the trace matches transformers, and every static and dynamic analysis runs and
+    keeps its shapes (S1-S7 on 256 routed experts plus SE; D1-D4, load, bias)."""
+    t = require("transformers")
+    h5py = require("h5py")
+    cfg = t.DeepseekV3Config(vocab_size=97, hidden_size=64, num_hidden_layers=2, max_position_embeddings=256,
+                             rms_norm_eps=1e-6, num_attention_heads=4, num_key_value_heads=4, n_routed_experts=256,
+                             num_experts_per_tok=8, moe_intermediate_size=8, intermediate_size=80, n_shared_experts=1,
+                             n_group=8, topk_group=4, first_k_dense_replace=1, q_lora_rank=40, kv_lora_rank=32,
+                             qk_nope_head_dim=16, qk_rope_head_dim=8, v_head_dim=12, routed_scaling_factor=2.5,
+                             norm_topk_prob=True)
+    model = fixtures.model_from_config(cfg)
+    d = str(tmp_path / "ckpt")
+    model.save_pretrained(d)
+    out = str(tmp_path / "s.h5")
+    trace(cli, d, out, "--all-experts", "--save-logits", "--run", "r")
+    with h5py.File(out, "r") as f:
+        compare(f["runs/r"], fixtures.reference(model))
+    run_cli(cli, "analyze", d, "--out", out, "--run", "r", "--static", "all", "--dynamic", "all")
+    E, T = 256, sum(len(p) for p in fixtures.PROMPTS)
+    with h5py.File(out, "r") as f:
+        a = f["analyses"]
+        for m in ("gate", "up", "down"):
+            assert a[f"weight_similarity/layers/1/{m}"].shape == (E + 1, E + 1)  # + SE (as wide as one expert)
+            assert a[f"neuron_reordering/layers/1/{m}"].shape == (E + 1, E + 1)
+        assert a["router_similarity/layers/1/router"].shape == (E, E)
+        assert a["router_weight_regression/layers/1/pairs"].shape == (E * (E - 1) // 2, 4)
+        assert a["matrix_pca/layers/1/gate"].shape[0] == E + 1
+        assert a["output_similarity/r/layers/1/cosine"].shape == (E + 1, E + 1)
+        assert a["norm_score_ranks/r/layers/1/rank_counts"][:].sum() == T * E
+        assert a["routing_map/r/layers/1/weights"].shape == (E, T)
+        assert a["expert_load/r/counts"][:].sum() == T * 8
+        assert a["selection_bias/r/gained"].shape == (1, E) and a["selection_bias/r/group_kept_share"].shape == (1, 8)
+        np.testing.assert_allclose(a["selection_bias/r/group_kept_share"][:].sum(), 4.0, atol=1e-5)
 
 
 def test_dots1_sliding_layers_from_the_window_keys(cli, build_fixture, tmp_path):
