@@ -168,31 +168,50 @@ inline Tensor everyExpertOutput(const std::vector<Ffn>& experts, const Tensor& x
     return out.view({n, rows, d});
 }
 
+// The router's scores over every expert, before any selection bias or group restriction: softmax
+// or sigmoid of the logits (EMoE's avg-k: the logits), in float32 unless the rule keeps them in
+// the activations' dtype.
+inline Tensor routerScores(const RouterRule& r, const Tensor& logits, torch::ScalarType hidden) {
+    Tensor lf = logits.to(r.scoresInHiddenDtype ? hidden : torch::kFloat);
+    return r.scoring == RouterRule::Scoring::Softmax   ? lf.softmax(-1)
+           : r.scoring == RouterRule::Scoring::Sigmoid ? lf.sigmoid()
+                                                       : lf;
+}
+
+// The scores the experts are chosen by: the router's plus the selection bias where the rule has one.
+inline Tensor selectionScores(const RouterRule& r, const Tensor& scores, const Tensor& selectionBias) {
+    return r.selectionBias ? scores + selectionBias.to(torch::kFloat) : scores;
+}
+
+// Group-limited routing: the topkGroups groups each token keeps [T, G] (bool), ranked by the
+// rule's group score of `choice` (its best expert, or the sum of its two best).
+inline Tensor keptGroups(const RouterRule& r, const Tensor& choice) {
+    const int64_t T = choice.size(0), E = choice.size(1), G = r.groups;
+    Tensor grouped = choice.view({T, G, E / G});
+    Tensor groupScore = r.groupScore == RouterRule::GroupScore::Max ? std::get<0>(grouped.max(-1))
+                                                                    : std::get<0>(grouped.topk(2, -1)).sum(-1);
+    return torch::zeros_like(groupScore, torch::kBool)
+        .scatter_(1, std::get<1>(groupScore.topk(r.topkGroups, -1)), true);
+}
+
 // Router logits -> (combine weights, chosen experts) by the family's rule (spec.h's RouterRule):
 // scores, selection (bias, groups, top-k), weights from the unbiased scores, in float32 unless
 // the rule keeps the scores or casts the weights in the activations' dtype. Chosen experts in descending order of their
 // selection score.
 inline std::pair<Tensor, Tensor> route(const RouterRule& r, const Tensor& logits, int64_t K, torch::ScalarType hidden,
                                        const RouterExtras& extra = {}) {
-    Tensor lf = logits.to(r.scoresInHiddenDtype ? hidden : torch::kFloat);
     Tensor wts, ids;
     if (r.topkBeforeSoftmax) {
-        std::tie(wts, ids) = lf.topk(K, -1);
+        std::tie(wts, ids) = logits.to(r.scoresInHiddenDtype ? hidden : torch::kFloat).topk(K, -1);
         wts = wts.softmax(-1);
     } else {
-        Tensor scores = r.scoring == RouterRule::Scoring::Softmax   ? lf.softmax(-1)
-                        : r.scoring == RouterRule::Scoring::Sigmoid ? lf.sigmoid()
-                                                                    : lf;
-        Tensor choice = r.selectionBias ? scores + extra.selectionBias.to(torch::kFloat) : scores;
+        Tensor scores = routerScores(r, logits, hidden);
+        Tensor choice = selectionScores(r, scores, extra.selectionBias);
         if (r.groups > 1) {
             const int64_t T = choice.size(0), E = choice.size(1), G = r.groups;
-            Tensor grouped = choice.view({T, G, E / G});
-            Tensor groupScore = r.groupScore == RouterRule::GroupScore::Max ? std::get<0>(grouped.max(-1))
-                                                                            : std::get<0>(grouped.topk(2, -1)).sum(-1);
-            Tensor keep = torch::zeros_like(groupScore, torch::kBool)
-                              .scatter_(1, std::get<1>(groupScore.topk(r.topkGroups, -1)), true);
-            choice = choice.masked_fill(keep.logical_not().unsqueeze(-1).expand({T, G, E / G}).reshape({T, E}),
-                                        r.groupMaskScore);
+            choice = choice.masked_fill(
+                keptGroups(r, choice).logical_not().unsqueeze(-1).expand({T, G, E / G}).reshape({T, E}),
+                r.groupMaskScore);
         }
         ids = std::get<1>(choice.topk(K, -1));
         wts = scores.gather(1, ids);

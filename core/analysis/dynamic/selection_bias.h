@@ -19,9 +19,8 @@ public:
         const RouterRule& r = *k_.rule;
         const int64_t E = k_.experts, K = k_.topK, Tp = t.routing.ids.size(0);
         Acc& a = acc_[t.layer];
-        // the scores as route() computes them (model_impl.h), before the bias and the groups
-        Tensor lf = t.routing.logits.to(r.scoresInHiddenDtype ? t.x.scalar_type() : torch::kFloat);
-        Tensor scores = r.scoring == RouterRule::Scoring::Softmax ? lf.softmax(-1) : lf.sigmoid();
+        // the scores and the groups kept as route() computes them (model_impl.h)
+        Tensor scores = routerScores(r, t.routing.logits, t.x.scalar_type());
         auto members = [&](const Tensor& ids) {
             return torch::zeros({Tp, E}, ids.options().dtype(torch::kBool)).scatter_(1, ids, true);
         };
@@ -32,18 +31,11 @@ public:
         a.swaps += gained.sum().item<int64_t>();
         add(a.gained, gained.sum(0).to(torch::kLong));
         add(a.lost, lost.sum(0).to(torch::kLong));
-        Tensor bias;
-        if (r.selectionBias) {
-            bias = t.weights.routerExtras.selectionBias.to(torch::kFloat);
-            if (!a.bias.defined()) a.bias = bias.to(torch::kCPU);
-        }
+        const Tensor bias = r.selectionBias ? t.weights.routerExtras.selectionBias : Tensor();
+        if (bias.defined() && !a.bias.defined()) a.bias = bias.to(torch::kFloat).to(torch::kCPU);
         if (r.groups > 1) {
             const int64_t G = r.groups;
-            Tensor choice = (bias.defined() ? scores.to(torch::kFloat) + bias : scores).view({Tp, G, E / G});
-            Tensor score = r.groupScore == RouterRule::GroupScore::Max ? std::get<0>(choice.max(-1))
-                                                                       : std::get<0>(choice.topk(2, -1)).sum(-1);
-            Tensor kept =
-                torch::zeros({Tp, G}, inK.options()).scatter_(1, std::get<1>(score.topk(r.topkGroups, -1)), true);
+            Tensor kept = keptGroups(r, selectionScores(r, scores, bias));
             add(a.keptGroups, kept.sum(0).to(torch::kLong));
             add(a.routedGroups, inK.view({Tp, G, E / G}).sum({0, 2}).to(torch::kLong));
         }
