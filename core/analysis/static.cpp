@@ -72,7 +72,8 @@ LayerMats layerMats(const Checkpoint& ck, const ModelSpec& s, const Reference* r
         if (t.dtype == DType::F8_E4M3 && !L.scales.count(&t)) {  // the spec checked the scale and its grid
             const Quantization& q = (&c == &ck ? s : *ref->spec).quant;
             const TensorView& sc = c.get(Quantization::scaleName(name));
-            L.scales.emplace(&t, ScaleGrid::of(t, sc, q.blockRows, q.blockCols));
+            const auto [br, bc] = q.blockOf(t.shape, sc.shape);
+            L.scales.emplace(&t, ScaleGrid::of(t, sc, br, bc));
             L.tensors.push_back(&sc);
         }
         return t;

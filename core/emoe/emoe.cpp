@@ -354,6 +354,10 @@ std::vector<EmoeLayerReport> convertToEmoe(const std::string& dense, const std::
     auto ckpt = Checkpoint::open(dense);
     const ModelSpec spec = ModelSpec::fromCheckpoint(*ckpt);
     const std::string cfgFile = ckpt->configPath();
+    if (!spec.textModelType.empty())
+        throw Error("EMoE converts a dense language model on its own, not the text model inside a " + spec.modelType +
+                        " checkpoint",
+                    cfgFile, "model_type");
     if (spec.family != "llama" && spec.family != "mistral" && spec.family != "qwen2" && spec.family != "bert")
         throw Error("EMoE converts dense Llama, Mistral, Qwen2 or BERT models, not '" + spec.modelType + "'", cfgFile,
                     "model_type");

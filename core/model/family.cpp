@@ -11,34 +11,34 @@ using nlohmann::json;
 // ---- Config ----
 
 int64_t Config::requiredInt(const std::string& k) const {
-    if (!has(k)) throw Error("missing required key", file_, k);
+    if (!has(k)) fail(k, "missing required key");
     return asInt(k);
 }
 int64_t Config::asInt(const std::string& k) const {
-    if (!j_[k].is_number_integer()) throw Error("expected an integer", file_, k);
+    if (!j_[k].is_number_integer()) fail(k, "expected an integer");
     return j_[k].get<int64_t>();
 }
 double Config::optDouble(const std::string& k, double def) const {
     if (!has(k)) return def;
-    if (!j_[k].is_number()) throw Error("expected a number", file_, k);
+    if (!j_[k].is_number()) fail(k, "expected a number");
     return j_[k].get<double>();
 }
 bool Config::optBool(const std::string& k, bool def) const {
     if (!has(k)) return def;
-    if (!j_[k].is_boolean()) throw Error("expected true or false", file_, k);
+    if (!j_[k].is_boolean()) fail(k, "expected true or false");
     return j_[k].get<bool>();
 }
 std::string Config::optString(const std::string& k, const std::string& def) const {
     if (!has(k)) return def;
-    if (!j_[k].is_string()) throw Error("expected a string", file_, k);
+    if (!j_[k].is_string()) fail(k, "expected a string");
     return j_[k].get<std::string>();
 }
 std::vector<int64_t> Config::optIntList(const std::string& k) const {
     std::vector<int64_t> v;
     if (!has(k)) return v;
-    if (!j_[k].is_array()) throw Error("expected a list of integers", file_, k);
+    if (!j_[k].is_array()) fail(k, "expected a list of integers");
     for (auto& x : j_[k]) {
-        if (!x.is_number_integer()) throw Error("expected a list of integers", file_, k);
+        if (!x.is_number_integer()) fail(k, "expected a list of integers");
         v.push_back(x.get<int64_t>());
     }
     return v;
@@ -46,9 +46,9 @@ std::vector<int64_t> Config::optIntList(const std::string& k) const {
 std::vector<std::string> Config::optStringList(const std::string& k) const {
     std::vector<std::string> v;
     if (!has(k)) return v;
-    if (!j_[k].is_array()) throw Error("expected a list of strings", file_, k);
+    if (!j_[k].is_array()) fail(k, "expected a list of strings");
     for (auto& x : j_[k]) {
-        if (!x.is_string()) throw Error("expected a list of strings", file_, k);
+        if (!x.is_string()) fail(k, "expected a list of strings");
         v.push_back(x.get<std::string>());
     }
     return v;
@@ -74,6 +74,50 @@ const Family* familyFor(const std::string& modelType) {
         for (auto& t : f->modelTypes)
             if (t == modelType) return f;
     return nullptr;
+}
+
+Family containerFamily(std::string name, std::vector<std::string> modelTypes, std::vector<ContainerLayout> layouts,
+                       std::vector<std::string> leftOut, std::string why) {
+    auto configure = [](ModelSpec& s, const Config& c) {
+        const JsonIn tc = c.in()["text_config"];
+        if (!tc.isObject()) tc.fail("missing or not an object: the language model of a " + s.modelType + " checkpoint");
+        const Config t(tc.raw(), c.file(), c.key("text_config"));
+        if (!t.has("model_type")) t.fail("model_type", "missing required key");
+        const std::string type = t.optString("model_type", "");
+        const Family* f = familyFor(type);
+        if (!f || f->container) {
+            std::string list;
+            for (const Family* g : allFamilies())
+                if (!g->container)
+                    for (auto& m : g->modelTypes) list += (list.empty() ? "" : ", ") + m;
+            t.fail("model_type", "unknown language model '" + type + "' (supported: " + list + ")");
+        }
+        const std::string outer = s.modelType;
+        s.modelType = type;  // the family's own messages name its model_type
+        s.textModelType = type;
+        s.family = f->name;
+        f->configure(s, t);
+        s.modelType = outer;
+    };
+    auto tensors = [layouts, leftOut, why](ModelSpec& s, const TensorProbe& has) {
+        const ContainerLayout* l = &layouts.front();
+        for (auto& c : layouts)
+            if (has(c.model + "embed_tokens.weight")) {
+                l = &c;
+                break;
+            }
+        auto moved = [l](const std::string& n) {
+            if (n.rfind("model.", 0) == 0) return l->model + n.substr(6);
+            if (n.rfind("lm_head.", 0) == 0) return l->lmHead + n.substr(8);
+            return n;
+        };
+        const size_t t0 = s.tensors.size(), k0 = s.skipped.size();
+        familyFor(s.textModelType)->tensors(s, [&](const std::string& n) { return has(moved(n)); });
+        for (size_t i = t0; i < s.tensors.size(); ++i) s.tensors[i].name = moved(s.tensors[i].name);
+        for (size_t i = k0; i < s.skipped.size(); ++i) s.skipped[i].name = moved(s.skipped[i].name);
+        for (auto& p : leftOut) s.skipped.push_back({p, true, why});
+    };
+    return Family{std::move(name), std::move(modelTypes), configure, tensors, true};
 }
 
 // ---- config helpers ----

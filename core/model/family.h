@@ -20,7 +20,10 @@ namespace es {
 // Typed access to config.json with errors that name the file and the key.
 class Config {
 public:
-    Config(const nlohmann::json& j, std::string file) : j_(j), file_(std::move(file)) {}
+    // `path`: where this object sits in the file ("text_config" for the language model of a
+    // multimodal checkpoint); errors name the key under it
+    Config(const nlohmann::json& j, std::string file, std::string path = {})
+        : j_(j), file_(std::move(file)), path_(std::move(path)) {}
     bool has(const std::string& k) const { return j_.contains(k) && !j_[k].is_null(); }
     int64_t requiredInt(const std::string& k) const;
     int64_t optInt(const std::string& k, int64_t def) const { return has(k) ? asInt(k) : def; }
@@ -30,14 +33,16 @@ public:
     std::vector<int64_t> optIntList(const std::string& k) const;
     std::vector<std::string> optStringList(const std::string& k) const;
     const nlohmann::json& raw() const { return j_; }
-    JsonIn in() const { return JsonIn(j_, file_); }  // nested objects, errors naming the key path
+    JsonIn in() const { return JsonIn(j_, file_, path_); }  // nested objects, errors naming the key path
     const std::string& file() const { return file_; }
-    [[noreturn]] void fail(const std::string& k, const std::string& msg) const { throw Error(msg, file_, k); }
+    const std::string& path() const { return path_; }
+    std::string key(const std::string& k) const { return path_.empty() ? k : path_ + "." + k; }
+    [[noreturn]] void fail(const std::string& k, const std::string& msg) const { throw Error(msg, file_, key(k)); }
 
 private:
     int64_t asInt(const std::string& k) const;
     const nlohmann::json& j_;
-    std::string file_;
+    std::string file_, path_;
 };
 
 // Does the checkpoint hold a tensor of this name? (Always false when a spec is built from a
@@ -51,10 +56,23 @@ struct Family {
     std::function<void(ModelSpec& s, const Config& c)> configure;
     // the tensor table for the layout on disk
     std::function<void(ModelSpec& s, const TensorProbe& has)> tensors;
+    bool container = false;  // a multimodal checkpoint around a language model (containerFamily)
 };
 
 const std::vector<const Family*>& allFamilies();
 const Family* familyFor(const std::string& modelType);
+
+// A multimodal checkpoint whose language model is one of the families here (Mistral Small 4:
+// mistral3 around a mistral4 text_config). Its text_config is configured by the family of its
+// model_type (errors name "text_config.KEY"), and that family's tensor names are moved under the
+// container's prefixes: "model." -> layout.model, "lm_head." -> layout.lmHead, the first layout
+// whose embeddings the checkpoint holds (without a checkpoint, the first). The other towers
+// (leftOut prefixes) are recognised and left out, named by info.
+struct ContainerLayout {
+    std::string model, lmHead;
+};
+Family containerFamily(std::string name, std::vector<std::string> modelTypes, std::vector<ContainerLayout> layouts,
+                       std::vector<std::string> leftOut, std::string why);
 
 // ---- config helpers shared by families (transformers' conventions) ----
 

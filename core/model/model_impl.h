@@ -254,13 +254,10 @@ struct Model::Impl {
         Tensor sc = viewOf(sv).to(device);
         sc = sv.dtype == DType::F8_E8M0 ? fp8Scale(sc) : sc.to(torch::kFloat);
         Tensor w = w8.to(device).to(torch::kFloat);
-        const Quantization& q = spec.quant;
-        if (q.blockwise()) {
+        const auto [br, bc] = spec.quant.blockOf(w.sizes().vec(), sv.shape);
+        if (br > 0) {
             const int64_t R = w.size(-2), C = w.size(-1);
-            sc = sc.repeat_interleave(q.blockRows, -2)
-                     .narrow(-2, 0, R)
-                     .repeat_interleave(q.blockCols, -1)
-                     .narrow(-1, 0, C);
+            sc = sc.repeat_interleave(br, -2).narrow(-2, 0, R).repeat_interleave(bc, -1).narrow(-1, 0, C);
         } else {
             sc = sc.reshape({});
         }

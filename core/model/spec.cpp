@@ -242,6 +242,10 @@ Quantization quantization(const Config& c) {
     if (q.method != "fp8")
         qc.at("quant_method")
             .fail("quant_method '" + q.method + "' is not supported (supported: fp8, block-scaled F8_E4M3 weights)");
+    q.activationScheme = qc.str("activation_scheme", "");
+    if (!q.activationScheme.empty() && q.activationScheme != "dynamic" && q.activationScheme != "static")
+        qc.at("activation_scheme")
+            .fail("activation_scheme '" + q.activationScheme + "' is not supported (supported: dynamic, static)");
     const JsonIn fmt = qc["fmt"];
     // "e4m3" (DeepSeek-V3, Qwen3-FP8) or torch's name of the same type (MiniMax-M2)
     if (!fmt.isNull() && fmt.str() != "e4m3" && fmt.str() != "float8_e4m3fn")
@@ -270,6 +274,8 @@ ModelSpec configured(const Config& c, const Family*& fam) {
     s.family = fam->name;
     fam->configure(s, c);
     s.quant = quantization(c);
+    if (s.quant.method.empty() && !s.textModelType.empty())  // a container's text model quantized alone
+        s.quant = quantization(Config(c.raw().at("text_config"), c.file(), "text_config"));
     return s;
 }
 
@@ -308,6 +314,20 @@ ModelSpec ModelSpec::fromConfig(const json& j, const std::string& file) {
     return s;
 }
 
+std::pair<int64_t, int64_t> Quantization::blockOf(const std::vector<int64_t>& w, const std::vector<int64_t>& sc) const {
+    if (blockwise()) return {blockRows, blockCols};
+    if (sc.size() < 2 || sc.size() != w.size()) return {0, 0};  // one scale
+    const size_t n = w.size();
+    return {w[n - 2] / sc[n - 2], w[n - 1] / sc[n - 1]};
+}
+
+std::string Quantization::activationScaleName(const std::string& w) {
+    const std::string leaf = ".weight";
+    if (w.size() > leaf.size() && w.compare(w.size() - leaf.size(), leaf.size(), leaf) == 0)
+        return w.substr(0, w.size() - leaf.size()) + ".activation_scale";
+    return w + "_activation_scale";
+}
+
 std::vector<int64_t> Quantization::scaleShape(const std::vector<int64_t>& w) const {
     if (!blockwise()) return {};
     std::vector<int64_t> g = w;
@@ -335,14 +355,38 @@ void checkScale(const Checkpoint& ckpt, const ModelSpec& s, const TensorView& w)
                     name);
     const std::vector<int64_t> grid = s.quant.scaleShape(w.shape);
     const bool scalar = !s.quant.blockwise() && sc->numel() == 1 && sc->shape.size() <= 1;
-    if (!scalar && sc->shape != grid) {
-        std::string why = s.quant.blockwise()
-                              ? "the grid of " + std::to_string(s.quant.blockRows) + " x " +
-                                    std::to_string(s.quant.blockCols) + " blocks (weight_block_size) over " +
-                                    shapeStr(w.shape) + " is " + shapeStr(grid)
-                              : "without a weight_block_size the scale is one value";
-        throw Error("scale shape " + shapeStr(sc->shape) + " does not match: " + why, sc->file, name);
+    if (!scalar && !s.quant.blockwise()) {  // a grid tiling each matrix evenly
+        const size_t n = w.shape.size();
+        bool tiles = sc->shape.size() == n && std::equal(w.shape.begin(), w.shape.end() - 2, sc->shape.begin());
+        for (size_t i = n - 2; tiles && i < n; ++i) tiles = sc->shape[i] > 0 && w.shape[i] % sc->shape[i] == 0;
+        if (!tiles)
+            throw Error("scale shape " + shapeStr(sc->shape) + " does not match " + shapeStr(w.shape) +
+                            ": without a weight_block_size the scale is one value, or a grid of the weight's "
+                            "leading dimensions whose last two divide the matrix",
+                        sc->file, name);
+    } else if (!scalar && sc->shape != grid) {
+        throw Error("scale shape " + shapeStr(sc->shape) + " does not match: the grid of " +
+                        std::to_string(s.quant.blockRows) + " x " + std::to_string(s.quant.blockCols) +
+                        " blocks (weight_block_size) over " + shapeStr(w.shape) + " is " + shapeStr(grid),
+                    sc->file, name);
     }
+}
+
+// A static activation scale beside an F8_E4M3 weight: one float, or one per matrix of a packed
+// tensor. The dequantized model (the reference) does not quantize activations, so it is only checked.
+bool checkActivationScale(const Checkpoint& ckpt, const TensorView& w) {
+    const std::string name = Quantization::activationScaleName(w.name);
+    const TensorView* a = ckpt.find(name);
+    if (!a) return false;
+    if (a->dtype != DType::F32 && a->dtype != DType::BF16 && a->dtype != DType::F16)
+        throw Error(std::string("activation scale dtype ") + dtypeName(a->dtype) + " is not F32, BF16 or F16", a->file,
+                    name);
+    const int64_t matrices = w.numel() / std::max<int64_t>(1, w.shape[w.shape.size() - 2] * w.shape.back());
+    if (a->numel() != 1 && !(a->shape.size() == 1 && a->shape[0] == matrices))
+        throw Error("activation scale shape " + shapeStr(a->shape) + " does not match " + shapeStr(w.shape) +
+                        ": one value, or one per matrix",
+                    a->file, name);
+    return true;
 }
 
 }  // namespace
@@ -391,6 +435,10 @@ ModelSpec ModelSpec::fromCheckpoint(const Checkpoint& ckpt) {
             checkScale(ckpt, s, *t);
             expected.insert(Quantization::scaleName(x.name));
             ++s.quantizedTensors;
+            if (checkActivationScale(ckpt, *t)) {
+                expected.insert(Quantization::activationScaleName(x.name));
+                ++s.activationScales;
+            }
         }
         if (x.optional) continue;  // read past (a tied lm_head): not counted
         dtypes.insert(dtypeName(t->dtype));

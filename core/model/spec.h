@@ -6,6 +6,7 @@
 #include <limits>
 #include <memory>
 #include <string>
+#include <utility>
 #include <nlohmann/json_fwd.hpp>
 #include <vector>
 
@@ -122,10 +123,23 @@ const char* layoutName(ExpertLayout l);
 // power-of-two exponents) of [..., ceil(R / blockRows), ceil(C / blockCols)], and the weight is
 // W[i][j] * scale[i / blockRows][j / blockCols] (DeepSeek's published weight_dequant); without a
 // weight_block_size one scale per tensor. Weights that are not F8_E4M3 have no scale.
+// Without a weight_block_size a scale may also be a grid that tiles each matrix evenly
+// ([E, 1, 1] per expert matrix of a packed tensor, [E, 2, 1] per half of gate_up_proj):
+// transformers' rule for such scales (Fp8Dequantize derives the block from the grid).
+// activation_scheme "static" checkpoints (Mistral Small 4) also hold activation scales, which the
+// dequantized model does not use: they are checked and left out.
 struct Quantization {
-    std::string method;  // "" (none) or "fp8"
+    std::string method;            // "" (none) or "fp8"
+    std::string activationScheme;  // "dynamic", "static" or "" (not given)
     int64_t blockRows = 0, blockCols = 0;
     bool blockwise() const { return blockRows > 0; }
+    // The block of `scale` over the matrices of `weight`: weight_block_size's, else the even tiling
+    // the scale's grid gives; {0, 0} for one scale over the whole tensor. The shapes are checked
+    // (ModelSpec::fromCheckpoint) before this is asked.
+    std::pair<int64_t, int64_t> blockOf(const std::vector<int64_t>& weight, const std::vector<int64_t>& scale) const;
+    // the static activation scale beside a weight ("x.weight" -> "x.activation_scale", a packed
+    // "x.gate_up_proj" -> "x.gate_up_proj_activation_scale")
+    static std::string activationScaleName(const std::string& weight);
     // the scale grid of an F8_E4M3 weight of this shape
     std::vector<int64_t> scaleShape(const std::vector<int64_t>& weight) const;
     static std::string scaleName(const std::string& weight) { return weight + "_scale_inv"; }
@@ -134,6 +148,9 @@ struct Quantization {
 struct ModelSpec {
     std::string modelType;  // config.json model_type
     std::string family;     // the family file that opened it
+    // The language model of a multimodal checkpoint (e.g. Mistral Small 4: mistral3 around a
+    // mistral4 text_config): text_config's model_type, "" for a plain language model.
+    std::string textModelType;
     int64_t vocab = 0, hidden = 0, numLayers = 0;
     // Encoders (BERT): learned absolute positions and token types, post-LayerNorm blocks, a GELU
     // FFN with biases, no language-model head.
@@ -159,6 +176,7 @@ struct ModelSpec {
     Quantization quant;
     int64_t mtpLayers = 0;         // multi-token-prediction layers stored after the last one (left out)
     int64_t quantizedTensors = 0;  // F8_E4M3 weights (with their scales)
+    int64_t activationScales = 0;  // static activation scales beside them (left out)
     int64_t totalParams = 0, activeParams = 0;
 
     bool moeBias = false;  // an output bias after the experts (JetMoE's mlp.bias)

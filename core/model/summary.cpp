@@ -26,6 +26,10 @@ std::vector<SummaryRow> describeModel(const ModelSpec& s, const Checkpoint& ckpt
     rows.push_back({"Path", ckpt.path(), {}});
     rows.push_back({"Architecture", s.modelType, {{"model_type", s.modelType}}});
     rows.push_back({"Family", s.family, {{"family", s.family}}});
+    if (!s.textModelType.empty())
+        rows.push_back({"Language model",
+                        "text_config (" + s.textModelType + ") of the " + s.modelType + " checkpoint",
+                        {{"text_model_type", s.textModelType}}});
     rows.push_back({"Layers",
                     std::to_string(s.numLayers) + " (" + std::to_string(moe.size()) + " MoE)",
                     {{"num_layers", s.numLayers}, {"moe_layers", moe}}});
@@ -51,14 +55,20 @@ std::vector<SummaryRow> describeModel(const ModelSpec& s, const Checkpoint& ckpt
         const Quantization& q = s.quant;
         const std::string blocks = q.blockwise()
                                        ? std::to_string(q.blockRows) + " x " + std::to_string(q.blockCols) + " blocks"
-                                       : "one scale per tensor";
+                                       : "one scale per tensor or per matrix";
+        const std::string acts = s.activationScales ? "; " + std::to_string(s.activationScales) +
+                                                          " static activation scales left out (not part of the "
+                                                          "dequantized model)"
+                                                    : "";
         rows.push_back(
             {"Quantization",
              q.method + ": " + std::to_string(s.quantizedTensors) + " F8_E4M3 weights, " + blocks +
-                 "; dequantized per layer to the compute dtype",
+                 "; dequantized per layer to the compute dtype" + acts,
              {{"quantization", oj{{"method", q.method},
                                   {"weight_block_size", q.blockwise() ? oj::array({q.blockRows, q.blockCols}) : oj()},
-                                  {"quantized_tensors", s.quantizedTensors}}}}});
+                                  {"activation_scheme", q.activationScheme.empty() ? oj() : oj(q.activationScheme)},
+                                  {"quantized_tensors", s.quantizedTensors},
+                                  {"activation_scales", s.activationScales}}}}});
     }
     rows.push_back({"Parameters",
                     humanCount(s.totalParams) + " total, " + humanCount(s.activeParams) + " active",
@@ -124,12 +134,16 @@ std::vector<SummaryRow> describeModel(const ModelSpec& s, const Checkpoint& ckpt
         rows.push_back({"RoPE", t.str(), {{"rope", rope}}});
     }
     rows.push_back({"Vocabulary", std::to_string(s.vocab), {}});
+    oj leftOut = oj::array();
     for (auto& k : s.skipped) {
         bool present = false;
         for (auto& [name, t] : ckpt.tensors())
             present = present || (k.prefix ? name.rfind(k.name, 0) == 0 : name == k.name);
-        if (present) rows.push_back({"Left out", k.name + (k.prefix ? "*" : "") + " (" + k.why + ")", {}});
+        if (!present) continue;
+        rows.push_back({"Left out", k.name + (k.prefix ? "*" : "") + " (" + k.why + ")", {}});
+        leftOut.push_back(oj{{"tensors", k.name + (k.prefix ? "*" : "")}, {"why", k.why}});
     }
+    rows.push_back({"", "", {{"left_out", leftOut}}});
     rows.push_back({"Fingerprint", ckpt.fingerprint(), {{"fingerprint", ckpt.fingerprint()}, {"path", ckpt.path()}}});
     return rows;
 }

@@ -16,7 +16,7 @@ import pytest
 
 from conftest import require, run_cli
 import fixtures
-from test_parity import compare, trace
+from test_parity import compare_resident_and_streamed, trace
 
 NAMES = list(fixtures.FP8)
 
@@ -38,7 +38,6 @@ def fp8(tmp_path_factory):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_fp8_parity_cpu_float32(cli, fp8, tmp_path, name):
-    h5py = require("h5py")
     ckpt, ref = fp8(name)
     info = json.loads(run_cli(cli, "info", ckpt, "--json").stdout)
     block = fixtures.FP8[name][2]
@@ -50,12 +49,7 @@ def test_fp8_parity_cpu_float32(cli, fp8, tmp_path, name):
     with safe_open(os.path.join(ckpt, "model.safetensors"), "pt") as f:
         n_fp8 = sum(1 for k in f.keys() if k.endswith("_scale_inv"))
     assert info["quantization"]["quantized_tensors"] == n_fp8 > 0
-    out = str(tmp_path / "s.h5")
-    for streaming in ("off", "on"):
-        trace(cli, ckpt, out, "--all-experts", "--save-logits", "--layer-streaming", streaming, "--run", streaming)
-    with h5py.File(out, "r") as f:
-        compare(f["runs/off"], ref)
-        compare(f["runs/on"], ref)
+    compare_resident_and_streamed(cli, ckpt, str(tmp_path / "s.h5"), ref)
 
 
 def test_fp8_dynamic_analyses(cli, fp8, tmp_path):

@@ -25,6 +25,17 @@ def trace(cli, ckpt, out, *extra):
     run_cli(cli, *args)
 
 
+def compare_resident_and_streamed(cli, ckpt, out, ref):
+    """The checkpoint traced resident and layer-streamed (runs "off" and "on" of `out`), each
+    against the reference."""
+    h5py = require("h5py")
+    for streaming in ("off", "on"):
+        trace(cli, ckpt, out, "--all-experts", "--save-logits", "--layer-streaming", streaming, "--run", streaming)
+    with h5py.File(out, "r") as f:
+        compare(f["runs/off"], ref)
+        compare(f["runs/on"], ref)
+
+
 def by_expert(ids, w):
     """ids and weights with each row's experts in ascending id order (the chosen set, not its order)."""
     o = np.argsort(ids, axis=1, kind="stable")

@@ -36,7 +36,7 @@ const Family& family_mistral4() {
             // replaces that dict and takes the top-level key, without a default
             const bool params = defaults || ropeDictKey(c) == "rope_parameters";
             if (params) j.erase("partial_rotary_factor");
-            const Config cc(j, c.file());
+            const Config cc(j, c.file(), c.path());
             fillCommon(s, cc, {1e-6, 10000.0, false, params ? double(rope) / double(nope + rope) : 1.0, 32});
             readMla(s, cc, {1024, 256, 64, 64, 128});
             AttentionSpec& a = s.attn;
