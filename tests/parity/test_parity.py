@@ -127,16 +127,18 @@ HALF_FAMILIES = ["deepseek_v3_groups", "deepseek_v2_groups", "glm4_moe_groups_qk
 BF16_TOL = dict(tol_logits=3e-2, tol_w=2e-2, tol_rl=5e-2, tol_norm=3e-2, gap_eps=1e-2, order_exact=False)
 
 
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
 @pytest.mark.parametrize("name", HALF_FAMILIES)
-def test_parity_cpu_bfloat16(cli, build_fixture, tmp_path, name):
-    """bf16 on the CPU against transformers' model loaded in bf16 (as from_pretrained loads it,
-    float32 modules kept so), same prompts; the BF16_TOL tolerances."""
+def test_parity_cpu_half(cli, build_fixture, tmp_path, name, dtype):
+    """bf16 and f16 on the CPU against transformers' model loaded in that dtype (as from_pretrained
+    loads it, float32 modules kept so), same prompts; the BF16_TOL tolerances (f16's mantissa has
+    two more bits, so they hold with room)."""
     torch = require("torch")
     h5py = require("h5py")
     per, _, _ = build_fixture(name)
-    ref = fixtures.reference(fixtures.hf_from_pretrained(per, torch.bfloat16))
+    ref = fixtures.reference(fixtures.hf_from_pretrained(per, getattr(torch, dtype)))
     out = str(tmp_path / "s.h5")
-    trace(cli, per, out, "--all-experts", "--save-logits", "--dtype", "bfloat16", "--run", "r")
+    trace(cli, per, out, "--all-experts", "--save-logits", "--dtype", dtype, "--run", "r")
     with h5py.File(out, "r") as f:
         compare(f["runs/r"], ref, **BF16_TOL)
 
