@@ -77,8 +77,8 @@ const Family* familyFor(const std::string& modelType) {
 }
 
 Family containerFamily(std::string name, std::vector<std::string> modelTypes, std::vector<ContainerLayout> layouts,
-                       std::vector<std::string> leftOut, std::string why) {
-    auto configure = [](ModelSpec& s, const Config& c) {
+                       std::vector<std::string> leftOut, std::string why, bool tiedByDefault) {
+    auto configure = [tiedByDefault](ModelSpec& s, const Config& c) {
         const JsonIn tc = c.in()["text_config"];
         if (!tc.isObject()) tc.fail("missing or not an object: the language model of a " + s.modelType + " checkpoint");
         const Config t(tc.raw(), c.file(), c.key("text_config"));
@@ -98,6 +98,7 @@ Family containerFamily(std::string name, std::vector<std::string> modelTypes, st
         s.family = f->name;
         f->configure(s, t);
         s.modelType = outer;
+        s.tieEmbeddings = c.optBool("tie_word_embeddings", tiedByDefault);
     };
     auto tensors = [layouts, leftOut, why](ModelSpec& s, const TensorProbe& has) {
         const ContainerLayout* l = &layouts.front();

@@ -71,8 +71,10 @@ const Family* familyFor(const std::string& modelType);
 struct ContainerLayout {
     std::string model, lmHead;
 };
+// The head is tied by the container's top-level tie_word_embeddings (its class default
+// `tiedByDefault`), as transformers ties it, not by the text_config's.
 Family containerFamily(std::string name, std::vector<std::string> modelTypes, std::vector<ContainerLayout> layouts,
-                       std::vector<std::string> leftOut, std::string why);
+                       std::vector<std::string> leftOut, std::string why, bool tiedByDefault);
 
 // ---- config helpers shared by families (transformers' conventions) ----
 

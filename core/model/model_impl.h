@@ -10,6 +10,7 @@
 #include <mutex>
 #include <set>
 
+#include "error.h"
 #include "checkpoint/checkpoint.h"
 #include "model/model.h"
 
@@ -258,8 +259,11 @@ struct Model::Impl {
         if (br > 0) {
             const int64_t R = w.size(-2), C = w.size(-1);
             sc = sc.repeat_interleave(br, -2).narrow(-2, 0, R).repeat_interleave(bc, -1).narrow(-1, 0, C);
-        } else {
+        } else if (sc.numel() == 1) {
             sc = sc.reshape({});
+        } else {  // fromCheckpoint checked every scale's grid; this is a table that skipped it
+            throw ::es::Error("scale grid " + std::to_string(sc.numel()) + " values does not fit the weight", sv.file,
+                              sv.name);
         }
         return (w * sc).to(dtype);
     }

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <set>
@@ -354,8 +355,8 @@ void checkScale(const Checkpoint& ckpt, const ModelSpec& s, const TensorView& w)
         throw Error(std::string("scale dtype ") + dtypeName(sc->dtype) + " is not F32, BF16 or F8_E8M0", sc->file,
                     name);
     const std::vector<int64_t> grid = s.quant.scaleShape(w.shape);
-    const bool scalar = !s.quant.blockwise() && sc->numel() == 1 && sc->shape.size() <= 1;
-    if (!scalar && !s.quant.blockwise()) {  // a grid tiling each matrix evenly
+    const bool scalar = !s.quant.blockwise() && sc->numel() == 1;  // [], [1], [1, 1]: one scale
+    if (!scalar && !s.quant.blockwise()) {                         // a grid tiling each matrix evenly
         const size_t n = w.shape.size();
         bool tiles = sc->shape.size() == n && std::equal(w.shape.begin(), w.shape.end() - 2, sc->shape.begin());
         for (size_t i = n - 2; tiles && i < n; ++i) tiles = sc->shape[i] > 0 && w.shape[i] % sc->shape[i] == 0;
@@ -397,6 +398,18 @@ ModelSpec ModelSpec::fromCheckpoint(const Checkpoint& ckpt) {
     ModelSpec s = configured(c, fam);
     fam->tensors(s, [&](const std::string& name) { return ckpt.find(name) != nullptr; });
     checkRuleTensors(s);
+    // tie_word_embeddings with a head in the file whose values differ from the embeddings:
+    // transformers does not tie them, so neither do we (an equal copy stays tied, read past)
+    if (s.tieEmbeddings) {
+        const TensorView* head = ckpt.find(s.tensorName(Role::LmHead));
+        const TensorView* embed = ckpt.find(s.tensorName(Role::Embed));
+        if (head && !(embed && head->dtype == embed->dtype && head->shape == embed->shape &&
+                      head->nbytes == embed->nbytes && std::memcmp(head->data, embed->data, head->nbytes) == 0)) {
+            s.tieEmbeddings = false;
+            for (auto& t : s.tensors)
+                if (t.role == Role::LmHead) t.optional = false;
+        }
+    }
 
     // The table cannot expect more than the checkpoint holds: every layer has tensors of its own,
     // and a per-expert layout one per expert and MoE layer at least. Checked before the table is
@@ -405,11 +418,11 @@ ModelSpec ModelSpec::fromCheckpoint(const Checkpoint& ckpt) {
     if (s.numLayers > held)
         throw Error(
             std::to_string(s.numLayers) + " layers, but the checkpoint holds only " + std::to_string(held) + " tensors",
-            ckpt.configPath(), "num_hidden_layers");
+            ckpt.configPath(), s.configKey("num_hidden_layers"));
     if (s.layout == ExpertLayout::PerExpert && s.numExperts * static_cast<int64_t>(s.moeLayers().size()) > held)
         throw Error(std::to_string(s.numExperts) + " experts in each of " + std::to_string(s.moeLayers().size()) +
                         " MoE layers, but the checkpoint holds only " + std::to_string(held) + " tensors",
-                    ckpt.configPath(), s.numExpertsKey);
+                    ckpt.configPath(), s.configKey(s.numExpertsKey));
 
     // every tensor the table expects is there with its shape, and every tensor is accounted for
     std::set<std::string> dtypes, expected;

@@ -108,13 +108,21 @@ def build(root, split_gate_up=False):
         "modules_to_not_convert": ["vision_tower", "multi_modal_projector", "lm_head"]})
     write(os.path.join(root, "fp8"), fp8, published)
     write(os.path.join(root, "dequantized"), deq, plain)
-    loaded, info = t.Mistral3ForConditionalGeneration.from_pretrained(
-        os.path.join(root, "dequantized"), dtype=torch.float32, output_loading_info=True)
+    return os.path.join(root, "fp8"), os.path.join(root, "dequantized"), deq, reference_of(os.path.join(root, "dequantized"))
+
+
+def reference_of(deq_dir):
+    """fixtures.reference of the language model of transformers' own load of a float container
+    (every tensor found, nothing unexpected; the head tied or not as transformers decides)."""
+    import torch
+    t = require("transformers")
+    loaded, info = t.Mistral3ForConditionalGeneration.from_pretrained(deq_dir, dtype=torch.float32,
+                                                                      output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"], info
-    lm = fixtures.model_from_config(t.Mistral4Config(**cfg.text_config.to_dict()))
+    lm = fixtures.model_from_config(t.Mistral4Config(**loaded.config.text_config.to_dict()))
     lm.model.load_state_dict(loaded.model.language_model.state_dict())
     lm.lm_head.load_state_dict(loaded.lm_head.state_dict())
-    return os.path.join(root, "fp8"), os.path.join(root, "dequantized"), deq, fixtures.reference(lm)
+    return fixtures.reference(lm)
 
 
 @pytest.fixture(scope="module")
@@ -199,6 +207,29 @@ def test_transformers5_layout_opens(cli, small4, tmp_path):
     assert sorted(x["tensors"] for x in info["left_out"]) == sorted("model." + p + "*" for p in VISION)
     out = str(tmp_path / "s.h5")
     trace(cli, d, out, "--all-experts", "--save-logits", "--run", "r")
+    with h5py.File(out, "r") as f:
+        compare(f["runs/r"], ref)
+
+
+@pytest.mark.parametrize("head", [True, False], ids=["head_in_file", "no_head"])
+def test_head_tied_as_transformers_ties_it(cli, small4, tmp_path, head):
+    """Mistral3Config's own tie_word_embeddings (default true; the text_config's says false) ties
+    the head when the file has none; a head in the file whose values differ is used, as
+    transformers does not tie such a head."""
+    h5py = require("h5py")
+    ckpt, deq_dir, _, _ = small4(False)
+
+    def cfg_fn(c):
+        c.pop("tie_word_embeddings", None)
+
+    def sd_fn(sd):
+        if not head:
+            del sd["language_model.lm_head.weight"]
+
+    fp8 = fixtures.copy_checkpoint(ckpt, str(tmp_path / "fp8"), cfg_fn, sd_fn)
+    ref = reference_of(fixtures.copy_checkpoint(deq_dir, str(tmp_path / "deq"), cfg_fn, sd_fn))
+    out = str(tmp_path / "s.h5")
+    trace(cli, fp8, out, "--all-experts", "--save-logits", "--run", "r")
     with h5py.File(out, "r") as f:
         compare(f["runs/r"], ref)
 

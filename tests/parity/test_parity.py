@@ -127,12 +127,16 @@ HALF_FAMILIES = ["deepseek_v3_groups", "deepseek_v2_groups", "glm4_moe_groups_qk
 BF16_TOL = dict(tol_logits=3e-2, tol_w=2e-2, tol_rl=5e-2, tol_norm=3e-2, gap_eps=1e-2, order_exact=False)
 
 
+# f16 has three more mantissa bits than bf16 (relative step 2^-11): a quarter of BF16_TOL, which
+# a run computed in bf16 instead would not meet.
+F16_TOL = dict({k: v / 4 for k, v in BF16_TOL.items() if k != "order_exact"}, order_exact=False)
+
+
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
 @pytest.mark.parametrize("name", HALF_FAMILIES)
 def test_parity_cpu_half(cli, build_fixture, tmp_path, name, dtype):
     """bf16 and f16 on the CPU against transformers' model loaded in that dtype (as from_pretrained
-    loads it, float32 modules kept so), same prompts; the BF16_TOL tolerances (f16's mantissa has
-    two more bits, so they hold with room)."""
+    loads it, float32 modules kept so), same prompts; BF16_TOL and F16_TOL."""
     torch = require("torch")
     h5py = require("h5py")
     per, _, _ = build_fixture(name)
@@ -140,7 +144,28 @@ def test_parity_cpu_half(cli, build_fixture, tmp_path, name, dtype):
     out = str(tmp_path / "s.h5")
     trace(cli, per, out, "--all-experts", "--save-logits", "--dtype", dtype, "--run", "r")
     with h5py.File(out, "r") as f:
-        compare(f["runs/r"], ref, **BF16_TOL)
+        assert f["runs/r"].attrs["dtype"] == dtype
+        compare(f["runs/r"], ref, **(BF16_TOL if dtype == "bfloat16" else F16_TOL))
+
+
+def test_tied_head_in_file_is_used_as_transformers_does(cli, build_fixture, tmp_path):
+    """tie_word_embeddings true but the file holds a head of other values: transformers does not
+    tie them (it warns), so the head in the file gives the logits."""
+    torch = require("torch")
+    h5py = require("h5py")
+    per, _, _ = build_fixture("mixtral_sliding_tied")
+
+    def sd_fn(sd):
+        g = torch.Generator().manual_seed(7)
+        sd["lm_head.weight"] = torch.randn(sd["model.embed_tokens.weight"].shape, generator=g)
+
+    d = fixtures.copy_checkpoint(per, str(tmp_path / "untied"), None, sd_fn)
+    model = fixtures.hf_from_pretrained(d, torch.float32)
+    assert not torch.equal(model.lm_head.weight, model.model.embed_tokens.weight)
+    out = str(tmp_path / "s.h5")
+    trace(cli, d, out, "--all-experts", "--save-logits", "--run", "r")
+    with h5py.File(out, "r") as f:
+        compare(f["runs/r"], fixtures.reference(model))
 
 
 @pytest.mark.parametrize("name", ["mixtral_gqa", "qwen3_moe_headdim", "olmoe_gqa_norm", "qwen2_moe_shared"] +
