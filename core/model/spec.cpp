@@ -317,7 +317,9 @@ ModelSpec ModelSpec::fromConfig(const json& j, const std::string& file) {
 
 std::pair<int64_t, int64_t> Quantization::blockOf(const std::vector<int64_t>& w, const std::vector<int64_t>& sc) const {
     if (blockwise()) return {blockRows, blockCols};
-    if (sc.size() < 2 || sc.size() != w.size()) return {0, 0};  // one scale
+    int64_t values = 1;
+    for (int64_t x : sc) values *= x;
+    if (values == 1 || sc.size() < 2 || sc.size() != w.size()) return {0, 0};  // one scale, of any rank
     const size_t n = w.size();
     return {w[n - 2] / sc[n - 2], w[n - 1] / sc[n - 1]};
 }

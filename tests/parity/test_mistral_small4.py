@@ -234,6 +234,30 @@ def test_head_tied_as_transformers_ties_it(cli, small4, tmp_path, head):
         compare(f["runs/r"], ref)
 
 
+def test_one_scale_of_any_rank(cli, small4, tmp_path):
+    """A single value stored as [1, 1, 1] for a packed tensor is one scale (transformers reads it
+    so): the forward and the static analyses take it, and S1 of that matrix is numpy's cosines
+    of the FP8 values (a single scale leaves them unchanged)."""
+    import torch
+    h5py = require("h5py")
+    name = "language_model.model.layers.1.mlp.experts.down_proj"
+    q = {}
+
+    def sd_fn(sd):
+        sd[name + "_scale_inv"] = torch.full((1, 1, 1), 0.01, dtype=torch.bfloat16)
+        q["down"] = sd[name].float().double().numpy()
+
+    d = fixtures.copy_checkpoint(small4(False)[0], str(tmp_path / "one"), None, sd_fn)
+    out = str(tmp_path / "s.h5")
+    trace(cli, d, out, "--run", "r")
+    run_cli(cli, "analyze", d, "--out", out, "--static", "S1", "--run", "r")
+    V = q["down"].reshape(16, -1)
+    n = np.linalg.norm(V, axis=1)
+    with h5py.File(out, "r") as f:
+        got = f["analyses/weight_similarity/layers/1/down"][()][:16, :16]
+    np.testing.assert_allclose(got, (V @ V.T) / np.outer(n, n), atol=1e-5, rtol=0)
+
+
 def _set(sd, k, v):
     sd[k] = v
 
