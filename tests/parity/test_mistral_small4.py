@@ -80,7 +80,6 @@ def build(root, split_gate_up=False):
     (gate and up halves scaled apart, as transformers allocates such scales) when split_gate_up."""
     import torch
     from transformers.integrations.finegrained_fp8 import Fp8Dequantize
-    t = require("transformers")
     model, cfg = container()
     sd = {published_name(k): v.detach().clone() for k, v in model.state_dict().items()}
     fp8, deq = {}, {}
@@ -94,7 +93,7 @@ def build(root, split_gate_up=False):
             amax = w.view(w.shape[0], rows, -1).abs().amax(dim=2).view(w.shape[0], rows, 1)
             scale = (amax / 448.0).to(torch.bfloat16)
             full = scale.float().repeat_interleave(w.shape[1] // rows, 1)
-            fp8[k + "_activation_scale"] = 0.5 + torch.rand(w.shape[0])
+            fp8[k + "_activation_scale"] = 0.5 + torch.arange(w.shape[0], dtype=torch.float32) / w.shape[0]
         else:
             scale = (w.abs().amax() / 448.0).to(torch.bfloat16)
             full = scale.float()
@@ -108,7 +107,8 @@ def build(root, split_gate_up=False):
         "modules_to_not_convert": ["vision_tower", "multi_modal_projector", "lm_head"]})
     write(os.path.join(root, "fp8"), fp8, published)
     write(os.path.join(root, "dequantized"), deq, plain)
-    return os.path.join(root, "fp8"), os.path.join(root, "dequantized"), deq, reference_of(os.path.join(root, "dequantized"))
+    deq_dir = os.path.join(root, "dequantized")
+    return os.path.join(root, "fp8"), deq_dir, deq, reference_of(deq_dir)
 
 
 def reference_of(deq_dir):
