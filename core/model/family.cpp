@@ -76,27 +76,32 @@ const Family* familyFor(const std::string& modelType) {
     return nullptr;
 }
 
+const Family& familyOf(const Config& c, const std::string& what, bool containers) {
+    if (!c.has("model_type")) c.fail("model_type", "missing required key");
+    const std::string type = c.optString("model_type", "");
+    const Family* f = familyFor(type);
+    if (!f || (f->container && !containers)) {
+        std::string list;
+        for (const Family* g : allFamilies())
+            if (containers || !g->container)
+                for (auto& m : g->modelTypes) list += (list.empty() ? "" : ", ") + m;
+        c.fail("model_type", "unknown " + what + " '" + type + "' (supported: " + list + ")");
+    }
+    return *f;
+}
+
 Family containerFamily(std::string name, std::vector<std::string> modelTypes, std::vector<ContainerLayout> layouts,
                        std::vector<std::string> leftOut, std::string why, bool tiedByDefault) {
     auto configure = [tiedByDefault](ModelSpec& s, const Config& c) {
-        const JsonIn tc = c.in()["text_config"];
+        const JsonIn tc = c.in()[kTextConfig];
         if (!tc.isObject()) tc.fail("missing or not an object: the language model of a " + s.modelType + " checkpoint");
-        const Config t(tc.raw(), c.file(), c.key("text_config"));
-        if (!t.has("model_type")) t.fail("model_type", "missing required key");
-        const std::string type = t.optString("model_type", "");
-        const Family* f = familyFor(type);
-        if (!f || f->container) {
-            std::string list;
-            for (const Family* g : allFamilies())
-                if (!g->container)
-                    for (auto& m : g->modelTypes) list += (list.empty() ? "" : ", ") + m;
-            t.fail("model_type", "unknown language model '" + type + "' (supported: " + list + ")");
-        }
+        const Config t(tc.raw(), c.file(), c.key(kTextConfig));
+        const Family& f = familyOf(t, "language model", false);
         const std::string outer = s.modelType;
-        s.modelType = type;  // the family's own messages name its model_type
-        s.textModelType = type;
-        s.family = f->name;
-        f->configure(s, t);
+        s.modelType = t.optString("model_type", "");  // the family's own messages name its model_type
+        s.textModelType = s.modelType;
+        s.family = f.name;
+        f.configure(s, t);
         s.modelType = outer;
         s.tieEmbeddings = c.optBool("tie_word_embeddings", tiedByDefault);
     };

@@ -61,6 +61,9 @@ struct Family {
 
 const std::vector<const Family*>& allFamilies();
 const Family* familyFor(const std::string& modelType);
+// The family of the config's model_type (required); `what` names it in the error, which lists
+// the model_types that open (containers only where `containers`).
+const Family& familyOf(const Config& c, const std::string& what, bool containers);
 
 // A multimodal checkpoint whose language model is one of the families here (Mistral Small 4:
 // mistral3 around a mistral4 text_config). Its text_config is configured by the family of its

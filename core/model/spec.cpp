@@ -79,12 +79,6 @@ std::vector<int> ModelSpec::moeLayers() const {
     return v;
 }
 
-std::vector<std::string> ModelSpec::supportedModelTypes() {
-    std::vector<std::string> v;
-    for (const Family* f : allFamilies()) v.insert(v.end(), f->modelTypes.begin(), f->modelTypes.end());
-    return v;
-}
-
 const TensorRole* ModelSpec::find(Role r) const {
     for (auto& t : tensors)
         if (t.role == r) return &t;
@@ -262,21 +256,14 @@ Quantization quantization(const Config& c) {
 
 // The family for the config's model_type; its configure step. The error lists what opens.
 ModelSpec configured(const Config& c, const Family*& fam) {
-    if (!c.has("model_type")) c.fail("model_type", "missing required key");
-    const std::string type = c.optString("model_type", "");
-    fam = familyFor(type);
-    if (!fam) {
-        std::string list;
-        for (auto& t : ModelSpec::supportedModelTypes()) list += (list.empty() ? "" : ", ") + t;
-        c.fail("model_type", "unknown model_type '" + type + "' (supported: " + list + ")");
-    }
+    fam = &familyOf(c, "model_type", true);
     ModelSpec s;
-    s.modelType = type;
+    s.modelType = c.optString("model_type", "");
     s.family = fam->name;
     fam->configure(s, c);
     s.quant = quantization(c);
     if (s.quant.method.empty() && !s.textModelType.empty())  // a container's text model quantized alone
-        s.quant = quantization(Config(c.raw().at("text_config"), c.file(), "text_config"));
+        s.quant = quantization(Config(c.raw().at(kTextConfig), c.file(), c.key(kTextConfig)));
     return s;
 }
 
@@ -406,7 +393,7 @@ ModelSpec ModelSpec::fromCheckpoint(const Checkpoint& ckpt) {
         const TensorView* head = ckpt.find(s.tensorName(Role::LmHead));
         const TensorView* embed = ckpt.find(s.tensorName(Role::Embed));
         if (head && !(embed && head->dtype == embed->dtype && head->shape == embed->shape &&
-                      head->nbytes == embed->nbytes && std::memcmp(head->data, embed->data, head->nbytes) == 0)) {
+                      std::memcmp(head->data, embed->data, head->nbytes) == 0)) {
             s.tieEmbeddings = false;
             for (auto& t : s.tensors)
                 if (t.role == Role::LmHead) t.optional = false;

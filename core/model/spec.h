@@ -122,10 +122,10 @@ const char* layoutName(ExpertLayout l);
 // MiniMax-M2): an F8_E4M3 weight W [..., R, C] comes with W_scale_inv (F32, BF16, or F8_E8M0
 // power-of-two exponents) of [..., ceil(R / blockRows), ceil(C / blockCols)], and the weight is
 // W[i][j] * scale[i / blockRows][j / blockCols] (DeepSeek's published weight_dequant); without a
-// weight_block_size one scale per tensor. Weights that are not F8_E4M3 have no scale.
-// Without a weight_block_size a scale may also be a grid that tiles each matrix evenly
-// ([E, 1, 1] per expert matrix of a packed tensor, [E, 2, 1] per half of gate_up_proj):
-// transformers' rule for such scales (Fp8Dequantize derives the block from the grid).
+// weight_block_size one scale per tensor, or a grid that tiles each matrix evenly ([E, 1, 1] per
+// expert matrix of a packed tensor, [E, 2, 1] per half of gate_up_proj): transformers' rule for
+// such scales (Fp8Dequantize derives the block from the grid). Weights that are not F8_E4M3 have
+// no scale.
 // activation_scheme "static" checkpoints (Mistral Small 4) also hold activation scales, which the
 // dequantized model does not use: they are checked and left out.
 struct Quantization {
@@ -145,6 +145,9 @@ struct Quantization {
     static std::string scaleName(const std::string& weight) { return weight + "_scale_inv"; }
 };
 
+// The key of a multimodal checkpoint's language model config.
+inline constexpr const char* kTextConfig = "text_config";
+
 struct ModelSpec {
     std::string modelType;  // config.json model_type
     std::string family;     // the family file that opened it
@@ -160,7 +163,9 @@ struct ModelSpec {
     int64_t numExperts = 0, topK = 0, expertFfn = 0, sharedFfn = 0;
     std::string numExpertsKey = "num_experts";  // the config key that gave numExperts (for errors)
     // a key of the language model's config as errors name it ("text_config.KEY" in a container)
-    std::string configKey(const std::string& k) const { return textModelType.empty() ? k : "text_config." + k; }
+    std::string configKey(const std::string& k) const {
+        return textModelType.empty() ? k : std::string(kTextConfig) + "." + k;
+    }
     double rmsEps = 1e-6;
     // The decoder layers' input and post-attention norms' eps where it is not rms_norm_eps
     // (0: rmsEps). HF's JetMoE builds them without eps, so they use 1e-6 whatever the config says.
@@ -213,7 +218,6 @@ struct ModelSpec {
     // The spec a config alone describes, with the family's default on-disk layout (no
     // checkpoint: e.g. to name the tensors of a checkpoint about to be written).
     static ModelSpec fromConfig(const nlohmann::json& config, const std::string& file);
-    static std::vector<std::string> supportedModelTypes();
 };
 
 }  // namespace es

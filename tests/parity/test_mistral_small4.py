@@ -27,7 +27,7 @@ import pytest
 
 from conftest import assert_info_refuses, require, run_cli
 import fixtures
-from test_parity import compare, compare_resident_and_streamed, trace
+from test_parity import compare_resident_and_streamed, trace, trace_and_compare
 
 VISION = ("vision_tower.", "multi_modal_projector.")
 
@@ -194,7 +194,6 @@ def test_static_analyses_read_per_matrix_scales(cli, small4, tmp_path):
 def test_transformers5_layout_opens(cli, small4, tmp_path):
     """The names transformers 5 saves (model.language_model.*, lm_head.*, model.vision_tower.*)
     open as the same model: the dequantized weights under them trace as the reference."""
-    h5py = require("h5py")
     from safetensors.torch import load_file
     _, deq_dir, _, ref = small4(False)
     inverse = {published_name(k): k for k in container()[0].state_dict()}
@@ -205,10 +204,7 @@ def test_transformers5_layout_opens(cli, small4, tmp_path):
     write(d, {inverse[k]: v for k, v in sd.items()}, cfg)
     info = json.loads(run_cli(cli, "info", d, "--json").stdout)
     assert sorted(x["tensors"] for x in info["left_out"]) == sorted("model." + p + "*" for p in VISION)
-    out = str(tmp_path / "s.h5")
-    trace(cli, d, out, "--all-experts", "--save-logits", "--run", "r")
-    with h5py.File(out, "r") as f:
-        compare(f["runs/r"], ref)
+    trace_and_compare(cli, d, str(tmp_path / "s.h5"), ref)
 
 
 @pytest.mark.parametrize("head", [True, False], ids=["head_in_file", "no_head"])
@@ -216,7 +212,6 @@ def test_head_tied_as_transformers_ties_it(cli, small4, tmp_path, head):
     """Mistral3Config's own tie_word_embeddings (default true; the text_config's says false) ties
     the head when the file has none; a head in the file whose values differ is used, as
     transformers does not tie such a head."""
-    h5py = require("h5py")
     ckpt, deq_dir, _, _ = small4(False)
 
     def cfg_fn(c):
@@ -228,10 +223,7 @@ def test_head_tied_as_transformers_ties_it(cli, small4, tmp_path, head):
 
     fp8 = fixtures.copy_checkpoint(ckpt, str(tmp_path / "fp8"), cfg_fn, sd_fn)
     ref = reference_of(fixtures.copy_checkpoint(deq_dir, str(tmp_path / "deq"), cfg_fn, sd_fn))
-    out = str(tmp_path / "s.h5")
-    trace(cli, fp8, out, "--all-experts", "--save-logits", "--run", "r")
-    with h5py.File(out, "r") as f:
-        compare(f["runs/r"], ref)
+    trace_and_compare(cli, fp8, str(tmp_path / "s.h5"), ref)
 
 
 def test_one_scale_of_any_rank(cli, small4, tmp_path):

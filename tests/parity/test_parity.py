@@ -25,15 +25,21 @@ def trace(cli, ckpt, out, *extra):
     run_cli(cli, *args)
 
 
+def trace_and_compare(cli, ckpt, out, ref, *extra, run="r", **tol):
+    """The prompts traced into run `run` of `out` (every expert's output, the logits; `extra`
+    options) and compared with the reference (`tol`: compare's tolerances); the run's attributes."""
+    h5py = require("h5py")
+    trace(cli, ckpt, out, "--all-experts", "--save-logits", *extra, "--run", run)
+    with h5py.File(out, "r") as f:
+        compare(f[f"runs/{run}"], ref, **tol)
+        return dict(f[f"runs/{run}"].attrs)
+
+
 def compare_resident_and_streamed(cli, ckpt, out, ref):
     """The checkpoint traced resident and layer-streamed (runs "off" and "on" of `out`), each
     against the reference."""
-    h5py = require("h5py")
     for streaming in ("off", "on"):
-        trace(cli, ckpt, out, "--all-experts", "--save-logits", "--layer-streaming", streaming, "--run", streaming)
-    with h5py.File(out, "r") as f:
-        compare(f["runs/off"], ref)
-        compare(f["runs/on"], ref)
+        trace_and_compare(cli, ckpt, out, ref, "--layer-streaming", streaming, run=streaming)
 
 
 def by_expert(ids, w):
@@ -138,21 +144,17 @@ def test_parity_cpu_half(cli, build_fixture, tmp_path, name, dtype):
     """bf16 and f16 on the CPU against transformers' model loaded in that dtype (as from_pretrained
     loads it, float32 modules kept so), same prompts; BF16_TOL and F16_TOL."""
     torch = require("torch")
-    h5py = require("h5py")
     per, _, _ = build_fixture(name)
     ref = fixtures.reference(fixtures.hf_from_pretrained(per, getattr(torch, dtype)))
-    out = str(tmp_path / "s.h5")
-    trace(cli, per, out, "--all-experts", "--save-logits", "--dtype", dtype, "--run", "r")
-    with h5py.File(out, "r") as f:
-        assert f["runs/r"].attrs["dtype"] == dtype
-        compare(f["runs/r"], ref, **(BF16_TOL if dtype == "bfloat16" else F16_TOL))
+    attrs = trace_and_compare(cli, per, str(tmp_path / "s.h5"), ref, "--dtype", dtype,
+                              **(BF16_TOL if dtype == "bfloat16" else F16_TOL))
+    assert attrs["dtype"] == dtype
 
 
 def test_tied_head_in_file_is_used_as_transformers_does(cli, build_fixture, tmp_path):
     """tie_word_embeddings true but the file holds a head of other values: transformers does not
     tie them (it warns), so the head in the file gives the logits."""
     torch = require("torch")
-    h5py = require("h5py")
     per, _, _ = build_fixture("mixtral_sliding_tied")
 
     def sd_fn(sd):
@@ -162,10 +164,7 @@ def test_tied_head_in_file_is_used_as_transformers_does(cli, build_fixture, tmp_
     d = fixtures.copy_checkpoint(per, str(tmp_path / "untied"), None, sd_fn)
     model = fixtures.hf_from_pretrained(d, torch.float32)
     assert not torch.equal(model.lm_head.weight, model.model.embed_tokens.weight)
-    out = str(tmp_path / "s.h5")
-    trace(cli, d, out, "--all-experts", "--save-logits", "--run", "r")
-    with h5py.File(out, "r") as f:
-        compare(f["runs/r"], fixtures.reference(model))
+    trace_and_compare(cli, d, str(tmp_path / "s.h5"), fixtures.reference(model))
 
 
 @pytest.mark.parametrize("name", ["mixtral_gqa", "qwen3_moe_headdim", "olmoe_gqa_norm", "qwen2_moe_shared"] +
@@ -173,16 +172,12 @@ def test_tied_head_in_file_is_used_as_transformers_does(cli, build_fixture, tmp_
 def test_parity_cuda_bfloat16(cli, build_fixture, tmp_path, name):
     """bf16 on CUDA against HF in bf16 on CUDA (loaded as from_pretrained loads it); BF16_TOL."""
     torch = require("torch")
-    h5py = require("h5py")
     if not torch.cuda.is_available():
         pytest.skip("no CUDA GPU on this machine: bf16 CUDA parity not run")
     per, packed, _ = build_fixture(name)
     model = fixtures.hf_from_pretrained(per, torch.bfloat16).to("cuda")
     ref = fixtures.reference(model, device="cuda")
-    out = str(tmp_path / "s.h5")
-    trace(cli, per, out, "--all-experts", "--save-logits", "--device", "cuda", "--dtype", "bfloat16", "--run", "r")
-    with h5py.File(out, "r") as f:
-        compare(f["runs/r"], ref, **BF16_TOL)
+    trace_and_compare(cli, per, str(tmp_path / "s.h5"), ref, "--device", "cuda", "--dtype", "bfloat16", **BF16_TOL)
 
 
 def test_layer_streaming_chosen_when_model_does_not_fit(cli, build_fixture, tmp_path):
