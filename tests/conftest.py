@@ -43,11 +43,11 @@ def run_cli(cli_path, *args, check=True):
     return r
 
 
-def assert_info_refuses(cli_path, ckpt, words):
-    """`info` on ckpt fails (exit 1) with an error naming config.json and every one of words."""
+def assert_info_refuses(cli_path, ckpt, words, file="config.json"):
+    """`info` on ckpt fails (exit 1) with an error naming `file` and every one of words."""
     r = subprocess.run([cli_path, "info", str(ckpt)], capture_output=True, text=True, timeout=600)
     assert r.returncode == 1, r.stdout
-    assert "config.json" in r.stderr
+    assert file in r.stderr, r.stderr
     for w in words:
         assert w in r.stderr, (w, r.stderr)
 

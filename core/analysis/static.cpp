@@ -133,9 +133,9 @@ LayerMats layerMats(const Checkpoint& ck, const ModelSpec& s, const Reference* r
         }
     }
     if (s.hasSharedExpert()) {
-        L.extra[0].push_back(whole(use(ck, s.tensorName(Role::SharedGate, l)), true));
-        L.extra[1].push_back(whole(use(ck, s.tensorName(Role::SharedUp, l)), true));
-        L.extra[2].push_back(whole(use(ck, s.tensorName(Role::SharedDown, l)), false));
+        L.extra[0].push_back(expert(Role::SharedGate, 0, true));  // the whole matrix, or its half of a fused one
+        L.extra[1].push_back(expert(Role::SharedUp, 0, true));
+        L.extra[2].push_back(expert(Role::SharedDown, 0, false));
         L.extraLabels.push_back("SE");
     }
     if (ref) {

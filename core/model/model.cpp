@@ -186,6 +186,7 @@ std::unique_ptr<Model> Model::load(std::shared_ptr<Checkpoint> ckpt, const Model
     } else {
         d.finalNorm = d.load(Role::FinalNorm);
         d.lmHead = spec.tieEmbeddings ? d.embed : d.load(Role::LmHead);
+        d.lmHeadBias = d.loadOpt(Role::LmHeadBias);
     }
     if (!d.streamed)
         for (int l = 0; l < spec.numLayers; ++l) d.loadLayer(l);
@@ -217,10 +218,12 @@ void Model::Impl::loadExperts(LayerWeights& w, int l) const {
         }
         return;
     }
-    w.router = load(Role::Router, l);
+    w.router = s.router.weightsFloat32 ? loadFloat32Opt(Role::Router, l) : load(Role::Router, l);
     w.routerBias = loadOpt(Role::RouterBias, l);
     w.routerExtras.selectionBias = s.router.selectionBiasFloat32 ? loadFloat32Opt(Role::RouterSelectionBias, l)
                                                                  : loadOpt(Role::RouterSelectionBias, l);
+    if (w.routerExtras.selectionBias.defined())  // [E], or ERNIE's [1, E]
+        w.routerExtras.selectionBias = w.routerExtras.selectionBias.reshape({-1});
     w.routerExtras.expertScale = loadOpt(Role::RouterExpertScale, l);
     if (s.layout == ExpertLayout::PerExpert) {
         for (int e = 0; e < s.numExperts; ++e)
@@ -234,8 +237,11 @@ void Model::Impl::loadExperts(LayerWeights& w, int l) const {
     }
     w.moeOutBias = loadOpt(Role::MoeBias, l);
     if (s.hasSharedExpert()) {
-        w.shared = fused(s.tensorName(Role::SharedGate, l), s.tensorName(Role::SharedUp, l),
-                         s.tensorName(Role::SharedDown, l));
+        if (s.role(Role::SharedGate).pack == Pack::FirstHalf)  // one [2S, d] tensor, gate rows then up rows
+            w.shared = swigluFfn(load(Role::SharedGate, l), Tensor(), Tensor(), load(Role::SharedDown, l));
+        else
+            w.shared = swiglu(l, Role::SharedGate, Role::SharedUp, Role::SharedDown, Role::SharedGateBias,
+                              Role::SharedUpBias, Role::SharedDownBias);
         w.sharedGate = loadOpt(Role::SharedExpertGate, l);
     }
 }
@@ -368,7 +374,8 @@ Model::Impl::State Model::Impl::start(const std::vector<std::vector<int64_t>>& p
             st.sin.emplace_back();
             continue;
         }
-        st.h.push_back(embed.index_select(0, ids));
+        Tensor h = embed.index_select(0, ids);
+        st.h.push_back(spec.embeddingScale != 1.0 ? h * spec.embeddingScale : h);
         Tensor pos = torch::arange(static_cast<int64_t>(p.size()), devOpts.dtype(torch::kLong)).to(torch::kFloat);
         Tensor freqs = pos.unsqueeze(1) * invFreq.unsqueeze(0);
         Tensor emb = torch::cat({freqs, freqs}, -1);
@@ -396,25 +403,28 @@ void Model::Impl::step(int l, State& st, bool allExperts, const Tap& tap, const 
             st.h[p] = layerNorm(y + x, w.postNorm, w.postNormB);
             continue;
         }
+        // a block's output joins the residual stream (times Granite's residual_multiplier)
+        auto join = [&](const Tensor& y) {
+            st.h[p] = st.h[p] + (spec.residualScale != 1.0 ? y * spec.residualScale : y);
+        };
         Tensor x = rmsNorm(st.h[p], w.inNorm, spec.blockEps());
         if (spec.attn.isMoa()) {
             MoeOut a = moaAttention(w, x, st.cos[p], st.sin[p], allExperts);
             if (attnTap) attnTap(p, x, &a);
-            st.h[p] = st.h[p] + a.y;
+            join(a.y);
         } else {
-            st.h[p] =
-                st.h[p] + (spec.attn.isMla() ? mlaAttention(w, x, st.cos[p], st.sin[p])
-                                             : attention(w, x, st.cos[p], st.sin[p], spec.layers[l].slidingWindow));
+            join(spec.attn.isMla() ? mlaAttention(w, x, st.cos[p], st.sin[p])
+                                   : attention(w, x, st.cos[p], st.sin[p], spec.layers[l].slidingWindow));
         }
         x = rmsNorm(st.h[p], w.postNorm, spec.blockEps());
         if (!isMoe) {
             if (tap) tap(p, x, nullptr);
-            st.h[p] = st.h[p] + ffn(x, w.mlp);
+            join(ffn(x, w.mlp));
             continue;
         }
         auto m = moe(w, x, allExperts, keepChosen);
         if (tap) tap(p, x, &m);
-        st.h[p] = st.h[p] + m.y;
+        join(m.y);
     }
 }
 
@@ -468,7 +478,7 @@ RunTrace Model::trace(const std::vector<std::vector<int64_t>>& prompts, const Tr
     std::vector<Tensor>& h = st.h;
     if (opt.saveLogits) {
         std::vector<Tensor> parts;
-        for (auto& x : h) parts.push_back(torch::linear(d.finalHidden(x), d.lmHead).to(torch::kFloat));
+        for (auto& x : h) parts.push_back(d.logits(x).to(torch::kFloat));
         Tensor all = torch::cat(parts, 0).contiguous().to(torch::kCPU);
         rt.logits.assign(all.data_ptr<float>(), all.data_ptr<float>() + all.numel());
     }

@@ -71,14 +71,30 @@ inline Tensor applyRope(const Tensor& x, const Tensor& cos, const Tensor& sin) {
     return torch::cat({rot * cos + rotateHalf(rot) * sin, x.narrow(-1, r, d - r)}, -1);
 }
 
+// RoPE on all of x [..., T, r] (cos/sin: [T, r] = cat(freqs, freqs)): rotate_half, or on
+// interleaved pairs (x0, x1), (x2, x3)... with the output holding the rotated even dimensions, then
+// the odd ones (a permutation that queries and keys share, so q.k is the interleaved rotation's:
+// DeepSeek-V3, ERNIE 4.5). inFloat32: on a float32 copy of x, rounded back once (DeepSeek-V2
+// rotates as complex64, ERNIE 4.5 in float32).
+inline Tensor applyRope(const Tensor& x, const Tensor& cos, const Tensor& sin, bool interleaved, bool inFloat32) {
+    if (inFloat32 && x.scalar_type() != torch::kFloat)
+        return applyRope(x.to(torch::kFloat), cos, sin, interleaved, false).to(x.scalar_type());
+    if (!interleaved) return x * cos + rotateHalf(x) * sin;
+    const int64_t h = x.size(-1) / 2;
+    Tensor c = cos.narrow(-1, 0, h), s = sin.narrow(-1, 0, h);
+    Tensor x1 = x.slice(-1, 0, x.size(-1), 2), x2 = x.slice(-1, 1, x.size(-1), 2);
+    return torch::cat({x1 * c - x2 * s, x2 * c + x1 * s}, -1);
+}
+
 // An FFN. SwiGLU: gate and up are one [2F, d] matrix (one GEMM instead of two, as transformers
 // v5 holds experts) whenever loading copies anyway; zero-copy views of the mapping stay apart.
 // GELU FFN (BERT): `gate` holds W1 with its bias `inBias`, no up; `outBias` is W2's bias (dense
 // layers only: an EMoE layer adds it once after combining its experts).
 struct Ffn {
     Tensor gateUp, gate, up, down;
-    Tensor inBias, outBias;
-    int act = 0;  // 0: SwiGLU (silu), 1: GELU (erf), 2: GELU (tanh)
+    Tensor inBias, outBias;  // W1's (SwiGLU: the gate's) and W2's (down's) biases
+    Tensor upBias;           // SwiGLU with biases (ERNIE's use_bias): the up projection's; never fused
+    int act = 0;             // 0: SwiGLU (silu), 1: GELU (erf), 2: GELU (tanh)
 };
 
 inline Ffn swigluFfn(Tensor gateUp, Tensor gate, Tensor up, Tensor down) {
@@ -101,7 +117,7 @@ inline Tensor gatePre(const Tensor& x, const Ffn& f) {
 // The FFN's hidden activations h (what W_down reads): silu(g) * u, or gelu(W1 x + b1).
 inline Tensor ffnHidden(const Tensor& x, const Ffn& f) {
     if (f.act != 0) return gelu(torch::linear(x, f.gate, f.inBias), f.act);
-    if (!f.gateUp.defined()) return torch::silu(torch::linear(x, f.gate)) * torch::linear(x, f.up);
+    if (!f.gateUp.defined()) return torch::silu(torch::linear(x, f.gate, f.inBias)) * torch::linear(x, f.up, f.upBias);
     Tensor h = torch::linear(x, f.gateUp);
     const int64_t F = h.size(-1) / 2;
     return torch::silu(h.narrow(-1, 0, F)) * h.narrow(-1, F, F);
@@ -216,7 +232,10 @@ inline std::pair<Tensor, Tensor> route(const RouterRule& r, const Tensor& logits
         }
         ids = std::get<1>(choice.topk(K, -1));
         wts = scores.gather(1, ids);
-        if (r.renormalize) wts = wts / (wts.sum(-1, true) + r.renormEpsilon);
+        if (r.renormalize) {
+            Tensor sum = wts.sum(-1, true);
+            wts = wts / (r.renormMin > 0 ? sum.clamp_min(r.renormMin) : sum + r.renormEpsilon);
+        }
     }
     if (r.unitWeights) wts = torch::ones_like(wts);
     if (r.scale != 1.0) wts = wts * r.scale;
@@ -236,7 +255,7 @@ struct Model::Impl {
     torch::ScalarType dtype = torch::kFloat;
     std::string deviceName, dtypeName;
     bool streamed = false;
-    Tensor embed, finalNorm, lmHead;
+    Tensor embed, finalNorm, lmHead, lmHeadBias;
     Tensor posEmbed, typeEmbed, embNorm, embNormB;  // encoders (BERT)
     std::vector<LayerWeights> layers;
 
@@ -296,7 +315,8 @@ struct Model::Impl {
         checkFinite(name, t);
         return t;
     }
-    // gate and up concatenated when the load copies anyway (another dtype or device)
+    // gate and up concatenated when the load copies anyway (another dtype or device) and they
+    // have no biases
     Ffn fused(const std::string& gate, const std::string& up, const std::string& down) const {
         Tensor g = load(gate), u = load(up);
         const bool views =
@@ -304,12 +324,22 @@ struct Model::Impl {
         if (views) return swigluFfn(Tensor(), g, u, load(down));
         return swigluFfn(torch::cat({g, u}, 0), Tensor(), Tensor(), load(down));
     }
+    // A SwiGLU FFN of three roles, with the biases of the three bias roles where the table has them.
+    Ffn swiglu(int l, Role gate, Role up, Role down, Role gateBias, Role upBias, Role downBias) const {
+        if (!spec.has(gateBias))
+            return fused(spec.tensorName(gate, l), spec.tensorName(up, l), spec.tensorName(down, l));
+        Ffn f = swigluFfn(Tensor(), load(gate, l), load(up, l), load(down, l));
+        f.inBias = load(gateBias, l);
+        f.upBias = load(upBias, l);
+        f.outBias = loadOpt(downBias, l);
+        return f;
+    }
     int actCode() const { return spec.activation == "gelu" ? 1 : spec.activation == "gelu_tanh" ? 2 : 0; }
     // Layer l's dense FFN (with W2's bias for GELU FFNs).
     Ffn denseFfn(int l) const {
         if (spec.gatedFfn())
-            return fused(spec.tensorName(Role::FfnGate, l), spec.tensorName(Role::FfnUp, l),
-                         spec.tensorName(Role::FfnDown, l));
+            return swiglu(l, Role::FfnGate, Role::FfnUp, Role::FfnDown, Role::FfnGateBias, Role::FfnUpBias,
+                          Role::FfnDownBias);
         Ffn f;
         f.gate = load(Role::FfnGate, l);
         f.inBias = loadOpt(Role::FfnGateBias, l);
@@ -425,6 +455,11 @@ struct Model::Impl {
     }
     // The final hidden states (HF's last_hidden_state): after the final norm for decoders.
     Tensor finalHidden(const Tensor& h) const { return spec.encoder ? h : rmsNorm(h, finalNorm, spec.rmsEps); }
+    // the language-model head on the last hidden states, in the compute dtype (divided by Granite's logits_scaling)
+    Tensor logits(const Tensor& h) const {
+        Tensor y = torch::linear(finalHidden(h), lmHead, lmHeadBias);
+        return spec.logitsDivisor != 1.0 ? y / spec.logitsDivisor : y;
+    }
 
     // The residual streams of a set of prompts between layers, and their RoPE tables.
     struct State {

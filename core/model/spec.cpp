@@ -40,7 +40,14 @@ std::string RouterRule::describe() const {
         s += ", best " + std::to_string(topkGroups) + " of " + std::to_string(groups) + " groups (" +
              (groupScore == GroupScore::Max ? "max" : "sum of top-2") + ")";
     s += topkBeforeSoftmax ? ", top-k on logits then softmax over k" : ", top-k";
-    if (renormalize && !topkBeforeSoftmax) s += ", renormalise";
+    if (renormalize && !topkBeforeSoftmax) {
+        s += ", renormalise";
+        if (renormMin > 0) {
+            std::ostringstream o;
+            o << " (sum clamped to >= " << renormMin << ")";
+            s += o.str();
+        }
+    }
     if (unitWeights) s += ", weight 1";
     if (scale != 1.0) {
         std::ostringstream o;
@@ -173,6 +180,12 @@ ExpertMatrix ModelSpec::expertMatrix(Role r, int layer, int expert) const {
         if (shape.size() != 2) throw Error(std::string(roleName(r)) + " is not a matrix", "", t.name);
         m.rows = shape[0];
         m.cols = shape[1];
+        return m;
+    }
+    if (shape.size() == 2 && t.pack != Pack::Stacked) {  // one fused matrix: gate rows, then up rows
+        m.rows = shape[0] / 2;
+        m.cols = shape[1];
+        m.offset = t.pack == Pack::SecondHalf ? m.rows * m.cols : 0;
         return m;
     }
     if (shape.size() != 3) throw Error(std::string(roleName(r)) + " is not a stack of matrices", "", t.name);

@@ -29,8 +29,9 @@ struct RouterRule {
     enum class GroupScore { Max, SumTop2 };
     enum class Shared { None, Ungated, SigmoidGated };
     Scoring scoring = Scoring::Softmax;
-    bool topkBeforeSoftmax = false;      // top-k on logits, softmax over the k (JetMoE, GPT-OSS)
-    bool logitsInFloat32 = false;        // the router's product in float32 (input and weights widened)
+    bool topkBeforeSoftmax = false;  // top-k on logits, softmax over the k (JetMoE, GPT-OSS)
+    bool logitsInFloat32 = false;    // the router's product in float32 (input and weights widened)
+    bool weightsFloat32 = false;     // the router's matrix kept in float32 whatever the model's dtype (ERNIE, Hunyuan)
     bool scoresInHiddenDtype = false;    // scores, top-k and renormalisation in the activations' dtype
     bool bias = false;                   // the router linear has a bias (Role::RouterBias)
     bool selectionBias = false;          // Role::RouterSelectionBias added to the scores to choose only
@@ -43,6 +44,7 @@ struct RouterRule {
     double groupMaskScore = -std::numeric_limits<double>::infinity();
     bool renormalize = true;            // top-k weights divided by their sum
     double renormEpsilon = 0.0;         // added to that sum (DeepSeek-V3: 1e-20)
+    double renormMin = 0.0;             // that sum clamped to at least this (ERNIE's moe_norm_min); 0: none
     bool weightsInHiddenDtype = false;  // weights cast to the activation dtype before combining
     double scale = 1.0;                 // routed_scaling_factor
     bool unitWeights = false;           // every chosen expert's output counts once (EMoE's block mask)
@@ -69,7 +71,8 @@ struct AttentionSpec {
     int64_t heads = 0, kvHeads = 0, headDim = 0;
     bool qkvBias = false, oBias = false;
     QKNorm qkNorm = QKNorm::None;
-    double clipQkv = 0.0;  // 0: no clamp
+    bool qkNormAfterRope = false;  // the per-head QK-norm on the rotated queries and keys (Hunyuan)
+    double clipQkv = 0.0;          // 0: no clamp
     double ropeTheta = 10000.0;
     // YaRN (rope_scaling / rope_parameters of type "yarn", as transformers' _compute_yarn_parameters):
     // inverse frequencies blended between theta^(-2i/d) and theta^(-2i/d) / factor by a ramp over
@@ -102,6 +105,8 @@ struct AttentionSpec {
     // times 1 + beta ln(1 + floor(position / queryScalePositions)), in float32; beta 0: none
     double queryScaleBeta = 0.0;
     int64_t queryScalePositions = 0;
+    // the softmax scale of q.k (Granite's attention_multiplier); 0: 1 / sqrt(head_dim)
+    double softmaxScale = 0.0;
     bool isMla() const { return kind == Kind::MLA; }
     bool isMoa() const { return kind == Kind::MoA; }
     const char* kindName() const;
@@ -185,6 +190,11 @@ struct ModelSpec {
     int64_t quantizedTensors = 0;  // F8_E4M3 weights (with their scales)
     int64_t activationScales = 0;  // static activation scales beside them (left out)
     int64_t totalParams = 0, activeParams = 0;
+
+    // Granite's scalar multipliers (1: none): the embeddings times embeddingScale, each block's
+    // output (attention, FFN) times residualScale as it joins the residual stream, the logits
+    // divided by logitsDivisor (each in the activations' dtype, as transformers applies them)
+    double embeddingScale = 1.0, residualScale = 1.0, logitsDivisor = 1.0;
 
     bool moeBias = false;  // an output bias after the experts (JetMoE's mlp.bias)
     bool hasSharedExpert() const { return router.shared != RouterRule::Shared::None; }

@@ -1,5 +1,6 @@
 #include "model/summary.h"
 
+#include <cmath>
 #include <cstdio>
 #include <sstream>
 
@@ -132,6 +133,19 @@ std::vector<SummaryRow> describeModel(const ModelSpec& s, const Checkpoint& ckpt
                 oj{{"llama_4_scaling_beta", a.queryScaleBeta}, {"llama_4_scaling_positions", a.queryScalePositions}});
         }
         rows.push_back({"RoPE", t.str(), {{"rope", rope}}});
+    }
+    if (s.embeddingScale != 1.0 || s.residualScale != 1.0 || s.logitsDivisor != 1.0 || s.attn.softmaxScale > 0) {
+        std::ostringstream t;
+        t << "embeddings x" << s.embeddingScale << ", block outputs x" << s.residualScale << ", logits / "
+          << s.logitsDivisor << ", attention softmax scale "
+          << (s.attn.softmaxScale > 0 ? s.attn.softmaxScale : 1.0 / std::sqrt(static_cast<double>(s.attn.headDim)));
+        rows.push_back({"Multipliers",
+                        t.str(),
+                        {{"multipliers",
+                          oj{{"embedding", s.embeddingScale},
+                             {"residual", s.residualScale},
+                             {"logits_divisor", s.logitsDivisor},
+                             {"attention_softmax_scale", s.attn.softmaxScale > 0 ? oj(s.attn.softmaxScale) : oj()}}}}});
     }
     rows.push_back({"Vocabulary", std::to_string(s.vocab), {}});
     oj leftOut = oj::array();

@@ -18,6 +18,8 @@ const char* roleName(Role r) {
             return "final norm";
         case Role::LmHead:
             return "lm head";
+        case Role::LmHeadBias:
+            return "lm head bias";
         case Role::AttnNorm:
             return "attention norm";
         case Role::AttnNormBias:
@@ -76,6 +78,8 @@ const char* roleName(Role r) {
             return "FFN gate";
         case Role::FfnGateBias:
             return "FFN gate bias";
+        case Role::FfnUpBias:
+            return "FFN up bias";
         case Role::FfnUp:
             return "FFN up";
         case Role::FfnDown:
@@ -104,6 +108,12 @@ const char* roleName(Role r) {
             return "shared expert up";
         case Role::SharedDown:
             return "shared expert down";
+        case Role::SharedGateBias:
+            return "shared expert gate bias";
+        case Role::SharedUpBias:
+            return "shared expert up bias";
+        case Role::SharedDownBias:
+            return "shared expert down bias";
         case Role::SharedExpertGate:
             return "shared expert's gate";
     }

@@ -18,6 +18,7 @@ enum class Role : uint8_t {
     EmbNormBias,
     FinalNorm,
     LmHead,
+    LmHeadBias,
     // every layer: the two norms (BERT: the LayerNorms after attention and after the FFN)
     AttnNorm,
     AttnNormBias,
@@ -52,10 +53,12 @@ enum class Role : uint8_t {
     MlaKvANorm,
     MlaKvB,
     // a dense FFN (also EMoE's layers, whose experts are neuron blocks of it): SwiGLU gate, up,
-    // down; a GELU FFN (BERT): W1 (as gate) with its bias, W2 (as down) with its bias
+    // down (with biases: ERNIE's use_bias); a GELU FFN (BERT): W1 (as gate) with its bias, W2 (as
+    // down) with its bias
     FfnGate,
     FfnGateBias,
     FfnUp,
+    FfnUpBias,
     FfnDown,
     FfnDownBias,
     // a MoE layer: router, routed experts, an output bias after them, the shared expert
@@ -70,6 +73,9 @@ enum class Role : uint8_t {
     SharedGate,
     SharedUp,
     SharedDown,
+    SharedGateBias,
+    SharedUpBias,
+    SharedDownBias,
     SharedExpertGate,
 };
 const char* roleName(Role r);
@@ -87,7 +93,8 @@ enum class Scope : uint8_t {
 enum class Pack : uint8_t {
     None,        // one matrix (per layer; per expert with Scope::Expert)
     Stacked,     // [E, rows, cols]: expert e's matrix is slice e
-    FirstHalf,   // [E, 2 rows, cols]: expert e's matrix is the first half of slice e (fused gate_up)
+    FirstHalf,   // [E, 2 rows, cols]: expert e's matrix is the first half of slice e (fused gate_up);
+                 // [2 rows, cols] (a fused shared expert): the first half of the matrix
     SecondHalf,  // ... and the second half
 };
 

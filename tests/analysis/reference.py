@@ -33,6 +33,13 @@ CASES = {
     "mixtral_noref": ("mixtral_gqa", None),
     "qwen2moe": ("qwen2_moe_shared", dict(num_hidden_layers=4, intermediate_size=32)),
     "olmoe": ("olmoe_clip", dict()),
+    # Granite with its shared expert: fused input_linear tensors (gate rows, then up rows) for the
+    # routed experts and the shared one, which is wider (SE leaves S1/S3/S6)
+    "granite": ("granitemoeshared_shared", None),
+    # ERNIE 4.5: combine weights renormalised by a clamped sum (moe_norm_min), a float32 router
+    "ernie": ("ernie4_5_moe_plain_clamp", None),
+    # Hunyuan: a shared MLP of the experts' width (SE joins S1/S3/S6), the router under gate.wg
+    "hunyuan": ("hunyuan_plain", None),
 }
 
 
@@ -66,24 +73,30 @@ class MoeWeights:
         self.config = _config(ckpt)
         self.t = load_tensors(ckpt)
         c = self.config
-        self.E = int(c.get("num_local_experts", c.get("num_experts", 0)))
-        self.k = int(c["num_experts_per_tok"])
+        self.E = int(c.get("num_local_experts", c.get("num_experts", c.get("moe_num_experts", 0))))  # ERNIE's keys
+        k = c.get("num_experts_per_tok", c.get("moe_k", c.get("moe_topk", 0)))  # Mixtral's, ERNIE's, Hunyuan's
+        self.k = int(k[0] if isinstance(k, list) else k)
         self.d = int(c["hidden_size"])
         self.num_layers = int(c["num_hidden_layers"])
-        self.moe_layers = sorted({int(n.split(".")[2]) for n in self.t if ".experts." in n})
+        self.moe_layers = sorted({int(n.split(".")[2]) for n in self.t
+                                  if ".experts." in n or ".block_sparse_moe.input_linear." in n})
 
     def _prefix(self, l):
         for p in (f"model.layers.{l}.block_sparse_moe.", f"model.layers.{l}.mlp."):
-            if p + "gate.weight" in self.t:
-                return p
+            for r in ("gate.weight", "router.layer.weight", "gate.wg.weight"):  # Granite's as released, Hunyuan's
+                if p + r in self.t:
+                    return p, r
         raise KeyError(f"layer {l} has no router")
 
     def layer(self, l):
         """dict(router [E, d], experts: list of E dicts {gate, up, down}, shared: dict or None)."""
-        t, p = self.t, self._prefix(l)
+        t, (p, router) = self.t, self._prefix(l)
         experts = []
-        if p + "experts.gate_up_proj" in t:  # transformers v5 packed layout
-            gu, dn = t[p + "experts.gate_up_proj"], t[p + "experts.down_proj"]
+        fused = {p + "experts.gate_up_proj": p + "experts.down_proj",  # transformers v5 packed layout
+                 p + "input_linear.weight": p + "output_linear.weight"}  # Granite's (JetMoE's) fused layout
+        packed = [k for k in fused if k in t]
+        if packed:
+            gu, dn = t[packed[0]], t[fused[packed[0]]]
             F = gu.shape[1] // 2
             for e in range(self.E):
                 experts.append(dict(gate=gu[e, :F], up=gu[e, F:], down=dn[e].T))
@@ -96,10 +109,17 @@ class MoeWeights:
                     experts.append(dict(gate=t[q + "gate_proj.weight"], up=t[q + "up_proj.weight"],
                                         down=t[q + "down_proj.weight"].T))
         shared = None
-        q = p + "shared_expert."
-        if q + "gate_proj.weight" in t:
+        q = next((p + n for n in ("shared_expert.", "shared_mlp.") if p + n + "gate_proj.weight" in t), None)
+        g = f"model.layers.{l}.shared_mlp."  # Granite's, beside the block: input_linear = [gate; up]
+        if q is not None:  # Qwen's shared_expert, Hunyuan's shared_mlp
             shared = dict(gate=t[q + "gate_proj.weight"], up=t[q + "up_proj.weight"], down=t[q + "down_proj.weight"].T)
-        return dict(router=t[p + "gate.weight"], experts=experts, shared=shared)
+        elif g + "input_linear.weight" in t:
+            gu = t[g + "input_linear.weight"]
+            S = gu.shape[0] // 2
+            shared = dict(gate=gu[:S], up=gu[S:], down=t[g + "output_linear.weight"].T)
+        bias = [t[p + b].reshape(-1) for b in ("moe_statics.e_score_correction_bias", "gate.e_score_correction_bias",
+                                               "gate.moe_statics.e_score_correction_bias") if p + b in t]
+        return dict(router=t[p + router], experts=experts, shared=shared, selection_bias=bias[0] if bias else None)
 
 
 class DenseWeights:
@@ -417,7 +437,7 @@ def capture_moe(model, prompts):
 
     for l, b in blocks.items():
         hooks.append(b.register_forward_pre_hook(pre(l)))
-        hooks.append(b.gate.register_forward_hook(router(l)))
+        hooks.append(fixtures.router_of(b).register_forward_hook(router(l)))
     with torch.no_grad():
         for p in prompts:
             model(input_ids=torch.tensor([p]), use_cache=False)
@@ -481,8 +501,20 @@ def dynamic_reference(moe, cap, offsets, run, first_n, dense=None, dcap=None, la
     counts = np.zeros((Lm, E), dtype=np.int64)
     consec = np.zeros(Lm)
     div_c, div_a = [], []
+    sel = dict(override_share=[], mean_swapped=[], gained=[], lost=[], bias=[])  # routers with a selection bias
     for li, l in enumerate(layers):
         L = moe.layer(l)
+        if L["selection_bias"] is not None:  # the bias analysis: chosen K_t against the unbiased top-k U_t
+            lg = cap[l]["logits"]
+            sc = 1 / (1 + np.exp(-lg)) if moe.config.get("scoring_func") == "sigmoid" else \
+                np.exp(lg - lg.max(1, keepdims=True)) / np.exp(lg - lg.max(1, keepdims=True)).sum(1, keepdims=True)
+            inK, inU = np.zeros(sc.shape, bool), np.zeros(sc.shape, bool)
+            np.put_along_axis(inK, cap[l]["ids"], True, 1)
+            np.put_along_axis(inU, np.argsort(-sc, axis=1, kind="stable")[:, :k], True, 1)
+            gained, lost = inK & ~inU, inU & ~inK
+            for key, v in (("override_share", gained.any(1).mean()), ("mean_swapped", gained.sum(1).mean()),
+                           ("gained", gained.sum(0)), ("lost", lost.sum(0)), ("bias", L["selection_bias"])):
+                sel[key].append(v)
         x = cap[l]["x"]
         assert x.shape[0] == T
         outs = [expert_out(m, x) for m in L["experts"]]
@@ -575,6 +607,9 @@ def dynamic_reference(moe, cap, offsets, run, first_n, dense=None, dcap=None, la
     exp.put(f"layer_diversity/outputs/{run}/cosine", np.array(div_c))
     exp.put(f"layer_diversity/outputs/{run}/angular", np.array(div_a))
     exp.put(f"routing_check/{run}/mismatches", np.zeros((0, 2), dtype=np.int64))
+    if sel["bias"]:
+        for key, v in sel.items():
+            exp.put(f"selection_bias/{run}/{key}", np.array(v))
     exp.notes[f"{run}/layers"] = layers
     exp.notes[f"{run}/T"] = T
     return exp

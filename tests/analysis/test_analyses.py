@@ -8,7 +8,9 @@ weights; F is the dense reference's MLP output from its own forward). Our sessio
 h5py alone. Fixtures (reference.CASES): Mixtral against a Mistral "F" of the experts' shape (F
 joins S1/S3/S6), the same Mixtral without --reference, Qwen2-MoE whose shared expert is wider
 than its routed experts (SE leaves S1/S3/S6) with an F of the experts' shape, and OLMoE with a
-wider F (F leaves S1/S3/S6); Mixtral in both on-disk layouts.
+wider F (F leaves S1/S3/S6), Granite with a wider shared expert, routed and shared experts in
+fused input_linear tensors, ERNIE 4.5 (clamped renormalisation), Hunyuan with a shared MLP of the
+experts' shape (SE joins S1/S3/S6); Mixtral in both on-disk layouts.
 
 Tolerances. Our code converts the weights to float32 (exact: the fixtures are stored in float32)
 and accumulates products in float64 (docs/analyses.md, "Streaming"); results are stored as
@@ -201,7 +203,8 @@ class Sess:
 
 
 SESSIONS = [("mixtral", "per_expert"), ("mixtral", "packed"), ("mixtral_noref", "per_expert"),
-            ("qwen2moe", "per_expert"), ("olmoe", "per_expert")]
+            ("qwen2moe", "per_expert"), ("olmoe", "per_expert"), ("granite", "per_expert"),
+            ("ernie", "per_expert"), ("hunyuan", "per_expert")]
 
 
 @pytest.fixture(scope="module", params=SESSIONS, ids=[f"{c}-{l}" for c, l in SESSIONS])
@@ -322,7 +325,9 @@ def test_rows_labels_and_exclusion_rule(sess):
         assert ("reference" in f[f"analyses/gate_activations/{RUN}/layers/{l}"]) == bool(sess.ref)
         if has_se:
             # the case the rule is for: Qwen2-MoE's shared expert is wider than its routed experts
-            assert "SE" in exp.excluded["weight_similarity"]
+            L = exp.moe.layer(l)
+            wider = L["shared"]["gate"].shape != L["experts"][0]["gate"].shape
+            assert ("SE" in exp.excluded["weight_similarity"]) == wider
 
 
 _MARGINS = {}

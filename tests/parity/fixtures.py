@@ -169,6 +169,44 @@ CONFIGS = {
         v_head_dim=16, routed_scaling_factor=1.0, norm_topk_prob=False, rope_interleave=False, attention_bias=True,
         rope_parameters=dict(rope_type="yarn", rope_theta=1000.0, factor=2.0, original_max_position_embeddings=6,
                              llama_4_scaling_beta=0.2))),
+    # Granite MoE: every multiplier other than 1 (embeddings x12, block outputs x0.22, softmax scale
+    # 1/64 instead of 1/sqrt(16), logits / 6), attention biases, GQA, a tied head, top-2 of 6 by
+    # top-k-then-softmax
+    "granitemoe_multipliers": ("GraniteMoeConfig", dict(
+        num_attention_heads=4, num_key_value_heads=2, num_local_experts=6, num_experts_per_tok=2,
+        intermediate_size=40, attention_bias=True, tie_word_embeddings=True, embedding_multiplier=12.0,
+        residual_multiplier=0.22, attention_multiplier=0.015625, logits_scaling=6.0, num_hidden_layers=3)),
+    # ... with the shared expert (fused shared_mlp.input_linear), untied, top-3 of 8, no biases
+    "granitemoeshared_shared": ("GraniteMoeSharedConfig", dict(
+        num_attention_heads=4, num_key_value_heads=4, num_local_experts=8, num_experts_per_tok=3,
+        intermediate_size=24, shared_intermediate_size=56, embedding_multiplier=3.0, residual_multiplier=0.5,
+        attention_multiplier=0.2, logits_scaling=2.5)),
+    # ERNIE 4.5: use_bias (attention, dense and shared FFNs, the head), a tied head, MoE layers 1
+    # and 3 of 5 (start 1, end 3, interval 2: layer 4 dense past the end), 2 shared experts, a
+    # random correction bias on the softmax scores, interleaved RoPE, GQA
+    "ernie4_5_moe_bias_interval": ("Ernie4_5_MoeConfig", dict(
+        num_attention_heads=4, num_key_value_heads=2, moe_num_experts=8, moe_k=3, moe_intermediate_size=24,
+        intermediate_size=56, moe_num_shared_experts=2, moe_layer_start_index=1, moe_layer_end_index=3,
+        moe_layer_interval=2, num_hidden_layers=5, use_bias=True, tie_word_embeddings=True,
+        moe_norm_min=1e-12)),
+    # ... no biases, untied, every layer MoE from 0, no shared expert, head_dim of its own, top-2 of 6
+    # with a clamp that bites (moe_norm_min 0.6 > the sum of two softmax scores of 6 experts, often)
+    "ernie4_5_moe_plain_clamp": ("Ernie4_5_MoeConfig", dict(
+        num_attention_heads=4, num_key_value_heads=4, head_dim=24, moe_num_experts=6, moe_k=2,
+        moe_intermediate_size=32, intermediate_size=48, moe_num_shared_experts=0, moe_layer_start_index=0,
+        moe_layer_interval=1, tie_word_embeddings=False, moe_norm_min=0.6,
+        rope_parameters=dict(rope_type="default", rope_theta=10000.0))),
+    # Hunyuan (A13B's options): NTK-alpha RoPE (alpha 1000, with the factor 1.0 transformers' validation
+    # asks for), moe_topk as a per-layer list, attention biases, GQA, per-head QK-norm after RoPE, a
+    # float32 router, the shared MLP, a tied head
+    "hunyuan_alpha_list": ("HunYuanMoEV1Config", dict(
+        num_attention_heads=4, num_key_value_heads=2, head_dim=16, num_experts=8, moe_topk=[3, 3, 3],
+        intermediate_size=32, attention_bias=True, num_hidden_layers=3, tie_word_embeddings=True,
+        rope_parameters=dict(rope_type="dynamic", alpha=1000.0, factor=1.0, rope_theta=10000.0))),
+    # ... top-k as one number, plain RoPE, no biases, untied, no GQA
+    "hunyuan_plain": ("HunYuanMoEV1Config", dict(
+        num_attention_heads=4, num_key_value_heads=4, head_dim=16, num_experts=6, moe_topk=2,
+        intermediate_size=40, rope_parameters=dict(rope_type="default", rope_theta=10000.0))),
 }
 
 # Checkpoints stored in half precision: the reference runs HF in float32 on the same rounded
@@ -232,13 +270,14 @@ def reinitialised(model, seed=0, storage=None):
                 p.copy_(0.1 * torch.randn(p.shape, generator=g))
             elif "embed_tokens" in pname or pname.startswith("lm_head"):
                 p.copy_(torch.randn(p.shape, generator=g))
-            elif pname.endswith("gate.weight") and p.shape[0] != 1 and "shared" not in pname:
+            elif (pname.endswith("gate.weight") and p.shape[0] != 1 and "shared" not in pname) or \
+                    pname.endswith("block_sparse_moe.router.weight") or pname.endswith("gate.wg.weight"):
                 # the router: decisive enough that top-k ties are rare
                 p.copy_(torch.randn(p.shape, generator=g) * (3.0 / math.sqrt(p.shape[-1])))
             else:
                 p.copy_(torch.randn(p.shape, generator=g) / math.sqrt(p.shape[-1]))
-        for bname, b in model.named_buffers():
-            if bname.endswith("e_score_correction_bias"):  # DeepSeek-V3's selection bias
+        for bname, b in list(model.named_buffers()) + list(model.named_parameters()):
+            if bname.endswith("e_score_correction_bias"):  # DeepSeek-V3's selection bias (ERNIE's: a parameter)
                 b.copy_(0.3 * torch.randn(b.shape, generator=g))
         if storage is not None:
             for p in model.parameters():
@@ -271,12 +310,28 @@ def save_layouts(model, out_dir, storage=None):
 def _moe_blocks(model):
     blocks = {}
     for mname, m in model.named_modules():
-        if type(m).__name__.endswith("SparseMoeBlock") or type(m).__name__ in ("DeepseekV3MoE", "DeepseekV2Moe",
-                                                                               "Glm4MoeMoE", "Dots1MoE", "Glm4MoeLiteMoE",
-                                                                               "Mistral4MoE"):
+        if type(m).__name__.endswith("SparseMoeBlock") or type(m).__name__ in (
+                "DeepseekV3MoE", "DeepseekV2Moe", "Glm4MoeMoE", "Dots1MoE", "Glm4MoeLiteMoE", "Mistral4MoE",
+                "GraniteMoeMoE", "GraniteMoeSharedMoE", "HunYuanMoEV1Moe"):
             layer = int(mname.split(".layers.")[1].split(".")[0])
             blocks[layer] = m
     return blocks
+
+
+def router_of(block):
+    """The module of a MoE block that returns (router logits, combine weights, chosen ids):
+    `gate`, or Granite's `router`."""
+    return block.gate if hasattr(block, "gate") else block.router
+
+
+def shared_of(model, layer, block):
+    """The shared expert added to a MoE block's output: the block's own (Hunyuan's shared_mlp among
+    them), or (Granite) the decoder layer's shared_mlp beside it; None without one."""
+    shared = getattr(block, "shared_expert", None) or getattr(block, "shared_experts", None) or \
+        getattr(block, "shared_mlp", None)  # Hunyuan's
+    if shared is None:
+        shared = getattr(model.model.layers[layer], "shared_mlp", None)
+    return shared
 
 
 @torch.no_grad()
@@ -295,6 +350,9 @@ def reference(model, prompts=PROMPTS, device="cpu"):
             bias = getattr(mod, "e_score_correction_bias", None)
             if bias is None and len(inp) > 1:
                 bias = inp[1]
+            ernie = hasattr(mod, "moe_statics")  # ERNIE 4.5: the bias added to the softmax scores
+            if ernie:
+                bias = mod.moe_statics.e_score_correction_bias.squeeze(0)
             mistral4 = type(mod).__name__ == "Mistral4TopkRouter"
             G = getattr(mod, "num_group", 1) or 1
 
@@ -312,7 +370,9 @@ def reference(model, prompts=PROMPTS, device="cpu"):
                 return choice.masked_fill(keep.repeat_interleave(choice.shape[-1] // G, 1) == 0, float("-inf"))
 
             sum_top2 = lambda g: g.topk(2, dim=-1)[0].sum(-1)
-            if bias is not None:
+            if ernie:
+                probs = probs + bias
+            elif bias is not None:
                 # DeepSeek-V3: the choice is made on the biased sigmoids of the kept groups
                 probs = groups_kept(logits.float().sigmoid() + bias, sum_top2)
             elif mistral4:
@@ -348,13 +408,13 @@ def reference(model, prompts=PROMPTS, device="cpu"):
                 y = mod.experts(x, idx, torch.ones(T, 1, device=x.device, dtype=x.dtype))
                 norms.append(y.float().norm(dim=-1))
             rec[layer]["norms"].append(torch.stack(norms, 1).cpu().numpy())
-            shared = getattr(mod, "shared_expert", None) or getattr(mod, "shared_experts", None)
+            shared = shared_of(model, layer, mod)
             if shared is not None:
                 rec[layer]["snorms"].append(shared(x).float().norm(dim=-1).cpu().numpy())
         return fn
 
     for l, b in blocks.items():
-        hooks.append(b.gate.register_forward_hook(router_hook(l)))
+        hooks.append(router_of(b).register_forward_hook(router_hook(l)))
         hooks.append(b.register_forward_pre_hook(block_pre_hook(l)))
     all_logits = []
     for p in prompts:

@@ -122,9 +122,13 @@ def test_layer_streamed_identical(cli, build_fixture, tmp_path, name):
 
 # The families whose half-precision numerics have rules of their own: DeepSeek-V3's float32
 # correction bias and router, V2's float32 RoPE, MiniMax-M2's bias rounded to the model's dtype,
-# Mistral 4's router in the activations' dtype and its query temperature, MLA throughout.
+# Mistral 4's router in the activations' dtype and its query temperature, MLA throughout, Granite's
+# multipliers in the activations' dtype, ERNIE's and Hunyuan's float32 router matrices (Hunyuan's
+# combine weights left in float32), ERNIE's float32 RoPE.
 HALF_FAMILIES = ["deepseek_v3_groups", "deepseek_v2_groups", "glm4_moe_groups_qknorm", "dots1_sliding_groups",
-                 "glm4_moe_lite_types", "minimax_m2_rotary_dim", "mistral4_groups_temperature"]
+                 "glm4_moe_lite_types", "minimax_m2_rotary_dim", "mistral4_groups_temperature",
+                 "granitemoe_multipliers", "granitemoeshared_shared", "ernie4_5_moe_bias_interval",
+                 "hunyuan_alpha_list"]
 # bf16 tolerances: bf16 has an 8-bit mantissa (relative step 2^-8 = 3.9e-3); two implementations
 # with different kernels or operation orders differ by a few steps after a couple of layers, so
 # router logits within 0.05 absolute, logits within 3e-2 of the largest logit, and the chosen sets

@@ -3,7 +3,7 @@ numpy on the stored trace: the unbiased top-k from the stored router logits, the
 as stored, the correction bias as the checkpoint holds it (read with safetensors), the kept groups
 by the family's group score. Fixtures: DeepSeek-V3 (bias and groups, sum of the two best),
 MiniMax-M2 (bias, no groups), DeepSeek-V2 (groups by their best softmax score, no bias),
-Mistral 4 (softmax groups by the sum of the two best)."""
+Mistral 4 (softmax groups by the sum of the two best), ERNIE 4.5 (a [1, E] bias on softmax scores)."""
 import json
 import os
 import subprocess
@@ -14,12 +14,13 @@ import pytest
 from conftest import require, run_cli
 from test_parity import trace
 
-# fixture, the bias tensor's name ({L}: the layer) or None, the group score or None
+# fixture, the bias tensor's name ({L}: the layer) or None, the group score or None, sigmoid scores
 CASES = [
-    ("deepseek_v3_groups", "model.layers.{L}.mlp.gate.e_score_correction_bias", "sum2"),
-    ("minimax_m2_rotary_dim", "model.layers.{L}.block_sparse_moe.e_score_correction_bias", None),
-    ("deepseek_v2_groups", None, "max"),
-    ("mistral4_groups_temperature", None, "sum2"),
+    ("deepseek_v3_groups", "model.layers.{L}.mlp.gate.e_score_correction_bias", "sum2", True),
+    ("minimax_m2_rotary_dim", "model.layers.{L}.block_sparse_moe.e_score_correction_bias", None, True),
+    ("deepseek_v2_groups", None, "max", False),
+    ("mistral4_groups_temperature", None, "sum2", False),
+    ("ernie4_5_moe_bias_interval", "model.layers.{L}.mlp.moe_statics.e_score_correction_bias", None, False),
 ]
 
 
@@ -49,8 +50,8 @@ def expected(logits, chosen, k, sigmoid, bias, groups, kept, score):
     return out
 
 
-@pytest.mark.parametrize("name,bias_name,score", CASES)
-def test_bias_analysis_matches_numpy(cli, build_fixture, tmp_path, name, bias_name, score):
+@pytest.mark.parametrize("name,bias_name,score,sigmoid", CASES)
+def test_bias_analysis_matches_numpy(cli, build_fixture, tmp_path, name, bias_name, score, sigmoid):
     h5py = require("h5py")
     st = require("safetensors.torch")
     per, _, _ = build_fixture(name)
@@ -62,7 +63,6 @@ def test_bias_analysis_matches_numpy(cli, build_fixture, tmp_path, name, bias_na
     weights = st.load_file(os.path.join(per, "model.safetensors"))
     groups = cfg.get("n_group") or 1
     kept = cfg.get("topk_group") or 1
-    sigmoid = bias_name is not None
     with h5py.File(out, "r") as f:
         model = f["model"]
         assert model.attrs.get("expert_groups", 1) == groups and model.attrs.get("expert_groups_kept", 1) == (
@@ -74,7 +74,7 @@ def test_bias_analysis_matches_numpy(cli, build_fixture, tmp_path, name, bias_na
         k = f["model"].attrs["top_k"]
         for i, l in enumerate(layers):
             g = f[f"runs/r/layers/{l}"]
-            bias = weights[bias_name.replace("{L}", str(l))].float().numpy() if bias_name else None
+            bias = weights[bias_name.replace("{L}", str(l))].float().numpy().reshape(-1) if bias_name else None
             exp = expected(g["router_logits"][:], g["topk_experts"][:], k, sigmoid, bias, groups, kept, score)
             assert a["override_share"][i] == pytest.approx(exp["override_share"], abs=1e-6)
             assert a["mean_swapped"][i] == pytest.approx(exp["mean_swapped"], abs=1e-6)

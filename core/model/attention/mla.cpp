@@ -29,23 +29,6 @@ void Model::Impl::loadMlaAttention(LayerWeights& w, int l) const {
     w.ob = loadOpt(Role::OBias, l);
 }
 
-namespace {
-
-// RoPE on [..., T, r]: rotate_half, or on interleaved pairs (the output holding the rotated even
-// dimensions, then the odd ones). cos/sin: [T, r] = cat(freqs, freqs).
-// inFloat32: on a float32 copy of x, rounded back once (DeepSeek-V2 rotates as complex64).
-Tensor rope(const Tensor& x, const Tensor& cos, const Tensor& sin, bool interleaved, bool inFloat32) {
-    if (inFloat32 && x.scalar_type() != torch::kFloat)
-        return rope(x.to(torch::kFloat), cos, sin, interleaved, false).to(x.scalar_type());
-    if (!interleaved) return x * cos + rotateHalf(x) * sin;
-    const int64_t h = x.size(-1) / 2;
-    Tensor c = cos.narrow(-1, 0, h), s = sin.narrow(-1, 0, h);
-    Tensor x1 = x.slice(-1, 0, x.size(-1), 2), x2 = x.slice(-1, 1, x.size(-1), 2);
-    return torch::cat({x1 * c - x2 * s, x2 * c + x1 * s}, -1);
-}
-
-}  // namespace
-
 Tensor Model::Impl::mlaAttention(const LayerWeights& w, const Tensor& x, const Tensor& cos, const Tensor& sin) const {
     const AttentionSpec& a = spec.attn;
     const int64_t T = x.size(0), H = a.heads, nope = a.qkNopeDim, r = a.qkRopeDim, vd = a.vHeadDim;
@@ -55,11 +38,11 @@ Tensor Model::Impl::mlaAttention(const LayerWeights& w, const Tensor& x, const T
     q = q.view({T, H, nope + r}).transpose(0, 1);  // [H, T, nope + r]
     Tensor latent = torch::linear(x, w.kva, w.kvab);
     Tensor c = rmsNorm(latent.narrow(-1, 0, a.kvLoraRank), w.kvaNorm, a.latentNormEps);
-    Tensor kRope = rope(latent.narrow(-1, a.kvLoraRank, r).unsqueeze(0), cos, sin, a.ropeInterleave,
-                        a.ropeInFloat32);                                         // [1, T, r]
+    Tensor kRope = applyRope(latent.narrow(-1, a.kvLoraRank, r).unsqueeze(0), cos, sin, a.ropeInterleave,
+                             a.ropeInFloat32);                                    // [1, T, r]
     Tensor kv = torch::linear(c, w.kvb).view({T, H, nope + vd}).transpose(0, 1);  // [H, T, ...]
     Tensor qFull = torch::cat(
-        {q.narrow(-1, 0, nope), rope(q.narrow(-1, nope, r), cos, sin, a.ropeInterleave, a.ropeInFloat32)}, -1);
+        {q.narrow(-1, 0, nope), applyRope(q.narrow(-1, nope, r), cos, sin, a.ropeInterleave, a.ropeInFloat32)}, -1);
     if (a.queryScaleBeta != 0.0) {
         Tensor pos = torch::arange(T, x.options().dtype(torch::kLong)).to(torch::kFloat);
         Tensor f =

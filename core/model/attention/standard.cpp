@@ -37,16 +37,24 @@ Tensor Model::Impl::attention(const LayerWeights& w, const Tensor& x, const Tens
     q = q.view({T, a.heads, a.headDim});
     k = k.view({T, a.kvHeads, a.headDim});
     v = v.view({T, a.kvHeads, a.headDim});
-    if (a.qkNorm == AttentionSpec::QKNorm::PerHead) {
+    const bool perHead = a.qkNorm == AttentionSpec::QKNorm::PerHead;
+    if (perHead && !a.qkNormAfterRope) {
         q = rmsNorm(q, w.qn, spec.rmsEps);
         k = rmsNorm(k, w.kn, spec.rmsEps);
     }
     q = q.transpose(0, 1);  // [H, T, hd]
     k = k.transpose(0, 1);
     v = v.transpose(0, 1);
-    if (a.rope) {
+    if (a.rope && (a.ropeInterleave || a.ropeInFloat32)) {  // the whole head (the family reads no partial factor)
+        q = applyRope(q, cos, sin, a.ropeInterleave, a.ropeInFloat32);
+        k = applyRope(k, cos, sin, a.ropeInterleave, a.ropeInFloat32);
+    } else if (a.rope) {
         q = applyRope(q, cos, sin);
         k = applyRope(k, cos, sin);
+    }
+    if (perHead && a.qkNormAfterRope) {
+        q = rmsNorm(q, w.qn, spec.rmsEps);
+        k = rmsNorm(k, w.kn, spec.rmsEps);
     }
     std::optional<Tensor> mask;
     bool causal = a.causal;
@@ -56,7 +64,7 @@ Tensor Model::Impl::attention(const LayerWeights& w, const Tensor& x, const Tens
         mask = (j <= i).logical_and(j > i - window);
         causal = false;
     }
-    double scale = 1.0 / std::sqrt(static_cast<double>(a.headDim));
+    const double scale = a.softmaxScale > 0 ? a.softmaxScale : 1.0 / std::sqrt(static_cast<double>(a.headDim));
     // GQA by repeating k and v: the CPU flash kernel has no enable_gqa path (it falls back to
     // the slower math kernel), so the copy is cheaper
     const int64_t rep = a.heads / a.kvHeads;

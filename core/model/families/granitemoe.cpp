@@ -1,0 +1,72 @@
+// IBM Granite MoE (granite-3.0/3.1 1b-a400m, 3b-a800m; granitemoe) and its shared-expert variant
+// (granitemoeshared): JetMoE's expert layout (one fused input_linear [E, 2F, d], output_linear
+// [E, d, F]) with a top-k-then-softmax router, Llama attention, and Granite's multipliers: the
+// embeddings times embedding_multiplier, every block output times residual_multiplier, the
+// attention softmax scale attention_multiplier, the logits divided by logits_scaling.
+// granitemoeshared adds an ungated SwiGLU shared_mlp (fused input_linear [2S, d]) beside the
+// experts when shared_intermediate_size > 0. The experts as released (block_sparse_moe.
+// input_linear / output_linear, router.layer) or as transformers 5 holds them
+// (block_sparse_moe.experts.gate_up_proj / down_proj, router.weight).
+#include "model/family.h"
+
+namespace es {
+
+namespace {
+
+void configureGranite(ModelSpec& s, const Config& c) {
+    fillCommon(s, c, {1e-6, 10000.0});
+    moeCounts(s, c, "num_local_experts", "intermediate_size");
+    for (auto& l : s.layers) l.moe = true;
+    s.router.topkBeforeSoftmax = true;  // top-k of the float32 logits, softmax over the k
+    s.router.weightsInHiddenDtype = true;
+    s.attn.qkvBias = s.attn.oBias = c.optBool("attention_bias", false);
+    // GraniteMoeConfig's defaults are 1.0 each; a multiplier must be a positive finite number
+    auto multiplier = [&](const char* k) {
+        const double v = c.optDouble(k, 1.0);
+        if (!(v > 0 && v < 1e6)) c.fail(k, "must be a positive number below 1e6");
+        return v;
+    };
+    s.embeddingScale = multiplier("embedding_multiplier");
+    s.residualScale = multiplier("residual_multiplier");
+    s.attn.softmaxScale = multiplier("attention_multiplier");
+    s.logitsDivisor = multiplier("logits_scaling");
+    if (s.modelType == "granitemoeshared") {
+        s.sharedFfn = c.optInt("shared_intermediate_size", 0);
+        if (s.sharedFfn < 0) c.fail("shared_intermediate_size", "must not be negative");
+        if (s.sharedFfn > 0) {
+            positive(c, "shared_intermediate_size", s.sharedFfn);
+            s.router.shared = RouterRule::Shared::Ungated;
+        }
+    }
+}
+
+void graniteTensors(ModelSpec& s, const TensorProbe& has) {
+    using D = Dim;
+    TableBuilder t(s);
+    hfDecoderTensors(t);
+    const std::string m = "model.layers.{L}.block_sparse_moe.";
+    const std::vector<Dim> gu{D::Experts, 2 * D::ExpertFfn, D::Hidden}, dn{D::Experts, D::Hidden, D::ExpertFfn};
+    // transformers 5's names only when the file has them (a config alone: as released)
+    const bool v5 = has("model.layers.0.block_sparse_moe.experts.gate_up_proj");
+    const std::string in = m + (v5 ? "experts.gate_up_proj" : "input_linear.weight");
+    t.add(Role::Router, Scope::Moe, m + (v5 ? "router.weight" : "router.layer.weight"), {D::Experts, D::Hidden});
+    t.add(Role::ExpertGate, Scope::Moe, in, gu, Pack::FirstHalf);
+    t.add(Role::ExpertUp, Scope::Moe, in, gu, Pack::SecondHalf);
+    t.add(Role::ExpertDown, Scope::Moe, m + (v5 ? "experts.down_proj" : "output_linear.weight"), dn, Pack::Stacked);
+    s.layout = ExpertLayout::Packed;
+    if (s.hasSharedExpert()) {
+        const std::string sh = "model.layers.{L}.shared_mlp.";
+        t.add(Role::SharedGate, Scope::Moe, sh + "input_linear.weight", {2 * D::SharedFfn, D::Hidden}, Pack::FirstHalf);
+        t.add(Role::SharedUp, Scope::Moe, sh + "input_linear.weight", {2 * D::SharedFfn, D::Hidden}, Pack::SecondHalf);
+        t.add(Role::SharedDown, Scope::Moe, sh + "output_linear.weight", {D::Hidden, D::SharedFfn});
+    }
+}
+
+}  // namespace
+
+const Family& family_granitemoe() {
+    static const Family f{"granitemoe", {"granitemoe", "granitemoeshared"}, configureGranite, graniteTensors};
+    return f;
+}
+
+}  // namespace es
