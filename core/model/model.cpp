@@ -403,28 +403,34 @@ void Model::Impl::step(int l, State& st, bool allExperts, const Tap& tap, const 
             st.h[p] = layerNorm(y + x, w.postNorm, w.postNormB);
             continue;
         }
-        // a block's output joins the residual stream (times Granite's residual_multiplier)
-        auto join = [&](const Tensor& y) {
-            st.h[p] = st.h[p] + (spec.residualScale != 1.0 ? y * spec.residualScale : y);
+        // a block reads the residual stream through its norm (pre-norm), or as it is (post-norm: OLMo 2,
+        // FlexOlmo), and its output joins the stream (post-norm: through the norm; times Granite's
+        // residual_multiplier)
+        const double eps = spec.blockEps();
+        auto in = [&](const Tensor& nw) { return spec.postNorm ? st.h[p] : norm(st.h[p], nw, eps); };
+        auto join = [&](const Tensor& y, const Tensor& nw) {
+            const Tensor o = spec.postNorm ? norm(y, nw, eps) : y;
+            st.h[p] = st.h[p] + (spec.residualScale != 1.0 ? o * spec.residualScale : o);
         };
-        Tensor x = rmsNorm(st.h[p], w.inNorm, spec.blockEps());
+        Tensor x = in(w.inNorm);
         if (spec.attn.isMoa()) {
             MoeOut a = moaAttention(w, x, st.cos[p], st.sin[p], allExperts);
             if (attnTap) attnTap(p, x, &a);
-            join(a.y);
+            join(a.y, w.inNorm);
         } else {
             join(spec.attn.isMla() ? mlaAttention(w, x, st.cos[p], st.sin[p])
-                                   : attention(w, x, st.cos[p], st.sin[p], spec.layers[l].slidingWindow));
+                                   : attention(w, x, st.cos[p], st.sin[p], spec.layers[l].slidingWindow),
+                 w.inNorm);
         }
-        x = rmsNorm(st.h[p], w.postNorm, spec.blockEps());
+        x = in(w.postNorm);
         if (!isMoe) {
             if (tap) tap(p, x, nullptr);
-            join(ffn(x, w.mlp));
+            join(ffn(x, w.mlp), w.postNorm);
             continue;
         }
         auto m = moe(w, x, allExperts, keepChosen);
         if (tap) tap(p, x, &m);
-        join(m.y);
+        join(m.y, w.postNorm);
     }
 }
 

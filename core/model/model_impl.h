@@ -49,12 +49,14 @@ inline Tensor viewOf(const TensorView& v) {
     return torch::from_blob(const_cast<uint8_t*>(v.data), v.shape, opts);
 }
 
-inline Tensor rmsNorm(const Tensor& x, const Tensor& w, double eps) {
+// RMSNorm: the weight times the normalised values rounded to x's dtype (Llama), or with
+// weightInFloat32 times the float32 values, rounded after (OLMo 2, FlexOlmo)
+inline Tensor rmsNorm(const Tensor& x, const Tensor& w, double eps, bool weightInFloat32 = false) {
     auto dt = x.scalar_type();
     auto xf = x.to(torch::kFloat);
     auto var = xf.pow(2).mean(-1, true);
     xf = xf * torch::rsqrt(var + eps);
-    return w * xf.to(dt);
+    return weightInFloat32 ? (w * xf).to(dt) : w * xf.to(dt);
 }
 
 inline Tensor rotateHalf(const Tensor& x) {
@@ -454,7 +456,11 @@ struct Model::Impl {
         return torch::layer_norm(x, {spec.hidden}, w, b, spec.layerNormEps);
     }
     // The final hidden states (HF's last_hidden_state): after the final norm for decoders.
-    Tensor finalHidden(const Tensor& h) const { return spec.encoder ? h : rmsNorm(h, finalNorm, spec.rmsEps); }
+    Tensor finalHidden(const Tensor& h) const { return spec.encoder ? h : norm(h, finalNorm, spec.rmsEps); }
+    // the decoder's RMSNorms, as the family rounds them (ModelSpec::normProductFloat32)
+    Tensor norm(const Tensor& x, const Tensor& w, double eps) const {
+        return rmsNorm(x, w, eps, spec.normProductFloat32);
+    }
     // the language-model head on the last hidden states, in the compute dtype (divided by Granite's logits_scaling)
     Tensor logits(const Tensor& h) const {
         Tensor y = torch::linear(finalHidden(h), lmHead, lmHeadBias);

@@ -195,6 +195,12 @@ struct ModelSpec {
     // output (attention, FFN) times residualScale as it joins the residual stream, the logits
     // divided by logitsDivisor (each in the activations' dtype, as transformers applies them)
     double embeddingScale = 1.0, residualScale = 1.0, logitsDivisor = 1.0;
+    // OLMo 2's block norms (FlexOlmo): none before a block; its output normed (Role::AttnNorm after the
+    // attention, Role::FfnNorm after the FFN) before it joins the residual stream
+    bool postNorm = false;
+    // RMSNorm weights times the float32 normalised values, rounded after (OLMo 2), instead of
+    // times the values rounded to the activations' dtype (Llama)
+    bool normProductFloat32 = false;
 
     bool moeBias = false;  // an output bias after the experts (JetMoE's mlp.bias)
     bool hasSharedExpert() const { return router.shared != RouterRule::Shared::None; }

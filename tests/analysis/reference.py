@@ -40,6 +40,8 @@ CASES = {
     "ernie": ("ernie4_5_moe_plain_clamp", None),
     # Hunyuan: a shared MLP of the experts' width (SE joins S1/S3/S6), the router under gate.wg
     "hunyuan": ("hunyuan_plain", None),
+    # FlexOlmo: post-norm blocks, so the MoE block reads the raw residual stream
+    "flex_olmo": ("flex_olmo_gqa_norm", None),
 }
 
 

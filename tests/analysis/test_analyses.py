@@ -10,7 +10,8 @@ joins S1/S3/S6), the same Mixtral without --reference, Qwen2-MoE whose shared ex
 than its routed experts (SE leaves S1/S3/S6) with an F of the experts' shape, and OLMoE with a
 wider F (F leaves S1/S3/S6), Granite with a wider shared expert, routed and shared experts in
 fused input_linear tensors, ERNIE 4.5 (clamped renormalisation), Hunyuan with a shared MLP of the
-experts' shape (SE joins S1/S3/S6); Mixtral in both on-disk layouts.
+experts' shape (SE joins S1/S3/S6), FlexOlmo (post-norm: the experts read the raw residual stream);
+Mixtral in both on-disk layouts.
 
 Tolerances. Our code converts the weights to float32 (exact: the fixtures are stored in float32)
 and accumulates products in float64 (docs/analyses.md, "Streaming"); results are stored as
@@ -204,7 +205,7 @@ class Sess:
 
 SESSIONS = [("mixtral", "per_expert"), ("mixtral", "packed"), ("mixtral_noref", "per_expert"),
             ("qwen2moe", "per_expert"), ("olmoe", "per_expert"), ("granite", "per_expert"),
-            ("ernie", "per_expert"), ("hunyuan", "per_expert")]
+            ("ernie", "per_expert"), ("hunyuan", "per_expert"), ("flex_olmo", "per_expert")]
 
 
 @pytest.fixture(scope="module", params=SESSIONS, ids=[f"{c}-{l}" for c, l in SESSIONS])

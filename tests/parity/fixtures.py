@@ -207,6 +207,16 @@ CONFIGS = {
     "hunyuan_plain": ("HunYuanMoEV1Config", dict(
         num_attention_heads=4, num_key_value_heads=4, head_dim=16, num_experts=6, moe_topk=2,
         intermediate_size=40, rope_parameters=dict(rope_type="default", rope_theta=10000.0))),
+    # FlexOlmo: post-norm blocks, the RMSNorm over the whole q and k projections, GQA, attention biases,
+    # renormalised top-2 of 6, a tied head, 3 layers
+    "flex_olmo_gqa_norm": ("FlexOlmoConfig", dict(
+        num_attention_heads=4, num_key_value_heads=2, num_experts=6, num_experts_per_tok=2, intermediate_size=32,
+        norm_topk_prob=True, attention_bias=True, tie_word_embeddings=True, num_hidden_layers=3, pad_token_id=0,
+        eos_token_id=1)),
+    # ... the class's 7 experts with top-5, not renormalised, untied, no biases
+    "flex_olmo_plain": ("FlexOlmoConfig", dict(
+        num_attention_heads=4, num_key_value_heads=4, num_experts=7, num_experts_per_tok=5, intermediate_size=24,
+        norm_topk_prob=False, pad_token_id=0, eos_token_id=1)),
 }
 
 # Checkpoints stored in half precision: the reference runs HF in float32 on the same rounded
@@ -272,8 +282,12 @@ def reinitialised(model, seed=0, storage=None):
                 p.copy_(torch.randn(p.shape, generator=g))
             elif (pname.endswith("gate.weight") and p.shape[0] != 1 and "shared" not in pname) or \
                     pname.endswith("block_sparse_moe.router.weight") or pname.endswith("gate.wg.weight"):
-                # the router: decisive enough that top-k ties are rare
-                p.copy_(torch.randn(p.shape, generator=g) * (3.0 / math.sqrt(p.shape[-1])))
+                # the router: decisive enough that top-k ties are rare. A post-norm decoder's router
+                # (FlexOlmo) reads the raw residual stream, not its normalised copy: a third of the
+                # scale keeps its logits as moderate as the others' (bf16's step on logits near 20 is
+                # 0.125, a 12% change of a probability)
+                post_norm = getattr(config, "model_type", "") == "flex_olmo"
+                p.copy_(torch.randn(p.shape, generator=g) * ((1.0 if post_norm else 3.0) / math.sqrt(p.shape[-1])))
             else:
                 p.copy_(torch.randn(p.shape, generator=g) / math.sqrt(p.shape[-1]))
         for bname, b in list(model.named_buffers()) + list(model.named_parameters()):

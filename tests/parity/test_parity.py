@@ -124,11 +124,12 @@ def test_layer_streamed_identical(cli, build_fixture, tmp_path, name):
 # correction bias and router, V2's float32 RoPE, MiniMax-M2's bias rounded to the model's dtype,
 # Mistral 4's router in the activations' dtype and its query temperature, MLA throughout, Granite's
 # multipliers in the activations' dtype, ERNIE's and Hunyuan's float32 router matrices (Hunyuan's
-# combine weights left in float32), ERNIE's float32 RoPE.
+# combine weights left in float32), ERNIE's float32 RoPE, FlexOlmo's post-norms rounded after the
+# weight product.
 HALF_FAMILIES = ["deepseek_v3_groups", "deepseek_v2_groups", "glm4_moe_groups_qknorm", "dots1_sliding_groups",
                  "glm4_moe_lite_types", "minimax_m2_rotary_dim", "mistral4_groups_temperature",
                  "granitemoe_multipliers", "granitemoeshared_shared", "ernie4_5_moe_bias_interval",
-                 "hunyuan_alpha_list"]
+                 "hunyuan_alpha_list", "flex_olmo_plain"]
 # bf16 tolerances: bf16 has an 8-bit mantissa (relative step 2^-8 = 3.9e-3); two implementations
 # with different kernels or operation orders differ by a few steps after a couple of layers, so
 # router logits within 0.05 absolute, logits within 3e-2 of the largest logit, and the chosen sets

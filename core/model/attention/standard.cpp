@@ -26,8 +26,8 @@ Tensor Model::Impl::attention(const LayerWeights& w, const Tensor& x, const Tens
     Tensor k = torch::linear(x, w.k, w.kb);
     Tensor v = torch::linear(x, w.v, w.vb);
     if (a.qkNorm == AttentionSpec::QKNorm::Full) {
-        q = rmsNorm(q, w.qn, spec.rmsEps);
-        k = rmsNorm(k, w.kn, spec.rmsEps);
+        q = norm(q, w.qn, spec.rmsEps);
+        k = norm(k, w.kn, spec.rmsEps);
     }
     if (a.clipQkv > 0) {
         q = q.clamp(-a.clipQkv, a.clipQkv);
@@ -39,8 +39,8 @@ Tensor Model::Impl::attention(const LayerWeights& w, const Tensor& x, const Tens
     v = v.view({T, a.kvHeads, a.headDim});
     const bool perHead = a.qkNorm == AttentionSpec::QKNorm::PerHead;
     if (perHead && !a.qkNormAfterRope) {
-        q = rmsNorm(q, w.qn, spec.rmsEps);
-        k = rmsNorm(k, w.kn, spec.rmsEps);
+        q = norm(q, w.qn, spec.rmsEps);
+        k = norm(k, w.kn, spec.rmsEps);
     }
     q = q.transpose(0, 1);  // [H, T, hd]
     k = k.transpose(0, 1);
@@ -53,8 +53,8 @@ Tensor Model::Impl::attention(const LayerWeights& w, const Tensor& x, const Tens
         k = applyRope(k, cos, sin);
     }
     if (perHead && a.qkNormAfterRope) {
-        q = rmsNorm(q, w.qn, spec.rmsEps);
-        k = rmsNorm(k, w.kn, spec.rmsEps);
+        q = norm(q, w.qn, spec.rmsEps);
+        k = norm(k, w.kn, spec.rmsEps);
     }
     std::optional<Tensor> mask;
     bool causal = a.causal;
