@@ -218,7 +218,9 @@ void Model::Impl::loadExperts(LayerWeights& w, int l) const {
         }
         return;
     }
-    w.router = s.router.weightsFloat32 ? loadFloat32Opt(Role::Router, l) : load(Role::Router, l);
+    // kept in float32 as stored (an FP8 router would go through its scales in load())
+    const bool routerF8 = ckpt->get(s.tensorName(Role::Router, l)).dtype == DType::F8_E4M3;
+    w.router = s.router.weightsFloat32 && !routerF8 ? loadFloat32Opt(Role::Router, l) : load(Role::Router, l);
     w.routerBias = loadOpt(Role::RouterBias, l);
     w.routerExtras.selectionBias = s.router.selectionBiasFloat32 ? loadFloat32Opt(Role::RouterSelectionBias, l)
                                                                  : loadOpt(Role::RouterSelectionBias, l);

@@ -38,6 +38,8 @@ CASES = {
     "granite": ("granitemoeshared_shared", None),
     # ERNIE 4.5: combine weights renormalised by a clamped sum (moe_norm_min), a float32 router
     "ernie": ("ernie4_5_moe_plain_clamp", None),
+    # ... with biased shared experts (D1, D3 of a biased SwiGLU), MoE layers 1 and 3 of 5
+    "ernie_bias": ("ernie4_5_moe_bias_interval", None),
     # Hunyuan: a shared MLP of the experts' width (SE joins S1/S3/S6), the router under gate.wg
     "hunyuan": ("hunyuan_plain", None),
     # FlexOlmo: post-norm blocks, so the MoE block reads the raw residual stream
@@ -85,7 +87,8 @@ class MoeWeights:
 
     def _prefix(self, l):
         for p in (f"model.layers.{l}.block_sparse_moe.", f"model.layers.{l}.mlp."):
-            for r in ("gate.weight", "router.layer.weight", "gate.wg.weight"):  # Granite's as released, Hunyuan's
+            # Granite's as released and as transformers 5 holds it, Hunyuan's
+            for r in ("gate.weight", "router.layer.weight", "router.weight", "gate.wg.weight"):
                 if p + r in self.t:
                     return p, r
         raise KeyError(f"layer {l} has no router")
@@ -111,10 +114,14 @@ class MoeWeights:
                     experts.append(dict(gate=t[q + "gate_proj.weight"], up=t[q + "up_proj.weight"],
                                         down=t[q + "down_proj.weight"].T))
         shared = None
-        q = next((p + n for n in ("shared_expert.", "shared_mlp.") if p + n + "gate_proj.weight" in t), None)
+        q = next((p + n for n in ("shared_expert.", "shared_mlp.", "shared_experts.") if p + n + "gate_proj.weight" in t),
+                 None)
         g = f"model.layers.{l}.shared_mlp."  # Granite's, beside the block: input_linear = [gate; up]
-        if q is not None:  # Qwen's shared_expert, Hunyuan's shared_mlp
+        if q is not None:  # Qwen's shared_expert, Hunyuan's shared_mlp, ERNIE's shared_experts (with biases)
             shared = dict(gate=t[q + "gate_proj.weight"], up=t[q + "up_proj.weight"], down=t[q + "down_proj.weight"].T)
+            for k in ("gate", "up", "down"):
+                if q + k + "_proj.bias" in t:
+                    shared[k + "_b"] = t[q + k + "_proj.bias"]
         elif g + "input_linear.weight" in t:
             gu = t[g + "input_linear.weight"]
             S = gu.shape[0] // 2
@@ -470,9 +477,15 @@ def capture_dense(model, prompts, layers):
     return {l: {k: np.concatenate(v) for k, v in r.items()} for l, r in rec.items()}
 
 
+def gate_pre(m, x):
+    """W_gate x (+ its bias: ERNIE's use_bias) for rows x [T, d]."""
+    return x @ m["gate"].T + m.get("gate_b", 0.0)
+
+
 def expert_out(m, x):
-    """o = W_down (silu(W_gate x) * W_up x) for rows x [T, d]; m neuron-major."""
-    return (silu(x @ m["gate"].T) * (x @ m["up"].T)) @ m["down"]
+    """o = W_down (silu(W_gate x) * W_up x) for rows x [T, d], with the biases where m has them;
+    m neuron-major."""
+    return (silu(gate_pre(m, x)) * (x @ m["up"].T + m.get("up_b", 0.0))) @ m["down"] + m.get("down_b", 0.0)
 
 
 def ranks(v):
@@ -563,10 +576,10 @@ def dynamic_reference(moe, cap, offsets, run, first_n, dense=None, dcap=None, la
 
         # D3
         gb = f"gate_activations/{run}/layers/{l}"
-        exp.put(f"{gb}/experts", np.stack([silu(x[:N] @ m["gate"].T) for m in L["experts"]], axis=1),
+        exp.put(f"{gb}/experts", np.stack([silu(gate_pre(m, x[:N])) for m in L["experts"]], axis=1),
                 [str(e) for e in range(E)])
         if L["shared"] is not None:
-            exp.put(f"{gb}/shared", silu(x[:N] @ L["shared"]["gate"].T))
+            exp.put(f"{gb}/shared", silu(gate_pre(L["shared"], x[:N])))
         if dense is not None:
             exp.put(f"{gb}/reference", silu(dcap[l]["x"][:N] @ dense.layer(l)["gate"].T))
 

@@ -205,7 +205,8 @@ class Sess:
 
 SESSIONS = [("mixtral", "per_expert"), ("mixtral", "packed"), ("mixtral_noref", "per_expert"),
             ("qwen2moe", "per_expert"), ("olmoe", "per_expert"), ("granite", "per_expert"),
-            ("ernie", "per_expert"), ("hunyuan", "per_expert"), ("flex_olmo", "per_expert")]
+            ("ernie", "per_expert"), ("hunyuan", "per_expert"), ("flex_olmo", "per_expert"),
+            ("ernie_bias", "per_expert"), ("granite", "packed")]
 
 
 @pytest.fixture(scope="module", params=SESSIONS, ids=[f"{c}-{l}" for c, l in SESSIONS])

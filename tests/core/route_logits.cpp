@@ -23,6 +23,7 @@ int main() {
                                                                  : es::RouterRule::GroupScore::SumTop2;
         rule.renormalize = r.value("renormalize", true);
         rule.renormEpsilon = r.value("renorm_epsilon", 0.0);
+        rule.renormMin = r.value("renorm_min", 0.0);
         rule.scale = r.value("scale", 1.0);
         const auto res = es::routeLogits(rule, in.at("logits").get<std::vector<float>>(), in.at("T"), in.at("E"),
                                          in.at("K"), in.value("selection_bias", std::vector<float>{}),

@@ -5,7 +5,8 @@ route_logits helper) is fed the logits transformers' router modules compute, and
 the same experts with the same weights: DeepSeek-V3's sigmoid scores with a selection bias,
 groups ranked by the sum of their two best biased scores and renormalised, scaled weights;
 DeepSeek-V2's softmax with greedy and group-limited (max) selection, scaled, not renormalised;
-Gemma 4's renormalised softmax with per-expert output scales; Mixtral's and JetMoE's rules.
+Gemma 4's renormalised softmax with per-expert output scales; ERNIE 4.5's softmax with a
+selection bias renormalised by a clamped sum; Mixtral's and JetMoE's rules.
 HF's DeepSeek routers choose with topk(sorted=False), so choices are compared as sets per token
 (weights matched by expert id). Tolerance: weights within 1e-6 (float32, the same operations).
 """
@@ -110,6 +111,23 @@ def test_gemma4_per_expert_scale():
     ids, w, _ = route({"scoring": "softmax", "renormalize": True}, logits.numpy(), 2,
                       expert_scale=router.per_expert_scale.detach().numpy())
     same_choices(ids, w, ref_ids, ref_w)
+
+
+def test_ernie_bias_and_clamped_renormalisation():
+    cfg = transformers.Ernie4_5_MoeConfig(hidden_size=32, moe_num_experts=8, moe_k=2, moe_norm_min=0.5)
+    router = transformers.models.ernie4_5_moe.modeling_ernie4_5_moe.Ernie4_5_MoeTopKRouter(cfg).eval()
+    g = torch.Generator().manual_seed(4)
+    with torch.no_grad():
+        router.weight.copy_(torch.randn(8, 32, generator=g) * 0.3)
+        router.moe_statics.e_score_correction_bias.copy_(torch.randn(1, 8, generator=g) * 0.2)
+        logits, ref_w, ref_ids = router(torch.randn(T, 32, generator=g))
+    bias = router.moe_statics.e_score_correction_bias.reshape(-1).numpy()
+    ids, w, desc = route({"scoring": "softmax", "renormalize": True, "renorm_min": 0.5}, logits.numpy(), 2,
+                         selection_bias=bias)
+    same_choices(ids, w, ref_ids, ref_w)
+    assert "sum clamped to >= 0.5" in desc
+    # the clamp bites: some tokens' two weights sum to less than 1
+    assert (w.sum(1) < 1 - 1e-3).any() and (w.sum(1) > 1 - 1e-6).any()
 
 
 def test_mixtral_and_jetmoe_rules():

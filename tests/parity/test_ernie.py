@@ -50,12 +50,29 @@ def test_released_keys_and_mtp_modules(cli, build_fixture, tmp_path):
     trace_and_compare(cli, d, str(tmp_path / "s.h5"), ref)
 
 
+def test_transformers_key_names(cli, build_fixture, tmp_path):
+    """transformers' attribute_map names (num_experts, num_experts_per_tok) read as ERNIE's own, and
+    moe_norm_min 0 (a plain sum) accepted as transformers accepts it."""
+    per, _, ref = build_fixture("ernie4_5_moe_bias_interval")
+
+    def cfg_fn(c):
+        c["num_experts"], c["num_experts_per_tok"] = c.pop("moe_num_experts"), c.pop("moe_k")
+
+    d = fixtures.copy_checkpoint(per, str(tmp_path / "aliases"), cfg_fn)
+    info = json.loads(run_cli(cli, "info", d, "--json").stdout)
+    assert info["num_experts"] == 8 and info["top_k"] == 3
+    trace_and_compare(cli, d, str(tmp_path / "s.h5"), ref)
+    d0 = fixtures.copy_checkpoint(per, str(tmp_path / "min0"), lambda c: c.update(moe_norm_min=0))
+    assert "clamped" not in json.loads(run_cli(cli, "info", d0, "--json").stdout)["router"]
+
+
 def _set(sd, k, v):
     sd[k] = v
 
 
 BAD = [
-    (lambda c: c.update(moe_norm_min=0), None, ["moe_norm_min", "(0, 1)"]),
+    (lambda c: c.update(moe_norm_min=-1e-3), None, ["moe_norm_min", ">= 0"]),
+    (lambda c: c.update(moe_num_shared_experts=1 << 40), None, ["moe_num_shared_experts", "out of range"]),
     (lambda c: c.update(moe_layer_interval=0), None, ["moe_layer_interval", "positive"]),
     (lambda c: c.update(moe_k=9), None, ["moe_k", "exceeds the 8 experts"]),
     # ERNIE-4.5-VL writes [text, vision] pairs here; the text model's is one integer

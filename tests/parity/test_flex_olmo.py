@@ -8,6 +8,7 @@ import pytest
 
 from conftest import assert_info_refuses, run_cli
 import fixtures
+from test_parity import trace_and_compare
 
 
 def test_info(cli, build_fixture):
@@ -16,6 +17,15 @@ def test_info(cli, build_fixture):
         info = json.loads(run_cli(cli, "info", d, "--json").stdout)
         assert info["model_type"] == "flex_olmo" and info["moe_layers"] == [0, 1, 2]
         assert info["num_experts"] == 6 and info["top_k"] == 2 and "renormalise" in info["router"]
+
+
+def test_num_local_experts_alias(cli, build_fixture, tmp_path):
+    """num_local_experts, FlexOlmoConfig's alias of num_experts, gives the experts (not the class's 7)."""
+    per, _, ref = build_fixture("flex_olmo_gqa_norm")
+    d = fixtures.copy_checkpoint(per, str(tmp_path / "alias"),
+                                 lambda c: c.__setitem__("num_local_experts", c.pop("num_experts")))
+    assert json.loads(run_cli(cli, "info", d, "--json").stdout)["num_experts"] == 6
+    trace_and_compare(cli, d, str(tmp_path / "s.h5"), ref)
 
 
 def _set(sd, k, v):
@@ -29,7 +39,7 @@ BAD = [
                            sd["model.layers.0.post_attention_layernorm.weight"].clone()),
      ["model.layers.0.input_layernorm.weight", "not recognised"], "model.safetensors"),
     (None, lambda sd: sd.pop("model.layers.2.post_feedforward_layernorm.weight"),
-     ["model.layers.2.post_feedforward_layernorm.weight", "missing tensor"], "bad"),
+     ["model.layers.2.post_feedforward_layernorm.weight", "missing tensor"], "expected by the flex_olmo family"),
 ]
 
 

@@ -9,6 +9,7 @@ import pytest
 
 from conftest import assert_info_refuses, run_cli
 import fixtures
+from test_parity import trace_and_compare
 
 
 def test_info_rope_base_and_top_k(cli, build_fixture):
@@ -21,8 +22,31 @@ def test_info_rope_base_and_top_k(cli, build_fixture):
         assert info["rope"]["theta"] == pytest.approx(10000.0 * 1000.0 ** (16 / 14), rel=1e-12)
 
 
+def test_released_rope_scaling_and_keys(cli, build_fixture, tmp_path):
+    """Hunyuan-A13B's config as released: the 4.x rope_scaling key with type "dynamic", alpha and the
+    keys transformers ignores beside it, rope_theta at the top level, num_local_experts (the alias),
+    a moe_topk list longer than the layers (entries past the last layer are never read): the same
+    model, the same trace."""
+    per, _, ref = build_fixture("hunyuan_alpha_list")
+
+    def cfg_fn(c):
+        c.pop("rope_parameters")
+        c["rope_theta"] = 10000.0
+        c["rope_scaling"] = {"alpha": 1000.0, "beta_fast": 32, "beta_slow": 1, "factor": 1.0, "mscale": 1.0,
+                             "mscale_all_dim": 1.0, "type": "dynamic"}
+        c["num_local_experts"] = c.pop("num_experts")
+        c["moe_topk"] = [3, 3, 3, 9]
+
+    d = fixtures.copy_checkpoint(per, str(tmp_path / "released"), cfg_fn)
+    info = json.loads(run_cli(cli, "info", d, "--json").stdout)
+    assert info["rope"]["theta"] == pytest.approx(10000.0 * 1000.0 ** (16 / 14), rel=1e-12)
+    assert info["num_experts"] == 8 and info["top_k"] == 3
+    trace_and_compare(cli, d, str(tmp_path / "s.h5"), ref)
+
+
 BAD = [
     (lambda c: c.update(moe_topk=[3, 2, 3]), ["moe_topk", "differs across layers"]),
+    (lambda c: c.update(moe_topk=[3, 3, 2, 3]), ["moe_topk", "differs across layers"]),
     (lambda c: c.update(moe_topk=[3, 3]), ["moe_topk", "2 entries for 3 layers"]),
     (lambda c: c.update(moe_topk=9), ["moe_topk", "exceeds the 8 experts"]),
     (lambda c: c["rope_parameters"].update(alpha=0.5), ["rope_parameters.alpha", "greater than 1"]),

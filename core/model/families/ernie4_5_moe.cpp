@@ -18,7 +18,7 @@ std::string keyOf(const Config& c, const std::string& own, const std::string& al
 }
 
 void configureErnie(ModelSpec& s, const Config& c) {
-    fillCommon(s, c, {1e-5, 500000.0});
+    fillCommon(s, c, {1e-5, 500000.0, true, 0, 4});  // Ernie4_5_MoeConfig: 4 key/value heads
     s.tieEmbeddings = c.optBool("tie_word_embeddings", true);
     s.numExpertsKey = keyOf(c, "moe_num_experts", "num_experts");
     const std::string kKey = keyOf(c, "moe_k", "num_experts_per_tok");
@@ -34,10 +34,8 @@ void configureErnie(ModelSpec& s, const Config& c) {
     positive(c, "intermediate_size", ffn);
     const int64_t start = c.optInt("moe_layer_start_index", 1), interval = c.optInt("moe_layer_interval", 1);
     int64_t end = c.optInt("moe_layer_end_index", -1);
-    if (end == -1) end = s.numLayers - 1;  // the config class's reading of -1
-    if (start < 0) c.fail("moe_layer_start_index", "must not be negative");
-    if (end < -1) c.fail("moe_layer_end_index", "must be a layer index or -1 (the last layer)");
-    positive(c, "moe_layer_interval", interval, s.numLayers);
+    if (end == -1) end = s.numLayers - 1;                           // the config class's reading of -1
+    positive(c, "moe_layer_interval", interval, int64_t(1) << 24);  // any start and end select a range, maybe empty
     for (int64_t l = 0; l < s.numLayers; ++l) {
         s.layers[l].moe = (l + 1) % interval == 0 && l >= start && l <= end;
         s.layers[l].ffnDim = ffn;
@@ -45,6 +43,8 @@ void configureErnie(ModelSpec& s, const Config& c) {
     const int64_t shared = c.optInt("moe_num_shared_experts", 2);
     if (shared < 0) c.fail("moe_num_shared_experts", "must not be negative");
     if (shared > 0) {
+        positive(c, "moe_num_shared_experts", shared, 1 << 10);
+        positive(c, "moe_intermediate_size", shared * s.expertFfn);  // their width, bounded
         s.sharedFfn = shared * s.expertFfn;
         s.router.shared = RouterRule::Shared::Ungated;
     }
@@ -52,8 +52,8 @@ void configureErnie(ModelSpec& s, const Config& c) {
     r.logitsInFloat32 = r.weightsFloat32 = true;  // _keep_in_fp32_modules_strict: gate.weight, moe_statics
     r.selectionBias = true;
     r.renormalize = true;
-    r.renormMin = c.optDouble("moe_norm_min", 1e-12);
-    if (!(r.renormMin > 0 && r.renormMin < 1)) c.fail("moe_norm_min", "must be in (0, 1)");
+    r.renormMin = c.optDouble("moe_norm_min", 1e-12);  // 0: a plain sum (clamping a positive sum at 0)
+    if (!(r.renormMin >= 0 && r.renormMin < 1e6)) c.fail("moe_norm_min", "must be a number >= 0");
     r.weightsInHiddenDtype = true;
     s.attn.qkvBias = s.attn.oBias = c.optBool("use_bias", false);
     s.attn.ropeInterleave = s.attn.ropeInFloat32 = true;

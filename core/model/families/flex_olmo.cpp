@@ -1,7 +1,8 @@
 // FlexOlmo (flex_olmo): OLMo 2's decoder with a MoE in every layer. Post-norm blocks (the attention's
 // and the FFN's outputs through post_attention_layernorm / post_feedforward_layernorm before they
 // join the residual stream, no norm before a block), RMSNorms rounding after the weight product,
-// RMSNorm over the whole q and k projections; a softmax router in the activations' dtype's logits,
+// RMSNorm over the whole q and k projections, RoPE in float32 (cos/sin kept in float32, the rotated
+// q and k rounded once); a softmax router in the activations' dtype's logits,
 // top-k, renormalised only with norm_topk_prob, the weights cast to the activations' dtype.
 #include "model/family.h"
 
@@ -13,10 +14,12 @@ const Family& family_flex_olmo() {
         {"flex_olmo"},
         [](ModelSpec& s, const Config& c) {
             fillCommon(s, c, {1e-6, 500000.0});
-            s.numExperts = c.optInt("num_experts", 7);
+            // num_local_experts: the attribute_map's alias
+            s.numExpertsKey = c.has("num_experts") || !c.has("num_local_experts") ? "num_experts" : "num_local_experts";
+            s.numExperts = c.optInt(s.numExpertsKey, 7);
             s.topK = c.optInt("num_experts_per_tok", 5);
             s.expertFfn = c.optInt("intermediate_size", 11008);
-            positive(c, "num_experts", s.numExperts);
+            positive(c, s.numExpertsKey, s.numExperts);
             positive(c, "num_experts_per_tok", s.topK);
             positive(c, "intermediate_size", s.expertFfn);
             if (s.topK > s.numExperts)
@@ -28,6 +31,7 @@ const Family& family_flex_olmo() {
             s.attn.qkvBias = s.attn.oBias = c.optBool("attention_bias", false);
             s.attn.qkNorm = AttentionSpec::QKNorm::Full;
             s.postNorm = s.normProductFloat32 = true;
+            s.attn.ropeInFloat32 = true;
         },
         [](ModelSpec& s, const TensorProbe& has) {
             TableBuilder t(s);

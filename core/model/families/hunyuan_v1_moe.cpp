@@ -26,7 +26,8 @@ void configureHunyuan(ModelSpec& s, const Config& c) {
             alpha = rp.at("alpha").number();
             if (!(alpha > 1 && alpha < 1e9)) rp["alpha"].fail("must be greater than 1 (and below 1e9)");
             if (rp.has("rope_theta")) j["rope_theta"] = rp.at("rope_theta").number();
-            j.erase(ropeKey);
+            j.erase("rope_scaling");  // both: the other must not apply on top of alpha's base
+            j.erase("rope_parameters");
         }
     }
     const Config cc(j, c.file(), c.path());
@@ -43,11 +44,12 @@ void configureHunyuan(ModelSpec& s, const Config& c) {
     // moe_topk: a number, or one per layer (equal values only)
     if (c.has("moe_topk") && c.raw()["moe_topk"].is_array()) {
         const auto ks = c.optIntList("moe_topk");
-        if (static_cast<int64_t>(ks.size()) != s.numLayers)
+        // transformers reads entry i for layer i: entries past the last layer are never read
+        if (static_cast<int64_t>(ks.size()) < s.numLayers)
             c.fail("moe_topk",
                    "has " + std::to_string(ks.size()) + " entries for " + std::to_string(s.numLayers) + " layers");
-        for (int64_t k : ks)
-            if (k != ks.front())
+        for (int64_t i = 0; i < s.numLayers; ++i)
+            if (const int64_t k = ks[static_cast<size_t>(i)]; k != ks.front())
                 c.fail("moe_topk", "differs across layers (" + std::to_string(ks.front()) + " and " +
                                        std::to_string(k) +
                                        "); ExpertScope's traces and analyses take one top-k per model");
