@@ -296,6 +296,11 @@ void checkRuleTensors(const ModelSpec& s) {
             throw Error(std::string("the ") + s.family +
                             " family's router rule and its tensor table disagree about the " + roleName(p.role),
                         "", s.family);
+    // interleaved RoPE rotates a permutation of each head (even dimensions, then odd): a per-head
+    // norm after it would meet its weights permuted
+    if (s.attn.ropeInterleave && s.attn.qkNormAfterRope && s.attn.qkNorm == AttentionSpec::QKNorm::PerHead)
+        throw Error("the " + s.family + " family combines interleaved RoPE with a per-head QK-norm after it", "",
+                    s.family);
 }
 
 std::string shapeStr(const std::vector<int64_t>& v) {
