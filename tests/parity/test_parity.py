@@ -156,6 +156,32 @@ def test_parity_cpu_half(cli, build_fixture, tmp_path, name, dtype):
     assert attrs["dtype"] == dtype
 
 
+# Up to the first MoE layer's router these families' forward is transformers' own sequence of CPU
+# ops, so in bf16 that layer's routing is bit-identical to transformers' (later layers differ by a
+# bf16 step: the experts' outputs are summed in another order).
+FIRST_LAYER_EXACT = ["granitemoe_multipliers", "granitemoeshared_shared", "ernie4_5_moe_bias_interval",
+                     "hunyuan_alpha_list", "flex_olmo_plain"]
+
+
+@pytest.mark.parametrize("name", FIRST_LAYER_EXACT)
+def test_first_moe_layer_bit_identical_in_bfloat16(cli, build_fixture, tmp_path, name):
+    """The first MoE layer's router logits, chosen experts and combine weights in bf16 on the CPU equal
+    transformers' in bf16 bit for bit: the rounding rules test_parity_cpu_half's tolerances cannot
+    see (FlexOlmo's norm products and RoPE in float32, Hunyuan's float32 combine weights, ERNIE's
+    float32 router and RoPE, Granite's multipliers in bf16) show here."""
+    torch = require("torch")
+    h5py = require("h5py")
+    per, _, _ = build_fixture(name)
+    ref = fixtures.reference(fixtures.hf_from_pretrained(per, torch.bfloat16))
+    out = str(tmp_path / "s.h5")
+    trace(cli, per, out, "--dtype", "bfloat16", "--run", "r")
+    first = ref["moe_layers"][0]
+    with h5py.File(out, "r") as f:
+        g = f[f"runs/r/layers/{first}"]
+        for a in ("router_logits", "topk_experts", "topk_weights"):
+            np.testing.assert_array_equal(g[a][:], ref[f"L{first}_{a}"], err_msg=a)
+
+
 def test_tied_head_in_file_is_used_as_transformers_does(cli, build_fixture, tmp_path):
     """tie_word_embeddings true but the file holds a head of other values: transformers does not
     tie them (it warns), so the head in the file gives the logits."""
