@@ -159,7 +159,8 @@ def test_parity_cpu_half(cli, build_fixture, tmp_path, name, dtype):
 # Up to the first MoE layer's router these families' forward is transformers' own sequence of CPU
 # ops, so in bf16 that layer's routing is bit-identical to transformers' (later layers differ by a
 # bf16 step: the experts' outputs are summed in another order). GLM-4.5's combine weights differ
-# there by one float32 step (6e-8), so it is not listed.
+# there by one float32 step (6e-8): transformers' Glm4MoeTopkRouter sums the k weights in the order
+# of topk(sorted=False), we in descending order; so it is not listed.
 FIRST_LAYER_EXACT = ["granitemoe_multipliers", "granitemoeshared_shared", "ernie4_5_moe_bias_interval",
                      "hunyuan_alpha_list", "flex_olmo_plain", "mixtral_gqa", "qwen3_moe_headdim", "olmoe_gqa_norm",
                      "qwen2_moe_shared", "deepseek_v3_groups", "deepseek_v2_groups", "dots1_sliding_groups",
