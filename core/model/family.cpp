@@ -353,19 +353,25 @@ void sparseLayers(ModelSpec& s, const Config& c) {
     }
 }
 
-void moeCounts(ModelSpec& s, const Config& c, const std::string& expertsKey, const std::string& ffnKey) {
-    // the expert count has two names across transformers versions (each config class maps one
-    // onto the other); accept either, prefer the family's own
-    const std::string alias = expertsKey == "num_experts" ? "num_local_experts" : "num_experts";
-    s.numExpertsKey = c.has(expertsKey) || !c.has(alias) ? expertsKey : alias;
-    s.numExperts = c.requiredInt(s.numExpertsKey);
-    s.topK = c.requiredInt("num_experts_per_tok");
-    s.expertFfn = c.requiredInt(ffnKey);
+std::string keyOrAlias(const Config& c, const std::string& own, const std::string& alias) {
+    return c.has(own) || !c.has(alias) ? own : alias;
+}
+
+void moeCounts(ModelSpec& s, const Config& c, const std::string& expertsKey, const std::string& ffnKey,
+               const MoeCountDefaults& d) {
+    // the counts have two names across transformers versions (each config class maps one onto the
+    // other); accept either, prefer the family's own
+    s.numExpertsKey = keyOrAlias(c, expertsKey, expertsKey == "num_experts" ? "num_local_experts" : "num_experts");
+    const std::string topKKey = keyOrAlias(c, d.topKKey, "num_experts_per_tok");
+    auto read = [&](const std::string& k, int64_t def) { return def > 0 ? c.optInt(k, def) : c.requiredInt(k); };
+    s.numExperts = read(s.numExpertsKey, d.experts);
+    s.topK = read(topKKey, d.topK);
+    s.expertFfn = read(ffnKey, d.ffn);
     positive(c, s.numExpertsKey, s.numExperts);
-    positive(c, "num_experts_per_tok", s.topK);
+    positive(c, topKKey, s.topK);
     positive(c, ffnKey, s.expertFfn);
     if (s.topK > s.numExperts)
-        c.fail("num_experts_per_tok",
+        c.fail(topKKey,
                "top-k " + std::to_string(s.topK) + " exceeds the " + std::to_string(s.numExperts) + " experts");
 }
 

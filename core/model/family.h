@@ -107,8 +107,18 @@ void fillSizes(ModelSpec& s, const Config& c, bool heads);
 void fillCommon(ModelSpec& s, const Config& c, const FamilyDefaults& d);
 void denseLayers(ModelSpec& s, const Config& c);  // every layer dense, intermediate_size wide
 void globalSliding(ModelSpec& s, int64_t window);
-// num_experts / num_local_experts (either name), num_experts_per_tok, the expert width key.
-void moeCounts(ModelSpec& s, const Config& c, const std::string& expertsKey, const std::string& ffnKey);
+// Which of a key's two names the config uses (the family's own, or its config class's attribute_map
+// alias): `own` unless only `alias` is there.
+std::string keyOrAlias(const Config& c, const std::string& own, const std::string& alias);
+// The expert count (expertsKey, or its alias: num_experts <-> num_local_experts, another name <->
+// num_experts), top-k (topKKey, or num_experts_per_tok as its alias) and the expert width key:
+// positive, top-k within the experts. A default of 0 makes the key required.
+struct MoeCountDefaults {
+    int64_t experts = 0, topK = 0, ffn = 0;
+    std::string topKKey = "num_experts_per_tok";
+};
+void moeCounts(ModelSpec& s, const Config& c, const std::string& expertsKey, const std::string& ffnKey,
+               const MoeCountDefaults& d = {});
 // decoder_sparse_step and mlp_only_layers: which layers are MoE (Qwen-MoE style).
 void sparseLayers(ModelSpec& s, const Config& c);
 // Qwen2 / Qwen2-MoE: per-layer sliding attention (layer_types, or the families' formulas).

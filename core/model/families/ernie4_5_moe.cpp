@@ -12,24 +12,11 @@ namespace es {
 
 namespace {
 
-// Either of a config key's two names (ERNIE's own, or transformers' attribute_map alias).
-std::string keyOf(const Config& c, const std::string& own, const std::string& alias) {
-    return c.has(own) || !c.has(alias) ? own : alias;
-}
-
 void configureErnie(ModelSpec& s, const Config& c) {
     fillCommon(s, c, {1e-5, 500000.0, true, 0, 4});  // Ernie4_5_MoeConfig: 4 key/value heads
     s.tieEmbeddings = c.optBool("tie_word_embeddings", true);
-    s.numExpertsKey = keyOf(c, "moe_num_experts", "num_experts");
-    const std::string kKey = keyOf(c, "moe_k", "num_experts_per_tok");
-    s.numExperts = c.optInt(s.numExpertsKey, 64);
-    s.topK = c.optInt(kKey, 6);
-    s.expertFfn = c.optInt("moe_intermediate_size", 1536);
-    positive(c, s.numExpertsKey, s.numExperts);
-    positive(c, kKey, s.topK);
-    positive(c, "moe_intermediate_size", s.expertFfn);
-    if (s.topK > s.numExperts)
-        c.fail(kKey, "top-k " + std::to_string(s.topK) + " exceeds the " + std::to_string(s.numExperts) + " experts");
+    // ERNIE's own names, transformers' (num_experts, num_experts_per_tok) as their aliases
+    moeCounts(s, c, "moe_num_experts", "moe_intermediate_size", {64, 6, 1536, "moe_k"});
     const int64_t ffn = c.optInt("intermediate_size", 12288);
     positive(c, "intermediate_size", ffn);
     const int64_t start = c.optInt("moe_layer_start_index", 1), interval = c.optInt("moe_layer_interval", 1);

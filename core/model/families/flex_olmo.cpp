@@ -14,17 +14,7 @@ const Family& family_flex_olmo() {
         {"flex_olmo"},
         [](ModelSpec& s, const Config& c) {
             fillCommon(s, c, {1e-6, 500000.0});
-            // num_local_experts: the attribute_map's alias
-            s.numExpertsKey = c.has("num_experts") || !c.has("num_local_experts") ? "num_experts" : "num_local_experts";
-            s.numExperts = c.optInt(s.numExpertsKey, 7);
-            s.topK = c.optInt("num_experts_per_tok", 5);
-            s.expertFfn = c.optInt("intermediate_size", 11008);
-            positive(c, s.numExpertsKey, s.numExperts);
-            positive(c, "num_experts_per_tok", s.topK);
-            positive(c, "intermediate_size", s.expertFfn);
-            if (s.topK > s.numExperts)
-                c.fail("num_experts_per_tok",
-                       "top-k " + std::to_string(s.topK) + " exceeds the " + std::to_string(s.numExperts) + " experts");
+            moeCounts(s, c, "num_experts", "intermediate_size", {7, 5, 11008});  // FlexOlmoConfig's defaults
             for (auto& l : s.layers) l.moe = true;
             s.router.renormalize = c.optBool("norm_topk_prob", false);
             s.router.weightsInHiddenDtype = true;

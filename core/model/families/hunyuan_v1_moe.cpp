@@ -38,7 +38,7 @@ void configureHunyuan(ModelSpec& s, const Config& c) {
         s.attn.ropeTheta *= std::pow(alpha, d / (d - 2));
         if (!(s.attn.ropeTheta < 1e30)) c.fail(ropeKey + ".alpha", "gives a RoPE base out of range");
     }
-    s.numExpertsKey = c.has("num_experts") || !c.has("num_local_experts") ? "num_experts" : "num_local_experts";
+    s.numExpertsKey = keyOrAlias(c, "num_experts", "num_local_experts");
     s.numExperts = c.optInt(s.numExpertsKey, 1);
     positive(c, s.numExpertsKey, s.numExperts);
     // moe_topk: a number, or one per layer (equal values only)
