@@ -43,6 +43,23 @@ def run_cli(cli_path, *args, check=True):
     return r
 
 
+def assert_same_analyses(got, want, atol=1e-5):
+    """Every dataset under analyses/ of session `want` is in session `got` with the same values
+    (floats within atol, the rest equal); returns their paths under analyses/."""
+    h5py = require("h5py")
+    import numpy as np
+    with h5py.File(got, "r") as f, h5py.File(want, "r") as g:
+        paths = []
+        g["analyses"].visit(lambda p: paths.append(p) if isinstance(g["analyses/" + p], h5py.Dataset) else None)
+        for p in paths:
+            w = g["analyses/" + p][()]
+            if w.dtype.kind == "f":
+                np.testing.assert_allclose(f["analyses/" + p][()], w, atol=atol, rtol=0, err_msg=p)
+            else:
+                np.testing.assert_array_equal(f["analyses/" + p][()], w, err_msg=p)
+    return paths
+
+
 def assert_info_refuses(cli_path, ckpt, words, file="config.json"):
     """`info` on ckpt fails (exit 1) with an error naming `file` and every one of words."""
     r = subprocess.run([cli_path, "info", str(ckpt)], capture_output=True, text=True, timeout=600)

@@ -89,7 +89,27 @@ LayerMats layerMats(const Checkpoint& ck, const ModelSpec& s, const Reference* r
     // expert e's matrix of an expert role, where the family's table puts it
     auto expert = [&](Role r, int e, bool neuronRows) -> Mat {
         const ExpertMatrix m = s.expertMatrix(r, l, e);
-        return mat(use(ck, m.tensor), m.offset, m.rows, m.cols, neuronRows);
+        if (!m.transposed) return mat(use(ck, m.tensor), m.offset, m.rows, m.cols, neuronRows);
+        // stored as its transpose (slice e of [E, cols, ld]): widened (through its scales) to a
+        // float32 copy in the matrix's own orientation, as the kernels read whole rows
+        const TensorView& t = use(ck, m.tensor);
+        const int64_t c0 = m.offset % m.ld;  // the half's first stored column
+        std::vector<float> stored(static_cast<size_t>(m.cols * m.ld));
+        readRows(mat(t, m.offset - c0, m.cols, m.ld, neuronRows), 0, m.cols, stored.data());
+        std::vector<uint8_t>& buf = L.ownedBytes.emplace_back(static_cast<size_t>(m.rows * m.cols) * sizeof(float));
+        float* dst = reinterpret_cast<float*>(buf.data());
+        for (int64_t c = 0; c < m.cols; ++c)
+            for (int64_t r0 = 0; r0 < m.rows; ++r0) dst[r0 * m.cols + c] = stored[c * m.ld + c0 + r0];
+        TensorView& v = L.ownedViews.emplace_back();
+        v.name = t.name + "[expert " + std::to_string(e) + "]";
+        v.dtype = DType::F32;
+        v.shape = {m.rows, m.cols};
+        v.data = buf.data();
+        v.nbytes = buf.size();
+        v.file = t.file;
+        Mat x{&v, 0, m.rows, m.cols, neuronRows};
+        x.owned = true;
+        return x;
     };
     if (attention) {  // MoA experts: query projection [H, d] (a row per query dimension), output [d, H]
         for (int64_t e = 0; e < s.attn.moaExperts; ++e) {

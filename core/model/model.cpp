@@ -232,10 +232,13 @@ void Model::Impl::loadExperts(LayerWeights& w, int l) const {
             w.experts.push_back(fused(s.tensorName(Role::ExpertGate, l, e), s.tensorName(Role::ExpertUp, l, e),
                                       s.tensorName(Role::ExpertDown, l, e)));
     } else {
-        // stacked [E, 2F, d] (gate rows, then up rows) and [E, d, F]: views of the slices, no copy
+        // stacked [E, 2F, d] (gate rows, then up rows) and [E, d, F]: views of the slices, no copy;
+        // stored transposed ([E, d, 2F], [E, F, d]): transposed views of them
         Tensor gu = load(Role::ExpertGate, l);
         Tensor dn = load(Role::ExpertDown, l);
-        for (int e = 0; e < s.numExperts; ++e) w.experts.push_back(swigluFfn(gu[e], Tensor(), Tensor(), dn[e]));
+        const bool guT = s.role(Role::ExpertGate).transposed, dnT = s.role(Role::ExpertDown).transposed;
+        for (int e = 0; e < s.numExperts; ++e)
+            w.experts.push_back(swigluFfn(guT ? gu[e].t() : gu[e], Tensor(), Tensor(), dnT ? dn[e].t() : dn[e]));
     }
     w.moeOutBias = loadOpt(Role::MoeBias, l);
     if (s.hasSharedExpert()) {

@@ -190,6 +190,14 @@ ExpertMatrix ModelSpec::expertMatrix(Role r, int layer, int expert) const {
     }
     if (shape.size() != 3) throw Error(std::string(roleName(r)) + " is not a stack of matrices", "", t.name);
     const int64_t slice = shape[1] * shape[2];
+    if (t.transposed) {  // slice e is [cols, rows] (halves: [cols, 2 rows], a half its columns)
+        m.transposed = true;
+        m.ld = shape[2];
+        m.rows = t.pack == Pack::Stacked ? shape[2] : shape[2] / 2;
+        m.cols = shape[1];
+        m.offset = expert * slice + (t.pack == Pack::SecondHalf ? m.rows : 0);
+        return m;
+    }
     m.cols = shape[2];
     m.rows = t.pack == Pack::Stacked ? shape[1] : shape[1] / 2;
     m.offset = expert * slice + (t.pack == Pack::SecondHalf ? m.rows * m.cols : 0);
@@ -397,6 +405,27 @@ bool checkActivationScale(const Checkpoint& ckpt, const TensorView& w) {
     return true;
 }
 
+// Packed experts stored transposed where the family allows it (ModelSpec::packedMayBeTransposed):
+// a stored shape that is the model's with its matrices transposed marks the role (both halves of
+// gate_up_proj) transposed; any other shape is left to the shape check, which names it.
+void resolveTransposed(const Checkpoint& ckpt, ModelSpec& s) {
+    const std::vector<int> moe = s.moeLayers();
+    if (!s.packedMayBeTransposed || s.layout != ExpertLayout::Packed || moe.empty()) return;
+    for (Role r : {Role::ExpertGate, Role::ExpertDown}) {
+        const TensorView* t = ckpt.find(s.tensorName(r, moe.front()));
+        std::vector<int64_t> want = s.tensorShape(r, moe.front());
+        if (!t || want.size() != 3 || t->shape == want) continue;
+        std::swap(want[1], want[2]);
+        if (t->shape != want) continue;
+        const std::string name = s.role(r).name;
+        for (TensorRole& x : s.tensors)
+            if (x.name == name) {
+                x.transposed = true;
+                std::swap(x.shape[1], x.shape[2]);
+            }
+    }
+}
+
 }  // namespace
 
 ModelSpec ModelSpec::fromCheckpoint(const Checkpoint& ckpt) {
@@ -404,6 +433,7 @@ ModelSpec ModelSpec::fromCheckpoint(const Checkpoint& ckpt) {
     const Family* fam = nullptr;
     ModelSpec s = configured(c, fam);
     fam->tensors(s, [&](const std::string& name) { return ckpt.find(name) != nullptr; });
+    resolveTransposed(ckpt, s);
     checkRuleTensors(s);
     // tie_word_embeddings with a head in the file whose values differ from the embeddings:
     // transformers does not tie them, so neither do we (an equal copy stays tied, read past)

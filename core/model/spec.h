@@ -202,6 +202,12 @@ struct ModelSpec {
     // times the values rounded to the activations' dtype (Llama)
     bool normProductFloat32 = false;
 
+    // Packed experts that may be stored transposed ([E, d, 2F] and [E, F, d], Qwen3-VL-MoE as
+    // released): transformers transposes a stored tensor whose shape is not the model's
+    // (Transpose with check_dims), so fromCheckpoint marks such a role TensorRole::transposed and
+    // takes a tensor of the model's own shape as it is
+    bool packedMayBeTransposed = false;
+
     bool moeBias = false;  // an output bias after the experts (JetMoE's mlp.bias)
     bool hasSharedExpert() const { return router.shared != RouterRule::Shared::None; }
     std::vector<int> moeLayers() const;

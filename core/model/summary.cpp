@@ -3,6 +3,7 @@
 #include <cmath>
 #include <cstdio>
 #include <sstream>
+#include <tuple>
 
 #include "checkpoint/checkpoint.h"
 #include "model/spec.h"
@@ -75,9 +76,21 @@ std::vector<SummaryRow> describeModel(const ModelSpec& s, const Checkpoint& ckpt
                     humanCount(s.totalParams) + " total, " + humanCount(s.activeParams) + " active",
                     {{"total_params", s.totalParams}, {"active_params", s.activeParams}}});
     rows.push_back({moe.empty() ? "" : "Router", s.router.describe(), {{"router", s.router.describe()}}});
+    // packed experts stored as x @ W (Qwen3-VL-MoE as released): which tensors
+    oj transposed = oj::array();
+    std::string tText;
+    if (s.layout == ExpertLayout::Packed && !moe.empty())
+        for (auto [r, what, shape] :
+             {std::tuple<Role, const char*, const char*>{Role::ExpertGate, "gate_up", "[E, d, 2F]"},
+              {Role::ExpertDown, "down", "[E, F, d]"}})
+            if (s.role(r).transposed) {
+                transposed.push_back(what);
+                tText += std::string(tText.empty() ? ", stored transposed (x @ W): " : " and ") + what + " " + shape;
+            }
     rows.push_back({moe.empty() ? "" : "Expert layout",
-                    layoutName(s.layout),
-                    {{"expert_layout", s.layout == ExpertLayout::Blocks ? "blocks" : layoutName(s.layout)}}});
+                    layoutName(s.layout) + tText,
+                    {{"expert_layout", s.layout == ExpertLayout::Blocks ? "blocks" : layoutName(s.layout)},
+                     {"experts_transposed", transposed}}});
     SummaryRow attn{"Attention", s.attn.kindName(), {{"attention", s.attn.kindName()}}};
     if (s.attn.isMoa()) {
         attn.text = "mixture of attention heads: " + std::to_string(s.attn.moaExperts) + " experts of " +

@@ -135,6 +135,10 @@ struct TensorRole {
     Pack pack = Pack::None;
     bool optional = false;  // may be absent; checked when present (a tied lm_head.weight)
     std::string scale;      // its scale tensor's template (block-scaled quantised weights); empty: none
+    // Stacked / FirstHalf / SecondHalf: each expert's matrix stored as its transpose, `shape` then
+    // [E, cols, rows] ([E, d, 2F] for gate_up_proj: the halves split the columns), as Qwen3-VL-MoE
+    // releases them (x @ W); ModelSpec::fromCheckpoint sets it where the family allows it
+    bool transposed = false;
 };
 
 // Tensors a family recognises and leaves out (pooler and pre-training heads, ...): an exact
@@ -145,10 +149,13 @@ struct SkippedTensors {
     std::string why;
 };
 
-// Where one expert's matrix is: `rows` x `cols` elements from element `offset` of a tensor.
+// Where one expert's matrix is: `rows` x `cols` elements from element `offset` of a tensor, row
+// by row; `transposed`: stored as its transpose, element (r, c) at offset + c * ld + r.
 struct ExpertMatrix {
     std::string tensor;
     int64_t offset = 0, rows = 0, cols = 0;
+    bool transposed = false;
+    int64_t ld = 0;  // transposed: the stored row's length (2F for a gate_up_proj half)
 };
 
 // "{L}" and "{E}" of a template filled in.

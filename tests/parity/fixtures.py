@@ -344,7 +344,8 @@ def shared_of(model, layer, block):
     shared = getattr(block, "shared_expert", None) or getattr(block, "shared_experts", None) or \
         getattr(block, "shared_mlp", None)  # Hunyuan's
     if shared is None:
-        shared = getattr(model.model.layers[layer], "shared_mlp", None)
+        decoder = getattr(model.model, "language_model", model.model)  # a multimodal container's text model
+        shared = getattr(decoder.layers[layer], "shared_mlp", None)
     return shared
 
 
