@@ -89,17 +89,18 @@ LayerMats layerMats(const Checkpoint& ck, const ModelSpec& s, const Reference* r
     // expert e's matrix of an expert role, where the family's table puts it
     auto expert = [&](Role r, int e, bool neuronRows) -> Mat {
         const ExpertMatrix m = s.expertMatrix(r, l, e);
-        if (!m.transposed) return mat(use(ck, m.tensor), m.offset, m.rows, m.cols, neuronRows);
-        // stored as its transpose (slice e of [E, cols, ld]): widened (through its scales) to a
-        // float32 copy in the matrix's own orientation, as the kernels read whole rows
+        if (m.contiguous()) return mat(use(ck, m.tensor), m.offset, m.rows, m.cols, neuronRows);
+        // not rows of the tensor (stored transposed, or interleaved with another matrix): its
+        // stored slice widened (through its scales) and gathered into a float32 copy in the
+        // matrix's own orientation, as the kernels read whole rows
         const TensorView& t = use(ck, m.tensor);
-        const int64_t c0 = m.offset % m.ld;  // the half's first stored column
-        std::vector<float> stored(static_cast<size_t>(m.cols * m.ld));
-        readRows(mat(t, m.offset - c0, m.cols, m.ld, neuronRows), 0, m.cols, stored.data());
+        std::vector<float> stored(static_cast<size_t>(m.sliceRows * m.sliceCols));
+        readRows(mat(t, m.slice, m.sliceRows, m.sliceCols, neuronRows), 0, m.sliceRows, stored.data());
         std::vector<uint8_t>& buf = L.ownedBytes.emplace_back(static_cast<size_t>(m.rows * m.cols) * sizeof(float));
         float* dst = reinterpret_cast<float*>(buf.data());
-        for (int64_t c = 0; c < m.cols; ++c)
-            for (int64_t r0 = 0; r0 < m.rows; ++r0) dst[r0 * m.cols + c] = stored[c * m.ld + c0 + r0];
+        const float* src = stored.data() + (m.offset - m.slice);
+        for (int64_t r0 = 0; r0 < m.rows; ++r0)
+            for (int64_t c = 0; c < m.cols; ++c) dst[r0 * m.cols + c] = src[r0 * m.rowStride + c * m.colStride];
         TensorView& v = L.ownedViews.emplace_back();
         v.name = t.name + "[expert " + std::to_string(e) + "]";
         v.dtype = DType::F32;

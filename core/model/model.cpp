@@ -184,7 +184,7 @@ std::unique_ptr<Model> Model::load(std::shared_ptr<Checkpoint> ckpt, const Model
         d.embNorm = d.load(Role::EmbNorm);
         d.embNormB = d.load(Role::EmbNormBias);
     } else {
-        d.finalNorm = d.load(Role::FinalNorm);
+        d.finalNorm = d.normFloat32() ? d.loadFloat32Opt(Role::FinalNorm, -1) : d.load(Role::FinalNorm);
         d.lmHead = spec.tieEmbeddings ? d.embed : d.load(Role::LmHead);
         d.lmHeadBias = d.loadOpt(Role::LmHeadBias);
     }
@@ -237,8 +237,18 @@ void Model::Impl::loadExperts(LayerWeights& w, int l) const {
         Tensor gu = load(Role::ExpertGate, l);
         Tensor dn = load(Role::ExpertDown, l);
         const bool guT = s.role(Role::ExpertGate).transposed, dnT = s.role(Role::ExpertDown).transposed;
-        for (int e = 0; e < s.numExperts; ++e)
-            w.experts.push_back(swigluFfn(guT ? gu[e].t() : gu[e], Tensor(), Tensor(), dnT ? dn[e].t() : dn[e]));
+        Tensor gub = loadOpt(Role::ExpertGateUpBias, l), dnb = loadOpt(Role::ExpertDownBias, l);
+        for (int e = 0; e < s.numExperts; ++e) {
+            Ffn f = swigluFfn(guT ? gu[e].t() : gu[e], Tensor(), Tensor(), dnT ? dn[e].t() : dn[e]);
+            if (s.swigluLimit > 0) {  // GPT-OSS: gate and up interleaved by row, fused biases
+                f.act = kClampedSwiglu;
+                f.limit = s.swigluLimit;
+                f.alpha = s.swigluAlpha;
+                f.inBias = gub[e];
+                f.outBias = dnb[e];
+            }
+            w.experts.push_back(std::move(f));
+        }
     }
     w.moeOutBias = loadOpt(Role::MoeBias, l);
     if (s.hasSharedExpert()) {

@@ -94,10 +94,14 @@ inline Tensor applyRope(const Tensor& x, const Tensor& cos, const Tensor& sin, b
 // layers only: an EMoE layer adds it once after combining its experts).
 struct Ffn {
     Tensor gateUp, gate, up, down;
-    Tensor inBias, outBias;  // W1's (SwiGLU: the gate's) and W2's (down's) biases
-    Tensor upBias;           // SwiGLU with biases (ERNIE's use_bias): the up projection's; never fused
-    int act = 0;             // 0: SwiGLU (silu), 1: GELU (erf), 2: GELU (tanh)
+    Tensor inBias, outBias;       // W1's (SwiGLU: the gate's) and W2's (down's) biases
+    Tensor upBias;                // SwiGLU with biases (ERNIE's use_bias): the up projection's; never fused
+    int act = 0;                  // 0: SwiGLU (silu), 1: GELU (erf), 2: GELU (tanh), 3: GPT-OSS's (kClampedSwiglu)
+    double limit = 0, alpha = 0;  // act 3: ModelSpec::swigluLimit, swigluAlpha
 };
+// GPT-OSS's experts: gateUp [2F, d] with gate and up interleaved by row and its fused bias inBias,
+// products as x @ W + b (transformers' GptOssExperts; W = gateUp^T is the stored [d, 2F] slice)
+constexpr int kClampedSwiglu = 3;
 
 inline Ffn swigluFfn(Tensor gateUp, Tensor gate, Tensor up, Tensor down) {
     Ffn f;
@@ -110,14 +114,27 @@ inline Ffn swigluFfn(Tensor gateUp, Tensor gate, Tensor up, Tensor down) {
 
 inline Tensor gelu(const Tensor& x, int act) { return torch::gelu(x, act == 2 ? "tanh" : "none"); }
 
+// act 3: x @ gateUp^T + b, gate and up interleaved
+inline Tensor clampedGateUp(const Tensor& x, const Ffn& f) { return torch::matmul(x, f.gateUp.t()) + f.inBias; }
+
 // W_gate x (+ b1): the pre-activations of the FFN's neurons (EMoE's avg-k scores these).
 inline Tensor gatePre(const Tensor& x, const Ffn& f) {
+    if (f.act == kClampedSwiglu) {
+        Tensor h = clampedGateUp(x, f);
+        return h.slice(-1, 0, h.size(-1), 2);
+    }
     if (!f.gateUp.defined()) return torch::linear(x, f.gate, f.inBias);
     return torch::linear(x, f.gateUp.narrow(0, 0, f.gateUp.size(0) / 2));
 }
 
 // The FFN's hidden activations h (what W_down reads): silu(g) * u, or gelu(W1 x + b1).
 inline Tensor ffnHidden(const Tensor& x, const Ffn& f) {
+    if (f.act == kClampedSwiglu) {  // (up + 1) * gate * sigmoid(alpha gate), gate and up clamped
+        Tensor h = clampedGateUp(x, f);
+        Tensor g = h.slice(-1, 0, h.size(-1), 2).clamp_max(f.limit);
+        Tensor u = h.slice(-1, 1, h.size(-1), 2).clamp(-f.limit, f.limit);
+        return (u + 1) * (g * torch::sigmoid(g * f.alpha));
+    }
     if (f.act != 0) return gelu(torch::linear(x, f.gate, f.inBias), f.act);
     if (!f.gateUp.defined()) return torch::silu(torch::linear(x, f.gate, f.inBias)) * torch::linear(x, f.up, f.upBias);
     Tensor h = torch::linear(x, f.gateUp);
@@ -125,7 +142,10 @@ inline Tensor ffnHidden(const Tensor& x, const Ffn& f) {
     return torch::silu(h.narrow(-1, 0, F)) * h.narrow(-1, F, F);
 }
 
-inline Tensor ffn(const Tensor& x, const Ffn& f) { return torch::linear(ffnHidden(x, f), f.down, f.outBias); }
+inline Tensor ffn(const Tensor& x, const Ffn& f) {
+    if (f.act == kClampedSwiglu) return torch::matmul(ffnHidden(x, f), f.down.t()) + f.outBias;
+    return torch::linear(ffnHidden(x, f), f.down, f.outBias);
+}
 
 // The per-layer tensors a router rule may read besides the logits.
 struct RouterExtras {
@@ -138,6 +158,7 @@ struct LayerWeights {
     Tensor inNorm, postNorm;    // BERT: the attention output's and the layer output's LayerNorm
     Tensor inNormB, postNormB;  // LayerNorm biases (BERT)
     Tensor q, k, v, o, qb, kb, vb, ob, qn, kn;
+    Tensor sinks;                                             // [H]: GPT-OSS's attention sinks
     Tensor qa, qab, qaNorm, qbProj, kva, kvab, kvaNorm, kvb;  // MLA (q: q_proj without q LoRA)
     Ffn mlp;                                                  // dense layers
     Tensor router, routerBias;                                // MoE layers
@@ -152,6 +173,10 @@ struct LayerWeights {
 
 // act(x W_gate^T (+ b1)): the gate branch of the FFN (D3); for a GELU FFN, its hidden state.
 inline Tensor gateActivation(const Tensor& x, const Ffn& f) {
+    if (f.act == kClampedSwiglu) {
+        Tensor g = gatePre(x, f).clamp_max(f.limit);
+        return g * torch::sigmoid(g * f.alpha);
+    }
     if (f.act != 0) return gelu(gatePre(x, f), f.act);
     return torch::silu(gatePre(x, f));
 }
@@ -355,9 +380,10 @@ struct Model::Impl {
     void loadStandardAttention(LayerWeights& w, int l) const;
     void loadMoaAttention(LayerWeights& w, int l) const;
     void loadMlaAttention(LayerWeights& w, int l) const;
+    bool normFloat32() const { return spec.normWeightsFloat32InF16 && dtype == torch::kHalf; }
     void loadAttention(LayerWeights& w, int l) const {
-        w.inNorm = load(Role::AttnNorm, l);
-        w.postNorm = load(Role::FfnNorm, l);
+        w.inNorm = normFloat32() ? loadFloat32Opt(Role::AttnNorm, l) : load(Role::AttnNorm, l);
+        w.postNorm = normFloat32() ? loadFloat32Opt(Role::FfnNorm, l) : load(Role::FfnNorm, l);
         w.inNormB = loadOpt(Role::AttnNormBias, l);
         w.postNormB = loadOpt(Role::FfnNormBias, l);
         if (spec.attn.isMoa()) loadMoaAttention(w, l);
@@ -408,7 +434,10 @@ struct Model::Impl {
         out.ids = ids;
         out.weights = wts;
 
-        Tensor y = torch::zeros_like(x);
+        // each (token, slot) pair's weighted output in the dtype the product promotes to, then the
+        // k slots of a token summed (float32 accumulation for half types) and rounded once to the
+        // activations' dtype: transformers' default experts path (grouped_mm) combines so
+        const auto wdt = c10::promoteTypes(x.scalar_type(), wts.scalar_type());
         Tensor flat = ids.reshape(-1);
         Tensor order = std::get<1>(flat.sort(/*stable=*/true, 0, false));
         Tensor counts = torch::bincount(flat, {}, E).to(torch::kCPU);
@@ -416,6 +445,7 @@ struct Model::Impl {
         Tensor flatW = wts.reshape(-1);
         const int64_t T = x.size(0);
         Tensor chosen = keepChosen || allExperts ? torch::empty({T * K, x.size(1)}, x.options()) : Tensor();
+        Tensor weighted = torch::zeros({T * K, x.size(1)}, x.options().dtype(wdt));
         int64_t offset = 0;
         for (int64_t e = 0; e < E; ++e) {
             const int64_t n = cnt[e];
@@ -425,9 +455,9 @@ struct Model::Impl {
             Tensor tok = sel.div(K, "floor");
             Tensor ye = ffn(x.index_select(0, tok), w.experts[e]);
             if (chosen.defined()) chosen.index_copy_(0, sel, ye);
-            ye = (ye * flatW.index_select(0, sel).unsqueeze(-1)).to(x.scalar_type());
-            y.index_add_(0, tok, ye);
+            weighted.index_copy_(0, sel, ye * flatW.index_select(0, sel).unsqueeze(-1));
         }
+        Tensor y = weighted.view({T, K, x.size(1)}).sum(1).to(x.scalar_type());
         if (chosen.defined()) chosen = chosen.view({T, K, x.size(1)});
         std::vector<Tensor> norms;
         const int64_t chunk = outputChunk(E, x.size(1));

@@ -122,6 +122,9 @@ int64_t ModelSpec::dim(Dim d, int layer) const {
         case Dim::HeadDim:
             v = attn.headDim;
             break;
+        case Dim::Heads:
+            v = attn.heads;
+            break;
         case Dim::Ffn:
             v = layers.at(static_cast<size_t>(layer)).ffnDim;
             break;
@@ -178,29 +181,34 @@ ExpertMatrix ModelSpec::expertMatrix(Role r, int layer, int expert) const {
     m.tensor = fillTemplate(t.name, layer, expert);
     if (t.pack == Pack::None) {
         if (shape.size() != 2) throw Error(std::string(roleName(r)) + " is not a matrix", "", t.name);
-        m.rows = shape[0];
-        m.cols = shape[1];
+        m.rows = m.sliceRows = shape[0];
+        m.cols = m.rowStride = m.sliceCols = shape[1];
         return m;
     }
-    if (shape.size() == 2 && t.pack != Pack::Stacked) {  // one fused matrix: gate rows, then up rows
+    if (shape.size() == 2 && (t.pack == Pack::FirstHalf || t.pack == Pack::SecondHalf)) {
+        // one fused matrix: gate rows, then up rows
+        m.sliceRows = shape[0];
+        m.cols = m.rowStride = m.sliceCols = shape[1];
         m.rows = shape[0] / 2;
-        m.cols = shape[1];
         m.offset = t.pack == Pack::SecondHalf ? m.rows * m.cols : 0;
         return m;
     }
     if (shape.size() != 3) throw Error(std::string(roleName(r)) + " is not a stack of matrices", "", t.name);
-    const int64_t slice = shape[1] * shape[2];
-    if (t.transposed) {  // slice e is [cols, rows] (halves: [cols, 2 rows], a half its columns)
-        m.transposed = true;
-        m.ld = shape[2];
-        m.rows = t.pack == Pack::Stacked ? shape[2] : shape[2] / 2;
-        m.cols = shape[1];
-        m.offset = expert * slice + (t.pack == Pack::SecondHalf ? m.rows : 0);
-        return m;
-    }
-    m.cols = shape[2];
-    m.rows = t.pack == Pack::Stacked ? shape[1] : shape[1] / 2;
-    m.offset = expert * slice + (t.pack == Pack::SecondHalf ? m.rows * m.cols : 0);
+    // slice e is [a, b]: the matrices' rows run down it, or across it when stored transposed
+    const int64_t a = shape[1], b = shape[2];
+    const int64_t R = t.transposed ? b : a, down = t.transposed ? 1 : b;
+    m.slice = expert * a * b;
+    m.sliceRows = a;
+    m.sliceCols = b;
+    m.cols = t.transposed ? a : b;
+    m.colStride = t.transposed ? b : 1;
+    int64_t first = 0, step = 1;
+    m.rows = t.pack == Pack::Stacked ? R : R / 2;
+    if (t.pack == Pack::SecondHalf) first = R / 2;
+    if (t.pack == Pack::EvenRows || t.pack == Pack::OddRows) step = 2;
+    if (t.pack == Pack::OddRows) first = 1;
+    m.rowStride = step * down;
+    m.offset = m.slice + first * down;
     return m;
 }
 
@@ -232,7 +240,8 @@ std::vector<ModelSpec::Expected> ModelSpec::expectedTensors() const {
             if (t.scope == Scope::Expert) {
                 for (int e = 0; e < numExperts; ++e)
                     out.push_back({fillTemplate(t.name, l, e), shape, t.role, t.optional});
-            } else if (t.pack != Pack::SecondHalf) {  // a fused tensor once (FirstHalf names it)
+            } else if (t.pack != Pack::SecondHalf &&
+                       t.pack != Pack::OddRows) {  // a fused tensor once (its first half names it)
                 out.push_back({fillTemplate(t.name, l, 0), shape, t.role, t.optional});
             }
         }

@@ -201,6 +201,14 @@ struct ModelSpec {
     // RMSNorm weights times the float32 normalised values, rounded after (OLMo 2), instead of
     // times the values rounded to the activations' dtype (Llama)
     bool normProductFloat32 = false;
+    // the RMSNorm weights kept in float32 when the model runs in float16 (GPT-OSS's
+    // _keep_in_fp32_modules, which transformers upcasts for float16 only: the decoder's two
+    // norms and the final one)
+    bool normWeightsFloat32InF16 = false;
+    // GPT-OSS's experts (> 0): gate and up interleaved by row (Pack::EvenRows / OddRows) with a
+    // fused bias, gate clamped above at swigluLimit, up to [-swigluLimit, swigluLimit], and
+    // (up + 1) * gate * sigmoid(swigluAlpha * gate); products as x @ W + b
+    double swigluLimit = 0, swigluAlpha = 0;
 
     // Packed experts that may be stored transposed ([E, d, 2F] and [E, F, d], Qwen3-VL-MoE as
     // released): transformers transposes a stored tensor whose shape is not the model's

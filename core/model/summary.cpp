@@ -42,6 +42,12 @@ std::vector<SummaryRow> describeModel(const ModelSpec& s, const Checkpoint& ckpt
                      {"top_k", s.topK},
                      {"expert_intermediate_size", s.expertFfn},
                      {"shared_expert_intermediate_size", s.hasSharedExpert() ? s.sharedFfn : 0}}});
+    if (s.swigluLimit > 0) {
+        std::ostringstream t;
+        t << "GPT-OSS's: gate and up interleaved, with biases; gate clamped at limit " << s.swigluLimit
+          << ", up to [-limit, limit]; (up + 1) * gate * sigmoid(" << s.swigluAlpha << " gate)";
+        rows.push_back({"Expert FFN", t.str(), {{"swiglu", oj{{"limit", s.swigluLimit}, {"alpha", s.swigluAlpha}}}}});
+    }
     rows.push_back({"Hidden size",
                     std::to_string(s.hidden) + ", heads " + std::to_string(s.attn.heads) + " (kv " +
                         std::to_string(s.attn.kvHeads) + ", head_dim " + std::to_string(s.attn.headDim) + ")",
@@ -92,6 +98,8 @@ std::vector<SummaryRow> describeModel(const ModelSpec& s, const Checkpoint& ckpt
                     {{"expert_layout", s.layout == ExpertLayout::Blocks ? "blocks" : layoutName(s.layout)},
                      {"experts_transposed", transposed}}});
     SummaryRow attn{"Attention", s.attn.kindName(), {{"attention", s.attn.kindName()}}};
+    if (s.has(Role::Sinks)) attn.text += ", a sink logit per head";
+    attn.fields.push_back({"attention_sinks", s.has(Role::Sinks)});
     if (s.attn.isMoa()) {
         attn.text = "mixture of attention heads: " + std::to_string(s.attn.moaExperts) + " experts of " +
                     std::to_string(s.attn.kvHeads) + " query heads, top-" + std::to_string(s.attn.moaTopK) +

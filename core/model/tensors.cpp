@@ -46,6 +46,8 @@ const char* roleName(Role r) {
             return "output bias";
         case Role::QNorm:
             return "query norm";
+        case Role::Sinks:
+            return "attention sinks";
         case Role::KNorm:
             return "key norm";
         case Role::AttnRouter:
@@ -100,6 +102,10 @@ const char* roleName(Role r) {
             return "expert up";
         case Role::ExpertDown:
             return "expert down";
+        case Role::ExpertGateUpBias:
+            return "expert gate/up bias";
+        case Role::ExpertDownBias:
+            return "expert down bias";
         case Role::MoeBias:
             return "MoE output bias";
         case Role::SharedGate:

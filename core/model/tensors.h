@@ -35,6 +35,7 @@ enum class Role : uint8_t {
     OBias,
     QNorm,
     KNorm,
+    Sinks,  // GPT-OSS's attention sinks: one logit per head joined to each softmax, then dropped
     // mixture of attention heads (JetMoE): router, per-expert query and output projections
     // (stacked), the output bias, and the shared key/value projection
     AttnRouter,
@@ -69,6 +70,8 @@ enum class Role : uint8_t {
     ExpertGate,
     ExpertUp,
     ExpertDown,
+    ExpertGateUpBias,  // GPT-OSS: [E, 2F], gate and up interleaved as their weights' rows
+    ExpertDownBias,    // [E, d]
     MoeBias,
     SharedGate,
     SharedUp,
@@ -96,6 +99,9 @@ enum class Pack : uint8_t {
     FirstHalf,   // [E, 2 rows, cols]: expert e's matrix is the first half of slice e (fused gate_up);
                  // [2 rows, cols] (a fused shared expert): the first half of the matrix
     SecondHalf,  // ... and the second half
+    EvenRows,    // [E, 2 rows, cols]: expert e's matrix is rows 0, 2, 4... of slice e (GPT-OSS's gate,
+                 // interleaved with up by row)
+    OddRows,     // ... rows 1, 3, 5... (GPT-OSS's up)
 };
 
 // One dimension of a role's shape, in terms of the spec's sizes: sym x mul.
@@ -119,7 +125,8 @@ struct Dim {
         MlaQ,    // heads x (qk_nope_head_dim + qk_rope_head_dim)
         MlaKvA,  // kv_lora_rank + qk_rope_head_dim
         MlaKvB,  // heads x (qk_nope_head_dim + v_head_dim)
-        MlaO     // heads x v_head_dim
+        MlaO,    // heads x v_head_dim
+        Heads    // attention heads (GPT-OSS's sinks)
     };
     Sym sym = One;
     int64_t mul = 1;
@@ -149,13 +156,15 @@ struct SkippedTensors {
     std::string why;
 };
 
-// Where one expert's matrix is: `rows` x `cols` elements from element `offset` of a tensor, row
-// by row; `transposed`: stored as its transpose, element (r, c) at offset + c * ld + r.
+// Where one expert's matrix is: element (r, c) of its `rows` x `cols` is element
+// offset + r * rowStride + c * colStride of a tensor; contiguous() when it is rows of it. A
+// matrix of a stack lies in the stored slice [sliceRows, sliceCols] from element `slice`.
 struct ExpertMatrix {
     std::string tensor;
     int64_t offset = 0, rows = 0, cols = 0;
-    bool transposed = false;
-    int64_t ld = 0;  // transposed: the stored row's length (2F for a gate_up_proj half)
+    int64_t rowStride = 0, colStride = 1;
+    int64_t slice = 0, sliceRows = 0, sliceCols = 0;
+    bool contiguous() const { return rowStride == cols && colStride == 1; }
 };
 
 // "{L}" and "{E}" of a template filled in.

@@ -217,6 +217,21 @@ CONFIGS = {
     "flex_olmo_plain": ("FlexOlmoConfig", dict(
         num_attention_heads=4, num_key_value_heads=4, num_experts=7, num_experts_per_tok=5, intermediate_size=24,
         norm_topk_prob=False, pad_token_id=0, eos_token_id=1)),
+    # GPT-OSS: attention sinks, GQA, q/k/v/o biases, sliding (window 5, shorter than the prompts)
+    # and full layers alternating as the class default, YaRN untruncated, a biased router, top-2
+    # then softmax, experts interleaving gate and up with biases, clamped at 0.8 so that the clamps
+    # bite on these activations
+    "gpt_oss_sinks_clamp": ("GptOssConfig", dict(
+        num_attention_heads=4, num_key_value_heads=2, head_dim=16, num_local_experts=8, num_experts_per_tok=2,
+        intermediate_size=24, num_hidden_layers=3, sliding_window=5, swiglu_limit=0.8,
+        rope_parameters=dict(rope_type="yarn", rope_theta=150000.0, factor=32.0, beta_fast=32.0, beta_slow=1.0,
+                             truncate=False, original_max_position_embeddings=64))),
+    # ... layer types given (full, then sliding), no attention biases, top-3, another swiglu_alpha,
+    # the class's default RoPE (YaRN x32 over 4096 positions)
+    "gpt_oss_types_alpha": ("GptOssConfig", dict(
+        num_attention_heads=4, num_key_value_heads=4, head_dim=24, num_local_experts=6, num_experts_per_tok=3,
+        intermediate_size=40, layer_types=["full_attention", "sliding_attention"], sliding_window=4,
+        attention_bias=False, swiglu_limit=1.5, swiglu_alpha=1.2)),
 }
 
 # Checkpoints stored in half precision: the reference runs HF in float32 on the same rounded
@@ -242,15 +257,40 @@ def build_model(name, seed=0, **overrides):
     return model_from_config(getattr(transformers, cls_name)(**cfg_kwargs), seed, STORAGE.get(name))
 
 
+def causal_lm_class(config):
+    """transformers' causal-LM class of a config (the AutoModelForCausalLM one, else by name:
+    Mistral 4 is not registered)."""
+    if type(config) in transformers.AutoModelForCausalLM._model_mapping:
+        return transformers.AutoModelForCausalLM._model_mapping[type(config)]
+    return getattr(transformers, type(config).__name__.replace("Config", "ForCausalLM"))
+
+
+def attention_of(cls):
+    """SDPA, or eager where the class has no SDPA path (GPT-OSS: its sinks)."""
+    return "sdpa" if getattr(cls, "_supports_sdpa", True) else "eager"
+
+
 def model_from_config(config, seed=0, storage=None):
     """An HF model of `config` in float32, every parameter re-initialised (see the top)."""
-    config._attn_implementation = "sdpa"
+    config._attn_implementation = attention_of(causal_lm_class(config))
     name = type(config).__name__.replace("Config", "ForCausalLM")
     if type(config) in transformers.AutoModelForCausalLM._model_mapping:
         model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     else:  # a class transformers does not register for AutoModelForCausalLM (Mistral 4)
         model = getattr(transformers, name)(config).to(torch.float32)
     return reinitialised(model, seed, storage)
+
+
+def published_checkpoint(cls_name, cfg, out_dir):
+    """(model, dir): transformers' `cls_name` config class built from a published config.json dict
+    (model_type and architectures dropped: the class sets them), its model re-initialised and
+    saved in out_dir with `cfg` itself, key for key, as the config.json."""
+    kw = {k: v for k, v in cfg.items() if k not in ("model_type", "architectures")}
+    model = model_from_config(getattr(transformers, cls_name)(**kw))
+    model.save_pretrained(out_dir)
+    with open(os.path.join(out_dir, "config.json"), "w") as f:
+        json.dump(cfg, f, indent=2)
+    return model, out_dir
 
 
 def hf_from_pretrained(path, dtype):
@@ -262,7 +302,7 @@ def hf_from_pretrained(path, dtype):
     name = type(config).__name__.replace("Config", "ForCausalLM")
     cls = transformers.AutoModelForCausalLM if type(config) in transformers.AutoModelForCausalLM._model_mapping \
         else getattr(transformers, name)
-    model = cls.from_pretrained(path, dtype=dtype, attn_implementation="sdpa")
+    model = cls.from_pretrained(path, dtype=dtype, attn_implementation=attention_of(causal_lm_class(config)))
     model.eval()
     return model
 
@@ -281,7 +321,8 @@ def reinitialised(model, seed=0, storage=None):
             elif "embed_tokens" in pname or pname.startswith("lm_head"):
                 p.copy_(torch.randn(p.shape, generator=g))
             elif (pname.endswith("gate.weight") and p.shape[0] != 1 and "shared" not in pname) or \
-                    pname.endswith("block_sparse_moe.router.weight") or pname.endswith("gate.wg.weight"):
+                    pname.endswith("block_sparse_moe.router.weight") or pname.endswith("gate.wg.weight") or \
+                    pname.endswith("mlp.router.weight"):
                 # the router: decisive enough that top-k ties are rare. A post-norm decoder's router
                 # (FlexOlmo) reads the raw residual stream, not its normalised copy: a third of the
                 # scale keeps its logits as moderate as the others' (bf16's step on logits near 20 is
@@ -326,7 +367,7 @@ def _moe_blocks(model):
     for mname, m in model.named_modules():
         if type(m).__name__.endswith("SparseMoeBlock") or type(m).__name__ in (
                 "DeepseekV3MoE", "DeepseekV2Moe", "Glm4MoeMoE", "Dots1MoE", "Glm4MoeLiteMoE", "Mistral4MoE",
-                "GraniteMoeMoE", "GraniteMoeSharedMoE", "HunYuanMoEV1Moe"):
+                "GraniteMoeMoE", "GraniteMoeSharedMoE", "HunYuanMoEV1Moe", "GptOssMLP"):
             layer = int(mname.split(".layers.")[1].split(".")[0])
             blocks[layer] = m
     return blocks

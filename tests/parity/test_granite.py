@@ -31,14 +31,8 @@ def published_shrunk():
 
 
 def test_published_config_opens_and_matches_hf(cli, tmp_path):
-    t = require("transformers")
-    cfg = published_shrunk()
-    kw = {k: v for k, v in cfg.items() if k not in ("model_type", "architectures")}
-    model = fixtures.model_from_config(t.GraniteMoeConfig(**kw))
-    d = str(tmp_path / "granite")
-    model.save_pretrained(d)
-    with open(os.path.join(d, "config.json"), "w") as f:
-        json.dump(cfg, f, indent=2)
+    require("transformers")
+    model, d = fixtures.published_checkpoint("GraniteMoeConfig", published_shrunk(), str(tmp_path / "granite"))
     info = json.loads(run_cli(cli, "info", d, "--json").stdout)
     assert info["model_type"] == "granitemoe" and info["num_experts"] == 40 and info["top_k"] == 8
     assert info["multipliers"] == {"embedding": 12.0, "residual": 0.22, "logits_divisor": 6.0,

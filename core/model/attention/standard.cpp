@@ -16,7 +16,36 @@ void Model::Impl::loadStandardAttention(LayerWeights& w, int l) const {
     w.ob = loadOpt(Role::OBias, l);
     w.qn = loadOpt(Role::QNorm, l);
     w.kn = loadOpt(Role::KNorm, l);
+    w.sinks = loadOpt(Role::Sinks, l);
 }
+
+namespace {
+// Attention with sinks (GPT-OSS), as transformers' eager_attention_forward: per head, the scaled
+// scores of the allowed keys joined by the head's sink logit, less their maximum, softmax in the
+// activations' dtype, the sink's share dropped. Queries in blocks of rows, so the scores of a
+// long prompt stay small. q, k, v: [H, T, hd] (k, v repeated to H heads); allowed: [T, T] or
+// undefined (causal).
+Tensor sinkAttention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& sinks, const Tensor& allowed,
+                     double scale) {
+    const int64_t H = q.size(0), T = q.size(1);
+    constexpr int64_t kRows = 256;
+    const Tensor sink = sinks.to(q.scalar_type()).view({H, 1, 1});
+    std::vector<Tensor> out;
+    for (int64_t r0 = 0; r0 < T; r0 += kRows) {
+        const int64_t n = std::min(kRows, T - r0);
+        Tensor s = torch::matmul(q.narrow(1, r0, n), k.transpose(1, 2)) * scale;  // [H, n, T]
+        Tensor ok = allowed.defined() ? allowed.narrow(0, r0, n)
+                                      : torch::arange(T, s.options().dtype(torch::kLong)).unsqueeze(0) <=
+                                            torch::arange(r0, r0 + n, s.options().dtype(torch::kLong)).unsqueeze(1);
+        s = s.masked_fill(ok.logical_not(), -std::numeric_limits<double>::infinity());
+        Tensor c = torch::cat({s, sink.expand({H, n, 1})}, -1);
+        c = c - std::get<0>(c.max(-1, true));
+        Tensor p = c.softmax(-1).narrow(-1, 0, T);
+        out.push_back(torch::matmul(p, v));
+    }
+    return torch::cat(out, 1);
+}
+}  // namespace
 
 Tensor Model::Impl::attention(const LayerWeights& w, const Tensor& x, const Tensor& cos, const Tensor& sin,
                               int64_t window) const {
@@ -72,9 +101,11 @@ Tensor Model::Impl::attention(const LayerWeights& w, const Tensor& x, const Tens
         k = k.repeat_interleave(rep, 0);
         v = v.repeat_interleave(rep, 0);
     }
-    Tensor o =
-        at::scaled_dot_product_attention(q.unsqueeze(0), k.unsqueeze(0), v.unsqueeze(0), mask, 0.0, causal, scale);
-    o = o.squeeze(0).transpose(0, 1).reshape({T, a.heads * a.headDim});
+    Tensor o = w.sinks.defined() ? sinkAttention(q, k, v, w.sinks, mask ? *mask : Tensor(), scale)
+                                 : at::scaled_dot_product_attention(q.unsqueeze(0), k.unsqueeze(0), v.unsqueeze(0),
+                                                                    mask, 0.0, causal, scale)
+                                       .squeeze(0);
+    o = o.transpose(0, 1).reshape({T, a.heads * a.headDim});
     return torch::linear(o, w.o, w.ob);
 }
 

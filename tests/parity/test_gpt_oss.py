@@ -1,0 +1,138 @@
+"""GPT-OSS (gpt_oss) beyond the float32 parity of test_parity.py (gpt_oss_sinks_clamp,
+gpt_oss_types_alpha: sinks, sliding and full layers, biases, clamped interleaved experts, YaRN).
+
+The reference is transformers' GptOssForCausalLM (eager attention: its sinks have no SDPA path),
+loaded as from_pretrained loads it: in float16 its norms stay float32 (_keep_in_fp32_modules),
+in bfloat16 they do not. Our forward is transformers' op sequence, so in both half precisions
+every router decision, every expert's output norm and the logits are bit-identical to its.
+"""
+import json
+import os
+
+import numpy as np
+import pytest
+
+from conftest import assert_info_refuses, require, run_cli
+import fixtures
+from test_parity import trace, trace_and_compare
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+CONFIGS = os.path.join(HERE, "..", "data", "configs")
+NAMES = ["gpt_oss_sinks_clamp", "gpt_oss_types_alpha"]
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+@pytest.mark.parametrize("name", NAMES)
+def test_half_precision_bit_identical(cli, build_fixture, tmp_path, name, dtype):
+    """(test_parity's whole-run test covers every family in bf16; here float16 too, where the
+    norms' weights stay float32, and every expert's output norm exactly.)"""
+    torch = require("torch")
+    h5py = require("h5py")
+    per, _, _ = build_fixture(name)
+    model = fixtures.hf_from_pretrained(per, getattr(torch, dtype))
+    assert model.model.norm.weight.dtype == (torch.float32 if dtype == "float16" else torch.bfloat16)
+    ref = fixtures.reference(model)
+    out = str(tmp_path / "s.h5")
+    trace(cli, per, out, "--dtype", dtype, "--all-experts", "--save-logits", "--run", "r")
+    with h5py.File(out, "r") as f:
+        run = f["runs/r"]
+        np.testing.assert_array_equal(run["logits"][:], ref["logits"])
+        for l in ref["moe_layers"]:
+            for a in ("router_logits", "topk_experts", "topk_weights", "expert_output_norms"):
+                np.testing.assert_array_equal(run[f"layers/{l}/{a}"][:], ref[f"L{l}_{a}"], err_msg=f"{l}/{a}")
+
+
+def test_info(cli, build_fixture):
+    per, _, _ = build_fixture("gpt_oss_sinks_clamp")
+    info = json.loads(run_cli(cli, "info", per, "--json").stdout)
+    assert info["family"] == "gpt_oss" and info["expert_layout"] == "packed"
+    assert info["experts_transposed"] == ["gate_up", "down"]
+    assert info["router"] == "biased router, softmax, top-k on logits then softmax over k"
+    text = run_cli(cli, "info", per).stdout
+    assert "sinks" in text and "gate and up interleaved" in text and "limit 0.8" in text, text
+
+
+def published_shrunk():
+    """gpt-oss-20b's config.json (tests/data/configs, SOURCES.md) with its sizes cut: hidden and
+    expert width 2880 -> 64 / 32, 64 heads (8 key/value) of 64 -> 4 (2) of 16, 24 layers -> 2
+    (layer_types cut to them), the sliding window 128 -> 8 (shorter than the prompts), vocabulary
+    201088 -> 128 (pad_token_id moved into it; eos_token_id left: nothing reads it). The 32
+    experts, top-4, swiglu_limit 7, YaRN x32, rope_theta 150000, the untied head, the attention
+    biases and everything else as published; quantization_config (MXFP4) as published in the
+    released layout, dropped in transformers' dequantized save."""
+    with open(os.path.join(CONFIGS, "gpt_oss_20b.json")) as f:
+        cfg = json.load(f)
+    assert cfg["model_type"] == "gpt_oss" and cfg["num_local_experts"] == 32 and cfg["num_experts_per_tok"] == 4
+    cfg.update(hidden_size=64, intermediate_size=32, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+               num_hidden_layers=2, sliding_window=8, vocab_size=128, pad_token_id=127)
+    cfg["layer_types"] = cfg["layer_types"][:2]
+    return cfg
+
+
+def test_published_config_dequantized_opens_and_matches_hf(cli, tmp_path):
+    """The published config as transformers' dequantized save writes it (no quantization_config,
+    the experts in bf16 as x @ W): opens and matches GptOssForCausalLM."""
+    require("transformers")
+    cfg = published_shrunk()
+    cfg.pop("quantization_config")
+    model, d = fixtures.published_checkpoint("GptOssConfig", cfg, str(tmp_path / "gpt_oss"))
+    info = json.loads(run_cli(cli, "info", d, "--json").stdout)
+    assert info["num_experts"] == 32 and info["top_k"] == 4 and info["rope"]["theta"] == 150000
+    trace_and_compare(cli, d, str(tmp_path / "s.h5"), fixtures.reference(model))
+
+
+def test_static_analyses_read_interleaved_experts(cli, build_fixture, tmp_path):
+    """S1 of gate, up and down is numpy's cosines of transformers' experts: gate the even columns
+    of gate_up_proj, up the odd ones, each expert's matrices transposed; then every analysis runs
+    and every view of the session exports."""
+    h5py = require("h5py")
+    torch = require("torch")
+    per, _, _ = build_fixture("gpt_oss_sinks_clamp")
+    out = str(tmp_path / "s.h5")
+    trace(cli, per, out, "--run", "r")
+    run_cli(cli, "analyze", per, "--out", out, "--static", "all")
+    run_cli(cli, "analyze", per, "--out", out, "--dynamic", "all", "--run", "r")
+    model = fixtures.hf_from_pretrained(per, torch.float32)
+    with h5py.File(out, "r") as f:
+        for l in range(3):
+            ex = model.model.layers[l].mlp.experts
+            gu, dn = ex.gate_up_proj.detach().double().numpy(), ex.down_proj.detach().double().numpy()
+            for m, mats in (("gate", gu[:, :, ::2]), ("up", gu[:, :, 1::2]), ("down", dn)):
+                V = mats.transpose(0, 2, 1).reshape(8, -1)
+                n = np.linalg.norm(V, axis=1)
+                got = f[f"analyses/weight_similarity/layers/{l}/{m}"][()][:8, :8]
+                np.testing.assert_allclose(got, (V @ V.T) / np.outer(n, n), atol=1e-5, rtol=0, err_msg=f"{l}/{m}")
+    views = json.loads(run_cli(cli, "export", out, "--list", "--json").stdout)
+    assert len(views) >= 10
+    for v in views:
+        png = str(tmp_path / f"{v['name']}.png")
+        run_cli(cli, "export", out, "--view", v["name"], "--out", png)
+        assert os.path.getsize(png) > 1000, v["name"]
+
+
+def _set(sd, k, v):
+    sd[k] = v
+
+
+L0 = "model.layers.0."
+BAD = [
+    (lambda c: c.update(sliding_window=0), None, ["sliding_window", "positive"], "config.json"),
+    (lambda c: c.update(swiglu_limit=-1.0), None, ["swiglu_limit", "positive"], "config.json"),
+    (lambda c: c.update(layer_types=["full_attention"]), None, ["layer_types", "1 entries for 3 layers"], "config.json"),
+    (lambda c: c.update(num_experts_per_tok=9), None, ["num_experts_per_tok"], "config.json"),
+    (None, lambda sd: sd.pop(L0 + "self_attn.sinks"), [L0 + "self_attn.sinks", "missing", "attention sinks"],
+     "bad"),
+    # the gate_up_proj of transformers' other packed families ([E, 2F, d]) is not GPT-OSS's
+    (None, lambda sd: _set(sd, L0 + "mlp.experts.gate_up_proj", sd[L0 + "mlp.experts.gate_up_proj"].transpose(1, 2)
+                           .contiguous()), [L0 + "mlp.experts.gate_up_proj", "[8, 48, 64]"], "model.safetensors"),
+    (None, lambda sd: _set(sd, L0 + "mlp.experts.gate_up_proj_bias", sd[L0 + "mlp.experts.gate_up_proj_bias"][:, :40]
+                           .contiguous()), [L0 + "mlp.experts.gate_up_proj_bias", "[8, 40]"], "model.safetensors"),
+]
+
+
+@pytest.mark.parametrize("i", range(len(BAD)))
+def test_bad_input_named(cli, build_fixture, tmp_path, i):
+    cfg_fn, sd_fn, words, file = BAD[i]
+    per, _, _ = build_fixture("gpt_oss_sinks_clamp")
+    d = fixtures.copy_checkpoint(per, str(tmp_path / "bad"), cfg_fn, sd_fn)
+    assert_info_refuses(cli, d, words, file)
