@@ -89,13 +89,28 @@ LayerMats layerMats(const Checkpoint& ck, const ModelSpec& s, const Reference* r
     // expert e's matrix of an expert role, where the family's table puts it
     auto expert = [&](Role r, int e, bool neuronRows) -> Mat {
         const ExpertMatrix m = s.expertMatrix(r, l, e);
-        if (m.contiguous()) return mat(use(ck, m.tensor), m.offset, m.rows, m.cols, neuronRows);
-        // not rows of the tensor (stored transposed, or interleaved with another matrix): its
-        // stored slice widened (through its scales) and gathered into a float32 copy in the
+        const bool mxfp4 = s.role(r).mxfp4;
+        if (m.contiguous() && !mxfp4) return mat(use(ck, m.tensor), m.offset, m.rows, m.cols, neuronRows);
+        // not rows of the tensor (stored transposed, interleaved with another matrix, or MXFP4):
+        // its slice widened (through its scales) and gathered into a float32 copy in the
         // matrix's own orientation, as the kernels read whole rows
-        const TensorView& t = use(ck, m.tensor);
         std::vector<float> stored(static_cast<size_t>(m.sliceRows * m.sliceCols));
-        readRows(mat(t, m.slice, m.sliceRows, m.sliceCols, neuronRows), 0, m.sliceRows, stored.data());
+        const TensorView* tp = nullptr;
+        if (mxfp4) {  // the model's slice [a, b] is the transpose of the stored [b, a] rows of blocks
+            const TensorView& bv = use(ck, Quantization::mxfp4Blocks(m.tensor));
+            const TensorView& sv = use(ck, Quantization::mxfp4Scales(m.tensor));
+            const int64_t a = m.sliceRows, b = m.sliceCols, G = a / 32;
+            std::vector<float> row(static_cast<size_t>(a));
+            for (int64_t j = 0; j < b; ++j) {
+                mxfp4Row(bv.data + (e * b + j) * G * 16, sv.data + (e * b + j) * G, G, row.data());
+                for (int64_t i = 0; i < a; ++i) stored[static_cast<size_t>(i * b + j)] = row[static_cast<size_t>(i)];
+            }
+            tp = &bv;
+        } else {
+            tp = &use(ck, m.tensor);
+            readRows(mat(*tp, m.slice, m.sliceRows, m.sliceCols, neuronRows), 0, m.sliceRows, stored.data());
+        }
+        const TensorView& t = *tp;
         std::vector<uint8_t>& buf = L.ownedBytes.emplace_back(static_cast<size_t>(m.rows * m.cols) * sizeof(float));
         float* dst = reinterpret_cast<float*>(buf.data());
         const float* src = stored.data() + (m.offset - m.slice);

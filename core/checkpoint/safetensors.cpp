@@ -35,8 +35,24 @@ const char* dtypeName(DType d) {
             return "F8_E4M3";
         case DType::F8_E8M0:
             return "F8_E8M0";
+        case DType::U8:
+            return "U8";
     }
     return "?";
+}
+
+const float kFp4E2M1[16] = {+0.0f, +0.5f, +1.0f, +1.5f, +2.0f, +3.0f, +4.0f, +6.0f,
+                            -0.0f, -0.5f, -1.0f, -1.5f, -2.0f, -3.0f, -4.0f, -6.0f};
+
+void mxfp4Row(const uint8_t* blocks, const uint8_t* scales, int64_t groups, float* out) {
+    for (int64_t g = 0; g < groups; ++g) {
+        const int e = static_cast<int>(scales[g]) - 127;
+        for (int b = 0; b < 16; ++b) {
+            const uint8_t v = blocks[g * 16 + b];
+            out[g * 32 + 2 * b] = std::ldexp(kFp4E2M1[v & 0x0F], e);
+            out[g * 32 + 2 * b + 1] = std::ldexp(kFp4E2M1[v >> 4], e);
+        }
+    }
 }
 
 float e8m0ToFloat(uint8_t e) {
@@ -54,6 +70,7 @@ size_t dtypeSize(DType d) {
             return 2;
         case DType::F8_E4M3:
         case DType::F8_E8M0:
+        case DType::U8:
             return 1;
     }
     return 1;
@@ -164,8 +181,10 @@ void SafetensorsFile::parse() {
         else if (dt == "I64") v.dtype = DType::I64;  // index buffers (BERT's position_ids)
         else if (dt == "F8_E4M3") v.dtype = DType::F8_E4M3;
         else if (dt == "F8_E8M0") v.dtype = DType::F8_E8M0;
+        else if (dt == "U8") v.dtype = DType::U8;  // MXFP4 blocks and scales
         else
-            throw Error("unsupported dtype " + dt + " (supported: F32, F16, BF16, F8_E4M3, F8_E8M0, I64)", path_, name);
+            throw Error("unsupported dtype " + dt + " (supported: F32, F16, BF16, F8_E4M3, F8_E8M0, U8, I64)", path_,
+                        name);
         uint64_t numel = 1;
         for (const auto& s : t["shape"]) {
             if (!s.is_number_unsigned()) throw Error("shape entries must be non-negative integers", path_, name);

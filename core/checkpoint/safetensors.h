@@ -12,13 +12,21 @@
 namespace es {
 
 // I64 holds index buffers only (BERT's embeddings.position_ids); weights are F32, F16 or BF16,
-// or F8_E4M3 with a scale tensor (F32, BF16 or F8_E8M0: power-of-two exponents) beside them.
-enum class DType { F32, F16, BF16, I64, F8_E4M3, F8_E8M0 };
+// or F8_E4M3 with a scale tensor (F32, BF16 or F8_E8M0: power-of-two exponents) beside them, or
+// MXFP4 blocks with their scales, both U8 (GPT-OSS's experts).
+enum class DType { F32, F16, BF16, I64, F8_E4M3, F8_E8M0, U8 };
 const char* dtypeName(DType d);
 size_t dtypeSize(DType d);
 // An F8_E8M0 scale byte (OCP MX): 2^(e - 127), 255 being NaN. The one decoding of these scales,
 // for the forward's dequantization and the static analyses' tile kernel alike.
 float e8m0ToFloat(uint8_t e);
+// MXFP4 as transformers' mxfp4 integration reads GPT-OSS's experts: a stored row of C values is
+// C / 32 blocks of 16 bytes, byte b holding value 2b in its low nibble and 2b + 1 in its high
+// one, each an E2M1 code (kFp4E2M1), the block's values times 2^(s - 127) for its U8 scale byte
+// s (255 gives inf, as transformers' ldexp does).
+extern const float kFp4E2M1[16];
+// One stored row: `groups` blocks of 16 bytes and their scale bytes -> 32 x groups floats.
+void mxfp4Row(const uint8_t* blocks, const uint8_t* scales, int64_t groups, float* out);
 
 struct TensorView {
     std::string name;

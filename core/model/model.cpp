@@ -167,6 +167,11 @@ std::unique_ptr<Model> Model::load(std::shared_ptr<Checkpoint> ckpt, const Model
     uint64_t need = 0;
     const uint64_t elem = torch::elementSize(d.dtype);
     for (auto& [name, t] : d.ckpt->tensors()) {
+        if (t->dtype == DType::U8) {  // MXFP4 blocks decode to two values a byte (their scales to none)
+            if (name.size() > 7 && name.compare(name.size() - 7, 7, "_blocks") == 0)
+                need += 2 * static_cast<uint64_t>(t->numel()) * elem;
+            continue;
+        }
         if (d.device.is_cpu() && storageType(t->dtype) == d.dtype) continue;
         need += static_cast<uint64_t>(t->numel()) * elem;
     }
@@ -234,8 +239,8 @@ void Model::Impl::loadExperts(LayerWeights& w, int l) const {
     } else {
         // stacked [E, 2F, d] (gate rows, then up rows) and [E, d, F]: views of the slices, no copy;
         // stored transposed ([E, d, 2F], [E, F, d]): transposed views of them
-        Tensor gu = load(Role::ExpertGate, l);
-        Tensor dn = load(Role::ExpertDown, l);
+        Tensor gu = s.role(Role::ExpertGate).mxfp4 ? loadMxfp4(Role::ExpertGate, l) : load(Role::ExpertGate, l);
+        Tensor dn = s.role(Role::ExpertDown).mxfp4 ? loadMxfp4(Role::ExpertDown, l) : load(Role::ExpertDown, l);
         const bool guT = s.role(Role::ExpertGate).transposed, dnT = s.role(Role::ExpertDown).transposed;
         Tensor gub = loadOpt(Role::ExpertGateUpBias, l), dnb = loadOpt(Role::ExpertDownBias, l);
         for (int e = 0; e < s.numExperts; ++e) {

@@ -33,6 +33,8 @@ inline torch::ScalarType storageType(DType d) {
             return torch::kFloat8_e4m3fn;
         case DType::F8_E8M0:
             return torch::kByte;  // exponents, decoded by fp8Scale
+        case DType::U8:
+            return torch::kByte;  // MXFP4 blocks and scales, decoded by loadMxfp4
     }
     return torch::kFloat;
 }
@@ -341,6 +343,32 @@ struct Model::Impl {
         Tensor t = viewOf(ckpt->get(name)).to(device, torch::kFloat);
         checkFinite(name, t);
         return t;
+    }
+    // An MXFP4 stack as the model holds it ([E, C, R] for blocks of the stored [E, R, C]), in the
+    // compute dtype on the device, one expert at a time as transformers' mxfp4 integration
+    // decodes it: the E2M1 table in the compute dtype by nibble, ldexp by scale - 127, transposed.
+    Tensor loadMxfp4(Role r, int l) const {
+        const std::string name = spec.tensorName(r, l);
+        const TensorView& bv = ckpt->get(Quantization::mxfp4Blocks(name));
+        const TensorView& sv = ckpt->get(Quantization::mxfp4Scales(name));
+        const int64_t E = bv.shape[0], R = bv.shape[1], G = bv.shape[2];
+        Tensor blk = viewOf(bv).to(device).view({E, R * G, 16});
+        Tensor sc = viewOf(sv).to(device).view({E, R * G, 1}).to(torch::kInt) - 127;
+        Tensor lut = torch::from_blob(const_cast<float*>(kFp4E2M1), {16}, torch::kFloat).to(device, dtype);
+        Tensor out = torch::empty({E, G * 32, R}, torch::TensorOptions().dtype(dtype).device(device));
+        Tensor v = torch::empty({R * G, 32}, out.options());
+        for (int64_t e = 0; e < E; ++e) {
+            Tensor b = blk[e];
+            v.slice(1, 0, 32, 2)
+                .copy_(lut.index_select(0, b.bitwise_and(15).to(torch::kLong).view(-1)).view({R * G, 16}));
+            v.slice(1, 1, 32, 2)
+                .copy_(
+                    lut.index_select(0, torch::bitwise_right_shift(b, 4).to(torch::kLong).view(-1)).view({R * G, 16}));
+            v.copy_(torch::ldexp(v, sc[e]));
+            out[e].copy_(v.view({R, G * 32}).t());
+        }
+        checkFinite(name, out);
+        return out;
     }
     // gate and up concatenated when the load copies anyway (another dtype or device) and they
     // have no biases

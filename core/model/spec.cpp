@@ -240,8 +240,18 @@ std::vector<ModelSpec::Expected> ModelSpec::expectedTensors() const {
             if (t.scope == Scope::Expert) {
                 for (int e = 0; e < numExperts; ++e)
                     out.push_back({fillTemplate(t.name, l, e), shape, t.role, t.optional});
-            } else if (t.pack != Pack::SecondHalf &&
-                       t.pack != Pack::OddRows) {  // a fused tensor once (its first half names it)
+            } else if (t.pack == Pack::SecondHalf || t.pack == Pack::OddRows) {
+                continue;          // a fused tensor once (its first half names it)
+            } else if (t.mxfp4) {  // [E, C, R] as blocks [E, R, C / 32, 16] and scales [E, R, C / 32]
+                const std::string name = fillTemplate(t.name, l, 0);
+                const std::vector<int64_t> scales{shape[0], shape[2], shape[1] / 32};
+                out.push_back({Quantization::mxfp4Blocks(name),
+                               {shape[0], shape[2], shape[1] / 32, 16},
+                               t.role,
+                               t.optional,
+                               Expected::Mxfp4Blocks});
+                out.push_back({Quantization::mxfp4Scales(name), scales, t.role, t.optional, Expected::Mxfp4Scales});
+            } else {
                 out.push_back({fillTemplate(t.name, l, 0), shape, t.role, t.optional});
             }
         }
@@ -264,9 +274,11 @@ Quantization quantization(const Config& c) {
     if (qc.isNull()) return q;
     if (!qc.isObject()) qc.fail("must be an object");
     q.method = qc.at("quant_method").str();
+    if (q.method == "mxfp4") return q;  // GPT-OSS's experts (the family marks them); no options read
     if (q.method != "fp8")
         qc.at("quant_method")
-            .fail("quant_method '" + q.method + "' is not supported (supported: fp8, block-scaled F8_E4M3 weights)");
+            .fail("quant_method '" + q.method +
+                  "' is not supported (supported: fp8, block-scaled F8_E4M3 weights; mxfp4, GPT-OSS's experts)");
     q.activationScheme = qc.str("activation_scheme", "");
     if (!q.activationScheme.empty() && q.activationScheme != "dynamic" && q.activationScheme != "static")
         qc.at("activation_scheme")
@@ -435,6 +447,24 @@ void resolveTransposed(const Checkpoint& ckpt, ModelSpec& s) {
     }
 }
 
+// quant_method "mxfp4": the family marked the tensors it stores so (GPT-OSS's experts), whose
+// matrices' rows are whole blocks of 32.
+void checkMxfp4(const Checkpoint& ckpt, const ModelSpec& s) {
+    const bool any = std::any_of(s.tensors.begin(), s.tensors.end(), [](const TensorRole& t) { return t.mxfp4; });
+    const std::string key =
+        s.textModelType.empty() ? "quantization_config.quant_method" : "text_config.quantization_config.quant_method";
+    if (s.quant.method == "mxfp4" && !any)
+        throw Error("mxfp4 is read for GPT-OSS's experts only, not for the " + s.family + " family", ckpt.configPath(),
+                    key);
+    for (const TensorRole& t : s.tensors) {
+        if (!t.mxfp4) continue;
+        const Dim d = t.shape.at(1);  // the stored rows' length: hidden_size or the expert width
+        if (s.dim(d, s.moeLayers().empty() ? 0 : s.moeLayers().front()) % 32 != 0)
+            throw Error("must be a multiple of 32: MXFP4 stores the experts' rows in blocks of 32 values",
+                        ckpt.configPath(), s.configKey(d.sym == Dim::Hidden ? "hidden_size" : "intermediate_size"));
+    }
+}
+
 }  // namespace
 
 ModelSpec ModelSpec::fromCheckpoint(const Checkpoint& ckpt) {
@@ -444,6 +474,7 @@ ModelSpec ModelSpec::fromCheckpoint(const Checkpoint& ckpt) {
     fam->tensors(s, [&](const std::string& name) { return ckpt.find(name) != nullptr; });
     resolveTransposed(ckpt, s);
     checkRuleTensors(s);
+    checkMxfp4(ckpt, s);
     // tie_word_embeddings with a head in the file whose values differ from the embeddings:
     // transformers does not tie them, so neither do we (an equal copy stays tied, read past)
     if (s.tieEmbeddings) {
@@ -486,7 +517,17 @@ ModelSpec ModelSpec::fromCheckpoint(const Checkpoint& ckpt) {
         if (t->shape != x.shape)
             throw Error("shape " + shapeStr(t->shape) + " does not match the config's " + shapeStr(x.shape), t->file,
                         x.name);
-        if (t->dtype == DType::I64 || t->dtype == DType::F8_E8M0)
+        if (x.kind != Expected::Weight) {  // MXFP4 blocks (two values a byte) and their scales
+            if (t->dtype != DType::U8)
+                throw Error(std::string("dtype ") + dtypeName(t->dtype) + ": MXFP4 blocks and scales are U8", t->file,
+                            x.name);
+            if (x.kind == Expected::Mxfp4Blocks) {
+                ++s.quantizedTensors;
+                total += 2 * t->numel();
+            }
+            continue;
+        }
+        if (t->dtype == DType::I64 || t->dtype == DType::F8_E8M0 || t->dtype == DType::U8)
             throw Error(
                 std::string("dtype ") + dtypeName(t->dtype) + " is not a weight dtype (F32, F16, BF16 or F8_E4M3)",
                 t->file, x.name);

@@ -148,6 +148,9 @@ struct Quantization {
     // the scale grid of an F8_E4M3 weight of this shape
     std::vector<int64_t> scaleShape(const std::vector<int64_t>& weight) const;
     static std::string scaleName(const std::string& weight) { return weight + "_scale_inv"; }
+    // "mxfp4" (GPT-OSS): the tensors of the roles marked TensorRole::mxfp4
+    static std::string mxfp4Blocks(const std::string& weight) { return weight + "_blocks"; }
+    static std::string mxfp4Scales(const std::string& weight) { return weight + "_scales"; }
 };
 
 // The key of a multimodal checkpoint's language model config.
@@ -237,6 +240,7 @@ struct ModelSpec {
         std::vector<int64_t> shape;
         Role role;
         bool optional;
+        enum Kind { Weight, Mxfp4Blocks, Mxfp4Scales } kind = Weight;
     };
     std::vector<Expected> expectedTensors() const;
     // Why a tensor the table does not list is left out (empty: it is not recognised).

@@ -59,6 +59,12 @@ std::vector<SummaryRow> describeModel(const ModelSpec& s, const Checkpoint& ckpt
     rows.push_back({"Weights dtype", s.dtype, {{"dtype", s.dtype}}});
     if (s.quant.method.empty()) {
         rows.push_back({"", "", {{"quantization", nullptr}}});
+    } else if (s.quant.method == "mxfp4") {
+        rows.push_back({"Quantization",
+                        "mxfp4: " + std::to_string(s.quantizedTensors) +
+                            " expert tensors (E2M1 values, a power-of-two scale per 32); dequantized per layer to "
+                            "the compute dtype",
+                        {{"quantization", oj{{"method", "mxfp4"}, {"quantized_tensors", s.quantizedTensors}}}}});
     } else {
         const Quantization& q = s.quant;
         const std::string blocks = q.blockwise()

@@ -146,6 +146,9 @@ struct TensorRole {
     // [E, cols, rows] ([E, d, 2F] for gate_up_proj: the halves split the columns), as Qwen3-VL-MoE
     // releases them (x @ W); ModelSpec::fromCheckpoint sets it where the family allows it
     bool transposed = false;
+    // MXFP4 (with `transposed`: [E, C, R] as the model holds it): stored as NAME_blocks
+    // [E, R, C / 32, 16] and NAME_scales [E, R, C / 32], both U8 (safetensors.h's mxfp4Row)
+    bool mxfp4 = false;
 };
 
 // Tensors a family recognises and leaves out (pooler and pre-training heads, ...): an exact

@@ -14,7 +14,7 @@ import pytest
 
 from conftest import assert_info_refuses, require, run_cli
 import fixtures
-from test_parity import trace, trace_and_compare
+from test_parity import compare_resident_and_streamed, trace, trace_and_compare
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CONFIGS = os.path.join(HERE, "..", "data", "configs")
@@ -81,27 +81,34 @@ def test_published_config_dequantized_opens_and_matches_hf(cli, tmp_path):
     trace_and_compare(cli, d, str(tmp_path / "s.h5"), fixtures.reference(model))
 
 
+def assert_s1_of(session, model):
+    """S1 of every layer's gate, up and down in `session` is numpy's cosines of transformers'
+    experts of `model`: gate the even columns of gate_up_proj, up the odd ones, each expert's
+    matrices transposed ([E, d, 2F] and [E, F, d] hold x @ W)."""
+    h5py = require("h5py")
+    with h5py.File(session, "r") as f:
+        for l, layer in enumerate(model.model.layers):
+            ex = layer.mlp.experts
+            E = ex.num_experts
+            gu, dn = ex.gate_up_proj.detach().double().numpy(), ex.down_proj.detach().double().numpy()
+            for m, mats in (("gate", gu[:, :, ::2]), ("up", gu[:, :, 1::2]), ("down", dn)):
+                V = mats.transpose(0, 2, 1).reshape(E, -1)
+                n = np.linalg.norm(V, axis=1)
+                got = f[f"analyses/weight_similarity/layers/{l}/{m}"][()][:E, :E]
+                np.testing.assert_allclose(got, (V @ V.T) / np.outer(n, n), atol=1e-5, rtol=0, err_msg=f"{l}/{m}")
+
+
 def test_static_analyses_read_interleaved_experts(cli, build_fixture, tmp_path):
     """S1 of gate, up and down is numpy's cosines of transformers' experts: gate the even columns
     of gate_up_proj, up the odd ones, each expert's matrices transposed; then every analysis runs
     and every view of the session exports."""
-    h5py = require("h5py")
     torch = require("torch")
     per, _, _ = build_fixture("gpt_oss_sinks_clamp")
     out = str(tmp_path / "s.h5")
     trace(cli, per, out, "--run", "r")
     run_cli(cli, "analyze", per, "--out", out, "--static", "all")
     run_cli(cli, "analyze", per, "--out", out, "--dynamic", "all", "--run", "r")
-    model = fixtures.hf_from_pretrained(per, torch.float32)
-    with h5py.File(out, "r") as f:
-        for l in range(3):
-            ex = model.model.layers[l].mlp.experts
-            gu, dn = ex.gate_up_proj.detach().double().numpy(), ex.down_proj.detach().double().numpy()
-            for m, mats in (("gate", gu[:, :, ::2]), ("up", gu[:, :, 1::2]), ("down", dn)):
-                V = mats.transpose(0, 2, 1).reshape(8, -1)
-                n = np.linalg.norm(V, axis=1)
-                got = f[f"analyses/weight_similarity/layers/{l}/{m}"][()][:8, :8]
-                np.testing.assert_allclose(got, (V @ V.T) / np.outer(n, n), atol=1e-5, rtol=0, err_msg=f"{l}/{m}")
+    assert_s1_of(out, fixtures.hf_from_pretrained(per, torch.float32))
     views = json.loads(run_cli(cli, "export", out, "--list", "--json").stdout)
     assert len(views) >= 10
     for v in views:
@@ -135,4 +142,144 @@ def test_bad_input_named(cli, build_fixture, tmp_path, i):
     cfg_fn, sd_fn, words, file = BAD[i]
     per, _, _ = build_fixture("gpt_oss_sinks_clamp")
     d = fixtures.copy_checkpoint(per, str(tmp_path / "bad"), cfg_fn, sd_fn)
+    assert_info_refuses(cli, d, words, file)
+
+
+# ---- MXFP4, as released ------------------------------------------------------------------------
+
+FP4 = [0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0]
+
+
+def quantize_mxfp4(w):
+    """(blocks uint8 [..., R, C / 32, 16], scales uint8 [..., R, C / 32]) of float32 w [..., R, C]:
+    per block of 32 the power of two that brings its largest magnitude to at most 6, each value
+    to the nearest E2M1 magnitude with its sign; value 2b in the low nibble of byte b."""
+    import torch
+    g = w.reshape(*w.shape[:-1], w.shape[-1] // 32, 32)
+    e = torch.ceil(torch.log2(g.abs().amax(-1).clamp_min(2.0 ** -100) / 6.0))
+    x = g / torch.exp2(e)[..., None]
+    idx = (x.abs()[..., None] - torch.tensor(FP4)).abs().argmin(-1)
+    code = (idx + 8 * (x < 0)).to(torch.uint8)
+    blocks = code[..., 0::2] | (code[..., 1::2] << 4)
+    return blocks.contiguous(), (e + 127).to(torch.uint8).contiguous()
+
+
+def mxfp4_checkpoint(d, cfg_dict, model):
+    """model's state dict in d with every expert matrix stored as MXFP4 as released (the stored
+    matrix [E, R, C] is the transpose of the model's [E, C, R]); config.json = cfg_dict with the
+    published quantization_config."""
+    from safetensors.torch import save_file
+    sd = {}
+    for k, v in model.state_dict().items():
+        v = v.detach().float()
+        if k.endswith(("experts.gate_up_proj", "experts.down_proj")):
+            sd[k + "_blocks"], sd[k + "_scales"] = quantize_mxfp4(v.transpose(1, 2).contiguous())
+        else:
+            sd[k] = v.contiguous()
+    os.makedirs(d, exist_ok=True)
+    save_file(sd, os.path.join(d, "model.safetensors"), metadata={"format": "pt"})
+    cfg = dict(cfg_dict, quantization_config={
+        "modules_to_not_convert": ["model.layers.*.self_attn", "model.layers.*.mlp.router", "model.embed_tokens",
+                                   "lm_head"], "quant_method": "mxfp4"})
+    with open(os.path.join(d, "config.json"), "w") as f:
+        json.dump(cfg, f, indent=2)
+    return d
+
+
+def mxfp4_loaded(d, dtype="float32"):
+    """transformers' GptOssForCausalLM of the MXFP4 checkpoint, dequantized by its own mxfp4
+    integration (every tensor found, nothing unexpected)."""
+    import torch
+    t = require("transformers")
+    model, info = t.GptOssForCausalLM.from_pretrained(
+        d, dtype=getattr(torch, dtype), attn_implementation="eager", output_loading_info=True,
+        quantization_config=t.Mxfp4Config(dequantize=True))
+    assert not any(info.values()), info
+    model.eval()
+    return model
+
+
+# hidden 96 and expert width 32: rows of whole blocks, and no expert matrix square
+MXFP4_KW = dict(hidden_size=96, num_attention_heads=4, num_key_value_heads=2, head_dim=16, num_local_experts=8,
+                num_experts_per_tok=2, intermediate_size=32, num_hidden_layers=3, sliding_window=5, swiglu_limit=0.8)
+
+
+@pytest.fixture(scope="module")
+def mxfp4(tmp_path_factory):
+    t = require("transformers")
+    require("safetensors")
+    model = fixtures.model_from_config(t.GptOssConfig(**dict(fixtures.BASE, **MXFP4_KW)))
+    d = mxfp4_checkpoint(str(tmp_path_factory.mktemp("gpt_oss_mxfp4") / "ckpt"), model.config.to_dict(), model)
+    return d, fixtures.reference(mxfp4_loaded(d))
+
+
+def test_mxfp4_parity(cli, mxfp4, tmp_path):
+    """The experts decoded from their blocks and scales trace as transformers' dequantization of
+    the same files, resident and layer-streamed; info names the quantization."""
+    d, ref = mxfp4
+    info = json.loads(run_cli(cli, "info", d, "--json").stdout)
+    assert info["quantization"] == {"method": "mxfp4", "quantized_tensors": 6}
+    assert info["experts_transposed"] == ["gate_up", "down"]
+    compare_resident_and_streamed(cli, d, str(tmp_path / "s.h5"), ref)
+
+
+def test_mxfp4_bfloat16_bit_identical(cli, mxfp4, tmp_path):
+    """Decoded in bf16 on the CPU as transformers decodes them: the whole run bit for bit."""
+    h5py = require("h5py")
+    d, _ = mxfp4
+    ref = fixtures.reference(mxfp4_loaded(d, "bfloat16"))
+    out = str(tmp_path / "s.h5")
+    trace(cli, d, out, "--dtype", "bfloat16", "--all-experts", "--save-logits", "--run", "r")
+    with h5py.File(out, "r") as f:
+        run = f["runs/r"]
+        np.testing.assert_array_equal(run["logits"][:], ref["logits"])
+        for l in ref["moe_layers"]:
+            for a in ("router_logits", "topk_experts", "topk_weights", "expert_output_norms"):
+                np.testing.assert_array_equal(run[f"layers/{l}/{a}"][:], ref[f"L{l}_{a}"], err_msg=f"{l}/{a}")
+
+
+def test_mxfp4_static_analyses(cli, mxfp4, tmp_path):
+    """S1 of the MXFP4 experts (decoded in the static pass) is numpy's cosines of transformers'
+    dequantized experts."""
+    d, _ = mxfp4
+    out = str(tmp_path / "s.h5")
+    run_cli(cli, "analyze", d, "--out", out, "--static", "S1,S2,S4,S6,S7", "--run", "r")
+    assert_s1_of(out, mxfp4_loaded(d))
+
+
+def test_published_config_mxfp4_opens_and_matches_hf(cli, tmp_path):
+    """gpt-oss-20b's config.json with its quantization_config, the experts in MXFP4 as released."""
+    require("transformers")
+    cfg = published_shrunk()
+    model, _ = fixtures.published_checkpoint("GptOssConfig", dict(cfg, quantization_config=None),
+                                             str(tmp_path / "f32"))
+    q = cfg.pop("quantization_config")
+    d = mxfp4_checkpoint(str(tmp_path / "mxfp4"), cfg, model)
+    with open(os.path.join(d, "config.json")) as f:
+        assert json.load(f)["quantization_config"] == q
+    info = json.loads(run_cli(cli, "info", d, "--json").stdout)
+    assert info["quantization"]["method"] == "mxfp4" and info["num_experts"] == 32
+    trace_and_compare(cli, d, str(tmp_path / "s.h5"), fixtures.reference(mxfp4_loaded(d)))
+
+
+GU = "model.layers.0.mlp.experts.gate_up_proj"
+BAD_MXFP4 = [
+    # blocks and scales that disagree
+    (None, lambda sd: _set(sd, GU + "_scales", sd[GU + "_scales"][:, :, :2].contiguous()),
+     [GU + "_scales", "[8, 64, 2]", "[8, 64, 3]"], "model.safetensors"),
+    (None, lambda sd: _set(sd, GU + "_blocks", sd[GU + "_blocks"][:, :, :, :8].contiguous()),
+     [GU + "_blocks", "[8, 64, 3, 8]", "[8, 64, 3, 16]"], "model.safetensors"),
+    (None, lambda sd: _set(sd, GU + "_blocks", sd[GU + "_blocks"].float()), [GU + "_blocks", "F32", "U8"],
+     "model.safetensors"),
+    (None, lambda sd: sd.pop(GU + "_scales"), [GU + "_scales", "missing"], "bad"),
+    (lambda c: c.update(hidden_size=80), None, ["hidden_size", "multiple of 32"], "config.json"),
+    (lambda c: c["quantization_config"].update(quant_method="mxfp8"), None,
+     ["quantization_config.quant_method", "mxfp8"], "config.json"),
+]
+
+
+@pytest.mark.parametrize("i", range(len(BAD_MXFP4)))
+def test_mxfp4_bad_input_named(cli, mxfp4, tmp_path, i):
+    cfg_fn, sd_fn, words, file = BAD_MXFP4[i]
+    d = fixtures.copy_checkpoint(mxfp4[0], str(tmp_path / "bad"), cfg_fn, sd_fn)
     assert_info_refuses(cli, d, words, file)

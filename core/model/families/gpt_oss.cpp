@@ -5,8 +5,9 @@
 // to [-limit, limit], output (up + 1) * gate * sigmoid(1.702 gate). Attention with q/k/v/o biases
 // and a sink logit per head, sliding-window and full layers alternating (layer_types), YaRN;
 // RMSNorm weights times the float32 normalised values (the weights kept in float32 in a float16 run).
-// The released files hold the experts in MXFP4 (quantization_config quant_method "mxfp4"),
-// which is refused by name for now; the bf16 layout (transformers' dequantized save) opens.
+// The released files hold the experts in MXFP4 (quantization_config quant_method "mxfp4":
+// gate_up_proj_blocks / _scales, down_proj_blocks / _scales, decoded per layer); transformers'
+// dequantized save holds them in bf16.
 #include "model/family.h"
 
 namespace es {
@@ -60,8 +61,10 @@ const Family& family_gpt_oss() {
                   Pack::Stacked);
             t.add(Role::ExpertDownBias, Scope::Moe, p + "experts.down_proj_bias", {D::Experts, D::Hidden});
             for (TensorRole& x : s.tensors)
-                if (x.role == Role::ExpertGate || x.role == Role::ExpertUp || x.role == Role::ExpertDown)
+                if (x.role == Role::ExpertGate || x.role == Role::ExpertUp || x.role == Role::ExpertDown) {
                     x.transposed = true;
+                    x.mxfp4 = s.quant.method == "mxfp4";  // as released: *_blocks and *_scales
+                }
             s.layout = ExpertLayout::Packed;
         },
     };
