@@ -21,25 +21,30 @@ CONFIGS = os.path.join(HERE, "..", "data", "configs")
 NAMES = ["gpt_oss_sinks_clamp", "gpt_oss_types_alpha"]
 
 
-@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
-@pytest.mark.parametrize("name", NAMES)
-def test_half_precision_bit_identical(cli, build_fixture, tmp_path, name, dtype):
-    """(test_parity's whole-run test covers every family in bf16; here float16 too, where the
-    norms' weights stay float32, and every expert's output norm exactly.)"""
-    torch = require("torch")
+def assert_run_identical(cli, ckpt, out, ref, dtype):
+    """ckpt traced in `dtype` (every expert's output, the logits): every MoE layer's router logits,
+    chosen experts, combine weights and expert output norms, and the logits, equal ref's."""
     h5py = require("h5py")
-    per, _, _ = build_fixture(name)
-    model = fixtures.hf_from_pretrained(per, getattr(torch, dtype))
-    assert model.model.norm.weight.dtype == (torch.float32 if dtype == "float16" else torch.bfloat16)
-    ref = fixtures.reference(model)
-    out = str(tmp_path / "s.h5")
-    trace(cli, per, out, "--dtype", dtype, "--all-experts", "--save-logits", "--run", "r")
+    trace(cli, ckpt, out, "--dtype", dtype, "--all-experts", "--save-logits", "--run", "r")
     with h5py.File(out, "r") as f:
         run = f["runs/r"]
         np.testing.assert_array_equal(run["logits"][:], ref["logits"])
         for l in ref["moe_layers"]:
             for a in ("router_logits", "topk_experts", "topk_weights", "expert_output_norms"):
                 np.testing.assert_array_equal(run[f"layers/{l}/{a}"][:], ref[f"L{l}_{a}"], err_msg=f"{l}/{a}")
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+@pytest.mark.parametrize("name", NAMES)
+def test_half_precision_bit_identical(cli, build_fixture, tmp_path, name, dtype):
+    """(test_parity's whole-run test covers every family in bf16; here float16 too, where the
+    norms' weights stay float32, and every expert's output norm exactly.)"""
+    torch = require("torch")
+    per, _, _ = build_fixture(name)
+    model = fixtures.hf_from_pretrained(per, getattr(torch, dtype))
+    assert model.model.norm.weight.dtype == (torch.float32 if dtype == "float16" else torch.bfloat16)
+    ref = fixtures.reference(model)
+    assert_run_identical(cli, per, str(tmp_path / "s.h5"), ref, dtype)
 
 
 def test_info(cli, build_fixture):
@@ -225,17 +230,9 @@ def test_mxfp4_parity(cli, mxfp4, tmp_path):
 
 def test_mxfp4_bfloat16_bit_identical(cli, mxfp4, tmp_path):
     """Decoded in bf16 on the CPU as transformers decodes them: the whole run bit for bit."""
-    h5py = require("h5py")
     d, _ = mxfp4
     ref = fixtures.reference(mxfp4_loaded(d, "bfloat16"))
-    out = str(tmp_path / "s.h5")
-    trace(cli, d, out, "--dtype", "bfloat16", "--all-experts", "--save-logits", "--run", "r")
-    with h5py.File(out, "r") as f:
-        run = f["runs/r"]
-        np.testing.assert_array_equal(run["logits"][:], ref["logits"])
-        for l in ref["moe_layers"]:
-            for a in ("router_logits", "topk_experts", "topk_weights", "expert_output_norms"):
-                np.testing.assert_array_equal(run[f"layers/{l}/{a}"][:], ref[f"L{l}_{a}"], err_msg=f"{l}/{a}")
+    assert_run_identical(cli, d, str(tmp_path / "s.h5"), ref, "bfloat16")
 
 
 def test_mxfp4_static_analyses(cli, mxfp4, tmp_path):
