@@ -1,6 +1,7 @@
 #include "model/summary.h"
 
 #include <cmath>
+#include <map>
 #include <cstdio>
 #include <sstream>
 #include <tuple>
@@ -106,6 +107,19 @@ std::vector<SummaryRow> describeModel(const ModelSpec& s, const Checkpoint& ckpt
     SummaryRow attn{"Attention", s.attn.kindName(), {{"attention", s.attn.kindName()}}};
     if (s.has(Role::Sinks)) attn.text += ", a sink logit per head";
     attn.fields.push_back({"attention_sinks", s.has(Role::Sinks)});
+    // sliding-window layers: {window: layers}
+    std::map<int64_t, std::vector<int>> windows;
+    for (int l = 0; l < s.numLayers; ++l)
+        if (s.layers[l].slidingWindow > 0) windows[s.layers[l].slidingWindow].push_back(l);
+    oj sliding = oj::object();
+    for (auto& [w, ls] : windows) {
+        attn.text += ", sliding window " + std::to_string(w) + " on " +
+                     (static_cast<int64_t>(ls.size()) == s.numLayers
+                          ? std::string("every layer")
+                          : std::to_string(ls.size()) + " of " + std::to_string(s.numLayers) + " layers");
+        sliding[std::to_string(w)] = ls;
+    }
+    attn.fields.push_back({"sliding_window_layers", sliding});
     if (s.attn.isMoa()) {
         attn.text = "mixture of attention heads: " + std::to_string(s.attn.moaExperts) + " experts of " +
                     std::to_string(s.attn.kvHeads) + " query heads, top-" + std::to_string(s.attn.moaTopK) +

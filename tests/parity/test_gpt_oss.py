@@ -55,6 +55,9 @@ def test_info(cli, build_fixture):
     assert info["router"] == "biased router, softmax, top-k on logits then softmax over k"
     text = run_cli(cli, "info", per).stdout
     assert "sinks" in text and "gate and up interleaved" in text and "limit 0.8" in text, text
+    # the class default: sliding layers 0, 2, ... (layer_types not given)
+    assert "a sink logit per head, sliding window 5 on 2 of 3 layers" in text, text
+    assert info["sliding_window_layers"] == {"5": [0, 2]} and info["attention_sinks"] is True
 
 
 def published_shrunk():
