@@ -60,6 +60,19 @@ def assert_same_analyses(got, want, atol=1e-5):
     return paths
 
 
+def assert_s1_is(f, layer, mats):
+    """S1 (weight_similarity) of `layer` in the open session f is numpy's cosines of each matrix
+    kind's expert matrices: mats = {"gate": [E, ...], "up": ..., "down": ...}, each expert's matrix
+    flattened in one consistent orientation."""
+    import numpy as np
+    for m, M in mats.items():
+        E = M.shape[0]
+        V = M.reshape(E, -1)
+        n = np.linalg.norm(V, axis=1)
+        got = f[f"analyses/weight_similarity/layers/{layer}/{m}"][()][:E, :E]
+        np.testing.assert_allclose(got, (V @ V.T) / np.outer(n, n), atol=1e-5, rtol=0, err_msg=f"{layer}/{m}")
+
+
 def assert_info_refuses(cli_path, ckpt, words, file="config.json"):
     """`info` on ckpt fails (exit 1) with an error naming `file` and every one of words."""
     r = subprocess.run([cli_path, "info", str(ckpt)], capture_output=True, text=True, timeout=600)

@@ -49,6 +49,10 @@ struct LayerMats {
     std::deque<std::vector<uint8_t>> ownedBytes;  // copies (EMoE down blocks) and their views
     std::deque<TensorView> ownedViews;
     std::map<const TensorView*, ScaleGrid> scales;  // of the FP8 weights read
+    // the last stored slice widened for a strided matrix (gate and up of an expert share one)
+    std::string widenedKey;
+    const TensorView* widenedFrom = nullptr;
+    std::vector<float> widened;
 
     void releaseAll() const {
         for (auto* t : tensors) releasePages(t->data, t->nbytes);
@@ -94,9 +98,15 @@ LayerMats layerMats(const Checkpoint& ck, const ModelSpec& s, const Reference* r
         // not rows of the tensor (stored transposed, interleaved with another matrix, or MXFP4):
         // its slice widened (through its scales) and gathered into a float32 copy in the
         // matrix's own orientation, as the kernels read whole rows
-        std::vector<float> stored(static_cast<size_t>(m.sliceRows * m.sliceCols));
+        // gate and up of one expert share a stored slice: widened once
+        const std::string key = m.tensor + "#" + std::to_string(m.slice);
+        std::vector<float>& stored = L.widened;
         const TensorView* tp = nullptr;
-        if (mxfp4) {  // the model's slice [a, b] is the transpose of the stored [b, a] rows of blocks
+        if (L.widenedKey == key) {
+            tp = L.widenedFrom;
+        } else if (mxfp4) {
+            stored.assign(static_cast<size_t>(m.sliceRows * m.sliceCols),
+                          0.f);  // the model's slice [a, b] is the transpose of the stored [b, a] rows of blocks
             const TensorView& bv = use(ck, Quantization::mxfp4Blocks(m.tensor));
             const TensorView& sv = use(ck, Quantization::mxfp4Scales(m.tensor));
             const int64_t a = m.sliceRows, b = m.sliceCols, G = a / 32;
@@ -107,9 +117,12 @@ LayerMats layerMats(const Checkpoint& ck, const ModelSpec& s, const Reference* r
             }
             tp = &bv;
         } else {
+            stored.assign(static_cast<size_t>(m.sliceRows * m.sliceCols), 0.f);
             tp = &use(ck, m.tensor);
             readRows(mat(*tp, m.slice, m.sliceRows, m.sliceCols, neuronRows), 0, m.sliceRows, stored.data());
         }
+        L.widenedKey = key;
+        L.widenedFrom = tp;
         const TensorView& t = *tp;
         std::vector<uint8_t>& buf = L.ownedBytes.emplace_back(static_cast<size_t>(m.rows * m.cols) * sizeof(float));
         float* dst = reinterpret_cast<float*>(buf.data());

@@ -242,9 +242,19 @@ void Model::Impl::loadExperts(LayerWeights& w, int l) const {
         Tensor gu = s.role(Role::ExpertGate).mxfp4 ? loadMxfp4(Role::ExpertGate, l) : load(Role::ExpertGate, l);
         Tensor dn = s.role(Role::ExpertDown).mxfp4 ? loadMxfp4(Role::ExpertDown, l) : load(Role::ExpertDown, l);
         const bool guT = s.role(Role::ExpertGate).transposed, dnT = s.role(Role::ExpertDown).transposed;
+        // DBRX: gate and up stacks apart, [E * F, d] each (and down's)
+        const bool apart = s.role(Role::ExpertGate).pack == Pack::Stacked;
+        Tensor up;
+        if (apart) {
+            const std::vector<int64_t> slice{s.numExperts, -1, s.hidden};
+            up = load(Role::ExpertUp, l).view(slice);
+            gu = gu.view(slice);
+            dn = dn.view(slice);
+        }
         Tensor gub = loadOpt(Role::ExpertGateUpBias, l), dnb = loadOpt(Role::ExpertDownBias, l);
         for (int e = 0; e < s.numExperts; ++e) {
-            Ffn f = swigluFfn(guT ? gu[e].t() : gu[e], Tensor(), Tensor(), dnT ? dn[e].t() : dn[e]);
+            Ffn f = apart ? swigluFfn(Tensor(), gu[e], up[e], dnT ? dn[e].t() : dn[e])
+                          : swigluFfn(guT ? gu[e].t() : gu[e], Tensor(), Tensor(), dnT ? dn[e].t() : dn[e]);
             if (s.swigluLimit > 0) {  // GPT-OSS: gate and up interleaved by row, fused biases
                 f.act = kClampedSwiglu;
                 f.limit = s.swigluLimit;

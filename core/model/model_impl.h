@@ -261,7 +261,9 @@ inline std::pair<Tensor, Tensor> route(const RouterRule& r, const Tensor& logits
         }
         ids = std::get<1>(choice.topk(K, -1));
         wts = scores.gather(1, ids);
-        if (r.renormalize) {
+        if (r.renormalize && r.renormPower > 0) {
+            wts = wts / wts.norm(r.renormPower, -1, true);
+        } else if (r.renormalize) {
             Tensor sum = wts.sum(-1, true);
             wts = wts / (r.renormMin > 0 ? sum.clamp_min(r.renormMin) : sum + r.renormEpsilon);
         }
@@ -367,7 +369,7 @@ struct Model::Impl {
             v.copy_(torch::ldexp(v, sc[e]));
             out[e].copy_(v.view({R, G * 32}).t());
         }
-        checkFinite(name, out);
+        checkFinite(Quantization::mxfp4Blocks(name), out);  // the tensor in the file (warnings name its file)
         return out;
     }
     // gate and up concatenated when the load copies anyway (another dtype or device) and they
@@ -473,7 +475,9 @@ struct Model::Impl {
         Tensor flatW = wts.reshape(-1);
         const int64_t T = x.size(0);
         Tensor chosen = keepChosen || allExperts ? torch::empty({T * K, x.size(1)}, x.options()) : Tensor();
-        Tensor weighted = torch::zeros({T * K, x.size(1)}, x.options().dtype(wdt));
+        const bool inOrder = spec.combineInExpertOrder;
+        Tensor weighted =
+            torch::zeros({inOrder ? T : T * K, x.size(1)}, x.options().dtype(inOrder ? x.scalar_type() : wdt));
         int64_t offset = 0;
         for (int64_t e = 0; e < E; ++e) {
             const int64_t n = cnt[e];
@@ -483,9 +487,11 @@ struct Model::Impl {
             Tensor tok = sel.div(K, "floor");
             Tensor ye = ffn(x.index_select(0, tok), w.experts[e]);
             if (chosen.defined()) chosen.index_copy_(0, sel, ye);
-            weighted.index_copy_(0, sel, ye * flatW.index_select(0, sel).unsqueeze(-1));
+            Tensor yw = ye * flatW.index_select(0, sel).unsqueeze(-1);
+            if (inOrder) weighted.index_add_(0, tok, yw.to(x.scalar_type()));
+            else weighted.index_copy_(0, sel, yw);
         }
-        Tensor y = weighted.view({T, K, x.size(1)}).sum(1).to(x.scalar_type());
+        Tensor y = inOrder ? weighted : weighted.view({T, K, x.size(1)}).sum(1).to(x.scalar_type());
         if (chosen.defined()) chosen = chosen.view({T, K, x.size(1)});
         std::vector<Tensor> norms;
         const int64_t chunk = outputChunk(E, x.size(1));
@@ -517,6 +523,7 @@ struct Model::Impl {
     Tensor finalHidden(const Tensor& h) const { return spec.encoder ? h : norm(h, finalNorm, spec.rmsEps); }
     // the decoder's RMSNorms, as the family rounds them (ModelSpec::normProductFloat32)
     Tensor norm(const Tensor& x, const Tensor& w, double eps) const {
+        if (spec.layerNormBlocks) return torch::layer_norm(x, {spec.hidden}, w, {}, spec.layerNormEps);
         return rmsNorm(x, w, eps, spec.normProductFloat32);
     }
     // the language-model head on the last hidden states, in the compute dtype (divided by Granite's logits_scaling)

@@ -42,7 +42,11 @@ std::string RouterRule::describe() const {
     s += topkBeforeSoftmax ? ", top-k on logits then softmax over k" : ", top-k";
     if (renormalize && !topkBeforeSoftmax) {
         s += ", renormalise";
-        if (renormMin > 0) {
+        if (renormPower > 0) {
+            std::ostringstream o;
+            o << " (by their " << renormPower << "-norm)";
+            s += o.str();
+        } else if (renormMin > 0) {
             std::ostringstream o;
             o << " (sum clamped to >= " << renormMin << ")";
             s += o.str();
@@ -125,6 +129,12 @@ int64_t ModelSpec::dim(Dim d, int layer) const {
         case Dim::Heads:
             v = attn.heads;
             break;
+        case Dim::QkvDim:
+            v = (attn.heads + 2 * attn.kvHeads) * attn.headDim;
+            break;
+        case Dim::ExpertsFfn:
+            v = numExperts * expertFfn;
+            break;
         case Dim::Ffn:
             v = layers.at(static_cast<size_t>(layer)).ffnDim;
             break;
@@ -193,9 +203,11 @@ ExpertMatrix ModelSpec::expertMatrix(Role r, int layer, int expert) const {
         m.offset = t.pack == Pack::SecondHalf ? m.rows * m.cols : 0;
         return m;
     }
-    if (shape.size() != 3) throw Error(std::string(roleName(r)) + " is not a stack of matrices", "", t.name);
+    // [E * a, b] (DBRX): a stack of E slices [a, b] stored as one matrix
+    const bool flat = shape.size() == 2 && t.pack == Pack::Stacked && numExperts > 0;
+    if (shape.size() != 3 && !flat) throw Error(std::string(roleName(r)) + " is not a stack of matrices", "", t.name);
     // slice e is [a, b]: the matrices' rows run down it, or across it when stored transposed
-    const int64_t a = shape[1], b = shape[2];
+    const int64_t a = flat ? shape[0] / numExperts : shape[1], b = flat ? shape[1] : shape[2];
     const int64_t R = t.transposed ? b : a, down = t.transposed ? 1 : b;
     m.slice = expert * a * b;
     m.sliceRows = a;
@@ -563,6 +575,9 @@ ModelSpec ModelSpec::fromCheckpoint(const Checkpoint& ckpt) {
             perExpert = (s.gatedFfn() ? 3 : 2) * s.expertFfn * s.hidden + (s.has(Role::FfnGateBias) ? s.expertFfn : 0);
         else
             for (Role r : {Role::ExpertGate, Role::ExpertUp, Role::ExpertDown}) perExpert += elements(r, l);
+        // GPT-OSS's per-expert biases
+        perExpert +=
+            (s.has(Role::ExpertGateUpBias) ? 2 * s.expertFfn : 0) + (s.has(Role::ExpertDownBias) ? s.hidden : 0);
         s.activeParams -= (s.numExperts - s.topK) * perExpert;
     }
     if (s.attn.isMoa())  // the unchosen attention experts' query and output projections

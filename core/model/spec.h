@@ -45,6 +45,7 @@ struct RouterRule {
     bool renormalize = true;            // top-k weights divided by their sum
     double renormEpsilon = 0.0;         // added to that sum (DeepSeek-V3: 1e-20)
     double renormMin = 0.0;             // that sum clamped to at least this (ERNIE's moe_norm_min); 0: none
+    double renormPower = 0.0;           // > 0: divided by their p-norm instead (DBRX's moe_normalize_expert_weights)
     bool weightsInHiddenDtype = false;  // weights cast to the activation dtype before combining
     double scale = 1.0;                 // routed_scaling_factor
     bool unitWeights = false;           // every chosen expert's output counts once (EMoE's block mask)
@@ -208,6 +209,12 @@ struct ModelSpec {
     // _keep_in_fp32_modules, which transformers upcasts for float16 only: the decoder's two
     // norms and the final one)
     bool normWeightsFloat32InF16 = false;
+    // the decoder's norms are LayerNorms without bias, eps layerNormEps (DBRX)
+    bool layerNormBlocks = false;
+    // the experts' weighted outputs added to the block's output one expert after another in the
+    // activations' dtype (DBRX: transformers' eager experts loop) instead of summed per token in
+    // float32 (the experts interface's grouped_mm, the default)
+    bool combineInExpertOrder = false;
     // GPT-OSS's experts (> 0): gate and up interleaved by row (Pack::EvenRows / OddRows) with a
     // fused bias, gate clamped above at swigluLimit, up to [-swigluLimit, swigluLimit], and
     // (up + 1) * gate * sigmoid(swigluAlpha * gate); products as x @ W + b

@@ -46,6 +46,8 @@ const char* roleName(Role r) {
             return "output bias";
         case Role::QNorm:
             return "query norm";
+        case Role::QKV:
+            return "fused query/key/value";
         case Role::Sinks:
             return "attention sinks";
         case Role::KNorm:

@@ -28,6 +28,7 @@ enum class Role : uint8_t {
     Q,
     K,
     V,
+    QKV,  // DBRX's fused Wqkv: the query rows, then the key rows, then the value rows
     O,
     QBias,
     KBias,
@@ -120,13 +121,15 @@ struct Dim {
         AttnExperts,
         Positions,
         TypeVocab,
-        QLora,   // MLA: q_lora_rank
-        KvLora,  // kv_lora_rank
-        MlaQ,    // heads x (qk_nope_head_dim + qk_rope_head_dim)
-        MlaKvA,  // kv_lora_rank + qk_rope_head_dim
-        MlaKvB,  // heads x (qk_nope_head_dim + v_head_dim)
-        MlaO,    // heads x v_head_dim
-        Heads    // attention heads (GPT-OSS's sinks)
+        QLora,      // MLA: q_lora_rank
+        KvLora,     // kv_lora_rank
+        MlaQ,       // heads x (qk_nope_head_dim + qk_rope_head_dim)
+        MlaKvA,     // kv_lora_rank + qk_rope_head_dim
+        MlaKvB,     // heads x (qk_nope_head_dim + v_head_dim)
+        MlaO,       // heads x v_head_dim
+        Heads,      // attention heads (GPT-OSS's sinks)
+        QkvDim,     // QDim + 2 KvDim (a fused Wqkv)
+        ExpertsFfn  // experts x expert width (DBRX's [E * F, d] expert stacks)
     };
     Sym sym = One;
     int64_t mul = 1;

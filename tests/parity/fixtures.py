@@ -217,6 +217,19 @@ CONFIGS = {
     "flex_olmo_plain": ("FlexOlmoConfig", dict(
         num_attention_heads=4, num_key_value_heads=4, num_experts=7, num_experts_per_tok=5, intermediate_size=24,
         norm_topk_prob=False, pad_token_id=0, eos_token_id=1)),
+    # DBRX: LayerNorms without bias, a fused Wqkv clamped to clip_qkv, GQA, softmax in the
+    # activations' dtype, top-2 weights divided by their 2-norm, [E * F, d] expert stacks (w2
+    # transposed), a RoPE theta of its own (at the top level, where transformers 5 reads it, and in
+    # attn_config, where transformers 5 requires one and DBRX's configs put it)
+    # (DBRX's own size names: transformers 5.23 sizes ffn_config from d_model before its aliases apply)
+    "dbrx_clip_p2": ("DbrxConfig", dict(
+        d_model=64, n_layers=2, max_seq_len=256, n_heads=4, attn_config=dict(clip_qkv=0.8, kv_n_heads=2, rope_theta=20000.0), rope_theta=20000.0,
+        ffn_config=dict(ffn_hidden_size=24, moe_num_experts=6, moe_top_k=3, moe_normalize_expert_weights=2.0))),
+    # ... top-1 without normalisation, one key/value head (the class default), a clamp that never
+    # bites (transformers 5.23's DBRX fails without one: clamp(None, None))
+    "dbrx_top1_plain": ("DbrxConfig", dict(
+        d_model=64, n_layers=3, max_seq_len=256, n_heads=4, attn_config=dict(rope_theta=10000.0, clip_qkv=1e4),
+        ffn_config=dict(ffn_hidden_size=40, moe_num_experts=4, moe_top_k=1, moe_normalize_expert_weights=None))),
     # GPT-OSS: attention sinks, GQA, q/k/v/o biases, sliding (window 5, shorter than the prompts)
     # and full layers alternating as the class default, YaRN untruncated, a biased router, top-2
     # then softmax, experts interleaving gate and up with biases, clamped at 0.8 so that the clamps
@@ -322,7 +335,7 @@ def reinitialised(model, seed=0, storage=None):
                 p.copy_(torch.randn(p.shape, generator=g))
             elif (pname.endswith("gate.weight") and p.shape[0] != 1 and "shared" not in pname) or \
                     pname.endswith("block_sparse_moe.router.weight") or pname.endswith("gate.wg.weight") or \
-                    pname.endswith("mlp.router.weight"):
+                    pname.endswith("mlp.router.weight") or pname.endswith("ffn.router.layer.weight"):
                 # the router: decisive enough that top-k ties are rare. A post-norm decoder's router
                 # (FlexOlmo) reads the raw residual stream, not its normalised copy: a third of the
                 # scale keeps its logits as moderate as the others' (bf16's step on logits near 20 is
@@ -367,8 +380,8 @@ def _moe_blocks(model):
     for mname, m in model.named_modules():
         if type(m).__name__.endswith("SparseMoeBlock") or type(m).__name__ in (
                 "DeepseekV3MoE", "DeepseekV2Moe", "Glm4MoeMoE", "Dots1MoE", "Glm4MoeLiteMoE", "Mistral4MoE",
-                "GraniteMoeMoE", "GraniteMoeSharedMoE", "HunYuanMoEV1Moe", "GptOssMLP"):
-            layer = int(mname.split(".layers.")[1].split(".")[0])
+                "GraniteMoeMoE", "GraniteMoeSharedMoE", "HunYuanMoEV1Moe", "GptOssMLP", "DbrxFFN"):
+            layer = int(mname.split(".blocks." if ".blocks." in mname else ".layers.")[1].split(".")[0])  # DBRX's
             blocks[layer] = m
     return blocks
 
@@ -384,7 +397,7 @@ def shared_of(model, layer, block):
     them), or (Granite) the decoder layer's shared_mlp beside it; None without one."""
     shared = getattr(block, "shared_expert", None) or getattr(block, "shared_experts", None) or \
         getattr(block, "shared_mlp", None)  # Hunyuan's
-    if shared is None:
+    if shared is None and hasattr(model, "model"):  # (DBRX's decoder is model.transformer, without one)
         decoder = getattr(model.model, "language_model", model.model)  # a multimodal container's text model
         shared = getattr(decoder.layers[layer], "shared_mlp", None)
     return shared
@@ -398,9 +411,13 @@ def reference(model, prompts=PROMPTS, device="cpu"):
     rec = {l: {"logits": [], "ids": [], "w": [], "gap": [], "norms": [], "snorms": []} for l in layers}
     hooks = []
 
-    def router_hook(layer):
+    def router_hook(layer, block):
         def fn(mod, inp, out):
-            logits, scores, idx = out
+            if isinstance(out, torch.Tensor):  # DBRX's router gives the logits; its block routes them
+                logits = out
+                scores, idx = block.route_tokens_to_experts(logits)
+            else:
+                logits, scores, idx = out
             probs = torch.softmax(logits.float(), dim=-1)
             # the correction bias: the gate's own (DeepSeek-V3), or passed to it by the block (MiniMax-M2)
             bias = getattr(mod, "e_score_correction_bias", None)
@@ -462,7 +479,7 @@ def reference(model, prompts=PROMPTS, device="cpu"):
             for e in range(E):
                 idx = torch.full((T, 1), e, dtype=torch.long, device=x.device)
                 y = mod.experts(x, idx, torch.ones(T, 1, device=x.device, dtype=x.dtype))
-                norms.append(y.float().norm(dim=-1))
+                norms.append(y.reshape(T, -1).float().norm(dim=-1))
             rec[layer]["norms"].append(torch.stack(norms, 1).cpu().numpy())
             shared = shared_of(model, layer, mod)
             if shared is not None:
@@ -470,7 +487,7 @@ def reference(model, prompts=PROMPTS, device="cpu"):
         return fn
 
     for l, b in blocks.items():
-        hooks.append(router_of(b).register_forward_hook(router_hook(l)))
+        hooks.append(router_of(b).register_forward_hook(router_hook(l, b)))
         hooks.append(b.register_forward_pre_hook(block_pre_hook(l)))
     all_logits = []
     for p in prompts:

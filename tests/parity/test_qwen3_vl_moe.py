@@ -21,7 +21,7 @@ import os
 import numpy as np
 import pytest
 
-from conftest import assert_info_refuses, assert_same_analyses, require, run_cli
+from conftest import assert_info_refuses, assert_s1_is, assert_same_analyses, require, run_cli
 import fixtures
 from test_parity import BF16_TOL, compare_resident_and_streamed, trace, trace_and_compare
 
@@ -142,11 +142,7 @@ def test_static_analyses_read_transposed_experts(cli, built, tmp_path):
             ex = model.model.language_model.layers[l].mlp.experts
             gu, dn = ex.gate_up_proj.detach().double().numpy(), ex.down_proj.detach().double().numpy()
             F = gu.shape[1] // 2
-            for m, mats in (("gate", gu[:, :F]), ("up", gu[:, F:]), ("down", dn)):
-                V = mats.reshape(8, -1)
-                n = np.linalg.norm(V, axis=1)
-                got = f[f"analyses/weight_similarity/layers/{l}/{m}"][()][:8, :8]
-                np.testing.assert_allclose(got, (V @ V.T) / np.outer(n, n), atol=1e-5, rtol=0, err_msg=f"{l}/{m}")
+            assert_s1_is(f, l, {"gate": gu[:, :F], "up": gu[:, F:], "down": dn})
 
 
 def published_shrunk():

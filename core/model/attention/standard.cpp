@@ -6,9 +6,17 @@
 namespace es {
 
 void Model::Impl::loadStandardAttention(LayerWeights& w, int l) const {
-    w.q = load(Role::Q, l);
-    w.k = load(Role::K, l);
-    w.v = load(Role::V, l);
+    if (spec.has(Role::QKV)) {  // DBRX's fused Wqkv: views of its query, key and value rows
+        const int64_t q = spec.attn.heads * spec.attn.headDim, kv = spec.attn.kvHeads * spec.attn.headDim;
+        Tensor qkv = load(Role::QKV, l);
+        w.q = qkv.narrow(0, 0, q);
+        w.k = qkv.narrow(0, q, kv);
+        w.v = qkv.narrow(0, q + kv, kv);
+    } else {
+        w.q = load(Role::Q, l);
+        w.k = load(Role::K, l);
+        w.v = load(Role::V, l);
+    }
     w.o = load(Role::O, l);
     w.qb = loadOpt(Role::QBias, l);
     w.kb = loadOpt(Role::KBias, l);
@@ -23,12 +31,13 @@ namespace {
 // Attention with sinks (GPT-OSS), as transformers' eager_attention_forward: per head, the scaled
 // scores of the allowed keys joined by the head's sink logit, less their maximum, softmax in the
 // activations' dtype, the sink's share dropped. Queries in blocks of rows, so the scores of a
-// long prompt stay small. q, k, v: [H, T, hd] (k, v repeated to H heads); allowed: [T, T] or
+// long prompt stay bounded. q, k, v: [H, T, hd] (k, v repeated to H heads); allowed: [T, T] or
 // undefined (causal).
 Tensor sinkAttention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& sinks, const Tensor& allowed,
                      double scale) {
     const int64_t H = q.size(0), T = q.size(1);
-    constexpr int64_t kRows = 256;
+    // rows whose float32 scores take at most 64 MiB (at most 256 rows)
+    const int64_t kRows = std::clamp<int64_t>((int64_t{64} << 20) / std::max<int64_t>(1, H * (T + 1) * 4), 1, 256);
     const Tensor sink = sinks.to(q.scalar_type()).view({H, 1, 1});
     std::vector<Tensor> out;
     for (int64_t r0 = 0; r0 < T; r0 += kRows) {

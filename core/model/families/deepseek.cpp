@@ -4,7 +4,8 @@
 // activations' dtype taking the top-k greedily, renormalised (+1e-20) only when norm_topk_prob;
 // an ungated shared expert of n_shared_experts x moe_intermediate_size (none when null); a layer
 // is MoE when it is at or past first_k_dense_replace and a multiple of moe_layer_freq, dense
-// (intermediate_size) otherwise. RoPE scaling (linear / dynamic in that code) is refused by name.
+// (intermediate_size) otherwise; at inference (moe_infer) the weighted expert outputs are added
+// expert after expert in the activations' dtype. RoPE scaling (linear / dynamic in that code) is refused by name.
 #include "model/family.h"
 
 namespace es {
@@ -32,6 +33,8 @@ const Family& family_deepseek() {
             // MoEGate: F.linear, softmax, top-k and renormalisation all in the activations' dtype
             r.scoresInHiddenDtype = true;
             r.weightsInHiddenDtype = true;
+            // moe_infer: each expert's weighted outputs added with scatter_reduce in the activations' dtype
+            s.combineInExpertOrder = true;
             if (s.attn.yarn.on())
                 c.fail("rope_scaling",
                        "DeepSeekMoE's code knows linear and dynamic RoPE scaling only (neither "
