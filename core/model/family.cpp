@@ -172,10 +172,23 @@ void readRope(AttentionSpec& a, const Config& c, double defTheta, double defPart
     if (defPartial <= 0 && partial != 1.0) failPartial("partial rotary embeddings are not supported for this family");
     a.partialRotary = partial;
     const std::string type = key.empty() ? "default" : rp.str("rope_type", rp.str("type", "default"));
+    a.llama3 = {};
     if (type == "default") return;
+    if (type == "llama3") {  // every key required, as transformers' validation has them
+        AttentionSpec::Llama3& l = a.llama3;
+        l.factor = rp.at("factor").number();
+        l.lowFreqFactor = rp.at("low_freq_factor").number();
+        l.highFreqFactor = rp.at("high_freq_factor").number();
+        l.originalMaxPositions = rp.at("original_max_position_embeddings").integer(1, int64_t(1) << 40);
+        if (!(l.factor >= 1.0 && l.factor <= 1e6)) rp["factor"].fail("must be between 1 and 1e6");
+        if (!(l.lowFreqFactor > 0 && l.lowFreqFactor < 1e6)) rp["low_freq_factor"].fail("must be positive");
+        if (!(l.highFreqFactor > l.lowFreqFactor && l.highFreqFactor < 1e6))
+            rp["high_freq_factor"].fail("must be above low_freq_factor");
+        return;
+    }
     if (type != "yarn")
-        rp[rp.has("rope_type") ? "rope_type" : "type"].fail("RoPE type '" + type +
-                                                            "' is not supported yet (supported: default, yarn)");
+        rp[rp.has("rope_type") ? "rope_type" : "type"].fail(
+            "RoPE type '" + type + "' is not supported yet (supported: default, yarn, llama3)");
     AttentionSpec::Yarn& y = a.yarn;
     // the pretraining length: a top-level original_max_position_embeddings wins (Phi-3's place),
     // then the dict's, then max_position_embeddings

@@ -367,6 +367,18 @@ void Model::Impl::forward(State& st, int last, bool allExperts, const Hooks& hoo
 static Tensor ropeInverseFrequencies(const AttentionSpec& a) {
     const int64_t d = a.rotaryDim();
     const Tensor posFreqs = torch::pow(a.ropeTheta, torch::arange(0, d, 2, torch::kLong).to(torch::kFloat) / d);
+    if (a.llama3.on()) {  // transformers' _compute_llama3_parameters, op for op in float32
+        const AttentionSpec::Llama3& l = a.llama3;
+        const Tensor inv = 1.0 / posFreqs;
+        const double old = static_cast<double>(l.originalMaxPositions);
+        const double lowWave = old / l.lowFreqFactor, highWave = old / l.highFreqFactor;
+        const Tensor wavelen = 2 * M_PI / inv;
+        Tensor scaled = torch::where(wavelen > lowWave, inv / l.factor, inv);
+        const Tensor smooth = (old / wavelen - l.lowFreqFactor) / (l.highFreqFactor - l.lowFreqFactor);
+        const Tensor smoothed = (1 - smooth) * scaled / l.factor + smooth * scaled;
+        const Tensor medium = (wavelen < highWave).logical_not().logical_and((wavelen > lowWave).logical_not());
+        return torch::where(medium, smoothed, scaled);
+    }
     if (!a.yarn.on()) return 1.0 / posFreqs;
     const AttentionSpec::Yarn& y = a.yarn;
     // the dimension index at which a wavelength makes `rotations` turns over the pretraining length

@@ -88,6 +88,15 @@ struct AttentionSpec {
         bool on() const { return factor > 0; }
         double mlaSoftmaxFactor() const;  // the square of mscale(factor, mscaleAllDim), or 1
     } yarn;
+    // Llama 3.1's RoPE scaling (rope_type "llama3", transformers' _compute_llama3_parameters):
+    // frequencies whose wavelength exceeds originalMaxPositions / lowFreqFactor divided by factor,
+    // those below originalMaxPositions / highFreqFactor kept, the ones between blended smoothly
+    struct Llama3 {
+        double factor = 0;  // 0: none
+        double lowFreqFactor = 1, highFreqFactor = 4;
+        int64_t originalMaxPositions = 0;
+        bool on() const { return factor > 0; }
+    } llama3;
     // the fraction of each head's dimensions RoPE rotates, the first ones (GLM-4.5: 0.5); the
     // rotary tables are rotaryDim() wide
     double partialRotary = 1.0;

@@ -148,7 +148,16 @@ std::vector<SummaryRow> describeModel(const ModelSpec& s, const Checkpoint& ckpt
         const AttentionSpec& a = s.attn;
         std::ostringstream t;
         t << "theta " << a.ropeTheta;
-        oj rope{{"theta", a.ropeTheta}, {"type", a.yarn.on() ? "yarn" : "default"}};
+        oj rope{{"theta", a.ropeTheta}, {"type", a.yarn.on() ? "yarn" : a.llama3.on() ? "llama3" : "default"}};
+        if (a.llama3.on()) {
+            const auto& l = a.llama3;
+            t << ", Llama 3 scaling x" << l.factor << " from " << l.originalMaxPositions
+              << " positions (frequency factors " << l.lowFreqFactor << "/" << l.highFreqFactor << ")";
+            rope.update(oj{{"factor", l.factor},
+                           {"original_max_position_embeddings", l.originalMaxPositions},
+                           {"low_freq_factor", l.lowFreqFactor},
+                           {"high_freq_factor", l.highFreqFactor}});
+        }
         if (a.partialRotary != 1.0 && a.headDim > 0) {
             t << ", on " << a.rotaryDim() << " of " << a.headDim << " dims of each head";
             rope.update(oj{{"partial_rotary_factor", a.partialRotary}, {"rotary_dim", a.rotaryDim()}});

@@ -53,6 +53,12 @@ CONFIGS = {
                                            attention_bias=True, tie_word_embeddings=True)),
     "llama_bias_tied": ("LlamaConfig", dict(num_attention_heads=4, num_key_value_heads=2, intermediate_size=96,
                                             attention_bias=True, tie_word_embeddings=True)),
+    # Llama 3.1's RoPE scaling: with head_dim 16 and 64 pretraining positions, frequencies of every
+    # regime (kept, divided by the factor, blended between)
+    "llama_rope_llama3": ("LlamaConfig", dict(num_attention_heads=4, num_key_value_heads=2, intermediate_size=96,
+                                               rope_parameters=dict(rope_type="llama3", rope_theta=10000.0, factor=8.0,
+                                                                    low_freq_factor=1.0, high_freq_factor=4.0,
+                                                                    original_max_position_embeddings=64))),
     "mistral_sliding": ("MistralConfig", dict(num_attention_heads=4, num_key_value_heads=2, intermediate_size=80,
                                               sliding_window=4)),
     "qwen2_dense": ("Qwen2Config", dict(num_attention_heads=4, num_key_value_heads=2, intermediate_size=80)),

@@ -252,3 +252,20 @@ def test_layer_streaming_chosen_when_model_does_not_fit(cli, build_fixture, tmp_
     env = dict(os.environ, EXPERTSCOPE_DEVICE_MEMORY="lots")
     r = subprocess.run([cli, *base, "--run", "bad"], capture_output=True, text=True, env=env)
     assert r.returncode == 1 and "EXPERTSCOPE_DEVICE_MEMORY" in r.stderr
+
+
+@pytest.mark.parametrize("edit,words", [
+    (lambda r: r.pop("low_freq_factor"), ["rope_parameters.low_freq_factor", "missing"]),
+    (lambda r: r.update(high_freq_factor=0.5), ["rope_parameters.high_freq_factor", "above low_freq_factor"]),
+    (lambda r: r.update(factor=0.5), ["rope_parameters.factor"]),
+])
+def test_llama3_rope_named(cli, build_fixture, tmp_path, edit, words):
+    """Llama 3.1's RoPE scaling: `info` names it (the parity of llama_rope_llama3 is
+    test_parity_cpu_float32's), a damaged key is named."""
+    from conftest import assert_info_refuses
+    per, _, _ = build_fixture("llama_rope_llama3")
+    rope = json.loads(run_cli(cli, "info", per, "--json").stdout)["rope"]
+    assert rope == {"theta": 10000.0, "type": "llama3", "factor": 8.0, "original_max_position_embeddings": 64,
+                    "low_freq_factor": 1.0, "high_freq_factor": 4.0}
+    d = fixtures.copy_checkpoint(per, str(tmp_path / "bad"), lambda c: edit(c["rope_parameters"]))
+    assert_info_refuses(cli, d, words)
