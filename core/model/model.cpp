@@ -190,6 +190,7 @@ std::unique_ptr<Model> Model::load(std::shared_ptr<Checkpoint> ckpt, const Model
         d.embNormB = d.load(Role::EmbNormBias);
     } else {
         d.finalNorm = d.normFloat32() ? d.loadFloat32Opt(Role::FinalNorm, -1) : d.load(Role::FinalNorm);
+        d.finalNormB = d.loadOpt(Role::FinalNormBias);
         d.lmHead = spec.tieEmbeddings ? d.embed : d.load(Role::LmHead);
         d.lmHeadBias = d.loadOpt(Role::LmHeadBias);
     }
@@ -367,6 +368,10 @@ void Model::Impl::forward(State& st, int last, bool allExperts, const Hooks& hoo
 static Tensor ropeInverseFrequencies(const AttentionSpec& a) {
     const int64_t d = a.rotaryDim();
     const Tensor posFreqs = torch::pow(a.ropeTheta, torch::arange(0, d, 2, torch::kLong).to(torch::kFloat) / d);
+    if (a.longRope.on()) {
+        const std::vector<float> f(a.longRope.shortFactor.begin(), a.longRope.shortFactor.end());
+        return 1.0 / (torch::tensor(f, torch::kFloat) * posFreqs);
+    }
     if (a.llama3.on()) {  // transformers' _compute_llama3_parameters, op for op in float32
         const AttentionSpec::Llama3& l = a.llama3;
         const Tensor inv = 1.0 / posFreqs;
@@ -421,8 +426,12 @@ Model::Impl::State Model::Impl::start(const std::vector<std::vector<int64_t>>& p
         Tensor pos = torch::arange(static_cast<int64_t>(p.size()), devOpts.dtype(torch::kLong)).to(torch::kFloat);
         Tensor freqs = pos.unsqueeze(1) * invFreq.unsqueeze(0);
         Tensor emb = torch::cat({freqs, freqs}, -1);
-        st.cos.push_back((emb.cos() * ropeGain).to(ropeDtype));  // x 1.0 (no YaRN) is exact
-        st.sin.push_back((emb.sin() * ropeGain).to(ropeDtype));
+        const auto& lr = spec.attn.longRope;
+        const double gain = !lr.on()                                                   ? ropeGain
+                            : static_cast<int64_t>(p.size()) > lr.originalMaxPositions ? lr.longMscale
+                                                                                       : lr.shortMscale;
+        st.cos.push_back((emb.cos() * gain).to(ropeDtype));  // x 1.0 (no YaRN) is exact
+        st.sin.push_back((emb.sin() * gain).to(ropeDtype));
     }
     return st;
 }
@@ -449,30 +458,33 @@ void Model::Impl::step(int l, State& st, bool allExperts, const Tap& tap, const 
         // FlexOlmo), and its output joins the stream (post-norm: through the norm; times Granite's
         // residual_multiplier)
         const double eps = spec.blockEps();
-        auto in = [&](const Tensor& nw) { return spec.postNorm ? st.h[p] : norm(st.h[p], nw, eps); };
-        auto join = [&](const Tensor& y, const Tensor& nw) {
-            const Tensor o = spec.postNorm ? norm(y, nw, eps) : y;
+        // (LayerNorm blocks: with their biases, PhiMoE's)
+        auto in = [&](const Tensor& nw, const Tensor& nb) {
+            return spec.postNorm ? st.h[p] : norm(st.h[p], nw, eps, nb);
+        };
+        auto join = [&](const Tensor& y, const Tensor& nw, const Tensor& nb) {
+            const Tensor o = spec.postNorm ? norm(y, nw, eps, nb) : y;
             st.h[p] = st.h[p] + (spec.residualScale != 1.0 ? o * spec.residualScale : o);
         };
-        Tensor x = in(w.inNorm);
+        Tensor x = in(w.inNorm, w.inNormB);
         if (spec.attn.isMoa()) {
             MoeOut a = moaAttention(w, x, st.cos[p], st.sin[p], allExperts);
             if (attnTap) attnTap(p, x, &a);
-            join(a.y, w.inNorm);
+            join(a.y, w.inNorm, w.inNormB);
         } else {
             join(spec.attn.isMla() ? mlaAttention(w, x, st.cos[p], st.sin[p])
                                    : attention(w, x, st.cos[p], st.sin[p], spec.layers[l].slidingWindow),
-                 w.inNorm);
+                 w.inNorm, w.inNormB);
         }
-        x = in(w.postNorm);
+        x = in(w.postNorm, w.postNormB);
         if (!isMoe) {
             if (tap) tap(p, x, nullptr);
-            join(ffn(x, w.mlp), w.postNorm);
+            join(ffn(x, w.mlp), w.postNorm, w.postNormB);
             continue;
         }
         auto m = moe(w, x, allExperts, keepChosen);
         if (tap) tap(p, x, &m);
-        join(m.y, w.postNorm);
+        join(m.y, w.postNorm, w.postNormB);
     }
 }
 

@@ -247,7 +247,19 @@ inline Tensor keptGroups(const RouterRule& r, const Tensor& choice) {
 inline std::pair<Tensor, Tensor> route(const RouterRule& r, const Tensor& logits, int64_t K, torch::ScalarType hidden,
                                        const RouterExtras& extra = {}) {
     Tensor wts, ids;
-    if (r.topkBeforeSoftmax) {
+    if (r.scoring == RouterRule::Scoring::SparseMixer) {  // transformers' sparsemixer at inference, op for op
+        const Tensor s = logits.to(r.scoresInHiddenDtype ? hidden : torch::kFloat);
+        const double inf = std::numeric_limits<double>::infinity();
+        auto pick = [&](const Tensor& from) {  // the best of `from`, weighted within reach of it
+            auto [best, at] = from.max(-1, true);
+            const Tensor far = ((best - s) / s.abs().clamp_min(best)) > 2 * r.jitterEps;
+            return std::make_pair(from.masked_fill(far, -inf).softmax(-1).gather(-1, at), at);
+        };
+        auto [w1, i1] = pick(s);
+        auto [w2, i2] = pick(s.scatter(-1, i1, -inf));
+        wts = torch::cat({w1, w2}, -1);
+        ids = torch::cat({i1, i2}, -1);
+    } else if (r.topkBeforeSoftmax) {
         std::tie(wts, ids) = logits.to(r.scoresInHiddenDtype ? hidden : torch::kFloat).topk(K, -1);
         wts = wts.softmax(-1);
     } else {
@@ -286,7 +298,7 @@ struct Model::Impl {
     torch::ScalarType dtype = torch::kFloat;
     std::string deviceName, dtypeName;
     bool streamed = false;
-    Tensor embed, finalNorm, lmHead, lmHeadBias;
+    Tensor embed, finalNorm, finalNormB, lmHead, lmHeadBias;
     Tensor posEmbed, typeEmbed, embNorm, embNormB;  // encoders (BERT)
     std::vector<LayerWeights> layers;
 
@@ -520,10 +532,10 @@ struct Model::Impl {
         return torch::layer_norm(x, {spec.hidden}, w, b, spec.layerNormEps);
     }
     // The final hidden states (HF's last_hidden_state): after the final norm for decoders.
-    Tensor finalHidden(const Tensor& h) const { return spec.encoder ? h : norm(h, finalNorm, spec.rmsEps); }
+    Tensor finalHidden(const Tensor& h) const { return spec.encoder ? h : norm(h, finalNorm, spec.rmsEps, finalNormB); }
     // the decoder's RMSNorms, as the family rounds them (ModelSpec::normProductFloat32)
-    Tensor norm(const Tensor& x, const Tensor& w, double eps) const {
-        if (spec.layerNormBlocks) return torch::layer_norm(x, {spec.hidden}, w, {}, spec.layerNormEps);
+    Tensor norm(const Tensor& x, const Tensor& w, double eps, const Tensor& bias = {}) const {
+        if (spec.layerNormBlocks) return torch::layer_norm(x, {spec.hidden}, w, bias, spec.layerNormEps);
         return rmsNorm(x, w, eps, spec.normProductFloat32);
     }
     // the language-model head on the last hidden states, in the compute dtype (divided by Granite's logits_scaling)

@@ -31,6 +31,12 @@ const char* layoutName(ExpertLayout l) {
 std::string RouterRule::describe() const {
     if (scoring == Scoring::MeanPreactivation)
         return "avg-k: mean gate pre-activation per expert, top-k, block mask (weight 1)";
+    if (scoring == Scoring::SparseMixer) {
+        std::ostringstream o;
+        o << "sparsemixer top-2 (each pick's softmax over the logits within " << 2 * jitterEps
+          << " relative of its best)";
+        return o.str();
+    }
     std::string s = scoring == Scoring::Softmax ? "softmax" : "sigmoid";
     if (routerFromKeys) s = "mean key rows, " + s;
     if (bias) s = "biased router, " + s;

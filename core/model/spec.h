@@ -25,7 +25,10 @@ class Checkpoint;
 struct RouterRule {
     // MeanPreactivation: EMoE's avg-k gating; an expert's score is the mean of its neurons' gate
     // pre-activations (W_gate x), there is no router matrix, and scores are not normalised.
-    enum class Scoring { Softmax, Sigmoid, MeanPreactivation };
+    // SparseMixer: PhiMoE's top-2 at inference (transformers' sparsemixer, not training): the best
+    // expert, weighted by its softmax over the logits within jitterEps-relative reach of the best;
+    // then the same among the others
+    enum class Scoring { Softmax, Sigmoid, MeanPreactivation, SparseMixer };
     enum class GroupScore { Max, SumTop2 };
     enum class Shared { None, Ungated, SigmoidGated };
     Scoring scoring = Scoring::Softmax;
@@ -45,6 +48,7 @@ struct RouterRule {
     bool renormalize = true;            // top-k weights divided by their sum
     double renormEpsilon = 0.0;         // added to that sum (DeepSeek-V3: 1e-20)
     double renormMin = 0.0;             // that sum clamped to at least this (ERNIE's moe_norm_min); 0: none
+    double jitterEps = 0.01;            // SparseMixer's router_jitter_noise
     double renormPower = 0.0;           // > 0: divided by their p-norm instead (DBRX's moe_normalize_expert_weights)
     bool weightsInHiddenDtype = false;  // weights cast to the activation dtype before combining
     double scale = 1.0;                 // routed_scaling_factor
@@ -97,6 +101,16 @@ struct AttentionSpec {
         int64_t originalMaxPositions = 0;
         bool on() const { return factor > 0; }
     } llama3;
+    // PhiMoE's LongRoPE as transformers' PhimoeRotaryEmbedding applies it: the frequencies divided
+    // by shortFactor (its rope_init recomputes them without the sequence length, so the long
+    // factors go unused), cos/sin times longMscale for a prompt longer than originalMaxPositions,
+    // else shortMscale
+    struct LongRope {
+        std::vector<double> shortFactor;  // one per frequency; empty: none
+        double shortMscale = 1, longMscale = 1;
+        int64_t originalMaxPositions = 0;
+        bool on() const { return !shortFactor.empty(); }
+    } longRope;
     // the fraction of each head's dimensions RoPE rotates, the first ones (GLM-4.5: 0.5); the
     // rotary tables are rotaryDim() wide
     double partialRotary = 1.0;
@@ -220,6 +234,7 @@ struct ModelSpec {
     bool normWeightsFloat32InF16 = false;
     // the decoder's norms are LayerNorms without bias, eps layerNormEps (DBRX)
     bool layerNormBlocks = false;
+    bool lmHeadBias = false;  // PhiMoE's lm_head_bias (the table's Role::LmHeadBias)
     // the experts' weighted outputs added to the block's output one expert after another in the
     // activations' dtype (DBRX: transformers' eager experts loop) instead of summed per token in
     // float32 (the experts interface's grouped_mm, the default)

@@ -148,7 +148,20 @@ std::vector<SummaryRow> describeModel(const ModelSpec& s, const Checkpoint& ckpt
         const AttentionSpec& a = s.attn;
         std::ostringstream t;
         t << "theta " << a.ropeTheta;
-        oj rope{{"theta", a.ropeTheta}, {"type", a.yarn.on() ? "yarn" : a.llama3.on() ? "llama3" : "default"}};
+        oj rope{{"theta", a.ropeTheta},
+                {"type", a.yarn.on()       ? "yarn"
+                         : a.llama3.on()   ? "llama3"
+                         : a.longRope.on() ? "longrope"
+                                           : "default"}};
+        if (a.longRope.on()) {
+            const auto& l = a.longRope;
+            t << ", LongRoPE (short factors; cos/sin x" << l.shortMscale << ", x" << l.longMscale << " past "
+              << l.originalMaxPositions << " positions)";
+            rope.update(oj{{"short_factor", l.shortFactor},
+                           {"short_mscale", l.shortMscale},
+                           {"long_mscale", l.longMscale},
+                           {"original_max_position_embeddings", l.originalMaxPositions}});
+        }
         if (a.llama3.on()) {
             const auto& l = a.llama3;
             t << ", Llama 3 scaling x" << l.factor << " from " << l.originalMaxPositions

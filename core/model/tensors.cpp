@@ -16,6 +16,8 @@ const char* roleName(Role r) {
             return "embedding norm bias";
         case Role::FinalNorm:
             return "final norm";
+        case Role::FinalNormBias:
+            return "final norm bias";
         case Role::LmHead:
             return "lm head";
         case Role::LmHeadBias:

@@ -17,6 +17,7 @@ enum class Role : uint8_t {
     EmbNorm,
     EmbNormBias,
     FinalNorm,
+    FinalNormBias,  // a LayerNorm's (PhiMoE)
     LmHead,
     LmHeadBias,
     // every layer: the two norms (BERT: the LayerNorms after attention and after the FFN)

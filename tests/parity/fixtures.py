@@ -236,6 +236,20 @@ CONFIGS = {
     "dbrx_top1_plain": ("DbrxConfig", dict(
         d_model=64, n_layers=3, max_seq_len=256, n_heads=4, attn_config=dict(rope_theta=10000.0, clip_qkv=1e4),
         ffn_config=dict(ffn_hidden_size=40, moe_num_experts=4, moe_top_k=1, moe_normalize_expert_weights=None))),
+    # PhiMoE: sparsemixer top-2 with a wide jitter reach (0.3: the softmax of each pick spans several
+    # logits), LayerNorms with biases, q/k/v/o and head biases, LongRoPE with per-frequency factors
+    # and a pretraining length of 16 (the 18-token prompt takes long_mscale, the others short_mscale)
+    "phimoe_longrope_bias": ("PhimoeConfig", dict(
+        num_attention_heads=4, num_key_value_heads=2, num_local_experts=6, num_experts_per_tok=2,
+        intermediate_size=40, attention_bias=True, lm_head_bias=True, router_jitter_noise=0.3,
+        rope_parameters=dict(rope_type="longrope", rope_theta=10000.0,
+                             short_factor=[1.0, 1.1, 1.3, 1.6, 2.0, 2.5, 3.1, 3.8],
+                             long_factor=[1.0, 1.5, 2.2, 3.0, 4.1, 5.5, 7.2, 9.0],
+                             short_mscale=1.1, long_mscale=1.3, original_max_position_embeddings=16))),
+    # ... the default jitter (0.01), a sliding window, no biases, plain RoPE
+    "phimoe_sliding_plain": ("PhimoeConfig", dict(
+        num_attention_heads=4, num_key_value_heads=4, num_local_experts=4, num_experts_per_tok=2,
+        intermediate_size=48, sliding_window=5, num_hidden_layers=3)),
     # GPT-OSS: attention sinks, GQA, q/k/v/o biases, sliding (window 5, shorter than the prompts)
     # and full layers alternating as the class default, YaRN untruncated, a biased router, top-2
     # then softmax, experts interleaving gate and up with biases, clamped at 0.8 so that the clamps
