@@ -90,6 +90,22 @@ LayerMats layerMats(const Checkpoint& ck, const ModelSpec& s, const Reference* r
         return m;
     };
     auto whole = [&](const TensorView& t, bool neuronRows) { return mat(t, 0, t.shape[0], t.shape[1], neuronRows); };
+    // a rows x cols matrix copied out of `from` into memory of the layer (dtype dt), to be filled
+    // through the returned pointer
+    auto owned = [&](const TensorView& from, const std::string& name, DType dt, int64_t rows, int64_t cols,
+                     bool neuronRows) -> std::pair<uint8_t*, Mat> {
+        std::vector<uint8_t>& buf = L.ownedBytes.emplace_back(static_cast<size_t>(rows * cols) * dtypeSize(dt));
+        TensorView& v = L.ownedViews.emplace_back();
+        v.name = name;
+        v.dtype = dt;
+        v.shape = {rows, cols};
+        v.data = buf.data();
+        v.nbytes = buf.size();
+        v.file = from.file;
+        Mat m{&v, 0, rows, cols, neuronRows};
+        m.owned = true;
+        return {buf.data(), m};
+    };
     // expert e's matrix of an expert role, where the family's table puts it
     auto expert = [&](Role r, int e, bool neuronRows) -> Mat {
         const ExpertMatrix m = s.expertMatrix(r, l, e);
@@ -104,9 +120,8 @@ LayerMats layerMats(const Checkpoint& ck, const ModelSpec& s, const Reference* r
         const TensorView* tp = nullptr;
         if (L.widenedKey == key) {
             tp = L.widenedFrom;
-        } else if (mxfp4) {
-            stored.assign(static_cast<size_t>(m.sliceRows * m.sliceCols),
-                          0.f);  // the model's slice [a, b] is the transpose of the stored [b, a] rows of blocks
+        } else if (mxfp4) {  // the model's slice [a, b] is the transpose of the stored [b, a] rows of blocks
+            stored.assign(static_cast<size_t>(m.sliceRows * m.sliceCols), 0.f);
             const TensorView& bv = use(ck, Quantization::mxfp4Blocks(m.tensor));
             const TensorView& sv = use(ck, Quantization::mxfp4Scales(m.tensor));
             const int64_t a = m.sliceRows, b = m.sliceCols, G = a / 32;
@@ -123,21 +138,12 @@ LayerMats layerMats(const Checkpoint& ck, const ModelSpec& s, const Reference* r
         }
         L.widenedKey = key;
         L.widenedFrom = tp;
-        const TensorView& t = *tp;
-        std::vector<uint8_t>& buf = L.ownedBytes.emplace_back(static_cast<size_t>(m.rows * m.cols) * sizeof(float));
-        float* dst = reinterpret_cast<float*>(buf.data());
+        auto [bytes, x] =
+            owned(*tp, tp->name + "[expert " + std::to_string(e) + "]", DType::F32, m.rows, m.cols, neuronRows);
+        float* dst = reinterpret_cast<float*>(bytes);
         const float* src = stored.data() + (m.offset - m.slice);
         for (int64_t r0 = 0; r0 < m.rows; ++r0)
             for (int64_t c = 0; c < m.cols; ++c) dst[r0 * m.cols + c] = src[r0 * m.rowStride + c * m.colStride];
-        TensorView& v = L.ownedViews.emplace_back();
-        v.name = t.name + "[expert " + std::to_string(e) + "]";
-        v.dtype = DType::F32;
-        v.shape = {m.rows, m.cols};
-        v.data = buf.data();
-        v.nbytes = buf.size();
-        v.file = t.file;
-        Mat x{&v, 0, m.rows, m.cols, neuronRows};
-        x.owned = true;
         return x;
     };
     if (attention) {  // MoA experts: query projection [H, d] (a row per query dimension), output [d, H]
@@ -159,19 +165,10 @@ LayerMats layerMats(const Checkpoint& ck, const ModelSpec& s, const Reference* r
         for (int64_t e = 0; e < E; ++e) {
             L.routed[0].push_back({&g, e * F * d, F, d, true});
             if (u) L.routed[1].push_back({u, e * F * d, F, d, true});
-            std::vector<uint8_t>& buf = L.ownedBytes.emplace_back(static_cast<size_t>(d * F) * es);
+            auto [bytes, m] = owned(dn, dn.name + "[block " + std::to_string(e) + "]", dn.dtype, d, F, false);
             for (int64_t r = 0; r < d; ++r)
-                std::memcpy(buf.data() + static_cast<size_t>(r * F) * es,
-                            dn.data + static_cast<size_t>(r * Fd + e * F) * es, static_cast<size_t>(F) * es);
-            TensorView& v = L.ownedViews.emplace_back();
-            v.name = dn.name + "[block " + std::to_string(e) + "]";
-            v.dtype = dn.dtype;
-            v.shape = {d, F};
-            v.data = buf.data();
-            v.nbytes = buf.size();
-            v.file = dn.file;
-            Mat m = whole(v, false);
-            m.owned = true;
+                std::memcpy(bytes + static_cast<size_t>(r * F) * es, dn.data + static_cast<size_t>(r * Fd + e * F) * es,
+                            static_cast<size_t>(F) * es);
             L.routed[2].push_back(m);
         }
     } else {

@@ -54,9 +54,7 @@ const Family& family_phimoe() {
             fillCommon(s, cc, {1e-5, 1000000.0, true, 0, 8});
             if (longrope) readLongRope(s.attn, rp, s.maxPositions);
             moeCounts(s, c, "num_local_experts", "intermediate_size", {16, 2, 6400});
-            if (s.topK != 2)
-                c.fail(keyOrAlias(c, "num_experts_per_tok", "num_experts_per_tok"),
-                       "PhiMoE's sparsemixer picks 2 experts");
+            if (s.topK != 2) c.fail("num_experts_per_tok", "PhiMoE's sparsemixer picks 2 experts");
             for (auto& l : s.layers) l.moe = true;
             globalSliding(s, c.optInt("sliding_window", 0));
             s.attn.qkvBias = s.attn.oBias = c.optBool("attention_bias", false);
