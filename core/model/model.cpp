@@ -441,7 +441,8 @@ void Model::Impl::step(int l, State& st, bool allExperts, const Tap& tap, const 
     const bool isMoe = spec.layers[l].moe;
     for (size_t p = 0; p < st.h.size(); ++p) {
         if (spec.encoder) {  // post-LN: LN(h + attn(h)), then LN(h + ffn(h))
-            Tensor x = layerNorm(st.h[p] + attention(w, st.h[p], st.cos[p], st.sin[p], 0), w.inNorm, w.inNormB);
+            Tensor x =
+                layerNorm(st.h[p] + attention(w, st.h[p], st.cos[p], st.sin[p], LayerSpec{}), w.inNorm, w.inNormB);
             Tensor y;
             if (!isMoe) {
                 if (tap) tap(p, x, nullptr);
@@ -473,7 +474,7 @@ void Model::Impl::step(int l, State& st, bool allExperts, const Tap& tap, const 
             join(a.y, w.inNorm, w.inNormB);
         } else {
             join(spec.attn.isMla() ? mlaAttention(w, x, st.cos[p], st.sin[p])
-                                   : attention(w, x, st.cos[p], st.sin[p], spec.layers[l].slidingWindow),
+                                   : attention(w, x, st.cos[p], st.sin[p], spec.layers[l]),
                  w.inNorm, w.inNormB);
         }
         x = in(w.postNorm, w.postNormB);

@@ -53,11 +53,13 @@ inline Tensor viewOf(const TensorView& v) {
 
 // RMSNorm: the weight times the normalised values rounded to x's dtype (Llama), or with
 // weightInFloat32 times the float32 values, rounded after (OLMo 2, FlexOlmo)
+// (w undefined: no weights, Llama 4's L2 QK-norm)
 inline Tensor rmsNorm(const Tensor& x, const Tensor& w, double eps, bool weightInFloat32 = false) {
     auto dt = x.scalar_type();
     auto xf = x.to(torch::kFloat);
     auto var = xf.pow(2).mean(-1, true);
     xf = xf * torch::rsqrt(var + eps);
+    if (!w.defined()) return xf.to(dt);
     return weightInFloat32 ? (w * xf).to(dt) : w * xf.to(dt);
 }
 
@@ -259,9 +261,9 @@ inline std::pair<Tensor, Tensor> route(const RouterRule& r, const Tensor& logits
         auto [w2, i2] = pick(s.scatter(-1, i1, -inf));
         wts = torch::cat({w1, w2}, -1);
         ids = torch::cat({i1, i2}, -1);
-    } else if (r.topkBeforeSoftmax) {
+    } else if (r.topkOnLogits) {
         std::tie(wts, ids) = logits.to(r.scoresInHiddenDtype ? hidden : torch::kFloat).topk(K, -1);
-        wts = wts.softmax(-1);
+        wts = r.scoring == RouterRule::Scoring::Sigmoid ? wts.to(torch::kFloat).sigmoid() : wts.softmax(-1);
     } else {
         Tensor scores = routerScores(r, logits, hidden);
         Tensor choice = selectionScores(r, scores, extra.selectionBias);
@@ -440,8 +442,9 @@ struct Model::Impl {
     // qk_rope_head_dim rotary dimensions.
     Tensor mlaAttention(const LayerWeights& w, const Tensor& x, const Tensor& cos, const Tensor& sin) const;
     // Standard and encoder attention (attention/standard.cpp).
+    // `layer`: its sliding window or attention chunk, and whether it has positions (RoPE).
     Tensor attention(const LayerWeights& w, const Tensor& x, const Tensor& cos, const Tensor& sin,
-                     int64_t window) const;
+                     const LayerSpec& layer) const;
 
     // Mixture of attention heads (attention/moa.cpp), JetMoE: the router picks k query/output
     // experts per token; the k slots' queries form k x kvHeads heads (head s * kvHeads + j reads
@@ -487,9 +490,9 @@ struct Model::Impl {
         Tensor flatW = wts.reshape(-1);
         const int64_t T = x.size(0);
         Tensor chosen = keepChosen || allExperts ? torch::empty({T * K, x.size(1)}, x.options()) : Tensor();
-        const bool inOrder = spec.combineInExpertOrder;
-        Tensor weighted =
-            torch::zeros({inOrder ? T : T * K, x.size(1)}, x.options().dtype(inOrder ? x.scalar_type() : wdt));
+        const bool inOrder = spec.combine != ModelSpec::Combine::Slots;
+        const auto acc = inOrder ? x.scalar_type() : wdt;
+        Tensor weighted = torch::zeros({inOrder ? T : T * K, x.size(1)}, x.options().dtype(acc));
         int64_t offset = 0;
         for (int64_t e = 0; e < E; ++e) {
             const int64_t n = cnt[e];
@@ -497,10 +500,17 @@ struct Model::Impl {
             Tensor sel = order.narrow(0, offset, n);
             offset += n;
             Tensor tok = sel.div(K, "floor");
-            Tensor ye = ffn(x.index_select(0, tok), w.experts[e]);
-            if (chosen.defined()) chosen.index_copy_(0, sel, ye);
-            Tensor yw = ye * flatW.index_select(0, sel).unsqueeze(-1);
-            if (inOrder) weighted.index_add_(0, tok, yw.to(x.scalar_type()));
+            Tensor xe = x.index_select(0, tok), we = flatW.index_select(0, sel).unsqueeze(-1);
+            Tensor yw;
+            if (r.scalesInputs) {  // Llama 4: the expert on its weighted input (in the activations' dtype), unweighted
+                yw = ffn(xe * we, w.experts[e]);
+                if (chosen.defined()) chosen.index_copy_(0, sel, ffn(xe, w.experts[e]));
+            } else {
+                Tensor ye = ffn(xe, w.experts[e]);
+                if (chosen.defined()) chosen.index_copy_(0, sel, ye);
+                yw = ye * we;
+            }
+            if (inOrder) weighted.index_add_(0, tok, yw.to(acc));
             else weighted.index_copy_(0, sel, yw);
         }
         Tensor y = inOrder ? weighted : weighted.view({T, K, x.size(1)}).sum(1).to(x.scalar_type());

@@ -40,13 +40,16 @@ std::string RouterRule::describe() const {
     std::string s = scoring == Scoring::Softmax ? "softmax" : "sigmoid";
     if (routerFromKeys) s = "mean key rows, " + s;
     if (bias) s = "biased router, " + s;
-    if (scoring == Scoring::Softmax && !topkBeforeSoftmax && !renormalize && !unitWeights) s = "full " + s;
+    if (scoring == Scoring::Softmax && !topkOnLogits && !renormalize && !unitWeights) s = "full " + s;
     if (selectionBias) s += ", selection bias";
     if (groups > 1)
         s += ", best " + std::to_string(topkGroups) + " of " + std::to_string(groups) + " groups (" +
              (groupScore == GroupScore::Max ? "max" : "sum of top-2") + ")";
-    s += topkBeforeSoftmax ? ", top-k on logits then softmax over k" : ", top-k";
-    if (renormalize && !topkBeforeSoftmax) {
+    s += !topkOnLogits                 ? ", top-k"
+         : scoring == Scoring::Sigmoid ? ", top-k on logits then sigmoid of each"
+                                       : ", top-k on logits then softmax over k";
+    if (scalesInputs) s += ", weights scale the experts' inputs";
+    if (renormalize && !topkOnLogits) {
         s += ", renormalise";
         if (renormPower > 0) {
             std::ostringstream o;

@@ -21,7 +21,8 @@ class Checkpoint;
 //   choice    = scores + selection bias (choosing only), limited to the best `topkGroups` of
 //               `groups` expert groups (group score: max, or sum of its two best), top-k
 //   weights   = the unbiased scores of the chosen experts, renormalised or not, x scale
-// with top-k on the logits then softmax over the k as the other order (JetMoE, gpt-oss).
+// with top-k on the logits then softmax over the k as the other order (JetMoE, gpt-oss), or
+// top-k on the logits then the sigmoid of each, as weights that scale the experts' inputs (Llama 4).
 struct RouterRule {
     // MeanPreactivation: EMoE's avg-k gating; an expert's score is the mean of its neurons' gate
     // pre-activations (W_gate x), there is no router matrix, and scores are not normalised.
@@ -32,9 +33,14 @@ struct RouterRule {
     enum class GroupScore { Max, SumTop2 };
     enum class Shared { None, Ungated, SigmoidGated };
     Scoring scoring = Scoring::Softmax;
-    bool topkBeforeSoftmax = false;  // top-k on logits, softmax over the k (JetMoE, GPT-OSS)
-    bool logitsInFloat32 = false;    // the router's product in float32 (input and weights widened)
-    bool weightsFloat32 = false;     // the router's matrix kept in float32 whatever the model's dtype (ERNIE, Hunyuan)
+    // top-k on the logits, then the scoring over the k: softmax over them (JetMoE, GPT-OSS), or
+    // the sigmoid of each (Llama 4)
+    bool topkOnLogits = false;
+    // the chosen experts' weights scale their inputs and their outputs join unweighted (Llama 4:
+    // expert e sees w_e x); an expert's raw output (the analyses' E_e(x)) is on the unscaled input
+    bool scalesInputs = false;
+    bool logitsInFloat32 = false;  // the router's product in float32 (input and weights widened)
+    bool weightsFloat32 = false;   // the router's matrix kept in float32 whatever the model's dtype (ERNIE, Hunyuan)
     bool scoresInHiddenDtype = false;    // scores, top-k and renormalisation in the activations' dtype
     bool bias = false;                   // the router linear has a bias (Role::RouterBias)
     bool selectionBias = false;          // Role::RouterSelectionBias added to the scores to choose only
@@ -71,7 +77,10 @@ struct AttentionSpec {
     // each head's query and key split into a part without position (qkNopeDim) and a RoPE part
     // (qkRopeDim; the key's is one head shared by all), values of vHeadDim.
     enum class Kind { Standard, Encoder, MoA, MLA };
-    enum class QKNorm { None, PerHead, Full };
+    // PerHead / Full: RMSNorm with weights, per head or over the whole projection. Unweighted:
+    // Llama 4's L2 norm (transformers' Llama4TextL2Norm: RMSNorm without weights, eps rms_norm_eps,
+    // in float32), per head, after RoPE, on the RoPE layers only
+    enum class QKNorm { None, PerHead, Full, Unweighted };
     Kind kind = Kind::Standard;
     int64_t heads = 0, kvHeads = 0, headDim = 0;
     bool qkvBias = false, oBias = false;
@@ -129,6 +138,14 @@ struct AttentionSpec {
     // times 1 + beta ln(1 + floor(position / queryScalePositions)), in float32; beta 0: none
     double queryScaleBeta = 0.0;
     int64_t queryScalePositions = 0;
+    // Llama 4's attention temperature on the layers without RoPE (attn_temperature_tuning): each
+    // query times 1 + attnScale ln(1 + floor((position + 1) / floorScale)), the product in float32
+    // (transformers' Llama4TextAttention); attnScale 0: none
+    struct NopeTemperature {
+        double attnScale = 0;
+        int64_t floorScale = 0;
+        bool on() const { return attnScale != 0; }
+    } nopeTemperature;
     // the softmax scale of q.k (Granite's attention_multiplier); 0: 1 / sqrt(head_dim)
     double softmaxScale = 0.0;
     bool isMla() const { return kind == Kind::MLA; }
@@ -140,6 +157,10 @@ struct LayerSpec {
     bool moe = false;
     int64_t ffnDim = 0;         // dense MLP width (when !moe)
     int64_t slidingWindow = 0;  // 0: full causal attention
+    // chunked local attention (Llama 4's chunked_attention layers): a query sees the earlier keys
+    // of its own chunk of attentionChunk positions (i / c == j / c); 0: none
+    int64_t attentionChunk = 0;
+    bool rope = true;  // false: a layer without positions (Llama 4's no_rope_layers 0)
 };
 
 // Blocks: EMoE; the MoE layer keeps the dense FFN tensors (Role::FfnGate, FfnUp, FfnDown) and
@@ -235,10 +256,13 @@ struct ModelSpec {
     // the decoder's norms are LayerNorms without bias, eps layerNormEps (DBRX)
     bool layerNormBlocks = false;
     bool lmHeadBias = false;  // PhiMoE's lm_head_bias (the table's Role::LmHeadBias)
-    // the experts' weighted outputs added to the block's output one expert after another in the
-    // activations' dtype (DBRX: transformers' eager experts loop) instead of summed per token in
-    // float32 (the experts interface's grouped_mm, the default)
-    bool combineInExpertOrder = false;
+    // How the experts' weighted outputs make the block's output. Slots (the default): each token's
+    // k outputs summed in float32, rounded once (the experts interface's grouped_mm; Llama 4's sum
+    // over its [E, T, d] expert outputs too, in expert order, which for k half-precision values
+    // summed in float32 gives the same bits). ExpertOrder: added one expert after another in the
+    // activations' dtype (DBRX's eager experts loop, DeepSeekMoE's moe_infer).
+    enum class Combine { Slots, ExpertOrder };
+    Combine combine = Combine::Slots;
     // GPT-OSS's experts (> 0): gate and up interleaved by row (Pack::EvenRows / OddRows) with a
     // fused bias, gate clamped above at swigluLimit, up to [-swigluLimit, swigluLimit], and
     // (up + 1) * gate * sigmoid(swigluAlpha * gate); products as x @ W + b

@@ -120,6 +120,34 @@ std::vector<SummaryRow> describeModel(const ModelSpec& s, const Checkpoint& ckpt
         sliding[std::to_string(w)] = ls;
     }
     attn.fields.push_back({"sliding_window_layers", sliding});
+    // chunked local attention (Llama 4): {chunk: layers}; the layers without RoPE
+    std::map<int64_t, std::vector<int>> chunks;
+    std::vector<int> nope;
+    for (int l = 0; l < s.numLayers; ++l) {
+        if (s.layers[l].attentionChunk > 0) chunks[s.layers[l].attentionChunk].push_back(l);
+        if (!s.layers[l].rope && s.attn.rope) nope.push_back(l);
+    }
+    oj chunked = oj::object();
+    for (auto& [c, ls] : chunks) {
+        attn.text += ", attention in chunks of " + std::to_string(c) + " on " + std::to_string(ls.size()) + " of " +
+                     std::to_string(s.numLayers) + " layers";
+        chunked[std::to_string(c)] = ls;
+    }
+    attn.fields.push_back({"attention_chunk_layers", chunked});
+    if (!nope.empty()) attn.text += ", no RoPE on " + std::to_string(nope.size()) + " layers";
+    attn.fields.push_back({"nope_layers", nope});
+    if (s.attn.qkNorm == AttentionSpec::QKNorm::Unweighted)
+        attn.text += ", L2 QK-norm (no weights) after RoPE on the RoPE layers";
+    if (s.attn.nopeTemperature.on()) {
+        std::ostringstream t;
+        t << ", queries of the layers without RoPE x (1 + " << s.attn.nopeTemperature.attnScale
+          << " ln(1 + floor((position + 1) / " << s.attn.nopeTemperature.floorScale << ")))";
+        attn.text += t.str();
+    }
+    attn.fields.push_back({"attention_temperature", s.attn.nopeTemperature.on()
+                                                        ? oj{{"attn_scale", s.attn.nopeTemperature.attnScale},
+                                                             {"floor_scale", s.attn.nopeTemperature.floorScale}}
+                                                        : oj()});
     if (s.attn.isMoa()) {
         attn.text = "mixture of attention heads: " + std::to_string(s.attn.moaExperts) + " experts of " +
                     std::to_string(s.attn.kvHeads) + " query heads, top-" + std::to_string(s.attn.moaTopK) +

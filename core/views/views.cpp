@@ -3,6 +3,7 @@
 #include <charconv>
 #include <functional>
 #include <map>
+#include <nlohmann/json.hpp>
 #include <set>
 #include <sstream>
 
@@ -91,6 +92,21 @@ const Result& needResult(const Session& s, const std::string& id, const std::str
                         "expertscope-cli analyze to compute it)",
                     sessionName(s), "/analyses/" + id);
     return s.result(id);
+}
+
+// A value of a result's params_json: a text ("" when absent or not a text), a flag (false when
+// absent or not a boolean). The file's params are data: a wrong type reads as absent.
+nlohmann::json resultParam(const Session& s, const std::string& id, const std::string& key) {
+    const nlohmann::json p = nlohmann::json::parse(s.result(id).paramsJson, nullptr, false);
+    return p.is_object() && p.contains(key) ? p[key] : nlohmann::json();
+}
+std::string paramText(const Session& s, const std::string& id, const std::string& key) {
+    const nlohmann::json v = resultParam(s, id, key);
+    return v.is_string() ? v.get<std::string>() : std::string();
+}
+bool paramFlag(const Session& s, const std::string& id, const std::string& key) {
+    const nlohmann::json v = resultParam(s, id, key);
+    return v.is_boolean() && v.get<bool>();
 }
 
 Data needArray(const Session& s, const std::string& id, const std::string& name, const std::string& view) {
@@ -625,7 +641,8 @@ Figure normsVsScores(const Session& s, const ViewRequest& req) {
     f.title = "Expert output norm vs router score (D2), run " + run + ", layer " + std::to_string(L);
     Panel p;
     p.xLabel = "L2 norm of the expert's output";
-    p.yLabel = n.a->attrs.count("score") ? "router score" : "router probability";
+    // sigmoid routers score each expert alone (the result's params name the scores)
+    p.yLabel = paramText(s, id, "scores").rfind("sigmoid", 0) == 0 ? "router score (sigmoid)" : "router probability";
     Series other{"not chosen", Series::Style::Scatter}, pick{"chosen (top-k)", Series::Style::Scatter};
     other.groups = pick.groups = static_cast<int>(E);
     other.color = 7;
@@ -752,8 +769,10 @@ Figure routingMap(const Session& s, const ViewRequest& req) {
     auto labels = tokenLabels(s, run);
     Figure f;
     f.view = req.view;
-    f.title =
-        "Combine weights (D4), run " + run + ", layer " + std::to_string(L) + ", prompt " + std::to_string(req.prompt);
+    // Llama 4: the router's weights scale the experts' inputs, not their outputs
+    const bool inputs = paramFlag(s, id, "weights_scale_inputs");
+    f.title = std::string(inputs ? "Router weights on the experts' inputs" : "Combine weights") + " (D4), run " + run +
+              ", layer " + std::to_string(L) + ", prompt " + std::to_string(req.prompt);
     Panel p;
     p.xLabel = "token";
     p.yLabel = "expert";
@@ -765,7 +784,7 @@ Figure routingMap(const Session& s, const ViewRequest& req) {
         for (int64_t c = b; c < e; ++c) part.v.push_back(d.v[r * T + c]);
     std::vector<std::string> cols(labels.begin() + std::min<int64_t>(b, labels.size()),
                                   labels.begin() + std::min<int64_t>(e, labels.size()));
-    heatmapFrom(f, p, part, d.labels(), cols, "combine weight");
+    heatmapFrom(f, p, part, d.labels(), cols, inputs ? "weight on the expert's input" : "combine weight");
     p.heatmap.colormap = "blues";
     p.heatmap.tokenAxis = true;
     p.heatmap.rowExpert = expertAxis(p.heatmap.rowLabels);

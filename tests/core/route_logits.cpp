@@ -14,7 +14,7 @@ int main() {
         es::RouterRule rule;
         const std::string scoring = r.value("scoring", "softmax");
         rule.scoring = scoring == "sigmoid" ? es::RouterRule::Scoring::Sigmoid : es::RouterRule::Scoring::Softmax;
-        rule.topkBeforeSoftmax = r.value("topk_before_softmax", false);
+        rule.topkOnLogits = r.value("topk_on_logits", false);
         rule.selectionBias = in.contains("selection_bias");
         rule.expertScale = in.contains("expert_scale");
         rule.groups = r.value("groups", 1);

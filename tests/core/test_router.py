@@ -139,7 +139,7 @@ def test_mixtral_and_jetmoe_rules():
     rw, ri = p.topk(2, -1)
     same_choices(ids, w, ri, rw / rw.sum(-1, keepdim=True))
     # JetMoE: top-k on the logits, softmax over the k
-    ids, w, _ = route({"topk_before_softmax": True}, logits.numpy(), 2)
+    ids, w, _ = route({"topk_on_logits": True}, logits.numpy(), 2)
     rw, ri = logits.topk(2, -1)
     same_choices(ids, w, ri, torch.softmax(rw, -1))
 

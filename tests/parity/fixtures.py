@@ -265,6 +265,26 @@ CONFIGS = {
         num_attention_heads=4, num_key_value_heads=4, head_dim=24, num_local_experts=6, num_experts_per_tok=3,
         intermediate_size=40, layer_types=["full_attention", "sliding_attention"], sliding_window=4,
         attention_bias=False, swiglu_limit=1.5, swiglu_alpha=1.2)),
+    # Llama 4's language model: dense layers (intermediate_size_mlp) between MoE ones
+    # (interleave_moe_layer_step 2), a top-1 sigmoid router scaling the expert's input, the ungated
+    # shared expert, chunked attention (chunks of 5, shorter than every prompt) with the weightless
+    # QK-norm on the RoPE layers, NoPE layers every second one with a temperature that moves within
+    # these prompts (floor_scale 4, attn_scale 0.5), interleaved RoPE with llama3 scaling
+    "llama4_chunked_nope": ("Llama4TextConfig", dict(
+        num_attention_heads=4, num_key_value_heads=2, head_dim=16, num_local_experts=4, num_experts_per_tok=1,
+        intermediate_size=40, intermediate_size_mlp=56, num_hidden_layers=4, interleave_moe_layer_step=2,
+        attention_chunk_size=5, no_rope_layer_interval=2, floor_scale=4, attn_scale=0.5,
+        rope_parameters=dict(rope_type="llama3", rope_theta=500000.0, factor=8.0, low_freq_factor=1.0,
+                             high_freq_factor=4.0, original_max_position_embeddings=16))),
+    # ... moe_layers, no_rope_layers and layer_types given (a RoPE layer with full attention), top-3
+    # of 6 (the experts' outputs summed in expert order), q/k/v/o biases, no QK-norm, no
+    # temperature, plain RoPE
+    "llama4_lists_top3": ("Llama4TextConfig", dict(
+        num_attention_heads=4, num_key_value_heads=4, head_dim=24, num_local_experts=6, num_experts_per_tok=3,
+        intermediate_size=32, intermediate_size_mlp=48, num_hidden_layers=3, moe_layers=[0, 2],
+        no_rope_layers=[1, 0, 1], layer_types=["chunked_attention", "full_attention", "full_attention"],
+        attention_chunk_size=6, attention_bias=True, use_qk_norm=False, attn_temperature_tuning=False,
+        rope_parameters=dict(rope_type="default", rope_theta=10000.0))),
 }
 
 # Checkpoints stored in half precision: the reference runs HF in float32 on the same rounded
@@ -355,7 +375,8 @@ def reinitialised(model, seed=0, storage=None):
                 p.copy_(torch.randn(p.shape, generator=g))
             elif (pname.endswith("gate.weight") and p.shape[0] != 1 and "shared" not in pname) or \
                     pname.endswith("block_sparse_moe.router.weight") or pname.endswith("gate.wg.weight") or \
-                    pname.endswith("mlp.router.weight") or pname.endswith("ffn.router.layer.weight"):
+                    pname.endswith("mlp.router.weight") or pname.endswith("ffn.router.layer.weight") or \
+                    pname.endswith("feed_forward.router.weight"):
                 # the router: decisive enough that top-k ties are rare. A post-norm decoder's router
                 # (FlexOlmo) reads the raw residual stream, not its normalised copy: a third of the
                 # scale keeps its logits as moderate as the others' (bf16's step on logits near 20 is
@@ -400,7 +421,7 @@ def _moe_blocks(model):
     for mname, m in model.named_modules():
         if type(m).__name__.endswith("SparseMoeBlock") or type(m).__name__ in (
                 "DeepseekV3MoE", "DeepseekV2Moe", "Glm4MoeMoE", "Dots1MoE", "Glm4MoeLiteMoE", "Mistral4MoE",
-                "GraniteMoeMoE", "GraniteMoeSharedMoE", "HunYuanMoEV1Moe", "GptOssMLP", "DbrxFFN"):
+                "GraniteMoeMoE", "GraniteMoeSharedMoE", "HunYuanMoEV1Moe", "GptOssMLP", "DbrxFFN", "Llama4TextMoe"):
             layer = int(mname.split(".blocks." if ".blocks." in mname else ".layers.")[1].split(".")[0])  # DBRX's
             blocks[layer] = m
     return blocks
@@ -436,6 +457,10 @@ def reference(model, prompts=PROMPTS, device="cpu"):
             if isinstance(out, torch.Tensor):  # DBRX's router gives the logits; its block routes them
                 logits = out
                 scores, idx = block.route_tokens_to_experts(logits)
+            elif len(out) == 2:  # Llama 4's: the sigmoid of the top-k logits over every expert (others 0), the logits
+                full, logits = out
+                idx = torch.topk(logits, block.top_k, dim=1).indices
+                scores = full.gather(1, idx)
             else:
                 logits, scores, idx = out
             probs = torch.softmax(logits.float(), dim=-1)
@@ -496,7 +521,12 @@ def reference(model, prompts=PROMPTS, device="cpu"):
             T = x.shape[0]
             E = mod.experts.num_experts
             norms = []
-            for e in range(E):
+            if type(mod).__name__ == "Llama4TextMoe":
+                # Llama 4's experts take one [E * T, d] batch, block e for expert e: every expert on the
+                # unscaled input (the router's score scales a chosen expert's input in the block)
+                y = mod.experts(x.repeat(E, 1)).view(E, T, -1)
+                norms = list(y.float().norm(dim=-1))
+            for e in range(E if not norms else 0):
                 idx = torch.full((T, 1), e, dtype=torch.long, device=x.device)
                 y = mod.experts(x, idx, torch.ones(T, 1, device=x.device, dtype=x.dtype))
                 norms.append(y.reshape(T, -1).float().norm(dim=-1))

@@ -104,6 +104,9 @@ public:
         p["scores"] = k_.rule->scoring == RouterRule::Scoring::Sigmoid
                           ? "sigmoid of the router logits"
                           : "softmax of the router logits over all experts";
+        if (k_.rule->scalesInputs)  // Llama 4
+            p["expert_outputs"] =
+                "each expert on the unscaled block input (the router's score scales a chosen expert's input)";
         c.finish(out, k_.prefix + "norm_score_ranks/" + c.run, "D2", r, p);
     }
 

@@ -1,6 +1,7 @@
 #pragma once
 // D4: the E x T matrix of combine weights as the model applies them (0 where an expert is not
-// chosen), per analysed layer.
+// chosen), per analysed layer; under Llama 4's router the weights scale the experts' inputs, and
+// the result's params say so (weights_scale_inputs).
 #include "analysis/pass.h"
 
 namespace es::detail {
@@ -26,7 +27,9 @@ public:
             r.arrays["layers/" + std::to_string(l) + "/weights"] =
                 Array::f32d({E, T}, toDoubleVec(map)).with("labels", AttrValue::text(expertLabels(E, false, false)));
         }
-        c.finish(out, k_.prefix + "routing_map/" + c.run, "D4", r, c.params);
+        nlohmann::json p = c.params;
+        if (k_.rule->scalesInputs) p["weights_scale_inputs"] = true;  // Llama 4: each weight scales its expert's input
+        c.finish(out, k_.prefix + "routing_map/" + c.run, "D4", r, p);
     }
 
 private:

@@ -1,6 +1,7 @@
 // Standard attention, and the encoder's (the same with biases, no RoPE, bidirectional):
-// q/k/v/o with optional biases, QK RMSNorm (per head or over the projection), a clamp of
-// q/k/v, RoPE, grouped key/value heads, sliding windows.
+// q/k/v/o with optional biases, QK RMSNorm (per head or over the projection; Llama 4's without
+// weights), a clamp of q/k/v, RoPE (not on Llama 4's NoPE layers, which scale their queries by a
+// temperature instead), grouped key/value heads, sliding windows, attention chunks.
 #include "model/model_impl.h"
 
 namespace es {
@@ -57,8 +58,9 @@ Tensor sinkAttention(const Tensor& q, const Tensor& k, const Tensor& v, const Te
 }  // namespace
 
 Tensor Model::Impl::attention(const LayerWeights& w, const Tensor& x, const Tensor& cos, const Tensor& sin,
-                              int64_t window) const {
+                              const LayerSpec& layer) const {
     const auto& a = spec.attn;
+    const bool rope = a.rope && layer.rope;
     const int64_t T = x.size(0);
     Tensor q = torch::linear(x, w.q, w.qb);
     Tensor k = torch::linear(x, w.k, w.kb);
@@ -83,10 +85,10 @@ Tensor Model::Impl::attention(const LayerWeights& w, const Tensor& x, const Tens
     q = q.transpose(0, 1);  // [H, T, hd]
     k = k.transpose(0, 1);
     v = v.transpose(0, 1);
-    if (a.rope && (a.ropeInterleave || a.ropeInFloat32)) {  // the whole head (the family reads no partial factor)
+    if (rope && (a.ropeInterleave || a.ropeInFloat32)) {  // the whole head (the family reads no partial factor)
         q = applyRope(q, cos, sin, a.ropeInterleave, a.ropeInFloat32);
         k = applyRope(k, cos, sin, a.ropeInterleave, a.ropeInFloat32);
-    } else if (a.rope) {
+    } else if (rope) {
         q = applyRope(q, cos, sin);
         k = applyRope(k, cos, sin);
     }
@@ -94,12 +96,28 @@ Tensor Model::Impl::attention(const LayerWeights& w, const Tensor& x, const Tens
         q = norm(q, w.qn, spec.rmsEps);
         k = norm(k, w.kn, spec.rmsEps);
     }
+    if (a.qkNorm == AttentionSpec::QKNorm::Unweighted && rope) {  // Llama 4: on the RoPE layers
+        q = rmsNorm(q, Tensor(), spec.rmsEps);
+        k = rmsNorm(k, Tensor(), spec.rmsEps);
+    }
+    if (a.nopeTemperature.on() && !layer.rope) {  // Llama 4's temperature, in float32, on the layers without RoPE
+        const Tensor pos = torch::arange(T, x.options().dtype(torch::kLong)).to(torch::kFloat);
+        const Tensor f = torch::log1p(torch::floor((pos + 1) / static_cast<double>(a.nopeTemperature.floorScale))) *
+                             a.nopeTemperature.attnScale +
+                         1;
+        q = (q * f.view({1, T, 1})).to(q.scalar_type());
+    }
+    // the sliding window or the attention chunk, where the prompt outgrows it
     std::optional<Tensor> mask;
     bool causal = a.causal;
-    if (window > 0 && T > window) {
+    const int64_t window = layer.slidingWindow, chunk = layer.attentionChunk;
+    if ((window > 0 && T > window) || (chunk > 0 && T > chunk)) {
         auto i = torch::arange(T, torch::TensorOptions().device(device)).unsqueeze(1);
         auto j = torch::arange(T, torch::TensorOptions().device(device)).unsqueeze(0);
-        mask = (j <= i).logical_and(j > i - window);
+        Tensor m = j <= i;
+        if (window > 0) m = m.logical_and(j > i - window);
+        if (chunk > 0) m = m.logical_and(i.div(chunk, "floor") == j.div(chunk, "floor"));
+        mask = m;
         causal = false;
     }
     const double scale = a.softmaxScale > 0 ? a.softmaxScale : 1.0 / std::sqrt(static_cast<double>(a.headDim));

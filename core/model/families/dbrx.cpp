@@ -76,7 +76,7 @@ const Family& family_dbrx() {
                 if (!(r.renormPower > 0 && r.renormPower < 1e6))
                     fc.fail("moe_normalize_expert_weights", "must be positive (or null: no normalisation)");
             }
-            s.combineInExpertOrder = true;
+            s.combine = ModelSpec::Combine::ExpertOrder;
         },
         [](ModelSpec& s, const TensorProbe&) {
             using D = Dim;

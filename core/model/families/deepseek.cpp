@@ -34,7 +34,7 @@ const Family& family_deepseek() {
             r.scoresInHiddenDtype = true;
             r.weightsInHiddenDtype = true;
             // moe_infer: each expert's weighted outputs added with scatter_reduce in the activations' dtype
-            s.combineInExpertOrder = true;
+            s.combine = ModelSpec::Combine::ExpertOrder;
             if (s.attn.yarn.on())
                 c.fail("rope_scaling",
                        "DeepSeekMoE's code knows linear and dynamic RoPE scaling only (neither "

@@ -34,7 +34,7 @@ const Family& family_gpt_oss() {
             slidingLayers(s, cc, window, [](int64_t i) { return (i + 1) % 2 != 0; });
             s.attn.qkvBias = s.attn.oBias = cc.optBool("attention_bias", true);
             RouterRule& r = s.router;
-            r.topkBeforeSoftmax = true;
+            r.topkOnLogits = true;
             r.scoresInHiddenDtype = true;
             r.bias = true;
             r.weightsInHiddenDtype = true;

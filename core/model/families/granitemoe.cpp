@@ -17,7 +17,7 @@ void configureGranite(ModelSpec& s, const Config& c) {
     fillCommon(s, c, {1e-6, 10000.0});
     moeCounts(s, c, "num_local_experts", "intermediate_size");
     for (auto& l : s.layers) l.moe = true;
-    s.router.topkBeforeSoftmax = true;  // top-k of the float32 logits, softmax over the k
+    s.router.topkOnLogits = true;  // top-k of the float32 logits, softmax over the k
     s.router.weightsInHiddenDtype = true;
     s.attn.qkvBias = s.attn.oBias = c.optBool("attention_bias", false);
     // GraniteMoeConfig's defaults are 1.0 each; a multiplier must be a positive finite number

@@ -53,12 +53,12 @@ const Family& family_jetmoe() {
             s.layers.assign(s.numLayers, LayerSpec{});
             for (auto& l : s.layers) l.moe = true;
             s.layout = ExpertLayout::Packed;
-            s.router.topkBeforeSoftmax = true;
+            s.router.topkOnLogits = true;
             s.router.weightsInHiddenDtype = true;
             s.attnRouter = s.router;
             const std::string gating = c.optString("expertscope_moa_gating", "topk-softmax");
             if (gating == "full-softmax") {  // the MoA paper's code: softmax over all E, top-k, no renormalisation
-                s.attnRouter.topkBeforeSoftmax = false;
+                s.attnRouter.topkOnLogits = false;
                 s.attnRouter.renormalize = false;
             } else if (gating != "topk-softmax") {
                 c.fail("expertscope_moa_gating", "unknown gating '" + gating + "' (topk-softmax or full-softmax)");
