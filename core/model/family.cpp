@@ -76,9 +76,18 @@ const Family* familyFor(const std::string& modelType) {
     return nullptr;
 }
 
+std::string modelTypeOf(const Config& c) {
+    if (c.has("model_type")) return c.optString("model_type", "");
+    for (const std::string& a : c.optStringList("architectures"))
+        for (const Family* f : allFamilies())
+            for (const std::string& x : f->architectures)
+                if (a == x) return f->modelTypes.front();
+    return "";
+}
+
 const Family& familyOf(const Config& c, const std::string& what, bool containers) {
-    if (!c.has("model_type")) c.fail("model_type", "missing required key");
-    const std::string type = c.optString("model_type", "");
+    const std::string type = modelTypeOf(c);
+    if (type.empty() && !c.has("model_type")) c.fail("model_type", "missing required key");
     const Family* f = familyFor(type);
     if (!f || (f->container && !containers)) {
         std::string list;

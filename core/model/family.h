@@ -57,13 +57,20 @@ struct Family {
     // the tensor table for the layout on disk
     std::function<void(ModelSpec& s, const TensorProbe& has)> tensors;
     bool container = false;  // a multimodal checkpoint around a language model (containerFamily)
+    // remote-code classes whose config.json has no model_type (Grok-1's hpcai-tech port: its
+    // configuration file sets it): a config without model_type whose `architectures` names one of
+    // these opens with this family, as its first model type
+    std::vector<std::string> architectures = {};
 };
 
 const std::vector<const Family*>& allFamilies();
 const Family* familyFor(const std::string& modelType);
-// The family of the config's model_type (required); `what` names it in the error, which lists
-// the model_types that open (containers only where `containers`).
+// The family of the config's model_type (required, unless `architectures` names a class of a
+// family's Family::architectures); `what` names it in the error, which lists the model_types that
+// open (containers only where `containers`).
 const Family& familyOf(const Config& c, const std::string& what, bool containers);
+// The model_type of a config: its own, else the one its `architectures` class implies ("" for none).
+std::string modelTypeOf(const Config& c);
 
 // A multimodal checkpoint whose language model is one of the families here (Mistral Small 4:
 // mistral3 around a mistral4 text_config). Its text_config is configured by the family of its

@@ -234,9 +234,11 @@ void Model::Impl::loadExperts(LayerWeights& w, int l) const {
         w.routerExtras.selectionBias = w.routerExtras.selectionBias.reshape({-1});
     w.routerExtras.expertScale = loadOpt(Role::RouterExpertScale, l);
     if (s.layout == ExpertLayout::PerExpert) {
-        for (int e = 0; e < s.numExperts; ++e)
+        for (int e = 0; e < s.numExperts; ++e) {
             w.experts.push_back(fused(s.tensorName(Role::ExpertGate, l, e), s.tensorName(Role::ExpertUp, l, e),
                                       s.tensorName(Role::ExpertDown, l, e)));
+            w.experts.back().act = actCode();  // SwiGLU, or Grok-1's gated GELU
+        }
     } else {
         // stacked [E, 2F, d] (gate rows, then up rows) and [E, d, F]: views of the slices, no copy;
         // stored transposed ([E, d, 2F], [E, F, d]): transposed views of them
@@ -256,6 +258,7 @@ void Model::Impl::loadExperts(LayerWeights& w, int l) const {
         for (int e = 0; e < s.numExperts; ++e) {
             Ffn f = apart ? swigluFfn(Tensor(), gu[e], up[e], dnT ? dn[e].t() : dn[e])
                           : swigluFfn(guT ? gu[e].t() : gu[e], Tensor(), Tensor(), dnT ? dn[e].t() : dn[e]);
+            f.act = actCode();        // SwiGLU, or a gated GELU
             if (s.swigluLimit > 0) {  // GPT-OSS: gate and up interleaved by row, fused biases
                 f.act = kClampedSwiglu;
                 f.limit = s.swigluLimit;
@@ -456,36 +459,36 @@ void Model::Impl::step(int l, State& st, bool allExperts, const Tap& tap, const 
             continue;
         }
         // a block reads the residual stream through its norm (pre-norm), or as it is (post-norm: OLMo 2,
-        // FlexOlmo), and its output joins the stream (post-norm: through the norm; times Granite's
-        // residual_multiplier)
+        // FlexOlmo), and its output joins the stream (post-norm: through the norm; sandwich blocks,
+        // Grok-1: through their output norm; times Granite's residual_multiplier)
         const double eps = spec.blockEps();
         // (LayerNorm blocks: with their biases, PhiMoE's)
         auto in = [&](const Tensor& nw, const Tensor& nb) {
             return spec.postNorm ? st.h[p] : norm(st.h[p], nw, eps, nb);
         };
-        auto join = [&](const Tensor& y, const Tensor& nw, const Tensor& nb) {
-            const Tensor o = spec.postNorm ? norm(y, nw, eps, nb) : y;
+        auto join = [&](const Tensor& y, const Tensor& nw, const Tensor& nb, const Tensor& outNorm) {
+            const Tensor o = spec.postNorm ? norm(y, nw, eps, nb) : outNorm.defined() ? norm(y, outNorm, eps) : y;
             st.h[p] = st.h[p] + (spec.residualScale != 1.0 ? o * spec.residualScale : o);
         };
         Tensor x = in(w.inNorm, w.inNormB);
         if (spec.attn.isMoa()) {
             MoeOut a = moaAttention(w, x, st.cos[p], st.sin[p], allExperts);
             if (attnTap) attnTap(p, x, &a);
-            join(a.y, w.inNorm, w.inNormB);
+            join(a.y, w.inNorm, w.inNormB, w.attnOutNorm);
         } else {
             join(spec.attn.isMla() ? mlaAttention(w, x, st.cos[p], st.sin[p])
                                    : attention(w, x, st.cos[p], st.sin[p], spec.layers[l]),
-                 w.inNorm, w.inNormB);
+                 w.inNorm, w.inNormB, w.attnOutNorm);
         }
         x = in(w.postNorm, w.postNormB);
         if (!isMoe) {
             if (tap) tap(p, x, nullptr);
-            join(ffn(x, w.mlp), w.postNorm, w.postNormB);
+            join(ffn(x, w.mlp), w.postNorm, w.postNormB, w.ffnOutNorm);
             continue;
         }
         auto m = moe(w, x, allExperts, keepChosen);
         if (tap) tap(p, x, &m);
-        join(m.y, w.postNorm, w.postNormB);
+        join(m.y, w.postNorm, w.postNormB, w.ffnOutNorm);
     }
 }
 

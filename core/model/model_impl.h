@@ -100,7 +100,7 @@ struct Ffn {
     Tensor gateUp, gate, up, down;
     Tensor inBias, outBias;       // W1's (SwiGLU: the gate's) and W2's (down's) biases
     Tensor upBias;                // SwiGLU with biases (ERNIE's use_bias): the up projection's; never fused
-    int act = 0;                  // 0: SwiGLU (silu), 1: GELU (erf), 2: GELU (tanh), 3: GPT-OSS's (kClampedSwiglu)
+    int act = 0;                  // 0: SwiGLU (silu), 1, 2, 4: GELU (gelu(); gated when up is there), 3: kClampedSwiglu
     double limit = 0, alpha = 0;  // act 3: ModelSpec::swigluLimit, swigluAlpha
 };
 // GPT-OSS's experts: gateUp [2F, d] with gate and up interleaved by row and its fused bias inBias,
@@ -116,7 +116,12 @@ inline Ffn swigluFfn(Tensor gateUp, Tensor gate, Tensor up, Tensor down) {
     return f;
 }
 
-inline Tensor gelu(const Tensor& x, int act) { return torch::gelu(x, act == 2 ? "tanh" : "none"); }
+// act 1: GELU (erf), 2: its tanh approximation (one kernel), 4: the tanh approximation op by op in
+// the activations' dtype, as transformers' NewGELUActivation ("gelu_new") evaluates it
+inline Tensor gelu(const Tensor& x, int act) {
+    if (act == 4) return (x * 0.5) * (torch::tanh((x + torch::pow(x, 3.0) * 0.044715) * std::sqrt(2.0 / M_PI)) + 1.0);
+    return torch::gelu(x, act == 2 ? "tanh" : "none");
+}
 
 // act 3: x @ gateUp^T + b, gate and up interleaved
 inline Tensor clampedGateUp(const Tensor& x, const Ffn& f) { return torch::matmul(x, f.gateUp.t()) + f.inBias; }
@@ -131,7 +136,8 @@ inline Tensor gatePre(const Tensor& x, const Ffn& f) {
     return torch::linear(x, f.gateUp.narrow(0, 0, f.gateUp.size(0) / 2));
 }
 
-// The FFN's hidden activations h (what W_down reads): silu(g) * u, or gelu(W1 x + b1).
+// The FFN's hidden activations h (what W_down reads): silu(g) * u, gelu(g) * u (a gated GELU:
+// an up projection present), or gelu(W1 x + b1).
 inline Tensor ffnHidden(const Tensor& x, const Ffn& f) {
     if (f.act == kClampedSwiglu) {  // (up + 1) * gate * sigmoid(alpha gate), gate and up clamped
         Tensor h = clampedGateUp(x, f);
@@ -139,11 +145,13 @@ inline Tensor ffnHidden(const Tensor& x, const Ffn& f) {
         Tensor u = h.slice(-1, 1, h.size(-1), 2).clamp(-f.limit, f.limit);
         return (u + 1) * (g * torch::sigmoid(g * f.alpha));
     }
-    if (f.act != 0) return gelu(torch::linear(x, f.gate, f.inBias), f.act);
-    if (!f.gateUp.defined()) return torch::silu(torch::linear(x, f.gate, f.inBias)) * torch::linear(x, f.up, f.upBias);
+    const bool gated = f.up.defined() || f.gateUp.defined();
+    if (f.act != 0 && !gated) return gelu(torch::linear(x, f.gate, f.inBias), f.act);
+    auto act = [&](const Tensor& g) { return f.act == 0 ? torch::silu(g) : gelu(g, f.act); };
+    if (!f.gateUp.defined()) return act(torch::linear(x, f.gate, f.inBias)) * torch::linear(x, f.up, f.upBias);
     Tensor h = torch::linear(x, f.gateUp);
     const int64_t F = h.size(-1) / 2;
-    return torch::silu(h.narrow(-1, 0, F)) * h.narrow(-1, F, F);
+    return act(h.narrow(-1, 0, F)) * h.narrow(-1, F, F);
 }
 
 inline Tensor ffn(const Tensor& x, const Ffn& f) {
@@ -159,8 +167,9 @@ struct RouterExtras {
 
 struct LayerWeights {
     bool loaded = false;
-    Tensor inNorm, postNorm;    // BERT: the attention output's and the layer output's LayerNorm
-    Tensor inNormB, postNormB;  // LayerNorm biases (BERT)
+    Tensor inNorm, postNorm;         // BERT: the attention output's and the layer output's LayerNorm
+    Tensor inNormB, postNormB;       // LayerNorm biases (BERT)
+    Tensor attnOutNorm, ffnOutNorm;  // sandwich blocks (Grok-1): the norms of the attention's and the FFN's outputs
     Tensor q, k, v, o, qb, kb, vb, ob, qn, kn;
     Tensor sinks;                                             // [H]: GPT-OSS's attention sinks
     Tensor qa, qab, qaNorm, qbProj, kva, kvab, kvaNorm, kvb;  // MLA (q: q_proj without q LoRA)
@@ -405,12 +414,18 @@ struct Model::Impl {
         f.outBias = loadOpt(downBias, l);
         return f;
     }
-    int actCode() const { return spec.activation == "gelu" ? 1 : spec.activation == "gelu_tanh" ? 2 : 0; }
+    int actCode() const {
+        const std::string& a = spec.activation;
+        return a == "gelu" ? 1 : a == "gelu_tanh" ? 2 : a == "gelu_new" ? 4 : 0;
+    }
     // Layer l's dense FFN (with W2's bias for GELU FFNs).
     Ffn denseFfn(int l) const {
-        if (spec.gatedFfn())
-            return swiglu(l, Role::FfnGate, Role::FfnUp, Role::FfnDown, Role::FfnGateBias, Role::FfnUpBias,
-                          Role::FfnDownBias);
+        if (spec.gatedFfn()) {
+            Ffn f = swiglu(l, Role::FfnGate, Role::FfnUp, Role::FfnDown, Role::FfnGateBias, Role::FfnUpBias,
+                           Role::FfnDownBias);
+            f.act = actCode();  // SwiGLU, or a gated GELU
+            return f;
+        }
         Ffn f;
         f.gate = load(Role::FfnGate, l);
         f.inBias = loadOpt(Role::FfnGateBias, l);
@@ -430,6 +445,8 @@ struct Model::Impl {
         w.postNorm = normFloat32() ? loadFloat32Opt(Role::FfnNorm, l) : load(Role::FfnNorm, l);
         w.inNormB = loadOpt(Role::AttnNormBias, l);
         w.postNormB = loadOpt(Role::FfnNormBias, l);
+        w.attnOutNorm = loadOpt(Role::AttnOutNorm, l);
+        w.ffnOutNorm = loadOpt(Role::FfnOutNorm, l);
         if (spec.attn.isMoa()) loadMoaAttention(w, l);
         else if (spec.attn.isMla()) loadMlaAttention(w, l);
         else loadStandardAttention(w, l);
@@ -551,6 +568,7 @@ struct Model::Impl {
     // the language-model head on the last hidden states, in the compute dtype (divided by Granite's logits_scaling)
     Tensor logits(const Tensor& h) const {
         Tensor y = torch::linear(finalHidden(h), lmHead, lmHeadBias);
+        if (spec.logitsScale != 1.0) y = y * spec.logitsScale;
         return spec.logitsDivisor != 1.0 ? y / spec.logitsDivisor : y;
     }
 

@@ -321,7 +321,7 @@ Quantization quantization(const Config& c) {
 ModelSpec configured(const Config& c, const Family*& fam) {
     fam = &familyOf(c, "model_type", true);
     ModelSpec s;
-    s.modelType = c.optString("model_type", "");
+    s.modelType = modelTypeOf(c);
     s.family = fam->name;
     fam->configure(s, c);
     s.quant = quantization(c);

@@ -148,6 +148,12 @@ struct AttentionSpec {
     } nopeTemperature;
     // the softmax scale of q.k (Granite's attention_multiplier); 0: 1 / sqrt(head_dim)
     double softmaxScale = 0.0;
+    // Grok-1's soft cap of the attention logits (max_attn_value): the scores q.k times the
+    // softmax scale, then cap tanh(s / cap), in float32 (the products taken to float32 first:
+    // hpcai-tech's port) or in the activations' dtype (keyfan's), masked, softmax in float32,
+    // rounded to the activations' dtype before the values; 0: none
+    double logitSoftcap = 0.0;
+    bool softcapInFloat32 = true;
     bool isMla() const { return kind == Kind::MLA; }
     bool isMoa() const { return kind == Kind::MoA; }
     const char* kindName() const;
@@ -225,8 +231,12 @@ struct ModelSpec {
     double layerNormRmsEps = 0;
     double blockEps() const { return layerNormRmsEps > 0 ? layerNormRmsEps : rmsEps; }
     bool tieEmbeddings = false;
-    std::string activation = "silu";  // silu (SwiGLU), gelu or gelu_tanh (BERT's plain FFN)
-    bool gatedFfn() const { return activation == "silu"; }
+    // silu (SwiGLU), gelu or gelu_tanh (BERT's plain FFN); gelu or gelu_new with gatedGelu (Grok-1)
+    std::string activation = "silu";
+    // a GELU that gates an up projection, act(W_gate x) * W_up x (Grok-1's experts), instead of a
+    // plain GELU FFN
+    bool gatedGelu = false;
+    bool gatedFfn() const { return activation == "silu" || gatedGelu; }
     AttentionSpec attn;
     RouterRule router;
     RouterRule attnRouter;  // MoA: JetMoE's top-k softmax, or the MoA paper's full softmax
@@ -243,6 +253,7 @@ struct ModelSpec {
     // output (attention, FFN) times residualScale as it joins the residual stream, the logits
     // divided by logitsDivisor (each in the activations' dtype, as transformers applies them)
     double embeddingScale = 1.0, residualScale = 1.0, logitsDivisor = 1.0;
+    double logitsScale = 1.0;  // the logits times this, in the activations' dtype (Grok-1's output_multiplier_scale)
     // OLMo 2's block norms (FlexOlmo): none before a block; its output normed (Role::AttnNorm after the
     // attention, Role::FfnNorm after the FFN) before it joins the residual stream
     bool postNorm = false;

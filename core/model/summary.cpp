@@ -43,6 +43,11 @@ std::vector<SummaryRow> describeModel(const ModelSpec& s, const Checkpoint& ckpt
                      {"top_k", s.topK},
                      {"expert_intermediate_size", s.expertFfn},
                      {"shared_expert_intermediate_size", s.hasSharedExpert() ? s.sharedFfn : 0}}});
+    if (s.gatedGelu)
+        rows.push_back({"Expert FFN",
+                        std::string("gelu(W_gate x) * W_up x, GELU ") +
+                            (s.activation == "gelu_new" ? "tanh approximation, op by op (gelu_new)" : "exact (erf)"),
+                        {{"ffn_activation", "gated " + s.activation}}});
     if (s.swigluLimit > 0) {
         std::ostringstream t;
         t << "GPT-OSS's: gate and up interleaved, with biases; gate clamped at limit " << s.swigluLimit
@@ -136,6 +141,12 @@ std::vector<SummaryRow> describeModel(const ModelSpec& s, const Checkpoint& ckpt
     attn.fields.push_back({"attention_chunk_layers", chunked});
     if (!nope.empty()) attn.text += ", no RoPE on " + std::to_string(nope.size()) + " layers";
     attn.fields.push_back({"nope_layers", nope});
+    if (s.attn.logitSoftcap > 0) {
+        std::ostringstream t;
+        t << ", attention logits soft-capped at " << s.attn.logitSoftcap << " (cap tanh(s / cap), float32)";
+        attn.text += t.str();
+    }
+    attn.fields.push_back({"attention_logit_softcap", s.attn.logitSoftcap > 0 ? oj(s.attn.logitSoftcap) : oj()});
     if (s.attn.qkNorm == AttentionSpec::QKNorm::Unweighted)
         attn.text += ", L2 QK-norm (no weights) after RoPE on the RoPE layers";
     if (s.attn.nopeTemperature.on()) {
@@ -225,10 +236,13 @@ std::vector<SummaryRow> describeModel(const ModelSpec& s, const Checkpoint& ckpt
         }
         rows.push_back({"RoPE", t.str(), {{"rope", rope}}});
     }
-    if (s.embeddingScale != 1.0 || s.residualScale != 1.0 || s.logitsDivisor != 1.0 || s.attn.softmaxScale > 0) {
+    if (s.embeddingScale != 1.0 || s.residualScale != 1.0 || s.logitsDivisor != 1.0 || s.logitsScale != 1.0 ||
+        s.attn.softmaxScale > 0) {
         std::ostringstream t;
         t << "embeddings x" << s.embeddingScale << ", block outputs x" << s.residualScale << ", logits / "
-          << s.logitsDivisor << ", attention softmax scale "
+          << s.logitsDivisor;
+        if (s.logitsScale != 1.0) t << ", logits x" << s.logitsScale;
+        t << ", attention softmax scale "
           << (s.attn.softmaxScale > 0 ? s.attn.softmaxScale : 1.0 / std::sqrt(static_cast<double>(s.attn.headDim)));
         rows.push_back({"Multipliers",
                         t.str(),
@@ -236,6 +250,7 @@ std::vector<SummaryRow> describeModel(const ModelSpec& s, const Checkpoint& ckpt
                           oj{{"embedding", s.embeddingScale},
                              {"residual", s.residualScale},
                              {"logits_divisor", s.logitsDivisor},
+                             {"logits_scale", s.logitsScale},
                              {"attention_softmax_scale", s.attn.softmaxScale > 0 ? oj(s.attn.softmaxScale) : oj()}}}}});
     }
     rows.push_back({"Vocabulary", std::to_string(s.vocab), {}});

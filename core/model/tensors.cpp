@@ -30,6 +30,10 @@ const char* roleName(Role r) {
             return "FFN norm";
         case Role::FfnNormBias:
             return "FFN norm bias";
+        case Role::AttnOutNorm:
+            return "attention output norm";
+        case Role::FfnOutNorm:
+            return "FFN output norm";
         case Role::Q:
             return "query";
         case Role::K:

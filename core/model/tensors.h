@@ -25,6 +25,10 @@ enum class Role : uint8_t {
     AttnNormBias,
     FfnNorm,
     FfnNormBias,
+    // sandwich blocks (Grok-1): the norms of the attention's and the FFN's outputs, besides the
+    // two norms of their inputs above
+    AttnOutNorm,
+    FfnOutNorm,
     // attention
     Q,
     K,

@@ -35,7 +35,7 @@ def test_published_config_opens_and_matches_hf(cli, tmp_path):
     model, d = fixtures.published_checkpoint("GraniteMoeConfig", published_shrunk(), str(tmp_path / "granite"))
     info = json.loads(run_cli(cli, "info", d, "--json").stdout)
     assert info["model_type"] == "granitemoe" and info["num_experts"] == 40 and info["top_k"] == 8
-    assert info["multipliers"] == {"embedding": 12.0, "residual": 0.22, "logits_divisor": 6.0,
+    assert info["multipliers"] == {"embedding": 12.0, "residual": 0.22, "logits_divisor": 6.0, "logits_scale": 1.0,
                                    "attention_softmax_scale": 0.015625}
     assert info["expert_layout"] == "packed" and info["rope"]["theta"] == 1e7
     trace_and_compare(cli, d, str(tmp_path / "s.h5"), fixtures.reference(model))

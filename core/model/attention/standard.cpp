@@ -2,6 +2,8 @@
 // q/k/v/o with optional biases, QK RMSNorm (per head or over the projection; Llama 4's without
 // weights), a clamp of q/k/v, RoPE (not on Llama 4's NoPE layers, which scale their queries by a
 // temperature instead), grouped key/value heads, sliding windows, attention chunks.
+#include <functional>
+
 #include "model/model_impl.h"
 
 namespace es {
@@ -29,31 +31,57 @@ void Model::Impl::loadStandardAttention(LayerWeights& w, int l) const {
 }
 
 namespace {
-// Attention with sinks (GPT-OSS), as transformers' eager_attention_forward: per head, the scaled
-// scores of the allowed keys joined by the head's sink logit, less their maximum, softmax in the
-// activations' dtype, the sink's share dropped. Queries in blocks of rows, so the scores of a
-// long prompt stay bounded. q, k, v: [H, T, hd] (k, v repeated to H heads); allowed: [T, T] or
-// undefined (causal).
-Tensor sinkAttention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& sinks, const Tensor& allowed,
-                     double scale) {
+// Eager attention, queries in blocks of rows (a block's float32 scores, `extraCols` columns
+// besides the T keys, at most 64 MiB, at most 256 rows) so that the scores of a long prompt stay
+// bounded: `probs(qk, masked)` turns a block's q.k products [H, n, T] (the activations' dtype) and
+// its disallowed keys [n, T] into the probabilities that weigh the values. q, k, v: [H, T, hd]
+// (k, v repeated to H heads); allowed: [T, T] or undefined (causal).
+Tensor blockedAttention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& allowed, int64_t extraCols,
+                        const std::function<Tensor(const Tensor& qk, const Tensor& masked)>& probs) {
     const int64_t H = q.size(0), T = q.size(1);
-    // rows whose float32 scores take at most 64 MiB (at most 256 rows)
-    const int64_t kRows = std::clamp<int64_t>((int64_t{64} << 20) / std::max<int64_t>(1, H * (T + 1) * 4), 1, 256);
-    const Tensor sink = sinks.to(q.scalar_type()).view({H, 1, 1});
+    const int64_t kRows =
+        std::clamp<int64_t>((int64_t{64} << 20) / std::max<int64_t>(1, H * (T + extraCols) * 4), 1, 256);
     std::vector<Tensor> out;
     for (int64_t r0 = 0; r0 < T; r0 += kRows) {
         const int64_t n = std::min(kRows, T - r0);
-        Tensor s = torch::matmul(q.narrow(1, r0, n), k.transpose(1, 2)) * scale;  // [H, n, T]
-        Tensor ok = allowed.defined() ? allowed.narrow(0, r0, n)
-                                      : torch::arange(T, s.options().dtype(torch::kLong)).unsqueeze(0) <=
-                                            torch::arange(r0, r0 + n, s.options().dtype(torch::kLong)).unsqueeze(1);
-        s = s.masked_fill(ok.logical_not(), -std::numeric_limits<double>::infinity());
-        Tensor c = torch::cat({s, sink.expand({H, n, 1})}, -1);
-        c = c - std::get<0>(c.max(-1, true));
-        Tensor p = c.softmax(-1).narrow(-1, 0, T);
-        out.push_back(torch::matmul(p, v));
+        const Tensor qk = torch::matmul(q.narrow(1, r0, n), k.transpose(1, 2));  // [H, n, T]
+        const auto idx = qk.options().dtype(torch::kLong);
+        const Tensor ok = allowed.defined()
+                              ? allowed.narrow(0, r0, n)
+                              : torch::arange(T, idx).unsqueeze(0) <= torch::arange(r0, r0 + n, idx).unsqueeze(1);
+        out.push_back(torch::matmul(probs(qk, ok.logical_not()), v));
     }
     return torch::cat(out, 1);
+}
+
+constexpr double kInf = std::numeric_limits<double>::infinity();
+
+// Attention with sinks (GPT-OSS), as transformers' eager_attention_forward: per head, the scaled
+// scores of the allowed keys joined by the head's sink logit, less their maximum, softmax in the
+// activations' dtype, the sink's share dropped.
+Tensor sinkAttention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& sinks, const Tensor& allowed,
+                     double scale) {
+    const int64_t H = q.size(0), T = q.size(1);
+    const Tensor sink = sinks.to(q.scalar_type()).view({H, 1, 1});
+    return blockedAttention(q, k, v, allowed, 1, [&](const Tensor& qk, const Tensor& masked) {
+        const Tensor s = (qk * scale).masked_fill(masked, -kInf);
+        Tensor c = torch::cat({s, sink.expand({H, s.size(1), 1})}, -1);
+        c = c - std::get<0>(c.max(-1, true));
+        return c.softmax(-1).narrow(-1, 0, T);
+    });
+}
+
+// Attention with Grok-1's soft cap, as its ports compute it: per head, q.k times the scale, then
+// cap tanh(s / cap), in float32 (hpcai-tech's port: the products taken to float32 first) or in the
+// activations' dtype (keyfan's), the disallowed keys masked, softmax in float32 rounded to the
+// activations' dtype.
+Tensor softcapAttention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& allowed, double scale,
+                        double cap, bool inFloat32) {
+    return blockedAttention(q, k, v, allowed, 0, [&](const Tensor& qk, const Tensor& masked) {
+        Tensor s = (inFloat32 ? qk.to(torch::kFloat) : qk) * scale;
+        s = torch::tanh(s / cap) * cap;
+        return s.masked_fill(masked, -kInf).softmax(-1, torch::kFloat).to(q.scalar_type());
+    });
 }
 }  // namespace
 
@@ -128,10 +156,12 @@ Tensor Model::Impl::attention(const LayerWeights& w, const Tensor& x, const Tens
         k = k.repeat_interleave(rep, 0);
         v = v.repeat_interleave(rep, 0);
     }
-    Tensor o = w.sinks.defined() ? sinkAttention(q, k, v, w.sinks, mask ? *mask : Tensor(), scale)
-                                 : at::scaled_dot_product_attention(q.unsqueeze(0), k.unsqueeze(0), v.unsqueeze(0),
-                                                                    mask, 0.0, causal, scale)
-                                       .squeeze(0);
+    Tensor o =
+        w.sinks.defined() ? sinkAttention(q, k, v, w.sinks, mask ? *mask : Tensor(), scale)
+        : a.logitSoftcap > 0
+            ? softcapAttention(q, k, v, mask ? *mask : Tensor(), scale, a.logitSoftcap, a.softcapInFloat32)
+            : at::scaled_dot_product_attention(q.unsqueeze(0), k.unsqueeze(0), v.unsqueeze(0), mask, 0.0, causal, scale)
+                  .squeeze(0);
     o = o.transpose(0, 1).reshape({T, a.heads * a.headDim});
     return torch::linear(o, w.o, w.ob);
 }
