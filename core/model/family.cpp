@@ -100,19 +100,19 @@ const Family& familyOf(const Config& c, const std::string& what, bool containers
 }
 
 Family containerFamily(std::string name, std::vector<std::string> modelTypes, std::vector<ContainerLayout> layouts,
-                       std::vector<std::string> leftOut, std::string why, bool tiedByDefault) {
-    auto configure = [tiedByDefault](ModelSpec& s, const Config& c) {
+                       std::vector<std::string> leftOut, std::string why, bool tiedByDefault, bool tieFromTextConfig) {
+    auto configure = [tiedByDefault, tieFromTextConfig](ModelSpec& s, const Config& c) {
         const JsonIn tc = c.in()[kTextConfig];
         if (!tc.isObject()) tc.fail("missing or not an object: the language model of a " + s.modelType + " checkpoint");
         const Config t(tc.raw(), c.file(), c.key(kTextConfig));
         const Family& f = familyOf(t, "language model", false);
         const std::string outer = s.modelType;
-        s.modelType = t.optString("model_type", "");  // the family's own messages name its model_type
+        s.modelType = modelTypeOf(t);  // the family's own messages name its model_type
         s.textModelType = s.modelType;
         s.family = f.name;
         f.configure(s, t);
         s.modelType = outer;
-        s.tieEmbeddings = c.optBool("tie_word_embeddings", tiedByDefault);
+        if (!tieFromTextConfig) s.tieEmbeddings = c.optBool("tie_word_embeddings", tiedByDefault);
     };
     auto tensors = [layouts, leftOut, why](ModelSpec& s, const TensorProbe& has) {
         const ContainerLayout* l = &layouts.front();
@@ -127,7 +127,9 @@ Family containerFamily(std::string name, std::vector<std::string> modelTypes, st
             return n;
         };
         const size_t t0 = s.tensors.size(), k0 = s.skipped.size();
-        familyFor(s.textModelType)->tensors(s, [&](const std::string& n) { return has(moved(n)); });
+        const Family* text = familyFor(s.textModelType);
+        if (!text) throw Error("no family opens the language model '" + s.textModelType + "'", "", kTextConfig);
+        text->tensors(s, [&](const std::string& n) { return has(moved(n)); });
         for (size_t i = t0; i < s.tensors.size(); ++i) s.tensors[i].name = moved(s.tensors[i].name);
         for (size_t i = k0; i < s.skipped.size(); ++i) s.skipped[i].name = moved(s.skipped[i].name);
         for (auto& p : leftOut) s.skipped.push_back({p, true, why});
@@ -260,6 +262,7 @@ void fillCommon(ModelSpec& s, const Config& c, const FamilyDefaults& d) {
                                           ") is not a multiple of num_key_value_heads (" +
                                           std::to_string(s.attn.kvHeads) + ")");
     s.attn.headDim = c.optInt("head_dim", d.headDim);
+    if (c.has("head_dim")) positive(c, "head_dim", s.attn.headDim);
     if (!d.headDimFromHeads) {
         s.attn.headDim = 0;
     } else if (s.attn.headDim == 0) {

@@ -83,8 +83,11 @@ struct ContainerLayout {
 };
 // The head is tied by the container's top-level tie_word_embeddings (its class default
 // `tiedByDefault`), as transformers ties it, not by the text_config's.
+// tieFromTextConfig: the text_config's own tie_word_embeddings ties it instead (Llama 4: transformers
+// ties its language_model by the language model's config).
 Family containerFamily(std::string name, std::vector<std::string> modelTypes, std::vector<ContainerLayout> layouts,
-                       std::vector<std::string> leftOut, std::string why, bool tiedByDefault);
+                       std::vector<std::string> leftOut, std::string why, bool tiedByDefault,
+                       bool tieFromTextConfig = false);
 
 // ---- config helpers shared by families (transformers' conventions) ----
 

@@ -520,7 +520,7 @@ struct Model::Impl {
             Tensor xe = x.index_select(0, tok), we = flatW.index_select(0, sel).unsqueeze(-1);
             Tensor yw;
             if (r.scalesInputs) {  // Llama 4: the expert on its weighted input (in the activations' dtype), unweighted
-                yw = ffn(xe * we, w.experts[e]);
+                yw = ffn(xe * we.to(xe.scalar_type()), w.experts[e]);
                 if (chosen.defined()) chosen.index_copy_(0, sel, ffn(xe, w.experts[e]));
             } else {
                 Tensor ye = ffn(xe, w.experts[e]);
@@ -565,7 +565,8 @@ struct Model::Impl {
         if (spec.layerNormBlocks) return torch::layer_norm(x, {spec.hidden}, w, bias, spec.layerNormEps);
         return rmsNorm(x, w, eps, spec.normProductFloat32);
     }
-    // the language-model head on the last hidden states, in the compute dtype (divided by Granite's logits_scaling)
+    // the language-model head on the last hidden states, in the compute dtype (times Grok-1's
+    // output_multiplier_scale, divided by Granite's logits_scaling)
     Tensor logits(const Tensor& h) const {
         Tensor y = torch::linear(finalHidden(h), lmHead, lmHeadBias);
         if (spec.logitsScale != 1.0) y = y * spec.logitsScale;

@@ -268,10 +268,11 @@ struct ModelSpec {
     bool layerNormBlocks = false;
     bool lmHeadBias = false;  // PhiMoE's lm_head_bias (the table's Role::LmHeadBias)
     // How the experts' weighted outputs make the block's output. Slots (the default): each token's
-    // k outputs summed in float32, rounded once (the experts interface's grouped_mm; Llama 4's sum
-    // over its [E, T, d] expert outputs too, in expert order, which for k half-precision values
-    // summed in float32 gives the same bits). ExpertOrder: added one expert after another in the
-    // activations' dtype (DBRX's eager experts loop, DeepSeekMoE's moe_infer).
+    // k outputs summed in float32 in top-k order, rounded once (the experts interface's grouped_mm;
+    // Llama 4 sums its [E, T, d] expert outputs in expert order: the same bits at top-1, as every
+    // released Llama 4 routes, and at top-2; at top-3 only while the float32 sums are exact, as in
+    // the fixture). ExpertOrder: added one expert after another in the activations' dtype (DBRX's
+    // eager experts loop, DeepSeekMoE's moe_infer).
     enum class Combine { Slots, ExpertOrder };
     Combine combine = Combine::Slots;
     // GPT-OSS's experts (> 0): gate and up interleaved by row (Pack::EvenRows / OddRows) with a

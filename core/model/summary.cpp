@@ -143,7 +143,8 @@ std::vector<SummaryRow> describeModel(const ModelSpec& s, const Checkpoint& ckpt
     attn.fields.push_back({"nope_layers", nope});
     if (s.attn.logitSoftcap > 0) {
         std::ostringstream t;
-        t << ", attention logits soft-capped at " << s.attn.logitSoftcap << " (cap tanh(s / cap), float32)";
+        t << ", attention logits soft-capped at " << s.attn.logitSoftcap << " (cap tanh(s / cap), "
+          << (s.attn.softcapInFloat32 ? "float32" : "in the activations' dtype") << ")";
         attn.text += t.str();
     }
     attn.fields.push_back({"attention_logit_softcap", s.attn.logitSoftcap > 0 ? oj(s.attn.logitSoftcap) : oj()});

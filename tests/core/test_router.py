@@ -6,7 +6,7 @@ the same experts with the same weights: DeepSeek-V3's sigmoid scores with a sele
 groups ranked by the sum of their two best biased scores and renormalised, scaled weights;
 DeepSeek-V2's softmax with greedy and group-limited (max) selection, scaled, not renormalised;
 Gemma 4's renormalised softmax with per-expert output scales; ERNIE 4.5's softmax with a
-selection bias renormalised by a clamped sum; Mixtral's and JetMoE's rules.
+selection bias renormalised by a clamped sum; Mixtral's, JetMoE's and Llama 4's rules.
 HF's DeepSeek routers choose with topk(sorted=False), so choices are compared as sets per token
 (weights matched by expert id). Tolerance: weights within 1e-6 (float32, the same operations).
 """
@@ -142,6 +142,27 @@ def test_mixtral_and_jetmoe_rules():
     ids, w, _ = route({"topk_on_logits": True}, logits.numpy(), 2)
     rw, ri = logits.topk(2, -1)
     same_choices(ids, w, ri, torch.softmax(rw, -1))
+
+
+def test_llama4_rule():
+    """Llama 4: top-k of the logits, the sigmoid of each (the other experts score 0), as
+    transformers' Llama4Router computes them (its linear made the identity, so its logits are
+    the given ones)."""
+    E, K = 16, 3
+    g = torch.Generator().manual_seed(5)
+    logits = torch.randn(T, E, generator=g) * 3
+    cfg = transformers.Llama4TextConfig(hidden_size=E, num_local_experts=E, num_experts_per_tok=K,
+                                        num_attention_heads=4, head_dim=4)
+    router = transformers.models.llama4.modeling_llama4.Llama4Router(cfg)
+    with torch.no_grad():
+        router.weight.copy_(torch.eye(E))
+        full, got_logits = router(logits)
+    torch.testing.assert_close(got_logits, logits, rtol=0, atol=0)
+    ids, w, desc = route({"scoring": "sigmoid", "topk_on_logits": True, "renormalize": False}, logits.numpy(), K)
+    ri = logits.topk(K, -1).indices
+    same_choices(ids, w, ri, full.gather(1, ri))
+    assert (full > 0).sum(1).eq(K).all()  # the others score sigmoid(-inf) = 0
+    assert "top-k on logits then sigmoid of each" in desc
 
 
 def test_bad_group_settings_are_refused():

@@ -277,6 +277,21 @@ def test_whole_run_bit_identical_in_bfloat16(cli, built, tmp_path):
             g = run[f"layers/{l}"]
             for a in ("router_logits", "topk_experts", "topk_weights"):
                 np.testing.assert_array_equal(g[a][:], ref[f"L{l}_{a}"], err_msg=f"{l}/{a}")
+            # the experts a token did not choose run in batches of other sizes: within a bf16 step
+            np.testing.assert_allclose(g["expert_output_norms"][:], ref[f"L{l}_expert_output_norms"], rtol=2 ** -8,
+                                       atol=0, err_msg=f"{l}/expert_output_norms")
+
+
+def test_hpcai_ignores_the_keys_its_port_does_not_read(cli, built, tmp_path):
+    """hpcai-tech's port fixes the RoPE base at 10000 and head_dim at hidden / heads, and reads no
+    RoPE scaling: a config that names them traces as the reference all the same."""
+    d, _, ref, cfg = built
+    if keyfan(cfg):
+        pytest.skip("hpcai-tech's port")
+    bad = fixtures.copy_checkpoint(d, str(tmp_path / "keys"), lambda c: c.update(
+        rope_theta=500.0, head_dim=8, rope_scaling={"rope_type": "yarn", "factor": 4.0,
+                                                    "original_max_position_embeddings": 16}))
+    trace_and_compare(cli, bad, str(tmp_path / "s.h5"), ref)
 
 
 def published_shrunk(name):

@@ -197,6 +197,17 @@ BAD = [
     (lambda c: c[TC].update(moe_layers=[1, 7]), None, [TC + ".moe_layers", "layer 7"], "config.json"),
     (lambda c: c[TC].update(attn_temperature_tuning="yes"), None, [TC + ".attn_temperature_tuning"], "config.json"),
     (lambda c: c[TC].update(floor_scale=0), None, [TC + ".floor_scale"], "config.json"),
+    (lambda c: c[TC].update(interleave_moe_layer_step=0, moe_layers=None), None, [TC + ".interleave_moe_layer_step"],
+     "config.json"),
+    (lambda c: c[TC].update(no_rope_layers=[], no_rope_layer_interval=0), None, [TC + ".no_rope_layer_interval"],
+     "config.json"),
+    (lambda c: c[TC].update(moe_layers=[-1]), None, [TC + ".moe_layers", "layer -1"], "config.json"),
+    (lambda c: c[TC].update(layer_types=["full_attention"] * 3), None, [TC + ".layer_types", "3 entries for 4"],
+     "config.json"),
+    (lambda c: c[TC].update(head_dim=0), None, [TC + ".head_dim"], "config.json"),
+    # a language model named only by a remote-code architecture (Grok-1's) is that family's, not a crash
+    (lambda c: (c[TC].pop("model_type"), c[TC].update(architectures=["Grok1ModelForCausalLM"])), None,
+     ["norm.scale", "missing", "grok1 family"], "bad"),
     (None, lambda sd: _set(sd, L1 + "experts.gate_up_proj", sd[L1 + "experts.gate_up_proj"][:, :, :-2].contiguous()),
      [L1 + "experts.gate_up_proj", "[4, 64, 78]", "[4, 64, 80]"], "model.safetensors"),
     (None, lambda sd: sd.pop(L1 + "shared_expert.up_proj.weight"), [L1 + "shared_expert.up_proj.weight", "missing"],
@@ -209,3 +220,19 @@ def test_bad_input_named(cli, container, tmp_path, i):
     cfg_fn, sd_fn, words, file = BAD[i]
     d = fixtures.copy_checkpoint(container[0], str(tmp_path / "bad"), cfg_fn, sd_fn)
     assert_info_refuses(cli, d, words, file)
+
+
+@pytest.mark.parametrize("top,text,opens", [(False, True, True), (True, False, False)])
+def test_head_tied_by_the_text_config(cli, container, tmp_path, top, text, opens):
+    """transformers ties Llama4ForConditionalGeneration's language_model by text_config's
+    tie_word_embeddings, not the container's: without language_model.lm_head.weight in the file
+    the checkpoint opens where the text_config ties it, and is refused (the head named) where only
+    the container's key says tied."""
+    def cfg(c):
+        c["tie_word_embeddings"] = top
+        c[TC]["tie_word_embeddings"] = text
+    d = fixtures.copy_checkpoint(container[0], str(tmp_path / "tie"), cfg, lambda sd: sd.pop("language_model.lm_head.weight"))
+    if opens:
+        run_cli(cli, "info", d)
+    else:
+        assert_info_refuses(cli, d, ["language_model.lm_head.weight", "missing"], "tie")

@@ -40,7 +40,10 @@ void configureGrok1(ModelSpec& s, const Config& c) {
     if (act != "gelu" && act != "gelu_new")
         c.fail("hidden_act", "activation '" + act + "' is not supported for Grok-1 (supported: gelu, gelu_new)");
     j.erase("hidden_act");
-    if (!keyfan(s)) j.erase("rope_theta");  // the port's RoPE base is 10000 whatever the config says
+    // the ports read no RoPE scaling and no head_dim (hidden_size / heads); hpcai-tech's RoPE base is
+    // 10000 whatever the config says
+    for (const char* k : {"rope_scaling", "rope_parameters", "head_dim"}) j.erase(k);
+    if (!keyfan(s)) j.erase("rope_theta");
     const Config cc(j, c.file(), c.path());
     fillCommon(s, cc, {1e-5, keyfan(s) ? 1e5 : 10000.0});
     s.tieEmbeddings = keyfan(s) || cc.optBool("tie_word_embeddings", true);  // keyfan ties unconditionally

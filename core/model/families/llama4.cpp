@@ -2,7 +2,8 @@
 // Llama4ForConditionalGeneration): a vision-language checkpoint whose language model is a
 // llama4_text text_config under language_model.model.* with the head at language_model.lm_head.*;
 // the vision tower (vision_model.*) and the multimodal projector are left out: the traced forward
-// is the text model's on text prompts. Llama4Config's tie_word_embeddings defaults to false.
+// is the text model's on text prompts. The head is tied by the text_config's tie_word_embeddings
+// (default false), as transformers ties Llama4ForConditionalGeneration's language_model.
 #include "model/family.h"
 
 namespace es {
@@ -11,7 +12,7 @@ const Family& family_llama4() {
     static const Family f =
         containerFamily("llama4", {"llama4"}, {{"language_model.model.", "language_model.lm_head."}},
                         {"vision_model.", "multi_modal_projector."},
-                        "vision tower and projector, not part of the language model's forward", false);
+                        "vision tower and projector, not part of the language model's forward", false, true);
     return f;
 }
 

@@ -17,9 +17,10 @@ namespace es {
 namespace {
 
 void configureLlama4Text(ModelSpec& s, const Config& c) {
-    // head_dim null: hidden_size / num_attention_heads (the class's default is 128)
-    const bool headDimNull = c.raw().contains("head_dim") && c.raw()["head_dim"].is_null();
-    fillCommon(s, c, {1e-5, 500000.0, true, 0, 8, headDimNull ? 0 : 128});
+    // head_dim null: hidden_size / num_attention_heads (the class's default is 128);
+    // num_key_value_heads null: num_attention_heads (its default is 8)
+    auto isNull = [&](const char* k) { return c.raw().contains(k) && c.raw()[k].is_null(); };
+    fillCommon(s, c, {1e-5, 500000.0, true, 0, isNull("num_key_value_heads") ? 0 : 8, isNull("head_dim") ? 0 : 128});
     AttentionSpec& a = s.attn;
     a.ropeInterleave = a.ropeInFloat32 = true;  // transformers' apply_rotary_emb: complex pairs in float32
     a.qkvBias = a.oBias = c.optBool("attention_bias", false);
