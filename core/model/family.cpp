@@ -171,7 +171,7 @@ void readRope(AttentionSpec& a, const Config& c, double defTheta, double defPart
     const bool inDict = !key.empty() && rp.has(pk);
     // a top-level null overrides the family's default (transformers' setdefault keeps it) and
     // means the whole head
-    const bool topNull = c.in().raw().contains(pk) && c.in().raw()[pk].is_null();
+    const bool topNull = c.isNull(pk);
     const double partial = inDict    ? rp.at(pk).number()
                            : topNull ? 1.0
                                      : c.optDouble(pk, defPartial > 0 ? defPartial : 1.0);
@@ -344,22 +344,28 @@ void qwenLayerTypes(ModelSpec& s, const Config& c, bool moeFormula) {
                   [&](int64_t i) { return use && (moeFormula ? ((i + 1) % 2) && i < maxWindow : i >= maxWindow); });
 }
 
-void slidingLayers(ModelSpec& s, const Config& c, int64_t window, const std::function<bool(int64_t)>& formula) {
+std::vector<bool> localLayers(const ModelSpec& s, const Config& c, const std::string& local,
+                              const std::function<bool(int64_t)>& formula) {
     auto types = c.optStringList("layer_types");
     if (!types.empty() && static_cast<int64_t>(types.size()) != s.numLayers)
         c.fail("layer_types",
                "has " + std::to_string(types.size()) + " entries for " + std::to_string(s.numLayers) + " layers");
+    std::vector<bool> out;
     for (int64_t i = 0; i < s.numLayers; ++i) {
-        bool sliding;
-        if (!types.empty()) {
-            if (types[i] != "sliding_attention" && types[i] != "full_attention")
-                c.fail("layer_types", "unknown layer type '" + types[i] + "'");
-            sliding = types[i] == "sliding_attention";
-        } else {
-            sliding = formula(i);
+        if (types.empty()) {
+            out.push_back(formula(i));
+            continue;
         }
-        s.layers[i].slidingWindow = (sliding && window > 0) ? window : 0;
+        if (types[i] != local && types[i] != "full_attention")
+            c.fail("layer_types", "unknown layer type '" + types[i] + "' (expected " + local + " or full_attention)");
+        out.push_back(types[i] == local);
     }
+    return out;
+}
+
+void slidingLayers(ModelSpec& s, const Config& c, int64_t window, const std::function<bool(int64_t)>& formula) {
+    const std::vector<bool> sliding = localLayers(s, c, "sliding_attention", formula);
+    for (int64_t i = 0; i < s.numLayers; ++i) s.layers[i].slidingWindow = (sliding[i] && window > 0) ? window : 0;
 }
 
 void sparseLayers(ModelSpec& s, const Config& c) {
@@ -544,7 +550,7 @@ void readMla(ModelSpec& s, const Config& c, const MlaDefaults& d) {
     AttentionSpec& a = s.attn;
     a.kind = AttentionSpec::Kind::MLA;
     // absent: the class default; null: no q LoRA (DeepSeek-V2-Lite)
-    const bool qNull = c.in().raw().contains("q_lora_rank") && c.in().raw()["q_lora_rank"].is_null();
+    const bool qNull = c.isNull("q_lora_rank");
     a.qLoraRank = qNull ? 0 : c.optInt("q_lora_rank", d.qLora);
     a.kvLoraRank = c.optInt("kv_lora_rank", d.kvLora);
     a.qkNopeDim = c.optInt("qk_nope_head_dim", d.nope);

@@ -25,6 +25,8 @@ public:
     Config(const nlohmann::json& j, std::string file, std::string path = {})
         : j_(j), file_(std::move(file)), path_(std::move(path)) {}
     bool has(const std::string& k) const { return j_.contains(k) && !j_[k].is_null(); }
+    // present and null (transformers' None, which often means something else than absent)
+    bool isNull(const std::string& k) const { return j_.contains(k) && j_[k].is_null(); }
     int64_t requiredInt(const std::string& k) const;
     int64_t optInt(const std::string& k, int64_t def) const { return has(k) ? asInt(k) : def; }
     double optDouble(const std::string& k, double def) const;
@@ -135,6 +137,10 @@ void sparseLayers(ModelSpec& s, const Config& c);
 void qwenLayerTypes(ModelSpec& s, const Config& c, bool moeFormula);
 // Which layers attend within `window` (0: none): layer_types when given, else formula(layer).
 void slidingLayers(ModelSpec& s, const Config& c, int64_t window, const std::function<bool(int64_t)>& formula);
+// Which layers attend locally by layer_types (`local`, e.g. "sliding_attention", or
+// "full_attention"; one entry per layer), else by formula(layer).
+std::vector<bool> localLayers(const ModelSpec& s, const Config& c, const std::string& local,
+                              const std::function<bool(int64_t)>& formula);
 // An EMoE conversion's "expertscope_emoe" block (docs/emoe.md) on a dense model.
 void emoeBlock(ModelSpec& s, const Config& c);
 // DeepSeek-V2/V3 multi-head latent attention: q_lora_rank (absent: the default, null: one

@@ -68,8 +68,7 @@ const Family& family_dbrx() {
             RouterRule& r = s.router;
             r.scoresInHiddenDtype = true;
             r.weightsInHiddenDtype = true;
-            const bool pNull =
-                fc.raw().contains("moe_normalize_expert_weights") && fc.raw()["moe_normalize_expert_weights"].is_null();
+            const bool pNull = fc.isNull("moe_normalize_expert_weights");
             r.renormalize = !pNull;
             if (!pNull) {
                 r.renormPower = fc.optDouble("moe_normalize_expert_weights", 1.0);

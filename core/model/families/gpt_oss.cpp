@@ -28,7 +28,7 @@ const Family& family_gpt_oss() {
             moeCounts(s, cc, "num_local_experts", "intermediate_size", {128, 4, 2880});
             for (auto& l : s.layers) l.moe = true;
             // sliding_window null: no window (transformers' None)
-            const bool noWindow = j.contains("sliding_window") && j["sliding_window"].is_null();
+            const bool noWindow = cc.isNull("sliding_window");
             const int64_t window = noWindow ? 0 : cc.optInt("sliding_window", 128);
             if (!noWindow) positive(cc, "sliding_window", window);
             slidingLayers(s, cc, window, [](int64_t i) { return (i + 1) % 2 != 0; });

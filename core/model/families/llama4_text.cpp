@@ -19,8 +19,8 @@ namespace {
 void configureLlama4Text(ModelSpec& s, const Config& c) {
     // head_dim null: hidden_size / num_attention_heads (the class's default is 128);
     // num_key_value_heads null: num_attention_heads (its default is 8)
-    auto isNull = [&](const char* k) { return c.raw().contains(k) && c.raw()[k].is_null(); };
-    fillCommon(s, c, {1e-5, 500000.0, true, 0, isNull("num_key_value_heads") ? 0 : 8, isNull("head_dim") ? 0 : 128});
+    fillCommon(s, c,
+               {1e-5, 500000.0, true, 0, c.isNull("num_key_value_heads") ? 0 : 8, c.isNull("head_dim") ? 0 : 128});
     AttentionSpec& a = s.attn;
     a.ropeInterleave = a.ropeInFloat32 = true;  // transformers' apply_rotary_emb: complex pairs in float32
     a.qkvBias = a.oBias = c.optBool("attention_bias", false);
@@ -44,21 +44,15 @@ void configureLlama4Text(ModelSpec& s, const Config& c) {
     }
 
     // chunked or full attention per layer
-    const auto types = c.optStringList("layer_types");
-    if (!types.empty() && static_cast<int64_t>(types.size()) != s.numLayers)
-        c.fail("layer_types",
-               "has " + std::to_string(types.size()) + " entries for " + std::to_string(s.numLayers) + " layers");
-    const bool chunkNull = c.raw().contains("attention_chunk_size") && c.raw()["attention_chunk_size"].is_null();
+    const bool chunkNull = c.isNull("attention_chunk_size");
     const int64_t chunk = chunkNull ? 0 : c.optInt("attention_chunk_size", 8192);
     if (!chunkNull) positive(c, "attention_chunk_size", chunk);
+    const std::vector<bool> chunked =
+        localLayers(s, c, "chunked_attention", [&](int64_t i) { return s.layers[i].rope; });
     for (int64_t i = 0; i < s.numLayers; ++i) {
-        if (!types.empty() && types[i] != "chunked_attention" && types[i] != "full_attention")
-            c.fail("layer_types",
-                   "unknown layer type '" + types[i] + "' (expected chunked_attention or full_attention)");
-        const bool chunked = types.empty() ? s.layers[i].rope : types[i] == "chunked_attention";
-        if (chunked && chunk == 0)
+        if (chunked[i] && chunk == 0)
             c.fail("attention_chunk_size", "is null, but layer " + std::to_string(i) + " attends in chunks");
-        s.layers[i].attentionChunk = chunked ? chunk : 0;
+        s.layers[i].attentionChunk = chunked[i] ? chunk : 0;
     }
 
     // the temperature of the layers without RoPE; transformers 4.x configs write the flag as a
