@@ -105,12 +105,13 @@ Family containerFamily(std::string name, std::vector<std::string> modelTypes, st
         const JsonIn tc = c.in()[kTextConfig];
         if (!tc.isObject()) tc.fail("missing or not an object: the language model of a " + s.modelType + " checkpoint");
         const Config t(tc.raw(), c.file(), c.key(kTextConfig));
-        const Family& f = familyOf(t, "language model", false);
+        // a pointer: gcc 13 wrongly warns (-Wdangling-reference) on a reference here
+        const Family* f = &familyOf(t, "language model", false);
         const std::string outer = s.modelType;
         s.modelType = modelTypeOf(t);  // the family's own messages name its model_type
         s.textModelType = s.modelType;
-        s.family = f.name;
-        f.configure(s, t);
+        s.family = f->name;
+        f->configure(s, t);
         s.modelType = outer;
         if (!tieFromTextConfig) s.tieEmbeddings = c.optBool("tie_word_embeddings", tiedByDefault);
     };

@@ -4,10 +4,13 @@
 #include <dlfcn.h>
 #include <unistd.h>
 
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <set>
 #include <thread>
+#include <torch/csrc/autograd/profiler_kineto.h>
 #include <torch/torch.h>
 
 #include "checkpoint/checkpoint.h"
@@ -103,7 +106,7 @@ uint64_t deviceMemoryOverride() {
 template <typename T>
 std::vector<T> hostVector(std::vector<Tensor>& parts) {
     if (parts.empty()) return {};
-    Tensor all = torch::cat(parts, 0).contiguous().to(torch::kCPU);
+    Tensor all = toHost(torch::cat(parts, 0).contiguous());
     parts.clear();
     const T* p = all.data_ptr<T>();
     return std::vector<T>(p, p + all.numel());
@@ -121,6 +124,11 @@ int runtimeThreads() { return torch::get_num_threads(); }
 bool cudaAvailable() { return torch::cuda::is_available(); }
 
 int cudaDeviceCount() { return torch::cuda::is_available() ? static_cast<int>(torch::cuda::device_count()) : 0; }
+
+void synchronizeDevice(const std::string& device) {
+    const torch::Device d = parseDevice(device);
+    if (d.is_cuda()) torch::cuda::synchronize(d.index());
+}
 
 RouteResult routeLogits(const RouterRule& rule, const std::vector<float>& logits, int64_t T, int64_t E, int64_t K,
                         const std::vector<float>& selectionBias, const std::vector<float>& expertScale) {
@@ -521,9 +529,52 @@ RunTrace Model::Impl::newRun(const std::vector<std::vector<int64_t>>& prompts) c
     return rt;
 }
 
+namespace {
+// EXPERTSCOPE_PROFILE=FILE: LibTorch's profiler (Kineto: CPU operators, CUDA kernels and copies)
+// records each trace call into FILE (the last call's stays), a Chrome trace that Perfetto opens and
+// tests/bench/profile_summary.py sums up. For measuring the engine (tests/gpu/run.sh).
+class ProfileScope {
+public:
+    explicit ProfileScope(const torch::Device& device) : device_(device) {
+        const char* p = std::getenv("EXPERTSCOPE_PROFILE");
+        if (!p || !*p) return;
+        namespace prof = torch::profiler::impl;
+        std::set<prof::ActivityType> acts{prof::ActivityType::CPU};
+        if (device.is_cuda()) acts.insert(prof::ActivityType::CUDA);
+        const prof::ProfilerConfig cfg(prof::ProfilerState::KINETO);
+        try {  // the profiler is one per process: a second trace at once is not profiled
+            torch::autograd::profiler::prepareProfiler(cfg, acts);
+            torch::autograd::profiler::enableProfiler(cfg, acts);
+            path_ = p;
+        } catch (const std::exception& e) {
+            std::fprintf(stderr, "EXPERTSCOPE_PROFILE: not profiling this trace: %s\n", e.what());
+        }
+    }
+    ~ProfileScope() {  // never throws (it may run while a trace's error unwinds)
+        if (path_.empty()) return;
+        try {
+            if (device_.is_cuda()) torch::cuda::synchronize(device_.index());
+        } catch (const std::exception&) {  // the trace's own error says what went wrong on the device
+        }
+        try {
+            torch::autograd::profiler::disableProfiler()->save(path_);
+        } catch (const std::exception& e) {
+            std::fprintf(stderr, "EXPERTSCOPE_PROFILE: no profile written to %s: %s\n", path_.c_str(), e.what());
+        }
+    }
+    ProfileScope(const ProfileScope&) = delete;
+    ProfileScope& operator=(const ProfileScope&) = delete;
+
+private:
+    torch::Device device_;
+    std::string path_;
+};
+}  // namespace
+
 RunTrace Model::trace(const std::vector<std::vector<int64_t>>& prompts, const TraceOptions& opt) {
     Impl& d = *d_;
     const ModelSpec& s = d.spec;
+    ProfileScope profile(d.device);
     torch::InferenceMode guard;
     RunTrace rt = d.newRun(prompts);
     if (opt.saveLogits && s.encoder)
@@ -543,13 +594,13 @@ RunTrace Model::trace(const std::vector<std::vector<int64_t>>& prompts, const Tr
     if (opt.saveLogits) {
         std::vector<Tensor> parts;
         for (auto& x : h) parts.push_back(d.logits(x).to(torch::kFloat));
-        Tensor all = torch::cat(parts, 0).contiguous().to(torch::kCPU);
+        Tensor all = toHost(torch::cat(parts, 0).contiguous());
         rt.logits.assign(all.data_ptr<float>(), all.data_ptr<float>() + all.numel());
     }
     if (opt.saveHidden) {
         std::vector<Tensor> parts;
         for (auto& x : h) parts.push_back(d.finalHidden(x).to(torch::kFloat));
-        Tensor all = torch::cat(parts, 0).contiguous().to(torch::kCPU);
+        Tensor all = toHost(torch::cat(parts, 0).contiguous());
         rt.hidden.assign(all.data_ptr<float>(), all.data_ptr<float>() + all.numel());
         rt.hiddenSize = s.hidden;
     }

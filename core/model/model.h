@@ -34,6 +34,8 @@ void initRuntime(int threads = 0);
 int runtimeThreads();
 bool cudaAvailable();
 int cudaDeviceCount();  // 0 without CUDA
+// Waits until the device (cpu | cuda | cuda:N) has done the work queued on it (for timing).
+void synchronizeDevice(const std::string& device);
 
 // A router rule (spec.h) applied on the CPU to logits [T, E] by the forward's own code: the
 // chosen experts [T, K] (descending selection score) and their combine weights. `selectionBias`

@@ -438,3 +438,23 @@ def test_non_finite_router_weights_warn_and_are_recorded(cli, mixtral, tmp_path)
     # a clean checkpoint's run has none
     run_cli(cli, "trace", mixtral[0], "--out", tmp_path / "clean.h5", "--token-ids", "1,2,3,4", "--run", "r")
     assert json.loads(run_cli(cli, "session", tmp_path / "clean.h5", "--json").stdout)["runs"][0]["warnings"] == []
+
+
+def test_profile_variable_records_the_trace(cli, mixtral, tmp_path):
+    """EXPERTSCOPE_PROFILE=FILE: LibTorch's profiler records the trace's forward into FILE, a Chrome
+    trace of its operators that tests/bench/profile_summary.py sums up; the run is saved as usual."""
+    import subprocess
+    import sys
+    prof = tmp_path / "p.json"
+    out = tmp_path / "s.h5"
+    env = dict(os.environ, EXPERTSCOPE_PROFILE=str(prof))
+    r = subprocess.run([cli, "trace", mixtral[0], "--out", str(out), "--token-ids", "1,2,3,4", "--run", "r"],
+                       capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr
+    ops = {e["name"] for e in json.load(open(prof))["traceEvents"] if e.get("cat") == "cpu_op"}
+    assert {"aten::linear", "aten::bincount", "aten::scaled_dot_product_attention"} <= ops, sorted(ops)[:20]
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench"))
+    import profile_summary
+    text = profile_summary.summary(str(prof))
+    assert text.startswith("span ") and "cpu_op:" in text and "aten::linear" in text, text
+    assert json.loads(run_cli(cli, "session", out, "--json").stdout)["runs"][0]["name"] == "r"

@@ -40,7 +40,8 @@ double since(Clock::time_point t) { return std::chrono::duration<double>(Clock::
 
 int main(int argc, char** argv) {
     if (argc < 3) {
-        std::fprintf(stderr, "usage: bench_analyses static CKPT [LIST] | dynamic CKPT PROMPTS LENGTH\n");
+        std::fprintf(stderr,
+                     "usage: bench_analyses static CKPT [LIST] | dynamic CKPT PROMPTS LENGTH [DEVICE [DTYPE]]\n");
         return 2;
     }
     const std::string mode = argv[1];
@@ -72,13 +73,16 @@ int main(int argc, char** argv) {
             s, baseline, peakAnon, peakFile, res.size());
         return 0;
     }
-    if (mode == "dynamic" && argc == 5) {
+    if (mode == "dynamic" && argc >= 5 && argc <= 7) {
         const int P = std::stoi(argv[3]), len = std::stoi(argv[4]);
+        es::LoadOptions lo;  // the trace's records and the analyses' results come back to the host
+        if (argc > 5) lo.device = argv[5];
+        if (argc > 6) lo.dtype = argv[6];
         std::mt19937 rng(0);
         std::vector<std::vector<int64_t>> prompts(static_cast<size_t>(P));
         for (auto& p : prompts)
             for (int i = 0; i < len; ++i) p.push_back(static_cast<int64_t>(rng() % static_cast<uint32_t>(spec.vocab)));
-        auto model = es::Model::load(ckpt, spec, {});
+        auto model = es::Model::load(ckpt, spec, lo);
         model->trace({prompts[0]}, {});  // warm-up
         auto t0 = Clock::now();
         es::RunTrace rt = model->trace(prompts, {});
@@ -90,6 +94,8 @@ int main(int argc, char** argv) {
         const double allS = since(t0);
         es::DynamicOptions opt;
         opt.analyses = {"D1", "D2"};
+        opt.device = lo.device;
+        opt.dtype = lo.dtype;
         t0 = Clock::now();
         auto res = es::dynamicAnalyses(ckpt, spec, nullptr, "bench", prompts, rt.layers, opt);
         const double dynS = since(t0);

@@ -2,6 +2,7 @@
 """Analysis benchmarks (not part of the default test run).
 
     .venv/bin/python tests/bench/bench_analyses.py [--build build] [--layers 1] [--skip-static] [--skip-dynamic]
+                                                   [--device cpu|cuda] [--prompts 4] [--length 512]
 
 Static: a bf16 checkpoint with real Mixtral-8x7B layer dimensions (d=4096, F=14336, 8 experts;
 2.8 GB of expert weights per layer; random values written directly with safetensors, sharded
@@ -12,7 +13,7 @@ checkpoint pages), against one layer's expert bytes.
 
 Dynamic: D1 + D2 with every expert evaluated, on 2048 tokens (4 prompts of 512) of the mid-size
 float32 Mixtral model of run_bench.py, against the engine's plain traced forward on the same
-prompts, in the same process.
+prompts, in the same process (--device: where the model and the analyses run).
 """
 import argparse
 import json
@@ -89,6 +90,9 @@ def main():
     ap.add_argument("--layers", type=int, default=1)
     ap.add_argument("--skip-static", action="store_true")
     ap.add_argument("--skip-dynamic", action="store_true")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--prompts", type=int, default=4)
+    ap.add_argument("--length", type=int, default=512)
     a = ap.parse_args()
     exe = os.path.join(a.build, "bin", "bench_analyses")
     with tempfile.TemporaryDirectory() as tmp:
@@ -112,12 +116,12 @@ def main():
             import run_bench
             out = os.path.join(tmp, "mid")
             run_bench.make("mid", out)
-            runs = [json.loads(subprocess.run([exe, "dynamic", out, "4", "512"], check=True, capture_output=True,
-                                              text=True).stdout) for _ in range(3)]
+            runs = [json.loads(subprocess.run([exe, "dynamic", out, str(a.prompts), str(a.length), a.device],
+                                              check=True, capture_output=True, text=True).stdout) for _ in range(3)]
             r = min(runs, key=lambda x: x["dynamic_s"])
             t = min(x["trace_s"] for x in runs)
             ta = min(x["all_experts_s"] for x in runs)
-            print(f"dynamic D1+D2 (all 8 experts on every token), mid model, {r['tokens']} tokens: "
+            print(f"dynamic D1+D2 (all 8 experts on every token), mid model, {r['tokens']} tokens on {a.device}: "
                   f"traced forward {t:.2f} s, traced with --all-experts {ta:.2f} s ({ta / t:.2f}x), "
                   f"D1+D2 {r['dynamic_s']:.2f} s ({r['dynamic_s'] / t:.2f}x the traced forward, "
                   f"{r['dynamic_s'] / ta:.2f}x the all-experts one)")

@@ -19,9 +19,10 @@ inline Tensor kendallTauB(const Tensor& a, const Tensor& b) {
     Tensor sa = (a.unsqueeze(2) - a.unsqueeze(1)).sign();  // [T, E, E]
     Tensor sb = (b.unsqueeze(2) - b.unsqueeze(1)).sign();
     const double n0 = static_cast<double>(a.size(1)) * static_cast<double>(a.size(1) - 1);  // ordered pairs
-    Tensor s = (sa * sb).sum({1, 2}).to(torch::kDouble);
-    Tensor tiesA = (sa == 0).sum({1, 2}).to(torch::kDouble) - static_cast<double>(a.size(1));  // minus the diagonal
-    Tensor tiesB = (sb == 0).sum({1, 2}).to(torch::kDouble) - static_cast<double>(a.size(1));
+    Tensor s = (sa * sb).sum(torch::IntArrayRef{1, 2}).to(torch::kDouble);
+    Tensor tiesA = (sa == 0).sum(torch::IntArrayRef{1, 2}).to(torch::kDouble) -
+                   static_cast<double>(a.size(1));  // minus the diagonal
+    Tensor tiesB = (sb == 0).sum(torch::IntArrayRef{1, 2}).to(torch::kDouble) - static_cast<double>(a.size(1));
     return s / torch::sqrt((n0 - tiesA) * (n0 - tiesB));
 }
 

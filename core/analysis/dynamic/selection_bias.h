@@ -37,7 +37,7 @@ public:
             const int64_t G = r.groups;
             Tensor kept = keptGroups(r, selectionScores(r, scores, bias));
             add(a.keptGroups, kept.sum(0).to(torch::kLong));
-            add(a.routedGroups, inK.view({Tp, G, E / G}).sum({0, 2}).to(torch::kLong));
+            add(a.routedGroups, inK.view({Tp, G, E / G}).sum(torch::IntArrayRef{0, 2}).to(torch::kLong));
         }
     }
 

@@ -21,7 +21,7 @@ MoeOut Model::Impl::moaAttention(const LayerWeights& w, const Tensor& x, const T
     std::tie(out.weights, out.ids) = route(spec.attnRouter, out.logits, K, x.scalar_type());
     Tensor flat = out.ids.reshape(-1);  // row t * K + s: slot s of token t
     Tensor order = std::get<1>(flat.sort(/*stable=*/true, 0, false));
-    Tensor counts = torch::bincount(flat, {}, E).to(torch::kCPU);
+    Tensor counts = toHost(torch::bincount(flat, {}, E));
     const int64_t* cnt = counts.data_ptr<int64_t>();
     std::vector<Tensor> sels(static_cast<size_t>(E));
     Tensor q = torch::zeros({T * K, H}, x.options());
