@@ -36,6 +36,17 @@ def cli():
     return path
 
 
+@pytest.fixture
+def device():
+    """The device of the device parity tests: EXPERTSCOPE_TEST_DEVICE (cuda by default; tests/gpu/run.sh
+    --cpu sets cpu to keep them working on machines without a GPU). Skips where CUDA is asked for
+    and this machine has none."""
+    dev = os.environ.get("EXPERTSCOPE_TEST_DEVICE", "cuda")
+    if dev.startswith("cuda") and not require("torch").cuda.is_available():
+        pytest.skip("no CUDA GPU on this machine: device parity not run (tests/gpu/run.sh runs it on one)")
+    return dev
+
+
 def run_cli(cli_path, *args, check=True):
     r = subprocess.run([cli_path, *map(str, args)], capture_output=True, text=True, timeout=600)
     if check and r.returncode != 0:

@@ -25,7 +25,7 @@ import pytest
 
 from conftest import require, run_cli
 import fixtures
-from test_parity import compare, trace
+from test_parity import BF16_TOL, compare, trace, trace_and_compare
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PUBLISHED = os.path.join(HERE, "..", "data", "configs", "deepseek_moe_16b.json")
@@ -129,6 +129,23 @@ def test_deepseek_moe_matches_reference(cli, tmp_path, which, layout):
     trace(cli, ckpt, out, "--all-experts", "--save-logits", "--run", "r")
     with h5py.File(out, "r") as f:
         compare(f["runs/r"], ref)
+
+
+def test_parity_device_bfloat16(cli, tmp_path, device):
+    """The every-option config in bf16 on the device (CUDA: tests/gpu/run.sh) against the reference in
+    bf16 on that device, its RoPE frequencies kept in float32 as from_pretrained keeps them; BF16_TOL."""
+    torch = require("torch")
+    cfg = every_option()
+    model = reference_model(cfg)
+    ckpt = write_checkpoint(model, cfg, str(tmp_path / "per_expert"), "per_expert")
+    inv = model.model.rotary_emb.inv_freq.clone()
+    model = model.to(torch.bfloat16)
+    model.model.rotary_emb.inv_freq = inv
+    ref = fixtures.reference(model.to(device), device=device)
+    if cfg["n_shared_experts"] is None:
+        for l in ref["moe_layers"]:
+            ref.pop(f"L{l}_shared_output_norms")
+    trace_and_compare(cli, ckpt, str(tmp_path / "s.h5"), ref, "--device", device, "--dtype", "bfloat16", **BF16_TOL)
 
 
 @pytest.mark.parametrize("key,value,words", [

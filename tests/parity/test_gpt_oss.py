@@ -14,7 +14,7 @@ import pytest
 
 from conftest import assert_info_refuses, assert_s1_is, assert_same_analyses, require, run_cli
 import fixtures
-from test_parity import compare_resident_and_streamed, trace, trace_and_compare
+from test_parity import BF16_TOL, compare_resident_and_streamed, trace, trace_and_compare
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CONFIGS = os.path.join(HERE, "..", "data", "configs")
@@ -231,6 +231,14 @@ def test_mxfp4_bfloat16_bit_identical(cli, mxfp4, tmp_path):
     d, _ = mxfp4
     ref = fixtures.reference(mxfp4_loaded(d, "bfloat16"))
     assert_run_identical(cli, d, str(tmp_path / "s.h5"), ref, "bfloat16")
+
+
+def test_mxfp4_device_bfloat16(cli, mxfp4, tmp_path, device):
+    """The MXFP4 experts decoded on the device (CUDA: tests/gpu/run.sh) in bf16, against transformers'
+    dequantized model in bf16 on that device; BF16_TOL."""
+    d, _ = mxfp4
+    ref = fixtures.reference(mxfp4_loaded(d, "bfloat16").to(device), device=device)
+    trace_and_compare(cli, d, str(tmp_path / "s.h5"), ref, "--device", device, "--dtype", "bfloat16", **BF16_TOL)
 
 
 def test_mxfp4_static_analyses(cli, mxfp4, tmp_path):

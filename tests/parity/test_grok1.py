@@ -39,7 +39,7 @@ import pytest
 
 from conftest import assert_info_refuses, require, run_cli
 import fixtures
-from test_parity import compare, trace, trace_and_compare
+from test_parity import BF16_TOL, compare, trace, trace_and_compare
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CONFIGS = os.path.join(HERE, "..", "data", "configs")
@@ -117,7 +117,7 @@ def reference_model(cfg):
             s = torch.matmul(q, k.transpose(2, 3))
             s = (s if kf else s.to(torch.float)) * cfg["attn_output_multiplier"]
             s = cap * torch.tanh(s / cap)
-            causal = torch.ones(T, T, dtype=torch.bool).tril()
+            causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
             s = s.masked_fill(~causal, float("-inf"))
             p = torch.softmax(s, dim=-1, dtype=torch.float32).to(q.dtype)
             o = torch.matmul(p, v).transpose(1, 2).reshape(1, T, H * hd)
@@ -153,7 +153,7 @@ def reference_model(cfg):
 
         def forward(self, input_ids, use_cache=False):
             h = self.model.embed_tokens(input_ids) * cfg["embedding_multiplier_scale"]
-            pos = torch.arange(input_ids.shape[1]).unsqueeze(0)
+            pos = torch.arange(input_ids.shape[1], device=input_ids.device).unsqueeze(0)
             cos, sin = self.rope(h, pos)
             for layer in self.model.layers:
                 h = layer(h, cos, sin)
@@ -280,6 +280,16 @@ def test_whole_run_bit_identical_in_bfloat16(cli, built, tmp_path):
             # the experts a token did not choose run in batches of other sizes: within a bf16 step
             np.testing.assert_allclose(g["expert_output_norms"][:], ref[f"L{l}_expert_output_norms"], rtol=2 ** -8,
                                        atol=0, err_msg=f"{l}/expert_output_norms")
+
+
+def test_parity_device_bfloat16(cli, built, tmp_path, device):
+    """bf16 on the device (CUDA: tests/gpu/run.sh) against the reference in bf16 on that device;
+    BF16_TOL (the kernels differ from the CPU's, so no bit-identity is asked)."""
+    torch = require("torch")
+    _, model, _, cfg = built
+    d = write(model, cfg, str(tmp_path / "bf16"), torch.bfloat16)
+    ref = fixtures.reference(in_dtype(model, torch.bfloat16).to(device), device=device)
+    trace_and_compare(cli, d, str(tmp_path / "s.h5"), ref, "--device", device, "--dtype", "bfloat16", **BF16_TOL)
 
 
 def test_hpcai_ignores_the_keys_its_port_does_not_read(cli, built, tmp_path):

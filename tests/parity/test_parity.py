@@ -211,17 +211,22 @@ def test_tied_head_in_file_is_used_as_transformers_does(cli, build_fixture, tmp_
     trace_and_compare(cli, d, str(tmp_path / "s.h5"), fixtures.reference(model))
 
 
-@pytest.mark.parametrize("name", ["mixtral_gqa", "qwen3_moe_headdim", "olmoe_gqa_norm", "qwen2_moe_shared"] +
-                         HALF_FAMILIES)
-def test_parity_cuda_bfloat16(cli, build_fixture, tmp_path, name):
-    """bf16 on CUDA against HF in bf16 on CUDA (loaded as from_pretrained loads it); BF16_TOL."""
+# every family of fixtures.CONFIGS once (its first fixture) and the half-precision set
+DEVICE_FAMILIES = sorted(set(HALF_FAMILIES) | {n for n in {cls: n for n, (cls, _) in reversed(
+    list(fixtures.CONFIGS.items()))}.values()})
+
+
+@pytest.mark.parametrize("name", DEVICE_FAMILIES)
+def test_parity_device_bfloat16(cli, build_fixture, tmp_path, device, name):
+    """bf16 on the device (CUDA; tests/gpu/run.sh) against HF in bf16 on that device, loaded as
+    from_pretrained loads it; BF16_TOL. Every family's first fixture, and the half-precision set."""
     torch = require("torch")
-    if not torch.cuda.is_available():
-        pytest.skip("no CUDA GPU on this machine: bf16 CUDA parity not run")
-    per, packed, _ = build_fixture(name)
-    model = fixtures.hf_from_pretrained(per, torch.bfloat16).to("cuda")
-    ref = fixtures.reference(model, device="cuda")
-    trace_and_compare(cli, per, str(tmp_path / "s.h5"), ref, "--device", "cuda", "--dtype", "bfloat16", **BF16_TOL)
+    per, _, _ = build_fixture(name)
+    model = fixtures.hf_from_pretrained(per, torch.bfloat16).to(device)
+    ref = fixtures.reference(model, device=device)
+    attrs = trace_and_compare(cli, per, str(tmp_path / "s.h5"), ref, "--device", device, "--dtype", "bfloat16",
+                              **BF16_TOL)
+    assert attrs["device"].startswith(device.split(":")[0]) and attrs["dtype"] == "bfloat16"
 
 
 def test_layer_streaming_chosen_when_model_does_not_fit(cli, build_fixture, tmp_path):

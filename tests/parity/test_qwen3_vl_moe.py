@@ -125,6 +125,14 @@ def test_bfloat16_parity_and_first_layer_bit_identical(cli, built, tmp_path):
             np.testing.assert_array_equal(g[a][:], ref[f"L0_{a}"], err_msg=a)
 
 
+def test_parity_device_bfloat16(cli, built, tmp_path, device):
+    """The released container in bf16 on the device (CUDA: tests/gpu/run.sh) against transformers'
+    load in bf16 on that device; BF16_TOL."""
+    d, _ = built["released"]
+    ref = fixtures.reference(loaded(d, "bfloat16").to(device), device=device)
+    trace_and_compare(cli, d, str(tmp_path / "s.h5"), ref, "--device", device, "--dtype", "bfloat16", **BF16_TOL)
+
+
 def test_static_analyses_read_transposed_experts(cli, built, tmp_path):
     """The static analyses of the released layout equal those of the transformers 5 layout (the
     same weights untransposed), and S1 is numpy's cosines of transformers' loaded experts: a
