@@ -879,19 +879,10 @@ def test_many_experts_take_the_gemm_path(world, tmp_path):
                 _check_pca(exp, f, f"matrix_pca/layers/{l}/{m}", 2)
 
 
-@pytest.mark.parametrize("experts", [4, 26])
-def test_fp8_static_analyses_read_the_dequantized_weights(world, tmp_path, experts):
-    """An FP8 block-scaled checkpoint (E8M0 scales, 48 x 40 blocks that leave partial blocks) gives
-    numpy's S1, S2, S4, S6 and S7 of the dequantized weights (q * scale per block, computed by
-    torch in the fixture): with 4 experts through the tile kernel, with 26 through the GEMM path."""
+def check_s1_s2_s4_s6_s7(out, moe, experts):
+    """The session `out` holds numpy's S1, S2, S4, S6 and S7 of `moe` (every MoE layer, E experts)."""
     h5py = require("h5py")
-    ckpt, _ = fixtures.make_fp8("mixtral_fp8_e8m0_scales", str(tmp_path / "fp8"), num_local_experts=experts,
-                                num_experts_per_tok=2)
-    deq = os.path.join(str(tmp_path / "fp8"), "dequantized")
-    moe = R.MoeWeights(deq)
     exp = R.static_reference(moe, None, s3=False, s7=True)
-    out = tmp_path / "s.h5"
-    run_cli(world.cli, "analyze", ckpt, "--out", out, "--static", "S1,S2,S4,S6,S7")
     with h5py.File(out, "r") as f:
         for l in moe.moe_layers:
             for m in MATS:
@@ -903,3 +894,29 @@ def test_fp8_static_analyses_read_the_dequantized_weights(world, tmp_path, exper
                 _check_pca(exp, f, f"matrix_pca/layers/{l}/{m}", 2)
                 _check_pca(exp, f, f"neuron_pca/layers/{l}/{m}", 2)
             check_matrix(f, exp, f"router_similarity/layers/{l}/router", TOL_SIM)
+
+
+def test_128_fine_grained_experts(world, tmp_path):
+    """128 narrow experts (F = 16, top-8: the fine-grained shape of Qwen3-30B-A3B, shrunk) through
+    the GEMM path, per-expert layout: numpy's S1, S2, S4, S6 and S7 (the neuron PCA over all
+    128 x 16 neurons)."""
+    model = fixtures.build_model("mixtral_gqa", num_local_experts=128, num_experts_per_tok=8, intermediate_size=16)
+    per, _ = fixtures.save_layouts(model, str(tmp_path / "moe128"))
+    moe = R.MoeWeights(per)
+    out = tmp_path / "s.h5"
+    run_cli(world.cli, "analyze", per, "--out", out, "--static", "S1,S2,S4,S6,S7")
+    check_s1_s2_s4_s6_s7(out, moe, 128)
+
+
+@pytest.mark.parametrize("experts", [4, 26])
+def test_fp8_static_analyses_read_the_dequantized_weights(world, tmp_path, experts):
+    """An FP8 block-scaled checkpoint (E8M0 scales, 48 x 40 blocks that leave partial blocks) gives
+    numpy's S1, S2, S4, S6 and S7 of the dequantized weights (q * scale per block, computed by
+    torch in the fixture): with 4 experts through the tile kernel, with 26 through the GEMM path."""
+    ckpt, _ = fixtures.make_fp8("mixtral_fp8_e8m0_scales", str(tmp_path / "fp8"), num_local_experts=experts,
+                                num_experts_per_tok=2)
+    deq = os.path.join(str(tmp_path / "fp8"), "dequantized")
+    moe = R.MoeWeights(deq)
+    out = tmp_path / "s.h5"
+    run_cli(world.cli, "analyze", ckpt, "--out", out, "--static", "S1,S2,S4,S6,S7")
+    check_s1_s2_s4_s6_s7(out, moe, experts)
