@@ -11,6 +11,15 @@ into 1 GB files). S1 + S2 + S4 are timed against reading the same files once (be
 analysis: anonymous memory (what the analysis allocates) and file-backed memory (mapped
 checkpoint pages), against one layer's expert bytes.
 
+Fine-grained experts (--shape qwen3-30b-a3b or deepseek-v2-lite): 2 MoE layers at the real
+layer dimensions (Qwen3-30B-A3B: d=2048, 128 experts of 768, top-8; DeepSeek-V2-Lite: d=2048, 64
+experts of 1408 and a shared expert of 2816, top-6, every layer MoE; both with a 32000 vocabulary,
+which no static analysis reads), bf16, experts under the released per-expert names, random values.
+Timed in one run: reading the files (best of 3 cat), the GEMM floor (the Gram products of gate, up
+and down of every layer, one float32 torch.mm each on data already widened, in this process on
+all cores, as the analyses run), and the static sets S1+S2+S4, default, S6 and S7 (best of 2),
+each as a ratio of max(read, floor).
+
 Dynamic: D1 + D2 with every expert evaluated, on 2048 tokens (4 prompts of 512) of the mid-size
 float32 Mixtral model of run_bench.py, against the engine's plain traced forward on the same
 prompts, in the same process (--device: where the model and the analyses run).
@@ -50,6 +59,57 @@ def make_mixtral_dims(out, layers):
         for e in range(E):
             q = p + f"block_sparse_moe.experts.{e}."
             shapes.update({q + "w1.weight": (F, d), q + "w3.weight": (F, d), q + "w2.weight": (d, F)})
+    tensors = ((name, (torch.randn(shape, generator=g) * 0.02).to(torch.bfloat16)) for name, shape in shapes.items())
+    return write_shards(tensors, out), E * 3 * F * d * 2
+
+
+FINE = {
+    "qwen3-30b-a3b": ("Qwen3MoeConfig", "Qwen3MoeForCausalLM", dict(
+        hidden_size=2048, intermediate_size=6144, moe_intermediate_size=768, num_experts=128, num_experts_per_tok=8,
+        num_attention_heads=32, num_key_value_heads=4, head_dim=128)),
+    "deepseek-v2-lite": ("DeepseekV2Config", "DeepseekV2ForCausalLM", dict(
+        hidden_size=2048, intermediate_size=10944, moe_intermediate_size=1408, n_routed_experts=64,
+        n_shared_experts=2, num_experts_per_tok=6, first_k_dense_replace=0, num_attention_heads=16,
+        num_key_value_heads=16, kv_lora_rank=512, q_lora_rank=None, qk_rope_head_dim=64, qk_nope_head_dim=128,
+        v_head_dim=128, topk_method="greedy")),
+}
+
+
+def make_fine_grained(shape, out, layers):
+    """A bf16 checkpoint of `layers` MoE layers at the shape's dimensions (transformers' own module
+    names and shapes, read off a meta-device model; the experts under per-expert names as released),
+    and per layer the float32 [E, rows * cols] matrices of gate, up and down for the GEMM floor."""
+    import transformers
+    cfg_name, cls_name, kw = FINE[shape]
+    cfg = getattr(transformers, cfg_name)(vocab_size=32000, num_hidden_layers=layers, max_position_embeddings=4096,
+                                          tie_word_embeddings=False, **kw)
+    with torch.device("meta"):
+        shapes = {k: tuple(v.shape) for k, v in getattr(transformers, cls_name)(cfg).state_dict().items()}
+    g = torch.Generator().manual_seed(0)
+    tensors, mats = {}, {}
+    for name, shape_ in shapes.items():
+        t = (torch.randn(shape_, generator=g) * 0.02).to(torch.bfloat16)
+        if name.endswith("mlp.experts.gate_up_proj"):  # [E, 2F, d] -> gate_proj / up_proj [F, d] each
+            p, F = name[:-len("gate_up_proj")], shape_[1] // 2
+            for e in range(shape_[0]):
+                tensors[f"{p}{e}.gate_proj.weight"] = t[e, :F].clone()
+                tensors[f"{p}{e}.up_proj.weight"] = t[e, F:].clone()
+            mats[p + "gate"] = t[:, :F].reshape(shape_[0], -1).float()
+            mats[p + "up"] = t[:, F:].reshape(shape_[0], -1).float()
+        elif name.endswith("mlp.experts.down_proj"):  # [E, d, F] -> down_proj [d, F]
+            p = name[:-len("down_proj")]
+            for e in range(shape_[0]):
+                tensors[f"{p}{e}.down_proj.weight"] = t[e].clone()
+            mats[p + "down"] = t.reshape(shape_[0], -1).float()
+        else:
+            tensors[name] = t
+    cfg.save_pretrained(out)
+    return write_shards(tensors.items(), out), mats
+
+
+def write_shards(tensors, out):
+    """(name, tensor) pairs (made one at a time if a generator) into 1 GB safetensors shards and
+    their index; the shards' paths."""
     shard, size, shards, index = {}, 0, [], {}
 
     def flush():
@@ -62,16 +122,47 @@ def make_mixtral_dims(out, layers):
                 index[k] = name
             shard, size = {}, 0
 
-    for name, shape in shapes.items():
-        t = (torch.randn(shape, generator=g) * 0.02).to(torch.bfloat16)
-        if size + t.numel() * 2 > (1 << 30):
+    for name, t in tensors:
+        if size + t.numel() * t.element_size() > (1 << 30):
             flush()
         shard[name] = t
-        size += t.numel() * 2
+        size += t.numel() * t.element_size()
     flush()
     with open(os.path.join(out, "model.safetensors.index.json"), "w") as f:
         json.dump({"metadata": {}, "weight_map": index}, f)
-    return [os.path.join(out, s) for s in shards], E * 3 * F * d * 2
+    return [os.path.join(out, s) for s in shards]
+
+
+def gemm_floor(mats):
+    """One float32 X @ X^T per matrix type and layer, X already widened: best of 2."""
+    torch.set_num_threads(os.cpu_count())
+    best = None
+    for _ in range(2):
+        a = time.perf_counter()
+        for X in mats.values():
+            torch.mm(X, X.t())
+        t = time.perf_counter() - a
+        best = t if best is None else min(best, t)
+    return best
+
+
+def bench_fine_grained(exe, shape, tmp, layers):
+    d = os.path.join(tmp, shape)
+    os.makedirs(d, exist_ok=True)
+    files, mats = make_fine_grained(shape, d, layers)
+    floor = gemm_floor(mats)
+    del mats
+    read_s = cat_seconds(files)
+    base = max(read_s, floor)
+    total = sum(os.path.getsize(f) for f in files)
+    print(f"static, {shape} layer dimensions, {layers} MoE layers, bf16, {total / 2**30:.2f} GiB; "
+          f"read {read_s:.2f} s, GEMM floor {floor:.2f} s (ratios below: of max(read, floor) = {base:.2f} s)")
+    for lst in ("S1,S2,S4", "default", "S6", "S7"):
+        runs = [json.loads(subprocess.run([exe, "static", d, lst], check=True, capture_output=True,
+                                          text=True).stdout) for _ in range(2)]
+        r = min(runs, key=lambda x: x["seconds"])
+        print(f"  {lst:9s} {r['seconds']:7.2f} s  {r['seconds'] / base:5.2f}x   anonymous +"
+              f"{r['peak_anon_mb'] - r['baseline_anon_mb']:.0f} MiB")
 
 
 def cat_seconds(files):
@@ -90,13 +181,17 @@ def main():
     ap.add_argument("--layers", type=int, default=1)
     ap.add_argument("--skip-static", action="store_true")
     ap.add_argument("--skip-dynamic", action="store_true")
+    ap.add_argument("--shape", default="mixtral", choices=["mixtral", *FINE],
+                    help="the static checkpoint's layer dimensions (fine-grained shapes: 2 layers by default)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--prompts", type=int, default=4)
     ap.add_argument("--length", type=int, default=512)
     a = ap.parse_args()
     exe = os.path.join(a.build, "bin", "bench_analyses")
     with tempfile.TemporaryDirectory() as tmp:
-        if not a.skip_static:
+        if not a.skip_static and a.shape != "mixtral":
+            bench_fine_grained(exe, a.shape, tmp, a.layers if a.layers > 1 else 2)
+        elif not a.skip_static:
             files, layer_bytes = make_mixtral_dims(os.path.join(tmp, "mixtral"), a.layers)
             total = sum(os.path.getsize(f) for f in files)
             read_s = cat_seconds(files)
