@@ -206,7 +206,8 @@ struct PassResult {
 // S6's standardisation of a block X [n, cnt] (contiguous float32): every position across the n
 // matrices to mean 0 and variance 1 (n - 1 in the denominator), a position equal in all of them or
 // without variance to 0. Row-wise passes in plain loops, vectorised along the positions (ATen's
-// reductions over dim 0 of a row-major block run strided: 3x slower at 64 experts).
+// reductions over dim 0 of a row-major block run strided: with them S6 took 1.7x as long at 64
+// experts, docs/benchmarks.md).
 Tensor standardizeColumns(const Tensor& X) {
     const int64_t n = X.size(0), cnt = X.size(1);
     const float* x = X.data_ptr<float>();
