@@ -248,6 +248,25 @@ Tensor standardizeColumns(const Tensor& X) {
     return Z;
 }
 
+// X X^T (X [n, k], any strides) added into G (float64 [n, n]) for its lower block triangle only (a
+// Gram matrix is symmetric): four row blocks, ten products of quarter blocks where the whole is
+// sixteen; the caller mirrors the strictly lower blocks with mirrorLower.
+void addLowerGram(Tensor& G, const Tensor& X) {
+    const int64_t n = X.size(0), parts = n >= 16 ? 4 : 1;
+    auto edge = [&](int64_t i) { return i * n / parts; };
+    for (int64_t i = 0; i < parts; ++i) {
+        const Tensor Xi = X.narrow(0, edge(i), edge(i + 1) - edge(i));
+        for (int64_t j = 0; j <= i; ++j) {
+            const Tensor Xj = X.narrow(0, edge(j), edge(j + 1) - edge(j));
+            G.narrow(0, edge(i), Xi.size(0)).narrow(1, edge(j), Xj.size(0)) += torch::mm(Xi, Xj.t()).to(torch::kDouble);
+        }
+    }
+}
+
+// The symmetric matrix of addLowerGram's sums: the lower triangle mirrored (the diagonal blocks'
+// upper halves, computed too, are replaced by their mirror, so the result is exactly symmetric).
+Tensor mirrorLower(const Tensor& G) { return G.tril() + G.tril(-1).t(); }
+
 PassResult blockPass(const std::vector<Mat>& ms, bool gram, bool standardized) {
     const int64_t n = static_cast<int64_t>(ms.size());
     const int64_t rows = ms[0].rows, cols = ms[0].cols;
@@ -278,10 +297,10 @@ PassResult blockPass(const std::vector<Mat>& ms, bool gram, bool standardized) {
             const int64_t r0 = b * rb, nr = std::min(rb, rows - r0), cnt = nr * cols;
             for (int64_t i = 0; i < n; ++i) readRows(ms[i], r0, nr, X.data_ptr<float>() + i * rb * cols);
             Tensor Xb = X.narrow(1, 0, cnt);
-            if (gram) G[tid] += torch::mm(Xb, Xb.t()).to(torch::kDouble);
+            if (gram) addLowerGram(G[tid], Xb);
             if (standardized && n > 1) {
                 Tensor Z = standardizeColumns(Xb.contiguous());
-                Gz[tid] += torch::mm(Z, Z.t()).to(torch::kDouble);
+                addLowerGram(Gz[tid], Z);
             }
             Tensor X3 = Xb.reshape({n, nr, cols});
             if (neuronRows) colSum[tid] += X3.sum(1).to(torch::kDouble);
@@ -295,6 +314,8 @@ PassResult blockPass(const std::vector<Mat>& ms, bool gram, bool standardized) {
             gz += Gz[t];
             cs += colSum[t];
         }
+    g = mirrorLower(g).contiguous();
+    gz = mirrorLower(gz).contiguous();
     PassResult r;
     r.gram.assign(g.data_ptr<double>(), g.data_ptr<double>() + n * n);
     r.gramZ.assign(gz.data_ptr<double>(), gz.data_ptr<double>() + n * n);
@@ -396,10 +417,8 @@ Pca neuronPca(const std::vector<Mat>& ms, int C, std::vector<int32_t>& owner) {
                            C);
     }
     Tensor S = torch::zeros({d, d}, f64);
-    for (auto& m : ms) {
-        Tensor Xc = centred(m);
-        S += torch::mm(Xc.t(), Xc).to(torch::kDouble);
-    }
+    for (auto& m : ms) addLowerGram(S, centred(m).t());  // the covariance Xc^T Xc, lower blocks
+    S = mirrorLower(S);
     Tensor var = S.diagonal() / static_cast<double>(n - 1);
     Tensor inv = torch::where(constant.logical_or(var <= 0), torch::zeros_like(var), var.rsqrt());
     Tensor M = S * inv.unsqueeze(0) * inv.unsqueeze(1);
