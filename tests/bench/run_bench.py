@@ -52,24 +52,27 @@ def make(kind, out):
     return model, dtype
 
 
-def sync(model):
-    if model.device.type == "cuda":
-        torch.cuda.synchronize(model.device)
+def median_seconds(run, model, reps):
+    """Median of `reps` calls of run() after a warm-up, each until the model's device is done."""
+    def call():
+        run()
+        if model.device.type == "cuda":
+            torch.cuda.synchronize(model.device)
+
+    ts = []
+    with torch.inference_mode():
+        call()
+        for _ in range(reps):
+            a = time.perf_counter()
+            call()
+            ts.append(time.perf_counter() - a)
+    return statistics.median(ts)
 
 
 def time_hf(model, tokens, reps):
     ids = torch.randint(0, model.config.vocab_size, (1, tokens), generator=torch.Generator().manual_seed(0))
     ids = ids.to(model.device)
-    ts = []
-    with torch.inference_mode():
-        model(input_ids=ids, use_cache=False)
-        sync(model)
-        for _ in range(reps):
-            a = time.perf_counter()
-            model(input_ids=ids, use_cache=False)
-            sync(model)
-            ts.append(time.perf_counter() - a)
-    return statistics.median(ts)
+    return median_seconds(lambda: model(input_ids=ids, use_cache=False), model, reps)
 
 
 def time_hf_prompts(model, lengths, reps, batched):
@@ -86,16 +89,7 @@ def time_hf_prompts(model, lengths, reps, batched):
         run = lambda: model(input_ids=ids, attention_mask=mask, use_cache=False)
     else:
         run = lambda: [model(input_ids=p[None], use_cache=False) for p in prompts]
-    ts = []
-    with torch.inference_mode():
-        run()
-        sync(model)
-        for _ in range(reps):
-            a = time.perf_counter()
-            run()
-            sync(model)
-            ts.append(time.perf_counter() - a)
-    return statistics.median(ts)
+    return median_seconds(run, model, reps)
 
 
 def main():

@@ -158,20 +158,21 @@ if has parity; then
 fi
 
 # -- benchmarks on the device ---------------------------------------------------------------------
-if ! has bench; then
-    :
-elif [ "$MODE" = gpu ]; then
-    step bench_forward 180 "$PY" tests/bench/run_bench.py --build "$BUILD" --device cuda --tokens 2048 --reps 5 \
-        --threads 8 --profile /tmp/es-gpu-profile &&
+if [ "$MODE" = gpu ]; then
+    FORWARD=(--device cuda --tokens 2048 --reps 5 --threads 8 --profile /tmp/es-gpu-profile)
+    DYNAMIC=(--device cuda --prompts 8 --length 512)
+    LIMITS=(180 90)
+else  # the mid-size model alone, one short prompt
+    FORWARD=(--skip-mixtral --skip-prompts --tokens 64 --reps 1 --threads 2)
+    DYNAMIC=(--device cpu --prompts 1 --length 64)
+    LIMITS=(300 120)
+fi
+if has bench; then
+    step bench_forward "${LIMITS[0]}" "$PY" tests/bench/run_bench.py --build "$BUILD" "${FORWARD[@]}" &&
         grep -E "^\[|HF transformers|ours|prompts|HF batched|HF one|span|  (kernel|gpu_memcpy|cuda_runtime):" \
             "$REPORT/bench_forward.log" | tee -a "$SUMMARY"
-    step bench_dynamic 90 "$PY" tests/bench/bench_analyses.py --build "$BUILD" --skip-static --device cuda \
-        --prompts 8 --length 512 && grep "^dynamic" "$REPORT/bench_dynamic.log" | tee -a "$SUMMARY"
-else
-    step bench_forward 300 "$PY" tests/bench/run_bench.py --build "$BUILD" --skip-mixtral --skip-prompts --tokens 64 --reps 1 \
-        --threads 2 && grep -E "^\[|HF transformers|ours traced " "$REPORT/bench_forward.log" | tee -a "$SUMMARY"
-    step bench_dynamic 120 "$PY" tests/bench/bench_analyses.py --build "$BUILD" --skip-static --device cpu \
-        --prompts 1 --length 64 && grep "^dynamic" "$REPORT/bench_dynamic.log" | tee -a "$SUMMARY"
+    step bench_dynamic "${LIMITS[1]}" "$PY" tests/bench/bench_analyses.py --build "$BUILD" --skip-static \
+        "${DYNAMIC[@]}" && grep "^dynamic" "$REPORT/bench_dynamic.log" | tee -a "$SUMMARY"
 fi
 
 say "== $([ $FAILED = 0 ] && echo "all steps passed" || echo "SOME STEPS FAILED") in ${SECONDS}s; logs in $REPORT"
