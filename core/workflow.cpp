@@ -20,6 +20,8 @@ SessionModel sessionModelOf(const Checkpoint& ckpt, const ModelSpec& spec) {
     sm.hidden = spec.hidden;
     sm.expertGroups = spec.router.groups;
     sm.groupsKept = spec.router.topkGroups;
+    for (int l = 0; l < spec.numLayers; ++l)
+        if (spec.layers[l].linearAttention) sm.linearAttentionLayers.push_back(l);
     sm.configJson = ckpt.config().dump();
     sm.checkpointPath = ckpt.path();
     sm.fingerprint = ckpt.fingerprint();

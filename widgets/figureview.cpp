@@ -366,6 +366,7 @@ void FigureView::rebuild() {
         QCPLegend* legend = nullptr;
         int named = 0;
         for (auto& s : p.series) named += !s.name.empty();
+        named += !p.shadeX.empty() && !p.shadeXLabel.empty();
         if (!p.hasHeatmap && p.series.size() <= 16 && (named > 1 || (named == 1 && hasLine(p)))) {
             // below the plot, in up to three columns, so that it covers no data
             legend = new QCPLegend;
@@ -515,6 +516,31 @@ void FigureView::rebuild() {
             t->setText(q(p.markXLabel));
             t->setColor(QColor(200, 0, 0));
             t->setFont(QFont("sans", 8));
+        }
+        if (!p.shadeX.empty()) {  // bands one unit wide under the data, and their legend swatch
+            const QColor shade(90, 120, 200, 50);
+            for (double sx : p.shadeX) {
+                auto* band = new QCPItemRect(plot_);
+                band->setLayer("grid");
+                band->setClipAxisRect(rect);
+                for (QCPItemPosition* pos : {band->topLeft, band->bottomRight}) {
+                    pos->setTypeX(QCPItemPosition::ptPlotCoords);
+                    pos->setTypeY(QCPItemPosition::ptAxisRectRatio);
+                    pos->setAxisRect(rect);
+                    pos->setAxes(xa, ya);
+                }
+                band->topLeft->setCoords(sx - 0.5, 0);
+                band->bottomRight->setCoords(sx + 0.5, 1);
+                band->setPen(Qt::NoPen);
+                band->setBrush(shade);
+            }
+            if (legend && !p.shadeXLabel.empty()) {
+                auto* swatch = new QCPBars(xa, ya);  // no data: only the legend's entry
+                swatch->setName(q(p.shadeXLabel));
+                swatch->setPen(Qt::NoPen);
+                swatch->setBrush(shade);
+                swatch->addToLegend(legend);
+            }
         }
         if (!p.hasHeatmap && xmin <= xmax) {
             const double dx = xmax > xmin ? (xmax - xmin) * 0.05 : 0.5, dy = ymax > ymin ? (ymax - ymin) * 0.08 : 0.5;

@@ -438,21 +438,66 @@ void hfDecoderTensors(TableBuilder& t) {
     t.add(Role::FfnNorm, Scope::Layer, p + "post_attention_layernorm.weight", {D::Hidden});
     if (a.kind != AttentionSpec::Kind::Standard) return;
     const std::string q = p + "self_attn.";
-    t.add(Role::Q, Scope::Layer, q + "q_proj.weight", {D::QDim, D::Hidden});
-    t.add(Role::K, Scope::Layer, q + "k_proj.weight", {D::KvDim, D::Hidden});
-    t.add(Role::V, Scope::Layer, q + "v_proj.weight", {D::KvDim, D::Hidden});
-    t.add(Role::O, Scope::Layer, q + "o_proj.weight", {D::Hidden, D::QDim});
-    t.addIf(a.qkvBias, Role::QBias, Scope::Layer, q + "q_proj.bias", {D::QDim});
-    t.addIf(a.qkvBias, Role::KBias, Scope::Layer, q + "k_proj.bias", {D::KvDim});
-    t.addIf(a.qkvBias, Role::VBias, Scope::Layer, q + "v_proj.bias", {D::KvDim});
-    t.addIf(a.oBias, Role::OBias, Scope::Layer, q + "o_proj.bias", {D::Hidden});
+    // gated attention (Qwen3-Next): each head's queries, then its gate values
+    t.add(Role::Q, Scope::Attention, q + "q_proj.weight", {a.outputGate ? 2 * D::QDim : D::QDim, D::Hidden});
+    t.add(Role::K, Scope::Attention, q + "k_proj.weight", {D::KvDim, D::Hidden});
+    t.add(Role::V, Scope::Attention, q + "v_proj.weight", {D::KvDim, D::Hidden});
+    t.add(Role::O, Scope::Attention, q + "o_proj.weight", {D::Hidden, D::QDim});
+    t.addIf(a.qkvBias, Role::QBias, Scope::Attention, q + "q_proj.bias", {a.outputGate ? 2 * D::QDim : D::QDim});
+    t.addIf(a.qkvBias, Role::KBias, Scope::Attention, q + "k_proj.bias", {D::KvDim});
+    t.addIf(a.qkvBias, Role::VBias, Scope::Attention, q + "v_proj.bias", {D::KvDim});
+    t.addIf(a.oBias, Role::OBias, Scope::Attention, q + "o_proj.bias", {D::Hidden});
     if (a.qkNorm == AttentionSpec::QKNorm::PerHead) {
-        t.add(Role::QNorm, Scope::Layer, q + "q_norm.weight", {D::HeadDim});
-        t.add(Role::KNorm, Scope::Layer, q + "k_norm.weight", {D::HeadDim});
+        t.add(Role::QNorm, Scope::Attention, q + "q_norm.weight", {D::HeadDim});
+        t.add(Role::KNorm, Scope::Attention, q + "k_norm.weight", {D::HeadDim});
     } else if (a.qkNorm == AttentionSpec::QKNorm::Full) {
-        t.add(Role::QNorm, Scope::Layer, q + "q_norm.weight", {D::QDim});
-        t.add(Role::KNorm, Scope::Layer, q + "k_norm.weight", {D::KvDim});
+        t.add(Role::QNorm, Scope::Attention, q + "q_norm.weight", {D::QDim});
+        t.add(Role::KNorm, Scope::Attention, q + "k_norm.weight", {D::KvDim});
     }
+}
+
+void readLinearAttention(ModelSpec& s, const Config& c, const LinearAttentionDefaults& d) {
+    LinearAttentionSpec& g = s.linear;
+    auto size = [&](const char* k, int64_t def, int64_t hi) {
+        const int64_t v = c.optInt(k, def);
+        positive(c, k, v, hi);
+        return v;
+    };
+    g.kHeads = size("linear_num_key_heads", d.kHeads, 1 << 16);
+    g.vHeads = size("linear_num_value_heads", d.vHeads, 1 << 16);
+    g.kHeadDim = size("linear_key_head_dim", d.kHeadDim, 1 << 16);
+    g.vHeadDim = size("linear_value_head_dim", d.vHeadDim, 1 << 16);
+    g.kernel = size("linear_conv_kernel_dim", d.kernel, 1 << 10);
+    if (g.vHeads % g.kHeads != 0)
+        c.fail("linear_num_value_heads", "not a multiple of linear_num_key_heads (" + std::to_string(g.kHeads) + ")");
+    // layer_types, else every full_attention_interval-th layer full (the config classes' rule)
+    int64_t interval = d.fullAttentionInterval;
+    if (!c.has("layer_types")) {
+        interval = c.optInt("full_attention_interval", interval);
+        positive(c, "full_attention_interval", interval, 1 << 16);
+    }
+    const std::vector<bool> linear =
+        localLayers(s, c, "linear_attention", [&](int64_t l) { return (l + 1) % interval != 0; });
+    for (size_t l = 0; l < linear.size(); ++l) s.layers[l].linearAttention = linear[l];
+}
+
+void hfGatedDeltaNet(TableBuilder& t, bool fused) {
+    const std::string p = "model.layers.{L}.linear_attn.";
+    const Scope sc = Scope::LinearAttention;
+    if (fused) {
+        t.add(Role::LinQKVZ, sc, p + "in_proj_qkvz.weight", {D::LinQKVZ, D::Hidden});
+        t.add(Role::LinBA, sc, p + "in_proj_ba.weight", {2 * D::LinVHeads, D::Hidden});
+    } else {
+        t.add(Role::LinQKV, sc, p + "in_proj_qkv.weight", {D::LinConv, D::Hidden});
+        t.add(Role::LinZ, sc, p + "in_proj_z.weight", {D::LinValue, D::Hidden});
+        t.add(Role::LinB, sc, p + "in_proj_b.weight", {D::LinVHeads, D::Hidden});
+        t.add(Role::LinA, sc, p + "in_proj_a.weight", {D::LinVHeads, D::Hidden});
+    }
+    t.add(Role::LinConv, sc, p + "conv1d.weight", {D::LinConv, D::One, D::LinKernel});
+    t.add(Role::LinDtBias, sc, p + "dt_bias", {D::LinVHeads});
+    t.add(Role::LinALog, sc, p + "A_log", {D::LinVHeads});
+    t.add(Role::LinNorm, sc, p + "norm.weight", {D::LinVHeadDim});
+    t.add(Role::LinOut, sc, p + "out_proj.weight", {D::Hidden, D::LinValue});
 }
 
 void hfDenseMlp(TableBuilder& t) {

@@ -172,6 +172,14 @@ struct DeepseekDefaults {
 };
 void deepseekLayers(ModelSpec& s, const Config& c, const DeepseekDefaults& d);
 
+// Gated DeltaNet (Qwen3-Next, Qwen3.5): linear_num_key/value_heads, linear_key/value_head_dim,
+// linear_conv_kernel_dim; which layers are linear by layer_types ("linear_attention" or
+// "full_attention"), else all but every full_attention_interval-th. Defaults: the config class's.
+struct LinearAttentionDefaults {
+    int64_t kHeads = 16, vHeads = 32, kHeadDim = 128, vHeadDim = 128, kernel = 4, fullAttentionInterval = 4;
+};
+void readLinearAttention(ModelSpec& s, const Config& c, const LinearAttentionDefaults& d = {});
+
 // ---- the tensor table: building blocks ----
 
 class TableBuilder {
@@ -193,6 +201,9 @@ private:
 // lm_head (optional when tied), the two per-layer RMSNorms, and the attention of AttentionSpec
 // (q/k/v/o with the biases and QK-norms it asks for) under `model.layers.{L}.self_attn.`.
 void hfDecoderTensors(TableBuilder& t);
+// Gated DeltaNet's tensors under "model.layers.{L}.linear_attn." in the linear-attention layers:
+// the fused in_proj_qkvz / in_proj_ba (Qwen3-Next) or in_proj_qkv, _z, _b, _a (Qwen3.5).
+void hfGatedDeltaNet(TableBuilder& t, bool fused);
 // A SwiGLU MLP under "model.layers.{L}.mlp." in the layers that have a dense FFN.
 void hfDenseMlp(TableBuilder& t);
 // Routed experts: a router `router` and experts under `experts` ("{E}" per expert) with leaf

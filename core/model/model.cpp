@@ -197,7 +197,7 @@ std::unique_ptr<Model> Model::load(std::shared_ptr<Checkpoint> ckpt, const Model
         d.embNorm = d.load(Role::EmbNorm);
         d.embNormB = d.load(Role::EmbNormBias);
     } else {
-        d.finalNorm = d.normFloat32() ? d.loadFloat32Opt(Role::FinalNorm, -1) : d.load(Role::FinalNorm);
+        d.finalNorm = d.loadNorm(Role::FinalNorm, -1);
         d.finalNormB = d.loadOpt(Role::FinalNormBias);
         d.lmHead = spec.tieEmbeddings ? d.embed : d.load(Role::LmHead);
         d.lmHeadBias = d.loadOpt(Role::LmHeadBias);
@@ -484,8 +484,9 @@ void Model::Impl::step(int l, State& st, bool allExperts, const Tap& tap, const 
             if (attnTap) attnTap(p, x, &a);
             join(a.y, w.inNorm, w.inNormB, w.attnOutNorm);
         } else {
-            join(spec.attn.isMla() ? mlaAttention(w, x, st.cos[p], st.sin[p])
-                                   : attention(w, x, st.cos[p], st.sin[p], spec.layers[l]),
+            join(spec.layers[l].linearAttention ? gatedDeltaNet(w, x)
+                 : spec.attn.isMla()            ? mlaAttention(w, x, st.cos[p], st.sin[p])
+                                                : attention(w, x, st.cos[p], st.sin[p], spec.layers[l]),
                  w.inNorm, w.inNormB, w.attnOutNorm);
         }
         x = in(w.postNorm, w.postNormB);

@@ -185,7 +185,11 @@ struct LayerWeights {
     Tensor inNormB, postNormB;       // LayerNorm biases (BERT)
     Tensor attnOutNorm, ffnOutNorm;  // sandwich blocks (Grok-1): the norms of the attention's and the FFN's outputs
     Tensor q, k, v, o, qb, kb, vb, ob, qn, kn;
-    Tensor sinks;                                             // [H]: GPT-OSS's attention sinks
+    Tensor sinks;  // [H]: GPT-OSS's attention sinks
+    // Gated DeltaNet (linear-attention layers): q/k/v rows in order [convDim, d], z [valueDim, d],
+    // b and a [vHeads, d], or Qwen3-Next's fused qkvz and ba; the convolution [convDim, 1, kernel],
+    // dt bias, A_log, norm, out_proj
+    Tensor linQkv, linZ, linB, linA, linQkvz, linBa, linConv, linDtBias, linALog, linNorm, linOut;
     Tensor qa, qab, qaNorm, qbProj, kva, kvab, kvaNorm, kvb;  // MLA (q: q_proj without q LoRA)
     Ffn mlp;                                                  // dense layers
     Tensor router, routerBias;                                // MoE layers
@@ -453,15 +457,25 @@ struct Model::Impl {
     void loadStandardAttention(LayerWeights& w, int l) const;
     void loadMoaAttention(LayerWeights& w, int l) const;
     void loadMlaAttention(LayerWeights& w, int l) const;
+    void loadGatedDeltaNet(LayerWeights& w, int l) const;
     bool normFloat32() const { return spec.normWeightsFloat32InF16 && dtype == torch::kHalf; }
+    // An RMSNorm's weights as norm() multiplies by them: 1 + w in float32 for zero-centred norms
+    // (w in the compute dtype first, as transformers holds it), in float32 where GPT-OSS keeps them
+    // so in float16, else in the compute dtype. Undefined where the table has no such role.
+    Tensor loadNorm(Role r, int l) const {
+        if (!spec.has(r)) return Tensor();
+        if (spec.normUnitOffset) return load(r, l).to(torch::kFloat) + 1;
+        return normFloat32() ? loadFloat32Opt(r, l) : load(r, l);
+    }
     void loadAttention(LayerWeights& w, int l) const {
-        w.inNorm = normFloat32() ? loadFloat32Opt(Role::AttnNorm, l) : load(Role::AttnNorm, l);
-        w.postNorm = normFloat32() ? loadFloat32Opt(Role::FfnNorm, l) : load(Role::FfnNorm, l);
+        w.inNorm = loadNorm(Role::AttnNorm, l);
+        w.postNorm = loadNorm(Role::FfnNorm, l);
         w.inNormB = loadOpt(Role::AttnNormBias, l);
         w.postNormB = loadOpt(Role::FfnNormBias, l);
         w.attnOutNorm = loadOpt(Role::AttnOutNorm, l);
         w.ffnOutNorm = loadOpt(Role::FfnOutNorm, l);
-        if (spec.attn.isMoa()) loadMoaAttention(w, l);
+        if (spec.layers[l].linearAttention) loadGatedDeltaNet(w, l);
+        else if (spec.attn.isMoa()) loadMoaAttention(w, l);
         else if (spec.attn.isMla()) loadMlaAttention(w, l);
         else loadStandardAttention(w, l);
     }
@@ -472,6 +486,9 @@ struct Model::Impl {
     // Multi-head latent attention (attention/mla.cpp): cos/sin are the RoPE tables of the
     // qk_rope_head_dim rotary dimensions.
     Tensor mlaAttention(const LayerWeights& w, const Tensor& x, const Tensor& cos, const Tensor& sin) const;
+    // Gated DeltaNet (attention/gated_deltanet.cpp), spec.h's LinearAttentionSpec: x [T, d] of one
+    // prompt, from a zero state.
+    Tensor gatedDeltaNet(const LayerWeights& w, const Tensor& x) const;
     // Standard and encoder attention (attention/standard.cpp).
     // `layer`: its sliding window or attention chunk, and whether it has positions (RoPE).
     Tensor attention(const LayerWeights& w, const Tensor& x, const Tensor& cos, const Tensor& sin,
@@ -577,7 +594,7 @@ struct Model::Impl {
     // the decoder's RMSNorms, as the family rounds them (ModelSpec::normProductFloat32)
     Tensor norm(const Tensor& x, const Tensor& w, double eps, const Tensor& bias = {}) const {
         if (spec.layerNormBlocks) return torch::layer_norm(x, {spec.hidden}, w, bias, spec.layerNormEps);
-        return rmsNorm(x, w, eps, spec.normProductFloat32);
+        return rmsNorm(x, w, eps, spec.normProductFloat32 || spec.normUnitOffset);
     }
     // the language-model head on the last hidden states, in the compute dtype (times Grok-1's
     // output_multiplier_scale, divided by Granite's logits_scaling)

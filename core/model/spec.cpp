@@ -92,6 +92,10 @@ const char* AttentionSpec::kindName() const {
     return "?";
 }
 
+bool ModelSpec::hasLinearAttention() const {
+    return std::any_of(layers.begin(), layers.end(), [](const LayerSpec& l) { return l.linearAttention; });
+}
+
 std::vector<int> ModelSpec::moeLayers() const {
     std::vector<int> v;
     for (int l = 0; l < static_cast<int>(layers.size()); ++l)
@@ -183,6 +187,24 @@ int64_t ModelSpec::dim(Dim d, int layer) const {
         case Dim::MlaO:
             v = attn.heads * attn.vHeadDim;
             break;
+        case Dim::LinConv:
+            v = linear.convDim();
+            break;
+        case Dim::LinValue:
+            v = linear.valueDim();
+            break;
+        case Dim::LinVHeads:
+            v = linear.vHeads;
+            break;
+        case Dim::LinVHeadDim:
+            v = linear.vHeadDim;
+            break;
+        case Dim::LinKernel:
+            v = linear.kernel;
+            break;
+        case Dim::LinQKVZ:
+            v = linear.convDim() + linear.valueDim();
+            break;
     }
     return v * d.mul;
 }
@@ -241,6 +263,10 @@ bool inLayer(const ModelSpec& s, const TensorRole& t, int l) {
             return l < 0;
         case Scope::Layer:
             return l >= 0;
+        case Scope::Attention:
+            return l >= 0 && !s.layers[l].linearAttention;
+        case Scope::LinearAttention:
+            return l >= 0 && s.layers[l].linearAttention;
         case Scope::DenseFfn:
             return l >= 0 && (!s.layers[l].moe || s.layout == ExpertLayout::Blocks);
         case Scope::Moe:

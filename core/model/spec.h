@@ -154,6 +154,9 @@ struct AttentionSpec {
     // rounded to the activations' dtype before the values; 0: none
     double logitSoftcap = 0.0;
     bool softcapInFloat32 = true;
+    // Qwen3-Next's gated attention: q_proj gives each head its queries and then as many gate
+    // values; the heads' output times sigmoid(gate), in the activations' dtype, before o_proj
+    bool outputGate = false;
     bool isMla() const { return kind == Kind::MLA; }
     bool isMoa() const { return kind == Kind::MoA; }
     const char* kindName() const;
@@ -167,6 +170,24 @@ struct LayerSpec {
     // of its own chunk of attentionChunk positions (i / c == j / c); 0: none
     int64_t attentionChunk = 0;
     bool rope = true;  // false: a layer without positions (Llama 4's no_rope_layers 0)
+    // the layer's token mixer is the linear attention of ModelSpec::linear (Qwen3-Next's
+    // "linear_attention" layers), not softmax attention
+    bool linearAttention = false;
+};
+
+// Gated DeltaNet (Qwen3-Next, Qwen3.5), as transformers computes it without its optional fused
+// kernels: q, k, v from one projection through a causal depthwise convolution (kernel wide, no
+// bias) and SiLU; per value head the decay g = -exp(A_log) softplus(a + dt_bias) and the write
+// strength beta = sigmoid(b); q and k L2-normalised, q scaled by 1 / sqrt(keyHeadDim), each key
+// head serving vHeads / kHeads value heads; the gated delta rule in float32 over chunks of
+// `chunk` positions (transformers' torch_chunk_gated_delta_rule); the output RMSNorm'd per value
+// head, times SiLU(z), then out_proj. Each prompt starts from a zero state.
+struct LinearAttentionSpec {
+    int64_t kHeads = 0, vHeads = 0, kHeadDim = 0, vHeadDim = 0, kernel = 0;
+    int64_t chunk = 64;
+    int64_t keyDim() const { return kHeads * kHeadDim; }
+    int64_t valueDim() const { return vHeads * vHeadDim; }
+    int64_t convDim() const { return 2 * keyDim() + valueDim(); }
 };
 
 // Blocks: EMoE; the MoE layer keeps the dense FFN tensors (Role::FfnGate, FfnUp, FfnDown) and
@@ -238,6 +259,8 @@ struct ModelSpec {
     bool gatedGelu = false;
     bool gatedFfn() const { return activation == "silu" || gatedGelu; }
     AttentionSpec attn;
+    LinearAttentionSpec linear;  // the linear-attention layers' (LayerSpec::linearAttention)
+    bool hasLinearAttention() const;
     RouterRule router;
     RouterRule attnRouter;  // MoA: JetMoE's top-k softmax, or the MoA paper's full softmax
     std::vector<LayerSpec> layers;
@@ -260,6 +283,9 @@ struct ModelSpec {
     // RMSNorm weights times the float32 normalised values, rounded after (OLMo 2), instead of
     // times the values rounded to the activations' dtype (Llama)
     bool normProductFloat32 = false;
+    // RMSNorm weights stored as offsets from 1 (Qwen3-Next's zero-centred norms: the decoder's, the
+    // final one and the QK-norms): the normalised float32 values times 1 + w, in float32
+    bool normUnitOffset = false;
     // the RMSNorm weights kept in float32 when the model runs in float16 (GPT-OSS's
     // _keep_in_fp32_modules, which transformers upcasts for float16 only: the decoder's two
     // norms and the final one)

@@ -1,6 +1,7 @@
 #include "model/summary.h"
 
 #include <cmath>
+#include <cstring>
 #include <map>
 #include <cstdio>
 #include <sstream>
@@ -160,6 +161,28 @@ std::vector<SummaryRow> describeModel(const ModelSpec& s, const Checkpoint& ckpt
                                                         ? oj{{"attn_scale", s.attn.nopeTemperature.attnScale},
                                                              {"floor_scale", s.attn.nopeTemperature.floorScale}}
                                                         : oj()});
+    if (s.attn.outputGate) attn.text += ", an output gate per head (sigmoid)";
+    attn.fields.push_back({"attention_output_gate", s.attn.outputGate});
+    // linear-attention layers (Gated DeltaNet): which, and its sizes
+    std::vector<int> linear;
+    for (int l = 0; l < s.numLayers; ++l)
+        if (s.layers[l].linearAttention) linear.push_back(l);
+    attn.fields.push_back({"linear_attention_layers", linear});
+    if (!linear.empty()) {
+        const LinearAttentionSpec& g = s.linear;
+        attn.text = std::string(s.attn.kindName()) + " on " + std::to_string(s.numLayers - linear.size()) + " of " +
+                    std::to_string(s.numLayers) + " layers" + attn.text.substr(std::strlen(s.attn.kindName())) +
+                    "; Gated DeltaNet (linear attention) on " + std::to_string(linear.size()) + ": " +
+                    std::to_string(g.kHeads) + " key heads of " + std::to_string(g.kHeadDim) + ", " +
+                    std::to_string(g.vHeads) + " value heads of " + std::to_string(g.vHeadDim) + ", convolution " +
+                    std::to_string(g.kernel) + " wide, chunks of " + std::to_string(g.chunk);
+        attn.fields.push_back({"linear_attention", oj{{"num_key_heads", g.kHeads},
+                                                      {"num_value_heads", g.vHeads},
+                                                      {"key_head_dim", g.kHeadDim},
+                                                      {"value_head_dim", g.vHeadDim},
+                                                      {"conv_kernel", g.kernel},
+                                                      {"chunk_size", g.chunk}}});
+    }
     if (s.attn.isMoa()) {
         attn.text = "mixture of attention heads: " + std::to_string(s.attn.moaExperts) + " experts of " +
                     std::to_string(s.attn.kvHeads) + " query heads, top-" + std::to_string(s.attn.moaTopK) +

@@ -130,6 +130,28 @@ const char* roleName(Role r) {
             return "shared expert down bias";
         case Role::SharedExpertGate:
             return "shared expert's gate";
+        case Role::LinQKVZ:
+            return "linear attention's fused q/k/v/z projection";
+        case Role::LinBA:
+            return "linear attention's fused beta/decay projection";
+        case Role::LinQKV:
+            return "linear attention's q/k/v projection";
+        case Role::LinZ:
+            return "linear attention's output gate projection";
+        case Role::LinB:
+            return "linear attention's beta projection";
+        case Role::LinA:
+            return "linear attention's decay projection";
+        case Role::LinConv:
+            return "linear attention's convolution";
+        case Role::LinDtBias:
+            return "linear attention's dt bias";
+        case Role::LinALog:
+            return "linear attention's A_log";
+        case Role::LinNorm:
+            return "linear attention's gated norm";
+        case Role::LinOut:
+            return "linear attention's output projection";
     }
     return "?";
 }

@@ -59,6 +59,22 @@ enum class Role : uint8_t {
     MlaKvABias,
     MlaKvANorm,
     MlaKvB,
+    // Gated DeltaNet, the linear attention of Qwen3-Next / Qwen3.5 (Scope::LinearAttention): the
+    // input projections, fused as Qwen3-Next stores them (query, key, value and output gate z per
+    // key-head group; b and a per key-head group) or apart as Qwen3.5 does (q, k, v rows in order;
+    // z; b; a), the causal depthwise convolution over the q/k/v channels, the decay's dt bias and
+    // A_log, the gated RMSNorm over each value head, the output projection
+    LinQKVZ,
+    LinBA,
+    LinQKV,
+    LinZ,
+    LinB,
+    LinA,
+    LinConv,
+    LinDtBias,
+    LinALog,
+    LinNorm,
+    LinOut,
     // a dense FFN (also EMoE's layers, whose experts are neuron blocks of it): SwiGLU gate, up,
     // down (with biases: ERNIE's use_bias); a GELU FFN (BERT): W1 (as gate) with its bias, W2 (as
     // down) with its bias
@@ -91,11 +107,13 @@ const char* roleName(Role r);
 
 // Where a role's tensors are.
 enum class Scope : uint8_t {
-    Model,     // once
-    Layer,     // in every layer
-    DenseFfn,  // in layers whose FFN is dense, and in EMoE layers (their experts are blocks of it)
-    Moe,       // in MoE layers that store routed experts
-    Expert,    // one tensor per expert of each MoE layer; "{E}" in the name
+    Model,            // once
+    Layer,            // in every layer
+    Attention,        // in every layer with softmax attention (all but the linear-attention layers)
+    LinearAttention,  // in the linear-attention layers (LayerSpec::linearAttention)
+    DenseFfn,         // in layers whose FFN is dense, and in EMoE layers (their experts are blocks of it)
+    Moe,              // in MoE layers that store routed experts
+    Expert,           // one tensor per expert of each MoE layer; "{E}" in the name
 };
 
 // How a role's tensor holds the experts' matrices.
@@ -126,15 +144,22 @@ struct Dim {
         AttnExperts,
         Positions,
         TypeVocab,
-        QLora,      // MLA: q_lora_rank
-        KvLora,     // kv_lora_rank
-        MlaQ,       // heads x (qk_nope_head_dim + qk_rope_head_dim)
-        MlaKvA,     // kv_lora_rank + qk_rope_head_dim
-        MlaKvB,     // heads x (qk_nope_head_dim + v_head_dim)
-        MlaO,       // heads x v_head_dim
-        Heads,      // attention heads (GPT-OSS's sinks)
-        QkvDim,     // QDim + 2 KvDim (a fused Wqkv)
-        ExpertsFfn  // experts x expert width (DBRX's [E * F, d] expert stacks)
+        QLora,       // MLA: q_lora_rank
+        KvLora,      // kv_lora_rank
+        MlaQ,        // heads x (qk_nope_head_dim + qk_rope_head_dim)
+        MlaKvA,      // kv_lora_rank + qk_rope_head_dim
+        MlaKvB,      // heads x (qk_nope_head_dim + v_head_dim)
+        MlaO,        // heads x v_head_dim
+        Heads,       // attention heads (GPT-OSS's sinks)
+        QkvDim,      // QDim + 2 KvDim (a fused Wqkv)
+        ExpertsFfn,  // experts x expert width (DBRX's [E * F, d] expert stacks)
+        // Gated DeltaNet (ModelSpec::linear)
+        LinConv,      // the convolved q/k/v channels: 2 key heads x key dim + value heads x value dim
+        LinValue,     // value heads x value head dim
+        LinVHeads,    // value heads
+        LinVHeadDim,  // value head dim
+        LinKernel,    // the convolution's width
+        LinQKVZ,      // LinConv + LinValue (Qwen3-Next's fused in_proj_qkvz)
     };
     Sym sym = One;
     int64_t mul = 1;

@@ -578,6 +578,27 @@ int layerIndex(const std::string& name, int64_t numLayers) {
     return l >= 0 && l < numLayers ? l : -1;
 }
 
+// /model@linear_attention_layers: a 1-d integer list of at most num_layers layers, ascending,
+// each in [0, num_layers) (its size checked before it is read).
+std::vector<int64_t> linearLayers(hid_t g, int64_t numLayers, const std::string& file) {
+    const std::string at = "/model@linear_attention_layers";
+    H a(H5Aopen(g, "linear_attention_layers", H5P_DEFAULT), H5Aclose);
+    if (!a.ok()) throw Error("unreadable attribute", file, at);
+    H sp(H5Aget_space(a), H5Sclose);
+    const hssize_t n = H5Sget_simple_extent_npoints(sp);
+    if (H5Sget_simple_extent_ndims(sp) != 1 || n < 0 || n > numLayers)
+        throw Error("expected a list of at most num_layers (" + std::to_string(numLayers) + ") layers", file, at);
+    const AttrValue v = readAttrValue(a, file, at);
+    if (v.type != AttrValue::Type::I64 && v.type != AttrValue::Type::I32)
+        throw Error("expected a list of integers", file, at);
+    for (size_t i = 0; i < v.ints.size(); ++i)
+        if (v.ints[i] < 0 || v.ints[i] >= numLayers || (i > 0 && v.ints[i] <= v.ints[i - 1]))
+            throw Error("layer " + std::to_string(v.ints[i]) + " is out of range [0, " + std::to_string(numLayers) +
+                            ") or out of ascending order",
+                        file, at);
+    return v.ints;
+}
+
 // Checks one stored run completely (metadata only: names, shapes, element types).
 RunInfo readRunInfo(hid_t f, const std::string& name, const SessionModel& m, const std::string& file) {
     const std::string base = "runs/" + name;
@@ -860,6 +881,7 @@ Session Session::open(const std::string& pathIn) {
         // optional (sessions before them: no groups)
         if (H5Aexists(g, "expert_groups") > 0) m.expertGroups = needInt(g, "expert_groups", path, "/model");
         if (H5Aexists(g, "expert_groups_kept") > 0) m.groupsKept = needInt(g, "expert_groups_kept", path, "/model");
+        if (H5Aexists(g, "linear_attention_layers") > 0) m.linearAttentionLayers = linearLayers(g, m.numLayers, path);
         m.configJson = needString(g, "config_json", path, "/model");
         m.checkpointPath = needString(g, "checkpoint_path", path, "/model");
         m.fingerprint = needString(g, "fingerprint", path, "/model");
@@ -1198,6 +1220,8 @@ void Session::save(const std::string& pathIn) {
                     attrInt(g, "expert_groups", m.expertGroups, tmp, "/model");
                     attrInt(g, "expert_groups_kept", m.groupsKept, tmp, "/model");
                 }
+                if (!m.linearAttentionLayers.empty())
+                    attrValue(g, "linear_attention_layers", AttrValue::i64s(m.linearAttentionLayers), tmp, "/model");
                 attrString(g, "config_json", m.configJson, tmp, "/model");
                 attrString(g, "checkpoint_path", m.checkpointPath, tmp, "/model");
                 attrString(g, "fingerprint", m.fingerprint, tmp, "/model");

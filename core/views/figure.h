@@ -63,7 +63,11 @@ struct Panel {
     std::vector<std::string> xTicks;  // categorical x axis: tick i at x = i
     std::vector<double> markX;        // vertical marker lines: the last layer (markXLabel) or group boundaries
     std::string markXLabel;           // written beside each marker line (empty: unlabelled, drawn lighter)
-    bool xExperts = false;            // x is the routed expert id (bars per expert): group boundaries are marked
+    // x positions drawn on a shaded band one unit wide, named shadeXLabel in the legend (a hybrid
+    // model's linear-attention layers on the per-layer charts)
+    std::vector<double> shadeX;
+    std::string shadeXLabel;
+    bool xExperts = false;  // x is the routed expert id (bars per expert): group boundaries are marked
     struct Level {
         std::string name;
         double y;

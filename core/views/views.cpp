@@ -322,6 +322,33 @@ std::string similaritySuffix(const std::string& matrix, const std::string& measu
     return matrix;
 }
 
+// On hybrid models (Qwen3-Next), which token mixer layer l has: "linear attention" (Gated
+// DeltaNet) or "full attention"; "" where every layer has softmax attention.
+std::string layerMixer(const Session& s, int l) {
+    const auto& lin = s.model().linearAttentionLayers;
+    if (lin.empty()) return {};
+    return std::binary_search(lin.begin(), lin.end(), int64_t{l}) ? "linear attention" : "full attention";
+}
+
+// "layer L", with its token mixer on hybrid models ("layer 2 (linear attention)").
+std::string layerName(const Session& s, int l) {
+    const std::string m = layerMixer(s, l);
+    return "layer " + std::to_string(l) + (m.empty() ? "" : " (" + m + ")");
+}
+
+// A per-layer chart of a hybrid model: its linear-attention layers shaded (x = layer), and the
+// figure's CSV (first column: the layer) given a column naming each row's token mixer.
+void markLinearLayers(const Session& s, Figure& f, std::vector<Panel*> panels) {
+    const auto& lin = s.model().linearAttentionLayers;
+    if (lin.empty()) return;
+    for (Panel* p : panels) {
+        for (int64_t l : lin) p->shadeX.push_back(static_cast<double>(l));
+        p->shadeXLabel = "linear-attention layers";
+    }
+    f.csvHeader.insert(f.csvHeader.begin() + 1, "token_mixer");
+    for (auto& row : f.csvRows) row.insert(row.begin() + 1, layerMixer(s, std::stoi(row.at(0))));
+}
+
 Figure similarityFigure(const Session& s, const ViewRequest& req, const SimilarityKind& k) {
     const std::string id = rid(req, k.id);
     const std::string matrix =
@@ -518,14 +545,14 @@ Figure outputSimilarity(const Session& s, const ViewRequest& req) {
         heatmapFrom(f, p, slice, d.labels(), d.labels(), "cosine similarity");
         p.heatmap.rowExpert = p.heatmap.colExpert = expertAxis(p.heatmap.rowLabels);
         slice.a = nullptr;
-        f.title = "Expert output similarity (D1), run " + run + ", layer " + std::to_string(L) + ", token " +
+        f.title = "Expert output similarity (D1), run " + run + ", " + layerName(s, L) + ", token " +
                   std::to_string(req.token);
         auto pieces = s.runTokenPieces(run);
         if (req.token < static_cast<int64_t>(pieces.size())) f.title += " '" + pieces[req.token] + "'";
     } else {
         heatmapFrom(f, p, d, d.labels(), d.labels(), measure == "angular" ? "angular similarity" : "cosine similarity");
         p.heatmap.rowExpert = p.heatmap.colExpert = expertAxis(p.heatmap.rowLabels);
-        f.title = "Expert output similarity (D1, token mean), run " + run + ", layer " + std::to_string(L);
+        f.title = "Expert output similarity (D1, token mean), run " + run + ", " + layerName(s, L);
         if (req.scale == "global") globalRange(s, id, suffix, p.heatmap, req.maskDiagonal);
     }
     f.panels.push_back(std::move(p));
@@ -594,6 +621,7 @@ Figure diversity(const Session& s, const ViewRequest& req) {
     const int last = static_cast<int>(s.model().numLayers) - 1;
     if (table.count(last)) p.markX.push_back(last);
     p.markXLabel = "last layer";
+    markLinearLayers(s, f, {&p});
     f.panels.push_back(std::move(p));
     return f;
 }
@@ -638,7 +666,7 @@ Figure normsVsScores(const Session& s, const ViewRequest& req) {
     }
     Figure f;
     f.view = req.view;
-    f.title = "Expert output norm vs router score (D2), run " + run + ", layer " + std::to_string(L);
+    f.title = "Expert output norm vs router score (D2), run " + run + ", " + layerName(s, L);
     Panel p;
     p.xLabel = "L2 norm of the expert's output";
     // sigmoid routers score each expert alone (the result's params name the scores)
@@ -682,7 +710,7 @@ Figure rankCounts(const Session& s, const ViewRequest& req) {
     if (measure == "layer") {
         const int L = layerOf(s, req, id, "rank_counts");
         name = "layers/" + std::to_string(L) + "/rank_counts";
-        where = "layer " + std::to_string(L);
+        where = layerName(s, L);
     }
     Data d = needArray(s, id, name, req.view);
     const int64_t E = d.dim(0);
@@ -755,6 +783,7 @@ Figure top1MaxNorm(const Session& s, const ViewRequest& req) {
     b.series = {s3};
     b.levels.push_back({"no relation", 0.0});
     f.csvHeader = {"layer", "top1_is_max_norm", "diagonal_mass", "kendall_tau"};
+    markLinearLayers(s, f, {&a, &b});
     f.panels = {a, b};
     return f;
 }
@@ -772,7 +801,7 @@ Figure routingMap(const Session& s, const ViewRequest& req) {
     // Llama 4: the router's weights scale the experts' inputs, not their outputs
     const bool inputs = paramFlag(s, id, "weights_scale_inputs");
     f.title = std::string(inputs ? "Router weights on the experts' inputs" : "Combine weights") + " (D4), run " + run +
-              ", layer " + std::to_string(L) + ", prompt " + std::to_string(req.prompt);
+              ", " + layerName(s, L) + ", prompt " + std::to_string(req.prompt);
     Panel p;
     p.xLabel = "token";
     p.yLabel = "expert";
@@ -818,8 +847,8 @@ Figure routingText(const Session& s, const ViewRequest& req) {
     Figure f;
     f.view = req.view;
     f.isText = true;
-    f.title = "Top-1 expert of every token, run " + run + ", layer " + std::to_string(L) + ", prompt " +
-              std::to_string(req.prompt);
+    f.title =
+        "Top-1 expert of every token, run " + run + ", " + layerName(s, L) + ", prompt " + std::to_string(req.prompt);
     f.text.experts = static_cast<int>(lt.numExperts);
     f.text.legend = "colour = top-1 expert";
     f.csvHeader = {"token", "piece", "id"};
@@ -858,8 +887,7 @@ Figure expertLoad(const Session& s, const ViewRequest& req) {
     f.view = req.view;
     f.title = "Expert load, run " + run;
     Panel bars, all;
-    bars.title = "layer " + std::to_string(L) + ": entropy " + shortNum(ent.v[li]) + " of " +
-                 shortNum(ent.attr("max")) + " bits";
+    bars.title = layerName(s, L) + ": entropy " + shortNum(ent.v[li]) + " of " + shortNum(ent.attr("max")) + " bits";
     bars.xLabel = "expert";
     bars.xExperts = true;
     bars.yLabel = "share of routed tokens";
@@ -883,7 +911,10 @@ Figure expertLoad(const Session& s, const ViewRequest& req) {
     h.rows = static_cast<int64_t>(layers.size());
     h.cols = E;
     h.values = frac.v;
-    for (int l : layers) h.rowLabels.push_back(std::to_string(l));
+    for (int l : layers) {  // hybrid models: each layer's token mixer
+        const std::string m = layerMixer(s, l);
+        h.rowLabels.push_back(std::to_string(l) + (m.empty() ? "" : m[0] == 'l' ? " (linear)" : " (full)"));
+    }
     h.colLabels = bars.xTicks;
     h.colExpert = iota(E);  // rows are layers
     h.valueLabel = "share";
@@ -933,7 +964,7 @@ Figure selectionBias(const Session& s, const ViewRequest& req) {
     f.view = req.view;
     f.title = "Routing against the unbiased top-k, run " + run;
     Panel moved;
-    moved.title = "layer " + std::to_string(L) + ": against the unbiased top-k";
+    moved.title = layerName(s, L) + ": against the unbiased top-k";
     moved.xLabel = "expert";
     moved.yLabel = "tokens gained (+) / lost (-)";
     moved.xExperts = true;
@@ -951,7 +982,7 @@ Figure selectionBias(const Session& s, const ViewRequest& req) {
         Data bias = needArray(s, id, "bias", req.view);
         f.csvHeader.push_back("bias");
         Panel bars;
-        bars.title = "layer " + std::to_string(L) + ": correction bias";
+        bars.title = layerName(s, L) + ": correction bias";
         bars.xLabel = "expert";
         bars.yLabel = "bias";
         bars.xExperts = true;
@@ -1016,7 +1047,7 @@ Figure groupLoad(const Session& s, const ViewRequest& req) {
     f.view = req.view;
     f.title = "Load per expert group, run " + run;
     Panel bars;
-    bars.title = "layer " + std::to_string(L) + ": per group of experts";
+    bars.title = layerName(s, L) + ": per group of experts";
     bars.xLabel = "group";
     bars.yLabel = "share";
     Series k{"tokens keeping the group", Series::Style::Bars}, r{"routed slots in the group", Series::Style::Bars};
@@ -1067,7 +1098,7 @@ Figure gateActivations(const Session& s, const ViewRequest& req) {
     }
     Figure f;
     f.view = req.view;
-    f.title = "Gate activations act(W_gate x) (D3), run " + run + ", layer " + std::to_string(L) + ", token " +
+    f.title = "Gate activations act(W_gate x) (D3), run " + run + ", " + layerName(s, L) + ", token " +
               std::to_string(req.token);
     auto pieces = s.hasRun(run) ? s.runTokenPieces(run) : std::vector<std::string>{};
     if (req.token < static_cast<int64_t>(pieces.size())) f.title += " '" + pieces[req.token] + "'";
@@ -1186,8 +1217,7 @@ Figure activationBlocks(const Session& s, const ViewRequest& req) {
         rows.push_back(t < static_cast<int64_t>(pieces.size()) ? pieces[t] : std::to_string(t));
     Figure f;
     f.view = req.view;
-    f.title =
-        "|activations| of the first " + std::to_string(N) + " tokens, run " + run + ", layer " + std::to_string(L);
+    f.title = "|activations| of the first " + std::to_string(N) + " tokens, run " + run + ", " + layerName(s, L);
     auto panel = [&](bool sorted) {
         Panel p;
         p.title = sorted ? "neurons sorted by expert (lines: expert blocks)" : "neurons in the dense model's order";

@@ -249,6 +249,20 @@ def test_invalid_sessions(cli, base, tmp_path):
     expect_session_error(cli, edited(base, tmp_path, groups(3, 1)), "/model@expert_groups", "equal groups")
     expect_session_error(cli, edited(base, tmp_path, groups(2, 3)), "/model@expert_groups_kept", "out of range")
 
+    def linear(v):
+        def fn(f):
+            f["model"].attrs["linear_attention_layers"] = v
+        return fn
+    L = int(h5py.File(base, "r")["model"].attrs["num_layers"])
+    where = "/model@linear_attention_layers"
+    expect_session_error(cli, edited(base, tmp_path, linear(np.array([0, L], np.int64))), where, "out of range")
+    expect_session_error(cli, edited(base, tmp_path, linear(np.array([1, 0], np.int64))), where, "ascending")
+    expect_session_error(cli, edited(base, tmp_path, linear(np.array([0.5]))), where, "integers")
+    expect_session_error(cli, edited(base, tmp_path, linear(np.arange(L + 1, dtype=np.int64))), where, "at most")
+    expect_session_error(cli, edited(base, tmp_path, linear(np.int64(0))), where, "list")
+    ok = edited(base, tmp_path, linear(np.array([0], np.int64)), "ok.h5")
+    assert run_cli(cli, "session", ok).returncode == 0
+
     def bad_offsets(f):
         f["runs/r0/prompt_offsets"][...] = np.array([0, 5, 3, 64])
     expect_session_error(cli, edited(base, tmp_path, bad_offsets), "/runs/r0/prompt_offsets")

@@ -285,6 +285,26 @@ CONFIGS = {
         no_rope_layers=[1, 0, 1], layer_types=["chunked_attention", "full_attention", "full_attention"],
         attention_chunk_size=6, attention_bias=True, use_qk_norm=False, attn_temperature_tuning=False,
         rope_parameters=dict(rope_type="default", rope_theta=10000.0))),
+    # Qwen3-Next: Gated DeltaNet layers (grouped: 2 value heads per key head, a 4-wide convolution)
+    # and gated full attention alternating by full_attention_interval, a dense layer by
+    # mlp_only_layers, the sigmoid-gated shared expert, renormalised top-2, a quarter of each head
+    # rotated, zero-centred norms
+    "qwen3_next_hybrid": ("Qwen3NextConfig", dict(
+        num_attention_heads=4, num_key_value_heads=2, head_dim=16, num_hidden_layers=4, full_attention_interval=2,
+        mlp_only_layers=[2], num_experts=8, num_experts_per_tok=2, moe_intermediate_size=32,
+        shared_expert_intermediate_size=48, intermediate_size=72, linear_num_key_heads=2, linear_num_value_heads=4,
+        linear_key_head_dim=16, linear_value_head_dim=8, linear_conv_kernel_dim=4)),
+    # layer_types given (a full-attention layer first), MoE every second layer (decoder_sparse_step),
+    # one value head per key head, a 3-wide convolution, q/k/v/o biases (the query's for its gate
+    # too), half of each head rotated, no renormalisation, a tied head
+    "qwen3_next_types_bias": ("Qwen3NextConfig", dict(
+        num_attention_heads=2, num_key_value_heads=1, head_dim=24, num_hidden_layers=4,
+        layer_types=["full_attention", "linear_attention", "linear_attention", "full_attention"],
+        decoder_sparse_step=2, num_experts=6, num_experts_per_tok=3, moe_intermediate_size=24,
+        shared_expert_intermediate_size=40, intermediate_size=56, norm_topk_prob=False, attention_bias=True,
+        linear_num_key_heads=3, linear_num_value_heads=3, linear_key_head_dim=8, linear_value_head_dim=16,
+        linear_conv_kernel_dim=3, tie_word_embeddings=True,
+        rope_parameters=dict(rope_type="default", rope_theta=5000.0, partial_rotary_factor=0.5))),
 }
 
 # Checkpoints stored in half precision: the reference runs HF in float32 on the same rounded

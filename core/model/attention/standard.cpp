@@ -1,7 +1,7 @@
 // Standard attention, and the encoder's (the same with biases, no RoPE, bidirectional):
-// q/k/v/o with optional biases, QK RMSNorm (per head or over the projection; Llama 4's without
-// weights), a clamp of q/k/v, RoPE (not on Llama 4's NoPE layers, which scale their queries by a
-// temperature instead), grouped key/value heads, sliding windows, attention chunks.
+// q/k/v/o with optional biases, an output gate (Qwen3-Next), QK RMSNorm (per head or over the projection; Llama 4's
+// without weights), a clamp of q/k/v, RoPE (not on Llama 4's NoPE layers, which scale their queries by a temperature
+// instead), grouped key/value heads, sliding windows, attention chunks.
 #include <functional>
 
 #include "model/model_impl.h"
@@ -25,8 +25,8 @@ void Model::Impl::loadStandardAttention(LayerWeights& w, int l) const {
     w.kb = loadOpt(Role::KBias, l);
     w.vb = loadOpt(Role::VBias, l);
     w.ob = loadOpt(Role::OBias, l);
-    w.qn = loadOpt(Role::QNorm, l);
-    w.kn = loadOpt(Role::KNorm, l);
+    w.qn = loadNorm(Role::QNorm, l);
+    w.kn = loadNorm(Role::KNorm, l);
     w.sinks = loadOpt(Role::Sinks, l);
 }
 
@@ -91,6 +91,12 @@ Tensor Model::Impl::attention(const LayerWeights& w, const Tensor& x, const Tens
     const bool rope = a.rope && layer.rope;
     const int64_t T = x.size(0);
     Tensor q = torch::linear(x, w.q, w.qb);
+    Tensor gate;  // gated attention: each head's queries, then its gate values
+    if (a.outputGate) {
+        const Tensor qg = q.view({T, a.heads, 2 * a.headDim});
+        q = qg.narrow(-1, 0, a.headDim).reshape({T, a.heads * a.headDim});
+        gate = qg.narrow(-1, a.headDim, a.headDim).reshape({T, a.heads * a.headDim});
+    }
     Tensor k = torch::linear(x, w.k, w.kb);
     Tensor v = torch::linear(x, w.v, w.vb);
     if (a.qkNorm == AttentionSpec::QKNorm::Full) {
@@ -163,6 +169,7 @@ Tensor Model::Impl::attention(const LayerWeights& w, const Tensor& x, const Tens
             : at::scaled_dot_product_attention(q.unsqueeze(0), k.unsqueeze(0), v.unsqueeze(0), mask, 0.0, causal, scale)
                   .squeeze(0);
     o = o.transpose(0, 1).reshape({T, a.heads * a.headDim});
+    if (gate.defined()) o = o * torch::sigmoid(gate);
     return torch::linear(o, w.o, w.ob);
 }
 
