@@ -481,6 +481,27 @@ void readLinearAttention(ModelSpec& s, const Config& c, const LinearAttentionDef
     for (size_t l = 0; l < linear.size(); ++l) s.layers[l].linearAttention = linear[l];
 }
 
+void qwen3NextDecoder(ModelSpec& s, const Config& c) {
+    readLinearAttention(s, c);
+    s.sharedFfn = c.optInt("shared_expert_intermediate_size", 512);
+    positive(c, "shared_expert_intermediate_size", s.sharedFfn);
+    s.router.weightsInHiddenDtype = true;
+    s.router.shared = RouterRule::Shared::SigmoidGated;
+    s.attn.qkvBias = s.attn.oBias = c.optBool("attention_bias", false);
+    s.attn.qkNorm = AttentionSpec::QKNorm::PerHead;
+    s.attn.outputGate = true;
+    s.normUnitOffset = true;
+}
+
+void hfQwen3NextTensors(TableBuilder& t, const TensorProbe& has, bool fused) {
+    hfDecoderTensors(t);
+    hfGatedDeltaNet(t, fused);
+    hfDenseMlp(t);  // (Scope::DenseFfn: none where every layer is MoE)
+    hfMlpExperts(t, has);
+    hfSharedExpert(t, "model.layers.{L}.mlp.shared_expert.", "model.layers.{L}.mlp.shared_expert_gate.weight");
+    t.skip("mtp.", true, "multi-token-prediction module, not part of the forward");
+}
+
 void hfGatedDeltaNet(TableBuilder& t, bool fused) {
     const std::string p = "model.layers.{L}.linear_attn.";
     const Scope sc = Scope::LinearAttention;

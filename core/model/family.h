@@ -179,6 +179,10 @@ struct LinearAttentionDefaults {
     int64_t kHeads = 16, vHeads = 32, kHeadDim = 128, vHeadDim = 128, kernel = 4, fullAttentionInterval = 4;
 };
 void readLinearAttention(ModelSpec& s, const Config& c, const LinearAttentionDefaults& d = {});
+// Qwen3-Next's decoder (Qwen3.5 MoE's too): readLinearAttention; gated full attention with per-head
+// QK-norm and biases by attention_bias; zero-centred norms; the combine weights in the activations'
+// dtype; a sigmoid-gated shared expert of shared_expert_intermediate_size (default 512).
+void qwen3NextDecoder(ModelSpec& s, const Config& c);
 
 // ---- the tensor table: building blocks ----
 
@@ -204,6 +208,10 @@ void hfDecoderTensors(TableBuilder& t);
 // Gated DeltaNet's tensors under "model.layers.{L}.linear_attn." in the linear-attention layers:
 // the fused in_proj_qkvz / in_proj_ba (Qwen3-Next) or in_proj_qkv, _z, _b, _a (Qwen3.5).
 void hfGatedDeltaNet(TableBuilder& t, bool fused);
+// qwen3NextDecoder's table: hfDecoderTensors, Gated DeltaNet (fused: Qwen3-Next's in_proj_qkvz /
+// in_proj_ba), dense MLPs where there are dense layers, the experts, the shared expert and its
+// gate; the MTP module (mtp.*) left out.
+void hfQwen3NextTensors(TableBuilder& t, const TensorProbe& has, bool fused);
 // A SwiGLU MLP under "model.layers.{L}.mlp." in the layers that have a dense FFN.
 void hfDenseMlp(TableBuilder& t);
 // Routed experts: a router `router` and experts under `experts` ("{E}" per expert) with leaf

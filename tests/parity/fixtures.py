@@ -305,6 +305,18 @@ CONFIGS = {
         linear_num_key_heads=3, linear_num_value_heads=3, linear_key_head_dim=8, linear_value_head_dim=16,
         linear_conv_kernel_dim=3, tie_word_embeddings=True,
         rope_parameters=dict(rope_type="default", rope_theta=5000.0, partial_rotary_factor=0.5))),
+    # Qwen3.5 MoE's language model: Gated DeltaNet's projections apart, 3 value heads per key head,
+    # layer_types with the full-attention layer third, every layer MoE, always renormalised,
+    # interleaved MRoPE sections (text positions: plain RoPE on a quarter of each head), q/k/v/o
+    # biases with the gated query
+    "qwen3_5_moe_text_mrope": ("Qwen3_5MoeTextConfig", dict(
+        num_attention_heads=4, num_key_value_heads=2, head_dim=16, num_hidden_layers=4,
+        layer_types=["linear_attention", "linear_attention", "full_attention", "linear_attention"],
+        num_experts=8, num_experts_per_tok=3, moe_intermediate_size=24, shared_expert_intermediate_size=40,
+        linear_num_key_heads=2, linear_num_value_heads=6, linear_key_head_dim=8, linear_value_head_dim=12,
+        linear_conv_kernel_dim=4, attention_bias=True,
+        rope_parameters=dict(rope_type="default", rope_theta=1e6, partial_rotary_factor=0.25, mrope_section=[1, 1, 0],
+                             mrope_interleaved=True))),
 }
 
 # Checkpoints stored in half precision: the reference runs HF in float32 on the same rounded

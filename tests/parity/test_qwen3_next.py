@@ -78,12 +78,18 @@ def test_long_prompts_bit_identical_in_bfloat16(cli, build_fixture, tmp_path, na
     """The long prompts in bf16: routing and logits equal transformers' in bf16 bit for bit (the
     delta rule in float32, rounded where transformers rounds: the convolution, the output before its
     gated norm, the norm's product)."""
-    h5py = require("h5py")
     torch = require("torch")
     per, _, _ = build_fixture(name)
-    ref = fixtures.reference(fixtures.hf_from_pretrained(per, torch.bfloat16), prompts=LONG)
-    out = str(tmp_path / "s.h5")
-    trace_long(cli, per, out, "r", "--dtype", "bfloat16")
+    assert_long_bf16_bit_identical(cli, per, fixtures.hf_from_pretrained(per, torch.bfloat16), tmp_path)
+
+
+def assert_long_bf16_bit_identical(cli, ckpt, model, tmp_path):
+    """The LONG prompts traced in bf16 from ckpt: the logits and every MoE layer's router logits,
+    chosen experts and combine weights equal transformers' `model` (loaded in bf16) bit for bit."""
+    h5py = require("h5py")
+    ref = fixtures.reference(model, prompts=LONG)
+    out = str(tmp_path / "bf16.h5")
+    trace_long(cli, ckpt, out, "r", "--dtype", "bfloat16")
     with h5py.File(out, "r") as f:
         run = f["runs/r"]
         np.testing.assert_array_equal(run["logits"][:], ref["logits"], err_msg="logits")

@@ -14,29 +14,15 @@ const Family& family_qwen3_next() {
         "qwen3_next",
         {"qwen3_next"},
         [](ModelSpec& s, const Config& c) {
-            // the config class's defaults: 2 key/value heads of 256, a quarter of each head rotated
             fillCommon(s, c, {1e-6, 10000.0, true, 0.25, 2, 256});
             moeCounts(s, c, "num_experts", "moe_intermediate_size", {512, 10, 512});
             sparseLayers(s, c);
-            readLinearAttention(s, c);
-            s.sharedFfn = c.optInt("shared_expert_intermediate_size", 512);
-            positive(c, "shared_expert_intermediate_size", s.sharedFfn);
+            qwen3NextDecoder(s, c);
             s.router.renormalize = c.optBool("norm_topk_prob", true);
-            s.router.weightsInHiddenDtype = true;
-            s.router.shared = RouterRule::Shared::SigmoidGated;
-            s.attn.qkvBias = s.attn.oBias = c.optBool("attention_bias", false);
-            s.attn.qkNorm = AttentionSpec::QKNorm::PerHead;
-            s.attn.outputGate = true;
-            s.normUnitOffset = true;
         },
         [](ModelSpec& s, const TensorProbe& has) {
             TableBuilder t(s);
-            hfDecoderTensors(t);
-            hfGatedDeltaNet(t, true);
-            hfDenseMlp(t);
-            hfMlpExperts(t, has);
-            hfSharedExpert(t, "model.layers.{L}.mlp.shared_expert.", "model.layers.{L}.mlp.shared_expert_gate.weight");
-            t.skip("mtp.", true, "multi-token-prediction module, not part of the forward");
+            hfQwen3NextTensors(t, has, true);
         },
     };
     return f;
