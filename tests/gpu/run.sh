@@ -161,11 +161,13 @@ fi
 if [ "$MODE" = gpu ]; then
     FORWARD=(--device cuda --tokens 2048 --reps 5 --threads 8 --profile /tmp/es-gpu-profile)
     DYNAMIC=(--device cuda --prompts 8 --length 512)
-    LIMITS=(180 90)
+    HYBRID=(--device cuda --tokens 512,4096 --reps 3 --threads 8)
+    LIMITS=(180 90 90)
 else  # the mid-size model alone, one short prompt
     FORWARD=(--skip-mixtral --skip-prompts --tokens 64 --reps 1 --threads 2)
     DYNAMIC=(--device cpu --prompts 1 --length 64)
-    LIMITS=(300 120)
+    HYBRID=(--device cpu --tokens 64,128 --reps 1 --threads 2)
+    LIMITS=(300 120 120)
 fi
 if has bench; then
     step bench_forward "${LIMITS[0]}" "$PY" tests/bench/run_bench.py --build "$BUILD" "${FORWARD[@]}" &&
@@ -173,6 +175,8 @@ if has bench; then
             "$REPORT/bench_forward.log" | tee -a "$SUMMARY"
     step bench_dynamic "${LIMITS[1]}" "$PY" tests/bench/bench_analyses.py --build "$BUILD" --skip-static \
         "${DYNAMIC[@]}" && grep "^dynamic" "$REPORT/bench_dynamic.log" | tee -a "$SUMMARY"
+    step bench_hybrid "${LIMITS[2]}" "$PY" tests/bench/bench_hybrid.py --build "$BUILD" "${HYBRID[@]}" &&
+        grep -E "^\[(hybrid|linear)\]|tokens" "$REPORT/bench_hybrid.log" | tee -a "$SUMMARY"
 fi
 
 say "== $([ $FAILED = 0 ] && echo "all steps passed" || echo "SOME STEPS FAILED") in ${SECONDS}s; logs in $REPORT"

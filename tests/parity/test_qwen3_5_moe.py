@@ -23,7 +23,7 @@ import pytest
 
 from conftest import require, run_cli
 import fixtures
-from test_parity import compare
+from test_parity import BF16_TOL, compare
 from test_qwen3_next import LONG, assert_long_bf16_bit_identical, trace_long
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -100,6 +100,18 @@ def test_container_bit_identical_in_bfloat16(cli, built, tmp_path):
     bf16 bit for bit."""
     per, _, _ = built
     assert_long_bf16_bit_identical(cli, per, loaded(per, "bfloat16"), tmp_path)
+
+
+def test_container_device_bfloat16(cli, built, tmp_path, device):
+    """The container's long prompts in bf16 on the device (CUDA: tests/gpu/run.sh) against
+    transformers' load in bf16 on that device; BF16_TOL."""
+    h5py = require("h5py")
+    per, _, _ = built
+    ref = fixtures.reference(loaded(per, "bfloat16").to(device), prompts=LONG, device=device)
+    out = str(tmp_path / "s.h5")
+    trace_long(cli, per, out, "r", "--device", device, "--dtype", "bfloat16")
+    with h5py.File(out, "r") as f:
+        compare(f["runs/r"], ref, **BF16_TOL)
 
 
 def test_mtp_module_left_out(cli, built, tmp_path):

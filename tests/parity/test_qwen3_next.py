@@ -17,7 +17,7 @@ import pytest
 
 from conftest import assert_info_refuses, assert_s1_is, require, run_cli
 import fixtures
-from test_parity import compare
+from test_parity import BF16_TOL, compare
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CONFIGS = os.path.join(HERE, "..", "data", "configs")
@@ -96,6 +96,20 @@ def assert_long_bf16_bit_identical(cli, ckpt, model, tmp_path):
         for l in ref["moe_layers"]:
             for a in ("router_logits", "topk_experts", "topk_weights"):
                 np.testing.assert_array_equal(run[f"layers/{l}/{a}"][:], ref[f"L{l}_{a}"], err_msg=f"{l}/{a}")
+
+
+def test_long_prompts_device_bfloat16(cli, build_fixture, tmp_path, device):
+    """The long prompts in bf16 on the device (CUDA: tests/gpu/run.sh) against transformers in bf16
+    on that device (its torch path of the delta rule there too); BF16_TOL."""
+    torch = require("torch")
+    h5py = require("h5py")
+    per, _, _ = build_fixture("qwen3_next_hybrid")
+    model = fixtures.hf_from_pretrained(per, torch.bfloat16).to(device)
+    ref = fixtures.reference(model, prompts=LONG, device=device)
+    out = str(tmp_path / "s.h5")
+    trace_long(cli, per, out, "r", "--device", device, "--dtype", "bfloat16")
+    with h5py.File(out, "r") as f:
+        compare(f["runs/r"], ref, **BF16_TOL)
 
 
 def published():
