@@ -105,11 +105,11 @@ uint64_t deviceMemoryOverride() {
 // Host copies of records gathered on the device.
 template <typename T>
 std::vector<T> hostVector(std::vector<Tensor>& parts) {
-    if (parts.empty()) return {};
-    Tensor all = toHost(torch::cat(parts, 0).contiguous());
+    std::vector<T> out;
+    if (parts.empty()) return out;
+    copyToVector(torch::cat(parts, 0), out);
     parts.clear();
-    const T* p = all.data_ptr<T>();
-    return std::vector<T>(p, p + all.numel());
+    return out;
 }
 
 }  // namespace
@@ -595,14 +595,12 @@ RunTrace Model::trace(const std::vector<std::vector<int64_t>>& prompts, const Tr
     if (opt.saveLogits) {
         std::vector<Tensor> parts;
         for (auto& x : h) parts.push_back(d.logits(x).to(torch::kFloat));
-        Tensor all = toHost(torch::cat(parts, 0).contiguous());
-        rt.logits.assign(all.data_ptr<float>(), all.data_ptr<float>() + all.numel());
+        copyToVector(torch::cat(parts, 0), rt.logits);
     }
     if (opt.saveHidden) {
         std::vector<Tensor> parts;
         for (auto& x : h) parts.push_back(d.finalHidden(x).to(torch::kFloat));
-        Tensor all = toHost(torch::cat(parts, 0).contiguous());
-        rt.hidden.assign(all.data_ptr<float>(), all.data_ptr<float>() + all.numel());
+        copyToVector(torch::cat(parts, 0), rt.hidden);
         rt.hiddenSize = s.hidden;
     }
     d.addWeightWarnings(rt);

@@ -39,15 +39,57 @@ inline torch::ScalarType storageType(DType d) {
     return torch::kFloat;
 }
 
-// A tensor's host copy, through page-locked (pinned) memory when it lives on a device: a copy to
-// pageable memory goes through the driver's bounce buffer, measured on an H200 machine at about
-// 1 ms per copy and 1.5 GB/s (docs/benchmarks.md), against the link's speed pinned. Above 64 MB
-// (the logits of a long prompt) the copy is pageable, as LibTorch's pinned allocator keeps what it
-// hands out, rounded up to a power of two. A CPU tensor comes back as it is.
+// Copies a contiguous tensor between host memory and a device (dst and src of one dtype and size,
+// one of them on the CPU) in chunks of 64 MB through one page-locked (pinned) buffer. A copy to or
+// from pageable memory (a mapped checkpoint, a result array) goes through the driver's bounce
+// buffer, measured on an H200 machine at about 1 ms per copy and 1.5 GB/s (docs/benchmarks.md);
+// staged, it costs a host memcpy plus the link's speed, and the pinned memory held stays 64 MB
+// however large the tensor (LibTorch's pinned allocator keeps what it hands out).
+inline void stagedCopy(const Tensor& dst, const Tensor& src) {
+    constexpr int64_t kChunk = int64_t{64} << 20;
+    const Tensor s = src.reshape({-1}).view(torch::kByte), d = dst.reshape({-1}).view(torch::kByte);
+    const int64_t n = s.numel();
+    Tensor staging =
+        torch::empty({std::min(n, kChunk)}, torch::TensorOptions().dtype(torch::kByte).pinned_memory(true));
+    for (int64_t off = 0; off < n; off += kChunk) {
+        const int64_t m = std::min(kChunk, n - off);
+        const Tensor st = staging.narrow(0, 0, m);
+        st.copy_(s.narrow(0, off, m));
+        d.narrow(0, off, m).copy_(st);
+    }
+}
+
+// A host tensor on `device` in its own dtype: as it is on the CPU, staged (stagedCopy) above 1 MB.
+inline Tensor toDevice(const Tensor& host, torch::Device device) {
+    if (device.is_cpu()) return host;
+    if (host.numel() * static_cast<int64_t>(host.element_size()) < (int64_t{1} << 20)) return host.to(device);
+    Tensor out = torch::empty(host.sizes(), host.options().device(device));
+    stagedCopy(out, host.contiguous());
+    return out;
+}
+
+// A tensor's values in a host vector, copied once (staged from a device): the records, logits and
+// hidden states a run keeps.
+template <typename T>
+void copyToVector(const Tensor& t, std::vector<T>& out) {
+    const Tensor src = t.contiguous().reshape({-1});
+    out.resize(static_cast<size_t>(src.numel()));
+    const Tensor dst = torch::from_blob(out.data(), {src.numel()}, src.options().device(torch::kCPU));
+    if (src.is_cpu()) dst.copy_(src);
+    else stagedCopy(dst, src);
+}
+
+// A tensor's host copy, staged through page-locked memory when it lives on a device: up to 64 MB in
+// one pinned block, larger ones (the logits of a long prompt) into pageable memory by stagedCopy.
+// A CPU tensor comes back as it is.
 inline Tensor toHost(const Tensor& t) {
     if (t.is_cpu()) return t;
     constexpr int64_t kPinnedMax = int64_t{64} << 20;
-    if (t.numel() * static_cast<int64_t>(t.element_size()) > kPinnedMax) return t.to(torch::kCPU);
+    if (t.numel() * static_cast<int64_t>(t.element_size()) > kPinnedMax) {
+        Tensor h = torch::empty(t.sizes(), t.options().device(torch::kCPU));
+        stagedCopy(h, t.contiguous());
+        return h;
+    }
     Tensor h = torch::empty(t.sizes(), t.options().device(torch::kCPU).pinned_memory(true));
     h.copy_(t);
     return h;
@@ -335,7 +377,7 @@ struct Model::Impl {
         const TensorView& v = ckpt->get(name);
         Tensor t = viewOf(v);
         if (v.dtype == DType::F8_E4M3) t = dequantized(name, t);
-        else if (!(device.is_cpu() && t.scalar_type() == dtype)) t = t.to(device, dtype);
+        else if (!(device.is_cpu() && t.scalar_type() == dtype)) t = toDevice(t, device).to(dtype);
         checkFinite(name, t);
         return t;
     }
@@ -345,7 +387,7 @@ struct Model::Impl {
         const TensorView& sv = ckpt->get(Quantization::scaleName(name));
         Tensor sc = viewOf(sv).to(device);
         sc = sv.dtype == DType::F8_E8M0 ? fp8Scale(sc) : sc.to(torch::kFloat);
-        Tensor w = w8.to(device).to(torch::kFloat);
+        Tensor w = toDevice(w8, device).to(torch::kFloat);
         const auto [br, bc] = spec.quant.blockOf(w.sizes().vec(), sv.shape);
         if (br > 0) {
             const int64_t R = w.size(-2), C = w.size(-1);
@@ -395,7 +437,7 @@ struct Model::Impl {
         const TensorView& bv = ckpt->get(Quantization::mxfp4Blocks(name));
         const TensorView& sv = ckpt->get(Quantization::mxfp4Scales(name));
         const int64_t E = bv.shape[0], R = bv.shape[1], G = bv.shape[2];
-        Tensor blk = viewOf(bv).to(device).view({E, R * G, 16});
+        Tensor blk = toDevice(viewOf(bv), device).view({E, R * G, 16});
         Tensor sc = viewOf(sv).to(device).view({E, R * G, 1}).to(torch::kInt) - 127;
         Tensor lut = torch::from_blob(const_cast<float*>(kFp4E2M1), {16}, torch::kFloat).to(device, dtype);
         Tensor out = torch::empty({E, G * 32, R}, torch::TensorOptions().dtype(dtype).device(device));

@@ -33,8 +33,10 @@ esac
 PY=${PYTHON:-python3}
 [ "$MODE" = cpu ] && [ -x "$ROOT/.venv/bin/python" ] && PY=${PYTHON:-$ROOT/.venv/bin/python}
 REPORT=${OUT:-$ROOT/build-gpu/report}
-STEPS=${ES_GPU_STEPS:-parity,bench}  # which of the checks after the build run
+# which of the checks after the build run: parity, bench (bench_forward, bench_dynamic, bench_hybrid)
+STEPS=${ES_GPU_STEPS:-parity,bench}
 has() { [[ ",$STEPS," == *",$1,"* ]]; }
+wants() { has bench || has "$1"; }  # "bench": all three benchmarks
 DEADLINE=${ES_GPU_DEADLINE:-540}
 mkdir -p "$REPORT"
 SUMMARY=$REPORT/summary.txt
@@ -169,12 +171,16 @@ else  # the mid-size model alone, one short prompt
     HYBRID=(--device cpu --tokens 64,128 --reps 1 --threads 2)
     LIMITS=(300 120 120)
 fi
-if has bench; then
+if wants bench_forward; then
     step bench_forward "${LIMITS[0]}" "$PY" tests/bench/run_bench.py --build "$BUILD" "${FORWARD[@]}" &&
         grep -E "^\[|HF transformers|ours|prompts|HF batched|HF one|span|  (kernel|gpu_memcpy|cuda_runtime):" \
             "$REPORT/bench_forward.log" | tee -a "$SUMMARY"
+fi
+if wants bench_dynamic; then
     step bench_dynamic "${LIMITS[1]}" "$PY" tests/bench/bench_analyses.py --build "$BUILD" --skip-static \
         "${DYNAMIC[@]}" && grep "^dynamic" "$REPORT/bench_dynamic.log" | tee -a "$SUMMARY"
+fi
+if wants bench_hybrid; then
     step bench_hybrid "${LIMITS[2]}" "$PY" tests/bench/bench_hybrid.py --build "$BUILD" "${HYBRID[@]}" &&
         grep -E "^\[(hybrid|linear)\]|tokens" "$REPORT/bench_hybrid.log" | tee -a "$SUMMARY"
 fi
