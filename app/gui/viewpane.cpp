@@ -76,6 +76,7 @@ ViewPane::ViewPane(const QString& id, const QString& title, std::vector<Mode> mo
     layer_->setMinimumWidth(140);
     layer_->setPageStep(1);
     layerLabel_ = new QLabel;
+    layerLabel_->setObjectName("layerLabel");
     layerLabel_->setMinimumWidth(60);
     bar->addWidget(layerLabel_);
     bar->addWidget(layer_);
@@ -306,7 +307,11 @@ void ViewPane::draw() {
     stale_ = false;
     const ViewRequest r = request();
     layer_->setProperty("layerValue", r.layer);
-    layerLabel_->setText(r.layer >= 0 ? QString("Layer %1").arg(r.layer) : QString());
+    // hybrid models: the layer's token mixer beside its number
+    const std::string mixer = session_ && r.layer >= 0 ? layerMixer(*session_, r.layer) : std::string();
+    layerLabel_->setText(r.layer < 0     ? QString()
+                         : mixer.empty() ? QString("Layer %1").arg(r.layer)
+                                         : QString("Layer %1 (%2)").arg(r.layer).arg(QString::fromStdString(mixer)));
     if (const ViewInfo* i = info(); i && i->perToken) {
         updating_ = true;
         const bool tok = showsToken(i);

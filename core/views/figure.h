@@ -140,6 +140,9 @@ std::vector<std::string> allViewNames();
 ViewInfo viewDescription(const std::string& view);
 // How many tokens a per-token view's result of the request's run stores (0: none).
 int storedTokens(const Session& s, const ViewRequest& req);
+// On hybrid models (Qwen3-Next, Qwen3.5), which token mixer a layer has: "linear attention"
+// (Gated DeltaNet) or "full attention"; "" where every layer has softmax attention.
+std::string layerMixer(const Session& s, int layer);
 // Builds a view's figure. An unknown view, a missing result, layer, run or matrix is an error
 // naming what is missing and what is available.
 Figure buildFigure(const Session& s, const ViewRequest& req);

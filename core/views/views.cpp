@@ -322,14 +322,6 @@ std::string similaritySuffix(const std::string& matrix, const std::string& measu
     return matrix;
 }
 
-// On hybrid models (Qwen3-Next), which token mixer layer l has: "linear attention" (Gated
-// DeltaNet) or "full attention"; "" where every layer has softmax attention.
-std::string layerMixer(const Session& s, int l) {
-    const auto& lin = s.model().linearAttentionLayers;
-    if (lin.empty()) return {};
-    return std::binary_search(lin.begin(), lin.end(), int64_t{l}) ? "linear attention" : "full attention";
-}
-
 // "layer L", with its token mixer on hybrid models ("layer 2 (linear attention)").
 std::string layerName(const Session& s, int l) {
     const std::string m = layerMixer(s, l);
@@ -1567,6 +1559,12 @@ std::vector<ViewInfo> availableViews(const Session& s) {
         out.push_back(std::move(v));
     }
     return out;
+}
+
+std::string layerMixer(const Session& s, int layer) {
+    const auto& lin = s.model().linearAttentionLayers;
+    if (lin.empty()) return {};
+    return std::binary_search(lin.begin(), lin.end(), int64_t{layer}) ? "linear attention" : "full attention";
 }
 
 Figure buildFigure(const Session& s, const ViewRequest& req) {

@@ -1032,6 +1032,22 @@ private Q_SLOTS:
         QVERIFY(routing->hasFigure());
         QVERIFY(!w.promptsPanel()->runButton()->isEnabled());
 
+        QCOMPARE(routing->findChild<QLabel*>("layerLabel")->text(), QString("Layer 1"));
+
+        // a hybrid model's session (Qwen3-Next: layer 0 linear attention): the layer's token
+        // mixer beside its number
+        m.linearAttentionLayers = {0};
+        Session hybrid = Session::create(m);
+        hybrid.addRun("r0", t);
+        const std::string hybridPath = dir.filePath("hybrid.h5").toStdString();
+        hybrid.save(hybridPath);
+        QVERIFY2(w.openSession(QString::fromStdString(hybridPath)), qPrintable(w.lastError()));
+        routing = w.pane("routing");
+        routing->setMode("routing-text");
+        QVERIFY(routing->hasFigure());
+        QCOMPARE(routing->findChild<QLabel*>("layerLabel")->text(), QString("Layer 1 (full attention)"));
+        QVERIFY(w.openSession(QString::fromStdString(good)));
+
         // a damaged copy: every byte after the first kilobyte flipped
         QFile in(QString::fromStdString(good));
         QVERIFY(in.open(QIODevice::ReadOnly));

@@ -100,7 +100,8 @@ def test_parity_cpu_float32(cli, build_fixture, tmp_path, name, layout):
         compare(f["runs/r"], ref)
 
 
-@pytest.mark.parametrize("name", ["mixtral_gqa", "qwen2_moe_shared", "olmoe_clip"])
+@pytest.mark.parametrize("name", ["mixtral_gqa", "qwen2_moe_shared", "olmoe_clip", "qwen3_next_hybrid",
+                                  "qwen3_5_moe_text_mrope"])
 def test_layer_streamed_identical(cli, build_fixture, tmp_path, name):
     """The layer-streamed forward (layer l for all prompts, then load l+1, free l) gives the
     same traces, bit for bit, as the forward with every layer resident."""
