@@ -13,7 +13,7 @@ if [ "$(id -u)" != 0 ]; then SUDO=sudo; fi
 
 DEBS=(build-essential cmake ninja-build ccache pkg-config clang-format libhdf5-dev nlohmann-json3-dev libonig-dev libutf8proc-dev)
 if [ "${HEADLESS:-0}" != 1 ]; then
-  DEBS+=(qt6-base-dev qt6-svg-dev libqcustomplot-dev libgl1-mesa-dev xvfb)
+  DEBS+=(qt6-base-dev qt6-svg-dev libqcustomplot-dev libgl1-mesa-dev xvfb fonts-dejavu-core)
 fi
 missing=()
 for p in "${DEBS[@]}"; do

@@ -1,6 +1,7 @@
 #include "figureview.h"
 
 #include <QFileInfo>
+#include <QFontDatabase>
 #include <QHelpEvent>
 #include <QMouseEvent>
 #include <QPainter>
@@ -18,6 +19,30 @@
 namespace es {
 
 namespace {
+
+// The figures' fonts, the same on every machine: DejaVu Sans and DejaVu Sans Mono from the copies
+// built into the program (widgets/CMakeLists.txt takes them from Debian's fonts-dejavu-core),
+// registered once and asked for by name, never through fontconfig's aliases ("sans",
+// "monospace"), which pick whatever the machine has installed (fonts-urw-base35's Nimbus Mono
+// for monospace, on a machine with ghostscript).
+QFont figureFont(int points, bool bold = false, bool mono = false) {
+    static const bool registered = [] {
+        for (const char* f : {":/fonts/DejaVuSans.ttf", ":/fonts/DejaVuSans-Bold.ttf", ":/fonts/DejaVuSansMono.ttf",
+                              ":/fonts/DejaVuSansMono-Bold.ttf"})
+            if (QFontDatabase::addApplicationFont(QString::fromLatin1(f)) < 0)
+                qWarning("ExpertScope: the built-in font %s could not be loaded", f);
+        return true;
+    }();
+    (void)registered;
+    QFont font(mono ? QStringLiteral("DejaVu Sans Mono") : QStringLiteral("DejaVu Sans"), points,
+               bold ? QFont::Bold : QFont::Normal);
+    font.setStyleHint(mono ? QFont::TypeWriter : QFont::SansSerif);
+    // glyph shapes without the machine's hinting settings (fontconfig's hintstyle differs between
+    // setups and changes advance widths), antialiased
+    font.setHintingPreference(QFont::PreferNoHinting);
+    font.setStyleStrategy(QFont::PreferAntialias);
+    return font;
+}
 
 QString q(const std::string& s) { return QString::fromStdString(s); }
 
@@ -124,7 +149,7 @@ public:
         if (record) boxes.clear();
         p.fillRect(area, Qt::white);
         if (!fig) return;
-        QFont title("sans", 11, QFont::Bold), body("monospace", 10);
+        QFont title = figureFont(11, true), body = figureFont(10, false, true);
         p.setFont(title);
         p.setPen(Qt::black);
         QRectF tr(area.left() + 8, area.top() + 6, area.width() - 16, 24);
@@ -200,6 +225,10 @@ FigureView::FigureView(QWidget* parent) : QWidget(parent) {
     plot_->setMouseTracking(true);
     plot_->setInteractions(QCP::iRangeDrag | QCP::iRangeZoom);
     plot_->setAutoAddPlottableToLegend(false);
+    {  // the axes take the plot's font when they are made: the built-in sans at the default size
+        const QFont d = plot_->font();
+        plot_->setFont(figureFont(d.pointSize() > 0 ? d.pointSize() : 9));
+    }
     text_ = new TokenTextWidget(this);
     text_->fig = &fig_;
     stack_->addWidget(plot_);
@@ -252,7 +281,7 @@ void FigureView::rebuild() {
         return;
     }
     stack_->setCurrentWidget(plot_);
-    auto* title = new QCPTextElement(plot_, q(fig_.title), QFont("sans", 11, QFont::Bold));
+    auto* title = new QCPTextElement(plot_, q(fig_.title), figureFont(11, true));
     titles_.push_back({title, q(fig_.title), 1.0});
     plot_->plotLayout()->addElement(0, 0, title);
     auto* grid = new QCPLayoutGrid;
@@ -275,7 +304,7 @@ void FigureView::rebuild() {
         grid->addElement(0, col++, panelGrid);
         int row = 0;
         if (!p.title.empty()) {
-            auto* pt = new QCPTextElement(plot_, q(p.title), QFont("sans", 9));
+            auto* pt = new QCPTextElement(plot_, q(p.title), figureFont(9));
             titles_.push_back({pt, q(p.title), 1.0 / static_cast<double>(fig_.panels.size())});
             panelGrid->addElement(row++, 0, pt);
             panelGrid->setRowStretchFactor(0, 0.001);
@@ -339,7 +368,7 @@ void FigureView::rebuild() {
                         t->position->setAxes(xa, ya);
                         t->position->setCoords(static_cast<double>(c), static_cast<double>(r));
                         t->setPositionAlignment(Qt::AlignCenter);
-                        t->setFont(QFont("sans", h.rows * h.cols > 144 ? 6 : 8));
+                        t->setFont(figureFont(h.rows * h.cols > 144 ? 6 : 8));
                         t->setText(QString::number(v, 'f', 2));
                         const QColor bg = colormapColor(q(h.colormap), v, lo, hi);
                         t->setColor(bg.isValid() && bg.lightnessF() < 0.5 ? Qt::white : Qt::black);
@@ -373,7 +402,7 @@ void FigureView::rebuild() {
             panelGrid->addElement(row + 1, 0, legend);
             panelGrid->setRowStretchFactor(row + 1, 0.001);
             legend->setLayer("legend");
-            legend->setFont(QFont("sans", 8));
+            legend->setFont(figureFont(8));
             legend->setBorderPen(Qt::NoPen);
             legend->setBrush(Qt::NoBrush);
             legend->setFillOrder(QCPLayoutGrid::foColumnsFirst);
@@ -465,7 +494,7 @@ void FigureView::rebuild() {
                 t->setPositionAlignment(Qt::AlignLeft | Qt::AlignBottom);
                 t->setPadding(QMargins(5, 0, 0, 3));
                 t->setText(q(s.pointLabels[i]));
-                t->setFont(QFont("sans", 9));
+                t->setFont(figureFont(9));
             }
         }
         if (!p.xTicks.empty()) {
@@ -490,7 +519,7 @@ void FigureView::rebuild() {
             t->setPositionAlignment(Qt::AlignLeft | Qt::AlignBottom);
             t->setText(q(lv.name));
             t->setColor(Qt::darkGray);
-            t->setFont(QFont("sans", 8));
+            t->setFont(figureFont(8));
             ymin = std::min(ymin, lv.y), ymax = std::max(ymax, lv.y);
         }
         for (double mx : p.markX) {
@@ -515,7 +544,7 @@ void FigureView::rebuild() {
             t->setPositionAlignment(Qt::AlignRight | Qt::AlignBottom);
             t->setText(q(p.markXLabel));
             t->setColor(QColor(200, 0, 0));
-            t->setFont(QFont("sans", 8));
+            t->setFont(figureFont(8));
         }
         if (!p.shadeX.empty()) {  // bands one unit wide under the data, and their legend swatch
             const QColor shade(90, 120, 200, 50);
