@@ -426,7 +426,7 @@ void TableBuilder::skip(std::string name, bool prefix, std::string why) {
 
 using D = Dim;
 
-void hfDecoderTensors(TableBuilder& t) {
+void hfDecoderTensors(TableBuilder& t, const std::string& ffnNorm) {
     const ModelSpec& s = t.spec();
     const AttentionSpec& a = s.attn;
     t.add(Role::Embed, Scope::Model, "model.embed_tokens.weight", {D::Vocab, D::Hidden});
@@ -435,17 +435,17 @@ void hfDecoderTensors(TableBuilder& t) {
     else t.add(Role::LmHead, Scope::Model, "lm_head.weight", {D::Vocab, D::Hidden});
     const std::string p = "model.layers.{L}.";
     t.add(Role::AttnNorm, Scope::Layer, p + "input_layernorm.weight", {D::Hidden});
-    t.add(Role::FfnNorm, Scope::Layer, p + "post_attention_layernorm.weight", {D::Hidden});
+    t.add(Role::FfnNorm, Scope::Layer, p + ffnNorm + ".weight", {D::Hidden});
     if (a.kind != AttentionSpec::Kind::Standard) return;
     const std::string q = p + "self_attn.";
     // gated attention (Qwen3-Next): each head's queries, then its gate values
     t.add(Role::Q, Scope::Attention, q + "q_proj.weight", {a.outputGate ? 2 * D::QDim : D::QDim, D::Hidden});
     t.add(Role::K, Scope::Attention, q + "k_proj.weight", {D::KvDim, D::Hidden});
-    t.add(Role::V, Scope::Attention, q + "v_proj.weight", {D::KvDim, D::Hidden});
+    t.add(Role::V, Scope::AttentionValues, q + "v_proj.weight", {D::KvDim, D::Hidden});
     t.add(Role::O, Scope::Attention, q + "o_proj.weight", {D::Hidden, D::QDim});
     t.addIf(a.qkvBias, Role::QBias, Scope::Attention, q + "q_proj.bias", {a.outputGate ? 2 * D::QDim : D::QDim});
     t.addIf(a.qkvBias, Role::KBias, Scope::Attention, q + "k_proj.bias", {D::KvDim});
-    t.addIf(a.qkvBias, Role::VBias, Scope::Attention, q + "v_proj.bias", {D::KvDim});
+    t.addIf(a.qkvBias, Role::VBias, Scope::AttentionValues, q + "v_proj.bias", {D::KvDim});
     t.addIf(a.oBias, Role::OBias, Scope::Attention, q + "o_proj.bias", {D::Hidden});
     if (a.qkNorm == AttentionSpec::QKNorm::PerHead) {
         t.add(Role::QNorm, Scope::Attention, q + "q_norm.weight", {D::HeadDim});

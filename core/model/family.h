@@ -204,7 +204,8 @@ private:
 // transformers' decoder naming (Llama and the families built on it): embeddings, final norm,
 // lm_head (optional when tied), the two per-layer RMSNorms, and the attention of AttentionSpec
 // (q/k/v/o with the biases and QK-norms it asks for) under `model.layers.{L}.self_attn.`.
-void hfDecoderTensors(TableBuilder& t);
+// (ffnNorm: the FFN's input norm, Gemma 4's pre_feedforward_layernorm)
+void hfDecoderTensors(TableBuilder& t, const std::string& ffnNorm = "post_attention_layernorm");
 // Gated DeltaNet's tensors under "model.layers.{L}.linear_attn." in the linear-attention layers:
 // the fused in_proj_qkvz / in_proj_ba (Qwen3-Next) or in_proj_qkv, _z, _b, _a (Qwen3.5).
 void hfGatedDeltaNet(TableBuilder& t, bool fused);

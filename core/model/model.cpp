@@ -293,7 +293,12 @@ void Model::Impl::loadLayer(int l) {
     if (w.loaded) return;
     loadAttention(w, l);
     if (spec.layers[l].moe) loadExperts(w, l);
-    else w.mlp = denseFfn(l);
+    if (!spec.layers[l].moe || spec.moeBesideDense) w.mlp = denseFfn(l);
+    w.moeInNorm = loadOpt(Role::MoeInNorm, l);
+    w.denseOutNorm = loadOpt(Role::DenseOutNorm, l);
+    w.moeOutNorm = loadOpt(Role::MoeOutNorm, l);
+    w.routerInputScale = loadOpt(Role::RouterInputScale, l);
+    w.layerScalar = loadOpt(Role::LayerScalar, l);
     w.loaded = true;
 }
 
@@ -415,10 +420,26 @@ static Tensor ropeInverseFrequencies(const AttentionSpec& a) {
     return (1.0 / (y.factor * posFreqs)) * (1 - extrapolation) + (1.0 / posFreqs) * extrapolation;
 }
 
+// A RopeTable's inverse frequencies in float32 as transformers computes them: theta^(-2j / d) for
+// j below the rotated pairs (all d / 2, or a proportional share), then zeros (those pairs pass through)
+static Tensor ropeTableFrequencies(const RopeTable& t) {
+    const int64_t d = t.headDim;
+    const auto rotated =
+        t.proportional ? static_cast<int64_t>(std::floor(t.partial * static_cast<double>(d) / 2)) : d / 2;
+    Tensor inv = 1.0 / torch::pow(t.theta, torch::arange(0, 2 * rotated, 2, torch::kLong).to(torch::kFloat) /
+                                               static_cast<double>(d));
+    if (d / 2 > rotated) inv = torch::cat({inv, torch::zeros({d / 2 - rotated}, torch::kFloat)});
+    return inv;
+}
+
 Model::Impl::State Model::Impl::start(const std::vector<std::vector<int64_t>>& prompts) const {
     State st;
     auto devOpts = torch::TensorOptions().device(device);
     const Tensor invFreq = ropeInverseFrequencies(spec.attn).to(device);
+    std::vector<Tensor> extraFreqs;
+    for (const RopeTable& t : spec.ropeTables) extraFreqs.push_back(ropeTableFrequencies(t).to(device));
+    st.cosX.resize(extraFreqs.size());
+    st.sinX.resize(extraFreqs.size());
     const double ropeGain = spec.attn.yarn.attentionFactor;  // 1 without YaRN
     const auto ropeDtype = spec.attn.ropeInFloat32 ? torch::kFloat : dtype;
     for (auto& p : prompts) {
@@ -433,8 +454,16 @@ Model::Impl::State Model::Impl::start(const std::vector<std::vector<int64_t>>& p
             continue;
         }
         Tensor h = embed.index_select(0, ids);
-        st.h.push_back(spec.embeddingScale != 1.0 ? h * spec.embeddingScale : h);
+        if (spec.embeddingScaleRounded)  // Gemma: the scale rounded to the activations' dtype first
+            h = h * torch::scalar_tensor(spec.embeddingScale, h.options());
+        else if (spec.embeddingScale != 1.0) h = h * spec.embeddingScale;
+        st.h.push_back(h);
         Tensor pos = torch::arange(static_cast<int64_t>(p.size()), devOpts.dtype(torch::kLong)).to(torch::kFloat);
+        for (size_t t = 0; t < extraFreqs.size(); ++t) {
+            const Tensor f = pos.unsqueeze(1) * extraFreqs[t].unsqueeze(0), e = torch::cat({f, f}, -1);
+            st.cosX[t].push_back(e.cos().to(dtype));
+            st.sinX[t].push_back(e.sin().to(dtype));
+        }
         Tensor freqs = pos.unsqueeze(1) * invFreq.unsqueeze(0);
         Tensor emb = torch::cat({freqs, freqs}, -1);
         const auto& lr = spec.attn.longRope;
@@ -479,6 +508,9 @@ void Model::Impl::step(int l, State& st, bool allExperts, const Tap& tap, const 
             st.h[p] = st.h[p] + (spec.residualScale != 1.0 ? o * spec.residualScale : o);
         };
         Tensor x = in(w.inNorm, w.inNormB);
+        const int table = spec.layers[l].ropeTable;  // the layer type's RoPE table (Gemma 4)
+        const Tensor& cos = table == 0 ? st.cos[p] : st.cosX[table - 1][p];
+        const Tensor& sin = table == 0 ? st.sin[p] : st.sinX[table - 1][p];
         if (spec.attn.isMoa()) {
             MoeOut a = moaAttention(w, x, st.cos[p], st.sin[p], allExperts);
             if (attnTap) attnTap(p, x, &a);
@@ -486,18 +518,31 @@ void Model::Impl::step(int l, State& st, bool allExperts, const Tap& tap, const 
         } else {
             join(spec.layers[l].linearAttention ? gatedDeltaNet(w, x)
                  : spec.attn.isMla()            ? mlaAttention(w, x, st.cos[p], st.sin[p])
-                                                : attention(w, x, st.cos[p], st.sin[p], spec.layers[l]),
+                                                : attention(w, x, cos, sin, spec.layers[l]),
                  w.inNorm, w.inNormB, w.attnOutNorm);
         }
         x = in(w.postNorm, w.postNormB);
         if (!isMoe) {
             if (tap) tap(p, x, nullptr);
             join(ffn(x, w.mlp), w.postNorm, w.postNormB, w.ffnOutNorm);
+            if (w.layerScalar.defined()) st.h[p] = st.h[p] * w.layerScalar;
             continue;
         }
-        auto m = moe(w, x, allExperts, keepChosen);
-        if (tap) tap(p, x, &m);
-        join(m.y, w.postNorm, w.postNormB, w.ffnOutNorm);
+        if (spec.moeBesideDense) {  // Gemma 4: the dense MLP and the experts side by side
+            const Tensor& r = st.h[p];
+            const Tensor dense = norm(ffn(x, w.mlp), w.denseOutNorm, eps);
+            const Tensor routerIn =
+                norm(r, Tensor(), eps) * w.routerInputScale * std::pow(static_cast<double>(spec.hidden), -0.5);
+            const Tensor xe = norm(r, w.moeInNorm, eps);
+            auto m = moe(w, xe, allExperts, keepChosen, routerIn);
+            if (tap) tap(p, xe, &m);
+            join(dense + norm(m.y, w.moeOutNorm, eps), w.postNorm, w.postNormB, w.ffnOutNorm);
+        } else {
+            auto m = moe(w, x, allExperts, keepChosen);
+            if (tap) tap(p, x, &m);
+            join(m.y, w.postNorm, w.postNormB, w.ffnOutNorm);
+        }
+        if (w.layerScalar.defined()) st.h[p] = st.h[p] * w.layerScalar;
     }
 }
 

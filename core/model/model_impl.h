@@ -110,11 +110,12 @@ inline Tensor viewOf(const TensorView& v) {
 // RMSNorm: the weight times the normalised values rounded to x's dtype (Llama), or with
 // weightInFloat32 times the float32 values, rounded after (OLMo 2, FlexOlmo)
 // (w undefined: no weights, Llama 4's L2 QK-norm)
-inline Tensor rmsNorm(const Tensor& x, const Tensor& w, double eps, bool weightInFloat32 = false) {
+// (pow: x * pow(mean(x^2) + eps, -0.5), Gemma 4's, instead of rsqrt)
+inline Tensor rmsNorm(const Tensor& x, const Tensor& w, double eps, bool weightInFloat32 = false, bool pow = false) {
     auto dt = x.scalar_type();
     auto xf = x.to(torch::kFloat);
     auto var = xf.pow(2).mean(-1, true);
-    xf = xf * torch::rsqrt(var + eps);
+    xf = pow ? xf * torch::pow(var + eps, -0.5) : xf * torch::rsqrt(var + eps);
     if (!w.defined()) return xf.to(dt);
     return weightInFloat32 ? (w * xf).to(dt) : w * xf.to(dt);
 }
@@ -242,6 +243,9 @@ struct LayerWeights {
     std::vector<Ffn> experts;                           // views; packed layouts are sliced, never copied on CPU
     Ffn shared;
     Tensor sharedGate;
+    // Gemma 4 (ModelSpec::moeBesideDense): the MoE branch's input norm, the branches' output norms,
+    // the router's input scale; the scalar on the residual stream at the end of the layer
+    Tensor moeInNorm, denseOutNorm, moeOutNorm, routerInputScale, layerScalar;
 };
 
 // act(x W_gate^T (+ b1)): the gate branch of the FFN (D3); for a GELU FFN, its hidden state.
@@ -554,13 +558,16 @@ struct Model::Impl {
     // The MoE block on x [T, d]. allExperts: every expert's output norm too (out.norms [T, E]),
     // keepChosen: the chosen experts' raw outputs (out.chosen). The block's output always comes
     // from the chosen experts evaluated on their own tokens, as HF computes it.
-    MoeOut moe(const LayerWeights& w, const Tensor& x, bool allExperts, bool keepChosen = false) const {
+    // routerInput: what the router reads where it is not x (Gemma 4: the transformed residual).
+    MoeOut moe(const LayerWeights& w, const Tensor& x, bool allExperts, bool keepChosen = false,
+               const Tensor& routerInput = {}) const {
         const RouterRule& r = spec.router;
         const int64_t E = spec.numExperts, K = spec.topK;
         MoeOut out;
         if (r.scoring ==
             RouterRule::Scoring::MeanPreactivation)  // EMoE avg-k, in the compute dtype as the paper's code
             out.logits = torch::linear(x, w.blockGate, w.blockGateBias).view({x.size(0), E, spec.expertFfn}).mean(-1);
+        else if (routerInput.defined()) out.logits = torch::linear(routerInput, w.router, w.routerBias);
         else if (r.logitsInFloat32)
             out.logits = torch::linear(x.to(torch::kFloat), w.router.to(torch::kFloat),
                                        w.routerBias.defined() ? w.routerBias.to(torch::kFloat) : Tensor());
@@ -636,12 +643,14 @@ struct Model::Impl {
     // the decoder's RMSNorms, as the family rounds them (ModelSpec::normProductFloat32)
     Tensor norm(const Tensor& x, const Tensor& w, double eps, const Tensor& bias = {}) const {
         if (spec.layerNormBlocks) return torch::layer_norm(x, {spec.hidden}, w, bias, spec.layerNormEps);
-        return rmsNorm(x, w, eps, spec.normProductFloat32 || spec.normUnitOffset);
+        return rmsNorm(x, w, eps, spec.normProductFloat32 || spec.normUnitOffset || spec.normPow, spec.normPow);
     }
     // the language-model head on the last hidden states, in the compute dtype (times Grok-1's
     // output_multiplier_scale, divided by Granite's logits_scaling)
     Tensor logits(const Tensor& h) const {
         Tensor y = torch::linear(finalHidden(h), lmHead, lmHeadBias);
+        if (spec.finalLogitSoftcap > 0)  // Gemma's, op by op in the activations' dtype
+            y = torch::tanh(y / spec.finalLogitSoftcap) * spec.finalLogitSoftcap;
         if (spec.logitsScale != 1.0) y = y * spec.logitsScale;
         return spec.logitsDivisor != 1.0 ? y / spec.logitsDivisor : y;
     }
@@ -649,6 +658,8 @@ struct Model::Impl {
     // The residual streams of a set of prompts between layers, and their RoPE tables.
     struct State {
         std::vector<Tensor> h, cos, sin;
+        // ModelSpec::ropeTables 1..: [table - 1][prompt]
+        std::vector<std::vector<Tensor>> cosX, sinX;
     };
     State start(const std::vector<std::vector<int64_t>>& prompts) const;
     // Runs layer l (loaded) on every prompt. `tap(p, x, moe)` sees prompt p's FFN input x and, on

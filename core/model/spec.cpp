@@ -62,6 +62,7 @@ std::string RouterRule::describe() const {
         }
     }
     if (unitWeights) s += ", weight 1";
+    if (expertScale) s += ", x per-expert scale";
     if (scale != 1.0) {
         std::ostringstream o;
         o << ", x" << scale;
@@ -90,6 +91,13 @@ const char* AttentionSpec::kindName() const {
             return "multi-head latent attention";
     }
     return "?";
+}
+
+int64_t ModelSpec::layerHeadDim(int l) const {
+    return l >= 0 && l < static_cast<int>(layers.size()) && layers[l].headDim > 0 ? layers[l].headDim : attn.headDim;
+}
+int64_t ModelSpec::layerKvHeads(int l) const {
+    return l >= 0 && l < static_cast<int>(layers.size()) && layers[l].kvHeads > 0 ? layers[l].kvHeads : attn.kvHeads;
 }
 
 bool ModelSpec::hasLinearAttention() const {
@@ -131,13 +139,13 @@ int64_t ModelSpec::dim(Dim d, int layer) const {
             v = hidden;
             break;
         case Dim::QDim:
-            v = attn.heads * attn.headDim;
+            v = attn.heads * layerHeadDim(layer);
             break;
         case Dim::KvDim:
-            v = attn.kvHeads * attn.headDim;
+            v = layerKvHeads(layer) * layerHeadDim(layer);
             break;
         case Dim::HeadDim:
-            v = attn.headDim;
+            v = layerHeadDim(layer);
             break;
         case Dim::Heads:
             v = attn.heads;
@@ -265,10 +273,12 @@ bool inLayer(const ModelSpec& s, const TensorRole& t, int l) {
             return l >= 0;
         case Scope::Attention:
             return l >= 0 && !s.layers[l].linearAttention;
+        case Scope::AttentionValues:
+            return l >= 0 && !s.layers[l].linearAttention && !s.layers[l].valueFromKey;
         case Scope::LinearAttention:
             return l >= 0 && s.layers[l].linearAttention;
         case Scope::DenseFfn:
-            return l >= 0 && (!s.layers[l].moe || s.layout == ExpertLayout::Blocks);
+            return l >= 0 && (!s.layers[l].moe || s.layout == ExpertLayout::Blocks || s.moeBesideDense);
         case Scope::Moe:
         case Scope::Expert:
             return l >= 0 && s.layers[l].moe && s.layout != ExpertLayout::Blocks;

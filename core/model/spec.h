@@ -146,6 +146,8 @@ struct AttentionSpec {
         int64_t floorScale = 0;
         bool on() const { return attnScale != 0; }
     } nopeTemperature;
+    // an RMSNorm without weights on each value head (Gemma 4's v_norm)
+    bool valueNorm = false;
     // the softmax scale of q.k (Granite's attention_multiplier); 0: 1 / sqrt(head_dim)
     double softmaxScale = 0.0;
     // Grok-1's soft cap of the attention logits (max_attn_value): the scores q.k times the
@@ -173,6 +175,24 @@ struct LayerSpec {
     // the layer's token mixer is the linear attention of ModelSpec::linear (Qwen3-Next's
     // "linear_attention" layers), not softmax attention
     bool linearAttention = false;
+    // the layer's own attention geometry where it differs from AttentionSpec's (0: the model's):
+    // Gemma 4's full-attention layers (global_head_dim, num_global_key_value_heads)
+    int64_t headDim = 0, kvHeads = 0;
+    // no v_proj: the values are the key projection before its norm and RoPE (Gemma 4's
+    // attention_k_eq_v on full-attention layers)
+    bool valueFromKey = false;
+    int ropeTable = 0;  // which of ModelSpec::ropeTables turns its queries and keys (0: AttentionSpec's)
+};
+
+// A RoPE table beside AttentionSpec's, for layers of another type (Gemma 4's full-attention
+// layers): base theta over headDim dimensions; proportional (transformers' "proportional" rope
+// type): the first partial x headDim / 2 frequency pairs theta^(-2j / headDim), the rest 0 (they pass
+// through), over the whole head (rotate_half pairs j and j + headDim / 2)
+struct RopeTable {
+    double theta = 10000.0;
+    int64_t headDim = 0;
+    double partial = 1.0;
+    bool proportional = false;
 };
 
 // Gated DeltaNet (Qwen3-Next, Qwen3.5), as transformers computes it without its optional fused
@@ -259,8 +279,11 @@ struct ModelSpec {
     bool gatedGelu = false;
     bool gatedFfn() const { return activation == "silu" || gatedGelu; }
     AttentionSpec attn;
-    LinearAttentionSpec linear;  // the linear-attention layers' (LayerSpec::linearAttention)
+    LinearAttentionSpec linear;         // the linear-attention layers' (LayerSpec::linearAttention)
+    std::vector<RopeTable> ropeTables;  // tables 1.. of LayerSpec::ropeTable (table 0: AttentionSpec's)
     bool hasLinearAttention() const;
+    int64_t layerHeadDim(int l) const;  // layer l's head dim (LayerSpec::headDim, else attn's)
+    int64_t layerKvHeads(int l) const;
     RouterRule router;
     RouterRule attnRouter;  // MoA: JetMoE's top-k softmax, or the MoA paper's full softmax
     std::vector<LayerSpec> layers;
@@ -286,6 +309,18 @@ struct ModelSpec {
     // RMSNorm weights stored as offsets from 1 (Qwen3-Next's zero-centred norms: the decoder's, the
     // final one and the QK-norms): the normalised float32 values times 1 + w, in float32
     bool normUnitOffset = false;
+    // RMSNorm as Gemma 4 computes it: x * pow(mean(x^2) + eps, -0.5) (not rsqrt), the weight's product
+    // in float32
+    bool normPow = false;
+    // Gemma 4's MoE layers: the experts beside a dense MLP (intermediate_size wide). The dense MLP
+    // reads the FFN norm of the residual, the experts their own (Role::MoeInNorm), the router the
+    // residual through a weightless RMSNorm times Role::RouterInputScale times hidden^-0.5; the two
+    // outputs are normed (DenseOutNorm, MoeOutNorm), summed, and the sum normed by FfnOutNorm.
+    bool moeBesideDense = false;
+    // the embeddings' scale rounded to the activations' dtype before the product (Gemma's
+    // embed_scale buffer), not applied as a double
+    bool embeddingScaleRounded = false;
+    double finalLogitSoftcap = 0;  // > 0: logits = cap tanh(logits / cap), in the activations' dtype
     // the RMSNorm weights kept in float32 when the model runs in float16 (GPT-OSS's
     // _keep_in_fp32_modules, which transformers upcasts for float16 only: the decoder's two
     // norms and the final one)

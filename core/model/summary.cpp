@@ -47,8 +47,17 @@ std::vector<SummaryRow> describeModel(const ModelSpec& s, const Checkpoint& ckpt
     if (s.gatedGelu)
         rows.push_back({"Expert FFN",
                         std::string("gelu(W_gate x) * W_up x, GELU ") +
-                            (s.activation == "gelu_new" ? "tanh approximation, op by op (gelu_new)" : "exact (erf)"),
+                            (s.activation == "gelu_new"    ? "tanh approximation, op by op (gelu_new)"
+                             : s.activation == "gelu_tanh" ? "tanh approximation (gelu_pytorch_tanh)"
+                                                           : "exact (erf)"),
                         {{"ffn_activation", "gated " + s.activation}}});
+    if (s.moeBesideDense)
+        rows.push_back({"MoE block",
+                        "the experts beside a dense MLP of " +
+                            std::to_string(s.layers.empty() ? 0 : s.layers[0].ffnDim) +
+                            ", each branch normed, the sum normed; the router on the residual through a weightless "
+                            "RMSNorm x router.scale x hidden^-0.5",
+                        {{"moe_beside_dense", true}}});
     if (s.swigluLimit > 0) {
         std::ostringstream t;
         t << "GPT-OSS's: gate and up interleaved, with biases; gate clamped at limit " << s.swigluLimit
@@ -161,6 +170,32 @@ std::vector<SummaryRow> describeModel(const ModelSpec& s, const Checkpoint& ckpt
                                                         ? oj{{"attn_scale", s.attn.nopeTemperature.attnScale},
                                                              {"floor_scale", s.attn.nopeTemperature.floorScale}}
                                                         : oj()});
+    // layers with their own attention geometry and RoPE (Gemma 4's full-attention layers)
+    std::vector<int> own;
+    for (int l = 0; l < s.numLayers; ++l)
+        if (s.layers[l].headDim > 0 || s.layers[l].kvHeads > 0 || s.layers[l].valueFromKey || s.layers[l].ropeTable > 0)
+            own.push_back(l);
+    if (!own.empty()) {
+        const LayerSpec& L = s.layers[own.front()];
+        const RopeTable* rt = L.ropeTable > 0 ? &s.ropeTables.at(L.ropeTable - 1) : nullptr;
+        std::ostringstream t;
+        t << "; on " << own.size() << " layers heads of " << s.layerHeadDim(own.front()) << " with "
+          << s.layerKvHeads(own.front()) << " key/value heads" << (L.valueFromKey ? ", values from the keys" : "");
+        if (rt) {
+            t << ", RoPE theta " << rt->theta;
+            if (rt->proportional) t << " (proportional, " << rt->partial << " of the pairs)";
+        }
+        attn.text += t.str();
+        attn.fields.push_back(
+            {"layer_attention",
+             oj{{"layers", own},
+                {"head_dim", s.layerHeadDim(own.front())},
+                {"num_key_value_heads", s.layerKvHeads(own.front())},
+                {"values_from_keys", L.valueFromKey},
+                {"rope",
+                 rt ? oj{{"theta", rt->theta}, {"proportional", rt->proportional}, {"partial", rt->partial}} : oj()}}});
+    }
+    if (s.attn.valueNorm) attn.text += ", values RMS-normed";
     if (s.attn.outputGate) attn.text += ", an output gate per head (sigmoid)";
     attn.fields.push_back({"attention_output_gate", s.attn.outputGate});
     // linear-attention layers (Gated DeltaNet): which, and its sizes
@@ -261,21 +296,24 @@ std::vector<SummaryRow> describeModel(const ModelSpec& s, const Checkpoint& ckpt
         rows.push_back({"RoPE", t.str(), {{"rope", rope}}});
     }
     if (s.embeddingScale != 1.0 || s.residualScale != 1.0 || s.logitsDivisor != 1.0 || s.logitsScale != 1.0 ||
-        s.attn.softmaxScale > 0) {
+        s.finalLogitSoftcap > 0 || s.attn.softmaxScale > 0) {
         std::ostringstream t;
         t << "embeddings x" << s.embeddingScale << ", block outputs x" << s.residualScale << ", logits / "
           << s.logitsDivisor;
         if (s.logitsScale != 1.0) t << ", logits x" << s.logitsScale;
+        if (s.finalLogitSoftcap > 0) t << ", logits soft-capped at " << s.finalLogitSoftcap << " (cap tanh(x / cap))";
+        if (s.embeddingScaleRounded) t << " (the embedding scale rounded to the compute dtype)";
         t << ", attention softmax scale "
           << (s.attn.softmaxScale > 0 ? s.attn.softmaxScale : 1.0 / std::sqrt(static_cast<double>(s.attn.headDim)));
-        rows.push_back({"Multipliers",
-                        t.str(),
-                        {{"multipliers",
-                          oj{{"embedding", s.embeddingScale},
-                             {"residual", s.residualScale},
-                             {"logits_divisor", s.logitsDivisor},
-                             {"logits_scale", s.logitsScale},
-                             {"attention_softmax_scale", s.attn.softmaxScale > 0 ? oj(s.attn.softmaxScale) : oj()}}}}});
+        rows.push_back(
+            {"Multipliers",
+             t.str(),
+             {{"multipliers", oj{{"embedding", s.embeddingScale},
+                                 {"residual", s.residualScale},
+                                 {"logits_divisor", s.logitsDivisor},
+                                 {"logits_scale", s.logitsScale},
+                                 {"attention_softmax_scale", s.attn.softmaxScale > 0 ? oj(s.attn.softmaxScale) : oj()},
+                                 {"final_logit_softcap", s.finalLogitSoftcap > 0 ? oj(s.finalLogitSoftcap) : oj()}}}}});
     }
     rows.push_back({"Vocabulary", std::to_string(s.vocab), {}});
     oj leftOut = oj::array();

@@ -130,6 +130,16 @@ const char* roleName(Role r) {
             return "shared expert down bias";
         case Role::SharedExpertGate:
             return "shared expert's gate";
+        case Role::MoeInNorm:
+            return "MoE branch's input norm";
+        case Role::DenseOutNorm:
+            return "dense branch's output norm";
+        case Role::MoeOutNorm:
+            return "MoE branch's output norm";
+        case Role::RouterInputScale:
+            return "router input scale";
+        case Role::LayerScalar:
+            return "layer scalar";
         case Role::LinQKVZ:
             return "linear attention's fused q/k/v/z projection";
         case Role::LinBA:

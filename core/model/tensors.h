@@ -102,6 +102,14 @@ enum class Role : uint8_t {
     SharedUpBias,
     SharedDownBias,
     SharedExpertGate,
+    // Gemma 4: the MoE branch beside the dense MLP (its input norm, and the two branches' output
+    // norms before they are summed), the router's per-dimension input scale, the value-less
+    // layers' scalar on the whole residual stream at the end of each layer
+    MoeInNorm,
+    DenseOutNorm,
+    MoeOutNorm,
+    RouterInputScale,
+    LayerScalar,
 };
 const char* roleName(Role r);
 
@@ -111,6 +119,7 @@ enum class Scope : uint8_t {
     Layer,            // in every layer
     Attention,        // in every layer with softmax attention (all but the linear-attention layers)
     LinearAttention,  // in the linear-attention layers (LayerSpec::linearAttention)
+    AttentionValues,  // in the softmax-attention layers with their own values (not LayerSpec::valueFromKey)
     DenseFfn,         // in layers whose FFN is dense, and in EMoE layers (their experts are blocks of it)
     Moe,              // in MoE layers that store routed experts
     Expert,           // one tensor per expert of each MoE layer; "{E}" in the name

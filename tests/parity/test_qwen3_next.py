@@ -83,13 +83,14 @@ def test_long_prompts_bit_identical_in_bfloat16(cli, build_fixture, tmp_path, na
     assert_long_bf16_bit_identical(cli, per, fixtures.hf_from_pretrained(per, torch.bfloat16), tmp_path)
 
 
-def assert_long_bf16_bit_identical(cli, ckpt, model, tmp_path):
-    """The LONG prompts traced in bf16 from ckpt: the logits and every MoE layer's router logits,
-    chosen experts and combine weights equal transformers' `model` (loaded in bf16) bit for bit."""
+def assert_long_bf16_bit_identical(cli, ckpt, model, tmp_path, prompts=LONG, reference=fixtures.reference):
+    """The prompts traced in bf16 from ckpt: the logits and every MoE layer's router logits, chosen
+    experts and combine weights equal transformers' `model` (loaded in bf16; its records taken by
+    `reference`) bit for bit."""
     h5py = require("h5py")
-    ref = fixtures.reference(model, prompts=LONG)
+    ref = reference(model, prompts=prompts)
     out = str(tmp_path / "bf16.h5")
-    trace_long(cli, ckpt, out, "r", "--dtype", "bfloat16")
+    trace_long(cli, ckpt, out, "r", "--dtype", "bfloat16", prompts=prompts)
     with h5py.File(out, "r") as f:
         run = f["runs/r"]
         np.testing.assert_array_equal(run["logits"][:], ref["logits"], err_msg="logits")

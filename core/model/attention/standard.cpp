@@ -18,7 +18,7 @@ void Model::Impl::loadStandardAttention(LayerWeights& w, int l) const {
     } else {
         w.q = load(Role::Q, l);
         w.k = load(Role::K, l);
-        w.v = load(Role::V, l);
+        if (!spec.layers[l].valueFromKey) w.v = load(Role::V, l);  // Gemma 4's k_eq_v: none
     }
     w.o = load(Role::O, l);
     w.qb = loadOpt(Role::QBias, l);
@@ -90,15 +90,19 @@ Tensor Model::Impl::attention(const LayerWeights& w, const Tensor& x, const Tens
     const auto& a = spec.attn;
     const bool rope = a.rope && layer.rope;
     const int64_t T = x.size(0);
+    // the layer's own geometry (Gemma 4's full-attention layers), else the model's
+    const int64_t hd = layer.headDim > 0 ? layer.headDim : a.headDim;
+    const int64_t kvh = layer.kvHeads > 0 ? layer.kvHeads : a.kvHeads;
     Tensor q = torch::linear(x, w.q, w.qb);
     Tensor gate;  // gated attention: each head's queries, then its gate values
     if (a.outputGate) {
-        const Tensor qg = q.view({T, a.heads, 2 * a.headDim});
-        q = qg.narrow(-1, 0, a.headDim).reshape({T, a.heads * a.headDim});
-        gate = qg.narrow(-1, a.headDim, a.headDim).reshape({T, a.heads * a.headDim});
+        const Tensor qg = q.view({T, a.heads, 2 * hd});
+        q = qg.narrow(-1, 0, hd).reshape({T, a.heads * hd});
+        gate = qg.narrow(-1, hd, hd).reshape({T, a.heads * hd});
     }
     Tensor k = torch::linear(x, w.k, w.kb);
-    Tensor v = torch::linear(x, w.v, w.vb);
+    // k_eq_v (Gemma 4): the values are the key projection itself, before its norm and RoPE
+    Tensor v = w.v.defined() ? torch::linear(x, w.v, w.vb) : k;
     if (a.qkNorm == AttentionSpec::QKNorm::Full) {
         q = norm(q, w.qn, spec.rmsEps);
         k = norm(k, w.kn, spec.rmsEps);
@@ -108,9 +112,10 @@ Tensor Model::Impl::attention(const LayerWeights& w, const Tensor& x, const Tens
         k = k.clamp(-a.clipQkv, a.clipQkv);
         v = v.clamp(-a.clipQkv, a.clipQkv);
     }
-    q = q.view({T, a.heads, a.headDim});
-    k = k.view({T, a.kvHeads, a.headDim});
-    v = v.view({T, a.kvHeads, a.headDim});
+    q = q.view({T, a.heads, hd});
+    k = k.view({T, kvh, hd});
+    v = v.view({T, kvh, hd});
+    if (a.valueNorm) v = norm(v, Tensor(), spec.rmsEps);  // Gemma 4's v_norm: no weights
     const bool perHead = a.qkNorm == AttentionSpec::QKNorm::PerHead;
     if (perHead && !a.qkNormAfterRope) {
         q = norm(q, w.qn, spec.rmsEps);
@@ -154,10 +159,10 @@ Tensor Model::Impl::attention(const LayerWeights& w, const Tensor& x, const Tens
         mask = m;
         causal = false;
     }
-    const double scale = a.softmaxScale > 0 ? a.softmaxScale : 1.0 / std::sqrt(static_cast<double>(a.headDim));
+    const double scale = a.softmaxScale > 0 ? a.softmaxScale : 1.0 / std::sqrt(static_cast<double>(hd));
     // GQA by repeating k and v: the CPU flash kernel has no enable_gqa path (it falls back to
     // the slower math kernel), so the copy is cheaper
-    const int64_t rep = a.heads / a.kvHeads;
+    const int64_t rep = a.heads / kvh;
     if (rep > 1) {
         k = k.repeat_interleave(rep, 0);
         v = v.repeat_interleave(rep, 0);
@@ -168,7 +173,7 @@ Tensor Model::Impl::attention(const LayerWeights& w, const Tensor& x, const Tens
             ? softcapAttention(q, k, v, mask ? *mask : Tensor(), scale, a.logitSoftcap, a.softcapInFloat32)
             : at::scaled_dot_product_attention(q.unsqueeze(0), k.unsqueeze(0), v.unsqueeze(0), mask, 0.0, causal, scale)
                   .squeeze(0);
-    o = o.transpose(0, 1).reshape({T, a.heads * a.headDim});
+    o = o.transpose(0, 1).reshape({T, a.heads * hd});
     if (gate.defined()) o = o * torch::sigmoid(gate);
     return torch::linear(o, w.o, w.ob);
 }
