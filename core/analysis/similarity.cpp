@@ -150,7 +150,15 @@ std::vector<double> routerRowCosine(const Checkpoint& ckpt, const ModelSpec& spe
         return rowCosine(rows, static_cast<int>(E), static_cast<int>(d));
     }
     const TensorView& r = ckpt.get(spec.tensorName(Role::Router, layer));
-    return rowCosine(toDoubles(r), static_cast<int>(r.shape[0]), static_cast<int>(r.shape[1]));
+    std::vector<double> rows = toDoubles(r);
+    const int E = static_cast<int>(r.shape[0]), d = static_cast<int>(r.shape[1]);
+    if (spec.has(Role::RouterInputScale)) {
+        // Gemma 4 scales the router's input per dimension: the rows the logits come from are W diag(scale)
+        const std::vector<double> scale = toDoubles(ckpt.get(spec.tensorName(Role::RouterInputScale, layer)));
+        for (int e = 0; e < E; ++e)
+            for (int j = 0; j < d; ++j) rows[static_cast<size_t>(e) * d + j] *= scale[static_cast<size_t>(j)];
+    }
+    return rowCosine(rows, E, d);
 }
 
 }  // namespace es

@@ -9,6 +9,7 @@
 #include <limits>
 #include <mutex>
 #include <set>
+#include <stdexcept>
 
 #include "error.h"
 #include "checkpoint/checkpoint.h"
@@ -46,6 +47,9 @@ inline torch::ScalarType storageType(DType d) {
 // staged, it costs a host memcpy plus the link's speed, and the pinned memory held stays 64 MB
 // however large the tensor (LibTorch's pinned allocator keeps what it hands out).
 inline void stagedCopy(const Tensor& dst, const Tensor& src) {
+    if (!dst.is_contiguous() || !src.is_contiguous() || dst.scalar_type() != src.scalar_type() ||
+        dst.numel() != src.numel())
+        throw std::logic_error("stagedCopy: contiguous tensors of one dtype and size only");
     constexpr int64_t kChunk = int64_t{64} << 20;
     const Tensor s = src.reshape({-1}).view(torch::kByte), d = dst.reshape({-1}).view(torch::kByte);
     const int64_t n = s.numel();
@@ -73,6 +77,8 @@ inline Tensor toDevice(const Tensor& host, torch::Device device) {
 template <typename T>
 void copyToVector(const Tensor& t, std::vector<T>& out) {
     const Tensor src = t.contiguous().reshape({-1});
+    if (src.scalar_type() != c10::CppTypeToScalarType<T>::value)
+        throw std::logic_error("copyToVector: the tensor's dtype is not the vector's");
     out.resize(static_cast<size_t>(src.numel()));
     const Tensor dst = torch::from_blob(out.data(), {src.numel()}, src.options().device(torch::kCPU));
     if (src.is_cpu()) dst.copy_(src);

@@ -881,11 +881,12 @@ Session Session::open(const std::string& pathIn) {
         // optional (sessions before them: no groups)
         if (H5Aexists(g, "expert_groups") > 0) m.expertGroups = needInt(g, "expert_groups", path, "/model");
         if (H5Aexists(g, "expert_groups_kept") > 0) m.groupsKept = needInt(g, "expert_groups_kept", path, "/model");
-        if (H5Aexists(g, "linear_attention_layers") > 0) m.linearAttentionLayers = linearLayers(g, m.numLayers, path);
         m.configJson = needString(g, "config_json", path, "/model");
         m.checkpointPath = needString(g, "checkpoint_path", path, "/model");
         m.fingerprint = needString(g, "fingerprint", path, "/model");
         d.vocabSize = checkModel(m, path);
+        // (after num_layers is checked: it bounds the list)
+        if (H5Aexists(g, "linear_attention_layers") > 0) m.linearAttentionLayers = linearLayers(g, m.numLayers, path);
     }
     for (auto& name : childNames(f, "runs", path)) {
         StoredRun r;

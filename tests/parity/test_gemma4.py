@@ -257,6 +257,31 @@ def test_bad_config_refused_by_name(cli, built, tmp_path, edit, key, words):
     assert_info_refuses(cli, d, ["text_config." + key] + words)
 
 
+def test_config_saved_by_transformers_with_many_layers(cli, tmp_path):
+    """A 12-layer model saved by transformers: its config.json holds per_layer_config with the layer
+    keys padded ("05", "11") in place of global_head_dim / num_global_key_value_heads; it opens and
+    traces as transformers. An override of another key, or on a sliding layer, is refused by name."""
+    h5py = require("h5py")
+    text = dict(TEXT["k_eq_v"], num_hidden_layers=12)
+    del text["layer_types"]
+    d = write(text, str(tmp_path / "saved"))
+    with open(os.path.join(d, "config.json")) as f:
+        tc = json.load(f)["text_config"]
+    assert "global_head_dim" not in tc and sorted(tc["per_layer_config"]) == ["05", "11"], tc.get("per_layer_config")
+    prompts = [[t % 128 for t in p] for p in LONG[1:3]]
+    ref = reference(loaded(d), prompts)
+    out = str(tmp_path / "s.h5")
+    trace_long(cli, d, out, "r", prompts=prompts)
+    with h5py.File(out, "r") as f:
+        compare(f["runs/r"], ref)
+    for edit, words in ((lambda pl: pl["05"].update(intermediate_size=8), ["intermediate_size", "not supported"]),
+                        (lambda pl: pl.update({"03": {"head_dim": 32}}), ["sliding-attention layer"]),
+                        (lambda pl: pl.update({"12": {"head_dim": 32}}), ["not a layer"])):
+        bad = fixtures.copy_checkpoint(d, str(tmp_path / f"bad{len(os.listdir(tmp_path))}"),
+                                       lambda c: edit(c["text_config"]["per_layer_config"]))
+        assert_info_refuses(cli, bad, ["text_config.per_layer_config"] + words)
+
+
 def test_value_projection_where_k_eq_v_refused(cli, built, tmp_path):
     """A full-attention layer with attention_k_eq_v has no v_proj: one there is named as not
     recognised."""
@@ -280,6 +305,11 @@ def test_analyses_and_views(cli, built, tmp_path):
     model = loaded(d)
     with h5py.File(out, "r") as f:
         for l, layer in enumerate(model.model.language_model.layers):
+            # S4: the rows the logits come from, the router's matrix times its input scale
+            W = layer.router.proj.weight.detach().double().numpy() * layer.router.scale.detach().double().numpy()
+            n = np.linalg.norm(W, axis=1)
+            np.testing.assert_allclose(f[f"analyses/router_similarity/layers/{l}/router"][()], W @ W.T / np.outer(n, n),
+                                       atol=1e-5, rtol=0)
             gu = layer.experts.gate_up_proj.detach().double().numpy()
             F = gu.shape[1] // 2
             assert_s1_is(f, l, {"gate": gu[:, :F], "up": gu[:, F:], "down": layer.experts.down_proj.detach().double()

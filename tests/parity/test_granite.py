@@ -36,7 +36,7 @@ def test_published_config_opens_and_matches_hf(cli, tmp_path):
     info = json.loads(run_cli(cli, "info", d, "--json").stdout)
     assert info["model_type"] == "granitemoe" and info["num_experts"] == 40 and info["top_k"] == 8
     assert info["multipliers"] == {"embedding": 12.0, "residual": 0.22, "logits_divisor": 6.0, "logits_scale": 1.0,
-                                   "attention_softmax_scale": 0.015625}
+                                   "attention_softmax_scale": 0.015625, "final_logit_softcap": None}
     assert info["expert_layout"] == "packed" and info["rope"]["theta"] == 1e7
     trace_and_compare(cli, d, str(tmp_path / "s.h5"), fixtures.reference(model))
 

@@ -15,6 +15,7 @@
 //   sqrt(hidden) rounded to the activations' dtype; logits soft-capped (final_logit_softcapping).
 // Refused by name: per-layer inputs (hidden_size_per_layer_input > 0), shared key/value layers
 // (num_kv_shared_layers > 0), bidirectional text attention, and Gemma 4 without the MoE block.
+#include <algorithm>
 #include <cmath>
 
 #include "model/family.h"
@@ -91,7 +92,6 @@ const Family& family_gemma4_text() {
             const int64_t globalKv = kEqV ? c.optInt("num_global_key_value_heads", 0) : 0;
             if (globalKv < 0 || (globalKv > 0 && a.heads % globalKv != 0))
                 c.fail("num_global_key_value_heads", "does not divide num_attention_heads");
-            const JsonIn perLayer = c.in()["per_layer_config"];
             for (int64_t l = 0; l < s.numLayers; ++l) {
                 LayerSpec& L = s.layers[l];
                 L.moe = true;
@@ -100,17 +100,29 @@ const Family& family_gemma4_text() {
                 L.slidingWindow = full ? 0 : window;
                 L.ropeTable = full ? 1 : 0;
                 L.valueFromKey = full && kEqV;
-                if (!full) continue;
-                if (perLayer.isNull()) {  // the published form: global_head_dim, num_global_key_value_heads
-                    L.headDim = globalHead;
-                    L.kvHeads = globalKv;
-                    continue;
+            }
+            const JsonIn perLayer = c.in()["per_layer_config"];
+            if (perLayer.isNull()) {  // the published form: global_head_dim, num_global_key_value_heads
+                for (auto& L : s.layers)
+                    if (L.ropeTable == 1) L.headDim = globalHead, L.kvHeads = globalKv;
+            } else {  // a config transformers saved: {"05": {"head_dim": ..., "num_key_value_heads": ...}}
+                if (!perLayer.isObject()) perLayer.fail("expected an object of per-layer overrides");
+                for (auto& [key, o] : perLayer.members()) {
+                    const bool digits =
+                        !key.empty() && key.size() <= 6 &&
+                        std::all_of(key.begin(), key.end(), [](char ch) { return ch >= '0' && ch <= '9'; });
+                    const int64_t l = digits ? std::stoll(key) : -1;
+                    if (l < 0 || l >= s.numLayers) o.fail("not a layer of the model");
+                    LayerSpec& L = s.layers[l];
+                    if (L.ropeTable != 1) o.fail("overrides on a sliding-attention layer are not supported");
+                    for (auto& [k, v] : o.members())
+                        if (k != "head_dim" && k != "num_key_value_heads")
+                            v.fail("a per-layer override of '" + k + "' is not supported");
+                    L.headDim = o.integer("head_dim", 0, 0, 1 << 14);
+                    L.kvHeads = o.integer("num_key_value_heads", 0, 0, 1 << 16);
+                    if (L.kvHeads > 0 && a.heads % L.kvHeads != 0)
+                        o["num_key_value_heads"].fail("does not divide num_attention_heads");
                 }
-                const JsonIn o = perLayer[std::to_string(l)];  // a config transformers saved
-                L.headDim = o.integer("head_dim", 0, 0, 1 << 14);
-                L.kvHeads = o.integer("num_key_value_heads", 0, 0, 1 << 16);
-                if (L.kvHeads > 0 && a.heads % L.kvHeads != 0)
-                    o["num_key_value_heads"].fail("does not divide num_attention_heads");
             }
             for (auto& L : s.layers)
                 if (L.headDim % 2 != 0) c.fail("global_head_dim", "must be even for rotary embeddings");
@@ -119,9 +131,14 @@ const Family& family_gemma4_text() {
                 c.in()["rope_parameters"]["sliding_attention"].fail(
                     "a partial RoPE on sliding layers is not supported");
             a.ropeTheta = slidingRope.theta;
-            int64_t fullHead = a.headDim;
-            for (auto& L : s.layers)
-                if (L.ropeTable == 1 && L.headDim > 0) fullHead = L.headDim;
+            int64_t fullHead = 0;  // one RoPE table for the full-attention layers: one head size
+            for (auto& L : s.layers) {
+                if (L.ropeTable != 1) continue;
+                const int64_t hd = L.headDim > 0 ? L.headDim : a.headDim;
+                if (fullHead > 0 && hd != fullHead)
+                    c.fail("per_layer_config", "full-attention layers of different head sizes are not supported");
+                fullHead = hd;
+            }
             s.ropeTables = {ropeOf(c, "full_attention", {1000000.0, fullHead, 0.25, true})};
             s.ropeTables[0].headDim = fullHead;
             a.qkvBias = a.oBias = c.optBool("attention_bias", false);
