@@ -1034,20 +1034,6 @@ private Q_SLOTS:
 
         QCOMPARE(routing->findChild<QLabel*>("layerLabel")->text(), QString("Layer 1"));
 
-        // a hybrid model's session (Qwen3-Next: layer 0 linear attention): the layer's token
-        // mixer beside its number
-        m.linearAttentionLayers = {0};
-        Session hybrid = Session::create(m);
-        hybrid.addRun("r0", t);
-        const std::string hybridPath = dir.filePath("hybrid.h5").toStdString();
-        hybrid.save(hybridPath);
-        QVERIFY2(w.openSession(QString::fromStdString(hybridPath)), qPrintable(w.lastError()));
-        routing = w.pane("routing");
-        routing->setMode("routing-text");
-        QVERIFY(routing->hasFigure());
-        QCOMPARE(routing->findChild<QLabel*>("layerLabel")->text(), QString("Layer 1 (full attention)"));
-        QVERIFY(w.openSession(QString::fromStdString(good)));
-
         // a damaged copy: every byte after the first kilobyte flipped
         QFile in(QString::fromStdString(good));
         QVERIFY(in.open(QIODevice::ReadOnly));
@@ -1064,6 +1050,44 @@ private Q_SLOTS:
         QVERIFY(!boxes.isEmpty() && boxes.last()->isVisible());
         // the window still works after the damaged file
         QVERIFY(w.openSession(QString::fromStdString(good)));
+    }
+    // A hybrid model's session (Qwen3-Next: layer 0 linear attention): the layer label names the
+    // layer's token mixer beside its number
+    void hybridSessionNamesTheTokenMixer() {
+        QTemporaryDir dir;
+        SessionModel m;
+        m.modelType = "qwen3_next";
+        m.numLayers = 2;
+        m.numExperts = 4;
+        m.topK = 2;
+        m.hidden = 8;
+        m.configJson = "{}";
+        m.fingerprint = "sha256:00";
+        m.linearAttentionLayers = {0};
+        RunTrace t;
+        t.device = "cpu";
+        t.dtype = "float32";
+        t.tokens = {1, 2, 3};
+        t.promptOffsets = {0, 3};
+        LayerTrace l;
+        l.layer = 1;
+        l.numExperts = 4;
+        l.topK = 2;
+        l.routerLogits.assign(12, 0.5f);
+        l.topkExperts = {0, 1, 2, 3, 0, 1};
+        l.topkWeights.assign(6, 0.5f);
+        t.layers.push_back(l);
+        Session s = Session::create(m);
+        s.addRun("r0", t);
+        const std::string path = dir.filePath("hybrid.h5").toStdString();
+        s.save(path);
+        MainWindow w;
+        w.show();
+        QVERIFY2(w.openSession(QString::fromStdString(path)), qPrintable(w.lastError()));
+        ViewPane* routing = w.pane("routing");
+        routing->setMode("routing-text");
+        QVERIFY(routing->hasFigure());
+        QCOMPARE(routing->findChild<QLabel*>("layerLabel")->text(), QString("Layer 1 (full attention)"));
     }
 };
 
