@@ -100,10 +100,6 @@ int64_t ModelSpec::layerKvHeads(int l) const {
     return l >= 0 && l < static_cast<int>(layers.size()) && layers[l].kvHeads > 0 ? layers[l].kvHeads : attn.kvHeads;
 }
 
-bool ModelSpec::hasLinearAttention() const {
-    return std::any_of(layers.begin(), layers.end(), [](const LayerSpec& l) { return l.linearAttention; });
-}
-
 std::vector<int> ModelSpec::moeLayers() const {
     std::vector<int> v;
     for (int l = 0; l < static_cast<int>(layers.size()); ++l)

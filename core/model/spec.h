@@ -281,7 +281,6 @@ struct ModelSpec {
     AttentionSpec attn;
     LinearAttentionSpec linear;         // the linear-attention layers' (LayerSpec::linearAttention)
     std::vector<RopeTable> ropeTables;  // tables 1.. of LayerSpec::ropeTable (table 0: AttentionSpec's)
-    bool hasLinearAttention() const;
     int64_t layerHeadDim(int l) const;  // layer l's head dim (LayerSpec::headDim, else attn's)
     int64_t layerKvHeads(int l) const;
     RouterRule router;

@@ -94,6 +94,35 @@ double meanAbsDiff(const QImage& a, const QImage& b) {
         }
     return sum / (3.0 * a.width() * a.height());
 }
+// A session of a 2-layer model with 4 experts (top-2), without its checkpoint, saved at `path`: one
+// run "r0" of 3 tokens routed at layer 1; `linearLayers`: the layers of linear attention (hybrid models).
+void savedTinySession(const std::string& modelType, std::vector<int64_t> linearLayers, const std::string& path) {
+    SessionModel m;
+    m.modelType = modelType;
+    m.numLayers = 2;
+    m.numExperts = 4;
+    m.topK = 2;
+    m.hidden = 8;
+    m.configJson = "{}";
+    m.fingerprint = "sha256:00";
+    m.linearAttentionLayers = std::move(linearLayers);
+    RunTrace t;
+    t.device = "cpu";
+    t.dtype = "float32";
+    t.tokens = {1, 2, 3};
+    t.promptOffsets = {0, 3};
+    LayerTrace l;
+    l.layer = 1;
+    l.numExperts = 4;
+    l.topK = 2;
+    l.routerLogits.assign(12, 0.5f);
+    l.topkExperts = {0, 1, 2, 3, 0, 1};
+    l.topkWeights.assign(6, 0.5f);
+    t.layers.push_back(l);
+    Session s = Session::create(m);
+    s.addRun("r0", t);
+    s.save(path);
+}
 }  // namespace
 
 class TestMainWindow : public QObject {
@@ -997,30 +1026,7 @@ private Q_SLOTS:
     void opensSessionAndSurvivesDamagedOnes() {
         QTemporaryDir dir;
         const std::string good = dir.filePath("s.h5").toStdString();
-        SessionModel m;
-        m.modelType = "mixtral";
-        m.numLayers = 2;
-        m.numExperts = 4;
-        m.topK = 2;
-        m.hidden = 8;
-        m.configJson = "{}";
-        m.fingerprint = "sha256:00";
-        RunTrace t;
-        t.device = "cpu";
-        t.dtype = "float32";
-        t.tokens = {1, 2, 3};
-        t.promptOffsets = {0, 3};
-        LayerTrace l;
-        l.layer = 1;
-        l.numExperts = 4;
-        l.topK = 2;
-        l.routerLogits.assign(12, 0.5f);
-        l.topkExperts = {0, 1, 2, 3, 0, 1};
-        l.topkWeights.assign(6, 0.5f);
-        t.layers.push_back(l);
-        Session s = Session::create(m);
-        s.addRun("r0", t);
-        s.save(good);
+        savedTinySession("mixtral", {}, good);
 
         MainWindow w;
         w.show();
@@ -1055,32 +1061,8 @@ private Q_SLOTS:
     // layer's token mixer beside its number
     void hybridSessionNamesTheTokenMixer() {
         QTemporaryDir dir;
-        SessionModel m;
-        m.modelType = "qwen3_next";
-        m.numLayers = 2;
-        m.numExperts = 4;
-        m.topK = 2;
-        m.hidden = 8;
-        m.configJson = "{}";
-        m.fingerprint = "sha256:00";
-        m.linearAttentionLayers = {0};
-        RunTrace t;
-        t.device = "cpu";
-        t.dtype = "float32";
-        t.tokens = {1, 2, 3};
-        t.promptOffsets = {0, 3};
-        LayerTrace l;
-        l.layer = 1;
-        l.numExperts = 4;
-        l.topK = 2;
-        l.routerLogits.assign(12, 0.5f);
-        l.topkExperts = {0, 1, 2, 3, 0, 1};
-        l.topkWeights.assign(6, 0.5f);
-        t.layers.push_back(l);
-        Session s = Session::create(m);
-        s.addRun("r0", t);
         const std::string path = dir.filePath("hybrid.h5").toStdString();
-        s.save(path);
+        savedTinySession("qwen3_next", {0}, path);
         MainWindow w;
         w.show();
         QVERIFY2(w.openSession(QString::fromStdString(path)), qPrintable(w.lastError()));

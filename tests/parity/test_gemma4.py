@@ -24,8 +24,8 @@ import pytest
 
 from conftest import assert_info_refuses, require, run_cli
 import fixtures
-from test_parity import BF16_TOL, compare
-from test_qwen3_next import LONG, assert_long_bf16_bit_identical, trace_long
+from test_parity import BF16_TOL
+from test_qwen3_next import LONG, assert_long_bf16_bit_identical, trace_long, trace_long_and_compare
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CONFIGS = os.path.join(HERE, "..", "data", "configs")
@@ -166,15 +166,12 @@ def test_info(cli, built):
 def test_parity_float32_resident_and_streamed(cli, built, tmp_path, name):
     """Prompts of 150, 64, 37 and 1 tokens (longer than the windows) in float32, resident and
     layer-streamed, against transformers."""
-    h5py = require("h5py")
     d = built[name]
     prompts = [[t % 128 for t in p] for p in LONG]
     ref = reference(loaded(d), prompts)
     out = str(tmp_path / "s.h5")
     for streaming in ("off", "on"):
-        trace_long(cli, d, out, streaming, "--layer-streaming", streaming, prompts=prompts)
-        with h5py.File(out, "r") as f:
-            compare(f[f"runs/{streaming}"], ref)
+        trace_long_and_compare(cli, d, out, streaming, ref, "--layer-streaming", streaming, prompts=prompts)
 
 
 @pytest.mark.parametrize("name", list(TEXT))
@@ -189,14 +186,11 @@ def test_bit_identical_in_bfloat16(cli, built, tmp_path, name):
 
 def test_device_bfloat16(cli, built, tmp_path, device):
     """bf16 on the device (CUDA: tests/gpu/run.sh) against transformers in bf16 there; BF16_TOL."""
-    h5py = require("h5py")
     d = built["k_eq_v"]
     prompts = [[t % 128 for t in p] for p in LONG]
     ref = reference(loaded(d, "bfloat16").to(device), prompts, device=device)
     out = str(tmp_path / "s.h5")
-    trace_long(cli, d, out, "r", "--device", device, "--dtype", "bfloat16", prompts=prompts)
-    with h5py.File(out, "r") as f:
-        compare(f["runs/r"], ref, **BF16_TOL)
+    trace_long_and_compare(cli, d, out, "r", ref, "--device", device, "--dtype", "bfloat16", prompts=prompts, **BF16_TOL)
 
 
 def published():
@@ -219,7 +213,6 @@ def published():
 
 
 def test_published_config_opens_and_matches_hf(cli, tmp_path):
-    h5py = require("h5py")
     t = require("transformers")
     cfg = published()
     assert cfg["text_config"]["layer_types"] == ["sliding_attention"] * 5 + ["full_attention"]
@@ -237,9 +230,7 @@ def test_published_config_opens_and_matches_hf(cli, tmp_path):
     prompts = [[x % 128 for x in p] for p in LONG[:3]]
     ref = reference(model, prompts)
     out = str(tmp_path / "s.h5")
-    trace_long(cli, d, out, "r", prompts=prompts)
-    with h5py.File(out, "r") as f:
-        compare(f["runs/r"], ref)
+    trace_long_and_compare(cli, d, out, "r", ref, prompts=prompts)
 
 
 @pytest.mark.parametrize("edit,key,words", [
@@ -261,7 +252,6 @@ def test_config_saved_by_transformers_with_many_layers(cli, tmp_path):
     """A 12-layer model saved by transformers: its config.json holds per_layer_config with the layer
     keys padded ("05", "11") in place of global_head_dim / num_global_key_value_heads; it opens and
     traces as transformers. An override of another key, or on a sliding layer, is refused by name."""
-    h5py = require("h5py")
     text = dict(TEXT["k_eq_v"], num_hidden_layers=12)
     del text["layer_types"]
     d = write(text, str(tmp_path / "saved"))
@@ -271,9 +261,7 @@ def test_config_saved_by_transformers_with_many_layers(cli, tmp_path):
     prompts = [[t % 128 for t in p] for p in LONG[1:3]]
     ref = reference(loaded(d), prompts)
     out = str(tmp_path / "s.h5")
-    trace_long(cli, d, out, "r", prompts=prompts)
-    with h5py.File(out, "r") as f:
-        compare(f["runs/r"], ref)
+    trace_long_and_compare(cli, d, out, "r", ref, prompts=prompts)
     for edit, words in ((lambda pl: pl["05"].update(intermediate_size=8), ["intermediate_size", "not supported"]),
                         (lambda pl: pl.update({"03": {"head_dim": 32}}), ["sliding-attention layer"]),
                         (lambda pl: pl.update({"12": {"head_dim": 32}}), ["not a layer"])):

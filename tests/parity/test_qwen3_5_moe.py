@@ -23,8 +23,8 @@ import pytest
 
 from conftest import require, run_cli
 import fixtures
-from test_parity import BF16_TOL, compare
-from test_qwen3_next import LONG, assert_long_bf16_bit_identical, trace_long
+from test_parity import BF16_TOL
+from test_qwen3_next import LONG, assert_long_bf16_bit_identical, trace_long_and_compare
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CONFIGS = os.path.join(HERE, "..", "data", "configs")
@@ -78,7 +78,6 @@ def test_container_parity_resident_and_streamed(cli, built, tmp_path, layout):
     """The container opens as its language model (info names it, the vision tower left out) and
     traces the long prompts as transformers, resident and layer-streamed (float32; combine weights
     within 5e-5 as test_qwen3_next explains)."""
-    h5py = require("h5py")
     per, packed, ref = built
     d = per if layout == "per_expert" else packed
     info = json.loads(run_cli(cli, "info", d, "--json").stdout)
@@ -90,9 +89,7 @@ def test_container_parity_resident_and_streamed(cli, built, tmp_path, layout):
     assert info["linear_attention"]["num_value_heads"] == 6 and info["attention_output_gate"] is True
     out = str(tmp_path / "s.h5")
     for streaming in ("off", "on"):
-        trace_long(cli, d, out, streaming, "--layer-streaming", streaming)
-        with h5py.File(out, "r") as f:
-            compare(f[f"runs/{streaming}"], ref, tol_w=5e-5)
+        trace_long_and_compare(cli, d, out, streaming, ref, "--layer-streaming", streaming, tol_w=5e-5)
 
 
 def test_container_bit_identical_in_bfloat16(cli, built, tmp_path):
@@ -105,19 +102,15 @@ def test_container_bit_identical_in_bfloat16(cli, built, tmp_path):
 def test_container_device_bfloat16(cli, built, tmp_path, device):
     """The container's long prompts in bf16 on the device (CUDA: tests/gpu/run.sh) against
     transformers' load in bf16 on that device; BF16_TOL."""
-    h5py = require("h5py")
     per, _, _ = built
     ref = fixtures.reference(loaded(per, "bfloat16").to(device), prompts=LONG, device=device)
     out = str(tmp_path / "s.h5")
-    trace_long(cli, per, out, "r", "--device", device, "--dtype", "bfloat16")
-    with h5py.File(out, "r") as f:
-        compare(f["runs/r"], ref, **BF16_TOL)
+    trace_long_and_compare(cli, per, out, "r", ref, "--device", device, "--dtype", "bfloat16", **BF16_TOL)
 
 
 def test_mtp_module_left_out(cli, built, tmp_path):
     """A checkpoint with its MTP module (as released) opens; info names mtp.* as left out, and the
     traces are the same."""
-    h5py = require("h5py")
     torch = require("torch")
     per, _, ref = built
     d = fixtures.copy_checkpoint(per, str(tmp_path / "mtp"), None,
@@ -126,9 +119,7 @@ def test_mtp_module_left_out(cli, built, tmp_path):
     info = json.loads(run_cli(cli, "info", d, "--json").stdout)
     assert sorted(x["tensors"] for x in info["left_out"]) == ["model.visual.*", "mtp.*"]
     out = str(tmp_path / "s.h5")
-    trace_long(cli, d, out, "r", prompts=LONG)
-    with h5py.File(out, "r") as f:
-        compare(f["runs/r"], ref, tol_w=5e-5)
+    trace_long_and_compare(cli, d, out, "r", ref, prompts=LONG, tol_w=5e-5)
 
 
 def published():
@@ -151,7 +142,6 @@ def published():
 
 
 def test_published_config_opens_and_matches_hf(cli, tmp_path):
-    h5py = require("h5py")
     t = require("transformers")
     cfg = published()
     assert cfg["text_config"]["layer_types"] == ["linear_attention"] * 3 + ["full_attention"]
@@ -164,6 +154,4 @@ def test_published_config_opens_and_matches_hf(cli, tmp_path):
     assert info["rope"]["theta"] == 1e7
     ref = fixtures.reference(loaded(per), prompts=LONG[:3])
     out = str(tmp_path / "s.h5")
-    trace_long(cli, per, out, "r", prompts=LONG[:3])
-    with h5py.File(out, "r") as f:
-        compare(f["runs/r"], ref, tol_w=5e-5)
+    trace_long_and_compare(cli, per, out, "r", ref, prompts=LONG[:3], tol_w=5e-5)

@@ -33,6 +33,14 @@ def trace_long(cli, ckpt, out, run, *extra, prompts=LONG):
     run_cli(cli, *args)
 
 
+def trace_long_and_compare(cli, ckpt, out, run, ref, *extra, prompts=LONG, **tol):
+    """trace_long, then run `run` of `out` compared with the reference `ref` (compare's tolerances)."""
+    h5py = require("h5py")
+    trace_long(cli, ckpt, out, run, *extra, prompts=prompts)
+    with h5py.File(out, "r") as f:
+        compare(f[f"runs/{run}"], ref, **tol)
+
+
 def test_info(cli, build_fixture):
     per, _, _ = build_fixture("qwen3_next_hybrid")
     info = json.loads(run_cli(cli, "info", per, "--json").stdout)
@@ -61,16 +69,13 @@ def test_long_prompts_resident_and_streamed(cli, build_fixture, tmp_path, name):
     qwen3_next_hybrid's 150-token prompt, router logits 0 / 4e-6 / 6e-5 apart at layers 0 / 1 / 3
     (of 23), so the combine weights are compared within 5e-5 rather than 1e-5 (the bf16 test below
     is bit for bit)."""
-    h5py = require("h5py")
     torch = require("torch")
     per, packed, _ = build_fixture(name)
     ref = fixtures.reference(fixtures.hf_from_pretrained(per, torch.float32), prompts=LONG)
     for ckpt, streaming in ((per, "off"), (per, "on"), (packed, "on")):
         run = f"{os.path.basename(ckpt)}_{streaming}"
         out = str(tmp_path / f"{os.path.basename(ckpt)}.h5")
-        trace_long(cli, ckpt, out, run, "--layer-streaming", streaming)
-        with h5py.File(out, "r") as f:
-            compare(f[f"runs/{run}"], ref, tol_w=5e-5)
+        trace_long_and_compare(cli, ckpt, out, run, ref, "--layer-streaming", streaming, tol_w=5e-5)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -103,14 +108,11 @@ def test_long_prompts_device_bfloat16(cli, build_fixture, tmp_path, device):
     """The long prompts in bf16 on the device (CUDA: tests/gpu/run.sh) against transformers in bf16
     on that device (its torch path of the delta rule there too); BF16_TOL."""
     torch = require("torch")
-    h5py = require("h5py")
     per, _, _ = build_fixture("qwen3_next_hybrid")
     model = fixtures.hf_from_pretrained(per, torch.bfloat16).to(device)
     ref = fixtures.reference(model, prompts=LONG, device=device)
     out = str(tmp_path / "s.h5")
-    trace_long(cli, per, out, "r", "--device", device, "--dtype", "bfloat16")
-    with h5py.File(out, "r") as f:
-        compare(f["runs/r"], ref, **BF16_TOL)
+    trace_long_and_compare(cli, per, out, "r", ref, "--device", device, "--dtype", "bfloat16", **BF16_TOL)
 
 
 def published():
@@ -130,7 +132,6 @@ def published():
 
 
 def test_published_config_opens_and_matches_hf(cli, tmp_path):
-    h5py = require("h5py")
     cfg = published()
     model, d = fixtures.published_checkpoint("Qwen3NextConfig", cfg, str(tmp_path / "ckpt"))
     assert model.config.layer_types == ["linear_attention"] * 3 + ["full_attention"]
@@ -140,9 +141,7 @@ def test_published_config_opens_and_matches_hf(cli, tmp_path):
     prompts = LONG[:3]
     ref = fixtures.reference(model, prompts=prompts)
     out = str(tmp_path / "s.h5")
-    trace_long(cli, d, out, "r", prompts=prompts)
-    with h5py.File(out, "r") as f:
-        compare(f["runs/r"], ref)
+    trace_long_and_compare(cli, d, out, "r", ref, prompts=prompts)
 
 
 @pytest.mark.parametrize("edit,key,words", [
