@@ -61,7 +61,10 @@ const char* kUsage = R"(usage:
 non-empty line. Text prompts are encoded with the checkpoint's tokenizer.json, special tokens
 included (BOS where the tokenizer adds it).
 CHECKPOINT is a HuggingFace checkpoint directory (config.json + model.safetensors or shards with
-model.safetensors.index.json) or a single .safetensors file.
+model.safetensors.index.json; or pytorch_model.bin or shards with pytorch_model.bin.index.json) or
+a single .safetensors or torch.save (.bin, .pt, .pth) file. torch.save files are read without
+executing anything: only what a state dict of tensors needs is allowed (as torch.load with
+weights_only=True); any other pickle opcode or global is refused by name.
 emoe: splits a dense model's FFNs into N experts of equal size by balanced k-means of their key
 vectors and writes a checkpoint the engine runs as an MoE (docs/emoe.md).
 export: docs/views.md describes every view and its options; --list names those the session allows.

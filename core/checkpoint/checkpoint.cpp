@@ -120,6 +120,48 @@ std::string sha256Hex(const std::vector<std::pair<const uint8_t*, size_t>>& chun
 
 Checkpoint::~Checkpoint() = default;
 
+namespace {
+std::shared_ptr<TensorFile> openTensorFile(const fs::path& p, bool torch) {
+    if (torch) return TorchBinFile::open(p.string());
+    return SafetensorsFile::open(p.string());
+}
+}  // namespace
+
+// Shards listed in an index's weight_map (model.safetensors.index.json or
+// pytorch_model.bin.index.json): each shard a file of the directory, each tensor where the index says.
+void Checkpoint::openShards(const std::string& index, bool torch) {
+    const fs::path dir = fs::path(index).parent_path();
+    std::error_code ec;
+    nlohmann::json j = readJsonFile(index);
+    if (!j.is_object() || !j.contains("weight_map") || !j["weight_map"].is_object())
+        throw Error("missing or invalid 'weight_map'", index, "weight_map");
+    std::map<std::string, std::shared_ptr<TensorFile>> shards;
+    for (auto it = j["weight_map"].begin(); it != j["weight_map"].end(); ++it) {
+        if (!it->is_string()) throw Error("shard name is not a string", index, "weight_map." + it.key());
+        std::string shard = it->get<std::string>();
+        if (shard.find('/') != std::string::npos || shard == "..")
+            throw Error("shard name must be a file in the checkpoint directory", index, "weight_map." + it.key());
+        if (!shards.count(shard)) {
+            fs::path sp = dir / shard;
+            if (!fs::exists(sp, ec))
+                throw Error("shard '" + shard + "' listed in the index does not exist", index,
+                            "weight_map." + it.key());
+            shards[shard] = openTensorFile(sp, torch);
+        }
+        if (!shards[shard]->tensors().count(it.key()))
+            throw Error("index points at tensor missing from shard '" + shard + "'", index, "weight_map." + it.key());
+    }
+    for (auto& [name, f] : shards) {
+        files_.push_back(f);
+        for (auto& [tname, tv] : f->tensors()) {
+            auto w = j["weight_map"].find(tname);
+            if (w == j["weight_map"].end() || w->get<std::string>() != name)
+                throw Error("tensor in shard '" + name + "' is not listed for that shard in the index", index,
+                            "weight_map." + tname);
+        }
+    }
+}
+
 std::shared_ptr<Checkpoint> Checkpoint::open(const std::string& pathIn) {
     std::shared_ptr<Checkpoint> c(new Checkpoint());
     std::error_code ec;
@@ -129,59 +171,42 @@ std::shared_ptr<Checkpoint> Checkpoint::open(const std::string& pathIn) {
     if (fs::is_directory(p, ec)) {
         fs::path cfg = p / "config.json";
         if (fs::exists(cfg, ec)) c->loadConfig(cfg.string());
-        fs::path index = p / "model.safetensors.index.json";
-        fs::path single = p / "model.safetensors";
-        if (fs::exists(index, ec)) {
-            nlohmann::json j = readJsonFile(index.string());
-            if (!j.is_object() || !j.contains("weight_map") || !j["weight_map"].is_object())
-                throw Error("missing or invalid 'weight_map'", index.string(), "weight_map");
-            std::map<std::string, std::shared_ptr<SafetensorsFile>> shards;
-            for (auto it = j["weight_map"].begin(); it != j["weight_map"].end(); ++it) {
-                if (!it->is_string())
-                    throw Error("shard name is not a string", index.string(), "weight_map." + it.key());
-                std::string shard = it->get<std::string>();
-                if (shard.find('/') != std::string::npos || shard == "..")
-                    throw Error("shard name must be a file in the checkpoint directory", index.string(),
-                                "weight_map." + it.key());
-                if (!shards.count(shard)) {
-                    fs::path sp = p / shard;
-                    if (!fs::exists(sp, ec))
-                        throw Error("shard '" + shard + "' listed in the index does not exist", index.string(),
-                                    "weight_map." + it.key());
-                    shards[shard] = SafetensorsFile::open(sp.string());
-                }
-                if (!shards[shard]->tensors().count(it.key()))
-                    throw Error("index points at tensor missing from shard '" + shard + "'", index.string(),
-                                "weight_map." + it.key());
-            }
-            for (auto& [name, f] : shards) {
-                c->files_.push_back(f);
-                for (auto& [tname, tv] : f->tensors()) {
-                    auto w = j["weight_map"].find(tname);
-                    if (w == j["weight_map"].end() || w->get<std::string>() != name)
-                        throw Error("tensor in shard '" + name + "' is not listed for that shard in the index",
-                                    index.string(), "weight_map." + tname);
-                }
-            }
-        } else if (fs::exists(single, ec)) {
-            c->files_.push_back(SafetensorsFile::open(single.string()));
+        // safetensors first, as transformers prefers them when both are there
+        if (fs::exists(p / "model.safetensors.index.json", ec)) {
+            c->openShards((p / "model.safetensors.index.json").string(), false);
+        } else if (fs::exists(p / "model.safetensors", ec)) {
+            c->files_.push_back(SafetensorsFile::open((p / "model.safetensors").string()));
+        } else if (fs::exists(p / "pytorch_model.bin.index.json", ec)) {
+            c->openShards((p / "pytorch_model.bin.index.json").string(), true);
+        } else if (fs::exists(p / "pytorch_model.bin", ec)) {
+            c->files_.push_back(TorchBinFile::open((p / "pytorch_model.bin").string()));
         } else {
-            throw Error("no model.safetensors or model.safetensors.index.json in the checkpoint directory", pathIn);
+            throw Error(
+                "no model.safetensors, model.safetensors.index.json, pytorch_model.bin or "
+                "pytorch_model.bin.index.json in the checkpoint directory",
+                pathIn);
         }
     } else {
-        auto f = SafetensorsFile::open(p.string());
-        c->files_.push_back(f);
-        auto m = f->metadata().find("config");
-        if (m != f->metadata().end()) {
-            try {
-                c->config_ = std::make_unique<nlohmann::json>(parseJson(m->second, p.string()));
-            } catch (const Error& e) {
-                throw Error("metadata config: " + e.message(), p.string(), "__metadata__.config");
-            }
-            c->configPath_ = p.string() + " (__metadata__.config)";
-        } else {
+        const std::string ext = p.extension().string();
+        if (ext == ".bin" || ext == ".pt" || ext == ".pth" || (ext != ".safetensors" && isZipFile(p.string()))) {
+            c->files_.push_back(TorchBinFile::open(p.string()));
             fs::path cfg = p.parent_path() / "config.json";
             if (fs::exists(cfg, ec)) c->loadConfig(cfg.string());
+        } else {
+            auto f = SafetensorsFile::open(p.string());
+            c->files_.push_back(f);
+            auto m = f->metadata().find("config");
+            if (m != f->metadata().end()) {
+                try {
+                    c->config_ = std::make_unique<nlohmann::json>(parseJson(m->second, p.string()));
+                } catch (const Error& e) {
+                    throw Error("metadata config: " + e.message(), p.string(), "__metadata__.config");
+                }
+                c->configPath_ = p.string() + " (__metadata__.config)";
+            } else {
+                fs::path cfg = p.parent_path() / "config.json";
+                if (fs::exists(cfg, ec)) c->loadConfig(cfg.string());
+            }
         }
     }
     for (auto& f : c->files_)

@@ -1,7 +1,10 @@
 #pragma once
 // An HF checkpoint: a directory (config.json + model.safetensors or shards listed in
-// model.safetensors.index.json) or a lone .safetensors file (config from its metadata "config"
-// entry or a config.json beside it). All tensors stay zero-copy views into the mappings.
+// model.safetensors.index.json; else pytorch_model.bin or shards listed in
+// pytorch_model.bin.index.json, zip-format torch.save files read by checkpoint/torch_bin.h), or a
+// lone .safetensors file (config from its metadata "config" entry or a config.json beside it) or
+// lone torch.save file (.bin, .pt, .pth; config.json beside it). Tensors stay zero-copy views
+// into the mappings (a strided tensor of a torch.save file is gathered once).
 #include <map>
 #include <memory>
 #include <nlohmann/json_fwd.hpp>
@@ -9,6 +12,7 @@
 #include <vector>
 
 #include "checkpoint/safetensors.h"
+#include "checkpoint/torch_bin.h"
 
 namespace es {
 
@@ -26,7 +30,7 @@ public:
     const TensorView* find(const std::string& name) const;
     const TensorView& get(const std::string& name) const;  // throws naming the tensor
     const std::map<std::string, const TensorView*>& tensors() const { return all_; }
-    const std::vector<std::shared_ptr<SafetensorsFile>>& files() const { return files_; }
+    const std::vector<std::shared_ptr<TensorFile>>& files() const { return files_; }
     uint64_t totalBytes() const;
 
     // Identifies the checkpoint's content without hashing all of it: SHA-256 over every file's
@@ -36,10 +40,11 @@ public:
 private:
     Checkpoint() = default;
     void loadConfig(const std::string& path);
+    void openShards(const std::string& index, bool torch);
     std::string path_;
     std::string configPath_;
     std::unique_ptr<nlohmann::json> config_;
-    std::vector<std::shared_ptr<SafetensorsFile>> files_;
+    std::vector<std::shared_ptr<TensorFile>> files_;
     std::map<std::string, const TensorView*> all_;
 };
 

@@ -95,13 +95,13 @@ void advise(const uint8_t* data, uint64_t nbytes, int how) {
 void adviseWillNeed(const uint8_t* data, uint64_t nbytes) { advise(data, nbytes, MADV_WILLNEED); }
 void releasePages(const uint8_t* data, uint64_t nbytes) { advise(data, nbytes, MADV_DONTNEED); }
 
-SafetensorsFile::~SafetensorsFile() {
+TensorFile::~TensorFile() {
     if (base_ && size_) munmap(const_cast<uint8_t*>(base_), size_);
 }
 
-std::shared_ptr<SafetensorsFile> SafetensorsFile::open(const std::string& path) {
-    std::shared_ptr<SafetensorsFile> f(new SafetensorsFile());
-    f->path_ = path;
+void TensorFile::mapFile(const std::string& path, uint64_t minSize, const std::string& what,
+                         const std::string& tooShort, const std::string& field) {
+    path_ = path;
     // O_NONBLOCK: opening a FIFO must not wait for a writer (it is refused below, as not a regular file)
     int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
     if (fd < 0) throw Error(std::string("cannot open: ") + std::strerror(errno), path);
@@ -110,17 +110,23 @@ std::shared_ptr<SafetensorsFile> SafetensorsFile::open(const std::string& path) 
         ::close(fd);
         throw Error("not a regular file", path);
     }
-    f->size_ = static_cast<uint64_t>(st.st_size);
-    if (f->size_ < 8) {
+    size_ = static_cast<uint64_t>(st.st_size);
+    if (size_ < minSize) {
         ::close(fd);
-        throw Error(
-            "truncated safetensors file: " + std::to_string(f->size_) + " bytes, shorter than the 8-byte header length",
-            path, "header length");
+        throw Error("truncated " + what + ": " + std::to_string(size_) + " bytes, " + tooShort, path, field);
     }
-    void* p = mmap(nullptr, f->size_, PROT_READ, MAP_SHARED, fd, 0);
+    void* p = mmap(nullptr, size_, PROT_READ, MAP_SHARED, fd, 0);
     ::close(fd);
-    if (p == MAP_FAILED) throw Error(std::string("mmap failed: ") + std::strerror(errno), path);
-    f->base_ = static_cast<const uint8_t*>(p);
+    if (p == MAP_FAILED) {
+        size_ = 0;
+        throw Error(std::string("mmap failed: ") + std::strerror(errno), path);
+    }
+    base_ = static_cast<const uint8_t*>(p);
+}
+
+std::shared_ptr<SafetensorsFile> SafetensorsFile::open(const std::string& path) {
+    std::shared_ptr<SafetensorsFile> f(new SafetensorsFile());
+    f->mapFile(path, 8, "safetensors file", "shorter than the 8-byte header length", "header length");
     f->parse();
     return f;
 }

@@ -60,28 +60,43 @@ struct TensorOut {
 void writeSafetensors(const std::string& path, const std::vector<TensorOut>& tensors,
                       const std::map<std::string, std::string>& metadata = {});
 
-class SafetensorsFile {
+// A file of named tensors mapped read-only: a .safetensors file, or a torch.save zip archive
+// (checkpoint/torch_bin.h). The views stay valid while the file object lives.
+class TensorFile {
 public:
-    static std::shared_ptr<SafetensorsFile> open(const std::string& path);
-    ~SafetensorsFile();
-    SafetensorsFile(const SafetensorsFile&) = delete;
-    SafetensorsFile& operator=(const SafetensorsFile&) = delete;
+    virtual ~TensorFile();
+    TensorFile(const TensorFile&) = delete;
+    TensorFile& operator=(const TensorFile&) = delete;
 
     const std::string& path() const { return path_; }
     uint64_t fileSize() const { return size_; }
+    // The bytes that describe the tensors (the safetensors header, the torch.save pickle), which
+    // Checkpoint::fingerprint hashes.
     const std::string& headerText() const { return header_; }
-    const std::map<std::string, std::string>& metadata() const { return metadata_; }
     const std::map<std::string, TensorView>& tensors() const { return tensors_; }
 
-private:
-    SafetensorsFile() = default;
-    void parse();
+protected:
+    TensorFile() = default;
+    // Opens and maps `path` read-only: a regular file of at least `minSize` bytes, else "truncated
+    // WHAT: N bytes, TOOSHORT" naming `field`.
+    void mapFile(const std::string& path, uint64_t minSize, const std::string& what, const std::string& tooShort,
+                 const std::string& field);
     std::string path_;
     uint64_t size_ = 0;
     const uint8_t* base_ = nullptr;
     std::string header_;
-    std::map<std::string, std::string> metadata_;
     std::map<std::string, TensorView> tensors_;
+};
+
+class SafetensorsFile : public TensorFile {
+public:
+    static std::shared_ptr<SafetensorsFile> open(const std::string& path);
+    const std::map<std::string, std::string>& metadata() const { return metadata_; }
+
+private:
+    SafetensorsFile() = default;
+    void parse();
+    std::map<std::string, std::string> metadata_;
 };
 
 }  // namespace es

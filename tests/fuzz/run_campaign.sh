@@ -2,7 +2,7 @@
 # A libFuzzer campaign on every target (docs/fuzzing.md): builds build-fuzz/ with clang
 # (instrumented: coverage, ASan, UBSan), seeds each corpus from the demo checkpoints and a session
 # the CLI makes, then runs each target for SECONDS (default 1800) with JOBS targets at a time.
-#   tests/fuzz/run_campaign.sh [SECONDS] [JOBS] [TARGETS (default: safetensors,config,tokenizer,session)]
+#   tests/fuzz/run_campaign.sh [SECONDS] [JOBS] [TARGETS (default: safetensors,torchbin,config,tokenizer,session)]
 # Findings land in build-fuzz/findings/TARGET/ (crash-*, timeout-*, oom-*); the log of each target
 # in build-fuzz/findings/TARGET.log.
 set -euo pipefail
@@ -10,17 +10,17 @@ cd "$(dirname "$0")/../.."
 ROOT=$PWD
 SECS=${1:-1800}
 JOBS=${2:-2}
-TARGETS=${3:-safetensors,config,tokenizer,session}
+TARGETS=${3:-safetensors,torchbin,config,tokenizer,session}
 B=build-fuzz
 TORCH_PREFIX=$(.venv/bin/python -c 'import torch; print(torch.utils.cmake_prefix_path)')
 CC=${CC:-clang-14} CXX=${CXX:-clang++-14} cmake -S . -B $B -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
   -DCMAKE_PREFIX_PATH="$TORCH_PREFIX" -DEXPERTSCOPE_HEADLESS=ON -DEXPERTSCOPE_TESTS=OFF -DEXPERTSCOPE_FUZZ=ON \
   -DEXPERTSCOPE_PYTHON="$ROOT/.venv/bin/python" -DEXPERTSCOPE_WERROR=OFF
-cmake --build $B -j"$(nproc)" --target fuzz_safetensors fuzz_config fuzz_tokenizer fuzz_session
+cmake --build $B -j"$(nproc)" --target fuzz_safetensors fuzz_torchbin fuzz_config fuzz_tokenizer fuzz_session
 
 # seeds: real inputs of each kind
 S=$B/seeds
-rm -rf $S && mkdir -p $S/safetensors $S/config $S/tokenizer $S/session
+rm -rf $S && mkdir -p $S/safetensors $S/torchbin $S/config $S/tokenizer $S/session
 for m in moe dense jetmoe; do
   cp resources/demo/$m/config.json $S/config/$m.json
   cp resources/demo/$m/tokenizer.json $S/tokenizer/$m.json
@@ -32,6 +32,16 @@ out = sys.argv[1]
 save_file({"a": np.ones((2, 3), np.float32), "b": np.zeros((4,), np.float16)}, f"{out}/small.safetensors",
           metadata={"format": "pt"})
 save_file({"w": np.arange(6, dtype=np.float32).reshape(3, 2)}, f"{out}/one.safetensors")
+PY
+.venv/bin/python - "$S/torchbin" <<'PY'
+import sys, collections, torch
+out = sys.argv[1]
+sd = collections.OrderedDict(a=torch.ones(2, 3), b=torch.zeros(4, dtype=torch.float16))
+sd["t"] = torch.arange(6.0).reshape(2, 3).t()  # strided
+sd["tied"] = sd["a"]  # a shared storage
+torch.save(sd, f"{out}/small.bin")
+torch.save({"q": torch.zeros(3, dtype=torch.float8_e4m3fn), "s": torch.ones(1, dtype=torch.bfloat16)},
+           f"{out}/fp8.bin", pickle_protocol=4)
 PY
 .venv/bin/python - "$S/tokenizer" <<'PY'
 import sys, json

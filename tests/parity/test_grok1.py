@@ -386,3 +386,15 @@ def test_bad_input_named(cli, built, tmp_path, i):
     cfg_fn, sd_fn, words, file = BAD[i]
     d = fixtures.copy_checkpoint(built[0], str(tmp_path / "grok1"), cfg_fn, sd_fn)
     assert_info_refuses(cli, d, words, file)
+
+
+def test_hpcai_as_bin_shards(cli, tmp_path):
+    """hpcai-tech's port is published as PyTorch pytorch_model-*.bin shards with
+    pytorch_model.bin.index.json: the same weights as torch.save shards trace as the reference
+    computes them (core/checkpoint/torch_bin.cpp reads them without running their pickle)."""
+    from test_torch_bin import bin_copy
+    model = reference_model(CONFIG)
+    st = write(model, CONFIG, str(tmp_path / "st"))
+    d = bin_copy(st, str(tmp_path / "bin"), shards=2)
+    assert os.path.exists(os.path.join(d, "pytorch_model.bin.index.json"))
+    trace_and_compare(cli, d, str(tmp_path / "s.h5"), fixtures.reference(model))
