@@ -8,6 +8,7 @@
 #include <QDialogButtonBox>
 #include <QDir>
 #include <QDockWidget>
+#include <QEventLoop>
 #include <QFileDialog>
 #include <QFileInfo>
 #include <QFormLayout>
@@ -23,6 +24,7 @@
 #include <QSpinBox>
 #include <QStackedWidget>
 #include <QTabBar>
+#include <QTimer>
 #include <QTabWidget>
 #include <QTableWidget>
 #include <QTreeWidget>
@@ -201,8 +203,12 @@ MainWindow::MainWindow(QWidget* parent) : QMainWindow(parent) {
             });
     connect(prompts_, &PromptsPanel::error, this, &MainWindow::showError);
     connect(prompts_, &PromptsPanel::promptsChanged, this, [this] { dirty_ = session_ != nullptr; });
-    connect(jobs_, &JobManager::finished, this, [this](int, bool ok, const QString& err) {
-        if (!ok && err != "cancelled") showError("A job failed", err);
+    connect(jobs_, &JobManager::finished, this, [this](int id, bool ok, const QString& err) {
+        if (id == saveJob_) saveLanded(ok, err);
+        else if (!ok && err != "cancelled") showError("A job failed", err);
+    });
+    connect(jobs_, &JobManager::progressed, this, [this](int id, double f, const QString&, double) {
+        if (id == saveJob_) statusBar()->showMessage(QString("Saving the session: %1%").arg(qRound(100 * f)));
     });
 
     // menus
@@ -219,6 +225,8 @@ MainWindow::MainWindow(QWidget* parent) : QMainWindow(parent) {
     file->addAction("&Export view...", QKeySequence("Ctrl+E"), this, &MainWindow::exportDialog);
     file->addAction("Convert to E&MoE...", this, &MainWindow::emoeDialog);
     file->addSeparator();
+    for (QAction* a : file->actions())
+        if (!a->isSeparator()) sessionActions_.push_back(a);  // Quit stays: closing waits for the save
     file->addAction("&Quit", QKeySequence::Quit, this, &QWidget::close);
     auto* view = menuBar()->addMenu("&View");
     for (auto* d : {modelDock, promptsDock, jobsDock, routeDock}) view->addAction(d->toggleViewAction());
@@ -321,6 +329,7 @@ void MainWindow::showDocs() {
 }
 
 MainWindow::~MainWindow() {
+    waitForSave();  // the worker writes from the session: it must outlive the save
     ++generation_;  // what the jobs still return is dropped: the window is going away
     jobs_->cancelAll();
     jobs_->waitForIdle(60000);
@@ -411,18 +420,23 @@ void MainWindow::chooseSession() {
 void MainWindow::save() {
     if (!session_) return;
     if (session_->path().empty()) saveAs();
-    else saveSession(sessionPath());
+    else startSave(sessionPath());
+}
+
+QString MainWindow::askSavePath() {
+    QString f = QFileDialog::getSaveFileName(this, "Save session", QString(), "ExpertScope sessions (*.h5)");
+    if (!f.isEmpty() && !f.endsWith(".h5") && !f.endsWith(".hdf5")) f += ".h5";
+    return f;
 }
 
 void MainWindow::saveAs() {
     if (!session_) return;
-    QString f = QFileDialog::getSaveFileName(this, "Save session", QString(), "ExpertScope sessions (*.h5)");
-    if (f.isEmpty()) return;
-    if (!f.endsWith(".h5") && !f.endsWith(".hdf5")) f += ".h5";
-    saveSession(f);
+    const QString f = askSavePath();
+    if (!f.isEmpty()) startSave(f);
 }
 
 void MainWindow::setSession(std::unique_ptr<Session> s) {
+    waitForSave();  // a save writes from the session being replaced
     // a job's results belong to the session it was started for: those still running are
     // cancelled, and what they return is dropped (their land steps check the generation)
     jobs_->cancelAll();
@@ -487,6 +501,7 @@ void MainWindow::fillModelTree() {
 }
 
 bool MainWindow::maybeSave(const QString& action) {
+    waitForSave();
     if (!dirty_ || !session_ || !isVisible() || !qEnvironmentVariableIsEmpty("EXPERTSCOPE_NO_SAVE_PROMPT")) return true;
     QMessageBox box(QMessageBox::Warning, "Unsaved session",
                     "The session has runs, results or changes that are not saved. Save it before " + action + "?",
@@ -496,8 +511,8 @@ bool MainWindow::maybeSave(const QString& action) {
     const int b = box.exec();
     if (b == QMessageBox::Cancel) return false;
     if (b == QMessageBox::Save) {
-        save();
-        return !dirty_;  // not saved (the file dialog cancelled, an error): stay
+        const QString path = session_->path().empty() ? askSavePath() : sessionPath();
+        return !path.isEmpty() && saveSession(path);  // not saved (the dialog cancelled, an error): stay
     }
     return true;
 }
@@ -739,7 +754,24 @@ void MainWindow::restoreViewStates() {
 
 bool MainWindow::saveSession(const QString& path) {
     if (!session_) return false;
+    waitForSave();
+    bool ok = false;
+    QMetaObject::Connection c = connect(this, &MainWindow::saveFinished, this, [&ok](bool r) { ok = r; });
+    startSave(path);
+    waitForSave();
+    disconnect(c);
+    return ok;
+}
+
+void MainWindow::startSave(const QString& path) {
+    if (!session_) return;
+    if (saveJob_ >= 0) {
+        queuedSave_ = path;
+        statusBar()->showMessage("Saving the session; the next save follows");
+        return;
+    }
     try {
+        // what the session keeps of the window, gathered here on the GUI thread
         nlohmann::json order = nlohmann::json::array();
         for (int i = 0; i < tabs_->count(); ++i)
             order.push_back(static_cast<ViewPane*>(tabs_->widget(i))->id().toStdString());
@@ -750,17 +782,60 @@ bool MainWindow::saveSession(const QString& path) {
         std::vector<std::string> ps;
         for (auto& p : prompts_->prompts()) ps.push_back(p.toStdString());
         session_->setPrompts(ps);
-        session_->save(path.toStdString());
-        addRecent(QFileInfo(path).absoluteFilePath());
-        setWindowTitle("ExpertScope - " + path);
-        fillModelTree();
-        dirty_ = false;
-        lastError_.clear();
-        return true;
     } catch (const std::exception& e) {
         showError("Cannot save the session", q(e.what()));
-        return false;
+        Q_EMIT saveFinished(false);
+        return;
     }
+    setSessionBusy(true);
+    Session* s = session_.get();  // alive until the save lands: replacing or closing waits for it
+    const std::string file = path.toStdString();
+    const uint64_t gen = generation_;
+    saveJob_ = jobs_->submit("Save " + QFileInfo(path).fileName(), [this, s, file, path, gen](JobContext& ctx) {
+        s->save(file, [&ctx](double f) {
+            if (ctx.cancel && ctx.cancel->load()) throw Error("cancelled");
+            ctx.progress(f, "writing");
+        });
+        return JobLand([this, path, gen] {
+            if (gen != generation_) return;
+            addRecent(QFileInfo(path).absoluteFilePath());
+            setWindowTitle("ExpertScope - " + path);
+            fillModelTree();
+            dirty_ = false;
+            lastError_.clear();
+        });
+    });
+}
+
+void MainWindow::saveLanded(bool ok, const QString& error) {
+    saveJob_ = -1;
+    setSessionBusy(false);
+    if (ok) statusBar()->showMessage("Session saved", 5000);
+    else if (error == "cancelled") statusBar()->showMessage("Save cancelled: the file on disk is as it was", 8000);
+    else showError("Cannot save the session", error);
+    Q_EMIT saveFinished(ok);
+    if (!queuedSave_.isEmpty()) {
+        const QString next = queuedSave_;
+        queuedSave_.clear();
+        startSave(next);
+    } else if (closeAfterSave_) {
+        closeAfterSave_ = false;
+        if (ok) QTimer::singleShot(0, this, &QWidget::close);
+    }
+}
+
+void MainWindow::waitForSave() {
+    while (saveJob_ != -1) {  // a save asked for meanwhile follows the one running: waited for too
+        QEventLoop loop;
+        connect(this, &MainWindow::saveFinished, &loop, &QEventLoop::quit);
+        loop.exec();
+    }
+}
+
+void MainWindow::setSessionBusy(bool busy) {
+    for (QWidget* w : std::initializer_list<QWidget*>{central_, tree_, prompts_, route_}) w->setEnabled(!busy);
+    for (QAction* a : sessionActions_) a->setEnabled(!busy);
+    if (busy) statusBar()->showMessage("Saving the session...");
 }
 
 bool MainWindow::exportView(const QString& paneId, const QString& path, int width, int height, double dpi,
@@ -1033,6 +1108,12 @@ void MainWindow::updateRecent() {
 }
 
 void MainWindow::closeEvent(QCloseEvent* e) {
+    if (saveJob_ != -1) {  // closes once the save has landed (and stays open if it failed)
+        closeAfterSave_ = true;
+        statusBar()->showMessage("Closing when the save has finished...");
+        e->ignore();
+        return;
+    }
     if (!maybeSave("closing")) {
         e->ignore();
         return;

@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+class QAction;
 class QDockWidget;
 class QLabel;
 class QListWidget;
@@ -61,8 +62,19 @@ public:
     // into outDir and opens the result with the dense model as its reference.
     bool convertToEmoe(const QString& outDir, int experts, int topK, const QString& layers = "all",
                        const QString& gating = "avg-k", int seed = 0, const QString& format = "expertscope");
-    // Saves the session (with every view's state, the prompts and the window layout).
+    // Saves the session (with every view's state, the prompts and the window layout) as a job
+    // (startSave) and returns when it has finished, true when the file was written; the event
+    // loop runs meanwhile, so the window stays responsive. A save asked for while another runs
+    // waits for it, then writes.
     bool saveSession(const QString& path);
+    // Starts saving the session to `path` as a job on the worker thread: progress and Cancel in
+    // the Jobs dock and the status bar; until it lands, the views, the docks that read the
+    // session and every action that reads or replaces it are disabled (the session is the
+    // worker's alone), and closing the window closes it once the save has finished. Asked while
+    // a save runs, the new save follows it (the last one asked for). The file on disk is
+    // replaced atomically (Session::save): a failed or cancelled save leaves it as it was.
+    void startSave(const QString& path);
+    bool isSaving() const { return saveJob_ >= 0; }
     // Exports a pane's current view (see ViewPane::exportTo).
     bool exportView(const QString& paneId, const QString& path, int width, int height, double dpi = 96,
                     bool allLayers = false);
@@ -88,6 +100,9 @@ public:
     QString sessionPath() const;
     bool isStartPageShown() const;
 
+Q_SIGNALS:
+    void saveFinished(bool ok);
+
 protected:
     void closeEvent(QCloseEvent* e) override;
 
@@ -109,6 +124,10 @@ private:
     bool maybeSave(const QString& action);
     bool loadCheckpoint(const QString& path, const QString& referencePath);
     void setSession(std::unique_ptr<Session> s);
+    QString askSavePath();
+    void waitForSave();  // runs the event loop until no save runs
+    void saveLanded(bool ok, const QString& error);
+    void setSessionBusy(bool busy);
     void fillModelTree();
     void startStaticAnalyses();
     void refreshViews();
@@ -137,8 +156,12 @@ private:
     std::shared_ptr<Reference> ref_;
     QString lastError_, lastWarning_;
     bool dirty_ = false;
-    std::set<std::string> pendingRuns_;  // names of runs still running
-    uint64_t generation_ = 0;            // which session the jobs' results belong to
+    int saveJob_ = -1;                      // the save job running or queued, -1 for none
+    bool closeAfterSave_ = false;           // the window was closed during a save
+    QString queuedSave_;                    // a save asked for while one ran
+    std::vector<QAction*> sessionActions_;  // disabled while a save runs
+    std::set<std::string> pendingRuns_;     // names of runs still running
+    uint64_t generation_ = 0;               // which session the jobs' results belong to
 };
 
 }  // namespace es

@@ -13,6 +13,8 @@
 #include <cstring>
 #include <ctime>
 #include <filesystem>
+#include <functional>
+#include <map>
 #include <iostream>
 #include <mutex>
 #include <nlohmann/json.hpp>
@@ -47,6 +49,18 @@ void wrote() {
         return v ? std::atoll(v) : -1LL;
     }();
     if (faultAt > 0 && gWrites == faultAt) _exit(86);
+}
+
+// ---- progress of a save (set by Session::save, which holds the HDF5 lock throughout) ------------
+struct SaveMeter {
+    const std::function<void(double)>* report = nullptr;
+    double total = 0, done = 0;
+};
+SaveMeter* gMeter = nullptr;
+void advance(double bytes) {
+    if (!gMeter || !gMeter->report || !*gMeter->report) return;
+    gMeter->done += bytes;
+    (*gMeter->report)(gMeter->total > 0 ? std::min(1.0, gMeter->done / gMeter->total) : 1.0);
 }
 
 class H {
@@ -133,7 +147,28 @@ void dataset(hid_t parent, const std::string& name, hid_t fileType, hid_t memTyp
     }
     H ds(H5Dcreate2(parent, name.c_str(), fileType, space, H5P_DEFAULT, dcpl, H5P_DEFAULT), H5Dclose);
     if (!ds.ok()) throw Error("cannot create dataset", file, full);
-    if (n > 0) check(H5Dwrite(ds, memType, H5S_ALL, H5S_ALL, H5P_DEFAULT, data), file, full, "write");
+    const size_t es = H5Tget_size(memType);
+    hsize_t row = 1;
+    for (size_t i = 1; i < dims.size(); ++i) row *= dims[i];
+    constexpr hsize_t kSlab = 16u << 20;  // a large dataset goes in slabs of rows, each reported
+    if (n > 0 && !dims.empty() && n * es > kSlab && row * es <= kSlab) {
+        const hsize_t rows = std::max<hsize_t>(1, kSlab / (row * es));
+        for (hsize_t r0 = 0; r0 < dims[0]; r0 += rows) {
+            std::vector<hsize_t> start(dims.size(), 0), count = dims;
+            start[0] = r0;
+            count[0] = std::min(rows, dims[0] - r0);
+            H fileSpace(H5Dget_space(ds), H5Sclose);
+            H5Sselect_hyperslab(fileSpace, H5S_SELECT_SET, start.data(), nullptr, count.data(), nullptr);
+            H memSpace(H5Screate_simple(static_cast<int>(count.size()), count.data(), nullptr), H5Sclose);
+            check(H5Dwrite(ds, memType, memSpace, fileSpace, H5P_DEFAULT,
+                           static_cast<const uint8_t*>(data) + r0 * row * es),
+                  file, full, "write");
+            advance(static_cast<double>(count[0] * row * es));
+        }
+    } else {
+        if (n > 0) check(H5Dwrite(ds, memType, H5S_ALL, H5S_ALL, H5P_DEFAULT, data), file, full, "write");
+        advance(static_cast<double>(n * es));
+    }
     wrote();
 }
 
@@ -1188,9 +1223,39 @@ void removeStaleTemps(const fs::path& target) {
 
 }  // namespace
 
-void Session::save(const std::string& pathIn) {
+namespace {
+double runBytes(const RunTrace& t) {
+    double b = 8.0 * (t.tokens.size() + t.promptOffsets.size()) + 4.0 * (t.logits.size() + t.hidden.size());
+    for (const auto* ls : {&t.layers, &t.attentionLayers})
+        for (const auto& l : *ls)
+            b += 4.0 * (l.routerLogits.size() + l.topkExperts.size() + l.topkWeights.size() +
+                        l.expertOutputNorms.size() + l.sharedOutputNorms.size());
+    return b;
+}
+}  // namespace
+
+void Session::save(const std::string& pathIn, const std::function<void(double)>& progress) {
     std::lock_guard lk(hdf5Mutex());
     silence();
+    // what the progress counts: the bytes of every dataset written, a stored run as its share of
+    // its file's size (it is copied chunk for chunk)
+    SaveMeter meter;
+    meter.report = &progress;
+    std::map<std::string, int> runsPerFile;
+    for (auto& [name, r] : d_->runs)
+        if (!r.mem) ++runsPerFile[r.file];
+    auto storedShare = [&](const std::string& f) {
+        std::error_code ec;
+        const auto size = fs::file_size(f, ec);
+        return ec ? 0.0 : static_cast<double>(size) / runsPerFile[f];
+    };
+    for (auto& [name, r] : d_->runs) meter.total += r.mem ? runBytes(*r.mem) : storedShare(r.file);
+    for (auto& [id, res] : d_->results)
+        for (auto& [an, a] : res.arrays) meter.total += static_cast<double>(a.bytes.size());
+    gMeter = &meter;
+    struct Unset {
+        ~Unset() { gMeter = nullptr; }
+    } unset;
     const fs::path target = fs::absolute(pathIn);
     const std::string file = target.string();
     removeStaleTemps(target);
@@ -1200,6 +1265,7 @@ void Session::save(const std::string& pathIn) {
                                 .string();
     gWrites = 0;
     try {
+        advance(0);  // the report also gives a cancel its chance: at the start, after each part, before the rename
         {
             H fapl(H5Pcreate(H5P_FILE_ACCESS), H5Pclose);
             // HDF5 1.10 file format: checksummed object headers and B-trees.
@@ -1238,7 +1304,9 @@ void Session::save(const std::string& pathIn) {
                 const std::string p = "runs/" + name;
                 check(H5Ocopy(src, p.c_str(), f, p.c_str(), H5P_DEFAULT, H5P_DEFAULT), tmp, "/" + p, "copy");
                 wrote();
+                advance(storedShare(r.file));
             }
+            advance(0);
             stringList(f, "prompts", d_->prompts, tmp, "/prompts");
             makeGroup(f, "analyses", tmp);
             for (auto& [id, res] : d_->results) {
@@ -1279,6 +1347,7 @@ void Session::save(const std::string& pathIn) {
         }
         fsyncPath(tmp);
         wrote();
+        advance(0);
         std::error_code ec;
         fs::rename(tmp, target, ec);
         if (ec) throw Error("cannot rename the temporary file over the session: " + ec.message(), file);

@@ -8,6 +8,7 @@
 #include <atomic>
 #include <cstdint>
 #include <map>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -105,7 +106,10 @@ public:
     void removeNote(size_t index);
 
     // Writes the whole session to `path` atomically (see above). The session then refers to it.
-    void save(const std::string& path);
+    // `progress`, when given, is called on the calling thread with the fraction written so far
+    // (a large dataset is written in slabs, each reported); an exception it throws (a cancel)
+    // ends the save as any error does: the temporary file removed, the old file untouched.
+    void save(const std::string& path, const std::function<void(double)>& progress = {});
 
 private:
     struct Impl;

@@ -3,6 +3,8 @@
 // export every view in every format, save, reopen, and find every view as it was.
 #include <QApplication>
 #include <QComboBox>
+#include <QCryptographicHash>
+#include <QElapsedTimer>
 #include <QDir>
 #include <QLabel>
 #include <QLineEdit>
@@ -31,6 +33,7 @@
 #include <QTreeWidget>
 #include <QtTest>
 #include <limits>
+#include <random>
 #include <set>
 #include <qcustomplot.h>
 
@@ -1070,6 +1073,140 @@ private Q_SLOTS:
         routing->setMode("routing-text");
         QVERIFY(routing->hasFigure());
         QCOMPARE(routing->findChild<QLabel*>("layerLabel")->text(), QString("Layer 1 (full attention)"));
+    }
+
+    // Saving is a job: a session of ~270 MB (made here of random values, which compress little) saves
+    // while the event loop keeps running, no gap above 100 ms; the views, docks and session
+    // actions are disabled meanwhile and enabled after; a save asked for during a save follows
+    // it, closing during a save closes once it has landed, and a cancelled save leaves the file
+    // on disk as it was.
+    void savesALargeSessionWithoutFreezing() {
+        QTemporaryDir tmp;
+        const QString big = tmp.filePath("big.h5");
+        {
+            SessionModel m;
+            m.modelType = "mixtral";
+            m.numLayers = 8;
+            m.numExperts = 64;
+            m.topK = 2;
+            m.hidden = 16;
+            m.configJson = "{}";
+            m.fingerprint = "sha256:00";
+            const int64_t T = 40000, E = 64, V = 1000;
+            std::mt19937 rng(7);
+            std::uniform_real_distribution<float> u(-4.f, 4.f);
+            RunTrace t;
+            t.device = "cpu";
+            t.dtype = "float32";
+            for (int64_t i = 0; i < T; ++i) t.tokens.push_back(i % V);
+            t.promptOffsets = {0, T};
+            for (int l = 0; l < m.numLayers; ++l) {
+                LayerTrace lt;
+                lt.layer = l;
+                lt.numExperts = E;
+                lt.topK = 2;
+                lt.routerLogits.resize(T * E);
+                lt.expertOutputNorms.resize(T * E);
+                for (auto* v : {&lt.routerLogits, &lt.expertOutputNorms})
+                    for (auto& x : *v) x = u(rng);
+                for (int64_t i = 0; i < T; ++i) {
+                    lt.topkExperts.insert(lt.topkExperts.end(), {int32_t(i % E), int32_t((i + 1) % E)});
+                    lt.topkWeights.insert(lt.topkWeights.end(), {0.6f, 0.4f});
+                }
+                t.layers.push_back(std::move(lt));
+            }
+            t.vocab = V;
+            t.logits.resize(T * V);
+            for (auto& x : t.logits) x = u(rng);
+            Session s = Session::create(m);
+            s.addRun("big", std::move(t));
+            s.save(big.toStdString());
+        }
+        const qint64 bytes = QFileInfo(big).size();
+        QVERIFY2(bytes > 250'000'000, qPrintable(QString::number(bytes)));
+        MainWindow w;
+        QVERIFY(showWindow(w));
+        QVERIFY2(w.openSession(big), qPrintable(w.lastError()));
+        QVERIFY(w.jobs()->waitForIdle(kJobTimeoutMs));
+
+        // the event loop's pulse, every 5 ms, during the save
+        QElapsedTimer clock;
+        clock.start();
+        qint64 last = 0, worst = 0;
+        bool sawDisabled = false, sawActionsOff = false;
+        QAction* saveAction = nullptr;
+        for (QAction* a : w.menuBar()->actions().first()->menu()->actions())
+            if (a->text() == "&Save") saveAction = a;
+        QVERIFY(saveAction && saveAction->isEnabled());
+        QTimer pulse;
+        pulse.setInterval(5);
+        connect(&pulse, &QTimer::timeout, &w, [&] {
+            const qint64 now = clock.elapsed();
+            worst = std::max(worst, now - last);
+            last = now;
+            if (w.isSaving()) {
+                sawDisabled = sawDisabled || !w.tabs()->isEnabled();
+                sawActionsOff = sawActionsOff || !saveAction->isEnabled();
+            }
+        });
+        const QString out = tmp.filePath("saved.h5");
+        last = clock.elapsed();
+        pulse.start();
+        QVERIFY2(w.saveSession(out), qPrintable(w.lastError()));
+        worst = std::max(worst, clock.elapsed() - last);
+        pulse.stop();
+        qInfo("saved %lld bytes in %lld ms; the longest event-loop gap %lld ms", QFileInfo(out).size(), clock.elapsed(),
+              worst);
+        QVERIFY(sawDisabled && sawActionsOff);
+        QVERIFY2(worst <= 100, qPrintable(QString("the event loop stood still for %1 ms").arg(worst)));
+        QVERIFY(w.tabs()->isEnabled() && saveAction->isEnabled() && !w.isSaving());
+        QCOMPARE(w.sessionPath(), QFileInfo(out).absoluteFilePath());
+        {
+            Session s = Session::open(out.toStdString());
+            QCOMPARE(s.runNames(), std::vector<std::string>{"big"});
+            QCOMPARE(s.runInfo("big").numTokens, int64_t(40000));
+            QCOMPARE(s.runLayer("big", 7).expertOutputNorms.size(), size_t(40000 * 64));
+        }
+
+        // Cancel on the save's row: the file on disk stays as it was
+        const QByteArray before = [&] {
+            QFile f(out);
+            f.open(QIODevice::ReadOnly);
+            return QCryptographicHash::hash(f.readAll(), QCryptographicHash::Sha256);
+        }();
+        w.startSave(out);
+        QPushButton* cancel = nullptr;
+        for (auto* row : w.jobsPanel()->findChildren<QWidget*>())
+            if (auto* l = row->findChild<QLabel*>("label"); l && row->objectName().startsWith("job") &&
+                                                            l->property("name").toString() == "Save saved.h5" &&
+                                                            row->findChild<QPushButton*>("cancel")->isEnabled())
+                cancel = row->findChild<QPushButton*>("cancel");
+        QVERIFY(cancel);
+        QSignalSpy saved(&w, &MainWindow::saveFinished);
+        QTest::mouseClick(cancel, Qt::LeftButton);
+        QVERIFY(saved.wait(kJobTimeoutMs));
+        QCOMPARE(saved.at(0).at(0).toBool(), false);
+        QVERIFY(w.lastError().isEmpty());  // a cancel is no error
+        QVERIFY(w.tabs()->isEnabled());
+        {
+            QFile f(out);
+            f.open(QIODevice::ReadOnly);
+            QCOMPARE(QCryptographicHash::hash(f.readAll(), QCryptographicHash::Sha256), before);
+        }
+        QCOMPARE(QDir(tmp.path()).entryList({".saved.h5.tmp-*"}, QDir::Hidden | QDir::Files).size(), 0);
+
+        // a second save asked for during one follows it; closing waits for both
+        const QString a = tmp.filePath("a.h5"), b = tmp.filePath("b.h5");
+        w.startSave(a);
+        w.startSave(b);
+        QVERIFY(w.isSaving());
+        QVERIFY(!w.close());  // not now: when the saves have landed
+        QVERIFY(w.isVisible());
+        QTRY_VERIFY_WITH_TIMEOUT(!w.isVisible(), kJobTimeoutMs);
+        QVERIFY(!w.isSaving());
+        for (const QString& f : {a, b})
+            QCOMPARE(Session::open(f.toStdString()).runNames(), std::vector<std::string>{"big"});
+        QCOMPARE(w.sessionPath(), QFileInfo(b).absoluteFilePath());
     }
 };
 
