@@ -23,8 +23,8 @@ namespace {
 // Bounds on what a pickle may make this process hold. A state dict's pickle is ~150 bytes and
 // ~17 values per tensor: DeepSeek-V3 (94k tensors) in one file would be 14 MB and 1.6 M values.
 constexpr uint64_t kMaxPickle = 256ull << 20;  // data.pkl
-constexpr size_t kMaxValues = 8u << 20;        // values built, memo entries, stack depth, marks (each)
-constexpr size_t kMaxItems = 32u << 20;        // references held by tuples, lists and dicts together
+constexpr size_t kMaxValues = 4u << 20;        // values built, memo entries, stack depth, marks (each)
+constexpr size_t kMaxItems = 32u << 20;        // references held by containers, plus 16 + 2 x dims per tensor
 constexpr size_t kMaxDims = 64;                // as torch
 constexpr size_t kMaxGlobalName = 256;
 
@@ -150,6 +150,14 @@ constexpr int kNoDtype = -1;
 
 // ---- the pickle machine
 
+// A rebuilt tensor: its view into the mapped storage (the first element; shape), its strides;
+// a strided one is gathered only when the state dict keeps it.
+struct Rebuilt {
+    TensorView view;
+    std::vector<int64_t> stride;
+    bool contiguous = true;
+};
+
 enum class G { OrderedDict, RebuildV2, RebuildV3, RebuildParameter, Storage, UntypedStorage, Dtype };
 
 struct Val {
@@ -157,11 +165,11 @@ struct Val {
     K k = K::None;
     int64_t i = 0;  // Bool, Int; Storage: its numel (elements; bytes when untyped)
     double f = 0;
-    std::string s;                     // Str; Global: "module.name"; Storage: its key
-    std::vector<Val*> items;           // Tuple, List; Dict: key, value, key, value, ...
-    G g = G::OrderedDict;              // Global
-    int dtype = kNoDtype;              // Global (Storage, Dtype), Storage, Tensor (index into kDtypes)
-    std::unique_ptr<TensorView> view;  // Tensor
+    std::string s;                    // Str; Global: "module.name"; Storage: its key
+    std::vector<Val*> items;          // Tuple, List; Dict: key, value, key, value, ...
+    G g = G::OrderedDict;             // Global
+    int dtype = kNoDtype;             // Global (Storage, Dtype), Storage, Tensor (index into kDtypes)
+    std::unique_ptr<Rebuilt> tensor;  // Tensor
 };
 
 const char* opcodeName(uint8_t op) {
@@ -313,9 +321,9 @@ public:
         : p_(p), n_(n), path_(std::move(path)), field_(std::move(field)) {}
 
     // Runs to STOP and returns the pickled object. `tensor(storage, dtype, offset, size, stride)`
-    // makes the view of a rebuilt tensor (the storage a Val of kind Storage).
+    // checks a rebuilt tensor against its storage and places it (the storage a Val of kind Storage).
     using TensorFn =
-        std::function<TensorView(const Val&, int, int64_t, const std::vector<int64_t>&, const std::vector<int64_t>&)>;
+        std::function<Rebuilt(const Val&, int, int64_t, const std::vector<int64_t>&, const std::vector<int64_t>&)>;
     Val* run(const TensorFn& tensor) {
         while (true) {
             if (pos_ >= n_) fail("the pickle ends without STOP");
@@ -672,9 +680,10 @@ private:
                 }
                 Val* t = make(Val::K::Tensor);
                 t->dtype = dtype;
-                t->view = std::make_unique<TensorView>();
-                *t->view =
-                    tensor(*a[0], dtype, int64Of(a[1], "storage offset"), intsOf(a[2], "size"), intsOf(a[3], "stride"));
+                const auto size = intsOf(a[2], "size"), stride = intsOf(a[3], "stride");
+                hold(16 + size.size() + stride.size());  // what the tensor's record takes
+                t->tensor =
+                    std::make_unique<Rebuilt>(tensor(*a[0], dtype, int64Of(a[1], "storage offset"), size, stride));
                 return t;
             }
             case G::RebuildParameter: {
@@ -846,29 +855,25 @@ void TorchBinFile::parse() {
                 up.fail("tensor at offset " + std::to_string(offset) + " reaches past its storage '" + st.s + "' (" +
                         std::to_string(elems) + " elements)");
         }
-        TensorView v;
-        v.dtype = dt.dtype;
-        v.shape = size;
-        v.file = path_;
-        v.nbytes = numel * es;
-        v.fileOffset = data.data + (numel > 0 ? uint64_t(offset) * es : 0);
-        v.data = base_ + v.fileOffset;
-        bool contiguous = true;
+        Rebuilt r;
+        r.view.dtype = dt.dtype;
+        r.view.shape = size;
+        r.view.nbytes = numel * es;
+        r.view.fileOffset = data.data + (numel > 0 ? uint64_t(offset) * es : 0);
+        r.view.data = base_ + r.view.fileOffset;
+        r.stride = stride;
         int64_t expect = 1;
         for (size_t d = size.size(); d-- > 0;) {
-            if (size[d] != 1 && stride[d] != expect) contiguous = false;
+            if (size[d] != 1 && stride[d] != expect) r.contiguous = false;
             expect *= size[d];
         }
-        if (!contiguous && numel > 0 && dt.supported) {
-            uint8_t* copy = gather(v.data, es, size, stride, v.nbytes, path_, pklField);
-            copies_.emplace_back(copy, v.nbytes);
-            v.data = copy;
-        }
-        return v;
+        if (numel == 0) r.contiguous = true;
+        return r;
     };
     const Val* root = up.run(tensor);
     if (root->k != Val::K::Dict)
         throw Error("the pickled object is not a dict (a state dict of tensors is)", path_, pklField);
+    std::map<std::string, const Val*> kept;
     for (size_t k = 0; k + 1 < root->items.size(); k += 2) {
         const Val* key = root->items[k];
         const Val* val = root->items[k + 1];
@@ -886,9 +891,28 @@ void TorchBinFile::parse() {
                             " is not supported (supported: float32, float16, bfloat16, float8_e4m3fn, float8_e8m0fnu, "
                             "uint8, int64)",
                         path_, key->s);
-        TensorView v = *val->view;
-        v.name = key->s;
-        tensors_[key->s] = std::move(v);  // a key given twice: the last wins, as in the dict pickle builds
+        kept[key->s] = val;  // a key given twice: the last wins, as in the dict the pickle builds
+    }
+    // the views of the tensors kept; a strided one gathered, all copies together no larger than
+    // the file (a legitimate state dict never needs more: views of one storage that overlap are
+    // the only way past it)
+    uint64_t copied = 0;
+    for (const auto& [name, val] : kept) {
+        const Rebuilt& r = *val->tensor;
+        TensorView v = r.view;
+        v.name = name;
+        v.file = path_;
+        if (!r.contiguous) {
+            if (v.nbytes > size_ - std::min(copied, size_))
+                throw Error("strided tensors whose row-major copies would exceed the file's size (" +
+                                std::to_string(size_) + " bytes): views of one storage that overlap",
+                            path_, name);
+            copied += v.nbytes;
+            uint8_t* copy = gather(v.data, dtypeSize(v.dtype), v.shape, r.stride, v.nbytes, path_, name);
+            copies_.emplace_back(copy, v.nbytes);
+            v.data = copy;
+        }
+        tensors_.emplace(name, std::move(v));
     }
 }
 

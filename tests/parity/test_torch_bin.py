@@ -202,7 +202,7 @@ def small_bin(tmp_path):
 
 
 @pytest.mark.parametrize("case", ["legacy", "compressed", "training", "float64", "opcode", "broadcast",
-                                  "missing_storage", "truncated"])
+                                  "overlapping_views", "missing_storage", "truncated"])
 def test_bad_bin_is_named(cli, tmp_path, case):
     d = small_bin(tmp_path)
     f = str(d / "pytorch_model.bin")
@@ -228,6 +228,10 @@ def test_bad_bin_is_named(cli, tmp_path, case):
     elif case == "broadcast":
         torch.save({"a": torch.ones(1).expand(1000)}, f)
         words = ["more elements than its storage", "broadcast"]
+    elif case == "overlapping_views":  # 60 transposed views of one storage: copies 60x its size
+        base = torch.ones(40, 25)
+        torch.save({f"v{i}": base.t() for i in range(60)}, f)
+        words = ["row-major copies would exceed the file's size"]
     elif case == "missing_storage":
         src = str(tmp_path / "src.bin")
         shutil.move(f, src)
