@@ -18,6 +18,7 @@
 #include "model/spec.h"
 #include "model/summary.h"
 #include "session/session.h"
+#include "version.h"
 #include "tokenizer/tokenizer.h"
 #include "cli.h"
 #include "jsonfile.h"
@@ -36,6 +37,7 @@ const std::string& optionValue(const std::vector<std::string>& args, size_t& i, 
 namespace {
 
 const char* kUsage = R"(usage:
+  expertscope-cli --version
   expertscope-cli info CHECKPOINT [--json]
   expertscope-cli tokenize (CHECKPOINT | --tokenizer FILE) (--text TEXT | --jsonl FILE) [--no-special] [--json]
   expertscope-cli session SESSION.h5 [--json] [--verify]
@@ -575,6 +577,10 @@ int cmdAnalyze(const std::vector<std::string>& args) {
 
 int main(int argc, char** argv) {
     std::vector<std::string> args(argv + 1, argv + argc);
+    if (!args.empty() && (args[0] == "--version" || args[0] == "-V")) {
+        std::cout << "expertscope-cli " << es::versionNumber() << " (LibTorch " << es::libtorchVersion() << ")\n";
+        return 0;
+    }
     if (args.empty() || args[0] == "-h" || args[0] == "--help" || args[0] == "help") {
         std::cout << kUsage;
         return args.empty() ? 2 : 0;

@@ -114,6 +114,15 @@ std::vector<T> hostVector(std::vector<Tensor>& parts) {
 
 }  // namespace
 
+std::string libtorchVersion() {
+#ifdef TORCH_VERSION_MAJOR
+    return std::to_string(TORCH_VERSION_MAJOR) + "." + std::to_string(TORCH_VERSION_MINOR) + "." +
+           std::to_string(TORCH_VERSION_PATCH);
+#else
+    return "unknown";
+#endif
+}
+
 void initRuntime(int threads) {
     int n = threads > 0 ? threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
     torch::set_num_threads(n);

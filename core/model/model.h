@@ -32,6 +32,8 @@ struct TraceOptions {
 // Sets LibTorch's intra-op threads (0: all hardware threads). Call once at startup.
 void initRuntime(int threads = 0);
 int runtimeThreads();
+// The LibTorch the program was built against ("2.13.0"), for --version.
+std::string libtorchVersion();
 bool cudaAvailable();
 int cudaDeviceCount();  // 0 without CUDA
 // Waits until the device (cpu | cuda | cuda:N) has done the work queued on it (for timing).
