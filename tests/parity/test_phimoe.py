@@ -6,14 +6,18 @@ The reference is transformers' PhimoeForCausalLM, evaluated (sparsemixer's infer
 Its rotary embedding recomputes the LongRoPE frequencies without the sequence length, so they
 always take short_factor, while the cos/sin scale is long_mscale for a prompt longer than
 original_max_position_embeddings: the fixture's 18-token prompt (over 16) and its shorter ones
-cover both. Phi-3.5-MoE-instruct's published config.json was not found with the search tool.
+cover both. Phi-3.5-MoE-instruct's published config.json (tests/data/configs) opens and runs too.
 """
 import json
+import os
 
 import pytest
 
 from conftest import assert_info_refuses, run_cli
 import fixtures
+from test_parity import trace_and_compare
+
+CONFIGS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "data", "configs")
 
 
 def test_info(cli, build_fixture):
@@ -24,6 +28,29 @@ def test_info(cli, build_fixture):
         assert info["router"] == "sparsemixer top-2 (each pick's softmax over the logits within 0.6 relative of its best)"
         assert info["rope"]["type"] == "longrope" and info["rope"]["long_mscale"] == 1.3
         assert info["rope"]["short_factor"][:3] == [1.0, 1.1, 1.3]
+
+
+def test_published_config_opens_and_matches_hf(cli, tmp_path):
+    """Phi-3.5-MoE-instruct's config.json as published (SOURCES.md), shrunk only in sizes: hidden
+    64, 4 heads of 16 over 1 key/value head (32 over 8 published), FFN 40, 2 layers, a vocabulary
+    of 128 (bos / eos ids as published: nothing here reads them), the LongRoPE factor lists cut to
+    the smaller head's 8 frequencies, and the pretraining length (original_max_position_embeddings,
+    both copies) 16, so that the 18-token prompt runs past it as a long prompt runs past 4096. The
+    16 experts, top-2, both jitter settings, the biases, the sliding window and the remote-code
+    keys stay."""
+    with open(os.path.join(CONFIGS, "phi35_moe_instruct.json")) as f:
+        cfg = json.load(f)
+    rs = cfg["rope_scaling"]
+    assert cfg["num_local_experts"] == 16 and rs["type"] == "longrope" and len(rs["long_factor"]) == 64
+    cfg.update(hidden_size=64, num_attention_heads=4, num_key_value_heads=1, intermediate_size=40,
+               num_hidden_layers=2, vocab_size=128, original_max_position_embeddings=16)
+    rs.update(long_factor=rs["long_factor"][:8], short_factor=rs["short_factor"][:8],
+              original_max_position_embeddings=16)
+    model, d = fixtures.published_checkpoint("PhimoeConfig", cfg, str(tmp_path / "phi"))
+    info = json.loads(run_cli(cli, "info", d, "--json").stdout)
+    assert info["family"] == "phimoe" and info["num_experts"] == 16 and info["top_k"] == 2
+    assert info["rope"]["type"] == "longrope" and info["rope"]["short_factor"] == rs["short_factor"]
+    trace_and_compare(cli, d, str(tmp_path / "s.h5"), fixtures.reference(model))
 
 
 def _set(sd, k, v):
