@@ -121,6 +121,24 @@ def test_layer_streamed_identical(cli, build_fixture, tmp_path, name):
             np.testing.assert_array_equal(a[p][:], b[p][:], err_msg=p)
 
 
+@pytest.mark.parametrize("name", ["mixtral_sliding_tied", "gpt_oss_sinks_clamp", "llama4_chunked_nope"])
+def test_long_prompt_past_the_window_or_chunk(cli, build_fixture, tmp_path, name):
+    """A 2,600-token prompt in float32 against transformers' full masks: past 2,048 tokens the
+    engine takes the queries in blocks of 512, each against only the keys its sliding window
+    (scaled-dot-product attention; GPT-OSS's sinks) or attention chunk (Llama 4) reaches, and never
+    builds the [T, T] mask (core/model/attention/standard.cpp)."""
+    h5py = require("h5py")
+    per, _, _ = build_fixture(name)
+    model = fixtures.build_model(name)
+    prompt = [int(t) for t in np.random.default_rng(11).integers(0, model.config.vocab_size, 2600)]
+    ref = fixtures.reference(model, prompts=[prompt])
+    out = str(tmp_path / "s.h5")
+    run_cli(cli, "trace", per, "--out", out, "--token-ids", ",".join(map(str, prompt)), "--all-experts",
+            "--save-logits", "--allow-long", "--run", "r")
+    with h5py.File(out, "r") as f:
+        compare(f["runs/r"], ref)
+
+
 # The families whose half-precision numerics have rules of their own: DeepSeek-V3's float32
 # correction bias and router, V2's float32 RoPE, MiniMax-M2's bias rounded to the model's dtype,
 # Mistral 4's router in the activations' dtype and its query temperature, MLA throughout, Granite's

@@ -35,39 +35,42 @@ namespace {
 // besides the T keys, at most 64 MiB, at most 256 rows) so that the scores of a long prompt stay
 // bounded: `probs(qk, masked)` turns a block's q.k products [H, n, T] (the activations' dtype) and
 // its disallowed keys [n, T] into the probabilities that weigh the values. q, k, v: [H, T, hd]
-// (k, v repeated to H heads); allowed: [T, T] or undefined (causal).
+// (k, v repeated to H heads); allowed: [Tq, Tk] or undefined (causal, Tq = Tk).
 Tensor blockedAttention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& allowed, int64_t extraCols,
                         const std::function<Tensor(const Tensor& qk, const Tensor& masked)>& probs) {
-    const int64_t H = q.size(0), T = q.size(1);
+    const int64_t H = q.size(0), T = q.size(1), Tk = k.size(1);
     const int64_t kRows =
-        std::clamp<int64_t>((int64_t{64} << 20) / std::max<int64_t>(1, H * (T + extraCols) * 4), 1, 256);
+        std::clamp<int64_t>((int64_t{64} << 20) / std::max<int64_t>(1, H * (Tk + extraCols) * 4), 1, 256);
     std::vector<Tensor> out;
     for (int64_t r0 = 0; r0 < T; r0 += kRows) {
         const int64_t n = std::min(kRows, T - r0);
-        const Tensor qk = torch::matmul(q.narrow(1, r0, n), k.transpose(1, 2));  // [H, n, T]
+        const Tensor qk = torch::matmul(q.narrow(1, r0, n), k.transpose(1, 2));  // [H, n, Tk]
         const auto idx = qk.options().dtype(torch::kLong);
         const Tensor ok = allowed.defined()
                               ? allowed.narrow(0, r0, n)
-                              : torch::arange(T, idx).unsqueeze(0) <= torch::arange(r0, r0 + n, idx).unsqueeze(1);
+                              : torch::arange(Tk, idx).unsqueeze(0) <= torch::arange(r0, r0 + n, idx).unsqueeze(1);
         out.push_back(torch::matmul(probs(qk, ok.logical_not()), v));
     }
     return torch::cat(out, 1);
 }
 
 constexpr double kInf = std::numeric_limits<double>::infinity();
+// A sliding window or attention chunk over more tokens than kBandFrom goes in blocks of
+// kBandRows queries (Model::Impl::attention)
+constexpr int64_t kBandFrom = 2048, kBandRows = 512;
 
 // Attention with sinks (GPT-OSS), as transformers' eager_attention_forward: per head, the scaled
 // scores of the allowed keys joined by the head's sink logit, less their maximum, softmax in the
 // activations' dtype, the sink's share dropped.
 Tensor sinkAttention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& sinks, const Tensor& allowed,
                      double scale) {
-    const int64_t H = q.size(0), T = q.size(1);
+    const int64_t H = q.size(0), Tk = k.size(1);
     const Tensor sink = sinks.to(q.scalar_type()).view({H, 1, 1});
     return blockedAttention(q, k, v, allowed, 1, [&](const Tensor& qk, const Tensor& masked) {
         const Tensor s = (qk * scale).masked_fill(masked, -kInf);
         Tensor c = torch::cat({s, sink.expand({H, s.size(1), 1})}, -1);
         c = c - std::get<0>(c.max(-1, true));
-        return c.softmax(-1).narrow(-1, 0, T);
+        return c.softmax(-1).narrow(-1, 0, Tk);
     });
 }
 
@@ -146,19 +149,6 @@ Tensor Model::Impl::attention(const LayerWeights& w, const Tensor& x, const Tens
                          1;
         q = (q * f.view({1, T, 1})).to(q.scalar_type());
     }
-    // the sliding window or the attention chunk, where the prompt outgrows it
-    std::optional<Tensor> mask;
-    bool causal = a.causal;
-    const int64_t window = layer.slidingWindow, chunk = layer.attentionChunk;
-    if ((window > 0 && T > window) || (chunk > 0 && T > chunk)) {
-        auto i = torch::arange(T, torch::TensorOptions().device(device)).unsqueeze(1);
-        auto j = torch::arange(T, torch::TensorOptions().device(device)).unsqueeze(0);
-        Tensor m = j <= i;
-        if (window > 0) m = m.logical_and(j > i - window);
-        if (chunk > 0) m = m.logical_and(i.div(chunk, "floor") == j.div(chunk, "floor"));
-        mask = m;
-        causal = false;
-    }
     const double scale = a.softmaxScale > 0 ? a.softmaxScale : 1.0 / std::sqrt(static_cast<double>(hd));
     // GQA by repeating k and v: the CPU flash kernel has no enable_gqa path (it falls back to
     // the slower math kernel), so the copy is cheaper
@@ -167,12 +157,51 @@ Tensor Model::Impl::attention(const LayerWeights& w, const Tensor& x, const Tens
         k = k.repeat_interleave(rep, 0);
         v = v.repeat_interleave(rep, 0);
     }
-    Tensor o =
-        w.sinks.defined() ? sinkAttention(q, k, v, w.sinks, mask ? *mask : Tensor(), scale)
-        : a.logitSoftcap > 0
-            ? softcapAttention(q, k, v, mask ? *mask : Tensor(), scale, a.logitSoftcap, a.softcapInFloat32)
-            : at::scaled_dot_product_attention(q.unsqueeze(0), k.unsqueeze(0), v.unsqueeze(0), mask, 0.0, causal, scale)
-                  .squeeze(0);
+    // queries [H, n, hd] on keys and values [H, m, hd]: allowed [n, m], or undefined with `causal`
+    auto attend = [&](const Tensor& qb, const Tensor& kb, const Tensor& vb, const Tensor& allowed, bool causal) {
+        if (w.sinks.defined()) return sinkAttention(qb, kb, vb, w.sinks, allowed, scale);
+        if (a.logitSoftcap > 0) return softcapAttention(qb, kb, vb, allowed, scale, a.logitSoftcap, a.softcapInFloat32);
+        const std::optional<Tensor> mask = allowed.defined() ? std::optional<Tensor>(allowed) : std::nullopt;
+        return at::scaled_dot_product_attention(qb.unsqueeze(0), kb.unsqueeze(0), vb.unsqueeze(0), mask, 0.0, causal,
+                                                scale)
+            .squeeze(0);
+    };
+    // the sliding window or the attention chunk, where the prompt outgrows it: a [T, T] mask of
+    // the keys each query may see, as transformers builds it, up to kBandFrom tokens; beyond, the
+    // queries in blocks, each block against only the keys its window or chunk reaches, so that
+    // nothing T x T is built (a 32k-token prompt's mask alone would take 1 GB)
+    const int64_t window = layer.slidingWindow, chunk = layer.attentionChunk;
+    const bool limited = (window > 0 && T > window) || (chunk > 0 && T > chunk);
+    const auto onDevice = torch::TensorOptions().device(device).dtype(torch::kLong);
+    // the keys query i may see among keys j: causal, inside the window, inside i's chunk
+    auto allowedKeys = [&](const Tensor& i, const Tensor& j) {
+        Tensor m = j <= i;
+        if (window > 0) m = m.logical_and(j > i - window);
+        if (chunk > 0) m = m.logical_and(i.div(chunk, "floor") == j.div(chunk, "floor"));
+        return m;
+    };
+    Tensor o;
+    if (!limited) {
+        o = attend(q, k, v, Tensor(), a.causal);
+    } else if (T <= kBandFrom) {
+        o = attend(q, k, v,
+                   allowedKeys(torch::arange(T, onDevice).unsqueeze(1), torch::arange(T, onDevice).unsqueeze(0)),
+                   false);
+    } else {
+        std::vector<Tensor> parts;
+        for (int64_t r0 = 0; r0 < T; r0 += kBandRows) {
+            const int64_t n = std::min(kBandRows, T - r0);
+            int64_t lo = 0;  // the first key any query of the block may see
+            if (window > 0) lo = std::max<int64_t>(lo, r0 - window + 1);
+            if (chunk > 0) lo = std::max<int64_t>(lo, r0 / chunk * chunk);
+            const int64_t m = r0 + n - lo;
+            parts.push_back(attend(q.narrow(1, r0, n), k.narrow(1, lo, m), v.narrow(1, lo, m),
+                                   allowedKeys(torch::arange(r0, r0 + n, onDevice).unsqueeze(1),
+                                               torch::arange(lo, lo + m, onDevice).unsqueeze(0)),
+                                   false));
+        }
+        o = torch::cat(parts, 1);
+    }
     o = o.transpose(0, 1).reshape({T, a.heads * hd});
     if (gate.defined()) o = o * torch::sigmoid(gate);
     return torch::linear(o, w.o, w.ob);
