@@ -17,7 +17,7 @@ fail() { echo "test-deb: FAIL: $*" >&2; exit 1; }
 if dpkg-query -W -f='${Status}' expertscope 2>/dev/null | grep -q "install ok installed"; then
   fail "an expertscope package is installed already; this test installs and purges its own"
 fi
-for p in desktop-file-utils appstream; do
+for p in desktop-file-utils appstream man-db; do
   dpkg-query -W -f='${Status}' $p 2>/dev/null | grep -q "install ok installed" ||
     { $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq $p; }
 done
@@ -26,11 +26,14 @@ echo "== desktop file, metainfo, man pages"
 desktop-file-validate packaging/org.expertscope.ExpertScope.desktop
 appstreamcli validate --no-net packaging/org.expertscope.ExpertScope.metainfo.xml  # no network here
 for m in packaging/expertscope-cli.1 packaging/expertscope.1; do
-  w=$(man --warnings -l "$m" 2>&1 >/dev/null)
+  w=$(man --warnings -l "$m" 2>&1 >/dev/null) || fail "man could not format $m"
   [ -z "$w" ] || fail "$m: $w"
 done
 # every command of the CLI's usage is in its man page
-for c in $("$B/bin/expertscope-cli" --help | sed -n 's/^  expertscope-cli \([a-z-]*\).*/\1/p' | sort -u); do
+USAGE=$("$B/bin/expertscope-cli" --help) || fail "expertscope-cli --help failed"
+COMMANDS=$(sed -n 's/^  expertscope-cli \([a-z-]*\).*/\1/p' <<<"$USAGE" | sort -u)
+[ "$(wc -w <<<"$COMMANDS")" -ge 8 ] || fail "expertscope-cli --help lists too few commands: $COMMANDS"
+for c in $COMMANDS; do
   pat=$(sed 's/-/\\\\-/g' <<<"$c")  # troff writes a minus as \-
   grep -q "^\.B expertscope-cli $pat\b" packaging/expertscope-cli.1 ||
     fail "expertscope-cli $c is not in packaging/expertscope-cli.1"
@@ -62,13 +65,19 @@ for f in ./usr/bin/expertscope ./usr/bin/expertscope-cli ./usr/bin/expertscope-v
 done
 
 echo "== installing"
-cleanup() { dpkg-query -W expertscope >/dev/null 2>&1 && $SUDO dpkg --purge expertscope >/dev/null 2>&1 || true; }
+W=$(mktemp -d)
+cleanup() {
+  rm -rf "$W"
+  dpkg-query -W expertscope >/dev/null 2>&1 && $SUDO dpkg --purge expertscope >/dev/null 2>&1 || true
+}
 trap cleanup EXIT
 $SUDO dpkg -i "$DEB"
 FILES=$(dpkg -L expertscope)
+# the CLI's man page as the package ships it (read from the package: a minimal system may keep
+# no man pages on disk)
+dpkg-deb --fsys-tarfile "$DEB" | tar -xO ./usr/share/man/man1/expertscope-cli.1.gz | zcat > "$W/expertscope-cli.1"
 
 echo "== the installed CLI, from an empty directory, with a temporary HOME"
-W=$(mktemp -d)
 (
   cd "$W"
   export HOME="$W/home" QT_QPA_PLATFORM=offscreen
@@ -76,7 +85,7 @@ W=$(mktemp -d)
   unset EXPERTSCOPE_DEMO_DIR LD_LIBRARY_PATH
   [ "$(command -v expertscope-cli)" = /usr/bin/expertscope-cli ] || fail "expertscope-cli is not /usr/bin's"
   for exe in expertscope-cli expertscope expertscope-verify; do
-    lib=$(ldd /usr/bin/$exe | awk '/libtorch_cpu.so/ {print $3}')
+    lib=$(ldd /usr/bin/$exe | awk '/libtorch_cpu.so/ {print $3}') || fail "ldd /usr/bin/$exe failed"
     [ "$(realpath "$lib")" = /usr/lib/expertscope/libtorch_cpu.so ] || fail "$exe: LibTorch from '$lib'"
   done
   for exe in expertscope-cli expertscope expertscope-verify; do
@@ -84,11 +93,14 @@ W=$(mktemp -d)
   done
   expertscope-cli --version | grep -qx "expertscope-cli $VERSION (LibTorch .*)" || fail "expertscope-cli --version"
   expertscope --version | grep -q "^expertscope $VERSION " || fail "expertscope --version"
-  # the man page's examples, as the installed page writes them (\e: a backslash, \-: a minus)
-  zcat /usr/share/man/man1/expertscope-cli.1.gz |
-    awk '/^\.SH EXAMPLES/ {s = 1; next} s && /^\.nf/ {n = 1; next} n && /^\.fi/ {exit} n {print}' |
+  # the man page's examples, as the packaged page writes them (one .nf block; \e: a backslash,
+  # \-: a minus; any other escape would need translating: refused)
+  [ "$(sed -n '/^\.SH EXAMPLES/,/^\.SH/p' "$W/expertscope-cli.1" | grep -c '^\.nf')" = 1 ] ||
+    fail "the man page's EXAMPLES should be one .nf block"
+  awk '/^\.SH EXAMPLES/ {s = 1; next} s && /^\.nf/ {n = 1; next} n && /^\.fi/ {exit} n {print}' "$W/expertscope-cli.1" |
     sed -e 's/\\e$/\\/' -e 's/\\-/-/g' > examples.sh
   [ "$(grep -c '^expertscope-cli' examples.sh)" -ge 4 ] || fail "the man page's examples did not parse: $(cat examples.sh)"
+  ! grep -q '\\.' examples.sh || fail "an escape left in the man page's examples: $(grep '\\.' examples.sh)"
   bash -euo pipefail examples.sh
   [ -s s.h5 ] && [ -s routing.png ] || fail "the examples wrote no session or image"
   expertscope-cli session s.h5 --verify >/dev/null
@@ -100,7 +112,6 @@ W=$(mktemp -d)
   [ "$rc" = 124 ] || fail "the installed app ended (exit $rc) before it was stopped: $(cat app.log)"
   ! grep -qi "error\|cannot\|not found" app.log || fail "the app reported: $(cat app.log)"
 )
-rm -rf "$W"
 
 echo "== purging"
 $SUDO dpkg --purge expertscope

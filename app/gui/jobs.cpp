@@ -101,6 +101,11 @@ void JobManager::startNext() {
             this,
             [self, id, land = std::move(land), error] {
                 if (!self) return;
+                // the job is over before its results land: a land step may submit a job and
+                // wait for it (a save asked for while replacing the session), which then starts
+                self->running_ = false;
+                self->runningId_ = -1;
+                self->runningCancel_.reset();
                 QString err = error;
                 if (err.isEmpty() && land) {
                     try {
@@ -112,11 +117,8 @@ void JobManager::startNext() {
                     }
                 }
                 if (!self) return;  // the land step may have closed the window
-                self->running_ = false;
-                self->runningId_ = -1;
-                self->runningCancel_.reset();
                 Q_EMIT self->finished(id, err.isEmpty(), err);
-                if (self) self->startNext();
+                if (self && !self->running_) self->startNext();
             },
             Qt::QueuedConnection);
     });

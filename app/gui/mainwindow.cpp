@@ -24,6 +24,7 @@
 #include <QSpinBox>
 #include <QStackedWidget>
 #include <QTabBar>
+#include <QThread>
 #include <QTimer>
 #include <QTabWidget>
 #include <QTableWidget>
@@ -225,13 +226,14 @@ MainWindow::MainWindow(QWidget* parent) : QMainWindow(parent) {
     file->addAction("&Export view...", QKeySequence("Ctrl+E"), this, &MainWindow::exportDialog);
     file->addAction("Convert to E&MoE...", this, &MainWindow::emoeDialog);
     file->addSeparator();
-    for (QAction* a : file->actions())
-        if (!a->isSeparator()) sessionActions_.push_back(a);  // Quit stays: closing waits for the save
+    for (QAction* a : file->actions())  // Quit stays (closing waits for the save); Recent: setSessionBusy
+        if (!a->isSeparator() && !a->menu()) sessionActions_.push_back(a);
     file->addAction("&Quit", QKeySequence::Quit, this, &QWidget::close);
     auto* view = menuBar()->addMenu("&View");
     for (auto* d : {modelDock, promptsDock, jobsDock, routeDock}) view->addAction(d->toggleViewAction());
-    view->addAction("Start page", this, [this] { central_->setCurrentWidget(start_); });
-    view->addAction("Views", this, [this] { central_->setCurrentWidget(tabs_); });
+    // showing the views draws the stale ones from the session: not while a save holds it
+    sessionActions_.push_back(view->addAction("Start page", this, [this] { central_->setCurrentWidget(start_); }));
+    sessionActions_.push_back(view->addAction("Views", this, [this] { central_->setCurrentWidget(tabs_); }));
     view->addSeparator();
     view->addAction("&Reset zoom", QKeySequence("Ctrl+0"), this, [this] {
         if (auto* p = qobject_cast<ViewPane*>(tabs_->currentWidget())) p->figureView()->resetZoom();
@@ -329,9 +331,9 @@ void MainWindow::showDocs() {
 }
 
 MainWindow::~MainWindow() {
-    waitForSave();  // the worker writes from the session: it must outlive the save
-    ++generation_;  // what the jobs still return is dropped: the window is going away
-    jobs_->cancelAll();
+    ++generation_;       // what the jobs still return is dropped: the window is going away
+    jobs_->cancelAll();  // a save too: the file on disk stays as it was
+    waitForSave();       // the worker reads the session while it saves: it must outlive the save
     jobs_->waitForIdle(60000);
 }
 
@@ -828,13 +830,17 @@ void MainWindow::waitForSave() {
     while (saveJob_ != -1) {  // a save asked for meanwhile follows the one running: waited for too
         QEventLoop loop;
         connect(this, &MainWindow::saveFinished, &loop, &QEventLoop::quit);
-        loop.exec();
+        if (loop.exec() < 0) {  // no nested loop while the application quits: events by hand
+            QCoreApplication::processEvents(QEventLoop::AllEvents, 20);
+            QThread::msleep(5);
+        }
     }
 }
 
 void MainWindow::setSessionBusy(bool busy) {
     for (QWidget* w : std::initializer_list<QWidget*>{central_, tree_, prompts_, route_}) w->setEnabled(!busy);
     for (QAction* a : sessionActions_) a->setEnabled(!busy);
+    recentMenu_->setEnabled(!busy && !recentMenu_->actions().isEmpty());
     if (busy) statusBar()->showMessage("Saving the session...");
 }
 

@@ -27,6 +27,7 @@ constexpr size_t kMaxValues = 4u << 20;        // values built, memo entries, st
 constexpr size_t kMaxItems = 32u << 20;        // references held by containers, plus 16 + 2 x dims per tensor
 constexpr size_t kMaxDims = 64;                // as torch
 constexpr size_t kMaxGlobalName = 256;
+constexpr size_t kMaxStorageKey = 64;
 
 uint16_t u16(const uint8_t* p) { return static_cast<uint16_t>(p[0] | (p[1] << 8)); }
 uint32_t u32(const uint8_t* p) { return uint32_t(u16(p)) | (uint32_t(u16(p + 2)) << 16); }
@@ -649,6 +650,8 @@ private:
             it[1]->k != Val::K::Global || (it[1]->g != G::Storage && it[1]->g != G::UntypedStorage) ||
             it[2]->k != Val::K::Str || it[4]->k != Val::K::Int || it[4]->i < 0)
             fail("a persistent id that is not ('storage', storage type, key, location, numel)");
+        if (it[2]->s.size() > kMaxStorageKey)  // torch.save numbers its storages: "0", "1", ...
+            fail("a storage key of " + std::to_string(it[2]->s.size()) + " bytes (torch.save writes numbers)");
         Val* v = make(Val::K::Storage);
         v->dtype = it[1]->g == G::Storage ? it[1]->dtype : kNoDtype;
         v->s = it[2]->s;
@@ -873,8 +876,15 @@ void TorchBinFile::parse() {
     const Val* root = up.run(tensor);
     if (root->k != Val::K::Dict)
         throw Error("the pickled object is not a dict (a state dict of tensors is)", path_, pklField);
+    // the dict's entries, the last of a key winning as in the dict the pickle builds: first by the
+    // key's value object (a memoized key repeated costs nothing), then by its text
+    std::unordered_map<const Val*, size_t> last;  // key object -> index of its last item
+    for (size_t k = 0; k + 1 < root->items.size(); k += 2) last[root->items[k]] = k;
+    std::vector<size_t> order;
+    for (const auto& [key, k] : last) order.push_back(k);
+    std::sort(order.begin(), order.end());  // the text of a key set twice takes the later value
     std::map<std::string, const Val*> kept;
-    for (size_t k = 0; k + 1 < root->items.size(); k += 2) {
+    for (size_t k : order) {
         const Val* key = root->items[k];
         const Val* val = root->items[k + 1];
         if (key->k != Val::K::Str) throw Error("a state dict key that is not a string", path_, pklField);

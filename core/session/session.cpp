@@ -132,13 +132,16 @@ void dataset(hid_t parent, const std::string& name, hid_t fileType, hid_t memTyp
              const void* data, const std::string& file, const std::string& full) {
     hsize_t n = 1;
     for (auto d : dims) n *= d;
+    hsize_t row = 1;  // elements per row (of the first dimension)
+    for (size_t i = 1; i < dims.size(); ++i) row *= dims[i];
+    // chunks of whole rows, about 2^18 elements
+    const hsize_t chunkRows =
+        dims.empty() ? 1 : std::max<hsize_t>(1, std::min<hsize_t>(dims[0], (1u << 18) / std::max<hsize_t>(1, row)));
     H space(H5Screate_simple(static_cast<int>(dims.size()), dims.data(), nullptr), H5Sclose);
     H dcpl(H5Pcreate(H5P_DATASET_CREATE), H5Pclose);
     if (n > 0 && !dims.empty()) {
         std::vector<hsize_t> chunk = dims;
-        hsize_t row = 1;
-        for (size_t i = 1; i < dims.size(); ++i) row *= dims[i];
-        chunk[0] = std::max<hsize_t>(1, std::min<hsize_t>(dims[0], (1u << 18) / std::max<hsize_t>(1, row)));
+        chunk[0] = chunkRows;
         for (size_t i = 1; i < chunk.size(); ++i) chunk[i] = std::max<hsize_t>(1, chunk[i]);
         H5Pset_chunk(dcpl, static_cast<int>(chunk.size()), chunk.data());
         H5Pset_shuffle(dcpl);
@@ -148,17 +151,17 @@ void dataset(hid_t parent, const std::string& name, hid_t fileType, hid_t memTyp
     H ds(H5Dcreate2(parent, name.c_str(), fileType, space, H5P_DEFAULT, dcpl, H5P_DEFAULT), H5Dclose);
     if (!ds.ok()) throw Error("cannot create dataset", file, full);
     const size_t es = H5Tget_size(memType);
-    hsize_t row = 1;
-    for (size_t i = 1; i < dims.size(); ++i) row *= dims[i];
     constexpr hsize_t kSlab = 16u << 20;  // a large dataset goes in slabs of rows, each reported
     if (n > 0 && !dims.empty() && n * es > kSlab && row * es <= kSlab) {
-        const hsize_t rows = std::max<hsize_t>(1, kSlab / (row * es));
+        // whole chunks in each slab (a chunk split between two writes is compressed twice)
+        const hsize_t rows = std::max(chunkRows, kSlab / (row * es) / chunkRows * chunkRows);
         for (hsize_t r0 = 0; r0 < dims[0]; r0 += rows) {
             std::vector<hsize_t> start(dims.size(), 0), count = dims;
             start[0] = r0;
             count[0] = std::min(rows, dims[0] - r0);
             H fileSpace(H5Dget_space(ds), H5Sclose);
-            H5Sselect_hyperslab(fileSpace, H5S_SELECT_SET, start.data(), nullptr, count.data(), nullptr);
+            check(H5Sselect_hyperslab(fileSpace, H5S_SELECT_SET, start.data(), nullptr, count.data(), nullptr), file,
+                  full, "select");
             H memSpace(H5Screate_simple(static_cast<int>(count.size()), count.data(), nullptr), H5Sclose);
             check(H5Dwrite(ds, memType, memSpace, fileSpace, H5P_DEFAULT,
                            static_cast<const uint8_t*>(data) + r0 * row * es),

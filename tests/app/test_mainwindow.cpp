@@ -921,6 +921,46 @@ private Q_SLOTS:
         QVERIFY(w.pane("similarity")->hasFigure());
     }
 
+    // A save asked for while a job's results land (Convert to EMoE replacing the session asks to
+    // save unsaved work first) runs then and there: the job is over before its land step, so the
+    // save, queued behind it, starts; it once waited forever behind the job that waited for it.
+    void aSaveAskedForWhileAJobLandsRuns() {
+        const QString demo = QString::fromStdString(demoDirectory());
+        QTemporaryDir tmp;
+        MainWindow w;
+        QVERIFY(showWindow(w));
+        QVERIFY(w.openCheckpoint(demo + "/dense"));
+        QVERIFY(w.jobs()->waitForIdle(kJobTimeoutMs));
+        const QString saved = tmp.filePath("dense.h5");
+        QVERIFY2(w.saveSession(saved), qPrintable(w.lastError()));
+        QVERIFY(w.runPrompts({"Unsaved work before the conversion."}, "cpu", "float32", "unsaved"));
+        QVERIFY(w.jobs()->waitForIdle(kJobTimeoutMs));
+        qunsetenv("EXPERTSCOPE_NO_SAVE_PROMPT");
+        QString asked;
+        QTimer answer;  // Save, when the prompt shows
+        connect(&answer, &QTimer::timeout, &w, [&] {
+            auto* box = qobject_cast<QMessageBox*>(QApplication::activeModalWidget());
+            if (!box || box->objectName() != "unsavedPrompt") return;
+            asked = box->text();
+            box->button(QMessageBox::Save)->click();
+        });
+        answer.start(20);
+        QTimer watchdog;  // a deadlock fails here, not at CTest's timeout
+        watchdog.setSingleShot(true);
+        connect(&watchdog, &QTimer::timeout, [] { qFatal("the save asked for from a land step never ran"); });
+        watchdog.start(120000);
+        const QString out = tmp.filePath("emoe");
+        QVERIFY(w.convertToEmoe(out, 8, 2, "1:2"));
+        QVERIFY(w.jobs()->waitForIdle(kJobTimeoutMs));
+        watchdog.stop();
+        answer.stop();
+        qputenv("EXPERTSCOPE_NO_SAVE_PROMPT", "1");
+        QVERIFY2(asked.contains("not saved"), qPrintable(asked));
+        QVERIFY(!w.isSaving());
+        QCOMPARE(Session::open(saved.toStdString()).runNames(), std::vector<std::string>{"unsaved"});
+        QCOMPARE(w.modelTree()->findItems("Path", Qt::MatchExactly).at(0)->text(1), out);  // then it opened
+    }
+
     // Cancel stops a running job; nothing half-done lands in the session
     void cancelLeavesTheSessionAsItWas() {
         const QString demo = QString::fromStdString(demoDirectory());
