@@ -272,7 +272,8 @@ struct ModelSpec {
     double layerNormRmsEps = 0;
     double blockEps() const { return layerNormRmsEps > 0 ? layerNormRmsEps : rmsEps; }
     bool tieEmbeddings = false;
-    // silu (SwiGLU), gelu or gelu_tanh (BERT's plain FFN); gelu or gelu_new with gatedGelu (Grok-1)
+    // silu (SwiGLU), gelu, gelu_tanh or gelu_new (BERT's plain FFN); gelu or gelu_new with
+    // gatedGelu (Grok-1)
     std::string activation = "silu";
     // a GELU that gates an up projection, act(W_gate x) * W_up x (Grok-1's experts), instead of a
     // plain GELU FFN

@@ -44,13 +44,14 @@ std::vector<SummaryRow> describeModel(const ModelSpec& s, const Checkpoint& ckpt
                      {"top_k", s.topK},
                      {"expert_intermediate_size", s.expertFfn},
                      {"shared_expert_intermediate_size", s.hasSharedExpert() ? s.sharedFfn : 0}}});
-    if (s.gatedGelu)
-        rows.push_back({"Expert FFN",
-                        std::string("gelu(W_gate x) * W_up x, GELU ") +
-                            (s.activation == "gelu_new"    ? "tanh approximation, op by op (gelu_new)"
+    const std::string gelu = s.activation == "gelu_new"    ? "tanh approximation, op by op (gelu_new)"
                              : s.activation == "gelu_tanh" ? "tanh approximation (gelu_pytorch_tanh)"
-                                                           : "exact (erf)"),
-                        {{"ffn_activation", "gated " + s.activation}}});
+                                                           : "exact (erf)";
+    if (s.gatedGelu)
+        rows.push_back(
+            {"Expert FFN", "gelu(W_gate x) * W_up x, GELU " + gelu, {{"ffn_activation", "gated " + s.activation}}});
+    else if (s.encoder)  // an encoder's plain GELU FFN (BERT)
+        rows.push_back({"FFN", "W_out gelu(W_in x), GELU " + gelu, {{"ffn_activation", s.activation}}});
     if (s.moeBesideDense)
         rows.push_back({"MoE block",
                         "the experts beside a dense MLP of " +

@@ -73,6 +73,8 @@ def test_bert_hidden_states_match_hf(cli, tmp_path, name):
     model = build(name, ckpt)
     info = json.loads(run_cli(cli, "info", ckpt, "--json").stdout)
     assert info["model_type"] == "bert" and info["num_layers"] == 3
+    # gelu_new as transformers' NewGELUActivation evaluates it, op by op (not torch's fused tanh GELU)
+    assert info["ffn_activation"] == VARIANTS[name].get("hidden_act", "gelu")
     out = str(tmp_path / "s.h5")
     trace(cli, ckpt, out, "--run", "r")
     ref = np.concatenate(reference(model))

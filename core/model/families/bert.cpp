@@ -30,7 +30,8 @@ const Family& family_bert() {
                 c.fail("is_decoder", "BERT as a decoder is not supported (encoders only)");
             const std::string act = c.optString("hidden_act", "gelu");
             if (act == "gelu") s.activation = "gelu";
-            else if (act == "gelu_new" || act == "gelu_pytorch_tanh") s.activation = "gelu_tanh";
+            else if (act == "gelu_new") s.activation = "gelu_new";  // NewGELUActivation, op by op
+            else if (act == "gelu_pytorch_tanh") s.activation = "gelu_tanh";
             else
                 c.fail("hidden_act",
                        "activation '" + act + "' is not supported (supported: gelu, gelu_new, gelu_pytorch_tanh)");
