@@ -1247,12 +1247,13 @@ void Session::save(const std::string& pathIn, const std::function<void(double)>&
     std::map<std::string, int> runsPerFile;
     for (auto& [name, r] : d_->runs)
         if (!r.mem) ++runsPerFile[r.file];
-    auto storedShare = [&](const std::string& f) {
+    std::map<std::string, double> storedShare;  // file -> its size over its stored runs
+    for (auto& [f, n] : runsPerFile) {
         std::error_code ec;
         const auto size = fs::file_size(f, ec);
-        return ec ? 0.0 : static_cast<double>(size) / runsPerFile[f];
-    };
-    for (auto& [name, r] : d_->runs) meter.total += r.mem ? runBytes(*r.mem) : storedShare(r.file);
+        storedShare[f] = ec ? 0.0 : static_cast<double>(size) / n;
+    }
+    for (auto& [name, r] : d_->runs) meter.total += r.mem ? runBytes(*r.mem) : storedShare[r.file];
     for (auto& [id, res] : d_->results)
         for (auto& [an, a] : res.arrays) meter.total += static_cast<double>(a.bytes.size());
     gMeter = &meter;
@@ -1307,7 +1308,7 @@ void Session::save(const std::string& pathIn, const std::function<void(double)>&
                 const std::string p = "runs/" + name;
                 check(H5Ocopy(src, p.c_str(), f, p.c_str(), H5P_DEFAULT, H5P_DEFAULT), tmp, "/" + p, "copy");
                 wrote();
-                advance(storedShare(r.file));
+                advance(storedShare[r.file]);
             }
             advance(0);
             stringList(f, "prompts", d_->prompts, tmp, "/prompts");

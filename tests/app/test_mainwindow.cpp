@@ -99,15 +99,20 @@ double meanAbsDiff(const QImage& a, const QImage& b) {
 }
 // A session of a 2-layer model with 4 experts (top-2), without its checkpoint, saved at `path`: one
 // run "r0" of 3 tokens routed at layer 1; `linearLayers`: the layers of linear attention (hybrid models).
-void savedTinySession(const std::string& modelType, std::vector<int64_t> linearLayers, const std::string& path) {
+// The model of a session made without its checkpoint: `layers` layers of `experts` experts, top-2.
+SessionModel checkpointlessModel(const std::string& modelType, int layers, int experts, int hidden) {
     SessionModel m;
     m.modelType = modelType;
-    m.numLayers = 2;
-    m.numExperts = 4;
+    m.numLayers = layers;
+    m.numExperts = experts;
     m.topK = 2;
-    m.hidden = 8;
+    m.hidden = hidden;
     m.configJson = "{}";
     m.fingerprint = "sha256:00";
+    return m;
+}
+void savedTinySession(const std::string& modelType, std::vector<int64_t> linearLayers, const std::string& path) {
+    SessionModel m = checkpointlessModel(modelType, 2, 4, 8);
     m.linearAttentionLayers = std::move(linearLayers);
     RunTrace t;
     t.device = "cpu";
@@ -1124,14 +1129,7 @@ private Q_SLOTS:
         QTemporaryDir tmp;
         const QString big = tmp.filePath("big.h5");
         {
-            SessionModel m;
-            m.modelType = "mixtral";
-            m.numLayers = 8;
-            m.numExperts = 64;
-            m.topK = 2;
-            m.hidden = 16;
-            m.configJson = "{}";
-            m.fingerprint = "sha256:00";
+            const SessionModel m = checkpointlessModel("mixtral", 8, 64, 16);
             const int64_t T = 40000, E = 64, V = 1000;
             std::mt19937 rng(7);
             std::uniform_real_distribution<float> u(-4.f, 4.f);
