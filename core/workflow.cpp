@@ -115,6 +115,43 @@ std::set<std::string> dynamicAnalysesFor(const ModelSpec& spec, const std::strin
     return out;
 }
 
+std::string interventionEffectId(const std::string& run) { return "intervention_effect/" + run; }
+
+InterventionRuns runIntervention(Model& model, const InterventionRequest& req) {
+    if (req.change.empty()) throw Error("the intervention changes nothing", "", "intervention");
+    if (const std::string p = req.change.problem(model.spec()); !p.empty()) throw Error(p, "", "intervention");
+    if (req.name == req.baseline) throw Error("the intervened run and its baseline need two names", "", "run");
+    InterventionRuns out;
+    auto part = [&](double from, const char* what) {
+        return [&req, from, what](double f, const std::string& step) {
+            if (req.progress) req.progress(from + 0.5 * f, std::string(what) + ": " + step);
+        };
+    };
+    TraceOptions to;
+    to.allExperts = req.allExperts;
+    to.saveLogits = true;
+    to.cancel = req.cancel;
+    to.progress = part(0.0, "unmodified run");
+    out.baseline = model.trace(req.prompts, to);
+    to.intervention = req.change;
+    to.progress = part(0.5, "intervened run");
+    out.changed = model.trace(req.prompts, to);
+    out.effect = interventionEffect(out.baseline, out.changed, req.baseline, req.name);
+    nlohmann::json change = nlohmann::json::parse(req.change.json());
+    nlohmann::json params = nlohmann::json::parse(out.effect.paramsJson);
+    params["intervention"] = change;
+    params["description"] = req.change.describe();
+    out.effect.paramsJson = params.dump();
+    change["baseline"] = req.baseline;
+    out.changed.interventionJson = change.dump();
+    if (!req.keepLogits) {
+        out.baseline.logits = {};
+        out.changed.logits = {};
+    }
+    if (req.progress) req.progress(1.0, "done");
+    return out;
+}
+
 AnalyzedRun analyzeRun(const std::shared_ptr<Checkpoint>& ckpt, const ModelSpec& spec, const Reference* ref,
                        const RunRequest& req) {
     AnalyzedRun out;
@@ -138,6 +175,7 @@ AnalyzedRun analyzeRun(const std::shared_ptr<Checkpoint>& ckpt, const ModelSpec&
     dopt.dtype = req.load.dtype;
     dopt.layerStreaming = req.load.streaming == LoadOptions::Streaming::On;
     dopt.firstTokens = req.firstTokens;
+    dopt.importanceZero = req.importanceZero;
     dopt.progress = req.progress;
     dopt.cancel = req.cancel;
     TracedAnalyses ta = traceAndAnalyze(ckpt, spec, ref, req.name, prompts, dopt);  // one load, one forward

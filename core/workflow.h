@@ -57,7 +57,8 @@ struct RunRequest {
     std::set<std::string> analyses;  // dynamic analyses; empty: the trace only
     std::vector<int> layers;         // analysed MoE layers (empty: all)
     int64_t firstTokens = 16;
-    bool allowLong = false;  // prompts beyond the model's positions run (else PromptTooLong)
+    bool allowLong = false;       // prompts beyond the model's positions run (else PromptTooLong)
+    bool importanceZero = false;  // DynamicOptions::importanceZero
     Progress progress;
     const std::atomic<bool>* cancel = nullptr;
 };
@@ -67,6 +68,26 @@ struct AnalyzedRun {
 };
 AnalyzedRun analyzeRun(const std::shared_ptr<Checkpoint>& ckpt, const ModelSpec& spec, const Reference* ref,
                        const RunRequest& req);
+
+// An intervention (model/intervention.h) on a set of prompts, measured: the unmodified run and the
+// intervened one, each traced by `model`, and the effect of the change (interventionEffect, stored
+// as /analyses/intervention_effect/NAME). The intervened run records the change and its baseline's
+// name (RunTrace::interventionJson); logits are kept in the runs only with keepLogits.
+struct InterventionRequest {
+    std::string name, baseline;  // the intervened run's name and the unmodified run's
+    std::vector<std::vector<int64_t>> prompts;
+    Intervention change;
+    bool allExperts = false, keepLogits = false;
+    Progress progress;
+    const std::atomic<bool>* cancel = nullptr;
+};
+struct InterventionRuns {
+    RunTrace baseline, changed;
+    Result effect;
+};
+// The id of an intervened run's effect in the result store.
+std::string interventionEffectId(const std::string& run);
+InterventionRuns runIntervention(Model& model, const InterventionRequest& req);
 
 // The prompts and the stored routing of a run, as dynamicAnalyses takes them.
 struct RunInputs {

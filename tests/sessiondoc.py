@@ -5,7 +5,7 @@ puts tests/ on sys.path).
 
 Placeholders: NAME, VIEW, L, N name one segment; ID and ARRAY may span several (`output_similarity/
 NAME`, `layers/L/gate`); MAT (gate|up|down) may stand inside a segment (`MAT_tau`, `joint_MAT`).
-Sizes: E and k come from /model; T and P from /runs/NAME/tokens and prompt_offsets (for the arrays
+Sizes: E and k come from /model (k: an intervened run's own /runs/NAME@top_k for its routers); T and P from /runs/NAME/tokens and prompt_offsets (for the arrays
 of a result, T from the run its NAME names); R from an array's `labels`, Lmoe from its `layers`, Q
 of the S5 pairs is E(E-1)/2, C is 2 or 3, digits are exact; a symbol the file does not fix (N, V,
 Nn, F, Fs, Fr, M, K) may have any length.
@@ -26,7 +26,8 @@ KINDS = {"weight_similarity": "S1", "neuron_mean_similarity": "S2", "neuron_reor
          "router_similarity": "S4", "router_weight_regression": "S5", "matrix_pca": "S6", "neuron_pca": "S7",
          "output_similarity": "D1", "norm_score_ranks": "D2", "gate_activations": "D3", "routing_map": "D4",
          "expert_load": "load", "layer_diversity": "diversity", "routing_check": "routing_check",
-         "selection_bias": "selection_bias"}
+         "selection_bias": "selection_bias", "intervention_effect": "intervention_effect",
+         "expert_importance": "importance"}
 
 PLACEHOLDERS = {"NAME": "(?P<NAME>[^/]+)", "L": r"\d+", "ID": r"[^/]+(?:/[^/]+)*",
                 "ARRAY": r"[^/]+(?:/[^/]+)*", "VIEW": r"[^/]+", "N": r"\d+"}
@@ -155,6 +156,9 @@ def walk_against_doc(path, analysis_arrays=True):
             else:
                 mr = re.match(r"^/runs/([^/]+)/", p)
                 _run_sizes(f, mr.group(1) if mr else None, sizes)
+                # an intervened run's FFN routers choose its own k (the attention routers the model's)
+                if mr and "top_k" in f[f"runs/{mr.group(1)}"].attrs and "/attention" not in p:
+                    sizes["k"] = int(f[f"runs/{mr.group(1)}"].attrs["top_k"])
             assert match, f"{p}: {kind} not described in docs/session-format.md"
             if kind == "dataset":
                 r = match[0]

@@ -45,8 +45,14 @@ const char* kUsage = R"(usage:
                   [--device cpu|cuda[:N]] [--dtype float32|bfloat16|float16] [--all-experts] [--save-logits]
                   [--save-hidden] [--layer-streaming auto|on|off] [--threads N] [--allow-long] [--run NAME]
                   --out SESSION.h5
+  expertscope-cli intervene CHECKPOINT (--token-ids 1,2,3 ... | --prompt TEXT ... | --prompts FILE)
+                  [--disable L:E,...] [--zero L:E,...] [--drop-shared all|L,...] [--top-k K]
+                  [--force L:E1+E2+...,...] [--router-bias L:E=V,...] [--run NAME] [--baseline NAME]
+                  [--all-experts] [--save-logits] [--json] [--device ...] [--dtype ...] [--layer-streaming ...]
+                  [--threads N] [--allow-long] --out SESSION.h5
   expertscope-cli analyze CHECKPOINT --out SESSION.h5 [--static default|all|none|S1,S2,...]
-                  [--dynamic all|none|D1,D2,D3,D4,load,modularity,bias] [--run NAME] [--preset short|routing-map]
+                  [--dynamic all|none|D1,D2,D3,D4,load,modularity,bias,importance] [--importance-mode disable|zero]
+                  [--run NAME] [--preset short|routing-map]
                   [--paragraphs FILE] [--reference DENSE_CHECKPOINT] [--layers 0,3,...]
                   [--device cpu|cuda[:N]] [--dtype float32|bfloat16|float16] [--first-tokens N]
                   [--pca-components 2|3] [--threads N] [--allow-long]
@@ -72,6 +78,16 @@ vectors and writes a checkpoint the engine runs as an MoE (docs/emoe.md).
 export: docs/views.md describes every view and its options; --list names those the session allows.
 --all-layers writes one file per analysed layer (FILE with -layerL before the extension, or with
 {layer} replaced). Images need the GUI build; the headless build exports CSV only.
+intervene: runs the prompts unmodified (run BASELINE, default NAME-baseline) and with the change
+(run NAME), and stores what it did to the next-token predictions in /analyses/intervention_effect/NAME
+(docs/interventions.md). L is a layer index or * for every MoE layer. --disable: the expert as if
+pruned (never chosen, no share of the router's softmax); --zero: still chosen, its output 0;
+--drop-shared: the shared expert left out; --top-k: every MoE layer chooses K; --force: every token of
+layer L routed to exactly these experts (as many as the layer chooses); --router-bias: V added to
+expert E's router logit.
+analyze: --dynamic importance (not in "all": it runs the model once per layer and expert, from
+that layer on) measures each expert's importance: the loss increase when it alone is disabled
+(--importance-mode zero: its output zeroed) on one layer (docs/interventions.md).
 analyze: docs/analyses.md defines every analysis and where the session keeps it (/analyses/...).
 --allow-long: run prompts longer than the model's positions (config max_position_embeddings);
 without it such a prompt is a usage error. An encoder (BERT) cannot go beyond its positions.
@@ -179,6 +195,15 @@ int cmdTokenize(const std::vector<std::string>& args) {
     return 0;
 }
 
+// A run's recorded intervention in words; as its JSON where it is not one this build reads.
+std::string describeChange(const nlohmann::ordered_json& j) {
+    try {
+        return es::Intervention::fromJson(j.dump(), "intervention").describe();
+    } catch (const es::Error&) {
+        return j.dump();
+    }
+}
+
 int cmdSession(const std::vector<std::string>& args) {
     std::string path;
     bool json = false, verify = false;
@@ -219,6 +244,10 @@ int cmdSession(const std::vector<std::string>& args) {
                              {"token_text", r.hasTokenText},
                              {"prompt_texts", r.hasPromptTexts},
                              {"warnings", r.warnings}});
+        if (!r.interventionJson.empty()) {
+            j["runs"].back()["top_k"] = r.topK;
+            j["runs"].back()["intervention"] = nlohmann::json::parse(r.interventionJson);
+        }
     }
     j["results"] = nlohmann::ordered_json::array();
     static const char* typeNames[] = {"float32", "float64", "int32", "int64"};
@@ -254,7 +283,9 @@ int cmdSession(const std::vector<std::string>& args) {
         std::cout << "  " << r["name"].get<std::string>() << ": " << r["tokens"] << " tokens, " << r["prompts"]
                   << " prompts, " << r["moe_layers"].size() << " MoE layers, " << r["device"].get<std::string>() << " "
                   << r["dtype"].get<std::string>() << (r["expert_output_norms"].get<bool>() ? ", expert norms" : "")
-                  << (r["logits"].get<bool>() ? ", logits" : "") << "\n";
+                  << (r["logits"].get<bool>() ? ", logits" : "")
+                  << (r.contains("intervention") ? ", intervened (" + describeChange(r["intervention"]) + ")" : "")
+                  << "\n";
     std::cout << "results      " << s.resultIds().size() << "\n";
     for (auto& r : j["results"])
         std::cout << "  " << r["id"].get<std::string>() << " (" << r["kind"].get<std::string>() << ")\n";
@@ -330,62 +361,65 @@ void printWarnings(const es::RunTrace& rt) {
     for (const auto& w : rt.warnings) std::cerr << "expertscope-cli: warning: " << w << "\n";
 }
 
-int cmdTrace(const std::vector<std::string>& args) {
+// The options trace and intervene share: prompts, the checkpoint, where and how the model runs,
+// the session written.
+struct RunArgs {
     std::string path, out, run;
     es::LoadOptions lo;
-    es::TraceOptions to;
     std::vector<std::vector<int64_t>> prompts;
     std::vector<std::string> texts;
     int threads = 0;
     bool allowLong = false;
-    auto value = [&](size_t& i) -> const std::string& { return optionValue(args, i, "trace"); };
-    for (size_t i = 0; i < args.size(); ++i) {
+    // Takes args[i] (and its value) when it is one of these options or the checkpoint.
+    bool take(const std::vector<std::string>& args, size_t& i, const char* cmd) {
         const std::string& a = args[i];
-        if (a == "--token-ids") prompts.push_back(parseIds(value(i)));
-        else if (a == "--prompt") texts.push_back(value(i));
+        auto value = [&]() -> const std::string& { return optionValue(args, i, cmd); };
+        if (a == "--token-ids") prompts.push_back(parseIds(value()));
+        else if (a == "--prompt") texts.push_back(value());
         else if (a == "--prompts") {
-            for (auto& t : es::readPromptFile(value(i))) texts.push_back(t);
-        } else if (a == "--device") lo.device = value(i);
-        else if (a == "--dtype") lo.dtype = value(i);
-        else if (a == "--all-experts") to.allExperts = true;
-        else if (a == "--save-logits") to.saveLogits = true;
-        else if (a == "--save-hidden") to.saveHidden = true;
+            for (auto& t : es::readPromptFile(value())) texts.push_back(t);
+        } else if (a == "--device") lo.device = value();
+        else if (a == "--dtype") lo.dtype = value();
         else if (a == "--allow-long") allowLong = true;
-        else if (a == "--run") run = value(i);
-        else if (a == "--out") out = value(i);
-        else if (a == "--threads") threads = parseThreads(value(i), "trace");
+        else if (a == "--run") run = value();
+        else if (a == "--out") out = value();
+        else if (a == "--threads") threads = parseThreads(value(), cmd);
         else if (a == "--layer-streaming") {
-            const std::string& v = value(i);
+            const std::string& v = value();
             if (v == "auto") lo.streaming = es::LoadOptions::Streaming::Auto;
             else if (v == "on") lo.streaming = es::LoadOptions::Streaming::On;
             else if (v == "off") lo.streaming = es::LoadOptions::Streaming::Off;
-            else throw UsageError("trace: --layer-streaming takes auto, on or off");
-        } else if (a.rfind("--", 0) == 0) throw UsageError("trace: unknown option " + a);
+            else throw UsageError(std::string(cmd) + ": --layer-streaming takes auto, on or off");
+        } else if (a.rfind("--", 0) == 0) return false;
         else if (path.empty()) path = a;
-        else throw UsageError("trace: more than one checkpoint given");
+        else throw UsageError(std::string(cmd) + ": more than one checkpoint given");
+        return true;
     }
-    if (path.empty()) throw UsageError("trace: CHECKPOINT missing");
-    if (out.empty()) throw UsageError("trace: --out SESSION.h5 is required");
-    if (prompts.empty() && texts.empty()) throw UsageError("trace: give --token-ids, --prompt or --prompts");
-    if (!prompts.empty() && !texts.empty()) throw UsageError("trace: --token-ids cannot be mixed with text prompts");
-    if (threads > 0) es::initRuntime(threads);
-
-    auto ckpt = es::Checkpoint::open(path);
-    std::shared_ptr<es::Tokenizer> tok;
-    if (!texts.empty()) {
-        tok = es::Tokenizer::load(path);
-        prompts = es::encodePrompts(*tok, texts);
-    } else {
-        try {
-            tok = es::Tokenizer::load(path);  // pieces for the session when the checkpoint has a tokenizer
-        } catch (const es::Error&) {}
+    void check(const std::string& cmd) const {
+        if (path.empty()) throw UsageError(cmd + ": CHECKPOINT missing");
+        if (out.empty()) throw UsageError(cmd + ": --out SESSION.h5 is required");
+        if (prompts.empty() && texts.empty()) throw UsageError(cmd + ": give --token-ids, --prompt or --prompts");
+        if (!prompts.empty() && !texts.empty())
+            throw UsageError(cmd + ": --token-ids cannot be mixed with text prompts");
+        if (threads > 0) es::initRuntime(threads);
     }
-    es::ModelSpec spec = es::ModelSpec::fromCheckpoint(*ckpt);
-    if (!allowLong) es::checkPromptLengths(spec, prompts);
-    if (spec.moeLayers().empty())
-        std::cerr << "note: " << spec.modelType << " is a dense model; the run records no routing\n";
-    auto model = es::Model::load(ckpt, spec, lo);
-    if (run.empty()) {
+    // The prompts as token ids (text encoded with the checkpoint's tokenizer); the tokenizer, for the
+    // runs' token text, where the checkpoint has one.
+    std::shared_ptr<es::Tokenizer> encode() {
+        std::shared_ptr<es::Tokenizer> tok;
+        if (!texts.empty()) {
+            tok = es::Tokenizer::load(path);
+            prompts = es::encodePrompts(*tok, texts);
+        } else {
+            try {
+                tok = es::Tokenizer::load(path);  // pieces for the session when the checkpoint has a tokenizer
+            } catch (const es::Error&) {}
+        }
+        return tok;
+    }
+    // `run`, or the first "runN" (N = 0, 1, ...) the session at `out` does not hold.
+    std::string runName() const {
+        if (!run.empty()) return run;
         auto existing = std::vector<std::string>{};
         try {
             if (FILE* f = std::fopen(out.c_str(), "rb")) {
@@ -393,10 +427,38 @@ int cmdTrace(const std::vector<std::string>& args) {
                 existing = es::listRuns(out);
             }
         } catch (const es::Error&) {}
+        std::string r;
         int n = 0;
-        do run = "run" + std::to_string(n++);
-        while (std::find(existing.begin(), existing.end(), run) != existing.end());
+        do r = "run" + std::to_string(n++);
+        while (std::find(existing.begin(), existing.end(), r) != existing.end());
+        return r;
     }
+};
+
+int cmdTrace(const std::vector<std::string>& args) {
+    RunArgs ra;
+    es::TraceOptions to;
+    for (size_t i = 0; i < args.size(); ++i) {
+        const std::string& a = args[i];
+        if (ra.take(args, i, "trace")) continue;
+        if (a == "--all-experts") to.allExperts = true;
+        else if (a == "--save-logits") to.saveLogits = true;
+        else if (a == "--save-hidden") to.saveHidden = true;
+        else throw UsageError("trace: unknown option " + a);
+    }
+    ra.check("trace");
+    const std::string& out = ra.out;
+    const auto& prompts = ra.prompts;
+    const auto& texts = ra.texts;
+
+    auto ckpt = es::Checkpoint::open(ra.path);
+    std::shared_ptr<es::Tokenizer> tok = ra.encode();
+    es::ModelSpec spec = es::ModelSpec::fromCheckpoint(*ckpt);
+    if (!ra.allowLong) es::checkPromptLengths(spec, prompts);
+    if (spec.moeLayers().empty())
+        std::cerr << "note: " << spec.modelType << " is a dense model; the run records no routing\n";
+    auto model = es::Model::load(ckpt, spec, ra.lo);
+    const std::string run = ra.runName();
     es::RunTrace rt = model->trace(prompts, to);
     printWarnings(rt);
     rt.promptTexts = texts;
@@ -405,6 +467,132 @@ int cmdTrace(const std::vector<std::string>& args) {
     std::cerr << "run '" << run << "': " << prompts.size() << " prompt(s), " << rt.numTokens() << " tokens, "
               << rt.layers.size() << " MoE layers on " << model->device() << " (" << model->dtype()
               << (model->layerStreamed() ? ", layer-streamed" : "") << ") -> " << out << "\n";
+    return 0;
+}
+
+// An intervention's layer: an index, or "*" / "all" for every MoE layer.
+int parseChangeLayer(const std::string& v, const std::string& option) {
+    if (v == "*" || v == "all") return es::Intervention::kAllLayers;
+    const int l = parseInt(v, option);
+    if (l < 0) throw UsageError(option + ": layer " + v + " is not an index (or * for every MoE layer)");
+    return l;
+}
+
+// The comma-separated items of an option's value, each split once at `sep` ("3:1" -> {"3", "1"}).
+std::vector<std::pair<std::string, std::string>> changeItems(const std::string& v, char sep, const std::string& option,
+                                                             const char* form) {
+    std::vector<std::pair<std::string, std::string>> out;
+    std::stringstream ss(v);
+    std::string item;
+    while (std::getline(ss, item, ',')) {
+        const size_t at = item.find(sep);
+        if (at == std::string::npos || at == 0 || at + 1 == item.size())
+            throw UsageError(option + ": '" + item + "' is not of the form " + form);
+        out.emplace_back(item.substr(0, at), item.substr(at + 1));
+    }
+    if (out.empty()) throw UsageError(option + ": nothing given (the form is " + form + ")");
+    return out;
+}
+
+int cmdIntervene(const std::vector<std::string>& args) {
+    RunArgs ra;
+    es::InterventionRequest req;
+    es::Intervention& iv = req.change;
+    bool json = false;
+    for (size_t i = 0; i < args.size(); ++i) {
+        const std::string& a = args[i];
+        if (ra.take(args, i, "intervene")) continue;
+        auto value = [&]() -> const std::string& { return optionValue(args, i, "intervene"); };
+        if (a == "--disable" || a == "--zero") {
+            for (const auto& [l, e] : changeItems(value(), ':', a, "LAYER:EXPERT"))
+                (a == "--disable" ? iv.disabled : iv.zeroed).push_back({parseChangeLayer(l, a), parseInt(e, a)});
+        } else if (a == "--drop-shared") {
+            std::stringstream ss(value());
+            std::string l;
+            while (std::getline(ss, l, ',')) iv.dropShared.push_back(parseChangeLayer(l, a));
+            if (iv.dropShared.empty()) throw UsageError("--drop-shared: give all or a list of layers");
+        } else if (a == "--top-k") {
+            iv.topK = parseInt(value(), a);
+            if (iv.topK < 1) throw UsageError("--top-k: k must be at least 1");
+        } else if (a == "--force") {
+            for (const auto& [l, list] : changeItems(value(), ':', a, "LAYER:E1+E2+...")) {
+                es::Intervention::Forced f{parseChangeLayer(l, a), {}};
+                std::stringstream ss(list);
+                std::string e;
+                while (std::getline(ss, e, '+')) f.experts.push_back(parseInt(e, a));
+                iv.forced.push_back(std::move(f));
+            }
+        } else if (a == "--router-bias") {
+            for (const auto& [at, v] : changeItems(value(), '=', a, "LAYER:EXPERT=VALUE")) {
+                const auto le = changeItems(at, ':', a, "LAYER:EXPERT=VALUE").front();
+                double x = 0;
+                try {
+                    size_t used = 0;
+                    x = std::stod(v, &used);
+                    if (used != v.size()) throw std::invalid_argument(v);
+                } catch (const std::exception&) {
+                    throw UsageError(a + ": '" + v + "' is not a number");
+                }
+                iv.routerBias.push_back({parseChangeLayer(le.first, a), parseInt(le.second, a), x});
+            }
+        } else if (a == "--baseline") req.baseline = value();
+        else if (a == "--all-experts") req.allExperts = true;
+        else if (a == "--save-logits") req.keepLogits = true;
+        else if (a == "--json") json = true;
+        else throw UsageError("intervene: unknown option " + a);
+    }
+    ra.check("intervene");
+    if (iv.empty())
+        throw UsageError(
+            "intervene: give a change (--disable, --zero, --drop-shared, --top-k, --force, --router-bias)");
+
+    auto ckpt = es::Checkpoint::open(ra.path);
+    const es::ModelSpec spec = es::ModelSpec::fromCheckpoint(*ckpt);
+    if (const std::string p = iv.problem(spec); !p.empty()) throw UsageError("intervene: " + p);
+    std::shared_ptr<es::Tokenizer> tok = ra.encode();
+    if (!ra.allowLong) es::checkPromptLengths(spec, ra.prompts);
+    req.name = ra.runName();
+    if (req.baseline.empty()) req.baseline = req.name + "-baseline";
+    if (req.baseline == req.name) throw UsageError("intervene: --baseline must differ from --run");
+    req.prompts = ra.prompts;
+    auto model = es::Model::load(ckpt, spec, ra.lo);
+    es::InterventionRuns runs = es::runIntervention(*model, req);
+    for (es::RunTrace* rt : {&runs.baseline, &runs.changed}) {
+        printWarnings(*rt);
+        rt->promptTexts = ra.texts;
+        if (tok) es::attachTokenText(*rt, *tok);
+    }
+    nlohmann::json prov = nlohmann::json::parse(runs.effect.provenanceJson);
+    prov["checkpoint"] = ckpt->path();
+    prov["fingerprint"] = ckpt->fingerprint();
+    runs.effect.provenanceJson = prov.dump();
+    const std::vector<double> sum = runs.effect.arrays.at("summary").toDoubles();
+    es::Session session = es::openSessionFor(ra.out, es::sessionModelOf(*ckpt, spec));
+    session.addRun(req.baseline, std::move(runs.baseline));  // an existing name is an error naming it
+    session.addRun(req.name, std::move(runs.changed));
+    const std::string id = es::interventionEffectId(req.name);
+    session.putResult(id, std::move(runs.effect));
+    session.save(ra.out);
+    if (json) {
+        std::cout << nlohmann::json{{"run", req.name},
+                                    {"baseline", req.baseline},
+                                    {"intervention", nlohmann::json::parse(iv.json())},
+                                    {"result", "/analyses/" + id},
+                                    {"perplexity_baseline", sum[0]},
+                                    {"perplexity", sum[1]},
+                                    {"mean_loss_change", sum[2]},
+                                    {"mean_kl", sum[3]},
+                                    {"top1_changed_share", sum[4]}}
+                         .dump(2)
+                  << "\n";
+    }
+    std::ostringstream msg;
+    msg.precision(4);
+    msg << "intervention (" << iv.describe() << "): perplexity " << sum[0] << " -> " << sum[1] << ", mean loss change "
+        << sum[2] << " nats, mean KL " << sum[3] << " nats, top-1 changed at " << 100.0 * sum[4] << "% of tokens\n"
+        << "runs '" << req.baseline << "' (unmodified) and '" << req.name << "' on " << model->device() << " ("
+        << model->dtype() << "), /analyses/" << id << " -> " << ra.out << "\n";
+    std::cerr << msg.str();
     return 0;
 }
 
@@ -450,7 +638,7 @@ int cmdAnalyze(const std::vector<std::string>& args) {
     std::vector<int> layers;
     int64_t firstTokens = 16;
     int pca = 2, threads = 0;
-    bool haveStatic = false, haveDynamic = false, allowLong = false;
+    bool haveStatic = false, haveDynamic = false, allowLong = false, importanceZero = false;
     auto value = [&](size_t& i) -> const std::string& { return optionValue(args, i, "analyze"); };
     for (size_t i = 0; i < args.size(); ++i) {
         const std::string& a = args[i];
@@ -472,7 +660,11 @@ int cmdAnalyze(const std::vector<std::string>& args) {
         else if (a == "--pca-components") pca = parseInt(value(i), "analyze: --pca-components");
         else if (a == "--threads") threads = parseThreads(value(i), "analyze");
         else if (a == "--allow-long") allowLong = true;
-        else if (a.rfind("--", 0) == 0) throw UsageError("analyze: unknown option " + a);
+        else if (a == "--importance-mode") {
+            const std::string& m = value(i);
+            if (m != "disable" && m != "zero") throw UsageError("analyze: --importance-mode takes disable or zero");
+            importanceZero = m == "zero";
+        } else if (a.rfind("--", 0) == 0) throw UsageError("analyze: unknown option " + a);
         else if (path.empty()) path = a;
         else throw UsageError("analyze: more than one checkpoint given");
     }
@@ -536,6 +728,7 @@ int cmdAnalyze(const std::vector<std::string>& args) {
         req.layers = analysed;
         req.firstTokens = firstTokens;
         req.allowLong = allowLong;
+        req.importanceZero = importanceZero;
         req.progress = progress;
         es::AnalyzedRun ar = es::analyzeRun(ckpt, spec, ref.get(), req);
         std::cerr << "\n";
@@ -553,6 +746,7 @@ int cmdAnalyze(const std::vector<std::string>& args) {
         dopt.dtype = dtype.empty() ? info.dtype : dtype;
         dopt.firstTokens = firstTokens;
         dopt.storedAttention = std::move(in.storedAttention);
+        dopt.importanceZero = importanceZero;
         dopt.progress = progress;
         auto dyn = es::dynamicAnalyses(ckpt, spec, ref.get(), run, in.prompts, in.stored, dopt);
         std::cerr << "\n";
@@ -591,6 +785,7 @@ int main(int argc, char** argv) {
         std::vector<std::string> rest(args.begin() + 1, args.end());
         if (cmd == "info") return cmdInfo(rest);
         if (cmd == "trace") return cmdTrace(rest);
+        if (cmd == "intervene") return cmdIntervene(rest);
         if (cmd == "tokenize") return cmdTokenize(rest);
         if (cmd == "session") return cmdSession(rest);
         if (cmd == "analyze") return cmdAnalyze(rest);

@@ -47,9 +47,12 @@
 #include "jsonfile.h"
 #include "figureview.h"
 #include "jobs.h"
+#include "model/intervention.h"
+#include "model/model.h"
 #include "model/spec.h"
 #include "model/summary.h"
 #include "promptspanel.h"
+#include "tokenizer/tokenizer.h"
 #include "session/session.h"
 #include "version.h"
 #include "viewpane.h"
@@ -131,6 +134,9 @@ std::vector<PaneDef> paneDefs() {
         {"bias",
          "Bias and groups",
          {{"Selection bias", "selection-bias"}, {"Override per layer", "bias-override"}, {"Group load", "group-load"}}},
+        {"interventions",
+         "Interventions",
+         {{"Expert importance", "expert-importance"}, {"Effect over the text", "intervention-effect"}}},
         {"activations", "Gate activations", {{"Gate activations (D3)", "gate-activations"}}},
         {"modularity",
          "Modularity (EMoE)",
@@ -229,6 +235,10 @@ MainWindow::MainWindow(QWidget* parent) : QMainWindow(parent) {
     for (QAction* a : file->actions())  // Quit stays (closing waits for the save); Recent: setSessionBusy
         if (!a->isSeparator() && !a->menu()) sessionActions_.push_back(a);
     file->addAction("&Quit", QKeySequence::Quit, this, &QWidget::close);
+    auto* analysis = menuBar()->addMenu("&Analysis");
+    analysis->setObjectName("analysisMenu");
+    sessionActions_.push_back(analysis->addAction("&Intervene...", this, &MainWindow::interveneDialog));
+    sessionActions_.push_back(analysis->addAction("Expert &importance...", this, &MainWindow::importanceDialog));
     auto* view = menuBar()->addMenu("&View");
     for (auto* d : {modelDock, promptsDock, jobsDock, routeDock}) view->addAction(d->toggleViewAction());
     // showing the views draws the stale ones from the session: not while a save holds it
@@ -645,6 +655,232 @@ bool MainWindow::runPrompts(const QStringList& prompts, const QString& device, c
                       };
                   });
     return true;
+}
+
+bool MainWindow::intervene(const QStringList& prompts, const Intervention& change, const QString& runName,
+                           const QString& device, const QString& dtype) {
+    if (!session_ || !ckpt_ || !spec_) {
+        showError("Cannot intervene", "Open a checkpoint first: an intervention runs the model.");
+        return false;
+    }
+    if (prompts.isEmpty()) {
+        showError("Cannot intervene", "Give the prompts to run in the Prompts panel.");
+        return false;
+    }
+    std::string problem = change.empty() ? "the intervention changes nothing" : change.problem(*spec_);
+    auto taken = [this](const std::string& n) { return session_->hasRun(n) || pendingRuns_.count(n) > 0; };
+    std::string name = runName.trimmed().toStdString();
+    if (name.empty())
+        for (int k = 1; name.empty() || taken(name) || taken(name + "-baseline"); ++k)
+            name = "intervention" + std::to_string(k);
+    const std::string baseline = name + "-baseline";
+    if (problem.empty() && (name.find('/') != std::string::npos || name == "." || name == ".."))
+        problem = "a run's name cannot contain '/' or be '.' or '..': " + name;
+    if (problem.empty() && (taken(name) || taken(baseline)))
+        problem = "the session already has a run named '" + (taken(name) ? name : baseline) + "'";
+    if (!problem.empty()) {
+        showError("Cannot intervene", q(problem));
+        return false;
+    }
+    pendingRuns_.insert(name);
+    pendingRuns_.insert(baseline);
+    prompts_->addPrompts(prompts);
+    std::vector<std::string> texts;
+    for (auto& p : prompts) texts.push_back(p.toStdString());
+    auto ckpt = ckpt_;
+    auto spec = spec_;
+    const uint64_t target = generation_;
+    LoadOptions lo;
+    lo.device = device.toStdString();
+    lo.dtype = dtype.toStdString();
+    jobs_->submit(QString("Intervene (%1) on %2 prompt(s)").arg(q(change.describe())).arg(prompts.size()),
+                  [this, ckpt, spec, target, texts, name, baseline, change, lo](JobContext& ctx) -> JobLand {
+                      auto tok = Tokenizer::load(ckpt->path());
+                      InterventionRequest req;
+                      req.name = name;
+                      req.baseline = baseline;
+                      req.prompts = encodePrompts(*tok, texts);
+                      checkPromptLengths(*spec, req.prompts);
+                      req.change = change;
+                      req.progress = [&ctx](double f, const std::string& w) { ctx.progress(f, w); };
+                      req.cancel = ctx.cancel;
+                      auto model = Model::load(ckpt, *spec, lo);
+                      auto runs = std::make_shared<InterventionRuns>(runIntervention(*model, req));
+                      for (RunTrace* rt : {&runs->baseline, &runs->changed}) {
+                          rt->promptTexts = texts;
+                          attachTokenText(*rt, *tok);
+                      }
+                      nlohmann::json prov = nlohmann::json::parse(runs->effect.provenanceJson);
+                      prov["checkpoint"] = ckpt->path();
+                      prov["fingerprint"] = ckpt->fingerprint();
+                      runs->effect.provenanceJson = prov.dump();
+                      return [this, runs, name, baseline, target] {
+                          pendingRuns_.erase(name);
+                          pendingRuns_.erase(baseline);
+                          if (generation_ != target) return;
+                          session_->addRun(baseline, std::move(runs->baseline));
+                          session_->addRun(name, std::move(runs->changed));
+                          session_->putResult(interventionEffectId(name), std::move(runs->effect));
+                          landedInInterventions("intervention-effect", name);
+                      };
+                  });
+    return true;
+}
+
+void MainWindow::landedInInterventions(const std::string& view, const std::string& run) {
+    dirty_ = true;
+    refreshViews();
+    if (ViewPane* p = pane("interventions")) {
+        p->setMode(view);
+        p->setOption("run", q(run));
+        tabs_->setCurrentWidget(p);
+    }
+}
+
+bool MainWindow::measureImportance(const QString& run, bool zero) {
+    if (!session_ || !ckpt_ || !spec_) {
+        showError("Cannot measure expert importance", "Open the session's checkpoint first: it runs the model.");
+        return false;
+    }
+    const std::string r = run.toStdString();
+    if (!session_->hasRun(r)) {
+        showError("Cannot measure expert importance", "The session has no run named '" + run + "'.");
+        return false;
+    }
+    std::vector<std::vector<int64_t>> prompts;
+    DynamicOptions dopt;
+    try {  // read here, on the GUI thread: the job never touches the session
+        prompts = runInputs(*session_, r).prompts;
+        const RunInfo info = session_->runInfo(r);
+        dopt.device = info.device;
+        dopt.dtype = info.dtype;
+    } catch (const Error& e) {
+        showError("Cannot measure expert importance", q(e.what()));
+        return false;
+    }
+    dopt.analyses = {"importance"};
+    dopt.importanceZero = zero;
+    auto ckpt = ckpt_;
+    auto spec = spec_;
+    const uint64_t target = generation_;
+    jobs_->submit(QString("Expert importance of run %1 (%2)").arg(run, zero ? "zeroed" : "disabled"),
+                  [this, ckpt, spec, target, prompts, r, dopt](JobContext& ctx) mutable -> JobLand {
+                      dopt.progress = [&ctx](double f, const std::string& w) { ctx.progress(f, w); };
+                      dopt.cancel = ctx.cancel;
+                      auto results = dynamicAnalyses(ckpt, *spec, nullptr, r, prompts, {}, dopt);
+                      auto result = std::make_shared<Result>(std::move(results.at("expert_importance/" + r)));
+                      return [this, result, r, target] {
+                          if (generation_ != target) return;
+                          session_->putResult("expert_importance/" + r, std::move(*result));
+                          landedInInterventions("expert-importance", r);
+                      };
+                  });
+    return true;
+}
+
+void MainWindow::interveneDialog() {
+    if (!session_ || !ckpt_ || !spec_ || spec_->moeLayers().empty()) {
+        showError("Cannot intervene", "Open an MoE checkpoint first: an intervention changes its MoE blocks.");
+        return;
+    }
+    QDialog d(this);
+    d.setObjectName("interveneDialog");
+    d.setWindowTitle("Intervene");
+    auto* form = new QFormLayout(&d);
+    auto* kind = new QComboBox;
+    kind->addItem("Disable experts (as if pruned)", "disable");
+    kind->addItem("Zero experts' outputs", "zero");
+    if (spec_->hasSharedExpert()) kind->addItem("Drop the shared expert", "drop-shared");
+    kind->addItem("Change top-k", "top-k");
+    kind->addItem("Force routing to experts", "force");
+    kind->addItem("Add a bias to router logits", "bias");
+    auto* layer = new QLineEdit("all");
+    layer->setToolTip("an MoE layer's index, or all");
+    auto* experts = new QLineEdit("0");
+    experts->setToolTip("expert ids, comma-separated (forced routing: as many as the layer chooses)");
+    auto* k = new QSpinBox;
+    k->setRange(1, static_cast<int>(spec_->numExperts));
+    k->setValue(static_cast<int>(spec_->topK));
+    auto* bias = new QLineEdit("1.0");
+    form->addRow("Change", kind);
+    form->addRow("Layer", layer);
+    form->addRow("Experts", experts);
+    form->addRow("Top-k", k);
+    form->addRow("Bias", bias);
+    auto* name = new QLineEdit;
+    name->setPlaceholderText("interventionN");
+    form->addRow("Run name", name);
+    form->addRow(new QLabel(
+        QString("Runs the Prompts panel's %1 prompt(s) unmodified and changed.").arg(prompts_->toRun().size())));
+    auto update = [=] {
+        const QString c = kind->currentData().toString();
+        experts->setEnabled(c != "drop-shared" && c != "top-k");
+        layer->setEnabled(c != "top-k");
+        k->setEnabled(c == "top-k");
+        bias->setEnabled(c == "bias");
+    };
+    connect(kind, &QComboBox::currentIndexChanged, &d, update);
+    update();
+    auto* buttons = new QDialogButtonBox(QDialogButtonBox::Ok | QDialogButtonBox::Cancel);
+    form->addRow(buttons);
+    connect(buttons, &QDialogButtonBox::accepted, &d, &QDialog::accept);
+    connect(buttons, &QDialogButtonBox::rejected, &d, &QDialog::reject);
+    if (d.exec() != QDialog::Accepted) return;
+    Intervention iv;
+    try {
+        const QString c = kind->currentData().toString();
+        const QString lt = layer->text().trimmed();
+        bool ok = true;
+        const int l = lt == "all" || lt == "*" ? Intervention::kAllLayers : lt.toInt(&ok);
+        if (!ok || l < Intervention::kAllLayers) throw Error("'" + lt.toStdString() + "' is not a layer index or all");
+        std::vector<int> ids;
+        for (const QString& e : experts->text().split(',', Qt::SkipEmptyParts)) {
+            const int x = e.trimmed().toInt(&ok);
+            if (!ok) throw Error("'" + e.trimmed().toStdString() + "' is not an expert id");
+            ids.push_back(x);
+        }
+        const bool needIds = c != "drop-shared" && c != "top-k";
+        if (needIds && ids.empty()) throw Error("name at least one expert");
+        if (c == "disable" || c == "zero")
+            for (int e : ids) (c == "disable" ? iv.disabled : iv.zeroed).push_back({l, e});
+        else if (c == "drop-shared") iv.dropShared.push_back(l);
+        else if (c == "top-k") iv.topK = k->value();
+        else if (c == "force") iv.forced.push_back({l, ids});
+        else {
+            const double v = bias->text().trimmed().toDouble(&ok);
+            if (!ok) throw Error("'" + bias->text().toStdString() + "' is not a number");
+            for (int e : ids) iv.routerBias.push_back({l, e, v});
+        }
+    } catch (const Error& e) {
+        showError("Cannot intervene", q(e.what()));
+        return;
+    }
+    intervene(prompts_->toRun(), iv, name->text(), prompts_->device(), prompts_->dtype());
+}
+
+void MainWindow::importanceDialog() {
+    if (!session_ || session_->runNames().empty()) {
+        showError("Cannot measure expert importance", "Run prompts first: importance is measured on a run's prompts.");
+        return;
+    }
+    QDialog d(this);
+    d.setWindowTitle("Expert importance");
+    auto* form = new QFormLayout(&d);
+    auto* run = new QComboBox;
+    for (const auto& r : session_->runNames())
+        if (session_->runInfo(r).interventionJson.empty()) run->addItem(q(r));
+    auto* mode = new QComboBox;
+    mode->addItem("each expert disabled (as if pruned)", false);
+    mode->addItem("each expert's output zeroed", true);
+    form->addRow("Run", run);
+    form->addRow("Mode", mode);
+    form->addRow(new QLabel("Runs the model once per layer and expert, from that layer on."));
+    auto* buttons = new QDialogButtonBox(QDialogButtonBox::Ok | QDialogButtonBox::Cancel);
+    form->addRow(buttons);
+    connect(buttons, &QDialogButtonBox::accepted, &d, &QDialog::accept);
+    connect(buttons, &QDialogButtonBox::rejected, &d, &QDialog::reject);
+    if (d.exec() != QDialog::Accepted || run->count() == 0) return;
+    measureImportance(run->currentText(), mode->currentData().toBool());
 }
 
 void MainWindow::refreshViews() {

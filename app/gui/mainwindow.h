@@ -29,6 +29,7 @@ class JobsPanel;
 class PromptsPanel;
 class Session;
 class ViewPane;
+struct Intervention;
 struct ModelSpec;
 struct Reference;
 
@@ -58,6 +59,16 @@ public:
     // prompts); when it lands every view shows it.
     bool runPrompts(const QStringList& prompts, const QString& device = "cpu", const QString& dtype = "float32",
                     const QString& runName = {});
+    // Interventions (docs/interventions.md): runs the prompts through the open checkpoint unmodified
+    // and with `change` (a job), and adds both runs and the change's effect to the session; the
+    // Interventions tab shows the effect when it lands. The runs are named runName and
+    // runName-baseline (by default "interventionN"). A change the model cannot take (an expert or
+    // a layer that does not exist, ...) is an error dialog naming what is wrong.
+    bool intervene(const QStringList& prompts, const Intervention& change, const QString& runName = {},
+                   const QString& device = "cpu", const QString& dtype = "float32");
+    // Expert importance of a run's prompts (a job with progress and Cancel): each expert disabled
+    // (zero: its output zeroed) alone on each MoE layer; the Interventions tab shows it.
+    bool measureImportance(const QString& run, bool zero = false);
     // EMoE: converts the open dense checkpoint (a job with progress and Cancel; docs/emoe.md)
     // into outDir and opens the result with the dense model as its reference.
     bool convertToEmoe(const QString& outDir, int experts, int topK, const QString& layers = "all",
@@ -114,6 +125,8 @@ private Q_SLOTS:
     void saveAs();
     void exportDialog();
     void emoeDialog();
+    void interveneDialog();
+    void importanceDialog();
     void showViewsHelp();
     void showDocs();
 
@@ -131,6 +144,9 @@ private:
     void fillModelTree();
     void startStaticAnalyses();
     void refreshViews();
+    // A result that landed: the session is unsaved, the views refreshed, the Interventions tab
+    // shows `view` of `run`.
+    void landedInInterventions(const std::string& view, const std::string& run);
     void restoreViewStates();
     void addRecent(const QString& path);
     void updateRecent();

@@ -38,7 +38,7 @@ struct StaticOptions {
 };
 
 struct DynamicOptions {
-    std::set<std::string> analyses;  // D1 D2 D3 D4 load modularity (EMoE models only)
+    std::set<std::string> analyses;  // D1 D2 D3 D4 load modularity (EMoE models only) bias importance
     std::vector<int> layers;
     std::string device = "cpu", dtype = "float32";
     bool layerStreaming = false;  // stream the layers whether or not the model fits (else: automatic)
@@ -50,6 +50,9 @@ struct DynamicOptions {
     // evaluate only the other experts; false evaluates every expert again, as was done before
     // (the run-job benchmark's baseline)
     bool reuseChosenOutputs = true;
+    // "importance" (expert importance, Model::expertImportance): zero the expert's output instead
+    // of disabling it
+    bool importanceZero = false;
     Progress progress;
     const std::atomic<bool>* cancel = nullptr;
 };
@@ -90,6 +93,16 @@ struct TracedAnalyses {
 TracedAnalyses traceAndAnalyze(const std::shared_ptr<Checkpoint>& ckpt, const ModelSpec& spec, const Reference* ref,
                                const std::string& runName, const std::vector<std::vector<int64_t>>& prompts,
                                const DynamicOptions& opt);
+
+// What an intervention did to the next-token predictions (docs/analyses.md, "intervention_effect"),
+// from the final logits of an unmodified run and of the intervened run of the same prompts. Per
+// token t (the prediction at t of its prompt's token t+1): loss_baseline, loss (-log p of the
+// next token; NaN at each prompt's last token, which has none), loss_change, kl (KL(baseline ||
+// intervened) of the next-token distributions, nats; every token), top1_changed (the most likely
+// next token differs; every token); summary: perplexity of the prompt set before and after, mean
+// loss change, mean KL, share of top-1 changes. Errors when the runs differ in tokens or lack logits.
+Result interventionEffect(const RunTrace& baseline, const RunTrace& changed, const std::string& baselineName,
+                          const std::string& changedName);
 
 // 1 - the mean off-diagonal entry of the leading `routed` x `routed` block of a rows x rows
 // similarity matrix.

@@ -50,7 +50,7 @@ std::set<std::string> parseStaticList(const std::string& list) {
 }
 
 std::set<std::string> parseDynamicList(const std::string& list) {
-    return parseList(list, {"D1", "D2", "D3", "D4", "load", "modularity", "bias"},
+    return parseList(list, {"D1", "D2", "D3", "D4", "load", "modularity", "bias", "importance"},
                      {{"all", {"D1", "D2", "D3", "D4", "load"}}, {"none", {}}}, "--dynamic");
 }
 

@@ -206,7 +206,26 @@ PassOutput runPass(const std::shared_ptr<Checkpoint>& ckpt, const ModelSpec& spe
     };
     if (traceRun) hooks.endLayer = [&](int l) { recorder.endLayer(l); };
     hooks.keepChosen = ffnOutputs && opt.reuseChosenOutputs;
-    M.forward(st, traceRun ? -1 : layers.back(), false, hooks, opt.progress, opt.cancel, "analysis");
+    // expert importance takes its own forwards after this one: this one is the first fifth of the work
+    const bool importance = want("importance");
+    const double passShare = importance ? 0.2 : 1.0;
+    M.forward(
+        st, traceRun ? -1 : layers.back(), false, hooks,
+        [&](double f, const std::string& what) {
+            if (opt.progress) opt.progress(f * passShare, what);
+        },
+        opt.cancel, "analysis");
+    ImportanceResult imp;
+    if (importance) {
+        ImportanceOptions io;
+        io.layers = layers;
+        io.zero = opt.importanceZero;
+        io.cancel = opt.cancel;
+        io.progress = [&](double f, const std::string& what) {
+            if (opt.progress) opt.progress(passShare + (1 - passShare) * f, "expert importance: " + what);
+        };
+        imp = model->expertImportance(prompts, io);
+    }
     if (opt.progress) opt.progress(1.0, "done");
 
     // ---- results ----
@@ -228,6 +247,23 @@ PassOutput runPass(const std::shared_ptr<Checkpoint>& ckpt, const ModelSpec& spe
                   {"first_tokens", ctx.firstTokens},
                   {"reference", ref ? nlohmann::json(ref->ckpt->path()) : nlohmann::json()}};
     for (auto& a : analyses) a->finish(ctx, out.results);
+    if (importance) {
+        Result r;
+        const int64_t E = imp.experts, n = static_cast<int64_t>(imp.layers.size());
+        const auto labels = AttrValue::text(expertLabels(E, false, false));
+        for (const auto& [name, v] : {std::pair{"loss_increase", &imp.lossIncrease}, std::pair{"kl", &imp.kl},
+                                      std::pair{"top1_changed", &imp.top1Changed}})
+            r.arrays[name] = Array::f64({n, E}, *v).with("layers", AttrValue::i32s(imp.layers)).with("labels", labels);
+        r.arrays["baseline_loss"] = Array::f64({1}, {imp.baselineLoss});
+        nlohmann::json params = ctx.params;
+        params["mode"] = opt.importanceZero ? "zero" : "disable";
+        nlohmann::json prov = ctx.provenance;
+        prov["layer_passes"] = imp.layerPasses;
+        prov["skipped_unchosen"] = imp.skipped;
+        const std::string id = "expert_importance/" + runName;
+        ctx.finish(out.results, id, "importance", r, params);
+        out.results[id].provenanceJson = prov.dump();
+    }
     if (traceRun) {
         M.addWeightWarnings(rt);
         out.trace = std::move(rt);

@@ -311,6 +311,55 @@ void Model::Impl::loadLayer(int l) {
     w.loaded = true;
 }
 
+std::vector<LayerIntervention> Model::Impl::layerInterventions(const Intervention& iv) const {
+    const int64_t E = spec.numExperts;
+    std::vector<LayerIntervention> out(static_cast<size_t>(spec.numLayers));
+    const double inf = std::numeric_limits<double>::infinity();
+    for (int l : spec.moeLayers()) {
+        LayerIntervention& li = out[static_cast<size_t>(l)];
+        std::vector<float> add(static_cast<size_t>(E), 0.0f);
+        std::vector<char> allowed(static_cast<size_t>(E), 1), zeroed(static_cast<size_t>(E), 0);
+        bool anyAdd = false, anyMask = false, anyZero = false;
+        for (const auto& b : iv.routerBias)
+            if (Intervention::names(b.layer, l)) {
+                add[static_cast<size_t>(b.expert)] += static_cast<float>(b.value);
+                anyAdd = true;
+            }
+        for (const auto& x : iv.disabled)
+            if (Intervention::names(x.layer, l)) {
+                add[static_cast<size_t>(x.expert)] = -static_cast<float>(inf);
+                allowed[static_cast<size_t>(x.expert)] = 0;
+                anyAdd = anyMask = true;
+            }
+        for (const auto& f : iv.forced)
+            if (Intervention::names(f.layer, l)) {
+                std::fill(allowed.begin(), allowed.end(), 0);
+                for (int e : f.experts) allowed[static_cast<size_t>(e)] = 1;
+                anyMask = true;
+            }
+        std::vector<int64_t> zeroIds;
+        for (const auto& x : iv.zeroed)
+            if (Intervention::names(x.layer, l) && !zeroed[static_cast<size_t>(x.expert)]) {
+                zeroed[static_cast<size_t>(x.expert)] = 1;
+                zeroIds.push_back(x.expert);
+                anyZero = true;
+            }
+        const auto onDevice = torch::TensorOptions().device(device);
+        if (anyAdd) li.logitAdd = torch::tensor(add, torch::kFloat).to(device);
+        if (anyMask) {
+            std::vector<uint8_t> a(allowed.begin(), allowed.end());
+            li.allowed = torch::tensor(a, torch::kByte).to(onDevice.dtype(torch::kBool));
+        }
+        if (anyZero) {
+            li.zeroed = zeroed;
+            li.zeroedIds = torch::tensor(zeroIds, torch::kLong).to(device);
+        }
+        for (int d : iv.dropShared) li.dropShared = li.dropShared || Intervention::names(d, l);
+        li.topK = iv.topK;
+    }
+    return out;
+}
+
 void TraceCollector::add(const MoeOut& m, bool allExperts) {
     lg.push_back(m.logits.to(torch::kFloat));
     ids.push_back(m.ids.to(torch::kInt));
@@ -364,7 +413,7 @@ LayerTrace TraceCollector::take(int l, int64_t E, int64_t K) {
     LayerTrace lt;
     lt.layer = l;
     lt.numExperts = E;
-    lt.topK = K;
+    lt.topK = ids.empty() ? K : ids.front().size(1);  // an intervention may change the layer's k
     lt.routerLogits = hostVector<float>(lg);
     lt.topkExperts = hostVector<int32_t>(ids);
     lt.topkWeights = hostVector<float>(wts);
@@ -497,7 +546,7 @@ void Model::Impl::step(int l, State& st, bool allExperts, const Tap& tap, const 
                 if (tap) tap(p, x, nullptr);
                 y = ffn(x, w.mlp);
             } else {
-                auto m = moe(w, x, allExperts, keepChosen);
+                auto m = moe(w, x, allExperts, keepChosen, {}, intervene ? intervene(l, p) : nullptr);
                 if (tap) tap(p, x, &m);
                 y = m.y;
             }
@@ -543,11 +592,11 @@ void Model::Impl::step(int l, State& st, bool allExperts, const Tap& tap, const 
             const Tensor routerIn =
                 norm(r, Tensor(), eps) * w.routerInputScale * std::pow(static_cast<double>(spec.hidden), -0.5);
             const Tensor xe = norm(r, w.moeInNorm, eps);
-            auto m = moe(w, xe, allExperts, keepChosen, routerIn);
+            auto m = moe(w, xe, allExperts, keepChosen, routerIn, intervene ? intervene(l, p) : nullptr);
             if (tap) tap(p, xe, &m);
             join(dense + norm(m.y, w.moeOutNorm, eps), w.postNorm, w.postNormB, w.ffnOutNorm);
         } else {
-            auto m = moe(w, x, allExperts, keepChosen);
+            auto m = moe(w, x, allExperts, keepChosen, {}, intervene ? intervene(l, p) : nullptr);
             if (tap) tap(p, x, &m);
             join(m.y, w.postNorm, w.postNormB, w.ffnOutNorm);
         }
@@ -636,6 +685,17 @@ RunTrace Model::trace(const std::vector<std::vector<int64_t>>& prompts, const Tr
         throw Error("a " + s.family + " encoder has no language-model head: save its hidden states instead", "",
                     "logits");
 
+    std::vector<LayerIntervention> iv;
+    if (!opt.intervention.empty()) {
+        if (const std::string p = opt.intervention.problem(s); !p.empty()) throw Error(p, "", "intervention");
+        iv = d.layerInterventions(opt.intervention);
+    }
+    struct Clear {  // the intervention lasts this trace only
+        Impl& d;
+        ~Clear() { d.intervene = nullptr; }
+    } clear{d};
+    if (!iv.empty()) d.intervene = [&iv](int l, size_t) { return &iv[static_cast<size_t>(l)]; };
+
     Impl::State st = d.start(prompts);
     TraceRecorder rec{s, rt, opt.allExperts, {}, {}};
     Impl::Hooks hooks;
@@ -660,6 +720,175 @@ RunTrace Model::trace(const std::vector<std::vector<int64_t>>& prompts, const Tr
     d.addWeightWarnings(rt);
     if (opt.progress) opt.progress(1.0, "done");
     return rt;
+}
+
+}  // namespace es
+
+namespace es {
+
+namespace {
+
+// Whether disabling an expert that no token chose leaves every token's experts and weights as they
+// are: not under group-limited selection (the group scores change), nor where a softmax share of
+// it enters weights that are not renormalised over the chosen (or clamped sums, or sparsemixer's
+// reach); per-expert scores (sigmoid, EMoE's means), top-k on logits and unit weights never see it.
+bool unchosenRemovalIsExact(const RouterRule& r) {
+    if (r.groups > 1 || r.renormMin > 0 || r.scoring == RouterRule::Scoring::SparseMixer) return false;
+    if (r.topkOnLogits || r.unitWeights || r.scoring != RouterRule::Scoring::Softmax) return true;
+    return r.renormalize;
+}
+
+}  // namespace
+
+ImportanceResult Model::expertImportance(const std::vector<std::vector<int64_t>>& prompts,
+                                         const ImportanceOptions& opt) {
+    Impl& d = *d_;
+    const ModelSpec& s = d.spec;
+    torch::InferenceMode guard;
+    if (s.encoder)
+        throw Error("a " + s.family +
+                        " encoder has no language-model head: expert importance needs next-token "
+                        "predictions",
+                    "", "logits");
+    d.newRun(prompts);  // checks every id
+    const std::vector<int> moe = s.moeLayers();
+    if (moe.empty()) throw Error("the model has no routed experts (" + s.modelType + " is dense)", "", "layers");
+    ImportanceResult res;
+    res.layers = opt.layers.empty() ? moe : opt.layers;
+    std::sort(res.layers.begin(), res.layers.end());
+    res.layers.erase(std::unique(res.layers.begin(), res.layers.end()), res.layers.end());
+    for (int l : res.layers)
+        if (std::find(moe.begin(), moe.end(), l) == moe.end())
+            throw Error("layer " + std::to_string(l) + " is not an MoE layer of the model", "", "layers");
+    const int64_t E = s.numExperts, L = s.numLayers;
+    const size_t P = prompts.size();
+    res.experts = E;
+    const std::set<int> measured(res.layers.begin(), res.layers.end());
+
+    // the unmodified forward: each measured layer's input and the experts its tokens chose
+    int64_t totalTokens = 0;
+    for (const auto& p : prompts) totalTokens += static_cast<int64_t>(p.size());
+    const int64_t chunk = std::clamp<int64_t>((int64_t{256} << 20) / std::max<int64_t>(1, totalTokens * s.hidden * 4),
+                                              1, E);  // experts run at once, as separate sequences
+    int64_t totalPasses = L;
+    for (int l : res.layers) totalPasses += (E + chunk - 1) / chunk * (L - l);
+    int64_t done = 0;
+    auto report = [&](const std::string& what) {
+        if (opt.progress) opt.progress(static_cast<double>(done) / static_cast<double>(totalPasses), what);
+    };
+    Impl::State st = d.start(prompts);
+    std::map<int, std::vector<Tensor>> inputs;
+    std::map<int, Tensor> chosen;  // [E] bool
+    int current = -1;
+    Impl::Hooks hooks;
+    hooks.beginLayer = [&](int l) {
+        current = l;
+        if (measured.count(l)) inputs[l] = st.h;
+    };
+    hooks.ffn = [&](size_t, const Tensor&, const MoeOut* m) {
+        if (!m || !measured.count(current)) return;
+        Tensor hit = torch::bincount(m->ids.reshape(-1).to(torch::kLong), {}, E) > 0;
+        chosen[current] = chosen.count(current) ? chosen[current].logical_or(hit) : hit;
+    };
+    d.forward(
+        st, -1, false, hooks,
+        [&](double f, const std::string& what) {
+            done = static_cast<int64_t>(f * static_cast<double>(L));
+            report("unmodified run: " + what);
+        },
+        opt.cancel, "expert importance");
+    done = L;
+
+    // per prompt: the unmodified log-probabilities (float64), their top-1 and the next tokens
+    std::vector<Tensor> baseLp(P), baseTop(P), next(P);
+    double baseLoss = 0;
+    for (size_t p = 0; p < P; ++p) {
+        baseLp[p] = d.logits(st.h[p]).to(torch::kDouble).log_softmax(-1);
+        baseTop[p] = baseLp[p].argmax(-1);
+        const int64_t T = static_cast<int64_t>(prompts[p].size());
+        next[p] = torch::tensor(std::vector<int64_t>(prompts[p].begin() + 1, prompts[p].end()), torch::kLong)
+                      .to(d.device)
+                      .unsqueeze(1);
+        if (T > 1) baseLoss -= baseLp[p].narrow(0, 0, T - 1).gather(1, next[p]).sum().item<double>();
+        res.predicted += T - 1;
+    }
+    res.baselineLoss = res.predicted ? baseLoss / static_cast<double>(res.predicted) : std::nan("");
+    res.lossIncrease.assign(static_cast<size_t>(res.layers.size() * E), 0.0);
+    res.kl = res.lossIncrease;
+    res.top1Changed = res.lossIncrease;
+
+    const bool exactSkip = opt.zero || unchosenRemovalIsExact(s.router);
+    struct Clear {  // the per-sequence interventions last this call only
+        Impl& d;
+        ~Clear() { d.intervene = nullptr; }
+    } clear{d};
+    for (size_t li = 0; li < res.layers.size(); ++li) {
+        const int l = res.layers[li];
+        std::vector<char> hit(static_cast<size_t>(E), 1);
+        if (chosen.count(l)) {
+            const Tensor h = chosen[l].to(torch::kCPU);
+            for (int64_t e = 0; e < E; ++e) hit[static_cast<size_t>(e)] = h[e].item<bool>();
+        }
+        std::vector<int> run;
+        for (int64_t e = 0; e < E; ++e) {
+            if (!hit[static_cast<size_t>(e)] && exactSkip) ++res.skipped;
+            else run.push_back(static_cast<int>(e));
+        }
+        done += ((E + chunk - 1) / chunk - (static_cast<int64_t>(run.size()) + chunk - 1) / chunk) * (L - l);
+        for (size_t c0 = 0; c0 < run.size(); c0 += static_cast<size_t>(chunk)) {
+            const std::vector<int> part(
+                run.begin() + static_cast<std::ptrdiff_t>(c0),
+                run.begin() + static_cast<std::ptrdiff_t>(std::min(run.size(), c0 + static_cast<size_t>(chunk))));
+            std::vector<LayerIntervention> ivs;
+            Impl::State v;
+            v.cosX.resize(st.cosX.size());
+            v.sinX.resize(st.sinX.size());
+            for (int e : part) {
+                Intervention one;
+                (opt.zero ? one.zeroed : one.disabled).push_back({l, e});
+                ivs.push_back(d.layerInterventions(one)[static_cast<size_t>(l)]);
+                for (size_t p = 0; p < P; ++p) {
+                    v.h.push_back(inputs[l][p]);
+                    v.cos.push_back(st.cos[p]);
+                    v.sin.push_back(st.sin[p]);
+                    for (size_t t = 0; t < st.cosX.size(); ++t) {
+                        v.cosX[t].push_back(st.cosX[t][p]);
+                        v.sinX[t].push_back(st.sinX[t][p]);
+                    }
+                }
+            }
+            d.intervene = [&](int layer, size_t q) { return layer == l ? &ivs[q / P] : nullptr; };
+            for (int k = l; k < L; ++k) {
+                if (opt.cancel && opt.cancel->load()) throw Error("cancelled", "", "expert importance");
+                report("layer " + std::to_string(l) + ", experts " + std::to_string(part.front()) + ".." +
+                       std::to_string(part.back()) + ": layer " + std::to_string(k));
+                d.loadLayer(k);
+                d.step(k, v, false, {});
+                if (d.streamed) d.releaseLayer(k);
+                ++res.layerPasses;
+                ++done;
+            }
+            d.intervene = nullptr;
+            for (size_t i = 0; i < part.size(); ++i) {
+                double loss = 0, kl = 0;
+                int64_t flips = 0;
+                for (size_t p = 0; p < P; ++p) {
+                    const Tensor lp = d.logits(v.h[i * P + p]).to(torch::kDouble).log_softmax(-1);
+                    const int64_t T = lp.size(0);
+                    kl += (baseLp[p].exp() * (baseLp[p] - lp)).sum().item<double>();
+                    flips += lp.argmax(-1).ne(baseTop[p]).sum().item<int64_t>();
+                    if (T > 1) loss -= lp.narrow(0, 0, T - 1).gather(1, next[p]).sum().item<double>();
+                }
+                const size_t at = li * static_cast<size_t>(E) + static_cast<size_t>(part[i]);
+                res.lossIncrease[at] =
+                    res.predicted ? loss / static_cast<double>(res.predicted) - res.baselineLoss : std::nan("");
+                res.kl[at] = kl / static_cast<double>(totalTokens);
+                res.top1Changed[at] = static_cast<double>(flips) / static_cast<double>(totalTokens);
+            }
+        }
+    }
+    report("done");
+    return res;
 }
 
 }  // namespace es

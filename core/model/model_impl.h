@@ -264,6 +264,16 @@ inline Tensor gateActivation(const Tensor& x, const Ffn& f) {
     return torch::silu(gatePre(x, f));
 }
 
+// An intervention (intervention.h) as one MoE layer applies it, on the model's device.
+struct LayerIntervention {
+    Tensor logitAdd;           // [E] float32 added to the raw logits (router bias; -inf: disabled); undefined: none
+    Tensor allowed;            // [E] bool: the experts that may be chosen; undefined: all
+    Tensor zeroedIds;          // the zeroed experts' ids (long); undefined: none
+    std::vector<char> zeroed;  // [E]: 1 for a zeroed expert; empty: none
+    bool dropShared = false;
+    int64_t topK = 0;  // 0: the model's
+};
+
 struct MoeOut {
     Tensor y, logits, ids, weights, norms, sharedNorms;
     Tensor chosen;  // [T, K, d]: each chosen expert's raw output (before its weight), with keepChosen
@@ -324,13 +334,17 @@ inline Tensor keptGroups(const RouterRule& r, const Tensor& choice) {
 // Router logits -> (combine weights, chosen experts) by the family's rule (spec.h's RouterRule):
 // scores, selection (bias, groups, top-k), weights from the unbiased scores, in float32 unless
 // the rule keeps the scores or casts the weights in the activations' dtype. Chosen experts in descending order of their
-// selection score.
+// selection score. `allowed` ([E] bool, an intervention's): the experts that may be chosen (the
+// others' selection scores are -inf; their scores, and so the weights, are untouched).
 inline std::pair<Tensor, Tensor> route(const RouterRule& r, const Tensor& logits, int64_t K, torch::ScalarType hidden,
-                                       const RouterExtras& extra = {}) {
+                                       const RouterExtras& extra = {}, const Tensor& allowed = {}) {
     Tensor wts, ids;
+    const double inf = std::numeric_limits<double>::infinity();
+    auto onlyAllowed = [&](const Tensor& choice) {
+        return allowed.defined() ? choice.masked_fill(allowed.logical_not(), -inf) : choice;
+    };
     if (r.scoring == RouterRule::Scoring::SparseMixer) {  // transformers' sparsemixer at inference, op for op
-        const Tensor s = logits.to(r.scoresInHiddenDtype ? hidden : torch::kFloat);
-        const double inf = std::numeric_limits<double>::infinity();
+        const Tensor s = onlyAllowed(logits.to(r.scoresInHiddenDtype ? hidden : torch::kFloat));
         auto pick = [&](const Tensor& from) {  // the best of `from`, weighted within reach of it
             auto [best, at] = from.max(-1, true);
             const Tensor far = ((best - s) / s.abs().clamp_min(best)) > 2 * r.jitterEps;
@@ -341,11 +355,11 @@ inline std::pair<Tensor, Tensor> route(const RouterRule& r, const Tensor& logits
         wts = torch::cat({w1, w2}, -1);
         ids = torch::cat({i1, i2}, -1);
     } else if (r.topkOnLogits) {
-        std::tie(wts, ids) = logits.to(r.scoresInHiddenDtype ? hidden : torch::kFloat).topk(K, -1);
+        std::tie(wts, ids) = onlyAllowed(logits.to(r.scoresInHiddenDtype ? hidden : torch::kFloat)).topk(K, -1);
         wts = r.scoring == RouterRule::Scoring::Sigmoid ? wts.to(torch::kFloat).sigmoid() : wts.softmax(-1);
     } else {
         Tensor scores = routerScores(r, logits, hidden);
-        Tensor choice = selectionScores(r, scores, extra.selectionBias);
+        Tensor choice = onlyAllowed(selectionScores(r, scores, extra.selectionBias));
         if (r.groups > 1) {
             const int64_t T = choice.size(0), E = choice.size(1), G = r.groups;
             choice = choice.masked_fill(
@@ -565,10 +579,12 @@ struct Model::Impl {
     // keepChosen: the chosen experts' raw outputs (out.chosen). The block's output always comes
     // from the chosen experts evaluated on their own tokens, as HF computes it.
     // routerInput: what the router reads where it is not x (Gemma 4: the transformed residual).
+    // iv: this layer's intervention (nullptr: none).
     MoeOut moe(const LayerWeights& w, const Tensor& x, bool allExperts, bool keepChosen = false,
-               const Tensor& routerInput = {}) const {
+               const Tensor& routerInput = {}, const LayerIntervention* iv = nullptr) const {
         const RouterRule& r = spec.router;
-        const int64_t E = spec.numExperts, K = spec.topK;
+        const int64_t E = spec.numExperts, K = iv && iv->topK > 0 ? iv->topK : spec.topK;
+        auto zeroed = [&](int64_t e) { return iv && !iv->zeroed.empty() && iv->zeroed[static_cast<size_t>(e)]; };
         MoeOut out;
         if (r.scoring ==
             RouterRule::Scoring::MeanPreactivation)  // EMoE avg-k, in the compute dtype as the paper's code
@@ -578,7 +594,10 @@ struct Model::Impl {
             out.logits = torch::linear(x.to(torch::kFloat), w.router.to(torch::kFloat),
                                        w.routerBias.defined() ? w.routerBias.to(torch::kFloat) : Tensor());
         else out.logits = torch::linear(x, w.router, w.routerBias);
-        auto [wts, ids] = route(r, out.logits, K, x.scalar_type(), w.routerExtras);
+        const Tensor routed = iv && iv->logitAdd.defined()  // in the logits' dtype, as a hook on them adds it
+                                  ? out.logits + iv->logitAdd.to(out.logits.scalar_type())
+                                  : out.logits;
+        auto [wts, ids] = route(r, routed, K, x.scalar_type(), w.routerExtras, iv ? iv->allowed : Tensor());
         out.ids = ids;
         out.weights = wts;
 
@@ -605,7 +624,11 @@ struct Model::Impl {
             Tensor tok = sel.div(K, "floor");
             Tensor xe = x.index_select(0, tok), we = flatW.index_select(0, sel).unsqueeze(-1);
             Tensor yw;
-            if (r.scalesInputs) {  // Llama 4: the expert on its weighted input (in the activations' dtype), unweighted
+            if (zeroed(e)) {  // an intervention's zeroed expert: chosen and weighted, its output 0
+                yw = torch::zeros({n, x.size(1)}, x.options().dtype(wdt));
+                if (chosen.defined()) chosen.index_fill_(0, sel, 0);
+            } else if (r.scalesInputs) {  // Llama 4: the expert on its weighted input (in the activations' dtype),
+                                          // unweighted
                 yw = ffn(xe * we.to(xe.scalar_type()), w.experts[e]);
                 if (chosen.defined()) chosen.index_copy_(0, sel, ffn(xe, w.experts[e]));
             } else {
@@ -628,9 +651,13 @@ struct Model::Impl {
                 norms.push_back(o.norm(2, -1));
             }
         if (allExperts) out.norms = torch::cat(norms, 0);
+        if (allExperts && iv && iv->zeroedIds.defined()) out.norms.index_fill_(1, iv->zeroedIds, 0);
         if (keepChosen) out.chosen = chosen;
         if (w.moeOutBias.defined()) y = y + w.moeOutBias;
-        if (spec.hasSharedExpert()) {
+        if (spec.hasSharedExpert() && iv && iv->dropShared) {  // an intervention left it out
+            if (allExperts) out.sharedNorms = torch::zeros({T}, x.options().dtype(torch::kFloat));
+            if (keepChosen) out.shared = torch::zeros_like(x);
+        } else if (spec.hasSharedExpert()) {
             Tensor s = ffn(x, w.shared);
             if (allExperts) out.sharedNorms = s.to(torch::kFloat).norm(2, -1);
             if (keepChosen) out.shared = s;
@@ -668,6 +695,10 @@ struct Model::Impl {
         std::vector<std::vector<Tensor>> cosX, sinX;
     };
     State start(const std::vector<std::vector<int64_t>>& prompts) const;
+    // The intervention on layer l for prompt p (nullptr: none), while a run makes one.
+    std::function<const LayerIntervention*(int l, size_t p)> intervene;
+    // An intervention per layer, on the device (empty entries where it changes nothing).
+    std::vector<LayerIntervention> layerInterventions(const Intervention& iv) const;
     // Runs layer l (loaded) on every prompt. `tap(p, x, moe)` sees prompt p's FFN input x and, on
     // MoE layers, the block's routing and output (nullptr on dense layers).
     // `attnTap(p, x, moa)` sees a MoA layer's attention input and routing (JetMoE).

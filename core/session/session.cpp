@@ -600,6 +600,8 @@ RunInfo infoFromTrace(const std::string& name, const RunTrace& t) {
     r.hasTokenText = !t.tokenBytes.empty();
     r.hasPromptTexts = !t.promptTexts.empty();
     r.warnings = t.warnings;
+    r.interventionJson = t.interventionJson;
+    r.topK = t.layers.empty() ? 0 : t.layers.front().topK;
     return r;
 }
 
@@ -655,6 +657,20 @@ RunInfo readRunInfo(hid_t f, const std::string& name, const SessionModel& m, con
     }
     r.dtype = needString(g, "dtype", file, "/" + base);
     readAttrString(g, "created", r.created);
+    r.topK = m.topK;
+    if (H5Aexists(g, "intervention_json") > 0) {  // format 3: an intervened run
+        r.interventionJson = needString(g, "intervention_json", file, "/" + base);
+        validJson(r.interventionJson, file, "/" + base + "@intervention_json");
+        if (!nlohmann::json::parse(r.interventionJson).is_object())
+            throw Error("expected a JSON object", file, "/" + base + "@intervention_json");
+        if (H5Aexists(g, "top_k") > 0) r.topK = needInt(g, "top_k", file, "/" + base);
+        if (r.topK < 1 || r.topK > m.numExperts)
+            throw Error("top_k " + std::to_string(r.topK) + " is not between 1 and the " +
+                            std::to_string(m.numExperts) + " experts",
+                        file, "/" + base + "@top_k");
+    } else if (H5Aexists(g, "top_k") > 0) {
+        throw Error("only an intervened run (with intervention_json) has its own top_k", file, "/" + base + "@top_k");
+    }
     auto tdims = shapeOf(f, base + "/tokens", file);
     if (tdims.size() != 1) throw Error("expected a 1-d dataset, got " + dimsStr(tdims), file, "/" + base + "/tokens");
     const hsize_t T = tdims[0];
@@ -669,13 +685,15 @@ RunInfo readRunInfo(hid_t f, const std::string& name, const SessionModel& m, con
                     "/" + base + "/prompt_offsets");
     r.numTokens = static_cast<int64_t>(T);
     r.numPrompts = static_cast<int64_t>(odims[0]) - 1;
-    const hsize_t E = static_cast<hsize_t>(m.numExperts), K = static_cast<hsize_t>(m.topK);
+    const hsize_t E = static_cast<hsize_t>(m.numExperts), Kmodel = static_cast<hsize_t>(m.topK),
+                  Krun = static_cast<hsize_t>(r.topK);
     for (auto& ln : childNames(f, base + "/layers", file)) {
         const int layer = layerIndex(ln, m.numLayers);
         const std::string lp = base + "/layers/" + ln;
         if (layer < 0) throw Error("not a layer index of this model", file, "/" + lp);
         // one router's records: the FFN's in the layer group, a MoA router's in its "attention" group
-        auto router = [&](const std::string& g) {
+        // (an intervention changes the FFN routers' k only)
+        auto router = [&](const std::string& g, hsize_t K) {
             expectShape(f, g + "/router_logits", {T, E}, H5T_FLOAT, 4, file);
             expectShape(f, g + "/topk_experts", {T, K}, H5T_INTEGER, 4, file);
             expectShape(f, g + "/topk_weights", {T, K}, H5T_FLOAT, 4, file);
@@ -685,7 +703,7 @@ RunInfo readRunInfo(hid_t f, const std::string& name, const SessionModel& m, con
         };
         const bool attention = exists(f, lp + "/attention");
         if (attention) {
-            router(lp + "/attention");
+            router(lp + "/attention", Kmodel);
             r.attentionLayers.push_back(layer);
         }
         if (attention && m.modelType != "jetmoe")
@@ -697,7 +715,7 @@ RunInfo readRunInfo(hid_t f, const std::string& name, const SessionModel& m, con
                          exists(f, lp + "/topk_weights") || exists(f, lp + "/expert_output_norms");
         if (attention && !ffn) continue;  // a MoA layer with a dense FFN
         r.moeLayers.push_back(layer);
-        bool norms = router(lp);
+        bool norms = router(lp, Krun);
         bool shared = exists(f, lp + "/shared_output_norms");
         if (shared) expectShape(f, lp + "/shared_output_norms", {T}, H5T_FLOAT, 4, file);
         r.hasExpertNorms = r.hasExpertNorms || norms;
@@ -986,8 +1004,15 @@ void Session::addRun(const std::string& name, RunTrace trace) {
         throw Error("run has " + std::to_string(trace.promptTexts.size()) + " prompt texts for " +
                         std::to_string(trace.promptOffsets.size() - 1) + " prompts",
                     "", "run");
+    for (const auto& lt : trace.layers)
+        if (lt.topK != d_->model.topK && (trace.interventionJson.empty() || lt.topK != trace.layers.front().topK))
+            throw Error("layer " + std::to_string(lt.layer) + " chose " + std::to_string(lt.topK) +
+                            " experts per token; the model chooses " + std::to_string(d_->model.topK) +
+                            " (only an intervened run may choose another k, the same on every layer)",
+                        "", "run");
     StoredRun r;
     r.info = infoFromTrace(name, trace);
+    if (r.info.topK == 0) r.info.topK = d_->model.topK;
     r.mem = std::make_shared<RunTrace>(std::move(trace));
     d_->runs[name] = std::move(r);
 }
@@ -1074,8 +1099,8 @@ LayerTrace Session::runLayer(const std::string& name, int layer) const {
                     "/runs/" + name + "/layers/" + std::to_string(layer));
     std::lock_guard lk(hdf5Mutex());
     H f = openSessionFile(r.file);
-    return readRouter(f, "runs/" + name + "/layers/" + std::to_string(layer), layer, d_->model.numExperts,
-                      d_->model.topK, r.file);
+    return readRouter(f, "runs/" + name + "/layers/" + std::to_string(layer), layer, d_->model.numExperts, r.info.topK,
+                      r.file);
 }
 
 LayerTrace Session::runAttentionLayer(const std::string& name, int layer) const {
@@ -1167,6 +1192,10 @@ void writeRunData(hid_t f, const std::string& name, const RunTrace& t, const Run
     attrString(run, "dtype", t.dtype, file, "/" + base);
     attrString(run, "created", info.created, file, "/" + base);
     if (!t.warnings.empty()) attrValue(run, "warnings", AttrValue::text(t.warnings), file, "/" + base);
+    if (!t.interventionJson.empty()) {
+        attrString(run, "intervention_json", t.interventionJson, file, "/" + base);
+        attrInt(run, "top_k", info.topK, file, "/" + base);
+    }
     const hsize_t T = static_cast<hsize_t>(t.tokens.size());
     dataset(run, "tokens", H5T_STD_I64LE, H5T_NATIVE_INT64, {T}, t.tokens.data(), file, "/" + base + "/tokens");
     dataset(run, "prompt_offsets", H5T_STD_I64LE, H5T_NATIVE_INT64, {static_cast<hsize_t>(t.promptOffsets.size())},

@@ -18,7 +18,7 @@
 
 namespace es {
 
-constexpr int kSessionFormatVersion = 2;
+constexpr int kSessionFormatVersion = 3;
 
 struct SessionModel {
     std::string modelType;
@@ -49,6 +49,10 @@ struct RunInfo {
     bool hasExpertNorms = false, hasSharedNorms = false, hasLogits = false, hasHidden = false, hasTokenText = false,
          hasPromptTexts = false;
     std::vector<std::string> warnings;  // the run's warnings (non-finite weights or router logits)
+    // An intervened run (model/intervention.h): what it changed and its baseline's name (a JSON
+    // object), and the k its MoE layers chose (the model's top_k unless the intervention changed it).
+    std::string interventionJson;
+    int64_t topK = 0;
 };
 
 class Session {

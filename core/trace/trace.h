@@ -32,6 +32,9 @@ struct RunTrace {
     // What the user must know about the numbers: weights holding NaN or Inf, router logits that
     // are not finite (their routing is undefined). Shown by the CLI and the app, stored with the run.
     std::vector<std::string> warnings;
+    // A run that changed the MoE blocks on purpose (model/intervention.h): the intervention's JSON
+    // object with the name of its unmodified baseline run ("baseline"); empty for an ordinary run.
+    std::string interventionJson;
     int64_t numTokens() const { return static_cast<int64_t>(tokens.size()); }
 };
 

@@ -942,6 +942,105 @@ Panel layerHeatmap(const Data& d, const std::vector<int>& layers, const std::str
     return p;
 }
 
+Figure expertImportance(const Session& s, const ViewRequest& req) {
+    const auto [run, id] = chooseRunResult(s, req, "expert_importance");
+    const std::string measure = chooseOf(req, "measure", req.measure, {"loss", "kl", "top1"});
+    Data loss = needArray(s, id, "loss_increase", req.view), kl = needArray(s, id, "kl", req.view),
+         top1 = needArray(s, id, "top1_changed", req.view);
+    const Data& d = measure == "loss" ? loss : measure == "kl" ? kl : top1;
+    const std::string what = measure == "loss" ? "loss increase (nats)"
+                             : measure == "kl" ? "KL of the next-token distribution (nats)"
+                                               : "share of top-1 changes";
+    const auto layers = d.layers();
+    const int L = chooseLayer(s, req, layers, id);
+    const size_t li = rowOf(layers, L);
+    const int64_t E = d.dim(1);
+    const bool zero = paramText(s, id, "mode") == "zero";
+    Figure f;
+    f.view = req.view;
+    f.title = std::string("Expert importance: each expert ") + (zero ? "zeroed" : "disabled") + " alone, run " + run;
+    Panel bars;
+    bars.title = layerName(s, L);
+    bars.xLabel = "expert";
+    bars.xExperts = true;
+    bars.yLabel = what;
+    Series b = expertBars(measure, d, li, E);
+    b.groups = static_cast<int>(E);
+    const auto labels = d.labels();
+    for (int64_t e = 0; e < E; ++e) {
+        b.group.push_back(static_cast<int>(e));
+        bars.xTicks.push_back(e < static_cast<int64_t>(labels.size()) ? labels[e] : std::to_string(e));
+    }
+    bars.series.push_back(std::move(b));
+    bars.levels.push_back({"no change", 0.0});
+    Panel all = layerHeatmap(d, layers, "expert", what);
+    all.title = "all layers";
+    all.heatmap.colExpert = iota(E);
+    f.csvHeader = {"layer", "expert", "loss_increase", "kl", "top1_changed"};
+    for (size_t i = 0; i < layers.size(); ++i)
+        for (int64_t e = 0; e < E; ++e) {
+            const size_t at = i * static_cast<size_t>(E) + static_cast<size_t>(e);
+            f.csvRows.push_back(
+                {std::to_string(layers[i]), std::to_string(e), loss.text(at), kl.text(at), top1.text(at)});
+        }
+    f.panels = {bars, all};
+    return f;
+}
+
+Figure interventionEffect(const Session& s, const ViewRequest& req) {
+    const auto [run, id] = chooseRunResult(s, req, "intervention_effect");
+    Data change = needArray(s, id, "loss_change", req.view), kl = needArray(s, id, "kl", req.view),
+         top1 = needArray(s, id, "top1_changed", req.view), sum = needArray(s, id, "summary", req.view),
+         before = needArray(s, id, "loss_baseline", req.view), after = needArray(s, id, "loss", req.view);
+    auto [b, e] = promptRange(s, req, run);
+    const auto labels = tokenLabels(s, run);
+    const std::string change_ = paramText(s, id, "description");  // what the run changed, in words
+    Figure f;
+    f.view = req.view;
+    f.title = "Intervention " + run + (change_.empty() ? "" : " (" + change_ + ")") + ": perplexity " +
+              shortNum(sum.v[0]) + " -> " + shortNum(sum.v[1]) + ", mean KL " + shortNum(sum.v[3]) +
+              ", top-1 changed at " + shortNum(100 * sum.v[4]) + "% of tokens";
+    Panel lossPanel, klPanel;
+    lossPanel.title = "prompt " + std::to_string(req.prompt) + ": loss change of the next token";
+    lossPanel.yLabel = "loss change (nats)";
+    lossPanel.xLabel = "token (predicting the next one)";
+    klPanel.title = "KL of the next-token distribution (dots: the most likely next token changed)";
+    klPanel.yLabel = "KL (nats)";
+    klPanel.xLabel = "token (predicting the next one)";
+    Series up{"loss change", Series::Style::Bars}, kls{"KL", Series::Style::Bars},
+        flips{"top-1 changed", Series::Style::Scatter};
+    up.color = 3;
+    kls.color = 0;
+    flips.color = 3;
+    f.csvHeader = {"token", "piece", "loss_baseline", "loss", "loss_change", "kl", "top1_changed"};
+    for (int64_t t = b; t < e; ++t) {
+        const double x = static_cast<double>(t - b);
+        const std::string piece = t < static_cast<int64_t>(labels.size()) ? labels[t] : "?";
+        lossPanel.xTicks.push_back(piece);
+        klPanel.xTicks.push_back(piece);
+        up.x.push_back(x);
+        up.y.push_back(change.v[t]);
+        up.token.push_back(t);
+        kls.x.push_back(x);
+        kls.y.push_back(kl.v[t]);
+        kls.token.push_back(t);
+        if (top1.v[t] != 0) {
+            flips.x.push_back(x);
+            flips.y.push_back(kl.v[t]);
+            flips.token.push_back(t);
+        }
+        f.csvRows.push_back(
+            {std::to_string(t), piece, before.text(t), after.text(t), change.text(t), kl.text(t), top1.text(t)});
+    }
+    lossPanel.series.push_back(std::move(up));
+    lossPanel.levels.push_back({"no change", 0.0});
+    klPanel.series.push_back(std::move(kls));
+    klPanel.series.push_back(std::move(flips));
+    if (s.hasRun(run)) f.tokenPieces = s.runTokenPieces(run);
+    f.panels = {lossPanel, klPanel};
+    return f;
+}
+
 Figure selectionBias(const Session& s, const ViewRequest& req) {
     const auto [run, id] = chooseRunResult(s, req, "selection_bias");
     const Result& r = s.result(id);
@@ -1266,6 +1365,10 @@ const char* const kHintSlowStatic =
     "They appear here when the analyses have run. For experts wider than 2048 neurons this analysis is not run "
     "automatically (it is slow): expertscope-cli analyze CHECKPOINT --static S3,S7 --out SESSION.h5 adds it.";
 const char* const kHintPrompts = "Run prompts from the Prompts panel to fill it.";
+const char* const kHintImportance =
+    "Measure expert importance on a run: expertscope-cli analyze CHECKPOINT --run NAME --dynamic importance.";
+const char* const kHintIntervention =
+    "Intervene on the MoE blocks: expertscope-cli intervene CHECKPOINT --prompt TEXT --disable LAYER:EXPERT.";
 const char* const kHintBias =
     "For routers with a correction bias or expert groups (DeepSeek-V2/V3, Kimi K2, GLM-4.5, MiniMax-M2, Mistral 4): "
     "run prompts from the Prompts panel to fill it.";
@@ -1433,6 +1536,22 @@ const std::vector<ViewDef>& registry() {
                          return !v.layers.empty();
                      },
                      false, "", kHintPrompts});
+        d.push_back({"expert-importance", "Expert importance", "importance",
+                     "layers x experts: what disabling one expert on one layer does to the next-token loss",
+                     expertImportance,
+                     [](const Session& s, ViewInfo& v) {
+                         v.measures = {"loss", "kl", "top1"};
+                         return fillLayerRows(s, v, "expert_importance", "kl");
+                     },
+                     false, "", kHintImportance});
+        d.push_back({"intervention-effect", "Intervention effect", "intervention_effect",
+                     "an intervened run against its unmodified run: the loss change and KL of every token",
+                     interventionEffect,
+                     [](const Session& s, ViewInfo& v) {
+                         v.perPrompt = true;
+                         return fillRuns(s, v, "intervention_effect", "");
+                     },
+                     false, "", kHintIntervention});
         d.push_back({"expert-load", "Expert load", "load", "share of routed tokens per expert, per layer", expertLoad,
                      [](const Session& s, ViewInfo& v) { return fillLayerRows(s, v, "expert_load", "fractions"); },
                      false, "", kHintPrompts});
@@ -1498,6 +1617,8 @@ const std::map<std::string, std::string>& attentionViews() {
                                                          {"top1-max-norm", "norm_score_ranks/"},
                                                          {"routing-map", "routing_map/"},
                                                          {"expert-load", "expert_load/"},
+                                                         {"expert-importance", "expert_importance/"},
+                                                         {"intervention-effect", "intervention_effect/"},
                                                          {"routing-text", ""}};  // "": from the runs' traces
     return m;
 }

@@ -292,3 +292,50 @@ def test_bad_requests_name_what_is_missing(cli, session, tmp_path):
     run_cli(cli, "analyze", os.path.join(DEMO, "moe"), "--static", "S1", "--dynamic", "none", "--out", static)
     r = run_cli(cli, "export", static, "--view", "routing-map", "--out", out, check=False)
     assert r.returncode == 1 and "analyze --dynamic" in r.stderr
+
+
+def test_intervention_views(cli, tmp_path):
+    """The interventions' views (an intervention on the demo MoE, and expert importance on its
+    unmodified run) in every format; each CSV equals the session's arrays."""
+    h5py = require("h5py")
+    PIL = require("PIL.Image")
+    s = str(tmp_path / "iv.h5")
+    moe = os.path.join(DEMO, "moe")
+    run_cli(cli, "intervene", moe, "--prompts", os.path.join(DEMO, "prompts.jsonl"), "--disable", "*:3",
+            "--run", "no-e3", "--out", s)
+    run_cli(cli, "analyze", moe, "--run", "no-e3-baseline", "--static", "none", "--dynamic", "importance",
+            "--layers", "1,4", "--out", s)
+    views = {v["name"]: v for v in json.loads(run_cli(cli, "export", s, "--list", "--json").stdout)}
+    assert views["expert-importance"]["layers"] == [1, 4] and views["expert-importance"]["runs"] == ["no-e3-baseline"]
+    assert views["intervention-effect"]["runs"] == ["no-e3"] and views["intervention-effect"]["per_prompt"]
+    for view, opts in (("expert-importance", ["--layer", "4"]), ("intervention-effect", ["--prompt", "1"])):
+        for fmt in FORMATS:
+            out = str(tmp_path / f"{view}.{fmt}")
+            export(cli, s, out, view, *opts)
+            assert os.path.getsize(out) > 0
+            if fmt == "png":
+                with PIL.open(out) as im:
+                    assert len(np.unique(np.asarray(im.convert("RGB")).reshape(-1, 3), axis=0)) > 8, view
+    out = str(tmp_path / "v.csv")
+    with h5py.File(s, "r") as f:
+        imp = f["analyses/expert_importance/no-e3-baseline"]
+        for measure in ("loss", "kl", "top1"):
+            export(cli, s, out, "expert-importance", "--measure", measure)
+            header, rows = read_csv(out)
+            assert header == ["layer", "expert", "loss_increase", "kl", "top1_changed"]
+            assert [(int(r[0]), int(r[1])) for r in rows] == [(l, e) for l in (1, 4) for e in range(8)]
+            for i, name in enumerate(("loss_increase", "kl", "top1_changed"), start=2):
+                assert np.array_equal(np.array([float(r[i]) for r in rows]), imp[name][()].reshape(-1)), name
+        eff = f["analyses/intervention_effect/no-e3"]
+        offsets = f["runs/no-e3/prompt_offsets"][()]
+        b, e = offsets[1], offsets[2]
+        export(cli, s, out, "intervention-effect", "--prompt", "1")
+        header, rows = read_csv(out)
+        assert header == ["token", "piece", "loss_baseline", "loss", "loss_change", "kl", "top1_changed"]
+        assert [int(r[0]) for r in rows] == list(range(b, e))
+        for i, name in enumerate(("loss_baseline", "loss", "loss_change", "kl"), start=2):
+            got = np.array([float(r[i]) for r in rows])
+            assert np.array_equal(got, eff[name][b:e], equal_nan=True), name
+        assert [int(r[6]) for r in rows] == list(eff["top1_changed"][b:e])
+    r = run_cli(cli, "export", s, "--view", "intervention-effect", "--prompt", "99", "--out", out, check=False)
+    assert r.returncode == 1 and "prompt 99 does not exist" in r.stderr

@@ -44,6 +44,7 @@
 #include "figureview.h"
 #include "jobs.h"
 #include "mainwindow.h"
+#include "model/intervention.h"
 #include "model/spec.h"
 #include "promptspanel.h"
 #include "session/session.h"
@@ -184,12 +185,14 @@ private Q_SLOTS:
         QVERIFY(w.jobs()->waitForIdle(kJobTimeoutMs));
         QVERIFY2(w.lastError().isEmpty(), qPrintable(w.lastError()));
         // every view the session's results allow has its figure once the jobs are done (all but
-        // the EMoE views, which need an EMoE model, and the bias views, which need a router with a
-        // correction bias or expert groups)
+        // the EMoE views, which need an EMoE model, the bias views, which need a router with a
+        // correction bias or expert groups, and the interventions' views, which need an
+        // intervention or an importance measurement)
         std::set<std::string> available;
         for (auto& v : availableViews(*w.session())) available.insert(v.name);
-        QCOMPARE(available.size(), allViewNames().size() - 5);
-        for (const char* v : {"modularity", "activation-blocks", "selection-bias", "bias-override", "group-load"})
+        QCOMPARE(available.size(), allViewNames().size() - 7);
+        for (const char* v : {"modularity", "activation-blocks", "selection-bias", "bias-override", "group-load",
+                              "expert-importance", "intervention-effect"})
             QVERIFY2(!available.count(v), v);
         for (ViewPane* p : w.panes())
             for (auto& v : p->modeViews()) {
@@ -431,7 +434,8 @@ private Q_SLOTS:
         QVERIFY2(w2.openSession(path), qPrintable(w2.lastError()));
         for (ViewPane* p : w2.panes()) {
             QCOMPARE(p->stateJson(), states[p->id()]);
-            QCOMPARE(p->hasFigure(), p->id() != "modularity" && p->id() != "bias");  // EMoE; bias or groups
+            // EMoE; bias or groups; an intervention or importance
+            QCOMPARE(p->hasFigure(), p->id() != "modularity" && p->id() != "bias" && p->id() != "interventions");
         }
         QCOMPARE(static_cast<ViewPane*>(w2.tabs()->widget(0))->id(), QString("routing"));
         QCOMPARE(static_cast<ViewPane*>(w2.tabs()->currentWidget())->id(), QString("pca"));
@@ -523,6 +527,62 @@ private Q_SLOTS:
         QVERIFY(w.jobs()->waitForIdle(kJobTimeoutMs));
         QVERIFY(s->hasRun("typed-text-wins-over-2"));
         QVERIFY(s->hasRun("typed-text-wins-over+1"));
+    }
+
+    // Analysis -> Intervene and Expert importance: both runs and the effect land in the session
+    // (a job), the Interventions tab shows them, and a save keeps the change with the run
+    void intervenesAndMeasuresImportance() {
+        const QString demo = QString::fromStdString(demoDirectory());
+        MainWindow w;
+        QVERIFY(showWindow(w));
+        QVERIFY(w.openCheckpoint(demo + "/moe"));
+        QVERIFY(w.jobs()->waitForIdle(kJobTimeoutMs));
+        const QStringList prompts{"The quick brown fox jumps over the lazy dog.",
+                                  "Standard based tools are in very good shape."};
+        Intervention bad;
+        bad.disabled.push_back({0, 8});
+        QVERIFY(!w.intervene(prompts, bad));  // refused before any job, naming what is wrong
+        QVERIFY2(w.lastError().contains("expert 8 does not exist"), qPrintable(w.lastError()));
+        QVERIFY(!w.intervene(prompts, Intervention{}));
+        QVERIFY2(w.lastError().contains("changes nothing"), qPrintable(w.lastError()));
+        Intervention iv;
+        iv.disabled.push_back({Intervention::kAllLayers, 3});
+        QVERIFY(w.intervene(prompts, iv));
+        QVERIFY(w.jobs()->waitForIdle(kJobTimeoutMs));
+        const Session* s = w.session();
+        QVERIFY(s->hasRun("intervention1") && s->hasRun("intervention1-baseline"));
+        QVERIFY(s->runInfo("intervention1-baseline").interventionJson.empty());
+        QCOMPARE(Intervention::fromJson(s->runInfo("intervention1").interventionJson, "run"), iv);
+        QCOMPARE(s->runPromptTexts("intervention1").size(), size_t(2));
+        QVERIFY(s->hasResult("intervention_effect/intervention1"));
+        ViewPane* p = w.pane("interventions");
+        QCOMPARE(w.tabs()->currentWidget(), static_cast<QWidget*>(p));
+        QCOMPARE(p->request().view, std::string("intervention-effect"));
+        QVERIFY(p->hasFigure());
+        QVERIFY(w.grab().save(outDir() + "/window-intervention-effect.png"));
+        QVERIFY(w.measureImportance("intervention1-baseline"));
+        QVERIFY(w.jobs()->waitForIdle(kJobTimeoutMs));
+        QVERIFY(s->hasResult("expert_importance/intervention1-baseline"));
+        QCOMPARE(p->request().view, std::string("expert-importance"));
+        QVERIFY(p->hasFigure());
+        QVERIFY(w.grab().save(outDir() + "/window-expert-importance.png"));
+        QVERIFY(!w.measureImportance("no-such-run"));
+        QVERIFY(w.lastError().contains("no-such-run"));
+        // a second intervention takes the next name
+        Intervention topk;
+        topk.topK = 1;
+        QVERIFY(w.intervene({prompts.front()}, topk));
+        QVERIFY(w.jobs()->waitForIdle(kJobTimeoutMs));
+        QCOMPARE(s->runInfo("intervention2").topK, int64_t(1));
+        QTemporaryDir dir;
+        const QString path = dir.path() + "/iv.h5";
+        QVERIFY(w.saveSession(path));
+        Session back = Session::open(path.toStdString());
+        QCOMPARE(back.runInfo("intervention1").interventionJson, s->runInfo("intervention1").interventionJson);
+        QCOMPARE(back.runInfo("intervention2").topK, int64_t(1));
+        QCOMPARE(back.runLayer("intervention2", 0).topK, int64_t(1));
+        QCOMPARE(back.result("expert_importance/intervention1-baseline"),
+                 s->result("expert_importance/intervention1-baseline"));
     }
 
     // Opening another model, session or demo over unsaved work asks first; Cancel keeps it all

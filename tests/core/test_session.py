@@ -58,6 +58,23 @@ def test_documented_layout_real_trace(cli, build_fixture, tmp_path):
     walk_against_doc(out)
 
 
+def test_documented_layout_intervened_runs(cli, build_fixture, tmp_path):
+    """An intervention's two runs (the intervened one with its own top_k) and its effect are
+    documented rows, and the session reopens and verifies."""
+    per = build_fixture("qwen2_moe_shared")[0]
+    out = tmp_path / "s.h5"
+    run_cli(cli, "intervene", per, "--token-ids", "1,2,3,4", "--token-ids", "4,5", "--top-k", "3", "--drop-shared",
+            "all", "--all-experts", "--save-logits", "--run", "iv", "--out", out)
+    objs = walk_against_doc(out)
+    assert objs["/runs/iv/layers/0/topk_experts"].shape == (6, 3)
+    assert objs["/runs/iv-baseline/layers/0/topk_experts"].shape == (6, 2)
+    assert "/analyses/intervention_effect/iv/kl" in objs
+    j = json.loads(run_cli(cli, "session", out, "--json", "--verify").stdout)
+    iv = next(r for r in j["runs"] if r["name"] == "iv")
+    assert iv["top_k"] == 3 and iv["intervention"] == {"baseline": "iv-baseline", "drop_shared": ["all"], "top_k": 3}
+    assert "intervened (shared expert dropped on *; top-k 3)" in run_cli(cli, "session", out).stdout
+
+
 def test_documented_layout_grouped_router(cli, build_fixture, tmp_path):
     """A group-limited router with a correction bias (DeepSeek-V3): the model's group attributes
     and the bias analysis' arrays are documented rows."""
@@ -105,7 +122,7 @@ def test_round_trip_is_identical(base, tmp_path):
 
 def test_session_command(cli, base):
     j = json.loads(run_cli(cli, "session", base, "--json", "--verify").stdout)
-    assert j["verified"] and j["format_version"] == 2
+    assert j["verified"] and j["format_version"] == 3
     assert [r["name"] for r in j["runs"]] == ["r0", "second"]
     r0 = j["runs"][0]
     assert r0["tokens"] == 64 and r0["prompts"] == 3 and r0["moe_layers"] == [0, 1, 2, 3]
@@ -245,6 +262,21 @@ def test_invalid_sessions(cli, base, tmp_path):
         f["analyses/weight_similarity/layers/0/gate"].attrs["labels"] = np.zeros((2, 2))
     expect_session_error(cli, edited(base, tmp_path, bad_label), "/analyses/weight_similarity/layers/0/gate@labels")
 
+    def run_top_k(f):  # an ordinary run has the model's k
+        f["runs/r0"].attrs["top_k"] = np.int64(3)
+    expect_session_error(cli, edited(base, tmp_path, run_top_k), "/runs/r0@top_k", "only an intervened run")
+
+    def intervened(k, text='{"top_k": 3, "baseline": "second"}'):
+        def fn(f):
+            f["runs/r0"].attrs["intervention_json"] = text
+            f["runs/r0"].attrs["top_k"] = np.int64(k)
+        return fn
+    # the run's datasets are [T, 2]: its top_k says 3
+    expect_session_error(cli, edited(base, tmp_path, intervened(3)), "/runs/r0/layers/", "topk_experts", "[64, 3]")
+    expect_session_error(cli, edited(base, tmp_path, intervened(0)), "/runs/r0@top_k", "not between 1 and")
+    expect_session_error(cli, edited(base, tmp_path, intervened(2, "[1]")), "/runs/r0@intervention_json", "object")
+    expect_session_error(cli, edited(base, tmp_path, intervened(2, "{x")), "/runs/r0@intervention_json")
+
     def no_model_attr(f):
         del f["model"].attrs["top_k"]
     expect_session_error(cli, edited(base, tmp_path, no_model_attr), "/model@top_k")
@@ -318,6 +350,39 @@ def test_fuzzed_files_never_crash_and_damage_is_not_read_as_data(cli, base, tmp_
     assert outcomes[1] >= 10
 
 
+def test_version2_file_opens_and_saves_as_version3(cli, tmp_path):
+    """tests/data/session-v2.h5 was written by the format-2 code (make_session, before runs could
+    be intervened ones): it opens and verifies, and its next save is a valid format-3 file holding
+    the same objects with the same values."""
+    h5py = require("h5py")
+    v2 = os.path.join(ROOT, "tests", "data", "session-v2.h5")
+    before = sha(v2)
+    with h5py.File(v2, "r") as a:
+        assert int(a.attrs["format_version"]) == 2
+    j = json.loads(run_cli(cli, "session", v2, "--json", "--verify").stdout)
+    assert [r["name"] for r in j["runs"]] == ["r0"] and "intervention" not in j["runs"][0]
+    out = tmp_path / "v3.h5"
+    make_session("--copy", v2, out)
+    assert sha(v2) == before  # opening never writes
+    walk_against_doc(out, analysis_arrays=False)
+    with h5py.File(v2, "r") as a, h5py.File(out, "r") as b:
+        assert int(b.attrs["format_version"]) == 3
+        names = []
+        a.visit(names.append)
+        other = []
+        b.visit(other.append)
+        assert sorted(names) == sorted(other)
+        for n in names:
+            if isinstance(a[n], h5py.Dataset):
+                x, y = a[n][()], b[n][()]
+                assert a[n].dtype == b[n].dtype, n
+                if x.dtype == object:  # strings, and token_bytes' uint8 arrays
+                    assert len(x) == len(y) and all(np.array_equal(u, v) for u, v in zip(x, y)), n
+                else:
+                    assert np.array_equal(x, y, equal_nan=x.dtype.kind == "f"), n
+            assert dict(a[n].attrs).keys() == dict(b[n].attrs).keys(), n
+
+
 def test_version1_file_migrates(cli, tmp_path):
     """tests/data/session-v1.h5 was written by the format-1 code (results in /results): it opens,
     and its next save is a valid format-2 file with the same results under /analyses."""
@@ -332,7 +397,7 @@ def test_version1_file_migrates(cli, tmp_path):
     objs = walk_against_doc(out)
     assert "/results" not in objs and "/analyses/S1.layer0.gate/similarity" in objs
     with h5py.File(v1, "r") as a, h5py.File(out, "r") as b:
-        assert int(b.attrs["format_version"]) == 2
+        assert int(b.attrs["format_version"]) == 3
         for name in ("similarity", "values64", "counts", "ids"):
             x, y = a[f"results/S1.layer0.gate/{name}"], b[f"analyses/S1.layer0.gate/{name}"]
             assert x.dtype == y.dtype and np.array_equal(x[()], y[()])

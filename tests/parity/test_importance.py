@@ -1,0 +1,96 @@
+"""Expert importance (analyze --dynamic importance) against transformers: for every MoE layer l and
+expert e, HF's model with expert e alone disabled on layer l (the router patched as in
+test_interventions.py) or zeroed (its down_proj slice set to 0) runs every prompt from the start;
+the loss increase, KL and top-1 flips are recomputed with scipy from HF's logits."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import require, run_cli
+import fixtures
+from sessiondoc import walk_against_doc
+from test_interventions import changed_model, effect_reference
+from test_parity import trace
+
+
+@torch.no_grad()
+def hf_logits(model, prompts):
+    return np.concatenate([model(input_ids=torch.tensor([p]), use_cache=False).logits[0].float().numpy()
+                           for p in prompts])
+
+
+# a short prompt leaves experts unchosen (skipped where exact); the fixtures' prompts choose every one
+SHORT = [[5, 9, 33]]
+CASES = [("mixtral_gqa", "disable", fixtures.PROMPTS), ("qwen2_moe_shared", "disable", fixtures.PROMPTS),
+         ("olmoe_clip", "zero", fixtures.PROMPTS), ("olmoe_clip", "disable", SHORT), ("olmoe_clip", "zero", SHORT),
+         ("qwen3_moe_headdim", "disable", SHORT)]
+
+
+@pytest.mark.parametrize("name,mode,prompts", CASES, ids=[f"{n}-{m}-{len(p)}" for n, m, p in CASES])
+def test_expert_importance_matches_hf(cli, build_fixture, tmp_path, name, mode, prompts):
+    h5py = require("h5py")
+    per, packed, _ = build_fixture(name)
+    ref = fixtures.reference(fixtures.build_model(name), prompts)
+    out = str(tmp_path / "s.h5")
+    args = ["trace", per, "--out", out, "--run", "r"]
+    for p in prompts:
+        args += ["--token-ids", ",".join(map(str, p))]
+    run_cli(cli, *args)
+    run_cli(cli, "analyze", per, "--out", out, "--run", "r", "--static", "none", "--dynamic", "importance",
+            "--importance-mode", mode)
+    layers = list(ref["moe_layers"])
+    with h5py.File(out, "r") as f:
+        g = f["analyses/expert_importance/r"]
+        assert g.attrs["kind"] == "importance"
+        assert json.loads(g.attrs["params_json"])["mode"] == mode
+        prov = json.loads(g.attrs["provenance_json"])
+        got = {k: g[k][:] for k in ("loss_increase", "kl", "top1_changed")}
+        assert list(g["loss_increase"].attrs["layers"]) == layers
+        E = got["kl"].shape[1]
+        assert list(g["kl"].attrs["labels"]) == [str(e) for e in range(E)]
+        base = effect_reference(ref["logits"], ref["logits"], ref["tokens"], ref["prompt_offsets"])
+        np.testing.assert_allclose(g["baseline_loss"][0], np.nanmean(base["loss_baseline"]), rtol=1e-5)
+    walk_against_doc(out)
+    unchosen = 0
+    for i, l in enumerate(layers):
+        chosen = set(np.unique(ref[f"L{l}_topk_experts"]))
+        for e in range(E):
+            unchosen += e not in chosen
+            change = {"kind": "disable", "at": [(l, e)]} if mode == "disable" else \
+                {"kind": "zero", "layer": l, "expert": e}
+            want = effect_reference(ref["logits"], hf_logits(changed_model(name, change), prompts), ref["tokens"],
+                                    ref["prompt_offsets"])
+            at = f"layer {l} expert {e}"
+            np.testing.assert_allclose(got["loss_increase"][i, e], np.nanmean(want["loss_change"]), atol=2e-5,
+                                       err_msg=at)
+            np.testing.assert_allclose(got["kl"][i, e], want["kl"].mean(), rtol=1e-3, atol=1e-6, err_msg=at)
+            np.testing.assert_allclose(got["top1_changed"][i, e], want["top1_changed"].mean(), atol=1e-12,
+                                       err_msg=at)
+    # an expert no token chose is skipped where that is exact: a zeroed one always; a disabled one
+    # under renormalised weights (Mixtral, Qwen3-MoE with norm_topk_prob), never under a softmax that is
+    # not renormalised (its share leaves the others' weights)
+    exact = mode == "zero" or name in ("mixtral_gqa", "qwen3_moe_headdim")
+    assert prov["skipped_unchosen"] == (unchosen if exact else 0)
+    assert unchosen > 0 or prompts is fixtures.PROMPTS
+    assert (got["loss_increase"] != 0).any()
+
+
+def test_importance_of_some_layers_and_not_in_all(cli, build_fixture, tmp_path):
+    """--layers restricts it; --dynamic all does not include it (it costs a forward per expert)."""
+    h5py = require("h5py")
+    per, packed, ref = build_fixture("qwen2_moe_shared")
+    out = str(tmp_path / "s.h5")
+    trace(cli, per, out, "--run", "r")
+    run_cli(cli, "analyze", per, "--out", out, "--run", "r", "--static", "none", "--dynamic", "all")
+    with h5py.File(out, "r") as f:
+        assert "expert_importance" not in f["analyses"]
+    run_cli(cli, "analyze", per, "--out", out, "--run", "r", "--static", "none", "--dynamic", "importance",
+            "--layers", "3")
+    with h5py.File(out, "r") as f:
+        assert list(f["analyses/expert_importance/r/kl"].attrs["layers"]) == [3]
+        assert f["analyses/expert_importance/r/kl"].shape == (1, 6)
+    r = run_cli(cli, "analyze", per, "--out", out, "--run", "r", "--static", "none", "--dynamic", "importance",
+                "--importance-mode", "half", check=False)
+    assert r.returncode == 2 and "--importance-mode takes disable or zero" in r.stderr
