@@ -81,7 +81,8 @@ export: docs/views.md describes every view and its options; --list names those t
 intervene: runs the prompts unmodified (run BASELINE, default NAME-baseline) and with the change
 (run NAME), and stores what it did to the next-token predictions in /analyses/intervention_effect/NAME
 (docs/interventions.md). L is a layer index or * for every MoE layer. --disable: the expert as if
-pruned (never chosen, no share of the router's softmax); --zero: still chosen, its output 0;
+never chosen (its selection score -inf; the others weighted from the unchanged scores);
+--zero: still chosen, its output 0;
 --drop-shared: the shared expert left out; --top-k: every MoE layer chooses K; --force: every token of
 layer L routed to exactly these experts (as many as the layer chooses); --router-bias: V added to
 expert E's router logit.

@@ -788,7 +788,7 @@ void MainWindow::interveneDialog() {
     d.setWindowTitle("Intervene");
     auto* form = new QFormLayout(&d);
     auto* kind = new QComboBox;
-    kind->addItem("Disable experts (as if pruned)", "disable");
+    kind->addItem("Disable experts (never chosen)", "disable");
     kind->addItem("Zero experts' outputs", "zero");
     if (spec_->hasSharedExpert()) kind->addItem("Drop the shared expert", "drop-shared");
     kind->addItem("Change top-k", "top-k");
@@ -870,7 +870,7 @@ void MainWindow::importanceDialog() {
     for (const auto& r : session_->runNames())
         if (session_->runInfo(r).interventionJson.empty()) run->addItem(q(r));
     auto* mode = new QComboBox;
-    mode->addItem("each expert disabled (as if pruned)", false);
+    mode->addItem("each expert disabled (never chosen)", false);
     mode->addItem("each expert's output zeroed", true);
     form->addRow("Run", run);
     form->addRow("Mode", mode);

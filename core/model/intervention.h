@@ -4,9 +4,10 @@
 //
 // What each change means, on the FFN routers of the layers it names (never the attention routers
 // of a mixture-of-attention-heads model):
-//  - disabled expert: as if pruned from the checkpoint (its router row and its weights gone): its
-//    logit is -inf before the router's scoring, so it takes no share of a softmax, and it is never
-//    chosen; the others are chosen and weighted by the family's rule as usual.
+//  - disabled expert (analyses-spec 7.4): never chosen: its selection score is -inf before the
+//    top-k (and the group ranking); the chosen experts are weighted by the family's rule from the
+//    router's unchanged scores, renormalised only where the family renormalises (without
+//    renormalisation the disabled expert's share of a softmax is lost, not handed on).
 //  - zeroed expert: the router is untouched (it is chosen and weighted as before), its output is 0.
 //  - shared expert dropped: the shared expert's (gated) output is left out of the block.
 //  - top-k: every MoE layer chooses k experts instead of the model's top_k.

@@ -314,7 +314,6 @@ void Model::Impl::loadLayer(int l) {
 std::vector<LayerIntervention> Model::Impl::layerInterventions(const Intervention& iv) const {
     const int64_t E = spec.numExperts;
     std::vector<LayerIntervention> out(static_cast<size_t>(spec.numLayers));
-    const double inf = std::numeric_limits<double>::infinity();
     for (int l : spec.moeLayers()) {
         LayerIntervention& li = out[static_cast<size_t>(l)];
         std::vector<float> add(static_cast<size_t>(E), 0.0f);
@@ -326,10 +325,9 @@ std::vector<LayerIntervention> Model::Impl::layerInterventions(const Interventio
                 anyAdd = true;
             }
         for (const auto& x : iv.disabled)
-            if (Intervention::names(x.layer, l)) {
-                add[static_cast<size_t>(x.expert)] = -static_cast<float>(inf);
+            if (Intervention::names(x.layer, l)) {  // out of the selection; the scores stay as they are
                 allowed[static_cast<size_t>(x.expert)] = 0;
-                anyAdd = anyMask = true;
+                anyMask = true;
             }
         for (const auto& f : iv.forced)
             if (Intervention::names(f.layer, l)) {
@@ -729,13 +727,11 @@ namespace es {
 namespace {
 
 // Whether disabling an expert that no token chose leaves every token's experts and weights as they
-// are: not under group-limited selection (the group scores change), nor where a softmax share of
-// it enters weights that are not renormalised over the chosen (or clamped sums, or sparsemixer's
-// reach); per-expert scores (sigmoid, EMoE's means), top-k on logits and unit weights never see it.
+// are: a disabled expert only leaves the selection (the scores, and so the weights, stay), so it
+// does, except under group-limited selection (the group ranking reads the masked scores) and
+// sparsemixer (its weights are a softmax over the experts within reach, masked ones left out).
 bool unchosenRemovalIsExact(const RouterRule& r) {
-    if (r.groups > 1 || r.renormMin > 0 || r.scoring == RouterRule::Scoring::SparseMixer) return false;
-    if (r.topkOnLogits || r.unitWeights || r.scoring != RouterRule::Scoring::Softmax) return true;
-    return r.renormalize;
+    return r.groups <= 1 && r.scoring != RouterRule::Scoring::SparseMixer;
 }
 
 }  // namespace

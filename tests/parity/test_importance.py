@@ -21,7 +21,8 @@ def hf_logits(model, prompts):
                            for p in prompts])
 
 
-# a short prompt leaves experts unchosen (skipped where exact); the fixtures' prompts choose every one
+# a short prompt leaves experts unchosen (skipped: their importance is exactly 0); the fixtures' prompts
+# choose every one
 SHORT = [[5, 9, 33]]
 CASES = [("mixtral_gqa", "disable", fixtures.PROMPTS), ("qwen2_moe_shared", "disable", fixtures.PROMPTS),
          ("olmoe_clip", "zero", fixtures.PROMPTS), ("olmoe_clip", "disable", SHORT), ("olmoe_clip", "zero", SHORT),
@@ -68,11 +69,9 @@ def test_expert_importance_matches_hf(cli, build_fixture, tmp_path, name, mode, 
             np.testing.assert_allclose(got["kl"][i, e], want["kl"].mean(), rtol=1e-3, atol=1e-6, err_msg=at)
             np.testing.assert_allclose(got["top1_changed"][i, e], want["top1_changed"].mean(), atol=1e-12,
                                        err_msg=at)
-    # an expert no token chose is skipped where that is exact: a zeroed one always; a disabled one
-    # under renormalised weights (Mixtral, Qwen3-MoE with norm_topk_prob), never under a softmax that is
-    # not renormalised (its share leaves the others' weights)
-    exact = mode == "zero" or name in ("mixtral_gqa", "qwen3_moe_headdim")
-    assert prov["skipped_unchosen"] == (unchosen if exact else 0)
+    # an expert no token chose is skipped: zeroed or disabled, its routing and weights are the
+    # unmodified run's (these routers have no expert groups)
+    assert prov["skipped_unchosen"] == unchosen
     assert unchosen > 0 or prompts is fixtures.PROMPTS
     assert (got["loss_increase"] != 0).any()
 
@@ -94,3 +93,22 @@ def test_importance_of_some_layers_and_not_in_all(cli, build_fixture, tmp_path):
     r = run_cli(cli, "analyze", per, "--out", out, "--run", "r", "--static", "none", "--dynamic", "importance",
                 "--importance-mode", "half", check=False)
     assert r.returncode == 2 and "--importance-mode takes disable or zero" in r.stderr
+
+
+def test_group_limited_router_runs_every_expert(cli, build_fixture, tmp_path):
+    """Under group-limited selection (DeepSeek-V3), masking an unchosen expert can change the groups a
+    token keeps: no expert is skipped, and the run's own routing is the unmodified one."""
+    h5py = require("h5py")
+    per, packed, ref = build_fixture("deepseek_v3_groups")
+    out = str(tmp_path / "s.h5")
+    args = ["trace", per, "--out", out, "--run", "r", "--token-ids", "5,9,33"]
+    run_cli(cli, *args)
+    run_cli(cli, "analyze", per, "--out", out, "--run", "r", "--static", "none", "--dynamic", "importance")
+    with h5py.File(out, "r") as f:
+        g = f["analyses/expert_importance/r"]
+        prov = json.loads(g.attrs["provenance_json"])
+        E = g["kl"].shape[1]
+        assert prov["skipped_unchosen"] == 0
+        assert prov["layer_passes"] > 0 and np.isfinite(g["kl"][()]).all()
+        chosen = {l: set(np.unique(f[f"runs/r/layers/{l}/topk_experts"][()])) for l in g["kl"].attrs["layers"]}
+        assert any(len(c) < E for c in chosen.values())  # a short prompt leaves experts unchosen

@@ -2,8 +2,9 @@
 made to it: a weight zeroed (a zeroed expert: its down_proj; a dropped shared expert: the shared
 expert's down_proj), transformers' own router with another `top_k`, or (a disabled or forced
 expert, a router bias) the router module patched: HF's router forward restated with the change
-in it (the logits plus the bias, -inf for a disabled expert; the choice restricted to the allowed
-experts; the weights gathered from the unrestricted scores, as HF computes them).
+in it (the logits plus the bias; the choice restricted to the allowed experts, analyses-spec 7.4:
+a disabled expert's selection score -inf before the top-k; the weights gathered from the
+unrestricted scores, as HF computes them).
 
 The effect (/analyses/intervention_effect/NAME) is recomputed with scipy from HF's logits of the
 unmodified and the changed model.
@@ -60,13 +61,11 @@ def changed_model(name, change):
             elif kind == "drop_shared" and l in layers(change["layer"]):
                 b.shared_expert.down_proj.weight.zero_()
             elif kind == "disable" and any(l in layers(x) for x, _ in change["at"]):
-                add = torch.zeros(E)
                 allowed = torch.ones(E, dtype=torch.bool)
                 for x, e in change["at"]:
                     if l in layers(x):
-                        add[e] = float("-inf")
                         allowed[e] = False
-                patch_router(router, add=add, allowed=allowed)
+                patch_router(router, allowed=allowed)
             elif kind == "force" and l in layers(change["layer"]):
                 allowed = torch.zeros(E, dtype=torch.bool)
                 allowed[change["experts"]] = True
