@@ -240,3 +240,37 @@ def test_non_moe_layer_named(cli, build_fixture, tmp_path):
     per, packed, ref = build_fixture("qwen2_moe_shared")
     r = intervene(cli, per, str(tmp_path / "s.h5"), "--zero", "2:0", check=False)
     assert r.returncode == 2 and "layer 2 is not an MoE layer (MoE layers: 0, 1, 3)" in r.stderr
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_intervention_device_bfloat16(cli, build_fixture, tmp_path, device, name):
+    """bf16 on the device (CUDA: tests/gpu/run.sh; its CPU mode runs Mixtral's on the CPU) against
+    transformers in bf16 on that device with the same changes: an expert disabled everywhere, one
+    zeroed on layer 1, a router bias on layer 0."""
+    h5py = require("h5py")
+    from test_parity import BF16_TOL
+    per, packed, ref = build_fixture(name)
+    model = fixtures.build_model(name)
+    blocks = fixtures._moe_blocks(model)
+    first, second = sorted(blocks)[:2]
+    E = next(iter(blocks.values())).experts.num_experts
+    with torch.no_grad():
+        blocks[second].experts.down_proj[2].zero_()
+        for l, b in blocks.items():
+            add = torch.zeros(E)
+            if l == first:
+                add[1] = 0.75
+            allowed = torch.ones(E, dtype=torch.bool)
+            allowed[0] = False
+            patch_router(fixtures.router_of(b), add=add, allowed=allowed)
+    model = model.to(torch.bfloat16).to(device)
+    changed_ref = fixtures.reference(model, device=device)
+    out = str(tmp_path / "s.h5")
+    intervene(cli, per, out, "--disable", "*:0", "--zero", f"{second}:2", "--router-bias", f"{first}:1=0.75",
+              "--device", device, "--dtype", "bfloat16", "--all-experts", "--save-logits")
+    with h5py.File(out, "r") as f:
+        run = f["runs/iv"]
+        assert run.attrs["dtype"] == "bfloat16" and run.attrs["device"].startswith(device.split(":")[0])
+        compare(run, changed_ref, **BF16_TOL)
+        for l in blocks:
+            assert not (run[f"layers/{l}/topk_experts"][:] == 0).any()
