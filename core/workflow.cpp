@@ -1,5 +1,7 @@
 #include "workflow.h"
 
+#include <cctype>
+#include <cstring>
 #include <fstream>
 #include <nlohmann/json.hpp>
 
@@ -113,6 +115,16 @@ std::set<std::string> dynamicAnalysesFor(const ModelSpec& spec, const std::strin
     if (list == "all" && spec.layout == ExpertLayout::Blocks) out.insert("modularity");  // EMoE models
     if (list == "all" && (spec.router.selectionBias || spec.router.groups > 1)) out.insert("bias");
     return out;
+}
+
+std::string resultNameFromPath(const std::string& path) {
+    std::string p = path;
+    while (p.size() > 1 && p.back() == '/') p.pop_back();
+    const size_t slash = p.find_last_of('/');
+    std::string out;
+    for (char c : p.substr(slash == std::string::npos ? 0 : slash + 1))
+        out += std::isalnum(static_cast<unsigned char>(c)) || std::strchr("_-.:+=@", c) ? c : '_';
+    return out.empty() || out == "." || out == ".." ? "compared" : out;
 }
 
 std::string interventionEffectId(const std::string& run) { return "intervention_effect/" + run; }

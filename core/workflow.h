@@ -85,6 +85,10 @@ struct InterventionRuns {
     RunTrace baseline, changed;
     Result effect;
 };
+// A name for a result from a path (a compared checkpoint): its last component, with what a name
+// cannot hold replaced by '_' ("compared" when nothing is left).
+std::string resultNameFromPath(const std::string& path);
+
 // The id of an intervened run's effect in the result store.
 std::string interventionEffectId(const std::string& run);
 InterventionRuns runIntervention(Model& model, const InterventionRequest& req);

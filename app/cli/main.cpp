@@ -56,6 +56,7 @@ const char* kUsage = R"(usage:
                   [--paragraphs FILE] [--reference DENSE_CHECKPOINT] [--layers 0,3,...]
                   [--device cpu|cuda[:N]] [--dtype float32|bfloat16|float16] [--first-tokens N]
                   [--pca-components 2|3] [--threads N] [--allow-long]
+  expertscope-cli compare CHECKPOINT_A CHECKPOINT_B --out SESSION.h5 [--name NAME] [--layers 0,3,...] [--threads N]
   expertscope-cli emoe DENSE_CHECKPOINT --experts N --top-k K [--layers all|START:EVERY|LIST]
                   [--gating avg-k|mean-key] [--seed S] [--restarts R] [--format expertscope|mixtral] --out DIR
   expertscope-cli export SESSION.h5 --list [--json]
@@ -73,6 +74,10 @@ model.safetensors.index.json; or pytorch_model.bin or shards with pytorch_model.
 a single .safetensors or torch.save (.bin, .pt, .pth) file. torch.save files are read without
 executing anything: only what a state dict of tensors needs is allowed (as torch.load with
 weights_only=True); any other pickle opcode or global is refused by name.
+compare: two checkpoints of one architecture and expert count (a base and its fine-tune): every
+expert of A against every expert of B per layer and matrix, the best one-to-one matching, and how
+far each expert moved, into A's session as /analyses/weight_comparison/NAME (NAME: B's folder name);
+models that differ are refused, naming both files and the field.
 emoe: splits a dense model's FFNs into N experts of equal size by balanced k-means of their key
 vectors and writes a checkpoint the engine runs as an MoE (docs/emoe.md).
 export: docs/views.md describes every view and its options; --list names those the session allows.
@@ -482,6 +487,8 @@ int parseChangeLayer(const std::string& v, const std::string& option) {
 // The comma-separated items of an option's value, each split once at `sep` ("3:1" -> {"3", "1"}).
 std::vector<std::pair<std::string, std::string>> changeItems(const std::string& v, char sep, const std::string& option,
                                                              const char* form) {
+    if (!v.empty() && (v.back() == ',' || v.back() == '+'))
+        throw UsageError(option + ": '" + v + "' ends with '" + v.back() + "' (the form is " + form + ")");
     std::vector<std::pair<std::string, std::string>> out;
     std::stringstream ss(v);
     std::string item;
@@ -634,6 +641,41 @@ std::vector<int> parseLayerList(const std::string& s) {
     return out;
 }
 
+int cmdCompare(const std::vector<std::string>& args) {
+    std::vector<std::string> paths;
+    std::string out, name;
+    std::vector<int> layers;
+    int threads = 0;
+    for (size_t i = 0; i < args.size(); ++i) {
+        const std::string& a = args[i];
+        auto value = [&]() -> const std::string& { return optionValue(args, i, "compare"); };
+        if (a == "--out") out = value();
+        else if (a == "--name") name = value();
+        else if (a == "--layers") layers = parseLayerList(value());
+        else if (a == "--threads") threads = parseThreads(value(), "compare");
+        else if (a.rfind("--", 0) == 0) throw UsageError("compare: unknown option " + a);
+        else paths.push_back(a);
+    }
+    if (paths.size() != 2) throw UsageError("compare: give two checkpoints, CHECKPOINT_A CHECKPOINT_B");
+    if (out.empty()) throw UsageError("compare: --out SESSION.h5 is required");
+    if (threads > 0) es::initRuntime(threads);
+    auto a = es::Checkpoint::open(paths[0]);
+    auto b = es::Checkpoint::open(paths[1]);
+    const es::ModelSpec sa = es::ModelSpec::fromCheckpoint(*a), sb = es::ModelSpec::fromCheckpoint(*b);
+    es::checkComparable(sa, a->path(), sb, b->path(), false);
+    if (name.empty()) name = es::resultNameFromPath(b->path());
+    es::Session session = es::openSessionFor(out, es::sessionModelOf(*a, sa));
+    es::Result r = es::compareWeights(*a, sa, *b, sb, layers, [](double f, const std::string& what) {
+        std::cerr << "\rweight comparison: " << static_cast<int>(100 * f) << "% (" << what << ")   " << std::flush;
+    });
+    std::cerr << "\n";
+    const std::string id = "weight_comparison/" + name;
+    session.putResult(id, std::move(r));
+    session.save(out);
+    std::cerr << "/analyses/" << id << ": " << a->path() << " against " << b->path() << " -> " << out << "\n";
+    return 0;
+}
+
 int cmdAnalyze(const std::vector<std::string>& args) {
     std::string path, out, run, preset, paragraphs, refPath, staticList, dynamicList, device, dtype;
     std::vector<int> layers;
@@ -698,6 +740,11 @@ int cmdAnalyze(const std::vector<std::string>& args) {
         es::checkReference(spec, *ref, analysed);
     }
     es::Session session = es::openSessionFor(out, es::sessionModelOf(*ckpt, spec));
+    if (!dynamics.empty() && !makesRun && session.hasRun(run) && !session.runInfo(run).interventionJson.empty())
+        throw es::Error("run '" + run +
+                            "' is an intervened run: its analyses would rerun the model without the change; analyse "
+                            "its unmodified baseline run",
+                        session.path(), "/runs/" + run + "@intervention_json");
 
     std::map<std::string, es::Result> results;
     if (!statics.empty()) {
@@ -791,6 +838,7 @@ int main(int argc, char** argv) {
         if (cmd == "session") return cmdSession(rest);
         if (cmd == "analyze") return cmdAnalyze(rest);
         if (cmd == "emoe") return cmdEmoe(rest);
+        if (cmd == "compare") return cmdCompare(rest);
         if (cmd == "export") return es::cli::cmdExport(rest, argc, argv);
         throw UsageError("unknown command '" + cmd + "'");
     } catch (const UsageError& e) {

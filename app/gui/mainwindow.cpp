@@ -137,6 +137,7 @@ std::vector<PaneDef> paneDefs() {
         {"interventions",
          "Interventions",
          {{"Expert importance", "expert-importance"}, {"Effect over the text", "intervention-effect"}}},
+        {"comparison", "Comparison", {{"Weights", "weight-comparison"}}},
         {"activations", "Gate activations", {{"Gate activations (D3)", "gate-activations"}}},
         {"modularity",
          "Modularity (EMoE)",
@@ -230,6 +231,7 @@ MainWindow::MainWindow(QWidget* parent) : QMainWindow(parent) {
     file->addAction("&Save", QKeySequence::Save, this, &MainWindow::save);
     file->addAction("Save &as...", QKeySequence::SaveAs, this, &MainWindow::saveAs);
     file->addAction("&Export view...", QKeySequence("Ctrl+E"), this, &MainWindow::exportDialog);
+    file->addAction("&Compare with checkpoint...", this, &MainWindow::chooseComparison);
     file->addAction("Convert to E&MoE...", this, &MainWindow::emoeDialog);
     file->addSeparator();
     for (QAction* a : file->actions())  // Quit stays (closing waits for the save); Recent: setSessionBusy
@@ -421,6 +423,48 @@ void MainWindow::chooseCheckpoint() {
 void MainWindow::chooseReference() {
     QString dir = QFileDialog::getExistingDirectory(this, "Open a dense reference model (the F rows)");
     if (!dir.isEmpty()) openReference(dir);
+}
+
+void MainWindow::chooseComparison() {
+    QString dir = QFileDialog::getExistingDirectory(this, "Compare with a checkpoint of the same architecture");
+    if (!dir.isEmpty()) compareWith(dir);
+}
+
+bool MainWindow::compareWith(const QString& path) {
+    if (!session_ || !ckpt_ || !spec_ || spec_->moeLayers().empty()) {
+        showError("Cannot compare", "Open an MoE checkpoint first: it is compared with the other one.");
+        return false;
+    }
+    std::shared_ptr<Checkpoint> other;
+    std::shared_ptr<ModelSpec> otherSpec;
+    try {
+        other = Checkpoint::open(path.toStdString());
+        otherSpec = std::make_shared<ModelSpec>(ModelSpec::fromCheckpoint(*other));
+        checkComparable(*spec_, ckpt_->path(), *otherSpec, other->path(), false);
+    } catch (const std::exception& e) {
+        showError("Cannot compare", q(e.what()));
+        return false;
+    }
+    const std::string name = resultNameFromPath(other->path());
+    auto ckpt = ckpt_;
+    auto spec = spec_;
+    const uint64_t target = generation_;
+    jobs_->submit("Compare with " + q(other->path()),
+                  [this, ckpt, spec, other, otherSpec, name, target](JobContext& ctx) -> JobLand {
+                      auto r = std::make_shared<Result>(
+                          compareWeights(*ckpt, *spec, *other, *otherSpec, {}, ctx.progress, ctx.cancel));
+                      return [this, r, name, target] {
+                          if (generation_ != target) return;
+                          session_->putResult("weight_comparison/" + name, std::move(*r));
+                          dirty_ = true;
+                          refreshViews();
+                          if (ViewPane* p = pane("comparison")) {
+                              p->setOption("run", q(name));
+                              tabs_->setCurrentWidget(p);
+                          }
+                      };
+                  });
+    return true;
 }
 
 void MainWindow::chooseSession() {
@@ -747,6 +791,11 @@ bool MainWindow::measureImportance(const QString& run, bool zero) {
         showError("Cannot measure expert importance", "The session has no run named '" + run + "'.");
         return false;
     }
+    if (!session_->runInfo(r).interventionJson.empty()) {
+        showError("Cannot measure expert importance",
+                  "Run '" + run + "' is an intervened run: measure its unmodified baseline run instead.");
+        return false;
+    }
     std::vector<std::vector<int64_t>> prompts;
     DynamicOptions dopt;
     try {  // read here, on the GUI thread: the job never touches the session
@@ -831,8 +880,10 @@ void MainWindow::interveneDialog() {
         const QString c = kind->currentData().toString();
         const QString lt = layer->text().trimmed();
         bool ok = true;
-        const int l = lt == "all" || lt == "*" ? Intervention::kAllLayers : lt.toInt(&ok);
-        if (!ok || l < Intervention::kAllLayers) throw Error("'" + lt.toStdString() + "' is not a layer index or all");
+        const bool all = lt == "all" || lt == "*";
+        const int index = all ? 0 : lt.toInt(&ok);
+        if (!ok || index < 0) throw Error("'" + lt.toStdString() + "' is not a layer index or all");
+        const int l = all ? Intervention::kAllLayers : index;
         std::vector<int> ids;
         for (const QString& e : experts->text().split(',', Qt::SkipEmptyParts)) {
             const int x = e.trimmed().toInt(&ok);
@@ -879,7 +930,12 @@ void MainWindow::importanceDialog() {
     form->addRow(buttons);
     connect(buttons, &QDialogButtonBox::accepted, &d, &QDialog::accept);
     connect(buttons, &QDialogButtonBox::rejected, &d, &QDialog::reject);
-    if (d.exec() != QDialog::Accepted || run->count() == 0) return;
+    if (run->count() == 0) {
+        showError("Cannot measure expert importance",
+                  "Every run of the session is an intervened one: run the prompts unmodified first.");
+        return;
+    }
+    if (d.exec() != QDialog::Accepted) return;
     measureImportance(run->currentText(), mode->currentData().toBool());
 }
 

@@ -66,6 +66,11 @@ public:
     // a layer that does not exist, ...) is an error dialog naming what is wrong.
     bool intervene(const QStringList& prompts, const Intervention& change, const QString& runName = {},
                    const QString& device = "cpu", const QString& dtype = "float32");
+    // Compares the open checkpoint (A) with another of its architecture and expert count (B, a
+    // job): every expert of A against every expert of B (docs/comparison.md);
+    // the Comparison tab shows it. Models that differ are an error dialog naming both files and
+    // the field.
+    bool compareWith(const QString& path);
     // Expert importance of a run's prompts (a job with progress and Cancel): each expert disabled
     // (zero: its output zeroed) alone on each MoE layer; the Interventions tab shows it.
     bool measureImportance(const QString& run, bool zero = false);
@@ -126,6 +131,7 @@ private Q_SLOTS:
     void exportDialog();
     void emoeDialog();
     void interveneDialog();
+    void chooseComparison();
     void importanceDialog();
     void showViewsHelp();
     void showDocs();

@@ -104,6 +104,22 @@ TracedAnalyses traceAndAnalyze(const std::shared_ptr<Checkpoint>& ckpt, const Mo
 Result interventionEffect(const RunTrace& baseline, const RunTrace& changed, const std::string& baselineName,
                           const std::string& changedName);
 
+// Two checkpoints compared (analyses-spec 7.3) must be of one architecture and expert count: the
+// same model type, layers, MoE layers, experts, top-k, hidden size and expert width (and, with
+// routing, vocabulary). Throws an Error naming both files and the first field that differs.
+void checkComparable(const ModelSpec& a, const std::string& fileA, const ModelSpec& b, const std::string& fileB,
+                     bool routing);
+
+// Cross-model weight similarity (analyses-spec 7.3, result "weight_comparison", kind
+// "compare_weights"): per analysed MoE layer L and matrix, C[i, j] = cos(vec W_i^A, vec W_j^B)
+// (layers/L/MAT: rows A's experts, columns B's); the best one-to-one matching pi maximising the
+// total similarity (layers/L/MAT_matching: pi[i] = B's expert matched to A's i); per layer and
+// expert moved_same_MAT = 1 - C[i, i] and moved_matched_MAT = 1 - C[i, pi(i)] ([Lmoe, E]).
+// Streamed one layer at a time from both mappings, as the static analyses are.
+Result compareWeights(const Checkpoint& a, const ModelSpec& specA, const Checkpoint& b, const ModelSpec& specB,
+                      const std::vector<int>& layers, const Progress& progress = {},
+                      const std::atomic<bool>* cancel = nullptr);
+
 // 1 - the mean off-diagonal entry of the leading `routed` x `routed` block of a rows x rows
 // similarity matrix.
 double layerDiversity(const std::vector<double>& m, int rows, int routed);

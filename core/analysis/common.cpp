@@ -72,6 +72,30 @@ std::vector<int> analysisLayers(const ModelSpec& spec, const std::vector<int>& r
     return out;
 }
 
+void checkComparable(const ModelSpec& a, const std::string& fileA, const ModelSpec& b, const std::string& fileB,
+                     bool routing) {
+    auto differ = [&](const std::string& field, const std::string& x, const std::string& y) {
+        if (x == y) return;
+        throw Error(
+            "the two models cannot be compared: " + field + " is " + x + " in " + fileA + " and " + y + " in " + fileB,
+            fileB, field);
+    };
+    auto list = [](const std::vector<int>& v) {
+        std::string s = "[";
+        for (size_t i = 0; i < v.size(); ++i) s += (i ? ", " : "") + std::to_string(v[i]);
+        return s + "]";
+    };
+    differ("model_type", a.modelType, b.modelType);
+    differ("num_hidden_layers", std::to_string(a.numLayers), std::to_string(b.numLayers));
+    differ("the MoE layers", list(a.moeLayers()), list(b.moeLayers()));
+    differ("num_experts", std::to_string(a.numExperts), std::to_string(b.numExperts));
+    differ("top_k", std::to_string(a.topK), std::to_string(b.topK));
+    differ("hidden_size", std::to_string(a.hidden), std::to_string(b.hidden));
+    differ("the expert width (moe_intermediate_size)", std::to_string(a.expertFfn), std::to_string(b.expertFfn));
+    differ("the shared expert", a.hasSharedExpert() ? "present" : "absent", b.hasSharedExpert() ? "present" : "absent");
+    if (routing) differ("vocab_size", std::to_string(a.vocab), std::to_string(b.vocab));
+}
+
 void checkReference(const ModelSpec& spec, const Reference& ref, const std::vector<int>& layers) {
     const ModelSpec& r = *ref.spec;
     const std::string& file = ref.ckpt->path();

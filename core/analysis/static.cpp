@@ -753,6 +753,67 @@ void staticForKind(const Checkpoint& ckpt, const ModelSpec& spec, const Referenc
 
 }  // namespace
 
+Result compareWeights(const Checkpoint& a, const ModelSpec& specA, const Checkpoint& b, const ModelSpec& specB,
+                      const std::vector<int>& layersIn, const Progress& progress, const std::atomic<bool>* cancel) {
+    torch::NoGradGuard ng;
+    checkComparable(specA, a.path(), specB, b.path(), false);
+    const std::vector<int> layers = analysisLayers(specA, layersIn, a.path());
+    const int E = static_cast<int>(specA.numExperts);
+    const std::vector<int> mats = specA.gatedFfn() ? std::vector<int>{0, 1, 2} : std::vector<int>{0, 2};
+    const auto labels = AttrValue::text(expertLabels(E, false, false));
+    Result r;
+    std::map<int, std::vector<double>> movedSame, movedMatched;
+    for (size_t li = 0; li < layers.size(); ++li) {
+        const int l = layers[li];
+        if (cancel && cancel->load()) throw Error("cancelled", "", "comparison");
+        if (progress)
+            progress(static_cast<double>(li) / static_cast<double>(layers.size()), "layer " + std::to_string(l));
+        const LayerMats A = layerMats(a, specA, nullptr, l, false), B = layerMats(b, specB, nullptr, l, false);
+        const std::string lp = "layers/" + std::to_string(l) + "/";
+        for (int m : mats) {
+            // one Gram pass over A's experts then B's: its off-diagonal block is the cross similarity
+            std::vector<Mat> both = A.routed[m];
+            both.insert(both.end(), B.routed[m].begin(), B.routed[m].end());
+            const std::vector<double> cs = cosineFromGram(blockPass(both, true, false).gram, 2 * E);
+            std::vector<double> c(static_cast<size_t>(E) * E);
+            std::vector<float> score(c.size());
+            for (int i = 0; i < E; ++i)
+                for (int j = 0; j < E; ++j) {
+                    c[i * E + j] = cs[static_cast<size_t>(i) * 2 * E + E + j];
+                    score[i * E + j] = static_cast<float>(c[i * E + j]);
+                }
+            const std::vector<int32_t> pi = assignMax(score.data(), E);
+            for (int i = 0; i < E; ++i) {
+                movedSame[m].push_back(1.0 - c[i * E + i]);
+                movedMatched[m].push_back(1.0 - c[i * E + pi[static_cast<size_t>(i)]]);
+            }
+            r.arrays[lp + kMats[m]] = Array::f32d({E, E}, c).with("labels", labels);
+            r.arrays[lp + kMats[m] + "_matching"] = Array::i32({E}, pi);
+        }
+        A.releaseAll();
+        B.releaseAll();
+    }
+    const int64_t n = static_cast<int64_t>(layers.size());
+    for (int m : mats) {
+        r.arrays[std::string("moved_same_") + kMats[m]] =
+            Array::f64({n, E}, movedSame[m]).with("layers", AttrValue::i32s(layers)).with("labels", labels);
+        r.arrays[std::string("moved_matched_") + kMats[m]] =
+            Array::f64({n, E}, movedMatched[m]).with("layers", AttrValue::i32s(layers)).with("labels", labels);
+    }
+    r.kind = "compare_weights";
+    r.paramsJson = nlohmann::json{{"layers", layers}, {"compared", b.path()}}.dump();
+    r.provenanceJson = nlohmann::json{
+        {"checkpoint", a.path()},
+        {"fingerprint", a.fingerprint()},
+        {"compared", b.path()},
+        {"compared_fingerprint", b.fingerprint()},
+        {"tool",
+         toolVersion()}}.dump();
+    r.created = isoTimeNow();
+    if (progress) progress(1.0, "done");
+    return r;
+}
+
 std::map<std::string, Result> staticAnalyses(const Checkpoint& ckpt, const ModelSpec& spec, const Reference* ref,
                                              const StaticOptions& opt) {
     torch::NoGradGuard ng;

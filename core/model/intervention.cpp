@@ -53,9 +53,9 @@ std::string Intervention::problem(const ModelSpec& spec) const {
         if (auto p = expertProblem(z.layer, z.expert); !p.empty()) return "zeroed: " + p;
     for (const auto& b : routerBias) {
         if (auto p = expertProblem(b.layer, b.expert); !p.empty()) return "router bias: " + p;
-        if (!std::isfinite(b.value))
+        if (!std::isfinite(b.value) || std::abs(b.value) > kMaxRouterBias)
             return "router bias: the value for expert " + std::to_string(b.expert) + " of layer " + layerText(b.layer) +
-                   " is not finite";
+                   " must be a number between -1000 and 1000 (--disable or --force exclude " + "or pin an expert)";
     }
     for (int l : dropShared) {
         if (auto p = layerProblem(l); !p.empty()) return "drop shared: " + p;

@@ -25,6 +25,9 @@ struct ModelSpec;
 
 struct Intervention {
     static constexpr int kAllLayers = -1;  // a change on every MoE layer
+    // |router bias| at most this: router logits are O(10), and a larger value would overflow a
+    // half-precision logit (float16's largest is 65504) into inf
+    static constexpr double kMaxRouterBias = 1000;
     struct ExpertAt {
         int layer = kAllLayers;
         int expert = 0;

@@ -333,7 +333,7 @@ std::vector<LayerIntervention> Model::Impl::layerInterventions(const Interventio
             if (Intervention::names(f.layer, l)) {
                 std::fill(allowed.begin(), allowed.end(), 0);
                 for (int e : f.experts) allowed[static_cast<size_t>(e)] = 1;
-                anyMask = true;
+                anyMask = li.forced = true;
             }
         std::vector<int64_t> zeroIds;
         for (const auto& x : iv.zeroed)
@@ -764,8 +764,10 @@ ImportanceResult Model::expertImportance(const std::vector<std::vector<int64_t>>
     // the unmodified forward: each measured layer's input and the experts its tokens chose
     int64_t totalTokens = 0;
     for (const auto& p : prompts) totalTokens += static_cast<int64_t>(p.size());
-    const int64_t chunk = std::clamp<int64_t>((int64_t{256} << 20) / std::max<int64_t>(1, totalTokens * s.hidden * 4),
-                                              1, E);  // experts run at once, as separate sequences
+    // experts run at once, as separate sequences (EXPERTSCOPE_IMPORTANCE_BATCH caps it: tests)
+    int64_t chunk = std::clamp<int64_t>((int64_t{256} << 20) / std::max<int64_t>(1, totalTokens * s.hidden * 4), 1, E);
+    if (const char* b = std::getenv("EXPERTSCOPE_IMPORTANCE_BATCH"); b && std::atoi(b) > 0)
+        chunk = std::min<int64_t>(chunk, std::atoi(b));
     int64_t totalPasses = L;
     for (int l : res.layers) totalPasses += (E + chunk - 1) / chunk * (L - l);
     int64_t done = 0;
@@ -795,17 +797,19 @@ ImportanceResult Model::expertImportance(const std::vector<std::vector<int64_t>>
         opt.cancel, "expert importance");
     done = L;
 
-    // per prompt: the unmodified log-probabilities (float64), their top-1 and the next tokens
-    std::vector<Tensor> baseLp(P), baseTop(P), next(P);
+    // per prompt: the unmodified final states (their log-probabilities are recomputed where they
+    // are compared: one [T, V] float64 at a time), top-1 and the next tokens
+    std::vector<Tensor> baseTop(P), next(P);
+    auto baseLogProbs = [&](size_t p) { return d.logits(st.h[p]).to(torch::kDouble).log_softmax(-1); };
     double baseLoss = 0;
     for (size_t p = 0; p < P; ++p) {
-        baseLp[p] = d.logits(st.h[p]).to(torch::kDouble).log_softmax(-1);
-        baseTop[p] = baseLp[p].argmax(-1);
+        const Tensor baseLp = baseLogProbs(p);
+        baseTop[p] = baseLp.argmax(-1);
         const int64_t T = static_cast<int64_t>(prompts[p].size());
         next[p] = torch::tensor(std::vector<int64_t>(prompts[p].begin() + 1, prompts[p].end()), torch::kLong)
                       .to(d.device)
                       .unsqueeze(1);
-        if (T > 1) baseLoss -= baseLp[p].narrow(0, 0, T - 1).gather(1, next[p]).sum().item<double>();
+        if (T > 1) baseLoss -= baseLp.narrow(0, 0, T - 1).gather(1, next[p]).sum().item<double>();
         res.predicted += T - 1;
     }
     res.baselineLoss = res.predicted ? baseLoss / static_cast<double>(res.predicted) : std::nan("");
@@ -865,21 +869,24 @@ ImportanceResult Model::expertImportance(const std::vector<std::vector<int64_t>>
                 ++done;
             }
             d.intervene = nullptr;
-            for (size_t i = 0; i < part.size(); ++i) {
-                double loss = 0, kl = 0;
-                int64_t flips = 0;
-                for (size_t p = 0; p < P; ++p) {
+            std::vector<double> loss(part.size(), 0.0), kl(part.size(), 0.0);
+            std::vector<int64_t> flips(part.size(), 0);
+            for (size_t p = 0; p < P; ++p) {
+                const Tensor baseLp = baseLogProbs(p), baseP = baseLp.exp();
+                for (size_t i = 0; i < part.size(); ++i) {
                     const Tensor lp = d.logits(v.h[i * P + p]).to(torch::kDouble).log_softmax(-1);
                     const int64_t T = lp.size(0);
-                    kl += (baseLp[p].exp() * (baseLp[p] - lp)).sum().item<double>();
-                    flips += lp.argmax(-1).ne(baseTop[p]).sum().item<int64_t>();
-                    if (T > 1) loss -= lp.narrow(0, 0, T - 1).gather(1, next[p]).sum().item<double>();
+                    kl[i] += (baseP * (baseLp - lp)).sum().item<double>();
+                    flips[i] += lp.argmax(-1).ne(baseTop[p]).sum().item<int64_t>();
+                    if (T > 1) loss[i] -= lp.narrow(0, 0, T - 1).gather(1, next[p]).sum().item<double>();
                 }
+            }
+            for (size_t i = 0; i < part.size(); ++i) {
                 const size_t at = li * static_cast<size_t>(E) + static_cast<size_t>(part[i]);
                 res.lossIncrease[at] =
-                    res.predicted ? loss / static_cast<double>(res.predicted) - res.baselineLoss : std::nan("");
-                res.kl[at] = kl / static_cast<double>(totalTokens);
-                res.top1Changed[at] = static_cast<double>(flips) / static_cast<double>(totalTokens);
+                    res.predicted ? loss[i] / static_cast<double>(res.predicted) - res.baselineLoss : std::nan("");
+                res.kl[at] = kl[i] / static_cast<double>(totalTokens);
+                res.top1Changed[at] = static_cast<double>(flips[i]) / static_cast<double>(totalTokens);
             }
         }
     }

@@ -271,7 +271,8 @@ struct LayerIntervention {
     Tensor zeroedIds;          // the zeroed experts' ids (long); undefined: none
     std::vector<char> zeroed;  // [E]: 1 for a zeroed expert; empty: none
     bool dropShared = false;
-    int64_t topK = 0;  // 0: the model's
+    bool forced = false;  // `allowed` is a forced set: exactly those experts, past any group restriction
+    int64_t topK = 0;     // 0: the model's
 };
 
 struct MoeOut {
@@ -335,9 +336,11 @@ inline Tensor keptGroups(const RouterRule& r, const Tensor& choice) {
 // scores, selection (bias, groups, top-k), weights from the unbiased scores, in float32 unless
 // the rule keeps the scores or casts the weights in the activations' dtype. Chosen experts in descending order of their
 // selection score. `allowed` ([E] bool, an intervention's): the experts that may be chosen (the
-// others' selection scores are -inf; their scores, and so the weights, are untouched).
+// others' selection scores are -inf; their scores, and so the weights, are untouched); `forced`:
+// they are exactly the K chosen, whatever groups a group-limited router would keep.
 inline std::pair<Tensor, Tensor> route(const RouterRule& r, const Tensor& logits, int64_t K, torch::ScalarType hidden,
-                                       const RouterExtras& extra = {}, const Tensor& allowed = {}) {
+                                       const RouterExtras& extra = {}, const Tensor& allowed = {},
+                                       bool forced = false) {
     Tensor wts, ids;
     const double inf = std::numeric_limits<double>::infinity();
     auto onlyAllowed = [&](const Tensor& choice) {
@@ -360,7 +363,7 @@ inline std::pair<Tensor, Tensor> route(const RouterRule& r, const Tensor& logits
     } else {
         Tensor scores = routerScores(r, logits, hidden);
         Tensor choice = onlyAllowed(selectionScores(r, scores, extra.selectionBias));
-        if (r.groups > 1) {
+        if (r.groups > 1 && !forced) {
             const int64_t T = choice.size(0), E = choice.size(1), G = r.groups;
             choice = choice.masked_fill(
                 keptGroups(r, choice).logical_not().unsqueeze(-1).expand({T, G, E / G}).reshape({T, E}),
@@ -368,9 +371,10 @@ inline std::pair<Tensor, Tensor> route(const RouterRule& r, const Tensor& logits
         }
         ids = std::get<1>(choice.topk(K, -1));
         wts = scores.gather(1, ids);
-        if (r.renormalize && r.renormPower > 0) {
+        const bool renormalize = r.renormalize && !(r.renormalizeAboveOne && K == 1);
+        if (renormalize && r.renormPower > 0) {
             wts = wts / wts.norm(r.renormPower, -1, true);
-        } else if (r.renormalize) {
+        } else if (renormalize) {
             Tensor sum = wts.sum(-1, true);
             wts = wts / (r.renormMin > 0 ? sum.clamp_min(r.renormMin) : sum + r.renormEpsilon);
         }
@@ -597,7 +601,8 @@ struct Model::Impl {
         const Tensor routed = iv && iv->logitAdd.defined()  // in the logits' dtype, as a hook on them adds it
                                   ? out.logits + iv->logitAdd.to(out.logits.scalar_type())
                                   : out.logits;
-        auto [wts, ids] = route(r, routed, K, x.scalar_type(), w.routerExtras, iv ? iv->allowed : Tensor());
+        auto [wts, ids] =
+            route(r, routed, K, x.scalar_type(), w.routerExtras, iv ? iv->allowed : Tensor(), iv && iv->forced);
         out.ids = ids;
         out.weights = wts;
 

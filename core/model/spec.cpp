@@ -50,7 +50,7 @@ std::string RouterRule::describe() const {
                                        : ", top-k on logits then softmax over k";
     if (scalesInputs) s += ", weights scale the experts' inputs";
     if (renormalize && !topkOnLogits) {
-        s += ", renormalise";
+        s += renormalizeAboveOne ? ", renormalise when k > 1" : ", renormalise";
         if (renormPower > 0) {
             std::ostringstream o;
             o << " (by their " << renormPower << "-norm)";

@@ -52,6 +52,7 @@ struct RouterRule {
     // underflowed score of a kept expert can tie with them; the others: -inf)
     double groupMaskScore = -std::numeric_limits<double>::infinity();
     bool renormalize = true;            // top-k weights divided by their sum
+    bool renormalizeAboveOne = false;   // ... only when more than one expert is chosen (DeepSeekMoE's top_k > 1)
     double renormEpsilon = 0.0;         // added to that sum (DeepSeek-V3: 1e-20)
     double renormMin = 0.0;             // that sum clamped to at least this (ERNIE's moe_norm_min); 0: none
     double jitterEps = 0.01;            // SparseMixer's router_jitter_noise

@@ -947,6 +947,12 @@ Figure expertImportance(const Session& s, const ViewRequest& req) {
     const std::string measure = chooseOf(req, "measure", req.measure, {"loss", "kl", "top1"});
     Data loss = needArray(s, id, "loss_increase", req.view), kl = needArray(s, id, "kl", req.view),
          top1 = needArray(s, id, "top1_changed", req.view);
+    for (const auto& [name, x] :
+         {std::pair<const char*, const Data*>{"loss_increase", &loss}, {"kl", &kl}, {"top1_changed", &top1}})
+        if (x->a->shape.size() != 2 || x->a->shape != loss.a->shape ||
+            static_cast<int64_t>(x->layers().size()) != x->a->shape[0])
+            throw Error("view '" + req.view + "': expected [layers, experts] arrays of one shape, with their layers",
+                        sessionName(s), "/analyses/" + id + "/" + name);
     const Data& d = measure == "loss" ? loss : measure == "kl" ? kl : top1;
     const std::string what = measure == "loss" ? "loss increase (nats)"
                              : measure == "kl" ? "KL of the next-token distribution (nats)"
@@ -987,12 +993,80 @@ Figure expertImportance(const Session& s, const ViewRequest& req) {
     return f;
 }
 
+Figure weightComparison(const Session& s, const ViewRequest& req) {
+    const auto [name, id] = chooseRunResult(s, req, "weight_comparison");
+    const std::string matrix = chooseOf(req, "matrix", req.matrix, matricesOf(s, id));
+    const int L = layerOf(s, req, id, matrix);
+    Data c = needArray(s, id, "layers/" + std::to_string(L) + "/" + matrix, req.view);
+    Data pi = needArray(s, id, "layers/" + std::to_string(L) + "/" + matrix + "_matching", req.view);
+    Data same = needArray(s, id, "moved_same_" + matrix, req.view),
+         matched = needArray(s, id, "moved_matched_" + matrix, req.view);
+    const int64_t E = c.dim(0);
+    const auto movedLayers = same.layers();
+    for (const Data* x : {&same, &matched})
+        if (x->a->shape != std::vector<int64_t>{static_cast<int64_t>(movedLayers.size()), E} ||
+            x->layers() != movedLayers)
+            throw Error("view '" + req.view + "': the moved arrays must be [layers, " + std::to_string(E) + "]",
+                        sessionName(s), "/analyses/" + id + "/moved_same_" + matrix);
+    if (c.a->shape != std::vector<int64_t>{E, E} || pi.a->numel() != E ||
+        std::find(movedLayers.begin(), movedLayers.end(), L) == movedLayers.end())
+        throw Error("view '" + req.view + "': layer " + std::to_string(L) + "'s arrays do not fit", sessionName(s),
+                    "/analyses/" + id + "/layers/" + std::to_string(L));
+    const size_t li = rowOf(movedLayers, L);
+    Figure f;
+    f.view = req.view;
+    f.title = "Experts of this model (A) against " + name + " (B), " + layerName(s, L) + ", " + matrixName(matrix);
+    Panel heat;
+    heat.title = "cos(W_i of A, W_j of B)";
+    heat.xLabel = "expert of B";
+    heat.yLabel = "expert of A";
+    heatmapFrom(f, heat, c, c.labels(), c.labels(), "cosine similarity");
+    heat.heatmap.rowExpert = heat.heatmap.colExpert = expertAxis(heat.heatmap.rowLabels);
+    Panel bars;
+    bars.title = "how far each expert of A moved (1 - cosine)";
+    bars.xLabel = "expert of A";
+    bars.xExperts = true;
+    bars.yLabel = "1 - cosine";
+    Series s1 = expertBars("to B's expert of the same index", same, li, E),
+           s2 = expertBars("to its best match in B", matched, li, E);
+    s1.color = 7;
+    s2.color = 0;
+    s1.barWidth = s2.barWidth = 0.4;  // side by side
+    for (double& x : s1.x) x -= 0.2;
+    for (double& x : s2.x) x += 0.2;
+    bars.series = {s1, s2};
+    const auto labels = c.labels();
+    for (int64_t e = 0; e < E; ++e)
+        bars.xTicks.push_back(e < static_cast<int64_t>(labels.size()) ? labels[e] : std::to_string(e));
+    f.csvHeader = {"expert_a", "matched_b", "moved_same", "moved_matched"};
+    f.csvRows.clear();
+    for (int64_t e = 0; e < E; ++e)
+        f.csvRows.push_back({std::to_string(e), pi.text(static_cast<size_t>(e)),
+                             same.text(li * static_cast<size_t>(E) + static_cast<size_t>(e)),
+                             matched.text(li * static_cast<size_t>(E) + static_cast<size_t>(e))});
+    f.panels = {heat, bars};
+    return f;
+}
+
 Figure interventionEffect(const Session& s, const ViewRequest& req) {
     const auto [run, id] = chooseRunResult(s, req, "intervention_effect");
     Data change = needArray(s, id, "loss_change", req.view), kl = needArray(s, id, "kl", req.view),
          top1 = needArray(s, id, "top1_changed", req.view), sum = needArray(s, id, "summary", req.view),
          before = needArray(s, id, "loss_baseline", req.view), after = needArray(s, id, "loss", req.view);
     auto [b, e] = promptRange(s, req, run);
+    const int64_t T = s.runInfo(run).numTokens;
+    for (const auto& [name, d] : {std::pair<const char*, const Data*>{"loss_change", &change},
+                                  {"kl", &kl},
+                                  {"top1_changed", &top1},
+                                  {"loss_baseline", &before},
+                                  {"loss", &after}})
+        if (d->a->numel() != T)
+            throw Error("view '" + req.view + "': " + std::to_string(d->a->numel()) + " values for the run's " +
+                            std::to_string(T) + " tokens",
+                        sessionName(s), "/analyses/" + id + "/" + name);
+    if (sum.a->numel() != 5)
+        throw Error("view '" + req.view + "': a summary of 5 values expected", sessionName(s),
+                    "/analyses/" + id + "/summary");
     const auto labels = tokenLabels(s, run);
     const std::string change_ = paramText(s, id, "description");  // what the run changed, in words
     Figure f;
@@ -1367,6 +1441,8 @@ const char* const kHintSlowStatic =
 const char* const kHintPrompts = "Run prompts from the Prompts panel to fill it.";
 const char* const kHintImportance =
     "Measure expert importance on a run: expertscope-cli analyze CHECKPOINT --run NAME --dynamic importance.";
+const char* const kHintCompare =
+    "Compare with another checkpoint of this architecture: expertscope-cli compare CHECKPOINT_A CHECKPOINT_B.";
 const char* const kHintIntervention =
     "Intervene on the MoE blocks: expertscope-cli intervene CHECKPOINT --prompt TEXT --disable LAYER:EXPERT.";
 const char* const kHintBias =
@@ -1544,6 +1620,16 @@ const std::vector<ViewDef>& registry() {
                          return fillLayerRows(s, v, "expert_importance", "kl");
                      },
                      false, "", kHintImportance});
+        d.push_back({"weight-comparison", "Weight comparison", "compare_weights",
+                     "two checkpoints: every expert of this model against every expert of the compared one, and "
+                     "how far each moved",
+                     weightComparison,
+                     [](const Session& s, ViewInfo& v) {
+                         if (!fillRuns(s, v, "weight_comparison", "gate")) return false;
+                         v.matrices = matricesOf(s, "weight_comparison/" + v.runs.front());
+                         return true;
+                     },
+                     false, "", kHintCompare});
         d.push_back({"intervention-effect", "Intervention effect", "intervention_effect",
                      "an intervened run against its unmodified run: the loss change and KL of every token",
                      interventionEffect,
@@ -1619,6 +1705,7 @@ const std::map<std::string, std::string>& attentionViews() {
                                                          {"expert-load", "expert_load/"},
                                                          {"expert-importance", "expert_importance/"},
                                                          {"intervention-effect", "intervention_effect/"},
+                                                         {"weight-comparison", "weight_comparison/"},
                                                          {"routing-text", ""}};  // "": from the runs' traces
     return m;
 }

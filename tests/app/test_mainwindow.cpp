@@ -190,9 +190,9 @@ private Q_SLOTS:
         // intervention or an importance measurement)
         std::set<std::string> available;
         for (auto& v : availableViews(*w.session())) available.insert(v.name);
-        QCOMPARE(available.size(), allViewNames().size() - 7);
+        QCOMPARE(available.size(), allViewNames().size() - 8);
         for (const char* v : {"modularity", "activation-blocks", "selection-bias", "bias-override", "group-load",
-                              "expert-importance", "intervention-effect"})
+                              "expert-importance", "intervention-effect", "weight-comparison"})
             QVERIFY2(!available.count(v), v);
         for (ViewPane* p : w.panes())
             for (auto& v : p->modeViews()) {
@@ -435,7 +435,8 @@ private Q_SLOTS:
         for (ViewPane* p : w2.panes()) {
             QCOMPARE(p->stateJson(), states[p->id()]);
             // EMoE; bias or groups; an intervention or importance
-            QCOMPARE(p->hasFigure(), p->id() != "modularity" && p->id() != "bias" && p->id() != "interventions");
+            QCOMPARE(p->hasFigure(), p->id() != "modularity" && p->id() != "bias" && p->id() != "interventions" &&
+                                         p->id() != "comparison");
         }
         QCOMPARE(static_cast<ViewPane*>(w2.tabs()->widget(0))->id(), QString("routing"));
         QCOMPARE(static_cast<ViewPane*>(w2.tabs()->currentWidget())->id(), QString("pca"));
@@ -583,6 +584,25 @@ private Q_SLOTS:
         QCOMPARE(back.runLayer("intervention2", 0).topK, int64_t(1));
         QCOMPARE(back.result("expert_importance/intervention1-baseline"),
                  s->result("expert_importance/intervention1-baseline"));
+
+        // File -> Compare with checkpoint: the demo MoE against itself (every expert matched to
+        // itself, nothing moved); a model of another architecture is refused, naming both files
+        QVERIFY(!w.compareWith(demo + "/dense"));
+        QVERIFY2(w.lastError().contains("num_experts") || w.lastError().contains("model_type"),
+                 qPrintable(w.lastError()));
+        QVERIFY2(w.lastError().contains(demo + "/dense"), qPrintable(w.lastError()));
+        QVERIFY(w.compareWith(demo + "/moe"));
+        QVERIFY(w.jobs()->waitForIdle(kJobTimeoutMs));
+        const Result& cmp = s->result("weight_comparison/moe");
+        QCOMPARE(cmp.kind, std::string("compare_weights"));
+        const std::vector<double> moved = cmp.arrays.at("moved_same_gate").toDoubles();
+        QVERIFY(*std::max_element(moved.begin(), moved.end()) < 1e-6);
+        const std::vector<double> pi = cmp.arrays.at("layers/0/gate_matching").toDoubles();
+        for (size_t e = 0; e < pi.size(); ++e) QCOMPARE(pi[e], double(e));
+        ViewPane* c = w.pane("comparison");
+        QCOMPARE(w.tabs()->currentWidget(), static_cast<QWidget*>(c));
+        QVERIFY(c->hasFigure());
+        QVERIFY(w.grab().save(outDir() + "/window-comparison.png"));
     }
 
     // Opening another model, session or demo over unsaved work asks first; Cancel keeps it all

@@ -185,3 +185,25 @@ def test_analyses_run(cli, tmp_path):
         assert cos.shape == (65, 65) and np.allclose(np.diag(cos), 1.0, atol=1e-5)
         assert a["norm_score_ranks/r/layers/2/rank_counts"][:].sum() == 38 * 64
         assert a["weight_similarity/layers/1/gate"].shape == (64, 64)
+
+
+@pytest.mark.parametrize("k", [1, 2])
+def test_top_k_intervention_renormalises_as_moegate_does(cli, tmp_path, k):
+    """MoEGate renormalises (norm_topk_prob) only when top_k > 1 as it runs: an intervention's k
+    decides, not the config's. The reference is the same weights built with num_experts_per_tok=k."""
+    h5py = require("h5py")
+    cfg = every_option()  # norm_topk_prob, k = 4
+    ckpt = write_checkpoint(reference_model(cfg), cfg, str(tmp_path / "ck"), "packed")
+    ref = fixtures.reference(reference_model(dict(cfg, num_experts_per_tok=k)))
+    out = str(tmp_path / "s.h5")
+    args = ["intervene", ckpt, "--top-k", str(k), "--save-logits", "--all-experts", "--run", "iv", "--out", out]
+    for p in fixtures.PROMPTS:
+        args += ["--token-ids", ",".join(map(str, p))]
+    run_cli(cli, *args)
+    if cfg["n_shared_experts"] is None:
+        for l in ref["moe_layers"]:
+            ref.pop(f"L{l}_shared_output_norms")
+    with h5py.File(out, "r") as f:
+        compare(f["runs/iv"], ref)
+        w = f[f"runs/iv/layers/{moe_layers(cfg)[0]}/topk_weights"][()]
+        assert (w < 1).all() if k == 1 else np.allclose(w.sum(1), 1, atol=1e-6)

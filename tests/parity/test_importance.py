@@ -3,6 +3,8 @@ expert e, HF's model with expert e alone disabled on layer l (the router patched
 test_interventions.py) or zeroed (its down_proj slice set to 0) runs every prompt from the start;
 the loss increase, KL and top-1 flips are recomputed with scipy from HF's logits."""
 import json
+import os
+import subprocess
 
 import numpy as np
 import pytest
@@ -74,6 +76,28 @@ def test_expert_importance_matches_hf(cli, build_fixture, tmp_path, name, mode, 
     assert prov["skipped_unchosen"] == unchosen
     assert unchosen > 0 or prompts is fixtures.PROMPTS
     assert (got["loss_increase"] != 0).any()
+
+
+def test_importance_in_several_groups_of_experts_is_the_same(cli, build_fixture, tmp_path):
+    """Experts go through the later layers in groups (EXPERTSCOPE_IMPORTANCE_BATCH caps a group):
+    groups of 3 of OLMoE's 8 experts give the same numbers, bit for bit, as all 8 at once."""
+    h5py = require("h5py")
+    per, packed, ref = build_fixture("olmoe_clip")
+    got = {}
+    for batch in ("", "3"):
+        out = str(tmp_path / f"s{batch}.h5")
+        trace(cli, per, out, "--run", "r")
+        env = dict(os.environ, EXPERTSCOPE_IMPORTANCE_BATCH=batch)
+        r = subprocess.run([cli, "analyze", per, "--out", out, "--run", "r", "--static", "none", "--dynamic",
+                            "importance"], env=env, capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        with h5py.File(out, "r") as f:
+            g = f["analyses/expert_importance/r"]
+            got[batch] = ({k: g[k][()] for k in ("loss_increase", "kl", "top1_changed")},
+                          json.loads(g.attrs["provenance_json"])["layer_passes"])
+    for k in got[""][0]:
+        assert np.array_equal(got[""][0][k], got["3"][0][k]), k
+    assert got["3"][1] == 3 * got[""][1]  # three groups of experts, each through the same layers
 
 
 def test_importance_of_some_layers_and_not_in_all(cli, build_fixture, tmp_path):

@@ -31,9 +31,9 @@ def patch_router(router, add=None, allowed=None):
     def forward(hidden_states):
         h = hidden_states.reshape(-1, router.weight.shape[1])
         logits = torch.nn.functional.linear(h, router.weight)
-        z = logits + add.to(logits.dtype) if add is not None else logits
+        z = logits + add.to(logits.device, logits.dtype) if add is not None else logits
         probs = torch.softmax(z, dtype=torch.float, dim=-1)
-        choice = probs.masked_fill(~allowed, float("-inf")) if allowed is not None else probs
+        choice = probs.masked_fill(~allowed.to(probs.device), float("-inf")) if allowed is not None else probs
         idx = torch.topk(choice, router.top_k, dim=-1).indices
         top = probs.gather(1, idx)
         if renorm:
@@ -233,6 +233,42 @@ def test_bad_intervention_is_a_usage_error(cli, build_fixture, tmp_path, args, w
     assert r.returncode == 2, r.stderr
     assert words in r.stderr
     assert not out.exists()
+
+
+def test_forced_routing_past_the_group_restriction(cli, build_fixture, tmp_path):
+    """A group-limited router (DeepSeek-V3: 8 experts in 4 groups, 2 kept, top-3) forced to experts
+    of three groups chooses exactly them; their weights keep the router's ratios
+    (sigmoid(z_i) / sigmoid(z_j): renormalisation and the scaling factor cancel)."""
+    h5py = require("h5py")
+    per, packed, ref = build_fixture("deepseek_v3_groups")
+    out = str(tmp_path / "s.h5")
+    intervene(cli, per, out, "--force", "*:0+2+4")
+    with h5py.File(out, "r") as f:
+        for l in ref["moe_layers"]:
+            ids = f[f"runs/iv/layers/{l}/topk_experts"][()]
+            w = f[f"runs/iv/layers/{l}/topk_weights"][()].astype(np.float64)
+            z = f[f"runs/iv/layers/{l}/router_logits"][()].astype(np.float64)
+            assert (np.sort(ids, 1) == [0, 2, 4]).all()
+            sig = 1 / (1 + np.exp(-np.take_along_axis(z, ids.astype(np.int64), 1)))
+            np.testing.assert_allclose(w / w[:, :1], sig / sig[:, :1], rtol=1e-5)
+
+
+def test_router_bias_out_of_range_and_trailing_separators_are_usage_errors(cli, build_fixture, tmp_path):
+    per, packed, ref = build_fixture("olmoe_clip")
+    for args, words in ((["--router-bias", "0:1=1e6"], "between -1000 and 1000"),
+                        (["--force", "0:1+2+"], "ends with '+'"), (["--disable", "0:1,"], "ends with ','")):
+        r = intervene(cli, per, str(tmp_path / "s.h5"), *args, check=False)
+        assert r.returncode == 2 and words in r.stderr, r.stderr
+
+
+def test_analysing_an_intervened_run_is_refused(cli, build_fixture, tmp_path):
+    """Its analyses would rerun the unmodified model under its name: refused, naming the run."""
+    per, packed, ref = build_fixture("olmoe_clip")
+    out = str(tmp_path / "s.h5")
+    intervene(cli, per, out, "--top-k", "3")
+    r = run_cli(cli, "analyze", per, "--out", out, "--run", "iv", "--static", "none", "--dynamic", "D2",
+                check=False)
+    assert r.returncode == 1 and "/runs/iv@intervention_json" in r.stderr and "baseline" in r.stderr
 
 
 def test_non_moe_layer_named(cli, build_fixture, tmp_path):

@@ -28,7 +28,9 @@ const Family& family_deepseek() {
                 c.fail("scoring_func", "DeepSeekMoE scores experts by softmax, not '" + scoring + "'");
             RouterRule& r = s.router;
             r.scoring = RouterRule::Scoring::Softmax;
-            r.renormalize = s.topK > 1 && c.optBool("norm_topk_prob", false);
+            // MoEGate renormalises when top_k > 1 (an intervention's k decides, not the config's)
+            r.renormalize = c.optBool("norm_topk_prob", false);
+            r.renormalizeAboveOne = true;
             r.renormEpsilon = 1e-20;
             // MoEGate: F.linear, softmax, top-k and renormalisation all in the activations' dtype
             r.scoresInHiddenDtype = true;
