@@ -154,6 +154,12 @@ InterventionRuns runIntervention(Model& model, const InterventionRequest& req) {
     params["intervention"] = change;
     params["description"] = req.change.describe();
     out.effect.paramsJson = params.dump();
+    if (req.checkpoint) {
+        nlohmann::json prov = nlohmann::json::parse(out.effect.provenanceJson);
+        prov["checkpoint"] = req.checkpoint->path();
+        prov["fingerprint"] = req.checkpoint->fingerprint();
+        out.effect.provenanceJson = prov.dump();
+    }
     change["baseline"] = req.baseline;
     out.changed.interventionJson = change.dump();
     if (!req.keepLogits) {

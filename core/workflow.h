@@ -77,6 +77,7 @@ struct InterventionRequest {
     std::string name, baseline;  // the intervened run's name and the unmodified run's
     std::vector<std::vector<int64_t>> prompts;
     Intervention change;
+    const Checkpoint* checkpoint = nullptr;  // the model's: its path and fingerprint in the effect's provenance
     bool allExperts = false, keepLogits = false;
     Progress progress;
     const std::atomic<bool>* cancel = nullptr;

@@ -563,6 +563,7 @@ int cmdIntervene(const std::vector<std::string>& args) {
     if (req.baseline.empty()) req.baseline = req.name + "-baseline";
     if (req.baseline == req.name) throw UsageError("intervene: --baseline must differ from --run");
     req.prompts = ra.prompts;
+    req.checkpoint = ckpt.get();
     auto model = es::Model::load(ckpt, spec, ra.lo);
     es::InterventionRuns runs = es::runIntervention(*model, req);
     for (es::RunTrace* rt : {&runs.baseline, &runs.changed}) {
@@ -570,10 +571,6 @@ int cmdIntervene(const std::vector<std::string>& args) {
         rt->promptTexts = ra.texts;
         if (tok) es::attachTokenText(*rt, *tok);
     }
-    nlohmann::json prov = nlohmann::json::parse(runs.effect.provenanceJson);
-    prov["checkpoint"] = ckpt->path();
-    prov["fingerprint"] = ckpt->fingerprint();
-    runs.effect.provenanceJson = prov.dump();
     const std::vector<double> sum = runs.effect.arrays.at("summary").toDoubles();
     es::Session session = es::openSessionFor(ra.out, es::sessionModelOf(*ckpt, spec));
     session.addRun(req.baseline, std::move(runs.baseline));  // an existing name is an error naming it

@@ -104,6 +104,14 @@ std::string runNameFor(const QStringList& prompts, const std::function<bool(cons
     return name;
 }
 
+// OK and Cancel at the foot of a dialog's form, accepting and rejecting it.
+void addOkCancel(QDialog& d, QFormLayout* form) {
+    auto* buttons = new QDialogButtonBox(QDialogButtonBox::Ok | QDialogButtonBox::Cancel);
+    form->addRow(buttons);
+    QObject::connect(buttons, &QDialogButtonBox::accepted, &d, &QDialog::accept);
+    QObject::connect(buttons, &QDialogButtonBox::rejected, &d, &QDialog::reject);
+}
+
 struct PaneDef {
     const char* id;
     const char* title;
@@ -746,6 +754,7 @@ bool MainWindow::intervene(const QStringList& prompts, const Intervention& chang
                       req.prompts = encodePrompts(*tok, texts);
                       checkPromptLengths(*spec, req.prompts);
                       req.change = change;
+                      req.checkpoint = ckpt.get();
                       req.progress = [&ctx](double f, const std::string& w) { ctx.progress(f, w); };
                       req.cancel = ctx.cancel;
                       auto model = Model::load(ckpt, *spec, lo);
@@ -754,10 +763,6 @@ bool MainWindow::intervene(const QStringList& prompts, const Intervention& chang
                           rt->promptTexts = texts;
                           attachTokenText(*rt, *tok);
                       }
-                      nlohmann::json prov = nlohmann::json::parse(runs->effect.provenanceJson);
-                      prov["checkpoint"] = ckpt->path();
-                      prov["fingerprint"] = ckpt->fingerprint();
-                      runs->effect.provenanceJson = prov.dump();
                       return [this, runs, name, baseline, target] {
                           pendingRuns_.erase(name);
                           pendingRuns_.erase(baseline);
@@ -870,10 +875,7 @@ void MainWindow::interveneDialog() {
     };
     connect(kind, &QComboBox::currentIndexChanged, &d, update);
     update();
-    auto* buttons = new QDialogButtonBox(QDialogButtonBox::Ok | QDialogButtonBox::Cancel);
-    form->addRow(buttons);
-    connect(buttons, &QDialogButtonBox::accepted, &d, &QDialog::accept);
-    connect(buttons, &QDialogButtonBox::rejected, &d, &QDialog::reject);
+    addOkCancel(d, form);
     if (d.exec() != QDialog::Accepted) return;
     Intervention iv;
     try {
@@ -926,10 +928,7 @@ void MainWindow::importanceDialog() {
     form->addRow("Run", run);
     form->addRow("Mode", mode);
     form->addRow(new QLabel("Runs the model once per layer and expert, from that layer on."));
-    auto* buttons = new QDialogButtonBox(QDialogButtonBox::Ok | QDialogButtonBox::Cancel);
-    form->addRow(buttons);
-    connect(buttons, &QDialogButtonBox::accepted, &d, &QDialog::accept);
-    connect(buttons, &QDialogButtonBox::rejected, &d, &QDialog::reject);
+    addOkCancel(d, form);
     if (run->count() == 0) {
         showError("Cannot measure expert importance",
                   "Every run of the session is an intervened one: run the prompts unmodified first.");
@@ -1210,10 +1209,7 @@ void MainWindow::exportDialog() {
     for (auto* x : {w, h, dpi}) connect(x, qOverload<int>(&QSpinBox::valueChanged), &d, update);
     connect(fmt, qOverload<int>(&QComboBox::currentIndexChanged), &d, update);
     update();
-    auto* buttons = new QDialogButtonBox(QDialogButtonBox::Ok | QDialogButtonBox::Cancel);
-    form->addRow(buttons);
-    connect(buttons, &QDialogButtonBox::accepted, &d, &QDialog::accept);
-    connect(buttons, &QDialogButtonBox::rejected, &d, &QDialog::reject);
+    addOkCancel(d, form);
     if (d.exec() != QDialog::Accepted) return;
     const QString ext = exts[fmt->currentIndex()];
     const QString dir = st.value("export/dir", QDir::homePath()).toString();

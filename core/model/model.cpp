@@ -311,51 +311,48 @@ void Model::Impl::loadLayer(int l) {
     w.loaded = true;
 }
 
-std::vector<LayerIntervention> Model::Impl::layerInterventions(const Intervention& iv) const {
+LayerIntervention Model::Impl::layerIntervention(const Intervention& iv, int l) const {
     const int64_t E = spec.numExperts;
-    std::vector<LayerIntervention> out(static_cast<size_t>(spec.numLayers));
-    for (int l : spec.moeLayers()) {
-        LayerIntervention& li = out[static_cast<size_t>(l)];
-        std::vector<float> add(static_cast<size_t>(E), 0.0f);
-        std::vector<char> allowed(static_cast<size_t>(E), 1), zeroed(static_cast<size_t>(E), 0);
-        bool anyAdd = false, anyMask = false, anyZero = false;
-        for (const auto& b : iv.routerBias)
-            if (Intervention::names(b.layer, l)) {
-                add[static_cast<size_t>(b.expert)] += static_cast<float>(b.value);
-                anyAdd = true;
-            }
-        for (const auto& x : iv.disabled)
-            if (Intervention::names(x.layer, l)) {  // out of the selection; the scores stay as they are
-                allowed[static_cast<size_t>(x.expert)] = 0;
-                anyMask = true;
-            }
-        for (const auto& f : iv.forced)
-            if (Intervention::names(f.layer, l)) {
-                std::fill(allowed.begin(), allowed.end(), 0);
-                for (int e : f.experts) allowed[static_cast<size_t>(e)] = 1;
-                anyMask = li.forced = true;
-            }
-        std::vector<int64_t> zeroIds;
-        for (const auto& x : iv.zeroed)
-            if (Intervention::names(x.layer, l) && !zeroed[static_cast<size_t>(x.expert)]) {
-                zeroed[static_cast<size_t>(x.expert)] = 1;
-                zeroIds.push_back(x.expert);
-                anyZero = true;
-            }
-        const auto onDevice = torch::TensorOptions().device(device);
-        if (anyAdd) li.logitAdd = torch::tensor(add, torch::kFloat).to(device);
-        if (anyMask) {
-            std::vector<uint8_t> a(allowed.begin(), allowed.end());
-            li.allowed = torch::tensor(a, torch::kByte).to(onDevice.dtype(torch::kBool));
+    LayerIntervention li;
+    std::vector<float> add(static_cast<size_t>(E), 0.0f);
+    std::vector<char> allowed(static_cast<size_t>(E), 1), zeroed(static_cast<size_t>(E), 0);
+    bool anyAdd = false, anyMask = false, anyZero = false;
+    for (const auto& b : iv.routerBias)
+        if (Intervention::names(b.layer, l)) {
+            add[static_cast<size_t>(b.expert)] += static_cast<float>(b.value);
+            anyAdd = true;
         }
-        if (anyZero) {
-            li.zeroed = zeroed;
-            li.zeroedIds = torch::tensor(zeroIds, torch::kLong).to(device);
+    for (const auto& x : iv.disabled)
+        if (Intervention::names(x.layer, l)) {  // out of the selection; the scores stay as they are
+            allowed[static_cast<size_t>(x.expert)] = 0;
+            anyMask = true;
         }
-        for (int d : iv.dropShared) li.dropShared = li.dropShared || Intervention::names(d, l);
-        li.topK = iv.topK;
+    for (const auto& f : iv.forced)
+        if (Intervention::names(f.layer, l)) {
+            std::fill(allowed.begin(), allowed.end(), 0);
+            for (int e : f.experts) allowed[static_cast<size_t>(e)] = 1;
+            anyMask = li.forced = true;
+        }
+    std::vector<int64_t> zeroIds;
+    for (const auto& x : iv.zeroed)
+        if (Intervention::names(x.layer, l) && !zeroed[static_cast<size_t>(x.expert)]) {
+            zeroed[static_cast<size_t>(x.expert)] = 1;
+            zeroIds.push_back(x.expert);
+            anyZero = true;
+        }
+    const auto onDevice = torch::TensorOptions().device(device);
+    if (anyAdd) li.logitAdd = torch::tensor(add, torch::kFloat).to(device);
+    if (anyMask) {
+        std::vector<uint8_t> a(allowed.begin(), allowed.end());
+        li.allowed = torch::tensor(a, torch::kByte).to(onDevice.dtype(torch::kBool));
     }
-    return out;
+    if (anyZero) {
+        li.zeroed = zeroed;
+        li.zeroedIds = torch::tensor(zeroIds, torch::kLong).to(device);
+    }
+    for (int d : iv.dropShared) li.dropShared = li.dropShared || Intervention::names(d, l);
+    li.topK = iv.topK;
+    return li;
 }
 
 void TraceCollector::add(const MoeOut& m, bool allExperts) {
@@ -534,6 +531,7 @@ Model::Impl::State Model::Impl::start(const std::vector<std::vector<int64_t>>& p
 
 void Model::Impl::step(int l, State& st, bool allExperts, const Tap& tap, const Tap& attnTap, bool keepChosen) {
     const LayerWeights& w = layers[l];
+    auto interventionOf = [&](size_t p) { return intervene ? intervene(l, p) : nullptr; };
     const bool isMoe = spec.layers[l].moe;
     for (size_t p = 0; p < st.h.size(); ++p) {
         if (spec.encoder) {  // post-LN: LN(h + attn(h)), then LN(h + ffn(h))
@@ -544,7 +542,7 @@ void Model::Impl::step(int l, State& st, bool allExperts, const Tap& tap, const 
                 if (tap) tap(p, x, nullptr);
                 y = ffn(x, w.mlp);
             } else {
-                auto m = moe(w, x, allExperts, keepChosen, {}, intervene ? intervene(l, p) : nullptr);
+                auto m = moe(w, x, allExperts, keepChosen, {}, interventionOf(p));
                 if (tap) tap(p, x, &m);
                 y = m.y;
             }
@@ -590,11 +588,11 @@ void Model::Impl::step(int l, State& st, bool allExperts, const Tap& tap, const 
             const Tensor routerIn =
                 norm(r, Tensor(), eps) * w.routerInputScale * std::pow(static_cast<double>(spec.hidden), -0.5);
             const Tensor xe = norm(r, w.moeInNorm, eps);
-            auto m = moe(w, xe, allExperts, keepChosen, routerIn, intervene ? intervene(l, p) : nullptr);
+            auto m = moe(w, xe, allExperts, keepChosen, routerIn, interventionOf(p));
             if (tap) tap(p, xe, &m);
             join(dense + norm(m.y, w.moeOutNorm, eps), w.postNorm, w.postNormB, w.ffnOutNorm);
         } else {
-            auto m = moe(w, x, allExperts, keepChosen, {}, intervene ? intervene(l, p) : nullptr);
+            auto m = moe(w, x, allExperts, keepChosen, {}, interventionOf(p));
             if (tap) tap(p, x, &m);
             join(m.y, w.postNorm, w.postNormB, w.ffnOutNorm);
         }
@@ -686,13 +684,12 @@ RunTrace Model::trace(const std::vector<std::vector<int64_t>>& prompts, const Tr
     std::vector<LayerIntervention> iv;
     if (!opt.intervention.empty()) {
         if (const std::string p = opt.intervention.problem(s); !p.empty()) throw Error(p, "", "intervention");
-        iv = d.layerInterventions(opt.intervention);
+        iv.resize(static_cast<size_t>(s.numLayers));
+        for (int l : s.moeLayers()) iv[static_cast<size_t>(l)] = d.layerIntervention(opt.intervention, l);
     }
-    struct Clear {  // the intervention lasts this trace only
-        Impl& d;
-        ~Clear() { d.intervene = nullptr; }
-    } clear{d};
-    if (!iv.empty()) d.intervene = [&iv](int l, size_t) { return &iv[static_cast<size_t>(l)]; };
+    Impl::InterveneScope scope(
+        d, iv.empty() ? std::function<const LayerIntervention*(int, size_t)>()
+                      : [&iv](int l, size_t) { return &iv[static_cast<size_t>(l)]; });
 
     Impl::State st = d.start(prompts);
     TraceRecorder rec{s, rt, opt.allExperts, {}, {}};
@@ -818,10 +815,6 @@ ImportanceResult Model::expertImportance(const std::vector<std::vector<int64_t>>
     res.top1Changed = res.lossIncrease;
 
     const bool exactSkip = opt.zero || unchosenRemovalIsExact(s.router);
-    struct Clear {  // the per-sequence interventions last this call only
-        Impl& d;
-        ~Clear() { d.intervene = nullptr; }
-    } clear{d};
     for (size_t li = 0; li < res.layers.size(); ++li) {
         const int l = res.layers[li];
         std::vector<char> hit(static_cast<size_t>(E), 1);
@@ -846,7 +839,7 @@ ImportanceResult Model::expertImportance(const std::vector<std::vector<int64_t>>
             for (int e : part) {
                 Intervention one;
                 (opt.zero ? one.zeroed : one.disabled).push_back({l, e});
-                ivs.push_back(d.layerInterventions(one)[static_cast<size_t>(l)]);
+                ivs.push_back(d.layerIntervention(one, l));
                 for (size_t p = 0; p < P; ++p) {
                     v.h.push_back(inputs[l][p]);
                     v.cos.push_back(st.cos[p]);
@@ -857,7 +850,8 @@ ImportanceResult Model::expertImportance(const std::vector<std::vector<int64_t>>
                     }
                 }
             }
-            d.intervene = [&](int layer, size_t q) { return layer == l ? &ivs[q / P] : nullptr; };
+            // each sequence's expert changed on layer l only
+            Impl::InterveneScope scope(d, [&](int layer, size_t q) { return layer == l ? &ivs[q / P] : nullptr; });
             for (int k = l; k < L; ++k) {
                 if (opt.cancel && opt.cancel->load()) throw Error("cancelled", "", "expert importance");
                 report("layer " + std::to_string(l) + ", experts " + std::to_string(part.front()) + ".." +
@@ -868,7 +862,6 @@ ImportanceResult Model::expertImportance(const std::vector<std::vector<int64_t>>
                 ++res.layerPasses;
                 ++done;
             }
-            d.intervene = nullptr;
             std::vector<double> loss(part.size(), 0.0), kl(part.size(), 0.0);
             std::vector<int64_t> flips(part.size(), 0);
             for (size_t p = 0; p < P; ++p) {

@@ -702,8 +702,18 @@ struct Model::Impl {
     State start(const std::vector<std::vector<int64_t>>& prompts) const;
     // The intervention on layer l for prompt p (nullptr: none), while a run makes one.
     std::function<const LayerIntervention*(int l, size_t p)> intervene;
-    // An intervention per layer, on the device (empty entries where it changes nothing).
-    std::vector<LayerIntervention> layerInterventions(const Intervention& iv) const;
+    // Sets `intervene` for its lifetime: an intervention lasts one call (a trace, an importance measurement).
+    struct InterveneScope {
+        Impl& d;
+        InterveneScope(Impl& impl, std::function<const LayerIntervention*(int, size_t)> f) : d(impl) {
+            d.intervene = std::move(f);
+        }
+        ~InterveneScope() { d.intervene = nullptr; }
+        InterveneScope(const InterveneScope&) = delete;
+        InterveneScope& operator=(const InterveneScope&) = delete;
+    };
+    // An intervention as MoE layer l applies it, on the device (empty where it changes nothing there).
+    LayerIntervention layerIntervention(const Intervention& iv, int l) const;
     // Runs layer l (loaded) on every prompt. `tap(p, x, moe)` sees prompt p's FFN input x and, on
     // MoE layers, the block's routing and output (nullptr on dense layers).
     // `attnTap(p, x, moa)` sees a MoA layer's attention input and routing (JetMoE).

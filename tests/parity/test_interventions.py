@@ -170,6 +170,8 @@ def test_intervention_matches_hf(cli, build_fixture, tmp_path, name, change):
         assert eff.attrs["kind"] == "intervention_effect"
         params = json.loads(eff.attrs["params_json"])
         assert params["run"] == "iv" and params["baseline"] == "iv-baseline"
+        prov = json.loads(eff.attrs["provenance_json"])
+        assert prov["checkpoint"] == packed and prov["fingerprint"].startswith("sha256:")
         want = effect_reference(ref["logits"], changed_ref["logits"], ref["tokens"], ref["prompt_offsets"])
         for key, v in want.items():
             got = eff[key][:]
