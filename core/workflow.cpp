@@ -216,4 +216,34 @@ RunInputs runInputs(const Session& s, const std::string& run) {
     return in;
 }
 
+RunInputs comparisonInputs(const Session& s, const std::string& run) {
+    if (!s.hasRun(run)) throw Error("the session has no run named '" + run + "'", s.path(), "/runs/" + run);
+    if (!s.runInfo(run).interventionJson.empty())
+        throw Error("run '" + run + "' is an intervened run: compare the routing of an unmodified run", s.path(),
+                    "/runs/" + run);
+    RunInputs in = runInputs(s, run);
+    in.storedAttention.clear();
+    return in;
+}
+
+Result compareRouting(Model& other, const RoutingComparisonRequest& req) {
+    TraceOptions to;
+    to.progress = req.progress;
+    to.cancel = req.cancel;
+    int64_t T = 0;
+    for (const auto& p : req.a.prompts) T += static_cast<int64_t>(p.size());
+    const RunTrace b = other.trace(req.a.prompts, to);
+    Result r = routingComparison(req.a.stored, b.layers, T, req.run);
+    nlohmann::json prov = nlohmann::json::parse(r.provenanceJson);
+    prov["device"] = b.device;
+    prov["dtype"] = b.dtype;
+    if (req.other) {
+        prov["checkpoint_b"] = req.other->path();
+        prov["fingerprint_b"] = req.other->fingerprint();
+    }
+    if (!b.warnings.empty()) prov["warnings_b"] = b.warnings;
+    r.provenanceJson = prov.dump();
+    return r;
+}
+
 }  // namespace es

@@ -101,4 +101,19 @@ struct RunInputs {
 };
 RunInputs runInputs(const Session& s, const std::string& run);
 
+// Routing of two comparable models (checkComparable with routing) on the same token ids
+// (analyses-spec 7.3): the stored routing of a run of model A against model B traced on that run's
+// prompts; stored as /analyses/routing_comparison/NAME (NAME: B's, as weight_comparison/NAME).
+// comparisonInputs reads the run where the session lives (an intervened run is refused: its
+// routing was changed on purpose); compareRouting traces `other` (B) and compares.
+RunInputs comparisonInputs(const Session& s, const std::string& run);
+struct RoutingComparisonRequest {
+    std::string run;                    // A's run
+    RunInputs a;                        // its prompts and records (comparisonInputs)
+    const Checkpoint* other = nullptr;  // B's: its path and fingerprint in the provenance
+    Progress progress;
+    const std::atomic<bool>* cancel = nullptr;
+};
+Result compareRouting(Model& other, const RoutingComparisonRequest& req);
+
 }  // namespace es

@@ -27,7 +27,8 @@ KINDS = {"weight_similarity": "S1", "neuron_mean_similarity": "S2", "neuron_reor
          "output_similarity": "D1", "norm_score_ranks": "D2", "gate_activations": "D3", "routing_map": "D4",
          "expert_load": "load", "layer_diversity": "diversity", "routing_check": "routing_check",
          "selection_bias": "selection_bias", "intervention_effect": "intervention_effect",
-         "expert_importance": "importance", "weight_comparison": "compare_weights"}
+         "expert_importance": "importance", "weight_comparison": "compare_weights",
+         "routing_comparison": "compare_routing"}
 
 PLACEHOLDERS = {"NAME": "(?P<NAME>[^/]+)", "L": r"\d+", "ID": r"[^/]+(?:/[^/]+)*",
                 "ARRAY": r"[^/]+(?:/[^/]+)*", "VIEW": r"[^/]+", "N": r"\d+"}

@@ -23,6 +23,10 @@ QRgb colormapEntry(const QString& name, int i) {
 
 QColor colormapColor(const QString& name, double value, double lo, double hi) {
     if (std::isnan(value)) return {};
+    if (name == "experts") {  // categories: value = an expert id in [lo, hi] (lo = 0)
+        const int n = std::max(1, static_cast<int>(std::lround(hi)) + 1);
+        return expertColor(std::clamp(static_cast<int>(std::lround(value)), 0, n - 1), n);
+    }
     // matplotlib's Normalize: (v - lo) / (hi - lo), 0 when the range is empty
     const double t = hi > lo ? (value - lo) / (hi - lo) : 0.0;
     double x = t * 256.0;

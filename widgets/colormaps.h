@@ -6,7 +6,8 @@
 
 namespace es {
 
-// viridis | blues | spectral; an unknown name is viridis. NaN gives an invalid QColor.
+// viridis | blues | spectral; an unknown name is viridis. NaN gives an invalid QColor. "experts":
+// the value is an expert id of the hi + 1 experts (lo = 0), coloured as expertColor.
 QColor colormapColor(const QString& name, double value, double lo, double hi);
 // Entry i of n spread over the map (categories such as experts): the colour of (i + 0.5) / n.
 QColor categoryColor(const QString& name, int i, int n);

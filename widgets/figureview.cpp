@@ -92,12 +92,18 @@ QImage heatmapImage(const HeatmapPanel& h, double lo, double hi) {
     return img;
 }
 
-QCPColorGradient gradientOf(const QString& name) {
+QCPColorGradient gradientOf(const QString& name, double hi) {
     QCPColorGradient g;
     g.clearColorStops();
+    g.setColorInterpolation(QCPColorGradient::ciRGB);
+    if (name == "experts") {  // one step per expert (the scale's range is -0.5 .. n - 0.5)
+        const int n = std::max(2, static_cast<int>(std::lround(hi)) + 1);
+        g.setLevelCount(n);
+        for (int e = 0; e < n; ++e) g.setColorStopAt(e / static_cast<double>(n - 1), colormapColor(name, e, 0, n - 1));
+        return g;
+    }
     g.setLevelCount(256);
     for (int i = 0; i < 256; ++i) g.setColorStopAt(i / 255.0, QColor(colormapEntry(name, i)));
-    g.setColorInterpolation(QCPColorGradient::ciRGB);
     return g;
 }
 
@@ -288,7 +294,8 @@ void FigureView::rebuild() {
     plot_->plotLayout()->addElement(1, 0, grid);
     plot_->plotLayout()->setRowStretchFactor(0, 0.001);
     // horizontal tick labels: at most what a panel's share of the width holds side by side
-    const int panelWidth = width() / std::max<int>(1, static_cast<int>(fig_.panels.size()));
+    const int across = fig_.stacked ? 1 : std::max<int>(1, static_cast<int>(fig_.panels.size()));
+    const int panelWidth = width() / across;
     auto fitTicks = [&](const std::vector<std::string>& labels, int maxTicks) {
         size_t chars = 1;
         for (auto& l : labels) chars = std::max(chars, l.size());
@@ -296,16 +303,23 @@ void FigureView::rebuild() {
         return std::clamp(room, 2, maxTicks);
     };
     int col = 0;
+    QCPMarginGroup* stackedSides = nullptr;  // stacked panels: their plot areas aligned left and right
+    if (fig_.stacked) {
+        stackedSides = new QCPMarginGroup(plot_);
+        marginGroups_.push_back(stackedSides);
+    }
     for (size_t pi = 0; pi < fig_.panels.size(); ++pi) {
         const Panel& p = fig_.panels[pi];
         auto* rect = new QCPAxisRect(plot_);
         rects_.push_back(rect);
+        if (stackedSides) rect->setMarginGroup(QCP::msLeft | QCP::msRight, stackedSides);
         auto* panelGrid = new QCPLayoutGrid;
-        grid->addElement(0, col++, panelGrid);
+        if (fig_.stacked) grid->addElement(static_cast<int>(pi), 0, panelGrid);
+        else grid->addElement(0, col++, panelGrid);
         int row = 0;
         if (!p.title.empty()) {
             auto* pt = new QCPTextElement(plot_, q(p.title), figureFont(9));
-            titles_.push_back({pt, q(p.title), 1.0 / static_cast<double>(fig_.panels.size())});
+            titles_.push_back({pt, q(p.title), 1.0 / across});
             panelGrid->addElement(row++, 0, pt);
             panelGrid->setRowStretchFactor(0, 0.001);
         }
@@ -375,16 +389,18 @@ void FigureView::rebuild() {
                     }
             }
             auto* scale = new QCPColorScale(plot_);
-            scale->setGradient(gradientOf(q(h.colormap)));
-            scale->setDataRange(QCPRange(lo, hi > lo ? hi : lo + 1e-12));
+            scale->setGradient(gradientOf(q(h.colormap), hi));
+            if (h.colormap == "experts") scale->setDataRange(QCPRange(lo - 0.5, hi + 0.5));
+            else scale->setDataRange(QCPRange(lo, hi > lo ? hi : lo + 1e-12));
             scale->axis()->setLabel(q(h.valueLabel));
             scale->setBarWidth(12);
-            grid->addElement(0, col++, scale);
+            if (fig_.stacked) grid->addElement(static_cast<int>(pi), 1, scale);
+            else grid->addElement(0, col++, scale);
             auto* group = new QCPMarginGroup(plot_);
             marginGroups_.push_back(group);
             rect->setMarginGroup(QCP::msTop | QCP::msBottom, group);
             scale->setMarginGroup(QCP::msTop | QCP::msBottom, group);
-            grid->setColumnStretchFactor(col - 1, 0.001);
+            grid->setColumnStretchFactor(fig_.stacked ? 1 : col - 1, 0.001);
         }
         // series
         double xmin = INFINITY, xmax = -INFINITY, ymin = INFINITY, ymax = -INFINITY;

@@ -57,6 +57,8 @@ const char* kUsage = R"(usage:
                   [--device cpu|cuda[:N]] [--dtype float32|bfloat16|float16] [--first-tokens N]
                   [--pca-components 2|3] [--threads N] [--allow-long]
   expertscope-cli compare CHECKPOINT_A CHECKPOINT_B --out SESSION.h5 [--name NAME] [--layers 0,3,...] [--threads N]
+                  [--run NAME] [--token-ids 1,2,3 ... | --prompt TEXT ... | --prompts FILE] [--routing-only]
+                  [--device ...] [--dtype ...] [--layer-streaming ...] [--allow-long]
   expertscope-cli emoe DENSE_CHECKPOINT --experts N --top-k K [--layers all|START:EVERY|LIST]
                   [--gating avg-k|mean-key] [--seed S] [--restarts R] [--format expertscope|mixtral] --out DIR
   expertscope-cli export SESSION.h5 --list [--json]
@@ -77,7 +79,11 @@ weights_only=True); any other pickle opcode or global is refused by name.
 compare: two checkpoints of one architecture and expert count (a base and its fine-tune): every
 expert of A against every expert of B per layer and matrix, the best one-to-one matching, and how
 far each expert moved, into A's session as /analyses/weight_comparison/NAME (NAME: B's folder name);
-models that differ are refused, naming both files and the field.
+models that differ are refused, naming both files and the field. With --run (a run of A in the
+session) or prompts (which first become run --run NAME of A), also the routing of both models on
+the same token ids: top-1 agreement, Jaccard of the chosen sets and Kendall's tau of the router
+logits per layer and token, and the load difference, as /analyses/routing_comparison/NAME
+(B runs in the run's dtype unless --dtype says otherwise); --routing-only skips the weights.
 emoe: splits a dense model's FFNs into N experts of equal size by balanced k-means of their key
 vectors and writes a checkpoint the engine runs as an MoE (docs/emoe.md).
 export: docs/views.md describes every view and its options; --list names those the session allows.
@@ -640,36 +646,87 @@ std::vector<int> parseLayerList(const std::string& s) {
 
 int cmdCompare(const std::vector<std::string>& args) {
     std::vector<std::string> paths;
-    std::string out, name;
+    std::string name;
     std::vector<int> layers;
-    int threads = 0;
+    bool routingOnly = false;
+    RunArgs ra;  // the routing comparison's run (an existing one, or made of the prompts) and how B runs
     for (size_t i = 0; i < args.size(); ++i) {
         const std::string& a = args[i];
         auto value = [&]() -> const std::string& { return optionValue(args, i, "compare"); };
-        if (a == "--out") out = value();
+        if (a.rfind("--", 0) != 0) paths.push_back(a);
         else if (a == "--name") name = value();
         else if (a == "--layers") layers = parseLayerList(value());
-        else if (a == "--threads") threads = parseThreads(value(), "compare");
-        else if (a.rfind("--", 0) == 0) throw UsageError("compare: unknown option " + a);
-        else paths.push_back(a);
+        else if (a == "--routing-only") routingOnly = true;
+        else if (!ra.take(args, i, "compare")) throw UsageError("compare: unknown option " + a);
     }
     if (paths.size() != 2) throw UsageError("compare: give two checkpoints, CHECKPOINT_A CHECKPOINT_B");
-    if (out.empty()) throw UsageError("compare: --out SESSION.h5 is required");
-    if (threads > 0) es::initRuntime(threads);
+    if (ra.out.empty()) throw UsageError("compare: --out SESSION.h5 is required");
+    if (!ra.prompts.empty() && !ra.texts.empty())
+        throw UsageError("compare: --token-ids cannot be mixed with text prompts");
+    const bool makeRun = !ra.prompts.empty() || !ra.texts.empty();
+    const bool routing = makeRun || !ra.run.empty();
+    if (routingOnly && !routing)
+        throw UsageError(
+            "compare: --routing-only needs a run (--run NAME) or prompts (--prompt, --prompts, --token-ids)");
+    if (routingOnly && !layers.empty())
+        throw UsageError("compare: --layers chooses the layers of the weight comparison");
+    if (ra.threads > 0) es::initRuntime(ra.threads);
+    ra.path = paths[0];
     auto a = es::Checkpoint::open(paths[0]);
     auto b = es::Checkpoint::open(paths[1]);
     const es::ModelSpec sa = es::ModelSpec::fromCheckpoint(*a), sb = es::ModelSpec::fromCheckpoint(*b);
-    es::checkComparable(sa, a->path(), sb, b->path(), false);
+    es::checkComparable(sa, a->path(), sb, b->path(), routing);
     if (name.empty()) name = es::resultNameFromPath(b->path());
-    es::Session session = es::openSessionFor(out, es::sessionModelOf(*a, sa));
-    es::Result r = es::compareWeights(*a, sa, *b, sb, layers, [](double f, const std::string& what) {
-        std::cerr << "\rweight comparison: " << static_cast<int>(100 * f) << "% (" << what << ")   " << std::flush;
-    });
-    std::cerr << "\n";
-    const std::string id = "weight_comparison/" + name;
-    session.putResult(id, std::move(r));
-    session.save(out);
-    std::cerr << "/analyses/" << id << ": " << a->path() << " against " << b->path() << " -> " << out << "\n";
+    es::Session session = es::openSessionFor(ra.out, es::sessionModelOf(*a, sa));
+    auto progress = [](const char* what) {
+        return [what](double f, const std::string& step) {
+            std::cerr << "\r" << what << ": " << static_cast<int>(100 * f) << "% (" << step << ")   " << std::flush;
+        };
+    };
+    std::vector<std::string> ids;
+    if (!routingOnly) {
+        es::Result r = es::compareWeights(*a, sa, *b, sb, layers, progress("weight comparison"));
+        std::cerr << "\n";
+        ids.push_back("weight_comparison/" + name);
+        session.putResult(ids.back(), std::move(r));
+    }
+    std::string run = ra.run;
+    if (makeRun) {  // the prompts become a run of A first
+        std::shared_ptr<es::Tokenizer> tok = ra.encode();
+        if (!ra.allowLong) es::checkPromptLengths(sa, ra.prompts);
+        if (run.empty()) {
+            int n = 0;
+            do run = "run" + std::to_string(n++);
+            while (session.hasRun(run));
+        }
+        if (session.hasRun(run))
+            throw UsageError("compare: the session already has a run '" + run + "' (leave out the prompts to use it)");
+        es::TraceOptions to;
+        to.progress = progress("run of A");
+        es::RunTrace rt = es::Model::load(a, sa, ra.lo)->trace(ra.prompts, to);
+        std::cerr << "\n";
+        printWarnings(rt);
+        rt.promptTexts = ra.texts;
+        if (tok) es::attachTokenText(rt, *tok);
+        session.addRun(run, std::move(rt));
+    }
+    if (routing) {
+        es::RoutingComparisonRequest req;
+        req.run = run;
+        req.a = es::comparisonInputs(session, run);
+        if (!ra.allowLong) es::checkPromptLengths(sb, req.a.prompts);
+        if (ra.lo.dtype.empty()) ra.lo.dtype = session.runInfo(run).dtype;  // B as A's run was made
+        req.other = b.get();
+        req.progress = progress("run of B");
+        es::Result r = es::compareRouting(*es::Model::load(b, sb, ra.lo), req);
+        std::cerr << "\n";
+        ids.push_back("routing_comparison/" + name);
+        session.putResult(ids.back(), std::move(r));
+    }
+    session.save(ra.out);
+    for (const auto& id : ids)
+        std::cerr << "/analyses/" << id << ": " << a->path() << " against " << b->path()
+                  << (id.rfind("routing", 0) == 0 ? " on run '" + run + "'" : "") << " -> " << ra.out << "\n";
     return 0;
 }
 

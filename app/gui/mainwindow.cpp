@@ -145,7 +145,12 @@ std::vector<PaneDef> paneDefs() {
         {"interventions",
          "Interventions",
          {{"Expert importance", "expert-importance"}, {"Effect over the text", "intervention-effect"}}},
-        {"comparison", "Comparison", {{"Weights", "weight-comparison"}}},
+        {"comparison",
+         "Comparison",
+         {{"Weights", "weight-comparison"},
+          {"Routing agreement", "routing-agreement"},
+          {"Routing by token", "routing-difference"},
+          {"Load", "load-difference"}}},
         {"activations", "Gate activations", {{"Gate activations (D3)", "gate-activations"}}},
         {"modularity",
          "Modularity (EMoE)",
@@ -435,20 +440,57 @@ void MainWindow::chooseReference() {
 
 void MainWindow::chooseComparison() {
     QString dir = QFileDialog::getExistingDirectory(this, "Compare with a checkpoint of the same architecture");
-    if (!dir.isEmpty()) compareWith(dir);
+    if (dir.isEmpty()) return;
+    QStringList runs;
+    if (session_ && spec_ && !spec_->moeLayers().empty())
+        for (const auto& r : session_->runNames())
+            if (session_->runInfo(r).interventionJson.empty()) runs << q(r);
+    if (runs.isEmpty()) {  // nothing to route: the weights only
+        compareWith(dir);
+        return;
+    }
+    QDialog d(this);
+    d.setWindowTitle("Compare with " + QFileInfo(dir).fileName());
+    auto* form = new QFormLayout(&d);
+    auto* weights = new QCheckBox("every expert against every expert of the other checkpoint");
+    weights->setChecked(true);
+    auto* run = new QComboBox;
+    run->addItem("(none: weights only)", QString());
+    for (const auto& r : runs) run->addItem(r, r);
+    run->setCurrentIndex(run->count() - 1);  // the latest run
+    form->addRow("Weights", weights);
+    form->addRow("Routing on the run", run);
+    form->addRow(new QLabel("The routing comparison runs the other checkpoint on the run's tokens."));
+    addOkCancel(d, form);
+    if (d.exec() != QDialog::Accepted) return;
+    compareWith(dir, run->currentData().toString(), weights->isChecked());
 }
 
-bool MainWindow::compareWith(const QString& path) {
+bool MainWindow::compareWith(const QString& path, const QString& run, bool weights) {
     if (!session_ || !ckpt_ || !spec_ || spec_->moeLayers().empty()) {
         showError("Cannot compare", "Open an MoE checkpoint first: it is compared with the other one.");
         return false;
     }
+    if (!weights && run.isEmpty()) {
+        showError("Cannot compare", "Choose the weights, a run whose routing to compare, or both.");
+        return false;
+    }
     std::shared_ptr<Checkpoint> other;
     std::shared_ptr<ModelSpec> otherSpec;
+    auto routing = std::make_shared<RoutingComparisonRequest>();
+    LoadOptions lo;
     try {
         other = Checkpoint::open(path.toStdString());
         otherSpec = std::make_shared<ModelSpec>(ModelSpec::fromCheckpoint(*other));
-        checkComparable(*spec_, ckpt_->path(), *otherSpec, other->path(), false);
+        checkComparable(*spec_, ckpt_->path(), *otherSpec, other->path(), !run.isEmpty());
+        if (!run.isEmpty()) {  // read here, on the GUI thread: the job never touches the session
+            routing->run = run.toStdString();
+            routing->a = comparisonInputs(*session_, routing->run);
+            checkPromptLengths(*otherSpec, routing->a.prompts);
+            const RunInfo info = session_->runInfo(routing->run);
+            lo.device = info.device;
+            lo.dtype = info.dtype;
+        }
     } catch (const std::exception& e) {
         showError("Cannot compare", q(e.what()));
         return false;
@@ -457,21 +499,38 @@ bool MainWindow::compareWith(const QString& path) {
     auto ckpt = ckpt_;
     auto spec = spec_;
     const uint64_t target = generation_;
-    jobs_->submit("Compare with " + q(other->path()),
-                  [this, ckpt, spec, other, otherSpec, name, target](JobContext& ctx) -> JobLand {
-                      auto r = std::make_shared<Result>(
-                          compareWeights(*ckpt, *spec, *other, *otherSpec, {}, ctx.progress, ctx.cancel));
-                      return [this, r, name, target] {
-                          if (generation_ != target) return;
-                          session_->putResult("weight_comparison/" + name, std::move(*r));
-                          dirty_ = true;
-                          refreshViews();
-                          if (ViewPane* p = pane("comparison")) {
-                              p->setOption("run", q(name));
-                              tabs_->setCurrentWidget(p);
-                          }
-                      };
-                  });
+    jobs_->submit(
+        "Compare with " + q(other->path()),
+        [this, ckpt, spec, other, otherSpec, name, target, routing, lo, weights](JobContext& ctx) -> JobLand {
+            const bool both = weights && !routing->run.empty();
+            auto part = [&ctx, both](double from) {
+                return
+                    [&ctx, from, both](double f, const std::string& w) { ctx.progress(both ? from + 0.5 * f : f, w); };
+            };
+            auto results = std::make_shared<std::vector<std::pair<std::string, Result>>>();
+            if (weights)
+                results->emplace_back("weight_comparison/" + name,
+                                      compareWeights(*ckpt, *spec, *other, *otherSpec, {}, part(0.0), ctx.cancel));
+            if (!routing->run.empty()) {
+                routing->other = other.get();
+                routing->progress = part(both ? 0.5 : 0.0);
+                routing->cancel = ctx.cancel;
+                results->emplace_back("routing_comparison/" + name,
+                                      compareRouting(*Model::load(other, *otherSpec, lo), *routing));
+            }
+            return [this, results, name, target] {
+                if (generation_ != target) return;
+                for (auto& [id, r] : *results) session_->putResult(id, std::move(r));
+                dirty_ = true;
+                refreshViews();
+                if (ViewPane* p = pane("comparison")) {
+                    p->setMode(results->back().first.rfind("routing", 0) == 0 ? "routing-agreement"
+                                                                              : "weight-comparison");
+                    p->setOption("run", q(name));
+                    tabs_->setCurrentWidget(p);
+                }
+            };
+        });
     return true;
 }
 

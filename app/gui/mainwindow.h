@@ -67,10 +67,11 @@ public:
     bool intervene(const QStringList& prompts, const Intervention& change, const QString& runName = {},
                    const QString& device = "cpu", const QString& dtype = "float32");
     // Compares the open checkpoint (A) with another of its architecture and expert count (B, a
-    // job): every expert of A against every expert of B (docs/comparison.md);
-    // the Comparison tab shows it. Models that differ are an error dialog naming both files and
-    // the field.
-    bool compareWith(const QString& path);
+    // job; docs/comparison.md): with `weights`, every expert of A against every expert of B; with
+    // `run` (an unmodified run of the session), the routing of both on that run's tokens (B runs
+    // on the run's device and dtype). The Comparison tab shows it. Models that differ are an
+    // error dialog naming both files and the field.
+    bool compareWith(const QString& path, const QString& run = {}, bool weights = true);
     // Expert importance of a run's prompts (a job with progress and Cancel): each expert disabled
     // (zero: its output zeroed) alone on each MoE layer; the Interventions tab shows it.
     bool measureImportance(const QString& run, bool zero = false);

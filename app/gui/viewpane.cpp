@@ -228,9 +228,11 @@ void ViewPane::rebuildControls() {
     show(run_, i && i->perRun && !i->runs.empty());
     const int keepPrompt = std::max(0, prompt_->currentIndex());
     prompt_->clear();
-    if (i && i->perPrompt && session_ && !run_->currentText().isEmpty() &&
-        session_->hasRun(run_->currentText().toStdString())) {
-        const std::string run = run_->currentText().toStdString();
+    ViewRequest named;
+    named.view = i ? i->name : std::string();
+    named.run = run_->currentText().toStdString();
+    const std::string run = session_ ? promptsRun(*session_, named) : std::string();
+    if (i && i->perPrompt && session_ && !run.empty() && session_->hasRun(run)) {
         const auto offsets = session_->runPromptOffsets(run);
         const auto texts = session_->runPromptTexts(run);
         for (size_t k = 0; k + 1 < offsets.size(); ++k) {

@@ -104,6 +104,17 @@ TracedAnalyses traceAndAnalyze(const std::shared_ptr<Checkpoint>& ckpt, const Mo
 Result interventionEffect(const RunTrace& baseline, const RunTrace& changed, const std::string& baselineName,
                           const std::string& changedName);
 
+// Routing of two models on the same token ids (analyses-spec 7.3; docs/analyses.md,
+// "routing_comparison"): A's and B's records of the same MoE layers over the same T tokens. Per
+// layer and token: top1_equal (the highest-weighted experts agree), jaccard (|K_A n K_B| /
+// |K_A u K_B| of the chosen sets), kendall (Kendall's tau-b between the two router-logit vectors;
+// NaN where a vector holds NaN or is constant); their per-layer means (top1_equal_share,
+// mean_jaccard, mean_kendall: over the tokens where tau is defined); each token's top-1 expert in
+// A and in B (top1_a, top1_b); the load f_e = #{t : e in K_t} as shares (load_a, load_b) and
+// load_difference = f^B/|f^B|_1 - f^A/|f^A|_1. Errors when the layers, experts, k or T differ.
+Result routingComparison(const std::vector<LayerTrace>& a, const std::vector<LayerTrace>& b, int64_t tokens,
+                         const std::string& run);
+
 // Two checkpoints compared (analyses-spec 7.3) must be of one architecture and expert count: the
 // same model type, layers, MoE layers, experts, top-k, hidden size and expert width (and, with
 // routing, vocabulary). Throws an Error naming both files and the first field that differs.

@@ -19,7 +19,7 @@ struct HeatmapPanel {
     int64_t rows = 0, cols = 0;
     std::vector<double> values;  // row-major [rows, cols]
     std::vector<std::string> rowLabels, colLabels;
-    std::string colormap = "viridis";  // viridis | blues | spectral (widgets/colormaps.h)
+    std::string colormap = "viridis";  // viridis | blues | spectral | experts (widgets/colormaps.h)
     double lo = std::numeric_limits<double>::quiet_NaN(),
            hi = std::numeric_limits<double>::quiet_NaN();  // NaN: data range
     std::string valueLabel;
@@ -90,6 +90,7 @@ struct TokenRun {
 struct Figure {
     std::string view, title;
     std::vector<Panel> panels;  // side by side
+    bool stacked = false;       // the panels one above the other (wide token axes)
     bool isText = false;
     TokenRun text;
     std::vector<std::string> tokenPieces;  // the run's token pieces, naming Series::token in tooltips
@@ -143,6 +144,9 @@ int storedTokens(const Session& s, const ViewRequest& req);
 // On hybrid models (Qwen3-Next, Qwen3.5), which token mixer a layer has: "linear attention"
 // (Gated DeltaNet) or "full attention"; "" where every layer has softmax attention.
 std::string layerMixer(const Session& s, int layer);
+// The session run whose prompts a per-prompt view's run option (req.run) names: the run itself,
+// or for routing-difference (its option names a comparison) the comparison's run of model A.
+std::string promptsRun(const Session& s, const ViewRequest& req);
 // Builds a view's figure. An unknown view, a missing result, layer, run or matrix is an error
 // naming what is missing and what is available.
 Figure buildFigure(const Session& s, const ViewRequest& req);

@@ -1115,6 +1115,203 @@ Figure interventionEffect(const Session& s, const ViewRequest& req) {
     return f;
 }
 
+// ---- two models' routing on the same tokens (routing_comparison/NAME: A is the session's model,
+// NAME the compared one) ----
+
+// The comparison's arrays, checked against each other and against A's run.
+struct RoutingComparison {
+    std::string name, id, run;
+    std::vector<int> layers;
+    int64_t T = 0, E = 0;
+    Data equal, jaccard, kendall, top1A, top1B, share, meanJ, meanTau, loadA, loadB, diff;
+};
+
+RoutingComparison routingComparisonOf(const Session& s, const ViewRequest& req) {
+    RoutingComparison c;
+    std::tie(c.name, c.id) = [&] {
+        const auto r = chooseRunResult(s, req, "routing_comparison");
+        return std::pair{r.run, r.id};
+    }();
+    auto need = [&](const char* a) { return needArray(s, c.id, a, req.view); };
+    c.equal = need("top1_equal"), c.jaccard = need("jaccard"), c.kendall = need("kendall");
+    c.top1A = need("top1_a"), c.top1B = need("top1_b");
+    c.share = need("top1_equal_share"), c.meanJ = need("mean_jaccard"), c.meanTau = need("mean_kendall");
+    c.loadA = need("load_a"), c.loadB = need("load_b"), c.diff = need("load_difference");
+    c.run = paramText(s, c.id, "run");
+    c.layers = c.equal.layers();
+    const auto nl = static_cast<int64_t>(c.layers.size());
+    c.T = c.equal.dim(1);
+    c.E = c.diff.dim(1);
+    auto bad = [&](const char* name, const std::string& what) {
+        return Error("view '" + req.view + "': " + what, sessionName(s), "/analyses/" + c.id + "/" + name);
+    };
+    if (nl == 0 || c.equal.a->shape.size() != 2 || c.equal.dim(0) != nl)
+        throw bad("top1_equal", "expected [layers, tokens] with its layers");
+    for (const auto& [name, d] : {std::pair<const char*, const Data*>{"jaccard", &c.jaccard},
+                                  {"kendall", &c.kendall},
+                                  {"top1_a", &c.top1A},
+                                  {"top1_b", &c.top1B}})
+        if (d->a->shape != c.equal.a->shape || d->layers() != c.layers)
+            throw bad(name, "expected [layers, tokens] as top1_equal");
+    for (const auto& [name, d] : {std::pair<const char*, const Data*>{"top1_equal_share", &c.share},
+                                  {"mean_jaccard", &c.meanJ},
+                                  {"mean_kendall", &c.meanTau}})
+        if (d->a->shape != std::vector<int64_t>{nl} || d->layers() != c.layers) throw bad(name, "expected [layers]");
+    for (const auto& [name, d] :
+         {std::pair<const char*, const Data*>{"load_a", &c.loadA}, {"load_b", &c.loadB}, {"load_difference", &c.diff}})
+        if (d->a->shape.size() != 2 || d->dim(0) != nl || d->dim(1) != c.E || d->layers() != c.layers)
+            throw bad(name, "expected [layers, experts]");
+    for (const Data* d : {&c.top1A, &c.top1B})
+        for (double e : d->v)
+            if (!(e >= 0 && e < static_cast<double>(c.E))) throw bad("top1_a", "an expert id out of range");
+    if (s.hasRun(c.run) && s.runInfo(c.run).numTokens != c.T)
+        throw bad("top1_equal", std::to_string(c.T) + " tokens, but run '" + c.run + "' has " +
+                                    std::to_string(s.runInfo(c.run).numTokens));
+    return c;
+}
+
+std::string comparisonTitle(const RoutingComparison& c) {
+    return "this model (A, run " + c.run + ") against " + c.name + " (B)";
+}
+
+Figure routingAgreement(const Session& s, const ViewRequest& req) {
+    const RoutingComparison c = routingComparisonOf(s, req);
+    Figure f;
+    f.view = req.view;
+    f.title = "Routing agreement per layer: " + comparisonTitle(c);
+    Panel p;
+    p.xLabel = "layer";
+    p.yLabel = "agreement";
+    Series top1{"top-1 expert equal (share of tokens)", Series::Style::Line},
+        jac{"Jaccard of the chosen experts (mean)", Series::Style::Line},
+        tau{"Kendall tau of the router logits (mean)", Series::Style::Line};
+    top1.color = 0, jac.color = 1, tau.color = 2;
+    f.csvHeader = {"layer", "top1_equal_share", "mean_jaccard", "mean_kendall"};
+    for (size_t i = 0; i < c.layers.size(); ++i) {
+        const double x = c.layers[i];
+        for (auto [sr, d] : {std::pair<Series*, const Data*>{&top1, &c.share}, {&jac, &c.meanJ}, {&tau, &c.meanTau}}) {
+            sr->x.push_back(x);
+            sr->y.push_back(d->v[i]);
+        }
+        f.csvRows.push_back({std::to_string(c.layers[i]), c.share.text(i), c.meanJ.text(i), c.meanTau.text(i)});
+    }
+    p.series = {top1, jac, tau};
+    p.levels.push_back({"identical routing", 1.0});
+    p.levels.push_back({"no rank relation", 0.0});
+    markLinearLayers(s, f, {&p});
+    f.panels = {p};
+    return f;
+}
+
+Figure routingDifference(const Session& s, const ViewRequest& req) {
+    const RoutingComparison c = routingComparisonOf(s, req);
+    const std::string measure = chooseOf(req, "measure", req.measure, {"jaccard", "top1", "kendall"});
+    auto [b, e] = promptRange(s, req, c.run);
+    if (e > c.T)
+        throw Error("view '" + req.view + "': the comparison holds fewer tokens than run '" + c.run + "'",
+                    sessionName(s), "/analyses/" + c.id);
+    const auto labels = tokenLabels(s, c.run);
+    const auto nl = static_cast<int64_t>(c.layers.size());
+    const int64_t n = e - b;
+    Figure f;
+    f.view = req.view;
+    f.stacked = true;
+    f.title = "Routing token by token, prompt " + std::to_string(req.prompt) + ": " + comparisonTitle(c);
+    auto tokenMap = [&](const std::string& title, const Data& d, const std::string& valueLabel) {
+        Panel p;
+        p.title = title;
+        p.xLabel = "token";
+        p.yLabel = "layer";
+        p.hasHeatmap = true;
+        HeatmapPanel& h = p.heatmap;
+        h.rows = nl;
+        h.cols = n;
+        for (int64_t r = 0; r < nl; ++r) {
+            h.rowLabels.push_back(std::to_string(c.layers[static_cast<size_t>(r)]));
+            for (int64_t t = b; t < e; ++t) h.values.push_back(d.v[static_cast<size_t>(r * c.T + t)]);
+        }
+        for (int64_t t = b; t < e; ++t) {
+            h.colLabels.push_back(t < static_cast<int64_t>(labels.size()) ? labels[t] : std::to_string(t));
+            h.colToken.push_back(t);
+        }
+        h.tokenAxis = true;
+        h.valueLabel = valueLabel;
+        return p;
+    };
+    Panel pa = tokenMap("top-1 expert of A", c.top1A, "expert"),
+          pb = tokenMap("top-1 expert of " + c.name + " (B)", c.top1B, "expert");
+    for (Panel* p : {&pa, &pb}) {
+        p->heatmap.colormap = "experts";
+        p->heatmap.lo = 0;
+        p->heatmap.hi = static_cast<double>(c.E - 1);
+    }
+    const Data& d = measure == "jaccard" ? c.jaccard : measure == "top1" ? c.equal : c.kendall;
+    Panel pd = tokenMap(measure == "jaccard" ? "Jaccard of the chosen experts (1: the same set)"
+                        : measure == "top1"  ? "top-1 expert equal (1: yes)"
+                                             : "Kendall tau of the two router-logit vectors",
+                        d,
+                        measure == "kendall" ? "Kendall tau"
+                        : measure == "top1"  ? "top-1 equal"
+                                             : "Jaccard");
+    pd.heatmap.colormap = measure == "kendall" ? "spectral" : "blues";
+    pd.heatmap.lo = measure == "kendall" ? -1.0 : 0.0;
+    pd.heatmap.hi = 1.0;
+    f.panels = {pa, pb, pd};
+    f.tokenPieces = s.hasRun(c.run) ? s.runTokenPieces(c.run) : std::vector<std::string>{};
+    f.csvHeader = {"layer", "token", "piece", "top1_a", "top1_b", "top1_equal", "jaccard", "kendall"};
+    for (int64_t r = 0; r < nl; ++r)
+        for (int64_t t = b; t < e; ++t) {
+            const auto at = static_cast<size_t>(r * c.T + t);
+            f.csvRows.push_back({std::to_string(c.layers[static_cast<size_t>(r)]), std::to_string(t),
+                                 t < static_cast<int64_t>(labels.size()) ? labels[t] : "?", c.top1A.text(at),
+                                 c.top1B.text(at), c.equal.text(at), c.jaccard.text(at), c.kendall.text(at)});
+        }
+    return f;
+}
+
+Figure loadDifference(const Session& s, const ViewRequest& req) {
+    const RoutingComparison c = routingComparisonOf(s, req);
+    const int L = chooseLayer(s, req, c.layers, c.id);
+    const size_t li = rowOf(c.layers, L);
+    Figure f;
+    f.view = req.view;
+    f.title = "Expert load: " + comparisonTitle(c);
+    Panel bars;
+    bars.title = layerName(s, L) + ": share of the routed slots";
+    bars.xLabel = "expert";
+    bars.xExperts = true;
+    bars.yLabel = "load share";
+    Series sa = expertBars("A", c.loadA, li, c.E), sb = expertBars(c.name + " (B)", c.loadB, li, c.E);
+    sa.color = 7;
+    sb.color = 0;
+    sa.barWidth = sb.barWidth = 0.4;
+    for (double& x : sa.x) x -= 0.2;
+    for (double& x : sb.x) x += 0.2;
+    bars.series = {sa, sb};
+    const auto labels = c.diff.labels();
+    for (int64_t x = 0; x < c.E; ++x)
+        bars.xTicks.push_back(x < static_cast<int64_t>(labels.size()) ? labels[x] : std::to_string(x));
+    bars.levels.push_back({"uniform", 1.0 / static_cast<double>(c.E)});
+    Panel all = layerHeatmap(c.diff, c.layers, "expert", "load share of B - of A");
+    all.title = "difference f(B)/|f(B)| - f(A)/|f(A)|, all layers";
+    all.heatmap.colExpert = iota(c.E);
+    all.heatmap.colormap = "spectral";
+    double m = 1e-12;
+    for (double v : c.diff.v)
+        if (!std::isnan(v)) m = std::max(m, std::abs(v));
+    all.heatmap.lo = -m;
+    all.heatmap.hi = m;
+    f.csvHeader = {"layer", "expert", "load_a", "load_b", "load_difference"};
+    for (size_t i = 0; i < c.layers.size(); ++i)
+        for (int64_t x = 0; x < c.E; ++x) {
+            const size_t at = i * static_cast<size_t>(c.E) + static_cast<size_t>(x);
+            f.csvRows.push_back(
+                {std::to_string(c.layers[i]), std::to_string(x), c.loadA.text(at), c.loadB.text(at), c.diff.text(at)});
+        }
+    f.panels = {bars, all};
+    return f;
+}
+
 Figure selectionBias(const Session& s, const ViewRequest& req) {
     const auto [run, id] = chooseRunResult(s, req, "selection_bias");
     const Result& r = s.result(id);
@@ -1443,6 +1640,9 @@ const char* const kHintImportance =
     "Measure expert importance on a run: expertscope-cli analyze CHECKPOINT --run NAME --dynamic importance.";
 const char* const kHintCompare =
     "Compare with another checkpoint of this architecture: expertscope-cli compare CHECKPOINT_A CHECKPOINT_B.";
+const char* const kHintCompareRouting =
+    "Compare the routing with another checkpoint of this architecture on a run: expertscope-cli compare "
+    "CHECKPOINT_A CHECKPOINT_B --run NAME.";
 const char* const kHintIntervention =
     "Intervene on the MoE blocks: expertscope-cli intervene CHECKPOINT --prompt TEXT --disable LAYER:EXPERT.";
 const char* const kHintBias =
@@ -1630,6 +1830,24 @@ const std::vector<ViewDef>& registry() {
                          return true;
                      },
                      false, "", kHintCompare});
+        d.push_back({"routing-agreement", "Routing agreement", "compare_routing",
+                     "two checkpoints on the same tokens: per layer how often their routers agree", routingAgreement,
+                     [](const Session& s, ViewInfo& v) { return fillRuns(s, v, "routing_comparison", ""); }, false, "",
+                     kHintCompareRouting});
+        d.push_back({"routing-difference", "Routing difference", "compare_routing",
+                     "two checkpoints on the same tokens: each token's top-1 expert in both, and where they differ",
+                     routingDifference,
+                     [](const Session& s, ViewInfo& v) {
+                         v.perPrompt = true;
+                         v.measures = {"jaccard", "top1", "kendall"};
+                         return fillRuns(s, v, "routing_comparison", "");
+                     },
+                     false, "", kHintCompareRouting});
+        d.push_back(
+            {"load-difference", "Load difference", "compare_routing",
+             "two checkpoints on the same tokens: each expert's load in both, and the difference", loadDifference,
+             [](const Session& s, ViewInfo& v) { return fillLayerRows(s, v, "routing_comparison", "load_difference"); },
+             false, "", kHintCompareRouting});
         d.push_back({"intervention-effect", "Intervention effect", "intervention_effect",
                      "an intervened run against its unmodified run: the loss change and KL of every token",
                      interventionEffect,
@@ -1773,6 +1991,14 @@ std::string layerMixer(const Session& s, int layer) {
     const auto& lin = s.model().linearAttentionLayers;
     if (lin.empty()) return {};
     return std::binary_search(lin.begin(), lin.end(), int64_t{layer}) ? "linear attention" : "full attention";
+}
+
+std::string promptsRun(const Session& s, const ViewRequest& req) {
+    if (req.view == "routing-difference") {
+        const std::string id = "routing_comparison/" + req.run;
+        return s.hasResult(id) ? paramText(s, id, "run") : std::string();
+    }
+    return req.run;
 }
 
 Figure buildFigure(const Session& s, const ViewRequest& req) {

@@ -190,9 +190,10 @@ private Q_SLOTS:
         // intervention or an importance measurement)
         std::set<std::string> available;
         for (auto& v : availableViews(*w.session())) available.insert(v.name);
-        QCOMPARE(available.size(), allViewNames().size() - 8);
-        for (const char* v : {"modularity", "activation-blocks", "selection-bias", "bias-override", "group-load",
-                              "expert-importance", "intervention-effect", "weight-comparison"})
+        QCOMPARE(available.size(), allViewNames().size() - 11);
+        for (const char* v :
+             {"modularity", "activation-blocks", "selection-bias", "bias-override", "group-load", "expert-importance",
+              "intervention-effect", "weight-comparison", "routing-agreement", "routing-difference", "load-difference"})
             QVERIFY2(!available.count(v), v);
         for (ViewPane* p : w.panes())
             for (auto& v : p->modeViews()) {
@@ -603,6 +604,31 @@ private Q_SLOTS:
         QCOMPARE(w.tabs()->currentWidget(), static_cast<QWidget*>(c));
         QVERIFY(c->hasFigure());
         QVERIFY(w.grab().save(outDir() + "/window-comparison.png"));
+
+        // ... and its routing on a run's tokens: the same model routes every token the same way
+        QVERIFY(!w.compareWith(demo + "/moe", "intervention1"));
+        QVERIFY2(w.lastError().contains("intervened"), qPrintable(w.lastError()));
+        QVERIFY(!w.compareWith(demo + "/moe", {}, false));
+        QVERIFY(w.compareWith(demo + "/moe", "intervention1-baseline", false));
+        QVERIFY(w.jobs()->waitForIdle(kJobTimeoutMs));
+        QVERIFY2(s->hasResult("routing_comparison/moe"), qPrintable(w.lastError()));
+        const Result& routing = s->result("routing_comparison/moe");
+        QCOMPARE(routing.kind, std::string("compare_routing"));
+        for (const char* a : {"top1_equal_share", "mean_jaccard", "mean_kendall"})
+            for (double v : routing.arrays.at(a).toDoubles()) QCOMPARE(v, 1.0);
+        for (double v : routing.arrays.at("load_difference").toDoubles()) QCOMPARE(v, 0.0);
+        QCOMPARE(routing.arrays.at("top1_equal").shape.back(), s->runInfo("intervention1-baseline").numTokens);
+        QCOMPARE(w.tabs()->currentWidget(), static_cast<QWidget*>(c));
+        for (const char* v : {"routing-agreement", "routing-difference", "load-difference"}) {
+            c->setMode(v);
+            QVERIFY2(c->hasFigure(), v);
+        }
+        c->setMode("routing-difference");
+        // the prompts offered are those of the compared run of A (the Run control names the comparison)
+        auto* prompt = c->findChild<QComboBox*>("prompt");
+        QVERIFY(prompt && prompt->isVisibleTo(c));
+        QCOMPARE(int64_t(prompt->count()), s->runInfo("intervention1-baseline").numPrompts);
+        QVERIFY(w.grab().save(outDir() + "/window-routing-comparison.png"));
     }
 
     // Opening another model, session or demo over unsaved work asks first; Cancel keeps it all
