@@ -221,8 +221,12 @@ RunInputs comparisonInputs(const Session& s, const std::string& run) {
     if (!s.runInfo(run).interventionJson.empty())
         throw Error("run '" + run + "' is an intervened run: compare the routing of an unmodified run", s.path(),
                     "/runs/" + run);
-    RunInputs in = runInputs(s, run);
-    in.storedAttention.clear();
+    RunInputs in;
+    const auto tokens = s.runTokens(run);
+    const auto offsets = s.runPromptOffsets(run);
+    for (size_t p = 0; p + 1 < offsets.size(); ++p)
+        in.prompts.emplace_back(tokens.begin() + offsets[p], tokens.begin() + offsets[p + 1]);
+    for (int l : s.runInfo(run).moeLayers) in.stored.push_back(s.runLayer(run, l));  // the FFN routers only
     return in;
 }
 
@@ -233,7 +237,7 @@ Result compareRouting(Model& other, const RoutingComparisonRequest& req) {
     int64_t T = 0;
     for (const auto& p : req.a.prompts) T += static_cast<int64_t>(p.size());
     const RunTrace b = other.trace(req.a.prompts, to);
-    Result r = routingComparison(req.a.stored, b.layers, T, req.run);
+    Result r = routingComparison(req.a.stored, b.layers, T, req.run, req.progress, req.cancel);
     nlohmann::json prov = nlohmann::json::parse(r.provenanceJson);
     prov["device"] = b.device;
     prov["dtype"] = b.dtype;

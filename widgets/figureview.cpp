@@ -390,8 +390,15 @@ void FigureView::rebuild() {
             }
             auto* scale = new QCPColorScale(plot_);
             scale->setGradient(gradientOf(q(h.colormap), hi));
-            if (h.colormap == "experts") scale->setDataRange(QCPRange(lo - 0.5, hi + 0.5));
-            else scale->setDataRange(QCPRange(lo, hi > lo ? hi : lo + 1e-12));
+            if (h.colormap == "experts") {  // whole expert ids only
+                scale->setDataRange(QCPRange(lo - 0.5, hi + 0.5));
+                QSharedPointer<QCPAxisTickerFixed> t(new QCPAxisTickerFixed);
+                t->setTickStep(1.0);
+                t->setScaleStrategy(QCPAxisTickerFixed::ssMultiples);
+                scale->axis()->setTicker(t);
+            } else {
+                scale->setDataRange(QCPRange(lo, hi > lo ? hi : lo + 1e-12));
+            }
             scale->axis()->setLabel(q(h.valueLabel));
             scale->setBarWidth(12);
             if (fig_.stacked) grid->addElement(static_cast<int>(pi), 1, scale);

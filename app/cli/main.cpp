@@ -381,7 +381,7 @@ struct RunArgs {
     std::vector<std::vector<int64_t>> prompts;
     std::vector<std::string> texts;
     int threads = 0;
-    bool allowLong = false;
+    bool allowLong = false, dtypeGiven = false;
     // Takes args[i] (and its value) when it is one of these options or the checkpoint.
     bool take(const std::vector<std::string>& args, size_t& i, const char* cmd) {
         const std::string& a = args[i];
@@ -391,8 +391,10 @@ struct RunArgs {
         else if (a == "--prompts") {
             for (auto& t : es::readPromptFile(value())) texts.push_back(t);
         } else if (a == "--device") lo.device = value();
-        else if (a == "--dtype") lo.dtype = value();
-        else if (a == "--allow-long") allowLong = true;
+        else if (a == "--dtype") {
+            lo.dtype = value();
+            dtypeGiven = true;
+        } else if (a == "--allow-long") allowLong = true;
         else if (a == "--run") run = value();
         else if (a == "--out") out = value();
         else if (a == "--threads") threads = parseThreads(value(), cmd);
@@ -683,16 +685,12 @@ int cmdCompare(const std::vector<std::string>& args) {
             std::cerr << "\r" << what << ": " << static_cast<int>(100 * f) << "% (" << step << ")   " << std::flush;
         };
     };
-    std::vector<std::string> ids;
-    if (!routingOnly) {
-        es::Result r = es::compareWeights(*a, sa, *b, sb, layers, progress("weight comparison"));
-        std::cerr << "\n";
-        ids.push_back("weight_comparison/" + name);
-        session.putResult(ids.back(), std::move(r));
-    }
+    // what the routing comparison needs is checked before any work: the run, the prompts
     std::string run = ra.run;
+    std::shared_ptr<es::Tokenizer> tok;
+    es::RoutingComparisonRequest req;
     if (makeRun) {  // the prompts become a run of A first
-        std::shared_ptr<es::Tokenizer> tok = ra.encode();
+        tok = ra.encode();
         if (!ra.allowLong) es::checkPromptLengths(sa, ra.prompts);
         if (run.empty()) {
             int n = 0;
@@ -701,6 +699,18 @@ int cmdCompare(const std::vector<std::string>& args) {
         }
         if (session.hasRun(run))
             throw UsageError("compare: the session already has a run '" + run + "' (leave out the prompts to use it)");
+    } else if (routing) {
+        req.a = es::comparisonInputs(session, run);
+        if (!ra.allowLong) es::checkPromptLengths(sb, req.a.prompts);
+    }
+    std::vector<std::string> ids;
+    if (!routingOnly) {
+        es::Result r = es::compareWeights(*a, sa, *b, sb, layers, progress("weight comparison"));
+        std::cerr << "\n";
+        ids.push_back("weight_comparison/" + name);
+        session.putResult(ids.back(), std::move(r));
+    }
+    if (makeRun) {
         es::TraceOptions to;
         to.progress = progress("run of A");
         es::RunTrace rt = es::Model::load(a, sa, ra.lo)->trace(ra.prompts, to);
@@ -709,13 +719,11 @@ int cmdCompare(const std::vector<std::string>& args) {
         rt.promptTexts = ra.texts;
         if (tok) es::attachTokenText(rt, *tok);
         session.addRun(run, std::move(rt));
+        req.a = es::comparisonInputs(session, run);
     }
     if (routing) {
-        es::RoutingComparisonRequest req;
         req.run = run;
-        req.a = es::comparisonInputs(session, run);
-        if (!ra.allowLong) es::checkPromptLengths(sb, req.a.prompts);
-        if (ra.lo.dtype.empty()) ra.lo.dtype = session.runInfo(run).dtype;  // B as A's run was made
+        if (!ra.dtypeGiven) ra.lo.dtype = session.runInfo(run).dtype;  // B as A's run was made
         req.other = b.get();
         req.progress = progress("run of B");
         es::Result r = es::compareRouting(*es::Model::load(b, sb, ra.lo), req);

@@ -441,10 +441,14 @@ void MainWindow::chooseReference() {
 void MainWindow::chooseComparison() {
     QString dir = QFileDialog::getExistingDirectory(this, "Compare with a checkpoint of the same architecture");
     if (dir.isEmpty()) return;
-    QStringList runs;
+    std::vector<RunInfo> infos;  // the unmodified runs, the newest last
     if (session_ && spec_ && !spec_->moeLayers().empty())
         for (const auto& r : session_->runNames())
-            if (session_->runInfo(r).interventionJson.empty()) runs << q(r);
+            if (RunInfo i = session_->runInfo(r); i.interventionJson.empty()) infos.push_back(std::move(i));
+    std::stable_sort(infos.begin(), infos.end(),
+                     [](const RunInfo& x, const RunInfo& y) { return x.created < y.created; });
+    QStringList runs;
+    for (const auto& i : infos) runs << q(i.name);
     if (runs.isEmpty()) {  // nothing to route: the weights only
         compareWith(dir);
         return;
@@ -457,7 +461,7 @@ void MainWindow::chooseComparison() {
     auto* run = new QComboBox;
     run->addItem("(none: weights only)", QString());
     for (const auto& r : runs) run->addItem(r, r);
-    run->setCurrentIndex(run->count() - 1);  // the latest run
+    run->setCurrentIndex(run->count() - 1);  // the newest run
     form->addRow("Weights", weights);
     form->addRow("Routing on the run", run);
     form->addRow(new QLabel("The routing comparison runs the other checkpoint on the run's tokens."));

@@ -112,8 +112,10 @@ Result interventionEffect(const RunTrace& baseline, const RunTrace& changed, con
 // mean_jaccard, mean_kendall: over the tokens where tau is defined); each token's top-1 expert in
 // A and in B (top1_a, top1_b); the load f_e = #{t : e in K_t} as shares (load_a, load_b) and
 // load_difference = f^B/|f^B|_1 - f^A/|f^A|_1. Errors when the layers, experts, k or T differ.
+// Progress is reported and cancel checked once per layer.
 Result routingComparison(const std::vector<LayerTrace>& a, const std::vector<LayerTrace>& b, int64_t tokens,
-                         const std::string& run);
+                         const std::string& run, const Progress& progress = {},
+                         const std::atomic<bool>* cancel = nullptr);
 
 // Two checkpoints compared (analyses-spec 7.3) must be of one architecture and expert count: the
 // same model type, layers, MoE layers, experts, top-k, hidden size and expert width (and, with

@@ -48,7 +48,7 @@ void checkRecord(const LayerTrace& l, int64_t T, const char* model) {
 }  // namespace
 
 Result routingComparison(const std::vector<LayerTrace>& a, const std::vector<LayerTrace>& b, int64_t T,
-                         const std::string& run) {
+                         const std::string& run, const Progress& progress, const std::atomic<bool>* cancel) {
     if (a.size() != b.size())
         throw Error("the two models' runs record " + std::to_string(a.size()) + " and " + std::to_string(b.size()) +
                         " MoE layers",
@@ -61,6 +61,10 @@ Result routingComparison(const std::vector<LayerTrace>& a, const std::vector<Lay
     std::vector<double> jaccard, kendall, share, meanJ, meanTau, loadA, loadB, diff;
     for (size_t i = 0; i < a.size(); ++i) {
         const LayerTrace &la = a[i], &lb = b[i];
+        if (cancel && cancel->load()) throw Error("cancelled", "", "analysis");
+        if (progress)
+            progress(static_cast<double>(i) / static_cast<double>(a.size()),
+                     "routing compared, layer " + std::to_string(la.layer));
         if (la.layer != lb.layer || la.numExperts != E || lb.numExperts != E || la.topK != K || lb.topK != K)
             throw Error("the two models' routing records differ at MoE layer " + std::to_string(la.layer) + " (layer " +
                             std::to_string(lb.layer) + ", " + std::to_string(la.numExperts) + " and " +

@@ -1161,9 +1161,10 @@ RoutingComparison routingComparisonOf(const Session& s, const ViewRequest& req) 
          {std::pair<const char*, const Data*>{"load_a", &c.loadA}, {"load_b", &c.loadB}, {"load_difference", &c.diff}})
         if (d->a->shape.size() != 2 || d->dim(0) != nl || d->dim(1) != c.E || d->layers() != c.layers)
             throw bad(name, "expected [layers, experts]");
-    for (const Data* d : {&c.top1A, &c.top1B})
+    if (c.E <= 0) throw bad("load_difference", "no experts");
+    for (const auto& [name, d] : {std::pair<const char*, const Data*>{"top1_a", &c.top1A}, {"top1_b", &c.top1B}})
         for (double e : d->v)
-            if (!(e >= 0 && e < static_cast<double>(c.E))) throw bad("top1_a", "an expert id out of range");
+            if (!(e >= 0 && e < static_cast<double>(c.E))) throw bad(name, "an expert id out of range");
     if (s.hasRun(c.run) && s.runInfo(c.run).numTokens != c.T)
         throw bad("top1_equal", std::to_string(c.T) + " tokens, but run '" + c.run + "' has " +
                                     std::to_string(s.runInfo(c.run).numTokens));

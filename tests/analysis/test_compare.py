@@ -202,6 +202,12 @@ def test_routing_comparison_on_an_existing_run(cli, build_fixture, tmp_path):
         assert sorted(one) == sorted(two)
         for key in one:
             assert np.array_equal(one[key][()], two[key][()], equal_nan=True), key
+    # B runs in the dtype of A's run unless --dtype says otherwise
+    run_cli(cli, "trace", a, *ids, "--run", "bf", "--dtype", "bfloat16", "--out", out)
+    for extra, dtype in (([], "bfloat16"), (["--dtype", "float32"], "float32")):
+        run_cli(cli, "compare", a, b, "--out", out, "--run", "bf", "--routing-only", "--name", "bf", *extra)
+        with h5py.File(out, "r") as f:
+            assert json.loads(f["analyses/routing_comparison/bf"].attrs["provenance_json"])["dtype"] == dtype
     run_cli(cli, "intervene", a, *ids, "--disable", "0:1", "--run", "iv", "--out", out)
     for args, code, text in ((["--run", "iv"], 1, "'iv' is an intervened run"),
                              (["--run", "nope"], 1, "no run named 'nope'"),
