@@ -183,6 +183,21 @@ def silu(x):
     return x / (1.0 + np.exp(-x))
 
 
+def normalized_mutual_information(x, y):
+    """NMI of two labelings as scikit-learn's normalized_mutual_info_score (arithmetic mean of the
+    entropies; 1 when both have one label), from scipy's contingency table and entropies."""
+    from scipy.stats import entropy
+    from scipy.stats.contingency import crosstab
+    c = crosstab(x, y).count.astype(np.float64)
+    if c.shape == (1, 1):
+        return 1.0
+    pxy = c / c.sum()
+    px, py = pxy.sum(1), pxy.sum(0)
+    nz = pxy > 0
+    mi = (pxy[nz] * np.log(pxy[nz] / np.outer(px, py)[nz])).sum()
+    return max(mi, 0.0) / max((entropy(px) + entropy(py)) / 2, np.finfo(np.float64).eps)
+
+
 def softmax(z):
     z = np.asarray(z, dtype=np.float64)
     z = z - z.max(axis=-1, keepdims=True)
@@ -617,6 +632,26 @@ def dynamic_reference(moe, cap, offsets, run, first_n, dense=None, dcap=None, la
     exp.put(f"{lb}/entropy", ent)
     exp.put(f"{lb}/cv", counts.std(axis=1) / counts.mean(axis=1))
     exp.put(f"{lb}/consecutive_share", consec)
+    # analyses-spec 7.2 from the router logits, with scipy: p_t = softmax(z_t), f from the choices
+    from scipy.special import logsumexp
+    from scipy.stats import entropy
+    P = np.stack([softmax(cap[l]["logits"]).sum(axis=0) for l in layers])
+    exp.put(f"{lb}/switch_loss", E * ((P / P.sum(1, keepdims=True)) * (counts / counts.sum(1, keepdims=True))).sum(1))
+    exp.put(f"{lb}/z_loss", np.array([(logsumexp(np.asarray(cap[l]["logits"], np.float64), axis=1) ** 2).mean()
+                                      for l in layers]))
+    exp.put(f"{lb}/routing_entropy", np.array([entropy(softmax(cap[l]["logits"]), axis=1).mean() for l in layers]))
+    # 7.5: the routes between consecutive analysed layers, counted with scipy's crosstab
+    from scipy.stats.contingency import crosstab
+    t1, tk, nmi = [], [], []
+    for a, b in zip(layers[:-1], layers[1:]):
+        ia, ib = cap[a]["ids"], cap[b]["ids"]
+        t1.append(crosstab(ia[:, 0], ib[:, 0], levels=(range(E), range(E))).count)
+        tk.append(sum(crosstab(ia[:, i], ib[:, j], levels=(range(E), range(E))).count
+                      for i in range(k) for j in range(k)))
+        nmi.append(normalized_mutual_information(ia[:, 0], ib[:, 0]))
+    exp.put(f"{lb}/transitions_top1", np.array(t1, dtype=np.int64).reshape(-1, E, E))
+    exp.put(f"{lb}/transitions_topk", np.array(tk, dtype=np.int64).reshape(-1, E, E))
+    exp.put(f"{lb}/transition_nmi", np.array(nmi, dtype=np.float64))
     exp.notes[f"{run}/load_chance"] = 1.0 - math.comb(E - k, k) / math.comb(E, k)
     exp.notes[f"{run}/entropy_max"] = math.log2(E)
     exp.put(f"layer_diversity/outputs/{run}/cosine", np.array(div_c))

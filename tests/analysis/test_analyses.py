@@ -608,6 +608,29 @@ def test_d4_routing_map_load_and_routing_check(sess):
             np.testing.assert_array_equal(c[()], exp.arrays[f"{lb}/counts"], err_msg="counts against HF")
         for q in ("fractions", "entropy", "cv", "consecutive_share"):
             check_close(ds(f, f"{lb}/{q}")[()], exp.arrays[f"{lb}/{q}"], TOL_DERIVED, q)
+        for q in ("switch_loss", "z_loss", "routing_entropy"):  # relative: the z-loss is (log-sum-exp)^2
+            ref = exp.arrays[f"{lb}/{q}"]
+            check_close(ds(f, f"{lb}/{q}")[()], ref, TOL_DERIVED * np.maximum(1.0, np.abs(ref)), q)
+        assert abs(float(ds(f, f"{lb}/routing_entropy").attrs["max"]) - math.log(E)) <= 1e-12
+        # the routes between consecutive analysed layers: against our stored trace (always) and HF
+        # (where HF's routing is not a near tie)
+        pairs = list(zip(sess.layers[:-1], sess.layers[1:]))
+        for name in ("transitions_top1", "transitions_topk", "transition_nmi"):
+            d = ds(f, f"{lb}/{name}")
+            assert [list(d.attrs["from_layers"]), list(d.attrs["to_layers"])] == [[a for a, _ in pairs],
+                                                                                  [b for _, b in pairs]]
+        top = {l: f[f"runs/{RUN}/layers/{l}/topk_experts"][()] for l in sess.layers}
+        for pi, (a, b) in enumerate(pairs):
+            own = np.zeros((E, E), np.int64)
+            np.add.at(own, (top[a][:, 0], top[b][:, 0]), 1)
+            np.testing.assert_array_equal(ds(f, f"{lb}/transitions_top1")[pi], own)
+            assert ds(f, f"{lb}/transitions_topk")[pi].sum() == own.sum() * top[a].shape[1] ** 2
+            check_close(ds(f, f"{lb}/transition_nmi")[pi],
+                        R.normalized_mutual_information(top[a][:, 0], top[b][:, 0]), 1e-12, "nmi, our trace")
+        if all((exp.cap[l]["gap"] >= GAP_EPS).all() for l in sess.layers):
+            for name in ("transitions_top1", "transitions_topk"):
+                np.testing.assert_array_equal(ds(f, f"{lb}/{name}")[()], exp.arrays[f"{lb}/{name}"], err_msg=name)
+            check_close(ds(f, f"{lb}/transition_nmi")[()], exp.arrays[f"{lb}/transition_nmi"], 1e-12, "nmi")
         e = ds(f, f"{lb}/entropy")
         check_layers_attr(e, sess.layers)
         assert abs(float(e.attrs["max"]) - math.log2(E)) <= 1e-12
