@@ -915,6 +915,136 @@ Figure expertLoad(const Session& s, const ViewRequest& req) {
     return f;
 }
 
+// Load-balancing diagnostics per layer (analyses-spec 7.2) from expert_load/RUN.
+Figure loadBalance(const Session& s, const ViewRequest& req) {
+    const auto [run, id] = chooseRunResult(s, req, "expert_load");
+    Data sw = needArray(s, id, "switch_loss", req.view), z = needArray(s, id, "z_loss", req.view),
+         h = needArray(s, id, "routing_entropy", req.view), cv = needArray(s, id, "cv", req.view);
+    const auto layers = sw.layers();
+    for (const auto& [name, d] : {std::pair<const char*, const Data*>{"switch_loss", &sw},
+                                  {"z_loss", &z},
+                                  {"routing_entropy", &h},
+                                  {"cv", &cv}})
+        if (d->a->numel() != static_cast<int64_t>(layers.size()) || d->layers() != layers)
+            throw Error("view '" + req.view + "': expected one value per layer of switch_loss", sessionName(s),
+                        "/analyses/" + id + "/" + name);
+    Figure f;
+    f.view = req.view;
+    f.title = "Load balance of the routers, run " + run;
+    Panel bal, ent, zl;
+    bal.title = "balance of the load";
+    ent.title = "routing entropy of p = softmax(z)";
+    zl.title = "z-loss";
+    for (Panel* p : {&bal, &ent, &zl}) p->xLabel = "layer";
+    bal.yLabel = "switch loss, CV";
+    ent.yLabel = "mean entropy (nats)";
+    zl.yLabel = "mean (logsumexp z)^2";
+    auto curve = [&](const std::string& name, const Data& d, int color) {
+        Series c{name, Series::Style::Line};
+        c.color = color;
+        for (size_t i = 0; i < layers.size(); ++i) {
+            c.x.push_back(layers[i]);
+            c.y.push_back(d.v[i]);
+        }
+        return c;
+    };
+    bal.series = {curve("switch loss (1: balanced)", sw, 0), curve("CV of the load (0: balanced)", cv, 1)};
+    bal.levels.push_back({"balanced switch loss", 1.0});
+    ent.series = {curve("routing entropy", h, 2)};
+    if (const double mx = h.attr("max"); !std::isnan(mx)) ent.levels.push_back({"uniform router", mx});
+    zl.series = {curve("z-loss", z, 3)};
+    f.csvHeader = {"layer", "switch_loss", "cv", "routing_entropy", "z_loss"};
+    for (size_t i = 0; i < layers.size(); ++i)
+        f.csvRows.push_back({std::to_string(layers[i]), sw.text(i), cv.text(i), h.text(i), z.text(i)});
+    markLinearLayers(s, f, {&bal, &ent, &zl});
+    f.panels = {bal, ent, zl};
+    return f;
+}
+
+// Routes from one layer to the next (analyses-spec 7.5): the transition counts of a layer pair as
+// the share of each expert's tokens going to each expert of the next layer, and the NMI per pair.
+Figure layerRoutes(const Session& s, const ViewRequest& req) {
+    const auto [run, id] = chooseRunResult(s, req, "expert_load");
+    const std::string measure = chooseOf(req, "measure", req.measure, {"top1", "topk"});
+    Data m = needArray(s, id, measure == "top1" ? "transitions_top1" : "transitions_topk", req.view),
+         nmi = needArray(s, id, "transition_nmi", req.view);
+    auto ints = [](const Data& d, const char* attr) {
+        std::vector<int> out;
+        auto it = d.a->attrs.find(attr);
+        if (it != d.a->attrs.end())
+            for (auto x : it->second.ints) out.push_back(static_cast<int>(x));
+        return out;
+    };
+    const std::vector<int> fromL = ints(m, "from_layers"), toL = ints(m, "to_layers");
+    const auto np = static_cast<int64_t>(fromL.size());
+    const int64_t E = m.dim(1);
+    if (np == 0 || toL.size() != fromL.size() || m.a->shape != std::vector<int64_t>{np, E, E} || E <= 0 ||
+        nmi.a->numel() != np || ints(nmi, "from_layers") != fromL)
+        throw Error("view '" + req.view +
+                        "': expected [layer pairs, E, E] transitions with their from_layers and "
+                        "to_layers, and one NMI per pair",
+                    sessionName(s), "/analyses/" + id);
+    const int L = chooseLayer(s, req, fromL, id);
+    const size_t pi = rowOf(fromL, L);
+    const int next = toL[pi];
+    Figure f;
+    f.view = req.view;
+    f.title = "Routes from " + layerName(s, L) + " to layer " + std::to_string(next) + ", run " + run + " (NMI " +
+              shortNum(nmi.v[pi]) + ")";
+    Panel heat;
+    heat.title = std::string(measure == "top1" ? "top-1" : "top-k pairs") + ": layer " + std::to_string(L) + " -> " +
+                 std::to_string(next);
+    heat.xLabel = "expert at layer " + std::to_string(next);
+    heat.yLabel = "expert at layer " + std::to_string(L);
+    HeatmapPanel& h = heat.heatmap;
+    heat.hasHeatmap = true;
+    h.rows = h.cols = E;
+    const auto labels = m.labels();
+    for (int64_t e = 0; e < E; ++e) {
+        const std::string lab = e < static_cast<int64_t>(labels.size()) ? labels[e] : std::to_string(e);
+        h.rowLabels.push_back(lab);
+        h.colLabels.push_back(lab);
+    }
+    h.rowExpert = h.colExpert = iota(E);
+    h.valueLabel = "share of the row";
+    h.colormap = "blues";
+    h.lo = 0;
+    h.hi = 1;
+    const size_t base = pi * static_cast<size_t>(E * E);
+    double total = 0;
+    std::vector<double> rows(static_cast<size_t>(E)), cols(static_cast<size_t>(E));
+    for (int64_t i = 0; i < E; ++i)
+        for (int64_t j = 0; j < E; ++j) {
+            const double c = m.v[base + static_cast<size_t>(i * E + j)];
+            rows[static_cast<size_t>(i)] += c;
+            cols[static_cast<size_t>(j)] += c;
+            total += c;
+        }
+    f.csvHeader = {"expert_from", "expert_to", "count", "expected_if_independent", "share_of_row"};
+    for (int64_t i = 0; i < E; ++i)
+        for (int64_t j = 0; j < E; ++j) {
+            const double c = m.v[base + static_cast<size_t>(i * E + j)];
+            const double r = rows[static_cast<size_t>(i)];
+            h.values.push_back(r > 0 ? c / r : kNaN);
+            const double expected = total > 0 ? r * cols[static_cast<size_t>(j)] / total : kNaN;
+            f.csvRows.push_back({std::to_string(i), std::to_string(j), m.text(base + static_cast<size_t>(i * E + j)),
+                                 formatDouble(expected), formatDouble(r > 0 ? c / r : kNaN)});
+        }
+    Panel curve;
+    curve.title = "NMI of the top-1 choices";
+    curve.xLabel = "layer (to the next)";
+    curve.yLabel = "NMI";
+    Series c{"NMI", Series::Style::Line};
+    for (int64_t i = 0; i < np; ++i) {
+        c.x.push_back(fromL[static_cast<size_t>(i)]);
+        c.y.push_back(nmi.v[static_cast<size_t>(i)]);
+    }
+    curve.series.push_back(std::move(c));
+    curve.levels.push_back({"independent", 0.0});
+    f.panels = {heat, curve};
+    return f;
+}
+
 // A per-layer [Lmoe, E] array's row of layer L as bars over the experts (x = expert id).
 Series expertBars(const std::string& name, const Data& d, size_t li, int64_t E) {
     Series b{name, Series::Style::Bars};
@@ -1860,6 +1990,37 @@ const std::vector<ViewDef>& registry() {
         d.push_back({"expert-load", "Expert load", "load", "share of routed tokens per expert, per layer", expertLoad,
                      [](const Session& s, ViewInfo& v) { return fillLayerRows(s, v, "expert_load", "fractions"); },
                      false, "", kHintPrompts});
+        d.push_back({"load-balance", "Load balance", "load",
+                     "per layer: switch loss, CV of the load, routing entropy and z-loss of the router logits",
+                     loadBalance,
+                     [](const Session& s, ViewInfo& v) {
+                         const bool any = fillLayerRows(s, v, "expert_load", "switch_loss");  // not older sessions'
+                         v.perLayer = false;
+                         v.layers.clear();
+                         return any;
+                     },
+                     false, "", kHintPrompts});
+        d.push_back({"layer-routes", "Routes across layers", "load",
+                     "where the tokens of each expert go in the next layer, and the mutual information per layer pair",
+                     layerRoutes,
+                     [](const Session& s, ViewInfo& v) {
+                         v.measures = {"top1", "topk"};
+                         v.runs.clear();
+                         std::set<int> all;
+                         for (auto& r : runsWith(s, "expert_load")) {
+                             const Result& res = s.result("expert_load/" + r);
+                             auto it = res.arrays.find("transitions_top1");
+                             if (it == res.arrays.end()) continue;
+                             auto at = it->second.attrs.find("from_layers");
+                             if (at == it->second.attrs.end() || at->second.ints.empty()) continue;
+                             v.runs.push_back(r);
+                             for (auto l : at->second.ints) all.insert(static_cast<int>(l));
+                         }
+                         v.perRun = v.perLayer = true;
+                         v.layers.assign(all.begin(), all.end());
+                         return !v.runs.empty();
+                     },
+                     false, "", kHintPrompts});
         d.push_back({"selection-bias", "Selection bias", "bias",
                      "per expert: the correction bias and the tokens each expert gains and loses against the "
                      "unbiased top-k",
@@ -1922,6 +2083,8 @@ const std::map<std::string, std::string>& attentionViews() {
                                                          {"top1-max-norm", "norm_score_ranks/"},
                                                          {"routing-map", "routing_map/"},
                                                          {"expert-load", "expert_load/"},
+                                                         {"load-balance", "expert_load/"},
+                                                         {"layer-routes", "expert_load/"},
                                                          {"expert-importance", "expert_importance/"},
                                                          {"intervention-effect", "intervention_effect/"},
                                                          {"weight-comparison", "weight_comparison/"},

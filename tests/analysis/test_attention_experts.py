@@ -96,6 +96,17 @@ def test_dynamic_attention_experts(session):
             np.put_along_axis(want, ids.astype(np.int64), wts, 1)
             np.testing.assert_allclose(a[f"attention/routing_map/{RUN}/layers/{l}/weights"][()], want.T, atol=1e-7)
             np.testing.assert_array_equal(a[f"attention/expert_load/{RUN}/counts"][l], np.bincount(ids.ravel(), minlength=E))
+            # MoA's own load-balancing diagnostics (analyses-spec 7.2) from HF's attention-router logits
+            from scipy.special import logsumexp
+            from scipy.stats import entropy
+            z = logits.astype(np.float64)
+            pz = np.exp(z - logsumexp(z, axis=1, keepdims=True))
+            load = np.bincount(ids.ravel(), minlength=E)
+            lb = a[f"attention/expert_load/{RUN}"]
+            np.testing.assert_allclose(lb["switch_loss"][l], E * (pz.sum(0) / pz.sum() * load / load.sum()).sum(),
+                                       rtol=1e-6)
+            np.testing.assert_allclose(lb["z_loss"][l], (logsumexp(z, axis=1) ** 2).mean(), rtol=1e-6)
+            np.testing.assert_allclose(lb["routing_entropy"][l], entropy(pz, axis=1).mean(), rtol=1e-6)
             # and the FFN router's load is the FFN's
             np.testing.assert_array_equal(a[f"expert_load/{RUN}/counts"][l],
                                           np.bincount(run[f"layers/{l}/topk_experts"][()].ravel(), minlength=E))

@@ -20,7 +20,7 @@ FORMATS = ("png", "jpg", "pdf", "svg", "csv")
 ALL_VIEWS = ["weight-similarity", "neuron-mean-similarity", "neuron-reordering", "router-similarity",
              "router-vs-weights", "router-weight-r2", "matrix-pca", "neuron-pca", "diversity",
              "output-similarity", "norms-vs-scores", "rank-counts", "top1-max-norm", "routing-map",
-             "routing-text", "expert-load", "gate-activations"]
+             "routing-text", "expert-load", "load-balance", "layer-routes", "gate-activations"]
 
 
 @pytest.fixture(scope="module")
@@ -224,6 +224,29 @@ def test_dynamic_csv_equals_session(cli, session, h5, tmp_path):
     li = list(a[f"expert_load/{RUN}/fractions"].attrs["layers"]).index(L)
     assert np.array_equal(np.array([int(r[1]) for r in rows]), a[f"expert_load/{RUN}/counts"][li])
     assert np.array_equal(f32([r[2] for r in rows]), a[f"expert_load/{RUN}/fractions"][li])
+    # load balance: the stored diagnostics per layer
+    export(cli, session, out, "load-balance")
+    header, rows = read_csv(out)
+    assert header == ["layer", "switch_loss", "cv", "routing_entropy", "z_loss"]
+    lb = a[f"expert_load/{RUN}"]
+    assert [int(r[0]) for r in rows] == list(lb["switch_loss"].attrs["layers"])
+    for col, name, conv in ((1, "switch_loss", np.float64), (2, "cv", np.float32), (3, "routing_entropy", np.float64),
+                            (4, "z_loss", np.float64)):
+        assert np.array_equal(np.array([conv(r[col]) for r in rows]), lb[name][()]), name
+    # routes from layer L to the next: counts, independence and the row shares, from the stored counts
+    export(cli, session, out, "layer-routes", "--layer", str(L), "--measure", "topk")
+    header, rows = read_csv(out)
+    assert header == ["expert_from", "expert_to", "count", "expected_if_independent", "share_of_row"]
+    pi = list(lb["transitions_topk"].attrs["from_layers"]).index(L)
+    M = lb["transitions_topk"][pi].astype(np.float64)
+    E = M.shape[0]
+    assert [(int(r[0]), int(r[1])) for r in rows] == [(i, j) for i in range(E) for j in range(E)]
+    assert np.array_equal(np.array([float(r[2]) for r in rows]).reshape(E, E), M)
+    expected = np.outer(M.sum(1), M.sum(0)) / M.sum()
+    np.testing.assert_allclose(np.array([float(r[3]) for r in rows]).reshape(E, E), expected, rtol=1e-12)
+    with np.errstate(invalid="ignore"):
+        share = M / M.sum(1, keepdims=True)
+    np.testing.assert_allclose(np.array([float(r[4]) for r in rows]).reshape(E, E), share, rtol=1e-12)
 
 
 def test_static_tables_csv_equal_session(cli, session, h5, tmp_path):
