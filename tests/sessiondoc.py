@@ -25,7 +25,7 @@ DOC = os.path.join(ROOT, "docs", "session-format.md")
 KINDS = {"weight_similarity": "S1", "neuron_mean_similarity": "S2", "neuron_reordering": "S3",
          "router_similarity": "S4", "router_weight_regression": "S5", "matrix_pca": "S6", "neuron_pca": "S7",
          "output_similarity": "D1", "norm_score_ranks": "D2", "gate_activations": "D3", "routing_map": "D4",
-         "expert_load": "load", "layer_diversity": "diversity", "routing_check": "routing_check",
+         "expert_load": "load", "expert_tokens": "tokens", "layer_diversity": "diversity", "routing_check": "routing_check",
          "selection_bias": "selection_bias", "intervention_effect": "intervention_effect",
          "expert_importance": "importance", "weight_comparison": "compare_weights",
          "routing_comparison": "compare_routing"}

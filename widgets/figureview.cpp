@@ -185,7 +185,7 @@ public:
         for (size_t i = 0; i < fig->text.tokens.size(); ++i) {
             const auto& t = fig->text.tokens[i];
             QString s = q(t.text);
-            const bool newline = s.endsWith("\\n");
+            const bool newline = s.endsWith("\\n") || t.newline;
             const double w = std::max(6.0, fm.horizontalAdvance(s) + 4);
             if (x + w > area.right() - 8 && x > area.left() + 8) x = area.left() + 8, y += lineH;
             QRectF r(x, y, w, fm.height() + 2);

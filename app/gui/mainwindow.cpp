@@ -142,6 +142,8 @@ std::vector<PaneDef> paneDefs() {
           {"Routing text", "routing-text"},
           {"Expert load", "expert-load"},
           {"Load balance", "load-balance"},
+          {"Tokens per expert", "expert-tokens"},
+          {"Token's experts", "token-experts"},
           {"Routes across layers", "layer-routes"}}},
         {"bias",
          "Bias and groups",

@@ -248,6 +248,7 @@ void ViewPane::rebuildControls() {
     int tokens = 0;
     if (i && i->perToken && session_ && !run_->currentText().isEmpty()) {
         ViewRequest r;
+        r.view = i->name;
         r.run = run_->currentText().toStdString();
         r.kind = !kind_->isHidden() && kind_->currentData().toString() == "attention" ? "attention" : "ffn";
         tokens = storedTokens(*session_, r);

@@ -117,6 +117,20 @@ Result routingComparison(const std::vector<LayerTrace>& a, const std::vector<Lay
                          const std::string& run, const Progress& progress = {},
                          const std::atomic<bool>* cancel = nullptr);
 
+// Tokens per expert (analyses-spec 7.5) at one layer, from the run's token ids [T] and choices
+// (choices[t * stride + j], j < K: the experts of token t; entries outside 0..E-1 are skipped):
+// n(e, v) = #{t : id_t = v, e among its K}. Per expert, the topN ids it receives most often (ids,
+// counts; count descending, then id ascending) and the topN with the highest lift(e, v) =
+// (n(e, v) / n(e)) / (n(v) / T) among those with n(e, v) >= minCount (liftIds, lift, liftCounts;
+// lift descending, ties in the order above). Rows [E, topN], padded with id -1, count 0, lift NaN.
+struct ExpertTokens {
+    int64_t topN = 0;
+    std::vector<int64_t> ids, counts, liftIds, liftCounts;
+    std::vector<double> lift;
+};
+ExpertTokens expertTokens(const std::vector<int64_t>& tokens, const int32_t* choices, int64_t stride, int64_t K,
+                          int64_t E, int64_t topN, int64_t minCount);
+
 // Two checkpoints compared (analyses-spec 7.3) must be of one architecture and expert count: the
 // same model type, layers, MoE layers, experts, top-k, hidden size and expert width (and, with
 // routing, vocabulary). Throws an Error naming both files and the first field that differs.

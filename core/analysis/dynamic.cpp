@@ -117,7 +117,7 @@ PassOutput runPass(const std::shared_ptr<Checkpoint>& ckpt, const ModelSpec& spe
         if (d1) analyses.push_back(std::make_unique<OutputSimilarity>(ctx, *k));
         if (d2) analyses.push_back(std::make_unique<NormScoreRanks>(ctx, *k));
         if (d4) analyses.push_back(std::make_unique<RoutingMap>(ctx, *k));
-        if (load) analyses.push_back(std::make_unique<ExpertLoad>(ctx, *k));
+        if (load) analyses.push_back(std::make_unique<ExpertLoad>(ctx, *k, rt.tokens));
     }
     if (bias) analyses.push_back(std::make_unique<SelectionBias>(ctx, ffnKind));
     if (d3) analyses.push_back(std::make_unique<GateActivations>(ctx, ffnKind, hasSE, hasF));

@@ -80,7 +80,8 @@ struct TokenRun {
     struct Token {
         std::string text, tip;
         int expert = -1;
-        int64_t index = 0;  // position in the run
+        int64_t index = 0;     // position in the run (-1: none)
+        bool newline = false;  // a line break after it
     };
     std::vector<Token> tokens;
     int experts = 0;

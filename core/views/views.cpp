@@ -915,9 +915,21 @@ Figure expertLoad(const Session& s, const ViewRequest& req) {
     return f;
 }
 
+// chooseRunResult, but without a run requested, the first run whose result holds `array` (a
+// session can hold results of older versions without it).
+RunResult chooseRunResultWith(const Session& s, ViewRequest req, const std::string& base, const std::string& array) {
+    if (req.run.empty())
+        for (const auto& r : runsWith(s, rid(req, base)))
+            if (s.result(rid(req, base + "/" + r)).arrays.count(array)) {
+                req.run = r;
+                break;
+            }
+    return chooseRunResult(s, req, base);
+}
+
 // Load-balancing diagnostics per layer (analyses-spec 7.2) from expert_load/RUN.
 Figure loadBalance(const Session& s, const ViewRequest& req) {
-    const auto [run, id] = chooseRunResult(s, req, "expert_load");
+    const auto [run, id] = chooseRunResultWith(s, req, "expert_load", "switch_loss");
     Data sw = needArray(s, id, "switch_loss", req.view), z = needArray(s, id, "z_loss", req.view),
          h = needArray(s, id, "routing_entropy", req.view), cv = needArray(s, id, "cv", req.view);
     const auto layers = sw.layers();
@@ -926,7 +938,7 @@ Figure loadBalance(const Session& s, const ViewRequest& req) {
                                   {"routing_entropy", &h},
                                   {"cv", &cv}})
         if (d->a->numel() != static_cast<int64_t>(layers.size()) || d->layers() != layers)
-            throw Error("view '" + req.view + "': expected one value per layer of switch_loss", sessionName(s),
+            throw Error("view '" + req.view + "': expected one value per layer of " + name, sessionName(s),
                         "/analyses/" + id + "/" + name);
     Figure f;
     f.view = req.view;
@@ -964,7 +976,7 @@ Figure loadBalance(const Session& s, const ViewRequest& req) {
 // Routes from one layer to the next (analyses-spec 7.5): the transition counts of a layer pair as
 // the share of each expert's tokens going to each expert of the next layer, and the NMI per pair.
 Figure layerRoutes(const Session& s, const ViewRequest& req) {
-    const auto [run, id] = chooseRunResult(s, req, "expert_load");
+    const auto [run, id] = chooseRunResultWith(s, req, "expert_load", "transitions_top1");
     const std::string measure = chooseOf(req, "measure", req.measure, {"top1", "topk"});
     Data m = needArray(s, id, measure == "top1" ? "transitions_top1" : "transitions_topk", req.view),
          nmi = needArray(s, id, "transition_nmi", req.view);
@@ -1042,6 +1054,136 @@ Figure layerRoutes(const Session& s, const ViewRequest& req) {
     curve.series.push_back(std::move(c));
     curve.levels.push_back({"independent", 0.0});
     f.panels = {heat, curve};
+    return f;
+}
+
+// Tokens per expert (analyses-spec 7.5): for a layer, each expert's most frequent or most
+// over-represented token ids, as a text figure (one line per expert; tooltips give the numbers).
+Figure expertTokens(const Session& s, const ViewRequest& req) {
+    const auto [run, id] = chooseRunResult(s, req, "expert_tokens");
+    const std::string measure = chooseOf(req, "measure", req.measure, {"count", "lift", "count-top1", "lift-top1"});
+    const bool lift = measure.rfind("lift", 0) == 0, top1 = measure.ends_with("top1");
+    const int L = layerOf(s, req, id, "topk_ids");
+    const std::string p = "layers/" + std::to_string(L) + "/" + (top1 ? "top1_" : "topk_");
+    Data ids = needArray(s, id, p + (lift ? "lift_ids" : "ids"), req.view);
+    Data counts = needArray(s, id, p + (lift ? "lift_counts" : "counts"), req.view);
+    Data lifts = needArray(s, id, p + "lift", req.view);
+    const int64_t E = ids.dim(0), N = ids.dim(1);
+    if (ids.a->shape.size() != 2 || E <= 0 || counts.a->shape != ids.a->shape || lifts.a->shape != ids.a->shape)
+        throw Error("view '" + req.view + "': expected [experts, N] arrays of one shape", sessionName(s),
+                    "/analyses/" + id + "/" + p + "ids");
+    // each id's piece and first position, from the run the result is of
+    std::map<int64_t, std::pair<std::string, int64_t>> seen;
+    if (s.hasRun(run)) {
+        const auto tokens = s.runTokens(run);
+        const auto labels = tokenLabels(s, run);
+        for (size_t t = 0; t < tokens.size(); ++t)
+            seen.try_emplace(tokens[t], t < labels.size() ? labels[t] : std::to_string(tokens[t]),
+                             static_cast<int64_t>(t));
+    }
+    Figure f;
+    f.view = req.view;
+    f.isText = true;
+    const nlohmann::json minCount = resultParam(s, id, "min_count");
+    const std::string atLeast = minCount.is_number_integer() ? ", seen at least " + minCount.dump() + " times" : "";
+    f.title = std::string(lift ? "Most over-represented tokens (lift" + atLeast + ")" : "Most frequent tokens") +
+              " of each expert's " + (top1 ? "top-1" : "top-k") + " choices, run " + run + ", " + layerName(s, L);
+    f.text.experts = static_cast<int>(E);
+    f.csvHeader = {"expert", "rank", "id", "piece", "count", "lift"};
+    for (int64_t e = 0; e < E; ++e) {
+        TokenRun::Token head;
+        head.text = "expert " + std::to_string(e) + ":";
+        head.expert = static_cast<int>(e);
+        head.index = -1;
+        head.tip = "expert " + std::to_string(e);
+        f.text.tokens.push_back(head);
+        for (int64_t r = 0; r < N; ++r) {
+            const size_t at = static_cast<size_t>(e * N + r);
+            const auto v = static_cast<int64_t>(ids.v[at]);
+            if (v < 0) break;
+            auto it = seen.find(v);
+            TokenRun::Token tok;
+            tok.text = it != seen.end() ? it->second.first : std::to_string(v);
+            if (tok.text.ends_with("\\n")) tok.text += " ";  // the piece "\n" is text here, not a line break
+            tok.expert = -1;
+            tok.index = it != seen.end() ? it->second.second : -1;
+            tok.tip = "'" + tok.text + "' (id " + std::to_string(v) + "): " + counts.text(at) + " times to expert " +
+                      std::to_string(e) + (lifts.v[at] == lifts.v[at] && lift ? ", lift " + shortNum(lifts.v[at]) : "");
+            f.text.tokens.push_back(tok);
+            f.csvRows.push_back({std::to_string(e), std::to_string(r + 1), std::to_string(v), tok.text, counts.text(at),
+                                 lift ? lifts.text(at) : ""});
+        }
+        f.text.tokens.back().newline = true;
+    }
+    f.text.legend = "one line per expert";
+    return f;
+}
+
+// The reverse lookup: where the token id at a position of the run goes, in every MoE layer.
+Figure tokenExperts(const Session& s, const ViewRequest& req) {
+    std::string run = req.run;
+    if (run.empty()) {
+        const auto names = s.runNames();
+        if (names.empty())
+            throw Error("view '" + req.view + "' needs a run; this session has none", sessionName(s), "/runs");
+        run = names.front();
+    }
+    if (!s.hasRun(run))
+        throw Error("view '" + req.view + "': the session has no run '" + run + "'", sessionName(s), "/runs/" + run);
+    const RunInfo info = s.runInfo(run);
+    const auto tokens = s.runTokens(run);
+    const auto T = static_cast<int64_t>(tokens.size());
+    if (req.token < 0 || req.token >= T)
+        throw Error("view '" + req.view + "': token " + std::to_string(req.token) + " does not exist (run '" + run +
+                        "' has " + std::to_string(T) + ")",
+                    sessionName(s), "/runs/" + run + "/tokens");
+    if (info.moeLayers.empty()) throw Error("run '" + run + "' records no MoE layer", sessionName(s), "/runs/" + run);
+    const int64_t v = tokens[static_cast<size_t>(req.token)];
+    const auto labels = tokenLabels(s, run);
+    const std::string piece = static_cast<size_t>(req.token) < labels.size() ? labels[req.token] : std::to_string(v);
+    int64_t occurrences = 0;
+    for (int64_t x : tokens) occurrences += x == v;
+    Figure f;
+    f.view = req.view;
+    f.title = "Where '" + piece + "' (id " + std::to_string(v) + ", " + std::to_string(occurrences) + " times in run " +
+              run + ") goes: share of its top-k slots per expert";
+    Panel p;
+    p.xLabel = "expert";
+    p.yLabel = "layer";
+    p.hasHeatmap = true;
+    HeatmapPanel& h = p.heatmap;
+    int64_t E = 0;
+    f.csvHeader = {"layer", "expert", "count", "share"};
+    for (int l : info.moeLayers) {
+        const LayerTrace lt = s.runLayer(run, l);
+        if (E == 0) E = lt.numExperts;
+        if (lt.numExperts != E || lt.topK <= 0 || lt.topkExperts.size() != static_cast<size_t>(T * lt.topK))
+            throw Error("view '" + req.view + "': layer " + std::to_string(l) + "'s records do not fit the run",
+                        sessionName(s), "/runs/" + run + "/layers/" + std::to_string(l));
+        std::vector<int64_t> c(static_cast<size_t>(E), 0);
+        int64_t slots = 0;
+        for (int64_t t = 0; t < T; ++t)
+            if (tokens[static_cast<size_t>(t)] == v)
+                for (int64_t j = 0; j < lt.topK; ++j)
+                    if (const int32_t e = lt.topkExperts[static_cast<size_t>(t * lt.topK + j)]; e >= 0 && e < E)
+                        ++c[static_cast<size_t>(e)], ++slots;
+        h.rowLabels.push_back(std::to_string(l));
+        for (int64_t e = 0; e < E; ++e) {
+            const double share =
+                slots ? static_cast<double>(c[static_cast<size_t>(e)]) / static_cast<double>(slots) : kNaN;
+            h.values.push_back(share);
+            f.csvRows.push_back(
+                {std::to_string(l), std::to_string(e), std::to_string(c[static_cast<size_t>(e)]), formatDouble(share)});
+        }
+    }
+    h.rows = static_cast<int64_t>(info.moeLayers.size());
+    h.cols = E;
+    for (int64_t e = 0; e < E; ++e) h.colLabels.push_back(std::to_string(e));
+    h.colExpert = iota(E);
+    h.valueLabel = "share of its slots";
+    h.colormap = "blues";
+    h.lo = 0;  // hi: the data's (with top-k, an expert takes at most 1/k of the slots)
+    f.panels = {p};
     return f;
 }
 
@@ -2021,6 +2163,24 @@ const std::vector<ViewDef>& registry() {
                          return !v.runs.empty();
                      },
                      false, "", kHintPrompts});
+        d.push_back({"expert-tokens", "Tokens per expert", "load",
+                     "for a layer: the tokens each expert receives most often, or most over their frequency (lift)",
+                     expertTokens,
+                     [](const Session& s, ViewInfo& v) {
+                         v.measures = {"count", "lift", "count-top1", "lift-top1"};
+                         return fillRuns(s, v, "expert_tokens", "topk_ids");
+                     },
+                     false, "", kHintPrompts});
+        d.push_back({"token-experts", "Token's experts", "trace",
+                     "where one token id goes: the share of its top-k slots per expert, in every layer", tokenExperts,
+                     [](const Session& s, ViewInfo& v) {
+                         v.runs = s.runNames();
+                         v.perRun = v.perToken = true;
+                         for (auto& r : v.runs)
+                             if (!s.runInfo(r).moeLayers.empty()) return true;
+                         return false;
+                     },
+                     false, "", kHintPrompts});
         d.push_back({"selection-bias", "Selection bias", "bias",
                      "per expert: the correction bias and the tokens each expert gains and loses against the "
                      "unbiased top-k",
@@ -2084,6 +2244,7 @@ const std::map<std::string, std::string>& attentionViews() {
                                                          {"routing-map", "routing_map/"},
                                                          {"expert-load", "expert_load/"},
                                                          {"load-balance", "expert_load/"},
+                                                         {"expert-tokens", "expert_tokens/"},
                                                          {"layer-routes", "expert_load/"},
                                                          {"expert-importance", "expert_importance/"},
                                                          {"intervention-effect", "intervention_effect/"},
@@ -2116,6 +2277,8 @@ ViewInfo viewDescription(const std::string& view) {
 
 int storedTokens(const Session& s, const ViewRequest& req) {
     // the per-token arrays' first dimension: D3's experts, D1's per-token cosines
+    if (req.view == "token-experts")  // any position of the run
+        return s.hasRun(req.run) ? static_cast<int>(std::min<int64_t>(s.runInfo(req.run).numTokens, INT32_MAX)) : 0;
     const std::string pre = req.kind == "attention" ? "attention/" : "";
     int tokens = 0;
     for (const std::string& id : {"gate_activations/" + req.run, pre + "output_similarity/" + req.run}) {

@@ -518,7 +518,36 @@ def near_ties(v, rel):
     return (np.abs(np.diff(s, axis=-1)) <= rel * scale).sum(axis=-1)
 
 
-def dynamic_reference(moe, cap, offsets, run, first_n, dense=None, dcap=None, layers=None, tie_rel=1e-5, exp=None):
+def expert_tokens(tokens, choices, E, top_n=20, min_count=5):
+    """Tokens per expert (analyses-spec 7.5) with numpy: n(e, v) from np.unique over (expert, id)
+    pairs; per expert the top_n ids by count (ties: smaller id first) and by lift among n >= min_count
+    (ties: larger count, then smaller id); rows padded with -1 / 0 / NaN."""
+    T, k = choices.shape
+    ids = np.repeat(tokens, k)
+    ex = choices.ravel().astype(np.int64)
+    (pe, pv), n = np.unique(np.stack([ex, ids]), axis=1, return_counts=True)
+    vals, freq = np.unique(tokens, return_counts=True)
+    nv = dict(zip(vals.tolist(), freq.tolist()))
+    ne = np.bincount(ex, minlength=E)
+    out = {key: np.full((E, top_n), fill, dtype) for key, fill, dtype in
+           (("ids", -1, np.int64), ("counts", 0, np.int64), ("lift_ids", -1, np.int64), ("lift", np.nan, np.float64),
+            ("lift_counts", 0, np.int64))}
+    for e in range(E):
+        sel = pe == e
+        v, c = pv[sel], n[sel]
+        lift = (c / ne[e]) / (np.array([nv[x] for x in v.tolist()], dtype=np.float64) / T)
+        order = np.lexsort((v, -c))[:top_n]
+        out["ids"][e, :len(order)], out["counts"][e, :len(order)] = v[order], c[order]
+        keep = np.flatnonzero(c >= min_count)
+        order = keep[np.lexsort((v[keep], -c[keep], -lift[keep]))][:top_n]
+        out["lift_ids"][e, :len(order)] = v[order]
+        out["lift"][e, :len(order)] = lift[order]
+        out["lift_counts"][e, :len(order)] = c[order]
+    return out
+
+
+def dynamic_reference(moe, cap, offsets, run, first_n, dense=None, dcap=None, layers=None, tie_rel=1e-5, exp=None,
+                      tokens=None):
     exp = exp or Expected()
     layers = list(moe.moe_layers if layers is None else layers)
     E, k = moe.E, moe.k
@@ -652,6 +681,11 @@ def dynamic_reference(moe, cap, offsets, run, first_n, dense=None, dcap=None, la
     exp.put(f"{lb}/transitions_top1", np.array(t1, dtype=np.int64).reshape(-1, E, E))
     exp.put(f"{lb}/transitions_topk", np.array(tk, dtype=np.int64).reshape(-1, E, E))
     exp.put(f"{lb}/transition_nmi", np.array(nmi, dtype=np.float64))
+    if tokens is not None:  # tokens per expert, of the top-k and of the top-1 choices
+        for l in layers:
+            for mode, ch in (("topk", cap[l]["ids"]), ("top1", cap[l]["ids"][:, :1])):
+                for key, v in expert_tokens(np.asarray(tokens, np.int64), ch, E).items():
+                    exp.put(f"expert_tokens/{run}/layers/{l}/{mode}_{key}", v, [str(e) for e in range(E)])
     exp.notes[f"{run}/load_chance"] = 1.0 - math.comb(E - k, k) / math.comb(E, k)
     exp.notes[f"{run}/entropy_max"] = math.log2(E)
     exp.put(f"layer_diversity/outputs/{run}/cosine", np.array(div_c))

@@ -143,7 +143,8 @@ class World:
             cap = R.capture_moe(model, fixtures.PROMPTS)
             if dmodel is not None:
                 dcap = R.capture_dense(dmodel, fixtures.PROMPTS, moe.moe_layers)
-            R.dynamic_reference(moe, cap, OFFSETS, RUN, N_FIRST, dense, dcap, exp=exp)
+            R.dynamic_reference(moe, cap, OFFSETS, RUN, N_FIRST, dense, dcap, exp=exp,
+                                tokens=np.concatenate([np.array(p, np.int64) for p in fixtures.PROMPTS]))
             exp.moe, exp.cap, exp.dense = moe, cap, dense
             self._exp[case] = exp
         return self._exp[case]
@@ -253,7 +254,7 @@ def check_close(got, ref, atol, what):
     assert got.shape == ref.shape, f"{what}: shape {got.shape}, expected {ref.shape}"
     if got.size == 0:
         return
-    err = np.abs(got - ref)
+    err = np.where(np.isnan(got) & np.isnan(ref), 0.0, np.abs(got - ref))  # NaN where both have NaN: equal
     excess = err - np.broadcast_to(atol, err.shape)
     i = np.unravel_index(np.argmax(excess), err.shape)
     assert np.all(excess <= 0), f"{what}: |ours - reference| = {err[i]:.3g} > " \
@@ -624,10 +625,28 @@ def test_d4_routing_map_load_and_routing_check(sess):
             own = np.zeros((E, E), np.int64)
             np.add.at(own, (top[a][:, 0], top[b][:, 0]), 1)
             np.testing.assert_array_equal(ds(f, f"{lb}/transitions_top1")[pi], own)
-            assert ds(f, f"{lb}/transitions_topk")[pi].sum() == own.sum() * top[a].shape[1] ** 2
+            own_k = np.zeros((E, E), np.int64)
+            for i in range(top[a].shape[1]):
+                for j in range(top[b].shape[1]):
+                    np.add.at(own_k, (top[a][:, i], top[b][:, j]), 1)
+            np.testing.assert_array_equal(ds(f, f"{lb}/transitions_topk")[pi], own_k)
             check_close(ds(f, f"{lb}/transition_nmi")[pi],
                         R.normalized_mutual_information(top[a][:, 0], top[b][:, 0]), 1e-12, "nmi, our trace")
+        # tokens per expert: numpy's recomputation from the stored trace, and from HF's routing
+        tk = f"expert_tokens/{RUN}"
+        params = json.loads(result_group(f, f"{tk}/layers/{sess.layers[0]}/topk_ids").attrs["params_json"])
+        assert params["top_n"] == 20 and params["min_count"] == 5
+        tokens = f[f"runs/{RUN}/tokens"][()]
+        for l in sess.layers:
+            for mode, ch in (("topk", top[l]), ("top1", top[l][:, :1])):
+                for key, v in R.expert_tokens(tokens, ch, E).items():
+                    np.testing.assert_array_equal(ds(f, f"{tk}/layers/{l}/{mode}_{key}")[()], v,
+                                                  err_msg=f"{tk} {l} {mode}_{key} against our stored trace")
         if all((exp.cap[l]["gap"] >= GAP_EPS).all() for l in sess.layers):
+            for l in sess.layers:
+                for key in ("topk_ids", "topk_counts", "top1_lift", "topk_lift_ids"):
+                    np.testing.assert_array_equal(ds(f, f"{tk}/layers/{l}/{key}")[()],
+                                                  exp.arrays[f"{tk}/layers/{l}/{key}"], err_msg=f"{key} against HF")
             for name in ("transitions_top1", "transitions_topk"):
                 np.testing.assert_array_equal(ds(f, f"{lb}/{name}")[()], exp.arrays[f"{lb}/{name}"], err_msg=name)
             check_close(ds(f, f"{lb}/transition_nmi")[()], exp.arrays[f"{lb}/transition_nmi"], 1e-12, "nmi")

@@ -3,9 +3,9 @@ CLI) in every format; each CSV equals the session's data read with h5py; images 
 format says (size, resolution, vector content); bad requests fail with a message naming what
 is missing."""
 import csv
-import io
 import json
 import os
+import sys
 import xml.etree.ElementTree as ET
 
 import numpy as np
@@ -20,7 +20,8 @@ FORMATS = ("png", "jpg", "pdf", "svg", "csv")
 ALL_VIEWS = ["weight-similarity", "neuron-mean-similarity", "neuron-reordering", "router-similarity",
              "router-vs-weights", "router-weight-r2", "matrix-pca", "neuron-pca", "diversity",
              "output-similarity", "norms-vs-scores", "rank-counts", "top1-max-norm", "routing-map",
-             "routing-text", "expert-load", "load-balance", "layer-routes", "gate-activations"]
+             "routing-text", "expert-load", "load-balance", "layer-routes", "expert-tokens", "token-experts",
+             "gate-activations"]
 
 
 @pytest.fixture(scope="module")
@@ -247,6 +248,32 @@ def test_dynamic_csv_equals_session(cli, session, h5, tmp_path):
     with np.errstate(invalid="ignore"):
         share = M / M.sum(1, keepdims=True)
     np.testing.assert_allclose(np.array([float(r[4]) for r in rows]).reshape(E, E), share, rtol=1e-12)
+    # tokens per expert: the stored lists equal numpy's from the stored trace (the demo's prompts
+    # repeat tokens, so the lift lists are not empty), and the view's CSV is them
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "analysis"))
+    import reference as R  # tests/analysis: the numpy recomputations
+    tokens = h5[f"runs/{RUN}/tokens"][()]
+    tk = a[f"expert_tokens/{RUN}/layers/{L}"]
+    for mode, ch in (("topk", topk), ("top1", topk[:, :1])):
+        for key, v in R.expert_tokens(tokens, ch, E).items():
+            np.testing.assert_array_equal(tk[f"{mode}_{key}"][()], v, err_msg=f"{mode}_{key}")
+    assert (tk["topk_lift_ids"][()] >= 0).sum() > E
+    export(cli, session, out, "expert-tokens", "--layer", str(L), "--measure", "lift")
+    header, rows = read_csv(out)
+    assert header == ["expert", "rank", "id", "piece", "count", "lift"]
+    got = {(int(r[0]), int(r[1])): (int(r[2]), int(r[4]), float(r[5])) for r in rows}
+    ids, cnt, lift = tk["topk_lift_ids"][()], tk["topk_lift_counts"][()], tk["topk_lift"][()]
+    assert got == {(e, n + 1): (int(ids[e, n]), int(cnt[e, n]), float(lift[e, n]))
+                   for e in range(E) for n in range(ids.shape[1]) if ids[e, n] >= 0}
+    # the reverse lookup: where the token at position 5 goes, from the stored trace
+    export(cli, session, out, "token-experts", "--token", "5")
+    header, rows = read_csv(out)
+    assert header == ["layer", "expert", "count", "share"]
+    at = tokens == tokens[5]
+    for r in rows:
+        ch = h5[f"runs/{RUN}/layers/{r[0]}/topk_experts"][()][at]
+        n = int((ch == int(r[1])).sum())
+        assert int(r[2]) == n and float(r[3]) == n / ch.size, r
 
 
 def test_static_tables_csv_equal_session(cli, session, h5, tmp_path):

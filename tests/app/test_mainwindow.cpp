@@ -623,6 +623,13 @@ private Q_SLOTS:
             c->setMode(v);
             QVERIFY2(c->hasFigure(), v);
         }
+        // the reverse lookup offers every position of the run
+        ViewPane* routingPane = w.pane("routing");
+        routingPane->setMode("token-experts");
+        routingPane->setOption("run", "intervention1-baseline");
+        auto* token = routingPane->findChild<QSpinBox*>("token");
+        QVERIFY(routingPane->hasFigure() && token && token->isVisibleTo(routingPane));
+        QCOMPARE(int64_t(token->maximum()) + 1, s->runInfo("intervention1-baseline").numTokens);
         c->setMode("routing-difference");
         // the prompts offered are those of the compared run of A (the Run control names the comparison)
         auto* prompt = c->findChild<QComboBox*>("prompt");

@@ -12,7 +12,9 @@ namespace es::detail {
 
 class ExpertLoad final : public Analysis {
 public:
-    ExpertLoad(const PassContext& c, const ExpertKind& k) : k_(k), totalTokens_(c.tokens()) {}
+    // tokens: the run's token ids (for the tokens per expert)
+    ExpertLoad(const PassContext& c, const ExpertKind& k, const std::vector<int64_t>& tokens)
+        : k_(k), totalTokens_(c.tokens()), tokens_(tokens) {}
 
     void observe(const BlockTap& t) override {
         if (t.kind.attention != k_.attention) return;
@@ -134,6 +136,27 @@ public:
                                             .with("layers", layerAttr)
                                             .with("chance", AttrValue::number(1.0 - std::max(0.0, disjoint)));
         c.finish(out, k_.prefix + "expert_load/" + c.run, "load", r, c.params);
+        // tokens per expert (analyses-spec 7.5), of the top-k choices and of the top-1 choices
+        constexpr int64_t kTopN = 20, kMinCount = 5;
+        Result tpe;
+        const int64_t N = kTopN;
+        for (int l : c.layers) {
+            const Acc& a = acc_[l];
+            if (a.ids.size() != static_cast<size_t>(T * K) || tokens_.size() != static_cast<size_t>(T)) continue;
+            for (const auto& [mode, k] : {std::pair<std::string, int64_t>{"topk", K}, {"top1", 1}}) {
+                const ExpertTokens x = expertTokens(tokens_, a.ids.data(), K, k, E, N, kMinCount);
+                const std::string p = "layers/" + std::to_string(l) + "/" + mode + "_";
+                tpe.arrays[p + "ids"] = Array::i64({E, N}, x.ids).with("labels", labels);
+                tpe.arrays[p + "counts"] = Array::i64({E, N}, x.counts).with("labels", labels);
+                tpe.arrays[p + "lift_ids"] = Array::i64({E, N}, x.liftIds).with("labels", labels);
+                tpe.arrays[p + "lift"] = Array::f64({E, N}, x.lift).with("labels", labels);
+                tpe.arrays[p + "lift_counts"] = Array::i64({E, N}, x.liftCounts).with("labels", labels);
+            }
+        }
+        nlohmann::json params = c.params;
+        params["top_n"] = N;
+        params["min_count"] = kMinCount;
+        c.finish(out, k_.prefix + "expert_tokens/" + c.run, "tokens", tpe, params);
     }
 
 private:
@@ -198,6 +221,7 @@ private:
 
     const ExpertKind& k_;
     int64_t totalTokens_ = 0;
+    const std::vector<int64_t>& tokens_;
     std::map<int, Acc> acc_;
 };
 
