@@ -165,8 +165,9 @@ public:
         QFontMetricsF fm(body);
         double x = area.left() + 8, y = area.top() + 36;
         const int E = fig->text.experts;
-        p.drawText(QPointF(x, y + fm.ascent()), "top-1 expert:");
-        x += fm.horizontalAdvance("top-1 expert: ") + 4;
+        const QString swatches = q(fig->text.swatchLabel) + " ";
+        p.drawText(QPointF(x, y + fm.ascent()), swatches);
+        x += fm.horizontalAdvance(swatches) + 4;
         for (int e = 0; e < E; ++e) {
             const QString lab = QString::number(e);
             const double w = fm.horizontalAdvance(lab) + 10;
@@ -191,8 +192,9 @@ public:
             QRectF r(x, y, w, fm.height() + 2);
             const QColor bg = t.expert >= 0 ? expertColor(t.expert, E) : QColor(Qt::lightGray);
             p.fillRect(r, bg);
-            if (t.index == selected || (selectedExpert >= 0 && t.expert == selectedExpert)) {
-                p.setPen(QPen(Qt::black, t.index == selected ? 2.5 : 1.2));
+            const bool isSelected = t.index >= 0 && t.index == selected;
+            if (isSelected || (selectedExpert >= 0 && t.expert == selectedExpert)) {
+                p.setPen(QPen(Qt::black, isSelected ? 2.5 : 1.2));
                 p.drawRect(r.adjusted(-1, -1, 1, 1));
             }
             p.setPen(bg.lightnessF() < 0.5 ? Qt::white : Qt::black);

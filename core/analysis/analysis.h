@@ -128,8 +128,10 @@ struct ExpertTokens {
     std::vector<int64_t> ids, counts, liftIds, liftCounts;
     std::vector<double> lift;
 };
+// sortedTokens: the tokens sorted (computed here when not given; a caller with many layers sorts once).
 ExpertTokens expertTokens(const std::vector<int64_t>& tokens, const int32_t* choices, int64_t stride, int64_t K,
-                          int64_t E, int64_t topN, int64_t minCount);
+                          int64_t E, int64_t topN, int64_t minCount,
+                          const std::vector<int64_t>* sortedTokens = nullptr);
 
 // Two checkpoints compared (analyses-spec 7.3) must be of one architecture and expert count: the
 // same model type, layers, MoE layers, experts, top-k, hidden size and expert width (and, with

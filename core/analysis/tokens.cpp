@@ -8,7 +8,7 @@
 namespace es {
 
 ExpertTokens expertTokens(const std::vector<int64_t>& tokens, const int32_t* choices, int64_t stride, int64_t K,
-                          int64_t E, int64_t topN, int64_t minCount) {
+                          int64_t E, int64_t topN, int64_t minCount, const std::vector<int64_t>* sortedTokens) {
     const auto T = static_cast<int64_t>(tokens.size());
     // n(e, v) by sorting the (e, v) pairs: no table of E x vocabulary entries
     std::vector<std::pair<int64_t, int64_t>> pairs;  // (expert, token id)
@@ -22,8 +22,12 @@ ExpertTokens expertTokens(const std::vector<int64_t>& tokens, const int32_t* cho
             ++perExpert[static_cast<size_t>(e)];
         }
     std::sort(pairs.begin(), pairs.end());
-    std::vector<int64_t> sortedIds(tokens);  // n(v): occurrences in the run
-    std::sort(sortedIds.begin(), sortedIds.end());
+    std::vector<int64_t> own;  // n(v): occurrences in the run
+    if (!sortedTokens) {
+        own = tokens;
+        std::sort(own.begin(), own.end());
+    }
+    const std::vector<int64_t>& sortedIds = sortedTokens ? *sortedTokens : own;
     auto frequency = [&](int64_t v) {
         auto [a, b] = std::equal_range(sortedIds.begin(), sortedIds.end(), v);
         return static_cast<int64_t>(b - a);

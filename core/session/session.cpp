@@ -1064,19 +1064,21 @@ std::vector<std::string> Session::runTokenPieces(const std::string& name) const 
 namespace {
 
 // One router's records of a stored run, read from `group` (a layer group or its attention group).
-LayerTrace readRouter(hid_t f, const std::string& group, int layer, int64_t E, int64_t K, const std::string& file) {
+LayerTrace readRouter(hid_t f, const std::string& group, int layer, int64_t E, int64_t K, const std::string& file,
+                      bool choicesOnly = false) {
     LayerTrace t;
     t.layer = layer;
     t.numExperts = E;
     t.topK = K;
-    t.routerLogits = readAll<float>(f, group + "/router_logits", H5T_NATIVE_FLOAT, file);
+    if (!choicesOnly) t.routerLogits = readAll<float>(f, group + "/router_logits", H5T_NATIVE_FLOAT, file);
     t.topkExperts = readAll<int32_t>(f, group + "/topk_experts", H5T_NATIVE_INT32, file);
-    t.topkWeights = readAll<float>(f, group + "/topk_weights", H5T_NATIVE_FLOAT, file);
+    if (!choicesOnly) t.topkWeights = readAll<float>(f, group + "/topk_weights", H5T_NATIVE_FLOAT, file);
     for (size_t i = 0; i < t.topkExperts.size(); ++i)
         if (t.topkExperts[i] < 0 || t.topkExperts[i] >= E)
             throw Error("expert id " + std::to_string(t.topkExperts[i]) + " (token " + std::to_string(i / K) +
                             ") is not one of the model's " + std::to_string(E) + " experts",
                         file, "/" + group + "/topk_experts");
+    if (choicesOnly) return t;
     if (exists(f, group + "/expert_output_norms"))
         t.expertOutputNorms = readAll<float>(f, group + "/expert_output_norms", H5T_NATIVE_FLOAT, file);
     if (exists(f, group + "/shared_output_norms"))
@@ -1086,11 +1088,19 @@ LayerTrace readRouter(hid_t f, const std::string& group, int layer, int64_t E, i
 
 }  // namespace
 
-LayerTrace Session::runLayer(const std::string& name, int layer) const {
+LayerTrace Session::runLayer(const std::string& name, int layer, bool choicesOnly) const {
     const StoredRun& r = d_->run(name);
     if (r.mem) {
         for (auto& l : r.mem->layers)
-            if (l.layer == layer) return l;
+            if (l.layer == layer) {
+                if (!choicesOnly) return l;
+                LayerTrace t;
+                t.layer = l.layer;
+                t.numExperts = l.numExperts;
+                t.topK = l.topK;
+                t.topkExperts = l.topkExperts;
+                return t;
+            }
         throw Error("run has no MoE layer " + std::to_string(layer), d_->path,
                     "/runs/" + name + "/layers/" + std::to_string(layer));
     }
@@ -1100,7 +1110,7 @@ LayerTrace Session::runLayer(const std::string& name, int layer) const {
     std::lock_guard lk(hdf5Mutex());
     H f = openSessionFile(r.file);
     return readRouter(f, "runs/" + name + "/layers/" + std::to_string(layer), layer, d_->model.numExperts, r.info.topK,
-                      r.file);
+                      r.file, choicesOnly);
 }
 
 LayerTrace Session::runAttentionLayer(const std::string& name, int layer) const {

@@ -85,7 +85,8 @@ public:
     void addRun(const std::string& name, RunTrace trace);  // error if the name exists
     std::vector<int64_t> runTokens(const std::string& name) const;
     std::vector<int64_t> runPromptOffsets(const std::string& name) const;
-    LayerTrace runLayer(const std::string& name, int layer) const;           // reads one layer only
+    // reads one layer only; choicesOnly: its topkExperts only (not the logits, weights or norms)
+    LayerTrace runLayer(const std::string& name, int layer, bool choicesOnly = false) const;
     LayerTrace runAttentionLayer(const std::string& name, int layer) const;  // a MoA router's records
     std::vector<std::string> runTokenPieces(const std::string& name) const;
     std::vector<std::string> runPromptTexts(const std::string& name) const;  // empty for token-id runs

@@ -86,6 +86,7 @@ struct TokenRun {
     std::vector<Token> tokens;
     int experts = 0;
     std::string legend;
+    std::string swatchLabel = "top-1 expert:";  // before the expert colours
 };
 
 struct Figure {

@@ -1072,14 +1072,20 @@ Figure expertTokens(const Session& s, const ViewRequest& req) {
     if (ids.a->shape.size() != 2 || E <= 0 || counts.a->shape != ids.a->shape || lifts.a->shape != ids.a->shape)
         throw Error("view '" + req.view + "': expected [experts, N] arrays of one shape", sessionName(s),
                     "/analyses/" + id + "/" + p + "ids");
-    // each id's piece and first position, from the run the result is of
+    for (size_t i = 0; i < ids.v.size(); ++i)
+        if (!std::isfinite(ids.v[i]))
+            throw Error("view '" + req.view + "': a token id that is not a number", sessionName(s),
+                        "/analyses/" + id + "/" + p + (lift ? "lift_ids" : "ids"));
+    // each listed id's piece and first position, from the run the result is of
     std::map<int64_t, std::pair<std::string, int64_t>> seen;
+    for (double x : ids.v)
+        if (x >= 0) seen.try_emplace(static_cast<int64_t>(x), std::to_string(static_cast<int64_t>(x)), -1);
     if (s.hasRun(run)) {
         const auto tokens = s.runTokens(run);
-        const auto labels = tokenLabels(s, run);
+        const auto pieces = s.runTokenPieces(run);
         for (size_t t = 0; t < tokens.size(); ++t)
-            seen.try_emplace(tokens[t], t < labels.size() ? labels[t] : std::to_string(tokens[t]),
-                             static_cast<int64_t>(t));
+            if (auto it = seen.find(tokens[t]); it != seen.end() && it->second.second < 0)
+                it->second = {t < pieces.size() ? pieces[t] : std::to_string(tokens[t]), static_cast<int64_t>(t)};
     }
     Figure f;
     f.view = req.view;
@@ -1101,21 +1107,22 @@ Figure expertTokens(const Session& s, const ViewRequest& req) {
             const size_t at = static_cast<size_t>(e * N + r);
             const auto v = static_cast<int64_t>(ids.v[at]);
             if (v < 0) break;
-            auto it = seen.find(v);
+            const auto& [piece, first] = seen.at(v);
             TokenRun::Token tok;
-            tok.text = it != seen.end() ? it->second.first : std::to_string(v);
+            tok.text = piece;
             if (tok.text.ends_with("\\n")) tok.text += " ";  // the piece "\n" is text here, not a line break
             tok.expert = -1;
-            tok.index = it != seen.end() ? it->second.second : -1;
+            tok.index = first;
             tok.tip = "'" + tok.text + "' (id " + std::to_string(v) + "): " + counts.text(at) + " times to expert " +
                       std::to_string(e) + (lifts.v[at] == lifts.v[at] && lift ? ", lift " + shortNum(lifts.v[at]) : "");
             f.text.tokens.push_back(tok);
-            f.csvRows.push_back({std::to_string(e), std::to_string(r + 1), std::to_string(v), tok.text, counts.text(at),
+            f.csvRows.push_back({std::to_string(e), std::to_string(r + 1), std::to_string(v), piece, counts.text(at),
                                  lift ? lifts.text(at) : ""});
         }
         f.text.tokens.back().newline = true;
     }
     f.text.legend = "one line per expert";
+    f.text.swatchLabel = "expert:";
     return f;
 }
 
@@ -1141,8 +1148,10 @@ Figure tokenExperts(const Session& s, const ViewRequest& req) {
     const int64_t v = tokens[static_cast<size_t>(req.token)];
     const auto labels = tokenLabels(s, run);
     const std::string piece = static_cast<size_t>(req.token) < labels.size() ? labels[req.token] : std::to_string(v);
-    int64_t occurrences = 0;
-    for (int64_t x : tokens) occurrences += x == v;
+    std::vector<int64_t> at;  // the positions of the id
+    for (int64_t t = 0; t < T; ++t)
+        if (tokens[static_cast<size_t>(t)] == v) at.push_back(t);
+    const auto occurrences = static_cast<int64_t>(at.size());
     Figure f;
     f.view = req.view;
     f.title = "Where '" + piece + "' (id " + std::to_string(v) + ", " + std::to_string(occurrences) + " times in run " +
@@ -1155,18 +1164,17 @@ Figure tokenExperts(const Session& s, const ViewRequest& req) {
     int64_t E = 0;
     f.csvHeader = {"layer", "expert", "count", "share"};
     for (int l : info.moeLayers) {
-        const LayerTrace lt = s.runLayer(run, l);
+        const LayerTrace lt = s.runLayer(run, l, /*choicesOnly=*/true);
         if (E == 0) E = lt.numExperts;
         if (lt.numExperts != E || lt.topK <= 0 || lt.topkExperts.size() != static_cast<size_t>(T * lt.topK))
             throw Error("view '" + req.view + "': layer " + std::to_string(l) + "'s records do not fit the run",
                         sessionName(s), "/runs/" + run + "/layers/" + std::to_string(l));
         std::vector<int64_t> c(static_cast<size_t>(E), 0);
         int64_t slots = 0;
-        for (int64_t t = 0; t < T; ++t)
-            if (tokens[static_cast<size_t>(t)] == v)
-                for (int64_t j = 0; j < lt.topK; ++j)
-                    if (const int32_t e = lt.topkExperts[static_cast<size_t>(t * lt.topK + j)]; e >= 0 && e < E)
-                        ++c[static_cast<size_t>(e)], ++slots;
+        for (int64_t t : at)
+            for (int64_t j = 0; j < lt.topK; ++j)
+                if (const int32_t e = lt.topkExperts[static_cast<size_t>(t * lt.topK + j)]; e >= 0 && e < E)
+                    ++c[static_cast<size_t>(e)], ++slots;
         h.rowLabels.push_back(std::to_string(l));
         for (int64_t e = 0; e < E; ++e) {
             const double share =

@@ -269,6 +269,7 @@ def test_dynamic_csv_equals_session(cli, session, h5, tmp_path):
     export(cli, session, out, "token-experts", "--token", "5")
     header, rows = read_csv(out)
     assert header == ["layer", "expert", "count", "share"]
+    assert len(rows) == len(a[f"expert_load/{RUN}/counts"].attrs["layers"]) * E
     at = tokens == tokens[5]
     for r in rows:
         ch = h5[f"runs/{RUN}/layers/{r[0]}/topk_experts"][()][at]

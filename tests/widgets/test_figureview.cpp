@@ -266,7 +266,7 @@ private Q_SLOTS:
             ++compared;
         }
         QVERIFY2(failures.isEmpty(), qPrintable(failures.join("\n") + "\nrenders in " + renders));
-        QCOMPARE(compared, 17);
+        QCOMPARE(compared, 21);
     }
 
     // A bar of the load chart: its tooltip is the stored share; clicking it selects the expert

@@ -140,11 +140,13 @@ public:
         constexpr int64_t kTopN = 20, kMinCount = 5;
         Result tpe;
         const int64_t N = kTopN;
+        std::vector<int64_t> sortedTokens(tokens_);
+        std::sort(sortedTokens.begin(), sortedTokens.end());
         for (int l : c.layers) {
             const Acc& a = acc_[l];
             if (a.ids.size() != static_cast<size_t>(T * K) || tokens_.size() != static_cast<size_t>(T)) continue;
             for (const auto& [mode, k] : {std::pair<std::string, int64_t>{"topk", K}, {"top1", 1}}) {
-                const ExpertTokens x = expertTokens(tokens_, a.ids.data(), K, k, E, N, kMinCount);
+                const ExpertTokens x = expertTokens(tokens_, a.ids.data(), K, k, E, N, kMinCount, &sortedTokens);
                 const std::string p = "layers/" + std::to_string(l) + "/" + mode + "_";
                 tpe.arrays[p + "ids"] = Array::i64({E, N}, x.ids).with("labels", labels);
                 tpe.arrays[p + "counts"] = Array::i64({E, N}, x.counts).with("labels", labels);
