@@ -204,7 +204,7 @@ AnalyzedRun analyzeRun(const std::shared_ptr<Checkpoint>& ckpt, const ModelSpec&
     return out;
 }
 
-RunInputs runInputs(const Session& s, const std::string& run) {
+RunInputs runInputs(const Session& s, const std::string& run, bool attention) {
     RunInputs in;
     const RunInfo info = s.runInfo(run);
     const auto tokens = s.runTokens(run);
@@ -212,7 +212,8 @@ RunInputs runInputs(const Session& s, const std::string& run) {
     for (size_t p = 0; p + 1 < offsets.size(); ++p)
         in.prompts.emplace_back(tokens.begin() + offsets[p], tokens.begin() + offsets[p + 1]);
     for (int l : info.moeLayers) in.stored.push_back(s.runLayer(run, l));
-    for (int l : info.attentionLayers) in.storedAttention.push_back(s.runAttentionLayer(run, l));
+    if (attention)
+        for (int l : info.attentionLayers) in.storedAttention.push_back(s.runAttentionLayer(run, l));
     return in;
 }
 
@@ -221,13 +222,7 @@ RunInputs comparisonInputs(const Session& s, const std::string& run) {
     if (!s.runInfo(run).interventionJson.empty())
         throw Error("run '" + run + "' is an intervened run: compare the routing of an unmodified run", s.path(),
                     "/runs/" + run);
-    RunInputs in;
-    const auto tokens = s.runTokens(run);
-    const auto offsets = s.runPromptOffsets(run);
-    for (size_t p = 0; p + 1 < offsets.size(); ++p)
-        in.prompts.emplace_back(tokens.begin() + offsets[p], tokens.begin() + offsets[p + 1]);
-    for (int l : s.runInfo(run).moeLayers) in.stored.push_back(s.runLayer(run, l));  // the FFN routers only
-    return in;
+    return runInputs(s, run, /*attention=*/false);  // the FFN routers are compared
 }
 
 Result compareRouting(Model& other, const RoutingComparisonRequest& req) {

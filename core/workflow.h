@@ -99,7 +99,8 @@ struct RunInputs {
     std::vector<std::vector<int64_t>> prompts;
     std::vector<LayerTrace> stored, storedAttention;  // the FFN routers' records; the attention routers'
 };
-RunInputs runInputs(const Session& s, const std::string& run);
+// attention: also the attention routers' records (storedAttention); else the FFN routers' only.
+RunInputs runInputs(const Session& s, const std::string& run, bool attention = true);
 
 // Routing of two comparable models (checkComparable with routing) on the same token ids
 // (analyses-spec 7.3): the stored routing of a run of model A against model B traced on that run's

@@ -692,11 +692,7 @@ int cmdCompare(const std::vector<std::string>& args) {
     if (makeRun) {  // the prompts become a run of A first
         tok = ra.encode();
         if (!ra.allowLong) es::checkPromptLengths(sa, ra.prompts);
-        if (run.empty()) {
-            int n = 0;
-            do run = "run" + std::to_string(n++);
-            while (session.hasRun(run));
-        }
+        run = ra.runName();
         if (session.hasRun(run))
             throw UsageError("compare: the session already has a run '" + run + "' (leave out the prompts to use it)");
     } else if (routing) {

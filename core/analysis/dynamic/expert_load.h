@@ -200,11 +200,11 @@ private:
                 cols[static_cast<size_t>(j)] += m;
             }
         const auto n = static_cast<double>(used);
-        auto entropyOf = [n](const std::vector<double>& c, int& used) {
+        auto entropyOf = [n](const std::vector<double>& c, int& distinct) {  // and how many experts occur
             double h = 0;
-            used = 0;
+            distinct = 0;
             for (double x : c)
-                if (x > 0) h -= x / n * std::log(x / n), ++used;
+                if (x > 0) h -= x / n * std::log(x / n), ++distinct;
             return h;
         };
         int usedRows = 0, usedCols = 0;
