@@ -28,7 +28,7 @@ KINDS = {"weight_similarity": "S1", "neuron_mean_similarity": "S2", "neuron_reor
          "expert_load": "load", "expert_tokens": "tokens", "layer_diversity": "diversity", "routing_check": "routing_check",
          "selection_bias": "selection_bias", "intervention_effect": "intervention_effect",
          "expert_importance": "importance", "weight_comparison": "compare_weights",
-         "routing_comparison": "compare_routing"}
+         "routing_comparison": "compare_routing", "domain_specialisation": "domain"}
 
 PLACEHOLDERS = {"NAME": "(?P<NAME>[^/]+)", "L": r"\d+", "ID": r"[^/]+(?:/[^/]+)*",
                 "ARRAY": r"[^/]+(?:/[^/]+)*", "VIEW": r"[^/]+", "N": r"\d+"}

@@ -1,6 +1,8 @@
 // expertscope-cli: the headless face of ExpertScope. The contract (commands, options, exit codes)
 // is documented in README.md; other tools and the tests depend on it.
 #include <algorithm>
+#include <atomic>
+#include <csignal>
 #include <cstdio>
 #include <fstream>
 #include <iostream>
@@ -23,6 +25,7 @@
 #include "cli.h"
 #include "jsonfile.h"
 #include "workflow.h"
+#include "corpus.h"
 #include "emoe/emoe.h"
 
 namespace es::cli {
@@ -59,6 +62,11 @@ const char* kUsage = R"(usage:
   expertscope-cli compare CHECKPOINT_A CHECKPOINT_B --out SESSION.h5 [--name NAME] [--layers 0,3,...] [--threads N]
                   [--run NAME] [--token-ids 1,2,3 ... | --prompt TEXT ... | --prompts FILE] [--routing-only]
                   [--device ...] [--dtype ...] [--layer-streaming ...] [--allow-long]
+  expertscope-cli corpus CHECKPOINT --corpus FILE --out SESSION.h5 [--run NAME] [--label-field F]
+                  [--batch-tokens N] [--window N] [--max-documents N] [--resume] [--permutations N] [--seed S]
+                  [--no-statistics] [--json] [--device ...] [--dtype ...] [--layer-streaming ...] [--threads N]
+                  [--allow-long]
+  expertscope-cli corpus-stats SESSION.h5 --run NAME [--labels FILE] [--permutations N] [--seed S] [--json]
   expertscope-cli emoe DENSE_CHECKPOINT --experts N --top-k K [--layers all|START:EVERY|LIST]
                   [--gating avg-k|mean-key] [--seed S] [--restarts R] [--format expertscope|mixtral] --out DIR
   expertscope-cli export SESSION.h5 --list [--json]
@@ -84,6 +92,17 @@ session) or prompts (which first become run --run NAME of A), also the routing o
 the same token ids: top-1 agreement, Jaccard of the chosen sets and Kendall's tau of the router
 logits per layer and token, and the load difference, as /analyses/routing_comparison/NAME
 (B runs in the run's dtype unless --dtype says otherwise); --routing-only skips the weights.
+corpus: every document of FILE (.jsonl: {"text": ..., "label": ...} per line, the label optional;
+any other file: one document per non-empty line) traced in batches of --batch-tokens (16384) into
+run NAME; a document longer than --window tokens (the model's positions) is cut into windows. The
+batches are committed one by one (each a session file) in a folder beside the session,
+SESSION.h5.NAME.partial, that Ctrl-C, a kill or a crash leaves behind: --resume goes on after the
+last committed batch. When the corpus is
+done the run joins the session with its statistics from the stored routing (expert load, routes
+across layers, tokens per expert; with labelled documents the domain specialisation: JS divergence
+between the labels' expert usage with a permutation test of --permutations shuffles, 2000).
+corpus-stats: those statistics again for a run already in the session; --labels FILE gives one
+label per document (line of FILE, in the run's order) in place of the run's own.
 emoe: splits a dense model's FFNs into N experts of equal size by balanced k-means of their key
 vectors and writes a checkpoint the engine runs as an MoE (docs/emoe.md).
 export: docs/views.md describes every view and its options; --list names those the session allows.
@@ -646,6 +665,179 @@ std::vector<int> parseLayerList(const std::string& s) {
     return out;
 }
 
+// Ctrl-C during a corpus run: the batch being traced is dropped, the committed ones stay in the
+// spool for --resume; a second Ctrl-C ends the process at once.
+std::atomic<bool> gInterrupted{false};
+extern "C" void onInterrupt(int) {
+    gInterrupted.store(true);
+    std::signal(SIGINT, SIG_DFL);
+    std::signal(SIGTERM, SIG_DFL);
+}
+
+int64_t parseCount(const std::string& v, const std::string& option, int64_t least) {
+    try {
+        size_t used = 0;
+        const long long x = std::stoll(v, &used);
+        if (used != v.size() || x < least) throw std::invalid_argument(v);
+        return x;
+    } catch (const std::exception&) {
+        throw UsageError(option + " needs an integer of at least " + std::to_string(least) + ", not '" + v + "'");
+    }
+}
+
+// What corpus statistics say, for the terminal (or --json)
+void printCorpusResults(const es::Session& s, const std::vector<std::string>& ids, bool json) {
+    nlohmann::json j = nlohmann::json::array();
+    for (const auto& id : ids) {
+        const es::Result& r = s.result(id);
+        nlohmann::json o{{"id", id}, {"kind", r.kind}};
+        if (r.kind == "domain") {
+            auto vec = [&](const char* name) {
+                const es::Array& a = r.arrays.at(name);
+                return std::vector<double>(reinterpret_cast<const double*>(a.bytes.data()),
+                                           reinterpret_cast<const double*>(a.bytes.data()) + a.shape[0]);
+            };
+            o["layers"] = nlohmann::json::parse(r.paramsJson)["layers"];
+            for (const char* n :
+                 {"js_all", "js_all_permuted_mean", "js_all_p", "js_mean", "js_mean_permuted_mean", "js_mean_p"})
+                o[n] = vec(n);
+        }
+        j.push_back(o);
+    }
+    if (json) {
+        std::cout << j.dump(2) << "\n";
+        return;
+    }
+    for (const auto& o : j) {
+        std::cout << o["id"].get<std::string>() << " (" << o["kind"].get<std::string>() << ")\n";
+        if (!o.contains("js_all")) continue;
+        std::cout << "  layer  JS all labels (bits)  permuted mean  p       mean pairwise JS  permuted mean  p\n";
+        for (size_t i = 0; i < o["layers"].size(); ++i) {
+            char line[160];
+            std::snprintf(line, sizeof line, "  %5d  %20.4f  %13.4f  %.4f  %16.4f  %13.4f  %.4f\n",
+                          o["layers"][i].get<int>(), o["js_all"][i].get<double>(),
+                          o["js_all_permuted_mean"][i].get<double>(), o["js_all_p"][i].get<double>(),
+                          o["js_mean"][i].get<double>(), o["js_mean_permuted_mean"][i].get<double>(),
+                          o["js_mean_p"][i].get<double>());
+            std::cout << line;
+        }
+    }
+}
+
+int cmdCorpus(const std::vector<std::string>& args) {
+    RunArgs ra;
+    es::CorpusRequest req;
+    bool json = false;
+    for (size_t i = 0; i < args.size(); ++i) {
+        const std::string& a = args[i];
+        if (a == "--token-ids" || a == "--prompt" || a == "--prompts")
+            throw UsageError("corpus: the documents come from --corpus FILE, not " + a);
+        if (ra.take(args, i, "corpus")) continue;
+        auto value = [&]() -> const std::string& { return optionValue(args, i, "corpus"); };
+        if (a == "--corpus") req.corpus = value();
+        else if (a == "--label-field") req.labelField = value();
+        else if (a == "--batch-tokens") req.batchTokens = parseCount(value(), a, 1);
+        else if (a == "--window") req.window = parseCount(value(), a, 1);
+        else if (a == "--max-documents") req.maxDocuments = parseCount(value(), a, 1);
+        else if (a == "--permutations") req.stats.permutations = parseCount(value(), a, 0);
+        else if (a == "--seed") req.stats.seed = static_cast<uint64_t>(parseCount(value(), a, 0));
+        else if (a == "--resume") req.resume = true;
+        else if (a == "--no-statistics") req.statistics = false;
+        else if (a == "--json") json = true;
+        else throw UsageError("corpus: unknown option " + a);
+    }
+    if (ra.path.empty()) throw UsageError("corpus: CHECKPOINT missing");
+    if (ra.out.empty()) throw UsageError("corpus: --out SESSION.h5 is required");
+    if (req.corpus.empty()) throw UsageError("corpus: --corpus FILE is required");
+    if (ra.threads > 0) es::initRuntime(ra.threads);
+    auto ckpt = es::Checkpoint::open(ra.path);
+    const es::ModelSpec spec = es::ModelSpec::fromCheckpoint(*ckpt);
+    if (spec.moeLayers().empty()) throw es::Error("a dense model: a corpus run would record no routing", ckpt->path());
+    auto tok = es::Tokenizer::load(ra.path);
+    req.session = ra.out;
+    req.run = ra.run.empty() ? "corpus" : ra.run;
+    req.allowLong = ra.allowLong;
+    req.load = ra.lo;
+    req.cancel = &gInterrupted;
+    req.progress = [](double f, const std::string& what) {
+        std::cerr << "\rcorpus: " << static_cast<int>(100 * f) << "% of the file (" << what << ")   " << std::flush;
+    };
+    req.stats.progress = [](double f, const std::string& what) {
+        std::cerr << "\r" << what << ": " << static_cast<int>(100 * f) << "%                    " << std::flush;
+    };
+    std::signal(SIGINT, onInterrupt);
+    std::signal(SIGTERM, onInterrupt);
+    const es::CorpusOutcome o = es::runCorpus(ckpt, spec, *tok, req);
+    std::signal(SIGINT, SIG_DFL);
+    std::signal(SIGTERM, SIG_DFL);
+    std::cerr << "\n";
+    for (const auto& w : o.warnings) std::cerr << "warning: " << w << "\n";
+    const double rate = o.traceSeconds > 0 ? static_cast<double>(o.tracedTokens) / o.traceSeconds : 0.0;
+    std::cerr << "corpus run '" << req.run << "': " << o.documents << " documents, " << o.prompts << " prompts, "
+              << o.tokens << " tokens (" << o.tracedTokens << " traced now, " << static_cast<int64_t>(rate)
+              << " tokens/s)\n";
+    if (!o.complete) {
+        std::cerr << "stopped: the committed batches wait in " << o.spool << "/"
+                  << "; the same command with --resume goes on\n";
+        return 130;
+    }
+    std::cerr << "-> " << ra.out << "\n";
+    printCorpusResults(es::openCheckedSession(ra.out, /*readData=*/false), o.results, json);
+    return 0;
+}
+
+// The lines of a labels file: one label per document
+std::vector<std::string> readLabels(const std::string& path) {
+    es::requireRegularFile(path, "labels file");
+    std::ifstream in(path, std::ios::binary);
+    if (!in) throw es::Error("cannot open", path);
+    std::vector<std::string> out;
+    std::string line;
+    while (std::getline(in, line)) {
+        if (!line.empty() && line.back() == '\r') line.pop_back();
+        if (line.size() > 4096)
+            throw es::Error("a label longer than 4096 bytes", path, "line " + std::to_string(out.size() + 1));
+        es::validateUtf8(line, "line " + std::to_string(out.size() + 1));
+        out.push_back(line);
+    }
+    return out;
+}
+
+int cmdCorpusStats(const std::vector<std::string>& args) {
+    std::string path, run, labels;
+    es::CorpusStatsOptions opt;
+    bool json = false;
+    for (size_t i = 0; i < args.size(); ++i) {
+        const std::string& a = args[i];
+        auto value = [&]() -> const std::string& { return optionValue(args, i, "corpus-stats"); };
+        if (a == "--run") run = value();
+        else if (a == "--labels") labels = value();
+        else if (a == "--permutations") opt.permutations = parseCount(value(), a, 0);
+        else if (a == "--seed") opt.seed = static_cast<uint64_t>(parseCount(value(), a, 0));
+        else if (a == "--json") json = true;
+        else if (a.rfind("--", 0) == 0) throw UsageError("corpus-stats: unknown option " + a);
+        else if (path.empty()) path = a;
+        else throw UsageError("corpus-stats: more than one session given");
+    }
+    if (path.empty()) throw UsageError("corpus-stats: SESSION.h5 missing");
+    if (run.empty()) throw UsageError("corpus-stats: --run NAME is required");
+    if (!labels.empty()) opt.labels = readLabels(labels);
+    es::Session s = es::openCheckedSession(path);
+    if (!s.hasRun(run)) throw es::Error("no run named '" + run + "'", s.path(), "/runs/" + run);
+    opt.progress = [](double f, const std::string& what) {
+        std::cerr << "\r" << what << ": " << static_cast<int>(100 * f) << "%                    " << std::flush;
+    };
+    std::vector<std::string> ids;
+    for (auto& [id, r] : es::corpusStatistics(s, run, opt)) {
+        ids.push_back(id);
+        s.putResult(id, std::move(r));
+    }
+    std::cerr << "\n";
+    s.save(path);
+    printCorpusResults(s, ids, json);
+    return 0;
+}
+
 int cmdCompare(const std::vector<std::string>& args) {
     std::vector<std::string> paths;
     std::string name;
@@ -897,6 +1089,8 @@ int main(int argc, char** argv) {
         if (cmd == "analyze") return cmdAnalyze(rest);
         if (cmd == "emoe") return cmdEmoe(rest);
         if (cmd == "compare") return cmdCompare(rest);
+        if (cmd == "corpus") return cmdCorpus(rest);
+        if (cmd == "corpus-stats") return cmdCorpusStats(rest);
         if (cmd == "export") return es::cli::cmdExport(rest, argc, argv);
         throw UsageError("unknown command '" + cmd + "'");
     } catch (const UsageError& e) {

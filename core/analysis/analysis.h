@@ -133,6 +133,25 @@ ExpertTokens expertTokens(const std::vector<int64_t>& tokens, const int32_t* cho
                           int64_t E, int64_t topN, int64_t minCount,
                           const std::vector<int64_t>* sortedTokens = nullptr);
 
+// Domain specialisation of labelled documents (analyses-spec 7.5; docs/analyses.md,
+// "domain_specialisation", kind "domain"). Input: per document (a corpus line; several prompts when
+// it was cut into windows) its label and its top-k choice counts per analysed layer and expert.
+// Per layer: the label counts and q_d (usage [Lmoe, D, E]); JS (base 2) of every label pair
+// (js_pairs [Lmoe, D, D]), their mean (js_mean), and the equal-weight JS among all labels
+// (js_all: H(mean_d q_d) - mean_d H(q_d), as resources/demo computes it); for both a permutation
+// test over the documents' labels (Fisher-Yates with a seeded mt19937_64): the shuffled
+// statistics' mean and 95th percentile and p = (1 + #{JS_perm >= JS}) / (1 + permutations).
+struct DomainInput {
+    std::vector<int> layers;           // the analysed MoE layers
+    int64_t experts = 0;               // E
+    std::vector<std::string> labels;   // the D labels (D >= 2)
+    std::vector<int> groupLabel;       // [G] each document's label index
+    std::vector<int64_t> groupCounts;  // [G, Lmoe, E] its top-k choices
+    std::vector<int64_t> groupTokens;  // [G] its tokens
+};
+Result domainSpecialisation(const DomainInput& in, int64_t permutations, uint64_t seed, const Progress& progress = {},
+                            const std::atomic<bool>* cancel = nullptr);
+
 // Two checkpoints compared (analyses-spec 7.3) must be of one architecture and expert count: the
 // same model type, layers, MoE layers, experts, top-k, hidden size and expert width (and, with
 // routing, vocabulary). Throws an Error naming both files and the first field that differs.

@@ -72,6 +72,15 @@ public:
     H(const H&) = delete;
     H& operator=(const H&) = delete;
     H(H&& o) noexcept : id_(o.id_), close_(o.close_) { o.id_ = -1; }
+    H& operator=(H&& o) noexcept {
+        if (this != &o) {
+            if (id_ >= 0) close_(id_);
+            id_ = o.id_;
+            close_ = o.close_;
+            o.id_ = -1;
+        }
+        return *this;
+    }
     operator hid_t() const { return id_; }
     bool ok() const { return id_ >= 0; }
 
@@ -599,6 +608,9 @@ RunInfo infoFromTrace(const std::string& name, const RunTrace& t) {
     r.hasHidden = !t.hidden.empty();
     r.hasTokenText = !t.tokenBytes.empty();
     r.hasPromptTexts = !t.promptTexts.empty();
+    r.hasPromptLabels = !t.promptLabels.empty();
+    r.hasPromptDocuments = !t.promptDocuments.empty();
+    r.corpusJson = t.corpusJson;
     r.warnings = t.warnings;
     r.interventionJson = t.interventionJson;
     r.topK = t.layers.empty() ? 0 : t.layers.front().topK;
@@ -755,6 +767,27 @@ RunInfo readRunInfo(hid_t f, const std::string& name, const SessionModel& m, con
             throw Error("shape " + dimsStr(pd) + ", expected [" + std::to_string(odims[0] - 1) + "]", file,
                         "/" + base + "/prompt_texts");
         r.hasPromptTexts = true;
+    }
+    // a corpus run: each prompt's label and corpus line, and the run's source and progress
+    for (const char* per : {"prompt_labels", "prompt_documents"}) {
+        const std::string p = base + "/" + per;
+        if (!exists(f, p)) continue;
+        const bool labels = std::strcmp(per, "prompt_labels") == 0;
+        if (labels) {
+            auto pd = shapeOf(f, p, file);
+            if (pd != std::vector<hsize_t>{odims[0] - 1})
+                throw Error("shape " + dimsStr(pd) + ", expected [" + std::to_string(odims[0] - 1) + "]", file,
+                            "/" + p);
+        } else {
+            expectShape(f, p, {odims[0] - 1}, H5T_INTEGER, 8, file);
+        }
+        (labels ? r.hasPromptLabels : r.hasPromptDocuments) = true;
+    }
+    if (H5Aexists(g, "corpus_json") > 0) {
+        r.corpusJson = needString(g, "corpus_json", file, "/" + base);
+        validJson(r.corpusJson, file, "/" + base + "@corpus_json");
+        if (!nlohmann::json::parse(r.corpusJson).is_object())
+            throw Error("expected a JSON object", file, "/" + base + "@corpus_json");
     }
     return r;
 }
@@ -1000,10 +1033,13 @@ void Session::addRun(const std::string& name, RunTrace trace) {
     if (d_->runs.count(name)) throw Error("a run named '" + name + "' already exists", d_->path, "/runs/" + name);
     if (trace.promptOffsets.size() < 2 || trace.promptOffsets.back() != trace.numTokens())
         throw Error("run has inconsistent prompt offsets", "", "run");
-    if (!trace.promptTexts.empty() && trace.promptTexts.size() != trace.promptOffsets.size() - 1)
-        throw Error("run has " + std::to_string(trace.promptTexts.size()) + " prompt texts for " +
-                        std::to_string(trace.promptOffsets.size() - 1) + " prompts",
-                    "", "run");
+    for (const auto& [what, n] : {std::pair<const char*, size_t>{"prompt texts", trace.promptTexts.size()},
+                                  {"prompt labels", trace.promptLabels.size()},
+                                  {"prompt documents", trace.promptDocuments.size()}})
+        if (n != 0 && n != trace.promptOffsets.size() - 1)
+            throw Error("run has " + std::to_string(n) + " " + what + " for " +
+                            std::to_string(trace.promptOffsets.size() - 1) + " prompts",
+                        "", "run");
     for (const auto& lt : trace.layers)
         if (lt.topK != d_->model.topK && (trace.interventionJson.empty() || lt.topK != trace.layers.front().topK))
             throw Error("layer " + std::to_string(lt.layer) + " chose " + std::to_string(lt.topK) +
@@ -1047,6 +1083,66 @@ std::vector<std::string> Session::runPromptTexts(const std::string& name) const 
     std::lock_guard lk(hdf5Mutex());
     H f = openSessionFile(r.file);
     return readStrings(f, "runs/" + name + "/prompt_texts", r.file);
+}
+
+std::vector<std::string> Session::runTokenBytes(const std::string& name) const {
+    const StoredRun& r = d_->run(name);
+    if (r.mem) return r.mem->tokenBytes;
+    if (!r.info.hasTokenText) return {};
+    std::lock_guard lk(hdf5Mutex());
+    H f = openSessionFile(r.file);
+    const std::string p = "runs/" + name + "/token_bytes";
+    H ds(H5Dopen2(f, p.c_str(), H5P_DEFAULT), H5Dclose);
+    if (!ds.ok()) throw Error("missing or unreadable dataset", r.file, abs(p));
+    H sp(H5Dget_space(ds), H5Sclose);
+    const hssize_t n = H5Sget_simple_extent_npoints(sp);
+    checkStoredSize(ds, n, sizeof(hvl_t), r.file, p);
+    H type(H5Tvlen_create(H5T_NATIVE_UINT8), H5Tclose);
+    std::vector<hvl_t> v(static_cast<size_t>(std::max<hssize_t>(n, 0)));
+    if (n > 0 && H5Dread(ds, type, H5S_ALL, H5S_ALL, H5P_DEFAULT, v.data()) < 0)
+        throw Error("cannot read (damaged data)", r.file, abs(p));
+    std::vector<std::string> out;
+    for (const auto& e : v) out.emplace_back(static_cast<const char*>(e.p), e.len);
+    if (n > 0) H5Dvlen_reclaim(type, sp, H5P_DEFAULT, v.data());
+    return out;
+}
+
+std::vector<std::string> Session::runPromptLabels(const std::string& name) const {
+    const StoredRun& r = d_->run(name);
+    if (r.mem) return r.mem->promptLabels;
+    if (!r.info.hasPromptLabels) return {};
+    std::lock_guard lk(hdf5Mutex());
+    H f = openSessionFile(r.file);
+    return readStrings(f, "runs/" + name + "/prompt_labels", r.file);
+}
+
+std::vector<int64_t> Session::runPromptDocuments(const std::string& name) const {
+    const StoredRun& r = d_->run(name);
+    if (r.mem) return r.mem->promptDocuments;
+    if (!r.info.hasPromptDocuments) return {};
+    std::lock_guard lk(hdf5Mutex());
+    H f = openSessionFile(r.file);
+    return readAll<int64_t>(f, "runs/" + name + "/prompt_documents", H5T_NATIVE_INT64, r.file);
+}
+
+void Session::importRun(const std::string& name, const std::string& fileIn) {
+    validName("run", name);
+    if (d_->runs.count(name)) throw Error("a run named '" + name + "' already exists", d_->path, "/runs/" + name);
+    std::lock_guard lk(hdf5Mutex());
+    const std::string file = fs::absolute(fileIn).string();
+    H f = openSessionFile(file);
+    H g(H5Gopen2(f, "model", H5P_DEFAULT), H5Gclose);
+    if (!g.ok()) throw Error("missing group", file, "/model");
+    const std::string fp = needString(g, "fingerprint", file, "/model");
+    if (fp != d_->model.fingerprint)
+        throw Error(
+            "made from another checkpoint (fingerprint " + fp + ", the session's " + d_->model.fingerprint + ")", file,
+            "/model/fingerprint");
+    if (!exists(f, "runs/" + name)) throw Error("no run named '" + name + "'", file, "/runs/" + name);
+    StoredRun r;
+    r.info = readRunInfo(f, name, d_->model, file);
+    r.file = file;
+    d_->runs[name] = std::move(r);
 }
 
 const std::vector<std::string>& Session::prompts() const { return d_->prompts; }
@@ -1202,6 +1298,7 @@ void writeRunData(hid_t f, const std::string& name, const RunTrace& t, const Run
     attrString(run, "dtype", t.dtype, file, "/" + base);
     attrString(run, "created", info.created, file, "/" + base);
     if (!t.warnings.empty()) attrValue(run, "warnings", AttrValue::text(t.warnings), file, "/" + base);
+    if (!t.corpusJson.empty()) attrString(run, "corpus_json", t.corpusJson, file, "/" + base);
     if (!t.interventionJson.empty()) {
         attrString(run, "intervention_json", t.interventionJson, file, "/" + base);
         attrInt(run, "top_k", info.topK, file, "/" + base);
@@ -1215,6 +1312,10 @@ void writeRunData(hid_t f, const std::string& name, const RunTrace& t, const Run
         stringList(run, "token_pieces", t.tokenPieces, file, "/" + base + "/token_pieces");
     }
     if (!t.promptTexts.empty()) stringList(run, "prompt_texts", t.promptTexts, file, "/" + base + "/prompt_texts");
+    if (!t.promptLabels.empty()) stringList(run, "prompt_labels", t.promptLabels, file, "/" + base + "/prompt_labels");
+    if (!t.promptDocuments.empty())
+        dataset(run, "prompt_documents", H5T_STD_I64LE, H5T_NATIVE_INT64, {t.promptDocuments.size()},
+                t.promptDocuments.data(), file, "/" + base + "/prompt_documents");
     auto writeRouter = [&](const LayerTrace& lt, const std::string& lp) {
         H g = makeGroup(f, lp, file);
         const hsize_t E = static_cast<hsize_t>(lt.numExperts), K = static_cast<hsize_t>(lt.topK);
@@ -1240,6 +1341,28 @@ void writeRunData(hid_t f, const std::string& name, const RunTrace& t, const Run
     if (!t.hidden.empty())
         dataset(run, "hidden_states", H5T_IEEE_F32LE, H5T_NATIVE_FLOAT, {T, static_cast<hsize_t>(t.hiddenSize)},
                 t.hidden.data(), file, "/" + base + "/hidden_states");
+}
+
+// The file's root attributes and /model
+void writeHeader(hid_t f, const SessionModel& m, const std::string& file) {
+    attrString(f, "format", "expertscope-session", file, "/");
+    attrInt(f, "format_version", kSessionFormatVersion, file, "/");
+    attrString(f, "saved", isoTimeNow(), file, "/");
+    H g = makeGroup(f, "model", file);
+    attrString(g, "model_type", m.modelType, file, "/model");
+    attrInt(g, "num_layers", m.numLayers, file, "/model");
+    attrInt(g, "num_experts", m.numExperts, file, "/model");
+    attrInt(g, "top_k", m.topK, file, "/model");
+    attrInt(g, "hidden_size", m.hidden, file, "/model");
+    if (m.expertGroups > 1) {
+        attrInt(g, "expert_groups", m.expertGroups, file, "/model");
+        attrInt(g, "expert_groups_kept", m.groupsKept, file, "/model");
+    }
+    if (!m.linearAttentionLayers.empty())
+        attrValue(g, "linear_attention_layers", AttrValue::i64s(m.linearAttentionLayers), file, "/model");
+    attrString(g, "config_json", m.configJson, file, "/model");
+    attrString(g, "checkpoint_path", m.checkpointPath, file, "/model");
+    attrString(g, "fingerprint", m.fingerprint, file, "/model");
 }
 
 void fsyncPath(const std::string& p) {
@@ -1315,27 +1438,7 @@ void Session::save(const std::string& pathIn, const std::function<void(double)>&
             H5Pset_libver_bounds(fapl, H5F_LIBVER_V110, H5F_LIBVER_V110);
             H f(H5Fcreate(tmp.c_str(), H5F_ACC_EXCL, H5P_DEFAULT, fapl), H5Fclose);
             if (!f.ok()) throw Error("cannot create a temporary file beside the session", tmp);
-            attrString(f, "format", "expertscope-session", tmp, "/");
-            attrInt(f, "format_version", kSessionFormatVersion, tmp, "/");
-            attrString(f, "saved", isoTimeNow(), tmp, "/");
-            {
-                const SessionModel& m = d_->model;
-                H g = makeGroup(f, "model", tmp);
-                attrString(g, "model_type", m.modelType, tmp, "/model");
-                attrInt(g, "num_layers", m.numLayers, tmp, "/model");
-                attrInt(g, "num_experts", m.numExperts, tmp, "/model");
-                attrInt(g, "top_k", m.topK, tmp, "/model");
-                attrInt(g, "hidden_size", m.hidden, tmp, "/model");
-                if (m.expertGroups > 1) {
-                    attrInt(g, "expert_groups", m.expertGroups, tmp, "/model");
-                    attrInt(g, "expert_groups_kept", m.groupsKept, tmp, "/model");
-                }
-                if (!m.linearAttentionLayers.empty())
-                    attrValue(g, "linear_attention_layers", AttrValue::i64s(m.linearAttentionLayers), tmp, "/model");
-                attrString(g, "config_json", m.configJson, tmp, "/model");
-                attrString(g, "checkpoint_path", m.checkpointPath, tmp, "/model");
-                attrString(g, "fingerprint", m.fingerprint, tmp, "/model");
-            }
+            writeHeader(f, d_->model, tmp);
             makeGroup(f, "runs", tmp);
             for (auto& [name, r] : d_->runs) {
                 if (r.mem) {
@@ -1426,6 +1529,265 @@ void appendRun(const std::string& path, const SessionModel& model, const std::st
     Session s = openSessionFor(path, model);
     s.addRun(runName, trace);  // an existing name is an error naming /runs/NAME
     s.save(path);
+}
+
+// ---- RunWriter: a run that grows batch by batch --------------------------------------------------
+namespace {
+
+// A dataset of rows (`row` elements each; 0: a 1-d list) whose first dimension grows: chunked,
+// compressed and checksummed as `dataset` writes them (variable-length ones unfiltered, as there).
+void growable(hid_t parent, const std::string& name, hid_t fileType, hsize_t row, bool vlen, const std::string& file,
+              const std::string& full) {
+    const int rank = row ? 2 : 1;
+    const hsize_t dims[2] = {0, row}, maxdims[2] = {H5S_UNLIMITED, row};
+    const hsize_t chunk[2] = {vlen ? 4096 : std::max<hsize_t>(64, (1u << 16) / std::max<hsize_t>(1, row)),
+                              std::max<hsize_t>(1, row)};
+    H space(H5Screate_simple(rank, dims, maxdims), H5Sclose);
+    H dcpl(H5Pcreate(H5P_DATASET_CREATE), H5Pclose);
+    H5Pset_chunk(dcpl, rank, chunk);
+    if (!vlen) {
+        H5Pset_shuffle(dcpl);
+        H5Pset_deflate(dcpl, 1);
+        H5Pset_fletcher32(dcpl);
+    }
+    H ds(H5Dcreate2(parent, name.c_str(), fileType, space, H5P_DEFAULT, dcpl, H5P_DEFAULT), H5Dclose);
+    if (!ds.ok()) throw Error("cannot create dataset", file, full);
+}
+
+// Sets the first dimension of a growable dataset to `rows` (longer: to append; shorter: to cut
+// back to a commit); `have` gets what it was.
+void setRows(hid_t ds, hsize_t rows, hsize_t& have, const std::string& file, const std::string& full) {
+    H sp(H5Dget_space(ds), H5Sclose);
+    hsize_t dims[2] = {0, 0};
+    const int rank = H5Sget_simple_extent_ndims(sp);
+    if (rank < 1 || rank > 2) throw Error("not a growable dataset", file, full);
+    H5Sget_simple_extent_dims(sp, dims, nullptr);
+    have = dims[0];
+    dims[0] = rows;
+    check(H5Dset_extent(ds, dims), file, full, "resize");
+}
+
+// Appends n rows of `row` elements (0: a 1-d list) at row `at`.
+void appendRows(hid_t loc, const std::string& path, hid_t memType, hsize_t at, hsize_t n, hsize_t row, const void* data,
+                const std::string& file) {
+    const std::string full = abs(path);
+    H ds(H5Dopen2(loc, path.c_str(), H5P_DEFAULT), H5Dclose);
+    if (!ds.ok()) throw Error("missing dataset", file, full);
+    hsize_t have = 0;
+    setRows(ds, at + n, have, file, full);
+    if (have != at) throw Error("holds " + std::to_string(have) + " rows, expected " + std::to_string(at), file, full);
+    if (n == 0) return;
+    H fs(H5Dget_space(ds), H5Sclose);
+    const hsize_t start[2] = {at, 0}, count[2] = {n, row};
+    check(H5Sselect_hyperslab(fs, H5S_SELECT_SET, start, nullptr, count, nullptr), file, full, "select");
+    H ms(H5Screate_simple(row ? 2 : 1, count, nullptr), H5Sclose);
+    check(H5Dwrite(ds, memType, ms, fs, H5P_DEFAULT, data), file, full, "write");
+    wrote();
+}
+
+H stringType() {
+    H t(H5Tcopy(H5T_C_S1), H5Tclose);
+    H5Tset_size(t, H5T_VARIABLE);
+    H5Tset_cset(t, H5T_CSET_UTF8);
+    return t;
+}
+
+// Writes (creating or replacing) a string attribute.
+void setAttrString(hid_t obj, const char* name, const std::string& value, const std::string& file,
+                   const std::string& at) {
+    if (H5Aexists(obj, name) > 0) check(H5Adelete(obj, name), file, at + "@" + name, "attribute delete");
+    attrString(obj, name, value, file, at);
+}
+
+}  // namespace
+
+struct RunWriter::Impl {
+    std::string path, name, base;  // base: "runs/NAME"
+    SessionModel model;
+    H file{-1, H5Fclose};
+    int64_t tokens = 0, prompts = 0;
+    nlohmann::json state = nlohmann::json::object();
+    std::vector<std::string> warnings;
+};
+
+RunWriter::RunWriter() : d_(std::make_unique<Impl>()) {}
+RunWriter::~RunWriter() {
+    try {
+        close();
+    } catch (...) {}
+}
+RunWriter::RunWriter(RunWriter&&) noexcept = default;
+RunWriter& RunWriter::operator=(RunWriter&&) noexcept = default;
+const std::string& RunWriter::path() const { return d_->path; }
+std::string RunWriter::state() const { return d_->state.dump(); }
+int64_t RunWriter::tokens() const { return d_->tokens; }
+int64_t RunWriter::prompts() const { return d_->prompts; }
+
+RunWriter RunWriter::create(const std::string& pathIn, const SessionModel& model, const std::string& name) {
+    validName("run", name);
+    std::lock_guard lk(hdf5Mutex());
+    silence();
+    RunWriter s;
+    Impl& d = *s.d_;
+    d.path = fs::absolute(pathIn).string();
+    d.name = name;
+    d.base = "runs/" + name;
+    d.model = model;
+    H fapl(H5Pcreate(H5P_FILE_ACCESS), H5Pclose);
+    H5Pset_libver_bounds(fapl, H5F_LIBVER_V110, H5F_LIBVER_V110);  // as Session::save writes
+    d.file = H(H5Fcreate(d.path.c_str(), H5F_ACC_EXCL, H5P_DEFAULT, fapl), H5Fclose);
+    if (!d.file.ok()) throw Error("cannot create the file (does it exist already?)", d.path);
+    writeHeader(d.file, model, d.path);
+    H run = makeGroup(d.file, d.base, d.path);
+    attrString(run, "created", isoTimeNow(), d.path, "/" + d.base);
+    makeGroup(d.file, d.base + "/layers", d.path);
+    stringList(d.file, "prompts", {}, d.path, "/prompts");
+    for (const char* g : {"analyses", "views", "notes"}) makeGroup(d.file, g, d.path);
+    const int64_t zero = 0;
+    growable(d.file, d.base + "/prompt_offsets", H5T_STD_I64LE, 0, false, d.path, "/" + d.base + "/prompt_offsets");
+    appendRows(d.file, d.base + "/prompt_offsets", H5T_NATIVE_INT64, 0, 1, 0, &zero, d.path);
+    growable(d.file, d.base + "/tokens", H5T_STD_I64LE, 0, false, d.path, "/" + d.base + "/tokens");
+    setAttrString(run, "corpus_json", d.state.dump(), d.path, "/" + d.base);
+    check(H5Fflush(d.file, H5F_SCOPE_GLOBAL), d.path, "", "flush");
+    return s;
+}
+
+void RunWriter::append(const RunTrace& b, const std::string& stateJson) {
+    Impl& d = *d_;
+    if (!d.file.ok()) throw Error("the run writer is closed", d.path);
+    std::lock_guard lk(hdf5Mutex());
+    const std::string at = "/" + d.base;
+    const hsize_t T0 = static_cast<hsize_t>(d.tokens), P0 = static_cast<hsize_t>(d.prompts);
+    const hsize_t n = static_cast<hsize_t>(b.numTokens()),
+                  np = b.promptOffsets.empty() ? 0 : b.promptOffsets.size() - 1;
+    if (np == 0 || b.promptOffsets.front() != 0 || b.promptOffsets.back() != b.numTokens())
+        throw Error("a batch with inconsistent prompt offsets", d.path, at + "/prompt_offsets");
+    if (!b.logits.empty() || !b.hidden.empty() || !b.interventionJson.empty())
+        throw Error("a spooled run records routing only (no logits, hidden states or intervention)", d.path, at);
+    const bool first = d.tokens == 0 && d.prompts == 0;
+    H run(H5Gopen2(d.file, d.base.c_str(), H5P_DEFAULT), H5Gclose);
+    auto need = [&](const std::string& what, bool have, bool want) {
+        if (have != want)
+            throw Error(have ? "this batch has " + what + ", the run's first batch did not"
+                             : "this batch lacks " + what + ", which the run's first batch had",
+                        d.path, at);
+    };
+    if (first) {
+        attrString(run, "device", b.device, d.path, at);
+        attrString(run, "dtype", b.dtype, d.path, at);
+        if (!b.tokenBytes.empty()) {
+            H bt(H5Tvlen_create(H5T_NATIVE_UINT8), H5Tclose);
+            growable(d.file, d.base + "/token_bytes", bt, 0, true, d.path, at + "/token_bytes");
+            growable(d.file, d.base + "/token_pieces", stringType(), 0, true, d.path, at + "/token_pieces");
+        }
+        if (!b.promptLabels.empty())
+            growable(d.file, d.base + "/prompt_labels", stringType(), 0, true, d.path, at + "/prompt_labels");
+        if (!b.promptDocuments.empty())
+            growable(d.file, d.base + "/prompt_documents", H5T_STD_I64LE, 0, false, d.path, at + "/prompt_documents");
+        auto router = [&](const LayerTrace& lt, const std::string& g) {
+            makeGroup(d.file, g, d.path);
+            const auto E = static_cast<hsize_t>(lt.numExperts), K = static_cast<hsize_t>(lt.topK);
+            growable(d.file, g + "/router_logits", H5T_IEEE_F32LE, E, false, d.path, "/" + g + "/router_logits");
+            growable(d.file, g + "/topk_experts", H5T_STD_I32LE, K, false, d.path, "/" + g + "/topk_experts");
+            growable(d.file, g + "/topk_weights", H5T_IEEE_F32LE, K, false, d.path, "/" + g + "/topk_weights");
+        };
+        for (const auto& lt : b.layers) router(lt, d.base + "/layers/" + std::to_string(lt.layer));
+        for (const auto& lt : b.attentionLayers)
+            router(lt, d.base + "/layers/" + std::to_string(lt.layer) + "/attention");
+    } else {
+        std::string dt;
+        readAttrString(run, "dtype", dt);
+        if (dt != b.dtype) throw Error("this batch ran in " + b.dtype + ", the run in " + dt, d.path, at + "@dtype");
+    }
+    need("token text", !b.tokenBytes.empty(), exists(d.file, d.base + "/token_bytes"));
+    need("prompt labels", !b.promptLabels.empty(), exists(d.file, d.base + "/prompt_labels"));
+    need("prompt documents", !b.promptDocuments.empty(), exists(d.file, d.base + "/prompt_documents"));
+    for (const auto& [what, size] : {std::pair<const char*, size_t>{"prompt_labels", b.promptLabels.size()},
+                                     {"prompt_documents", b.promptDocuments.size()}})
+        if (size != 0 && size != np)
+            throw Error("a batch with " + std::to_string(size) + " entries for " + std::to_string(np) + " prompts",
+                        d.path, at + "/" + what);
+    // the layers must be the first batch's
+    std::set<std::string> have, want;
+    for (const auto& lt : b.layers) have.insert(std::to_string(lt.layer));
+    for (const auto& lt : b.attentionLayers) have.insert(std::to_string(lt.layer) + "/attention");
+    for (const auto& l : childNames(d.file, d.base + "/layers", d.path)) {
+        if (exists(d.file, d.base + "/layers/" + l + "/router_logits")) want.insert(l);
+        if (exists(d.file, d.base + "/layers/" + l + "/attention")) want.insert(l + "/attention");
+    }
+    if (have != want) throw Error("this batch records other layers than the run's first", d.path, at + "/layers");
+
+    appendRows(d.file, d.base + "/tokens", H5T_NATIVE_INT64, T0, n, 0, b.tokens.data(), d.path);
+    std::vector<int64_t> offs(np);
+    for (hsize_t p = 0; p < np; ++p) offs[p] = static_cast<int64_t>(T0) + b.promptOffsets[p + 1];
+    appendRows(d.file, d.base + "/prompt_offsets", H5T_NATIVE_INT64, P0 + 1, np, 0, offs.data(), d.path);
+    if (!b.tokenBytes.empty()) {
+        if (b.tokenBytes.size() != n || b.tokenPieces.size() != n)
+            throw Error("a batch whose token text does not match its tokens", d.path, at + "/token_bytes");
+        H bt(H5Tvlen_create(H5T_NATIVE_UINT8), H5Tclose);
+        std::vector<hvl_t> bytes(n);
+        std::vector<const char*> pieces(n);
+        for (hsize_t i = 0; i < n; ++i) {
+            bytes[i] = hvl_t{b.tokenBytes[i].size(), const_cast<char*>(b.tokenBytes[i].data())};
+            pieces[i] = b.tokenPieces[i].c_str();
+        }
+        appendRows(d.file, d.base + "/token_bytes", bt, T0, n, 0, bytes.data(), d.path);
+        appendRows(d.file, d.base + "/token_pieces", stringType(), T0, n, 0, pieces.data(), d.path);
+    }
+    if (!b.promptLabels.empty()) {
+        std::vector<const char*> labels(np);
+        for (hsize_t p = 0; p < np; ++p) labels[p] = b.promptLabels[p].c_str();
+        appendRows(d.file, d.base + "/prompt_labels", stringType(), P0, np, 0, labels.data(), d.path);
+    }
+    if (!b.promptDocuments.empty())
+        appendRows(d.file, d.base + "/prompt_documents", H5T_NATIVE_INT64, P0, np, 0, b.promptDocuments.data(), d.path);
+    auto router = [&](const LayerTrace& lt, const std::string& g) {
+        const auto E = static_cast<hsize_t>(lt.numExperts), K = static_cast<hsize_t>(lt.topK);
+        if (lt.routerLogits.size() != n * E || lt.topkExperts.size() != n * K || lt.topkWeights.size() != n * K)
+            throw Error("a batch whose records do not match its tokens", d.path, "/" + g);
+        appendRows(d.file, g + "/router_logits", H5T_NATIVE_FLOAT, T0, n, E, lt.routerLogits.data(), d.path);
+        appendRows(d.file, g + "/topk_experts", H5T_NATIVE_INT32, T0, n, K, lt.topkExperts.data(), d.path);
+        appendRows(d.file, g + "/topk_weights", H5T_NATIVE_FLOAT, T0, n, K, lt.topkWeights.data(), d.path);
+    };
+    for (const auto& lt : b.layers) router(lt, d.base + "/layers/" + std::to_string(lt.layer));
+    for (const auto& lt : b.attentionLayers) router(lt, d.base + "/layers/" + std::to_string(lt.layer) + "/attention");
+    // the commit: the warnings, then the state with the new counts, then the flush
+    for (const auto& w : b.warnings)
+        if (std::find(d.warnings.begin(), d.warnings.end(), w) == d.warnings.end()) d.warnings.push_back(w);
+    if (!d.warnings.empty()) {
+        if (H5Aexists(run, "warnings") > 0) check(H5Adelete(run, "warnings"), d.path, at + "@warnings", "delete");
+        attrValue(run, "warnings", AttrValue::text(d.warnings), d.path, at);
+    }
+    d.tokens = static_cast<int64_t>(T0 + n);
+    d.prompts = static_cast<int64_t>(P0 + np);
+    commit(stateJson);
+}
+
+void RunWriter::commit(const std::string& stateJson) {
+    Impl& d = *d_;
+    if (!d.file.ok()) throw Error("the run writer is closed", d.path);
+    std::lock_guard lk(hdf5Mutex());
+    const std::string at = "/" + d.base;
+    nlohmann::json st;
+    try {
+        st = nlohmann::json::parse(stateJson);
+    } catch (const std::exception&) {
+        throw Error("the run state is not JSON", d.path, at + "@corpus_json");
+    }
+    if (!st.is_object()) throw Error("the run state is not a JSON object", d.path, at + "@corpus_json");
+    st["tokens"] = d.tokens;
+    st["prompts"] = d.prompts;
+    H run(H5Gopen2(d.file, d.base.c_str(), H5P_DEFAULT), H5Gclose);
+    setAttrString(run, "corpus_json", st.dump(), d.path, at);
+    check(H5Fflush(d.file, H5F_SCOPE_GLOBAL), d.path, "", "flush");
+    d.state = std::move(st);
+}
+
+void RunWriter::close() {
+    if (!d_ || !d_->file.ok()) return;
+    std::lock_guard lk(hdf5Mutex());
+    H5Fflush(d_->file, H5F_SCOPE_GLOBAL);
+    d_->file = H(-1, H5Fclose);
 }
 
 std::vector<std::string> listRuns(const std::string& path) {

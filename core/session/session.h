@@ -47,7 +47,9 @@ struct RunInfo {
     std::vector<int> moeLayers;
     std::vector<int> attentionLayers;  // layers with MoA router records (/layers/L/attention)
     bool hasExpertNorms = false, hasSharedNorms = false, hasLogits = false, hasHidden = false, hasTokenText = false,
-         hasPromptTexts = false;
+         hasPromptTexts = false, hasPromptLabels = false, hasPromptDocuments = false;
+    // A corpus run (workflow corpus.h): its source and how far it got (a JSON object); empty otherwise.
+    std::string corpusJson;
     std::vector<std::string> warnings;  // the run's warnings (non-finite weights or router logits)
     // An intervened run (model/intervention.h): what it changed and its baseline's name (a JSON
     // object), and the k its MoE layers chose (the model's top_k unless the intervention changed it).
@@ -90,6 +92,15 @@ public:
     LayerTrace runAttentionLayer(const std::string& name, int layer) const;  // a MoA router's records
     std::vector<std::string> runTokenPieces(const std::string& name) const;
     std::vector<std::string> runPromptTexts(const std::string& name) const;  // empty for token-id runs
+    // A corpus run's document label and corpus line of each prompt (empty for other runs)
+    std::vector<std::string> runPromptLabels(const std::string& name) const;
+    std::vector<std::string> runTokenBytes(const std::string& name) const;  // empty without token text
+    std::vector<int64_t> runPromptDocuments(const std::string& name) const;
+    // Adds run `name` as stored in another session file of the same checkpoint (a finished
+    // RunWriter): checked as Session::open checks a run, copied chunk for chunk on save. Errors
+    // name that file (not a session, another checkpoint, no such run) or this session (the
+    // name exists).
+    void importRun(const std::string& name, const std::string& file);
 
     // The user's prompt list (what the Prompts panel holds, run or not)
     const std::vector<std::string>& prompts() const;
@@ -115,6 +126,37 @@ public:
     // (a large dataset is written in slabs, each reported); an exception it throws (a cancel)
     // ends the save as any error does: the temporary file removed, the old file untouched.
     void save(const std::string& path, const std::function<void(double)>& progress = {});
+
+private:
+    struct Impl;
+    std::unique_ptr<Impl> d_;
+};
+
+// A run written batch by batch into a file of its own, a session holding that one run (corpus
+// runs, workflow corpus.h: the batches, each saved as a session file, are joined into one run here,
+// a batch at a time). Its datasets grow with each batch; the run's `corpus_json` attribute is the
+// caller's state (with the token and prompt counts). Not crash-safe while open: a writer cut short
+// leaves a file to remove and write again. Add the finished file to a session with
+// Session::importRun and save (atomically, as always).
+class RunWriter {
+public:
+    RunWriter();
+    ~RunWriter();
+    RunWriter(RunWriter&&) noexcept;
+    RunWriter& operator=(RunWriter&&) noexcept;
+    // A new file at `path` (which must not exist) for run `name` of `model`.
+    static RunWriter create(const std::string& path, const SessionModel& model, const std::string& name);
+    const std::string& path() const;
+    std::string state() const;  // the last corpus_json written ("{}" before the first batch)
+    int64_t tokens() const;     // tokens and prompts written
+    int64_t prompts() const;
+    // Appends a batch (its offsets start at 0; with promptLabels and promptDocuments, its layers
+    // those of the first batch, no norms, logits or hidden states) and writes `stateJson` (a JSON
+    // object; the counts "tokens" and "prompts" are set here) as the run's corpus_json.
+    void append(const RunTrace& batch, const std::string& stateJson);
+    // Writes a new state without data (e.g. the run marked complete).
+    void commit(const std::string& stateJson);
+    void close();  // flushes and closes (also done by the destructor)
 
 private:
     struct Impl;

@@ -18,11 +18,16 @@ struct LayerTrace {
 
 struct RunTrace {
     std::string device, dtype;
-    std::vector<int64_t> tokens;              // [T], all prompts concatenated
-    std::vector<int64_t> promptOffsets;       // [P+1]
-    std::vector<std::string> tokenBytes;      // [T] raw bytes of each token (empty without a tokenizer)
-    std::vector<std::string> tokenPieces;     // [T] display strings
-    std::vector<std::string> promptTexts;     // [P] the prompts' text, when they were given as text
+    std::vector<int64_t> tokens;           // [T], all prompts concatenated
+    std::vector<int64_t> promptOffsets;    // [P+1]
+    std::vector<std::string> tokenBytes;   // [T] raw bytes of each token (empty without a tokenizer)
+    std::vector<std::string> tokenPieces;  // [T] display strings
+    std::vector<std::string> promptTexts;  // [P] the prompts' text, when they were given as text
+    // Corpus runs (workflow corpus.h): each prompt's document label (empty: none given) and the
+    // corpus line it comes from (a long document is cut into several prompts); empty otherwise.
+    std::vector<std::string> promptLabels;    // [P]
+    std::vector<int64_t> promptDocuments;     // [P]
+    std::string corpusJson;                   // the corpus run's source and progress (a JSON object)
     std::vector<LayerTrace> layers;           // MoE layers in order
     std::vector<LayerTrace> attentionLayers;  // MoA layers (JetMoE's attention routers), in order
     int64_t vocab = 0;
