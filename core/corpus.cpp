@@ -46,26 +46,37 @@ void CorpusReader::seek(int64_t offset, int64_t lines) {
                     path_);
     offset_ = offset;
     lines_ = lines;
+    pos_ = len_ = 0;
 }
 
 bool CorpusReader::readLine(std::string& line) {
     line.clear();
-    char buf[65536];
+    if (buf_.empty()) buf_.resize(1 << 16);
     bool any = false;
-    while (std::fgets(buf, sizeof buf, f_)) {
+    for (;;) {
+        if (pos_ == len_) {
+            len_ = std::fread(buf_.data(), 1, buf_.size(), f_);
+            pos_ = 0;
+            if (len_ == 0) {
+                if (std::ferror(f_)) throw Error("read error", path_, "line " + std::to_string(lines_ + 1));
+                break;
+            }
+        }
         any = true;
-        const size_t n = std::strlen(buf);
-        line.append(buf, n);
+        const char* start = buf_.data() + pos_;
+        const auto* nl = static_cast<const char*>(std::memchr(start, '\n', len_ - pos_));
+        const size_t n = nl ? static_cast<size_t>(nl - start) + 1 : len_ - pos_;
+        line.append(start, n);
+        pos_ += n;
+        offset_ += static_cast<int64_t>(n);
         if (static_cast<int64_t>(line.size()) > kMaxLine)
             throw Error("a line longer than 64 MiB", path_, "line " + std::to_string(lines_ + 1));
-        if (n > 0 && buf[n - 1] == '\n') break;
+        if (nl) break;
     }
-    if (std::ferror(f_)) throw Error("read error", path_, "line " + std::to_string(lines_ + 1));
     if (!any) return false;
-    offset_ += static_cast<int64_t>(line.size());
     ++lines_;
-    if (line.find('\0') != std::string::npos)  // fgets cannot see past it: refuse rather than cut
-        throw Error("a NUL byte in the line (not a text file?)", path_, "line " + std::to_string(lines_));
+    if (line.find('\0') != std::string::npos)
+        throw Error("a NUL byte in the line (not a UTF-8 text file?)", path_, "line " + std::to_string(lines_));
     if (!line.empty() && line.back() == '\n') line.pop_back();
     if (!line.empty() && line.back() == '\r') line.pop_back();
     return true;
@@ -260,10 +271,10 @@ std::string batchFile(const std::string& dir, int64_t i) {
 int64_t committedBatches(const std::string& dir) {
     std::set<int64_t> seen;
     for (const auto& e : fs::directory_iterator(dir)) {
-        const std::string n = e.path().filename().string();
-        if (n.size() == 15 && n.rfind("batch-", 0) == 0 && n.substr(12) == ".h5" &&
-            std::all_of(n.begin() + 6, n.begin() + 12, [](char c) { return c >= '0' && c <= '9'; }))
-            seen.insert(std::stoll(n.substr(6, 6)));
+        const std::string n = e.path().filename().string();  // batch-NNNNNN.h5 (6 digits or more)
+        if (n.size() >= 15 && n.size() <= 21 && n.rfind("batch-", 0) == 0 && n.substr(n.size() - 3) == ".h5" &&
+            std::all_of(n.begin() + 6, n.end() - 3, [](char c) { return c >= '0' && c <= '9'; }))
+            seen.insert(std::stoll(n.substr(6, n.size() - 9)));
     }
     const auto count = static_cast<int64_t>(seen.size());
     if (count > 0 && *seen.rbegin() != count - 1)
@@ -298,15 +309,60 @@ RunTrace readBatch(const std::string& file, const std::string& run, const Sessio
 
 CorpusOutcome runCorpus(const std::shared_ptr<Checkpoint>& ckpt, const ModelSpec& spec, const Tokenizer& tok,
                         const CorpusRequest& req) {
-    if (req.batchTokens < 1) throw Error("the batch must hold at least one token");
     const SessionModel model = sessionModelOf(*ckpt, spec);
     const std::string spool = corpusSpoolPath(req.session, req.run);
     std::error_code ec;
     if (fs::exists(req.session, ec)) {  // checked before any work: the run must be new there
         const Session s = openSessionFor(req.session, model);
-        if (s.hasRun(req.run))
+        if (s.hasRun(req.run)) {
+            // a run that joined the session just before the process ended: only its spool is left
+            const RunInfo info = s.runInfo(req.run);
+            const nlohmann::json st = nlohmann::json::parse(info.corpusJson.empty() ? "{}" : info.corpusJson);
+            if (req.resume && fs::is_directory(spool, ec) && st.value("complete", false) &&
+                st.value("source", std::string()) == fs::absolute(req.corpus).string()) {
+                fs::remove_all(spool, ec);
+                CorpusOutcome done;
+                done.complete = true;
+                done.tokens = info.numTokens;
+                done.prompts = info.numPrompts;
+                done.documents = st.value("documents", int64_t{0});
+                for (const auto& id : s.resultIds())
+                    if (id.size() > req.run.size() && id.substr(id.size() - req.run.size() - 1) == "/" + req.run)
+                        done.results.push_back(id);
+                return done;
+            }
             throw Error("a run named '" + req.run + "' already exists", s.path(), "/runs/" + req.run);
+        }
     }
+    CorpusOutcome out = traceCorpus(ckpt, spec, tok, req);
+    if (out.joined.empty()) return out;  // stopped
+    Session s = openSessionFor(req.session, model);
+    s.importRun(req.run, out.joined);
+    if (req.statistics) {
+        std::map<std::string, Result> stats;
+        try {
+            stats = corpusStatistics(s, req.run, withCancel(req.stats, req.cancel));
+        } catch (const Error&) {
+            if (req.cancel && req.cancel->load()) return out;  // stopped: --resume joins and computes again
+            throw;
+        }
+        for (auto& [id, r] : stats) {
+            out.results.push_back(id);
+            s.putResult(id, std::move(r));
+        }
+    }
+    s.save(req.session);
+    fs::remove_all(spool, ec);
+    out.complete = true;
+    return out;
+}
+
+CorpusOutcome traceCorpus(const std::shared_ptr<Checkpoint>& ckpt, const ModelSpec& spec, const Tokenizer& tok,
+                          const CorpusRequest& req) {
+    if (req.batchTokens < 1) throw Error("the batch must hold at least one token");
+    const SessionModel model = sessionModelOf(*ckpt, spec);
+    const std::string spool = corpusSpoolPath(req.session, req.run);
+    std::error_code ec;
     const int64_t window = req.window > 0 ? req.window : spec.maxPositions > 0 ? spec.maxPositions : 2048;
     if (!req.allowLong && spec.maxPositions > 0 && window > spec.maxPositions)
         throw PromptTooLong("a window of " + std::to_string(window) + " tokens is more than the model's " +
@@ -321,7 +377,16 @@ CorpusOutcome runCorpus(const std::shared_ptr<Checkpoint>& ckpt, const ModelSpec
         batches = committedBatches(spool);
         if (batches > 0) {  // the last batch's state says where to go on
             const std::string last = batchFile(spool, batches - 1);
-            const RunInfo info = Session::open(last).runInfo(req.run);
+            const Session lastBatch = Session::open(last);
+            if (lastBatch.model().fingerprint != model.fingerprint)
+                throw Error("the stopped run was traced with another checkpoint (fingerprint " +
+                                lastBatch.model().fingerprint + ")",
+                            last, "/model/fingerprint");
+            const RunInfo info = lastBatch.runInfo(req.run);
+            if (info.dtype != req.load.dtype)
+                throw Error(
+                    "the stopped run was traced in " + info.dtype + "; give --dtype " + info.dtype + " to resume", last,
+                    "/runs/" + req.run + "@dtype");
             const std::string at = "/runs/" + req.run + "@corpus_json";
             const nlohmann::json state = nlohmann::json::parse(info.corpusJson.empty() ? "{}" : info.corpusJson);
             auto num = [&](const char* k) {
@@ -329,16 +394,21 @@ CorpusOutcome runCorpus(const std::shared_ptr<Checkpoint>& ckpt, const ModelSpec
                     throw Error(std::string("expected a count \"") + k + "\"", last, at);
                 return state[k].get<int64_t>();
             };
-            if (num("window") != window)
-                throw Error("the run cut documents into windows of " + std::to_string(num("window")) +
-                                " tokens; give the same --window to resume",
-                            last, at);
-            if (state.value("label_field", std::string()) != req.labelField)
-                throw Error("the run read labels from \"" + state.value("label_field", std::string()) +
-                                "\"; give the same --label-field to resume",
-                            last, at);
+            auto str = [&](const char* k) {
+                if (!state.contains(k) || !state[k].is_string())
+                    throw Error(std::string("expected a string \"") + k + "\"", last, at);
+                return state[k].get<std::string>();
+            };
+            auto same = [&](const char* option, const std::string& was, const std::string& now) {
+                if (was != now)
+                    throw Error("the stopped run had " + std::string(option) + " " + was + "; give the same to resume",
+                                last, at);
+            };
+            same("--window", std::to_string(num("window")), std::to_string(window));
+            same("--label-field", str("label_field"), req.labelField);
+            same("--max-documents", std::to_string(num("max_documents")), std::to_string(req.maxDocuments));
             const int64_t offset = num("offset");
-            if (offset > reader.size() || prefixCheck(req.corpus, offset) != state.value("prefix_check", ""))
+            if (offset > reader.size() || prefixCheck(req.corpus, offset) != str("prefix_check"))
                 throw Error("the corpus is not the file the run began with (or it changed before byte " +
                                 std::to_string(offset) + ", where the run stopped)",
                             req.corpus);
@@ -370,8 +440,10 @@ CorpusOutcome runCorpus(const std::shared_ptr<Checkpoint>& ckpt, const ModelSpec
     int64_t batchTokens = 0;
     bool cancelled = false;
     // a crash in the middle of saving batch N (the fault-injection tests)
-    const char* faultEnv = std::getenv("EXPERTSCOPE_CORPUS_FAULT_BATCH");
-    const int64_t faultBatch = faultEnv ? std::atoll(faultEnv) : -1;
+    int64_t faultBatch = -1;
+    if (const char* v = std::getenv("EXPERTSCOPE_CORPUS_FAULT_BATCH");
+        v && *v && std::all_of(v, v + std::strlen(v), [](char c) { return c >= '0' && c <= '9'; }))
+        faultBatch = std::atoll(v);
 
     auto flush = [&]() {
         if (batch.empty()) return;
@@ -405,6 +477,7 @@ CorpusOutcome runCorpus(const std::shared_ptr<Checkpoint>& ckpt, const ModelSpec
             {"label_field", req.labelField},
             {"window", window},
             {"batch_tokens", req.batchTokens},
+            {"max_documents", req.maxDocuments},
             {"batch", batches},
             {"offset", offset},
             {"lines", inDoc ? docLinesBefore : reader.lines()},
@@ -438,8 +511,9 @@ CorpusOutcome runCorpus(const std::shared_ptr<Checkpoint>& ckpt, const ModelSpec
     CorpusDocument doc;
     bool first = true;
     while (!cancelled) {
-        if (nextWindow == pending.size()) {  // the next document
-            if (req.maxDocuments > 0 && documents >= req.maxDocuments) break;
+        if (nextWindow == pending.size()) {  // the next document (or, resumed, the rest of the one cut)
+            const bool rest = first && skipWindows > 0;
+            if (!rest && req.maxDocuments > 0 && documents >= req.maxDocuments) break;
             docOffset = reader.offset();
             docLinesBefore = reader.lines();
             if (!reader.next(doc)) break;
@@ -452,7 +526,7 @@ CorpusOutcome runCorpus(const std::shared_ptr<Checkpoint>& ckpt, const ModelSpec
                                           ids.begin() + static_cast<std::ptrdiff_t>(
                                                             std::min(ids.size(), a + static_cast<size_t>(window)))),
                      doc.label, doc.line});
-            if (first && skipWindows > 0) {  // resumed inside this document (counted already)
+            if (rest) {  // resumed inside this document (counted already)
                 if (static_cast<size_t>(skipWindows) > pending.size())
                     throw Error("the resumed line has fewer windows than the run recorded", req.corpus,
                                 "line " + std::to_string(doc.line));
@@ -500,20 +574,13 @@ CorpusOutcome runCorpus(const std::shared_ptr<Checkpoint>& ckpt, const ModelSpec
         w.commit(st.dump());
         w.close();
     }
-    Session s = openSessionFor(req.session, model);
-    s.importRun(req.run, joined);
-    if (req.statistics) {
-        CorpusStatsOptions so = req.stats;
-        so.cancel = req.cancel;
-        for (auto& [id, r] : corpusStatistics(s, req.run, so)) {
-            out.results.push_back(id);
-            s.putResult(id, std::move(r));
-        }
-    }
-    s.save(req.session);
-    fs::remove_all(spool, ec);
-    out.complete = true;
+    out.joined = joined;
     return out;
+}
+
+CorpusStatsOptions withCancel(CorpusStatsOptions o, const std::atomic<bool>* cancel) {
+    o.cancel = cancel;
+    return o;
 }
 
 }  // namespace es

@@ -6,7 +6,8 @@
 // batches are joined into one run (a batch at a time), which joins the session (saved atomically,
 // as always) with its statistics computed from the stored routing, a layer at a time: expert load,
 // routes across layers, tokens per expert, and for labelled documents the domain specialisation.
-// Memory stays flat in the corpus size while tracing (one batch at a time). No Qt, no LibTorch types.
+// Memory stays flat in the corpus size while tracing and joining (one batch at a time); the
+// statistics hold the choices of every layer (corpusStatistics). No Qt, no LibTorch types.
 #include <atomic>
 #include <cstdint>
 #include <cstdio>
@@ -33,8 +34,8 @@ struct CorpusDocument {
 };
 
 // Reads a corpus a line at a time (never the whole file): .jsonl files as JSON objects, others as
-// plain text. Lines are checked as read (valid UTF-8, at most 64 MiB, JSON with a string "text");
-// errors name the file and the line.
+// plain text. Lines are checked as read (no NUL byte, valid UTF-8, at most 64 MiB, JSON with a
+// string "text"); errors name the file and the line.
 class CorpusReader {
 public:
     explicit CorpusReader(const std::string& path, std::string labelField = "label");
@@ -55,9 +56,12 @@ private:
     std::FILE* f_ = nullptr;
     bool jsonl_ = false;
     int64_t offset_ = 0, lines_ = 0, size_ = 0;
+    std::vector<char> buf_;  // read ahead of offset_: buf_[pos_, len_)
+    size_t pos_ = 0, len_ = 0;
 };
 
-// The statistics of a stored run's routing (its FFN routers), read a layer at a time: the
+// The statistics of a stored run's routing (its FFN routers), read a layer at a time (holding
+// every layer's choices, 4 k bytes per token and layer, and one layer's router logits): the
 // results "expert_load/RUN" (kind load) and "expert_tokens/RUN" (kind tokens), as the load
 // analysis makes them, and, where the run's documents carry at least two labels,
 // "domain_specialisation/RUN" (kind domain). `labels`, when given, replaces the run's labels:
@@ -76,7 +80,7 @@ struct CorpusRequest {
     std::string labelField = "label";
     int64_t batchTokens = 16384;  // tokens traced per batch (a batch holds at least one window)
     int64_t window = 0;           // tokens per prompt; a longer document is cut (0: the model's positions, else 2048)
-    int64_t maxDocuments = 0;     // the corpus is its first N documents (0: all)
+    int64_t maxDocuments = 0;     // the corpus is its first N documents (0: all; a resume must give the same)
     bool resume = false;          // go on with the spool of a stopped run
     bool allowLong = false;       // a window beyond the model's positions runs (else PromptTooLong)
     bool statistics = true;       // corpusStatistics when the run is complete
@@ -91,12 +95,23 @@ struct CorpusOutcome {
     int64_t tracedTokens = 0;                        // in this call
     double traceSeconds = 0;                         // tracing and spooling in this call
     std::string spool;                               // the folder where a stopped run waits
+    std::string joined;  // traceCorpus: the joined run (a session file in the spool), empty when stopped
     std::vector<std::string> warnings;
     std::vector<std::string> results;  // the statistics' result ids (complete runs)
 };
 // The spool folder of run `run` of the session at `session`: beside it (SESSION.RUN.partial).
 std::string corpusSpoolPath(const std::string& session, const std::string& run);
+// The whole corpus run into the session file req.session (the CLI): the run must be new there (or,
+// with resume, already joined by a process that ended before removing its spool); traceCorpus, then
+// the joined run and its statistics saved into the session, and the spool removed.
 CorpusOutcome runCorpus(const std::shared_ptr<Checkpoint>& ckpt, const ModelSpec& spec, const Tokenizer& tok,
                         const CorpusRequest& req);
+// The batches only, and their join into one run (outcome.joined), without touching the session
+// (the app adds the joined run to its session in memory; the spool goes once that is saved).
+// req.session names where the spool lives.
+CorpusOutcome traceCorpus(const std::shared_ptr<Checkpoint>& ckpt, const ModelSpec& spec, const Tokenizer& tok,
+                          const CorpusRequest& req);
+// `o` with `cancel` as its cancel flag
+CorpusStatsOptions withCancel(CorpusStatsOptions o, const std::atomic<bool>* cancel);
 
 }  // namespace es

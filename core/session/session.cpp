@@ -778,6 +778,10 @@ RunInfo readRunInfo(hid_t f, const std::string& name, const SessionModel& m, con
             if (pd != std::vector<hsize_t>{odims[0] - 1})
                 throw Error("shape " + dimsStr(pd) + ", expected [" + std::to_string(odims[0] - 1) + "]", file,
                             "/" + p);
+            H ds(H5Dopen2(f, p.c_str(), H5P_DEFAULT), H5Dclose);
+            H t(H5Dget_type(ds), H5Tclose);
+            if (H5Tget_class(t) != H5T_STRING || H5Tis_variable_str(t) <= 0)
+                throw Error("expected variable-length strings", file, "/" + p);
         } else {
             expectShape(f, p, {odims[0] - 1}, H5T_INTEGER, 8, file);
         }
@@ -1122,7 +1126,13 @@ std::vector<int64_t> Session::runPromptDocuments(const std::string& name) const 
     if (!r.info.hasPromptDocuments) return {};
     std::lock_guard lk(hdf5Mutex());
     H f = openSessionFile(r.file);
-    return readAll<int64_t>(f, "runs/" + name + "/prompt_documents", H5T_NATIVE_INT64, r.file);
+    auto v = readAll<int64_t>(f, "runs/" + name + "/prompt_documents", H5T_NATIVE_INT64, r.file);
+    for (size_t i = 0; i < v.size(); ++i)  // corpus lines: from 1, never going back
+        if (v[i] < 1 || (i > 0 && v[i] < v[i - 1]))
+            throw Error("line " + std::to_string(v[i]) + " of prompt " + std::to_string(i) +
+                            " is not a corpus line after the previous prompt's",
+                        r.file, "/runs/" + name + "/prompt_documents");
+    return v;
 }
 
 void Session::importRun(const std::string& name, const std::string& fileIn) {
@@ -1717,13 +1727,21 @@ void RunWriter::append(const RunTrace& b, const std::string& stateJson) {
     }
     if (have != want) throw Error("this batch records other layers than the run's first", d.path, at + "/layers");
 
+    // every size checked before anything is written
+    if (!b.tokenBytes.empty() && (b.tokenBytes.size() != n || b.tokenPieces.size() != n))
+        throw Error("a batch whose token text does not match its tokens", d.path, at + "/token_bytes");
+    for (const auto* group : {&b.layers, &b.attentionLayers})
+        for (const auto& lt : *group) {
+            const auto E = static_cast<hsize_t>(lt.numExperts), K = static_cast<hsize_t>(lt.topK);
+            if (lt.routerLogits.size() != n * E || lt.topkExperts.size() != n * K || lt.topkWeights.size() != n * K)
+                throw Error("a batch whose records of layer " + std::to_string(lt.layer) + " do not match its tokens",
+                            d.path, at + "/layers/" + std::to_string(lt.layer));
+        }
     appendRows(d.file, d.base + "/tokens", H5T_NATIVE_INT64, T0, n, 0, b.tokens.data(), d.path);
     std::vector<int64_t> offs(np);
     for (hsize_t p = 0; p < np; ++p) offs[p] = static_cast<int64_t>(T0) + b.promptOffsets[p + 1];
     appendRows(d.file, d.base + "/prompt_offsets", H5T_NATIVE_INT64, P0 + 1, np, 0, offs.data(), d.path);
     if (!b.tokenBytes.empty()) {
-        if (b.tokenBytes.size() != n || b.tokenPieces.size() != n)
-            throw Error("a batch whose token text does not match its tokens", d.path, at + "/token_bytes");
         H bt(H5Tvlen_create(H5T_NATIVE_UINT8), H5Tclose);
         std::vector<hvl_t> bytes(n);
         std::vector<const char*> pieces(n);
@@ -1743,8 +1761,6 @@ void RunWriter::append(const RunTrace& b, const std::string& stateJson) {
         appendRows(d.file, d.base + "/prompt_documents", H5T_NATIVE_INT64, P0, np, 0, b.promptDocuments.data(), d.path);
     auto router = [&](const LayerTrace& lt, const std::string& g) {
         const auto E = static_cast<hsize_t>(lt.numExperts), K = static_cast<hsize_t>(lt.topK);
-        if (lt.routerLogits.size() != n * E || lt.topkExperts.size() != n * K || lt.topkWeights.size() != n * K)
-            throw Error("a batch whose records do not match its tokens", d.path, "/" + g);
         appendRows(d.file, g + "/router_logits", H5T_NATIVE_FLOAT, T0, n, E, lt.routerLogits.data(), d.path);
         appendRows(d.file, g + "/topk_experts", H5T_NATIVE_INT32, T0, n, K, lt.topkExperts.data(), d.path);
         appendRows(d.file, g + "/topk_weights", H5T_NATIVE_FLOAT, T0, n, K, lt.topkWeights.data(), d.path);

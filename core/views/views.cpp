@@ -973,6 +973,132 @@ Figure loadBalance(const Session& s, const ViewRequest& req) {
     return f;
 }
 
+// Domain specialisation of a corpus run's labelled documents (analyses-spec 7.5): for a layer, each
+// label's expert distribution and the JS divergence of every label pair.
+Figure domainUsage(const Session& s, const ViewRequest& req) {
+    const auto [run, id] = chooseRunResultWith(s, req, "domain_specialisation", "usage");
+    Data u = needArray(s, id, "usage", req.view), c = needArray(s, id, "counts", req.view),
+         pairs = needArray(s, id, "js_pairs", req.view), all = needArray(s, id, "js_all", req.view),
+         p = needArray(s, id, "js_all_p", req.view);
+    const std::vector<int> layers = u.layers();
+    const auto nl = static_cast<int64_t>(layers.size());
+    const int64_t D = u.dim(1), E = u.dim(2);
+    const std::vector<std::string> labels = u.labels(), experts = u.labels("columns");
+    if (nl == 0 || u.a->shape != std::vector<int64_t>{nl, D, E} || c.a->shape != u.a->shape ||
+        pairs.a->shape != std::vector<int64_t>{nl, D, D} || all.a->numel() != nl || p.a->numel() != nl ||
+        static_cast<int64_t>(labels.size()) != D || static_cast<int64_t>(experts.size()) != E)
+        throw Error("view '" + req.view +
+                        "': expected [layers, labels, experts] usage and counts, [layers, labels, "
+                        "labels] JS and one JS and p per layer, with their labels",
+                    sessionName(s), "/analyses/" + id);
+    const int L = chooseLayer(s, req, layers, id);
+    const size_t li = rowOf(layers, L);
+    Figure f;
+    f.view = req.view;
+    f.title = "Expert usage by label, " + layerName(s, L) + ", run " + run + " (JS among labels " +
+              shortNum(all.v[li]) + " bits, p = " + shortNum(p.v[li]) + ")";
+    Panel use;
+    use.title = "share of each label's top-k choices";
+    use.xLabel = "expert";
+    use.yLabel = "label";
+    use.hasHeatmap = true;
+    HeatmapPanel& h = use.heatmap;
+    h.rows = D;
+    h.cols = E;
+    h.rowLabels = labels;
+    h.colLabels = experts;
+    h.colExpert = iota(E);
+    h.colormap = "blues";
+    h.valueLabel = "share of the label's choices";
+    h.lo = 0;
+    const size_t base = li * static_cast<size_t>(D * E);
+    h.values.assign(u.v.begin() + static_cast<std::ptrdiff_t>(base),
+                    u.v.begin() + static_cast<std::ptrdiff_t>(base + static_cast<size_t>(D * E)));
+    Panel js;
+    js.title = "Jensen-Shannon divergence of each label pair (bits)";
+    js.xLabel = js.yLabel = "label";
+    js.hasHeatmap = true;
+    HeatmapPanel& g = js.heatmap;
+    g.rows = g.cols = D;
+    g.rowLabels = g.colLabels = labels;
+    g.colormap = "viridis";
+    g.valueLabel = "JS (bits)";
+    g.maskDiagonal = true;
+    const size_t pbase = li * static_cast<size_t>(D * D);
+    g.values.assign(pairs.v.begin() + static_cast<std::ptrdiff_t>(pbase),
+                    pairs.v.begin() + static_cast<std::ptrdiff_t>(pbase + static_cast<size_t>(D * D)));
+    f.csvHeader = {"layer", "label", "expert", "count", "share"};
+    for (int64_t l = 0; l < nl; ++l)
+        for (int64_t d = 0; d < D; ++d)
+            for (int64_t e = 0; e < E; ++e) {
+                const size_t at = static_cast<size_t>((l * D + d) * E + e);
+                f.csvRows.push_back({std::to_string(layers[static_cast<size_t>(l)]), labels[static_cast<size_t>(d)],
+                                     experts[static_cast<size_t>(e)], c.text(at), u.text(at)});
+            }
+    f.panels = {use, js};
+    return f;
+}
+
+// Domain specialisation per layer: the JS divergence among the labels against its permutation
+// distribution, and the permutation p-values.
+Figure domainDivergence(const Session& s, const ViewRequest& req) {
+    const auto [run, id] = chooseRunResultWith(s, req, "domain_specialisation", "js_all");
+    const char* names[] = {"js_all",  "js_all_permuted_mean",  "js_all_permuted_95th",  "js_all_p",
+                           "js_mean", "js_mean_permuted_mean", "js_mean_permuted_95th", "js_mean_p"};
+    std::vector<Data> d;
+    for (const char* n : names) d.push_back(needArray(s, id, n, req.view));
+    const std::vector<int> layers = d[0].layers();
+    for (size_t i = 0; i < d.size(); ++i)
+        if (d[i].a->numel() != static_cast<int64_t>(layers.size()) || d[i].layers() != layers)
+            throw Error("view '" + req.view + "': expected one value per layer of " + names[i], sessionName(s),
+                        "/analyses/" + id + "/" + names[i]);
+    const Result& r = needResult(s, id, req.view);
+    int64_t perms = 0;
+    try {
+        perms = nlohmann::json::parse(r.paramsJson).value("permutations", int64_t{0});
+    } catch (const std::exception&) {}
+    // the measure: the JS among all labels (as resources/demo reports it) or the mean of the pairs (7.5)
+    const std::string measure = chooseOf(req, "measure", req.measure, {"all", "pairs"});
+    const size_t m0 = measure == "all" ? 0 : 4;
+    Figure f;
+    f.view = req.view;
+    f.title = "Domain specialisation of the routers, run " + run + " (" + std::to_string(perms) +
+              " shuffles of the documents' labels)";
+    auto curve = [&](const std::string& name, const Data& v, int color, bool dashed) {
+        Series c{name, Series::Style::Line};
+        c.color = color;
+        c.dashed = dashed;
+        c.markers = !dashed;
+        for (size_t i = 0; i < layers.size(); ++i) {
+            c.x.push_back(layers[i]);
+            c.y.push_back(v.v[i]);
+        }
+        return c;
+    };
+    Panel js, p;
+    js.title =
+        measure == "all" ? "JS divergence among all labels (equal weights)" : "mean JS divergence of the label pairs";
+    p.title = "permutation p-value";
+    js.xLabel = p.xLabel = "layer";
+    js.yLabel = "bits";
+    p.yLabel = "p";
+    js.series = {curve("observed", d[m0], 0, false), curve("shuffled: mean", d[m0 + 1], 7, true),
+                 curve("shuffled: 95th percentile", d[m0 + 2], 3, true)};
+    p.series = {curve("p", d[m0 + 3], 0, false)};
+    p.levels.push_back({"0.05", 0.05});
+    if (perms > 0) p.levels.push_back({"smallest possible", 1.0 / static_cast<double>(1 + perms)});
+    f.csvHeader = {"layer"};
+    for (const char* n : names) f.csvHeader.push_back(n);
+    for (size_t i = 0; i < layers.size(); ++i) {
+        std::vector<std::string> row{std::to_string(layers[i])};
+        for (const auto& x : d) row.push_back(x.text(i));
+        f.csvRows.push_back(row);
+    }
+    markLinearLayers(s, f, {&js, &p});
+    f.panels = {js, p};
+    return f;
+}
+
 // Routes from one layer to the next (analyses-spec 7.5): the transition counts of a layer pair as
 // the share of each expert's tokens going to each expert of the next layer, and the NMI per pair.
 Figure layerRoutes(const Session& s, const ViewRequest& req) {
@@ -1924,6 +2050,9 @@ const char* const kHintCompare =
 const char* const kHintCompareRouting =
     "Compare the routing with another checkpoint of this architecture on a run: expertscope-cli compare "
     "CHECKPOINT_A CHECKPOINT_B --run NAME.";
+const char* const kHintCorpus =
+    "Trace a corpus with labelled documents (JSONL with a label field): expertscope-cli corpus CHECKPOINT --corpus "
+    "FILE.jsonl --out SESSION.h5.";
 const char* const kHintIntervention =
     "Intervene on the MoE blocks: expertscope-cli intervene CHECKPOINT --prompt TEXT --disable LAYER:EXPERT.";
 const char* const kHintBias =
@@ -2171,6 +2300,25 @@ const std::vector<ViewDef>& registry() {
                          return !v.runs.empty();
                      },
                      false, "", kHintPrompts});
+        d.push_back(
+            {"domain-usage", "Expert usage by label", "domain",
+             "a corpus run with labelled documents: each label's expert distribution and the JS divergence "
+             "of every label pair, for a layer",
+             domainUsage,
+             [](const Session& s, ViewInfo& v) { return fillLayerRows(s, v, "domain_specialisation", "usage"); }, false,
+             "", kHintCorpus});
+        d.push_back({"domain-divergence", "Domain specialisation", "domain",
+                     "a corpus run with labelled documents: per layer the JS divergence among the labels against "
+                     "shuffled labels, and its p-value",
+                     domainDivergence,
+                     [](const Session& s, ViewInfo& v) {
+                         v.measures = {"all", "pairs"};
+                         const bool any = fillLayerRows(s, v, "domain_specialisation", "js_all");
+                         v.perLayer = false;
+                         v.layers.clear();
+                         return any;
+                     },
+                     false, "", kHintCorpus});
         d.push_back({"expert-tokens", "Tokens per expert", "load",
                      "for a layer: the tokens each expert receives most often, or most over their frequency (lift)",
                      expertTokens,
@@ -2254,6 +2402,8 @@ const std::map<std::string, std::string>& attentionViews() {
                                                          {"load-balance", "expert_load/"},
                                                          {"expert-tokens", "expert_tokens/"},
                                                          {"layer-routes", "expert_load/"},
+                                                         {"domain-usage", "domain_specialisation/"},
+                                                         {"domain-divergence", "domain_specialisation/"},
                                                          {"expert-importance", "expert_importance/"},
                                                          {"intervention-effect", "intervention_effect/"},
                                                          {"weight-comparison", "weight_comparison/"},

@@ -73,18 +73,22 @@ def whole(cli, tmp_path_factory):
 
 
 def run_arrays(path):
-    """Every dataset of the run, by path inside it."""
-    out = {}
+    """Every dataset of the run by path inside it, and the run's attributes but when it was made."""
+    out, attrs = {}, {}
     with h5py.File(path, "r") as f:
         def visit(name, obj):
             if isinstance(obj, h5py.Dataset):
                 out[name] = obj[()]
         f[f"runs/{RUN}"].visititems(visit)
-    return out
+        for k, v in f[f"runs/{RUN}"].attrs.items():
+            if k != "created":
+                attrs[k] = json.loads(v) if k == "corpus_json" else v
+    return out, attrs
 
 
 def assert_same_run(got, want):
-    a, b = run_arrays(got), run_arrays(want)
+    (a, aa), (b, ba) = run_arrays(got), run_arrays(want)
+    assert aa == ba  # the same progress (nothing counted twice), device, dtype
     assert sorted(a) == sorted(b)
     for k in a:
         if a[k].dtype == object:  # strings, or byte arrays (token_bytes)
@@ -282,7 +286,8 @@ def test_p_values_behave(cli, tmp_path):
 
 def test_crash_in_a_batch_resumes_to_the_same_run(cli, whole, tmp_path):
     out, corpus = whole
-    for batch in (0, 3):  # before the first commit, later
+    cut_inside = False  # a batch that ends inside a document (the resume goes on in its middle)
+    for batch in (0, 3, 5):  # before the first commit, later
         s = str(tmp_path / f"s{batch}.h5")
         spool = s + f".{RUN}.partial"
         r = subprocess.run([cli, *map(str, corpus_args(corpus, s))], capture_output=True, text=True,
@@ -293,12 +298,32 @@ def test_crash_in_a_batch_resumes_to_the_same_run(cli, whole, tmp_path):
         assert committed == [f"batch-{i:06d}.h5" for i in range(batch)], os.listdir(spool)
         for b in committed:  # each committed batch is a session file of its own
             with h5py.File(os.path.join(spool, b), "r") as f:
-                assert json.loads(f[f"runs/{RUN}"].attrs["corpus_json"])["batch"] == int(b[6:12])
+                st = json.loads(f[f"runs/{RUN}"].attrs["corpus_json"])
+                assert st["batch"] == int(b[6:12])
+                cut_inside |= st["skip_windows"] > 0
         again = run_cli(cli, *corpus_args(corpus, s), check=False)
         assert again.returncode == 1 and "--resume" in again.stderr and spool in again.stderr, again.stderr
         run_cli(cli, *corpus_args(corpus, s, "--resume"))
         assert not os.path.exists(spool)
         assert_same_run(s, out)
+    assert cut_inside
+    # the corpus cut at its first 5 documents, stopped in the middle of one and resumed
+    ref, s = str(tmp_path / "five.h5"), str(tmp_path / "five-resumed.h5")
+    run_cli(cli, *corpus_args(corpus, ref, "--max-documents", 5))
+    r = subprocess.run([cli, *map(str, corpus_args(corpus, s, "--max-documents", 5))], capture_output=True,
+                       text=True, env={**os.environ, "EXPERTSCOPE_CORPUS_FAULT_BATCH": "4"}, timeout=300)
+    assert r.returncode == 86, r.stderr
+    last = sorted(x for x in os.listdir(s + f".{RUN}.partial") if x.startswith("batch-"))[-1]
+    with h5py.File(os.path.join(s + f".{RUN}.partial", last), "r") as f:
+        assert json.loads(f[f"runs/{RUN}"].attrs["corpus_json"])["skip_windows"] > 0
+    r = run_cli(cli, *corpus_args(corpus, s, "--resume"), check=False)  # another --max-documents
+    assert r.returncode == 1 and "--max-documents" in r.stderr, r.stderr
+    r = run_cli(cli, *corpus_args(corpus, s, "--max-documents", 5, "--resume", "--dtype", "bfloat16"), check=False)
+    assert r.returncode == 1 and "--dtype float32" in r.stderr, r.stderr
+    run_cli(cli, *corpus_args(corpus, s, "--max-documents", 5, "--resume"))
+    assert_same_run(s, ref)
+    with h5py.File(ref, "r") as f:
+        assert json.loads(f[f"runs/{RUN}"].attrs["corpus_json"])["documents"] == 5
 
 
 def test_ctrl_c_stops_and_resume_finishes(cli, whole, tmp_path):
@@ -332,6 +357,11 @@ def test_refusals(cli, whole, tmp_path):
     bad = write_corpus(str(tmp_path / "bad.jsonl"), ['{"text": "fine"}', '{"txt": "no text"}'])
     r = run_cli(cli, *corpus_args(bad, str(tmp_path / "a.h5")), check=False)
     assert r.returncode == 1 and "bad.jsonl" in r.stderr and "line 2" in r.stderr, r.stderr
+    nul = str(tmp_path / "nul.txt")
+    with open(nul, "wb") as f:
+        f.write(b"one line\ntwo\x00 lines\n")
+    r = run_cli(cli, "corpus", MOE, "--corpus", nul, "--out", str(tmp_path / "n.h5"), check=False)
+    assert r.returncode == 1 and "nul.txt" in r.stderr and "line 2" in r.stderr and "NUL" in r.stderr, r.stderr
     lab = write_corpus(str(tmp_path / "lab.jsonl"), ['{"text": "fine", "label": [1]}'])
     r = run_cli(cli, *corpus_args(lab, str(tmp_path / "b.h5")), check=False)
     assert r.returncode == 1 and "line 1.label" in r.stderr, r.stderr
@@ -359,3 +389,33 @@ def test_refusals(cli, whole, tmp_path):
     few.write_text("a\nb\n")
     r = run_cli(cli, "corpus-stats", out, "--run", RUN, "--labels", few, check=False)
     assert r.returncode == 1 and "labels given" in r.stderr, r.stderr
+
+
+def test_views_of_a_corpus_run(cli, whole, tmp_path):
+    """The domain views in every format, their CSVs equal to the session's arrays; the load views
+    offer the corpus run too."""
+    import csv
+    out, _ = whole
+    views = {v["name"]: v for v in json.loads(run_cli(cli, "export", out, "--list", "--json").stdout)}
+    for name in ("expert-load", "load-balance", "layer-routes", "expert-tokens", "domain-usage", "domain-divergence"):
+        assert RUN in views[name]["runs"], name
+    assert views["domain-usage"]["layers"] == list(range(6))
+    for view in ("domain-usage", "domain-divergence"):
+        for fmt in ("png", "svg", "csv"):
+            p = str(tmp_path / f"{view}.{fmt}")
+            run_cli(cli, "export", out, "--view", view, "--layer", 3, "--out", p)
+            assert os.path.getsize(p) > 0
+    with h5py.File(out, "r") as f:
+        g = f[f"analyses/domain_specialisation/{RUN}"]
+        labels = [x.decode() if isinstance(x, bytes) else x for x in g["usage"].attrs["labels"]]
+        with open(tmp_path / "domain-usage.csv", newline="", encoding="utf-8") as fh:
+            rows = list(csv.reader(fh))
+        assert rows[0] == ["layer", "label", "expert", "count", "share"]
+        got = np.array([[float(x) for x in r[3:]] for r in rows[1:]])
+        np.testing.assert_array_equal(got[:, 0], g["counts"][()].ravel())
+        np.testing.assert_allclose(got[:, 1], g["usage"][()].ravel(), rtol=1e-15)
+        assert [r[1] for r in rows[1:9]] == [labels[0]] * 8
+        with open(tmp_path / "domain-divergence.csv", newline="", encoding="utf-8") as fh:
+            rows = list(csv.reader(fh))
+        for j, name in enumerate(rows[0][1:], start=1):
+            np.testing.assert_allclose([float(r[j]) for r in rows[1:]], g[name][()], rtol=1e-15, err_msg=name)
