@@ -53,6 +53,9 @@ private Q_SLOTS:
             runCli({"trace", demo + "/moe", "--prompts", demo + "/prompts.jsonl", "--run", "demo", "--out", session_}));
         QVERIFY(runCli({"analyze", demo + "/moe", "--run", "demo", "--static", "all", "--dynamic", "all", "--reference",
                         demo + "/dense", "--out", session_}));
+        // a corpus run of the labelled prompts: the domain views (the other views show run "demo")
+        QVERIFY(runCli({"corpus", demo + "/moe", "--corpus", demo + "/prompts.jsonl", "--label-field", "domain",
+                        "--run", "web", "--permutations", "200", "--out", session_}));
     }
 
     // Every cell of every heatmap view, every layer: colour at the centre = colour map(stored value)
@@ -266,7 +269,7 @@ private Q_SLOTS:
             ++compared;
         }
         QVERIFY2(failures.isEmpty(), qPrintable(failures.join("\n") + "\nrenders in " + renders));
-        QCOMPARE(compared, 21);
+        QCOMPARE(compared, 23);
     }
 
     // A bar of the load chart: its tooltip is the stored share; clicking it selects the expert
