@@ -32,6 +32,7 @@ public:
     explicit JobManager(QObject* parent = nullptr);
     ~JobManager() override;
     int submit(const QString& name, JobWork work);
+    int nextId() const { return next_; }  // the id the next submit returns
     void cancel(int id);
     void cancelAll();
     bool idle() const { return !running_ && queue_.empty(); }

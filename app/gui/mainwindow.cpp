@@ -41,6 +41,7 @@
 
 #include "analysis/analysis.h"
 #include "checkpoint/checkpoint.h"
+#include "corpus.h"
 #include "demo.h"
 #include "emoe/emoe.h"
 #include "error.h"
@@ -145,6 +146,7 @@ std::vector<PaneDef> paneDefs() {
           {"Tokens per expert", "expert-tokens"},
           {"Token's experts", "token-experts"},
           {"Routes across layers", "layer-routes"}}},
+        {"domains", "Domains", {{"Usage by label", "domain-usage"}, {"Specialisation per layer", "domain-divergence"}}},
         {"bias",
          "Bias and groups",
          {{"Selection bias", "selection-bias"}, {"Override per layer", "bias-override"}, {"Group load", "group-load"}}},
@@ -231,6 +233,11 @@ MainWindow::MainWindow(QWidget* parent) : QMainWindow(parent) {
     connect(prompts_, &PromptsPanel::error, this, &MainWindow::showError);
     connect(prompts_, &PromptsPanel::promptsChanged, this, [this] { dirty_ = session_ != nullptr; });
     connect(jobs_, &JobManager::finished, this, [this](int id, bool ok, const QString& err) {
+        // the names a job held are free again however it ended (a cancelled job never lands)
+        if (auto it = runsOfJob_.find(id); it != runsOfJob_.end()) {
+            for (const auto& n : it->second) pendingRuns_.erase(n);
+            runsOfJob_.erase(it);
+        }
         if (id == saveJob_) saveLanded(ok, err);
         else if (!ok && err != "cancelled") showError("A job failed", err);
     });
@@ -260,6 +267,7 @@ MainWindow::MainWindow(QWidget* parent) : QMainWindow(parent) {
     analysis->setObjectName("analysisMenu");
     sessionActions_.push_back(analysis->addAction("&Intervene...", this, &MainWindow::interveneDialog));
     sessionActions_.push_back(analysis->addAction("Expert &importance...", this, &MainWindow::importanceDialog));
+    sessionActions_.push_back(analysis->addAction("Trace a &corpus...", this, &MainWindow::corpusDialog));
     auto* view = menuBar()->addMenu("&View");
     for (auto* d : {modelDock, promptsDock, jobsDock, routeDock}) view->addAction(d->toggleViewAction());
     // showing the views draws the stale ones from the session: not while a save holds it
@@ -748,6 +756,7 @@ bool MainWindow::runPrompts(const QStringList& prompts, const QString& device, c
     auto ref = ref_;
     const uint64_t target = generation_;
     const std::string dev = device.toStdString(), dt = dtype.toStdString();
+    runsOfJob_[jobs_->nextId()] = {name};
     jobs_->submit(QString("Run %1 prompt(s) as %2").arg(prompts.size()).arg(q(name)),
                   [this, ckpt, spec, ref, target, texts, name, dev, dt](JobContext& ctx) -> JobLand {
                       RunRequest req;
@@ -814,6 +823,7 @@ bool MainWindow::intervene(const QStringList& prompts, const Intervention& chang
     LoadOptions lo;
     lo.device = device.toStdString();
     lo.dtype = dtype.toStdString();
+    runsOfJob_[jobs_->nextId()] = {name, baseline};
     jobs_->submit(QString("Intervene (%1) on %2 prompt(s)").arg(q(change.describe())).arg(prompts.size()),
                   [this, ckpt, spec, target, texts, name, baseline, change, lo](JobContext& ctx) -> JobLand {
                       auto tok = Tokenizer::load(ckpt->path());
@@ -840,6 +850,138 @@ bool MainWindow::intervene(const QStringList& prompts, const Intervention& chang
                           session_->addRun(name, std::move(runs->changed));
                           session_->putResult(interventionEffectId(name), std::move(runs->effect));
                           landedInInterventions("intervention-effect", name);
+                      };
+                  });
+    return true;
+}
+
+void MainWindow::corpusDialog() {
+    if (!session_ || !ckpt_ || !spec_ || spec_->moeLayers().empty()) {
+        showError("Cannot trace a corpus", "Open an MoE checkpoint first: the corpus runs through it.");
+        return;
+    }
+    if (session_->path().empty()) {
+        showError("Cannot trace a corpus", "Save the session first: the corpus's batches are kept beside it.");
+        return;
+    }
+    const QString file =
+        QFileDialog::getOpenFileName(this, "Trace a corpus", QString(), "Corpora (*.jsonl *.txt);;All files (*)");
+    if (file.isEmpty()) return;
+    QDialog d(this);
+    d.setObjectName("corpusDialog");
+    d.setWindowTitle("Trace " + QFileInfo(file).fileName());
+    auto* form = new QFormLayout(&d);
+    auto* name = new QLineEdit("corpus");
+    auto* label = new QLineEdit("label");
+    label->setToolTip("the field of each JSONL line holding the document's label (a domain, a source...)");
+    auto* window = new QSpinBox;
+    window->setRange(0, 1 << 20);
+    window->setSpecialValueText("the model's positions");
+    window->setToolTip("a longer document is cut into windows of this many tokens");
+    auto* batch = new QSpinBox;
+    batch->setRange(1, 1 << 24);
+    batch->setValue(16384);
+    auto* perms = new QSpinBox;
+    perms->setRange(0, 1000000);
+    perms->setValue(2000);
+    form->addRow("Run", name);
+    form->addRow("Label field", label);
+    form->addRow("Window (tokens)", window);
+    form->addRow("Batch (tokens)", batch);
+    form->addRow("Permutations", perms);
+    form->addRow(
+        new QLabel("Each batch is kept on disk as it is done: Cancel stops after the last one, and "
+                   "tracing the same corpus again goes on from there."));
+    addOkCancel(d, form);
+    if (d.exec() != QDialog::Accepted) return;
+    const QString spool = q(corpusSpoolPath(session_->path(), name->text().toStdString()));
+    bool resume = false;
+    if (QFileInfo(spool).isDir()) {
+        const auto answer =
+            QMessageBox::question(this, "A stopped corpus run",
+                                  "The batches of a stopped run '" + name->text() + "' are in " + spool +
+                                      ". Go on with them? (No starts again: the folder is removed.)",
+                                  QMessageBox::Yes | QMessageBox::No | QMessageBox::Cancel);
+        if (answer == QMessageBox::Cancel) return;
+        resume = answer == QMessageBox::Yes;
+        if (!resume) QDir(spool).removeRecursively();
+    }
+    traceCorpusFile(file, name->text(), label->text(), window->value(), batch->value(), perms->value(), resume);
+}
+
+bool MainWindow::traceCorpusFile(const QString& file, const QString& run, const QString& labelField, int window,
+                                 int batchTokens, int permutations, bool resume) {
+    if (!session_ || !ckpt_ || !spec_ || spec_->moeLayers().empty()) {
+        showError("Cannot trace a corpus", "Open an MoE checkpoint first: the corpus runs through it.");
+        return false;
+    }
+    if (session_->path().empty()) {
+        showError("Cannot trace a corpus", "Save the session first: the corpus's batches are kept beside it.");
+        return false;
+    }
+    const std::string name = run.toStdString();
+    if (session_->hasRun(name) || pendingRuns_.count(name)) {
+        showError("Cannot trace a corpus", "The session already has a run named '" + run + "'.");
+        return false;
+    }
+    auto req = std::make_shared<CorpusRequest>();
+    req->corpus = file.toStdString();
+    req->session = session_->path();
+    req->run = name;
+    req->labelField = labelField.toStdString();
+    req->window = window;
+    req->batchTokens = batchTokens;
+    req->resume = resume;
+    req->stats.permutations = permutations;
+    pendingRuns_.insert(name);
+    auto ckpt = ckpt_;
+    auto spec = spec_;
+    const uint64_t target = generation_;
+    runsOfJob_[jobs_->nextId()] = {name};
+    jobs_->submit("Trace the corpus " + QFileInfo(file).fileName(),
+                  [this, ckpt, spec, req, name, target](JobContext& ctx) -> JobLand {
+                      auto tok = Tokenizer::load(ckpt->path());
+                      req->progress = [&ctx](double f, const std::string& w) { ctx.progress(f, w); };
+                      req->cancel = ctx.cancel;
+                      auto out = std::make_shared<CorpusOutcome>(traceCorpus(ckpt, *spec, *tok, *req));
+                      auto results = std::make_shared<std::map<std::string, Result>>();
+                      if (!out->joined.empty()) {  // the statistics from the joined run (a session file of its own)
+                          const Session joined = Session::open(out->joined);
+                          CorpusStatsOptions so = withCancel(req->stats, ctx.cancel);
+                          so.progress = req->progress;
+                          *results = corpusStatistics(joined, name, so);
+                      }
+                      return [this, out, results, name, target] {
+                          pendingRuns_.erase(name);
+                          if (generation_ != target) return;
+                          if (out->joined.empty()) {
+                              statusBar()->showMessage(
+                                  QString("Corpus run '%1' stopped after %2 documents (%3 tokens): tracing the "
+                                          "same corpus again goes on from there")
+                                      .arg(q(name))
+                                      .arg(out->documents)
+                                      .arg(out->tokens),
+                                  15000);
+                              return;
+                          }
+                          session_->importRun(name, out->joined);
+                          for (auto& [id, r] : *results) session_->putResult(id, std::move(r));
+                          spoolsAfterSave_.push_back(out->spool);
+                          dirty_ = true;
+                          refreshViews();
+                          ViewPane* p = pane(results->count("domain_specialisation/" + name) ? "domains" : "routing");
+                          if (p) {
+                              if (p->id() == "domains") p->setMode("domain-divergence");
+                              p->setOption("run", q(name));
+                              tabs_->setCurrentWidget(p);
+                          }
+                          statusBar()->showMessage(
+                              QString("Corpus run '%1': %2 documents, %3 tokens (the batches' folder goes "
+                                      "when the session is saved)")
+                                  .arg(q(name))
+                                  .arg(out->documents)
+                                  .arg(out->tokens),
+                              15000);
                       };
                   });
     return true;
@@ -1160,6 +1302,8 @@ void MainWindow::startSave(const QString& path) {
         });
         return JobLand([this, path, gen] {
             if (gen != generation_) return;
+            for (const auto& spool : spoolsAfterSave_) QDir(q(spool)).removeRecursively();  // saved with the session
+            spoolsAfterSave_.clear();
             addRecent(QFileInfo(path).absoluteFilePath());
             setWindowTitle("ExpertScope - " + path);
             fillModelTree();

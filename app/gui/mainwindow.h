@@ -7,6 +7,7 @@
 #include <QMainWindow>
 #include <QString>
 #include <QStringList>
+#include <map>
 #include <memory>
 #include <set>
 #include <string>
@@ -72,6 +73,15 @@ public:
     // on the run's device and dtype). The Comparison tab shows it. Models that differ are an
     // error dialog naming both files and the field.
     bool compareWith(const QString& path, const QString& run = {}, bool weights = true);
+    // A corpus run (docs/corpus.md; a job with progress and Cancel): every document of `file`
+    // traced in batches committed beside the saved session (SESSION.h5.RUN.partial), joined into
+    // run `run` and added to the session with its statistics; the Domains tab shows them where the
+    // documents carry labels (at `labelField`). Cancel keeps the committed batches: the same call
+    // goes on from them (`resume`, which corpusDialog offers when it finds them). The spool is
+    // removed once the session holding the run is saved. The session must have been saved (its
+    // folder holds the spool).
+    bool traceCorpusFile(const QString& file, const QString& run = "corpus", const QString& labelField = "label",
+                         int window = 0, int batchTokens = 16384, int permutations = 2000, bool resume = false);
     // Expert importance of a run's prompts (a job with progress and Cancel): each expert disabled
     // (zero: its output zeroed) alone on each MoE layer; the Interventions tab shows it.
     bool measureImportance(const QString& run, bool zero = false);
@@ -179,12 +189,15 @@ private:
     std::shared_ptr<Reference> ref_;
     QString lastError_, lastWarning_;
     bool dirty_ = false;
-    int saveJob_ = -1;                      // the save job running or queued, -1 for none
-    bool closeAfterSave_ = false;           // the window was closed during a save
-    QString queuedSave_;                    // a save asked for while one ran
-    std::vector<QAction*> sessionActions_;  // disabled while a save runs
-    std::set<std::string> pendingRuns_;     // names of runs still running
-    uint64_t generation_ = 0;               // which session the jobs' results belong to
+    int saveJob_ = -1;                                   // the save job running or queued, -1 for none
+    bool closeAfterSave_ = false;                        // the window was closed during a save
+    QString queuedSave_;                                 // a save asked for while one ran
+    std::vector<QAction*> sessionActions_;               // disabled while a save runs
+    std::set<std::string> pendingRuns_;                  // names of runs still running
+    std::vector<std::string> spoolsAfterSave_;           // corpus spools to remove once the session is saved
+    std::map<int, std::vector<std::string>> runsOfJob_;  // the pending run names each job holds
+    void corpusDialog();
+    uint64_t generation_ = 0;  // which session the jobs' results belong to
 };
 
 }  // namespace es

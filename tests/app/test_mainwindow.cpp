@@ -28,6 +28,7 @@
 #include <QTabBar>
 #include <QTabWidget>
 #include <QTableWidget>
+#include <QFile>
 #include <QTemporaryDir>
 #include <QTimer>
 #include <QTreeWidget>
@@ -187,13 +188,14 @@ private Q_SLOTS:
         // every view the session's results allow has its figure once the jobs are done (all but
         // the EMoE views, which need an EMoE model, the bias views, which need a router with a
         // correction bias or expert groups, and the interventions' views, which need an
-        // intervention or an importance measurement)
+        // intervention or an importance measurement, and the domain views, which need a corpus run
+        // with labels)
         std::set<std::string> available;
         for (auto& v : availableViews(*w.session())) available.insert(v.name);
-        QCOMPARE(available.size(), allViewNames().size() - 11);
-        for (const char* v :
-             {"modularity", "activation-blocks", "selection-bias", "bias-override", "group-load", "expert-importance",
-              "intervention-effect", "weight-comparison", "routing-agreement", "routing-difference", "load-difference"})
+        QCOMPARE(available.size(), allViewNames().size() - 13);
+        for (const char* v : {"modularity", "activation-blocks", "selection-bias", "bias-override", "group-load",
+                              "expert-importance", "intervention-effect", "weight-comparison", "routing-agreement",
+                              "routing-difference", "load-difference", "domain-usage", "domain-divergence"})
             QVERIFY2(!available.count(v), v);
         for (ViewPane* p : w.panes())
             for (auto& v : p->modeViews()) {
@@ -435,9 +437,9 @@ private Q_SLOTS:
         QVERIFY2(w2.openSession(path), qPrintable(w2.lastError()));
         for (ViewPane* p : w2.panes()) {
             QCOMPARE(p->stateJson(), states[p->id()]);
-            // EMoE; bias or groups; an intervention or importance
+            // EMoE; bias or groups; an intervention or importance; a comparison; a labelled corpus run
             QCOMPARE(p->hasFigure(), p->id() != "modularity" && p->id() != "bias" && p->id() != "interventions" &&
-                                         p->id() != "comparison");
+                                         p->id() != "comparison" && p->id() != "domains");
         }
         QCOMPARE(static_cast<ViewPane*>(w2.tabs()->widget(0))->id(), QString("routing"));
         QCOMPARE(static_cast<ViewPane*>(w2.tabs()->currentWidget())->id(), QString("pca"));
@@ -636,6 +638,59 @@ private Q_SLOTS:
         QVERIFY(prompt && prompt->isVisibleTo(c));
         QCOMPARE(int64_t(prompt->count()), s->runInfo("intervention1-baseline").numPrompts);
         QVERIFY(w.grab().save(outDir() + "/window-routing-comparison.png"));
+    }
+
+    // Analysis -> Trace a corpus: a labelled corpus traced in batches beside the saved session,
+    // cancelled after a committed batch and gone on with, joined into a run with its statistics;
+    // the Domains tab shows them, and the batches' folder goes when the session is saved
+    void corpusRunFromTheApp() {
+        const QString demo = QString::fromStdString(demoDirectory());
+        MainWindow w;
+        QVERIFY(showWindow(w));
+        QVERIFY(w.openCheckpoint(demo + "/moe"));
+        QTemporaryDir dir;
+        const QString path = dir.path() + "/corpus.h5", corpus = dir.path() + "/c.jsonl";
+        {
+            QFile in(demo + "/prompts.jsonl"), out(corpus);
+            QVERIFY(in.open(QIODevice::ReadOnly) && out.open(QIODevice::WriteOnly));
+            const QByteArray lines = in.readAll();
+            for (int i = 0; i < 20; ++i) out.write(lines);
+        }
+        QVERIFY(!w.traceCorpusFile(corpus, "web", "domain"));  // its batches go beside the session file
+        QVERIFY2(w.lastError().contains("Save the session first"), qPrintable(w.lastError()));
+        QVERIFY(w.saveSession(path));
+        // Cancel once a batch is committed (its report names the tokens so far)
+        auto stop =
+            QObject::connect(w.jobs(), &JobManager::progressed, [&w](int id, double, const QString& what, double) {
+                if (what.contains("tokens")) w.jobs()->cancel(id);
+            });
+        QVERIFY(w.traceCorpusFile(corpus, "web", "domain", 64, 300, 300));
+        QVERIFY(w.jobs()->waitForIdle(kJobTimeoutMs));
+        QObject::disconnect(stop);
+        const QString spool = path + ".web.partial";
+        QVERIFY(!w.session()->hasRun("web"));
+        QVERIFY(QDir(spool).entryList({"batch-*.h5"}).size() >= 1);
+        QVERIFY(w.traceCorpusFile(corpus, "web", "domain", 64, 300, 300, /*resume=*/true));
+        QVERIFY(w.jobs()->waitForIdle(kJobTimeoutMs));
+        const Session* s = w.session();
+        QVERIFY2(s->hasRun("web") && s->hasResult("domain_specialisation/web"), qPrintable(w.lastError()));
+        const std::vector<int64_t> lines = s->runPromptDocuments("web");  // each document once, in order
+        QCOMPARE(std::set<int64_t>(lines.begin(), lines.end()).size(), size_t(200));
+        QVERIFY(std::is_sorted(lines.begin(), lines.end()) && lines.front() == 1 && lines.back() == 200);
+        QVERIFY(s->hasResult("expert_load/web") && s->hasResult("expert_tokens/web"));
+        ViewPane* p = w.pane("domains");
+        QCOMPARE(w.tabs()->currentWidget(), static_cast<QWidget*>(p));
+        QVERIFY(p->hasFigure());
+        QVERIFY(w.grab().save(outDir() + "/window-domains.png"));
+        p->setMode("domain-usage");
+        QVERIFY(p->hasFigure());
+        QVERIFY(!w.traceCorpusFile(corpus, "web", "domain"));  // the run exists
+        QVERIFY(QFileInfo(spool).isDir());                     // the run's data is there until the session is saved
+        QVERIFY(w.saveSession(path));
+        QVERIFY(!QFileInfo(spool).exists());
+        Session back = Session::open(path.toStdString());
+        QCOMPARE(back.runTokens("web"), s->runTokens("web"));
+        QCOMPARE(back.result("domain_specialisation/web"), s->result("domain_specialisation/web"));
     }
 
     // Opening another model, session or demo over unsaved work asks first; Cancel keeps it all
