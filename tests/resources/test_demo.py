@@ -206,3 +206,14 @@ def test_specialisation_statistic_against_scipy():
     _, _, _, p_sep = train_demo.permutation_test(sep, labels5, 5, 199, 0)
     _, _, _, p_same = train_demo.permutation_test(rng.multinomial(100, [0.125] * 8, size=(40, 1)), labels5, 5, 199, 0)
     assert p_sep[0] == 1 / 200 and p_same[0] > 0.05
+
+
+def test_domain_findings_reproduced(cli, tmp_path):
+    """resources/demo/domain_demo.py: the README's domain-specialisation table (computed in PyTorch
+    and numpy when the demo was trained) reproduced by the app's corpus command on the held-out
+    documents (fetched from Debian, as train_demo.py does, into build/demo-work)."""
+    work = os.path.join(os.environ.get("EXPERTSCOPE_BUILD_DIR", os.path.join(DEMO, "..", "..", "build")), "demo-work")
+    r = subprocess.run([sys.executable, os.path.join(DEMO, "domain_demo.py"), "--cli", cli, "--work", work,
+                        "--out", str(tmp_path / "domain.h5")], capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "OK: the app's JS is within" in r.stdout and "in 68 of 68 documents" in r.stdout, r.stdout
