@@ -35,6 +35,7 @@ void listViews(const Session& s, bool json) {
                            {"per_run", v.perRun},
                            {"per_token", v.perToken},
                            {"per_prompt", v.perPrompt},
+                           {"token_query", v.tokenQuery},
                            {"layers", v.layers},
                            {"runs", v.runs},
                            {"matrices", v.matrices},
@@ -108,6 +109,9 @@ int cmdExport(const std::vector<std::string>& args, int argc, char** argv) {
         else if (a == "--measure") req.measure = optionValue(args, i, "export");
         else if (a == "--prompt") req.prompt = parseInt(optionValue(args, i, "export"), "--prompt", 0);
         else if (a == "--token") req.token = parseInt(optionValue(args, i, "export"), "--token", 0);
+        else if (a == "--token-id")
+            req.tokenQuery = "#" + std::to_string(parseInt(optionValue(args, i, "export"), "--token-id", 0));
+        else if (a == "--token-text") req.tokenQuery = optionValue(args, i, "export");
         else if (a == "--scale") req.scale = optionValue(args, i, "export");
         else if (a == "--mask-diagonal") req.maskDiagonal = true;
         else if (a == "--cell-values") req.cellValues = true;

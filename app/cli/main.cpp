@@ -72,8 +72,8 @@ const char* kUsage = R"(usage:
   expertscope-cli export SESSION.h5 --list [--json]
   expertscope-cli export SESSION.h5 --view NAME [--run NAME] [--layer L] [--kind ffn|attention]
                   [--matrix gate|up|down|router|query|output]
-                  [--measure M] [--prompt P] [--token N] [--scale layer|global] [--mask-diagonal]
-                  [--cell-values] [--all-layers]
+                  [--measure M] [--prompt P] [--token N] [--token-id ID | --token-text TEXT]
+                  [--scale layer|global] [--mask-diagonal] [--cell-values] [--all-layers]
                   [--width W --height H] [--dpi D] --out FILE.(png|jpg|pdf|svg|csv)
 
 --prompts FILE: a .jsonl file of {"text": ...} objects, or any other file with one prompt per

@@ -135,7 +135,8 @@ std::vector<PaneDef> paneDefs() {
          "Norms vs scores",
          {{"Scatter (D2)", "norms-vs-scores"},
           {"Rank counts (D2)", "rank-counts"},
-          {"Top-1 vs max norm (D2)", "top1-max-norm"}}},
+          {"Top-1 vs max norm (D2)", "top1-max-norm"},
+          {"By token (D2)", "token-norms-scores"}}},
         {"diversity", "Diversity", {{"Per layer", "diversity"}, {"Output similarity (D1)", "output-similarity"}}},
         {"routing",
          "Routing",
@@ -145,6 +146,7 @@ std::vector<PaneDef> paneDefs() {
           {"Load balance", "load-balance"},
           {"Tokens per expert", "expert-tokens"},
           {"Token's experts", "token-experts"},
+          {"Entropy by token", "token-entropy"},
           {"Routes across layers", "layer-routes"}}},
         {"domains", "Domains", {{"Usage by label", "domain-usage"}, {"Specialisation per layer", "domain-divergence"}}},
         {"bias",
@@ -592,6 +594,8 @@ void MainWindow::setSession(std::unique_ptr<Session> s) {
     for (auto* p : panes_) p->setModelKind(kind);
     session_ = std::move(s);
     pendingRuns_.clear();
+    runsOfJob_.clear();        // the cancelled jobs' names are not this session's
+    spoolsAfterSave_.clear();  // their runs went with the session: the folders stay (they can go on)
     route_->setRowCount(0);
     for (auto* p : panes_) p->setSession(session_.get());
     central_->setCurrentWidget(session_ ? static_cast<QWidget*>(tabs_) : start_);
@@ -894,9 +898,16 @@ void MainWindow::corpusDialog() {
                    "tracing the same corpus again goes on from there."));
     addOkCancel(d, form);
     if (d.exec() != QDialog::Accepted) return;
-    const QString spool = q(corpusSpoolPath(session_->path(), name->text().toStdString()));
+    const std::string run = name->text().toStdString();
+    if (session_->hasRun(run) || pendingRuns_.count(run)) {  // before the folder is touched: it may be in use
+        showError("Cannot trace a corpus", "The session already has a run named '" + name->text() + "'.");
+        return;
+    }
+    const std::string spoolPath = corpusSpoolPath(session_->path(), run);
+    const QString spool = q(spoolPath);
     bool resume = false;
-    if (QFileInfo(spool).isDir()) {
+    if (QFileInfo(spool).isDir() &&
+        std::find(spoolsAfterSave_.begin(), spoolsAfterSave_.end(), spoolPath) == spoolsAfterSave_.end()) {
         const auto answer =
             QMessageBox::question(this, "A stopped corpus run",
                                   "The batches of a stopped run '" + name->text() + "' are in " + spool +

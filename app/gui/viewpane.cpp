@@ -5,6 +5,7 @@
 #include <QFileInfo>
 #include <QHBoxLayout>
 #include <QLabel>
+#include <QLineEdit>
 #include <QPushButton>
 #include <QSlider>
 #include <QSpinBox>
@@ -97,6 +98,14 @@ ViewPane::ViewPane(const QString& id, const QString& title, std::vector<Mode> mo
     token_ = new QSpinBox;
     token_->setObjectName("token");
     labelled("Token", token_);
+    tokenQuery_ = new QLineEdit;
+    tokenQuery_->setObjectName("tokenQuery");
+    tokenQuery_->setPlaceholderText("#id or text");
+    tokenQuery_->setClearButtonEnabled(true);
+    tokenQuery_->setToolTip(
+        "Look a token up by its vocabulary id (#17) or by its text; empty: the token at the "
+        "position above");
+    labelled("Find", tokenQuery_);
     scale_ = new QComboBox;
     scale_->setObjectName("scale");
     scale_->addItem("per layer", "layer");
@@ -157,6 +166,7 @@ ViewPane::ViewPane(const QString& id, const QString& title, std::vector<Mode> mo
     connect(prompt_, qOverload<int>(&QComboBox::currentIndexChanged), this, changedControl);
     for (QCheckBox* c : {mask_, values_}) connect(c, &QCheckBox::toggled, this, changedControl);
     connect(token_, qOverload<int>(&QSpinBox::valueChanged), this, changedControl);
+    connect(tokenQuery_, &QLineEdit::editingFinished, this, changedControl);
     rebuildControls();
     redraw();
 }
@@ -255,6 +265,7 @@ void ViewPane::rebuildControls() {
     }
     token_->setRange(0, std::max(0, tokens - 1));
     show(token_, showsToken(i));
+    show(tokenQuery_, i && i->tokenQuery);
     show(scale_, hasScale(currentView()));
     const bool matrix = i && i->expertMatrix;
     mask_->setVisible(matrix);
@@ -279,6 +290,8 @@ ViewRequest ViewPane::request() const {
     r.run = run_->currentText().toStdString();
     r.prompt = std::max(0, prompt_->currentIndex());
     r.token = token_->value();
+    if (i && i->tokenQuery)
+        r.tokenQuery = tokenQuery_->text().trimmed().isEmpty() ? "" : tokenQuery_->text().toStdString();
     r.scale = hasScale(r.view) ? scale_->currentData().toString().toStdString() : "layer";
     const bool matrix = viewDescription(r.view).expertMatrix;
     r.maskDiagonal = matrix && mask_->isChecked();
@@ -398,6 +411,7 @@ std::string ViewPane::stateJson() const {
                         {"run", r.run},
                         {"prompt", r.prompt},
                         {"token", r.token},
+                        {"token_query", tokenQuery_->text().toStdString()},
                         {"scale", r.scale},
                         {"mask_diagonal", mask_->isChecked()},
                         {"cell_values", values_->isChecked()},
@@ -429,6 +443,7 @@ void ViewPane::restoreState(const std::string& json) {
     values_->setChecked(flag("cell_values"));
     setPrompt(num("prompt", 0));
     setToken(num("token", 0));
+    tokenQuery_->setText(str("token_query"));
     if (num("layer", -1) >= 0) setLayer(num("layer", -1));
     view_->setSelectedExpert(num("selected_expert", -1));
     view_->setSelectedToken(j.contains("selected_token") && j["selected_token"].is_number_integer()

@@ -18,6 +18,7 @@ class QLabel;
 class QPushButton;
 class QSlider;
 class QSpinBox;
+class QLineEdit;
 class QStackedWidget;
 
 namespace es {
@@ -112,6 +113,7 @@ private:
     ModelKind modelKind_ = ModelKind::None;
     QComboBox* prompt_;
     QSpinBox* token_;
+    QLineEdit* tokenQuery_;  // a token looked up by id (#17) or text (ViewRequest::tokenQuery)
     QStackedWidget* stack_;
     FigureView* view_;
     bool updating_ = false;

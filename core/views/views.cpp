@@ -628,6 +628,15 @@ std::vector<std::string> tokenLabels(const Session& s, const std::string& run) {
     return out;
 }
 
+// The requested run, or the session's first (an error when it has none)
+std::string runOrFirst(const Session& s, const ViewRequest& req) {
+    if (!req.run.empty()) return req.run;
+    const auto names = s.runNames();
+    if (names.empty())
+        throw Error("view '" + req.view + "' needs a run; this session has none", sessionName(s), "/runs");
+    return names.front();
+}
+
 std::pair<int64_t, int64_t> promptRange(const Session& s, const ViewRequest& req, const std::string& run) {
     if (!s.hasRun(run))
         throw Error("view '" + req.view + "': the session has no run '" + run + "'", sessionName(s), "/runs/" + run);
@@ -780,6 +789,71 @@ Figure top1MaxNorm(const Session& s, const ViewRequest& req) {
     return f;
 }
 
+// Look-into-MoEs' plot_one_layer_short_seq (analyses-spec 7.6): for the first tokens of a prompt,
+// one panel each with every expert's output norm and router score side by side, the chosen
+// experts named. Norms are shown as shares of the token's total (so that both bars read on one
+// axis as distributions over the experts); the CSV keeps the stored norms too.
+Figure tokenNormsScores(const Session& s, const ViewRequest& req) {
+    constexpr int64_t kTokens = 4;
+    const auto [run, id] = chooseRunResult(s, req, "norm_score_ranks");
+    const int L = layerOf(s, req, id, "norms");
+    Data n = needArray(s, id, "layers/" + std::to_string(L) + "/norms", req.view);
+    Data sc = needArray(s, id, "layers/" + std::to_string(L) + "/scores", req.view);
+    const int64_t T = n.dim(0), E = n.dim(1);
+    if (sc.a->shape != n.a->shape || E <= 0)
+        throw Error("view '" + req.view + "': expected norms and scores of one shape [T, E]", sessionName(s),
+                    "/analyses/" + id + "/layers/" + std::to_string(L));
+    auto [b, e] = promptRange(s, req, run);
+    if (e > T) throw Error("norm_score_ranks has fewer tokens than the run", sessionName(s), "/analyses/" + id);
+    const int64_t shown = std::min(kTokens, e - b);
+    const LayerTrace lt = routerRecords(s, req, run, L);
+    const auto labels = tokenLabels(s, run);
+    const bool sigmoid = paramText(s, id, "scores").rfind("sigmoid", 0) == 0;
+    Figure f;
+    f.view = req.view;
+    f.stacked = true;
+    f.title = "Norms and scores (D2), run " + run + ", " + layerName(s, L) + ", prompt " + std::to_string(req.prompt) +
+              (e - b > shown ? ", first " + std::to_string(shown) + " tokens" : "");
+    f.csvHeader = {"token", "piece", "expert", "norm", "norm_share", "score", "chosen"};
+    for (int64_t t = b; t < b + shown; ++t) {
+        std::vector<int> chosen;
+        if (static_cast<int64_t>(lt.topkExperts.size()) >= (t + 1) * lt.topK)
+            for (int64_t j = 0; j < lt.topK; ++j)
+                chosen.push_back(lt.topkExperts[static_cast<size_t>(t * lt.topK + j)]);
+        double total = 0;
+        for (int64_t x = 0; x < E; ++x) total += n.v[static_cast<size_t>(t * E + x)];
+        Panel p;
+        const std::string piece = t < static_cast<int64_t>(labels.size()) ? labels[static_cast<size_t>(t)] : "";
+        std::string names;
+        for (int c : chosen) names += (names.empty() ? "" : ", ") + std::to_string(c);
+        p.title = "token " + std::to_string(t - b) + " '" + piece + "': chosen " + (names.empty() ? "none" : names);
+        p.xLabel = t + 1 == b + shown ? "expert" : "";
+        p.yLabel = "share";
+        p.xExperts = true;
+        Series norm{"output norm (share of the token's)", Series::Style::Bars},
+            score{sigmoid ? "router score (sigmoid)" : "router probability", Series::Style::Bars};
+        norm.color = 0;
+        score.color = 1;
+        norm.barWidth = score.barWidth = 0.4;
+        for (int64_t x = 0; x < E; ++x) {
+            const size_t i = static_cast<size_t>(t * E + x);
+            const double share = total > 0 ? n.v[i] / total : kNaN;
+            norm.x.push_back(static_cast<double>(x) - 0.2);
+            norm.y.push_back(share);
+            score.x.push_back(static_cast<double>(x) + 0.2);
+            score.y.push_back(sc.v[i]);
+            p.xTicks.push_back(std::to_string(x));
+            const bool pick = std::find(chosen.begin(), chosen.end(), static_cast<int>(x)) != chosen.end();
+            f.csvRows.push_back({std::to_string(t), piece, std::to_string(x), n.text(i), formatDouble(share),
+                                 sc.text(i), pick ? "1" : "0"});
+        }
+        if (t + 1 < b + shown) norm.name.clear(), score.name.clear();  // one legend, under the last token
+        p.series = {norm, score};
+        f.panels.push_back(std::move(p));
+    }
+    return f;
+}
+
 Figure routingMap(const Session& s, const ViewRequest& req) {
     const auto [run, id] = chooseRunResult(s, req, "routing_map");
     const int L = layerOf(s, req, id, "weights");
@@ -818,6 +892,69 @@ Figure routingMap(const Session& s, const ViewRequest& req) {
     for (int64_t c = b; c < e; ++c)
         f.csvHeader[static_cast<size_t>(c - b + 1)] = std::to_string(c) + ":" + f.csvHeader[c - b + 1];
     f.panels.push_back(std::move(p));
+    return f;
+}
+
+// Per-token routing entropy (analyses-spec 7.5): for each token of a prompt and each MoE layer,
+// H_t = -sum_e p_te ln p_te of p_t = softmax(z_t), from the run's stored router logits.
+Figure tokenEntropy(const Session& s, const ViewRequest& req) {
+    const std::string run = runOrFirst(s, req);
+    auto [b, e] = promptRange(s, req, run);
+    const RunInfo info = s.runInfo(run);
+    if (info.moeLayers.empty()) throw Error("run '" + run + "' records no MoE layer", sessionName(s), "/runs/" + run);
+    const auto labels = tokenLabels(s, run);
+    const int64_t n = e - b;
+    Figure f;
+    f.view = req.view;
+    f.title = "Routing entropy of every token, run " + run + ", prompt " + std::to_string(req.prompt) +
+              " (nats; ln E for a uniform router, 0 for a certain one)";
+    Panel p;
+    p.xLabel = "token";
+    p.yLabel = "layer";
+    p.hasHeatmap = true;
+    HeatmapPanel& h = p.heatmap;
+    h.rows = static_cast<int64_t>(info.moeLayers.size());
+    h.cols = n;
+    h.tokenAxis = true;
+    h.colormap = "viridis";
+    h.valueLabel = "entropy of softmax(router logits) (nats)";
+    h.values.assign(static_cast<size_t>(h.rows * n), kNaN);
+    for (int64_t t = b; t < e; ++t) {
+        h.colToken.push_back(t);
+        h.colLabels.push_back(t < static_cast<int64_t>(labels.size()) ? labels[static_cast<size_t>(t)]
+                                                                      : std::to_string(t));
+    }
+    f.csvHeader = {"layer"};
+    for (int64_t t = b; t < e; ++t)
+        f.csvHeader.push_back(std::to_string(t) + ":" + h.colLabels[static_cast<size_t>(t - b)]);
+    int64_t E = 0;
+    for (size_t li = 0; li < info.moeLayers.size(); ++li) {
+        const int l = info.moeLayers[li];
+        const LayerTrace lt = s.runLayer(run, l);
+        E = lt.numExperts;
+        if (E <= 0 || static_cast<int64_t>(lt.routerLogits.size()) < e * E)
+            throw Error("view '" + req.view + "': layer " + std::to_string(l) + "'s router logits do not fit the run",
+                        sessionName(s), "/runs/" + run + "/layers/" + std::to_string(l) + "/router_logits");
+        h.rowLabels.push_back(std::to_string(l));
+        std::vector<std::string> row{std::to_string(l)};
+        for (int64_t t = b; t < e; ++t) {
+            const float* z = lt.routerLogits.data() + t * E;
+            double mx = -std::numeric_limits<double>::infinity(), sum = 0, ent = 0;
+            for (int64_t x = 0; x < E; ++x) mx = std::max(mx, static_cast<double>(z[x]));
+            for (int64_t x = 0; x < E; ++x) sum += std::exp(static_cast<double>(z[x]) - mx);
+            const double lse = mx + std::log(sum);
+            for (int64_t x = 0; x < E; ++x) {
+                const double lp = static_cast<double>(z[x]) - lse, pe = std::exp(lp);
+                if (pe > 0) ent -= pe * lp;
+            }
+            h.values[li * static_cast<size_t>(n) + static_cast<size_t>(t - b)] = ent;
+            row.push_back(formatDouble(ent));
+        }
+        f.csvRows.push_back(row);
+    }
+    h.lo = 0;
+    h.hi = E > 0 ? std::log(static_cast<double>(E)) : kNaN;
+    f.panels = {p};
     return f;
 }
 
@@ -986,7 +1123,8 @@ Figure domainUsage(const Session& s, const ViewRequest& req) {
     const std::vector<std::string> labels = u.labels(), experts = u.labels("columns");
     if (nl == 0 || u.a->shape != std::vector<int64_t>{nl, D, E} || c.a->shape != u.a->shape ||
         pairs.a->shape != std::vector<int64_t>{nl, D, D} || all.a->numel() != nl || p.a->numel() != nl ||
-        static_cast<int64_t>(labels.size()) != D || static_cast<int64_t>(experts.size()) != E)
+        static_cast<int64_t>(labels.size()) != D || static_cast<int64_t>(experts.size()) != E || c.layers() != layers ||
+        pairs.layers() != layers || all.layers() != layers || p.layers() != layers)
         throw Error("view '" + req.view +
                         "': expected [layers, labels, experts] usage and counts, [layers, labels, "
                         "labels] JS and one JS and p per layer, with their labels",
@@ -1254,13 +1392,7 @@ Figure expertTokens(const Session& s, const ViewRequest& req) {
 
 // The reverse lookup: where the token id at a position of the run goes, in every MoE layer.
 Figure tokenExperts(const Session& s, const ViewRequest& req) {
-    std::string run = req.run;
-    if (run.empty()) {
-        const auto names = s.runNames();
-        if (names.empty())
-            throw Error("view '" + req.view + "' needs a run; this session has none", sessionName(s), "/runs");
-        run = names.front();
-    }
+    const std::string run = runOrFirst(s, req);
     if (!s.hasRun(run))
         throw Error("view '" + req.view + "': the session has no run '" + run + "'", sessionName(s), "/runs/" + run);
     const RunInfo info = s.runInfo(run);
@@ -1271,9 +1403,41 @@ Figure tokenExperts(const Session& s, const ViewRequest& req) {
                         "' has " + std::to_string(T) + ")",
                     sessionName(s), "/runs/" + run + "/tokens");
     if (info.moeLayers.empty()) throw Error("run '" + run + "' records no MoE layer", sessionName(s), "/runs/" + run);
-    const int64_t v = tokens[static_cast<size_t>(req.token)];
     const auto labels = tokenLabels(s, run);
-    const std::string piece = static_cast<size_t>(req.token) < labels.size() ? labels[req.token] : std::to_string(v);
+    int64_t v = tokens[static_cast<size_t>(req.token)];
+    std::string piece = static_cast<size_t>(req.token) < labels.size() ? labels[req.token] : std::to_string(v);
+    if (!req.tokenQuery.empty()) {  // looked up by id or by text: the id's first occurrence names it
+        const std::string& qy = req.tokenQuery;
+        const bool byId = qy.size() > 1 && qy[0] == '#' && qy.size() < 20 &&
+                          std::all_of(qy.begin() + 1, qy.end(), [](char c) { return c >= '0' && c <= '9'; });
+        auto trim = [](const std::string& x) {
+            const size_t a = x.find_first_not_of(' '), b = x.find_last_not_of(' ');
+            return a == std::string::npos ? std::string() : x.substr(a, b - a + 1);
+        };
+        std::map<int64_t, int64_t> count, first;  // matching ids: occurrences, first position
+        for (int64_t t = 0; t < T; ++t) {
+            const int64_t id = tokens[static_cast<size_t>(t)];
+            const std::string& p = static_cast<size_t>(t) < labels.size() ? labels[static_cast<size_t>(t)] : "";
+            if (byId ? id == std::stoll(qy.substr(1)) : (p == qy || trim(p) == trim(qy))) {
+                if (!count[id]++) first[id] = t;
+            }
+        }
+        if (count.empty())
+            throw Error("view '" + req.view + "': no token of run '" + run + "' is " +
+                            (byId ? "id " + qy.substr(1) : "'" + qy + "'"),
+                        sessionName(s), "/runs/" + run + "/tokens");
+        // the exact piece first, then the most frequent, then the smaller id
+        auto better = [&](int64_t a, int64_t b) {
+            const bool ea = labels[static_cast<size_t>(first[a])] == qy,
+                       eb = labels[static_cast<size_t>(first[b])] == qy;
+            return ea != eb ? ea : count[a] != count[b] ? count[a] > count[b] : a < b;
+        };
+        v = count.begin()->first;
+        for (const auto& [id, c] : count)
+            if (better(id, v)) v = id;
+        piece =
+            static_cast<size_t>(first[v]) < labels.size() ? labels[static_cast<size_t>(first[v])] : std::to_string(v);
+    }
     std::vector<int64_t> at;  // the positions of the id
     for (int64_t t = 0; t < T; ++t)
         if (tokens[static_cast<size_t>(t)] == v) at.push_back(t);
@@ -2036,6 +2200,7 @@ struct ViewDef {
     bool colourScale = false;
     std::string tokenMeasure, emptyHint;
     bool expertMatrix = false;
+    bool tokenQuery = false;
 };
 
 const char* const kHintStatic = "They appear here when the analyses have run.";
@@ -2194,6 +2359,15 @@ const std::vector<ViewDef>& registry() {
                      "every token x expert: output norm against router score, chosen experts marked", normsVsScores,
                      [](const Session& s, ViewInfo& v) { return fillRuns(s, v, "norm_score_ranks", "norms"); }, false,
                      "", kHintPrompts});
+        d.push_back({"token-norms-scores", "Norms and scores by token", "D2",
+                     "the first tokens of a prompt: every expert's output norm beside its router score, the chosen "
+                     "experts named (the paper's plot_one_layer_short_seq)",
+                     tokenNormsScores,
+                     [](const Session& s, ViewInfo& v) {
+                         v.perPrompt = true;
+                         return fillRuns(s, v, "norm_score_ranks", "norms");
+                     },
+                     false, "", kHintPrompts});
         d.push_back({"rank-counts", "Rank counts", "D2", "router-score rank by output-norm rank counts", rankCounts,
                      [](const Session& s, ViewInfo& v) {
                          v.measures = {"layer", "all"};
@@ -2327,6 +2501,17 @@ const std::vector<ViewDef>& registry() {
                          return fillRuns(s, v, "expert_tokens", "topk_ids");
                      },
                      false, "", kHintPrompts});
+        d.push_back({"token-entropy", "Routing entropy by token", "trace",
+                     "every token of a prompt: the entropy of its router's probabilities at each MoE layer",
+                     tokenEntropy,
+                     [](const Session& s, ViewInfo& v) {
+                         v.runs.clear();
+                         for (auto& r : s.runNames())
+                             if (!s.runInfo(r).moeLayers.empty()) v.runs.push_back(r);
+                         v.perRun = v.perPrompt = true;
+                         return !v.runs.empty();
+                     },
+                     false, "", kHintPrompts});
         d.push_back({"token-experts", "Token's experts", "trace",
                      "where one token id goes: the share of its top-k slots per expert, in every layer", tokenExperts,
                      [](const Session& s, ViewInfo& v) {
@@ -2336,7 +2521,7 @@ const std::vector<ViewDef>& registry() {
                              if (!s.runInfo(r).moeLayers.empty()) return true;
                          return false;
                      },
-                     false, "", kHintPrompts});
+                     false, "", kHintPrompts, false, /*tokenQuery=*/true});
         d.push_back({"selection-bias", "Selection bias", "bias",
                      "per expert: the correction bias and the tokens each expert gains and loses against the "
                      "unbiased top-k",
@@ -2395,6 +2580,7 @@ const std::map<std::string, std::string>& attentionViews() {
                                                          {"diversity", "layer_diversity/"},
                                                          {"output-similarity", "output_similarity/"},
                                                          {"norms-vs-scores", "norm_score_ranks/"},
+                                                         {"token-norms-scores", "norm_score_ranks/"},
                                                          {"rank-counts", "norm_score_ranks/"},
                                                          {"top1-max-norm", "norm_score_ranks/"},
                                                          {"routing-map", "routing_map/"},
@@ -2402,8 +2588,6 @@ const std::map<std::string, std::string>& attentionViews() {
                                                          {"load-balance", "expert_load/"},
                                                          {"expert-tokens", "expert_tokens/"},
                                                          {"layer-routes", "expert_load/"},
-                                                         {"domain-usage", "domain_specialisation/"},
-                                                         {"domain-divergence", "domain_specialisation/"},
                                                          {"expert-importance", "expert_importance/"},
                                                          {"intervention-effect", "intervention_effect/"},
                                                          {"weight-comparison", "weight_comparison/"},
@@ -2422,6 +2606,7 @@ ViewInfo describe(const ViewDef& d) {
     v.colourScale = d.colourScale;
     v.expertMatrix = d.expertMatrix;
     v.tokenMeasure = d.tokenMeasure;
+    v.tokenQuery = d.tokenQuery;
     v.emptyHint = d.emptyHint;
     return v;
 }

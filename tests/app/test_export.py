@@ -19,8 +19,9 @@ RUN = "demo"
 FORMATS = ("png", "jpg", "pdf", "svg", "csv")
 ALL_VIEWS = ["weight-similarity", "neuron-mean-similarity", "neuron-reordering", "router-similarity",
              "router-vs-weights", "router-weight-r2", "matrix-pca", "neuron-pca", "diversity",
-             "output-similarity", "norms-vs-scores", "rank-counts", "top1-max-norm", "routing-map",
-             "routing-text", "expert-load", "load-balance", "layer-routes", "expert-tokens", "token-experts",
+             "output-similarity", "norms-vs-scores", "token-norms-scores", "rank-counts", "top1-max-norm", "routing-map",
+             "routing-text", "expert-load", "load-balance", "layer-routes", "expert-tokens", "token-entropy",
+             "token-experts",
              "gate-activations"]
 
 
@@ -170,6 +171,26 @@ def test_dynamic_csv_equals_session(cli, session, h5, tmp_path):
     export(cli, session, out, "output-similarity", "--layer", str(L), "--measure", "per-token", "--token", "5")
     ds = a[f"output_similarity/{RUN}/layers/{L}/per_token_cosine"]
     check_matrix_csv(out, ds[5], labels_of(ds))
+    # D2 by token (plot_one_layer_short_seq): the first 4 tokens of prompt 2, norms as stored and as
+    # shares of the token's total, scores as stored, chosen = the stored top-k
+    export(cli, session, out, "token-norms-scores", "--layer", str(L), "--prompt", "2")
+    header, rows = read_csv(out)
+    assert header == ["token", "piece", "expert", "norm", "norm_share", "score", "chosen"]
+    norms, scores = a[f"norm_score_ranks/{RUN}/layers/{L}/norms"][()], a[f"norm_score_ranks/{RUN}/layers/{L}/scores"][()]
+    off = h5[f"runs/{RUN}/prompt_offsets"][()]
+    top = h5[f"runs/{RUN}/layers/{L}/topk_experts"][()]
+    E = norms.shape[1]
+    shown = np.arange(off[2], min(off[2] + 4, off[3]))
+    assert len(rows) == len(shown) * E
+    assert [int(r[0]) for r in rows] == list(np.repeat(shown, E)) and [int(r[2]) for r in rows] == list(range(E)) * len(shown)
+    assert np.array_equal(f32([r[3] for r in rows]).reshape(-1, E), norms[shown])
+    share = norms[shown].astype(np.float64) / norms[shown].astype(np.float64).sum(1, keepdims=True)
+    np.testing.assert_allclose(np.array([float(r[4]) for r in rows]).reshape(-1, E), share, rtol=1e-6)
+    assert np.array_equal(f32([r[5] for r in rows]).reshape(-1, E), scores[shown])
+    chosen = np.zeros((len(shown), E), dtype=int)
+    for i, t in enumerate(shown):
+        chosen[i, top[t]] = 1
+    assert np.array_equal(np.array([int(r[6]) for r in rows]).reshape(-1, E), chosen)
     # D2 scatter: every token x expert, chosen = the stored top-k
     export(cli, session, out, "norms-vs-scores", "--layer", str(L))
     header, rows = read_csv(out)
@@ -275,6 +296,41 @@ def test_dynamic_csv_equals_session(cli, session, h5, tmp_path):
         ch = h5[f"runs/{RUN}/layers/{r[0]}/topk_experts"][()][at]
         n = int((ch == int(r[1])).sum())
         assert int(r[2]) == n and float(r[3]) == n / ch.size, r
+    # per-token routing entropy of prompt 1, every layer, from the stored router logits (scipy)
+    from scipy.special import softmax
+    from scipy.stats import entropy
+    export(cli, session, out, "token-entropy", "--prompt", "1")
+    header, rows = read_csv(out)
+    off = h5[f"runs/{RUN}/prompt_offsets"][()]
+    assert header[0] == "layer" and [int(c.split(":")[0]) for c in header[1:]] == list(range(off[1], off[2]))
+    layers = [int(x) for x in a[f"expert_load/{RUN}/counts"].attrs["layers"]]
+    assert [int(r[0]) for r in rows] == layers
+    for r in rows:
+        z = h5[f"runs/{RUN}/layers/{r[0]}/router_logits"][()][off[1]:off[2]].astype(np.float64)
+        np.testing.assert_allclose([float(x) for x in r[1:]], entropy(softmax(z, axis=1), axis=1), rtol=1e-12)
+    # ... looked up by its id, and by its text: the same table
+    export(cli, session, out, "token-experts", "--token", "5")
+    same = read_csv(out)[1]
+    pieces = [x.decode() for x in h5[f"runs/{RUN}/token_pieces"][()]]
+    for opts in (("--token-id", str(tokens[5])), ("--token-text", pieces[5])):
+        export(cli, session, out, "token-experts", *opts)
+        assert read_csv(out)[1] == same, opts
+    # by text but for surrounding spaces: the id whose piece reads it exactly first, then the most
+    # frequent, then the smaller id
+    q = next(p.strip() for p in pieces if p.startswith(" ") and len(p.strip()) > 1)
+    cand = {}
+    for t, p in zip(tokens, pieces):
+        if p == q or p.strip() == q:
+            cand[t] = cand.get(t, 0) + 1
+    exact = {t for t, p in zip(tokens, pieces) if p == q}
+    want = min(cand, key=lambda t: (t not in exact, -cand[t], t))
+    export(cli, session, out, "token-experts", "--token-text", q)
+    _, rows = read_csv(out)
+    for r in rows:
+        ch = h5[f"runs/{RUN}/layers/{r[0]}/topk_experts"][()][tokens == want]
+        assert int(r[2]) == int((ch == int(r[1])).sum()), (q, want, r)
+    r = run_cli(cli, "export", session, "--view", "token-experts", "--token-id", "999999", "--out", out, check=False)
+    assert r.returncode == 1 and "id 999999" in r.stderr, r.stderr
 
 
 def test_static_tables_csv_equal_session(cli, session, h5, tmp_path):

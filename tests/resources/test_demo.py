@@ -212,6 +212,7 @@ def test_domain_findings_reproduced(cli, tmp_path):
     """resources/demo/domain_demo.py: the README's domain-specialisation table (computed in PyTorch
     and numpy when the demo was trained) reproduced by the app's corpus command on the held-out
     documents (fetched from Debian, as train_demo.py does, into build/demo-work)."""
+    require("h5py"), require("tokenizers")  # what the script reads with
     work = os.path.join(os.environ.get("EXPERTSCOPE_BUILD_DIR", os.path.join(DEMO, "..", "..", "build")), "demo-work")
     r = subprocess.run([sys.executable, os.path.join(DEMO, "domain_demo.py"), "--cli", cli, "--work", work,
                         "--out", str(tmp_path / "domain.h5")], capture_output=True, text=True, timeout=900)

@@ -269,7 +269,7 @@ private Q_SLOTS:
             ++compared;
         }
         QVERIFY2(failures.isEmpty(), qPrintable(failures.join("\n") + "\nrenders in " + renders));
-        QCOMPARE(compared, 23);
+        QCOMPARE(compared, 25);
     }
 
     // A bar of the load chart: its tooltip is the stored share; clicking it selects the expert
