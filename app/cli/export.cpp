@@ -109,10 +109,11 @@ int cmdExport(const std::vector<std::string>& args, int argc, char** argv) {
         else if (a == "--measure") req.measure = optionValue(args, i, "export");
         else if (a == "--prompt") req.prompt = parseInt(optionValue(args, i, "export"), "--prompt", 0);
         else if (a == "--token") req.token = parseInt(optionValue(args, i, "export"), "--token", 0);
-        else if (a == "--token-id")
-            req.tokenQuery = "#" + std::to_string(parseInt(optionValue(args, i, "export"), "--token-id", 0));
-        else if (a == "--token-text") req.tokenQuery = optionValue(args, i, "export");
-        else if (a == "--scale") req.scale = optionValue(args, i, "export");
+        else if (a == "--token-id") req.tokenId = parseInt(optionValue(args, i, "export"), "--token-id", 0);
+        else if (a == "--token-text") {
+            req.tokenText = optionValue(args, i, "export");
+            if (req.tokenText.empty()) throw UsageError("export: --token-text needs the token's text");
+        } else if (a == "--scale") req.scale = optionValue(args, i, "export");
         else if (a == "--mask-diagonal") req.maskDiagonal = true;
         else if (a == "--cell-values") req.cellValues = true;
         else if (a == "--width") width = parseInt(optionValue(args, i, "export"), "--width", 16);
@@ -126,6 +127,8 @@ int cmdExport(const std::vector<std::string>& args, int argc, char** argv) {
     if (session.empty()) throw UsageError("export: no session file given");
     if (!list && req.view.empty()) throw UsageError("export: --view NAME or --list is needed");
     if (!list && out.empty()) throw UsageError("export: --out FILE is needed");
+    if (req.tokenId >= 0 && !req.tokenText.empty())
+        throw UsageError("export: give --token-id or --token-text, not both");
     // checked in a child process first: a damaged file cannot crash us (views read run data)
     Session s = openCheckedSession(session, /*readData=*/!list);
     if (list) {

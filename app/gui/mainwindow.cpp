@@ -906,8 +906,12 @@ void MainWindow::corpusDialog() {
     const std::string spoolPath = corpusSpoolPath(session_->path(), run);
     const QString spool = q(spoolPath);
     bool resume = false;
-    if (QFileInfo(spool).isDir() &&
-        std::find(spoolsAfterSave_.begin(), spoolsAfterSave_.end(), spoolPath) == spoolsAfterSave_.end()) {
+    if (QFileInfo(spool).isDir()) {
+        if (!jobs_->idle()) {  // a job of a replaced session may still be writing into the folder
+            showError("Cannot trace a corpus",
+                      "Wait for the running jobs to end: the folder " + spool + " may still be in use.");
+            return;
+        }
         const auto answer =
             QMessageBox::question(this, "A stopped corpus run",
                                   "The batches of a stopped run '" + name->text() + "' are in " + spool +

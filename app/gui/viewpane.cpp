@@ -173,6 +173,7 @@ ViewPane::ViewPane(const QString& id, const QString& title, std::vector<Mode> mo
 
 void ViewPane::setSession(const Session* s) {
     session_ = s;
+    tokenQuery_->clear();  // a token looked up in another session's run
     refresh();
 }
 
@@ -290,8 +291,13 @@ ViewRequest ViewPane::request() const {
     r.run = run_->currentText().toStdString();
     r.prompt = std::max(0, prompt_->currentIndex());
     r.token = token_->value();
-    if (i && i->tokenQuery)
-        r.tokenQuery = tokenQuery_->text().trimmed().isEmpty() ? "" : tokenQuery_->text().toStdString();
+    if (i && i->tokenQuery && !tokenQuery_->text().trimmed().isEmpty()) {  // "#17": an id; anything else: text
+        const QString t = tokenQuery_->text();
+        bool id = false;
+        const qlonglong v = t.startsWith('#') ? t.mid(1).toLongLong(&id) : 0;
+        if (id && v >= 0) r.tokenId = v;
+        else r.tokenText = t.toStdString();
+    }
     r.scale = hasScale(r.view) ? scale_->currentData().toString().toStdString() : "layer";
     const bool matrix = viewDescription(r.view).expertMatrix;
     r.maskDiagonal = matrix && mask_->isChecked();
@@ -444,6 +450,7 @@ void ViewPane::restoreState(const std::string& json) {
     setPrompt(num("prompt", 0));
     setToken(num("token", 0));
     tokenQuery_->setText(str("token_query"));
+    redraw();  // setText does not emit editingFinished
     if (num("layer", -1) >= 0) setLayer(num("layer", -1));
     view_->setSelectedExpert(num("selected_expert", -1));
     view_->setSelectedToken(j.contains("selected_token") && j["selected_token"].is_number_integer()

@@ -114,9 +114,11 @@ struct ViewRequest {
     std::string measure;  // a view's variant (see ViewInfo::measures)
     int prompt = 0;       // routing views: which prompt of the run
     int token = 0;        // per-token views: which of the stored first tokens
-    // token-experts: the token looked up, as "#ID" (a vocabulary id) or as its text (the run's
-    // most frequent id whose piece reads so, surrounding spaces aside); empty: the id at `token`
-    std::string tokenQuery;
+    // token-experts: the token looked up by its vocabulary id (>= 0), or by its text: the run's id
+    // whose piece reads so exactly, else but for surrounding spaces (then the most frequent, then
+    // the smaller id); neither: the id at `token`
+    int64_t tokenId = -1;
+    std::string tokenText;
     std::string scale = "layer";  // heatmap colour range: layer | global (over all layers)
     bool maskDiagonal = false;    // expert x expert matrices: mask the diagonal (always 1 for a similarity)
     bool cellValues = false;      // heatmaps: write each cell's value
@@ -134,7 +136,7 @@ struct ViewInfo {
     bool colourScale = false;   // a heatmap whose colour range can be per layer or global
     bool expertMatrix = false;  // an expert x expert heatmap: its diagonal can be masked
     std::string tokenMeasure;   // perToken: the token control shows with this measure only ("": always)
-    bool tokenQuery = false;    // a token can be looked up by its id or text (ViewRequest::tokenQuery)
+    bool tokenQuery = false;    // a token can be looked up by its id or text (ViewRequest::tokenId, tokenText)
     std::string emptyHint;      // what fills the view when the session has no results for it
 };
 

@@ -805,6 +805,7 @@ Figure tokenNormsScores(const Session& s, const ViewRequest& req) {
                     "/analyses/" + id + "/layers/" + std::to_string(L));
     auto [b, e] = promptRange(s, req, run);
     if (e > T) throw Error("norm_score_ranks has fewer tokens than the run", sessionName(s), "/analyses/" + id);
+    if (e == b) throw Error("view '" + req.view + "': prompt " + std::to_string(req.prompt) + " has no tokens");
     const int64_t shown = std::min(kTokens, e - b);
     const LayerTrace lt = routerRecords(s, req, run, L);
     const auto labels = tokenLabels(s, run);
@@ -904,6 +905,7 @@ Figure tokenEntropy(const Session& s, const ViewRequest& req) {
     if (info.moeLayers.empty()) throw Error("run '" + run + "' records no MoE layer", sessionName(s), "/runs/" + run);
     const auto labels = tokenLabels(s, run);
     const int64_t n = e - b;
+    if (n == 0) throw Error("view '" + req.view + "': prompt " + std::to_string(req.prompt) + " has no tokens");
     Figure f;
     f.view = req.view;
     f.title = "Routing entropy of every token, run " + run + ", prompt " + std::to_string(req.prompt) +
@@ -1406,10 +1408,12 @@ Figure tokenExperts(const Session& s, const ViewRequest& req) {
     const auto labels = tokenLabels(s, run);
     int64_t v = tokens[static_cast<size_t>(req.token)];
     std::string piece = static_cast<size_t>(req.token) < labels.size() ? labels[req.token] : std::to_string(v);
-    if (!req.tokenQuery.empty()) {  // looked up by id or by text: the id's first occurrence names it
-        const std::string& qy = req.tokenQuery;
-        const bool byId = qy.size() > 1 && qy[0] == '#' && qy.size() < 20 &&
-                          std::all_of(qy.begin() + 1, qy.end(), [](char c) { return c >= '0' && c <= '9'; });
+    if (req.tokenId >= 0 || !req.tokenText.empty()) {  // looked up: the id's first occurrence names it
+        const std::string& qy = req.tokenText;
+        const bool byId = req.tokenId >= 0;
+        auto pieceAt = [&](int64_t t) {
+            return static_cast<size_t>(t) < labels.size() ? labels[static_cast<size_t>(t)] : std::string();
+        };
         auto trim = [](const std::string& x) {
             const size_t a = x.find_first_not_of(' '), b = x.find_last_not_of(' ');
             return a == std::string::npos ? std::string() : x.substr(a, b - a + 1);
@@ -1417,26 +1421,24 @@ Figure tokenExperts(const Session& s, const ViewRequest& req) {
         std::map<int64_t, int64_t> count, first;  // matching ids: occurrences, first position
         for (int64_t t = 0; t < T; ++t) {
             const int64_t id = tokens[static_cast<size_t>(t)];
-            const std::string& p = static_cast<size_t>(t) < labels.size() ? labels[static_cast<size_t>(t)] : "";
-            if (byId ? id == std::stoll(qy.substr(1)) : (p == qy || trim(p) == trim(qy))) {
+            const std::string p = byId ? std::string() : pieceAt(t);
+            if (byId ? id == req.tokenId : (p == qy || trim(p) == trim(qy))) {
                 if (!count[id]++) first[id] = t;
             }
         }
         if (count.empty())
             throw Error("view '" + req.view + "': no token of run '" + run + "' is " +
-                            (byId ? "id " + qy.substr(1) : "'" + qy + "'"),
+                            (byId ? "id " + std::to_string(req.tokenId) : "'" + qy + "'"),
                         sessionName(s), "/runs/" + run + "/tokens");
         // the exact piece first, then the most frequent, then the smaller id
         auto better = [&](int64_t a, int64_t b) {
-            const bool ea = labels[static_cast<size_t>(first[a])] == qy,
-                       eb = labels[static_cast<size_t>(first[b])] == qy;
+            const bool ea = !byId && pieceAt(first[a]) == qy, eb = !byId && pieceAt(first[b]) == qy;
             return ea != eb ? ea : count[a] != count[b] ? count[a] > count[b] : a < b;
         };
         v = count.begin()->first;
         for (const auto& [id, c] : count)
             if (better(id, v)) v = id;
-        piece =
-            static_cast<size_t>(first[v]) < labels.size() ? labels[static_cast<size_t>(first[v])] : std::to_string(v);
+        piece = pieceAt(first[v]).empty() ? std::to_string(v) : pieceAt(first[v]);
     }
     std::vector<int64_t> at;  // the positions of the id
     for (int64_t t = 0; t < T; ++t)

@@ -635,7 +635,9 @@ private Q_SLOTS:
         // ... or by the id typed in (the figure's title names it)
         auto* find = routingPane->findChild<QLineEdit*>("tokenQuery");
         QVERIFY(find && find->isVisibleTo(routingPane));
-        const int64_t id3 = s->runTokens("intervention1-baseline")[3];
+        const std::vector<int64_t> ids = s->runTokens("intervention1-baseline");
+        const int64_t id3 = *std::find_if(ids.begin() + 1, ids.end(), [&](int64_t x) { return x != ids[0]; });
+        routingPane->setToken(0);  // the view must show the id typed in, not the one at the position
         find->setText(QString("#%1").arg(id3));
         Q_EMIT find->editingFinished();
         QVERIFY(routingPane->hasFigure());
