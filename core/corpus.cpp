@@ -341,7 +341,9 @@ CorpusOutcome runCorpus(const std::shared_ptr<Checkpoint>& ckpt, const ModelSpec
     if (req.statistics) {
         std::map<std::string, Result> stats;
         try {
-            stats = corpusStatistics(s, req.run, withCancel(req.stats, req.cancel));
+            CorpusStatsOptions so = req.stats;
+            so.cancel = req.cancel;
+            stats = corpusStatistics(s, req.run, so);
         } catch (const Error&) {
             if (req.cancel && req.cancel->load()) return out;  // stopped: --resume joins and computes again
             throw;
@@ -576,11 +578,6 @@ CorpusOutcome traceCorpus(const std::shared_ptr<Checkpoint>& ckpt, const ModelSp
     }
     out.joined = joined;
     return out;
-}
-
-CorpusStatsOptions withCancel(CorpusStatsOptions o, const std::atomic<bool>* cancel) {
-    o.cancel = cancel;
-    return o;
 }
 
 }  // namespace es

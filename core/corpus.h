@@ -48,7 +48,6 @@ public:
     int64_t lines() const { return lines_; }    // lines read so far
     int64_t size() const { return size_; }
     bool jsonl() const { return jsonl_; }
-    const std::string& path() const { return path_; }
 
 private:
     bool readLine(std::string& line);
@@ -111,7 +110,5 @@ CorpusOutcome runCorpus(const std::shared_ptr<Checkpoint>& ckpt, const ModelSpec
 // req.session names where the spool lives.
 CorpusOutcome traceCorpus(const std::shared_ptr<Checkpoint>& ckpt, const ModelSpec& spec, const Tokenizer& tok,
                           const CorpusRequest& req);
-// `o` with `cancel` as its cancel flag
-CorpusStatsOptions withCancel(CorpusStatsOptions o, const std::atomic<bool>* cancel);
 
 }  // namespace es

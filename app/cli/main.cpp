@@ -692,11 +692,7 @@ void printCorpusResults(const es::Session& s, const std::vector<std::string>& id
         const es::Result& r = s.result(id);
         nlohmann::json o{{"id", id}, {"kind", r.kind}};
         if (r.kind == "domain") {
-            auto vec = [&](const char* name) {
-                const es::Array& a = r.arrays.at(name);
-                return std::vector<double>(reinterpret_cast<const double*>(a.bytes.data()),
-                                           reinterpret_cast<const double*>(a.bytes.data()) + a.shape[0]);
-            };
+            auto vec = [&](const char* name) { return r.arrays.at(name).toDoubles(); };
             o["layers"] = nlohmann::json::parse(r.paramsJson)["layers"];
             for (const char* n :
                  {"js_all", "js_all_permuted_mean", "js_all_p", "js_mean", "js_mean_permuted_mean", "js_mean_p"})

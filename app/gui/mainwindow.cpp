@@ -962,7 +962,8 @@ bool MainWindow::traceCorpusFile(const QString& file, const QString& run, const 
                       auto results = std::make_shared<std::map<std::string, Result>>();
                       if (!out->joined.empty()) {  // the statistics from the joined run (a session file of its own)
                           const Session joined = Session::open(out->joined);
-                          CorpusStatsOptions so = withCancel(req->stats, ctx.cancel);
+                          CorpusStatsOptions so = req->stats;
+                          so.cancel = ctx.cancel;
                           so.progress = req->progress;
                           *results = corpusStatistics(joined, name, so);
                       }

@@ -1616,7 +1616,6 @@ struct RunWriter::Impl {
     SessionModel model;
     H file{-1, H5Fclose};
     int64_t tokens = 0, prompts = 0;
-    nlohmann::json state = nlohmann::json::object();
     std::vector<std::string> warnings;
 };
 
@@ -1628,10 +1627,6 @@ RunWriter::~RunWriter() {
 }
 RunWriter::RunWriter(RunWriter&&) noexcept = default;
 RunWriter& RunWriter::operator=(RunWriter&&) noexcept = default;
-const std::string& RunWriter::path() const { return d_->path; }
-std::string RunWriter::state() const { return d_->state.dump(); }
-int64_t RunWriter::tokens() const { return d_->tokens; }
-int64_t RunWriter::prompts() const { return d_->prompts; }
 
 RunWriter RunWriter::create(const std::string& pathIn, const SessionModel& model, const std::string& name) {
     validName("run", name);
@@ -1657,7 +1652,7 @@ RunWriter RunWriter::create(const std::string& pathIn, const SessionModel& model
     growable(d.file, d.base + "/prompt_offsets", H5T_STD_I64LE, 0, false, d.path, "/" + d.base + "/prompt_offsets");
     appendRows(d.file, d.base + "/prompt_offsets", H5T_NATIVE_INT64, 0, 1, 0, &zero, d.path);
     growable(d.file, d.base + "/tokens", H5T_STD_I64LE, 0, false, d.path, "/" + d.base + "/tokens");
-    setAttrString(run, "corpus_json", d.state.dump(), d.path, "/" + d.base);
+    setAttrString(run, "corpus_json", "{}", d.path, "/" + d.base);
     check(H5Fflush(d.file, H5F_SCOPE_GLOBAL), d.path, "", "flush");
     return s;
 }
@@ -1796,7 +1791,6 @@ void RunWriter::commit(const std::string& stateJson) {
     H run(H5Gopen2(d.file, d.base.c_str(), H5P_DEFAULT), H5Gclose);
     setAttrString(run, "corpus_json", st.dump(), d.path, at);
     check(H5Fflush(d.file, H5F_SCOPE_GLOBAL), d.path, "", "flush");
-    d.state = std::move(st);
 }
 
 void RunWriter::close() {

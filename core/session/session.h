@@ -146,10 +146,6 @@ public:
     RunWriter& operator=(RunWriter&&) noexcept;
     // A new file at `path` (which must not exist) for run `name` of `model`.
     static RunWriter create(const std::string& path, const SessionModel& model, const std::string& name);
-    const std::string& path() const;
-    std::string state() const;  // the last corpus_json written ("{}" before the first batch)
-    int64_t tokens() const;     // tokens and prompts written
-    int64_t prompts() const;
     // Appends a batch (its offsets start at 0; with promptLabels and promptDocuments, its layers
     // those of the first batch, no norms, logits or hidden states) and writes `stateJson` (a JSON
     // object; the counts "tokens" and "prompts" are set here) as the run's corpus_json.
