@@ -68,7 +68,9 @@ const char* kUsage = R"(usage:
                   [--allow-long]
   expertscope-cli corpus-stats SESSION.h5 --run NAME [--labels FILE] [--permutations N] [--seed S] [--json]
   expertscope-cli emoe DENSE_CHECKPOINT --experts N --top-k K [--layers all|START:EVERY|LIST]
-                  [--gating avg-k|mean-key] [--seed S] [--restarts R] [--format expertscope|mixtral] --out DIR
+                  [--gating avg-k|up|up-abs|inter|inter-abs|mean-key|mean-key-unit]
+                  [--clustering balanced-kmeans|random|contiguous] [--seed S] [--restarts R]
+                  [--format expertscope|mixtral] --out DIR
   expertscope-cli export SESSION.h5 --list [--json]
   expertscope-cli export SESSION.h5 --view NAME [--run NAME] [--layer L] [--kind ffn|attention]
                   [--matrix gate|up|down|router|query|output]
@@ -357,6 +359,7 @@ int cmdEmoe(const std::vector<std::string>& args) {
         else if (a == "--layers") layers = optionValue(args, i, "emoe");
         else if (a == "--gating") opt.gating = optionValue(args, i, "emoe");
         else if (a == "--format") opt.format = optionValue(args, i, "emoe");
+        else if (a == "--clustering") opt.clustering = optionValue(args, i, "emoe");
         else if (a == "--seed") opt.seed = static_cast<uint64_t>(parseInt(optionValue(args, i, "emoe"), "--seed"));
         else if (a == "--restarts") opt.restarts = parseInt(optionValue(args, i, "emoe"), "--restarts");
         else if (a == "--out") out = optionValue(args, i, "emoe");
@@ -377,13 +380,17 @@ int cmdEmoe(const std::vector<std::string>& args) {
     };
     auto report = es::convertToEmoe(path, out, opt);
     std::cerr << "\n";
-    for (auto& r : report)
-        std::cerr << "  layer " << r.layer << ": objective " << r.objective << ", " << r.iterations << " iterations"
-                  << (r.converged ? "" : " (not converged)") << "\n";
+    for (auto& r : report) {
+        std::cerr << "  layer " << r.layer << ": objective " << r.objective;
+        if (opt.clustering == "balanced-kmeans")
+            std::cerr << ", " << r.iterations << " iterations" << (r.converged ? "" : " (not converged)");
+        std::cerr << "\n";
+    }
     std::cerr << opt.experts << " experts, top-" << opt.topK << ", "
               << (opt.format == "mixtral" ? std::string("Mixtral format (router = mean key rows)")
                                           : opt.gating + " gating")
-              << ", " << report.size() << " layer(s) -> " << out << "\n";
+              << (opt.clustering == "balanced-kmeans" ? "" : ", " + opt.clustering + " partition (a baseline)") << ", "
+              << report.size() << " layer(s) -> " << out << "\n";
     return 0;
 }
 

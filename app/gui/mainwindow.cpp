@@ -1456,7 +1456,7 @@ void MainWindow::exportDialog() {
 }
 
 bool MainWindow::convertToEmoe(const QString& outDir, int experts, int topK, const QString& layers,
-                               const QString& gating, int seed, const QString& format) {
+                               const QString& gating, int seed, const QString& format, const QString& clustering) {
     if (!ckpt_ || !spec_ || !spec_->moeLayers().empty()) {
         showError("Cannot convert",
                   "EMoE converts a dense model: open a dense Llama, Mistral, Qwen2 or BERT checkpoint first.");
@@ -1474,6 +1474,7 @@ bool MainWindow::convertToEmoe(const QString& outDir, int experts, int topK, con
     opt.gating = gating.toStdString();
     opt.seed = static_cast<uint64_t>(seed);
     opt.format = format.toStdString();
+    opt.clustering = clustering.toStdString();
     const std::string dense = ckpt_->path(), out = outDir.toStdString();
     const uint64_t target = generation_;
     jobs_->submit(
@@ -1514,7 +1515,15 @@ void MainWindow::emoeDialog() {
     auto* layers = new QLineEdit("all");
     layers->setToolTip("all, START:EVERY (e.g. 16:4) or a list (e.g. 28,30)");
     auto* gating = new QComboBox;
-    gating->addItems({"avg-k", "mean-key"});
+    for (const char* g : kEmoeGatingList) gating->addItem(g);
+    gating->setToolTip(
+        "avg-k: mean gate pre-activation of an expert's neurons (the paper's choice); up, up-abs, inter, inter-abs: "
+        "the mean of W_up x, |W_up x|, act(W_gate x) * W_up x or its absolute value; mean-key: a softmax router whose "
+        "rows are the mean key rows; mean-key-unit: those rows at unit length (the normalised one-score gate)");
+    auto* clustering = new QComboBox;
+    clustering->addItem("Balanced k-means of the keys", "balanced-kmeans");
+    clustering->addItem("Random equal partition (baseline)", "random");
+    clustering->addItem("Stored order in blocks (baseline)", "contiguous");
     auto* seed = new QSpinBox;
     seed->setRange(0, 1000000);
     auto* format = new QComboBox;
@@ -1524,13 +1533,17 @@ void MainWindow::emoeDialog() {
     connect(format, &QComboBox::currentIndexChanged, &d, [format, gating, layers] {
         const bool mixtral = format->currentData().toString() == "mixtral";
         gating->setEnabled(!mixtral);
-        if (mixtral) layers->setText("all");
+        if (mixtral) {  // its router is the mean key rows whatever the gating
+            layers->setText("all");
+            gating->setCurrentIndex(0);
+        }
         layers->setEnabled(!mixtral);
     });
     form->addRow(QString("Experts (F = %1 neurons)").arg(F), experts);
     form->addRow("Top-k", topK);
     form->addRow("Layers", layers);
     form->addRow("Gating", gating);
+    form->addRow("Clustering", clustering);
     form->addRow("Seed", seed);
     form->addRow("Format", format);
     // the output: a new folder (typed) or an existing empty one (chosen); a file dialog for a
@@ -1560,7 +1573,7 @@ void MainWindow::emoeDialog() {
     connect(buttons, &QDialogButtonBox::rejected, &d, &QDialog::reject);
     if (d.exec() != QDialog::Accepted) return;
     convertToEmoe(out->text().trimmed(), experts->value(), topK->value(), layers->text(), gating->currentText(),
-                  seed->value(), format->currentData().toString());
+                  seed->value(), format->currentData().toString(), clustering->currentData().toString());
 }
 
 QString MainWindow::currentRunOf(ViewPane* p) const {

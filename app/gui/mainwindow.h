@@ -88,7 +88,8 @@ public:
     // EMoE: converts the open dense checkpoint (a job with progress and Cancel; docs/emoe.md)
     // into outDir and opens the result with the dense model as its reference.
     bool convertToEmoe(const QString& outDir, int experts, int topK, const QString& layers = "all",
-                       const QString& gating = "avg-k", int seed = 0, const QString& format = "expertscope");
+                       const QString& gating = "avg-k", int seed = 0, const QString& format = "expertscope",
+                       const QString& clustering = "balanced-kmeans");
     // Saves the session (with every view's state, the prompts and the window layout) as a job
     // (startSave) and returns when it has finished, true when the file was written; the event
     // loop runs meanwhile, so the window stays responsive. A save asked for while another runs

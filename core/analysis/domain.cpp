@@ -7,6 +7,7 @@
 
 #include "analysis/analysis.h"
 #include "error.h"
+#include "rng.h"
 #include "version.h"
 
 namespace es {
@@ -52,16 +53,6 @@ void jsOf(const std::vector<double>& counts, int64_t D, int64_t E, std::vector<d
     if (pairs)
         for (int64_t d = 0; d < D; ++d) pairs[d * D + d] = 0;
     pairMean = sum / static_cast<double>(D * (D - 1) / 2);
-}
-
-// A uniform draw from [0, n) by rejection (the same on every platform, unlike
-// std::uniform_int_distribution, whose algorithm each standard library chooses)
-uint64_t below(std::mt19937_64& rng, uint64_t n) {
-    const uint64_t limit = UINT64_MAX - UINT64_MAX % n;
-    uint64_t x;
-    do x = rng();
-    while (x >= limit);
-    return x % n;
 }
 
 // numpy.percentile's default (linear interpolation between the order statistics)
@@ -115,8 +106,7 @@ Result domainSpecialisation(const DomainInput& in, int64_t permutations, uint64_
     std::vector<int64_t> geMean(static_cast<size_t>(L), 0), geAll(static_cast<size_t>(L), 0);
     for (int64_t i = 0; i < permutations; ++i) {
         if (cancel && cancel->load()) throw Error("cancelled", "", "domain specialisation");
-        for (int64_t g = G - 1; g > 0; --g)
-            std::swap(lab[static_cast<size_t>(g)], lab[static_cast<size_t>(below(rng, static_cast<uint64_t>(g) + 1))]);
+        shuffleInPlace(lab, rng);
         const std::vector<double> c = labelCounts(lab);
         for (int64_t l = 0; l < L; ++l) {
             std::vector<double> cl(c.begin() + l * D * E, c.begin() + (l + 1) * D * E);

@@ -139,8 +139,13 @@ std::vector<double> routerRowCosine(const Checkpoint& ckpt, const ModelSpec& spe
     if (layer < 0 || layer >= spec.numLayers || !spec.layers[layer].moe)
         throw Error("layer " + std::to_string(layer) + " is not an MoE layer", ckpt.path(), "layer");
     if (spec.layout == ExpertLayout::Blocks) {
-        // EMoE: the router rows are the experts' mean key rows (avg-k scores are x . mean key)
-        const TensorView& g = ckpt.get(spec.tensorName(Role::FfnGate, layer));
+        // EMoE: the router rows are the experts' mean key rows (avg-k scores are x . mean key);
+        // their mean up rows where the gating scores the up projection (x . mean up). The other
+        // neuron scores (|u|, h, |h|) have no linear router: S4 shows the mean key rows, what the
+        // clustering grouped (docs/emoe.md)
+        const bool up = spec.router.scoring == RouterRule::Scoring::MeanPreactivation &&
+                        spec.router.neuronScore == RouterRule::NeuronScore::Up;
+        const TensorView& g = ckpt.get(spec.tensorName(up ? Role::FfnUp : Role::FfnGate, layer));
         const std::vector<double> keys = toDoubles(g);
         const int64_t E = spec.numExperts, S = spec.expertFfn, d = spec.hidden;
         std::vector<double> rows(static_cast<size_t>(E * d), 0.0);

@@ -20,6 +20,7 @@
 #include "error.h"
 #include "jsonfile.h"
 #include "model/spec.h"
+#include "rng.h"
 #include "version.h"
 
 namespace es {
@@ -235,6 +236,41 @@ std::vector<double> unitRows(const TensorView& t) {
     return out;
 }
 
+// The balanced k-means objective of a given assignment: the sum over rows of x [n, d] of the
+// squared distance to their cluster's mean.
+double clusterObjective(const std::vector<double>& x, int64_t n, int64_t d, const std::vector<int32_t>& labels,
+                        int64_t k) {
+    torch::Tensor X = torch::from_blob(const_cast<double*>(x.data()), {n, d}, torch::kDouble);
+    torch::Tensor lab = torch::tensor(std::vector<int64_t>(labels.begin(), labels.end()), torch::kLong);
+    torch::Tensor sums = torch::zeros({k, d}, X.options()).index_add_(0, lab, X);
+    torch::Tensor counts = torch::bincount(lab, {}, k).to(torch::kDouble).clamp_min(1).unsqueeze(1);
+    return (X - (sums / counts).index_select(0, lab)).pow(2).sum().item<double>();
+}
+
+// The baseline partitions (EmoeOptions::clustering): a seeded random one of equal-sized experts,
+// or the neurons in their stored order cut into blocks (the paper code's --random_cluster).
+std::vector<int32_t> baselineLabels(const std::string& method, int64_t F, int64_t N, uint64_t seed) {
+    std::vector<int64_t> order(static_cast<size_t>(F));
+    std::iota(order.begin(), order.end(), 0);
+    if (method == "random") {
+        std::mt19937_64 rng(seed);
+        shuffleInPlace(order, rng);
+    }
+    std::vector<int32_t> labels(static_cast<size_t>(F));
+    for (int64_t i = 0; i < F; ++i)
+        labels[static_cast<size_t>(order[static_cast<size_t>(i)])] = static_cast<int32_t>(i / (F / N));
+    return labels;
+}
+
+std::string clusteringMethod(const std::string& name) {
+    if (name == "random")
+        return "baseline: the neurons shuffled (Fisher-Yates, mt19937_64 seeded with seed + layer) and cut into "
+               "equal blocks";
+    if (name == "contiguous") return "baseline: the neurons in their stored order cut into equal blocks";
+    return "balanced k-means: k-means++ seeding, exact balanced assignment (min-cost flow), mean update, until the "
+           "assignment stops changing";
+}
+
 // The names of a layer's dense FFN tensors present in the spec's table.
 std::vector<std::string> ffnTensorNames(const ModelSpec& spec, int l) {
     std::vector<std::string> v;
@@ -374,8 +410,16 @@ std::vector<EmoeLayerReport> convertToEmoe(const std::string& dense, const std::
                         " experts (balanced experts need F / N neurons each)",
                     cfgFile, "intermediate_size");
     if (K < 1 || K > N) throw Error("--top-k must be between 1 and the number of experts (" + std::to_string(N) + ")");
-    if (opt.gating != "avg-k" && opt.gating != "mean-key")
-        throw Error("--gating must be avg-k or mean-key, not '" + opt.gating + "'");
+    if (std::find_if(std::begin(kEmoeGatingList), std::end(kEmoeGatingList),
+                     [&](const char* g) { return opt.gating == g; }) == std::end(kEmoeGatingList))
+        throw Error("--gating must be " + std::string(kEmoeGatings) + ", not '" + opt.gating + "'", "", "--gating");
+    if ((opt.gating == "up" || opt.gating == "up-abs") && !spec.has(Role::FfnUp))
+        throw Error(
+            "--gating " + opt.gating + " scores the up projection; this model's FFN (" + spec.modelType + ") has none",
+            cfgFile, "model_type");
+    if (opt.clustering != "balanced-kmeans" && opt.clustering != "random" && opt.clustering != "contiguous")
+        throw Error("--clustering must be balanced-kmeans, random or contiguous, not '" + opt.clustering + "'", "",
+                    "--clustering");
     std::vector<int> layers = opt.layers;
     if (layers.empty()) layers = parseLayerSelection("all", static_cast<int>(spec.numLayers));
     for (int l : layers)
@@ -386,6 +430,10 @@ std::vector<EmoeLayerReport> convertToEmoe(const std::string& dense, const std::
         throw Error("--format must be expertscope or mixtral, not '" + opt.format + "'");
     if (mixtral) {
         const nlohmann::json& c = ckpt->config();
+        if (opt.gating != "avg-k" && opt.gating != "mean-key")
+            throw Error("the Mixtral format routes by the mean key rows (a softmax router); --gating " + opt.gating +
+                            " exists only in the expertscope format",
+                        "", "--gating");
         if (spec.family != "llama" && spec.family != "mistral")
             throw Error("the Mixtral format holds converted Llama or Mistral models, not '" + spec.modelType +
                             "' (Mixtral has no attention biases or encoder layers)",
@@ -420,8 +468,15 @@ std::vector<EmoeLayerReport> convertToEmoe(const std::string& dense, const std::
         if (opt.progress)
             opt.progress(0.9 * static_cast<double>(li) / layers.size(), "clustering layer " + std::to_string(l));
         const std::vector<double> keys = unitRows(ckpt->get(spec.tensorName(Role::FfnGate, l)));
-        BalancedKMeans km =
-            balancedKMeans(keys.data(), F, d, N, opt.seed + static_cast<uint64_t>(l), opt.restarts, opt.maxIter);
+        const uint64_t seed = opt.seed + static_cast<uint64_t>(l);
+        BalancedKMeans km;
+        if (opt.clustering == "balanced-kmeans") {
+            km = balancedKMeans(keys.data(), F, d, N, seed, opt.restarts, opt.maxIter);
+        } else {  // a baseline: its objective is measured, for comparison with the clustering's
+            km.labels = baselineLabels(opt.clustering, F, N, seed);
+            km.objective = clusterObjective(keys, F, d, km.labels, N);
+            km.converged = true;
+        }
         // experts ordered by their lowest neuron; neurons ascending inside an expert
         std::vector<std::vector<int64_t>> members(static_cast<size_t>(N));
         for (int64_t i = 0; i < F; ++i) members[km.labels[i]].push_back(i);
@@ -503,9 +558,8 @@ std::vector<EmoeLayerReport> convertToEmoe(const std::string& dense, const std::
             {"seed", opt.seed},
             {"clustering",
              {{"vectors", "rows of " + keyLeaf + " (the FFN keys), L2-normalised"},
-              {"method",
-               "balanced k-means: k-means++ seeding, exact balanced assignment (min-cost flow), mean update, "
-               "until the assignment stops changing"},
+              {"name", opt.clustering},
+              {"method", clusteringMethod(opt.clustering)},
               {"objective",
                "sum over neurons of the squared Euclidean distance of the normalised key to its expert's mean"},
               {"restarts", opt.restarts},
@@ -515,6 +569,14 @@ std::vector<EmoeLayerReport> convertToEmoe(const std::string& dense, const std::
                            " in the converted layers"},
             {"source", {{"path", ckpt->path()}, {"fingerprint", ckpt->fingerprint()}}},
             {"tool", toolVersion()}};
+        if (opt.clustering != "balanced-kmeans") {  // no iterations: only each layer's objective means something
+            block["clustering"].erase("restarts");
+            block["clustering"].erase("max_iter");
+            for (auto& r : block["clustering"]["per_layer"]) {
+                r.erase("iterations");
+                r.erase("converged");
+            }
+        }
         if (mixtral) {
             cfg = mixtralConfig(cfg, spec, N, K, size);
             block.erase("gating");

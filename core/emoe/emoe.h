@@ -42,7 +42,10 @@ std::vector<int32_t> balancedAssignment(const std::vector<double>& cost, int64_t
 struct EmoeOptions {
     int64_t experts = 0, topK = 0;
     std::vector<int> layers;       // empty: all
-    std::string gating = "avg-k";  // avg-k | mean-key
+    std::string gating = "avg-k";  // one of kEmoeGatingList (model/spec.h)
+    // balanced-kmeans (the paper's clustering), or a baseline: random (a seeded random partition
+    // into equal experts) or contiguous (the stored neuron order cut into blocks)
+    std::string clustering = "balanced-kmeans";
     // expertscope: the dense layout with the expertscope_emoe block (every gating, every family);
     // mixtral: a MixtralForCausalLM checkpoint (per-expert w1/w3/w2, router = mean key rows) for
     // training elsewhere; Llama or Mistral without attention biases, every layer converted.

@@ -322,13 +322,21 @@ void emoeBlock(ModelSpec& s, const Config& c) {
     }
     if (!b.contains("gating") || !b["gating"].is_string()) c.fail(key + ".gating", "missing or not a string");
     const std::string gating = b["gating"].get<std::string>();
-    if (gating == "avg-k") {
+    using NS = RouterRule::NeuronScore;
+    static const std::map<std::string, NS> neuronScores = {
+        {"avg-k", NS::Gate}, {"up", NS::Up}, {"up-abs", NS::UpAbs}, {"inter", NS::Inter}, {"inter-abs", NS::InterAbs}};
+    if (auto it = neuronScores.find(gating); it != neuronScores.end()) {
         s.router.scoring = RouterRule::Scoring::MeanPreactivation;
-    } else if (gating == "mean-key") {
+        s.router.neuronScore = it->second;
+        if ((it->second == NS::Up || it->second == NS::UpAbs) && s.family == "bert")  // the table comes later
+            c.fail(key + ".gating",
+                   "'" + gating + "' scores the up projection, which BERT's FFN (W1, GELU) does not have");
+    } else if (gating == "mean-key" || gating == "mean-key-unit") {
         s.router.scoring = RouterRule::Scoring::Softmax;
         s.router.routerFromKeys = true;
+        s.router.routerKeysUnit = gating == "mean-key-unit";
     } else {
-        c.fail(key + ".gating", "unknown gating '" + gating + "' (avg-k or mean-key)");
+        c.fail(key + ".gating", "unknown gating '" + gating + "' (" + std::string(kEmoeGatings) + ")");
     }
     s.router.renormalize = false;
     s.router.unitWeights = true;

@@ -234,10 +234,14 @@ void Model::Impl::loadExperts(LayerWeights& w, int l) const {
         }
         w.moeOutBias = loadOpt(Role::FfnDownBias, l);
         if (s.router.scoring == RouterRule::Scoring::MeanPreactivation) {
-            w.blockGate = g;
-            w.blockGateBias = b1;
+            w.blockFfn = swigluFfn(Tensor(), g, u, Tensor());
+            w.blockFfn.inBias = b1;
+            w.blockFfn.act = actCode();
         } else {
-            w.router = g.view({s.numExperts, S, s.hidden}).to(torch::kFloat).mean(1).to(dtype);  // mean key rows
+            Tensor keys = g.view({s.numExperts, S, s.hidden}).to(torch::kFloat).mean(1);  // mean key rows
+            // the normalised one-score gate: each row at unit length (tutel's F.normalize, eps 1e-12)
+            if (s.router.routerKeysUnit) keys = keys / keys.norm(2, 1, true).clamp_min(1e-12);
+            w.router = keys.to(dtype);
         }
         return;
     }

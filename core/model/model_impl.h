@@ -222,6 +222,24 @@ inline Tensor ffn(const Tensor& x, const Ffn& f) {
     return torch::linear(ffnHidden(x, f), f.down, f.outBias);
 }
 
+// Every neuron's score under EMoE's `select` (RouterRule::NeuronScore) on x [T, d] -> [T, F].
+inline Tensor neuronScores(const Ffn& f, const Tensor& x, RouterRule::NeuronScore s) {
+    using NS = RouterRule::NeuronScore;
+    switch (s) {
+        case NS::Gate:
+            return gatePre(x, f);
+        case NS::Up:
+            return torch::linear(x, f.up, f.upBias);
+        case NS::UpAbs:
+            return torch::linear(x, f.up, f.upBias).abs();
+        case NS::Inter:
+            return ffnHidden(x, f);
+        case NS::InterAbs:
+            return ffnHidden(x, f).abs();
+    }
+    return {};
+}
+
 // The per-layer tensors a router rule may read besides the logits.
 struct RouterExtras {
     Tensor selectionBias;  // [E], added to the scores to choose only
@@ -243,8 +261,8 @@ struct LayerWeights {
     Ffn mlp;                                                  // dense layers
     Tensor router, routerBias;                                // MoE layers
     RouterExtras routerExtras;                                // the selection bias and per-expert scales the rule reads
-    Tensor blockGate, blockGateBias;  // EMoE avg-k: the whole W_gate (+ b1), whose pre-activations score the experts
-    Tensor moeOutBias;                // W2's bias on EMoE BERT, mlp.bias on JetMoE: added once after the experts
+    Ffn blockFfn;       // EMoE avg-k: the whole W_gate (+ b1) and W_up (no W_down), whose neurons score the experts
+    Tensor moeOutBias;  // W2's bias on EMoE BERT, mlp.bias on JetMoE: added once after the experts
     Tensor attnRouter, attnQ, attnO, attnBias, kvProj;  // MoA (JetMoE): [E, d], [E, H, d], [E, d, H], [d], [2H, d]
     std::vector<Ffn> experts;                           // views; packed layouts are sliced, never copied on CPU
     Ffn shared;
@@ -592,7 +610,7 @@ struct Model::Impl {
         MoeOut out;
         if (r.scoring ==
             RouterRule::Scoring::MeanPreactivation)  // EMoE avg-k, in the compute dtype as the paper's code
-            out.logits = torch::linear(x, w.blockGate, w.blockGateBias).view({x.size(0), E, spec.expertFfn}).mean(-1);
+            out.logits = neuronScores(w.blockFfn, x, r.neuronScore).view({x.size(0), E, spec.expertFfn}).mean(-1);
         else if (routerInput.defined()) out.logits = torch::linear(routerInput, w.router, w.routerBias);
         else if (r.logitsInFloat32)
             out.logits = torch::linear(x.to(torch::kFloat), w.router.to(torch::kFloat),

@@ -29,8 +29,11 @@ const char* layoutName(ExpertLayout l) {
 }
 
 std::string RouterRule::describe() const {
-    if (scoring == Scoring::MeanPreactivation)
-        return "avg-k: mean gate pre-activation per expert, top-k, block mask (weight 1)";
+    if (scoring == Scoring::MeanPreactivation) {
+        const char* what[] = {"gate pre-activation", "up projection", "|up projection|", "activation", "|activation|"};
+        return std::string("avg-k: mean ") + what[static_cast<int>(neuronScore)] +
+               " per expert, top-k, block mask (weight 1)";
+    }
     if (scoring == Scoring::SparseMixer) {
         std::ostringstream o;
         o << "sparsemixer top-2 (each pick's softmax over the logits within " << 2 * jitterEps
@@ -38,7 +41,7 @@ std::string RouterRule::describe() const {
         return o.str();
     }
     std::string s = scoring == Scoring::Softmax ? "softmax" : "sigmoid";
-    if (routerFromKeys) s = "mean key rows, " + s;
+    if (routerFromKeys) s = (routerKeysUnit ? "unit mean key rows, " : "mean key rows, ") + s;
     if (bias) s = "biased router, " + s;
     if (scoring == Scoring::Softmax && !topkOnLogits && !renormalize && !unitWeights) s = "full " + s;
     if (selectionBias) s += ", selection bias";

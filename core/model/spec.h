@@ -24,15 +24,20 @@ class Checkpoint;
 // with top-k on the logits then softmax over the k as the other order (JetMoE, gpt-oss), or
 // top-k on the logits then the sigmoid of each, as weights that scale the experts' inputs (Llama 4).
 struct RouterRule {
-    // MeanPreactivation: EMoE's avg-k gating; an expert's score is the mean of its neurons' gate
-    // pre-activations (W_gate x), there is no router matrix, and scores are not normalised.
+    // MeanPreactivation: EMoE's avg-k gating; an expert's score is the mean over its neurons of
+    // `neuronScore` (the gate pre-activations W_gate x by default), there is no router matrix,
+    // and scores are not normalised.
     // SparseMixer: PhiMoE's top-2 at inference (transformers' sparsemixer, not training): the best
     // expert, weighted by its softmax over the logits within jitterEps-relative reach of the best;
     // then the same among the others
     enum class Scoring { Softmax, Sigmoid, MeanPreactivation, SparseMixer };
     enum class GroupScore { Max, SumTop2 };
     enum class Shared { None, Ungated, SigmoidGated };
+    // what MeanPreactivation averages per neuron (EMoE's `select`): g = W_gate x (+ b1), u = W_up x,
+    // |u|, h = act(g) * u (act(g) on a GELU FFN), |h|
+    enum class NeuronScore { Gate, Up, UpAbs, Inter, InterAbs };
     Scoring scoring = Scoring::Softmax;
+    NeuronScore neuronScore = NeuronScore::Gate;
     // top-k on the logits, then the scoring over the k: softmax over them (JetMoE, GPT-OSS), or
     // the sigmoid of each (Llama 4)
     bool topkOnLogits = false;
@@ -61,6 +66,7 @@ struct RouterRule {
     double scale = 1.0;                 // routed_scaling_factor
     bool unitWeights = false;           // every chosen expert's output counts once (EMoE's block mask)
     bool routerFromKeys = false;        // router rows = the mean key row of each expert (EMoE mean-key)
+    bool routerKeysUnit = false;        // ... scaled to unit length (the normalised one-score gate)
     Shared shared = Shared::None;
     std::string describe() const;
 };
@@ -210,6 +216,13 @@ struct LinearAttentionSpec {
     int64_t valueDim() const { return vHeads * vHeadDim; }
     int64_t convDim() const { return 2 * keyDim() + valueDim(); }
 };
+
+// EMoE's gatings (config expertscope_emoe.gating, `emoe --gating`; docs/emoe.md): avg-k and its
+// other neuron scores (RouterRule::NeuronScore), the mean key rows as a softmax router, and
+// those rows at unit length.
+inline constexpr const char* kEmoeGatingList[] = {"avg-k",     "up",       "up-abs",       "inter",
+                                                  "inter-abs", "mean-key", "mean-key-unit"};
+inline constexpr const char* kEmoeGatings = "avg-k, up, up-abs, inter, inter-abs, mean-key or mean-key-unit";
 
 // Blocks: EMoE; the MoE layer keeps the dense FFN tensors (Role::FfnGate, FfnUp, FfnDown) and
 // expert e is the neuron block [e * expertFfn, (e + 1) * expertFfn) (docs/emoe.md).

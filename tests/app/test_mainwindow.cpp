@@ -29,6 +29,8 @@
 #include <QTabWidget>
 #include <QTableWidget>
 #include <QFile>
+#include <QJsonDocument>
+#include <QJsonObject>
 #include <QTemporaryDir>
 #include <QTimer>
 #include <QTreeWidget>
@@ -1091,6 +1093,24 @@ private Q_SLOTS:
         const ModelSpec spec = ModelSpec::fromCheckpoint(*Checkpoint::open(out.toStdString()));
         QCOMPARE(spec.moeLayers(), (std::vector<int>{1, 3, 5}));
         QVERIFY(w.pane("similarity")->hasFigure());  // the static analyses ran on it
+
+        // another of the paper's selection scores, on a random partition (a baseline)
+        QVERIFY(w.openCheckpoint(demo + "/dense"));
+        QVERIFY(w.jobs()->waitForIdle(kJobTimeoutMs));
+        const QString random = tmp.filePath("random");
+        QVERIFY(w.convertToEmoe(random, 8, 2, "all", "inter-abs", 3, "expertscope", "random"));
+        QVERIFY(w.jobs()->waitForIdle(kJobTimeoutMs));
+        QVERIFY2(w.lastError().isEmpty(), qPrintable(w.lastError()));
+        QVERIFY(
+            w.modelTree()->findItems("Router", Qt::MatchExactly).at(0)->text(1).startsWith("avg-k: mean |activation|"));
+        {
+            QFile f(random + "/config.json");
+            QVERIFY(f.open(QIODevice::ReadOnly));
+            const QJsonObject block = QJsonDocument::fromJson(f.readAll()).object()["expertscope_emoe"].toObject();
+            QCOMPARE(block["gating"].toString(), QString("inter-abs"));
+            QCOMPARE(block["clustering"].toObject()["name"].toString(), QString("random"));
+            QCOMPARE(block["seed"].toInt(), 3);
+        }
 
         // the Mixtral format opens as a Mixtral MoE, the dense model beside it as F
         QVERIFY(w.openCheckpoint(demo + "/dense"));

@@ -82,7 +82,11 @@ def hf_hidden(path, ids, patch=None):
 
 
 def masked_ffn(block):
-    """Replaces the converted layers' FFN of HF's BertModel by EMoE's masked FFN (avg-k)."""
+    """Replaces the converted layers' FFN of HF's BertModel by EMoE's masked FFN: experts scored
+    by the mean over their neurons of g = W1 x + b1 (avg-k), of h = gelu(g) (inter) or |h|
+    (inter-abs), as the paper's MoELlamaMLP `select` does with the FFN's activations; or by the
+    one-score gate (tutel): softmax of x . W_g with W_g the mean W1 rows (the router bias zeroed),
+    F.normalize'd for mean-key-unit."""
     import torch
     n, k, size = block["num_experts"], block["top_k"], block["expert_size"]
     chosen = {}
@@ -90,11 +94,20 @@ def masked_ffn(block):
     def patch(model):
         for l in block["layers"]:
             layer = model.encoder.layer[l]
-            inter, out = layer.intermediate, layer.output
+            inter = layer.intermediate
 
             def forward(x, inter=inter, l=l):
                 g = x @ inter.dense.weight.T + inter.dense.bias
-                scores = g.view(*g.shape[:-1], n, size).mean(-1)
+                gating = block["gating"]
+                if gating.startswith("mean-key"):
+                    keys = inter.dense.weight.view(n, size, -1).mean(1)
+                    if gating == "mean-key-unit":
+                        keys = torch.nn.functional.normalize(keys, dim=-1)
+                    scores = torch.softmax(x @ keys.T, dim=-1)
+                else:
+                    h = torch.nn.functional.gelu(g)
+                    per_neuron = {"avg-k": g, "inter": h, "inter-abs": h.abs()}[gating]
+                    scores = per_neuron.view(*g.shape[:-1], n, size).mean(-1)
                 top = scores.topk(k, dim=-1).indices
                 chosen.setdefault(l, []).append(top.reshape(-1, k))
                 mask = torch.zeros_like(scores).scatter(-1, top, 1.0).repeat_interleave(size, dim=-1)
@@ -125,6 +138,28 @@ def test_dense_minilm_matches_hf(study):
     for a, b in zip(study["ours"], study["ref_hidden"]):
         assert np.abs(a - b).max() <= 1e-5 * np.abs(b).max()
     np.testing.assert_allclose(embed(study["ours"]), study["ref"], atol=1e-6)
+
+
+@pytest.mark.parametrize("gating", ["inter", "inter-abs", "mean-key", "mean-key-unit"])
+def test_other_selection_scores_on_minilm(cli, study, gating):
+    """EMoE's other expert-selection scores on the real model's last two layers: the engine's
+    hidden states and choices equal HF's BertModel with the masked FFN of that score."""
+    out = str(study["tmp"] / f"sel-{gating}")
+    block = convert(cli, study["path"], out, N, N // 4, "--layers", "4,5", "--gating", gating)
+    hidden, _, chosen = engine_hidden(cli, out, str(study["tmp"] / f"sel-{gating}.h5"), study["texts"])
+    ref_hidden, ref_chosen = hf_hidden(out, study["ids"], masked_ffn(block))
+    for a, b in zip(hidden, ref_hidden):
+        assert np.abs(a - b).max() <= 1e-4 * np.abs(b).max(), np.abs(a - b).max()
+    for l in block["layers"]:
+        want = np.concatenate([c.numpy() for c in ref_chosen[l]])
+        np.testing.assert_array_equal(np.sort(chosen[l], 1), np.sort(want, 1))
+
+
+def test_up_scores_are_refused_on_bert(cli, study, tmp_path):
+    r = run_cli(cli, "emoe", study["path"], "--experts", N, "--top-k", 2, "--gating", "up", "--out",
+                str(tmp_path / "up"), check=False)
+    assert r.returncode == 1 and "--gating up scores the up projection" in r.stderr and "config.json" in r.stderr
+    assert not os.path.exists(tmp_path / "up")
 
 
 def test_k_equals_n_reproduces_the_embeddings(cli, study):

@@ -151,33 +151,49 @@ def test_all_experts_reproduce_the_dense_model(cli, tmp_path):
 
 
 def emoe_reference(model, block):
-    """Patches HF's MLPs of the converted layers with a direct computation of EMoE's FFN."""
+    """Patches HF's MLPs of the converted layers with a direct computation of EMoE's FFN: the
+    paper's MoELlamaMLP (EMoE_LLaMA/moe_models.py) for avg-k and its other `select` scores (the
+    mean over an expert's neurons of g = W_gate x, u = W_up x, |u|, h = silu(g) * u or |h|), the
+    one-score gate of its tutel code for mean-key (router rows = mean key rows, softmax) and
+    mean-key-unit (those rows F.normalize'd, as update_one_score_gate does with
+    normalize_one_score_gate); the top-k experts' neurons kept by a 0/1 mask."""
     import torch
     n, k, size = block["num_experts"], block["top_k"], block["expert_size"]
-    chosen = {}
+    chosen, logits = {}, {}
 
     def patch(layer, mlp):
         def forward(x):
             g = x @ mlp.gate_proj.weight.T
-            if block["gating"] == "avg-k":
-                scores = g.view(*g.shape[:-1], n, size).mean(-1)
-            else:  # mean-key: router rows = mean key rows, softmax
+            u = x @ mlp.up_proj.weight.T
+            h = torch.nn.functional.silu(g) * u
+            gating = block["gating"]
+            if gating.startswith("mean-key"):
                 keys = mlp.gate_proj.weight.view(n, size, -1).mean(1)
-                scores = torch.softmax(x @ keys.T, dim=-1)
+                if gating == "mean-key-unit":
+                    keys = torch.nn.functional.normalize(keys, dim=-1)
+                z = x @ keys.T
+                scores = torch.softmax(z, dim=-1)
+            else:
+                per_neuron = {"avg-k": g, "up": u, "up-abs": u.abs(), "inter": h, "inter-abs": h.abs()}[gating]
+                z = scores = per_neuron.view(*g.shape[:-1], n, size).mean(-1)
             top = scores.topk(k, dim=-1).indices
             chosen.setdefault(layer, []).append(top.reshape(-1, k))
+            logits.setdefault(layer, []).append(z.reshape(-1, n))
             mask = torch.zeros_like(scores).scatter(-1, top, 1.0).repeat_interleave(size, dim=-1)
-            return (torch.nn.functional.silu(g) * (x @ mlp.up_proj.weight.T) * mask) @ mlp.down_proj.weight.T
+            return (h * mask) @ mlp.down_proj.weight.T
         mlp.forward = forward
 
     for l in block["layers"]:
         patch(l, model.model.layers[l].mlp)
-    return chosen
+    return chosen, logits
 
 
 @pytest.mark.parametrize("case", [("demo", 8, 2, "avg-k", "all"), ("demo", 8, 3, "mean-key", "1:2"),
                                   ("llama_bias_tied", 8, 2, "avg-k", "all"), ("mistral_sliding", 4, 1, "avg-k", "0"),
-                                  ("qwen2_dense", 8, 3, "mean-key", "all")])
+                                  ("qwen2_dense", 8, 3, "mean-key", "all"), ("demo", 8, 2, "up", "all"),
+                                  ("demo", 8, 3, "up-abs", "1:2"), ("llama_bias_tied", 8, 2, "inter", "all"),
+                                  ("qwen2_dense", 8, 3, "inter-abs", "all"), ("demo", 8, 2, "mean-key-unit", "all"),
+                                  ("mistral_sliding", 4, 1, "mean-key-unit", "0")])
 def test_topk_routing_and_outputs_equal_a_direct_computation(cli, tmp_path, build_fixture, case):
     torch = require("torch")
     transformers = require("transformers")
@@ -188,11 +204,12 @@ def test_topk_routing_and_outputs_equal_a_direct_computation(cli, tmp_path, buil
         src, prompts = build_fixture(name)[0], fixtures.PROMPTS
     out = str(tmp_path / "emoe")
     block = convert(cli, src, out, n, k, "--gating", gating, "--layers", layers)
+    assert block["gating"] == gating
     logits, traced = trace_logits(cli, out, str(tmp_path / "m.h5"), prompts)
     assert sorted(traced) == block["layers"]
     model = transformers.AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
     model.eval()
-    chosen = emoe_reference(model, block)
+    chosen, scores = emoe_reference(model, block)
     ref = []
     with torch.no_grad():
         for p in prompts:
@@ -200,10 +217,68 @@ def test_topk_routing_and_outputs_equal_a_direct_computation(cli, tmp_path, buil
     ref = np.concatenate(ref)
     assert np.abs(logits - ref).max() <= 1e-4 * np.abs(ref).max()
     for l in block["layers"]:
-        ids, w, _ = traced[l]
+        ids, w, z = traced[l]
         want = torch.cat(chosen[l]).numpy()
         assert np.array_equal(np.sort(ids, axis=1), np.sort(want, axis=1)), f"layer {l}"
         assert (w == 1.0).all()
+        zr = torch.cat(scores[l]).numpy()
+        assert np.abs(z - zr).max() <= 1e-5 * np.abs(zr).max(), f"layer {l}: router logits"
+
+
+def test_the_selection_scores_choose_differently(cli, tmp_path):
+    """The gatings are different rules: on the demo model each pair of them disagrees on some
+    token's experts (a test that passed every gating the same rule would fail here)."""
+    picks = {}
+    for gating in ("avg-k", "up", "up-abs", "inter", "inter-abs", "mean-key", "mean-key-unit"):
+        out = str(tmp_path / gating)
+        convert(cli, DENSE, out, 8, 2, "--gating", gating, "--layers", "2")
+        _, traced = trace_logits(cli, out, str(tmp_path / f"{gating}.h5"), DEMO_PROMPTS)
+        picks[gating] = np.sort(traced[2][0], axis=1)
+    names = list(picks)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            if {a, b} == {"avg-k", "mean-key"}:  # x . mean key = mean of x . key: the same choices
+                assert np.array_equal(picks[a], picks[b])
+            else:
+                assert not np.array_equal(picks[a], picks[b]), (a, b)
+
+
+def test_baseline_partitions(cli, tmp_path):
+    """--clustering random: a seeded random partition into equal experts (the same seed, the same
+    partition; another seed, another), its objective the one numpy measures for it and above
+    balanced k-means'; contiguous: the stored order cut into blocks (the paper code's
+    --random_cluster). The dense function is unchanged either way."""
+    src = tensors(DENSE)
+    runs = {}
+    for name, extra in (("kmeans", []), ("random0", ["--clustering", "random"]),
+                        ("random0b", ["--clustering", "random"]), ("random1", ["--clustering", "random", "--seed", "1"]),
+                        ("contiguous", ["--clustering", "contiguous"])):
+        out = str(tmp_path / name)
+        block = convert(cli, DENSE, out, 8, 2, *extra)
+        perm = json.load(open(os.path.join(out, "expertscope_emoe_permutation.json")))["layers"]
+        runs[name] = (block, {int(l): np.array(p) for l, p in perm.items()})
+    assert runs["random0"][0]["clustering"]["name"] == "random"
+    for l in range(6):
+        r0, r0b, r1 = (runs[x][1][l] for x in ("random0", "random0b", "random1"))
+        assert np.array_equal(r0, r0b) and not np.array_equal(r0, r1)
+        assert sorted(r0) == list(range(256))
+        assert np.array_equal(runs["contiguous"][1][l], np.arange(256))
+        keys = unit_rows(src[f"model.layers.{l}.mlp.gate_proj.weight"].astype(np.float64))
+        for name in ("random0", "contiguous", "kmeans"):
+            labels = np.empty(256, dtype=np.int64)
+            labels[runs[name][1][l]] = np.arange(256) // 32  # the neuron at position i is in expert i // 32
+            got = runs[name][0]["clustering"]["per_layer"][l]["objective"]
+            assert got == pytest.approx(objective(keys, labels, 8)[0], rel=1e-9), (name, l)
+        per = {x: runs[x][0]["clustering"]["per_layer"][l]["objective"] for x in ("kmeans", "random0")}
+        assert per["kmeans"] < per["random0"]
+        assert "iterations" not in runs["random0"][0]["clustering"]["per_layer"][l]
+    torch = require("torch")
+    transformers = require("transformers")
+    ids = torch.tensor([DEMO_PROMPTS[0]])
+    with torch.no_grad():
+        a = transformers.AutoModelForCausalLM.from_pretrained(DENSE, dtype=torch.float32)(ids).logits
+        b = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / "random0"), dtype=torch.float32)(ids).logits
+    assert (a - b).abs().max().item() <= 1e-5 * a.abs().max().item()
 
 
 def test_analyses_run_on_the_converted_model(cli, tmp_path):
@@ -232,7 +307,7 @@ def test_analyses_run_on_the_converted_model(cli, tmp_path):
             assert np.allclose(s1, gu @ gu.T, atol=1e-6)
             s2 = a[f"neuron_mean_similarity/layers/{l}/gate"]
             assert s2.shape == (9, 9) and [x.decode() if isinstance(x, bytes) else x for x in s2.attrs["labels"]][-1] == "F"
-            assert a[f"expert_load/r/counts"][l].sum() == 2 * sum(map(len, DEMO_PROMPTS))
+            assert a["expert_load/r/counts"][l].sum() == 2 * sum(map(len, DEMO_PROMPTS))
 
 
 def test_bad_input_names_file_and_field(cli, tmp_path, build_fixture):
@@ -273,13 +348,16 @@ def test_bad_input_names_file_and_field(cli, tmp_path, build_fixture):
         assert r.returncode == 1 and msg in r.stderr and "config.json" in r.stderr, (key, r.stderr)
 
 
-def test_modularity_against_numpy(cli, tmp_path):
+@pytest.mark.parametrize("gating", ["avg-k", "inter-abs", "mean-key-unit"])
+def test_modularity_against_numpy(cli, tmp_path, gating):
+    """The share of |h| inside the experts the model's own gating chooses, for the clustered
+    partition and for random ones routed by the same rule."""
     torch = require("torch")
     transformers = require("transformers")
     h5py = require("h5py")
     out = str(tmp_path / "emoe")
     n, k = 8, 2
-    convert(cli, DENSE, out, n, k)
+    convert(cli, DENSE, out, n, k, "--gating", gating)
     session = str(tmp_path / "s.h5")
     args = ["trace", out, "--run", "r", "--out", session]
     for p in DEMO_PROMPTS:
@@ -302,10 +380,12 @@ def test_modularity_against_numpy(cli, tmp_path):
     src = tensors(DENSE)
     rng = np.random.default_rng(0)
 
-    def shares(g, mass, order):
-        g, mass = g[:, order], mass[:, order]
+    def shares(score, mass, order, keys):
+        g, mass = score[:, order], mass[:, order]
         size = g.shape[1] // n
         scores = g.reshape(len(g), n, size).mean(-1)
+        if gating == "mean-key-unit":  # x . unit(mean key) = mean(x . key) / |mean key|
+            scores = scores / np.linalg.norm(keys[order].reshape(n, size, -1).mean(1), axis=1)
         blocks = mass.reshape(len(g), n, size).sum(-1)
         top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
         routed = np.take_along_axis(blocks, top, 1).sum(1) / blocks.sum(1)
@@ -317,12 +397,14 @@ def test_modularity_against_numpy(cli, tmp_path):
         for i, l in enumerate(a["share"].attrs["layers"]):
             x = np.concatenate(xs[l])
             p = f"model.layers.{l}.mlp."
-            g = x @ w[p + "gate_proj.weight"].astype(np.float64).T
+            keys = w[p + "gate_proj.weight"].astype(np.float64)
+            g = x @ keys.T
             h = g / (1 + np.exp(-g)) * (x @ w[p + "up_proj.weight"].astype(np.float64).T)
+            score = {"avg-k": g, "inter-abs": np.abs(h), "mean-key-unit": g}[gating]
             F = g.shape[1]
-            routed, best = shares(g, np.abs(h), np.arange(F))
+            routed, best = shares(score, np.abs(h), np.arange(F), keys)
             assert a["share"][i] == pytest.approx(routed, rel=1e-4) and a["share_best"][i] == pytest.approx(best, rel=1e-4)
-            rand = np.array([shares(g, np.abs(h), rng.permutation(F)) for _ in range(200)])
+            rand = np.array([shares(score, np.abs(h), rng.permutation(F), keys) for _ in range(200)])
             sd = rand[:, 0].std()
             assert abs(a["share_random"][i] - rand[:, 0].mean()) <= 5 * sd / np.sqrt(8) + 1e-3
             assert abs(a["share_best_random"][i] - rand[:, 1].mean()) <= 5 * rand[:, 1].std() / np.sqrt(8) + 1e-3

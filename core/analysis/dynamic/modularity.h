@@ -1,6 +1,6 @@
 #pragma once
-// Modularity (EMoE models): the share of the FFN's activation mass |h| inside the experts avg-k
-// chooses, and inside the K blocks holding the most of it, against random partitions of the
+// Modularity (EMoE models): the share of the FFN's activation mass |h| inside the experts the
+// model's gating chooses, and inside the K blocks holding the most of it, against random partitions of the
 // neurons into blocks of the same sizes; and the activations of the first N tokens.
 #include <random>
 
@@ -9,16 +9,35 @@
 namespace es::detail {
 
 // Share of the activation mass |h| inside the chosen blocks of a partition of h's columns into
-// E blocks of S (columns in block order): routed = avg-k's top-K blocks (by mean pre-activation g),
-// best = the K blocks holding the most mass. Sums over the tokens.
-inline std::pair<double, double> blockShares(const Tensor& g, const Tensor& mass, int64_t E, int64_t S, int64_t K) {
-    const int64_t n = g.size(0);
-    Tensor scores = g.view({n, E, S}).mean(-1);
+// E blocks of S (columns in block order): routed = the top-K blocks by the model's gating (the
+// mean of each neuron's score p over the block, divided by `divisor` [E] where defined), best =
+// the K blocks holding the most mass. Sums over the tokens.
+inline std::pair<double, double> blockShares(const Tensor& p, const Tensor& mass, int64_t E, int64_t S, int64_t K,
+                                             const Tensor& divisor = {}) {
+    const int64_t n = p.size(0);
+    Tensor scores = p.view({n, E, S}).mean(-1);
+    if (divisor.defined()) scores = scores / divisor;
     Tensor M = mass.view({n, E, S}).sum(-1).to(torch::kDouble);
     Tensor total = M.sum(-1).clamp_min(1e-300);
     Tensor routed = M.gather(1, std::get<1>(scores.topk(K, -1))).sum(-1) / total;
     Tensor best = std::get<0>(M.topk(K, -1)).sum(-1) / total;
     return {routed.sum().item<double>(), best.sum().item<double>()};
+}
+
+// The per-neuron score whose block means the model's EMoE gating ranks: g, u, |u|, h or |h|
+// (avg-k and the other `select` scores), or W_gate x without b1 (mean-key, whose softmax of
+// x . mean key ranks as the mean of x . key; mean-key-unit divides by |mean key| too).
+inline Tensor gatingNeuronScore(const RouterRule& r, const Tensor& x, const Ffn& f) {
+    if (r.scoring == RouterRule::Scoring::MeanPreactivation) return neuronScores(f, x, r.neuronScore);
+    return torch::linear(x, f.gate);
+}
+
+// mean-key-unit: each block's |mean key row| for the blocks of `order` (neuron positions in
+// block order; undefined: the stored order); otherwise undefined (no divisor).
+inline Tensor blockKeyNorms(const RouterRule& r, const Tensor& keys, int64_t E, int64_t S, const Tensor& order = {}) {
+    if (!r.routerKeysUnit) return {};
+    const Tensor k = order.defined() ? keys.index_select(0, order) : keys;
+    return k.view({E, S, keys.size(1)}).mean(1).norm(2, 1).clamp_min(1e-12);
 }
 
 class Modularity final : public Analysis {
@@ -52,18 +71,23 @@ public:
         const int64_t E = k_.experts, S = c_.spec.expertFfn, K = k_.topK, Tp = t.x.size(0);
         // the dense FFN's pre-activations g and activations h (silu(g) * u, or gelu(g)), columns
         // in expert-block order
-        std::vector<Tensor> gs, hs;
+        const RouterRule& rule = c_.spec.router;
+        std::vector<Tensor> ps, hs, keys;
         for (int64_t e = 0; e < E; ++e) {
-            gs.push_back(gatePre(t.x, t.weights.experts[e]).to(torch::kFloat));
-            hs.push_back(ffnHidden(t.x, t.weights.experts[e]).to(torch::kFloat));
+            const Ffn& f = t.weights.experts[e];
+            ps.push_back(gatingNeuronScore(rule, t.x, f).to(torch::kFloat));
+            hs.push_back(ffnHidden(t.x, f).to(torch::kFloat));
+            if (rule.routerKeysUnit) keys.push_back(f.gate.to(torch::kFloat));
         }
-        Tensor g = torch::cat(gs, 1), h = torch::cat(hs, 1), mass = h.abs();
-        auto [routed, best] = blockShares(g, mass, E, S, K);
+        Tensor p = torch::cat(ps, 1), h = torch::cat(hs, 1), mass = h.abs();
+        const Tensor keyRows = keys.empty() ? Tensor() : torch::cat(keys, 0);
+        auto [routed, best] = blockShares(p, mass, E, S, K, blockKeyNorms(rule, keyRows, E, S));
         a.share += routed;
         a.best += best;
         for (int r = 0; r < kRandomPartitions; ++r) {
             Tensor perm = a.randPerms[r];
-            auto [rr, rb] = blockShares(g.index_select(1, perm), mass.index_select(1, perm), E, S, K);
+            auto [rr, rb] = blockShares(p.index_select(1, perm), mass.index_select(1, perm), E, S, K,
+                                        blockKeyNorms(rule, keyRows, E, S, perm));
             a.randShare[r] += rr;
             a.randBest[r] += rb;
         }
@@ -114,9 +138,10 @@ public:
         nlohmann::json p = c.params;
         p["random_partitions"] = kRandomPartitions;
         p["definition"] =
-            "share of sum |silu(W_gate x) * (W_up x)| inside the experts avg-k chooses (share), or inside "
-            "the K blocks with the most of it (share_best), mean over tokens; random partitions of the "
-            "same sizes as the baseline";
+            "share of sum |silu(W_gate x) * (W_up x)| inside the experts the model's gating (" +
+            c.spec.router.describe() +
+            ") chooses (share), or inside the K blocks with the most of it (share_best), mean over tokens; random "
+            "partitions of the same sizes, routed by the same rule, as the baseline";
         c.finish(out, "modularity/" + c.run, "modularity", r, p);
     }
 
