@@ -1515,7 +1515,8 @@ void MainWindow::emoeDialog() {
     auto* layers = new QLineEdit("all");
     layers->setToolTip("all, START:EVERY (e.g. 16:4) or a list (e.g. 28,30)");
     auto* gating = new QComboBox;
-    for (const char* g : kEmoeGatingList) gating->addItem(g);
+    for (const std::string g : kEmoeGatingList)  // BERT's FFN has no up projection to score
+        if (spec_->has(Role::FfnUp) || (g != "up" && g != "up-abs")) gating->addItem(q(g));
     gating->setToolTip(
         "avg-k: mean gate pre-activation of an expert's neurons (the paper's choice); up, up-abs, inter, inter-abs: "
         "the mean of W_up x, |W_up x|, act(W_gate x) * W_up x or its absolute value; mean-key: a softmax router whose "
@@ -1530,12 +1531,15 @@ void MainWindow::emoeDialog() {
     format->addItem("ExpertScope (EMoE gating)", "expertscope");
     format->addItem("Mixtral (router = mean key rows, for fine-tuning)", "mixtral");
     format->setToolTip("Mixtral: Llama/Mistral models, every layer; its router weights experts by softmax, not by 1");
-    connect(format, &QComboBox::currentIndexChanged, &d, [format, gating, layers] {
+    connect(format, &QComboBox::currentIndexChanged, &d, [format, gating, layers, chosen = 0]() mutable {
         const bool mixtral = format->currentData().toString() == "mixtral";
         gating->setEnabled(!mixtral);
-        if (mixtral) {  // its router is the mean key rows whatever the gating
+        if (mixtral) {  // its router is the mean key rows whatever the gating: avg-k shown, the choice kept
             layers->setText("all");
+            chosen = gating->currentIndex();
             gating->setCurrentIndex(0);
+        } else {
+            gating->setCurrentIndex(chosen);
         }
         layers->setEnabled(!mixtral);
     });

@@ -416,7 +416,7 @@ std::vector<EmoeLayerReport> convertToEmoe(const std::string& dense, const std::
     if ((opt.gating == "up" || opt.gating == "up-abs") && !spec.has(Role::FfnUp))
         throw Error(
             "--gating " + opt.gating + " scores the up projection; this model's FFN (" + spec.modelType + ") has none",
-            cfgFile, "model_type");
+            cfgFile, "--gating");
     if (opt.clustering != "balanced-kmeans" && opt.clustering != "random" && opt.clustering != "contiguous")
         throw Error("--clustering must be balanced-kmeans, random or contiguous, not '" + opt.clustering + "'", "",
                     "--clustering");

@@ -335,6 +335,7 @@ void emoeBlock(ModelSpec& s, const Config& c) {
         s.router.scoring = RouterRule::Scoring::Softmax;
         s.router.routerFromKeys = true;
         s.router.routerKeysUnit = gating == "mean-key-unit";
+        s.router.logitsInFloat32 = true;  // tutel's gate with fp32_gate, as the paper's code builds it
     } else {
         c.fail(key + ".gating", "unknown gating '" + gating + "' (" + std::string(kEmoeGatings) + ")");
     }

@@ -238,10 +238,12 @@ void Model::Impl::loadExperts(LayerWeights& w, int l) const {
             w.blockFfn.inBias = b1;
             w.blockFfn.act = actCode();
         } else {
-            Tensor keys = g.view({s.numExperts, S, s.hidden}).to(torch::kFloat).mean(1);  // mean key rows
+            // mean key rows, kept in float32 as the paper's fp32 gate holds them (the logits in
+            // float32: RouterRule::logitsInFloat32)
+            Tensor keys = g.view({s.numExperts, S, s.hidden}).to(torch::kFloat).mean(1);
             // the normalised one-score gate: each row at unit length (tutel's F.normalize, eps 1e-12)
             if (s.router.routerKeysUnit) keys = keys / keys.norm(2, 1, true).clamp_min(1e-12);
-            w.router = keys.to(dtype);
+            w.router = keys;
         }
         return;
     }

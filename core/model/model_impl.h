@@ -612,6 +612,9 @@ struct Model::Impl {
             RouterRule::Scoring::MeanPreactivation)  // EMoE avg-k, in the compute dtype as the paper's code
             out.logits = neuronScores(w.blockFfn, x, r.neuronScore).view({x.size(0), E, spec.expertFfn}).mean(-1);
         else if (routerInput.defined()) out.logits = torch::linear(routerInput, w.router, w.routerBias);
+        else if (r.routerKeysUnit)  // tutel's normalised one-score gate: unit x (in its dtype) . unit rows
+            out.logits =
+                torch::linear((x / x.norm(2, -1, true).clamp_min(1e-12)).to(torch::kFloat), w.router.to(torch::kFloat));
         else if (r.logitsInFloat32)
             out.logits = torch::linear(x.to(torch::kFloat), w.router.to(torch::kFloat),
                                        w.routerBias.defined() ? w.routerBias.to(torch::kFloat) : Tensor());

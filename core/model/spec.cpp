@@ -30,9 +30,10 @@ const char* layoutName(ExpertLayout l) {
 
 std::string RouterRule::describe() const {
     if (scoring == Scoring::MeanPreactivation) {
+        const char* name[] = {"avg-k", "up", "up-abs", "inter", "inter-abs"};
         const char* what[] = {"gate pre-activation", "up projection", "|up projection|", "activation", "|activation|"};
-        return std::string("avg-k: mean ") + what[static_cast<int>(neuronScore)] +
-               " per expert, top-k, block mask (weight 1)";
+        const int i = static_cast<int>(neuronScore);
+        return std::string(name[i]) + ": mean " + what[i] + " per expert, top-k, block mask (weight 1)";
     }
     if (scoring == Scoring::SparseMixer) {
         std::ostringstream o;
@@ -41,7 +42,7 @@ std::string RouterRule::describe() const {
         return o.str();
     }
     std::string s = scoring == Scoring::Softmax ? "softmax" : "sigmoid";
-    if (routerFromKeys) s = (routerKeysUnit ? "unit mean key rows, " : "mean key rows, ") + s;
+    if (routerFromKeys) s = (routerKeysUnit ? "cosine of x and mean key rows, " : "mean key rows, ") + s;
     if (bias) s = "biased router, " + s;
     if (scoring == Scoring::Softmax && !topkOnLogits && !renormalize && !unitWeights) s = "full " + s;
     if (selectionBias) s += ", selection bias";

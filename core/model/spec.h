@@ -66,7 +66,7 @@ struct RouterRule {
     double scale = 1.0;                 // routed_scaling_factor
     bool unitWeights = false;           // every chosen expert's output counts once (EMoE's block mask)
     bool routerFromKeys = false;        // router rows = the mean key row of each expert (EMoE mean-key)
-    bool routerKeysUnit = false;        // ... scaled to unit length (the normalised one-score gate)
+    bool routerKeysUnit = false;  // ... and the router's input scaled to unit length (the normalised one-score gate)
     Shared shared = Shared::None;
     std::string describe() const;
 };

@@ -2103,9 +2103,9 @@ Figure modularity(const Session& s, const ViewRequest& req) {
     Panel p;
     p.xLabel = "layer";
     p.yLabel = "share of |activation| mass";
-    Series a{"clustered experts, avg-k's choice", Series::Style::Line},
-        b{"random partition, avg-k's choice", Series::Style::Line}, c{"clustered experts, best K", Series::Style::Line},
-        d{"random partition, best K", Series::Style::Line};
+    Series a{"clustered experts, the gating's choice", Series::Style::Line},
+        b{"random partition, the gating's choice", Series::Style::Line},
+        c{"clustered experts, best K", Series::Style::Line}, d{"random partition, best K", Series::Style::Line};
     a.color = 0, b.color = 0, c.color = 1, d.color = 1;
     b.dashed = d.dashed = true;
     a.emphasised = true;

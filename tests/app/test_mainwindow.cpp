@@ -1101,8 +1101,11 @@ private Q_SLOTS:
         QVERIFY(w.convertToEmoe(random, 8, 2, "all", "inter-abs", 3, "expertscope", "random"));
         QVERIFY(w.jobs()->waitForIdle(kJobTimeoutMs));
         QVERIFY2(w.lastError().isEmpty(), qPrintable(w.lastError()));
-        QVERIFY(
-            w.modelTree()->findItems("Router", Qt::MatchExactly).at(0)->text(1).startsWith("avg-k: mean |activation|"));
+        QVERIFY(w.modelTree()
+                    ->findItems("Router", Qt::MatchExactly)
+                    .at(0)
+                    ->text(1)
+                    .startsWith("inter-abs: mean |activation|"));
         {
             QFile f(random + "/config.json");
             QVERIFY(f.open(QIODevice::ReadOnly));

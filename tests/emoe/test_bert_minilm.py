@@ -85,8 +85,8 @@ def masked_ffn(block):
     """Replaces the converted layers' FFN of HF's BertModel by EMoE's masked FFN: experts scored
     by the mean over their neurons of g = W1 x + b1 (avg-k), of h = gelu(g) (inter) or |h|
     (inter-abs), as the paper's MoELlamaMLP `select` does with the FFN's activations; or by the
-    one-score gate (tutel): softmax of x . W_g with W_g the mean W1 rows (the router bias zeroed),
-    F.normalize'd for mean-key-unit."""
+    one-score gate (tutel): softmax of x . W_g with W_g the mean W1 rows (the router bias zeroed);
+    for mean-key-unit both W_g's rows and x F.normalize'd."""
     import torch
     n, k, size = block["num_experts"], block["top_k"], block["expert_size"]
     chosen = {}
@@ -101,9 +101,11 @@ def masked_ffn(block):
                 gating = block["gating"]
                 if gating.startswith("mean-key"):
                     keys = inter.dense.weight.view(n, size, -1).mean(1)
-                    if gating == "mean-key-unit":
+                    xin = x
+                    if gating == "mean-key-unit":  # the gate's rows and its input at unit length
                         keys = torch.nn.functional.normalize(keys, dim=-1)
-                    scores = torch.softmax(x @ keys.T, dim=-1)
+                        xin = torch.nn.functional.normalize(x, dim=-1)
+                    scores = torch.softmax(xin @ keys.T, dim=-1)
                 else:
                     h = torch.nn.functional.gelu(g)
                     per_neuron = {"avg-k": g, "inter": h, "inter-abs": h.abs()}[gating]
@@ -160,6 +162,16 @@ def test_up_scores_are_refused_on_bert(cli, study, tmp_path):
                 str(tmp_path / "up"), check=False)
     assert r.returncode == 1 and "--gating up scores the up projection" in r.stderr and "config.json" in r.stderr
     assert not os.path.exists(tmp_path / "up")
+    # a converted BERT whose config asks for it: refused on open, naming the file and the field
+    ok = str(tmp_path / "ok")
+    convert(cli, study["path"], ok, N, 2, "--layers", "5")
+    cfg_path = os.path.join(ok, "config.json")
+    cfg = json.load(open(cfg_path))
+    cfg["expertscope_emoe"]["gating"] = "up-abs"
+    json.dump(cfg, open(cfg_path, "w"))
+    r = run_cli(cli, "trace", ok, "--prompt", "a cat", "--out", str(tmp_path / "s.h5"), check=False)
+    assert r.returncode == 1 and "config.json" in r.stderr and "expertscope_emoe.gating" in r.stderr, r.stderr
+    assert not os.path.exists(tmp_path / "s.h5")
 
 
 def test_k_equals_n_reproduces_the_embeddings(cli, study):

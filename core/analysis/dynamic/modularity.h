@@ -5,21 +5,27 @@
 #include <random>
 
 #include "analysis/pass.h"
+#include "rng.h"
 
 namespace es::detail {
 
 // Share of the activation mass |h| inside the chosen blocks of a partition of h's columns into
-// E blocks of S (columns in block order): routed = the top-K blocks by the model's gating (the
-// mean of each neuron's score p over the block, divided by `divisor` [E] where defined), best =
-// the K blocks holding the most mass. Sums over the tokens.
+// E blocks of S (columns in block order): routed = the blocks `chosen` [n, K] (the model's own
+// choice), or where undefined the top-K blocks by the model's gating rule (the mean of each
+// neuron's score p over the block, divided by `divisor` [E] where defined); best = the K blocks
+// holding the most mass. Sums over the tokens.
 inline std::pair<double, double> blockShares(const Tensor& p, const Tensor& mass, int64_t E, int64_t S, int64_t K,
-                                             const Tensor& divisor = {}) {
-    const int64_t n = p.size(0);
-    Tensor scores = p.view({n, E, S}).mean(-1);
-    if (divisor.defined()) scores = scores / divisor;
+                                             const Tensor& divisor = {}, const Tensor& chosen = {}) {
+    const int64_t n = mass.size(0);
+    Tensor ids = chosen;
+    if (!ids.defined()) {
+        Tensor scores = p.view({n, E, S}).mean(-1);
+        if (divisor.defined()) scores = scores / divisor;
+        ids = std::get<1>(scores.topk(K, -1));
+    }
     Tensor M = mass.view({n, E, S}).sum(-1).to(torch::kDouble);
     Tensor total = M.sum(-1).clamp_min(1e-300);
-    Tensor routed = M.gather(1, std::get<1>(scores.topk(K, -1))).sum(-1) / total;
+    Tensor routed = M.gather(1, ids).sum(-1) / total;
     Tensor best = std::get<0>(M.topk(K, -1)).sum(-1) / total;
     return {routed.sum().item<double>(), best.sum().item<double>()};
 }
@@ -33,11 +39,9 @@ inline Tensor gatingNeuronScore(const RouterRule& r, const Tensor& x, const Ffn&
 }
 
 // mean-key-unit: each block's |mean key row| for the blocks of `order` (neuron positions in
-// block order; undefined: the stored order); otherwise undefined (no divisor).
-inline Tensor blockKeyNorms(const RouterRule& r, const Tensor& keys, int64_t E, int64_t S, const Tensor& order = {}) {
-    if (!r.routerKeysUnit) return {};
-    const Tensor k = order.defined() ? keys.index_select(0, order) : keys;
-    return k.view({E, S, keys.size(1)}).mean(1).norm(2, 1).clamp_min(1e-12);
+// block order), the divisor of its scores.
+inline Tensor blockKeyNorms(const Tensor& keys, int64_t E, int64_t S, const Tensor& order) {
+    return keys.index_select(0, order).view({E, S, keys.size(1)}).mean(1).norm(2, 1).clamp_min(1e-12);
 }
 
 class Modularity final : public Analysis {
@@ -56,7 +60,7 @@ public:
         for (int r = 0; r < kRandomPartitions; ++r) {
             std::vector<int64_t> p(static_cast<size_t>(F));
             for (int64_t i = 0; i < F; ++i) p[i] = i;
-            std::shuffle(p.begin(), p.end(), rng);
+            shuffleInPlace(p, rng);
             perms.insert(perms.end(), p.begin(), p.end());
         }
         Acc& a = acc_[l];
@@ -72,22 +76,28 @@ public:
         // the dense FFN's pre-activations g and activations h (silu(g) * u, or gelu(g)), columns
         // in expert-block order
         const RouterRule& rule = c_.spec.router;
-        std::vector<Tensor> ps, hs, keys;
+        std::vector<Tensor> ps, hs;
         for (int64_t e = 0; e < E; ++e) {
             const Ffn& f = t.weights.experts[e];
             ps.push_back(gatingNeuronScore(rule, t.x, f).to(torch::kFloat));
             hs.push_back(ffnHidden(t.x, f).to(torch::kFloat));
-            if (rule.routerKeysUnit) keys.push_back(f.gate.to(torch::kFloat));
+        }
+        if (rule.routerKeysUnit && a.randKeyNorms.empty()) {  // the random blocks' |mean key|, once a layer
+            std::vector<Tensor> keys;
+            for (int64_t e = 0; e < E; ++e) keys.push_back(t.weights.experts[e].gate.to(torch::kFloat));
+            const Tensor rows = torch::cat(keys, 0);
+            for (int r = 0; r < kRandomPartitions; ++r)
+                a.randKeyNorms.push_back(blockKeyNorms(rows, E, S, a.randPerms[r]));
         }
         Tensor p = torch::cat(ps, 1), h = torch::cat(hs, 1), mass = h.abs();
-        const Tensor keyRows = keys.empty() ? Tensor() : torch::cat(keys, 0);
-        auto [routed, best] = blockShares(p, mass, E, S, K, blockKeyNorms(rule, keyRows, E, S));
+        // the clustered experts: those the model chose (its own routing, rounding and all)
+        auto [routed, best] = blockShares(p, mass, E, S, K, {}, t.routing.ids);
         a.share += routed;
         a.best += best;
         for (int r = 0; r < kRandomPartitions; ++r) {
             Tensor perm = a.randPerms[r];
             auto [rr, rb] = blockShares(p.index_select(1, perm), mass.index_select(1, perm), E, S, K,
-                                        blockKeyNorms(rule, keyRows, E, S, perm));
+                                        a.randKeyNorms.empty() ? Tensor() : a.randKeyNorms[r]);
             a.randShare[r] += rr;
             a.randBest[r] += rb;
         }
@@ -152,8 +162,9 @@ private:
         double share = 0, best = 0;
         std::vector<double> randShare, randBest;
         int64_t tokens = 0;
-        std::vector<Tensor> acts;  // [n, F] activations of the first N tokens
-        Tensor randPerms;          // [R, F] random partitions' neuron orders
+        std::vector<Tensor> acts;          // [n, F] activations of the first N tokens
+        Tensor randPerms;                  // [R, F] random partitions' neuron orders
+        std::vector<Tensor> randKeyNorms;  // mean-key-unit: [E] per random partition
     };
     const PassContext& c_;
     const ExpertKind& k_;
