@@ -2,6 +2,7 @@
 // is documented in README.md; other tools and the tests depend on it.
 #include <algorithm>
 #include <atomic>
+#include <cmath>
 #include <csignal>
 #include <cstdio>
 #include <fstream>
@@ -58,7 +59,7 @@ const char* kUsage = R"(usage:
                   [--run NAME] [--preset short|routing-map]
                   [--paragraphs FILE] [--reference DENSE_CHECKPOINT] [--layers 0,3,...]
                   [--device cpu|cuda[:N]] [--dtype float32|bfloat16|float16] [--first-tokens N]
-                  [--pca-components 2|3] [--threads N] [--allow-long]
+                  [--pca-components 2|3] [--pca-outliers EPS[:MIN_SAMPLES]] [--threads N] [--allow-long]
   expertscope-cli compare CHECKPOINT_A CHECKPOINT_B --out SESSION.h5 [--name NAME] [--layers 0,3,...] [--threads N]
                   [--run NAME] [--token-ids 1,2,3 ... | --prompt TEXT ... | --prompts FILE] [--routing-only]
                   [--device ...] [--dtype ...] [--layer-streaming ...] [--allow-long]
@@ -338,6 +339,18 @@ int parseInt(const std::string& v, const std::string& option) {
     }
 }
 
+// A finite number (std::stod's syntax, the whole text).
+double parseNumber(const std::string& v, const std::string& option) {
+    try {
+        size_t used = 0;
+        const double x = std::stod(v, &used);
+        if (used != v.size() || !std::isfinite(x)) throw std::invalid_argument(v);
+        return x;
+    } catch (const std::exception&) {
+        throw UsageError(option + ": '" + v + "' is not a number");
+    }
+}
+
 // --threads: 1 .. 4 x the hardware threads (more only oversubscribes, and OpenMP aborts on huge
 // counts); anything else is a usage error naming the range.
 int parseThreads(const std::string& v, const std::string& cmd) {
@@ -567,15 +580,7 @@ int cmdIntervene(const std::vector<std::string>& args) {
         } else if (a == "--router-bias") {
             for (const auto& [at, v] : changeItems(value(), '=', a, "LAYER:EXPERT=VALUE")) {
                 const auto le = changeItems(at, ':', a, "LAYER:EXPERT=VALUE").front();
-                double x = 0;
-                try {
-                    size_t used = 0;
-                    x = std::stod(v, &used);
-                    if (used != v.size()) throw std::invalid_argument(v);
-                } catch (const std::exception&) {
-                    throw UsageError(a + ": '" + v + "' is not a number");
-                }
-                iv.routerBias.push_back({parseChangeLayer(le.first, a), parseInt(le.second, a), x});
+                iv.routerBias.push_back({parseChangeLayer(le.first, a), parseInt(le.second, a), parseNumber(v, a)});
             }
         } else if (a == "--baseline") req.baseline = value();
         else if (a == "--all-experts") req.allExperts = true;
@@ -933,7 +938,8 @@ int cmdAnalyze(const std::vector<std::string>& args) {
     std::string path, out, run, preset, paragraphs, refPath, staticList, dynamicList, device, dtype;
     std::vector<int> layers;
     int64_t firstTokens = 16;
-    int pca = 2, threads = 0;
+    int pca = 2, threads = 0, outlierMin = 5;
+    double outlierEps = 0;
     bool haveStatic = false, haveDynamic = false, allowLong = false, importanceZero = false;
     auto value = [&](size_t& i) -> const std::string& { return optionValue(args, i, "analyze"); };
     for (size_t i = 0; i < args.size(); ++i) {
@@ -954,7 +960,15 @@ int cmdAnalyze(const std::vector<std::string>& args) {
         else if (a == "--dtype") dtype = value(i);
         else if (a == "--first-tokens") firstTokens = parseInt(value(i), "analyze: --first-tokens");
         else if (a == "--pca-components") pca = parseInt(value(i), "analyze: --pca-components");
-        else if (a == "--threads") threads = parseThreads(value(i), "analyze");
+        else if (a == "--pca-outliers") {  // EPS[:MIN_SAMPLES]
+            const std::string& v = value(i);
+            const size_t colon = v.find(':');
+            outlierEps = parseNumber(v.substr(0, colon), "analyze: --pca-outliers");
+            if (colon != std::string::npos)
+                outlierMin = parseInt(v.substr(colon + 1), "analyze: --pca-outliers (min samples)");
+            if (outlierEps <= 0 || outlierMin < 1)
+                throw UsageError("analyze: --pca-outliers takes EPS > 0 and MIN_SAMPLES >= 1 (as EPS[:MIN_SAMPLES])");
+        } else if (a == "--threads") threads = parseThreads(value(i), "analyze");
         else if (a == "--allow-long") allowLong = true;
         else if (a == "--importance-mode") {
             const std::string& m = value(i);
@@ -973,6 +987,7 @@ int cmdAnalyze(const std::vector<std::string>& args) {
     if (threads > 0) es::initRuntime(threads);
     if (!haveStatic && !haveDynamic) staticList = "default";
     const std::set<std::string> statics = es::parseStaticList(staticList);
+    if (outlierEps > 0 && !statics.count("S6")) throw UsageError("analyze: --pca-outliers is an option of --static S6");
     const std::set<std::string> dynamicsListed = es::parseDynamicList(dynamicList);
     const bool makesRun = !preset.empty() || !paragraphs.empty();
     if (makesRun && dynamicsListed.empty())
@@ -1005,6 +1020,8 @@ int cmdAnalyze(const std::vector<std::string>& args) {
         so.analyses = statics;
         so.layers = analysed;
         so.pcaComponents = pca;
+        so.pcaOutlierEps = outlierEps;
+        so.pcaOutlierMinSamples = outlierMin;
         so.progress = [](double f, const std::string& what) {
             std::cerr << "\rstatic analyses: " << static_cast<int>(100 * f) << "% (" << what << ")   " << std::flush;
         };

@@ -8,6 +8,7 @@
 #include <QDialogButtonBox>
 #include <QDir>
 #include <QDockWidget>
+#include <QDoubleSpinBox>
 #include <QEventLoop>
 #include <QFileDialog>
 #include <QFileInfo>
@@ -36,6 +37,7 @@
 #include <QVBoxLayout>
 #include <nlohmann/json.hpp>
 #include <algorithm>
+#include <cmath>
 #include <functional>
 #include <set>
 
@@ -270,6 +272,8 @@ MainWindow::MainWindow(QWidget* parent) : QMainWindow(parent) {
     sessionActions_.push_back(analysis->addAction("&Intervene...", this, &MainWindow::interveneDialog));
     sessionActions_.push_back(analysis->addAction("Expert &importance...", this, &MainWindow::importanceDialog));
     sessionActions_.push_back(analysis->addAction("Trace a &corpus...", this, &MainWindow::corpusDialog));
+    sessionActions_.push_back(
+        analysis->addAction("Matrix &PCA without outliers...", this, &MainWindow::pcaOutliersDialog));
     auto* view = menuBar()->addMenu("&View");
     for (auto* d : {modelDock, promptsDock, jobsDock, routeDock}) view->addAction(d->toggleViewAction());
     // showing the views draws the stale ones from the session: not while a save holds it
@@ -704,6 +708,70 @@ bool MainWindow::openReference(const QString& path) {
         showError("Cannot use the reference model", q(e.what()));
         return false;
     }
+}
+
+bool MainWindow::matrixPcaWithoutOutliers(double eps, int minSamples) {
+    if (!ckpt_ || !spec_ || spec_->moeLayers().empty()) {
+        showError("Cannot compute the PCA", "Open an MoE checkpoint first.");
+        return false;
+    }
+    if (!(eps > 0) || !std::isfinite(eps) || minSamples < 1) {
+        showError("Cannot compute the PCA", "DBSCAN needs eps > 0 and at least 1 sample per neighbourhood.");
+        return false;
+    }
+    auto ckpt = ckpt_;
+    auto spec = spec_;
+    auto ref = ref_;
+    const uint64_t target = generation_;
+    jobs_->submit(QString("Matrix PCA without outliers (DBSCAN eps %1, min samples %2)").arg(eps).arg(minSamples),
+                  [this, ckpt, spec, ref, target, eps, minSamples](JobContext& ctx) -> JobLand {
+                      StaticOptions so;
+                      so.analyses = {"S6"};
+                      so.layers = analysisLayers(*spec, {}, ckpt->path());
+                      so.pcaOutlierEps = eps;
+                      so.pcaOutlierMinSamples = minSamples;
+                      so.progress = ctx.progress;
+                      so.cancel = ctx.cancel;
+                      auto results =
+                          std::make_shared<std::map<std::string, Result>>(staticAnalyses(*ckpt, *spec, ref.get(), so));
+                      return [this, results, target] {
+                          if (generation_ != target) return;
+                          for (auto& [id, r] : *results) session_->putResult(id, std::move(r));
+                          dirty_ = true;
+                          refreshViews();
+                          if (ViewPane* p = pane("pca")) {
+                              p->setMode("matrix-pca");
+                              tabs_->setCurrentWidget(p);
+                          }
+                      };
+                  });
+    return true;
+}
+
+void MainWindow::pcaOutliersDialog() {
+    QDialog d(this);
+    d.setWindowTitle("Matrix PCA without outliers");
+    auto* form = new QFormLayout(&d);
+    auto* note = new QLabel(
+        "DBSCAN on each layer's expert projection (its first two components); the experts it calls noise are "
+        "dropped and the PCA recomputed without them. The Look-into-MoEs notebook uses eps 50 on DeepSeekMoE; the "
+        "right eps depends on the scale of the projection (the PCA view's axes).");
+    note->setWordWrap(true);
+    form->addRow(note);
+    auto* eps = new QDoubleSpinBox;
+    eps->setDecimals(4);
+    eps->setRange(0.0001, 1e9);
+    eps->setValue(50);
+    auto* minSamples = new QSpinBox;
+    minSamples->setRange(1, 100000);
+    minSamples->setValue(5);
+    form->addRow("eps", eps);
+    form->addRow("Min samples", minSamples);
+    auto* buttons = new QDialogButtonBox(QDialogButtonBox::Ok | QDialogButtonBox::Cancel);
+    form->addRow(buttons);
+    connect(buttons, &QDialogButtonBox::accepted, &d, &QDialog::accept);
+    connect(buttons, &QDialogButtonBox::rejected, &d, &QDialog::reject);
+    if (d.exec() == QDialog::Accepted) matrixPcaWithoutOutliers(eps->value(), minSamples->value());
 }
 
 void MainWindow::startStaticAnalyses() {

@@ -82,6 +82,10 @@ public:
     // folder holds the spool).
     bool traceCorpusFile(const QString& file, const QString& run = "corpus", const QString& labelField = "label",
                          int window = 0, int batchTokens = 16384, int permutations = 2000, bool resume = false);
+    // S6 again with Look-into-MoEs' outlier removal (docs/analyses.md): DBSCAN(eps, minSamples) on
+    // each layer's projection, the noise experts dropped and the PCA recomputed without them
+    // (a job; the PCA tab shows it, the dropped experts named in its title).
+    bool matrixPcaWithoutOutliers(double eps, int minSamples = 5);
     // Expert importance of a run's prompts (a job with progress and Cancel): each expert disabled
     // (zero: its output zeroed) alone on each MoE layer; the Interventions tab shows it.
     bool measureImportance(const QString& run, bool zero = false);
@@ -198,6 +202,7 @@ private:
     std::vector<std::string> spoolsAfterSave_;           // corpus spools to remove once the session is saved
     std::map<int, std::vector<std::string>> runsOfJob_;  // the pending run names each job holds
     void corpusDialog();
+    void pcaOutliersDialog();
     uint64_t generation_ = 0;  // which session the jobs' results belong to
 };
 

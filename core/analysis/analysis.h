@@ -32,7 +32,12 @@ struct StaticOptions {
     std::set<std::string> analyses;  // S1 .. S7
     std::vector<int> layers;         // MoE layers to analyse (checked with analysisLayers)
     int pcaComponents = 2;           // S6, S7: 2 or 3
-    int maxExactNeurons = 4096;      // S3: exact assignment up to this width, auction above
+    // S6 outliers (Look-into-MoEs' remove_noise): > 0: DBSCAN(eps, min_samples) on the first
+    // two components of every layer's projection; the noise points are dropped and the PCA
+    // recomputed without them (their names kept with the result). 0: off
+    double pcaOutlierEps = 0;
+    int pcaOutlierMinSamples = 5;
+    int maxExactNeurons = 4096;  // S3: exact assignment up to this width, auction above
     Progress progress;
     const std::atomic<bool>* cancel = nullptr;
 };

@@ -376,6 +376,43 @@ Pca pcaFromGram(const std::vector<double>& gIn, int n, int C) {
     return p;
 }
 
+// DBSCAN as scikit-learn computes it: a point is a core point when at least minSamples points
+// (itself included) lie within eps of it (Euclidean, <=); each cluster grows from its first
+// unlabelled core point (by index) through the neighbourhoods of its core points; a point no
+// core point reaches is noise (-1). pts: n rows of `stride` values, the first `dims` used.
+std::vector<int32_t> dbscan(const std::vector<double>& pts, int n, int stride, int dims, double eps, int minSamples) {
+    std::vector<std::vector<int>> near(static_cast<size_t>(n));
+    for (int i = 0; i < n; ++i)
+        for (int j = 0; j < n; ++j) {
+            double d2 = 0;
+            for (int c = 0; c < dims; ++c) {
+                const double d = pts[static_cast<size_t>(i) * stride + c] - pts[static_cast<size_t>(j) * stride + c];
+                d2 += d * d;
+            }
+            if (d2 <= eps * eps) near[static_cast<size_t>(i)].push_back(j);
+        }
+    auto core = [&](int i) { return static_cast<int>(near[static_cast<size_t>(i)].size()) >= minSamples; };
+    std::vector<int32_t> label(static_cast<size_t>(n), -1);
+    int32_t next = 0;
+    for (int i = 0; i < n; ++i) {
+        if (label[static_cast<size_t>(i)] != -1 || !core(i)) continue;
+        std::vector<int> stack = {i};
+        label[static_cast<size_t>(i)] = next;
+        while (!stack.empty()) {
+            const int p = stack.back();
+            stack.pop_back();
+            if (!core(p)) continue;  // a border point joins, its neighbours do not
+            for (int q : near[static_cast<size_t>(p)])
+                if (label[static_cast<size_t>(q)] == -1) {
+                    label[static_cast<size_t>(q)] = next;
+                    stack.push_back(q);
+                }
+        }
+        ++next;
+    }
+    return label;
+}
+
 // A matrix's neurons as rows of a float tensor [neurons, d].
 Tensor neuronMatrix(const Mat& m) {
     Tensor raw = torch::empty({m.rows, m.cols}, torch::kFloat);
@@ -608,8 +645,37 @@ void staticForKind(const Checkpoint& ckpt, const ModelSpec& spec, const Referenc
                 }
                 if (s6) {
                     Pca p = pcaFromGram(pr.gramZ, nSame, C);
-                    r6.arrays[lp + names[m]] =
-                        Array::f32d({nSame, C}, p.proj).with("labels", AttrValue::text(sameLabels));
+                    std::vector<std::string> kept = sameLabels, dropped;
+                    if (opt.pcaOutlierEps > 0) {
+                        // outliers: DBSCAN on the 2-D projection; the PCA again, standardisation
+                        // included, on the other samples (a second pass over their weights)
+                        const std::vector<int32_t> cl =
+                            dbscan(p.proj, nSame, C, 2, opt.pcaOutlierEps, opt.pcaOutlierMinSamples);
+                        std::vector<Mat> rest;
+                        kept.clear();
+                        for (int x = 0; x < nSame; ++x) {
+                            if (cl[static_cast<size_t>(x)] == -1) {
+                                dropped.push_back(sameLabels[static_cast<size_t>(x)]);
+                            } else {
+                                kept.push_back(sameLabels[static_cast<size_t>(x)]);
+                                rest.push_back(same[m][static_cast<size_t>(x)]);
+                            }
+                        }
+                        r6.arrays[lp + names[m] + "_all"] =
+                            Array::f32d({nSame, C}, p.proj).with("labels", AttrValue::text(sameLabels));
+                        r6.arrays[lp + names[m] + "_dbscan"] = Array::i32({nSame}, cl);
+                        if (!dropped.empty() && rest.size() >= 2) {
+                            const int nRest = static_cast<int>(rest.size());
+                            p = pcaFromGram(blockPass(rest, false, true).gramZ, nRest, C);
+                        } else if (!dropped.empty()) {  // too few left for a PCA: nothing dropped
+                            kept = sameLabels;
+                            dropped.clear();
+                        }
+                    }
+                    Array a = Array::f32d({static_cast<int64_t>(kept.size()), C}, p.proj)
+                                  .with("labels", AttrValue::text(kept));
+                    if (opt.pcaOutlierEps > 0) a.with("dropped", AttrValue::text(dropped));
+                    r6.arrays[lp + names[m]] = std::move(a);
                     r6.arrays[lp + names[m] + "_explained"] = Array::f32d({C}, p.explained);
                 }
                 for (int x = 0; x < nSame; ++x) neuronSum[sameLabels[x]] = std::move(pr.neuronSum[x]);
@@ -742,6 +808,15 @@ void staticForKind(const Checkpoint& ckpt, const ModelSpec& spec, const Referenc
     if (s6) {
         nlohmann::json p = withExcluded;
         p["components"] = C;
+        if (opt.pcaOutlierEps > 0)
+            p["outliers"] = {{"method", "DBSCAN (scikit-learn's definition) on the first two components"},
+                             {"eps", opt.pcaOutlierEps},
+                             {"min_samples", opt.pcaOutlierMinSamples},
+                             {"dropped",
+                              "the noise points (label -1): each layer's array attribute 'dropped'; "
+                              "the projection and the explained variance are the PCA recomputed "
+                              "(standardisation included) without them; _all and _dbscan hold the "
+                              "projection of every sample and its DBSCAN labels"}};
         finish("matrix_pca", "S6", r6, p);
     }
     if (s7) {
@@ -821,6 +896,9 @@ std::map<std::string, Result> staticAnalyses(const Checkpoint& ckpt, const Model
     if (ref) checkReference(spec, *ref, layers);
     if (opt.pcaComponents < 2 || opt.pcaComponents > 3)
         throw Error("PCA takes 2 or 3 components, not " + std::to_string(opt.pcaComponents), "", "--pca-components");
+    if (!(opt.pcaOutlierEps >= 0) || !std::isfinite(opt.pcaOutlierEps))
+        throw Error("DBSCAN's eps must be a finite number >= 0 (0: off)", "", "--pca-outliers");
+    if (opt.pcaOutlierMinSamples < 1) throw Error("DBSCAN's min_samples must be at least 1", "", "--pca-outliers");
     std::map<std::string, Result> out;
     const double split = spec.attn.isMoa() ? 0.5 : 1.0;
     staticForKind(ckpt, spec, ref, opt, layers, false, 0.0, split, out);

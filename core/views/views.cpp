@@ -467,6 +467,17 @@ Figure pcaFigure(const Session& s, const ViewRequest& req, bool neurons) {
     f.view = req.view;
     f.title = std::string(neurons ? "Neuron-level PCA (S7)" : "Matrix-level PCA (S6)") + ", layer " +
               std::to_string(L) + ", " + matrixName(matrix);
+    const bool outlierOption = !neurons && d.a->attrs.count("dropped");
+    const auto dropped = outlierOption ? d.labels("dropped") : std::vector<std::string>{};
+    if (outlierOption) {  // the experts DBSCAN dropped, named in the title
+        if (dropped.empty()) f.title += "\nDBSCAN: no outliers";
+        else {
+            f.title += "\nDBSCAN dropped (";
+            for (size_t i = 0; i < dropped.size(); ++i)
+                f.title += (i == 0 ? "" : i % 8 == 0 ? ",\n" : ", ") + dropped[i];  // a line every 8 ids
+            f.title += "); PCA without them";
+        }
+    }
     Panel p;
     p.xLabel = explainedText(ex, 0);
     p.yLabel = C > 1 ? explainedText(ex, 1) : "";
@@ -500,7 +511,17 @@ Figure pcaFigure(const Session& s, const ViewRequest& req, bool neurons) {
             t.group.push_back(routed ? static_cast<int>(i) : -1);
             std::vector<std::string> row = {lab};
             for (int64_t c = 0; c < C; ++c) row.push_back(d.text(i * C + c));
+            if (outlierOption) row.push_back("no");
             f.csvRows.push_back(std::move(row));
+        }
+        if (outlierOption) {  // the dropped experts: no coordinates in the PCA without them
+            f.csvHeader.push_back("dbscan_outlier");
+            for (const auto& lab : dropped) {
+                std::vector<std::string> row = {lab};
+                row.resize(static_cast<size_t>(C) + 1);
+                row.push_back("yes");
+                f.csvRows.push_back(std::move(row));
+            }
         }
         p.series.push_back(std::move(experts));
         if (!others.x.empty()) {

@@ -51,6 +51,7 @@ weights by <= 9.2e-7, and changes no routing, no rank and no Kendall tau.
   Tokens where HF's probability gap between the k-th and (k+1)-th expert is below 1e-6 may route
   differently (none here: the smallest gap is 4.4e-6, OLMoE).
 """
+import csv
 import hashlib
 import json
 import math
@@ -919,6 +920,101 @@ def test_many_experts_take_the_gemm_path(world, tmp_path):
                     assert got.shape == (27, 27) and labels_of(got) == exp.labels[path]
                     np.testing.assert_allclose(got[()], exp.arrays[path], atol=TOL_SIM, rtol=0, err_msg=path)
                 _check_pca(exp, f, f"matrix_pca/layers/{l}/{m}", 2)
+
+
+def _stable_eps(points, min_samples):
+    """An eps for DBSCAN on `points` that leaves some noise and some cluster, halfway across a
+    gap of at least 5% in the sorted pairwise distances (so rounding of the projection cannot
+    move a pair across it); with the labels scikit-learn gives there."""
+    from sklearn.cluster import DBSCAN
+    d = np.sort(np.unique(np.round(np.linalg.norm(points[:, None] - points[None], axis=-1), 12)))
+    for lo, hi in zip(d[:-1], d[1:]):
+        if lo <= 0 or hi < 1.05 * lo:
+            continue
+        eps = (lo + hi) / 2
+        labels = DBSCAN(eps=eps, min_samples=min_samples).fit(points).labels_
+        if 1 <= (labels == -1).sum() <= len(points) // 2 and (labels >= 0).any():
+            return eps, labels
+    raise AssertionError("no eps with both noise and a cluster")
+
+
+@pytest.mark.parametrize("experts", [12, 26])
+def test_s6_outliers_dropped_by_dbscan(world, tmp_path, experts):
+    """--pca-outliers (Look-into-MoEs' remove_noise): scikit-learn's DBSCAN on the first two
+    components of the projection of every expert gives the stored labels; the experts it calls
+    noise are named (attribute, CSV, figure title) and the PCA is numpy's on the other experts,
+    standardisation included. Two experts are scaled 4x to stand out; with 12 experts the tile
+    kernel computes the Gram matrices, with 26 the GEMM path."""
+    h5py = require("h5py")
+    require("sklearn")
+    from sklearn.cluster import DBSCAN
+    torch = require("torch")
+    model = fixtures.build_model("mixtral_gqa", num_local_experts=experts, num_experts_per_tok=2)
+    with torch.no_grad():
+        for layer in model.model.layers:
+            for e in (3, experts - 2):
+                layer.mlp.experts.gate_up_proj[e] *= 4
+                layer.mlp.experts.down_proj[e] *= 4
+    per, _ = fixtures.save_layouts(model, str(tmp_path / "moe"))
+    moe = R.MoeWeights(per)
+    exp = R.static_reference(moe, None, s3=False, s7=False)
+    l0 = moe.moe_layers[0]
+    eps, _ = _stable_eps(exp.arrays[f"matrix_pca/layers/{l0}/gate"][:, :2], 3)
+    out = tmp_path / "s.h5"
+    run_cli(world.cli, "analyze", per, "--out", out, "--static", "S6", "--pca-outliers", f"{float(eps)!r}:3")
+    with h5py.File(out, "r") as f:
+        params = json.loads(result_group(f, f"matrix_pca/layers/{l0}/gate").attrs["params_json"])
+        assert params["outliers"]["eps"] == pytest.approx(eps) and params["outliers"]["min_samples"] == 3
+        dropped_somewhere = False
+        for l in moe.moe_layers:
+            for m in MATS:
+                path = f"matrix_pca/layers/{l}/{m}"
+                everything = ds(f, path + "_all")
+                assert labels_of(everything) == exp.labels[path]
+                # the projection DBSCAN reads is numpy's PCA of every expert (up to signs)
+                ref = exp.arrays[path]
+                for c in range(2):
+                    a, b = everything[:, c], ref[:, c]
+                    assert min(np.abs(a - b).max(), np.abs(a + b).max()) <= 1e-4 * np.abs(b).max(), (path, c)
+                labels = ds(f, path + "_dbscan")[()]
+                assert labels.dtype == np.int32
+                np.testing.assert_array_equal(labels, DBSCAN(eps=eps, min_samples=3).fit(everything[:, :2]).labels_)
+                noise = [exp.labels[path][i] for i in np.flatnonzero(labels == -1)]
+                kept_idx = np.flatnonzero(labels != -1)
+                d = ds(f, path)
+                if len(kept_idx) < 2:  # too few left for a PCA: nothing is dropped
+                    noise = []
+                assert "dropped" in d.attrs and strings(d.attrs["dropped"]) == noise, path
+                if not noise:
+                    continue
+                dropped_somewhere = True
+                assert labels_of(d) == [exp.labels[path][i] for i in kept_idx]
+                # the PCA again on the kept experts: standardised over them alone
+                X = exp.pca[path]["X"][kept_idx]
+                proj, expl, _, _ = R.pca(X, 2)
+                for c in range(2):
+                    a, b = d[:, c], proj[:, c]
+                    assert min(np.abs(a - b).max(), np.abs(a + b).max()) <= 1e-4 * np.abs(b).max(), (path, c)
+                np.testing.assert_allclose(ds(f, path + "_explained")[()], expl, atol=1e-5)
+        assert dropped_somewhere
+    csv_path = tmp_path / "pca.csv"
+    run_cli(world.cli, "export", out, "--view", "matrix-pca", "--layer", str(l0), "--matrix", "gate", "--out", csv_path)
+    with open(csv_path) as fh:
+        rows = list(csv.reader(fh))
+    assert rows[0] == ["expert", "pc1", "pc2", "dbscan_outlier"]
+    with h5py.File(out, "r") as f:
+        d = ds(f, f"matrix_pca/layers/{l0}/gate")
+        want_out = strings(d.attrs["dropped"])
+        want_in = labels_of(d)
+    assert [r[0] for r in rows[1:] if r[-1] == "yes"] == want_out
+    assert [r[0] for r in rows[1:] if r[-1] == "no"] == want_in
+    # the option needs S6, and a positive eps
+    r = run_cli(world.cli, "analyze", per, "--out", tmp_path / "x.h5", "--static", "S1", "--pca-outliers", "5",
+                check=False)
+    assert r.returncode == 2 and "--pca-outliers" in r.stderr
+    r = run_cli(world.cli, "analyze", per, "--out", tmp_path / "x.h5", "--static", "S6", "--pca-outliers", "-1",
+                check=False)
+    assert r.returncode == 2 and "--pca-outliers" in r.stderr and not os.path.exists(tmp_path / "x.h5")
 
 
 def check_s1_s2_s4_s6_s7(out, moe, experts):

@@ -1066,6 +1066,47 @@ private Q_SLOTS:
         QCOMPARE(w2.pane("similarity")->figureView()->figure().csvRows, f.csvRows);
     }
 
+    void matrixPcaWithoutOutliers() {
+        MainWindow w;
+        QVERIFY2(w.openDemo(), qPrintable(w.lastError()));
+        QVERIFY(w.jobs()->waitForIdle(kJobTimeoutMs));
+        // eps = the median distance to the nearest other expert on layer L's first two
+        // components: about half the experts have no neighbour that close, and DBSCAN with
+        // min_samples 2 calls them noise
+        const int L = w.session()->result("matrix_pca").arrays.count("layers/1/gate") ? 1 : 0;
+        const std::string base = "layers/" + std::to_string(L) + "/gate";
+        const Array before = w.session()->result("matrix_pca").arrays.at(base);
+        const int64_t n = before.shape[0], C = before.shape[1];
+        const std::vector<double> v = before.toDoubles();
+        std::vector<double> nearest;
+        for (int64_t i = 0; i < n; ++i) {
+            double best = 1e300;
+            for (int64_t j = 0; j < n; ++j)
+                if (j != i) best = std::min(best, std::hypot(v[i * C] - v[j * C], v[i * C + 1] - v[j * C + 1]));
+            nearest.push_back(best);
+        }
+        std::sort(nearest.begin(), nearest.end());
+        const double eps = (nearest[n / 2 - 1] + nearest[n / 2]) / 2;
+        QVERIFY(w.matrixPcaWithoutOutliers(eps, 2));
+        QVERIFY(w.jobs()->waitForIdle(kJobTimeoutMs));
+        QVERIFY2(w.lastError().isEmpty(), qPrintable(w.lastError()));
+        const Result& r = w.session()->result("matrix_pca");
+        QVERIFY(r.paramsJson.find("DBSCAN") != std::string::npos);
+        const auto& dropped = r.arrays.at(base).attrs.at("dropped").strings;
+        QVERIFY(!dropped.empty());
+        QCOMPARE(r.arrays.at(base).shape[0] + static_cast<int64_t>(dropped.size()), n);
+        ViewPane* p = w.pane("pca");
+        QCOMPARE(w.tabs()->currentWidget(), static_cast<QWidget*>(p));
+        p->setLayer(L);
+        p->setOption("matrix", "gate");
+        QVERIFY(w.jobs()->waitForIdle(kJobTimeoutMs));
+        const std::string title = p->figureView()->figure().title;
+        QVERIFY2(title.find("DBSCAN dropped (" + dropped.front()) != std::string::npos, title.c_str());
+        QVERIFY(w.grab().save(outDir() + "/window-pca-dbscan.png"));
+        QVERIFY(!w.matrixPcaWithoutOutliers(0));  // eps must be positive
+        QVERIFY(w.lastError().contains("eps"));
+    }
+
     void convertsTheDenseDemoToEmoe() {
         const QString demo = QString::fromStdString(demoDirectory());
         QTemporaryDir tmp;
