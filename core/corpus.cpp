@@ -162,26 +162,39 @@ std::map<std::string, Result> corpusStatistics(const Session& s, const std::stri
         groupTokens[static_cast<size_t>(group[static_cast<size_t>(p)])] +=
             offs[static_cast<size_t>(p + 1)] - offs[static_cast<size_t>(p)];
 
+    // a layer at a time, read in chunks of whole prompts of about opt.chunkTokens: what is held is
+    // a chunk's logits and two layers' choices (the routes need the layer before), whatever L is
+    constexpr int64_t kTopN = 20, kMinCount = 5;
+    if (opt.chunkTokens < 1) throw Error("a chunk holds at least one token", "", "--chunk-tokens");
     LoadStats stats(E, K, T, s.runTokens(run));
     for (int64_t li = 0; li < L; ++li) {
-        if (opt.cancel && opt.cancel->load()) throw Error("cancelled", "", "corpus statistics");
-        if (opt.progress)
-            opt.progress(static_cast<double>(li) / static_cast<double>(L),
-                         "corpus statistics: layer " + std::to_string(layers[static_cast<size_t>(li)]));
-        const LayerTrace lt = s.runLayer(run, layers[static_cast<size_t>(li)]);
-        for (int64_t p = 0; p < P; ++p) {
-            const int64_t b = offs[static_cast<size_t>(p)], n = offs[static_cast<size_t>(p + 1)] - b;
-            stats.observe(layers[static_cast<size_t>(li)], b, n, lt.routerLogits.data() + b * E,
-                          lt.topkExperts.data() + b * K);
-            if (!domain) continue;
-            int64_t* c = groupCounts.data() + (group[static_cast<size_t>(p)] * L + li) * E;
-            for (int64_t i = b * K; i < (b + n) * K; ++i) {
-                const int32_t e = lt.topkExperts[static_cast<size_t>(i)];
-                if (e >= 0 && e < E) ++c[e];
+        const int layer = layers[static_cast<size_t>(li)];
+        for (int64_t p0 = 0; p0 < P;) {
+            if (opt.cancel && opt.cancel->load()) throw Error("cancelled", "", "corpus statistics");
+            int64_t p1 = p0 + 1;
+            while (p1 < P && offs[static_cast<size_t>(p1 + 1)] - offs[static_cast<size_t>(p0)] <= opt.chunkTokens) ++p1;
+            const int64_t first = offs[static_cast<size_t>(p0)];
+            if (opt.progress)
+                opt.progress((static_cast<double>(li) +
+                              static_cast<double>(first) / static_cast<double>(std::max<int64_t>(1, T))) /
+                                 static_cast<double>(L),
+                             "corpus statistics: layer " + std::to_string(layer));
+            const LayerTrace lt = s.runLayerTokens(run, layer, first, offs[static_cast<size_t>(p1)] - first);
+            for (int64_t p = p0; p < p1; ++p) {
+                const int64_t b = offs[static_cast<size_t>(p)], n = offs[static_cast<size_t>(p + 1)] - b;
+                stats.observe(layer, b, n, lt.routerLogits.data() + (b - first) * E,
+                              lt.topkExperts.data() + (b - first) * K);
+                if (!domain) continue;
+                int64_t* c = groupCounts.data() + (group[static_cast<size_t>(p)] * L + li) * E;
+                for (int64_t i = (b - first) * K; i < (b - first + n) * K; ++i) {
+                    const int32_t e = lt.topkExperts[static_cast<size_t>(i)];
+                    if (e >= 0 && e < E) ++c[e];
+                }
             }
+            p0 = p1;
         }
+        stats.settleLayer(layer, li > 0 ? layers[static_cast<size_t>(li - 1)] : -1, kTopN, kMinCount);
     }
-    constexpr int64_t kTopN = 20, kMinCount = 5;
     Result load, tokens;
     stats.finish(layers, load, tokens, kTopN, kMinCount);
     const nlohmann::json prov{{"run", run},

@@ -7,7 +7,8 @@
 // as always) with its statistics computed from the stored routing, a layer at a time: expert load,
 // routes across layers, tokens per expert, and for labelled documents the domain specialisation.
 // Memory stays flat in the corpus size while tracing and joining (one batch at a time); the
-// statistics hold the choices of every layer (corpusStatistics). No Qt, no LibTorch types.
+// statistics (corpusStatistics) read a layer in chunks and hold two layers' choices. No Qt, no
+// LibTorch types.
 #include <atomic>
 #include <cstdint>
 #include <cstdio>
@@ -69,6 +70,7 @@ struct CorpusStatsOptions {
     int64_t permutations = 2000;
     uint64_t seed = 0;
     std::vector<std::string> labels;
+    int64_t chunkTokens = 1 << 16;  // a layer is read in chunks of whole prompts of about this many tokens
     Progress progress;
     const std::atomic<bool>* cancel = nullptr;
 };

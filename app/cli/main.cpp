@@ -67,7 +67,8 @@ const char* kUsage = R"(usage:
                   [--batch-tokens N] [--window N] [--max-documents N] [--resume] [--permutations N] [--seed S]
                   [--no-statistics] [--json] [--device ...] [--dtype ...] [--layer-streaming ...] [--threads N]
                   [--allow-long]
-  expertscope-cli corpus-stats SESSION.h5 --run NAME [--labels FILE] [--permutations N] [--seed S] [--json]
+  expertscope-cli corpus-stats SESSION.h5 --run NAME [--labels FILE] [--permutations N] [--seed S]
+                  [--chunk-tokens N] [--json]
   expertscope-cli emoe DENSE_CHECKPOINT --experts N --top-k K [--layers all|START:EVERY|LIST]
                   [--gating avg-k|up|up-abs|inter|inter-abs|mean-key|mean-key-unit]
                   [--clustering balanced-kmeans|random|contiguous] [--seed S] [--restarts R]
@@ -822,6 +823,7 @@ int cmdCorpusStats(const std::vector<std::string>& args) {
         else if (a == "--labels") labels = value();
         else if (a == "--permutations") opt.permutations = parseCount(value(), a, 0);
         else if (a == "--seed") opt.seed = static_cast<uint64_t>(parseCount(value(), a, 0));
+        else if (a == "--chunk-tokens") opt.chunkTokens = parseCount(value(), a, 1);
         else if (a == "--json") json = true;
         else if (a.rfind("--", 0) == 0) throw UsageError("corpus-stats: unknown option " + a);
         else if (path.empty()) path = a;

@@ -102,6 +102,39 @@ void LoadStats::observe(int layer, int64_t base, int64_t n, const float* logits,
     }
 }
 
+std::map<std::string, Array> LoadStats::tokenArraysOf(int layer, const std::vector<int32_t>& ids, int64_t topN,
+                                                      int64_t minCount) const {
+    std::map<std::string, Array> out;
+    if (tokens_.size() != static_cast<size_t>(T_) || ids.size() != static_cast<size_t>(T_ * K_)) return out;
+    const AttrValue labels = AttrValue::text(expertLabels(E_, false, false));
+    std::vector<int64_t> sortedTokens(tokens_);
+    std::sort(sortedTokens.begin(), sortedTokens.end());
+    for (const auto& [mode, k] : {std::pair<std::string, int64_t>{"topk", K_}, {"top1", 1}}) {
+        const ExpertTokens x = expertTokens(tokens_, ids.data(), K_, k, E_, topN, minCount, &sortedTokens);
+        const std::string p = "layers/" + std::to_string(layer) + "/" + mode + "_";
+        out[p + "ids"] = Array::i64({E_, topN}, x.ids).with("labels", labels);
+        out[p + "counts"] = Array::i64({E_, topN}, x.counts).with("labels", labels);
+        out[p + "lift_ids"] = Array::i64({E_, topN}, x.liftIds).with("labels", labels);
+        out[p + "lift"] = Array::f64({E_, topN}, x.lift).with("labels", labels);
+        out[p + "lift_counts"] = Array::i64({E_, topN}, x.liftCounts).with("labels", labels);
+    }
+    return out;
+}
+
+void LoadStats::settleLayer(int layer, int previous, int64_t topN, int64_t minCount) {
+    Acc& a = acc_[layer];
+    a.tokenArrays = tokenArraysOf(layer, a.ids, topN, minCount);
+    if (auto it = acc_.find(previous); it != acc_.end()) {
+        Acc& b = it->second;
+        if (b.ids.size() == static_cast<size_t>(T_ * K_) && a.ids.size() == b.ids.size()) {
+            a.routeFrom = previous;
+            routes(b.ids, a.ids, T_, K_, E_, a.routeTop1, a.routeTopk, a.routeNmi);
+        }
+        std::vector<int32_t>().swap(b.ids);
+    }
+    a.settled = true;
+}
+
 void LoadStats::finish(const std::vector<int>& layers, Result& r, Result& tpe, int64_t topN, int64_t minCount) const {
     const int64_t E = E_, K = K_, T = T_;
     const AttrValue layerAttr = AttrValue::i32s(layers), labels = AttrValue::text(expertLabels(E, false, false));
@@ -160,9 +193,16 @@ void LoadStats::finish(const std::vector<int>& layers, Result& r, Result& tpe, i
     std::vector<int> from, to;
     for (size_t i = 0; i + 1 < layers.size(); ++i) {
         const Acc &a = accOf(layers[i]), &b = accOf(layers[i + 1]);
-        if (a.ids.size() != static_cast<size_t>(T * K) || b.ids.size() != a.ids.size()) continue;
         double v = 0;
-        routes(a.ids, b.ids, T, K, E, top1, topk, v);
+        if (b.settled && b.routeFrom == layers[i]) {  // computed when the layer settled
+            top1.insert(top1.end(), b.routeTop1.begin(), b.routeTop1.end());
+            topk.insert(topk.end(), b.routeTopk.begin(), b.routeTopk.end());
+            v = b.routeNmi;
+        } else if (a.ids.size() == static_cast<size_t>(T * K) && b.ids.size() == a.ids.size()) {
+            routes(a.ids, b.ids, T, K, E, top1, topk, v);
+        } else {
+            continue;
+        }
         nmi.push_back(v);
         from.push_back(layers[i]);
         to.push_back(layers[i + 1]);
@@ -189,21 +229,10 @@ void LoadStats::finish(const std::vector<int>& layers, Result& r, Result& tpe, i
                                         .with("layers", layerAttr)
                                         .with("chance", AttrValue::number(1.0 - std::max(0.0, disjoint)));
     // tokens per expert (analyses-spec 7.5), of the top-k choices and of the top-1 choices
-    if (tokens_.size() != static_cast<size_t>(T)) return;
-    std::vector<int64_t> sortedTokens(tokens_);
-    std::sort(sortedTokens.begin(), sortedTokens.end());
     for (int l : layers) {
         const Acc& a = accOf(l);
-        if (a.ids.size() != static_cast<size_t>(T * K)) continue;
-        for (const auto& [mode, k] : {std::pair<std::string, int64_t>{"topk", K}, {"top1", 1}}) {
-            const ExpertTokens x = expertTokens(tokens_, a.ids.data(), K, k, E, topN, minCount, &sortedTokens);
-            const std::string p = "layers/" + std::to_string(l) + "/" + mode + "_";
-            tpe.arrays[p + "ids"] = Array::i64({E, topN}, x.ids).with("labels", labels);
-            tpe.arrays[p + "counts"] = Array::i64({E, topN}, x.counts).with("labels", labels);
-            tpe.arrays[p + "lift_ids"] = Array::i64({E, topN}, x.liftIds).with("labels", labels);
-            tpe.arrays[p + "lift"] = Array::f64({E, topN}, x.lift).with("labels", labels);
-            tpe.arrays[p + "lift_counts"] = Array::i64({E, topN}, x.liftCounts).with("labels", labels);
-        }
+        const auto arrays = a.settled ? a.tokenArrays : tokenArraysOf(l, a.ids, topN, minCount);
+        for (const auto& [k, v] : arrays) tpe.arrays[k] = v;
     }
 }
 

@@ -361,6 +361,29 @@ std::vector<T> readAll(hid_t loc, const std::string& path, hid_t memType, const 
     return v;
 }
 
+// Rows [first, first + count) of a 2-D dataset [rows, width] (its shape checked on open).
+template <class T>
+std::vector<T> readRows(hid_t loc, const std::string& path, hid_t memType, const std::string& file, int64_t first,
+                        int64_t count, int64_t width) {
+    H ds(H5Dopen2(loc, path.c_str(), H5P_DEFAULT), H5Dclose);
+    if (!ds.ok()) throw Error("missing or unreadable dataset", file, abs(path));
+    H sp(H5Dget_space(ds), H5Sclose);
+    hsize_t dims[2] = {0, 0};
+    if (H5Sget_simple_extent_ndims(sp) != 2 || H5Sget_simple_extent_dims(sp, dims, nullptr) != 2 ||
+        static_cast<int64_t>(dims[1]) != width || first < 0 || count < 0 ||
+        first + count > static_cast<int64_t>(dims[0]))
+        throw Error("rows " + std::to_string(first) + " + " + std::to_string(count) + " are not in the dataset", file,
+                    abs(path));
+    std::vector<T> v(static_cast<size_t>(count * width));
+    if (count == 0 || width == 0) return v;
+    const hsize_t start[2] = {static_cast<hsize_t>(first), 0}, n[2] = {static_cast<hsize_t>(count), dims[1]};
+    H mem(H5Screate_simple(2, n, nullptr), H5Sclose);
+    if (H5Sselect_hyperslab(sp, H5S_SELECT_SET, start, nullptr, n, nullptr) < 0 ||
+        H5Dread(ds, memType, mem, sp, H5P_DEFAULT, v.data()) < 0)
+        throw Error("cannot read (damaged data: checksum or decompression error)", file, abs(path));
+    return v;
+}
+
 std::vector<std::string> readStrings(hid_t loc, const std::string& path, const std::string& file) {
     H ds(H5Dopen2(loc, path.c_str(), H5P_DEFAULT), H5Dclose);
     if (!ds.ok()) throw Error("missing or unreadable dataset", file, abs(path));
@@ -1170,6 +1193,17 @@ std::vector<std::string> Session::runTokenPieces(const std::string& name) const 
 namespace {
 
 // One router's records of a stored run, read from `group` (a layer group or its attention group).
+// Every stored choice is one of the model's experts (`first`: the run position of ids[0]'s token).
+void checkExpertIds(const std::vector<int32_t>& ids, int64_t E, int64_t K, int64_t first, const std::string& file,
+                    const std::string& path) {
+    for (size_t i = 0; i < ids.size(); ++i)
+        if (ids[i] < 0 || ids[i] >= E)
+            throw Error("expert id " + std::to_string(ids[i]) + " (token " +
+                            std::to_string(first + static_cast<int64_t>(i) / K) + ") is not one of the model's " +
+                            std::to_string(E) + " experts",
+                        file, path);
+}
+
 LayerTrace readRouter(hid_t f, const std::string& group, int layer, int64_t E, int64_t K, const std::string& file,
                       bool choicesOnly = false) {
     LayerTrace t;
@@ -1179,11 +1213,7 @@ LayerTrace readRouter(hid_t f, const std::string& group, int layer, int64_t E, i
     if (!choicesOnly) t.routerLogits = readAll<float>(f, group + "/router_logits", H5T_NATIVE_FLOAT, file);
     t.topkExperts = readAll<int32_t>(f, group + "/topk_experts", H5T_NATIVE_INT32, file);
     if (!choicesOnly) t.topkWeights = readAll<float>(f, group + "/topk_weights", H5T_NATIVE_FLOAT, file);
-    for (size_t i = 0; i < t.topkExperts.size(); ++i)
-        if (t.topkExperts[i] < 0 || t.topkExperts[i] >= E)
-            throw Error("expert id " + std::to_string(t.topkExperts[i]) + " (token " + std::to_string(i / K) +
-                            ") is not one of the model's " + std::to_string(E) + " experts",
-                        file, "/" + group + "/topk_experts");
+    checkExpertIds(t.topkExperts, E, K, 0, file, "/" + group + "/topk_experts");
     if (choicesOnly) return t;
     if (exists(f, group + "/expert_output_norms"))
         t.expertOutputNorms = readAll<float>(f, group + "/expert_output_norms", H5T_NATIVE_FLOAT, file);
@@ -1217,6 +1247,40 @@ LayerTrace Session::runLayer(const std::string& name, int layer, bool choicesOnl
     H f = openSessionFile(r.file);
     return readRouter(f, "runs/" + name + "/layers/" + std::to_string(layer), layer, d_->model.numExperts, r.info.topK,
                       r.file, choicesOnly);
+}
+
+LayerTrace Session::runLayerTokens(const std::string& name, int layer, int64_t first, int64_t count) const {
+    const StoredRun& r = d_->run(name);
+    const int64_t E = d_->model.numExperts, K = r.info.topK, T = r.info.numTokens;
+    const std::string at = "/runs/" + name + "/layers/" + std::to_string(layer);
+    if (first < 0 || count < 0 || first + count > T)
+        throw Error("tokens " + std::to_string(first) + " + " + std::to_string(count) + " are not among the run's " +
+                        std::to_string(T),
+                    r.mem ? d_->path : r.file, at);
+    LayerTrace t;
+    if (r.mem) {
+        const LayerTrace whole = runLayer(name, layer);
+        t.layer = layer;
+        t.numExperts = E;
+        t.topK = K;
+        if (!whole.routerLogits.empty())
+            t.routerLogits.assign(whole.routerLogits.begin() + first * E,
+                                  whole.routerLogits.begin() + (first + count) * E);
+        t.topkExperts.assign(whole.topkExperts.begin() + first * K, whole.topkExperts.begin() + (first + count) * K);
+        return t;
+    }
+    if (std::find(r.info.moeLayers.begin(), r.info.moeLayers.end(), layer) == r.info.moeLayers.end())
+        throw Error("run has no MoE layer " + std::to_string(layer), r.file, at);
+    std::lock_guard lk(hdf5Mutex());
+    H f = openSessionFile(r.file);
+    const std::string g = at.substr(1);
+    t.layer = layer;
+    t.numExperts = E;
+    t.topK = K;
+    t.routerLogits = readRows<float>(f, g + "/router_logits", H5T_NATIVE_FLOAT, r.file, first, count, E);
+    t.topkExperts = readRows<int32_t>(f, g + "/topk_experts", H5T_NATIVE_INT32, r.file, first, count, K);
+    checkExpertIds(t.topkExperts, E, K, first, r.file, at + "/topk_experts");
+    return t;
 }
 
 LayerTrace Session::runAttentionLayer(const std::string& name, int layer) const {

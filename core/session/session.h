@@ -89,6 +89,9 @@ public:
     std::vector<int64_t> runPromptOffsets(const std::string& name) const;
     // reads one layer only; choicesOnly: its topkExperts only (not the logits, weights or norms)
     LayerTrace runLayer(const std::string& name, int layer, bool choicesOnly = false) const;
+    // tokens [first, first + count) of one layer: their router logits and choices only (a corpus
+    // run's statistics read a layer this way, a bounded chunk at a time)
+    LayerTrace runLayerTokens(const std::string& name, int layer, int64_t first, int64_t count) const;
     LayerTrace runAttentionLayer(const std::string& name, int layer) const;  // a MoA router's records
     std::vector<std::string> runTokenPieces(const std::string& name) const;
     std::vector<std::string> runPromptTexts(const std::string& name) const;  // empty for token-id runs

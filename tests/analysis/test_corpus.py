@@ -7,6 +7,7 @@ logits and choices of every window, and numpy/scipy for every statistic recomput
 session's arrays read with h5py. The model is the shipped demo MoE (resources/demo/moe: Mixtral,
 6 layers, 8 experts, top-2, its own tokenizer)."""
 import json
+import shutil
 import os
 import signal
 import subprocess
@@ -209,6 +210,31 @@ def test_corpus_statistics_match_numpy(whole):
             assert (np.abs(got - want) <= 4.5 * se).all(), (got, want)
         np.testing.assert_allclose(g["js_all_permuted_mean"][()], null_all.mean(0), rtol=0.15)
         np.testing.assert_array_equal(g["label_documents"][()], np.bincount(lab, minlength=len(names)))
+
+
+def test_statistics_in_small_chunks_are_the_same(cli, whole, tmp_path):
+    """corpus-stats reading each layer in chunks of a few prompts (--chunk-tokens 5: one prompt a
+    chunk, most of them longer) gives every statistic the one-chunk reading gave."""
+    out, _ = whole
+    s = str(tmp_path / "s.h5")
+    shutil.copy(out, s)
+    run_cli(cli, "corpus-stats", s, "--run", RUN, "--chunk-tokens", 5, "--permutations", 400)  # as corpus_args
+
+    def stats(path):
+        got = {}
+        with h5py.File(path, "r") as f:
+            for rid in (f"expert_load/{RUN}", f"expert_tokens/{RUN}", f"domain_specialisation/{RUN}"):
+                f["analyses/" + rid].visititems(
+                    lambda name, o, rid=rid: got.__setitem__(f"{rid}/{name}", o[()]) if isinstance(o, h5py.Dataset)
+                    else None)
+        return got
+
+    a, b = stats(out), stats(s)
+    assert sorted(a) == sorted(b) and any("transitions_topk" in k for k in a) and any("lift" in k for k in a)
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    r = run_cli(cli, "corpus-stats", s, "--run", RUN, "--chunk-tokens", 0, check=False)
+    assert r.returncode == 2 and "--chunk-tokens" in r.stderr
 
 
 def entropy_bits(p):
