@@ -934,16 +934,18 @@ void FigureView::fitTitles(int width) const {
         const QFontMetrics fm(t.element->font());
         const int room = std::max(80, static_cast<int>(width * t.share) - 24);
         QStringList lines;
-        QString line;
-        const QString sep = t.text.contains(", ") ? ", " : " ";
-        const QStringList parts = t.text.split(sep);
-        for (int i = 0; i < parts.size(); ++i) {
-            const QString piece = parts[i] + (i + 1 < parts.size() ? sep.trimmed() : QString());
-            const QString joined = line.isEmpty() ? piece : line + " " + piece;
-            if (!line.isEmpty() && fm.horizontalAdvance(joined) > room) lines << line, line = piece;
-            else line = joined;
+        for (const QString& paragraph : t.text.split('\n')) {  // the title's own lines, each fitted
+            QString line;
+            const QString sep = paragraph.contains(", ") ? ", " : " ";
+            const QStringList parts = paragraph.split(sep);
+            for (int i = 0; i < parts.size(); ++i) {
+                const QString piece = parts[i] + (i + 1 < parts.size() ? sep.trimmed() : QString());
+                const QString joined = line.isEmpty() ? piece : line + " " + piece;
+                if (!line.isEmpty() && fm.horizontalAdvance(joined) > room) lines << line, line = piece;
+                else line = joined;
+            }
+            lines << line;
         }
-        lines << line;
         const QString text = lines.join('\n');
         if (t.element->text() != text) t.element->setText(text);
     }

@@ -340,12 +340,12 @@ int parseInt(const std::string& v, const std::string& option) {
     }
 }
 
-// A finite number (std::stod's syntax, the whole text).
+// A number (std::stod's syntax, the whole text; inf and nan are the caller's to refuse).
 double parseNumber(const std::string& v, const std::string& option) {
     try {
         size_t used = 0;
         const double x = std::stod(v, &used);
-        if (used != v.size() || !std::isfinite(x)) throw std::invalid_argument(v);
+        if (used != v.size()) throw std::invalid_argument(v);
         return x;
     } catch (const std::exception&) {
         throw UsageError(option + ": '" + v + "' is not a number");
@@ -966,9 +966,9 @@ int cmdAnalyze(const std::vector<std::string>& args) {
             const std::string& v = value(i);
             const size_t colon = v.find(':');
             outlierEps = parseNumber(v.substr(0, colon), "analyze: --pca-outliers");
-            if (colon != std::string::npos)
-                outlierMin = parseInt(v.substr(colon + 1), "analyze: --pca-outliers (min samples)");
-            if (outlierEps <= 0 || outlierMin < 1)
+            outlierMin =
+                colon == std::string::npos ? 5 : parseInt(v.substr(colon + 1), "analyze: --pca-outliers (min samples)");
+            if (!(outlierEps > 0) || !std::isfinite(outlierEps) || outlierMin < 1)
                 throw UsageError("analyze: --pca-outliers takes EPS > 0 and MIN_SAMPLES >= 1 (as EPS[:MIN_SAMPLES])");
         } else if (a == "--threads") threads = parseThreads(value(i), "analyze");
         else if (a == "--allow-long") allowLong = true;

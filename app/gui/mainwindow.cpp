@@ -723,11 +723,23 @@ bool MainWindow::matrixPcaWithoutOutliers(double eps, int minSamples) {
     auto spec = spec_;
     auto ref = ref_;
     const uint64_t target = generation_;
+    // the PCA it replaces keeps its components and layers
+    int components = 2;
+    std::vector<int> layers;
+    if (session_ && session_->hasResult("matrix_pca")) {
+        const nlohmann::json p = nlohmann::json::parse(session_->result("matrix_pca").paramsJson, nullptr, false);
+        if (p.is_object() && p.contains("components") && p["components"].is_number_integer())
+            components = p["components"].get<int>();
+        if (p.is_object() && p.contains("layers") && p["layers"].is_array())
+            for (const auto& l : p["layers"])
+                if (l.is_number_integer()) layers.push_back(l.get<int>());
+    }
     jobs_->submit(QString("Matrix PCA without outliers (DBSCAN eps %1, min samples %2)").arg(eps).arg(minSamples),
-                  [this, ckpt, spec, ref, target, eps, minSamples](JobContext& ctx) -> JobLand {
+                  [this, ckpt, spec, ref, target, eps, minSamples, components, layers](JobContext& ctx) -> JobLand {
                       StaticOptions so;
                       so.analyses = {"S6"};
-                      so.layers = analysisLayers(*spec, {}, ckpt->path());
+                      so.pcaComponents = components;
+                      so.layers = analysisLayers(*spec, layers, ckpt->path());
                       so.pcaOutlierEps = eps;
                       so.pcaOutlierMinSamples = minSamples;
                       so.progress = ctx.progress;

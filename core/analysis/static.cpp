@@ -646,35 +646,37 @@ void staticForKind(const Checkpoint& ckpt, const ModelSpec& spec, const Referenc
                 if (s6) {
                     Pca p = pcaFromGram(pr.gramZ, nSame, C);
                     std::vector<std::string> kept = sameLabels, dropped;
+                    int noise = 0;
                     if (opt.pcaOutlierEps > 0) {
-                        // outliers: DBSCAN on the 2-D projection; the PCA again, standardisation
-                        // included, on the other samples (a second pass over their weights)
-                        const std::vector<int32_t> cl =
-                            dbscan(p.proj, nSame, C, 2, opt.pcaOutlierEps, opt.pcaOutlierMinSamples);
-                        std::vector<Mat> rest;
-                        kept.clear();
-                        for (int x = 0; x < nSame; ++x) {
-                            if (cl[static_cast<size_t>(x)] == -1) {
-                                dropped.push_back(sameLabels[static_cast<size_t>(x)]);
-                            } else {
-                                kept.push_back(sameLabels[static_cast<size_t>(x)]);
-                                rest.push_back(same[m][static_cast<size_t>(x)]);
-                            }
-                        }
+                        // outliers: DBSCAN on the routed experts' 2-D points (the rows after
+                        // them, SE and F, are references: not clustered, -2, always kept); the
+                        // PCA again, standardisation included, on the samples kept (a second
+                        // pass over their weights)
+                        std::vector<int32_t> cl = dbscan(p.proj, E, C, 2, opt.pcaOutlierEps, opt.pcaOutlierMinSamples);
+                        cl.resize(static_cast<size_t>(nSame), -2);
+                        noise = static_cast<int>(std::count(cl.begin(), cl.end(), -1));
                         r6.arrays[lp + names[m] + "_all"] =
                             Array::f32d({nSame, C}, p.proj).with("labels", AttrValue::text(sameLabels));
-                        r6.arrays[lp + names[m] + "_dbscan"] = Array::i32({nSame}, cl);
-                        if (!dropped.empty() && rest.size() >= 2) {
-                            const int nRest = static_cast<int>(rest.size());
-                            p = pcaFromGram(blockPass(rest, false, true).gramZ, nRest, C);
-                        } else if (!dropped.empty()) {  // too few left for a PCA: nothing dropped
-                            kept = sameLabels;
-                            dropped.clear();
+                        r6.arrays[lp + names[m] + "_dbscan"] =
+                            Array::i32({nSame}, cl).with("labels", AttrValue::text(sameLabels));
+                        if (noise > 0 && nSame - noise >= 2) {  // else too few left for a PCA: nothing dropped
+                            std::vector<Mat> rest;
+                            kept.clear();
+                            for (int x = 0; x < nSame; ++x) {
+                                if (cl[static_cast<size_t>(x)] == -1) {
+                                    dropped.push_back(sameLabels[static_cast<size_t>(x)]);
+                                } else {
+                                    kept.push_back(sameLabels[static_cast<size_t>(x)]);
+                                    rest.push_back(same[m][static_cast<size_t>(x)]);
+                                }
+                            }
+                            p = pcaFromGram(blockPass(rest, false, true).gramZ, static_cast<int>(rest.size()), C);
                         }
                     }
                     Array a = Array::f32d({static_cast<int64_t>(kept.size()), C}, p.proj)
                                   .with("labels", AttrValue::text(kept));
-                    if (opt.pcaOutlierEps > 0) a.with("dropped", AttrValue::text(dropped));
+                    if (opt.pcaOutlierEps > 0)
+                        a.with("dropped", AttrValue::text(dropped)).with("noise", AttrValue::number(noise));
                     r6.arrays[lp + names[m]] = std::move(a);
                     r6.arrays[lp + names[m] + "_explained"] = Array::f32d({C}, p.explained);
                 }
@@ -809,14 +811,18 @@ void staticForKind(const Checkpoint& ckpt, const ModelSpec& spec, const Referenc
         nlohmann::json p = withExcluded;
         p["components"] = C;
         if (opt.pcaOutlierEps > 0)
-            p["outliers"] = {{"method", "DBSCAN (scikit-learn's definition) on the first two components"},
+            p["outliers"] = {{"method",
+                              "DBSCAN (scikit-learn's definition) on the routed experts' first two components (SE "
+                              "and F are references: not clustered, kept)"},
                              {"eps", opt.pcaOutlierEps},
                              {"min_samples", opt.pcaOutlierMinSamples},
                              {"dropped",
                               "the noise points (label -1): each layer's array attribute 'dropped'; "
                               "the projection and the explained variance are the PCA recomputed "
                               "(standardisation included) without them; _all and _dbscan hold the "
-                              "projection of every sample and its DBSCAN labels"}};
+                              "projection of every sample and its DBSCAN labels (-2: a reference); when "
+                              "fewer than 2 samples would be left nothing is dropped (the attribute "
+                              "'noise' still counts the noise points)"}};
         finish("matrix_pca", "S6", r6, p);
     }
     if (s7) {

@@ -470,7 +470,12 @@ Figure pcaFigure(const Session& s, const ViewRequest& req, bool neurons) {
     const bool outlierOption = !neurons && d.a->attrs.count("dropped");
     const auto dropped = outlierOption ? d.labels("dropped") : std::vector<std::string>{};
     if (outlierOption) {  // the experts DBSCAN dropped, named in the title
-        if (dropped.empty()) f.title += "\nDBSCAN: no outliers";
+        auto nz = d.a->attrs.find("noise");
+        const int noise = nz != d.a->attrs.end() && !nz->second.f64.empty() ? static_cast<int>(nz->second.f64[0]) : 0;
+        if (dropped.empty() && noise > 0)
+            f.title +=
+                "\nDBSCAN: " + std::to_string(noise) + " experts are noise, too few would be left; nothing dropped";
+        else if (dropped.empty()) f.title += "\nDBSCAN: no outliers";
         else {
             f.title += "\nDBSCAN dropped (";
             for (size_t i = 0; i < dropped.size(); ++i)
@@ -508,7 +513,7 @@ Figure pcaFigure(const Session& s, const ViewRequest& req, bool neurons) {
             t.x.push_back(d.v[i * C]);
             t.y.push_back(C > 1 ? d.v[i * C + 1] : 0.0);
             t.pointLabels.push_back(lab);
-            t.group.push_back(routed ? static_cast<int>(i) : -1);
+            t.group.push_back(routed ? std::stoi(lab) : -1);  // its expert id (rows skip dropped experts)
             std::vector<std::string> row = {lab};
             for (int64_t c = 0; c < C; ++c) row.push_back(d.text(i * C + c));
             if (outlierOption) row.push_back("no");

@@ -938,13 +938,15 @@ def _stable_eps(points, min_samples):
     raise AssertionError("no eps with both noise and a cluster")
 
 
-@pytest.mark.parametrize("experts", [12, 26])
-def test_s6_outliers_dropped_by_dbscan(world, tmp_path, experts):
+@pytest.mark.parametrize("experts,components", [(12, 2), (26, 3)])
+def test_s6_outliers_dropped_by_dbscan(world, tmp_path, experts, components):
     """--pca-outliers (Look-into-MoEs' remove_noise): scikit-learn's DBSCAN on the first two
     components of the projection of every expert gives the stored labels; the experts it calls
     noise are named (attribute, CSV, figure title) and the PCA is numpy's on the other experts,
     standardisation included. Two experts are scaled 4x to stand out; with 12 experts the tile
-    kernel computes the Gram matrices, with 26 the GEMM path."""
+    kernel computes the Gram matrices, with 26 the GEMM path (and 3 components). The session
+    holds only documented arrays and attributes. An eps below every distance calls every expert
+    noise: too few would be left, so nothing is dropped and the attribute `noise` says why."""
     h5py = require("h5py")
     require("sklearn")
     from sklearn.cluster import DBSCAN
@@ -961,7 +963,9 @@ def test_s6_outliers_dropped_by_dbscan(world, tmp_path, experts):
     l0 = moe.moe_layers[0]
     eps, _ = _stable_eps(exp.arrays[f"matrix_pca/layers/{l0}/gate"][:, :2], 3)
     out = tmp_path / "s.h5"
-    run_cli(world.cli, "analyze", per, "--out", out, "--static", "S6", "--pca-outliers", f"{float(eps)!r}:3")
+    run_cli(world.cli, "analyze", per, "--out", out, "--static", "S6", "--pca-outliers", f"{float(eps)!r}:3",
+            "--pca-components", components)
+    walk_against_doc(str(out))
     with h5py.File(out, "r") as f:
         params = json.loads(result_group(f, f"matrix_pca/layers/{l0}/gate").attrs["params_json"])
         assert params["outliers"]["eps"] == pytest.approx(eps) and params["outliers"]["min_samples"] == 3
@@ -977,8 +981,12 @@ def test_s6_outliers_dropped_by_dbscan(world, tmp_path, experts):
                     a, b = everything[:, c], ref[:, c]
                     assert min(np.abs(a - b).max(), np.abs(a + b).max()) <= 1e-4 * np.abs(b).max(), (path, c)
                 labels = ds(f, path + "_dbscan")[()]
-                assert labels.dtype == np.int32
-                np.testing.assert_array_equal(labels, DBSCAN(eps=eps, min_samples=3).fit(everything[:, :2]).labels_)
+                assert labels.dtype == np.int32 and labels_of(ds(f, path + "_dbscan")) == exp.labels[path]
+                pts = everything[:, :2].astype(np.float64)
+                dist = np.linalg.norm(pts[:, None] - pts[None], axis=-1)
+                if np.abs(dist - eps).min() <= 1e-5 * eps:  # a pair at eps: rounding decides, skip
+                    continue
+                np.testing.assert_array_equal(labels, DBSCAN(eps=eps, min_samples=3).fit(pts).labels_)
                 noise = [exp.labels[path][i] for i in np.flatnonzero(labels == -1)]
                 kept_idx = np.flatnonzero(labels != -1)
                 d = ds(f, path)
@@ -991,7 +999,7 @@ def test_s6_outliers_dropped_by_dbscan(world, tmp_path, experts):
                 assert labels_of(d) == [exp.labels[path][i] for i in kept_idx]
                 # the PCA again on the kept experts: standardised over them alone
                 X = exp.pca[path]["X"][kept_idx]
-                proj, expl, _, _ = R.pca(X, 2)
+                proj, expl, _, _ = R.pca(X, components)
                 for c in range(2):
                     a, b = d[:, c], proj[:, c]
                     assert min(np.abs(a - b).max(), np.abs(a + b).max()) <= 1e-4 * np.abs(b).max(), (path, c)
@@ -1001,13 +1009,20 @@ def test_s6_outliers_dropped_by_dbscan(world, tmp_path, experts):
     run_cli(world.cli, "export", out, "--view", "matrix-pca", "--layer", str(l0), "--matrix", "gate", "--out", csv_path)
     with open(csv_path) as fh:
         rows = list(csv.reader(fh))
-    assert rows[0] == ["expert", "pc1", "pc2", "dbscan_outlier"]
+    assert rows[0] == ["expert"] + [f"pc{c + 1}" for c in range(components)] + ["dbscan_outlier"]
     with h5py.File(out, "r") as f:
         d = ds(f, f"matrix_pca/layers/{l0}/gate")
         want_out = strings(d.attrs["dropped"])
         want_in = labels_of(d)
     assert [r[0] for r in rows[1:] if r[-1] == "yes"] == want_out
     assert [r[0] for r in rows[1:] if r[-1] == "no"] == want_in
+    # eps below every distance: all noise, too few left, nothing dropped
+    tiny = tmp_path / "tiny.h5"
+    run_cli(world.cli, "analyze", per, "--out", tiny, "--static", "S6", "--pca-outliers", "1e-9:2")
+    with h5py.File(tiny, "r") as f:
+        d = ds(f, f"matrix_pca/layers/{l0}/gate")
+        assert strings(d.attrs["dropped"]) == [] and d.attrs["noise"] == experts and d.shape[0] == experts
+        assert (ds(f, f"matrix_pca/layers/{l0}/gate_dbscan")[()] == -1).all()
     # the option needs S6, and a positive eps
     r = run_cli(world.cli, "analyze", per, "--out", tmp_path / "x.h5", "--static", "S1", "--pca-outliers", "5",
                 check=False)

@@ -1070,23 +1070,30 @@ private Q_SLOTS:
         MainWindow w;
         QVERIFY2(w.openDemo(), qPrintable(w.lastError()));
         QVERIFY(w.jobs()->waitForIdle(kJobTimeoutMs));
-        // eps = the median distance to the nearest other expert on layer L's first two
-        // components: about half the experts have no neighbour that close, and DBSCAN with
-        // min_samples 2 calls them noise
+        // eps halfway across the widest gap between the routed experts' distances to their
+        // nearest other routed expert (on layer L's first two components): with min_samples 2
+        // DBSCAN calls exactly those farther than eps noise; F (the 9th row) is a reference
         const int L = w.session()->result("matrix_pca").arrays.count("layers/1/gate") ? 1 : 0;
         const std::string base = "layers/" + std::to_string(L) + "/gate";
         const Array before = w.session()->result("matrix_pca").arrays.at(base);
-        const int64_t n = before.shape[0], C = before.shape[1];
+        const int64_t n = before.shape[0], C = before.shape[1], E = 8;
+        QCOMPARE(n, E + 1);
         const std::vector<double> v = before.toDoubles();
         std::vector<double> nearest;
-        for (int64_t i = 0; i < n; ++i) {
+        for (int64_t i = 0; i < E; ++i) {
             double best = 1e300;
-            for (int64_t j = 0; j < n; ++j)
+            for (int64_t j = 0; j < E; ++j)
                 if (j != i) best = std::min(best, std::hypot(v[i * C] - v[j * C], v[i * C + 1] - v[j * C + 1]));
             nearest.push_back(best);
         }
-        std::sort(nearest.begin(), nearest.end());
-        const double eps = (nearest[n / 2 - 1] + nearest[n / 2]) / 2;
+        std::vector<double> sorted = nearest;
+        std::sort(sorted.begin(), sorted.end());
+        double eps = 0, gap = 0;
+        for (int64_t i = 1; i + 1 < E; ++i)  // keeps at least 2
+            if (sorted[i + 1] - sorted[i] > gap) gap = sorted[i + 1] - sorted[i], eps = (sorted[i] + sorted[i + 1]) / 2;
+        std::vector<std::string> noise;
+        for (int64_t i = 0; i < E; ++i)
+            if (nearest[i] > eps) noise.push_back(std::to_string(i));
         QVERIFY(w.matrixPcaWithoutOutliers(eps, 2));
         QVERIFY(w.jobs()->waitForIdle(kJobTimeoutMs));
         QVERIFY2(w.lastError().isEmpty(), qPrintable(w.lastError()));
@@ -1094,6 +1101,7 @@ private Q_SLOTS:
         QVERIFY(r.paramsJson.find("DBSCAN") != std::string::npos);
         const auto& dropped = r.arrays.at(base).attrs.at("dropped").strings;
         QVERIFY(!dropped.empty());
+        QCOMPARE(dropped, noise);
         QCOMPARE(r.arrays.at(base).shape[0] + static_cast<int64_t>(dropped.size()), n);
         ViewPane* p = w.pane("pca");
         QCOMPARE(w.tabs()->currentWidget(), static_cast<QWidget*>(p));
