@@ -1258,15 +1258,16 @@ LayerTrace Session::runLayerTokens(const std::string& name, int layer, int64_t f
                         std::to_string(T),
                     r.mem ? d_->path : r.file, at);
     LayerTrace t;
-    if (r.mem) {
-        const LayerTrace whole = runLayer(name, layer);
+    if (r.mem) {  // the slice of the layer in memory, not a copy of all of it
+        auto it = std::find_if(r.mem->layers.begin(), r.mem->layers.end(),
+                               [&](const LayerTrace& l) { return l.layer == layer; });
+        if (it == r.mem->layers.end()) throw Error("run has no MoE layer " + std::to_string(layer), d_->path, at);
         t.layer = layer;
         t.numExperts = E;
         t.topK = K;
-        if (!whole.routerLogits.empty())
-            t.routerLogits.assign(whole.routerLogits.begin() + first * E,
-                                  whole.routerLogits.begin() + (first + count) * E);
-        t.topkExperts.assign(whole.topkExperts.begin() + first * K, whole.topkExperts.begin() + (first + count) * K);
+        if (!it->routerLogits.empty())
+            t.routerLogits.assign(it->routerLogits.begin() + first * E, it->routerLogits.begin() + (first + count) * E);
+        t.topkExperts.assign(it->topkExperts.begin() + first * K, it->topkExperts.begin() + (first + count) * K);
         return t;
     }
     if (std::find(r.info.moeLayers.begin(), r.info.moeLayers.end(), layer) == r.info.moeLayers.end())
