@@ -61,7 +61,9 @@ void routes(const std::vector<int32_t>& a, const std::vector<int32_t>& b, int64_
 }  // namespace
 
 LoadStats::LoadStats(int64_t E, int64_t K, int64_t T, std::vector<int64_t> tokens)
-    : E_(E), K_(K), T_(T), tokens_(std::move(tokens)) {}
+    : E_(E), K_(K), T_(T), tokens_(std::move(tokens)), sortedTokens_(tokens_) {
+    std::sort(sortedTokens_.begin(), sortedTokens_.end());  // once, not for every layer
+}
 
 void LoadStats::observe(int layer, int64_t base, int64_t n, const float* logits, const int32_t* ids) {
     Acc& a = acc_[layer];
@@ -107,10 +109,8 @@ std::map<std::string, Array> LoadStats::tokenArraysOf(int layer, const std::vect
     std::map<std::string, Array> out;
     if (tokens_.size() != static_cast<size_t>(T_) || ids.size() != static_cast<size_t>(T_ * K_)) return out;
     const AttrValue labels = AttrValue::text(expertLabels(E_, false, false));
-    std::vector<int64_t> sortedTokens(tokens_);
-    std::sort(sortedTokens.begin(), sortedTokens.end());
     for (const auto& [mode, k] : {std::pair<std::string, int64_t>{"topk", K_}, {"top1", 1}}) {
-        const ExpertTokens x = expertTokens(tokens_, ids.data(), K_, k, E_, topN, minCount, &sortedTokens);
+        const ExpertTokens x = expertTokens(tokens_, ids.data(), K_, k, E_, topN, minCount, &sortedTokens_);
         const std::string p = "layers/" + std::to_string(layer) + "/" + mode + "_";
         out[p + "ids"] = Array::i64({E_, topN}, x.ids).with("labels", labels);
         out[p + "counts"] = Array::i64({E_, topN}, x.counts).with("labels", labels);

@@ -55,7 +55,7 @@ private:
     std::map<std::string, Array> tokenArraysOf(int layer, const std::vector<int32_t>& ids, int64_t topN,
                                                int64_t minCount) const;
     int64_t E_, K_, T_;
-    std::vector<int64_t> tokens_;
+    std::vector<int64_t> tokens_, sortedTokens_;  // the run's ids, and sorted (for the tokens per expert)
     std::map<int, Acc> acc_;
 };
 

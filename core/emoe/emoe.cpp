@@ -412,7 +412,7 @@ std::vector<EmoeLayerReport> convertToEmoe(const std::string& dense, const std::
     if (K < 1 || K > N) throw Error("--top-k must be between 1 and the number of experts (" + std::to_string(N) + ")");
     if (std::find_if(std::begin(kEmoeGatingList), std::end(kEmoeGatingList),
                      [&](const char* g) { return opt.gating == g; }) == std::end(kEmoeGatingList))
-        throw Error("--gating must be " + std::string(kEmoeGatings) + ", not '" + opt.gating + "'", "", "--gating");
+        throw Error("--gating must be " + emoeGatingsText() + ", not '" + opt.gating + "'", "", "--gating");
     if ((opt.gating == "up" || opt.gating == "up-abs") && !spec.has(Role::FfnUp))
         throw Error(
             "--gating " + opt.gating + " scores the up projection; this model's FFN (" + spec.modelType + ") has none",

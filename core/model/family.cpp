@@ -1,6 +1,7 @@
 // The family registry, the config helpers families share and transformers' decoder naming.
 #include "model/family.h"
 
+#include <algorithm>
 #include <cmath>
 #include <set>
 
@@ -323,12 +324,12 @@ void emoeBlock(ModelSpec& s, const Config& c) {
     if (!b.contains("gating") || !b["gating"].is_string()) c.fail(key + ".gating", "missing or not a string");
     const std::string gating = b["gating"].get<std::string>();
     using NS = RouterRule::NeuronScore;
-    static const std::map<std::string, NS> neuronScores = {
-        {"avg-k", NS::Gate}, {"up", NS::Up}, {"up-abs", NS::UpAbs}, {"inter", NS::Inter}, {"inter-abs", NS::InterAbs}};
-    if (auto it = neuronScores.find(gating); it != neuronScores.end()) {
+    const auto* score = std::find(kEmoeGatingList, kEmoeGatingList + kEmoeNeuronScores, gating);
+    if (score != kEmoeGatingList + kEmoeNeuronScores) {
+        const auto ns = static_cast<NS>(score - kEmoeGatingList);
         s.router.scoring = RouterRule::Scoring::MeanPreactivation;
-        s.router.neuronScore = it->second;
-        if ((it->second == NS::Up || it->second == NS::UpAbs) && s.family == "bert")  // the table comes later
+        s.router.neuronScore = ns;
+        if ((ns == NS::Up || ns == NS::UpAbs) && s.family == "bert")  // the table comes later
             c.fail(key + ".gating",
                    "'" + gating + "' scores the up projection, which BERT's FFN (W1, GELU) does not have");
     } else if (gating == "mean-key" || gating == "mean-key-unit") {
@@ -337,7 +338,7 @@ void emoeBlock(ModelSpec& s, const Config& c) {
         s.router.routerKeysUnit = gating == "mean-key-unit";
         s.router.logitsInFloat32 = true;  // tutel's gate with fp32_gate, as the paper's code builds it
     } else {
-        c.fail(key + ".gating", "unknown gating '" + gating + "' (" + std::string(kEmoeGatings) + ")");
+        c.fail(key + ".gating", "unknown gating '" + gating + "' (" + emoeGatingsText() + ")");
     }
     s.router.renormalize = false;
     s.router.unitWeights = true;

@@ -30,10 +30,9 @@ const char* layoutName(ExpertLayout l) {
 
 std::string RouterRule::describe() const {
     if (scoring == Scoring::MeanPreactivation) {
-        const char* name[] = {"avg-k", "up", "up-abs", "inter", "inter-abs"};
         const char* what[] = {"gate pre-activation", "up projection", "|up projection|", "activation", "|activation|"};
         const int i = static_cast<int>(neuronScore);
-        return std::string(name[i]) + ": mean " + what[i] + " per expert, top-k, block mask (weight 1)";
+        return std::string(kEmoeGatingList[i]) + ": mean " + what[i] + " per expert, top-k, block mask (weight 1)";
     }
     if (scoring == Scoring::SparseMixer) {
         std::ostringstream o;

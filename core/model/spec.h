@@ -3,6 +3,7 @@
 // in: sizes, router rule, attention variant and options, and the table of tensor roles for the
 // on-disk layout found. The forward pass and every reader of weights read only this struct.
 #include <cstdint>
+#include <iterator>
 #include <limits>
 #include <memory>
 #include <string>
@@ -218,11 +219,19 @@ struct LinearAttentionSpec {
 };
 
 // EMoE's gatings (config expertscope_emoe.gating, `emoe --gating`; docs/emoe.md): avg-k and its
-// other neuron scores (RouterRule::NeuronScore), the mean key rows as a softmax router, and
-// those rows at unit length.
+// other neuron scores, the first kEmoeNeuronScores in RouterRule::NeuronScore's order; then the
+// mean key rows as a softmax router, and those rows at unit length.
 inline constexpr const char* kEmoeGatingList[] = {"avg-k",     "up",       "up-abs",       "inter",
                                                   "inter-abs", "mean-key", "mean-key-unit"};
-inline constexpr const char* kEmoeGatings = "avg-k, up, up-abs, inter, inter-abs, mean-key or mean-key-unit";
+inline constexpr int kEmoeNeuronScores = 5;
+static_assert(static_cast<int>(RouterRule::NeuronScore::InterAbs) + 1 == kEmoeNeuronScores);
+// The gatings as a sentence for error messages: "avg-k, up, ... or mean-key-unit".
+inline std::string emoeGatingsText() {
+    std::string s;
+    const size_t n = std::size(kEmoeGatingList);
+    for (size_t i = 0; i < n; ++i) s += (i == 0 ? "" : i + 1 == n ? " or " : ", ") + std::string(kEmoeGatingList[i]);
+    return s;
+}
 
 // Blocks: EMoE; the MoE layer keeps the dense FFN tensors (Role::FfnGate, FfnUp, FfnDown) and
 // expert e is the neuron block [e * expertFfn, (e + 1) * expertFfn) (docs/emoe.md).

@@ -987,13 +987,7 @@ Figure tokenEntropy(const Session& s, const ViewRequest& req) {
 }
 
 Figure routingText(const Session& s, const ViewRequest& req) {
-    std::string run = req.run;
-    if (run.empty()) {
-        auto names = s.runNames();
-        if (names.empty())
-            throw Error("view 'routing-text' needs a run; this session has none", sessionName(s), "/runs");
-        run = names.front();
-    }
+    const std::string run = runOrFirst(s, req);
     auto [b, e] = promptRange(s, req, run);
     RunInfo info = s.runInfo(run);
     const bool attention = !rid(req, "").empty();  // the attention routers' records (MoA models)
