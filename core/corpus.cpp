@@ -182,7 +182,7 @@ std::map<std::string, Result> corpusStatistics(const Session& s, const std::stri
             const LayerTrace lt = s.runLayerTokens(run, layer, first, offs[static_cast<size_t>(p1)] - first);
             for (int64_t p = p0; p < p1; ++p) {
                 const int64_t b = offs[static_cast<size_t>(p)], n = offs[static_cast<size_t>(p + 1)] - b;
-                stats.observe(layer, b, n, lt.routerLogits.data() + (b - first) * E,
+                stats.observe(layer, b, n, lt.routerLogits.empty() ? nullptr : lt.routerLogits.data() + (b - first) * E,
                               lt.topkExperts.data() + (b - first) * K);
                 if (!domain) continue;
                 int64_t* c = groupCounts.data() + (group[static_cast<size_t>(p)] * L + li) * E;

@@ -117,6 +117,9 @@ Result interventionEffect(const RunTrace& baseline, const RunTrace& changed, con
 // mean_jaccard, mean_kendall: over the tokens where tau is defined); each token's top-1 expert in
 // A and in B (top1_a, top1_b); the load f_e = #{t : e in K_t} as shares (load_a, load_b) and
 // load_difference = f^B/|f^B|_1 - f^A/|f^A|_1. Errors when the layers, experts, k or T differ.
+// A record of expert ids only (an imported run: no logits) has kendall NaN; its tokens without a
+// record (-1) are not compared (top1_equal -1, jaccard and kendall NaN) and left out of the means
+// and loads.
 // Progress is reported and cancel checked once per layer.
 Result routingComparison(const std::vector<LayerTrace>& a, const std::vector<LayerTrace>& b, int64_t tokens,
                          const std::string& run, const Progress& progress = {},

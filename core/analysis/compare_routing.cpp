@@ -31,18 +31,24 @@ double kendallTauB(const float* x, const float* y, int64_t n) {
     return den > 0 ? static_cast<double>(concordant - discordant) / den : std::nan("");
 }
 
+// A record of T tokens; an imported run's (expert ids only: no logits) may have rows of -1 (no record).
 void checkRecord(const LayerTrace& l, int64_t T, const char* model) {
+    const bool idsOnly = l.routerLogits.empty();
     if (l.numExperts <= 0 || l.topK <= 0 || l.topK > l.numExperts ||
-        l.routerLogits.size() != static_cast<size_t>(T * l.numExperts) ||
+        (!idsOnly && l.routerLogits.size() != static_cast<size_t>(T * l.numExperts)) ||
         l.topkExperts.size() != static_cast<size_t>(T * l.topK))
         throw Error(std::string("model ") + model + "'s routing record of layer " + std::to_string(l.layer) +
                         " does not hold " + std::to_string(T) + " tokens",
                     "", "layers/" + std::to_string(l.layer));
-    for (int32_t e : l.topkExperts)
-        if (e < 0 || e >= l.numExperts)
+    for (size_t i = 0; i < l.topkExperts.size(); ++i) {
+        const int32_t e = l.topkExperts[i];
+        const int32_t* row = l.topkExperts.data() + i - i % static_cast<size_t>(l.topK);
+        const bool gap = idsOnly && std::all_of(row, row + l.topK, [](int32_t x) { return x == -1; });
+        if ((e < 0 || e >= l.numExperts) && !gap)
             throw Error(std::string("model ") + model + "'s layer " + std::to_string(l.layer) + " chose expert " +
                             std::to_string(e) + " of " + std::to_string(l.numExperts),
                         "", "layers/" + std::to_string(l.layer) + "/topk_experts");
+    }
 }
 
 }  // namespace
@@ -74,12 +80,22 @@ Result routingComparison(const std::vector<LayerTrace>& a, const std::vector<Lay
         checkRecord(la, T, "A");
         checkRecord(lb, T, "B");
         layers.push_back(la.layer);
-        int64_t same = 0, defined = 0;
+        int64_t same = 0, defined = 0, compared = 0;
         double sumJ = 0, sumTau = 0;
         std::vector<int64_t> countA(static_cast<size_t>(E)), countB(static_cast<size_t>(E));
+        const bool logits = !la.routerLogits.empty() && !lb.routerLogits.empty();
         for (int64_t t = 0; t < T; ++t) {
             const int32_t* ka = la.topkExperts.data() + t * K;
             const int32_t* kb = lb.topkExperts.data() + t * K;
+            if (ka[0] < 0 || kb[0] < 0) {  // a token without a record (a row of -1, checked): not compared
+                top1A.push_back(ka[0]);
+                top1B.push_back(kb[0]);
+                equal.push_back(-1);
+                jaccard.push_back(std::nan(""));
+                kendall.push_back(std::nan(""));
+                continue;
+            }
+            ++compared;
             top1A.push_back(ka[0]);
             top1B.push_back(kb[0]);
             equal.push_back(ka[0] == kb[0]);
@@ -93,21 +109,22 @@ Result routingComparison(const std::vector<LayerTrace>& a, const std::vector<Lay
             const double j = static_cast<double>(common) / static_cast<double>(2 * K - common);
             jaccard.push_back(j);
             sumJ += j;
-            const double tau = kendallTauB(la.routerLogits.data() + t * E, lb.routerLogits.data() + t * E, E);
+            const double tau =
+                logits ? kendallTauB(la.routerLogits.data() + t * E, lb.routerLogits.data() + t * E, E) : std::nan("");
             kendall.push_back(tau);
             if (!std::isnan(tau)) {
                 sumTau += tau;
                 ++defined;
             }
         }
-        const double n = static_cast<double>(T);
-        share.push_back(T ? static_cast<double>(same) / n : std::nan(""));
-        meanJ.push_back(T ? sumJ / n : std::nan(""));
+        const double n = static_cast<double>(compared);
+        share.push_back(compared ? static_cast<double>(same) / n : std::nan(""));
+        meanJ.push_back(compared ? sumJ / n : std::nan(""));
         meanTau.push_back(defined ? sumTau / static_cast<double>(defined) : std::nan(""));
-        const double slots = static_cast<double>(T * K);
+        const double slots = static_cast<double>(compared * K);
         for (int64_t e = 0; e < E; ++e) {
-            const double fa = T ? static_cast<double>(countA[static_cast<size_t>(e)]) / slots : std::nan("");
-            const double fb = T ? static_cast<double>(countB[static_cast<size_t>(e)]) / slots : std::nan("");
+            const double fa = compared ? static_cast<double>(countA[static_cast<size_t>(e)]) / slots : std::nan("");
+            const double fb = compared ? static_cast<double>(countB[static_cast<size_t>(e)]) / slots : std::nan("");
             loadA.push_back(fa);
             loadB.push_back(fb);
             diff.push_back(fb - fa);

@@ -90,8 +90,9 @@ void LoadStats::observe(int layer, int64_t base, int64_t n, const float* logits,
     }
     for (int64_t i = 0; i < n * K_; ++i)
         if (ids[i] >= 0 && ids[i] < E_) ++a.counts[static_cast<size_t>(ids[i])];
-    for (int64_t t = 1; t < n; ++t) {  // adjacent tokens of the prompt sharing an expert
+    for (int64_t t = 1; t < n; ++t) {  // adjacent tokens of the prompt sharing an expert (both with a record)
         const int32_t *x = ids + (t - 1) * K_, *y = ids + t * K_;
+        if (x[0] < 0 || y[0] < 0) continue;
         bool shared = false;
         for (size_t i = 0; i < K && !shared; ++i) shared = std::find(y, y + K, x[i]) != y + K;
         a.adjacentPairs += 1;

@@ -22,12 +22,18 @@ ExpertTokens expertTokens(const std::vector<int64_t>& tokens, const int32_t* cho
             ++perExpert[static_cast<size_t>(e)];
         }
     std::sort(pairs.begin(), pairs.end());
-    std::vector<int64_t> own;  // n(v): occurrences in the run
-    if (!sortedTokens) {
-        own = tokens;
+    // n(v): occurrences in the run, among the tokens with a record (an imported run's -1 rows have
+    // none: the run is then those tokens, for T too)
+    std::vector<int64_t> own;
+    int64_t recorded = 0;
+    for (int64_t t = 0; t < T; ++t) recorded += choices[t * stride] >= 0 && choices[t * stride] < E;
+    if (!sortedTokens || recorded < T) {
+        for (int64_t t = 0; t < T; ++t)
+            if (recorded == T || (choices[t * stride] >= 0 && choices[t * stride] < E))
+                own.push_back(tokens[static_cast<size_t>(t)]);
         std::sort(own.begin(), own.end());
     }
-    const std::vector<int64_t>& sortedIds = sortedTokens ? *sortedTokens : own;
+    const std::vector<int64_t>& sortedIds = sortedTokens && recorded == T ? *sortedTokens : own;
     auto frequency = [&](int64_t v) {
         auto [a, b] = std::equal_range(sortedIds.begin(), sortedIds.end(), v);
         return static_cast<int64_t>(b - a);
@@ -53,7 +59,7 @@ ExpertTokens expertTokens(const std::vector<int64_t>& tokens, const int32_t* cho
             while (j < pairs.size() && pairs[j] == pairs[i]) ++j;
             const int64_t v = pairs[i].second, n = static_cast<int64_t>(j - i);
             const double lift = (static_cast<double>(n) / static_cast<double>(perExpert[static_cast<size_t>(e)])) /
-                                (static_cast<double>(frequency(v)) / static_cast<double>(T));
+                                (static_cast<double>(frequency(v)) / static_cast<double>(recorded));
             entries.push_back({v, n, lift});
             i = j;
         }

@@ -128,24 +128,25 @@ struct TorchDtype {
     const char* name;     // torch.<name>
     const char* storage;  // torch.<storage> (the typed storage class torch.save names), or nullptr
     uint32_t size;
-    bool supported;
+    bool supported;  // in a state dict
     DType dtype;
+    char numeric;  // PyValue::numeric: 'i', 'u', 'b', 'f' (0: none of these, e.g. complex)
 };
 const TorchDtype kDtypes[] = {
-    {"float32", "FloatStorage", 4, true, DType::F32},
-    {"float16", "HalfStorage", 2, true, DType::F16},
-    {"bfloat16", "BFloat16Storage", 2, true, DType::BF16},
-    {"int64", "LongStorage", 8, true, DType::I64},
-    {"uint8", "ByteStorage", 1, true, DType::U8},
-    {"float8_e4m3fn", nullptr, 1, true, DType::F8_E4M3},
-    {"float8_e8m0fnu", nullptr, 1, true, DType::F8_E8M0},
-    {"float64", "DoubleStorage", 8, false, DType::F32},
-    {"int32", "IntStorage", 4, false, DType::F32},
-    {"int16", "ShortStorage", 2, false, DType::F32},
-    {"int8", "CharStorage", 1, false, DType::F32},
-    {"bool", "BoolStorage", 1, false, DType::F32},
-    {"complex64", "ComplexFloatStorage", 8, false, DType::F32},
-    {"float8_e5m2", nullptr, 1, false, DType::F32},
+    {"float32", "FloatStorage", 4, true, DType::F32, 'f'},
+    {"float16", "HalfStorage", 2, true, DType::F16, 'f'},
+    {"bfloat16", "BFloat16Storage", 2, true, DType::BF16, 'f'},
+    {"int64", "LongStorage", 8, true, DType::I64, 'i'},
+    {"uint8", "ByteStorage", 1, true, DType::U8, 'u'},
+    {"float8_e4m3fn", nullptr, 1, true, DType::F8_E4M3, 0},
+    {"float8_e8m0fnu", nullptr, 1, true, DType::F8_E8M0, 0},
+    {"float64", "DoubleStorage", 8, false, DType::F32, 'f'},
+    {"int32", "IntStorage", 4, false, DType::F32, 'i'},
+    {"int16", "ShortStorage", 2, false, DType::F32, 'i'},
+    {"int8", "CharStorage", 1, false, DType::F32, 'i'},
+    {"bool", "BoolStorage", 1, false, DType::F32, 'b'},
+    {"complex64", "ComplexFloatStorage", 8, false, DType::F32, 0},
+    {"float8_e5m2", nullptr, 1, false, DType::F32, 0},
 };
 constexpr int kNoDtype = -1;
 
@@ -530,6 +531,7 @@ public:
     [[noreturn]] void fail(const std::string& why) const {
         throw Error(why + " (data.pkl byte " + std::to_string(opAt_) + ")", path_, field_, static_cast<int64_t>(opAt_));
     }
+    const std::deque<Val>& values() const { return arena_; }  // every value built, in order
 
 private:
     const uint8_t* take(uint64_t k) {
@@ -767,22 +769,30 @@ TorchBinFile::~TorchBinFile() {
     for (auto& [p, n] : copies_) munmap(p, n);
 }
 
-std::shared_ptr<TorchBinFile> TorchBinFile::open(const std::string& path) {
+std::shared_ptr<TorchBinFile> TorchBinFile::open(const std::string& path) { return load(path, false); }
+std::shared_ptr<TorchBinFile> TorchBinFile::openObject(const std::string& path) { return load(path, true); }
+
+std::shared_ptr<TorchBinFile> TorchBinFile::load(const std::string& path, bool object) {
     std::shared_ptr<TorchBinFile> f(new TorchBinFile());
     f->mapFile(path, 4, "torch.save file", "shorter than a zip header", "zip");
-    if (std::memcmp(f->base_, "PK\x03\x04", 4) != 0) {
-        if (f->base_[0] == 0x80)
-            throw Error(
-                "a legacy torch.save file (PyTorch < 1.6, not a zip archive) is not read: load it in PyTorch "
-                "and save it again (torch.save), or convert it to safetensors",
-                path, "format");
-        throw Error("not a torch.save zip archive (it does not start with PK\\3\\4)", path, "format");
-    }
-    f->parse();
+    f->parse(object);
     return f;
 }
 
-void TorchBinFile::parse() {
+const PyValue& TorchBinFile::object() const {
+    if (values_.empty()) throw Error("a state dict, not read as an object", path_, "data.pkl");
+    return values_.front();
+}
+
+void TorchBinFile::parse(bool object) {
+    if (std::memcmp(base_, "PK\x03\x04", 4) != 0) {
+        if (base_[0] == 0x80)
+            throw Error(
+                "a legacy torch.save file (PyTorch < 1.6, not a zip archive) is not read: load it in PyTorch "
+                "and save it again (torch.save), or convert it to safetensors",
+                path_, "format");
+        throw Error("not a torch.save zip archive (it does not start with PK\\3\\4)", path_, "format");
+    }
     const auto entries = readZip(base_, size_, path_);
     // torch.save puts everything in one folder named after the file: FOLDER/data.pkl, FOLDER/data/KEY
     std::string prefix;
@@ -874,6 +884,75 @@ void TorchBinFile::parse() {
         return r;
     };
     const Val* root = up.run(tensor);
+    if (object) {  // every value once, the root first; containers point at them (no recursion)
+        std::unordered_map<const Val*, PyValue*> made;
+        values_.emplace_back();
+        made[root] = &values_.front();
+        for (const Val& v : up.values())
+            if (&v != root) made[&v] = &values_.emplace_back();
+        uint64_t copied = 0;
+        for (const Val& v : up.values()) {
+            PyValue& o = *made.at(&v);
+            using K = Val::K;
+            using P = PyValue::Kind;
+            switch (v.k) {
+                case K::None:
+                    o.kind = P::None;
+                    break;
+                case K::Bool:
+                    o.kind = P::Bool, o.i = v.i;
+                    break;
+                case K::Int:
+                    o.kind = P::Int, o.i = v.i;
+                    break;
+                case K::Float:
+                    o.kind = P::Float, o.f = v.f;
+                    break;
+                case K::Str:
+                    o.kind = P::Str, o.s = v.s;
+                    break;
+                case K::Tuple:
+                    o.kind = P::Tuple;
+                    break;
+                case K::List:
+                    o.kind = P::List;
+                    break;
+                case K::Dict:
+                    o.kind = P::Dict;
+                    break;
+                case K::Global:
+                    o.kind = P::Other, o.s = "the torch global " + v.s;
+                    break;
+                case K::Storage:
+                    o.kind = P::Other, o.s = "a storage";
+                    break;
+                case K::Tensor: {
+                    const TorchDtype& dt = kDtypes[v.dtype];
+                    const Rebuilt& r = *v.tensor;
+                    o.kind = P::Tensor;
+                    o.dtype = dt.name;
+                    o.elemSize = dt.size;
+                    o.numeric = dt.numeric;
+                    o.shape = r.view.shape;
+                    o.data = r.view.data;
+                    if (!r.contiguous) {  // gathered, all copies together no larger than the file
+                        if (r.view.nbytes > size_ - std::min(copied, size_))
+                            throw Error("strided tensors whose row-major copies would exceed the file's size (" +
+                                            std::to_string(size_) + " bytes): views of one storage that overlap",
+                                        path_, pklField);
+                        copied += r.view.nbytes;
+                        uint8_t* copy =
+                            gather(r.view.data, dt.size, r.view.shape, r.stride, r.view.nbytes, path_, pklField);
+                        copies_.emplace_back(copy, r.view.nbytes);
+                        o.data = copy;
+                    }
+                    break;
+                }
+            }
+            for (const Val* x : v.items) o.items.push_back(made.at(x));
+        }
+        return;
+    }
     if (root->k != Val::K::Dict)
         throw Error("the pickled object is not a dict (a state dict of tensors is)", path_, pklField);
     // the dict's entries, the last of a key winning as in the dict the pickle builds: first by the
@@ -924,6 +1003,73 @@ void TorchBinFile::parse() {
         }
         tensors_.emplace(name, std::move(v));
     }
+}
+
+const PyValue* PyValue::get(const std::string& key) const {
+    if (kind != Kind::Dict) return nullptr;
+    const PyValue* found = nullptr;
+    for (size_t k = 0; k + 1 < items.size(); k += 2)
+        if (items[k]->kind == Kind::Str && items[k]->s == key) found = items[k + 1];
+    return found;
+}
+
+int64_t PyValue::numel() const {
+    int64_t n = 1;
+    for (int64_t d : shape) n *= d;  // bounded: the tensor was checked against its storage
+    return n;
+}
+
+bool PyValue::integerTensor() const {
+    return kind == Kind::Tensor && (numeric == 'i' || numeric == 'u' || numeric == 'b');
+}
+
+int64_t PyValue::intAt(int64_t index) const {
+    const uint8_t* p = data + static_cast<size_t>(index) * elemSize;
+    switch (elemSize) {
+        case 1:
+            return numeric == 'i' ? int64_t{static_cast<int8_t>(*p)} : int64_t{*p};
+        case 2: {
+            uint16_t v;
+            std::memcpy(&v, p, 2);
+            return numeric == 'i' ? int64_t{static_cast<int16_t>(v)} : int64_t{v};
+        }
+        case 4: {
+            uint32_t v;
+            std::memcpy(&v, p, 4);
+            return numeric == 'i' ? int64_t{static_cast<int32_t>(v)} : int64_t{v};
+        }
+        default: {
+            int64_t v;
+            std::memcpy(&v, p, 8);
+            return v;
+        }
+    }
+}
+
+const char* PyValue::kindName() const {
+    switch (kind) {
+        case Kind::None:
+            return "None";
+        case Kind::Bool:
+            return "a bool";
+        case Kind::Int:
+            return "an integer";
+        case Kind::Float:
+            return "a float";
+        case Kind::Str:
+            return "a string";
+        case Kind::Tuple:
+            return "a tuple";
+        case Kind::List:
+            return "a list";
+        case Kind::Dict:
+            return "a dict";
+        case Kind::Tensor:
+            return "a tensor";
+        case Kind::Other:
+            break;
+    }
+    return "a torch object";
 }
 
 }  // namespace es

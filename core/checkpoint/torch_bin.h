@@ -15,6 +15,7 @@
 // Every size is checked before it is used: the zip directory against the file, entries against
 // the directory, the pickle's lengths against its bytes, each tensor's extent against its
 // storage; values, memo entries and dims are bounded, and nothing recurses.
+#include <deque>
 #include <memory>
 #include <string>
 #include <utility>
@@ -24,15 +25,48 @@
 
 namespace es {
 
+// A value of a pickled object read by TorchBinFile::openObject. Tuples and lists hold their
+// elements, a dict its keys and values in turn (key, value, key, value, ... in the pickle's
+// order); a tensor its torch dtype, shape and row-major elements (in the file's mapping, or a
+// gathered copy). Containers may share values (the pickle's memo), and a container may even
+// hold itself: readers walk a fixed, shallow structure, never recursively.
+struct PyValue {
+    enum class Kind { None, Bool, Int, Float, Str, Tuple, List, Dict, Tensor, Other };
+    Kind kind = Kind::None;
+    int64_t i = 0;  // Bool, Int
+    double f = 0;   // Float
+    std::string s;  // Str; Other: what it is (a torch global or a storage)
+    std::vector<const PyValue*> items;
+    std::string dtype;  // Tensor: "int32", "int64", "float32", ...
+    size_t elemSize = 0;
+    char numeric = 0;  // Tensor: 'i' signed integers, 'u' unsigned, 'b' bool, 'f' floating point
+    std::vector<int64_t> shape;
+    const uint8_t* data = nullptr;
+    bool isList() const { return kind == Kind::List || kind == Kind::Tuple; }
+    // Dict: the value of string key `key` (the last one set, as the pickle builds the dict), else null
+    const PyValue* get(const std::string& key) const;
+    int64_t numel() const;
+    bool integerTensor() const;          // Tensor of an integer or bool dtype
+    int64_t intAt(int64_t index) const;  // integerTensor: element `index` of the row-major elements
+    const char* kindName() const;        // "a list", "a tensor", ... (for errors)
+};
+
 class TorchBinFile : public TensorFile {
 public:
     static std::shared_ptr<TorchBinFile> open(const std::string& path);
+    // A torch.save file of plain containers and tensors rather than a state dict (SGLang's expert
+    // distribution recorder dumps, which torch.load(weights_only=True) reads): the same machine,
+    // the same allowed opcodes and globals; the object it unpickles is object().
+    static std::shared_ptr<TorchBinFile> openObject(const std::string& path);
     ~TorchBinFile() override;
+    const PyValue& object() const;  // openObject's root (an error for a state dict opened with open)
 
 private:
     TorchBinFile() = default;
-    void parse();
+    static std::shared_ptr<TorchBinFile> load(const std::string& path, bool object);
+    void parse(bool object);
     std::vector<std::pair<uint8_t*, size_t>> copies_;  // gathered strided tensors (shared mappings)
+    std::deque<PyValue> values_;                       // openObject: every value, the root first
 };
 
 // Whether `path` starts as a zip archive does (what torch.save has written since PyTorch 1.6).

@@ -588,6 +588,10 @@ const SessionModel& Session::model() const { return d_->model; }
 std::string Session::locateCheckpoint() const {
     const SessionModel& m = d_->model;
     std::error_code ec;
+    if (m.fingerprint.rfind("config:", 0) == 0)  // made from a config.json alone (imported routing)
+        throw Error("the session was made from " + m.modelType +
+                        "'s config.json alone (imported routing), without its weights; point at the full checkpoint",
+                    d_->path, "/model/checkpoint_path");
     if (fs::exists(m.checkpointPath, ec)) {
         std::string fp;
         try {
@@ -606,6 +610,14 @@ std::string Session::locateCheckpoint() const {
 void Session::relinkCheckpoint(const std::string& newPath) {
     auto ck = Checkpoint::open(newPath);
     const std::string fp = ck->fingerprint();
+    if (d_->model.fingerprint.rfind("config:", 0) == 0) {  // a config-only session meets its weights
+        if (ck->config().dump() != nlohmann::json::parse(d_->model.configJson).dump())
+            throw Error("this checkpoint's config.json is not the one the session was made from", ck->configPath(),
+                        "/model/config_json");
+        d_->model.fingerprint = fp;
+        d_->model.checkpointPath = ck->path();
+        return;
+    }
     if (fp != d_->model.fingerprint)
         throw Error("this checkpoint is not the session's (fingerprint " + fp + ", the session's " +
                         d_->model.fingerprint + ")",
@@ -634,6 +646,8 @@ RunInfo infoFromTrace(const std::string& name, const RunTrace& t) {
     r.hasPromptLabels = !t.promptLabels.empty();
     r.hasPromptDocuments = !t.promptDocuments.empty();
     r.corpusJson = t.corpusJson;
+    r.importJson = t.importJson;
+    r.hasPromptGenerated = !t.promptGenerated.empty();
     r.warnings = t.warnings;
     r.interventionJson = t.interventionJson;
     r.topK = t.layers.empty() ? 0 : t.layers.front().topK;
@@ -706,6 +720,14 @@ RunInfo readRunInfo(hid_t f, const std::string& name, const SessionModel& m, con
     } else if (H5Aexists(g, "top_k") > 0) {
         throw Error("only an intervened run (with intervention_json) has its own top_k", file, "/" + base + "@top_k");
     }
+    if (H5Aexists(g, "import_json") > 0) {  // format 4: a run imported from a serving engine's records
+        r.importJson = needString(g, "import_json", file, "/" + base);
+        validJson(r.importJson, file, "/" + base + "@import_json");
+        if (!nlohmann::json::parse(r.importJson).is_object())
+            throw Error("expected a JSON object", file, "/" + base + "@import_json");
+        if (!r.interventionJson.empty())
+            throw Error("an imported run cannot be an intervened one", file, "/" + base + "@import_json");
+    }
     auto tdims = shapeOf(f, base + "/tokens", file);
     if (tdims.size() != 1) throw Error("expected a 1-d dataset, got " + dimsStr(tdims), file, "/" + base + "/tokens");
     const hsize_t T = tdims[0];
@@ -729,6 +751,15 @@ RunInfo readRunInfo(hid_t f, const std::string& name, const SessionModel& m, con
         // one router's records: the FFN's in the layer group, a MoA router's in its "attention" group
         // (an intervention changes the FFN routers' k only)
         auto router = [&](const std::string& g, hsize_t K) {
+            if (r.imported()) {  // the experts' ids only
+                for (const char* scored :
+                     {"router_logits", "topk_weights", "expert_output_norms", "shared_output_norms"})
+                    if (exists(f, g + "/" + scored))
+                        throw Error("an imported run holds the experts' ids only, not " + std::string(scored), file,
+                                    "/" + g + "/" + scored);
+                expectShape(f, g + "/topk_experts", {T, K}, H5T_INTEGER, 4, file);
+                return false;
+            }
             expectShape(f, g + "/router_logits", {T, E}, H5T_FLOAT, 4, file);
             expectShape(f, g + "/topk_experts", {T, K}, H5T_INTEGER, 4, file);
             expectShape(f, g + "/topk_weights", {T, K}, H5T_FLOAT, 4, file);
@@ -737,6 +768,8 @@ RunInfo readRunInfo(hid_t f, const std::string& name, const SessionModel& m, con
             return norms;
         };
         const bool attention = exists(f, lp + "/attention");
+        if (attention && r.imported())
+            throw Error("an imported run holds the FFN routers' ids only", file, "/" + lp + "/attention");
         if (attention) {
             router(lp + "/attention", Kmodel);
             r.attentionLayers.push_back(layer);
@@ -809,6 +842,13 @@ RunInfo readRunInfo(hid_t f, const std::string& name, const SessionModel& m, con
             expectShape(f, p, {odims[0] - 1}, H5T_INTEGER, 8, file);
         }
         (labels ? r.hasPromptLabels : r.hasPromptDocuments) = true;
+    }
+    if (exists(f, base + "/prompt_generated")) {
+        if (!r.imported())
+            throw Error("only an imported run (with import_json) records generated tokens", file,
+                        "/" + base + "/prompt_generated");
+        expectShape(f, base + "/prompt_generated", {odims[0] - 1}, H5T_INTEGER, 8, file);
+        r.hasPromptGenerated = true;
     }
     if (H5Aexists(g, "corpus_json") > 0) {
         r.corpusJson = needString(g, "corpus_json", file, "/" + base);
@@ -1055,12 +1095,30 @@ std::vector<std::string> Session::runNames() const {
 bool Session::hasRun(const std::string& name) const { return d_->runs.count(name) > 0; }
 RunInfo Session::runInfo(const std::string& name) const { return d_->run(name).info; }
 
+namespace {
+// Every stored choice is one of the model's experts (`first`: the run position of ids[0]'s token);
+// gaps: an imported run's token without a record, all its ids -1, is allowed too.
+void checkExpertIds(const std::vector<int32_t>& ids, int64_t E, int64_t K, int64_t first, const std::string& file,
+                    const std::string& path, bool gaps = false) {
+    for (size_t i = 0; i < ids.size(); ++i) {
+        const int32_t* row = ids.data() + i - i % static_cast<size_t>(K);
+        const bool gap = gaps && std::all_of(row, row + K, [](int32_t e) { return e == -1; });
+        if ((ids[i] < 0 || ids[i] >= E) && !gap)
+            throw Error("expert id " + std::to_string(ids[i]) + " (token " +
+                            std::to_string(first + static_cast<int64_t>(i) / K) + ") is not one of the model's " +
+                            std::to_string(E) + " experts" + (gaps ? " (nor a row of -1: no record)" : ""),
+                        file, path);
+    }
+}
+}  // namespace
+
 void Session::addRun(const std::string& name, RunTrace trace) {
     validName("run", name);
     if (d_->runs.count(name)) throw Error("a run named '" + name + "' already exists", d_->path, "/runs/" + name);
     if (trace.promptOffsets.size() < 2 || trace.promptOffsets.back() != trace.numTokens())
         throw Error("run has inconsistent prompt offsets", "", "run");
     for (const auto& [what, n] : {std::pair<const char*, size_t>{"prompt texts", trace.promptTexts.size()},
+                                  {"generated counts", trace.promptGenerated.size()},
                                   {"prompt labels", trace.promptLabels.size()},
                                   {"prompt documents", trace.promptDocuments.size()}})
         if (n != 0 && n != trace.promptOffsets.size() - 1)
@@ -1073,6 +1131,28 @@ void Session::addRun(const std::string& name, RunTrace trace) {
                             " experts per token; the model chooses " + std::to_string(d_->model.topK) +
                             " (only an intervened run may choose another k, the same on every layer)",
                         "", "run");
+    for (size_t i = 0; i < trace.tokens.size(); ++i)  // token ids index the vocabulary (as runTokens checks)
+        if (trace.tokens[i] < 0 || (d_->vocabSize > 0 && trace.tokens[i] >= d_->vocabSize))
+            throw Error("token id " + std::to_string(trace.tokens[i]) + " at position " + std::to_string(i) +
+                            " is outside the vocabulary [0, " + std::to_string(d_->vocabSize) + ")",
+                        "", "run");
+    if (!trace.importJson.empty()) {
+        if (!trace.interventionJson.empty() || !trace.attentionLayers.empty() || !trace.logits.empty() ||
+            !trace.hidden.empty())
+            throw Error("an imported run holds the FFN routers' expert ids only", "", "run");
+        const size_t T = trace.tokens.size();
+        for (const auto& lt : trace.layers) {
+            const std::string at = "layer " + std::to_string(lt.layer);
+            if (!lt.routerLogits.empty() || !lt.topkWeights.empty() || !lt.expertOutputNorms.empty() ||
+                !lt.sharedOutputNorms.empty())
+                throw Error("an imported run holds the experts' ids only", "", at);
+            if (lt.numExperts != d_->model.numExperts || lt.topkExperts.size() != T * static_cast<size_t>(lt.topK))
+                throw Error("the records do not have " + std::to_string(T) + " tokens of " + std::to_string(lt.topK) +
+                                " ids of " + std::to_string(d_->model.numExperts) + " experts",
+                            "", at);
+            checkExpertIds(lt.topkExperts, lt.numExperts, lt.topK, 0, "", at, true);
+        }
+    }
     StoredRun r;
     r.info = infoFromTrace(name, trace);
     if (r.info.topK == 0) r.info.topK = d_->model.topK;
@@ -1143,6 +1223,22 @@ std::vector<std::string> Session::runPromptLabels(const std::string& name) const
     return readStrings(f, "runs/" + name + "/prompt_labels", r.file);
 }
 
+std::vector<int64_t> Session::runPromptGenerated(const std::string& name) const {
+    const StoredRun& r = d_->run(name);
+    if (r.mem) return r.mem->promptGenerated;
+    if (!r.info.hasPromptGenerated) return {};
+    std::lock_guard lk(hdf5Mutex());
+    H f = openSessionFile(r.file);
+    auto v = readAll<int64_t>(f, "runs/" + name + "/prompt_generated", H5T_NATIVE_INT64, r.file);
+    auto offs = readAll<int64_t>(f, "runs/" + name + "/prompt_offsets", H5T_NATIVE_INT64, r.file);
+    for (size_t i = 0; i < v.size() && i + 1 < offs.size(); ++i)  // the last tokens of their prompt
+        if (v[i] < 0 || v[i] > offs[i + 1] - offs[i])
+            throw Error(std::to_string(v[i]) + " generated tokens in prompt " + std::to_string(i) + " of " +
+                            std::to_string(offs[i + 1] - offs[i]) + " tokens",
+                        r.file, "/runs/" + name + "/prompt_generated");
+    return v;
+}
+
 std::vector<int64_t> Session::runPromptDocuments(const std::string& name) const {
     const StoredRun& r = d_->run(name);
     if (r.mem) return r.mem->promptDocuments;
@@ -1192,29 +1288,19 @@ std::vector<std::string> Session::runTokenPieces(const std::string& name) const 
 
 namespace {
 
-// One router's records of a stored run, read from `group` (a layer group or its attention group).
-// Every stored choice is one of the model's experts (`first`: the run position of ids[0]'s token).
-void checkExpertIds(const std::vector<int32_t>& ids, int64_t E, int64_t K, int64_t first, const std::string& file,
-                    const std::string& path) {
-    for (size_t i = 0; i < ids.size(); ++i)
-        if (ids[i] < 0 || ids[i] >= E)
-            throw Error("expert id " + std::to_string(ids[i]) + " (token " +
-                            std::to_string(first + static_cast<int64_t>(i) / K) + ") is not one of the model's " +
-                            std::to_string(E) + " experts",
-                        file, path);
-}
-
+// One router's records of a stored run, read from `group` (a layer group or its attention group);
+// imported: the experts' ids only.
 LayerTrace readRouter(hid_t f, const std::string& group, int layer, int64_t E, int64_t K, const std::string& file,
-                      bool choicesOnly = false) {
+                      bool choicesOnly = false, bool imported = false) {
     LayerTrace t;
     t.layer = layer;
     t.numExperts = E;
     t.topK = K;
-    if (!choicesOnly) t.routerLogits = readAll<float>(f, group + "/router_logits", H5T_NATIVE_FLOAT, file);
+    if (!choicesOnly && !imported) t.routerLogits = readAll<float>(f, group + "/router_logits", H5T_NATIVE_FLOAT, file);
     t.topkExperts = readAll<int32_t>(f, group + "/topk_experts", H5T_NATIVE_INT32, file);
-    if (!choicesOnly) t.topkWeights = readAll<float>(f, group + "/topk_weights", H5T_NATIVE_FLOAT, file);
-    checkExpertIds(t.topkExperts, E, K, 0, file, "/" + group + "/topk_experts");
-    if (choicesOnly) return t;
+    if (!choicesOnly && !imported) t.topkWeights = readAll<float>(f, group + "/topk_weights", H5T_NATIVE_FLOAT, file);
+    checkExpertIds(t.topkExperts, E, K, 0, file, "/" + group + "/topk_experts", imported);
+    if (choicesOnly || imported) return t;
     if (exists(f, group + "/expert_output_norms"))
         t.expertOutputNorms = readAll<float>(f, group + "/expert_output_norms", H5T_NATIVE_FLOAT, file);
     if (exists(f, group + "/shared_output_norms"))
@@ -1246,7 +1332,7 @@ LayerTrace Session::runLayer(const std::string& name, int layer, bool choicesOnl
     std::lock_guard lk(hdf5Mutex());
     H f = openSessionFile(r.file);
     return readRouter(f, "runs/" + name + "/layers/" + std::to_string(layer), layer, d_->model.numExperts, r.info.topK,
-                      r.file, choicesOnly);
+                      r.file, choicesOnly, r.info.imported());
 }
 
 LayerTrace Session::runLayerTokens(const std::string& name, int layer, int64_t first, int64_t count) const {
@@ -1278,9 +1364,10 @@ LayerTrace Session::runLayerTokens(const std::string& name, int layer, int64_t f
     t.layer = layer;
     t.numExperts = E;
     t.topK = K;
-    t.routerLogits = readRows<float>(f, g + "/router_logits", H5T_NATIVE_FLOAT, r.file, first, count, E);
+    if (!r.info.imported())
+        t.routerLogits = readRows<float>(f, g + "/router_logits", H5T_NATIVE_FLOAT, r.file, first, count, E);
     t.topkExperts = readRows<int32_t>(f, g + "/topk_experts", H5T_NATIVE_INT32, r.file, first, count, K);
-    checkExpertIds(t.topkExperts, E, K, first, r.file, at + "/topk_experts");
+    checkExpertIds(t.topkExperts, E, K, first, r.file, at + "/topk_experts", r.info.imported());
     return t;
 }
 
@@ -1374,6 +1461,7 @@ void writeRunData(hid_t f, const std::string& name, const RunTrace& t, const Run
     attrString(run, "created", info.created, file, "/" + base);
     if (!t.warnings.empty()) attrValue(run, "warnings", AttrValue::text(t.warnings), file, "/" + base);
     if (!t.corpusJson.empty()) attrString(run, "corpus_json", t.corpusJson, file, "/" + base);
+    if (!t.importJson.empty()) attrString(run, "import_json", t.importJson, file, "/" + base);
     if (!t.interventionJson.empty()) {
         attrString(run, "intervention_json", t.interventionJson, file, "/" + base);
         attrInt(run, "top_k", info.topK, file, "/" + base);
@@ -1391,15 +1479,21 @@ void writeRunData(hid_t f, const std::string& name, const RunTrace& t, const Run
     if (!t.promptDocuments.empty())
         dataset(run, "prompt_documents", H5T_STD_I64LE, H5T_NATIVE_INT64, {t.promptDocuments.size()},
                 t.promptDocuments.data(), file, "/" + base + "/prompt_documents");
+    if (!t.promptGenerated.empty())
+        dataset(run, "prompt_generated", H5T_STD_I64LE, H5T_NATIVE_INT64, {t.promptGenerated.size()},
+                t.promptGenerated.data(), file, "/" + base + "/prompt_generated");
     auto writeRouter = [&](const LayerTrace& lt, const std::string& lp) {
         H g = makeGroup(f, lp, file);
         const hsize_t E = static_cast<hsize_t>(lt.numExperts), K = static_cast<hsize_t>(lt.topK);
-        dataset(g, "router_logits", H5T_IEEE_F32LE, H5T_NATIVE_FLOAT, {T, E}, lt.routerLogits.data(), file,
-                "/" + lp + "/router_logits");
+        const bool scored = t.importJson.empty();  // an imported run: the ids only
+        if (scored)
+            dataset(g, "router_logits", H5T_IEEE_F32LE, H5T_NATIVE_FLOAT, {T, E}, lt.routerLogits.data(), file,
+                    "/" + lp + "/router_logits");
         dataset(g, "topk_experts", H5T_STD_I32LE, H5T_NATIVE_INT32, {T, K}, lt.topkExperts.data(), file,
                 "/" + lp + "/topk_experts");
-        dataset(g, "topk_weights", H5T_IEEE_F32LE, H5T_NATIVE_FLOAT, {T, K}, lt.topkWeights.data(), file,
-                "/" + lp + "/topk_weights");
+        if (scored)
+            dataset(g, "topk_weights", H5T_IEEE_F32LE, H5T_NATIVE_FLOAT, {T, K}, lt.topkWeights.data(), file,
+                    "/" + lp + "/topk_weights");
         if (!lt.expertOutputNorms.empty())
             dataset(g, "expert_output_norms", H5T_IEEE_F32LE, H5T_NATIVE_FLOAT, {T, E}, lt.expertOutputNorms.data(),
                     file, "/" + lp + "/expert_output_norms");
@@ -1591,6 +1685,10 @@ Session openSessionFor(const std::string& path, const SessionModel& model) {
     std::error_code ec;
     if (!fs::exists(path, ec)) return Session::create(model);
     Session s = openCheckedSession(path);
+    if (s.model().fingerprint != model.fingerprint && s.model().fingerprint.rfind("config:", 0) == 0) {
+        s.relinkCheckpoint(model.checkpointPath);  // a session of a config.json alone meets its checkpoint
+        return s;
+    }
     if (s.model().fingerprint != model.fingerprint)
         throw Error("the session belongs to another checkpoint (fingerprint " + s.model().fingerprint +
                         ", this checkpoint " + model.fingerprint + ")",

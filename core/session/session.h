@@ -18,7 +18,7 @@
 
 namespace es {
 
-constexpr int kSessionFormatVersion = 3;
+constexpr int kSessionFormatVersion = 4;
 
 struct SessionModel {
     std::string modelType;
@@ -55,6 +55,14 @@ struct RunInfo {
     // object), and the k its MoE layers chose (the model's top_k unless the intervention changed it).
     std::string interventionJson;
     int64_t topK = 0;
+    // An imported run (RunTrace::importJson, format 4): its source; it holds expert ids only.
+    std::string importJson;
+    bool hasPromptGenerated = false;
+    bool imported() const { return !importJson.empty(); }
+    // The device and dtype to run this run's prompts through a model again (analyses, comparisons):
+    // its own; an imported run's are the engine's, unknown here: cpu and float32
+    std::string traceDevice() const { return imported() ? "cpu" : device; }
+    std::string traceDtype() const { return imported() ? "float32" : dtype; }
 };
 
 class Session {
@@ -77,7 +85,8 @@ public:
     // otherwise an error (naming /model/checkpoint_path) asking for its new location.
     std::string locateCheckpoint() const;
     // Points the session at a moved copy of its checkpoint; refused unless the fingerprint
-    // of the copy is the session's.
+    // of the copy is the session's. A session made from a config.json alone (fingerprint
+    // "config:sha256:...") takes any checkpoint with that config, and its fingerprint from then on.
     void relinkCheckpoint(const std::string& newPath);
 
     // Runs (stored ones are read lazily from the file; added ones live in memory until saved)
@@ -99,6 +108,8 @@ public:
     std::vector<std::string> runPromptLabels(const std::string& name) const;
     std::vector<std::string> runTokenBytes(const std::string& name) const;  // empty without token text
     std::vector<int64_t> runPromptDocuments(const std::string& name) const;
+    // An imported run's count of generated tokens at the end of each prompt (empty for other runs)
+    std::vector<int64_t> runPromptGenerated(const std::string& name) const;
     // Adds run `name` as stored in another session file of the same checkpoint (a finished
     // RunWriter): checked as Session::open checks a run, copied chunk for chunk on save. Errors
     // name that file (not a session, another checkpoint, no such run) or this session (the
@@ -164,7 +175,8 @@ private:
 
 // The session at `path` for the checkpoint `model` describes: opened (openCheckedSession) when the file exists
 // (refused, naming /model/fingerprint, when it was made from another checkpoint; re-linked when
-// the checkpoint has moved), else a new session, not yet saved.
+// the checkpoint has moved, or when the session was made from this checkpoint's config.json alone),
+// else a new session, not yet saved.
 Session openSessionFor(const std::string& path, const SessionModel& model);
 
 // Adds run `runName` to the session at `path`, creating the file if needed. Errors (naming the

@@ -9,9 +9,10 @@ namespace es {
 struct LayerTrace {
     int layer = 0;  // decoder layer index
     int64_t numExperts = 0, topK = 0;
-    std::vector<float> routerLogits;       // [T, E], raw router logits
-    std::vector<int32_t> topkExperts;      // [T, k], ordered by weight, descending
-    std::vector<float> topkWeights;        // [T, k], combine weights as applied
+    std::vector<float> routerLogits;  // [T, E], raw router logits (empty in an imported run)
+    std::vector<int32_t>
+        topkExperts;  // [T, k], ordered by weight, descending (imported: as the engine gave them, -1: no record)
+    std::vector<float> topkWeights;        // [T, k], combine weights as applied (empty in an imported run)
     std::vector<float> expertOutputNorms;  // [T, E], with allExperts
     std::vector<float> sharedOutputNorms;  // [T], with allExperts and a shared expert
 };
@@ -40,6 +41,13 @@ struct RunTrace {
     // A run that changed the MoE blocks on purpose (model/intervention.h): the intervention's JSON
     // object with the name of its unmodified baseline run ("baseline"); empty for an ordinary run.
     std::string interventionJson;
+    // A run imported from a serving engine's routing records (import/routing_import.h): what it
+    // was read from (a JSON object: engine, format, files, each prompt's record). It holds the
+    // experts' ids only (no router logits, weights or norms); a token the records do not cover
+    // (the last generated token, rows before the engine's start, a gap) has -1 ids.
+    std::string importJson;
+    std::vector<int64_t>
+        promptGenerated;  // [P] an imported run: how many of each prompt's tokens the engine generated (its last ones)
     int64_t numTokens() const { return static_cast<int64_t>(tokens.size()); }
 };
 

@@ -929,6 +929,11 @@ Figure tokenEntropy(const Session& s, const ViewRequest& req) {
     auto [b, e] = promptRange(s, req, run);
     const RunInfo info = s.runInfo(run);
     if (info.moeLayers.empty()) throw Error("run '" + run + "' records no MoE layer", sessionName(s), "/runs/" + run);
+    if (info.imported())
+        throw Error("view '" + req.view + "': run '" + run +
+                        "' was imported from a serving engine's records: it holds the experts' ids only, not the "
+                        "router logits this view needs",
+                    sessionName(s), "/runs/" + run + "@import_json");
     const auto labels = tokenLabels(s, run);
     const int64_t n = e - b;
     if (n == 0) throw Error("view '" + req.view + "': prompt " + std::to_string(req.prompt) + " has no tokens");
@@ -995,30 +1000,45 @@ Figure routingText(const Session& s, const ViewRequest& req) {
     LayerTrace lt = routerRecords(s, req, run, L);
     auto labels = tokenLabels(s, run);
     auto ids = s.runTokens(run);
+    // an imported run: the engine's ids in its order (no weights), -1 where it kept no row; its
+    // prompts end with the tokens the engine generated
+    const bool imported = info.imported();
+    int64_t generatedFrom = e;
+    if (imported)
+        if (const auto gen = s.runPromptGenerated(run); req.prompt >= 0 && req.prompt < static_cast<int>(gen.size()))
+            generatedFrom = e - gen[static_cast<size_t>(req.prompt)];
     Figure f;
     f.view = req.view;
     f.isText = true;
-    f.title =
-        "Top-1 expert of every token, run " + run + ", " + layerName(s, L) + ", prompt " + std::to_string(req.prompt);
+    f.title = (imported ? "First expert the engine listed for every token (imported, ids only), run "
+                        : "Top-1 expert of every token, run ") +
+              run + ", " + layerName(s, L) + ", prompt " + std::to_string(req.prompt);
     f.text.experts = static_cast<int>(lt.numExperts);
-    f.text.legend = "colour = top-1 expert";
+    f.text.legend = imported
+                        ? "colour = the engine's first expert (its top-1 where it sorts its top-k); grey = no record"
+                        : "colour = top-1 expert";
+    if (imported) f.text.swatchLabel = "engine's first expert (grey: no record):";
     f.csvHeader = {"token", "piece", "id"};
     for (int64_t j = 0; j < lt.topK; ++j) f.csvHeader.push_back("expert_" + std::to_string(j + 1));
-    for (int64_t j = 0; j < lt.topK; ++j) f.csvHeader.push_back("weight_" + std::to_string(j + 1));
+    if (!imported)
+        for (int64_t j = 0; j < lt.topK; ++j) f.csvHeader.push_back("weight_" + std::to_string(j + 1));
     for (int64_t t = b; t < e; ++t) {
         TokenRun::Token tok;
         tok.index = t;
         tok.text = t < static_cast<int64_t>(labels.size()) ? labels[t] : "?";
         tok.expert = lt.topkExperts[t * lt.topK];
-        tok.tip = "token " + std::to_string(t) + " '" + tok.text + "' (id " + std::to_string(ids[t]) + "): ";
+        tok.tip = "token " + std::to_string(t) + " '" + tok.text + "' (id " + std::to_string(ids[t]) +
+                  (t >= generatedFrom ? ", generated" : "") + "): ";
         std::vector<std::string> row = {std::to_string(t), tok.text, std::to_string(ids[t])};
+        if (tok.expert < 0) tok.tip += "no record (the engine kept no row for this token)";
         for (int64_t j = 0; j < lt.topK; ++j) {
-            const float w = lt.topkWeights[t * lt.topK + j];
-            tok.tip += (j ? ", " : "") + std::string("expert ") + std::to_string(lt.topkExperts[t * lt.topK + j]) +
-                       " (" + formatFloat(w) + ")";
             row.push_back(std::to_string(lt.topkExperts[t * lt.topK + j]));
+            if (tok.expert < 0) continue;
+            tok.tip += (j ? ", " : "") + std::string("expert ") + std::to_string(lt.topkExperts[t * lt.topK + j]);
+            if (!imported) tok.tip += " (" + formatFloat(lt.topkWeights[t * lt.topK + j]) + ")";
         }
-        for (int64_t j = 0; j < lt.topK; ++j) row.push_back(formatFloat(lt.topkWeights[t * lt.topK + j]));
+        if (!imported)
+            for (int64_t j = 0; j < lt.topK; ++j) row.push_back(formatFloat(lt.topkWeights[t * lt.topK + j]));
         f.text.tokens.push_back(std::move(tok));
         f.csvRows.push_back(std::move(row));
     }
@@ -1106,6 +1126,13 @@ Figure loadBalance(const Session& s, const ViewRequest& req) {
     bal.title = "balance of the load";
     ent.title = "routing entropy of p = softmax(z)";
     zl.title = "z-loss";
+    if (s.hasRun(run) && s.runInfo(run).imported()) {  // ids only: what needs the router's logits is not there
+        const std::string none = ": none, the imported run has expert ids only (no router logits)";
+        bal.title =
+            "balance of the load (CV; the switch loss needs the router's probabilities: " + none.substr(8) + ")";
+        ent.title += none;
+        zl.title += none;
+    }
     for (Panel* p : {&bal, &ent, &zl}) p->xLabel = "layer";
     bal.yLabel = "switch loss, CV";
     ent.yLabel = "mean entropy (nats)";
@@ -1754,9 +1781,13 @@ RoutingComparison routingComparisonOf(const Session& s, const ViewRequest& req) 
         if (d->a->shape.size() != 2 || d->dim(0) != nl || d->dim(1) != c.E || d->layers() != c.layers)
             throw bad(name, "expected [layers, experts]");
     if (c.E <= 0) throw bad("load_difference", "no experts");
+    // an expert id each, or -1 where the token was not compared (an imported run's token without a record)
     for (const auto& [name, d] : {std::pair<const char*, const Data*>{"top1_a", &c.top1A}, {"top1_b", &c.top1B}})
-        for (double e : d->v)
-            if (!(e >= 0 && e < static_cast<double>(c.E))) throw bad(name, "an expert id out of range");
+        for (size_t i = 0; i < d->v.size(); ++i)
+            if (!(d->v[i] >= 0 && d->v[i] < static_cast<double>(c.E)) && !(d->v[i] == -1 && c.equal.v[i] == -1))
+                throw bad(name, "an expert id out of range");
+    for (double x : c.equal.v)
+        if (x != 0 && x != 1 && x != -1) throw bad("top1_equal", "a value that is not 0, 1 or -1");
     if (s.hasRun(c.run) && s.runInfo(c.run).numTokens != c.T)
         throw bad("top1_equal", std::to_string(c.T) + " tokens, but run '" + c.run + "' has " +
                                     std::to_string(s.runInfo(c.run).numTokens));
@@ -1821,7 +1852,10 @@ Figure routingDifference(const Session& s, const ViewRequest& req) {
         h.cols = n;
         for (int64_t r = 0; r < nl; ++r) {
             h.rowLabels.push_back(std::to_string(c.layers[static_cast<size_t>(r)]));
-            for (int64_t t = b; t < e; ++t) h.values.push_back(d.v[static_cast<size_t>(r * c.T + t)]);
+            for (int64_t t = b; t < e; ++t) {  // a token not compared (-1: no record) is blank
+                const size_t at = static_cast<size_t>(r * c.T + t);
+                h.values.push_back(c.equal.v[at] == -1 ? kNaN : d.v[at]);
+            }
         }
         for (int64_t t = b; t < e; ++t) {
             h.colLabels.push_back(t < static_cast<int64_t>(labels.size()) ? labels[t] : std::to_string(t));
@@ -2528,8 +2562,8 @@ const std::vector<ViewDef>& registry() {
                      tokenEntropy,
                      [](const Session& s, ViewInfo& v) {
                          v.runs.clear();
-                         for (auto& r : s.runNames())
-                             if (!s.runInfo(r).moeLayers.empty()) v.runs.push_back(r);
+                         for (auto& r : s.runNames())  // an imported run has no router logits
+                             if (!s.runInfo(r).moeLayers.empty() && !s.runInfo(r).imported()) v.runs.push_back(r);
                          v.perRun = v.perPrompt = true;
                          return !v.runs.empty();
                      },

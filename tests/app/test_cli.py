@@ -77,7 +77,7 @@ def test_session_layout_with_h5py(cli, qwen2moe, tmp_path):
     info = json.loads(run_cli(cli, "info", per, "--json").stdout)
     with h5py.File(out, "r") as f:
         assert f.attrs["format"] == "expertscope-session"
-        assert int(f.attrs["format_version"]) == 3
+        assert int(f.attrs["format_version"]) == 4
         m = f["model"].attrs
         assert m["model_type"] == "qwen2_moe"
         assert int(m["num_layers"]) == 4 and int(m["num_experts"]) == 6 and int(m["top_k"]) == 2

@@ -122,7 +122,7 @@ def test_round_trip_is_identical(base, tmp_path):
 
 def test_session_command(cli, base):
     j = json.loads(run_cli(cli, "session", base, "--json", "--verify").stdout)
-    assert j["verified"] and j["format_version"] == 3
+    assert j["verified"] and j["format_version"] == 4
     assert [r["name"] for r in j["runs"]] == ["r0", "second"]
     r0 = j["runs"][0]
     assert r0["tokens"] == 64 and r0["prompts"] == 3 and r0["moe_layers"] == [0, 1, 2, 3]
@@ -366,7 +366,7 @@ def test_version2_file_opens_and_saves_as_version3(cli, tmp_path):
     assert sha(v2) == before  # opening never writes
     walk_against_doc(out, analysis_arrays=False)
     with h5py.File(v2, "r") as a, h5py.File(out, "r") as b:
-        assert int(b.attrs["format_version"]) == 3
+        assert int(b.attrs["format_version"]) == 4
         names = []
         a.visit(names.append)
         other = []
@@ -397,7 +397,7 @@ def test_version1_file_migrates(cli, tmp_path):
     objs = walk_against_doc(out)
     assert "/results" not in objs and "/analyses/S1.layer0.gate/similarity" in objs
     with h5py.File(v1, "r") as a, h5py.File(out, "r") as b:
-        assert int(b.attrs["format_version"]) == 3
+        assert int(b.attrs["format_version"]) == 4
         for name in ("similarity", "values64", "counts", "ids"):
             x, y = a[f"results/S1.layer0.gate/{name}"], b[f"analyses/S1.layer0.gate/{name}"]
             assert x.dtype == y.dtype and np.array_equal(x[()], y[()])

@@ -146,7 +146,7 @@ def test_intervention_matches_hf(cli, build_fixture, tmp_path, name, change):
     intervene(cli, packed, out, *cli_args(change, moe_layers), "--all-experts", "--save-logits")
     changed_ref = fixtures.reference(changed_model(name, change))
     with h5py.File(out, "r") as f:
-        assert int(f.attrs["format_version"]) == 3
+        assert int(f.attrs["format_version"]) == 4
         compare(f["runs/iv-baseline"], ref)  # the unmodified run is the model's own
         run = f["runs/iv"]
         rec = json.loads(run.attrs["intervention_json"])

@@ -27,7 +27,8 @@ public:
         Tensor want = torch::from_blob(const_cast<int32_t*>(s.topkExperts.data()) + t.base * k, {Tp, k}, torch::kInt)
                           .to(torch::kLong);
         Tensor got = std::get<0>(ids.to(torch::kCPU).to(torch::kLong).sort(-1));
-        Tensor diff = (std::get<0>(want.sort(-1)) != got).any(1).nonzero().reshape(-1);
+        // compared as sets; a token an imported run has no record of (-1) is not compared
+        Tensor diff = ((std::get<0>(want.sort(-1)) != got).any(1) & (want >= 0).all(1)).nonzero().reshape(-1);
         auto& mm = mismatches_[t.kind.attention][t.layer];
         for (int64_t i = 0; i < diff.numel(); ++i) mm.push_back(t.base + diff[i].item<int64_t>());
     }
