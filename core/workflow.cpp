@@ -14,6 +14,11 @@
 namespace es {
 
 SessionModel sessionModelOf(const Checkpoint& ckpt, const ModelSpec& spec) {
+    return sessionModelOf(spec, ckpt.config().dump(), ckpt.path(), ckpt.fingerprint());
+}
+
+SessionModel sessionModelOf(const ModelSpec& spec, std::string configJson, std::string checkpointPath,
+                            std::string fingerprint) {
     SessionModel sm;
     sm.modelType = spec.modelType;
     sm.numLayers = spec.numLayers;
@@ -24,9 +29,9 @@ SessionModel sessionModelOf(const Checkpoint& ckpt, const ModelSpec& spec) {
     sm.groupsKept = spec.router.topkGroups;
     for (int l = 0; l < spec.numLayers; ++l)
         if (spec.layers[l].linearAttention) sm.linearAttentionLayers.push_back(l);
-    sm.configJson = ckpt.config().dump();
-    sm.checkpointPath = ckpt.path();
-    sm.fingerprint = ckpt.fingerprint();
+    sm.configJson = std::move(configJson);
+    sm.checkpointPath = std::move(checkpointPath);
+    sm.fingerprint = std::move(fingerprint);
     return sm;
 }
 

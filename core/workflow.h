@@ -20,6 +20,9 @@ class Tokenizer;
 struct ModelSpec;
 
 SessionModel sessionModelOf(const Checkpoint& ckpt, const ModelSpec& spec);
+// The same from a spec and what identifies its model (a config.json alone: routing_import.h).
+SessionModel sessionModelOf(const ModelSpec& spec, std::string configJson, std::string checkpointPath,
+                            std::string fingerprint);
 
 // Each token's bytes and display piece (ids beyond the tokenizer's vocabulary get empty entries).
 void attachTokenText(RunTrace& rt, const Tokenizer& tok);

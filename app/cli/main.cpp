@@ -5,6 +5,7 @@
 #include <cmath>
 #include <csignal>
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <map>
@@ -27,6 +28,7 @@
 #include "jsonfile.h"
 #include "workflow.h"
 #include "corpus.h"
+#include "routing_import.h"
 #include "emoe/emoe.h"
 
 namespace es::cli {
@@ -69,6 +71,9 @@ const char* kUsage = R"(usage:
                   [--allow-long]
   expertscope-cli corpus-stats SESSION.h5 --run NAME [--labels FILE] [--permutations N] [--seed S]
                   [--chunk-tokens N] [--json]
+  expertscope-cli import RECORDS... --out SESSION.h5 [--model CHECKPOINT|config.json] [--tokenizer FILE]
+                  [--format auto|vllm|sglang|sglang-dump] [--requests FILE] [--run NAME] [--labels FILE]
+                  [--no-statistics] [--json]
   expertscope-cli emoe DENSE_CHECKPOINT --experts N --top-k K [--layers all|START:EVERY|LIST]
                   [--gating avg-k|up|up-abs|inter|inter-abs|mean-key|mean-key-unit]
                   [--clustering balanced-kmeans|random|contiguous] [--seed S] [--restarts R]
@@ -107,6 +112,13 @@ across layers, tokens per expert; with labelled documents the domain specialisat
 between the labels' expert usage with a permutation test of --permutations shuffles, 2000).
 corpus-stats: those statistics again for a run already in the session; --labels FILE gives one
 label per document (line of FILE, in the run's order) in place of the run's own.
+import: the routing records of a serving engine (vLLM's responses or offline records with
+routed_experts, SGLang's responses with routed_experts, SGLang's per_token recorder dumps) as run
+NAME ("imported") of expert ids alone: one prompt per sequence, -1 where the engine kept no row
+(docs/import.md). --model: the checkpoint folder, or its config.json alone (no weights; needed
+when SESSION.h5 does not exist yet); token text from --tokenizer or the model folder's
+tokenizer.json. --requests: the request bodies of SGLang's native responses (their input_ids).
+Then the statistics of the stored routing, as corpus-stats makes them (not with --no-statistics).
 emoe: splits a dense model's FFNs into N experts of equal size by balanced k-means of their key
 vectors and writes a checkpoint the engine runs as an MoE (docs/emoe.md).
 export: docs/views.md describes every view and its options; --list names those the session allows.
@@ -283,6 +295,7 @@ int cmdSession(const std::vector<std::string>& args) {
             j["runs"].back()["top_k"] = r.topK;
             j["runs"].back()["intervention"] = nlohmann::json::parse(r.interventionJson);
         }
+        if (r.imported()) j["runs"].back()["import"] = nlohmann::json::parse(r.importJson);
     }
     j["results"] = nlohmann::ordered_json::array();
     static const char* typeNames[] = {"float32", "float64", "int32", "int64"};
@@ -848,6 +861,98 @@ int cmdCorpusStats(const std::vector<std::string>& args) {
     return 0;
 }
 
+int cmdImport(const std::vector<std::string>& args) {
+    es::RoutingImport req;
+    std::string out, model, tokenizer, run = "imported", labels;
+    bool statistics = true, json = false;
+    for (size_t i = 0; i < args.size(); ++i) {
+        const std::string& a = args[i];
+        auto value = [&]() -> const std::string& { return optionValue(args, i, "import"); };
+        if (a == "--out") out = value();
+        else if (a == "--model") model = value();
+        else if (a == "--tokenizer") tokenizer = value();
+        else if (a == "--format") req.format = value();
+        else if (a == "--requests") req.requests = value();
+        else if (a == "--run") run = value();
+        else if (a == "--labels") labels = value();
+        else if (a == "--no-statistics") statistics = false;
+        else if (a == "--json") json = true;
+        else if (a.rfind("--", 0) == 0) throw UsageError("import: unknown option " + a);
+        else req.files.push_back(a);
+    }
+    if (req.files.empty()) throw UsageError("import: no records file given");
+    if (out.empty()) throw UsageError("import: --out SESSION.h5 is required");
+    if (req.format != "auto" && req.format != "vllm" && req.format != "sglang" && req.format != "sglang-dump")
+        throw UsageError("import: --format is one of " + std::string(es::kRoutingFormats));
+    const bool exists = std::filesystem::exists(out);
+    if (!exists && model.empty())
+        throw UsageError("import: --model (the checkpoint or its config.json) is required for a new session");
+    std::unique_ptr<es::ModelSpec> spec;
+    es::SessionModel sm;
+    std::string tokDir;  // where a tokenizer.json may be
+    if (!model.empty()) {
+        bool weights = false;
+        const std::string config = es::importModelConfig(model, weights);
+        if (weights) {
+            auto ckpt = es::Checkpoint::open(model);
+            spec = std::make_unique<es::ModelSpec>(es::ModelSpec::fromCheckpoint(*ckpt));
+            sm = es::sessionModelOf(*ckpt, *spec);
+        } else {
+            es::ConfigModel cm = es::readConfigModel(config);
+            spec = std::make_unique<es::ModelSpec>(std::move(cm.spec));
+            sm = std::move(cm.model);
+        }
+        tokDir = std::filesystem::path(config).parent_path().string();
+    }
+    es::Session s = exists ? es::openCheckedSession(out, /*readData=*/false) : es::Session::create(sm);
+    if (exists && !model.empty()) es::checkImportModel(s.model(), sm, out);
+    if (!spec) {
+        spec = std::make_unique<es::ModelSpec>(
+            es::ModelSpec::fromConfig(es::parseJson(s.model().configJson, out), out + ": /model/config_json"));
+        tokDir = s.model().checkpointPath;
+    }
+    if (s.hasRun(run)) throw es::Error("a run named '" + run + "' already exists", out, "/runs/" + run);
+    std::shared_ptr<es::Tokenizer> tok;
+    if (!tokenizer.empty()) {
+        tok = es::Tokenizer::load(tokenizer);
+    } else if (!tokDir.empty() && std::filesystem::exists(std::filesystem::path(tokDir) / "tokenizer.json")) {
+        try {  // the model folder's: without it the run keeps ids only
+            tok = es::Tokenizer::load(tokDir);
+        } catch (const es::Error& e) {
+            std::cerr << "warning: no token text (" << e.what() << ")\n";
+        }
+    }
+    req.tokenizer = tok.get();
+    es::RunTrace trace = es::importRouting(*spec, req);
+    const nlohmann::json meta = nlohmann::json::parse(trace.importJson);
+    const int64_t tokens = trace.numTokens(), prompts = static_cast<int64_t>(trace.promptOffsets.size()) - 1;
+    const std::vector<std::string> warnings = trace.warnings;
+    s.addRun(run, std::move(trace));
+    std::vector<std::string> ids;
+    if (statistics) {
+        es::CorpusStatsOptions opt;
+        if (!labels.empty()) opt.labels = readLabels(labels);
+        for (auto& [id, r] : es::corpusStatistics(s, run, opt)) {
+            ids.push_back(id);
+            s.putResult(id, std::move(r));
+        }
+    }
+    s.save(out);
+    for (const auto& w : warnings) std::cerr << "warning: " << w << "\n";
+    if (json) {
+        nlohmann::json j{
+            {"run", run},     {"session", out},       {"sequences", prompts}, {"tokens", tokens},
+            {"import", meta}, {"warnings", warnings}, {"results", ids},       {"tokenizer", tok != nullptr}};
+        std::cout << j.dump(2) << "\n";
+        return 0;
+    }
+    std::cout << "run '" << run << "': " << prompts << " sequences, " << tokens << " tokens ("
+              << meta.value("tokens_without_record", int64_t(0)) << " without a record), " << (tok ? "with" : "without")
+              << " token text -> " << out << "\n";
+    for (const auto& id : ids) std::cout << id << " (" << s.result(id).kind << ")\n";
+    return 0;
+}
+
 int cmdCompare(const std::vector<std::string>& args) {
     std::vector<std::string> paths;
     std::string name;
@@ -921,7 +1026,7 @@ int cmdCompare(const std::vector<std::string>& args) {
     }
     if (routing) {
         req.run = run;
-        if (!ra.dtypeGiven) ra.lo.dtype = session.runInfo(run).dtype;  // B as A's run was made
+        if (!ra.dtypeGiven) ra.lo.dtype = session.runInfo(run).traceDtype();  // B as A's run was made
         req.other = b.get();
         req.progress = progress("run of B");
         es::Result r = es::compareRouting(*es::Model::load(b, sb, ra.lo), req);
@@ -1062,8 +1167,8 @@ int cmdAnalyze(const std::vector<std::string>& args) {
         es::DynamicOptions dopt;
         dopt.analyses = dynamics;
         dopt.layers = analysed;
-        dopt.device = device.empty() ? info.device : device;
-        dopt.dtype = dtype.empty() ? info.dtype : dtype;
+        dopt.device = device.empty() ? info.traceDevice() : device;
+        dopt.dtype = dtype.empty() ? info.traceDtype() : dtype;
         dopt.firstTokens = firstTokens;
         dopt.storedAttention = std::move(in.storedAttention);
         dopt.importanceZero = importanceZero;
@@ -1113,6 +1218,7 @@ int main(int argc, char** argv) {
         if (cmd == "compare") return cmdCompare(rest);
         if (cmd == "corpus") return cmdCorpus(rest);
         if (cmd == "corpus-stats") return cmdCorpusStats(rest);
+        if (cmd == "import") return cmdImport(rest);
         if (cmd == "export") return es::cli::cmdExport(rest, argc, argv);
         throw UsageError("unknown command '" + cmd + "'");
     } catch (const UsageError& e) {

@@ -10,7 +10,7 @@ import os
 import re
 
 INCLUDE = re.compile(r'^\s*#\s*include\s*([<"])([^>"]+)[>"]', re.M)
-LOOSE = {"error": "base", "jsonfile": "base", "version": "base", "rng": "base", "demo": "workflow", "workflow": "workflow", "corpus": "workflow"}
+LOOSE = {"error": "base", "jsonfile": "base", "version": "base", "rng": "base", "demo": "workflow", "workflow": "workflow", "corpus": "workflow", "routing_import": "workflow"}
 
 
 def part_of(rel):
