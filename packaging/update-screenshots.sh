@@ -9,7 +9,7 @@ build=${1:-$here/build}
 out=$build/test-output
 QT_QPA_PLATFORM=offscreen ES_TEST_OUTPUT=$out EXPERTSCOPE_CLI=$build/bin/expertscope-cli \
     "$build/tests/test_mainwindow" opensTheDemoModel opensAnEmoeModel opensTheJetMoeDemo runSelectExportSaveReopen \
-    runRunsWhatTheButtonSays emptyViewsSayWhatTheyNeed helpMenuExplainsAndShowsTheDocs
+    runRunsWhatTheButtonSays emptyViewsSayWhatTheyNeed helpMenuExplainsAndShowsTheDocs importRoutingFromTheApp
 mkdir -p "$here/docs/screenshots"
 cp "$out"/window-*.png "$out"/first-hour-*.png "$here/docs/screenshots/"
 cp "$out/mainwindow-demo.png" "$here/docs/screenshots/mainwindow.png"

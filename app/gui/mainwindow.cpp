@@ -44,6 +44,7 @@
 #include "analysis/analysis.h"
 #include "checkpoint/checkpoint.h"
 #include "corpus.h"
+#include "routing_import.h"
 #include "demo.h"
 #include "emoe/emoe.h"
 #include "error.h"
@@ -263,6 +264,7 @@ MainWindow::MainWindow(QWidget* parent) : QMainWindow(parent) {
     file->addAction("&Export view...", QKeySequence("Ctrl+E"), this, &MainWindow::exportDialog);
     file->addAction("&Compare with checkpoint...", this, &MainWindow::chooseComparison);
     file->addAction("Convert to E&MoE...", this, &MainWindow::emoeDialog);
+    file->addAction("&Import routing (vLLM, SGLang)...", this, &MainWindow::importDialog);
     file->addSeparator();
     for (QAction* a : file->actions())  // Quit stays (closing waits for the save); Recent: setSessionBusy
         if (!a->isSeparator() && !a->menu()) sessionActions_.push_back(a);
@@ -512,8 +514,8 @@ bool MainWindow::compareWith(const QString& path, const QString& run, bool weigh
             routing->a = comparisonInputs(*session_, routing->run);
             checkPromptLengths(*otherSpec, routing->a.prompts);
             const RunInfo info = session_->runInfo(routing->run);
-            lo.device = info.device;
-            lo.dtype = info.dtype;
+            lo.device = info.traceDevice();
+            lo.dtype = info.traceDtype();
         }
     } catch (const std::exception& e) {
         showError("Cannot compare", q(e.what()));
@@ -1083,6 +1085,140 @@ bool MainWindow::traceCorpusFile(const QString& file, const QString& run, const 
     return true;
 }
 
+void MainWindow::importDialog() {
+    QString config;
+    if (!session_) {
+        config = QFileDialog::getOpenFileName(this, "The model's config.json (no session is open)", QString(),
+                                              "config.json (config.json *.json);;All files (*)");
+        if (config.isEmpty()) return;
+    }
+    const QStringList files = QFileDialog::getOpenFileNames(this, "Import routing records", QString(),
+                                                            "Routing records (*.json *.jsonl *.pt);;All files (*)");
+    if (files.isEmpty()) return;
+    QDialog d(this);
+    d.setObjectName("importDialog");
+    d.setWindowTitle("Import routing from " + QFileInfo(files.front()).fileName() +
+                     (files.size() > 1 ? QString(" and %1 more").arg(files.size() - 1) : QString()));
+    auto* form = new QFormLayout(&d);
+    auto* name = new QLineEdit("imported");
+    auto* format = new QComboBox;
+    format->setObjectName("format");
+    format->addItems({"auto", "vllm", "sglang", "sglang-dump"});
+    format->setToolTip("auto: from each file (vLLM or SGLang responses, or an SGLang per_token dump)");
+    auto* requests = new QLineEdit;
+    requests->setPlaceholderText("SGLang /generate only: the request bodies (JSONL), for their input_ids");
+    auto* browse = new QPushButton("Browse...");
+    connect(browse, &QPushButton::clicked, &d, [this, requests] {
+        const QString f = QFileDialog::getOpenFileName(this, "SGLang request bodies", QString(),
+                                                       "JSON lines (*.jsonl *.json);;All files (*)");
+        if (!f.isEmpty()) requests->setText(f);
+    });
+    auto* reqRow = new QHBoxLayout;
+    reqRow->addWidget(requests);
+    reqRow->addWidget(browse);
+    form->addRow("Run", name);
+    form->addRow("Format", format);
+    form->addRow("Requests", reqRow);
+    form->addRow(
+        new QLabel("The run holds the experts' ids only: routing, load, tokens per expert, routes\n"
+                   "across layers and comparisons apply; what needs router scores or expert\n"
+                   "outputs does not."));
+    addOkCancel(d, form);
+    if (d.exec() != QDialog::Accepted) return;
+    importRoutingFiles(files, name->text(), format->currentText(), requests->text(), config);
+}
+
+bool MainWindow::importRoutingFiles(const QStringList& files, const QString& run, const QString& format,
+                                    const QString& requests, const QString& config) {
+    const std::string name = run.toStdString();
+    std::shared_ptr<ModelSpec> spec;
+    SessionModel model;
+    const bool newSession = !session_;  // a new session of the model's config alone, made when the run lands
+    try {
+        if (newSession) {
+            if (config.isEmpty()) {
+                showError("Cannot import routing",
+                          "Open the model's checkpoint or a session first, or give its config.json.");
+                return false;
+            }
+            ConfigModel cm = readConfigModel(config.toStdString());
+            spec = std::make_shared<ModelSpec>(std::move(cm.spec));
+            model = std::move(cm.model);
+        } else {
+            model = session_->model();
+            spec = spec_ ? spec_
+                         : std::make_shared<ModelSpec>(ModelSpec::fromConfig(
+                               parseJson(session_->model().configJson, "the session's /model/config_json"),
+                               "the session's /model/config_json"));
+        }
+    } catch (const std::exception& e) {
+        showError("Cannot import routing", q(e.what()));
+        return false;
+    }
+    if ((session_ && session_->hasRun(name)) || pendingRuns_.count(name)) {
+        showError("Cannot import routing", "The session already has a run named '" + run + "'.");
+        return false;
+    }
+    auto req = std::make_shared<RoutingImport>();
+    for (const auto& f : files) req->files.push_back(f.toStdString());
+    req->format = format.toStdString();
+    req->requests = requests.toStdString();
+    const std::string tokDir = ckpt_ && !newSession ? ckpt_->path() : model.checkpointPath;
+    pendingRuns_.insert(name);
+    const uint64_t target = generation_;
+    runsOfJob_[jobs_->nextId()] = {name};
+    jobs_->submit("Import routing from " + QFileInfo(files.front()).fileName(),
+                  [this, req, spec, model, tokDir, name, target, newSession](JobContext& ctx) -> JobLand {
+                      std::shared_ptr<Tokenizer> tok;
+                      try {  // token text where the model's tokenizer is at hand
+                          if (QFileInfo(q(tokDir) + "/tokenizer.json").isFile()) tok = Tokenizer::load(tokDir);
+                      } catch (const std::exception&) {}
+                      req->tokenizer = tok.get();
+                      req->progress = [&ctx](double f, const std::string& w) { ctx.progress(0.5 * f, w); };
+                      req->cancel = ctx.cancel;
+                      auto trace = std::make_shared<RunTrace>(importRouting(*spec, *req));
+                      Session scratch = Session::create(model);  // the statistics, off the window's session
+                      scratch.addRun(name, *trace);
+                      CorpusStatsOptions so;
+                      so.cancel = ctx.cancel;
+                      so.progress = [&ctx](double f, const std::string& w) { ctx.progress(0.5 + 0.5 * f, w); };
+                      auto results =
+                          std::make_shared<std::map<std::string, Result>>(corpusStatistics(scratch, name, so));
+                      return [this, trace, results, name, target, newSession, model, spec] {
+                          pendingRuns_.erase(name);
+                          if (generation_ != target || (newSession && session_)) return;  // another session now
+                          if (newSession) {  // the model's config alone: no checkpoint to run prompts through
+                              ckpt_.reset();
+                              spec_.reset();
+                              ref_.reset();
+                              setSession(std::make_unique<Session>(Session::create(model)));
+                              prompts_->setPrompts({});
+                              prompts_->setRunEnabled(false);
+                              fillModelTree();
+                              setWindowTitle("ExpertScope - " + q(spec->modelType) + " (config.json only)");
+                          }
+                          const auto warnings = trace->warnings;
+                          const int64_t tokens = trace->numTokens(),
+                                        sequences = static_cast<int64_t>(trace->promptOffsets.size()) - 1;
+                          session_->addRun(name, std::move(*trace));
+                          for (auto& [id, r] : *results) session_->putResult(id, std::move(r));
+                          dirty_ = true;
+                          refreshViews();
+                          if (ViewPane* p = pane("routing")) {
+                              p->setOption("run", q(name));
+                              tabs_->setCurrentWidget(p);
+                          }
+                          statusBar()->showMessage(QString("Imported run '%1': %2 sequences, %3 tokens of expert ids")
+                                                       .arg(q(name))
+                                                       .arg(sequences)
+                                                       .arg(tokens),
+                                                   15000);
+                          for (const auto& w : warnings) showWarning("Imported routing", q(w));
+                      };
+                  });
+    return true;
+}
+
 void MainWindow::landedInInterventions(const std::string& view, const std::string& run) {
     dirty_ = true;
     refreshViews();
@@ -1113,8 +1249,8 @@ bool MainWindow::measureImportance(const QString& run, bool zero) {
     try {  // read here, on the GUI thread: the job never touches the session
         prompts = runInputs(*session_, r).prompts;
         const RunInfo info = session_->runInfo(r);
-        dopt.device = info.device;
-        dopt.dtype = info.dtype;
+        dopt.device = info.traceDevice();
+        dopt.dtype = info.traceDtype();
     } catch (const Error& e) {
         showError("Cannot measure expert importance", q(e.what()));
         return false;
@@ -1685,10 +1821,16 @@ void MainWindow::selectToken(const QString& run, qint64 token) {
                       .arg(token < static_cast<qint64>(pieces.size()) ? " '" + q(pieces[token]) + "'" : QString())});
     auto addRow = [&](const QString& label, const LayerTrace& lt) {
         QStringList parts;
-        for (int64_t j = 0; j < lt.topK; ++j)
-            parts << QString("%1 (%2)")
-                         .arg(lt.topkExperts[token * lt.topK + j])
-                         .arg(lt.topkWeights[token * lt.topK + j], 0, 'f', 3);
+        const bool weights = lt.topkWeights.size() == lt.topkExperts.size();  // an imported run: ids only
+        for (int64_t j = 0; j < lt.topK; ++j) {
+            const int32_t e = lt.topkExperts[token * lt.topK + j];
+            if (e < 0) {
+                parts = QStringList{"no record (the engine kept no row for this token)"};
+                break;
+            }
+            parts << (weights ? QString("%1 (%2)").arg(e).arg(lt.topkWeights[token * lt.topK + j], 0, 'f', 3)
+                              : QString::number(e));
+        }
         const int row = route_->rowCount();
         route_->insertRow(row);
         route_->setItem(row, 0, new QTableWidgetItem(label));

