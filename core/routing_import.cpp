@@ -7,6 +7,7 @@
 #include <limits>
 #include <map>
 #include <optional>
+#include <set>
 #include <nlohmann/json.hpp>
 #include <sstream>
 
@@ -33,6 +34,7 @@ constexpr int64_t kMaxCells = int64_t(1) << 31;      // ids of one record (rows 
 struct Sequence {
     std::vector<int64_t> prompt, generated;
     int64_t first = 0, rows = 0, axis = 0, k = 0;
+    int64_t decoded = 0;       // a dump's sequence: its last tokens that decode passes fed (generated ones)
     std::vector<int32_t> ids;  // [rows, axis, k]
     std::string file, record;  // where it was read (errors)
     std::string field;         // the field of its routed experts (errors)
@@ -291,26 +293,24 @@ void readVllm(const JsonIn& r, std::vector<Sequence>& out) {
         s.prompt = idList(promptIds);
         s.generated = idList(ch.at("token_ids"));
         std::string encoding;
-        if (r.has("prompt_routed_experts")) {  // 0.21: the prompt's rows from position 0, then the generated tokens'
+        if (r.has("prompt_routed_experts")) {  // 0.21: the prompt's rows, then the generated tokens' (MoE layers)
             const JsonIn pr = r.at("prompt_routed_experts");
             encoding = readRoutedField(pr, s);
-            if (s.rows > static_cast<int64_t>(s.prompt.size()))
-                pr.fail(std::to_string(s.rows) + " rows for a prompt of " + std::to_string(s.prompt.size()) +
-                        " tokens");
+            const int64_t promptRows = s.rows, P = static_cast<int64_t>(s.prompt.size()),
+                          total = P + static_cast<int64_t>(s.generated.size());
+            if (promptRows > P)
+                pr.fail(std::to_string(promptRows) + " rows for a prompt of " + std::to_string(P) + " tokens");
             if (ch.has("routed_experts")) {
-                const int64_t pad = static_cast<int64_t>(s.prompt.size()) - s.rows;  // a short prompt part: gaps
-                if (s.rows == 0) {
-                    s.first = static_cast<int64_t>(s.prompt.size());  // no prompt rows: the generated ones from there
-                } else if (pad > 0) {
-                    if (pad > kMaxCells / (s.axis * s.k)) pr.fail("more than 2^31 ids");
-                    s.ids.resize(s.ids.size() + static_cast<size_t>(pad * s.axis * s.k), -1);
-                    s.rows += pad;
-                }
                 readRoutedField(ch.at("routed_experts"), s);
-                if (s.first + s.rows > static_cast<int64_t>(s.prompt.size() + s.generated.size()))
+                if (s.rows > total)
                     ch.at("routed_experts")
-                        .fail(std::to_string(s.first + s.rows - static_cast<int64_t>(s.prompt.size())) + " rows for " +
-                              std::to_string(s.generated.size()) + " generated tokens");
+                        .fail(std::to_string(s.rows - promptRows) + " rows for " + std::to_string(s.generated.size()) +
+                              " generated tokens (after " + std::to_string(promptRows) + " prompt rows)");
+                // together they end at the last token forwarded (0.21 clips an MTP step's extra row to
+                // the output tokens: the last token may have one), so a short part leaves its gap first
+                s.first = std::max<int64_t>(0, total - 1 - s.rows);
+            } else {
+                s.first = P - promptRows;  // the prompt's rows only (a preempted request has no others)
             }
         } else {
             encoding = readRoutedField(ch.at("routed_experts"), s);
@@ -450,7 +450,8 @@ std::vector<int64_t> dumpInts(const PyValue* v, const std::string& file, const s
 // finished (a decode token no later sequence awaits goes to an earlier one: counted as reordered).
 // Where two open sequences await the same position the choice is ambiguous: counted.
 struct DumpCounts {
-    int64_t ambiguous = 0, reordered = 0, laterStarts = 0;
+    int64_t ambiguous = 0, reordered = 0, laterStarts = 0, speculative = 0, duplicatePasses = 0;
+    std::map<int64_t, std::pair<std::string, int64_t>> passes;  // forward_pass_id -> (file, rank) first seen
 };
 void readSglangDump(const std::string& path, const Reader& rd, std::vector<Sequence>& out, DumpCounts& counts) {
     const auto f = TorchBinFile::openObject(path);
@@ -483,7 +484,8 @@ void readSglangDump(const std::string& path, const Reader& rd, std::vector<Seque
     struct Open {
         size_t seq;
         int64_t next;
-        size_t usedIn = 0;  // 1 + the record that last continued it
+        size_t usedIn = 0;      // 1 + the record that last continued it
+        bool decoding = false;  // a decode pass has continued it: its prefill is over
     };
     std::vector<Open> open;
     std::vector<size_t> live;                         // the open ones not finished
@@ -526,9 +528,30 @@ void readSglangDump(const std::string& path, const Reader& rd, std::vector<Seque
                             " (num_experts_per_tok)]",
                         path, at + ".topk_ids_of_layer");
         const int64_t C = topk->shape[2];
-        // segments: an extend pass's extend_seq_lens, else one token each (decode)
+        // the pass: forward_mode (SGLang's ForwardMode: EXTEND 1, DECODE 2, MIXED 3, IDLE 4,
+        // TARGET_VERIFY 5, DRAFT_EXTEND_V2 6, ...); without it, a pass without extend_seq_lens decodes
         const PyValue* lens = r->get("extend_seq_lens");
-        const bool decode = !lens || lens->kind == PyValue::Kind::None;
+        const PyValue* modeValue = r->get("forward_mode");
+        const int64_t mode = modeValue ? dumpInt(modeValue, path, at + ".forward_mode")
+                                       : (!lens || lens->kind == PyValue::Kind::None ? 2 : 1);
+        if (mode == 4 && N == 0) continue;  // an idle pass
+        if (mode == 5 || mode == 6) {       // speculative decoding: draft tokens, some of them rejected
+            ++counts.speculative;
+            continue;
+        }
+        if (mode < 1 || mode > 3)
+            throw Error("forward mode " + std::to_string(mode) +
+                            " is not read (extend 1, decode 2, mixed 3; speculative passes 5 and 6 are left out)",
+                        path, at + ".forward_mode");
+        if (const PyValue* id = r->get("forward_pass_id"); id && id->kind == PyValue::Kind::Int) {
+            const PyValue* rank = r->get("rank");
+            const int64_t rk = rank && rank->kind == PyValue::Kind::Int ? rank->i : 0;
+            auto [it, fresh] = counts.passes.emplace(id->i, std::make_pair(path, rk));
+            if (!fresh && it->second.first != path) ++counts.duplicatePasses;
+        }
+        const bool decode = mode == 2, mixed = mode == 3;
+        if (!decode && (!lens || lens->kind == PyValue::Kind::None))
+            throw Error("an extend pass without extend_seq_lens", path, at + ".extend_seq_lens");
         std::vector<int64_t> seg =
             decode ? std::vector<int64_t>(static_cast<size_t>(N), 1) : dumpInts(lens, path, at + ".extend_seq_lens");
         int64_t sum = 0;
@@ -551,19 +574,33 @@ void readSglangDump(const std::string& path, const Reader& rd, std::vector<Seque
             const int64_t p0 = pos[static_cast<size_t>(t0)];
             if (p0 < 0 || p0 > (int64_t(1) << 40))
                 throw Error("position " + std::to_string(p0), path, at + ".positions");
+            // the open sequence this segment continues: a decode token, the next in batch order whose
+            // next position it is; an extend segment, a sequence still in its prefill (a chunked
+            // prefill; only a request not yet decoding can be chunked), and in a mixed pass a
+            // one-token segment, failing that, a decoding one
             size_t found = open.size();
+            bool matched = false;
             if (auto it = awaiting.find(p0); p0 > 0 && it != awaiting.end()) {
-                size_t earliest = open.size(), forward = open.size();
+                size_t earliest = open.size(), forward = open.size(), decodingOne = open.size();
                 int candidates = 0;
                 for (size_t o : it->second) {
                     if (open[o].usedIn == stamp) continue;
+                    if (!decode && open[o].decoding) {
+                        if (mixed && n == 1 && decodingOne == open.size()) decodingOne = o;
+                        continue;
+                    }
                     ++candidates;
                     if (earliest == open.size()) earliest = o;
                     if (forward == open.size() && o >= after) forward = o;
                 }
-                found = decode && forward != open.size() ? forward : earliest;
-                if (decode && found != open.size() && found < after) ++counts.reordered;
-                if (candidates > 1) ++counts.ambiguous;
+                if (decode) {  // batch order settles which of several is meant
+                    found = forward != open.size() ? forward : earliest;
+                    if (forward == open.size() && found != open.size()) ++counts.reordered;
+                } else {
+                    found = earliest != open.size() ? earliest : decodingOne;
+                    if (candidates > 1) ++counts.ambiguous;
+                }
+                matched = found != open.size();
             }
             if (found == open.size()) {  // a new sequence
                 Sequence s;
@@ -583,8 +620,11 @@ void readSglangDump(const std::string& path, const Reader& rd, std::vector<Seque
                 unawait(found);
             }
             open[found].usedIn = stamp;
-            if (decode) after = found + 1;
+            if (decode && matched) after = found + 1;
+            const bool fed = decode || (matched && open[found].decoding);  // a token the engine generated
+            if (decode) open[found].decoding = true;
             Sequence& s = out[open[found].seq];
+            s.decoded = fed ? s.decoded + n : 0;
             for (int64_t j = 0; j < n; ++j) {
                 const int64_t t = t0 + j;
                 s.prompt.push_back(ids[static_cast<size_t>(t)]);
@@ -623,8 +663,16 @@ void readSglangDump(const std::string& path, const Reader& rd, std::vector<Seque
         }
     }
     if (out.size() == firstSeq) throw Error("the dump holds no records", path, "records");
-    // a dense layer of a dump is -1 throughout (checked with the run); every row has a record, and
-    // no generated tokens are told apart (the recorder sees input ids only)
+    // the tokens decode passes fed are the generated ones (each the token sampled the pass before;
+    // the last sampled token never is an input); a dense layer of a dump is -1 throughout (checked
+    // with the run)
+    for (size_t q = firstSeq; q < out.size(); ++q) {
+        Sequence& s = out[q];
+        const auto cut = s.prompt.end() - static_cast<long>(s.decoded);
+        s.generated.assign(cut, s.prompt.end());
+        s.prompt.erase(cut, s.prompt.end());
+        s.first = 0;  // rows from the sequence's first token (the dump has no row for a later one)
+    }
 }
 
 // ---- the records' files -----------------------------------------------------------------------
@@ -634,7 +682,7 @@ std::string readWhole(const std::string& path) {
     std::ifstream in(path, std::ios::binary | std::ios::ate);
     if (!in) throw Error("cannot open", path);
     const auto n = static_cast<int64_t>(in.tellg());
-    if (n > kMaxFileBytes) throw Error("a records file of " + std::to_string(n) + " bytes (at most 4 GiB)", path);
+    if (n > kMaxFileBytes) throw Error("a records file of " + std::to_string(n) + " bytes (at most 1 GiB)", path);
     std::string text(static_cast<size_t>(n), '\0');
     in.seekg(0);
     in.read(text.data(), n);
@@ -789,15 +837,18 @@ RunTrace assemble(const Reader& rd, std::vector<Sequence>& seqs, nlohmann::json 
         const std::string form = s.source.value("engine", "") + " " + s.source.value("format", "");
         if (std::find(formats.begin(), formats.end(), form) == formats.end()) formats.push_back(form);
     }
-    // what the run keeps of its source
+    // what the run keeps of its source: tokens without a record in some MoE layer; the layer axis
     int64_t missing = 0;
-    const auto& first = t.layers.empty() ? std::vector<int32_t>{} : t.layers.front().topkExperts;
     for (int64_t x = 0; x < T; ++x)
-        if (!first.empty() && first[static_cast<size_t>(x * K)] < 0) ++missing;
+        missing += std::any_of(t.layers.begin(), t.layers.end(),
+                               [&](const LayerTrace& lt) { return lt.topkExperts[static_cast<size_t>(x * K)] < 0; });
+    std::set<std::string> axes;
+    for (const auto& q : seqs)
+        if (q.rows > 0) axes.insert(q.axis == L ? "every decoder layer" : "the MoE layers");
     meta["formats"] = formats;
     meta["sequences"] = seqs.size();
     meta["tokens_without_record"] = missing;
-    meta["layer_axis"] = seqs.front().axis == L ? "every decoder layer" : "the MoE layers";
+    meta["layer_axis"] = axes.size() == 1 ? *axes.begin() : axes.empty() ? "none" : "mixed";
     t.importJson = meta.dump();
     return t;
 }
@@ -875,6 +926,8 @@ RunTrace importRouting(const ModelSpec& spec, const RoutingImport& req) {
     if (dumpCounts.ambiguous > 0) meta["ambiguous_assignments"] = dumpCounts.ambiguous;
     if (dumpCounts.reordered > 0) meta["reordered_assignments"] = dumpCounts.reordered;
     if (dumpCounts.laterStarts > 0) meta["sequences_after_position_0"] = dumpCounts.laterStarts;
+    if (dumpCounts.speculative > 0) meta["speculative_passes_left_out"] = dumpCounts.speculative;
+    if (dumpCounts.duplicatePasses > 0) meta["passes_in_several_files"] = dumpCounts.duplicatePasses;
     RunTrace t = assemble(rd, seqs, meta);
     if (dumpCounts.ambiguous + dumpCounts.reordered > 0)
         t.warnings.push_back(std::to_string(dumpCounts.ambiguous + dumpCounts.reordered) +
@@ -886,6 +939,16 @@ RunTrace importRouting(const ModelSpec& spec, const RoutingImport& req) {
                              " sequences have no rows for their first tokens (the request's "
                              "routed_experts_prompt_start / routed_experts_start_len, read from the row count: the "
                              "rows end at the last token forwarded); those tokens have no record");
+    if (dumpCounts.speculative > 0) {
+        t.warnings.push_back(std::to_string(dumpCounts.speculative) +
+                             " speculative-decoding passes of the SGLang dump (target verify, draft extend) were left "
+                             "out: their draft tokens include rejected ones");
+    }
+    if (dumpCounts.duplicatePasses > 0)
+        t.warnings.push_back(
+            std::to_string(dumpCounts.duplicatePasses) +
+            " forward passes appear in more than one dump file: the ranks of a tensor-parallel server "
+            "write the same records (give one rank's file), and their tokens now count more than once");
     if (dumpCounts.laterStarts > 0)
         t.warnings.push_back(std::to_string(dumpCounts.laterStarts) +
                              " sequences of the SGLang dump start after position 0 (a prefix-cache hit, or recording "

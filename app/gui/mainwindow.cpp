@@ -1159,6 +1159,10 @@ bool MainWindow::importRoutingFiles(const QStringList& files, const QString& run
         showError("Cannot import routing", "The session already has a run named '" + run + "'.");
         return false;
     }
+    if (newSession && !pendingRuns_.empty()) {  // the first one's session is not made yet
+        showError("Cannot import routing", "Wait for the import under way: it makes the session this one joins.");
+        return false;
+    }
     auto req = std::make_shared<RoutingImport>();
     for (const auto& f : files) req->files.push_back(f.toStdString());
     req->format = format.toStdString();
@@ -1170,9 +1174,12 @@ bool MainWindow::importRoutingFiles(const QStringList& files, const QString& run
     jobs_->submit("Import routing from " + QFileInfo(files.front()).fileName(),
                   [this, req, spec, model, tokDir, name, target, newSession](JobContext& ctx) -> JobLand {
                       std::shared_ptr<Tokenizer> tok;
-                      try {  // token text where the model's tokenizer is at hand
+                      std::string noText;  // why a tokenizer at hand gives no token text
+                      try {                // token text where the model's tokenizer is at hand
                           if (QFileInfo(q(tokDir) + "/tokenizer.json").isFile()) tok = Tokenizer::load(tokDir);
-                      } catch (const std::exception&) {}
+                      } catch (const std::exception& e) {
+                          noText = e.what();
+                      }
                       req->tokenizer = tok.get();
                       req->progress = [&ctx](double f, const std::string& w) { ctx.progress(0.5 * f, w); };
                       req->cancel = ctx.cancel;
@@ -1184,7 +1191,7 @@ bool MainWindow::importRoutingFiles(const QStringList& files, const QString& run
                       so.progress = [&ctx](double f, const std::string& w) { ctx.progress(0.5 + 0.5 * f, w); };
                       auto results =
                           std::make_shared<std::map<std::string, Result>>(corpusStatistics(scratch, name, so));
-                      return [this, trace, results, name, target, newSession, model, spec] {
+                      return [this, trace, results, name, target, newSession, model, spec, noText] {
                           pendingRuns_.erase(name);
                           if (generation_ != target || (newSession && session_)) return;  // another session now
                           if (newSession) {  // the model's config alone: no checkpoint to run prompts through
@@ -1204,7 +1211,8 @@ bool MainWindow::importRoutingFiles(const QStringList& files, const QString& run
                           for (auto& [id, r] : *results) session_->putResult(id, std::move(r));
                           dirty_ = true;
                           refreshViews();
-                          if (ViewPane* p = pane("routing")) {
+                          if (ViewPane* p = pane("routing")) {  // the view a run of ids has
+                              p->setMode("routing-text");
                               p->setOption("run", q(name));
                               tabs_->setCurrentWidget(p);
                           }
@@ -1214,6 +1222,8 @@ bool MainWindow::importRoutingFiles(const QStringList& files, const QString& run
                                                        .arg(tokens),
                                                    15000);
                           for (const auto& w : warnings) showWarning("Imported routing", q(w));
+                          if (!noText.empty())
+                              showWarning("Imported routing", "No token text (the run keeps ids): " + q(noText));
                       };
                   });
     return true;

@@ -298,8 +298,13 @@ def test_imported_run_in_the_views_and_corpus_stats(cli, tmp_path):
     import_ok(cli, offline_jsonl("tiny_qwen3moe", str(tmp_path / "r.jsonl")), "--model", QWEN, "--out", out)
     for view in ("routing-text", "expert-load", "layer-routes", "expert-tokens"):
         csv = str(tmp_path / f"{view}.csv")
-        run_cli(cli, "export", out, "--view", view, "--run", "imported", "--out", csv)
-        assert os.path.getsize(csv) > 0
+        layer = "0" if view == "layer-routes" else "2"  # the routes from layer 0 to 2
+        run_cli(cli, "export", out, "--view", view, "--run", "imported", "--layer", layer, "--out", csv)
+    with open(tmp_path / "expert-load.csv") as f:  # layer 2's counts: numpy's count of vLLM's rows
+        rows = [l.rstrip("\n").split(",") for l in f][1:]
+    want = np.bincount(np.concatenate([offline("tiny_qwen3moe", p)[0][:, 2, :] for p in ("p1", "p2")]).ravel(),
+                       minlength=8)
+    assert [int(r[1]) for r in rows] == want.tolist()
     with open(tmp_path / "routing-text.csv") as f:
         rows = [l.rstrip("\n").split(",") for l in f]
     assert rows[0] == ["token", "piece", "id", "expert_1", "expert_2"]  # no weights
@@ -480,3 +485,55 @@ def test_damaged_imported_runs_in_a_session(cli, tmp_path):
         assert r.returncode == 1, r.stderr
         for w in words:
             assert w in r.stderr, (w, r.stderr)
+
+
+def test_sglang_dump_sequences_by_position(cli, tmp_path):
+    """The recorder keeps no request ids: a dump made here as _DetailAccumulator writes one, whose
+    passes exercise every rule of docs/import.md with each token's owner known by its id (X 1xx, Y
+    2xx, Z 3xx, V 477, W 40x): lockstep decoding, an extend at a position decoding sequences await
+    (a new sequence: only a prefilling request is chunked), a sequence left out of a decode pass
+    (finished), a decode batch out of admission order, a decode token no sequence awaits (a new one,
+    which does not upset the batch order after it), a chunked prefill, and a speculative pass."""
+    h5py = require("h5py")
+    torch = require("torch")
+
+    def route(tok):  # a token's two (physical = logical) experts at layers 0 and 2; layer 1 dense
+        return [tok % 8, (tok + 3) % 8]
+
+    def record(i, mode, lens, ids, pos):
+        t = torch.full((3, len(ids), 8), -1, dtype=torch.int32)
+        for j, tok in enumerate(ids):
+            for l in (0, 2):
+                t[l, j, :2] = torch.tensor(route(tok))
+        return {"forward_pass_id": 9 + i, "rank": 0, "gatherer_key": "primary", "input_ids": ids, "positions": pos,
+                "extend_seq_lens": lens, "forward_mode": mode, "topk_ids_of_layer": t, "misc_objects": [],
+                "global_physical_count": torch.zeros(3, 8, dtype=torch.int32)}
+
+    passes = [
+        (1, [4, 4], [100, 101, 102, 103, 200, 201, 202, 203], [0, 1, 2, 3, 0, 1, 2, 3]),
+        (2, None, [104, 204], [4, 4]),                # X, Y in lockstep
+        (1, [3], [305, 306, 307], [5, 6, 7]),         # Z: a prefix-cache hit at 5, where X and Y decode
+        (2, None, [105, 308], [5, 8]),                # X, Z; Y left out: finished
+        (2, None, [309, 106], [9, 6]),                # Z before X: out of admission order
+        (2, None, [107, 477, 310], [7, 50, 10]),      # X, V (recording began mid-request: new), Z
+        (1, [2], [400, 401], [0, 1]),                 # W
+        (1, [2], [402, 403], [2, 3]),                 # W's prefill, chunked
+        (5, None, [108, 311], [8, 11]),               # target verify: draft tokens, left out
+    ]
+    dump = {"records": [record(i, *p) for i, p in enumerate(passes)],
+            "last_physical_to_logical_map": torch.arange(8, dtype=torch.int64).repeat(3, 1)}
+    path = str(tmp_path / "expert_distribution_recorder_1764936000.0_0.pt")
+    torch.save(dump, path)
+    out = str(tmp_path / "s.h5")
+    j = import_ok(cli, path, "--model", os.path.join(QWEN, "config.json"), "--out", out)
+    meta = j["import"]
+    assert meta["sequences_after_position_0"] == 2 and meta["speculative_passes_left_out"] == 1
+    assert meta["reordered_assignments"] == 1 and "ambiguous_assignments" not in meta
+    want = [[100, 101, 102, 103, 104, 105, 106, 107], [200, 201, 202, 203, 204], [305, 306, 307, 308, 309, 310],
+            [477], [400, 401, 402, 403]]
+    with h5py.File(out, "r") as f:
+        layers, offs, tokens = run_layers(f, "imported")
+        assert [tokens[offs[q]:offs[q + 1]].tolist() for q in range(len(offs) - 1)] == want
+        assert f["runs/imported/prompt_generated"][()].tolist() == [4, 1, 3, 1, 0]
+        for l in (0, 2):
+            np.testing.assert_array_equal(layers[l], [route(t) for t in tokens])

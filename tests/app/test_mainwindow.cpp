@@ -721,6 +721,12 @@ private Q_SLOTS:
         QVERIFY(showWindow(w));
         QVERIFY(!w.importRoutingFiles(files));  // no session, no config.json
         QVERIFY2(w.lastError().contains("config.json"), qPrintable(w.lastError()));
+        // bad records with no session open: the job fails naming the file, and no session is made
+        QVERIFY(w.importRoutingFiles({eng + "/tiny_olmoe/config.json"}, "bad", "auto", {},
+                                     eng + "/tiny_qwen3moe/config.json"));
+        QVERIFY(w.jobs()->waitForIdle(kJobTimeoutMs));
+        QVERIFY(!w.session());
+        QVERIFY2(w.lastError().contains("tiny_olmoe/config.json"), qPrintable(w.lastError()));
         QVERIFY(w.importRoutingFiles(files, "served", "auto", {}, eng + "/tiny_qwen3moe/config.json"));
         QVERIFY(w.jobs()->waitForIdle(kJobTimeoutMs));
         const Session* s = w.session();
@@ -731,8 +737,9 @@ private Q_SLOTS:
         QCOMPARE(s->model().fingerprint.rfind("config:sha256:", 0), size_t(0));
         ViewPane* p = w.pane("routing");
         QCOMPARE(w.tabs()->currentWidget(), static_cast<QWidget*>(p));
-        p->setMode("routing-text");
-        p->setOption("run", "served");
+        QVERIFY(p->hasFigure());  // the routing text of the run, the view a run of ids has
+        QVERIFY2(p->figureView()->figure().title.find("run served") != std::string::npos,
+                 p->figureView()->figure().title.c_str());
         p->setPrompt(2);  // the chat response: its first two rows and its last token have no record
         QVERIFY(p->hasFigure());
         const Figure& f = p->figureView()->figure();
