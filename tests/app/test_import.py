@@ -137,6 +137,13 @@ def test_vllm_routes_equal_expertscope_trace(cli, tmp_path, model):
             "--name", "expertscope")
     for view in ("routing-agreement", "routing-difference", "load-difference"):
         run_cli(cli, "export", out, "--view", view, "--run", "expertscope", "--out", str(tmp_path / f"{view}.csv"))
+    # with the checkpoint at hand, the dynamic analyses run the prompts through ExpertScope's forward
+    # and the routing check lists where it chose otherwise than the engine: near-ties at most
+    run_cli(cli, "analyze", ckpt, "--run", "imported", "--static", "none", "--dynamic", "D2", "--dtype", "bfloat16",
+            "--out", out)
+    with h5py.File(out, "r") as f:
+        assert len(f["analyses/routing_check/imported/mismatches"][()]) == ties
+        assert f["analyses/norm_score_ranks/imported/top1_is_max_norm"].shape == (len(got),)
     with h5py.File(out, "r") as f:
         g = f["analyses/routing_comparison/expertscope"]
         jac = g["jaccard"][()]
