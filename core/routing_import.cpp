@@ -38,7 +38,7 @@ struct Sequence {
     std::vector<int32_t> ids;  // [rows, axis, k]
     std::string file, record;  // where it was read (errors)
     std::string field;         // the field of its routed experts (errors)
-    nlohmann::json source;     // what import_json keeps of it
+    std::string format;        // engine and encoding ("vllm base64-npy", ...): import_json's formats
 };
 
 struct Reader {
@@ -92,13 +92,8 @@ struct IntArray {
     const uint8_t* data = nullptr;
     size_t size = 0;  // bytes per element
     bool isSigned = false;
-    int64_t at(int64_t i) const {
-        const uint8_t* p = data + static_cast<size_t>(i) * size;
-        uint64_t v = 0;
-        for (size_t b = size; b-- > 0;) v = (v << 8) | p[b];
-        if (isSigned && size < 8 && (v >> (8 * size - 1)) & 1) v |= ~uint64_t(0) << (8 * size);
-        if (!isSigned && v > uint64_t(INT64_MAX)) return INT64_MAX;  // out of range, never -1 (a gap)
-        return static_cast<int64_t>(v);
+    int64_t at(int64_t i) const {  // an unsigned value past INT64_MAX: out of range, never -1 (a gap)
+        return readLittleEndianInt(data + static_cast<size_t>(i) * size, size, isSigned);
     }
 };
 
@@ -317,7 +312,7 @@ void readVllm(const JsonIn& r, std::vector<Sequence>& out) {
             alignToEnd(s, ch.at("routed_experts"));
         }
         s.field = (r.has("prompt_routed_experts") ? r.at("prompt_routed_experts") : ch.at("routed_experts")).field();
-        s.source = {{"engine", "vllm"}, {"format", encoding}};
+        s.format = "vllm " + encoding;
         out.push_back(std::move(s));
     }
 }
@@ -356,7 +351,7 @@ void finishSglang(Sequence& s, const JsonIn& routed, int64_t start, const char* 
         routed.fail(std::to_string(s.rows) + " rows, where routed_experts_start_len " + std::to_string(start) +
                     " and " + std::to_string(s.prompt.size() + s.generated.size()) + " tokens make " +
                     std::to_string(static_cast<int64_t>(s.prompt.size() + s.generated.size()) - 1 - start));
-    s.source = {{"engine", "sglang"}, {"format", format}};
+    s.format = std::string("sglang ") + format;
     out.push_back(std::move(s));
 }
 
@@ -610,7 +605,7 @@ void readSglangDump(const std::string& path, const Reader& rd, std::vector<Seque
                 s.axis = L;
                 s.k = K;
                 s.field = at + ".topk_ids_of_layer";
-                s.source = {{"engine", "sglang"}, {"format", "per_token dump"}};
+                s.format = "sglang per_token dump";
                 if (p0 > 0) ++counts.laterStarts;
                 out.push_back(std::move(s));
                 open.push_back({out.size() - 1, p0});
@@ -834,8 +829,7 @@ RunTrace assemble(const Reader& rd, std::vector<Sequence>& seqs, nlohmann::json 
                 std::copy(x, x + K, dst + (base + r) * K);
             }
         }
-        const std::string form = s.source.value("engine", "") + " " + s.source.value("format", "");
-        if (std::find(formats.begin(), formats.end(), form) == formats.end()) formats.push_back(form);
+        if (std::find(formats.begin(), formats.end(), s.format) == formats.end()) formats.push_back(s.format);
     }
     // what the run keeps of its source: tokens without a record in some MoE layer; the layer axis
     int64_t missing = 0;
@@ -978,8 +972,7 @@ ConfigModel readConfigModel(const std::string& configPath) {
 
 void checkImportModel(const SessionModel& existing, const SessionModel& incoming, const std::string& sessionPath) {
     if (existing.fingerprint == incoming.fingerprint) return;
-    const bool configOnly =
-        existing.fingerprint.rfind("config:", 0) == 0 || incoming.fingerprint.rfind("config:", 0) == 0;
+    const bool configOnly = existing.configOnly() || incoming.configOnly();
     if (configOnly && nlohmann::json::parse(existing.configJson) == nlohmann::json::parse(incoming.configJson)) return;
     throw Error("the session belongs to another model (fingerprint " + existing.fingerprint + ", the records' model " +
                     incoming.fingerprint + (configOnly ? ", and their config.json differ)" : ")"),

@@ -42,9 +42,9 @@ void checkRecord(const LayerTrace& l, int64_t T, const char* model) {
                     "", "layers/" + std::to_string(l.layer));
     for (size_t i = 0; i < l.topkExperts.size(); ++i) {
         const int32_t e = l.topkExperts[i];
+        if (e >= 0 && e < l.numExperts) continue;
         const int32_t* row = l.topkExperts.data() + i - i % static_cast<size_t>(l.topK);
-        const bool gap = idsOnly && std::all_of(row, row + l.topK, [](int32_t x) { return x == -1; });
-        if ((e < 0 || e >= l.numExperts) && !gap)
+        if (!(idsOnly && std::all_of(row, row + l.topK, [](int32_t x) { return x == -1; })))
             throw Error(std::string("model ") + model + "'s layer " + std::to_string(l.layer) + " chose expert " +
                             std::to_string(e) + " of " + std::to_string(l.numExperts),
                         "", "layers/" + std::to_string(l.layer) + "/topk_experts");

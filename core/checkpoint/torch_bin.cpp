@@ -890,7 +890,6 @@ void TorchBinFile::parse(bool object) {
         made[root] = &values_.front();
         for (const Val& v : up.values())
             if (&v != root) made[&v] = &values_.emplace_back();
-        uint64_t copied = 0;
         for (const Val& v : up.values()) {
             PyValue& o = *made.at(&v);
             using K = Val::K;
@@ -935,17 +934,8 @@ void TorchBinFile::parse(bool object) {
                     o.numeric = dt.numeric;
                     o.shape = r.view.shape;
                     o.data = r.view.data;
-                    if (!r.contiguous) {  // gathered, all copies together no larger than the file
-                        if (r.view.nbytes > size_ - std::min(copied, size_))
-                            throw Error("strided tensors whose row-major copies would exceed the file's size (" +
-                                            std::to_string(size_) + " bytes): views of one storage that overlap",
-                                        path_, pklField);
-                        copied += r.view.nbytes;
-                        uint8_t* copy =
-                            gather(r.view.data, dt.size, r.view.shape, r.stride, r.view.nbytes, path_, pklField);
-                        copies_.emplace_back(copy, r.view.nbytes);
-                        o.data = copy;
-                    }
+                    if (!r.contiguous)
+                        o.data = gatherCopy(r.view.data, dt.size, r.view.shape, r.stride, r.view.nbytes, pklField);
                     break;
                 }
             }
@@ -982,27 +972,28 @@ void TorchBinFile::parse(bool object) {
                         path_, key->s);
         kept[key->s] = val;  // a key given twice: the last wins, as in the dict the pickle builds
     }
-    // the views of the tensors kept; a strided one gathered, all copies together no larger than
-    // the file (a legitimate state dict never needs more: views of one storage that overlap are
-    // the only way past it)
-    uint64_t copied = 0;
+    // the views of the tensors kept; a strided one gathered (a legitimate state dict never needs
+    // more copies than the file holds)
     for (const auto& [name, val] : kept) {
         const Rebuilt& r = *val->tensor;
         TensorView v = r.view;
         v.name = name;
         v.file = path_;
-        if (!r.contiguous) {
-            if (v.nbytes > size_ - std::min(copied, size_))
-                throw Error("strided tensors whose row-major copies would exceed the file's size (" +
-                                std::to_string(size_) + " bytes): views of one storage that overlap",
-                            path_, name);
-            copied += v.nbytes;
-            uint8_t* copy = gather(v.data, dtypeSize(v.dtype), v.shape, r.stride, v.nbytes, path_, name);
-            copies_.emplace_back(copy, v.nbytes);
-            v.data = copy;
-        }
+        if (!r.contiguous) v.data = gatherCopy(v.data, dtypeSize(v.dtype), v.shape, r.stride, v.nbytes, name);
         tensors_.emplace(name, std::move(v));
     }
+}
+
+const uint8_t* TorchBinFile::gatherCopy(const uint8_t* src, size_t elemSize, const std::vector<int64_t>& shape,
+                                        const std::vector<int64_t>& stride, size_t nbytes, const std::string& field) {
+    if (nbytes > size_ - std::min(copied_, size_))
+        throw Error("strided tensors whose row-major copies would exceed the file's size (" + std::to_string(size_) +
+                        " bytes): views of one storage that overlap",
+                    path_, field);
+    copied_ += nbytes;
+    uint8_t* copy = gather(src, elemSize, shape, stride, nbytes, path_, field);
+    copies_.emplace_back(copy, nbytes);
+    return copy;
 }
 
 const PyValue* PyValue::get(const std::string& key) const {
@@ -1023,27 +1014,16 @@ bool PyValue::integerTensor() const {
     return kind == Kind::Tensor && (numeric == 'i' || numeric == 'u' || numeric == 'b');
 }
 
+int64_t readLittleEndianInt(const uint8_t* p, size_t size, bool isSigned) {
+    uint64_t v = 0;
+    for (size_t b = size; b-- > 0;) v = (v << 8) | p[b];
+    if (isSigned && size < 8 && (v >> (8 * size - 1)) & 1) v |= ~uint64_t(0) << (8 * size);
+    if (!isSigned && v > uint64_t(INT64_MAX)) return INT64_MAX;
+    return static_cast<int64_t>(v);
+}
+
 int64_t PyValue::intAt(int64_t index) const {
-    const uint8_t* p = data + static_cast<size_t>(index) * elemSize;
-    switch (elemSize) {
-        case 1:
-            return numeric == 'i' ? int64_t{static_cast<int8_t>(*p)} : int64_t{*p};
-        case 2: {
-            uint16_t v;
-            std::memcpy(&v, p, 2);
-            return numeric == 'i' ? int64_t{static_cast<int16_t>(v)} : int64_t{v};
-        }
-        case 4: {
-            uint32_t v;
-            std::memcpy(&v, p, 4);
-            return numeric == 'i' ? int64_t{static_cast<int32_t>(v)} : int64_t{v};
-        }
-        default: {
-            int64_t v;
-            std::memcpy(&v, p, 8);
-            return v;
-        }
-    }
+    return readLittleEndianInt(data + static_cast<size_t>(index) * elemSize, elemSize, numeric == 'i');
 }
 
 const char* PyValue::kindName() const {

@@ -25,6 +25,10 @@
 
 namespace es {
 
+// A little-endian integer of `size` bytes (1, 2, 4 or 8), signed or not; an unsigned value past
+// INT64_MAX reads as INT64_MAX (out of any range, never a negative marker).
+int64_t readLittleEndianInt(const uint8_t* p, size_t size, bool isSigned);
+
 // A value of a pickled object read by TorchBinFile::openObject. Tuples and lists hold their
 // elements, a dict its keys and values in turn (key, value, key, value, ... in the pickle's
 // order); a tensor its torch dtype, shape and row-major elements (in the file's mapping, or a
@@ -65,7 +69,13 @@ private:
     TorchBinFile() = default;
     static std::shared_ptr<TorchBinFile> load(const std::string& path, bool object);
     void parse(bool object);
+    // A strided tensor's elements gathered row-major into a mapping of its own, all copies
+    // together no larger than the file (views of one storage that overlap are the only way past
+    // it); errors name `field`.
+    const uint8_t* gatherCopy(const uint8_t* src, size_t elemSize, const std::vector<int64_t>& shape,
+                              const std::vector<int64_t>& stride, size_t nbytes, const std::string& field);
     std::vector<std::pair<uint8_t*, size_t>> copies_;  // gathered strided tensors (shared mappings)
+    uint64_t copied_ = 0;                              // their bytes
     std::deque<PyValue> values_;                       // openObject: every value, the root first
 };
 

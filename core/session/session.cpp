@@ -588,7 +588,7 @@ const SessionModel& Session::model() const { return d_->model; }
 std::string Session::locateCheckpoint() const {
     const SessionModel& m = d_->model;
     std::error_code ec;
-    if (m.fingerprint.rfind("config:", 0) == 0)  // made from a config.json alone (imported routing)
+    if (m.configOnly())  // made from a config.json alone (imported routing)
         throw Error("the session was made from " + m.modelType +
                         "'s config.json alone (imported routing), without its weights; point at the full checkpoint",
                     d_->path, "/model/checkpoint_path");
@@ -610,7 +610,7 @@ std::string Session::locateCheckpoint() const {
 void Session::relinkCheckpoint(const std::string& newPath) {
     auto ck = Checkpoint::open(newPath);
     const std::string fp = ck->fingerprint();
-    if (d_->model.fingerprint.rfind("config:", 0) == 0) {  // a config-only session meets its weights
+    if (d_->model.configOnly()) {  // a config-only session meets its weights
         if (ck->config().dump() != nlohmann::json::parse(d_->model.configJson).dump())
             throw Error("this checkpoint's config.json is not the one the session was made from", ck->configPath(),
                         "/model/config_json");
@@ -1101,9 +1101,9 @@ namespace {
 void checkExpertIds(const std::vector<int32_t>& ids, int64_t E, int64_t K, int64_t first, const std::string& file,
                     const std::string& path, bool gaps = false) {
     for (size_t i = 0; i < ids.size(); ++i) {
+        if (ids[i] >= 0 && ids[i] < E) continue;
         const int32_t* row = ids.data() + i - i % static_cast<size_t>(K);
-        const bool gap = gaps && std::all_of(row, row + K, [](int32_t e) { return e == -1; });
-        if ((ids[i] < 0 || ids[i] >= E) && !gap)
+        if (!(gaps && std::all_of(row, row + K, [](int32_t e) { return e == -1; })))
             throw Error("expert id " + std::to_string(ids[i]) + " (token " +
                             std::to_string(first + static_cast<int64_t>(i) / K) + ") is not one of the model's " +
                             std::to_string(E) + " experts" + (gaps ? " (nor a row of -1: no record)" : ""),
@@ -1685,7 +1685,7 @@ Session openSessionFor(const std::string& path, const SessionModel& model) {
     std::error_code ec;
     if (!fs::exists(path, ec)) return Session::create(model);
     Session s = openCheckedSession(path);
-    if (s.model().fingerprint != model.fingerprint && s.model().fingerprint.rfind("config:", 0) == 0) {
+    if (s.model().fingerprint != model.fingerprint && s.model().configOnly()) {
         s.relinkCheckpoint(model.checkpointPath);  // a session of a config.json alone meets its checkpoint
         return s;
     }

@@ -30,6 +30,8 @@ struct SessionModel {
     // DeltaNet), ascending; empty where every layer has softmax attention
     std::vector<int64_t> linearAttentionLayers;
     std::string configJson, checkpointPath, fingerprint;
+    // made from a config.json alone, without weights (imported routing): fingerprint "config:sha256:<hex>"
+    bool configOnly() const { return fingerprint.rfind("config:", 0) == 0; }
 };
 
 struct Note {
