@@ -130,8 +130,10 @@ IntArray parseNpy(const std::vector<uint8_t>& b, std::vector<int64_t>& shape, co
     const std::string descr = h.substr(d + 1, de - d - 1);
     IntArray a;
     if (descr.size() != 3 || (descr[0] != '<' && descr[0] != '|' && descr[0] != '=') ||
-        (descr[1] != 'i' && descr[1] != 'u') || !std::strchr("1248", descr[2]) || (descr[2] != '1' && descr[0] == '|'))
-        fail("dtype '" + descr + "': expert ids are little-endian integers");
+        (descr[1] != 'i' && descr[1] != 'u') ||
+        (descr[2] != '1' && descr[2] != '2' && descr[2] != '4' && descr[2] != '8') ||
+        (descr[2] != '1' && descr[0] == '|'))  // shown escaped: a NUL would cut the message
+        fail("dtype '" + displayBytes(descr) + "': expert ids are little-endian integers");
     a.isSigned = descr[1] == 'i';
     a.size = static_cast<size_t>(descr[2] - '0');
     const size_t fo = value("fortran_order");

@@ -362,6 +362,12 @@ def test_bad_records_are_refused(cli, tmp_path):
     short = one_record(tmp_path, lambda r, a: r.update(
         routed_experts=base64.b64encode(base64.b64decode(r["routed_experts"])[:-6]).decode()), "short.json")
     refused(cli, tmp_path, [short], [short, "routed_experts", "truncated"])
+    # an .npy header whose element size is a NUL byte (no size at all)
+    def nul_size(r, a):
+        raw = base64.b64decode(r["routed_experts"])
+        r["routed_experts"] = base64.b64encode(raw.replace(b"'|u1'", b"'<i\x00'", 1)).decode()
+    nul = one_record(tmp_path, nul_size, "nul.json")
+    refused(cli, tmp_path, [nul], [nul, "routed_experts", "dtype '<i\\x00'", "expert ids are little-endian integers"])
     # more experts per token than the config's top-k
     wide = one_record(tmp_path, lambda r, a: r.update(routed_experts=b64npy(np.concatenate([a, a[:, :, :1]], 2))),
                       "wide.json")
