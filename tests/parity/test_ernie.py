@@ -5,12 +5,15 @@ float32, and bfloat16 / float16 for the first): what `info` says, the keys as th
 configs write them, the MTP modules left out, and damaged configs and tensors named.
 """
 import json
+import os
 
 import pytest
 
 from conftest import assert_info_refuses, require, run_cli
 import fixtures
 from test_parity import trace_and_compare
+
+CONFIGS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "data", "configs")
 
 
 def test_info_layers_router_and_shared_experts(cli, build_fixture):
@@ -48,6 +51,26 @@ def test_released_keys_and_mtp_modules(cli, build_fixture, tmp_path):
     assert info["moe_layers"] == [1, 3]
     assert any(x["tensors"] == "model.mtp_*" for x in info["left_out"]), info["left_out"]
     trace_and_compare(cli, d, str(tmp_path / "s.h5"), ref)
+
+
+def test_published_config_opens_and_matches_hf(cli, tmp_path):
+    """ERNIE-4.5-21B-A3B-PT's config.json as published (tests/data/configs, SOURCES.md: its bytes
+    have the Hub file's SHA-256), shrunk only in sizes: hidden 80, 5 heads of 16 over 1 key/value
+    head (20 of 128 over 4 published: the same 5 to 1), FFN 64 and expert width 32, 3 layers, a
+    vocabulary of 128 (its pad, bos and eos ids 0-2 inside). The 64 experts, top-6, the 2 shared
+    experts, MoE from layer 1 to moe_layer_end_index 27 at interval 1 (so layers 1 and 2 here),
+    the moe_norm_min clamp, rope_theta 500000, the tied head and num_nextn_predict_layers stay."""
+    with open(os.path.join(CONFIGS, "ernie4_5_21b_a3b_pt.json")) as f:
+        cfg = json.load(f)
+    assert cfg["moe_num_experts"] == 64 and cfg["moe_k"] == 6 and cfg["moe_num_shared_experts"] == 2
+    cfg.update(hidden_size=80, num_attention_heads=5, num_key_value_heads=1, intermediate_size=64,
+               moe_intermediate_size=32, num_hidden_layers=3, vocab_size=128)
+    model, d = fixtures.published_checkpoint("Ernie4_5_MoeConfig", cfg, str(tmp_path / "a3b"))
+    info = json.loads(run_cli(cli, "info", d, "--json").stdout)
+    assert info["model_type"] == "ernie4_5_moe" and info["num_experts"] == 64 and info["top_k"] == 6
+    assert info["moe_layers"] == [1, 2] and info["shared_expert_intermediate_size"] == 64
+    assert info["rope"]["theta"] == 500000.0
+    trace_and_compare(cli, d, str(tmp_path / "s.h5"), fixtures.reference(model))
 
 
 def test_transformers_key_names(cli, build_fixture, tmp_path):
