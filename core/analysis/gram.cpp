@@ -169,9 +169,14 @@ __attribute__((target_clones("arch=x86-64-v3", "default"))) void runRows(const s
             const int w = static_cast<int>(std::min<int64_t>(kTile, cols - c0));
             for (int a = 0; a < n; ++a) {
                 float* t = tile.data() + a * kTile;
-                const size_t es = dtypeSize(ms[a].dtype);
-                widen(ms[a].data + static_cast<size_t>(r * cols + c0) * es, ms[a].dtype, w, t);
-                if (ms[a].scale) ms[a].scale->apply(ms[a].rowBase + r, c0, w, t);
+                const GramMatrix& m = ms[a];
+                const int64_t v = r * m.rowStep * cols + c0;  // the tile's first value
+                if (m.mxfp4Scales) {                          // whole blocks of 32: cols is a multiple of 32 (checked)
+                    mxfp4Row(m.data + v / 2, m.mxfp4Scales + v / 32, w / 32, t);
+                } else {
+                    widen(m.data + static_cast<size_t>(v) * dtypeSize(m.dtype), m.dtype, w, t);
+                    if (m.scale) m.scale->apply(m.rowBase + r * m.rowStep, c0, w, t);
+                }
                 if (w < kTile) std::fill(t + w, t + kTile, 0.f);
                 if (neuronRows) addColumns(t, colF.data() + a * paddedCols + c0);
                 else rowSums[a][r] += sumTile(t);
@@ -204,10 +209,17 @@ GramResult gramPass(const std::vector<GramMatrix>& ms, int64_t rows, int64_t col
                     bool standardized, int threads) {
     const int n = static_cast<int>(ms.size());
     if (n < 1 || n > kGramKernelMax) throw Error("gramPass takes 1 to " + std::to_string(kGramKernelMax) + " matrices");
-    for (const GramMatrix& m : ms)  // checked here: the worker threads must not throw
-        if (m.dtype != DType::F32 && m.dtype != DType::F16 && m.dtype != DType::BF16 &&
-            !(m.dtype == DType::F8_E4M3 && m.scale))
-            throw Error(std::string("gramPass reads F32, F16, BF16 or scaled F8_E4M3, not ") + dtypeName(m.dtype));
+    for (const GramMatrix& m : ms) {  // checked here: the worker threads must not throw
+        if (m.rowStep < 1) throw Error("gramPass: a row step below 1");
+        if (m.mxfp4Scales) {
+            if (cols % 32 != 0)
+                throw Error("gramPass: MXFP4 rows of " + std::to_string(cols) + " values, not blocks of 32");
+        } else if (m.dtype != DType::F32 && m.dtype != DType::F16 && m.dtype != DType::BF16 &&
+                   !(m.dtype == DType::F8_E4M3 && m.scale)) {
+            throw Error(std::string("gramPass reads F32, F16, BF16, scaled F8_E4M3 or MXFP4, not ") +
+                        dtypeName(m.dtype));
+        }
+    }
     standardized = standardized && n > 1;
     threads = static_cast<int>(std::clamp<int64_t>(threads, 1, std::max<int64_t>(1, rows)));
     std::vector<Acc> accs(static_cast<size_t>(threads));

@@ -25,19 +25,40 @@ using torch::Tensor;
 const char* const kMats[3] = {"gate", "up", "down"};
 const char* const kAttnMats[3] = {"query", "", "output"};  // MoA experts: W_q (rows), W_o (columns)
 
-// One expert matrix: a contiguous [rows, cols] slice of a tensor in the mapping.
+// One expert matrix [rows, cols] in the mapping: row r is row tensorRow() + r * rowStep of a
+// tensor whose rows are `cols` values long (rowStep 1: a contiguous slice).
 struct Mat {
     const TensorView* t = nullptr;
-    int64_t offset = 0;  // elements
+    int64_t offset = 0;  // elements (MXFP4: values, t being the blocks)
     int64_t rows = 0, cols = 0;
     bool neuronRows = true;            // gate/up: a neuron is a row; down: a column
     bool owned = false;                // a copy in memory (EMoE's down blocks), not pages of the mapping
     const ScaleGrid* scale = nullptr;  // FP8: the tensor's block scales (rows are whole rows of the tensor)
-    const uint8_t* data() const { return t->data + offset * static_cast<int64_t>(dtypeSize(t->dtype)); }
+    int64_t rowStep = 1;
+    // MXFP4 (GPT-OSS's experts): t holds the blocks, these the scale bytes; decoded a tile of rows
+    // at a time, never as a copy of the layer
+    const TensorView* mxfp4Scales = nullptr;
+    const uint8_t* data() const {
+        return t->data + (mxfp4Scales ? offset / 2 : offset * static_cast<int64_t>(dtypeSize(t->dtype)));
+    }
     int64_t tensorRow() const { return offset / cols; }  // row 0 as a row of the tensor's stacked matrices
     int64_t numel() const { return rows * cols; }
     int64_t neurons() const { return neuronRows ? rows : cols; }
     bool sameShape(const Mat& o) const { return rows == o.rows && cols == o.cols; }
+    GramMatrix gram() const {
+        return {data(), t->dtype, scale, tensorRow(), rowStep, mxfp4Scales ? mxfp4Scales->data + offset / 32 : nullptr};
+    }
+    // drops the mapped pages it spans (rows of another matrix between its own are mapped again when read)
+    void release() const {
+        if (owned) return;
+        const int64_t values = ((rows - 1) * rowStep + 1) * cols;
+        if (!mxfp4Scales) {
+            releasePages(data(), static_cast<uint64_t>(values) * dtypeSize(t->dtype));
+            return;
+        }
+        releasePages(data(), static_cast<uint64_t>(values / 2));
+        releasePages(mxfp4Scales->data + offset / 32, static_cast<uint64_t>(values / 32));
+    }
 };
 
 // The matrices of one MoE layer: routed experts, the shared expert, the reference FFN.
@@ -59,12 +80,26 @@ struct LayerMats {
     }
 };
 
-// Rows [r0, r0 + n) of a matrix widened to float (times the block scales of an FP8 weight).
+// Rows [r0, r0 + n) of a matrix widened to float (times the block scales of an FP8 weight,
+// decoded from MXFP4).
 void readRows(const Mat& m, int64_t r0, int64_t n, float* dst) {
+    if (m.mxfp4Scales) {
+        for (int64_t r = 0; r < n; ++r) {
+            const int64_t v = m.offset + (r0 + r) * m.rowStep * m.cols;
+            mxfp4Row(m.t->data + v / 2, m.mxfp4Scales->data + v / 32, m.cols / 32, dst + r * m.cols);
+        }
+        return;
+    }
     const int64_t es = static_cast<int64_t>(dtypeSize(m.t->dtype));
-    toFloats(m.data() + r0 * m.cols * es, m.t->dtype, n * m.cols, dst);
+    if (m.rowStep == 1) {
+        toFloats(m.data() + r0 * m.cols * es, m.t->dtype, n * m.cols, dst);
+    } else {
+        for (int64_t r = 0; r < n; ++r)
+            toFloats(m.data() + (r0 + r) * m.rowStep * m.cols * es, m.t->dtype, m.cols, dst + r * m.cols);
+    }
     if (m.scale)
-        for (int64_t r = 0; r < n; ++r) m.scale->apply(m.tensorRow() + r0 + r, 0, m.cols, dst + r * m.cols);
+        for (int64_t r = 0; r < n; ++r)
+            m.scale->apply(m.tensorRow() + (r0 + r) * m.rowStep, 0, m.cols, dst + r * m.cols);
 }
 
 LayerMats layerMats(const Checkpoint& ck, const ModelSpec& s, const Reference* ref, int l, bool attention) {
@@ -109,28 +144,28 @@ LayerMats layerMats(const Checkpoint& ck, const ModelSpec& s, const Reference* r
     // expert e's matrix of an expert role, where the family's table puts it
     auto expert = [&](Role r, int e, bool neuronRows) -> Mat {
         const ExpertMatrix m = s.expertMatrix(r, l, e);
-        const bool mxfp4 = s.role(r).mxfp4;
-        if (m.contiguous() && !mxfp4) return mat(use(ck, m.tensor), m.offset, m.rows, m.cols, neuronRows);
-        // not rows of the tensor (stored transposed, interleaved with another matrix, or MXFP4):
-        // its slice widened (through its scales) and gathered into a float32 copy in the
-        // matrix's own orientation, as the kernels read whole rows
+        if (s.role(r).mxfp4) {
+            // the model's slice [a, b] is the transpose of the stored [b, a] rows of blocks, and
+            // element (r, c) of the matrix is element (first + r * step, c) of the stored rows
+            // (a row of the matrix: a whole stored row, every row or every other one)
+            const int64_t a = m.sliceRows, b = m.sliceCols, first = m.offset - m.slice;
+            if (m.colStride != b || m.cols != a || first < 0 || first >= b || m.rowStride < 1)
+                throw Error("MXFP4 experts are read as rows of their stored blocks", "", m.tensor);
+            Mat x{&use(ck, Quantization::mxfp4Blocks(m.tensor)), (e * b + first) * a, m.rows, m.cols, neuronRows};
+            x.rowStep = m.rowStride;
+            x.mxfp4Scales = &use(ck, Quantization::mxfp4Scales(m.tensor));
+            return x;
+        }
+        if (m.contiguous()) return mat(use(ck, m.tensor), m.offset, m.rows, m.cols, neuronRows);
+        // not rows of the tensor (stored transposed, or interleaved with another matrix): its
+        // slice widened (through its scales) and gathered into a float32 copy in the matrix's
+        // own orientation, as the kernels read whole rows
         // gate and up of one expert share a stored slice: widened once
         const std::string key = m.tensor + "#" + std::to_string(m.slice);
         std::vector<float>& stored = L.widened;
         const TensorView* tp = nullptr;
         if (L.widenedKey == key) {
             tp = L.widenedFrom;
-        } else if (mxfp4) {  // the model's slice [a, b] is the transpose of the stored [b, a] rows of blocks
-            stored.assign(static_cast<size_t>(m.sliceRows * m.sliceCols), 0.f);
-            const TensorView& bv = use(ck, Quantization::mxfp4Blocks(m.tensor));
-            const TensorView& sv = use(ck, Quantization::mxfp4Scales(m.tensor));
-            const int64_t a = m.sliceRows, b = m.sliceCols, G = a / 32;
-            std::vector<float> row(static_cast<size_t>(a));
-            for (int64_t j = 0; j < b; ++j) {
-                mxfp4Row(bv.data + (e * b + j) * G * 16, sv.data + (e * b + j) * G, G, row.data());
-                for (int64_t i = 0; i < a; ++i) stored[static_cast<size_t>(i * b + j)] = row[static_cast<size_t>(i)];
-            }
-            tp = &bv;
         } else {
             stored.assign(static_cast<size_t>(m.sliceRows * m.sliceCols), 0.f);
             tp = &use(ck, m.tensor);
@@ -271,9 +306,9 @@ PassResult blockPass(const std::vector<Mat>& ms, bool gram, bool standardized) {
     const int64_t n = static_cast<int64_t>(ms.size());
     const int64_t rows = ms[0].rows, cols = ms[0].cols;
     const bool neuronRows = ms[0].neuronRows;
-    if (n <= kGramKernelMax) {  // few matrices: the fused tile kernel
+    if (n <= kGramKernelMax) {  // up to 128 matrices: the fused tile kernel
         std::vector<GramMatrix> gm;
-        for (auto& m : ms) gm.push_back({m.data(), m.t->dtype, m.scale, m.tensorRow()});
+        for (auto& m : ms) gm.push_back(m.gram());
         GramResult g = gramPass(gm, rows, cols, neuronRows, gram, standardized, std::max(1, at::get_num_threads()));
         return {std::move(g.gram), std::move(g.gramZ), std::move(g.neuronSum)};
     }
@@ -710,8 +745,7 @@ void staticForKind(const Checkpoint& ckpt, const ModelSpec& spec, const Referenc
                 r7.arrays[lp + names[m] + "_expert"] = Array::i32({rows}, owner);
             }
             // done with this matrix type: drop its pages now (S3 maps them again if it runs)
-            for (auto& x : all[m])
-                if (!x.owned) releasePages(x.data(), static_cast<uint64_t>(x.numel()) * dtypeSize(x.t->dtype));
+            for (auto& x : all[m]) x.release();
         }
         std::vector<double> router;
         if (s4) {

@@ -900,11 +900,11 @@ def test_bad_input(world, tmp_path_factory, case):
 
 
 def test_many_experts_take_the_gemm_path(world, tmp_path):
-    """More than 24 same-shaped matrices (here 26 experts and F) go through the GEMM path of the
+    """More than 128 same-shaped matrices (here 130 experts and F) go through the GEMM path of the
     static pass instead of the tile kernel: the same S1, S2 and S6 as numpy, packed layout."""
     h5py = require("h5py")
-    model = fixtures.build_model("mixtral_gqa", num_local_experts=26, num_experts_per_tok=3)
-    _, packed = fixtures.save_layouts(model, str(tmp_path / "moe26"))
+    model = fixtures.build_model("mixtral_gqa", num_local_experts=130, num_experts_per_tok=3)
+    _, packed = fixtures.save_layouts(model, str(tmp_path / "moe130"))
     dense = fixtures.build_model("mistral_sliding", seed=1, num_hidden_layers=model.config.num_hidden_layers,
                                  intermediate_size=model.config.intermediate_size)
     ref, _ = fixtures.save_layouts(dense, str(tmp_path / "dense"))
@@ -917,7 +917,7 @@ def test_many_experts_take_the_gemm_path(world, tmp_path):
                 for rid in ("weight_similarity", "neuron_mean_similarity"):
                     path = f"{rid}/layers/{l}/{m}"
                     got = ds(f, path)
-                    assert got.shape == (27, 27) and labels_of(got) == exp.labels[path]
+                    assert got.shape == (131, 131) and labels_of(got) == exp.labels[path]
                     np.testing.assert_allclose(got[()], exp.arrays[path], atol=TOL_SIM, rtol=0, err_msg=path)
                 _check_pca(exp, f, f"matrix_pca/layers/{l}/{m}", 2)
 
@@ -1051,7 +1051,7 @@ def check_s1_s2_s4_s6_s7(out, moe, experts):
 
 def test_128_fine_grained_experts(world, tmp_path):
     """128 narrow experts (F = 16, top-8: the fine-grained shape of Qwen3-30B-A3B, shrunk) through
-    the GEMM path, per-expert layout: numpy's S1, S2, S4, S6 and S7 (the neuron PCA over all
+    the tile kernel (the most matrices it takes), per-expert layout: numpy's S1, S2, S4, S6 and S7 (the neuron PCA over all
     128 x 16 neurons)."""
     model = fixtures.build_model("mixtral_gqa", num_local_experts=128, num_experts_per_tok=8, intermediate_size=16)
     per, _ = fixtures.save_layouts(model, str(tmp_path / "moe128"))
@@ -1061,11 +1061,11 @@ def test_128_fine_grained_experts(world, tmp_path):
     check_s1_s2_s4_s6_s7(out, moe, 128)
 
 
-@pytest.mark.parametrize("experts", [4, 26])
+@pytest.mark.parametrize("experts", [4, 130])
 def test_fp8_static_analyses_read_the_dequantized_weights(world, tmp_path, experts):
     """An FP8 block-scaled checkpoint (E8M0 scales, 48 x 40 blocks that leave partial blocks) gives
     numpy's S1, S2, S4, S6 and S7 of the dequantized weights (q * scale per block, computed by
-    torch in the fixture): with 4 experts through the tile kernel, with 26 through the GEMM path."""
+    torch in the fixture): with 4 experts through the tile kernel, with 130 through the GEMM path."""
     ckpt, _ = fixtures.make_fp8("mixtral_fp8_e8m0_scales", str(tmp_path / "fp8"), num_local_experts=experts,
                                 num_experts_per_tok=2)
     deq = os.path.join(str(tmp_path / "fp8"), "dequantized")

@@ -3,6 +3,7 @@
 
     .venv/bin/python tests/bench/bench_analyses.py [--build build] [--layers 1] [--skip-static] [--skip-dynamic]
                                                    [--device cpu|cuda] [--prompts 4] [--length 512]
+                                                   [--shape mixtral|qwen3-30b-a3b|deepseek-v2-lite|gpt-oss-20b]
 
 Static: a bf16 checkpoint with real Mixtral-8x7B layer dimensions (d=4096, F=14336, 8 experts;
 2.8 GB of expert weights per layer; random values written directly with safetensors, sharded
@@ -19,6 +20,12 @@ Timed in one run: reading the files (best of 3 cat), the GEMM floor (the Gram pr
 and down of every layer, one float32 torch.mm each on data already widened, in this process on
 all cores, as the analyses run), and the static sets S1+S2+S4, default, S6 and S7 (best of 2),
 each as a ratio of max(read, floor).
+
+MXFP4 (--shape gpt-oss-20b): 2 MoE layers at gpt-oss-20b's dimensions (its published config.json,
+tests/data/configs, with 2 layers and a 32000 vocabulary: d=2880, 32 experts of 2880, top-4), the
+experts quantized to MXFP4 as released (*_blocks, *_scales), the rest bf16. The same timings, the
+floor on the decoded values; anonymous memory against one layer's experts in MXFP4 and widened to
+float32 (what decoding a layer at a time would hold; the static pass decodes a tile at a time).
 
 Dynamic: D1 + D2 with every expert evaluated, on 2048 tokens (4 prompts of 512) of the mid-size
 float32 Mixtral model of run_bench.py, against the engine's plain traced forward on the same
@@ -73,6 +80,49 @@ FINE = {
         num_key_value_heads=16, kv_lora_rank=512, q_lora_rank=None, qk_rope_head_dim=64, qk_nope_head_dim=128,
         v_head_dim=128, topk_method="greedy")),
 }
+
+
+def make_gpt_oss_mxfp4(out, layers):
+    """gpt-oss-20b's published config cut to `layers` layers and a 32000 vocabulary, random bf16
+    weights, the experts quantized to MXFP4 as released (tests/parity/fixtures.py's quantizer);
+    the shards, the decoded float32 [E, rows * cols] matrices of gate, up and down per layer for
+    the GEMM floor, and one layer's expert bytes (MXFP4)."""
+    import transformers
+    sys.path.insert(0, os.path.join(ROOT, "tests", "parity"))
+    import fixtures
+    with open(os.path.join(ROOT, "tests", "data", "configs", "gpt_oss_20b.json")) as f:
+        cfg = json.load(f)
+    cfg.update(num_hidden_layers=layers, vocab_size=32000, pad_token_id=31999, layer_types=cfg["layer_types"][:layers])
+    plain = {k: v for k, v in cfg.items() if k not in ("quantization_config", "model_type")}
+    with torch.device("meta"):
+        shapes = {k: tuple(v.shape)
+                  for k, v in transformers.GptOssForCausalLM(transformers.GptOssConfig(**plain)).state_dict().items()}
+    g = torch.Generator().manual_seed(0)
+    tensors, mats, layer_bytes = {}, {}, 0
+    for name, shape_ in shapes.items():
+        t = (torch.randn(shape_, generator=g) * 0.02).to(torch.bfloat16)
+        if name.endswith(("experts.gate_up_proj", "experts.down_proj")):  # x @ W: stored transposed
+            lut = torch.tensor(fixtures.FP4 + [-v for v in fixtures.FP4])
+            parts, deq = [], []
+            for e in range(shape_[0]):  # an expert at a time: the quantizer's temporaries are 8x its input
+                b, sc = fixtures.quantize_mxfp4(t[e].float().t().contiguous())
+                parts.append((b, sc))
+                v = lut[torch.stack([b & 15, b >> 4], -1).long()].reshape(b.shape[0], -1)
+                deq.append(v * torch.exp2(sc.float() - 127).repeat_interleave(32, -1))  # [R, C]
+            blocks, scales = torch.stack([b for b, _ in parts]), torch.stack([sc for _, sc in parts])
+            tensors[name + "_blocks"], tensors[name + "_scales"] = blocks, scales
+            layer_bytes += blocks.numel() + scales.numel()
+            deq = torch.stack(deq)  # [E, R, C]
+            if name.endswith("gate_up_proj"):
+                mats[name + ".gate"] = deq[:, 0::2].reshape(deq.shape[0], -1).contiguous()
+                mats[name + ".up"] = deq[:, 1::2].reshape(deq.shape[0], -1).contiguous()
+            else:
+                mats[name] = deq.reshape(deq.shape[0], -1)
+        else:
+            tensors[name] = t
+    with open(os.path.join(out, "config.json"), "w") as f:
+        json.dump(cfg, f, indent=2)
+    return write_shards(tensors.items(), out), mats, layer_bytes // layers
 
 
 def make_fine_grained(shape, out, layers):
@@ -149,14 +199,22 @@ def gemm_floor(mats):
 def bench_fine_grained(exe, shape, tmp, layers):
     d = os.path.join(tmp, shape)
     os.makedirs(d, exist_ok=True)
-    files, mats = make_fine_grained(shape, d, layers)
+    layer = None
+    if shape == "gpt-oss-20b":
+        files, mats, layer = make_gpt_oss_mxfp4(d, layers)
+        fp32 = sum(X.numel() for X in mats.values()) * 4 // layers
+    else:
+        files, mats = make_fine_grained(shape, d, layers)
     floor = gemm_floor(mats)
     del mats
     read_s = cat_seconds(files)
     base = max(read_s, floor)
     total = sum(os.path.getsize(f) for f in files)
-    print(f"static, {shape} layer dimensions, {layers} MoE layers, bf16, {total / 2**30:.2f} GiB; "
-          f"read {read_s:.2f} s, GEMM floor {floor:.2f} s (ratios below: of max(read, floor) = {base:.2f} s)")
+    print(f"static, {shape} layer dimensions, {layers} MoE layers, {'MXFP4 experts' if layer else 'bf16'}, "
+          f"{total / 2**30:.2f} GiB; read {read_s:.2f} s, GEMM floor {floor:.2f} s (ratios below: of max(read, floor) "
+          f"= {base:.2f} s)")
+    if layer:
+        print(f"  one layer's experts: {layer / 2**20:.0f} MiB in MXFP4, {fp32 / 2**20:.0f} MiB widened to float32")
     for lst in ("S1,S2,S4", "default", "S6", "S7"):
         runs = [json.loads(subprocess.run([exe, "static", d, lst], check=True, capture_output=True,
                                           text=True).stdout) for _ in range(2)]
@@ -181,7 +239,7 @@ def main():
     ap.add_argument("--layers", type=int, default=1)
     ap.add_argument("--skip-static", action="store_true")
     ap.add_argument("--skip-dynamic", action="store_true")
-    ap.add_argument("--shape", default="mixtral", choices=["mixtral", *FINE],
+    ap.add_argument("--shape", default="mixtral", choices=["mixtral", *FINE, "gpt-oss-20b"],
                     help="the static checkpoint's layer dimensions (fine-grained shapes: 2 layers by default)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--prompts", type=int, default=4)

@@ -39,6 +39,35 @@ private Q_SLOTS:
         QCOMPARE(QString::fromStdString(s.dtype), QString("mixed"));
     }
 
+    void mxfp4DecodingFollowsTheOcpDefinition() {
+        // Every byte under every scale byte, bit for bit against the OCP MX definition computed
+        // here from the code's bits with std::ldexp: E2M1 (sign, 2 exponent bits with bias 1, 1
+        // mantissa bit; exponent 0 subnormal) times 2^(scale - 127). Scale 255 is left to ldexp
+        // itself (2^128 is no float).
+        std::vector<uint8_t> blocks(256 * 16), scales(256);
+        for (int s = 0; s < 256; ++s) {
+            scales[static_cast<size_t>(s)] = static_cast<uint8_t>(s);
+            for (int b = 0; b < 16; ++b)
+                blocks[static_cast<size_t>(s * 16 + b)] = static_cast<uint8_t>((s * 16 + b) * 7);
+        }
+        std::vector<float> out(256 * 32);
+        mxfp4Row(blocks.data(), scales.data(), 256, out.data());
+        auto e2m1 = [](int c) {
+            const int e = (c >> 1) & 3, m = c & 1;
+            const float mag =
+                e == 0 ? 0.5f * static_cast<float>(m) : std::ldexp(1.0f + 0.5f * static_cast<float>(m), e - 1);
+            return (c & 8) ? -mag : mag;
+        };
+        for (int s = 0; s < 256; ++s)
+            for (int k = 0; k < 32; ++k) {
+                const uint8_t byte = blocks[static_cast<size_t>(s * 16 + k / 2)];
+                const float want = std::ldexp(e2m1(k % 2 ? byte >> 4 : byte & 15), s - 127);
+                const float got = out[static_cast<size_t>(s * 32 + k)];
+                QVERIFY2(std::memcmp(&want, &got, 4) == 0,
+                         qPrintable(QString("scale %1, value %2: %3, not %4").arg(s).arg(k).arg(got).arg(want)));
+            }
+    }
+
     void halfAndBfloatConversionAgreeWithQt() {
         // F16 decoding checked against Qt's qfloat16, an implementation we did not write.
         std::vector<uint16_t> raw;

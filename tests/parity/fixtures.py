@@ -708,3 +708,20 @@ def copy_checkpoint(src, dst, cfg_fn=None, sd_fn=None):
         sd_fn(sd)
         save_file(sd, p, metadata={"format": "pt"})
     return dst
+
+
+# the E2M1 magnitudes of MXFP4 (transformers' FP4_VALUES, the positive half)
+FP4 = [0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0]
+
+
+def quantize_mxfp4(w):
+    """(blocks uint8 [..., R, C / 32, 16], scales uint8 [..., R, C / 32]) of float32 w [..., R, C]:
+    per block of 32 the power of two that brings its largest magnitude to at most 6, each value
+    to the nearest E2M1 magnitude with its sign; value 2b in the low nibble of byte b."""
+    g = w.reshape(*w.shape[:-1], w.shape[-1] // 32, 32)
+    e = torch.ceil(torch.log2(g.abs().amax(-1).clamp_min(2.0 ** -100) / 6.0))
+    x = g / torch.exp2(e)[..., None]
+    idx = (x.abs()[..., None] - torch.tensor(FP4)).abs().argmin(-1)
+    code = (idx + 8 * (x < 0)).to(torch.uint8)
+    blocks = code[..., 0::2] | (code[..., 1::2] << 4)
+    return blocks.contiguous(), (e + 127).to(torch.uint8).contiguous()

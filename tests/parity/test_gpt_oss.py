@@ -150,23 +150,6 @@ def test_bad_input_named(cli, build_fixture, tmp_path, i):
 
 # ---- MXFP4, as released ------------------------------------------------------------------------
 
-FP4 = [0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0]
-
-
-def quantize_mxfp4(w):
-    """(blocks uint8 [..., R, C / 32, 16], scales uint8 [..., R, C / 32]) of float32 w [..., R, C]:
-    per block of 32 the power of two that brings its largest magnitude to at most 6, each value
-    to the nearest E2M1 magnitude with its sign; value 2b in the low nibble of byte b."""
-    import torch
-    g = w.reshape(*w.shape[:-1], w.shape[-1] // 32, 32)
-    e = torch.ceil(torch.log2(g.abs().amax(-1).clamp_min(2.0 ** -100) / 6.0))
-    x = g / torch.exp2(e)[..., None]
-    idx = (x.abs()[..., None] - torch.tensor(FP4)).abs().argmin(-1)
-    code = (idx + 8 * (x < 0)).to(torch.uint8)
-    blocks = code[..., 0::2] | (code[..., 1::2] << 4)
-    return blocks.contiguous(), (e + 127).to(torch.uint8).contiguous()
-
-
 def mxfp4_checkpoint(d, cfg_dict, model):
     """model's state dict in d with every expert matrix stored as MXFP4 as released (the stored
     matrix [E, R, C] is the transpose of the model's [E, C, R]); config.json = cfg_dict with the
@@ -176,7 +159,7 @@ def mxfp4_checkpoint(d, cfg_dict, model):
     for k, v in model.state_dict().items():
         v = v.detach().float()
         if k.endswith(("experts.gate_up_proj", "experts.down_proj")):
-            sd[k + "_blocks"], sd[k + "_scales"] = quantize_mxfp4(v.transpose(1, 2).contiguous())
+            sd[k + "_blocks"], sd[k + "_scales"] = fixtures.quantize_mxfp4(v.transpose(1, 2).contiguous())
         else:
             sd[k] = v.contiguous()
     os.makedirs(d, exist_ok=True)
@@ -207,12 +190,16 @@ MXFP4_KW = dict(hidden_size=96, num_attention_heads=4, num_key_value_heads=2, he
                 num_experts_per_tok=2, intermediate_size=32, num_hidden_layers=3, sliding_window=5, swiglu_limit=0.8)
 
 
-@pytest.fixture(scope="module")
-def mxfp4(tmp_path_factory):
+def mxfp4_fixture(tmp_path_factory, **kw):
     t = require("transformers")
     require("safetensors")
-    model = fixtures.model_from_config(t.GptOssConfig(**dict(fixtures.BASE, **MXFP4_KW)))
-    d = mxfp4_checkpoint(str(tmp_path_factory.mktemp("gpt_oss_mxfp4") / "ckpt"), model.config.to_dict(), model)
+    model = fixtures.model_from_config(t.GptOssConfig(**dict(fixtures.BASE, **dict(MXFP4_KW, **kw))))
+    return mxfp4_checkpoint(str(tmp_path_factory.mktemp("gpt_oss_mxfp4") / "ckpt"), model.config.to_dict(), model)
+
+
+@pytest.fixture(scope="module")
+def mxfp4(tmp_path_factory):
+    d = mxfp4_fixture(tmp_path_factory)
     return d, fixtures.reference(mxfp4_loaded(d))
 
 
@@ -250,16 +237,24 @@ def test_mxfp4_static_analyses(cli, mxfp4, tmp_path):
     assert_s1_of(out, mxfp4_loaded(d))
 
 
-def test_published_config_mxfp4_opens_and_matches_hf(cli, tmp_path):
-    """gpt-oss-20b's config.json with its quantization_config, the experts in MXFP4 as released."""
+@pytest.fixture(scope="module")
+def mxfp4_published(tmp_path_factory):
+    """gpt-oss-20b's config.json (shrunk) with its quantization_config, the experts in MXFP4 as
+    released: 32 experts."""
     require("transformers")
+    tmp = tmp_path_factory.mktemp("gpt_oss_mxfp4_published")
     cfg = published_shrunk()
-    model, _ = fixtures.published_checkpoint("GptOssConfig", dict(cfg, quantization_config=None),
-                                             str(tmp_path / "f32"))
+    model, _ = fixtures.published_checkpoint("GptOssConfig", dict(cfg, quantization_config=None), str(tmp / "f32"))
     q = cfg.pop("quantization_config")
-    d = mxfp4_checkpoint(str(tmp_path / "mxfp4"), cfg, model)
+    d = mxfp4_checkpoint(str(tmp / "mxfp4"), cfg, model)
     with open(os.path.join(d, "config.json")) as f:
         assert json.load(f)["quantization_config"] == q
+    return d
+
+
+def test_published_config_mxfp4_opens_and_matches_hf(cli, mxfp4_published, tmp_path):
+    """gpt-oss-20b's config.json with its quantization_config, the experts in MXFP4 as released."""
+    d = mxfp4_published
     info = json.loads(run_cli(cli, "info", d, "--json").stdout)
     assert info["quantization"]["method"] == "mxfp4" and info["num_experts"] == 32
     trace_and_compare(cli, d, str(tmp_path / "s.h5"), fixtures.reference(mxfp4_loaded(d)))
@@ -288,15 +283,22 @@ def test_mxfp4_bad_input_named(cli, mxfp4, tmp_path, i):
     assert_info_refuses(cli, d, words, file)
 
 
-def test_mxfp4_every_analysis_as_on_the_dequantized_model(cli, mxfp4, tmp_path):
+@pytest.mark.parametrize("which", ["fixture", "published", "many"])
+def test_mxfp4_every_analysis_as_on_the_dequantized_model(cli, mxfp4, mxfp4_published, tmp_path_factory, tmp_path,
+                                                          which):
     """Every analysis (static, with the experts decoded in the static pass, and dynamic) of the
     MXFP4 checkpoint equals that of transformers' dequantized model saved in bf16's layout: a
     decoding error that S1's cosines cannot see (a consistent transposition, nibbles swapped, a
     block read with another block's scale) changes S2's neuron means, S6/S7's projections or D1's
     outputs. (A factor common to every weight changes none of the static analyses, which are all
-    cosines and standardised projections; the forward's decoding is pinned by the parity tests.)"""
+    cosines and standardised projections; the forward's decoding is pinned by the parity tests.)
+    The fixture's 8 experts and the published config's 32 go through the static pass's tile
+    kernel, which decodes the blocks a tile at a time (the fixture's hidden size of 3 blocks: a
+    last tile of one block); 130 experts through its GEMM path, which decodes them a block of rows
+    at a time."""
     t = require("transformers")
-    d, _ = mxfp4
+    d = {"fixture": lambda: mxfp4[0], "published": lambda: mxfp4_published,
+         "many": lambda: mxfp4_fixture(tmp_path_factory, num_local_experts=130, num_hidden_layers=1)}[which]()
     deq = str(tmp_path / "dequantized")
     # (transformers 5.23 saves a dequantized MXFP4 model under the _blocks names: the weights go
     # into an unquantized GptOssForCausalLM of the same config instead)
