@@ -54,9 +54,10 @@ def run_cli(cli_path, *args, check=True):
     return r
 
 
-def assert_same_analyses(got, want, atol=1e-5):
+def assert_same_analyses(got, want, atol=1e-5, of_max=0.0):
     """Every dataset under analyses/ of session `want` is in session `got` with the same values
-    (floats within atol, the rest equal); returns their paths under analyses/."""
+    (floats within atol, or within of_max times the dataset's largest magnitude where that is
+    more, the rest equal); returns their paths under analyses/."""
     h5py = require("h5py")
     import numpy as np
     with h5py.File(got, "r") as f, h5py.File(want, "r") as g:
@@ -65,7 +66,8 @@ def assert_same_analyses(got, want, atol=1e-5):
         for p in paths:
             w = g["analyses/" + p][()]
             if w.dtype.kind == "f":
-                np.testing.assert_allclose(f["analyses/" + p][()], w, atol=atol, rtol=0, err_msg=p)
+                big = float(np.nanmax(np.abs(w))) if w.size and np.isfinite(w).any() else 0.0
+                np.testing.assert_allclose(f["analyses/" + p][()], w, atol=max(atol, of_max * big), rtol=0, err_msg=p)
             else:
                 np.testing.assert_array_equal(f["analyses/" + p][()], w, err_msg=p)
     return paths

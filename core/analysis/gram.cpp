@@ -170,12 +170,15 @@ __attribute__((target_clones("arch=x86-64-v3", "default"))) void runRows(const s
             for (int a = 0; a < n; ++a) {
                 float* t = tile.data() + a * kTile;
                 const GramMatrix& m = ms[a];
-                const int64_t v = r * m.rowStep * cols + c0;  // the tile's first value
-                if (m.mxfp4Scales) {                          // whole blocks of 32: cols is a multiple of 32 (checked)
+                const int64_t rs = m.rowStride ? m.rowStride : cols;
+                const int64_t v = r * rs + c0 * m.colStride;  // the tile's first element
+                if (m.mxfp4Scales) {                          // whole blocks of 32 (checked)
                     mxfp4Row(m.data + v / 2, m.mxfp4Scales + v / 32, w / 32, t);
-                } else {
+                } else if (m.colStride == 1) {
                     widen(m.data + static_cast<size_t>(v) * dtypeSize(m.dtype), m.dtype, w, t);
-                    if (m.scale) m.scale->apply(m.rowBase + r * m.rowStep, c0, w, t);
+                    if (m.scale) m.scale->apply(m.rowBase + r * (rs / cols), c0, w, t);
+                } else {  // a column of the stored tensor, or every other element of it
+                    toFloatsStrided(m.data + static_cast<size_t>(v) * dtypeSize(m.dtype), m.dtype, m.colStride, w, t);
                 }
                 if (w < kTile) std::fill(t + w, t + kTile, 0.f);
                 if (neuronRows) addColumns(t, colF.data() + a * paddedCols + c0);
@@ -210,10 +213,13 @@ GramResult gramPass(const std::vector<GramMatrix>& ms, int64_t rows, int64_t col
     const int n = static_cast<int>(ms.size());
     if (n < 1 || n > kGramKernelMax) throw Error("gramPass takes 1 to " + std::to_string(kGramKernelMax) + " matrices");
     for (const GramMatrix& m : ms) {  // checked here: the worker threads must not throw
-        if (m.rowStep < 1) throw Error("gramPass: a row step below 1");
+        const int64_t rs = m.rowStride ? m.rowStride : cols;
+        if (rs < 0 || m.colStride < 1) throw Error("gramPass: a negative row stride or a column stride below 1");
         if (m.mxfp4Scales) {
-            if (cols % 32 != 0)
-                throw Error("gramPass: MXFP4 rows of " + std::to_string(cols) + " values, not blocks of 32");
+            if (cols % 32 != 0 || rs % 32 != 0 || m.colStride != 1)
+                throw Error("gramPass: MXFP4 rows of " + std::to_string(cols) + " values, not whole blocks of 32");
+        } else if (m.scale && (m.colStride != 1 || rs % cols != 0)) {
+            throw Error("gramPass: FP8 weights are read as whole rows of the weight");
         } else if (m.dtype != DType::F32 && m.dtype != DType::F16 && m.dtype != DType::BF16 &&
                    !(m.dtype == DType::F8_E4M3 && m.scale)) {
             throw Error(std::string("gramPass reads F32, F16, BF16, scaled F8_E4M3 or MXFP4, not ") +

@@ -7,6 +7,8 @@
 // where the CPU has it (chosen at run time). Up to kGramKernelMax matrices; more go through a
 // GEMM. The bound is measured (docs/benchmarks.md): at 32, 64 and 128 experts this pass took
 // half the GEMM path's time or less for the default set; at 256 the GEMM path was faster for S1.
+// Memory per thread: two n x n x 8 float accumulators (1 MiB at 128) and n x cols column sums
+// in float and double (12 MiB at 128 x 7168).
 #include <cstdint>
 #include <vector>
 
@@ -19,15 +21,18 @@ constexpr int kGramKernelMax = 128;
 struct ScaleGrid;
 
 struct GramMatrix {
-    // row r of the matrix is stored row r * rowStep from `data` (rowStep 2: every other row of an
-    // interleaved tensor), each of `cols` values
+    // element (r, c) of the matrix is element r * rowStride + c * colStride from `data`
+    // (rowStride 0: the number of columns)
     const uint8_t* data = nullptr;
     DType dtype = DType::F32;
-    const ScaleGrid* scale = nullptr;  // F8_E4M3: its scales, stored row s being the weight's row rowBase + s
+    // F8_E4M3: its scales, matrix row r being the weight's row rowBase + r * rowStride / cols
+    // (rowStride a multiple of cols, colStride 1)
+    const ScaleGrid* scale = nullptr;
     int64_t rowBase = 0;
-    int64_t rowStep = 1;
+    int64_t rowStride = 0, colStride = 1;
     // MXFP4: `data` are its blocks (16 bytes for 32 values) and these its scale bytes, one per 32
-    // values (safetensors.h's mxfp4Row; dtype is ignored)
+    // values (safetensors.h's mxfp4Row; dtype is ignored; whole blocks: colStride 1 and rowStride
+    // a multiple of 32)
     const uint8_t* mxfp4Scales = nullptr;
 };
 

@@ -101,6 +101,21 @@ void toFloats(const uint8_t* src, DType dt, int64_t n, float* dst) {
     }
 }
 
+void toFloatsStrided(const uint8_t* src, DType dt, int64_t stride, int64_t n, float* dst) {
+    if (stride == 1) return toFloats(src, dt, n, dst);
+    const int64_t step = stride * static_cast<int64_t>(dtypeSize(dt));
+    if (dt == DType::BF16) {  // the common case (transposed bf16 experts): no per-element dispatch
+        for (int64_t i = 0; i < n; ++i) {
+            uint16_t h;
+            std::memcpy(&h, src + i * step, 2);
+            const uint32_t u = static_cast<uint32_t>(h) << 16;
+            std::memcpy(dst + i, &u, 4);
+        }
+        return;
+    }
+    for (int64_t i = 0; i < n; ++i) toFloats(src + i * step, dt, 1, dst + i);
+}
+
 std::vector<double> toDoubles(const TensorView& t) {
     if (t.dtype != DType::F32 && t.dtype != DType::F16 && t.dtype != DType::BF16)
         throw Error(std::string("weights of dtype ") + dtypeName(t.dtype) + " cannot be read here (F32, F16 or BF16)",

@@ -18,6 +18,9 @@ std::vector<double> toDoubles(const TensorView& t);
 // n elements of dtype `dt` at `src` (any alignment) widened to float. F8_E4M3 values come out
 // unscaled: readers of FP8 weights multiply by their ScaleGrid.
 void toFloats(const uint8_t* src, DType dt, int64_t n, float* dst);
+// The same for n elements `stride` elements apart (a column of a row-major matrix, or every
+// other element of an interleaved one).
+void toFloatsStrided(const uint8_t* src, DType dt, int64_t stride, int64_t n, float* dst);
 
 // The scales of one F8_E4M3 weight (spec.h's Quantization) decoded to float32, looked up by the
 // row of the weight seen as stacked matrices [B * R, C] and the column.

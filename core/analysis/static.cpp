@@ -25,39 +25,65 @@ using torch::Tensor;
 const char* const kMats[3] = {"gate", "up", "down"};
 const char* const kAttnMats[3] = {"query", "", "output"};  // MoA experts: W_q (rows), W_o (columns)
 
-// One expert matrix [rows, cols] in the mapping: row r is row tensorRow() + r * rowStep of a
-// tensor whose rows are `cols` values long (rowStep 1: a contiguous slice).
+// One expert matrix [rows, cols] in the mapping: element (r, c) is element
+// offset + r * rowStride + c * colStride of a tensor (rowStride 0: cols; rowStride cols and
+// colStride 1: a contiguous slice). A matrix stored transposed is read in the stored orientation
+// (`flipped`: rows and columns swapped, so a neuron of gate or up is a column, of down a row),
+// which the analyses allow when every matrix of a pass is read so: S1's and S6's Gram matrices
+// do not depend on the order of the positions, S2, S3 and S7 go by neuronRows.
 struct Mat {
     const TensorView* t = nullptr;
     int64_t offset = 0;  // elements (MXFP4: values, t being the blocks)
     int64_t rows = 0, cols = 0;
-    bool neuronRows = true;            // gate/up: a neuron is a row; down: a column
-    bool owned = false;                // a copy in memory (EMoE's down blocks), not pages of the mapping
-    const ScaleGrid* scale = nullptr;  // FP8: the tensor's block scales (rows are whole rows of the tensor)
-    int64_t rowStep = 1;
+    bool neuronRows = true;  // gate/up: a neuron is a row of the model's matrix; down: a column
+    bool owned = false;      // a copy in memory (EMoE's down blocks), not pages of the mapping
+    // FP8: the tensor's block scales (rows are whole rows of the tensor: colStride 1)
+    const ScaleGrid* scale = nullptr;
+    int64_t rowStride = 0, colStride = 1;
+    bool flipped = false;
     // MXFP4 (GPT-OSS's experts): t holds the blocks, these the scale bytes; decoded a tile of rows
     // at a time, never as a copy of the layer
     const TensorView* mxfp4Scales = nullptr;
+    int64_t rs() const { return rowStride ? rowStride : cols; }
     const uint8_t* data() const {
         return t->data + (mxfp4Scales ? offset / 2 : offset * static_cast<int64_t>(dtypeSize(t->dtype)));
     }
     int64_t tensorRow() const { return offset / cols; }  // row 0 as a row of the tensor's stacked matrices
-    int64_t numel() const { return rows * cols; }
     int64_t neurons() const { return neuronRows ? rows : cols; }
     bool sameShape(const Mat& o) const { return rows == o.rows && cols == o.cols; }
-    GramMatrix gram() const {
-        return {data(), t->dtype, scale, tensorRow(), rowStep, mxfp4Scales ? mxfp4Scales->data + offset / 32 : nullptr};
+    std::string modelShape() const {  // as the model holds it
+        return "[" + std::to_string(flipped ? cols : rows) + ", " + std::to_string(flipped ? rows : cols) + "]";
     }
-    // drops the mapped pages it spans (rows of another matrix between its own are mapped again when read)
+    // the same matrix read in the other orientation (not for scaled FP8 or MXFP4, read by rows)
+    Mat flip() const {
+        Mat x = *this;
+        std::swap(x.rows, x.cols);
+        x.rowStride = colStride;
+        x.colStride = rs();
+        x.neuronRows = !neuronRows;
+        x.flipped = !flipped;
+        return x;
+    }
+    GramMatrix gram() const {
+        return {data(),
+                t->dtype,
+                scale,
+                tensorRow(),
+                rowStride,
+                colStride,
+                mxfp4Scales ? mxfp4Scales->data + offset / 32 : nullptr};
+    }
+    // drops the mapped pages it spans (elements of other matrices between its own are mapped again
+    // when read)
     void release() const {
         if (owned) return;
-        const int64_t values = ((rows - 1) * rowStep + 1) * cols;
+        const int64_t span = (rows - 1) * rs() + (cols - 1) * colStride + 1;  // elements
         if (!mxfp4Scales) {
-            releasePages(data(), static_cast<uint64_t>(values) * dtypeSize(t->dtype));
+            releasePages(data(), static_cast<uint64_t>(span) * dtypeSize(t->dtype));
             return;
         }
-        releasePages(data(), static_cast<uint64_t>(values / 2));
-        releasePages(mxfp4Scales->data + offset / 32, static_cast<uint64_t>(values / 32));
+        releasePages(data(), static_cast<uint64_t>((span + 1) / 2));
+        releasePages(mxfp4Scales->data + offset / 32, static_cast<uint64_t>((span + 31) / 32));
     }
 };
 
@@ -83,23 +109,17 @@ struct LayerMats {
 // Rows [r0, r0 + n) of a matrix widened to float (times the block scales of an FP8 weight,
 // decoded from MXFP4).
 void readRows(const Mat& m, int64_t r0, int64_t n, float* dst) {
-    if (m.mxfp4Scales) {
-        for (int64_t r = 0; r < n; ++r) {
-            const int64_t v = m.offset + (r0 + r) * m.rowStep * m.cols;
-            mxfp4Row(m.t->data + v / 2, m.mxfp4Scales->data + v / 32, m.cols / 32, dst + r * m.cols);
-        }
-        return;
-    }
     const int64_t es = static_cast<int64_t>(dtypeSize(m.t->dtype));
-    if (m.rowStep == 1) {
-        toFloats(m.data() + r0 * m.cols * es, m.t->dtype, n * m.cols, dst);
-    } else {
-        for (int64_t r = 0; r < n; ++r)
-            toFloats(m.data() + (r0 + r) * m.rowStep * m.cols * es, m.t->dtype, m.cols, dst + r * m.cols);
+    for (int64_t r = 0; r < n; ++r) {
+        const int64_t v = m.offset + (r0 + r) * m.rs();  // the row's first element
+        float* out = dst + r * m.cols;
+        if (m.mxfp4Scales) {
+            mxfp4Row(m.t->data + v / 2, m.mxfp4Scales->data + v / 32, m.cols / 32, out);
+            continue;
+        }
+        toFloatsStrided(m.t->data + v * es, m.t->dtype, m.colStride, m.cols, out);
+        if (m.scale) m.scale->apply(m.tensorRow() + (r0 + r) * (m.rs() / m.cols), 0, m.cols, out);
     }
-    if (m.scale)
-        for (int64_t r = 0; r < n; ++r)
-            m.scale->apply(m.tensorRow() + (r0 + r) * m.rowStep, 0, m.cols, dst + r * m.cols);
 }
 
 LayerMats layerMats(const Checkpoint& ck, const ModelSpec& s, const Reference* ref, int l, bool attention) {
@@ -152,14 +172,20 @@ LayerMats layerMats(const Checkpoint& ck, const ModelSpec& s, const Reference* r
             if (m.colStride != b || m.cols != a || first < 0 || first >= b || m.rowStride < 1)
                 throw Error("MXFP4 experts are read as rows of their stored blocks", "", m.tensor);
             Mat x{&use(ck, Quantization::mxfp4Blocks(m.tensor)), (e * b + first) * a, m.rows, m.cols, neuronRows};
-            x.rowStep = m.rowStride;
+            x.rowStride = m.rowStride * a;
             x.mxfp4Scales = &use(ck, Quantization::mxfp4Scales(m.tensor));
             return x;
         }
-        if (m.contiguous()) return mat(use(ck, m.tensor), m.offset, m.rows, m.cols, neuronRows);
-        // not rows of the tensor (stored transposed, or interleaved with another matrix): its
-        // slice widened (through its scales) and gathered into a float32 copy in the matrix's
-        // own orientation, as the kernels read whole rows
+        const TensorView& tv = use(ck, m.tensor);
+        if (m.contiguous() || tv.dtype != DType::F8_E4M3) {  // read in place, at its strides
+            Mat x = mat(tv, m.offset, m.rows, m.cols, neuronRows);
+            x.rowStride = m.rowStride;
+            x.colStride = m.colStride;
+            return x;
+        }
+        // FP8 not stored as rows of the tensor (transposed, or interleaved with another matrix):
+        // its slice widened through its scales, which go by the stored rows, and gathered into a
+        // float32 copy in the matrix's own orientation
         // gate and up of one expert share a stored slice: widened once
         const std::string key = m.tensor + "#" + std::to_string(m.slice);
         std::vector<float>& stored = L.widened;
@@ -168,7 +194,7 @@ LayerMats layerMats(const Checkpoint& ck, const ModelSpec& s, const Reference* r
             tp = L.widenedFrom;
         } else {
             stored.assign(static_cast<size_t>(m.sliceRows * m.sliceCols), 0.f);
-            tp = &use(ck, m.tensor);
+            tp = &tv;
             readRows(mat(*tp, m.slice, m.sliceRows, m.sliceCols, neuronRows), 0, m.sliceRows, stored.data());
         }
         L.widenedKey = key;
@@ -225,6 +251,21 @@ LayerMats layerMats(const Checkpoint& ck, const ModelSpec& s, const Reference* r
         if (r.has(Role::FfnUp)) L.extra[1].push_back(whole(use(*ref->ckpt, r.tensorName(Role::FfnUp, l)), true));
         L.extra[2].push_back(whole(use(*ref->ckpt, r.tensorName(Role::FfnDown, l)), false));
         L.extraLabels.push_back("F");
+    }
+    // a matrix type whose experts are stored transposed (their rows strided across the stored
+    // ones) is read in the stored orientation, every matrix of it: the shared expert and the
+    // reference too, through a float32 copy where they are read by whole rows (FP8, MXFP4)
+    for (int k = 0; k < 3; ++k) {
+        if (L.routed[k].empty() || L.routed[k][0].colStride == 1) continue;
+        for (Mat& x : L.routed[k]) x = x.flip();
+        for (Mat& x : L.extra[k]) {
+            if (x.scale || x.mxfp4Scales) {
+                auto [bytes, y] = owned(*x.t, x.t->name + " [float32]", DType::F32, x.rows, x.cols, x.neuronRows);
+                readRows(x, 0, x.rows, reinterpret_cast<float*>(bytes));
+                x = y;
+            }
+            x = x.flip();
+        }
     }
     for (auto* t : L.tensors) adviseWillNeed(t->data, t->nbytes);
     return L;
@@ -659,11 +700,8 @@ void staticForKind(const Checkpoint& ckpt, const ModelSpec& spec, const Referenc
                 for (int m : mats) same[m].push_back(L.extra[m][x]);
                 sameLabels.push_back(L.extraLabels[x]);
             } else {
-                const Mat& g = L.extra[0][x];
-                excluded[L.extraLabels[x]] = "its matrices are [" + std::to_string(g.rows) + ", " +
-                                             std::to_string(g.cols) + "], the experts' [" +
-                                             std::to_string(L.routed[0][0].rows) + ", " +
-                                             std::to_string(L.routed[0][0].cols) + "]";
+                excluded[L.extraLabels[x]] =
+                    "its matrices are " + L.extra[0][x].modelShape() + ", the experts' " + L.routed[0][0].modelShape();
             }
         }
         const int nSame = static_cast<int>(same[0].size()), nAll = static_cast<int>(all[0].size());

@@ -47,21 +47,20 @@ const float kFp4E2M1[16] = {+0.0f, +0.5f, +1.0f, +1.5f, +2.0f, +3.0f, +4.0f, +6.
 namespace {
 typedef float mxF8 __attribute__((vector_size(32)));
 typedef uint32_t mxU8 __attribute__((vector_size(32)));
-typedef int32_t mxI8 __attribute__((vector_size(32)));
 }  // namespace
 
-// Eight values a step: the eight nibbles of four bytes (value k at bits 4k), their magnitude looked
-// up in a register (vpermps under AVX2), the sign bit set from the code's bit 3, times the block's
-// power of two. Compiled for AVX2 and the x86-64 baseline, chosen at run time.
+// Eight values a step: the eight nibbles of four bytes (value k at bits 4k); each E2M1 code
+// (sign, 2 exponent bits with bias 1, 1 mantissa bit) becomes float32 bits by shifts (exponent
+// 0: 0 or 0.5), then times the block's power of two. Plain vector arithmetic (GCC and clang),
+// compiled for AVX2 and the x86-64 baseline, chosen at run time.
 __attribute__((target_clones("arch=x86-64-v3", "default"))) void mxfp4Row(const uint8_t* blocks, const uint8_t* scales,
                                                                           int64_t groups, float* out) {
-    const mxF8 magnitude = {0.0f, 0.5f, 1.0f, 1.5f, 2.0f, 3.0f, 4.0f, 6.0f};
     const mxU8 shift = {0, 4, 8, 12, 16, 20, 24, 28};
     for (int64_t g = 0; g < groups; ++g) {
         const int e = static_cast<int>(scales[g]) - 127;
         const uint8_t* q = blocks + g * 16;
         float* o = out + g * 32;
-        if (e > 127) {  // 2^128 is no float: ldexp itself (a zero stays zero, as before this loop)
+        if (e > 127) {  // 2^128 is no float: ldexp itself (a zero stays zero)
             for (int b = 0; b < 16; ++b) {
                 o[2 * b] = std::ldexp(kFp4E2M1[q[b] & 0x0F], e);
                 o[2 * b + 1] = std::ldexp(kFp4E2M1[q[b] >> 4], e);
@@ -72,9 +71,13 @@ __attribute__((target_clones("arch=x86-64-v3", "default"))) void mxfp4Row(const 
         for (int j = 0; j < 4; ++j) {
             uint32_t w;
             std::memcpy(&w, q + 4 * j, 4);
-            const mxU8 code = ((mxU8){w, w, w, w, w, w, w, w} >> shift) & 15;
-            const mxF8 m = __builtin_shuffle(magnitude, reinterpret_cast<mxI8>(code & 7));
-            const mxF8 v = reinterpret_cast<mxF8>(reinterpret_cast<mxU8>(m) | ((code & 8) << 28)) * s;
+            const mxU8 words = {w, w, w, w, w, w, w, w};
+            const mxU8 code = (words >> shift) & 15u;
+            const mxU8 ex = (code >> 1) & 3u, man = code & 1u;
+            const mxU8 sub = (mxU8)(ex == 0u);  // all ones where the exponent is 0 (a vector cast: the bits)
+            const mxU8 normal = ((ex + 126u) << 23) | (man << 22);
+            const mxU8 bits = (normal & ~sub) | (man * 0x3F000000u & sub) | ((code & 8u) << 28);
+            const mxF8 v = (mxF8)bits * s;
             std::memcpy(o + 8 * j, &v, sizeof v);
         }
     }

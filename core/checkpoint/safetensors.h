@@ -23,7 +23,9 @@ float e8m0ToFloat(uint8_t e);
 // MXFP4 as transformers' mxfp4 integration reads GPT-OSS's experts: a stored row of C values is
 // C / 32 blocks of 16 bytes, byte b holding value 2b in its low nibble and 2b + 1 in its high
 // one, each an E2M1 code (kFp4E2M1), the block's values times 2^(s - 127) for its U8 scale byte
-// s (255 gives inf, as transformers' ldexp does).
+// s. Scale 255 (NaN in OCP MX, in no released checkpoint) is ldexp(value, 128): inf, or 0 for a
+// zero code, where transformers' ldexp multiplies by 2^128 and gives NaN; the forward warns of
+// either in the layer it decodes.
 extern const float kFp4E2M1[16];
 // One stored row: `groups` blocks of 16 bytes and their scale bytes -> 32 x groups floats.
 void mxfp4Row(const uint8_t* blocks, const uint8_t* scales, int64_t groups, float* out);

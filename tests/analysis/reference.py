@@ -86,7 +86,7 @@ class MoeWeights:
                                   if ".experts." in n or ".block_sparse_moe.input_linear." in n})
 
     def _prefix(self, l):
-        for p in (f"model.layers.{l}.block_sparse_moe.", f"model.layers.{l}.mlp."):
+        for p in (f"model.layers.{l}.block_sparse_moe.", f"model.layers.{l}.mlp.", f"model.layers.{l}.feed_forward."):
             # Granite's as released and as transformers 5 holds it, Hunyuan's
             for r in ("gate.weight", "router.layer.weight", "router.weight", "gate.wg.weight"):
                 if p + r in self.t:
@@ -100,7 +100,16 @@ class MoeWeights:
         fused = {p + "experts.gate_up_proj": p + "experts.down_proj",  # transformers v5 packed layout
                  p + "input_linear.weight": p + "output_linear.weight"}  # Granite's (JetMoE's) fused layout
         packed = [k for k in fused if k in t]
-        if packed:
+        x_at_w = self.config.get("model_type") in ("llama4", "llama4_text", "gpt_oss")
+        if packed and x_at_w:  # stored as x @ W: gate_up_proj [E, d, 2F] (gpt-oss: interleaved), down [E, F, d]
+            gu, dn = t[packed[0]], t[fused[packed[0]]]
+            F = gu.shape[2] // 2
+            for e in range(self.E):
+                if self.config["model_type"] == "gpt_oss":
+                    experts.append(dict(gate=gu[e][:, 0::2].T, up=gu[e][:, 1::2].T, down=dn[e]))
+                else:
+                    experts.append(dict(gate=gu[e][:, :F].T, up=gu[e][:, F:].T, down=dn[e]))
+        elif packed:
             gu, dn = t[packed[0]], t[fused[packed[0]]]
             F = gu.shape[1] // 2
             for e in range(self.E):

@@ -938,13 +938,13 @@ def _stable_eps(points, min_samples):
     raise AssertionError("no eps with both noise and a cluster")
 
 
-@pytest.mark.parametrize("experts,components", [(12, 2), (26, 3)])
+@pytest.mark.parametrize("experts,components", [(12, 2), (140, 3)])
 def test_s6_outliers_dropped_by_dbscan(world, tmp_path, experts, components):
     """--pca-outliers (Look-into-MoEs' remove_noise): scikit-learn's DBSCAN on the first two
     components of the projection of every expert gives the stored labels; the experts it calls
     noise are named (attribute, CSV, figure title) and the PCA is numpy's on the other experts,
     standardisation included. Two experts are scaled 4x to stand out; with 12 experts the tile
-    kernel computes the Gram matrices, with 26 the GEMM path (and 3 components). The session
+    kernel computes the Gram matrices, with 140 the GEMM path (and 3 components). The session
     holds only documented arrays and attributes. An eps below every distance calls every expert
     noise: too few would be left, so nothing is dropped and the attribute `noise` says why."""
     h5py = require("h5py")
@@ -1032,8 +1032,9 @@ def test_s6_outliers_dropped_by_dbscan(world, tmp_path, experts, components):
     assert r.returncode == 2 and "--pca-outliers" in r.stderr and not os.path.exists(tmp_path / "x.h5")
 
 
-def check_s1_s2_s4_s6_s7(out, moe, experts):
-    """The session `out` holds numpy's S1, S2, S4, S6 and S7 of `moe` (every MoE layer, E experts)."""
+def check_s1_s2_s4_s6_s7(out, moe, experts=None):
+    """The session `out` holds numpy's S1, S2, S4, S6 and S7 of `moe` (every MoE layer, E experts;
+    None: as many as the reference has labels, a shared expert included)."""
     h5py = require("h5py")
     exp = R.static_reference(moe, None, s3=False, s7=True)
     with h5py.File(out, "r") as f:
@@ -1042,7 +1043,8 @@ def check_s1_s2_s4_s6_s7(out, moe, experts):
                 for rid in ("weight_similarity", "neuron_mean_similarity"):
                     path = f"{rid}/layers/{l}/{m}"
                     got = ds(f, path)
-                    assert got.shape == (experts, experts) and labels_of(got) == exp.labels[path]
+                    n = experts or len(exp.labels[path])
+                    assert got.shape == (n, n) and labels_of(got) == exp.labels[path]
                     np.testing.assert_allclose(got[()], exp.arrays[path], atol=TOL_SIM, rtol=0, err_msg=path)
                 _check_pca(exp, f, f"matrix_pca/layers/{l}/{m}", 2)
                 _check_pca(exp, f, f"neuron_pca/layers/{l}/{m}", 2)
@@ -1051,14 +1053,30 @@ def check_s1_s2_s4_s6_s7(out, moe, experts):
 
 def test_128_fine_grained_experts(world, tmp_path):
     """128 narrow experts (F = 16, top-8: the fine-grained shape of Qwen3-30B-A3B, shrunk) through
-    the tile kernel (the most matrices it takes), per-expert layout: numpy's S1, S2, S4, S6 and S7 (the neuron PCA over all
-    128 x 16 neurons)."""
+    the tile kernel (the most it takes), per-expert layout: numpy's S1, S2, S4, S6 and S7 (the
+    neuron PCA over all 128 x 16 neurons)."""
     model = fixtures.build_model("mixtral_gqa", num_local_experts=128, num_experts_per_tok=8, intermediate_size=16)
     per, _ = fixtures.save_layouts(model, str(tmp_path / "moe128"))
     moe = R.MoeWeights(per)
     out = tmp_path / "s.h5"
     run_cli(world.cli, "analyze", per, "--out", out, "--static", "S1,S2,S4,S6,S7")
     check_s1_s2_s4_s6_s7(out, moe, 128)
+
+
+@pytest.mark.parametrize("name", ["llama4_chunked_nope", "gpt_oss_sinks_clamp"])
+def test_experts_stored_as_x_at_w(world, tmp_path, name):
+    """Experts stored transposed as the released files hold them (x @ W: Llama 4's gate_up_proj
+    [E, d, 2F] in halves, gpt-oss's interleaved by column) are read in their stored orientation,
+    without a copy, and Llama 4's shared expert, stored as rows, in that same orientation: numpy's
+    S1, S2, S4, S6 and S7, the shared expert's rows included. A matrix read across the wrong
+    axis, or its orientation mixed within a pass, changes S1 or S6."""
+    model = fixtures.build_model(name)
+    per, _ = fixtures.save_layouts(model, str(tmp_path / "m"))
+    moe = R.MoeWeights(per)
+    assert (moe.layer(moe.moe_layers[0])["shared"] is not None) == (name == "llama4_chunked_nope")
+    out = tmp_path / "s.h5"
+    run_cli(world.cli, "analyze", per, "--out", out, "--static", "S1,S2,S4,S6,S7")
+    check_s1_s2_s4_s6_s7(out, moe)
 
 
 @pytest.mark.parametrize("experts", [4, 130])

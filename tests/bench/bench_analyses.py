@@ -3,7 +3,7 @@
 
     .venv/bin/python tests/bench/bench_analyses.py [--build build] [--layers 1] [--skip-static] [--skip-dynamic]
                                                    [--device cpu|cuda] [--prompts 4] [--length 512]
-                                                   [--shape mixtral|qwen3-30b-a3b|deepseek-v2-lite|gpt-oss-20b]
+                                                   [--shape mixtral|qwen3-30b-a3b|deepseek-v2-lite|gpt-oss-20b|gpt-oss-20b-bf16]
 
 Static: a bf16 checkpoint with real Mixtral-8x7B layer dimensions (d=4096, F=14336, 8 experts;
 2.8 GB of expert weights per layer; random values written directly with safetensors, sharded
@@ -26,6 +26,8 @@ tests/data/configs, with 2 layers and a 32000 vocabulary: d=2880, 32 experts of 
 experts quantized to MXFP4 as released (*_blocks, *_scales), the rest bf16. The same timings, the
 floor on the decoded values; anonymous memory against one layer's experts in MXFP4 and widened to
 float32 (what decoding a layer at a time would hold; the static pass decodes a tile at a time).
+--shape gpt-oss-20b-bf16: the same in transformers' dequantized layout (bf16 experts stored as
+x @ W, gate and up interleaved by column), which the static pass reads in the stored orientation.
 
 Dynamic: D1 + D2 with every expert evaluated, on 2048 tokens (4 prompts of 512) of the mid-size
 float32 Mixtral model of run_bench.py, against the engine's plain traced forward on the same
@@ -82,11 +84,12 @@ FINE = {
 }
 
 
-def make_gpt_oss_mxfp4(out, layers):
+def make_gpt_oss(out, layers, bf16=False):
     """gpt-oss-20b's published config cut to `layers` layers and a 32000 vocabulary, random bf16
-    weights, the experts quantized to MXFP4 as released (tests/parity/fixtures.py's quantizer);
-    the shards, the decoded float32 [E, rows * cols] matrices of gate, up and down per layer for
-    the GEMM floor, and one layer's expert bytes (MXFP4)."""
+    weights, the experts quantized to MXFP4 as released (tests/parity/fixtures.py's quantizer), or
+    with bf16 left as bf16 in transformers' dequantized layout (x @ W, gate and up interleaved by
+    column, no quantization_config); the shards, the decoded float32 [E, rows * cols] matrices of
+    gate, up and down per layer for the GEMM floor, and one layer's expert bytes."""
     import transformers
     sys.path.insert(0, os.path.join(ROOT, "tests", "parity"))
     import fixtures
@@ -101,7 +104,15 @@ def make_gpt_oss_mxfp4(out, layers):
     tensors, mats, layer_bytes = {}, {}, 0
     for name, shape_ in shapes.items():
         t = (torch.randn(shape_, generator=g) * 0.02).to(torch.bfloat16)
-        if name.endswith(("experts.gate_up_proj", "experts.down_proj")):  # x @ W: stored transposed
+        if bf16 and name.endswith(("experts.gate_up_proj", "experts.down_proj")):
+            tensors[name] = t
+            layer_bytes += t.numel() * 2
+            if name.endswith("gate_up_proj"):
+                mats[name + ".gate"] = t[:, :, 0::2].reshape(t.shape[0], -1).float()
+                mats[name + ".up"] = t[:, :, 1::2].reshape(t.shape[0], -1).float()
+            else:
+                mats[name] = t.reshape(t.shape[0], -1).float()
+        elif name.endswith(("experts.gate_up_proj", "experts.down_proj")):  # x @ W: stored transposed
             lut = torch.tensor(fixtures.FP4 + [-v for v in fixtures.FP4])
             parts, deq = [], []
             for e in range(shape_[0]):  # an expert at a time: the quantizer's temporaries are 8x its input
@@ -120,6 +131,8 @@ def make_gpt_oss_mxfp4(out, layers):
                 mats[name] = deq.reshape(deq.shape[0], -1)
         else:
             tensors[name] = t
+    if bf16:
+        cfg.pop("quantization_config")
     with open(os.path.join(out, "config.json"), "w") as f:
         json.dump(cfg, f, indent=2)
     return write_shards(tensors.items(), out), mats, layer_bytes // layers
@@ -200,8 +213,8 @@ def bench_fine_grained(exe, shape, tmp, layers):
     d = os.path.join(tmp, shape)
     os.makedirs(d, exist_ok=True)
     layer = None
-    if shape == "gpt-oss-20b":
-        files, mats, layer = make_gpt_oss_mxfp4(d, layers)
+    if shape.startswith("gpt-oss-20b"):
+        files, mats, layer = make_gpt_oss(d, layers, bf16=shape.endswith("bf16"))
         fp32 = sum(X.numel() for X in mats.values()) * 4 // layers
     else:
         files, mats = make_fine_grained(shape, d, layers)
@@ -210,11 +223,12 @@ def bench_fine_grained(exe, shape, tmp, layers):
     read_s = cat_seconds(files)
     base = max(read_s, floor)
     total = sum(os.path.getsize(f) for f in files)
-    print(f"static, {shape} layer dimensions, {layers} MoE layers, {'MXFP4 experts' if layer else 'bf16'}, "
+    kind = "bf16" if not layer else "bf16 experts stored as x @ W" if shape.endswith("bf16") else "MXFP4 experts"
+    print(f"static, {shape} layer dimensions, {layers} MoE layers, {kind}, "
           f"{total / 2**30:.2f} GiB; read {read_s:.2f} s, GEMM floor {floor:.2f} s (ratios below: of max(read, floor) "
           f"= {base:.2f} s)")
     if layer:
-        print(f"  one layer's experts: {layer / 2**20:.0f} MiB in MXFP4, {fp32 / 2**20:.0f} MiB widened to float32")
+        print(f"  one layer's experts: {layer / 2**20:.0f} MiB as stored, {fp32 / 2**20:.0f} MiB widened to float32")
     for lst in ("S1,S2,S4", "default", "S6", "S7"):
         runs = [json.loads(subprocess.run([exe, "static", d, lst], check=True, capture_output=True,
                                           text=True).stdout) for _ in range(2)]
@@ -239,7 +253,7 @@ def main():
     ap.add_argument("--layers", type=int, default=1)
     ap.add_argument("--skip-static", action="store_true")
     ap.add_argument("--skip-dynamic", action="store_true")
-    ap.add_argument("--shape", default="mixtral", choices=["mixtral", *FINE, "gpt-oss-20b"],
+    ap.add_argument("--shape", default="mixtral", choices=["mixtral", *FINE, "gpt-oss-20b", "gpt-oss-20b-bf16"],
                     help="the static checkpoint's layer dimensions (fine-grained shapes: 2 layers by default)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--prompts", type=int, default=4)

@@ -3,6 +3,7 @@
 #include <QtEndian>
 #include <QtTest>
 #include <cmath>
+#include <cstring>
 #include <filesystem>
 
 #include "analysis/similarity.h"
@@ -40,31 +41,36 @@ private Q_SLOTS:
     }
 
     void mxfp4DecodingFollowsTheOcpDefinition() {
-        // Every byte under every scale byte, bit for bit against the OCP MX definition computed
-        // here from the code's bits with std::ldexp: E2M1 (sign, 2 exponent bits with bias 1, 1
-        // mantissa bit; exponent 0 subnormal) times 2^(scale - 127). Scale 255 is left to ldexp
-        // itself (2^128 is no float).
-        std::vector<uint8_t> blocks(256 * 16), scales(256);
-        for (int s = 0; s < 256; ++s) {
-            scales[static_cast<size_t>(s)] = static_cast<uint8_t>(s);
+        // Every byte under every scale byte (16 blocks per scale: the 256 byte values), bit for bit
+        // against the OCP MX definition computed here from the code's bits with std::ldexp: E2M1
+        // (sign, 2 exponent bits with bias 1, 1 mantissa bit; exponent 0 subnormal) times
+        // 2^(scale - 127). Scale 255 pins the documented ldexp(value, 128).
+        const int groups = 256 * 16;
+        std::vector<uint8_t> blocks(static_cast<size_t>(groups) * 16), scales(static_cast<size_t>(groups));
+        for (int g = 0; g < groups; ++g) {
+            scales[static_cast<size_t>(g)] = static_cast<uint8_t>(g / 16);
             for (int b = 0; b < 16; ++b)
-                blocks[static_cast<size_t>(s * 16 + b)] = static_cast<uint8_t>((s * 16 + b) * 7);
+                blocks[static_cast<size_t>(g * 16 + b)] = static_cast<uint8_t>((g % 16) * 16 + b);
         }
-        std::vector<float> out(256 * 32);
-        mxfp4Row(blocks.data(), scales.data(), 256, out.data());
+        std::vector<float> out(static_cast<size_t>(groups) * 32);
+        mxfp4Row(blocks.data(), scales.data(), groups, out.data());
         auto e2m1 = [](int c) {
             const int e = (c >> 1) & 3, m = c & 1;
             const float mag =
                 e == 0 ? 0.5f * static_cast<float>(m) : std::ldexp(1.0f + 0.5f * static_cast<float>(m), e - 1);
             return (c & 8) ? -mag : mag;
         };
-        for (int s = 0; s < 256; ++s)
+        for (int g = 0; g < groups; ++g)
             for (int k = 0; k < 32; ++k) {
-                const uint8_t byte = blocks[static_cast<size_t>(s * 16 + k / 2)];
-                const float want = std::ldexp(e2m1(k % 2 ? byte >> 4 : byte & 15), s - 127);
-                const float got = out[static_cast<size_t>(s * 32 + k)];
-                QVERIFY2(std::memcmp(&want, &got, 4) == 0,
-                         qPrintable(QString("scale %1, value %2: %3, not %4").arg(s).arg(k).arg(got).arg(want)));
+                const uint8_t byte = blocks[static_cast<size_t>(g * 16 + k / 2)];
+                const float want = std::ldexp(e2m1(k % 2 ? byte >> 4 : byte & 15), g / 16 - 127);
+                const float got = out[static_cast<size_t>(g * 32 + k)];
+                QVERIFY2(std::memcmp(&want, &got, 4) == 0, qPrintable(QString("scale %1, byte %2, value %3: %4, not %5")
+                                                                          .arg(g / 16)
+                                                                          .arg(byte)
+                                                                          .arg(k)
+                                                                          .arg(got)
+                                                                          .arg(want)));
             }
     }
 

@@ -314,7 +314,12 @@ def test_mxfp4_every_analysis_as_on_the_dequantized_model(cli, mxfp4, mxfp4_publ
         trace(cli, ckpt, out, "--run", "r")
         run_cli(cli, "analyze", ckpt, "--out", out, "--static", "all")
         run_cli(cli, "analyze", ckpt, "--out", out, "--dynamic", "all", "--run", "r")
-    kinds = {p.split("/")[0] for p in assert_same_analyses(outs["mxfp4"], outs["dequantized"], atol=2e-5)}
+    # (the dequantized experts, stored as x @ W, are read in their stored orientation and the MXFP4
+    # ones by rows: the fp32 partial sums add in another order, and S6's projections, up to about
+    # 40 here, agree to about a part per million of the largest; a decoding error moves them by
+    # whole units)
+    kinds = {p.split("/")[0]
+             for p in assert_same_analyses(outs["mxfp4"], outs["dequantized"], atol=2e-5, of_max=1e-5)}
     assert {"weight_similarity", "neuron_mean_similarity", "matrix_pca", "neuron_pca", "output_similarity"} <= kinds
 
 

@@ -143,7 +143,9 @@ def test_static_analyses_read_transposed_experts(cli, built, tmp_path):
         outs[name] = str(tmp_path / f"{name}.h5")
         run_cli(cli, "analyze", built[name][0], "--out", outs[name], "--static", "S1,S2,S4,S6,S7", "--run", "r")
     model = loaded(built["released"][0])
-    paths = assert_same_analyses(outs["released"], outs["transformers5"])
+    # (the released experts are read in their stored orientation, the transformers 5 ones by rows:
+    # fp32 partial sums in another order, S6's projections within a part per million of the largest)
+    paths = assert_same_analyses(outs["released"], outs["transformers5"], of_max=1e-5)
     assert any(p.startswith("matrix_pca/") for p in paths) and any(p.startswith("neuron_pca/") for p in paths)
     with h5py.File(outs["released"], "r") as f:
         for l in (0, 2):
@@ -226,6 +228,6 @@ def test_every_analysis_as_on_the_untransposed_layout(cli, built, tmp_path):
         trace(cli, d, out, "--run", "r")
         run_cli(cli, "analyze", d, "--out", out, "--static", "all")
         run_cli(cli, "analyze", d, "--out", out, "--dynamic", "all", "--run", "r")
-    kinds = {p.split("/")[0] for p in assert_same_analyses(outs["released"], outs["transformers5"])}
+    kinds = {p.split("/")[0] for p in assert_same_analyses(outs["released"], outs["transformers5"], of_max=1e-5)}
     assert {"weight_similarity", "norm_score_ranks", "output_similarity", "matrix_pca", "neuron_pca", "routing_map",
             "neuron_reordering", "router_weight_regression"} <= kinds, kinds
