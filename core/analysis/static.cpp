@@ -56,6 +56,7 @@ struct Mat {
     }
     // the same matrix read in the other orientation (not for scaled FP8 or MXFP4, read by rows)
     Mat flip() const {
+        if (scale || mxfp4Scales) throw Error("quantized weights are read by rows", t->file, t->name);
         Mat x = *this;
         std::swap(x.rows, x.cols);
         x.rowStride = colStride;
@@ -347,6 +348,9 @@ PassResult blockPass(const std::vector<Mat>& ms, bool gram, bool standardized) {
     const int64_t n = static_cast<int64_t>(ms.size());
     const int64_t rows = ms[0].rows, cols = ms[0].cols;
     const bool neuronRows = ms[0].neuronRows;
+    for (const Mat& m : ms)  // one shape and one orientation: positions must correspond
+        if (!m.sameShape(ms[0]) || m.neuronRows != neuronRows || m.flipped != ms[0].flipped)
+            throw Error("one pass over matrices of different shapes or orientations", m.t->file, m.t->name);
     if (n <= kGramKernelMax) {  // up to 128 matrices: the fused tile kernel
         std::vector<GramMatrix> gm;
         for (auto& m : ms) gm.push_back(m.gram());
@@ -924,9 +928,15 @@ Result compareWeights(const Checkpoint& a, const ModelSpec& specA, const Checkpo
         const LayerMats A = layerMats(a, specA, nullptr, l, false), B = layerMats(b, specB, nullptr, l, false);
         const std::string lp = "layers/" + std::to_string(l) + "/";
         for (int m : mats) {
-            // one Gram pass over A's experts then B's: its off-diagonal block is the cross similarity
-            std::vector<Mat> both = A.routed[m];
-            both.insert(both.end(), B.routed[m].begin(), B.routed[m].end());
+            // one Gram pass over A's experts then B's: its off-diagonal block is the cross similarity;
+            // where one checkpoint's experts are read in their stored (transposed) orientation and
+            // the other's are not, both are read in the model's
+            std::vector<Mat> both = A.routed[m], other = B.routed[m];
+            if (both[0].flipped != other[0].flipped)
+                for (auto* v : {&both, &other})
+                    for (Mat& x : *v)
+                        if (x.flipped) x = x.flip();
+            both.insert(both.end(), other.begin(), other.end());
             const std::vector<double> cs = cosineFromGram(blockPass(both, true, false).gram, 2 * E);
             std::vector<double> c(static_cast<size_t>(E) * E);
             std::vector<float> score(c.size());

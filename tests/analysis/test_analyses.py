@@ -1068,8 +1068,9 @@ def test_experts_stored_as_x_at_w(world, tmp_path, name):
     """Experts stored transposed as the released files hold them (x @ W: Llama 4's gate_up_proj
     [E, d, 2F] in halves, gpt-oss's interleaved by column) are read in their stored orientation,
     without a copy, and Llama 4's shared expert, stored as rows, in that same orientation: numpy's
-    S1, S2, S4, S6 and S7, the shared expert's rows included. A matrix read across the wrong
-    axis, or its orientation mixed within a pass, changes S1 or S6."""
+    S1, S2, S4, S6 and S7, the shared expert's rows included. A matrix of another orientation in
+    the pass changes S1 and S6 (or leaves the shared expert out of them); neurons taken along the
+    wrong axis change S2 and S7."""
     model = fixtures.build_model(name)
     per, _ = fixtures.save_layouts(model, str(tmp_path / "m"))
     moe = R.MoeWeights(per)

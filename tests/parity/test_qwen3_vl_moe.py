@@ -155,6 +155,29 @@ def test_static_analyses_read_transposed_experts(cli, built, tmp_path):
             assert_s1_is(f, l, {"gate": gu[:, :F], "up": gu[:, F:], "down": dn})
 
 
+def test_weight_comparison_across_layouts(cli, built, tmp_path):
+    """`compare` of the released layout (read in its stored orientation) with the transformers 5
+    layout (read by rows), the same weights: every cross cosine is numpy's cosine of
+    transformers' experts, so the diagonal is 1 and the matching the identity. Reading one side
+    transposed against the other pairs W with W^T (or reads past an expert's slice)."""
+    h5py = require("h5py")
+    out = str(tmp_path / "c.h5")
+    run_cli(cli, "compare", built["released"][0], built["transformers5"][0], "--name", "same", "--out", out)
+    model = loaded(built["released"][0])
+    with h5py.File(out, "r") as f:
+        g = f["analyses/weight_comparison/same"]
+        for l in (0, 2):
+            ex = model.model.language_model.layers[l].mlp.experts
+            gu, dn = ex.gate_up_proj.detach().double().numpy(), ex.down_proj.detach().double().numpy()
+            F = gu.shape[1] // 2
+            for m, M in (("gate", gu[:, :F]), ("up", gu[:, F:]), ("down", dn)):
+                V = M.reshape(M.shape[0], -1)
+                n = np.linalg.norm(V, axis=1)
+                np.testing.assert_allclose(g[f"layers/{l}/{m}"][()], (V @ V.T) / np.outer(n, n), atol=1e-5, rtol=0,
+                                           err_msg=f"{l}/{m}")
+                assert list(g[f"layers/{l}/{m}_matching"][()]) == list(range(V.shape[0]))
+
+
 def published_shrunk():
     """Qwen3-VL-30B-A3B-Instruct's config.json (tests/data/configs, SOURCES.md) with its sizes cut:
     text hidden 2048 -> 64, 32 heads (4 key/value) -> 4 (2), head_dim 128 -> 16 with the MRoPE
