@@ -1032,11 +1032,12 @@ def test_s6_outliers_dropped_by_dbscan(world, tmp_path, experts, components):
     assert r.returncode == 2 and "--pca-outliers" in r.stderr and not os.path.exists(tmp_path / "x.h5")
 
 
-def check_s1_s2_s4_s6_s7(out, moe, experts=None):
+def check_s1_s2_s4_s6_s7(out, moe, experts=None, dense=None):
     """The session `out` holds numpy's S1, S2, S4, S6 and S7 of `moe` (every MoE layer, E experts;
-    None: as many as the reference has labels, a shared expert included)."""
+    None: as many as the reference has labels, a shared expert and the dense reference `dense`
+    included)."""
     h5py = require("h5py")
-    exp = R.static_reference(moe, None, s3=False, s7=True)
+    exp = R.static_reference(moe, dense, s3=False, s7=True)
     with h5py.File(out, "r") as f:
         for l in moe.moe_layers:
             for m in MATS:
@@ -1063,21 +1064,29 @@ def test_128_fine_grained_experts(world, tmp_path):
     check_s1_s2_s4_s6_s7(out, moe, 128)
 
 
-@pytest.mark.parametrize("name", ["llama4_chunked_nope", "gpt_oss_sinks_clamp"])
-def test_experts_stored_as_x_at_w(world, tmp_path, name):
+@pytest.mark.parametrize("name,experts", [("llama4_chunked_nope", None), ("gpt_oss_sinks_clamp", None),
+                                          ("gpt_oss_sinks_clamp", 130)])
+def test_experts_stored_as_x_at_w(world, tmp_path, name, experts):
     """Experts stored transposed as the released files hold them (x @ W: Llama 4's gate_up_proj
     [E, d, 2F] in halves, gpt-oss's interleaved by column) are read in their stored orientation,
     without a copy, and Llama 4's shared expert, stored as rows, in that same orientation: numpy's
     S1, S2, S4, S6 and S7, the shared expert's rows included. A matrix of another orientation in
     the pass changes S1 and S6 (or leaves the shared expert out of them); neurons taken along the
-    wrong axis change S2 and S7."""
-    model = fixtures.build_model(name)
+    wrong axis change S2 and S7. Llama 4's with a dense reference F (stored as rows, read in the
+    experts' orientation too); 130 gpt-oss experts through the GEMM path."""
+    model = fixtures.build_model(name, **({"num_local_experts": experts} if experts else {}))
     per, _ = fixtures.save_layouts(model, str(tmp_path / "m"))
     moe = R.MoeWeights(per)
-    assert (moe.layer(moe.moe_layers[0])["shared"] is not None) == (name == "llama4_chunked_nope")
+    llama = name == "llama4_chunked_nope"
+    assert (moe.layer(moe.moe_layers[0])["shared"] is not None) == llama
+    ref = []
+    if llama:
+        dense = fixtures.build_model("mistral_sliding", seed=1, num_hidden_layers=model.config.num_hidden_layers,
+                                     intermediate_size=model.config.intermediate_size)
+        ref = ["--reference", fixtures.save_layouts(dense, str(tmp_path / "dense"))[0]]
     out = tmp_path / "s.h5"
-    run_cli(world.cli, "analyze", per, "--out", out, "--static", "S1,S2,S4,S6,S7")
-    check_s1_s2_s4_s6_s7(out, moe)
+    run_cli(world.cli, "analyze", per, "--out", out, "--static", "S1,S2,S4,S6,S7", *ref)
+    check_s1_s2_s4_s6_s7(out, moe, dense=R.DenseWeights(ref[1]) if ref else None)
 
 
 @pytest.mark.parametrize("experts", [4, 130])
