@@ -74,6 +74,14 @@ def assert_same_analyses(got, want, atol=1e-5, of_max=0.0):
     return paths
 
 
+def expert_cosines(M):
+    """numpy's cosines between the flattened matrices M[0], M[1], ... ([E, E])."""
+    import numpy as np
+    V = M.reshape(M.shape[0], -1)
+    n = np.linalg.norm(V, axis=1)
+    return (V @ V.T) / np.outer(n, n)
+
+
 def assert_s1_is(f, layer, mats):
     """S1 (weight_similarity) of `layer` in the open session f is numpy's cosines of each matrix
     kind's expert matrices: mats = {"gate": [E, ...], "up": ..., "down": ...}, each expert's matrix
@@ -81,10 +89,8 @@ def assert_s1_is(f, layer, mats):
     import numpy as np
     for m, M in mats.items():
         E = M.shape[0]
-        V = M.reshape(E, -1)
-        n = np.linalg.norm(V, axis=1)
         got = f[f"analyses/weight_similarity/layers/{layer}/{m}"][()][:E, :E]
-        np.testing.assert_allclose(got, (V @ V.T) / np.outer(n, n), atol=1e-5, rtol=0, err_msg=f"{layer}/{m}")
+        np.testing.assert_allclose(got, expert_cosines(M), atol=1e-5, rtol=0, err_msg=f"{layer}/{m}")
 
 
 def assert_info_refuses(cli_path, ckpt, words, file="config.json"):
