@@ -12,21 +12,46 @@ namespace es {
 
 namespace {
 
-constexpr int kTile = 64;        // values per tile and matrix
-constexpr int kFlushTiles = 16;  // fp32 partial sums cover at most 1024 values
 constexpr int kLanes = 8;
+constexpr int kMR = 6, kNR = 16;       // the product's register block: 6 x 16 fp32 accumulators
+constexpr int kPanelFloats = 1 << 16;  // a packed panel: 256 KiB, within L2
+constexpr int kFlushRows = 16;         // fp32 column sums cover at most 16 rows, then fp64
 typedef float v8 __attribute__((vector_size(32)));
+typedef uint16_t u16x8 __attribute__((vector_size(16)));
+typedef uint32_t u32x8 __attribute__((vector_size(32)));
+// Helpers are inlined into runRows' clones: compiled out of line they would be built for the
+// baseline target only (no AVX), several times slower.
+#define ES_INLINE inline __attribute__((always_inline))
 
 struct Acc {
-    std::vector<double> gram, gramZ;
+    std::vector<double> gram, gramZ;  // ldp x ldp, entries (a, b) with a <= b < n
     std::vector<std::vector<double>> sums;
 };
 
-typedef uint16_t u16x8 __attribute__((vector_size(16)));
-typedef uint32_t u32x8 __attribute__((vector_size(32)));
+// Values per panel: a multiple of 32 (whole MXFP4 blocks), 32 to 512, the panel within kPanelFloats.
+int panelPositions(int ldp) { return std::clamp(kPanelFloats / ldp / 32 * 32, 32, 512); }
+
+ES_INLINE v8 load8(const float* p) {
+    v8 v;
+    std::memcpy(&v, p, sizeof v);
+    return v;
+}
+ES_INLINE void store8(float* p, v8 v) { std::memcpy(p, &v, sizeof v); }
+// A broadcast, written as a shuffle of {x, 0, ...}: GCC 12 then loads x with one vbroadcastss
+// (v8{x, x, ...} and x - v8{} it builds element by element, v8{} + x it keeps as an addition,
+// since adding zero turns -0 into +0, and t[0] = x costs two more instructions).
+ES_INLINE v8 splat(float x) {
+    const v8 t = {x};
+    return __builtin_shufflevector(t, t, 0, 0, 0, 0, 0, 0, 0, 0);
+}
+ES_INLINE float hsum(v8 v) {
+    float r = 0;
+    for (int l = 0; l < kLanes; ++l) r += v[l];
+    return r;
+}
 
 // bf16 -> fp32 is a 16-bit shift: eight values at a time.
-inline void widenBf16(const uint8_t* src, int count, float* dst) {
+ES_INLINE void widenBf16(const uint8_t* src, int count, float* dst) {
     int i = 0;
     for (; i + kLanes <= count; i += kLanes) {
         u16x8 h;
@@ -42,119 +67,164 @@ inline void widenBf16(const uint8_t* src, int count, float* dst) {
     }
 }
 
-// Widens `count` values of one matrix to fp32.
-inline void widen(const uint8_t* src, DType dt, int count, float* dst) {
-    if (dt == DType::BF16) widenBf16(src, count, dst);
-    else toFloats(src, dt, count, dst);
+// Values c0 .. c0 + w of row r of matrix m, widened to fp32.
+ES_INLINE void widenSegment(const GramMatrix& m, int64_t r, int64_t c0, int w, int64_t cols, float* t) {
+    const int64_t rs = m.rowStride ? m.rowStride : cols;
+    const int64_t v = r * rs + c0 * m.colStride;  // the segment's first element
+    if (m.mxfp4Scales) {                          // whole blocks of 32 (checked)
+        mxfp4Row(m.data + v / 2, m.mxfp4Scales + v / 32, w / 32, t);
+    } else if (m.colStride == 1) {
+        const uint8_t* src = m.data + static_cast<size_t>(v) * dtypeSize(m.dtype);
+        if (m.dtype == DType::BF16) widenBf16(src, w, t);
+        else toFloats(src, m.dtype, w, t);
+        if (m.scale) m.scale->apply(m.rowBase + r * (rs / cols), c0, w, t);
+    } else {  // a column of the stored tensor, or every other element of it
+        toFloatsStrided(m.data + static_cast<size_t>(v) * dtypeSize(m.dtype), m.dtype, m.colStride, w, t);
+    }
 }
 
-inline v8 load8(const float* p) {
-    v8 v;
-    std::memcpy(&v, p, sizeof v);
-    return v;
-}
-inline void store8(float* p, v8 v) { std::memcpy(p, &v, sizeof v); }
-
-// Pairwise products of the n rows of a tile ([n][kTile], padded with zeros), into fp32 vector
-// accumulators, 8 floats each at acc + 8 (a n + b) (valid for a <= b; plain floats, any alignment). Blocks of 4 x 2
-// rows keep 8 accumulators in registers: 6 loads feed 8 multiply-adds.
-inline void accumulatePairs(const float* tile, int n, float* acc) {
-    for (int a0 = 0; a0 < n; a0 += 4) {
-        const int na = std::min(4, n - a0);
-        for (int b0 = a0; b0 < n; b0 += 2) {
-            const int nb = std::min(2, n - b0);
-            if (na == 4 && nb == 2) {
-                v8 s[4][2];
-                for (int x = 0; x < 4; ++x)
-                    for (int y = 0; y < 2; ++y) s[x][y] = load8(acc + kLanes * ((a0 + x) * n + b0 + y));
-                for (int i = 0; i < kTile; i += kLanes) {
-                    const v8 p0 = load8(tile + (a0 + 0) * kTile + i), p1 = load8(tile + (a0 + 1) * kTile + i),
-                             p2 = load8(tile + (a0 + 2) * kTile + i), p3 = load8(tile + (a0 + 3) * kTile + i);
-                    const v8 q0 = load8(tile + (b0 + 0) * kTile + i), q1 = load8(tile + (b0 + 1) * kTile + i);
-                    s[0][0] += p0 * q0;
-                    s[0][1] += p0 * q1;
-                    s[1][0] += p1 * q0;
-                    s[1][1] += p1 * q1;
-                    s[2][0] += p2 * q0;
-                    s[2][1] += p2 * q1;
-                    s[3][0] += p3 * q0;
-                    s[3][1] += p3 * q1;
-                }
-                for (int x = 0; x < 4; ++x)
-                    for (int y = 0; y < 2; ++y) store8(acc + kLanes * ((a0 + x) * n + b0 + y), s[x][y]);
-            } else {
-                for (int x = 0; x < na; ++x)
-                    for (int y = 0; y < nb; ++y) {
-                        float* slot = acc + kLanes * ((a0 + x) * n + b0 + y);
-                        v8 t = load8(slot);
-                        for (int i = 0; i < kTile; i += kLanes)
-                            t += load8(tile + (a0 + x) * kTile + i) * load8(tile + (b0 + y) * kTile + i);
-                        store8(slot, t);
-                    }
+// Eight rows of `src` (row stride ss), values 0 .. w, into the packed panel: value k of row i to
+// dst[k * ldp + i]. 8 x 8 blocks are transposed in registers.
+ES_INLINE void transpose8(const float* src, int64_t ss, int w, float* dst, int ldp) {
+    int k = 0;
+    for (; k + kLanes <= w; k += kLanes) {
+        v8 r[8], t[8], s[8];
+        for (int i = 0; i < 8; ++i) r[i] = load8(src + i * ss + k);
+        for (int i = 0; i < 8; i += 2) {
+            t[i] = __builtin_shufflevector(r[i], r[i + 1], 0, 8, 1, 9, 4, 12, 5, 13);
+            t[i + 1] = __builtin_shufflevector(r[i], r[i + 1], 2, 10, 3, 11, 6, 14, 7, 15);
+        }
+        for (int i = 0; i < 8; i += 4)
+            for (int h = 0; h < 2; ++h) {
+                s[i + 2 * h] = __builtin_shufflevector(t[i + h], t[i + h + 2], 0, 1, 8, 9, 4, 5, 12, 13);
+                s[i + 2 * h + 1] = __builtin_shufflevector(t[i + h], t[i + h + 2], 2, 3, 10, 11, 6, 7, 14, 15);
             }
+        // s[q] (q < 4) holds columns q and q + 4 of rows 0-3, s[q + 4] those of rows 4-7
+        for (int q = 0; q < 4; ++q) {
+            store8(dst + (k + q) * ldp, __builtin_shufflevector(s[q], s[q + 4], 0, 1, 2, 3, 8, 9, 10, 11));
+            store8(dst + (k + q + 4) * ldp, __builtin_shufflevector(s[q], s[q + 4], 4, 5, 6, 7, 12, 13, 14, 15));
+        }
+    }
+    for (; k < w; ++k)
+        for (int i = 0; i < 8; ++i) dst[k * ldp + i] = src[i * ss + k];
+}
+
+// out[(i0 + i) * ldp + j0 + j] += sum over the panel's kc positions of P[k][i0 + i] P[k][j0 + j],
+// i < MR, j < 16: 12 fp32 accumulators in registers, two loads and MR broadcasts feed 2 MR
+// multiply-adds per position; then into the fp64 sums.
+template <int MR>
+ES_INLINE void microTile(const float* P, int ldp, int kc, int i0, int j0, double* out) {
+    v8 c[MR][2];
+    for (int i = 0; i < MR; ++i) c[i][0] = c[i][1] = v8{};
+    const float* p = P;
+    for (int k = 0; k < kc; ++k, p += ldp) {
+        const v8 b0 = load8(p + j0), b1 = load8(p + j0 + 8);
+        for (int i = 0; i < MR; ++i) {
+            const v8 a = splat(p[i0 + i]);
+            c[i][0] += a * b0;
+            c[i][1] += a * b1;
+        }
+    }
+    for (int i = 0; i < MR; ++i) {
+        double* o = out + static_cast<size_t>(i0 + i) * ldp + j0;
+        for (int l = 0; l < kLanes; ++l) {
+            o[l] += c[i][0][l];
+            o[kLanes + l] += c[i][1][l];
         }
     }
 }
 
-// Standardises every column of a tile across its n rows (mean, unbiased std; a constant column
-// becomes 0), in place, eight columns at a time.
-inline void standardize(float* tile, int n) {
-    const float invN = 1.f / static_cast<float>(n), invN1 = 1.f / static_cast<float>(n - 1);
-    for (int i = 0; i < kTile; i += kLanes) {
-        v8 mean = {}, mx = load8(tile + i), mn = mx;
-        for (int a = 0; a < n; ++a) {
-            const v8 v = load8(tile + a * kTile + i);
-            mean += v;
-            mx = v > mx ? v : mx;
-            mn = v < mn ? v : mn;
+// The upper block triangle of P^T P (P: kc positions of ldp floats, n of them used) added into
+// out: column blocks of 16, each with the row blocks of 6 that reach its last column.
+ES_INLINE void panelGram(const float* P, int ldp, int kc, int n, double* out) {
+    for (int j0 = 0; j0 < n; j0 += kNR) {
+        const int end = std::min(j0 + kNR, n);
+        int i0 = 0;
+        for (; i0 + kMR <= end; i0 += kMR) microTile<kMR>(P, ldp, kc, i0, j0, out);
+        switch (end - i0) {
+            case 1:
+                microTile<1>(P, ldp, kc, i0, j0, out);
+                break;
+            case 2:
+                microTile<2>(P, ldp, kc, i0, j0, out);
+                break;
+            case 3:
+                microTile<3>(P, ldp, kc, i0, j0, out);
+                break;
+            case 4:
+                microTile<4>(P, ldp, kc, i0, j0, out);
+                break;
+            case 5:
+                microTile<5>(P, ldp, kc, i0, j0, out);
+                break;
+            default:
+                break;
         }
-        mean *= invN;
-        v8 var = {};
-        for (int a = 0; a < n; ++a) {
-            const v8 c = load8(tile + a * kTile + i) - mean;
-            var += c * c;
-        }
-        var *= invN1;
-        v8 inv;
-        for (int l = 0; l < kLanes; ++l) inv[l] = (mx[l] == mn[l] || var[l] <= 0) ? 0.f : 1.f / std::sqrt(var[l]);
-        for (int a = 0; a < n; ++a) store8(tile + a * kTile + i, (load8(tile + a * kTile + i) - mean) * inv);
     }
 }
 
-void flush(float* acc, std::vector<double>& out, int n) {
-    for (int a = 0; a < n; ++a)
-        for (int b = a; b < n; ++b) {
-            float* v = acc + kLanes * (a * n + b);
-            double s = 0;
-            for (int l = 0; l < kLanes; ++l) s += v[l];
-            out[static_cast<size_t>(a) * n + b] += s;
-            std::fill(v, v + kLanes, 0.f);
-        }
+// Standardises one position (a packed row of n values) across the matrices: mean 0, unbiased
+// variance 1; a position equal in all of them or without variance becomes 0.
+ES_INLINE void standardizeRow(float* x, int n) {
+    const int n8 = n / kLanes * kLanes;
+    v8 s = {}, mx = splat(x[0]), mn = mx;
+    for (int a = 0; a < n8; a += kLanes) {
+        const v8 v = load8(x + a);
+        s += v;
+        mx = v > mx ? v : mx;
+        mn = v < mn ? v : mn;
+    }
+    float sum = hsum(s), hi = x[0], lo = x[0];
+    for (int l = 0; l < kLanes && n8 > 0; ++l) {
+        hi = std::max(hi, mx[l]);
+        lo = std::min(lo, mn[l]);
+    }
+    for (int a = n8; a < n; ++a) {
+        sum += x[a];
+        hi = std::max(hi, x[a]);
+        lo = std::min(lo, x[a]);
+    }
+    const float mean = sum / static_cast<float>(n);
+    const v8 mv = splat(mean);
+    v8 q = {};
+    for (int a = 0; a < n8; a += kLanes) {
+        const v8 c = load8(x + a) - mv;
+        q += c * c;
+    }
+    float sq = hsum(q);
+    for (int a = n8; a < n; ++a) sq += (x[a] - mean) * (x[a] - mean);
+    const float var = sq / static_cast<float>(n - 1);
+    const float inv = hi == lo || !(var > 0) ? 0.f : 1.f / std::sqrt(var);
+    const v8 iv = splat(inv);
+    for (int a = 0; a < n8; a += kLanes) store8(x + a, (load8(x + a) - mv) * iv);
+    for (int a = n8; a < n; ++a) x[a] = (x[a] - mean) * inv;
 }
 
-// Adds a tile row to fp32 column sums, or returns its sum (a row sum), eight lanes at a time.
-inline void addColumns(const float* t, float* s) {
-    for (int i = 0; i < kTile; i += kLanes) store8(s + i, load8(s + i) + load8(t + i));
-}
-inline float sumTile(const float* t) {
-    v8 s = {};
-    for (int i = 0; i < kTile; i += kLanes) s += load8(t + i);
-    float r = 0;
-    for (int l = 0; l < kLanes; ++l) r += s[l];
-    return r;
+// A full panel's products: S1's Gram, then S6's after standardising each position in place.
+ES_INLINE void panelProducts(float* panel, int ldp, int filled, int n, bool gram, bool standardized, Acc& acc) {
+    if (gram) panelGram(panel, ldp, filled, n, acc.gram.data());
+    if (standardized) {
+        for (int k = 0; k < filled; ++k) standardizeRow(panel + static_cast<size_t>(k) * ldp, n);
+        panelGram(panel, ldp, filled, n, acc.gramZ.data());
+    }
 }
 
 // The whole row loop is compiled twice (AVX2 + FMA, and the x86-64 baseline) and chosen at run
-// time, so that the tile helpers above inline into it.
+// time, so that the helpers above inline into it (a lambda is not cloned: flushColumns, not hot,
+// runs on the baseline target). Positions are streamed in segments of a row into a packed panel
+// ([kc][ldp]: every position's n values side by side), eight matrices at a time through a small
+// row buffer where the neuron sums are taken; a full panel goes through the products (S1, then
+// S6 after standardising its positions in place). The products' fp32 sums cover one panel, at
+// most 512 positions, and are then added in fp64.
 __attribute__((target_clones("arch=x86-64-v3", "default"))) void runRows(const std::vector<GramMatrix>& ms, int64_t r0,
                                                                          int64_t r1, int64_t cols, bool neuronRows,
                                                                          bool gram, bool standardized, Acc& acc,
                                                                          std::vector<std::vector<double>>& rowSums) {
     const int n = static_cast<int>(ms.size());
-    const int64_t paddedCols = (cols + kTile - 1) / kTile * kTile;
-    std::vector<float> tile(static_cast<size_t>(n) * kTile), ztile(standardized ? tile.size() : 0);
-    std::vector<float> g(static_cast<size_t>(n) * n * kLanes, 0.f), gz(standardized ? g.size() : 0, 0.f);
-    // column sums in fp32 over at most kFlushTiles rows, then fp64
+    const int ldp = (n + kNR - 1) / kNR * kNR, kc = panelPositions(ldp);
+    std::vector<float> panel(static_cast<size_t>(kc) * ldp, 0.f), buf(static_cast<size_t>(kLanes) * kc, 0.f);
+    const int64_t paddedCols = (cols + kLanes - 1) / kLanes * kLanes;
+    // column sums in fp32 over at most kFlushRows rows, then fp64
     std::vector<float> colF(neuronRows ? static_cast<size_t>(n * paddedCols) : 0, 0.f);
     auto flushColumns = [&] {
         for (int a = 0; a < n; ++a)
@@ -163,46 +233,50 @@ __attribute__((target_clones("arch=x86-64-v3", "default"))) void runRows(const s
                 colF[a * paddedCols + c] = 0.f;
             }
     };
-    int pending = 0, pendingRows = 0;
+    int fill = 0, pendingRows = 0;
     for (int64_t r = r0; r < r1; ++r) {
-        for (int64_t c0 = 0; c0 < cols; c0 += kTile) {
-            const int w = static_cast<int>(std::min<int64_t>(kTile, cols - c0));
-            for (int a = 0; a < n; ++a) {
-                float* t = tile.data() + a * kTile;
-                const GramMatrix& m = ms[a];
-                const int64_t rs = m.rowStride ? m.rowStride : cols;
-                const int64_t v = r * rs + c0 * m.colStride;  // the tile's first element
-                if (m.mxfp4Scales) {                          // whole blocks of 32 (checked)
-                    mxfp4Row(m.data + v / 2, m.mxfp4Scales + v / 32, w / 32, t);
-                } else if (m.colStride == 1) {
-                    widen(m.data + static_cast<size_t>(v) * dtypeSize(m.dtype), m.dtype, w, t);
-                    if (m.scale) m.scale->apply(m.rowBase + r * (rs / cols), c0, w, t);
-                } else {  // a column of the stored tensor, or every other element of it
-                    toFloatsStrided(m.data + static_cast<size_t>(v) * dtypeSize(m.dtype), m.dtype, m.colStride, w, t);
+        for (int64_t c0 = 0, w = 0; c0 < cols; c0 += w) {
+            w = std::min<int64_t>(kc - fill, cols - c0);
+            const int wi = static_cast<int>(w);
+            for (int a0 = 0; a0 < n; a0 += kLanes) {
+                const int cnt = std::min(kLanes, n - a0);
+                for (int i = 0; i < kLanes; ++i) {
+                    float* t = buf.data() + static_cast<size_t>(i) * kc;
+                    if (i >= cnt) {  // padding: zeros in the panel
+                        std::fill(t, t + wi, 0.f);
+                        continue;
+                    }
+                    const int a = a0 + i;
+                    widenSegment(ms[a], r, c0, wi, cols, t);
+                    if (neuronRows) {
+                        float* s = colF.data() + a * paddedCols + c0;
+                        int c = 0;
+                        for (; c + kLanes <= wi; c += kLanes) store8(s + c, load8(s + c) + load8(t + c));
+                        for (; c < wi; ++c) s[c] += t[c];
+                    } else {
+                        v8 s = {};
+                        int c = 0;
+                        for (; c + kLanes <= wi; c += kLanes) s += load8(t + c);
+                        float tail = 0.f;
+                        for (; c < wi; ++c) tail += t[c];
+                        rowSums[a][r] += static_cast<double>(hsum(s) + tail);
+                    }
                 }
-                if (w < kTile) std::fill(t + w, t + kTile, 0.f);
-                if (neuronRows) addColumns(t, colF.data() + a * paddedCols + c0);
-                else rowSums[a][r] += sumTile(t);
+                if (gram || standardized)  // (S2 alone needs no panel)
+                    transpose8(buf.data(), kc, wi, panel.data() + static_cast<size_t>(fill) * ldp + a0, ldp);
             }
-            if (gram) accumulatePairs(tile.data(), n, g.data());
-            if (standardized) {
-                std::copy(tile.begin(), tile.end(), ztile.begin());
-                standardize(ztile.data(), n);
-                accumulatePairs(ztile.data(), n, gz.data());
-            }
-            if (++pending == kFlushTiles) {
-                if (gram) flush(g.data(), acc.gram, n);
-                if (standardized) flush(gz.data(), acc.gramZ, n);
-                pending = 0;
+            fill += wi;
+            if (fill == kc) {
+                panelProducts(panel.data(), ldp, fill, n, gram, standardized, acc);
+                fill = 0;
             }
         }
-        if (neuronRows && ++pendingRows == kFlushTiles) {
+        if (neuronRows && ++pendingRows == kFlushRows) {
             flushColumns();
             pendingRows = 0;
         }
     }
-    if (gram) flush(g.data(), acc.gram, n);
-    if (standardized) flush(gz.data(), acc.gramZ, n);
+    if (fill > 0) panelProducts(panel.data(), ldp, fill, n, gram, standardized, acc);
     if (neuronRows) flushColumns();
 }
 
@@ -211,7 +285,9 @@ __attribute__((target_clones("arch=x86-64-v3", "default"))) void runRows(const s
 GramResult gramPass(const std::vector<GramMatrix>& ms, int64_t rows, int64_t cols, bool neuronRows, bool gram,
                     bool standardized, int threads) {
     const int n = static_cast<int>(ms.size());
-    if (n < 1 || n > kGramKernelMax) throw Error("gramPass takes 1 to " + std::to_string(kGramKernelMax) + " matrices");
+    if (n < 1 || n > kGramMaxMatrices)
+        throw Error("the static analyses take 1 to " + std::to_string(kGramMaxMatrices) +
+                    " matrices of one shape per layer and matrix type, not " + std::to_string(n));
     for (const GramMatrix& m : ms) {  // checked here: the worker threads must not throw
         const int64_t rs = m.rowStride ? m.rowStride : cols;
         if (rs < 0 || m.colStride < 1) throw Error("gramPass: a negative row stride or a column stride below 1");
@@ -229,9 +305,10 @@ GramResult gramPass(const std::vector<GramMatrix>& ms, int64_t rows, int64_t col
     standardized = standardized && n > 1;
     threads = static_cast<int>(std::clamp<int64_t>(threads, 1, std::max<int64_t>(1, rows)));
     std::vector<Acc> accs(static_cast<size_t>(threads));
+    const size_t ldp = static_cast<size_t>((n + kNR - 1) / kNR * kNR);
     for (auto& a : accs) {
-        a.gram.assign(static_cast<size_t>(n) * n, 0.0);
-        a.gramZ.assign(static_cast<size_t>(n) * n, 0.0);
+        a.gram.assign(gram ? ldp * ldp : 0, 0.0);
+        a.gramZ.assign(standardized ? ldp * ldp : 0, 0.0);
         a.sums.assign(static_cast<size_t>(n), std::vector<double>(neuronRows ? static_cast<size_t>(cols) : 0, 0.0));
     }
     std::vector<std::vector<double>> rowSums(static_cast<size_t>(n),
@@ -249,8 +326,8 @@ GramResult gramPass(const std::vector<GramMatrix>& ms, int64_t rows, int64_t col
     for (auto& a : accs)
         for (int i = 0; i < n; ++i)
             for (int j = i; j < n; ++j) {
-                if (gram) out.gram[i * n + j] += a.gram[i * n + j];
-                if (standardized) out.gramZ[i * n + j] += a.gramZ[i * n + j];
+                if (gram) out.gram[i * n + j] += a.gram[i * ldp + j];
+                if (standardized) out.gramZ[i * n + j] += a.gramZ[i * ldp + j];
             }
     for (int i = 0; i < n; ++i)
         for (int j = 0; j < i; ++j) {

@@ -1,14 +1,17 @@
 #pragma once
 // One streaming pass over same-shaped matrices straight from the memory mapping (bf16, fp16,
-// fp32, FP8 times its block scales, or MXFP4 decoded tile by tile): the Gram matrix of their
+// fp32, FP8 times its block scales, or MXFP4 decoded as it goes): the Gram matrix of their
 // flattened values (S1), the Gram matrix after standardising every position across the matrices
-// (S6), and each matrix's sum of neuron vectors (S2). Tiles of 64 values are widened to fp32 in
-// L1, products accumulate in fp32 over at most 1024 values and then in fp64. Vectorised for AVX2
-// where the CPU has it (chosen at run time). Up to kGramKernelMax matrices; more go through a
-// GEMM. The bound is measured (docs/benchmarks.md): at 32, 64 and 128 experts this pass took
-// half the GEMM path's time or less for the default set; at 256 the GEMM path was faster for S1.
-// Memory per thread: two n x n x 8 float accumulators (1 MiB at 128) and n x cols column sums
-// in float and double (12 MiB at 128 x 7168).
+// (S6), and each matrix's sum of neuron vectors (S2).
+//
+// Positions are widened to fp32 a row segment at a time and packed into a panel of up to 512
+// positions by n values (256 KiB at most), the eight matrices of a group transposed in registers;
+// the panel's Gram is the upper block triangle of P^T P, 6 x 16 register blocks of fp32
+// multiply-adds, added into fp64 after each panel: half the multiply-adds of a GEMM at about a
+// tuned SGEMM's rate (docs/benchmarks.md). S6 standardises the panel's positions in place and
+// takes the same product again. AVX2 + FMA where the CPU has them (chosen at run time).
+// Memory per thread: the panel, two ldp x ldp fp64 sums (ldp: n rounded up to 16; 2 MiB at 256)
+// and, for row neurons, n x cols column sums in fp32 and fp64 (21 MiB at 256 x 7168).
 #include <cstdint>
 #include <vector>
 
@@ -16,7 +19,7 @@
 
 namespace es {
 
-constexpr int kGramKernelMax = 128;
+constexpr int kGramMaxMatrices = 4096;  // 256 MiB of fp64 sums per thread
 
 struct ScaleGrid;
 

@@ -272,59 +272,6 @@ LayerMats layerMats(const Checkpoint& ck, const ModelSpec& s, const Reference* r
     return L;
 }
 
-// One pass over same-shaped matrices: the Gram matrix of their flattened values (S1), the Gram
-// matrix after standardising every position across the matrices (S6), and each matrix's sum
-// of neuron vectors (S2).
-struct PassResult {
-    std::vector<double> gram, gramZ;             // n x n
-    std::vector<std::vector<double>> neuronSum;  // n x d
-};
-
-// S6's standardisation of a block X [n, cnt] (contiguous float32): every position across the n
-// matrices to mean 0 and variance 1 (n - 1 in the denominator), a position equal in all of them or
-// without variance to 0. Row-wise passes in plain loops, vectorised along the positions (ATen's
-// reductions over dim 0 of a row-major block run strided: with them S6 took 1.7x as long at 64
-// experts, docs/benchmarks.md).
-Tensor standardizeColumns(const Tensor& X) {
-    const int64_t n = X.size(0), cnt = X.size(1);
-    const float* x = X.data_ptr<float>();
-    std::vector<float> mean(static_cast<size_t>(cnt), 0.0f), m2(static_cast<size_t>(cnt), 0.0f);
-    std::vector<float> lo(x, x + cnt), hi(x, x + cnt);
-    float* mu = mean.data();
-    float* mn = lo.data();
-    float* mx = hi.data();
-    float* sq = m2.data();
-    for (int64_t i = 0; i < n; ++i) {
-        const float* r = x + i * cnt;
-        for (int64_t p = 0; p < cnt; ++p) {
-            mu[p] += r[p];
-            mn[p] = r[p] < mn[p] ? r[p] : mn[p];
-            mx[p] = r[p] > mx[p] ? r[p] : mx[p];
-        }
-    }
-    const float invN = 1.0f / static_cast<float>(n);
-    for (int64_t p = 0; p < cnt; ++p) mu[p] *= invN;
-    for (int64_t i = 0; i < n; ++i) {
-        const float* r = x + i * cnt;
-        for (int64_t p = 0; p < cnt; ++p) {
-            const float d = r[p] - mu[p];
-            sq[p] += d * d;
-        }
-    }
-    for (int64_t p = 0; p < cnt; ++p) {  // sq becomes 1 / standard deviation, 0 for a constant position
-        const float var = sq[p] / static_cast<float>(n - 1);
-        sq[p] = mn[p] == mx[p] || !(var > 0) ? 0.0f : 1.0f / std::sqrt(var);
-    }
-    Tensor Z = torch::empty_like(X);
-    float* z = Z.data_ptr<float>();
-    for (int64_t i = 0; i < n; ++i) {
-        const float* r = x + i * cnt;
-        float* o = z + i * cnt;
-        for (int64_t p = 0; p < cnt; ++p) o[p] = (r[p] - mu[p]) * sq[p];
-    }
-    return Z;
-}
-
 // X X^T (X [n, k], any strides) added into G (float64 [n, n]) for its lower block triangle only (a
 // Gram matrix is symmetric): four row blocks, ten products of quarter blocks where the whole is
 // sixteen; the caller mirrors the strictly lower blocks with mirrorLower.
@@ -344,67 +291,24 @@ void addLowerGram(Tensor& G, const Tensor& X) {
 // upper halves, computed too, are replaced by their mirror, so the result is exactly symmetric).
 Tensor mirrorLower(const Tensor& G) { return G.tril() + G.tril(-1).t(); }
 
+// One pass over same-shaped matrices: the Gram matrix of their flattened values (S1), the Gram
+// matrix after standardising every position across the matrices (S6), and each matrix's sum
+// of neuron vectors (S2).
+struct PassResult {
+    std::vector<double> gram, gramZ;             // n x n
+    std::vector<std::vector<double>> neuronSum;  // n x d
+};
+
 PassResult blockPass(const std::vector<Mat>& ms, bool gram, bool standardized) {
-    const int64_t n = static_cast<int64_t>(ms.size());
     const int64_t rows = ms[0].rows, cols = ms[0].cols;
     const bool neuronRows = ms[0].neuronRows;
     for (const Mat& m : ms)  // one shape and one orientation: positions must correspond
         if (!m.sameShape(ms[0]) || m.neuronRows != neuronRows || m.flipped != ms[0].flipped)
             throw Error("one pass over matrices of different shapes or orientations", m.t->file, m.t->name);
-    if (n <= kGramKernelMax) {  // up to 128 matrices: the fused tile kernel
-        std::vector<GramMatrix> gm;
-        for (auto& m : ms) gm.push_back(m.gram());
-        GramResult g = gramPass(gm, rows, cols, neuronRows, gram, standardized, std::max(1, at::get_num_threads()));
-        return {std::move(g.gram), std::move(g.gramZ), std::move(g.neuronSum)};
-    }
-    // many matrices: blocks of rows through a GEMM
-    const int64_t rb = std::max<int64_t>(1, (int64_t{1} << 15) / cols);  // whole rows, about 32K values
-    const int64_t nBlocks = (rows + rb - 1) / rb;
-    const int threads = std::max(1, at::get_num_threads());
-    const auto f64 = torch::TensorOptions().dtype(torch::kDouble);
-    std::vector<Tensor> G(threads), Gz(threads), colSum(threads);
-    // down: a neuron is a column, so its neuron sum is a row sum; blocks own disjoint rows
-    Tensor rowSum = torch::zeros({n, rows}, f64);
-    at::parallel_for(0, nBlocks, 1, [&](int64_t b0, int64_t b1) {
-        const int tid = at::get_thread_num();
-        if (!G[tid].defined()) {
-            G[tid] = torch::zeros({n, n}, f64);
-            Gz[tid] = torch::zeros({n, n}, f64);
-            colSum[tid] = torch::zeros({n, cols}, f64);
-        }
-        Tensor X = torch::empty({n, rb * cols}, torch::kFloat);
-        for (int64_t b = b0; b < b1; ++b) {
-            const int64_t r0 = b * rb, nr = std::min(rb, rows - r0), cnt = nr * cols;
-            for (int64_t i = 0; i < n; ++i) readRows(ms[i], r0, nr, X.data_ptr<float>() + i * rb * cols);
-            Tensor Xb = X.narrow(1, 0, cnt);
-            if (gram) addLowerGram(G[tid], Xb);
-            if (standardized && n > 1) {
-                Tensor Z = standardizeColumns(Xb.contiguous());
-                addLowerGram(Gz[tid], Z);
-            }
-            Tensor X3 = Xb.reshape({n, nr, cols});
-            if (neuronRows) colSum[tid] += X3.sum(1).to(torch::kDouble);
-            else rowSum.narrow(1, r0, nr).copy_(X3.sum(2).to(torch::kDouble));
-        }
-    });
-    Tensor g = torch::zeros({n, n}, f64), gz = torch::zeros({n, n}, f64), cs = torch::zeros({n, cols}, f64);
-    for (int t = 0; t < threads; ++t)
-        if (G[t].defined()) {
-            g += G[t];
-            gz += Gz[t];
-            cs += colSum[t];
-        }
-    g = mirrorLower(g).contiguous();
-    gz = mirrorLower(gz).contiguous();
-    PassResult r;
-    r.gram.assign(g.data_ptr<double>(), g.data_ptr<double>() + n * n);
-    r.gramZ.assign(gz.data_ptr<double>(), gz.data_ptr<double>() + n * n);
-    Tensor sums = neuronRows ? cs : rowSum;
-    for (int64_t i = 0; i < n; ++i) {
-        Tensor row = sums[i].contiguous();
-        r.neuronSum.emplace_back(row.data_ptr<double>(), row.data_ptr<double>() + row.numel());
-    }
-    return r;
+    std::vector<GramMatrix> gm;
+    for (auto& m : ms) gm.push_back(m.gram());
+    GramResult g = gramPass(gm, rows, cols, neuronRows, gram, standardized, std::max(1, at::get_num_threads()));
+    return {std::move(g.gram), std::move(g.gramZ), std::move(g.neuronSum)};
 }
 
 std::vector<double> cosineFromGram(const std::vector<double>& g, int n) {

@@ -899,9 +899,10 @@ def test_bad_input(world, tmp_path_factory, case):
     assert sorted(os.listdir(d)) == ["s.h5"], f"a failed analyze created {os.listdir(d)}"
 
 
-def test_many_experts_take_the_gemm_path(world, tmp_path):
-    """More than 128 same-shaped matrices (here 130 experts and F) go through the GEMM path of the
-    static pass instead of the tile kernel: the same S1, S2 and S6 as numpy, packed layout."""
+def test_130_experts_and_a_reference(world, tmp_path):
+    """131 same-shaped matrices (130 experts and the dense reference F): the Gram kernel's panel
+    padded to 144 values per position, its 6 x 16 blocks ending in partial ones; the same S1, S2
+    and S6 as numpy, packed layout."""
     h5py = require("h5py")
     model = fixtures.build_model("mixtral_gqa", num_local_experts=130, num_experts_per_tok=3)
     _, packed = fixtures.save_layouts(model, str(tmp_path / "moe130"))
@@ -943,8 +944,8 @@ def test_s6_outliers_dropped_by_dbscan(world, tmp_path, experts, components):
     """--pca-outliers (Look-into-MoEs' remove_noise): scikit-learn's DBSCAN on the first two
     components of the projection of every expert gives the stored labels; the experts it calls
     noise are named (attribute, CSV, figure title) and the PCA is numpy's on the other experts,
-    standardisation included. Two experts are scaled 4x to stand out; with 12 experts the tile
-    kernel computes the Gram matrices, with 140 the GEMM path (and 3 components). The session
+    standardisation included. Two experts are scaled 4x to stand out; 12 experts with 2 components,
+    140 with 3 (the second pass then runs over 138 of them). The session
     holds only documented arrays and attributes. An eps below every distance calls every expert
     noise: too few would be left, so nothing is dropped and the attribute `noise` says why."""
     h5py = require("h5py")
@@ -1054,7 +1055,7 @@ def check_s1_s2_s4_s6_s7(out, moe, experts=None, dense=None):
 
 def test_128_fine_grained_experts(world, tmp_path):
     """128 narrow experts (F = 16, top-8: the fine-grained shape of Qwen3-30B-A3B, shrunk) through
-    the tile kernel (the most it takes), per-expert layout: numpy's S1, S2, S4, S6 and S7 (the
+    the Gram kernel, per-expert layout: numpy's S1, S2, S4, S6 and S7 (the
     neuron PCA over all 128 x 16 neurons)."""
     model = fixtures.build_model("mixtral_gqa", num_local_experts=128, num_experts_per_tok=8, intermediate_size=16)
     per, _ = fixtures.save_layouts(model, str(tmp_path / "moe128"))
@@ -1062,6 +1063,18 @@ def test_128_fine_grained_experts(world, tmp_path):
     out = tmp_path / "s.h5"
     run_cli(world.cli, "analyze", per, "--out", out, "--static", "S1,S2,S4,S6,S7")
     check_s1_s2_s4_s6_s7(out, moe, 128)
+
+
+def test_odd_sizes(world, tmp_path):
+    """Sizes that are multiples of nothing the kernels block by (13 experts, d = 42, F = 21): the
+    Gram kernel's panels, eight-row transposes and 6 x 16 product blocks all end in partial ones,
+    and S2's and S4's cosines in partial four-value steps. numpy's S1, S2, S4, S6 and S7."""
+    model = fixtures.build_model("mixtral_gqa", num_local_experts=13, num_experts_per_tok=3, hidden_size=42,
+                                 intermediate_size=21, num_attention_heads=3, num_key_value_heads=1)
+    per, _ = fixtures.save_layouts(model, str(tmp_path / "odd"))
+    out = tmp_path / "s.h5"
+    run_cli(world.cli, "analyze", per, "--out", out, "--static", "S1,S2,S4,S6,S7")
+    check_s1_s2_s4_s6_s7(out, R.MoeWeights(per), 13)
 
 
 @pytest.mark.parametrize("name,experts", [("llama4_chunked_nope", None), ("gpt_oss_sinks_clamp", None),
@@ -1073,7 +1086,7 @@ def test_experts_stored_as_x_at_w(world, tmp_path, name, experts):
     S1, S2, S4, S6 and S7, the shared expert's rows included. A matrix of another orientation in
     the pass changes S1 and S6 (or leaves the shared expert out of them); neurons taken along the
     wrong axis change S2 and S7. Llama 4's with a dense reference F (stored as rows, read in the
-    experts' orientation too); 130 gpt-oss experts through the GEMM path."""
+    experts' orientation too); 8 and 130 gpt-oss experts."""
     model = fixtures.build_model(name, **({"num_local_experts": experts} if experts else {}))
     per, _ = fixtures.save_layouts(model, str(tmp_path / "m"))
     moe = R.MoeWeights(per)
@@ -1093,7 +1106,7 @@ def test_experts_stored_as_x_at_w(world, tmp_path, name, experts):
 def test_fp8_static_analyses_read_the_dequantized_weights(world, tmp_path, experts):
     """An FP8 block-scaled checkpoint (E8M0 scales, 48 x 40 blocks that leave partial blocks) gives
     numpy's S1, S2, S4, S6 and S7 of the dequantized weights (q * scale per block, computed by
-    torch in the fixture): with 4 experts through the tile kernel, with 130 through the GEMM path."""
+    torch in the fixture), with 4 experts and with 130."""
     ckpt, _ = fixtures.make_fp8("mixtral_fp8_e8m0_scales", str(tmp_path / "fp8"), num_local_experts=experts,
                                 num_experts_per_tok=2)
     deq = os.path.join(str(tmp_path / "fp8"), "dequantized")

@@ -292,10 +292,8 @@ def test_mxfp4_every_analysis_as_on_the_dequantized_model(cli, mxfp4, mxfp4_publ
     block read with another block's scale) changes S2's neuron means, S6/S7's projections or D1's
     outputs. (A factor common to every weight changes none of the static analyses, which are all
     cosines and standardised projections; the forward's decoding is pinned by the parity tests.)
-    The fixture's 8 experts and the published config's 32 go through the static pass's tile
-    kernel, which decodes the blocks a tile at a time (the fixture's hidden size of 3 blocks: a
-    last tile of one block); 130 experts through its GEMM path, which decodes them a block of rows
-    at a time."""
+    The static pass's Gram kernel decodes the blocks a row segment at a time (the fixture's hidden
+    size is 3 blocks), for the fixture's 8 experts, the published config's 32 and 130."""
     t = require("transformers")
     d = {"fixture": lambda: mxfp4[0], "published": lambda: mxfp4_published,
          "many": lambda: mxfp4_fixture(tmp_path_factory, num_local_experts=130, num_hidden_layers=1)}[which]()
@@ -315,11 +313,12 @@ def test_mxfp4_every_analysis_as_on_the_dequantized_model(cli, mxfp4, mxfp4_publ
         run_cli(cli, "analyze", ckpt, "--out", out, "--static", "all")
         run_cli(cli, "analyze", ckpt, "--out", out, "--dynamic", "all", "--run", "r")
     # (the dequantized experts, stored as x @ W, are read in their stored orientation and the MXFP4
-    # ones by rows: the fp32 partial sums add in another order, and S6's projections, up to about
-    # 40 here, agree to about a part per million of the largest; a decoding error moves them by
-    # whole units)
+    # ones by rows: the Gram kernel's fp32 partial sums, over up to 512 positions, add in another
+    # order. S6's projections, up to about 40 here, then differ by up to 3e-5 of the largest: the
+    # second component of random experts is ill-conditioned, its eigenvalue close to the next.
+    # A decoding error moves them by whole units)
     kinds = {p.split("/")[0]
-             for p in assert_same_analyses(outs["mxfp4"], outs["dequantized"], atol=2e-5, of_max=1e-5)}
+             for p in assert_same_analyses(outs["mxfp4"], outs["dequantized"], atol=2e-5, of_max=1e-4)}
     assert {"weight_similarity", "neuron_mean_similarity", "matrix_pca", "neuron_pca", "output_similarity"} <= kinds
 
 

@@ -156,7 +156,7 @@ def test_published_layout_fp8_parity(cli, small4, tmp_path, split):
 
 
 def test_static_analyses_read_per_matrix_scales(cli, small4, tmp_path):
-    """The static analyses of the FP8 container (scales applied in the tile kernel, gate_up halves
+    """The static analyses of the FP8 container (scales applied in the Gram kernel, gate_up halves
     scaled apart) equal those of its dequantized copy, whose float path test_analyses checks
     against numpy; S4 and S7 pool matrices and neurons across experts, so a scale applied to the
     wrong expert or half changes them. S1 also against numpy's cosines of transformers'

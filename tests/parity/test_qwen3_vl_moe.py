@@ -144,8 +144,10 @@ def test_static_analyses_read_transposed_experts(cli, built, tmp_path):
         run_cli(cli, "analyze", built[name][0], "--out", outs[name], "--static", "S1,S2,S4,S6,S7", "--run", "r")
     model = loaded(built["released"][0])
     # (the released experts are read in their stored orientation, the transformers 5 ones by rows:
-    # fp32 partial sums in another order, S6's projections within a part per million of the largest)
-    paths = assert_same_analyses(outs["released"], outs["transformers5"], of_max=1e-5)
+    # the Gram kernel's fp32 partial sums, over up to 512 positions, add in another order. S6's
+    # projections then differ by up to 2e-5 of the largest: the second component of random experts
+    # is ill-conditioned, its eigenvalue close to the next; a matrix read wrongly moves them by units)
+    paths = assert_same_analyses(outs["released"], outs["transformers5"], of_max=1e-4)
     assert any(p.startswith("matrix_pca/") for p in paths) and any(p.startswith("neuron_pca/") for p in paths)
     with h5py.File(outs["released"], "r") as f:
         for l in (0, 2):
@@ -249,6 +251,7 @@ def test_every_analysis_as_on_the_untransposed_layout(cli, built, tmp_path):
         trace(cli, d, out, "--run", "r")
         run_cli(cli, "analyze", d, "--out", out, "--static", "all")
         run_cli(cli, "analyze", d, "--out", out, "--dynamic", "all", "--run", "r")
-    kinds = {p.split("/")[0] for p in assert_same_analyses(outs["released"], outs["transformers5"], of_max=1e-5)}
+    # (of_max: S6's projections, as in test_static_analyses_read_transposed_experts)
+    kinds = {p.split("/")[0] for p in assert_same_analyses(outs["released"], outs["transformers5"], of_max=1e-4)}
     assert {"weight_similarity", "norm_score_ranks", "output_similarity", "matrix_pca", "neuron_pca", "routing_map",
             "neuron_reordering", "router_weight_regression"} <= kinds, kinds
