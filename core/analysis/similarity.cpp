@@ -125,20 +125,44 @@ std::vector<double> toDoubles(const TensorView& t) {
     return {f.begin(), f.end()};
 }
 
-std::vector<double> rowCosine(const std::vector<double>& m, int rows, int cols) {
-    std::vector<double> norms(rows), out(static_cast<size_t>(rows) * rows);
+// Dot products of one row with four others at a time, four lanes along the row (S2 and S4 take
+// it at 256 experts and d = 2048 per matrix: scalar, 0.12 s each). Compiled for AVX2 + FMA and
+// the x86-64 baseline, chosen at run time.
+__attribute__((target_clones("arch=x86-64-v3", "default"))) std::vector<double> rowCosine(const std::vector<double>& m,
+                                                                                          int rows, int cols) {
+    typedef double v4d __attribute__((vector_size(32)));
+    const size_t C = static_cast<size_t>(cols);
+    std::vector<double> dots(static_cast<size_t>(rows) * rows, 0.0), out(dots.size());
+    const size_t c4 = C / 4 * 4;
     for (int a = 0; a < rows; ++a) {
-        double s = 0;
-        for (int k = 0; k < cols; ++k) s += m[static_cast<size_t>(a) * cols + k] * m[static_cast<size_t>(a) * cols + k];
-        norms[a] = std::sqrt(s);
+        const double* x = m.data() + a * C;
+        for (int b0 = a; b0 < rows; b0 += 4) {
+            const int nb = std::min(4, rows - b0);
+            v4d s[4] = {};
+            double t[4] = {0, 0, 0, 0};
+            const double* y[4];
+            for (int j = 0; j < 4; ++j) y[j] = m.data() + std::min(b0 + j, rows - 1) * C;  // past the end: unused
+            for (size_t k = 0; k < c4; k += 4) {                                           // four independent sums
+                v4d u;
+                std::memcpy(&u, x + k, sizeof u);
+                for (int j = 0; j < 4; ++j) {
+                    v4d v;
+                    std::memcpy(&v, y[j] + k, sizeof v);
+                    s[j] += u * v;
+                }
+            }
+            for (int j = 0; j < nb; ++j)
+                for (size_t k = c4; k < C; ++k) t[j] += x[k] * y[j][k];
+            for (int j = 0; j < nb; ++j)
+                dots[static_cast<size_t>(a) * rows + b0 + j] = (s[j][0] + s[j][1]) + (s[j][2] + s[j][3]) + t[j];
+        }
     }
     for (int a = 0; a < rows; ++a)
         for (int b = a; b < rows; ++b) {
-            double dot = 0;
-            for (int k = 0; k < cols; ++k)
-                dot += m[static_cast<size_t>(a) * cols + k] * m[static_cast<size_t>(b) * cols + k];
-            double den = norms[a] * norms[b];
-            double c = a == b ? 1.0 : (den > 0 ? std::clamp(dot / den, -1.0, 1.0) : 0.0);
+            const double den =
+                std::sqrt(dots[static_cast<size_t>(a) * rows + a]) * std::sqrt(dots[static_cast<size_t>(b) * rows + b]);
+            const double dot = dots[static_cast<size_t>(a) * rows + b];
+            const double c = a == b ? 1.0 : (den > 0 ? std::clamp(dot / den, -1.0, 1.0) : 0.0);
             out[static_cast<size_t>(a) * rows + b] = out[static_cast<size_t>(b) * rows + a] = c;
         }
     return out;
