@@ -10,6 +10,7 @@
 
 #include "analysis/load_stats.h"
 #include "checkpoint/checkpoint.h"
+#include "checkpoint/sha256.h"
 #include "error.h"
 #include "jsonfile.h"
 #include "tokenizer/tokenizer.h"

@@ -12,6 +12,7 @@
 #include <sstream>
 
 #include "checkpoint/checkpoint.h"
+#include "checkpoint/sha256.h"
 #include "checkpoint/torch_bin.h"
 #include "error.h"
 #include "jsonfile.h"

@@ -7,6 +7,7 @@
 // into the mappings (a strided tensor of a torch.save file is gathered once).
 #include <map>
 #include <memory>
+#include <mutex>
 #include <nlohmann/json_fwd.hpp>
 #include <string>
 #include <vector>
@@ -35,19 +36,21 @@ public:
 
     // Identifies the checkpoint's content without hashing all of it: SHA-256 over every file's
     // name, size and header, and the first and last 64 KiB of every tensor. "sha256:<hex>".
-    std::string fingerprint() const;
+    // Computed once per open checkpoint (the mapping is its snapshot of the files).
+    const std::string& fingerprint() const;
 
 private:
     Checkpoint() = default;
     void loadConfig(const std::string& path);
     void openShards(const std::string& index, bool torch);
+    std::string computeFingerprint() const;
     std::string path_;
     std::string configPath_;
     std::unique_ptr<nlohmann::json> config_;
     std::vector<std::shared_ptr<TensorFile>> files_;
     std::map<std::string, const TensorView*> all_;
+    mutable std::once_flag fingerprintOnce_;
+    mutable std::string fingerprint_;
 };
-
-std::string sha256Hex(const std::vector<std::pair<const uint8_t*, size_t>>& chunks);
 
 }  // namespace es

@@ -1,4 +1,6 @@
+#include <QCryptographicHash>
 #include <QFile>
+#include <QRandomGenerator>
 #include <QTemporaryDir>
 #include <QtEndian>
 #include <QtTest>
@@ -8,6 +10,7 @@
 
 #include "analysis/similarity.h"
 #include "checkpoint/checkpoint.h"
+#include "checkpoint/sha256.h"
 #include "error.h"
 #include "model/spec.h"
 #include "tiny_checkpoint.h"
@@ -100,6 +103,43 @@ private Q_SLOTS:
         QCOMPARE(c[1], std::sqrt(0.5));
         QCOMPARE(c[1], c[3]);
         QCOMPARE(c[2], -1.0);
+    }
+
+    // SHA-256 against Qt's (QCryptographicHash), with and without the CPU's SHA extensions: every
+    // length from 0 to 300 bytes (the padding's two cases and whole blocks), longer inputs of
+    // odd lengths, each split into random chunks (a chunk ending inside a block, whole blocks
+    // taken straight from the input), and the FIPS 180-2 example "abc".
+    void sha256AgreesWithQt() {
+        qInfo("SHA extensions on this CPU: %s", sha256HasHardware() ? "yes" : "no");
+        QRandomGenerator rng(7);
+        auto check = [&](const QByteArray& data) {
+            const std::string want = QCryptographicHash::hash(data, QCryptographicHash::Sha256).toHex().toStdString();
+            const auto* p = reinterpret_cast<const uint8_t*>(data.constData());
+            std::vector<std::pair<const uint8_t*, size_t>> chunks;
+            for (size_t at = 0; at < static_cast<size_t>(data.size());) {
+                const size_t take = std::min<size_t>(data.size() - at, rng.bounded(1, 200));
+                chunks.emplace_back(p + at, take);
+                at += take;
+            }
+            const std::vector<std::pair<const uint8_t*, size_t>> whole = {{p, static_cast<size_t>(data.size())}};
+            for (bool hw : {true, false}) {
+                QCOMPARE(sha256Hex(whole, hw), want);
+                QCOMPARE(sha256Hex(chunks, hw), want);
+            }
+        };
+        for (int n = 0; n <= 300; ++n) {
+            QByteArray d(n, '\0');
+            for (char& c : d) c = static_cast<char>(rng.bounded(256));
+            check(d);
+        }
+        for (int n : {1000, 4095, 65537, 1 << 20}) {
+            QByteArray d(n, '\0');
+            for (char& c : d) c = static_cast<char>(rng.bounded(256));
+            check(d);
+        }
+        const std::string abc = "abc";
+        QCOMPARE(sha256Hex({{reinterpret_cast<const uint8_t*>(abc.data()), abc.size()}}),
+                 std::string("ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"));
     }
 
     void fingerprintFollowsContentNotPlace() {
