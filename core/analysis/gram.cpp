@@ -14,7 +14,7 @@ namespace {
 
 constexpr int kLanes = 8;
 constexpr int kMR = 6, kNR = 16;       // the product's register block: 6 x 16 fp32 accumulators
-constexpr int kPanelFloats = 1 << 16;  // a packed panel: 256 KiB, within L2
+constexpr int kPanelFloats = 1 << 16;  // a packed panel: 256 KiB, within L2 (32 positions at least)
 constexpr int kFlushRows = 16;         // fp32 column sums cover at most 16 rows, then fp64
 typedef float v8 __attribute__((vector_size(32)));
 typedef uint16_t u16x8 __attribute__((vector_size(16)));
@@ -28,7 +28,8 @@ struct Acc {
     std::vector<std::vector<double>> sums;
 };
 
-// Values per panel: a multiple of 32 (whole MXFP4 blocks), 32 to 512, the panel within kPanelFloats.
+// Values per panel: a multiple of 32 (whole MXFP4 blocks), 32 to 512, the panel within
+// kPanelFloats up to 2048 matrices (32 x ldp floats above).
 int panelPositions(int ldp) { return std::clamp(kPanelFloats / ldp / 32 * 32, 32, 512); }
 
 ES_INLINE v8 load8(const float* p) {
@@ -50,21 +51,42 @@ ES_INLINE float hsum(v8 v) {
     return r;
 }
 
-// bf16 -> fp32 is a 16-bit shift: eight values at a time.
+// bf16 -> fp32 is a 16-bit shift: one value, eight values.
+ES_INLINE float bf16At(const uint8_t* p) {
+    uint16_t h;
+    std::memcpy(&h, p, 2);
+    const uint32_t u = static_cast<uint32_t>(h) << 16;
+    float f;
+    std::memcpy(&f, &u, 4);
+    return f;
+}
+ES_INLINE void store8Bf16(u16x8 h, float* dst) {
+    const u32x8 w = __builtin_convertvector(h, u32x8) << 16;
+    std::memcpy(dst, &w, sizeof w);
+}
+
 ES_INLINE void widenBf16(const uint8_t* src, int count, float* dst) {
     int i = 0;
     for (; i + kLanes <= count; i += kLanes) {
         u16x8 h;
         std::memcpy(&h, src + 2 * i, sizeof h);
-        const u32x8 w = __builtin_convertvector(h, u32x8) << 16;
-        std::memcpy(dst + i, &w, sizeof w);
+        store8Bf16(h, dst + i);
     }
-    for (; i < count; ++i) {
-        uint16_t h;
-        std::memcpy(&h, src + 2 * i, 2);
-        const uint32_t u = static_cast<uint32_t>(h) << 16;
-        std::memcpy(dst + i, &u, 4);
+    for (; i < count; ++i) dst[i] = bf16At(src + 2 * i);
+}
+
+// Every other bf16 value (gpt-oss's gate and up, interleaved by column in transformers' bf16
+// layout), eight at a time: sixteen loaded, the even ones kept. A load never reaches past the
+// last value read (element 2 (count - 1)): the last group goes value by value.
+ES_INLINE void widenBf16Stride2(const uint8_t* src, int count, float* dst) {
+    typedef uint16_t u16x16 __attribute__((vector_size(32)));
+    int i = 0;
+    for (; i + 9 <= count; i += kLanes) {  // elements 2i .. 2i + 15
+        u16x16 h;
+        std::memcpy(&h, src + 4 * i, sizeof h);
+        store8Bf16(__builtin_shufflevector(h, h, 0, 2, 4, 6, 8, 10, 12, 14), dst + i);
     }
+    for (; i < count; ++i) dst[i] = bf16At(src + 4 * i);
 }
 
 // Values c0 .. c0 + w of row r of matrix m, widened to fp32.
@@ -78,6 +100,8 @@ ES_INLINE void widenSegment(const GramMatrix& m, int64_t r, int64_t c0, int w, i
         if (m.dtype == DType::BF16) widenBf16(src, w, t);
         else toFloats(src, m.dtype, w, t);
         if (m.scale) m.scale->apply(m.rowBase + r * (rs / cols), c0, w, t);
+    } else if (m.colStride == 2 && m.dtype == DType::BF16) {  // every other element of a stored row
+        widenBf16Stride2(m.data + static_cast<size_t>(v) * 2, w, t);
     } else {  // a column of the stored tensor, or every other element of it
         toFloatsStrided(m.data + static_cast<size_t>(v) * dtypeSize(m.dtype), m.dtype, m.colStride, w, t);
     }
@@ -163,48 +187,69 @@ ES_INLINE void panelGram(const float* P, int ldp, int kc, int n, double* out) {
     }
 }
 
-// Standardises one position (a packed row of n values) across the matrices: mean 0, unbiased
-// variance 1; a position equal in all of them or without variance becomes 0.
-ES_INLINE void standardizeRow(float* x, int n) {
-    const int n8 = n / kLanes * kLanes;
-    v8 s = {}, mx = splat(x[0]), mn = mx;
-    for (int a = 0; a < n8; a += kLanes) {
-        const v8 v = load8(x + a);
-        s += v;
-        mx = v > mx ? v : mx;
-        mn = v < mn ? v : mn;
+// S6's statistics of a segment's positions across the matrices, gathered as the matrices are
+// widened, eight positions at a time (no sums across a vector's lanes): sums of the values'
+// differences from the first matrix's (shifted sums: the variance without the cancellation of
+// sum(x^2) - n mean^2 when the experts are alike), their squares, the least and the largest.
+struct SegmentStats {
+    std::vector<float> shift, sum, sq, lo, hi;
+    explicit SegmentStats(size_t n) : shift(n), sum(n), sq(n), lo(n), hi(n) {}
+};
+
+ES_INLINE void addToStats(const float* t, int w, bool first, SegmentStats& st) {
+    float *K = st.shift.data(), *S = st.sum.data(), *Q = st.sq.data(), *lo = st.lo.data(), *hi = st.hi.data();
+    if (first) {
+        std::copy(t, t + w, K);
+        std::copy(t, t + w, lo);
+        std::copy(t, t + w, hi);
+        std::fill(S, S + w, 0.f);
+        std::fill(Q, Q + w, 0.f);
+        return;
     }
-    float sum = hsum(s), hi = x[0], lo = x[0];
-    for (int l = 0; l < kLanes && n8 > 0; ++l) {
-        hi = std::max(hi, mx[l]);
-        lo = std::min(lo, mn[l]);
+    int c = 0;
+    for (; c + kLanes <= w; c += kLanes) {
+        const v8 x = load8(t + c), d = x - load8(K + c), l = load8(lo + c), h = load8(hi + c);
+        store8(S + c, load8(S + c) + d);
+        store8(Q + c, load8(Q + c) + d * d);
+        store8(lo + c, x < l ? x : l);
+        store8(hi + c, x > h ? x : h);
     }
-    for (int a = n8; a < n; ++a) {
-        sum += x[a];
-        hi = std::max(hi, x[a]);
-        lo = std::min(lo, x[a]);
+    for (; c < w; ++c) {
+        const float d = t[c] - K[c];
+        S[c] += d;
+        Q[c] += d * d;
+        lo[c] = std::min(lo[c], t[c]);
+        hi[c] = std::max(hi[c], t[c]);
     }
-    const float mean = sum / static_cast<float>(n);
-    const v8 mv = splat(mean);
-    v8 q = {};
-    for (int a = 0; a < n8; a += kLanes) {
-        const v8 c = load8(x + a) - mv;
-        q += c * c;
-    }
-    float sq = hsum(q);
-    for (int a = n8; a < n; ++a) sq += (x[a] - mean) * (x[a] - mean);
-    const float var = sq / static_cast<float>(n - 1);
-    const float inv = hi == lo || !(var > 0) ? 0.f : 1.f / std::sqrt(var);
-    const v8 iv = splat(inv);
-    for (int a = 0; a < n8; a += kLanes) store8(x + a, (load8(x + a) - mv) * iv);
-    for (int a = n8; a < n; ++a) x[a] = (x[a] - mean) * inv;
 }
 
-// A full panel's products: S1's Gram, then S6's after standardising each position in place.
-ES_INLINE void panelProducts(float* panel, int ldp, int filled, int n, bool gram, bool standardized, Acc& acc) {
+// Each position's mean and 1 / standard deviation (n - 1 in the variance), 0 for a position equal
+// in all the matrices or without variance, into mean[0 .. w) and inv[0 .. w).
+// (Multiplications by 1 / n, and gram.cpp is built without errno: sqrt is one instruction.)
+ES_INLINE void finishStats(const SegmentStats& st, int w, int n, float* mean, float* inv) {
+    const float invN = 1.f / static_cast<float>(n), invN1 = 1.f / static_cast<float>(n - 1);
+    const float *K = st.shift.data(), *S = st.sum.data(), *Q = st.sq.data(), *lo = st.lo.data(), *hi = st.hi.data();
+    for (int c = 0; c < w; ++c) {
+        const float var = (Q[c] - S[c] * S[c] * invN) * invN1;
+        const bool none = hi[c] == lo[c] || !(var > 0);
+        mean[c] = K[c] + S[c] * invN;
+        inv[c] = none ? 0.f : 1.f / std::sqrt(none ? 1.f : var);
+    }
+}
+
+// A full panel's products: S1's Gram, then S6's after standardising each position in place with
+// its mean and 1 / standard deviation.
+ES_INLINE void panelProducts(float* panel, int ldp, int filled, int n, bool gram, bool standardized, const float* mean,
+                             const float* inv, Acc& acc) {
     if (gram) panelGram(panel, ldp, filled, n, acc.gram.data());
     if (standardized) {
-        for (int k = 0; k < filled; ++k) standardizeRow(panel + static_cast<size_t>(k) * ldp, n);
+        const int n8 = n / kLanes * kLanes;
+        for (int k = 0; k < filled; ++k) {
+            float* x = panel + static_cast<size_t>(k) * ldp;
+            const v8 m = splat(mean[k]), iv = splat(inv[k]);
+            for (int a = 0; a < n8; a += kLanes) store8(x + a, (load8(x + a) - m) * iv);
+            for (int a = n8; a < n; ++a) x[a] = (x[a] - mean[k]) * inv[k];
+        }
         panelGram(panel, ldp, filled, n, acc.gramZ.data());
     }
 }
@@ -213,8 +258,8 @@ ES_INLINE void panelProducts(float* panel, int ldp, int filled, int n, bool gram
 // time, so that the helpers above inline into it (a lambda is not cloned: flushColumns, not hot,
 // runs on the baseline target). Positions are streamed in segments of a row into a packed panel
 // ([kc][ldp]: every position's n values side by side), eight matrices at a time through a small
-// row buffer where the neuron sums are taken; a full panel goes through the products (S1, then
-// S6 after standardising its positions in place). The products' fp32 sums cover one panel, at
+// row buffer where the neuron sums and S6's statistics are taken; a full panel goes through the
+// products (S1, then S6 after standardising its positions in place). The products' fp32 sums cover one panel, at
 // most 512 positions, and are then added in fp64.
 __attribute__((target_clones("arch=x86-64-v3", "default"))) void runRows(const std::vector<GramMatrix>& ms, int64_t r0,
                                                                          int64_t r1, int64_t cols, bool neuronRows,
@@ -233,6 +278,8 @@ __attribute__((target_clones("arch=x86-64-v3", "default"))) void runRows(const s
                 colF[a * paddedCols + c] = 0.f;
             }
     };
+    SegmentStats stats(standardized ? static_cast<size_t>(kc) : 0);
+    std::vector<float> mean(standardized ? static_cast<size_t>(kc) : 0), inv(mean.size());
     int fill = 0, pendingRows = 0;
     for (int64_t r = r0; r < r1; ++r) {
         for (int64_t c0 = 0, w = 0; c0 < cols; c0 += w) {
@@ -248,6 +295,7 @@ __attribute__((target_clones("arch=x86-64-v3", "default"))) void runRows(const s
                     }
                     const int a = a0 + i;
                     widenSegment(ms[a], r, c0, wi, cols, t);
+                    if (standardized) addToStats(t, wi, a == 0, stats);
                     if (neuronRows) {
                         float* s = colF.data() + a * paddedCols + c0;
                         int c = 0;
@@ -265,9 +313,10 @@ __attribute__((target_clones("arch=x86-64-v3", "default"))) void runRows(const s
                 if (gram || standardized)  // (S2 alone needs no panel)
                     transpose8(buf.data(), kc, wi, panel.data() + static_cast<size_t>(fill) * ldp + a0, ldp);
             }
+            if (standardized) finishStats(stats, wi, n, mean.data() + fill, inv.data() + fill);
             fill += wi;
             if (fill == kc) {
-                panelProducts(panel.data(), ldp, fill, n, gram, standardized, acc);
+                panelProducts(panel.data(), ldp, fill, n, gram, standardized, mean.data(), inv.data(), acc);
                 fill = 0;
             }
         }
@@ -276,7 +325,7 @@ __attribute__((target_clones("arch=x86-64-v3", "default"))) void runRows(const s
             pendingRows = 0;
         }
     }
-    if (fill > 0) panelProducts(panel.data(), ldp, fill, n, gram, standardized, acc);
+    if (fill > 0) panelProducts(panel.data(), ldp, fill, n, gram, standardized, mean.data(), inv.data(), acc);
     if (neuronRows) flushColumns();
 }
 

@@ -5,13 +5,15 @@
 // (S6), and each matrix's sum of neuron vectors (S2).
 //
 // Positions are widened to fp32 a row segment at a time and packed into a panel of up to 512
-// positions by n values (256 KiB at most), the eight matrices of a group transposed in registers;
-// the panel's Gram is the upper block triangle of P^T P, 6 x 16 register blocks of fp32
-// multiply-adds, added into fp64 after each panel: half the multiply-adds of a GEMM at about a
-// tuned SGEMM's rate (docs/benchmarks.md). S6 standardises the panel's positions in place and
-// takes the same product again. AVX2 + FMA where the CPU has them (chosen at run time).
-// Memory per thread: the panel, two ldp x ldp fp64 sums (ldp: n rounded up to 16; 2 MiB at 256)
-// and, for row neurons, n x cols column sums in fp32 and fp64 (21 MiB at 256 x 7168).
+// positions by n values (256 KiB up to 2048 matrices, 32 positions above), the eight matrices of
+// a group transposed in registers; the panel's Gram is the upper block triangle of P^T P, 6 x 16
+// register blocks of fp32 multiply-adds, added into fp64 after each panel: about half the
+// multiply-adds of a GEMM at a tuned SGEMM's rate per core (measured in docs/benchmarks.md). S6
+// standardises the panel's positions in place and takes the same product again. AVX2 + FMA
+// where the CPU has them (chosen at run time).
+// Memory per thread: the panel, two ldp x ldp fp64 sums (ldp: n rounded up to 16; 1 MiB at 256,
+// 256 MiB at the bound) and, for row neurons, n x cols column sums in fp32 and fp64 (21 MiB at
+// 256 x 7168).
 #include <cstdint>
 #include <vector>
 

@@ -36,7 +36,7 @@ public:
 
     // Identifies the checkpoint's content without hashing all of it: SHA-256 over every file's
     // name, size and header, and the first and last 64 KiB of every tensor. "sha256:<hex>".
-    // Computed once per open checkpoint (the mapping is its snapshot of the files).
+    // Computed on first use and kept while the checkpoint is open.
     const std::string& fingerprint() const;
 
 private:

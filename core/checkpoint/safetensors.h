@@ -18,7 +18,7 @@ enum class DType { F32, F16, BF16, I64, F8_E4M3, F8_E8M0, U8 };
 const char* dtypeName(DType d);
 size_t dtypeSize(DType d);
 // An F8_E8M0 scale byte (OCP MX): 2^(e - 127), 255 being NaN. The one decoding of these scales,
-// for the forward's dequantization and the static analyses' tile kernel alike.
+// for the forward's dequantization and the static analyses' Gram kernel alike.
 float e8m0ToFloat(uint8_t e);
 // MXFP4 as transformers' mxfp4 integration reads GPT-OSS's experts: a stored row of C values is
 // C / 32 blocks of 16 bytes, byte b holding value 2b in its low nibble and 2b + 1 in its high

@@ -1,5 +1,6 @@
 #include "checkpoint/sha256.h"
 
+#include <algorithm>
 #include <array>
 #include <cstring>
 
@@ -114,6 +115,7 @@ class Sha256 {
 public:
     explicit Sha256(BlockFn fn) : fn_(fn) {}
     void update(const uint8_t* p, size_t n) {
+        if (n == 0) return;  // (p may then be null, which memcpy may not be given)
         bits_ += static_cast<uint64_t>(n) * 8;
         if (fill_ > 0) {  // complete the buffered block first
             const size_t take = std::min(n, size_t(64) - fill_);

@@ -50,15 +50,17 @@ CASES = {
 # ---- weights ----------------------------------------------------------------------------------
 
 def load_tensors(ckpt):
-    """Every tensor of a checkpoint directory (or a lone .safetensors file), as float64."""
+    """Every tensor of a checkpoint directory (or a lone .safetensors file), as float64 (read
+    through torch: numpy has no bfloat16)."""
+    import torch
     from safetensors import safe_open
     files = [ckpt] if os.path.isfile(ckpt) else \
         [os.path.join(ckpt, f) for f in sorted(os.listdir(ckpt)) if f.endswith(".safetensors")]
     out = {}
     for fn in files:
-        with safe_open(fn, "np") as f:
+        with safe_open(fn, "pt") as f:
             for k in f.keys():
-                out[k] = np.asarray(f.get_tensor(k), dtype=np.float64)
+                out[k] = f.get_tensor(k).to(torch.float64).numpy()
     return out
 
 

@@ -945,7 +945,7 @@ def test_s6_outliers_dropped_by_dbscan(world, tmp_path, experts, components):
     components of the projection of every expert gives the stored labels; the experts it calls
     noise are named (attribute, CSV, figure title) and the PCA is numpy's on the other experts,
     standardisation included. Two experts are scaled 4x to stand out; 12 experts with 2 components,
-    140 with 3 (the second pass then runs over 138 of them). The session
+    140 with 3 (the second pass then runs over the experts kept). The session
     holds only documented arrays and attributes. An eps below every distance calls every expert
     noise: too few would be left, so nothing is dropped and the attribute `noise` says why."""
     h5py = require("h5py")
@@ -1077,18 +1077,22 @@ def test_odd_sizes(world, tmp_path):
     check_s1_s2_s4_s6_s7(out, R.MoeWeights(per), 13)
 
 
-@pytest.mark.parametrize("name,experts", [("llama4_chunked_nope", None), ("gpt_oss_sinks_clamp", None),
-                                          ("gpt_oss_sinks_clamp", 130)])
-def test_experts_stored_as_x_at_w(world, tmp_path, name, experts):
+@pytest.mark.parametrize("name,experts,storage", [("llama4_chunked_nope", None, None),
+                                                  ("gpt_oss_sinks_clamp", None, None),
+                                                  ("gpt_oss_sinks_clamp", None, "bfloat16"),
+                                                  ("gpt_oss_sinks_clamp", 130, None)])
+def test_experts_stored_as_x_at_w(world, tmp_path, name, experts, storage):
     """Experts stored transposed as the released files hold them (x @ W: Llama 4's gate_up_proj
     [E, d, 2F] in halves, gpt-oss's interleaved by column) are read in their stored orientation,
     without a copy, and Llama 4's shared expert, stored as rows, in that same orientation: numpy's
     S1, S2, S4, S6 and S7, the shared expert's rows included. A matrix of another orientation in
     the pass changes S1 and S6 (or leaves the shared expert out of them); neurons taken along the
     wrong axis change S2 and S7. Llama 4's with a dense reference F (stored as rows, read in the
-    experts' orientation too); 8 and 130 gpt-oss experts."""
+    experts' orientation too); 8 and 130 gpt-oss experts, and 8 in bfloat16 (every other value of
+    a stored row widened eight at a time)."""
+    torch = require("torch")
     model = fixtures.build_model(name, **({"num_local_experts": experts} if experts else {}))
-    per, _ = fixtures.save_layouts(model, str(tmp_path / "m"))
+    per, _ = fixtures.save_layouts(model, str(tmp_path / "m"), storage=getattr(torch, storage) if storage else None)
     moe = R.MoeWeights(per)
     llama = name == "llama4_chunked_nope"
     assert (moe.layer(moe.moe_layers[0])["shared"] is not None) == llama
