@@ -2,6 +2,9 @@
 // D2: each expert's output norm against its router score: per layer the counts of (score rank,
 // norm rank), how often the top-1 expert has the largest norm, the diagonal mass, Kendall's
 // tau-b between norms and scores per token, and every (norm, score) point.
+#include <array>
+#include <limits>
+
 #include "analysis/pass.h"
 
 namespace es::detail {
@@ -14,16 +17,21 @@ inline Tensor ranksOf(const Tensor& v) {
     return ranks;
 }
 
-// Kendall's tau-b between the rows of a and b ([T, E]), per row; NaN where a row is constant.
+// Kendall's tau-b between the rows of a and b ([T, E], float32 or float64), per row; NaN where a
+// row is constant or not finite. The signs of the pairwise differences are exact in the inputs'
+// dtype (a difference of two floats is 0 only when they are equal) and kept as int8: at 128
+// experts, float64 [T, E, E] temporaries cost as much as the experts' outputs.
 inline Tensor kendallTauB(const Tensor& a, const Tensor& b) {
-    Tensor sa = (a.unsqueeze(2) - a.unsqueeze(1)).sign();  // [T, E, E]
-    Tensor sb = (b.unsqueeze(2) - b.unsqueeze(1)).sign();
-    const double n0 = static_cast<double>(a.size(1)) * static_cast<double>(a.size(1) - 1);  // ordered pairs
-    Tensor s = (sa * sb).sum(torch::IntArrayRef{1, 2}).to(torch::kDouble);
-    Tensor tiesA = (sa == 0).sum(torch::IntArrayRef{1, 2}).to(torch::kDouble) -
-                   static_cast<double>(a.size(1));  // minus the diagonal
-    Tensor tiesB = (sb == 0).sum(torch::IntArrayRef{1, 2}).to(torch::kDouble) - static_cast<double>(a.size(1));
-    return s / torch::sqrt((n0 - tiesA) * (n0 - tiesB));
+    const auto sign8 = [](const Tensor& v) { return (v.unsqueeze(2) - v.unsqueeze(1)).sign_().to(torch::kChar); };
+    const Tensor sa = sign8(a), sb = sign8(b);                          // [T, E, E]
+    const double E = static_cast<double>(a.size(1)), n0 = E * (E - 1);  // ordered pairs
+    const std::array<int64_t, 2> both{1, 2};  // (an IntArrayRef of a braced list would dangle)
+    Tensor s = (sa * sb).sum(both, false, torch::kLong).to(torch::kDouble);
+    Tensor tiesA = (sa == 0).sum(both, false, torch::kLong).to(torch::kDouble) - E;  // minus the diagonal
+    Tensor tiesB = (sb == 0).sum(both, false, torch::kLong).to(torch::kDouble) - E;
+    Tensor tau = s / torch::sqrt((n0 - tiesA) * (n0 - tiesB));
+    Tensor finite = a.isfinite().all(1).logical_and(b.isfinite().all(1));
+    return tau.masked_fill(finite.logical_not(), std::numeric_limits<double>::quiet_NaN());
 }
 
 class NormScoreRanks final : public Analysis {
@@ -43,7 +51,7 @@ public:
         a.normParts.push_back(nr.to(torch::kCPU));
         a.scoreParts.push_back(sc.to(torch::kCPU));
         a.rankCounts += torch::bincount(idx.reshape(-1), {}, E * E).to(torch::kLong);
-        Tensor tau = kendallTauB(nr.to(torch::kDouble), sc.to(torch::kDouble));
+        Tensor tau = kendallTauB(nr, sc);
         Tensor ok = tau.isfinite();
         a.tauSum += tau.masked_select(ok).sum().item<double>();
         a.tauCount += ok.sum().item<int64_t>();

@@ -16,15 +16,16 @@ public:
         const int64_t n = O.size(0), rows = k_.rows;
         if (!a.cosSum.defined()) {
             a.cosSum = torch::zeros({rows, rows}, O.options().dtype(torch::kDouble));
-            a.angSum = torch::zeros_like(a.cosSum);
+            a.acosSum = torch::zeros_like(a.cosSum);
         }
         Tensor U = O / norms.clamp_min(1e-30).unsqueeze(-1);
-        Tensor Cm = torch::bmm(U, U.transpose(1, 2)).clamp(-1.0, 1.0);  // [n, R, R]
-        Tensor eye = torch::eye(rows, Cm.options()).to(torch::kBool);
-        Cm = Cm.masked_fill(eye, 1.0);
-        Tensor Cd = Cm.to(torch::kDouble);
-        a.cosSum += Cd.sum(0);
-        a.angSum += (1.0 - torch::acos(Cd) / M_PI).sum(0);
+        Tensor Cm = torch::bmm(U, U.transpose(1, 2)).clamp_(-1.0, 1.0);  // [n, R, R]
+        Cm.diagonal(0, 1, 2).fill_(1.0);
+        // summed over the tokens in float64 without a float64 copy of the chunk (at 128 experts
+        // the copies and the float64 arccos cost as much as the products); the angular
+        // similarity 1 - arccos / pi is taken of the sum in finish()
+        a.cosSum += Cm.sum(0, false, torch::kDouble);
+        a.acosSum += torch::acos(Cm).sum(0, false, torch::kDouble);
         const int64_t keep = std::clamp<int64_t>(c_.firstTokens - (t.base + c0), 0, n);
         if (keep > 0) a.perToken.push_back(Cm.narrow(0, 0, keep).to(torch::kCPU));
         a.tokens += n;
@@ -41,7 +42,8 @@ public:
             const std::string lp = "layers/" + std::to_string(l) + "/";
             const double tokens = static_cast<double>(std::max<int64_t>(1, a.tokens));
             auto cosv = a.cosSum.defined() ? toDoubleVec(a.cosSum / tokens) : std::vector<double>(R * R, 0.0);
-            auto angv = a.angSum.defined() ? toDoubleVec(a.angSum / tokens) : std::vector<double>(R * R, 0.0);
+            auto angv =
+                a.acosSum.defined() ? toDoubleVec(1.0 - a.acosSum / (tokens * M_PI)) : std::vector<double>(R * R, 0.0);
             r.arrays[lp + "cosine"] = Array::f32d({R, R}, cosv).with("labels", labels);
             r.arrays[lp + "angular"] = Array::f32d({R, R}, angv).with("labels", labels);
             Tensor pt = a.perToken.empty() ? torch::zeros({0, R, R}) : torch::cat(a.perToken, 0).contiguous();
@@ -62,7 +64,7 @@ public:
 
 private:
     struct Acc {
-        Tensor cosSum, angSum;  // [R, R] float64
+        Tensor cosSum, acosSum;  // [R, R] float64: sums of the cosines and of their arccos
         int64_t tokens = 0;
         std::vector<Tensor> perToken;  // [n, R, R] chunks of the first N tokens
     };
