@@ -1,9 +1,12 @@
 // Benchmark driver for the analyses (run by tests/bench/bench_analyses.py, not by CTest).
-//   bench_analyses static CHECKPOINT [S1,S2,S4]   times the static analyses; samples the resident
-//        set every 5 ms and prints {"seconds", "baseline_anon_mb", "peak_anon_mb", "peak_file_mb"}
+//   bench_analyses static CHECKPOINT [S1,S2,S4 [LAYER]]   times the static analyses (of every MoE
+//        layer, or of LAYER); samples the resident set every 5 ms and prints {"seconds",
+//        "baseline_anon_mb", "peak_anon_mb", "peak_file_mb"}
 //   bench_analyses dynamic CHECKPOINT PROMPTS LENGTH
 //        times a plain traced forward, a traced forward with every expert evaluated (--all-experts)
-//        and D1+D2 on the same random prompts: {"trace_s", "all_experts_s", "dynamic_s", "tokens"}
+//        and D1+D2 on the same random prompts: {"trace_s", "all_experts_s", "dynamic_s", "tokens",
+//        "dynamic_anon_mb" (what D1+D2 allocate at their peak, their copy of the model included)}
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstdio>
@@ -36,12 +39,32 @@ std::pair<double, double> rss() {
 
 double since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
 
+// Samples the resident set every 5 ms while it lives: the peaks, in MiB.
+struct RssSampler {
+    double peakAnon = 0, peakFile = 0;
+    std::atomic<bool> done{false};
+    std::thread thread{[this] {
+        while (!done.load()) {
+            auto [a, f] = rss();
+            peakAnon = std::max(peakAnon, a);
+            peakFile = std::max(peakFile, f);
+            std::this_thread::sleep_for(std::chrono::milliseconds(5));
+        }
+    }};
+    void stop() {
+        done = true;
+        if (thread.joinable()) thread.join();
+    }
+    ~RssSampler() { stop(); }
+};
+
 }  // namespace
 
 int main(int argc, char** argv) {
     if (argc < 3) {
-        std::fprintf(stderr,
-                     "usage: bench_analyses static CKPT [LIST] | dynamic CKPT PROMPTS LENGTH [DEVICE [DTYPE]]\n");
+        std::fprintf(
+            stderr,
+            "usage: bench_analyses static CKPT [LIST [LAYER]] | dynamic CKPT PROMPTS LENGTH [DEVICE [DTYPE]]\n");
         return 2;
     }
     const std::string mode = argv[1];
@@ -51,26 +74,17 @@ int main(int argc, char** argv) {
     if (mode == "static") {
         es::StaticOptions opt;
         opt.analyses = es::parseStaticList(argc > 3 ? argv[3] : "S1,S2,S4");
+        if (argc > 4) opt.layers = {std::stoi(argv[4])};
         const double baseline = rss().first;
-        std::atomic<bool> done{false};
-        double peakAnon = 0, peakFile = 0;
-        std::thread sampler([&] {
-            while (!done.load()) {
-                auto [a, f] = rss();
-                peakAnon = std::max(peakAnon, a);
-                peakFile = std::max(peakFile, f);
-                std::this_thread::sleep_for(std::chrono::milliseconds(5));
-            }
-        });
+        RssSampler sampler;
         auto t0 = Clock::now();
         auto res = es::staticAnalyses(*ckpt, spec, nullptr, opt);
         const double s = since(t0);
-        done = true;
-        sampler.join();
+        sampler.stop();
         std::printf(
             "{\"seconds\": %.4f, \"baseline_anon_mb\": %.1f, \"peak_anon_mb\": %.1f, \"peak_file_mb\": %.1f, "
             "\"results\": %zu}\n",
-            s, baseline, peakAnon, peakFile, res.size());
+            s, baseline, sampler.peakAnon, sampler.peakFile, res.size());
         return 0;
     }
     if (mode == "dynamic" && argc >= 5 && argc <= 7) {
@@ -96,11 +110,16 @@ int main(int argc, char** argv) {
         opt.analyses = {"D1", "D2"};
         opt.device = lo.device;
         opt.dtype = lo.dtype;
+        const double baseline = rss().first;
+        RssSampler sampler;
         t0 = Clock::now();
         auto res = es::dynamicAnalyses(ckpt, spec, nullptr, "bench", prompts, rt.layers, opt);
         const double dynS = since(t0);
-        std::printf("{\"trace_s\": %.4f, \"all_experts_s\": %.4f, \"dynamic_s\": %.4f, \"tokens\": %d}\n", traceS, allS,
-                    dynS, P * len);
+        sampler.stop();
+        std::printf(
+            "{\"trace_s\": %.4f, \"all_experts_s\": %.4f, \"dynamic_s\": %.4f, \"tokens\": %d, "
+            "\"dynamic_anon_mb\": %.1f}\n",
+            traceS, allS, dynS, P * len, sampler.peakAnon - baseline);
         return 0;
     }
     std::fprintf(stderr, "bad arguments\n");

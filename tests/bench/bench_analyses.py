@@ -2,8 +2,10 @@
 """Analysis benchmarks (not part of the default test run).
 
     .venv/bin/python tests/bench/bench_analyses.py [--build build] [--layers 1] [--skip-static] [--skip-dynamic]
-                                                   [--device cpu|cuda] [--prompts 4] [--length 512]
-                                                   [--shape mixtral|qwen3-30b-a3b|deepseek-v2-lite|gpt-oss-20b|gpt-oss-20b-bf16]
+                                                   [--device cpu|cuda] [--prompts 4] [--length 512] [--s3]
+                                                   [--dynamic-experts 8|128|256]
+                                                   [--shape mixtral|qwen3-30b-a3b|deepseek-v2-lite|e256|gpt-oss-20b|
+                                                            gpt-oss-20b-bf16]
 
 Static: a bf16 checkpoint with real Mixtral-8x7B layer dimensions (d=4096, F=14336, 8 experts;
 2.8 GB of expert weights per layer; random values written directly with safetensors, sharded
@@ -14,12 +16,14 @@ checkpoint pages), against one layer's expert bytes.
 
 Fine-grained experts (--shape qwen3-30b-a3b or deepseek-v2-lite): 2 MoE layers at the real
 layer dimensions (Qwen3-30B-A3B: d=2048, 128 experts of 768, top-8; DeepSeek-V2-Lite: d=2048, 64
-experts of 1408 and a shared expert of 2816, top-6, every layer MoE; both with a 32000 vocabulary,
+experts of 1408 and a shared expert of 2816, top-6, every layer MoE; e256: Qwen3's layout with 256
+experts of 384, the expert count of DeepSeek-V3; all with a 32000 vocabulary,
 which no static analysis reads), bf16, experts under the released per-expert names, random values.
 Timed in one run: reading the files (best of 3 cat), the GEMM floor (the Gram products of gate, up
 and down of every layer, one float32 torch.mm each on data already widened, in this process on
 all cores, as the analyses run), and the static sets S1+S2+S4, default, S6 and S7 (best of 2),
-each as a ratio of max(read, floor).
+each as a ratio of max(read, floor); with --s3, S3 on layer 0 once (every pair of experts: at
+128 experts, 8128 assignments per matrix type, a quarter of an hour here).
 
 MXFP4 (--shape gpt-oss-20b): 2 MoE layers at gpt-oss-20b's dimensions (its published config.json,
 tests/data/configs, with 2 layers and a 32000 vocabulary: d=2880, 32 experts of 2880, top-4), the
@@ -30,8 +34,10 @@ float32 (what decoding a layer at a time would hold; the static pass decodes a t
 x @ W, gate and up interleaved by column), which the static pass reads in the stored orientation.
 
 Dynamic: D1 + D2 with every expert evaluated, on 2048 tokens (4 prompts of 512) of the mid-size
-float32 Mixtral model of run_bench.py, against the engine's plain traced forward on the same
-prompts, in the same process (--device: where the model and the analyses run).
+float32 Mixtral model of run_bench.py (or, --dynamic-experts 128 or 256, a float32 Qwen3-MoE of 4
+layers with that many experts, top-8), against the engine's plain traced forward on the same
+prompts, in the same process (--device: where the model and the analyses run), and the peak of
+what D1+D2 allocate.
 """
 import argparse
 import json
@@ -81,6 +87,11 @@ FINE = {
         n_shared_experts=2, num_experts_per_tok=6, first_k_dense_replace=0, num_attention_heads=16,
         num_key_value_heads=16, kv_lora_rank=512, q_lora_rank=None, qk_rope_head_dim=64, qk_nope_head_dim=128,
         v_head_dim=128, topk_method="greedy")),
+    # DeepSeek-V3 and Kimi K2 route among 256 and 384 experts of [2048, 7168] (44 MiB each in
+    # bf16): this is that expert count at Qwen3's hidden size, small enough for this machine
+    "e256": ("Qwen3MoeConfig", "Qwen3MoeForCausalLM", dict(
+        hidden_size=2048, intermediate_size=6144, moe_intermediate_size=384, num_experts=256, num_experts_per_tok=8,
+        num_attention_heads=32, num_key_value_heads=4, head_dim=128)),
 }
 
 
@@ -170,6 +181,21 @@ def make_fine_grained(shape, out, layers):
     return write_shards(tensors.items(), out), mats
 
 
+def make_fine_dynamic(out, experts):
+    """A float32 Qwen3-MoE of 4 layers with `experts` experts, top-8, d = 512 and each expert
+    Qwen3-30B-A3B's width ratio (F = 3/8 d at 128 experts, halved at 256), random weights: the
+    dynamic analyses' fine-grained case; its description."""
+    import transformers
+    F = 192 if experts <= 128 else 96
+    cfg = transformers.Qwen3MoeConfig(vocab_size=8192, hidden_size=512, intermediate_size=1536, moe_intermediate_size=F,
+                                      num_experts=experts, num_experts_per_tok=8, num_hidden_layers=4,
+                                      num_attention_heads=8, num_key_value_heads=4, head_dim=64,
+                                      max_position_embeddings=4096)
+    torch.manual_seed(0)
+    transformers.Qwen3MoeForCausalLM(cfg).eval().save_pretrained(out, max_shard_size="1GB")
+    return f"Qwen3-MoE layout, 4 layers, d 512, {experts} experts of {F}, top-8, float32"
+
+
 def write_shards(tensors, out):
     """(name, tensor) pairs (made one at a time if a generator) into 1 GB safetensors shards and
     their index; the shards' paths."""
@@ -209,7 +235,7 @@ def gemm_floor(mats):
     return best
 
 
-def bench_fine_grained(exe, shape, tmp, layers):
+def bench_fine_grained(exe, shape, tmp, layers, s3=False):
     d = os.path.join(tmp, shape)
     os.makedirs(d, exist_ok=True)
     layer = None
@@ -235,6 +261,10 @@ def bench_fine_grained(exe, shape, tmp, layers):
         r = min(runs, key=lambda x: x["seconds"])
         print(f"  {lst:9s} {r['seconds']:7.2f} s  {r['seconds'] / base:5.2f}x   anonymous +"
               f"{r['peak_anon_mb'] - r['baseline_anon_mb']:.0f} MiB")
+    if s3:  # every pair of experts of one layer, once (E (E - 1) / 2 assignments per matrix type)
+        r = json.loads(subprocess.run([exe, "static", d, "S3", "0"], check=True, capture_output=True,
+                                      text=True).stdout)
+        print(f"  S3, layer 0 {r['seconds']:7.1f} s   anonymous +{r['peak_anon_mb'] - r['baseline_anon_mb']:.0f} MiB")
 
 
 def cat_seconds(files):
@@ -258,11 +288,14 @@ def main():
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--prompts", type=int, default=4)
     ap.add_argument("--length", type=int, default=512)
+    ap.add_argument("--dynamic-experts", type=int, default=8, choices=[8, 128, 256],
+                    help="D1+D2 on the mid model (8 experts) or a fine-grained Qwen3-MoE of 128 or 256 experts")
+    ap.add_argument("--s3", action="store_true", help="fine-grained shapes: also time S3 on layer 0 (minutes)")
     a = ap.parse_args()
     exe = os.path.join(a.build, "bin", "bench_analyses")
     with tempfile.TemporaryDirectory() as tmp:
         if not a.skip_static and a.shape != "mixtral":
-            bench_fine_grained(exe, a.shape, tmp, a.layers if a.layers > 1 else 2)
+            bench_fine_grained(exe, a.shape, tmp, a.layers if a.layers > 1 else 2, a.s3)
         elif not a.skip_static:
             files, layer_bytes = make_mixtral_dims(os.path.join(tmp, "mixtral"), a.layers)
             total = sum(os.path.getsize(f) for f in files)
@@ -280,18 +313,23 @@ def main():
                   f"{1.5 * layer_mb + r['baseline_anon_mb']:.0f} MiB)")
             print(f"  file-backed peak: {r['peak_file_mb']:.0f} MiB ({r['peak_file_mb'] / layer_mb:.2f} x one layer)")
         if not a.skip_dynamic:
-            import run_bench
-            out = os.path.join(tmp, "mid")
-            run_bench.make("mid", out)
+            out = os.path.join(tmp, "dyn")
+            if a.dynamic_experts == 8:
+                import run_bench
+                run_bench.make("mid", out)
+                what = "mid model"
+            else:
+                what = make_fine_dynamic(out, a.dynamic_experts)
             runs = [json.loads(subprocess.run([exe, "dynamic", out, str(a.prompts), str(a.length), a.device],
                                               check=True, capture_output=True, text=True).stdout) for _ in range(3)]
             r = min(runs, key=lambda x: x["dynamic_s"])
             t = min(x["trace_s"] for x in runs)
             ta = min(x["all_experts_s"] for x in runs)
-            print(f"dynamic D1+D2 (all 8 experts on every token), mid model, {r['tokens']} tokens on {a.device}: "
-                  f"traced forward {t:.2f} s, traced with --all-experts {ta:.2f} s ({ta / t:.2f}x), "
+            print(f"dynamic D1+D2 (all {a.dynamic_experts} experts on every token), {what}, {r['tokens']} tokens on "
+                  f"{a.device}: traced forward {t:.2f} s, traced with --all-experts {ta:.2f} s ({ta / t:.2f}x), "
                   f"D1+D2 {r['dynamic_s']:.2f} s ({r['dynamic_s'] / t:.2f}x the traced forward, "
-                  f"{r['dynamic_s'] / ta:.2f}x the all-experts one)")
+                  f"{r['dynamic_s'] / ta:.2f}x the all-experts one), anonymous +{r['dynamic_anon_mb']:.0f} MiB "
+                  f"(their model copy included)")
 
 
 if __name__ == "__main__":
