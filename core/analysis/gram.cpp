@@ -51,15 +51,7 @@ ES_INLINE float hsum(v8 v) {
     return r;
 }
 
-// bf16 -> fp32 is a 16-bit shift: one value, eight values.
-ES_INLINE float bf16At(const uint8_t* p) {
-    uint16_t h;
-    std::memcpy(&h, p, 2);
-    const uint32_t u = static_cast<uint32_t>(h) << 16;
-    float f;
-    std::memcpy(&f, &u, 4);
-    return f;
-}
+// bf16 -> fp32 is a 16-bit shift: eight values (one: similarity.h's bf16ToFloat).
 ES_INLINE void store8Bf16(u16x8 h, float* dst) {
     const u32x8 w = __builtin_convertvector(h, u32x8) << 16;
     std::memcpy(dst, &w, sizeof w);
@@ -72,7 +64,7 @@ ES_INLINE void widenBf16(const uint8_t* src, int count, float* dst) {
         std::memcpy(&h, src + 2 * i, sizeof h);
         store8Bf16(h, dst + i);
     }
-    for (; i < count; ++i) dst[i] = bf16At(src + 2 * i);
+    for (; i < count; ++i) dst[i] = bf16ToFloat(src + 2 * i);
 }
 
 // Every other bf16 value (gpt-oss's gate and up, interleaved by column in transformers' bf16
@@ -86,7 +78,7 @@ ES_INLINE void widenBf16Stride2(const uint8_t* src, int count, float* dst) {
         std::memcpy(&h, src + 4 * i, sizeof h);
         store8Bf16(__builtin_shufflevector(h, h, 0, 2, 4, 6, 8, 10, 12, 14), dst + i);
     }
-    for (; i < count; ++i) dst[i] = bf16At(src + 4 * i);
+    for (; i < count; ++i) dst[i] = bf16ToFloat(src + 4 * i);
 }
 
 // Values c0 .. c0 + w of row r of matrix m, widened to fp32.
@@ -233,7 +225,7 @@ ES_INLINE void finishStats(const SegmentStats& st, int w, int n, float* mean, fl
         const float var = (Q[c] - S[c] * S[c] * invN) * invN1;
         const bool none = hi[c] == lo[c] || !(var > 0);
         mean[c] = K[c] + S[c] * invN;
-        inv[c] = none ? 0.f : 1.f / std::sqrt(none ? 1.f : var);
+        inv[c] = none ? 0.f : 1.f / std::sqrt(var);
     }
 }
 
@@ -259,8 +251,8 @@ ES_INLINE void panelProducts(float* panel, int ldp, int filled, int n, bool gram
 // runs on the baseline target). Positions are streamed in segments of a row into a packed panel
 // ([kc][ldp]: every position's n values side by side), eight matrices at a time through a small
 // row buffer where the neuron sums and S6's statistics are taken; a full panel goes through the
-// products (S1, then S6 after standardising its positions in place). The products' fp32 sums cover one panel, at
-// most 512 positions, and are then added in fp64.
+// products (S1, then S6 after standardising its positions in place). The products' fp32 sums
+// cover one panel, at most 512 positions, and are then added in fp64.
 __attribute__((target_clones("arch=x86-64-v3", "default"))) void runRows(const std::vector<GramMatrix>& ms, int64_t r0,
                                                                          int64_t r1, int64_t cols, bool neuronRows,
                                                                          bool gram, bool standardized, Acc& acc,

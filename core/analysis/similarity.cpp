@@ -81,12 +81,7 @@ void toFloats(const uint8_t* src, DType dt, int64_t n, float* dst) {
     if (dt == DType::F32) {
         std::memcpy(dst, src, static_cast<size_t>(n) * 4);
     } else if (dt == DType::BF16) {
-        for (int64_t i = 0; i < n; ++i) {
-            uint16_t h;
-            std::memcpy(&h, src + 2 * i, 2);
-            const uint32_t u = static_cast<uint32_t>(h) << 16;
-            std::memcpy(dst + i, &u, 4);
-        }
+        for (int64_t i = 0; i < n; ++i) dst[i] = bf16ToFloat(src + 2 * i);
     } else if (dt == DType::F8_E4M3) {
         for (int64_t i = 0; i < n; ++i) dst[i] = kE4m3.v[src[i]];
     } else if (dt == DType::F16) {
@@ -105,12 +100,7 @@ void toFloatsStrided(const uint8_t* src, DType dt, int64_t stride, int64_t n, fl
     if (stride == 1) return toFloats(src, dt, n, dst);
     const int64_t step = stride * static_cast<int64_t>(dtypeSize(dt));
     if (dt == DType::BF16) {  // the common case (transposed bf16 experts): no per-element dispatch
-        for (int64_t i = 0; i < n; ++i) {
-            uint16_t h;
-            std::memcpy(&h, src + i * step, 2);
-            const uint32_t u = static_cast<uint32_t>(h) << 16;
-            std::memcpy(dst + i, &u, 4);
-        }
+        for (int64_t i = 0; i < n; ++i) dst[i] = bf16ToFloat(src + i * step);
         return;
     }
     for (int64_t i = 0; i < n; ++i) toFloats(src + i * step, dt, 1, dst + i);

@@ -1,6 +1,7 @@
 #pragma once
 // Weight-only similarity helpers (no LibTorch, fp64 accumulation).
 #include <cstdint>
+#include <cstring>
 #include <vector>
 
 #include "checkpoint/safetensors.h"
@@ -14,6 +15,16 @@ struct TensorView;
 // The tensor's values widened to double (F32, F16 and BF16 read directly from the mapping; FP8
 // weights, which need their scales, are refused).
 std::vector<double> toDoubles(const TensorView& t);
+
+// The bf16 value at p (any alignment) as float: its 16 bits are a float's upper half.
+inline float bf16ToFloat(const uint8_t* p) {
+    uint16_t h;
+    std::memcpy(&h, p, 2);
+    const uint32_t u = static_cast<uint32_t>(h) << 16;
+    float f;
+    std::memcpy(&f, &u, 4);
+    return f;
+}
 
 // n elements of dtype `dt` at `src` (any alignment) widened to float. F8_E4M3 values come out
 // unscaled: readers of FP8 weights multiply by their ScaleGrid.
