@@ -6,22 +6,19 @@
 #include <thread>
 
 #include "analysis/similarity.h"
+#include "analysis/simd.h"
 #include "error.h"
 
 namespace es {
 
 namespace {
 
-constexpr int kLanes = 8;
-constexpr int kMR = 6, kNR = 16;       // the product's register block: 6 x 16 fp32 accumulators
+using namespace simd;
+
 constexpr int kPanelFloats = 1 << 16;  // a packed panel: 256 KiB, within L2 (32 positions at least)
 constexpr int kFlushRows = 16;         // fp32 column sums cover at most 16 rows, then fp64
-typedef float v8 __attribute__((vector_size(32)));
 typedef uint16_t u16x8 __attribute__((vector_size(16)));
 typedef uint32_t u32x8 __attribute__((vector_size(32)));
-// Helpers are inlined into runRows' clones: compiled out of line they would be built for the
-// baseline target only (no AVX), several times slower.
-#define ES_INLINE inline __attribute__((always_inline))
 
 struct Acc {
     std::vector<double> gram, gramZ;  // ldp x ldp, entries (a, b) with a <= b < n
@@ -31,25 +28,6 @@ struct Acc {
 // Values per panel: a multiple of 32 (whole MXFP4 blocks), 32 to 512, the panel within
 // kPanelFloats up to 2048 matrices (32 x ldp floats above).
 int panelPositions(int ldp) { return std::clamp(kPanelFloats / ldp / 32 * 32, 32, 512); }
-
-ES_INLINE v8 load8(const float* p) {
-    v8 v;
-    std::memcpy(&v, p, sizeof v);
-    return v;
-}
-ES_INLINE void store8(float* p, v8 v) { std::memcpy(p, &v, sizeof v); }
-// A broadcast, written as a shuffle of {x, 0, ...}: GCC 12 then loads x with one vbroadcastss
-// (v8{x, x, ...} and x - v8{} it builds element by element, v8{} + x it keeps as an addition,
-// since adding zero turns -0 into +0, and t[0] = x costs two more instructions).
-ES_INLINE v8 splat(float x) {
-    const v8 t = {x};
-    return __builtin_shufflevector(t, t, 0, 0, 0, 0, 0, 0, 0, 0);
-}
-ES_INLINE float hsum(v8 v) {
-    float r = 0;
-    for (int l = 0; l < kLanes; ++l) r += v[l];
-    return r;
-}
 
 // bf16 -> fp32 is a 16-bit shift: eight values (one: similarity.h's bf16ToFloat).
 ES_INLINE void store8Bf16(u16x8 h, float* dst) {
@@ -96,86 +74,6 @@ ES_INLINE void widenSegment(const GramMatrix& m, int64_t r, int64_t c0, int w, i
         widenBf16Stride2(m.data + static_cast<size_t>(v) * 2, w, t);
     } else {  // a column of the stored tensor, or every other element of it
         toFloatsStrided(m.data + static_cast<size_t>(v) * dtypeSize(m.dtype), m.dtype, m.colStride, w, t);
-    }
-}
-
-// Eight rows of `src` (row stride ss), values 0 .. w, into the packed panel: value k of row i to
-// dst[k * ldp + i]. 8 x 8 blocks are transposed in registers.
-ES_INLINE void transpose8(const float* src, int64_t ss, int w, float* dst, int ldp) {
-    int k = 0;
-    for (; k + kLanes <= w; k += kLanes) {
-        v8 r[8], t[8], s[8];
-        for (int i = 0; i < 8; ++i) r[i] = load8(src + i * ss + k);
-        for (int i = 0; i < 8; i += 2) {
-            t[i] = __builtin_shufflevector(r[i], r[i + 1], 0, 8, 1, 9, 4, 12, 5, 13);
-            t[i + 1] = __builtin_shufflevector(r[i], r[i + 1], 2, 10, 3, 11, 6, 14, 7, 15);
-        }
-        for (int i = 0; i < 8; i += 4)
-            for (int h = 0; h < 2; ++h) {
-                s[i + 2 * h] = __builtin_shufflevector(t[i + h], t[i + h + 2], 0, 1, 8, 9, 4, 5, 12, 13);
-                s[i + 2 * h + 1] = __builtin_shufflevector(t[i + h], t[i + h + 2], 2, 3, 10, 11, 6, 7, 14, 15);
-            }
-        // s[q] (q < 4) holds columns q and q + 4 of rows 0-3, s[q + 4] those of rows 4-7
-        for (int q = 0; q < 4; ++q) {
-            store8(dst + (k + q) * ldp, __builtin_shufflevector(s[q], s[q + 4], 0, 1, 2, 3, 8, 9, 10, 11));
-            store8(dst + (k + q + 4) * ldp, __builtin_shufflevector(s[q], s[q + 4], 4, 5, 6, 7, 12, 13, 14, 15));
-        }
-    }
-    for (; k < w; ++k)
-        for (int i = 0; i < 8; ++i) dst[k * ldp + i] = src[i * ss + k];
-}
-
-// out[(i0 + i) * ldp + j0 + j] += sum over the panel's kc positions of P[k][i0 + i] P[k][j0 + j],
-// i < MR, j < 16: 12 fp32 accumulators in registers, two loads and MR broadcasts feed 2 MR
-// multiply-adds per position; then into the fp64 sums.
-template <int MR>
-ES_INLINE void microTile(const float* P, int ldp, int kc, int i0, int j0, double* out) {
-    v8 c[MR][2];
-    for (int i = 0; i < MR; ++i) c[i][0] = c[i][1] = v8{};
-    const float* p = P;
-    for (int k = 0; k < kc; ++k, p += ldp) {
-        const v8 b0 = load8(p + j0), b1 = load8(p + j0 + 8);
-        for (int i = 0; i < MR; ++i) {
-            const v8 a = splat(p[i0 + i]);
-            c[i][0] += a * b0;
-            c[i][1] += a * b1;
-        }
-    }
-    for (int i = 0; i < MR; ++i) {
-        double* o = out + static_cast<size_t>(i0 + i) * ldp + j0;
-        for (int l = 0; l < kLanes; ++l) {
-            o[l] += c[i][0][l];
-            o[kLanes + l] += c[i][1][l];
-        }
-    }
-}
-
-// The upper block triangle of P^T P (P: kc positions of ldp floats, n of them used) added into
-// out: column blocks of 16, each with the row blocks of 6 that reach its last column.
-ES_INLINE void panelGram(const float* P, int ldp, int kc, int n, double* out) {
-    for (int j0 = 0; j0 < n; j0 += kNR) {
-        const int end = std::min(j0 + kNR, n);
-        int i0 = 0;
-        for (; i0 + kMR <= end; i0 += kMR) microTile<kMR>(P, ldp, kc, i0, j0, out);
-        switch (end - i0) {
-            case 1:
-                microTile<1>(P, ldp, kc, i0, j0, out);
-                break;
-            case 2:
-                microTile<2>(P, ldp, kc, i0, j0, out);
-                break;
-            case 3:
-                microTile<3>(P, ldp, kc, i0, j0, out);
-                break;
-            case 4:
-                microTile<4>(P, ldp, kc, i0, j0, out);
-                break;
-            case 5:
-                microTile<5>(P, ldp, kc, i0, j0, out);
-                break;
-            default:
-                break;
-        }
     }
 }
 
