@@ -5,31 +5,12 @@
 #include <nlohmann/json.hpp>
 
 #include "analysis/analysis.h"
+#include "analysis/kernels.h"
 #include "error.h"
 
 namespace es {
 
 namespace {
-
-// Kendall's tau-b of two vectors (ties counted in each, as scipy.stats.kendalltau); NaN where one
-// holds NaN or is constant.
-double kendallTauB(const float* x, const float* y, int64_t n) {
-    int64_t concordant = 0, discordant = 0, tiesX = 0, tiesY = 0;
-    for (int64_t i = 0; i < n; ++i)
-        if (std::isnan(x[i]) || std::isnan(y[i])) return std::nan("");
-    for (int64_t i = 0; i < n; ++i)
-        for (int64_t j = i + 1; j < n; ++j) {
-            const int sx = (x[i] < x[j]) - (x[j] < x[i]), sy = (y[i] < y[j]) - (y[j] < y[i]);
-            if (sx == 0) ++tiesX;
-            if (sy == 0) ++tiesY;
-            if (sx == 0 || sy == 0) continue;
-            if (sx == sy) ++concordant;
-            else ++discordant;
-        }
-    const double pairs = static_cast<double>(n) * static_cast<double>(n - 1) / 2.0;
-    const double den = std::sqrt((pairs - static_cast<double>(tiesX)) * (pairs - static_cast<double>(tiesY)));
-    return den > 0 ? static_cast<double>(concordant - discordant) / den : std::nan("");
-}
 
 // A record of T tokens; an imported run's (expert ids only: no logits) may have rows of -1 (no record).
 void checkRecord(const LayerTrace& l, int64_t T, const char* model) {

@@ -1,10 +1,11 @@
 #pragma once
 // D2: each expert's output norm against its router score: per layer the counts of (score rank,
 // norm rank), how often the top-1 expert has the largest norm, the diagonal mass, Kendall's
-// tau-b between norms and scores per token, and every (norm, score) point.
-#include <array>
-#include <limits>
+// tau-b between norms and scores per token (its mean leaves out tokens whose norms or scores hold
+// a NaN or are constant), and every (norm, score) point.
+#include <cmath>
 
+#include "analysis/kernels.h"
 #include "analysis/pass.h"
 
 namespace es::detail {
@@ -15,23 +16,6 @@ inline Tensor ranksOf(const Tensor& v) {
     Tensor ranks = torch::empty_like(order);
     ranks.scatter_(-1, order, torch::arange(v.size(-1), order.options()).expand_as(order).contiguous());
     return ranks;
-}
-
-// Kendall's tau-b between the rows of a and b ([T, E], float32 or float64), per row; NaN where a
-// row is constant or not finite. The signs of the pairwise differences are exact in the inputs'
-// dtype (a difference of two floats is 0 only when they are equal) and kept as int8: at 128
-// experts, float64 [T, E, E] temporaries cost as much as the experts' outputs.
-inline Tensor kendallTauB(const Tensor& a, const Tensor& b) {
-    const auto sign8 = [](const Tensor& v) { return (v.unsqueeze(2) - v.unsqueeze(1)).sign_().to(torch::kChar); };
-    const Tensor sa = sign8(a), sb = sign8(b);                          // [T, E, E]
-    const double E = static_cast<double>(a.size(1)), n0 = E * (E - 1);  // ordered pairs
-    const std::array<int64_t, 2> both{1, 2};  // (an IntArrayRef of a braced list would dangle)
-    Tensor s = (sa * sb).sum(both, false, torch::kLong).to(torch::kDouble);
-    Tensor tiesA = (sa == 0).sum(both, false, torch::kLong).to(torch::kDouble) - E;  // minus the diagonal
-    Tensor tiesB = (sb == 0).sum(both, false, torch::kLong).to(torch::kDouble) - E;
-    Tensor tau = s / torch::sqrt((n0 - tiesA) * (n0 - tiesB));
-    Tensor finite = a.isfinite().all(1).logical_and(b.isfinite().all(1));
-    return tau.masked_fill(finite.logical_not(), std::numeric_limits<double>::quiet_NaN());
 }
 
 class NormScoreRanks final : public Analysis {
@@ -48,13 +32,17 @@ public:
         Tensor sc = k_.rule->scoring == RouterRule::Scoring::Sigmoid ? logits.sigmoid() : logits.softmax(-1);
         Tensor nr = norms.narrow(1, 0, E);
         Tensor idx = ranksOf(sc) * E + ranksOf(nr);
-        a.normParts.push_back(nr.to(torch::kCPU));
-        a.scoreParts.push_back(sc.to(torch::kCPU));
         a.rankCounts += torch::bincount(idx.reshape(-1), {}, E * E).to(torch::kLong);
-        Tensor tau = kendallTauB(nr, sc);
-        Tensor ok = tau.isfinite();
-        a.tauSum += tau.masked_select(ok).sum().item<double>();
-        a.tauCount += ok.sum().item<int64_t>();
+        // every token's points come to the host anyway: Kendall's tau there (kernels.h), per token
+        const Tensor nh = nr.to(torch::kCPU).contiguous(), sh = sc.to(torch::kCPU).contiguous();
+        a.normParts.push_back(nh);
+        a.scoreParts.push_back(sh);
+        for (int64_t i = 0; i < n; ++i) {
+            const double tau = kendallTauB(nh.data_ptr<float>() + i * E, sh.data_ptr<float>() + i * E, E);
+            if (std::isnan(tau)) continue;
+            a.tauSum += tau;
+            ++a.tauCount;
+        }
         a.tokens += n;
     }
 

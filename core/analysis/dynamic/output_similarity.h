@@ -1,6 +1,7 @@
 #pragma once
 // D1: the similarity of the experts' outputs on the same tokens (cosine and angular, averaged
 // over tokens; per token for the run's first N tokens), and the output-based layer diversity.
+#include "analysis/kernels.h"
 #include "analysis/pass.h"
 
 namespace es::detail {
@@ -18,16 +19,18 @@ public:
             a.cosSum = torch::zeros({rows, rows}, O.options().dtype(torch::kDouble));
             a.acosSum = torch::zeros_like(a.cosSum);
         }
-        Tensor U = O / norms.clamp_min(1e-30).unsqueeze(-1);
-        Tensor Cm = torch::bmm(U, U.transpose(1, 2)).clamp_(-1.0, 1.0);  // [n, R, R]
-        Cm.diagonal(0, 1, 2).fill_(1.0);
-        // summed over the tokens in float64 without a float64 copy of the chunk (at 128 experts
-        // the copies and the float64 arccos cost as much as the products); the angular
-        // similarity 1 - arccos / pi is taken of the sum in finish()
-        a.cosSum += Cm.sum(0, false, torch::kDouble);
-        a.acosSum += torch::acos(Cm).sum(0, false, torch::kDouble);
         const int64_t keep = std::clamp<int64_t>(c_.firstTokens - (t.base + c0), 0, n);
-        if (keep > 0) a.perToken.push_back(Cm.narrow(0, 0, keep).to(torch::kCPU));
+        if (O.is_cpu() && O.scalar_type() == torch::kFloat) {
+            onHost(O.contiguous(), norms.contiguous(), keep, a);
+        } else {
+            Tensor U = O / norms.clamp_min(1e-30).unsqueeze(-1);
+            Tensor Cm = torch::bmm(U, U.transpose(1, 2)).clamp_(-1.0, 1.0);  // [n, R, R]
+            Cm.diagonal(0, 1, 2).fill_(1.0);
+            // summed over the tokens in float64 without a float64 copy of the chunk
+            a.cosSum += Cm.sum(0, false, torch::kDouble);
+            a.acosSum += torch::acos(Cm).sum(0, false, torch::kDouble);
+            if (keep > 0) a.perToken.push_back(Cm.narrow(0, 0, keep).to(torch::kCPU));
+        }
         a.tokens += n;
     }
 
@@ -63,6 +66,21 @@ public:
     }
 
 private:
+    struct Acc;
+    // On the host: kernels.h's tokenCosines (the upper triangle of each token's product only, the
+    // clamp, the arccos and the fp64 sums in one pass), with ATen's number of threads.
+    void onHost(const Tensor& O, const Tensor& norms, int64_t keep, Acc& a) {
+        const int64_t n = O.size(0), R = O.size(1), d = O.size(2);
+        Tensor pt = torch::empty({keep, R, R}, O.options());
+        Tensor cosSum = torch::zeros({R, R}, O.options().dtype(torch::kDouble)), acosSum = torch::zeros_like(cosSum);
+        tokenCosines(O.data_ptr<float>(), norms.data_ptr<float>(), n, static_cast<int>(R), d, keep,
+                     pt.data_ptr<float>(), cosSum.data_ptr<double>(), acosSum.data_ptr<double>(),
+                     at::get_num_threads());
+        a.cosSum += cosSum;
+        a.acosSum += acosSum;
+        if (keep > 0) a.perToken.push_back(pt);
+    }
+
     struct Acc {
         Tensor cosSum, acosSum;  // [R, R] float64: sums of the cosines and of their arccos
         int64_t tokens = 0;

@@ -1,0 +1,212 @@
+#include "analysis/kernels.h"
+
+#include <cmath>
+#include <limits>
+#include <omp.h>
+#include <vector>
+
+#include "analysis/simd.h"
+
+namespace es {
+
+namespace {
+
+using namespace simd;
+
+typedef double v4d __attribute__((vector_size(32)));
+
+// arccos of eight values: asin by the odd minimax polynomial x + x z P(z), z = x^2, on |x| <= 1/2
+// (Cephes' asinf coefficients), and acos |x| = 2 asin(sqrt((1 - |x|) / 2)) above; acos(-a) =
+// pi - acos(a). NaN in, NaN out (every branch carries it). Built without errno: the square root
+// is one instruction.
+ES_INLINE v8 acos8(v8 x) {
+    const v8 a = x < 0 ? -x : x;
+    const i32x8 small = a <= 0.5f;
+    const v8 z = small ? x * x : 0.5f * (1.f - a);
+    v8 s;
+    for (int l = 0; l < kLanes; ++l) s[l] = std::sqrt(z[l]);
+    const v8 p = (((4.2163199048e-2f * z + 2.4181311049e-2f) * z + 4.5470025998e-2f) * z + 7.4953002686e-2f) * z +
+                 1.6666752422e-1f;
+    const v8 asinSmall = x + x * z * p;        // asin(x), |x| <= 1/2
+    const v8 acosBig = 2.f * (s + s * z * p);  // acos(|x|), |x| > 1/2
+    const v8 acosFar = x < 0 ? 3.14159265358979f - acosBig : acosBig;
+    return small ? 1.57079632679490f - asinSmall : acosFar;
+}
+
+// y[i] += x[i], eight fp32 values into eight fp64 sums.
+ES_INLINE void addWide(double* y, v8 x) {
+    const v4d lo = __builtin_convertvector(__builtin_shufflevector(x, x, 0, 1, 2, 3), v4d);
+    const v4d hi = __builtin_convertvector(__builtin_shufflevector(x, x, 4, 5, 6, 7), v4d);
+    v4d a, b;
+    std::memcpy(&a, y, sizeof a);
+    std::memcpy(&b, y + 4, sizeof b);
+    a += lo;
+    b += hi;
+    std::memcpy(y, &a, sizeof a);
+    std::memcpy(y + 4, &b, sizeof b);
+}
+
+__attribute__((target_clones("arch=x86-64-v3", "default"))) void arccosRun(const float* x, int64_t n, float* y) {
+    int64_t i = 0;
+    for (; i + kLanes <= n; i += kLanes) store8(y + i, acos8(load8(x + i)));
+    if (i < n) {  // the tail through one padded vector
+        float t[kLanes] = {};
+        std::copy(x + i, x + n, t);
+        store8(t, acos8(load8(t)));
+        std::copy(t, t + (n - i), y + i);
+    }
+}
+
+__attribute__((target_clones("arch=x86-64-v3", "default"))) double kendallRun(const float* x, const float* y,
+                                                                              int64_t n) {
+    int64_t s = 0, tiesX = 0, tiesY = 0;
+    for (int64_t i = 0; i + 1 < n; ++i) {
+        const v8 xi = splat(x[i]), yi = splat(y[i]);
+        i32x8 vs = {}, vtx = {}, vty = {};
+        int64_t j = i + 1;
+        for (; j + kLanes <= n; j += kLanes) {
+            const v8 xj = load8(x + j), yj = load8(y + j);
+            // the signs of x[j] - x[i] and y[j] - y[i] from the comparisons' masks (-1 for true)
+            const i32x8 sx = (xj < xi) - (xi < xj), sy = (yj < yi) - (yi < yj);
+            vs += sx * sy;
+            vtx -= xi == xj;
+            vty -= yi == yj;
+        }
+        s += hsum(vs);
+        tiesX += hsum(vtx);
+        tiesY += hsum(vty);
+        for (; j < n; ++j) {
+            const int sx = (x[i] < x[j]) - (x[j] < x[i]), sy = (y[i] < y[j]) - (y[j] < y[i]);
+            s += sx * sy;
+            tiesX += sx == 0;
+            tiesY += sy == 0;
+        }
+    }
+    const double pairs = static_cast<double>(n) * static_cast<double>(n - 1) / 2.0;
+    const double den = std::sqrt((pairs - static_cast<double>(tiesX)) * (pairs - static_cast<double>(tiesY)));
+    return den > 0 ? static_cast<double>(s) / den : std::numeric_limits<double>::quiet_NaN();
+}
+
+// One token of D1 (see TokenCosines): its rows packed kc positions at a time into the panel
+// ([kc][ldp]), the upper block triangle of the product summed in fp32 in `block` (ldp x ldp),
+// each entry divided by the two norms, clamped, its arccos taken, both added to the fp64 sums.
+// Rows whose norms lie within [1e-12, 1e12] (or are 0) have products within fp32's range and are
+// packed as they are; otherwise each row is divided by its norm in the panel first.
+__attribute__((target_clones("arch=x86-64-v3", "default"))) void cosineToken(const float* O, const float* norms, int R,
+                                                                             int64_t d, int ldp, int kc, float* panel,
+                                                                             float* block, float* inv, double* cosSum,
+                                                                             double* acosSum, float* perToken) {
+    bool tame = true;
+    for (int j = 0; j < R; ++j) {
+        const float n = norms[j];
+        inv[j] = 1.f / std::max(n, 1e-30f);  // padding: 0 (set once)
+        tame = tame && (n == 0.f || (n >= 1e-12f && n <= 1e12f));
+    }
+    std::fill(block, block + static_cast<size_t>(ldp) * ldp, 0.f);
+    for (int64_t k0 = 0; k0 < d; k0 += kc) {
+        const int w = static_cast<int>(std::min<int64_t>(kc, d - k0));
+        int a0 = 0;
+        for (; a0 + kLanes <= R; a0 += kLanes) transpose8(O + a0 * d + k0, d, w, panel + a0, ldp);
+        for (int a = a0; a < R; ++a)
+            for (int k = 0; k < w; ++k) panel[k * ldp + a] = O[a * d + k0 + k];
+        if (!tame)
+            for (int k = 0; k < w; ++k)
+                for (int j = 0; j < ldp; j += kLanes) {
+                    float* p = panel + static_cast<size_t>(k) * ldp + j;
+                    store8(p, load8(p) * load8(inv + j));
+                }
+        panelGram(panel, ldp, w, R, block);
+    }
+    const v8 one = splat(1.f), minusOne = splat(-1.f);
+    const i32x8 lane = {0, 1, 2, 3, 4, 5, 6, 7};
+    for (int i = 0; i < R; ++i) {
+        float* b = block + static_cast<size_t>(i) * ldp;
+        const v8 si = splat(tame ? inv[i] : 1.f);
+        // whole vectors from the one holding the diagonal: lanes below it or past R are summed
+        // too and never read (they lie within the ldp x ldp buffers)
+        for (int j = i / kLanes * kLanes; j < R; j += kLanes) {
+            v8 c = load8(b + j);
+            if (tame) c = c * si * load8(inv + j);
+            c = c > one ? one : c;  // (a NaN stays)
+            c = c < minusOne ? minusOne : c;
+            c = lane + j == i ? one : c;  // the diagonal
+            store8(b + j, c);
+            addWide(cosSum + static_cast<size_t>(i) * ldp + j, c);
+            addWide(acosSum + static_cast<size_t>(i) * ldp + j, acos8(c));
+        }
+    }
+    if (perToken)
+        for (int i = 0; i < R; ++i)
+            for (int j = i; j < R; ++j) perToken[i * R + j] = perToken[j * R + i] = block[i * ldp + j];
+}
+
+// One thread's share of tokenCosines: its buffers and sums.
+class TokenCosines {
+public:
+    TokenCosines(int rows, int64_t d);
+    void add(const float* O, const float* norms, int64_t tokens, float* perToken, int64_t keep);
+    void addSumsTo(double* cosSum, double* acosSum) const;  // both triangles
+
+private:
+    int R_, ldp_, kc_;
+    int64_t d_;
+    std::vector<float> panel_, block_, inv_;
+    std::vector<double> cos_, acos_;  // ldp x ldp, entries (i, j) with i <= j < R
+};
+
+TokenCosines::TokenCosines(int rows, int64_t d)
+    : R_(rows),
+      ldp_((rows + kNR - 1) / kNR * kNR),
+      kc_(static_cast<int>(std::min<int64_t>(d, std::clamp(65536 / ldp_ / kLanes * kLanes, kLanes, 512)))),
+      d_(d),
+      panel_(static_cast<size_t>(kc_) * ldp_, 0.f),
+      block_(static_cast<size_t>(ldp_) * ldp_, 0.f),
+      inv_(static_cast<size_t>(ldp_), 0.f),
+      cos_(static_cast<size_t>(ldp_) * ldp_, 0.0),
+      acos_(static_cast<size_t>(ldp_) * ldp_, 0.0) {}
+
+void TokenCosines::add(const float* O, const float* norms, int64_t tokens, float* perToken, int64_t keep) {
+    const size_t rr = static_cast<size_t>(R_) * R_;
+    for (int64_t t = 0; t < tokens; ++t)
+        cosineToken(O + t * R_ * d_, norms + t * R_, R_, d_, ldp_, kc_, panel_.data(), block_.data(), inv_.data(),
+                    cos_.data(), acos_.data(), t < keep ? perToken + t * rr : nullptr);
+}
+
+void TokenCosines::addSumsTo(double* cosSum, double* acosSum) const {
+    for (int i = 0; i < R_; ++i)
+        for (int j = i; j < R_; ++j) {
+            const size_t u = static_cast<size_t>(i) * ldp_ + j;
+            cosSum[i * R_ + j] += cos_[u];
+            acosSum[i * R_ + j] += acos_[u];
+            if (j == i) continue;
+            cosSum[j * R_ + i] += cos_[u];
+            acosSum[j * R_ + i] += acos_[u];
+        }
+}
+
+}  // namespace
+
+double kendallTauB(const float* x, const float* y, int64_t n) {
+    for (int64_t i = 0; i < n; ++i)
+        if (std::isnan(x[i]) || std::isnan(y[i])) return std::numeric_limits<double>::quiet_NaN();
+    return kendallRun(x, y, n);
+}
+
+void arccos(const float* x, int64_t n, float* y) { arccosRun(x, n, y); }
+
+void tokenCosines(const float* O, const float* norms, int64_t n, int R, int64_t d, int64_t keep, float* perToken,
+                  double* cosSum, double* acosSum, int threads) {
+    if (n <= 0) return;
+    threads = static_cast<int>(std::clamp<int64_t>(threads, 1, n));
+    std::vector<TokenCosines> work(static_cast<size_t>(threads), TokenCosines(R, d));  // nothing below throws
+#pragma omp parallel num_threads(threads)
+    {
+        const int w = omp_get_thread_num(), count = omp_get_num_threads();
+        const int64_t b = n * w / count, e = n * (w + 1) / count;
+        work[static_cast<size_t>(w)].add(O + b * R * d, norms + b * R, e - b, perToken + std::min(b, keep) * R * R,
+                                         keep - b);
+    }
+    for (const TokenCosines& k : work) k.addSumsTo(cosSum, acosSum);
+}
+
+}  // namespace es
