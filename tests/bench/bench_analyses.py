@@ -3,7 +3,7 @@
 
     .venv/bin/python tests/bench/bench_analyses.py [--build build] [--layers 1] [--skip-static] [--skip-dynamic]
                                                    [--device cpu|cuda] [--prompts 4] [--length 512] [--s3]
-                                                   [--dynamic-experts 8|128|256]
+                                                   [--dynamic-experts 8|128|256] [--dynamic-width published|scaled]
                                                    [--shape mixtral|qwen3-30b-a3b|deepseek-v2-lite|e256|gpt-oss-20b|
                                                             gpt-oss-20b-bf16]
 
@@ -35,9 +35,11 @@ x @ W, gate and up interleaved by column), which the static pass reads in the st
 
 Dynamic: D1 + D2 with every expert evaluated, on 2048 tokens (4 prompts of 512) of the mid-size
 float32 Mixtral model of run_bench.py (or, --dynamic-experts 128 or 256, a float32 Qwen3-MoE of 4
-layers with that many experts, top-8), against the engine's plain traced forward on the same
-prompts, in the same process (--device: where the model and the analyses run), and the peak of
-what D1+D2 allocate.
+layers, d = 512, with that many experts, top-8, each as wide as the published model's with that
+many experts, or with --dynamic-width scaled, 3/8 d and half that), against the engine's plain
+traced forward on the same prompts, in the same process (--device: where the model and the
+analyses run), and the peak of what D1+D2 allocate. D1's exact per-token products add E / (6 F)
+to the experts' multiply-adds whatever d is (printed).
 """
 import argparse
 import json
@@ -181,19 +183,28 @@ def make_fine_grained(shape, out, layers):
     return write_shards(tensors.items(), out), mats
 
 
-def make_fine_dynamic(out, experts):
+# the expert widths of the published models with these expert counts (tests/data/configs):
+# Qwen3-30B-A3B (128 experts of 768) and Qwen3.5-35B-A3B (256 of 512)
+PUBLISHED_WIDTH = {128: 768, 256: 512}
+
+
+def make_fine_dynamic(out, experts, width):
     """A float32 Qwen3-MoE of 4 layers with `experts` experts, top-8, d = 512 and each expert
-    Qwen3-30B-A3B's width ratio (F = 3/8 d at 128 experts, halved at 256), random weights: the
-    dynamic analyses' fine-grained case; its description."""
+    `width` wide: "published" (the width of the published model with that many experts) or
+    "scaled" (Qwen3-30B-A3B's width ratio, F = 3/8 d, at 128 experts, halved at 256), random
+    weights: the dynamic analyses' fine-grained case; its description."""
     import transformers
-    F = 192 if experts <= 128 else 96
+    F = PUBLISHED_WIDTH[experts] if width == "published" else 192 if experts <= 128 else 96
     cfg = transformers.Qwen3MoeConfig(vocab_size=8192, hidden_size=512, intermediate_size=1536, moe_intermediate_size=F,
                                       num_experts=experts, num_experts_per_tok=8, num_hidden_layers=4,
                                       num_attention_heads=8, num_key_value_heads=4, head_dim=64,
                                       max_position_embeddings=4096)
     torch.manual_seed(0)
     transformers.Qwen3MoeForCausalLM(cfg).eval().save_pretrained(out, max_shard_size="1GB")
-    return f"Qwen3-MoE layout, 4 layers, d 512, {experts} experts of {F}, top-8, float32"
+    # D1's per-token products (the upper triangle of E x E dot products of length d) against the
+    # experts' (E x 3 d F): E / (6 F), whatever d is
+    share = experts / (6 * F)
+    return f"Qwen3-MoE layout, 4 layers, d 512, {experts} experts of {F}, top-8, float32", share
 
 
 def write_shards(tensors, out):
@@ -290,6 +301,9 @@ def main():
     ap.add_argument("--length", type=int, default=512)
     ap.add_argument("--dynamic-experts", type=int, default=8, choices=[8, 128, 256],
                     help="D1+D2 on the mid model (8 experts) or a fine-grained Qwen3-MoE of 128 or 256 experts")
+    ap.add_argument("--dynamic-width", default="published", choices=["published", "scaled"],
+                    help="the fine-grained model's expert width: the published model's (768 at 128 experts, 512 at "
+                         "256) or Qwen3-30B-A3B's ratio to d (192 at 128, 96 at 256)")
     ap.add_argument("--s3", action="store_true", help="fine-grained shapes: also time S3 on layer 0 (minutes)")
     a = ap.parse_args()
     exe = os.path.join(a.build, "bin", "bench_analyses")
@@ -314,12 +328,13 @@ def main():
             print(f"  file-backed peak: {r['peak_file_mb']:.0f} MiB ({r['peak_file_mb'] / layer_mb:.2f} x one layer)")
         if not a.skip_dynamic:
             out = os.path.join(tmp, "dyn")
+            share = None
             if a.dynamic_experts == 8:
                 import run_bench
                 run_bench.make("mid", out)
                 what = "mid model"
             else:
-                what = make_fine_dynamic(out, a.dynamic_experts)
+                what, share = make_fine_dynamic(out, a.dynamic_experts, a.dynamic_width)
             runs = [json.loads(subprocess.run([exe, "dynamic", out, str(a.prompts), str(a.length), a.device],
                                               check=True, capture_output=True, text=True).stdout) for _ in range(3)]
             r = min(runs, key=lambda x: x["dynamic_s"])
@@ -330,6 +345,9 @@ def main():
                   f"D1+D2 {r['dynamic_s']:.2f} s ({r['dynamic_s'] / t:.2f}x the traced forward, "
                   f"{r['dynamic_s'] / ta:.2f}x the all-experts one), anonymous +{r['dynamic_anon_mb']:.0f} MiB "
                   f"(their model copy included)")
+            if share:
+                print(f"  D1's per-token products add {share:.1%} to the experts' multiply-adds (E / (6 F), whatever d "
+                      f"is)")
 
 
 if __name__ == "__main__":
