@@ -119,7 +119,16 @@ ES_INLINE void addToStats(const float* t, int w, bool first, SegmentStats& st) {
 ES_INLINE void finishStats(const SegmentStats& st, int w, int n, float* mean, float* inv) {
     const float invN = 1.f / static_cast<float>(n), invN1 = 1.f / static_cast<float>(n - 1);
     const float *K = st.shift.data(), *S = st.sum.data(), *Q = st.sq.data(), *lo = st.lo.data(), *hi = st.hi.data();
-    for (int c = 0; c < w; ++c) {
+    int c = 0;
+    for (; c + kLanes <= w; c += kLanes) {  // eight positions a step (vsqrtps, vdivps)
+        const v8 s = load8(S + c), var = (load8(Q + c) - s * s * invN) * invN1;
+        v8 sd;
+        for (int l = 0; l < kLanes; ++l) sd[l] = std::sqrt(var[l]);
+        const i32x8 none = (load8(hi + c) == load8(lo + c)) | !(var > 0.f);
+        store8(mean + c, load8(K + c) + s * invN);
+        store8(inv + c, none ? v8{} : 1.f / sd);
+    }
+    for (; c < w; ++c) {
         const float var = (Q[c] - S[c] * S[c] * invN) * invN1;
         const bool none = hi[c] == lo[c] || !(var > 0);
         mean[c] = K[c] + S[c] * invN;

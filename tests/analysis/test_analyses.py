@@ -1068,9 +1068,19 @@ def test_128_fine_grained_experts(world, tmp_path):
 def test_odd_sizes(world, tmp_path):
     """Sizes that are multiples of nothing the kernels block by (13 experts, d = 42, F = 21): the
     Gram kernel's panels, eight-row transposes and 6 x 16 product blocks all end in partial ones,
-    and S2's and S4's cosines in partial four-value steps. numpy's S1, S2, S4, S6 and S7."""
+    and S2's and S4's cosines in partial four-value steps. Some positions hold one value in every
+    expert (a row of the gate and of the up projection, a column of the down one, as after
+    upcycling): S6 standardises them to 0, in the eight-position steps and in the tails. numpy's
+    S1, S2, S4, S6 and S7."""
+    torch = require("torch")
     model = fixtures.build_model("mixtral_gqa", num_local_experts=13, num_experts_per_tok=3, hidden_size=42,
                                  intermediate_size=21, num_attention_heads=3, num_key_value_heads=1)
+    with torch.no_grad():
+        for layer in model.model.layers:
+            gu, down = layer.mlp.experts.gate_up_proj, layer.mlp.experts.down_proj  # [E, 2F, d], [E, d, F]
+            gu[:, 2] = gu[0, 2].clone()
+            gu[:, 21 + 5] = gu[0, 21 + 5].clone()
+            down[:, :, 4] = down[0, :, 4].clone()
     per, _ = fixtures.save_layouts(model, str(tmp_path / "odd"))
     out = tmp_path / "s.h5"
     run_cli(world.cli, "analyze", per, "--out", out, "--static", "S1,S2,S4,S6,S7")
