@@ -198,7 +198,9 @@ void tokenCosines(const float* O, const float* norms, int64_t n, int R, int64_t 
                   double* cosSum, double* acosSum, int threads) {
     if (n <= 0) return;
     threads = static_cast<int>(std::clamp<int64_t>(threads, 1, n));
-    std::vector<TokenCosines> work(static_cast<size_t>(threads), TokenCosines(R, d));  // nothing below throws
+    std::vector<TokenCosines> work;  // allocated here: nothing in the parallel region throws
+    work.reserve(static_cast<size_t>(threads));
+    for (int w = 0; w < threads; ++w) work.emplace_back(R, d);
 #pragma omp parallel num_threads(threads)
     {
         const int w = omp_get_thread_num(), count = omp_get_num_threads();

@@ -68,16 +68,14 @@ public:
 private:
     struct Acc;
     // On the host: kernels.h's tokenCosines (the upper triangle of each token's product only, the
-    // clamp, the arccos and the fp64 sums in one pass), with ATen's number of threads.
+    // clamp, the arccos and the fp64 sums in one pass) adds straight into the layer's sums (host
+    // tensors, as O is), with ATen's number of threads.
     void onHost(const Tensor& O, const Tensor& norms, int64_t keep, Acc& a) {
         const int64_t n = O.size(0), R = O.size(1), d = O.size(2);
         Tensor pt = torch::empty({keep, R, R}, O.options());
-        Tensor cosSum = torch::zeros({R, R}, O.options().dtype(torch::kDouble)), acosSum = torch::zeros_like(cosSum);
         tokenCosines(O.data_ptr<float>(), norms.data_ptr<float>(), n, static_cast<int>(R), d, keep,
-                     pt.data_ptr<float>(), cosSum.data_ptr<double>(), acosSum.data_ptr<double>(),
+                     pt.data_ptr<float>(), a.cosSum.data_ptr<double>(), a.acosSum.data_ptr<double>(),
                      at::get_num_threads());
-        a.cosSum += cosSum;
-        a.acosSum += acosSum;
         if (keep > 0) a.perToken.push_back(pt);
     }
 
