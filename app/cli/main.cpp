@@ -61,7 +61,8 @@ const char* kUsage = R"(usage:
                   [--run NAME] [--preset short|routing-map]
                   [--paragraphs FILE] [--reference DENSE_CHECKPOINT] [--layers 0,3,...]
                   [--device cpu|cuda[:N]] [--dtype float32|bfloat16|float16] [--first-tokens N]
-                  [--pca-components 2|3] [--pca-outliers EPS[:MIN_SAMPLES]] [--threads N] [--allow-long]
+                  [--pca-components 2|3] [--pca-outliers EPS[:MIN_SAMPLES]] [--static-backend kernels|torch]
+                  [--threads N] [--allow-long]
   expertscope-cli compare CHECKPOINT_A CHECKPOINT_B --out SESSION.h5 [--name NAME] [--layers 0,3,...] [--threads N]
                   [--run NAME] [--token-ids 1,2,3 ... | --prompt TEXT ... | --prompts FILE] [--routing-only]
                   [--device ...] [--dtype ...] [--layer-streaming ...] [--allow-long]
@@ -135,6 +136,10 @@ expert E's router logit.
 analyze: --dynamic importance (not in "all": it runs the model once per layer and expert, from
 that layer on) measures each expert's importance: the loss increase when it alone is disabled
 (--importance-mode zero: its output zeroed) on one layer (docs/interventions.md).
+analyze: --device also places the static analyses' pass over the weights (S1, S2, S6, S7's
+products): on a GPU each layer's matrices go to the device once and are widened and multiplied
+there; --static-backend torch takes that LibTorch path on the CPU too (a check of the host
+kernels, which are the CPU's default and faster there).
 analyze: docs/analyses.md defines every analysis and where the session keeps it (/analyses/...).
 --allow-long: run prompts longer than the model's positions (config max_position_embeddings);
 without it such a prompt is a usage error. An encoder (BERT) cannot go beyond its positions.
@@ -1042,7 +1047,7 @@ int cmdCompare(const std::vector<std::string>& args) {
 }
 
 int cmdAnalyze(const std::vector<std::string>& args) {
-    std::string path, out, run, preset, paragraphs, refPath, staticList, dynamicList, device, dtype;
+    std::string path, out, run, preset, paragraphs, refPath, staticList, dynamicList, device, dtype, staticBackend;
     std::vector<int> layers;
     int64_t firstTokens = 16;
     int pca = 2, threads = 0, outlierMin = 5;
@@ -1077,7 +1082,11 @@ int cmdAnalyze(const std::vector<std::string>& args) {
                 throw UsageError("analyze: --pca-outliers takes EPS > 0 and MIN_SAMPLES >= 1 (as EPS[:MIN_SAMPLES])");
         } else if (a == "--threads") threads = parseThreads(value(i), "analyze");
         else if (a == "--allow-long") allowLong = true;
-        else if (a == "--importance-mode") {
+        else if (a == "--static-backend") {
+            staticBackend = value(i);
+            if (staticBackend != "kernels" && staticBackend != "torch")
+                throw UsageError("analyze: --static-backend takes kernels or torch");
+        } else if (a == "--importance-mode") {
             const std::string& m = value(i);
             if (m != "disable" && m != "zero") throw UsageError("analyze: --importance-mode takes disable or zero");
             importanceZero = m == "zero";
@@ -1095,6 +1104,8 @@ int cmdAnalyze(const std::vector<std::string>& args) {
     if (!haveStatic && !haveDynamic) staticList = "default";
     const std::set<std::string> statics = es::parseStaticList(staticList);
     if (outlierEps > 0 && !statics.count("S6")) throw UsageError("analyze: --pca-outliers is an option of --static S6");
+    if (staticBackend == "kernels" && !device.empty() && device != "cpu")
+        throw UsageError("analyze: --static-backend kernels runs on the CPU, not on --device " + device);
     const std::set<std::string> dynamicsListed = es::parseDynamicList(dynamicList);
     const bool makesRun = !preset.empty() || !paragraphs.empty();
     if (makesRun && dynamicsListed.empty())
@@ -1129,6 +1140,8 @@ int cmdAnalyze(const std::vector<std::string>& args) {
         so.pcaComponents = pca;
         so.pcaOutlierEps = outlierEps;
         so.pcaOutlierMinSamples = outlierMin;
+        so.device = device.empty() ? "cpu" : device;
+        so.torchProducts = staticBackend == "torch";
         so.progress = [](double f, const std::string& what) {
             std::cerr << "\rstatic analyses: " << static_cast<int>(100 * f) << "% (" << what << ")   " << std::flush;
         };

@@ -794,8 +794,11 @@ void MainWindow::startStaticAnalyses() {
     auto spec = spec_;
     auto ref = ref_;
     const uint64_t target = generation_;
-    jobs_->submit("Static analyses", [this, ckpt, spec, ref, target](JobContext& ctx) -> JobLand {
+    // where the prompts run (the prompts panel's device): a GPU takes the pass over the weights
+    const std::string device = prompts_->device().toStdString();
+    jobs_->submit("Static analyses", [this, ckpt, spec, ref, target, device](JobContext& ctx) -> JobLand {
         StaticOptions so;
+        so.device = device;
         // S3 and S7 (neuron matching, neuron PCA) are cheap for small experts and slow for
         // large ones: run them on their own there (expertscope-cli analyze --static S3,S7)
         so.analyses = parseStaticList(spec->expertFfn <= kSmallExpertFfn ? "all" : "default");

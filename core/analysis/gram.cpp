@@ -230,13 +230,12 @@ __attribute__((target_clones("arch=x86-64-v3", "default"))) void runRows(const s
 
 }  // namespace
 
-GramResult gramPass(const std::vector<GramMatrix>& ms, int64_t rows, int64_t cols, bool neuronRows, bool gram,
-                    bool standardized, int threads) {
-    const int n = static_cast<int>(ms.size());
+void checkGramInput(const std::vector<GramMatrix>& ms, int64_t cols) {
+    const int64_t n = static_cast<int64_t>(ms.size());
     if (n < 1 || n > kGramMaxMatrices)
         throw Error("the static analyses take 1 to " + std::to_string(kGramMaxMatrices) +
                     " matrices of one shape per layer and matrix type, not " + std::to_string(n));
-    for (const GramMatrix& m : ms) {  // checked here: the worker threads must not throw
+    for (const GramMatrix& m : ms) {
         const int64_t rs = m.rowStride ? m.rowStride : cols;
         if (rs < 0 || m.colStride < 1) throw Error("gramPass: a negative row stride or a column stride below 1");
         if (m.mxfp4Scales) {
@@ -250,6 +249,12 @@ GramResult gramPass(const std::vector<GramMatrix>& ms, int64_t rows, int64_t col
                         dtypeName(m.dtype));
         }
     }
+}
+
+GramResult gramPass(const std::vector<GramMatrix>& ms, int64_t rows, int64_t cols, bool neuronRows, bool gram,
+                    bool standardized, int threads) {
+    const int n = static_cast<int>(ms.size());
+    checkGramInput(ms, cols);  // here: the worker threads must not throw
     standardized = standardized && n > 1;
     threads = static_cast<int>(std::clamp<int64_t>(threads, 1, std::max<int64_t>(1, rows)));
     std::vector<Acc> accs(static_cast<size_t>(threads));

@@ -46,6 +46,9 @@ struct GramResult {
     std::vector<std::vector<double>> neuronSum;  // n x (neuronRows ? cols : rows)
 };
 
+// The matrices' count, strides and dtypes as gramPass takes them (an Error otherwise).
+void checkGramInput(const std::vector<GramMatrix>& ms, int64_t cols);
+
 // neuronRows: a neuron is a row (W_gate, W_up: sums over rows) or a column (W_down: row sums).
 GramResult gramPass(const std::vector<GramMatrix>& ms, int64_t rows, int64_t cols, bool neuronRows, bool gram,
                     bool standardized, int threads);

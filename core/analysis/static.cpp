@@ -1,6 +1,7 @@
 // Static analyses (S1-S7): weights only, one layer at a time from the memory mapping. Blocks of
 // whole rows are widened to fp32 in a small buffer, block products are accumulated in fp64, and
-// a layer's mapped pages are released when the layer is done.
+// a layer's mapped pages are released when the layer is done. On a GPU (StaticOptions::device)
+// the stored bytes go to the device and are widened and multiplied there (devicePass).
 #include <ATen/Parallel.h>
 #include <torch/torch.h>
 
@@ -15,6 +16,7 @@
 #include "analysis/similarity.h"
 #include "checkpoint/checkpoint.h"
 #include "error.h"
+#include "model/model_impl.h"
 #include "model/spec.h"
 
 namespace es {
@@ -121,6 +123,67 @@ void readRows(const Mat& m, int64_t r0, int64_t n, float* dst) {
         toFloatsStrided(m.t->data + v * es, m.t->dtype, m.colStride, m.cols, out);
         if (m.scale) m.scale->apply(m.tensorRow() + (r0 + r) * (m.rs() / m.cols), 0, m.cols, out);
     }
+}
+
+// Where the pass over the weights and S7's products run: the host kernels, or LibTorch on `dev`
+// (a GPU; on the CPU, the GPU path's check).
+struct Where {
+    bool torch = false;
+    torch::Device dev{torch::kCPU};
+};
+
+// Rows [r0, r0 + h) of a matrix as float32 [h, cols] on `dev`: the stored bytes go to the device
+// (each row's run of stored elements, or each column's for a matrix stored transposed, gathered
+// on the host where strided) and are widened there, as readRows widens them on the host: FP8
+// times its block scales (ScaleGrid::apply's blocks), MXFP4 decoded as mxfp4Row decodes it.
+Tensor deviceRows(const Mat& m, int64_t r0, int64_t h, torch::Device dev) {
+    const auto u8 = torch::TensorOptions().dtype(torch::kByte);
+    const int64_t rs = m.rs(), cols = m.cols, first = m.offset + r0 * rs;  // element (r0, 0)
+    auto bytes = [&](const uint8_t* p, int64_t outer, int64_t inner, int64_t stride) {
+        return detail::toDevice(torch::from_blob(const_cast<uint8_t*>(p), {outer, inner}, {stride, 1}, u8).contiguous(),
+                                dev);
+    };
+    if (m.mxfp4Scales) {  // whole blocks: colStride 1, rs a multiple of 32 (checked by gramPass's rules)
+        const Tensor blk = bytes(m.t->data + first / 2, h, cols / 2, rs / 2);
+        const Tensor sc = bytes(m.mxfp4Scales->data + first / 32, h, cols / 32, rs / 32);
+        const Tensor lut = torch::from_blob(const_cast<float*>(kFp4E2M1), {16}, torch::kFloat).to(dev);
+        auto code = [&](const Tensor& c) { return lut.index_select(0, c.to(torch::kLong).reshape({-1})); };
+        // value 2i is byte i's low nibble, 2i + 1 its high one
+        const Tensor v =
+            torch::stack({code(blk.bitwise_and(15)), code(blk.bitwise_right_shift(4))}, 1).view({h, cols / 32, 32});
+        // times 2^(s - 127) as two exact powers of two built from their bits (2^128, scale 255,
+        // is no float; its half is): one rounding, as ldexp
+        const Tensor e = sc.to(torch::kInt) - 127, e1 = e.div(2, "floor"), e2 = e - e1;
+        auto pow2 = [](const Tensor& x) { return (x + 127).bitwise_left_shift(23).view(torch::kFloat).unsqueeze(-1); };
+        return (v * pow2(e1) * pow2(e2)).view({h, cols});
+    }
+    const int64_t es = static_cast<int64_t>(dtypeSize(m.t->dtype));
+    const uint8_t* base = m.t->data + first * es;
+    Tensor x;
+    if (m.colStride <= rs || h == 1) {  // each row's run, every colStride-th element kept
+        const int64_t span = (cols - 1) * m.colStride + 1;
+        x = bytes(base, h, span * es, rs * es);
+        if (x.is_cpu() && reinterpret_cast<uintptr_t>(x.data_ptr()) % es != 0) x = x.clone();
+        x = x.view(detail::storageType(m.t->dtype)).slice(1, 0, span, m.colStride);
+    } else {  // stored transposed: each column's run of h elements, transposed on the device
+        const int64_t span = (h - 1) * rs + 1;
+        x = bytes(base, cols, span * es, m.colStride * es);
+        if (x.is_cpu() && reinterpret_cast<uintptr_t>(x.data_ptr()) % es != 0) x = x.clone();
+        x = x.view(detail::storageType(m.t->dtype)).slice(1, 0, span, rs).t();
+    }
+    x = x.to(torch::kFloat);
+    if (!m.scale) return x;
+    // FP8: each row's scales, its line of the grid (ScaleGrid::apply), repeated over the columns
+    const ScaleGrid& g = *m.scale;
+    std::vector<int64_t> line(static_cast<size_t>(h));
+    for (int64_t r = 0; r < h; ++r) {
+        const int64_t tr = m.tensorRow() + (r0 + r) * (rs / cols);
+        line[static_cast<size_t>(r)] = (tr / g.rows * g.gridRows + tr % g.rows / g.blockRows);
+    }
+    const int64_t lines = static_cast<int64_t>(g.s.size()) / g.gridCols;
+    const Tensor grid = torch::from_blob(const_cast<float*>(g.s.data()), {lines, g.gridCols}, torch::kFloat).to(dev);
+    const Tensor idx = torch::from_blob(line.data(), {h}, torch::kLong).to(dev);
+    return x * grid.index_select(0, idx).repeat_interleave(g.blockCols, 1).narrow(1, 0, cols);
 }
 
 LayerMats layerMats(const Checkpoint& ck, const ModelSpec& s, const Reference* ref, int l, bool attention) {
@@ -299,7 +362,70 @@ struct PassResult {
     std::vector<std::vector<double>> neuronSum;  // n x d
 };
 
-PassResult blockPass(const std::vector<Mat>& ms, bool gram, bool standardized) {
+// X X^T (X float32 [n, P] on the device) added into G (float64 [n, n]): float32 products of
+// blocks of K positions (one batched product; K = 256, within the host kernel's panels, or 4 n, so that
+// the products' [P / K, n, n] stay within a quarter of X), summed in float64.
+void addGram(Tensor& G, const Tensor& X) {
+    const int64_t n = X.size(0), P = X.size(1), K = std::max<int64_t>(256, 4 * n), nb = P / K;
+    if (nb > 0) {
+        const Tensor A = X.narrow(1, 0, nb * K).view({n, nb, K}).transpose(0, 1);  // [nb, n, K]
+        G += torch::bmm(A, A.transpose(1, 2)).sum(0, false, torch::kDouble);
+    }
+    if (P > nb * K) {
+        const Tensor B = X.narrow(1, nb * K, P - nb * K);
+        G += torch::mm(B, B.t()).to(torch::kDouble);
+    }
+}
+
+// A symmetric n x n float64 device tensor as a host vector, its upper triangle mirrored (exactly
+// symmetric, as gramPass's).
+std::vector<double> hostSymmetric(const Tensor& G) {
+    const Tensor s = (G.triu() + G.triu(1).t()).cpu().contiguous();
+    return std::vector<double>(s.data_ptr<double>(), s.data_ptr<double>() + s.numel());
+}
+
+// gramPass with LibTorch on a device: blocks of whole rows of every matrix (at most 1 GiB in
+// float32, and at least two blocks, so that every layer takes the block loop) widened on the
+// device (deviceRows); the neuron sums in float64; S1's Gram (addGram);
+// S6's after standardising every position across the matrices (its mean and 1 / standard
+// deviation with n - 1, 0 where a position is equal in all or has no variance, as gram.cpp's
+// finishStats), in place.
+PassResult devicePass(const std::vector<Mat>& ms, bool gram, bool standardized, torch::Device dev) {
+    const int64_t n = static_cast<int64_t>(ms.size()), rows = ms[0].rows, cols = ms[0].cols;
+    const bool neuronRows = ms[0].neuronRows;
+    standardized = standardized && n > 1;
+    constexpr int64_t kBlockBytes = int64_t{1} << 30;
+    const int64_t step = std::clamp<int64_t>(kBlockBytes / (4 * n * cols), 1, std::max<int64_t>(1, (rows + 1) / 2));
+    const auto f64 = torch::TensorOptions().dtype(torch::kDouble).device(dev);
+    Tensor G = gram ? torch::zeros({n, n}, f64) : Tensor(), GZ = standardized ? torch::zeros({n, n}, f64) : Tensor();
+    Tensor sums = torch::zeros({n, neuronRows ? cols : rows}, f64);
+    for (int64_t r0 = 0; r0 < rows; r0 += step) {
+        const int64_t h = std::min(step, rows - r0);
+        Tensor X = torch::empty({n, h * cols}, torch::TensorOptions().dtype(torch::kFloat).device(dev));
+        for (int64_t a = 0; a < n; ++a) X[a].copy_(deviceRows(ms[static_cast<size_t>(a)], r0, h, dev).reshape({-1}));
+        const Tensor X3 = X.view({n, h, cols});
+        if (neuronRows) sums += X3.sum(1, false, torch::kDouble);
+        else sums.narrow(1, r0, h).copy_(X3.sum(2, false, torch::kDouble));
+        if (gram) addGram(G, X);
+        if (standardized) {
+            const auto [lo, hi] = torch::aminmax(X, 0);
+            const Tensor var = X.var(0), mean = X.mean(0);
+            const Tensor none = (hi == lo).logical_or((var > 0).logical_not());
+            X.sub_(mean).mul_(torch::where(none, torch::zeros_like(var), var.rsqrt()));
+            addGram(GZ, X);
+        }
+    }
+    PassResult out;
+    if (gram) out.gram = hostSymmetric(G);
+    if (standardized) out.gramZ = hostSymmetric(GZ);
+    const Tensor hs = sums.cpu().contiguous();
+    const int64_t len = hs.size(1);
+    for (int64_t a = 0; a < n; ++a)
+        out.neuronSum.emplace_back(hs.data_ptr<double>() + a * len, hs.data_ptr<double>() + (a + 1) * len);
+    return out;
+}
+
+PassResult blockPass(const std::vector<Mat>& ms, bool gram, bool standardized, const Where& where) {
     const int64_t rows = ms[0].rows, cols = ms[0].cols;
     const bool neuronRows = ms[0].neuronRows;
     for (const Mat& m : ms)  // one shape and one orientation: positions must correspond
@@ -307,6 +433,10 @@ PassResult blockPass(const std::vector<Mat>& ms, bool gram, bool standardized) {
             throw Error("one pass over matrices of different shapes or orientations", m.t->file, m.t->name);
     std::vector<GramMatrix> gm;
     for (auto& m : ms) gm.push_back(m.gram());
+    if (where.torch) {
+        checkGramInput(gm, cols);
+        return devicePass(ms, gram, standardized, where.dev);
+    }
     GramResult g = gramPass(gm, rows, cols, neuronRows, gram, standardized, std::max(1, at::get_num_threads()));
     return {std::move(g.gram), std::move(g.gramZ), std::move(g.neuronSum)};
 }
@@ -355,7 +485,7 @@ Pca pcaFromGram(const std::vector<double>& gIn, int n, int C) {
         proj.select(1, c).copy_(col);
         p.explained.push_back(total > 0 ? lam / total : 0.0);
     }
-    proj = proj.contiguous();
+    proj = proj.cpu().contiguous();
     p.proj.assign(proj.data_ptr<double>(), proj.data_ptr<double>() + n * C);
     return p;
 }
@@ -397,15 +527,21 @@ std::vector<int32_t> dbscan(const std::vector<double>& pts, int n, int stride, i
     return label;
 }
 
-// A matrix's neurons as rows of a float tensor [neurons, d].
-Tensor neuronMatrix(const Mat& m) {
-    Tensor raw = torch::empty({m.rows, m.cols}, torch::kFloat);
-    readRows(m, 0, m.rows, raw.data_ptr<float>());
+// A matrix's neurons as rows of a float tensor [neurons, d] (on the device where the products run).
+Tensor neuronMatrix(const Mat& m, const Where& where) {
+    Tensor raw;
+    if (where.torch) {
+        raw = deviceRows(m, 0, m.rows, where.dev);
+    } else {
+        raw = torch::empty({m.rows, m.cols}, torch::kFloat);
+        readRows(m, 0, m.rows, raw.data_ptr<float>());
+    }
     return m.neuronRows ? raw : raw.t().contiguous();
 }
 
-// S7: neuron-level PCA of every neuron of the given matrices (standardised columns).
-Pca neuronPca(const std::vector<Mat>& ms, int C, std::vector<int32_t>& owner) {
+// S7: neuron-level PCA of every neuron of the given matrices (standardised columns); its products
+// and eigendecomposition where `where` says.
+Pca neuronPca(const std::vector<Mat>& ms, int C, std::vector<int32_t>& owner, const Where& where) {
     int64_t n = 0;
     const int64_t d = ms[0].neuronRows ? ms[0].cols : ms[0].rows;
     owner.clear();
@@ -413,18 +549,18 @@ Pca neuronPca(const std::vector<Mat>& ms, int C, std::vector<int32_t>& owner) {
         n += ms[i].neurons();
         owner.insert(owner.end(), static_cast<size_t>(ms[i].neurons()), static_cast<int32_t>(i));
     }
-    auto f64 = torch::TensorOptions().dtype(torch::kDouble);
+    auto f64 = torch::TensorOptions().dtype(torch::kDouble).device(where.dev);
     Tensor sum = torch::zeros({d}, f64);
     Tensor mx, mn;
     for (auto& m : ms) {
-        Tensor X = neuronMatrix(m);
+        Tensor X = neuronMatrix(m, where);
         sum += X.sum(0).to(torch::kDouble);
         mx = mx.defined() ? torch::maximum(mx, X.amax(0)) : X.amax(0);
         mn = mn.defined() ? torch::minimum(mn, X.amin(0)) : X.amin(0);
     }
     Tensor mean = (sum / static_cast<double>(n)).to(torch::kFloat);
     Tensor constant = mx == mn;
-    auto centred = [&](const Mat& m) { return neuronMatrix(m) - mean; };
+    auto centred = [&](const Mat& m) { return neuronMatrix(m, where) - mean; };
     Pca p;
     if (n <= d) {  // few samples: the dual (Gram) form
         std::vector<Tensor> parts;
@@ -433,7 +569,7 @@ Pca neuronPca(const std::vector<Mat>& ms, int C, std::vector<int32_t>& owner) {
         Tensor var = Z.pow(2).sum(0) / static_cast<double>(std::max<int64_t>(1, n - 1));
         Tensor inv = torch::where(constant.logical_or(var <= 0), torch::zeros_like(var), var.rsqrt());
         Z = (Z * inv).to(torch::kDouble);
-        Tensor g = torch::mm(Z, Z.t()).contiguous();
+        Tensor g = torch::mm(Z, Z.t()).cpu().contiguous();
         return pcaFromGram(std::vector<double>(g.data_ptr<double>(), g.data_ptr<double>() + n * n), static_cast<int>(n),
                            C);
     }
@@ -490,7 +626,7 @@ Reorder neuronReordering(const std::vector<Mat> (&ms)[3], const std::vector<int>
     auto load = [&](int i) {
         Loaded L;
         for (int m : mats) {
-            L.raw[m] = neuronMatrix(ms[m][i]);
+            L.raw[m] = neuronMatrix(ms[m][i], Where{});
             L.norm[m] = L.raw[m].to(torch::kDouble).norm().item<double>();
             L.unit[m] = L.raw[m] / L.raw[m].norm(2, 1, true).clamp_min(1e-30);
         }
@@ -560,6 +696,9 @@ void staticForKind(const Checkpoint& ckpt, const ModelSpec& spec, const Referenc
     const bool s3 = want("S3") && !attention;
     const int E = static_cast<int>(attention ? spec.attn.moaExperts : spec.numExperts);
     const int C = opt.pcaComponents;
+    Where where;
+    where.dev = detail::parseDevice(opt.device);
+    where.torch = opt.torchProducts || !where.dev.is_cpu();
     const char* const* names = attention ? kAttnMats : kMats;
     const std::string pre = attention ? "attention/" : "";
     // the FFN's matrices: gate, up, down (SwiGLU) or W1 (stored as "gate") and W2 ("down");
@@ -618,7 +757,7 @@ void staticForKind(const Checkpoint& ckpt, const ModelSpec& spec, const Referenc
         for (int m : mats) {
             std::map<std::string, std::vector<double>> neuronSum;  // by label
             if (s1 || s2 || s6) {
-                PassResult pr = blockPass(same[m], s1, s6);
+                PassResult pr = blockPass(same[m], s1, s6, where);
                 if (s1) {
                     auto cs = cosineFromGram(pr.gram, nSame);
                     r1.arrays[lp + names[m]] = square(cs, sameLabels);
@@ -651,7 +790,8 @@ void staticForKind(const Checkpoint& ckpt, const ModelSpec& spec, const Referenc
                                     rest.push_back(same[m][static_cast<size_t>(x)]);
                                 }
                             }
-                            p = pcaFromGram(blockPass(rest, false, true).gramZ, static_cast<int>(rest.size()), C);
+                            p = pcaFromGram(blockPass(rest, false, true, where).gramZ, static_cast<int>(rest.size()),
+                                            C);
                         }
                     }
                     Array a = Array::f32d({static_cast<int64_t>(kept.size()), C}, p.proj)
@@ -668,7 +808,7 @@ void staticForKind(const Checkpoint& ckpt, const ModelSpec& spec, const Referenc
                 for (int x = 0; x < nAll; ++x) {
                     auto it = neuronSum.find(allLabels[x]);
                     if (it == neuronSum.end()) {  // a shared expert or reference of another shape
-                        Tensor v = neuronMatrix(all[m][x]).sum(0).to(torch::kDouble).contiguous();
+                        Tensor v = neuronMatrix(all[m][x], where).sum(0).to(torch::kDouble).cpu().contiguous();
                         it = neuronSum
                                  .emplace(allLabels[x],
                                           std::vector<double>(v.data_ptr<double>(), v.data_ptr<double>() + v.numel()))
@@ -684,7 +824,7 @@ void staticForKind(const Checkpoint& ckpt, const ModelSpec& spec, const Referenc
             }
             if (s7) {
                 std::vector<int32_t> owner;
-                Pca p = neuronPca(all[m], C, owner);
+                Pca p = neuronPca(all[m], C, owner, where);
                 const int64_t rows = static_cast<int64_t>(owner.size());
                 r7.arrays[lp + names[m]] = Array::f32d({rows, C}, p.proj).with("labels", AttrValue::text(allLabels));
                 r7.arrays[lp + names[m] + "_explained"] = Array::f32d({C}, p.explained);
@@ -841,7 +981,7 @@ Result compareWeights(const Checkpoint& a, const ModelSpec& specA, const Checkpo
                     for (Mat& x : *v)
                         if (x.flipped) x = x.flip();
             both.insert(both.end(), other.begin(), other.end());
-            const std::vector<double> cs = cosineFromGram(blockPass(both, true, false).gram, 2 * E);
+            const std::vector<double> cs = cosineFromGram(blockPass(both, true, false, Where{}).gram, 2 * E);
             std::vector<double> c(static_cast<size_t>(E) * E);
             std::vector<float> score(c.size());
             for (int i = 0; i < E; ++i)

@@ -34,30 +34,6 @@ std::string canonicalDtype(torch::ScalarType t) {
     return t == torch::kFloat ? "float32" : t == torch::kBFloat16 ? "bfloat16" : "float16";
 }
 
-torch::Device parseDevice(const std::string& s) {
-    if (s == "cpu") return torch::Device(torch::kCPU);
-    if (s == "cuda" || s.rfind("cuda:", 0) == 0) {
-        if (!torch::cuda::is_available())
-            throw Error("CUDA is not available (this LibTorch build or machine has no usable GPU)", "", "device");
-        int index = 0;
-        if (s.size() > 5) {
-            try {
-                size_t used = 0;
-                index = std::stoi(s.substr(5), &used);
-                if (used != s.size() - 5) throw std::invalid_argument(s);
-            } catch (const std::exception&) {
-                throw Error("bad device '" + s + "' (expected cpu, cuda or cuda:N)", "", "device");
-            }
-        }
-        if (index < 0 || index >= static_cast<int>(torch::cuda::device_count()))
-            throw Error("no CUDA device " + std::to_string(index) + " (" + std::to_string(torch::cuda::device_count()) +
-                            " available)",
-                        "", "device");
-        return torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(index));
-    }
-    throw Error("bad device '" + s + "' (expected cpu, cuda or cuda:N)", "", "device");
-}
-
 uint64_t availableHostBytes() {
     std::ifstream in("/proc/meminfo");
     std::string key;
@@ -113,6 +89,30 @@ std::vector<T> hostVector(std::vector<Tensor>& parts) {
 }
 
 }  // namespace
+
+torch::Device detail::parseDevice(const std::string& s) {
+    if (s == "cpu") return torch::Device(torch::kCPU);
+    if (s == "cuda" || s.rfind("cuda:", 0) == 0) {
+        if (!torch::cuda::is_available())
+            throw Error("CUDA is not available (this LibTorch build or machine has no usable GPU)", "", "device");
+        int index = 0;
+        if (s.size() > 5) {
+            try {
+                size_t used = 0;
+                index = std::stoi(s.substr(5), &used);
+                if (used != s.size() - 5) throw std::invalid_argument(s);
+            } catch (const std::exception&) {
+                throw Error("bad device '" + s + "' (expected cpu, cuda or cuda:N)", "", "device");
+            }
+        }
+        if (index < 0 || index >= static_cast<int>(torch::cuda::device_count()))
+            throw Error("no CUDA device " + std::to_string(index) + " (" + std::to_string(torch::cuda::device_count()) +
+                            " available)",
+                        "", "device");
+        return torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(index));
+    }
+    throw Error("bad device '" + s + "' (expected cpu, cuda or cuda:N)", "", "device");
+}
 
 std::string libtorchVersion() {
 #ifdef TORCH_VERSION_MAJOR

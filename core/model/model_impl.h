@@ -63,6 +63,9 @@ inline void stagedCopy(const Tensor& dst, const Tensor& src) {
     }
 }
 
+// "cpu", "cuda" or "cuda:N" as a device, checked (an Error naming the device otherwise).
+torch::Device parseDevice(const std::string& s);
+
 // A host tensor on `device` in its own dtype: as it is on the CPU, staged (stagedCopy) above 1 MB.
 inline Tensor toDevice(const Tensor& host, torch::Device device) {
     if (device.is_cpu()) return host;

@@ -63,7 +63,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import missing, require, run_cli
+from conftest import assert_same_analyses, missing, require, run_cli
 import fixtures
 from sessiondoc import KINDS, walk_against_doc
 
@@ -1053,19 +1053,26 @@ def check_s1_s2_s4_s6_s7(out, moe, experts=None, dense=None):
             check_matrix(f, exp, f"router_similarity/layers/{l}/router", TOL_SIM)
 
 
-def test_128_fine_grained_experts(world, tmp_path):
+# the static pass on the host kernels (the CPU's default) and through LibTorch (--static-backend
+# torch: the path a GPU takes, --device cuda; here on the CPU): each against numpy
+BACKENDS = pytest.mark.parametrize("backend", ["kernels", "torch"])
+
+
+@BACKENDS
+def test_128_fine_grained_experts(world, tmp_path, backend):
     """128 narrow experts (F = 16, top-8: the fine-grained shape of Qwen3-30B-A3B, shrunk) through
-    the Gram kernel, per-expert layout: numpy's S1, S2, S4, S6 and S7 (the
+    the Gram kernel (or LibTorch's products), per-expert layout: numpy's S1, S2, S4, S6 and S7 (the
     neuron PCA over all 128 x 16 neurons)."""
     model = fixtures.build_model("mixtral_gqa", num_local_experts=128, num_experts_per_tok=8, intermediate_size=16)
     per, _ = fixtures.save_layouts(model, str(tmp_path / "moe128"))
     moe = R.MoeWeights(per)
     out = tmp_path / "s.h5"
-    run_cli(world.cli, "analyze", per, "--out", out, "--static", "S1,S2,S4,S6,S7")
+    run_cli(world.cli, "analyze", per, "--out", out, "--static", "S1,S2,S4,S6,S7", "--static-backend", backend)
     check_s1_s2_s4_s6_s7(out, moe, 128)
 
 
-def test_odd_sizes(world, tmp_path):
+@BACKENDS
+def test_odd_sizes(world, tmp_path, backend):
     """Sizes that are multiples of nothing the kernels block by (13 experts, d = 42, F = 21): the
     Gram kernel's panels, eight-row transposes and 6 x 16 product blocks all end in partial ones,
     and S2's and S4's cosines in partial four-value steps. Some positions hold one value in every
@@ -1083,15 +1090,16 @@ def test_odd_sizes(world, tmp_path):
             down[:, :, 4] = down[0, :, 4].clone()
     per, _ = fixtures.save_layouts(model, str(tmp_path / "odd"))
     out = tmp_path / "s.h5"
-    run_cli(world.cli, "analyze", per, "--out", out, "--static", "S1,S2,S4,S6,S7")
+    run_cli(world.cli, "analyze", per, "--out", out, "--static", "S1,S2,S4,S6,S7", "--static-backend", backend)
     check_s1_s2_s4_s6_s7(out, R.MoeWeights(per), 13)
 
 
+@BACKENDS
 @pytest.mark.parametrize("name,experts,storage", [("llama4_chunked_nope", None, None),
                                                   ("gpt_oss_sinks_clamp", None, None),
                                                   ("gpt_oss_sinks_clamp", None, "bfloat16"),
                                                   ("gpt_oss_sinks_clamp", 130, None)])
-def test_experts_stored_as_x_at_w(world, tmp_path, name, experts, storage):
+def test_experts_stored_as_x_at_w(world, tmp_path, name, experts, storage, backend):
     """Experts stored transposed as the released files hold them (x @ W: Llama 4's gate_up_proj
     [E, d, 2F] in halves, gpt-oss's interleaved by column) are read in their stored orientation,
     without a copy, and Llama 4's shared expert, stored as rows, in that same orientation: numpy's
@@ -1112,12 +1120,49 @@ def test_experts_stored_as_x_at_w(world, tmp_path, name, experts, storage):
                                      intermediate_size=model.config.intermediate_size)
         ref = ["--reference", fixtures.save_layouts(dense, str(tmp_path / "dense"))[0]]
     out = tmp_path / "s.h5"
-    run_cli(world.cli, "analyze", per, "--out", out, "--static", "S1,S2,S4,S6,S7", *ref)
+    run_cli(world.cli, "analyze", per, "--out", out, "--static", "S1,S2,S4,S6,S7", *ref, "--static-backend", backend)
     check_s1_s2_s4_s6_s7(out, moe, dense=R.DenseWeights(ref[1]) if ref else None)
 
 
+STATIC_ON_DEVICE = [("mixtral_gqa", dict(num_local_experts=128, num_experts_per_tok=8, intermediate_size=16), None),
+                    ("llama4_chunked_nope", {}, None), ("gpt_oss_sinks_clamp", {}, "bfloat16"),
+                    ("fp8", dict(num_local_experts=130, num_experts_per_tok=2), None)]
+
+
+@pytest.mark.parametrize("name,overrides,storage", STATIC_ON_DEVICE, ids=[c[0] for c in STATIC_ON_DEVICE])
+def test_static_on_device_as_on_the_cpu(world, tmp_path, device, name, overrides, storage):
+    """S1, S2, S4, S6 and S7 with the pass over the weights on `device` (tests/gpu/run.sh: a GPU;
+    --cpu: LibTorch's path on the CPU) equal the host kernels': 128 experts, experts stored as
+    x @ W (Llama 4's halves with a shared expert stored as rows; gpt-oss's interleaved bf16
+    columns), FP8 with its block scales at 130 experts. (Sums in another order: S6's and S7's
+    projections within 1e-4 of the largest, as the layouts' comparisons allow.)"""
+    torch = require("torch")
+    if name == "fp8":
+        ckpt, _ = fixtures.make_fp8("mixtral_fp8_e8m0_scales", str(tmp_path / "fp8"), **overrides)
+    else:
+        model = fixtures.build_model(name, **overrides)
+        ckpt, _ = fixtures.save_layouts(model, str(tmp_path / "m"), storage=getattr(torch, storage) if storage else None)
+    outs = {}
+    for where, args in (("cpu", []), ("device", ["--device", device, "--static-backend", "torch"])):
+        outs[where] = str(tmp_path / f"{where}.h5")
+        run_cli(world.cli, "analyze", ckpt, "--out", outs[where], "--static", "S1,S2,S4,S6,S7", *args)
+    kinds = {p.split("/")[0] for p in assert_same_analyses(outs["device"], outs["cpu"], atol=2e-5, of_max=1e-4)}
+    assert {"weight_similarity", "neuron_mean_similarity", "matrix_pca", "neuron_pca"} <= kinds
+
+
+def test_static_backend_usage_errors(world, tmp_path):
+    """--static-backend takes kernels or torch; the host kernels do not run on a GPU."""
+    ckpt = world.ckpt("mixtral")
+    for args, words in ((["--static-backend", "gpu"], ["--static-backend", "kernels or torch"]),
+                        (["--static-backend", "kernels", "--device", "cuda"], ["kernels", "--device cuda"])):
+        r = run_cli(world.cli, "analyze", ckpt, "--out", tmp_path / "x.h5", "--static", "S1", *args, check=False)
+        assert r.returncode == 2 and all(w in r.stderr for w in words), r.stderr
+        assert not os.path.exists(tmp_path / "x.h5")
+
+
+@BACKENDS
 @pytest.mark.parametrize("experts", [4, 130])
-def test_fp8_static_analyses_read_the_dequantized_weights(world, tmp_path, experts):
+def test_fp8_static_analyses_read_the_dequantized_weights(world, tmp_path, experts, backend):
     """An FP8 block-scaled checkpoint (E8M0 scales, 48 x 40 blocks that leave partial blocks) gives
     numpy's S1, S2, S4, S6 and S7 of the dequantized weights (q * scale per block, computed by
     torch in the fixture), with 4 experts and with 130."""
@@ -1126,5 +1171,5 @@ def test_fp8_static_analyses_read_the_dequantized_weights(world, tmp_path, exper
     deq = os.path.join(str(tmp_path / "fp8"), "dequantized")
     moe = R.MoeWeights(deq)
     out = tmp_path / "s.h5"
-    run_cli(world.cli, "analyze", ckpt, "--out", out, "--static", "S1,S2,S4,S6,S7")
+    run_cli(world.cli, "analyze", ckpt, "--out", out, "--static", "S1,S2,S4,S6,S7", "--static-backend", backend)
     check_s1_s2_s4_s6_s7(out, moe, experts)

@@ -1,7 +1,9 @@
 // Benchmark driver for the analyses (run by tests/bench/bench_analyses.py, not by CTest).
-//   bench_analyses static CHECKPOINT [S1,S2,S4 [LAYER]]   times the static analyses (of every MoE
-//        layer, or of LAYER); samples the resident set every 5 ms and prints {"seconds",
-//        "baseline_anon_mb", "peak_anon_mb", "peak_file_mb"}
+//   bench_analyses static CHECKPOINT [S1,S2,S4 [LAYER [DEVICE]]]   times the static analyses (of
+//        every MoE layer, or of LAYER; "all": every one), their pass over the weights on DEVICE
+//        (cpu: the host kernels; cuda: LibTorch on the GPU; torch: LibTorch on the CPU); samples the
+//        resident set every 5 ms and prints {"seconds", "baseline_anon_mb", "peak_anon_mb",
+//        "peak_file_mb"}
 //   bench_analyses dynamic CHECKPOINT PROMPTS LENGTH
 //        times a plain traced forward, a traced forward with every expert evaluated (--all-experts)
 //        and D1+D2 on the same random prompts: {"trace_s", "all_experts_s", "dynamic_s", "tokens",
@@ -62,9 +64,9 @@ struct RssSampler {
 
 int main(int argc, char** argv) {
     if (argc < 3) {
-        std::fprintf(
-            stderr,
-            "usage: bench_analyses static CKPT [LIST [LAYER]] | dynamic CKPT PROMPTS LENGTH [DEVICE [DTYPE]]\n");
+        std::fprintf(stderr,
+                     "usage: bench_analyses static CKPT [LIST [LAYER|all [DEVICE]]] | dynamic CKPT PROMPTS LENGTH "
+                     "[DEVICE [DTYPE]]\n");
         return 2;
     }
     const std::string mode = argv[1];
@@ -74,7 +76,11 @@ int main(int argc, char** argv) {
     if (mode == "static") {
         es::StaticOptions opt;
         opt.analyses = es::parseStaticList(argc > 3 ? argv[3] : "S1,S2,S4");
-        if (argc > 4) opt.layers = {std::stoi(argv[4])};
+        if (argc > 4 && std::string(argv[4]) != "all") opt.layers = {std::stoi(argv[4])};
+        if (argc > 5) {
+            opt.torchProducts = std::string(argv[5]) == "torch";
+            opt.device = opt.torchProducts ? "cpu" : argv[5];
+        }
         const double baseline = rss().first;
         RssSampler sampler;
         auto t0 = Clock::now();

@@ -7,12 +7,11 @@
                                                    [--shape mixtral|qwen3-30b-a3b|deepseek-v2-lite|e256|gpt-oss-20b|
                                                             gpt-oss-20b-bf16]
 
-Static: a bf16 checkpoint with real Mixtral-8x7B layer dimensions (d=4096, F=14336, 8 experts;
-2.8 GB of expert weights per layer; random values written directly with safetensors, sharded
-into 1 GB files). S1 + S2 + S4 are timed against reading the same files once (best of 3
-`cat FILES > /dev/null` with a warm page cache), and the resident set is sampled during the
-analysis: anonymous memory (what the analysis allocates) and file-backed memory (mapped
-checkpoint pages), against one layer's expert bytes.
+Static (--shape mixtral, the default): a bf16 checkpoint with real Mixtral-8x7B layer dimensions
+(d=4096, F=14336, 8 experts; 2.8 GB of expert weights per layer; random values written directly
+with safetensors, sharded into 1 GB files), 1 layer unless --layers: the same timings as the
+fine-grained shapes below, and the file-backed memory (mapped checkpoint pages) against one
+layer's expert bytes.
 
 Fine-grained experts (--shape qwen3-30b-a3b or deepseek-v2-lite): 2 MoE layers at the real
 layer dimensions (Qwen3-30B-A3B: d=2048, 128 experts of 768, top-8; DeepSeek-V2-Lite: d=2048, 64
@@ -23,7 +22,9 @@ Timed in one run: reading the files (best of 3 cat), the GEMM floor (the Gram pr
 and down of every layer, one float32 torch.mm each on data already widened, in this process on
 all cores, as the analyses run), and the static sets S1+S2+S4, default, S6 and S7 (best of 2),
 each as a ratio of max(read, floor); with --s3, S3 on layer 0 once (every pair of experts: at
-128 experts, 8128 assignments per matrix type, a quarter of an hour here).
+128 experts, 8128 assignments per matrix type, a quarter of an hour here). --device cuda: the
+static pass on the GPU (each layer's matrices go there once, in their stored dtype) and the
+floor's products there too, on data already on the GPU.
 
 MXFP4 (--shape gpt-oss-20b): 2 MoE layers at gpt-oss-20b's dimensions (its published config.json,
 tests/data/configs, with 2 layers and a 32000 vocabulary: d=2880, 32 experts of 2880, top-4), the
@@ -76,8 +77,25 @@ def make_mixtral_dims(out, layers):
         for e in range(E):
             q = p + f"block_sparse_moe.experts.{e}."
             shapes.update({q + "w1.weight": (F, d), q + "w3.weight": (F, d), q + "w2.weight": (d, F)})
-    tensors = ((name, (torch.randn(shape, generator=g) * 0.02).to(torch.bfloat16)) for name, shape in shapes.items())
-    return write_shards(tensors, out), E * 3 * F * d * 2
+    mats = {}
+
+    def tensors():
+        """(name, tensor) one at a time, keeping each expert matrix type's float32 [E, F d] for the
+        GEMM floor (down transposed: neuron-major, as S6 defines it; its Gram is the same)."""
+        rows = {}
+        for name, shape in shapes.items():
+            t = (torch.randn(shape, generator=g) * 0.02).to(torch.bfloat16)
+            if ".experts." in name:
+                key = name.rsplit(".experts.", 1)[0] + "." + name.rsplit(".", 2)[1]  # layer prefix + w1/w2/w3
+                rows.setdefault(key, []).append(t.reshape(-1))
+                if len(rows[key]) == E:
+                    X = torch.empty(E, rows[key][0].numel())
+                    for e, r in enumerate(rows.pop(key)):
+                        X[e] = r
+                    mats[key] = X
+            yield name, t
+
+    return write_shards(tensors(), out), E * 3 * F * d * 2, mats
 
 
 FINE = {
@@ -233,47 +251,61 @@ def write_shards(tensors, out):
     return [os.path.join(out, s) for s in shards]
 
 
-def gemm_floor(mats):
-    """One float32 X @ X^T per matrix type and layer, X already widened: best of 2."""
+def gemm_floor(mats, device="cpu"):
+    """One float32 X @ X^T per matrix type and layer, X already widened (and on the device): best
+    of 2 (on a GPU timed until it is done)."""
     torch.set_num_threads(os.cpu_count())
+    on = [X.to(device) for X in mats.values()] if device != "cpu" else list(mats.values())
     best = None
-    for _ in range(2):
+    for _ in range(3 if device != "cpu" else 2):  # (on a GPU the first is the warm-up)
+        if device != "cpu":
+            torch.cuda.synchronize()
         a = time.perf_counter()
-        for X in mats.values():
+        for X in on:
             torch.mm(X, X.t())
+        if device != "cpu":
+            torch.cuda.synchronize()
         t = time.perf_counter() - a
         best = t if best is None else min(best, t)
     return best
 
 
-def bench_fine_grained(exe, shape, tmp, layers, s3=False):
+def bench_fine_grained(exe, shape, tmp, layers, s3=False, device="cpu"):
+    """read, the GEMM floor, and S1+S2+S4, default, S6 and S7 (best of 2; S3 once with s3) of a
+    checkpoint at the shape's layer dimensions, the static pass on `device` (cpu: the host
+    kernels; cuda: LibTorch on the GPU, the floor there too)."""
     d = os.path.join(tmp, shape)
     os.makedirs(d, exist_ok=True)
     layer = None
-    if shape.startswith("gpt-oss-20b"):
+    if shape == "mixtral":
+        files, layer_bytes, mats = make_mixtral_dims(d, layers)
+    elif shape.startswith("gpt-oss-20b"):
         files, mats, layer = make_gpt_oss(d, layers, bf16=shape.endswith("bf16"))
         fp32 = sum(X.numel() for X in mats.values()) * 4 // layers
     else:
         files, mats = make_fine_grained(shape, d, layers)
-    floor = gemm_floor(mats)
+    floor = gemm_floor(mats, device)
     del mats
     read_s = cat_seconds(files)
     base = max(read_s, floor)
     total = sum(os.path.getsize(f) for f in files)
     kind = "bf16" if not layer else "bf16 experts stored as x @ W" if shape.endswith("bf16") else "MXFP4 experts"
-    print(f"static, {shape} layer dimensions, {layers} MoE layers, {kind}, "
-          f"{total / 2**30:.2f} GiB; read {read_s:.2f} s, GEMM floor {floor:.2f} s (ratios below: of max(read, floor) "
-          f"= {base:.2f} s)")
+    print(f"static, {shape} layer dimensions, {layers} MoE layer(s), {kind}, {total / 2**30:.2f} GiB, the pass on "
+          f"{device}; read {read_s:.2f} s, GEMM floor {floor:.2f} s (ratios below: of max(read, floor) = {base:.2f} s)")
     if layer:
         print(f"  one layer's experts: {layer / 2**20:.0f} MiB as stored, {fp32 / 2**20:.0f} MiB widened to float32")
+    where = [] if device == "cpu" else ["all", device]
     for lst in ("S1,S2,S4", "default", "S6", "S7"):
-        runs = [json.loads(subprocess.run([exe, "static", d, lst], check=True, capture_output=True,
+        runs = [json.loads(subprocess.run([exe, "static", d, lst, *where], check=True, capture_output=True,
                                           text=True).stdout) for _ in range(2)]
         r = min(runs, key=lambda x: x["seconds"])
-        print(f"  {lst:9s} {r['seconds']:7.2f} s  {r['seconds'] / base:5.2f}x   anonymous +"
-              f"{r['peak_anon_mb'] - r['baseline_anon_mb']:.0f} MiB")
+        line = (f"  {lst:9s} {r['seconds']:7.2f} s  {r['seconds'] / base:5.2f}x   anonymous +"
+                f"{r['peak_anon_mb'] - r['baseline_anon_mb']:.0f} MiB")
+        if shape == "mixtral":
+            line += f", file-backed peak {r['peak_file_mb'] / (layer_bytes / 2**20):.2f} x one layer's experts"
+        print(line)
     if s3:  # every pair of experts of one layer, once (E (E - 1) / 2 assignments per matrix type)
-        r = json.loads(subprocess.run([exe, "static", d, "S3", "0"], check=True, capture_output=True,
+        r = json.loads(subprocess.run([exe, "static", d, "S3", "0", *where[1:]], check=True, capture_output=True,
                                       text=True).stdout)
         print(f"  S3, layer 0 {r['seconds']:7.1f} s   anonymous +{r['peak_anon_mb'] - r['baseline_anon_mb']:.0f} MiB")
 
@@ -308,24 +340,9 @@ def main():
     a = ap.parse_args()
     exe = os.path.join(a.build, "bin", "bench_analyses")
     with tempfile.TemporaryDirectory() as tmp:
-        if not a.skip_static and a.shape != "mixtral":
-            bench_fine_grained(exe, a.shape, tmp, a.layers if a.layers > 1 else 2, a.s3)
-        elif not a.skip_static:
-            files, layer_bytes = make_mixtral_dims(os.path.join(tmp, "mixtral"), a.layers)
-            total = sum(os.path.getsize(f) for f in files)
-            read_s = cat_seconds(files)
-            runs = [json.loads(subprocess.run([exe, "static", os.path.join(tmp, "mixtral"), "S1,S2,S4"], check=True,
-                                              capture_output=True, text=True).stdout) for _ in range(3)]
-            r = min(runs, key=lambda x: x["seconds"])
-            layer_mb = layer_bytes / 2**20
-            print(f"static S1+S2+S4: {a.layers} layer(s), {total / 2**30:.2f} GiB checkpoint, "
-                  f"{layer_mb:.0f} MiB of experts per layer")
-            print(f"  read once (best of 3 cat): {read_s:.2f} s; analyses (best of 3): {r['seconds']:.2f} s; "
-                  f"ratio {r['seconds'] / read_s:.2f}x (target <= 2x)")
-            print(f"  anonymous: baseline {r['baseline_anon_mb']:.0f} MiB, peak {r['peak_anon_mb']:.0f} MiB "
-                  f"(+{r['peak_anon_mb'] - r['baseline_anon_mb']:.0f} MiB; limit 1.5 x layer + baseline = "
-                  f"{1.5 * layer_mb + r['baseline_anon_mb']:.0f} MiB)")
-            print(f"  file-backed peak: {r['peak_file_mb']:.0f} MiB ({r['peak_file_mb'] / layer_mb:.2f} x one layer)")
+        if not a.skip_static:  # Mixtral's: 1 layer unless --layers (5.6 GiB of float32 for the floor a layer)
+            layers = a.layers if a.shape == "mixtral" or a.layers > 1 else 2
+            bench_fine_grained(exe, a.shape, tmp, layers, a.s3, a.device)
         if not a.skip_dynamic:
             out = os.path.join(tmp, "dyn")
             share = None

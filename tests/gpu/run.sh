@@ -3,8 +3,10 @@
 #
 #   tests/gpu/run.sh         on the GPU machine, from anywhere: builds core + CLI headless (no Qt,
 #                            Release) against the CUDA LibTorch of python3's torch, runs the device
-#                            parity tests (bf16 on CUDA against transformers on CUDA, every family)
-#                            and the benchmarks on CUDA, and prints a short report last.
+#                            parity tests (bf16 on CUDA against transformers on CUDA, every family),
+#                            the static analyses' pass on CUDA against the host kernels, and the
+#                            benchmarks on CUDA, and prints a short report last (ES_GPU_STEPS picks
+#                            steps: parity, static, bench or one bench_NAME).
 #   tests/gpu/run.sh --cpu   the same steps on the CPU, on a tiny case, with the build already in
 #                            $BUILD (default build/): CI runs this so that the script keeps working.
 #
@@ -33,8 +35,9 @@ esac
 PY=${PYTHON:-python3}
 [ "$MODE" = cpu ] && [ -x "$ROOT/.venv/bin/python" ] && PY=${PYTHON:-$ROOT/.venv/bin/python}
 REPORT=${OUT:-$ROOT/build-gpu/report}
-# which of the checks after the build run: parity, bench (bench_forward, bench_dynamic, bench_hybrid)
-STEPS=${ES_GPU_STEPS:-parity,bench}
+# which of the checks after the build run: parity, static (the static analyses' pass on the device
+# against the host kernels), bench (bench_forward, bench_dynamic, bench_hybrid, bench_static)
+STEPS=${ES_GPU_STEPS:-parity,static,bench}
 has() { [[ ",$STEPS," == *",$1,"* ]]; }
 wants() { has bench || has "$1"; }  # "bench": all three benchmarks
 DEADLINE=${ES_GPU_DEADLINE:-540}
@@ -147,29 +150,41 @@ XDIST=()
 SELECT="device_bfloat16"
 # CPU mode: two families, one with its own reference
 [ "$MODE" = cpu ] && SELECT="device_bfloat16 and (mixtral_gqa or test_deepseek_moe)"
-if has parity; then
-    step parity 240 "$PY" -m pytest -q -p no:cacheprovider --rootdir=tests "${XDIST[@]}" -rs tests/parity -k "$SELECT"
-    # a run that skipped a test (no GPU seen, say) or passed none is a failure here
-    last=$(tail -n 1 "$REPORT/parity.log" 2>/dev/null)
+# tests NAME LIMIT LABEL PYTEST_ARGS...: a pytest step; a run that skipped a test (no GPU seen, say)
+# or passed none is a failure here
+tests() {
+    local name=$1 limit=$2 label=$3
+    shift 3
+    step "$name" "$limit" "$PY" -m pytest -q -p no:cacheprovider --rootdir=tests "${XDIST[@]}" -rs "$@"
+    local last
+    last=$(tail -n 1 "$REPORT/$name.log" 2>/dev/null)
     if [[ "$last" == *" passed"* && "$last" != *skipped* ]]; then
-        say "parity: $last"
+        say "$label: $last"
     else
-        say "parity: FAILED, tests skipped or none passed: $last"
+        say "$label: FAILED, tests skipped or none passed: $last"
         FAILED=1
     fi
-fi
+}
+has parity && tests parity 240 parity tests/parity -k "$SELECT"
+# -- the static analyses on the device: the pass over the weights (S1, S2, S6, S7's products) on it,
+# every layout the tests have (bf16, x @ W, FP8 block scales, MXFP4 decoded there), against the
+# host kernels
+has static && tests static 150 "static on $DEV" tests/analysis/test_analyses.py tests/parity/test_gpt_oss.py \
+    -k "static_on_device"
 
 # -- benchmarks on the device ---------------------------------------------------------------------
 if [ "$MODE" = gpu ]; then
     FORWARD=(--device cuda --tokens 2048 --reps 5 --threads 8 --profile /tmp/es-gpu-profile)
     DYNAMIC=(--device cuda --prompts 8 --length 512)
     HYBRID=(--device cuda --tokens 512,4096 --reps 3 --threads 8)
-    LIMITS=(180 90 90)
+    STATIC=(--device cuda --shape qwen3-30b-a3b)
+    LIMITS=(180 90 90 120)
 else  # the mid-size model alone, one short prompt
     FORWARD=(--skip-mixtral --skip-prompts --tokens 64 --reps 1 --threads 2)
     DYNAMIC=(--device cpu --prompts 1 --length 64)
     HYBRID=(--device cpu --tokens 64,128 --reps 1 --threads 2)
-    LIMITS=(300 120 120)
+    STATIC=()
+    LIMITS=(300 120 120 0)
 fi
 if wants bench_forward; then
     step bench_forward "${LIMITS[0]}" "$PY" tests/bench/run_bench.py --build "$BUILD" "${FORWARD[@]}" &&
@@ -183,6 +198,13 @@ fi
 if wants bench_hybrid; then
     step bench_hybrid "${LIMITS[2]}" "$PY" tests/bench/bench_hybrid.py --build "$BUILD" "${HYBRID[@]}" &&
         grep -E "^\[(hybrid|linear)\]|tokens" "$REPORT/bench_hybrid.log" | tee -a "$SUMMARY"
+fi
+
+# Qwen3-30B-A3B's layer dimensions (2 layers, bf16): the GEMM floor on the GPU, the static sets
+# with their pass there (GPU mode only: on the CPU this is minutes, tests/bench's to run)
+if [ "$MODE" = gpu ] && wants bench_static; then
+    step bench_static "${LIMITS[3]}" "$PY" tests/bench/bench_analyses.py --build "$BUILD" --skip-dynamic \
+        "${STATIC[@]}" && grep -E "^static|^  " "$REPORT/bench_static.log" | tee -a "$SUMMARY"
 fi
 
 say "== $([ $FAILED = 0 ] && echo "all steps passed" || echo "SOME STEPS FAILED") in ${SECONDS}s; logs in $REPORT"

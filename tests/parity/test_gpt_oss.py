@@ -322,6 +322,35 @@ def test_mxfp4_every_analysis_as_on_the_dequantized_model(cli, mxfp4, mxfp4_publ
     assert {"weight_similarity", "neuron_mean_similarity", "matrix_pca", "neuron_pca", "output_similarity"} <= kinds
 
 
+@pytest.mark.parametrize("which", ["fixture", "published", "many"])
+def test_mxfp4_static_analyses_through_torch_as_through_the_kernels(cli, mxfp4, mxfp4_published, tmp_path_factory,
+                                                                     tmp_path, which):
+    """The static pass through LibTorch (--static-backend torch: the GPU's path, MXFP4 decoded by
+    tensor operations on the device) gives the host kernels' S1 to S7 of the MXFP4 experts, for
+    8, 32 and 130 experts: a nibble order, scale or block misread there moves S1, S2's means or
+    S6/S7's projections by whole units. (Both sum in another order: S6's projections within 1e-4
+    of the largest, as above.)"""
+    d = {"fixture": lambda: mxfp4[0], "published": lambda: mxfp4_published,
+         "many": lambda: mxfp4_fixture(tmp_path_factory, num_local_experts=130, num_hidden_layers=1)}[which]()
+    outs = {}
+    for backend in ("kernels", "torch"):
+        outs[backend] = str(tmp_path / f"{backend}.h5")
+        run_cli(cli, "analyze", d, "--out", outs[backend], "--static", "all", "--static-backend", backend)
+    kinds = {p.split("/")[0] for p in assert_same_analyses(outs["torch"], outs["kernels"], atol=2e-5, of_max=1e-4)}
+    assert {"weight_similarity", "neuron_mean_similarity", "matrix_pca", "neuron_pca", "neuron_reordering"} <= kinds
+
+
+def test_mxfp4_static_on_device_as_on_the_cpu(cli, mxfp4_published, device, tmp_path):
+    """gpt-oss-20b's published config with its 32 MXFP4 experts: every static analysis with the
+    pass over the weights on `device` (tests/gpu/run.sh: the blocks decoded on the GPU) equals the
+    host kernels'."""
+    outs = {}
+    for where, args in (("cpu", []), ("device", ["--device", device, "--static-backend", "torch"])):
+        outs[where] = str(tmp_path / f"{where}.h5")
+        run_cli(cli, "analyze", mxfp4_published, "--out", outs[where], "--static", "all", *args)
+    assert_same_analyses(outs["device"], outs["cpu"], atol=2e-5, of_max=1e-4)
+
+
 def test_mxfp4_on_another_family_named(cli, build_fixture, tmp_path):
     per, _, _ = build_fixture("mixtral_gqa")
     d = fixtures.copy_checkpoint(per, str(tmp_path / "m"), lambda c: c.update(quantization_config={"quant_method": "mxfp4"}))
