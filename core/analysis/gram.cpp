@@ -2,7 +2,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
+#include <string>
 #include <thread>
 
 #include "analysis/similarity.h"
@@ -77,6 +79,23 @@ ES_INLINE void widenSegment(const GramMatrix& m, int64_t r, int64_t c0, int w, i
     }
 }
 
+// Asks for the stored bytes of widenSegment's segment (a stored row's run: rows read by columns,
+// whose elements lie a row apart, are left to the hardware), a cache line at a time.
+ES_INLINE void prefetchSegment(const GramMatrix& m, int64_t r, int64_t c0, int w, int64_t cols) {
+    const int64_t rs = m.rowStride ? m.rowStride : cols, v = r * rs + c0 * m.colStride;
+    const uint8_t *p, *e;
+    if (m.mxfp4Scales) {
+        p = m.data + v / 2;
+        e = p + w / 2;
+    } else {
+        const int64_t es = static_cast<int64_t>(dtypeSize(m.dtype));
+        if (m.colStride * es > 16) return;
+        p = m.data + v * es;
+        e = p + (static_cast<int64_t>(w) - 1) * m.colStride * es + es;
+    }
+    for (; p < e; p += 64) __builtin_prefetch(p, 0, 3);
+}
+
 // S6's statistics of a segment's positions across the matrices, gathered as the matrices are
 // widened, eight positions at a time (no sums across a vector's lanes): sums of the values'
 // differences from the first matrix's (shifted sums: the variance without the cancellation of
@@ -140,7 +159,7 @@ ES_INLINE void finishStats(const SegmentStats& st, int w, int n, float* mean, fl
 // its mean and 1 / standard deviation.
 ES_INLINE void panelProducts(float* panel, int ldp, int filled, int n, bool gram, bool standardized, const float* mean,
                              const float* inv, Acc& acc) {
-    if (gram) panelGram(panel, ldp, filled, n, acc.gram.data());
+    if (gram) panelGramBest(panel, ldp, filled, n, acc.gram.data());
     if (standardized) {
         const int n8 = n / kLanes * kLanes;
         for (int k = 0; k < filled; ++k) {
@@ -149,7 +168,7 @@ ES_INLINE void panelProducts(float* panel, int ldp, int filled, int n, bool gram
             for (int a = 0; a < n8; a += kLanes) store8(x + a, (load8(x + a) - m) * iv);
             for (int a = n8; a < n; ++a) x[a] = (x[a] - mean[k]) * inv[k];
         }
-        panelGram(panel, ldp, filled, n, acc.gramZ.data());
+        panelGramBest(panel, ldp, filled, n, acc.gramZ.data());
     }
 }
 
@@ -186,6 +205,15 @@ __attribute__((target_clones("arch=x86-64-v3", "default"))) void runRows(const s
             const int wi = static_cast<int>(w);
             for (int a0 = 0; a0 < n; a0 += kLanes) {
                 const int cnt = std::min(kLanes, n - a0);
+                // the next group's segments, or the next segment's first group, on their way
+                if (a0 + kLanes < n) {
+                    for (int i = a0 + kLanes; i < std::min(n, a0 + 2 * kLanes); ++i)
+                        prefetchSegment(ms[i], r, c0, wi, cols);
+                } else if (c0 + w < cols || r + 1 < r1) {
+                    const int64_t nr = c0 + w < cols ? r : r + 1, nc = c0 + w < cols ? c0 + w : 0;
+                    const int nw = static_cast<int>(std::min<int64_t>(kc, cols - nc));
+                    for (int i = 0; i < std::min(n, kLanes); ++i) prefetchSegment(ms[i], nr, nc, nw, cols);
+                }
                 for (int i = 0; i < kLanes; ++i) {
                     float* t = buf.data() + static_cast<size_t>(i) * kc;
                     if (i >= cnt) {  // padding: zeros in the panel
@@ -229,6 +257,18 @@ __attribute__((target_clones("arch=x86-64-v3", "default"))) void runRows(const s
 }
 
 }  // namespace
+
+bool simd::useAvx512() {
+    static const bool has = [] {
+        const char* cap = std::getenv("EXPERTSCOPE_SIMD");
+        if (cap && std::string(cap) == "avx2") return false;
+        __builtin_cpu_init();
+        return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+               __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq") &&
+               __builtin_cpu_supports("avx512cd");
+    }();
+    return has;
+}
 
 void checkGramInput(const std::vector<GramMatrix>& ms, int64_t cols) {
     const int64_t n = static_cast<int64_t>(ms.size());

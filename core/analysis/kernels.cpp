@@ -115,7 +115,7 @@ __attribute__((target_clones("arch=x86-64-v3", "default"))) void cosineToken(con
                     float* p = panel + static_cast<size_t>(k) * ldp + j;
                     store8(p, load8(p) * load8(inv + j));
                 }
-        panelGram(panel, ldp, w, R, block);
+        panelGramBest(panel, ldp, w, R, block);
     }
     const v8 one = splat(1.f), minusOne = splat(-1.f);
     const i32x8 lane = {0, 1, 2, 3, 4, 5, 6, 7};

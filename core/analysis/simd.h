@@ -1,7 +1,8 @@
 #pragma once
 // The analyses' own SIMD building blocks (GCC vector extensions, eight fp32 lanes): loads, stores,
 // broadcasts, an 8 x 8 transpose into a packed panel and the upper block triangle of a panel's
-// P^T P in 6 x 16 register blocks. Used by gram.cpp (S1, S6) and kernels.cpp (D1, D2).
+// P^T P in 6 x 16 register blocks (AVX2), or 12 x 16 where the CPU has AVX-512 (panelGramBest).
+// Used by gram.cpp (S1, S6) and kernels.cpp (D1, D2).
 //
 // Every helper is always inlined: the hot loops that call them are compiled twice with
 // target_clones (AVX2 + FMA, and the x86-64 baseline), and a helper compiled out of line would be
@@ -95,34 +96,91 @@ ES_INLINE void microTile(const float* P, int ldp, int kc, int i0, int j0, Out* o
     }
 }
 
+// AVX-512's register block: MR x 16 with one 16-lane accumulator per row (32 vector registers:
+// up to 12 rows; each position one load and MR broadcast multiply-adds, the broadcasts folded into
+// them). The sums are microTile's, lane for lane, in the same order: the same results. Compiled
+// for AVX-512 (panelGramAvx512 below); elsewhere a 16-lane vector is two of eight.
+typedef float v16 __attribute__((vector_size(64)));
+constexpr int kMR16 = 12;
+
+ES_INLINE v16 load16(const float* p) {
+    v16 v;
+    std::memcpy(&v, p, sizeof v);
+    return v;
+}
+ES_INLINE v16 splat16(float x) {
+    const v16 t = {x};
+    return __builtin_shufflevector(t, t, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0);
+}
+
+template <int MR, typename Out>
+ES_INLINE void microTile16(const float* P, int ldp, int kc, int i0, int j0, Out* out) {
+    v16 c[MR];
+    for (int i = 0; i < MR; ++i) c[i] = v16{};
+    const float* p = P;
+    for (int k = 0; k < kc; ++k, p += ldp) {
+        const v16 b = load16(p + j0);
+        for (int i = 0; i < MR; ++i) c[i] += splat16(p[i0 + i]) * b;
+    }
+    for (int i = 0; i < MR; ++i) {
+        Out* o = out + static_cast<size_t>(i0 + i) * ldp + j0;
+        for (int l = 0; l < 2 * kLanes; ++l) o[l] += c[i][l];
+    }
+}
+
+// An MR x 16 register block: AVX-512's (Wide: one 16-lane accumulator a row) or AVX2's (two of 8).
+template <int MR, bool Wide, typename Out>
+ES_INLINE void tile(const float* P, int ldp, int kc, int i0, int j0, Out* out) {
+    if constexpr (Wide) microTile16<MR>(P, ldp, kc, i0, j0, out);
+    else microTile<MR>(P, ldp, kc, i0, j0, out);
+}
+
+// The block of `rows` (1 to MR) rows.
+template <int MR, bool Wide, typename Out>
+ES_INLINE void tailTile(int rows, const float* P, int ldp, int kc, int i0, int j0, Out* out) {
+    if constexpr (MR > 0) {
+        if (rows == MR) tile<MR, Wide>(P, ldp, kc, i0, j0, out);
+        else tailTile<MR - 1, Wide>(rows, P, ldp, kc, i0, j0, out);
+    }
+}
+
 // The upper block triangle of P^T P (P: kc positions of ldp floats, n of them used) added into
-// out (ldp x ldp): column blocks of 16, each with the row blocks of 6 that reach its last column.
-template <typename Out>
-ES_INLINE void panelGram(const float* P, int ldp, int kc, int n, Out* out) {
+// out (ldp x ldp): column blocks of 16, each with the row blocks (of 6 for AVX2, 12 for AVX-512)
+// that reach its last column. Both give the same sums, lane for lane in the same order.
+template <bool Wide, typename Out>
+ES_INLINE void panelGramOf(const float* P, int ldp, int kc, int n, Out* out) {
+    constexpr int MR = Wide ? kMR16 : kMR;
     for (int j0 = 0; j0 < n; j0 += kNR) {
         const int end = std::min(j0 + kNR, n);
         int i0 = 0;
-        for (; i0 + kMR <= end; i0 += kMR) microTile<kMR>(P, ldp, kc, i0, j0, out);
-        switch (end - i0) {
-            case 1:
-                microTile<1>(P, ldp, kc, i0, j0, out);
-                break;
-            case 2:
-                microTile<2>(P, ldp, kc, i0, j0, out);
-                break;
-            case 3:
-                microTile<3>(P, ldp, kc, i0, j0, out);
-                break;
-            case 4:
-                microTile<4>(P, ldp, kc, i0, j0, out);
-                break;
-            case 5:
-                microTile<5>(P, ldp, kc, i0, j0, out);
-                break;
-            default:
-                break;
-        }
+        for (; i0 + MR <= end; i0 += MR) tile<MR, Wide>(P, ldp, kc, i0, j0, out);
+        tailTile<MR - 1, Wide>(end - i0, P, ldp, kc, i0, j0, out);
     }
+}
+template <typename Out>
+ES_INLINE void panelGram(const float* P, int ldp, int kc, int n, Out* out) {
+    panelGramOf<false>(P, ldp, kc, n, out);
+}
+
+// Whether the products take AVX-512's register blocks: the CPU has AVX-512 (x86-64-v4), and
+// EXPERTSCOPE_SIMD is not "avx2" (which keeps AVX2's, as a CPU without AVX-512 takes them: the
+// tests check both on one machine). Decided once (gram.cpp).
+bool useAvx512();
+
+// AVX-512's panelGram compiled for AVX-512, out of line: the loops that call it are compiled for AVX2 and
+// the baseline. With two 512-bit FMA units a core (Intel's server cores) it does twice the
+// multiply-adds a cycle of AVX2's blocks; as many where a core splits them in two (AMD Zen 4).
+template <typename Out>
+__attribute__((target("arch=x86-64-v4"), noinline)) static void panelGramAvx512(const float* P, int ldp, int kc, int n,
+                                                                                Out* out) {
+    panelGramOf<true>(P, ldp, kc, n, out);
+}
+
+// The panel's products in the widest register blocks the CPU runs (the same sums either way).
+template <typename Out>
+ES_INLINE void panelGramBest(const float* P, int ldp, int kc, int n, Out* out) {
+    if (useAvx512()) panelGramAvx512(P, ldp, kc, n, out);
+    else panelGram(P, ldp, kc, n, out);
 }
 
 }  // namespace es::simd

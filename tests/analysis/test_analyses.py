@@ -1053,13 +1053,23 @@ def check_s1_s2_s4_s6_s7(out, moe, experts=None, dense=None):
             check_matrix(f, exp, f"router_similarity/layers/{l}/router", TOL_SIM)
 
 
-# the static pass on the host kernels (the CPU's default) and through LibTorch (--static-backend
-# torch: the path a GPU takes, --device cuda; here on the CPU): each against numpy
-BACKENDS = pytest.mark.parametrize("backend", ["kernels", "torch"])
+# the static pass on the host kernels (the CPU's default; "avx2": their AVX2 register blocks, which
+# a CPU without AVX-512 takes) and through LibTorch (--static-backend torch: the path a GPU takes,
+# --device cuda; here on the CPU): each against numpy
+BACKENDS = pytest.mark.parametrize("backend", ["kernels", "avx2", "torch"])
+
+
+@pytest.fixture
+def static_backend(backend, monkeypatch):
+    """The backend's --static-backend value; "avx2" caps the kernels at AVX2 (EXPERTSCOPE_SIMD)."""
+    if backend == "avx2":
+        monkeypatch.setenv("EXPERTSCOPE_SIMD", "avx2")
+        return "kernels"
+    return backend
 
 
 @BACKENDS
-def test_128_fine_grained_experts(world, tmp_path, backend):
+def test_128_fine_grained_experts(world, tmp_path, static_backend):
     """128 narrow experts (F = 16, top-8: the fine-grained shape of Qwen3-30B-A3B, shrunk) through
     the Gram kernel (or LibTorch's products), per-expert layout: numpy's S1, S2, S4, S6 and S7 (the
     neuron PCA over all 128 x 16 neurons)."""
@@ -1067,12 +1077,12 @@ def test_128_fine_grained_experts(world, tmp_path, backend):
     per, _ = fixtures.save_layouts(model, str(tmp_path / "moe128"))
     moe = R.MoeWeights(per)
     out = tmp_path / "s.h5"
-    run_cli(world.cli, "analyze", per, "--out", out, "--static", "S1,S2,S4,S6,S7", "--static-backend", backend)
+    run_cli(world.cli, "analyze", per, "--out", out, "--static", "S1,S2,S4,S6,S7", "--static-backend", static_backend)
     check_s1_s2_s4_s6_s7(out, moe, 128)
 
 
 @BACKENDS
-def test_odd_sizes(world, tmp_path, backend):
+def test_odd_sizes(world, tmp_path, static_backend):
     """Sizes that are multiples of nothing the kernels block by (13 experts, d = 42, F = 21): the
     Gram kernel's panels, eight-row transposes and 6 x 16 product blocks all end in partial ones,
     and S2's and S4's cosines in partial four-value steps. Some positions hold one value in every
@@ -1090,7 +1100,7 @@ def test_odd_sizes(world, tmp_path, backend):
             down[:, :, 4] = down[0, :, 4].clone()
     per, _ = fixtures.save_layouts(model, str(tmp_path / "odd"))
     out = tmp_path / "s.h5"
-    run_cli(world.cli, "analyze", per, "--out", out, "--static", "S1,S2,S4,S6,S7", "--static-backend", backend)
+    run_cli(world.cli, "analyze", per, "--out", out, "--static", "S1,S2,S4,S6,S7", "--static-backend", static_backend)
     check_s1_s2_s4_s6_s7(out, R.MoeWeights(per), 13)
 
 
@@ -1099,7 +1109,7 @@ def test_odd_sizes(world, tmp_path, backend):
                                                   ("gpt_oss_sinks_clamp", None, None),
                                                   ("gpt_oss_sinks_clamp", None, "bfloat16"),
                                                   ("gpt_oss_sinks_clamp", 130, None)])
-def test_experts_stored_as_x_at_w(world, tmp_path, name, experts, storage, backend):
+def test_experts_stored_as_x_at_w(world, tmp_path, name, experts, storage, static_backend):
     """Experts stored transposed as the released files hold them (x @ W: Llama 4's gate_up_proj
     [E, d, 2F] in halves, gpt-oss's interleaved by column) are read in their stored orientation,
     without a copy, and Llama 4's shared expert, stored as rows, in that same orientation: numpy's
@@ -1120,7 +1130,7 @@ def test_experts_stored_as_x_at_w(world, tmp_path, name, experts, storage, backe
                                      intermediate_size=model.config.intermediate_size)
         ref = ["--reference", fixtures.save_layouts(dense, str(tmp_path / "dense"))[0]]
     out = tmp_path / "s.h5"
-    run_cli(world.cli, "analyze", per, "--out", out, "--static", "S1,S2,S4,S6,S7", *ref, "--static-backend", backend)
+    run_cli(world.cli, "analyze", per, "--out", out, "--static", "S1,S2,S4,S6,S7", *ref, "--static-backend", static_backend)
     check_s1_s2_s4_s6_s7(out, moe, dense=R.DenseWeights(ref[1]) if ref else None)
 
 
@@ -1162,7 +1172,7 @@ def test_static_backend_usage_errors(world, tmp_path):
 
 @BACKENDS
 @pytest.mark.parametrize("experts", [4, 130])
-def test_fp8_static_analyses_read_the_dequantized_weights(world, tmp_path, experts, backend):
+def test_fp8_static_analyses_read_the_dequantized_weights(world, tmp_path, experts, static_backend):
     """An FP8 block-scaled checkpoint (E8M0 scales, 48 x 40 blocks that leave partial blocks) gives
     numpy's S1, S2, S4, S6 and S7 of the dequantized weights (q * scale per block, computed by
     torch in the fixture), with 4 experts and with 130."""
@@ -1171,5 +1181,5 @@ def test_fp8_static_analyses_read_the_dequantized_weights(world, tmp_path, exper
     deq = os.path.join(str(tmp_path / "fp8"), "dequantized")
     moe = R.MoeWeights(deq)
     out = tmp_path / "s.h5"
-    run_cli(world.cli, "analyze", ckpt, "--out", out, "--static", "S1,S2,S4,S6,S7", "--static-backend", backend)
+    run_cli(world.cli, "analyze", ckpt, "--out", out, "--static", "S1,S2,S4,S6,S7", "--static-backend", static_backend)
     check_s1_s2_s4_s6_s7(out, moe, experts)

@@ -56,9 +56,14 @@ def cosine_case(rng, n, R, d):
     return O, norms
 
 
+@pytest.mark.parametrize("simd", ["widest", "avx2"])
 @pytest.mark.parametrize("n,R,d,keep,threads", [(5, 13, 42, 5, 1), (5, 13, 42, 2, 3), (6, 130, 700, 3, 2),
                                                  (4, 8, 8, 0, 2), (3, 17, 1030, 1, 1)])
-def test_token_cosines_match_numpy(n, R, d, keep, threads):
+def test_token_cosines_match_numpy(n, R, d, keep, threads, simd, monkeypatch):
+    """The products in the CPU's widest register blocks (AVX-512's where it has them) and in
+    AVX2's (EXPERTSCOPE_SIMD=avx2, as a CPU without AVX-512 runs them)."""
+    if simd == "avx2":
+        monkeypatch.setenv("EXPERTSCOPE_SIMD", "avx2")
     rng = np.random.default_rng(R * 1000 + d)
     O, norms = cosine_case(rng, n, R, d)
     raw = run("cosines", n, R, d, keep, threads, arrays=[O, norms])
