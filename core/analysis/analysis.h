@@ -39,10 +39,11 @@ struct StaticOptions {
     int pcaOutlierMinSamples = 5;
     int maxExactNeurons = 4096;  // S3: exact assignment up to this width, auction above
     // Where the pass over the weights (S1, S2, S6) and S7's products run: "cpu" (the host
-    // kernels) or "cuda[:N]" (LibTorch on the GPU: each matrix type of a layer goes to the device
-    // once, in its stored dtype, and is widened and multiplied there). torchProducts takes the
-    // LibTorch path on the CPU too: the GPU path's check against the host kernels. S3, S4 and the
-    // PCA of the small Gram matrices stay on the host.
+    // kernels) or "cuda[:N]" (LibTorch on the GPU: for S1, S2 and S6 each matrix type of a layer
+    // goes to the device once, in its stored dtype, and is widened and multiplied there; S7 reads
+    // its matrices again). torchProducts takes the LibTorch path on the CPU too: the GPU path's
+    // check against the host kernels. S3, S4 and the PCA of the small Gram matrices stay on the
+    // host.
     std::string device = "cpu";
     bool torchProducts = false;
     Progress progress;

@@ -160,7 +160,8 @@ Tensor deviceRows(const Mat& m, int64_t r0, int64_t h, torch::Device dev) {
     const int64_t es = static_cast<int64_t>(dtypeSize(m.t->dtype));
     const uint8_t* base = m.t->data + first * es;
     Tensor x;
-    if (m.colStride <= rs || h == 1) {  // each row's run, every colStride-th element kept
+    if (m.colStride <= rs) {  // each row's run, every colStride-th element kept (gpt-oss's interleaved
+                              // bf16 columns: both matrices' values go, twice the bytes)
         const int64_t span = (cols - 1) * m.colStride + 1;
         x = bytes(base, h, span * es, rs * es);
         if (x.is_cpu() && reinterpret_cast<uintptr_t>(x.data_ptr()) % es != 0) x = x.clone();
@@ -363,13 +364,18 @@ struct PassResult {
 };
 
 // X X^T (X float32 [n, P] on the device) added into G (float64 [n, n]): float32 products of
-// blocks of K positions (one batched product; K = 256, within the host kernel's panels, or 4 n, so that
-// the products' [P / K, n, n] stay within a quarter of X), summed in float64.
+// blocks of 256 positions (as the host kernel's panels: 256 to 512), summed in float64; batched
+// products of as many blocks as keep their [blocks, n, n] within a quarter of X.
 void addGram(Tensor& G, const Tensor& X) {
-    const int64_t n = X.size(0), P = X.size(1), K = std::max<int64_t>(256, 4 * n), nb = P / K;
+    constexpr int64_t K = 256;
+    const int64_t n = X.size(0), P = X.size(1), nb = P / K;
     if (nb > 0) {
         const Tensor A = X.narrow(1, 0, nb * K).view({n, nb, K}).transpose(0, 1);  // [nb, n, K]
-        G += torch::bmm(A, A.transpose(1, 2)).sum(0, false, torch::kDouble);
+        const int64_t batch = std::max<int64_t>(1, nb * K / (4 * n));
+        for (int64_t b0 = 0; b0 < nb; b0 += batch) {
+            const Tensor Ab = A.narrow(0, b0, std::min(batch, nb - b0));
+            G += torch::bmm(Ab, Ab.transpose(1, 2)).sum(0, false, torch::kDouble);
+        }
     }
     if (P > nb * K) {
         const Tensor B = X.narrow(1, nb * K, P - nb * K);
@@ -403,9 +409,12 @@ PassResult devicePass(const std::vector<Mat>& ms, bool gram, bool standardized, 
         const int64_t h = std::min(step, rows - r0);
         Tensor X = torch::empty({n, h * cols}, torch::TensorOptions().dtype(torch::kFloat).device(dev));
         for (int64_t a = 0; a < n; ++a) X[a].copy_(deviceRows(ms[static_cast<size_t>(a)], r0, h, dev).reshape({-1}));
-        const Tensor X3 = X.view({n, h, cols});
-        if (neuronRows) sums += X3.sum(1, false, torch::kDouble);
-        else sums.narrow(1, r0, h).copy_(X3.sum(2, false, torch::kDouble));
+        // (a sum into float64 converts its input first: a matrix at a time, not the block)
+        for (int64_t a = 0; a < n; ++a) {
+            const Tensor Xa = X[a].view({h, cols});
+            if (neuronRows) sums[a] += Xa.sum(0, false, torch::kDouble);
+            else sums[a].narrow(0, r0, h).copy_(Xa.sum(1, false, torch::kDouble));
+        }
         if (gram) addGram(G, X);
         if (standardized) {
             const auto [lo, hi] = torch::aminmax(X, 0);
@@ -485,7 +494,7 @@ Pca pcaFromGram(const std::vector<double>& gIn, int n, int C) {
         proj.select(1, c).copy_(col);
         p.explained.push_back(total > 0 ? lam / total : 0.0);
     }
-    proj = proj.cpu().contiguous();
+    proj = proj.contiguous();
     p.proj.assign(proj.data_ptr<double>(), proj.data_ptr<double>() + n * C);
     return p;
 }
@@ -597,7 +606,7 @@ Pca neuronPca(const std::vector<Mat>& ms, int C, std::vector<int32_t>& owner, co
         Tensor col = proj.select(1, c);
         fixSign(col);
     }
-    proj = proj.contiguous();
+    proj = proj.cpu().contiguous();
     p.proj.assign(proj.data_ptr<double>(), proj.data_ptr<double>() + n * C);
     return p;
 }

@@ -1161,12 +1161,18 @@ def test_static_on_device_as_on_the_cpu(world, tmp_path, device, name, overrides
 
 
 def test_static_backend_usage_errors(world, tmp_path):
-    """--static-backend takes kernels or torch; the host kernels do not run on a GPU."""
+    """--static-backend takes kernels or torch; the host kernels do not run on a GPU; a device
+    that is not there is refused by name (here, where LibTorch sees no GPU), with no session
+    written."""
     ckpt = world.ckpt("mixtral")
-    for args, words in ((["--static-backend", "gpu"], ["--static-backend", "kernels or torch"]),
-                        (["--static-backend", "kernels", "--device", "cuda"], ["kernels", "--device cuda"])):
+    cases = [(["--static-backend", "gpu"], ["--static-backend", "kernels or torch"], 2),
+             (["--static-backend", "kernels", "--device", "cuda"], ["kernels", "--device cuda"], 2),
+             (["--device", "tpu"], ["bad device", "tpu"], 1)]
+    if not require("torch").cuda.is_available():
+        cases.append((["--device", "cuda"], ["CUDA is not available", "device"], 1))
+    for args, words, code in cases:
         r = run_cli(world.cli, "analyze", ckpt, "--out", tmp_path / "x.h5", "--static", "S1", *args, check=False)
-        assert r.returncode == 2 and all(w in r.stderr for w in words), r.stderr
+        assert r.returncode == code and all(w in r.stderr for w in words), r.stderr
         assert not os.path.exists(tmp_path / "x.h5")
 
 
