@@ -7,6 +7,10 @@
 #include <string>
 #include <thread>
 
+#include <immintrin.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
 #include "analysis/similarity.h"
 #include "analysis/simd.h"
 #include "error.h"
@@ -21,6 +25,113 @@ constexpr int kPanelFloats = 1 << 16;  // a packed panel: 256 KiB, within L2 (32
 constexpr int kFlushRows = 16;         // fp32 column sums cover at most 16 rows, then fp64
 typedef uint16_t u16x8 __attribute__((vector_size(16)));
 typedef uint32_t u32x8 __attribute__((vector_size(32)));
+
+// S1's products in bf16 on AMX (Intel's tile unit: 16 x 16 fp32 blocks, each tile product 16 x 32
+// bf16 multiply-adds a row) where every matrix of the pass holds bf16 values exactly (bf16, or
+// MXFP4 decoded: a 2-bit significand times a power of two). The products of bf16 values are exact
+// in fp32, and the tile unit adds them in fp32 as the AVX blocks do (in its own order; inputs and
+// results below 2^-126 flushed to zero), a panel at a time, then in fp64: the same sums to fp32's
+// rounding, at many times the multiply-adds a cycle. The positions of a panel are kept twice as
+// bf16, so that every tile is 1 KiB in one piece (a tile whose 16 rows lie 1 KiB apart or more
+// loads at a third of the speed): by matrix, 32 positions of 16 matrices a tile ("rows":
+// [kc / 32][ldp][32]) and by pair of positions, 16 pairs of 16 matrices a tile ("pairs",
+// [ldp / 16][kc / 2][16] u32, the tile unit's "VNNI" layout), transposed from the rows when the
+// panel is full. S6's standardised values are no bf16 values: its products stay in fp32 (split
+// into two bf16 parts, the four products of each pair of values on AMX cost as much as fp32's
+// here, with the split and the transposes: measured, docs/benchmarks.md).
+struct alignas(64) TileConfig {
+    uint8_t palette = 1, startRow = 0;
+    uint8_t reserved[14] = {};
+    uint16_t colsb[16] = {};
+    uint8_t rows[16] = {};
+};
+
+// Tiles 0-3: a 2 x 2 block of 16 x 16 fp32 sums; 4-5: 16 matrices x 32 positions (bf16); 6-7: 16
+// pairs of positions x 16 matrices. Per thread (the configuration is the thread's state).
+__attribute__((target("amx-tile"))) void amxConfigure() {
+    TileConfig c;
+    for (int t = 0; t < 8; ++t) {
+        c.colsb[t] = 64;
+        c.rows[t] = 16;
+    }
+    // (not _tile_loadconfig: GCC 12's asm names 8 bytes of the configuration as its input, and
+    // the stores of the rest are then dropped as dead)
+    __asm__ volatile("ldtilecfg %0" ::"m"(c));
+}
+__attribute__((target("amx-tile"))) void amxRelease() { _tile_release(); }
+
+// (The tile instructions are asm statements that tell the compiler nothing of the memory they
+// read and write: the barriers keep the panel's stores before them and the sums' reads after.)
+#define ES_MEMORY_BARRIER() __asm__ volatile("" ::: "memory")
+
+// A panel's positions as bf16 for AMX's products: by matrix, and by pair of positions.
+struct Bf16Panel {
+    std::vector<uint16_t> rows;   // [kc / 32][ldp][32]
+    std::vector<uint32_t> pairs;  // [ldp / 16][kc / 2][16]
+    Bf16Panel() = default;
+    Bf16Panel(int ldp, int kc) : rows(static_cast<size_t>(ldp) * kc, 0), pairs(static_cast<size_t>(kc / 2) * ldp, 0) {}
+};
+
+// The R x C (1 or 2 each) blocks of 16 x 16 sums at rows i0.., columns j0.. over `steps` steps of
+// 32 positions, into c (block (r, q) at c + 256 (2 r + q)).
+template <int R, int C>
+__attribute__((target("amx-tile,amx-bf16"), always_inline)) inline void amxBlock(const Bf16Panel& bp, int ldp, int kc,
+                                                                                 int steps, int i0, int j0, float* c) {
+    _tile_zero(0);
+    if constexpr (C == 2) _tile_zero(1);
+    if constexpr (R == 2) _tile_zero(2);
+    if constexpr (R == 2 && C == 2) _tile_zero(3);
+    const size_t rowStep = static_cast<size_t>(ldp) * 32, nextCols = static_cast<size_t>(kc / 2) * 16;
+    const uint16_t* a = bp.rows.data() + static_cast<size_t>(i0) * 32;
+    const uint32_t* b = bp.pairs.data() + static_cast<size_t>(j0 / 16) * nextCols;
+    for (int s = 0; s < steps; ++s, a += rowStep, b += 256) {
+        _tile_loadd(4, a, 64);
+        _tile_loadd(6, b, 64);
+        _tile_dpbf16ps(0, 4, 6);
+        if constexpr (C == 2) {
+            _tile_loadd(7, b + nextCols, 64);
+            _tile_dpbf16ps(1, 4, 7);
+        }
+        if constexpr (R == 2) {
+            _tile_loadd(5, a + 512, 64);
+            _tile_dpbf16ps(2, 5, 6);
+            if constexpr (C == 2) _tile_dpbf16ps(3, 5, 7);
+        }
+    }
+    _tile_stored(0, c, 64);
+    if constexpr (C == 2) _tile_stored(1, c + 256, 64);
+    if constexpr (R == 2) _tile_stored(2, c + 512, 64);
+    if constexpr (R == 2 && C == 2) _tile_stored(3, c + 768, 64);
+    ES_MEMORY_BARRIER();
+}
+
+// The upper block triangle of the panel's Gram (blocks of 16 x 16; in a diagonal 2 x 2 block the
+// one below the diagonal too, which nothing reads) added into out (ldp x ldp, fp64).
+__attribute__((target("amx-tile,amx-bf16"), noinline)) void amxPanelGram(const Bf16Panel& bp, int ldp, int kc,
+                                                                         int steps, double* out) {
+    ES_MEMORY_BARRIER();
+    alignas(64) float c[4 * 256];
+    const int blocks = ldp / 16;
+    for (int bj = 0; bj < blocks; bj += 2) {
+        const int nc = std::min(2, blocks - bj);
+        for (int bi = 0; bi <= bj; bi += 2) {
+            const int nr = std::min(2, blocks - bi);
+            const int i0 = 16 * bi, j0 = 16 * bj;
+            if (nr == 2 && nc == 2) amxBlock<2, 2>(bp, ldp, kc, steps, i0, j0, c);
+            else if (nr == 2) amxBlock<2, 1>(bp, ldp, kc, steps, i0, j0, c);
+            else if (nc == 2) amxBlock<1, 2>(bp, ldp, kc, steps, i0, j0, c);
+            else amxBlock<1, 1>(bp, ldp, kc, steps, i0, j0, c);
+            for (int r = 0; r < nr; ++r)
+                for (int q = 0; q < nc; ++q) {
+                    const float* s = c + (r * 2 + q) * 256;
+                    for (int i = 0; i < 16; ++i) {
+                        double* o = out + static_cast<size_t>(i0 + 16 * r + i) * ldp + j0 + 16 * q;
+                        for (int j = 0; j < 16; ++j) o[j] += s[i * 16 + j];
+                    }
+                }
+        }
+    }
+}
 
 struct Acc {
     std::vector<double> gram, gramZ;  // ldp x ldp, entries (a, b) with a <= b < n
@@ -155,11 +266,58 @@ ES_INLINE void finishStats(const SegmentStats& st, int w, int n, float* mean, fl
     }
 }
 
-// A full panel's products: S1's Gram, then S6's after standardising each position in place with
-// its mean and 1 / standard deviation.
-ES_INLINE void panelProducts(float* panel, int ldp, int filled, int n, bool gram, bool standardized, const float* mean,
-                             const float* inv, Acc& acc) {
-    if (gram) panelGramBest(panel, ldp, filled, n, acc.gram.data());
+// Exact bf16 values (the high halves of their fp32 bits) of matrix a's positions at .. at + w
+// into the rows.
+ES_INLINE void storeBf16(const float* t, int w, int a, int at, int ldp, uint16_t* rows) {
+    for (int c = 0; c < w;) {
+        const int k = at + c, run = std::min(w - c, 32 - k % 32);
+        uint16_t* dst = rows + (static_cast<size_t>(k / 32) * ldp + a) * 32 + k % 32;
+        int i = 0;
+        for (; i + kLanes <= run; i += kLanes) {
+            u32x8 x;
+            std::memcpy(&x, t + c + i, sizeof x);
+            const u16x8 h = __builtin_convertvector(x >> 16, u16x8);
+            std::memcpy(dst + i, &h, sizeof h);
+        }
+        for (; i < run; ++i) {
+            uint32_t x;
+            std::memcpy(&x, t + c + i, sizeof x);
+            dst[i] = static_cast<uint16_t>(x >> 16);
+        }
+        c += run;
+    }
+}
+
+// The pairs from the rows, a step of 32 positions at a time: eight matrices' 16 pairs at a time,
+// as transpose8 moves floats (bit for bit).
+ES_INLINE void rowsToPairs(Bf16Panel& bp, int ldp, int kc, int steps) {
+    const float* rows32 = reinterpret_cast<const float*>(bp.rows.data());
+    float* pairs32 = reinterpret_cast<float*>(bp.pairs.data());
+    for (int s = 0; s < steps; ++s)
+        for (int a0 = 0; a0 < ldp; a0 += kLanes)
+            transpose8(rows32 + (static_cast<size_t>(s) * ldp + a0) * 16, 16, 16,
+                       pairs32 + (static_cast<size_t>(a0 / 16) * (kc / 2) + s * 16) * 16 + a0 % 16, 16);
+}
+// S1's panel Gram on AMX: its positions padded with zeros to a multiple of 32.
+ES_INLINE void bf16PanelGram(Bf16Panel& bp, int ldp, int kc, int filled, double* out) {
+    const int steps = (filled + 31) / 32;
+    if (filled % 32)
+        for (int a = 0; a < ldp; ++a) {
+            uint16_t* r = bp.rows.data() + (static_cast<size_t>(steps - 1) * ldp + a) * 32;
+            std::fill(r + filled % 32, r + 32, uint16_t{0});
+        }
+    rowsToPairs(bp, ldp, kc, steps);
+    amxPanelGram(bp, ldp, kc, steps, out);
+}
+
+// A full panel's products: S1's Gram (on AMX from the bf16 panel, with one), then S6's after
+// standardising each position in place with its mean and 1 / standard deviation.
+ES_INLINE void panelProducts(float* panel, Bf16Panel* bp, int ldp, int kc, int filled, int n, bool gram,
+                             bool standardized, const float* mean, const float* inv, Acc& acc) {
+    if (gram) {
+        if (bp) bf16PanelGram(*bp, ldp, kc, filled, acc.gram.data());
+        else panelGramBest(panel, ldp, filled, n, acc.gram.data());
+    }
     if (standardized) {
         const int n8 = n / kLanes * kLanes;
         for (int k = 0; k < filled; ++k) {
@@ -181,11 +339,17 @@ ES_INLINE void panelProducts(float* panel, int ldp, int filled, int n, bool gram
 // cover one panel, at most 512 positions, and are then added in fp64.
 __attribute__((target_clones("arch=x86-64-v3", "default"))) void runRows(const std::vector<GramMatrix>& ms, int64_t r0,
                                                                          int64_t r1, int64_t cols, bool neuronRows,
-                                                                         bool gram, bool standardized, Acc& acc,
+                                                                         bool gram, bool standardized, bool amx,
+                                                                         Acc& acc,
                                                                          std::vector<std::vector<double>>& rowSums) {
     const int n = static_cast<int>(ms.size());
     const int ldp = (n + kNR - 1) / kNR * kNR, kc = panelPositions(ldp);
-    std::vector<float> panel(static_cast<size_t>(kc) * ldp, 0.f), buf(static_cast<size_t>(kLanes) * kc, 0.f);
+    const bool fp32Panel = standardized || (gram && !amx);
+    std::vector<float> panel(fp32Panel ? static_cast<size_t>(kc) * ldp : 0, 0.f);
+    std::vector<float> buf(static_cast<size_t>(kLanes) * kc, 0.f);
+    Bf16Panel bf16 = amx ? Bf16Panel(ldp, kc) : Bf16Panel();
+    if (amx) amxConfigure();
+    Bf16Panel* bp = amx ? &bf16 : nullptr;
     const int64_t paddedCols = (cols + kLanes - 1) / kLanes * kLanes;
     // column sums in fp32 over at most kFlushRows rows, then fp64
     std::vector<float> colF(neuronRows ? static_cast<size_t>(n * paddedCols) : 0, 0.f);
@@ -222,6 +386,7 @@ __attribute__((target_clones("arch=x86-64-v3", "default"))) void runRows(const s
                     }
                     const int a = a0 + i;
                     widenSegment(ms[a], r, c0, wi, cols, t);
+                    if (amx) storeBf16(t, wi, a, fill, ldp, bf16.rows.data());
                     if (standardized) addToStats(t, wi, a == 0, stats);
                     if (neuronRows) {
                         float* s = colF.data() + a * paddedCols + c0;
@@ -237,13 +402,13 @@ __attribute__((target_clones("arch=x86-64-v3", "default"))) void runRows(const s
                         rowSums[a][r] += static_cast<double>(hsum(s) + tail);
                     }
                 }
-                if (gram || standardized)  // (S2 alone needs no panel)
+                if (fp32Panel)  // (S2 alone needs no panel, AMX's S1 the bf16 one)
                     transpose8(buf.data(), kc, wi, panel.data() + static_cast<size_t>(fill) * ldp + a0, ldp);
             }
             if (standardized) finishStats(stats, wi, n, mean.data() + fill, inv.data() + fill);
             fill += wi;
             if (fill == kc) {
-                panelProducts(panel.data(), ldp, fill, n, gram, standardized, mean.data(), inv.data(), acc);
+                panelProducts(panel.data(), bp, ldp, kc, fill, n, gram, standardized, mean.data(), inv.data(), acc);
                 fill = 0;
             }
         }
@@ -252,8 +417,9 @@ __attribute__((target_clones("arch=x86-64-v3", "default"))) void runRows(const s
             pendingRows = 0;
         }
     }
-    if (fill > 0) panelProducts(panel.data(), ldp, fill, n, gram, standardized, mean.data(), inv.data(), acc);
+    if (fill > 0) panelProducts(panel.data(), bp, ldp, kc, fill, n, gram, standardized, mean.data(), inv.data(), acc);
     if (neuronRows) flushColumns();
+    if (amx) amxRelease();
 }
 
 }  // namespace
@@ -269,6 +435,31 @@ bool simd::useAvx512() {
     }();
     return has;
 }
+
+namespace {
+
+// AMX's bf16 tiles: the CPU has them, Linux lets this process use them (its tile data is asked for
+// once, as the kernel requires), and EXPERTSCOPE_SIMD is not "avx2" or "avx512" (which keep the
+// fp32 register blocks: the tests check every path on one machine). Decided once.
+bool useAmx() {
+    static const bool has = [] {
+        const char* cap = std::getenv("EXPERTSCOPE_SIMD");
+        if (cap && (std::string(cap) == "avx2" || std::string(cap) == "avx512")) return false;
+        __builtin_cpu_init();
+        if (!__builtin_cpu_supports("amx-tile") || !__builtin_cpu_supports("amx-bf16")) return false;
+        constexpr long kReqXcompPerm = 0x1023, kXfeatureTileData = 18;  // asm/prctl.h, Linux 5.16
+        return syscall(SYS_arch_prctl, kReqXcompPerm, kXfeatureTileData) == 0;
+    }();
+    return has;
+}
+
+// Whether every matrix holds bf16 values exactly once widened (bf16 unscaled, or MXFP4).
+bool bf16Exact(const std::vector<GramMatrix>& ms) {
+    return std::all_of(ms.begin(), ms.end(),
+                       [](const GramMatrix& m) { return m.mxfp4Scales || (m.dtype == DType::BF16 && !m.scale); });
+}
+
+}  // namespace
 
 void checkGramInput(const std::vector<GramMatrix>& ms, int64_t cols) {
     const int64_t n = static_cast<int64_t>(ms.size());
@@ -306,11 +497,12 @@ GramResult gramPass(const std::vector<GramMatrix>& ms, int64_t rows, int64_t col
     }
     std::vector<std::vector<double>> rowSums(static_cast<size_t>(n),
                                              std::vector<double>(neuronRows ? 0 : static_cast<size_t>(rows), 0.0));
+    const bool amx = gram && bf16Exact(ms) && useAmx();
     std::vector<std::thread> pool;
     for (int t = 0; t < threads; ++t) {
         const int64_t r0 = rows * t / threads, r1 = rows * (t + 1) / threads;
         pool.emplace_back(
-            [&, t, r0, r1] { runRows(ms, r0, r1, cols, neuronRows, gram, standardized, accs[t], rowSums); });
+            [&, t, r0, r1] { runRows(ms, r0, r1, cols, neuronRows, gram, standardized, amx, accs[t], rowSums); });
     }
     for (auto& th : pool) th.join();
     GramResult out;

@@ -1053,10 +1053,13 @@ def check_s1_s2_s4_s6_s7(out, moe, experts=None, dense=None):
             check_matrix(f, exp, f"router_similarity/layers/{l}/router", TOL_SIM)
 
 
-# the static pass on the host kernels (the CPU's default; "avx2": their AVX2 register blocks, which
-# a CPU without AVX-512 takes) and through LibTorch (--static-backend torch: the path a GPU takes,
-# --device cuda; here on the CPU): each against numpy
+# the static pass on the host kernels (the CPU's default: S1's products of bf16 values on AMX where
+# the CPU has it, else in AVX-512's or AVX2's fp32 register blocks; "avx2": AVX2's blocks, which a
+# CPU without AVX-512 takes) and through LibTorch (--static-backend torch: the path a GPU takes,
+# --device cuda; here on the CPU): each against numpy. The tests below that store bf16 weights take
+# AMX's path on such a CPU ("kernels") and the fp32 blocks ("avx2") on the same values.
 BACKENDS = pytest.mark.parametrize("backend", ["kernels", "avx2", "torch"])
+BF16_OR_NOT = pytest.mark.parametrize("storage", [None, "bfloat16"])
 
 
 @pytest.fixture
@@ -1069,12 +1072,14 @@ def static_backend(backend, monkeypatch):
 
 
 @BACKENDS
-def test_128_fine_grained_experts(world, tmp_path, static_backend):
+@BF16_OR_NOT
+def test_128_fine_grained_experts(world, tmp_path, static_backend, storage):
     """128 narrow experts (F = 16, top-8: the fine-grained shape of Qwen3-30B-A3B, shrunk) through
-    the Gram kernel (or LibTorch's products), per-expert layout: numpy's S1, S2, S4, S6 and S7 (the
-    neuron PCA over all 128 x 16 neurons)."""
+    the Gram kernel (or LibTorch's products), per-expert layout, float32 and bfloat16: numpy's S1,
+    S2, S4, S6 and S7 (the neuron PCA over all 128 x 16 neurons)."""
+    torch = require("torch")
     model = fixtures.build_model("mixtral_gqa", num_local_experts=128, num_experts_per_tok=8, intermediate_size=16)
-    per, _ = fixtures.save_layouts(model, str(tmp_path / "moe128"))
+    per, _ = fixtures.save_layouts(model, str(tmp_path / "moe128"), storage=getattr(torch, storage) if storage else None)
     moe = R.MoeWeights(per)
     out = tmp_path / "s.h5"
     run_cli(world.cli, "analyze", per, "--out", out, "--static", "S1,S2,S4,S6,S7", "--static-backend", static_backend)
@@ -1082,13 +1087,16 @@ def test_128_fine_grained_experts(world, tmp_path, static_backend):
 
 
 @BACKENDS
-def test_odd_sizes(world, tmp_path, static_backend):
+@BF16_OR_NOT
+def test_odd_sizes(world, tmp_path, static_backend, storage):
     """Sizes that are multiples of nothing the kernels block by (13 experts, d = 42, F = 21): the
     Gram kernel's panels, eight-row transposes and 6 x 16 product blocks all end in partial ones,
     and S2's and S4's cosines in partial four-value steps. Some positions hold one value in every
     expert (a row of the gate and of the up projection, a column of the down one, as after
-    upcycling): S6 standardises them to 0, in the eight-position steps and in the tails. numpy's
-    S1, S2, S4, S6 and S7."""
+    upcycling): S6 standardises them to 0, in the eight-position steps and in the tails. In
+    bfloat16, on one thread: AMX's panels of 512 positions, a full one and then one that ends in a
+    partial 32 positions (padded with zeros over the first one's values), a pair of positions
+    across two rows. numpy's S1, S2, S4, S6 and S7."""
     torch = require("torch")
     model = fixtures.build_model("mixtral_gqa", num_local_experts=13, num_experts_per_tok=3, hidden_size=42,
                                  intermediate_size=21, num_attention_heads=3, num_key_value_heads=1)
@@ -1098,9 +1106,11 @@ def test_odd_sizes(world, tmp_path, static_backend):
             gu[:, 2] = gu[0, 2].clone()
             gu[:, 21 + 5] = gu[0, 21 + 5].clone()
             down[:, :, 4] = down[0, :, 4].clone()
-    per, _ = fixtures.save_layouts(model, str(tmp_path / "odd"))
+    per, _ = fixtures.save_layouts(model, str(tmp_path / "odd"), storage=getattr(torch, storage) if storage else None)
     out = tmp_path / "s.h5"
-    run_cli(world.cli, "analyze", per, "--out", out, "--static", "S1,S2,S4,S6,S7", "--static-backend", static_backend)
+    threads = ["--threads", "1"] if storage else []
+    run_cli(world.cli, "analyze", per, "--out", out, "--static", "S1,S2,S4,S6,S7", "--static-backend", static_backend,
+            *threads)
     check_s1_s2_s4_s6_s7(out, R.MoeWeights(per), 13)
 
 
@@ -1108,7 +1118,8 @@ def test_odd_sizes(world, tmp_path, static_backend):
 @pytest.mark.parametrize("name,experts,storage", [("llama4_chunked_nope", None, None),
                                                   ("gpt_oss_sinks_clamp", None, None),
                                                   ("gpt_oss_sinks_clamp", None, "bfloat16"),
-                                                  ("gpt_oss_sinks_clamp", 130, None)])
+                                                  ("gpt_oss_sinks_clamp", 130, None),
+                                                  ("gpt_oss_sinks_clamp", 130, "bfloat16")])
 def test_experts_stored_as_x_at_w(world, tmp_path, name, experts, storage, static_backend):
     """Experts stored transposed as the released files hold them (x @ W: Llama 4's gate_up_proj
     [E, d, 2F] in halves, gpt-oss's interleaved by column) are read in their stored orientation,
@@ -1116,8 +1127,9 @@ def test_experts_stored_as_x_at_w(world, tmp_path, name, experts, storage, stati
     S1, S2, S4, S6 and S7, the shared expert's rows included. A matrix of another orientation in
     the pass changes S1 and S6 (or leaves the shared expert out of them); neurons taken along the
     wrong axis change S2 and S7. Llama 4's with a dense reference F (stored as rows, read in the
-    experts' orientation too); 8 and 130 gpt-oss experts, and 8 in bfloat16 (every other value of
-    a stored row widened eight at a time)."""
+    experts' orientation too); 8 and 130 gpt-oss experts, in float32 and in bfloat16 (every other
+    value of a stored row widened eight at a time; at 130, AMX's block rows and columns of 16
+    end in a single one)."""
     torch = require("torch")
     model = fixtures.build_model(name, **({"num_local_experts": experts} if experts else {}))
     per, _ = fixtures.save_layouts(model, str(tmp_path / "m"), storage=getattr(torch, storage) if storage else None)
