@@ -10,7 +10,11 @@
 // register blocks of fp32 multiply-adds, added into fp64 after each panel: about half the
 // multiply-adds of a GEMM at a tuned SGEMM's rate per core (measured in docs/benchmarks.md). S6
 // standardises the panel's positions in place and takes the same product again. AVX2 + FMA
-// where the CPU has them (chosen at run time).
+// where the CPU has them, AVX-512's 12 x 16 blocks where it has those (chosen at run time). Where
+// every matrix holds bf16 values exactly (bf16, MXFP4) and the CPU has AMX, S1's products are the
+// tile unit's bf16 products instead (exact in fp32; the panel kept as bf16 too, 1/2 the fp32
+// panel's bytes twice over). EXPERTSCOPE_SIMD=avx512 or avx2 keeps the fp32 blocks (the tests
+// run every path on one machine).
 // Memory per thread: the panel, two ldp x ldp fp64 sums (ldp: n rounded up to 16; 1 MiB at 256,
 // 256 MiB at the bound) and, for row neurons, n x cols column sums in fp32 and fp64 (21 MiB at
 // 256 x 7168).

@@ -3,6 +3,7 @@
 
     .venv/bin/python tests/bench/bench_analyses.py [--build build] [--layers 1] [--skip-static] [--skip-dynamic]
                                                    [--device cpu|cuda] [--prompts 4] [--length 512] [--s3]
+                                                   [--sets "S1,S2,S4;default;S6;S7"]
                                                    [--dynamic-experts 8|128|256] [--dynamic-width published|scaled]
                                                    [--shape mixtral|qwen3-30b-a3b|deepseek-v2-lite|e256|gpt-oss-20b|
                                                             gpt-oss-20b-bf16]
@@ -270,7 +271,7 @@ def gemm_floor(mats, device="cpu"):
     return best
 
 
-def bench_fine_grained(exe, shape, tmp, layers, s3=False, device="cpu"):
+def bench_fine_grained(exe, shape, tmp, layers, s3=False, device="cpu", sets=("S1,S2,S4", "default", "S6", "S7")):
     """read, the GEMM floor, and S1+S2+S4, default, S6 and S7 (best of 2; S3 once with s3) of a
     checkpoint at the shape's layer dimensions, the static pass on `device` (cpu: the host
     kernels; cuda: LibTorch on the GPU, the floor there too)."""
@@ -295,7 +296,7 @@ def bench_fine_grained(exe, shape, tmp, layers, s3=False, device="cpu"):
     if layer:
         print(f"  one layer's experts: {layer / 2**20:.0f} MiB as stored, {fp32 / 2**20:.0f} MiB widened to float32")
     where = [] if device == "cpu" else ["all", device]
-    for lst in ("S1,S2,S4", "default", "S6", "S7"):
+    for lst in sets:
         runs = [json.loads(subprocess.run([exe, "static", d, lst, *where], check=True, capture_output=True,
                                           text=True).stdout) for _ in range(2)]
         r = min(runs, key=lambda x: x["seconds"])
@@ -336,13 +337,15 @@ def main():
     ap.add_argument("--dynamic-width", default="published", choices=["published", "scaled"],
                     help="the fine-grained model's expert width: the published model's (768 at 128 experts, 512 at "
                          "256) or Qwen3-30B-A3B's ratio to d (192 at 128, 96 at 256)")
+    ap.add_argument("--sets", default="S1,S2,S4;default;S6;S7",
+                    help="the static sets timed, separated by semicolons (S7 takes a minute or two at each shape)")
     ap.add_argument("--s3", action="store_true", help="fine-grained shapes: also time S3 on layer 0 (minutes)")
     a = ap.parse_args()
     exe = os.path.join(a.build, "bin", "bench_analyses")
     with tempfile.TemporaryDirectory() as tmp:
         if not a.skip_static:  # Mixtral's: 1 layer unless --layers (5.6 GiB of float32 for the floor a layer)
             layers = a.layers if a.shape == "mixtral" or a.layers > 1 else 2
-            bench_fine_grained(exe, a.shape, tmp, layers, a.s3, a.device)
+            bench_fine_grained(exe, a.shape, tmp, layers, a.s3, a.device, a.sets.split(";"))
         if not a.skip_dynamic:
             out = os.path.join(tmp, "dyn")
             share = None
