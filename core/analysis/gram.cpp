@@ -210,59 +210,53 @@ ES_INLINE void prefetchSegment(const GramMatrix& m, int64_t r, int64_t c0, int w
 // S6's statistics of a segment's positions across the matrices, gathered as the matrices are
 // widened, eight positions at a time (no sums across a vector's lanes): sums of the values'
 // differences from the first matrix's (shifted sums: the variance without the cancellation of
-// sum(x^2) - n mean^2 when the experts are alike), their squares, the least and the largest.
+// sum(x^2) - n mean^2 when the experts are alike) and of their squares. A position equal in every
+// matrix has differences of exactly 0: its sums are 0, and so is its variance.
 struct SegmentStats {
-    std::vector<float> shift, sum, sq, lo, hi;
-    explicit SegmentStats(size_t n) : shift(n), sum(n), sq(n), lo(n), hi(n) {}
+    std::vector<float> shift, sum, sq;
+    explicit SegmentStats(size_t n) : shift(n), sum(n), sq(n) {}
 };
 
 ES_INLINE void addToStats(const float* t, int w, bool first, SegmentStats& st) {
-    float *K = st.shift.data(), *S = st.sum.data(), *Q = st.sq.data(), *lo = st.lo.data(), *hi = st.hi.data();
+    float *K = st.shift.data(), *S = st.sum.data(), *Q = st.sq.data();
     if (first) {
         std::copy(t, t + w, K);
-        std::copy(t, t + w, lo);
-        std::copy(t, t + w, hi);
         std::fill(S, S + w, 0.f);
         std::fill(Q, Q + w, 0.f);
         return;
     }
     int c = 0;
     for (; c + kLanes <= w; c += kLanes) {
-        const v8 x = load8(t + c), d = x - load8(K + c), l = load8(lo + c), h = load8(hi + c);
+        const v8 d = load8(t + c) - load8(K + c);
         store8(S + c, load8(S + c) + d);
         store8(Q + c, load8(Q + c) + d * d);
-        store8(lo + c, x < l ? x : l);
-        store8(hi + c, x > h ? x : h);
     }
     for (; c < w; ++c) {
         const float d = t[c] - K[c];
         S[c] += d;
         Q[c] += d * d;
-        lo[c] = std::min(lo[c], t[c]);
-        hi[c] = std::max(hi[c], t[c]);
     }
 }
 
-// Each position's mean and 1 / standard deviation (n - 1 in the variance), 0 for a position equal
-// in all the matrices or without variance, into mean[0 .. w) and inv[0 .. w).
+// Each position's mean and 1 / standard deviation (n - 1 in the variance), 0 for a position without
+// variance (equal in all the matrices: sums of 0), into mean[0 .. w) and inv[0 .. w).
 // (Multiplications by 1 / n, and gram.cpp is built without errno: sqrt is one instruction.)
 ES_INLINE void finishStats(const SegmentStats& st, int w, int n, float* mean, float* inv) {
     const float invN = 1.f / static_cast<float>(n), invN1 = 1.f / static_cast<float>(n - 1);
-    const float *K = st.shift.data(), *S = st.sum.data(), *Q = st.sq.data(), *lo = st.lo.data(), *hi = st.hi.data();
+    const float *K = st.shift.data(), *S = st.sum.data(), *Q = st.sq.data();
     int c = 0;
     for (; c + kLanes <= w; c += kLanes) {  // eight positions a step (vsqrtps, vdivps)
         const v8 s = load8(S + c), var = (load8(Q + c) - s * s * invN) * invN1;
         v8 sd;
         for (int l = 0; l < kLanes; ++l) sd[l] = std::sqrt(var[l]);
-        const i32x8 none = (load8(hi + c) == load8(lo + c)) | !(var > 0.f);
+        const i32x8 none = !(var > 0.f);
         store8(mean + c, load8(K + c) + s * invN);
         store8(inv + c, none ? v8{} : 1.f / sd);
     }
     for (; c < w; ++c) {
         const float var = (Q[c] - S[c] * S[c] * invN) * invN1;
-        const bool none = hi[c] == lo[c] || !(var > 0);
         mean[c] = K[c] + S[c] * invN;
-        inv[c] = none ? 0.f : 1.f / std::sqrt(var);
+        inv[c] = var > 0 ? 1.f / std::sqrt(var) : 0.f;
     }
 }
 
@@ -330,18 +324,18 @@ ES_INLINE void panelProducts(float* panel, Bf16Panel* bp, int ldp, int kc, int f
     }
 }
 
-// The whole row loop is compiled twice (AVX2 + FMA, and the x86-64 baseline) and chosen at run
-// time, so that the helpers above inline into it (a lambda is not cloned: flushColumns, not hot,
-// runs on the baseline target). Positions are streamed in segments of a row into a packed panel
+// The whole row loop is compiled three times (AVX-512, whose 32 vector registers hold an 8 x 8
+// transpose's 24 vectors without spilling them: 4-5 % of the default set at Qwen3's shape; AVX2 +
+// FMA; the x86-64 baseline) and chosen at run time, so that the helpers above inline into it (a
+// lambda is not cloned: flushColumns, not hot, runs on the baseline target). Positions are streamed in segments of a
+// row into a packed panel
 // ([kc][ldp]: every position's n values side by side), eight matrices at a time through a small
 // row buffer where the neuron sums and S6's statistics are taken; a full panel goes through the
 // products (S1, then S6 after standardising its positions in place). The products' fp32 sums
 // cover one panel, at most 512 positions, and are then added in fp64.
-__attribute__((target_clones("arch=x86-64-v3", "default"))) void runRows(const std::vector<GramMatrix>& ms, int64_t r0,
-                                                                         int64_t r1, int64_t cols, bool neuronRows,
-                                                                         bool gram, bool standardized, bool amx,
-                                                                         Acc& acc,
-                                                                         std::vector<std::vector<double>>& rowSums) {
+__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default"))) void runRows(
+    const std::vector<GramMatrix>& ms, int64_t r0, int64_t r1, int64_t cols, bool neuronRows, bool gram,
+    bool standardized, bool amx, Acc& acc, std::vector<std::vector<double>>& rowSums) {
     const int n = static_cast<int>(ms.size());
     const int ldp = (n + kNR - 1) / kNR * kNR, kc = panelPositions(ldp);
     const bool fp32Panel = standardized || (gram && !amx);

@@ -4,9 +4,9 @@
 // P^T P in 6 x 16 register blocks (AVX2), or 12 x 16 where the CPU has AVX-512 (panelGramBest).
 // Used by gram.cpp (S1, S6) and kernels.cpp (D1, D2).
 //
-// Every helper is always inlined: the hot loops that call them are compiled twice with
-// target_clones (AVX2 + FMA, and the x86-64 baseline), and a helper compiled out of line would be
-// built for the baseline only. (A lambda inside a cloned function is not cloned either.) They
+// Every helper is always inlined: the hot loops that call them are compiled more than once with
+// target_clones (AVX2 + FMA and the x86-64 baseline; gram.cpp's row loop AVX-512 too), and a
+// helper compiled out of line would be built for the baseline only. (A lambda inside a cloned function is not cloned either.) They
 // have internal linkage (static), so each file's copies stay its own.
 #include <algorithm>
 #include <cstdint>
