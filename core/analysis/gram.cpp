@@ -324,18 +324,18 @@ ES_INLINE void panelProducts(float* panel, Bf16Panel* bp, int ldp, int kc, int f
     }
 }
 
-// The whole row loop is compiled three times (AVX-512, whose 32 vector registers hold an 8 x 8
-// transpose's 24 vectors without spilling them: 4-5 % of the default set at Qwen3's shape; AVX2 +
-// FMA; the x86-64 baseline) and chosen at run time, so that the helpers above inline into it (a
-// lambda is not cloned: flushColumns, not hot, runs on the baseline target). Positions are streamed in segments of a
+// The whole row loop is built three times (runRows, below: AVX-512, whose 32 vector registers hold
+// an 8 x 8 transpose's 24 vectors without spilling them, 4-5 % of the default set at Qwen3's shape;
+// AVX2 + FMA; the x86-64 baseline), the helpers above inlined into each (a lambda is not:
+// flushColumns, not hot, runs on the baseline target). Positions are streamed in segments of a
 // row into a packed panel
 // ([kc][ldp]: every position's n values side by side), eight matrices at a time through a small
 // row buffer where the neuron sums and S6's statistics are taken; a full panel goes through the
 // products (S1, then S6 after standardising its positions in place). The products' fp32 sums
 // cover one panel, at most 512 positions, and are then added in fp64.
-__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default"))) void runRows(
-    const std::vector<GramMatrix>& ms, int64_t r0, int64_t r1, int64_t cols, bool neuronRows, bool gram,
-    bool standardized, bool amx, Acc& acc, std::vector<std::vector<double>>& rowSums) {
+ES_INLINE void runRowsBody(const std::vector<GramMatrix>& ms, int64_t r0, int64_t r1, int64_t cols, bool neuronRows,
+                           bool gram, bool standardized, bool amx, Acc& acc,
+                           std::vector<std::vector<double>>& rowSums) {
     const int n = static_cast<int>(ms.size());
     const int ldp = (n + kNR - 1) / kNR * kNR, kc = panelPositions(ldp);
     const bool fp32Panel = standardized || (gram && !amx);
@@ -414,6 +414,33 @@ __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default"))) vo
     if (fill > 0) panelProducts(panel.data(), bp, ldp, kc, fill, n, gram, standardized, mean.data(), inv.data(), acc);
     if (neuronRows) flushColumns();
     if (amx) amxRelease();
+}
+
+__attribute__((target("arch=x86-64-v4"))) void runRowsAvx512(const std::vector<GramMatrix>& ms, int64_t r0, int64_t r1,
+                                                             int64_t cols, bool neuronRows, bool gram,
+                                                             bool standardized, bool amx, Acc& acc,
+                                                             std::vector<std::vector<double>>& rowSums) {
+    runRowsBody(ms, r0, r1, cols, neuronRows, gram, standardized, amx, acc, rowSums);
+}
+__attribute__((target("arch=x86-64-v3"))) void runRowsAvx2(const std::vector<GramMatrix>& ms, int64_t r0, int64_t r1,
+                                                           int64_t cols, bool neuronRows, bool gram, bool standardized,
+                                                           bool amx, Acc& acc,
+                                                           std::vector<std::vector<double>>& rowSums) {
+    runRowsBody(ms, r0, r1, cols, neuronRows, gram, standardized, amx, acc, rowSums);
+}
+void runRowsBaseline(const std::vector<GramMatrix>& ms, int64_t r0, int64_t r1, int64_t cols, bool neuronRows,
+                     bool gram, bool standardized, bool amx, Acc& acc, std::vector<std::vector<double>>& rowSums) {
+    runRowsBody(ms, r0, r1, cols, neuronRows, gram, standardized, amx, acc, rowSums);
+}
+
+// The row loop built for the widest the CPU runs, as simd::useAvx512 decides (so that
+// EXPERTSCOPE_SIMD=avx2 runs its AVX2 build, as a CPU without AVX-512 does).
+void runRows(const std::vector<GramMatrix>& ms, int64_t r0, int64_t r1, int64_t cols, bool neuronRows, bool gram,
+             bool standardized, bool amx, Acc& acc, std::vector<std::vector<double>>& rowSums) {
+    if (useAvx512()) runRowsAvx512(ms, r0, r1, cols, neuronRows, gram, standardized, amx, acc, rowSums);
+    else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+        runRowsAvx2(ms, r0, r1, cols, neuronRows, gram, standardized, amx, acc, rowSums);
+    else runRowsBaseline(ms, r0, r1, cols, neuronRows, gram, standardized, amx, acc, rowSums);
 }
 
 }  // namespace
