@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <optional>
 #include <string>
 #include <thread>
 
@@ -60,16 +61,30 @@ __attribute__((target("amx-tile"))) void amxConfigure() {
 }
 __attribute__((target("amx-tile"))) void amxRelease() { _tile_release(); }
 
-// (The tile instructions are asm statements that tell the compiler nothing of the memory they
-// read and write: the barriers keep the panel's stores before them and the sums' reads after.)
+// (GCC's tile loads are asm statements that tell the compiler nothing of the memory they read:
+// the barriers keep the panel's stores before them, and the sums' reads after the tile stores.)
 #define ES_MEMORY_BARRIER() __asm__ volatile("" ::: "memory")
 
-// A panel's positions as bf16 for AMX's products: by matrix, and by pair of positions.
+// A panel's positions as bf16 for AMX's products: by matrix, and by pair of positions, each
+// starting on a cache line (a tile row, 64 bytes, then lies in one line).
 struct Bf16Panel {
-    std::vector<uint16_t> rows;   // [kc / 32][ldp][32]
-    std::vector<uint32_t> pairs;  // [ldp / 16][kc / 2][16]
-    Bf16Panel() = default;
-    Bf16Panel(int ldp, int kc) : rows(static_cast<size_t>(ldp) * kc, 0), pairs(static_cast<size_t>(kc / 2) * ldp, 0) {}
+    uint16_t* rows = nullptr;   // [kc / 32][ldp][32]
+    uint32_t* pairs = nullptr;  // [ldp / 16][kc / 2][16]
+    Bf16Panel(int ldp, int kc)
+        : rowStore(static_cast<size_t>(ldp) * kc + 32, 0), pairStore(static_cast<size_t>(kc / 2) * ldp + 16, 0) {
+        rows = lineAligned(rowStore.data());
+        pairs = lineAligned(pairStore.data());
+    }
+    Bf16Panel(const Bf16Panel&) = delete;
+    Bf16Panel& operator=(const Bf16Panel&) = delete;
+
+private:
+    std::vector<uint16_t> rowStore;
+    std::vector<uint32_t> pairStore;
+    template <typename T>
+    static T* lineAligned(T* p) {
+        return reinterpret_cast<T*>((reinterpret_cast<uintptr_t>(p) + 63) & ~uintptr_t{63});
+    }
 };
 
 // The R x C (1 or 2 each) blocks of 16 x 16 sums at rows i0.., columns j0.. over `steps` steps of
@@ -82,8 +97,8 @@ __attribute__((target("amx-tile,amx-bf16"), always_inline)) inline void amxBlock
     if constexpr (R == 2) _tile_zero(2);
     if constexpr (R == 2 && C == 2) _tile_zero(3);
     const size_t rowStep = static_cast<size_t>(ldp) * 32, nextCols = static_cast<size_t>(kc / 2) * 16;
-    const uint16_t* a = bp.rows.data() + static_cast<size_t>(i0) * 32;
-    const uint32_t* b = bp.pairs.data() + static_cast<size_t>(j0 / 16) * nextCols;
+    const uint16_t* a = bp.rows + static_cast<size_t>(i0) * 32;
+    const uint32_t* b = bp.pairs + static_cast<size_t>(j0 / 16) * nextCols;
     for (int s = 0; s < steps; ++s, a += rowStep, b += 256) {
         _tile_loadd(4, a, 64);
         _tile_loadd(6, b, 64);
@@ -119,8 +134,7 @@ __attribute__((target("amx-tile,amx-bf16"), noinline)) void amxPanelGram(const B
             const int i0 = 16 * bi, j0 = 16 * bj;
             if (nr == 2 && nc == 2) amxBlock<2, 2>(bp, ldp, kc, steps, i0, j0, c);
             else if (nr == 2) amxBlock<2, 1>(bp, ldp, kc, steps, i0, j0, c);
-            else if (nc == 2) amxBlock<1, 2>(bp, ldp, kc, steps, i0, j0, c);
-            else amxBlock<1, 1>(bp, ldp, kc, steps, i0, j0, c);
+            else amxBlock<1, 1>(bp, ldp, kc, steps, i0, j0, c);  // (one row block: on the diagonal, alone)
             for (int r = 0; r < nr; ++r)
                 for (int q = 0; q < nc; ++q) {
                     const float* s = c + (r * 2 + q) * 256;
@@ -285,8 +299,8 @@ ES_INLINE void storeBf16(const float* t, int w, int a, int at, int ldp, uint16_t
 // The pairs from the rows, a step of 32 positions at a time: eight matrices' 16 pairs at a time,
 // as transpose8 moves floats (bit for bit).
 ES_INLINE void rowsToPairs(Bf16Panel& bp, int ldp, int kc, int steps) {
-    const float* rows32 = reinterpret_cast<const float*>(bp.rows.data());
-    float* pairs32 = reinterpret_cast<float*>(bp.pairs.data());
+    const float* rows32 = reinterpret_cast<const float*>(bp.rows);
+    float* pairs32 = reinterpret_cast<float*>(bp.pairs);
     for (int s = 0; s < steps; ++s)
         for (int a0 = 0; a0 < ldp; a0 += kLanes)
             transpose8(rows32 + (static_cast<size_t>(s) * ldp + a0) * 16, 16, 16,
@@ -297,7 +311,7 @@ ES_INLINE void bf16PanelGram(Bf16Panel& bp, int ldp, int kc, int filled, double*
     const int steps = (filled + 31) / 32;
     if (filled % 32)
         for (int a = 0; a < ldp; ++a) {
-            uint16_t* r = bp.rows.data() + (static_cast<size_t>(steps - 1) * ldp + a) * 32;
+            uint16_t* r = bp.rows + (static_cast<size_t>(steps - 1) * ldp + a) * 32;
             std::fill(r + filled % 32, r + 32, uint16_t{0});
         }
     rowsToPairs(bp, ldp, kc, steps);
@@ -328,8 +342,8 @@ ES_INLINE void panelProducts(float* panel, Bf16Panel* bp, int ldp, int kc, int f
 // an 8 x 8 transpose's 24 vectors without spilling them, 4-5 % of the default set at Qwen3's shape;
 // AVX2 + FMA; the x86-64 baseline), the helpers above inlined into each (a lambda is not:
 // flushColumns, not hot, runs on the baseline target). Positions are streamed in segments of a
-// row into a packed panel
-// ([kc][ldp]: every position's n values side by side), eight matrices at a time through a small
+// row into a packed panel ([kc][ldp]: every position's n values side by side; with AMX's S1, into
+// its bf16 rows, and into the packed panel only for S6), eight matrices at a time through a small
 // row buffer where the neuron sums and S6's statistics are taken; a full panel goes through the
 // products (S1, then S6 after standardising its positions in place). The products' fp32 sums
 // cover one panel, at most 512 positions, and are then added in fp64.
@@ -341,9 +355,12 @@ ES_INLINE void runRowsBody(const std::vector<GramMatrix>& ms, int64_t r0, int64_
     const bool fp32Panel = standardized || (gram && !amx);
     std::vector<float> panel(fp32Panel ? static_cast<size_t>(kc) * ldp : 0, 0.f);
     std::vector<float> buf(static_cast<size_t>(kLanes) * kc, 0.f);
-    Bf16Panel bf16 = amx ? Bf16Panel(ldp, kc) : Bf16Panel();
-    if (amx) amxConfigure();
-    Bf16Panel* bp = amx ? &bf16 : nullptr;
+    std::optional<Bf16Panel> bf16;
+    if (amx) {
+        bf16.emplace(ldp, kc);
+        amxConfigure();
+    }
+    Bf16Panel* bp = amx ? &*bf16 : nullptr;
     const int64_t paddedCols = (cols + kLanes - 1) / kLanes * kLanes;
     // column sums in fp32 over at most kFlushRows rows, then fp64
     std::vector<float> colF(neuronRows ? static_cast<size_t>(n * paddedCols) : 0, 0.f);
@@ -380,7 +397,7 @@ ES_INLINE void runRowsBody(const std::vector<GramMatrix>& ms, int64_t r0, int64_
                     }
                     const int a = a0 + i;
                     widenSegment(ms[a], r, c0, wi, cols, t);
-                    if (amx) storeBf16(t, wi, a, fill, ldp, bf16.rows.data());
+                    if (amx) storeBf16(t, wi, a, fill, ldp, bf16->rows);
                     if (standardized) addToStats(t, wi, a == 0, stats);
                     if (neuronRows) {
                         float* s = colF.data() + a * paddedCols + c0;
@@ -438,7 +455,7 @@ void runRowsBaseline(const std::vector<GramMatrix>& ms, int64_t r0, int64_t r1, 
 void runRows(const std::vector<GramMatrix>& ms, int64_t r0, int64_t r1, int64_t cols, bool neuronRows, bool gram,
              bool standardized, bool amx, Acc& acc, std::vector<std::vector<double>>& rowSums) {
     if (useAvx512()) runRowsAvx512(ms, r0, r1, cols, neuronRows, gram, standardized, amx, acc, rowSums);
-    else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+    else if (__builtin_cpu_supports("x86-64-v3"))
         runRowsAvx2(ms, r0, r1, cols, neuronRows, gram, standardized, amx, acc, rowSums);
     else runRowsBaseline(ms, r0, r1, cols, neuronRows, gram, standardized, amx, acc, rowSums);
 }
@@ -450,9 +467,7 @@ bool simd::useAvx512() {
         const char* cap = std::getenv("EXPERTSCOPE_SIMD");
         if (cap && std::string(cap) == "avx2") return false;
         __builtin_cpu_init();
-        return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
-               __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq") &&
-               __builtin_cpu_supports("avx512cd");
+        return __builtin_cpu_supports("x86-64-v4") != 0;  // (what arch=x86-64-v4 builds may use)
     }();
     return has;
 }
@@ -471,6 +486,12 @@ bool useAmx() {
         constexpr long kReqXcompPerm = 0x1023, kXfeatureTileData = 18;  // asm/prctl.h, Linux 5.16
         return syscall(SYS_arch_prctl, kReqXcompPerm, kXfeatureTileData) == 0;
     }();
+    // EXPERTSCOPE_SIMD=amx: the tiles or an error (the tests' way to know they ran there)
+    const char* cap = std::getenv("EXPERTSCOPE_SIMD");
+    if (!has && cap && std::string(cap) == "amx")
+        throw Error(
+            "EXPERTSCOPE_SIMD=amx, but AMX's bf16 tiles are not available here (the CPU has none, or Linux "
+            "refused this process their state)");
     return has;
 }
 

@@ -12,12 +12,14 @@
 // standardises the panel's positions in place and takes the same product again. AVX2 + FMA
 // where the CPU has them, AVX-512's 12 x 16 blocks where it has those (chosen at run time). Where
 // every matrix holds bf16 values exactly (bf16, MXFP4) and the CPU has AMX, S1's products are the
-// tile unit's bf16 products instead (exact in fp32; the panel kept as bf16 too, 1/2 the fp32
-// panel's bytes twice over). EXPERTSCOPE_SIMD=avx512 or avx2 keeps the fp32 blocks (the tests
-// run every path on one machine).
-// Memory per thread: the panel, two ldp x ldp fp64 sums (ldp: n rounded up to 16; 1 MiB at 256,
-// 256 MiB at the bound) and, for row neurons, n x cols column sums in fp32 and fp64 (21 MiB at
-// 256 x 7168).
+// tile unit's bf16 products instead, from the panel's positions kept as bf16 in two tile layouts
+// (exact in fp32; the fp32 panel is then built for S6 only). EXPERTSCOPE_SIMD caps the choice:
+// "avx2" (AVX2's blocks, as a CPU without AVX-512 runs them), "avx512" (no AMX); "amx" demands
+// the tiles (an Error where they cannot be used). The tests run AMX's, AVX-512's fp32 blocks (on
+// float32 weights) and AVX2's on this machine kind.
+// Memory per thread: the panel (with AMX's S1, its two bf16 layouts: as many bytes as the fp32
+// panel), two ldp x ldp fp64 sums (ldp: n rounded up to 16; 1 MiB at 256, 256 MiB at the bound)
+// and, for row neurons, n x cols column sums in fp32 and fp64 (21 MiB at 256 x 7168).
 #include <cstdint>
 #include <vector>
 

@@ -4,9 +4,10 @@
 // P^T P in 6 x 16 register blocks (AVX2), or 12 x 16 where the CPU has AVX-512 (panelGramBest).
 // Used by gram.cpp (S1, S6) and kernels.cpp (D1, D2).
 //
-// Every helper is always inlined: the hot loops that call them are compiled more than once with
-// target_clones (AVX2 + FMA and the x86-64 baseline; gram.cpp's row loop AVX-512 too), and a
-// helper compiled out of line would be built for the baseline only. (A lambda inside a cloned function is not cloned either.) They
+// Every helper is always inlined: the hot loops that call them are compiled more than once
+// (target_clones: AVX2 + FMA and the x86-64 baseline; gram.cpp's row loop as three functions with
+// target attributes, AVX-512 too), and a helper compiled out of line would be built for the
+// baseline only. (A lambda inside a cloned function is not cloned either.) They
 // have internal linkage (static), so each file's copies stay its own.
 #include <algorithm>
 #include <cstdint>
@@ -167,8 +168,8 @@ ES_INLINE void panelGram(const float* P, int ldp, int kc, int n, Out* out) {
 // tests check both on one machine). Decided once (gram.cpp).
 bool useAvx512();
 
-// AVX-512's panelGram compiled for AVX-512, out of line: the loops that call it are compiled for AVX2 and
-// the baseline. With two 512-bit FMA units a core (Intel's server cores) it does twice the
+// AVX-512's panelGram compiled for AVX-512, out of line: most loops that call it are compiled for
+// AVX2 and the baseline. With two 512-bit FMA units a core (Intel's server cores) it does twice the
 // multiply-adds a cycle of AVX2's blocks; as many where a core splits them in two (AMD Zen 4).
 template <typename Out>
 __attribute__((target("arch=x86-64-v4"), noinline)) static void panelGramAvx512(const float* P, int ldp, int kc, int n,

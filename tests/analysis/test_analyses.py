@@ -1062,12 +1062,24 @@ BACKENDS = pytest.mark.parametrize("backend", ["kernels", "avx2", "torch"])
 BF16_OR_NOT = pytest.mark.parametrize("storage", [None, "bfloat16"])
 
 
+def _cpu_has_amx():
+    try:
+        with open("/proc/cpuinfo") as f:
+            return any(line.startswith("flags") and "amx_bf16" in line.split() for line in f)
+    except OSError:
+        return False
+
+
 @pytest.fixture
 def static_backend(backend, monkeypatch):
-    """The backend's --static-backend value; "avx2" caps the kernels at AVX2 (EXPERTSCOPE_SIMD)."""
+    """The backend's --static-backend value; "avx2" caps the kernels at AVX2 (EXPERTSCOPE_SIMD). On a
+    CPU with AMX, "kernels" demands its tiles (EXPERTSCOPE_SIMD=amx: an error where they cannot be
+    used), so that a bf16 pass is known to have run there."""
     if backend == "avx2":
         monkeypatch.setenv("EXPERTSCOPE_SIMD", "avx2")
         return "kernels"
+    if backend == "kernels" and _cpu_has_amx():
+        monkeypatch.setenv("EXPERTSCOPE_SIMD", "amx")
     return backend
 
 
