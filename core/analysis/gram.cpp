@@ -462,10 +462,19 @@ void runRows(const std::vector<GramMatrix>& ms, int64_t r0, int64_t r1, int64_t 
 
 }  // namespace
 
+namespace {
+
+// EXPERTSCOPE_SIMD's cap on the kernels' instructions ("avx2", "avx512", "amx"; "" when unset).
+std::string simdCap() {
+    const char* cap = std::getenv("EXPERTSCOPE_SIMD");
+    return cap ? cap : "";
+}
+
+}  // namespace
+
 bool simd::useAvx512() {
     static const bool has = [] {
-        const char* cap = std::getenv("EXPERTSCOPE_SIMD");
-        if (cap && std::string(cap) == "avx2") return false;
+        if (simdCap() == "avx2") return false;
         __builtin_cpu_init();
         return __builtin_cpu_supports("x86-64-v4") != 0;  // (what arch=x86-64-v4 builds may use)
     }();
@@ -479,16 +488,15 @@ namespace {
 // fp32 register blocks: the tests check every path on one machine). Decided once.
 bool useAmx() {
     static const bool has = [] {
-        const char* cap = std::getenv("EXPERTSCOPE_SIMD");
-        if (cap && (std::string(cap) == "avx2" || std::string(cap) == "avx512")) return false;
+        const std::string cap = simdCap();
+        if (cap == "avx2" || cap == "avx512") return false;
         __builtin_cpu_init();
         if (!__builtin_cpu_supports("amx-tile") || !__builtin_cpu_supports("amx-bf16")) return false;
         constexpr long kReqXcompPerm = 0x1023, kXfeatureTileData = 18;  // asm/prctl.h, Linux 5.16
         return syscall(SYS_arch_prctl, kReqXcompPerm, kXfeatureTileData) == 0;
     }();
     // EXPERTSCOPE_SIMD=amx: the tiles or an error (the tests' way to know they ran there)
-    const char* cap = std::getenv("EXPERTSCOPE_SIMD");
-    if (!has && cap && std::string(cap) == "amx")
+    if (!has && simdCap() == "amx")
         throw Error(
             "EXPERTSCOPE_SIMD=amx, but AMX's bf16 tiles are not available here (the CPU has none, or Linux "
             "refused this process their state)");
