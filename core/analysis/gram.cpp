@@ -26,6 +26,8 @@ constexpr int kPanelFloats = 1 << 16;  // a packed panel: 256 KiB, within L2 (32
 constexpr int kFlushRows = 16;         // fp32 column sums cover at most 16 rows, then fp64
 typedef uint16_t u16x8 __attribute__((vector_size(16)));
 typedef uint32_t u32x8 __attribute__((vector_size(32)));
+typedef uint32_t u32x16 __attribute__((vector_size(64)));
+typedef uint16_t u16x32 __attribute__((vector_size(64)));
 
 // S1's products in bf16 on AMX (Intel's tile unit: 16 x 16 fp32 blocks, each tile product 16 x 32
 // bf16 multiply-adds a row) where every matrix of the pass holds bf16 values exactly (bf16, or
@@ -37,9 +39,9 @@ typedef uint32_t u32x8 __attribute__((vector_size(32)));
 // loads at a third of the speed): by matrix, 32 positions of 16 matrices a tile ("rows":
 // [kc / 32][ldp][32]) and by pair of positions, 16 pairs of 16 matrices a tile ("pairs",
 // [ldp / 16][kc / 2][16] u32, the tile unit's "VNNI" layout), transposed from the rows when the
-// panel is full. S6's standardised values are no bf16 values: its products stay in fp32 (split
-// into two bf16 parts, the four products of each pair of values on AMX cost as much as fp32's
-// here, with the split and the transposes: measured, docs/benchmarks.md).
+// panel is full. S6's standardised values are no bf16 values: each is split into two bf16 parts
+// (h + l within 2^-17 of it) whose four products the tile unit takes, from every input dtype; the
+// matrices' rows are then kept in fp32 by matrix, so that the parts' rows need no transposes.
 struct alignas(64) TileConfig {
     uint8_t palette = 1, startRow = 0;
     uint8_t reserved[14] = {};
@@ -87,30 +89,53 @@ private:
     }
 };
 
-// The R x C (1 or 2 each) blocks of 16 x 16 sums at rows i0.., columns j0.. over `steps` steps of
-// 32 positions, into c (block (r, q) at c + 256 (2 r + q)).
+// A step's tiles: R row tiles of 16 matrices x 32 positions (tiles 4, 5) from the rows, C column
+// tiles of 16 pairs of positions x 16 matrices (6, 7) from the pairs, and their R x C products
+// added into the sums (tile 2 r + q).
+template <int R>
+__attribute__((target("amx-tile"), always_inline)) inline void amxLoadRows(const uint16_t* a) {
+    _tile_loadd(4, a, 64);
+    if constexpr (R == 2) _tile_loadd(5, a + 512, 64);
+}
+template <int C>
+__attribute__((target("amx-tile"), always_inline)) inline void amxLoadPairs(const uint32_t* b, size_t nextCols) {
+    _tile_loadd(6, b, 64);
+    if constexpr (C == 2) _tile_loadd(7, b + nextCols, 64);
+}
 template <int R, int C>
-__attribute__((target("amx-tile,amx-bf16"), always_inline)) inline void amxBlock(const Bf16Panel& bp, int ldp, int kc,
-                                                                                 int steps, int i0, int j0, float* c) {
+__attribute__((target("amx-tile,amx-bf16"), always_inline)) inline void amxProducts() {
+    _tile_dpbf16ps(0, 4, 6);
+    if constexpr (C == 2) _tile_dpbf16ps(1, 4, 7);
+    if constexpr (R == 2) _tile_dpbf16ps(2, 5, 6);
+    if constexpr (R == 2 && C == 2) _tile_dpbf16ps(3, 5, 7);
+}
+
+// The R x C (1 or 2 each) blocks of 16 x 16 sums at rows i0.., columns j0.. over `steps` steps of 32
+// positions, into c (block (r, q) at c + 256 (2 r + q)): of the panel x's products, or with Split
+// of (x + y)'s, x and y a value's two bf16 parts (S6), as the four products x x, x y, y y, y x, a
+// step at a time, each tile loaded serving two products or more (the tiles come from L2).
+template <int R, int C, bool Split>
+__attribute__((target("amx-tile,amx-bf16"), always_inline)) inline void amxBlock(const Bf16Panel& x, const Bf16Panel& y,
+                                                                                 int ldp, int kc, int steps, int i0,
+                                                                                 int j0, float* c) {
     _tile_zero(0);
     if constexpr (C == 2) _tile_zero(1);
     if constexpr (R == 2) _tile_zero(2);
     if constexpr (R == 2 && C == 2) _tile_zero(3);
     const size_t rowStep = static_cast<size_t>(ldp) * 32, nextCols = static_cast<size_t>(kc / 2) * 16;
-    const uint16_t* a = bp.rows + static_cast<size_t>(i0) * 32;
-    const uint32_t* b = bp.pairs + static_cast<size_t>(j0 / 16) * nextCols;
-    for (int s = 0; s < steps; ++s, a += rowStep, b += 256) {
-        _tile_loadd(4, a, 64);
-        _tile_loadd(6, b, 64);
-        _tile_dpbf16ps(0, 4, 6);
-        if constexpr (C == 2) {
-            _tile_loadd(7, b + nextCols, 64);
-            _tile_dpbf16ps(1, 4, 7);
-        }
-        if constexpr (R == 2) {
-            _tile_loadd(5, a + 512, 64);
-            _tile_dpbf16ps(2, 5, 6);
-            if constexpr (C == 2) _tile_dpbf16ps(3, 5, 7);
+    const size_t rowAt = static_cast<size_t>(i0) * 32, pairAt = static_cast<size_t>(j0 / 16) * nextCols;
+    for (int s = 0; s < steps; ++s) {
+        const size_t ra = rowAt + s * rowStep, pa = pairAt + s * 256;
+        amxLoadRows<R>(x.rows + ra);
+        amxLoadPairs<C>(x.pairs + pa, nextCols);
+        amxProducts<R, C>();
+        if constexpr (Split) {
+            amxLoadPairs<C>(y.pairs + pa, nextCols);
+            amxProducts<R, C>();
+            amxLoadRows<R>(y.rows + ra);
+            amxProducts<R, C>();
+            amxLoadPairs<C>(x.pairs + pa, nextCols);
+            amxProducts<R, C>();
         }
     }
     _tile_stored(0, c, 64);
@@ -120,10 +145,11 @@ __attribute__((target("amx-tile,amx-bf16"), always_inline)) inline void amxBlock
     ES_MEMORY_BARRIER();
 }
 
-// The upper block triangle of the panel's Gram (blocks of 16 x 16; in a diagonal 2 x 2 block the
-// one below the diagonal too, which nothing reads) added into out (ldp x ldp, fp64).
-__attribute__((target("amx-tile,amx-bf16"), noinline)) void amxPanelGram(const Bf16Panel& bp, int ldp, int kc,
-                                                                         int steps, double* out) {
+// The upper block triangle of x's Gram, or (x + y)'s with Split (blocks of 16 x 16; in a diagonal
+// 2 x 2 block the one below the diagonal too, which nothing reads) added into out (ldp x ldp, fp64).
+template <bool Split>
+__attribute__((target("amx-tile,amx-bf16"), noinline)) void amxPanelGram(const Bf16Panel& x, const Bf16Panel& y,
+                                                                         int ldp, int kc, int steps, double* out) {
     ES_MEMORY_BARRIER();
     alignas(64) float c[4 * 256];
     const int blocks = ldp / 16;
@@ -132,9 +158,9 @@ __attribute__((target("amx-tile,amx-bf16"), noinline)) void amxPanelGram(const B
         for (int bi = 0; bi <= bj; bi += 2) {
             const int nr = std::min(2, blocks - bi);
             const int i0 = 16 * bi, j0 = 16 * bj;
-            if (nr == 2 && nc == 2) amxBlock<2, 2>(bp, ldp, kc, steps, i0, j0, c);
-            else if (nr == 2) amxBlock<2, 1>(bp, ldp, kc, steps, i0, j0, c);
-            else amxBlock<1, 1>(bp, ldp, kc, steps, i0, j0, c);  // (one row block: on the diagonal, alone)
+            if (nr == 2 && nc == 2) amxBlock<2, 2, Split>(x, y, ldp, kc, steps, i0, j0, c);
+            else if (nr == 2) amxBlock<2, 1, Split>(x, y, ldp, kc, steps, i0, j0, c);
+            else amxBlock<1, 1, Split>(x, y, ldp, kc, steps, i0, j0, c);  // (one row block: on the diagonal)
             for (int r = 0; r < nr; ++r)
                 for (int q = 0; q < nc; ++q) {
                     const float* s = c + (r * 2 + q) * 256;
@@ -163,7 +189,14 @@ ES_INLINE void store8Bf16(u16x8 h, float* dst) {
 }
 
 ES_INLINE void widenBf16(const uint8_t* src, int count, float* dst) {
+    typedef uint16_t u16x16 __attribute__((vector_size(32)));
     int i = 0;
+    for (; i + 16 <= count; i += 16) {  // (sixteen at a time: one AVX-512 vector)
+        u16x16 h;
+        std::memcpy(&h, src + 2 * i, sizeof h);
+        const u32x16 w = __builtin_convertvector(h, u32x16) << 16;
+        std::memcpy(dst + i, &w, sizeof w);
+    }
     for (; i + kLanes <= count; i += kLanes) {
         u16x8 h;
         std::memcpy(&h, src + 2 * i, sizeof h);
@@ -240,10 +273,10 @@ ES_INLINE void addToStats(const float* t, int w, bool first, SegmentStats& st) {
         return;
     }
     int c = 0;
-    for (; c + kLanes <= w; c += kLanes) {
-        const v8 d = load8(t + c) - load8(K + c);
-        store8(S + c, load8(S + c) + d);
-        store8(Q + c, load8(Q + c) + d * d);
+    for (; c + 16 <= w; c += 16) {  // (sixteen lanes: one AVX-512 vector, two of AVX2)
+        const v16 d = load16(t + c) - load16(K + c);
+        store16(S + c, load16(S + c) + d);
+        store16(Q + c, load16(Q + c) + d * d);
     }
     for (; c < w; ++c) {
         const float d = t[c] - K[c];
@@ -276,10 +309,30 @@ ES_INLINE void finishStats(const SegmentStats& st, int w, int n, float* mean, fl
 
 // Exact bf16 values (the high halves of their fp32 bits) of matrix a's positions at .. at + w
 // into the rows.
+// The high halves of 32 words' fp32 bits (x's 16, then y's): one 64-byte step of a row as bf16.
+ES_INLINE void storeHighHalves(u32x16 x, u32x16 y, uint16_t* dst) {
+    u16x32 a, b;
+    std::memcpy(&a, &x, sizeof a);
+    std::memcpy(&b, &y, sizeof b);
+    const u16x32 h = __builtin_shufflevector(a, b, 1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31, 33, 35,
+                                             37, 39, 41, 43, 45, 47, 49, 51, 53, 55, 57, 59, 61, 63);
+    std::memcpy(dst, &h, sizeof h);
+}
+ES_INLINE u32x16 bits16(const float* p) {
+    u32x16 b;
+    std::memcpy(&b, p, sizeof b);
+    return b;
+}
+
 ES_INLINE void storeBf16(const float* t, int w, int a, int at, int ldp, uint16_t* rows) {
     for (int c = 0; c < w;) {
         const int k = at + c, run = std::min(w - c, 32 - k % 32);
         uint16_t* dst = rows + (static_cast<size_t>(k / 32) * ldp + a) * 32 + k % 32;
+        if (run == 32) {  // a whole step (AVX-512: one store)
+            storeHighHalves(bits16(t + c), bits16(t + c + 16), dst);
+            c += run;
+            continue;
+        }
         int i = 0;
         for (; i + kLanes <= run; i += kLanes) {
             u32x8 x;
@@ -306,27 +359,81 @@ ES_INLINE void rowsToPairs(Bf16Panel& bp, int ldp, int kc, int steps) {
             transpose8(rows32 + (static_cast<size_t>(s) * ldp + a0) * 16, 16, 16,
                        pairs32 + (static_cast<size_t>(a0 / 16) * (kc / 2) + s * 16) * 16 + a0 % 16, 16);
 }
-// S1's panel Gram on AMX: its positions padded with zeros to a multiple of 32.
-ES_INLINE void bf16PanelGram(Bf16Panel& bp, int ldp, int kc, int filled, double* out) {
+// The rows' last step from `filled` positions on as zeros (a panel's tail: whole steps of 32).
+ES_INLINE void padLastStep(Bf16Panel& bp, int ldp, int filled) {
     const int steps = (filled + 31) / 32;
     if (filled % 32)
         for (int a = 0; a < ldp; ++a) {
             uint16_t* r = bp.rows + (static_cast<size_t>(steps - 1) * ldp + a) * 32;
             std::fill(r + filled % 32, r + 32, uint16_t{0});
         }
-    rowsToPairs(bp, ldp, kc, steps);
-    amxPanelGram(bp, ldp, kc, steps, out);
 }
 
-// A full panel's products: S1's Gram (on AMX from the bf16 panel, with one), then S6's after
-// standardising each position in place with its mean and 1 / standard deviation.
-ES_INLINE void panelProducts(float* panel, Bf16Panel* bp, int ldp, int kc, int filled, int n, bool gram,
-                             bool standardized, const float* mean, const float* inv, Acc& acc) {
-    if (gram) {
-        if (bp) bf16PanelGram(*bp, ldp, kc, filled, acc.gram.data());
-        else panelGramBest(panel, ldp, filled, n, acc.gram.data());
+// The nearest bf16 (ties to even) of sixteen finite floats: their fp32 bits, rounded at bit 16, the
+// low half cleared.
+ES_INLINE u32x16 roundToBf16(v16 x) {
+    u32x16 b;
+    std::memcpy(&b, &x, sizeof b);
+    return (b + 0x7fffu + ((b >> 16) & 1u)) & 0xffff0000u;
+}
+
+// S6's standardised values z = (x - mean) inv, of the n matrices' rows of the panel's positions
+// (xs: row a at xs + a kc), each split into h, its nearest bf16, and l, the nearest bf16 of z - h
+// (which fp32 holds exactly), into the rows of hi and lo: h + l is z to within 2^-17 of |z|, and
+// the four products of h and l (hi hi, hi lo, lo hi, lo lo) on AMX are exact in fp32, as the
+// fp32 blocks' products are not. Sixteen matrices at a time, a step of 32 positions each (their
+// rows' steps lie side by side).
+ES_INLINE void splitStandardized(const float* xs, int kc, int n, int ldp, int filled, const float* mean,
+                                 const float* inv, Bf16Panel& hi, Bf16Panel& lo) {
+    const int steps = (filled + 31) / 32;
+    uint16_t *hr = hi.rows, *lr = lo.rows;
+    for (int a0 = 0; a0 < n; a0 += 16)
+        for (int s = 0; s < steps; ++s)
+            for (int a = a0; a < std::min(n, a0 + 16); ++a) {
+                const size_t at = (static_cast<size_t>(s) * ldp + a) * 32;
+                const float* x = xs + static_cast<size_t>(a) * kc + s * 32;
+                const float *m = mean + s * 32, *iv = inv + s * 32;
+                const v16 z0 = (load16(x) - load16(m)) * load16(iv),
+                          z1 = (load16(x + 16) - load16(m + 16)) * load16(iv + 16);
+                const u32x16 h0 = roundToBf16(z0), h1 = roundToBf16(z1);
+                v16 f0, f1;
+                std::memcpy(&f0, &h0, sizeof f0);
+                std::memcpy(&f1, &h1, sizeof f1);
+                storeHighHalves(h0, h1, hr + at);
+                storeHighHalves(roundToBf16(z0 - f0), roundToBf16(z1 - f1), lr + at);
+            }
+    padLastStep(hi, ldp, filled);
+    padLastStep(lo, ldp, filled);
+}
+
+// The buffers of a thread's panel: the packed fp32 panel ([kc][ldp]) for the fp32 blocks' products;
+// for AMX's, S1's bf16 rows and pairs, and S6's matrix rows in fp32 (row a at xs + a kc, rows n to
+// ldp zeros) with the two bf16 parts of their standardised values.
+struct Panels {
+    std::vector<float> packed, xs;
+    std::optional<Bf16Panel> s1, zHi, zLo;
+};
+
+// A full panel's products: S1's Gram, then S6's of the positions standardised with their means and
+// 1 / standard deviations (in the packed panel in place, or split into bf16 parts for AMX).
+ES_INLINE void panelProducts(Panels& p, int ldp, int kc, int filled, int n, bool gram, bool standardized,
+                             const float* mean, const float* inv, Acc& acc) {
+    const int steps = (filled + 31) / 32;
+    if (gram && p.s1) {
+        padLastStep(*p.s1, ldp, filled);
+        rowsToPairs(*p.s1, ldp, kc, steps);
+        amxPanelGram<false>(*p.s1, *p.s1, ldp, kc, steps, acc.gram.data());
+    } else if (gram) {
+        panelGramBest(p.packed.data(), ldp, filled, n, acc.gram.data());
     }
-    if (standardized) {
+    if (standardized && p.zHi) {
+        Bf16Panel &h = *p.zHi, &l = *p.zLo;
+        splitStandardized(p.xs.data(), kc, n, ldp, filled, mean, inv, h, l);
+        rowsToPairs(h, ldp, kc, steps);
+        rowsToPairs(l, ldp, kc, steps);
+        amxPanelGram<true>(h, l, ldp, kc, steps, acc.gramZ.data());
+    } else if (standardized) {
+        float* panel = p.packed.data();
         const int n8 = n / kLanes * kLanes;
         for (int k = 0; k < filled; ++k) {
             float* x = panel + static_cast<size_t>(k) * ldp;
@@ -338,6 +445,11 @@ ES_INLINE void panelProducts(float* panel, Bf16Panel* bp, int ldp, int kc, int f
     }
 }
 
+// Which products run on AMX: S1's (every matrix bf16-exact), S6's (its bf16 parts).
+struct Amx {
+    bool s1 = false, s6 = false;
+};
+
 // The whole row loop is built three times (runRows, below: AVX-512, whose 32 vector registers hold
 // an 8 x 8 transpose's 24 vectors without spilling them, 4-5 % of the default set at Qwen3's shape;
 // AVX2 + FMA; the x86-64 baseline), the helpers above inlined into each (a lambda is not:
@@ -348,19 +460,21 @@ ES_INLINE void panelProducts(float* panel, Bf16Panel* bp, int ldp, int kc, int f
 // products (S1, then S6 after standardising its positions in place). The products' fp32 sums
 // cover one panel, at most 512 positions, and are then added in fp64.
 ES_INLINE void runRowsBody(const std::vector<GramMatrix>& ms, int64_t r0, int64_t r1, int64_t cols, bool neuronRows,
-                           bool gram, bool standardized, bool amx, Acc& acc,
-                           std::vector<std::vector<double>>& rowSums) {
+                           bool gram, bool standardized, Amx amx, Acc& acc, std::vector<std::vector<double>>& rowSums) {
     const int n = static_cast<int>(ms.size());
     const int ldp = (n + kNR - 1) / kNR * kNR, kc = panelPositions(ldp);
-    const bool fp32Panel = standardized || (gram && !amx);
-    std::vector<float> panel(fp32Panel ? static_cast<size_t>(kc) * ldp : 0, 0.f);
-    std::vector<float> buf(static_cast<size_t>(kLanes) * kc, 0.f);
-    std::optional<Bf16Panel> bf16;
-    if (amx) {
-        bf16.emplace(ldp, kc);
-        amxConfigure();
+    const bool amxS1 = gram && amx.s1, amxS6 = standardized && amx.s6;
+    const bool fp32Panel = (standardized && !amxS6) || (gram && !amxS1);
+    Panels p;
+    p.packed.assign(fp32Panel ? static_cast<size_t>(kc) * ldp : 0, 0.f);
+    if (amxS1) p.s1.emplace(ldp, kc);
+    if (amxS6) {
+        p.xs.assign(static_cast<size_t>(ldp) * kc, 0.f);
+        p.zHi.emplace(ldp, kc);
+        p.zLo.emplace(ldp, kc);
     }
-    Bf16Panel* bp = amx ? &*bf16 : nullptr;
+    if (amxS1 || amxS6) amxConfigure();
+    std::vector<float> buf(static_cast<size_t>(kLanes) * kc, 0.f);
     const int64_t paddedCols = (cols + kLanes - 1) / kLanes * kLanes;
     // column sums in fp32 over at most kFlushRows rows, then fp64
     std::vector<float> colF(neuronRows ? static_cast<size_t>(n * paddedCols) : 0, 0.f);
@@ -396,13 +510,14 @@ ES_INLINE void runRowsBody(const std::vector<GramMatrix>& ms, int64_t r0, int64_
                         continue;
                     }
                     const int a = a0 + i;
+                    if (amxS6) t = p.xs.data() + static_cast<size_t>(a) * kc + fill;  // (the matrix's row)
                     widenSegment(ms[a], r, c0, wi, cols, t);
-                    if (amx) storeBf16(t, wi, a, fill, ldp, bf16->rows);
+                    if (amxS1) storeBf16(t, wi, a, fill, ldp, p.s1->rows);
                     if (standardized) addToStats(t, wi, a == 0, stats);
                     if (neuronRows) {
                         float* s = colF.data() + a * paddedCols + c0;
                         int c = 0;
-                        for (; c + kLanes <= wi; c += kLanes) store8(s + c, load8(s + c) + load8(t + c));
+                        for (; c + 16 <= wi; c += 16) store16(s + c, load16(s + c) + load16(t + c));
                         for (; c < wi; ++c) s[c] += t[c];
                     } else {
                         v8 s = {};
@@ -413,13 +528,15 @@ ES_INLINE void runRowsBody(const std::vector<GramMatrix>& ms, int64_t r0, int64_
                         rowSums[a][r] += static_cast<double>(hsum(s) + tail);
                     }
                 }
-                if (fp32Panel)  // (S2 alone needs no panel, AMX's S1 the bf16 one)
-                    transpose8(buf.data(), kc, wi, panel.data() + static_cast<size_t>(fill) * ldp + a0, ldp);
+                if (fp32Panel) {  // (S2 alone needs no panel, AMX's products the bf16 ones)
+                    const float* src = amxS6 ? p.xs.data() + static_cast<size_t>(a0) * kc + fill : buf.data();
+                    transpose8(src, kc, wi, p.packed.data() + static_cast<size_t>(fill) * ldp + a0, ldp);
+                }
             }
             if (standardized) finishStats(stats, wi, n, mean.data() + fill, inv.data() + fill);
             fill += wi;
             if (fill == kc) {
-                panelProducts(panel.data(), bp, ldp, kc, fill, n, gram, standardized, mean.data(), inv.data(), acc);
+                panelProducts(p, ldp, kc, fill, n, gram, standardized, mean.data(), inv.data(), acc);
                 fill = 0;
             }
         }
@@ -428,32 +545,32 @@ ES_INLINE void runRowsBody(const std::vector<GramMatrix>& ms, int64_t r0, int64_
             pendingRows = 0;
         }
     }
-    if (fill > 0) panelProducts(panel.data(), bp, ldp, kc, fill, n, gram, standardized, mean.data(), inv.data(), acc);
+    if (fill > 0) panelProducts(p, ldp, kc, fill, n, gram, standardized, mean.data(), inv.data(), acc);
     if (neuronRows) flushColumns();
-    if (amx) amxRelease();
+    if (amxS1 || amxS6) amxRelease();
 }
 
 __attribute__((target("arch=x86-64-v4"))) void runRowsAvx512(const std::vector<GramMatrix>& ms, int64_t r0, int64_t r1,
                                                              int64_t cols, bool neuronRows, bool gram,
-                                                             bool standardized, bool amx, Acc& acc,
+                                                             bool standardized, Amx amx, Acc& acc,
                                                              std::vector<std::vector<double>>& rowSums) {
     runRowsBody(ms, r0, r1, cols, neuronRows, gram, standardized, amx, acc, rowSums);
 }
 __attribute__((target("arch=x86-64-v3"))) void runRowsAvx2(const std::vector<GramMatrix>& ms, int64_t r0, int64_t r1,
                                                            int64_t cols, bool neuronRows, bool gram, bool standardized,
-                                                           bool amx, Acc& acc,
+                                                           Amx amx, Acc& acc,
                                                            std::vector<std::vector<double>>& rowSums) {
     runRowsBody(ms, r0, r1, cols, neuronRows, gram, standardized, amx, acc, rowSums);
 }
 void runRowsBaseline(const std::vector<GramMatrix>& ms, int64_t r0, int64_t r1, int64_t cols, bool neuronRows,
-                     bool gram, bool standardized, bool amx, Acc& acc, std::vector<std::vector<double>>& rowSums) {
+                     bool gram, bool standardized, Amx amx, Acc& acc, std::vector<std::vector<double>>& rowSums) {
     runRowsBody(ms, r0, r1, cols, neuronRows, gram, standardized, amx, acc, rowSums);
 }
 
 // The row loop built for the widest the CPU runs, as simd::useAvx512 decides (so that
 // EXPERTSCOPE_SIMD=avx2 runs its AVX2 build, as a CPU without AVX-512 does).
 void runRows(const std::vector<GramMatrix>& ms, int64_t r0, int64_t r1, int64_t cols, bool neuronRows, bool gram,
-             bool standardized, bool amx, Acc& acc, std::vector<std::vector<double>>& rowSums) {
+             bool standardized, Amx amx, Acc& acc, std::vector<std::vector<double>>& rowSums) {
     if (useAvx512()) runRowsAvx512(ms, r0, r1, cols, neuronRows, gram, standardized, amx, acc, rowSums);
     else if (__builtin_cpu_supports("x86-64-v3"))
         runRowsAvx2(ms, r0, r1, cols, neuronRows, gram, standardized, amx, acc, rowSums);
@@ -547,7 +664,7 @@ GramResult gramPass(const std::vector<GramMatrix>& ms, int64_t rows, int64_t col
     }
     std::vector<std::vector<double>> rowSums(static_cast<size_t>(n),
                                              std::vector<double>(neuronRows ? 0 : static_cast<size_t>(rows), 0.0));
-    const bool amx = gram && bf16Exact(ms) && useAmx();
+    const Amx amx{gram && bf16Exact(ms) && useAmx(), standardized && useAmx()};
     std::vector<std::thread> pool;
     for (int t = 0; t < threads; ++t) {
         const int64_t r0 = rows * t / threads, r1 = rows * (t + 1) / threads;

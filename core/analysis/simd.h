@@ -10,6 +10,7 @@
 // baseline only. (A lambda inside a cloned function is not cloned either.) They
 // have internal linkage (static), so each file's copies stay its own.
 #include <algorithm>
+#include <cstddef>
 #include <cstdint>
 #include <cstring>
 
@@ -79,11 +80,12 @@ template <int MR, typename Out>
 ES_INLINE void microTile(const float* P, int ldp, int kc, int i0, int j0, Out* out) {
     v8 c[MR][2];
     for (int i = 0; i < MR; ++i) c[i][0] = c[i][1] = v8{};
-    const float* p = P;
+    const float* p = P + i0;  // (one pointer: the broadcasts' addresses fixed offsets from it)
+    const ptrdiff_t toB = j0 - i0;
     for (int k = 0; k < kc; ++k, p += ldp) {
-        const v8 b0 = load8(p + j0), b1 = load8(p + j0 + 8);
+        const v8 b0 = load8(p + toB), b1 = load8(p + toB + 8);
         for (int i = 0; i < MR; ++i) {
-            const v8 a = splat(p[i0 + i]);
+            const v8 a = splat(p[i]);
             c[i][0] += a * b0;
             c[i][1] += a * b1;
         }
@@ -109,6 +111,7 @@ ES_INLINE v16 load16(const float* p) {
     std::memcpy(&v, p, sizeof v);
     return v;
 }
+ES_INLINE void store16(float* p, v16 v) { std::memcpy(p, &v, sizeof v); }
 ES_INLINE v16 splat16(float x) {
     const v16 t = {x};
     return __builtin_shufflevector(t, t, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0);
@@ -118,10 +121,11 @@ template <int MR, typename Out>
 ES_INLINE void microTile16(const float* P, int ldp, int kc, int i0, int j0, Out* out) {
     v16 c[MR];
     for (int i = 0; i < MR; ++i) c[i] = v16{};
-    const float* p = P;
-    for (int k = 0; k < kc; ++k, p += ldp) {
-        const v16 b = load16(p + j0);
-        for (int i = 0; i < MR; ++i) c[i] += splat16(p[i0 + i]) * b;
+    const float* a = P + i0;
+    const ptrdiff_t toB = j0 - i0;
+    for (int k = 0; k < kc; ++k, a += ldp) {
+        const v16 b = load16(a + toB);
+        for (int i = 0; i < MR; ++i) c[i] += splat16(a[i]) * b;
     }
     for (int i = 0; i < MR; ++i) {
         Out* o = out + static_cast<size_t>(i0 + i) * ldp + j0;

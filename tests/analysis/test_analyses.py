@@ -1053,12 +1053,13 @@ def check_s1_s2_s4_s6_s7(out, moe, experts=None, dense=None):
             check_matrix(f, exp, f"router_similarity/layers/{l}/router", TOL_SIM)
 
 
-# the static pass on the host kernels (the CPU's default: S1's products of bf16 values on AMX where
-# the CPU has it, else in AVX-512's or AVX2's fp32 register blocks; "avx2": AVX2's blocks, which a
-# CPU without AVX-512 takes) and through LibTorch (--static-backend torch: the path a GPU takes,
-# --device cuda; here on the CPU): each against numpy. The tests below that store bf16 weights take
-# AMX's path on such a CPU ("kernels") and the fp32 blocks ("avx2") on the same values.
+# the static pass on the host kernels (the CPU's default: on AMX where the CPU has it, S6's products
+# and S1's of bf16 values, else in AVX-512's or AVX2's fp32 register blocks; "avx2": AVX2's blocks,
+# which a CPU without AVX-512 takes; "avx512": AVX-512's, on a CPU with AMX, where "kernels" would
+# not take them) and through LibTorch (--static-backend torch: the path a GPU takes, --device cuda;
+# here on the CPU): each against numpy.
 BACKENDS = pytest.mark.parametrize("backend", ["kernels", "avx2", "torch"])
+EVERY_BACKEND = pytest.mark.parametrize("backend", ["kernels", "avx512", "avx2", "torch"])
 BF16_OR_NOT = pytest.mark.parametrize("storage", [None, "bfloat16"])
 
 
@@ -1074,16 +1075,19 @@ def _cpu_has_amx():
 def static_backend(backend, monkeypatch):
     """The backend's --static-backend value; "avx2" caps the kernels at AVX2 (EXPERTSCOPE_SIMD). On a
     CPU with AMX, "kernels" demands its tiles (EXPERTSCOPE_SIMD=amx: an error where they cannot be
-    used), so that a bf16 pass is known to have run there."""
-    if backend == "avx2":
-        monkeypatch.setenv("EXPERTSCOPE_SIMD", "avx2")
+    used), so that AMX's products are known to have run there; "avx512" keeps AVX-512's fp32 blocks
+    there (skipped on a CPU without AMX, where "kernels" runs them)."""
+    if backend in ("avx2", "avx512"):
+        if backend == "avx512" and not _cpu_has_amx():
+            pytest.skip("no AMX here: the kernels' default path is the fp32 blocks")
+        monkeypatch.setenv("EXPERTSCOPE_SIMD", backend)
         return "kernels"
     if backend == "kernels" and _cpu_has_amx():
         monkeypatch.setenv("EXPERTSCOPE_SIMD", "amx")
     return backend
 
 
-@BACKENDS
+@EVERY_BACKEND
 @BF16_OR_NOT
 def test_128_fine_grained_experts(world, tmp_path, static_backend, storage):
     """128 narrow experts (F = 16, top-8: the fine-grained shape of Qwen3-30B-A3B, shrunk) through
@@ -1098,7 +1102,7 @@ def test_128_fine_grained_experts(world, tmp_path, static_backend, storage):
     check_s1_s2_s4_s6_s7(out, moe, 128)
 
 
-@BACKENDS
+@EVERY_BACKEND
 @BF16_OR_NOT
 def test_odd_sizes(world, tmp_path, static_backend, storage):
     """Sizes that are multiples of nothing the kernels block by (13 experts, d = 42, F = 21): the
