@@ -67,26 +67,38 @@ __attribute__((target("amx-tile"))) void amxRelease() { _tile_release(); }
 // the barriers keep the panel's stores before them, and the sums' reads after the tile stores.)
 #define ES_MEMORY_BARRIER() __asm__ volatile("" ::: "memory")
 
-// A panel's positions as bf16 for AMX's products: by matrix, and by pair of positions, each
-// starting on a cache line (a tile row, 64 bytes, then lies in one line).
+// `count` values starting on a cache line (zeros; the loops' 64-byte vectors then never straddle two
+// lines, nor do the tiles' rows).
+template <typename T>
+class LineBuffer {
+public:
+    explicit LineBuffer(size_t count = 0) : store(count + 64 / sizeof(T), T{}), count(count) {
+        at = reinterpret_cast<T*>((reinterpret_cast<uintptr_t>(store.data()) + 63) & ~uintptr_t{63});
+    }
+    LineBuffer(const LineBuffer&) = delete;
+    LineBuffer& operator=(const LineBuffer&) = delete;
+    T* data() { return at; }
+    const T* data() const { return at; }
+    size_t size() const { return count; }
+
+private:
+    std::vector<T> store;
+    size_t count;
+    T* at;
+};
+
+// A panel's positions as bf16 for AMX's products: by matrix, and by pair of positions.
 struct Bf16Panel {
     uint16_t* rows = nullptr;   // [kc / 32][ldp][32]
     uint32_t* pairs = nullptr;  // [ldp / 16][kc / 2][16]
-    Bf16Panel(int ldp, int kc)
-        : rowStore(static_cast<size_t>(ldp) * kc + 32, 0), pairStore(static_cast<size_t>(kc / 2) * ldp + 16, 0) {
-        rows = lineAligned(rowStore.data());
-        pairs = lineAligned(pairStore.data());
+    Bf16Panel(int ldp, int kc) : rowStore(static_cast<size_t>(ldp) * kc), pairStore(static_cast<size_t>(kc / 2) * ldp) {
+        rows = rowStore.data();
+        pairs = pairStore.data();
     }
-    Bf16Panel(const Bf16Panel&) = delete;
-    Bf16Panel& operator=(const Bf16Panel&) = delete;
 
 private:
-    std::vector<uint16_t> rowStore;
-    std::vector<uint32_t> pairStore;
-    template <typename T>
-    static T* lineAligned(T* p) {
-        return reinterpret_cast<T*>((reinterpret_cast<uintptr_t>(p) + 63) & ~uintptr_t{63});
-    }
+    LineBuffer<uint16_t> rowStore;
+    LineBuffer<uint32_t> pairStore;
 };
 
 // A step's tiles: R row tiles of 16 matrices x 32 positions (tiles 4, 5) from the rows, C column
@@ -260,7 +272,7 @@ ES_INLINE void prefetchSegment(const GramMatrix& m, int64_t r, int64_t c0, int w
 // sum(x^2) - n mean^2 when the experts are alike) and of their squares. A position equal in every
 // matrix has differences of exactly 0: its sums are 0, and so is its variance.
 struct SegmentStats {
-    std::vector<float> shift, sum, sq;
+    LineBuffer<float> shift, sum, sq;
     explicit SegmentStats(size_t n) : shift(n), sum(n), sq(n) {}
 };
 
@@ -410,7 +422,7 @@ ES_INLINE void splitStandardized(const float* xs, int kc, int n, int ldp, int fi
 // for AMX's, S1's bf16 rows and pairs, and S6's matrix rows in fp32 (row a at xs + a kc, rows n to
 // ldp zeros) with the two bf16 parts of their standardised values.
 struct Panels {
-    std::vector<float> packed, xs;
+    std::optional<LineBuffer<float>> packed, xs;
     std::optional<Bf16Panel> s1, zHi, zLo;
 };
 
@@ -424,16 +436,16 @@ ES_INLINE void panelProducts(Panels& p, int ldp, int kc, int filled, int n, bool
         rowsToPairs(*p.s1, ldp, kc, steps);
         amxPanelGram<false>(*p.s1, *p.s1, ldp, kc, steps, acc.gram.data());
     } else if (gram) {
-        panelGramBest(p.packed.data(), ldp, filled, n, acc.gram.data());
+        panelGramBest(p.packed->data(), ldp, filled, n, acc.gram.data());
     }
     if (standardized && p.zHi) {
         Bf16Panel &h = *p.zHi, &l = *p.zLo;
-        splitStandardized(p.xs.data(), kc, n, ldp, filled, mean, inv, h, l);
+        splitStandardized(p.xs->data(), kc, n, ldp, filled, mean, inv, h, l);
         rowsToPairs(h, ldp, kc, steps);
         rowsToPairs(l, ldp, kc, steps);
         amxPanelGram<true>(h, l, ldp, kc, steps, acc.gramZ.data());
     } else if (standardized) {
-        float* panel = p.packed.data();
+        float* panel = p.packed->data();
         const int n8 = n / kLanes * kLanes;
         for (int k = 0; k < filled; ++k) {
             float* x = panel + static_cast<size_t>(k) * ldp;
@@ -466,27 +478,27 @@ ES_INLINE void runRowsBody(const std::vector<GramMatrix>& ms, int64_t r0, int64_
     const bool amxS1 = gram && amx.s1, amxS6 = standardized && amx.s6;
     const bool fp32Panel = (standardized && !amxS6) || (gram && !amxS1);
     Panels p;
-    p.packed.assign(fp32Panel ? static_cast<size_t>(kc) * ldp : 0, 0.f);
+    if (fp32Panel) p.packed.emplace(static_cast<size_t>(kc) * ldp);
     if (amxS1) p.s1.emplace(ldp, kc);
     if (amxS6) {
-        p.xs.assign(static_cast<size_t>(ldp) * kc, 0.f);
+        p.xs.emplace(static_cast<size_t>(ldp) * kc);
         p.zHi.emplace(ldp, kc);
         p.zLo.emplace(ldp, kc);
     }
     if (amxS1 || amxS6) amxConfigure();
-    std::vector<float> buf(static_cast<size_t>(kLanes) * kc, 0.f);
-    const int64_t paddedCols = (cols + kLanes - 1) / kLanes * kLanes;
+    LineBuffer<float> buf(static_cast<size_t>(kLanes) * kc);
+    const int64_t paddedCols = (cols + 15) / 16 * 16;  // (each matrix's sums on a cache line)
     // column sums in fp32 over at most kFlushRows rows, then fp64
-    std::vector<float> colF(neuronRows ? static_cast<size_t>(n * paddedCols) : 0, 0.f);
+    LineBuffer<float> colF(neuronRows ? static_cast<size_t>(n * paddedCols) : 0);
     auto flushColumns = [&] {
         for (int a = 0; a < n; ++a)
             for (int64_t c = 0; c < cols; ++c) {
-                acc.sums[a][c] += colF[a * paddedCols + c];
-                colF[a * paddedCols + c] = 0.f;
+                acc.sums[a][c] += colF.data()[a * paddedCols + c];
+                colF.data()[a * paddedCols + c] = 0.f;
             }
     };
     SegmentStats stats(standardized ? static_cast<size_t>(kc) : 0);
-    std::vector<float> mean(standardized ? static_cast<size_t>(kc) : 0), inv(mean.size());
+    LineBuffer<float> mean(standardized ? static_cast<size_t>(kc) : 0), inv(mean.size());
     int fill = 0, pendingRows = 0;
     for (int64_t r = r0; r < r1; ++r) {
         for (int64_t c0 = 0, w = 0; c0 < cols; c0 += w) {
@@ -510,7 +522,7 @@ ES_INLINE void runRowsBody(const std::vector<GramMatrix>& ms, int64_t r0, int64_
                         continue;
                     }
                     const int a = a0 + i;
-                    if (amxS6) t = p.xs.data() + static_cast<size_t>(a) * kc + fill;  // (the matrix's row)
+                    if (amxS6) t = p.xs->data() + static_cast<size_t>(a) * kc + fill;  // (the matrix's row)
                     widenSegment(ms[a], r, c0, wi, cols, t);
                     if (amxS1) storeBf16(t, wi, a, fill, ldp, p.s1->rows);
                     if (standardized) addToStats(t, wi, a == 0, stats);
@@ -529,8 +541,8 @@ ES_INLINE void runRowsBody(const std::vector<GramMatrix>& ms, int64_t r0, int64_
                     }
                 }
                 if (fp32Panel) {  // (S2 alone needs no panel, AMX's products the bf16 ones)
-                    const float* src = amxS6 ? p.xs.data() + static_cast<size_t>(a0) * kc + fill : buf.data();
-                    transpose8(src, kc, wi, p.packed.data() + static_cast<size_t>(fill) * ldp + a0, ldp);
+                    const float* src = amxS6 ? p.xs->data() + static_cast<size_t>(a0) * kc + fill : buf.data();
+                    transpose8(src, kc, wi, p.packed->data() + static_cast<size_t>(fill) * ldp + a0, ldp);
                 }
             }
             if (standardized) finishStats(stats, wi, n, mean.data() + fill, inv.data() + fill);
