@@ -361,15 +361,54 @@ ES_INLINE void storeBf16(const float* t, int w, int a, int at, int ldp, uint16_t
     }
 }
 
-// The pairs from the rows, a step of 32 positions at a time: eight matrices' 16 pairs at a time,
-// as transpose8 moves floats (bit for bit).
+// A 16 x 16 tile of 32-bit words, 1 KiB in one piece, transposed into another (word j of row i to
+// word i of row j): 32-bit, then 64-bit interleaves within each 128-bit lane (a 4 x 4 transpose in
+// every lane of four rows), then two rounds over 128-bit lanes; 64 two-source shuffles in all, one
+// AVX-512 instruction each.
+ES_INLINE void transpose16(const uint32_t* src, uint32_t* dst) {
+#define ES_LO32 0, 16, 1, 17, 4, 20, 5, 21, 8, 24, 9, 25, 12, 28, 13, 29
+#define ES_HI32 2, 18, 3, 19, 6, 22, 7, 23, 10, 26, 11, 27, 14, 30, 15, 31
+#define ES_LO64 0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 28, 29
+#define ES_HI64 2, 3, 18, 19, 6, 7, 22, 23, 10, 11, 26, 27, 14, 15, 30, 31
+#define ES_LANES02 0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27    // (a's lanes 0, 2, b's 0, 2)
+#define ES_LANES13 4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22, 23, 28, 29, 30, 31  // (a's lanes 1, 3, b's 1, 3)
+    u32x16 r[16], x[16];
+    for (int i = 0; i < 16; ++i) std::memcpy(&r[i], src + 16 * i, sizeof r[i]);
+    for (int g = 0; g < 16; g += 4) {  // x[g + q], lane L: word 4 L + q of rows g .. g + 3
+        const u32x16 t0 = __builtin_shufflevector(r[g], r[g + 1], ES_LO32);
+        const u32x16 t1 = __builtin_shufflevector(r[g], r[g + 1], ES_HI32);
+        const u32x16 t2 = __builtin_shufflevector(r[g + 2], r[g + 3], ES_LO32);
+        const u32x16 t3 = __builtin_shufflevector(r[g + 2], r[g + 3], ES_HI32);
+        x[g] = __builtin_shufflevector(t0, t2, ES_LO64);
+        x[g + 1] = __builtin_shufflevector(t0, t2, ES_HI64);
+        x[g + 2] = __builtin_shufflevector(t1, t3, ES_LO64);
+        x[g + 3] = __builtin_shufflevector(t1, t3, ES_HI64);
+    }
+    for (int q = 0; q < 4; ++q) {  // row 4 L + q: lane L of x[q], x[4 + q], x[8 + q], x[12 + q]
+        const u32x16 t0 = __builtin_shufflevector(x[q], x[4 + q], ES_LANES02);
+        const u32x16 t1 = __builtin_shufflevector(x[q], x[4 + q], ES_LANES13);
+        const u32x16 t2 = __builtin_shufflevector(x[8 + q], x[12 + q], ES_LANES02);
+        const u32x16 t3 = __builtin_shufflevector(x[8 + q], x[12 + q], ES_LANES13);
+        const u32x16 out[4] = {__builtin_shufflevector(t0, t2, ES_LANES02), __builtin_shufflevector(t1, t3, ES_LANES02),
+                               __builtin_shufflevector(t0, t2, ES_LANES13),
+                               __builtin_shufflevector(t1, t3, ES_LANES13)};
+        for (int l = 0; l < 4; ++l) std::memcpy(dst + 16 * (4 * l + q), &out[l], sizeof out[l]);
+    }
+#undef ES_LO32
+#undef ES_HI32
+#undef ES_LO64
+#undef ES_HI64
+#undef ES_LANES02
+#undef ES_LANES13
+}
+
+// The pairs from the rows, a step of 32 positions at a time: a block of 16 matrices' rows of the
+// step (16 words each, side by side) is one tile of the pairs transposed.
 ES_INLINE void rowsToPairs(Bf16Panel& bp, int ldp, int kc, int steps) {
-    const float* rows32 = reinterpret_cast<const float*>(bp.rows);
-    float* pairs32 = reinterpret_cast<float*>(bp.pairs);
     for (int s = 0; s < steps; ++s)
-        for (int a0 = 0; a0 < ldp; a0 += kLanes)
-            transpose8(rows32 + (static_cast<size_t>(s) * ldp + a0) * 16, 16, 16,
-                       pairs32 + (static_cast<size_t>(a0 / 16) * (kc / 2) + s * 16) * 16 + a0 % 16, 16);
+        for (int a0 = 0; a0 < ldp; a0 += 16)
+            transpose16(reinterpret_cast<const uint32_t*>(bp.rows) + (static_cast<size_t>(s) * ldp + a0) * 16,
+                        bp.pairs + (static_cast<size_t>(a0 / 16) * (kc / 2) + s * 16) * 16);
 }
 // The rows' last step from `filled` positions on as zeros (a panel's tail: whole steps of 32).
 ES_INLINE void padLastStep(Bf16Panel& bp, int ldp, int filled) {
@@ -389,18 +428,25 @@ ES_INLINE u32x16 roundToBf16(v16 x) {
     return (b + 0x7fffu + ((b >> 16) & 1u)) & 0xffff0000u;
 }
 
-// S6's standardised values z = (x - mean) inv, of the n matrices' rows of the panel's positions
-// (xs: row a at xs + a kc), each split into h, its nearest bf16, and l, the nearest bf16 of z - h
-// (which fp32 holds exactly), into the rows of hi and lo: h + l is z to within 2^-17 of |z|, and
-// the four products of h and l (hi hi, hi lo, lo hi, lo lo) on AMX are exact in fp32, as the
-// fp32 blocks' products are not. Sixteen matrices at a time, a step of 32 positions each (their
-// rows' steps lie side by side).
-ES_INLINE void splitStandardized(const float* xs, int kc, int n, int ldp, int filled, const float* mean,
-                                 const float* inv, Bf16Panel& hi, Bf16Panel& lo) {
-    const int steps = (filled + 31) / 32;
-    uint16_t *hr = hi.rows, *lr = lo.rows;
+// AMX's tiles of a full panel from the matrices' fp32 rows (xs: row a at xs + a kc, rows n to ldp
+// zeros; the positions from `filled` to the last step's end are set to zero first). S6's
+// standardised values z = (x - mean) inv, each split into h, its nearest bf16, and l, the nearest
+// bf16 of z - h (which fp32 holds exactly), into hi and lo: h + l is z to within 2^-17 of |z|, and
+// the four products of h and l (hi hi, hi lo, lo hi, lo lo) on AMX are exact in fp32, as the fp32
+// blocks' products are not. With s1, the values themselves (bf16-exact: their high halves) into s1.
+// Sixteen matrices at a time, a step of 32 positions each: their rows' steps lie side by side, and
+// are transposed into the pairs while they are in L1.
+ES_INLINE void amxTiles(float* xs, int kc, int n, int ldp, int filled, float* mean, float* inv, Bf16Panel* s1,
+                        Bf16Panel& hi, Bf16Panel& lo) {
+    const int steps = (filled + 31) / 32, end = steps * 32;
+    if (filled < end) {
+        for (int a = 0; a < n; ++a)
+            std::fill(xs + static_cast<size_t>(a) * kc + filled, xs + static_cast<size_t>(a) * kc + end, 0.f);
+        std::fill(mean + filled, mean + end, 0.f);
+        std::fill(inv + filled, inv + end, 0.f);
+    }
     for (int a0 = 0; a0 < n; a0 += 16)
-        for (int s = 0; s < steps; ++s)
+        for (int s = 0; s < steps; ++s) {
             for (int a = a0; a < std::min(n, a0 + 16); ++a) {
                 const size_t at = (static_cast<size_t>(s) * ldp + a) * 32;
                 const float* x = xs + static_cast<size_t>(a) * kc + s * 32;
@@ -411,11 +457,15 @@ ES_INLINE void splitStandardized(const float* xs, int kc, int n, int ldp, int fi
                 v16 f0, f1;
                 std::memcpy(&f0, &h0, sizeof f0);
                 std::memcpy(&f1, &h1, sizeof f1);
-                storeHighHalves(h0, h1, hr + at);
-                storeHighHalves(roundToBf16(z0 - f0), roundToBf16(z1 - f1), lr + at);
+                storeHighHalves(h0, h1, hi.rows + at);
+                storeHighHalves(roundToBf16(z0 - f0), roundToBf16(z1 - f1), lo.rows + at);
+                if (s1) storeHighHalves(bits16(x), bits16(x + 16), s1->rows + at);
             }
-    padLastStep(hi, ldp, filled);
-    padLastStep(lo, ldp, filled);
+            const size_t tile = (static_cast<size_t>(s) * ldp + a0) * 16,
+                         pairs = (static_cast<size_t>(a0 / 16) * (kc / 2) + s * 16) * 16;
+            for (Bf16Panel* bp : {&hi, &lo, s1})
+                if (bp) transpose16(reinterpret_cast<const uint32_t*>(bp->rows) + tile, bp->pairs + pairs);
+        }
 }
 
 // The buffers of a thread's panel: the packed fp32 panel ([kc][ldp]) for the fp32 blocks' products;
@@ -428,22 +478,22 @@ struct Panels {
 
 // A full panel's products: S1's Gram, then S6's of the positions standardised with their means and
 // 1 / standard deviations (in the packed panel in place, or split into bf16 parts for AMX).
-ES_INLINE void panelProducts(Panels& p, int ldp, int kc, int filled, int n, bool gram, bool standardized,
-                             const float* mean, const float* inv, Acc& acc) {
+ES_INLINE void panelProducts(Panels& p, int ldp, int kc, int filled, int n, bool gram, bool standardized, float* mean,
+                             float* inv, Acc& acc) {
     const int steps = (filled + 31) / 32;
+    if (standardized && p.zHi)  // (with S1's tiles, where it takes AMX too)
+        amxTiles(p.xs->data(), kc, n, ldp, filled, mean, inv, gram && p.s1 ? &*p.s1 : nullptr, *p.zHi, *p.zLo);
     if (gram && p.s1) {
-        padLastStep(*p.s1, ldp, filled);
-        rowsToPairs(*p.s1, ldp, kc, steps);
+        if (!(standardized && p.zHi)) {  // (its rows stored as the matrices were widened)
+            padLastStep(*p.s1, ldp, filled);
+            rowsToPairs(*p.s1, ldp, kc, steps);
+        }
         amxPanelGram<false>(*p.s1, *p.s1, ldp, kc, steps, acc.gram.data());
     } else if (gram) {
         panelGramBest(p.packed->data(), ldp, filled, n, acc.gram.data());
     }
     if (standardized && p.zHi) {
-        Bf16Panel &h = *p.zHi, &l = *p.zLo;
-        splitStandardized(p.xs->data(), kc, n, ldp, filled, mean, inv, h, l);
-        rowsToPairs(h, ldp, kc, steps);
-        rowsToPairs(l, ldp, kc, steps);
-        amxPanelGram<true>(h, l, ldp, kc, steps, acc.gramZ.data());
+        amxPanelGram<true>(*p.zHi, *p.zLo, ldp, kc, steps, acc.gramZ.data());
     } else if (standardized) {
         float* panel = p.packed->data();
         const int n8 = n / kLanes * kLanes;
@@ -524,7 +574,7 @@ ES_INLINE void runRowsBody(const std::vector<GramMatrix>& ms, int64_t r0, int64_
                     const int a = a0 + i;
                     if (amxS6) t = p.xs->data() + static_cast<size_t>(a) * kc + fill;  // (the matrix's row)
                     widenSegment(ms[a], r, c0, wi, cols, t);
-                    if (amxS1) storeBf16(t, wi, a, fill, ldp, p.s1->rows);
+                    if (amxS1 && !amxS6) storeBf16(t, wi, a, fill, ldp, p.s1->rows);  // (else amxTiles)
                     if (standardized) addToStats(t, wi, a == 0, stats);
                     if (neuronRows) {
                         float* s = colF.data() + a * paddedCols + c0;
