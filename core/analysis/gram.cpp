@@ -267,7 +267,7 @@ ES_INLINE void prefetchSegment(const GramMatrix& m, int64_t r, int64_t c0, int w
 }
 
 // S6's statistics of a segment's positions across the matrices, gathered as the matrices are
-// widened, eight positions at a time (no sums across a vector's lanes): sums of the values'
+// widened, sixteen positions at a time (no sums across a vector's lanes): sums of the values'
 // differences from the first matrix's (shifted sums: the variance without the cancellation of
 // sum(x^2) - n mean^2 when the experts are alike) and of their squares. A position equal in every
 // matrix has differences of exactly 0: its sums are 0, and so is its variance.
@@ -319,8 +319,6 @@ ES_INLINE void finishStats(const SegmentStats& st, int w, int n, float* mean, fl
     }
 }
 
-// Exact bf16 values (the high halves of their fp32 bits) of matrix a's positions at .. at + w
-// into the rows.
 // The high halves of 32 words' fp32 bits (x's 16, then y's): one 64-byte step of a row as bf16.
 ES_INLINE void storeHighHalves(u32x16 x, u32x16 y, uint16_t* dst) {
     u16x32 a, b;
@@ -336,6 +334,8 @@ ES_INLINE u32x16 bits16(const float* p) {
     return b;
 }
 
+// Exact bf16 values (the high halves of their fp32 bits) of matrix a's positions at .. at + w
+// into the rows.
 ES_INLINE void storeBf16(const float* t, int w, int a, int at, int ldp, uint16_t* rows) {
     for (int c = 0; c < w;) {
         const int k = at + c, run = std::min(w - c, 32 - k % 32);
@@ -420,12 +420,14 @@ ES_INLINE void padLastStep(Bf16Panel& bp, int ldp, int filled) {
         }
 }
 
-// The nearest bf16 (ties to even) of sixteen finite floats: their fp32 bits, rounded at bit 16, the
-// low half cleared.
+// The nearest bf16 (ties to even) of sixteen floats: their fp32 bits, rounded at bit 16, the low
+// half cleared (infinities stay; a NaN stays a NaN, quiet, where rounding its payload could have
+// made it an infinity or a zero: corrupt weights give S6 NaNs, as the fp32 blocks do).
 ES_INLINE u32x16 roundToBf16(v16 x) {
     u32x16 b;
     std::memcpy(&b, &x, sizeof b);
-    return (b + 0x7fffu + ((b >> 16) & 1u)) & 0xffff0000u;
+    const u32x16 rounded = (b + 0x7fffu + ((b >> 16) & 1u)) & 0xffff0000u;
+    return (b & 0x7fffffffu) > 0x7f800000u ? (b | 0x00400000u) & 0xffff0000u : rounded;
 }
 
 // AMX's tiles of a full panel from the matrices' fp32 rows (xs: row a at xs + a kc, rows n to ldp
@@ -516,11 +518,13 @@ struct Amx {
 // an 8 x 8 transpose's 24 vectors without spilling them, 4-5 % of the default set at Qwen3's shape;
 // AVX2 + FMA; the x86-64 baseline), the helpers above inlined into each (a lambda is not:
 // flushColumns, not hot, runs on the baseline target). Positions are streamed in segments of a
-// row into a packed panel ([kc][ldp]: every position's n values side by side; with AMX's S1, into
-// its bf16 rows, and into the packed panel only for S6), eight matrices at a time through a small
-// row buffer where the neuron sums and S6's statistics are taken; a full panel goes through the
-// products (S1, then S6 after standardising its positions in place). The products' fp32 sums
-// cover one panel, at most 512 positions, and are then added in fp64.
+// row, eight matrices at a time, each widened into a small row buffer (with S6 on AMX, into its
+// matrix's fp32 row of the panel instead), where the neuron sums and S6's statistics are taken;
+// from there into the packed panel ([kc][ldp]: every position's n values side by side) for the
+// fp32 blocks' products, or, for S1 alone on AMX, into its bf16 rows. A full panel goes through
+// the products: S1's, then S6's after standardising its positions (in the packed panel in place,
+// or as amxTiles splits them). The products' fp32 sums cover one panel, at most 512 positions, and
+// are then added in fp64.
 ES_INLINE void runRowsBody(const std::vector<GramMatrix>& ms, int64_t r0, int64_t r1, int64_t cols, bool neuronRows,
                            bool gram, bool standardized, Amx amx, Acc& acc, std::vector<std::vector<double>>& rowSums) {
     const int n = static_cast<int>(ms.size());
