@@ -402,13 +402,16 @@ ES_INLINE void transpose16(const uint32_t* src, uint32_t* dst) {
 #undef ES_LANES13
 }
 
-// The pairs from the rows, a step of 32 positions at a time: a block of 16 matrices' rows of the
-// step (16 words each, side by side) is one tile of the pairs transposed.
+// One tile of the pairs from the rows: step s of the 16 matrices from a0 (16 words each, side by
+// side in the rows) transposed.
+ES_INLINE void tileToPairs(Bf16Panel& bp, int ldp, int kc, int s, int a0) {
+    transpose16(reinterpret_cast<const uint32_t*>(bp.rows) + (static_cast<size_t>(s) * ldp + a0) * 16,
+                bp.pairs + (static_cast<size_t>(a0 / 16) * (kc / 2) + s * 16) * 16);
+}
+// The pairs from the rows, a step of 32 positions at a time.
 ES_INLINE void rowsToPairs(Bf16Panel& bp, int ldp, int kc, int steps) {
     for (int s = 0; s < steps; ++s)
-        for (int a0 = 0; a0 < ldp; a0 += 16)
-            transpose16(reinterpret_cast<const uint32_t*>(bp.rows) + (static_cast<size_t>(s) * ldp + a0) * 16,
-                        bp.pairs + (static_cast<size_t>(a0 / 16) * (kc / 2) + s * 16) * 16);
+        for (int a0 = 0; a0 < ldp; a0 += 16) tileToPairs(bp, ldp, kc, s, a0);
 }
 // The rows' last step from `filled` positions on as zeros (a panel's tail: whole steps of 32).
 ES_INLINE void padLastStep(Bf16Panel& bp, int ldp, int filled) {
@@ -463,10 +466,8 @@ ES_INLINE void amxTiles(float* xs, int kc, int n, int ldp, int filled, float* me
                 storeHighHalves(roundToBf16(z0 - f0), roundToBf16(z1 - f1), lo.rows + at);
                 if (s1) storeHighHalves(bits16(x), bits16(x + 16), s1->rows + at);
             }
-            const size_t tile = (static_cast<size_t>(s) * ldp + a0) * 16,
-                         pairs = (static_cast<size_t>(a0 / 16) * (kc / 2) + s * 16) * 16;
             for (Bf16Panel* bp : {&hi, &lo, s1})
-                if (bp) transpose16(reinterpret_cast<const uint32_t*>(bp->rows) + tile, bp->pairs + pairs);
+                if (bp) tileToPairs(*bp, ldp, kc, s, a0);
         }
 }
 
