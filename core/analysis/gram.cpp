@@ -8,11 +8,11 @@
 #include <string>
 #include <thread>
 
-#include <immintrin.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
 #include "analysis/similarity.h"
+#include "analysis/amx.h"
 #include "analysis/simd.h"
 #include "error.h"
 
@@ -24,167 +24,16 @@ using namespace simd;
 
 constexpr int kPanelFloats = 1 << 16;  // a packed panel: 256 KiB, within L2 (32 positions at least)
 constexpr int kFlushRows = 16;         // fp32 column sums cover at most 16 rows, then fp64
-typedef uint16_t u16x8 __attribute__((vector_size(16)));
-typedef uint32_t u32x8 __attribute__((vector_size(32)));
-typedef uint32_t u32x16 __attribute__((vector_size(64)));
-typedef uint16_t u16x32 __attribute__((vector_size(64)));
 
-// S1's products in bf16 on AMX (Intel's tile unit: 16 x 16 fp32 blocks, each tile product 16 x 32
-// bf16 multiply-adds a row) where every matrix of the pass holds bf16 values exactly (bf16, or
-// MXFP4 decoded: a 2-bit significand times a power of two). The products of bf16 values are exact
-// in fp32, and the tile unit adds them in fp32 as the AVX blocks do (in its own order; inputs and
-// results below 2^-126 flushed to zero), a panel at a time, then in fp64: the same sums to fp32's
-// rounding, at many times the multiply-adds a cycle. The positions of a panel are kept twice as
-// bf16, so that every tile is 1 KiB in one piece (a tile whose 16 rows lie 1 KiB apart or more
-// loads at a third of the speed): by matrix, 32 positions of 16 matrices a tile ("rows":
-// [kc / 32][ldp][32]) and by pair of positions, 16 pairs of 16 matrices a tile ("pairs",
-// [ldp / 16][kc / 2][16] u32, the tile unit's "VNNI" layout), transposed from the rows when the
-// panel is full. S6's standardised values are no bf16 values: each is split into two bf16 parts
-// (h + l within 2^-17 of it) whose four products the tile unit takes, from every input dtype; the
-// matrices' rows are then kept in fp32 by matrix, so that the parts' rows need no transposes.
-struct alignas(64) TileConfig {
-    uint8_t palette = 1, startRow = 0;
-    uint8_t reserved[14] = {};
-    uint16_t colsb[16] = {};
-    uint8_t rows[16] = {};
-};
-
-// Tiles 0-3: a 2 x 2 block of 16 x 16 fp32 sums; 4-5: 16 matrices x 32 positions (bf16); 6-7: 16
-// pairs of positions x 16 matrices. Per thread (the configuration is the thread's state).
-__attribute__((target("amx-tile"))) void amxConfigure() {
-    TileConfig c;
-    for (int t = 0; t < 8; ++t) {
-        c.colsb[t] = 64;
-        c.rows[t] = 16;
-    }
-    // (not _tile_loadconfig: GCC 12's asm names 8 bytes of the configuration as its input, and
-    // the stores of the rest are then dropped as dead)
-    __asm__ volatile("ldtilecfg %0" ::"m"(c));
-}
-__attribute__((target("amx-tile"))) void amxRelease() { _tile_release(); }
-
-// (GCC's tile loads are asm statements that tell the compiler nothing of the memory they read:
-// the barriers keep the panel's stores before them, and the sums' reads after the tile stores.)
-#define ES_MEMORY_BARRIER() __asm__ volatile("" ::: "memory")
-
-// `count` values starting on a cache line (zeros; the loops' 64-byte vectors then never straddle two
-// lines, nor do the tiles' rows).
-template <typename T>
-class LineBuffer {
-public:
-    explicit LineBuffer(size_t count = 0) : store(count + 64 / sizeof(T), T{}), count(count) {
-        at = reinterpret_cast<T*>((reinterpret_cast<uintptr_t>(store.data()) + 63) & ~uintptr_t{63});
-    }
-    LineBuffer(const LineBuffer&) = delete;
-    LineBuffer& operator=(const LineBuffer&) = delete;
-    T* data() { return at; }
-    const T* data() const { return at; }
-    size_t size() const { return count; }
-
-private:
-    std::vector<T> store;
-    size_t count;
-    T* at;
-};
-
-// A panel's positions as bf16 for AMX's products: by matrix, and by pair of positions.
-struct Bf16Panel {
-    uint16_t* rows = nullptr;   // [kc / 32][ldp][32]
-    uint32_t* pairs = nullptr;  // [ldp / 16][kc / 2][16]
-    Bf16Panel(int ldp, int kc) : rowStore(static_cast<size_t>(ldp) * kc), pairStore(static_cast<size_t>(kc / 2) * ldp) {
-        rows = rowStore.data();
-        pairs = pairStore.data();
-    }
-
-private:
-    LineBuffer<uint16_t> rowStore;
-    LineBuffer<uint32_t> pairStore;
-};
-
-// A step's tiles: R row tiles of 16 matrices x 32 positions (tiles 4, 5) from the rows, C column
-// tiles of 16 pairs of positions x 16 matrices (6, 7) from the pairs, and their R x C products
-// added into the sums (tile 2 r + q).
-template <int R>
-__attribute__((target("amx-tile"), always_inline)) inline void amxLoadRows(const uint16_t* a) {
-    _tile_loadd(4, a, 64);
-    if constexpr (R == 2) _tile_loadd(5, a + 512, 64);
-}
-template <int C>
-__attribute__((target("amx-tile"), always_inline)) inline void amxLoadPairs(const uint32_t* b, size_t nextCols) {
-    _tile_loadd(6, b, 64);
-    if constexpr (C == 2) _tile_loadd(7, b + nextCols, 64);
-}
-template <int R, int C>
-__attribute__((target("amx-tile,amx-bf16"), always_inline)) inline void amxProducts() {
-    _tile_dpbf16ps(0, 4, 6);
-    if constexpr (C == 2) _tile_dpbf16ps(1, 4, 7);
-    if constexpr (R == 2) _tile_dpbf16ps(2, 5, 6);
-    if constexpr (R == 2 && C == 2) _tile_dpbf16ps(3, 5, 7);
-}
-
-// The R x C (1 or 2 each) blocks of 16 x 16 sums at rows i0.., columns j0.. over `steps` steps of 32
-// positions, into c (block (r, q) at c + 256 (2 r + q)): of the panel x's products, or with Split
-// of (x + y)'s, x and y a value's two bf16 parts (S6), as the four products x x, x y, y y, y x, a
-// step at a time, each tile loaded serving two products or more (the tiles come from L2).
-template <int R, int C, bool Split>
-__attribute__((target("amx-tile,amx-bf16"), always_inline)) inline void amxBlock(const Bf16Panel& x, const Bf16Panel& y,
-                                                                                 int ldp, int kc, int steps, int i0,
-                                                                                 int j0, float* c) {
-    _tile_zero(0);
-    if constexpr (C == 2) _tile_zero(1);
-    if constexpr (R == 2) _tile_zero(2);
-    if constexpr (R == 2 && C == 2) _tile_zero(3);
-    const size_t rowStep = static_cast<size_t>(ldp) * 32, nextCols = static_cast<size_t>(kc / 2) * 16;
-    const size_t rowAt = static_cast<size_t>(i0) * 32, pairAt = static_cast<size_t>(j0 / 16) * nextCols;
-    for (int s = 0; s < steps; ++s) {
-        const size_t ra = rowAt + s * rowStep, pa = pairAt + s * 256;
-        amxLoadRows<R>(x.rows + ra);
-        amxLoadPairs<C>(x.pairs + pa, nextCols);
-        amxProducts<R, C>();
-        if constexpr (Split) {
-            amxLoadPairs<C>(y.pairs + pa, nextCols);
-            amxProducts<R, C>();
-            amxLoadRows<R>(y.rows + ra);
-            amxProducts<R, C>();
-            amxLoadPairs<C>(x.pairs + pa, nextCols);
-            amxProducts<R, C>();
-        }
-    }
-    _tile_stored(0, c, 64);
-    if constexpr (C == 2) _tile_stored(1, c + 256, 64);
-    if constexpr (R == 2) _tile_stored(2, c + 512, 64);
-    if constexpr (R == 2 && C == 2) _tile_stored(3, c + 768, 64);
-    ES_MEMORY_BARRIER();
-}
-
-// The upper block triangle of x's Gram, or (x + y)'s with Split (blocks of 16 x 16; in a diagonal
-// 2 x 2 block the one below the diagonal too, which nothing reads) added into out (ldp x ldp, fp64).
-template <bool Split>
-__attribute__((target("amx-tile,amx-bf16"), noinline)) void amxPanelGram(const Bf16Panel& x, const Bf16Panel& y,
-                                                                         int ldp, int kc, int steps, double* out) {
-    ES_MEMORY_BARRIER();
-    alignas(64) float c[4 * 256];
-    const int blocks = ldp / 16;
-    for (int bj = 0; bj < blocks; bj += 2) {
-        const int nc = std::min(2, blocks - bj);
-        for (int bi = 0; bi <= bj; bi += 2) {
-            const int nr = std::min(2, blocks - bi);
-            const int i0 = 16 * bi, j0 = 16 * bj;
-            if (nr == 2 && nc == 2) amxBlock<2, 2, Split>(x, y, ldp, kc, steps, i0, j0, c);
-            else if (nr == 2) amxBlock<2, 1, Split>(x, y, ldp, kc, steps, i0, j0, c);
-            else amxBlock<1, 1, Split>(x, y, ldp, kc, steps, i0, j0, c);  // (one row block: on the diagonal)
-            for (int r = 0; r < nr; ++r)
-                for (int q = 0; q < nc; ++q) {
-                    const float* s = c + (r * 2 + q) * 256;
-                    for (int i = 0; i < 16; ++i) {
-                        double* o = out + static_cast<size_t>(i0 + 16 * r + i) * ldp + j0 + 16 * q;
-                        for (int j = 0; j < 16; ++j) o[j] += s[i * 16 + j];
-                    }
-                }
-        }
-    }
-}
-
+// S1's products in bf16 on AMX (amx.h) where every matrix of the pass holds bf16 values exactly
+// (bf16, or MXFP4 decoded: a 2-bit significand times a power of two). The products of bf16 values
+// are exact in fp32, and the tile unit adds them in fp32 as the AVX blocks do (in its own order), a
+// panel at a time, then in fp64: the same sums to fp32's rounding, at many times the multiply-adds
+// a cycle. The panel's positions are kept as bf16 in the tile unit's two layouts, the pairs
+// transposed from the rows when the panel is full. S6's standardised values are no bf16 values:
+// each is split into two bf16 parts whose four products the tile unit takes, from every input
+// dtype; the matrices' rows are then kept in fp32 by matrix, so that the parts' rows need no
+// transposes.
 struct Acc {
     std::vector<double> gram, gramZ;  // ldp x ldp, entries (a, b) with a <= b < n
     std::vector<std::vector<double>> sums;
@@ -319,21 +168,6 @@ ES_INLINE void finishStats(const SegmentStats& st, int w, int n, float* mean, fl
     }
 }
 
-// The high halves of 32 words' fp32 bits (x's 16, then y's): one 64-byte step of a row as bf16.
-ES_INLINE void storeHighHalves(u32x16 x, u32x16 y, uint16_t* dst) {
-    u16x32 a, b;
-    std::memcpy(&a, &x, sizeof a);
-    std::memcpy(&b, &y, sizeof b);
-    const u16x32 h = __builtin_shufflevector(a, b, 1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31, 33, 35,
-                                             37, 39, 41, 43, 45, 47, 49, 51, 53, 55, 57, 59, 61, 63);
-    std::memcpy(dst, &h, sizeof h);
-}
-ES_INLINE u32x16 bits16(const float* p) {
-    u32x16 b;
-    std::memcpy(&b, p, sizeof b);
-    return b;
-}
-
 // Exact bf16 values (the high halves of their fp32 bits) of matrix a's positions at .. at + w
 // into the rows.
 ES_INLINE void storeBf16(const float* t, int w, int a, int at, int ldp, uint16_t* rows) {
@@ -361,53 +195,6 @@ ES_INLINE void storeBf16(const float* t, int w, int a, int at, int ldp, uint16_t
     }
 }
 
-// A 16 x 16 tile of 32-bit words, 1 KiB in one piece, transposed into another (word j of row i to
-// word i of row j): 32-bit, then 64-bit interleaves within each 128-bit lane (a 4 x 4 transpose in
-// every lane of four rows), then two rounds over 128-bit lanes; 64 two-source shuffles in all, one
-// AVX-512 instruction each.
-ES_INLINE void transpose16(const uint32_t* src, uint32_t* dst) {
-#define ES_LO32 0, 16, 1, 17, 4, 20, 5, 21, 8, 24, 9, 25, 12, 28, 13, 29
-#define ES_HI32 2, 18, 3, 19, 6, 22, 7, 23, 10, 26, 11, 27, 14, 30, 15, 31
-#define ES_LO64 0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 28, 29
-#define ES_HI64 2, 3, 18, 19, 6, 7, 22, 23, 10, 11, 26, 27, 14, 15, 30, 31
-#define ES_LANES02 0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27    // (a's lanes 0, 2, b's 0, 2)
-#define ES_LANES13 4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22, 23, 28, 29, 30, 31  // (a's lanes 1, 3, b's 1, 3)
-    u32x16 r[16], x[16];
-    for (int i = 0; i < 16; ++i) std::memcpy(&r[i], src + 16 * i, sizeof r[i]);
-    for (int g = 0; g < 16; g += 4) {  // x[g + q], lane L: word 4 L + q of rows g .. g + 3
-        const u32x16 t0 = __builtin_shufflevector(r[g], r[g + 1], ES_LO32);
-        const u32x16 t1 = __builtin_shufflevector(r[g], r[g + 1], ES_HI32);
-        const u32x16 t2 = __builtin_shufflevector(r[g + 2], r[g + 3], ES_LO32);
-        const u32x16 t3 = __builtin_shufflevector(r[g + 2], r[g + 3], ES_HI32);
-        x[g] = __builtin_shufflevector(t0, t2, ES_LO64);
-        x[g + 1] = __builtin_shufflevector(t0, t2, ES_HI64);
-        x[g + 2] = __builtin_shufflevector(t1, t3, ES_LO64);
-        x[g + 3] = __builtin_shufflevector(t1, t3, ES_HI64);
-    }
-    for (int q = 0; q < 4; ++q) {  // row 4 L + q: lane L of x[q], x[4 + q], x[8 + q], x[12 + q]
-        const u32x16 t0 = __builtin_shufflevector(x[q], x[4 + q], ES_LANES02);
-        const u32x16 t1 = __builtin_shufflevector(x[q], x[4 + q], ES_LANES13);
-        const u32x16 t2 = __builtin_shufflevector(x[8 + q], x[12 + q], ES_LANES02);
-        const u32x16 t3 = __builtin_shufflevector(x[8 + q], x[12 + q], ES_LANES13);
-        const u32x16 out[4] = {__builtin_shufflevector(t0, t2, ES_LANES02), __builtin_shufflevector(t1, t3, ES_LANES02),
-                               __builtin_shufflevector(t0, t2, ES_LANES13),
-                               __builtin_shufflevector(t1, t3, ES_LANES13)};
-        for (int l = 0; l < 4; ++l) std::memcpy(dst + 16 * (4 * l + q), &out[l], sizeof out[l]);
-    }
-#undef ES_LO32
-#undef ES_HI32
-#undef ES_LO64
-#undef ES_HI64
-#undef ES_LANES02
-#undef ES_LANES13
-}
-
-// One tile of the pairs from the rows: step s of the 16 matrices from a0 (16 words each, side by
-// side in the rows) transposed.
-ES_INLINE void tileToPairs(Bf16Panel& bp, int ldp, int kc, int s, int a0) {
-    transpose16(reinterpret_cast<const uint32_t*>(bp.rows) + (static_cast<size_t>(s) * ldp + a0) * 16,
-                bp.pairs + (static_cast<size_t>(a0 / 16) * (kc / 2) + s * 16) * 16);
-}
 // The pairs from the rows, a step of 32 positions at a time.
 ES_INLINE void rowsToPairs(Bf16Panel& bp, int ldp, int kc, int steps) {
     for (int s = 0; s < steps; ++s)
@@ -423,22 +210,11 @@ ES_INLINE void padLastStep(Bf16Panel& bp, int ldp, int filled) {
         }
 }
 
-// The nearest bf16 (ties to even) of sixteen floats: their fp32 bits, rounded at bit 16, the low
-// half cleared (infinities stay; a NaN stays a NaN, quiet, where rounding its payload could have
-// made it an infinity or a zero: corrupt weights give S6 NaNs, as the fp32 blocks do).
-ES_INLINE u32x16 roundToBf16(v16 x) {
-    u32x16 b;
-    std::memcpy(&b, &x, sizeof b);
-    const u32x16 rounded = (b + 0x7fffu + ((b >> 16) & 1u)) & 0xffff0000u;
-    return (b & 0x7fffffffu) > 0x7f800000u ? (b | 0x00400000u) & 0xffff0000u : rounded;
-}
-
 // AMX's tiles of a full panel from the matrices' fp32 rows (xs: row a at xs + a kc, rows n to ldp
 // zeros; the positions from `filled` to the last step's end are set to zero first). S6's
-// standardised values z = (x - mean) inv, each split into h, its nearest bf16, and l, the nearest
-// bf16 of z - h (which fp32 holds exactly), into hi and lo: h + l is z to within 2^-17 of |z|, and
-// the four products of h and l (hi hi, hi lo, lo hi, lo lo) on AMX are exact in fp32, as the fp32
-// blocks' products are not. With s1, the values themselves (bf16-exact: their high halves) into s1.
+// standardised values z = (x - mean) inv, each split into two bf16 parts (splitToBf16) into hi and
+// lo, whose four products on AMX are exact in fp32, as the fp32 blocks' products are not. With s1,
+// the values themselves (bf16-exact: their high halves) into s1.
 // Sixteen matrices at a time, a step of 32 positions each: their rows' steps lie side by side, and
 // are transposed into the pairs while they are in L1.
 ES_INLINE void amxTiles(float* xs, int kc, int n, int ldp, int filled, float* mean, float* inv, Bf16Panel* s1,
@@ -458,12 +234,7 @@ ES_INLINE void amxTiles(float* xs, int kc, int n, int ldp, int filled, float* me
                 const float *m = mean + s * 32, *iv = inv + s * 32;
                 const v16 z0 = (load16(x) - load16(m)) * load16(iv),
                           z1 = (load16(x + 16) - load16(m + 16)) * load16(iv + 16);
-                const u32x16 h0 = roundToBf16(z0), h1 = roundToBf16(z1);
-                v16 f0, f1;
-                std::memcpy(&f0, &h0, sizeof f0);
-                std::memcpy(&f1, &h1, sizeof f1);
-                storeHighHalves(h0, h1, hi.rows + at);
-                storeHighHalves(roundToBf16(z0 - f0), roundToBf16(z1 - f1), lo.rows + at);
+                splitToBf16(z0, z1, hi.rows + at, lo.rows + at);
                 if (s1) storeHighHalves(bits16(x), bits16(x + 16), s1->rows + at);
             }
             for (Bf16Panel* bp : {&hi, &lo, s1})
@@ -665,12 +436,7 @@ bool simd::useAvx512() {
     return has;
 }
 
-namespace {
-
-// AMX's bf16 tiles: the CPU has them, Linux lets this process use them (its tile data is asked for
-// once, as the kernel requires), and EXPERTSCOPE_SIMD is not "avx2" or "avx512" (which keep the
-// fp32 register blocks: the tests check every path on one machine). Decided once.
-bool useAmx() {
+bool simd::useAmx() {
     static const bool has = [] {
         const std::string cap = simdCap();
         if (cap == "avx2" || cap == "avx512") return false;
@@ -686,6 +452,8 @@ bool useAmx() {
             "refused this process their state)");
     return has;
 }
+
+namespace {
 
 // Whether every matrix holds bf16 values exactly once widened (bf16 unscaled, or MXFP4).
 bool bf16Exact(const std::vector<GramMatrix>& ms) {
