@@ -47,6 +47,15 @@ def device():
     return dev
 
 
+def cpu_has_amx():
+    """Whether the CPU has AMX's bf16 tiles (the host kernels' products then take them by default)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return any(line.startswith("flags") and "amx_bf16" in line.split() for line in f)
+    except OSError:
+        return False
+
+
 def run_cli(cli_path, *args, check=True):
     r = subprocess.run([cli_path, *map(str, args)], capture_output=True, text=True, timeout=600)
     if check and r.returncode != 0:

@@ -2,9 +2,11 @@
 
 #include <cmath>
 #include <limits>
+#include <memory>
 #include <omp.h>
 #include <vector>
 
+#include "analysis/amx.h"
 #include "analysis/simd.h"
 
 namespace es {
@@ -87,23 +89,82 @@ __attribute__((target_clones("arch=x86-64-v3", "default"))) double kendallRun(co
     return den > 0 ? static_cast<double>(s) / den : std::numeric_limits<double>::quiet_NaN();
 }
 
+// D1's products on AMX: a token's rows (row a at O + a d, each times inv[a] unless tame) split
+// into two bf16 parts (amx.h's splitToBf16) kc positions at a time, into hi and lo's rows (rows R
+// to ldp stay zero), the pairs transposed from them while they are in L1, and the upper block
+// triangle of the parts' products (hi hi, hi lo, lo lo, lo hi, exact in fp32, summed in fp32 by
+// the tile unit) added into block (ldp x ldp, fp32, set to zero first). A tail of fewer than 32
+// positions is padded with zeros. The outputs come from memory (they were written an expert at a
+// time for many tokens): each row's run is read in order, and the run 16 rows on asked for ahead
+// (6 % off a token's time at 256 rows of 512).
+__attribute__((target("arch=x86-64-v4"), noinline)) void amxTokenProducts(const float* O, const float* inv, bool tame,
+                                                                          int R, int64_t d, int ldp, int kc,
+                                                                          Bf16Panel& hi, Bf16Panel& lo, float* block) {
+    std::fill(block, block + static_cast<size_t>(ldp) * ldp, 0.f);
+    for (int64_t k0 = 0; k0 < d; k0 += kc) {
+        const int w = static_cast<int>(std::min<int64_t>(kc, d - k0)), steps = (w + 31) / 32;
+        for (int a0 = 0; a0 < R; a0 += 16) {
+            for (int a = a0; a < std::min(R, a0 + 16); ++a) {  // (each row's run read in order)
+                const float* row = O + a * d + k0;
+                // the run 16 rows on asked for: this panel's, the next panel's or the next token's
+                // (an address, not a pointer: it may lie past the outputs, and the prefetch is dropped)
+                const int64_t next = a + 16 < R    ? (a + 16) * d + k0
+                                     : k0 + kc < d ? (a + 16 - R) * d + k0 + kc
+                                                   : (a + 16) * d;
+                const uintptr_t ahead = reinterpret_cast<uintptr_t>(O) + static_cast<uintptr_t>(next) * sizeof(float);
+                const v16 sc = splat16(tame ? 1.f : inv[a]);
+                for (int s = 0; s < steps; ++s) {
+                    __builtin_prefetch(reinterpret_cast<const void*>(ahead + 128 * s));
+                    __builtin_prefetch(reinterpret_cast<const void*>(ahead + 128 * s + 64));
+                    const int m = std::min(32, w - 32 * s);
+                    const float* x = row + 32 * s;
+                    alignas(64) float t[32];
+                    if (m < 32) {
+                        std::copy(x, x + m, t);
+                        std::fill(t + m, t + 32, 0.f);
+                        x = t;
+                    }
+                    const size_t at = (static_cast<size_t>(s) * ldp + a) * 32;
+                    splitToBf16(load16(x) * sc, load16(x + 16) * sc, hi.rows + at, lo.rows + at);
+                }
+            }
+            for (int s = 0; s < steps; ++s) {
+                tileToPairs(hi, ldp, kc, s, a0);
+                tileToPairs(lo, ldp, kc, s, a0);
+            }
+        }
+        amxPanelGram<true>(hi, lo, ldp, kc, steps, block);
+    }
+}
+
+// The tile layouts of AMX's products (TokenCosines, where useAmx()): kc positions (a multiple of
+// 32) of the two bf16 parts.
+struct AmxParts {
+    int kc;
+    Bf16Panel hi, lo;
+    AmxParts(int ldp, int kc) : kc(kc), hi(ldp, kc), lo(ldp, kc) {}
+};
+
 // One token of D1 (see TokenCosines): its rows packed kc positions at a time into the panel
-// ([kc][ldp]), the upper block triangle of the product summed in fp32 in `block` (ldp x ldp),
-// each entry divided by the two norms, clamped, its arccos taken, both added to the fp64 sums.
-// Rows whose norms lie within [1e-12, 1e12] (or are 0) have products within fp32's range and are
-// packed as they are; otherwise each row is divided by its norm in the panel first.
+// ([kc][ldp]), the upper block triangle of the product summed in fp32 in `block` (ldp x ldp), or
+// with amx, AMX's products of the rows' bf16 parts; each entry divided by the two norms, clamped,
+// its arccos taken, both added to the fp64 sums. Rows whose norms lie within [1e-12, 1e12] (or are
+// 0) have products within fp32's range and are packed as they are; otherwise each row is divided by
+// its norm in the panel first.
 __attribute__((target_clones("arch=x86-64-v3", "default"))) void cosineToken(const float* O, const float* norms, int R,
                                                                              int64_t d, int ldp, int kc, float* panel,
-                                                                             float* block, float* inv, double* cosSum,
-                                                                             double* acosSum, float* perToken) {
+                                                                             AmxParts* amx, float* block, float* inv,
+                                                                             double* cosSum, double* acosSum,
+                                                                             float* perToken) {
     bool tame = true;
     for (int j = 0; j < R; ++j) {
         const float n = norms[j];
         inv[j] = 1.f / std::max(n, 1e-30f);  // padding: 0 (set once)
         tame = tame && (n == 0.f || (n >= 1e-12f && n <= 1e12f));
     }
-    std::fill(block, block + static_cast<size_t>(ldp) * ldp, 0.f);
-    for (int64_t k0 = 0; k0 < d; k0 += kc) {
+    if (amx) amxTokenProducts(O, inv, tame, R, d, ldp, amx->kc, amx->hi, amx->lo, block);
+    else std::fill(block, block + static_cast<size_t>(ldp) * ldp, 0.f);
+    for (int64_t k0 = 0; !amx && k0 < d; k0 += kc) {
         const int w = static_cast<int>(std::min<int64_t>(kc, d - k0));
         int a0 = 0;
         for (; a0 + kLanes <= R; a0 += kLanes) transpose8(O + a0 * d + k0, d, w, panel + a0, ldp);
@@ -150,6 +211,7 @@ public:
 private:
     int R_, ldp_, kc_;
     int64_t d_;
+    std::unique_ptr<AmxParts> amx_;  // where useAmx(); else the fp32 panel
     std::vector<float> panel_, block_, inv_;
     std::vector<double> cos_, acos_;  // ldp x ldp, entries (i, j) with i <= j < R
 };
@@ -159,7 +221,11 @@ TokenCosines::TokenCosines(int rows, int64_t d)
       ldp_((rows + kNR - 1) / kNR * kNR),
       kc_(static_cast<int>(std::min<int64_t>(d, std::clamp(65536 / ldp_ / kLanes * kLanes, kLanes, 512)))),
       d_(d),
-      panel_(static_cast<size_t>(kc_) * ldp_, 0.f),
+      amx_(useAmx()
+               ? std::make_unique<AmxParts>(ldp_, static_cast<int>(std::min<int64_t>(
+                                                      (d + 31) / 32 * 32, std::clamp(65536 / ldp_ / 32 * 32, 32, 512))))
+               : nullptr),
+      panel_(amx_ ? 0 : static_cast<size_t>(kc_) * ldp_, 0.f),
       block_(static_cast<size_t>(ldp_) * ldp_, 0.f),
       inv_(static_cast<size_t>(ldp_), 0.f),
       cos_(static_cast<size_t>(ldp_) * ldp_, 0.0),
@@ -167,9 +233,11 @@ TokenCosines::TokenCosines(int rows, int64_t d)
 
 void TokenCosines::add(const float* O, const float* norms, int64_t tokens, float* perToken, int64_t keep) {
     const size_t rr = static_cast<size_t>(R_) * R_;
+    if (amx_) amxConfigure();  // (the thread's tile configuration)
     for (int64_t t = 0; t < tokens; ++t)
-        cosineToken(O + t * R_ * d_, norms + t * R_, R_, d_, ldp_, kc_, panel_.data(), block_.data(), inv_.data(),
-                    cos_.data(), acos_.data(), t < keep ? perToken + t * rr : nullptr);
+        cosineToken(O + t * R_ * d_, norms + t * R_, R_, d_, ldp_, kc_, panel_.data(), amx_.get(), block_.data(),
+                    inv_.data(), cos_.data(), acos_.data(), t < keep ? perToken + t * rr : nullptr);
+    if (amx_) amxRelease();
 }
 
 void TokenCosines::addSumsTo(double* cosSum, double* acosSum) const {

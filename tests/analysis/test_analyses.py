@@ -63,7 +63,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import assert_same_analyses, missing, require, run_cli
+from conftest import assert_same_analyses, cpu_has_amx, missing, require, run_cli
 import fixtures
 from sessiondoc import KINDS, walk_against_doc
 
@@ -1063,14 +1063,6 @@ EVERY_BACKEND = pytest.mark.parametrize("backend", ["kernels", "avx512", "avx2",
 BF16_OR_NOT = pytest.mark.parametrize("storage", [None, "bfloat16"])
 
 
-def _cpu_has_amx():
-    try:
-        with open("/proc/cpuinfo") as f:
-            return any(line.startswith("flags") and "amx_bf16" in line.split() for line in f)
-    except OSError:
-        return False
-
-
 @pytest.fixture
 def static_backend(backend, monkeypatch):
     """The backend's --static-backend value; "avx2" caps the kernels at AVX2 (EXPERTSCOPE_SIMD). On a
@@ -1078,11 +1070,11 @@ def static_backend(backend, monkeypatch):
     used), so that AMX's products are known to have run there; "avx512" keeps AVX-512's fp32 blocks
     there (skipped on a CPU without AMX, where "kernels" runs them)."""
     if backend in ("avx2", "avx512"):
-        if backend == "avx512" and not _cpu_has_amx():
+        if backend == "avx512" and not cpu_has_amx():
             pytest.skip("no AMX here: the kernels' default path is the fp32 blocks")
         monkeypatch.setenv("EXPERTSCOPE_SIMD", backend)
         return "kernels"
-    if backend == "kernels" and _cpu_has_amx():
+    if backend == "kernels" and cpu_has_amx():
         monkeypatch.setenv("EXPERTSCOPE_SIMD", "amx")
     return backend
 

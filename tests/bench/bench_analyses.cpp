@@ -7,7 +7,10 @@
 //   bench_analyses dynamic CHECKPOINT PROMPTS LENGTH
 //        times a plain traced forward, a traced forward with every expert evaluated (--all-experts)
 //        and D1+D2 on the same random prompts: {"trace_s", "all_experts_s", "dynamic_s", "tokens",
-//        "dynamic_anon_mb" (what D1+D2 allocate at their peak, their copy of the model included)}
+//        "dynamic_anon_mb" (what D1+D2 allocate at their peak, their copy of the model included)}.
+//        D1+D2 load their own model: the all-experts forward is timed with its model's load too.
+//        The checkpoint's fingerprint (the results' provenance; taken once per opened checkpoint,
+//        as a session is made) is taken before the clocks start, as the warm-up forward is run.
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -104,13 +107,14 @@ int main(int argc, char** argv) {
             for (int i = 0; i < len; ++i) p.push_back(static_cast<int64_t>(rng() % static_cast<uint32_t>(spec.vocab)));
         auto model = es::Model::load(ckpt, spec, lo);
         model->trace({prompts[0]}, {});  // warm-up
+        ckpt->fingerprint();
         auto t0 = Clock::now();
         es::RunTrace rt = model->trace(prompts, {});
         const double traceS = since(t0);
         es::TraceOptions all;
         all.allExperts = true;
         t0 = Clock::now();
-        model->trace(prompts, all);
+        es::Model::load(ckpt, spec, lo)->trace(prompts, all);
         const double allS = since(t0);
         es::DynamicOptions opt;
         opt.analyses = {"D1", "D2"};

@@ -39,8 +39,10 @@ Dynamic: D1 + D2 with every expert evaluated, on 2048 tokens (4 prompts of 512) 
 float32 Mixtral model of run_bench.py (or, --dynamic-experts 128 or 256, a float32 Qwen3-MoE of 4
 layers, d = 512, with that many experts, top-8, each as wide as the published model's with that
 many experts, or with --dynamic-width scaled, 3/8 d and half that), against the engine's plain
-traced forward on the same prompts, in the same process (--device: where the model and the
-analyses run), and the peak of what D1+D2 allocate. D1's exact per-token products add E / (6 F)
+traced forward and the all-experts one on the same prompts, in the same process (--device: where
+the model and the analyses run; D1+D2's pass loads its model, and the all-experts forward is timed
+with its own model's load; the checkpoint's fingerprint, taken once per opened checkpoint, before
+the clocks), and the peak of what D1+D2 allocate. D1's exact per-token products add E / (6 F)
 to the experts' multiply-adds whatever d is (printed).
 """
 import argparse

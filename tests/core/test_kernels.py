@@ -1,12 +1,15 @@
 """The analyses' host kernels (core/analysis/kernels.h: D1's per-token cosines, Kendall's tau-b,
 arccos) against numpy and scipy, through tests/core/run_kernels.cpp on raw arrays.
 
-Sizes are chosen to reach every path: R not a multiple of 8 (rows packed one by one), d not a
-multiple of 8 and longer than one packed panel, one thread and more threads than a token range
-needs, rows of norm 0, norms far outside [1e-12, 1e12] (rows scaled before their products), and
-a row of NaN. Tolerances: the products are summed in float32 over d values (relative error about
-sqrt(d) 6e-8 of the norms' product), 2e-6 per cosine at d = 700; an arccos moves by that times
-1 / sqrt(1 - c^2), plus the kernel's own arccos error (3e-7, measured below against numpy)."""
+Sizes are chosen to reach every path: R not a multiple of 8 (rows packed one by one) nor of 16
+(AMX's blocks), d not a multiple of 8 or 32 and longer than one packed panel, one thread and more
+threads than a token range needs, rows of norm 0, norms far outside [1e-12, 1e12] (rows scaled
+before their products), and a row of NaN. Tolerances: the products are summed in float32 over d
+values (relative error about sqrt(d) 6e-8 of the norms' product), 2e-6 per cosine at d = 700; on
+AMX each value is split into two bf16 parts within 2^-18 of it, which moves a cosine by at most
+2^-17 more (exact where the values are bf16's: then within the float32 tolerance); an arccos
+moves by that times 1 / sqrt(1 - c^2), plus the kernel's own arccos error (3e-7, measured below
+against numpy)."""
 import os
 import subprocess
 import tempfile
@@ -16,9 +19,24 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from conftest import cpu_has_amx
+
 EXE = os.environ.get("EXPERTSCOPE_RUN_KERNELS")
 COS_TOL = 2e-6
+COS_TOL_AMX = COS_TOL + 2.0 ** -17  # (the bf16 parts' bound)
 ACOS_TOL = 3e-7
+
+
+def use_simd(simd, monkeypatch):
+    """The products' path: "widest" the CPU's default, demanding AMX's tiles where the CPU has them
+    (EXPERTSCOPE_SIMD=amx: an error where they cannot be used), so that they are known to have run;
+    "avx512" AVX-512's fp32 blocks (skipped without AMX, where "widest" runs them); "avx2" AVX2's
+    blocks, as a CPU without AVX-512 runs them. Whether AMX's products ran."""
+    if simd == "avx512" and not cpu_has_amx():
+        pytest.skip("no AMX here: the widest path is AVX-512's fp32 blocks")
+    amx = simd == "widest" and cpu_has_amx()
+    monkeypatch.setenv("EXPERTSCOPE_SIMD", "amx" if amx else simd if simd != "widest" else "")
+    return amx
 
 
 def run(*args, arrays):
@@ -42,7 +60,13 @@ def expected_cosines(O, norms):
     return C
 
 
-def cosine_case(rng, n, R, d):
+def to_bf16(x):
+    """float32 values rounded to their nearest bf16 (ties to even), as float32."""
+    b = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
+    return ((b + 0x7FFF + ((b >> 16) & 1)) & 0xFFFF0000).astype(np.uint32).view(np.float32)
+
+
+def cosine_case(rng, n, R, d, bf16=False):
     O = rng.standard_normal((n, R, d)).astype(np.float32)
     O[0, 1] = 0.0                                   # an expert whose output is zero
     O[0, 2] = O[0, 3] + 0.03 * O[0, 2]              # two nearly parallel outputs (cosine ~0.9996)
@@ -52,21 +76,28 @@ def cosine_case(rng, n, R, d):
         O[2, : R // 2] *= np.float32(1e-20)         # far below 1e-12
     if n > 3:
         O[3, R - 1] = np.nan                        # a NaN output: its row and column are NaN
+    if bf16:
+        O = to_bf16(O)
     norms = np.sqrt((O.astype(np.float64) ** 2).sum(-1)).astype(np.float32)
     return O, norms
 
 
-@pytest.mark.parametrize("simd", ["widest", "avx2"])
+@pytest.mark.parametrize("simd", ["widest", "avx512", "avx2"])
 @pytest.mark.parametrize("n,R,d,keep,threads", [(5, 13, 42, 5, 1), (5, 13, 42, 2, 3), (6, 130, 700, 3, 2),
-                                                 (4, 8, 8, 0, 2), (3, 17, 1030, 1, 1)])
-def test_token_cosines_match_numpy(n, R, d, keep, threads, simd, monkeypatch):
-    """The products in the CPU's widest register blocks (AVX-512's where it has them) and in
-    AVX2's (EXPERTSCOPE_SIMD=avx2, as a CPU without AVX-512 runs them)."""
-    if simd == "avx2":
-        monkeypatch.setenv("EXPERTSCOPE_SIMD", "avx2")
+                                                 (4, 8, 8, 0, 2), (3, 17, 1030, 1, 1), (3, 40, 600, 3, 2)])
+@pytest.mark.parametrize("values", ["float32", "bfloat16"])
+def test_token_cosines_match_numpy(n, R, d, keep, threads, simd, values, monkeypatch):
+    """The products on AMX where the CPU has it, in AVX-512's fp32 register blocks and in AVX2's;
+    outputs of any float32 value, and of bf16 values (a bf16 model's), which AMX's parts hold
+    exactly."""
+    amx = use_simd(simd, monkeypatch)
     rng = np.random.default_rng(R * 1000 + d)
-    O, norms = cosine_case(rng, n, R, d)
+    O, norms = cosine_case(rng, n, R, d, bf16=values == "bfloat16")
     raw = run("cosines", n, R, d, keep, threads, arrays=[O, norms])
+    # each token's: AMX's parts hold bf16 values exactly, but not those of rows scaled by their norms
+    # (tokens 1 and 2)
+    cos_tol = np.array([COS_TOL_AMX if amx and (values == "float32" or t in (1, 2)) else COS_TOL
+                        for t in range(n)])
     rr = R * R
     assert len(raw) == 2 * rr * 8 + keep * rr * 4
     cos_sum = np.frombuffer(raw, "<f8", rr).reshape(R, R)
@@ -75,13 +106,14 @@ def test_token_cosines_match_numpy(n, R, d, keep, threads, simd, monkeypatch):
 
     C = expected_cosines(O, norms)
     slope = 1.0 / np.sqrt(np.maximum(1.0 - np.nan_to_num(C) ** 2, 1e-12))  # |d arccos / dc|
-    np.testing.assert_allclose(per_token, C[:keep], rtol=0, atol=COS_TOL)
+    err = np.abs(np.nan_to_num(per_token - C[:keep]))
+    np.testing.assert_array_less(err, np.broadcast_to(cos_tol[:keep, None, None], err.shape))
     np.testing.assert_array_equal(np.isnan(per_token), np.isnan(C[:keep]))
     np.testing.assert_array_equal(per_token, np.swapaxes(per_token, 1, 2))  # both triangles written
-    np.testing.assert_allclose(cos_sum, C.sum(0), rtol=0, atol=n * COS_TOL)
+    np.testing.assert_allclose(cos_sum, C.sum(0), rtol=0, atol=cos_tol.sum())
     # an arccos's error: the cosine's, steepened near +-1 (the diagonal is exact)
     off = ~np.eye(R, dtype=bool)
-    acos_tol = (COS_TOL * slope + ACOS_TOL).sum(0) * off + 1e-12
+    acos_tol = (cos_tol[:, None, None] * slope + ACOS_TOL).sum(0) * off + 1e-12
     np.testing.assert_array_less(np.abs(np.nan_to_num(acos_sum - np.arccos(C).sum(0))), acos_tol)
     np.testing.assert_array_equal(np.isnan(acos_sum), np.isnan(np.arccos(C).sum(0)))
     assert np.isnan(cos_sum).any() == (n > 3)
