@@ -1104,6 +1104,8 @@ int cmdAnalyze(const std::vector<std::string>& args) {
     if (!haveStatic && !haveDynamic) staticList = "default";
     const std::set<std::string> statics = es::parseStaticList(staticList);
     if (outlierEps > 0 && !statics.count("S6")) throw UsageError("analyze: --pca-outliers is an option of --static S6");
+    if (!staticBackend.empty() && statics.empty())  // (it was ignored: a check asked for and not run)
+        throw UsageError("analyze: --static-backend chooses the static analyses' path, and none is asked for");
     if (staticBackend == "kernels" && !device.empty() && device != "cpu")
         throw UsageError("analyze: --static-backend kernels runs on the CPU, not on --device " + device);
     const std::set<std::string> dynamicsListed = es::parseDynamicList(dynamicList);

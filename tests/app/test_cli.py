@@ -379,6 +379,19 @@ def test_first_tokens_below_one_is_a_usage_error(cli, mixtral, tmp_path):
     assert r.returncode == 2 and "--first-tokens must be >= 1" in r.stderr
 
 
+def test_static_backend_without_static_analyses_is_a_usage_error(cli, mixtral, tmp_path):
+    """--static-backend with no static analysis asked for was silently ignored (a check of the
+    host kernels that never ran); now a usage error naming the option, and the session untouched."""
+    out = tmp_path / "s.h5"
+    run_cli(cli, "trace", mixtral[0], "--out", out, "--token-ids", "1,2,3", "--run", "r")
+    before = out.read_bytes()
+    r = run_cli(cli, "analyze", mixtral[0], "--out", out, "--run", "r", "--static", "none", "--dynamic", "D3",
+                "--static-backend", "torch", check=False)
+    assert r.returncode == 2 and "--static-backend" in r.stderr, r.stderr
+    assert out.read_bytes() == before
+    run_cli(cli, "analyze", mixtral[0], "--out", out, "--static", "S1", "--static-backend", "torch")
+
+
 def test_moved_checkpoint_is_relinked_by_fingerprint(cli, mixtral, tmp_path):
     h5py = require("h5py")
     a = tmp_path / "a"
