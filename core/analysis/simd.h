@@ -162,19 +162,16 @@ ES_INLINE void panelGramOf(const float* P, int ldp, int kc, int n, Out* out) {
         tailTile<MR - 1, Wide>(end - i0, P, ldp, kc, i0, j0, out);
     }
 }
-template <typename Out>
-ES_INLINE void panelGram(const float* P, int ldp, int kc, int n, Out* out) {
-    panelGramOf<false>(P, ldp, kc, n, out);
-}
 
 // Whether the products take AVX-512's register blocks: the CPU has AVX-512 (x86-64-v4), and
 // EXPERTSCOPE_SIMD is not "avx2" (which keeps AVX2's, as a CPU without AVX-512 takes them: the
 // tests check both on one machine). Decided once (gram.cpp).
 bool useAvx512();
 
-// AVX-512's panelGram compiled for AVX-512, out of line: most loops that call it are compiled for
-// AVX2 and the baseline. With two 512-bit FMA units a core (Intel's server cores) it does twice the
-// multiply-adds a cycle of AVX2's blocks; as many where a core splits them in two (AMD Zen 4).
+// AVX-512's blocks (panelGramOf<true>) compiled for AVX-512, out of line: most loops that call
+// them are compiled for AVX2 and the baseline. With two 512-bit FMA units a core (Intel's server
+// cores) they do twice the multiply-adds a cycle of AVX2's blocks; as many where a core splits
+// them in two (AMD Zen 4).
 template <typename Out>
 __attribute__((target("arch=x86-64-v4"), noinline)) static void panelGramAvx512(const float* P, int ldp, int kc, int n,
                                                                                 Out* out) {
@@ -185,7 +182,7 @@ __attribute__((target("arch=x86-64-v4"), noinline)) static void panelGramAvx512(
 template <typename Out>
 ES_INLINE void panelGramBest(const float* P, int ldp, int kc, int n, Out* out) {
     if (useAvx512()) panelGramAvx512(P, ldp, kc, n, out);
-    else panelGram(P, ldp, kc, n, out);
+    else panelGramOf<false>(P, ldp, kc, n, out);
 }
 
 }  // namespace es::simd
