@@ -159,18 +159,21 @@ Tensor deviceRows(const Mat& m, int64_t r0, int64_t h, torch::Device dev) {
     }
     const int64_t es = static_cast<int64_t>(dtypeSize(m.t->dtype));
     const uint8_t* base = m.t->data + first * es;
+    // `outer` runs of `inner` stored elements, `stride` elements apart, as the stored dtype (on the
+    // CPU, a run read in place from the mapping at an address the dtype cannot view is copied)
+    auto elements = [&](int64_t outer, int64_t inner, int64_t stride) {
+        Tensor x = bytes(base, outer, inner * es, stride * es);
+        if (x.is_cpu() && reinterpret_cast<uintptr_t>(x.data_ptr()) % es != 0) x = x.clone();
+        return x.view(detail::storageType(m.t->dtype));
+    };
     Tensor x;
     if (m.colStride <= rs) {  // each row's run, every colStride-th element kept (gpt-oss's interleaved
                               // bf16 columns: both matrices' values go, twice the bytes)
         const int64_t span = (cols - 1) * m.colStride + 1;
-        x = bytes(base, h, span * es, rs * es);
-        if (x.is_cpu() && reinterpret_cast<uintptr_t>(x.data_ptr()) % es != 0) x = x.clone();
-        x = x.view(detail::storageType(m.t->dtype)).slice(1, 0, span, m.colStride);
+        x = elements(h, span, rs).slice(1, 0, span, m.colStride);
     } else {  // stored transposed: each column's run of h elements, transposed on the device
         const int64_t span = (h - 1) * rs + 1;
-        x = bytes(base, cols, span * es, m.colStride * es);
-        if (x.is_cpu() && reinterpret_cast<uintptr_t>(x.data_ptr()) % es != 0) x = x.clone();
-        x = x.view(detail::storageType(m.t->dtype)).slice(1, 0, span, rs).t();
+        x = elements(cols, span, m.colStride).slice(1, 0, span, rs).t();
     }
     x = x.to(torch::kFloat);
     if (!m.scale) return x;
