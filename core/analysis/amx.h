@@ -1,7 +1,8 @@
 #pragma once
 // AMX (Intel's tile unit) for the analyses' products: bf16 values kept in the two tile layouts a
 // 1 KiB tile loads from in one piece, the 2 x 2 blocks of 16 x 16 fp32 sums of a panel's Gram,
-// and the split of fp32 values into two bf16 parts (h + l within 2^-17 of the value) whose four
+// and the split of fp32 values into two bf16 parts (h + l within 2^-17 of the value; a dot product
+// of two split vectors within 2^-16 of the product of their norms, before fp32's sums) whose four
 // products the tile unit takes exactly in fp32. Used by gram.cpp (S1, S6) and kernels.cpp (D1).
 //
 // The tile unit multiplies 16 x 32 bf16 values by 32 x 16 and adds the products into 16 x 16 fp32
@@ -31,10 +32,12 @@ namespace es::simd {
 // an Error where they cannot be used. Decided once (gram.cpp).
 bool useAmx();
 
-typedef uint16_t u16x8 __attribute__((vector_size(16)));
-typedef uint32_t u32x8 __attribute__((vector_size(32)));
 typedef uint32_t u32x16 __attribute__((vector_size(64)));
 typedef uint16_t u16x32 __attribute__((vector_size(64)));
+
+// Positions per panel: a multiple of 32 (whole tile steps, whole MXFP4 blocks), 32 to 512, a panel
+// of ldp rows within 2^16 floats (256 KiB: within L2) up to 2048 rows (32 x ldp floats above).
+inline int panelPositions(int ldp) { return std::clamp((1 << 16) / ldp / 32 * 32, 32, 512); }
 
 struct alignas(64) TileConfig {
     uint8_t palette = 1, startRow = 0;
@@ -45,7 +48,7 @@ struct alignas(64) TileConfig {
 
 // Tiles 0-3: a 2 x 2 block of 16 x 16 fp32 sums; 4-5: 16 matrices x 32 positions (bf16); 6-7: 16
 // pairs of positions x 16 matrices. Per thread (the configuration is the thread's state).
-__attribute__((target("amx-tile"))) static void amxConfigure() {
+__attribute__((target("amx-tile"))) inline void amxConfigure() {
     TileConfig c;
     for (int t = 0; t < 8; ++t) {
         c.colsb[t] = 64;
@@ -55,7 +58,7 @@ __attribute__((target("amx-tile"))) static void amxConfigure() {
     // the stores of the rest are then dropped as dead)
     __asm__ volatile("ldtilecfg %0" ::"m"(c));
 }
-__attribute__((target("amx-tile"))) static void amxRelease() { _tile_release(); }
+__attribute__((target("amx-tile"))) inline void amxRelease() { _tile_release(); }
 
 // (GCC's tile loads are asm statements that tell the compiler nothing of the memory they read:
 // the barriers keep the panel's stores before them, and the sums' reads after the tile stores.)

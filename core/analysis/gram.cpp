@@ -11,8 +11,8 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
-#include "analysis/similarity.h"
 #include "analysis/amx.h"
+#include "analysis/similarity.h"
 #include "analysis/simd.h"
 #include "error.h"
 
@@ -22,26 +22,14 @@ namespace {
 
 using namespace simd;
 
-constexpr int kPanelFloats = 1 << 16;  // a packed panel: 256 KiB, within L2 (32 positions at least)
-constexpr int kFlushRows = 16;         // fp32 column sums cover at most 16 rows, then fp64
+constexpr int kFlushRows = 16;  // fp32 column sums cover at most 16 rows, then fp64
+typedef uint16_t u16x8 __attribute__((vector_size(16)));
+typedef uint32_t u32x8 __attribute__((vector_size(32)));
 
-// S1's products in bf16 on AMX (amx.h) where every matrix of the pass holds bf16 values exactly
-// (bf16, or MXFP4 decoded: a 2-bit significand times a power of two). The products of bf16 values
-// are exact in fp32, and the tile unit adds them in fp32 as the AVX blocks do (in its own order), a
-// panel at a time, then in fp64: the same sums to fp32's rounding, at many times the multiply-adds
-// a cycle. The panel's positions are kept as bf16 in the tile unit's two layouts, the pairs
-// transposed from the rows when the panel is full. S6's standardised values are no bf16 values:
-// each is split into two bf16 parts whose four products the tile unit takes, from every input
-// dtype; the matrices' rows are then kept in fp32 by matrix, so that the parts' rows need no
-// transposes.
 struct Acc {
     std::vector<double> gram, gramZ;  // ldp x ldp, entries (a, b) with a <= b < n
     std::vector<std::vector<double>> sums;
 };
-
-// Values per panel: a multiple of 32 (whole MXFP4 blocks), 32 to 512, the panel within
-// kPanelFloats up to 2048 matrices (32 x ldp floats above).
-int panelPositions(int ldp) { return std::clamp(kPanelFloats / ldp / 32 * 32, 32, 512); }
 
 // bf16 -> fp32 is a 16-bit shift: eight values (one: similarity.h's bf16ToFloat).
 ES_INLINE void store8Bf16(u16x8 h, float* dst) {
@@ -210,6 +198,16 @@ ES_INLINE void padLastStep(Bf16Panel& bp, int ldp, int filled) {
         }
 }
 
+// S1's products in bf16 on AMX (amx.h) where every matrix of the pass holds bf16 values exactly
+// (bf16, or MXFP4 decoded: a 2-bit significand times a power of two). The products of bf16 values
+// are exact in fp32, and the tile unit adds them in fp32 as the AVX blocks do (in its own order), a
+// panel at a time, then in fp64: the same sums to fp32's rounding, at many times the multiply-adds
+// a cycle. The panel's positions are kept as bf16 in the tile unit's two layouts, the pairs
+// transposed from the rows when the panel is full. S6's standardised values are no bf16 values:
+// each is split into two bf16 parts whose four products the tile unit takes, from every input
+// dtype; the matrices' rows are then kept in fp32 by matrix, so that the parts' rows need no
+// transposes.
+//
 // AMX's tiles of a full panel from the matrices' fp32 rows (xs: row a at xs + a kc, rows n to ldp
 // zeros; the positions from `filled` to the last step's end are set to zero first). S6's
 // standardised values z = (x - mean) inv, each split into two bf16 parts (splitToBf16) into hi and
@@ -442,6 +440,7 @@ bool simd::useAmx() {
         if (cap == "avx2" || cap == "avx512") return false;
         __builtin_cpu_init();
         if (!__builtin_cpu_supports("amx-tile") || !__builtin_cpu_supports("amx-bf16")) return false;
+        if (!__builtin_cpu_supports("x86-64-v4")) return false;         // (D1's split is built for AVX-512)
         constexpr long kReqXcompPerm = 0x1023, kXfeatureTileData = 18;  // asm/prctl.h, Linux 5.16
         return syscall(SYS_arch_prctl, kReqXcompPerm, kXfeatureTileData) == 0;
     }();

@@ -150,7 +150,7 @@ struct AmxParts {
 // with amx, AMX's products of the rows' bf16 parts; each entry divided by the two norms, clamped,
 // its arccos taken, both added to the fp64 sums. Rows whose norms lie within [1e-12, 1e12] (or are
 // 0) have products within fp32's range and are packed as they are; otherwise each row is divided by
-// its norm in the panel first.
+// its norm in the panel first (with AMX, before the split).
 __attribute__((target_clones("arch=x86-64-v3", "default"))) void cosineToken(const float* O, const float* norms, int R,
                                                                              int64_t d, int ldp, int kc, float* panel,
                                                                              AmxParts* amx, float* block, float* inv,
@@ -162,21 +162,24 @@ __attribute__((target_clones("arch=x86-64-v3", "default"))) void cosineToken(con
         inv[j] = 1.f / std::max(n, 1e-30f);  // padding: 0 (set once)
         tame = tame && (n == 0.f || (n >= 1e-12f && n <= 1e12f));
     }
-    if (amx) amxTokenProducts(O, inv, tame, R, d, ldp, amx->kc, amx->hi, amx->lo, block);
-    else std::fill(block, block + static_cast<size_t>(ldp) * ldp, 0.f);
-    for (int64_t k0 = 0; !amx && k0 < d; k0 += kc) {
-        const int w = static_cast<int>(std::min<int64_t>(kc, d - k0));
-        int a0 = 0;
-        for (; a0 + kLanes <= R; a0 += kLanes) transpose8(O + a0 * d + k0, d, w, panel + a0, ldp);
-        for (int a = a0; a < R; ++a)
-            for (int k = 0; k < w; ++k) panel[k * ldp + a] = O[a * d + k0 + k];
-        if (!tame)
-            for (int k = 0; k < w; ++k)
-                for (int j = 0; j < ldp; j += kLanes) {
-                    float* p = panel + static_cast<size_t>(k) * ldp + j;
-                    store8(p, load8(p) * load8(inv + j));
-                }
-        panelGramBest(panel, ldp, w, R, block);
+    if (amx) {
+        amxTokenProducts(O, inv, tame, R, d, ldp, amx->kc, amx->hi, amx->lo, block);
+    } else {
+        std::fill(block, block + static_cast<size_t>(ldp) * ldp, 0.f);
+        for (int64_t k0 = 0; k0 < d; k0 += kc) {
+            const int w = static_cast<int>(std::min<int64_t>(kc, d - k0));
+            int a0 = 0;
+            for (; a0 + kLanes <= R; a0 += kLanes) transpose8(O + a0 * d + k0, d, w, panel + a0, ldp);
+            for (int a = a0; a < R; ++a)
+                for (int k = 0; k < w; ++k) panel[k * ldp + a] = O[a * d + k0 + k];
+            if (!tame)
+                for (int k = 0; k < w; ++k)
+                    for (int j = 0; j < ldp; j += kLanes) {
+                        float* p = panel + static_cast<size_t>(k) * ldp + j;
+                        store8(p, load8(p) * load8(inv + j));
+                    }
+            panelGramBest(panel, ldp, w, R, block);
+        }
     }
     const v8 one = splat(1.f), minusOne = splat(-1.f);
     const i32x8 lane = {0, 1, 2, 3, 4, 5, 6, 7};
@@ -221,10 +224,9 @@ TokenCosines::TokenCosines(int rows, int64_t d)
       ldp_((rows + kNR - 1) / kNR * kNR),
       kc_(static_cast<int>(std::min<int64_t>(d, std::clamp(65536 / ldp_ / kLanes * kLanes, kLanes, 512)))),
       d_(d),
-      amx_(useAmx()
-               ? std::make_unique<AmxParts>(ldp_, static_cast<int>(std::min<int64_t>(
-                                                      (d + 31) / 32 * 32, std::clamp(65536 / ldp_ / 32 * 32, 32, 512))))
-               : nullptr),
+      amx_(useAmx() ? std::make_unique<AmxParts>(
+                          ldp_, static_cast<int>(std::min<int64_t>((d + 31) / 32 * 32, panelPositions(ldp_))))
+                    : nullptr),
       panel_(amx_ ? 0 : static_cast<size_t>(kc_) * ldp_, 0.f),
       block_(static_cast<size_t>(ldp_) * ldp_, 0.f),
       inv_(static_cast<size_t>(ldp_), 0.f),

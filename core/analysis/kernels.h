@@ -20,11 +20,12 @@ void arccos(const float* x, int64_t n, float* y);
 // cosSum and acosSum (R x R, added to); the first `keep` tokens' matrices into perToken
 // ([keep, R, R]). The products are summed in fp32: in the CPU's fp32 register blocks (simd.h), or
 // where it has AMX (simd::useAmx), on the tile unit from each value's two bf16 parts (amx.h), which
-// hold a bf16 model's outputs exactly and others to within 2^-18 (a cosine within 2^-17 more).
+// hold a bf16 model's outputs exactly and others to within 2^-17 (a cosine within 2^-16 more).
 // The tokens are split among `threads` threads of the OpenMP runtime, LibTorch's own pool (threads
 // of ours would compete with its workers, which spin a while after each operation). Memory per
 // thread: a packed panel (with AMX, the parts' tile layouts, 8 bytes a row and position of a
-// panel), an fp32 product block and two fp64 sums (R = 130, d = 2048: about 0.7 MiB).
+// panel), an fp32 product block and two fp64 sums (R = 130, d = 2048: about 0.7 MiB; 0.9 MiB
+// with AMX).
 void tokenCosines(const float* O, const float* norms, int64_t n, int R, int64_t d, int64_t keep, float* perToken,
                   double* cosSum, double* acosSum, int threads);
 
