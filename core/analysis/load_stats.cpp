@@ -5,6 +5,7 @@
 #include <limits>
 
 #include "analysis/analysis.h"
+#include "trace/trace.h"
 
 namespace es {
 
@@ -73,18 +74,10 @@ void LoadStats::observe(int layer, int64_t base, int64_t n, const float* logits,
     if (logits) {  // 7.2, in double: p_t = softmax(z_t)
         std::vector<double> p(E);
         for (int64_t t = 0; t < n; ++t) {
-            const float* z = logits + static_cast<size_t>(t) * E;
-            double mx = -std::numeric_limits<double>::infinity();
-            for (size_t e = 0; e < E; ++e) mx = std::max(mx, static_cast<double>(z[e]));
-            double sum = 0;
-            for (size_t e = 0; e < E; ++e) sum += (p[e] = std::exp(static_cast<double>(z[e]) - mx));
-            const double lse = mx + std::log(sum);
-            a.zSquared += lse * lse;
-            for (size_t e = 0; e < E; ++e) {
-                const double pe = p[e] / sum;
-                a.probSum[e] += pe;
-                if (pe > 0) a.entropy -= pe * (static_cast<double>(z[e]) - lse);
-            }
+            const SoftmaxStats st = softmaxStats(logits + static_cast<size_t>(t) * E, E_, p.data());
+            a.zSquared += st.lse * st.lse;
+            a.entropy += st.entropy;
+            for (size_t e = 0; e < E; ++e) a.probSum[e] += p[e];
         }
         a.logitTokens += n;
     }

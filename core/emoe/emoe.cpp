@@ -93,6 +93,15 @@ torch::Tensor sqDistances(const torch::Tensor& X, const torch::Tensor& xx, const
     return (xx.unsqueeze(1) + cc.unsqueeze(0) - 2.0 * torch::matmul(X, C.t())).clamp_min(0.0);
 }
 
+// The k-means objective of an assignment of the rows of X [n, d] (float64) to k clusters: the sum of
+// their squared distances to their cluster's mean.
+double clusterObjective(const torch::Tensor& X, const std::vector<int32_t>& labels, int64_t k) {
+    torch::Tensor lab = torch::tensor(std::vector<int64_t>(labels.begin(), labels.end()), torch::kLong);
+    torch::Tensor sums = torch::zeros({k, X.size(1)}, X.options()).index_add_(0, lab, X);
+    torch::Tensor counts = torch::bincount(lab, {}, k).to(torch::kDouble).clamp_min(1).unsqueeze(1);
+    return (X - (sums / counts).index_select(0, lab)).pow(2).sum().item<double>();
+}
+
 BalancedKMeans oneRun(const torch::Tensor& X, const torch::Tensor& xx, int64_t k, std::mt19937_64& rng, int maxIter) {
     const int64_t n = X.size(0);
     // k-means++ seeding: each next centre drawn with probability proportional to the squared
@@ -135,8 +144,7 @@ BalancedKMeans oneRun(const torch::Tensor& X, const torch::Tensor& xx, int64_t k
         }
         previous = r.labels;
     }
-    torch::Tensor lab = torch::from_blob(r.labels.data(), {n}, torch::kInt).to(torch::kLong);
-    r.objective = (X - C.index_select(0, lab)).pow(2).sum().item<double>();
+    r.objective = clusterObjective(X, r.labels, k);
     return r;
 }
 
@@ -234,17 +242,6 @@ std::vector<double> unitRows(const TensorView& t) {
     dst.copy_(src);
     dst.div_(dst.norm(2, 1, true).clamp_min(1e-300));
     return out;
-}
-
-// The balanced k-means objective of a given assignment: the sum over rows of x [n, d] of the
-// squared distance to their cluster's mean.
-double clusterObjective(const std::vector<double>& x, int64_t n, int64_t d, const std::vector<int32_t>& labels,
-                        int64_t k) {
-    torch::Tensor X = torch::from_blob(const_cast<double*>(x.data()), {n, d}, torch::kDouble);
-    torch::Tensor lab = torch::tensor(std::vector<int64_t>(labels.begin(), labels.end()), torch::kLong);
-    torch::Tensor sums = torch::zeros({k, d}, X.options()).index_add_(0, lab, X);
-    torch::Tensor counts = torch::bincount(lab, {}, k).to(torch::kDouble).clamp_min(1).unsqueeze(1);
-    return (X - (sums / counts).index_select(0, lab)).pow(2).sum().item<double>();
 }
 
 // The baseline partitions (EmoeOptions::clustering): a seeded random one of equal-sized experts,
@@ -474,7 +471,8 @@ std::vector<EmoeLayerReport> convertToEmoe(const std::string& dense, const std::
             km = balancedKMeans(keys.data(), F, d, N, seed, opt.restarts, opt.maxIter);
         } else {  // a baseline: its objective is measured, for comparison with the clustering's
             km.labels = baselineLabels(opt.clustering, F, N, seed);
-            km.objective = clusterObjective(keys, F, d, km.labels, N);
+            km.objective = clusterObjective(torch::from_blob(const_cast<double*>(keys.data()), {F, d}, torch::kDouble),
+                                            km.labels, N);
             km.converged = true;
         }
         // experts ordered by their lowest neuron; neurons ascending inside an expert

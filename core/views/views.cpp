@@ -9,6 +9,7 @@
 
 #include "error.h"
 #include "session/session.h"
+#include "trace/trace.h"
 #include "views/figure.h"
 
 namespace es {
@@ -971,15 +972,7 @@ Figure tokenEntropy(const Session& s, const ViewRequest& req) {
         h.rowLabels.push_back(std::to_string(l));
         std::vector<std::string> row{std::to_string(l)};
         for (int64_t t = b; t < e; ++t) {
-            const float* z = lt.routerLogits.data() + t * E;
-            double mx = -std::numeric_limits<double>::infinity(), sum = 0, ent = 0;
-            for (int64_t x = 0; x < E; ++x) mx = std::max(mx, static_cast<double>(z[x]));
-            for (int64_t x = 0; x < E; ++x) sum += std::exp(static_cast<double>(z[x]) - mx);
-            const double lse = mx + std::log(sum);
-            for (int64_t x = 0; x < E; ++x) {
-                const double lp = static_cast<double>(z[x]) - lse, pe = std::exp(lp);
-                if (pe > 0) ent -= pe * lp;
-            }
+            const double ent = softmaxStats(lt.routerLogits.data() + t * E, E).entropy;
             h.values[li * static_cast<size_t>(n) + static_cast<size_t>(t - b)] = ent;
             row.push_back(formatDouble(ent));
         }
