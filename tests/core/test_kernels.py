@@ -8,9 +8,8 @@ before their products), and a row of NaN. Tolerances: the products are summed in
 values (relative error about sqrt(d) 6e-8 of the norms' product), 2e-6 per cosine at d = 700; on
 AMX each value is split into two bf16 parts within 2^-17 of it, which moves a cosine by at most
 2^-16 more (exact where the values are bf16's and the rows are not scaled: then within the float32
-tolerance); an arccos
-moves by that times 1 / sqrt(1 - c^2), plus the kernel's own arccos error (3e-7, measured below
-against numpy)."""
+tolerance); an arccos moves by that times 1 / sqrt(1 - c^2), plus the kernel's own arccos error
+(3e-7, measured below against numpy)."""
 import os
 import subprocess
 import tempfile
