@@ -54,21 +54,20 @@ struct RunTrace {
     int64_t numTokens() const { return static_cast<int64_t>(tokens.size()); }
 };
 
-// A token's router distribution p = softmax(z) over its E raw logits, in double: the log-sum-exp
-// of z and the entropy -sum_e p_e ln p_e (nats); with p, p's values into p[0 .. E).
+// A token's router distribution p = softmax(z) over its E raw logits, in double, into p[0 .. E)
+// (one exponential a logit): the log-sum-exp of z and the entropy -sum_e p_e ln p_e (nats).
 struct SoftmaxStats {
     double lse = 0, entropy = 0;
 };
-inline SoftmaxStats softmaxStats(const float* z, int64_t E, double* p = nullptr) {
+inline SoftmaxStats softmaxStats(const float* z, int64_t E, double* p) {
     double mx = -std::numeric_limits<double>::infinity(), sum = 0;
     for (int64_t e = 0; e < E; ++e) mx = std::max(mx, static_cast<double>(z[e]));
-    for (int64_t e = 0; e < E; ++e) sum += std::exp(static_cast<double>(z[e]) - mx);
+    for (int64_t e = 0; e < E; ++e) sum += (p[e] = std::exp(static_cast<double>(z[e]) - mx));
     SoftmaxStats r;
     r.lse = mx + std::log(sum);
     for (int64_t e = 0; e < E; ++e) {
-        const double lp = static_cast<double>(z[e]) - r.lse, pe = std::exp(lp);
-        if (p) p[e] = pe;
-        if (pe > 0) r.entropy -= pe * lp;
+        p[e] /= sum;
+        if (p[e] > 0) r.entropy -= p[e] * (static_cast<double>(z[e]) - r.lse);
     }
     return r;
 }

@@ -971,8 +971,9 @@ Figure tokenEntropy(const Session& s, const ViewRequest& req) {
                         sessionName(s), "/runs/" + run + "/layers/" + std::to_string(l) + "/router_logits");
         h.rowLabels.push_back(std::to_string(l));
         std::vector<std::string> row{std::to_string(l)};
+        std::vector<double> probs(static_cast<size_t>(E));
         for (int64_t t = b; t < e; ++t) {
-            const double ent = softmaxStats(lt.routerLogits.data() + t * E, E).entropy;
+            const double ent = softmaxStats(lt.routerLogits.data() + t * E, E, probs.data()).entropy;
             h.values[li * static_cast<size_t>(n) + static_cast<size_t>(t - b)] = ent;
             row.push_back(formatDouble(ent));
         }
