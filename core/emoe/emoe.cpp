@@ -93,13 +93,16 @@ torch::Tensor sqDistances(const torch::Tensor& X, const torch::Tensor& xx, const
     return (xx.unsqueeze(1) + cc.unsqueeze(0) - 2.0 * torch::matmul(X, C.t())).clamp_min(0.0);
 }
 
-// The k-means objective of an assignment of the rows of X [n, d] (float64) to k clusters: the sum of
-// their squared distances to their cluster's mean.
-double clusterObjective(const torch::Tensor& X, const std::vector<int32_t>& labels, int64_t k) {
-    torch::Tensor lab = torch::tensor(std::vector<int64_t>(labels.begin(), labels.end()), torch::kLong);
+// The means of k clusters of the rows of X [n, d] (float64; lab: each row's cluster, long; an empty
+// cluster's mean 0).
+torch::Tensor clusterMeans(const torch::Tensor& X, const torch::Tensor& lab, int64_t k) {
     torch::Tensor sums = torch::zeros({k, X.size(1)}, X.options()).index_add_(0, lab, X);
-    torch::Tensor counts = torch::bincount(lab, {}, k).to(torch::kDouble).clamp_min(1).unsqueeze(1);
-    return (X - (sums / counts).index_select(0, lab)).pow(2).sum().item<double>();
+    return sums / torch::bincount(lab, {}, k).to(torch::kDouble).clamp_min(1).unsqueeze(1);
+}
+
+// The k-means objective: the sum of the rows' squared distances to their cluster's centre (C).
+double clusterObjective(const torch::Tensor& X, const torch::Tensor& lab, const torch::Tensor& C) {
+    return (X - C.index_select(0, lab)).pow(2).sum().item<double>();
 }
 
 BalancedKMeans oneRun(const torch::Tensor& X, const torch::Tensor& xx, int64_t k, std::mt19937_64& rng, int maxIter) {
@@ -131,20 +134,21 @@ BalancedKMeans oneRun(const torch::Tensor& X, const torch::Tensor& xx, int64_t k
     torch::Tensor C = X.index_select(0, torch::tensor(centres, torch::kLong)).clone();
     BalancedKMeans r;
     std::vector<int32_t> previous;
+    torch::Tensor lab;
     for (int it = 1; it <= maxIter; ++it) {
         torch::Tensor D = sqDistances(X, xx, C).contiguous();
         std::vector<double> cost(D.data_ptr<double>(), D.data_ptr<double>() + n * k);
         r.labels = balancedAssignment(cost, n, k);
         r.iterations = it;
-        torch::Tensor lab = torch::from_blob(r.labels.data(), {n}, torch::kInt).to(torch::kLong);
-        C = torch::zeros({k, X.size(1)}, X.options()).index_add_(0, lab, X) / static_cast<double>(n / k);
+        lab = torch::from_blob(r.labels.data(), {n}, torch::kInt).to(torch::kLong);
+        C = clusterMeans(X, lab, k);  // (every cluster n / k rows)
         if (r.labels == previous) {
             r.converged = true;
             break;
         }
         previous = r.labels;
     }
-    r.objective = clusterObjective(X, r.labels, k);
+    r.objective = clusterObjective(X, lab, C);
     return r;
 }
 
@@ -471,8 +475,9 @@ std::vector<EmoeLayerReport> convertToEmoe(const std::string& dense, const std::
             km = balancedKMeans(keys.data(), F, d, N, seed, opt.restarts, opt.maxIter);
         } else {  // a baseline: its objective is measured, for comparison with the clustering's
             km.labels = baselineLabels(opt.clustering, F, N, seed);
-            km.objective = clusterObjective(torch::from_blob(const_cast<double*>(keys.data()), {F, d}, torch::kDouble),
-                                            km.labels, N);
+            const torch::Tensor X = torch::from_blob(const_cast<double*>(keys.data()), {F, d}, torch::kDouble);
+            const torch::Tensor lab = torch::tensor(std::vector<int64_t>(km.labels.begin(), km.labels.end()));
+            km.objective = clusterObjective(X, lab, clusterMeans(X, lab, N));
             km.converged = true;
         }
         // experts ordered by their lowest neuron; neurons ascending inside an expert
