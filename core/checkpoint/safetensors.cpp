@@ -85,7 +85,15 @@ __attribute__((target_clones("arch=x86-64-v3", "default"))) void mxfp4Row(const 
             std::memcpy(&w, q + 4 * j, 4);
             const mxU8 words = {w, w, w, w, w, w, w, w};
             const mxU8 code = words >> shift;  // in bits 0-3 of each lane
+            // lane i: table's lane (code_i & 7), the sign bit OR'ed in. GCC's variable shuffle; clang
+            // has no __builtin_shuffle: a lane loop there (the same values, not one permute)
+#if defined(__clang__)
+            mxU8 bits;
+            for (int i = 0; i < 8; ++i) bits[i] = table[code[i] & 7u];
+            bits |= (code << 28) & 0x80000000u;
+#else
             const mxU8 bits = __builtin_shuffle(table, code & 7u) | ((code << 28) & 0x80000000u);
+#endif
             std::memcpy(o + 8 * j, &bits, sizeof bits);
         }
     }

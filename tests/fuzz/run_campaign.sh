@@ -16,7 +16,8 @@ TORCH_PREFIX=$(.venv/bin/python -c 'import torch; print(torch.utils.cmake_prefix
 CC=${CC:-clang-14} CXX=${CXX:-clang++-14} cmake -S . -B $B -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
   -DCMAKE_PREFIX_PATH="$TORCH_PREFIX" -DEXPERTSCOPE_HEADLESS=ON -DEXPERTSCOPE_TESTS=OFF -DEXPERTSCOPE_FUZZ=ON \
   -DEXPERTSCOPE_PYTHON="$ROOT/.venv/bin/python" -DEXPERTSCOPE_WERROR=OFF
-cmake --build $B -j"$(nproc)" --target fuzz_safetensors fuzz_torchbin fuzz_config fuzz_tokenizer fuzz_session
+# only the targets asked for
+cmake --build $B -j"$(nproc)" --target $(echo "$TARGETS" | tr ',' '\n' | sed 's/^/fuzz_/')
 
 # seeds: real inputs of each kind
 S=$B/seeds
@@ -25,6 +26,9 @@ for m in moe dense jetmoe; do
   cp resources/demo/$m/config.json $S/config/$m.json
   cp resources/demo/$m/tokenizer.json $S/tokenizer/$m.json
 done
+# every family's published config (tests/data/configs): nested text configs, layer-type lists,
+# RoPE scaling and quantization blocks reach each family's reader, not only the demo's
+cp tests/data/configs/*.json $S/config/
 .venv/bin/python - "$S/safetensors" <<'PY'
 import sys, struct, json, numpy as np
 from safetensors.numpy import save_file
@@ -32,6 +36,12 @@ out = sys.argv[1]
 save_file({"a": np.ones((2, 3), np.float32), "b": np.zeros((4,), np.float16)}, f"{out}/small.safetensors",
           metadata={"format": "pt"})
 save_file({"w": np.arange(6, dtype=np.float32).reshape(3, 2)}, f"{out}/one.safetensors")
+# the quantised layouts the families read: bf16, FP8 weights with their scales, MXFP4 blocks (U8)
+import torch
+from safetensors.torch import save_file as save_torch
+save_torch({"w": torch.ones(2, 4, dtype=torch.bfloat16), "q": torch.zeros(2, 4, dtype=torch.float8_e4m3fn),
+            "q_scale_inv": torch.ones(1, 1), "blocks": torch.zeros(2, 1, 16, dtype=torch.uint8),
+            "scales": torch.full((2, 1), 127, dtype=torch.uint8)}, f"{out}/quantised.safetensors")
 PY
 .venv/bin/python - "$S/torchbin" <<'PY'
 import sys, collections, torch
