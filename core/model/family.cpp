@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cmath>
 #include <set>
+#include <sstream>
 
 namespace es {
 
@@ -17,12 +18,23 @@ int64_t Config::requiredInt(const std::string& k) const {
 }
 int64_t Config::asInt(const std::string& k) const {
     if (!j_[k].is_number_integer()) fail(k, "expected an integer");
+    if (j_[k].is_number_unsigned() && j_[k].get<uint64_t>() > uint64_t(INT64_MAX))
+        fail(k, j_[k].dump() + " is out of range");
     return j_[k].get<int64_t>();
 }
 double Config::optDouble(const std::string& k, double def) const {
     if (!has(k)) return def;
     if (!j_[k].is_number()) fail(k, "expected a number");
     return j_[k].get<double>();
+}
+double Config::optDoubleIn(const std::string& k, double def, double lo, double hi) const {
+    const double v = optDouble(k, def);
+    if (!(v >= lo && v <= hi)) {
+        std::ostringstream m;
+        m << "must be between " << lo << " and " << hi << ", got " << v;
+        fail(k, m.str());
+    }
+    return v;
 }
 bool Config::optBool(const std::string& k, bool def) const {
     if (!has(k)) return def;
@@ -40,6 +52,7 @@ std::vector<int64_t> Config::optIntList(const std::string& k) const {
     if (!j_[k].is_array()) fail(k, "expected a list of integers");
     for (auto& x : j_[k]) {
         if (!x.is_number_integer()) fail(k, "expected a list of integers");
+        if (x.is_number_unsigned() && x.get<uint64_t>() > uint64_t(INT64_MAX)) fail(k, x.dump() + " is out of range");
         v.push_back(x.get<int64_t>());
     }
     return v;
@@ -272,7 +285,7 @@ void fillCommon(ModelSpec& s, const Config& c, const FamilyDefaults& d) {
         s.attn.headDim = s.hidden / s.attn.heads;
     }
     if (s.attn.headDim % 2 != 0) c.fail("head_dim", "must be even for rotary embeddings");
-    s.rmsEps = c.optDouble("rms_norm_eps", d.rmsEps);
+    s.rmsEps = c.optDoubleIn("rms_norm_eps", d.rmsEps, 0, 1);
     readRope(s.attn, c, d.ropeTheta, d.partialRotary);
     if (s.attn.headDim > 0 && (s.attn.rotaryDim() < 2 || s.attn.rotaryDim() % 2 != 0))
         c.fail("partial_rotary_factor", "rotates " + std::to_string(s.attn.rotaryDim()) + " of " +
@@ -309,6 +322,8 @@ void emoeBlock(ModelSpec& s, const Config& c) {
     if (integer("format") != 1) c.fail(key + ".format", "unknown format (this ExpertScope reads format 1)");
     const int64_t N = integer("num_experts"), K = integer("top_k"), size = integer("expert_size");
     if (N < 2) c.fail(key + ".num_experts", "must be at least 2");
+    positive(c, key + ".num_experts", N);
+    positive(c, key + ".expert_size", size);
     if (K < 1 || K > N) c.fail(key + ".top_k", "must be between 1 and num_experts");
     if (!b.contains("layers") || !b["layers"].is_array() || b["layers"].empty())
         c.fail(key + ".layers", "missing or not a list of layers");
@@ -317,7 +332,7 @@ void emoeBlock(ModelSpec& s, const Config& c) {
             c.fail(key + ".layers", "holds something that is not a layer of this model");
         LayerSpec& l = s.layers[static_cast<size_t>(x.get<int64_t>())];
         if (l.moe) c.fail(key + ".layers", "lists a layer twice");
-        if (l.ffnDim != N * size)
+        if (l.ffnDim % N != 0 || l.ffnDim / N != size)
             c.fail(key + ".expert_size", "num_experts x expert_size is not the layer's intermediate_size");
         l.moe = true;
     }
@@ -390,6 +405,7 @@ void sparseLayers(ModelSpec& s, const Config& c) {
         s.layers[i].moe = moe;
         if (!moe) {
             if (f <= 0) c.fail("intermediate_size", "missing required key (layer " + std::to_string(i) + " is dense)");
+            positive(c, "intermediate_size", f);
             s.layers[i].ffnDim = f;
         }
     }
@@ -680,7 +696,7 @@ void noauxRouter(ModelSpec& s, const Config& c, const NoauxDefaults& d) {
     expertGroups(s, c, d.groups, d.keptGroups, RouterRule::GroupScore::SumTop2);
     r.renormalize = c.optBool("norm_topk_prob", d.renormalize);
     r.renormEpsilon = 1e-20;
-    r.scale = c.optDouble("routed_scaling_factor", d.scale);
+    r.scale = c.optDoubleIn("routed_scaling_factor", d.scale, 1e-6, 1e6);
     s.mtpLayers = c.optInt("num_nextn_predict_layers", c.optInt("num_mtp_layers", d.mtpLayers));
     if (s.mtpLayers < 0 || s.mtpLayers > 64) c.fail("num_nextn_predict_layers", "must be between 0 and 64");
 }
@@ -729,6 +745,7 @@ void deepseekLayers(ModelSpec& s, const Config& c, const DeepseekDefaults& d) {
     const int64_t shared = c.optInt("n_shared_experts", d.shared);
     if (shared < 0) c.fail("n_shared_experts", "must not be negative");
     if (shared > 0) {
+        positive(c, "n_shared_experts", shared, 1 << 10);
         s.sharedFfn = shared * s.expertFfn;
         s.router.shared = RouterRule::Shared::Ungated;
     }

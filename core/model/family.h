@@ -30,6 +30,8 @@ public:
     int64_t requiredInt(const std::string& k) const;
     int64_t optInt(const std::string& k, int64_t def) const { return has(k) ? asInt(k) : def; }
     double optDouble(const std::string& k, double def) const;
+    // a number within [lo, hi] (a damaged value must not be read as data)
+    double optDoubleIn(const std::string& k, double def, double lo, double hi) const;
     bool optBool(const std::string& k, bool def) const;
     std::string optString(const std::string& k, const std::string& def) const;
     std::vector<int64_t> optIntList(const std::string& k) const;

@@ -38,12 +38,13 @@ def case(fn):
 
 # ---- helpers -----------------------------------------------------------------------------------
 
-def checkpoint_copy(work, config=None, link_weights=True):
-    """A copy of the demo checkpoint; config: a dict (or a str, written as is) replacing config.json."""
+def checkpoint_copy(work, config=None, link_weights=True, demo=DEMO):
+    """A copy of a demo checkpoint (the MoE one unless `demo`); config: a dict (or a str, written as
+    is) replacing config.json."""
     d = os.path.join(work, "ckpt")
     os.makedirs(d, exist_ok=True)
-    for f in os.listdir(DEMO):
-        src, dst = os.path.join(DEMO, f), os.path.join(d, f)
+    for f in os.listdir(demo):
+        src, dst = os.path.join(demo, f), os.path.join(d, f)
         if f == "model.safetensors" and link_weights:
             os.symlink(src, dst)
         else:
@@ -286,6 +287,74 @@ def cfg_yarn_negative_beta(work, ctx):
 @case
 def cfg_rope_theta_zero(work, ctx):
     return cfg_case(work, "rope_parameters", {"rope_type": "default", "rope_theta": 0}, ["rope_parameters.rope_theta"])
+
+
+def published(name):
+    """A family's published config (tests/data/configs), beside the demo weights: the config's
+    reader runs in full before the table is compared with the weights."""
+    return json.load(open(os.path.join(REPO, "tests", "data", "configs", name + ".json")))
+
+
+def published_case(work, name, edit, needles):
+    c = published(name)
+    edit(c)
+    d = checkpoint_copy(work, c)
+    return Case(["info", d], 1, [os.path.join(d, "config.json"), *needles])
+
+
+@case
+def cfg_int_past_int64(work, ctx):
+    # read as a 64-bit integer it wrapped to -1 ("must be positive, got -1")
+    return cfg_case(work, "num_hidden_layers", 2**64 - 1, ["num_hidden_layers", "out of range"])
+
+
+@case
+def cfg_rms_eps_negative(work, ctx):
+    # rsqrt(mean - 1): NaN activations traced and routed as data
+    return cfg_case(work, "rms_norm_eps", -1.0, ["rms_norm_eps", "between"])
+
+
+@case
+def cfg_emoe_size_wraps(work, ctx):
+    # 4 x (2^62 + 64) wraps to the dense layer's 256: the sizes passed the layer check and indexed
+    # far past the FFN's weights
+    c = json.load(open(os.path.join(REPO, "resources", "demo", "dense", "config.json")))
+    c["expertscope_emoe"] = {"format": 1, "num_experts": 4, "top_k": 1, "expert_size": 2**62 + 64, "layers": [0],
+                             "gating": "mean-key"}
+    d = checkpoint_copy(work, c, demo=os.path.join(REPO, "resources", "demo", "dense"))
+    return Case(["info", d], 1, [os.path.join(d, "config.json"), "expertscope_emoe.expert_size"])
+
+
+@case
+def cfg_routed_scale_zero(work, ctx):
+    # every routed expert's output times 0, every later layer's routing recorded on it
+    return published_case(work, "deepseek_v3", lambda c: c.update(routed_scaling_factor=0.0),
+                          ["routed_scaling_factor", "between"])
+
+
+@case
+def cfg_shared_experts_wrap(work, ctx):
+    # (2^62 + 1) x 2048 overflowed (undefined) into a shared expert's width
+    return published_case(work, "deepseek_v3", lambda c: c.update(n_shared_experts=2**62 + 1),
+                          ["n_shared_experts", "out of range"])
+
+
+@case
+def cfg_dbrx_act_not_object(work, ctx):
+    # a string where DBRX's {"name": ...} belongs read as absent (silu)
+    c = {"model_type": "dbrx", "vocab_size": 4096, "d_model": 128, "n_layers": 2, "n_heads": 4, "max_seq_len": 512,
+         "attn_config": {"kv_n_heads": 2, "rope_theta": 10000.0},
+         "ffn_config": {"ffn_act_fn": "gelu", "moe_num_experts": 4, "moe_top_k": 2, "ffn_hidden_size": 256}}
+    d = checkpoint_copy(work, c)
+    return Case(["info", d], 1, [os.path.join(d, "config.json"), "ffn_config.ffn_act_fn", "object"])
+
+
+@case
+def cfg_gemma4_rope_not_object(work, ctx):
+    # a number where a layer type's RoPE dict belongs read as absent (the default theta)
+    return published_case(work, "gemma4_26b_a4b",
+                          lambda c: c["text_config"]["rope_parameters"].update(full_attention=5),
+                          ["text_config.rope_parameters.full_attention", "object"])
 
 
 @case

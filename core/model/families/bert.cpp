@@ -18,7 +18,7 @@ const Family& family_bert() {
             s.attn.rope = false;
             s.attn.causal = false;
             s.attn.qkvBias = s.attn.oBias = true;
-            s.layerNormEps = c.optDouble("layer_norm_eps", 1e-12);
+            s.layerNormEps = c.optDoubleIn("layer_norm_eps", 1e-12, 0, 1);
             s.maxPositions = c.optInt("max_position_embeddings", 512);
             s.typeVocab = c.optInt("type_vocab_size", 2);
             positive(c, "max_position_embeddings", s.maxPositions);

@@ -55,6 +55,7 @@ const Family& family_dbrx() {
             s.maxPositions = c.optInt("max_seq_len", 2048);
             if (s.maxPositions < 0) c.fail("max_seq_len", "must not be negative");
             const JsonIn act = fc.in()["ffn_act_fn"];
+            if (!act.isNull() && !act.isObject()) act.fail("must be an object");
             if (!act.isNull() && act.str("name", "silu") != "silu")
                 act.at("name").fail("activation '" + act.str("name", "") + "' is not supported (supported: silu)");
             s.numExperts = fc.optInt("moe_num_experts", 4);

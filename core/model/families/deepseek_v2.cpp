@@ -44,7 +44,7 @@ const Family& family_deepseek_v2() {
             r.scoring = RouterRule::Scoring::Softmax;
             r.logitsInFloat32 = true;
             r.renormalize = false;
-            r.scale = c.optDouble("routed_scaling_factor", 1.0);
+            r.scale = c.optDoubleIn("routed_scaling_factor", 1.0, 1e-6, 1e6);
         },
         hfDeepseekModel,
     };

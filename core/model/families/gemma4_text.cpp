@@ -31,6 +31,7 @@ RopeTable ropeOf(const Config& c, const std::string& type, const RopeTable& def)
     RopeTable t = def;
     if (all.isNull() || !all.has(type)) return t;
     const JsonIn r = all.at(type);
+    if (!r.isObject()) r.fail("expected a RoPE dict (an object)");
     const std::string kind = r.str("rope_type", "default");
     if (kind != "default" && kind != "proportional")
         r["rope_type"].fail("RoPE type '" + kind + "' is not supported for gemma4 (supported: default, proportional)");
@@ -59,7 +60,7 @@ const Family& family_gemma4_text() {
             positive(c, "head_dim", a.headDim, 1 << 14);
             if (a.headDim % 2 != 0) c.fail("head_dim", "must be even for rotary embeddings");
             if (a.heads % a.kvHeads != 0) c.fail("num_key_value_heads", "does not divide num_attention_heads");
-            s.rmsEps = c.optDouble("rms_norm_eps", 1e-6);
+            s.rmsEps = c.optDoubleIn("rms_norm_eps", 1e-6, 0, 1);
             s.tieEmbeddings = c.optBool("tie_word_embeddings", true);
             s.maxPositions = c.optInt("max_position_embeddings", 131072);
             const std::string act = c.optString("hidden_activation", "gelu_pytorch_tanh");

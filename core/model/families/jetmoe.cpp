@@ -39,7 +39,7 @@ const Family& family_jetmoe() {
             s.attn.kind = AttentionSpec::Kind::MoA;
             s.attn.moaExperts = s.numExperts;
             s.attn.moaTopK = s.topK;
-            s.rmsEps = c.optDouble("rms_norm_eps", 1e-6);
+            s.rmsEps = c.optDoubleIn("rms_norm_eps", 1e-6, 0, 1);
             s.layerNormRmsEps =
                 1e-6;  // HF: JetMoeRMSNorm(hidden_size) in every layer; the config's eps is the final norm's
             readRope(s.attn, c, 10000.0);

@@ -72,7 +72,7 @@ const Family& family_mistral4() {
             r.renormalize = cc.optBool("norm_topk_prob", true);
             r.renormEpsilon = 1e-20;
             r.groupMaskScore = 0.0;  // the dropped groups' experts score 0, not -inf
-            r.scale = cc.optDouble("routed_scaling_factor", 1.0);
+            r.scale = cc.optDoubleIn("routed_scaling_factor", 1.0, 1e-6, 1e6);
         },
         hfDeepseekModel,
     };
