@@ -470,6 +470,8 @@ struct RunArgs {
     void check(const std::string& cmd) const {
         if (path.empty()) throw UsageError(cmd + ": CHECKPOINT missing");
         if (out.empty()) throw UsageError(cmd + ": --out SESSION.h5 is required");
+        std::error_code ec;  // a FIFO there would block the run's name lookup and the write
+        if (std::filesystem::exists(out, ec)) es::requireRegularFile(out, "session file");
         if (prompts.empty() && texts.empty()) throw UsageError(cmd + ": give --token-ids, --prompt or --prompts");
         if (!prompts.empty() && !texts.empty())
             throw UsageError(cmd + ": --token-ids cannot be mixed with text prompts");
@@ -494,10 +496,8 @@ struct RunArgs {
         if (!run.empty()) return run;
         auto existing = std::vector<std::string>{};
         try {
-            if (FILE* f = std::fopen(out.c_str(), "rb")) {
-                std::fclose(f);
-                existing = es::listRuns(out);
-            }
+            std::error_code ec;
+            if (std::filesystem::is_regular_file(out, ec)) existing = es::listRuns(out);
         } catch (const es::Error&) {}
         std::string r;
         int n = 0;

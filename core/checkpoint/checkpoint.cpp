@@ -86,6 +86,7 @@ std::shared_ptr<Checkpoint> Checkpoint::open(const std::string& pathIn) {
                 pathIn);
         }
     } else {
+        requireRegularFile(p.string(), "checkpoint file");  // a FIFO would block the format sniffing below
         const std::string ext = p.extension().string();
         if (ext == ".bin" || ext == ".pt" || ext == ".pth" || (ext != ".safetensors" && isZipFile(p.string()))) {
             c->files_.push_back(TorchBinFile::open(p.string()));

@@ -462,6 +462,22 @@ def fifo_tokenizer(work, ctx):
 
 
 @case
+def fifo_checkpoint_file(work, ctx):
+    # a single-file checkpoint without a known extension: its format was sniffed by reading it
+    p = os.path.join(work, "model")
+    os.mkfifo(p)
+    return Case(["info", p], 1, [p, "not a regular file"])
+
+
+@case
+def fifo_out_session(work, ctx):
+    # without --run, the next free run name was looked up by opening --out
+    p = os.path.join(work, "s.h5")
+    os.mkfifo(p)
+    return Case(["trace", DEMO, "--token-ids", "1,2", "--out", p], 1, [p, "not a regular file"])
+
+
+@case
 def fifo_session(work, ctx):
     p = os.path.join(work, "s.h5")
     os.mkfifo(p)
