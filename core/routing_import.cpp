@@ -247,8 +247,18 @@ std::string readRoutedField(const JsonIn& f, Sequence& seq) {
 
 std::vector<int64_t> idList(const JsonIn& j) {
     if (!j.isArray()) j.fail("expected a list of token ids");
+    // the raw elements (a JsonIn an element, with its field's name, cost 75 times the id's text);
+    // the first bad one named through JsonIn
     std::vector<int64_t> v;
-    for (const auto& x : j.elements()) v.push_back(x.integer(0, std::numeric_limits<int64_t>::max()));
+    v.reserve(j.raw().size());
+    for (const auto& x : j.raw()) {
+        if (!x.is_number_integer() ||
+            (x.is_number_unsigned() ? x.get<uint64_t>() > uint64_t(INT64_MAX) : x.get<int64_t>() < 0)) {
+            j.elements()[v.size()].integer(0, std::numeric_limits<int64_t>::max());  // throws, naming it
+            j.fail("expected a list of token ids");
+        }
+        v.push_back(x.get<int64_t>());
+    }
     return v;
 }
 
@@ -500,6 +510,12 @@ void readSglangDump(const std::string& path, const Reader& rd, std::vector<Seque
     };
     const size_t firstSeq = out.size();
     const int64_t L = rd.L, K = rd.K;
+    // the run's bound (assemble's), kept while the rows are read: records may repeat one record
+    // (the pickle's memo), each copy more rows
+    const int64_t maxTokens = kMaxCells / (static_cast<int64_t>(rd.moe.size()) * K);
+    int64_t tokens = 0;
+    for (const Sequence& s : out) tokens += s.rows;
+    std::map<const uint8_t*, const uint8_t*> spans;  // the records' id tensors' bytes: [begin, end)
     for (size_t ri = 0; ri < records->items.size(); ++ri) {
         const PyValue* r = records->items[ri];
         const std::string at = "records[" + std::to_string(ri) + "]";
@@ -526,6 +542,16 @@ void readSglangDump(const std::string& path, const Reader& rd, std::vector<Seque
                             " (num_experts_per_tok)]",
                         path, at + ".topk_ids_of_layer");
         const int64_t C = topk->shape[2];
+        // each pass's own tensor: one read again (a record listed twice through the pickle's memo, or
+        // records sharing a storage) would multiply the rows past anything the file holds
+        if (const size_t bytes = static_cast<size_t>(topk->numel()) * topk->elemSize; bytes > 0) {
+            const uint8_t *b = topk->data, *e = b + bytes;
+            const auto next = spans.lower_bound(b);
+            if ((next != spans.end() && next->first < e) || (next != spans.begin() && std::prev(next)->second > b))
+                throw Error("shares its data with an earlier record's (the recorder saves each pass's own tensor)",
+                            path, at + ".topk_ids_of_layer");
+            spans.emplace(b, e);
+        }
         // the pass: forward_mode (SGLang's ForwardMode: EXTEND 1, DECODE 2, MIXED 3, IDLE 4,
         // TARGET_VERIFY 5, DRAFT_EXTEND_V2 6, ...); without it, a pass without extend_seq_lens decodes
         const PyValue* lens = r->get("extend_seq_lens");
@@ -566,12 +592,18 @@ void readSglangDump(const std::string& path, const Reader& rd, std::vector<Seque
         int64_t t0 = 0;
         for (int64_t n : seg) {
             if (n == 0) continue;
-            for (int64_t j = 1; j < n; ++j)
-                if (pos[static_cast<size_t>(t0 + j)] != pos[static_cast<size_t>(t0)] + j)
-                    throw Error("positions of a segment do not rise by one", path, at + ".positions");
             const int64_t p0 = pos[static_cast<size_t>(t0)];
             if (p0 < 0 || p0 > (int64_t(1) << 40))
                 throw Error("position " + std::to_string(p0), path, at + ".positions");
+            for (int64_t j = 1; j < n; ++j)
+                if (pos[static_cast<size_t>(t0 + j)] != p0 + j)
+                    throw Error("positions of a segment do not rise by one", path, at + ".positions");
+            if (n > maxTokens - tokens)
+                throw Error("the records make more than " + std::to_string(maxTokens) + " tokens x " +
+                                std::to_string(rd.moe.size()) + " MoE layers x " + std::to_string(K) +
+                                " ids (2^31): import them in parts",
+                            path, at);
+            tokens += n;
             // the open sequence this segment continues: a decode token, the next in batch order whose
             // next position it is; an extend segment, a sequence still in its prefill (a chunked
             // prefill; only a request not yet decoding can be chunked), and in a mixed pass a
@@ -925,6 +957,10 @@ RunTrace importRouting(const ModelSpec& spec, const RoutingImport& req) {
     if (dumpCounts.laterStarts > 0) meta["sequences_after_position_0"] = dumpCounts.laterStarts;
     if (dumpCounts.speculative > 0) meta["speculative_passes_left_out"] = dumpCounts.speculative;
     if (dumpCounts.duplicatePasses > 0) meta["passes_in_several_files"] = dumpCounts.duplicatePasses;
+    if (seqs.empty())  // the error names the records (one file) or the first of them
+        throw Error(req.files.size() > 1 ? "the records hold no sequence (nor do the other files)"
+                                         : "the records hold no sequence",
+                    req.files.empty() ? "" : req.files.front(), "records");
     RunTrace t = assemble(rd, seqs, meta);
     if (dumpCounts.ambiguous + dumpCounts.reordered > 0)
         t.warnings.push_back(std::to_string(dumpCounts.ambiguous + dumpCounts.reordered) +

@@ -428,6 +428,13 @@ def test_bad_dumps_are_refused(cli, tmp_path):
     neg["records"] = [dict(d["records"][0], input_ids=[-3] + d["records"][0]["input_ids"][1:])] + d["records"][1:]
     p = save(neg, "neg.pt")
     refused(cli, tmp_path, [p], [p, "records[0].input_ids", "token id -3"])
+    # one record listed again (the pickle's memo keeps one dict, each copy's rows were read anew: a
+    # small file asked for any memory), and two records sharing one tensor
+    p = save(dict(d, records=list(d["records"]) + [d["records"][0]] * 3), "memo.pt")
+    refused(cli, tmp_path, [p], [p, f"records[{len(d['records'])}].topk_ids_of_layer", "shares its data"])
+    shared = dict(d["records"][0], forward_pass_id=99)
+    p = save(dict(d, records=list(d["records"]) + [shared]), "shared.pt")
+    refused(cli, tmp_path, [p], [p, f"records[{len(d['records'])}].topk_ids_of_layer", "shares its data"])
     # a truncated file
     raw = open(os.path.join(SGL, "per_token.pt"), "rb").read()
     p = tmp_path / "trunc.pt"
