@@ -121,7 +121,11 @@ PassOutput runPass(const std::shared_ptr<Checkpoint>& ckpt, const ModelSpec& spe
     }
     if (bias) analyses.push_back(std::make_unique<SelectionBias>(ctx, ffnKind));
     if (d3) analyses.push_back(std::make_unique<GateActivations>(ctx, ffnKind, hasSE, hasF));
-    if (modularity) analyses.push_back(std::make_unique<Modularity>(ctx, ffnKind, readEmoePermutation(ckpt->path())));
+    if (modularity) {
+        std::vector<int64_t> widths;  // the converted layers' FFN widths (EMoE: its MoE layers)
+        for (const LayerSpec& l : spec.layers) widths.push_back(l.moe ? spec.numExperts * spec.expertFfn : 0);
+        analyses.push_back(std::make_unique<Modularity>(ctx, ffnKind, readEmoePermutation(ckpt->path(), widths)));
+    }
     auto wantOutputs = [&](const ExpertKind& k) {
         for (auto& a : analyses)
             if (a->wantsOutputs(k)) return true;

@@ -169,7 +169,8 @@ BalancedKMeans balancedKMeans(const double* x, int64_t n, int64_t d, int64_t k, 
     return best;
 }
 
-std::map<int, std::vector<int64_t>> readEmoePermutation(const std::string& checkpointDir) {
+std::map<int, std::vector<int64_t>> readEmoePermutation(const std::string& checkpointDir,
+                                                        const std::vector<int64_t>& layerWidths) {
     std::map<int, std::vector<int64_t>> out;
     const fs::path file = fs::is_directory(checkpointDir)
                               ? fs::path(checkpointDir) / kEmoePermutationFile
@@ -179,8 +180,18 @@ std::map<int, std::vector<int64_t>> readEmoePermutation(const std::string& check
     if (!j.is_object() || !j.contains("layers") || !j["layers"].is_object())
         throw Error("not an EMoE permutation file", file.string(), "layers");
     for (auto& [k, v] : j["layers"].items()) {
+        // a layer's number as the converter writes it ("3": no sign, no leading zero, no suffix)
+        const bool number = !k.empty() && k.size() <= 6 && (k == "0" || k[0] != '0') &&
+                            std::all_of(k.begin(), k.end(), [](char c) { return c >= '0' && c <= '9'; });
+        const int layer = number ? std::stoi(k) : -1;
+        if (layer < 0 || layer >= static_cast<int>(layerWidths.size()) || layerWidths[static_cast<size_t>(layer)] <= 0)
+            throw Error("not a converted layer of the model", file.string(), "layers." + k);
+        const int64_t width = layerWidths[static_cast<size_t>(layer)];
         std::vector<int64_t> p;
         if (!v.is_array()) throw Error("expected a list of neuron indices", file.string(), "layers." + k);
+        if (static_cast<int64_t>(v.size()) != width)
+            throw Error(std::to_string(v.size()) + " neurons for the layer's " + std::to_string(width), file.string(),
+                        "layers." + k);
         for (auto& x : v) {
             if (!x.is_number_integer()) throw Error("expected a list of neuron indices", file.string(), "layers." + k);
             p.push_back(x.get<int64_t>());
@@ -189,11 +200,7 @@ std::map<int, std::vector<int64_t>> readEmoePermutation(const std::string& check
         std::sort(sorted.begin(), sorted.end());
         for (size_t i = 0; i < sorted.size(); ++i)
             if (sorted[i] != static_cast<int64_t>(i)) throw Error("not a permutation", file.string(), "layers." + k);
-        try {
-            out[std::stoi(k)] = std::move(p);
-        } catch (const std::exception&) {
-            throw Error("not a layer number", file.string(), "layers." + k);
-        }
+        out[layer] = std::move(p);
     }
     return out;
 }

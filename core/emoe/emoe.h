@@ -18,8 +18,10 @@ namespace es {
 inline constexpr const char* kEmoePermutationFile = "expertscope_emoe_permutation.json";
 
 // The permutation of each converted layer of an EMoE checkpoint directory (empty when the file
-// is absent); errors name the file.
-std::map<int, std::vector<int64_t>> readEmoePermutation(const std::string& checkpointDir);
+// is absent); errors name the file. layerWidths[l]: layer l's FFN width when it was converted, 0
+// when not: each layer listed must be one of them, its permutation that long.
+std::map<int, std::vector<int64_t>> readEmoePermutation(const std::string& checkpointDir,
+                                                        const std::vector<int64_t>& layerWidths);
 
 struct BalancedKMeans {
     std::vector<int32_t> labels;  // cluster of each row, every cluster exactly n / k rows

@@ -353,6 +353,24 @@ def test_bad_input_names_file_and_field(cli, tmp_path, build_fixture):
         json.dump(cfg, open(os.path.join(bad, "config.json"), "w"))
         r = run_cli(cli, "info", bad, check=False)
         assert r.returncode == 1 and msg in r.stderr and "config.json" in r.stderr, (key, r.stderr)
+    # a damaged permutation file: the modularity analysis names the file and the layer's key (a
+    # layer number as the converter writes it, a converted layer, one index a neuron)
+    perm = json.load(open(os.path.join(done, "expertscope_emoe_permutation.json")))["layers"]
+    first = next(iter(perm))
+    for name, layers, key, msg in (
+            ("zero", {"0" + first: perm[first]}, "0" + first, "not a converted layer"),
+            ("suffix", {first + "abc": perm[first]}, first + "abc", "not a converted layer"),
+            ("absent", {"99": perm[first]}, "99", "not a converted layer"),
+            ("short", {first: perm[first][:-1]}, first, "neurons for the layer's")):
+        bad = str(tmp_path / f"perm-{name}")
+        shutil.copytree(done, bad)
+        pf = os.path.join(bad, "expertscope_emoe_permutation.json")
+        json.dump({"format": 1, "layers": layers}, open(pf, "w"))
+        session = str(tmp_path / f"perm-{name}.h5")
+        run_cli(cli, "trace", bad, "--token-ids", "0,5,6", "--run", "r", "--out", session)
+        r = run_cli(cli, "analyze", bad, "--run", "r", "--static", "none", "--dynamic", "modularity", "--out", session,
+                    check=False)
+        assert r.returncode == 1 and pf in r.stderr and f"layers.{key}" in r.stderr and msg in r.stderr, (name, r.stderr)
 
 
 @pytest.mark.parametrize("gating", ["avg-k", "inter-abs", "mean-key-unit"])

@@ -133,8 +133,7 @@ public:
             Tensor acts = a.acts.empty() ? torch::zeros({0, E * c.spec.expertFfn}) : torch::cat(a.acts, 0).contiguous();
             r.arrays[lp + "activations"] = Array::f32d({acts.size(0), acts.size(1)}, toDoubleVec(acts))
                                                .with("token_index", AttrValue::i64s(tokenIndex));
-            if (auto it = neuronOrder_.find(l);
-                it != neuronOrder_.end() && static_cast<int64_t>(it->second.size()) == acts.size(1)) {
+            if (auto it = neuronOrder_.find(l); it != neuronOrder_.end()) {  // its length checked when read
                 std::vector<int32_t> order(it->second.begin(), it->second.end());
                 r.arrays[lp + "neuron_order"] = Array::i32({static_cast<int64_t>(order.size())}, order);
             }
