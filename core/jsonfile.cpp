@@ -51,6 +51,14 @@ std::string where(const std::vector<Frame>& stack) {
 nlohmann::json parseJson(std::string_view text, const std::string& file, const JsonLimits& limits) {
     using E = nlohmann::json::parse_event_t;
     std::vector<Frame> stack;
+    int64_t parsedBytes = 0;
+    auto grow = [&](int64_t bytes) {
+        parsedBytes += bytes;
+        if (parsedBytes > limits.maxParsedBytes)
+            throw Error("too large to hold once parsed (more than " + std::to_string(limits.maxParsedBytes >> 20) +
+                            " MiB of values)",
+                        file, where(stack));
+    };
     // a value completes an element of the enclosing array
     auto element = [&]() {
         if (!stack.empty() && !stack.back().object) ++stack.back().index;
@@ -60,6 +68,7 @@ nlohmann::json parseJson(std::string_view text, const std::string& file, const J
             case E::object_start:
             case E::array_start:
                 element();
+                grow(96);
                 if (static_cast<int>(stack.size()) >= limits.maxDepth)
                     throw Error("nested deeper than " + std::to_string(limits.maxDepth) + " levels", file,
                                 where(stack));
@@ -68,6 +77,7 @@ nlohmann::json parseJson(std::string_view text, const std::string& file, const J
             case E::key: {
                 Frame& f = stack.back();
                 f.key = parsed.get<std::string>();
+                grow(80 + static_cast<int64_t>(f.key.size()));
                 if (limits.refuseDuplicateKeys && !f.keys.insert(f.key).second)
                     throw Error("key appears twice in one object", file, where(stack));
                 break;
@@ -78,6 +88,7 @@ nlohmann::json parseJson(std::string_view text, const std::string& file, const J
                 break;
             case E::value:
                 element();
+                grow(32 + (parsed.is_string() ? static_cast<int64_t>(parsed.get_ref<const std::string&>().size()) : 0));
                 break;
         }
         return true;

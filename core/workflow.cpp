@@ -66,9 +66,6 @@ void checkPromptLengths(const ModelSpec& spec, const std::vector<std::vector<int
                                 "", "prompt " + std::to_string(p + 1));
 }
 
-// The text of one line of a .jsonl prompt file: a {"text": ...} object, valid UTF-8.
-namespace {
-// validateUtf8 for a line of a file: the error names the file too
 void validateLine(const std::string& line, const std::string& file, const std::string& where) {
     try {
         validateUtf8(line, where);
@@ -76,7 +73,8 @@ void validateLine(const std::string& line, const std::string& file, const std::s
         throw Error(e.message(), file, e.field(), e.offset());
     }
 }
-}  // namespace
+
+// The text of one line of a .jsonl prompt file: a {"text": ...} object, valid UTF-8.
 
 std::string jsonlText(const std::string& line, const std::string& file, int64_t lineNo) {
     const std::string where = "line " + std::to_string(lineNo);

@@ -34,6 +34,8 @@ std::vector<std::vector<int64_t>> encodePrompts(const Tokenizer& tok, const std:
 // The text of one line of a .jsonl prompt file: a {"text": ...} object, valid UTF-8; errors
 // name the file and the line.
 std::string jsonlText(const std::string& line, const std::string& file, int64_t lineNo);
+// validateUtf8 for a line of a file: the error names the file too (`where`: "line N")
+void validateLine(const std::string& line, const std::string& file, const std::string& where);
 // Prompts from a file: .jsonl ({"text": ...} per line) or one prompt per non-empty line.
 std::vector<std::string> readPromptFile(const std::string& path);
 

@@ -680,7 +680,7 @@ std::vector<std::string> readParagraphs(const std::string& path) {
         if (a == std::string::npos) continue;
         line = line.substr(a, b - a + 1);
         if (line[0] == '=') continue;
-        es::validateUtf8(line, "line " + std::to_string(n));
+        es::validateLine(line, path, "line " + std::to_string(n));
         out.push_back(line);
     }
     if (out.empty()) throw es::Error("no paragraphs in the file", path);
@@ -824,7 +824,7 @@ std::vector<std::string> readLabels(const std::string& path) {
         if (!line.empty() && line.back() == '\r') line.pop_back();
         if (line.size() > 4096)
             throw es::Error("a label longer than 4096 bytes", path, "line " + std::to_string(out.size() + 1));
-        es::validateUtf8(line, "line " + std::to_string(out.size() + 1));
+        es::validateLine(line, path, "line " + std::to_string(out.size() + 1));
         out.push_back(line);
     }
     return out;

@@ -12,6 +12,7 @@
 #include "checkpoint/checkpoint.h"
 #include "checkpoint/sha256.h"
 #include "error.h"
+#include "jsonfile.h"
 #include "model/spec.h"
 #include "tiny_checkpoint.h"
 
@@ -155,6 +156,33 @@ private Q_SLOTS:
         emb.back() += 1.0f;
         test::writeSafetensors(b.filePath("model.safetensors").toStdString(), m.tensors);
         QVERIFY(Checkpoint::open(b.path().toStdString())->fingerprint() != fa);
+    }
+
+    // A document's parsed size is bounded while it is read: 20,000 empty lists (60 KB of text) take
+    // about 2 MB once parsed; under a smaller budget they are refused, naming the file and the
+    // element reached, before they are held.
+    void jsonParsedSizeIsBounded() {
+        std::string text = "[";
+        for (int i = 0; i < 20000; ++i) text += i ? ",[]" : "[]";
+        text += "]";
+        QCOMPARE(parseJson(text, "doc.json").size(), size_t(20000));
+        JsonLimits small;
+        small.maxParsedBytes = int64_t(1) << 20;
+        try {
+            parseJson(text, "doc.json", small);
+            QFAIL("expected an error");
+        } catch (const Error& e) {
+            QCOMPARE(QString::fromStdString(e.file()), QString("doc.json"));
+            QVERIFY2(QString::fromStdString(e.message()).contains("too large to hold once parsed"), e.what());
+            QVERIFY2(QString::fromStdString(e.field()).startsWith("[10"), e.what());  // 1 MiB / 96 bytes a list
+        }
+        // keys and strings count their text: one string of 2 MB alone is over the budget
+        try {
+            parseJson("{\"k\": \"" + std::string(2 << 20, 'x') + "\"}", "doc.json", small);
+            QFAIL("expected an error");
+        } catch (const Error& e) {
+            QCOMPARE(QString::fromStdString(e.field()), QString("k"));
+        }
     }
 
     void errorsNameFileAndField() {
