@@ -1,10 +1,13 @@
 #include "jsonfile.h"
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <set>
 #include <sstream>
 #include <vector>
+
+#include <unistd.h>
 
 #include "error.h"
 
@@ -21,6 +24,15 @@ void requireRegularFile(const std::string& path, const std::string& what) {
 }
 
 namespace {
+
+int64_t defaultParsedBudget() {
+    static const int64_t b = [] {
+        const long pages = sysconf(_SC_PHYS_PAGES), size = sysconf(_SC_PAGESIZE);
+        const int64_t half = pages > 0 && size > 0 ? static_cast<int64_t>(pages) * size / 2 : 0;
+        return std::max<int64_t>(half, int64_t(1) << 30);
+    }();
+    return b;
+}
 
 // Where the parser is in the document: one entry per open object or array.
 struct Frame {
@@ -52,11 +64,12 @@ nlohmann::json parseJson(std::string_view text, const std::string& file, const J
     using E = nlohmann::json::parse_event_t;
     std::vector<Frame> stack;
     int64_t parsedBytes = 0;
+    const int64_t budget = limits.maxParsedBytes > 0 ? limits.maxParsedBytes : defaultParsedBudget();
     auto grow = [&](int64_t bytes) {
         parsedBytes += bytes;
-        if (parsedBytes > limits.maxParsedBytes)
-            throw Error("too large to hold once parsed (more than " + std::to_string(limits.maxParsedBytes >> 20) +
-                            " MiB of values)",
+        if (parsedBytes > budget)
+            throw Error("too large to hold once parsed (more than " + std::to_string(budget >> 20) + " MiB" +
+                            (limits.maxParsedBytes > 0 ? "" : ", half this machine's memory") + ")",
                         file, where(stack));
     };
     // a value completes an element of the enclosing array
@@ -77,7 +90,7 @@ nlohmann::json parseJson(std::string_view text, const std::string& file, const J
             case E::key: {
                 Frame& f = stack.back();
                 f.key = parsed.get<std::string>();
-                grow(80 + static_cast<int64_t>(f.key.size()));
+                grow(96 + static_cast<int64_t>(f.key.size()));
                 if (limits.refuseDuplicateKeys && !f.keys.insert(f.key).second)
                     throw Error("key appears twice in one object", file, where(stack));
                 break;
@@ -88,7 +101,8 @@ nlohmann::json parseJson(std::string_view text, const std::string& file, const J
                 break;
             case E::value:
                 element();
-                grow(32 + (parsed.is_string() ? static_cast<int64_t>(parsed.get_ref<const std::string&>().size()) : 0));
+                grow(32 +
+                     (parsed.is_string() ? 48 + static_cast<int64_t>(parsed.get_ref<const std::string&>().size()) : 0));
                 break;
         }
         return true;

@@ -16,10 +16,12 @@ namespace es {
 struct JsonLimits {
     int maxDepth = 64;                 // objects and arrays nested deeper are refused
     bool refuseDuplicateKeys = false;  // a key twice in one object is an error (else the last wins)
-    // the parsed document's memory, estimated as it is read (a value 32 bytes, an object or array
-    // 96, a key 80, plus strings' text; nlohmann takes about 26 bytes an integer, 55 an empty list,
-    // 83 an empty object): a file of empty objects takes 28 times its size once parsed
-    int64_t maxParsedBytes = int64_t(4) << 30;
+    // the parsed document's memory, estimated as it is read (a value 32 bytes, a string 48 more and
+    // its text, an object or array 96, a key 96 and its text: at or above what nlohmann takes,
+    // measured, e.g. 26 bytes an integer, 55 an empty list, 83 an empty object, 65 a short string),
+    // at most this; 0: half the machine's physical memory (at least 1 GiB). A file of empty
+    // objects takes 28 times its size once parsed: a bound in bytes of text would not do.
+    int64_t maxParsedBytes = 0;
 };
 
 // Parses `text`; es::Error naming `file` (and the path inside the document) when it is not JSON,

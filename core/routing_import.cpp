@@ -543,7 +543,8 @@ void readSglangDump(const std::string& path, const Reader& rd, std::vector<Seque
                         path, at + ".topk_ids_of_layer");
         const int64_t C = topk->shape[2];
         // each pass's own tensor: one read again (a record listed twice through the pickle's memo, or
-        // records sharing a storage) would multiply the rows past anything the file holds
+        // records whose tensors overlap in one storage) would multiply the rows past anything the
+        // file holds
         if (const size_t bytes = static_cast<size_t>(topk->numel()) * topk->elemSize; bytes > 0) {
             const uint8_t *b = topk->data, *e = b + bytes;
             const auto next = spans.lower_bound(b);
@@ -734,7 +735,14 @@ void forEachRecord(const std::string& path, const std::string& text, Fn fn) {
         } catch (const Error&) {}  // a pretty-printed document: its first line is no object
     }
     if (!jsonl) {
-        nlohmann::json doc = parseJson(text, path);
+        nlohmann::json doc;
+        try {
+            doc = parseJson(text, path);
+        } catch (const Error& e) {  // one document is held whole; JSONL a record at a time
+            if (e.message().rfind("too large to hold", 0) != 0) throw;
+            throw Error(e.message() + ": write the records as JSONL (one a line), or import them in parts", e.file(),
+                        e.field());
+        }
         if (!doc.is_array()) return fn(doc, std::string());
         for (size_t i = 0; i < doc.size(); ++i) fn(doc[i], "[" + std::to_string(i) + "]");
         return;

@@ -317,6 +317,8 @@ void emoeBlock(ModelSpec& s, const Config& c) {
     if (!b.is_object()) c.fail(key, "expected an object");
     auto integer = [&](const char* k) -> int64_t {
         if (!b.contains(k) || !b[k].is_number_integer()) c.fail(key + "." + k, "missing or not an integer");
+        if (b[k].is_number_unsigned() && b[k].get<uint64_t>() > uint64_t(INT64_MAX))
+            c.fail(key + "." + k, b[k].dump() + " is out of range");
         return b[k].get<int64_t>();
     };
     if (integer("format") != 1) c.fail(key + ".format", "unknown format (this ExpertScope reads format 1)");
@@ -332,7 +334,7 @@ void emoeBlock(ModelSpec& s, const Config& c) {
             c.fail(key + ".layers", "holds something that is not a layer of this model");
         LayerSpec& l = s.layers[static_cast<size_t>(x.get<int64_t>())];
         if (l.moe) c.fail(key + ".layers", "lists a layer twice");
-        if (l.ffnDim % N != 0 || l.ffnDim / N != size)
+        if (l.ffnDim != N * size)  // both at most 2^24
             c.fail(key + ".expert_size", "num_experts x expert_size is not the layer's intermediate_size");
         l.moe = true;
     }

@@ -316,8 +316,8 @@ def cfg_rms_eps_negative(work, ctx):
 
 @case
 def cfg_emoe_size_wraps(work, ctx):
-    # 4 x (2^62 + 64) wraps to the dense layer's 256: the sizes passed the layer check and indexed
-    # far past the FFN's weights
+    # 4 x (2^62 + 64) wrapped to the dense layer's 256: the sizes passed the layer check and
+    # indexed far past the FFN's weights (now each size is bounded first)
     c = json.load(open(os.path.join(REPO, "resources", "demo", "dense", "config.json")))
     c["expertscope_emoe"] = {"format": 1, "num_experts": 4, "top_k": 1, "expert_size": 2**62 + 64, "layers": [0],
                              "gating": "mean-key"}
