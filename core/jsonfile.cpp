@@ -69,7 +69,8 @@ nlohmann::json parseJson(std::string_view text, const std::string& file, const J
         parsedBytes += bytes;
         if (parsedBytes > budget)
             throw Error("too large to hold once parsed (more than " + std::to_string(budget >> 20) + " MiB" +
-                            (limits.maxParsedBytes > 0 ? "" : ", half this machine's memory") + ")",
+                            (limits.maxParsedBytes > 0 ? "" : ", half this machine's memory") + ")" +
+                            (limits.tooLargeHint.empty() ? "" : ": " + limits.tooLargeHint),
                         file, where(stack));
     };
     // a value completes an element of the enclosing array

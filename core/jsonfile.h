@@ -22,6 +22,7 @@ struct JsonLimits {
     // at most this; 0: half the machine's physical memory (at least 1 GiB). A file of empty
     // objects takes 28 times its size once parsed: a bound in bytes of text would not do.
     int64_t maxParsedBytes = 0;
+    std::string tooLargeHint;  // what to do instead, appended to the error of a document over it
 };
 
 // Parses `text`; es::Error naming `file` (and the path inside the document) when it is not JSON,

@@ -735,14 +735,9 @@ void forEachRecord(const std::string& path, const std::string& text, Fn fn) {
         } catch (const Error&) {}  // a pretty-printed document: its first line is no object
     }
     if (!jsonl) {
-        nlohmann::json doc;
-        try {
-            doc = parseJson(text, path);
-        } catch (const Error& e) {  // one document is held whole; JSONL a record at a time
-            if (e.message().rfind("too large to hold", 0) != 0) throw;
-            throw Error(e.message() + ": write the records as JSONL (one a line), or import them in parts", e.file(),
-                        e.field());
-        }
+        JsonLimits limits;  // one document is held whole; JSONL a record at a time
+        limits.tooLargeHint = "write the records as JSONL (one a line), or import them in parts";
+        const nlohmann::json doc = parseJson(text, path, limits);
         if (!doc.is_array()) return fn(doc, std::string());
         for (size_t i = 0; i < doc.size(); ++i) fn(doc[i], "[" + std::to_string(i) + "]");
         return;

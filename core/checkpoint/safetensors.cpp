@@ -192,8 +192,11 @@ void SafetensorsFile::parse() {
     if (const size_t nul = header_.find('\0'); nul != std::string::npos)
         throw Error("header holds a NUL byte (padding must be spaces)", path_, "header", static_cast<int64_t>(8 + nul));
     nlohmann::json j;
+    JsonLimits limits;
+    limits.maxDepth = 8;
+    limits.refuseDuplicateKeys = true;
     try {
-        j = parseJson(header_, path_, JsonLimits{8, true});
+        j = parseJson(header_, path_, limits);
     } catch (const Error& e) {
         throw Error("header: " + e.message(), path_, "header" + (e.field().empty() ? "" : " " + e.field()), 8);
     }

@@ -10,6 +10,11 @@ namespace es {
 
 using nlohmann::json;
 
+namespace {
+// an integer JSON holds that int64 does not (nlohmann keeps it unsigned; as int64 it would wrap)
+bool pastInt64(const json& x) { return x.is_number_unsigned() && x.get<uint64_t>() > uint64_t(INT64_MAX); }
+}  // namespace
+
 // ---- Config ----
 
 int64_t Config::requiredInt(const std::string& k) const {
@@ -18,8 +23,7 @@ int64_t Config::requiredInt(const std::string& k) const {
 }
 int64_t Config::asInt(const std::string& k) const {
     if (!j_[k].is_number_integer()) fail(k, "expected an integer");
-    if (j_[k].is_number_unsigned() && j_[k].get<uint64_t>() > uint64_t(INT64_MAX))
-        fail(k, j_[k].dump() + " is out of range");
+    if (pastInt64(j_[k])) fail(k, j_[k].dump() + " is out of range");
     return j_[k].get<int64_t>();
 }
 double Config::optDouble(const std::string& k, double def) const {
@@ -52,7 +56,7 @@ std::vector<int64_t> Config::optIntList(const std::string& k) const {
     if (!j_[k].is_array()) fail(k, "expected a list of integers");
     for (auto& x : j_[k]) {
         if (!x.is_number_integer()) fail(k, "expected a list of integers");
-        if (x.is_number_unsigned() && x.get<uint64_t>() > uint64_t(INT64_MAX)) fail(k, x.dump() + " is out of range");
+        if (pastInt64(x)) fail(k, x.dump() + " is out of range");
         v.push_back(x.get<int64_t>());
     }
     return v;
@@ -317,8 +321,7 @@ void emoeBlock(ModelSpec& s, const Config& c) {
     if (!b.is_object()) c.fail(key, "expected an object");
     auto integer = [&](const char* k) -> int64_t {
         if (!b.contains(k) || !b[k].is_number_integer()) c.fail(key + "." + k, "missing or not an integer");
-        if (b[k].is_number_unsigned() && b[k].get<uint64_t>() > uint64_t(INT64_MAX))
-            c.fail(key + "." + k, b[k].dump() + " is out of range");
+        if (pastInt64(b[k])) c.fail(key + "." + k, b[k].dump() + " is out of range");
         return b[k].get<int64_t>();
     };
     if (integer("format") != 1) c.fail(key + ".format", "unknown format (this ExpertScope reads format 1)");
