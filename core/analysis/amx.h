@@ -27,9 +27,9 @@
 namespace es::simd {
 
 // AMX's bf16 tiles: the CPU has them, Linux lets this process use them (its tile data is asked for
-// once, as the kernel requires), and EXPERTSCOPE_SIMD is not "avx2" or "avx512" (which keep the
-// fp32 register blocks: the tests check every path on one machine); EXPERTSCOPE_SIMD=amx makes it
-// an Error where they cannot be used. Decided once (gram.cpp).
+// once, as the kernel requires), and EXPERTSCOPE_SIMD is not "baseline", "avx2" or "avx512"
+// (which keep the fp32 register blocks: the tests check every path on one machine);
+// EXPERTSCOPE_SIMD=amx makes it an Error where they cannot be used. Decided once (gram.cpp).
 bool useAmx();
 
 typedef uint32_t u32x16 __attribute__((vector_size(64)));

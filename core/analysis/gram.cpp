@@ -8,6 +8,7 @@
 #include <string>
 #include <thread>
 
+#include <cpuid.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -408,8 +409,7 @@ void runRowsBaseline(const std::vector<GramMatrix>& ms, int64_t r0, int64_t r1, 
 void runRows(const std::vector<GramMatrix>& ms, int64_t r0, int64_t r1, int64_t cols, bool neuronRows, bool gram,
              bool standardized, Amx amx, Acc& acc, std::vector<std::vector<double>>& rowSums) {
     if (useAvx512()) runRowsAvx512(ms, r0, r1, cols, neuronRows, gram, standardized, amx, acc, rowSums);
-    else if (__builtin_cpu_supports("x86-64-v3"))
-        runRowsAvx2(ms, r0, r1, cols, neuronRows, gram, standardized, amx, acc, rowSums);
+    else if (useAvx2()) runRowsAvx2(ms, r0, r1, cols, neuronRows, gram, standardized, amx, acc, rowSums);
     else runRowsBaseline(ms, r0, r1, cols, neuronRows, gram, standardized, amx, acc, rowSums);
 }
 
@@ -417,7 +417,8 @@ void runRows(const std::vector<GramMatrix>& ms, int64_t r0, int64_t r1, int64_t 
 
 namespace {
 
-// EXPERTSCOPE_SIMD's cap on the kernels' instructions ("avx2", "avx512", "amx"; "" when unset).
+// EXPERTSCOPE_SIMD's cap on the kernels' instructions ("baseline", "avx2", "avx512", "amx"; "" when
+// unset): "baseline" runs the x86-64 baseline's build of every kernel, as a CPU without AVX2 does.
 std::string simdCap() {
     const char* cap = std::getenv("EXPERTSCOPE_SIMD");
     return cap ? cap : "";
@@ -425,11 +426,49 @@ std::string simdCap() {
 
 }  // namespace
 
+namespace {
+
+// The x86-64 levels the kernels are built for, as the CPU reports them. GCC names the levels;
+// clang (14 here) knows only single features, so there they are the features each level's code
+// may use that the builtin can test (AVX-512 F, BW, CD, DQ, VL; AVX2, FMA, BMI1, BMI2).
+bool cpuHasV3() {
+    __builtin_cpu_init();
+#if defined(__clang__)
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("bmi") &&
+           __builtin_cpu_supports("bmi2");
+#else
+    return __builtin_cpu_supports("x86-64-v3");
+#endif
+}
+bool cpuHasV4() {
+    __builtin_cpu_init();
+#if defined(__clang__)
+    return cpuHasV3() && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512cd") && __builtin_cpu_supports("avx512dq") &&
+           __builtin_cpu_supports("avx512vl");
+#else
+    return __builtin_cpu_supports("x86-64-v4");
+#endif
+}
+// AMX's tiles and their bf16 products: CPUID leaf 7's EDX bits 24 and 22 (clang 14's builtin has
+// no name for them)
+bool cpuHasAmxBf16() {
+    unsigned a = 0, b = 0, c = 0, d = 0;
+    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return false;
+    return (d >> 24 & 1u) && (d >> 22 & 1u);
+}
+
+}  // namespace
+
+bool simd::useAvx2() {
+    static const bool has = simdCap() != "baseline" && cpuHasV3();
+    return has;
+}
+
 bool simd::useAvx512() {
     static const bool has = [] {
-        if (simdCap() == "avx2") return false;
-        __builtin_cpu_init();
-        return __builtin_cpu_supports("x86-64-v4") != 0;  // (what arch=x86-64-v4 builds may use)
+        if (simdCap() == "avx2" || simdCap() == "baseline") return false;
+        return cpuHasV4();  // (what arch=x86-64-v4 builds may use)
     }();
     return has;
 }
@@ -437,10 +476,9 @@ bool simd::useAvx512() {
 bool simd::useAmx() {
     static const bool has = [] {
         const std::string cap = simdCap();
-        if (cap == "avx2" || cap == "avx512") return false;
-        __builtin_cpu_init();
-        if (!__builtin_cpu_supports("amx-tile") || !__builtin_cpu_supports("amx-bf16")) return false;
-        if (!__builtin_cpu_supports("x86-64-v4")) return false;         // (D1's split is built for AVX-512)
+        if (cap == "avx2" || cap == "avx512" || cap == "baseline") return false;
+        if (!cpuHasAmxBf16()) return false;
+        if (!cpuHasV4()) return false;                                  // (D1's split is built for AVX-512)
         constexpr long kReqXcompPerm = 0x1023, kXfeatureTileData = 18;  // asm/prctl.h, Linux 5.16
         return syscall(SYS_arch_prctl, kReqXcompPerm, kXfeatureTileData) == 0;
     }();

@@ -48,7 +48,7 @@ ES_INLINE void addWide(double* y, v8 x) {
     std::memcpy(y + 4, &b, sizeof b);
 }
 
-__attribute__((target_clones("arch=x86-64-v3", "default"))) void arccosRun(const float* x, int64_t n, float* y) {
+ES_INLINE void arccosBody(const float* x, int64_t n, float* y) {
     int64_t i = 0;
     for (; i + kLanes <= n; i += kLanes) store8(y + i, acos8(load8(x + i)));
     if (i < n) {  // the tail through one padded vector
@@ -59,8 +59,7 @@ __attribute__((target_clones("arch=x86-64-v3", "default"))) void arccosRun(const
     }
 }
 
-__attribute__((target_clones("arch=x86-64-v3", "default"))) double kendallRun(const float* x, const float* y,
-                                                                              int64_t n) {
+ES_INLINE double kendallBody(const float* x, const float* y, int64_t n) {
     int64_t s = 0, tiesX = 0, tiesY = 0;
     for (int64_t i = 0; i + 1 < n; ++i) {
         const v8 xi = splat(x[i]), yi = splat(y[i]);
@@ -89,6 +88,9 @@ __attribute__((target_clones("arch=x86-64-v3", "default"))) double kendallRun(co
     return den > 0 ? static_cast<double>(s) / den : std::numeric_limits<double>::quiet_NaN();
 }
 
+ES_BUILT_TWICE(void, arccosRun, arccosBody, (const float* x, int64_t n, float* y), (x, n, y))
+ES_BUILT_TWICE(double, kendallRun, kendallBody, (const float* x, const float* y, int64_t n), (x, y, n))
+
 // D1's products on AMX: a token's rows (row a at O + a d, each times inv[a] unless tame) split
 // into two bf16 parts (amx.h's splitToBf16) kc positions at a time, into hi and lo's rows (rows R
 // to ldp stay zero), the pairs transposed from them while they are in L1, and the upper block
@@ -97,9 +99,10 @@ __attribute__((target_clones("arch=x86-64-v3", "default"))) double kendallRun(co
 // positions is padded with zeros. The outputs come from memory (they were written an expert at a
 // time for many tokens): each row's run is read in order, and the run 16 rows on asked for ahead
 // (6 % off a token's time at 256 rows of 512).
-__attribute__((target("arch=x86-64-v4"), noinline)) void amxTokenProducts(const float* O, const float* inv, bool tame,
-                                                                          int R, int64_t d, int ldp, int kc,
-                                                                          Bf16Panel& hi, Bf16Panel& lo, float* block) {
+// (The body is inlined into the AVX-512 build below: clang takes vector arguments only between
+// functions built for the same instructions, and the body is built for its caller's.)
+ES_INLINE void amxTokenProductsBody(const float* O, const float* inv, bool tame, int R, int64_t d, int ldp, int kc,
+                                    Bf16Panel& hi, Bf16Panel& lo, float* block) {
     std::fill(block, block + static_cast<size_t>(ldp) * ldp, 0.f);
     for (int64_t k0 = 0; k0 < d; k0 += kc) {
         const int w = static_cast<int>(std::min<int64_t>(kc, d - k0)), steps = (w + 31) / 32;
@@ -137,6 +140,12 @@ __attribute__((target("arch=x86-64-v4"), noinline)) void amxTokenProducts(const 
     }
 }
 
+__attribute__((target("arch=x86-64-v4"), noinline)) void amxTokenProducts(const float* O, const float* inv, bool tame,
+                                                                          int R, int64_t d, int ldp, int kc,
+                                                                          Bf16Panel& hi, Bf16Panel& lo, float* block) {
+    amxTokenProductsBody(O, inv, tame, R, d, ldp, kc, hi, lo, block);
+}
+
 // The tile layouts of AMX's products (TokenCosines, where useAmx()): kc positions (a multiple of
 // 32) of the two bf16 parts.
 struct AmxParts {
@@ -151,11 +160,9 @@ struct AmxParts {
 // its arccos taken, both added to the fp64 sums. Rows whose norms lie within [1e-12, 1e12] (or are
 // 0) have products within fp32's range and are packed as they are; otherwise each row is divided by
 // its norm in the panel first (with AMX, before the split).
-__attribute__((target_clones("arch=x86-64-v3", "default"))) void cosineToken(const float* O, const float* norms, int R,
-                                                                             int64_t d, int ldp, int kc, float* panel,
-                                                                             AmxParts* amx, float* block, float* inv,
-                                                                             double* cosSum, double* acosSum,
-                                                                             float* perToken) {
+ES_INLINE void cosineTokenBody(const float* O, const float* norms, int R, int64_t d, int ldp, int kc, float* panel,
+                               AmxParts* amx, float* block, float* inv, double* cosSum, double* acosSum,
+                               float* perToken) {
     bool tame = true;
     for (int j = 0; j < R; ++j) {
         const float n = norms[j];
@@ -203,6 +210,11 @@ __attribute__((target_clones("arch=x86-64-v3", "default"))) void cosineToken(con
         for (int i = 0; i < R; ++i)
             for (int j = i; j < R; ++j) perToken[i * R + j] = perToken[j * R + i] = block[i * ldp + j];
 }
+
+ES_BUILT_TWICE(void, cosineToken, cosineTokenBody,
+               (const float* O, const float* norms, int R, int64_t d, int ldp, int kc, float* panel, AmxParts* amx,
+                float* block, float* inv, double* cosSum, double* acosSum, float* perToken),
+               (O, norms, R, d, ldp, kc, panel, amx, block, inv, cosSum, acosSum, perToken))
 
 // One thread's share of tokenCosines: its buffers and sums.
 class TokenCosines {

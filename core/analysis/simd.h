@@ -5,7 +5,7 @@
 // Used by gram.cpp (S1, S6) and kernels.cpp (D1, D2).
 //
 // Every helper is always inlined: the hot loops that call them are compiled more than once
-// (target_clones: AVX2 + FMA and the x86-64 baseline; gram.cpp's row loop as three functions with
+// (ES_BUILT_TWICE: AVX2 + FMA and the x86-64 baseline; gram.cpp's row loop as three functions with
 // target attributes, AVX-512 too), and a helper compiled out of line would be built for the
 // baseline only. (A lambda inside a cloned function is not cloned either.) They
 // have internal linkage (static), so each file's copies stay its own.
@@ -163,9 +163,24 @@ ES_INLINE void panelGramOf(const float* P, int ldp, int kc, int n, Out* out) {
     }
 }
 
+// Whether the CPU runs the code built for AVX2 + FMA (x86-64-v3): the hot loops are built twice,
+// for it and for the baseline (a pair of functions with target attributes, as target_clones would
+// make them: clang cannot clone a function that passes vectors to these helpers), and this chooses
+// between them; EXPERTSCOPE_SIMD=baseline takes the baseline's (the tests check both on one
+// machine). Decided once (gram.cpp).
+bool useAvx2();
+
+// fn, built twice from body (an ES_INLINE function of the same parameters): fn##Avx2 for AVX2 +
+// FMA, fn##Baseline for the baseline, fn calling the one useAvx2 chooses. params: the parameter
+// list in parentheses; args: the names passed on, in parentheses.
+#define ES_BUILT_TWICE(ret, fn, body, params, args)                                               \
+    __attribute__((target("arch=x86-64-v3"), noinline)) ret fn##Avx2 params { return body args; } \
+    __attribute__((noinline)) ret fn##Baseline params { return body args; }                       \
+    ret fn params { return es::simd::useAvx2() ? fn##Avx2 args : fn##Baseline args; }
+
 // Whether the products take AVX-512's register blocks: the CPU has AVX-512 (x86-64-v4), and
-// EXPERTSCOPE_SIMD is not "avx2" (which keeps AVX2's, as a CPU without AVX-512 takes them: the
-// tests check both on one machine). Decided once (gram.cpp).
+// EXPERTSCOPE_SIMD is not "avx2" or "baseline" (which keep the blocks of AVX2 or of the baseline,
+// as a CPU without AVX-512 takes them: the tests check each on one machine). Decided once (gram.cpp).
 bool useAvx512();
 
 // AVX-512's blocks (panelGramOf<true>) compiled for AVX-512, out of line: most loops that call

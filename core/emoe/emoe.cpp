@@ -327,7 +327,9 @@ std::vector<TensorOut> mixtralTensors(const Checkpoint& ckpt, const ModelSpec& s
         const std::vector<int64_t>* pp = &p;
         for (int64_t e = 0; e < N; ++e) {
             const int ei = static_cast<int>(e);
-            for (auto [role, src] : {std::pair<Role, const TensorView*>{Role::ExpertGate, g}, {Role::ExpertUp, u}}) {
+            for (const auto& roleSrc : {std::pair<Role, const TensorView*>{Role::ExpertGate, g}, {Role::ExpertUp, u}}) {
+                const Role role = roleSrc.first;
+                const TensorView* src = roleSrc.second;  // a plain variable: clang 14 cannot capture a binding
                 const size_t row = static_cast<size_t>(d) * dtypeSize(src->dtype);
                 outs.push_back({mx.tensorName(role, l, ei),
                                 src->dtype,

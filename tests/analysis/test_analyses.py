@@ -1059,17 +1059,18 @@ def check_s1_s2_s4_s6_s7(out, moe, experts=None, dense=None):
 # not take them) and through LibTorch (--static-backend torch: the path a GPU takes, --device cuda;
 # here on the CPU): each against numpy.
 BACKENDS = pytest.mark.parametrize("backend", ["kernels", "avx2", "torch"])
-EVERY_BACKEND = pytest.mark.parametrize("backend", ["kernels", "avx512", "avx2", "torch"])
+EVERY_BACKEND = pytest.mark.parametrize("backend", ["kernels", "avx512", "avx2", "baseline", "torch"])
 BF16_OR_NOT = pytest.mark.parametrize("storage", [None, "bfloat16"])
 
 
 @pytest.fixture
 def static_backend(backend, monkeypatch):
-    """The backend's --static-backend value; "avx2" caps the kernels at AVX2 (EXPERTSCOPE_SIMD). On a
+    """The backend's --static-backend value; "avx2" caps the kernels at AVX2 (EXPERTSCOPE_SIMD),
+    "baseline" runs their x86-64 baseline build (as a CPU without AVX2 does). On a
     CPU with AMX, "kernels" demands its tiles (EXPERTSCOPE_SIMD=amx: an error where they cannot be
     used), so that AMX's products are known to have run there; "avx512" keeps AVX-512's fp32 blocks
     there (skipped on a CPU without AMX, where "kernels" runs them)."""
-    if backend in ("avx2", "avx512"):
+    if backend in ("avx2", "avx512", "baseline"):
         if backend == "avx512" and not cpu_has_amx():
             pytest.skip("no AMX here: the kernels' default path is the fp32 blocks")
         monkeypatch.setenv("EXPERTSCOPE_SIMD", backend)

@@ -31,7 +31,8 @@ def use_simd(simd, monkeypatch):
     """The products' path: "widest" the CPU's default, demanding AMX's tiles where the CPU has them
     (EXPERTSCOPE_SIMD=amx: an error where they cannot be used), so that they are known to have run;
     "avx512" AVX-512's fp32 blocks (skipped without AMX, where "widest" runs them); "avx2" AVX2's
-    blocks, as a CPU without AVX-512 runs them. Whether AMX's products ran."""
+    blocks, as a CPU without AVX-512 runs them; "baseline" the kernels built for the x86-64
+    baseline, as a CPU without AVX2 runs them. Whether AMX's products ran."""
     if simd == "avx512" and not cpu_has_amx():
         pytest.skip("no AMX here: the widest path is AVX-512's fp32 blocks")
     amx = simd == "widest" and cpu_has_amx()
@@ -82,7 +83,7 @@ def cosine_case(rng, n, R, d, bf16=False):
     return O, norms
 
 
-@pytest.mark.parametrize("simd", ["widest", "avx512", "avx2"])
+@pytest.mark.parametrize("simd", ["widest", "avx512", "avx2", "baseline"])
 @pytest.mark.parametrize("n,R,d,keep,threads", [(5, 13, 42, 5, 1), (5, 13, 42, 2, 3), (6, 130, 700, 3, 2),
                                                  (4, 8, 8, 0, 2), (3, 17, 1030, 1, 1), (3, 40, 600, 3, 2)])
 @pytest.mark.parametrize("values", ["float32", "bfloat16"])
@@ -150,7 +151,14 @@ def kendall_cases():
     return [(np.asarray(x, np.float32), np.asarray(y, np.float32)) for x, y in cases]
 
 
-def test_kendall_tau_b_matches_scipy():
+# Kendall's tau-b and arccos run as built for AVX2 + FMA where the CPU has them, else as built for
+# the baseline; EXPERTSCOPE_SIMD=baseline runs the latter here
+BUILDS = pytest.mark.parametrize("simd", ["", "baseline"])
+
+
+@BUILDS
+def test_kendall_tau_b_matches_scipy(simd, monkeypatch):
+    monkeypatch.setenv("EXPERTSCOPE_SIMD", simd)
     by_len = {}
     for x, y in kendall_cases():
         by_len.setdefault(len(x), []).append((x, y))
@@ -172,7 +180,9 @@ def test_kendall_tau_b_of_one_value_is_nan():
     assert np.isnan(got).all()
 
 
-def test_arccos_matches_numpy():
+@BUILDS
+def test_arccos_matches_numpy(simd, monkeypatch):
+    monkeypatch.setenv("EXPERTSCOPE_SIMD", simd)
     grid = np.linspace(-1, 1, 400001, dtype=np.float32)
     edges = np.array([-1, 1, 0.5, -0.5, 0, -0.0], np.float32)
     near = np.concatenate([np.nextafter(edges, np.float32(2)), np.nextafter(edges, np.float32(-2))])
