@@ -3,7 +3,18 @@
 # UBSan in build-asan/ (the setup script's own steps, so the same packages and .venv), then the
 # tests that feed the readers bad input: the CLI's, the session's, the tokenizer's, the routing
 # import's (engines' records) and the fuzz regression suite. A sanitizer report fails the test that triggered it (its own exit code).
+# Built with clang (the main build is GCC's): so the code keeps building with both compilers, as the
+# libFuzzer build (docs/fuzzing.md) needs clang.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-BUILD_DIR=build-asan HEADLESS=1 CMAKE_ARGS="-DEXPERTSCOPE_ASAN=ON -DEXPERTSCOPE_TESTS=ON" packaging/setup.sh
+SUDO=""; [ "$(id -u)" != 0 ] && SUDO=sudo
+missing=()
+for p in clang-14 libclang-rt-14-dev libomp-14-dev; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}"
+fi
+CC=clang-14 CXX=clang++-14 BUILD_DIR=build-asan HEADLESS=1 \
+  CMAKE_ARGS="-DEXPERTSCOPE_ASAN=ON -DEXPERTSCOPE_TESTS=ON" packaging/setup.sh
 ctest --test-dir build-asan --output-on-failure -j"$(nproc)" -R '^(cli|session|tokenizers|fuzz_regression|import)$'

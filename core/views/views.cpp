@@ -1824,7 +1824,8 @@ Figure routingAgreement(const Session& s, const ViewRequest& req) {
 Figure routingDifference(const Session& s, const ViewRequest& req) {
     const RoutingComparison c = routingComparisonOf(s, req);
     const std::string measure = chooseOf(req, "measure", req.measure, {"jaccard", "top1", "kendall"});
-    auto [b, e] = promptRange(s, req, c.run);
+    const auto range = promptRange(s, req, c.run);
+    const int64_t b = range.first, e = range.second;  // (plain variables: clang 14 cannot capture a binding)
     if (e > c.T)
         throw Error("view '" + req.view + "': the comparison holds fewer tokens than run '" + c.run + "'",
                     sessionName(s), "/analyses/" + c.id);
