@@ -15,12 +15,18 @@ namespace fs = std::filesystem;
 
 namespace es {
 
-void requireRegularFile(const std::string& path, const std::string& what) {
+void requireRegularFile(const std::string& path, const std::string& what, int64_t maxBytes, const std::string& hint) {
     std::error_code ec;
     const auto st = fs::status(path, ec);
     if (ec || !fs::exists(st)) throw Error("cannot open " + what + ": no such file", path);
     if (fs::is_directory(st)) throw Error("is a directory, not a " + what, path);
     if (!fs::is_regular_file(st)) throw Error("not a regular file (a pipe or a device is not read)", path);
+    if (maxBytes <= 0) return;
+    const auto size = fs::file_size(path, ec);
+    if (!ec && size > static_cast<uintmax_t>(maxBytes))
+        throw Error("a " + what + " of " + std::to_string(size) + " bytes, more than the " + std::to_string(maxBytes) +
+                        " read into memory" + (hint.empty() ? "" : ": " + hint),
+                    path);
 }
 
 namespace {

@@ -32,8 +32,13 @@ nlohmann::json parseJson(std::string_view text, const std::string& file, const J
 // files over maxBytes.
 nlohmann::json readJsonFile(const std::string& path, const JsonLimits& limits = {},
                             int64_t maxBytes = int64_t(1) << 30);
-// Opens `path` for reading only if it is a regular file; es::Error naming it otherwise.
-void requireRegularFile(const std::string& path, const std::string& what = "file");
+// Opens `path` for reading only if it is a regular file, and (maxBytes > 0) of at most maxBytes
+// (a file held whole in memory); es::Error naming it otherwise, with `hint` (what to do instead)
+// after the size.
+void requireRegularFile(const std::string& path, const std::string& what = "file", int64_t maxBytes = 0,
+                        const std::string& hint = "");
+// The bound of a text file held whole in memory (prompts, paragraphs, labels): 1 GiB.
+inline constexpr int64_t kMaxHeldTextBytes = int64_t(1) << 30;
 
 // Typed, checked access to a parsed document: every read names the file and the path of the key
 // ("model.merges[3]") when the value is missing, of the wrong type or out of range.

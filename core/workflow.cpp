@@ -91,7 +91,8 @@ std::string jsonlText(const std::string& line, const std::string& file, int64_t 
 }
 
 std::vector<std::string> readPromptFile(const std::string& path) {
-    requireRegularFile(path, "prompt file");  // a FIFO would block
+    requireRegularFile(path, "prompt file", kMaxHeldTextBytes,  // (a FIFO would block)
+                       "trace large text as a corpus (expertscope-cli corpus), which is read a line at a time");
     std::ifstream in(path, std::ios::binary);
     if (!in) throw Error("cannot open", path);
     const bool jsonl = path.size() > 6 && path.substr(path.size() - 6) == ".jsonl";

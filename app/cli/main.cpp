@@ -668,7 +668,7 @@ const char* kPresetRouting =
 
 // Paragraphs of a text file: every stripped line that is not empty and is not a "=" heading.
 std::vector<std::string> readParagraphs(const std::string& path) {
-    es::requireRegularFile(path, "paragraphs file");
+    es::requireRegularFile(path, "paragraphs file", es::kMaxHeldTextBytes);
     std::ifstream in(path, std::ios::binary);
     if (!in) throw es::Error("cannot open", path);
     std::vector<std::string> out;
@@ -815,7 +815,7 @@ int cmdCorpus(const std::vector<std::string>& args) {
 
 // The lines of a labels file: one label per document
 std::vector<std::string> readLabels(const std::string& path) {
-    es::requireRegularFile(path, "labels file");
+    es::requireRegularFile(path, "labels file", es::kMaxHeldTextBytes);
     std::ifstream in(path, std::ios::binary);
     if (!in) throw es::Error("cannot open", path);
     std::vector<std::string> out;

@@ -484,6 +484,35 @@ def fifo_session(work, ctx):
     return Case(["session", p, "--json"], 1, [p, "not a regular file"])
 
 
+# ---- text files held whole in memory: at most 1 GiB (sparse files here, no disk used) ----------
+
+def sparse(path, size=(1 << 30) + 1):
+    with open(path, "wb") as f:
+        f.truncate(size)
+    return path
+
+
+@case
+def huge_prompt_file(work, ctx):
+    p = sparse(os.path.join(work, "prompts.txt"))
+    return Case(["trace", DEMO, "--prompts", p, "--out", os.path.join(work, "s.h5")], 1,
+                [p, "prompt file of 1073741825 bytes", "as a corpus"])
+
+
+@case
+def huge_paragraphs_file(work, ctx):
+    p = sparse(os.path.join(work, "paragraphs.txt"))
+    return Case(["analyze", DEMO, "--out", os.path.join(work, "s.h5"), "--static", "none", "--dynamic", "D4",
+                 "--paragraphs", p], 1,
+                [p, "paragraphs file of 1073741825 bytes"])
+
+
+@case
+def huge_labels_file(work, ctx):
+    p = sparse(os.path.join(work, "labels.txt"))
+    return Case(["corpus-stats", ctx.session(), "--run", "r", "--labels", p], 1, [p, "labels file of 1073741825 bytes"])
+
+
 # ---- arguments ---------------------------------------------------------------------------------
 
 @case
