@@ -2,7 +2,7 @@
 # A libFuzzer campaign on every target (docs/fuzzing.md): builds build-fuzz/ with clang
 # (instrumented: coverage, ASan, UBSan), seeds each corpus from the demo checkpoints and a session
 # the CLI makes, then runs each target for SECONDS (default 1800) with JOBS targets at a time.
-#   tests/fuzz/run_campaign.sh [SECONDS] [JOBS] [TARGETS (default: safetensors,torchbin,config,tokenizer,session,routing)]
+#   tests/fuzz/run_campaign.sh [SECONDS] [JOBS] [TARGETS (default: safetensors,torchbin,config,tokenizer,session,routing,inputs)]
 # Findings land in build-fuzz/findings/TARGET/ (crash-*, timeout-*, oom-*); the log of each target
 # in build-fuzz/findings/TARGET.log.
 set -euo pipefail
@@ -10,7 +10,7 @@ cd "$(dirname "$0")/../.."
 ROOT=$PWD
 SECS=${1:-1800}
 JOBS=${2:-2}
-TARGETS=${3:-safetensors,torchbin,config,tokenizer,session,routing}
+TARGETS=${3:-safetensors,torchbin,config,tokenizer,session,routing,inputs}
 B=build-fuzz
 TORCH_PREFIX=$(.venv/bin/python -c 'import torch; print(torch.utils.cmake_prefix_path)')
 CC=${CC:-clang-14} CXX=${CXX:-clang++-14} cmake -S . -B $B -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
@@ -21,7 +21,7 @@ cmake --build $B -j"$(nproc)" --target $(echo "$TARGETS" | tr ',' '\n' | sed 's/
 
 # seeds: real inputs of each kind
 S=$B/seeds
-rm -rf $S && mkdir -p $S/safetensors $S/torchbin $S/config $S/tokenizer $S/session $S/routing
+rm -rf $S && mkdir -p $S/safetensors $S/torchbin $S/config $S/tokenizer $S/session $S/routing $S/inputs
 for m in moe dense jetmoe; do
   cp resources/demo/$m/config.json $S/config/$m.json
   cp resources/demo/$m/tokenizer.json $S/tokenizer/$m.json
@@ -96,6 +96,27 @@ with open(f"{out}/offline.jsonl", "w") as npy, open(f"{out}/nested.jsonl", "w") 
                                  "choices": [{"index": 0, "token_ids": ids["out"], "prompt_token_ids": ids["prompt"],
                                               "routed_experts": m[P:].tolist()}]}) + "\n")
 PY
+# the small input files (fuzz_inputs: the first byte chooses the reader)
+.venv/bin/python - "$S/inputs" <<'PY'
+import json, random, sys
+out = sys.argv[1]
+def seed(name, kind, text):
+    with open(f"{out}/{name}", "wb") as f:
+        f.write(bytes([kind]) + text.encode())
+seed("prompts.txt", 0, "The cat sat on the mat.\r\nsecond prompt \u00e9\u4e2d\n\n")
+seed("prompts.jsonl", 1, json.dumps({"text": "one"}) + "\n" + json.dumps({"text": "two \u00e9", "label": "x"}) + "\n")
+seed("corpus.txt", 2, "a document\n\nanother one\n")
+seed("corpus.jsonl", 3, json.dumps({"text": "doc", "label": "code"}) + "\n" + json.dumps({"text": "d2", "label": 3}) + "\n")
+seed("intervention.json", 4, json.dumps({"disabled": [{"layer": 3, "expert": 1}, {"layer": "all", "expert": 2}],
+                                         "zeroed": [{"layer": 1, "expert": 0}], "top_k": 1,
+                                         "forced": [{"layer": 2, "experts": [0, 1]}],
+                                         "router_bias": [{"layer": 0, "expert": 3, "value": 1.5}]}))
+seed("intervention_shared.json", 4, json.dumps({"drop_shared": ["all"]}))
+p8, p16 = list(range(8)), list(range(16))
+random.Random(0).shuffle(p8)
+random.Random(1).shuffle(p16)
+seed("emoe_permutation.json", 5, json.dumps({"format": 1, "layers": {"0": p8, "1": p16}}))
+PY
 
 mkdir -p $B/findings
 run() {
@@ -105,6 +126,7 @@ run() {
   # input, -fork), which triage.sh then sorts into the HDF5 library's and ours
   local keep=()
   [ "$t" = session ] && keep=(-fork=1 -ignore_crashes=1 -ignore_timeouts=1 -ignore_ooms=1)
+  [ -f tests/fuzz/$t.dict ] && keep+=(-dict=tests/fuzz/$t.dict)
   ASAN_OPTIONS=detect_leaks=0:detect_odr_violation=0 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
     $B/bin/fuzz_$t $B/corpus/$t $S/$t -max_total_time=$SECS -timeout=10 -rss_limit_mb=4096 -max_len=400000 \
     "${keep[@]}" -artifact_prefix=$B/findings/$t/ -print_final_stats=1 > $B/findings/$t.log 2>&1 || true
