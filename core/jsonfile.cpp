@@ -24,8 +24,8 @@ void requireRegularFile(const std::string& path, const std::string& what, int64_
     if (maxBytes <= 0) return;
     const auto size = fs::file_size(path, ec);
     if (!ec && size > static_cast<uintmax_t>(maxBytes))
-        throw Error("a " + what + " of " + std::to_string(size) + " bytes, more than the " + std::to_string(maxBytes) +
-                        " read into memory" + (hint.empty() ? "" : ": " + hint),
+        throw Error("a " + what + " of " + std::to_string(size) + " bytes (at most " + std::to_string(maxBytes) +
+                        " bytes: it is held in memory)" + (hint.empty() ? "" : "; " + hint),
                     path);
 }
 

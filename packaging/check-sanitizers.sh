@@ -15,6 +15,7 @@ done
 if [ ${#missing[@]} -gt 0 ]; then
   $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}"
 fi
-CC=clang-14 CXX=clang++-14 BUILD_DIR=build-asan HEADLESS=1 \
-  CMAKE_ARGS="-DEXPERTSCOPE_ASAN=ON -DEXPERTSCOPE_TESTS=ON" packaging/setup.sh
+# (the compilers as cache variables: a build-asan/ configured with GCC before is configured again)
+BUILD_DIR=build-asan HEADLESS=1 CMAKE_ARGS="-DCMAKE_C_COMPILER=clang-14 -DCMAKE_CXX_COMPILER=clang++-14 \
+  -DEXPERTSCOPE_ASAN=ON -DEXPERTSCOPE_TESTS=ON" packaging/setup.sh
 ctest --test-dir build-asan --output-on-failure -j"$(nproc)" -R '^(cli|session|tokenizers|fuzz_regression|import)$'

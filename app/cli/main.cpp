@@ -928,6 +928,8 @@ int cmdImport(const std::vector<std::string>& args) {
         }
     }
     req.tokenizer = tok.get();
+    es::CorpusStatsOptions statsOptions;
+    if (statistics && !labels.empty()) statsOptions.labels = readLabels(labels);  // (before the import's work)
     es::RunTrace trace = es::importRouting(*spec, req);
     const nlohmann::json meta = nlohmann::json::parse(trace.importJson);
     const int64_t tokens = trace.numTokens(), prompts = static_cast<int64_t>(trace.promptOffsets.size()) - 1;
@@ -935,9 +937,7 @@ int cmdImport(const std::vector<std::string>& args) {
     s.addRun(run, std::move(trace));
     std::vector<std::string> ids;
     if (statistics) {
-        es::CorpusStatsOptions opt;
-        if (!labels.empty()) opt.labels = readLabels(labels);
-        for (auto& [id, r] : es::corpusStatistics(s, run, opt)) {
+        for (auto& [id, r] : es::corpusStatistics(s, run, statsOptions)) {
             ids.push_back(id);
             s.putResult(id, std::move(r));
         }
@@ -1116,6 +1116,9 @@ int cmdAnalyze(const std::vector<std::string>& args) {
         throw UsageError("analyze: --dynamic needs --run NAME (a run in the session), --preset or --paragraphs");
 
     // everything is checked and computed before the session file is written, once, atomically
+    // (the paragraphs first: a bad file fails before the static pass, not after it)
+    const std::vector<std::string> paragraphTexts =
+        !paragraphs.empty() ? readParagraphs(paragraphs) : std::vector<std::string>{};
     auto ckpt = es::Checkpoint::open(path);
     es::ModelSpec spec = es::ModelSpec::fromCheckpoint(*ckpt);
     const std::vector<int> analysed = es::analysisLayers(spec, layers, ckpt->path());
@@ -1160,7 +1163,7 @@ int cmdAnalyze(const std::vector<std::string>& args) {
             throw es::Error("a run named '" + run + "' already exists", session.path(), "/runs/" + run);
         es::RunRequest req;
         req.name = run;
-        req.texts = !paragraphs.empty() ? readParagraphs(paragraphs)
+        req.texts = !paragraphs.empty() ? paragraphTexts
                                         : std::vector<std::string>{preset == "short" ? kPresetShort : kPresetRouting};
         req.load.device = device.empty() ? "cpu" : device;
         req.load.dtype = dtype.empty() ? "float32" : dtype;

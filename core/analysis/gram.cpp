@@ -404,8 +404,9 @@ void runRowsBaseline(const std::vector<GramMatrix>& ms, int64_t r0, int64_t r1, 
     runRowsBody(ms, r0, r1, cols, neuronRows, gram, standardized, amx, acc, rowSums);
 }
 
-// The row loop built for the widest the CPU runs, as simd::useAvx512 decides (so that
-// EXPERTSCOPE_SIMD=avx2 runs its AVX2 build, as a CPU without AVX-512 does).
+// The row loop built for the widest the CPU runs, as simd::useAvx512 and simd::useAvx2 decide (so
+// that EXPERTSCOPE_SIMD=avx2 runs its AVX2 build, as a CPU without AVX-512 does, and
+// EXPERTSCOPE_SIMD=baseline its baseline build).
 void runRows(const std::vector<GramMatrix>& ms, int64_t r0, int64_t r1, int64_t cols, bool neuronRows, bool gram,
              bool standardized, Amx amx, Acc& acc, std::vector<std::vector<double>>& rowSums) {
     if (useAvx512()) runRowsAvx512(ms, r0, r1, cols, neuronRows, gram, standardized, amx, acc, rowSums);
@@ -418,7 +419,8 @@ void runRows(const std::vector<GramMatrix>& ms, int64_t r0, int64_t r1, int64_t 
 namespace {
 
 // EXPERTSCOPE_SIMD's cap on the kernels' instructions ("baseline", "avx2", "avx512", "amx"; "" when
-// unset): "baseline" runs the x86-64 baseline's build of every kernel, as a CPU without AVX2 does.
+// unset): "baseline" runs the x86-64 baseline's build of every analysis kernel (the row loops,
+// D1, Kendall, arccos, S2 and S4's cosines), as a CPU without AVX2 does.
 std::string simdCap() {
     const char* cap = std::getenv("EXPERTSCOPE_SIMD");
     return cap ? cap : "";
@@ -429,13 +431,17 @@ std::string simdCap() {
 namespace {
 
 // The x86-64 levels the kernels are built for, as the CPU reports them. GCC names the levels;
-// clang (14 here) knows only single features, so there they are the features each level's code
-// may use that the builtin can test (AVX-512 F, BW, CD, DQ, VL; AVX2, FMA, BMI1, BMI2).
+// clang (14 here) knows only single features, so there a level is its features: AVX2, FMA, BMI1,
+// BMI2 and, by CPUID (the builtin has no name for them), MOVBE, F16C and LZCNT for x86-64-v3
+// (whose SSE4.2, POPCNT and XSAVE every CPU with AVX2 has); AVX-512 F, BW, CD, DQ and VL for v4.
 bool cpuHasV3() {
     __builtin_cpu_init();
 #if defined(__clang__)
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("bmi") &&
-           __builtin_cpu_supports("bmi2");
+    unsigned a = 0, b = 0, c = 0, d = 0;
+    const bool movbeF16c = __get_cpuid(1, &a, &b, &c, &d) && (c >> 22 & 1u) && (c >> 29 & 1u);
+    const bool lzcnt = __get_cpuid(0x80000001, &a, &b, &c, &d) && (c >> 5 & 1u);
+    return movbeF16c && lzcnt && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+           __builtin_cpu_supports("bmi") && __builtin_cpu_supports("bmi2");
 #else
     return __builtin_cpu_supports("x86-64-v3");
 #endif

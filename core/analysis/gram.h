@@ -17,9 +17,10 @@
 // of it and their four products taken (S6's PCA within 9e-7 of numpy's float64 at 128 experts,
 // against 2.5e-7 with the fp32 blocks). With S6 on AMX the matrices' rows are kept in fp32 by
 // matrix and standardised when the panel is full; the packed fp32 panel is then built only for
-// S1 of weights that bf16 does not hold. EXPERTSCOPE_SIMD caps the choice: "avx2" (AVX2's blocks,
-// as a CPU without AVX-512 runs them), "avx512" (no AMX); "amx" demands the tiles (an Error where
-// they cannot be used). The tests run AMX's, AVX-512's fp32 blocks and AVX2's on this machine kind.
+// S1 of weights that bf16 does not hold. EXPERTSCOPE_SIMD caps the choice: "baseline" (the x86-64
+// baseline's build, as a CPU without AVX2 runs it), "avx2" (AVX2's blocks, as a CPU without
+// AVX-512 runs them), "avx512" (no AMX); "amx" demands the tiles (an Error where they cannot be
+// used). The tests run AMX's, AVX-512's fp32 blocks, AVX2's and the baseline's on this machine kind.
 // Memory per thread: the panel (with AMX, S1's two bf16 layouts as many bytes as the fp32 panel,
 // S6's rows in fp32 and its two parts' layouts three times as many), two ldp x ldp fp64 sums
 // (ldp: n rounded up to 16; 1 MiB at 256, 256 MiB at the bound) and, for row neurons, n x cols

@@ -5,6 +5,7 @@
 #include <cstring>
 #include <limits>
 
+#include "analysis/simd.h"
 #include "checkpoint/checkpoint.h"
 #include "error.h"
 #include "model/spec.h"
@@ -115,11 +116,12 @@ std::vector<double> toDoubles(const TensorView& t) {
     return {f.begin(), f.end()};
 }
 
+namespace {
+
 // Dot products of one row with four others at a time, four lanes along the row (S2 and S4 take
-// it at 256 experts and d = 2048 per matrix: scalar, 0.12 s each). Compiled for AVX2 + FMA and
-// the x86-64 baseline, chosen at run time.
-__attribute__((target_clones("arch=x86-64-v3", "default"))) std::vector<double> rowCosine(const std::vector<double>& m,
-                                                                                          int rows, int cols) {
+// it at 256 experts and d = 2048 per matrix: scalar, 0.12 s each). Built for AVX2 + FMA and the
+// x86-64 baseline, chosen at run time (ES_BUILT_TWICE, below).
+ES_INLINE std::vector<double> rowCosineBody(const std::vector<double>& m, int rows, int cols) {
     typedef double v4d __attribute__((vector_size(32)));
     const size_t C = static_cast<size_t>(cols);
     std::vector<double> dots(static_cast<size_t>(rows) * rows, 0.0), out(dots.size());
@@ -157,6 +159,13 @@ __attribute__((target_clones("arch=x86-64-v3", "default"))) std::vector<double> 
         }
     return out;
 }
+
+ES_BUILT_TWICE(std::vector<double>, rowCosineOf, rowCosineBody, (const std::vector<double>& m, int rows, int cols),
+               (m, rows, cols))
+
+}  // namespace
+
+std::vector<double> rowCosine(const std::vector<double>& m, int rows, int cols) { return rowCosineOf(m, rows, cols); }
 
 std::vector<double> routerRowCosine(const Checkpoint& ckpt, const ModelSpec& spec, int layer, bool attention) {
     if (attention) {

@@ -1056,7 +1056,8 @@ def check_s1_s2_s4_s6_s7(out, moe, experts=None, dense=None):
 # the static pass on the host kernels (the CPU's default: on AMX where the CPU has it, S6's products
 # and S1's of bf16 values, else in AVX-512's or AVX2's fp32 register blocks; "avx2": AVX2's blocks,
 # which a CPU without AVX-512 takes; "avx512": AVX-512's, on a CPU with AMX, where "kernels" would
-# not take them) and through LibTorch (--static-backend torch: the path a GPU takes, --device cuda;
+# not take them; "baseline": the kernels built for the x86-64 baseline, which a CPU without AVX2
+# takes) and through LibTorch (--static-backend torch: the path a GPU takes, --device cuda;
 # here on the CPU): each against numpy.
 BACKENDS = pytest.mark.parametrize("backend", ["kernels", "avx2", "torch"])
 EVERY_BACKEND = pytest.mark.parametrize("backend", ["kernels", "avx512", "avx2", "baseline", "torch"])
