@@ -126,11 +126,7 @@ nlohmann::json parseJson(std::string_view text, const std::string& file, const J
 }
 
 nlohmann::json readJsonFile(const std::string& path, const JsonLimits& limits, int64_t maxBytes) {
-    requireRegularFile(path);
-    std::error_code ec;
-    const auto size = fs::file_size(path, ec);
-    if (!ec && static_cast<int64_t>(size) > maxBytes)
-        throw Error("larger than " + std::to_string(maxBytes >> 20) + " MiB, too large for a JSON file", path);
+    requireRegularFile(path, "JSON file", maxBytes);
     std::ifstream in(path, std::ios::binary);
     if (!in) throw Error("cannot open", path);
     std::stringstream ss;

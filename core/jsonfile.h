@@ -29,7 +29,7 @@ struct JsonLimits {
 // nests too deep, would take more than maxParsedBytes, or repeats a key where refused.
 nlohmann::json parseJson(std::string_view text, const std::string& file, const JsonLimits& limits = {});
 // parseJson on a file's content; refuses what is not a regular file (a FIFO would block) and
-// files over maxBytes.
+// files over maxBytes (requireRegularFile).
 nlohmann::json readJsonFile(const std::string& path, const JsonLimits& limits = {},
                             int64_t maxBytes = int64_t(1) << 30);
 // Opens `path` for reading only if it is a regular file, and (maxBytes > 0) of at most maxBytes

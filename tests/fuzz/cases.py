@@ -500,6 +500,16 @@ def huge_prompt_file(work, ctx):
 
 
 @case
+def huge_config_json(work, ctx):
+    # every JSON file is read whole (readJsonFile): the same bound
+    d = checkpoint_copy(work)
+    p = os.path.join(d, "config.json")
+    os.remove(p)
+    sparse(p)
+    return Case(["info", d], 1, [p, "JSON file of 1073741825 bytes"])
+
+
+@case
 def huge_paragraphs_file(work, ctx):
     p = sparse(os.path.join(work, "paragraphs.txt"))
     return Case(["analyze", DEMO, "--out", os.path.join(work, "s.h5"), "--static", "none", "--dynamic", "D4",
