@@ -7,15 +7,8 @@
 # libFuzzer build (docs/fuzzing.md) needs clang.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-SUDO=""; [ "$(id -u)" != 0 ] && SUDO=sudo
-missing=()
-for p in clang-14 libclang-rt-14-dev libomp-14-dev; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-  $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}"
-fi
 # (the compilers as cache variables: a build-asan/ configured with GCC before is configured again)
-BUILD_DIR=build-asan HEADLESS=1 CMAKE_ARGS="-DCMAKE_C_COMPILER=clang-14 -DCMAKE_CXX_COMPILER=clang++-14 \
-  -DEXPERTSCOPE_ASAN=ON -DEXPERTSCOPE_TESTS=ON" packaging/setup.sh
+EXTRA_DEBS="clang-14 libclang-rt-14-dev libomp-14-dev" BUILD_DIR=build-asan HEADLESS=1 \
+  CMAKE_ARGS="-DCMAKE_C_COMPILER=clang-14 -DCMAKE_CXX_COMPILER=clang++-14 -DEXPERTSCOPE_ASAN=ON -DEXPERTSCOPE_TESTS=ON" \
+  packaging/setup.sh
 ctest --test-dir build-asan --output-on-failure -j"$(nproc)" -R '^(cli|session|tokenizers|fuzz_regression|import)$'

@@ -2,6 +2,7 @@
 # Installs everything ExpertScope needs on Debian 12 and builds it. Safe to run again.
 #   packaging/setup.sh            full build (core, widgets, GUI, CLI, tests)
 #   HEADLESS=1 packaging/setup.sh core + CLI only, no Qt (headless GPU servers)
+#   EXTRA_DEBS="pkg ..."          more Debian packages installed with the rest (another compiler)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -15,6 +16,8 @@ DEBS=(build-essential cmake ninja-build ccache pkg-config clang-format libhdf5-d
 if [ "${HEADLESS:-0}" != 1 ]; then
   DEBS+=(qt6-base-dev qt6-svg-dev libqcustomplot-dev libgl1-mesa-dev xvfb fonts-dejavu-core)
 fi
+read -r -a _extra <<< "${EXTRA_DEBS:-}"
+DEBS+=("${_extra[@]}")
 missing=()
 for p in "${DEBS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
