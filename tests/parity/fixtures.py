@@ -285,6 +285,19 @@ CONFIGS = {
         no_rope_layers=[1, 0, 1], layer_types=["chunked_attention", "full_attention", "full_attention"],
         attention_chunk_size=6, attention_bias=True, use_qk_norm=False, attn_temperature_tuning=False,
         rope_parameters=dict(rope_type="default", rope_theta=10000.0))),
+    # Solar Open: Llama attention with q/k/v biases (none on o), GQA, a head_dim of its own, RoPE over
+    # the whole head with YaRN (4.x's rope_scaling, as published); every layer MoE: DeepSeek-V3's
+    # router with 2 of 4 groups, a random correction bias, renormalised, scaling 2, 2 shared experts
+    "solar_open_groups_bias": ("SolarOpenConfig", dict(
+        num_attention_heads=4, num_key_value_heads=2, head_dim=24, n_routed_experts=16, num_experts_per_tok=4,
+        moe_intermediate_size=24, n_shared_experts=2, n_group=4, topk_group=2, num_hidden_layers=3,
+        routed_scaling_factor=2.0, norm_topk_prob=True, attention_bias=True, rope_theta=50000.0,
+        rope_scaling=dict(type="yarn", factor=4.0, original_max_position_embeddings=64))),
+    # ... one group, not renormalised, one shared expert, no biases, no GQA, plain RoPE, a tied head
+    "solar_open_plain_tied": ("SolarOpenConfig", dict(
+        num_attention_heads=4, num_key_value_heads=4, head_dim=16, n_routed_experts=8, num_experts_per_tok=2,
+        moe_intermediate_size=32, n_shared_experts=1, n_group=1, topk_group=1, norm_topk_prob=False,
+        tie_word_embeddings=True, rope_parameters=dict(rope_type="default", rope_theta=10000.0))),
     # Qwen3-Next: Gated DeltaNet layers (grouped: 2 value heads per key head, a 4-wide convolution)
     # and gated full attention alternating by full_attention_interval, a dense layer by
     # mlp_only_layers, the sigmoid-gated shared expert, renormalised top-2, a quarter of each head
@@ -453,7 +466,8 @@ def _moe_blocks(model):
     for mname, m in model.named_modules():
         if type(m).__name__.endswith("SparseMoeBlock") or type(m).__name__ in (
                 "DeepseekV3MoE", "DeepseekV2Moe", "Glm4MoeMoE", "Dots1MoE", "Glm4MoeLiteMoE", "Mistral4MoE",
-                "GraniteMoeMoE", "GraniteMoeSharedMoE", "HunYuanMoEV1Moe", "GptOssMLP", "DbrxFFN", "Llama4TextMoe"):
+                "GraniteMoeMoE", "GraniteMoeSharedMoE", "HunYuanMoEV1Moe", "GptOssMLP", "DbrxFFN", "Llama4TextMoe",
+                "SolarOpenMoE"):
             layer = int(mname.split(".blocks." if ".blocks." in mname else ".layers.")[1].split(".")[0])  # DBRX's
             blocks[layer] = m
     return blocks

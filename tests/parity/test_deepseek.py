@@ -74,6 +74,11 @@ OTHER_BAD = [
     ("glm4_moe_lite_types", "mlp_layer_types", ["dense", "moe", "sparse"], ["mlp_layer_types", "moe"]),
     ("glm4_moe_lite_types", "head_dim", 6, ["head_dim", "alias"]),
     ("dots1_sliding_groups", "scoring_func", "softmax", ["scoring_func", "sigmoid"]),
+    ("solar_open_groups_bias", "first_k_dense_replace", 1, ["first_k_dense_replace", "every layer MoE"]),
+    ("solar_open_groups_bias", "n_shared_experts", 0, ["n_shared_experts", "positive"]),
+    ("solar_open_plain_tied", "rope_parameters", {"rope_type": "default", "rope_theta": 1e4, "partial_rotary_factor": 0.5},
+     ["partial_rotary_factor", "not supported"]),
+    ("solar_open_plain_tied", "topk_method", "greedy", ["topk_method", "noaux_tc"]),
 ]
 
 
@@ -85,7 +90,8 @@ def test_router_and_attention_options_named(cli, build_fixture, tmp_path, name, 
                         words)
 
 
-@pytest.mark.parametrize("name", ["deepseek_v2_groups", "deepseek_v3_groups", "qwen3_moe_nonorm_bias"])
+@pytest.mark.parametrize("name", ["deepseek_v2_groups", "deepseek_v3_groups", "qwen3_moe_nonorm_bias",
+                                  "solar_open_groups_bias"])
 def test_info_shows_transformers_yarn_factors(cli, tmp_path, name):
     """info's RoPE row: the cos/sin factor and MLA's softmax-scale factor that transformers'
     own modules hold (rotary_emb.attention_scaling, self_attn.scaling / qk_head_dim^-0.5)."""
@@ -109,7 +115,7 @@ def test_info_shows_transformers_yarn_factors(cli, tmp_path, name):
 # (fixture, routed experts, rows of S1's gate similarity: the shared expert joins when it is as
 # wide as the routed ones)
 @pytest.mark.parametrize("name,experts,s1", [("deepseek_v3_groups", 8, 8), ("deepseek_v2_groups", 16, 16),
-                                             ("glm4_moe_groups_qknorm", 16, 17)])
+                                             ("glm4_moe_groups_qknorm", 16, 17), ("solar_open_groups_bias", 16, 16)])
 def test_dynamic_and_static_analyses_run(cli, build_fixture, tmp_path, name, experts, s1):
     """Every analysis on the grouped, shared-expert routers (V3's and GLM's biased sigmoid, V2's softmax):
     results present and sane (their values are checked against numpy on the Mixtral/Qwen/OLMoE

@@ -14,7 +14,10 @@ MiniMax-M2's keeps its rotary_dim (the share of each head RoPE turns, scaled wit
 num_mtp_modules (no MTP module is written: test_minimax_m2 covers them) and the remote-code keys
 transformers ignores (attn_type_list cut to the layers kept).
 
-The reference is transformers' DeepseekV2 / DeepseekV3 / Glm4Moe / MiniMaxM2 built from the same dict; transformers
+Solar Open's (Upstage; GLM-4.5's MoE block on Llama attention) sits here for its DeepSeek-V3 router
+and the GLM-4.5 keys its class ignores (first_k_dense_replace 0: no dense layer is kept).
+
+The reference is transformers' DeepseekV2 / DeepseekV3 / Glm4Moe / MiniMaxM2 / SolarOpen built from the same dict; transformers
 has no kimi_k2 type, Kimi K2's published code is DeepSeek-V3's, so its reference is DeepseekV3.
 """
 import json
@@ -63,12 +66,12 @@ def reference_config(cfg):
     t = require("transformers")
     kw = {k: v for k, v in cfg.items() if k not in ("model_type", "auto_map", "quantization_config", "architectures")}
     cls = {"deepseek_v2": t.DeepseekV2Config, "glm4_moe": t.Glm4MoeConfig,
-           "minimax_m2": t.MiniMaxM2Config}.get(cfg["model_type"], t.DeepseekV3Config)
+           "minimax_m2": t.MiniMaxM2Config, "solar_open": t.SolarOpenConfig}.get(cfg["model_type"], t.DeepseekV3Config)
     return cls(**kw)
 
 
 @pytest.mark.parametrize("name", ["deepseek_v2_lite", "deepseek_v2", "deepseek_v3", "kimi_k2_instruct", "glm4_5_air",
-                                  "minimax_m2"])
+                                  "minimax_m2", "solar_open_100b"])
 def test_published_config_opens_and_matches_hf(cli, tmp_path, name):
     h5py = require("h5py")
     cfg = shrunk(name)
