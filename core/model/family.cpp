@@ -634,6 +634,14 @@ void hfMlaTensors(TableBuilder& t) {
     t.add(Role::MlaKvB, Scope::Layer, p + "kv_b_proj.weight", {D::MlaKvB, D::KvLora});
     t.add(Role::O, Scope::Layer, p + "o_proj.weight", {D::Hidden, D::MlaO});
     t.addIf(a.oBias, Role::OBias, Scope::Layer, p + "o_proj.bias", {D::Hidden});
+    if (a.indexer.on()) {
+        const std::string x = p + "indexer.";
+        t.add(Role::IndexQ, Scope::Indexer, x + "wq_b.weight", {D::IndexQ, D::QLora});
+        t.add(Role::IndexK, Scope::Indexer, x + "wk.weight", {D::IndexHeadDim, D::Hidden});
+        t.add(Role::IndexKNorm, Scope::Indexer, x + "k_norm.weight", {D::IndexHeadDim});
+        t.add(Role::IndexKNormBias, Scope::Indexer, x + "k_norm.bias", {D::IndexHeadDim});
+        t.add(Role::IndexWeights, Scope::Indexer, x + "weights_proj.weight", {D::IndexHeads, D::Hidden});
+    }
 }
 
 void hfDeepseekTensors(TableBuilder& t, const TensorProbe& has) {
@@ -665,6 +673,55 @@ void readMla(ModelSpec& s, const Config& c, const MlaDefaults& d) {
         c.fail("num_key_value_heads", "must equal num_attention_heads (" + std::to_string(a.heads) +
                                           ") for multi-head latent attention, whose kv_b_proj makes every head's keys");
     a.qkvBias = a.oBias = c.optBool("attention_bias", false);
+}
+
+void readIndexer(ModelSpec& s, const Config& c, const IndexerDefaults& d) {
+    AttentionSpec::Indexer& x = s.attn.indexer;
+    x.heads = c.optInt("index_n_heads", d.heads);
+    x.headDim = c.optInt("index_head_dim", d.headDim);
+    x.topK = c.optInt("index_topk", d.topK);
+    x.ropeInterleave = d.ropeInterleave;
+    positive(c, "index_n_heads", x.heads, 1 << 12);
+    positive(c, "index_head_dim", x.headDim, 1 << 12);
+    positive(c, "index_topk", x.topK);
+    if (x.headDim < s.attn.qkRopeDim)
+        c.fail("index_head_dim", "is smaller than the " + std::to_string(s.attn.qkRopeDim) +
+                                     " dimensions of qk_rope_head_dim that RoPE turns in it");
+    if (s.attn.qLoraRank <= 0) c.fail("q_lora_rank", "is required: the indexer's queries come from the query latent");
+}
+
+void mlpLayerTypes(ModelSpec& s, const Config& c, int64_t defaultDense) {
+    const auto types = c.optStringList("mlp_layer_types");
+    if (!types.empty() && static_cast<int64_t>(types.size()) != s.numLayers)
+        c.fail("mlp_layer_types",
+               "has " + std::to_string(types.size()) + " entries for " + std::to_string(s.numLayers) + " layers");
+    for (int64_t l = 0; l < s.numLayers; ++l) {
+        const std::string t = types.empty() ? (l < defaultDense ? "dense" : "sparse") : types[l];
+        if (t != "dense" && t != "sparse") c.fail("mlp_layer_types", "unknown layer type '" + t + "'");
+        s.layers[l].moe = t == "sparse";
+    }
+}
+
+void dsaDecoder(ModelSpec& s, const Config& c, const DsaDefaults& d) {
+    fillCommon(s, c, {d.rmsEps, 10000.0, false});
+    readMla(s, c, d.mla);
+    // transformers' classes read neither key: a checkpoint whose config asks for the other layout
+    // would be misread there and here alike, so it is refused
+    if (!c.optBool("rope_interleave", true))
+        c.fail("rope_interleave",
+               s.modelType + " turns MLA's RoPE on interleaved pairs (transformers reads no such key)");
+    s.attn.ropeInterleave = true;
+    readIndexer(s, c, d.indexer);
+    if (c.optBool("indexer_rope_interleave", d.indexer.ropeInterleave) != d.indexer.ropeInterleave)
+        c.fail("indexer_rope_interleave", s.modelType + " turns its indexer's RoPE " +
+                                              (d.indexer.ropeInterleave ? "on interleaved pairs" : "on halves") +
+                                              " (transformers reads no such key)");
+    for (const std::string& t : c.optStringList("layer_types"))
+        if (t != "indexed_attention")
+            c.fail("layer_types", "has '" + t + "': every layer of " + s.modelType + " has indexed (sparse) attention");
+    deepseekLayers(s, c, d.layers);
+    mlpLayerTypes(s, c, c.optInt("first_k_dense_replace", d.layers.denseLayers));
+    noauxRouter(s, c, d.router);
 }
 
 void expertGroups(ModelSpec& s, const Config& c, int64_t defGroups, int64_t defKept, RouterRule::GroupScore score) {

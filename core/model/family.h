@@ -152,6 +152,17 @@ struct MlaDefaults {
     int64_t qLora = 1536, kvLora = 512, nope = 128, rope = 64, v = 128;
 };
 void readMla(ModelSpec& s, const Config& c, const MlaDefaults& d = {});
+// DeepSeek Sparse Attention's indexer beside MLA (DeepSeek-V3.2, GLM-5): index_n_heads,
+// index_head_dim (at least qk_rope_head_dim, its rotated part) and index_topk; its RoPE on halves
+// or, ropeInterleave, on interleaved pairs. Defaults: the family's.
+struct IndexerDefaults {
+    int64_t heads, headDim, topK;
+    bool ropeInterleave;
+};
+void readIndexer(ModelSpec& s, const Config& c, const IndexerDefaults& d);
+// mlp_layer_types ("dense" / "sparse", one per layer) sets which layers are MoE; absent, the first
+// defaultDense layers are dense and the rest MoE (GLM-4.7-Flash, DeepSeek-V3.2).
+void mlpLayerTypes(ModelSpec& s, const Config& c, int64_t defaultDense);
 // The DeepSeek MoE layout: the first first_k_dense_replace layers dense (intermediate_size), the
 // rest MoE (n_routed_experts of moe_intermediate_size), an ungated shared expert of
 // n_shared_experts x moe_intermediate_size when n_shared_experts > 0. Defaults: the family's.
@@ -173,6 +184,20 @@ struct DeepseekDefaults {
     int64_t denseLayers, ffn, shared;
 };
 void deepseekLayers(ModelSpec& s, const Config& c, const DeepseekDefaults& d);
+
+// DeepSeek-V3.2's decoder (GLM-5's too): DeepSeek-V3's MLA, always with q LoRA and RoPE on
+// interleaved pairs (their classes read no rope_interleave), with the sparse-attention indexer
+// (readIndexer); layer_types, when given, all "indexed_attention"; the MoE layers from
+// mlp_layer_types (absent: all but the first first_k_dense_replace); DeepSeek-V3's router and
+// shared expert (deepseekLayers, noauxRouter). Defaults: the family's.
+struct DsaDefaults {
+    double rmsEps;
+    MlaDefaults mla;
+    IndexerDefaults indexer;
+    DeepseekDefaults layers;
+    NoauxDefaults router;
+};
+void dsaDecoder(ModelSpec& s, const Config& c, const DsaDefaults& d);
 
 // Gated DeltaNet (Qwen3-Next, Qwen3.5): linear_num_key/value_heads, linear_key/value_head_dim,
 // linear_conv_kernel_dim; which layers are linear by layer_types ("linear_attention" or

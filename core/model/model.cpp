@@ -532,6 +532,7 @@ Model::Impl::State Model::Impl::start(const std::vector<std::vector<int64_t>>& p
         st.cos.push_back((emb.cos() * gain).to(ropeDtype));  // x 1.0 (no YaRN) is exact
         st.sin.push_back((emb.sin() * gain).to(ropeDtype));
     }
+    st.indexChoice.resize(prompts.size());
     return st;
 }
 
@@ -577,7 +578,7 @@ void Model::Impl::step(int l, State& st, bool allExperts, const Tap& tap, const 
             join(a.y, w.inNorm, w.inNormB, w.attnOutNorm);
         } else {
             join(spec.layers[l].linearAttention ? gatedDeltaNet(w, x)
-                 : spec.attn.isMla()            ? mlaAttention(w, x, st.cos[p], st.sin[p])
+                 : spec.attn.isMla()            ? mlaAttention(w, x, st.cos[p], st.sin[p], l, st.indexChoice[p])
                                                 : attention(w, x, cos, sin, spec.layers[l]),
                  w.inNorm, w.inNormB, w.attnOutNorm);
         }
@@ -779,12 +780,16 @@ ImportanceResult Model::expertImportance(const std::vector<std::vector<int64_t>>
     };
     Impl::State st = d.start(prompts);
     std::map<int, std::vector<Tensor>> inputs;
-    std::map<int, Tensor> chosen;  // [E] bool
+    std::map<int, std::vector<Tensor>> inputChoices;  // the sparse-attention choice entering layer l (GLM-5 shares it)
+    std::map<int, Tensor> chosen;                     // [E] bool
     int current = -1;
     Impl::Hooks hooks;
     hooks.beginLayer = [&](int l) {
         current = l;
-        if (measured.count(l)) inputs[l] = st.h;
+        if (measured.count(l)) {
+            inputs[l] = st.h;
+            inputChoices[l] = st.indexChoice;
+        }
     };
     hooks.ffn = [&](size_t, const Tensor&, const MoeOut* m) {
         if (!m || !measured.count(current)) return;
@@ -848,6 +853,7 @@ ImportanceResult Model::expertImportance(const std::vector<std::vector<int64_t>>
                 ivs.push_back(d.layerIntervention(one, l));
                 for (size_t p = 0; p < P; ++p) {
                     v.h.push_back(inputs[l][p]);
+                    v.indexChoice.push_back(inputChoices[l][p]);
                     v.cos.push_back(st.cos[p]);
                     v.sin.push_back(st.sin[p]);
                     for (size_t t = 0; t < st.cosX.size(); ++t) {

@@ -261,9 +261,10 @@ struct LayerWeights {
     // dt bias, A_log, norm, out_proj
     Tensor linQkv, linZ, linB, linA, linQkvz, linBa, linConv, linDtBias, linALog, linNorm, linOut;
     Tensor qa, qab, qaNorm, qbProj, kva, kvab, kvaNorm, kvb;  // MLA (q: q_proj without q LoRA)
-    Ffn mlp;                                                  // dense layers
-    Tensor router, routerBias;                                // MoE layers
-    RouterExtras routerExtras;                                // the selection bias and per-expert scales the rule reads
+    Tensor idxQ, idxK, idxKNorm, idxKNormB, idxWeights;  // MLA's sparse-attention indexer (idxWeights: float32 in f16)
+    Ffn mlp;                                             // dense layers
+    Tensor router, routerBias;                           // MoE layers
+    RouterExtras routerExtras;                           // the selection bias and per-expert scales the rule reads
     Ffn blockFfn;       // EMoE avg-k: the whole W_gate (+ b1) and W_up (no W_down), whose neurons score the experts
     Tensor moeOutBias;  // W2's bias on EMoE BERT, mlp.bias on JetMoE: added once after the experts
     Tensor attnRouter, attnQ, attnO, attnBias, kvProj;  // MoA (JetMoE): [E, d], [E, H, d], [E, d, H], [d], [2H, d]
@@ -432,7 +433,8 @@ struct Model::Impl {
     }
     // An F8_E4M3 weight times its scales (spec.h's Quantization), on the device, in float32
     // before the cast to the compute dtype: the reference is the dequantized model.
-    Tensor dequantized(const std::string& name, const Tensor& w8) const {
+    Tensor dequantized(const std::string& name, const Tensor& w8) const { return dequantized(name, w8, dtype); }
+    Tensor dequantized(const std::string& name, const Tensor& w8, torch::ScalarType to) const {
         const TensorView& sv = ckpt->get(Quantization::scaleName(name));
         Tensor sc = viewOf(sv).to(device);
         sc = sv.dtype == DType::F8_E8M0 ? fp8Scale(sc) : sc.to(torch::kFloat);
@@ -447,7 +449,7 @@ struct Model::Impl {
             throw ::es::Error("scale grid " + std::to_string(sc.numel()) + " values does not fit the weight", sv.file,
                               sv.name);
         }
-        return (w * sc).to(dtype);
+        return (w * sc).to(to);
     }
     // E8M0 scales through the checkpoint's one decoding (e8m0ToFloat), as a 256-entry table.
     static Tensor fp8Scale(const Tensor& e) {
@@ -474,7 +476,9 @@ struct Model::Impl {
     Tensor loadFloat32Opt(Role r, int l) const {
         if (!spec.has(r)) return Tensor();
         const std::string name = spec.tensorName(r, l);
-        Tensor t = viewOf(ckpt->get(name)).to(device, torch::kFloat);
+        const TensorView& v = ckpt->get(name);
+        Tensor t = v.dtype == DType::F8_E4M3 ? dequantized(name, viewOf(v), torch::kFloat)
+                                             : viewOf(v).to(device, torch::kFloat);
         checkFinite(name, t);
         return t;
     }
@@ -575,8 +579,15 @@ struct Model::Impl {
     void releaseLayer(int l) { layers[l] = LayerWeights{}; }
 
     // Multi-head latent attention (attention/mla.cpp): cos/sin are the RoPE tables of the
-    // qk_rope_head_dim rotary dimensions.
-    Tensor mlaAttention(const LayerWeights& w, const Tensor& x, const Tensor& cos, const Tensor& sin) const;
+    // qk_rope_head_dim rotary dimensions. With the sparse-attention indexer, `chosen` holds the
+    // keys each query from index_topk on attends to ([T - topK, topK], long; undefined when the
+    // prompt has at most topK tokens): a layer with its own indexer sets it, a layer that shares
+    // one (LayerSpec::sharesIndexer) reads it.
+    Tensor mlaAttention(const LayerWeights& w, const Tensor& x, const Tensor& cos, const Tensor& sin, int l,
+                        Tensor& chosen) const;
+    // The indexer's choice for queries topK.. of a prompt: [T - topK, topK] key ids (long).
+    Tensor indexerChoice(const LayerWeights& w, const Tensor& x, const Tensor& qLatent, const Tensor& cos,
+                         const Tensor& sin) const;
     // Gated DeltaNet (attention/gated_deltanet.cpp), spec.h's LinearAttentionSpec: x [T, d] of one
     // prompt, from a zero state.
     Tensor gatedDeltaNet(const LayerWeights& w, const Tensor& x) const;
@@ -722,6 +733,8 @@ struct Model::Impl {
         std::vector<Tensor> h, cos, sin;
         // ModelSpec::ropeTables 1..: [table - 1][prompt]
         std::vector<std::vector<Tensor>> cosX, sinX;
+        // per prompt, the keys the last sparse-attention indexer chose (mlaAttention's `chosen`)
+        std::vector<Tensor> indexChoice;
     };
     State start(const std::vector<std::vector<int64_t>>& prompts) const;
     // The intervention on layer l for prompt p (nullptr: none), while a run makes one.

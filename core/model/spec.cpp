@@ -194,6 +194,15 @@ int64_t ModelSpec::dim(Dim d, int layer) const {
         case Dim::MlaO:
             v = attn.heads * attn.vHeadDim;
             break;
+        case Dim::IndexQ:
+            v = attn.indexer.heads * attn.indexer.headDim;
+            break;
+        case Dim::IndexHeadDim:
+            v = attn.indexer.headDim;
+            break;
+        case Dim::IndexHeads:
+            v = attn.indexer.heads;
+            break;
         case Dim::LinConv:
             v = linear.convDim();
             break;
@@ -276,6 +285,8 @@ bool inLayer(const ModelSpec& s, const TensorRole& t, int l) {
             return l >= 0 && !s.layers[l].linearAttention && !s.layers[l].valueFromKey;
         case Scope::LinearAttention:
             return l >= 0 && s.layers[l].linearAttention;
+        case Scope::Indexer:
+            return l >= 0 && s.attn.indexer.on() && !s.layers[l].sharesIndexer;
         case Scope::DenseFfn:
             return l >= 0 && (!s.layers[l].moe || s.layout == ExpertLayout::Blocks || s.moeBesideDense);
         case Scope::Moe:

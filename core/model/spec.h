@@ -167,6 +167,18 @@ struct AttentionSpec {
     // Qwen3-Next's gated attention: q_proj gives each head its queries and then as many gate
     // values; the heads' output times sigmoid(gate), in the activations' dtype, before o_proj
     bool outputGate = false;
+    // DeepSeek Sparse Attention (DeepSeek-V3.2, GLM-5; transformers' DeepseekV32Indexer): beside
+    // MLA a lightning indexer scores the earlier keys of each query, sum over its heads h of
+    // w_h(x) relu(q_h . k / sqrt(headDim)) in float32 (q_h from the query latent, one key per
+    // token through a LayerNorm, RoPE on their first qkRopeDim dimensions, on halves or, GLM-5's,
+    // on interleaved pairs; w a projection of x, in float32 in float16 runs, times heads^-0.5), and the query
+    // attends to the topK best only: a query with at most topK earlier keys (itself included)
+    // keeps them all. heads 0: none
+    struct Indexer {
+        int64_t heads = 0, headDim = 0, topK = 0;
+        bool ropeInterleave = false;
+        bool on() const { return heads > 0; }
+    } indexer;
     bool isMla() const { return kind == Kind::MLA; }
     bool isMoa() const { return kind == Kind::MoA; }
     const char* kindName() const;
@@ -190,6 +202,9 @@ struct LayerSpec {
     // attention_k_eq_v on full-attention layers)
     bool valueFromKey = false;
     int ropeTable = 0;  // which of ModelSpec::ropeTables turns its queries and keys (0: AttentionSpec's)
+    // with AttentionSpec::indexer: the layer runs no indexer of its own and attends to the keys the
+    // last layer before it that has one chose (GLM-5's "shared" indexer layers)
+    bool sharesIndexer = false;
 };
 
 // A RoPE table beside AttentionSpec's, for layers of another type (Gemma 4's full-attention

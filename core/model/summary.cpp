@@ -241,6 +241,24 @@ std::vector<SummaryRow> describeModel(const ModelSpec& s, const Checkpoint& ckpt
                                          {"qk_rope_head_dim", a.qkRopeDim},
                                          {"v_head_dim", a.vHeadDim},
                                          {"rope_interleave", a.ropeInterleave}}});
+        if (a.indexer.on()) {
+            const auto& x = a.indexer;
+            std::vector<int64_t> shared;
+            for (int64_t l = 0; l < s.numLayers; ++l)
+                if (s.layers[static_cast<size_t>(l)].sharesIndexer) shared.push_back(l);
+            attn.text += "; sparse (DSA): each query attends to the " + std::to_string(x.topK) +
+                         " earlier keys an indexer of " + std::to_string(x.heads) + " heads of " +
+                         std::to_string(x.headDim) + " ranks best (RoPE " +
+                         (x.ropeInterleave ? "interleaved" : "on halves") + ")";
+            if (!shared.empty())
+                attn.text += ", " + std::to_string(shared.size()) + " of " + std::to_string(s.numLayers) +
+                             " layers reusing the last indexer's choice";
+            attn.fields.push_back({"sparse_attention", oj{{"index_topk", x.topK},
+                                                          {"index_n_heads", x.heads},
+                                                          {"index_head_dim", x.headDim},
+                                                          {"indexer_rope_interleave", x.ropeInterleave},
+                                                          {"shared_indexer_layers", shared}}});
+        }
     }
     rows.push_back(attn);
     if (s.attn.rope) {

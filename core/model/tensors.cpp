@@ -84,6 +84,16 @@ const char* roleName(Role r) {
             return "MLA key/value latent norm";
         case Role::MlaKvB:
             return "MLA key/value up-projection";
+        case Role::IndexQ:
+            return "sparse-attention indexer query";
+        case Role::IndexK:
+            return "sparse-attention indexer key";
+        case Role::IndexKNorm:
+            return "sparse-attention indexer key norm";
+        case Role::IndexKNormBias:
+            return "sparse-attention indexer key norm bias";
+        case Role::IndexWeights:
+            return "sparse-attention indexer head weights";
         case Role::FfnGate:
             return "FFN gate";
         case Role::FfnGateBias:

@@ -59,6 +59,13 @@ enum class Role : uint8_t {
     MlaKvABias,
     MlaKvANorm,
     MlaKvB,
+    // DeepSeek Sparse Attention's indexer (Scope::Indexer): its query projection from the query
+    // latent, its key projection, the key's LayerNorm (weight, bias), the per-head weights' projection
+    IndexQ,
+    IndexK,
+    IndexKNorm,
+    IndexKNormBias,
+    IndexWeights,
     // Gated DeltaNet, the linear attention of Qwen3-Next / Qwen3.5 (Scope::LinearAttention): the
     // input projections, fused as Qwen3-Next stores them (query, key, value and output gate z per
     // key-head group; b and a per key-head group) or apart as Qwen3.5 does (q, k, v rows in order;
@@ -119,6 +126,7 @@ enum class Scope : uint8_t {
     Layer,            // in every layer
     Attention,        // in every layer with softmax attention (all but the linear-attention layers)
     LinearAttention,  // in the linear-attention layers (LayerSpec::linearAttention)
+    Indexer,          // in the layers that run a sparse-attention indexer (not LayerSpec::sharesIndexer)
     AttentionValues,  // in the softmax-attention layers with their own values (not LayerSpec::valueFromKey)
     DenseFfn,         // in layers whose FFN is dense, and in EMoE layers (their experts are blocks of it)
     Moe,              // in MoE layers that store routed experts
@@ -153,15 +161,18 @@ struct Dim {
         AttnExperts,
         Positions,
         TypeVocab,
-        QLora,       // MLA: q_lora_rank
-        KvLora,      // kv_lora_rank
-        MlaQ,        // heads x (qk_nope_head_dim + qk_rope_head_dim)
-        MlaKvA,      // kv_lora_rank + qk_rope_head_dim
-        MlaKvB,      // heads x (qk_nope_head_dim + v_head_dim)
-        MlaO,        // heads x v_head_dim
-        Heads,       // attention heads (GPT-OSS's sinks)
-        QkvDim,      // QDim + 2 KvDim (a fused Wqkv)
-        ExpertsFfn,  // experts x expert width (DBRX's [E * F, d] expert stacks)
+        QLora,         // MLA: q_lora_rank
+        KvLora,        // kv_lora_rank
+        MlaQ,          // heads x (qk_nope_head_dim + qk_rope_head_dim)
+        MlaKvA,        // kv_lora_rank + qk_rope_head_dim
+        MlaKvB,        // heads x (qk_nope_head_dim + v_head_dim)
+        MlaO,          // heads x v_head_dim
+        IndexQ,        // the sparse-attention indexer's heads x its head dim
+        IndexHeadDim,  // its head dim
+        IndexHeads,    // its heads
+        Heads,         // attention heads (GPT-OSS's sinks)
+        QkvDim,        // QDim + 2 KvDim (a fused Wqkv)
+        ExpertsFfn,    // experts x expert width (DBRX's [E * F, d] expert stacks)
         // Gated DeltaNet (ModelSpec::linear)
         LinConv,      // the convolved q/k/v channels: 2 key heads x key dim + value heads x value dim
         LinValue,     // value heads x value head dim

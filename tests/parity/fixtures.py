@@ -285,6 +285,45 @@ CONFIGS = {
         no_rope_layers=[1, 0, 1], layer_types=["chunked_attention", "full_attention", "full_attention"],
         attention_chunk_size=6, attention_bias=True, use_qk_norm=False, attn_temperature_tuning=False,
         rope_parameters=dict(rope_type="default", rope_theta=10000.0))),
+    # DeepSeek-V3.2: V3's MLA (q LoRA, interleaved RoPE, q_a / kv_a / o biases) with DeepSeek Sparse
+    # Attention: a lightning indexer of 3 heads of 12 (RoPE on halves over the first 8) keeping 5 keys
+    # per query, so that every prompt's later queries attend to a chosen few; YaRN as V3.2 ships it;
+    # 2 of 4 groups, a random correction bias, scaling 2.5, 2 shared experts, the first layer dense
+    "deepseek_v32_sparse": ("DeepseekV32Config", dict(
+        num_attention_heads=4, num_key_value_heads=4, n_routed_experts=8, num_experts_per_tok=3,
+        moe_intermediate_size=24, intermediate_size=80, n_shared_experts=2, n_group=4, topk_group=2,
+        first_k_dense_replace=1, num_hidden_layers=3, q_lora_rank=40, kv_lora_rank=32, qk_nope_head_dim=16,
+        qk_rope_head_dim=8, v_head_dim=12, routed_scaling_factor=2.5, norm_topk_prob=True, attention_bias=True,
+        index_n_heads=3, index_head_dim=12, index_topk=5,
+        rope_scaling=dict(type="yarn", factor=40, mscale=1.0, mscale_all_dim=1.0, beta_fast=32, beta_slow=1,
+                          original_max_position_embeddings=4096))),
+    # ... dense and MoE layers from mlp_layer_types (the middle one dense), an indexer of one head as
+    # wide as the RoPE part keeping 2 keys, one group, not renormalised, one shared expert, plain RoPE
+    "deepseek_v32_types": ("DeepseekV32Config", dict(
+        num_attention_heads=2, num_key_value_heads=2, n_routed_experts=6, num_experts_per_tok=2,
+        moe_intermediate_size=32, intermediate_size=64, n_shared_experts=1, n_group=1, topk_group=1,
+        num_hidden_layers=3, mlp_layer_types=["sparse", "dense", "sparse"], q_lora_rank=24, kv_lora_rank=24,
+        qk_nope_head_dim=12, qk_rope_head_dim=4, v_head_dim=16, routed_scaling_factor=1.5, norm_topk_prob=False,
+        index_n_heads=1, index_head_dim=4, index_topk=2, rope_parameters=dict(rope_type="default", rope_theta=10000.0))),
+    # GLM-5: DeepSeek-V3.2's decoder whose indexer turns RoPE on interleaved pairs, layers sharing an
+    # indexer by index_topk_freq 2 (offset 2: full, full, shared, full), 2 indexer heads of 16 keeping 4
+    # keys, q_a / kv_a / o biases, 1 of 2 groups, scaling 2.5, the first layer dense
+    "glm_moe_dsa_shared": ("GlmMoeDsaConfig", dict(
+        num_attention_heads=4, num_key_value_heads=4, n_routed_experts=8, num_experts_per_tok=3,
+        moe_intermediate_size=24, intermediate_size=80, n_shared_experts=1, n_group=2, topk_group=1,
+        first_k_dense_replace=1, num_hidden_layers=4, q_lora_rank=40, kv_lora_rank=32, qk_nope_head_dim=16,
+        qk_rope_head_dim=8, v_head_dim=12, routed_scaling_factor=2.5, norm_topk_prob=True, attention_bias=True,
+        index_n_heads=2, index_head_dim=16, index_topk=4, index_topk_freq=2, index_skip_topk_offset=2,
+        rope_parameters=dict(rope_type="default", rope_theta=1e6))),
+    # ... indexer_types given (a full layer, then two sharing it), mlp_layer_types (the last dense), not
+    # renormalised, 2 shared experts, YaRN
+    "glm_moe_dsa_types": ("GlmMoeDsaConfig", dict(
+        num_attention_heads=2, num_key_value_heads=2, n_routed_experts=6, num_experts_per_tok=2,
+        moe_intermediate_size=32, intermediate_size=64, n_shared_experts=2, num_hidden_layers=3,
+        mlp_layer_types=["sparse", "sparse", "dense"], indexer_types=["full", "shared", "shared"], q_lora_rank=24,
+        kv_lora_rank=24, qk_nope_head_dim=12, qk_rope_head_dim=4, v_head_dim=16, routed_scaling_factor=1.5,
+        norm_topk_prob=False, index_n_heads=3, index_head_dim=8, index_topk=3,
+        rope_scaling=dict(type="yarn", factor=8.0, original_max_position_embeddings=32))),
     # Solar Open: Llama attention with q/k/v biases (none on o), GQA, a head_dim of its own, RoPE over
     # the whole head with YaRN (4.x's rope_scaling, as published); every layer MoE: DeepSeek-V3's
     # router with 2 of 4 groups, a random correction bias, renormalised, scaling 2, 2 shared experts
@@ -467,7 +506,7 @@ def _moe_blocks(model):
         if type(m).__name__.endswith("SparseMoeBlock") or type(m).__name__ in (
                 "DeepseekV3MoE", "DeepseekV2Moe", "Glm4MoeMoE", "Dots1MoE", "Glm4MoeLiteMoE", "Mistral4MoE",
                 "GraniteMoeMoE", "GraniteMoeSharedMoE", "HunYuanMoEV1Moe", "GptOssMLP", "DbrxFFN", "Llama4TextMoe",
-                "SolarOpenMoE"):
+                "SolarOpenMoE", "DeepseekV32MoE", "GlmMoeDsaMoE"):
             layer = int(mname.split(".blocks." if ".blocks." in mname else ".layers.")[1].split(".")[0])  # DBRX's
             blocks[layer] = m
     return blocks
@@ -624,15 +663,25 @@ FP8 = {
     "qwen3_moe_fp8_bf16_scales": ("qwen3_moe_headdim", torch.bfloat16, [32, 24]),  # Qwen3-FP8: bf16 scales
     "mixtral_fp8_e8m0_scales": ("mixtral_gqa", torch.float8_e8m0fnu, [48, 40]),  # UE8M0 exponents
     "qwen2_moe_fp8_f32_scales": ("qwen2_moe_shared", torch.float32, [16, 48]),  # DeepSeek-V3: float32
+    # DeepSeek-V3.2, its indexer's q and k in FP8 in partial blocks; its head weights' projection too,
+    # which published files keep in bf16, for the float32 copy transformers reads it into: float32
+    # scales over blocks of 2 heads, since the indexer's choice cannot tell a scaling common to every
+    # head (a power of 2 shared by the blocks) from none
+    "deepseek_v32_fp8_f32_scales": ("deepseek_v32_sparse", torch.float32, [2, 24]),
 }
+# tensors an FP8 fixture stores as F8_E4M3 besides fp8_quantized's
+FP8_ALSO = {"deepseek_v32_fp8_f32_scales": ("indexer.weights_proj.weight",)}
 
 
-def fp8_quantized(name):
-    """True for the tensors the FP8 fixtures store as F8_E4M3."""
+def fp8_quantized(name, also=()):
+    """True for the tensors the FP8 fixtures store as F8_E4M3 (and those ending as `also` says)."""
     if ".layers." not in name or not name.endswith(".weight"):
         return False
+    if name.endswith(tuple(also)):
+        return True
+    # (DeepSeek-V3.2's indexer keeps its head weights' projection in bf16, its q and k in FP8)
     if "norm" in name or name.endswith((".mlp.gate.weight", ".block_sparse_moe.gate.weight",
-                                        "shared_expert_gate.weight")):
+                                        "shared_expert_gate.weight", "indexer.weights_proj.weight")):
         return False
     return True
 
@@ -669,10 +718,10 @@ def make_fp8(name, out_dir, **overrides):
         cfg = json.load(f)
     cfg["quantization_config"] = {"activation_scheme": "dynamic", "fmt": "e4m3", "quant_method": "fp8",
                                   "weight_block_size": block}
-    return write_fp8(f32, out_dir, scale_dtype, block, cfg)
+    return write_fp8(f32, out_dir, scale_dtype, block, cfg, FP8_ALSO.get(name, ()))
 
 
-def write_fp8(f32, out_dir, scale_dtype, block, fp8_config):
+def write_fp8(f32, out_dir, scale_dtype, block, fp8_config, also=()):
     """The save_pretrained checkpoint in f32 quantized (fp8_quantized's tensors) into out_dir/fp8
     with fp8_config as its config.json, and the reference: HF on the dequantized weights
     (out_dir/dequantized: the same names in float32, no scales, f32's own config.json)."""
@@ -680,7 +729,7 @@ def write_fp8(f32, out_dir, scale_dtype, block, fp8_config):
     sd = load_file(os.path.join(f32, "model.safetensors"))
     fp8, deq = {}, {}
     for k, v in sd.items():
-        if fp8_quantized(k):
+        if fp8_quantized(k, also):
             q, s, d = quantize_fp8(v.float(), scale_dtype, block)
             fp8[k], fp8[k + "_scale_inv"], deq[k] = q, s, d
         else:

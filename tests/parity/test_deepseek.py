@@ -79,6 +79,12 @@ OTHER_BAD = [
     ("solar_open_plain_tied", "rope_parameters", {"rope_type": "default", "rope_theta": 1e4, "partial_rotary_factor": 0.5},
      ["partial_rotary_factor", "not supported"]),
     ("solar_open_plain_tied", "topk_method", "greedy", ["topk_method", "noaux_tc"]),
+    ("deepseek_v32_sparse", "q_lora_rank", None, ["q_lora_rank", "required"]),
+    ("deepseek_v32_sparse", "index_head_dim", 6, ["index_head_dim", "qk_rope_head_dim"]),
+    ("deepseek_v32_sparse", "index_topk", 0, ["index_topk", "positive"]),
+    ("deepseek_v32_sparse", "layer_types", ["indexed_attention", "sliding_attention", "indexed_attention"],
+     ["layer_types", "sliding_attention"]),
+    ("deepseek_v32_types", "mlp_layer_types", ["sparse", "dense"], ["mlp_layer_types", "entries"]),
 ]
 
 
@@ -115,7 +121,8 @@ def test_info_shows_transformers_yarn_factors(cli, tmp_path, name):
 # (fixture, routed experts, rows of S1's gate similarity: the shared expert joins when it is as
 # wide as the routed ones)
 @pytest.mark.parametrize("name,experts,s1", [("deepseek_v3_groups", 8, 8), ("deepseek_v2_groups", 16, 16),
-                                             ("glm4_moe_groups_qknorm", 16, 17), ("solar_open_groups_bias", 16, 16)])
+                                             ("glm4_moe_groups_qknorm", 16, 17), ("solar_open_groups_bias", 16, 16),
+                                             ("deepseek_v32_sparse", 8, 8)])
 def test_dynamic_and_static_analyses_run(cli, build_fixture, tmp_path, name, experts, s1):
     """Every analysis on the grouped, shared-expert routers (V3's and GLM's biased sigmoid, V2's softmax):
     results present and sane (their values are checked against numpy on the Mixtral/Qwen/OLMoE

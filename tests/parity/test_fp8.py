@@ -65,6 +65,18 @@ def test_fp8_dynamic_analyses(cli, fp8, tmp_path):
         assert np.isfinite(cos).all() and np.allclose(np.diag(cos), 1.0, atol=1e-5)
 
 
+def test_fp8_indexer_weights_in_float16(cli, fp8, tmp_path):
+    """DeepSeek-V3.2's indexer in a float16 run: transformers keeps weights_proj in float32 there, so the
+    FP8 file's head weights are dequantized into float32, not rounded to float16 (against HF in float16
+    on the dequantized weights, test_parity's float16 tolerances)."""
+    torch = require("torch")
+    from test_parity import F16_TOL, trace_and_compare
+    ckpt, _ = fp8("deepseek_v32_fp8_f32_scales")
+    hf = fixtures.hf_from_pretrained(os.path.join(os.path.dirname(ckpt), "dequantized"), torch.float16)
+    assert hf.model.layers[0].self_attn.indexer.weights_proj.weight.dtype == torch.float32
+    trace_and_compare(cli, ckpt, str(tmp_path / "s.h5"), fixtures.reference(hf), "--dtype", "float16", **F16_TOL)
+
+
 SCALE = "model.layers.0.self_attn.q_proj.weight_scale_inv"
 
 

@@ -28,7 +28,9 @@ def hf_logits(model, prompts):
 SHORT = [[5, 9, 33]]
 CASES = [("mixtral_gqa", "disable", fixtures.PROMPTS), ("qwen2_moe_shared", "disable", fixtures.PROMPTS),
          ("olmoe_clip", "zero", fixtures.PROMPTS), ("olmoe_clip", "disable", SHORT), ("olmoe_clip", "zero", SHORT),
-         ("qwen3_moe_headdim", "disable", SHORT)]
+         ("qwen3_moe_headdim", "disable", SHORT),
+         # GLM-5's layer 2 attends with layer 1's indexer choice, also when the passes start at layer 2
+         ("glm_moe_dsa_shared", "zero", fixtures.PROMPTS)]
 
 
 @pytest.mark.parametrize("name,mode,prompts", CASES, ids=[f"{n}-{m}-{len(p)}" for n, m, p in CASES])

@@ -48,6 +48,17 @@ def by_expert(ids, w):
     return np.take_along_axis(ids, o, 1), np.take_along_axis(w, o, 1)
 
 
+def assert_identical(run, ref, step={}):
+    """The logits and every MoE layer's router logits, chosen experts and combine weights of `run` equal
+    ref's bit for bit (step: an absolute tolerance per record where one is allowed)."""
+    np.testing.assert_array_equal(run["logits"][:], ref["logits"], err_msg="logits")
+    assert sorted(int(k) for k in run["layers"].keys()) == list(ref["moe_layers"])
+    for l in ref["moe_layers"]:
+        for a in ("router_logits", "topk_experts", "topk_weights"):
+            np.testing.assert_allclose(run[f"layers/{l}/{a}"][:], ref[f"L{l}_{a}"], rtol=0, atol=step.get(a, 0),
+                                       err_msg=f"{l}/{a}")
+
+
 def compare(run, ref, *, tol_logits=1e-4, tol_w=1e-5, tol_rl=1e-5, tol_norm=1e-5, gap_eps=1e-6, order_exact=True):
     """order_exact: the chosen experts in the same order as HF's (float32); else the same sets
     (half precision: near-equal scores inside the chosen set may swap places)."""
@@ -101,7 +112,7 @@ def test_parity_cpu_float32(cli, build_fixture, tmp_path, name, layout):
 
 
 @pytest.mark.parametrize("name", ["mixtral_gqa", "qwen2_moe_shared", "olmoe_clip", "qwen3_next_hybrid",
-                                  "qwen3_5_moe_text_mrope"])
+                                  "qwen3_5_moe_text_mrope", "deepseek_v32_sparse", "glm_moe_dsa_shared"])
 def test_layer_streamed_identical(cli, build_fixture, tmp_path, name):
     """The layer-streamed forward (layer l for all prompts, then load l+1, free l) gives the
     same traces, bit for bit, as the forward with every layer resident."""
@@ -121,12 +132,14 @@ def test_layer_streamed_identical(cli, build_fixture, tmp_path, name):
             np.testing.assert_array_equal(a[p][:], b[p][:], err_msg=p)
 
 
-@pytest.mark.parametrize("name", ["mixtral_sliding_tied", "gpt_oss_sinks_clamp", "llama4_chunked_nope"])
+@pytest.mark.parametrize("name", ["mixtral_sliding_tied", "gpt_oss_sinks_clamp", "llama4_chunked_nope",
+                                  "deepseek_v32_sparse", "glm_moe_dsa_shared"])
 def test_long_prompt_past_the_window_or_chunk(cli, build_fixture, tmp_path, name):
     """A 2,600-token prompt in float32 against transformers' full masks: past 2,048 tokens the
     engine takes the queries in blocks of 512, each against only the keys its sliding window
     (scaled-dot-product attention; GPT-OSS's sinks) or attention chunk (Llama 4) reaches, and never
-    builds the [T, T] mask (core/model/attention/standard.cpp)."""
+    builds the [T, T] mask (core/model/attention/standard.cpp); DeepSeek-V3.2's indexer scores and
+    sparse attention go in blocks of at most 512 queries too (core/model/attention/mla.cpp)."""
     h5py = require("h5py")
     per, _, _ = build_fixture(name)
     model = fixtures.build_model(name)
@@ -144,11 +157,14 @@ def test_long_prompt_past_the_window_or_chunk(cli, build_fixture, tmp_path, name
 # Mistral 4's router in the activations' dtype and its query temperature, MLA throughout, Granite's
 # multipliers in the activations' dtype, ERNIE's and Hunyuan's float32 router matrices (Hunyuan's
 # combine weights left in float32), ERNIE's float32 RoPE, FlexOlmo's post-norms rounded after the
-# weight product, Solar Open's float32 router and correction bias (GLM-4.5's) on Llama attention.
+# weight product, Solar Open's float32 router and correction bias (GLM-4.5's) on Llama attention,
+# DeepSeek-V3.2's and GLM-5's indexers (their head weights in float32 in float16 runs, their scores
+# choosing the keys).
 HALF_FAMILIES = ["deepseek_v3_groups", "deepseek_v2_groups", "glm4_moe_groups_qknorm", "dots1_sliding_groups",
                  "glm4_moe_lite_types", "minimax_m2_rotary_dim", "mistral4_groups_temperature",
                  "granitemoe_multipliers", "granitemoeshared_shared", "ernie4_5_moe_bias_interval",
-                 "hunyuan_alpha_list", "flex_olmo_plain", "solar_open_groups_bias"]
+                 "hunyuan_alpha_list", "flex_olmo_plain", "solar_open_groups_bias", "deepseek_v32_sparse",
+                 "glm_moe_dsa_shared"]
 # bf16 tolerances: bf16 has an 8-bit mantissa (relative step 2^-8 = 3.9e-3); two implementations
 # with different kernels or operation orders differ by a few steps after a couple of layers, so
 # router logits within 0.05 absolute, logits within 3e-2 of the largest logit, and the chosen sets
@@ -205,12 +221,9 @@ def test_whole_run_bit_identical_in_bfloat16(cli, build_fixture, tmp_path, name)
     step = ONE_STEP.get(name, {})
     with h5py.File(out, "r") as f:
         run = f["runs/r"]
-        np.testing.assert_array_equal(run["logits"][:], ref["logits"], err_msg="logits")
-        assert sorted(int(k) for k in run["layers"].keys()) == list(ref["moe_layers"])
+        assert_identical(run, ref, step)
         for l in ref["moe_layers"]:
             g = run[f"layers/{l}"]
-            for a in ("router_logits", "topk_experts", "topk_weights"):
-                np.testing.assert_allclose(g[a][:], ref[f"L{l}_{a}"], rtol=0, atol=step.get(a, 0), err_msg=f"{l}/{a}")
             np.testing.assert_allclose(g["expert_output_norms"][:], ref[f"L{l}_expert_output_norms"], rtol=2 ** -8,
                                        atol=0, err_msg=f"{l}/expert_output_norms")
 

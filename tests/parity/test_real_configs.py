@@ -3,7 +3,8 @@ where each copy comes from) opens and runs with HF parity, kept whole except its
 (DeepSeekMoE-16B's, which transformers has no class for, in test_deepseek_moe.py).
 
 Shrunk: hidden and FFN widths, layers (the dense ones kept, then two MoE layers), heads, the
-LoRA ranks and head dims, the vocabulary (pad_token_id, which transformers' embedding takes as
+LoRA ranks and head dims, DeepSeek-V3.2's and GLM-5's indexers (its heads, head dim, and the keys it keeps: 6,
+so that it chooses on these prompts), the vocabulary (pad_token_id, which transformers' embedding takes as
 its padding index, moved into it; bos / eos ids left as published, nothing here reads them), and the routed experts to 64 (group counts and top-k
 unchanged, so the group rules still bite). Every other key stays as published: model_type
 (kimi_k2 included), auto_map, rope_scaling in 4.x's form (YaRN, Kimi K2's beta_fast = beta_slow),
@@ -17,7 +18,8 @@ transformers ignores (attn_type_list cut to the layers kept).
 Solar Open's (Upstage; GLM-4.5's MoE block on Llama attention) sits here for its DeepSeek-V3 router
 and the GLM-4.5 keys its class ignores (first_k_dense_replace 0: no dense layer is kept).
 
-The reference is transformers' DeepseekV2 / DeepseekV3 / Glm4Moe / MiniMaxM2 / SolarOpen built from the same dict; transformers
+The reference is transformers' DeepseekV2 / DeepseekV3 / Glm4Moe / MiniMaxM2 / SolarOpen / DeepseekV32 /
+GlmMoeDsa built from the same dict; transformers
 has no kimi_k2 type, Kimi K2's published code is DeepSeek-V3's, so its reference is DeepseekV3.
 """
 import json
@@ -34,7 +36,7 @@ CONFIGS = os.path.join(HERE, "..", "data", "configs")
 
 SHRINK = dict(hidden_size=64, intermediate_size=96, moe_intermediate_size=32, num_attention_heads=4,
               num_key_value_heads=4, kv_lora_rank=32, qk_nope_head_dim=16, qk_rope_head_dim=8, v_head_dim=16,
-              vocab_size=128, n_routed_experts=64)
+              vocab_size=128, n_routed_experts=64, index_n_heads=4, index_head_dim=16, index_topk=6)
 
 
 def shrunk(name):
@@ -66,12 +68,14 @@ def reference_config(cfg):
     t = require("transformers")
     kw = {k: v for k, v in cfg.items() if k not in ("model_type", "auto_map", "quantization_config", "architectures")}
     cls = {"deepseek_v2": t.DeepseekV2Config, "glm4_moe": t.Glm4MoeConfig,
-           "minimax_m2": t.MiniMaxM2Config, "solar_open": t.SolarOpenConfig}.get(cfg["model_type"], t.DeepseekV3Config)
+           "minimax_m2": t.MiniMaxM2Config, "solar_open": t.SolarOpenConfig,
+           "deepseek_v32": t.DeepseekV32Config, "glm_moe_dsa": t.GlmMoeDsaConfig}.get(cfg["model_type"], t.DeepseekV3Config)
     return cls(**kw)
 
 
 @pytest.mark.parametrize("name", ["deepseek_v2_lite", "deepseek_v2", "deepseek_v3", "kimi_k2_instruct", "glm4_5_air",
-                                  "minimax_m2", "solar_open_100b"])
+                                  "minimax_m2", "solar_open_100b", "deepseek_v32",
+                                  "glm5"])
 def test_published_config_opens_and_matches_hf(cli, tmp_path, name):
     h5py = require("h5py")
     cfg = shrunk(name)
@@ -90,6 +94,9 @@ def test_published_config_opens_and_matches_hf(cli, tmp_path, name):
     assert info["model_type"] == cfg["model_type"]
     if cfg.get("rope_scaling"):
         assert info["rope"]["type"] == "yarn" and info["rope"]["factor"] == cfg["rope_scaling"]["factor"]
+    if "index_topk" in cfg:
+        assert info["sparse_attention"]["index_topk"] == cfg["index_topk"]
+        assert info["sparse_attention"]["indexer_rope_interleave"] == (cfg["model_type"] == "glm_moe_dsa")
     assert (info.get("quantization") is not None) == bool(q)
     out = str(tmp_path / "s.h5")
     trace(cli, ckpt, out, "--all-experts", "--save-logits", "--run", "r")

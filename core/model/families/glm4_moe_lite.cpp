@@ -23,15 +23,7 @@ const Family& family_glm4_moe_lite() {
             readMla(s, c, d);
             s.attn.ropeInterleave = c.optBool("rope_interleave", true);
             deepseekLayers(s, c, {1, 10240, 1});
-            const auto types = c.optStringList("mlp_layer_types");
-            if (!types.empty() && static_cast<int64_t>(types.size()) != s.numLayers)
-                c.fail("mlp_layer_types", "has " + std::to_string(types.size()) + " entries for " +
-                                              std::to_string(s.numLayers) + " layers");
-            for (int64_t l = 0; l < s.numLayers; ++l) {
-                const std::string t = types.empty() ? (l == 0 ? "dense" : "sparse") : types[l];
-                if (t != "dense" && t != "sparse") c.fail("mlp_layer_types", "unknown layer type '" + t + "'");
-                s.layers[l].moe = t == "sparse";
-            }
+            mlpLayerTypes(s, c, 1);
             noauxRouter(s, c, {1, 1, 1.8});
         },
         hfNoauxTensors,
