@@ -540,6 +540,10 @@ void Model::Impl::step(int l, State& st, bool allExperts, const Tap& tap, const 
     const LayerWeights& w = layers[l];
     auto interventionOf = [&](size_t p) { return intervene ? intervene(l, p) : nullptr; };
     const bool isMoe = spec.layers[l].moe;
+    if (st.indexChoice.size() != st.h.size())  // Model::Impl::start sizes it; a State built by hand must too
+        throw Error("the forward's state has " + std::to_string(st.indexChoice.size()) +
+                        " sparse-attention choices for " + std::to_string(st.h.size()) + " prompts",
+                    "", "model");
     for (size_t p = 0; p < st.h.size(); ++p) {
         if (spec.encoder) {  // post-LN: LN(h + attn(h)), then LN(h + ffn(h))
             Tensor x =
@@ -788,7 +792,7 @@ ImportanceResult Model::expertImportance(const std::vector<std::vector<int64_t>>
         current = l;
         if (measured.count(l)) {
             inputs[l] = st.h;
-            inputChoices[l] = st.indexChoice;
+            if (d.spec.layers[l].sharesIndexer) inputChoices[l] = st.indexChoice;
         }
     };
     hooks.ffn = [&](size_t, const Tensor&, const MoeOut* m) {
@@ -853,7 +857,7 @@ ImportanceResult Model::expertImportance(const std::vector<std::vector<int64_t>>
                 ivs.push_back(d.layerIntervention(one, l));
                 for (size_t p = 0; p < P; ++p) {
                     v.h.push_back(inputs[l][p]);
-                    v.indexChoice.push_back(inputChoices[l][p]);
+                    v.indexChoice.push_back(inputChoices.count(l) ? inputChoices[l][p] : Tensor());
                     v.cos.push_back(st.cos[p]);
                     v.sin.push_back(st.sin[p]);
                     for (size_t t = 0; t < st.cosX.size(); ++t) {

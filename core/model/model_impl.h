@@ -580,12 +580,12 @@ struct Model::Impl {
 
     // Multi-head latent attention (attention/mla.cpp): cos/sin are the RoPE tables of the
     // qk_rope_head_dim rotary dimensions. With the sparse-attention indexer, `chosen` holds the
-    // keys each query from index_topk on attends to ([T - topK, topK], long; undefined when the
-    // prompt has at most topK tokens): a layer with its own indexer sets it, a layer that shares
-    // one (LayerSpec::sharesIndexer) reads it.
+    // keys each query from index_topk on attends to ([T - topK, topK], int32; undefined when the
+    // prompt has at most topK tokens): a layer with its own indexer sets it where a later layer
+    // shares it (LayerSpec::sharesIndexer), and such a layer reads it.
     Tensor mlaAttention(const LayerWeights& w, const Tensor& x, const Tensor& cos, const Tensor& sin, int l,
                         Tensor& chosen) const;
-    // The indexer's choice for queries topK.. of a prompt: [T - topK, topK] key ids (long).
+    // The indexer's choice for queries topK.. of a prompt: [T - topK, topK] key ids (int32).
     Tensor indexerChoice(const LayerWeights& w, const Tensor& x, const Tensor& qLatent, const Tensor& cos,
                          const Tensor& sin) const;
     // Gated DeltaNet (attention/gated_deltanet.cpp), spec.h's LinearAttentionSpec: x [T, d] of one

@@ -17,8 +17,9 @@ DSA = ["deepseek_v32_sparse", "deepseek_v32_types", "glm_moe_dsa_shared", "glm_m
 @pytest.mark.parametrize("name", DSA)
 def test_float16_bit_identical(cli, build_fixture, tmp_path, name):
     """A float16 run: every MoE layer's routing and the logits equal transformers' in float16 bit for
-    bit (its indexer's head weights projected in float32; in bfloat16 in the compute dtype, which
-    test_parity's whole-run test checks), every expert's output norm within a float16 step."""
+    bit, every expert's output norm within a float16 step. (Whether the indexer's head weights are
+    projected in float32, as transformers does in float16 runs, decides no choice on these prompts:
+    test_long_prompt_half_bit_identical's does.)"""
     torch = require("torch")
     h5py = require("h5py")
     per, _, _ = build_fixture(name)
@@ -56,6 +57,41 @@ def test_long_prompt_half_bit_identical(cli, build_fixture, tmp_path, dtype, tok
         assert_identical(f["runs/r"], ref)
 
 
+@pytest.mark.parametrize("name", ["deepseek_v32_sparse", "glm_moe_dsa_shared"])
+def test_prompts_within_index_topk(cli, build_fixture, tmp_path, name):
+    """Prompts of at most index_topk tokens (3 and the topk itself): every query keeps every earlier
+    key, no choice is made or shared (GLM-5's sharing layers find none), as transformers (float32)."""
+    h5py = require("h5py")
+    per, _, _ = build_fixture(name)
+    model = fixtures.build_model(name)
+    K = model.config.index_topk
+    prompts = [[5, 9, 33], fixtures.PROMPTS[0][:K]]
+    ref = fixtures.reference(model, prompts=prompts)
+    out = str(tmp_path / "s.h5")
+    args = ["trace", per, "--out", out, "--all-experts", "--save-logits", "--run", "r"]
+    for p in prompts:
+        args += ["--token-ids", ",".join(map(str, p))]
+    run_cli(cli, *args)
+    with h5py.File(out, "r") as f:
+        compare(f["runs/r"], ref)
+
+
+def test_long_prompt_choices_start_inside_a_block(cli, tmp_path):
+    """index_topk 700 on 2,600 tokens (float32): the first queries with a choice lie inside the second
+    block of 512 (and the indexer's first block starts there), as they do at the published 2,048."""
+    h5py = require("h5py")
+    model = fixtures.build_model("glm_moe_dsa_shared", index_topk=700)
+    d = str(tmp_path / "ck")
+    model.save_pretrained(d)
+    prompt = [int(t) for t in np.random.default_rng(7).integers(0, 97, 2600)]
+    ref = fixtures.reference(model, prompts=[prompt])
+    out = str(tmp_path / "s.h5")
+    run_cli(cli, "trace", d, "--out", out, "--token-ids", ",".join(map(str, prompt)), "--all-experts",
+            "--save-logits", "--allow-long", "--run", "r")
+    with h5py.File(out, "r") as f:
+        compare(f["runs/r"], ref)
+
+
 # GLM-5's indexer_types as transformers derives them: given, from index_topk_pattern (a string or a
 # list), from index_topk_freq and index_skip_topk_offset, or the defaults (every layer full)
 SHARING = [
@@ -77,6 +113,8 @@ def test_glm5_shared_indexer_layers_as_transformers(cli, tmp_path, kw):
     t = require("transformers")
     h5py = require("h5py")
     base = dict(fixtures.CONFIGS["glm_moe_dsa_shared"][1], num_hidden_layers=5)
+    for k in ("index_topk_freq", "index_skip_topk_offset"):  # the fixture's own sharing rule: kw's only
+        base.pop(k)
     model = fixtures.model_from_config(t.GlmMoeDsaConfig(**fixtures.BASE | base | kw))
     want = [l for l, x in enumerate(model.config.indexer_types[:5]) if x == "shared"]
     assert all(model.model.layers[l].self_attn.indexer is None for l in want)
@@ -103,7 +141,8 @@ BAD = [
     ("glm_moe_dsa_types", "indexer_types", ["shared", "full", "full"], ["indexer_types", "layer 0"]),
     ("glm_moe_dsa_types", "indexer_types", ["full", "sparse", "full"], ["indexer_types", "'sparse'"]),
     ("glm_moe_dsa_types", "indexer_types", ["full", "shared"], ["indexer_types", "2 entries for 3 layers"]),
-    ("glm_moe_dsa_shared", "index_topk_pattern", "FFXF", ["index_topk_pattern", "'X'"]),
+    ("glm_moe_dsa_shared", "index_topk_pattern", "FFXF", ["index_topk_pattern", "'FFXF'", "F (full)"]),
+    ("glm_moe_dsa_shared", "index_skip_topk_offset", -(2 ** 62), ["index_skip_topk_offset", "out of range"]),
     ("glm_moe_dsa_shared", "indexer_rope_interleave", False, ["indexer_rope_interleave", "interleaved pairs"]),
     ("glm_moe_dsa_shared", "rope_interleave", False, ["rope_interleave", "interleaved pairs"]),
     ("deepseek_v32_sparse", "indexer_rope_interleave", True, ["indexer_rope_interleave", "on halves"]),
@@ -115,7 +154,7 @@ def test_options_refused_by_name(cli, build_fixture, tmp_path, name, key, value,
     per, _, _ = build_fixture(name)
 
     def edit(c):
-        if key == "index_topk_pattern":
+        if key in ("index_topk_pattern", "index_skip_topk_offset"):
             c.pop("indexer_types", None)
         c[key] = value
 

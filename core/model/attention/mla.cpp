@@ -18,7 +18,9 @@ namespace es {
 namespace {
 // Queries per block of the indexer's scores (each block's [rows, heads, keys] float32 scores held at
 // once, at most ~kIndexBlockBytes) and of the masked attention beyond kMaskFrom tokens (each block
-// against the keys up to its last query, as standard.cpp's bands)
+// against the keys up to its last query, as standard.cpp's bands; in float16, CPU attention over
+// such a block rounds apart from one call over every query as transformers makes it, in bfloat16
+// and float32 not: tests/parity/test_dsa.py)
 constexpr int64_t kIndexBlockBytes = int64_t(64) << 20, kMaskFrom = 2048, kMaskRows = 512;
 }  // namespace
 
@@ -56,7 +58,7 @@ Tensor Model::Impl::indexerChoice(const LayerWeights& w, const Tensor& x, const 
         Tensor idx = torch::matmul(hw.narrow(0, r0, n).unsqueeze(1), s).squeeze(1);                     // [n, T]
         const Tensor later = torch::arange(T, longOpts).unsqueeze(0) > torch::arange(r0, r0 + n, longOpts).unsqueeze(1);
         idx.masked_fill_(later, std::numeric_limits<float>::lowest());
-        parts.push_back(std::get<1>(idx.topk(K, -1)));
+        parts.push_back(std::get<1>(idx.topk(K, -1)).to(torch::kInt));  // (int32: half the memory it holds)
         r0 += n;
     }
     return torch::cat(parts, 0);
@@ -119,10 +121,17 @@ Tensor Model::Impl::mlaAttention(const LayerWeights& w, const Tensor& x, const T
                 .squeeze(0);
     } else {
         const int64_t K = a.indexer.topK;
-        if (!spec.layers[l].sharesIndexer) chosen = T > K ? indexerChoice(w, x, qLatent, cos, sin) : Tensor();
-        else if (T > K && !(chosen.defined() && chosen.size(0) == T - K))
+        Tensor choice = chosen;
+        if (!spec.layers[l].sharesIndexer) {
+            choice = T > K ? indexerChoice(w, x, qLatent, cos, sin) : Tensor();
+            // kept for the layers after this one only where one of them shares it (GLM-5)
+            const bool kept = std::any_of(spec.layers.begin() + l + 1, spec.layers.end(),
+                                          [](const LayerSpec& ls) { return ls.sharesIndexer; });
+            chosen = kept ? choice : Tensor();
+        } else if (T > K && !(choice.defined() && choice.size(0) == T - K)) {
             throw Error("layer " + std::to_string(l) + " shares a sparse-attention indexer no earlier layer ran", "",
                         "model");
+        }
         // queries r0 .. r0 + n - 1 on keys 0 .. r0 + n - 1: the earlier keys, and from query K on
         // only the K the indexer chose
         const auto longOpts = x.options().dtype(torch::kLong);
@@ -134,7 +143,7 @@ Tensor Model::Impl::mlaAttention(const LayerWeights& w, const Tensor& x, const T
             if (m > K) {
                 const int64_t c0 = std::max(r0, K);  // the block's first query with a choice
                 Tensor pick = torch::zeros({m - c0, m}, allowed.options());
-                pick.scatter_(1, chosen.narrow(0, c0 - K, m - c0).narrow(1, 0, K), true);
+                pick.scatter_(1, choice.narrow(0, c0 - K, m - c0).to(torch::kLong), true);
                 allowed.narrow(0, c0 - r0, m - c0).copy_(pick);
             }
             parts.push_back(at::scaled_dot_product_attention(qFull.narrow(1, r0, n).unsqueeze(0),

@@ -22,9 +22,10 @@ const Family& family_glm_moe_dsa() {
                 if (!p.is_string()) {
                     types = c.optStringList(key);
                 } else {
-                    for (char ch : p.get<std::string>()) {
+                    const std::string pattern = p.get<std::string>();
+                    for (char ch : pattern) {
                         if (ch != 'F' && ch != 'S')
-                            c.fail(key, std::string("has '") + ch + "': each layer is F (full) or S (shared)");
+                            c.fail(key, "'" + pattern + "' has a letter other than F (full) and S (shared)");
                         types.push_back(ch == 'F' ? "full" : "shared");
                     }
                 }
@@ -32,6 +33,8 @@ const Family& family_glm_moe_dsa() {
             if (types.empty()) {
                 const int64_t freq = std::max<int64_t>(c.optInt("index_topk_freq", 1), 1);
                 const int64_t offset = c.optInt("index_skip_topk_offset", 2);
+                if (offset < -(int64_t(1) << 24) || offset > (int64_t(1) << 24))
+                    c.fail("index_skip_topk_offset", std::to_string(offset) + " is out of range");
                 for (int64_t i = 0; i < s.numLayers; ++i)
                     types.push_back(std::max<int64_t>(i - offset + 1, 0) % freq == 0 ? "full" : "shared");
             }
