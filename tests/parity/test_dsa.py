@@ -9,7 +9,7 @@ import pytest
 
 from conftest import assert_info_refuses, require, run_cli
 import fixtures
-from test_parity import assert_identical, compare, trace
+from test_parity import assert_identical, compare, long_prompt_and_compare, trace
 
 DSA = ["deepseek_v32_sparse", "deepseek_v32_types", "glm_moe_dsa_shared", "glm_moe_dsa_types"]
 
@@ -79,17 +79,10 @@ def test_prompts_within_index_topk(cli, build_fixture, tmp_path, name):
 def test_long_prompt_choices_start_inside_a_block(cli, tmp_path):
     """index_topk 700 on 2,600 tokens (float32): the first queries with a choice lie inside the second
     block of 512 (and the indexer's first block starts there), as they do at the published 2,048."""
-    h5py = require("h5py")
     model = fixtures.build_model("glm_moe_dsa_shared", index_topk=700)
     d = str(tmp_path / "ck")
     model.save_pretrained(d)
-    prompt = [int(t) for t in np.random.default_rng(7).integers(0, 97, 2600)]
-    ref = fixtures.reference(model, prompts=[prompt])
-    out = str(tmp_path / "s.h5")
-    run_cli(cli, "trace", d, "--out", out, "--token-ids", ",".join(map(str, prompt)), "--all-experts",
-            "--save-logits", "--allow-long", "--run", "r")
-    with h5py.File(out, "r") as f:
-        compare(f["runs/r"], ref)
+    long_prompt_and_compare(cli, d, model, tmp_path, 7)
 
 
 # GLM-5's indexer_types as transformers derives them: given, from index_topk_pattern (a string or a

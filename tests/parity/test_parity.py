@@ -140,13 +140,18 @@ def test_long_prompt_past_the_window_or_chunk(cli, build_fixture, tmp_path, name
     (scaled-dot-product attention; GPT-OSS's sinks) or attention chunk (Llama 4) reaches, and never
     builds the [T, T] mask (core/model/attention/standard.cpp); DeepSeek-V3.2's indexer scores and
     sparse attention go in blocks of at most 512 queries too (core/model/attention/mla.cpp)."""
-    h5py = require("h5py")
     per, _, _ = build_fixture(name)
-    model = fixtures.build_model(name)
-    prompt = [int(t) for t in np.random.default_rng(11).integers(0, model.config.vocab_size, 2600)]
+    long_prompt_and_compare(cli, per, fixtures.build_model(name), tmp_path, 11)
+
+
+def long_prompt_and_compare(cli, ckpt, model, tmp_path, seed, tokens=2600):
+    """A prompt of `tokens` random ids (numpy's generator from `seed`) traced from ckpt in float32 and
+    compared with transformers' `model` on it."""
+    h5py = require("h5py")
+    prompt = [int(t) for t in np.random.default_rng(seed).integers(0, model.config.vocab_size, tokens)]
     ref = fixtures.reference(model, prompts=[prompt])
     out = str(tmp_path / "s.h5")
-    run_cli(cli, "trace", per, "--out", out, "--token-ids", ",".join(map(str, prompt)), "--all-experts",
+    run_cli(cli, "trace", ckpt, "--out", out, "--token-ids", ",".join(map(str, prompt)), "--all-experts",
             "--save-logits", "--allow-long", "--run", "r")
     with h5py.File(out, "r") as f:
         compare(f["runs/r"], ref)
