@@ -148,6 +148,11 @@ inline Tensor applyRope(const Tensor& x, const Tensor& cos, const Tensor& sin) {
 // the odd ones (a permutation that queries and keys share, so q.k is the interleaved rotation's:
 // DeepSeek-V3, ERNIE 4.5). inFloat32: on a float32 copy of x, rounded back once (DeepSeek-V2
 // rotates as complex64, ERNIE 4.5 in float32).
+// Attention over more tokens than kBandFrom whose mask is not plainly causal (a sliding window, an
+// attention chunk: attention/standard.cpp; sparse attention's choices: attention/mla.cpp) goes in
+// blocks of kBandRows queries, each against only the keys it may see, never a [T, T] mask
+constexpr int64_t kBandFrom = 2048, kBandRows = 512;
+
 inline Tensor applyRope(const Tensor& x, const Tensor& cos, const Tensor& sin, bool interleaved, bool inFloat32) {
     if (inFloat32 && x.scalar_type() != torch::kFloat)
         return applyRope(x.to(torch::kFloat), cos, sin, interleaved, false).to(x.scalar_type());

@@ -16,12 +16,12 @@
 namespace es {
 
 namespace {
-// Queries per block of the indexer's scores (each block's [rows, heads, keys] float32 scores held at
-// once, at most ~kIndexBlockBytes) and of the masked attention beyond kMaskFrom tokens (each block
-// against the keys up to its last query, as standard.cpp's bands; in float16, CPU attention over
-// such a block rounds apart from one call over every query as transformers makes it, in bfloat16
-// and float32 not: tests/parity/test_dsa.py)
-constexpr int64_t kIndexBlockBytes = int64_t(64) << 20, kMaskFrom = 2048, kMaskRows = 512;
+// Queries per block of the indexer's scores: at most kBandRows, each block's [rows, heads, keys]
+// float32 scores at most ~kIndexBlockBytes. (The masked attention goes in kBandRows blocks past
+// kBandFrom tokens, each against the keys up to its last query; in float16, CPU attention over such a
+// block rounds apart from one call over every query as transformers makes it, in bfloat16 and
+// float32 not: tests/parity/test_dsa.py)
+constexpr int64_t kIndexBlockBytes = int64_t(64) << 20;
 }  // namespace
 
 Tensor Model::Impl::indexerChoice(const LayerWeights& w, const Tensor& x, const Tensor& qLatent, const Tensor& cos,
@@ -49,7 +49,7 @@ Tensor Model::Impl::indexerChoice(const LayerWeights& w, const Tensor& x, const 
     const Tensor kt = k.t();
     for (int64_t r0 = K; r0 < T;) {
         const int64_t n = std::clamp<int64_t>(kIndexBlockBytes / (H * T * static_cast<int64_t>(sizeof(float))), 1,
-                                              std::min(kMaskRows, T - r0));
+                                              std::min(kBandRows, T - r0));
         // score(i, j) = sum_h w_h(i) relu(q_h(i) . k(j) / sqrt(D)), each product in float32 as
         // transformers' matmuls take them, over a whole row of T keys; the later keys at float32's
         // lowest, as transformers' mask leaves them (a query from index K on has more than K earlier
@@ -135,7 +135,7 @@ Tensor Model::Impl::mlaAttention(const LayerWeights& w, const Tensor& x, const T
         // queries r0 .. r0 + n - 1 on keys 0 .. r0 + n - 1: the earlier keys, and from query K on
         // only the K the indexer chose
         const auto longOpts = x.options().dtype(torch::kLong);
-        const int64_t rows = T <= kMaskFrom ? T : kMaskRows;
+        const int64_t rows = T <= kBandFrom ? T : kBandRows;
         std::vector<Tensor> parts;
         for (int64_t r0 = 0; r0 < T; r0 += rows) {
             const int64_t n = std::min(rows, T - r0), m = r0 + n;

@@ -55,9 +55,6 @@ Tensor blockedAttention(const Tensor& q, const Tensor& k, const Tensor& v, const
 }
 
 constexpr double kInf = std::numeric_limits<double>::infinity();
-// A sliding window or attention chunk over more tokens than kBandFrom goes in blocks of
-// kBandRows queries (Model::Impl::attention)
-constexpr int64_t kBandFrom = 2048, kBandRows = 512;
 
 // Attention with sinks (GPT-OSS), as transformers' eager_attention_forward: per head, the scaled
 // scores of the allowed keys joined by the head's sink logit, less their maximum, softmax in the
