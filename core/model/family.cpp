@@ -804,7 +804,11 @@ void deepseekLayers(ModelSpec& s, const Config& c, const DeepseekDefaults& d) {
         s.layers[l].moe = l >= dense;
         s.layers[l].ffnDim = ffn;
     }
-    const int64_t shared = c.optInt("n_shared_experts", d.shared);
+    ungatedSharedExperts(s, c, d.shared);
+}
+
+void ungatedSharedExperts(ModelSpec& s, const Config& c, int64_t def) {
+    const int64_t shared = c.optInt("n_shared_experts", def);
     if (shared < 0) c.fail("n_shared_experts", "must not be negative");
     if (shared > 0) {
         positive(c, "n_shared_experts", shared, 1 << 10);

@@ -184,6 +184,9 @@ struct DeepseekDefaults {
     int64_t denseLayers, ffn, shared;
 };
 void deepseekLayers(ModelSpec& s, const Config& c, const DeepseekDefaults& d);
+// n_shared_experts (absent: def) ungated shared experts of the routed experts' width, held as one
+// shared expert n times as wide (deepseekLayers'); 0: none.
+void ungatedSharedExperts(ModelSpec& s, const Config& c, int64_t def);
 
 // DeepSeek-V3.2's decoder (GLM-5's too): DeepSeek-V3's MLA, always with q LoRA and RoPE on
 // interleaved pairs (their classes read no rope_interleave), with the sparse-attention indexer

@@ -21,10 +21,8 @@ const Family& family_solar_open() {
             if (c.optInt("first_k_dense_replace", 0) != 0)
                 c.fail("first_k_dense_replace", "transformers' SolarOpen makes every layer MoE (it reads no such key)");
             for (auto& l : s.layers) l.moe = true;
-            const int64_t shared = c.optInt("n_shared_experts", 1);
-            positive(c, "n_shared_experts", shared, 1 << 10);
-            s.sharedFfn = shared * s.expertFfn;
-            s.router.shared = RouterRule::Shared::Ungated;
+            positive(c, "n_shared_experts", c.optInt("n_shared_experts", 1));  // always there, 0 refused
+            ungatedSharedExperts(s, c, 1);
             noauxRouter(s, c, {1, 1, 1.0, true});
         },
         hfNoauxTensors,
