@@ -472,11 +472,11 @@ void hfDecoderTensors(TableBuilder& t, const std::string& ffnNorm) {
     // gated attention (Qwen3-Next): each head's queries, then its gate values
     t.add(Role::Q, Scope::Attention, q + "q_proj.weight", {a.outputGate ? 2 * D::QDim : D::QDim, D::Hidden});
     t.add(Role::K, Scope::Attention, q + "k_proj.weight", {D::KvDim, D::Hidden});
-    t.add(Role::V, Scope::AttentionValues, q + "v_proj.weight", {D::KvDim, D::Hidden});
-    t.add(Role::O, Scope::Attention, q + "o_proj.weight", {D::Hidden, D::QDim});
+    t.add(Role::V, Scope::AttentionValues, q + "v_proj.weight", {D::VDim, D::Hidden});
+    t.add(Role::O, Scope::Attention, q + "o_proj.weight", {D::Hidden, D::ODim});
     t.addIf(a.qkvBias, Role::QBias, Scope::Attention, q + "q_proj.bias", {a.outputGate ? 2 * D::QDim : D::QDim});
     t.addIf(a.qkvBias, Role::KBias, Scope::Attention, q + "k_proj.bias", {D::KvDim});
-    t.addIf(a.qkvBias, Role::VBias, Scope::AttentionValues, q + "v_proj.bias", {D::KvDim});
+    t.addIf(a.qkvBias, Role::VBias, Scope::AttentionValues, q + "v_proj.bias", {D::VDim});
     t.addIf(a.oBias, Role::OBias, Scope::Attention, q + "o_proj.bias", {D::Hidden});
     if (a.qkNorm == AttentionSpec::QKNorm::PerHead) {
         t.add(Role::QNorm, Scope::Attention, q + "q_norm.weight", {D::HeadDim});
@@ -702,6 +702,21 @@ void mlpLayerTypes(ModelSpec& s, const Config& c, int64_t defaultDense) {
     }
 }
 
+void unreadPerLayerKeyAgrees(const Config& c, const std::string& key, const std::vector<bool>& derived,
+                             const std::string& what) {
+    if (!c.has(key)) return;
+    const JsonIn list = c.in()[key];
+    if (!list.isArray()) list.fail("expected one entry per layer");
+    const std::vector<JsonIn> v = list.elements();
+    const nlohmann::json& raw = c.raw().at(key);
+    bool same = v.size() == derived.size();
+    for (size_t i = 0; same && i < v.size(); ++i)
+        same = (raw[i].is_boolean() ? v[i].boolean() : v[i].integer(0, 1) != 0) == derived[i];
+    if (!same)
+        c.fail(key, "transformers' " + c.optString("model_type", "") + " class does not read this key and derives " +
+                        what + " from its own keys; they disagree, so the checkpoint would be misread");
+}
+
 void dsaDecoder(ModelSpec& s, const Config& c, const DsaDefaults& d) {
     fillCommon(s, c, {d.rmsEps, 10000.0, false});
     readMla(s, c, d.mla);
@@ -807,11 +822,11 @@ void deepseekLayers(ModelSpec& s, const Config& c, const DeepseekDefaults& d) {
     ungatedSharedExperts(s, c, d.shared);
 }
 
-void ungatedSharedExperts(ModelSpec& s, const Config& c, int64_t def) {
-    const int64_t shared = c.optInt("n_shared_experts", def);
-    if (shared < 0) c.fail("n_shared_experts", "must not be negative");
+void ungatedSharedExperts(ModelSpec& s, const Config& c, int64_t def, const std::string& key) {
+    const int64_t shared = c.optInt(key, def);
+    if (shared < 0) c.fail(key, "must not be negative");
     if (shared > 0) {
-        positive(c, "n_shared_experts", shared, 1 << 10);
+        positive(c, key, shared, 1 << 10);
         s.sharedFfn = shared * s.expertFfn;
         s.router.shared = RouterRule::Shared::Ungated;
     }

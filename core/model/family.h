@@ -184,9 +184,17 @@ struct DeepseekDefaults {
     int64_t denseLayers, ffn, shared;
 };
 void deepseekLayers(ModelSpec& s, const Config& c, const DeepseekDefaults& d);
-// n_shared_experts (absent: def) ungated shared experts of the routed experts' width, held as one
-// shared expert n times as wide (deepseekLayers'); 0: none.
-void ungatedSharedExperts(ModelSpec& s, const Config& c, int64_t def);
+// n_shared_experts (absent: def; `key` where the family names it otherwise) ungated shared experts
+// of the routed experts' width, held as one shared expert n times as wide (deepseekLayers'); 0: none.
+void ungatedSharedExperts(ModelSpec& s, const Config& c, int64_t def, const std::string& key = "n_shared_experts");
+
+// A key of a published config that the family's transformers class does not read, one entry per
+// layer (0 / 1 or false / true): where present it must mark exactly the layers `derived` marks
+// (what transformers computes from its own keys), else the checkpoint would be misread there and
+// here alike, and it is refused, naming `what` (MiMo-V2-Flash's hybrid_layer_pattern, K-EXAONE's
+// is_moe_layer).
+void unreadPerLayerKeyAgrees(const Config& c, const std::string& key, const std::vector<bool>& derived,
+                             const std::string& what);
 
 // DeepSeek-V3.2's decoder (GLM-5's too): DeepSeek-V3's MLA, always with q LoRA and RoPE on
 // interleaved pairs (their classes read no rope_interleave), with the sparse-attention indexer

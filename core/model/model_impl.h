@@ -475,7 +475,8 @@ struct Model::Impl {
     void addWeightWarnings(RunTrace& rt) const;  // weightWarnings, first in the run's warnings
     // A role's tensor of layer l (expert e) as the family's table names it.
     Tensor load(Role r, int l = -1, int e = -1) const { return load(spec.tensorName(r, l, e)); }
-    Tensor loadOpt(Role r, int l = -1) const { return spec.has(r) ? load(r, l) : Tensor(); }
+    // ... or none where the family has no such role or its scope leaves layer l out
+    Tensor loadOpt(Role r, int l = -1) const { return spec.hasIn(r, l) ? load(r, l) : Tensor(); }
     // A tensor transformers keeps in float32 whatever the model's dtype (the correction bias:
     // _keep_in_fp32_modules_strict), never rounded to the compute dtype.
     Tensor loadFloat32Opt(Role r, int l) const {

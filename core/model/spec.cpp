@@ -102,6 +102,9 @@ int64_t ModelSpec::layerHeadDim(int l) const {
 int64_t ModelSpec::layerKvHeads(int l) const {
     return l >= 0 && l < static_cast<int>(layers.size()) && layers[l].kvHeads > 0 ? layers[l].kvHeads : attn.kvHeads;
 }
+int64_t ModelSpec::layerVHeadDim(int l) const {
+    return attn.kind == AttentionSpec::Kind::Standard && attn.vHeadDim > 0 ? attn.vHeadDim : layerHeadDim(l);
+}
 
 std::vector<int> ModelSpec::moeLayers() const {
     std::vector<int> v;
@@ -145,6 +148,12 @@ int64_t ModelSpec::dim(Dim d, int layer) const {
             break;
         case Dim::HeadDim:
             v = layerHeadDim(layer);
+            break;
+        case Dim::VDim:
+            v = layerKvHeads(layer) * layerVHeadDim(layer);
+            break;
+        case Dim::ODim:
+            v = attn.heads * layerVHeadDim(layer);
             break;
         case Dim::Heads:
             v = attn.heads;
@@ -283,6 +292,8 @@ bool inLayer(const ModelSpec& s, const TensorRole& t, int l) {
             return l >= 0 && !s.layers[l].linearAttention;
         case Scope::AttentionValues:
             return l >= 0 && !s.layers[l].linearAttention && !s.layers[l].valueFromKey;
+        case Scope::SlidingAttention:
+            return l >= 0 && !s.layers[l].linearAttention && s.layers[l].slidingWindow > 0;
         case Scope::LinearAttention:
             return l >= 0 && s.layers[l].linearAttention;
         case Scope::Indexer:
@@ -296,6 +307,11 @@ bool inLayer(const ModelSpec& s, const TensorRole& t, int l) {
     return false;
 }
 }  // namespace
+
+bool ModelSpec::hasIn(Role r, int l) const {
+    const TensorRole* t = find(r);
+    return t != nullptr && inLayer(*this, *t, l);
+}
 
 std::vector<ModelSpec::Expected> ModelSpec::expectedTensors() const {
     std::vector<Expected> out;

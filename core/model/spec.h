@@ -138,7 +138,9 @@ struct AttentionSpec {
     bool causal = true;  // false: bidirectional (encoders)
     int64_t moaExperts = 0, moaTopK = 0;
     bool moaBias = true;  // the output bias added after merging the experts
-    int64_t qLoraRank = 0, kvLoraRank = 0, qkNopeDim = 0, qkRopeDim = 0, vHeadDim = 0;  // MLA (0: no q LoRA)
+    // MLA's ranks and head parts (q LoRA 0: none). vHeadDim: the value heads' size, in standard
+    // attention too where it differs from the query/key heads' (MiMo-V2-Flash; 0 there: headDim)
+    int64_t qLoraRank = 0, kvLoraRank = 0, qkNopeDim = 0, qkRopeDim = 0, vHeadDim = 0;
     bool ropeInterleave = false;  // RoPE on interleaved pairs (x0, x1), (x2, x3)... (DeepSeek-V3)
     double latentNormEps = 1e-6;  // the q_a and kv_a RMSNorms' eps (transformers builds them with 1e-6)
     bool ropeInFloat32 = false;   // RoPE applied to float32 copies of q and k (DeepSeek-V2's complex rotation)
@@ -156,6 +158,13 @@ struct AttentionSpec {
     } nopeTemperature;
     // an RMSNorm without weights on each value head (Gemma 4's v_norm)
     bool valueNorm = false;
+    // the values times this after v_proj, in the activations' dtype (MiMo-V2-Flash's
+    // attention_value_scale); 1: none
+    double valueScale = 1.0;
+    // transformers' eager attention on every layer (the classes without an SDPA path: MiMo-V2-Flash):
+    // the scaled scores less their maximum, softmax in the activations' dtype; layers with sinks
+    // always compute so
+    bool eagerSoftmax = false;
     // the softmax scale of q.k (Granite's attention_multiplier); 0: 1 / sqrt(head_dim)
     double softmaxScale = 0.0;
     // Grok-1's soft cap of the attention logits (max_attn_value): the scores q.k times the
@@ -322,6 +331,8 @@ struct ModelSpec {
     std::vector<RopeTable> ropeTables;  // tables 1.. of LayerSpec::ropeTable (table 0: AttentionSpec's)
     int64_t layerHeadDim(int l) const;  // layer l's head dim (LayerSpec::headDim, else attn's)
     int64_t layerKvHeads(int l) const;
+    int64_t layerVHeadDim(
+        int l) const;  // standard attention's value head dim (attn.vHeadDim, else the layer's head dim)
     RouterRule router;
     RouterRule attnRouter;  // MoA: JetMoE's top-k softmax, or the MoA paper's full softmax
     std::vector<LayerSpec> layers;
@@ -393,6 +404,8 @@ struct ModelSpec {
     std::vector<TensorRole> tensors;
     std::vector<SkippedTensors> skipped;
     bool has(Role r) const { return find(r) != nullptr; }
+    // ... with a tensor in layer l (-1: the model's own), as its scope places it
+    bool hasIn(Role r, int l) const;
     const TensorRole* find(Role r) const;
     const TensorRole& role(Role r) const;  // throws when the family has no such role
     std::string tensorName(Role r, int layer = -1, int expert = -1) const;

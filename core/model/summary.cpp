@@ -121,8 +121,22 @@ std::vector<SummaryRow> describeModel(const ModelSpec& s, const Checkpoint& ckpt
                     {{"expert_layout", s.layout == ExpertLayout::Blocks ? "blocks" : layoutName(s.layout)},
                      {"experts_transposed", transposed}}});
     SummaryRow attn{"Attention", s.attn.kindName(), {{"attention", s.attn.kindName()}}};
-    if (s.has(Role::Sinks)) attn.text += ", a sink logit per head";
+    if (s.has(Role::Sinks))
+        attn.text += s.role(Role::Sinks).scope == Scope::SlidingAttention
+                         ? ", a sink logit per head on the sliding-window layers"
+                         : ", a sink logit per head";
     attn.fields.push_back({"attention_sinks", s.has(Role::Sinks)});
+    // standard attention's value heads of their own size and scale (MiMo-V2-Flash)
+    const bool ownValues = s.attn.kind == AttentionSpec::Kind::Standard && s.attn.vHeadDim > 0;
+    if (ownValues) {
+        std::ostringstream t;
+        t << ", value heads of " << s.attn.vHeadDim;
+        if (s.attn.valueScale != 1.0) t << " times " << s.attn.valueScale;
+        attn.text += t.str();
+    }
+    attn.fields.push_back({"value_head_dim", ownValues ? oj(s.attn.vHeadDim) : oj()});
+    attn.fields.push_back({"value_scale", s.attn.valueScale});
+    if (s.attn.eagerSoftmax) attn.text += ", softmax in the activations' dtype (transformers' eager attention)";
     // sliding-window layers: {window: layers}
     std::map<int64_t, std::vector<int>> windows;
     for (int l = 0; l < s.numLayers; ++l)
@@ -185,16 +199,20 @@ std::vector<SummaryRow> describeModel(const ModelSpec& s, const Checkpoint& ckpt
         if (rt) {
             t << ", RoPE theta " << rt->theta;
             if (rt->proportional) t << " (proportional, " << rt->partial << " of the pairs)";
+            else if (rt->headDim < s.layerHeadDim(own.front()))
+                t << " on the first " << rt->headDim << " dimensions of each head";
         }
         attn.text += t.str();
         attn.fields.push_back(
-            {"layer_attention",
-             oj{{"layers", own},
-                {"head_dim", s.layerHeadDim(own.front())},
-                {"num_key_value_heads", s.layerKvHeads(own.front())},
-                {"values_from_keys", L.valueFromKey},
-                {"rope",
-                 rt ? oj{{"theta", rt->theta}, {"proportional", rt->proportional}, {"partial", rt->partial}} : oj()}}});
+            {"layer_attention", oj{{"layers", own},
+                                   {"head_dim", s.layerHeadDim(own.front())},
+                                   {"num_key_value_heads", s.layerKvHeads(own.front())},
+                                   {"values_from_keys", L.valueFromKey},
+                                   {"rope", rt ? oj{{"theta", rt->theta},
+                                                    {"proportional", rt->proportional},
+                                                    {"partial", rt->partial},
+                                                    {"rotary_dim", rt->proportional ? oj() : oj(rt->headDim)}}
+                                               : oj()}}});
     }
     if (s.attn.valueNorm) attn.text += ", values RMS-normed";
     if (s.attn.outputGate) attn.text += ", an output gate per head (sigmoid)";

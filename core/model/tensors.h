@@ -122,15 +122,16 @@ const char* roleName(Role r);
 
 // Where a role's tensors are.
 enum class Scope : uint8_t {
-    Model,            // once
-    Layer,            // in every layer
-    Attention,        // in every layer with softmax attention (all but the linear-attention layers)
-    LinearAttention,  // in the linear-attention layers (LayerSpec::linearAttention)
-    Indexer,          // in the layers that run a sparse-attention indexer (not LayerSpec::sharesIndexer)
-    AttentionValues,  // in the softmax-attention layers with their own values (not LayerSpec::valueFromKey)
-    DenseFfn,         // in layers whose FFN is dense, and in EMoE layers (their experts are blocks of it)
-    Moe,              // in MoE layers that store routed experts
-    Expert,           // one tensor per expert of each MoE layer; "{E}" in the name
+    Model,             // once
+    Layer,             // in every layer
+    Attention,         // in every layer with softmax attention (all but the linear-attention layers)
+    LinearAttention,   // in the linear-attention layers (LayerSpec::linearAttention)
+    Indexer,           // in the layers that run a sparse-attention indexer (not LayerSpec::sharesIndexer)
+    AttentionValues,   // in the softmax-attention layers with their own values (not LayerSpec::valueFromKey)
+    SlidingAttention,  // in the softmax-attention layers with a sliding window (MiMo-V2-Flash's sinks)
+    DenseFfn,          // in layers whose FFN is dense, and in EMoE layers (their experts are blocks of it)
+    Moe,               // in MoE layers that store routed experts
+    Expert,            // one tensor per expert of each MoE layer; "{E}" in the name
 };
 
 // How a role's tensor holds the experts' matrices.
@@ -154,6 +155,8 @@ struct Dim {
         QDim,
         KvDim,
         HeadDim,
+        VDim,  // key/value heads x the value head dim (KvDim unless AttentionSpec::vHeadDim differs)
+        ODim,  // heads x the value head dim (QDim unless it differs): the attention's output
         Ffn,
         ExpertFfn,
         SharedFfn,

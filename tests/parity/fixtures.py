@@ -337,6 +337,48 @@ CONFIGS = {
         num_attention_heads=4, num_key_value_heads=4, head_dim=16, n_routed_experts=8, num_experts_per_tok=2,
         moe_intermediate_size=32, n_shared_experts=1, n_group=1, topk_group=1, norm_topk_prob=False,
         tie_word_embeddings=True, rope_parameters=dict(rope_type="default", rope_theta=10000.0))),
+    # MiMo-V2-Flash: full and sliding layers by layer_types (the sliding ones with twice the
+    # key/value heads, a sink per head and a window of 5, shorter than the prompts), query/key heads
+    # of 24 and value heads of 16 scaled by 0.5, q/k/v biases, each layer type's own RoPE base and
+    # partial factor (12 and 8 of 24 dimensions), eager attention; a dense first layer by
+    # mlp_layer_types, then DeepSeek-V3's router without shared experts: 2 of 4 groups, a random
+    # correction bias, renormalised, scaling 2
+    "mimo_v2_flash_groups_sinks": ("MiMoV2FlashConfig", dict(
+        num_attention_heads=4, num_key_value_heads=1, head_dim=24, v_head_dim=16, num_hidden_layers=4,
+        layer_types=["full_attention", "sliding_attention", "sliding_attention", "full_attention"],
+        mlp_layer_types=["dense", "sparse", "sparse", "sparse"], sliding_window=5, n_routed_experts=16,
+        num_experts_per_tok=4, moe_intermediate_size=24, intermediate_size=64, n_group=4, topk_group=2,
+        routed_scaling_factor=2.0, norm_topk_prob=True, attention_bias=True, attention_value_scale=0.5,
+        rope_parameters={"full_attention": dict(rope_type="default", rope_theta=50000.0, partial_rotary_factor=0.5),
+                         "sliding_attention": dict(rope_type="default", rope_theta=1000.0,
+                                                   partial_rotary_factor=0.334)})),
+    # ... the class's defaults where a small model allows them: layer types and MoE layers by its
+    # formulas (full, sliding, sliding; dense, sparse, sparse), the published sliding_window_size
+    # (window 4), the default RoPE per type (a third of each head), value scale 0.707; one group,
+    # not renormalised, no biases, a tied head
+    "mimo_v2_flash_defaults_tied": ("MiMoV2FlashConfig", dict(
+        num_attention_heads=4, num_key_value_heads=2, head_dim=24, v_head_dim=16, num_hidden_layers=3,
+        sliding_window_size=3, n_routed_experts=8, num_experts_per_tok=2, moe_intermediate_size=32,
+        intermediate_size=48, norm_topk_prob=False, tie_word_embeddings=True)),
+    # K-EXAONE: sliding layers (window 5, shorter than the prompts) with RoPE and full layers
+    # without it, alternating by an integer sliding_window_pattern; EXAONE 4's per-head QK-norm, GQA,
+    # a head_dim of its own; a dense first layer (first_k_dense_replace), then DeepSeek-V3's router
+    # with 2 of 4 groups, a random correction bias, renormalised, the class's scaling of 2.5, and two
+    # shared experts
+    "exaone_moe_groups_nope": ("ExaoneMoeConfig", dict(
+        num_attention_heads=4, num_key_value_heads=2, head_dim=24, num_hidden_layers=4, sliding_window=5,
+        sliding_window_pattern=2, num_experts=16, num_experts_per_tok=4, moe_intermediate_size=24,
+        intermediate_size=64, num_shared_experts=2, n_group=4, topk_group=2, norm_topk_prob=True,
+        rope_parameters=dict(rope_type="default", rope_theta=1e6))),
+    # ... layer types given (a full layer first), window 3, head_dim from hidden / heads, no GQA; MoE
+    # layers by mlp_layer_types around a dense one, one group, not renormalised, another scaling,
+    # one shared expert, a tied head
+    "exaone_moe_types_tied": ("ExaoneMoeConfig", dict(
+        num_attention_heads=4, num_key_value_heads=4, num_hidden_layers=3, sliding_window=3,
+        layer_types=["full_attention", "sliding_attention", "full_attention"],
+        mlp_layer_types=["sparse", "dense", "sparse"], num_experts=8,
+        num_experts_per_tok=2, moe_intermediate_size=32, intermediate_size=48, num_shared_experts=1,
+        norm_topk_prob=False, routed_scaling_factor=1.5, tie_word_embeddings=True)),
     # Qwen3-Next: Gated DeltaNet layers (grouped: 2 value heads per key head, a 4-wide convolution)
     # and gated full attention alternating by full_attention_interval, a dense layer by
     # mlp_only_layers, the sigmoid-gated shared expert, renormalised top-2, a quarter of each head
@@ -506,7 +548,8 @@ def _moe_blocks(model):
         if type(m).__name__.endswith("SparseMoeBlock") or type(m).__name__ in (
                 "DeepseekV3MoE", "DeepseekV2Moe", "Glm4MoeMoE", "Dots1MoE", "Glm4MoeLiteMoE", "Mistral4MoE",
                 "GraniteMoeMoE", "GraniteMoeSharedMoE", "HunYuanMoEV1Moe", "GptOssMLP", "DbrxFFN", "Llama4TextMoe",
-                "SolarOpenMoE", "DeepseekV32MoE", "GlmMoeDsaMoE"):
+                "SolarOpenMoE", "DeepseekV32MoE", "GlmMoeDsaMoE", "MiMoV2FlashMoE",
+                "ExaoneMoeSparseMoEBlock"):
             layer = int(mname.split(".blocks." if ".blocks." in mname else ".layers.")[1].split(".")[0])  # DBRX's
             blocks[layer] = m
     return blocks
@@ -728,8 +771,9 @@ def write_fp8(f32, out_dir, scale_dtype, block, fp8_config, also=()):
     from safetensors.torch import load_file
     sd = load_file(os.path.join(f32, "model.safetensors"))
     fp8, deq = {}, {}
+    ignored = set(fp8_config.get("quantization_config", {}).get("ignored_layers", []))  # kept unquantized
     for k, v in sd.items():
-        if fp8_quantized(k, also):
+        if fp8_quantized(k, also) and k[:-len(".weight")] not in ignored:
             q, s, d = quantize_fp8(v.float(), scale_dtype, block)
             fp8[k], fp8[k + "_scale_inv"], deq[k] = q, s, d
         else:
@@ -747,7 +791,7 @@ def write_fp8(f32, out_dir, scale_dtype, block, fp8_config, also=()):
     model, info = transformers.AutoModelForCausalLM.from_pretrained(dirs["dequantized"], dtype=torch.float32,
                                                                     output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"], info
-    model.config._attn_implementation = "sdpa"
+    model.config._attn_implementation = attention_of(type(model))
     model.eval()
     return dirs["fp8"], reference(model)
 

@@ -164,12 +164,13 @@ def long_prompt_and_compare(cli, ckpt, model, tmp_path, seed, tokens=2600):
 # combine weights left in float32), ERNIE's float32 RoPE, FlexOlmo's post-norms rounded after the
 # weight product, Solar Open's float32 router and correction bias (GLM-4.5's) on Llama attention,
 # DeepSeek-V3.2's and GLM-5's indexers (their head weights in float32 in float16 runs, their scores
-# choosing the keys).
+# choosing the keys), MiMo-V2-Flash's eager softmax in the activations' dtype with sinks and its
+# scaled values, K-EXAONE's float32 router and correction bias on layers without RoPE.
 HALF_FAMILIES = ["deepseek_v3_groups", "deepseek_v2_groups", "glm4_moe_groups_qknorm", "dots1_sliding_groups",
                  "glm4_moe_lite_types", "minimax_m2_rotary_dim", "mistral4_groups_temperature",
                  "granitemoe_multipliers", "granitemoeshared_shared", "ernie4_5_moe_bias_interval",
                  "hunyuan_alpha_list", "flex_olmo_plain", "solar_open_groups_bias", "deepseek_v32_sparse",
-                 "glm_moe_dsa_shared"]
+                 "glm_moe_dsa_shared", "mimo_v2_flash_groups_sinks", "exaone_moe_groups_nope"]
 # bf16 tolerances: bf16 has an 8-bit mantissa (relative step 2^-8 = 3.9e-3); two implementations
 # with different kernels or operation orders differ by a few steps after a couple of layers, so
 # router logits within 0.05 absolute, logits within 3e-2 of the largest logit, and the chosen sets
@@ -203,12 +204,15 @@ def test_parity_cpu_half(cli, build_fixture, tmp_path, name, dtype):
 # (the dense ones are EMoE's references, test_emoe's). Two differ by design, each by one step:
 # GLM-4.5's combine weights by one float32 step (6e-8; Solar Open's, the same router, by one step of
 # weights up to its scaling of 2: 1.2e-7): its Glm4MoeTopkRouter sums the k weights in the order of
-# topk(sorted=False), we in descending order; and every expert's output norm is
+# topk(sorted=False), we in descending order (DeepSeek-V3's router sums so too; MiMo-V2-Flash's
+# fixture, 4 of 16 experts scaled by 2, is where that order shows: 1.2e-7, and K-EXAONE's, scaled
+# by 2.5: one step of weights up to 2.5, 2.4e-7); and every expert's output norm is
 # compared within a bf16 step (4e-3 relative): the norms of the experts a token did not choose come
 # from a batch of another size than transformers' reference computes them in (DeepSeek-V3's plain
 # fixture shows one such step).
 WHOLE_RUN_EXACT = [n for n in NAMES if not n.startswith(("llama_", "mistral_sliding", "qwen2_dense"))]
-ONE_STEP = {"glm4_moe_groups_qknorm": {"topk_weights": 6e-8}, "solar_open_groups_bias": {"topk_weights": 1.2e-7}}
+ONE_STEP = {"glm4_moe_groups_qknorm": {"topk_weights": 6e-8}, "solar_open_groups_bias": {"topk_weights": 1.2e-7},
+            "mimo_v2_flash_groups_sinks": {"topk_weights": 1.2e-7}, "exaone_moe_groups_nope": {"topk_weights": 2.4e-7}}
 
 
 @pytest.mark.parametrize("name", WHOLE_RUN_EXACT)

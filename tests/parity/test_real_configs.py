@@ -18,8 +18,19 @@ transformers ignores (attn_type_list cut to the layers kept).
 Solar Open's (Upstage; GLM-4.5's MoE block on Llama attention) sits here for its DeepSeek-V3 router
 and the GLM-4.5 keys its class ignores (first_k_dense_replace 0: no dense layer is kept).
 
+MiMo-V2-Flash's keeps the remote code's keys its class ignores (hybrid_layer_pattern and
+moe_layer_freq cut to the layers kept: full, sliding, sliding; dense, MoE, MoE; the swa_* sizes
+shrunk with the others, as transformers derives them), its published sliding_window_size, and its
+FP8 quantization_config with ignored_layers: the o_proj of every layer is stored unquantized, as
+published.
+
+K-EXAONE's keeps its first four layers (three sliding, one full without RoPE: layer_types, and
+mlp_layer_types and is_moe_layer, cut to them), its string sliding_window_pattern "LLLG" (which
+transformers ignores beside layer_types) and its routed experts under num_experts, shrunk as the
+others.
+
 The reference is transformers' DeepseekV2 / DeepseekV3 / Glm4Moe / MiniMaxM2 / SolarOpen / DeepseekV32 /
-GlmMoeDsa built from the same dict; transformers
+GlmMoeDsa / MiMoV2Flash / ExaoneMoe built from the same dict; transformers
 has no kimi_k2 type, Kimi K2's published code is DeepSeek-V3's, so its reference is DeepseekV3.
 """
 import json
@@ -57,8 +68,21 @@ def shrunk(name):
     if cfg.get("q_lora_rank") is not None:
         cfg["q_lora_rank"] = 48
     cfg["num_hidden_layers"] = cfg.get("first_k_dense_replace", 0) + 2
-    if "attn_type_list" in cfg:  # one entry per layer
-        cfg["attn_type_list"] = cfg["attn_type_list"][:cfg["num_hidden_layers"]]
+    if isinstance(cfg.get("moe_layer_freq"), list):  # MiMo-V2-Flash: its dense layers by this list
+        cfg["num_hidden_layers"] = cfg["moe_layer_freq"].index(1) + 2
+    if cfg.get("sliding_window_pattern") == "LLLG":  # K-EXAONE: the first four layers, one of them full
+        cfg["num_hidden_layers"] = 4
+    if "num_experts" in cfg:  # K-EXAONE's key for the routed experts
+        cfg["num_experts"] = SHRINK["n_routed_experts"]
+    for k in ("attn_type_list", "hybrid_layer_pattern", "moe_layer_freq", "layer_types", "mlp_layer_types",
+              "is_moe_layer"):  # one entry per layer
+        if isinstance(cfg.get(k), list):
+            cfg[k] = cfg[k][:cfg["num_hidden_layers"]]
+    if "swa_num_key_value_heads" in cfg:
+        # MiMo-V2-Flash: the sliding layers' sizes as transformers derives them (twice the
+        # key/value heads, the same heads and head dims), a head of 24 so that its 0.334 rotates 8
+        cfg.update(num_key_value_heads=2, swa_num_key_value_heads=4, swa_num_attention_heads=4, head_dim=24,
+                   swa_head_dim=24, swa_v_head_dim=cfg["v_head_dim"])
     if cfg.get("num_nextn_predict_layers"):
         cfg["num_nextn_predict_layers"] = 0  # no MTP layer is written (test_deepseek covers one)
     return cfg
@@ -69,13 +93,14 @@ def reference_config(cfg):
     kw = {k: v for k, v in cfg.items() if k not in ("model_type", "auto_map", "quantization_config", "architectures")}
     cls = {"deepseek_v2": t.DeepseekV2Config, "glm4_moe": t.Glm4MoeConfig,
            "minimax_m2": t.MiniMaxM2Config, "solar_open": t.SolarOpenConfig,
-           "deepseek_v32": t.DeepseekV32Config, "glm_moe_dsa": t.GlmMoeDsaConfig}.get(cfg["model_type"], t.DeepseekV3Config)
+           "deepseek_v32": t.DeepseekV32Config, "glm_moe_dsa": t.GlmMoeDsaConfig,
+           "mimo_v2_flash": t.MiMoV2FlashConfig, "exaone_moe": t.ExaoneMoeConfig}.get(cfg["model_type"], t.DeepseekV3Config)
     return cls(**kw)
 
 
 @pytest.mark.parametrize("name", ["deepseek_v2_lite", "deepseek_v2", "deepseek_v3", "kimi_k2_instruct", "glm4_5_air",
                                   "minimax_m2", "solar_open_100b", "deepseek_v32",
-                                  "glm5"])
+                                  "glm5", "mimo_v2_flash", "k_exaone_236b_a23b"])
 def test_published_config_opens_and_matches_hf(cli, tmp_path, name):
     h5py = require("h5py")
     cfg = shrunk(name)

@@ -1,7 +1,8 @@
 // Standard attention, and the encoder's (the same with biases, no RoPE, bidirectional):
-// q/k/v/o with optional biases, an output gate (Qwen3-Next), QK RMSNorm (per head or over the projection; Llama 4's
-// without weights), a clamp of q/k/v, RoPE (not on Llama 4's NoPE layers, which scale their queries by a temperature
-// instead), grouped key/value heads, sliding windows, attention chunks.
+// q/k/v/o with optional biases, values of their own head size and scale (MiMo-V2-Flash), an output gate (Qwen3-Next),
+// QK RMSNorm (per head or over the projection; Llama 4's without weights), a clamp of q/k/v, RoPE (not on Llama 4's
+// NoPE layers, which scale their queries by a temperature instead), grouped key/value heads, sliding windows, attention
+// chunks.
 #include <functional>
 
 #include "model/model_impl.h"
@@ -56,16 +57,16 @@ Tensor blockedAttention(const Tensor& q, const Tensor& k, const Tensor& v, const
 
 constexpr double kInf = std::numeric_limits<double>::infinity();
 
-// Attention with sinks (GPT-OSS), as transformers' eager_attention_forward: per head, the scaled
-// scores of the allowed keys joined by the head's sink logit, less their maximum, softmax in the
-// activations' dtype, the sink's share dropped.
-Tensor sinkAttention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& sinks, const Tensor& allowed,
-                     double scale) {
+// transformers' eager_attention_forward (GPT-OSS's, MiMo-V2-Flash's): per head, the scaled scores
+// of the allowed keys, joined by the head's sink logit where the layer has sinks, less their
+// maximum, softmax in the activations' dtype, the sink's share dropped.
+Tensor eagerAttention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& sinks, const Tensor& allowed,
+                      double scale) {
     const int64_t H = q.size(0), Tk = k.size(1);
-    const Tensor sink = sinks.to(q.scalar_type()).view({H, 1, 1});
-    return blockedAttention(q, k, v, allowed, 1, [&](const Tensor& qk, const Tensor& masked) {
-        const Tensor s = (qk * scale).masked_fill(masked, -kInf);
-        Tensor c = torch::cat({s, sink.expand({H, s.size(1), 1})}, -1);
+    const Tensor sink = sinks.defined() ? sinks.to(q.scalar_type()).view({H, 1, 1}) : Tensor();
+    return blockedAttention(q, k, v, allowed, sink.defined() ? 1 : 0, [&](const Tensor& qk, const Tensor& masked) {
+        Tensor c = (qk * scale).masked_fill(masked, -kInf);
+        if (sink.defined()) c = torch::cat({c, sink.expand({H, c.size(1), 1})}, -1);
         c = c - std::get<0>(c.max(-1, true));
         return c.softmax(-1).narrow(-1, 0, Tk);
     });
@@ -90,9 +91,11 @@ Tensor Model::Impl::attention(const LayerWeights& w, const Tensor& x, const Tens
     const auto& a = spec.attn;
     const bool rope = a.rope && layer.rope;
     const int64_t T = x.size(0);
-    // the layer's own geometry (Gemma 4's full-attention layers), else the model's
+    // the layer's own geometry (Gemma 4's full-attention layers), else the model's; values of
+    // their own size where the family has one (MiMo-V2-Flash)
     const int64_t hd = layer.headDim > 0 ? layer.headDim : a.headDim;
     const int64_t kvh = layer.kvHeads > 0 ? layer.kvHeads : a.kvHeads;
+    const int64_t vhd = a.vHeadDim > 0 ? a.vHeadDim : hd;
     Tensor q = torch::linear(x, w.q, w.qb);
     Tensor gate;  // gated attention: each head's queries, then its gate values
     if (a.outputGate) {
@@ -114,7 +117,8 @@ Tensor Model::Impl::attention(const LayerWeights& w, const Tensor& x, const Tens
     }
     q = q.view({T, a.heads, hd});
     k = k.view({T, kvh, hd});
-    v = v.view({T, kvh, hd});
+    v = v.view({T, kvh, vhd});
+    if (a.valueScale != 1.0) v = v * a.valueScale;        // MiMo-V2-Flash's attention_value_scale
     if (a.valueNorm) v = norm(v, Tensor(), spec.rmsEps);  // Gemma 4's v_norm: no weights
     const bool perHead = a.qkNorm == AttentionSpec::QKNorm::PerHead;
     if (perHead && !a.qkNormAfterRope) {
@@ -156,7 +160,7 @@ Tensor Model::Impl::attention(const LayerWeights& w, const Tensor& x, const Tens
     }
     // queries [H, n, hd] on keys and values [H, m, hd]: allowed [n, m], or undefined with `causal`
     auto attend = [&](const Tensor& qb, const Tensor& kb, const Tensor& vb, const Tensor& allowed, bool causal) {
-        if (w.sinks.defined()) return sinkAttention(qb, kb, vb, w.sinks, allowed, scale);
+        if (w.sinks.defined() || a.eagerSoftmax) return eagerAttention(qb, kb, vb, w.sinks, allowed, scale);
         if (a.logitSoftcap > 0) return softcapAttention(qb, kb, vb, allowed, scale, a.logitSoftcap, a.softcapInFloat32);
         const std::optional<Tensor> mask = allowed.defined() ? std::optional<Tensor>(allowed) : std::nullopt;
         return at::scaled_dot_product_attention(qb.unsqueeze(0), kb.unsqueeze(0), vb.unsqueeze(0), mask, 0.0, causal,
@@ -199,7 +203,7 @@ Tensor Model::Impl::attention(const LayerWeights& w, const Tensor& x, const Tens
         }
         o = torch::cat(parts, 1);
     }
-    o = o.transpose(0, 1).reshape({T, a.heads * hd});
+    o = o.transpose(0, 1).reshape({T, a.heads * vhd});
     if (gate.defined()) o = o * torch::sigmoid(gate);
     return torch::linear(o, w.o, w.ob);
 }
