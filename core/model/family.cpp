@@ -717,6 +717,14 @@ void unreadPerLayerKeyAgrees(const Config& c, const std::string& key, const std:
                         what + " from its own keys; they disagree, so the checkpoint would be misread");
 }
 
+void mlpLayerTypes(ModelSpec& s, const Config& c, int64_t defaultDense, int64_t defaultFfn) {
+    mlpLayerTypes(s, c, defaultDense);
+    const int64_t ffn = c.optInt("intermediate_size", defaultFfn);
+    positive(c, "intermediate_size", ffn);
+    for (auto& L : s.layers)
+        if (!L.moe) L.ffnDim = ffn;
+}
+
 void dsaDecoder(ModelSpec& s, const Config& c, const DsaDefaults& d) {
     fillCommon(s, c, {d.rmsEps, 10000.0, false});
     readMla(s, c, d.mla);

@@ -163,6 +163,8 @@ void readIndexer(ModelSpec& s, const Config& c, const IndexerDefaults& d);
 // mlp_layer_types ("dense" / "sparse", one per layer) sets which layers are MoE; absent, the first
 // defaultDense layers are dense and the rest MoE (GLM-4.7-Flash, DeepSeek-V3.2).
 void mlpLayerTypes(ModelSpec& s, const Config& c, int64_t defaultDense);
+// ... and the dense layers intermediate_size wide (absent: defaultFfn) (MiMo-V2-Flash, K-EXAONE, Hy3)
+void mlpLayerTypes(ModelSpec& s, const Config& c, int64_t defaultDense, int64_t defaultFfn);
 // The DeepSeek MoE layout: the first first_k_dense_replace layers dense (intermediate_size), the
 // rest MoE (n_routed_experts of moe_intermediate_size), an ungated shared expert of
 // n_shared_experts x moe_intermediate_size when n_shared_experts > 0. Defaults: the family's.

@@ -377,6 +377,9 @@ struct ModelSpec {
     // the decoder's norms are LayerNorms without bias, eps layerNormEps (DBRX)
     bool layerNormBlocks = false;
     bool lmHeadBias = false;  // PhiMoE's lm_head_bias (the table's Role::LmHeadBias)
+    // biases on the dense MLPs' and the shared experts' projections (Hy3's mlp_bias; the table's
+    // Ffn*Bias / Shared*Bias roles)
+    bool mlpBias = false;
     // How the experts' weighted outputs make the block's output. Slots (the default): each token's
     // k outputs summed in float32 in top-k order, rounded once (the experts interface's grouped_mm;
     // Llama 4 sums its [E, T, d] expert outputs in expert order: the same bits at top-1, as every

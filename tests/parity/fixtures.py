@@ -379,6 +379,21 @@ CONFIGS = {
         mlp_layer_types=["sparse", "dense", "sparse"], num_experts=8,
         num_experts_per_tok=2, moe_intermediate_size=32, intermediate_size=48, num_shared_experts=1,
         norm_topk_prob=False, routed_scaling_factor=1.5, tie_word_embeddings=True)),
+    # Hy3: a dense first layer (mlp_layer_types), then a float32 sigmoid router over every expert
+    # with a random correction bias to choose, always renormalised, x router_scaling_factor, two
+    # shared experts; biases on q/k/v/o (attention_bias) and on the dense MLP and shared experts
+    # (mlp_bias); the per-head QK-norm, GQA, a head_dim of its own
+    "hy_v3_bias_shared": ("HYV3Config", dict(
+        num_attention_heads=4, num_key_value_heads=2, head_dim=24, num_hidden_layers=3, num_experts=12,
+        num_experts_per_tok=3, moe_intermediate_size=24, intermediate_size=64, num_shared_experts=2,
+        router_scaling_factor=2.0, attention_bias=True, mlp_bias=True,
+        rope_parameters=dict(rope_type="default", rope_theta=50000.0))),
+    # ... MoE layers by mlp_layer_types around a dense one, one shared expert, no biases, the class's
+    # RoPE base and scaling, no GQA, a tied head
+    "hy_v3_types_tied": ("HYV3Config", dict(
+        num_attention_heads=4, num_key_value_heads=4, head_dim=16, num_hidden_layers=3,
+        mlp_layer_types=["sparse", "dense", "sparse"], num_experts=8, num_experts_per_tok=2,
+        moe_intermediate_size=32, intermediate_size=48, num_shared_experts=1, tie_word_embeddings=True)),
     # Qwen3-Next: Gated DeltaNet layers (grouped: 2 value heads per key head, a 4-wide convolution)
     # and gated full attention alternating by full_attention_interval, a dense layer by
     # mlp_only_layers, the sigmoid-gated shared expert, renormalised top-2, a quarter of each head
@@ -549,7 +564,7 @@ def _moe_blocks(model):
                 "DeepseekV3MoE", "DeepseekV2Moe", "Glm4MoeMoE", "Dots1MoE", "Glm4MoeLiteMoE", "Mistral4MoE",
                 "GraniteMoeMoE", "GraniteMoeSharedMoE", "HunYuanMoEV1Moe", "GptOssMLP", "DbrxFFN", "Llama4TextMoe",
                 "SolarOpenMoE", "DeepseekV32MoE", "GlmMoeDsaMoE", "MiMoV2FlashMoE",
-                "ExaoneMoeSparseMoEBlock"):
+                "ExaoneMoeSparseMoEBlock", "HYV3MoE"):
             layer = int(mname.split(".blocks." if ".blocks." in mname else ".layers.")[1].split(".")[0])  # DBRX's
             blocks[layer] = m
     return blocks

@@ -29,8 +29,12 @@ mlp_layer_types and is_moe_layer, cut to them), its string sliding_window_patter
 transformers ignores beside layer_types) and its routed experts under num_experts, shrunk as the
 others.
 
+Hy3-preview's keeps the remote code's keys its class does not read (qk_norm, route_norm, the router
+switches, enable_lm_head_fp32, first_k_dense_replace; expert_hidden_dim shrunk with the experts'
+width) and its MTP layer count (no MTP layer is written: test_hy_v3 covers one).
+
 The reference is transformers' DeepseekV2 / DeepseekV3 / Glm4Moe / MiniMaxM2 / SolarOpen / DeepseekV32 /
-GlmMoeDsa / MiMoV2Flash / ExaoneMoe built from the same dict; transformers
+GlmMoeDsa / MiMoV2Flash / ExaoneMoe / HYV3 built from the same dict; transformers
 has no kimi_k2 type, Kimi K2's published code is DeepSeek-V3's, so its reference is DeepseekV3.
 """
 import json
@@ -72,8 +76,10 @@ def shrunk(name):
         cfg["num_hidden_layers"] = cfg["moe_layer_freq"].index(1) + 2
     if cfg.get("sliding_window_pattern") == "LLLG":  # K-EXAONE: the first four layers, one of them full
         cfg["num_hidden_layers"] = 4
-    if "num_experts" in cfg:  # K-EXAONE's key for the routed experts
+    if "num_experts" in cfg:  # K-EXAONE's and Hy3's key for the routed experts
         cfg["num_experts"] = SHRINK["n_routed_experts"]
+    if "expert_hidden_dim" in cfg:  # Hy3's copy of the expert width, which its class does not read
+        cfg["expert_hidden_dim"] = SHRINK["moe_intermediate_size"]
     for k in ("attn_type_list", "hybrid_layer_pattern", "moe_layer_freq", "layer_types", "mlp_layer_types",
               "is_moe_layer"):  # one entry per layer
         if isinstance(cfg.get(k), list):
@@ -94,13 +100,13 @@ def reference_config(cfg):
     cls = {"deepseek_v2": t.DeepseekV2Config, "glm4_moe": t.Glm4MoeConfig,
            "minimax_m2": t.MiniMaxM2Config, "solar_open": t.SolarOpenConfig,
            "deepseek_v32": t.DeepseekV32Config, "glm_moe_dsa": t.GlmMoeDsaConfig,
-           "mimo_v2_flash": t.MiMoV2FlashConfig, "exaone_moe": t.ExaoneMoeConfig}.get(cfg["model_type"], t.DeepseekV3Config)
+           "mimo_v2_flash": t.MiMoV2FlashConfig, "exaone_moe": t.ExaoneMoeConfig, "hy_v3": t.HYV3Config}.get(cfg["model_type"], t.DeepseekV3Config)
     return cls(**kw)
 
 
 @pytest.mark.parametrize("name", ["deepseek_v2_lite", "deepseek_v2", "deepseek_v3", "kimi_k2_instruct", "glm4_5_air",
                                   "minimax_m2", "solar_open_100b", "deepseek_v32",
-                                  "glm5", "mimo_v2_flash", "k_exaone_236b_a23b"])
+                                  "glm5", "mimo_v2_flash", "k_exaone_236b_a23b", "hy3_preview"])
 def test_published_config_opens_and_matches_hf(cli, tmp_path, name):
     h5py = require("h5py")
     cfg = shrunk(name)

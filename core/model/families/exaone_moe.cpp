@@ -54,14 +54,9 @@ const Family& family_exaone_moe() {
             const int64_t firstDense = c.optInt("first_k_dense_replace", 1);
             if (firstDense < 0 || firstDense > s.numLayers)
                 c.fail("first_k_dense_replace", "must be between 0 and the number of layers");
-            mlpLayerTypes(s, c, firstDense);
-            const int64_t ffn = c.optInt("intermediate_size", 16384);
-            positive(c, "intermediate_size", ffn);
+            mlpLayerTypes(s, c, firstDense, 16384);
             std::vector<bool> moe;
-            for (auto& L : s.layers) {
-                if (!L.moe) L.ffnDim = ffn;
-                moe.push_back(L.moe);
-            }
+            for (const auto& L : s.layers) moe.push_back(L.moe);
             unreadPerLayerKeyAgrees(c, "is_moe_layer", moe, "the MoE layers (mlp_layer_types, first_k_dense_replace)");
             ungatedSharedExperts(s, c, 1, "num_shared_experts");
             noauxRouter(s, c, {1, 1, 2.5, true, 0});

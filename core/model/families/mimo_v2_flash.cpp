@@ -116,17 +116,13 @@ const Family& family_mimo_v2_flash() {
                 }
             // the MoE layers: DeepSeek-V3's router, no shared experts
             moeCounts(s, c, "n_routed_experts", "moe_intermediate_size", {256, 8, 2048});
-            mlpLayerTypes(s, c, 1);
-            const int64_t ffn = c.optInt("intermediate_size", 16384);
-            positive(c, "intermediate_size", ffn);
-            for (auto& L : s.layers)
-                if (!L.moe) L.ffnDim = ffn;
+            mlpLayerTypes(s, c, 1, 16384);
             noauxRouter(s, c, {1, 1, 1.0, true, 0});
             s.mtpLayers = 0;  // the MTP modules are model.mtp.*, not layers after the last
             // the remote code's keys
-            std::vector<bool> slidingFlags(isSliding.begin(), isSliding.end()), moeFlags;
+            std::vector<bool> moeFlags;
             for (const auto& L : s.layers) moeFlags.push_back(L.moe);
-            unreadPerLayerKeyAgrees(c, "hybrid_layer_pattern", slidingFlags, "the sliding layers (layer_types)");
+            unreadPerLayerKeyAgrees(c, "hybrid_layer_pattern", isSliding, "the sliding layers (layer_types)");
             unreadPerLayerKeyAgrees(c, "moe_layer_freq", moeFlags, "the MoE layers (mlp_layer_types)");
             agrees(c, "swa_num_key_value_heads", static_cast<double>(2 * a.kvHeads),
                    "twice num_key_value_heads on the sliding layers");
