@@ -251,8 +251,9 @@ void Model::Impl::loadExperts(LayerWeights& w, int l) const {
     const bool routerF8 = ckpt->get(s.tensorName(Role::Router, l)).dtype == DType::F8_E4M3;
     w.router = s.router.weightsFloat32 && !routerF8 ? loadFloat32Opt(Role::Router, l) : load(Role::Router, l);
     w.routerBias = loadOpt(Role::RouterBias, l);
-    w.routerExtras.selectionBias = s.router.selectionBiasFloat32 ? loadFloat32Opt(Role::RouterSelectionBias, l)
-                                                                 : loadOpt(Role::RouterSelectionBias, l);
+    const bool biasF32 = s.router.selectionBiasFloat32 || (s.router.selectionBiasFloat32InF16 && dtype == torch::kHalf);
+    w.routerExtras.selectionBias =
+        biasF32 ? loadFloat32Opt(Role::RouterSelectionBias, l) : loadOpt(Role::RouterSelectionBias, l);
     if (w.routerExtras.selectionBias.defined())  // [E], or ERNIE's [1, E]
         w.routerExtras.selectionBias = w.routerExtras.selectionBias.reshape({-1});
     w.routerExtras.expertScale = loadOpt(Role::RouterExpertScale, l);

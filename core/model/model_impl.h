@@ -260,7 +260,8 @@ struct LayerWeights {
     Tensor inNormB, postNormB;       // LayerNorm biases (BERT)
     Tensor attnOutNorm, ffnOutNorm;  // sandwich blocks (Grok-1): the norms of the attention's and the FFN's outputs
     Tensor q, k, v, o, qb, kb, vb, ob, qn, kn;
-    Tensor sinks;  // [H]: GPT-OSS's attention sinks
+    Tensor sinks;     // [H]: GPT-OSS's attention sinks
+    Tensor attnGate;  // [H x hd, d]: AFMoE's output gate projection
     // Gated DeltaNet (linear-attention layers): q/k/v rows in order [convDim, d], z [valueDim, d],
     // b and a [vHeads, d], or Qwen3-Next's fused qkvz and ba; the convolution [convDim, 1, kernel],
     // dt bias, A_log, norm, out_proj

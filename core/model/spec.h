@@ -47,10 +47,13 @@ struct RouterRule {
     bool scalesInputs = false;
     bool logitsInFloat32 = false;  // the router's product in float32 (input and weights widened)
     bool weightsFloat32 = false;   // the router's matrix kept in float32 whatever the model's dtype (ERNIE, Hunyuan)
-    bool scoresInHiddenDtype = false;    // scores, top-k and renormalisation in the activations' dtype
-    bool bias = false;                   // the router linear has a bias (Role::RouterBias)
-    bool selectionBias = false;          // Role::RouterSelectionBias added to the scores to choose only
-    bool selectionBiasFloat32 = true;    // that bias kept in float32 (else rounded to the model's dtype)
+    bool scoresInHiddenDtype = false;  // scores, top-k and renormalisation in the activations' dtype
+    bool bias = false;                 // the router linear has a bias (Role::RouterBias)
+    bool selectionBias = false;        // Role::RouterSelectionBias added to the scores to choose only
+    bool selectionBiasFloat32 = true;  // that bias kept in float32 (else rounded to the model's dtype)
+    // ... kept in float32 in float16 runs only (transformers' _keep_in_fp32_modules, which it
+    // applies to float16 alone: AFMoE's expert_bias); with selectionBiasFloat32 false
+    bool selectionBiasFloat32InF16 = false;
     bool expertScale = false;            // Role::RouterExpertScale multiplies each chosen expert's weight
     int64_t groups = 1, topkGroups = 1;  // group-limited selection: keep the best topkGroups groups
     GroupScore groupScore = GroupScore::Max;

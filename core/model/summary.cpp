@@ -215,8 +215,9 @@ std::vector<SummaryRow> describeModel(const ModelSpec& s, const Checkpoint& ckpt
                                                : oj()}}});
     }
     if (s.attn.valueNorm) attn.text += ", values RMS-normed";
-    if (s.attn.outputGate) attn.text += ", an output gate per head (sigmoid)";
-    attn.fields.push_back({"attention_output_gate", s.attn.outputGate});
+    const bool gated = s.attn.outputGate || s.has(Role::AttnGate);
+    if (gated) attn.text += ", an output gate per head (sigmoid)";
+    attn.fields.push_back({"attention_output_gate", gated});
     // linear-attention layers (Gated DeltaNet): which, and its sizes
     std::vector<int> linear;
     for (int l = 0; l < s.numLayers; ++l)

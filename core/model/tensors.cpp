@@ -54,6 +54,8 @@ const char* roleName(Role r) {
             return "query norm";
         case Role::QKV:
             return "fused query/key/value";
+        case Role::AttnGate:
+            return "attention output gate";
         case Role::Sinks:
             return "attention sinks";
         case Role::KNorm:

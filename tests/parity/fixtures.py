@@ -394,6 +394,23 @@ CONFIGS = {
         num_attention_heads=4, num_key_value_heads=4, head_dim=16, num_hidden_layers=3,
         mlp_layer_types=["sparse", "dense", "sparse"], num_experts=8, num_experts_per_tok=2,
         moe_intermediate_size=32, intermediate_size=48, num_shared_experts=1, tie_word_embeddings=True)),
+    # AFMoE (Arcee's Trinity): sliding layers (window 5) with RoPE and full ones without, alternating by
+    # global_attn_every_n_layers; the output gate of its own, the per-head QK-norm, biases on q/k/v/o,
+    # GQA, a head_dim of its own; sandwich norms; a dense first layer (num_dense_layers), then a
+    # sigmoid router with a random expert_bias to choose, renormalised, x route_scale 2.5, two shared
+    # experts; muP's embedding scale
+    "afmoe_gated_mup": ("AfmoeConfig", dict(
+        num_attention_heads=4, num_key_value_heads=2, head_dim=24, num_hidden_layers=4, global_attn_every_n_layers=2,
+        sliding_window=5, num_dense_layers=1, num_experts=12, num_experts_per_tok=3, moe_intermediate_size=24,
+        intermediate_size=64, num_shared_experts=2, route_scale=2.5, attention_bias=True, mup_enabled=True,
+        rope_parameters=dict(rope_type="default", rope_theta=50000.0))),
+    # ... layer types given (a full layer first), window 3, every layer MoE, one shared expert, no
+    # GQA (num_key_value_heads left to the class), no biases, no muP, a tied head
+    "afmoe_types_tied": ("AfmoeConfig", dict(
+        num_attention_heads=4, head_dim=16, num_hidden_layers=3, sliding_window=3,
+        layer_types=["full_attention", "sliding_attention", "sliding_attention"], num_dense_layers=0, num_experts=8,
+        num_experts_per_tok=2, moe_intermediate_size=32, intermediate_size=48, num_shared_experts=1,
+        tie_word_embeddings=True)),
     # Qwen3-Next: Gated DeltaNet layers (grouped: 2 value heads per key head, a 4-wide convolution)
     # and gated full attention alternating by full_attention_interval, a dense layer by
     # mlp_only_layers, the sigmoid-gated shared expert, renormalised top-2, a quarter of each head
@@ -564,7 +581,7 @@ def _moe_blocks(model):
                 "DeepseekV3MoE", "DeepseekV2Moe", "Glm4MoeMoE", "Dots1MoE", "Glm4MoeLiteMoE", "Mistral4MoE",
                 "GraniteMoeMoE", "GraniteMoeSharedMoE", "HunYuanMoEV1Moe", "GptOssMLP", "DbrxFFN", "Llama4TextMoe",
                 "SolarOpenMoE", "DeepseekV32MoE", "GlmMoeDsaMoE", "MiMoV2FlashMoE",
-                "ExaoneMoeSparseMoEBlock", "HYV3MoE"):
+                "ExaoneMoeSparseMoEBlock", "HYV3MoE", "AfmoeSparseMoeBlock"):
             layer = int(mname.split(".blocks." if ".blocks." in mname else ".layers.")[1].split(".")[0])  # DBRX's
             blocks[layer] = m
     return blocks

@@ -7,9 +7,9 @@ import json
 
 import pytest
 
-from conftest import assert_info_refuses, require, run_cli
+from conftest import require, run_cli
 import fixtures
-from test_parity import long_prompt_and_compare, trace_and_compare
+from test_parity import assert_edit_refused, long_prompt_and_compare, trace_and_compare
 
 NAME = "mimo_v2_flash_groups_sinks"
 
@@ -98,9 +98,7 @@ BAD = [
 
 @pytest.mark.parametrize("i", range(len(BAD)))
 def test_bad_options_named(cli, build_fixture, tmp_path, i):
-    change, words = BAD[i]
-    per, _, _ = build_fixture(NAME)
-    assert_info_refuses(cli, fixtures.copy_checkpoint(per, str(tmp_path / "bad"), change), words)
+    assert_edit_refused(cli, build_fixture, tmp_path, NAME, *BAD[i])
 
 
 def test_published_window_form(cli, build_fixture, tmp_path):

@@ -12,7 +12,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import require, run_cli
+from conftest import assert_info_refuses, require, run_cli
 import fixtures
 
 NAMES = list(fixtures.CONFIGS)
@@ -144,6 +144,13 @@ def test_long_prompt_past_the_window_or_chunk(cli, build_fixture, tmp_path, name
     long_prompt_and_compare(cli, per, fixtures.build_model(name), tmp_path, 11)
 
 
+def assert_edit_refused(cli, build_fixture, tmp_path, name, edit, words):
+    """The fixture `name` with its config.json edited by `edit`: info refuses it, naming config.json
+    and every one of `words`."""
+    per, _, _ = build_fixture(name)
+    assert_info_refuses(cli, fixtures.copy_checkpoint(per, str(tmp_path / "bad"), edit), words)
+
+
 def long_prompt_and_compare(cli, ckpt, model, tmp_path, seed, tokens=2600):
     """A prompt of `tokens` random ids (numpy's generator from `seed`) traced from ckpt in float32 and
     compared with transformers' `model` on it."""
@@ -166,12 +173,14 @@ def long_prompt_and_compare(cli, ckpt, model, tmp_path, seed, tokens=2600):
 # DeepSeek-V3.2's and GLM-5's indexers (their head weights in float32 in float16 runs, their scores
 # choosing the keys), MiMo-V2-Flash's eager softmax in the activations' dtype with sinks and its
 # scaled values, K-EXAONE's float32 router and correction bias on layers without RoPE, Hy3's float32
-# router and bias with biases on its dense MLP and shared experts.
+# router and bias with biases on its dense MLP and shared experts, AFMoE's router logits in the
+# activations' dtype with its bias in float32 in float16 runs only, and its norms' float32 products.
 HALF_FAMILIES = ["deepseek_v3_groups", "deepseek_v2_groups", "glm4_moe_groups_qknorm", "dots1_sliding_groups",
                  "glm4_moe_lite_types", "minimax_m2_rotary_dim", "mistral4_groups_temperature",
                  "granitemoe_multipliers", "granitemoeshared_shared", "ernie4_5_moe_bias_interval",
                  "hunyuan_alpha_list", "flex_olmo_plain", "solar_open_groups_bias", "deepseek_v32_sparse",
-                 "glm_moe_dsa_shared", "mimo_v2_flash_groups_sinks", "exaone_moe_groups_nope", "hy_v3_bias_shared"]
+                 "glm_moe_dsa_shared", "mimo_v2_flash_groups_sinks", "exaone_moe_groups_nope", "hy_v3_bias_shared",
+                 "afmoe_gated_mup"]
 # bf16 tolerances: bf16 has an 8-bit mantissa (relative step 2^-8 = 3.9e-3); two implementations
 # with different kernels or operation orders differ by a few steps after a couple of layers, so
 # router logits within 0.05 absolute, logits within 3e-2 of the largest logit, and the chosen sets
@@ -310,7 +319,6 @@ def test_layer_streaming_chosen_when_model_does_not_fit(cli, build_fixture, tmp_
 def test_llama3_rope_named(cli, build_fixture, tmp_path, edit, words):
     """Llama 3.1's RoPE scaling: `info` names it (the parity of llama_rope_llama3 is
     test_parity_cpu_float32's), a damaged key is named."""
-    from conftest import assert_info_refuses
     per, _, _ = build_fixture("llama_rope_llama3")
     rope = json.loads(run_cli(cli, "info", per, "--json").stdout)["rope"]
     assert rope == {"theta": 10000.0, "type": "llama3", "factor": 8.0, "original_max_position_embeddings": 64,

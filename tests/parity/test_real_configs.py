@@ -33,8 +33,13 @@ Hy3-preview's keeps the remote code's keys its class does not read (qk_norm, rou
 switches, enable_lm_head_fp32, first_k_dense_replace; expert_hidden_dim shrunk with the experts'
 width) and its MTP layer count (no MTP layer is written: test_hy_v3 covers one).
 
+Arcee's Trinity-Mini and Trinity-Large-Preview (AFMoE) keep their dense layers and two MoE ones
+(layer_types cut to them: three sliding, one full without RoPE, ...), muP's embedding scale (of the
+shrunk hidden size), 4.x's rope_theta with rope_scaling null, and the keys their class does not read
+(score_func, route_norm, the group counts of 1, load_balance_coeff, use_grouped_mm).
+
 The reference is transformers' DeepseekV2 / DeepseekV3 / Glm4Moe / MiniMaxM2 / SolarOpen / DeepseekV32 /
-GlmMoeDsa / MiMoV2Flash / ExaoneMoe / HYV3 built from the same dict; transformers
+GlmMoeDsa / MiMoV2Flash / ExaoneMoe / HYV3 / Afmoe built from the same dict; transformers
 has no kimi_k2 type, Kimi K2's published code is DeepSeek-V3's, so its reference is DeepseekV3.
 """
 import json
@@ -74,6 +79,8 @@ def shrunk(name):
     cfg["num_hidden_layers"] = cfg.get("first_k_dense_replace", 0) + 2
     if isinstance(cfg.get("moe_layer_freq"), list):  # MiMo-V2-Flash: its dense layers by this list
         cfg["num_hidden_layers"] = cfg["moe_layer_freq"].index(1) + 2
+    if "num_dense_layers" in cfg:  # AFMoE: its dense layers, then two MoE ones
+        cfg["num_hidden_layers"] = cfg["num_dense_layers"] + 2
     if cfg.get("sliding_window_pattern") == "LLLG":  # K-EXAONE: the first four layers, one of them full
         cfg["num_hidden_layers"] = 4
     if "num_experts" in cfg:  # K-EXAONE's and Hy3's key for the routed experts
@@ -100,13 +107,15 @@ def reference_config(cfg):
     cls = {"deepseek_v2": t.DeepseekV2Config, "glm4_moe": t.Glm4MoeConfig,
            "minimax_m2": t.MiniMaxM2Config, "solar_open": t.SolarOpenConfig,
            "deepseek_v32": t.DeepseekV32Config, "glm_moe_dsa": t.GlmMoeDsaConfig,
-           "mimo_v2_flash": t.MiMoV2FlashConfig, "exaone_moe": t.ExaoneMoeConfig, "hy_v3": t.HYV3Config}.get(cfg["model_type"], t.DeepseekV3Config)
+           "mimo_v2_flash": t.MiMoV2FlashConfig, "exaone_moe": t.ExaoneMoeConfig, "hy_v3": t.HYV3Config,
+           "afmoe": t.AfmoeConfig}.get(cfg["model_type"], t.DeepseekV3Config)
     return cls(**kw)
 
 
 @pytest.mark.parametrize("name", ["deepseek_v2_lite", "deepseek_v2", "deepseek_v3", "kimi_k2_instruct", "glm4_5_air",
                                   "minimax_m2", "solar_open_100b", "deepseek_v32",
-                                  "glm5", "mimo_v2_flash", "k_exaone_236b_a23b", "hy3_preview"])
+                                  "glm5", "mimo_v2_flash", "k_exaone_236b_a23b", "hy3_preview", "trinity_mini",
+                                  "trinity_large_preview"])
 def test_published_config_opens_and_matches_hf(cli, tmp_path, name):
     h5py = require("h5py")
     cfg = shrunk(name)

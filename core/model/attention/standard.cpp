@@ -1,5 +1,6 @@
 // Standard attention, and the encoder's (the same with biases, no RoPE, bidirectional):
-// q/k/v/o with optional biases, values of their own head size and scale (MiMo-V2-Flash), an output gate (Qwen3-Next),
+// q/k/v/o with optional biases, values of their own head size and scale (MiMo-V2-Flash), an output gate (Qwen3-Next's
+// from q_proj, AFMoE's a projection of its own),
 // QK RMSNorm (per head or over the projection; Llama 4's without weights), a clamp of q/k/v, RoPE (not on Llama 4's
 // NoPE layers, which scale their queries by a temperature instead), grouped key/value heads, sliding windows, attention
 // chunks.
@@ -29,6 +30,7 @@ void Model::Impl::loadStandardAttention(LayerWeights& w, int l) const {
     w.qn = loadNorm(Role::QNorm, l);
     w.kn = loadNorm(Role::KNorm, l);
     w.sinks = loadOpt(Role::Sinks, l);
+    w.attnGate = loadOpt(Role::AttnGate, l);
 }
 
 namespace {
@@ -103,6 +105,7 @@ Tensor Model::Impl::attention(const LayerWeights& w, const Tensor& x, const Tens
         q = qg.narrow(-1, 0, hd).reshape({T, a.heads * hd});
         gate = qg.narrow(-1, hd, hd).reshape({T, a.heads * hd});
     }
+    if (w.attnGate.defined()) gate = torch::linear(x, w.attnGate);  // AFMoE: a projection of its own
     Tensor k = torch::linear(x, w.k, w.kb);
     // k_eq_v (Gemma 4): the values are the key projection itself, before its norm and RoPE
     Tensor v = w.v.defined() ? torch::linear(x, w.v, w.vb) : k;
