@@ -702,6 +702,12 @@ void mlpLayerTypes(ModelSpec& s, const Config& c, int64_t defaultDense) {
     }
 }
 
+void notNull(const Config& c, std::initializer_list<const char*> keys) {
+    for (const char* k : keys)
+        if (c.isNull(k))
+            c.fail(k, "must not be null: transformers' " + c.optString("model_type", "") + " class cannot run with it");
+}
+
 void unreadPerLayerKeyAgrees(const Config& c, const std::string& key, const std::vector<bool>& derived,
                              const std::string& what) {
     if (!c.has(key)) return;

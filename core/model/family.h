@@ -190,6 +190,10 @@ void deepseekLayers(ModelSpec& s, const Config& c, const DeepseekDefaults& d);
 // of the routed experts' width, held as one shared expert n times as wide (deepseekLayers'); 0: none.
 void ungatedSharedExperts(ModelSpec& s, const Config& c, int64_t def, const std::string& key = "n_shared_experts");
 
+// Keys whose null transformers' class cannot run with (it would multiply by None, or fall back
+// to a value of its own): present and null, each is refused by name.
+void notNull(const Config& c, std::initializer_list<const char*> keys);
+
 // A key of a published config that the family's transformers class does not read, one entry per
 // layer (0 / 1 or false / true): where present it must mark exactly the layers `derived` marks
 // (what transformers computes from its own keys), else the checkpoint would be misread there and

@@ -574,8 +574,8 @@ struct Model::Impl {
         w.postNorm = loadNorm(Role::FfnNorm, l);
         w.inNormB = loadOpt(Role::AttnNormBias, l);
         w.postNormB = loadOpt(Role::FfnNormBias, l);
-        w.attnOutNorm = loadOpt(Role::AttnOutNorm, l);
-        w.ffnOutNorm = loadOpt(Role::FfnOutNorm, l);
+        w.attnOutNorm = loadNorm(Role::AttnOutNorm, l);  // (AFMoE keeps them in float32 in float16 runs too)
+        w.ffnOutNorm = loadNorm(Role::FfnOutNorm, l);
         if (spec.layers[l].linearAttention) loadGatedDeltaNet(w, l);
         else if (spec.attn.isMoa()) loadMoaAttention(w, l);
         else if (spec.attn.isMla()) loadMlaAttention(w, l);

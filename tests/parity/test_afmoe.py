@@ -26,6 +26,9 @@ BAD = [
     (lambda c: c.update(route_norm=False), ["route_norm", "must be true"]),
     (lambda c: c.update(n_group=2), ["n_group", "must be 1"]),
     (lambda c: c.update(num_limited_groups=2), ["num_limited_groups", "must be 1"]),
+    (lambda c: c.update(num_dense_layers=None), ["num_dense_layers", "null"]),
+    (lambda c: c.update(route_scale=None), ["route_scale", "null"]),
+    (lambda c: c.update(num_local_experts=c.pop("num_experts")), ["num_local_experts", "num_experts"]),
 ]
 
 

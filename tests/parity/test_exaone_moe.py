@@ -69,6 +69,7 @@ BAD = [
     (lambda c: c.update(scoring_func="softmax"), ["scoring_func", "sigmoid"]),
     (lambda c: c.update(n_group=3), ["n_group"]),
     (lambda c: c.update(partial_rotary_factor=0.5), ["partial_rotary_factor"]),
+    (lambda c: c.update(num_local_experts=c.pop("num_experts")), ["num_local_experts", "num_experts"]),
 ]
 
 

@@ -51,6 +51,9 @@ BAD = [
     (lambda c: c.update(enable_attention_fp32_softmax=True), ["enable_attention_fp32_softmax", "must be false"]),
     (lambda c: c.update(expert_hidden_dim=48), ["expert_hidden_dim", "moe_intermediate_size"]),
     (lambda c: c.update(first_k_dense_replace=2), ["first_k_dense_replace", "disagree"]),
+    (lambda c: c.update(num_shared_experts=0), ["num_shared_experts", "intermediate_size wide"]),
+    (lambda c: c.update(num_shared_experts=None), ["num_shared_experts", "null"]),
+    (lambda c: c.update(router_scaling_factor=None), ["router_scaling_factor", "null"]),
 ]
 
 

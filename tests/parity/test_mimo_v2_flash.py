@@ -93,12 +93,34 @@ BAD = [
      ["layer_types", "chunked_attention"]),
     (lambda c: c.update(mlp_layer_types=["dense", "sparse"]), ["mlp_layer_types", "2 entries for 4 layers"]),
     (lambda c: c.update(topk_method="greedy"), ["topk_method", "noaux_tc"]),
+    (edit(swa_num_attention_heads=8), ["swa_num_attention_heads"]),
+    (lambda c: c.update(rope_scaling=None), ["rope_scaling", "null"]),
+    (rope(sliding_attention=dict(partial_rotary_factor=None)),
+     ["rope_parameters.sliding_attention.partial_rotary_factor", "null"]),
+    (lambda c: c.update(num_experts=c.pop("n_routed_experts")), ["num_experts", "n_routed_experts"]),
 ]
 
 
 @pytest.mark.parametrize("i", range(len(BAD)))
 def test_bad_options_named(cli, build_fixture, tmp_path, i):
     assert_edit_refused(cli, build_fixture, tmp_path, NAME, *BAD[i])
+
+
+def test_rope_scaling_replaces_rope_parameters(cli, build_fixture, tmp_path):
+    """The per-type RoPE dicts under rope_scaling (which MiMoV2FlashConfig sets as its
+    rope_parameters), rope_parameters holding other values: the run equals transformers' model of
+    the rope_scaling dicts."""
+    torch = require("torch")
+    per, _, ref = build_fixture(NAME)
+
+    def moved(c):
+        c["rope_scaling"] = c["rope_parameters"]
+        c["rope_parameters"] = {t: dict(rope_type="default", rope_theta=7.0) for t in c["rope_scaling"]}
+
+    d = fixtures.copy_checkpoint(per, str(tmp_path / "scaling"), moved)
+    hf = fixtures.hf_from_pretrained(d, torch.float32)
+    assert hf.config.rope_parameters["sliding_attention"]["rope_theta"] == 1000.0  # transformers reads it so
+    trace_and_compare(cli, d, str(tmp_path / "s.h5"), fixtures.reference(hf))
 
 
 def test_published_window_form(cli, build_fixture, tmp_path):

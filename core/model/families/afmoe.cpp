@@ -28,6 +28,10 @@ const Family& family_afmoe() {
         "afmoe",
         {"afmoe"},
         [](ModelSpec& s, const Config& c) {
+            notNull(c, {"num_dense_layers", "route_scale", "num_shared_experts", "global_attn_every_n_layers",
+                        "sliding_window", "num_experts", "num_experts_per_tok"});
+            if (c.has("num_local_experts") && !c.has("num_experts"))
+                c.fail("num_local_experts", "transformers' Afmoe reads num_experts (it maps no other name onto it)");
             fillCommon(s, c, {1e-5, 10000.0, true, 0, 0, 128});
             s.maxPositions = c.optInt("max_position_embeddings", 16384);
             AttentionSpec& a = s.attn;
@@ -48,7 +52,7 @@ const Family& family_afmoe() {
             }
             // the MoE layers: all from num_dense_layers on
             moeCounts(s, c, "num_experts", "moe_intermediate_size", {64, 6, 1408});
-            const int64_t dense = c.isNull("num_dense_layers") ? 0 : c.optInt("num_dense_layers", 1);
+            const int64_t dense = c.optInt("num_dense_layers", 1);
             if (dense < 0 || dense > s.numLayers)
                 c.fail("num_dense_layers", "must be between 0 and the number of layers");
             const int64_t ffn = c.optInt("intermediate_size", 6144);
@@ -65,7 +69,7 @@ const Family& family_afmoe() {
             r.selectionBiasFloat32InF16 = true;
             r.renormalize = true;
             r.renormEpsilon = 1e-20;
-            r.scale = c.isNull("route_scale") ? 1.0 : c.optDoubleIn("route_scale", 1.0, 1e-6, 1e6);
+            r.scale = c.optDoubleIn("route_scale", 1.0, 1e-6, 1e6);
             if (c.optBool("mup_enabled", false)) s.embeddingScale = std::sqrt(static_cast<double>(s.hidden));
             // the published config's keys the class does not read, accepted at the values under
             // which not reading them is right (load_balance_coeff and use_grouped_mm change nothing)

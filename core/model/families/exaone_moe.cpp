@@ -24,6 +24,9 @@ const Family& family_exaone_moe() {
         "exaone_moe",
         {"exaone_moe"},
         [](ModelSpec& s, const Config& c) {
+            if (c.has("num_local_experts") && !c.has("num_experts"))
+                c.fail("num_local_experts",
+                       "transformers' ExaoneMoe reads num_experts (it maps no other name onto it)");
             fillCommon(s, c, {1e-5, 10000.0, true, 0, 32, 0});
             s.maxPositions = c.optInt("max_position_embeddings", 2048);
             AttentionSpec& a = s.attn;

@@ -32,6 +32,12 @@ const Family& family_hy_v3() {
             a.qkvBias = a.oBias = c.optBool("attention_bias", false);
             moeCounts(s, c, "num_experts", "moe_intermediate_size", {192, 8, 1536});
             mlpLayerTypes(s, c, 1, 13312);
+            // HYV3MLP takes a width of 0 as "intermediate_size": no shared expert is not expressible
+            notNull(c, {"num_shared_experts", "router_scaling_factor", "num_experts", "num_experts_per_tok"});
+            if (c.optInt("num_shared_experts", 1) == 0)
+                c.fail("num_shared_experts",
+                       "0 is not supported: transformers' HYV3 then builds a shared expert "
+                       "intermediate_size wide");
             ungatedSharedExperts(s, c, 1, "num_shared_experts");
             RouterRule& r = s.router;
             r.scoring = RouterRule::Scoring::Sigmoid;

@@ -30,7 +30,12 @@ struct TypeRope {
 // rope_parameters[type] (absent: the class's defaults): default RoPE only, rope_theta required
 // as transformers' rotary embedding indexes it, partial_rotary_factor 0.334 unless given.
 TypeRope ropeOf(const Config& c, const std::string& type, double defTheta) {
-    const JsonIn all = c.in()["rope_parameters"];
+    // a rope_scaling key replaces rope_parameters as MiMoV2FlashConfig sets it (null: no RoPE
+    // dicts at all, which its rotary embedding cannot run with)
+    const bool scaling = c.raw().contains("rope_scaling");
+    if (scaling && c.isNull("rope_scaling"))
+        c.fail("rope_scaling", "null replaces rope_parameters in MiMoV2FlashConfig and leaves no RoPE dicts");
+    const JsonIn all = c.in()[scaling ? "rope_scaling" : "rope_parameters"];
     if (all.isNull()) return {defTheta, 0.334};
     if (!all.isObject() || !all.has(type))
         all.fail(
@@ -41,6 +46,8 @@ TypeRope ropeOf(const Config& c, const std::string& type, double defTheta) {
     const std::string kind = r.str("rope_type", "default");
     if (kind != "default")
         r["rope_type"].fail("RoPE type '" + kind + "' is not supported for mimo_v2_flash (supported: default)");
+    if (r.raw().contains("partial_rotary_factor") && r.raw()["partial_rotary_factor"].is_null())
+        r["partial_rotary_factor"].fail("must not be null (transformers multiplies head_dim by it)");
     const TypeRope t{r.at("rope_theta").number(),
                      r.has("partial_rotary_factor") ? r.at("partial_rotary_factor").number() : 0.334};
     if (!(t.theta > 1 && t.theta < 1e12)) r["rope_theta"].fail("must be between 1 and 1e12");
@@ -62,6 +69,8 @@ const Family& family_mimo_v2_flash() {
         "mimo_v2_flash",
         {"mimo_v2_flash"},
         [](ModelSpec& s, const Config& c) {
+            if (c.has("num_experts") && !c.has("n_routed_experts"))
+                c.fail("num_experts", "transformers' MiMoV2Flash reads n_routed_experts (or num_local_experts)");
             const TypeRope full = ropeOf(c, "full_attention", 5000000.0);
             const TypeRope sliding = ropeOf(c, "sliding_attention", 10000.0);
             // each type's RoPE rotates int(head_dim x its factor) dimensions of a head
@@ -115,7 +124,9 @@ const Family& family_mimo_v2_flash() {
                     L.ropeTable = 1;
                 }
             // the MoE layers: DeepSeek-V3's router, no shared experts
-            moeCounts(s, c, "n_routed_experts", "moe_intermediate_size", {256, 8, 2048});
+            // n_routed_experts, or num_local_experts that the class maps onto it
+            const bool local = c.has("num_local_experts") && !c.has("n_routed_experts");
+            moeCounts(s, c, local ? "num_local_experts" : "n_routed_experts", "moe_intermediate_size", {256, 8, 2048});
             mlpLayerTypes(s, c, 1, 16384);
             noauxRouter(s, c, {1, 1, 1.0, true, 0});
             s.mtpLayers = 0;  // the MTP modules are model.mtp.*, not layers after the last
@@ -124,6 +135,7 @@ const Family& family_mimo_v2_flash() {
             for (const auto& L : s.layers) moeFlags.push_back(L.moe);
             unreadPerLayerKeyAgrees(c, "hybrid_layer_pattern", isSliding, "the sliding layers (layer_types)");
             unreadPerLayerKeyAgrees(c, "moe_layer_freq", moeFlags, "the MoE layers (mlp_layer_types)");
+            agrees(c, "swa_num_attention_heads", static_cast<double>(a.heads), "num_attention_heads on every layer");
             agrees(c, "swa_num_key_value_heads", static_cast<double>(2 * a.kvHeads),
                    "twice num_key_value_heads on the sliding layers");
             agrees(c, "swa_head_dim", static_cast<double>(a.headDim), "head_dim on every layer");
