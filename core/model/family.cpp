@@ -394,6 +394,13 @@ std::vector<bool> localLayers(const ModelSpec& s, const Config& c, const std::st
     return out;
 }
 
+void slidingLayersRopeOnly(ModelSpec& s, const std::vector<bool>& sliding, int64_t window) {
+    for (int64_t l = 0; l < s.numLayers; ++l) {
+        s.layers[l].slidingWindow = sliding[l] ? window : 0;
+        s.layers[l].rope = sliding[l];
+    }
+}
+
 void slidingLayers(ModelSpec& s, const Config& c, int64_t window, const std::function<bool(int64_t)>& formula) {
     const std::vector<bool> sliding = localLayers(s, c, "sliding_attention", formula);
     for (int64_t i = 0; i < s.numLayers; ++i) s.layers[i].slidingWindow = (sliding[i] && window > 0) ? window : 0;

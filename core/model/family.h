@@ -139,6 +139,9 @@ void sparseLayers(ModelSpec& s, const Config& c);
 void qwenLayerTypes(ModelSpec& s, const Config& c, bool moeFormula);
 // Which layers attend within `window` (0: none): layer_types when given, else formula(layer).
 void slidingLayers(ModelSpec& s, const Config& c, int64_t window, const std::function<bool(int64_t)>& formula);
+// The layers `sliding` marks attend within `window` keys with RoPE; the others attend to every
+// earlier key without RoPE (K-EXAONE's and AFMoE's full layers).
+void slidingLayersRopeOnly(ModelSpec& s, const std::vector<bool>& sliding, int64_t window);
 // Which layers attend locally by layer_types (`local`, e.g. "sliding_attention", or
 // "full_attention"; one entry per layer), else by formula(layer).
 std::vector<bool> localLayers(const ModelSpec& s, const Config& c, const std::string& local,

@@ -46,10 +46,7 @@ const Family& family_afmoe() {
             positive(c, "sliding_window", window, int64_t{1} << 30);
             const std::vector<bool> sliding =
                 localLayers(s, c, "sliding_attention", [&](int64_t i) { return (i + 1) % every != 0; });
-            for (int64_t l = 0; l < s.numLayers; ++l) {
-                s.layers[l].slidingWindow = sliding[l] ? window : 0;
-                s.layers[l].rope = sliding[l];
-            }
+            slidingLayersRopeOnly(s, sliding, window);
             // the MoE layers: all from num_dense_layers on
             moeCounts(s, c, "num_experts", "moe_intermediate_size", {64, 6, 1408});
             const int64_t dense = c.optInt("num_dense_layers", 1);

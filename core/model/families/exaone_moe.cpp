@@ -48,10 +48,7 @@ const Family& family_exaone_moe() {
             }
             const std::vector<bool> sliding =
                 localLayers(s, c, "sliding_attention", [&](int64_t i) { return (i + 1) % pattern != 0; });
-            for (int64_t l = 0; l < s.numLayers; ++l) {
-                s.layers[l].slidingWindow = sliding[l] ? window : 0;
-                s.layers[l].rope = sliding[l];
-            }
+            slidingLayersRopeOnly(s, sliding, window);
             // the MoE layers
             moeCounts(s, c, "num_experts", "moe_intermediate_size", {64, 8, 1024});
             const int64_t firstDense = c.optInt("first_k_dense_replace", 1);
