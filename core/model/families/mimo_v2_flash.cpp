@@ -29,13 +29,16 @@ struct TypeRope {
 
 // rope_parameters[type] (absent: the class's defaults): default RoPE only, rope_theta required
 // as transformers' rotary embedding indexes it, partial_rotary_factor 0.334 unless given.
+// Where the per-type RoPE dicts are: rope_scaling, which MiMoV2FlashConfig sets as its
+// rope_parameters, where the config has that key, else rope_parameters.
+const char* ropeKey(const Config& c) { return c.raw().contains("rope_scaling") ? "rope_scaling" : "rope_parameters"; }
+
 TypeRope ropeOf(const Config& c, const std::string& type, double defTheta) {
-    // a rope_scaling key replaces rope_parameters as MiMoV2FlashConfig sets it (null: no RoPE
-    // dicts at all, which its rotary embedding cannot run with)
-    const bool scaling = c.raw().contains("rope_scaling");
-    if (scaling && c.isNull("rope_scaling"))
+    // a null rope_scaling leaves MiMoV2FlashConfig no RoPE dicts, which its rotary embedding
+    // cannot run with
+    if (c.isNull("rope_scaling"))
         c.fail("rope_scaling", "null replaces rope_parameters in MiMoV2FlashConfig and leaves no RoPE dicts");
-    const JsonIn all = c.in()[scaling ? "rope_scaling" : "rope_parameters"];
+    const JsonIn all = c.in()[ropeKey(c)];
     if (all.isNull()) return {defTheta, 0.334};
     if (!all.isObject() || !all.has(type))
         all.fail(
@@ -81,7 +84,7 @@ const Family& family_mimo_v2_flash() {
                 if (r < 2 || r % 2 != 0) {
                     const std::string why = "rotates " + std::to_string(r) + " of " + std::to_string(headDim) +
                                             " head dimensions; must be even and >= 2";
-                    if (c.has("rope_parameters")) c.in()["rope_parameters"][type]["partial_rotary_factor"].fail(why);
+                    if (c.has(ropeKey(c))) c.in()[ropeKey(c)][type]["partial_rotary_factor"].fail(why);
                     c.fail("head_dim", why);
                 }
                 return r;
