@@ -75,6 +75,8 @@ ES_INLINE void widenSegment(const GramMatrix& m, int64_t r, int64_t c0, int w, i
     const int64_t v = r * rs + c0 * m.colStride;  // the segment's first element
     if (m.mxfp4Scales) {                          // whole blocks of 32 (checked)
         mxfp4Row(m.data + v / 2, m.mxfp4Scales + v / 32, w / 32, t);
+    } else if (m.intScales) {
+        packedIntRow(m.data, m.intBits, v, w, m.intScales, m.intScaleDtype, m.intGroup, t);
     } else if (m.colStride == 1) {
         const uint8_t* src = m.data + static_cast<size_t>(v) * dtypeSize(m.dtype);
         if (m.dtype == DType::BF16) widenBf16(src, w, t);
@@ -95,6 +97,9 @@ ES_INLINE void prefetchSegment(const GramMatrix& m, int64_t r, int64_t c0, int w
     if (m.mxfp4Scales) {
         p = m.data + v / 2;
         e = p + w / 2;
+    } else if (m.intScales) {
+        p = m.data + v * m.intBits / 8;
+        e = p + w * m.intBits / 8;
     } else {
         const int64_t es = static_cast<int64_t>(dtypeSize(m.dtype));
         if (m.colStride * es > 16) return;
@@ -500,8 +505,10 @@ namespace {
 
 // Whether every matrix holds bf16 values exactly once widened (bf16 unscaled, or MXFP4).
 bool bf16Exact(const std::vector<GramMatrix>& ms) {
-    return std::all_of(ms.begin(), ms.end(),
-                       [](const GramMatrix& m) { return m.mxfp4Scales || (m.dtype == DType::BF16 && !m.scale); });
+    return std::all_of(ms.begin(), ms.end(), [](const GramMatrix& m) {
+        return m.mxfp4Scales || (m.intScales && m.intScaleDtype == DType::BF16) ||
+               (m.dtype == DType::BF16 && !m.scale && !m.intScales);
+    });
 }
 
 }  // namespace
@@ -517,6 +524,10 @@ void checkGramInput(const std::vector<GramMatrix>& ms, int64_t cols) {
         if (m.mxfp4Scales) {
             if (cols % 32 != 0 || rs % 32 != 0 || m.colStride != 1)
                 throw Error("gramPass: MXFP4 rows of " + std::to_string(cols) + " values, not whole blocks of 32");
+        } else if (m.intScales) {
+            if ((m.intBits != 4 && m.intBits != 8) || m.intGroup < 1 || m.colStride != 1 || rs != cols ||
+                cols % m.intGroup != 0 || cols % (32 / m.intBits) != 0)
+                throw Error("gramPass: packed integers are read as whole rows of whole words and groups");
         } else if (m.scale && (m.colStride != 1 || rs % cols != 0)) {
             throw Error("gramPass: FP8 weights are read as whole rows of the weight");
         } else if (m.dtype != DType::F32 && m.dtype != DType::F16 && m.dtype != DType::BF16 &&

@@ -50,6 +50,13 @@ struct GramMatrix {
     // values (safetensors.h's mxfp4Row; dtype is ignored; whole blocks: colStride 1 and rowStride
     // a multiple of 32)
     const uint8_t* mxfp4Scales = nullptr;
+    // packed integers (compressed-tensors): `data` are the I32 words and these the scales (of
+    // intScaleDtype, one per intGroup values), value v of the matrix decoded by packedIntRow (dtype is
+    // ignored; whole rows: colStride 1, rows of whole words and groups)
+    const uint8_t* intScales = nullptr;
+    DType intScaleDtype = DType::F32;
+    int intBits = 0;
+    int64_t intGroup = 0;
 };
 
 struct GramResult {

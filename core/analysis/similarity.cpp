@@ -97,6 +97,52 @@ void toFloats(const uint8_t* src, DType dt, int64_t n, float* dst) {
     }
 }
 
+float roundToBf16(float x) {
+    uint32_t u;
+    std::memcpy(&u, &x, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return x;  // NaN
+    u = (u + 0x7fffu + ((u >> 16) & 1u)) & 0xffff0000u;
+    std::memcpy(&x, &u, 4);
+    return x;
+}
+
+float roundToF16(float x) {
+    if (std::isnan(x)) return x;
+    const float a = std::fabs(x);
+    if (a >= 65520.f) return std::copysign(std::numeric_limits<float>::infinity(), x);  // past 65504 + half a step
+    // the step of f16 at |x|: 2^(e - 10) for a normal (e >= -14), 2^-24 below; x / step rounded to an
+    // integer (ties to even, the default rounding mode) is exact in float, as is its product
+    int e;
+    std::frexp(a, &e);  // a = m 2^e, m in [0.5, 1): the leading bit is 2^(e - 1)
+    const float step = std::ldexp(1.f, std::max(e - 1, -14) - 10);
+    return std::nearbyint(x / step) * step;
+}
+
+void packedIntRow(const uint8_t* packed, int bits, int64_t first, int64_t n, const uint8_t* scales, DType scaleDtype,
+                  int64_t group, float* out) {
+    const int offset = 1 << (bits - 1);
+    for (int64_t j = 0; j < n; ++j) {
+        const int64_t v = first + j;
+        const int code = bits == 8 ? packed[v] : (v & 1) ? packed[v >> 1] >> 4 : packed[v >> 1] & 0x0F;
+        float s;
+        const int64_t g = v / group;
+        if (scaleDtype == DType::F32) {
+            std::memcpy(&s, scales + 4 * g, 4);
+            out[j] = static_cast<float>(code - offset) * s;
+            continue;
+        }
+        uint16_t h;
+        std::memcpy(&h, scales + 2 * g, 2);
+        if (scaleDtype == DType::BF16) {
+            const uint32_t u = static_cast<uint32_t>(h) << 16;
+            std::memcpy(&s, &u, 4);
+            out[j] = roundToBf16(static_cast<float>(code - offset) * s);  // exact in float, then rounded
+        } else {
+            out[j] = roundToF16(static_cast<float>(code - offset) * halfToFloat(h));
+        }
+    }
+}
+
 void toFloatsStrided(const uint8_t* src, DType dt, int64_t stride, int64_t n, float* dst) {
     if (stride == 1) return toFloats(src, dt, n, dst);
     const int64_t step = stride * static_cast<int64_t>(dtypeSize(dt));

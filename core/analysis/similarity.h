@@ -32,6 +32,19 @@ void toFloats(const uint8_t* src, DType dt, int64_t n, float* dst);
 // The same for n elements `stride` elements apart (a column of a row-major matrix, or every
 // other element of an interleaved one).
 void toFloatsStrided(const uint8_t* src, DType dt, int64_t stride, int64_t n, float* dst);
+// compressed-tensors' pack-quantized symmetric integers of `bits` bits (4 or 8), as its
+// unpack_from_int32 and dequantize read them: value v is the code at bits v * bits .. of the
+// little-endian I32 words (4 bits: byte v / 2's low nibble for an even v, its high one for an odd
+// v; 8 bits: byte v), stored plus 2^(bits - 1); the weight is the code minus 2^(bits - 1) times the
+// scale of its group of `group` values, the product rounded to the scale's dtype (F32, BF16 or
+// F16) as compressed-tensors multiplies in that dtype. Values first .. first + n of a tensor whose
+// rows hold whole words and whole groups (so value v's scale is scales[v / group]) -> out.
+void packedIntRow(const uint8_t* packed, int bits, int64_t first, int64_t n, const uint8_t* scales, DType scaleDtype,
+                  int64_t group, float* out);
+// A float rounded to the nearest bf16 / f16 (ties to even; NaN stays NaN, overflow is inf), widened
+// back: what a multiplication in that dtype gives.
+float roundToBf16(float x);
+float roundToF16(float x);
 
 // The scales of one F8_E4M3 weight (spec.h's Quantization) decoded to float32, looked up by the
 // row of the weight seen as stacked matrices [B * R, C] and the column.

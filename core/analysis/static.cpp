@@ -46,9 +46,20 @@ struct Mat {
     // MXFP4 (GPT-OSS's experts): t holds the blocks, these the scale bytes; decoded a tile of rows
     // at a time, never as a copy of the layer
     const TensorView* mxfp4Scales = nullptr;
+    // packed integers (compressed-tensors: Kimi K2.5's experts): t holds the I32 words, these the
+    // scales of groups of intGroup values; `offset` counts values (a whole weight: 0); decoded by
+    // packedIntRow a tile of rows at a time
+    const TensorView* intScales = nullptr;
+    int intBits = 0;
+    int64_t intGroup = 0;
+    bool quantized() const { return scale || mxfp4Scales || intScales; }
     int64_t rs() const { return rowStride ? rowStride : cols; }
     const uint8_t* data() const {
+        if (intScales) return t->data + offset * intBits / 8;
         return t->data + (mxfp4Scales ? offset / 2 : offset * static_cast<int64_t>(dtypeSize(t->dtype)));
+    }
+    const uint8_t* intScaleData() const {
+        return intScales->data + offset / intGroup * static_cast<int64_t>(dtypeSize(intScales->dtype));
     }
     int64_t tensorRow() const { return offset / cols; }  // row 0 as a row of the tensor's stacked matrices
     int64_t neurons() const { return neuronRows ? rows : cols; }
@@ -58,7 +69,7 @@ struct Mat {
     }
     // the same matrix read in the other orientation (not for scaled FP8 or MXFP4, read by rows)
     Mat flip() const {
-        if (scale || mxfp4Scales) throw Error("quantized weights are read by rows", t->file, t->name);
+        if (quantized()) throw Error("quantized weights are read by rows", t->file, t->name);
         Mat x = *this;
         std::swap(x.rows, x.cols);
         x.rowStride = colStride;
@@ -74,13 +85,23 @@ struct Mat {
                 tensorRow(),
                 rowStride,
                 colStride,
-                mxfp4Scales ? mxfp4Scales->data + offset / 32 : nullptr};
+                mxfp4Scales ? mxfp4Scales->data + offset / 32 : nullptr,
+                intScales ? intScaleData() : nullptr,
+                intScales ? intScales->dtype : DType::F32,
+                intBits,
+                intGroup};
     }
     // drops the mapped pages it spans (elements of other matrices between its own are mapped again
     // when read)
     void release() const {
         if (owned) return;
         const int64_t span = (rows - 1) * rs() + (cols - 1) * colStride + 1;  // elements
+        if (intScales) {
+            releasePages(data(), static_cast<uint64_t>((span * intBits + 7) / 8));
+            releasePages(intScaleData(),
+                         static_cast<uint64_t>((span + intGroup - 1) / intGroup) * dtypeSize(intScales->dtype));
+            return;
+        }
         if (!mxfp4Scales) {
             releasePages(data(), static_cast<uint64_t>(span) * dtypeSize(t->dtype));
             return;
@@ -120,6 +141,10 @@ void readRows(const Mat& m, int64_t r0, int64_t n, float* dst) {
             mxfp4Row(m.t->data + v / 2, m.mxfp4Scales->data + v / 32, m.cols / 32, out);
             continue;
         }
+        if (m.intScales) {
+            packedIntRow(m.t->data, m.intBits, v, m.cols, m.intScales->data, m.intScales->dtype, m.intGroup, out);
+            continue;
+        }
         toFloatsStrided(m.t->data + v * es, m.t->dtype, m.colStride, m.cols, out);
         if (m.scale) m.scale->apply(m.tensorRow() + (r0 + r) * (m.rs() / m.cols), 0, m.cols, out);
     }
@@ -156,6 +181,16 @@ Tensor deviceRows(const Mat& m, int64_t r0, int64_t h, torch::Device dev) {
         const Tensor e = sc.to(torch::kInt) - 127, e1 = e.div(2, "floor"), e2 = e - e1;
         auto pow2 = [](const Tensor& x) { return (x + 127).bitwise_left_shift(23).view(torch::kFloat).unsqueeze(-1); };
         return (v * pow2(e1) * pow2(e2)).view({h, cols});
+    }
+    if (m.intScales) {  // whole rows (colStride 1, rs = cols: a weight of its own)
+        const int64_t bits = m.intBits, g = m.intGroup, ss = static_cast<int64_t>(dtypeSize(m.intScales->dtype));
+        const Tensor b = bytes(m.t->data + first * bits / 8, h, cols * bits / 8, rs * bits / 8).to(torch::kInt);
+        const Tensor codes =
+            bits == 8 ? b : torch::stack({b.bitwise_and(15), b.bitwise_right_shift(4)}, 2).view({h, cols});
+        const Tensor sc = bytes(m.intScales->data + first / g * ss, h, cols / g * ss, rs / g * ss)
+                              .view(detail::storageType(m.intScales->dtype));
+        // in the scale's dtype, as packedIntRow and transformers multiply
+        return ((codes - (1 << (bits - 1))).to(sc.scalar_type()) * sc.repeat_interleave(g, 1)).to(torch::kFloat);
     }
     const int64_t es = static_cast<int64_t>(dtypeSize(m.t->dtype));
     const uint8_t* base = m.t->data + first * es;
@@ -213,6 +248,20 @@ LayerMats layerMats(const Checkpoint& ck, const ModelSpec& s, const Reference* r
         return m;
     };
     auto whole = [&](const TensorView& t, bool neuronRows) { return mat(t, 0, t.shape[0], t.shape[1], neuronRows); };
+    // a weight stored as packed integers (checked by the spec: rows of whole words and groups): read
+    // where the table puts the matrix, which must be the whole weight (per expert, as released)
+    auto packed = [&](const Checkpoint& c, const std::string& name, int64_t rows, int64_t cols, int64_t offset,
+                      bool neuronRows) {
+        const TensorView& p = use(c, Quantization::packedName(name));
+        if (offset != 0 || p.shape[0] != rows)
+            throw Error("packed integer weights are read as whole matrices (one per expert)", p.file, p.name);
+        Mat x{&p, 0, rows, cols, neuronRows};
+        const Quantization& q = (&c == &ck ? s : *ref->spec).quant;
+        x.intScales = &use(c, Quantization::intScaleName(name));
+        x.intBits = q.intBits;
+        x.intGroup = q.intGroupOf(cols);
+        return x;
+    };
     // a rows x cols matrix copied out of `from` into memory of the layer (dtype dt), to be filled
     // through the returned pointer
     auto owned = [&](const TensorView& from, const std::string& name, DType dt, int64_t rows, int64_t cols,
@@ -244,6 +293,8 @@ LayerMats layerMats(const Checkpoint& ck, const ModelSpec& s, const Reference* r
             x.mxfp4Scales = &use(ck, Quantization::mxfp4Scales(m.tensor));
             return x;
         }
+        if (s.quant.packedInts() && !ck.find(m.tensor))
+            return packed(ck, m.tensor, m.rows, m.cols, m.offset, neuronRows);
         const TensorView& tv = use(ck, m.tensor);
         if (m.contiguous() || tv.dtype != DType::F8_E4M3) {  // read in place, at its strides
             Mat x = mat(tv, m.offset, m.rows, m.cols, neuronRows);
@@ -315,9 +366,15 @@ LayerMats layerMats(const Checkpoint& ck, const ModelSpec& s, const Reference* r
     }
     if (ref) {
         const ModelSpec& r = *ref->spec;
-        L.extra[0].push_back(whole(use(*ref->ckpt, r.tensorName(Role::FfnGate, l)), true));
-        if (r.has(Role::FfnUp)) L.extra[1].push_back(whole(use(*ref->ckpt, r.tensorName(Role::FfnUp, l)), true));
-        L.extra[2].push_back(whole(use(*ref->ckpt, r.tensorName(Role::FfnDown, l)), false));
+        auto dense = [&](Role role, bool neuronRows) {  // the whole weight, stored plain or as packed integers
+            const std::string name = r.tensorName(role, l);
+            if (!r.quant.packedInts() || ref->ckpt->find(name)) return whole(use(*ref->ckpt, name), neuronRows);
+            const TensorView& p = ref->ckpt->get(Quantization::packedName(name));
+            return packed(*ref->ckpt, name, p.shape[0], p.shape[1] * (32 / r.quant.intBits), 0, neuronRows);
+        };
+        L.extra[0].push_back(dense(Role::FfnGate, true));
+        if (r.has(Role::FfnUp)) L.extra[1].push_back(dense(Role::FfnUp, true));
+        L.extra[2].push_back(dense(Role::FfnDown, false));
         L.extraLabels.push_back("F");
     }
     // a matrix type whose experts are stored transposed (their rows strided across the stored
@@ -327,7 +384,7 @@ LayerMats layerMats(const Checkpoint& ck, const ModelSpec& s, const Reference* r
         if (L.routed[k].empty() || L.routed[k][0].colStride == 1) continue;
         for (Mat& x : L.routed[k]) x = x.flip();
         for (Mat& x : L.extra[k]) {
-            if (x.scale || x.mxfp4Scales) {
+            if (x.quantized()) {
                 auto [bytes, y] = owned(*x.t, x.t->name + " [float32]", DType::F32, x.rows, x.cols, x.neuronRows);
                 readRows(x, 0, x.rows, reinterpret_cast<float*>(bytes));
                 x = y;

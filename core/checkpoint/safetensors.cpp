@@ -37,6 +37,8 @@ const char* dtypeName(DType d) {
             return "F8_E8M0";
         case DType::U8:
             return "U8";
+        case DType::I32:
+            return "I32";
     }
     return "?";
 }
@@ -110,6 +112,7 @@ size_t dtypeSize(DType d) {
         case DType::I64:
             return 8;
         case DType::F32:
+        case DType::I32:
             return 4;
         case DType::F16:
         case DType::BF16:
@@ -236,10 +239,11 @@ void SafetensorsFile::parse() {
         else if (dt == "I64") v.dtype = DType::I64;  // index buffers (BERT's position_ids)
         else if (dt == "F8_E4M3") v.dtype = DType::F8_E4M3;
         else if (dt == "F8_E8M0") v.dtype = DType::F8_E8M0;
-        else if (dt == "U8") v.dtype = DType::U8;  // MXFP4 blocks and scales
+        else if (dt == "U8") v.dtype = DType::U8;    // MXFP4 blocks and scales
+        else if (dt == "I32") v.dtype = DType::I32;  // packed integers (compressed-tensors), their shapes
         else
-            throw Error("unsupported dtype " + dt + " (supported: F32, F16, BF16, F8_E4M3, F8_E8M0, U8, I64)", path_,
-                        name);
+            throw Error("unsupported dtype " + dt + " (supported: F32, F16, BF16, F8_E4M3, F8_E8M0, U8, I32, I64)",
+                        path_, name);
         uint64_t numel = 1;
         for (const auto& s : t["shape"]) {
             if (!s.is_number_unsigned()) throw Error("shape entries must be non-negative integers", path_, name);

@@ -13,8 +13,9 @@ namespace es {
 
 // I64 holds index buffers only (BERT's embeddings.position_ids); weights are F32, F16 or BF16,
 // or F8_E4M3 with a scale tensor (F32, BF16 or F8_E8M0: power-of-two exponents) beside them, or
-// MXFP4 blocks with their scales, both U8 (GPT-OSS's experts).
-enum class DType { F32, F16, BF16, I64, F8_E4M3, F8_E8M0, U8 };
+// MXFP4 blocks with their scales, both U8 (GPT-OSS's experts), or integers packed into I32 words
+// with their scales (compressed-tensors' pack-quantized: Kimi K2.5's experts).
+enum class DType { F32, F16, BF16, I64, F8_E4M3, F8_E8M0, U8, I32 };
 const char* dtypeName(DType d);
 size_t dtypeSize(DType d);
 // An F8_E8M0 scale byte (OCP MX): 2^(e - 127), 255 being NaN. The one decoding of these scales,

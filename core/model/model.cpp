@@ -247,8 +247,9 @@ void Model::Impl::loadExperts(LayerWeights& w, int l) const {
         }
         return;
     }
-    // kept in float32 as stored (an FP8 router would go through its scales in load())
-    const bool routerF8 = ckpt->get(s.tensorName(Role::Router, l)).dtype == DType::F8_E4M3;
+    // kept in float32 as stored (an FP8 or packed-integer router goes through its scales in load())
+    const TensorView* rv = ckpt->find(s.tensorName(Role::Router, l));
+    const bool routerF8 = !rv || rv->dtype == DType::F8_E4M3;
     w.router = s.router.weightsFloat32 && !routerF8 ? loadFloat32Opt(Role::Router, l) : load(Role::Router, l);
     w.routerBias = loadOpt(Role::RouterBias, l);
     const bool biasF32 = s.router.selectionBiasFloat32 || (s.router.selectionBiasFloat32InF16 && dtype == torch::kHalf);
@@ -384,8 +385,7 @@ void Model::Impl::checkFinite(const std::string& name, const Tensor& t) const {
     if (bad == 0) return;
     std::lock_guard lk(finiteMutex);
     weightWarnings.push_back("tensor '" + name + "' holds " + std::to_string(bad) + " of " + std::to_string(t.numel()) +
-                             " values that are not finite (NaN or Inf) in " + dtypeName + " (" + ckpt->get(name).file +
-                             ")");
+                             " values that are not finite (NaN or Inf) in " + dtypeName + " (" + fileOf(name) + ")");
 }
 
 void Model::Impl::addWeightWarnings(RunTrace& rt) const {

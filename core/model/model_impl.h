@@ -36,6 +36,8 @@ inline torch::ScalarType storageType(DType d) {
             return torch::kByte;  // exponents, decoded by fp8Scale
         case DType::U8:
             return torch::kByte;  // MXFP4 blocks and scales, decoded by loadMxfp4
+        case DType::I32:
+            return torch::kInt;  // packed integers, decoded by unpackedInts
     }
     return torch::kFloat;
 }
@@ -430,6 +432,7 @@ struct Model::Impl {
     std::vector<LayerWeights> layers;
 
     Tensor load(const std::string& name) const {
+        if (spec.quant.packedInts() && !ckpt->find(name)) return unpackedInts(name, dtype);
         const TensorView& v = ckpt->get(name);
         Tensor t = viewOf(v);
         if (v.dtype == DType::F8_E4M3) t = dequantized(name, t);
@@ -457,6 +460,23 @@ struct Model::Impl {
         }
         return (w * sc).to(to);
     }
+    // A weight stored as compressed-tensors' packed integers (spec.h's Quantization, checked by
+    // fromCheckpoint), on the device, as transformers dequantizes it: the codes (packedIntRow's
+    // order) minus 2^(bits - 1), times their group's scale in the scale's dtype, then cast to `to`.
+    Tensor unpackedInts(const std::string& name, torch::ScalarType to) const {
+        const TensorView& pv = ckpt->get(Quantization::packedName(name));
+        const TensorView& sv = ckpt->get(Quantization::intScaleName(name));
+        const int bits = spec.quant.intBits;
+        const int64_t R = pv.shape[0], C = pv.shape[1] * (32 / bits);
+        // the words' bytes in memory order (little-endian: code v at byte v * bits / 8)
+        Tensor b = toDevice(viewOf(pv), device).view(torch::kByte).view({R, C * bits / 8}).to(torch::kInt);
+        Tensor codes = bits == 8 ? b : torch::stack({b.bitwise_and(15), b.bitwise_right_shift(4)}, 2).view({R, C});
+        Tensor sc = toDevice(viewOf(sv), device);
+        Tensor w = (codes - (1 << (bits - 1))).to(sc.scalar_type()) * sc.repeat_interleave(C / sv.shape[1], 1);
+        w = w.to(to);
+        checkFinite(name, w);
+        return w;
+    }
     // E8M0 scales through the checkpoint's one decoding (e8m0ToFloat), as a 256-entry table.
     static Tensor fp8Scale(const Tensor& e) {
         static const std::vector<float> table = [] {
@@ -473,6 +493,11 @@ struct Model::Impl {
     mutable std::set<std::string> finiteChecked;
     mutable std::vector<std::string> weightWarnings;
     void checkFinite(const std::string& name, const Tensor& t) const;
+    // the file holding a weight (its packed integers' where it is stored so)
+    std::string fileOf(const std::string& name) const {
+        const TensorView* v = ckpt->find(name);
+        return (v ? *v : ckpt->get(Quantization::packedName(name))).file;
+    }
     void addWeightWarnings(RunTrace& rt) const;  // weightWarnings, first in the run's warnings
     // A role's tensor of layer l (expert e) as the family's table names it.
     Tensor load(Role r, int l = -1, int e = -1) const { return load(spec.tensorName(r, l, e)); }
@@ -519,8 +544,9 @@ struct Model::Impl {
     // have no biases
     Ffn fused(const std::string& gate, const std::string& up, const std::string& down) const {
         Tensor g = load(gate), u = load(up);
+        const TensorView *gv = ckpt->find(gate), *uv = ckpt->find(up);  // none: packed integers, decoded
         const bool views =
-            device.is_cpu() && storageType(ckpt->get(gate).dtype) == dtype && storageType(ckpt->get(up).dtype) == dtype;
+            device.is_cpu() && gv && uv && storageType(gv->dtype) == dtype && storageType(uv->dtype) == dtype;
         if (views) return swigluFfn(Tensor(), g, u, load(down));
         return swigluFfn(torch::cat({g, u}, 0), Tensor(), Tensor(), load(down));
     }

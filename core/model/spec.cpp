@@ -349,6 +349,59 @@ std::string ModelSpec::skipReason(const std::string& name) const {
 
 namespace {
 
+// quant_method "compressed-tensors": what its pack-quantized format stores and transformers
+// dequantizes (spec.h's Quantization); anything that would run otherwise (quantized activations or
+// key/value cache, other formats, sparsity, transforms, asymmetric or reordered weights) is refused
+// by name rather than run as if it were not there.
+Quantization compressedTensors(const JsonIn& qc, Quantization q) {
+    const std::string fmt = qc.str("format", "");
+    for (const char* k : {"sparsity_config", "transform_config", "kv_cache_scheme"})
+        if (qc.has(k)) qc.at(k).fail("is not supported: only weights quantized alone are read");
+    const JsonIn groups = qc.at("config_groups");
+    if (!groups.isObject()) groups.fail("must be an object");
+    JsonIn scheme = groups;
+    std::string schemeFmt;
+    int withWeights = 0;
+    for (auto& [name, g] : groups.members()) {
+        if (!g.isObject()) g.fail("must be an object");
+        for (const char* k : {"input_activations", "output_activations"})
+            if (g.has(k))
+                g.at(k).fail(
+                    "is not supported: quantized activations change the forward (weight-only schemes are "
+                    "read: W4A16, W8A16)");
+        if (!g.has("weights")) continue;
+        if (++withWeights > 1) g.fail("a second group of quantized weights: one weight scheme is read");
+        scheme = g.at("weights");
+        schemeFmt = g.str("format", fmt);
+    }
+    if (withWeights == 0) groups.fail("no group quantizes weights");
+    if (schemeFmt != "pack-quantized")
+        (qc.has("format") ? qc.at("format") : qc)
+            .fail("format '" + schemeFmt + "' is not supported (supported: pack-quantized)");
+    if (!scheme.isObject()) scheme.fail("must be an object");
+    if (scheme.str("type", "int") != "int") scheme.at("type").fail("must be \"int\" (pack-quantized integers)");
+    q.intBits = static_cast<int>(scheme.at("num_bits").integer(0, 64));
+    if (q.intBits != 4 && q.intBits != 8) scheme.at("num_bits").fail("must be 4 or 8");
+    if (!scheme.boolean("symmetric", true))
+        scheme.at("symmetric").fail("must be true: asymmetric weights (zero points) are not read");
+    if (scheme.boolean("dynamic", false)) scheme.at("dynamic").fail("must be false: weights have stored scales");
+    // "weight" (alias "static") ordering changes the calibration, not the format; "group" stores
+    // a column permutation (weight_g_idx)
+    if (scheme.has("actorder")) {
+        const std::string a = scheme.at("actorder").str();
+        if (a != "weight" && a != "static")
+            scheme.at("actorder").fail("actorder '" + a + "' is not supported (its weight_g_idx is not read)");
+    }
+    if (scheme.has("block_structure")) scheme.at("block_structure").fail("is not supported (block-scaled integers)");
+    const std::string strategy = scheme.str("strategy", "tensor");
+    if (strategy == "group") {
+        q.intGroup = scheme.at("group_size").integer(1, int64_t{1} << 20);
+    } else if (strategy != "channel") {
+        scheme.at("strategy").fail("strategy '" + strategy + "' is not supported (supported: group, channel)");
+    }
+    return q;
+}
+
 // quantization_config: "fp8" with an optional weight_block_size [rows, cols]; any other method
 // is named as not supported rather than read as plain weights.
 Quantization quantization(const Config& c) {
@@ -358,10 +411,12 @@ Quantization quantization(const Config& c) {
     if (!qc.isObject()) qc.fail("must be an object");
     q.method = qc.at("quant_method").str();
     if (q.method == "mxfp4") return q;  // GPT-OSS's experts (the family marks them); no options read
+    if (q.method == "compressed-tensors") return compressedTensors(qc, q);
     if (q.method != "fp8")
         qc.at("quant_method")
             .fail("quant_method '" + q.method +
-                  "' is not supported (supported: fp8, block-scaled F8_E4M3 weights; mxfp4, GPT-OSS's experts)");
+                  "' is not supported (supported: fp8, block-scaled F8_E4M3 weights; mxfp4, GPT-OSS's experts; "
+                  "compressed-tensors, pack-quantized integer weights)");
     q.activationScheme = qc.str("activation_scheme", "");
     if (!q.activationScheme.empty() && q.activationScheme != "dynamic" && q.activationScheme != "static")
         qc.at("activation_scheme")
@@ -548,6 +603,65 @@ void checkMxfp4(const Checkpoint& ckpt, const ModelSpec& s) {
     }
 }
 
+// A weight stored as compressed-tensors' packed integers (X.weight_packed, X.weight_scale,
+// X.weight_shape): the config says so, and the three tensors' dtypes and shapes are the ones the
+// weight's shape [R, C] and the scheme give, checked before anything is decoded. Rows hold whole
+// I32 words and whole groups (every released shape does), so that value v of the weight is code v
+// of the words and its scale is scale v / group.
+void checkPackedInts(const Checkpoint& ckpt, const ModelSpec& s, const ModelSpec::Expected& x) {
+    const std::string packed = Quantization::packedName(x.name);
+    const TensorView& p = *ckpt.find(packed);
+    const Quantization& q = s.quant;
+    if (!q.packedInts())
+        throw Error(
+            "a packed integer weight, but config.json has no quantization_config with quant_method "
+            "compressed-tensors",
+            p.file, packed);
+    if (x.shape.size() != 2)
+        throw Error(
+            "packed integers are read for matrices (one per expert), not a tensor of shape " + shapeStr(x.shape),
+            p.file, packed);
+    const int64_t R = x.shape[0], C = x.shape[1], perWord = 32 / q.intBits, group = q.intGroupOf(C);
+    if (C % perWord != 0 || C % group != 0)
+        throw Error("rows of " + std::to_string(C) + " values are not whole I32 words of " + std::to_string(perWord) +
+                        " codes and whole groups of " + std::to_string(group) + " (" +
+                        (q.intGroup > 0 ? "group_size" : "num_bits") + " of config.json's quantization_config)",
+                    p.file, packed);
+    if (p.dtype != DType::I32) throw Error(std::string("dtype ") + dtypeName(p.dtype) + " is not I32", p.file, packed);
+    if (p.shape != std::vector<int64_t>{R, C / perWord})
+        throw Error("shape " + shapeStr(p.shape) + " does not match: " + std::to_string(q.intBits) + "-bit codes of " +
+                        shapeStr(x.shape) + " are " + shapeStr({R, C / perWord}) + " words",
+                    p.file, packed);
+    const std::string scale = Quantization::intScaleName(x.name), shape = Quantization::intShapeName(x.name);
+    const TensorView* sc = ckpt.find(scale);
+    if (!sc) throw Error("missing scale tensor of the packed weight " + packed, ckpt.path(), scale);
+    if (sc->dtype != DType::F32 && sc->dtype != DType::BF16 && sc->dtype != DType::F16)
+        throw Error(std::string("scale dtype ") + dtypeName(sc->dtype) + " is not F32, BF16 or F16", sc->file, scale);
+    if (sc->shape != std::vector<int64_t>{R, C / group})
+        throw Error("scale shape " + shapeStr(sc->shape) + " does not match: " +
+                        (q.intGroup > 0 ? "groups of " + std::to_string(group) : std::string("one per channel")) +
+                        " over " + shapeStr(x.shape) + " are " + shapeStr({R, C / group}),
+                    sc->file, scale);
+    const TensorView* sh = ckpt.find(shape);
+    if (!sh) throw Error("missing shape tensor of the packed weight " + packed, ckpt.path(), shape);
+    if ((sh->dtype != DType::I32 && sh->dtype != DType::I64) || sh->shape != std::vector<int64_t>{2})
+        throw Error(
+            std::string("must be two integers (I32 or I64), not ") + dtypeName(sh->dtype) + " " + shapeStr(sh->shape),
+            sh->file, shape);
+    int64_t v[2];
+    for (int i = 0; i < 2; ++i) {
+        if (sh->dtype == DType::I64) {
+            std::memcpy(&v[i], sh->data + 8 * i, 8);
+        } else {
+            int32_t w;
+            std::memcpy(&w, sh->data + 4 * i, 4);
+            v[i] = w;
+        }
+    }
+    if (v[0] != R || v[1] != C)
+        throw Error("holds " + shapeStr({v[0], v[1]}) + ", not the config's " + shapeStr(x.shape), sh->file, shape);
+}
+
 }  // namespace
 
 ModelSpec ModelSpec::fromCheckpoint(const Checkpoint& ckpt) {
@@ -590,6 +704,16 @@ ModelSpec ModelSpec::fromCheckpoint(const Checkpoint& ckpt) {
     for (const Expected& x : s.expectedTensors()) {
         expected.insert(x.name);
         const TensorView* t = ckpt.find(x.name);
+        if (!t && x.kind == Expected::Weight && ckpt.find(Quantization::packedName(x.name))) {
+            checkPackedInts(ckpt, s, x);
+            for (auto n : {Quantization::packedName(x.name), Quantization::intScaleName(x.name),
+                           Quantization::intShapeName(x.name)})
+                expected.insert(n);
+            ++s.quantizedTensors;
+            dtypes.insert("I" + std::to_string(s.quant.intBits));
+            total += x.shape[0] * x.shape[1];
+            continue;
+        }
         if (!t) {
             if (x.optional) continue;
             if (x.role == Role::LmHead)
@@ -610,7 +734,7 @@ ModelSpec ModelSpec::fromCheckpoint(const Checkpoint& ckpt) {
             }
             continue;
         }
-        if (t->dtype == DType::I64 || t->dtype == DType::F8_E8M0 || t->dtype == DType::U8)
+        if (t->dtype == DType::I64 || t->dtype == DType::F8_E8M0 || t->dtype == DType::U8 || t->dtype == DType::I32)
             throw Error(
                 std::string("dtype ") + dtypeName(t->dtype) + " is not a weight dtype (F32, F16, BF16 or F8_E4M3)",
                 t->file, x.name);

@@ -275,8 +275,15 @@ const char* layoutName(ExpertLayout l);
 // no scale.
 // activation_scheme "static" checkpoints (Mistral Small 4) also hold activation scales, which the
 // dequantized model does not use: they are checked and left out.
+// "compressed-tensors" in its "pack-quantized" format (Kimi K2 Thinking / K2.5's experts, W4A16
+// checkpoints of llm-compressor): a weight "X.weight" [R, C] stored as X.weight_packed (I32
+// [R, C * bits / 32]: packedIntRow's codes), X.weight_scale ([R, C / group], or [R, 1] per
+// channel; F32, BF16 or F16) and X.weight_shape (I32 or I64 [2]: R, C), dequantized as
+// transformers' compressed-tensors integration does: the code times its scale in the scale's dtype.
+// The checkpoint says which weights are stored so (the config's targets and ignore are not read);
+// one weight scheme: symmetric int, 4 or 8 bits, by group or channel, weights only.
 struct Quantization {
-    std::string method;            // "" (none) or "fp8"
+    std::string method;            // "" (none), "fp8", "mxfp4" or "compressed-tensors"
     std::string activationScheme;  // "dynamic", "static" or "" (not given)
     int64_t blockRows = 0, blockCols = 0;
     bool blockwise() const { return blockRows > 0; }
@@ -293,6 +300,16 @@ struct Quantization {
     // "mxfp4" (GPT-OSS): the tensors of the roles marked TensorRole::mxfp4
     static std::string mxfp4Blocks(const std::string& weight) { return weight + "_blocks"; }
     static std::string mxfp4Scales(const std::string& weight) { return weight + "_scales"; }
+    // "compressed-tensors": the scheme's bits and group (0: a scale per output channel)
+    int intBits = 0;
+    int64_t intGroup = 0;
+    bool packedInts() const { return intBits > 0; }
+    // the values a scale covers in a row of C values
+    int64_t intGroupOf(int64_t cols) const { return intGroup > 0 ? intGroup : cols; }
+    // "X.weight" -> "X.weight_packed" / "X.weight_scale" / "X.weight_shape"
+    static std::string packedName(const std::string& weight) { return weight + "_packed"; }
+    static std::string intScaleName(const std::string& weight) { return weight + "_scale"; }
+    static std::string intShapeName(const std::string& weight) { return weight + "_shape"; }
 };
 
 // The key of a multimodal checkpoint's language model config.
@@ -343,7 +360,7 @@ struct ModelSpec {
     std::string dtype;  // storage dtype of the weights ("BF16", "F32", ... or "mixed")
     Quantization quant;
     int64_t mtpLayers = 0;         // multi-token-prediction layers stored after the last one (left out)
-    int64_t quantizedTensors = 0;  // F8_E4M3 weights (with their scales)
+    int64_t quantizedTensors = 0;  // F8_E4M3 weights (with their scales), MXFP4 stacks, packed integers
     int64_t activationScales = 0;  // static activation scales beside them (left out)
     int64_t totalParams = 0, activeParams = 0;
 

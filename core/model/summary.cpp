@@ -82,6 +82,18 @@ std::vector<SummaryRow> describeModel(const ModelSpec& s, const Checkpoint& ckpt
                             " expert tensors (E2M1 values, a power-of-two scale per 32); dequantized per layer to "
                             "the compute dtype",
                         {{"quantization", oj{{"method", "mxfp4"}, {"quantized_tensors", s.quantizedTensors}}}}});
+    } else if (s.quant.packedInts()) {
+        const Quantization& q = s.quant;
+        const std::string scales =
+            q.intGroup > 0 ? "a scale per " + std::to_string(q.intGroup) + " values" : std::string("a scale per row");
+        rows.push_back({"Quantization",
+                        q.method + ": " + std::to_string(s.quantizedTensors) + " weights as packed symmetric INT" +
+                            std::to_string(q.intBits) + ", " + scales + "; dequantized per layer to the compute dtype",
+                        {{"quantization", oj{{"method", q.method},
+                                             {"format", "pack-quantized"},
+                                             {"num_bits", q.intBits},
+                                             {"group_size", q.intGroup > 0 ? oj(q.intGroup) : oj()},
+                                             {"quantized_tensors", s.quantizedTensors}}}}});
     } else {
         const Quantization& q = s.quant;
         const std::string blocks = q.blockwise()

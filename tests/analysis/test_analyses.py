@@ -1158,7 +1158,8 @@ def test_experts_stored_as_x_at_w(world, tmp_path, name, experts, storage, stati
 
 STATIC_ON_DEVICE = [("mixtral_gqa", dict(num_local_experts=128, num_experts_per_tok=8, intermediate_size=16), None),
                     ("llama4_chunked_nope", {}, None), ("gpt_oss_sinks_clamp", {}, "bfloat16"),
-                    ("fp8", dict(num_local_experts=130, num_experts_per_tok=2), None)]
+                    ("fp8", dict(num_local_experts=130, num_experts_per_tok=2), None),
+                    ("packed_ints", dict(num_experts=130, num_experts_per_tok=2), None)]
 
 
 @pytest.mark.parametrize("name,overrides,storage", STATIC_ON_DEVICE, ids=[c[0] for c in STATIC_ON_DEVICE])
@@ -1166,11 +1167,16 @@ def test_static_on_device_as_on_the_cpu(world, tmp_path, device, name, overrides
     """S1, S2, S4, S6 and S7 with the pass over the weights on `device` (tests/gpu/run.sh: a GPU;
     --cpu: LibTorch's path on the CPU) equal the host kernels': 128 experts, experts stored as
     x @ W (Llama 4's halves with a shared expert stored as rows; gpt-oss's interleaved bf16
-    columns), FP8 with its block scales at 130 experts. (Sums in another order: S6's and S7's
-    projections within 1e-4 of the largest, as the layouts' comparisons allow.)"""
+    columns), FP8 with its block scales and compressed-tensors' packed INT4 with its f16 group scales
+    at 130 experts. (Sums in another order: S6's and S7's projections within 1e-4 of the largest, as
+    the layouts' comparisons allow.)"""
     torch = require("torch")
     if name == "fp8":
         ckpt, _ = fixtures.make_fp8("mixtral_fp8_e8m0_scales", str(tmp_path / "fp8"), **overrides)
+    elif name == "packed_ints":
+        require("compressed_tensors")
+        ckpt, _ = fixtures.packed_ints_checkpoint("qwen3_moe_headdim", str(tmp_path / "ct"), fixtures.every_linear,
+                                                  4, 16, torch.float16, **overrides)
     else:
         model = fixtures.build_model(name, **overrides)
         ckpt, _ = fixtures.save_layouts(model, str(tmp_path / "m"), storage=getattr(torch, storage) if storage else None)
@@ -1207,6 +1213,24 @@ def test_fp8_static_analyses_read_the_dequantized_weights(world, tmp_path, exper
     ckpt, _ = fixtures.make_fp8("mixtral_fp8_e8m0_scales", str(tmp_path / "fp8"), num_local_experts=experts,
                                 num_experts_per_tok=2)
     deq = os.path.join(str(tmp_path / "fp8"), "dequantized")
+    moe = R.MoeWeights(deq)
+    out = tmp_path / "s.h5"
+    run_cli(world.cli, "analyze", ckpt, "--out", out, "--static", "S1,S2,S4,S6,S7", "--static-backend", static_backend)
+    check_s1_s2_s4_s6_s7(out, moe, experts)
+
+
+@BACKENDS
+@pytest.mark.parametrize("experts", [4, 130])
+def test_packed_int_static_analyses_read_the_dequantized_weights(world, tmp_path, experts, static_backend):
+    """compressed-tensors' packed INT4 (groups of 16, f16 scales) on every linear weight of the
+    layers gives numpy's S1, S2, S4, S6 and S7 of the weights transformers dequantizes (its
+    compressed-tensors integration, the model saved back in float32), with 4 experts and with 130."""
+    torch = require("torch")
+    require("compressed_tensors")
+    ckpt, n = fixtures.packed_ints_checkpoint("qwen3_moe_headdim", str(tmp_path / "ct"), fixtures.every_linear, 4, 16,
+                                              torch.float16, num_experts=experts, num_experts_per_tok=2)
+    assert n > 0
+    deq = fixtures.save_dequantized(fixtures.packed_ints_reference_float32(ckpt), str(tmp_path / "dequantized"))
     moe = R.MoeWeights(deq)
     out = tmp_path / "s.h5"
     run_cli(world.cli, "analyze", ckpt, "--out", out, "--static", "S1,S2,S4,S6,S7", "--static-backend", static_backend)

@@ -849,6 +849,126 @@ def copy_checkpoint(src, dst, cfg_fn=None, sd_fn=None):
     return dst
 
 
+# compressed-tensors' pack-quantized checkpoints (Kimi K2 Thinking / K2.5's INT4 experts; llm-compressor's
+# W4A16 and W8A16): a quantized weight X.weight is stored as X.weight_packed (int32 words of codes),
+# X.weight_scale and X.weight_shape. The files are written by compressed-tensors itself (its min-max
+# observer's calculate_qparams per group or row, PackedQuantizationCompressor.compress), and the
+# reference is transformers loading them through its compressed-tensors integration.
+def ct_quantization_config(bits=4, group=32, ignore=None):
+    """quantization_config as Kimi K2.5 publishes it (its `ignore` keeps attention, shared experts and
+    dense MLPs unquantized), with the scheme's bits and group (None: one scale per row)."""
+    return {"config_groups": {"group_0": {
+        "input_activations": None, "output_activations": None, "targets": ["Linear"],
+        "weights": {"actorder": None, "block_structure": None, "dynamic": False, "group_size": group,
+                    "num_bits": bits, "observer": "minmax", "observer_kwargs": {},
+                    "strategy": "group" if group else "channel", "symmetric": True, "type": "int"}}},
+        "format": "pack-quantized",
+        "ignore": ignore if ignore is not None else
+        ["lm_head", "re:.*self_attn.*", "re:.*shared_experts.*", "re:.*mlp\\.(gate|up|gate_up|down)_proj.*"],
+        "kv_cache_scheme": None, "quant_method": "compressed-tensors", "quantization_status": "compressed"}
+
+
+def write_packed_ints(src, dst, quantized, qconfig, scale_dtype=torch.bfloat16, into=None):
+    """A copy of the one-file checkpoint `src` in `dst` with the weights `quantized(name)` picks
+    stored as compressed-tensors packs them under qconfig's scheme (scales in scale_dtype), and
+    qconfig as quantization_config (of text_config where `into` says so). Returns dst."""
+    from safetensors.torch import load_file
+    from compressed_tensors.compressors.pack_quantized.base import PackedQuantizationCompressor
+    from compressed_tensors.quantization import QuantizationArgs, QuantizationScheme
+    from compressed_tensors.quantization.utils import calculate_qparams
+    args = QuantizationArgs(**{k: v for k, v in qconfig["config_groups"]["group_0"]["weights"].items()
+                               if k in ("num_bits", "type", "symmetric", "strategy", "group_size")})
+    scheme = QuantizationScheme(targets=["Linear"], weights=args)
+    sd, out = load_file(os.path.join(src, "model.safetensors")), {}
+    for k, v in sd.items():
+        if not quantized(k):
+            out[k] = v
+            continue
+        w = v.float()
+        g = w.unflatten(-1, (-1, args.group_size)) if args.group_size else w.unsqueeze(1)  # [R, groups or 1, n]
+        scale, _ = calculate_qparams(g.amin(-1), g.amax(-1), args)
+        packed = PackedQuantizationCompressor.compress({"weight": w, "weight_scale": scale.to(scale_dtype)}, scheme)
+        for name, t in packed.items():
+            out[k[:-len("weight")] + name] = t
+    os.makedirs(dst, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in out.items()}, os.path.join(dst, "model.safetensors"),
+              metadata={"format": "pt"})
+    with open(os.path.join(src, "config.json")) as f:
+        cfg = json.load(f)
+    (cfg[into] if into else cfg)["quantization_config"] = qconfig
+    with open(os.path.join(dst, "config.json"), "w") as f:
+        json.dump(cfg, f, indent=2)
+    return dst
+
+
+def packed_ints_checkpoint(base, out_dir, quantized, bits, group, scale_dtype, ignore=None, **overrides):
+    """(dir, packed weight count): fixture `base` (with overrides) saved by save_pretrained in
+    out_dir/f32, and its copy in out_dir/packed with the weights `quantized(name)` picks packed by
+    write_packed_ints under ct_quantization_config(bits, group, ignore)."""
+    f32 = os.path.join(out_dir, "f32")
+    build_model(base, **overrides).save_pretrained(f32)
+    d = write_packed_ints(f32, os.path.join(out_dir, "packed"), quantized,
+                          ct_quantization_config(bits, group, ignore), scale_dtype)
+    from safetensors import safe_open
+    with safe_open(os.path.join(d, "model.safetensors"), "pt") as f:
+        return d, sum(1 for k in f.keys() if k.endswith(".weight_packed"))
+
+
+def packed_ints_reference_float32(path, cls=None):
+    """transformers' model of a packed checkpoint, dequantized as it loads it (CompressedTensorsConfig's
+    dequantize: each weight the code times its scale in the scale's dtype), every parameter then
+    widened to float32: the model a float32 run computes (loaded with dtype=float32, transformers keeps
+    the dequantized experts in the scales' dtype and runs them there)."""
+    with open(os.path.join(path, "config.json")) as f:
+        config = transformers.AutoConfig.for_model(**json.load(f))
+    if cls is None:
+        cls = causal_lm_class(config)
+    model = cls.from_pretrained(path, dtype=torch.float32, attn_implementation=attention_of(cls),
+                                quantization_config=transformers.CompressedTensorsConfig(dequantize=True))
+    model.eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.data = p.data.float()
+    return model
+
+
+def save_dequantized(model, out_dir):
+    """packed_ints_reference_float32's model saved in out_dir as a plain float32 checkpoint (its state
+    dict as transformers holds it, the config without its quantization_config: save_pretrained
+    cannot write a model loaded through the dequantizing integration)."""
+    os.makedirs(out_dir, exist_ok=True)
+    sd = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
+    if getattr(model.config, "tie_word_embeddings", False):
+        sd.pop("lm_head.weight", None)
+    save_file(sd, os.path.join(out_dir, "model.safetensors"), metadata={"format": "pt"})
+    cfg = model.config.to_dict()
+    cfg.pop("quantization_config", None)
+    with open(os.path.join(out_dir, "config.json"), "w") as f:
+        json.dump(cfg, f, indent=2)
+    return out_dir
+
+
+def routed_experts(name):
+    """The routed experts' weights (Kimi K2.5's quantized set)."""
+    return ".mlp.experts." in name and name.endswith(".weight")
+
+
+def loaded_dequantized(cls, path, dtype, quantization_config, attn="sdpa"):
+    """transformers' `cls` of the quantized checkpoint in path, in `dtype`, dequantized by its own
+    integration as it loads it (`quantization_config`: Mxfp4Config or CompressedTensorsConfig with
+    dequantize=True), every tensor found and nothing unexpected."""
+    model, info = cls.from_pretrained(path, dtype=dtype, attn_implementation=attn, output_loading_info=True,
+                                      quantization_config=quantization_config)
+    assert not any(info.values()), info
+    model.eval()
+    return model
+
+
+def every_linear(name):
+    """The decoder layers' linear weights bar the router's (llm-compressor's usual W4A16 recipe)."""
+    return ".layers." in name and name.endswith("proj.weight")
+
+
 # the E2M1 magnitudes of MXFP4 (transformers' FP4_VALUES, the positive half)
 FP4 = [0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0]
 

@@ -11,12 +11,11 @@ import json
 import os
 import subprocess
 
-import numpy as np
 import pytest
 
 from conftest import require, run_cli
 import fixtures
-from test_parity import compare_resident_and_streamed, trace
+from test_parity import assert_dynamic_analyses_run, compare_resident_and_streamed
 
 NAMES = list(fixtures.FP8)
 
@@ -55,14 +54,8 @@ def test_fp8_parity_cpu_float32(cli, fp8, tmp_path, name):
 def test_fp8_dynamic_analyses(cli, fp8, tmp_path):
     """The dynamic analyses run on an FP8 model (the static ones are checked against numpy on the
     dequantized weights in tests/analysis/test_analyses.py)."""
-    h5py = require("h5py")
     ckpt, _ = fp8("qwen2_moe_fp8_f32_scales")
-    out = str(tmp_path / "s.h5")
-    trace(cli, ckpt, out, "--run", "r")
-    run_cli(cli, "analyze", ckpt, "--out", out, "--run", "r", "--static", "none", "--dynamic", "D1,D2,load")
-    with h5py.File(out, "r") as f:
-        cos = f["analyses/output_similarity/r/layers/0/cosine"][:]
-        assert np.isfinite(cos).all() and np.allclose(np.diag(cos), 1.0, atol=1e-5)
+    assert_dynamic_analyses_run(cli, ckpt, str(tmp_path / "s.h5"))
 
 
 def test_fp8_indexer_weights_in_float16(cli, fp8, tmp_path):

@@ -177,12 +177,8 @@ def mxfp4_loaded(d, dtype="float32"):
     integration (every tensor found, nothing unexpected)."""
     import torch
     t = require("transformers")
-    model, info = t.GptOssForCausalLM.from_pretrained(
-        d, dtype=getattr(torch, dtype), attn_implementation="eager", output_loading_info=True,
-        quantization_config=t.Mxfp4Config(dequantize=True))
-    assert not any(info.values()), info
-    model.eval()
-    return model
+    return fixtures.loaded_dequantized(t.GptOssForCausalLM, d, getattr(torch, dtype), t.Mxfp4Config(dequantize=True),
+                                       "eager")
 
 
 # hidden 96 and expert width 32: rows of whole blocks, and no expert matrix square

@@ -42,6 +42,17 @@ def compare_resident_and_streamed(cli, ckpt, out, ref):
         trace_and_compare(cli, ckpt, out, ref, "--layer-streaming", streaming, run=streaming)
 
 
+def assert_dynamic_analyses_run(cli, ckpt, out):
+    """The prompts traced from ckpt into `out` and D1, D2 and the load computed on them: layer 0's
+    output similarities finite, each expert's with itself 1."""
+    h5py = require("h5py")
+    trace(cli, ckpt, out, "--run", "r")
+    run_cli(cli, "analyze", ckpt, "--out", out, "--run", "r", "--static", "none", "--dynamic", "D1,D2,load")
+    with h5py.File(out, "r") as f:
+        cos = f["analyses/output_similarity/r/layers/0/cosine"][:]
+        assert np.isfinite(cos).all() and np.allclose(np.diag(cos), 1.0, atol=1e-5)
+
+
 def by_expert(ids, w):
     """ids and weights with each row's experts in ascending id order (the chosen set, not its order)."""
     o = np.argsort(ids, axis=1, kind="stable")
