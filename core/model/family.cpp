@@ -118,11 +118,18 @@ const Family& familyOf(const Config& c, const std::string& what, bool containers
 }
 
 Family containerFamily(std::string name, std::vector<std::string> modelTypes, std::vector<ContainerLayout> layouts,
-                       std::vector<std::string> leftOut, std::string why, bool tiedByDefault, bool tieFromTextConfig) {
-    auto configure = [tiedByDefault, tieFromTextConfig](ModelSpec& s, const Config& c) {
+                       std::vector<std::string> leftOut, std::string why, bool tiedByDefault, bool tieFromTextConfig,
+                       std::string defaultTextModelType) {
+    auto configure = [tiedByDefault, tieFromTextConfig, defaultTextModelType](ModelSpec& s, const Config& c) {
         const JsonIn tc = c.in()[kTextConfig];
         if (!tc.isObject()) tc.fail("missing or not an object: the language model of a " + s.modelType + " checkpoint");
-        const Config t(tc.raw(), c.file(), c.key(kTextConfig));
+        nlohmann::json withType;  // text_config with the container's default model_type, where it names none
+        const bool untyped = !defaultTextModelType.empty() && !tc.has("model_type");
+        if (untyped) {
+            withType = tc.raw();
+            withType["model_type"] = defaultTextModelType;
+        }
+        const Config t(untyped ? withType : tc.raw(), c.file(), c.key(kTextConfig));
         // a pointer: gcc 13 wrongly warns (-Wdangling-reference) on a reference here
         const Family* f = &familyOf(t, "language model", false);
         const std::string outer = s.modelType;

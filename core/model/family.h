@@ -89,9 +89,11 @@ struct ContainerLayout {
 // `tiedByDefault`), as transformers ties it, not by the text_config's.
 // tieFromTextConfig: the text_config's own tie_word_embeddings ties it instead (Llama 4: transformers
 // ties its language_model by the language model's config).
+// defaultTextModelType: the language model's model_type where text_config names none (the
+// container's sub-config default; "" where one is required).
 Family containerFamily(std::string name, std::vector<std::string> modelTypes, std::vector<ContainerLayout> layouts,
                        std::vector<std::string> leftOut, std::string why, bool tiedByDefault,
-                       bool tieFromTextConfig = false);
+                       bool tieFromTextConfig = false, std::string defaultTextModelType = "");
 
 // ---- config helpers shared by families (transformers' conventions) ----
 
