@@ -121,25 +121,31 @@ float roundToF16(float x) {
 void packedIntRow(const uint8_t* packed, int bits, int64_t first, int64_t n, const uint8_t* scales, DType scaleDtype,
                   int64_t group, float* out) {
     const int offset = 1 << (bits - 1);
-    for (int64_t j = 0; j < n; ++j) {
-        const int64_t v = first + j;
-        const int code = bits == 8 ? packed[v] : (v & 1) ? packed[v >> 1] >> 4 : packed[v >> 1] & 0x0F;
+    // a run of values under one scale at a time: the scale widened once, the rounding chosen once
+    for (int64_t j = 0; j < n;) {
+        const int64_t v0 = first + j, g = v0 / group, run = std::min(n - j, (g + 1) * group - v0);
         float s;
-        const int64_t g = v / group;
         if (scaleDtype == DType::F32) {
             std::memcpy(&s, scales + 4 * g, 4);
-            out[j] = static_cast<float>(code - offset) * s;
-            continue;
-        }
-        uint16_t h;
-        std::memcpy(&h, scales + 2 * g, 2);
-        if (scaleDtype == DType::BF16) {
-            const uint32_t u = static_cast<uint32_t>(h) << 16;
-            std::memcpy(&s, &u, 4);
-            out[j] = roundToBf16(static_cast<float>(code - offset) * s);  // exact in float, then rounded
+        } else if (scaleDtype == DType::BF16) {
+            s = bf16ToFloat(scales + 2 * g);
         } else {
-            out[j] = roundToF16(static_cast<float>(code - offset) * halfToFloat(h));
+            uint16_t h;
+            std::memcpy(&h, scales + 2 * g, 2);
+            s = halfToFloat(h);
         }
+        float* o = out + j;
+        for (int64_t i = 0; i < run; ++i) {  // the code times the scale: exact in float
+            const int64_t v = v0 + i;
+            const int code = bits == 8 ? packed[v] : (v & 1) ? packed[v >> 1] >> 4 : packed[v >> 1] & 0x0F;
+            o[i] = static_cast<float>(code - offset) * s;
+        }
+        // rounded to the scale's dtype, as the product in that dtype rounds it
+        if (scaleDtype == DType::BF16)
+            for (int64_t i = 0; i < run; ++i) o[i] = roundToBf16(o[i]);
+        else if (scaleDtype == DType::F16)
+            for (int64_t i = 0; i < run; ++i) o[i] = roundToF16(o[i]);
+        j += run;
     }
 }
 

@@ -187,8 +187,9 @@ Tensor deviceRows(const Mat& m, int64_t r0, int64_t h, torch::Device dev) {
         const Tensor b = bytes(m.t->data + first * bits / 8, h, cols * bits / 8, rs * bits / 8).to(torch::kInt);
         const Tensor codes =
             bits == 8 ? b : torch::stack({b.bitwise_and(15), b.bitwise_right_shift(4)}, 2).view({h, cols});
-        const Tensor sc = bytes(m.intScales->data + first / g * ss, h, cols / g * ss, rs / g * ss)
-                              .view(detail::storageType(m.intScales->dtype));
+        Tensor sc = bytes(m.intScales->data + first / g * ss, h, cols / g * ss, rs / g * ss);
+        if (sc.is_cpu() && reinterpret_cast<uintptr_t>(sc.data_ptr()) % ss != 0) sc = sc.clone();  // (a mapped run)
+        sc = sc.view(detail::storageType(m.intScales->dtype));
         // in the scale's dtype, as packedIntRow and transformers multiply
         return ((codes - (1 << (bits - 1))).to(sc.scalar_type()) * sc.repeat_interleave(g, 1)).to(torch::kFloat);
     }
@@ -253,10 +254,10 @@ LayerMats layerMats(const Checkpoint& ck, const ModelSpec& s, const Reference* r
     auto packed = [&](const Checkpoint& c, const std::string& name, int64_t rows, int64_t cols, int64_t offset,
                       bool neuronRows) {
         const TensorView& p = use(c, Quantization::packedName(name));
-        if (offset != 0 || p.shape[0] != rows)
+        const Quantization& q = (&c == &ck ? s : *ref->spec).quant;
+        if (offset != 0 || p.shape[0] != rows || p.shape[1] * (32 / q.intBits) != cols)
             throw Error("packed integer weights are read as whole matrices (one per expert)", p.file, p.name);
         Mat x{&p, 0, rows, cols, neuronRows};
-        const Quantization& q = (&c == &ck ? s : *ref->spec).quant;
         x.intScales = &use(c, Quantization::intScaleName(name));
         x.intBits = q.intBits;
         x.intGroup = q.intGroupOf(cols);
@@ -293,8 +294,11 @@ LayerMats layerMats(const Checkpoint& ck, const ModelSpec& s, const Reference* r
             x.mxfp4Scales = &use(ck, Quantization::mxfp4Scales(m.tensor));
             return x;
         }
-        if (s.quant.packedInts() && !ck.find(m.tensor))
+        if (s.quant.packedInts() && !ck.find(m.tensor)) {
+            if (m.colStride != 1 || (m.rowStride != 0 && m.rowStride != m.cols))  // (the spec's shapes allow none)
+                throw Error("packed integer weights are read by their stored rows", ck.path(), m.tensor);
             return packed(ck, m.tensor, m.rows, m.cols, m.offset, neuronRows);
+        }
         const TensorView& tv = use(ck, m.tensor);
         if (m.contiguous() || tv.dtype != DType::F8_E4M3) {  // read in place, at its strides
             Mat x = mat(tv, m.offset, m.rows, m.cols, neuronRows);

@@ -1,6 +1,7 @@
 #include "model/spec.h"
 
 #include <algorithm>
+#include <cctype>
 #include <cmath>
 #include <cstring>
 #include <map>
@@ -355,8 +356,10 @@ namespace {
 // by name rather than run as if it were not there.
 Quantization compressedTensors(const JsonIn& qc, Quantization q) {
     const std::string fmt = qc.str("format", "");
+    // (compressed-tensors writes empty sparsity and transform configs where there are none)
     for (const char* k : {"sparsity_config", "transform_config", "kv_cache_scheme"})
-        if (qc.has(k)) qc.at(k).fail("is not supported: only weights quantized alone are read");
+        if (qc.has(k) && !(qc.at(k).isObject() && qc.at(k).members().empty()))
+            qc.at(k).fail("is not supported: only weights quantized alone are read");
     const JsonIn groups = qc.at("config_groups");
     if (!groups.isObject()) groups.fail("must be an object");
     JsonIn scheme = groups;
@@ -379,25 +382,38 @@ Quantization compressedTensors(const JsonIn& qc, Quantization q) {
         (qc.has("format") ? qc.at("format") : qc)
             .fail("format '" + schemeFmt + "' is not supported (supported: pack-quantized)");
     if (!scheme.isObject()) scheme.fail("must be an object");
-    if (scheme.str("type", "int") != "int") scheme.at("type").fail("must be \"int\" (pack-quantized integers)");
-    q.intBits = static_cast<int>(scheme.at("num_bits").integer(0, 64));
+    // compressed-tensors' QuantizationArgs reads its enums case-insensitively
+    auto lower = [](std::string v) {
+        for (char& ch : v) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+        return v;
+    };
+    if (lower(scheme.str("type", "int")) != "int") scheme.at("type").fail("must be \"int\" (pack-quantized integers)");
+    q.intBits = static_cast<int>(scheme.integer("num_bits", 8, 0, 64));  // (QuantizationArgs' default: 8)
     if (q.intBits != 4 && q.intBits != 8) scheme.at("num_bits").fail("must be 4 or 8");
     if (!scheme.boolean("symmetric", true))
         scheme.at("symmetric").fail("must be true: asymmetric weights (zero points) are not read");
     if (scheme.boolean("dynamic", false)) scheme.at("dynamic").fail("must be false: weights have stored scales");
     // "weight" (alias "static") ordering changes the calibration, not the format; "group" stores
     // a column permutation (weight_g_idx)
-    if (scheme.has("actorder")) {
-        const std::string a = scheme.at("actorder").str();
+    if (scheme.has("actorder") && !(scheme.at("actorder").raw().is_boolean() && !scheme.at("actorder").boolean())) {
+        const std::string a = scheme.at("actorder").raw().is_boolean() ? "true" : lower(scheme.at("actorder").str());
         if (a != "weight" && a != "static")
             scheme.at("actorder").fail("actorder '" + a + "' is not supported (its weight_g_idx is not read)");
     }
     if (scheme.has("block_structure")) scheme.at("block_structure").fail("is not supported (block-scaled integers)");
-    const std::string strategy = scheme.str("strategy", "tensor");
+    // without a strategy, compressed-tensors infers it from group_size: > 0 groups, -1 a channel, none
+    // the whole tensor
+    const int64_t groupSize = scheme.integer("group_size", 0, -1, int64_t{1} << 20);
+    const std::string strategy = scheme.has("strategy") ? lower(scheme.at("strategy").str())
+                                 : groupSize > 0        ? "group"
+                                 : groupSize == -1      ? "channel"
+                                                        : "tensor";
+    const JsonIn where = scheme.has("strategy") ? scheme.at("strategy") : scheme;
     if (strategy == "group") {
-        q.intGroup = scheme.at("group_size").integer(1, int64_t{1} << 20);
+        if (groupSize < 1) (scheme.has("group_size") ? scheme.at("group_size") : scheme).fail("must be positive");
+        q.intGroup = groupSize;
     } else if (strategy != "channel") {
-        scheme.at("strategy").fail("strategy '" + strategy + "' is not supported (supported: group, channel)");
+        where.fail("strategy '" + strategy + "' is not supported (supported: group, channel)");
     }
     return q;
 }
@@ -621,6 +637,13 @@ void checkPackedInts(const Checkpoint& ckpt, const ModelSpec& s, const ModelSpec
         throw Error(
             "packed integers are read for matrices (one per expert), not a tensor of shape " + shapeStr(x.shape),
             p.file, packed);
+    // the linear layers of attention and the MLPs; the embeddings, the head and the routers stay
+    // plain, as every released scheme keeps them (their readers take them as stored)
+    if (x.role == Role::Embed || x.role == Role::LmHead || x.role == Role::Router || x.role == Role::AttnRouter ||
+        s.layout == ExpertLayout::Blocks)
+        throw Error(std::string("packed integers are read for the linear layers of attention and the MLPs, not the ") +
+                        roleName(x.role),
+                    p.file, packed);
     const int64_t R = x.shape[0], C = x.shape[1], perWord = 32 / q.intBits, group = q.intGroupOf(C);
     if (C % perWord != 0 || C % group != 0)
         throw Error("rows of " + std::to_string(C) + " values are not whole I32 words of " + std::to_string(perWord) +

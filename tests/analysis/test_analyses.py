@@ -1219,16 +1219,24 @@ def test_fp8_static_analyses_read_the_dequantized_weights(world, tmp_path, exper
     check_s1_s2_s4_s6_s7(out, moe, experts)
 
 
+# (experts, bits, group (None: per row), scale dtype)
+PACKED_STATIC = [(4, 4, 16, "float16"), (130, 4, 16, "float16"), (4, 8, None, "float32"), (4, 4, 32, "bfloat16")]
+
+
 @BACKENDS
-@pytest.mark.parametrize("experts", [4, 130])
-def test_packed_int_static_analyses_read_the_dequantized_weights(world, tmp_path, experts, static_backend):
-    """compressed-tensors' packed INT4 (groups of 16, f16 scales) on every linear weight of the
-    layers gives numpy's S1, S2, S4, S6 and S7 of the weights transformers dequantizes (its
-    compressed-tensors integration, the model saved back in float32), with 4 experts and with 130."""
+@pytest.mark.parametrize("experts,bits,group,scales", PACKED_STATIC)
+def test_packed_int_static_analyses_read_the_dequantized_weights(world, tmp_path, experts, bits, group, scales,
+                                                                 static_backend):
+    """compressed-tensors' packed integers on every linear weight of the layers give numpy's S1, S2,
+    S4, S6 and S7 of the weights transformers dequantizes (its compressed-tensors integration, the
+    model saved back in float32): INT4 in groups of 16 with f16 scales at 4 experts and at 130, INT8
+    per row with float32 scales, and Kimi K2.5's INT4 in groups of 32 with bf16 scales (whose values
+    are bf16: the kernels' bf16 path)."""
     torch = require("torch")
     require("compressed_tensors")
-    ckpt, n = fixtures.packed_ints_checkpoint("qwen3_moe_headdim", str(tmp_path / "ct"), fixtures.every_linear, 4, 16,
-                                              torch.float16, num_experts=experts, num_experts_per_tok=2)
+    ckpt, n = fixtures.packed_ints_checkpoint("qwen3_moe_headdim", str(tmp_path / "ct"), fixtures.every_linear, bits,
+                                              group, getattr(torch, scales), num_experts=experts,
+                                              num_experts_per_tok=2)
     assert n > 0
     deq = fixtures.save_dequantized(fixtures.packed_ints_reference_float32(ckpt), str(tmp_path / "dequantized"))
     moe = R.MoeWeights(deq)

@@ -169,7 +169,38 @@ def test_bad_quantization_config_refused(cli, packed, tmp_path, i):
     refused(cli, fixtures.copy_checkpoint(ckpt, str(tmp_path / "bad"), edit), ["config.json"] + words)
 
 
+ACCEPTED = [
+    # compressed-tensors writes empty sparsity and transform configs where there are none
+    ("deepseek_v3_int4_g32_bf16", lambda c: c["quantization_config"].update(sparsity_config={}, transform_config={})),
+    # its enums read case-insensitively; actorder false is none; "weight" changes the calibration only
+    ("deepseek_v3_int4_g32_bf16", lambda c: _scheme(c).update(strategy="GROUP", type="INT", actorder=False)),
+    ("deepseek_v3_int4_g32_bf16", lambda c: _scheme(c).update(actorder="weight")),
+    # without a strategy, groups where group_size is positive, a scale per row where it is -1
+    ("deepseek_v3_int4_g32_bf16", lambda c: _scheme(c).pop("strategy")),
+    ("qwen3_moe_int8_channel_f32", lambda c: (_scheme(c).pop("strategy"), _scheme(c).update(group_size=-1))),
+]
+
+
+@pytest.mark.parametrize("i", range(len(ACCEPTED)))
+def test_equivalent_quantization_configs_accepted(cli, packed, tmp_path, i):
+    """Spellings of the same scheme that compressed-tensors reads as it (as current llm-compressor
+    files write them) open, read as the scheme they name."""
+    name, edit = ACCEPTED[i]
+    ckpt, _ = packed(name)
+    want = json.loads(run_cli(cli, "info", ckpt, "--json").stdout)["quantization"]
+    d = fixtures.copy_checkpoint(ckpt, str(tmp_path / "same"), edit)
+    assert json.loads(run_cli(cli, "info", d, "--json").stdout)["quantization"] == want
+
+
 W = "model.layers.1.mlp.experts.2.up_proj.weight"
+ROUTER = "model.layers.1.mlp.gate.weight"
+
+
+def _packed_router(sd):
+    """the router stored as packed integers (an expert's, renamed)"""
+    sd.pop(ROUTER)
+    for leaf in ("_packed", "_scale", "_shape"):
+        sd[ROUTER + leaf] = sd.pop(W + leaf)
 BAD_TENSORS = [
     (lambda sd: sd.update({W + "_packed": sd[W + "_packed"][:, :-1].contiguous()}), [W + "_packed", "words"]),
     (lambda sd: sd.update({W + "_packed": sd[W + "_packed"].to(torch.int64)}), [W + "_packed", "I64", "not I32"]),
@@ -180,6 +211,8 @@ BAD_TENSORS = [
     (lambda sd: sd.pop(W + "_scale"), [W + "_scale", "missing scale"]),
     (lambda sd: sd.pop(W + "_shape"), [W + "_shape", "missing shape"]),
     (lambda sd: sd.pop(W + "_packed"), [W, "missing tensor"]),
+    # the router, the embeddings and the head stay plain in every released scheme
+    (_packed_router, [ROUTER + "_packed", "linear layers of attention and the MLPs"]),
 ]
 
 
@@ -197,3 +230,26 @@ def test_dynamic_analyses_on_packed_experts(cli, packed, tmp_path):
     dequantized weights in tests/analysis/test_analyses.py)."""
     ckpt, _ = packed("qwen3_moe_int4_g16_f16")
     assert_dynamic_analyses_run(cli, ckpt, str(tmp_path / "s.h5"))
+
+
+def test_layer_streaming_weighs_the_decoded_weights(cli, packed, tmp_path):
+    """--layer-streaming auto weighs packed integers as the weights they decode to (32 / bits values
+    a word, float32 here): a device that holds the packed words but not the decoded model streams,
+    one that holds the decoded model does not."""
+    import math
+    import os
+    from safetensors import safe_open
+    ckpt, _ = packed("qwen3_moe_int4_g16_f16")
+    with safe_open(os.path.join(ckpt, "model.safetensors"), "pt") as f:
+        words = sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys() if k.endswith(".weight_packed"))
+    decoded = words * 8 * 4
+
+    def streamed(mem):
+        env = dict(os.environ, EXPERTSCOPE_DEVICE_MEMORY=str(mem))
+        r = subprocess.run([cli, "trace", ckpt, "--out", str(tmp_path / f"{mem}.h5"), "--token-ids", "1,2,3"],
+                           capture_output=True, text=True, env=env)
+        assert r.returncode == 0, r.stderr
+        return "layer-streamed" in r.stderr
+
+    assert streamed(decoded)  # the packed words are an eighth of it
+    assert not streamed(4 * decoded)

@@ -146,11 +146,14 @@ def test_bit_identical_in_bfloat16(cli, built, tmp_path):
 
 def test_text_config_without_model_type_is_deepseek_v3(cli, built, tmp_path):
     """A text_config that names no model_type is transformers' default for the container,
-    DeepSeek-V3."""
+    DeepSeek-V3, and runs as the typed one does."""
     d = fixtures.copy_checkpoint(built["released"], str(tmp_path / "untyped"),
                                  lambda c: c["text_config"].pop("model_type"))
     info = json.loads(run_cli(cli, "info", d, "--json").stdout)
     assert info["model_type"] == "kimi_k25" and info["family"] == "deepseek_v3"
+    ref = fixtures.reference(fixtures.packed_ints_reference_float32(
+        built["reference"], require("transformers").Kimi_K25ForConditionalGeneration))
+    trace_and_compare(cli, d, str(tmp_path / "s.h5"), ref)
 
 
 def _set(sd, k, v):
