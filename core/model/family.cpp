@@ -480,7 +480,7 @@ void hfDecoderTensors(TableBuilder& t, const std::string& ffnNorm) {
     else t.add(Role::LmHead, Scope::Model, "lm_head.weight", {D::Vocab, D::Hidden});
     const std::string p = "model.layers.{L}.";
     t.add(Role::AttnNorm, Scope::Layer, p + "input_layernorm.weight", {D::Hidden});
-    t.add(Role::FfnNorm, Scope::Layer, p + ffnNorm + ".weight", {D::Hidden});
+    if (!ffnNorm.empty()) t.add(Role::FfnNorm, Scope::Layer, p + ffnNorm + ".weight", {D::Hidden});
     if (a.kind != AttentionSpec::Kind::Standard) return;
     const std::string q = p + "self_attn.";
     // gated attention (Qwen3-Next): each head's queries, then its gate values

@@ -254,6 +254,7 @@ private:
 // lm_head (optional when tied), the two per-layer RMSNorms, and the attention of AttentionSpec
 // (q/k/v/o with the biases and QK-norms it asks for) under `model.layers.{L}.self_attn.`.
 // (ffnNorm: the FFN's input norm, Gemma 4's pre_feedforward_layernorm)
+// (ffnNorm "": no norm before the MLP, parallel blocks')
 void hfDecoderTensors(TableBuilder& t, const std::string& ffnNorm = "post_attention_layernorm");
 // Gated DeltaNet's tensors under "model.layers.{L}.linear_attn." in the linear-attention layers:
 // the fused in_proj_qkvz / in_proj_ba (Qwen3-Next) or in_proj_qkv, _z, _b, _a (Qwen3.5).

@@ -535,6 +535,11 @@ Model::Impl::State Model::Impl::start(const std::vector<std::vector<int64_t>>& p
         const double gain = !lr.on()                                                   ? ropeGain
                             : static_cast<int64_t>(p.size()) > lr.originalMaxPositions ? lr.longMscale
                                                                                        : lr.shortMscale;
+        if (spec.attn.ropeTableRounded) {  // rounded to the activations' dtype, then rotated in float32
+            st.cos.push_back((emb.cos() * gain).to(dtype).to(ropeDtype));
+            st.sin.push_back((emb.sin() * gain).to(dtype).to(ropeDtype));
+            continue;
+        }
         st.cos.push_back((emb.cos() * gain).to(ropeDtype));  // x 1.0 (no YaRN) is exact
         st.sin.push_back((emb.sin() * gain).to(ropeDtype));
     }
@@ -551,19 +556,20 @@ void Model::Impl::step(int l, State& st, bool allExperts, const Tap& tap, const 
                         " sparse-attention choices for " + std::to_string(st.h.size()) + " prompts",
                     "", "model");
     for (size_t p = 0; p < st.h.size(); ++p) {
+        // the layer's MLP or MoE block on x, its input and output tapped (encoders', parallel blocks')
+        auto mlpOut = [&](const Tensor& x) -> Tensor {
+            if (!isMoe) {
+                if (tap) tap(p, x, nullptr);
+                return ffn(x, w.mlp);
+            }
+            auto m = moe(w, x, allExperts, keepChosen, {}, interventionOf(p));
+            if (tap) tap(p, x, &m);
+            return m.y;
+        };
         if (spec.encoder) {  // post-LN: LN(h + attn(h)), then LN(h + ffn(h))
             Tensor x =
                 layerNorm(st.h[p] + attention(w, st.h[p], st.cos[p], st.sin[p], LayerSpec{}), w.inNorm, w.inNormB);
-            Tensor y;
-            if (!isMoe) {
-                if (tap) tap(p, x, nullptr);
-                y = ffn(x, w.mlp);
-            } else {
-                auto m = moe(w, x, allExperts, keepChosen, {}, interventionOf(p));
-                if (tap) tap(p, x, &m);
-                y = m.y;
-            }
-            st.h[p] = layerNorm(y + x, w.postNorm, w.postNormB);
+            st.h[p] = layerNorm(mlpOut(x) + x, w.postNorm, w.postNormB);
             continue;
         }
         // a block reads the residual stream through its norm (pre-norm), or as it is (post-norm: OLMo 2,
@@ -578,6 +584,12 @@ void Model::Impl::step(int l, State& st, bool allExperts, const Tap& tap, const 
             const Tensor o = spec.postNorm ? norm(y, nw, eps, nb) : outNorm.defined() ? norm(y, outNorm, eps) : y;
             st.h[p] = st.h[p] + (spec.residualScale != 1.0 ? o * spec.residualScale : o);
         };
+        if (spec.parallelBlock) {  // Cohere: attention and MLP side by side on one norm
+            const Tensor x = norm(st.h[p], w.inNorm, eps);
+            const Tensor a = attention(w, x, st.cos[p], st.sin[p], spec.layers[l]);
+            st.h[p] = st.h[p] + a + mlpOut(x);
+            continue;
+        }
         Tensor x = in(w.inNorm, w.inNormB);
         const int table = spec.layers[l].ropeTable;  // the layer type's RoPE table (Gemma 4)
         const Tensor& cos = table == 0 ? st.cos[p] : st.cosX[table - 1][p];

@@ -390,6 +390,10 @@ inline std::pair<Tensor, Tensor> route(const RouterRule& r, const Tensor& logits
     } else if (r.topkOnLogits) {
         std::tie(wts, ids) = onlyAllowed(logits.to(r.scoresInHiddenDtype ? hidden : torch::kFloat)).topk(K, -1);
         wts = r.scoring == RouterRule::Scoring::Sigmoid ? wts.to(torch::kFloat).sigmoid() : wts.softmax(-1);
+        if (r.topkSigmoidRenorm) {
+            wts = wts.to(hidden);
+            wts = wts / wts.sum(-1, true);
+        }
     } else {
         Tensor scores = routerScores(r, logits, hidden);
         Tensor choice = onlyAllowed(selectionScores(r, scores, extra.selectionBias));
@@ -735,7 +739,7 @@ struct Model::Impl {
             if (allExperts) out.sharedNorms = s.to(torch::kFloat).norm(2, -1);
             if (keepChosen) out.shared = s;
             if (r.shared == RouterRule::Shared::SigmoidGated) s = torch::sigmoid(torch::linear(x, w.sharedGate)) * s;
-            y = y + s;
+            y = r.sharedAverage ? (y + s) / 2 : y + s;
         }
         out.y = y;
         return out;
@@ -748,6 +752,11 @@ struct Model::Impl {
     Tensor finalHidden(const Tensor& h) const { return spec.encoder ? h : norm(h, finalNorm, spec.rmsEps, finalNormB); }
     // the decoder's RMSNorms, as the family rounds them (ModelSpec::normProductFloat32)
     Tensor norm(const Tensor& x, const Tensor& w, double eps, const Tensor& bias = {}) const {
+        if (spec.layerNormBlocks && spec.normProductFloat32) {  // Cohere's, op by op in float32
+            const Tensor f = x.to(torch::kFloat), c = f - f.mean(-1, true);
+            const Tensor n = c * torch::rsqrt(c.pow(2).mean(-1, true) + spec.layerNormEps);
+            return (w.to(torch::kFloat) * n).to(x.scalar_type());
+        }
         if (spec.layerNormBlocks) return torch::layer_norm(x, {spec.hidden}, w, bias, spec.layerNormEps);
         return rmsNorm(x, w, eps, spec.normProductFloat32 || spec.normUnitOffset || spec.normPow, spec.normPow);
     }

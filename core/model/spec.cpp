@@ -52,6 +52,7 @@ std::string RouterRule::describe() const {
     s += !topkOnLogits                 ? ", top-k"
          : scoring == Scoring::Sigmoid ? ", top-k on logits then sigmoid of each"
                                        : ", top-k on logits then softmax over k";
+    if (topkSigmoidRenorm) s += ", renormalise";
     if (scalesInputs) s += ", weights scale the experts' inputs";
     if (renormalize && !topkOnLogits) {
         s += renormalizeAboveOne ? ", renormalise when k > 1" : ", renormalise";
@@ -72,7 +73,8 @@ std::string RouterRule::describe() const {
         o << ", x" << scale;
         s += o.str();
     }
-    if (shared == Shared::Ungated) s += ", shared expert";
+    if (shared == Shared::Ungated)
+        s += sharedAverage ? ", shared expert (averaged with the routed output)" : ", shared expert";
     if (shared == Shared::SigmoidGated) s += ", sigmoid-gated shared expert";
     return s;
 }

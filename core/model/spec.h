@@ -42,6 +42,9 @@ struct RouterRule {
     // top-k on the logits, then the scoring over the k: softmax over them (JetMoE, GPT-OSS), or
     // the sigmoid of each (Llama 4)
     bool topkOnLogits = false;
+    // ... the k sigmoids, rounded to the activations' dtype, renormalised there (Cohere2-MoE's
+    // sigmoid selection with norm_topk_prob)
+    bool topkSigmoidRenorm = false;
     // the chosen experts' weights scale their inputs and their outputs join unweighted (Llama 4:
     // expert e sees w_e x); an expert's raw output (the analyses' E_e(x)) is on the unscaled input
     bool scalesInputs = false;
@@ -72,6 +75,7 @@ struct RouterRule {
     bool routerFromKeys = false;        // router rows = the mean key row of each expert (EMoE mean-key)
     bool routerKeysUnit = false;  // ... and the router's input scaled to unit length (the normalised one-score gate)
     Shared shared = Shared::None;
+    bool sharedAverage = false;  // routed and shared outputs averaged, (y + s) / 2 (Cohere2-MoE), not summed
     std::string describe() const;
 };
 
@@ -144,9 +148,10 @@ struct AttentionSpec {
     // MLA's ranks and head parts (q LoRA 0: none). vHeadDim: the value heads' size, in standard
     // attention too where it differs from the query/key heads' (MiMo-V2-Flash; 0 there: headDim)
     int64_t qLoraRank = 0, kvLoraRank = 0, qkNopeDim = 0, qkRopeDim = 0, vHeadDim = 0;
-    bool ropeInterleave = false;  // RoPE on interleaved pairs (x0, x1), (x2, x3)... (DeepSeek-V3)
-    double latentNormEps = 1e-6;  // the q_a and kv_a RMSNorms' eps (transformers builds them with 1e-6)
-    bool ropeInFloat32 = false;   // RoPE applied to float32 copies of q and k (DeepSeek-V2's complex rotation)
+    bool ropeInterleave = false;    // RoPE on interleaved pairs (x0, x1), (x2, x3)... (DeepSeek-V3)
+    double latentNormEps = 1e-6;    // the q_a and kv_a RMSNorms' eps (transformers builds them with 1e-6)
+    bool ropeInFloat32 = false;     // RoPE applied to float32 copies of q and k (DeepSeek-V2's complex rotation)
+    bool ropeTableRounded = false;  // ... with cos and sin rounded to the activations' dtype first (Cohere)
     // Llama 4's query temperature (Mistral 4's llama_4_scaling_beta): after RoPE, every query
     // times 1 + beta ln(1 + floor(position / queryScalePositions)), in float32; beta 0: none
     double queryScaleBeta = 0.0;
@@ -394,8 +399,12 @@ struct ModelSpec {
     // _keep_in_fp32_modules, which transformers upcasts for float16 only: the decoder's two
     // norms and the final one)
     bool normWeightsFloat32InF16 = false;
-    // the decoder's norms are LayerNorms without bias, eps layerNormEps (DBRX)
+    // the decoder's norms are LayerNorms without bias, eps layerNormEps (DBRX); with
+    // normProductFloat32, computed in float32 and times the weight in float32, rounded once (Cohere)
     bool layerNormBlocks = false;
+    // parallel blocks (Cohere): one input norm, attention and MLP both on it, both outputs joining
+    // the residual stream (residual + attention, then + MLP); no norm before the MLP
+    bool parallelBlock = false;
     bool lmHeadBias = false;  // PhiMoE's lm_head_bias (the table's Role::LmHeadBias)
     // biases on the dense MLPs' and the shared experts' projections (Hy3's mlp_bias; the table's
     // Ffn*Bias / Shared*Bias roles)

@@ -74,6 +74,11 @@ std::vector<SummaryRow> describeModel(const ModelSpec& s, const Checkpoint& ckpt
                      {"num_key_value_heads", s.attn.kvHeads},
                      {"head_dim", s.attn.headDim}}});
     rows.push_back({"Weights dtype", s.dtype, {{"dtype", s.dtype}}});
+    rows.push_back({s.parallelBlock ? "Blocks" : "",
+                    std::string("parallel: attention and MLP side by side on one ") +
+                        (s.layerNormBlocks ? "LayerNorm (float32, no bias)" : "RMSNorm") +
+                        ", both joining the residual stream",
+                    {{"parallel_block", s.parallelBlock}}});
     if (s.quant.method.empty()) {
         rows.push_back({"", "", {{"quantization", nullptr}}});
     } else if (s.quant.method == "mxfp4") {

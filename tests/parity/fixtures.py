@@ -411,6 +411,25 @@ CONFIGS = {
         layer_types=["full_attention", "sliding_attention", "sliding_attention"], num_dense_layers=0, num_experts=8,
         num_experts_per_tok=2, moe_intermediate_size=32, intermediate_size=48, num_shared_experts=1,
         tie_word_embeddings=True)),
+    # Cohere2-MoE: parallel blocks on one LayerNorm (no bias, float32: rms_norm_eps null), GQA with
+    # q/k/v/o biases, the first layer dense (80 wide) with RoPE forced on it (its prefix pattern 1),
+    # then sliding (window 4, interleaved RoPE in float32) and full layers without RoPE alternating
+    # (sliding_window_pattern 2); top-2 of the logits then a softmax over them, two shared experts
+    # averaged with the routed output; logits x 0.25, a tied head
+    "cohere2_moe_layernorm_shared": ("Cohere2MoeConfig", dict(
+        num_attention_heads=4, num_key_value_heads=2, head_dim=16, num_hidden_layers=4, first_k_dense_replace=1,
+        prefix_dense_sliding_window_pattern=1, prefix_dense_intermediate_size=80, sliding_window_pattern=2,
+        sliding_window=4, num_experts=6, num_experts_per_tok=2, intermediate_size=32, num_shared_experts=2,
+        shared_expert_combination_strategy="average", expert_selection_fn="softmax", attention_bias=True,
+        logit_scale=0.25, rms_norm_eps=None, layer_norm_eps=1e-5, tie_word_embeddings=True, rope_theta=1000.0)),
+    # ... on RMSNorms (rms_norm_eps), each of the top-3 logits' sigmoid renormalised (norm_topk_prob),
+    # one shared expert summed, two dense layers of intermediate_size (no prefix width) by their own
+    # pattern 2: a sliding one and a full one without RoPE; an untied head, logits x 0.5
+    "cohere2_moe_rms_sigmoid": ("Cohere2MoeConfig", dict(
+        num_attention_heads=4, num_key_value_heads=4, head_dim=16, num_hidden_layers=4, first_k_dense_replace=2,
+        prefix_dense_sliding_window_pattern=2, sliding_window_pattern=4, sliding_window=3, num_experts=8,
+        num_experts_per_tok=3, intermediate_size=24, num_shared_experts=1, shared_expert_combination_strategy="sum",
+        expert_selection_fn="sigmoid", norm_topk_prob=True, logit_scale=0.5, tie_word_embeddings=False)),
     # Qwen3-Next: Gated DeltaNet layers (grouped: 2 value heads per key head, a 4-wide convolution)
     # and gated full attention alternating by full_attention_interval, a dense layer by
     # mlp_only_layers, the sigmoid-gated shared expert, renormalised top-2, a quarter of each head

@@ -144,7 +144,7 @@ def test_layer_streamed_identical(cli, build_fixture, tmp_path, name):
 
 
 @pytest.mark.parametrize("name", ["mixtral_sliding_tied", "gpt_oss_sinks_clamp", "llama4_chunked_nope",
-                                  "deepseek_v32_sparse", "glm_moe_dsa_shared"])
+                                  "deepseek_v32_sparse", "glm_moe_dsa_shared", "cohere2_moe_layernorm_shared"])
 def test_long_prompt_past_the_window_or_chunk(cli, build_fixture, tmp_path, name):
     """A 2,600-token prompt in float32 against transformers' full masks: past 2,048 tokens the
     engine takes the queries in blocks of 512, each against only the keys its sliding window
@@ -191,7 +191,7 @@ HALF_FAMILIES = ["deepseek_v3_groups", "deepseek_v2_groups", "glm4_moe_groups_qk
                  "granitemoe_multipliers", "granitemoeshared_shared", "ernie4_5_moe_bias_interval",
                  "hunyuan_alpha_list", "flex_olmo_plain", "solar_open_groups_bias", "deepseek_v32_sparse",
                  "glm_moe_dsa_shared", "mimo_v2_flash_groups_sinks", "exaone_moe_groups_nope", "hy_v3_bias_shared",
-                 "afmoe_gated_mup"]
+                 "afmoe_gated_mup", "cohere2_moe_layernorm_shared", "cohere2_moe_rms_sigmoid"]
 # bf16 tolerances: bf16 has an 8-bit mantissa (relative step 2^-8 = 3.9e-3); two implementations
 # with different kernels or operation orders differ by a few steps after a couple of layers, so
 # router logits within 0.05 absolute, logits within 3e-2 of the largest logit, and the chosen sets
