@@ -731,7 +731,8 @@ struct Model::Impl {
         if (allExperts && iv && iv->zeroedIds.defined()) out.norms.index_fill_(1, iv->zeroedIds, 0);
         if (keepChosen) out.chosen = chosen;
         if (w.moeOutBias.defined()) y = y + w.moeOutBias;
-        if (spec.hasSharedExpert() && iv && iv->dropShared) {  // an intervention left it out
+        if (spec.hasSharedExpert() && iv && iv->dropShared) {  // an intervention left it out (its output 0)
+            if (r.sharedAverage) y = y / 2;
             if (allExperts) out.sharedNorms = torch::zeros({T}, x.options().dtype(torch::kFloat));
             if (keepChosen) out.shared = torch::zeros_like(x);
         } else if (spec.hasSharedExpert()) {

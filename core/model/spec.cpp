@@ -481,6 +481,15 @@ void checkRuleTensors(const ModelSpec& s) {
             throw Error(std::string("the ") + s.family +
                             " family's router rule and its tensor table disagree about the " + roleName(p.role),
                         "", s.family);
+    // parallel blocks run the standard attention and the MLP on one norm: none of the block's other
+    // options (another attention, output norms, multipliers, per-layer RoPE tables) are applied there
+    const bool linear =
+        std::any_of(s.layers.begin(), s.layers.end(), [](const LayerSpec& l) { return l.linearAttention; });
+    if (s.parallelBlock && (s.attn.kind != AttentionSpec::Kind::Standard || linear || s.postNorm || s.moeBesideDense ||
+                            s.residualScale != 1.0 || !s.ropeTables.empty() || s.has(Role::AttnOutNorm) ||
+                            s.has(Role::FfnOutNorm) || s.has(Role::LayerScalar) || s.has(Role::FfnNorm)))
+        throw Error("the " + s.family + " family combines parallel blocks with an option they do not apply", "",
+                    s.family);
     // interleaved RoPE rotates a permutation of each head (even dimensions, then odd): a per-head
     // norm after it would meet its weights permuted
     if (s.attn.ropeInterleave && s.attn.qkNormAfterRope && s.attn.qkNorm == AttentionSpec::QKNorm::PerHead)

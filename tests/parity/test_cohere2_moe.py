@@ -10,7 +10,7 @@ import pytest
 
 from conftest import require, run_cli
 import fixtures
-from test_parity import assert_edit_refused, trace_and_compare
+from test_parity import assert_edit_refused, assert_identical, trace, trace_and_compare
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CONFIGS = os.path.join(HERE, "..", "data", "configs")
@@ -36,7 +36,11 @@ def published_shrunk():
 
 
 def test_published_config_opens_and_matches_hf(cli, tmp_path):
+    """In float32, and in bf16 bit for bit against transformers loaded in bf16 (the sigmoid selection
+    without renormalisation, no shared expert, RMSNorms: the fixtures' other corner)."""
     t = require("transformers")
+    torch = require("torch")
+    h5py = require("h5py")
     cfg = published_shrunk()
     model, d = fixtures.published_checkpoint("Cohere2MoeConfig", cfg, str(tmp_path / "north"))
     info = json.loads(run_cli(cli, "info", d, "--json").stdout)
@@ -44,6 +48,11 @@ def test_published_config_opens_and_matches_hf(cli, tmp_path):
     assert "sigmoid" in info["router"] and "renormalise" not in info["router"]
     assert isinstance(model, t.Cohere2MoeForCausalLM)
     trace_and_compare(cli, d, str(tmp_path / "s.h5"), fixtures.reference(model))
+    ref = fixtures.reference(fixtures.hf_from_pretrained(d, torch.bfloat16))
+    out = str(tmp_path / "b.h5")
+    trace(cli, d, out, "--dtype", "bfloat16", "--all-experts", "--save-logits", "--run", "r")
+    with h5py.File(out, "r") as f:
+        assert_identical(f["runs/r"], ref)
 
 
 BAD = [
@@ -58,6 +67,9 @@ BAD = [
     (lambda c: c.update(layer_types=["full_attention"] * 3), ["layer_types", "3 entries for 4 layers"]),
     (lambda c: c.update(hidden_act="gelu"), ["hidden_act", "gelu"]),
     (lambda c: c.update(num_experts_per_tok=7), ["num_experts_per_tok"]),
+    (lambda c: c.update(norm_topk_prob=None), ["norm_topk_prob", "null"]),
+    (lambda c: (c.pop("layer_types"), c.update(first_k_dense_replace=5)), ["first_k_dense_replace"]),
+    (lambda c: c.update(num_local_experts=c.pop("num_experts")), ["num_local_experts", "num_experts"]),
 ]
 
 

@@ -59,7 +59,7 @@ def changed_model(name, change):
             elif kind == "zero" and l in layers(change["layer"]):
                 b.experts.down_proj[change["expert"]].zero_()
             elif kind == "drop_shared" and l in layers(change["layer"]):
-                b.shared_expert.down_proj.weight.zero_()
+                fixtures.shared_of(model, l, b).down_proj.weight.zero_()
             elif kind == "disable" and any(l in layers(x) for x, _ in change["at"]):
                 allowed = torch.ones(E, dtype=torch.bool)
                 for x, e in change["at"]:
@@ -109,6 +109,8 @@ for fam in FAMILIES:
     ]
 CASES.append(("qwen2_moe_shared", {"kind": "drop_shared", "layer": "all"}))
 CASES.append(("qwen2_moe_shared", {"kind": "drop_shared", "layer": 1}))
+# Cohere2-MoE averages its shared experts with the routed output: dropped, they average in as zero
+CASES.append(("cohere2_moe_layernorm_shared", {"kind": "drop_shared", "layer": "all"}))
 
 
 def effect_reference(base, changed, tokens, offsets):

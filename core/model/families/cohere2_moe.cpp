@@ -29,7 +29,12 @@ const Family& family_cohere2_moe() {
         {"cohere2_moe"},
         [](ModelSpec& s, const Config& c) {
             notNull(c, {"sliding_window", "logit_scale", "num_experts", "num_experts_per_tok", "intermediate_size",
-                        "num_shared_experts", "sliding_window_pattern", "prefix_dense_sliding_window_pattern"});
+                        "num_shared_experts", "sliding_window_pattern", "prefix_dense_sliding_window_pattern",
+                        "norm_topk_prob", "expert_selection_fn", "shared_expert_combination_strategy",
+                        "first_k_dense_replace"});
+            if (c.has("num_local_experts") && !c.has("num_experts"))
+                c.fail("num_local_experts",
+                       "transformers' Cohere2Moe reads num_experts (it maps no other name onto it)");
             fillCommon(s, c, {1e-6, 10000.0, true, 0, 128});
             s.tieEmbeddings = c.optBool("tie_word_embeddings", true);
             s.maxPositions = c.optInt("max_position_embeddings", 8192);
@@ -56,8 +61,11 @@ const Family& family_cohere2_moe() {
             positive(c, "sliding_window_pattern", every);
             positive(c, "prefix_dense_sliding_window_pattern", prefixEvery);
             int64_t prefix = 0;  // (transformers derives the default layer types from first_k_dense_replace)
-            if (!c.has("layer_types"))
-                prefix = std::max<int64_t>(0, std::min(c.optInt("first_k_dense_replace", 0), s.numLayers));
+            if (!c.has("layer_types")) {
+                prefix = c.optInt("first_k_dense_replace", 0);
+                if (prefix < 0 || prefix > s.numLayers)
+                    c.fail("first_k_dense_replace", "must be between 0 and the number of layers");
+            }
             const std::vector<bool> sliding = localLayers(s, c, "sliding_attention", [&](int64_t i) {
                 return i < prefix ? (i + 1) % prefixEvery != 0 : (i - prefix + 1) % every != 0;
             });
