@@ -27,6 +27,10 @@ each as a ratio of max(read, floor); with --s3, S3 on layer 0 once (every pair o
 static pass on the GPU (each layer's matrices go there once, in their stored dtype) and the
 floor's products there too, on data already on the GPU.
 
+INT4 (--shape qwen3-30b-a3b-int4, or any fine-grained shape with -int4): the same checkpoint with
+its experts packed by compressed-tensors as Kimi K2.5 ships its own (symmetric INT4 in groups of 32,
+bf16 scales: weight_packed, weight_scale, weight_shape), decoded inside the static kernels.
+
 MXFP4 (--shape gpt-oss-20b): 2 MoE layers at gpt-oss-20b's dimensions (its published config.json,
 tests/data/configs, with 2 layers and a 32000 vocabulary: d=2880, 32 experts of 2880, top-4), the
 experts quantized to MXFP4 as released (*_blocks, *_scales), the rest bf16. The same timings, the
@@ -175,8 +179,18 @@ def make_gpt_oss(out, layers, bf16=False):
 def make_fine_grained(shape, out, layers):
     """A bf16 checkpoint of `layers` MoE layers at the shape's dimensions (transformers' own module
     names and shapes, read off a meta-device model; the experts under per-expert names as released),
-    and per layer the float32 [E, rows * cols] matrices of gate, up and down for the GEMM floor."""
+    and per layer the float32 [E, rows * cols] matrices of gate, up and down for the GEMM floor.
+    A shape ending in -int4: the experts packed by compressed-tensors as Kimi K2.5 ships its own
+    (INT4 in groups of 32, bf16 scales; the floor on the bf16 values, the same products)."""
     import transformers
+    int4 = shape.endswith("-int4")
+    if int4:
+        shape = shape[:-len("-int4")]
+        from compressed_tensors.compressors.pack_quantized.base import PackedQuantizationCompressor
+        from compressed_tensors.quantization import QuantizationArgs, QuantizationScheme
+        from compressed_tensors.quantization.utils import calculate_qparams
+        args = QuantizationArgs(num_bits=4, type="int", symmetric=True, strategy="group", group_size=32)
+        scheme = QuantizationScheme(targets=["Linear"], weights=args)
     cfg_name, cls_name, kw = FINE[shape]
     cfg = getattr(transformers, cfg_name)(vocab_size=32000, num_hidden_layers=layers, max_position_embeddings=4096,
                                           tie_word_embeddings=False, **kw)
@@ -184,23 +198,42 @@ def make_fine_grained(shape, out, layers):
         shapes = {k: tuple(v.shape) for k, v in getattr(transformers, cls_name)(cfg).state_dict().items()}
     g = torch.Generator().manual_seed(0)
     tensors, mats = {}, {}
+
+    def expert(key, w):  # an expert matrix, as stored
+        if not int4:
+            tensors[key] = w
+            return
+        f = w.float()
+        scale, _ = calculate_qparams(f.unflatten(-1, (-1, 32)).amin(-1), f.unflatten(-1, (-1, 32)).amax(-1), args)
+        for leaf, v in PackedQuantizationCompressor.compress({"weight": f, "weight_scale": scale.to(torch.bfloat16)},
+                                                             scheme).items():
+            tensors[key[:-len("weight")] + leaf] = v
+
     for name, shape_ in shapes.items():
         t = (torch.randn(shape_, generator=g) * 0.02).to(torch.bfloat16)
         if name.endswith("mlp.experts.gate_up_proj"):  # [E, 2F, d] -> gate_proj / up_proj [F, d] each
             p, F = name[:-len("gate_up_proj")], shape_[1] // 2
             for e in range(shape_[0]):
-                tensors[f"{p}{e}.gate_proj.weight"] = t[e, :F].clone()
-                tensors[f"{p}{e}.up_proj.weight"] = t[e, F:].clone()
+                expert(f"{p}{e}.gate_proj.weight", t[e, :F].clone())
+                expert(f"{p}{e}.up_proj.weight", t[e, F:].clone())
             mats[p + "gate"] = t[:, :F].reshape(shape_[0], -1).float()
             mats[p + "up"] = t[:, F:].reshape(shape_[0], -1).float()
         elif name.endswith("mlp.experts.down_proj"):  # [E, d, F] -> down_proj [d, F]
             p = name[:-len("down_proj")]
             for e in range(shape_[0]):
-                tensors[f"{p}{e}.down_proj.weight"] = t[e].clone()
+                expert(f"{p}{e}.down_proj.weight", t[e].clone())
             mats[p + "down"] = t.reshape(shape_[0], -1).float()
         else:
             tensors[name] = t
     cfg.save_pretrained(out)
+    if int4:
+        sys.path.insert(0, os.path.join(ROOT, "tests", "parity"))
+        import fixtures
+        with open(os.path.join(out, "config.json")) as f:
+            c = json.load(f)
+        c["quantization_config"] = fixtures.ct_quantization_config(4, 32)
+        with open(os.path.join(out, "config.json"), "w") as f:
+            json.dump(c, f, indent=2)
     return write_shards(tensors.items(), out), mats
 
 
@@ -292,7 +325,9 @@ def bench_fine_grained(exe, shape, tmp, layers, s3=False, device="cpu", sets=("S
     read_s = cat_seconds(files)
     base = max(read_s, floor)
     total = sum(os.path.getsize(f) for f in files)
-    kind = "bf16" if not layer else "bf16 experts stored as x @ W" if shape.endswith("bf16") else "MXFP4 experts"
+    kind = ("bf16" if not layer else "bf16 experts stored as x @ W" if shape.endswith("bf16") else "MXFP4 experts")
+    if shape.endswith("-int4"):
+        kind = "INT4 experts (compressed-tensors, groups of 32, bf16 scales)"
     print(f"static, {shape} layer dimensions, {layers} MoE layer(s), {kind}, {total / 2**30:.2f} GiB, the pass on "
           f"{device}; read {read_s:.2f} s, GEMM floor {floor:.2f} s (ratios below: of max(read, floor) = {base:.2f} s)")
     if layer:
@@ -329,7 +364,7 @@ def main():
     ap.add_argument("--layers", type=int, default=1)
     ap.add_argument("--skip-static", action="store_true")
     ap.add_argument("--skip-dynamic", action="store_true")
-    ap.add_argument("--shape", default="mixtral", choices=["mixtral", *FINE, "gpt-oss-20b", "gpt-oss-20b-bf16"],
+    ap.add_argument("--shape", default="mixtral", choices=["mixtral", *FINE, *(f + "-int4" for f in FINE), "gpt-oss-20b", "gpt-oss-20b-bf16"],
                     help="the static checkpoint's layer dimensions (fine-grained shapes: 2 layers by default)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--prompts", type=int, default=4)
