@@ -184,14 +184,13 @@ Tensor deviceRows(const Mat& m, int64_t r0, int64_t h, torch::Device dev) {
     }
     if (m.intScales) {  // whole rows (colStride 1, rs = cols: a weight of its own)
         const int64_t bits = m.intBits, g = m.intGroup, ss = static_cast<int64_t>(dtypeSize(m.intScales->dtype));
-        const Tensor b = bytes(m.t->data + first * bits / 8, h, cols * bits / 8, rs * bits / 8).to(torch::kInt);
-        const Tensor codes =
-            bits == 8 ? b : torch::stack({b.bitwise_and(15), b.bitwise_right_shift(4)}, 2).view({h, cols});
         Tensor sc = bytes(m.intScales->data + first / g * ss, h, cols / g * ss, rs / g * ss);
         if (sc.is_cpu() && reinterpret_cast<uintptr_t>(sc.data_ptr()) % ss != 0) sc = sc.clone();  // (a mapped run)
         sc = sc.view(detail::storageType(m.intScales->dtype));
         // in the scale's dtype, as packedIntRow and transformers multiply
-        return ((codes - (1 << (bits - 1))).to(sc.scalar_type()) * sc.repeat_interleave(g, 1)).to(torch::kFloat);
+        return detail::dequantizedInts(bytes(m.t->data + first * bits / 8, h, cols * bits / 8, rs * bits / 8), sc,
+                                       static_cast<int>(bits))
+            .to(torch::kFloat);
     }
     const int64_t es = static_cast<int64_t>(dtypeSize(m.t->dtype));
     const uint8_t* base = m.t->data + first * es;

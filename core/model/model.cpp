@@ -535,13 +535,13 @@ Model::Impl::State Model::Impl::start(const std::vector<std::vector<int64_t>>& p
         const double gain = !lr.on()                                                   ? ropeGain
                             : static_cast<int64_t>(p.size()) > lr.originalMaxPositions ? lr.longMscale
                                                                                        : lr.shortMscale;
-        if (spec.attn.ropeTableRounded) {  // rounded to the activations' dtype, then rotated in float32
-            st.cos.push_back((emb.cos() * gain).to(dtype).to(ropeDtype));
-            st.sin.push_back((emb.sin() * gain).to(dtype).to(ropeDtype));
-            continue;
+        Tensor cos = emb.cos() * gain, sin = emb.sin() * gain;  // x 1.0 (no YaRN) is exact
+        if (spec.attn.ropeTableRounded) {  // rounded to the activations' dtype first (Cohere), then widened
+            cos = cos.to(dtype);
+            sin = sin.to(dtype);
         }
-        st.cos.push_back((emb.cos() * gain).to(ropeDtype));  // x 1.0 (no YaRN) is exact
-        st.sin.push_back((emb.sin() * gain).to(ropeDtype));
+        st.cos.push_back(cos.to(ropeDtype));
+        st.sin.push_back(sin.to(ropeDtype));
     }
     st.indexChoice.resize(prompts.size());
     return st;

@@ -420,6 +420,17 @@ inline std::pair<Tensor, Tensor> route(const RouterRule& r, const Tensor& logits
     return {wts, ids};
 }
 
+// compressed-tensors' packed integers as transformers dequantizes them: `bytes` [R, C * bits / 8]
+// (the I32 words' bytes in memory order: code v at byte v * bits / 8, packedIntRow's order) and
+// `scales` [R, C / group] in their stored dtype -> [R, C] in the scales' dtype, each code minus
+// 2^(bits - 1) times its group's scale (the forward's load and the static pass's device rows).
+inline Tensor dequantizedInts(const Tensor& bytes, const Tensor& scales, int bits) {
+    const int64_t R = bytes.size(0), C = bytes.size(1) * 8 / bits;
+    const Tensor b = bytes.to(torch::kInt);
+    const Tensor codes = bits == 8 ? b : torch::stack({b.bitwise_and(15), b.bitwise_right_shift(4)}, 2).view({R, C});
+    return (codes - (1 << (bits - 1))).to(scales.scalar_type()) * scales.repeat_interleave(C / scales.size(1), 1);
+}
+
 }  // namespace detail
 
 using namespace detail;
@@ -470,14 +481,9 @@ struct Model::Impl {
     Tensor unpackedInts(const std::string& name, torch::ScalarType to) const {
         const TensorView& pv = ckpt->get(Quantization::packedName(name));
         const TensorView& sv = ckpt->get(Quantization::intScaleName(name));
-        const int bits = spec.quant.intBits;
-        const int64_t R = pv.shape[0], C = pv.shape[1] * (32 / bits);
-        // the words' bytes in memory order (little-endian: code v at byte v * bits / 8)
-        Tensor b = toDevice(viewOf(pv), device).view(torch::kByte).view({R, C * bits / 8}).to(torch::kInt);
-        Tensor codes = bits == 8 ? b : torch::stack({b.bitwise_and(15), b.bitwise_right_shift(4)}, 2).view({R, C});
-        Tensor sc = toDevice(viewOf(sv), device);
-        Tensor w = (codes - (1 << (bits - 1))).to(sc.scalar_type()) * sc.repeat_interleave(C / sv.shape[1], 1);
-        w = w.to(to);
+        // the words' bytes in memory order (little-endian)
+        const Tensor b = toDevice(viewOf(pv), device).view(torch::kByte).view({pv.shape[0], pv.shape[1] * 4});
+        const Tensor w = dequantizedInts(b, toDevice(viewOf(sv), device), spec.quant.intBits).to(to);
         checkFinite(name, w);
         return w;
     }

@@ -47,11 +47,6 @@ def build(name, root):
     return fixtures.packed_ints_checkpoint(base, root, which, bits, group, sdt, ignore, **overrides)
 
 
-def hf_loaded(path, dtype):
-    """transformers' model of the packed checkpoint as from_pretrained loads it in `dtype`."""
-    return fixtures.hf_from_pretrained(path, dtype)
-
-
 @pytest.fixture(scope="module")
 def packed(tmp_path_factory):
     require("transformers")
@@ -87,7 +82,7 @@ def test_packed_ints_bit_identical_in_bfloat16(cli, packed, tmp_path):
     bf16 step (test_parity's whole-run rule)."""
     h5py = require("h5py")
     ckpt, _ = packed("deepseek_v3_int4_g32_bf16")
-    ref = fixtures.reference(hf_loaded(ckpt, torch.bfloat16))
+    ref = fixtures.reference(fixtures.hf_from_pretrained(ckpt, torch.bfloat16))
     out = str(tmp_path / "s.h5")
     trace(cli, ckpt, out, "--dtype", "bfloat16", "--all-experts", "--save-logits", "--run", "r")
     with h5py.File(out, "r") as f:
