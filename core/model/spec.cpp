@@ -751,7 +751,7 @@ ModelSpec ModelSpec::fromCheckpoint(const Checkpoint& ckpt) {
         if (!t) {
             if (x.optional) continue;
             if (x.role == Role::LmHead)
-                throw Error("missing tensor (config says tie_word_embeddings=false)", ckpt.path(), x.name);
+                throw Error("missing tensor (the config does not tie the head to the embeddings)", ckpt.path(), x.name);
             throw Error("missing tensor expected by the " + s.family + " family (" + roleName(x.role) + ")",
                         ckpt.path(), x.name);
         }
