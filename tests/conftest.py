@@ -102,6 +102,26 @@ def assert_s1_is(f, layer, mats):
         np.testing.assert_allclose(got, expert_cosines(M), atol=1e-5, rtol=0, err_msg=f"{layer}/{m}")
 
 
+def assert_views_name_token_mixers(cli_path, session, tmp_path, mixer):
+    """Every view of `session` exports as a PNG, and the per-layer charts' CSVs (diversity,
+    top1-max-norm) give each MoE layer's token mixer in a column: mixer = {layer: "full attention", ...}
+    over the MoE layers."""
+    import json
+    views = json.loads(run_cli(cli_path, "export", session, "--list", "--json").stdout)
+    assert {"diversity", "top1-max-norm", "expert-load"} <= {v["name"] for v in views}
+    for v in views:
+        png = str(tmp_path / f"{v['name']}.png")
+        run_cli(cli_path, "export", session, "--view", v["name"], "--out", png)
+        assert os.path.getsize(png) > 1000, v["name"]
+    for view in ("diversity", "top1-max-norm"):
+        csv_path = str(tmp_path / f"{view}.csv")
+        run_cli(cli_path, "export", session, "--view", view, "--out", csv_path)
+        with open(csv_path) as fh:
+            rows = [line.rstrip("\n").split(",") for line in fh]
+        assert rows[0][:2] == ["layer", "token_mixer"], rows[0]
+        assert [(int(r[0]), r[1]) for r in rows[1:]] == sorted(mixer.items()), view
+
+
 def assert_info_refuses(cli_path, ckpt, words, file="config.json"):
     """`info` on ckpt fails (exit 1) with an error naming `file` and every one of words."""
     r = subprocess.run([cli_path, "info", str(ckpt)], capture_output=True, text=True, timeout=600)

@@ -317,6 +317,17 @@ void denseLayers(ModelSpec& s, const Config& c) {
     for (auto& l : s.layers) l.ffnDim = f;
 }
 
+void denseFirstLayers(ModelSpec& s, const Config& c, const std::string& key, int64_t defDense, int64_t defFfn) {
+    const int64_t dense = c.optInt(key, defDense);
+    if (dense < 0 || dense > s.numLayers) c.fail(key, "must be between 0 and the number of layers");
+    const int64_t ffn = c.optInt("intermediate_size", defFfn);
+    positive(c, "intermediate_size", ffn);
+    for (int64_t l = 0; l < s.numLayers; ++l) {
+        s.layers[l].moe = l >= dense;
+        if (l < dense) s.layers[l].ffnDim = ffn;
+    }
+}
+
 void globalSliding(ModelSpec& s, int64_t window) {
     for (auto& l : s.layers) l.slidingWindow = window > 0 ? window : 0;
 }
@@ -523,7 +534,8 @@ void readLinearAttention(ModelSpec& s, const Config& c, const LinearAttentionDef
     }
     const std::vector<bool> linear =
         localLayers(s, c, "linear_attention", [&](int64_t l) { return (l + 1) % interval != 0; });
-    for (size_t l = 0; l < linear.size(); ++l) s.layers[l].linearAttention = linear[l];
+    for (size_t l = 0; l < linear.size(); ++l)
+        if (linear[l]) s.layers[l].mixer = LayerSpec::Mixer::LinearAttention;
 }
 
 void qwen3NextDecoder(ModelSpec& s, const Config& c) {

@@ -170,6 +170,9 @@ void readIndexer(ModelSpec& s, const Config& c, const IndexerDefaults& d);
 void mlpLayerTypes(ModelSpec& s, const Config& c, int64_t defaultDense);
 // ... and the dense layers intermediate_size wide (absent: defaultFfn) (MiMo-V2-Flash, K-EXAONE, Hy3)
 void mlpLayerTypes(ModelSpec& s, const Config& c, int64_t defaultDense, int64_t defaultFfn);
+// The first `key` layers (absent: defDense; AFMoE's and LFM2-MoE's num_dense_layers) dense,
+// intermediate_size wide (absent: defFfn), the rest MoE.
+void denseFirstLayers(ModelSpec& s, const Config& c, const std::string& key, int64_t defDense, int64_t defFfn);
 // The DeepSeek MoE layout: the first first_k_dense_replace layers dense (intermediate_size), the
 // rest MoE (n_routed_experts of moe_intermediate_size), an ungated shared expert of
 // n_shared_experts x moe_intermediate_size when n_shared_experts > 0. Defaults: the family's.

@@ -599,9 +599,11 @@ void Model::Impl::step(int l, State& st, bool allExperts, const Tap& tap, const 
             if (attnTap) attnTap(p, x, &a);
             join(a.y, w.inNorm, w.inNormB, w.attnOutNorm);
         } else {
-            join(spec.layers[l].linearAttention ? gatedDeltaNet(w, x)
-                 : spec.attn.isMla()            ? mlaAttention(w, x, st.cos[p], st.sin[p], l, st.indexChoice[p])
-                                                : attention(w, x, cos, sin, spec.layers[l]),
+            const LayerSpec& L = spec.layers[l];
+            join(L.linearAttention() ? gatedDeltaNet(w, x)
+                 : L.shortConv()     ? shortConv(w, x)
+                 : spec.attn.isMla() ? mlaAttention(w, x, st.cos[p], st.sin[p], l, st.indexChoice[p])
+                                     : attention(w, x, cos, sin, L),
                  w.inNorm, w.inNormB, w.attnOutNorm);
         }
         x = in(w.postNorm, w.postNormB);

@@ -268,6 +268,7 @@ struct LayerWeights {
     // b and a [vHeads, d], or Qwen3-Next's fused qkvz and ba; the convolution [convDim, 1, kernel],
     // dt bias, A_log, norm, out_proj
     Tensor linQkv, linZ, linB, linA, linQkvz, linBa, linConv, linDtBias, linALog, linNorm, linOut;
+    Tensor convIn, convInB, conv, convB, convOut, convOutB;   // LFM2's short convolution (convolution layers)
     Tensor qa, qab, qaNorm, qbProj, kva, kvab, kvaNorm, kvb;  // MLA (q: q_proj without q LoRA)
     Tensor idxQ, idxK, idxKNorm, idxKNormB, idxWeights;  // MLA's sparse-attention indexer (idxWeights: float32 in f16)
     Ffn mlp;                                             // dense layers
@@ -596,6 +597,7 @@ struct Model::Impl {
     void loadMoaAttention(LayerWeights& w, int l) const;
     void loadMlaAttention(LayerWeights& w, int l) const;
     void loadGatedDeltaNet(LayerWeights& w, int l) const;
+    void loadShortConv(LayerWeights& w, int l) const;
     bool normFloat32() const { return spec.normWeightsFloat32InF16 && dtype == torch::kHalf; }
     // An RMSNorm's weights as norm() multiplies by them: 1 + w in float32 for zero-centred norms
     // (w in the compute dtype first, as transformers holds it), in float32 where GPT-OSS keeps them
@@ -612,7 +614,8 @@ struct Model::Impl {
         w.postNormB = loadOpt(Role::FfnNormBias, l);
         w.attnOutNorm = loadNorm(Role::AttnOutNorm, l);  // (AFMoE keeps them in float32 in float16 runs too)
         w.ffnOutNorm = loadNorm(Role::FfnOutNorm, l);
-        if (spec.layers[l].linearAttention) loadGatedDeltaNet(w, l);
+        if (spec.layers[l].linearAttention()) loadGatedDeltaNet(w, l);
+        else if (spec.layers[l].shortConv()) loadShortConv(w, l);
         else if (spec.attn.isMoa()) loadMoaAttention(w, l);
         else if (spec.attn.isMla()) loadMlaAttention(w, l);
         else loadStandardAttention(w, l);
@@ -634,6 +637,9 @@ struct Model::Impl {
     // Gated DeltaNet (attention/gated_deltanet.cpp), spec.h's LinearAttentionSpec: x [T, d] of one
     // prompt, from a zero state.
     Tensor gatedDeltaNet(const LayerWeights& w, const Tensor& x) const;
+    // LFM2's gated short convolution (attention/short_conv.cpp), spec.h's ShortConvSpec: x [T, d]
+    // of one prompt, from a zero state.
+    Tensor shortConv(const LayerWeights& w, const Tensor& x) const;
     // Standard and encoder attention (attention/standard.cpp).
     // `layer`: its sliding window or attention chunk, and whether it has positions (RoPE).
     Tensor attention(const LayerWeights& w, const Tensor& x, const Tensor& cos, const Tensor& sin,

@@ -233,6 +233,9 @@ int64_t ModelSpec::dim(Dim d, int layer) const {
         case Dim::LinQKVZ:
             v = linear.convDim() + linear.valueDim();
             break;
+        case Dim::ConvKernel:
+            v = shortConv.kernel;
+            break;
     }
     return v * d.mul;
 }
@@ -292,13 +295,15 @@ bool inLayer(const ModelSpec& s, const TensorRole& t, int l) {
         case Scope::Layer:
             return l >= 0;
         case Scope::Attention:
-            return l >= 0 && !s.layers[l].linearAttention;
+            return l >= 0 && s.layers[l].attention();
         case Scope::AttentionValues:
-            return l >= 0 && !s.layers[l].linearAttention && !s.layers[l].valueFromKey;
+            return l >= 0 && s.layers[l].attention() && !s.layers[l].valueFromKey;
         case Scope::SlidingAttention:
-            return l >= 0 && !s.layers[l].linearAttention && s.layers[l].slidingWindow > 0;
+            return l >= 0 && s.layers[l].attention() && s.layers[l].slidingWindow > 0;
         case Scope::LinearAttention:
-            return l >= 0 && s.layers[l].linearAttention;
+            return l >= 0 && s.layers[l].linearAttention();
+        case Scope::ShortConv:
+            return l >= 0 && s.layers[l].shortConv();
         case Scope::Indexer:
             return l >= 0 && s.attn.indexer.on() && !s.layers[l].sharesIndexer;
         case Scope::DenseFfn:
@@ -483,11 +488,12 @@ void checkRuleTensors(const ModelSpec& s) {
                         "", s.family);
     // parallel blocks run the standard attention and the MLP on one norm: none of the block's other
     // options (another attention, output norms, multipliers, per-layer RoPE tables) are applied there
-    const bool linear =
-        std::any_of(s.layers.begin(), s.layers.end(), [](const LayerSpec& l) { return l.linearAttention; });
-    if (s.parallelBlock && (s.attn.kind != AttentionSpec::Kind::Standard || linear || s.postNorm || s.moeBesideDense ||
-                            s.residualScale != 1.0 || !s.ropeTables.empty() || s.has(Role::AttnOutNorm) ||
-                            s.has(Role::FfnOutNorm) || s.has(Role::LayerScalar) || s.has(Role::FfnNorm)))
+    const bool otherMixer =
+        std::any_of(s.layers.begin(), s.layers.end(), [](const LayerSpec& l) { return !l.attention(); });
+    if (s.parallelBlock &&
+        (s.attn.kind != AttentionSpec::Kind::Standard || otherMixer || s.postNorm || s.moeBesideDense ||
+         s.residualScale != 1.0 || !s.ropeTables.empty() || s.has(Role::AttnOutNorm) || s.has(Role::FfnOutNorm) ||
+         s.has(Role::LayerScalar) || s.has(Role::FfnNorm)))
         throw Error("the " + s.family + " family combines parallel blocks with an option they do not apply", "",
                     s.family);
     // interleaved RoPE rotates a permutation of each head (even dimensions, then odd): a per-head

@@ -209,9 +209,14 @@ struct LayerSpec {
     // of its own chunk of attentionChunk positions (i / c == j / c); 0: none
     int64_t attentionChunk = 0;
     bool rope = true;  // false: a layer without positions (Llama 4's no_rope_layers 0)
-    // the layer's token mixer is the linear attention of ModelSpec::linear (Qwen3-Next's
-    // "linear_attention" layers), not softmax attention
-    bool linearAttention = false;
+    // the layer's token mixer: softmax attention (AttentionSpec), the linear attention of
+    // ModelSpec::linear (Qwen3-Next's "linear_attention" layers), or the gated short convolution
+    // of ModelSpec::shortConv (LFM2's "conv" layers)
+    enum class Mixer : uint8_t { Attention, LinearAttention, ShortConv };
+    Mixer mixer = Mixer::Attention;
+    bool attention() const { return mixer == Mixer::Attention; }
+    bool linearAttention() const { return mixer == Mixer::LinearAttention; }
+    bool shortConv() const { return mixer == Mixer::ShortConv; }
     // the layer's own attention geometry where it differs from AttentionSpec's (0: the model's):
     // Gemma 4's full-attention layers (global_head_dim, num_global_key_value_heads)
     int64_t headDim = 0, kvHeads = 0;
@@ -248,6 +253,15 @@ struct LinearAttentionSpec {
     int64_t keyDim() const { return kHeads * kHeadDim; }
     int64_t valueDim() const { return vHeads * vHeadDim; }
     int64_t convDim() const { return 2 * keyDim() + valueDim(); }
+};
+
+// LFM2's gated short convolution (transformers' Lfm2ShortConv without the optional causal-conv1d
+// kernels): in_proj gives B, C and x (d each); B * x through a causal depthwise convolution
+// `kernel` wide (its bias with `bias`), times C, then out_proj; every product in the activations'
+// dtype. in_proj and out_proj have biases with `bias` too. Each prompt starts from a zero state.
+struct ShortConvSpec {
+    int64_t kernel = 0;
+    bool bias = false;
 };
 
 // EMoE's gatings (config expertscope_emoe.gating, `emoe --gating`; docs/emoe.md): avg-k and its
@@ -352,7 +366,8 @@ struct ModelSpec {
     bool gatedGelu = false;
     bool gatedFfn() const { return activation == "silu" || gatedGelu; }
     AttentionSpec attn;
-    LinearAttentionSpec linear;         // the linear-attention layers' (LayerSpec::linearAttention)
+    LinearAttentionSpec linear;         // the linear-attention layers' (LayerSpec::Mixer::LinearAttention)
+    ShortConvSpec shortConv;            // the short-convolution layers' (LayerSpec::Mixer::ShortConv)
     std::vector<RopeTable> ropeTables;  // tables 1.. of LayerSpec::ropeTable (table 0: AttentionSpec's)
     int64_t layerHeadDim(int l) const;  // layer l's head dim (LayerSpec::headDim, else attn's)
     int64_t layerKvHeads(int l) const;

@@ -238,7 +238,7 @@ std::vector<SummaryRow> describeModel(const ModelSpec& s, const Checkpoint& ckpt
     // linear-attention layers (Gated DeltaNet): which, and its sizes
     std::vector<int> linear;
     for (int l = 0; l < s.numLayers; ++l)
-        if (s.layers[l].linearAttention) linear.push_back(l);
+        if (s.layers[l].linearAttention()) linear.push_back(l);
     attn.fields.push_back({"linear_attention_layers", linear});
     if (!linear.empty()) {
         const LinearAttentionSpec& g = s.linear;
@@ -254,6 +254,18 @@ std::vector<SummaryRow> describeModel(const ModelSpec& s, const Checkpoint& ckpt
                                                       {"value_head_dim", g.vHeadDim},
                                                       {"conv_kernel", g.kernel},
                                                       {"chunk_size", g.chunk}}});
+    }
+    // short-convolution layers (LFM2): which, and the kernel's width
+    std::vector<int> conv;
+    for (int l = 0; l < s.numLayers; ++l)
+        if (s.layers[l].shortConv()) conv.push_back(l);
+    attn.fields.push_back({"short_conv_layers", conv});
+    if (!conv.empty()) {
+        attn.text = std::string(s.attn.kindName()) + " on " + std::to_string(s.numLayers - conv.size()) + " of " +
+                    std::to_string(s.numLayers) + " layers" + attn.text.substr(std::strlen(s.attn.kindName())) +
+                    "; a gated short convolution on " + std::to_string(conv.size()) + ": " +
+                    std::to_string(s.shortConv.kernel) + " wide" + (s.shortConv.bias ? ", with biases" : "");
+        attn.fields.push_back({"short_conv", oj{{"conv_kernel", s.shortConv.kernel}, {"bias", s.shortConv.bias}}});
     }
     if (s.attn.isMoa()) {
         attn.text = "mixture of attention heads: " + std::to_string(s.attn.moaExperts) + " experts of " +

@@ -174,6 +174,18 @@ const char* roleName(Role r) {
             return "linear attention's gated norm";
         case Role::LinOut:
             return "linear attention's output projection";
+        case Role::ConvIn:
+            return "short convolution's input projection";
+        case Role::ConvInBias:
+            return "short convolution's input projection bias";
+        case Role::ConvWeight:
+            return "short convolution's kernel";
+        case Role::ConvBias:
+            return "short convolution's bias";
+        case Role::ConvOut:
+            return "short convolution's output projection";
+        case Role::ConvOutBias:
+            return "short convolution's output projection bias";
     }
     return "?";
 }

@@ -83,6 +83,14 @@ enum class Role : uint8_t {
     LinALog,
     LinNorm,
     LinOut,
+    // LFM2's gated short convolution (Scope::ShortConv): in_proj (B, C, x rows), the depthwise
+    // convolution, out_proj, and their biases
+    ConvIn,
+    ConvInBias,
+    ConvWeight,
+    ConvBias,
+    ConvOut,
+    ConvOutBias,
     // a dense FFN (also EMoE's layers, whose experts are neuron blocks of it): SwiGLU gate, up,
     // down (with biases: ERNIE's use_bias); a GELU FFN (BERT): W1 (as gate) with its bias, W2 (as
     // down) with its bias
@@ -125,8 +133,9 @@ const char* roleName(Role r);
 enum class Scope : uint8_t {
     Model,             // once
     Layer,             // in every layer
-    Attention,         // in every layer with softmax attention (all but the linear-attention layers)
-    LinearAttention,   // in the linear-attention layers (LayerSpec::linearAttention)
+    Attention,         // in every layer with softmax attention (LayerSpec::attention())
+    LinearAttention,   // in the linear-attention layers (LayerSpec::Mixer::LinearAttention)
+    ShortConv,         // in the short-convolution layers (LayerSpec::Mixer::ShortConv)
     Indexer,           // in the layers that run a sparse-attention indexer (not LayerSpec::sharesIndexer)
     AttentionValues,   // in the softmax-attention layers with their own values (not LayerSpec::valueFromKey)
     SlidingAttention,  // in the softmax-attention layers with a sliding window (MiMo-V2-Flash's sinks)
@@ -184,6 +193,7 @@ struct Dim {
         LinVHeadDim,  // value head dim
         LinKernel,    // the convolution's width
         LinQKVZ,      // LinConv + LinValue (Qwen3-Next's fused in_proj_qkvz)
+        ConvKernel,   // the short convolution's width (ModelSpec::shortConv)
     };
     Sym sym = One;
     int64_t mul = 1;

@@ -667,11 +667,11 @@ int layerIndex(const std::string& name, int64_t numLayers) {
     return l >= 0 && l < numLayers ? l : -1;
 }
 
-// /model@linear_attention_layers: a 1-d integer list of at most num_layers layers, ascending,
-// each in [0, num_layers) (its size checked before it is read).
-std::vector<int64_t> linearLayers(hid_t g, int64_t numLayers, const std::string& file) {
-    const std::string at = "/model@linear_attention_layers";
-    H a(H5Aopen(g, "linear_attention_layers", H5P_DEFAULT), H5Aclose);
+// /model@linear_attention_layers or @short_conv_layers (`attr`): a 1-d integer list of at most
+// num_layers layers, ascending, each in [0, num_layers) (its size checked before it is read).
+std::vector<int64_t> mixerLayers(hid_t g, const char* attr, int64_t numLayers, const std::string& file) {
+    const std::string at = std::string("/model@") + attr;
+    H a(H5Aopen(g, attr, H5P_DEFAULT), H5Aclose);
     if (!a.ok()) throw Error("unreadable attribute", file, at);
     H sp(H5Aget_space(a), H5Sclose);
     const hssize_t n = H5Sget_simple_extent_npoints(sp);
@@ -1042,7 +1042,15 @@ Session Session::open(const std::string& pathIn) {
         m.fingerprint = needString(g, "fingerprint", path, "/model");
         d.vocabSize = checkModel(m, path);
         // (after num_layers is checked: it bounds the list)
-        if (H5Aexists(g, "linear_attention_layers") > 0) m.linearAttentionLayers = linearLayers(g, m.numLayers, path);
+        if (H5Aexists(g, "linear_attention_layers") > 0)
+            m.linearAttentionLayers = mixerLayers(g, "linear_attention_layers", m.numLayers, path);
+        if (H5Aexists(g, "short_conv_layers") > 0) {
+            m.shortConvLayers = mixerLayers(g, "short_conv_layers", m.numLayers, path);
+            for (int64_t l : m.shortConvLayers)
+                if (std::binary_search(m.linearAttentionLayers.begin(), m.linearAttentionLayers.end(), l))
+                    throw Error("layer " + std::to_string(l) + " is also a linear-attention layer", path,
+                                "/model@short_conv_layers");
+        }
     }
     for (auto& name : childNames(f, "runs", path)) {
         StoredRun r;
@@ -1529,6 +1537,8 @@ void writeHeader(hid_t f, const SessionModel& m, const std::string& file) {
     }
     if (!m.linearAttentionLayers.empty())
         attrValue(g, "linear_attention_layers", AttrValue::i64s(m.linearAttentionLayers), file, "/model");
+    if (!m.shortConvLayers.empty())
+        attrValue(g, "short_conv_layers", AttrValue::i64s(m.shortConvLayers), file, "/model");
     attrString(g, "config_json", m.configJson, file, "/model");
     attrString(g, "checkpoint_path", m.checkpointPath, file, "/model");
     attrString(g, "fingerprint", m.fingerprint, file, "/model");

@@ -29,6 +29,8 @@ struct SessionModel {
     // hybrid models (Qwen3-Next): the layers whose token mixer is linear attention (Gated
     // DeltaNet), ascending; empty where every layer has softmax attention
     std::vector<int64_t> linearAttentionLayers;
+    // ... and (LFM2) the layers whose token mixer is a gated short convolution; no layer in both
+    std::vector<int64_t> shortConvLayers;
     std::string configJson, checkpointPath, fingerprint;
     // made from a config.json alone, without weights (imported routing): fingerprint "config:sha256:<hex>"
     bool configOnly() const { return fingerprint.rfind("config:", 0) == 0; }

@@ -329,14 +329,20 @@ std::string layerName(const Session& s, int l) {
     return "layer " + std::to_string(l) + (m.empty() ? "" : " (" + m + ")");
 }
 
-// A per-layer chart of a hybrid model: its linear-attention layers shaded (x = layer), and the
-// figure's CSV (first column: the layer) given a column naming each row's token mixer.
+// A per-layer chart of a hybrid model: its layers without softmax attention (linear attention,
+// short convolutions) shaded (x = layer), and the figure's CSV (first column: the layer) given a
+// column naming each row's token mixer.
 void markLinearLayers(const Session& s, Figure& f, std::vector<Panel*> panels) {
     const auto& lin = s.model().linearAttentionLayers;
-    if (lin.empty()) return;
+    const auto& conv = s.model().shortConvLayers;
+    if (lin.empty() && conv.empty()) return;
+    const char* label = conv.empty()  ? "linear-attention layers"
+                        : lin.empty() ? "short-convolution layers"
+                                      : "linear-attention and short-convolution layers";
     for (Panel* p : panels) {
         for (int64_t l : lin) p->shadeX.push_back(static_cast<double>(l));
-        p->shadeXLabel = "linear-attention layers";
+        for (int64_t l : conv) p->shadeX.push_back(static_cast<double>(l));
+        p->shadeXLabel = label;
     }
     f.csvHeader.insert(f.csvHeader.begin() + 1, "token_mixer");
     for (auto& row : f.csvRows) row.insert(row.begin() + 1, layerMixer(s, std::stoi(row.at(0))));
@@ -2710,8 +2716,11 @@ std::vector<ViewInfo> availableViews(const Session& s) {
 
 std::string layerMixer(const Session& s, int layer) {
     const auto& lin = s.model().linearAttentionLayers;
-    if (lin.empty()) return {};
-    return std::binary_search(lin.begin(), lin.end(), int64_t{layer}) ? "linear attention" : "full attention";
+    const auto& conv = s.model().shortConvLayers;
+    if (lin.empty() && conv.empty()) return {};
+    if (std::binary_search(lin.begin(), lin.end(), int64_t{layer})) return "linear attention";
+    if (std::binary_search(conv.begin(), conv.end(), int64_t{layer})) return "short convolution";
+    return "full attention";
 }
 
 std::string promptsRun(const Session& s, const ViewRequest& req) {

@@ -304,6 +304,21 @@ def test_invalid_sessions(cli, base, tmp_path):
     ok = edited(base, tmp_path, linear(np.array([0], np.int64)), "ok.h5")
     assert run_cli(cli, "session", ok).returncode == 0
 
+    def conv(v, lin=None):
+        def fn(f):
+            f["model"].attrs["short_conv_layers"] = v
+            if lin is not None:
+                f["model"].attrs["linear_attention_layers"] = lin
+        return fn
+    where = "/model@short_conv_layers"
+    expect_session_error(cli, edited(base, tmp_path, conv(np.array([0, L], np.int64))), where, "out of range")
+    expect_session_error(cli, edited(base, tmp_path, conv(np.array([1, 0], np.int64))), where, "ascending")
+    expect_session_error(cli, edited(base, tmp_path, conv(np.array([0.5]))), where, "integers")
+    both = conv(np.array([0], np.int64), np.array([0], np.int64))
+    expect_session_error(cli, edited(base, tmp_path, both), where, "also a linear-attention layer")
+    ok = edited(base, tmp_path, conv(np.array([0], np.int64), np.array([1], np.int64)), "ok_conv.h5")
+    assert run_cli(cli, "session", ok).returncode == 0
+
     def bad_offsets(f):
         f["runs/r0/prompt_offsets"][...] = np.array([0, 5, 3, 64])
     expect_session_error(cli, edited(base, tmp_path, bad_offsets), "/runs/r0/prompt_offsets")

@@ -430,6 +430,23 @@ CONFIGS = {
         prefix_dense_sliding_window_pattern=2, sliding_window_pattern=4, sliding_window=3, num_experts=8,
         num_experts_per_tok=3, intermediate_size=24, num_shared_experts=1, shared_expert_combination_strategy="sum",
         expert_selection_fn="sigmoid", norm_topk_prob=True, logit_scale=0.5, tie_word_embeddings=False)),
+    # LFM2-MoE: gated short-convolution layers (3 wide, with biases on the convolution and both
+    # projections) and GQA attention with the per-head QK-norm, by layer_types; a dense first layer
+    # (num_dense_layers), then a sigmoid router in the activations' dtype with a random float32
+    # expert_bias to choose, renormalised (+1e-6), x routed_scaling_factor 2.5; a tied head (the
+    # class's default); norm_eps of its own
+    "lfm2_moe_bias_conv": ("Lfm2MoeConfig", dict(
+        num_attention_heads=4, num_key_value_heads=2, num_hidden_layers=4,
+        layer_types=["conv", "full_attention", "conv", "full_attention"], conv_bias=True, num_dense_layers=1,
+        num_experts=8, num_experts_per_tok=3, moe_intermediate_size=32, intermediate_size=48,
+        routed_scaling_factor=2.5, norm_eps=1e-5, rope_parameters=dict(rope_type="default", rope_theta=50000.0))),
+    # ... a 4-wide convolution without biases, attention first, every layer MoE, top-2 of the
+    # unbiased sigmoids (use_expert_bias false), not renormalised, no scaling, no GQA, an untied head
+    "lfm2_moe_plain_untied": ("Lfm2MoeConfig", dict(
+        num_attention_heads=4, num_key_value_heads=4, num_hidden_layers=3,
+        layer_types=["full_attention", "conv", "conv"], conv_L_cache=4, conv_bias=False, num_dense_layers=0,
+        num_experts=6, num_experts_per_tok=2, moe_intermediate_size=40, intermediate_size=48,
+        use_expert_bias=False, norm_topk_prob=False, tie_word_embeddings=False)),
     # Qwen3-Next: Gated DeltaNet layers (grouped: 2 value heads per key head, a 4-wide convolution)
     # and gated full attention alternating by full_attention_interval, a dense layer by
     # mlp_only_layers, the sigmoid-gated shared expert, renormalised top-2, a quarter of each head
@@ -563,7 +580,8 @@ def reinitialised(model, seed=0, storage=None):
             else:
                 p.copy_(torch.randn(p.shape, generator=g) / math.sqrt(p.shape[-1]))
         for bname, b in list(model.named_buffers()) + list(model.named_parameters()):
-            if bname.endswith("e_score_correction_bias"):  # DeepSeek-V3's selection bias (ERNIE's: a parameter)
+            # DeepSeek-V3's selection bias (ERNIE's: a parameter), LFM2-MoE's float32 buffer
+            if bname.endswith(("e_score_correction_bias", "feed_forward.expert_bias")):
                 b.copy_(0.3 * torch.randn(b.shape, generator=g))
         if storage is not None:
             for p in model.parameters():
@@ -670,8 +688,11 @@ def reference(model, prompts=PROMPTS, device="cpu"):
             if ernie:
                 probs = probs + bias
             elif bias is not None:
-                # DeepSeek-V3: the choice is made on the biased sigmoids of the kept groups
-                probs = groups_kept(logits.float().sigmoid() + bias, sum_top2)
+                # DeepSeek-V3: the choice is made on the biased sigmoids of the kept groups (LFM2-MoE's
+                # sigmoids in the activations' dtype)
+                lfm2 = type(mod).__name__ == "Lfm2MoeTopKRouter"
+                sig = logits.sigmoid().float() if lfm2 else logits.float().sigmoid()
+                probs = groups_kept(sig + bias, sum_top2)
             elif mistral4:
                 # Mistral 4: softmax scores, groups ranked by the sum of their two best
                 probs = groups_kept(probs, sum_top2)

@@ -185,13 +185,16 @@ def long_prompt_and_compare(cli, ckpt, model, tmp_path, seed, tokens=2600):
 # choosing the keys), MiMo-V2-Flash's eager softmax in the activations' dtype with sinks and its
 # scaled values, K-EXAONE's float32 router and correction bias on layers without RoPE, Hy3's float32
 # router and bias with biases on its dense MLP and shared experts, AFMoE's router logits in the
-# activations' dtype with its bias in float32 in float16 runs only, and its norms' float32 products.
+# activations' dtype with its bias in float32 in float16 runs only, and its norms' float32 products,
+# Cohere2-MoE's float32 LayerNorm and sigmoid renormalisation, LFM2-MoE's short convolutions and its
+# sigmoid router in the activations' dtype beside a float32 expert_bias.
 HALF_FAMILIES = ["deepseek_v3_groups", "deepseek_v2_groups", "glm4_moe_groups_qknorm", "dots1_sliding_groups",
                  "glm4_moe_lite_types", "minimax_m2_rotary_dim", "mistral4_groups_temperature",
                  "granitemoe_multipliers", "granitemoeshared_shared", "ernie4_5_moe_bias_interval",
                  "hunyuan_alpha_list", "flex_olmo_plain", "solar_open_groups_bias", "deepseek_v32_sparse",
                  "glm_moe_dsa_shared", "mimo_v2_flash_groups_sinks", "exaone_moe_groups_nope", "hy_v3_bias_shared",
-                 "afmoe_gated_mup", "cohere2_moe_layernorm_shared", "cohere2_moe_rms_sigmoid"]
+                 "afmoe_gated_mup", "cohere2_moe_layernorm_shared", "cohere2_moe_rms_sigmoid",
+                 "lfm2_moe_bias_conv", "lfm2_moe_plain_untied"]
 # bf16 tolerances: bf16 has an 8-bit mantissa (relative step 2^-8 = 3.9e-3); two implementations
 # with different kernels or operation orders differ by a few steps after a couple of layers, so
 # router logits within 0.05 absolute, logits within 3e-2 of the largest logit, and the chosen sets

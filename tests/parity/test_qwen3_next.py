@@ -15,7 +15,7 @@ import os
 import numpy as np
 import pytest
 
-from conftest import assert_info_refuses, assert_s1_is, require, run_cli
+from conftest import assert_info_refuses, assert_s1_is, assert_views_name_token_mixers, require, run_cli
 import fixtures
 from test_parity import BF16_TOL, assert_identical, compare
 
@@ -188,17 +188,5 @@ def test_analyses_and_views_tell_linear_and_full_layers_apart(cli, build_fixture
             gu, dn = ex.gate_up_proj.detach().double().numpy(), ex.down_proj.detach().double().numpy()
             F = gu.shape[1] // 2
             assert_s1_is(f, l, {"gate": gu[:, :F], "up": gu[:, F:], "down": dn})
-    views = json.loads(run_cli(cli, "export", out, "--list", "--json").stdout)
-    assert {"diversity", "top1-max-norm", "expert-load"} <= {v["name"] for v in views}
-    for v in views:
-        png = str(tmp_path / f"{v['name']}.png")
-        run_cli(cli, "export", out, "--view", v["name"], "--out", png)
-        assert os.path.getsize(png) > 1000, v["name"]
-    mixer = {0: "linear attention", 1: "full attention", 2: "linear attention", 3: "full attention"}
-    for view in ("diversity", "top1-max-norm"):
-        csv_path = str(tmp_path / f"{view}.csv")
-        run_cli(cli, "export", out, "--view", view, "--out", csv_path)
-        with open(csv_path) as fh:
-            rows = [line.rstrip("\n").split(",") for line in fh]
-        assert rows[0][:2] == ["layer", "token_mixer"], rows[0]
-        assert [(int(r[0]), r[1]) for r in rows[1:]] == [(l, mixer[l]) for l in (0, 1, 3)], view
+    mixer = {0: "linear attention", 1: "full attention", 3: "full attention"}
+    assert_views_name_token_mixers(cli, out, tmp_path, mixer)

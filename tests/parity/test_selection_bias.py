@@ -3,7 +3,8 @@ numpy on the stored trace: the unbiased top-k from the stored router logits, the
 as stored, the correction bias as the checkpoint holds it (read with safetensors), the kept groups
 by the family's group score. Fixtures: DeepSeek-V3 (bias and groups, sum of the two best),
 MiniMax-M2 (bias, no groups), DeepSeek-V2 (groups by their best softmax score, no bias),
-Mistral 4 (softmax groups by the sum of the two best), ERNIE 4.5 (a [1, E] bias on softmax scores)."""
+Mistral 4 (softmax groups by the sum of the two best), ERNIE 4.5 (a [1, E] bias on softmax scores),
+LFM2-MoE (a float32 expert_bias beside short-convolution layers)."""
 import json
 import os
 import subprocess
@@ -21,6 +22,7 @@ CASES = [
     ("deepseek_v2_groups", None, "max", False),
     ("mistral4_groups_temperature", None, "sum2", False),
     ("ernie4_5_moe_bias_interval", "model.layers.{L}.mlp.moe_statics.e_score_correction_bias", None, False),
+    ("lfm2_moe_bias_conv", "model.layers.{L}.feed_forward.expert_bias", None, True),
 ]
 
 

@@ -49,15 +49,7 @@ const Family& family_afmoe() {
             slidingLayersRopeOnly(s, sliding, window);
             // the MoE layers: all from num_dense_layers on
             moeCounts(s, c, "num_experts", "moe_intermediate_size", {64, 6, 1408});
-            const int64_t dense = c.optInt("num_dense_layers", 1);
-            if (dense < 0 || dense > s.numLayers)
-                c.fail("num_dense_layers", "must be between 0 and the number of layers");
-            const int64_t ffn = c.optInt("intermediate_size", 6144);
-            positive(c, "intermediate_size", ffn);
-            for (int64_t l = 0; l < s.numLayers; ++l) {
-                s.layers[l].moe = l >= dense;
-                if (l < dense) s.layers[l].ffnDim = ffn;
-            }
+            denseFirstLayers(s, c, "num_dense_layers", 1, 6144);
             ungatedSharedExperts(s, c, 2, "num_shared_experts");
             RouterRule& r = s.router;
             r.scoring = RouterRule::Scoring::Sigmoid;
