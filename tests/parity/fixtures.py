@@ -618,7 +618,7 @@ def _moe_blocks(model):
                 "DeepseekV3MoE", "DeepseekV2Moe", "Glm4MoeMoE", "Dots1MoE", "Glm4MoeLiteMoE", "Mistral4MoE",
                 "GraniteMoeMoE", "GraniteMoeSharedMoE", "HunYuanMoEV1Moe", "GptOssMLP", "DbrxFFN", "Llama4TextMoe",
                 "SolarOpenMoE", "DeepseekV32MoE", "GlmMoeDsaMoE", "MiMoV2FlashMoE",
-                "ExaoneMoeSparseMoEBlock", "HYV3MoE", "AfmoeSparseMoeBlock"):
+                "ExaoneMoeSparseMoEBlock", "HYV3MoE", "AfmoeSparseMoeBlock", "Glm4vMoeTextMoE"):
             layer = int(mname.split(".blocks." if ".blocks." in mname else ".layers.")[1].split(".")[0])  # DBRX's
             blocks[layer] = m
     return blocks
