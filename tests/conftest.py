@@ -103,9 +103,9 @@ def assert_s1_is(f, layer, mats):
 
 
 def assert_views_name_token_mixers(cli_path, session, tmp_path, mixer):
-    """Every view of `session` exports as a PNG, and the per-layer charts' CSVs (diversity,
-    top1-max-norm) give each MoE layer's token mixer in a column: mixer = {layer: "full attention", ...}
-    over the MoE layers."""
+    """Every view of `session` exports as a PNG, the per-layer charts' CSVs (diversity, top1-max-norm)
+    give each MoE layer's token mixer in a column, and the load heatmap of every layer tags its rows
+    with it: mixer = {layer: "full attention", ...} over the MoE layers."""
     import json
     views = json.loads(run_cli(cli_path, "export", session, "--list", "--json").stdout)
     assert {"diversity", "top1-max-norm", "expert-load"} <= {v["name"] for v in views}
@@ -120,6 +120,14 @@ def assert_views_name_token_mixers(cli_path, session, tmp_path, mixer):
             rows = [line.rstrip("\n").split(",") for line in fh]
         assert rows[0][:2] == ["layer", "token_mixer"], rows[0]
         assert [(int(r[0]), r[1]) for r in rows[1:]] == sorted(mixer.items()), view
+    # the load heatmap of every layer: each row named by its layer and a tag of its mixer (the SVG's text)
+    svg = str(tmp_path / "expert-load.svg")
+    run_cli(cli_path, "export", session, "--view", "expert-load", "--out", svg)
+    with open(svg) as fh:
+        text = fh.read()
+    tag = {"full attention": "full", "linear attention": "linear", "short convolution": "conv"}
+    for layer, m in mixer.items():
+        assert f">{layer} ({tag[m]})<" in text, (layer, m)
 
 
 def assert_info_refuses(cli_path, ckpt, words, file="config.json"):

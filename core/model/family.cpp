@@ -318,8 +318,9 @@ void denseLayers(ModelSpec& s, const Config& c) {
 }
 
 void denseFirstLayers(ModelSpec& s, const Config& c, const std::string& key, int64_t defDense, int64_t defFfn) {
+    // (more than the layers: every layer dense, as the classes' layer_idx < key makes them)
     const int64_t dense = c.optInt(key, defDense);
-    if (dense < 0 || dense > s.numLayers) c.fail(key, "must be between 0 and the number of layers");
+    if (dense < 0) c.fail(key, "must not be negative");
     const int64_t ffn = c.optInt("intermediate_size", defFfn);
     positive(c, "intermediate_size", ffn);
     for (int64_t l = 0; l < s.numLayers; ++l) {
@@ -393,9 +394,22 @@ void qwenLayerTypes(ModelSpec& s, const Config& c, bool moeFormula) {
                   [&](int64_t i) { return use && (moeFormula ? ((i + 1) % 2) && i < maxWindow : i >= maxWindow); });
 }
 
+std::vector<std::string> layerTypes(const Config& c) {
+    // transformers' _LEGACY_LAYER_TYPE_REMAP, which every config applies to its layer_types
+    static const std::pair<const char*, const char*> legacy[] = {{"mamba", "linear_attention"},
+                                                                 {"attention", "full_attention"},
+                                                                 {"deepseek_sparse_attention", "indexed_attention"},
+                                                                 {"qwen_sparse_attention", "indexed_attention"}};
+    std::vector<std::string> types = c.optStringList("layer_types");
+    for (auto& t : types)
+        for (const auto& [from, to] : legacy)
+            if (t == from) t = to;
+    return types;
+}
+
 std::vector<bool> localLayers(const ModelSpec& s, const Config& c, const std::string& local,
                               const std::function<bool(int64_t)>& formula) {
-    auto types = c.optStringList("layer_types");
+    auto types = layerTypes(c);
     if (!types.empty() && static_cast<int64_t>(types.size()) != s.numLayers)
         c.fail("layer_types",
                "has " + std::to_string(types.size()) + " entries for " + std::to_string(s.numLayers) + " layers");
@@ -771,7 +785,7 @@ void dsaDecoder(ModelSpec& s, const Config& c, const DsaDefaults& d) {
         c.fail("indexer_rope_interleave", s.modelType + " turns its indexer's RoPE " +
                                               (d.indexer.ropeInterleave ? "on interleaved pairs" : "on halves") +
                                               " (transformers reads no such key)");
-    for (const std::string& t : c.optStringList("layer_types"))
+    for (const std::string& t : layerTypes(c))
         if (t != "indexed_attention")
             c.fail("layer_types", "has '" + t + "': every layer of " + s.modelType + " has indexed (sparse) attention");
     deepseekLayers(s, c, d.layers);

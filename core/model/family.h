@@ -144,6 +144,10 @@ void slidingLayers(ModelSpec& s, const Config& c, int64_t window, const std::fun
 // The layers `sliding` marks attend within `window` keys with RoPE; the others attend to every
 // earlier key without RoPE (K-EXAONE's and AFMoE's full layers).
 void slidingLayersRopeOnly(ModelSpec& s, const std::vector<bool>& sliding, int64_t window);
+// layer_types with transformers' legacy names mapped to today's ("attention" -> "full_attention",
+// "mamba" -> "linear_attention", "deepseek_sparse_attention" -> "indexed_attention", ...), as every
+// config class maps them.
+std::vector<std::string> layerTypes(const Config& c);
 // Which layers attend locally by layer_types (`local`, e.g. "sliding_attention", or
 // "full_attention"; one entry per layer), else by formula(layer).
 std::vector<bool> localLayers(const ModelSpec& s, const Config& c, const std::string& local,

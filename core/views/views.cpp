@@ -1084,7 +1084,11 @@ Figure expertLoad(const Session& s, const ViewRequest& req) {
     h.values = frac.v;
     for (int l : layers) {  // hybrid models: each layer's token mixer
         const std::string m = layerMixer(s, l);
-        h.rowLabels.push_back(std::to_string(l) + (m.empty() ? "" : m[0] == 'l' ? " (linear)" : " (full)"));
+        const char* tag = m.empty()                  ? ""
+                          : m == "linear attention"  ? " (linear)"
+                          : m == "short convolution" ? " (conv)"
+                                                     : " (full)";
+        h.rowLabels.push_back(std::to_string(l) + tag);
     }
     h.colLabels = bars.xTicks;
     h.colExpert = iota(E);  // rows are layers

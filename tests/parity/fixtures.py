@@ -441,12 +441,13 @@ CONFIGS = {
         num_experts=8, num_experts_per_tok=3, moe_intermediate_size=32, intermediate_size=48,
         routed_scaling_factor=2.5, norm_eps=1e-5, rope_parameters=dict(rope_type="default", rope_theta=50000.0))),
     # ... a 4-wide convolution without biases, attention first, every layer MoE, top-2 of the
-    # unbiased sigmoids (use_expert_bias false), not renormalised, no scaling, no GQA, an untied head
+    # unbiased sigmoids (use_expert_bias false), not renormalised, no scaling, no GQA, an untied head,
+    # a norm_eps far from the class's (every RMSNorm, the QK-norms' too)
     "lfm2_moe_plain_untied": ("Lfm2MoeConfig", dict(
         num_attention_heads=4, num_key_value_heads=4, num_hidden_layers=3,
         layer_types=["full_attention", "conv", "conv"], conv_L_cache=4, conv_bias=False, num_dense_layers=0,
         num_experts=6, num_experts_per_tok=2, moe_intermediate_size=40, intermediate_size=48,
-        use_expert_bias=False, norm_topk_prob=False, tie_word_embeddings=False)),
+        use_expert_bias=False, norm_topk_prob=False, tie_word_embeddings=False, norm_eps=0.05)),
     # Qwen3-Next: Gated DeltaNet layers (grouped: 2 value heads per key head, a 4-wide convolution)
     # and gated full attention alternating by full_attention_interval, a dense layer by
     # mlp_only_layers, the sigmoid-gated shared expert, renormalised top-2, a quarter of each head
@@ -687,12 +688,12 @@ def reference(model, prompts=PROMPTS, device="cpu"):
             sum_top2 = lambda g: g.topk(2, dim=-1)[0].sum(-1)
             if ernie:
                 probs = probs + bias
+            elif type(mod).__name__ == "Lfm2MoeTopKRouter":
+                # LFM2-MoE: the sigmoids in the activations' dtype, biased where it has the bias
+                probs = logits.sigmoid().float() + (bias if bias is not None else 0)
             elif bias is not None:
-                # DeepSeek-V3: the choice is made on the biased sigmoids of the kept groups (LFM2-MoE's
-                # sigmoids in the activations' dtype)
-                lfm2 = type(mod).__name__ == "Lfm2MoeTopKRouter"
-                sig = logits.sigmoid().float() if lfm2 else logits.float().sigmoid()
-                probs = groups_kept(sig + bias, sum_top2)
+                # DeepSeek-V3: the choice is made on the biased sigmoids of the kept groups
+                probs = groups_kept(logits.float().sigmoid() + bias, sum_top2)
             elif mistral4:
                 # Mistral 4: softmax scores, groups ranked by the sum of their two best
                 probs = groups_kept(probs, sum_top2)

@@ -14,7 +14,7 @@ from test_parity import assert_edit_refused, assert_identical, long_prompt_and_c
 NAME = "afmoe_gated_mup"
 
 BAD = [
-    (lambda c: c.update(num_dense_layers=9), ["num_dense_layers"]),
+    (lambda c: c.update(num_dense_layers=-1), ["num_dense_layers", "must not be negative"]),
     (lambda c: c.update(num_shared_experts=-1), ["num_shared_experts", "negative"]),
     (lambda c: c.update(route_scale=0.0), ["route_scale"]),
     (lambda c: c.update(sliding_window=0), ["sliding_window"]),

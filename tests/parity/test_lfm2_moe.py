@@ -90,12 +90,30 @@ def test_tie_embedding_key_wins(cli, build_fixture, tmp_path):
     assert_info_refuses(cli, untied, ["lm_head.weight", "does not tie the head"], file="untied")
 
 
+def test_legacy_layer_type_names(cli, build_fixture, tmp_path):
+    """layer_types with the legacy name "attention" (transformers maps it to "full_attention" in every
+    config) opens and traces as transformers runs it."""
+    torch = require("torch")
+    h5py = require("h5py")
+    per, _, _ = build_fixture("lfm2_moe_bias_conv")
+    d = fixtures.copy_checkpoint(per, str(tmp_path / "legacy"),
+                                 lambda c: c.update(layer_types=["conv", "attention", "conv", "attention"]))
+    model = fixtures.hf_from_pretrained(d, torch.float32)
+    assert model.config.layer_types == ["conv", "full_attention", "conv", "full_attention"]
+    out = str(tmp_path / "s.h5")
+    trace_prompts(cli, d, out, "r", prompts=fixtures.PROMPTS)
+    with h5py.File(out, "r") as f:
+        compare(f["runs/r"], fixtures.reference(model))
+
+
 BAD_CONFIGS = [
     (lambda c: c.pop("layer_types"), ["layer_types", "is required"]),
     (lambda c: c.update(layer_types=["conv", "linear_attention", "conv", "full_attention"]),
      ["layer_types", "unknown layer type 'linear_attention'"]),
     (lambda c: c.update(layer_types=["conv", "full_attention"]), ["layer_types", "2 entries for 4 layers"]),
-    (lambda c: c.update(num_dense_layers=5), ["num_dense_layers", "between 0 and the number of layers"]),
+    (lambda c: c.update(num_dense_layers=-1), ["num_dense_layers", "must not be negative"]),
+    (lambda c: c.update(use_expert_bias=None), ["use_expert_bias", "must not be null"]),
+    (lambda c: c.update(tie_embedding=None), ["tie_embedding", "must not be null"]),
     (lambda c: c.update(conv_L_cache=0), ["conv_L_cache"]),
     (lambda c: c.update(conv_L_cache=None), ["conv_L_cache"]),
     (lambda c: c.update(routed_scaling_factor=None), ["routed_scaling_factor"]),

@@ -20,8 +20,11 @@ const Family& family_lfm2_moe() {
         "lfm2_moe",
         {"lfm2_moe"},
         [](ModelSpec& s, const Config& c) {
+            // (the class is strict: a null in any of its typed fields fails there)
             notNull(c, {"num_dense_layers", "routed_scaling_factor", "num_experts", "num_experts_per_tok",
-                        "moe_intermediate_size", "intermediate_size", "conv_L_cache", "norm_eps"});
+                        "moe_intermediate_size", "intermediate_size", "conv_L_cache", "norm_eps", "use_expert_bias",
+                        "norm_topk_prob", "conv_bias", "tie_word_embeddings", "tie_embedding", "num_key_value_heads",
+                        "max_position_embeddings", "layer_types"});
             if (c.has("num_local_experts") && !c.has("num_experts"))
                 c.fail("num_local_experts", "transformers' Lfm2Moe reads num_experts (it maps no other name onto it)");
             fillCommon(s, c, {1e-5, 1e6, true, 0, 8, 0});
