@@ -119,9 +119,16 @@ const Family& familyOf(const Config& c, const std::string& what, bool containers
 
 Family containerFamily(std::string name, std::vector<std::string> modelTypes, std::vector<ContainerLayout> layouts,
                        std::vector<std::string> leftOut, std::string why, bool tiedByDefault, bool tieFromTextConfig,
-                       std::string defaultTextModelType) {
-    auto configure = [tiedByDefault, tieFromTextConfig, defaultTextModelType](ModelSpec& s, const Config& c) {
-        const JsonIn tc = c.in()[kTextConfig];
+                       std::string defaultTextModelType, std::string parentConfig) {
+    auto configure = [tiedByDefault, tieFromTextConfig, defaultTextModelType, parentConfig](ModelSpec& s,
+                                                                                            const Config& c) {
+        // the object that holds text_config (and the head's tie): the top level, or parentConfig in it
+        const JsonIn parent = parentConfig.empty() ? c.in() : c.in()[parentConfig];
+        if (!parent.isObject())
+            parent.fail("missing or not an object: the part of a " + s.modelType +
+                        " checkpoint with its language model");
+        const Config pc(parent.raw(), c.file(), parentConfig.empty() ? c.path() : c.key(parentConfig));
+        const JsonIn tc = pc.in()[kTextConfig];
         if (!tc.isObject()) tc.fail("missing or not an object: the language model of a " + s.modelType + " checkpoint");
         nlohmann::json withType;  // text_config with the container's default model_type, where it names none
         const bool untyped = !defaultTextModelType.empty() && !tc.has("model_type");
@@ -129,16 +136,17 @@ Family containerFamily(std::string name, std::vector<std::string> modelTypes, st
             withType = tc.raw();
             withType["model_type"] = defaultTextModelType;
         }
-        const Config t(untyped ? withType : tc.raw(), c.file(), c.key(kTextConfig));
+        const Config t(untyped ? withType : tc.raw(), c.file(), pc.key(kTextConfig));
         // a pointer: gcc 13 wrongly warns (-Wdangling-reference) on a reference here
         const Family* f = &familyOf(t, "language model", false);
         const std::string outer = s.modelType;
         s.modelType = modelTypeOf(t);  // the family's own messages name its model_type
         s.textModelType = s.modelType;
+        s.textConfigPath = pc.key(kTextConfig);
         s.family = f->name;
         f->configure(s, t);
         s.modelType = outer;
-        if (!tieFromTextConfig) s.tieEmbeddings = c.optBool("tie_word_embeddings", tiedByDefault);
+        if (!tieFromTextConfig) s.tieEmbeddings = pc.optBool("tie_word_embeddings", tiedByDefault);
     };
     auto tensors = [layouts, leftOut, why](ModelSpec& s, const TensorProbe& has) {
         const ContainerLayout* l = &layouts.front();
@@ -453,6 +461,22 @@ void sparseLayers(ModelSpec& s, const Config& c) {
             s.layers[i].ffnDim = f;
         }
     }
+}
+
+void qwen3MoeDecoder(ModelSpec& s, const Config& c, const MoeCountDefaults& d, bool renormDefault) {
+    moeCounts(s, c, "num_experts", "moe_intermediate_size", d);
+    sparseLayers(s, c);
+    s.router.renormalize = c.optBool("norm_topk_prob", renormDefault);
+    s.router.weightsInHiddenDtype = true;
+    s.attn.qkvBias = s.attn.oBias = c.optBool("attention_bias", false);
+    s.attn.qkNorm = AttentionSpec::QKNorm::PerHead;
+}
+
+void hfQwen3MoeTensors(ModelSpec& s, const TensorProbe& has) {
+    TableBuilder t(s);
+    hfDecoderTensors(t);
+    hfDenseMlp(t);
+    hfMlpExperts(t, has);
 }
 
 std::string keyOrAlias(const Config& c, const std::string& own, const std::string& alias) {

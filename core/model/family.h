@@ -91,9 +91,12 @@ struct ContainerLayout {
 // ties its language_model by the language model's config).
 // defaultTextModelType: the language model's model_type where text_config names none (the
 // container's sub-config default; "" where one is required).
+// parentConfig: the key of the object that holds text_config and the head's tie (Qwen3-Omni's
+// thinker_config); "": the top level.
 Family containerFamily(std::string name, std::vector<std::string> modelTypes, std::vector<ContainerLayout> layouts,
                        std::vector<std::string> leftOut, std::string why, bool tiedByDefault,
-                       bool tieFromTextConfig = false, std::string defaultTextModelType = "");
+                       bool tieFromTextConfig = false, std::string defaultTextModelType = "",
+                       std::string parentConfig = "");
 
 // ---- config helpers shared by families (transformers' conventions) ----
 
@@ -137,6 +140,13 @@ void moeCounts(ModelSpec& s, const Config& c, const std::string& expertsKey, con
                const MoeCountDefaults& d = {});
 // decoder_sparse_step and mlp_only_layers: which layers are MoE (Qwen-MoE style).
 void sparseLayers(ModelSpec& s, const Config& c);
+// Qwen3-MoE's decoder (Qwen3-Omni's thinker too): num_experts of moe_intermediate_size (defaults
+// `d`), dense layers by decoder_sparse_step / mlp_only_layers, a softmax router renormalised by
+// norm_topk_prob (default renormDefault), the combine weights in the activations' dtype, per-head
+// QK RMSNorm, q/k/v/o biases with attention_bias.
+void qwen3MoeDecoder(ModelSpec& s, const Config& c, const MoeCountDefaults& d, bool renormDefault);
+// its table: hfDecoderTensors, the dense MLPs, the experts under mlp. (hfMlpExperts)
+void hfQwen3MoeTensors(ModelSpec& s, const TensorProbe& has);
 // Qwen2 / Qwen2-MoE: per-layer sliding attention (layer_types, or the families' formulas).
 void qwenLayerTypes(ModelSpec& s, const Config& c, bool moeFormula);
 // Which layers attend within `window` (0: none): layer_types when given, else formula(layer).

@@ -465,8 +465,15 @@ ModelSpec configured(const Config& c, const Family*& fam) {
     s.family = fam->name;
     fam->configure(s, c);
     s.quant = quantization(c);
-    if (s.quant.method.empty() && !s.textModelType.empty())  // a container's text model quantized alone
-        s.quant = quantization(Config(c.raw().at(kTextConfig), c.file(), c.key(kTextConfig)));
+    if (s.quant.method.empty() && !s.textModelType.empty()) {  // a container's text model quantized alone
+        const nlohmann::json* t = &c.raw();
+        for (size_t from = 0; from <= s.textConfigPath.size();) {  // the dotted path, one key at a time
+            const size_t dot = std::min(s.textConfigPath.find('.', from), s.textConfigPath.size());
+            t = &t->at(s.textConfigPath.substr(from, dot - from));
+            from = dot + 1;
+        }
+        s.quant = quantization(Config(*t, c.file(), c.key(s.textConfigPath)));
+    }
     return s;
 }
 
@@ -622,8 +629,7 @@ void resolveTransposed(const Checkpoint& ckpt, ModelSpec& s) {
 // matrices' rows are whole blocks of 32.
 void checkMxfp4(const Checkpoint& ckpt, const ModelSpec& s) {
     const bool any = std::any_of(s.tensors.begin(), s.tensors.end(), [](const TensorRole& t) { return t.mxfp4; });
-    const std::string key =
-        s.textModelType.empty() ? "quantization_config.quant_method" : "text_config.quantization_config.quant_method";
+    const std::string key = s.configKey("quantization_config.quant_method");
     if (s.quant.method == "mxfp4" && !any)
         throw Error("mxfp4 is read for GPT-OSS's experts only, not for the " + s.family + " family", ckpt.configPath(),
                     key);

@@ -349,9 +349,10 @@ struct ModelSpec {
     int64_t numExperts = 0, topK = 0, expertFfn = 0, sharedFfn = 0;
     std::string numExpertsKey = "num_experts";  // the config key that gave numExperts (for errors)
     // a key of the language model's config as errors name it ("text_config.KEY" in a container)
-    std::string configKey(const std::string& k) const {
-        return textModelType.empty() ? k : std::string(kTextConfig) + "." + k;
-    }
+    std::string configKey(const std::string& k) const { return textModelType.empty() ? k : textConfigPath + "." + k; }
+    // where a container's language-model config sits ("text_config", Qwen3-Omni's
+    // "thinker_config.text_config"); with textModelType
+    std::string textConfigPath = kTextConfig;
     double rmsEps = 1e-6;
     // The decoder layers' input and post-attention norms' eps where it is not rms_norm_eps
     // (0: rmsEps). HF's JetMoE builds them without eps, so they use 1e-6 whatever the config says.

@@ -32,7 +32,7 @@ std::vector<SummaryRow> describeModel(const ModelSpec& s, const Checkpoint& ckpt
     rows.push_back({"Family", s.family, {{"family", s.family}}});
     if (!s.textModelType.empty())
         rows.push_back({"Language model",
-                        "text_config (" + s.textModelType + ") of the " + s.modelType + " checkpoint",
+                        s.textConfigPath + " (" + s.textModelType + ") of the " + s.modelType + " checkpoint",
                         {{"text_model_type", s.textModelType}}});
     rows.push_back({"Layers",
                     std::to_string(s.numLayers) + " (" + std::to_string(moe.size()) + " MoE)",

@@ -592,8 +592,10 @@ def reinitialised(model, seed=0, storage=None):
     return model
 
 
-def save_layouts(model, out_dir, storage=None):
-    """Writes out_dir/per_expert (save_pretrained) and out_dir/packed (in-memory state dict)."""
+def save_layouts(model, out_dir, storage=None, head="lm_head.weight", tied=None):
+    """Writes out_dir/per_expert (save_pretrained) and out_dir/packed (in-memory state dict); a tied
+    head (`tied`, else the config's tie_word_embeddings) is left out of the state dict (a container's
+    head: `head`)."""
     per = os.path.join(out_dir, "per_expert")
     packed = os.path.join(out_dir, "packed")
     if storage is not None:
@@ -602,8 +604,8 @@ def save_layouts(model, out_dir, storage=None):
     model.save_pretrained(per)
     os.makedirs(packed, exist_ok=True)
     sd = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
-    if getattr(model.config, "tie_word_embeddings", False):
-        sd.pop("lm_head.weight", None)
+    if getattr(model.config, "tie_word_embeddings", False) if tied is None else tied:
+        sd.pop(head, None)
     save_file(sd, os.path.join(packed, "model.safetensors"), metadata={"format": "pt"})
     with open(os.path.join(per, "config.json")) as f:
         cfg = json.load(f)

@@ -70,23 +70,11 @@ def built(tmp_path_factory):
     """name -> {layout: checkpoint dir}, and the float32 reference: each fixture written as released
     (save_pretrained) and as transformers 5 holds it (its state dict, the experts packed)."""
     t = require("transformers")
-    from safetensors.torch import save_file
     root = tmp_path_factory.mktemp("glm4v_moe")
     out = {}
     for name, text in TEXT.items():
         model = container(t.Glm4vMoeConfig(text_config=text, vision_config=VISION, tie_word_embeddings=name in TIED))
-        per = str(root / name / "per_expert")
-        model.save_pretrained(per)
-        packed = str(root / name / "packed")
-        os.makedirs(packed)
-        sd = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
-        if name in TIED:
-            sd.pop("lm_head.weight")
-        save_file(sd, os.path.join(packed, "model.safetensors"), metadata={"format": "pt"})
-        with open(os.path.join(per, "config.json")) as f:
-            cfg = json.load(f)
-        with open(os.path.join(packed, "config.json"), "w") as f:
-            json.dump(cfg, f, indent=2)
+        per, packed = fixtures.save_layouts(model, str(root / name))
         out[name] = ({"per_expert": per, "packed": packed}, fixtures.reference(loaded(per)))
     return out
 

@@ -10,20 +10,10 @@ const Family& family_qwen3_moe() {
         {"qwen3_moe"},
         [](ModelSpec& s, const Config& c) {
             fillCommon(s, c, {1e-6, 10000.0});
-            moeCounts(s, c, "num_experts", "moe_intermediate_size");
-            sparseLayers(s, c);
+            qwen3MoeDecoder(s, c, {}, false);
             globalSliding(s, c.optBool("use_sliding_window", false) ? c.optInt("sliding_window", 4096) : 0);
-            s.router.renormalize = c.optBool("norm_topk_prob", false);
-            s.router.weightsInHiddenDtype = true;
-            s.attn.qkvBias = s.attn.oBias = c.optBool("attention_bias", false);
-            s.attn.qkNorm = AttentionSpec::QKNorm::PerHead;
         },
-        [](ModelSpec& s, const TensorProbe& has) {
-            TableBuilder t(s);
-            hfDecoderTensors(t);
-            hfDenseMlp(t);
-            hfMlpExperts(t, has);
-        },
+        hfQwen3MoeTensors,
     };
     return f;
 }
