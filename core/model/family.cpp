@@ -119,9 +119,9 @@ const Family& familyOf(const Config& c, const std::string& what, bool containers
 
 Family containerFamily(std::string name, std::vector<std::string> modelTypes, std::vector<ContainerLayout> layouts,
                        std::vector<std::string> leftOut, std::string why, bool tiedByDefault, bool tieFromTextConfig,
-                       std::string defaultTextModelType, std::string parentConfig) {
-    auto configure = [tiedByDefault, tieFromTextConfig, defaultTextModelType, parentConfig](ModelSpec& s,
-                                                                                            const Config& c) {
+                       std::string defaultTextModelType, std::string parentConfig, bool textTypeFixed) {
+    auto configure = [tiedByDefault, tieFromTextConfig, defaultTextModelType, parentConfig, textTypeFixed](
+                         ModelSpec& s, const Config& c) {
         // the object that holds text_config (and the head's tie): the top level, or parentConfig in it
         const JsonIn parent = parentConfig.empty() ? c.in() : c.in()[parentConfig];
         if (!parent.isObject())
@@ -132,6 +132,11 @@ Family containerFamily(std::string name, std::vector<std::string> modelTypes, st
         if (!tc.isObject()) tc.fail("missing or not an object: the language model of a " + s.modelType + " checkpoint");
         nlohmann::json withType;  // text_config with the container's default model_type, where it names none
         const bool untyped = !defaultTextModelType.empty() && !tc.has("model_type");
+        // a container whose config class builds its text_config as one class reads it as that class
+        // whatever model_type it names: another one would open here as another family
+        if (textTypeFixed && !untyped && tc.has("model_type") && tc["model_type"].raw() != defaultTextModelType)
+            tc["model_type"].fail("must be " + defaultTextModelType + ": transformers' " + s.modelType +
+                                  " reads its language model as that class whatever model_type this names");
         if (untyped) {
             withType = tc.raw();
             withType["model_type"] = defaultTextModelType;
@@ -162,7 +167,7 @@ Family containerFamily(std::string name, std::vector<std::string> modelTypes, st
         };
         const size_t t0 = s.tensors.size(), k0 = s.skipped.size();
         const Family* text = familyFor(s.textModelType);
-        if (!text) throw Error("no family opens the language model '" + s.textModelType + "'", "", kTextConfig);
+        if (!text) throw Error("no family opens the language model '" + s.textModelType + "'", "", s.textConfigPath);
         text->tensors(s, [&](const std::string& n) { return has(moved(n)); });
         for (size_t i = t0; i < s.tensors.size(); ++i) s.tensors[i].name = moved(s.tensors[i].name);
         for (size_t i = k0; i < s.skipped.size(); ++i) s.skipped[i].name = moved(s.skipped[i].name);

@@ -93,10 +93,12 @@ struct ContainerLayout {
 // container's sub-config default; "" where one is required).
 // parentConfig: the key of the object that holds text_config and the head's tie (Qwen3-Omni's
 // thinker_config); "": the top level.
+// textTypeFixed: the container's config class builds text_config as defaultTextModelType's class
+// whatever model_type it names (GLM-4.5V, Qwen3-Omni): another model_type is refused.
 Family containerFamily(std::string name, std::vector<std::string> modelTypes, std::vector<ContainerLayout> layouts,
                        std::vector<std::string> leftOut, std::string why, bool tiedByDefault,
                        bool tieFromTextConfig = false, std::string defaultTextModelType = "",
-                       std::string parentConfig = "");
+                       std::string parentConfig = "", bool textTypeFixed = false);
 
 // ---- config helpers shared by families (transformers' conventions) ----
 

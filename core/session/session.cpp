@@ -516,11 +516,21 @@ int64_t checkModel(const SessionModel& m, const std::string& path) {
     if (cfg.contains("model_type") && cfg["model_type"] != m.modelType)
         throw Error("model_type " + cfg["model_type"].dump() + " differs from /model@model_type '" + m.modelType + "'",
                     path, "/model@config_json");
-    // a multimodal checkpoint's language model keeps its sizes under text_config
-    const auto tc = cfg.find("text_config");
-    const nlohmann::json& sizes = tc != cfg.end() && tc->is_object() ? *tc : cfg;
-    const auto v = sizes.find("vocab_size");
-    return v != sizes.end() && v->is_number_integer() ? v->get<int64_t>() : INT64_MAX;
+    // a multimodal checkpoint's language model keeps its sizes under text_config (Qwen3-Omni's under
+    // thinker_config.text_config)
+    const nlohmann::json* sizes = &cfg;
+    for (const nlohmann::json* o = &cfg; o;) {
+        const auto tc = o->find("text_config");
+        if (tc != o->end() && tc->is_object()) {
+            sizes = &*tc;
+            break;
+        }
+        const auto th = o->find("thinker_config");
+        o = o == &cfg && th != o->end() && th->is_object() ? &*th : nullptr;
+    }
+    const nlohmann::json& sz = *sizes;
+    const auto v = sz.find("vocab_size");
+    return v != sz.end() && v->is_number_integer() ? v->get<int64_t>() : INT64_MAX;
 }
 
 // An ExpertScope session file opened for reading; checks format and version.

@@ -117,12 +117,59 @@ def test_parity_device_bfloat16(cli, built, tmp_path, device):
 
 
 def test_refusals(cli, built, tmp_path):
-    """A QK-norm the text model does not have (use_qk_norm true, which transformers' class drops) is
-    refused by name."""
+    """A QK-norm the text model does not have (use_qk_norm true, which transformers' class drops), and a
+    text_config naming another model_type (the container reads it as glm4v_moe_text whatever it names),
+    are refused by name."""
     dirs, _ = built["groups_bias_shared"]
     d = fixtures.copy_checkpoint(dirs["per_expert"], str(tmp_path / "qk"),
                                  lambda c: c["text_config"].update(use_qk_norm=True))
     assert_info_refuses(cli, d, ["text_config.use_qk_norm", "no QK-norm"])
+    d = fixtures.copy_checkpoint(dirs["per_expert"], str(tmp_path / "type"),
+                                 lambda c: c["text_config"].update(model_type="glm4_moe"))
+    assert_info_refuses(cli, d, ["text_config.model_type", "must be glm4v_moe_text"])
+
+
+def test_head_tied_by_text_config_as_pre_v5_saves(cli, built, tmp_path):
+    """A pre-v5 save's tie_word_embeddings inside text_config ties the head (Glm4vMoeConfig carries it to
+    the top level): a file without lm_head.weight opens and traces as transformers ties it."""
+    h5py = require("h5py")
+    dirs, _ = built["groups_bias_shared"]
+
+    def pre_v5(c):
+        c.pop("tie_word_embeddings", None)
+        c["text_config"]["tie_word_embeddings"] = True
+
+    def drop_head(sd):
+        del sd["lm_head.weight"]
+
+    d = fixtures.copy_checkpoint(dirs["per_expert"], str(tmp_path / "pre_v5"), pre_v5, drop_head)
+    model = loaded(d)
+    assert model.config.tie_word_embeddings
+    out = str(tmp_path / "s.h5")
+    trace(cli, d, out, "--all-experts", "--save-logits", "--run", "r")
+    with h5py.File(out, "r") as f:
+        compare(f["runs/r"], fixtures.reference(model))
+
+
+def test_mtp_layer_left_out_whatever_the_config_says(cli, built, tmp_path):
+    """The layer after the last (the released MTP layer) is left out even where num_nextn_predict_layers
+    says 0 (GLM-4.6V's), as transformers drops it; the traces are the model's without it."""
+    torch = require("torch")
+    h5py = require("h5py")
+    dirs, ref = built["groups_bias_shared"]
+
+    def mtp(sd):
+        sd["model.language_model.layers.3.input_layernorm.weight"] = torch.ones(64)
+        sd["model.language_model.layers.3.eh_proj.weight"] = torch.ones(64, 128)
+
+    d = fixtures.copy_checkpoint(dirs["per_expert"], str(tmp_path / "mtp"),
+                                 lambda c: c["text_config"].update(num_nextn_predict_layers=0), mtp)
+    info = json.loads(run_cli(cli, "info", d, "--json").stdout)
+    assert "model.language_model.layers.3.*" in [x["tensors"] for x in info["left_out"]], info["left_out"]
+    out = str(tmp_path / "s.h5")
+    trace(cli, d, out, "--all-experts", "--save-logits", "--run", "r")
+    with h5py.File(out, "r") as f:
+        compare(f["runs/r"], ref)
 
 
 def test_text_config_without_model_type_is_glm4v_moe_text(cli, built, tmp_path):
@@ -143,8 +190,8 @@ def test_text_config_without_model_type_is_glm4v_moe_text(cli, built, tmp_path):
         compare(f["runs/r"], ref)
 
 
-@pytest.mark.parametrize("name", ["glm4_5v", "glm4_6v"])
-def test_published_config_opens_and_matches_hf(cli, tmp_path, name):
+@pytest.mark.parametrize("name,edit", [("glm4_5v", None), ("glm4_6v", None), ("glm4_5v", "rope")])
+def test_published_config_opens_and_matches_hf(cli, tmp_path, name, edit):
     """GLM-4.5V's and GLM-4.6V's config.json (tests/data/configs, SOURCES.md), shrunk only in sizes:
     hidden 4096 -> 64, 96 heads of 128 -> 4 of 16 (8 key/value heads -> 2: the grouping kept), the
     dense width and the experts' (128 of them, top-8 -> 16, top-4), 46 layers -> 3 (the dense first
@@ -153,7 +200,9 @@ def test_published_config_opens_and_matches_hf(cli, tmp_path, name):
     partial_rotary_factor, GLM-4.6V's rope_parameters, both mrope_sections (over the shrunk rotary
     half: [2, 1, 1]), the untied head, use_qk_norm false, GLM-4.6V's qk_layernorm. Float32 within
     rounding and bf16 bit for bit (the combine weights within one float32 step) against transformers'
-    Glm4vMoeForConditionalGeneration of the same dict."""
+    Glm4vMoeForConditionalGeneration of the same dict. edit "rope": GLM-4.5V's top-level rope_theta and
+    partial_rotary_factor set to values of no default (20000, 0.25; mrope_section [1, 1, 0] over the
+    quarter), which transformers reads beside its rope_scaling, and so must this."""
     t = require("transformers")
     h5py = require("h5py")
     with open(os.path.join(CONFIGS, f"{name}.json")) as f:
@@ -165,6 +214,9 @@ def test_published_config_opens_and_matches_hf(cli, tmp_path, name):
               vocab_size=128, pad_token_id=127)
     rope = tc.get("rope_parameters") or tc["rope_scaling"]
     rope["mrope_section"] = [2, 1, 1]
+    if edit == "rope":
+        tc.update(rope_theta=20000.0, partial_rotary_factor=0.25)
+        rope["mrope_section"] = [1, 1, 0]
     cfg["vision_config"].update(depth=1, hidden_size=16, intermediate_size=32, num_heads=2, out_hidden_size=64)
     kw = {k: v for k, v in cfg.items() if k not in ("model_type", "architectures")}
     model = container(t.Glm4vMoeConfig(**kw))
@@ -173,7 +225,8 @@ def test_published_config_opens_and_matches_hf(cli, tmp_path, name):
     with open(os.path.join(d, "config.json"), "w") as f:
         json.dump(cfg, f, indent=2)
     info = json.loads(run_cli(cli, "info", d, "--json").stdout)
-    assert info["moe_layers"] == [1, 2] and info["rope"]["theta"] == (1e4 if name == "glm4_5v" else 5e5)
+    assert info["moe_layers"] == [1, 2]
+    assert info["rope"]["theta"] == {"glm4_5v": 2e4 if edit else 1e4, "glm4_6v": 5e5}[name]
     out = str(tmp_path / "s.h5")
     trace(cli, d, out, "--all-experts", "--save-logits", "--run", "f32")
     trace(cli, d, out, "--dtype", "bfloat16", "--save-logits", "--run", "bf16")

@@ -139,6 +139,19 @@ def test_head_tied_by_thinker_config(cli, built, tmp_path):
     assert_info_refuses(cli, d, ["thinker.lm_head.weight", "does not tie the head"], file="top")
 
 
+def test_session_bounds_token_ids_by_the_thinker_vocabulary(cli, built, tmp_path):
+    """A session of a Qwen3-Omni run checks its token ids against the vocabulary of the nested
+    thinker_config.text_config (128 here): an id past it, written with h5py, is refused by name."""
+    h5py = require("h5py")
+    dirs, _ = built["gqa_dense_layer"]
+    out = str(tmp_path / "s.h5")
+    trace(cli, dirs["per_expert"], out, "--run", "r")
+    with h5py.File(out, "r+") as f:
+        f["runs/r/tokens"][0] = 500
+    r = run_cli(cli, "session", out, "--verify", check=False)
+    assert r.returncode == 1 and "outside the vocabulary [0, 128)" in r.stderr, r.stderr
+
+
 BAD_CONFIGS = [
     (lambda c: c.pop("thinker_config"), ["thinker_config", "missing or not an object"]),
     (lambda c: c["thinker_config"].pop("text_config"), ["thinker_config.text_config", "missing or not an object"]),
@@ -146,6 +159,10 @@ BAD_CONFIGS = [
      ["thinker_config.text_config.num_experts_per_tok"]),
     (lambda c: c["thinker_config"]["text_config"].update(shared_expert_intermediate_size=64),
      ["thinker_config.text_config.shared_expert_intermediate_size", "no shared expert"]),
+    (lambda c: c["thinker_config"]["text_config"].update(model_type="qwen3_moe"),
+     ["thinker_config.text_config.model_type", "must be qwen3_omni_moe_text"]),
+    (lambda c: c["thinker_config"]["text_config"].update(num_local_experts=c["thinker_config"]["text_config"].pop(
+        "num_experts")), ["thinker_config.text_config.num_local_experts", "reads num_experts"]),
 ]
 
 
@@ -155,8 +172,9 @@ def test_bad_configs_refused_by_name(cli, built, tmp_path, edit, words):
     assert_info_refuses(cli, fixtures.copy_checkpoint(dirs["per_expert"], str(tmp_path / "bad"), edit), words)
 
 
-@pytest.mark.parametrize("name", ["qwen3_omni_30b_a3b_instruct", "qwen3_omni_30b_a3b_thinking"])
-def test_published_config_opens_and_matches_hf(cli, tmp_path, name):
+@pytest.mark.parametrize("name,edit", [("qwen3_omni_30b_a3b_instruct", None), ("qwen3_omni_30b_a3b_thinking", None),
+                                       ("qwen3_omni_30b_a3b_thinking", "rope")])
+def test_published_config_opens_and_matches_hf(cli, tmp_path, name, edit):
     """Qwen3-Omni-30B-A3B-Instruct's and -Thinking's config.json (tests/data/configs, SOURCES.md), shrunk
     only in sizes: the thinker's text model (hidden 2048 -> 64, 32 heads of 128 -> 4 of 16 with 4 key/value
     heads -> 1 (the grouping kept), 128 experts of 768 -> 16 of 32 (top-8 -> top-4), 48 layers -> 2, the
@@ -166,7 +184,9 @@ def test_published_config_opens_and_matches_hf(cli, tmp_path, name):
     and the Instruct model's talker_config, code2wav_config and enable_audio_output true (the reference,
     transformers' Qwen3OmniMoeForConditionalGeneration of the same dict, is built without its talker, whose
     published size a test cannot hold, and the file holds the thinker's tensors only: they are all the
-    thinker's forward reads). Float32 within rounding and bf16 bit for bit."""
+    thinker's forward reads). Float32 within rounding and bf16 bit for bit. edit "rope": the top-level
+    rope_theta beside rope_scaling set to a value of no default (5e5), which transformers reads, and so
+    must this."""
     t = require("transformers")
     h5py = require("h5py")
     with open(os.path.join(CONFIGS, f"{name}.json")) as f:
@@ -177,6 +197,8 @@ def test_published_config_opens_and_matches_hf(cli, tmp_path, name):
     tc.update(hidden_size=64, num_attention_heads=4, num_key_value_heads=1, head_dim=16, intermediate_size=96,
               moe_intermediate_size=32, num_experts=16, num_experts_per_tok=4, num_hidden_layers=2, vocab_size=128)
     tc["rope_scaling"]["mrope_section"] = [4, 2, 2]
+    if edit == "rope":
+        tc["rope_theta"] = 5e5
     th["audio_config"].update(AUDIO)
     th["vision_config"].update(VISION)
     kw = {k: v for k, v in cfg.items() if k not in ("model_type", "architectures")}
@@ -189,7 +211,8 @@ def test_published_config_opens_and_matches_hf(cli, tmp_path, name):
     with open(os.path.join(d, "config.json"), "w") as f:
         json.dump(cfg, f, indent=2)
     info = json.loads(run_cli(cli, "info", d, "--json").stdout)
-    assert info["moe_layers"] == [0, 1] and info["rope"]["theta"] == 1e6 and info["num_experts"] == 16
+    assert info["moe_layers"] == [0, 1] and info["rope"]["theta"] == (5e5 if edit else 1e6)
+    assert info["num_experts"] == 16
     out = str(tmp_path / "s.h5")
     trace(cli, d, out, "--all-experts", "--save-logits", "--run", "f32")
     trace(cli, d, out, "--dtype", "bfloat16", "--save-logits", "--run", "bf16")

@@ -4,7 +4,7 @@
 // (attention_bias true); RoPE on the first partial_rotary_factor (0.5) of each head. Its MRoPE
 // (mrope_section) gives the three position streams of a text prompt the same ids, which turns
 // queries and keys as RoPE does. DeepSeek-V3's router, the shared expert and the dense first
-// layers as GLM-4.5's; the MTP layer left out.
+// layers as GLM-4.5's; the MTP layer left out (always the one after the last, as transformers drops it).
 #include "model/family.h"
 
 namespace es {
@@ -24,6 +24,9 @@ const Family& family_glm4v_moe_text() {
             s.attn.oBias = false;
             deepseekLayers(s, c, {1, 10944, 1});
             noauxRouter(s, c, {1, 1, 1.0, true, 1});
+            // the layer after the last (the released checkpoints' MTP layer) is left out whatever
+            // num_nextn_predict_layers says: the class reads no MTP count and drops that layer
+            s.mtpLayers = 1;
         },
         hfNoauxTensors,
     };

@@ -5,7 +5,9 @@
 // towers under thinker.model.audio_tower.* and thinker.model.visual.*). The thinker's audio and
 // vision towers, the talker (itself a MoE that speaks the thinker's answer) and the code-to-waveform
 // decoder are left out: the traced forward is the thinker's on text. The head is tied by
-// thinker_config's tie_word_embeddings (default false), as transformers ties the thinker.
+// thinker_config's tie_word_embeddings (default false), as transformers ties the thinker. The
+// thinker's config class reads text_config as its own text class whatever model_type it names, so
+// another model_type is refused.
 #include "model/family.h"
 
 namespace es {
@@ -17,7 +19,7 @@ const Family& family_qwen3_omni_moe() {
         {"thinker.audio_tower.", "thinker.visual.", "thinker.model.audio_tower.", "thinker.model.visual.", "talker.",
          "code2wav."},
         "audio and vision towers, talker and waveform decoder, not part of the thinker's forward on text", false, false,
-        "qwen3_omni_moe_text", "thinker_config");
+        "qwen3_omni_moe_text", "thinker_config", true);
     return f;
 }
 

@@ -16,7 +16,12 @@ const Family& family_qwen3_omni_moe_text() {
             if (c.optInt("shared_expert_intermediate_size", 0) != 0)
                 c.fail("shared_expert_intermediate_size",
                        "must be 0: transformers' Qwen3-Omni thinker has no shared expert (it reads no such key)");
-            fillCommon(s, c, {1e-6, 1e6});
+            if (c.has("num_local_experts") && !c.has("num_experts"))
+                c.fail("num_local_experts",
+                       "transformers' Qwen3-Omni text model reads num_experts (it maps no "
+                       "other name onto it)");
+            fillCommon(s, c, {1e-6, 1e6, true, 0, 4});
+            s.maxPositions = c.optInt("max_position_embeddings", 32768);
             qwen3MoeDecoder(s, c, {128, 8, 768}, true);
         },
         hfQwen3MoeTensors,
