@@ -118,10 +118,10 @@ const Family& familyOf(const Config& c, const std::string& what, bool containers
 }
 
 Family containerFamily(std::string name, std::vector<std::string> modelTypes, std::vector<ContainerLayout> layouts,
-                       std::vector<std::string> leftOut, std::string why, bool tiedByDefault, bool tieFromTextConfig,
+                       std::vector<std::string> leftOut, std::string why, bool tiedByDefault, HeadTie tie,
                        std::string defaultTextModelType, std::string parentConfig, bool textTypeFixed) {
-    auto configure = [tiedByDefault, tieFromTextConfig, defaultTextModelType, parentConfig, textTypeFixed](
-                         ModelSpec& s, const Config& c) {
+    auto configure = [tiedByDefault, tie, defaultTextModelType, parentConfig, textTypeFixed](ModelSpec& s,
+                                                                                             const Config& c) {
         // the object that holds text_config (and the head's tie): the top level, or parentConfig in it
         const JsonIn parent = parentConfig.empty() ? c.in() : c.in()[parentConfig];
         if (!parent.isObject())
@@ -151,7 +151,9 @@ Family containerFamily(std::string name, std::vector<std::string> modelTypes, st
         s.family = f->name;
         f->configure(s, t);
         s.modelType = outer;
-        if (!tieFromTextConfig) s.tieEmbeddings = pc.optBool("tie_word_embeddings", tiedByDefault);
+        if (tie == HeadTie::Container) s.tieEmbeddings = pc.optBool("tie_word_embeddings", tiedByDefault);
+        if (tie == HeadTie::Either)
+            s.tieEmbeddings = s.tieEmbeddings || pc.optBool("tie_word_embeddings", tiedByDefault);
     };
     auto tensors = [layouts, leftOut, why](ModelSpec& s, const TensorProbe& has) {
         const ContainerLayout* l = &layouts.front();

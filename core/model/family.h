@@ -85,10 +85,11 @@ std::string modelTypeOf(const Config& c);
 struct ContainerLayout {
     std::string model, lmHead;
 };
-// The head is tied by the container's top-level tie_word_embeddings (its class default
-// `tiedByDefault`), as transformers ties it, not by the text_config's.
-// tieFromTextConfig: the text_config's own tie_word_embeddings ties it instead (Llama 4: transformers
-// ties its language_model by the language model's config).
+// Which tie_word_embeddings ties the head, as transformers ties it: the container's (its class
+// default `tiedByDefault`; the object that holds text_config), the text_config's own instead
+// (Llama 4: transformers ties its language_model by the language model's config), or either (GLM-4.5V:
+// Glm4vMoeConfig carries a pre-v5 text_config's true over to the top level).
+enum class HeadTie { Container, TextConfig, Either };
 // defaultTextModelType: the language model's model_type where text_config names none (the
 // container's sub-config default; "" where one is required).
 // parentConfig: the key of the object that holds text_config and the head's tie (Qwen3-Omni's
@@ -97,7 +98,7 @@ struct ContainerLayout {
 // whatever model_type it names (GLM-4.5V, Qwen3-Omni): another model_type is refused.
 Family containerFamily(std::string name, std::vector<std::string> modelTypes, std::vector<ContainerLayout> layouts,
                        std::vector<std::string> leftOut, std::string why, bool tiedByDefault,
-                       bool tieFromTextConfig = false, std::string defaultTextModelType = "",
+                       HeadTie tie = HeadTie::Container, std::string defaultTextModelType = "",
                        std::string parentConfig = "", bool textTypeFixed = false);
 
 // ---- config helpers shared by families (transformers' conventions) ----

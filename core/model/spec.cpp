@@ -466,13 +466,9 @@ ModelSpec configured(const Config& c, const Family*& fam) {
     fam->configure(s, c);
     s.quant = quantization(c);
     if (s.quant.method.empty() && !s.textModelType.empty()) {  // a container's text model quantized alone
-        const nlohmann::json* t = &c.raw();
-        for (size_t from = 0; from <= s.textConfigPath.size();) {  // the dotted path, one key at a time
-            const size_t dot = std::min(s.textConfigPath.find('.', from), s.textConfigPath.size());
-            t = &t->at(s.textConfigPath.substr(from, dot - from));
-            from = dot + 1;
-        }
-        s.quant = quantization(Config(*t, c.file(), c.key(s.textConfigPath)));
+        std::string at = "/" + s.textConfigPath;               // the dotted path as a JSON pointer
+        std::replace(at.begin(), at.end(), '.', '/');
+        s.quant = quantization(Config(c.raw().at(nlohmann::json::json_pointer(at)), c.file(), c.key(s.textConfigPath)));
     }
     return s;
 }

@@ -235,19 +235,22 @@ std::vector<SummaryRow> describeModel(const ModelSpec& s, const Checkpoint& ckpt
     const bool gated = s.attn.outputGate || s.has(Role::AttnGate);
     if (gated) attn.text += ", an output gate per head (sigmoid)";
     attn.fields.push_back({"attention_output_gate", gated});
-    // linear-attention layers (Gated DeltaNet): which, and its sizes
-    std::vector<int> linear;
+    // the layers of another token mixer (Gated DeltaNet, LFM2's short convolution): which, and their sizes
+    std::vector<int> linear, conv;
     for (int l = 0; l < s.numLayers; ++l)
         if (s.layers[l].linearAttention()) linear.push_back(l);
+        else if (s.layers[l].shortConv()) conv.push_back(l);
     attn.fields.push_back({"linear_attention_layers", linear});
+    attn.fields.push_back({"short_conv_layers", conv});
+    if (const size_t other = linear.size() + conv.size(); other > 0)
+        attn.text = std::string(s.attn.kindName()) + " on " + std::to_string(s.numLayers - other) + " of " +
+                    std::to_string(s.numLayers) + " layers" + attn.text.substr(std::strlen(s.attn.kindName()));
     if (!linear.empty()) {
         const LinearAttentionSpec& g = s.linear;
-        attn.text = std::string(s.attn.kindName()) + " on " + std::to_string(s.numLayers - linear.size()) + " of " +
-                    std::to_string(s.numLayers) + " layers" + attn.text.substr(std::strlen(s.attn.kindName())) +
-                    "; Gated DeltaNet (linear attention) on " + std::to_string(linear.size()) + ": " +
-                    std::to_string(g.kHeads) + " key heads of " + std::to_string(g.kHeadDim) + ", " +
-                    std::to_string(g.vHeads) + " value heads of " + std::to_string(g.vHeadDim) + ", convolution " +
-                    std::to_string(g.kernel) + " wide, chunks of " + std::to_string(g.chunk);
+        attn.text += "; Gated DeltaNet (linear attention) on " + std::to_string(linear.size()) + ": " +
+                     std::to_string(g.kHeads) + " key heads of " + std::to_string(g.kHeadDim) + ", " +
+                     std::to_string(g.vHeads) + " value heads of " + std::to_string(g.vHeadDim) + ", convolution " +
+                     std::to_string(g.kernel) + " wide, chunks of " + std::to_string(g.chunk);
         attn.fields.push_back({"linear_attention", oj{{"num_key_heads", g.kHeads},
                                                       {"num_value_heads", g.vHeads},
                                                       {"key_head_dim", g.kHeadDim},
@@ -255,16 +258,9 @@ std::vector<SummaryRow> describeModel(const ModelSpec& s, const Checkpoint& ckpt
                                                       {"conv_kernel", g.kernel},
                                                       {"chunk_size", g.chunk}}});
     }
-    // short-convolution layers (LFM2): which, and the kernel's width
-    std::vector<int> conv;
-    for (int l = 0; l < s.numLayers; ++l)
-        if (s.layers[l].shortConv()) conv.push_back(l);
-    attn.fields.push_back({"short_conv_layers", conv});
     if (!conv.empty()) {
-        attn.text = std::string(s.attn.kindName()) + " on " + std::to_string(s.numLayers - conv.size()) + " of " +
-                    std::to_string(s.numLayers) + " layers" + attn.text.substr(std::strlen(s.attn.kindName())) +
-                    "; a gated short convolution on " + std::to_string(conv.size()) + ": " +
-                    std::to_string(s.shortConv.kernel) + " wide" + (s.shortConv.bias ? ", with biases" : "");
+        attn.text += "; a gated short convolution on " + std::to_string(conv.size()) + ": " +
+                     std::to_string(s.shortConv.kernel) + " wide" + (s.shortConv.bias ? ", with biases" : "");
         attn.fields.push_back({"short_conv", oj{{"conv_kernel", s.shortConv.kernel}, {"bias", s.shortConv.bias}}});
     }
     if (s.attn.isMoa()) {

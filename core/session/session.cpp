@@ -518,19 +518,16 @@ int64_t checkModel(const SessionModel& m, const std::string& path) {
                     path, "/model@config_json");
     // a multimodal checkpoint's language model keeps its sizes under text_config (Qwen3-Omni's under
     // thinker_config.text_config)
-    const nlohmann::json* sizes = &cfg;
-    for (const nlohmann::json* o = &cfg; o;) {
-        const auto tc = o->find("text_config");
-        if (tc != o->end() && tc->is_object()) {
-            sizes = &*tc;
-            break;
-        }
-        const auto th = o->find("thinker_config");
-        o = o == &cfg && th != o->end() && th->is_object() ? &*th : nullptr;
-    }
-    const nlohmann::json& sz = *sizes;
-    const auto v = sz.find("vocab_size");
-    return v != sz.end() && v->is_number_integer() ? v->get<int64_t>() : INT64_MAX;
+    auto textOf = [](const nlohmann::json& o) -> const nlohmann::json* {
+        const auto t = o.find("text_config");
+        return t != o.end() && t->is_object() ? &*t : nullptr;
+    };
+    const auto th = cfg.find("thinker_config");
+    const nlohmann::json* sizes = textOf(cfg);
+    if (!sizes && th != cfg.end() && th->is_object()) sizes = textOf(*th);
+    if (!sizes) sizes = &cfg;
+    const auto v = sizes->find("vocab_size");
+    return v != sizes->end() && v->is_number_integer() ? v->get<int64_t>() : INT64_MAX;
 }
 
 // An ExpertScope session file opened for reading; checks format and version.

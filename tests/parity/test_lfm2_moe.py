@@ -17,7 +17,7 @@ import pytest
 
 from conftest import assert_info_refuses, assert_s1_is, assert_views_name_token_mixers, require, run_cli
 import fixtures
-from test_parity import assert_identical, compare
+from test_parity import assert_identical, compare, trace
 
 NAMES = ["lfm2_moe_bias_conv", "lfm2_moe_plain_untied"]
 _rng = np.random.default_rng(8)
@@ -25,10 +25,7 @@ PROMPTS = [[int(t) for t in _rng.integers(0, 97, n)] for n in (1, 2, 3, 41)]
 
 
 def trace_prompts(cli, ckpt, out, run, *extra, prompts=PROMPTS):
-    args = ["trace", ckpt, "--out", out, "--all-experts", "--save-logits", "--run", run, *extra]
-    for p in prompts:
-        args += ["--token-ids", ",".join(map(str, p))]
-    run_cli(cli, *args)
+    trace(cli, ckpt, out, "--all-experts", "--save-logits", "--run", run, *extra, prompts=prompts)
 
 
 def test_info(cli, build_fixture):
@@ -202,10 +199,8 @@ def test_published_config_opens_and_matches_hf(cli, tmp_path, name):
     assert info["moe_layers"] == [2, 3] and info["short_conv_layers"] == [0, 1, 3]
     assert info["num_experts"] == cfg["num_experts"] and info["rope"]["theta"] == 1e6
     out = str(tmp_path / "s.h5")
-    run_cli(cli, "trace", d, "--out", out, "--all-experts", "--save-logits", "--run", "f32",
-            *sum((["--token-ids", ",".join(map(str, p))] for p in fixtures.PROMPTS), []))
-    run_cli(cli, "trace", d, "--out", out, "--dtype", "bfloat16", "--save-logits", "--run", "bf16",
-            *sum((["--token-ids", ",".join(map(str, p))] for p in fixtures.PROMPTS), []))
+    trace(cli, d, out, "--all-experts", "--save-logits", "--run", "f32")
+    trace(cli, d, out, "--dtype", "bfloat16", "--save-logits", "--run", "bf16")
     with h5py.File(out, "r") as f:
         compare(f["runs/f32"], fixtures.reference(model))
         assert_identical(f["runs/bf16"], fixtures.reference(fixtures.hf_from_pretrained(d, torch.bfloat16)))

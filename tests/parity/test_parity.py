@@ -18,9 +18,9 @@ import fixtures
 NAMES = list(fixtures.CONFIGS)
 
 
-def trace(cli, ckpt, out, *extra):
+def trace(cli, ckpt, out, *extra, prompts=fixtures.PROMPTS):
     args = ["trace", ckpt, "--out", out, *extra]
-    for p in fixtures.PROMPTS:
+    for p in prompts:
         args += ["--token-ids", ",".join(map(str, p))]
     run_cli(cli, *args)
 

@@ -17,7 +17,7 @@ import pytest
 
 from conftest import assert_info_refuses, assert_s1_is, assert_views_name_token_mixers, require, run_cli
 import fixtures
-from test_parity import BF16_TOL, assert_identical, compare
+from test_parity import BF16_TOL, assert_identical, compare, trace
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CONFIGS = os.path.join(HERE, "..", "data", "configs")
@@ -27,10 +27,7 @@ LONG = [[int(t) for t in _rng.integers(0, 97, n)] for n in (150, 64, 37, 1)]
 
 
 def trace_long(cli, ckpt, out, run, *extra, prompts=LONG):
-    args = ["trace", ckpt, "--out", out, "--all-experts", "--save-logits", "--run", run, *extra]
-    for p in prompts:
-        args += ["--token-ids", ",".join(map(str, p))]
-    run_cli(cli, *args)
+    trace(cli, ckpt, out, "--all-experts", "--save-logits", "--run", run, *extra, prompts=prompts)
 
 
 def trace_long_and_compare(cli, ckpt, out, run, ref, *extra, prompts=LONG, **tol):

@@ -10,17 +10,10 @@
 namespace es {
 
 const Family& family_glm4v_moe() {
-    static const Family f = [] {
-        Family g = containerFamily("glm4v_moe", {"glm4v_moe"}, {{"model.language_model.", "lm_head."}},
-                                   {"model.visual."}, "vision tower, not part of the language model's forward on text",
-                                   false, false, "glm4v_moe_text", "", true);
-        g.configure = [inner = g.configure](ModelSpec& s, const Config& c) {
-            inner(s, c);
-            const Config text(c.raw().at(kTextConfig), c.file(), c.key(kTextConfig));
-            if (text.optBool("tie_word_embeddings", false)) s.tieEmbeddings = true;
-        };
-        return g;
-    }();
+    static const Family f =
+        containerFamily("glm4v_moe", {"glm4v_moe"}, {{"model.language_model.", "lm_head."}}, {"model.visual."},
+                        "vision tower, not part of the language model's forward on text", false, HeadTie::Either,
+                        "glm4v_moe_text", "", true);
     return f;
 }
 

@@ -11,11 +11,12 @@
 namespace es {
 
 const Family& family_kimi_k25() {
-    static const Family f = containerFamily(
-        "kimi_k25", {"kimi_k25"},
-        {{"language_model.model.", "language_model.lm_head."}, {"model.language_model.", "lm_head."}},
-        {"vision_tower.", "mm_projector.", "model.vision_tower.", "model.mm_projector."},
-        "vision tower and projector, not part of the language model's forward", true, false, "deepseek_v3");
+    static const Family f =
+        containerFamily("kimi_k25", {"kimi_k25"},
+                        {{"language_model.model.", "language_model.lm_head."}, {"model.language_model.", "lm_head."}},
+                        {"vision_tower.", "mm_projector.", "model.vision_tower.", "model.mm_projector."},
+                        "vision tower and projector, not part of the language model's forward", true,
+                        HeadTie::Container, "deepseek_v3");
     return f;
 }
 

@@ -9,10 +9,10 @@
 namespace es {
 
 const Family& family_llama4() {
-    static const Family f =
-        containerFamily("llama4", {"llama4"}, {{"language_model.model.", "language_model.lm_head."}},
-                        {"vision_model.", "multi_modal_projector."},
-                        "vision tower and projector, not part of the language model's forward", false, true);
+    static const Family f = containerFamily(
+        "llama4", {"llama4"}, {{"language_model.model.", "language_model.lm_head."}},
+        {"vision_model.", "multi_modal_projector."},
+        "vision tower and projector, not part of the language model's forward", false, HeadTie::TextConfig);
     return f;
 }
 

@@ -18,8 +18,8 @@ const Family& family_qwen3_omni_moe() {
         {{"thinker.model.", "thinker.lm_head."}, {"thinker.model.language_model.", "thinker.lm_head."}},
         {"thinker.audio_tower.", "thinker.visual.", "thinker.model.audio_tower.", "thinker.model.visual.", "talker.",
          "code2wav."},
-        "audio and vision towers, talker and waveform decoder, not part of the thinker's forward on text", false, false,
-        "qwen3_omni_moe_text", "thinker_config", true);
+        "audio and vision towers, talker and waveform decoder, not part of the thinker's forward on text", false,
+        HeadTie::Container, "qwen3_omni_moe_text", "thinker_config", true);
     return f;
 }
 
