@@ -173,6 +173,12 @@ struct AttentionSpec {
     // the scaled scores less their maximum, softmax in the activations' dtype; layers with sinks
     // always compute so
     bool eagerSoftmax = false;
+    // GraniteSWA's sinks (transformers' granite_swa eager attention): the softmax over the allowed
+    // keys alone, in float32 rounded to the activations' dtype, weighs the values, and each head's
+    // output is then scaled by sigmoid(logsumexp(scaled scores) - sink), the difference in the
+    // activations' dtype and the sigmoid in float32, rounded. false: GPT-OSS's sink logit joined to
+    // the softmax and its share dropped
+    bool sinkScalesOutput = false;
     // the softmax scale of q.k (Granite's attention_multiplier); 0: 1 / sqrt(head_dim)
     double softmaxScale = 0.0;
     // Grok-1's soft cap of the attention logits (max_attn_value): the scores q.k times the

@@ -139,7 +139,9 @@ std::vector<SummaryRow> describeModel(const ModelSpec& s, const Checkpoint& ckpt
                      {"experts_transposed", transposed}}});
     SummaryRow attn{"Attention", s.attn.kindName(), {{"attention", s.attn.kindName()}}};
     if (s.has(Role::Sinks))
-        attn.text += s.role(Role::Sinks).scope == Scope::SlidingAttention
+        attn.text += s.attn.sinkScalesOutput
+                         ? ", a sink per head scaling its output by sigmoid(logsumexp(scores) - sink)"
+                     : s.role(Role::Sinks).scope == Scope::SlidingAttention
                          ? ", a sink logit per head on the sliding-window layers"
                          : ", a sink logit per head";
     attn.fields.push_back({"attention_sinks", s.has(Role::Sinks)});
@@ -181,7 +183,8 @@ std::vector<SummaryRow> describeModel(const ModelSpec& s, const Checkpoint& ckpt
         chunked[std::to_string(c)] = ls;
     }
     attn.fields.push_back({"attention_chunk_layers", chunked});
-    if (!nope.empty()) attn.text += ", no RoPE on " + std::to_string(nope.size()) + " layers";
+    if (!nope.empty())
+        attn.text += ", no RoPE on " + std::to_string(nope.size()) + (nope.size() == 1 ? " layer" : " layers");
     attn.fields.push_back({"nope_layers", nope});
     if (s.attn.logitSoftcap > 0) {
         std::ostringstream t;
@@ -202,35 +205,41 @@ std::vector<SummaryRow> describeModel(const ModelSpec& s, const Checkpoint& ckpt
                                                         ? oj{{"attn_scale", s.attn.nopeTemperature.attnScale},
                                                              {"floor_scale", s.attn.nopeTemperature.floorScale}}
                                                         : oj()});
-    // layers with their own attention geometry and RoPE (Gemma 4's full-attention layers)
-    std::vector<int> own;
-    for (int l = 0; l < s.numLayers; ++l)
-        if (s.layers[l].headDim > 0 || s.layers[l].kvHeads > 0 || s.layers[l].valueFromKey || s.layers[l].ropeTable > 0)
-            own.push_back(l);
-    if (!own.empty()) {
-        const LayerSpec& L = s.layers[own.front()];
+    // layers with their own attention geometry or RoPE (Gemma 4's full-attention layers, Granite
+    // Swash's bases per layer), in groups of the same
+    std::map<std::tuple<int64_t, int64_t, bool, int>, std::vector<int>> own;
+    for (int l = 0; l < s.numLayers; ++l) {
+        const LayerSpec& L = s.layers[l];
+        if (L.headDim > 0 || L.kvHeads > 0 || L.valueFromKey || L.ropeTable > 0)
+            own[{s.layerHeadDim(l), s.layerKvHeads(l), L.valueFromKey, L.ropeTable}].push_back(l);
+    }
+    oj groups = oj::array();
+    for (const auto& [key, ls] : own) {
+        const LayerSpec& L = s.layers[ls.front()];
         const RopeTable* rt = L.ropeTable > 0 ? &s.ropeTables.at(L.ropeTable - 1) : nullptr;
         std::ostringstream t;
-        t << "; on " << own.size() << " layers heads of " << s.layerHeadDim(own.front()) << " with "
-          << s.layerKvHeads(own.front()) << " key/value heads" << (L.valueFromKey ? ", values from the keys" : "");
+        t << "; on " << ls.size() << (ls.size() == 1 ? " layer" : " layers");
+        if (L.headDim > 0 || L.kvHeads > 0 || L.valueFromKey)
+            t << " heads of " << s.layerHeadDim(ls.front()) << " with " << s.layerKvHeads(ls.front())
+              << " key/value heads" << (L.valueFromKey ? ", values from the keys" : "") << (rt ? "," : "");
         if (rt) {
-            t << ", RoPE theta " << rt->theta;
+            t << " RoPE theta " << rt->theta;
             if (rt->proportional) t << " (proportional, " << rt->partial << " of the pairs)";
-            else if (rt->headDim < s.layerHeadDim(own.front()))
+            else if (rt->headDim < s.layerHeadDim(ls.front()))
                 t << " on the first " << rt->headDim << " dimensions of each head";
         }
         attn.text += t.str();
-        attn.fields.push_back(
-            {"layer_attention", oj{{"layers", own},
-                                   {"head_dim", s.layerHeadDim(own.front())},
-                                   {"num_key_value_heads", s.layerKvHeads(own.front())},
-                                   {"values_from_keys", L.valueFromKey},
-                                   {"rope", rt ? oj{{"theta", rt->theta},
-                                                    {"proportional", rt->proportional},
-                                                    {"partial", rt->partial},
-                                                    {"rotary_dim", rt->proportional ? oj() : oj(rt->headDim)}}
-                                               : oj()}}});
+        groups.push_back(oj{{"layers", ls},
+                            {"head_dim", s.layerHeadDim(ls.front())},
+                            {"num_key_value_heads", s.layerKvHeads(ls.front())},
+                            {"values_from_keys", L.valueFromKey},
+                            {"rope", rt ? oj{{"theta", rt->theta},
+                                             {"proportional", rt->proportional},
+                                             {"partial", rt->partial},
+                                             {"rotary_dim", rt->proportional ? oj() : oj(rt->headDim)}}
+                                        : oj()}});
     }
+    attn.fields.push_back({"layer_attention", groups});
     if (s.attn.valueNorm) attn.text += ", values RMS-normed";
     const bool gated = s.attn.outputGate || s.has(Role::AttnGate);
     if (gated) attn.text += ", an output gate per head (sigmoid)";

@@ -187,6 +187,22 @@ CONFIGS = {
         num_attention_heads=4, num_key_value_heads=4, num_local_experts=8, num_experts_per_tok=3,
         intermediate_size=24, shared_intermediate_size=56, embedding_multiplier=3.0, residual_multiplier=0.5,
         attention_multiplier=0.2, logits_scaling=2.5)),
+    # Granite Swash (granitemoe_swa): sliding and full layers by layer_types, a window of 5 that the
+    # prompts outgrow, a sink per head scaling every layer's output, a RoPE base per layer (two
+    # bases of their own, the model's, and a layer without RoPE), the shared expert, attention
+    # biases, GQA, every multiplier, a tied head
+    "granitemoe_swa_sinks_theta": ("GraniteMoeSWAConfig", dict(
+        num_attention_heads=4, num_key_value_heads=2, num_hidden_layers=4,
+        layer_types=["sliding_attention", "full_attention", "sliding_attention", "sliding_attention"],
+        sliding_window=5, layer_rope_theta=[2000.0, 0, 500.0, 10000.0], num_local_experts=6, num_experts_per_tok=2,
+        intermediate_size=32, shared_intermediate_size=48, attention_bias=True, tie_word_embeddings=True,
+        embedding_multiplier=6.0, residual_multiplier=0.3, attention_multiplier=0.1, logits_scaling=4.0)),
+    # ... layer_types by the class's formula (every fourth from layer 0 full), a window of 3, one RoPE
+    # base of the model's own, a head_dim of its own, no shared expert, top-3 of 8, untied
+    "granitemoe_swa_default": ("GraniteMoeSWAConfig", dict(
+        num_attention_heads=4, num_key_value_heads=4, head_dim=24, num_hidden_layers=5, sliding_window=3,
+        num_local_experts=8, num_experts_per_tok=3, intermediate_size=32, embedding_multiplier=2.0,
+        attention_multiplier=0.2, rope_parameters=dict(rope_type="default", rope_theta=1000.0))),
     # ERNIE 4.5: use_bias (attention, dense and shared FFNs, the head), a tied head, MoE layers 1
     # and 3 of 5 (start 1, end 3, interval 2: layer 4 dense past the end), 2 shared experts, a
     # random correction bias on the softmax scores, interleaved RoPE, GQA
@@ -621,7 +637,8 @@ def _moe_blocks(model):
                 "DeepseekV3MoE", "DeepseekV2Moe", "Glm4MoeMoE", "Dots1MoE", "Glm4MoeLiteMoE", "Mistral4MoE",
                 "GraniteMoeMoE", "GraniteMoeSharedMoE", "HunYuanMoEV1Moe", "GptOssMLP", "DbrxFFN", "Llama4TextMoe",
                 "SolarOpenMoE", "DeepseekV32MoE", "GlmMoeDsaMoE", "MiMoV2FlashMoE",
-                "ExaoneMoeSparseMoEBlock", "HYV3MoE", "AfmoeSparseMoeBlock", "Glm4vMoeTextMoE"):
+                "ExaoneMoeSparseMoEBlock", "HYV3MoE", "AfmoeSparseMoeBlock", "Glm4vMoeTextMoE",
+                "GraniteMoeSWAMoE"):
             layer = int(mname.split(".blocks." if ".blocks." in mname else ".layers.")[1].split(".")[0])  # DBRX's
             blocks[layer] = m
     return blocks

@@ -154,10 +154,10 @@ def test_info(cli, built):
     assert info["sliding_window_layers"] == {"5": [0, 2]}  # the last layer forced to full attention
     assert [x["tensors"] for x in info["left_out"]] == ["model.vision_tower.*", "model.embed_vision.*"]
     assert info["router"] == "softmax, top-k, renormalise, x per-expert scale" and info["moe_beside_dense"] is True
-    assert info["layer_attention"] == {"layers": [1, 3], "head_dim": 32, "num_key_value_heads": 1,
-                                       "values_from_keys": True,
-                                       "rope": {"theta": 1e6, "proportional": True, "partial": 0.25,
-                                                                "rotary_dim": None}}
+    assert info["layer_attention"] == [{"layers": [1, 3], "head_dim": 32, "num_key_value_heads": 1,
+                                        "values_from_keys": True,
+                                        "rope": {"theta": 1e6, "proportional": True, "partial": 0.25,
+                                                 "rotary_dim": None}}]
     assert info["multipliers"]["final_logit_softcap"] == 30.0 and info["multipliers"]["embedding"] == 8.0
     info = json.loads(run_cli(cli, "info", built["own_values_bias"], "--json").stdout)
     assert info["sliding_window_layers"] == {"7": [0, 1, 2, 3, 4]}  # five sliding, one full, the last full

@@ -1,17 +1,22 @@
-"""Granite MoE (granitemoe, granitemoeshared) beyond the parity fixtures of test_parity.py
-(granitemoe_multipliers, granitemoeshared_shared: every multiplier, both on-disk expert layouts,
-float32, bfloat16 and float16): the published config of granite-3.1-3b-a800m-instruct
-(tests/data/configs, SOURCES.md) shrunk only in its sizes opens and matches transformers'
-GraniteMoeForCausalLM; `info` names the multipliers; damaged configs and tensors are named.
+"""Granite MoE (granitemoe, granitemoeshared, granitemoe_swa) beyond the parity fixtures of
+test_parity.py (granitemoe_multipliers, granitemoeshared_shared, granitemoe_swa_sinks_theta,
+granitemoe_swa_default: every multiplier, both on-disk expert layouts, float32, bfloat16 and float16,
+the bf16 run bit for bit): the published config of granite-3.1-3b-a800m-instruct (tests/data/configs,
+SOURCES.md) shrunk only in its sizes opens and matches transformers' GraniteMoeForCausalLM; `info`
+names the multipliers; Granite Swash's sinks, windows and RoPE bases per layer on a prompt of one
+token and on one long enough for the attention in blocks of queries, resident and layer-streamed;
+damaged configs and tensors are named.
 """
 import json
 import os
 
 import pytest
 
+import numpy as np
+
 from conftest import assert_info_refuses, require, run_cli
 import fixtures
-from test_parity import trace_and_compare
+from test_parity import assert_identical, compare, trace, trace_and_compare
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CONFIGS = os.path.join(HERE, "..", "data", "configs")
@@ -78,3 +83,84 @@ def test_bad_input_named(cli, build_fixture, tmp_path, i):
     cfg_fn, sd_fn, words = BAD[i]
     d = fixtures.copy_checkpoint(per, str(tmp_path / "bad"), cfg_fn, sd_fn)
     assert_info_refuses(cli, d, words, "config.json" if cfg_fn else "model.safetensors")
+
+
+# ---- Granite Swash (granitemoe_swa) ----
+
+def test_swa_info(cli, build_fixture):
+    """info names the sinks that scale the output, the windows, the layers without RoPE and the RoPE
+    bases of their own, as the config gives them or the class derives them."""
+    per, _, _ = build_fixture("granitemoe_swa_sinks_theta")
+    info = json.loads(run_cli(cli, "info", per, "--json").stdout)
+    assert info["model_type"] == "granitemoe_swa" and info["family"] == "granitemoe"
+    assert info["attention_sinks"] is True and info["sliding_window_layers"] == {"5": [0, 2, 3]}
+    assert info["nope_layers"] == [1] and info["rope"]["theta"] == 10000.0
+    assert [(g["layers"], g["rope"]["theta"], g["rope"]["rotary_dim"]) for g in info["layer_attention"]] == \
+        [([0], 2000.0, 16), ([2], 500.0, 16)]
+    assert info["shared_expert_intermediate_size"] == 48
+    text = run_cli(cli, "info", per).stdout
+    for words in ["a sink per head scaling its output by sigmoid(logsumexp(scores) - sink)",
+                  "sliding window 5 on 3 of 4 layers", "no RoPE on 1 layer;", "on 1 layer RoPE theta 2000",
+                  "on 1 layer RoPE theta 500"]:
+        assert words in text, (words, text)
+    per, _, _ = build_fixture("granitemoe_swa_default")
+    info = json.loads(run_cli(cli, "info", per, "--json").stdout)
+    assert info["sliding_window_layers"] == {"3": [1, 2, 3]} and info["nope_layers"] == []
+    assert info["layer_attention"] == [] and info["head_dim"] == 24
+
+
+_rng = np.random.default_rng(11)
+SWA_PROMPTS = [[int(t) for t in _rng.integers(0, 97, n)] for n in (1, 2100)]
+
+
+@pytest.mark.parametrize("name", ["granitemoe_swa_sinks_theta", "granitemoe_swa_default"])
+def test_swa_one_token_and_blocked_prompts(cli, build_fixture, tmp_path, name):
+    """A prompt of one token (the sink against a single key) and one of 2100 (past the 2048 tokens
+    from which the sliding and full layers attend in blocks of queries, each block's sink scale its
+    own): float32 within rounding, resident and layer-streamed, against transformers on the same
+    prompts; bf16 bit for bit."""
+    torch = require("torch")
+    h5py = require("h5py")
+    per, _, _ = build_fixture(name)
+    out = str(tmp_path / "s.h5")
+    ref32 = fixtures.reference(fixtures.hf_from_pretrained(per, torch.float32), prompts=SWA_PROMPTS)
+    ref16 = fixtures.reference(fixtures.hf_from_pretrained(per, torch.bfloat16), prompts=SWA_PROMPTS)
+    for run, extra in [("off", ()), ("on", ()), ("bf16", ("--dtype", "bfloat16"))]:
+        streaming = "on" if run == "on" else "off"
+        trace(cli, per, out, "--all-experts", "--save-logits", "--allow-long", "--layer-streaming", streaming,
+              "--run", run, *extra, prompts=SWA_PROMPTS)
+    with h5py.File(out, "r") as f:
+        compare(f["runs/off"], ref32)
+        compare(f["runs/on"], ref32)
+        assert_identical(f["runs/bf16"], ref16)
+
+
+SWA_BAD = [
+    (lambda c: c.update(sliding_window=None), None, ["sliding_window", "is null"]),
+    (lambda c: c.update(sliding_window=0), None, ["sliding_window"]),
+    (lambda c: c.update(layer_types=["sliding_attention", "linear_attention", "sliding_attention",
+                                     "sliding_attention"]), None, ["layer_types", "unknown layer type"]),
+    (lambda c: c.update(layer_rope_theta=[2000.0, 0, 500.0]), None, ["layer_rope_theta", "3 entries for 4 layers"]),
+    (lambda c: c.update(layer_rope_theta=[2000.0, -1, 500.0, 10000.0]), None,
+     ["layer_rope_theta[1]", "must be 0 (no RoPE) or between 1 and 1e12"]),
+    (lambda c: c.update(layer_rope_theta=[2000.0, "0", 500.0, 10000.0]), None,
+     ["layer_rope_theta[1]", "must be a number"]),
+    (lambda c: c.update(layer_rope_theta=10000.0), None, ["layer_rope_theta", "expected a list"]),
+    (lambda c: c.update(rope_parameters=dict(rope_type="yarn", rope_theta=10000.0, factor=2.0,
+                                             original_max_position_embeddings=128)), None,
+     ["layer_rope_theta", "a base other than rope_theta with a scaled RoPE type"]),
+    (None, lambda sd: _set(sd, "model.layers.2.self_attn.sinks", sd["model.layers.2.self_attn.sinks"][:3]),
+     ["model.layers.2.self_attn.sinks", "[3]", "[4]"]),
+    (None, lambda sd: sd.pop("model.layers.3.self_attn.sinks"),
+     ["model.layers.3.self_attn.sinks", "missing tensor", "(attention sinks)"]),
+]
+
+
+@pytest.mark.parametrize("i", range(len(SWA_BAD)))
+def test_swa_bad_input_named(cli, build_fixture, tmp_path, i):
+    """Each damage to a Granite Swash checkpoint is refused by `info` (exit 1) naming config.json and
+    its key, or model.safetensors and the tensor."""
+    per, _, _ = build_fixture("granitemoe_swa_sinks_theta")
+    cfg_fn, sd_fn, words = SWA_BAD[i]
+    d = fixtures.copy_checkpoint(per, str(tmp_path / "bad"), cfg_fn, sd_fn)
+    assert_info_refuses(cli, d, words, "config.json" if cfg_fn else "model.safetensors" if "[" in words[1] else "bad")

@@ -148,10 +148,10 @@ def test_info(cli, build_fixture):
     assert info["family"] == "mimo_v2_flash" and info["moe_layers"] == [1, 2, 3]
     assert info["sliding_window_layers"] == {"5": [1, 2]} and info["attention_sinks"] is True
     assert info["value_head_dim"] == 16 and info["value_scale"] == 0.5
-    assert info["layer_attention"] == {"layers": [1, 2], "head_dim": 24, "num_key_value_heads": 2,
-                                       "values_from_keys": False,
-                                       "rope": {"theta": 1000.0, "proportional": False, "partial": 1.0,
-                                                "rotary_dim": 8}}
+    assert info["layer_attention"] == [{"layers": [1, 2], "head_dim": 24, "num_key_value_heads": 2,
+                                        "values_from_keys": False,
+                                        "rope": {"theta": 1000.0, "proportional": False, "partial": 1.0,
+                                                 "rotary_dim": 8}}]
     text = run_cli(cli, "info", per).stdout
     for words in ["a sink logit per head on the sliding-window layers", "value heads of 16 times 0.5",
                   "RoPE theta 1000 on the first 8 dimensions of each head", "eager attention"]:

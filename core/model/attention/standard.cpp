@@ -36,11 +36,13 @@ void Model::Impl::loadStandardAttention(LayerWeights& w, int l) const {
 namespace {
 // Eager attention, queries in blocks of rows (a block's float32 scores, `extraCols` columns
 // besides the T keys, at most 64 MiB, at most 256 rows) so that the scores of a long prompt stay
-// bounded: `probs(qk, masked)` turns a block's q.k products [H, n, T] (the activations' dtype) and
-// its disallowed keys [n, T] into the probabilities that weigh the values. q, k, v: [H, T, hd]
-// (k, v repeated to H heads); allowed: [Tq, Tk] or undefined (causal, Tq = Tk).
+// bounded: `probs(qk, masked, rowScale)` turns a block's q.k products [H, n, T] (the activations'
+// dtype) and its disallowed keys [n, T] into the probabilities that weigh the values, and may set
+// rowScale [H, n], which then scales each query's output. q, k, v: [H, T, hd] (k, v repeated to H
+// heads); allowed: [Tq, Tk] or undefined (causal, Tq = Tk).
+using AttentionProbs = std::function<Tensor(const Tensor& qk, const Tensor& masked, Tensor& rowScale)>;
 Tensor blockedAttention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& allowed, int64_t extraCols,
-                        const std::function<Tensor(const Tensor& qk, const Tensor& masked)>& probs) {
+                        const AttentionProbs& probs) {
     const int64_t H = q.size(0), T = q.size(1), Tk = k.size(1);
     const int64_t kRows =
         std::clamp<int64_t>((int64_t{64} << 20) / std::max<int64_t>(1, H * (Tk + extraCols) * 4), 1, 256);
@@ -52,7 +54,9 @@ Tensor blockedAttention(const Tensor& q, const Tensor& k, const Tensor& v, const
         const Tensor ok = allowed.defined()
                               ? allowed.narrow(0, r0, n)
                               : torch::arange(Tk, idx).unsqueeze(0) <= torch::arange(r0, r0 + n, idx).unsqueeze(1);
-        out.push_back(torch::matmul(probs(qk, ok.logical_not()), v));
+        Tensor rowScale;
+        Tensor o = torch::matmul(probs(qk, ok.logical_not(), rowScale), v);
+        out.push_back(rowScale.defined() ? o * rowScale.unsqueeze(-1) : o);
     }
     return torch::cat(out, 1);
 }
@@ -66,11 +70,25 @@ Tensor eagerAttention(const Tensor& q, const Tensor& k, const Tensor& v, const T
                       double scale) {
     const int64_t H = q.size(0), Tk = k.size(1);
     const Tensor sink = sinks.defined() ? sinks.to(q.scalar_type()).view({H, 1, 1}) : Tensor();
-    return blockedAttention(q, k, v, allowed, sink.defined() ? 1 : 0, [&](const Tensor& qk, const Tensor& masked) {
-        Tensor c = (qk * scale).masked_fill(masked, -kInf);
-        if (sink.defined()) c = torch::cat({c, sink.expand({H, c.size(1), 1})}, -1);
-        c = c - std::get<0>(c.max(-1, true));
-        return c.softmax(-1).narrow(-1, 0, Tk);
+    return blockedAttention(q, k, v, allowed, sink.defined() ? 1 : 0,
+                            [&](const Tensor& qk, const Tensor& masked, Tensor&) {
+                                Tensor c = (qk * scale).masked_fill(masked, -kInf);
+                                if (sink.defined()) c = torch::cat({c, sink.expand({H, c.size(1), 1})}, -1);
+                                c = c - std::get<0>(c.max(-1, true));
+                                return c.softmax(-1).narrow(-1, 0, Tk);
+                            });
+}
+
+// GraniteSWA's sinks (its eager_attention_forward): per head, the scaled scores of the allowed keys,
+// softmax in float32 rounded to the activations' dtype; the output times sigmoid(logsumexp(scores)
+// - sink), the difference in the activations' dtype, the sigmoid in float32, rounded.
+Tensor sinkScaledAttention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& sinks,
+                           const Tensor& allowed, double scale) {
+    const Tensor sink = sinks.to(q.scalar_type()).view({q.size(0), 1});
+    return blockedAttention(q, k, v, allowed, 0, [&](const Tensor& qk, const Tensor& masked, Tensor& rowScale) {
+        const Tensor c = (qk * scale).masked_fill(masked, -kInf);
+        rowScale = (torch::logsumexp(c, -1) - sink).to(torch::kFloat).sigmoid().to(q.scalar_type());
+        return c.softmax(-1, torch::kFloat).to(q.scalar_type());
     });
 }
 
@@ -80,7 +98,7 @@ Tensor eagerAttention(const Tensor& q, const Tensor& k, const Tensor& v, const T
 // activations' dtype.
 Tensor softcapAttention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& allowed, double scale,
                         double cap, bool inFloat32) {
-    return blockedAttention(q, k, v, allowed, 0, [&](const Tensor& qk, const Tensor& masked) {
+    return blockedAttention(q, k, v, allowed, 0, [&](const Tensor& qk, const Tensor& masked, Tensor&) {
         Tensor s = (inFloat32 ? qk.to(torch::kFloat) : qk) * scale;
         s = torch::tanh(s / cap) * cap;
         return s.masked_fill(masked, -kInf).softmax(-1, torch::kFloat).to(q.scalar_type());
@@ -163,6 +181,7 @@ Tensor Model::Impl::attention(const LayerWeights& w, const Tensor& x, const Tens
     }
     // queries [H, n, hd] on keys and values [H, m, hd]: allowed [n, m], or undefined with `causal`
     auto attend = [&](const Tensor& qb, const Tensor& kb, const Tensor& vb, const Tensor& allowed, bool causal) {
+        if (w.sinks.defined() && a.sinkScalesOutput) return sinkScaledAttention(qb, kb, vb, w.sinks, allowed, scale);
         if (w.sinks.defined() || a.eagerSoftmax) return eagerAttention(qb, kb, vb, w.sinks, allowed, scale);
         if (a.logitSoftcap > 0) return softcapAttention(qb, kb, vb, allowed, scale, a.logitSoftcap, a.softcapInFloat32);
         const std::optional<Tensor> mask = allowed.defined() ? std::optional<Tensor>(allowed) : std::nullopt;
