@@ -577,12 +577,20 @@ void Model::Impl::step(int l, State& st, bool allExperts, const Tap& tap, const 
         // Grok-1: through their output norm; times Granite's residual_multiplier)
         const double eps = spec.blockEps();
         // (LayerNorm blocks: with their biases, PhiMoE's)
+        // (MiniMax's blocks: the normed input becomes the residual, which joins the output as
+        // residual x alpha + output x beta)
+        const ModelSpec::NormedResidual& nr = spec.normedResidual;
         auto in = [&](const Tensor& nw, const Tensor& nb) {
-            return spec.postNorm ? st.h[p] : norm(st.h[p], nw, eps, nb);
+            if (spec.postNorm) return st.h[p];
+            Tensor x = norm(st.h[p], nw, eps, nb);
+            if (nr.on) st.h[p] = x;
+            return x;
         };
-        auto join = [&](const Tensor& y, const Tensor& nw, const Tensor& nb, const Tensor& outNorm) {
+        auto join = [&](const Tensor& y, const Tensor& nw, const Tensor& nb, const Tensor& outNorm, double alpha = 1,
+                        double beta = 1) {
             const Tensor o = spec.postNorm ? norm(y, nw, eps, nb) : outNorm.defined() ? norm(y, outNorm, eps) : y;
-            st.h[p] = st.h[p] + (spec.residualScale != 1.0 ? o * spec.residualScale : o);
+            if (nr.on) st.h[p] = st.h[p] * alpha + o * beta;
+            else st.h[p] = st.h[p] + (spec.residualScale != 1.0 ? o * spec.residualScale : o);
         };
         if (spec.parallelBlock) {  // Cohere: attention and MLP side by side on one norm
             const Tensor x = norm(st.h[p], w.inNorm, eps);
@@ -600,16 +608,19 @@ void Model::Impl::step(int l, State& st, bool allExperts, const Tap& tap, const 
             join(a.y, w.inNorm, w.inNormB, w.attnOutNorm);
         } else {
             const LayerSpec& L = spec.layers[l];
-            join(L.linearAttention() ? gatedDeltaNet(w, x)
-                 : L.shortConv()     ? shortConv(w, x)
-                 : spec.attn.isMla() ? mlaAttention(w, x, st.cos[p], st.sin[p], l, st.indexChoice[p])
-                                     : attention(w, x, cos, sin, L),
-                 w.inNorm, w.inNormB, w.attnOutNorm);
+            const bool lin = L.linearAttention();
+            join(lin && spec.linear.lightning() ? lightningAttention(w, x, l)
+                 : lin                          ? gatedDeltaNet(w, x)
+                 : L.shortConv()                ? shortConv(w, x)
+                 : spec.attn.isMla()            ? mlaAttention(w, x, st.cos[p], st.sin[p], l, st.indexChoice[p])
+                                                : attention(w, x, cos, sin, L),
+                 w.inNorm, w.inNormB, w.attnOutNorm, lin ? nr.linearAlpha : nr.attnAlpha,
+                 lin ? nr.linearBeta : nr.attnBeta);
         }
         x = in(w.postNorm, w.postNormB);
         if (!isMoe) {
             if (tap) tap(p, x, nullptr);
-            join(ffn(x, w.mlp), w.postNorm, w.postNormB, w.ffnOutNorm);
+            join(ffn(x, w.mlp), w.postNorm, w.postNormB, w.ffnOutNorm, nr.mlpAlpha, nr.mlpBeta);
             if (w.layerScalar.defined()) st.h[p] = st.h[p] * w.layerScalar;
             continue;
         }
@@ -625,7 +636,7 @@ void Model::Impl::step(int l, State& st, bool allExperts, const Tap& tap, const 
         } else {
             auto m = moe(w, x, allExperts, keepChosen, {}, interventionOf(p));
             if (tap) tap(p, x, &m);
-            join(m.y, w.postNorm, w.postNormB, w.ffnOutNorm);
+            join(m.y, w.postNorm, w.postNormB, w.ffnOutNorm, nr.mlpAlpha, nr.mlpBeta);
         }
         if (w.layerScalar.defined()) st.h[p] = st.h[p] * w.layerScalar;
     }

@@ -268,7 +268,10 @@ struct LayerWeights {
     // b and a [vHeads, d], or Qwen3-Next's fused qkvz and ba; the convolution [convDim, 1, kernel],
     // dt bias, A_log, norm, out_proj
     Tensor linQkv, linZ, linB, linA, linQkvz, linBa, linConv, linDtBias, linALog, linNorm, linOut;
-    Tensor convIn, convInB, conv, convB, convOut, convOutB;   // LFM2's short convolution (convolution layers)
+    Tensor convIn, convInB, conv, convB, convOut, convOutB;  // LFM2's short convolution (convolution layers)
+    // MiniMax's lightning attention: qkv_proj, output_gate, norm, out_proj; the decay tables as the
+    // checkpoint holds them (undefined: computed)
+    Tensor lightQkv, lightGate, lightNorm, lightOut, lightSlope, lightQDecay, lightKDecay, lightDiagDecay;
     Tensor qa, qab, qaNorm, qbProj, kva, kvab, kvaNorm, kvb;  // MLA (q: q_proj without q LoRA)
     Tensor idxQ, idxK, idxKNorm, idxKNormB, idxWeights;  // MLA's sparse-attention indexer (idxWeights: float32 in f16)
     Ffn mlp;                                             // dense layers
@@ -514,6 +517,10 @@ struct Model::Impl {
     Tensor load(Role r, int l = -1, int e = -1) const { return load(spec.tensorName(r, l, e)); }
     // ... or none where the family has no such role or its scope leaves layer l out
     Tensor loadOpt(Role r, int l = -1) const { return spec.hasIn(r, l) ? load(r, l) : Tensor(); }
+    // ... or none where the file does not hold it (a role the table marks optional)
+    Tensor loadIfHeld(Role r, int l) const {
+        return spec.hasIn(r, l) && ckpt->find(spec.tensorName(r, l)) ? load(r, l) : Tensor();
+    }
     // A tensor transformers keeps in float32 whatever the model's dtype (the correction bias:
     // _keep_in_fp32_modules_strict), never rounded to the compute dtype.
     Tensor loadFloat32Opt(Role r, int l) const {
@@ -598,6 +605,7 @@ struct Model::Impl {
     void loadMlaAttention(LayerWeights& w, int l) const;
     void loadGatedDeltaNet(LayerWeights& w, int l) const;
     void loadShortConv(LayerWeights& w, int l) const;
+    void loadLightning(LayerWeights& w, int l) const;
     bool normFloat32() const { return spec.normWeightsFloat32InF16 && dtype == torch::kHalf; }
     // An RMSNorm's weights as norm() multiplies by them: 1 + w in float32 for zero-centred norms
     // (w in the compute dtype first, as transformers holds it), in float32 where GPT-OSS keeps them
@@ -614,7 +622,8 @@ struct Model::Impl {
         w.postNormB = loadOpt(Role::FfnNormBias, l);
         w.attnOutNorm = loadNorm(Role::AttnOutNorm, l);  // (AFMoE keeps them in float32 in float16 runs too)
         w.ffnOutNorm = loadNorm(Role::FfnOutNorm, l);
-        if (spec.layers[l].linearAttention()) loadGatedDeltaNet(w, l);
+        if (spec.layers[l].linearAttention() && spec.linear.lightning()) loadLightning(w, l);
+        else if (spec.layers[l].linearAttention()) loadGatedDeltaNet(w, l);
         else if (spec.layers[l].shortConv()) loadShortConv(w, l);
         else if (spec.attn.isMoa()) loadMoaAttention(w, l);
         else if (spec.attn.isMla()) loadMlaAttention(w, l);
@@ -640,6 +649,9 @@ struct Model::Impl {
     // LFM2's gated short convolution (attention/short_conv.cpp), spec.h's ShortConvSpec: x [T, d]
     // of one prompt, from a zero state.
     Tensor shortConv(const LayerWeights& w, const Tensor& x) const;
+    // MiniMax's lightning attention (attention/lightning.cpp), LinearAttentionSpec::Kind::Lightning:
+    // x [T, d] of one prompt in layer l, from a zero state.
+    Tensor lightningAttention(const LayerWeights& w, const Tensor& x, int l) const;
     // Standard and encoder attention (attention/standard.cpp).
     // `layer`: its sliding window or attention chunk, and whether it has positions (RoPE).
     Tensor attention(const LayerWeights& w, const Tensor& x, const Tensor& cos, const Tensor& sin,

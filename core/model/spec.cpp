@@ -236,6 +236,9 @@ int64_t ModelSpec::dim(Dim d, int layer) const {
         case Dim::ConvKernel:
             v = shortConv.kernel;
             break;
+        case Dim::LinBlock:
+            v = linear.chunk;
+            break;
     }
     return v * d.mul;
 }
@@ -498,6 +501,13 @@ void checkRuleTensors(const ModelSpec& s) {
          s.residualScale != 1.0 || !s.ropeTables.empty() || s.has(Role::AttnOutNorm) || s.has(Role::FfnOutNorm) ||
          s.has(Role::LayerScalar) || s.has(Role::FfnNorm)))
         throw Error("the " + s.family + " family combines parallel blocks with an option they do not apply", "",
+                    s.family);
+    // MiniMax's normed residual joins each block's output as it comes; none of the options that
+    // change a block's output or the stream's scale are applied with it
+    if (s.normedResidual.on &&
+        (s.parallelBlock || s.postNorm || s.moeBesideDense || s.residualScale != 1.0 || s.attn.isMoa() ||
+         s.has(Role::AttnOutNorm) || s.has(Role::FfnOutNorm) || s.has(Role::LayerScalar)))
+        throw Error("the " + s.family + " family combines its normed residual with an option it does not apply", "",
                     s.family);
     // interleaved RoPE rotates a permutation of each head (even dimensions, then odd): a per-head
     // norm after it would meet its weights permuted

@@ -246,16 +246,30 @@ struct RopeTable {
     bool proportional = false;
 };
 
-// Gated DeltaNet (Qwen3-Next, Qwen3.5), as transformers computes it without its optional fused
+// The linear attention of the LayerSpec::Mixer::LinearAttention layers, one of two kinds. Each
+// prompt starts from a zero state.
+// GatedDeltaNet (Qwen3-Next, Qwen3.5), as transformers computes it without its optional fused
 // kernels: q, k, v from one projection through a causal depthwise convolution (kernel wide, no
 // bias) and SiLU; per value head the decay g = -exp(A_log) softplus(a + dt_bias) and the write
 // strength beta = sigmoid(b); q and k L2-normalised, q scaled by 1 / sqrt(keyHeadDim), each key
 // head serving vHeads / kHeads value heads; the gated delta rule in float32 over chunks of
 // `chunk` positions (transformers' torch_chunk_gated_delta_rule); the output RMSNorm'd per value
-// head, times SiLU(z), then out_proj. Each prompt starts from a zero state.
+// head, times SiLU(z), then out_proj.
+// Lightning (MiniMax-Text-01 / M1; transformers' MiniMaxLightningAttention): per head of
+// AttentionSpec's heads x headDim, q, k and v from one projection (each head's [q | k | v]) through
+// SiLU; head h's decay rate s = (2^(-8 / H))^(h + 1) x (1 - l / (L - 1 + 1e-5) + 1e-5) in layer l
+// of L; in blocks of `chunk` positions, position i's output is the causal sum over its block's j
+// of (q_i . k_j) exp(-s (i - j)) v_j, plus (q_i exp(-s (i + 1))) times the state of the earlier
+// blocks, which decays by exp(-s n) over a block of n and gains (k_j exp(-s (n - 1 - j)))^T v_j;
+// every product in the activations' dtype, the decay tables computed in float32 and rounded to it
+// (transformers' buffers, or the checkpoint's where it holds them); the heads' outputs RMSNorm'd
+// together (eps 1e-6), times sigmoid(output_gate x), then out_proj.
 struct LinearAttentionSpec {
+    enum class Kind { GatedDeltaNet, Lightning };
+    Kind kind = Kind::GatedDeltaNet;
+    bool lightning() const { return kind == Kind::Lightning; }
     int64_t kHeads = 0, vHeads = 0, kHeadDim = 0, vHeadDim = 0, kernel = 0;
-    int64_t chunk = 64;
+    int64_t chunk = 64;  // Gated DeltaNet's chunk; Lightning's block_size
     int64_t keyDim() const { return kHeads * kHeadDim; }
     int64_t valueDim() const { return vHeads * vHeadDim; }
     int64_t convDim() const { return 2 * keyDim() + valueDim(); }
@@ -427,6 +441,14 @@ struct ModelSpec {
     // parallel blocks (Cohere): one input norm, attention and MLP both on it, both outputs joining
     // the residual stream (residual + attention, then + MLP); no norm before the MLP
     bool parallelBlock = false;
+    // MiniMax's blocks (its remote code's postnorm, which transformers' class always applies): each
+    // block's normed input replaces the residual stream before the block's output joins it, as
+    // residual x alpha + output x beta in the activations' dtype; alpha and beta of its own for the
+    // attention, linear-attention and MLP blocks
+    struct NormedResidual {
+        bool on = false;
+        double attnAlpha = 1, attnBeta = 1, linearAlpha = 1, linearBeta = 1, mlpAlpha = 1, mlpBeta = 1;
+    } normedResidual;
     bool lmHeadBias = false;  // PhiMoE's lm_head_bias (the table's Role::LmHeadBias)
     // biases on the dense MLPs' and the shared experts' projections (Hy3's mlp_bias; the table's
     // Ffn*Bias / Shared*Bias roles)

@@ -254,13 +254,22 @@ std::vector<SummaryRow> describeModel(const ModelSpec& s, const Checkpoint& ckpt
     if (const size_t other = linear.size() + conv.size(); other > 0)
         attn.text = std::string(s.attn.kindName()) + " on " + std::to_string(s.numLayers - other) + " of " +
                     std::to_string(s.numLayers) + " layers" + attn.text.substr(std::strlen(s.attn.kindName()));
-    if (!linear.empty()) {
+    if (!linear.empty() && s.linear.lightning()) {
+        attn.text += "; lightning attention (linear, decaying per head) on " + std::to_string(linear.size()) + ": " +
+                     std::to_string(s.attn.heads) + " heads of " + std::to_string(s.attn.headDim) + ", blocks of " +
+                     std::to_string(s.linear.chunk);
+        attn.fields.push_back({"linear_attention", oj{{"kind", "lightning"},
+                                                      {"num_heads", s.attn.heads},
+                                                      {"head_dim", s.attn.headDim},
+                                                      {"block_size", s.linear.chunk}}});
+    } else if (!linear.empty()) {
         const LinearAttentionSpec& g = s.linear;
         attn.text += "; Gated DeltaNet (linear attention) on " + std::to_string(linear.size()) + ": " +
                      std::to_string(g.kHeads) + " key heads of " + std::to_string(g.kHeadDim) + ", " +
                      std::to_string(g.vHeads) + " value heads of " + std::to_string(g.vHeadDim) + ", convolution " +
                      std::to_string(g.kernel) + " wide, chunks of " + std::to_string(g.chunk);
-        attn.fields.push_back({"linear_attention", oj{{"num_key_heads", g.kHeads},
+        attn.fields.push_back({"linear_attention", oj{{"kind", "gated_deltanet"},
+                                                      {"num_key_heads", g.kHeads},
                                                       {"num_value_heads", g.vHeads},
                                                       {"key_head_dim", g.kHeadDim},
                                                       {"value_head_dim", g.vHeadDim},
@@ -386,6 +395,20 @@ std::vector<SummaryRow> describeModel(const ModelSpec& s, const Checkpoint& ckpt
                                  {"logits_scale", s.logitsScale},
                                  {"attention_softmax_scale", s.attn.softmaxScale > 0 ? oj(s.attn.softmaxScale) : oj()},
                                  {"final_logit_softcap", s.finalLogitSoftcap > 0 ? oj(s.finalLogitSoftcap) : oj()}}}}});
+    }
+    // MiniMax's blocks: the normed input as the residual, residual x alpha + output x beta
+    if (const auto& nr = s.normedResidual; nr.on) {
+        std::ostringstream t;
+        t << "each block's normed input is the residual: residual x alpha + output x beta; attention " << nr.attnAlpha
+          << ", " << nr.attnBeta << "; linear attention " << nr.linearAlpha << ", " << nr.linearBeta << "; MLP "
+          << nr.mlpAlpha << ", " << nr.mlpBeta;
+        rows.push_back({"Residual",
+                        t.str(),
+                        {{"normed_residual", oj{{"attention", {nr.attnAlpha, nr.attnBeta}},
+                                                {"linear_attention", {nr.linearAlpha, nr.linearBeta}},
+                                                {"mlp", {nr.mlpAlpha, nr.mlpBeta}}}}}});
+    } else {
+        rows.push_back({"", "", {{"normed_residual", nullptr}}});
     }
     rows.push_back({"Vocabulary", std::to_string(s.vocab), {}});
     oj leftOut = oj::array();

@@ -174,6 +174,22 @@ const char* roleName(Role r) {
             return "linear attention's gated norm";
         case Role::LinOut:
             return "linear attention's output projection";
+        case Role::LightQKV:
+            return "lightning attention's q/k/v projection";
+        case Role::LightGate:
+            return "lightning attention's output gate";
+        case Role::LightNorm:
+            return "lightning attention's output norm";
+        case Role::LightOut:
+            return "lightning attention's output projection";
+        case Role::LightSlope:
+            return "lightning attention's decay rates";
+        case Role::LightQueryDecay:
+            return "lightning attention's query decays";
+        case Role::LightKeyDecay:
+            return "lightning attention's key decays";
+        case Role::LightDiagDecay:
+            return "lightning attention's in-block decays";
         case Role::ConvIn:
             return "short convolution's input projection";
         case Role::ConvInBias:

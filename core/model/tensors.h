@@ -83,6 +83,17 @@ enum class Role : uint8_t {
     LinALog,
     LinNorm,
     LinOut,
+    // MiniMax's lightning attention (Scope::LinearAttention, LinearAttentionSpec::Kind::Lightning):
+    // the fused q/k/v projection, the output gate, the RMSNorm over the heads' outputs, out_proj,
+    // and the decay tables transformers holds as buffers (optional: computed where absent)
+    LightQKV,
+    LightGate,
+    LightNorm,
+    LightOut,
+    LightSlope,
+    LightQueryDecay,
+    LightKeyDecay,
+    LightDiagDecay,
     // LFM2's gated short convolution (Scope::ShortConv): in_proj (B, C, x rows), the depthwise
     // convolution, out_proj, and their biases
     ConvIn,
@@ -194,6 +205,7 @@ struct Dim {
         LinKernel,    // the convolution's width
         LinQKVZ,      // LinConv + LinValue (Qwen3-Next's fused in_proj_qkvz)
         ConvKernel,   // the short convolution's width (ModelSpec::shortConv)
+        LinBlock,     // lightning attention's block (ModelSpec::linear.chunk)
     };
     Sym sym = One;
     int64_t mul = 1;

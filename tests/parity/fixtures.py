@@ -203,6 +203,24 @@ CONFIGS = {
         num_attention_heads=4, num_key_value_heads=4, head_dim=24, num_hidden_layers=5, sliding_window=3,
         num_local_experts=8, num_experts_per_tok=3, intermediate_size=32, embedding_multiplier=2.0,
         attention_multiplier=0.2, rope_parameters=dict(rope_type="default", rope_theta=1000.0))),
+    # MiniMax (Text-01 / M1 in transformers' format): lightning attention on three layers in blocks
+    # of 5 (the prompts span up to four), full attention with RoPE on rotary_dim 8 of each 16-wide
+    # head (honoured as the published code turns it: published_rope), GQA, every residual factor
+    # other than 1, top-2 of 6
+    "minimax_lightning_factors": ("MiniMaxConfig", dict(
+        num_attention_heads=4, num_key_value_heads=2, num_hidden_layers=4,
+        layer_types=["linear_attention", "full_attention", "linear_attention", "linear_attention"], block_size=5,
+        rotary_dim=8, num_local_experts=6, num_experts_per_tok=2, intermediate_size=32,
+        full_attn_alpha_factor=1.7, full_attn_beta_factor=0.8, linear_attn_alpha_factor=2.2,
+        linear_attn_beta_factor=1.3, mlp_alpha_factor=1.5, mlp_beta_factor=0.6,
+        rope_parameters=dict(rope_type="default", rope_theta=5000.0))),
+    # ... layer_types by the class's formula (the even layers full), blocks of 4, the whole head
+    # rotated (no rotary_dim), a head_dim of its own, a sliding window of 6 on the full layers, no
+    # GQA, top-3 of 8, a tied head, the factors' defaults
+    "minimax_default_window": ("MiniMaxConfig", dict(
+        num_attention_heads=4, num_key_value_heads=4, head_dim=24, num_hidden_layers=3, block_size=4,
+        sliding_window=6, num_local_experts=8, num_experts_per_tok=3, intermediate_size=24,
+        tie_word_embeddings=True)),
     # ERNIE 4.5: use_bias (attention, dense and shared FFNs, the head), a tied head, MoE layers 1
     # and 3 of 5 (start 1, end 3, interval 2: layer 4 dense past the end), 2 shared experts, a
     # random correction bias on the softmax scores, interleaved RoPE, GQA
@@ -534,6 +552,33 @@ def attention_of(cls):
     return "sdpa" if getattr(cls, "_supports_sdpa", True) else "eager"
 
 
+# MiniMax's partial RoPE (published_rope): MiniMax-M2's apply_rotary_pos_emb turns the first
+# cos.shape[-1] dimensions of each head and passes the rest (with a full-width table, the whole head,
+# as MiniMax's own does)
+import transformers.models.minimax.modeling_minimax as _minimax
+import transformers.models.minimax_m2.modeling_minimax_m2 as _minimax_m2
+
+_minimax.apply_rotary_pos_emb = _minimax_m2.apply_rotary_pos_emb
+
+
+def published_rope(model):
+    """MiniMax (Text-01 / M1) as its published code turns RoPE: on the first rotary_dim dimensions of
+    each head, with the frequency ladder over rotary_dim. transformers' MiniMax ignores rotary_dim (as
+    its MiniMax-M2 class did before transformers#48486); the reference takes the fixed M2 class's
+    pieces: its default frequencies over rotary_dim (partial_rotary_factor = rotary_dim / head_dim) and
+    its apply_rotary_pos_emb (patched in above). Other models are returned as they are."""
+    config = model.config
+    rot = getattr(config, "rotary_dim", None)
+    if getattr(config, "model_type", "") != "minimax" or rot is None:
+        return model
+    base = config.rope_parameters["rope_theta"]
+    inv = 1.0 / (base ** (torch.arange(0, rot, 2, dtype=torch.float) / rot))
+    rope = model.model.rotary_emb
+    rope.inv_freq = inv.to(rope.inv_freq.device)
+    rope.original_inv_freq = inv.clone()
+    return model
+
+
 def model_from_config(config, seed=0, storage=None):
     """An HF model of `config` in float32, every parameter re-initialised (see the top)."""
     config._attn_implementation = attention_of(causal_lm_class(config))
@@ -542,7 +587,7 @@ def model_from_config(config, seed=0, storage=None):
         model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     else:  # a class transformers does not register for AutoModelForCausalLM (Mistral 4)
         model = getattr(transformers, name)(config).to(torch.float32)
-    return reinitialised(model, seed, storage)
+    return published_rope(reinitialised(model, seed, storage))
 
 
 def published_checkpoint(cls_name, cfg, out_dir):
@@ -568,7 +613,7 @@ def hf_from_pretrained(path, dtype):
         else getattr(transformers, name)
     model = cls.from_pretrained(path, dtype=dtype, attn_implementation=attention_of(causal_lm_class(config)))
     model.eval()
-    return model
+    return published_rope(model)
 
 
 def reinitialised(model, seed=0, storage=None):

@@ -43,8 +43,8 @@ def test_info(cli, build_fixture):
     info = json.loads(run_cli(cli, "info", per, "--json").stdout)
     assert info["family"] == "qwen3_next" and info["moe_layers"] == [0, 1, 3]
     assert info["linear_attention_layers"] == [0, 2] and info["attention_output_gate"] is True
-    assert info["linear_attention"] == {"num_key_heads": 2, "num_value_heads": 4, "key_head_dim": 16,
-                                        "value_head_dim": 8, "conv_kernel": 4, "chunk_size": 64}
+    assert info["linear_attention"] == {"kind": "gated_deltanet", "num_key_heads": 2, "num_value_heads": 4,
+                                        "key_head_dim": 16, "value_head_dim": 8, "conv_kernel": 4, "chunk_size": 64}
     assert info["router"] == "softmax, top-k, renormalise, sigmoid-gated shared expert"
     text = run_cli(cli, "info", per).stdout
     for words in ("standard on 2 of 4 layers, an output gate per head (sigmoid)",
