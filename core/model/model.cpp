@@ -609,7 +609,7 @@ void Model::Impl::step(int l, State& st, bool allExperts, const Tap& tap, const 
         } else {
             const LayerSpec& L = spec.layers[l];
             const bool lin = L.linearAttention();
-            join(lin && spec.linear.lightning() ? lightningAttention(w, x, l)
+            join(lin && spec.linear.lightning() ? lightningAttention(w, x)
                  : lin                          ? gatedDeltaNet(w, x)
                  : L.shortConv()                ? shortConv(w, x)
                  : spec.attn.isMla()            ? mlaAttention(w, x, st.cos[p], st.sin[p], l, st.indexChoice[p])

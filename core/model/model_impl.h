@@ -262,15 +262,15 @@ struct LayerWeights {
     Tensor inNormB, postNormB;       // LayerNorm biases (BERT)
     Tensor attnOutNorm, ffnOutNorm;  // sandwich blocks (Grok-1): the norms of the attention's and the FFN's outputs
     Tensor q, k, v, o, qb, kb, vb, ob, qn, kn;
-    Tensor sinks;     // [H]: GPT-OSS's attention sinks
+    Tensor sinks;     // [H]: the attention sinks (GPT-OSS's, Granite Swash's)
     Tensor attnGate;  // [H x hd, d]: AFMoE's output gate projection
     // Gated DeltaNet (linear-attention layers): q/k/v rows in order [convDim, d], z [valueDim, d],
     // b and a [vHeads, d], or Qwen3-Next's fused qkvz and ba; the convolution [convDim, 1, kernel],
     // dt bias, A_log, norm, out_proj
     Tensor linQkv, linZ, linB, linA, linQkvz, linBa, linConv, linDtBias, linALog, linNorm, linOut;
     Tensor convIn, convInB, conv, convB, convOut, convOutB;  // LFM2's short convolution (convolution layers)
-    // MiniMax's lightning attention: qkv_proj, output_gate, norm, out_proj; the decay tables as the
-    // checkpoint holds them (undefined: computed)
+    // MiniMax's lightning attention: qkv_proj, output_gate, norm, out_proj; the decay tables (the
+    // checkpoint's, else computed at load)
     Tensor lightQkv, lightGate, lightNorm, lightOut, lightSlope, lightQDecay, lightKDecay, lightDiagDecay;
     Tensor qa, qab, qaNorm, qbProj, kva, kvab, kvaNorm, kvb;  // MLA (q: q_proj without q LoRA)
     Tensor idxQ, idxK, idxKNorm, idxKNormB, idxWeights;  // MLA's sparse-attention indexer (idxWeights: float32 in f16)
@@ -650,8 +650,8 @@ struct Model::Impl {
     // of one prompt, from a zero state.
     Tensor shortConv(const LayerWeights& w, const Tensor& x) const;
     // MiniMax's lightning attention (attention/lightning.cpp), LinearAttentionSpec::Kind::Lightning:
-    // x [T, d] of one prompt in layer l, from a zero state.
-    Tensor lightningAttention(const LayerWeights& w, const Tensor& x, int l) const;
+    // x [T, d] of one prompt, from a zero state.
+    Tensor lightningAttention(const LayerWeights& w, const Tensor& x) const;
     // Standard and encoder attention (attention/standard.cpp).
     // `layer`: its sliding window or attention chunk, and whether it has positions (RoPE).
     Tensor attention(const LayerWeights& w, const Tensor& x, const Tensor& cos, const Tensor& sin,

@@ -1,5 +1,6 @@
 #include "model/summary.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <map>
@@ -213,8 +214,11 @@ std::vector<SummaryRow> describeModel(const ModelSpec& s, const Checkpoint& ckpt
         if (L.headDim > 0 || L.kvHeads > 0 || L.valueFromKey || L.ropeTable > 0)
             own[{s.layerHeadDim(l), s.layerKvHeads(l), L.valueFromKey, L.ropeTable}].push_back(l);
     }
+    std::vector<std::vector<int>> byFirst;  // the groups in the order of their first layer
+    for (const auto& g : own) byFirst.push_back(g.second);
+    std::sort(byFirst.begin(), byFirst.end());
     oj groups = oj::array();
-    for (const auto& [key, ls] : own) {
+    for (const auto& ls : byFirst) {
         const LayerSpec& L = s.layers[ls.front()];
         const RopeTable* rt = L.ropeTable > 0 ? &s.ropeTables.at(L.ropeTable - 1) : nullptr;
         std::ostringstream t;

@@ -41,7 +41,8 @@ enum class Role : uint8_t {
     OBias,
     QNorm,
     KNorm,
-    Sinks,     // GPT-OSS's attention sinks: one logit per head joined to each softmax, then dropped
+    Sinks,     // attention sinks, one per head: GPT-OSS's logit joined to each softmax, then dropped, or
+               // Granite Swash's scale of each output (AttentionSpec::sinkScalesOutput)
     AttnGate,  // AFMoE's gate_proj: the heads' output times its sigmoid before o_proj
     // mixture of attention heads (JetMoE): router, per-expert query and output projections
     // (stacked), the output bias, and the shared key/value projection

@@ -116,9 +116,10 @@ SWA_PROMPTS = [[int(t) for t in _rng.integers(0, 97, n)] for n in (1, 2100)]
 @pytest.mark.parametrize("name", ["granitemoe_swa_sinks_theta", "granitemoe_swa_default"])
 def test_swa_one_token_and_blocked_prompts(cli, build_fixture, tmp_path, name):
     """A prompt of one token (the sink against a single key) and one of 2100 (past the 2048 tokens
-    from which the sliding and full layers attend in blocks of queries, each block's sink scale its
-    own): float32 within rounding, resident and layer-streamed, against transformers on the same
-    prompts; bf16 bit for bit."""
+    from which the sliding layers attend in blocks of queries against their windows' keys; the full
+    layers' scores come in blocks of rows at any length; each block's sink scale its own): float32
+    within rounding, resident and layer-streamed, against transformers on the same prompts; bf16 bit
+    for bit."""
     torch = require("torch")
     h5py = require("h5py")
     per, _, _ = build_fixture(name)

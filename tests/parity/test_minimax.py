@@ -60,8 +60,8 @@ def test_info(cli, build_fixture):
 def test_computed_decays_and_block_edges(cli, build_fixture, tmp_path, name):
     """As released (no decay buffers in the file): the decays computed as transformers computes them
     when the file holds none; prompts of 1 token, of one block, of one block and one more, and of many:
-    float32 within rounding, bf16 bit for bit, resident and layer-streamed. The file with the buffers
-    traces the same."""
+    float32 within rounding and bf16 bit for bit, each resident and layer-streamed. The file with the
+    buffers traces the same."""
     torch = require("torch")
     h5py = require("h5py")
     per, _, _ = build_fixture(name)
@@ -69,13 +69,15 @@ def test_computed_decays_and_block_edges(cli, build_fixture, tmp_path, name):
     ref32 = fixtures.reference(fixtures.hf_from_pretrained(bare, torch.float32), prompts=PROMPTS)
     ref16 = fixtures.reference(fixtures.hf_from_pretrained(bare, torch.bfloat16), prompts=PROMPTS)
     out = str(tmp_path / "s.h5")
-    trace_prompts(cli, bare, out, "f32")
+    trace_prompts(cli, bare, out, "f32", "--layer-streaming", "off")
+    trace_prompts(cli, bare, out, "f32streamed", "--layer-streaming", "on")
     stored = str(tmp_path / "stored.h5")
     trace_prompts(cli, per, stored, "stored")
     trace_prompts(cli, bare, out, "bf16", "--dtype", "bfloat16", "--layer-streaming", "off")
     trace_prompts(cli, bare, out, "streamed", "--dtype", "bfloat16", "--layer-streaming", "on")
     with h5py.File(out, "r") as f:
         compare(f["runs/f32"], ref32)
+        compare(f["runs/f32streamed"], ref32)
         assert_identical(f["runs/bf16"], ref16)
         assert_identical(f["runs/streamed"], ref16)
     with h5py.File(stored, "r") as f:
@@ -84,15 +86,16 @@ def test_computed_decays_and_block_edges(cli, build_fixture, tmp_path, name):
 
 def test_stored_decays_are_read(cli, build_fixture, tmp_path):
     """Decay tables the file holds are used as transformers uses them, whatever they say: a file whose
-    decay rates are halved traces as transformers runs that file, not as the computed rates would."""
+    four tables are each scaled by its own factor traces as transformers runs that file, not as the
+    computed tables would; so does a file that holds only some of them (the others computed)."""
     torch = require("torch")
     h5py = require("h5py")
     per, _, _ = build_fixture("minimax_lightning_factors")
 
     def halved(sd):
         for k in [k for k in sd if k.endswith(BUFFERS)]:
-            if k.endswith("slope_rate"):
-                sd[k] = sd[k] / 2
+            sd[k] = sd[k] * {"slope_rate": 0.5, "query_decay": 0.9, "key_decay": 1.1, "diagonal_decay": 0.8}[
+                k.rsplit(".", 1)[1]]
 
     d = fixtures.copy_checkpoint(per, str(tmp_path / "halved"), None, halved)
     ref = fixtures.reference(fixtures.hf_from_pretrained(d, torch.float32))
@@ -103,13 +106,25 @@ def test_stored_decays_are_read(cli, build_fixture, tmp_path):
     with h5py.File(out, "r") as f:
         compare(f["runs/r"], ref)
 
+    def some(sd):
+        halved(sd)
+        for k in [k for k in sd if k.endswith(("query_decay", "diagonal_decay"))]:
+            del sd[k]
+
+    d = fixtures.copy_checkpoint(per, str(tmp_path / "some"), None, some)
+    ref = fixtures.reference(fixtures.hf_from_pretrained(d, torch.float32))
+    out = str(tmp_path / "some.h5")
+    trace(cli, d, out, "--all-experts", "--save-logits", "--run", "r")
+    with h5py.File(out, "r") as f:
+        compare(f["runs/r"], ref)
+
 
 CONFIGS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "data", "configs")
 
 
 def test_published_config_opens_and_matches_hf(cli, tmp_path):
     """MiniMax-Text-01-hf's config.json (tests/data/configs, SOURCES.md; byte-checked), shrunk only in
-    sizes: widths, heads (8 of 2 key/value heads, its 8:1 grouping... 4:1 here), head_dim 128 -> 16 with
+    sizes: widths, heads (64 of 8 key/value heads -> 8 of 2), head_dim 128 -> 16 with
     rotary_dim 64 -> 8 (half of each head, as published), the vocabulary, and the layers cut to the first
     eight (seven lightning, then a full one). Every other key stays as published: the 32 experts, top-2,
     the alpha factors 3.5566 and betas 1, rope_theta 1e7 at the top level, postnorm,
@@ -169,6 +184,11 @@ BAD_CONFIGS = [
      ["layer_types", "unknown layer type 'conv'"]),
     (lambda c: c.update(layer_types=["linear_attention", "full_attention"]), ["layer_types", "2 entries for 4 layers"]),
     (lambda c: c.update(sliding_window=0), ["sliding_window"]),
+    (lambda c: c.update(num_key_value_heads=None), ["num_key_value_heads", "must not be null"]),
+    # the class's default of 8 key/value heads, which 4 heads are not a multiple of
+    (lambda c: c.pop("num_key_value_heads"), ["num_key_value_heads", "not a multiple of num_key_value_heads (8)"]),
+    (lambda c: c.update(num_attention_heads=128, head_dim=2, rotary_dim=None, block_size=1024),
+     ["block_size", "more than 2^26"]),
 ]
 
 

@@ -44,7 +44,7 @@ void graniteSwaLayers(ModelSpec& s, const Config& c) {
             s.layers[l].rope = false;
             continue;
         }
-        if (!(theta >= 1 && theta <= 1e12)) thetas[l].fail("must be 0 (no RoPE) or between 1 and 1e12");
+        if (!(theta > 1 && theta < 1e12)) thetas[l].fail("must be 0 (no RoPE) or between 1 and 1e12");
         auto [it, added] = tables.emplace(theta, static_cast<int>(s.ropeTables.size()) + 1);
         if (added) {
             if (scaled)

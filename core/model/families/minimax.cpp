@@ -15,6 +15,8 @@
 // key and turns the whole head, as its MiniMax-M2 class did before transformers#48486 fixed it
 // there. The remote code's other keys the class does not read are checked: postnorm must be true
 // and shared_intermediate_size 0 (the class has neither the other residual nor a shared expert).
+#include <cmath>
+
 #include "model/family.h"
 
 namespace es {
@@ -28,8 +30,8 @@ const Family& family_minimax() {
             notNull(c, {"intermediate_size", "num_local_experts", "num_experts_per_tok", "rms_norm_eps",
                         "tie_word_embeddings", "max_position_embeddings", "hidden_act", "block_size",
                         "full_attn_alpha_factor", "full_attn_beta_factor", "linear_attn_alpha_factor",
-                        "linear_attn_beta_factor", "mlp_alpha_factor", "mlp_beta_factor"});
-            fillCommon(s, c, {1e-5, 1e6});
+                        "linear_attn_beta_factor", "mlp_alpha_factor", "mlp_beta_factor", "num_key_value_heads"});
+            fillCommon(s, c, {1e-5, 1e6, true, 0, 8});  // (num_key_value_heads: the class's 8)
             s.maxPositions = c.optInt("max_position_embeddings", 4096 * 32);
             moeCounts(s, c, "num_local_experts", "intermediate_size", {8, 2, 14336});
             for (auto& l : s.layers) l.moe = true;
@@ -45,7 +47,11 @@ const Family& family_minimax() {
             }
             s.linear.kind = LinearAttentionSpec::Kind::Lightning;
             s.linear.chunk = c.optInt("block_size", 256);
-            positive(c, "block_size", s.linear.chunk, 1024);  // its in-block decays are heads x block^2
+            positive(c, "block_size", s.linear.chunk, 1024);
+            // its in-block decay table holds heads x block_size^2 values
+            if (s.attn.heads * s.linear.chunk * s.linear.chunk > (int64_t{1} << 26))
+                c.fail("block_size", "with " + std::to_string(s.attn.heads) +
+                                         " heads gives an in-block decay table of more than 2^26 values");
             // RoPE on the first rotary_dim dimensions of each head, as the published code turns them
             if (c.has("rotary_dim")) {
                 const int64_t rot = c.requiredInt("rotary_dim");
@@ -54,7 +60,10 @@ const Family& family_minimax() {
                            "must be even, at least 2 and at most head_dim (" + std::to_string(s.attn.headDim) + ")");
                 if (rot < s.attn.headDim && (s.attn.yarn.on() || s.attn.llama3.on()))
                     c.fail("rotary_dim", "a partial rotary_dim with a scaled RoPE type is not supported");
-                s.attn.partialRotary = static_cast<double>(rot) / static_cast<double>(s.attn.headDim);
+                // (the fraction whose product with head_dim truncates to rot, as rotaryDim() takes it)
+                double& f = s.attn.partialRotary;
+                f = static_cast<double>(rot) / static_cast<double>(s.attn.headDim);
+                while (s.attn.rotaryDim() < rot) f = std::nextafter(f, 2.0);
             }
             // the blocks: the normed input as the residual, residual x alpha + output x beta
             auto factor = [&](const char* k) { return c.optDoubleIn(k, 1.0, -1e6, 1e6); };
