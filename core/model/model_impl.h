@@ -272,6 +272,10 @@ struct LayerWeights {
     // MiniMax's lightning attention: qkv_proj, output_gate, norm, out_proj; the decay tables (the
     // checkpoint's, else computed at load)
     Tensor lightQkv, lightGate, lightNorm, lightOut, lightSlope, lightQDecay, lightKDecay, lightDiagDecay;
+    // Jamba's Mamba mixer: in_proj [2 inner, d] (+ bias), conv1d [inner, 1, kernel] (+ bias), x_proj,
+    // dt_proj (+ bias), A_log [inner, state], D [inner], out_proj (+ bias), the dt / B / C norms
+    Tensor mambaIn, mambaInB, mambaConv, mambaConvB, mambaX, mambaDt, mambaDtB, mambaALog, mambaD, mambaOut, mambaOutB,
+        mambaDtNorm, mambaBNorm, mambaCNorm;
     Tensor qa, qab, qaNorm, qbProj, kva, kvab, kvaNorm, kvb;  // MLA (q: q_proj without q LoRA)
     Tensor idxQ, idxK, idxKNorm, idxKNormB, idxWeights;  // MLA's sparse-attention indexer (idxWeights: float32 in f16)
     Ffn mlp;                                             // dense layers
@@ -606,6 +610,7 @@ struct Model::Impl {
     void loadGatedDeltaNet(LayerWeights& w, int l) const;
     void loadShortConv(LayerWeights& w, int l) const;
     void loadLightning(LayerWeights& w, int l) const;
+    void loadMamba(LayerWeights& w, int l) const;
     bool normFloat32() const { return spec.normWeightsFloat32InF16 && dtype == torch::kHalf; }
     // An RMSNorm's weights as norm() multiplies by them: 1 + w in float32 for zero-centred norms
     // (w in the compute dtype first, as transformers holds it), in float32 where GPT-OSS keeps them
@@ -623,6 +628,7 @@ struct Model::Impl {
         w.attnOutNorm = loadNorm(Role::AttnOutNorm, l);  // (AFMoE keeps them in float32 in float16 runs too)
         w.ffnOutNorm = loadNorm(Role::FfnOutNorm, l);
         if (spec.layers[l].linearAttention() && spec.linear.lightning()) loadLightning(w, l);
+        else if (spec.layers[l].linearAttention() && spec.linear.mamba()) loadMamba(w, l);
         else if (spec.layers[l].linearAttention()) loadGatedDeltaNet(w, l);
         else if (spec.layers[l].shortConv()) loadShortConv(w, l);
         else if (spec.attn.isMoa()) loadMoaAttention(w, l);
@@ -652,6 +658,9 @@ struct Model::Impl {
     // MiniMax's lightning attention (attention/lightning.cpp), LinearAttentionSpec::Kind::Lightning:
     // x [T, d] of one prompt, from a zero state.
     Tensor lightningAttention(const LayerWeights& w, const Tensor& x) const;
+    // Jamba's Mamba mixer (attention/mamba.cpp), LinearAttentionSpec::Kind::Mamba: x [T, d] of one
+    // prompt, from a zero state.
+    Tensor mambaMixer(const LayerWeights& w, const Tensor& x) const;
     // Standard and encoder attention (attention/standard.cpp).
     // `layer`: its sliding window or attention chunk, and whether it has positions (RoPE).
     Tensor attention(const LayerWeights& w, const Tensor& x, const Tensor& cos, const Tensor& sin,

@@ -239,6 +239,18 @@ int64_t ModelSpec::dim(Dim d, int layer) const {
         case Dim::LinBlock:
             v = linear.chunk;
             break;
+        case Dim::LinInner:
+            v = linear.inner;
+            break;
+        case Dim::LinState:
+            v = linear.stateSize;
+            break;
+        case Dim::LinDtRank:
+            v = linear.dtRank;
+            break;
+        case Dim::LinXProj:
+            v = linear.dtRank + 2 * linear.stateSize;
+            break;
     }
     return v * d.mul;
 }

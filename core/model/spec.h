@@ -264,12 +264,23 @@ struct RopeTable {
 // every product in the activations' dtype, the decay tables computed in float32 and rounded to it
 // (transformers' buffers, or the checkpoint's where it holds them); the heads' outputs RMSNorm'd
 // together (eps 1e-6), times sigmoid(output_gate x), then out_proj.
+// Mamba (Jamba's mamba layers, which transformers' layer_types names "linear_attention";
+// transformers' JambaMambaMixer without the mamba-ssm kernels): in_proj gives x and the gate z
+// (`inner` channels each); x through a causal depthwise convolution `kernel` wide (bias with
+// convBias) and SiLU; x_proj gives dt (dtRank), B and C (stateSize each), each RMSNorm'd (Jamba's
+// dt / b / c layernorms); dt = softplus(dt_proj(dt) + its bias); per channel and state the state
+// h = exp(dt A) h + dt B x (A = -exp(A_log), in float32) and the output C . h, in the activations'
+// dtype, as transformers' sequential scan computes them; plus D x, times SiLU(z), then out_proj
+// (biases on in_proj and out_proj with projBias).
 struct LinearAttentionSpec {
-    enum class Kind { GatedDeltaNet, Lightning };
+    enum class Kind { GatedDeltaNet, Lightning, Mamba };
     Kind kind = Kind::GatedDeltaNet;
     bool lightning() const { return kind == Kind::Lightning; }
+    bool mamba() const { return kind == Kind::Mamba; }
     int64_t kHeads = 0, vHeads = 0, kHeadDim = 0, vHeadDim = 0, kernel = 0;
-    int64_t chunk = 64;  // Gated DeltaNet's chunk; Lightning's block_size
+    int64_t chunk = 64;                            // Gated DeltaNet's chunk; Lightning's block_size
+    int64_t inner = 0, stateSize = 0, dtRank = 0;  // Mamba's
+    bool convBias = false, projBias = false;
     int64_t keyDim() const { return kHeads * kHeadDim; }
     int64_t valueDim() const { return vHeads * vHeadDim; }
     int64_t convDim() const { return 2 * keyDim() + valueDim(); }

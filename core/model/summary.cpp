@@ -266,6 +266,20 @@ std::vector<SummaryRow> describeModel(const ModelSpec& s, const Checkpoint& ckpt
                                                       {"num_heads", s.attn.heads},
                                                       {"head_dim", s.attn.headDim},
                                                       {"block_size", s.linear.chunk}}});
+    } else if (!linear.empty() && s.linear.mamba()) {
+        const LinearAttentionSpec& m = s.linear;
+        attn.text += "; Mamba (a selective state space, transformers' \"linear_attention\") on " +
+                     std::to_string(linear.size()) + ": " + std::to_string(m.inner) + " channels, state " +
+                     std::to_string(m.stateSize) + ", convolution " + std::to_string(m.kernel) + " wide, dt rank " +
+                     std::to_string(m.dtRank) + (m.convBias ? ", convolution bias" : "") +
+                     (m.projBias ? ", projection biases" : "");
+        attn.fields.push_back({"linear_attention", oj{{"kind", "mamba"},
+                                                      {"inner_size", m.inner},
+                                                      {"state_size", m.stateSize},
+                                                      {"conv_kernel", m.kernel},
+                                                      {"dt_rank", m.dtRank},
+                                                      {"conv_bias", m.convBias},
+                                                      {"proj_bias", m.projBias}}});
     } else if (!linear.empty()) {
         const LinearAttentionSpec& g = s.linear;
         attn.text += "; Gated DeltaNet (linear attention) on " + std::to_string(linear.size()) + ": " +
@@ -379,6 +393,8 @@ std::vector<SummaryRow> describeModel(const ModelSpec& s, const Checkpoint& ckpt
                 oj{{"llama_4_scaling_beta", a.queryScaleBeta}, {"llama_4_scaling_positions", a.queryScalePositions}});
         }
         rows.push_back({"RoPE", t.str(), {{"rope", rope}}});
+    } else if (!s.encoder) {  // a decoder without positions (Jamba)
+        rows.push_back({"RoPE", "none: the attention has no positions", {{"rope", nullptr}}});
     }
     if (s.embeddingScale != 1.0 || s.residualScale != 1.0 || s.logitsDivisor != 1.0 || s.logitsScale != 1.0 ||
         s.finalLogitSoftcap > 0 || s.attn.softmaxScale > 0) {

@@ -190,6 +190,34 @@ const char* roleName(Role r) {
             return "lightning attention's key decays";
         case Role::LightDiagDecay:
             return "lightning attention's in-block decays";
+        case Role::MambaIn:
+            return "Mamba's input projection";
+        case Role::MambaInBias:
+            return "Mamba's input projection bias";
+        case Role::MambaConv:
+            return "Mamba's convolution";
+        case Role::MambaConvBias:
+            return "Mamba's convolution bias";
+        case Role::MambaXProj:
+            return "Mamba's dt/B/C projection";
+        case Role::MambaDt:
+            return "Mamba's dt projection";
+        case Role::MambaDtBias:
+            return "Mamba's dt bias";
+        case Role::MambaALog:
+            return "Mamba's A_log";
+        case Role::MambaD:
+            return "Mamba's D";
+        case Role::MambaOut:
+            return "Mamba's output projection";
+        case Role::MambaOutBias:
+            return "Mamba's output projection bias";
+        case Role::MambaDtNorm:
+            return "Mamba's dt norm";
+        case Role::MambaBNorm:
+            return "Mamba's B norm";
+        case Role::MambaCNorm:
+            return "Mamba's C norm";
         case Role::ConvIn:
             return "short convolution's input projection";
         case Role::ConvInBias:

@@ -95,6 +95,23 @@ enum class Role : uint8_t {
     LightQueryDecay,
     LightKeyDecay,
     LightDiagDecay,
+    // Jamba's Mamba mixer (Scope::LinearAttention, LinearAttentionSpec::Kind::Mamba): in_proj (x
+    // and z rows) and its bias, the depthwise convolution and its bias, x_proj (dt, B, C rows),
+    // dt_proj and its bias, A_log, D, out_proj and its bias, the dt / B / C RMSNorms
+    MambaIn,
+    MambaInBias,
+    MambaConv,
+    MambaConvBias,
+    MambaXProj,
+    MambaDt,
+    MambaDtBias,
+    MambaALog,
+    MambaD,
+    MambaOut,
+    MambaOutBias,
+    MambaDtNorm,
+    MambaBNorm,
+    MambaCNorm,
     // LFM2's gated short convolution (Scope::ShortConv): in_proj (B, C, x rows), the depthwise
     // convolution, out_proj, and their biases
     ConvIn,
@@ -207,6 +224,10 @@ struct Dim {
         LinQKVZ,      // LinConv + LinValue (Qwen3-Next's fused in_proj_qkvz)
         ConvKernel,   // the short convolution's width (ModelSpec::shortConv)
         LinBlock,     // lightning attention's block (ModelSpec::linear.chunk)
+        LinInner,     // Mamba's inner channels (ModelSpec::linear.inner)
+        LinState,     // its state size
+        LinDtRank,    // its dt rank
+        LinXProj,     // dtRank + 2 stateSize (x_proj's rows)
     };
     Sym sym = One;
     int64_t mul = 1;

@@ -221,6 +221,23 @@ CONFIGS = {
         num_attention_heads=4, num_key_value_heads=4, head_dim=24, num_hidden_layers=3, block_size=4,
         sliding_window=6, num_local_experts=8, num_experts_per_tok=3, intermediate_size=24,
         tie_word_embeddings=True)),
+    # Jamba: Mamba mixers on layers 0 and 2 and attention (no positions) on 1 and 3 (attn_layer_period
+    # 2, offset 1), MoE on 0 and 2 and dense MLPs on the others (expert_layer_period 2, offset 0); a
+    # state of 8, a convolution 3 wide with its bias, dt rank "auto" (4), projection biases, GQA,
+    # top-2 of 6 not renormalised
+    "jamba_hybrid_bias": ("JambaConfig", dict(
+        num_attention_heads=4, num_key_value_heads=2, num_hidden_layers=4, attn_layer_period=2,
+        attn_layer_offset=1, expert_layer_period=2, expert_layer_offset=0, num_experts=6, num_experts_per_tok=2,
+        intermediate_size=32, mamba_d_state=8, mamba_d_conv=3, mamba_expand=2, mamba_conv_bias=True,
+        mamba_proj_bias=True)),
+    # ... the published layout's shape (attention on layer 2 of every 4: period 4, offset 2), every
+    # layer MoE (period 1), a dt rank of its own (6), a 4-wide convolution without bias, a state of
+    # 16, expand 3, no projection biases, a head_dim of its own, no GQA, top-3 of 8, a tied head
+    "jamba_moe_plain_tied": ("JambaConfig", dict(
+        num_attention_heads=4, num_key_value_heads=4, head_dim=24, num_hidden_layers=5, attn_layer_period=4,
+        attn_layer_offset=2, expert_layer_period=1, expert_layer_offset=0, num_experts=8, num_experts_per_tok=3,
+        intermediate_size=24, mamba_d_state=16, mamba_d_conv=4, mamba_expand=3, mamba_dt_rank=6,
+        mamba_conv_bias=False, mamba_proj_bias=False, tie_word_embeddings=True)),
     # ERNIE 4.5: use_bias (attention, dense and shared FFNs, the head), a tied head, MoE layers 1
     # and 3 of 5 (start 1, end 3, interval 2: layer 4 dense past the end), 2 shared experts, a
     # random correction bias on the softmax scores, interleaved RoPE, GQA

@@ -195,7 +195,8 @@ HALF_FAMILIES = ["deepseek_v3_groups", "deepseek_v2_groups", "glm4_moe_groups_qk
                  "glm_moe_dsa_shared", "mimo_v2_flash_groups_sinks", "exaone_moe_groups_nope", "hy_v3_bias_shared",
                  "afmoe_gated_mup", "cohere2_moe_layernorm_shared", "cohere2_moe_rms_sigmoid",
                  "lfm2_moe_bias_conv", "lfm2_moe_plain_untied", "granitemoe_swa_sinks_theta",
-                 "granitemoe_swa_default", "minimax_lightning_factors", "minimax_default_window"]
+                 "granitemoe_swa_default", "minimax_lightning_factors", "minimax_default_window",
+                 "jamba_hybrid_bias", "jamba_moe_plain_tied"]
 # bf16 tolerances: bf16 has an 8-bit mantissa (relative step 2^-8 = 3.9e-3); two implementations
 # with different kernels or operation orders differ by a few steps after a couple of layers, so
 # router logits within 0.05 absolute, logits within 3e-2 of the largest logit, and the chosen sets
