@@ -310,10 +310,16 @@ void fillCommon(ModelSpec& s, const Config& c, const FamilyDefaults& d) {
         if (s.hidden % s.attn.heads != 0) c.fail("hidden_size", "not divisible by num_attention_heads");
         s.attn.headDim = s.hidden / s.attn.heads;
     }
-    if (s.attn.headDim % 2 != 0) c.fail("head_dim", "must be even for rotary embeddings");
     s.rmsEps = c.optDoubleIn("rms_norm_eps", d.rmsEps, 0, 1);
-    readRope(s.attn, c, d.ropeTheta, d.partialRotary);
-    if (s.attn.headDim > 0 && (s.attn.rotaryDim() < 2 || s.attn.rotaryDim() % 2 != 0))
+    s.attn.rope = d.rope;
+    if (!d.rope) {
+        s.attn.ropeTheta = d.ropeTheta;  // (unused)
+    } else if (s.attn.headDim % 2 != 0) {
+        c.fail("head_dim", "must be even for rotary embeddings");
+    } else {
+        readRope(s.attn, c, d.ropeTheta, d.partialRotary);
+    }
+    if (d.rope && s.attn.headDim > 0 && (s.attn.rotaryDim() < 2 || s.attn.rotaryDim() % 2 != 0))
         c.fail("partial_rotary_factor", "rotates " + std::to_string(s.attn.rotaryDim()) + " of " +
                                             std::to_string(s.attn.headDim) + " head dimensions; must be even and >= 2");
     s.tieEmbeddings = c.optBool("tie_word_embeddings", false);

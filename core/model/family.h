@@ -122,6 +122,7 @@ struct FamilyDefaults {
     double partialRotary = 0;      // > 0: partial_rotary_factor is read, this its default
     int64_t kvHeads = 0;           // num_key_value_heads when absent (0: num_attention_heads)
     int64_t headDim = 0;           // head_dim when absent (0: hidden_size / num_attention_heads)
+    bool rope = true;              // false: the attention has no positions, no RoPE key is read (Jamba)
 };
 // vocab_size, hidden_size, num_hidden_layers (+ num_attention_heads): required and positive.
 void fillSizes(ModelSpec& s, const Config& c, bool heads);

@@ -246,7 +246,7 @@ struct RopeTable {
     bool proportional = false;
 };
 
-// The linear attention of the LayerSpec::Mixer::LinearAttention layers, one of two kinds. Each
+// The linear attention of the LayerSpec::Mixer::LinearAttention layers, one of three kinds. Each
 // prompt starts from a zero state.
 // GatedDeltaNet (Qwen3-Next, Qwen3.5), as transformers computes it without its optional fused
 // kernels: q, k, v from one projection through a causal depthwise convolution (kernel wide, no

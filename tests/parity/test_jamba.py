@@ -9,6 +9,7 @@ one longer than the blocks the scan is computed in, resident and layer-streamed,
 bit for bit; info; the published config of Jamba-v0.1; bad configs and tensors refused by name; the session
 and the views naming the Mamba layers (transformers' "linear_attention").
 """
+import hashlib
 import json
 import os
 
@@ -70,16 +71,29 @@ def test_short_and_long_prompts(cli, build_fixture, tmp_path, name):
         assert_identical(f["runs/streamed"], ref16)
 
 
-def test_one_expert_is_every_layer_dense(cli, build_fixture, tmp_path):
-    """num_experts 1 makes every feed-forward block a dense MLP, as the class builds it: the checkpoint
-    opens with no MoE layer and its logits match transformers'."""
+# (overrides, the MoE layers, the Mamba layers) as transformers builds them: num_experts at most 1
+# makes every feed-forward block a dense MLP; a negative offset matches no layer
+EDGE_LAYOUTS = [
+    (dict(num_experts=1, num_experts_per_tok=1), [], [0, 2]),
+    (dict(num_experts=0, num_experts_per_tok=1), [], [0, 2]),
+    (dict(attn_layer_offset=-1, expert_layer_offset=-1), [], [0, 1, 2, 3]),
+    (dict(attn_layer_offset=-3), [0, 2], [0, 1, 2, 3]),
+]
+
+
+@pytest.mark.parametrize("i", range(len(EDGE_LAYOUTS)))
+def test_edge_layouts_open_as_transformers_builds_them(cli, tmp_path, i):
+    """Layouts at the edges of the class's rules open with transformers' layers (info) and its
+    logits (float32 within rounding)."""
     torch = require("torch")
     h5py = require("h5py")
-    model = fixtures.build_model("jamba_hybrid_bias", num_experts=1, num_experts_per_tok=1)
-    d = str(tmp_path / "dense")
+    overrides, moe, mamba = EDGE_LAYOUTS[i]
+    model = fixtures.build_model("jamba_hybrid_bias", **overrides)
+    assert [l for l, m in enumerate(model.model.layers) if hasattr(m, "mamba")] == mamba
+    d = str(tmp_path / "edge")
     model.save_pretrained(d)
     info = json.loads(run_cli(cli, "info", d, "--json").stdout)
-    assert info["moe_layers"] == [] and info["linear_attention_layers"] == [0, 2]
+    assert info["moe_layers"] == moe and info["linear_attention_layers"] == mamba
     out = str(tmp_path / "s.h5")
     trace(cli, d, out, "--save-logits", "--run", "r")
     ref = fixtures.reference(fixtures.hf_from_pretrained(d, torch.float32))
@@ -99,8 +113,12 @@ def test_published_config_opens_and_matches_hf(cli, tmp_path):
     bf16 bit for bit against transformers' JambaForCausalLM of the same dict."""
     torch = require("torch")
     h5py = require("h5py")
-    with open(os.path.join(CONFIGS, "jamba_v0_1.json")) as f:
-        cfg = json.load(f)
+    path = os.path.join(CONFIGS, "jamba_v0_1.json")
+    with open(path, "rb") as f:  # the bytes SOURCES.md records: the Hub file's size and SHA-256
+        raw = f.read()
+    assert len(raw) == 1274
+    assert hashlib.sha256(raw).hexdigest() == "98d005b3bdb7b4d3104ed3f8e6e8e45fa484846703012a11010d43aad768e984"
+    cfg = json.loads(raw)
     assert cfg["attn_layer_period"] == 8 and cfg["attn_layer_offset"] == 4 and cfg["num_experts"] == 16
     cfg.update(hidden_size=64, intermediate_size=32, num_attention_heads=4, num_key_value_heads=1, mamba_dt_rank=4,
                vocab_size=128, num_hidden_layers=8)
@@ -122,14 +140,15 @@ def test_published_config_opens_and_matches_hf(cli, tmp_path):
 
 BAD_CONFIGS = [
     (lambda c: c.update(attn_layer_offset=2), ["attn_layer_offset", "smaller than attn_layer_period (2)"]),
-    (lambda c: c.update(expert_layer_offset=-1), ["expert_layer_offset", "at least 0"]),
+    (lambda c: c.update(expert_layer_offset=5), ["expert_layer_offset", "smaller than expert_layer_period (2)"]),
     (lambda c: c.update(attn_layer_period=0), ["attn_layer_period"]),
     (lambda c: c.update(mamba_dt_rank="big"), ["mamba_dt_rank", "\"auto\""]),
     (lambda c: c.update(mamba_dt_rank=0), ["mamba_dt_rank"]),
     (lambda c: c.update(mamba_expand=0), ["mamba_expand"]),
     (lambda c: c.update(mamba_d_state=None), ["mamba_d_state", "must not be null"]),
     (lambda c: c.update(mamba_d_conv=0), ["mamba_d_conv"]),
-    (lambda c: c.update(num_experts=0), ["num_experts"]),
+    (lambda c: c.update(num_experts=-1), ["num_experts", "must not be negative"]),
+    (lambda c: c.update(num_local_experts=8), ["num_local_experts", "differs from num_experts"]),
     (lambda c: c.update(num_experts_per_tok=7), ["num_experts_per_tok"]),
     (lambda c: c.update(hidden_act="gelu"), ["hidden_act"]),
 ]

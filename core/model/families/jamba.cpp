@@ -7,7 +7,8 @@
 //   B and C, biases by mamba_conv_bias / mamba_proj_bias). transformers names those layers
 //   "linear_attention", and so does the session;
 // - pre-norm blocks (input_layernorm, pre_ff_layernorm), final_layernorm;
-// - layer i is MoE when i % expert_layer_period == expert_layer_offset and num_experts > 1: the
+// - layer i is MoE when i % expert_layer_period == expert_layer_offset and num_experts > 1 (else
+//   dense, a negative offset matching no layer, as in the class): the
 //   softmax of the router's logits in float32, its top-k, not renormalised, the weights in the
 //   activations' dtype; experts of intermediate_size, as the dense layers' MLP.
 #include <cmath>
@@ -27,23 +28,30 @@ const Family& family_jamba() {
                         "attn_layer_offset", "mamba_d_state", "mamba_d_conv", "mamba_expand", "mamba_dt_rank",
                         "mamba_conv_bias", "mamba_proj_bias", "rms_norm_eps", "tie_word_embeddings", "hidden_act",
                         "max_position_embeddings"});
-            fillCommon(s, c, {1e-6, 10000.0, true, 0, 8});
-            s.attn.rope = false;  // Jamba's attention has no positions (RoPE keys are not read)
+            fillCommon(s, c, {1e-6, 10000.0, true, 0, 8, 0, false});  // (no positions: no RoPE key is read)
             s.maxPositions = c.optInt("max_position_embeddings", 262144);
             auto period = [&](const char* pk, const char* ok, int64_t defPeriod, int64_t defOffset) {
                 const int64_t p = c.optInt(pk, defPeriod), o = c.optInt(ok, defOffset);
                 positive(c, pk, p, 1 << 16);
-                if (o < 0 || o >= p)
-                    c.fail(ok, "must be at least 0 and smaller than " + std::string(pk) + " (" + std::to_string(p) +
+                // (a negative offset matches no layer, as in the class)
+                if (o >= p)
+                    c.fail(ok, "must be smaller than " + std::string(pk) + " (" + std::to_string(p) +
                                    "), as transformers' Jamba validates it");
                 return std::pair{p, o};
             };
             const auto [attnPeriod, attnOffset] = period("attn_layer_period", "attn_layer_offset", 8, 4);
             const auto [moePeriod, moeOffset] = period("expert_layer_period", "expert_layer_offset", 2, 1);
-            // the experts (num_experts > 1) and the dense MLPs, both intermediate_size wide
+            // the experts (num_experts > 1; at most 1: every layer dense, as the class builds it) and
+            // the dense MLPs, both intermediate_size wide. transformers sets num_experts from
+            // num_local_experts (its attribute_map) when a config carries both
+            if (c.has("num_experts") && c.has("num_local_experts") &&
+                c.optInt("num_experts", 0) != c.optInt("num_local_experts", 0))
+                c.fail("num_local_experts",
+                       "differs from num_experts; transformers' Jamba reads num_local_experts "
+                       "over it, so the checkpoint would be misread");
             const std::string expertsKey = keyOrAlias(c, "num_experts", "num_local_experts");
             const int64_t experts = c.optInt(expertsKey, 16);
-            positive(c, expertsKey, experts);
+            if (experts < 0) c.fail(expertsKey, "must not be negative");
             const int64_t ffn = c.optInt("intermediate_size", 14336);
             positive(c, "intermediate_size", ffn);
             if (experts > 1) moeCounts(s, c, "num_experts", "intermediate_size", {16, 2, 14336});
