@@ -10,6 +10,7 @@ them; prompts of 1 token to several blocks, resident and layer-streamed, float32
 bit; info; the published config of MiniMax-Text-01-hf; bad configs and tensors refused by name; the
 session and the views naming the lightning-attention layers.
 """
+import hashlib
 import json
 import os
 
@@ -132,8 +133,11 @@ def test_published_config_opens_and_matches_hf(cli, tmp_path):
     transformers' MiniMaxForCausalLM of the same dict (published_rope), as released: no decay buffers."""
     torch = require("torch")
     h5py = require("h5py")
-    with open(os.path.join(CONFIGS, "minimax_text_01_hf.json")) as f:
-        cfg = json.load(f)
+    with open(os.path.join(CONFIGS, "minimax_text_01_hf.json"), "rb") as f:  # the Hub file's bytes (SOURCES.md)
+        raw = f.read()
+    assert len(raw) == 3005
+    assert hashlib.sha256(raw).hexdigest() == "1aabc3ed6909534c7a8fea1163e836d6346f8d7cd5a262550fb6b30ded723cf7"
+    cfg = json.loads(raw)
     assert cfg["rotary_dim"] * 2 == cfg["head_dim"] and cfg["postnorm"] is True
     cfg.update(hidden_size=64, intermediate_size=32, num_attention_heads=8, num_key_value_heads=2, head_dim=16,
                rotary_dim=8, vocab_size=128, num_hidden_layers=8, layer_types=cfg["layer_types"][:8])
