@@ -131,6 +131,14 @@ inline Tensor rmsNorm(const Tensor& x, const Tensor& w, double eps, bool weightI
     return weightInFloat32 ? (w * xf).to(dt) : w * xf.to(dt);
 }
 
+// transformers' causal_conv1d_fn without its activation (the torch fallback of the causal-conv1d
+// kernels; Gated DeltaNet's, LFM2's and Mamba's convolutions): x [1, C, T] in w's dtype through the
+// depthwise convolution w [C, 1, K] (bias b, or undefined), padded by K - 1 on both sides, its
+// first T outputs
+inline Tensor causalConv1d(const Tensor& x, const Tensor& w, const Tensor& b) {
+    return torch::conv1d(x.to(w.scalar_type()), w, b, 1, w.size(-1) - 1, 1, w.size(0)).narrow(-1, 0, x.size(-1));
+}
+
 inline Tensor rotateHalf(const Tensor& x) {
     auto h = x.size(-1) / 2;
     return torch::cat({-x.narrow(-1, h, h), x.narrow(-1, 0, h)}, -1);

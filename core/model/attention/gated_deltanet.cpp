@@ -75,7 +75,7 @@ Tensor chunkGatedDeltaRule(Tensor q, Tensor k, Tensor v, Tensor g, Tensor beta, 
 
 Tensor Model::Impl::gatedDeltaNet(const LayerWeights& w, const Tensor& x) const {
     const LinearAttentionSpec& g = spec.linear;
-    const int64_t T = x.size(0), K = g.kernel, C = g.convDim();
+    const int64_t T = x.size(0);
     const auto dt = x.scalar_type();
     // the input projections: q, k, v channels in order (the convolution's), z, b, a. Qwen3-Next's
     // fused projections hold, per key head, its query and key rows, then the value and gate rows of
@@ -100,7 +100,7 @@ Tensor Model::Impl::gatedDeltaNet(const LayerWeights& w, const Tensor& x) const 
     }
     // the causal depthwise convolution over the q/k/v channels, then SiLU (causal_conv1d_fn)
     Tensor mixed = qkv.t().unsqueeze(0);  // [1, C, T]
-    mixed = torch::conv1d(mixed, w.linConv, {}, 1, K - 1, 1, C).narrow(-1, 0, T);
+    mixed = causalConv1d(mixed, w.linConv, {});
     mixed = torch::silu(mixed).squeeze(0).t();                  // [T, C]
     auto heads = [&](const Tensor& t, int64_t n, int64_t hd) {  // [T, n * hd] -> [n, T, hd] in float32
         return t.reshape({T, n, hd}).transpose(0, 1).to(torch::kFloat).contiguous();

@@ -26,19 +26,15 @@ void Model::Impl::loadMamba(LayerWeights& w, int l) const {
 
 Tensor Model::Impl::mambaMixer(const LayerWeights& w, const Tensor& x) const {
     const LinearAttentionSpec& m = spec.linear;
-    const int64_t T = x.size(0), I = m.inner, N = m.stateSize, K = m.kernel;
+    const int64_t T = x.size(0), I = m.inner, N = m.stateSize;
     const auto dt = x.scalar_type();
     // in_proj: the channels x, then the gate z, as [1, I, T] each
     const Tensor proj = torch::linear(x.unsqueeze(0), w.mambaIn, w.mambaInB).transpose(1, 2);
     const Tensor A = -torch::exp(w.mambaALog.to(torch::kFloat));  // [I, N]
     const std::vector<Tensor> xz = proj.chunk(2, 1);
     const Tensor& gate = xz[1];
-    // the causal depthwise convolution (causal_conv1d_fn): padded by K - 1 on both sides, its first
-    // T outputs, SiLU
-    const Tensor u =
-        torch::silu(torch::conv1d(xz[0].to(w.mambaConv.scalar_type()), w.mambaConv, w.mambaConvB, 1, K - 1, 1, I)
-                        .narrow(-1, 0, T))
-            .to(dt);  // [1, I, T]
+    // the causal depthwise convolution, then SiLU (causal_conv1d_fn)
+    const Tensor u = torch::silu(causalConv1d(xz[0], w.mambaConv, w.mambaConvB)).to(dt);  // [1, I, T]
     // dt, B and C from x_proj, each RMSNorm'd; dt through dt_proj's weight (its bias in the scan)
     const std::vector<Tensor> dbc =
         torch::split_with_sizes(torch::linear(u.transpose(1, 2), w.mambaX), {m.dtRank, N, N}, -1);

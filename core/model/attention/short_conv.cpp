@@ -15,12 +15,12 @@ void Model::Impl::loadShortConv(LayerWeights& w, int l) const {
 }
 
 Tensor Model::Impl::shortConv(const LayerWeights& w, const Tensor& x) const {
-    const int64_t T = x.size(0), d = spec.hidden, K = spec.shortConv.kernel;
+    const int64_t d = spec.hidden;
     // in_proj's rows: B, then C, then x (d each), as Lfm2ShortConv chunks them
     const Tensor bcx = torch::linear(x, w.convIn, w.convInB).t().unsqueeze(0);  // [1, 3d, T]
     const Tensor b = bcx.narrow(1, 0, d), c = bcx.narrow(1, d, d), v = bcx.narrow(1, 2 * d, d);
-    // the causal depthwise convolution of B * x: padded by K - 1 on both sides, its first T outputs
-    const Tensor conv = torch::conv1d(b * v, w.conv, w.convB, 1, K - 1, 1, d).narrow(-1, 0, T);
+    // the causal depthwise convolution of B * x
+    const Tensor conv = causalConv1d(b * v, w.conv, w.convB);
     const Tensor y = (c * conv).squeeze(0).t().contiguous();  // [T, d]
     return torch::linear(y, w.convOut, w.convOutB);
 }

@@ -11,8 +11,6 @@
 //   dense, a negative offset matching no layer, as in the class): the
 //   softmax of the router's logits in float32, its top-k, not renormalised, the weights in the
 //   activations' dtype; experts of intermediate_size, as the dense layers' MLP.
-#include <cmath>
-
 #include "model/family.h"
 
 namespace es {
