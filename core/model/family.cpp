@@ -496,6 +496,20 @@ std::string keyOrAlias(const Config& c, const std::string& own, const std::strin
     return c.has(own) || !c.has(alias) ? own : alias;
 }
 
+void mambaSizes(ModelSpec& s, const Config& c, const MambaKeys& k) {
+    LinearAttentionSpec& m = s.linear;
+    const int64_t expand = c.optInt(k.expand, k.defExpand);
+    positive(c, k.expand, expand, 1 << 8);
+    m.inner = expand * s.hidden;
+    positive(c, k.expand, m.inner);  // (x hidden_size)
+    m.stateSize = c.optInt(k.state, k.defState);
+    positive(c, k.state, m.stateSize, 1 << 12);
+    m.kernel = c.optInt(k.conv, k.defConv);
+    positive(c, k.conv, m.kernel, 1 << 10);
+    m.convBias = c.optBool(k.convBias, k.defConvBias);
+    m.projBias = c.optBool(k.projBias, k.defProjBias);
+}
+
 void moeCounts(ModelSpec& s, const Config& c, const std::string& expertsKey, const std::string& ffnKey,
                const MoeCountDefaults& d) {
     // the counts have two names across transformers versions (each config class maps one onto the

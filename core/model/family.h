@@ -249,6 +249,22 @@ struct LinearAttentionDefaults {
     int64_t kHeads = 16, vHeads = 32, kHeadDim = 128, vHeadDim = 128, kernel = 4, fullAttentionInterval = 4;
 };
 void readLinearAttention(ModelSpec& s, const Config& c, const LinearAttentionDefaults& d = {});
+// A Mamba mixer's sizes in ModelSpec::linear (Jamba's Mamba, Mamba2): inner = expand x hidden_size
+// channels, the state, the convolution width and the convolution / projection biases, from the
+// family's keys with its config class's defaults.
+struct MambaKeys {
+    const char* expand;
+    int64_t defExpand;
+    const char* state;
+    int64_t defState;
+    const char* conv;
+    int64_t defConv;
+    const char* convBias;
+    bool defConvBias;
+    const char* projBias;
+    bool defProjBias;
+};
+void mambaSizes(ModelSpec& s, const Config& c, const MambaKeys& k);
 // Qwen3-Next's decoder (Qwen3.5 MoE's too): readLinearAttention; gated full attention with per-head
 // QK-norm and biases by attention_bias; zero-centred norms; the combine weights in the activations'
 // dtype; a sigmoid-gated shared expert of shared_expert_intermediate_size (default 512).

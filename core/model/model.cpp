@@ -611,6 +611,7 @@ void Model::Impl::step(int l, State& st, bool allExperts, const Tap& tap, const 
             const bool lin = L.linearAttention();
             join(lin && spec.linear.lightning() ? lightningAttention(w, x)
                  : lin && spec.linear.mamba()   ? mambaMixer(w, x)
+                 : lin && spec.linear.mamba2()  ? mamba2Mixer(w, x)
                  : lin                          ? gatedDeltaNet(w, x)
                  : L.shortConv()                ? shortConv(w, x)
                  : spec.attn.isMla()            ? mlaAttention(w, x, st.cos[p], st.sin[p], l, st.indexChoice[p])

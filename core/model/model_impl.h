@@ -282,8 +282,9 @@ struct LayerWeights {
     Tensor lightQkv, lightGate, lightNorm, lightOut, lightSlope, lightQDecay, lightKDecay, lightDiagDecay;
     // Jamba's Mamba mixer: in_proj [2 inner, d] (+ bias), conv1d [inner, 1, kernel] (+ bias), x_proj,
     // dt_proj (+ bias), A_log [inner, state], D [inner], out_proj (+ bias), the dt / B / C norms
+    // (Mamba2: in_proj, conv1d, dt_bias, A_log and D per head, out_proj, the gated norm mambaNorm)
     Tensor mambaIn, mambaInB, mambaConv, mambaConvB, mambaX, mambaDt, mambaDtB, mambaALog, mambaD, mambaOut, mambaOutB,
-        mambaDtNorm, mambaBNorm, mambaCNorm;
+        mambaDtNorm, mambaBNorm, mambaCNorm, mambaNorm;
     Tensor qa, qab, qaNorm, qbProj, kva, kvab, kvaNorm, kvb;  // MLA (q: q_proj without q LoRA)
     Tensor idxQ, idxK, idxKNorm, idxKNormB, idxWeights;  // MLA's sparse-attention indexer (idxWeights: float32 in f16)
     Ffn mlp;                                             // dense layers
@@ -597,8 +598,11 @@ struct Model::Impl {
     // Layer l's dense FFN (with W2's bias for GELU FFNs).
     Ffn denseFfn(int l) const {
         if (spec.gatedFfn()) {
-            Ffn f = swiglu(l, Role::FfnGate, Role::FfnUp, Role::FfnDown, Role::FfnGateBias, Role::FfnUpBias,
-                           Role::FfnDownBias);
+            // one [2F, d] tensor, gate rows then up rows (a dense Granite 4.0-H's shared_mlp), or two
+            Ffn f = spec.role(Role::FfnGate).pack == Pack::FirstHalf
+                        ? swigluFfn(load(Role::FfnGate, l), Tensor(), Tensor(), load(Role::FfnDown, l))
+                        : swiglu(l, Role::FfnGate, Role::FfnUp, Role::FfnDown, Role::FfnGateBias, Role::FfnUpBias,
+                                 Role::FfnDownBias);
             f.act = actCode();  // SwiGLU, or a gated GELU
             return f;
         }
@@ -619,6 +623,7 @@ struct Model::Impl {
     void loadShortConv(LayerWeights& w, int l) const;
     void loadLightning(LayerWeights& w, int l) const;
     void loadMamba(LayerWeights& w, int l) const;
+    void loadMamba2(LayerWeights& w, int l) const;
     bool normFloat32() const { return spec.normWeightsFloat32InF16 && dtype == torch::kHalf; }
     // An RMSNorm's weights as norm() multiplies by them: 1 + w in float32 for zero-centred norms
     // (w in the compute dtype first, as transformers holds it), in float32 where GPT-OSS keeps them
@@ -637,6 +642,7 @@ struct Model::Impl {
         w.ffnOutNorm = loadNorm(Role::FfnOutNorm, l);
         if (spec.layers[l].linearAttention() && spec.linear.lightning()) loadLightning(w, l);
         else if (spec.layers[l].linearAttention() && spec.linear.mamba()) loadMamba(w, l);
+        else if (spec.layers[l].linearAttention() && spec.linear.mamba2()) loadMamba2(w, l);
         else if (spec.layers[l].linearAttention()) loadGatedDeltaNet(w, l);
         else if (spec.layers[l].shortConv()) loadShortConv(w, l);
         else if (spec.attn.isMoa()) loadMoaAttention(w, l);
@@ -669,6 +675,9 @@ struct Model::Impl {
     // Jamba's Mamba mixer (attention/mamba.cpp), LinearAttentionSpec::Kind::Mamba: x [T, d] of one
     // prompt, from a zero state.
     Tensor mambaMixer(const LayerWeights& w, const Tensor& x) const;
+    // Granite 4.0-H's Mamba2 mixer (attention/mamba2.cpp), LinearAttentionSpec::Kind::Mamba2: x [T, d]
+    // of one prompt, from a zero state.
+    Tensor mamba2Mixer(const LayerWeights& w, const Tensor& x) const;
     // Standard and encoder attention (attention/standard.cpp).
     // `layer`: its sliding window or attention chunk, and whether it has positions (RoPE).
     Tensor attention(const LayerWeights& w, const Tensor& x, const Tensor& cos, const Tensor& sin,

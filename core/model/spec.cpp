@@ -251,6 +251,15 @@ int64_t ModelSpec::dim(Dim d, int layer) const {
         case Dim::LinXProj:
             v = linear.dtRank + 2 * linear.stateSize;
             break;
+        case Dim::SsmConv:
+            v = linear.ssmConvDim();
+            break;
+        case Dim::SsmIn:
+            v = linear.inner + linear.ssmConvDim() + linear.ssmHeads;
+            break;
+        case Dim::SsmHeads:
+            v = linear.ssmHeads;
+            break;
     }
     return v * d.mul;
 }

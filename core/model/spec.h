@@ -246,7 +246,7 @@ struct RopeTable {
     bool proportional = false;
 };
 
-// The linear attention of the LayerSpec::Mixer::LinearAttention layers, one of three kinds. Each
+// The linear attention of the LayerSpec::Mixer::LinearAttention layers, one of four kinds. Each
 // prompt starts from a zero state.
 // GatedDeltaNet (Qwen3-Next, Qwen3.5), as transformers computes it without its optional fused
 // kernels: q, k, v from one projection through a causal depthwise convolution (kernel wide, no
@@ -272,14 +272,27 @@ struct RopeTable {
 // h = exp(dt A) h + dt B x (A = -exp(A_log), in float32) and the output C . h, in the activations'
 // dtype, as transformers' sequential scan computes them; plus D x, times SiLU(z), then out_proj
 // (biases on in_proj and out_proj with projBias).
+// Mamba2 (Granite 4.0-H's mamba layers; transformers' GraniteMoeHybridMambaLayer without the
+// mamba-ssm and causal-conv1d kernels): in_proj gives the gate z (`inner`), x (`inner`), B and C
+// (groups x stateSize each) and dt (one per head); x, B and C through a causal depthwise
+// convolution `kernel` wide (bias with convBias) and SiLU; per head of ssmHeadDim channels a scalar
+// decay A = -exp(A_log) and dt = clamp(softplus(dt + dt_bias), dtMin, dtMax) in the activations'
+// dtype, each group's B and C shared by ssmHeads / groups heads; the state space dual in float32
+// over chunks of `chunk` positions (transformers' mamba2_chunk_scan), plus D x; then x SiLU(z) and
+// an RMSNorm per group of inner / groups channels in float32, times its weight, out_proj (biases
+// on in_proj and out_proj with projBias).
 struct LinearAttentionSpec {
-    enum class Kind { GatedDeltaNet, Lightning, Mamba };
+    enum class Kind { GatedDeltaNet, Lightning, Mamba, Mamba2 };
     Kind kind = Kind::GatedDeltaNet;
     bool lightning() const { return kind == Kind::Lightning; }
     bool mamba() const { return kind == Kind::Mamba; }
+    bool mamba2() const { return kind == Kind::Mamba2; }
     int64_t kHeads = 0, vHeads = 0, kHeadDim = 0, vHeadDim = 0, kernel = 0;
-    int64_t chunk = 64;                            // Gated DeltaNet's chunk; Lightning's block_size
-    int64_t inner = 0, stateSize = 0, dtRank = 0;  // Mamba's
+    int64_t chunk = 64;                                // Gated DeltaNet's chunk; Lightning's block_size; Mamba2's
+    int64_t inner = 0, stateSize = 0, dtRank = 0;      // Mamba's (Mamba2: inner and stateSize)
+    int64_t ssmHeads = 0, ssmHeadDim = 0, groups = 0;  // Mamba2's
+    double dtMin = 0, dtMax = 0;                       // Mamba2's time_step_limit (dtMax may be infinite)
+    int64_t ssmConvDim() const { return inner + 2 * groups * stateSize; }  // Mamba2's convolved x, B, C
     bool convBias = false, projBias = false;
     int64_t keyDim() const { return kHeads * kHeadDim; }
     int64_t valueDim() const { return vHeads * vHeadDim; }

@@ -280,6 +280,31 @@ std::vector<SummaryRow> describeModel(const ModelSpec& s, const Checkpoint& ckpt
                                                       {"dt_rank", m.dtRank},
                                                       {"conv_bias", m.convBias},
                                                       {"proj_bias", m.projBias}}});
+    } else if (!linear.empty() && s.linear.mamba2()) {
+        const LinearAttentionSpec& m = s.linear;
+        attn.text += "; Mamba2 (a state space dual, transformers' \"linear_attention\") on " +
+                     std::to_string(linear.size()) + ": " + std::to_string(m.ssmHeads) + " heads of " +
+                     std::to_string(m.ssmHeadDim) + ", state " + std::to_string(m.stateSize) + ", " +
+                     std::to_string(m.groups) + (m.groups == 1 ? " group" : " groups") + ", convolution " +
+                     std::to_string(m.kernel) + " wide, chunks of " + std::to_string(m.chunk) +
+                     (m.convBias ? ", convolution bias" : "") + (m.projBias ? ", projection biases" : "");
+        if (m.dtMin != 0 || !std::isinf(m.dtMax)) {
+            std::ostringstream lim;
+            lim << ", dt in [" << m.dtMin << ", " << m.dtMax << "]";
+            attn.text += lim.str();
+        }
+        attn.fields.push_back(
+            {"linear_attention", oj{{"kind", "mamba2"},
+                                    {"num_heads", m.ssmHeads},
+                                    {"head_dim", m.ssmHeadDim},
+                                    {"state_size", m.stateSize},
+                                    {"n_groups", m.groups},
+                                    {"conv_kernel", m.kernel},
+                                    {"chunk_size", m.chunk},
+                                    {"conv_bias", m.convBias},
+                                    {"proj_bias", m.projBias},
+                                    {"time_step_min", m.dtMin},
+                                    {"time_step_max", std::isinf(m.dtMax) ? oj(nullptr) : oj(m.dtMax)}}});
     } else if (!linear.empty()) {
         const LinearAttentionSpec& g = s.linear;
         attn.text += "; Gated DeltaNet (linear attention) on " + std::to_string(linear.size()) + ": " +

@@ -218,6 +218,8 @@ const char* roleName(Role r) {
             return "Mamba's B norm";
         case Role::MambaCNorm:
             return "Mamba's C norm";
+        case Role::MambaGatedNorm:
+            return "Mamba2's gated norm";
         case Role::ConvIn:
             return "short convolution's input projection";
         case Role::ConvInBias:

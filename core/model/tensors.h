@@ -97,7 +97,9 @@ enum class Role : uint8_t {
     LightDiagDecay,
     // Jamba's Mamba mixer (Scope::LinearAttention, LinearAttentionSpec::Kind::Mamba): in_proj (x
     // and z rows) and its bias, the depthwise convolution and its bias, x_proj (dt, B, C rows),
-    // dt_proj and its bias, A_log, D, out_proj and its bias, the dt / B / C RMSNorms
+    // dt_proj and its bias, A_log, D, out_proj and its bias, the dt / B / C RMSNorms. Mamba2
+    // (Kind::Mamba2) has in_proj (z, x, B, C, dt rows), the convolution, dt_proj's bias alone (one
+    // per head), A_log and D (one per head), out_proj, their biases, and the gated RMSNorm
     MambaIn,
     MambaInBias,
     MambaConv,
@@ -112,6 +114,7 @@ enum class Role : uint8_t {
     MambaDtNorm,
     MambaBNorm,
     MambaCNorm,
+    MambaGatedNorm,
     // LFM2's gated short convolution (Scope::ShortConv): in_proj (B, C, x rows), the depthwise
     // convolution, out_proj, and their biases
     ConvIn,
@@ -228,6 +231,9 @@ struct Dim {
         LinState,     // its state size
         LinDtRank,    // its dt rank
         LinXProj,     // dtRank + 2 stateSize (x_proj's rows)
+        SsmConv,      // Mamba2's convolved channels: inner + 2 groups x stateSize
+        SsmIn,        // Mamba2's in_proj rows: inner + SsmConv + ssmHeads
+        SsmHeads,     // Mamba2's heads
     };
     Sym sym = One;
     int64_t mul = 1;

@@ -238,6 +238,30 @@ CONFIGS = {
         attn_layer_offset=2, expert_layer_period=1, expert_layer_offset=0, num_experts=8, num_experts_per_tok=3,
         intermediate_size=24, mamba_d_state=16, mamba_d_conv=4, mamba_expand=3, mamba_dt_rank=6,
         mamba_conv_bias=False, mamba_proj_bias=False, tie_word_embeddings=True)),
+    # Granite 4.0-H (granitemoehybrid): Mamba2 mixers on layers 0, 2 and 3 by the legacy names the
+    # released configs use, attention with RoPE (position_embedding_type "rope") on layer 1; 8 heads
+    # of 16 (mamba_d_head "auto") in 2 groups, a state of 8, chunks of 5 (the prompts span up to
+    # four), a convolution 3 wide with its bias, projection biases, a finite time_step_limit; GQA with
+    # attention biases, top-2 of 6 beside the shared MLP, every multiplier, a tied head
+    "granitemoehybrid_rope_groups": ("GraniteMoeHybridConfig", dict(
+        num_attention_heads=4, num_key_value_heads=2, num_hidden_layers=4,
+        layer_types=["mamba", "attention", "mamba", "mamba"], position_embedding_type="rope",
+        rope_parameters=dict(rope_type="default", rope_theta=5000.0), num_local_experts=6, num_experts_per_tok=2,
+        intermediate_size=32, shared_intermediate_size=48, mamba_n_heads=8, mamba_n_groups=2, mamba_d_state=8,
+        mamba_d_conv=3, mamba_expand=2, mamba_chunk_size=5, mamba_conv_bias=True, mamba_proj_bias=True,
+        time_step_limit=(0.05, 1.5), attention_bias=True, tie_word_embeddings=True, embedding_multiplier=6.0,
+        residual_multiplier=0.4, attention_multiplier=0.1, logits_scaling=3.0)),
+    # ... as the released models are: no positions ("nope"), today's layer-type names (attention on
+    # the last layer), 4 heads of 32 (mamba_d_head given) in one group, a state of 16, chunks of 8, a
+    # 4-wide convolution without bias, no projection biases, dt unbounded above (the default
+    # time_step_limit); no GQA, top-3 of 8, untied
+    "granitemoehybrid_nope_plain": ("GraniteMoeHybridConfig", dict(
+        num_attention_heads=4, num_key_value_heads=4, num_hidden_layers=3,
+        layer_types=["linear_attention", "linear_attention", "full_attention"], position_embedding_type="nope",
+        num_local_experts=8, num_experts_per_tok=3, intermediate_size=24, shared_intermediate_size=40,
+        mamba_n_heads=4, mamba_n_groups=1, mamba_d_state=16, mamba_d_head=32, mamba_d_conv=4, mamba_expand=2,
+        mamba_chunk_size=8, mamba_conv_bias=False, mamba_proj_bias=False, embedding_multiplier=2.0,
+        attention_multiplier=0.125)),
     # ERNIE 4.5: use_bias (attention, dense and shared FFNs, the head), a tied head, MoE layers 1
     # and 3 of 5 (start 1, end 3, interval 2: layer 4 dense past the end), 2 shared experts, a
     # random correction bias on the softmax scores, interleaved RoPE, GQA
@@ -623,8 +647,9 @@ def hf_from_pretrained(path, dtype):
     """transformers' model of a saved checkpoint in `dtype`, loaded as a user loads it (so that
     _keep_in_fp32_modules_strict keeps DeepSeek-V3's correction bias in float32, which model.to(dtype)
     would not)"""
-    with open(os.path.join(path, "config.json")) as f:
-        config = transformers.AutoConfig.for_model(**json.load(f))
+    # (as transformers reads it: {"__float__": "Infinity"} and its kind decoded)
+    config = transformers.AutoConfig.for_model(
+        **transformers.PreTrainedConfig._dict_from_json_file(os.path.join(path, "config.json")))
     name = type(config).__name__.replace("Config", "ForCausalLM")
     cls = transformers.AutoModelForCausalLM if type(config) in transformers.AutoModelForCausalLM._model_mapping \
         else getattr(transformers, name)
@@ -700,7 +725,7 @@ def _moe_blocks(model):
                 "GraniteMoeMoE", "GraniteMoeSharedMoE", "HunYuanMoEV1Moe", "GptOssMLP", "DbrxFFN", "Llama4TextMoe",
                 "SolarOpenMoE", "DeepseekV32MoE", "GlmMoeDsaMoE", "MiMoV2FlashMoE",
                 "ExaoneMoeSparseMoEBlock", "HYV3MoE", "AfmoeSparseMoeBlock", "Glm4vMoeTextMoE",
-                "GraniteMoeSWAMoE"):
+                "GraniteMoeSWAMoE", "GraniteMoeHybridMoE"):
             layer = int(mname.split(".blocks." if ".blocks." in mname else ".layers.")[1].split(".")[0])  # DBRX's
             blocks[layer] = m
     return blocks

@@ -11,6 +11,13 @@
 // and full layers (layer_types; absent, every fourth from layer 0 full), a sink per head on every
 // layer that scales the attention output by sigmoid(logsumexp(scores) - sink) (transformers' eager
 // attention: the class has no SDPA path), and a RoPE base per layer (layer_rope_theta; 0: no RoPE).
+// granitemoehybrid (Granite 4.0-H: h-small, h-tiny, h-micro, h-1b, h-350m; GraniteMoeHybrid): a
+// hybrid decoder whose layer_types (legacy "mamba" / "attention" or today's names; absent, every
+// layer Mamba) picks a Mamba2 mixer (spec.h's LinearAttentionSpec, Kind::Mamba2) or Granite's
+// attention, no positions unless position_embedding_type is "rope" (the released models: "nope");
+// every layer has the shared_mlp, beside the experts (num_local_experts > 0) or alone (0: a dense
+// model, its shared_mlp the layer's MLP).
+#include <limits>
 #include <map>
 
 #include "model/family.h"
@@ -55,10 +62,128 @@ void graniteSwaLayers(ModelSpec& s, const Config& c) {
     }
 }
 
+// position_embedding_type: RoPE only for "rope" (GraniteMoeHybrid builds its rotary embedding for
+// that value alone); null or "nope" (the released configs) none
+bool graniteHybridRope(const Config& c) {
+    if (!c.has("position_embedding_type") || c.isNull("position_embedding_type")) return false;
+    const std::string t = c.optString("position_embedding_type", "");
+    if (t != "rope" && t != "nope")
+        c.fail("position_embedding_type", "unknown type '" + t + "' (expected \"rope\", \"nope\" or null)");
+    return t == "rope";
+}
+
+// time_step_limit: [min, max] for dt, max possibly infinite (transformers writes it as
+// {"__float__": "Infinity"}); absent, (0, inf)
+double timeStepBound(const JsonIn& v) {
+    if (v.isObject() && v.raw().size() == 1 && v.str("__float__", "") == "Infinity")
+        return std::numeric_limits<double>::infinity();
+    return v.number();
+}
+
+void graniteHybrid(ModelSpec& s, const Config& c) {
+    // (the class is strict: a null in these fails there or in its forward)
+    notNull(c, {"intermediate_size",
+                "shared_intermediate_size",
+                "num_local_experts",
+                "num_experts_per_tok",
+                "rms_norm_eps",
+                "tie_word_embeddings",
+                "hidden_act",
+                "attention_bias",
+                "embedding_multiplier",
+                "residual_multiplier",
+                "attention_multiplier",
+                "logits_scaling",
+                "mamba_n_heads",
+                "mamba_n_groups",
+                "mamba_d_state",
+                "mamba_d_head",
+                "mamba_d_conv",
+                "mamba_expand",
+                "mamba_chunk_size",
+                "mamba_conv_bias",
+                "mamba_proj_bias",
+                "time_step_limit",
+                "max_position_embeddings"});
+    s.maxPositions = c.optInt("max_position_embeddings", 2048);
+    // the released configs' normalization_function, which the class does not read: its RMSNorms
+    // are right only for "rmsnorm"
+    if (c.has("normalization_function") && c.optString("normalization_function", "") != "rmsnorm")
+        c.fail("normalization_function",
+               "must be \"rmsnorm\": transformers' GraniteMoeHybrid ignores it and "
+               "always uses RMSNorm, so the checkpoint would be misread");
+    // the MLPs: experts (num_local_experts > 0) beside the shared_mlp, or the shared_mlp alone
+    const int64_t experts = c.optInt("num_local_experts", 8);
+    if (experts < 0) c.fail("num_local_experts", "must not be negative");
+    s.sharedFfn = c.optInt("shared_intermediate_size", 1024);
+    positive(c, "shared_intermediate_size", s.sharedFfn);
+    if (experts > 0) {
+        moeCounts(s, c, "num_local_experts", "intermediate_size", {8, 2, 11008});
+        s.router.shared = RouterRule::Shared::Ungated;
+    }
+    // the token mixers
+    const std::vector<bool> mamba = localLayers(s, c, "linear_attention", [](int64_t) { return true; });
+    for (int64_t l = 0; l < s.numLayers; ++l) {
+        LayerSpec& L = s.layers[l];
+        if (mamba[l]) L.mixer = LayerSpec::Mixer::LinearAttention;
+        L.moe = experts > 0;
+        if (experts == 0) L.ffnDim = s.sharedFfn;
+    }
+    LinearAttentionSpec& m = s.linear;
+    m.kind = LinearAttentionSpec::Kind::Mamba2;
+    mambaSizes(s, c,
+               {"mamba_expand", 2, "mamba_d_state", 256, "mamba_d_conv", 4, "mamba_conv_bias", true, "mamba_proj_bias",
+                false});
+    m.ssmHeads = c.optInt("mamba_n_heads", 128);
+    positive(c, "mamba_n_heads", m.ssmHeads, 1 << 16);
+    if (m.inner % m.ssmHeads != 0)
+        c.fail("mamba_n_heads", "must divide mamba_expand x hidden_size (" + std::to_string(m.inner) + ")");
+    const auto& head = c.raw().contains("mamba_d_head") ? c.raw()["mamba_d_head"] : nlohmann::json("auto");
+    if (head.is_string()) {
+        if (head.get<std::string>() != "auto") c.fail("mamba_d_head", "must be an integer or \"auto\"");
+        m.ssmHeadDim = m.inner / m.ssmHeads;
+    } else {
+        m.ssmHeadDim = c.requiredInt("mamba_d_head");
+        positive(c, "mamba_d_head", m.ssmHeadDim);
+        if (m.ssmHeadDim * m.ssmHeads != m.inner)
+            c.fail("mamba_d_head", "times mamba_n_heads (" + std::to_string(m.ssmHeads) +
+                                       ") must be mamba_expand x hidden_size (" + std::to_string(m.inner) +
+                                       "), as transformers validates it");
+    }
+    m.groups = c.optInt("mamba_n_groups", 1);
+    positive(c, "mamba_n_groups", m.groups, 1 << 16);
+    if (m.ssmHeads % m.groups != 0)
+        c.fail("mamba_n_groups", "must divide mamba_n_heads (" + std::to_string(m.ssmHeads) + ")");
+    m.chunk = c.optInt("mamba_chunk_size", 256);
+    positive(c, "mamba_chunk_size", m.chunk, 1 << 12);
+    // a chunk's [chunk, chunk, heads] decay and score tensors, in float32
+    if (m.chunk * m.chunk * m.ssmHeads > (int64_t{1} << 26))
+        c.fail("mamba_chunk_size",
+               "with " + std::to_string(m.ssmHeads) + " heads gives per-chunk tensors of more than 2^26 values");
+    m.dtMin = 0;
+    m.dtMax = std::numeric_limits<double>::infinity();
+    if (c.has("time_step_limit")) {
+        const JsonIn lim = c.in()["time_step_limit"];
+        const std::vector<JsonIn> v = lim.isArray() ? lim.elements() : std::vector<JsonIn>{};
+        if (v.size() != 2) c.fail("time_step_limit", "expected [min, max]");
+        m.dtMin = timeStepBound(v[0]);
+        m.dtMax = timeStepBound(v[1]);
+        if (!(m.dtMin >= 0 && m.dtMin < 1e6) || !(m.dtMax > m.dtMin))
+            c.fail("time_step_limit", "expected 0 <= min < max (max may be infinite)");
+    }
+}
+
 void configureGranite(ModelSpec& s, const Config& c) {
-    fillCommon(s, c, {1e-6, 10000.0});
-    moeCounts(s, c, "num_local_experts", "intermediate_size");
-    for (auto& l : s.layers) l.moe = true;
+    const bool hybrid = s.modelType == "granitemoehybrid";
+    FamilyDefaults d{1e-6, 10000.0};
+    if (hybrid) d.rope = graniteHybridRope(c);
+    fillCommon(s, c, d);
+    if (hybrid) {
+        graniteHybrid(s, c);
+    } else {
+        moeCounts(s, c, "num_local_experts", "intermediate_size");
+        for (auto& l : s.layers) l.moe = true;
+    }
     s.router.topkOnLogits = true;  // top-k of the float32 logits, softmax over the k
     s.router.weightsInHiddenDtype = true;
     s.attn.qkvBias = s.attn.oBias = c.optBool("attention_bias", false);
@@ -83,34 +208,60 @@ void configureGranite(ModelSpec& s, const Config& c) {
     if (s.modelType == "granitemoe_swa") graniteSwaLayers(s, c);
 }
 
+// Granite 4.0-H's Mamba2 mixers (model.layers.{L}.mamba.*)
+void graniteMambaTensors(TableBuilder& t, const LinearAttentionSpec& m) {
+    using D = Dim;
+    const Scope sc = Scope::LinearAttention;
+    const std::string mb = "model.layers.{L}.mamba.";
+    t.add(Role::MambaIn, sc, mb + "in_proj.weight", {D::SsmIn, D::Hidden});
+    t.addIf(m.projBias, Role::MambaInBias, sc, mb + "in_proj.bias", {D::SsmIn});
+    t.add(Role::MambaConv, sc, mb + "conv1d.weight", {D::SsmConv, D::One, D::LinKernel});
+    t.addIf(m.convBias, Role::MambaConvBias, sc, mb + "conv1d.bias", {D::SsmConv});
+    t.add(Role::MambaDtBias, sc, mb + "dt_bias", {D::SsmHeads});
+    t.add(Role::MambaALog, sc, mb + "A_log", {D::SsmHeads});
+    t.add(Role::MambaD, sc, mb + "D", {D::SsmHeads});
+    t.add(Role::MambaGatedNorm, sc, mb + "norm.weight", {D::LinInner});
+    t.add(Role::MambaOut, sc, mb + "out_proj.weight", {D::Hidden, D::LinInner});
+    t.addIf(m.projBias, Role::MambaOutBias, sc, mb + "out_proj.bias", {D::Hidden});
+}
+
 void graniteTensors(ModelSpec& s, const TensorProbe& has) {
     using D = Dim;
     TableBuilder t(s);
     hfDecoderTensors(t);
-    const std::string m = "model.layers.{L}.block_sparse_moe.";
-    const std::vector<Dim> gu{D::Experts, 2 * D::ExpertFfn, D::Hidden}, dn{D::Experts, D::Hidden, D::ExpertFfn};
-    // transformers 5's names only when the file has them (a config alone: as released)
-    const bool v5 = has("model.layers.0.block_sparse_moe.experts.gate_up_proj");
-    const std::string in = m + (v5 ? "experts.gate_up_proj" : "input_linear.weight");
-    t.add(Role::Router, Scope::Moe, m + (v5 ? "router.weight" : "router.layer.weight"), {D::Experts, D::Hidden});
-    t.add(Role::ExpertGate, Scope::Moe, in, gu, Pack::FirstHalf);
-    t.add(Role::ExpertUp, Scope::Moe, in, gu, Pack::SecondHalf);
-    t.add(Role::ExpertDown, Scope::Moe, m + (v5 ? "experts.down_proj" : "output_linear.weight"), dn, Pack::Stacked);
-    s.layout = ExpertLayout::Packed;
+    if (s.numExperts > 0) {
+        const std::string m = "model.layers.{L}.block_sparse_moe.";
+        const std::vector<Dim> gu{D::Experts, 2 * D::ExpertFfn, D::Hidden}, dn{D::Experts, D::Hidden, D::ExpertFfn};
+        // transformers 5's names only when the file has them (a config alone: as released)
+        const bool v5 = has("model.layers.0.block_sparse_moe.experts.gate_up_proj");
+        const std::string in = m + (v5 ? "experts.gate_up_proj" : "input_linear.weight");
+        t.add(Role::Router, Scope::Moe, m + (v5 ? "router.weight" : "router.layer.weight"), {D::Experts, D::Hidden});
+        t.add(Role::ExpertGate, Scope::Moe, in, gu, Pack::FirstHalf);
+        t.add(Role::ExpertUp, Scope::Moe, in, gu, Pack::SecondHalf);
+        t.add(Role::ExpertDown, Scope::Moe, m + (v5 ? "experts.down_proj" : "output_linear.weight"), dn, Pack::Stacked);
+        s.layout = ExpertLayout::Packed;
+    }
     if (s.attn.sinkScalesOutput) t.add(Role::Sinks, Scope::Layer, "model.layers.{L}.self_attn.sinks", {D::Heads});
+    const std::string sh = "model.layers.{L}.shared_mlp.";
     if (s.hasSharedExpert()) {
-        const std::string sh = "model.layers.{L}.shared_mlp.";
         t.add(Role::SharedGate, Scope::Moe, sh + "input_linear.weight", {2 * D::SharedFfn, D::Hidden}, Pack::FirstHalf);
         t.add(Role::SharedUp, Scope::Moe, sh + "input_linear.weight", {2 * D::SharedFfn, D::Hidden}, Pack::SecondHalf);
         t.add(Role::SharedDown, Scope::Moe, sh + "output_linear.weight", {D::Hidden, D::SharedFfn});
+    } else if (s.modelType == "granitemoehybrid") {  // a dense Granite 4.0-H: the shared_mlp is the MLP
+        t.add(Role::FfnGate, Scope::DenseFfn, sh + "input_linear.weight", {2 * D::Ffn, D::Hidden}, Pack::FirstHalf);
+        t.add(Role::FfnUp, Scope::DenseFfn, sh + "input_linear.weight", {2 * D::Ffn, D::Hidden}, Pack::SecondHalf);
+        t.add(Role::FfnDown, Scope::DenseFfn, sh + "output_linear.weight", {D::Hidden, D::Ffn});
     }
+    if (s.linear.mamba2()) graniteMambaTensors(t, s.linear);
 }
 
 }  // namespace
 
 const Family& family_granitemoe() {
-    static const Family f{
-        "granitemoe", {"granitemoe", "granitemoeshared", "granitemoe_swa"}, configureGranite, graniteTensors};
+    static const Family f{"granitemoe",
+                          {"granitemoe", "granitemoeshared", "granitemoe_swa", "granitemoehybrid"},
+                          configureGranite,
+                          graniteTensors};
     return f;
 }
 

@@ -65,14 +65,9 @@ const Family& family_jamba() {
             // the Mamba mixers
             LinearAttentionSpec& m = s.linear;
             m.kind = LinearAttentionSpec::Kind::Mamba;
-            const int64_t expand = c.optInt("mamba_expand", 2);
-            positive(c, "mamba_expand", expand, 1 << 8);
-            m.inner = expand * s.hidden;
-            positive(c, "mamba_expand", m.inner);  // (x hidden_size)
-            m.stateSize = c.optInt("mamba_d_state", 16);
-            positive(c, "mamba_d_state", m.stateSize, 1 << 12);
-            m.kernel = c.optInt("mamba_d_conv", 4);
-            positive(c, "mamba_d_conv", m.kernel, 1 << 10);
+            mambaSizes(s, c,
+                       {"mamba_expand", 2, "mamba_d_state", 16, "mamba_d_conv", 4, "mamba_conv_bias", true,
+                        "mamba_proj_bias", false});
             const auto& rank = c.raw().contains("mamba_dt_rank") ? c.raw()["mamba_dt_rank"] : nlohmann::json("auto");
             if (rank.is_string()) {
                 if (rank.get<std::string>() != "auto") c.fail("mamba_dt_rank", "must be an integer or \"auto\"");
@@ -81,8 +76,6 @@ const Family& family_jamba() {
                 m.dtRank = c.requiredInt("mamba_dt_rank");
                 positive(c, "mamba_dt_rank", m.dtRank);
             }
-            m.convBias = c.optBool("mamba_conv_bias", true);
-            m.projBias = c.optBool("mamba_proj_bias", false);
         },
         [](ModelSpec& s, const TensorProbe& has) {
             using D = Dim;

@@ -1,0 +1,248 @@
+"""Granite 4.0-H (granitemoehybrid: IBM's granite-4.0-h-small, -h-tiny, -h-micro, -h-1b, -h-350m) beyond
+the parity of test_parity.py (granitemoehybrid_rope_groups and granitemoehybrid_nope_plain on
+fixtures.PROMPTS: float32 in both expert layouts, bf16 and f16, the bf16 run bit for bit).
+
+The reference is transformers' GraniteMoeHybridForCausalLM. Its Mamba2 mixers run the torch
+fallbacks causal_conv1d_fn and mamba2_chunk_scan (the mamba-ssm and causal-conv1d kernels are not
+installed): the fallbacks are the reference. Here: prompts shorter than the convolution and a chunk,
+and ones spanning many chunks, resident and layer-streamed, in float32 and bf16 bit for bit; a prompt
+long enough that ExpertScope scans it in several groups of chunks (float32 within rounding); info;
+the dense layout (no experts) and the default layer types; bad configs and tensors refused by name;
+the session and the views naming the Mamba2 layers (transformers' "linear_attention").
+"""
+import hashlib
+import json
+import os
+
+import numpy as np
+import pytest
+
+from conftest import assert_info_refuses, assert_s1_is, assert_views_name_token_mixers, require, run_cli
+import fixtures
+from test_parity import assert_identical, compare, trace
+
+NAMES = ["granitemoehybrid_rope_groups", "granitemoehybrid_nope_plain"]
+_rng = np.random.default_rng(23)
+PROMPTS = [[int(t) for t in _rng.integers(0, 97, n)] for n in (1, 2, 5, 41, 300)]
+
+
+def trace_prompts(cli, ckpt, out, run, *extra, prompts=PROMPTS):
+    trace(cli, ckpt, out, "--all-experts", "--save-logits", "--allow-long", "--run", run, *extra, prompts=prompts)
+
+
+def test_info(cli, build_fixture):
+    per, _, _ = build_fixture("granitemoehybrid_rope_groups")
+    info = json.loads(run_cli(cli, "info", per, "--json").stdout)
+    assert info["family"] == "granitemoe" and info["moe_layers"] == [0, 1, 2, 3]
+    assert info["linear_attention_layers"] == [0, 2, 3] and info["rope"]["theta"] == 5000.0
+    assert info["linear_attention"] == {"kind": "mamba2", "num_heads": 8, "head_dim": 16, "state_size": 8,
+                                        "n_groups": 2, "conv_kernel": 3, "chunk_size": 5, "conv_bias": True,
+                                        "proj_bias": True, "time_step_min": 0.05, "time_step_max": 1.5}
+    text = run_cli(cli, "info", per).stdout
+    words = ("standard on 1 of 4 layers; Mamba2 (a state space dual, transformers' \"linear_attention\") on 3: "
+             "8 heads of 16, state 8, 2 groups, convolution 3 wide, chunks of 5, convolution bias, projection "
+             "biases, dt in [0.05, 1.5]")
+    assert words in text, text
+    per, _, _ = build_fixture("granitemoehybrid_nope_plain")
+    info = json.loads(run_cli(cli, "info", per, "--json").stdout)
+    assert info["linear_attention_layers"] == [0, 1] and info["rope"] is None
+    assert info["linear_attention"]["time_step_max"] is None and info["linear_attention"]["n_groups"] == 1
+    assert info["num_experts"] == 8 and info["top_k"] == 3
+    text = run_cli(cli, "info", per).stdout
+    assert "4 heads of 32, state 16, 1 group, convolution 4 wide, chunks of 8" in text, text
+    assert "none: the attention has no positions" in text and "dt in" not in text
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_short_and_long_prompts(cli, build_fixture, tmp_path, name):
+    """Prompts of 1, 2, 5, 41 and 300 tokens (a convolution 3 or 4 wide, chunks of 5 or 8: a prompt
+    inside one chunk, on its edge, across 9 and 60 of them): float32 within rounding, bf16 bit for bit,
+    each resident and layer-streamed, against transformers on the same prompts."""
+    torch = require("torch")
+    h5py = require("h5py")
+    per, _, _ = build_fixture(name)
+    out = str(tmp_path / "s.h5")
+    ref32 = fixtures.reference(fixtures.hf_from_pretrained(per, torch.float32), prompts=PROMPTS)
+    ref16 = fixtures.reference(fixtures.hf_from_pretrained(per, torch.bfloat16), prompts=PROMPTS)
+    trace_prompts(cli, per, out, "f32", "--layer-streaming", "off")
+    trace_prompts(cli, per, out, "f32streamed", "--layer-streaming", "on")
+    trace_prompts(cli, per, out, "bf16", "--dtype", "bfloat16", "--layer-streaming", "off")
+    trace_prompts(cli, per, out, "streamed", "--dtype", "bfloat16", "--layer-streaming", "on")
+    with h5py.File(out, "r") as f:
+        compare(f["runs/f32"], ref32)
+        compare(f["runs/f32streamed"], ref32)
+        assert_identical(f["runs/bf16"], ref16)
+        assert_identical(f["runs/streamed"], ref16)
+
+
+def test_prompt_scanned_in_groups_of_chunks(cli, tmp_path):
+    """256 heads and chunks of 256 make each group of chunks ExpertScope scans one chunk (2^24 values
+    of [chunk, chunk, heads]): a prompt of 700 tokens is scanned in three groups, each starting from
+    the state the last one left; transformers scans it at once. Float32 within rounding (the later
+    groups' tokens would not be without the state carried into them)."""
+    torch = require("torch")
+    h5py = require("h5py")
+    model = fixtures.build_model("granitemoehybrid_nope_plain", hidden_size=128, mamba_n_heads=256, mamba_d_head=1,
+                                 mamba_d_state=4, mamba_chunk_size=256)
+    d = str(tmp_path / "wide")
+    model.save_pretrained(d)
+    prompts = [[int(t) for t in np.random.default_rng(5).integers(0, 97, 700)]]
+    ref = fixtures.reference(fixtures.hf_from_pretrained(d, torch.float32), prompts=prompts)
+    out = str(tmp_path / "s.h5")
+    trace_prompts(cli, d, out, "r", prompts=prompts)
+    with h5py.File(out, "r") as f:
+        compare(f["runs/r"], ref)
+
+
+# (overrides, the MoE layers, the Mamba2 layers) as transformers builds them: no experts makes the
+# shared MLP every layer's MLP; no layer_types makes every layer Mamba2
+EDGE_LAYOUTS = [
+    (dict(num_local_experts=0), [], [0, 2, 3]),
+    (dict(layer_types=None), [0, 1, 2, 3], [0, 1, 2, 3]),
+]
+
+
+@pytest.mark.parametrize("i", range(len(EDGE_LAYOUTS)))
+def test_edge_layouts_open_as_transformers_builds_them(cli, tmp_path, i):
+    """Layouts at the edges of the class's rules open with transformers' layers (info) and its
+    logits (float32 within rounding, bf16 bit for bit)."""
+    torch = require("torch")
+    h5py = require("h5py")
+    overrides, moe, mamba = EDGE_LAYOUTS[i]
+    model = fixtures.build_model("granitemoehybrid_rope_groups", **overrides)
+    assert [l for l, m in enumerate(model.model.layers) if m.mamba is not None] == mamba
+    d = str(tmp_path / "edge")
+    model.save_pretrained(d)
+    info = json.loads(run_cli(cli, "info", d, "--json").stdout)
+    assert info["moe_layers"] == moe and info["linear_attention_layers"] == mamba
+    out = str(tmp_path / "s.h5")
+    trace(cli, d, out, "--save-logits", "--run", "r")
+    trace(cli, d, out, "--save-logits", "--run", "bf16", "--dtype", "bfloat16")
+    ref = fixtures.reference(fixtures.hf_from_pretrained(d, torch.float32))
+    ref16 = fixtures.reference(fixtures.hf_from_pretrained(d, torch.bfloat16))
+    with h5py.File(out, "r") as f:
+        np.testing.assert_allclose(f["runs/r/logits"][:], ref["logits"], atol=1e-4 * np.abs(ref["logits"]).max())
+        np.testing.assert_array_equal(f["runs/bf16/logits"][:], ref16["logits"])
+
+
+CONFIGS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "data", "configs")
+# file -> (size, SHA-256) as SOURCES.md records the Hub file's
+PUBLISHED = {"granite_4_0_h_tiny.json": (1796, "bda8fd574ace7d968d82397f59ea6b9a702a077bbeab279a65b9dad7386a82c6"),
+             "granite_4_0_h_small.json": (1799, "8616e9f0b30e6fac9696f7c1e1dbd08f1a850ac4af0de6353f7d6009043702ae")}
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED))
+def test_published_config_opens_and_matches_hf(cli, tmp_path, name):
+    """granite-4.0-h-tiny's and -h-small's config.json (tests/data/configs, SOURCES.md; size and SHA-256
+    checked), shrunk only in sizes: widths, heads (their key/value ratio kept), Mamba2 heads and
+    their width, the state, and the layers cut to the first six (attention on layer 5 as published).
+    Every other key stays: the vocabulary of 100352 (its pad, bos and eos ids past 100000), the
+    experts and top-k, chunks of 256, the 4-wide
+    convolution with its bias, expand 2, one group, no positions ("nope"), the multipliers, the tied
+    head, the keys the class does not read (normalization_function, rope_theta). Float32 within
+    rounding and bf16 bit for bit against transformers' GraniteMoeHybridForCausalLM of the same dict."""
+    torch = require("torch")
+    h5py = require("h5py")
+    with open(os.path.join(CONFIGS, name), "rb") as f:
+        raw = f.read()
+    assert (len(raw), hashlib.sha256(raw).hexdigest()) == PUBLISHED[name]
+    cfg = json.loads(raw)
+    assert cfg["layer_types"][5] == "attention" and cfg["position_embedding_type"] == "nope"
+    kv_ratio = cfg["num_attention_heads"] // cfg["num_key_value_heads"]
+    cfg.update(hidden_size=96, num_attention_heads=kv_ratio * 2, num_key_value_heads=2, intermediate_size=32,
+               shared_intermediate_size=48, mamba_n_heads=12, mamba_d_head=16, mamba_d_state=16,
+               num_hidden_layers=6, layer_types=cfg["layer_types"][:6])
+    model, d = fixtures.published_checkpoint("GraniteMoeHybridConfig", cfg, str(tmp_path / "ckpt"))
+    info = json.loads(run_cli(cli, "info", d, "--json").stdout)
+    assert info["moe_layers"] == list(range(6)) and info["linear_attention_layers"] == [0, 1, 2, 3, 4]
+    assert info["num_experts"] == cfg["num_local_experts"] and info["top_k"] == cfg["num_experts_per_tok"]
+    assert info["linear_attention"] == {"kind": "mamba2", "num_heads": 12, "head_dim": 16, "state_size": 16,
+                                        "n_groups": 1, "conv_kernel": 4, "chunk_size": 256, "conv_bias": True,
+                                        "proj_bias": False, "time_step_min": 0.0, "time_step_max": None}
+    ref32 = fixtures.reference(fixtures.hf_from_pretrained(d, torch.float32))
+    ref16 = fixtures.reference(fixtures.hf_from_pretrained(d, torch.bfloat16))
+    out = str(tmp_path / "s.h5")
+    trace(cli, d, out, "--all-experts", "--save-logits", "--run", "f32")
+    trace(cli, d, out, "--all-experts", "--save-logits", "--run", "bf16", "--dtype", "bfloat16")
+    with h5py.File(out, "r") as f:
+        compare(f["runs/f32"], ref32)
+        assert_identical(f["runs/bf16"], ref16)
+
+
+BAD_CONFIGS = [
+    (lambda c: c.update(mamba_n_heads=6), ["mamba_n_heads", "must divide mamba_expand x hidden_size (128)"]),
+    (lambda c: c.update(mamba_d_head=8), ["mamba_d_head", "must be mamba_expand x hidden_size (128)"]),
+    (lambda c: c.update(mamba_d_head="big"), ["mamba_d_head", "\"auto\""]),
+    (lambda c: c.update(mamba_n_groups=3), ["mamba_n_groups", "must divide mamba_n_heads (8)"]),
+    (lambda c: c.update(mamba_d_state=None), ["mamba_d_state", "must not be null"]),
+    (lambda c: c.update(mamba_chunk_size=0), ["mamba_chunk_size"]),
+    (lambda c: c.update(mamba_chunk_size=4096), ["mamba_chunk_size", "more than 2^26 values"]),
+    (lambda c: c.update(mamba_expand=0), ["mamba_expand"]),
+    (lambda c: c.update(time_step_limit=None), ["time_step_limit", "must not be null"]),
+    (lambda c: c.update(time_step_limit=[0.5]), ["time_step_limit", "expected [min, max]"]),
+    (lambda c: c.update(time_step_limit=[1.0, 0.5]), ["time_step_limit", "0 <= min < max"]),
+    (lambda c: c.update(position_embedding_type="alibi"), ["position_embedding_type", "unknown type 'alibi'"]),
+    (lambda c: c.update(layer_types=["mamba", "attention", "mamba"]), ["layer_types", "3 entries for 4 layers"]),
+    (lambda c: c.update(layer_types=["mamba", "sliding_attention", "mamba", "mamba"]),
+     ["layer_types", "unknown layer type 'sliding_attention'"]),
+    (lambda c: c.update(num_local_experts=-1), ["num_local_experts", "must not be negative"]),
+    (lambda c: c.update(num_experts_per_tok=7), ["num_experts_per_tok"]),
+    (lambda c: c.update(shared_intermediate_size=0), ["shared_intermediate_size"]),
+    (lambda c: c.update(hidden_act="gelu"), ["hidden_act"]),
+    (lambda c: c.update(normalization_function="layernorm"), ["normalization_function", "must be \"rmsnorm\""]),
+]
+
+
+@pytest.mark.parametrize("edit,words", BAD_CONFIGS, ids=range(len(BAD_CONFIGS)))
+def test_bad_configs_refused_by_name(cli, build_fixture, tmp_path, edit, words):
+    per, _, _ = build_fixture("granitemoehybrid_rope_groups")
+    assert_info_refuses(cli, fixtures.copy_checkpoint(per, str(tmp_path / "bad"), edit), words)
+
+
+def test_bad_tensors_refused_by_name(cli, build_fixture, tmp_path):
+    """An A_log of another head count, a missing convolution bias mamba_conv_bias asks for and an
+    in_proj of another width are refused naming the tensor."""
+    torch = require("torch")
+    per, _, _ = build_fixture("granitemoehybrid_rope_groups")
+
+    def other_heads(sd):
+        sd["model.layers.2.mamba.A_log"] = torch.zeros(7)
+
+    d = fixtures.copy_checkpoint(per, str(tmp_path / "heads"), None, other_heads)
+    assert_info_refuses(cli, d, ["model.layers.2.mamba.A_log", "[8]"], file="model.safetensors")
+
+    def no_bias(sd):
+        del sd["model.layers.0.mamba.conv1d.bias"]
+
+    d = fixtures.copy_checkpoint(per, str(tmp_path / "nobias"), None, no_bias)
+    assert_info_refuses(cli, d, ["model.layers.0.mamba.conv1d.bias", "missing tensor"], file="nobias")
+
+    def other_width(sd):
+        sd["model.layers.3.mamba.in_proj.weight"] = torch.zeros(300, 64)
+
+    d = fixtures.copy_checkpoint(per, str(tmp_path / "width"), None, other_width)
+    # (z 128 + x, B, C 128 + 2 x 2 x 8 + dt 8)
+    assert_info_refuses(cli, d, ["model.layers.3.mamba.in_proj.weight", "[296, 64]"], file="model.safetensors")
+
+
+def test_analyses_and_views_name_the_mamba_layers(cli, build_fixture, tmp_path):
+    """Every analysis runs and every view exports; S1 is numpy's cosines of transformers' experts; the
+    session names the Mamba2 layers (/model@linear_attention_layers, read with h5py), and the per-layer
+    charts say which layer has which token mixer."""
+    h5py = require("h5py")
+    torch = require("torch")
+    per, _, _ = build_fixture("granitemoehybrid_nope_plain")
+    out = str(tmp_path / "s.h5")
+    trace(cli, per, out, "--all-experts", "--run", "r")
+    run_cli(cli, "analyze", per, "--out", out, "--static", "all")
+    run_cli(cli, "analyze", per, "--out", out, "--dynamic", "all", "--run", "r")
+    model = fixtures.hf_from_pretrained(per, torch.float32)
+    with h5py.File(out, "r") as f:
+        assert list(f["model"].attrs["linear_attention_layers"]) == [0, 1]
+        for l in range(3):
+            ex = model.model.layers[l].block_sparse_moe.experts
+            gu, dn = ex.gate_up_proj.detach().double().numpy(), ex.down_proj.detach().double().numpy()
+            F = gu.shape[1] // 2
+            assert_s1_is(f, l, {"gate": gu[:, :F], "up": gu[:, F:], "down": dn})
+    mixer = {0: "linear attention", 1: "linear attention", 2: "full attention"}
+    assert_views_name_token_mixers(cli, out, tmp_path, mixer)
