@@ -415,13 +415,13 @@ void qwenLayerTypes(ModelSpec& s, const Config& c, bool moeFormula) {
                   [&](int64_t i) { return use && (moeFormula ? ((i + 1) % 2) && i < maxWindow : i >= maxWindow); });
 }
 
-std::vector<std::string> layerTypes(const Config& c) {
+std::vector<std::string> layerTypes(const Config& c, const std::string& key) {
     // transformers' _LEGACY_LAYER_TYPE_REMAP, which every config applies to its layer_types
     static const std::pair<const char*, const char*> legacy[] = {{"mamba", "linear_attention"},
                                                                  {"attention", "full_attention"},
                                                                  {"deepseek_sparse_attention", "indexed_attention"},
                                                                  {"qwen_sparse_attention", "indexed_attention"}};
-    std::vector<std::string> types = c.optStringList("layer_types");
+    std::vector<std::string> types = c.optStringList(key);
     for (auto& t : types)
         for (const auto& [from, to] : legacy)
             if (t == from) t = to;
@@ -429,11 +429,10 @@ std::vector<std::string> layerTypes(const Config& c) {
 }
 
 std::vector<bool> localLayers(const ModelSpec& s, const Config& c, const std::string& local,
-                              const std::function<bool(int64_t)>& formula) {
-    auto types = layerTypes(c);
+                              const std::function<bool(int64_t)>& formula, const std::string& key) {
+    auto types = layerTypes(c, key);
     if (!types.empty() && static_cast<int64_t>(types.size()) != s.numLayers)
-        c.fail("layer_types",
-               "has " + std::to_string(types.size()) + " entries for " + std::to_string(s.numLayers) + " layers");
+        c.fail(key, "has " + std::to_string(types.size()) + " entries for " + std::to_string(s.numLayers) + " layers");
     std::vector<bool> out;
     for (int64_t i = 0; i < s.numLayers; ++i) {
         if (types.empty()) {
@@ -441,7 +440,7 @@ std::vector<bool> localLayers(const ModelSpec& s, const Config& c, const std::st
             continue;
         }
         if (types[i] != local && types[i] != "full_attention")
-            c.fail("layer_types", "unknown layer type '" + types[i] + "' (expected " + local + " or full_attention)");
+            c.fail(key, "unknown layer type '" + types[i] + "' (expected " + local + " or full_attention)");
         out.push_back(types[i] == local);
     }
     return out;

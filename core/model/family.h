@@ -161,11 +161,12 @@ void slidingLayersRopeOnly(ModelSpec& s, const std::vector<bool>& sliding, int64
 // layer_types with transformers' legacy names mapped to today's ("attention" -> "full_attention",
 // "mamba" -> "linear_attention", "deepseek_sparse_attention" -> "indexed_attention", ...), as every
 // config class maps them.
-std::vector<std::string> layerTypes(const Config& c);
+// `key`: where the config class reads it from another name too (its attribute_map), that name.
+std::vector<std::string> layerTypes(const Config& c, const std::string& key = "layer_types");
 // Which layers attend locally by layer_types (`local`, e.g. "sliding_attention", or
-// "full_attention"; one entry per layer), else by formula(layer).
+// "full_attention"; one entry per layer), else by formula(layer); `key` as layerTypes'.
 std::vector<bool> localLayers(const ModelSpec& s, const Config& c, const std::string& local,
-                              const std::function<bool(int64_t)>& formula);
+                              const std::function<bool(int64_t)>& formula, const std::string& key = "layer_types");
 // An EMoE conversion's "expertscope_emoe" block (docs/emoe.md) on a dense model.
 void emoeBlock(ModelSpec& s, const Config& c);
 // DeepSeek-V2/V3 multi-head latent attention: q_lora_rank (absent: the default, null: one

@@ -643,6 +643,26 @@ def published_checkpoint(cls_name, cfg, out_dir):
     return model, out_dir
 
 
+def edited(cfg, **changes):
+    """cfg with `changes` applied, a value None deleting the key (for config-edit tests)."""
+    for k, v in changes.items():
+        if v is None:
+            cfg.pop(k, None)
+        else:
+            cfg[k] = v
+    return cfg
+
+
+def edit_config(path, edit):
+    """The checkpoint directory `path`'s config.json rewritten by edit(cfg), which changes it in place."""
+    p = os.path.join(path, "config.json")
+    with open(p) as f:
+        cfg = json.load(f)
+    edit(cfg)
+    with open(p, "w") as f:
+        json.dump(cfg, f, indent=2)
+
+
 def hf_from_pretrained(path, dtype):
     """transformers' model of a saved checkpoint in `dtype`, loaded as a user loads it (so that
     _keep_in_fp32_modules_strict keeps DeepSeek-V3's correction bias in float32, which model.to(dtype)

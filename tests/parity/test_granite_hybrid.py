@@ -6,9 +6,10 @@ The reference is transformers' GraniteMoeHybridForCausalLM. Its Mamba2 mixers ru
 fallbacks causal_conv1d_fn and mamba2_chunk_scan (the mamba-ssm and causal-conv1d kernels are not
 installed): the fallbacks are the reference. Here: prompts shorter than the convolution and a chunk,
 and ones spanning many chunks, resident and layer-streamed, in float32 and bf16 bit for bit; a prompt
-long enough that ExpertScope scans it in several groups of chunks (float32 within rounding); info;
-the dense layout (no experts) and the default layer types; bad configs and tensors refused by name;
-the session and the views naming the Mamba2 layers (transformers' "linear_attention").
+long enough that ExpertScope scans it in several groups of chunks (float32 within rounding, bf16 bit
+for bit); info; the dense layout (no experts) and the config keys transformers reads in ways of its
+own; bad configs and tensors refused by name; the session and the views naming the Mamba2 layers
+(transformers' "linear_attention").
 """
 import hashlib
 import json
@@ -19,7 +20,9 @@ import pytest
 
 from conftest import assert_info_refuses, assert_s1_is, assert_views_name_token_mixers, require, run_cli
 import fixtures
-from test_parity import assert_identical, compare, trace
+from fixtures import edited
+from test_parity import (assert_identical, assert_logits_match_hf, assert_tensor_edits_refused, compare, trace,
+                         trace_every_output)
 
 NAMES = ["granitemoehybrid_rope_groups", "granitemoehybrid_nope_plain"]
 _rng = np.random.default_rng(23)
@@ -27,7 +30,7 @@ PROMPTS = [[int(t) for t in _rng.integers(0, 97, n)] for n in (1, 2, 5, 41, 300)
 
 
 def trace_prompts(cli, ckpt, out, run, *extra, prompts=PROMPTS):
-    trace(cli, ckpt, out, "--all-experts", "--save-logits", "--allow-long", "--run", run, *extra, prompts=prompts)
+    trace_every_output(cli, ckpt, out, run, *extra, prompts=prompts)
 
 
 def test_info(cli, build_fixture):
@@ -75,30 +78,71 @@ def test_short_and_long_prompts(cli, build_fixture, tmp_path, name):
         assert_identical(f["runs/streamed"], ref16)
 
 
-def test_prompt_scanned_in_groups_of_chunks(cli, tmp_path):
-    """256 heads and chunks of 256 make each group of chunks ExpertScope scans one chunk (2^24 values
-    of [chunk, chunk, heads]): a prompt of 700 tokens is scanned in three groups, each starting from
-    the state the last one left; transformers scans it at once. Float32 within rounding (the later
-    groups' tokens would not be without the state carried into them)."""
+@pytest.mark.parametrize("heads,chunk", [(256, 256), (1024, 64)])
+def test_prompt_scanned_in_groups_of_chunks(cli, tmp_path, heads, chunk):
+    """ExpertScope scans a prompt in groups of whole chunks, at most 2^24 values of [chunks, chunk,
+    chunk, heads] each: 256 heads and chunks of 256 make a group one chunk, 1024 heads and chunks of 64
+    four. A prompt of 700 tokens is scanned in three groups, each starting from the state the last one
+    left (inside a group the chunks pass it on as transformers does); transformers scans it at once.
+    Float32 within rounding (the later groups' tokens would not be without the state carried into
+    them), bf16 bit for bit."""
     torch = require("torch")
     h5py = require("h5py")
-    model = fixtures.build_model("granitemoehybrid_nope_plain", hidden_size=128, mamba_n_heads=256, mamba_d_head=1,
-                                 mamba_d_state=4, mamba_chunk_size=256)
+    hidden = heads // 2  # (mamba_expand 2, heads of one channel)
+    model = fixtures.build_model("granitemoehybrid_nope_plain", hidden_size=hidden, mamba_n_heads=heads,
+                                 mamba_d_head=1, mamba_d_state=4, mamba_chunk_size=chunk)
     d = str(tmp_path / "wide")
     model.save_pretrained(d)
     prompts = [[int(t) for t in np.random.default_rng(5).integers(0, 97, 700)]]
     ref = fixtures.reference(fixtures.hf_from_pretrained(d, torch.float32), prompts=prompts)
+    ref16 = fixtures.reference(fixtures.hf_from_pretrained(d, torch.bfloat16), prompts=prompts)
     out = str(tmp_path / "s.h5")
     trace_prompts(cli, d, out, "r", prompts=prompts)
+    trace_prompts(cli, d, out, "bf16", "--dtype", "bfloat16", prompts=prompts)
     with h5py.File(out, "r") as f:
         compare(f["runs/r"], ref)
+        assert_identical(f["runs/bf16"], ref16)
+
+
+# (how the fixture is built, the edit of its saved config.json, the Mamba2 layers): configs that
+# transformers reads in ways of its own, each opened as it reads them
+READ_AS_TRANSFORMERS_DOES = [
+    # no layer_types: every layer Mamba2; mamba_d_head "auto"; no time_step_limit
+    (dict(layer_types=None), lambda c: edited(c, layer_types=None, mamba_d_head="auto", time_step_limit=None),
+     [0, 1, 2, 3]),
+    # layers_block_type, the class's other name for layer_types
+    ({}, lambda c: c.update(layers_block_type=c.pop("layer_types")), [0, 2, 3]),
+    # a position_embedding_type other than "rope": no positions
+    (dict(position_embedding_type="alibi"), None, [0, 2, 3]),
+    # a time_step_limit whose min exceeds its max: torch.clamp makes every dt the max
+    (dict(time_step_limit=(1.0, 0.5)), None, [0, 2, 3]),
+]
+
+
+@pytest.mark.parametrize("i", range(len(READ_AS_TRANSFORMERS_DOES)))
+def test_configs_open_as_transformers_reads_them(cli, tmp_path, i):
+    """Config keys transformers' GraniteMoeHybridConfig reads in ways of its own open as it reads
+    them: the Mamba2 layers (info) and the logits (float32 within rounding, bf16 bit for bit) of
+    transformers' model loaded from the same edited config.json."""
+    torch = require("torch")
+    overrides, edit, mamba = READ_AS_TRANSFORMERS_DOES[i]
+    model = fixtures.build_model("granitemoehybrid_rope_groups", **overrides)
+    d = str(tmp_path / "ckpt")
+    model.save_pretrained(d)
+    if edit is not None:
+        fixtures.edit_config(d, edit)
+    info = json.loads(run_cli(cli, "info", d, "--json").stdout)
+    assert info["linear_attention_layers"] == mamba
+    assert [l for l, m in enumerate(fixtures.hf_from_pretrained(d, torch.float32).model.layers)
+            if m.mamba is not None] == mamba
+    assert_logits_match_hf(cli, d, str(tmp_path / "s.h5"))
 
 
 # (overrides, the MoE layers, the Mamba2 layers) as transformers builds them: no experts makes the
-# shared MLP every layer's MLP; no layer_types makes every layer Mamba2
+# shared MLP every layer's MLP (num_experts_per_tok, then unread, may be null)
 EDGE_LAYOUTS = [
     (dict(num_local_experts=0), [], [0, 2, 3]),
-    (dict(layer_types=None), [0, 1, 2, 3], [0, 1, 2, 3]),
+    (dict(num_local_experts=0, num_experts_per_tok=None), [], [0, 2, 3]),
 ]
 
 
@@ -106,8 +150,6 @@ EDGE_LAYOUTS = [
 def test_edge_layouts_open_as_transformers_builds_them(cli, tmp_path, i):
     """Layouts at the edges of the class's rules open with transformers' layers (info) and its
     logits (float32 within rounding, bf16 bit for bit)."""
-    torch = require("torch")
-    h5py = require("h5py")
     overrides, moe, mamba = EDGE_LAYOUTS[i]
     model = fixtures.build_model("granitemoehybrid_rope_groups", **overrides)
     assert [l for l, m in enumerate(model.model.layers) if m.mamba is not None] == mamba
@@ -115,14 +157,7 @@ def test_edge_layouts_open_as_transformers_builds_them(cli, tmp_path, i):
     model.save_pretrained(d)
     info = json.loads(run_cli(cli, "info", d, "--json").stdout)
     assert info["moe_layers"] == moe and info["linear_attention_layers"] == mamba
-    out = str(tmp_path / "s.h5")
-    trace(cli, d, out, "--save-logits", "--run", "r")
-    trace(cli, d, out, "--save-logits", "--run", "bf16", "--dtype", "bfloat16")
-    ref = fixtures.reference(fixtures.hf_from_pretrained(d, torch.float32))
-    ref16 = fixtures.reference(fixtures.hf_from_pretrained(d, torch.bfloat16))
-    with h5py.File(out, "r") as f:
-        np.testing.assert_allclose(f["runs/r/logits"][:], ref["logits"], atol=1e-4 * np.abs(ref["logits"]).max())
-        np.testing.assert_array_equal(f["runs/bf16/logits"][:], ref16["logits"])
+    assert_logits_match_hf(cli, d, str(tmp_path / "s.h5"))
 
 
 CONFIGS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "data", "configs")
@@ -180,14 +215,17 @@ BAD_CONFIGS = [
     (lambda c: c.update(mamba_expand=0), ["mamba_expand"]),
     (lambda c: c.update(time_step_limit=None), ["time_step_limit", "must not be null"]),
     (lambda c: c.update(time_step_limit=[0.5]), ["time_step_limit", "expected [min, max]"]),
-    (lambda c: c.update(time_step_limit=[1.0, 0.5]), ["time_step_limit", "0 <= min < max"]),
-    (lambda c: c.update(position_embedding_type="alibi"), ["position_embedding_type", "unknown type 'alibi'"]),
+    (lambda c: c.update(time_step_limit=[0.0, {"__float__": "NaN"}]), ["time_step_limit[1]", "\"Infinity\""]),
+    (lambda c: edited(c, num_experts=4, num_local_experts=None),
+     ["num_experts", "not read by transformers' GraniteMoeHybrid"]),
+    (lambda c: c.update(layers_block_type=["mamba"] * 4), ["layers_block_type", "differs from layer_types"]),
+    (lambda c: c.update(num_experts_per_tok=None), ["num_experts_per_tok", "must not be null"]),
     (lambda c: c.update(layer_types=["mamba", "attention", "mamba"]), ["layer_types", "3 entries for 4 layers"]),
     (lambda c: c.update(layer_types=["mamba", "sliding_attention", "mamba", "mamba"]),
      ["layer_types", "unknown layer type 'sliding_attention'"]),
     (lambda c: c.update(num_local_experts=-1), ["num_local_experts", "must not be negative"]),
     (lambda c: c.update(num_experts_per_tok=7), ["num_experts_per_tok"]),
-    (lambda c: c.update(shared_intermediate_size=0), ["shared_intermediate_size"]),
+    (lambda c: c.update(shared_intermediate_size=0), ["shared_intermediate_size", "not supported"]),
     (lambda c: c.update(hidden_act="gelu"), ["hidden_act"]),
     (lambda c: c.update(normalization_function="layernorm"), ["normalization_function", "must be \"rmsnorm\""]),
 ]
@@ -202,27 +240,11 @@ def test_bad_configs_refused_by_name(cli, build_fixture, tmp_path, edit, words):
 def test_bad_tensors_refused_by_name(cli, build_fixture, tmp_path):
     """An A_log of another head count, a missing convolution bias mamba_conv_bias asks for and an
     in_proj of another width are refused naming the tensor."""
-    torch = require("torch")
     per, _, _ = build_fixture("granitemoehybrid_rope_groups")
-
-    def other_heads(sd):
-        sd["model.layers.2.mamba.A_log"] = torch.zeros(7)
-
-    d = fixtures.copy_checkpoint(per, str(tmp_path / "heads"), None, other_heads)
-    assert_info_refuses(cli, d, ["model.layers.2.mamba.A_log", "[8]"], file="model.safetensors")
-
-    def no_bias(sd):
-        del sd["model.layers.0.mamba.conv1d.bias"]
-
-    d = fixtures.copy_checkpoint(per, str(tmp_path / "nobias"), None, no_bias)
-    assert_info_refuses(cli, d, ["model.layers.0.mamba.conv1d.bias", "missing tensor"], file="nobias")
-
-    def other_width(sd):
-        sd["model.layers.3.mamba.in_proj.weight"] = torch.zeros(300, 64)
-
-    d = fixtures.copy_checkpoint(per, str(tmp_path / "width"), None, other_width)
-    # (z 128 + x, B, C 128 + 2 x 2 x 8 + dt 8)
-    assert_info_refuses(cli, d, ["model.layers.3.mamba.in_proj.weight", "[296, 64]"], file="model.safetensors")
+    # (in_proj: z 128 + x, B, C 128 + 2 x 2 x 8 + dt 8)
+    assert_tensor_edits_refused(cli, per, tmp_path, [("model.layers.2.mamba.A_log", (7,), ["[8]"]),
+                                                     ("model.layers.0.mamba.conv1d.bias", None, ["missing tensor"]),
+                                                     ("model.layers.3.mamba.in_proj.weight", (300, 64), ["[296, 64]"])])
 
 
 def test_analyses_and_views_name_the_mamba_layers(cli, build_fixture, tmp_path):

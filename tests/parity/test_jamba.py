@@ -18,7 +18,7 @@ import pytest
 
 from conftest import assert_info_refuses, assert_s1_is, assert_views_name_token_mixers, require, run_cli
 import fixtures
-from test_parity import assert_identical, compare, trace
+from test_parity import assert_identical, compare, trace, trace_every_output
 
 NAMES = ["jamba_hybrid_bias", "jamba_moe_plain_tied"]
 _rng = np.random.default_rng(17)
@@ -26,7 +26,7 @@ PROMPTS = [[int(t) for t in _rng.integers(0, 97, n)] for n in (1, 2, 41, 300)]
 
 
 def trace_prompts(cli, ckpt, out, run, *extra, prompts=PROMPTS):
-    trace(cli, ckpt, out, "--all-experts", "--save-logits", "--allow-long", "--run", run, *extra, prompts=prompts)
+    trace_every_output(cli, ckpt, out, run, *extra, prompts=prompts)
 
 
 def test_info(cli, build_fixture):

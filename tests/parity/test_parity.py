@@ -25,6 +25,12 @@ def trace(cli, ckpt, out, *extra, prompts=fixtures.PROMPTS):
     run_cli(cli, *args)
 
 
+def trace_every_output(cli, ckpt, out, run, *extra, prompts=fixtures.PROMPTS):
+    """The prompts traced into run `run` of `out` with every expert's output and the logits, past the
+    model's trained positions where they are long (`extra`: more options)."""
+    trace(cli, ckpt, out, "--all-experts", "--save-logits", "--allow-long", "--run", run, *extra, prompts=prompts)
+
+
 def trace_and_compare(cli, ckpt, out, ref, *extra, run="r", **tol):
     """The prompts traced into run `run` of `out` (every expert's output, the logits; `extra`
     options) and compared with the reference (`tol`: compare's tolerances); the run's attributes."""
@@ -33,6 +39,36 @@ def trace_and_compare(cli, ckpt, out, ref, *extra, run="r", **tol):
     with h5py.File(out, "r") as f:
         compare(f[f"runs/{run}"], ref, **tol)
         return dict(f[f"runs/{run}"].attrs)
+
+
+def assert_logits_match_hf(cli, ckpt, out):
+    """The checkpoint traced on fixtures.PROMPTS in float32 and bf16 (runs "r" and "bf16" of `out`):
+    the logits within rounding of transformers' in float32, bit for bit in bf16."""
+    torch = require("torch")
+    h5py = require("h5py")
+    trace(cli, ckpt, out, "--save-logits", "--run", "r")
+    trace(cli, ckpt, out, "--save-logits", "--run", "bf16", "--dtype", "bfloat16")
+    ref = fixtures.reference(fixtures.hf_from_pretrained(ckpt, torch.float32))
+    ref16 = fixtures.reference(fixtures.hf_from_pretrained(ckpt, torch.bfloat16))
+    with h5py.File(out, "r") as f:
+        np.testing.assert_allclose(f["runs/r/logits"][:], ref["logits"], atol=1e-4 * np.abs(ref["logits"]).max())
+        np.testing.assert_array_equal(f["runs/bf16/logits"][:], ref16["logits"])
+
+
+def assert_tensor_edits_refused(cli, ckpt, tmp_path, cases):
+    """Each case (a tensor's name, a shape or None, words): a copy of `ckpt` with that tensor replaced
+    by zeros of the shape, or deleted (None), is refused by `info`, naming the tensor, the words (the
+    shape it expects; "missing tensor") and the file (model.safetensors, or the checkpoint)."""
+    torch = require("torch")
+    for i, (name, shape, words) in enumerate(cases):
+        def edit(sd, name=name, shape=shape):
+            if shape is None:
+                del sd[name]
+            else:
+                sd[name] = torch.zeros(shape)
+
+        d = fixtures.copy_checkpoint(ckpt, str(tmp_path / f"edit{i}"), None, edit)
+        assert_info_refuses(cli, d, [name, *words], file="model.safetensors" if shape is not None else f"edit{i}")
 
 
 def compare_resident_and_streamed(cli, ckpt, out, ref):

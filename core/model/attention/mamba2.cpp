@@ -4,9 +4,10 @@
 // reference, op for op and einsum for einsum (a batch of one), so that float32 runs agree to
 // rounding and half-precision runs round where transformers rounds.
 // One deviation, for memory: transformers scans the whole prompt at once, holding tensors of
-// positions x chunk x heads; here the prompt is scanned in groups of chunks (whole chunks, at most
-// kGroupElements such values), each group starting from the state the previous one left, as
-// transformers' scan continues from initial_states. A prompt of one group is computed exactly as
+// positions x chunk x heads (and x, B and C per head in float32); here the prompt is scanned in
+// groups of whole chunks (as many as keep a group's [chunks, chunk, chunk, heads] tensors within
+// kGroupElements values, at least one), each group starting from the state the previous one left,
+// as transformers' scan continues from initial_states. A prompt of one group is computed exactly as
 // transformers computes it; longer ones carry the state between groups in float32, which differs
 // from the single pass only in rounding.
 #include <limits>
@@ -117,16 +118,17 @@ Tensor Model::Impl::mamba2Mixer(const LayerWeights& w, const Tensor& x) const {
     // in float32, each group's B and C repeated for its heads
     const Tensor delta =
         torch::clamp(torch::softplus(parts[2] + w.mambaDtB.to(parts[2].scalar_type())), m.dtMin, m.dtMax);
-    const Tensor xs = xBC[0].view({1, T, H, P}).to(torch::kFloat);
-    const Tensor B = torch::repeat_interleave(xBC[1].view({1, T, G, N}).to(torch::kFloat), H / G, 2);
-    const Tensor C = torch::repeat_interleave(xBC[2].view({1, T, G, N}).to(torch::kFloat), H / G, 2);
+    // (taken to float32 and repeated group by group: the same values, not the whole prompt's at once)
+    auto perHead = [&](const Tensor& t, int64_t t0, int64_t n) {
+        return torch::repeat_interleave(t.narrow(1, t0, n).view({1, n, G, N}).to(torch::kFloat), H / G, 2);
+    };
     const int64_t perGroup = std::max<int64_t>(1, kGroupElements / (m.chunk * m.chunk * H)) * m.chunk;
-    Tensor state = torch::zeros({1, H, P, N}, xs.options());
+    Tensor state = torch::zeros({1, H, P, N}, x.options().dtype(torch::kFloat));
     std::vector<Tensor> outs;
     for (int64_t t0 = 0; t0 < T; t0 += perGroup) {
         const int64_t n = std::min(perGroup, T - t0);
-        outs.push_back(chunkScan(xs.narrow(1, t0, n), delta.narrow(1, t0, n), A, B.narrow(1, t0, n), C.narrow(1, t0, n),
-                                 w.mambaD, m.chunk, state));
+        outs.push_back(chunkScan(xBC[0].narrow(1, t0, n).view({1, n, H, P}).to(torch::kFloat), delta.narrow(1, t0, n),
+                                 A, perHead(xBC[1], t0, n), perHead(xBC[2], t0, n), w.mambaD, m.chunk, state));
     }
     Tensor y = (outs.size() == 1 ? outs[0] : torch::cat(outs, 1)).reshape({1, T, I});  // float32
     // the gated RMSNorm: y x SiLU(z), normalised per group of I / G channels in float32, times the

@@ -63,48 +63,35 @@ void graniteSwaLayers(ModelSpec& s, const Config& c) {
 }
 
 // position_embedding_type: RoPE only for "rope" (GraniteMoeHybrid builds its rotary embedding for
-// that value alone); null or "nope" (the released configs) none
+// that value alone); anything else (the released configs' "nope", null) none
 bool graniteHybridRope(const Config& c) {
-    if (!c.has("position_embedding_type") || c.isNull("position_embedding_type")) return false;
-    const std::string t = c.optString("position_embedding_type", "");
-    if (t != "rope" && t != "nope")
-        c.fail("position_embedding_type", "unknown type '" + t + "' (expected \"rope\", \"nope\" or null)");
-    return t == "rope";
+    return c.has("position_embedding_type") && c.optString("position_embedding_type", "") == "rope";
 }
 
-// time_step_limit: [min, max] for dt, max possibly infinite (transformers writes it as
-// {"__float__": "Infinity"}); absent, (0, inf)
+// a time_step_limit bound: a number, or transformers' {"__float__": "Infinity" / "-Infinity"}
 double timeStepBound(const JsonIn& v) {
-    if (v.isObject() && v.raw().size() == 1 && v.str("__float__", "") == "Infinity")
-        return std::numeric_limits<double>::infinity();
+    if (v.isObject() && v.raw().size() == 1 && v.raw().contains("__float__")) {
+        const std::string t = v.str("__float__", "");
+        if (t == "Infinity") return std::numeric_limits<double>::infinity();
+        if (t == "-Infinity") return -std::numeric_limits<double>::infinity();
+        v.fail("expected a number, \"Infinity\" or \"-Infinity\"");
+    }
     return v.number();
 }
 
 void graniteHybrid(ModelSpec& s, const Config& c) {
     // (the class is strict: a null in these fails there or in its forward)
-    notNull(c, {"intermediate_size",
-                "shared_intermediate_size",
-                "num_local_experts",
-                "num_experts_per_tok",
-                "rms_norm_eps",
-                "tie_word_embeddings",
-                "hidden_act",
-                "attention_bias",
-                "embedding_multiplier",
-                "residual_multiplier",
-                "attention_multiplier",
-                "logits_scaling",
-                "mamba_n_heads",
-                "mamba_n_groups",
-                "mamba_d_state",
-                "mamba_d_head",
-                "mamba_d_conv",
-                "mamba_expand",
-                "mamba_chunk_size",
-                "mamba_conv_bias",
-                "mamba_proj_bias",
-                "time_step_limit",
-                "max_position_embeddings"});
+    notNull(c, {"intermediate_size",   "shared_intermediate_size",
+                "num_local_experts",   "rms_norm_eps",
+                "tie_word_embeddings", "hidden_act",
+                "attention_bias",      "embedding_multiplier",
+                "residual_multiplier", "attention_multiplier",
+                "logits_scaling",      "mamba_n_heads",
+                "mamba_n_groups",      "mamba_d_state",
+                "mamba_d_head",        "mamba_d_conv",
+                "mamba_expand",        "mamba_chunk_size",
+                "mamba_conv_bias",     "mamba_proj_bias",
+                "time_step_limit",     "max_position_embeddings"});
     s.maxPositions = c.optInt("max_position_embeddings", 2048);
     // the released configs' normalization_function, which the class does not read: its RMSNorms
     // are right only for "rmsnorm"
@@ -113,16 +100,29 @@ void graniteHybrid(ModelSpec& s, const Config& c) {
                "must be \"rmsnorm\": transformers' GraniteMoeHybrid ignores it and "
                "always uses RMSNorm, so the checkpoint would be misread");
     // the MLPs: experts (num_local_experts > 0) beside the shared_mlp, or the shared_mlp alone
+    // (the class reads num_local_experts alone: no num_experts alias)
+    if (c.has("num_experts") && !c.has("num_local_experts"))
+        c.fail("num_experts",
+               "is not read by transformers' GraniteMoeHybrid, which takes num_local_experts "
+               "(8 when absent)");
     const int64_t experts = c.optInt("num_local_experts", 8);
     if (experts < 0) c.fail("num_local_experts", "must not be negative");
     s.sharedFfn = c.optInt("shared_intermediate_size", 1024);
+    if (s.sharedFfn == 0) c.fail("shared_intermediate_size", "0 (a shared MLP of no width) is not supported");
     positive(c, "shared_intermediate_size", s.sharedFfn);
     if (experts > 0) {
+        if (c.isNull("num_experts_per_tok"))
+            c.fail("num_experts_per_tok", "must not be null: transformers' GraniteMoeHybrid routes with it");
         moeCounts(s, c, "num_local_experts", "intermediate_size", {8, 2, 11008});
         s.router.shared = RouterRule::Shared::Ungated;
     }
     // the token mixers
-    const std::vector<bool> mamba = localLayers(s, c, "linear_attention", [](int64_t) { return true; });
+    // (layers_block_type: the class's other name for layer_types)
+    if (c.has("layers_block_type") && c.has("layer_types") && c.raw()["layers_block_type"] != c.raw()["layer_types"])
+        c.fail("layers_block_type", "differs from layer_types, its other name in transformers' GraniteMoeHybrid");
+    const std::vector<bool> mamba = localLayers(
+        s, c, "linear_attention", [](int64_t) { return true; },
+        c.has("layers_block_type") && !c.has("layer_types") ? "layers_block_type" : "layer_types");
     for (int64_t l = 0; l < s.numLayers; ++l) {
         LayerSpec& L = s.layers[l];
         if (mamba[l]) L.mixer = LayerSpec::Mixer::LinearAttention;
@@ -166,10 +166,9 @@ void graniteHybrid(ModelSpec& s, const Config& c) {
         const JsonIn lim = c.in()["time_step_limit"];
         const std::vector<JsonIn> v = lim.isArray() ? lim.elements() : std::vector<JsonIn>{};
         if (v.size() != 2) c.fail("time_step_limit", "expected [min, max]");
+        // (any bounds torch.clamp takes: a min above the max makes every dt the max, as there)
         m.dtMin = timeStepBound(v[0]);
         m.dtMax = timeStepBound(v[1]);
-        if (!(m.dtMin >= 0 && m.dtMin < 1e6) || !(m.dtMax > m.dtMin))
-            c.fail("time_step_limit", "expected 0 <= min < max (max may be infinite)");
     }
 }
 
