@@ -711,19 +711,19 @@ void hfMlaTensors(TableBuilder& t) {
     const AttentionSpec& a = t.spec().attn;
     const std::string p = "model.layers.{L}.self_attn.";
     if (a.qLoraRank > 0) {
-        t.add(Role::MlaQA, Scope::Layer, p + "q_a_proj.weight", {D::QLora, D::Hidden});
-        t.addIf(a.qkvBias, Role::MlaQABias, Scope::Layer, p + "q_a_proj.bias", {D::QLora});
-        t.add(Role::MlaQANorm, Scope::Layer, p + "q_a_layernorm.weight", {D::QLora});
-        t.add(Role::MlaQB, Scope::Layer, p + "q_b_proj.weight", {D::MlaQ, D::QLora});
+        t.add(Role::MlaQA, Scope::Attention, p + "q_a_proj.weight", {D::QLora, D::Hidden});
+        t.addIf(a.qkvBias, Role::MlaQABias, Scope::Attention, p + "q_a_proj.bias", {D::QLora});
+        t.add(Role::MlaQANorm, Scope::Attention, p + "q_a_layernorm.weight", {D::QLora});
+        t.add(Role::MlaQB, Scope::Attention, p + "q_b_proj.weight", {D::MlaQ, D::QLora});
     } else {
-        t.add(Role::Q, Scope::Layer, p + "q_proj.weight", {D::MlaQ, D::Hidden});
+        t.add(Role::Q, Scope::Attention, p + "q_proj.weight", {D::MlaQ, D::Hidden});
     }
-    t.add(Role::MlaKvA, Scope::Layer, p + "kv_a_proj_with_mqa.weight", {D::MlaKvA, D::Hidden});
-    t.addIf(a.qkvBias, Role::MlaKvABias, Scope::Layer, p + "kv_a_proj_with_mqa.bias", {D::MlaKvA});
-    t.add(Role::MlaKvANorm, Scope::Layer, p + "kv_a_layernorm.weight", {D::KvLora});
-    t.add(Role::MlaKvB, Scope::Layer, p + "kv_b_proj.weight", {D::MlaKvB, D::KvLora});
-    t.add(Role::O, Scope::Layer, p + "o_proj.weight", {D::Hidden, D::MlaO});
-    t.addIf(a.oBias, Role::OBias, Scope::Layer, p + "o_proj.bias", {D::Hidden});
+    t.add(Role::MlaKvA, Scope::Attention, p + "kv_a_proj_with_mqa.weight", {D::MlaKvA, D::Hidden});
+    t.addIf(a.qkvBias, Role::MlaKvABias, Scope::Attention, p + "kv_a_proj_with_mqa.bias", {D::MlaKvA});
+    t.add(Role::MlaKvANorm, Scope::Attention, p + "kv_a_layernorm.weight", {D::KvLora});
+    t.add(Role::MlaKvB, Scope::Attention, p + "kv_b_proj.weight", {D::MlaKvB, D::KvLora});
+    t.add(Role::O, Scope::Attention, p + "o_proj.weight", {D::Hidden, D::MlaO});
+    t.addIf(a.oBias, Role::OBias, Scope::Attention, p + "o_proj.bias", {D::Hidden});
     if (a.indexer.on()) {
         const std::string x = p + "indexer.";
         t.add(Role::IndexQ, Scope::Indexer, x + "wq_b.weight", {D::IndexQ, D::QLora});
@@ -745,8 +745,8 @@ void hfDeepseekTensors(TableBuilder& t, const TensorProbe& has) {
 void readMla(ModelSpec& s, const Config& c, const MlaDefaults& d) {
     AttentionSpec& a = s.attn;
     a.kind = AttentionSpec::Kind::MLA;
-    // absent: the class default; null: no q LoRA (DeepSeek-V2-Lite)
-    const bool qNull = c.isNull("q_lora_rank");
+    // absent: the class default (0: none, Kimi Linear's); null: no q LoRA (DeepSeek-V2-Lite)
+    const bool qNull = c.isNull("q_lora_rank") || (d.qLora == 0 && !c.has("q_lora_rank"));
     a.qLoraRank = qNull ? 0 : c.optInt("q_lora_rank", d.qLora);
     a.kvLoraRank = c.optInt("kv_lora_rank", d.kvLora);
     a.qkNopeDim = c.optInt("qk_nope_head_dim", d.nope);
@@ -843,21 +843,22 @@ void dsaDecoder(ModelSpec& s, const Config& c, const DsaDefaults& d) {
     noauxRouter(s, c, d.router);
 }
 
-void expertGroups(ModelSpec& s, const Config& c, int64_t defGroups, int64_t defKept, RouterRule::GroupScore score) {
+void expertGroups(ModelSpec& s, const Config& c, int64_t defGroups, int64_t defKept, RouterRule::GroupScore score,
+                  const std::string& groupsKey) {
     RouterRule& r = s.router;
-    r.groups = c.optInt("n_group", defGroups);
+    r.groups = c.optInt(groupsKey, defGroups);
     r.topkGroups = c.optInt("topk_group", defKept);
     r.groupScore = score;
-    positive(c, "n_group", r.groups);
+    positive(c, groupsKey, r.groups);
     positive(c, "topk_group", r.topkGroups);
     if (s.numExperts % r.groups != 0)
-        c.fail("n_group", std::to_string(s.numExperts) + " experts do not split into " + std::to_string(r.groups) +
+        c.fail(groupsKey, std::to_string(s.numExperts) + " experts do not split into " + std::to_string(r.groups) +
                               " equal groups");
     if (r.topkGroups > r.groups)
         c.fail("topk_group",
                "keeps " + std::to_string(r.topkGroups) + " of only " + std::to_string(r.groups) + " groups");
     if (score == RouterRule::GroupScore::SumTop2 && r.groups > 1 && s.numExperts / r.groups < 2)
-        c.fail("n_group", "a group needs at least 2 experts (its score is the sum of its two best)");
+        c.fail(groupsKey, "a group needs at least 2 experts (its score is the sum of its two best)");
     if (s.topK > r.topkGroups * (s.numExperts / r.groups))
         c.fail("num_experts_per_tok", "top-" + std::to_string(s.topK) + " exceeds the experts of the " +
                                           std::to_string(r.topkGroups) + " groups kept");
@@ -877,6 +878,7 @@ void noauxRouter(ModelSpec& s, const Config& c, const NoauxDefaults& d) {
     expertGroups(s, c, d.groups, d.keptGroups, RouterRule::GroupScore::SumTop2);
     r.renormalize = c.optBool("norm_topk_prob", d.renormalize);
     r.renormEpsilon = 1e-20;
+    r.topkUnsorted = true;  // (transformers' noaux routers: torch.topk(..., sorted=False))
     r.scale = c.optDoubleIn("routed_scaling_factor", d.scale, 1e-6, 1e6);
     s.mtpLayers = c.optInt("num_nextn_predict_layers", c.optInt("num_mtp_layers", d.mtpLayers));
     if (s.mtpLayers < 0 || s.mtpLayers > 64) c.fail("num_nextn_predict_layers", "must be between 0 and 64");

@@ -173,7 +173,7 @@ void emoeBlock(ModelSpec& s, const Config& c);
 // q_proj), kv_lora_rank, qk_nope/rope_head_dim, v_head_dim, attention_bias; the rotary tables
 // are qk_rope_head_dim wide (transformers sets head_dim so). Key/value heads must equal the heads.
 struct MlaDefaults {
-    int64_t qLora = 1536, kvLora = 512, nope = 128, rope = 64, v = 128;
+    int64_t qLora = 1536, kvLora = 512, nope = 128, rope = 64, v = 128;  // (qLora 0: none by default)
 };
 void readMla(ModelSpec& s, const Config& c, const MlaDefaults& d = {});
 // DeepSeek Sparse Attention's indexer beside MLA (DeepSeek-V3.2, GLM-5): index_n_heads,
@@ -197,7 +197,8 @@ void denseFirstLayers(ModelSpec& s, const Config& c, const std::string& key, int
 // n_shared_experts x moe_intermediate_size when n_shared_experts > 0. Defaults: the family's.
 // n_group / topk_group: group-limited selection keeping the topk_group best of n_group equal
 // groups, a group scored by `score`; top-k must fit in the groups kept.
-void expertGroups(ModelSpec& s, const Config& c, int64_t defGroups, int64_t defKept, RouterRule::GroupScore score);
+void expertGroups(ModelSpec& s, const Config& c, int64_t defGroups, int64_t defKept, RouterRule::GroupScore score,
+                  const std::string& groupsKey = "n_group");
 // DeepSeek-V3's router (topk_method noaux_tc; GLM-4.5, dots1, ...): sigmoid scores in float32
 // plus e_score_correction_bias to choose, group-limited by the sum of each group's two best,
 // the chosen unbiased scores renormalised (+1e-20) when norm_topk_prob (default: the family's), times

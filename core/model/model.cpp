@@ -609,13 +609,14 @@ void Model::Impl::step(int l, State& st, bool allExperts, const Tap& tap, const 
         } else {
             const LayerSpec& L = spec.layers[l];
             const bool lin = L.linearAttention();
-            join(lin && spec.linear.lightning() ? lightningAttention(w, x)
-                 : lin && spec.linear.mamba()   ? mambaMixer(w, x)
-                 : lin && spec.linear.mamba2()  ? mamba2Mixer(w, x)
-                 : lin                          ? gatedDeltaNet(w, x)
-                 : L.shortConv()                ? shortConv(w, x)
-                 : spec.attn.isMla()            ? mlaAttention(w, x, st.cos[p], st.sin[p], l, st.indexChoice[p])
-                                                : attention(w, x, cos, sin, L),
+            join(lin && spec.linear.lightning()   ? lightningAttention(w, x)
+                 : lin && spec.linear.mamba()     ? mambaMixer(w, x)
+                 : lin && spec.linear.mamba2()    ? mamba2Mixer(w, x)
+                 : lin && spec.linear.kimiDelta() ? kimiDeltaAttention(w, x)
+                 : lin                            ? gatedDeltaNet(w, x)
+                 : L.shortConv()                  ? shortConv(w, x)
+                 : spec.attn.isMla()              ? mlaAttention(w, x, st.cos[p], st.sin[p], l, st.indexChoice[p])
+                                                  : attention(w, x, cos, sin, L),
                  w.inNorm, w.inNormB, w.attnOutNorm, lin ? nr.linearAlpha : nr.attnAlpha,
                  lin ? nr.linearBeta : nr.attnBeta);
         }

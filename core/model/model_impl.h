@@ -276,6 +276,9 @@ struct LayerWeights {
     // b and a [vHeads, d], or Qwen3-Next's fused qkvz and ba; the convolution [convDim, 1, kernel],
     // dt bias, A_log, norm, out_proj
     Tensor linQkv, linZ, linB, linA, linQkvz, linBa, linConv, linDtBias, linALog, linNorm, linOut;
+    // Kimi Delta Attention (besides linConv, linB, linDtBias, linALog, linNorm, linOut): q/k/v_proj,
+    // the forget gate's f_a / f_b and the output gate's g_a / g_b
+    Tensor kdaQ, kdaK, kdaV, kdaFa, kdaFb, kdaGa, kdaGb;
     Tensor convIn, convInB, conv, convB, convOut, convOutB;  // LFM2's short convolution (convolution layers)
     // MiniMax's lightning attention: qkv_proj, output_gate, norm, out_proj; the decay tables (the
     // checkpoint's, else computed at load)
@@ -420,7 +423,7 @@ inline std::pair<Tensor, Tensor> route(const RouterRule& r, const Tensor& logits
                 keptGroups(r, choice).logical_not().unsqueeze(-1).expand({T, G, E / G}).reshape({T, E}),
                 r.groupMaskScore);
         }
-        ids = std::get<1>(choice.topk(K, -1));
+        ids = std::get<1>(choice.topk(K, -1, true, !r.topkUnsorted));
         wts = scores.gather(1, ids);
         const bool renormalize = r.renormalize && !(r.renormalizeAboveOne && K == 1);
         if (renormalize && r.renormPower > 0) {
@@ -428,6 +431,11 @@ inline std::pair<Tensor, Tensor> route(const RouterRule& r, const Tensor& logits
         } else if (renormalize) {
             Tensor sum = wts.sum(-1, true);
             wts = wts / (r.renormMin > 0 ? sum.clamp_min(r.renormMin) : sum + r.renormEpsilon);
+        }
+        if (r.topkUnsorted) {  // (renormalised in transformers' order, listed by choice score)
+            const Tensor order = choice.gather(1, ids).argsort(-1, true);
+            ids = ids.gather(1, order);
+            wts = wts.gather(1, order);
         }
     }
     if (r.unitWeights) wts = torch::ones_like(wts);
@@ -624,6 +632,7 @@ struct Model::Impl {
     void loadLightning(LayerWeights& w, int l) const;
     void loadMamba(LayerWeights& w, int l) const;
     void loadMamba2(LayerWeights& w, int l) const;
+    void loadKimiDelta(LayerWeights& w, int l) const;
     bool normFloat32() const { return spec.normWeightsFloat32InF16 && dtype == torch::kHalf; }
     // An RMSNorm's weights as norm() multiplies by them: 1 + w in float32 for zero-centred norms
     // (w in the compute dtype first, as transformers holds it), in float32 where GPT-OSS keeps them
@@ -643,6 +652,7 @@ struct Model::Impl {
         if (spec.layers[l].linearAttention() && spec.linear.lightning()) loadLightning(w, l);
         else if (spec.layers[l].linearAttention() && spec.linear.mamba()) loadMamba(w, l);
         else if (spec.layers[l].linearAttention() && spec.linear.mamba2()) loadMamba2(w, l);
+        else if (spec.layers[l].linearAttention() && spec.linear.kimiDelta()) loadKimiDelta(w, l);
         else if (spec.layers[l].linearAttention()) loadGatedDeltaNet(w, l);
         else if (spec.layers[l].shortConv()) loadShortConv(w, l);
         else if (spec.attn.isMoa()) loadMoaAttention(w, l);
@@ -678,6 +688,9 @@ struct Model::Impl {
     // Granite 4.0-H's Mamba2 mixer (attention/mamba2.cpp), LinearAttentionSpec::Kind::Mamba2: x [T, d]
     // of one prompt, from a zero state.
     Tensor mamba2Mixer(const LayerWeights& w, const Tensor& x) const;
+    // Kimi Linear's Kimi Delta Attention (attention/kimi_delta.cpp), LinearAttentionSpec::Kind::KimiDelta:
+    // x [T, d] of one prompt, from a zero state.
+    Tensor kimiDeltaAttention(const LayerWeights& w, const Tensor& x) const;
     // Standard and encoder attention (attention/standard.cpp).
     // `layer`: its sliding window or attention chunk, and whether it has positions (RoPE).
     Tensor attention(const LayerWeights& w, const Tensor& x, const Tensor& cos, const Tensor& sin,

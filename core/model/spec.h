@@ -63,6 +63,10 @@ struct RouterRule {
     // what the experts of the groups not kept score in the top-k (Mistral 4: 0, where an
     // underflowed score of a kept expert can tie with them; the others: -inf)
     double groupMaskScore = -std::numeric_limits<double>::infinity();
+    // the top-k taken unsorted, as transformers' torch.topk(..., sorted=False) (DeepSeek-V3's noaux
+    // routers, Kimi Linear): the weights renormalised in that order (their sum rounds as there),
+    // then ordered by their choice score as every router's are
+    bool topkUnsorted = false;
     bool renormalize = true;            // top-k weights divided by their sum
     bool renormalizeAboveOne = false;   // ... only when more than one expert is chosen (DeepSeekMoE's top_k > 1)
     double renormEpsilon = 0.0;         // added to that sum (DeepSeek-V3: 1e-20)
@@ -246,7 +250,7 @@ struct RopeTable {
     bool proportional = false;
 };
 
-// The linear attention of the LayerSpec::Mixer::LinearAttention layers, one of four kinds. Each
+// The linear attention of the LayerSpec::Mixer::LinearAttention layers, one of five kinds. Each
 // prompt starts from a zero state.
 // GatedDeltaNet (Qwen3-Next, Qwen3.5), as transformers computes it without its optional fused
 // kernels: q, k, v from one projection through a causal depthwise convolution (kernel wide, no
@@ -281,12 +285,20 @@ struct RopeTable {
 // over chunks of `chunk` positions (transformers' mamba2_chunk_scan), plus D x; then x SiLU(z) and
 // an RMSNorm per group of inner / groups channels in float32, times its weight, out_proj (biases
 // on in_proj and out_proj with projBias).
+// KimiDelta (Kimi Linear's KDA layers; transformers' KimiLinearDeltaAttention without the FLA
+// kernels): q, k and v projected apart (vHeads x vHeadDim each, kHeads == vHeads, kHeadDim ==
+// vHeadDim), through a causal depthwise convolution `kernel` wide (no bias) and SiLU; a decay per
+// channel g = -exp(A_log) softplus(f_b(f_a(x)) + dt_bias) in float32 and beta = sigmoid(b x); q and
+// k L2-normalised, q scaled by 1 / sqrt(head dim); the delta rule with those per-channel decays in
+// float32 over chunks of `chunk` (64) positions (transformers' chunk_kimi_delta_attention); each
+// head's output RMSNorm'd in float32, times its weight and sigmoid(g_b(g_a(x))), then o_proj.
 struct LinearAttentionSpec {
-    enum class Kind { GatedDeltaNet, Lightning, Mamba, Mamba2 };
+    enum class Kind { GatedDeltaNet, Lightning, Mamba, Mamba2, KimiDelta };
     Kind kind = Kind::GatedDeltaNet;
     bool lightning() const { return kind == Kind::Lightning; }
     bool mamba() const { return kind == Kind::Mamba; }
     bool mamba2() const { return kind == Kind::Mamba2; }
+    bool kimiDelta() const { return kind == Kind::KimiDelta; }
     int64_t kHeads = 0, vHeads = 0, kHeadDim = 0, vHeadDim = 0, kernel = 0;
     int64_t chunk = 64;                                // Gated DeltaNet's chunk; Lightning's block_size; Mamba2's
     int64_t inner = 0, stateSize = 0, dtRank = 0;      // Mamba's (Mamba2: inner and stateSize)

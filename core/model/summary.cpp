@@ -255,9 +255,13 @@ std::vector<SummaryRow> describeModel(const ModelSpec& s, const Checkpoint& ckpt
         else if (s.layers[l].shortConv()) conv.push_back(l);
     attn.fields.push_back({"linear_attention_layers", linear});
     attn.fields.push_back({"short_conv_layers", conv});
-    if (const size_t other = linear.size() + conv.size(); other > 0)
-        attn.text = std::string(s.attn.kindName()) + " on " + std::to_string(s.numLayers - other) + " of " +
-                    std::to_string(s.numLayers) + " layers" + attn.text.substr(std::strlen(s.attn.kindName()));
+    const size_t other = linear.size() + conv.size();
+    const std::string onLayers =  // (hybrids) " on 3 of 12 layers"
+        other > 0 ? " on " + std::to_string(s.numLayers - other) + " of " + std::to_string(s.numLayers) + " layers"
+                  : "";
+    if (other > 0)
+        attn.text = std::string(s.attn.kindName()) + onLayers + attn.text.substr(std::strlen(s.attn.kindName()));
+    const size_t othersAt = attn.text.size();  // where the other token mixers' text begins
     if (!linear.empty() && s.linear.lightning()) {
         attn.text += "; lightning attention (linear, decaying per head) on " + std::to_string(linear.size()) + ": " +
                      std::to_string(s.attn.heads) + " heads of " + std::to_string(s.attn.headDim) + ", blocks of " +
@@ -305,6 +309,17 @@ std::vector<SummaryRow> describeModel(const ModelSpec& s, const Checkpoint& ckpt
                                     {"proj_bias", m.projBias},
                                     {"time_step_min", m.dtMin},
                                     {"time_step_max", std::isinf(m.dtMax) ? oj(nullptr) : oj(m.dtMax)}}});
+    } else if (!linear.empty() && s.linear.kimiDelta()) {
+        const LinearAttentionSpec& g = s.linear;
+        attn.text += "; Kimi Delta Attention (linear attention, decaying per channel) on " +
+                     std::to_string(linear.size()) + ": " + std::to_string(g.vHeads) + " heads of " +
+                     std::to_string(g.vHeadDim) + ", convolution " + std::to_string(g.kernel) + " wide, chunks of " +
+                     std::to_string(g.chunk);
+        attn.fields.push_back({"linear_attention", oj{{"kind", "kimi_delta"},
+                                                      {"num_heads", g.vHeads},
+                                                      {"head_dim", g.vHeadDim},
+                                                      {"conv_kernel", g.kernel},
+                                                      {"chunk_size", g.chunk}}});
     } else if (!linear.empty()) {
         const LinearAttentionSpec& g = s.linear;
         attn.text += "; Gated DeltaNet (linear attention) on " + std::to_string(linear.size()) + ": " +
@@ -335,11 +350,15 @@ std::vector<SummaryRow> describeModel(const ModelSpec& s, const Checkpoint& ckpt
     }
     if (s.attn.isMla()) {
         const AttentionSpec& a = s.attn;
-        attn.text = "multi-head latent attention: " + std::to_string(a.heads) + " heads, " +
+        const std::string others = attn.text.substr(std::min(othersAt, attn.text.size()));
+        attn.text = "multi-head latent attention" + onLayers + ": " + std::to_string(a.heads) + " heads, " +
                     (a.qLoraRank > 0 ? "q LoRA " + std::to_string(a.qLoraRank) : std::string("no q LoRA")) +
                     ", kv LoRA " + std::to_string(a.kvLoraRank) + ", q/k head " + std::to_string(a.qkNopeDim) + " + " +
-                    std::to_string(a.qkRopeDim) + " RoPE" + (a.ropeInterleave ? " (interleaved)" : "") + ", v head " +
-                    std::to_string(a.vHeadDim);
+                    std::to_string(a.qkRopeDim) +
+                    (!a.rope            ? " shared, without positions"
+                     : a.ropeInterleave ? " RoPE (interleaved)"
+                                        : " RoPE") +
+                    ", v head " + std::to_string(a.vHeadDim) + others;
         attn.fields.push_back({"mla", oj{{"q_lora_rank", a.qLoraRank > 0 ? oj(a.qLoraRank) : oj()},
                                          {"kv_lora_rank", a.kvLoraRank},
                                          {"qk_nope_head_dim", a.qkNopeDim},

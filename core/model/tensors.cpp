@@ -174,6 +174,26 @@ const char* roleName(Role r) {
             return "linear attention's gated norm";
         case Role::LinOut:
             return "linear attention's output projection";
+        case Role::KdaQ:
+            return "Kimi Delta Attention's query projection";
+        case Role::KdaK:
+            return "Kimi Delta Attention's key projection";
+        case Role::KdaV:
+            return "Kimi Delta Attention's value projection";
+        case Role::KdaQConv:
+            return "Kimi Delta Attention's query convolution";
+        case Role::KdaKConv:
+            return "Kimi Delta Attention's key convolution";
+        case Role::KdaVConv:
+            return "Kimi Delta Attention's value convolution";
+        case Role::KdaForgetA:
+            return "Kimi Delta Attention's forget gate (down)";
+        case Role::KdaForgetB:
+            return "Kimi Delta Attention's forget gate (up)";
+        case Role::KdaGateA:
+            return "Kimi Delta Attention's output gate (down)";
+        case Role::KdaGateB:
+            return "Kimi Delta Attention's output gate (up)";
         case Role::LightQKV:
             return "lightning attention's q/k/v projection";
         case Role::LightGate:

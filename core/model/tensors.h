@@ -84,6 +84,20 @@ enum class Role : uint8_t {
     LinALog,
     LinNorm,
     LinOut,
+    // Kimi Delta Attention (Kimi Linear; Scope::LinearAttention, LinearAttentionSpec::Kind::KimiDelta)
+    // beside LinConv (the q/k/v convolutions stacked, as transformers holds them), LinB, LinDtBias,
+    // LinALog, LinNorm and LinOut: the q, k and v projections, the convolutions as released (one per
+    // projection), the forget gate's and the output gate's low-rank projections
+    KdaQ,
+    KdaK,
+    KdaV,
+    KdaQConv,
+    KdaKConv,
+    KdaVConv,
+    KdaForgetA,
+    KdaForgetB,
+    KdaGateA,
+    KdaGateB,
     // MiniMax's lightning attention (Scope::LinearAttention, LinearAttentionSpec::Kind::Lightning):
     // the fused q/k/v projection, the output gate, the RMSNorm over the heads' outputs, out_proj,
     // and the decay tables transformers holds as buffers (optional: computed where absent)

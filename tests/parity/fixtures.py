@@ -262,6 +262,31 @@ CONFIGS = {
         mamba_n_heads=4, mamba_n_groups=1, mamba_d_state=16, mamba_d_head=32, mamba_d_conv=4, mamba_expand=2,
         mamba_chunk_size=8, mamba_conv_bias=False, mamba_proj_bias=False, embedding_multiplier=2.0,
         attention_multiplier=0.125)),
+    # Kimi Linear: Kimi Delta Attention on layers 0, 1 and 3 and MLA without positions on layer 2 by
+    # linear_attn_config's 1-indexed lists, as the published configs give them (4 heads of 8, a
+    # 3-wide convolution); no q LoRA, attention biases; layer 0 dense (first_k_dense_replace), then
+    # top-2 of 8 in 2 groups (one kept) by sigmoid scores and a random correction bias, not
+    # renormalised, x 2.0, two shared experts' width
+    "kimi_linear_kda_groups": ("KimiLinearConfig", dict(
+        pad_token_id=None, num_attention_heads=4, num_key_value_heads=4, num_hidden_layers=4, q_lora_rank=None,
+        kv_lora_rank=16,
+        qk_nope_head_dim=8, qk_rope_head_dim=8, v_head_dim=12, attention_bias=True,
+        linear_attn_config=dict(kda_layers=[1, 2, 4], full_attn_layers=[3], num_heads=4, head_dim=8,
+                                short_conv_kernel_size=3),
+        first_k_dense_replace=1, intermediate_size=48, num_local_experts=8, num_experts_per_tok=2, n_group=2,
+        topk_group=1, moe_intermediate_size=16, n_shared_experts=2, norm_topk_prob=False, routed_scaling_factor=2.0)),
+    # ... with q LoRA, layer_types and mlp_layer_types given (attention on layer 1, layer 1 dense),
+    # the top-level linear_* keys (2 heads of 16, a 4-wide convolution), top-3 of 6 in one group,
+    # renormalised, one shared expert
+    "kimi_linear_lora_types": ("KimiLinearConfig", dict(
+        pad_token_id=None, num_attention_heads=4, num_key_value_heads=4, num_hidden_layers=3, q_lora_rank=24,
+        kv_lora_rank=16,
+        qk_nope_head_dim=12, qk_rope_head_dim=4, v_head_dim=8,
+        layer_types=["linear_attention", "full_attention", "linear_attention"],
+        mlp_layer_types=["sparse", "dense", "sparse"], linear_num_heads=2, linear_head_dim=16,
+        linear_conv_kernel_dim=4, intermediate_size=40, num_local_experts=6, num_experts_per_tok=3, n_group=1,
+        topk_group=1, moe_intermediate_size=24, n_shared_experts=1, norm_topk_prob=True,
+        routed_scaling_factor=1.5)),
     # ERNIE 4.5: use_bias (attention, dense and shared FFNs, the head), a tied head, MoE layers 1
     # and 3 of 5 (start 1, end 3, interval 2: layer 4 dense past the end), 2 shared experts, a
     # random correction bias on the softmax scores, interleaved RoPE, GQA
@@ -745,7 +770,7 @@ def _moe_blocks(model):
                 "GraniteMoeMoE", "GraniteMoeSharedMoE", "HunYuanMoEV1Moe", "GptOssMLP", "DbrxFFN", "Llama4TextMoe",
                 "SolarOpenMoE", "DeepseekV32MoE", "GlmMoeDsaMoE", "MiMoV2FlashMoE",
                 "ExaoneMoeSparseMoEBlock", "HYV3MoE", "AfmoeSparseMoeBlock", "Glm4vMoeTextMoE",
-                "GraniteMoeSWAMoE", "GraniteMoeHybridMoE"):
+                "GraniteMoeSWAMoE", "GraniteMoeHybridMoE", "KimiLinearMoE"):
             layer = int(mname.split(".blocks." if ".blocks." in mname else ".layers.")[1].split(".")[0])  # DBRX's
             blocks[layer] = m
     return blocks

@@ -224,7 +224,8 @@ def long_prompt_and_compare(cli, ckpt, model, tmp_path, seed, tokens=2600):
 # activations' dtype with its bias in float32 in float16 runs only, and its norms' float32 products,
 # Cohere2-MoE's float32 LayerNorm and sigmoid renormalisation, LFM2-MoE's short convolutions and its
 # sigmoid router in the activations' dtype beside a float32 expert_bias; the hybrids' linear
-# attention (Gated DeltaNet, lightning, Mamba, Mamba2) in their own mixes of dtypes.
+# attention (Gated DeltaNet, lightning, Mamba, Mamba2, Kimi Delta Attention) in their own mixes of
+# dtypes.
 HALF_FAMILIES = ["deepseek_v3_groups", "deepseek_v2_groups", "glm4_moe_groups_qknorm", "dots1_sliding_groups",
                  "glm4_moe_lite_types", "minimax_m2_rotary_dim", "mistral4_groups_temperature",
                  "granitemoe_multipliers", "granitemoeshared_shared", "ernie4_5_moe_bias_interval",
@@ -234,7 +235,7 @@ HALF_FAMILIES = ["deepseek_v3_groups", "deepseek_v2_groups", "glm4_moe_groups_qk
                  "lfm2_moe_bias_conv", "lfm2_moe_plain_untied", "granitemoe_swa_sinks_theta",
                  "granitemoe_swa_default", "minimax_lightning_factors", "minimax_default_window",
                  "jamba_hybrid_bias", "jamba_moe_plain_tied", "granitemoehybrid_rope_groups",
-                 "granitemoehybrid_nope_plain"]
+                 "granitemoehybrid_nope_plain", "kimi_linear_kda_groups", "kimi_linear_lora_types"]
 # bf16 tolerances: bf16 has an 8-bit mantissa (relative step 2^-8 = 3.9e-3); two implementations
 # with different kernels or operation orders differ by a few steps after a couple of layers, so
 # router logits within 0.05 absolute, logits within 3e-2 of the largest logit, and the chosen sets

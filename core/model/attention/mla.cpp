@@ -99,11 +99,11 @@ Tensor Model::Impl::mlaAttention(const LayerWeights& w, const Tensor& x, const T
     q = q.view({T, H, nope + r}).transpose(0, 1);  // [H, T, nope + r]
     Tensor latent = torch::linear(x, w.kva, w.kvab);
     Tensor c = rmsNorm(latent.narrow(-1, 0, a.kvLoraRank), w.kvaNorm, a.latentNormEps);
-    Tensor kRope = applyRope(latent.narrow(-1, a.kvLoraRank, r).unsqueeze(0), cos, sin, a.ropeInterleave,
-                             a.ropeInFloat32);                                    // [1, T, r]
+    // (Kimi Linear's MLA has no positions: its "rope" parts pass unturned, the key's still shared)
+    auto rope = [&](const Tensor& t) { return a.rope ? applyRope(t, cos, sin, a.ropeInterleave, a.ropeInFloat32) : t; };
+    Tensor kRope = rope(latent.narrow(-1, a.kvLoraRank, r).unsqueeze(0));         // [1, T, r]
     Tensor kv = torch::linear(c, w.kvb).view({T, H, nope + vd}).transpose(0, 1);  // [H, T, ...]
-    Tensor qFull = torch::cat(
-        {q.narrow(-1, 0, nope), applyRope(q.narrow(-1, nope, r), cos, sin, a.ropeInterleave, a.ropeInFloat32)}, -1);
+    Tensor qFull = torch::cat({q.narrow(-1, 0, nope), rope(q.narrow(-1, nope, r))}, -1);
     if (a.queryScaleBeta != 0.0) {
         Tensor pos = torch::arange(T, x.options().dtype(torch::kLong)).to(torch::kFloat);
         Tensor f =
