@@ -757,7 +757,7 @@ void readMla(ModelSpec& s, const Config& c, const MlaDefaults& d) {
     positive(c, "qk_nope_head_dim", a.qkNopeDim);
     positive(c, "qk_rope_head_dim", a.qkRopeDim);
     positive(c, "v_head_dim", a.vHeadDim);
-    if (a.qkRopeDim % 2 != 0) c.fail("qk_rope_head_dim", "must be even for rotary embeddings");
+    if (a.rope && a.qkRopeDim % 2 != 0) c.fail("qk_rope_head_dim", "must be even for rotary embeddings");
     a.headDim = a.qkRopeDim;
     if (a.kvHeads != a.heads)
         c.fail("num_key_value_heads", "must equal num_attention_heads (" + std::to_string(a.heads) +
@@ -857,7 +857,7 @@ void expertGroups(ModelSpec& s, const Config& c, int64_t defGroups, int64_t defK
     if (r.topkGroups > r.groups)
         c.fail("topk_group",
                "keeps " + std::to_string(r.topkGroups) + " of only " + std::to_string(r.groups) + " groups");
-    if (score == RouterRule::GroupScore::SumTop2 && r.groups > 1 && s.numExperts / r.groups < 2)
+    if (score == RouterRule::GroupScore::SumTop2 && s.numExperts / r.groups < 2)
         c.fail(groupsKey, "a group needs at least 2 experts (its score is the sum of its two best)");
     if (s.topK > r.topkGroups * (s.numExperts / r.groups))
         c.fail("num_experts_per_tok", "top-" + std::to_string(s.topK) + " exceeds the experts of the " +

@@ -388,9 +388,12 @@ inline Tensor keptGroups(const RouterRule& r, const Tensor& choice) {
 // selection score. `allowed` ([E] bool, an intervention's): the experts that may be chosen (the
 // others' selection scores are -inf; their scores, and so the weights, are untouched); `forced`:
 // they are exactly the K chosen, whatever groups a group-limited router would keep.
+// `listOrder` (with RouterRule::topkUnsorted): the experts are left in transformers' unsorted top-k
+// order, in which the caller combines them as transformers does, and *listOrder is set to the
+// permutation [T, K] that lists them by selection score; without it they are listed so here.
 inline std::pair<Tensor, Tensor> route(const RouterRule& r, const Tensor& logits, int64_t K, torch::ScalarType hidden,
-                                       const RouterExtras& extra = {}, const Tensor& allowed = {},
-                                       bool forced = false) {
+                                       const RouterExtras& extra = {}, const Tensor& allowed = {}, bool forced = false,
+                                       Tensor* listOrder = nullptr) {
     Tensor wts, ids;
     const double inf = std::numeric_limits<double>::infinity();
     auto onlyAllowed = [&](const Tensor& choice) {
@@ -434,8 +437,12 @@ inline std::pair<Tensor, Tensor> route(const RouterRule& r, const Tensor& logits
         }
         if (r.topkUnsorted) {  // (renormalised in transformers' order, listed by choice score)
             const Tensor order = choice.gather(1, ids).argsort(-1, true);
-            ids = ids.gather(1, order);
-            wts = wts.gather(1, order);
+            if (listOrder != nullptr) {
+                *listOrder = order;
+            } else {
+                ids = ids.gather(1, order);
+                wts = wts.gather(1, order);
+            }
         }
     }
     if (r.unitWeights) wts = torch::ones_like(wts);
@@ -736,10 +743,10 @@ struct Model::Impl {
         const Tensor routed = iv && iv->logitAdd.defined()  // in the logits' dtype, as a hook on them adds it
                                   ? out.logits + iv->logitAdd.to(out.logits.scalar_type())
                                   : out.logits;
-        auto [wts, ids] =
-            route(r, routed, K, x.scalar_type(), w.routerExtras, iv ? iv->allowed : Tensor(), iv && iv->forced);
-        out.ids = ids;
-        out.weights = wts;
+        // (topkUnsorted: combined in transformers' top-k order, recorded in selection-score order)
+        Tensor listOrder;
+        auto [wts, ids] = route(r, routed, K, x.scalar_type(), w.routerExtras, iv ? iv->allowed : Tensor(),
+                                iv && iv->forced, &listOrder);
 
         // each (token, slot) pair's weighted output in the dtype the product promotes to, then the
         // k slots of a token summed (float32 accumulation for half types) and rounded once to the
@@ -781,6 +788,13 @@ struct Model::Impl {
         }
         Tensor y = inOrder ? weighted : weighted.view({T, K, x.size(1)}).sum(1).to(x.scalar_type());
         if (chosen.defined()) chosen = chosen.view({T, K, x.size(1)});
+        if (listOrder.defined()) {
+            ids = ids.gather(1, listOrder);
+            wts = wts.gather(1, listOrder);
+            if (chosen.defined()) chosen = chosen.gather(1, listOrder.unsqueeze(-1).expand_as(chosen));
+        }
+        out.ids = ids;
+        out.weights = wts;
         std::vector<Tensor> norms;
         const int64_t chunk = outputChunk(E, x.size(1));
         if (allExperts)  // [T, E] norms from outputs of a bounded number of tokens at once

@@ -63,9 +63,10 @@ struct RouterRule {
     // what the experts of the groups not kept score in the top-k (Mistral 4: 0, where an
     // underflowed score of a kept expert can tie with them; the others: -inf)
     double groupMaskScore = -std::numeric_limits<double>::infinity();
-    // the top-k taken unsorted, as transformers' torch.topk(..., sorted=False) (DeepSeek-V3's noaux
-    // routers, Kimi Linear): the weights renormalised in that order (their sum rounds as there),
-    // then ordered by their choice score as every router's are
+    // the top-k taken unsorted, as transformers' torch.topk(..., sorted=False) (DeepSeek-V2 / V3's
+    // routers and the noaux ones after them, Kimi Linear): the weights renormalised and the experts'
+    // outputs summed in that order (their sums round as there), then listed by their choice score
+    // as every router's are
     bool topkUnsorted = false;
     bool renormalize = true;            // top-k weights divided by their sum
     bool renormalizeAboveOne = false;   // ... only when more than one expert is chosen (DeepSeekMoE's top_k > 1)

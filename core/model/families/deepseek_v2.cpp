@@ -44,6 +44,7 @@ const Family& family_deepseek_v2() {
             r.scoring = RouterRule::Scoring::Softmax;
             r.logitsInFloat32 = true;
             r.renormalize = false;
+            r.topkUnsorted = true;  // (torch.topk(..., sorted=False): the order the slots are summed in)
             r.scale = c.optDoubleIn("routed_scaling_factor", 1.0, 1e-6, 1e6);
         },
         hfDeepseekModel,

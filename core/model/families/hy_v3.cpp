@@ -45,6 +45,7 @@ const Family& family_hy_v3() {
             r.selectionBias = true;
             r.renormalize = true;  // the class reads no norm_topk_prob
             r.renormEpsilon = 1e-20;
+            r.topkUnsorted = true;  // (torch.topk(..., sorted=False))
             r.scale = c.optDoubleIn("router_scaling_factor", 2.826, 1e-6, 1e6);
             s.mtpLayers = c.optInt("num_nextn_predict_layers", 0);
             if (s.mtpLayers < 0 || s.mtpLayers > 64) c.fail("num_nextn_predict_layers", "must be between 0 and 64");

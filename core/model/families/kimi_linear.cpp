@@ -27,8 +27,10 @@ namespace {
 
 // which of a key's two names to read: the alias (the name transformers stores and writes) over
 // the field when both are there, as the class sets it last
-std::string aliasKey(const Config& c, const std::string& field, const std::string& alias) {
-    if (c.has(field) && c.has(alias) && c.raw()[field] != c.raw()[alias])
+// (refuse: a pair that disagrees is refused; the trained positions, which change nothing computed,
+// are read as transformers reads them)
+std::string aliasKey(const Config& c, const std::string& field, const std::string& alias, bool refuse = true) {
+    if (refuse && c.has(field) && c.has(alias) && c.raw()[field] != c.raw()[alias])
         c.fail(field, "differs from " + alias + ", which transformers' KimiLinear reads over it");
     return c.has(alias) ? alias : field;
 }
@@ -39,6 +41,7 @@ std::vector<bool> kdaLayers(const ModelSpec& s, const Config& c, const JsonIn& l
     const int64_t L = s.numLayers;
     if (c.has("layer_types")) return localLayers(s, c, "linear_attention", [](int64_t) { return true; });
     if (lac.has("kda_layers") && lac.has("full_attn_layers")) {
+        // (full_attn_layers first, then kda_layers, as the class fills them: a layer in both is KDA)
         std::vector<int> kind(static_cast<size_t>(L), 0);  // 1: full, 2: KDA
         for (const auto& [key, k] : {std::pair<const char*, int>{"full_attn_layers", 1}, {"kda_layers", 2}}) {
             const JsonIn list = lac[key];
@@ -48,7 +51,6 @@ std::vector<bool> kdaLayers(const ModelSpec& s, const Config& c, const JsonIn& l
                 if (n < 1 || n > L)
                     e.fail("layer " + std::to_string(n) + " is not one of the " + std::to_string(L) +
                            " layers (numbered from 1)");
-                if (kind[n - 1] != 0) e.fail("layer " + std::to_string(n) + " is listed twice");
                 kind[n - 1] = k;
             }
         }
@@ -100,7 +102,7 @@ void configureKimiLinear(ModelSpec& s, const Config& c) {
     FamilyDefaults d{1e-5, 10000.0, false, 0, c.isNull("num_key_value_heads") ? 0 : 32, 0, false};
     fillCommon(s, c, d);
     s.tieEmbeddings = false;  // (KimiLinearForCausalLM ties nothing, whatever tie_word_embeddings says)
-    s.maxPositions = c.optInt(aliasKey(c, "max_position_embeddings", "model_max_length"), 1048576);
+    s.maxPositions = c.optInt(aliasKey(c, "max_position_embeddings", "model_max_length", false), 1048576);
     readMla(s, c, {0, 512, 128, 64, 128});
     // the published configs' remote-code keys the class does not read
     const std::string act = c.optString("moe_router_activation_func", "sigmoid");
@@ -115,6 +117,8 @@ void configureKimiLinear(ModelSpec& s, const Config& c) {
     // the MLPs
     const std::string topKKey = aliasKey(c, "num_experts_per_tok", "num_experts_per_token");
     moeCounts(s, c, aliasKey(c, "num_local_experts", "num_experts"), "moe_intermediate_size", {256, 8, 1024, topKKey});
+    if (!c.has("mlp_layer_types") && c.isNull("first_k_dense_replace"))
+        c.fail("first_k_dense_replace", "must not be null: transformers' KimiLinear builds mlp_layer_types from it");
     const int64_t dense = c.optInt("first_k_dense_replace", 1);
     if (dense < 0) c.fail("first_k_dense_replace", "must not be negative");
     mlpLayerTypes(s, c, dense);
@@ -142,6 +146,9 @@ void configureKimiLinear(ModelSpec& s, const Config& c) {
     // the token mixers
     const JsonIn lac = c.in()["linear_attn_config"];
     if (!lac.isNull() && !lac.isObject()) lac.fail("expected an object");
+    for (const char* k : {"kda_layers", "full_attn_layers", "num_heads", "head_dim", "short_conv_kernel_size"})
+        if (lac.isObject() && lac.raw().contains(k) && lac.raw()[k].is_null())
+            lac[k].fail("must not be null: transformers' KimiLinear cannot run with it");
     const std::vector<bool> kda = kdaLayers(s, c, lac);
     for (int64_t l = 0; l < s.numLayers; ++l)
         if (kda[l]) s.layers[l].mixer = LayerSpec::Mixer::LinearAttention;

@@ -69,6 +69,7 @@ const Family& family_minimax_m2() {
             r.selectionBias = true;
             r.selectionBiasFloat32 = false;
             r.renormalize = true;
+            r.topkUnsorted = true;  // (torch.topk(..., sorted=False))
             s.mtpLayers = c.optInt("num_mtp_modules", 0);
             if (s.mtpLayers < 0 || s.mtpLayers > 64) c.fail("num_mtp_modules", "must be between 0 and 64");
         },

@@ -71,6 +71,7 @@ const Family& family_mistral4() {
             expertGroups(s, cc, 1, 1, RouterRule::GroupScore::SumTop2);
             r.renormalize = cc.optBool("norm_topk_prob", true);
             r.renormEpsilon = 1e-20;
+            r.topkUnsorted = true;   // (torch.topk(..., sorted=False))
             r.groupMaskScore = 0.0;  // the dropped groups' experts score 0, not -inf
             r.scale = cc.optDoubleIn("routed_scaling_factor", 1.0, 1e-6, 1e6);
         },
