@@ -21,8 +21,8 @@ import pytest
 from conftest import assert_info_refuses, assert_s1_is, assert_views_name_token_mixers, require, run_cli
 import fixtures
 from fixtures import edited
-from test_parity import (assert_identical, assert_logits_match_hf, assert_tensor_edits_refused, compare, trace,
-                         trace_every_output)
+from test_parity import (assert_identical, assert_logits_match_hf, assert_resident_and_streamed_match_hf,
+                         assert_tensor_edits_refused, compare, trace, trace_every_output)
 
 NAMES = ["granitemoehybrid_rope_groups", "granitemoehybrid_nope_plain"]
 _rng = np.random.default_rng(23)
@@ -61,21 +61,8 @@ def test_short_and_long_prompts(cli, build_fixture, tmp_path, name):
     """Prompts of 1, 2, 5, 41 and 300 tokens (a convolution 3 or 4 wide, chunks of 5 or 8: a prompt
     inside one chunk, on its edge, across 9 and 60 of them): float32 within rounding, bf16 bit for bit,
     each resident and layer-streamed, against transformers on the same prompts."""
-    torch = require("torch")
-    h5py = require("h5py")
     per, _, _ = build_fixture(name)
-    out = str(tmp_path / "s.h5")
-    ref32 = fixtures.reference(fixtures.hf_from_pretrained(per, torch.float32), prompts=PROMPTS)
-    ref16 = fixtures.reference(fixtures.hf_from_pretrained(per, torch.bfloat16), prompts=PROMPTS)
-    trace_prompts(cli, per, out, "f32", "--layer-streaming", "off")
-    trace_prompts(cli, per, out, "f32streamed", "--layer-streaming", "on")
-    trace_prompts(cli, per, out, "bf16", "--dtype", "bfloat16", "--layer-streaming", "off")
-    trace_prompts(cli, per, out, "streamed", "--dtype", "bfloat16", "--layer-streaming", "on")
-    with h5py.File(out, "r") as f:
-        compare(f["runs/f32"], ref32)
-        compare(f["runs/f32streamed"], ref32)
-        assert_identical(f["runs/bf16"], ref16)
-        assert_identical(f["runs/streamed"], ref16)
+    assert_resident_and_streamed_match_hf(cli, per, tmp_path, PROMPTS)
 
 
 @pytest.mark.parametrize("heads,chunk", [(256, 256), (1024, 64)])

@@ -18,15 +18,11 @@ import pytest
 
 from conftest import assert_info_refuses, assert_s1_is, assert_views_name_token_mixers, require, run_cli
 import fixtures
-from test_parity import assert_identical, compare, trace, trace_every_output
+from test_parity import assert_identical, assert_resident_and_streamed_match_hf, compare, trace
 
 NAMES = ["jamba_hybrid_bias", "jamba_moe_plain_tied"]
 _rng = np.random.default_rng(17)
 PROMPTS = [[int(t) for t in _rng.integers(0, 97, n)] for n in (1, 2, 41, 300)]
-
-
-def trace_prompts(cli, ckpt, out, run, *extra, prompts=PROMPTS):
-    trace_every_output(cli, ckpt, out, run, *extra, prompts=prompts)
 
 
 def test_info(cli, build_fixture):
@@ -54,21 +50,8 @@ def test_short_and_long_prompts(cli, build_fixture, tmp_path, name):
     """Prompts of 1, 2, 41 and 300 tokens (the convolution 3 or 4 wide; the scan's discretisation in
     blocks of 256 positions): float32 within rounding, bf16 bit for bit, each resident and
     layer-streamed, against transformers on the same prompts."""
-    torch = require("torch")
-    h5py = require("h5py")
     per, _, _ = build_fixture(name)
-    out = str(tmp_path / "s.h5")
-    ref32 = fixtures.reference(fixtures.hf_from_pretrained(per, torch.float32), prompts=PROMPTS)
-    ref16 = fixtures.reference(fixtures.hf_from_pretrained(per, torch.bfloat16), prompts=PROMPTS)
-    trace_prompts(cli, per, out, "f32", "--layer-streaming", "off")
-    trace_prompts(cli, per, out, "f32streamed", "--layer-streaming", "on")
-    trace_prompts(cli, per, out, "bf16", "--dtype", "bfloat16", "--layer-streaming", "off")
-    trace_prompts(cli, per, out, "streamed", "--dtype", "bfloat16", "--layer-streaming", "on")
-    with h5py.File(out, "r") as f:
-        compare(f["runs/f32"], ref32)
-        compare(f["runs/f32streamed"], ref32)
-        assert_identical(f["runs/bf16"], ref16)
-        assert_identical(f["runs/streamed"], ref16)
+    assert_resident_and_streamed_match_hf(cli, per, tmp_path, PROMPTS)
 
 
 # (overrides, the MoE layers, the Mamba layers) as transformers builds them: num_experts at most 1

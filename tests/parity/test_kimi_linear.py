@@ -20,8 +20,8 @@ import pytest
 from conftest import assert_info_refuses, assert_s1_is, assert_views_name_token_mixers, require, run_cli
 import fixtures
 from fixtures import edited
-from test_parity import (assert_identical, assert_logits_match_hf, assert_tensor_edits_refused, compare, trace,
-                         trace_every_output)
+from test_parity import (assert_identical, assert_logits_match_hf, assert_resident_and_streamed_match_hf,
+                         assert_tensor_edits_refused, compare, trace, trace_every_output)
 
 NAMES = ["kimi_linear_kda_groups", "kimi_linear_lora_types"]
 _rng = np.random.default_rng(29)
@@ -59,21 +59,8 @@ def test_short_and_long_prompts(cli, build_fixture, tmp_path, name):
     its edge, five of them): float32 within rounding, bf16 bit for bit, each resident and
     layer-streamed, in the released names and transformers 5's, against transformers on the same
     prompts."""
-    torch = require("torch")
-    h5py = require("h5py")
     per, packed, _ = build_fixture(name)
-    out, out2 = str(tmp_path / "s.h5"), str(tmp_path / "packed.h5")
-    ref32 = fixtures.reference(fixtures.hf_from_pretrained(per, torch.float32), prompts=PROMPTS)
-    ref16 = fixtures.reference(fixtures.hf_from_pretrained(per, torch.bfloat16), prompts=PROMPTS)
-    trace_prompts(cli, per, out, "f32", "--layer-streaming", "off")
-    trace_prompts(cli, packed, out2, "f32", "--layer-streaming", "on")
-    trace_prompts(cli, per, out, "bf16", "--dtype", "bfloat16", "--layer-streaming", "off")
-    trace_prompts(cli, packed, out2, "streamed", "--dtype", "bfloat16", "--layer-streaming", "on")
-    with h5py.File(out, "r") as f, h5py.File(out2, "r") as g:
-        compare(f["runs/f32"], ref32)
-        compare(g["runs/f32"], ref32)
-        assert_identical(f["runs/bf16"], ref16)
-        assert_identical(g["runs/streamed"], ref16)
+    assert_resident_and_streamed_match_hf(cli, per, tmp_path, PROMPTS, streamed=packed)
 
 
 def test_wide_top8_combined_in_transformers_order(cli, tmp_path):

@@ -55,6 +55,29 @@ def assert_logits_match_hf(cli, ckpt, out):
         np.testing.assert_array_equal(f["runs/bf16/logits"][:], ref16["logits"])
 
 
+def assert_resident_and_streamed_match_hf(cli, ckpt, tmp_path, prompts, streamed=None):
+    """`prompts` traced with every expert's output resident and layer-streamed (the streamed runs on
+    `streamed`, the same model in another tensor layout, where given), in float32 within rounding of
+    transformers' and in bf16 bit for bit."""
+    torch = require("torch")
+    h5py = require("h5py")
+    ref32 = fixtures.reference(fixtures.hf_from_pretrained(ckpt, torch.float32), prompts=prompts)
+    ref16 = fixtures.reference(fixtures.hf_from_pretrained(ckpt, torch.bfloat16), prompts=prompts)
+    out = str(tmp_path / "s.h5")
+    out2 = str(tmp_path / "streamed.h5") if streamed else out  # (a session holds one checkpoint's runs)
+    streamed = streamed or ckpt
+    trace_every_output(cli, ckpt, out, "f32", "--layer-streaming", "off", prompts=prompts)
+    trace_every_output(cli, streamed, out2, "f32streamed", "--layer-streaming", "on", prompts=prompts)
+    trace_every_output(cli, ckpt, out, "bf16", "--dtype", "bfloat16", "--layer-streaming", "off", prompts=prompts)
+    trace_every_output(cli, streamed, out2, "streamed", "--dtype", "bfloat16", "--layer-streaming", "on",
+                       prompts=prompts)
+    with h5py.File(out, "r") as f, h5py.File(out2, "r") as g:
+        compare(f["runs/f32"], ref32)
+        compare(g["runs/f32streamed"], ref32)
+        assert_identical(f["runs/bf16"], ref16)
+        assert_identical(g["runs/streamed"], ref16)
+
+
 def assert_tensor_edits_refused(cli, ckpt, tmp_path, cases):
     """Each case (a tensor's name, a shape or None, words): a copy of `ckpt` with that tensor replaced
     by zeros of the shape, or deleted (None), is refused by `info`, naming the tensor, the words (the
