@@ -64,9 +64,59 @@ std::string where(const std::vector<Frame>& stack) {
     return s.empty() ? "(document)" : s;
 }
 
+// Python's bare float tokens outside strings, where a value starts, rewritten as
+// {"__float__": "..."}; the text as it is where it has none.
+std::string pythonFloatsAsObjects(std::string_view text) {
+    std::string out;
+    out.reserve(text.size() + 64);
+    bool inString = false;
+    char last = 0;  // the last character outside strings and whitespace
+    for (size_t i = 0; i < text.size(); ++i) {
+        const char ch = text[i];
+        if (inString) {
+            out += ch;
+            if (ch == '\\' && i + 1 < text.size()) out += text[++i];
+            else if (ch == '"') inString = false;
+            continue;
+        }
+        if (ch == '"') {
+            inString = true;
+            out += ch;
+            last = ch;
+            continue;
+        }
+        if (last == 0 || last == '[' || last == ',' || last == ':') {
+            bool replaced = false;
+            for (const char* tok : {"-Infinity", "Infinity", "NaN"}) {
+                const std::string_view t(tok);
+                const size_t end = i + t.size();
+                const bool delimited =
+                    end == text.size() || std::string_view(", \t\r\n]}").find(text[end]) != std::string_view::npos;
+                if (text.substr(i, t.size()) == t && delimited) {
+                    out += "{\"__float__\": \"" + std::string(t) + "\"}";
+                    i = end - 1;
+                    last = '}';
+                    replaced = true;
+                    break;
+                }
+            }
+            if (replaced) continue;
+        }
+        out += ch;
+        if (ch != ' ' && ch != '\t' && ch != '\r' && ch != '\n') last = ch;
+    }
+    return out;
+}
+
 }  // namespace
 
 nlohmann::json parseJson(std::string_view text, const std::string& file, const JsonLimits& limits) {
+    std::string rewritten;
+    if (limits.pythonFloats &&
+        (text.find("Infinity") != std::string_view::npos || text.find("NaN") != std::string_view::npos)) {
+        rewritten = pythonFloatsAsObjects(text);
+        text = rewritten;
+    }
     using E = nlohmann::json::parse_event_t;
     std::vector<Frame> stack;
     int64_t parsedBytes = 0;

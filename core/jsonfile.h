@@ -23,6 +23,11 @@ struct JsonLimits {
     // objects takes 28 times its size once parsed: a bound in bytes of text would not do.
     int64_t maxParsedBytes = 0;
     std::string tooLargeHint;  // what to do instead, appended to the error of a document over it
+    // Python json's bare Infinity, -Infinity and NaN (which transformers writes into config.json, as
+    // Nemotron-H's time_step_limit [0.0, Infinity]) read as transformers' own encoding of them,
+    // {"__float__": "Infinity"} (a reader that wants a number there says so by name); false: refused
+    // as not JSON (safetensors headers, which are strict JSON)
+    bool pythonFloats = true;
 };
 
 // Parses `text`; es::Error naming `file` (and the path inside the document) when it is not JSON,

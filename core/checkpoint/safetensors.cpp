@@ -200,6 +200,7 @@ void SafetensorsFile::parse() {
     JsonLimits limits;
     limits.maxDepth = 8;
     limits.refuseDuplicateKeys = true;
+    limits.pythonFloats = false;  // (strict JSON)
     try {
         j = parseJson(header_, path_, limits);
     } catch (const Error& e) {

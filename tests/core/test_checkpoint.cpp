@@ -186,6 +186,39 @@ private Q_SLOTS:
         }
     }
 
+    // Python json's bare Infinity, -Infinity and NaN (transformers writes them into config.json) are
+    // read as transformers' own encoding of them, {"__float__": "..."}, where a value starts, and
+    // nowhere else: inside strings, keys and words they stay text; strict readers refuse them.
+    void pythonFloatTokens() {
+        const nlohmann::json j = parseJson(
+            "{\"lim\": [0.0, Infinity], \"m\":-Infinity ,\"n\": [NaN], \"s\": \"Infinity, NaN\", "
+            "\"Infinity\": \"x\\\" Infinity\", \"w\": [\"NaNo\"]}",
+            "config.json");
+        QCOMPARE(j["lim"][1], nlohmann::json({{"__float__", "Infinity"}}));
+        QCOMPARE(j["lim"][0], nlohmann::json(0.0));
+        QCOMPARE(j["m"], nlohmann::json({{"__float__", "-Infinity"}}));
+        QCOMPARE(j["n"][0], nlohmann::json({{"__float__", "NaN"}}));
+        QCOMPARE(j["s"], nlohmann::json("Infinity, NaN"));
+        QCOMPARE(j["Infinity"], nlohmann::json("x\" Infinity"));
+        QCOMPARE(j["w"][0], nlohmann::json("NaNo"));
+        for (const char* bad : {"[Infinityx]", "[NaN1]", "{\"a\": Inf}"}) {
+            try {
+                parseJson(bad, "config.json");
+                QFAIL(bad);
+            } catch (const Error& e) {
+                QVERIFY2(QString::fromStdString(e.message()).contains("not valid JSON"), e.what());
+            }
+        }
+        JsonLimits strict;
+        strict.pythonFloats = false;
+        try {
+            parseJson("[Infinity]", "header", strict);
+            QFAIL("expected an error");
+        } catch (const Error& e) {
+            QVERIFY2(QString::fromStdString(e.message()).contains("not valid JSON"), e.what());
+        }
+    }
+
     void errorsNameFileAndField() {
         QTemporaryDir dir;
         test::TinyMixtral m;
