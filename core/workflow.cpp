@@ -30,6 +30,7 @@ SessionModel sessionModelOf(const ModelSpec& spec, std::string configJson, std::
     for (int l = 0; l < spec.numLayers; ++l)
         if (spec.layers[l].linearAttention()) sm.linearAttentionLayers.push_back(l);
         else if (spec.layers[l].shortConv()) sm.shortConvLayers.push_back(l);
+        else if (!spec.layers[l].hasMixer()) sm.noMixerLayers.push_back(l);
     sm.configJson = std::move(configJson);
     sm.checkpointPath = std::move(checkpointPath);
     sm.fingerprint = std::move(fingerprint);

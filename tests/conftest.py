@@ -125,7 +125,8 @@ def assert_views_name_token_mixers(cli_path, session, tmp_path, mixer):
     run_cli(cli_path, "export", session, "--view", "expert-load", "--out", svg)
     with open(svg) as fh:
         text = fh.read()
-    tag = {"full attention": "full", "linear attention": "linear", "short convolution": "conv"}
+    tag = {"full attention": "full", "linear attention": "linear", "short convolution": "conv",
+           "no token mixer": "no mixer"}
     for layer, m in mixer.items():
         assert f">{layer} ({tag[m]})<" in text, (layer, m)
 

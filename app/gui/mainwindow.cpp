@@ -624,8 +624,18 @@ void MainWindow::fillModelTree() {
         }
         if (ref_) add(nullptr, "Reference (F)", q(ref_->ckpt->path()));
         auto* layers = add(nullptr, "Layer list", "");
-        for (int l = 0; l < s.numLayers; ++l)
-            add(layers, QString("layer %1").arg(l), s.layers[l].moe ? "MoE" : "dense");
+        for (int l = 0; l < s.numLayers; ++l) {
+            const LayerSpec& L = s.layers[l];
+            const QString ffn = L.moe ? "MoE" : "dense";
+            // (Nemotron-H's blocks of one part: a token mixer alone, or an FFN alone)
+            const QString mixer = L.linearAttention() ? "linear attention"
+                                  : L.shortConv()     ? "short convolution"
+                                                      : "attention";
+            add(layers, QString("layer %1").arg(l),
+                L.noFfn         ? mixer + ", no FFN"
+                : !L.hasMixer() ? ffn + ", no token mixer"
+                                : ffn);
+        }
     } else if (session_) {
         const SessionModel& m = session_->model();
         add(nullptr, "Architecture", q(m.modelType));

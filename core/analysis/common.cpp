@@ -92,6 +92,7 @@ void checkComparable(const ModelSpec& a, const std::string& fileA, const ModelSp
     differ("top_k", std::to_string(a.topK), std::to_string(b.topK));
     differ("hidden_size", std::to_string(a.hidden), std::to_string(b.hidden));
     differ("the expert width (moe_intermediate_size)", std::to_string(a.expertFfn), std::to_string(b.expertFfn));
+    differ("the experts' latent width (moe_latent_size)", std::to_string(a.expertIn), std::to_string(b.expertIn));
     differ("the shared expert", a.hasSharedExpert() ? "present" : "absent", b.hasSharedExpert() ? "present" : "absent");
     if (routing) differ("vocab_size", std::to_string(a.vocab), std::to_string(b.vocab));
 }
@@ -111,11 +112,15 @@ void checkReference(const ModelSpec& spec, const Reference& ref, const std::vect
         throw Error("the reference model's FFN (" + r.family + ", " + r.activation +
                         ") is not of the MoE model's kind (" + spec.family + ", " + spec.activation + ")",
                     file, "model_type");
-    for (int l : layers)
+    for (int l : layers) {
         if (r.layers[l].moe)
             throw Error(
                 "the reference model's layer " + std::to_string(l) + " is an MoE layer; the reference must be dense",
                 file, "layers");
+        if (r.layers[l].noFfn)
+            throw Error("the reference model's layer " + std::to_string(l) + " has no FFN to compare with", file,
+                        "layers");
+    }
 }
 
 double layerDiversity(const std::vector<double>& m, int rows, int routed) {

@@ -63,6 +63,7 @@ struct Mat {
     }
     int64_t tensorRow() const { return offset / cols; }  // row 0 as a row of the tensor's stacked matrices
     int64_t neurons() const { return neuronRows ? rows : cols; }
+    int64_t neuronLength() const { return neuronRows ? cols : rows; }  // the weights of one neuron
     bool sameShape(const Mat& o) const { return rows == o.rows && cols == o.cols; }
     std::string modelShape() const {  // as the model holds it
         return "[" + std::to_string(flipped ? cols : rows) + ", " + std::to_string(flipped ? rows : cols) + "]";
@@ -357,13 +358,13 @@ LayerMats layerMats(const Checkpoint& ck, const ModelSpec& s, const Reference* r
     } else {
         for (int e = 0; e < E; ++e) {
             L.routed[0].push_back(expert(Role::ExpertGate, e, true));
-            L.routed[1].push_back(expert(Role::ExpertUp, e, true));
+            if (s.has(Role::ExpertUp)) L.routed[1].push_back(expert(Role::ExpertUp, e, true));  // (relu2: none)
             L.routed[2].push_back(expert(Role::ExpertDown, e, false));
         }
     }
     if (s.hasSharedExpert()) {
         L.extra[0].push_back(expert(Role::SharedGate, 0, true));  // the whole matrix, or its half of a fused one
-        L.extra[1].push_back(expert(Role::SharedUp, 0, true));
+        if (s.has(Role::SharedUp)) L.extra[1].push_back(expert(Role::SharedUp, 0, true));
         L.extra[2].push_back(expert(Role::SharedDown, 0, false));
         L.extraLabels.push_back("SE");
     }
@@ -790,6 +791,7 @@ void staticForKind(const Checkpoint& ckpt, const ModelSpec& spec, const Referenc
 
     Result r1, r2, r3, r4, r5, r6, r7, div1, div2;
     nlohmann::json excluded = nlohmann::json::object();
+    nlohmann::json excludedAll = nlohmann::json::object();  // left out of every sample (S2, S7) too
     nlohmann::json solvers = nlohmann::json::object();
     std::vector<double> fit[4][3];  // r, r2, slope, intercept per layer and matrix
     std::vector<double> diversity[2][3];
@@ -811,8 +813,15 @@ void staticForKind(const Checkpoint& ckpt, const ModelSpec& spec, const Referenc
             all[m] = L.routed[m];
         }
         for (size_t x = 0; x < L.extraLabels.size(); ++x) {
-            bool fits = true;
+            bool fits = true, neuronsFit = true;  // (a latent MoE's experts: neurons of another length)
             for (int m : mats) fits = fits && L.extra[m][x].sameShape(L.routed[m][0]);
+            for (int m : mats) neuronsFit = neuronsFit && L.extra[m][x].neuronLength() == L.routed[m][0].neuronLength();
+            if (!neuronsFit) {
+                excluded[L.extraLabels[x]] = excludedAll[L.extraLabels[x]] =
+                    "its neurons have " + std::to_string(L.extra[0][x].neuronLength()) + " weights, the experts' " +
+                    std::to_string(L.routed[0][0].neuronLength()) + " (their latent width)";
+                continue;
+            }
             for (int m : mats) all[m].push_back(L.extra[m][x]);
             allLabels.push_back(L.extraLabels[x]);
             if (fits) {
@@ -962,8 +971,10 @@ void staticForKind(const Checkpoint& ckpt, const ModelSpec& spec, const Referenc
         for (int m : mats) div1.arrays[names[m]] = Array::f32d({nl}, diversity[0][m]).with("layers", layerAttr);
         finish("layer_diversity/weights", "diversity", div1, baseParams);
     }
+    nlohmann::json allParams = baseParams;
+    if (!excludedAll.empty()) allParams["excluded"] = excludedAll;
     if (want("S2")) {
-        finish("neuron_mean_similarity", "S2", r2, baseParams);
+        finish("neuron_mean_similarity", "S2", r2, allParams);
         for (int m : mats) div2.arrays[names[m]] = Array::f32d({nl}, diversity[1][m]).with("layers", layerAttr);
         finish("layer_diversity/neuron_mean", "diversity", div2, baseParams);
     }
@@ -1018,7 +1029,7 @@ void staticForKind(const Checkpoint& ckpt, const ModelSpec& spec, const Referenc
         finish("matrix_pca", "S6", r6, p);
     }
     if (s7) {
-        nlohmann::json p = baseParams;
+        nlohmann::json p = allParams;
         p["components"] = C;
         finish("neuron_pca", "S7", r7, p);
     }

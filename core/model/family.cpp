@@ -509,6 +509,37 @@ void mambaSizes(ModelSpec& s, const Config& c, const MambaKeys& k) {
     m.projBias = c.optBool(k.projBias, k.defProjBias);
 }
 
+void mamba2GroupsAndChunk(ModelSpec& s, const Config& c, const std::string& groupsKey, int64_t defGroups,
+                          const std::string& chunkKey, int64_t defChunk) {
+    LinearAttentionSpec& m = s.linear;
+    m.groups = c.optInt(groupsKey, defGroups);
+    positive(c, groupsKey, m.groups, 1 << 16);
+    if (m.ssmHeads % m.groups != 0)
+        c.fail(groupsKey, "must divide the Mamba2 heads (" + std::to_string(m.ssmHeads) + ")");
+    m.chunk = c.optInt(chunkKey, defChunk);
+    positive(c, chunkKey, m.chunk, 1 << 12);
+    // a chunk's [chunk, chunk, heads] decay and score tensors, in float32
+    if (m.chunk * m.chunk * m.ssmHeads > (int64_t{1} << 26))
+        c.fail(chunkKey,
+               "with " + std::to_string(m.ssmHeads) + " heads gives per-chunk tensors of more than 2^26 values");
+}
+
+void hfMamba2Tensors(TableBuilder& t, const std::string& prefix) {
+    using D = Dim;
+    const LinearAttentionSpec& m = t.spec().linear;
+    const Scope sc = Scope::LinearAttention;
+    t.add(Role::MambaIn, sc, prefix + "in_proj.weight", {D::SsmIn, D::Hidden});
+    t.addIf(m.projBias, Role::MambaInBias, sc, prefix + "in_proj.bias", {D::SsmIn});
+    t.add(Role::MambaConv, sc, prefix + "conv1d.weight", {D::SsmConv, D::One, D::LinKernel});
+    t.addIf(m.convBias, Role::MambaConvBias, sc, prefix + "conv1d.bias", {D::SsmConv});
+    t.add(Role::MambaDtBias, sc, prefix + "dt_bias", {D::SsmHeads});
+    t.add(Role::MambaALog, sc, prefix + "A_log", {D::SsmHeads});
+    t.add(Role::MambaD, sc, prefix + "D", {D::SsmHeads});
+    t.add(Role::MambaGatedNorm, sc, prefix + "norm.weight", {D::LinInner});
+    t.add(Role::MambaOut, sc, prefix + "out_proj.weight", {D::Hidden, D::LinInner});
+    t.addIf(m.projBias, Role::MambaOutBias, sc, prefix + "out_proj.bias", {D::Hidden});
+}
+
 void moeCounts(ModelSpec& s, const Config& c, const std::string& expertsKey, const std::string& ffnKey,
                const MoeCountDefaults& d) {
     // the counts have two names across transformers versions (each config class maps one onto the

@@ -267,6 +267,10 @@ struct MambaKeys {
     bool defProjBias;
 };
 void mambaSizes(ModelSpec& s, const Config& c, const MambaKeys& k);
+// Mamba2's groups (dividing LinearAttentionSpec::ssmHeads, set first) and chunk (its per-chunk
+// tensors bounded), from the family's keys with its config class's defaults.
+void mamba2GroupsAndChunk(ModelSpec& s, const Config& c, const std::string& groupsKey, int64_t defGroups,
+                          const std::string& chunkKey, int64_t defChunk);
 // Qwen3-Next's decoder (Qwen3.5 MoE's too): readLinearAttention; gated full attention with per-head
 // QK-norm and biases by attention_bias; zero-centred norms; the combine weights in the activations'
 // dtype; a sigmoid-gated shared expert of shared_expert_intermediate_size (default 512).
@@ -302,6 +306,9 @@ void hfGatedDeltaNet(TableBuilder& t, bool fused);
 // in_proj_ba), dense MLPs where there are dense layers, the experts, the shared expert and its
 // gate; the MTP module (mtp.*) left out.
 void hfQwen3NextTensors(TableBuilder& t, const TensorProbe& has, bool fused);
+// A Mamba2 mixer's tensors under `prefix` ("model.layers.{L}.mamba.") in the linear-attention
+// layers: in_proj, conv1d, dt_bias, A_log, D, the gated norm, out_proj (biases as LinearAttentionSpec says).
+void hfMamba2Tensors(TableBuilder& t, const std::string& prefix);
 // A SwiGLU MLP under "model.layers.{L}.mlp." in the layers that have a dense FFN.
 void hfDenseMlp(TableBuilder& t);
 // Routed experts: a router `router` and experts under `experts` ("{E}" per expert) with leaf

@@ -263,7 +263,12 @@ void Model::Impl::loadExperts(LayerWeights& w, int l) const {
     if (w.routerExtras.selectionBias.defined())  // [E], or ERNIE's [1, E]
         w.routerExtras.selectionBias = w.routerExtras.selectionBias.reshape({-1});
     w.routerExtras.expertScale = loadOpt(Role::RouterExpertScale, l);
-    if (s.layout == ExpertLayout::PerExpert) {
+    const bool ungated = !s.has(Role::ExpertUp);  // Nemotron-H's relu2 experts: up and down alone
+    if (s.layout == ExpertLayout::PerExpert && ungated) {
+        for (int e = 0; e < s.numExperts; ++e)
+            w.experts.push_back(plainFfn(load(s.tensorName(Role::ExpertGate, l, e)), Tensor(),
+                                         load(s.tensorName(Role::ExpertDown, l, e)), Tensor()));
+    } else if (s.layout == ExpertLayout::PerExpert) {
         for (int e = 0; e < s.numExperts; ++e) {
             w.experts.push_back(fused(s.tensorName(Role::ExpertGate, l, e), s.tensorName(Role::ExpertUp, l, e),
                                       s.tensorName(Role::ExpertDown, l, e)));
@@ -278,14 +283,16 @@ void Model::Impl::loadExperts(LayerWeights& w, int l) const {
         // DBRX: gate and up stacks apart, [E * F, d] each (and down's)
         const bool apart = s.role(Role::ExpertGate).pack == Pack::Stacked;
         Tensor up;
-        if (apart) {
+        if (apart && !ungated) {
             const std::vector<int64_t> slice{s.numExperts, -1, s.hidden};
             up = load(Role::ExpertUp, l).view(slice);
             gu = gu.view(slice);
             dn = dn.view(slice);
         }
         Tensor gub = loadOpt(Role::ExpertGateUpBias, l), dnb = loadOpt(Role::ExpertDownBias, l);
-        for (int e = 0; e < s.numExperts; ++e) {
+        for (int e = 0; e < s.numExperts && ungated; ++e)
+            w.experts.push_back(plainFfn(guT ? gu[e].t() : gu[e], Tensor(), dnT ? dn[e].t() : dn[e], Tensor()));
+        for (int e = 0; e < s.numExperts && !ungated; ++e) {
             Ffn f = apart ? swigluFfn(Tensor(), gu[e], up[e], dnT ? dn[e].t() : dn[e])
                           : swigluFfn(guT ? gu[e].t() : gu[e], Tensor(), Tensor(), dnT ? dn[e].t() : dn[e]);
             f.act = actCode();        // SwiGLU, or a gated GELU
@@ -300,8 +307,15 @@ void Model::Impl::loadExperts(LayerWeights& w, int l) const {
         }
     }
     w.moeOutBias = loadOpt(Role::MoeBias, l);
+    w.latentIn = loadOpt(Role::MoeLatentIn, l);
+    w.latentInB = loadOpt(Role::MoeLatentInBias, l);
+    w.latentOut = loadOpt(Role::MoeLatentOut, l);
+    w.latentOutB = loadOpt(Role::MoeLatentOutBias, l);
     if (s.hasSharedExpert()) {
-        if (s.role(Role::SharedGate).pack == Pack::FirstHalf)  // one [2S, d] tensor, gate rows then up rows
+        if (!s.has(Role::SharedUp))  // an ungated shared expert (Nemotron-H's)
+            w.shared = plainFfn(load(Role::SharedGate, l), loadOpt(Role::SharedGateBias, l), load(Role::SharedDown, l),
+                                loadOpt(Role::SharedDownBias, l));
+        else if (s.role(Role::SharedGate).pack == Pack::FirstHalf)  // one [2S, d] tensor, gate rows then up rows
             w.shared = swigluFfn(load(Role::SharedGate, l), Tensor(), Tensor(), load(Role::SharedDown, l));
         else
             w.shared = swiglu(l, Role::SharedGate, Role::SharedUp, Role::SharedDown, Role::SharedGateBias,
@@ -314,8 +328,9 @@ void Model::Impl::loadLayer(int l) {
     LayerWeights& w = layers[l];
     if (w.loaded) return;
     loadAttention(w, l);
-    if (spec.layers[l].moe) loadExperts(w, l);
-    if (!spec.layers[l].moe || spec.moeBesideDense) w.mlp = denseFfn(l);
+    if (spec.layers[l].noFfn) {  // a mixer-only block
+    } else if (spec.layers[l].moe) loadExperts(w, l);
+    if (!spec.layers[l].noFfn && (!spec.layers[l].moe || spec.moeBesideDense)) w.mlp = denseFfn(l);
     w.moeInNorm = loadOpt(Role::MoeInNorm, l);
     w.denseOutNorm = loadOpt(Role::DenseOutNorm, l);
     w.moeOutNorm = loadOpt(Role::MoeOutNorm, l);
@@ -598,16 +613,21 @@ void Model::Impl::step(int l, State& st, bool allExperts, const Tap& tap, const 
             st.h[p] = st.h[p] + a + mlpOut(x);
             continue;
         }
-        Tensor x = in(w.inNorm, w.inNormB);
-        const int table = spec.layers[l].ropeTable;  // the layer type's RoPE table (Gemma 4)
+        const LayerSpec& L = spec.layers[l];
+        // (a block of one part, Nemotron-H's: that part on the block's one norm)
+        const Tensor& ffnNorm = L.hasMixer() ? w.postNorm : w.inNorm;
+        const Tensor& ffnNormB = L.hasMixer() ? w.postNormB : w.inNormB;
+        Tensor x;
+        if (L.hasMixer()) x = in(w.inNorm, w.inNormB);
+        const int table = L.ropeTable;  // the layer type's RoPE table (Gemma 4)
         const Tensor& cos = table == 0 ? st.cos[p] : st.cosX[table - 1][p];
         const Tensor& sin = table == 0 ? st.sin[p] : st.sinX[table - 1][p];
-        if (spec.attn.isMoa()) {
+        if (!L.hasMixer()) {
+        } else if (spec.attn.isMoa()) {
             MoeOut a = moaAttention(w, x, st.cos[p], st.sin[p], allExperts);
             if (attnTap) attnTap(p, x, &a);
             join(a.y, w.inNorm, w.inNormB, w.attnOutNorm);
         } else {
-            const LayerSpec& L = spec.layers[l];
             const bool lin = L.linearAttention();
             join(lin && spec.linear.lightning()   ? lightningAttention(w, x)
                  : lin && spec.linear.mamba()     ? mambaMixer(w, x)
@@ -620,10 +640,11 @@ void Model::Impl::step(int l, State& st, bool allExperts, const Tap& tap, const 
                  w.inNorm, w.inNormB, w.attnOutNorm, lin ? nr.linearAlpha : nr.attnAlpha,
                  lin ? nr.linearBeta : nr.attnBeta);
         }
-        x = in(w.postNorm, w.postNormB);
+        if (L.noFfn) continue;
+        x = in(ffnNorm, ffnNormB);
         if (!isMoe) {
             if (tap) tap(p, x, nullptr);
-            join(ffn(x, w.mlp), w.postNorm, w.postNormB, w.ffnOutNorm, nr.mlpAlpha, nr.mlpBeta);
+            join(ffn(x, w.mlp), ffnNorm, ffnNormB, w.ffnOutNorm, nr.mlpAlpha, nr.mlpBeta);
             if (w.layerScalar.defined()) st.h[p] = st.h[p] * w.layerScalar;
             continue;
         }
@@ -639,7 +660,7 @@ void Model::Impl::step(int l, State& st, bool allExperts, const Tap& tap, const 
         } else {
             auto m = moe(w, x, allExperts, keepChosen, {}, interventionOf(p));
             if (tap) tap(p, x, &m);
-            join(m.y, w.postNorm, w.postNormB, w.ffnOutNorm, nr.mlpAlpha, nr.mlpBeta);
+            join(m.y, ffnNorm, ffnNormB, w.ffnOutNorm, nr.mlpAlpha, nr.mlpBeta);
         }
         if (w.layerScalar.defined()) st.h[p] = st.h[p] * w.layerScalar;
     }

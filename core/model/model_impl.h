@@ -179,9 +179,9 @@ inline Tensor applyRope(const Tensor& x, const Tensor& cos, const Tensor& sin, b
 // layers only: an EMoE layer adds it once after combining its experts).
 struct Ffn {
     Tensor gateUp, gate, up, down;
-    Tensor inBias, outBias;       // W1's (SwiGLU: the gate's) and W2's (down's) biases
-    Tensor upBias;                // SwiGLU with biases (ERNIE's use_bias): the up projection's; never fused
-    int act = 0;                  // 0: SwiGLU (silu), 1, 2, 4: GELU (gelu(); gated when up is there), 3: kClampedSwiglu
+    Tensor inBias, outBias;  // W1's (SwiGLU: the gate's) and W2's (down's) biases
+    Tensor upBias;           // SwiGLU with biases (ERNIE's use_bias): the up projection's; never fused
+    int act = 0;  // 0: SwiGLU (silu), 1, 2, 4: GELU, 5: relu2 (activate(); gated when up is there), 3: kClampedSwiglu
     double limit = 0, alpha = 0;  // act 3: ModelSpec::swigluLimit, swigluAlpha
 };
 // GPT-OSS's experts: gateUp [2F, d] with gate and up interleaved by row and its fused bias inBias,
@@ -199,7 +199,10 @@ inline Ffn swigluFfn(Tensor gateUp, Tensor gate, Tensor up, Tensor down) {
 
 // act 1: GELU (erf), 2: its tanh approximation (one kernel), 4: the tanh approximation op by op in
 // the activations' dtype, as transformers' NewGELUActivation ("gelu_new") evaluates it
-inline Tensor gelu(const Tensor& x, int act) {
+// act 5: relu(x)^2 (transformers' ReLUSquaredActivation, "relu2")
+constexpr int kRelu2 = 5;
+inline Tensor activate(const Tensor& x, int act) {
+    if (act == kRelu2) return torch::square(torch::relu(x));
     if (act == 4) return (x * 0.5) * (torch::tanh((x + torch::pow(x, 3.0) * 0.044715) * std::sqrt(2.0 / M_PI)) + 1.0);
     return torch::gelu(x, act == 2 ? "tanh" : "none");
 }
@@ -218,7 +221,7 @@ inline Tensor gatePre(const Tensor& x, const Ffn& f) {
 }
 
 // The FFN's hidden activations h (what W_down reads): silu(g) * u, gelu(g) * u (a gated GELU:
-// an up projection present), or gelu(W1 x + b1).
+// an up projection present), or act(W1 x + b1) (GELU, relu2).
 inline Tensor ffnHidden(const Tensor& x, const Ffn& f) {
     if (f.act == kClampedSwiglu) {  // (up + 1) * gate * sigmoid(alpha gate), gate and up clamped
         Tensor h = clampedGateUp(x, f);
@@ -227,8 +230,8 @@ inline Tensor ffnHidden(const Tensor& x, const Ffn& f) {
         return (u + 1) * (g * torch::sigmoid(g * f.alpha));
     }
     const bool gated = f.up.defined() || f.gateUp.defined();
-    if (f.act != 0 && !gated) return gelu(torch::linear(x, f.gate, f.inBias), f.act);
-    auto act = [&](const Tensor& g) { return f.act == 0 ? torch::silu(g) : gelu(g, f.act); };
+    if (f.act != 0 && !gated) return activate(torch::linear(x, f.gate, f.inBias), f.act);
+    auto act = [&](const Tensor& g) { return f.act == 0 ? torch::silu(g) : activate(g, f.act); };
     if (!f.gateUp.defined()) return act(torch::linear(x, f.gate, f.inBias)) * torch::linear(x, f.up, f.upBias);
     Tensor h = torch::linear(x, f.gateUp);
     const int64_t F = h.size(-1) / 2;
@@ -295,6 +298,9 @@ struct LayerWeights {
     RouterExtras routerExtras;                           // the selection bias and per-expert scales the rule reads
     Ffn blockFfn;       // EMoE avg-k: the whole W_gate (+ b1) and W_up (no W_down), whose neurons score the experts
     Tensor moeOutBias;  // W2's bias on EMoE BERT, mlp.bias on JetMoE: added once after the experts
+    // Nemotron-H's latent MoE (ModelSpec::expertIn): the experts' input projection and their sum's
+    // projection back, with biases (undefined: none)
+    Tensor latentIn, latentInB, latentOut, latentOutB;
     Tensor attnRouter, attnQ, attnO, attnBias, kvProj;  // MoA (JetMoE): [E, d], [E, H, d], [E, d, H], [d], [2H, d]
     std::vector<Ffn> experts;                           // views; packed layouts are sliced, never copied on CPU
     Ffn shared;
@@ -304,13 +310,23 @@ struct LayerWeights {
     Tensor moeInNorm, denseOutNorm, moeOutNorm, routerInputScale, layerScalar;
 };
 
+// A MoE layer's experts as maps of the block's input x, as the analyses see them: an expert's
+// input is x, or (Nemotron-H's latent MoE) x projected into the latent width, and its output
+// as the block adds it, projected back without the projection's bias (added once to the sum).
+inline Tensor expertsInput(const LayerWeights& w, const Tensor& x) {
+    return w.latentIn.defined() ? torch::linear(x, w.latentIn, w.latentInB) : x;
+}
+inline Tensor expertsOutput(const LayerWeights& w, const Tensor& y) {
+    return w.latentOut.defined() ? torch::linear(y, w.latentOut.to(y.scalar_type())) : y;
+}
+
 // act(x W_gate^T (+ b1)): the gate branch of the FFN (D3); for a GELU FFN, its hidden state.
 inline Tensor gateActivation(const Tensor& x, const Ffn& f) {
     if (f.act == kClampedSwiglu) {
         Tensor g = gatePre(x, f).clamp_max(f.limit);
         return g * torch::sigmoid(g * f.alpha);
     }
-    if (f.act != 0) return gelu(gatePre(x, f), f.act);
+    if (f.act != 0) return activate(gatePre(x, f), f.act);
     return torch::silu(gatePre(x, f));
 }
 
@@ -341,8 +357,10 @@ inline int64_t outputChunk(int64_t rows, int64_t d) {
 // Every expert's raw output on the block inputs x ([n, d], chosen experts ids [n, K]) as rows
 // 0..E-1 of a float32 [n, rows, d] (rows >= E; the caller fills the rest): the chosen experts'
 // outputs are the block's own (chosen: [n, K, d]), only the others are evaluated.
-inline Tensor everyExpertOutput(const std::vector<Ffn>& experts, const Tensor& x, const Tensor& ids,
-                                const Tensor& chosen, int64_t rows) {
+inline Tensor everyExpertOutput(const LayerWeights& w, const Tensor& x, const Tensor& ids, const Tensor& chosen,
+                                int64_t rows) {
+    const std::vector<Ffn>& experts = w.experts;
+    const Tensor xe = expertsInput(w, x);
     const int64_t n = x.size(0), K = ids.size(1), d = x.size(1), E = static_cast<int64_t>(experts.size());
     Tensor out = torch::empty({n * rows, d}, x.options().dtype(torch::kFloat));
     Tensor tokenRow = torch::arange(n, ids.options().dtype(torch::kLong)).unsqueeze(1) * rows;
@@ -351,7 +369,8 @@ inline Tensor everyExpertOutput(const std::vector<Ffn>& experts, const Tensor& x
     for (int64_t e = 0; e < E; ++e) {
         Tensor others = isChosen.select(1, e).logical_not().nonzero().squeeze(1);
         if (others.numel() == 0) continue;
-        out.index_copy_(0, others * rows + e, ffn(x.index_select(0, others), experts[e]).to(torch::kFloat));
+        out.index_copy_(0, others * rows + e,
+                        expertsOutput(w, ffn(xe.index_select(0, others), experts[e])).to(torch::kFloat));
     }
     return out.view({n, rows, d});
 }
@@ -608,7 +627,7 @@ struct Model::Impl {
     }
     int actCode() const {
         const std::string& a = spec.activation;
-        return a == "gelu" ? 1 : a == "gelu_tanh" ? 2 : a == "gelu_new" ? 4 : 0;
+        return a == "gelu" ? 1 : a == "gelu_tanh" ? 2 : a == "gelu_new" ? 4 : a == "relu2" ? kRelu2 : 0;
     }
     // Layer l's dense FFN (with W2's bias for GELU FFNs).
     Ffn denseFfn(int l) const {
@@ -621,11 +640,16 @@ struct Model::Impl {
             f.act = actCode();  // SwiGLU, or a gated GELU
             return f;
         }
+        return plainFfn(load(Role::FfnGate, l), loadOpt(Role::FfnGateBias, l), load(Role::FfnDown, l),
+                        loadOpt(Role::FfnDownBias, l));
+    }
+    // An ungated FFN, down act(W1 x + b1) + b2 (a GELU FFN's, Nemotron-H's relu2 MLPs and experts).
+    Ffn plainFfn(Tensor w1, Tensor b1, Tensor down, Tensor b2) const {
         Ffn f;
-        f.gate = load(Role::FfnGate, l);
-        f.inBias = loadOpt(Role::FfnGateBias, l);
-        f.down = load(Role::FfnDown, l);
-        f.outBias = loadOpt(Role::FfnDownBias, l);
+        f.gate = std::move(w1);
+        f.inBias = std::move(b1);
+        f.down = std::move(down);
+        f.outBias = std::move(b2);
         f.act = actCode();
         return f;
     }
@@ -656,6 +680,7 @@ struct Model::Impl {
         w.postNormB = loadOpt(Role::FfnNormBias, l);
         w.attnOutNorm = loadNorm(Role::AttnOutNorm, l);  // (AFMoE keeps them in float32 in float16 runs too)
         w.ffnOutNorm = loadNorm(Role::FfnOutNorm, l);
+        if (!spec.layers[l].hasMixer()) return;
         if (spec.layers[l].linearAttention() && spec.linear.lightning()) loadLightning(w, l);
         else if (spec.layers[l].linearAttention() && spec.linear.mamba()) loadMamba(w, l);
         else if (spec.layers[l].linearAttention() && spec.linear.mamba2()) loadMamba2(w, l);
@@ -748,6 +773,9 @@ struct Model::Impl {
         auto [wts, ids] = route(r, routed, K, x.scalar_type(), w.routerExtras, iv ? iv->allowed : Tensor(),
                                 iv && iv->forced, &listOrder);
 
+        // the experts' input: the block's, or (Nemotron-H's latent MoE) its projection
+        const Tensor xe = expertsInput(w, x);
+        const int64_t de = xe.size(1);
         // each (token, slot) pair's weighted output in the dtype the product promotes to, then the
         // k slots of a token summed (float32 accumulation for half types) and rounded once to the
         // activations' dtype: transformers' default experts path (grouped_mm) combines so
@@ -758,10 +786,10 @@ struct Model::Impl {
         const int64_t* cnt = counts.data_ptr<int64_t>();
         Tensor flatW = wts.reshape(-1);
         const int64_t T = x.size(0);
-        Tensor chosen = keepChosen || allExperts ? torch::empty({T * K, x.size(1)}, x.options()) : Tensor();
+        Tensor chosen = keepChosen || allExperts ? torch::empty({T * K, de}, x.options()) : Tensor();
         const bool inOrder = spec.combine != ModelSpec::Combine::Slots;
         const auto acc = inOrder ? x.scalar_type() : wdt;
-        Tensor weighted = torch::zeros({inOrder ? T : T * K, x.size(1)}, x.options().dtype(acc));
+        Tensor weighted = torch::zeros({inOrder ? T : T * K, de}, x.options().dtype(acc));
         int64_t offset = 0;
         for (int64_t e = 0; e < E; ++e) {
             const int64_t n = cnt[e];
@@ -769,25 +797,27 @@ struct Model::Impl {
             Tensor sel = order.narrow(0, offset, n);
             offset += n;
             Tensor tok = sel.div(K, "floor");
-            Tensor xe = x.index_select(0, tok), we = flatW.index_select(0, sel).unsqueeze(-1);
+            Tensor xt = xe.index_select(0, tok), we = flatW.index_select(0, sel).unsqueeze(-1);
             Tensor yw;
             if (zeroed(e)) {  // an intervention's zeroed expert: chosen and weighted, its output 0
-                yw = torch::zeros({n, x.size(1)}, x.options().dtype(wdt));
+                yw = torch::zeros({n, de}, x.options().dtype(wdt));
                 if (chosen.defined()) chosen.index_fill_(0, sel, 0);
             } else if (r.scalesInputs) {  // Llama 4: the expert on its weighted input (in the activations' dtype),
                                           // unweighted
-                yw = ffn(xe * we.to(xe.scalar_type()), w.experts[e]);
-                if (chosen.defined()) chosen.index_copy_(0, sel, ffn(xe, w.experts[e]));
+                yw = ffn(xt * we.to(xt.scalar_type()), w.experts[e]);
+                if (chosen.defined()) chosen.index_copy_(0, sel, ffn(xt, w.experts[e]));
             } else {
-                Tensor ye = ffn(xe, w.experts[e]);
+                Tensor ye = ffn(xt, w.experts[e]);
                 if (chosen.defined()) chosen.index_copy_(0, sel, ye);
                 yw = ye * we;
             }
             if (inOrder) weighted.index_add_(0, tok, yw.to(acc));
             else weighted.index_copy_(0, sel, yw);
         }
-        Tensor y = inOrder ? weighted : weighted.view({T, K, x.size(1)}).sum(1).to(x.scalar_type());
-        if (chosen.defined()) chosen = chosen.view({T, K, x.size(1)});
+        Tensor y = inOrder ? weighted : weighted.view({T, K, de}).sum(1).to(x.scalar_type());
+        if (w.latentOut.defined()) y = torch::linear(y, w.latentOut, w.latentOutB);
+        // (the chosen experts' outputs as the block adds them: in the hidden width)
+        if (chosen.defined()) chosen = expertsOutput(w, chosen).view({T, K, x.size(1)});
         if (listOrder.defined()) {
             ids = ids.gather(1, listOrder);
             wts = wts.gather(1, listOrder);
@@ -796,12 +826,11 @@ struct Model::Impl {
         out.ids = ids;
         out.weights = wts;
         std::vector<Tensor> norms;
-        const int64_t chunk = outputChunk(E, x.size(1));
+        const int64_t chunk = outputChunk(E, std::max(de, x.size(1)));  // (a latent MoE's outputs: hidden-wide)
         if (allExperts)  // [T, E] norms from outputs of a bounded number of tokens at once
             for (int64_t c0 = 0; c0 < T; c0 += chunk) {
                 const int64_t n = std::min(chunk, T - c0);
-                Tensor o =
-                    everyExpertOutput(w.experts, x.narrow(0, c0, n), ids.narrow(0, c0, n), chosen.narrow(0, c0, n), E);
+                Tensor o = everyExpertOutput(w, x.narrow(0, c0, n), ids.narrow(0, c0, n), chosen.narrow(0, c0, n), E);
                 norms.push_back(o.norm(2, -1));
             }
         if (allExperts) out.norms = torch::cat(norms, 0);

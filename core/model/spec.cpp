@@ -260,6 +260,9 @@ int64_t ModelSpec::dim(Dim d, int layer) const {
         case Dim::SsmHeads:
             v = linear.ssmHeads;
             break;
+        case Dim::ExpertIn:
+            v = expertIn > 0 ? expertIn : hidden;
+            break;
     }
     return v * d.mul;
 }
@@ -331,7 +334,8 @@ bool inLayer(const ModelSpec& s, const TensorRole& t, int l) {
         case Scope::Indexer:
             return l >= 0 && s.attn.indexer.on() && !s.layers[l].sharesIndexer;
         case Scope::DenseFfn:
-            return l >= 0 && (!s.layers[l].moe || s.layout == ExpertLayout::Blocks || s.moeBesideDense);
+            return l >= 0 && !s.layers[l].noFfn &&
+                   (!s.layers[l].moe || s.layout == ExpertLayout::Blocks || s.moeBesideDense);
         case Scope::Moe:
         case Scope::Expert:
             return l >= 0 && s.layers[l].moe && s.layout != ExpertLayout::Blocks;
@@ -513,6 +517,26 @@ void checkRuleTensors(const ModelSpec& s) {
             throw Error(std::string("the ") + s.family +
                             " family's router rule and its tensor table disagree about the " + roleName(p.role),
                         "", s.family);
+    // a block of one part (Nemotron-H's) is a pre-norm block on one norm: the options that shape a
+    // two-part block otherwise are not applied to it
+    for (int l = 0; l < s.numLayers; ++l) {
+        const LayerSpec& L = s.layers[l];
+        if (!L.hasMixer() && L.noFfn)
+            throw Error("the " + s.family + " family gives layer " + std::to_string(l) + " neither a mixer nor an FFN",
+                        "", s.family);
+        if ((!L.hasMixer() || L.noFfn) && (s.encoder || s.parallelBlock || s.postNorm || s.moeBesideDense ||
+                                           s.normedResidual.on || s.attn.isMoa() || s.has(Role::FfnNorm)))
+            throw Error("the " + s.family + " family combines a block of one part with an option it does not apply", "",
+                        s.family);
+    }
+    // a latent MoE's two projections, both or neither, with the latent width
+    if ((s.expertIn > 0) != s.has(Role::MoeLatentIn) || (s.expertIn > 0) != s.has(Role::MoeLatentOut))
+        throw Error("the " + s.family + " family's latent MoE width and its tensor table disagree", "", s.family);
+    // ungated experts (relu2) have no up projection; gated ones have one
+    if (s.numExperts > 0 && s.layout != ExpertLayout::Blocks && s.has(Role::ExpertGate) &&
+        s.has(Role::ExpertUp) != s.gatedFfn())
+        throw Error("the " + s.family + " family's activation and its expert tensors disagree about an up projection",
+                    "", s.family);
     // parallel blocks run the standard attention and the MLP on one norm: none of the block's other
     // options (another attention, output norms, multipliers, per-layer RoPE tables) are applied there
     const bool otherMixer =
@@ -842,7 +866,8 @@ ModelSpec ModelSpec::fromCheckpoint(const Checkpoint& ckpt) {
         if (s.layout == ExpertLayout::Blocks)  // neuron blocks of W_gate, W_up, W_down (and b1)
             perExpert = (s.gatedFfn() ? 3 : 2) * s.expertFfn * s.hidden + (s.has(Role::FfnGateBias) ? s.expertFfn : 0);
         else
-            for (Role r : {Role::ExpertGate, Role::ExpertUp, Role::ExpertDown}) perExpert += elements(r, l);
+            for (Role r : {Role::ExpertGate, Role::ExpertUp, Role::ExpertDown})
+                if (s.has(r)) perExpert += elements(r, l);  // (ungated experts: no up)
         // GPT-OSS's per-expert biases
         perExpert +=
             (s.has(Role::ExpertGateUpBias) ? 2 * s.expertFfn : 0) + (s.has(Role::ExpertDownBias) ? s.hidden : 0);

@@ -223,8 +223,14 @@ struct LayerSpec {
     // the layer's token mixer: softmax attention (AttentionSpec), the linear attention of
     // ModelSpec::linear (Qwen3-Next's "linear_attention" layers), or the gated short convolution
     // of ModelSpec::shortConv (LFM2's "conv" layers)
-    enum class Mixer : uint8_t { Attention, LinearAttention, ShortConv };
+    // (None: a block of its FFN alone, Nemotron-H's "moe" and "mlp" blocks)
+    enum class Mixer : uint8_t { Attention, LinearAttention, ShortConv, None };
     Mixer mixer = Mixer::Attention;
+    bool hasMixer() const { return mixer != Mixer::None; }
+    // a block of its token mixer alone, no MLP or MoE after it (Nemotron-H's "mamba" and
+    // "attention" blocks); such a block reads the stream through its one norm (the AttnNorm role),
+    // and so does a block of its FFN alone
+    bool noFfn = false;
     bool attention() const { return mixer == Mixer::Attention; }
     bool linearAttention() const { return mixer == Mixer::LinearAttention; }
     bool shortConv() const { return mixer == Mixer::ShortConv; }
@@ -404,6 +410,11 @@ struct ModelSpec {
     double layerNormEps = 1e-12;
     int64_t maxPositions = 0, typeVocab = 0;
     int64_t numExperts = 0, topK = 0, expertFfn = 0, sharedFfn = 0;
+    // the routed experts' input and output width where it is not the hidden size (0: hidden):
+    // Nemotron-H's moe_latent_size, the MoE input projected into it for the experts alone (the router
+    // and the shared expert read the block's input) and the experts' weighted sum projected back
+    // (Role::MoeLatentIn / MoeLatentOut)
+    int64_t expertIn = 0;
     std::string numExpertsKey = "num_experts";  // the config key that gave numExperts (for errors)
     // a key of the language model's config as errors name it ("text_config.KEY" in a container)
     std::string configKey(const std::string& k) const { return textModelType.empty() ? k : textConfigPath + "." + k; }
@@ -416,8 +427,8 @@ struct ModelSpec {
     double layerNormRmsEps = 0;
     double blockEps() const { return layerNormRmsEps > 0 ? layerNormRmsEps : rmsEps; }
     bool tieEmbeddings = false;
-    // silu (SwiGLU), gelu, gelu_tanh or gelu_new (BERT's plain FFN); gelu or gelu_new with
-    // gatedGelu (Grok-1)
+    // silu (SwiGLU), gelu, gelu_tanh or gelu_new (BERT's plain FFN), relu2 (relu(W1 x)^2, Nemotron-H's
+    // FFNs and experts, ungated); gelu or gelu_new with gatedGelu (Grok-1)
     std::string activation = "silu";
     // a GELU that gates an up projection, act(W_gate x) * W_up x (Grok-1's experts), instead of a
     // plain GELU FFN

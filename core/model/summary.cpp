@@ -40,10 +40,14 @@ std::vector<SummaryRow> describeModel(const ModelSpec& s, const Checkpoint& ckpt
                     {{"num_layers", s.numLayers}, {"moe_layers", moe}}});
     rows.push_back({moe.empty() ? "" : "Experts",
                     n + ", top-" + std::to_string(s.topK) + ", width " + std::to_string(s.expertFfn) +
+                        (s.expertIn > 0 ? ", on a latent width of " + std::to_string(s.expertIn) +
+                                              " (the input projected into it, the sum projected back)"
+                                        : "") +
                         (s.hasSharedExpert() ? ", shared expert width " + std::to_string(s.sharedFfn) : ""),
                     {{"num_experts", s.numExperts},
                      {"top_k", s.topK},
                      {"expert_intermediate_size", s.expertFfn},
+                     {"expert_latent_size", s.expertIn > 0 ? oj(s.expertIn) : oj()},
                      {"shared_expert_intermediate_size", s.hasSharedExpert() ? s.sharedFfn : 0}}});
     const std::string gelu = s.activation == "gelu_new"    ? "tanh approximation, op by op (gelu_new)"
                              : s.activation == "gelu_tanh" ? "tanh approximation (gelu_pytorch_tanh)"
@@ -51,6 +55,10 @@ std::vector<SummaryRow> describeModel(const ModelSpec& s, const Checkpoint& ckpt
     if (s.gatedGelu)
         rows.push_back(
             {"Expert FFN", "gelu(W_gate x) * W_up x, GELU " + gelu, {{"ffn_activation", "gated " + s.activation}}});
+    else if (s.activation == "relu2")  // Nemotron-H's ungated FFNs
+        rows.push_back({moe.empty() ? "FFN" : "Expert FFN",
+                        "W_down relu(W_up x)^2, ungated (relu2)",
+                        {{"ffn_activation", s.activation}}});
     else if (s.encoder)  // an encoder's plain GELU FFN (BERT)
         rows.push_back({"FFN", "W_out gelu(W_in x), GELU " + gelu, {{"ffn_activation", s.activation}}});
     if (s.moeBesideDense)
@@ -249,13 +257,19 @@ std::vector<SummaryRow> describeModel(const ModelSpec& s, const Checkpoint& ckpt
     if (gated) attn.text += ", an output gate per head (sigmoid)";
     attn.fields.push_back({"attention_output_gate", gated});
     // the layers of another token mixer (Gated DeltaNet, LFM2's short convolution): which, and their sizes
-    std::vector<int> linear, conv;
-    for (int l = 0; l < s.numLayers; ++l)
+    // (Nemotron-H: blocks without a token mixer, their MLP or MoE alone, and blocks of a mixer alone)
+    std::vector<int> linear, conv, none, noFfn;
+    for (int l = 0; l < s.numLayers; ++l) {
         if (s.layers[l].linearAttention()) linear.push_back(l);
         else if (s.layers[l].shortConv()) conv.push_back(l);
+        else if (!s.layers[l].hasMixer()) none.push_back(l);
+        if (s.layers[l].noFfn) noFfn.push_back(l);
+    }
     attn.fields.push_back({"linear_attention_layers", linear});
     attn.fields.push_back({"short_conv_layers", conv});
-    const size_t other = linear.size() + conv.size();
+    attn.fields.push_back({"no_mixer_layers", none});
+    attn.fields.push_back({"no_ffn_layers", noFfn});
+    const size_t other = linear.size() + conv.size() + none.size();
     const std::string onLayers =  // (hybrids) " on 3 of 12 layers"
         other > 0 ? " on " + std::to_string(s.numLayers - other) + " of " + std::to_string(s.numLayers) + " layers"
                   : "";
@@ -294,7 +308,8 @@ std::vector<SummaryRow> describeModel(const ModelSpec& s, const Checkpoint& ckpt
                      (m.convBias ? ", convolution bias" : "") + (m.projBias ? ", projection biases" : "");
         if (m.dtMin != 0 || !std::isinf(m.dtMax)) {
             std::ostringstream lim;
-            lim << ", dt in [" << m.dtMin << ", " << m.dtMax << "]";
+            if (std::isinf(m.dtMax)) lim << ", dt at least " << m.dtMin;  // (Nemotron-H's time_step_min)
+            else lim << ", dt in [" << m.dtMin << ", " << m.dtMax << "]";
             attn.text += lim.str();
         }
         attn.fields.push_back(
@@ -384,6 +399,9 @@ std::vector<SummaryRow> describeModel(const ModelSpec& s, const Checkpoint& ckpt
                                                           {"shared_indexer_layers", shared}}});
         }
     }
+    if (!none.empty() || !noFfn.empty())  // (Nemotron-H's blocks of one part)
+        attn.text += "; blocks of one part: " + std::to_string(noFfn.size()) + " of a token mixer alone, " +
+                     std::to_string(none.size()) + " of an MLP or MoE alone";
     rows.push_back(attn);
     if (s.attn.rope) {
         const AttentionSpec& a = s.attn;

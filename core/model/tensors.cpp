@@ -142,6 +142,14 @@ const char* roleName(Role r) {
             return "shared expert down bias";
         case Role::SharedExpertGate:
             return "shared expert's gate";
+        case Role::MoeLatentIn:
+            return "MoE latent input projection";
+        case Role::MoeLatentInBias:
+            return "MoE latent input projection bias";
+        case Role::MoeLatentOut:
+            return "MoE latent output projection";
+        case Role::MoeLatentOutBias:
+            return "MoE latent output projection bias";
         case Role::MoeInNorm:
             return "MoE branch's input norm";
         case Role::DenseOutNorm:

@@ -164,6 +164,12 @@ enum class Role : uint8_t {
     SharedUpBias,
     SharedDownBias,
     SharedExpertGate,
+    // Nemotron-H's latent MoE (ModelSpec::expertIn): the routed experts' input projected into the
+    // latent width, their weighted sum projected back, with their biases
+    MoeLatentIn,
+    MoeLatentInBias,
+    MoeLatentOut,
+    MoeLatentOutBias,
     // Gemma 4: the MoE branch beside the dense MLP (its input norm, and the two branches' output
     // norms before they are summed), the router's per-dimension input scale, the value-less
     // layers' scalar on the whole residual stream at the end of each layer
@@ -248,6 +254,7 @@ struct Dim {
         SsmConv,      // Mamba2's convolved channels: inner + 2 groups x stateSize
         SsmIn,        // Mamba2's in_proj rows: inner + SsmConv + ssmHeads
         SsmHeads,     // Mamba2's heads
+        ExpertIn,     // the routed experts' input and output width: ModelSpec::expertIn, else Hidden
     };
     Sym sym = One;
     int64_t mul = 1;

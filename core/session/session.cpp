@@ -1058,6 +1058,14 @@ Session Session::open(const std::string& pathIn) {
                     throw Error("layer " + std::to_string(l) + " is also a linear-attention layer", path,
                                 "/model@short_conv_layers");
         }
+        if (H5Aexists(g, "no_mixer_layers") > 0) {
+            m.noMixerLayers = mixerLayers(g, "no_mixer_layers", m.numLayers, path);
+            for (int64_t l : m.noMixerLayers)
+                for (const auto* other : {&m.linearAttentionLayers, &m.shortConvLayers})
+                    if (std::binary_search(other->begin(), other->end(), l))
+                        throw Error("layer " + std::to_string(l) + " is also listed with a token mixer", path,
+                                    "/model@no_mixer_layers");
+        }
     }
     for (auto& name : childNames(f, "runs", path)) {
         StoredRun r;
@@ -1546,6 +1554,7 @@ void writeHeader(hid_t f, const SessionModel& m, const std::string& file) {
         attrValue(g, "linear_attention_layers", AttrValue::i64s(m.linearAttentionLayers), file, "/model");
     if (!m.shortConvLayers.empty())
         attrValue(g, "short_conv_layers", AttrValue::i64s(m.shortConvLayers), file, "/model");
+    if (!m.noMixerLayers.empty()) attrValue(g, "no_mixer_layers", AttrValue::i64s(m.noMixerLayers), file, "/model");
     attrString(g, "config_json", m.configJson, file, "/model");
     attrString(g, "checkpoint_path", m.checkpointPath, file, "/model");
     attrString(g, "fingerprint", m.fingerprint, file, "/model");

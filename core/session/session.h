@@ -31,6 +31,8 @@ struct SessionModel {
     std::vector<int64_t> linearAttentionLayers;
     // ... and (LFM2) the layers whose token mixer is a gated short convolution; no layer in both
     std::vector<int64_t> shortConvLayers;
+    // ... and (Nemotron-H) the layers without a token mixer, their MLP or MoE alone; in neither list
+    std::vector<int64_t> noMixerLayers;
     std::string configJson, checkpointPath, fingerprint;
     // made from a config.json alone, without weights (imported routing): fingerprint "config:sha256:<hex>"
     bool configOnly() const { return fingerprint.rfind("config:", 0) == 0; }

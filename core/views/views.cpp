@@ -335,13 +335,21 @@ std::string layerName(const Session& s, int l) {
 void markLinearLayers(const Session& s, Figure& f, std::vector<Panel*> panels) {
     const auto& lin = s.model().linearAttentionLayers;
     const auto& conv = s.model().shortConvLayers;
-    if (lin.empty() && conv.empty()) return;
+    if (lin.empty() && conv.empty() && s.model().noMixerLayers.empty()) return;
     const char* label = conv.empty()  ? "linear-attention layers"
                         : lin.empty() ? "short-convolution layers"
                                       : "linear-attention and short-convolution layers";
+    // the layers the chart shows (its CSV's rows): only those are shaded (Nemotron-H's MoE layers have
+    // no token mixer, named in the CSV alone; its Mamba2 layers are not MoE layers)
+    std::set<int64_t> shown;
+    for (const auto& row : f.csvRows) shown.insert(std::stoll(row.at(0)));
+    std::vector<double> shade;
+    for (const auto* list : {&lin, &conv})
+        for (int64_t l : *list)
+            if (shown.count(l)) shade.push_back(static_cast<double>(l));
     for (Panel* p : panels) {
-        for (int64_t l : lin) p->shadeX.push_back(static_cast<double>(l));
-        for (int64_t l : conv) p->shadeX.push_back(static_cast<double>(l));
+        if (shade.empty()) break;
+        p->shadeX.insert(p->shadeX.end(), shade.begin(), shade.end());
         p->shadeXLabel = label;
     }
     f.csvHeader.insert(f.csvHeader.begin() + 1, "token_mixer");
@@ -1087,6 +1095,7 @@ Figure expertLoad(const Session& s, const ViewRequest& req) {
         const char* tag = m.empty()                  ? ""
                           : m == "linear attention"  ? " (linear)"
                           : m == "short convolution" ? " (conv)"
+                          : m == "no token mixer"    ? " (no mixer)"
                                                      : " (full)";
         h.rowLabels.push_back(std::to_string(l) + tag);
     }
@@ -2721,9 +2730,11 @@ std::vector<ViewInfo> availableViews(const Session& s) {
 std::string layerMixer(const Session& s, int layer) {
     const auto& lin = s.model().linearAttentionLayers;
     const auto& conv = s.model().shortConvLayers;
-    if (lin.empty() && conv.empty()) return {};
+    const auto& none = s.model().noMixerLayers;
+    if (lin.empty() && conv.empty() && none.empty()) return {};
     if (std::binary_search(lin.begin(), lin.end(), int64_t{layer})) return "linear attention";
     if (std::binary_search(conv.begin(), conv.end(), int64_t{layer})) return "short convolution";
+    if (std::binary_search(none.begin(), none.end(), int64_t{layer})) return "no token mixer";
     return "full attention";
 }
 

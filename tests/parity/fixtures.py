@@ -262,6 +262,36 @@ CONFIGS = {
         mamba_n_heads=4, mamba_n_groups=1, mamba_d_state=16, mamba_d_head=32, mamba_d_conv=4, mamba_expand=2,
         mamba_chunk_size=8, mamba_conv_bias=False, mamba_proj_bias=False, embedding_multiplier=2.0,
         attention_multiplier=0.125)),
+    # Nemotron-H (Nemotron 3 Nano): blocks of one part each by layers_block_type's legacy and today's
+    # names: a Mamba2 mixer (8 heads of 8 in 2 groups, a state of 8, chunks of 5, a 3-wide convolution
+    # with its bias, projection biases, dt clamped at time_step_min 0.05), a MoE (top-3 of 8 in 2
+    # groups, one kept, by sigmoid scores and a random correction bias, renormalised, x 2.5, beside the
+    # relu2 shared expert), attention without positions (GQA, head_dim 12, not hidden / heads), a relu2
+    # MLP, a second MoE; MLP and shared-expert biases (mlp_bias)
+    "nemotron_h_all_blocks": ("NemotronHConfig", dict(
+        layers_block_type=["mamba", "moe", "attention", "mlp", "moe"], num_attention_heads=4,
+        num_key_value_heads=2, head_dim=12, n_routed_experts=8, num_experts_per_tok=3, moe_intermediate_size=24,
+        moe_shared_expert_intermediate_size=40, intermediate_size=48, n_group=2, topk_group=1, norm_topk_prob=True,
+        routed_scaling_factor=2.5, mlp_bias=True, use_bias=True, use_conv_bias=True, mamba_num_heads=8,
+        mamba_head_dim=8, n_groups=2, ssm_state_size=8, conv_kernel=3, chunk_size=5, time_step_min=0.05,
+        layer_norm_epsilon=1e-5)),
+    # ... as Nemotron 3 Nano's published config gives them (hybrid_override_pattern, which
+    # save_pretrained writes as layers_block_type; test_nemotron_h reads the pattern), no biases, one
+    # expert group, top-2 of 6 not renormalised, 4 Mamba2 heads of 16 in one group, a state of 16, chunks
+    # of 8, a 4-wide convolution without bias, the default time_step_min
+    "nemotron_h_pattern_plain": ("NemotronHConfig", dict(
+        hybrid_override_pattern="ME*EM", num_attention_heads=4, num_key_value_heads=4, head_dim=16,
+        n_routed_experts=6, num_experts_per_tok=2, moe_intermediate_size=32, moe_shared_expert_intermediate_size=24,
+        norm_topk_prob=False, routed_scaling_factor=1.0, mamba_num_heads=4, mamba_head_dim=16, n_groups=1,
+        ssm_state_size=16, conv_kernel=4, chunk_size=8, use_conv_bias=False)),
+    # ... with Nemotron 3 Super's latent MoE: the experts on the input projected to 24 (moe_latent_size)
+    # and their sum projected back, both projections with biases (mlp_bias), top-2 of 8 by two groups
+    # of four (both kept), the MoE blocks first and last
+    "nemotron_h_latent": ("NemotronHConfig", dict(
+        layers_block_type=["moe", "mamba", "attention", "moe"], num_attention_heads=4, num_key_value_heads=1,
+        head_dim=16, n_routed_experts=8, num_experts_per_tok=2, moe_intermediate_size=16, moe_latent_size=24,
+        moe_shared_expert_intermediate_size=32, n_group=2, topk_group=2, routed_scaling_factor=5.0, mlp_bias=True,
+        mamba_num_heads=4, mamba_head_dim=16, n_groups=4, ssm_state_size=8, conv_kernel=4, chunk_size=6)),
     # Kimi Linear: Kimi Delta Attention on layers 0, 1 and 3 and MLA without positions on layer 2 by
     # linear_attn_config's 1-indexed lists, as the published configs give them (4 heads of 8, a
     # 3-wide convolution); no q LoRA, attention biases; layer 0 dense (first_k_dense_replace), then
@@ -770,7 +800,7 @@ def _moe_blocks(model):
                 "GraniteMoeMoE", "GraniteMoeSharedMoE", "HunYuanMoEV1Moe", "GptOssMLP", "DbrxFFN", "Llama4TextMoe",
                 "SolarOpenMoE", "DeepseekV32MoE", "GlmMoeDsaMoE", "MiMoV2FlashMoE",
                 "ExaoneMoeSparseMoEBlock", "HYV3MoE", "AfmoeSparseMoeBlock", "Glm4vMoeTextMoE",
-                "GraniteMoeSWAMoE", "GraniteMoeHybridMoE", "KimiLinearMoE"):
+                "GraniteMoeSWAMoE", "GraniteMoeHybridMoE", "KimiLinearMoE", "NemotronHMoE"):
             layer = int(mname.split(".blocks." if ".blocks." in mname else ".layers.")[1].split(".")[0])  # DBRX's
             blocks[layer] = m
     return blocks
@@ -878,9 +908,16 @@ def reference(model, prompts=PROMPTS, device="cpu"):
                 # unscaled input (the router's score scales a chosen expert's input in the block)
                 y = mod.experts(x.repeat(E, 1)).view(E, T, -1)
                 norms = list(y.float().norm(dim=-1))
+            # (Nemotron-H's latent MoE: the experts read the projected input, and an expert's output is
+            # compared as the block adds it, projected back by fc2_latent_proj's weight; its bias is
+            # added once to the sum)
+            latent = isinstance(getattr(mod, "fc2_latent_proj", None), torch.nn.Linear)
+            xe = mod.fc1_latent_proj(x) if latent else x
             for e in range(E if not norms else 0):
                 idx = torch.full((T, 1), e, dtype=torch.long, device=x.device)
-                y = mod.experts(x, idx, torch.ones(T, 1, device=x.device, dtype=x.dtype))
+                y = mod.experts(xe, idx, torch.ones(T, 1, device=x.device, dtype=x.dtype))
+                if latent:
+                    y = torch.nn.functional.linear(y, mod.fc2_latent_proj.weight)
                 norms.append(y.reshape(T, -1).float().norm(dim=-1))
             rec[layer]["norms"].append(torch.stack(norms, 1).cpu().numpy())
             shared = shared_of(model, layer, mod)

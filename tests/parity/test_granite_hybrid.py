@@ -21,7 +21,7 @@ import pytest
 from conftest import assert_info_refuses, assert_s1_is, assert_views_name_token_mixers, require, run_cli
 import fixtures
 from fixtures import edited
-from test_parity import (assert_identical, assert_logits_match_hf, assert_resident_and_streamed_match_hf,
+from test_parity import (assert_f32_and_bf16_match_hf, assert_identical, assert_logits_match_hf, assert_resident_and_streamed_match_hf,
                          assert_tensor_edits_refused, compare, trace, trace_every_output)
 
 NAMES = ["granitemoehybrid_rope_groups", "granitemoehybrid_nope_plain"]
@@ -163,8 +163,6 @@ def test_published_config_opens_and_matches_hf(cli, tmp_path, name):
     convolution with its bias, expand 2, one group, no positions ("nope"), the multipliers, the tied
     head, the keys the class does not read (normalization_function, rope_theta). Float32 within
     rounding and bf16 bit for bit against transformers' GraniteMoeHybridForCausalLM of the same dict."""
-    torch = require("torch")
-    h5py = require("h5py")
     with open(os.path.join(CONFIGS, name), "rb") as f:
         raw = f.read()
     assert (len(raw), hashlib.sha256(raw).hexdigest()) == PUBLISHED[name]
@@ -181,21 +179,14 @@ def test_published_config_opens_and_matches_hf(cli, tmp_path, name):
     assert info["linear_attention"] == {"kind": "mamba2", "num_heads": 12, "head_dim": 16, "state_size": 16,
                                         "n_groups": 1, "conv_kernel": 4, "chunk_size": 256, "conv_bias": True,
                                         "proj_bias": False, "time_step_min": 0.0, "time_step_max": None}
-    ref32 = fixtures.reference(fixtures.hf_from_pretrained(d, torch.float32))
-    ref16 = fixtures.reference(fixtures.hf_from_pretrained(d, torch.bfloat16))
-    out = str(tmp_path / "s.h5")
-    trace(cli, d, out, "--all-experts", "--save-logits", "--run", "f32")
-    trace(cli, d, out, "--all-experts", "--save-logits", "--run", "bf16", "--dtype", "bfloat16")
-    with h5py.File(out, "r") as f:
-        compare(f["runs/f32"], ref32)
-        assert_identical(f["runs/bf16"], ref16)
+    assert_f32_and_bf16_match_hf(cli, d, str(tmp_path / "s.h5"))
 
 
 BAD_CONFIGS = [
     (lambda c: c.update(mamba_n_heads=6), ["mamba_n_heads", "must divide mamba_expand x hidden_size (128)"]),
     (lambda c: c.update(mamba_d_head=8), ["mamba_d_head", "must be mamba_expand x hidden_size (128)"]),
     (lambda c: c.update(mamba_d_head="big"), ["mamba_d_head", "\"auto\""]),
-    (lambda c: c.update(mamba_n_groups=3), ["mamba_n_groups", "must divide mamba_n_heads (8)"]),
+    (lambda c: c.update(mamba_n_groups=3), ["mamba_n_groups", "must divide the Mamba2 heads (8)"]),
     (lambda c: c.update(mamba_d_state=None), ["mamba_d_state", "must not be null"]),
     (lambda c: c.update(mamba_chunk_size=0), ["mamba_chunk_size"]),
     (lambda c: c.update(mamba_chunk_size=4096), ["mamba_chunk_size", "more than 2^26 values"]),
@@ -255,3 +246,7 @@ def test_analyses_and_views_name_the_mamba_layers(cli, build_fixture, tmp_path):
             assert_s1_is(f, l, {"gate": gu[:, :F], "up": gu[:, F:], "down": dn})
     mixer = {0: "linear attention", 1: "linear attention", 2: "full attention"}
     assert_views_name_token_mixers(cli, out, tmp_path, mixer)
+    svg = str(tmp_path / "diversity.svg")  # the Mamba2 layers shaded, named in the legend
+    run_cli(cli, "export", out, "--view", "diversity", "--out", svg)
+    with open(svg) as fh:
+        assert "linear-attention layers" in fh.read()

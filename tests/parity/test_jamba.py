@@ -18,7 +18,7 @@ import pytest
 
 from conftest import assert_info_refuses, assert_s1_is, assert_views_name_token_mixers, require, run_cli
 import fixtures
-from test_parity import assert_identical, assert_resident_and_streamed_match_hf, compare, trace
+from test_parity import assert_f32_and_bf16_match_hf, assert_resident_and_streamed_match_hf, trace
 
 NAMES = ["jamba_hybrid_bias", "jamba_moe_plain_tied"]
 _rng = np.random.default_rng(17)
@@ -94,8 +94,6 @@ def test_published_config_opens_and_matches_hf(cli, tmp_path):
     Every other key stays as published: the 16 experts, top-2, the state of 16, the 4-wide convolution
     with its bias, expand 2, no projection biases, the remote code's keys. Float32 within rounding and
     bf16 bit for bit against transformers' JambaForCausalLM of the same dict."""
-    torch = require("torch")
-    h5py = require("h5py")
     path = os.path.join(CONFIGS, "jamba_v0_1.json")
     with open(path, "rb") as f:  # the bytes SOURCES.md records: the Hub file's size and SHA-256
         raw = f.read()
@@ -111,14 +109,7 @@ def test_published_config_opens_and_matches_hf(cli, tmp_path):
     assert info["num_experts"] == 16 and info["top_k"] == 2
     assert info["linear_attention"] == {"kind": "mamba", "inner_size": 128, "state_size": 16, "conv_kernel": 4,
                                         "dt_rank": 4, "conv_bias": True, "proj_bias": False}
-    ref32 = fixtures.reference(fixtures.hf_from_pretrained(d, torch.float32))
-    ref16 = fixtures.reference(fixtures.hf_from_pretrained(d, torch.bfloat16))
-    out = str(tmp_path / "s.h5")
-    trace(cli, d, out, "--all-experts", "--save-logits", "--run", "f32")
-    trace(cli, d, out, "--all-experts", "--save-logits", "--run", "bf16", "--dtype", "bfloat16")
-    with h5py.File(out, "r") as f:
-        compare(f["runs/f32"], ref32)
-        assert_identical(f["runs/bf16"], ref16)
+    assert_f32_and_bf16_match_hf(cli, d, str(tmp_path / "s.h5"))
 
 
 BAD_CONFIGS = [

@@ -20,8 +20,8 @@ import pytest
 from conftest import assert_info_refuses, assert_s1_is, assert_views_name_token_mixers, require, run_cli
 import fixtures
 from fixtures import edited
-from test_parity import (assert_identical, assert_logits_match_hf, assert_resident_and_streamed_match_hf,
-                         assert_tensor_edits_refused, compare, trace, trace_every_output)
+from test_parity import (assert_f32_and_bf16_match_hf, assert_identical, assert_logits_match_hf,
+                         assert_resident_and_streamed_match_hf, assert_tensor_edits_refused, trace, trace_every_output)
 
 NAMES = ["kimi_linear_kda_groups", "kimi_linear_lora_types"]
 _rng = np.random.default_rng(29)
@@ -116,8 +116,6 @@ def test_published_config_opens_and_matches_hf(cli, tmp_path, name):
     scale 2.446, renormalised, one group, the first layer dense, the 4-wide convolution, the remote
     code's names for the class's keys and its keys the class does not read. Float32 within rounding
     and bf16 bit for bit against transformers' KimiLinearForCausalLM of the same dict."""
-    torch = require("torch")
-    h5py = require("h5py")
     with open(os.path.join(CONFIGS, name), "rb") as f:
         raw = f.read()
     assert (len(raw), hashlib.sha256(raw).hexdigest()) == PUBLISHED[name]
@@ -134,14 +132,7 @@ def test_published_config_opens_and_matches_hf(cli, tmp_path, name):
     assert info["num_experts"] == 16 and info["top_k"] == 8
     assert info["linear_attention"] == {"kind": "kimi_delta", "num_heads": 4, "head_dim": 16, "conv_kernel": 4,
                                         "chunk_size": 64}
-    ref32 = fixtures.reference(fixtures.hf_from_pretrained(d, torch.float32))
-    ref16 = fixtures.reference(fixtures.hf_from_pretrained(d, torch.bfloat16))
-    out = str(tmp_path / "s.h5")
-    trace(cli, d, out, "--all-experts", "--save-logits", "--run", "f32")
-    trace(cli, d, out, "--all-experts", "--save-logits", "--run", "bf16", "--dtype", "bfloat16")
-    with h5py.File(out, "r") as f:
-        compare(f["runs/f32"], ref32)
-        assert_identical(f["runs/bf16"], ref16)
+    assert_f32_and_bf16_match_hf(cli, d, str(tmp_path / "s.h5"))
 
 
 ALIASES = (("num_local_experts", "num_experts"), ("num_experts_per_tok", "num_experts_per_token"),

@@ -55,6 +55,24 @@ def assert_logits_match_hf(cli, ckpt, out):
         np.testing.assert_array_equal(f["runs/bf16/logits"][:], ref16["logits"])
 
 
+def assert_f32_and_bf16_match_hf(cli, ckpt, out):
+    """The checkpoint traced on fixtures.PROMPTS with every expert's output in float32 and bf16 (runs
+    "f32" and "bf16" of `out`) against transformers' model loaded in each dtype: float32 within
+    rounding (compare), bf16 bit for bit (the logits alone for a model without MoE layers)."""
+    torch = require("torch")
+    h5py = require("h5py")
+    ref32 = fixtures.reference(fixtures.hf_from_pretrained(ckpt, torch.float32))
+    ref16 = fixtures.reference(fixtures.hf_from_pretrained(ckpt, torch.bfloat16))
+    trace(cli, ckpt, out, "--all-experts", "--save-logits", "--run", "f32")
+    trace(cli, ckpt, out, "--all-experts", "--save-logits", "--run", "bf16", "--dtype", "bfloat16")
+    with h5py.File(out, "r") as f:
+        compare(f["runs/f32"], ref32)
+        if len(ref16["moe_layers"]):
+            assert_identical(f["runs/bf16"], ref16)
+        else:
+            np.testing.assert_array_equal(f["runs/bf16/logits"][:], ref16["logits"])
+
+
 def assert_resident_and_streamed_match_hf(cli, ckpt, tmp_path, prompts, streamed=None):
     """`prompts` traced with every expert's output resident and layer-streamed (the streamed runs on
     `streamed`, the same model in another tensor layout, where given), in float32 within rounding of
@@ -248,7 +266,8 @@ def long_prompt_and_compare(cli, ckpt, model, tmp_path, seed, tokens=2600):
 # Cohere2-MoE's float32 LayerNorm and sigmoid renormalisation, LFM2-MoE's short convolutions and its
 # sigmoid router in the activations' dtype beside a float32 expert_bias; the hybrids' linear
 # attention (Gated DeltaNet, lightning, Mamba, Mamba2, Kimi Delta Attention) in their own mixes of
-# dtypes.
+# dtypes; Nemotron-H's float32 norm products and its experts' float32 sums (through its latent
+# projections).
 HALF_FAMILIES = ["deepseek_v3_groups", "deepseek_v2_groups", "glm4_moe_groups_qknorm", "dots1_sliding_groups",
                  "glm4_moe_lite_types", "minimax_m2_rotary_dim", "mistral4_groups_temperature",
                  "granitemoe_multipliers", "granitemoeshared_shared", "ernie4_5_moe_bias_interval",
@@ -258,7 +277,8 @@ HALF_FAMILIES = ["deepseek_v3_groups", "deepseek_v2_groups", "glm4_moe_groups_qk
                  "lfm2_moe_bias_conv", "lfm2_moe_plain_untied", "granitemoe_swa_sinks_theta",
                  "granitemoe_swa_default", "minimax_lightning_factors", "minimax_default_window",
                  "jamba_hybrid_bias", "jamba_moe_plain_tied", "granitemoehybrid_rope_groups",
-                 "granitemoehybrid_nope_plain", "kimi_linear_kda_groups", "kimi_linear_lora_types"]
+                 "granitemoehybrid_nope_plain", "kimi_linear_kda_groups", "kimi_linear_lora_types",
+                 "nemotron_h_all_blocks", "nemotron_h_pattern_plain", "nemotron_h_latent"]
 # bf16 tolerances: bf16 has an 8-bit mantissa (relative step 2^-8 = 3.9e-3); two implementations
 # with different kernels or operation orders differ by a few steps after a couple of layers, so
 # router logits within 0.05 absolute, logits within 3e-2 of the largest logit, and the chosen sets

@@ -20,10 +20,10 @@ public:
         const int64_t Tp = t.x.size(0), n = std::clamp<int64_t>(c_.firstTokens - t.base, 0, Tp);
         if (n == 0) return;
         Acc& a = acc_[t.layer];
-        Tensor xf = t.x.narrow(0, 0, n);
+        Tensor xf = t.x.narrow(0, 0, n), xe = expertsInput(t.weights, xf);  // (a latent MoE's experts: projected)
         std::vector<Tensor> ge;
         for (int64_t e = 0; e < k_.experts; ++e)
-            ge.push_back(gateActivation(xf, t.weights.experts[e]).to(torch::kFloat));
+            ge.push_back(gateActivation(xe, t.weights.experts[e]).to(torch::kFloat));
         a.experts.push_back(torch::stack(ge, 1).to(torch::kCPU));  // [n, E, F]
         if (shared_) a.shared.push_back(gateActivation(xf, t.weights.shared).to(torch::kFloat).to(torch::kCPU));
         if (reference_ && t.refGate) a.reference.push_back(t.refGate->to(torch::kCPU));

@@ -150,16 +150,7 @@ void graniteHybrid(ModelSpec& s, const Config& c) {
                                        ") must be mamba_expand x hidden_size (" + std::to_string(m.inner) +
                                        "), as transformers validates it");
     }
-    m.groups = c.optInt("mamba_n_groups", 1);
-    positive(c, "mamba_n_groups", m.groups, 1 << 16);
-    if (m.ssmHeads % m.groups != 0)
-        c.fail("mamba_n_groups", "must divide mamba_n_heads (" + std::to_string(m.ssmHeads) + ")");
-    m.chunk = c.optInt("mamba_chunk_size", 256);
-    positive(c, "mamba_chunk_size", m.chunk, 1 << 12);
-    // a chunk's [chunk, chunk, heads] decay and score tensors, in float32
-    if (m.chunk * m.chunk * m.ssmHeads > (int64_t{1} << 26))
-        c.fail("mamba_chunk_size",
-               "with " + std::to_string(m.ssmHeads) + " heads gives per-chunk tensors of more than 2^26 values");
+    mamba2GroupsAndChunk(s, c, "mamba_n_groups", 1, "mamba_chunk_size", 256);
     m.dtMin = 0;
     m.dtMax = std::numeric_limits<double>::infinity();
     if (c.has("time_step_limit")) {
@@ -207,23 +198,6 @@ void configureGranite(ModelSpec& s, const Config& c) {
     if (s.modelType == "granitemoe_swa") graniteSwaLayers(s, c);
 }
 
-// Granite 4.0-H's Mamba2 mixers (model.layers.{L}.mamba.*)
-void graniteMambaTensors(TableBuilder& t, const LinearAttentionSpec& m) {
-    using D = Dim;
-    const Scope sc = Scope::LinearAttention;
-    const std::string mb = "model.layers.{L}.mamba.";
-    t.add(Role::MambaIn, sc, mb + "in_proj.weight", {D::SsmIn, D::Hidden});
-    t.addIf(m.projBias, Role::MambaInBias, sc, mb + "in_proj.bias", {D::SsmIn});
-    t.add(Role::MambaConv, sc, mb + "conv1d.weight", {D::SsmConv, D::One, D::LinKernel});
-    t.addIf(m.convBias, Role::MambaConvBias, sc, mb + "conv1d.bias", {D::SsmConv});
-    t.add(Role::MambaDtBias, sc, mb + "dt_bias", {D::SsmHeads});
-    t.add(Role::MambaALog, sc, mb + "A_log", {D::SsmHeads});
-    t.add(Role::MambaD, sc, mb + "D", {D::SsmHeads});
-    t.add(Role::MambaGatedNorm, sc, mb + "norm.weight", {D::LinInner});
-    t.add(Role::MambaOut, sc, mb + "out_proj.weight", {D::Hidden, D::LinInner});
-    t.addIf(m.projBias, Role::MambaOutBias, sc, mb + "out_proj.bias", {D::Hidden});
-}
-
 void graniteTensors(ModelSpec& s, const TensorProbe& has) {
     using D = Dim;
     TableBuilder t(s);
@@ -251,7 +225,7 @@ void graniteTensors(ModelSpec& s, const TensorProbe& has) {
         t.add(Role::FfnUp, Scope::DenseFfn, sh + "input_linear.weight", {2 * D::Ffn, D::Hidden}, Pack::SecondHalf);
         t.add(Role::FfnDown, Scope::DenseFfn, sh + "output_linear.weight", {D::Hidden, D::Ffn});
     }
-    if (s.linear.mamba2()) graniteMambaTensors(t, s.linear);
+    if (s.linear.mamba2()) hfMamba2Tensors(t, "model.layers.{L}.mamba.");
 }
 
 }  // namespace
