@@ -328,9 +328,9 @@ void Model::Impl::loadLayer(int l) {
     LayerWeights& w = layers[l];
     if (w.loaded) return;
     loadAttention(w, l);
-    if (spec.layers[l].noFfn) {  // a mixer-only block
-    } else if (spec.layers[l].moe) loadExperts(w, l);
-    if (!spec.layers[l].noFfn && (!spec.layers[l].moe || spec.moeBesideDense)) w.mlp = denseFfn(l);
+    const LayerSpec& L = spec.layers[l];  // (noFfn: a block of its mixer alone)
+    if (!L.noFfn && L.moe) loadExperts(w, l);
+    if (!L.noFfn && (!L.moe || spec.moeBesideDense)) w.mlp = denseFfn(l);
     w.moeInNorm = loadOpt(Role::MoeInNorm, l);
     w.denseOutNorm = loadOpt(Role::DenseOutNorm, l);
     w.moeOutNorm = loadOpt(Role::MoeOutNorm, l);
@@ -622,12 +622,11 @@ void Model::Impl::step(int l, State& st, bool allExperts, const Tap& tap, const 
         const int table = L.ropeTable;  // the layer type's RoPE table (Gemma 4)
         const Tensor& cos = table == 0 ? st.cos[p] : st.cosX[table - 1][p];
         const Tensor& sin = table == 0 ? st.sin[p] : st.sinX[table - 1][p];
-        if (!L.hasMixer()) {
-        } else if (spec.attn.isMoa()) {
+        if (L.hasMixer() && spec.attn.isMoa()) {
             MoeOut a = moaAttention(w, x, st.cos[p], st.sin[p], allExperts);
             if (attnTap) attnTap(p, x, &a);
             join(a.y, w.inNorm, w.inNormB, w.attnOutNorm);
-        } else {
+        } else if (L.hasMixer()) {
             const bool lin = L.linearAttention();
             join(lin && spec.linear.lightning()   ? lightningAttention(w, x)
                  : lin && spec.linear.mamba()     ? mambaMixer(w, x)

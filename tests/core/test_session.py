@@ -319,6 +319,24 @@ def test_invalid_sessions(cli, base, tmp_path):
     ok = edited(base, tmp_path, conv(np.array([0], np.int64), np.array([1], np.int64)), "ok_conv.h5")
     assert run_cli(cli, "session", ok).returncode == 0
 
+    def no_mixer(v, lin=None, conv_layers=None):
+        def fn(f):
+            f["model"].attrs["no_mixer_layers"] = v
+            if lin is not None:
+                f["model"].attrs["linear_attention_layers"] = lin
+            if conv_layers is not None:
+                f["model"].attrs["short_conv_layers"] = conv_layers
+        return fn
+    where = "/model@no_mixer_layers"
+    expect_session_error(cli, edited(base, tmp_path, no_mixer(np.array([0, L], np.int64))), where, "out of range")
+    expect_session_error(cli, edited(base, tmp_path, no_mixer(np.array([1, 1], np.int64))), where, "ascending")
+    expect_session_error(cli, edited(base, tmp_path, no_mixer(np.array([0.5]))), where, "integers")
+    for other in (dict(lin=np.array([0], np.int64)), dict(conv_layers=np.array([0], np.int64))):
+        expect_session_error(cli, edited(base, tmp_path, no_mixer(np.array([0], np.int64), **other)), where,
+                             "also listed with a token mixer")
+    ok = edited(base, tmp_path, no_mixer(np.array([0], np.int64), np.array([1], np.int64)), "ok_none.h5")
+    assert run_cli(cli, "session", ok).returncode == 0
+
     def bad_offsets(f):
         f["runs/r0/prompt_offsets"][...] = np.array([0, 5, 3, 64])
     expect_session_error(cli, edited(base, tmp_path, bad_offsets), "/runs/r0/prompt_offsets")
