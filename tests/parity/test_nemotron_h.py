@@ -216,6 +216,7 @@ BAD_CONFIGS = [
     (lambda c: c.update(chunk_size=4096), ["chunk_size", "more than 2^26 values"]),
     (lambda c: c.update(mamba_chunk_size=0), ["mamba_chunk_size"]),
     (lambda c: c.update(num_key_value_heads=None), ["num_key_value_heads", "must not be null"]),
+    (lambda c: c.update(mamba_n_groups=None), ["mamba_n_groups", "must not be null"]),
     (lambda c: c.update(num_key_value_heads=3), ["num_key_value_heads", "not a multiple"]),
     (lambda c: c.update(num_experts_per_tok=9), ["num_experts_per_tok"]),
     (lambda c: c.update(n_group=3), ["n_group"]),

@@ -76,33 +76,14 @@ std::vector<std::string> blockTypes(const Config& c) {
 
 void configureNemotronH(ModelSpec& s, const Config& c) {
     // (the class is strict: these null fail there)
-    notNull(c, {"vocab_size",
-                "hidden_size",
-                "num_attention_heads",
-                "num_key_value_heads",
-                "head_dim",
-                "intermediate_size",
-                "mlp_hidden_act",
-                "mlp_bias",
-                "ssm_state_size",
-                "mamba_num_heads",
-                "mamba_head_dim",
-                "mamba_hidden_act",
-                "n_groups",
-                "conv_kernel",
-                "time_step_min",
-                "use_conv_bias",
-                "chunk_size",
-                "use_bias",
-                "n_routed_experts",
-                "moe_intermediate_size",
-                "moe_shared_expert_intermediate_size",
-                "num_experts_per_tok",
-                "routed_scaling_factor",
-                "n_group",
-                "topk_group",
-                "norm_topk_prob",
-                "layer_norm_epsilon"});
+    notNull(c,
+            {"vocab_size", "hidden_size", "num_attention_heads", "num_key_value_heads", "head_dim", "intermediate_size",
+             "mlp_hidden_act", "mlp_bias", "ssm_state_size", "mamba_num_heads", "mamba_head_dim", "mamba_hidden_act",
+             "n_groups", "conv_kernel", "time_step_min", "use_conv_bias", "chunk_size", "use_bias", "n_routed_experts",
+             "moe_intermediate_size", "moe_shared_expert_intermediate_size", "num_experts_per_tok",
+             "routed_scaling_factor", "n_group", "topk_group", "norm_topk_prob", "layer_norm_epsilon",
+             // (the legacy names too: __post_init__ takes a null one over today's key)
+             "mamba_n_groups", "mamba_d_conv", "mamba_chunk_size", "mamba_conv_bias", "mamba_dt_min"});
     s.vocab = c.optInt("vocab_size", 131072);
     positive(c, "vocab_size", s.vocab);
     s.hidden = c.optInt("hidden_size", 4096);
