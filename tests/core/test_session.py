@@ -290,52 +290,33 @@ def test_invalid_sessions(cli, base, tmp_path):
     expect_session_error(cli, edited(base, tmp_path, groups(3, 1)), "/model@expert_groups", "equal groups")
     expect_session_error(cli, edited(base, tmp_path, groups(2, 3)), "/model@expert_groups_kept", "out of range")
 
-    def linear(v):
+    def layer_lists(**lists):  # /model's per-mixer layer lists, by attribute name
         def fn(f):
-            f["model"].attrs["linear_attention_layers"] = v
+            for name, v in lists.items():
+                f["model"].attrs[name] = v
         return fn
     L = int(h5py.File(base, "r")["model"].attrs["num_layers"])
+    ids = lambda *v: np.array(v, np.int64)  # noqa: E731
+    # every list: each layer in range, ascending without repeats, integers
+    for name in ("linear_attention_layers", "short_conv_layers", "no_mixer_layers"):
+        where = "/model@" + name
+        for v, words in ((ids(0, L), "out of range"), (ids(1, 0), "ascending"), (ids(1, 1), "ascending"),
+                         (np.array([0.5]), "integers")):
+            expect_session_error(cli, edited(base, tmp_path, layer_lists(**{name: v})), where, words)
     where = "/model@linear_attention_layers"
-    expect_session_error(cli, edited(base, tmp_path, linear(np.array([0, L], np.int64))), where, "out of range")
-    expect_session_error(cli, edited(base, tmp_path, linear(np.array([1, 0], np.int64))), where, "ascending")
-    expect_session_error(cli, edited(base, tmp_path, linear(np.array([0.5]))), where, "integers")
-    expect_session_error(cli, edited(base, tmp_path, linear(np.arange(L + 1, dtype=np.int64))), where, "at most")
-    expect_session_error(cli, edited(base, tmp_path, linear(np.int64(0))), where, "list")
-    ok = edited(base, tmp_path, linear(np.array([0], np.int64)), "ok.h5")
-    assert run_cli(cli, "session", ok).returncode == 0
-
-    def conv(v, lin=None):
-        def fn(f):
-            f["model"].attrs["short_conv_layers"] = v
-            if lin is not None:
-                f["model"].attrs["linear_attention_layers"] = lin
-        return fn
-    where = "/model@short_conv_layers"
-    expect_session_error(cli, edited(base, tmp_path, conv(np.array([0, L], np.int64))), where, "out of range")
-    expect_session_error(cli, edited(base, tmp_path, conv(np.array([1, 0], np.int64))), where, "ascending")
-    expect_session_error(cli, edited(base, tmp_path, conv(np.array([0.5]))), where, "integers")
-    both = conv(np.array([0], np.int64), np.array([0], np.int64))
-    expect_session_error(cli, edited(base, tmp_path, both), where, "also a linear-attention layer")
-    ok = edited(base, tmp_path, conv(np.array([0], np.int64), np.array([1], np.int64)), "ok_conv.h5")
-    assert run_cli(cli, "session", ok).returncode == 0
-
-    def no_mixer(v, lin=None, conv_layers=None):
-        def fn(f):
-            f["model"].attrs["no_mixer_layers"] = v
-            if lin is not None:
-                f["model"].attrs["linear_attention_layers"] = lin
-            if conv_layers is not None:
-                f["model"].attrs["short_conv_layers"] = conv_layers
-        return fn
-    where = "/model@no_mixer_layers"
-    expect_session_error(cli, edited(base, tmp_path, no_mixer(np.array([0, L], np.int64))), where, "out of range")
-    expect_session_error(cli, edited(base, tmp_path, no_mixer(np.array([1, 1], np.int64))), where, "ascending")
-    expect_session_error(cli, edited(base, tmp_path, no_mixer(np.array([0.5]))), where, "integers")
-    for other in (dict(lin=np.array([0], np.int64)), dict(conv_layers=np.array([0], np.int64))):
-        expect_session_error(cli, edited(base, tmp_path, no_mixer(np.array([0], np.int64), **other)), where,
-                             "also listed with a token mixer")
-    ok = edited(base, tmp_path, no_mixer(np.array([0], np.int64), np.array([1], np.int64)), "ok_none.h5")
-    assert run_cli(cli, "session", ok).returncode == 0
+    expect_session_error(cli, edited(base, tmp_path, layer_lists(linear_attention_layers=ids(*range(L + 1)))), where,
+                         "at most")
+    expect_session_error(cli, edited(base, tmp_path, layer_lists(linear_attention_layers=np.int64(0))), where, "list")
+    # a layer in two lists is refused; each list alone, or beside another, opens
+    both = layer_lists(short_conv_layers=ids(0), linear_attention_layers=ids(0))
+    expect_session_error(cli, edited(base, tmp_path, both), "/model@short_conv_layers", "also a linear-attention layer")
+    for other in ("linear_attention_layers", "short_conv_layers"):
+        expect_session_error(cli, edited(base, tmp_path, layer_lists(no_mixer_layers=ids(0), **{other: ids(0)})),
+                             "/model@no_mixer_layers", "also listed with a token mixer")
+    for i, lists in enumerate((dict(linear_attention_layers=ids(0)),
+                               dict(short_conv_layers=ids(0), linear_attention_layers=ids(1)),
+                               dict(no_mixer_layers=ids(0), linear_attention_layers=ids(1)))):
+        assert run_cli(cli, "session", edited(base, tmp_path, layer_lists(**lists), f"ok{i}.h5")).returncode == 0
 
     def bad_offsets(f):
         f["runs/r0/prompt_offsets"][...] = np.array([0, 5, 3, 64])

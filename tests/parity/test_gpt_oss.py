@@ -14,7 +14,7 @@ import pytest
 
 from conftest import assert_info_refuses, assert_s1_is, assert_same_analyses, require, run_cli
 import fixtures
-from test_parity import BF16_TOL, compare_resident_and_streamed, trace, trace_and_compare
+from test_parity import analyze_all, BF16_TOL, compare_resident_and_streamed, trace, trace_and_compare
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CONFIGS = os.path.join(HERE, "..", "data", "configs")
@@ -109,8 +109,7 @@ def test_static_analyses_read_interleaved_experts(cli, build_fixture, tmp_path):
     per, _, _ = build_fixture("gpt_oss_sinks_clamp")
     out = str(tmp_path / "s.h5")
     trace(cli, per, out, "--run", "r")
-    run_cli(cli, "analyze", per, "--out", out, "--static", "all")
-    run_cli(cli, "analyze", per, "--out", out, "--dynamic", "all", "--run", "r")
+    analyze_all(cli, per, out)
     assert_s1_of(out, fixtures.hf_from_pretrained(per, torch.float32))
     views = json.loads(run_cli(cli, "export", out, "--list", "--json").stdout)
     assert len(views) >= 10

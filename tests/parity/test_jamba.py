@@ -18,7 +18,7 @@ import pytest
 
 from conftest import assert_info_refuses, assert_s1_is, assert_views_name_token_mixers, require, run_cli
 import fixtures
-from test_parity import assert_f32_and_bf16_match_hf, assert_resident_and_streamed_match_hf, trace
+from test_parity import analyze_all, assert_f32_and_bf16_match_hf, assert_resident_and_streamed_match_hf, trace
 
 NAMES = ["jamba_hybrid_bias", "jamba_moe_plain_tied"]
 _rng = np.random.default_rng(17)
@@ -168,8 +168,7 @@ def test_analyses_and_views_name_the_mamba_layers(cli, build_fixture, tmp_path):
     per, _, _ = build_fixture("jamba_moe_plain_tied")
     out = str(tmp_path / "s.h5")
     trace(cli, per, out, "--all-experts", "--run", "r")
-    run_cli(cli, "analyze", per, "--out", out, "--static", "all")
-    run_cli(cli, "analyze", per, "--out", out, "--dynamic", "all", "--run", "r")
+    analyze_all(cli, per, out)
     model = fixtures.hf_from_pretrained(per, torch.float32)
     with h5py.File(out, "r") as f:
         assert list(f["model"].attrs["linear_attention_layers"]) == [0, 1, 3, 4]

@@ -17,7 +17,7 @@ import pytest
 
 from conftest import assert_info_refuses, assert_s1_is, assert_views_name_token_mixers, require, run_cli
 import fixtures
-from test_parity import assert_identical, compare, trace
+from test_parity import analyze_all, assert_identical, compare, trace
 
 NAMES = ["lfm2_moe_bias_conv", "lfm2_moe_plain_untied"]
 _rng = np.random.default_rng(8)
@@ -160,8 +160,7 @@ def test_analyses_and_views_name_the_convolution_layers(cli, build_fixture, tmp_
     per, _, _ = build_fixture("lfm2_moe_bias_conv")
     out = str(tmp_path / "s.h5")
     trace_prompts(cli, per, out, "r", prompts=fixtures.PROMPTS)
-    run_cli(cli, "analyze", per, "--out", out, "--static", "all")
-    run_cli(cli, "analyze", per, "--out", out, "--dynamic", "all", "--run", "r")
+    analyze_all(cli, per, out)
     model = fixtures.hf_from_pretrained(per, torch.float32)
     with h5py.File(out, "r") as f:
         assert list(f["model"].attrs["short_conv_layers"]) == [0, 2]

@@ -19,7 +19,7 @@ import pytest
 
 from conftest import assert_info_refuses, assert_s1_is, assert_views_name_token_mixers, require, run_cli
 import fixtures
-from test_parity import assert_identical, compare, trace
+from test_parity import analyze_all, assert_identical, compare, trace
 
 NAMES = ["minimax_lightning_factors", "minimax_default_window"]
 _rng = np.random.default_rng(13)
@@ -236,8 +236,7 @@ def test_analyses_and_views_name_the_lightning_layers(cli, build_fixture, tmp_pa
     per, _, _ = build_fixture("minimax_lightning_factors")
     out = str(tmp_path / "s.h5")
     trace_prompts(cli, per, out, "r", prompts=fixtures.PROMPTS)
-    run_cli(cli, "analyze", per, "--out", out, "--static", "all")
-    run_cli(cli, "analyze", per, "--out", out, "--dynamic", "all", "--run", "r")
+    analyze_all(cli, per, out)
     model = fixtures.hf_from_pretrained(per, torch.float32)
     with h5py.File(out, "r") as f:
         assert list(f["model"].attrs["linear_attention_layers"]) == [0, 2, 3]

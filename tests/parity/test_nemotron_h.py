@@ -22,7 +22,7 @@ import pytest
 from conftest import assert_info_refuses, assert_s1_is, assert_views_name_token_mixers, require, run_cli
 import fixtures
 from fixtures import edited
-from test_parity import (assert_f32_and_bf16_match_hf, assert_identical, assert_logits_match_hf,
+from test_parity import (analyze_all, assert_f32_and_bf16_match_hf, assert_identical, assert_logits_match_hf,
                          assert_resident_and_streamed_match_hf, assert_tensor_edits_refused, trace)
 
 NAMES = ["nemotron_h_all_blocks", "nemotron_h_pattern_plain", "nemotron_h_latent"]
@@ -286,8 +286,7 @@ def test_analyses_and_views_name_the_blocks_without_a_mixer(cli, build_fixture, 
     per, _, _ = build_fixture("nemotron_h_all_blocks")
     out = str(tmp_path / "s.h5")
     trace(cli, per, out, "--all-experts", "--run", "r")
-    run_cli(cli, "analyze", per, "--out", out, "--static", "all")
-    run_cli(cli, "analyze", per, "--out", out, "--dynamic", "all", "--run", "r")
+    analyze_all(cli, per, out)
     model = fixtures.hf_from_pretrained(per, torch.float32)
     with h5py.File(out, "r") as f:
         assert list(f["model"].attrs["linear_attention_layers"]) == [0]
@@ -323,8 +322,7 @@ def test_latent_moe(cli, build_fixture, tmp_path):
                 "backbone.layers.3.mixer.experts.7.up_proj.weight"} <= set(f.keys())
     out = str(tmp_path / "s.h5")
     trace(cli, per, out, "--all-experts", "--run", "r")
-    run_cli(cli, "analyze", per, "--out", out, "--static", "all")
-    run_cli(cli, "analyze", per, "--out", out, "--dynamic", "all", "--run", "r")
+    analyze_all(cli, per, out)
     model = fixtures.hf_from_pretrained(per, torch.float32)
     with h5py.File(out, "r") as f:
         for l in (0, 3):

@@ -119,6 +119,12 @@ def compare_resident_and_streamed(cli, ckpt, out, ref):
         trace_and_compare(cli, ckpt, out, ref, "--layer-streaming", streaming, run=streaming)
 
 
+def analyze_all(cli, ckpt, out, run="r"):
+    """Every static analysis of ckpt, and every dynamic one on run `run` (traced by the caller), into `out`."""
+    run_cli(cli, "analyze", ckpt, "--out", out, "--static", "all")
+    run_cli(cli, "analyze", ckpt, "--out", out, "--dynamic", "all", "--run", run)
+
+
 def assert_dynamic_analyses_run(cli, ckpt, out):
     """The prompts traced from ckpt into `out` and D1, D2 and the load computed on them: layer 0's
     output similarities finite, each expert's with itself 1."""

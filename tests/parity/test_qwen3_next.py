@@ -17,7 +17,7 @@ import pytest
 
 from conftest import assert_info_refuses, assert_s1_is, assert_views_name_token_mixers, require, run_cli
 import fixtures
-from test_parity import BF16_TOL, assert_identical, compare, trace
+from test_parity import analyze_all, BF16_TOL, assert_identical, compare, trace
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CONFIGS = os.path.join(HERE, "..", "data", "configs")
@@ -175,8 +175,7 @@ def test_analyses_and_views_tell_linear_and_full_layers_apart(cli, build_fixture
     per, _, _ = build_fixture("qwen3_next_hybrid")
     out = str(tmp_path / "s.h5")
     trace_long(cli, per, out, "r", prompts=LONG[:3])
-    run_cli(cli, "analyze", per, "--out", out, "--static", "all")
-    run_cli(cli, "analyze", per, "--out", out, "--dynamic", "all", "--run", "r")
+    analyze_all(cli, per, out)
     model = fixtures.hf_from_pretrained(per, torch.float32)
     with h5py.File(out, "r") as f:
         assert list(f["model"].attrs["linear_attention_layers"]) == [0, 2]
