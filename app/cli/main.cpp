@@ -1168,7 +1168,7 @@ int cmdAnalyze(const std::vector<std::string>& args) {
         req.load.device = device.empty() ? "cpu" : device;
         req.load.dtype = dtype.empty() ? "float32" : dtype;
         req.analyses = dynamics;
-        req.layers = analysed;
+        req.layers = layers;  // (none named: every MoE layer, as each analysis takes it)
         req.firstTokens = firstTokens;
         req.allowLong = allowLong;
         req.importanceZero = importanceZero;
@@ -1184,7 +1184,7 @@ int cmdAnalyze(const std::vector<std::string>& args) {
         es::RunInputs in = es::runInputs(session, run);
         es::DynamicOptions dopt;
         dopt.analyses = dynamics;
-        dopt.layers = analysed;
+        dopt.layers = layers;  // (none named: every MoE layer, as each analysis takes it)
         dopt.device = device.empty() ? info.traceDevice() : device;
         dopt.dtype = dtype.empty() ? info.traceDtype() : dtype;
         dopt.firstTokens = firstTokens;

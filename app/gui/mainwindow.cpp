@@ -626,7 +626,12 @@ void MainWindow::fillModelTree() {
         auto* layers = add(nullptr, "Layer list", "");
         for (int l = 0; l < s.numLayers; ++l) {
             const LayerSpec& L = s.layers[l];
-            const QString ffn = L.moe ? "MoE" : "dense";
+            // (DeepSeek-V4: hash-routed MoE layers; its attention types)
+            const QString ffn = L.moe ? (L.hashRouted ? "MoE (hash-routed)" : "MoE") : "dense";
+            const QString kind = !s.attn.isCompressed() ? QString()
+                                 : L.compressRate == 0  ? ", sliding-window attention"
+                                 : L.compressOverlap    ? ", CSA (compressed, indexed) attention"
+                                                        : ", HCA (compressed) attention";
             // (Nemotron-H's blocks of one part: a token mixer alone, or an FFN alone)
             const QString mixer = L.linearAttention() ? "linear attention"
                                   : L.shortConv()     ? "short convolution"
@@ -634,7 +639,7 @@ void MainWindow::fillModelTree() {
             add(layers, QString("layer %1").arg(l),
                 L.noFfn         ? mixer + ", no FFN"
                 : !L.hasMixer() ? ffn + ", no token mixer"
-                                : ffn);
+                                : ffn + kind);
         }
     } else if (session_) {
         const SessionModel& m = session_->model();

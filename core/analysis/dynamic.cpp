@@ -224,7 +224,7 @@ PassOutput runPass(const std::shared_ptr<Checkpoint>& ckpt, const ModelSpec& spe
     ImportanceResult imp;
     if (importance) {
         ImportanceOptions io;
-        io.layers = layers;
+        io.layers = opt.layers.empty() ? std::vector<int>() : layers;  // (none named: every MoE layer it can measure)
         io.zero = opt.importanceZero;
         io.cancel = opt.cancel;
         io.progress = [&](double f, const std::string& what) {

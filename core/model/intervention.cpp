@@ -1,5 +1,6 @@
 #include "model/intervention.h"
 
+#include <algorithm>
 #include <cmath>
 #include <nlohmann/json.hpp>
 #include <set>
@@ -47,12 +48,28 @@ std::string Intervention::problem(const ModelSpec& spec) const {
                    std::to_string(E - 1) + ")";
         return {};
     };
-    for (const auto& d : disabled)
+    // a hash-routed layer (DeepSeek-V4's hash_moe) chooses by token id: nothing changes its choice
+    std::vector<int> hashed;
+    for (int l : moe)
+        if (spec.layers[static_cast<size_t>(l)].hashRouted) hashed.push_back(l);
+    // ("all" layers: the layers that score their choice; top-k: every layer, so none may be hash-routed)
+    auto hashProblem = [&](int l) -> std::string {
+        const bool hit = l == kAllLayers ? false : std::count(hashed.begin(), hashed.end(), l) > 0;
+        if (!hit) return {};
+        return "layer " + std::to_string(l == kAllLayers ? hashed.front() : l) +
+               " chooses its experts by token id (hash routing), which nothing changes; zero experts or drop the "
+               "shared expert there instead (hash-routed layers: " +
+               listText(hashed) + ")";
+    };
+    for (const auto& d : disabled) {
         if (auto p = expertProblem(d.layer, d.expert); !p.empty()) return "disabled: " + p;
+        if (auto p = hashProblem(d.layer); !p.empty()) return "disabled: " + p;
+    }
     for (const auto& z : zeroed)
         if (auto p = expertProblem(z.layer, z.expert); !p.empty()) return "zeroed: " + p;
     for (const auto& b : routerBias) {
         if (auto p = expertProblem(b.layer, b.expert); !p.empty()) return "router bias: " + p;
+        if (auto p = hashProblem(b.layer); !p.empty()) return "router bias: " + p;
         if (!std::isfinite(b.value) || std::abs(b.value) > kMaxRouterBias)
             return "router bias: the value for expert " + std::to_string(b.expert) + " of layer " + layerText(b.layer) +
                    " must be a number between -1000 and 1000 (--disable or --force exclude " + "or pin an expert)";
@@ -64,6 +81,10 @@ std::string Intervention::problem(const ModelSpec& spec) const {
     const int64_t K = topKFor(spec);
     if (topK != 0) {
         if (sparseMixer) return "top-k: " + spec.modelType + "'s router (sparsemixer) always chooses 2 experts";
+        if (!hashed.empty())
+            return "top-k: layer " + std::to_string(hashed.front()) +
+                   " chooses its experts by token id (hash routing), a fixed number of them (hash-routed layers: " +
+                   listText(hashed) + ")";
         if (topK < 1 || topK > E)
             return "top-k " + std::to_string(topK) + " is not between 1 and the " + std::to_string(E) + " experts";
         if (spec.router.groups > 1 && topK > spec.router.topkGroups * (E / spec.router.groups))
@@ -75,6 +96,7 @@ std::string Intervention::problem(const ModelSpec& spec) const {
     for (const auto& f : forced) {
         if (sparseMixer) return "forced: " + spec.modelType + "'s router (sparsemixer) cannot be forced";
         if (auto p = layerProblem(f.layer); !p.empty()) return "forced: " + p;
+        if (auto p = hashProblem(f.layer); !p.empty()) return "forced: " + p;
         if (static_cast<int64_t>(f.experts.size()) != K)
             return "forced: layer " + layerText(f.layer) + " is given " + std::to_string(f.experts.size()) +
                    " experts, and it chooses " + std::to_string(K) + " (change top-k to force another number)";

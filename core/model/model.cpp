@@ -203,8 +203,14 @@ std::unique_ptr<Model> Model::load(std::shared_ptr<Checkpoint> ckpt, const Model
     else if (opt.streaming == LoadOptions::Streaming::Off) d.streamed = false;
     else d.streamed = avail != UINT64_MAX && static_cast<double>(need) > 0.85 * static_cast<double>(avail);
 
+    if (d.dtype == torch::kHalf && !spec.float16Refusal.empty()) throw Error(spec.float16Refusal, "", "dtype");
     torch::NoGradGuard ng;
     d.embed = d.load(Role::Embed);
+    if (spec.hcMult > 0) {  // the head's hyper-connection mapping, float32 as transformers keeps it
+        d.hcHeadFn = d.loadFloat32Opt(Role::HcHeadFn, -1);
+        d.hcHeadBase = d.loadFloat32Opt(Role::HcHeadBase, -1);
+        d.hcHeadScale = d.loadFloat32Opt(Role::HcHeadScale, -1);
+    }
     if (spec.encoder) {
         d.posEmbed = d.load(Role::PosEmbed);
         d.typeEmbed = d.load(Role::TypeEmbed);
@@ -263,6 +269,8 @@ void Model::Impl::loadExperts(LayerWeights& w, int l) const {
     if (w.routerExtras.selectionBias.defined())  // [E], or ERNIE's [1, E]
         w.routerExtras.selectionBias = w.routerExtras.selectionBias.reshape({-1});
     w.routerExtras.expertScale = loadOpt(Role::RouterExpertScale, l);
+    if (s.hasIn(Role::RouterHashTable, l))  // (its ids checked against the experts by fromCheckpoint)
+        w.hashTable = viewOf(ckpt->get(s.tensorName(Role::RouterHashTable, l))).to(device, torch::kLong);
     const bool ungated = !s.has(Role::ExpertUp);  // Nemotron-H's relu2 experts: up and down alone
     if (s.layout == ExpertLayout::PerExpert && ungated) {
         for (int e = 0; e < s.numExperts; ++e)
@@ -306,6 +314,11 @@ void Model::Impl::loadExperts(LayerWeights& w, int l) const {
             w.experts.push_back(std::move(f));
         }
     }
+    if (s.swigluClamp > 0)  // DeepSeek-V4's clamped SwiGLU (its shared expert's too, below)
+        for (Ffn& f : w.experts) {
+            f.act = kSwigluClamp;
+            f.limit = s.swigluClamp;
+        }
     w.moeOutBias = loadOpt(Role::MoeBias, l);
     w.latentIn = loadOpt(Role::MoeLatentIn, l);
     w.latentInB = loadOpt(Role::MoeLatentInBias, l);
@@ -321,6 +334,10 @@ void Model::Impl::loadExperts(LayerWeights& w, int l) const {
             w.shared = swiglu(l, Role::SharedGate, Role::SharedUp, Role::SharedDown, Role::SharedGateBias,
                               Role::SharedUpBias, Role::SharedDownBias);
         w.sharedGate = loadOpt(Role::SharedExpertGate, l);
+        if (s.swigluClamp > 0) {
+            w.shared.act = kSwigluClamp;
+            w.shared.limit = s.swigluClamp;
+        }
     }
 }
 
@@ -345,18 +362,21 @@ LayerIntervention Model::Impl::layerIntervention(const Intervention& iv, int l) 
     std::vector<float> add(static_cast<size_t>(E), 0.0f);
     std::vector<char> allowed(static_cast<size_t>(E), 1), zeroed(static_cast<size_t>(E), 0);
     bool anyAdd = false, anyMask = false, anyZero = false;
+    // (a hash-routed layer's choice is its table's: "all layers" changes to the choice leave it out,
+    // Intervention::problem refuses them naming it)
+    const bool scored = !spec.layers[static_cast<size_t>(l)].hashRouted;
     for (const auto& b : iv.routerBias)
-        if (Intervention::names(b.layer, l)) {
+        if (scored && Intervention::names(b.layer, l)) {
             add[static_cast<size_t>(b.expert)] += static_cast<float>(b.value);
             anyAdd = true;
         }
     for (const auto& x : iv.disabled)
-        if (Intervention::names(x.layer, l)) {  // out of the selection; the scores stay as they are
+        if (scored && Intervention::names(x.layer, l)) {  // out of the selection; the scores stay as they are
             allowed[static_cast<size_t>(x.expert)] = 0;
             anyMask = true;
         }
     for (const auto& f : iv.forced)
-        if (Intervention::names(f.layer, l)) {
+        if (scored && Intervention::names(f.layer, l)) {
             std::fill(allowed.begin(), allowed.end(), 0);
             for (int e : f.experts) allowed[static_cast<size_t>(e)] = 1;
             anyMask = li.forced = true;
@@ -504,6 +524,13 @@ static Tensor ropeInverseFrequencies(const AttentionSpec& a) {
 // j below the rotated pairs (all d / 2, or a proportional share), then zeros (those pairs pass through)
 static Tensor ropeTableFrequencies(const RopeTable& t) {
     const int64_t d = t.headDim;
+    if (t.yarn.on()) {  // YaRN over the table's dimensions, as AttentionSpec's (DeepSeek-V4's compress table)
+        AttentionSpec a;
+        a.headDim = d;
+        a.ropeTheta = t.theta;
+        a.yarn = t.yarn;
+        return ropeInverseFrequencies(a);
+    }
     const auto rotated =
         t.proportional ? static_cast<int64_t>(std::floor(t.partial * static_cast<double>(d) / 2)) : d / 2;
     Tensor inv = 1.0 / torch::pow(t.theta, torch::arange(0, 2 * rotated, 2, torch::kLong).to(torch::kFloat) /
@@ -537,12 +564,16 @@ Model::Impl::State Model::Impl::start(const std::vector<std::vector<int64_t>>& p
         if (spec.embeddingScaleRounded)  // Gemma: the scale rounded to the activations' dtype first
             h = h * torch::scalar_tensor(spec.embeddingScale, h.options());
         else if (spec.embeddingScale != 1.0) h = h * spec.embeddingScale;
+        // (hyper-connections: every stream starts as the embeddings)
+        if (spec.hcMult > 0) h = h.unsqueeze(1).expand({h.size(0), spec.hcMult, h.size(1)}).contiguous();
         st.h.push_back(h);
+        st.ids.push_back(ids);
         Tensor pos = torch::arange(static_cast<int64_t>(p.size()), devOpts.dtype(torch::kLong)).to(torch::kFloat);
         for (size_t t = 0; t < extraFreqs.size(); ++t) {
             const Tensor f = pos.unsqueeze(1) * extraFreqs[t].unsqueeze(0), e = torch::cat({f, f}, -1);
-            st.cosX[t].push_back(e.cos().to(dtype));
-            st.sinX[t].push_back(e.sin().to(dtype));
+            const double g = spec.ropeTables[t].gain;
+            st.cosX[t].push_back((g != 1.0 ? e.cos() * g : e.cos()).to(dtype));
+            st.sinX[t].push_back((g != 1.0 ? e.sin() * g : e.sin()).to(dtype));
         }
         Tensor freqs = pos.unsqueeze(1) * invFreq.unsqueeze(0);
         Tensor emb = torch::cat({freqs, freqs}, -1);
@@ -581,6 +612,31 @@ void Model::Impl::step(int l, State& st, bool allExperts, const Tap& tap, const 
             if (tap) tap(p, x, &m);
             return m.y;
         };
+        if (spec.hcMult > 0) {  // DeepSeek-V4: each block between the hyper-connections' maps of the streams
+            const LayerSpec& L = spec.layers[l];
+            Tensor& h = st.h[p];
+            const double eps = spec.blockEps();
+            HcMaps hm = hcMaps(h, w.hcAttnFn, w.hcAttnBase, w.hcAttnScale);
+            const int table = L.ropeTable;
+            h = hcJoin(
+                hm,
+                compressedAttention(w, norm(hm.input, w.inNorm, eps), table == 0 ? st.cos[p] : st.cosX[table - 1][p],
+                                    table == 0 ? st.sin[p] : st.sinX[table - 1][p], st.cosX[0][p], st.sinX[0][p], L),
+                h);
+            hm = hcMaps(h, w.hcFfnFn, w.hcFfnBase, w.hcFfnScale);
+            const Tensor x = norm(hm.input, w.postNorm, eps);
+            Tensor y;
+            if (!isMoe) {
+                if (tap) tap(p, x, nullptr);
+                y = ffn(x, w.mlp);
+            } else {
+                auto m = moe(w, x, allExperts, keepChosen, {}, interventionOf(p), st.ids[p]);
+                if (tap) tap(p, x, &m);
+                y = m.y;
+            }
+            h = hcJoin(hm, y, h);
+            continue;
+        }
         if (spec.encoder) {  // post-LN: LN(h + attn(h)), then LN(h + ffn(h))
             Tensor x =
                 layerNorm(st.h[p] + attention(w, st.h[p], st.cos[p], st.sin[p], LayerSpec{}), w.inNorm, w.inNormB);
@@ -813,11 +869,26 @@ ImportanceResult Model::expertImportance(const std::vector<std::vector<int64_t>>
     if (moe.empty()) throw Error("the model has no routed experts (" + s.modelType + " is dense)", "", "layers");
     ImportanceResult res;
     res.layers = opt.layers.empty() ? moe : opt.layers;
+    if (opt.layers.empty() && !opt.zero)  // (disabling cannot change a hash-routed layer's choice: left out)
+        res.layers.erase(std::remove_if(res.layers.begin(), res.layers.end(),
+                                        [&](int l) { return s.layers[static_cast<size_t>(l)].hashRouted; }),
+                         res.layers.end());
+    if (res.layers.empty())
+        throw Error(
+            "every MoE layer chooses its experts by token id (hash routing): disabling an expert cannot "
+            "change their choice; measure them by zeroing experts (importance mode zero)",
+            "", "layers");
     std::sort(res.layers.begin(), res.layers.end());
     res.layers.erase(std::unique(res.layers.begin(), res.layers.end()), res.layers.end());
-    for (int l : res.layers)
+    for (int l : res.layers) {
         if (std::find(moe.begin(), moe.end(), l) == moe.end())
             throw Error("layer " + std::to_string(l) + " is not an MoE layer of the model", "", "layers");
+        if (!opt.zero && s.layers[static_cast<size_t>(l)].hashRouted)
+            throw Error("layer " + std::to_string(l) +
+                            " chooses its experts by token id (hash routing): disabling an expert cannot change "
+                            "its choice; measure it by zeroing experts (importance mode zero), or leave it out",
+                        "", "layers");
+    }
     const int64_t E = s.numExperts, L = s.numLayers;
     const size_t P = prompts.size();
     res.experts = E;
@@ -912,6 +983,7 @@ ImportanceResult Model::expertImportance(const std::vector<std::vector<int64_t>>
                 for (size_t p = 0; p < P; ++p) {
                     v.h.push_back(inputs[l][p]);
                     v.indexChoice.push_back(inputChoices.count(l) ? inputChoices[l][p] : Tensor());
+                    v.ids.push_back(st.ids[p]);
                     v.cos.push_back(st.cos[p]);
                     v.sin.push_back(st.sin[p]);
                     for (size_t t = 0; t < st.cosX.size(); ++t) {

@@ -181,9 +181,13 @@ struct Ffn {
     Tensor gateUp, gate, up, down;
     Tensor inBias, outBias;  // W1's (SwiGLU: the gate's) and W2's (down's) biases
     Tensor upBias;           // SwiGLU with biases (ERNIE's use_bias): the up projection's; never fused
-    int act = 0;  // 0: SwiGLU (silu), 1, 2, 4: GELU, 5: relu2 (activate(); gated when up is there), 3: kClampedSwiglu
-    double limit = 0, alpha = 0;  // act 3: ModelSpec::swigluLimit, swigluAlpha
+    // 0: SwiGLU (silu), 1, 2, 4: GELU, 5: relu2 (activate(); gated when up is there), 3: kClampedSwiglu,
+    // 6: kSwigluClamp
+    int act = 0;
+    double limit = 0, alpha = 0;  // act 3: ModelSpec::swigluLimit, swigluAlpha; act 6: swigluClamp
 };
+// DeepSeek-V4's experts and shared expert: silu(min(gate, limit)) * clamp(up, -limit, limit)
+constexpr int kSwigluClamp = 6;
 // GPT-OSS's experts: gateUp [2F, d] with gate and up interleaved by row and its fused bias inBias,
 // products as x @ W + b (transformers' GptOssExperts; W = gateUp^T is the stored [d, 2F] slice)
 constexpr int kClampedSwiglu = 3;
@@ -230,12 +234,17 @@ inline Tensor ffnHidden(const Tensor& x, const Ffn& f) {
         return (u + 1) * (g * torch::sigmoid(g * f.alpha));
     }
     const bool gated = f.up.defined() || f.gateUp.defined();
-    if (f.act != 0 && !gated) return activate(torch::linear(x, f.gate, f.inBias), f.act);
-    auto act = [&](const Tensor& g) { return f.act == 0 ? torch::silu(g) : activate(g, f.act); };
-    if (!f.gateUp.defined()) return act(torch::linear(x, f.gate, f.inBias)) * torch::linear(x, f.up, f.upBias);
+    if (f.act != 0 && f.act != kSwigluClamp && !gated) return activate(torch::linear(x, f.gate, f.inBias), f.act);
+    auto act = [&](const Tensor& g) {
+        return f.act == kSwigluClamp ? torch::silu(g.clamp_max(f.limit))
+               : f.act == 0          ? torch::silu(g)
+                                     : activate(g, f.act);
+    };
+    auto up = [&](const Tensor& u) { return f.act == kSwigluClamp ? u.clamp(-f.limit, f.limit) : u; };
+    if (!f.gateUp.defined()) return act(torch::linear(x, f.gate, f.inBias)) * up(torch::linear(x, f.up, f.upBias));
     Tensor h = torch::linear(x, f.gateUp);
     const int64_t F = h.size(-1) / 2;
-    return act(h.narrow(-1, 0, F)) * h.narrow(-1, F, F);
+    return act(h.narrow(-1, 0, F)) * up(h.narrow(-1, F, F));
 }
 
 inline Tensor ffn(const Tensor& x, const Ffn& f) {
@@ -293,9 +302,17 @@ struct LayerWeights {
         mambaDtNorm, mambaBNorm, mambaCNorm, mambaNorm;
     Tensor qa, qab, qaNorm, qbProj, kva, kvab, kvaNorm, kvb;  // MLA (q: q_proj without q LoRA)
     Tensor idxQ, idxK, idxKNorm, idxKNormB, idxWeights;  // MLA's sparse-attention indexer (idxWeights: float32 in f16)
-    Ffn mlp;                                             // dense layers
-    Tensor router, routerBias;                           // MoE layers
-    RouterExtras routerExtras;                           // the selection bias and per-expert scales the rule reads
+    // DeepSeek-V4's compressed attention (q LoRA: qa, qaNorm, qbProj; sinks): kv_proj and its norm,
+    // the grouped output projections; the compressor's kv, gate, position bias and norm; the
+    // indexer's (idxQ, idxWeights beside them)
+    Tensor kvProjV4, kvNorm, oGroupA, oGroupB, compKv, compGate, compBias, compNorm;
+    Tensor idxCompKv, idxCompGate, idxCompBias, idxCompNorm;
+    // its hyper-connections' maps (float32): fn, base, scale of the attention's and the FFN's
+    Tensor hcAttnFn, hcAttnBase, hcAttnScale, hcFfnFn, hcFfnBase, hcFfnScale;
+    Tensor hashTable;           // [vocab, k] long: the hash-routed layers' experts per token id
+    Ffn mlp;                    // dense layers
+    Tensor router, routerBias;  // MoE layers
+    RouterExtras routerExtras;  // the selection bias and per-expert scales the rule reads
     Ffn blockFfn;       // EMoE avg-k: the whole W_gate (+ b1) and W_up (no W_down), whose neurons score the experts
     Tensor moeOutBias;  // W2's bias on EMoE BERT, mlp.bias on JetMoE: added once after the experts
     // Nemotron-H's latent MoE (ModelSpec::expertIn): the experts' input projection and their sum's
@@ -326,6 +343,7 @@ inline Tensor gateActivation(const Tensor& x, const Ffn& f) {
         Tensor g = gatePre(x, f).clamp_max(f.limit);
         return g * torch::sigmoid(g * f.alpha);
     }
+    if (f.act == kSwigluClamp) return torch::silu(gatePre(x, f).clamp_max(f.limit));
     if (f.act != 0) return activate(gatePre(x, f), f.act);
     return torch::silu(gatePre(x, f));
 }
@@ -380,9 +398,10 @@ inline Tensor everyExpertOutput(const LayerWeights& w, const Tensor& x, const Te
 // the activations' dtype.
 inline Tensor routerScores(const RouterRule& r, const Tensor& logits, torch::ScalarType hidden) {
     Tensor lf = logits.to(r.scoresInHiddenDtype ? hidden : torch::kFloat);
-    return r.scoring == RouterRule::Scoring::Softmax   ? lf.softmax(-1)
-           : r.scoring == RouterRule::Scoring::Sigmoid ? lf.sigmoid()
-                                                       : lf;
+    return r.scoring == RouterRule::Scoring::Softmax        ? lf.softmax(-1)
+           : r.scoring == RouterRule::Scoring::Sigmoid      ? lf.sigmoid()
+           : r.scoring == RouterRule::Scoring::SqrtSoftplus ? torch::softplus(lf).sqrt()
+                                                            : lf;
 }
 
 // The scores the experts are chosen by: the router's plus the selection bias where the rule has one.
@@ -410,9 +429,11 @@ inline Tensor keptGroups(const RouterRule& r, const Tensor& choice) {
 // `listOrder` (with RouterRule::topkUnsorted): the experts are left in transformers' unsorted top-k
 // order, in which the caller combines them as transformers does, and *listOrder is set to the
 // permutation [T, K] that lists them by selection score; without it they are listed so here.
+// `fixedIds` ([T, K] long, DeepSeek-V4's hash-routed layers): the experts chosen, in that order,
+// weighted by their scores as the rule weighs a choice of its own.
 inline std::pair<Tensor, Tensor> route(const RouterRule& r, const Tensor& logits, int64_t K, torch::ScalarType hidden,
                                        const RouterExtras& extra = {}, const Tensor& allowed = {}, bool forced = false,
-                                       Tensor* listOrder = nullptr) {
+                                       Tensor* listOrder = nullptr, const Tensor& fixedIds = {}) {
     Tensor wts, ids;
     const double inf = std::numeric_limits<double>::infinity();
     auto onlyAllowed = [&](const Tensor& choice) {
@@ -438,14 +459,16 @@ inline std::pair<Tensor, Tensor> route(const RouterRule& r, const Tensor& logits
         }
     } else {
         Tensor scores = routerScores(r, logits, hidden);
-        Tensor choice = onlyAllowed(selectionScores(r, scores, extra.selectionBias));
-        if (r.groups > 1 && !forced) {
+        Tensor choice = fixedIds.defined() ? Tensor() : onlyAllowed(selectionScores(r, scores, extra.selectionBias));
+        if (fixedIds.defined()) {
+            ids = fixedIds;
+        } else if (r.groups > 1 && !forced) {
             const int64_t T = choice.size(0), E = choice.size(1), G = r.groups;
             choice = choice.masked_fill(
                 keptGroups(r, choice).logical_not().unsqueeze(-1).expand({T, G, E / G}).reshape({T, E}),
                 r.groupMaskScore);
         }
-        ids = std::get<1>(choice.topk(K, -1, true, !r.topkUnsorted));
+        if (!fixedIds.defined()) ids = std::get<1>(choice.topk(K, -1, true, !r.topkUnsorted));
         wts = scores.gather(1, ids);
         const bool renormalize = r.renormalize && !(r.renormalizeAboveOne && K == 1);
         if (renormalize && r.renormPower > 0) {
@@ -454,7 +477,7 @@ inline std::pair<Tensor, Tensor> route(const RouterRule& r, const Tensor& logits
             Tensor sum = wts.sum(-1, true);
             wts = wts / (r.renormMin > 0 ? sum.clamp_min(r.renormMin) : sum + r.renormEpsilon);
         }
-        if (r.topkUnsorted) {  // (renormalised in transformers' order, listed by choice score)
+        if (r.topkUnsorted && !fixedIds.defined()) {  // (renormalised in transformers' order, listed by choice score)
             const Tensor order = choice.gather(1, ids).argsort(-1, true);
             if (listOrder != nullptr) {
                 *listOrder = order;
@@ -510,7 +533,7 @@ struct Model::Impl {
     // before the cast to the compute dtype: the reference is the dequantized model.
     Tensor dequantized(const std::string& name, const Tensor& w8) const { return dequantized(name, w8, dtype); }
     Tensor dequantized(const std::string& name, const Tensor& w8, torch::ScalarType to) const {
-        const TensorView& sv = ckpt->get(Quantization::scaleName(name));
+        const TensorView& sv = ckpt->get(spec.quant.scaleOf(name));
         Tensor sc = viewOf(sv).to(device);
         sc = sv.dtype == DType::F8_E8M0 ? fp8Scale(sc) : sc.to(torch::kFloat);
         Tensor w = toDevice(w8, device).to(torch::kFloat);
@@ -571,7 +594,7 @@ struct Model::Impl {
     // A tensor transformers keeps in float32 whatever the model's dtype (the correction bias:
     // _keep_in_fp32_modules_strict), never rounded to the compute dtype.
     Tensor loadFloat32Opt(Role r, int l) const {
-        if (!spec.has(r)) return Tensor();
+        if (!spec.hasIn(r, l)) return Tensor();
         const std::string name = spec.tensorName(r, l);
         const TensorView& v = ckpt->get(name);
         Tensor t = v.dtype == DType::F8_E4M3 ? dequantized(name, viewOf(v), torch::kFloat)
@@ -664,7 +687,10 @@ struct Model::Impl {
     void loadMamba(LayerWeights& w, int l) const;
     void loadMamba2(LayerWeights& w, int l) const;
     void loadKimiDelta(LayerWeights& w, int l) const;
-    bool normFloat32() const { return spec.normWeightsFloat32InF16 && dtype == torch::kHalf; }
+    void loadCompressedAttention(LayerWeights& w, int l) const;
+    bool normFloat32() const {
+        return spec.normWeightsFloat32 || (spec.normWeightsFloat32InF16 && dtype == torch::kHalf);
+    }
     // An RMSNorm's weights as norm() multiplies by them: 1 + w in float32 for zero-centred norms
     // (w in the compute dtype first, as transformers holds it), in float32 where GPT-OSS keeps them
     // so in float16, else in the compute dtype. Undefined where the table has no such role.
@@ -689,6 +715,7 @@ struct Model::Impl {
         else if (spec.layers[l].shortConv()) loadShortConv(w, l);
         else if (spec.attn.isMoa()) loadMoaAttention(w, l);
         else if (spec.attn.isMla()) loadMlaAttention(w, l);
+        else if (spec.attn.isCompressed()) loadCompressedAttention(w, l);
         else loadStandardAttention(w, l);
     }
     void loadExperts(LayerWeights& w, int l) const;
@@ -702,6 +729,12 @@ struct Model::Impl {
     // shares it (LayerSpec::sharesIndexer), and such a layer reads it.
     Tensor mlaAttention(const LayerWeights& w, const Tensor& x, const Tensor& cos, const Tensor& sin, int l,
                         Tensor& chosen) const;
+    // DeepSeek-V4's attention (attention/compressed.cpp), AttentionSpec::Kind::Compressed, on x [T, d]
+    // of one prompt: cos/sin the layer's RoPE table (AttentionSpec's on the sliding-window layers,
+    // the compress table on the others), cosC/sinC the compress table (the compressed entries'
+    // positions and the indexer's), each [T, qkRopeDim] as cat(f, f).
+    Tensor compressedAttention(const LayerWeights& w, const Tensor& x, const Tensor& cos, const Tensor& sin,
+                               const Tensor& cosC, const Tensor& sinC, const LayerSpec& layer) const;
     // The indexer's choice for queries topK.. of a prompt: [T - topK, topK] key ids (int32).
     Tensor indexerChoice(const LayerWeights& w, const Tensor& x, const Tensor& qLatent, const Tensor& cos,
                          const Tensor& sin) const;
@@ -748,8 +781,10 @@ struct Model::Impl {
     // from the chosen experts evaluated on their own tokens, as HF computes it.
     // routerInput: what the router reads where it is not x (Gemma 4: the transformed residual).
     // iv: this layer's intervention (nullptr: none).
+    // tokenIds: the tokens' ids [T] (long), which choose the experts of a hash-routed layer (w.hashTable).
     MoeOut moe(const LayerWeights& w, const Tensor& x, bool allExperts, bool keepChosen = false,
-               const Tensor& routerInput = {}, const LayerIntervention* iv = nullptr) const {
+               const Tensor& routerInput = {}, const LayerIntervention* iv = nullptr,
+               const Tensor& tokenIds = {}) const {
         const RouterRule& r = spec.router;
         const int64_t E = spec.numExperts, K = iv && iv->topK > 0 ? iv->topK : spec.topK;
         auto zeroed = [&](int64_t e) { return iv && !iv->zeroed.empty() && iv->zeroed[static_cast<size_t>(e)]; };
@@ -770,8 +805,14 @@ struct Model::Impl {
                                   : out.logits;
         // (topkUnsorted: combined in transformers' top-k order, recorded in selection-score order)
         Tensor listOrder;
+        if (w.hashTable.defined() && (!tokenIds.defined() || tokenIds.size(0) != x.size(0)))
+            throw std::logic_error("moe: a hash-routed layer needs one token id per input row");
+        if (w.hashTable.defined() && iv && (iv->allowed.defined() || iv->logitAdd.defined() || iv->topK > 0))
+            throw std::logic_error(
+                "moe: nothing changes a hash-routed layer's choice (Intervention::problem refuses it)");
+        const Tensor fixedIds = w.hashTable.defined() ? w.hashTable.index_select(0, tokenIds) : Tensor();
         auto [wts, ids] = route(r, routed, K, x.scalar_type(), w.routerExtras, iv ? iv->allowed : Tensor(),
-                                iv && iv->forced, &listOrder);
+                                iv && iv->forced, &listOrder, fixedIds);
 
         // the experts' input: the block's, or (Nemotron-H's latent MoE) its projection
         const Tensor xe = expertsInput(w, x);
@@ -856,7 +897,21 @@ struct Model::Impl {
         return torch::layer_norm(x, {spec.hidden}, w, b, spec.layerNormEps);
     }
     // The final hidden states (HF's last_hidden_state): after the final norm for decoders.
-    Tensor finalHidden(const Tensor& h) const { return spec.encoder ? h : norm(h, finalNorm, spec.rmsEps, finalNormB); }
+    // (hyper-connections: the streams [T, n, d] collapsed by the head's mapping first)
+    Tensor finalHidden(const Tensor& h) const {
+        if (spec.encoder) return h;
+        return norm(spec.hcMult > 0 ? hcHeadCollapse(h) : h, finalNorm, spec.rmsEps, finalNormB);
+    }
+    Tensor hcHeadFn, hcHeadBase, hcHeadScale;  // the head's hyper-connection mapping (float32)
+    // DeepSeek-V4's hyper-connections (attention/compressed.cpp): the head's collapse of the streams
+    // [T, n, d] -> [T, d]; a block's mapping of them -> (post [T, n], comb [T, n, n], the block's input [T, d])
+    Tensor hcHeadCollapse(const Tensor& h) const;
+    struct HcMaps {
+        Tensor post, comb, input;
+    };
+    HcMaps hcMaps(const Tensor& h, const Tensor& fn, const Tensor& base, const Tensor& scale) const;
+    // the streams after a block: post x its output + comb^T x the streams, in the activations' dtype
+    static Tensor hcJoin(const HcMaps& m, const Tensor& y, const Tensor& h);
     // the decoder's RMSNorms, as the family rounds them (ModelSpec::normProductFloat32)
     Tensor norm(const Tensor& x, const Tensor& w, double eps, const Tensor& bias = {}) const {
         if (spec.layerNormBlocks && spec.normProductFloat32) {  // Cohere's, op by op in float32
@@ -865,7 +920,9 @@ struct Model::Impl {
             return (w.to(torch::kFloat) * n).to(x.scalar_type());
         }
         if (spec.layerNormBlocks) return torch::layer_norm(x, {spec.hidden}, w, bias, spec.layerNormEps);
-        return rmsNorm(x, w, eps, spec.normProductFloat32 || spec.normUnitOffset || spec.normPow, spec.normPow);
+        return rmsNorm(x, w, eps,
+                       spec.normProductFloat32 || spec.normUnitOffset || spec.normPow || spec.normWeightsFloat32,
+                       spec.normPow);
     }
     // the language-model head on the last hidden states, in the compute dtype (times Grok-1's
     // output_multiplier_scale, divided by Granite's logits_scaling)
@@ -884,6 +941,8 @@ struct Model::Impl {
         std::vector<std::vector<Tensor>> cosX, sinX;
         // per prompt, the keys the last sparse-attention indexer chose (mlaAttention's `chosen`)
         std::vector<Tensor> indexChoice;
+        // per prompt, its token ids [T] (long) on the device (hash-routed layers choose by them)
+        std::vector<Tensor> ids;
     };
     State start(const std::vector<std::vector<int64_t>>& prompts) const;
     // The intervention on layer l for prompt p (nullptr: none), while a run makes one.

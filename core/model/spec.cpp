@@ -41,7 +41,9 @@ std::string RouterRule::describe() const {
           << " relative of its best)";
         return o.str();
     }
-    std::string s = scoring == Scoring::Softmax ? "softmax" : "sigmoid";
+    std::string s = scoring == Scoring::Softmax        ? "softmax"
+                    : scoring == Scoring::SqrtSoftplus ? "sqrt(softplus)"
+                                                       : "sigmoid";
     if (routerFromKeys) s = (routerKeysUnit ? "cosine of x and mean key rows, " : "mean key rows, ") + s;
     if (bias) s = "biased router, " + s;
     if (scoring == Scoring::Softmax && !topkOnLogits && !renormalize && !unitWeights) s = "full " + s;
@@ -95,6 +97,8 @@ const char* AttentionSpec::kindName() const {
             return "mixture of attention heads";
         case Kind::MLA:
             return "multi-head latent attention";
+        case Kind::Compressed:
+            return "compressed sparse attention (shared key/value head, sliding window, compressed entries)";
     }
     return "?";
 }
@@ -263,6 +267,30 @@ int64_t ModelSpec::dim(Dim d, int layer) const {
         case Dim::ExpertIn:
             v = expertIn > 0 ? expertIn : hidden;
             break;
+        case Dim::TopK:
+            v = topK;
+            break;
+        case Dim::CompRate:
+            v = layer >= 0 ? layers[static_cast<size_t>(layer)].compressRate : 0;
+            break;
+        case Dim::CompWidth:
+            v = layer >= 0 && layers[static_cast<size_t>(layer)].compressOverlap ? 2 * attn.headDim : attn.headDim;
+            break;
+        case Dim::OGroupIn:
+            v = attn.oGroups > 0 ? attn.heads * attn.headDim / attn.oGroups : 0;
+            break;
+        case Dim::OGroupRank:
+            v = attn.oGroups * attn.oLoraRank;
+            break;
+        case Dim::HcMix:
+            v = (2 + hcMult) * hcMult;
+            break;
+        case Dim::HcIn:
+            v = hcMult * hidden;
+            break;
+        case Dim::HcStreams:
+            v = hcMult;
+            break;
     }
     return v * d.mul;
 }
@@ -332,7 +360,14 @@ bool inLayer(const ModelSpec& s, const TensorRole& t, int l) {
         case Scope::ShortConv:
             return l >= 0 && s.layers[l].shortConv();
         case Scope::Indexer:
+            if (s.attn.isCompressed()) return l >= 0 && s.layers[l].compressOverlap;
             return l >= 0 && s.attn.indexer.on() && !s.layers[l].sharesIndexer;
+        case Scope::Compressor:
+            return l >= 0 && s.layers[l].compressRate > 0;
+        case Scope::HashMoe:
+            return l >= 0 && s.layers[l].moe && s.layers[l].hashRouted;
+        case Scope::ScoredMoe:
+            return l >= 0 && s.layers[l].moe && !s.layers[l].hashRouted && s.layout != ExpertLayout::Blocks;
         case Scope::DenseFfn:
             return l >= 0 && !s.layers[l].noFfn &&
                    (!s.layers[l].moe || s.layout == ExpertLayout::Blocks || s.moeBesideDense);
@@ -371,7 +406,8 @@ std::vector<ModelSpec::Expected> ModelSpec::expectedTensors() const {
                                Expected::Mxfp4Blocks});
                 out.push_back({Quantization::mxfp4Scales(name), scales, t.role, t.optional, Expected::Mxfp4Scales});
             } else {
-                out.push_back({fillTemplate(t.name, l, 0), shape, t.role, t.optional});
+                out.push_back(
+                    {fillTemplate(t.name, l, 0), shape, t.role, t.optional, t.ids ? Expected::Ids : Expected::Weight});
             }
         }
     return out;
@@ -613,7 +649,7 @@ void checkScale(const Checkpoint& ckpt, const ModelSpec& s, const TensorView& w)
                     w.name);
     if (w.shape.size() < 2)
         throw Error("an F8_E4M3 tensor must be a matrix (norms and biases are not quantized)", w.file, w.name);
-    const std::string name = Quantization::scaleName(w.name);
+    const std::string name = s.quant.scaleOf(w.name);
     const TensorView* sc = ckpt.find(name);
     if (!sc) throw Error("missing scale tensor of the F8_E4M3 weight " + w.name, ckpt.path(), name);
     if (sc->dtype != DType::F32 && sc->dtype != DType::BF16 && sc->dtype != DType::F8_E8M0)
@@ -761,6 +797,29 @@ void checkPackedInts(const Checkpoint& ckpt, const ModelSpec& s, const ModelSpec
 
 }  // namespace
 
+namespace {
+// A table of expert ids (DeepSeek-V4's tid2eid): I64 or I32, every id within [0, experts), so
+// that no id read from the file can index past the experts.
+void checkExpertIds(const TensorView& t, int64_t experts) {
+    if (t.dtype != DType::I64 && t.dtype != DType::I32)
+        throw Error(std::string("dtype ") + dtypeName(t.dtype) + ": expert ids are I64 or I32", t.file, t.name);
+    const int64_t n = t.numel();
+    for (int64_t i = 0; i < n; ++i) {
+        int64_t v = 0;
+        if (t.dtype == DType::I64) std::memcpy(&v, t.data + i * 8, 8);
+        else {
+            int32_t w = 0;
+            std::memcpy(&w, t.data + i * 4, 4);
+            v = w;
+        }
+        if (v < 0 || v >= experts)
+            throw Error("expert id " + std::to_string(v) + " at index " + std::to_string(i) + " is outside [0, " +
+                            std::to_string(experts) + ")",
+                        t.file, t.name);
+    }
+}
+}  // namespace
+
 ModelSpec ModelSpec::fromCheckpoint(const Checkpoint& ckpt) {
     Config c(ckpt.config(), ckpt.configPath());
     const Family* fam = nullptr;
@@ -795,6 +854,15 @@ ModelSpec ModelSpec::fromCheckpoint(const Checkpoint& ckpt) {
                         " MoE layers, but the checkpoint holds only " + std::to_string(held) + " tensors",
                     ckpt.configPath(), s.configKey(s.numExpertsKey));
 
+    // FP8 scales as DeepSeek-V4 releases them: NAME.scale beside an F8_E4M3 NAME.weight without
+    // NAME.weight_scale_inv (Quantization::scaleOf)
+    if (s.quant.method == "fp8")
+        for (auto& [name, t] : ckpt.tensors()) {
+            if (t->dtype != DType::F8_E4M3 || ckpt.find(Quantization::scaleName(name))) continue;
+            s.quant.dottedScales = true;
+            if (!ckpt.find(s.quant.scaleOf(name))) s.quant.dottedScales = false;
+            break;
+        }
     // every tensor the table expects is there with its shape, and every tensor is accounted for
     std::set<std::string> dtypes, expected;
     int64_t total = 0;
@@ -821,6 +889,10 @@ ModelSpec ModelSpec::fromCheckpoint(const Checkpoint& ckpt) {
         if (t->shape != x.shape)
             throw Error("shape " + shapeStr(t->shape) + " does not match the config's " + shapeStr(x.shape), t->file,
                         x.name);
+        if (x.kind == Expected::Ids) {  // expert ids (a hash-routing table): integers within the experts
+            checkExpertIds(*t, s.numExperts);
+            continue;
+        }
         if (x.kind != Expected::Weight) {  // MXFP4 blocks (two values a byte) and their scales
             if (t->dtype != DType::U8)
                 throw Error(std::string("dtype ") + dtypeName(t->dtype) + ": MXFP4 blocks and scales are U8", t->file,
@@ -837,7 +909,7 @@ ModelSpec ModelSpec::fromCheckpoint(const Checkpoint& ckpt) {
                 t->file, x.name);
         if (t->dtype == DType::F8_E4M3) {
             checkScale(ckpt, s, *t);
-            expected.insert(Quantization::scaleName(x.name));
+            expected.insert(s.quant.scaleOf(x.name));
             ++s.quantizedTensors;
             if (checkActivationScale(ckpt, *t)) {
                 expected.insert(Quantization::activationScaleName(x.name));

@@ -31,7 +31,8 @@ struct RouterRule {
     // SparseMixer: PhiMoE's top-2 at inference (transformers' sparsemixer, not training): the best
     // expert, weighted by its softmax over the logits within jitterEps-relative reach of the best;
     // then the same among the others
-    enum class Scoring { Softmax, Sigmoid, MeanPreactivation, SparseMixer };
+    // SqrtSoftplus: sqrt(softplus(logits)) (DeepSeek-V4's sqrtsoftplus scoring_func)
+    enum class Scoring { Softmax, Sigmoid, MeanPreactivation, SparseMixer, SqrtSoftplus };
     enum class GroupScore { Max, SumTop2 };
     enum class Shared { None, Ungated, SigmoidGated };
     // what MeanPreactivation averages per neuron (EMoE's `select`): g = W_gate x (+ b1), u = W_up x,
@@ -96,7 +97,19 @@ struct AttentionSpec {
     // low-rank q_a / q_b pair, keys and values from one compressed latent (kv_a, RMSNorm, kv_b),
     // each head's query and key split into a part without position (qkNopeDim) and a RoPE part
     // (qkRopeDim; the key's is one head shared by all), values of vHeadDim.
-    enum class Kind { Standard, Encoder, MoA, MLA };
+    // Compressed (DeepSeek-V4; transformers' DeepseekV4Attention): queries through the q LoRA pair
+    // (q_a, its RMSNorm, q_b) and a weightless RMSNorm per head; one key/value head (kv_proj, its
+    // RMSNorm: keys and values are the same vectors); RoPE on each head's last qkRopeDim
+    // dimensions, on interleaved pairs, in float32; every layer attends within its sliding
+    // window, and the layers with LayerSpec::compressRate also to compressed entries, one per
+    // window of that many tokens (a softmax-weighted sum of the window's kv projections plus a
+    // learned position bias, RMSNorm'd, turned by RoPE at the window's first position), that a
+    // query sees once its window is complete; the overlapping ones (LayerSpec::compressOverlap, CSA)
+    // each span two windows, and a lightning indexer (AttentionSpec::indexer, on its own compressed
+    // entries) keeps the topK best of them per query. Each head's sink logit joins its softmax
+    // (float32); the output's RoPE dimensions are turned back by the query's position, and the
+    // heads go out through oGroups grouped projections to oGroups x oLoraRank, then o_b.
+    enum class Kind { Standard, Encoder, MoA, MLA, Compressed };
     // PerHead / Full: RMSNorm with weights, per head or over the whole projection. Unweighted:
     // Llama 4's L2 norm (transformers' Llama4TextL2Norm: RMSNorm without weights, eps rms_norm_eps,
     // in float32), per head, after RoPE, on the RoPE layers only
@@ -207,8 +220,10 @@ struct AttentionSpec {
         bool ropeInterleave = false;
         bool on() const { return heads > 0; }
     } indexer;
+    int64_t oGroups = 0, oLoraRank = 0;  // Compressed: the grouped output projection's groups and rank
     bool isMla() const { return kind == Kind::MLA; }
     bool isMoa() const { return kind == Kind::MoA; }
+    bool isCompressed() const { return kind == Kind::Compressed; }
     const char* kindName() const;
 };
 
@@ -244,17 +259,29 @@ struct LayerSpec {
     // with AttentionSpec::indexer: the layer runs no indexer of its own and attends to the keys the
     // last layer before it that has one chose (GLM-5's "shared" indexer layers)
     bool sharesIndexer = false;
+    // AttentionSpec::Kind::Compressed: one compressed entry per compressRate tokens (0: the sliding
+    // window alone); compressOverlap: entries over two windows, chosen by the indexer (CSA), else
+    // over one, all seen (HCA)
+    int64_t compressRate = 0;
+    bool compressOverlap = false;
+    // the MoE layer chooses its experts by token id from a fixed table (Role::RouterHashTable,
+    // DeepSeek-V4's hash_moe layers); the router's scores still weigh them
+    bool hashRouted = false;
 };
 
 // A RoPE table beside AttentionSpec's, for layers of another type (Gemma 4's full-attention
 // layers): base theta over headDim dimensions; proportional (transformers' "proportional" rope
 // type): the first partial x headDim / 2 frequency pairs theta^(-2j / headDim), the rest 0 (they pass
 // through), over the whole head (rotate_half pairs j and j + headDim / 2)
+// (yarn: YaRN's frequencies over the headDim dimensions, as AttentionSpec's; gain: cos and sin
+// times it)
 struct RopeTable {
     double theta = 10000.0;
     int64_t headDim = 0;
     double partial = 1.0;
     bool proportional = false;
+    AttentionSpec::Yarn yarn;
+    double gain = 1.0;
 };
 
 // The linear attention of the LayerSpec::Mixer::LinearAttention layers, one of five kinds. Each
@@ -379,6 +406,14 @@ struct Quantization {
     // the scale grid of an F8_E4M3 weight of this shape
     std::vector<int64_t> scaleShape(const std::vector<int64_t>& weight) const;
     static std::string scaleName(const std::string& weight) { return weight + "_scale_inv"; }
+    // the scale tensors' names: W_scale_inv beside W (transformers', DeepSeek-V3's), or, where the
+    // checkpoint holds them so (DeepSeek-V4 as released), NAME.scale beside NAME.weight
+    bool dottedScales = false;
+    std::string scaleOf(const std::string& weight) const {
+        if (dottedScales && weight.size() > 7 && weight.compare(weight.size() - 7, 7, ".weight") == 0)
+            return weight.substr(0, weight.size() - 7) + ".scale";
+        return scaleName(weight);
+    }
     // "mxfp4" (GPT-OSS): the tensors of the roles marked TensorRole::mxfp4
     static std::string mxfp4Blocks(const std::string& weight) { return weight + "_blocks"; }
     static std::string mxfp4Scales(const std::string& weight) { return weight + "_scales"; }
@@ -513,6 +548,23 @@ struct ModelSpec {
     // fused bias, gate clamped above at swigluLimit, up to [-swigluLimit, swigluLimit], and
     // (up + 1) * gate * sigmoid(swigluAlpha * gate); products as x @ W + b
     double swigluLimit = 0, swigluAlpha = 0;
+    // DeepSeek-V4's experts and shared expert (> 0): silu(min(gate, limit)) * clamp(up, -limit, limit)
+    double swigluClamp = 0;
+    // DeepSeek-V4's manifold-constrained hyper-connections (> 0): the residual is hcMult streams
+    // per token ([T, hcMult, hidden]). Before each attention and each FFN block a mapping of the
+    // streams (weightless RMSNorm of all of them, one linear map in float32: Role::Hc*Fn / Base /
+    // Scale) gives pre [hcMult] (sigmoid + eps), post [hcMult] (2 sigmoid) and comb [hcMult,
+    // hcMult] (softmax + eps, then hcSinkhornIters Sinkhorn-Knopp normalisations, eps hcEps): the
+    // block reads sum_i pre_i stream_i, and the streams become post_i block output + sum_j comb_ji
+    // stream_j. The embeddings start every stream; at the end the streams are collapsed by the
+    // head's own pre weights (Role::HcHead*) before the final norm.
+    int64_t hcMult = 0, hcSinkhornIters = 0;
+    double hcEps = 1e-6;
+    // DeepSeek-V4's norms: weights kept in float32, times the float32 normalised values, rounded once
+    bool normWeightsFloat32 = false;
+    // why the model does not run in float16 (transformers cannot: DeepSeek-V4's float32 compressor
+    // projections meet float16 activations); empty: it does
+    std::string float16Refusal;
 
     // Packed experts that may be stored transposed ([E, d, 2F] and [E, F, d], Qwen3-VL-MoE as
     // released): transformers transposes a stored tensor whose shape is not the model's
@@ -543,7 +595,7 @@ struct ModelSpec {
         std::vector<int64_t> shape;
         Role role;
         bool optional;
-        enum Kind { Weight, Mxfp4Blocks, Mxfp4Scales } kind = Weight;
+        enum Kind { Weight, Mxfp4Blocks, Mxfp4Scales, Ids } kind = Weight;
     };
     std::vector<Expected> expectedTensors() const;
     // Why a tensor the table does not list is left out (empty: it is not recognised).

@@ -74,6 +74,12 @@ std::vector<SummaryRow> describeModel(const ModelSpec& s, const Checkpoint& ckpt
           << ", up to [-limit, limit]; (up + 1) * gate * sigmoid(" << s.swigluAlpha << " gate)";
         rows.push_back({"Expert FFN", t.str(), {{"swiglu", oj{{"limit", s.swigluLimit}, {"alpha", s.swigluAlpha}}}}});
     }
+    if (s.swigluClamp > 0) {  // DeepSeek-V4's
+        std::ostringstream t;
+        t << "silu(min(W_gate x, " << s.swigluClamp << ")) * clamp(W_up x, -" << s.swigluClamp << ", " << s.swigluClamp
+          << "), the shared expert's too";
+        rows.push_back({"Expert FFN", t.str(), {{"swiglu_clamp", s.swigluClamp}}});
+    }
     rows.push_back({"Hidden size",
                     std::to_string(s.hidden) + ", heads " + std::to_string(s.attn.heads) + " (kv " +
                         std::to_string(s.attn.kvHeads) + ", head_dim " + std::to_string(s.attn.headDim) + ")",
@@ -130,7 +136,17 @@ std::vector<SummaryRow> describeModel(const ModelSpec& s, const Checkpoint& ckpt
     rows.push_back({"Parameters",
                     humanCount(s.totalParams) + " total, " + humanCount(s.activeParams) + " active",
                     {{"total_params", s.totalParams}, {"active_params", s.activeParams}}});
-    rows.push_back({moe.empty() ? "" : "Router", s.router.describe(), {{"router", s.router.describe()}}});
+    std::vector<int> hashed;  // DeepSeek-V4's hash-routed layers
+    for (int l : moe)
+        if (s.layers[static_cast<size_t>(l)].hashRouted) hashed.push_back(l);
+    rows.push_back(
+        {moe.empty() ? "" : "Router",
+         s.router.describe() + (hashed.empty()
+                                    ? ""
+                                    : "; on " + std::to_string(hashed.size()) + " of " + std::to_string(moe.size()) +
+                                          " MoE layers the experts are chosen by token id (a fixed table) and "
+                                          "weighted by those scores"),
+         {{"router", s.router.describe()}, {"hash_moe_layers", hashed}}});
     // packed experts stored as x @ W (Qwen3-VL-MoE as released): which tensors
     oj transposed = oj::array();
     std::string tText;
@@ -217,7 +233,7 @@ std::vector<SummaryRow> describeModel(const ModelSpec& s, const Checkpoint& ckpt
     // layers with their own attention geometry or RoPE (Gemma 4's full-attention layers, Granite
     // Swash's bases per layer), in groups of the same
     std::map<std::tuple<int64_t, int64_t, bool, int>, std::vector<int>> own;
-    for (int l = 0; l < s.numLayers; ++l) {
+    for (int l = 0; l < s.numLayers && !s.attn.isCompressed(); ++l) {  // (DeepSeek-V4's tables: below)
         const LayerSpec& L = s.layers[l];
         if (L.headDim > 0 || L.kvHeads > 0 || L.valueFromKey || L.ropeTable > 0)
             own[{s.layerHeadDim(l), s.layerKvHeads(l), L.valueFromKey, L.ropeTable}].push_back(l);
@@ -399,6 +415,49 @@ std::vector<SummaryRow> describeModel(const ModelSpec& s, const Checkpoint& ckpt
                                                           {"shared_indexer_layers", shared}}});
         }
     }
+    if (s.attn.isCompressed()) {  // DeepSeek-V4
+        const AttentionSpec& a = s.attn;
+        std::vector<int> csa, hca;
+        int64_t csaRate = 0, hcaRate = 0;
+        for (int l = 0; l < s.numLayers; ++l) {
+            const LayerSpec& L = s.layers[l];
+            if (L.compressRate == 0) continue;
+            (L.compressOverlap ? csa : hca).push_back(l);
+            (L.compressOverlap ? csaRate : hcaRate) = L.compressRate;
+        }
+        const RopeTable& c = s.ropeTables.at(0);
+        std::ostringstream t;
+        t << "compressed sparse attention: " << a.heads << " heads of " << a.headDim
+          << " on one shared key/value head (keys are the values), q LoRA " << a.qLoraRank << ", RoPE on the last "
+          << a.rotaryDim() << " dimensions (interleaved pairs, float32), a sink logit per head, a sliding window of "
+          << (s.layers.empty() ? 0 : s.layers[0].slidingWindow) << " on every layer";
+        if (!hca.empty()) t << "; on " << hca.size() << " layers (HCA) also an entry per " << hcaRate << " tokens";
+        if (!csa.empty())
+            t << "; on " << csa.size() << " layers (CSA) also the " << a.indexer.topK
+              << " best of overlapping entries per " << csaRate << " tokens by an indexer of " << a.indexer.heads
+              << " heads of " << a.indexer.headDim;
+        t << "; their RoPE theta " << c.theta;
+        if (c.yarn.on())
+            t << " with YaRN x" << c.yarn.factor << " from " << c.yarn.originalMaxPositions << " positions (cos/sin x"
+              << c.gain << ")";
+        t << "; output in " << a.oGroups << " groups of rank " << a.oLoraRank;
+        attn.text = t.str();
+        attn.fields.push_back(
+            {"compressed_attention", oj{{"csa_layers", csa},
+                                        {"hca_layers", hca},
+                                        {"csa_compress_rate", csa.empty() ? oj() : oj(csaRate)},
+                                        {"hca_compress_rate", hca.empty() ? oj() : oj(hcaRate)},
+                                        {"index_topk", a.indexer.topK},
+                                        {"index_n_heads", a.indexer.heads},
+                                        {"index_head_dim", a.indexer.headDim},
+                                        {"q_lora_rank", a.qLoraRank},
+                                        {"o_groups", a.oGroups},
+                                        {"o_lora_rank", a.oLoraRank},
+                                        {"compress_rope", oj{{"theta", c.theta},
+                                                             {"rotary_dim", c.headDim},
+                                                             {"yarn_factor", c.yarn.on() ? oj(c.yarn.factor) : oj()},
+                                                             {"attention_factor", c.gain}}}}});
+    }
     if (!none.empty() || !noFfn.empty())  // (Nemotron-H's blocks of one part)
         attn.text += "; blocks of one part: " + std::to_string(noFfn.size()) + " of a token mixer alone, " +
                      std::to_string(none.size()) + " of an MLP or MoE alone";
@@ -491,6 +550,17 @@ std::vector<SummaryRow> describeModel(const ModelSpec& s, const Checkpoint& ckpt
                                                 {"mlp", {nr.mlpAlpha, nr.mlpBeta}}}}}});
     } else {
         rows.push_back({"", "", {{"normed_residual", nullptr}}});
+    }
+    if (s.hcMult > 0) {  // DeepSeek-V4's residual streams
+        std::ostringstream t;
+        t << s.hcMult << " streams mixed by manifold-constrained hyper-connections around every block ("
+          << s.hcSinkhornIters << " Sinkhorn-Knopp steps, eps " << s.hcEps << ")";
+        rows.push_back({"Residual",
+                        t.str(),
+                        {{"hyper_connections",
+                          oj{{"streams", s.hcMult}, {"sinkhorn_iters", s.hcSinkhornIters}, {"eps", s.hcEps}}}}});
+    } else {
+        rows.push_back({"", "", {{"hyper_connections", nullptr}}});
     }
     rows.push_back({"Vocabulary", std::to_string(s.vocab), {}});
     oj leftOut = oj::array();

@@ -96,6 +96,46 @@ const char* roleName(Role r) {
             return "sparse-attention indexer key norm bias";
         case Role::IndexWeights:
             return "sparse-attention indexer head weights";
+        case Role::KvNorm:
+            return "key/value norm";
+        case Role::OGroupA:
+            return "grouped output projection";
+        case Role::OGroupB:
+            return "output projection after the groups";
+        case Role::CompKv:
+            return "compressor kv projection";
+        case Role::CompGate:
+            return "compressor gate projection";
+        case Role::CompPosBias:
+            return "compressor position bias";
+        case Role::CompNorm:
+            return "compressor norm";
+        case Role::IndexCompKv:
+            return "indexer compressor kv projection";
+        case Role::IndexCompGate:
+            return "indexer compressor gate projection";
+        case Role::IndexCompPosBias:
+            return "indexer compressor position bias";
+        case Role::IndexCompNorm:
+            return "indexer compressor norm";
+        case Role::HcAttnFn:
+            return "attention hyper-connection map";
+        case Role::HcAttnBase:
+            return "attention hyper-connection base";
+        case Role::HcAttnScale:
+            return "attention hyper-connection scales";
+        case Role::HcFfnFn:
+            return "FFN hyper-connection map";
+        case Role::HcFfnBase:
+            return "FFN hyper-connection base";
+        case Role::HcFfnScale:
+            return "FFN hyper-connection scales";
+        case Role::HcHeadFn:
+            return "head hyper-connection map";
+        case Role::HcHeadBase:
+            return "head hyper-connection base";
+        case Role::HcHeadScale:
+            return "head hyper-connection scale";
         case Role::FfnGate:
             return "FFN gate";
         case Role::FfnGateBias:
@@ -116,6 +156,8 @@ const char* roleName(Role r) {
             return "router selection bias";
         case Role::RouterExpertScale:
             return "per-expert output scale";
+        case Role::RouterHashTable:
+            return "token-to-expert hash table";
         case Role::ExpertGate:
             return "expert gate";
         case Role::ExpertUp:

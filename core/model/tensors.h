@@ -68,6 +68,33 @@ enum class Role : uint8_t {
     IndexKNorm,
     IndexKNormBias,
     IndexWeights,
+    // DeepSeek-V4's compressed attention (AttentionSpec::Kind::Compressed; the q LoRA pair is MlaQA,
+    // MlaQANorm, MlaQB): kv_proj and its norm, the grouped output projections o_a and o_b; its
+    // compressor (Scope::Compressor): the kv and gate projections, the position bias, the norm;
+    // the indexer's compressor (Scope::Indexer, beside IndexQ and IndexWeights) likewise
+    KvNorm,
+    OGroupA,
+    OGroupB,
+    CompKv,
+    CompGate,
+    CompPosBias,
+    CompNorm,
+    IndexCompKv,
+    IndexCompGate,
+    IndexCompPosBias,
+    IndexCompNorm,
+    // DeepSeek-V4's hyper-connections (ModelSpec::hcMult): each layer's attention and FFN mappings
+    // (fn [(2 + n) n, n hidden], base [(2 + n) n], scale [3]), the head's (fn [n, n hidden], base
+    // [n], scale [1])
+    HcAttnFn,
+    HcAttnBase,
+    HcAttnScale,
+    HcFfnFn,
+    HcFfnBase,
+    HcFfnScale,
+    HcHeadFn,
+    HcHeadBase,
+    HcHeadScale,
     // Gated DeltaNet, the linear attention of Qwen3-Next / Qwen3.5 (Scope::LinearAttention): the
     // input projections, fused as Qwen3-Next stores them (query, key, value and output gate z per
     // key-head group; b and a per key-head group) or apart as Qwen3.5 does (q, k, v rows in order;
@@ -151,6 +178,7 @@ enum class Role : uint8_t {
     RouterBias,
     RouterSelectionBias,
     RouterExpertScale,
+    RouterHashTable,  // [vocab, k] expert ids (I64 or I32) of the hash-routed layers (LayerSpec::hashRouted)
     ExpertGate,
     ExpertUp,
     ExpertDown,
@@ -188,7 +216,11 @@ enum class Scope : uint8_t {
     Attention,         // in every layer with softmax attention (LayerSpec::attention())
     LinearAttention,   // in the linear-attention layers (LayerSpec::Mixer::LinearAttention)
     ShortConv,         // in the short-convolution layers (LayerSpec::Mixer::ShortConv)
-    Indexer,           // in the layers that run a sparse-attention indexer (not LayerSpec::sharesIndexer)
+    Indexer,           // in the layers that run a sparse-attention indexer (not LayerSpec::sharesIndexer;
+                       // Kind::Compressed: the LayerSpec::compressOverlap layers)
+    Compressor,        // in the layers with compressed attention entries (LayerSpec::compressRate)
+    HashMoe,           // in the hash-routed MoE layers (LayerSpec::hashRouted)
+    ScoredMoe,         // in the MoE layers that are not hash-routed
     AttentionValues,   // in the softmax-attention layers with their own values (not LayerSpec::valueFromKey)
     SlidingAttention,  // in the softmax-attention layers with a sliding window (MiMo-V2-Flash's sinks)
     DenseFfn,          // in layers whose FFN is dense, and in EMoE layers (their experts are blocks of it)
@@ -255,6 +287,14 @@ struct Dim {
         SsmIn,        // Mamba2's in_proj rows: inner + SsmConv + ssmHeads
         SsmHeads,     // Mamba2's heads
         ExpertIn,     // the routed experts' input and output width: ModelSpec::expertIn, else Hidden
+        TopK,         // experts per token
+        CompRate,     // the layer's LayerSpec::compressRate
+        CompWidth,    // its compressor's kv width: head dim, twice that with compressOverlap
+        OGroupIn,     // heads x head dim / oGroups (one output group's input)
+        OGroupRank,   // oGroups x oLoraRank
+        HcMix,        // (2 + hcMult) hcMult
+        HcIn,         // hcMult x hidden
+        HcStreams,    // hcMult
     };
     Sym sym = One;
     int64_t mul = 1;
@@ -274,6 +314,8 @@ struct TensorRole {
     // [E, cols, rows] ([E, d, 2F] for gate_up_proj: the halves split the columns), as Qwen3-VL-MoE
     // releases them (x @ W); ModelSpec::fromCheckpoint sets it where the family allows it
     bool transposed = false;
+    // integer ids (I64 or I32), not a weight (Role::RouterHashTable)
+    bool ids = false;
     // MXFP4 (with `transposed`: [E, C, R] as the model holds it): stored as NAME_blocks
     // [E, R, C / 32, 16] and NAME_scales [E, R, C / 32], both U8 (safetensors.h's mxfp4Row)
     bool mxfp4 = false;

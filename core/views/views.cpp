@@ -105,6 +105,13 @@ std::string paramText(const Session& s, const std::string& id, const std::string
     const nlohmann::json v = resultParam(s, id, key);
     return v.is_string() ? v.get<std::string>() : std::string();
 }
+// The axis name of D2's router scores, as its params name them: sigmoid and sqrt(softplus) routers
+// score each expert alone, the others give probabilities
+std::string scoreLabel(const std::string& scores) {
+    if (scores.rfind("sigmoid", 0) == 0) return "router score (sigmoid)";
+    if (scores.rfind("sqrt(softplus)", 0) == 0) return "router score (sqrt(softplus))";
+    return "router probability";
+}
 bool paramFlag(const Session& s, const std::string& id, const std::string& key) {
     const nlohmann::json v = resultParam(s, id, key);
     return v.is_boolean() && v.get<bool>();
@@ -711,8 +718,7 @@ Figure normsVsScores(const Session& s, const ViewRequest& req) {
     f.title = "Expert output norm vs router score (D2), run " + run + ", " + layerName(s, L);
     Panel p;
     p.xLabel = "L2 norm of the expert's output";
-    // sigmoid routers score each expert alone (the result's params name the scores)
-    p.yLabel = paramText(s, id, "scores").rfind("sigmoid", 0) == 0 ? "router score (sigmoid)" : "router probability";
+    p.yLabel = scoreLabel(paramText(s, id, "scores"));
     Series other{"not chosen", Series::Style::Scatter}, pick{"chosen (top-k)", Series::Style::Scatter};
     other.groups = pick.groups = static_cast<int>(E);
     other.color = 7;
@@ -850,7 +856,7 @@ Figure tokenNormsScores(const Session& s, const ViewRequest& req) {
     const int64_t shown = std::min(kTokens, e - b);
     const LayerTrace lt = routerRecords(s, req, run, L);
     const auto labels = tokenLabels(s, run);
-    const bool sigmoid = paramText(s, id, "scores").rfind("sigmoid", 0) == 0;
+    const std::string scoreName = scoreLabel(paramText(s, id, "scores"));
     Figure f;
     f.view = req.view;
     f.stacked = true;
@@ -872,8 +878,7 @@ Figure tokenNormsScores(const Session& s, const ViewRequest& req) {
         p.xLabel = t + 1 == b + shown ? "expert" : "";
         p.yLabel = "share";
         p.xExperts = true;
-        Series norm{"output norm (share of the token's)", Series::Style::Bars},
-            score{sigmoid ? "router score (sigmoid)" : "router probability", Series::Style::Bars};
+        Series norm{"output norm (share of the token's)", Series::Style::Bars}, score{scoreName, Series::Style::Bars};
         norm.color = 0;
         score.color = 1;
         norm.barWidth = score.barWidth = 0.4;
@@ -1959,7 +1964,17 @@ Figure selectionBias(const Session& s, const ViewRequest& req) {
     const bool hasBias = r.arrays.count("bias") > 0;
     Data gained = needArray(s, id, "gained", req.view), lost = needArray(s, id, "lost", req.view);
     const auto layers = gained.layers();
-    const int L = chooseLayer(s, req, layers, id);
+    int L = chooseLayer(s, req, layers, id);
+    // none asked for: the first layer with a measured choice (DeepSeek-V4's hash-routed layers have
+    // none: their override_share is NaN)
+    if (req.layer < 0 && r.arrays.count("override_share")) {
+        const Data share = needArray(s, id, "override_share", req.view);
+        for (size_t i = 0; i < layers.size() && i < share.v.size(); ++i)
+            if (!std::isnan(share.v[i])) {
+                L = layers[i];
+                break;
+            }
+    }
     const size_t li = rowOf(layers, L);
     const int64_t E = gained.dim(1);
     const auto labels = gained.labels();

@@ -292,6 +292,32 @@ CONFIGS = {
         head_dim=16, n_routed_experts=8, num_experts_per_tok=2, moe_intermediate_size=16, moe_latent_size=24,
         moe_shared_expert_intermediate_size=32, n_group=2, topk_group=2, routed_scaling_factor=5.0, mlp_bias=True,
         mamba_num_heads=4, mamba_head_dim=16, n_groups=4, ssm_state_size=8, conv_kernel=4, chunk_size=6)),
+    # DeepSeek-V4: every attention type (the sliding window alone, CSA's overlapping compressed entries
+    # of 2 tokens chosen by a 2-head indexer keeping 2, HCA's of 4) with a window of 5 keys, 4 heads of
+    # 32 with RoPE on their last 8 dimensions (partial_rotary_factor), the compressed layers' YaRN, two
+    # output groups of rank 12; 3 hyper-connection streams with 5 Sinkhorn steps; two hash-routed MoE
+    # layers, then two that choose top-3 of 8 by sqrtsoftplus scores and a correction bias, x 1.5;
+    # gate and up clamped at 0.7, shared-expert biases (mlp_bias)
+    "deepseek_v4_all_types": ("DeepseekV4Config", dict(
+        num_hidden_layers=4, num_attention_heads=4, head_dim=32, q_lora_rank=24, partial_rotary_factor=0.25,
+        n_routed_experts=8, num_experts_per_tok=3, moe_intermediate_size=24, hc_mult=3, hc_sinkhorn_iters=5,
+        sliding_window=5, o_groups=2, o_lora_rank=12, index_n_heads=2, index_head_dim=16, index_topk=2,
+        swiglu_limit=0.7, routed_scaling_factor=1.5, mlp_bias=True,
+        layer_types=["sliding_attention", "compressed_sparse_attention", "heavily_compressed_attention",
+                     "compressed_sparse_attention"],
+        mlp_layer_types=["hash_moe", "hash_moe", "moe", "moe"],
+        compress_rates={"compressed_sparse_attention": 2, "heavily_compressed_attention": 4},
+        rope_parameters=dict(rope_type="yarn", factor=4.0, original_max_position_embeddings=64, beta_fast=8,
+                             beta_slow=1), compress_rope_theta=1000.0)),
+    # ... by its legacy keys (compress_ratios, num_hash_layers, compress_rate_csa / _hca, qk_rope_head_dim)
+    # and the defaults: 4 streams (20 Sinkhorn steps), sigmoid scores, plain RoPE, no biases; CSA of 3
+    # tokens (indexer keeping 3 of them, 4 heads of 8), HCA of 5, window 6; one hash-routed layer
+    "deepseek_v4_legacy_sigmoid": ("DeepseekV4Config", dict(
+        num_hidden_layers=3, num_attention_heads=2, head_dim=48, q_lora_rank=16, qk_rope_head_dim=16,
+        n_routed_experts=6, num_experts_per_tok=2, moe_intermediate_size=16, sliding_window=6, o_groups=2,
+        o_lora_rank=16, index_n_heads=4, index_head_dim=16, index_topk=3, swiglu_limit=1.5, scoring_func="sigmoid",
+        routed_scaling_factor=2.0, compress_ratios=[4, 128, 4], num_hash_layers=1, compress_rate_csa=3,
+        compress_rate_hca=5)),
     # Kimi Linear: Kimi Delta Attention on layers 0, 1 and 3 and MLA without positions on layer 2 by
     # linear_attn_config's 1-indexed lists, as the published configs give them (4 heads of 8, a
     # 3-wide convolution); no q LoRA, attention biases; layer 0 dense (first_k_dense_replace), then
@@ -686,6 +712,19 @@ def model_from_config(config, seed=0, storage=None):
     return published_rope(reinitialised(model, seed, storage))
 
 
+PUBLISHED_CONFIGS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "data", "configs")
+
+
+def published_config(name, size, sha256):
+    """The bytes of tests/data/configs/`name` (a Hub config.json, SOURCES.md), checked against the size
+    and SHA-256 recorded for the Hub file."""
+    import hashlib
+    with open(os.path.join(PUBLISHED_CONFIGS, name), "rb") as f:
+        raw = f.read()
+    assert (len(raw), hashlib.sha256(raw).hexdigest()) == (size, sha256), name
+    return raw
+
+
 def published_checkpoint(cls_name, cfg, out_dir):
     """(model, dir): transformers' `cls_name` config class built from a published config.json dict
     (model_type and architectures dropped: the class sets them), its model re-initialised and
@@ -762,6 +801,10 @@ def reinitialised(model, seed=0, storage=None):
             # DeepSeek-V3's selection bias (ERNIE's: a parameter), LFM2-MoE's float32 buffer
             if bname.endswith(("e_score_correction_bias", "feed_forward.expert_bias")):
                 b.copy_(0.3 * torch.randn(b.shape, generator=g))
+            # DeepSeek-V4's hash routing: k distinct experts per token id
+            if bname.endswith("tid2eid"):
+                E = config.n_routed_experts
+                b.copy_(torch.stack([torch.randperm(E, generator=g)[:b.shape[1]] for _ in range(b.shape[0])]))
         if storage is not None:
             for p in model.parameters():
                 p.copy_(p.to(storage).to(torch.float32))
@@ -845,7 +888,8 @@ def reference(model, prompts=PROMPTS, device="cpu"):
             probs = torch.softmax(logits.float(), dim=-1)
             # the correction bias: the gate's own (DeepSeek-V3), or passed to it by the block (MiniMax-M2)
             bias = getattr(mod, "e_score_correction_bias", None)
-            if bias is None and len(inp) > 1:
+            v4hash = type(mod).__name__ == "DeepseekV4HashRouter"  # (its second input: the token ids)
+            if bias is None and len(inp) > 1 and not v4hash:
                 bias = inp[1]
             ernie = hasattr(mod, "moe_statics")  # ERNIE 4.5: the bias added to the softmax scores
             if ernie:
@@ -872,6 +916,9 @@ def reference(model, prompts=PROMPTS, device="cpu"):
             elif type(mod).__name__ == "Lfm2MoeTopKRouter":
                 # LFM2-MoE: the sigmoids in the activations' dtype, biased where it has the bias
                 probs = logits.sigmoid().float() + (bias if bias is not None else 0)
+            elif type(mod).__name__ == "DeepseekV4TopKRouter":
+                # DeepSeek-V4: its scoring function in the logits' dtype, plus the float32 bias
+                probs = mod.score_fn(logits).float() + bias
             elif bias is not None:
                 # DeepSeek-V3: the choice is made on the biased sigmoids of the kept groups
                 probs = groups_kept(logits.float().sigmoid() + bias, sum_top2)
@@ -890,6 +937,8 @@ def reference(model, prompts=PROMPTS, device="cpu"):
             gap = (srt[:, k - 1] - srt[:, k]) if srt.shape[-1] > k else torch.full((srt.shape[0],), 1.0, device=srt.device)
             if group_gap is not None:
                 gap = torch.minimum(gap, group_gap.to(gap.dtype))
+            if v4hash:  # (the table chose: no near-ties)
+                gap = torch.full_like(gap, 1.0)
             r = rec[layer]
             r["logits"].append(logits.float().cpu().numpy())
             r["ids"].append(idx.cpu().numpy().astype(np.int32))

@@ -12,7 +12,6 @@ holds a bare Infinity) and of the dense Nemotron-H models; the float32 combine o
 configs and tensors refused by name; the analyses and the views naming the MoE layers' lack of a mixer;
 Nemotron 3 Super's latent MoE (moe_latent_size): its analyses, and a published config that sets it.
 """
-import hashlib
 import json
 import os
 
@@ -125,7 +124,6 @@ def test_config_keys_read_as_the_class_reads_them(cli, build_fixture, tmp_path, 
     assert_logits_match_hf(cli, d, str(tmp_path / "s.h5"))
 
 
-CONFIGS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "data", "configs")
 # file -> (size, SHA-256) as SOURCES.md records the Hub file's
 PUBLISHED = {
     "nemotron_3_nano_30b_a3b.json": (1817, "dd9fa380ac107b0477db5a26108db9febe6378e7bb3966a107944853ec4f76f8"),
@@ -138,9 +136,7 @@ PUBLISHED = {
 
 
 def _published(name):
-    with open(os.path.join(CONFIGS, name), "rb") as f:
-        raw = f.read()
-    assert (len(raw), hashlib.sha256(raw).hexdigest()) == PUBLISHED[name]
+    raw = fixtures.published_config(name, *PUBLISHED[name])
     return raw, json.loads(raw)
 
 
@@ -351,11 +347,7 @@ def test_published_latent_config_opens_and_matches_hf(cli, tmp_path):
     (num_nextn_predict_layers, which transformers does not build). Float32 within rounding and bf16 bit
     for bit against transformers; a checkpoint that also holds MTP tensors (mtp.*) opens the same."""
     torch = require("torch")
-    name, size, sha = LATENT_PUBLISHED
-    with open(os.path.join(CONFIGS, name), "rb") as f:
-        raw = f.read()
-    assert (len(raw), hashlib.sha256(raw).hexdigest()) == (size, sha)
-    cfg = json.loads(raw)
+    cfg = json.loads(fixtures.published_config(*LATENT_PUBLISHED))
     assert cfg["moe_latent_size"] == 576 and cfg["layers_block_type"][:2] == ["mamba", "moe"]
     cfg.update(hidden_size=64, num_attention_heads=4, num_key_value_heads=2, head_dim=16, mamba_num_heads=8,
                mamba_head_dim=8, ssm_state_size=8, moe_intermediate_size=16, moe_shared_expert_intermediate_size=32,

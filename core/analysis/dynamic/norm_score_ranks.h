@@ -29,7 +29,9 @@ public:
         Acc& a = acc_[t.layer];
         if (!a.rankCounts.defined()) a.rankCounts = torch::zeros({E * E}, norms.options().dtype(torch::kLong));
         Tensor logits = t.routing.logits.narrow(0, c0, n).to(torch::kFloat);
-        Tensor sc = k_.rule->scoring == RouterRule::Scoring::Sigmoid ? logits.sigmoid() : logits.softmax(-1);
+        Tensor sc = k_.rule->scoring == RouterRule::Scoring::Sigmoid        ? logits.sigmoid()
+                    : k_.rule->scoring == RouterRule::Scoring::SqrtSoftplus ? torch::softplus(logits).sqrt()
+                                                                            : logits.softmax(-1);
         Tensor nr = norms.narrow(1, 0, E);
         Tensor idx = ranksOf(sc) * E + ranksOf(nr);
         a.rankCounts += torch::bincount(idx.reshape(-1), {}, E * E).to(torch::kLong);
@@ -98,8 +100,9 @@ public:
                 .with("all_layers",
                       AttrValue::number(tauAllCount ? tauAllSum / static_cast<double>(tauAllCount) : std::nan("")));
         nlohmann::json p = c.params;
-        p["scores"] = k_.rule->scoring == RouterRule::Scoring::Sigmoid
-                          ? "sigmoid of the router logits"
+        p["scores"] = k_.rule->scoring == RouterRule::Scoring::Sigmoid ? "sigmoid of the router logits"
+                      : k_.rule->scoring == RouterRule::Scoring::SqrtSoftplus
+                          ? "sqrt(softplus) of the router logits"
                           : "softmax of the router logits over all experts";
         if (k_.rule->scalesInputs)  // Llama 4
             p["expert_outputs"] =

@@ -11,11 +11,13 @@ namespace es::detail {
 
 class SelectionBias final : public Analysis {
 public:
-    SelectionBias(const PassContext& /*c*/, const ExpertKind& k) : k_(k) {}
+    SelectionBias(const PassContext& c, const ExpertKind& k) : k_(k), spec_(c.spec) {}
     static bool applies(const RouterRule& r) { return r.selectionBias || r.groups > 1; }
 
     void observe(const BlockTap& t) override {
         if (t.kind.attention != k_.attention) return;
+        // (DeepSeek-V4's hash-routed layers choose by token id, not by a biased score: nothing to measure)
+        if (!t.kind.attention && spec_.layers[static_cast<size_t>(t.layer)].hashRouted) return;
         const RouterRule& r = *k_.rule;
         const int64_t E = k_.experts, K = k_.topK, Tp = t.routing.ids.size(0);
         Acc& a = acc_[t.layer];
@@ -106,6 +108,7 @@ private:
     };
     static void add(Tensor& acc, const Tensor& v) { acc = acc.defined() ? acc + v : v; }
     const ExpertKind& k_;
+    const ModelSpec& spec_;
     std::map<int, Acc> acc_;
 };
 

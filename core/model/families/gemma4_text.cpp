@@ -127,7 +127,7 @@ const Family& family_gemma4_text() {
             }
             for (auto& L : s.layers)
                 if (L.headDim % 2 != 0) c.fail("global_head_dim", "must be even for rotary embeddings");
-            const RopeTable slidingRope = ropeOf(c, "sliding_attention", {10000.0, a.headDim, 1.0, false});
+            const RopeTable slidingRope = ropeOf(c, "sliding_attention", {10000.0, a.headDim, 1.0, false, {}, 1.0});
             if (slidingRope.proportional && slidingRope.partial != 1.0)
                 c.in()["rope_parameters"]["sliding_attention"].fail(
                     "a partial RoPE on sliding layers is not supported");
@@ -140,7 +140,7 @@ const Family& family_gemma4_text() {
                     c.fail("per_layer_config", "full-attention layers of different head sizes are not supported");
                 fullHead = hd;
             }
-            s.ropeTables = {ropeOf(c, "full_attention", {1000000.0, fullHead, 0.25, true})};
+            s.ropeTables = {ropeOf(c, "full_attention", {1000000.0, fullHead, 0.25, true, {}, 1.0})};
             s.ropeTables[0].headDim = fullHead;
             a.qkvBias = a.oBias = c.optBool("attention_bias", false);
             a.qkNorm = AttentionSpec::QKNorm::PerHead;

@@ -56,7 +56,7 @@ void graniteSwaLayers(ModelSpec& s, const Config& c) {
         if (added) {
             if (scaled)
                 c.fail("layer_rope_theta", "a base other than rope_theta with a scaled RoPE type is not supported");
-            s.ropeTables.push_back(RopeTable{theta, s.attn.headDim, 1.0, false});
+            s.ropeTables.push_back(RopeTable{theta, s.attn.headDim, 1.0, false, {}, 1.0});
         }
         s.layers[l].ropeTable = it->second;
     }

@@ -118,7 +118,7 @@ const Family& family_mimo_v2_flash() {
             const int64_t window = bySize ? given + 1 : given;
             const std::vector<bool> isSliding =
                 localLayers(s, c, "sliding_attention", [](int64_t i) { return i != 0 && (i + 1) % 6 != 0; });
-            s.ropeTables = {RopeTable{sliding.theta, slidingRotated, 1.0, false}};
+            s.ropeTables = {RopeTable{sliding.theta, slidingRotated, 1.0, false, {}, 1.0}};
             for (int64_t l = 0; l < s.numLayers; ++l)
                 if (isSliding[l]) {
                     LayerSpec& L = s.layers[l];
