@@ -234,7 +234,7 @@ LayerMats layerMats(const Checkpoint& ck, const ModelSpec& s, const Reference* r
         if (std::find(L.tensors.begin(), L.tensors.end(), &t) == L.tensors.end()) L.tensors.push_back(&t);
         if (t.dtype == DType::F8_E4M3 && !L.scales.count(&t)) {  // the spec checked the scale and its grid
             const Quantization& q = (&c == &ck ? s : *ref->spec).quant;
-            const TensorView& sc = c.get(q.scaleOf(name));
+            const TensorView& sc = c.get(Quantization::scaleOf(c, name));
             const auto [br, bc] = q.blockOf(t.shape, sc.shape);
             L.scales.emplace(&t, ScaleGrid::of(t, sc, br, bc));
             L.tensors.push_back(&sc);

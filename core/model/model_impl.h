@@ -533,7 +533,7 @@ struct Model::Impl {
     // before the cast to the compute dtype: the reference is the dequantized model.
     Tensor dequantized(const std::string& name, const Tensor& w8) const { return dequantized(name, w8, dtype); }
     Tensor dequantized(const std::string& name, const Tensor& w8, torch::ScalarType to) const {
-        const TensorView& sv = ckpt->get(spec.quant.scaleOf(name));
+        const TensorView& sv = ckpt->get(Quantization::scaleOf(*ckpt, name));
         Tensor sc = viewOf(sv).to(device);
         sc = sv.dtype == DType::F8_E8M0 ? fp8Scale(sc) : sc.to(torch::kFloat);
         Tensor w = toDevice(w8, device).to(torch::kFloat);

@@ -639,6 +639,16 @@ std::vector<int64_t> Quantization::scaleShape(const std::vector<int64_t>& w) con
     return g;
 }
 
+std::string Quantization::scaleOf(const Checkpoint& ckpt, const std::string& weight) {
+    const std::string inv = scaleName(weight);
+    const std::string stem = ".weight";
+    if (ckpt.find(inv) || weight.size() <= stem.size() ||
+        weight.compare(weight.size() - stem.size(), stem.size(), stem) != 0)
+        return inv;
+    const std::string dotted = weight.substr(0, weight.size() - stem.size()) + ".scale";
+    return ckpt.find(dotted) ? dotted : inv;
+}
+
 namespace {
 
 // An F8_E4M3 weight: the config says fp8, the weight is a matrix (or a stack of them), and its
@@ -649,9 +659,14 @@ void checkScale(const Checkpoint& ckpt, const ModelSpec& s, const TensorView& w)
                     w.name);
     if (w.shape.size() < 2)
         throw Error("an F8_E4M3 tensor must be a matrix (norms and biases are not quantized)", w.file, w.name);
-    const std::string name = s.quant.scaleOf(w.name);
+    const std::string name = Quantization::scaleOf(ckpt, w.name);
     const TensorView* sc = ckpt.find(name);
-    if (!sc) throw Error("missing scale tensor of the F8_E4M3 weight " + w.name, ckpt.path(), name);
+    if (!sc) {
+        const bool stem = w.name.size() > 7 && w.name.compare(w.name.size() - 7, 7, ".weight") == 0;
+        throw Error("missing scale tensor of the F8_E4M3 weight " + w.name +
+                        (stem ? " (neither " + name + " nor " + w.name.substr(0, w.name.size() - 7) + ".scale)" : ""),
+                    ckpt.path(), name);
+    }
     if (sc->dtype != DType::F32 && sc->dtype != DType::BF16 && sc->dtype != DType::F8_E8M0)
         throw Error(std::string("scale dtype ") + dtypeName(sc->dtype) + " is not F32, BF16 or F8_E8M0", sc->file,
                     name);
@@ -854,15 +869,6 @@ ModelSpec ModelSpec::fromCheckpoint(const Checkpoint& ckpt) {
                         " MoE layers, but the checkpoint holds only " + std::to_string(held) + " tensors",
                     ckpt.configPath(), s.configKey(s.numExpertsKey));
 
-    // FP8 scales as DeepSeek-V4 releases them: NAME.scale beside an F8_E4M3 NAME.weight without
-    // NAME.weight_scale_inv (Quantization::scaleOf)
-    if (s.quant.method == "fp8")
-        for (auto& [name, t] : ckpt.tensors()) {
-            if (t->dtype != DType::F8_E4M3 || ckpt.find(Quantization::scaleName(name))) continue;
-            s.quant.dottedScales = true;
-            if (!ckpt.find(s.quant.scaleOf(name))) s.quant.dottedScales = false;
-            break;
-        }
     // every tensor the table expects is there with its shape, and every tensor is accounted for
     std::set<std::string> dtypes, expected;
     int64_t total = 0;
@@ -909,7 +915,7 @@ ModelSpec ModelSpec::fromCheckpoint(const Checkpoint& ckpt) {
                 t->file, x.name);
         if (t->dtype == DType::F8_E4M3) {
             checkScale(ckpt, s, *t);
-            expected.insert(s.quant.scaleOf(x.name));
+            expected.insert(Quantization::scaleOf(ckpt, x.name));
             ++s.quantizedTensors;
             if (checkActivationScale(ckpt, *t)) {
                 expected.insert(Quantization::activationScaleName(x.name));

@@ -406,14 +406,11 @@ struct Quantization {
     // the scale grid of an F8_E4M3 weight of this shape
     std::vector<int64_t> scaleShape(const std::vector<int64_t>& weight) const;
     static std::string scaleName(const std::string& weight) { return weight + "_scale_inv"; }
-    // the scale tensors' names: W_scale_inv beside W (transformers', DeepSeek-V3's), or, where the
-    // checkpoint holds them so (DeepSeek-V4 as released), NAME.scale beside NAME.weight
-    bool dottedScales = false;
-    std::string scaleOf(const std::string& weight) const {
-        if (dottedScales && weight.size() > 7 && weight.compare(weight.size() - 7, 7, ".weight") == 0)
-            return weight.substr(0, weight.size() - 7) + ".scale";
-        return scaleName(weight);
-    }
+    // The scale tensor of the F8_E4M3 weight `weight` in `ckpt`: W_scale_inv beside W (transformers',
+    // DeepSeek-V3's), else NAME.scale beside NAME.weight where the checkpoint holds that (DeepSeek-V4 as
+    // released), each weight on its own as transformers' FP8 quantizer renames them; W_scale_inv where
+    // neither is there (the missing tensor's name).
+    static std::string scaleOf(const Checkpoint& ckpt, const std::string& weight);
     // "mxfp4" (GPT-OSS): the tensors of the roles marked TensorRole::mxfp4
     static std::string mxfp4Blocks(const std::string& weight) { return weight + "_blocks"; }
     static std::string mxfp4Scales(const std::string& weight) { return weight + "_scales"; }

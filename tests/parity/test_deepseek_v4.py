@@ -147,6 +147,8 @@ CLASS_READS = [
     lambda c: c["rope_parameters"]["compress"].update(truncate=False),
     # a nested YaRN entry without its base and partial factor: the config's rope_theta and partial factor
     lambda c: [c["rope_parameters"]["compress"].pop(k) for k in ("rope_theta", "partial_rotary_factor")],
+    # nested default entries without a base: the config's rope_theta (partial factors as saved)
+    lambda c: [c["rope_parameters"][k].pop("rope_theta") for k in ("main", "compress")] and c.update(rope_theta=5e4),
     # the attribute_map's aliases win over the names they stand for
     lambda c: c.update(num_local_experts=8, n_routed_experts=16, intermediate_size=24, moe_intermediate_size=7),
     # keys the class does not read: num_key_value_heads, norm_topk_prob (it always renormalises),
@@ -210,6 +212,9 @@ BAD_CONFIGS = [
     (lambda c: c["rope_parameters"]["compress"].update(rope_type=None), ["rope_parameters.compress.rope_type",
                                                                          "expected a string"]),
     (lambda c: edited(_flat_rope(c), compress_rope_theta=0.5), ["compress_rope_theta"]),
+    (lambda c: edited(_flat_rope(c), rope_theta=1.0), ["rope_theta", "between 1 and 1e12"]),
+    (lambda c: [c["rope_parameters"]["main"].pop("partial_rotary_factor"), c.pop("partial_rotary_factor")],
+     ["rope_parameters.main", "no partial_rotary_factor beside a YaRN entry"]),
     (lambda c: edited(c, compress_rate_csa=0), ["compress_rate_csa"]),
     (lambda c: edited(_flat_rope(c), partial_rotary_factor=None, qk_rope_head_dim=64), ["qk_rope_head_dim"]),
 ]
@@ -468,4 +473,4 @@ def test_released_fp8_weights(cli, build_fixture, tmp_path):
     # a scale missing is refused naming it
     d = fixtures.copy_checkpoint(dirs["fp8"], str(tmp_path / "noscale"), None,
                                  lambda s: s.pop("layers.2.attn.wo_a.scale"))
-    assert_info_refuses(cli, d, ["layers.2.attn.wo_a.scale", "missing scale tensor"], file="noscale")
+    assert_info_refuses(cli, d, ["missing scale tensor", "nor layers.2.attn.wo_a.scale"], file="noscale")

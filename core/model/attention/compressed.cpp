@@ -171,12 +171,16 @@ Tensor Model::Impl::compressedAttention(const LayerWeights& w, const Tensor& x, 
         if (window > 0) ok = ok.logical_and(j > i - window);
         Tensor k = kv.narrow(1, lo, hi - lo);
         if (entries.defined()) {
-            ok = torch::cat({ok, seenBy(r0, n)}, 1);
-            k = torch::cat({k, entries.unsqueeze(0)}, 1);
+            // (past kBandFrom, only the entries complete by the block's last query: the others are masked)
+            const int64_t wb = T <= kBandFrom ? W : std::min<int64_t>(W, (r0 + n) / m);
+            ok = torch::cat({ok, seenBy(r0, n).narrow(1, 0, wb)}, 1);
+            k = torch::cat({k, entries.narrow(0, 0, wb).unsqueeze(0)}, 1);
         }
-        // (transformers' repeat_kv: the one key/value head for every query head; the keys are the values)
-        k = k.expand({H, k.size(1), D}).contiguous();
-        const Tensor qk = torch::matmul(q.narrow(1, r0, n), k.transpose(1, 2));  // [H, n, keys]
+        // one block: transformers' repeat_kv, the one key/value head copied for every query head (the
+        // keys are the values), and its batched products; past kBandFrom the head's keys [keys, D] are
+        // shared by a plain product, nothing copied per head
+        k = T <= kBandFrom ? k.expand({H, k.size(1), D}).contiguous() : k.squeeze(0);
+        const Tensor qk = torch::matmul(q.narrow(1, r0, n), k.transpose(-1, -2));  // [H, n, keys]
         Tensor c = (qk * scale).masked_fill(ok.logical_not(), -kInf).to(torch::kFloat);
         c = torch::cat({c, sinks.expand({H, n, 1})}, -1);
         c = c - std::get<0>(c.max(-1, true));

@@ -114,6 +114,8 @@ void configure(ModelSpec& s, const Config& c) {
     }
     const double theta = c.optDoubleIn("rope_theta", 10000.0, 1.0, 1e12);
     const double compressTheta = c.optDoubleIn("compress_rope_theta", 160000.0, 1.0, 1e12);
+    if (theta <= 1.0) c.fail("rope_theta", "must be between 1 and 1e12");
+    if (compressTheta <= 1.0) c.fail("compress_rope_theta", "must be between 1 and 1e12");
     const std::string key = ropeDictKey(c);
     json dict = key.empty() ? json::object() : c.raw()[key];
     json main, comp;
@@ -124,13 +126,21 @@ void configure(ModelSpec& s, const Config& c) {
         comp = dict["compress"];
         mainAt = key + ".main";
         compAt = key + ".compress";
-        // transformers fills a non-default (YaRN) entry's missing base and partial factor from the
-        // config's; a default entry without a partial factor turns the whole head
-        for (auto [d, at] : {std::pair<json*, std::string>{&main, mainAt}, {&comp, compAt}})
-            if (ropeType(c, *d, at) != "default") {
-                if (!d->contains("partial_rotary_factor")) (*d)["partial_rotary_factor"] = partial;
-                if (!d->contains("rope_theta")) (*d)["rope_theta"] = theta;
-            }
+        // transformers writes the config's rope_theta into every entry that has none, and its
+        // partial factor where config.json gives one at the top level or an entry is not default
+        // (its YaRN computation fills every entry); a default entry left without one turns the whole
+        // head, and where that is the main entry beside a YaRN one transformers fails to build the model
+        const bool mainYarn = ropeType(c, main, mainAt) != "default", compYarn = ropeType(c, comp, compAt) != "default";
+        const bool yarnEntry = mainYarn || compYarn, topPartial = c.has("partial_rotary_factor");
+        if (!main.contains("partial_rotary_factor") && !topPartial && !mainYarn && compYarn && partial != 1.0)
+            c.fail(mainAt,
+                   "has no partial_rotary_factor beside a YaRN entry (transformers cannot build this "
+                   "model: give main its partial_rotary_factor)");
+        for (json* d : {&main, &comp}) {
+            if (!d->contains("rope_theta")) (*d)["rope_theta"] = theta;
+            if (!d->contains("partial_rotary_factor") && (topPartial || yarnEntry))
+                (*d)["partial_rotary_factor"] = partial;
+        }
     } else {
         dict.erase("main");
         dict.erase("compress");
