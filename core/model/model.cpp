@@ -551,6 +551,7 @@ Model::Impl::State Model::Impl::start(const std::vector<std::vector<int64_t>>& p
     const auto ropeDtype = spec.attn.ropeInFloat32 ? torch::kFloat : dtype;
     for (auto& p : prompts) {
         Tensor ids = torch::tensor(p, torch::kLong).to(device);
+        st.ids.push_back(ids);
         if (spec.encoder) {
             // BERT: (word + token type 0) + learned position, then LayerNorm, in HF's order
             const int64_t T = static_cast<int64_t>(p.size());
@@ -567,7 +568,6 @@ Model::Impl::State Model::Impl::start(const std::vector<std::vector<int64_t>>& p
         // (hyper-connections: every stream starts as the embeddings)
         if (spec.hcMult > 0) h = h.unsqueeze(1).expand({h.size(0), spec.hcMult, h.size(1)}).contiguous();
         st.h.push_back(h);
-        st.ids.push_back(ids);
         Tensor pos = torch::arange(static_cast<int64_t>(p.size()), devOpts.dtype(torch::kLong)).to(torch::kFloat);
         for (size_t t = 0; t < extraFreqs.size(); ++t) {
             const Tensor f = pos.unsqueeze(1) * extraFreqs[t].unsqueeze(0), e = torch::cat({f, f}, -1);
@@ -608,33 +608,24 @@ void Model::Impl::step(int l, State& st, bool allExperts, const Tap& tap, const 
                 if (tap) tap(p, x, nullptr);
                 return ffn(x, w.mlp);
             }
-            auto m = moe(w, x, allExperts, keepChosen, {}, interventionOf(p));
+            // (the token ids choose a hash-routed layer's experts: DeepSeek-V4's)
+            auto m = moe(w, x, allExperts, keepChosen, {}, interventionOf(p), st.ids[p]);
             if (tap) tap(p, x, &m);
             return m.y;
         };
+        const LayerSpec& L = spec.layers[l];
+        const int table = L.ropeTable;  // the layer type's RoPE table (Gemma 4, DeepSeek-V4's compressed layers)
+        const Tensor& cos = table == 0 ? st.cos[p] : st.cosX[table - 1][p];
+        const Tensor& sin = table == 0 ? st.sin[p] : st.sinX[table - 1][p];
         if (spec.hcMult > 0) {  // DeepSeek-V4: each block between the hyper-connections' maps of the streams
-            const LayerSpec& L = spec.layers[l];
             Tensor& h = st.h[p];
             const double eps = spec.blockEps();
             HcMaps hm = hcMaps(h, w.hcAttnFn, w.hcAttnBase, w.hcAttnScale);
-            const int table = L.ropeTable;
-            h = hcJoin(
-                hm,
-                compressedAttention(w, norm(hm.input, w.inNorm, eps), table == 0 ? st.cos[p] : st.cosX[table - 1][p],
-                                    table == 0 ? st.sin[p] : st.sinX[table - 1][p], st.cosX[0][p], st.sinX[0][p], L),
-                h);
+            h = hcJoin(hm,
+                       compressedAttention(w, norm(hm.input, w.inNorm, eps), cos, sin, st.cosX[0][p], st.sinX[0][p], L),
+                       h);
             hm = hcMaps(h, w.hcFfnFn, w.hcFfnBase, w.hcFfnScale);
-            const Tensor x = norm(hm.input, w.postNorm, eps);
-            Tensor y;
-            if (!isMoe) {
-                if (tap) tap(p, x, nullptr);
-                y = ffn(x, w.mlp);
-            } else {
-                auto m = moe(w, x, allExperts, keepChosen, {}, interventionOf(p), st.ids[p]);
-                if (tap) tap(p, x, &m);
-                y = m.y;
-            }
-            h = hcJoin(hm, y, h);
+            h = hcJoin(hm, mlpOut(norm(hm.input, w.postNorm, eps)), h);
             continue;
         }
         if (spec.encoder) {  // post-LN: LN(h + attn(h)), then LN(h + ffn(h))
@@ -669,15 +660,11 @@ void Model::Impl::step(int l, State& st, bool allExperts, const Tap& tap, const 
             st.h[p] = st.h[p] + a + mlpOut(x);
             continue;
         }
-        const LayerSpec& L = spec.layers[l];
         // (a block of one part, Nemotron-H's: that part on the block's one norm)
         const Tensor& ffnNorm = L.hasMixer() ? w.postNorm : w.inNorm;
         const Tensor& ffnNormB = L.hasMixer() ? w.postNormB : w.inNormB;
         Tensor x;
         if (L.hasMixer()) x = in(w.inNorm, w.inNormB);
-        const int table = L.ropeTable;  // the layer type's RoPE table (Gemma 4)
-        const Tensor& cos = table == 0 ? st.cos[p] : st.cosX[table - 1][p];
-        const Tensor& sin = table == 0 ? st.sin[p] : st.sinX[table - 1][p];
         if (L.hasMixer() && spec.attn.isMoa()) {
             MoeOut a = moaAttention(w, x, st.cos[p], st.sin[p], allExperts);
             if (attnTap) attnTap(p, x, &a);
