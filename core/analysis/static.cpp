@@ -43,8 +43,10 @@ struct Mat {
     const ScaleGrid* scale = nullptr;
     int64_t rowStride = 0, colStride = 1;
     bool flipped = false;
-    // MXFP4 (GPT-OSS's experts): t holds the blocks, these the scale bytes; decoded a tile of rows
-    // at a time, never as a copy of the layer
+    // MXFP4 (GPT-OSS's experts), or FP4 experts (DeepSeek-V4's I8 codes with F8_E8M0 scales, the
+    // same layout): t holds the blocks, these the scale bytes; decoded a tile of rows at a time,
+    // never as a copy of the layer (a scale byte 255 as mxfp4Row decodes it: inf, where
+    // transformers' FP4 dequantization and the forward give NaN; no released checkpoint has one)
     const TensorView* mxfp4Scales = nullptr;
     // packed integers (compressed-tensors: Kimi K2.5's experts): t holds the I32 words, these the
     // scales of groups of intGroup values; `offset` counts values (a whole weight: 0); decoded by
@@ -292,6 +294,14 @@ LayerMats layerMats(const Checkpoint& ck, const ModelSpec& s, const Reference* r
             Mat x{&use(ck, Quantization::mxfp4Blocks(m.tensor)), (e * b + first) * a, m.rows, m.cols, neuronRows};
             x.rowStride = m.rowStride * a;
             x.mxfp4Scales = &use(ck, Quantization::mxfp4Scales(m.tensor));
+            return x;
+        }
+        if (const TensorView* codes = ck.find(m.tensor); codes && codes->dtype == DType::I8) {
+            // FP4 experts (fp8's expert_dtype "fp4"): codes and F8_E8M0 scales laid out as MXFP4's
+            // blocks and scales, rows of whole blocks of 32 (checked by the spec), decoded alike
+            if (!m.contiguous()) throw Error("FP4 experts are read by their stored rows", codes->file, m.tensor);
+            Mat x{&use(ck, m.tensor), m.offset, m.rows, m.cols, neuronRows};
+            x.mxfp4Scales = &use(ck, Quantization::scaleOf(ck, m.tensor));
             return x;
         }
         if (s.quant.packedInts() && !ck.find(m.tensor)) {

@@ -39,6 +39,8 @@ const char* dtypeName(DType d) {
             return "U8";
         case DType::I32:
             return "I32";
+        case DType::I8:
+            return "I8";
     }
     return "?";
 }
@@ -120,6 +122,7 @@ size_t dtypeSize(DType d) {
         case DType::F8_E4M3:
         case DType::F8_E8M0:
         case DType::U8:
+        case DType::I8:
             return 1;
     }
     return 1;
@@ -242,8 +245,9 @@ void SafetensorsFile::parse() {
         else if (dt == "F8_E8M0") v.dtype = DType::F8_E8M0;
         else if (dt == "U8") v.dtype = DType::U8;    // MXFP4 blocks and scales
         else if (dt == "I32") v.dtype = DType::I32;  // packed integers (compressed-tensors), their shapes
+        else if (dt == "I8") v.dtype = DType::I8;    // FP4 experts, two E2M1 codes a byte (DeepSeek-V4)
         else
-            throw Error("unsupported dtype " + dt + " (supported: F32, F16, BF16, F8_E4M3, F8_E8M0, U8, I32, I64)",
+            throw Error("unsupported dtype " + dt + " (supported: F32, F16, BF16, F8_E4M3, F8_E8M0, U8, I8, I32, I64)",
                         path_, name);
         uint64_t numel = 1;
         for (const auto& s : t["shape"]) {

@@ -14,8 +14,10 @@ namespace es {
 // I64 holds index buffers only (BERT's embeddings.position_ids); weights are F32, F16 or BF16,
 // or F8_E4M3 with a scale tensor (F32, BF16 or F8_E8M0: power-of-two exponents) beside them, or
 // MXFP4 blocks with their scales, both U8 (GPT-OSS's experts), or integers packed into I32 words
-// with their scales (compressed-tensors' pack-quantized: Kimi K2.5's experts).
-enum class DType { F32, F16, BF16, I64, F8_E4M3, F8_E8M0, U8, I32 };
+// with their scales (compressed-tensors' pack-quantized: Kimi K2.5's experts), or FP4 experts
+// stored as I8, two E2M1 codes a byte with an F8_E8M0 scale per 32 values (DeepSeek-V4 as
+// released: fp8's expert_dtype "fp4"; decoded as mxfp4Row decodes a row).
+enum class DType { F32, F16, BF16, I64, F8_E4M3, F8_E8M0, U8, I32, I8 };
 const char* dtypeName(DType d);
 size_t dtypeSize(DType d);
 // An F8_E8M0 scale byte (OCP MX): 2^(e - 127), 255 being NaN. The one decoding of these scales,

@@ -189,6 +189,10 @@ std::unique_ptr<Model> Model::load(std::shared_ptr<Checkpoint> ckpt, const Model
                 need += 2 * static_cast<uint64_t>(t->numel()) * elem;
             continue;
         }
+        if (t->dtype == DType::I8) {  // FP4 expert codes: two values a byte
+            need += 2 * static_cast<uint64_t>(t->numel()) * elem;
+            continue;
+        }
         if (t->dtype == DType::I32) {  // packed integers decode to 32 / bits values a word (their shapes to none)
             if (name.size() > 7 && name.compare(name.size() - 7, 7, "_packed") == 0 && spec.quant.packedInts())
                 need += static_cast<uint64_t>(32 / spec.quant.intBits) * static_cast<uint64_t>(t->numel()) * elem;

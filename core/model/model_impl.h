@@ -38,6 +38,8 @@ inline torch::ScalarType storageType(DType d) {
             return torch::kByte;  // MXFP4 blocks and scales, decoded by loadMxfp4
         case DType::I32:
             return torch::kInt;  // packed integers, decoded by unpackedInts
+        case DType::I8:
+            return torch::kChar;  // FP4 codes, two a byte, decoded by dequantized
     }
     return torch::kFloat;
 }
@@ -524,18 +526,33 @@ struct Model::Impl {
         if (spec.quant.packedInts() && !ckpt->find(name)) return unpackedInts(name, dtype);
         const TensorView& v = ckpt->get(name);
         Tensor t = viewOf(v);
-        if (v.dtype == DType::F8_E4M3) t = dequantized(name, t);
+        if (v.dtype == DType::F8_E4M3 || v.dtype == DType::I8) t = dequantized(name, t);
         else if (!(device.is_cpu() && t.scalar_type() == dtype)) t = toDevice(t, device).to(dtype);
         checkFinite(name, t);
         return t;
     }
-    // An F8_E4M3 weight times its scales (spec.h's Quantization), on the device, in float32
-    // before the cast to the compute dtype: the reference is the dequantized model.
+    // An F8_E4M3 weight, or FP4 expert codes (I8, two a byte), times its scales (spec.h's
+    // Quantization), on the device, in float32 before the cast to the compute dtype: the reference
+    // is the dequantized model.
     Tensor dequantized(const std::string& name, const Tensor& w8) const { return dequantized(name, w8, dtype); }
     Tensor dequantized(const std::string& name, const Tensor& w8, torch::ScalarType to) const {
         const TensorView& sv = ckpt->get(Quantization::scaleOf(*ckpt, name));
         Tensor sc = viewOf(sv).to(device);
         sc = sv.dtype == DType::F8_E8M0 ? fp8Scale(sc) : sc.to(torch::kFloat);
+        if (w8.scalar_type() == torch::kChar) {  // FP4 codes: a scale per 32 values of a row (checked)
+            auto matrix = [&](const Tensor& codes, const Tensor& s) {
+                return (fp4Values(toDevice(codes, device)) * s.repeat_interleave(Quantization::kFp4Block, -1)).to(to);
+            };
+            if (w8.dim() == 2) return matrix(w8, sc);
+            // a stack one matrix at a time: decoding takes 16 bytes of indices a byte of codes
+            const int64_t R = w8.size(-2), C = w8.size(-1);
+            const Tensor codes = w8.reshape({-1, R, C}), scales = sc.reshape({-1, R, sc.size(-1)});
+            Tensor out = torch::empty({codes.size(0), R, 2 * C}, torch::TensorOptions().dtype(to).device(device));
+            for (int64_t e = 0; e < codes.size(0); ++e) out[e].copy_(matrix(codes[e], scales[e]));
+            std::vector<int64_t> shape = w8.sizes().vec();
+            shape.back() *= 2;
+            return out.view(shape);
+        }
         Tensor w = toDevice(w8, device).to(torch::kFloat);
         const auto [br, bc] = spec.quant.blockOf(w.sizes().vec(), sv.shape);
         if (br > 0) {
@@ -560,6 +577,16 @@ struct Model::Impl {
         const Tensor w = dequantizedInts(b, toDevice(viewOf(sv), device), spec.quant.intBits).to(to);
         checkFinite(name, w);
         return w;
+    }
+    // FP4 codes [.., C / 2] (I8, value 2i in byte i's low nibble, 2i + 1 in its high one) as the
+    // float32 E2M1 values [.., C] (the checkpoint's table, kFp4E2M1)
+    static Tensor fp4Values(const Tensor& codes) {
+        const Tensor lut = torch::from_blob(const_cast<float*>(kFp4E2M1), {16}, torch::kFloat).to(codes.device());
+        const Tensor b = codes.view(torch::kByte);
+        auto value = [&](const Tensor& c) { return lut.index_select(0, c.to(torch::kLong).reshape({-1})); };
+        std::vector<int64_t> shape = codes.sizes().vec();
+        shape.back() *= 2;
+        return torch::stack({value(b.bitwise_and(15)), value(torch::bitwise_right_shift(b, 4))}, 1).view(shape);
     }
     // E8M0 scales through the checkpoint's one decoding (e8m0ToFloat), as a 256-entry table.
     static Tensor fp8Scale(const Tensor& e) {

@@ -489,9 +489,17 @@ Quantization compressedTensors(const JsonIn& qc, Quantization q) {
     return q;
 }
 
-// quantization_config: "fp8" with an optional weight_block_size [rows, cols]; any other method
-// is named as not supported rather than read as plain weights.
-Quantization quantization(const Config& c) {
+// fp8's expert_dtype, as FineGrainedFP8Config checks it: "fp8" (the default) or "fp4".
+bool fp4Experts(const JsonIn& v) {
+    if (v.str() != "fp8" && v.str() != "fp4")
+        v.fail("expert_dtype '" + v.str() + "' is not supported (supported: fp8, fp4)");
+    return v.str() == "fp4";
+}
+
+// quantization_config: "fp8" with an optional weight_block_size [rows, cols] and expert_dtype
+// (with expertDtypeAtTop, a top-level expert_dtype where it has none); any other method is named as
+// not supported rather than read as plain weights.
+Quantization quantization(const Config& c, bool expertDtypeAtTop = false) {
     Quantization q;
     const JsonIn qc = c.in()["quantization_config"];
     if (qc.isNull()) return q;
@@ -512,6 +520,10 @@ Quantization quantization(const Config& c) {
     // "e4m3" (DeepSeek-V3, Qwen3-FP8) or torch's name of the same type (MiniMax-M2)
     if (!fmt.isNull() && fmt.str() != "e4m3" && fmt.str() != "float8_e4m3fn")
         fmt.fail("fmt '" + fmt.str() + "' is not supported (supported: e4m3, float8_e4m3fn)");
+    // (null in quantization_config is refused as FineGrainedFP8Config refuses it; at the top level,
+    // DeepseekV4Config moves none)
+    if (qc.raw().contains("expert_dtype")) q.fp4Experts = fp4Experts(qc["expert_dtype"]);
+    else if (expertDtypeAtTop && c.in().has("expert_dtype")) q.fp4Experts = fp4Experts(c.in().at("expert_dtype"));
     const JsonIn block = qc["weight_block_size"];
     if (block.isNull()) return q;
     const auto sizes = block.elements();
@@ -528,7 +540,7 @@ ModelSpec configured(const Config& c, const Family*& fam) {
     s.modelType = modelTypeOf(c);
     s.family = fam->name;
     fam->configure(s, c);
-    s.quant = quantization(c);
+    s.quant = quantization(c, s.expertDtypeAtTop);
     if (s.quant.method.empty() && !s.textModelType.empty()) {  // a container's text model quantized alone
         std::string at = "/" + s.textConfigPath;               // the dotted path as a JSON pointer
         std::replace(at.begin(), at.end(), '.', '/');
@@ -651,6 +663,16 @@ std::string Quantization::scaleOf(const Checkpoint& ckpt, const std::string& wei
 
 namespace {
 
+// The scale tensor of a quantized weight (scaleOf's name), or an error naming both names it may have.
+const TensorView& scaleTensor(const Checkpoint& ckpt, const TensorView& w, const std::string& kind) {
+    const std::string name = Quantization::scaleOf(ckpt, w.name);
+    if (const TensorView* sc = ckpt.find(name)) return *sc;
+    const bool stem = w.name.size() > 7 && w.name.compare(w.name.size() - 7, 7, ".weight") == 0;
+    throw Error("missing scale tensor of the " + kind + " weight " + w.name +
+                    (stem ? " (neither " + name + " nor " + w.name.substr(0, w.name.size() - 7) + ".scale)" : ""),
+                ckpt.path(), name);
+}
+
 // An F8_E4M3 weight: the config says fp8, the weight is a matrix (or a stack of them), and its
 // scale tensor is there with the grid the block size gives.
 void checkScale(const Checkpoint& ckpt, const ModelSpec& s, const TensorView& w) {
@@ -660,13 +682,7 @@ void checkScale(const Checkpoint& ckpt, const ModelSpec& s, const TensorView& w)
     if (w.shape.size() < 2)
         throw Error("an F8_E4M3 tensor must be a matrix (norms and biases are not quantized)", w.file, w.name);
     const std::string name = Quantization::scaleOf(ckpt, w.name);
-    const TensorView* sc = ckpt.find(name);
-    if (!sc) {
-        const bool stem = w.name.size() > 7 && w.name.compare(w.name.size() - 7, 7, ".weight") == 0;
-        throw Error("missing scale tensor of the F8_E4M3 weight " + w.name +
-                        (stem ? " (neither " + name + " nor " + w.name.substr(0, w.name.size() - 7) + ".scale)" : ""),
-                    ckpt.path(), name);
-    }
+    const TensorView* sc = &scaleTensor(ckpt, w, "F8_E4M3");
     if (sc->dtype != DType::F32 && sc->dtype != DType::BF16 && sc->dtype != DType::F8_E8M0)
         throw Error(std::string("scale dtype ") + dtypeName(sc->dtype) + " is not F32, BF16 or F8_E8M0", sc->file,
                     name);
@@ -725,6 +741,44 @@ void resolveTransposed(const Checkpoint& ckpt, ModelSpec& s) {
                 std::swap(x.shape[1], x.shape[2]);
             }
     }
+}
+
+// An FP4 expert weight (fp8's expert_dtype "fp4"): a routed expert's matrix, or stack, of the
+// table's shape [.., R, C] stored as I8 [.., R, C / 2] (C whole blocks of 32 values) with its
+// F8_E8M0 scales [.., R, C / 32] under scaleOf's name, checked before anything is decoded.
+void checkFp4(const Checkpoint& ckpt, const ModelSpec& s, const ModelSpec::Expected& x, const TensorView& w) {
+    if (s.quant.method != "fp8" || !s.quant.fp4Experts)
+        throw Error(
+            "an I8 weight (FP4 codes, two a byte), but config.json has no quantization_config with quant_method "
+            "fp8 and expert_dtype fp4",
+            w.file, w.name);
+    if (x.kind != ModelSpec::Expected::Weight ||
+        (x.role != Role::ExpertGate && x.role != Role::ExpertUp && x.role != Role::ExpertDown))
+        throw Error(std::string("an I8 weight: FP4 is read for the routed experts' weights only (expert_dtype fp4), "
+                                "not for the ") +
+                        roleName(x.role),
+                    w.file, w.name);
+    const int64_t block = Quantization::kFp4Block, cols = x.shape.back();
+    if (cols % block != 0)
+        throw Error("an I8 weight of the config's " + shapeStr(x.shape) + ": FP4 experts' rows are whole blocks of " +
+                        std::to_string(block) + " values",
+                    w.file, w.name);
+    std::vector<int64_t> codes = x.shape, grid = x.shape;
+    codes.back() = cols / 2;
+    grid.back() = cols / block;
+    if (w.shape != codes)
+        throw Error("shape " + shapeStr(w.shape) + " does not match the config's " + shapeStr(x.shape) +
+                        " stored as FP4 (two values a byte): " + shapeStr(codes),
+                    w.file, w.name);
+    const std::string name = Quantization::scaleOf(ckpt, w.name);
+    const TensorView* sc = &scaleTensor(ckpt, w, "FP4");
+    if (sc->dtype != DType::F8_E8M0)
+        throw Error(std::string("scale dtype ") + dtypeName(sc->dtype) + ": FP4 experts' scales are F8_E8M0", sc->file,
+                    name);
+    if (sc->shape != grid)
+        throw Error("scale shape " + shapeStr(sc->shape) + " does not match: one scale per " + std::to_string(block) +
+                        " values of " + shapeStr(x.shape) + " is " + shapeStr(grid),
+                    sc->file, name);
 }
 
 // quant_method "mxfp4": the family marked the tensors it stores so (GPT-OSS's experts), whose
@@ -891,6 +945,15 @@ ModelSpec ModelSpec::fromCheckpoint(const Checkpoint& ckpt) {
                 throw Error("missing tensor (the config does not tie the head to the embeddings)", ckpt.path(), x.name);
             throw Error("missing tensor expected by the " + s.family + " family (" + roleName(x.role) + ")",
                         ckpt.path(), x.name);
+        }
+        if (t->dtype == DType::I8) {  // FP4 experts: two values a byte, a scale per 32
+            checkFp4(ckpt, s, x, *t);
+            expected.insert(Quantization::scaleOf(ckpt, x.name));
+            ++s.quantizedTensors;
+            ++s.fp4Tensors;
+            dtypes.insert("FP4");
+            total += 2 * t->numel();
+            continue;
         }
         if (t->shape != x.shape)
             throw Error("shape " + shapeStr(t->shape) + " does not match the config's " + shapeStr(x.shape), t->file,

@@ -395,6 +395,12 @@ struct Quantization {
     std::string method;            // "" (none), "fp8", "mxfp4" or "compressed-tensors"
     std::string activationScheme;  // "dynamic", "static" or "" (not given)
     int64_t blockRows = 0, blockCols = 0;
+    // fp8's expert_dtype "fp4" (DeepSeek-V4 as released): the routed experts' weights may be I8 [R,
+    // C / 2], two E2M1 codes a byte (low nibble first), with F8_E8M0 scales [R, C / 32] beside them
+    // under scaleOf's name, dequantized as transformers' Fp8Dequantize does (code times 2^(s - 127)
+    // in float32, then the compute dtype); weight_block_size is the other weights'
+    bool fp4Experts = false;
+    static constexpr int64_t kFp4Block = 32;  // values a scale covers, along a row
     bool blockwise() const { return blockRows > 0; }
     // The block of `scale` over the matrices of `weight`: weight_block_size's, else the even tiling
     // the scale's grid gives; {0, 0} for one scale over the whole tensor. The shapes are checked
@@ -481,7 +487,8 @@ struct ModelSpec {
     std::string dtype;  // storage dtype of the weights ("BF16", "F32", ... or "mixed")
     Quantization quant;
     int64_t mtpLayers = 0;         // multi-token-prediction layers stored after the last one (left out)
-    int64_t quantizedTensors = 0;  // F8_E4M3 weights (with their scales), MXFP4 stacks, packed integers
+    int64_t quantizedTensors = 0;  // F8_E4M3 weights (with their scales), MXFP4 stacks, packed integers, FP4
+    int64_t fp4Tensors = 0;        // ... of which FP4 expert weights (fp8's expert_dtype "fp4")
     int64_t activationScales = 0;  // static activation scales beside them (left out)
     int64_t totalParams = 0, activeParams = 0;
 
@@ -562,6 +569,9 @@ struct ModelSpec {
     // why the model does not run in float16 (transformers cannot: DeepSeek-V4's float32 compressor
     // projections meet float16 activations); empty: it does
     std::string float16Refusal;
+    // DeepSeek-V4: a top-level expert_dtype moves into quantization_config when that has none
+    // (DeepseekV4Config), where FineGrainedFP8Config reads it (Quantization::fp4Experts)
+    bool expertDtypeAtTop = false;
 
     // Packed experts that may be stored transposed ([E, d, 2F] and [E, F, d], Qwen3-VL-MoE as
     // released): transformers transposes a stored tensor whose shape is not the model's

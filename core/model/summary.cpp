@@ -123,14 +123,20 @@ std::vector<SummaryRow> describeModel(const ModelSpec& s, const Checkpoint& ckpt
                                                           " static activation scales left out (not part of the "
                                                           "dequantized model)"
                                                     : "";
+        const int64_t f8 = s.quantizedTensors - s.fp4Tensors;
+        const std::string fp4 = s.fp4Tensors ? ", " + std::to_string(s.fp4Tensors) +
+                                                   " FP4 expert weights (E2M1 values, a power-of-two scale per 32)"
+                                             : "";
         rows.push_back(
             {"Quantization",
-             q.method + ": " + std::to_string(s.quantizedTensors) + " F8_E4M3 weights, " + blocks +
+             q.method + ": " + std::to_string(f8) + " F8_E4M3 weights, " + blocks + fp4 +
                  "; dequantized per layer to the compute dtype" + acts,
              {{"quantization", oj{{"method", q.method},
                                   {"weight_block_size", q.blockwise() ? oj::array({q.blockRows, q.blockCols}) : oj()},
                                   {"activation_scheme", q.activationScheme.empty() ? oj() : oj(q.activationScheme)},
+                                  {"expert_dtype", q.fp4Experts ? "fp4" : "fp8"},
                                   {"quantized_tensors", s.quantizedTensors},
+                                  {"fp4_tensors", s.fp4Tensors},
                                   {"activation_scales", s.activationScales}}}}});
     }
     rows.push_back({"Parameters",

@@ -167,10 +167,10 @@ tests() {
 }
 has parity && tests parity 240 parity tests/parity -k "$SELECT"
 # -- the static analyses on the device: the pass over the weights (S1, S2, S6, S7's products) on it,
-# every layout the tests have (bf16, x @ W, FP8 block scales, MXFP4 decoded there), against the
-# host kernels
+# every layout the tests have (bf16, x @ W, FP8 block scales, MXFP4 and DeepSeek-V4's FP4 decoded
+# there), against the host kernels
 has static && tests static 150 "static on $DEV" tests/analysis/test_analyses.py tests/parity/test_gpt_oss.py \
-    -k "static_on_device"
+    tests/parity/test_deepseek_v4.py -k "static_on_device"
 
 # -- benchmarks on the device ---------------------------------------------------------------------
 if [ "$MODE" = gpu ]; then

@@ -14,11 +14,12 @@ cannot run it; the interventions and expert importance a hash-routed layer allow
 """
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
 
-from conftest import assert_info_refuses, assert_s1_is, require, run_cli
+from conftest import assert_info_refuses, assert_s1_is, assert_same_analyses, require, run_cli
 import fixtures
 from fixtures import edited
 from test_parity import (analyze_all, assert_f32_and_bf16_match_hf, assert_logits_match_hf,
@@ -202,7 +203,10 @@ BAD_CONFIGS = [
     (lambda c: c.update(hc_sinkhorn_iters=-1), ["hc_sinkhorn_iters"]),
     (lambda c: c.update(swiglu_limit=0), ["swiglu_limit"]),
     (lambda c: c.update(hidden_act="gelu"), ["hidden_act", "SwiGLU"]),
-    (lambda c: c.update(expert_dtype="fp4"), ["expert_dtype", "FP4 experts"]),
+    (lambda c: c.update(expert_dtype="fp6", quantization_config={"quant_method": "fp8"}),
+     ["expert_dtype", "'fp6'", "supported: fp8, fp4"]),
+    (lambda c: c.update(quantization_config={"quant_method": "fp8", "expert_dtype": "int4"}),
+     ["quantization_config.expert_dtype", "'int4'"]),
     (lambda c: c.update(sliding_window=0), ["sliding_window"]),
     (lambda c: c.update(mlp_layer_types=[]), ["mlp_layer_types", "0 entries for 4 layers"]),
     (lambda c: c["rope_parameters"]["compress"].update(rope_type="llama3", factor=8.0, low_freq_factor=1.0,
@@ -376,7 +380,8 @@ def _shrunk(cfg):
     compression of 4 and 128, the legacy rope_scaling ("type": "yarn", factor 16 from 65536 positions) and
     compress_rope_theta, the keys the class does not read (topk_method, norm_topk_prob, n_shared_experts,
     num_key_value_heads, the dspark_* keys). The quantization keys describe how a checkpoint stores its
-    weights; these are stored unquantized, so they go (test_published_quantization_keys)."""
+    weights; these are stored unquantized, so they go (test_published_quantization_opens_and_matches_hf puts
+    them back on a quantized copy)."""
     heads = 16 if cfg["o_groups"] == 16 else 8
     cfg.update(hidden_size=64, num_attention_heads=heads, head_dim=32, qk_rope_head_dim=4, q_lora_rank=16,
                o_lora_rank=8, index_n_heads=4, index_head_dim=8, moe_intermediate_size=16, num_hidden_layers=5)
@@ -408,20 +413,278 @@ def test_published_config_opens_and_matches_hf(cli, tmp_path, name):
 
 
 @pytest.mark.parametrize("name", sorted(PUBLISHED))
-def test_published_quantization_keys(cli, tmp_path, name):
-    """The published quantization keys on the shrunk checkpoint of unquantized weights: the FP8 ones
-    (block-scaled e4m3 with ue8m0 scales) are read, and the Base models' (expert_dtype fp8) open; the
-    others' FP4 experts (expert_dtype fp4) are refused by name, not read as something else."""
+def test_published_quantization_opens_and_matches_hf(cli, tmp_path, name):
+    """Each published config with its own quantization keys, on its shrunk checkpoint quantized as DeepSeek
+    releases it (_as_released: the layers' linear weights FP8 in 128 x 128 blocks with UE8M0 scales; the
+    routed experts FP4 where expert_dtype is fp4, V4-Flash's, -Pro's and -Flash-0731's, else FP8, the Base
+    models'; the experts 32 wide, FP4's block): info names what is stored, and the logits and routing are
+    float32 within rounding and bf16 bit for bit against transformers on the weights it dequantizes."""
     full = _published(name)
     cfg = _shrunk(dict(full))
-    _, d = fixtures.published_checkpoint("DeepseekV4Config", cfg, str(tmp_path / "ckpt"))
-    fixtures.edit_config(d, lambda c: c.update(quantization_config=full["quantization_config"],
-                                               expert_dtype=full["expert_dtype"]))
-    if full["expert_dtype"] == "fp4":
-        assert_info_refuses(cli, d, ["expert_dtype", "FP4 experts"])
-    else:
-        info = json.loads(run_cli(cli, "info", d, "--json").stdout)
-        assert info["quantization"]["method"] == "fp8" and info["quantization"]["weight_block_size"] == [128, 128]
+    cfg["moe_intermediate_size"] = 32
+    _, plain = fixtures.published_checkpoint("DeepseekV4Config", cfg, str(tmp_path / "plain"))
+    fp4 = full["expert_dtype"] == "fp4"
+    d = _write_released(plain, str(tmp_path / "ckpt"), [128, 128], fp4,
+                        lambda c: c.update(quantization_config=full["quantization_config"],
+                                           expert_dtype=full["expert_dtype"]))
+    info = json.loads(run_cli(cli, "info", d, "--json").stdout)
+    q = info["quantization"]
+    assert (q["method"], q["weight_block_size"], q["expert_dtype"]) == ("fp8", [128, 128], full["expert_dtype"])
+    experts = 3 * cfg["n_routed_experts"] * 5
+    assert q["fp4_tensors"] == (experts if fp4 else 0) and q["quantized_tensors"] > experts
+    _assert_matches_hf_dequantized(cli, d, str(tmp_path / "s.h5"))
+
+
+_E2M1 = [0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0]
+
+
+def _as_released(sd, block, fp4):
+    """A checkpoint's tensors (DeepSeek's released names) quantized as DeepSeek releases V4: the layers'
+    linear weights F8_E4M3 with UE8M0 scales per `block` named NAME.scale (the compressors' projections,
+    the indexer's head weights, the routers and norms unquantized, as in test_released_fp8_weights), and
+    with fp4 the routed experts' weights FP4 instead: I8 [R, C / 2], two E2M1 codes a byte (value 2i in
+    byte i's low nibble), with a UE8M0 scale per 32 values of a row [R, C / 32] (fixtures.quantize_mxfp4's
+    codes and exponents, whose nibble order and 32-value blocks are the same). Every FP8 weight is
+    whole blocks, or one block, in each dimension: transformers' loader derives the block from the scale
+    grid, so it then reads the same blocks."""
+    torch = require("torch")
+    out = {}
+    for k, v in sd.items():
+        if not (".layers." in "." + k and k.endswith(".weight") and "norm" not in k and not k.endswith(
+                "ffn.gate.weight") and ".compressor." not in k and "weights_proj" not in k):
+            out[k] = v
+            continue
+        stem = k[:-len(".weight")]
+        if fp4 and ".ffn.experts." in k:
+            codes, exps = fixtures.quantize_mxfp4(v.float())
+            out[k] = codes.reshape(v.shape[0], -1).view(torch.int8)
+            out[stem + ".scale"] = exps.view(torch.float8_e8m0fnu)
+            continue
+        assert all(n <= b or n % b == 0 for n, b in zip(v.shape, block)), (k, v.shape)
+        out[k], out[stem + ".scale"], _ = fixtures.quantize_fp8(v.float(), torch.float8_e8m0fnu, block)
+    return out
+
+
+def _write_released(src, dst, block, fp4, cfg_fn):
+    """src's save_pretrained checkpoint with DeepSeek's top-level names (_released), quantized (_as_released),
+    in dst with src's config.json edited by cfg_fn."""
+    from safetensors.torch import load_file, save_file
+    sd = load_file(os.path.join(src, "model.safetensors"))
+    _released(sd)
+    q = _as_released(sd, block, fp4)
+    os.makedirs(dst)
+    save_file({k: v.contiguous() for k, v in q.items()}, os.path.join(dst, "model.safetensors"),
+              metadata={"format": "pt"})
+    shutil.copy(os.path.join(src, "config.json"), dst)
+    fixtures.edit_config(dst, cfg_fn)
+    return dst
+
+
+def _dequantized(d, dst):
+    """The quantized checkpoint d as transformers dequantizes it, in float32, unquantized, into dst: each FP8
+    or FP4 weight through Fp8Dequantize._dequantize_one with its scales (NAME.scale beside NAME.weight, or
+    W_scale_inv beside W; the names and config otherwise d's, without the quantization keys)."""
+    torch = require("torch")
+    from safetensors.torch import load_file, save_file
+    from transformers.integrations.finegrained_fp8 import Fp8Dequantize
+    sd = load_file(os.path.join(d, "model.safetensors"))
+    deq, dq = {}, Fp8Dequantize(None)
+    for k, v in sd.items():
+        if k.endswith((".scale", "_scale_inv")):
+            continue
+        scale = sd.get(k + "_scale_inv", sd.get(k[:-len(".weight")] + ".scale") if k.endswith(".weight") else None)
+        deq[k] = v if scale is None else dq._dequantize_one(v, scale, torch.float32)
+    os.makedirs(dst)
+    save_file(deq, os.path.join(dst, "model.safetensors"), metadata={"format": "pt"})
+    shutil.copy(os.path.join(d, "config.json"), dst)
+    fixtures.edit_config(dst, lambda c: [c.pop("quantization_config"), c.pop("expert_dtype", None)])
+    return dst
+
+
+def _assert_matches_hf_dequantized(cli, d, out):
+    """d traced with every expert's output in float32 and bf16 against transformers' DeepseekV4ForCausalLM
+    on the weights its Fp8Dequantize decodes (_dequantized), loaded in each dtype: float32 within rounding,
+    bf16 bit for bit; bf16 layer-streamed equal to resident. (transformers cannot run the quantized files
+    themselves on a CPU: loaded with dequantize=True its quantizer keeps the compressors' projections in
+    float32, whose outputs then meet bf16 weights.)"""
+    _assert_matches_hf(cli, d, _dequantized(d, out + ".dequantized"), out)
+
+
+def _assert_matches_hf(cli, d, plain, out):
+    """_assert_matches_hf_dequantized's checks, with transformers on the unquantized checkpoint `plain`."""
+    torch = require("torch")
+    h5py = require("h5py")
+    from test_parity import assert_identical, compare
+    ref32 = fixtures.reference(fixtures.hf_from_pretrained(plain, torch.float32))
+    ref16 = fixtures.reference(fixtures.hf_from_pretrained(plain, torch.bfloat16))
+    trace(cli, d, out, "--all-experts", "--save-logits", "--run", "f32")
+    trace(cli, d, out, "--all-experts", "--save-logits", "--run", "bf16", "--dtype", "bfloat16")
+    trace(cli, d, out, "--save-logits", "--run", "streamed", "--dtype", "bfloat16", "--layer-streaming", "on")
+    with h5py.File(out, "r") as f:
+        compare(f["runs/f32"], ref32)
+        assert_identical(f["runs/bf16"], ref16)
+        assert_identical(f["runs/streamed"], ref16)
+
+
+@pytest.fixture(scope="module")
+def fp4_released(tmp_path_factory):
+    """deepseek_v4_all_types with experts 32 wide, as V4-Flash is released (_as_released: FP8 in 4 x 8 blocks,
+    FP4 experts with expert_dtype at the top level as published)."""
+    tmp = tmp_path_factory.mktemp("deepseek_v4_fp4")
+    plain = str(tmp / "plain")
+    fixtures.build_model("deepseek_v4_all_types", moe_intermediate_size=32).save_pretrained(plain)
+    d = _write_released(plain, str(tmp / "fp4"), [4, 8], True, lambda c: c.update(expert_dtype="fp4", quantization_config={
+        "activation_scheme": "dynamic", "fmt": "e4m3", "quant_method": "fp8", "scale_fmt": "ue8m0",
+        "weight_block_size": [4, 8]}))
+    return d
+
+
+def test_released_fp4_experts(cli, fp4_released, tmp_path):
+    """V4-Flash's and V4-Pro's release: routed experts FP4 (I8 codes, a UE8M0 scale per 32 values, NAME.scale),
+    the other linear weights FP8 in blocks, with expert_dtype fp4. info counts each kind; the model's routing,
+    every expert's output and the logits match transformers on the weights its Fp8Dequantize decodes from
+    the same files (float32 within rounding, bf16 bit for bit, resident and layer-streamed)."""
+    from safetensors import safe_open
+    d = fp4_released
+    with safe_open(os.path.join(d, "model.safetensors"), "pt") as f:
+        w, sc = f.get_slice("layers.3.ffn.experts.5.w2.weight"), f.get_slice("layers.3.ffn.experts.5.w2.scale")
+        assert (w.get_dtype(), w.get_shape(), sc.get_dtype(), sc.get_shape()) == ("I8", [64, 16], "F8_E8M0", [64, 1])
+        dtypes = [f.get_slice(k).get_dtype() for k in f.keys()]
+    assert dtypes.count("I8") == 4 * 8 * 3 and dtypes.count("F8_E4M3") > 30  # (attention, shared experts)
+    info = json.loads(run_cli(cli, "info", d, "--json").stdout)
+    assert info["quantization"] == {"method": "fp8", "weight_block_size": [4, 8], "activation_scheme": "dynamic",
+                                    "expert_dtype": "fp4", "quantized_tensors": dtypes.count("I8") + dtypes.count(
+                                        "F8_E4M3"), "fp4_tensors": 4 * 8 * 3, "activation_scales": 0}
+    assert info["dtype"] == "mixed"
+    text = run_cli(cli, "info", d).stdout
+    assert "96 FP4 expert weights (E2M1 values, a power-of-two scale per 32)" in text, text
+    _assert_matches_hf_dequantized(cli, d, str(tmp_path / "s.h5"))
+
+
+def test_fp4_experts_static_analyses(cli, fp4_released, tmp_path):
+    """The static analyses decode the FP4 experts in their pass (as MXFP4: a tile of rows at a time, on the
+    host or through LibTorch, the GPU path): S1 is numpy's cosines of the experts transformers dequantizes,
+    and every static analysis equals the one of the checkpoint holding those values unquantized
+    (_dequantized), on both paths."""
+    torch = require("torch")
+    h5py = require("h5py")
+    d = fp4_released
+    plain = _dequantized(d, str(tmp_path / "dequantized"))
+    outs = {}
+    for name, ckpt, args in (("host", d, []), ("torch", d, ["--device", "cpu", "--static-backend", "torch"]),
+                             ("dequantized", plain, [])):
+        outs[name] = str(tmp_path / f"{name}.h5")
+        run_cli(cli, "analyze", ckpt, "--out", outs[name], "--static", "all", *args)
+    model = fixtures.hf_from_pretrained(plain, torch.float32)
+    with h5py.File(outs["host"], "r") as f:
+        for l in range(4):
+            ex = model.model.layers[l].mlp.experts
+            gu, dn = ex.gate_up_proj.detach().double().numpy(), ex.down_proj.detach().double().numpy()
+            assert_s1_is(f, l, {"gate": gu[:, :32], "up": gu[:, 32:], "down": dn})
+    assert len(assert_same_analyses(outs["host"], outs["dequantized"], atol=1e-6, of_max=1e-5)) > 20
+    assert_same_analyses(outs["torch"], outs["host"], atol=2e-5, of_max=1e-4)
+
+
+def test_fp4_static_on_device_as_on_the_cpu(cli, fp4_released, device, tmp_path):
+    """The FP4 experts' static analyses with the pass over the weights on `device` (tests/gpu/run.sh: the codes
+    decoded on the GPU) equal the host kernels'."""
+    outs = {}
+    for where, args in (("cpu", []), ("device", ["--device", device, "--static-backend", "torch"])):
+        outs[where] = str(tmp_path / f"{where}.h5")
+        run_cli(cli, "analyze", fp4_released, "--out", outs[where], "--static", "all", *args)
+    assert_same_analyses(outs["device"], outs["cpu"], atol=2e-5, of_max=1e-4)
+
+
+def test_fp4_experts_device_bfloat16(cli, fp4_released, device, tmp_path):
+    """The released FP4 layout traced on `device` in bf16 (the codes decoded there) against transformers on
+    the dequantized weights in bf16 on that device; BF16_TOL."""
+    torch = require("torch")
+    from test_parity import BF16_TOL, trace_and_compare
+    plain = _dequantized(fp4_released, str(tmp_path / "dequantized"))
+    ref = fixtures.reference(fixtures.hf_from_pretrained(plain, torch.bfloat16).to(device), device=device)
+    trace_and_compare(cli, fp4_released, str(tmp_path / "s.h5"), ref, "--device", device, "--dtype", "bfloat16",
+                      **BF16_TOL)
+
+
+def test_fp4_experts_in_transformers_names(cli, tmp_path):
+    """FP4 experts as transformers' FP8Experts holds them (expert_dtype fp4 inside quantization_config, as
+    V4.1 configs ship it): packed stacks gate_up_proj I8 [E, 2F, d / 2] and down_proj [E, d, F / 2] with
+    gate_up_proj_scale_inv [E, 2F, d / 32] and down_proj_scale_inv [E, d, F / 32], the rest of the model in
+    transformers' names unquantized. Traced against transformers on the dequantized weights, and S1 against
+    numpy's cosines of them; a stack's scales of another grid are refused by name."""
+    torch = require("torch")
+    h5py = require("h5py")
+    from safetensors.torch import save_file
+    from transformers.integrations.finegrained_fp8 import Fp8Dequantize
+    model = fixtures.build_model("deepseek_v4_all_types", moe_intermediate_size=32)
+    d = str(tmp_path / "packed")
+    os.makedirs(d)
+    sd = {}
+    for k, v in model.state_dict().items():
+        if k.endswith(("mlp.experts.gate_up_proj", "mlp.experts.down_proj")):
+            codes, exps = fixtures.quantize_mxfp4(v.detach().float())
+            sd[k] = codes.reshape(*v.shape[:-1], -1).view(torch.int8)
+            sd[k + "_scale_inv"] = exps.view(torch.float8_e8m0fnu)
+            with torch.no_grad():  # the reference: the model with the values transformers decodes
+                model.get_parameter(k).copy_(Fp8Dequantize(None)._dequantize_one(sd[k], sd[k + "_scale_inv"],
+                                                                                 torch.float32))
+        else:
+            sd[k] = v.detach().contiguous()
+    save_file(sd, os.path.join(d, "model.safetensors"), metadata={"format": "pt"})
+    plain = str(tmp_path / "dequantized")
+    model.save_pretrained(plain)
+    shutil.copy(os.path.join(plain, "config.json"), d)
+    fixtures.edit_config(d, lambda c: c.update(quantization_config={"quant_method": "fp8", "expert_dtype": "fp4"}))
+    assert sd["model.layers.2.mlp.experts.gate_up_proj"].shape == (8, 64, 32)
+    info = json.loads(run_cli(cli, "info", d, "--json").stdout)
+    assert (info["quantization"]["fp4_tensors"], info["quantization"]["quantized_tensors"]) == (8, 8)
+    _assert_matches_hf(cli, d, plain, str(tmp_path / "s.h5"))
+    out = str(tmp_path / "a.h5")
+    run_cli(cli, "analyze", d, "--out", out, "--static", "S1,S2,S6")
+    plain = fixtures.hf_from_pretrained(plain, torch.float32)
+    with h5py.File(out, "r") as f:
+        for l in range(4):
+            ex = plain.model.layers[l].mlp.experts
+            gu, dn = ex.gate_up_proj.detach().double().numpy(), ex.down_proj.detach().double().numpy()
+            assert_s1_is(f, l, {"gate": gu[:, :32], "up": gu[:, 32:], "down": dn})
+    s = "model.layers.3.mlp.experts.down_proj_scale_inv"
+    bad = fixtures.copy_checkpoint(d, str(tmp_path / "grid"), None,
+                                   lambda sd: sd.update({s: sd[s].view(torch.uint8)[:, :32].contiguous().view(
+                                       torch.float8_e8m0fnu)}))
+    assert_info_refuses(cli, bad, [s, "one scale per 32 values of [8, 64, 32] is [8, 64, 1]"],
+                        file="model.safetensors")
+
+
+def test_bad_fp4_experts_refused_by_name(cli, fp4_released, tmp_path):
+    """FP4 codes without expert_dtype fp4, outside the routed experts, of another shape, without their scale,
+    with scales of another dtype or grid: refused naming the file and the tensor."""
+    torch = require("torch")
+    d = fp4_released
+    w = "layers.2.ffn.experts.1.w1.weight"
+
+    def bad(sub, cfg_fn=None, sd_fn=None):
+        return fixtures.copy_checkpoint(d, str(tmp_path / sub), cfg_fn, sd_fn)
+
+    assert_info_refuses(cli, bad("fp8", lambda c: c.update(expert_dtype="fp8")),
+                        ["an I8 weight", "expert_dtype fp4", "layers.0.ffn.experts.0.w"], file="model.safetensors")
+
+    def attn_fp4(sd):  # the key/value projection [32, 64] as FP4 codes with their scales
+        sd["layers.2.attn.wkv.weight"] = torch.zeros(32, 32, dtype=torch.int8)
+        sd["layers.2.attn.wkv.scale"] = torch.zeros(32, 2, dtype=torch.uint8).view(torch.float8_e8m0fnu)
+
+    assert_info_refuses(cli, bad("attn", sd_fn=attn_fp4), ["layers.2.attn.wkv.weight", "routed experts' weights only"],
+                        file="model.safetensors")
+    assert_info_refuses(cli, bad("shape", sd_fn=lambda sd: sd.update({w: sd[w][:, :16].contiguous()})),
+                        [w, "[32, 64] stored as FP4 (two values a byte): [32, 32]"], file="model.safetensors")
+    assert_info_refuses(cli, bad("noscale", sd_fn=lambda sd: sd.pop(w[:-len(".weight")] + ".scale")),
+                        ["missing scale tensor of the FP4 weight " + w, "layers.2.ffn.experts.1.w1.scale"],
+                        file="noscale")
+    s = w[:-len(".weight")] + ".scale"
+    assert_info_refuses(cli, bad("f32scale", sd_fn=lambda sd: sd.update({s: sd[s].float()})),
+                        [s, "scale dtype F32: FP4 experts' scales are F8_E8M0"], file="model.safetensors")
+    assert_info_refuses(cli, bad("grid", sd_fn=lambda sd: sd.update({s: sd[s].view(torch.uint8)[:, :1].repeat(1, 4).view(
+        torch.float8_e8m0fnu)})),
+                        [s, "one scale per 32 values of [32, 64] is [32, 2]"], file="model.safetensors")
 
 
 def test_released_fp8_weights(cli, build_fixture, tmp_path):

@@ -281,19 +281,8 @@ void configure(ModelSpec& s, const Config& c) {
         c.fail("hc_sinkhorn_iters", "must be between 0 and 4096");
     s.hcEps = c.optDoubleIn("hc_eps", 1e-6, 0, 1);
 
-    // the released FP4 experts are not read yet (FP8 weights with their scales are)
-    const std::string expertDtype = c.optString("expert_dtype", "");
-    if (expertDtype == "fp4")
-        c.fail("expert_dtype",
-               "FP4 experts (DeepSeek-V4-Flash as released) are not supported yet; a bf16 or "
-               "FP8 conversion opens");
-    if (c.has("quantization_config")) {
-        const JsonIn q = c.in()["quantization_config"];
-        if (q.isObject() && q.has("expert_dtype") && q.str("expert_dtype", "") == "fp4")
-            q["expert_dtype"].fail(
-                "FP4 experts (DeepSeek-V4-Flash as released) are not supported yet; a bf16 or "
-                "FP8 conversion opens");
-    }
+    // the released FP4 experts: expert_dtype "fp4", at the top level or in quantization_config
+    s.expertDtypeAtTop = true;
 }
 
 // The tensor table in transformers' names (the model as it holds it), or in the released
