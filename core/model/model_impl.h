@@ -490,7 +490,7 @@ inline std::pair<Tensor, Tensor> route(const RouterRule& r, const Tensor& logits
         }
     }
     if (r.unitWeights) wts = torch::ones_like(wts);
-    if (r.scale != 1.0) wts = wts * r.scale;
+    if (r.scale != 1.0 && !r.scaleRoutedSum) wts = wts * r.scale;
     if (r.expertScale) wts = wts * extra.expertScale.to(torch::kFloat).index_select(0, ids.reshape(-1)).view_as(wts);
     if (r.weightsInHiddenDtype) wts = wts.to(hidden);
     return {wts, ids};
@@ -827,6 +827,8 @@ struct Model::Impl {
             out.logits = torch::linear(x.to(torch::kFloat), w.router.to(torch::kFloat),
                                        w.routerBias.defined() ? w.routerBias.to(torch::kFloat) : Tensor());
         else out.logits = torch::linear(x, w.router, w.routerBias);
+        if (r.logitSoftcap > 0)  // Laguna: in float32, the capped logits the layer's record
+            out.logits = torch::tanh(out.logits.to(torch::kFloat) / r.logitSoftcap) * r.logitSoftcap;
         const Tensor routed = iv && iv->logitAdd.defined()  // in the logits' dtype, as a hook on them adds it
                                   ? out.logits + iv->logitAdd.to(out.logits.scalar_type())
                                   : out.logits;
@@ -883,6 +885,7 @@ struct Model::Impl {
             else weighted.index_copy_(0, sel, yw);
         }
         Tensor y = inOrder ? weighted : weighted.view({T, K, de}).sum(1).to(x.scalar_type());
+        if (r.scaleRoutedSum && r.scale != 1.0) y = y * r.scale;  // Laguna: the sum, in the activations' dtype
         if (w.latentOut.defined()) y = torch::linear(y, w.latentOut, w.latentOutB);
         // (the chosen experts' outputs as the block adds them: in the hidden width)
         if (chosen.defined()) chosen = expertsOutput(w, chosen).view({T, K, x.size(1)});

@@ -46,6 +46,11 @@ std::string RouterRule::describe() const {
                                                        : "sigmoid";
     if (routerFromKeys) s = (routerKeysUnit ? "cosine of x and mean key rows, " : "mean key rows, ") + s;
     if (bias) s = "biased router, " + s;
+    if (logitSoftcap > 0) {
+        std::ostringstream o;
+        o << "logits soft-capped at " << logitSoftcap << ", " << s;
+        s = o.str();
+    }
     if (scoring == Scoring::Softmax && !topkOnLogits && !renormalize && !unitWeights) s = "full " + s;
     if (selectionBias) s += ", selection bias";
     if (groups > 1)
@@ -72,7 +77,7 @@ std::string RouterRule::describe() const {
     if (expertScale) s += ", x per-expert scale";
     if (scale != 1.0) {
         std::ostringstream o;
-        o << ", x" << scale;
+        o << (scaleRoutedSum ? ", routed sum x" : ", x") << scale;
         s += o.str();
     }
     if (shared == Shared::Ungated)
@@ -108,6 +113,9 @@ int64_t ModelSpec::layerHeadDim(int l) const {
 }
 int64_t ModelSpec::layerKvHeads(int l) const {
     return l >= 0 && l < static_cast<int>(layers.size()) && layers[l].kvHeads > 0 ? layers[l].kvHeads : attn.kvHeads;
+}
+int64_t ModelSpec::layerHeads(int l) const {
+    return l >= 0 && l < static_cast<int>(layers.size()) && layers[l].heads > 0 ? layers[l].heads : attn.heads;
 }
 int64_t ModelSpec::layerVHeadDim(int l) const {
     return attn.kind == AttentionSpec::Kind::Standard && attn.vHeadDim > 0 ? attn.vHeadDim : layerHeadDim(l);
@@ -148,7 +156,7 @@ int64_t ModelSpec::dim(Dim d, int layer) const {
             v = hidden;
             break;
         case Dim::QDim:
-            v = attn.heads * layerHeadDim(layer);
+            v = layerHeads(layer) * layerHeadDim(layer);
             break;
         case Dim::KvDim:
             v = layerKvHeads(layer) * layerHeadDim(layer);
@@ -160,10 +168,10 @@ int64_t ModelSpec::dim(Dim d, int layer) const {
             v = layerKvHeads(layer) * layerVHeadDim(layer);
             break;
         case Dim::ODim:
-            v = attn.heads * layerVHeadDim(layer);
+            v = layerHeads(layer) * layerVHeadDim(layer);
             break;
         case Dim::Heads:
-            v = attn.heads;
+            v = layerHeads(layer);
             break;
         case Dim::QkvDim:
             v = (attn.heads + 2 * attn.kvHeads) * attn.headDim;

@@ -77,8 +77,14 @@ struct RouterRule {
     double renormPower = 0.0;           // > 0: divided by their p-norm instead (DBRX's moe_normalize_expert_weights)
     bool weightsInHiddenDtype = false;  // weights cast to the activation dtype before combining
     double scale = 1.0;                 // routed_scaling_factor
-    bool unitWeights = false;           // every chosen expert's output counts once (EMoE's block mask)
-    bool routerFromKeys = false;        // router rows = the mean key row of each expert (EMoE mean-key)
+    // ... applied to the routed experts' sum, in the activations' dtype, before the shared expert
+    // joins (Laguna's moe_routed_scaling_factor), instead of to the weights
+    bool scaleRoutedSum = false;
+    // > 0: the router's logits taken to float32 and soft-capped, cap tanh(l / cap), before the
+    // scoring (Laguna's moe_router_logit_softcapping); the capped logits are the layer's record
+    double logitSoftcap = 0.0;
+    bool unitWeights = false;     // every chosen expert's output counts once (EMoE's block mask)
+    bool routerFromKeys = false;  // router rows = the mean key row of each expert (EMoE mean-key)
     bool routerKeysUnit = false;  // ... and the router's input scaled to unit length (the normalised one-score gate)
     Shared shared = Shared::None;
     bool sharedAverage = false;  // routed and shared outputs averaged, (y + s) / 2 (Cohere2-MoE), not summed
@@ -208,6 +214,12 @@ struct AttentionSpec {
     // Qwen3-Next's gated attention: q_proj gives each head its queries and then as many gate
     // values; the heads' output times sigmoid(gate), in the activations' dtype, before o_proj
     bool outputGate = false;
+    // Role::AttnGate's activation on the heads' output before o_proj: sigmoid (AFMoE), or softplus
+    // in float32 rounded to the activations' dtype (Laguna); gatePerHead: one value per head
+    // ([heads, hidden]), broadcast over its dimensions, else one per output dimension
+    enum class GateActivation : uint8_t { Sigmoid, Softplus };
+    GateActivation gateActivation = GateActivation::Sigmoid;
+    bool gatePerHead = false;
     // DeepSeek Sparse Attention (DeepSeek-V3.2, GLM-5; transformers' DeepseekV32Indexer): beside
     // MLA a lightning indexer scores the earlier keys of each query, sum over its heads h of
     // w_h(x) relu(q_h . k / sqrt(headDim)) in float32 (q_h from the query latent, one key per
@@ -250,8 +262,9 @@ struct LayerSpec {
     bool linearAttention() const { return mixer == Mixer::LinearAttention; }
     bool shortConv() const { return mixer == Mixer::ShortConv; }
     // the layer's own attention geometry where it differs from AttentionSpec's (0: the model's):
-    // Gemma 4's full-attention layers (global_head_dim, num_global_key_value_heads)
-    int64_t headDim = 0, kvHeads = 0;
+    // Gemma 4's full-attention layers (global_head_dim, num_global_key_value_heads); Laguna's query
+    // heads per layer (num_attention_heads_per_layer)
+    int64_t headDim = 0, kvHeads = 0, heads = 0;
     // no v_proj: the values are the key projection before its norm and RoPE (Gemma 4's
     // attention_k_eq_v on full-attention layers)
     bool valueFromKey = false;
@@ -478,6 +491,7 @@ struct ModelSpec {
     std::vector<RopeTable> ropeTables;  // tables 1.. of LayerSpec::ropeTable (table 0: AttentionSpec's)
     int64_t layerHeadDim(int l) const;  // layer l's head dim (LayerSpec::headDim, else attn's)
     int64_t layerKvHeads(int l) const;
+    int64_t layerHeads(int l) const;  // layer l's query heads (LayerSpec::heads, else attn's)
     int64_t layerVHeadDim(
         int l) const;  // standard attention's value head dim (attn.vHeadDim, else the layer's head dim)
     RouterRule router;

@@ -80,12 +80,25 @@ std::vector<SummaryRow> describeModel(const ModelSpec& s, const Checkpoint& ckpt
           << "), the shared expert's too";
         rows.push_back({"Expert FFN", t.str(), {{"swiglu_clamp", s.swigluClamp}}});
     }
+    // query heads per layer where a layer has its own count (Laguna)
+    std::vector<int64_t> perLayerHeads;
+    bool ownHeads = false;
+    for (int l = 0; l < s.numLayers; ++l) {
+        perLayerHeads.push_back(s.layerHeads(l));
+        ownHeads = ownHeads || s.layers[l].heads > 0;
+    }
+    std::string headsText = std::to_string(s.attn.heads);
+    if (ownHeads) {
+        const auto [lo, hi] = std::minmax_element(perLayerHeads.begin(), perLayerHeads.end());
+        headsText = *lo == *hi ? std::to_string(*lo) : std::to_string(*lo) + "-" + std::to_string(*hi) + " by layer";
+    }
     rows.push_back({"Hidden size",
-                    std::to_string(s.hidden) + ", heads " + std::to_string(s.attn.heads) + " (kv " +
-                        std::to_string(s.attn.kvHeads) + ", head_dim " + std::to_string(s.attn.headDim) + ")",
+                    std::to_string(s.hidden) + ", heads " + headsText + " (kv " + std::to_string(s.attn.kvHeads) +
+                        ", head_dim " + std::to_string(s.attn.headDim) + ")",
                     {{"hidden_size", s.hidden},
                      {"vocab_size", s.vocab},
                      {"num_attention_heads", s.attn.heads},
+                     {"num_attention_heads_per_layer", ownHeads ? oj(perLayerHeads) : oj()},
                      {"num_key_value_heads", s.attn.kvHeads},
                      {"head_dim", s.attn.headDim}}});
     rows.push_back({"Weights dtype", s.dtype, {{"dtype", s.dtype}}});
@@ -276,8 +289,16 @@ std::vector<SummaryRow> describeModel(const ModelSpec& s, const Checkpoint& ckpt
     attn.fields.push_back({"layer_attention", groups});
     if (s.attn.valueNorm) attn.text += ", values RMS-normed";
     const bool gated = s.attn.outputGate || s.has(Role::AttnGate);
-    if (gated) attn.text += ", an output gate per head (sigmoid)";
+    const bool softplus = s.attn.gateActivation == AttentionSpec::GateActivation::Softplus;
+    if (gated && softplus)
+        attn.text += std::string(", an output gate (softplus, one value ") +
+                     (s.attn.gatePerHead ? "per head)" : "per output dimension)");
+    else if (gated) attn.text += ", an output gate per head (sigmoid)";
     attn.fields.push_back({"attention_output_gate", gated});
+    attn.fields.push_back(
+        {"attention_output_gate_kind",
+         !gated ? oj()
+                : oj(softplus ? (s.attn.gatePerHead ? "softplus per head" : "softplus per dimension") : "sigmoid")});
     // the layers of another token mixer (Gated DeltaNet, LFM2's short convolution): which, and their sizes
     // (Nemotron-H: blocks without a token mixer, their MLP or MoE alone, and blocks of a mixer alone)
     std::vector<int> linear, conv, none, noFfn;

@@ -25,6 +25,8 @@ int main() {
         rule.renormEpsilon = r.value("renorm_epsilon", 0.0);
         rule.renormMin = r.value("renorm_min", 0.0);
         rule.scale = r.value("scale", 1.0);
+        rule.scaleRoutedSum = r.value("scale_routed_sum", false);
+        rule.logitSoftcap = r.value("logit_softcap", 0.0);  // (for describe(): the cap is the logits' producer's)
         const auto res = es::routeLogits(rule, in.at("logits").get<std::vector<float>>(), in.at("T"), in.at("E"),
                                          in.at("K"), in.value("selection_bias", std::vector<float>{}),
                                          in.value("expert_scale", std::vector<float>{}));

@@ -6,7 +6,8 @@ the same experts with the same weights: DeepSeek-V3's sigmoid scores with a sele
 groups ranked by the sum of their two best biased scores and renormalised, scaled weights;
 DeepSeek-V2's softmax with greedy and group-limited (max) selection, scaled, not renormalised;
 Gemma 4's renormalised softmax with per-expert output scales; ERNIE 4.5's softmax with a
-selection bias renormalised by a clamped sum; Mixtral's, JetMoE's and Llama 4's rules.
+selection bias renormalised by a clamped sum; Mixtral's, JetMoE's and Llama 4's rules; Laguna's
+soft-capped sigmoid router whose scale goes on the routed sum.
 HF's DeepSeek routers choose with topk(sorted=False), so choices are compared as sets per token
 (weights matched by expert id). Tolerance: weights within 1e-6 (float32, the same operations).
 """
@@ -163,6 +164,29 @@ def test_llama4_rule():
     same_choices(ids, w, ri, full.gather(1, ri))
     assert (full > 0).sum(1).eq(K).all()  # the others score sigmoid(-inf) = 0
     assert "top-k on logits then sigmoid of each" in desc
+
+
+def test_laguna_softcapped_sigmoid_bias_and_routed_sum_scale():
+    """Laguna's router: its soft-capped float32 logits (the layer's record, which the engine caps as the
+    router does), sigmoid scores, a correction bias to choose, renormalised; moe_routed_scaling_factor
+    scales the routed sum, not the weights, which come out unscaled as transformers' router returns them."""
+    cfg = transformers.LagunaConfig(hidden_size=32, num_experts=16, num_experts_per_tok=4,
+                                    moe_routed_scaling_factor=2.5, moe_router_logit_softcapping=2.0)
+    router = transformers.models.laguna.modeling_laguna.LagunaTopKRouter(cfg).eval()
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        router.weight.copy_(torch.randn(16, 32, generator=g))
+        router.e_score_correction_bias.copy_(torch.randn(16, generator=g) * 0.3)
+        logits, ref_w, ref_ids = router(torch.randn(T, 32, generator=g))
+    assert float(logits.abs().max()) <= 2.0  # capped
+    rule = {"scoring": "sigmoid", "renormalize": True, "scale": 2.5, "scale_routed_sum": True, "logit_softcap": 2.0}
+    ids, w, desc = route(rule, logits.numpy(), 4, selection_bias=router.e_score_correction_bias.detach().numpy())
+    same_choices(ids, w, ref_ids, ref_w)
+    assert "logits soft-capped at 2, sigmoid" in desc and "routed sum x2.5" in desc
+    # the scale on the weights instead would differ (the test can fail)
+    _, w2, _ = route(dict(rule, scale_routed_sum=False), logits.numpy(), 4,
+                     selection_bias=router.e_score_correction_bias.detach().numpy())
+    assert np.allclose(w2, 2.5 * w)
 
 
 def test_bad_group_settings_are_refused():

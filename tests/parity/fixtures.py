@@ -318,6 +318,33 @@ CONFIGS = {
         o_lora_rank=16, index_n_heads=4, index_head_dim=16, index_topk=3, swiglu_limit=1.5, scoring_func="sigmoid",
         routed_scaling_factor=2.0, compress_ratios=[4, 128, 4], num_hash_layers=1, compress_rate_csa=3,
         compress_rate_hca=5)),
+    # Laguna (poolside's Laguna-XS.2): query heads per layer (4, 6, 2, 8 over 2 key/value heads of 16),
+    # the softplus output gate per head, the per-head QK-norm, biases on q/k/v/o; full layers with YaRN
+    # (factor 4 from 64 positions, betas 8 / 1, attention factor 1.2) on half of each head, sliding ones
+    # (window 3) with RoPE of theta 1000 on three quarters of it; a dense first layer, then sigmoid
+    # scores of soft-capped logits (cap 1.5) with a random correction bias to choose top-3 of 8,
+    # renormalised, the routed sum x 2.5, a shared expert of its own width
+    "laguna_heads_gate_softcap": ("LagunaConfig", dict(
+        num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+        num_attention_heads_per_layer=[4, 6, 2, 8], gating="per-head", attention_bias=True, sliding_window=3,
+        layer_types=["full_attention", "sliding_attention", "sliding_attention", "full_attention"],
+        rope_parameters={"full_attention": dict(rope_type="yarn", rope_theta=50000.0, factor=4.0,
+                                                original_max_position_embeddings=64, beta_fast=8.0, beta_slow=1.0,
+                                                attention_factor=1.2, partial_rotary_factor=0.5),
+                         "sliding_attention": dict(rope_type="default", rope_theta=1000.0,
+                                                   partial_rotary_factor=0.75)},
+        mlp_layer_types=["dense", "sparse", "sparse", "sparse"], num_experts=8, num_experts_per_tok=3,
+        moe_intermediate_size=24, shared_expert_intermediate_size=20, intermediate_size=40,
+        moe_routed_scaling_factor=2.5, moe_router_logit_softcapping=1.5)),
+    # ... the gate per output dimension (gating "per-element"), the class's default RoPE (full layers
+    # theta 500000 on half of each head, sliding ones 10000 on all of it) and layer types (every layer
+    # full) but for one sliding layer given, no soft cap, no scaling, no biases, every layer MoE, a tied
+    # head
+    "laguna_per_element_defaults": ("LagunaConfig", dict(
+        num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=4, head_dim=16, gating="per-element",
+        layer_types=["full_attention", "sliding_attention", "full_attention"], sliding_window=4,
+        mlp_layer_types=["sparse", "sparse", "sparse"], num_experts=6, num_experts_per_tok=2,
+        moe_intermediate_size=32, shared_expert_intermediate_size=16, tie_word_embeddings=True)),
     # Kimi Linear: Kimi Delta Attention on layers 0, 1 and 3 and MLA without positions on layer 2 by
     # linear_attn_config's 1-indexed lists, as the published configs give them (4 heads of 8, a
     # 3-wide convolution); no q LoRA, attention biases; layer 0 dense (first_k_dense_replace), then

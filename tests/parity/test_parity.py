@@ -273,7 +273,8 @@ def long_prompt_and_compare(cli, ckpt, model, tmp_path, seed, tokens=2600):
 # sigmoid router in the activations' dtype beside a float32 expert_bias; the hybrids' linear
 # attention (Gated DeltaNet, lightning, Mamba, Mamba2, Kimi Delta Attention) in their own mixes of
 # dtypes; Nemotron-H's float32 norm products and its experts' float32 sums (through its latent
-# projections).
+# projections); Laguna's float32 softplus gate, its float32 soft-capped router logits with the
+# correction bias in the model's dtype, and its routed sum scaled in the activations' dtype.
 HALF_FAMILIES = ["deepseek_v3_groups", "deepseek_v2_groups", "glm4_moe_groups_qknorm", "dots1_sliding_groups",
                  "glm4_moe_lite_types", "minimax_m2_rotary_dim", "mistral4_groups_temperature",
                  "granitemoe_multipliers", "granitemoeshared_shared", "ernie4_5_moe_bias_interval",
@@ -284,7 +285,8 @@ HALF_FAMILIES = ["deepseek_v3_groups", "deepseek_v2_groups", "glm4_moe_groups_qk
                  "granitemoe_swa_default", "minimax_lightning_factors", "minimax_default_window",
                  "jamba_hybrid_bias", "jamba_moe_plain_tied", "granitemoehybrid_rope_groups",
                  "granitemoehybrid_nope_plain", "kimi_linear_kda_groups", "kimi_linear_lora_types",
-                 "nemotron_h_all_blocks", "nemotron_h_pattern_plain", "nemotron_h_latent"]
+                 "nemotron_h_all_blocks", "nemotron_h_pattern_plain", "nemotron_h_latent",
+                 "laguna_heads_gate_softcap", "laguna_per_element_defaults"]
 # bf16 tolerances: bf16 has an 8-bit mantissa (relative step 2^-8 = 3.9e-3); two implementations
 # with different kernels or operation orders differ by a few steps after a couple of layers, so
 # router logits within 0.05 absolute, logits within 3e-2 of the largest logit, and the chosen sets

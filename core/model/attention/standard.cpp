@@ -1,6 +1,6 @@
 // Standard attention, and the encoder's (the same with biases, no RoPE, bidirectional):
 // q/k/v/o with optional biases, values of their own head size and scale (MiMo-V2-Flash), an output gate (Qwen3-Next's
-// from q_proj, AFMoE's a projection of its own),
+// from q_proj, AFMoE's and Laguna's a projection of its own), query heads per layer (Laguna),
 // QK RMSNorm (per head or over the projection; Llama 4's without weights), a clamp of q/k/v, RoPE (not on Llama 4's
 // NoPE layers, which scale their queries by a temperature instead), grouped key/value heads, sliding windows, attention
 // chunks.
@@ -115,15 +115,16 @@ Tensor Model::Impl::attention(const LayerWeights& w, const Tensor& x, const Tens
     // their own size where the family has one (MiMo-V2-Flash)
     const int64_t hd = layer.headDim > 0 ? layer.headDim : a.headDim;
     const int64_t kvh = layer.kvHeads > 0 ? layer.kvHeads : a.kvHeads;
+    const int64_t H = layer.heads > 0 ? layer.heads : a.heads;  // (Laguna's per-layer query heads)
     const int64_t vhd = a.vHeadDim > 0 ? a.vHeadDim : hd;
     Tensor q = torch::linear(x, w.q, w.qb);
     Tensor gate;  // gated attention: each head's queries, then its gate values
     if (a.outputGate) {
-        const Tensor qg = q.view({T, a.heads, 2 * hd});
-        q = qg.narrow(-1, 0, hd).reshape({T, a.heads * hd});
-        gate = qg.narrow(-1, hd, hd).reshape({T, a.heads * hd});
+        const Tensor qg = q.view({T, H, 2 * hd});
+        q = qg.narrow(-1, 0, hd).reshape({T, H * hd});
+        gate = qg.narrow(-1, hd, hd).reshape({T, H * hd});
     }
-    if (w.attnGate.defined()) gate = torch::linear(x, w.attnGate);  // AFMoE: a projection of its own
+    if (w.attnGate.defined()) gate = torch::linear(x, w.attnGate);  // AFMoE, Laguna: a projection of its own
     Tensor k = torch::linear(x, w.k, w.kb);
     // k_eq_v (Gemma 4): the values are the key projection itself, before its norm and RoPE
     Tensor v = w.v.defined() ? torch::linear(x, w.v, w.vb) : k;
@@ -136,7 +137,7 @@ Tensor Model::Impl::attention(const LayerWeights& w, const Tensor& x, const Tens
         k = k.clamp(-a.clipQkv, a.clipQkv);
         v = v.clamp(-a.clipQkv, a.clipQkv);
     }
-    q = q.view({T, a.heads, hd});
+    q = q.view({T, H, hd});
     k = k.view({T, kvh, hd});
     v = v.view({T, kvh, vhd});
     if (a.valueScale != 1.0) v = v * a.valueScale;        // MiMo-V2-Flash's attention_value_scale
@@ -174,7 +175,7 @@ Tensor Model::Impl::attention(const LayerWeights& w, const Tensor& x, const Tens
     const double scale = a.softmaxScale > 0 ? a.softmaxScale : 1.0 / std::sqrt(static_cast<double>(hd));
     // GQA by repeating k and v: the CPU flash kernel has no enable_gqa path (it falls back to
     // the slower math kernel), so the copy is cheaper
-    const int64_t rep = a.heads / kvh;
+    const int64_t rep = H / kvh;
     if (rep > 1) {
         k = k.repeat_interleave(rep, 0);
         v = v.repeat_interleave(rep, 0);
@@ -225,8 +226,14 @@ Tensor Model::Impl::attention(const LayerWeights& w, const Tensor& x, const Tens
         }
         o = torch::cat(parts, 1);
     }
-    o = o.transpose(0, 1).reshape({T, a.heads * vhd});
-    if (gate.defined()) o = o * torch::sigmoid(gate);
+    o = o.transpose(0, 1).reshape({T, H * vhd});
+    if (gate.defined() && a.gateActivation == AttentionSpec::GateActivation::Softplus) {
+        // Laguna: softplus in float32, rounded; one value per head, or per output dimension
+        gate = torch::softplus(gate.to(torch::kFloat)).to(o.scalar_type());
+        o = a.gatePerHead ? (o.view({T, H, vhd}) * gate.unsqueeze(-1)).view({T, H * vhd}) : o * gate;
+    } else if (gate.defined()) {
+        o = o * torch::sigmoid(gate);
+    }
     return torch::linear(o, w.o, w.ob);
 }
 
