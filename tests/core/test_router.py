@@ -166,10 +166,11 @@ def test_llama4_rule():
     assert "top-k on logits then sigmoid of each" in desc
 
 
-def test_laguna_softcapped_sigmoid_bias_and_routed_sum_scale():
-    """Laguna's router: its soft-capped float32 logits (the layer's record, which the engine caps as the
-    router does), sigmoid scores, a correction bias to choose, renormalised; moe_routed_scaling_factor
-    scales the routed sum, not the weights, which come out unscaled as transformers' router returns them."""
+def test_laguna_sigmoid_bias_and_routed_sum_scale():
+    """Laguna's router on the soft-capped float32 logits transformers' router returns (the engine's own cap is
+    checked by the parity table, tests/parity/test_laguna.py): sigmoid scores, a correction bias to choose,
+    renormalised; moe_routed_scaling_factor scales the routed sum, not the weights, which come out unscaled
+    as transformers' router returns them."""
     cfg = transformers.LagunaConfig(hidden_size=32, num_experts=16, num_experts_per_tok=4,
                                     moe_routed_scaling_factor=2.5, moe_router_logit_softcapping=2.0)
     router = transformers.models.laguna.modeling_laguna.LagunaTopKRouter(cfg).eval()

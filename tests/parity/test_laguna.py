@@ -47,8 +47,15 @@ ROPE_EDITS = [
                                                                partial_rotary_factor=0.5)),
                c["rope_parameters"]["sliding_attention"].pop("partial_rotary_factor"),
                c.update(partial_rotary_factor=0.25)),
-    # the outer dict's truncate (the YaRN correction range not rounded out)
-    lambda c: c["rope_parameters"].update(truncate=False),
+    # the outer dict's truncate (the YaRN correction range not rounded out; it changes the sliding YaRN's
+    # second frequency here)
+    lambda c: c["rope_parameters"].update(
+        truncate=False, sliding_attention=dict(rope_type="yarn", rope_theta=2000.0, factor=2.0, beta_fast=32.0,
+                                               original_max_position_embeddings=32, partial_rotary_factor=1.0)),
+    # an entry without rope_type (the config's validation makes it default), and one by the legacy "type"
+    lambda c: (c["rope_parameters"]["sliding_attention"].pop("rope_type"),
+               c["rope_parameters"]["full_attention"].update(type=c["rope_parameters"]["full_attention"].pop(
+                   "rope_type"))),
     # the sliding layers with YaRN of their own (a gain of its own)
     lambda c: c["rope_parameters"].update(sliding_attention=dict(rope_type="yarn", rope_theta=2000.0, factor=2.0,
                                                                  original_max_position_embeddings=32,
@@ -60,6 +67,18 @@ ROPE_EDITS = [
 def test_rope_entries_read_as_the_class_reads_them(cli, build_fixture, tmp_path, i):
     per, _, _ = build_fixture(NAME)
     d = fixtures.copy_checkpoint(per, str(tmp_path / "rope"), ROPE_EDITS[i])
+    assert_logits_match_hf(cli, d, str(tmp_path / "s.h5"))
+
+
+def test_class_defaults_as_transformers_fills_them(cli, build_fixture, tmp_path):
+    """A config without rope_parameters, layer_types and num_attention_heads_per_layer (save_pretrained writes
+    them all out): the class's defaults (every layer full, RoPE of theta 500000 on half of each head, the
+    model's head count everywhere), against transformers on the same files."""
+    per, _, _ = build_fixture("laguna_per_element_defaults")
+    d = fixtures.copy_checkpoint(per, str(tmp_path / "defaults"), lambda c: [
+        c.pop(k) for k in ("rope_parameters", "layer_types", "num_attention_heads_per_layer", "sliding_window")])
+    info = json.loads(run_cli(cli, "info", d, "--json").stdout)
+    assert info["sliding_window_layers"] == {} and info["num_attention_heads_per_layer"] is None
     assert_logits_match_hf(cli, d, str(tmp_path / "s.h5"))
 
 
@@ -75,8 +94,11 @@ BAD = [
     (lambda c: c["rope_parameters"].update(sliding_attention=None), ["rope_parameters.sliding_attention", "null"]),
     (lambda c: c["rope_parameters"]["full_attention"].update(rope_type="llama3"),
      ["rope_parameters.full_attention.rope_type", "'llama3'", "default, yarn"]),
-    (lambda c: c["rope_parameters"]["sliding_attention"].pop("rope_type"),
-     ["rope_parameters.sliding_attention", "no rope_type"]),
+    (lambda c: c["rope_parameters"]["sliding_attention"].update(rope_theta=None),
+     ["rope_parameters.sliding_attention.rope_theta", "must not be null"]),
+    (lambda c: c["rope_parameters"].update(truncate="yes"), ["rope_parameters.truncate", "true or false"]),
+    (lambda c: c.update(rope_scaling=c["rope_parameters"]), ["rope_scaling", "in place of rope_parameters"]),
+    (lambda c: c.update(num_local_experts=c.pop("num_experts")), ["num_local_experts", "reads num_experts"]),
     (lambda c: c["rope_parameters"]["full_attention"].pop("factor"), ["rope_parameters.full_attention", "no factor"]),
     (lambda c: c["rope_parameters"]["full_attention"].pop("original_max_position_embeddings"),
      ["rope_parameters.full_attention", "no original_max_position_embeddings"]),

@@ -43,13 +43,21 @@ TypeRope typeRope(const Config& c, const json& all, const std::string& type, boo
     const json& e = all[type];
     if (e.is_null()) c.fail(where, "is null: transformers' Laguna then has no RoPE for its " + type + " layers");
     if (!e.is_object()) c.fail(where, "expected a RoPE dict (an object)");
-    if (!e.contains("rope_type")) c.fail(where, "has no rope_type (transformers' Laguna indexes it)");
-    if (!e["rope_type"].is_string()) c.fail(where + ".rope_type", "expected a string");
-    const std::string kind = e["rope_type"].get<std::string>();
+    // (the config's validation fills rope_type from the legacy "type", else "default")
+    const char* typeKey = e.contains("rope_type") ? "rope_type" : "type";
+    if (e.contains(typeKey) && !e[typeKey].is_string()) c.fail(where + "." + typeKey, "expected a string");
+    const std::string kind = e.contains(typeKey) ? e[typeKey].get<std::string>() : "default";
     if (kind != "default" && kind != "yarn")
-        c.fail(where + ".rope_type", "RoPE type '" + kind + "' is not supported for laguna (supported: default, yarn)");
+        c.fail(where + "." + typeKey,
+               "RoPE type '" + kind + "' is not supported for laguna (supported: default, yarn)");
     const bool yarn = kind == "yarn";
+    // transformers computes with these as they are: a null among them fails there
+    for (const char* k : {"rope_theta", "partial_rotary_factor", "original_max_position_embeddings"})
+        if (e.contains(k) && e[k].is_null())
+            c.fail(where + "." + k, "must not be null (transformers' Laguna fails on it)");
     json d = e;
+    d["rope_type"] = kind;
+    d.erase("type");
     if (yarn || standardized) {
         if (!d.contains("rope_theta") && c.has("rope_theta")) d["rope_theta"] = c.raw()["rope_theta"];
         if (!d.contains("partial_rotary_factor") && c.has("partial_rotary_factor"))
@@ -70,8 +78,10 @@ TypeRope typeRope(const Config& c, const json& all, const std::string& type, boo
         if (field.rfind(top, 0) == 0) field = c.key(where) + field.substr(top.size());
         throw Error(err.message(), err.file(), field);
     }
-    // (transformers reads truncate from the outer dict)
-    r.a.yarn.truncate = !all.contains("truncate") || !all["truncate"].is_boolean() || all["truncate"].get<bool>();
+    // (transformers reads truncate from the outer dict, null meaning no rounding)
+    if (all.contains("truncate") && !all["truncate"].is_null() && !all["truncate"].is_boolean())
+        c.fail("rope_parameters.truncate", "expected true or false");
+    r.a.yarn.truncate = !all.contains("truncate") || (all["truncate"].is_boolean() && all["truncate"].get<bool>());
     r.yarn = yarn;
     const auto dims = static_cast<int64_t>(static_cast<double>(headDim) * r.a.partialRotary);
     if (dims < 2 || dims % 2 != 0)
@@ -90,6 +100,13 @@ void agrees(const Config& c, const std::string& key, bool ok, const std::string&
 void configure(ModelSpec& s, const Config& c) {
     notNull(c, {"num_experts", "num_experts_per_tok", "sliding_window", "head_dim", "moe_routed_scaling_factor",
                 "moe_router_logit_softcapping", "gating"});
+    if (c.has("num_local_experts") && !c.has("num_experts"))
+        c.fail("num_local_experts", "transformers' Laguna reads num_experts (it maps no other name onto it)");
+    // LagunaConfig passes rope_scaling on to the deprecated setter, which replaces rope_parameters with it
+    if (c.raw().contains("rope_scaling"))
+        c.fail("rope_scaling",
+               "transformers' Laguna takes it in place of rope_parameters; give the per-type RoPE entries as "
+               "rope_parameters");
     // the RoPE keys are the per-type entries', read below; fillCommon reads a neutral copy
     json j = c.raw();
     for (const char* k : {"rope_parameters", "rope_scaling", "rope_theta", "partial_rotary_factor"}) j.erase(k);
