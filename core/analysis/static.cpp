@@ -174,11 +174,7 @@ Tensor deviceRows(const Mat& m, int64_t r0, int64_t h, torch::Device dev) {
     if (m.mxfp4Scales) {  // whole blocks: colStride 1, rs a multiple of 32 (checked by gramPass's rules)
         const Tensor blk = bytes(m.t->data + first / 2, h, cols / 2, rs / 2);
         const Tensor sc = bytes(m.mxfp4Scales->data + first / 32, h, cols / 32, rs / 32);
-        const Tensor lut = torch::from_blob(const_cast<float*>(kFp4E2M1), {16}, torch::kFloat).to(dev);
-        auto code = [&](const Tensor& c) { return lut.index_select(0, c.to(torch::kLong).reshape({-1})); };
-        // value 2i is byte i's low nibble, 2i + 1 its high one
-        const Tensor v =
-            torch::stack({code(blk.bitwise_and(15)), code(blk.bitwise_right_shift(4))}, 1).view({h, cols / 32, 32});
+        const Tensor v = detail::fp4Values(blk).view({h, cols / 32, 32});
         // times 2^(s - 127) as two exact powers of two built from their bits (2^128, scale 255,
         // is no float; its half is): one rounding, as ldexp
         const Tensor e = sc.to(torch::kInt) - 127, e1 = e.div(2, "floor"), e2 = e - e1;

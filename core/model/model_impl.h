@@ -507,6 +507,18 @@ inline Tensor dequantizedInts(const Tensor& bytes, const Tensor& scales, int bit
     return (codes - (1 << (bits - 1))).to(scales.scalar_type()) * scales.repeat_interleave(C / scales.size(1), 1);
 }
 
+// E2M1 codes, two a byte [.., C / 2] (I8 or U8: value 2i in byte i's low nibble, 2i + 1 in its high
+// one), as their float32 values [.., C] (the checkpoint's table, kFp4E2M1): DeepSeek-V4's FP4
+// experts in the forward's load, and MXFP4 and FP4 rows in the static pass's device rows.
+inline Tensor fp4Values(const Tensor& codes) {
+    const Tensor lut = torch::from_blob(const_cast<float*>(kFp4E2M1), {16}, torch::kFloat).to(codes.device());
+    const Tensor b = codes.view(torch::kByte);
+    auto value = [&](const Tensor& c) { return lut.index_select(0, c.to(torch::kLong).reshape({-1})); };
+    std::vector<int64_t> shape = codes.sizes().vec();
+    shape.back() *= 2;
+    return torch::stack({value(b.bitwise_and(15)), value(torch::bitwise_right_shift(b, 4))}, 1).view(shape);
+}
+
 }  // namespace detail
 
 using namespace detail;
@@ -577,16 +589,6 @@ struct Model::Impl {
         const Tensor w = dequantizedInts(b, toDevice(viewOf(sv), device), spec.quant.intBits).to(to);
         checkFinite(name, w);
         return w;
-    }
-    // FP4 codes [.., C / 2] (I8, value 2i in byte i's low nibble, 2i + 1 in its high one) as the
-    // float32 E2M1 values [.., C] (the checkpoint's table, kFp4E2M1)
-    static Tensor fp4Values(const Tensor& codes) {
-        const Tensor lut = torch::from_blob(const_cast<float*>(kFp4E2M1), {16}, torch::kFloat).to(codes.device());
-        const Tensor b = codes.view(torch::kByte);
-        auto value = [&](const Tensor& c) { return lut.index_select(0, c.to(torch::kLong).reshape({-1})); };
-        std::vector<int64_t> shape = codes.sizes().vec();
-        shape.back() *= 2;
-        return torch::stack({value(b.bitwise_and(15)), value(torch::bitwise_right_shift(b, 4))}, 1).view(shape);
     }
     // E8M0 scales through the checkpoint's one decoding (e8m0ToFloat), as a 256-entry table.
     static Tensor fp8Scale(const Tensor& e) {
