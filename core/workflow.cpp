@@ -27,6 +27,7 @@ SessionModel sessionModelOf(const ModelSpec& spec, std::string configJson, std::
     sm.hidden = spec.hidden;
     sm.expertGroups = spec.router.groups;
     sm.groupsKept = spec.router.topkGroups;
+    sm.zeroExperts = spec.zeroExperts;
     for (int l = 0; l < spec.numLayers; ++l)
         if (spec.layers[l].linearAttention()) sm.linearAttentionLayers.push_back(l);
         else if (spec.layers[l].shortConv()) sm.shortConvLayers.push_back(l);

@@ -646,7 +646,10 @@ void MainWindow::fillModelTree() {
         add(nullptr, "Architecture", q(m.modelType));
         add(nullptr, "Layers", QString::number(m.numLayers));
         add(nullptr, "Hidden size", QString::number(m.hidden));
-        add(nullptr, "Experts", QString::number(m.numExperts));
+        add(nullptr, "Experts",
+            QString::number(m.numExperts) +
+                (m.zeroExperts > 0 ? QString(" (the last %1 zero-computation: output = input)").arg(m.zeroExperts)
+                                   : QString()));
         add(nullptr, "Top-k", QString::number(m.topK));
         add(nullptr, "Checkpoint", q(m.checkpointPath) + (ckpt_ ? "" : " (not found: runs are read-only)"));
     }

@@ -89,6 +89,8 @@ void checkComparable(const ModelSpec& a, const std::string& fileA, const ModelSp
     differ("num_hidden_layers", std::to_string(a.numLayers), std::to_string(b.numLayers));
     differ("the MoE layers", list(a.moeLayers()), list(b.moeLayers()));
     differ("num_experts", std::to_string(a.numExperts), std::to_string(b.numExperts));
+    differ("the zero-computation experts (zero_expert_num)", std::to_string(a.zeroExperts),
+           std::to_string(b.zeroExperts));
     differ("top_k", std::to_string(a.topK), std::to_string(b.topK));
     differ("hidden_size", std::to_string(a.hidden), std::to_string(b.hidden));
     differ("the expert width (moe_intermediate_size)", std::to_string(a.expertFfn), std::to_string(b.expertFfn));

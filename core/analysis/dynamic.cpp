@@ -187,14 +187,16 @@ PassOutput runPass(const std::shared_ptr<Checkpoint>& ckpt, const ModelSpec& spe
             if (!opt.reuseChosenOutputs) {  // every expert evaluated again (the benchmark's "before")
                 std::vector<Tensor> outs;
                 const Tensor xe = expertsInput(w, xc);
-                for (int64_t e = 0; e < E; ++e)
-                    outs.push_back(expertsOutput(w, ffn(xe, w.experts[e])).to(torch::kFloat));
+                for (int64_t e = 0; e < E; ++e)  // (a zero-computation expert's output is its input)
+                    outs.push_back(
+                        (e < static_cast<int64_t>(w.experts.size()) ? expertsOutput(w, ffn(xe, w.experts[e])) : xe)
+                            .to(torch::kFloat));
                 if (hasSE) outs.push_back(ffn(xc, w.shared).to(torch::kFloat));
                 if (hasF && d1) outs.push_back(refOut[p].narrow(0, c0, n).to(torch::kFloat));
                 return torch::stack(outs, 1);
             }
-            Tensor O = everyExpertOutput(w, xc, m->ids.narrow(0, c0, n), m->chosen.narrow(0, c0, n),
-                                         ffnKind.rows);  // [n, R, d]
+            Tensor O = everyExpertOutput(w, xc, m->ids.narrow(0, c0, n), m->chosen.narrow(0, c0, n), ffnKind.rows,
+                                         spec.zeroExperts);  // [n, R, d]
             int64_t row = E;
             if (hasSE) O.select(1, row++).copy_(m->shared.narrow(0, c0, n));
             if (hasF && d1) O.select(1, row++).copy_(refOut[p].narrow(0, c0, n));

@@ -246,7 +246,8 @@ std::vector<double> routerRowCosine(const Checkpoint& ckpt, const ModelSpec& spe
     }
     const TensorView& r = ckpt.get(spec.tensorName(Role::Router, layer));
     std::vector<double> rows = toDoubles(r);
-    const int E = static_cast<int>(r.shape[0]), d = static_cast<int>(r.shape[1]);
+    // (the experts with weights: a zero-computation expert's row has no expert to compare with)
+    const int E = static_cast<int>(std::min(r.shape[0], spec.weightExperts())), d = static_cast<int>(r.shape[1]);
     if (spec.has(Role::RouterInputScale)) {
         // Gemma 4 scales the router's input per dimension: the rows the logits come from are W diag(scale)
         const std::vector<double> scale = toDoubles(ckpt.get(spec.tensorName(Role::RouterInputScale, layer)));

@@ -226,7 +226,7 @@ Tensor deviceRows(const Mat& m, int64_t r0, int64_t h, torch::Device dev) {
 
 LayerMats layerMats(const Checkpoint& ck, const ModelSpec& s, const Reference* ref, int l, bool attention) {
     LayerMats L;
-    const int64_t E = s.numExperts, F = s.expertFfn, d = s.hidden;
+    const int64_t E = s.weightExperts(), F = s.expertFfn, d = s.hidden;  // (zero-computation experts: no weights)
     auto use = [&](const Checkpoint& c, const std::string& name) -> const TensorView& {
         const TensorView& t = c.get(name);
         if (std::find(L.tensors.begin(), L.tensors.end(), &t) == L.tensors.end()) L.tensors.push_back(&t);
@@ -773,7 +773,7 @@ void staticForKind(const Checkpoint& ckpt, const ModelSpec& spec, const Referenc
     // S3 matches neurons between experts; for attention experts a permutation of query
     // dimensions is no symmetry (heads and rotary pairs), so it is left out
     const bool s3 = want("S3") && !attention;
-    const int E = static_cast<int>(attention ? spec.attn.moaExperts : spec.numExperts);
+    const int E = static_cast<int>(attention ? spec.attn.moaExperts : spec.weightExperts());
     const int C = opt.pcaComponents;
     Where where;
     where.dev = detail::parseDevice(opt.device);
@@ -1048,7 +1048,7 @@ Result compareWeights(const Checkpoint& a, const ModelSpec& specA, const Checkpo
     torch::NoGradGuard ng;
     checkComparable(specA, a.path(), specB, b.path(), false);
     const std::vector<int> layers = analysisLayers(specA, layersIn, a.path());
-    const int E = static_cast<int>(specA.numExperts);
+    const int E = static_cast<int>(specA.weightExperts());
     const std::vector<int> mats = specA.gatedFfn() ? std::vector<int>{0, 1, 2} : std::vector<int>{0, 2};
     const auto labels = AttrValue::text(expertLabels(E, false, false));
     Result r;

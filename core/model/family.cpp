@@ -738,9 +738,8 @@ void hfSharedExpert(TableBuilder& t, const std::string& prefix, const std::strin
         t.add(Role::SharedExpertGate, Scope::Moe, gate, {D::One, D::Hidden});
 }
 
-void hfMlaTensors(TableBuilder& t) {
+void hfMlaTensors(TableBuilder& t, const std::string& p) {
     const AttentionSpec& a = t.spec().attn;
-    const std::string p = "model.layers.{L}.self_attn.";
     if (a.qLoraRank > 0) {
         t.add(Role::MlaQA, Scope::Attention, p + "q_a_proj.weight", {D::QLora, D::Hidden});
         t.addIf(a.qkvBias, Role::MlaQABias, Scope::Attention, p + "q_a_proj.bias", {D::QLora});

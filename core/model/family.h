@@ -333,9 +333,9 @@ void hfDenseTensors(ModelSpec& s, const TensorProbe& has);
 // Routed experts under "model.layers.{L}.mlp." as transformers names them: router "gate",
 // experts gate_proj / up_proj / down_proj, per expert or packed.
 void hfMlpExperts(TableBuilder& t, const TensorProbe& has);
-// MLA's projections under "model.layers.{L}.self_attn." (q_a/q_b with its norm or q_proj,
-// kv_a_proj_with_mqa, kv_a_layernorm, kv_b_proj, o_proj; biases where attention_bias).
-void hfMlaTensors(TableBuilder& t);
+// MLA's projections under `prefix` (q_a/q_b with its norm or q_proj, kv_a_proj_with_mqa,
+// kv_a_layernorm, kv_b_proj, o_proj; biases where attention_bias).
+void hfMlaTensors(TableBuilder& t, const std::string& prefix = "model.layers.{L}.self_attn.");
 // The whole table of a DeepSeek decoder: hfDecoderTensors (Llama attention) or MLA, dense MLPs,
 // experts under mlp.experts, mlp.shared_experts.
 void hfDeepseekTensors(TableBuilder& t, const TensorProbe& has);

@@ -265,7 +265,8 @@ void Model::Impl::loadExperts(LayerWeights& w, int l) const {
     // kept in float32 as stored (an FP8 or packed-integer router goes through its scales in load())
     const TensorView* rv = ckpt->find(s.tensorName(Role::Router, l));
     const bool routerF8 = !rv || rv->dtype == DType::F8_E4M3;
-    w.router = s.router.weightsFloat32 && !routerF8 ? loadFloat32Opt(Role::Router, l) : load(Role::Router, l);
+    const bool routerF32 = s.router.weightsFloat32 || (s.router.weightsFloat32InF16 && dtype == torch::kHalf);
+    w.router = routerF32 && !routerF8 ? loadFloat32Opt(Role::Router, l) : load(Role::Router, l);
     w.routerBias = loadOpt(Role::RouterBias, l);
     const bool biasF32 = s.router.selectionBiasFloat32 || (s.router.selectionBiasFloat32InF16 && dtype == torch::kHalf);
     w.routerExtras.selectionBias =
@@ -281,7 +282,7 @@ void Model::Impl::loadExperts(LayerWeights& w, int l) const {
             w.experts.push_back(plainFfn(load(s.tensorName(Role::ExpertGate, l, e)), Tensor(),
                                          load(s.tensorName(Role::ExpertDown, l, e)), Tensor()));
     } else if (s.layout == ExpertLayout::PerExpert) {
-        for (int e = 0; e < s.numExperts; ++e) {
+        for (int e = 0; e < s.weightExperts(); ++e) {  // (zero-computation experts: none to load)
             w.experts.push_back(fused(s.tensorName(Role::ExpertGate, l, e), s.tensorName(Role::ExpertUp, l, e),
                                       s.tensorName(Role::ExpertDown, l, e)));
             w.experts.back().act = actCode();  // SwiGLU, or Grok-1's gated GELU
@@ -302,9 +303,9 @@ void Model::Impl::loadExperts(LayerWeights& w, int l) const {
             dn = dn.view(slice);
         }
         Tensor gub = loadOpt(Role::ExpertGateUpBias, l), dnb = loadOpt(Role::ExpertDownBias, l);
-        for (int e = 0; e < s.numExperts && ungated; ++e)
+        for (int e = 0; e < s.weightExperts() && ungated; ++e)
             w.experts.push_back(plainFfn(guT ? gu[e].t() : gu[e], Tensor(), dnT ? dn[e].t() : dn[e], Tensor()));
-        for (int e = 0; e < s.numExperts && !ungated; ++e) {
+        for (int e = 0; e < s.weightExperts() && !ungated; ++e) {  // (zero-computation experts: none)
             Ffn f = apart ? swigluFfn(Tensor(), gu[e], up[e], dnT ? dn[e].t() : dn[e])
                           : swigluFfn(guT ? gu[e].t() : gu[e], Tensor(), Tensor(), dnT ? dn[e].t() : dn[e]);
             f.act = actCode();        // SwiGLU, or a gated GELU
@@ -351,7 +352,7 @@ void Model::Impl::loadLayer(int l) {
     loadAttention(w, l);
     const LayerSpec& L = spec.layers[l];  // (noFfn: a block of its mixer alone)
     if (!L.noFfn && L.moe) loadExperts(w, l);
-    if (!L.noFfn && (!L.moe || spec.moeBesideDense)) w.mlp = denseFfn(l);
+    if (!L.noFfn && (!L.moe || spec.moeBesideDense || L.moeShortcut)) w.mlp = denseFfn(l);
     w.moeInNorm = loadOpt(Role::MoeInNorm, l);
     w.denseOutNorm = loadOpt(Role::DenseOutNorm, l);
     w.moeOutNorm = loadOpt(Role::MoeOutNorm, l);
@@ -691,10 +692,23 @@ void Model::Impl::step(int l, State& st, bool allExperts, const Tap& tap, const 
         if (!isMoe) {
             if (tap) tap(p, x, nullptr);
             join(ffn(x, w.mlp), ffnNorm, ffnNormB, w.ffnOutNorm, nr.mlpAlpha, nr.mlpBeta);
+            if (L.joinsShortcut) {  // LongCat-Flash: the previous layer's MoE output joins last
+                if (p >= st.shortcut.size() || !st.shortcut[p].defined())
+                    throw Error("layer " + std::to_string(l) + " adds a shortcut MoE output no earlier layer made", "",
+                                "model");
+                st.h[p] = st.h[p] + st.shortcut[p];
+                st.shortcut[p] = Tensor();
+            }
             if (w.layerScalar.defined()) st.h[p] = st.h[p] * w.layerScalar;
             continue;
         }
-        if (spec.moeBesideDense) {  // Gemma 4: the dense MLP and the experts side by side
+        if (L.moeShortcut) {  // LongCat-Flash: the MoE beside the dense MLP, its output held for the next layer
+            auto m = moe(w, x, allExperts, keepChosen, {}, interventionOf(p));
+            if (tap) tap(p, x, &m);
+            if (st.shortcut.size() != st.h.size()) st.shortcut.resize(st.h.size());
+            st.shortcut[p] = m.y;
+            join(ffn(x, w.mlp), ffnNorm, ffnNormB, Tensor());
+        } else if (spec.moeBesideDense) {  // Gemma 4: the dense MLP and the experts side by side
             const Tensor& r = st.h[p];
             const Tensor dense = norm(ffn(x, w.mlp), w.denseOutNorm, eps);
             const Tensor routerIn =

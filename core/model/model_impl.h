@@ -376,21 +376,23 @@ inline int64_t outputChunk(int64_t rows, int64_t d) {
 
 // Every expert's raw output on the block inputs x ([n, d], chosen experts ids [n, K]) as rows
 // 0..E-1 of a float32 [n, rows, d] (rows >= E; the caller fills the rest): the chosen experts'
-// outputs are the block's own (chosen: [n, K, d]), only the others are evaluated.
+// outputs are the block's own (chosen: [n, K, d]), only the others are evaluated. `identity`
+// zero-computation experts follow the E with weights (rows E..E + identity - 1: x itself).
 inline Tensor everyExpertOutput(const LayerWeights& w, const Tensor& x, const Tensor& ids, const Tensor& chosen,
-                                int64_t rows) {
+                                int64_t rows, int64_t identity = 0) {
     const std::vector<Ffn>& experts = w.experts;
     const Tensor xe = expertsInput(w, x);
     const int64_t n = x.size(0), K = ids.size(1), d = x.size(1), E = static_cast<int64_t>(experts.size());
     Tensor out = torch::empty({n * rows, d}, x.options().dtype(torch::kFloat));
     Tensor tokenRow = torch::arange(n, ids.options().dtype(torch::kLong)).unsqueeze(1) * rows;
     out.index_copy_(0, (tokenRow + ids.to(torch::kLong)).reshape(-1), chosen.reshape({n * K, d}).to(torch::kFloat));
-    Tensor isChosen = torch::zeros({n, E}, ids.options().dtype(torch::kBool)).scatter_(1, ids.to(torch::kLong), true);
-    for (int64_t e = 0; e < E; ++e) {
+    Tensor isChosen =
+        torch::zeros({n, E + identity}, ids.options().dtype(torch::kBool)).scatter_(1, ids.to(torch::kLong), true);
+    for (int64_t e = 0; e < E + identity; ++e) {
         Tensor others = isChosen.select(1, e).logical_not().nonzero().squeeze(1);
         if (others.numel() == 0) continue;
-        out.index_copy_(0, others * rows + e,
-                        expertsOutput(w, ffn(xe.index_select(0, others), experts[e])).to(torch::kFloat));
+        const Tensor xo = xe.index_select(0, others);
+        out.index_copy_(0, others * rows + e, (e < E ? expertsOutput(w, ffn(xo, experts[e])) : xo).to(torch::kFloat));
     }
     return out.view({n, rows, d});
 }
@@ -879,7 +881,8 @@ struct Model::Impl {
                 yw = ffn(xt * we.to(xt.scalar_type()), w.experts[e]);
                 if (chosen.defined()) chosen.index_copy_(0, sel, ffn(xt, w.experts[e]));
             } else {
-                Tensor ye = ffn(xt, w.experts[e]);
+                // (a zero-computation expert's output is its input)
+                Tensor ye = e < static_cast<int64_t>(w.experts.size()) ? ffn(xt, w.experts[e]) : xt;
                 if (chosen.defined()) chosen.index_copy_(0, sel, ye);
                 yw = ye * we;
             }
@@ -903,7 +906,8 @@ struct Model::Impl {
         if (allExperts)  // [T, E] norms from outputs of a bounded number of tokens at once
             for (int64_t c0 = 0; c0 < T; c0 += chunk) {
                 const int64_t n = std::min(chunk, T - c0);
-                Tensor o = everyExpertOutput(w, x.narrow(0, c0, n), ids.narrow(0, c0, n), chosen.narrow(0, c0, n), E);
+                Tensor o = everyExpertOutput(w, x.narrow(0, c0, n), ids.narrow(0, c0, n), chosen.narrow(0, c0, n), E,
+                                             spec.zeroExperts);
                 norms.push_back(o.norm(2, -1));
             }
         if (allExperts) out.norms = torch::cat(norms, 0);
@@ -975,6 +979,8 @@ struct Model::Impl {
         std::vector<Tensor> indexChoice;
         // per prompt, its token ids [T] (long) on the device (hash-routed layers choose by them)
         std::vector<Tensor> ids;
+        // per prompt, a shortcut MoE's output waiting for the next layer (LayerSpec::moeShortcut)
+        std::vector<Tensor> shortcut;
     };
     State start(const std::vector<std::vector<int64_t>>& prompts) const;
     // The intervention on layer l for prompt p (nullptr: none), while a run makes one.

@@ -191,6 +191,9 @@ int64_t ModelSpec::dim(Dim d, int layer) const {
         case Dim::Experts:
             v = numExperts;
             break;
+        case Dim::WeightExperts:
+            v = weightExperts();
+            break;
         case Dim::AttnExperts:
             v = attn.moaExperts;
             break;
@@ -378,7 +381,8 @@ bool inLayer(const ModelSpec& s, const TensorRole& t, int l) {
             return l >= 0 && s.layers[l].moe && !s.layers[l].hashRouted && s.layout != ExpertLayout::Blocks;
         case Scope::DenseFfn:
             return l >= 0 && !s.layers[l].noFfn &&
-                   (!s.layers[l].moe || s.layout == ExpertLayout::Blocks || s.moeBesideDense);
+                   (!s.layers[l].moe || s.layout == ExpertLayout::Blocks || s.moeBesideDense ||
+                    s.layers[l].moeShortcut);
         case Scope::Moe:
         case Scope::Expert:
             return l >= 0 && s.layers[l].moe && s.layout != ExpertLayout::Blocks;
@@ -400,7 +404,7 @@ std::vector<ModelSpec::Expected> ModelSpec::expectedTensors() const {
             std::vector<int64_t> shape;
             for (const Dim& d : t.shape) shape.push_back(dim(d, l));
             if (t.scope == Scope::Expert) {
-                for (int e = 0; e < numExperts; ++e)
+                for (int e = 0; e < weightExperts(); ++e)  // (zero-computation experts have no weights)
                     out.push_back({fillTemplate(t.name, l, e), shape, t.role, t.optional});
             } else if (t.pack == Pack::SecondHalf || t.pack == Pack::OddRows) {
                 continue;          // a fused tensor once (its first half names it)
@@ -609,6 +613,32 @@ void checkRuleTensors(const ModelSpec& s) {
         (s.parallelBlock || s.postNorm || s.moeBesideDense || s.residualScale != 1.0 || s.attn.isMoa() ||
          s.has(Role::AttnOutNorm) || s.has(Role::FfnOutNorm) || s.has(Role::LayerScalar)))
         throw Error("the " + s.family + " family combines its normed residual with an option it does not apply", "",
+                    s.family);
+    // LongCat-Flash's shortcut: a MoE layer whose output the next layer adds, on the plain pre-norm
+    // blocks of softmax attention it is written for
+    for (int l = 0; l < s.numLayers; ++l) {
+        const LayerSpec& L = s.layers[l];
+        const bool pairs = L.moeShortcut ? L.moe && l + 1 < s.numLayers && s.layers[l + 1].joinsShortcut &&
+                                               !s.layers[l + 1].moe && !s.layers[l + 1].moeShortcut
+                                         : !L.joinsShortcut || (l > 0 && s.layers[l - 1].moeShortcut);
+        if (!pairs)
+            throw Error("the " + s.family + " family's shortcut MoE in layer " + std::to_string(l) +
+                            " is not a MoE layer followed by the dense layer that adds its output",
+                        "", s.family);
+        if ((L.moeShortcut || L.joinsShortcut) &&
+            (!L.attention() || L.noFfn || s.parallelBlock || s.postNorm || s.moeBesideDense || s.normedResidual.on ||
+             s.hcMult > 0 || s.encoder || s.residualScale != 1.0 || s.has(Role::LayerScalar) ||
+             s.has(Role::FfnOutNorm)))
+            throw Error("the " + s.family + " family combines its shortcut MoE with an option it does not apply", "",
+                        s.family);
+    }
+    // zero-computation experts: weights for the others, outputs summed as the family's loop
+    // adds them, nothing that reads an expert's weights for every expert
+    if (s.zeroExperts < 0 ||
+        (s.zeroExperts > 0 &&
+         (s.zeroExperts >= s.numExperts || s.layout == ExpertLayout::Blocks || s.router.scalesInputs ||
+          s.expertIn > 0 || s.combine != ModelSpec::Combine::ExpertOrder || s.has(Role::MoeBias))))
+        throw Error("the " + s.family + " family's zero-computation experts come with an option they do not apply", "",
                     s.family);
     // interleaved RoPE rotates a permutation of each head (even dimensions, then odd): a per-head
     // norm after it would meet its weights permuted
@@ -926,8 +956,8 @@ ModelSpec ModelSpec::fromCheckpoint(const Checkpoint& ckpt) {
         throw Error(
             std::to_string(s.numLayers) + " layers, but the checkpoint holds only " + std::to_string(held) + " tensors",
             ckpt.configPath(), s.configKey("num_hidden_layers"));
-    if (s.layout == ExpertLayout::PerExpert && s.numExperts * static_cast<int64_t>(s.moeLayers().size()) > held)
-        throw Error(std::to_string(s.numExperts) + " experts in each of " + std::to_string(s.moeLayers().size()) +
+    if (s.layout == ExpertLayout::PerExpert && s.weightExperts() * static_cast<int64_t>(s.moeLayers().size()) > held)
+        throw Error(std::to_string(s.weightExperts()) + " experts in each of " + std::to_string(s.moeLayers().size()) +
                         " MoE layers, but the checkpoint holds only " + std::to_string(held) + " tensors",
                     ckpt.configPath(), s.configKey(s.numExpertsKey));
 
@@ -1008,6 +1038,11 @@ ModelSpec ModelSpec::fromCheckpoint(const Checkpoint& ckpt) {
         const ExpertMatrix m = s.expertMatrix(r, l, 0);
         return m.rows * m.cols;
     };
+    // (a packed stack's rows for zero-computation experts, transformers' gate_up_proj's: no parameters)
+    if (s.zeroExperts > 0 && s.layout == ExpertLayout::Packed)
+        for (int l : s.moeLayers())
+            for (Role r : {Role::ExpertGate, Role::ExpertUp})
+                if (s.tensorShape(r, l).front() == s.numExperts) total -= s.zeroExperts * elements(r, l);
     s.totalParams = total;
     s.activeParams = total;
     for (int l : s.moeLayers()) {
@@ -1020,7 +1055,8 @@ ModelSpec ModelSpec::fromCheckpoint(const Checkpoint& ckpt) {
         // GPT-OSS's per-expert biases
         perExpert +=
             (s.has(Role::ExpertGateUpBias) ? 2 * s.expertFfn : 0) + (s.has(Role::ExpertDownBias) ? s.hidden : 0);
-        s.activeParams -= (s.numExperts - s.topK) * perExpert;
+        // (zero-computation experts: at most top-k experts with weights, the most a token uses)
+        s.activeParams -= (s.weightExperts() - std::min(s.topK, s.weightExperts())) * perExpert;
     }
     if (s.attn.isMoa())  // the unchosen attention experts' query and output projections
         for (int l = 0; l < s.numLayers; ++l)

@@ -51,6 +51,9 @@ struct RouterRule {
     bool scalesInputs = false;
     bool logitsInFloat32 = false;  // the router's product in float32 (input and weights widened)
     bool weightsFloat32 = false;   // the router's matrix kept in float32 whatever the model's dtype (ERNIE, Hunyuan)
+    // ... in float16 runs only (transformers' _keep_in_fp32_modules, which it applies to float16
+    // alone: LongCat-Flash's classifier.weight)
+    bool weightsFloat32InF16 = false;
     bool scoresInHiddenDtype = false;  // scores, top-k and renormalisation in the activations' dtype
     bool bias = false;                 // the router linear has a bias (Role::RouterBias)
     bool selectionBias = false;        // Role::RouterSelectionBias added to the scores to choose only
@@ -232,6 +235,9 @@ struct AttentionSpec {
         bool ropeInterleave = false;
         bool on() const { return heads > 0; }
     } indexer;
+    // LongCat-Flash's MLA LoRA scaling: the queries (after q_b) times sqrt(hidden / qLoraRank) and
+    // the normed key/value latent (before kv_b) times sqrt(hidden / kvLoraRank), in the activations' dtype
+    bool mlaLoraScale = false;
     int64_t oGroups = 0, oLoraRank = 0;  // Compressed: the grouped output projection's groups and rank
     bool isMla() const { return kind == Kind::MLA; }
     bool isMoa() const { return kind == Kind::MoA; }
@@ -280,6 +286,12 @@ struct LayerSpec {
     // the MoE layer chooses its experts by token id from a fixed table (Role::RouterHashTable,
     // DeepSeek-V4's hash_moe layers); the router's scores still weigh them
     bool hashRouted = false;
+    // LongCat-Flash's shortcut MoE: the layer's MoE reads its FFN norm's output beside the dense MLP
+    // (whose output joins the stream as a dense layer's does), and the MoE's output is held until
+    // the next layer (joinsShortcut) has added its own MLP's output, then joins the stream. The
+    // engine's layers are then LongCat's sublayers (transformers' num_hidden_layers, two per layer).
+    bool moeShortcut = false;
+    bool joinsShortcut = false;
 };
 
 // A RoPE table beside AttentionSpec's, for layers of another type (Gemma 4's full-attention
@@ -461,6 +473,10 @@ struct ModelSpec {
     double layerNormEps = 1e-12;
     int64_t maxPositions = 0, typeVocab = 0;
     int64_t numExperts = 0, topK = 0, expertFfn = 0, sharedFfn = 0;
+    // zero-computation experts (LongCat-Flash's zero_expert_num): the last zeroExperts of the
+    // numExperts the router scores have no weights; such an expert's output is its input (identity)
+    int64_t zeroExperts = 0;
+    int64_t weightExperts() const { return numExperts - zeroExperts; }  // the experts with weights
     // the routed experts' input and output width where it is not the hidden size (0: hidden):
     // Nemotron-H's moe_latent_size, the MoE input projected into it for the experts alone (the router
     // and the shared expert read the block's input) and the experts' weighted sum projected back

@@ -38,13 +38,19 @@ std::vector<SummaryRow> describeModel(const ModelSpec& s, const Checkpoint& ckpt
     rows.push_back({"Layers",
                     std::to_string(s.numLayers) + " (" + std::to_string(moe.size()) + " MoE)",
                     {{"num_layers", s.numLayers}, {"moe_layers", moe}}});
+    // LongCat-Flash: its zero-computation experts, and the engine's layers as its sublayers
+    const std::string zero = s.zeroExperts > 0
+                                 ? " (" + std::to_string(s.weightExperts()) + " with weights, " +
+                                       std::to_string(s.zeroExperts) + " zero-computation: output = input)"
+                                 : "";
     rows.push_back({moe.empty() ? "" : "Experts",
-                    n + ", top-" + std::to_string(s.topK) + ", width " + std::to_string(s.expertFfn) +
+                    n + zero + ", top-" + std::to_string(s.topK) + ", width " + std::to_string(s.expertFfn) +
                         (s.expertIn > 0 ? ", on a latent width of " + std::to_string(s.expertIn) +
                                               " (the input projected into it, the sum projected back)"
                                         : "") +
                         (s.hasSharedExpert() ? ", shared expert width " + std::to_string(s.sharedFfn) : ""),
                     {{"num_experts", s.numExperts},
+                     {"zero_computation_experts", s.zeroExperts},
                      {"top_k", s.topK},
                      {"expert_intermediate_size", s.expertFfn},
                      {"expert_latent_size", s.expertIn > 0 ? oj(s.expertIn) : oj()},
@@ -68,6 +74,14 @@ std::vector<SummaryRow> describeModel(const ModelSpec& s, const Checkpoint& ckpt
                             ", each branch normed, the sum normed; the router on the residual through a weightless "
                             "RMSNorm x router.scale x hidden^-0.5",
                         {{"moe_beside_dense", true}}});
+    if (!s.layers.empty() && s.layers[0].moeShortcut)
+        rows.push_back({"MoE block",
+                        "LongCat-Flash's shortcut MoE: each of its " + std::to_string(s.numLayers / 2) +
+                            " layers is two of these sublayers (attention, dense MLP of " +
+                            std::to_string(s.layers[0].ffnDim) +
+                            " each); the MoE of even sublayer 2i reads its MLP's input and joins the stream "
+                            "after sublayer 2i + 1",
+                        {{"moe_shortcut", true}}});
     if (s.swigluLimit > 0) {
         std::ostringstream t;
         t << "GPT-OSS's: gate and up interleaved, with biases; gate clamped at limit " << s.swigluLimit
@@ -409,15 +423,20 @@ std::vector<SummaryRow> describeModel(const ModelSpec& s, const Checkpoint& ckpt
     if (s.attn.isMla()) {
         const AttentionSpec& a = s.attn;
         const std::string others = attn.text.substr(std::min(othersAt, attn.text.size()));
-        attn.text = "multi-head latent attention" + onLayers + ": " + std::to_string(a.heads) + " heads, " +
-                    (a.qLoraRank > 0 ? "q LoRA " + std::to_string(a.qLoraRank) : std::string("no q LoRA")) +
-                    ", kv LoRA " + std::to_string(a.kvLoraRank) + ", q/k head " + std::to_string(a.qkNopeDim) + " + " +
-                    std::to_string(a.qkRopeDim) +
-                    (!a.rope            ? " shared, without positions"
-                     : a.ropeInterleave ? " RoPE (interleaved)"
-                                        : " RoPE") +
-                    ", v head " + std::to_string(a.vHeadDim) + others;
+        attn.text =
+            "multi-head latent attention" + onLayers + ": " + std::to_string(a.heads) + " heads, " +
+            (a.qLoraRank > 0 ? "q LoRA " + std::to_string(a.qLoraRank) : std::string("no q LoRA")) + ", kv LoRA " +
+            std::to_string(a.kvLoraRank) + ", q/k head " + std::to_string(a.qkNopeDim) + " + " +
+            std::to_string(a.qkRopeDim) +
+            (!a.rope            ? " shared, without positions"
+             : a.ropeInterleave ? " RoPE (interleaved)"
+                                : " RoPE") +
+            ", v head " + std::to_string(a.vHeadDim) +
+            (a.mlaLoraScale ? ", LoRA scaling (queries x sqrt(hidden / q LoRA), latent x sqrt(hidden / kv LoRA))"
+                            : "") +
+            others;
         attn.fields.push_back({"mla", oj{{"q_lora_rank", a.qLoraRank > 0 ? oj(a.qLoraRank) : oj()},
+                                         {"lora_scaling", a.mlaLoraScale},
                                          {"kv_lora_rank", a.kvLoraRank},
                                          {"qk_nope_head_dim", a.qkNopeDim},
                                          {"qk_rope_head_dim", a.qkRopeDim},

@@ -315,6 +315,12 @@ std::string fillTemplate(const std::string& tmpl, int layer, int expert) {
         if (tmpl.compare(i, 3, "{L}") == 0) {
             out += std::to_string(layer);
             i += 2;
+        } else if (tmpl.compare(i, 4, "{L2}") == 0) {
+            out += std::to_string(layer / 2);
+            i += 3;
+        } else if (tmpl.compare(i, 3, "{S}") == 0) {
+            out += std::to_string(layer % 2);
+            i += 2;
         } else if (tmpl.compare(i, 3, "{E}") == 0) {
             out += std::to_string(expert);
             i += 2;

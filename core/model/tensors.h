@@ -255,6 +255,7 @@ struct Dim {
         ExpertFfn,
         SharedFfn,
         Experts,
+        WeightExperts,  // the experts with weights (ModelSpec::weightExperts: less its zero-computation ones)
         AttnExperts,
         Positions,
         TypeVocab,
@@ -305,7 +306,9 @@ Dim operator*(int m, Dim::Sym s);
 struct TensorRole {
     Role role;
     Scope scope;
-    std::string name;        // template: "{L}" is the layer index, "{E}" the expert index
+    // template: "{L}" is the layer index, "{E}" the expert index; "{L2}" and "{S}" the layer index
+    // halved and its parity (LongCat-Flash: each of its layers is two of the engine's)
+    std::string name;
     std::vector<Dim> shape;  // the whole tensor's shape (Stacked: [E, ...])
     Pack pack = Pack::None;
     bool optional = false;  // may be absent; checked when present (a tied lm_head.weight)
@@ -340,7 +343,7 @@ struct ExpertMatrix {
     bool contiguous() const { return rowStride == cols && colStride == 1; }
 };
 
-// "{L}" and "{E}" of a template filled in.
+// "{L}", "{E}", "{L2}" and "{S}" of a template filled in.
 std::string fillTemplate(const std::string& tmpl, int layer, int expert);
 
 }  // namespace es

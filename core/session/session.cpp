@@ -506,6 +506,7 @@ int64_t checkModel(const SessionModel& m, const std::string& path) {
                         " equal groups",
                     path, "/model@expert_groups");
     range(m.groupsKept, 1, m.expertGroups, "expert_groups_kept");
+    range(m.zeroExperts, 0, std::max<int64_t>(0, m.numExperts - 1), "zero_computation_experts");
     nlohmann::json cfg;
     try {
         cfg = parseJson(m.configJson, path);
@@ -1044,6 +1045,8 @@ Session Session::open(const std::string& pathIn) {
         // optional (sessions before them: no groups)
         if (H5Aexists(g, "expert_groups") > 0) m.expertGroups = needInt(g, "expert_groups", path, "/model");
         if (H5Aexists(g, "expert_groups_kept") > 0) m.groupsKept = needInt(g, "expert_groups_kept", path, "/model");
+        if (H5Aexists(g, "zero_computation_experts") > 0)
+            m.zeroExperts = needInt(g, "zero_computation_experts", path, "/model");
         m.configJson = needString(g, "config_json", path, "/model");
         m.checkpointPath = needString(g, "checkpoint_path", path, "/model");
         m.fingerprint = needString(g, "fingerprint", path, "/model");
@@ -1550,6 +1553,7 @@ void writeHeader(hid_t f, const SessionModel& m, const std::string& file) {
         attrInt(g, "expert_groups", m.expertGroups, file, "/model");
         attrInt(g, "expert_groups_kept", m.groupsKept, file, "/model");
     }
+    if (m.zeroExperts > 0) attrInt(g, "zero_computation_experts", m.zeroExperts, file, "/model");
     if (!m.linearAttentionLayers.empty())
         attrValue(g, "linear_attention_layers", AttrValue::i64s(m.linearAttentionLayers), file, "/model");
     if (!m.shortConvLayers.empty())

@@ -26,6 +26,9 @@ struct SessionModel {
     // group-limited routing (DeepSeek-V2/V3 line): the routed experts in expertGroups equal
     // groups of consecutive ids, of which groupsKept are kept per token; 1 and 1 otherwise
     int64_t expertGroups = 1, groupsKept = 1;
+    // zero-computation experts (LongCat-Flash): the last zeroExperts of the numExperts ids have no
+    // weights, their output is their input; 0 otherwise
+    int64_t zeroExperts = 0;
     // hybrid models (Qwen3-Next): the layers whose token mixer is linear attention (Gated
     // DeltaNet), ascending; empty where every layer has softmax attention
     std::vector<int64_t> linearAttentionLayers;

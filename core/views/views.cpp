@@ -2,6 +2,7 @@
 #include <algorithm>
 #include <charconv>
 #include <functional>
+#include <limits>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <set>
@@ -2331,17 +2332,15 @@ bool fillRuns(const Session& s, ViewInfo& v, const std::string& prefix, const st
     return true;
 }
 
-// Group-limited routing (the session's /model@expert_groups): a line between the groups on every
-// axis of the E routed experts in id order (heatmap rows and columns, bars per expert).
-void markExpertGroups(Figure& f, int64_t E, int64_t G) {
-    if (G <= 1 || E <= 0 || E % G != 0) return;
-    const int64_t size = E / G;
+// A line on every axis of the E experts in id order (heatmap rows and columns, bars per expert)
+// before each expert of `starts` (where a block of experts begins); true where one was drawn.
+bool markExpertBoundaries(Figure& f, const std::vector<int64_t>& starts) {
     bool marked = false;
     auto boundaries = [&](const std::vector<int>& experts, std::vector<int64_t>& seps) {
         for (size_t i = 1; i < experts.size(); ++i) {
             const int e = experts[i];
             const auto at = static_cast<int64_t>(i);
-            if (e > 0 && e % size == 0 && experts[i - 1] == e - 1 &&
+            if (std::find(starts.begin(), starts.end(), e) != starts.end() && experts[i - 1] == e - 1 &&
                 std::find(seps.begin(), seps.end(), at) == seps.end()) {
                 seps.push_back(at);
                 marked = true;
@@ -2353,12 +2352,35 @@ void markExpertGroups(Figure& f, int64_t E, int64_t G) {
             boundaries(p.heatmap.rowExpert, p.heatmap.rowSeparators);
             boundaries(p.heatmap.colExpert, p.heatmap.colSeparators);
         }
-        if (p.xExperts) {
-            for (int64_t g = 1; g < G; ++g) p.markX.push_back(static_cast<double>(g * size) - 0.5);
-            marked = true;
+        if (p.xExperts) {  // (where the panel's experts lie on both sides of the boundary)
+            double lo = std::numeric_limits<double>::infinity(), hi = -lo;
+            for (const Series& sr : p.series)
+                for (double x : sr.x) {
+                    lo = std::min(lo, x);
+                    hi = std::max(hi, x);
+                }
+            for (int64_t e : starts)
+                if (lo < static_cast<double>(e) && hi >= static_cast<double>(e)) {
+                    p.markX.push_back(static_cast<double>(e) - 0.5);
+                    marked = true;
+                }
         }
     }
-    if (marked) f.title += ", lines between the " + std::to_string(G) + " expert groups";
+    return marked;
+}
+
+// Group-limited routing (the session's /model@expert_groups): a line between the G groups of the E
+// routed experts; zero-computation experts (/model@zero_computation_experts, LongCat-Flash's: the
+// last Z ids), a line before them.
+void markExpertBlocks(Figure& f, int64_t E, int64_t G, int64_t Z) {
+    if (G > 1 && E > 0 && E % G == 0) {
+        std::vector<int64_t> starts;
+        for (int64_t g = 1; g < G; ++g) starts.push_back(g * (E / G));
+        if (markExpertBoundaries(f, starts)) f.title += ", lines between the " + std::to_string(G) + " expert groups";
+    }
+    if (Z > 0 && Z < E && markExpertBoundaries(f, {E - Z}))
+        f.title +=
+            ", experts " + std::to_string(E - Z) + "-" + std::to_string(E - 1) + " zero-computation (output = input)";
 }
 
 // Runs with `prefix/RUN` holding the per-layer array `array` (rows: the layers of its `layers`
@@ -2775,7 +2797,7 @@ Figure buildFigure(const Session& s, const ViewRequest& req) {
                 }() + ")");
             Figure f = d.build(s, req);
             if (req.kind == "attention") f.title = "Attention experts: " + f.title;
-            else markExpertGroups(f, s.model().numExperts, s.model().expertGroups);
+            else markExpertBlocks(f, s.model().numExperts, s.model().expertGroups, s.model().zeroExperts);
             // the options every heatmap has; the title says what differs from a plain figure
             for (auto& p : f.panels) {
                 if (!p.hasHeatmap) continue;

@@ -7,7 +7,8 @@ groups ranked by the sum of their two best biased scores and renormalised, scale
 DeepSeek-V2's softmax with greedy and group-limited (max) selection, scaled, not renormalised;
 Gemma 4's renormalised softmax with per-expert output scales; ERNIE 4.5's softmax with a
 selection bias renormalised by a clamped sum; Mixtral's, JetMoE's and Llama 4's rules; Laguna's
-soft-capped sigmoid router whose scale goes on the routed sum.
+soft-capped sigmoid router whose scale goes on the routed sum; LongCat-Flash's unnormalised softmax
+with a selection bias over its experts and its zero-computation ones.
 HF's DeepSeek routers choose with topk(sorted=False), so choices are compared as sets per token
 (weights matched by expert id). Tolerance: weights within 1e-6 (float32, the same operations).
 """
@@ -188,6 +189,28 @@ def test_laguna_sigmoid_bias_and_routed_sum_scale():
     _, w2, _ = route(dict(rule, scale_routed_sum=False), logits.numpy(), 4,
                      selection_bias=router.e_score_correction_bias.detach().numpy())
     assert np.allclose(w2, 2.5 * w)
+
+
+def test_longcat_flash_softmax_bias_unnormalised():
+    """LongCat-Flash's router over its experts with weights and its zero-computation ones alike (8 + 4):
+    softmax scores of the float32 logits, a correction bias to choose, the chosen scores unnormalised
+    times routed_scaling_factor."""
+    cfg = transformers.LongcatFlashConfig(hidden_size=32, n_routed_experts=8, zero_expert_num=4, moe_topk=3,
+                                          routed_scaling_factor=6.0)
+    router = transformers.models.longcat_flash.modeling_longcat_flash.LongcatFlashTopkRouter(cfg).eval()
+    g = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        router.classifier.weight.copy_(torch.randn(12, 32, generator=g))
+        router.e_score_correction_bias.copy_(torch.randn(12, generator=g) * 0.1)
+        logits, ref_w, ref_ids = router(torch.randn(T, 32, generator=g))
+    bias = router.e_score_correction_bias.detach().numpy()
+    rule = {"scoring": "softmax", "renormalize": False, "scale": 6.0}
+    ids, w, desc = route(rule, logits.numpy(), 3, selection_bias=bias)
+    same_choices(ids, w, ref_ids, ref_w)
+    assert (ids >= 8).any() and "x6" in desc
+    # renormalised instead, the weights would differ (the test can fail)
+    _, w2, _ = route(dict(rule, renormalize=True), logits.numpy(), 3, selection_bias=bias)
+    assert not np.allclose(w2, w)
 
 
 def test_bad_group_settings_are_refused():

@@ -345,6 +345,25 @@ CONFIGS = {
         layer_types=["full_attention", "sliding_attention", "full_attention"], sliding_window=4,
         mlp_layer_types=["sparse", "sparse", "sparse"], num_experts=6, num_experts_per_tok=2,
         moe_intermediate_size=32, shared_expert_intermediate_size=16, tie_word_embeddings=True)),
+    # LongCat-Flash: two layers of two sublayers each (transformers' num_hidden_layers 4: the engine's
+    # layers), MLA with q LoRA, LoRA scaling, interleaved RoPE and biases (attention_bias), YaRN (factor
+    # 4 from 64 positions, mscale != mscale_all_dim: both the cos/sin factor and the softmax scale move);
+    # the shortcut MoE: 6 experts with weights and 3 zero-computation (identity) ones, top-3 of the 9 by
+    # softmax scores plus a random correction bias, weights x 6.0 unnormalised, beside the dense MLPs
+    "longcat_flash_zero_yarn": ("LongcatFlashConfig", dict(
+        num_layers=2, num_hidden_layers=4, num_attention_heads=4, q_lora_rank=40, kv_lora_rank=32,
+        qk_nope_head_dim=16, qk_rope_head_dim=8, head_dim=8, v_head_dim=12, ffn_hidden_size=80,
+        expert_ffn_hidden_size=24, n_routed_experts=6, zero_expert_num=3, moe_topk=3, routed_scaling_factor=6.0,
+        attention_bias=True,
+        rope_parameters=dict(rope_type="yarn", rope_theta=10000000.0, factor=4.0, original_max_position_embeddings=64,
+                             beta_fast=8, beta_slow=1, mscale=0.707, mscale_all_dim=1.0))),
+    # ... three layers, no zero-computation experts (zero_expert_num 0), top-2 of 4 x 1.5, plain RoPE
+    # of the class's theta, no biases, a tied head
+    "longcat_flash_plain_tied": ("LongcatFlashConfig", dict(
+        num_layers=3, num_hidden_layers=6, num_attention_heads=2, q_lora_rank=24, kv_lora_rank=16,
+        qk_nope_head_dim=8, qk_rope_head_dim=4, head_dim=4, v_head_dim=8, ffn_hidden_size=48,
+        expert_ffn_hidden_size=32, n_routed_experts=4, zero_expert_num=0, moe_topk=2, routed_scaling_factor=1.5,
+        tie_word_embeddings=True)),
     # Kimi Linear: Kimi Delta Attention on layers 0, 1 and 3 and MLA without positions on layer 2 by
     # linear_attn_config's 1-indexed lists, as the published configs give them (4 heads of 8, a
     # 3-wide convolution); no q LoRA, attention biases; layer 0 dense (first_k_dense_replace), then
@@ -815,6 +834,7 @@ def reinitialised(model, seed=0, storage=None):
             elif (pname.endswith("gate.weight") and p.shape[0] != 1 and "shared" not in pname) or \
                     pname.endswith("block_sparse_moe.router.weight") or pname.endswith("gate.wg.weight") or \
                     pname.endswith("mlp.router.weight") or pname.endswith("ffn.router.layer.weight") or \
+                    pname.endswith("mlp.router.classifier.weight") or \
                     pname.endswith("feed_forward.router.weight"):
                 # the router: decisive enough that top-k ties are rare. A post-norm decoder's router
                 # (FlexOlmo) reads the raw residual stream, not its normalised copy: a third of the
@@ -870,9 +890,10 @@ def _moe_blocks(model):
                 "GraniteMoeMoE", "GraniteMoeSharedMoE", "HunYuanMoEV1Moe", "GptOssMLP", "DbrxFFN", "Llama4TextMoe",
                 "SolarOpenMoE", "DeepseekV32MoE", "GlmMoeDsaMoE", "MiMoV2FlashMoE",
                 "ExaoneMoeSparseMoEBlock", "HYV3MoE", "AfmoeSparseMoeBlock", "Glm4vMoeTextMoE",
-                "GraniteMoeSWAMoE", "GraniteMoeHybridMoE", "KimiLinearMoE", "NemotronHMoE"):
+                "GraniteMoeSWAMoE", "GraniteMoeHybridMoE", "KimiLinearMoE", "NemotronHMoE", "LongcatFlashMoE"):
             layer = int(mname.split(".blocks." if ".blocks." in mname else ".layers.")[1].split(".")[0])  # DBRX's
-            blocks[layer] = m
+            # (LongCat-Flash: layer i's MoE sits in sublayer 2i, the engine's layer)
+            blocks[2 * layer if type(m).__name__ == "LongcatFlashMoE" else layer] = m
     return blocks
 
 
@@ -887,7 +908,8 @@ def shared_of(model, layer, block):
     them), or (Granite) the decoder layer's shared_mlp beside it; None without one."""
     shared = getattr(block, "shared_expert", None) or getattr(block, "shared_experts", None) or \
         getattr(block, "shared_mlp", None)  # Hunyuan's
-    if shared is None and hasattr(model, "model"):  # (DBRX's decoder is model.transformer, without one)
+    if shared is None and hasattr(model, "model") and type(block).__name__ != "LongcatFlashMoE":
+        # (DBRX's decoder is model.transformer, without one; LongCat-Flash's layers hold none)
         decoder = getattr(model.model, "language_model", model.model)  # a multimodal container's text model
         shared = getattr(decoder.layers[layer], "shared_mlp", None)
     return shared
@@ -946,6 +968,9 @@ def reference(model, prompts=PROMPTS, device="cpu"):
             elif type(mod).__name__ == "DeepseekV4TopKRouter":
                 # DeepSeek-V4: its scoring function in the logits' dtype, plus the float32 bias
                 probs = mod.score_fn(logits).float() + bias
+            elif type(mod).__name__ == "LongcatFlashTopkRouter":
+                # LongCat-Flash: the float32 softmax scores plus the bias (in the model's dtype)
+                probs = probs + bias
             elif bias is not None:
                 # DeepSeek-V3: the choice is made on the biased sigmoids of the kept groups
                 probs = groups_kept(logits.float().sigmoid() + bias, sum_top2)
@@ -977,7 +1002,8 @@ def reference(model, prompts=PROMPTS, device="cpu"):
         def fn(mod, args):
             x = args[0].reshape(-1, args[0].shape[-1])
             T = x.shape[0]
-            E = mod.experts.num_experts
+            # (LongCat-Flash's experts: total_experts, its zero-computation ones among them)
+            E = getattr(mod.experts, "num_experts", None) or mod.experts.total_experts
             norms = []
             if type(mod).__name__ == "Llama4TextMoe":
                 # Llama 4's experts take one [E * T, d] batch, block e for expert e: every expert on the
@@ -989,9 +1015,14 @@ def reference(model, prompts=PROMPTS, device="cpu"):
             # added once to the sum)
             latent = isinstance(getattr(mod, "fc2_latent_proj", None), torch.nn.Linear)
             xe = mod.fc1_latent_proj(x) if latent else x
+            # (LongCat-Flash's experts loop fails on one slot (its squeeze(0)): the expert in two slots,
+            # weighed 1 and 0, adds y and then y x 0)
+            slots = 2 if hasattr(mod.experts, "total_experts") else 1
             for e in range(E if not norms else 0):
-                idx = torch.full((T, 1), e, dtype=torch.long, device=x.device)
-                y = mod.experts(xe, idx, torch.ones(T, 1, device=x.device, dtype=x.dtype))
+                idx = torch.full((T, slots), e, dtype=torch.long, device=x.device)
+                w = torch.zeros(T, slots, device=x.device, dtype=x.dtype)
+                w[:, 0] = 1
+                y = mod.experts(xe, idx, w)
                 if latent:
                     y = torch.nn.functional.linear(y, mod.fc2_latent_proj.weight)
                 norms.append(y.reshape(T, -1).float().norm(dim=-1))

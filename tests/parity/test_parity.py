@@ -274,7 +274,9 @@ def long_prompt_and_compare(cli, ckpt, model, tmp_path, seed, tokens=2600):
 # attention (Gated DeltaNet, lightning, Mamba, Mamba2, Kimi Delta Attention) in their own mixes of
 # dtypes; Nemotron-H's float32 norm products and its experts' float32 sums (through its latent
 # projections); Laguna's float32 softplus gate, its float32 soft-capped router logits with the
-# correction bias in the model's dtype, and its routed sum scaled in the activations' dtype.
+# correction bias in the model's dtype, and its routed sum scaled in the activations' dtype;
+# LongCat-Flash's router matrix in float32 in float16 runs only beside its bias in the model's dtype,
+# its MLA LoRA scaling and its float32 combine weights rounded per expert, added in expert order.
 HALF_FAMILIES = ["deepseek_v3_groups", "deepseek_v2_groups", "glm4_moe_groups_qknorm", "dots1_sliding_groups",
                  "glm4_moe_lite_types", "minimax_m2_rotary_dim", "mistral4_groups_temperature",
                  "granitemoe_multipliers", "granitemoeshared_shared", "ernie4_5_moe_bias_interval",
@@ -286,7 +288,8 @@ HALF_FAMILIES = ["deepseek_v3_groups", "deepseek_v2_groups", "glm4_moe_groups_qk
                  "jamba_hybrid_bias", "jamba_moe_plain_tied", "granitemoehybrid_rope_groups",
                  "granitemoehybrid_nope_plain", "kimi_linear_kda_groups", "kimi_linear_lora_types",
                  "nemotron_h_all_blocks", "nemotron_h_pattern_plain", "nemotron_h_latent",
-                 "laguna_heads_gate_softcap", "laguna_per_element_defaults"]
+                 "laguna_heads_gate_softcap", "laguna_per_element_defaults", "longcat_flash_zero_yarn",
+                 "longcat_flash_plain_tied"]
 # bf16 tolerances: bf16 has an 8-bit mantissa (relative step 2^-8 = 3.9e-3); two implementations
 # with different kernels or operation orders differ by a few steps after a couple of layers, so
 # router logits within 0.05 absolute, logits within 3e-2 of the largest logit, and the chosen sets

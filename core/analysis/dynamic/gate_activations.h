@@ -1,6 +1,7 @@
 #pragma once
 // D3: the gate activations act(W_gate x) of every expert (and of the shared expert and the
-// reference FFN) for the run's first N tokens.
+// reference FFN) for the run's first N tokens. (Zero-computation experts have no gate: only the
+// experts with weights are recorded.)
 #include "analysis/pass.h"
 
 namespace es::detail {
@@ -22,7 +23,7 @@ public:
         Acc& a = acc_[t.layer];
         Tensor xf = t.x.narrow(0, 0, n), xe = expertsInput(t.weights, xf);  // (a latent MoE's experts: projected)
         std::vector<Tensor> ge;
-        for (int64_t e = 0; e < k_.experts; ++e)
+        for (int64_t e = 0; e < c_.spec.weightExperts(); ++e)
             ge.push_back(gateActivation(xe, t.weights.experts[e]).to(torch::kFloat));
         a.experts.push_back(torch::stack(ge, 1).to(torch::kCPU));  // [n, E, F]
         if (shared_) a.shared.push_back(gateActivation(xf, t.weights.shared).to(torch::kFloat).to(torch::kCPU));
@@ -31,7 +32,7 @@ public:
 
     void finish(const PassContext& c, std::map<std::string, Result>& out) override {
         const std::vector<int64_t> tokenIndex = c.tokenIndex();
-        const int64_t E = k_.experts;
+        const int64_t E = c.spec.weightExperts();
         const int64_t F = c.spec.expertFfn, SF = c.spec.sharedFfn;
         Result r;
         for (int l : c.layers) {

@@ -99,6 +99,11 @@ Tensor Model::Impl::mlaAttention(const LayerWeights& w, const Tensor& x, const T
     q = q.view({T, H, nope + r}).transpose(0, 1);  // [H, T, nope + r]
     Tensor latent = torch::linear(x, w.kva, w.kvab);
     Tensor c = rmsNorm(latent.narrow(-1, 0, a.kvLoraRank), w.kvaNorm, a.latentNormEps);
+    if (a.mlaLoraScale) {  // LongCat-Flash: the queries and the normed latent scaled back to the hidden width
+        const double hidden = static_cast<double>(spec.hidden);
+        q = q * std::sqrt(hidden / static_cast<double>(a.qLoraRank));
+        c = c * std::sqrt(hidden / static_cast<double>(a.kvLoraRank));
+    }
     // (Kimi Linear's MLA has no positions: its "rope" parts pass unturned, the key's still shared)
     auto rope = [&](const Tensor& t) { return a.rope ? applyRope(t, cos, sin, a.ropeInterleave, a.ropeInFloat32) : t; };
     Tensor kRope = rope(latent.narrow(-1, a.kvLoraRank, r).unsqueeze(0));         // [1, T, r]
