@@ -1079,9 +1079,25 @@ FP8 = {
     # scales over blocks of 2 heads, since the indexer's choice cannot tell a scaling common to every
     # head (a power of 2 shared by the blocks) from none
     "deepseek_v32_fp8_f32_scales": ("deepseek_v32_sparse", torch.float32, [2, 24]),
+    # LongCat-Flash (its FP8 release's scheme): the sublayers' MLA and dense MLPs and the experts with weights
+    # in partial blocks; transformers' save writes the zero-computation experts' gate and up rows, quantized too
+    "longcat_flash_fp8_f32_scales": ("longcat_flash_zero_yarn", torch.float32, [16, 24]),
 }
 # tensors an FP8 fixture stores as F8_E4M3 besides fp8_quantized's
 FP8_ALSO = {"deepseek_v32_fp8_f32_scales": ("indexer.weights_proj.weight",)}
+
+
+def zero_expert_projection(name, cfg):
+    """A zero-computation expert's projection in transformers' save of LongCat-Flash (experts.{e}, e at or
+    past n_routed_experts: the rows its packed gate_up_proj holds for them); Meituan's releases have none."""
+    parts = name.split(".")
+    return cfg.get("model_type") == "longcat_flash" and len(parts) > 5 and parts[3:5] == ["mlp", "experts"] and \
+        parts[5].isdigit() and int(parts[5]) >= cfg["n_routed_experts"]
+
+
+# tensors an FP8 fixture leaves out of its FP8 checkpoint (as released), name -> predicate(name, cfg); the
+# dequantized reference keeps them (transformers' loader wants them)
+FP8_RELEASED = {"longcat_flash_fp8_f32_scales": zero_expert_projection}
 
 
 def fp8_quantized(name, also=()):
@@ -1092,7 +1108,8 @@ def fp8_quantized(name, also=()):
         return True
     # (DeepSeek-V3.2's indexer keeps its head weights' projection in bf16, its q and k in FP8)
     if "norm" in name or name.endswith((".mlp.gate.weight", ".block_sparse_moe.gate.weight",
-                                        "shared_expert_gate.weight", "indexer.weights_proj.weight")):
+                                        "shared_expert_gate.weight", "indexer.weights_proj.weight",
+                                        "router.classifier.weight")):
         return False
     return True
 
@@ -1129,19 +1146,22 @@ def make_fp8(name, out_dir, **overrides):
         cfg = json.load(f)
     cfg["quantization_config"] = {"activation_scheme": "dynamic", "fmt": "e4m3", "quant_method": "fp8",
                                   "weight_block_size": block}
-    return write_fp8(f32, out_dir, scale_dtype, block, cfg, FP8_ALSO.get(name, ()))
+    return write_fp8(f32, out_dir, scale_dtype, block, cfg, FP8_ALSO.get(name, ()), FP8_RELEASED.get(name))
 
 
-def write_fp8(f32, out_dir, scale_dtype, block, fp8_config, also=()):
+def write_fp8(f32, out_dir, scale_dtype, block, fp8_config, also=(), left_out=None):
     """The save_pretrained checkpoint in f32 quantized (fp8_quantized's tensors) into out_dir/fp8
-    with fp8_config as its config.json, and the reference: HF on the dequantized weights
-    (out_dir/dequantized: the same names in float32, no scales, f32's own config.json)."""
+    with fp8_config as its config.json (without the tensors left_out(name, config) names), and the
+    reference: HF on the dequantized weights (out_dir/dequantized: the same names in float32, no scales,
+    f32's own config.json)."""
     from safetensors.torch import load_file
     sd = load_file(os.path.join(f32, "model.safetensors"))
     fp8, deq = {}, {}
     ignored = set(fp8_config.get("quantization_config", {}).get("ignored_layers", []))  # kept unquantized
     for k, v in sd.items():
-        if fp8_quantized(k, also) and k[:-len(".weight")] not in ignored:
+        if left_out is not None and left_out(k, fp8_config):
+            deq[k] = v
+        elif fp8_quantized(k, also) and k[:-len(".weight")] not in ignored:
             q, s, d = quantize_fp8(v.float(), scale_dtype, block)
             fp8[k], fp8[k + "_scale_inv"], deq[k] = q, s, d
         else:

@@ -44,12 +44,6 @@ def test_info(cli, build_fixture):
     assert (info["num_layers"], info["moe_layers"], info["zero_computation_experts"]) == (6, [0, 2, 4], 0)
 
 
-def _zero_expert_tensors(name):
-    """transformers' save of a zero-computation expert's rows of gate_up_proj (never read)"""
-    parts = name.split(".")
-    return len(parts) > 5 and parts[3:5] == ["mlp", "experts"] and int(parts[5]) >= ROUTED
-
-
 def test_released_layout_and_transformers_save_alike(cli, build_fixture, tmp_path):
     """transformers' save_pretrained writes gate and up projections for the zero-computation experts too
     (its packed gate_up_proj holds their rows); Meituan's release has none. Both open, the extra ones left
@@ -59,7 +53,9 @@ def test_released_layout_and_transformers_save_alike(cli, build_fixture, tmp_pat
     per, _, _ = build_fixture(NAME)
     from safetensors.torch import load_file
     sd = load_file(os.path.join(per, "model.safetensors"))
-    extra = sorted(k for k in sd if _zero_expert_tensors(k))
+    with open(os.path.join(per, "config.json")) as f:
+        cfg = json.load(f)
+    extra = sorted(k for k in sd if fixtures.zero_expert_projection(k, cfg))
     assert len(extra) == 2 * 2 * ZERO and "model.layers.1.mlp.experts.8.up_proj.weight" in extra
     released = fixtures.copy_checkpoint(per, str(tmp_path / "released"), None,
                                         lambda s: [s.pop(k) for k in extra])

@@ -129,8 +129,8 @@ void tensors(ModelSpec& s, const TensorProbe& has) {
     if (s.zeroExperts > 0 && has(fillTemplate(zero + "gate_proj.weight", 0, static_cast<int>(s.weightExperts()))))
         for (int l = 0; l < s.numLayers; l += 2)
             for (int64_t e = s.weightExperts(); e < s.numExperts; ++e)
-                for (const char* m : {"gate_proj.weight", "up_proj.weight"})
-                    t.skip(fillTemplate(zero + m, l, static_cast<int>(e)), false,
+                for (const char* m : {"gate_proj.", "up_proj."})  // (the weight, and its FP8 scale)
+                    t.skip(fillTemplate(zero + m, l, static_cast<int>(e)), true,
                            "a zero-computation expert's projection, which transformers' packed experts hold "
                            "and never read (its output is its input)");
     t.skip("model.mtp.", true, "LongCat-Flash's multi-token-prediction module (transformers leaves it out)");
