@@ -891,6 +891,12 @@ RunTrace importRouting(const ModelSpec& spec, const RoutingImport& req) {
     if (req.format != "auto" && req.format != "vllm" && req.format != "sglang" && req.format != "sglang-dump")
         throw Error("unknown format '" + req.format + "' (" + kRoutingFormats + ")", "", "--format");
     if (req.files.empty()) throw Error("no records file given", "", "import");
+    if (spec.zeroExperts > 0 ||
+        std::any_of(spec.layers.begin(), spec.layers.end(), [](const LayerSpec& l) { return l.moeShortcut; }))
+        throw Error("importing " + spec.family +
+                        "'s routing is not supported: serving engines record its layers where ExpertScope's are "
+                        "their sublayers, and their kernels rewrite the ids of its zero-computation experts",
+                    "", "config.json");
     Reader rd{spec, {}, spec.numExperts, spec.topK, spec.numLayers};
     for (int l = 0; l < spec.numLayers; ++l)
         if (spec.layers[static_cast<size_t>(l)].moe) rd.moe.push_back(l);

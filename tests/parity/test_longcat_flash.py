@@ -74,11 +74,21 @@ def test_released_layout_and_transformers_save_alike(cli, build_fixture, tmp_pat
 
 
 def test_zero_computation_experts_output_their_input(cli, build_fixture, tmp_path):
-    """Every token's output norm of each zero-computation expert is its MoE input's norm (the three
-    columns equal, and a chosen one's share of the block is its weight times that input), and tokens
-    do choose them."""
+    """Each zero-computation expert's output norm on every token is the norm of the MoE block's input in
+    transformers' model (read by a hook on its LongcatFlashMoE), and tokens do choose them."""
+    torch = require("torch")
     h5py = require("h5py")
     per, _, _ = build_fixture(NAME)
+    model = fixtures.hf_from_pretrained(per, torch.float32)
+    inputs = {0: [], 2: []}
+    hooks = [layer.mlp.register_forward_pre_hook(
+        lambda m, a, l=2 * i: inputs[l].append(a[0][0].norm(dim=-1).detach().numpy()))
+        for i, layer in enumerate(model.model.layers)]
+    with torch.no_grad():
+        for p in fixtures.PROMPTS:
+            model(torch.tensor([p]))
+    for h in hooks:
+        h.remove()
     out = str(tmp_path / "s.h5")
     trace(cli, per, out, "--all-experts", "--run", "r")
     with h5py.File(out, "r") as f:
@@ -86,9 +96,10 @@ def test_zero_computation_experts_output_their_input(cli, build_fixture, tmp_pat
         for l in (0, 2):
             n = f[f"runs/r/layers/{l}/expert_output_norms"][:]
             assert n.shape[1] == ROUTED + ZERO
-            np.testing.assert_array_equal(n[:, ROUTED + 1], n[:, ROUTED])
-            np.testing.assert_array_equal(n[:, ROUTED + 2], n[:, ROUTED])
-            assert not np.allclose(n[:, 0], n[:, ROUTED])  # (an expert with weights is another function)
+            x = np.concatenate(inputs[l])
+            for e in range(ROUTED, ROUTED + ZERO):
+                np.testing.assert_allclose(n[:, e], x, rtol=1e-5, err_msg=f"{l}/{e}")
+            assert not np.allclose(n[:, 0], x, rtol=1e-2)  # (an expert with weights is another function)
             chose += int((f[f"runs/r/layers/{l}/topk_experts"][:] >= ROUTED).sum())
         assert chose > 0
 
@@ -110,12 +121,68 @@ BAD = [
     (lambda c: c.update(num_key_value_heads=2), ["num_key_value_heads", "must equal num_attention_heads"]),
     (lambda c: c.update(hidden_act="gelu"), ["hidden_act", "'gelu'"]),
     (lambda c: c.update(num_layers=0), ["num_layers", "must be positive"]),
+    (lambda c: c.update(num_experts_per_tok=2), ["num_experts_per_tok", "disagrees with moe_topk"]),
+    (lambda c: c.update(intermediate_size=40), ["intermediate_size", "disagrees with ffn_hidden_size"]),
+    (lambda c: c.update(moe_topk=1), ["moe_topk", "one expert per token"]),
+    (lambda c: (c.pop("num_layers"), c.update(num_hidden_layers=7)), ["num_hidden_layers", "even"]),
+    (lambda c: c.update(head_dim=None), ["head_dim", "null"]),
+    (lambda c: c["rope_parameters"].update(rope_type="llama3", low_freq_factor=1.0, high_freq_factor=4.0),
+     ["rope_parameters.mscale_all_dim", "'llama3'"]),
 ]
 
 
 @pytest.mark.parametrize("i", range(len(BAD)))
 def test_bad_options_named(cli, build_fixture, tmp_path, i):
     assert_edit_refused(cli, build_fixture, tmp_path, NAME, *BAD[i])
+
+
+def test_sublayer_count_and_aliases_as_transformers_reads_them(cli, build_fixture, tmp_path):
+    """num_hidden_layers alone (the sublayers: transformers halves it), and the attribute_map aliases given
+    beside their keys with the same values: opened as transformers opens them, logits equal to its own."""
+    from test_parity import assert_logits_match_hf
+    per, _, _ = build_fixture(NAME)
+    d = fixtures.copy_checkpoint(per, str(tmp_path / "keys"), lambda c: (
+        c.pop("num_layers"), c.update(num_hidden_layers=4, num_experts_per_tok=c["moe_topk"],
+                                      num_local_experts=c["n_routed_experts"])))
+    info = json.loads(run_cli(cli, "info", d, "--json").stdout)
+    assert (info["num_layers"], info["moe_layers"], info["top_k"]) == (4, [0, 2], 3)
+    assert_logits_match_hf(cli, d, str(tmp_path / "s.h5"))
+
+
+def test_routing_import_refused_by_name(cli, build_fixture, tmp_path):
+    """A serving engine's routing records of LongCat-Flash are refused naming why (the engines count its
+    layers, not its sublayers, and rewrite the zero-computation experts' ids), not read by sublayer."""
+    per, _, _ = build_fixture(NAME)
+    rec = tmp_path / "r.jsonl"
+    rec.write_text(json.dumps({"prompt_token_ids": [1, 2], "token_ids": [3], "routed_experts": [[[0, 1, 2]] * 2] * 3})
+                   + "\n")
+    r = run_cli(cli, "import", str(rec), "--model", per, "--out", str(tmp_path / "s.h5"), check=False)
+    assert r.returncode == 1 and "longcat_flash" in r.stderr and "sublayers" in r.stderr, r.stderr
+
+
+def test_fp8_of_transformers_save(cli, build_fixture, tmp_path):
+    """transformers' save quantized as the FP8 release is (block scales), its zero-computation experts' gate and
+    up projections too: those and their scales are left out, the rest counted and traced as the release's."""
+    torch = require("torch")
+    h5py = require("h5py")
+    per, _, _ = build_fixture(NAME)
+    with open(os.path.join(per, "config.json")) as f:
+        cfg = json.load(f)
+    cfg["quantization_config"] = {"activation_scheme": "dynamic", "fmt": "e4m3", "quant_method": "fp8",
+                                  "weight_block_size": [16, 24]}
+    saved, ref = fixtures.write_fp8(per, str(tmp_path / "saved"), torch.float32, [16, 24], cfg)
+    released, _ = fixtures.write_fp8(per, str(tmp_path / "released"), torch.float32, [16, 24], cfg,
+                                     left_out=fixtures.zero_expert_projection)
+    a = json.loads(run_cli(cli, "info", saved, "--json").stdout)
+    b = json.loads(run_cli(cli, "info", released, "--json").stdout)
+    assert a["quantization"]["quantized_tensors"] == b["quantization"]["quantized_tensors"] > 0
+    outs = {}
+    for label, ckpt in (("saved", saved), ("released", released)):
+        outs[label] = str(tmp_path / f"{label}.h5")
+        trace(cli, ckpt, outs[label], "--save-logits", "--run", "r")
+    with h5py.File(outs["saved"], "r") as x, h5py.File(outs["released"], "r") as y:
+        np.testing.assert_array_equal(x["runs/r/logits"][:], y["runs/r/logits"][:])
+        np.testing.assert_allclose(x["runs/r/logits"][:], ref["logits"], atol=1e-4 * np.abs(ref["logits"]).max())
 
 
 def test_bad_tensors_named(cli, build_fixture, tmp_path):
@@ -140,14 +207,16 @@ def test_long_prompt_past_yarn_length(cli, build_fixture, tmp_path):
 
 def test_static_analyses_over_the_experts_with_weights(cli, build_fixture, tmp_path):
     """S1 compares the 6 experts with weights (the zero-computation ones have none): numpy's cosines of
-    transformers' expert matrices, on the host and through LibTorch; S4's router rows are theirs."""
+    transformers' expert matrices, on the host and through LibTorch, in both layouts; S4's router rows are
+    theirs."""
     torch = require("torch")
     h5py = require("h5py")
-    per, _, _ = build_fixture(NAME)
+    per, packed, _ = build_fixture(NAME)
     model = fixtures.hf_from_pretrained(per, torch.float32)
-    for args in ([], ["--device", "cpu", "--static-backend", "torch"]):
-        out = str(tmp_path / f"s{len(args)}.h5")
-        run_cli(cli, "analyze", per, "--out", out, "--static", "S1,S4", *args)
+    for i, (ckpt, args) in enumerate(((per, []), (per, ["--device", "cpu", "--static-backend", "torch"]),
+                                      (packed, []))):  # (packed: gate_up_proj with the zero experts' rows)
+        out = str(tmp_path / f"s{i}.h5")
+        run_cli(cli, "analyze", ckpt, "--out", out, "--static", "S1,S4", *args)
         with h5py.File(out, "r") as f:
             for l in (0, 2):
                 ex = model.model.layers[l // 2].mlp.experts

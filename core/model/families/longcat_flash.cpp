@@ -15,7 +15,10 @@
 // Refused by name where transformers would run something else than the checkpoint means:
 // router_bias (its router builds the bias and never adds it), a zero_expert_type other than
 // identity, mla_scale_q_lora / mla_scale_kv_lora false, rope_interleave false, a head_dim other
-// than qk_rope_head_dim (the rotary tables' width), a qk_head_dim other than nope + rope.
+// than qk_rope_head_dim (the rotary tables' width), a qk_head_dim other than nope + rope, a top-1
+// router (transformers' experts loop fails on it), an attribute_map alias whose value disagrees with
+// its key's, mscale_all_dim under a RoPE type other than YaRN. num_hidden_layers alone gives the
+// sublayers, as transformers reads it.
 // The multi-token-prediction module (model.mtp.*) is left out, as transformers leaves it.
 #include "model/family.h"
 
@@ -23,11 +26,27 @@ namespace es {
 
 namespace {
 
+// One of two names for a key (transformers' attribute_map): the alias wins where both are given, as
+// transformers sets it last; both with different values are refused rather than read one way.
+std::string keyOf(const Config& c, const std::string& own, const std::string& alias) {
+    if (c.has(own) && c.has(alias) && c.raw().at(own) != c.raw().at(alias))
+        c.fail(alias, "disagrees with " + own + "; transformers reads " + alias + " in its place");
+    return keyOrAlias(c, own, alias);
+}
+
 void configure(ModelSpec& s, const Config& c) {
-    const int64_t layers = c.optInt("num_layers", 28);
-    positive(c, "num_layers", layers, 1 << 15);
-    if (c.has("num_hidden_layers") && c.requiredInt("num_hidden_layers") != 2 * layers)
-        c.fail("num_hidden_layers", "must be twice num_layers (" + std::to_string(layers) +
+    notNull(c, {"num_layers", "num_hidden_layers", "head_dim", "rms_norm_eps", "hidden_size", "vocab_size",
+                "num_attention_heads", "max_position_embeddings"});
+    // num_layers, or num_hidden_layers (its sublayers, which transformers halves)
+    const bool byHidden = c.has("num_hidden_layers");
+    const int64_t hiddenLayers = byHidden ? c.requiredInt("num_hidden_layers") : 0;
+    if (byHidden && (hiddenLayers <= 0 || hiddenLayers % 2 != 0))
+        c.fail("num_hidden_layers", "must be a positive even count of sublayers (two per LongCat-Flash layer), got " +
+                                        std::to_string(hiddenLayers));
+    const int64_t layers = byHidden ? hiddenLayers / 2 : c.optInt("num_layers", 28);
+    positive(c, byHidden ? "num_hidden_layers" : "num_layers", layers, 1 << 15);
+    if (byHidden && c.has("num_layers") && c.requiredInt("num_layers") != layers)
+        c.fail("num_hidden_layers", "must be twice num_layers (" + std::to_string(c.requiredInt("num_layers")) +
                                         "): LongCat-Flash's layers are two sublayers each");
     // the shared helpers read the sublayers as layers
     nlohmann::json sub = c.raw();
@@ -48,16 +67,25 @@ void configure(ModelSpec& s, const Config& c) {
         cs.fail("head_dim", "the rotary tables are head_dim (" + std::to_string(hd) +
                                 ") wide and must match qk_rope_head_dim (" + std::to_string(a.qkRopeDim) +
                                 "); transformers cannot run otherwise");
+    // (transformers' yarn_apply_mscale scales the softmax for any rope type but default; the engine for YaRN's)
+    if (const std::string rk = ropeDictKey(cs); !rk.empty()) {
+        const nlohmann::json& r = cs.raw().at(rk);
+        const std::string type = r.value("rope_type", r.value("type", std::string("default")));
+        if (type != "default" && type != "yarn" && r.contains("mscale_all_dim") && !r.at("mscale_all_dim").is_null() &&
+            r.at("mscale_all_dim") != 0)
+            cs.fail(rk + ".mscale_all_dim", "is applied to the softmax scale with rope_type '" + type +
+                                                "' by transformers' LongcatFlash; not supported there");
+    }
     if (cs.has("qk_head_dim") && cs.requiredInt("qk_head_dim") != a.qkNopeDim + a.qkRopeDim)
         cs.fail("qk_head_dim",
                 "must be qk_nope_head_dim + qk_rope_head_dim (" + std::to_string(a.qkNopeDim + a.qkRopeDim) + ")");
 
-    const std::string ffnKey = keyOrAlias(cs, "ffn_hidden_size", "intermediate_size");
+    const std::string ffnKey = keyOf(cs, "ffn_hidden_size", "intermediate_size");
     const int64_t ffn = cs.optInt(ffnKey, 12288);
     positive(cs, ffnKey, ffn);
-    const std::string expertsKey = keyOrAlias(cs, "n_routed_experts", "num_local_experts");
-    const std::string topKKey = keyOrAlias(cs, "moe_topk", "num_experts_per_tok");
-    const std::string expertFfnKey = keyOrAlias(cs, "expert_ffn_hidden_size", "moe_intermediate_size");
+    const std::string expertsKey = keyOf(cs, "n_routed_experts", "num_local_experts");
+    const std::string topKKey = keyOf(cs, "moe_topk", "num_experts_per_tok");
+    const std::string expertFfnKey = keyOf(cs, "expert_ffn_hidden_size", "moe_intermediate_size");
     const int64_t routed = cs.optInt(expertsKey, 512);
     positive(cs, expertsKey, routed, 1 << 16);
     s.zeroExperts = cs.optInt("zero_expert_num", 256);
@@ -69,6 +97,8 @@ void configure(ModelSpec& s, const Config& c) {
     s.numExpertsKey = expertsKey;
     s.topK = cs.optInt(topKKey, 12);
     positive(cs, topKKey, s.topK, s.numExperts);
+    if (s.topK == 1)  // (its experts loop squeezes the slot dimension away and fails)
+        cs.fail(topKKey, "1: transformers' LongcatFlash experts cannot run one expert per token");
     s.expertFfn = cs.optInt(expertFfnKey, 2048);
     positive(cs, expertFfnKey, s.expertFfn);
     if (cs.optBool("router_bias", false))
