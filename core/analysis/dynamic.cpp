@@ -120,7 +120,7 @@ PassOutput runPass(const std::shared_ptr<Checkpoint>& ckpt, const ModelSpec& spe
         if (load) analyses.push_back(std::make_unique<ExpertLoad>(ctx, *k, rt.tokens));
     }
     if (bias) analyses.push_back(std::make_unique<SelectionBias>(ctx, ffnKind));
-    if (d3) analyses.push_back(std::make_unique<GateActivations>(ctx, ffnKind, hasSE, hasF));
+    if (d3) analyses.push_back(std::make_unique<GateActivations>(ctx, hasSE, hasF));
     if (modularity) {
         std::vector<int64_t> widths;  // the converted layers' FFN widths (EMoE: its MoE layers)
         for (const LayerSpec& l : spec.layers) widths.push_back(l.moe ? spec.numExperts * spec.expertFfn : 0);

@@ -13,8 +13,8 @@ inline Tensor catOrEmpty(const std::vector<Tensor>& parts, std::vector<int64_t> 
 
 class GateActivations final : public Analysis {
 public:
-    GateActivations(const PassContext& c, const ExpertKind& k, bool shared, bool reference)
-        : c_(c), k_(k), shared_(shared), reference_(reference) {}
+    GateActivations(const PassContext& c, bool shared, bool reference)
+        : c_(c), shared_(shared), reference_(reference) {}
 
     void observe(const BlockTap& t) override {
         if (t.kind.attention) return;
@@ -63,7 +63,6 @@ private:
         std::vector<Tensor> experts, shared, reference;  // chunks of the first N tokens
     };
     const PassContext& c_;
-    const ExpertKind& k_;
     bool shared_, reference_;
     std::map<int, Acc> acc_;
 };
