@@ -495,6 +495,12 @@ std::string keyOrAlias(const Config& c, const std::string& own, const std::strin
     return c.has(own) || !c.has(alias) ? own : alias;
 }
 
+std::string aliasKey(const Config& c, const std::string& field, const std::string& alias, bool refuse) {
+    if (refuse && c.has(field) && c.has(alias) && c.raw()[field] != c.raw()[alias])
+        c.fail(field, "differs from " + alias + ", which transformers reads over it");
+    return c.has(alias) ? alias : field;
+}
+
 void mambaSizes(ModelSpec& s, const Config& c, const MambaKeys& k) {
     LinearAttentionSpec& m = s.linear;
     const int64_t expand = c.optInt(k.expand, k.defExpand);
@@ -694,7 +700,8 @@ void hfPacked(TableBuilder& t, const std::string& prefix, const std::string& rou
     const std::string gu = prefix + "experts.gate_up_proj";
     t.add(Role::ExpertGate, Scope::Moe, gu, {D::Experts, 2 * D::ExpertFfn, D::Hidden}, Pack::FirstHalf);
     t.add(Role::ExpertUp, Scope::Moe, gu, {D::Experts, 2 * D::ExpertFfn, D::Hidden}, Pack::SecondHalf);
-    t.add(Role::ExpertDown, Scope::Moe, prefix + "experts.down_proj", {D::Experts, D::Hidden, D::ExpertFfn},
+    // (down_proj: the experts with weights; gate_up_proj has rows for zero-computation experts too, LongCat-Flash's)
+    t.add(Role::ExpertDown, Scope::Moe, prefix + "experts.down_proj", {D::WeightExperts, D::Hidden, D::ExpertFfn},
           Pack::Stacked);
     t.spec().layout = ExpertLayout::Packed;
 }

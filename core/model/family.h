@@ -133,6 +133,10 @@ void globalSliding(ModelSpec& s, int64_t window);
 // Which of a key's two names the config uses (the family's own, or its config class's attribute_map
 // alias): `own` unless only `alias` is there.
 std::string keyOrAlias(const Config& c, const std::string& own, const std::string& alias);
+// Which of a key's two names to read where transformers' class keeps the alias (its attribute_map):
+// the alias over the field when both are there, as the class sets it last; with `refuse`, a pair
+// whose values differ is refused (naming the field) rather than read one way.
+std::string aliasKey(const Config& c, const std::string& field, const std::string& alias, bool refuse = true);
 // The expert count (expertsKey, or its alias: num_experts <-> num_local_experts, another name <->
 // num_experts), top-k (topKKey, or num_experts_per_tok as its alias) and the expert width key:
 // positive, top-k within the experts. A default of 0 makes the key required.

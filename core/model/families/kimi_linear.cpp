@@ -25,16 +25,6 @@ namespace es {
 
 namespace {
 
-// which of a key's two names to read: the alias (the name transformers stores and writes) over
-// the field when both are there, as the class sets it last
-// (refuse: a pair that disagrees is refused; the trained positions, which change nothing computed,
-// are read as transformers reads them)
-std::string aliasKey(const Config& c, const std::string& field, const std::string& alias, bool refuse = true) {
-    if (refuse && c.has(field) && c.has(alias) && c.raw()[field] != c.raw()[alias])
-        c.fail(field, "differs from " + alias + ", which transformers' KimiLinear reads over it");
-    return c.has(alias) ? alias : field;
-}
-
 // layer_types, else linear_attn_config's kda_layers / full_attn_layers (1-indexed), else the
 // class's formula: true for the Kimi Delta Attention layers
 std::vector<bool> kdaLayers(const ModelSpec& s, const Config& c, const JsonIn& lac) {

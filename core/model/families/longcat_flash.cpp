@@ -26,14 +26,6 @@ namespace es {
 
 namespace {
 
-// One of two names for a key (transformers' attribute_map): the alias wins where both are given, as
-// transformers sets it last; both with different values are refused rather than read one way.
-std::string keyOf(const Config& c, const std::string& own, const std::string& alias) {
-    if (c.has(own) && c.has(alias) && c.raw().at(own) != c.raw().at(alias))
-        c.fail(alias, "disagrees with " + own + "; transformers reads " + alias + " in its place");
-    return keyOrAlias(c, own, alias);
-}
-
 void configure(ModelSpec& s, const Config& c) {
     notNull(c, {"num_layers", "num_hidden_layers", "head_dim", "rms_norm_eps", "hidden_size", "vocab_size",
                 "num_attention_heads", "max_position_embeddings"});
@@ -80,12 +72,12 @@ void configure(ModelSpec& s, const Config& c) {
         cs.fail("qk_head_dim",
                 "must be qk_nope_head_dim + qk_rope_head_dim (" + std::to_string(a.qkNopeDim + a.qkRopeDim) + ")");
 
-    const std::string ffnKey = keyOf(cs, "ffn_hidden_size", "intermediate_size");
+    const std::string ffnKey = aliasKey(cs, "ffn_hidden_size", "intermediate_size");
     const int64_t ffn = cs.optInt(ffnKey, 12288);
     positive(cs, ffnKey, ffn);
-    const std::string expertsKey = keyOf(cs, "n_routed_experts", "num_local_experts");
-    const std::string topKKey = keyOf(cs, "moe_topk", "num_experts_per_tok");
-    const std::string expertFfnKey = keyOf(cs, "expert_ffn_hidden_size", "moe_intermediate_size");
+    const std::string expertsKey = aliasKey(cs, "n_routed_experts", "num_local_experts");
+    const std::string topKKey = aliasKey(cs, "moe_topk", "num_experts_per_tok");
+    const std::string expertFfnKey = aliasKey(cs, "expert_ffn_hidden_size", "moe_intermediate_size");
     const int64_t routed = cs.optInt(expertsKey, 512);
     positive(cs, expertsKey, routed, 1 << 16);
     s.zeroExperts = cs.optInt("zero_expert_num", 256);
@@ -137,21 +129,12 @@ void tensors(ModelSpec& s, const TensorProbe& has) {
     t.add(Role::FfnGate, Scope::DenseFfn, p + "mlps.{S}.gate_proj.weight", {D::Ffn, D::Hidden});
     t.add(Role::FfnUp, Scope::DenseFfn, p + "mlps.{S}.up_proj.weight", {D::Ffn, D::Hidden});
     t.add(Role::FfnDown, Scope::DenseFfn, p + "mlps.{S}.down_proj.weight", {D::Hidden, D::Ffn});
-    // as released (per expert), or packed as transformers holds them: gate_up_proj with rows for the
-    // zero-computation experts too (never read), down_proj for the others
+    // as released (per expert), or packed as transformers holds them (gate_up_proj with rows for the
+    // zero-computation experts too, never read)
     const std::string mlp = p + "mlp.";
-    if (has(fillTemplate(mlp + "experts.gate_up_proj", 0, 0))) {
-        t.add(Role::Router, Scope::Moe, mlp + "router.classifier.weight", {D::Experts, D::Hidden});
-        t.add(Role::ExpertGate, Scope::Moe, mlp + "experts.gate_up_proj", {D::Experts, 2 * D::ExpertFfn, D::Hidden},
-              Pack::FirstHalf);
-        t.add(Role::ExpertUp, Scope::Moe, mlp + "experts.gate_up_proj", {D::Experts, 2 * D::ExpertFfn, D::Hidden},
-              Pack::SecondHalf);
-        t.add(Role::ExpertDown, Scope::Moe, mlp + "experts.down_proj", {D::WeightExperts, D::Hidden, D::ExpertFfn},
-              Pack::Stacked);
-        s.layout = ExpertLayout::Packed;
-    } else {
-        hfPerExpert(t, {mlp, "router.classifier.weight", "gate_proj", "up_proj", "down_proj"});
-    }
+    hfExperts(t, has,
+              {{ExpertLayout::PerExpert, {mlp, "router.classifier.weight", "gate_proj", "up_proj", "down_proj"}},
+               {ExpertLayout::Packed, {mlp, "router.classifier.weight", "", "", ""}}});
     t.add(Role::RouterSelectionBias, Scope::Moe, p + "mlp.router.e_score_correction_bias", {D::Experts});
     // transformers' own save of the packed experts: the zero-computation experts' rows of gate_up_proj
     // as their gate and up projections
